@@ -1,0 +1,71 @@
+"""Optional per-backend fast paths for the functional ops.
+
+A fast path is a function in ``normlab/backends/<backend>.py`` named after
+the op it accelerates. The general path in :mod:`normlab.ops` calls it first
+with already-validated arguments; the hook either returns the result or
+returns ``None`` to decline (a layout, dtype or axis it cannot serve
+exactly), in which case the general path runs. Hooks never validate user
+input and never change results beyond float rounding: each has a parity
+test against the general path.
+
+Hook contract (all axes non-negative, groups already resolved, ``gamma`` and
+``beta`` either None or 1-D of the feature size):
+
+* ``group_norm(x, *, groups, axis, gamma, beta, epsilon) -> y | None``
+* ``layer_norm(x, *, axes, gamma, beta, epsilon) -> y | None``
+  (``gamma``/``beta`` have the shape of ``x`` at ``axes``)
+* ``batch_norm_train(x, *, axis, gamma, beta, epsilon) -> (y, mean, variance) | None``
+  (``mean``/``variance`` of shape ``(C,)``, biased variance, float32 at least)
+
+Fast paths can be switched off with the environment variable
+``NORMLAB_FAST_PATHS=0`` or, for a block of code, with :func:`disabled`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import threading
+
+import keras
+
+_state = threading.local()
+_modules: dict[str, object] = {}
+
+
+def enabled() -> bool:
+    """Whether fast paths are currently allowed to run."""
+    if os.environ.get("NORMLAB_FAST_PATHS", "1") == "0":
+        return False
+    return getattr(_state, "enabled", True)
+
+
+@contextlib.contextmanager
+def disabled():
+    """Context manager: run only the general path inside the block."""
+    previous = getattr(_state, "enabled", True)
+    _state.enabled = False
+    try:
+        yield
+    finally:
+        _state.enabled = previous
+
+
+def _backend_module(name: str):
+    if name not in _modules:
+        try:
+            _modules[name] = importlib.import_module(f"normlab.backends.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"normlab.backends.{name}":
+                raise
+            _modules[name] = None
+    return _modules[name]
+
+
+def fast_path(op: str):
+    """Returns the current backend's hook for ``op``, or None."""
+    if not enabled():
+        return None
+    module = _backend_module(keras.backend.backend())
+    return getattr(module, op, None) if module is not None else None

@@ -1,0 +1,97 @@
+"""InstanceNormalization (Ulyanov et al., 2016)."""
+
+from __future__ import annotations
+
+import keras
+
+from normlab.layers.group_norm import GroupNormalization
+from normlab.ops.validate import error_message
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class InstanceNormalization(GroupNormalization):
+    """Instance normalization: normalizes each sample and channel over space.
+
+    For every sample and channel, the mean and variance are taken over all
+    spatial positions (all axes but the batch and channel axes):
+
+        y = (x - mean_nc) / sqrt(var_nc + epsilon) * gamma + beta
+
+    with ``gamma`` and ``beta`` learned per channel. Identical to
+    ``GroupNormalization(groups=-1)``; a drop-in for
+    ``tfa.layers.InstanceNormalization``.
+
+    Args:
+        axis: the channel axis; any axis but the batch axis. Default -1; use 1
+            for channels-first.
+        epsilon: small float added to the variance. Default 1e-3.
+        center: add a learned per-channel offset ``beta``. Default True.
+        scale: multiply by a learned per-channel scale ``gamma``. Default True.
+        beta_initializer: initializer for ``beta``. Default "zeros".
+        gamma_initializer: initializer for ``gamma``. Default "ones".
+        beta_regularizer: optional regularizer for ``beta``. Default None.
+        gamma_regularizer: optional regularizer for ``gamma``. Default None.
+        beta_constraint: optional constraint for ``beta``. Default None.
+        gamma_constraint: optional constraint for ``gamma``. Default None.
+        **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Example:
+        >>> import numpy as np, normlab
+        >>> x = np.random.default_rng(0).normal(size=(2, 26, 26, 10)).astype("float32")
+        >>> layer = normlab.layers.InstanceNormalization(
+        ...     axis=3, beta_initializer="random_uniform", gamma_initializer="random_uniform")
+        >>> layer(x).shape[1:], layer.count_params()
+        ((26, 26, 10), 20)
+        >>> plain = normlab.layers.InstanceNormalization(center=False, scale=False)
+        >>> gn = normlab.layers.GroupNormalization(groups=10, center=False, scale=False)
+        >>> bool(np.allclose(plain(x), gn(x), atol=1e-6))
+        True
+
+    Reference:
+        Ulyanov, Vedaldi & Lempitsky, "Instance Normalization: The Missing
+        Ingredient for Fast Stylization", 2016. https://arxiv.org/abs/1607.08022
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
+        groups = kwargs.pop("groups", -1)  # TF Addons configs carry groups=-1
+        if groups != -1:
+            raise ValueError(
+                error_message(
+                    "groups",
+                    "-1 (one group per channel) for InstanceNormalization",
+                    f"groups={groups!r}",
+                    "Use normlab.layers.GroupNormalization(groups=...) for other groupings.",
+                )
+            )
+        super().__init__(
+            groups=-1,
+            axis=axis,
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            **kwargs,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        del config["groups"]
+        return config

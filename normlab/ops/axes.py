@@ -1,0 +1,102 @@
+"""Axis handling: turning user ``axis`` arguments into validated, sorted lists.
+
+Convention: axis 0 is the batch axis, and no normalization in normlab
+chooses it as a feature axis. Negative axes count from the end.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Sequence
+
+from normlab.ops.validate import error_message
+
+
+def as_axis_list(axis, *, argument: str = "axis") -> list[int]:
+    """Returns ``axis`` (an int or a sequence of ints) as a list, unvalidated."""
+    if isinstance(axis, bool):
+        raise TypeError(
+            error_message(argument, "an int or a list of ints", f"{argument}={axis!r}",
+                          "Pass an int such as axis=-1.")
+        )
+    if isinstance(axis, numbers.Integral):
+        return [int(axis)]
+    if isinstance(axis, (list, tuple)) and axis and all(
+        isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axis
+    ):
+        return [int(a) for a in axis]
+    raise TypeError(
+        error_message(
+            argument,
+            "an int or a non-empty list of ints",
+            f"{argument}={axis!r}",
+            "Pass an int such as axis=-1, or a list such as axis=[1, 2].",
+        )
+    )
+
+
+def canonicalize_axes(
+    axis, ndim: int, *, argument: str = "axis", allow_batch: bool = False
+) -> list[int]:
+    """Validates ``axis`` against a rank and returns sorted non-negative axes.
+
+    Raises if an axis is out of range, repeated, or (unless ``allow_batch``)
+    is the batch axis 0.
+    """
+    axes = as_axis_list(axis, argument=argument)
+    received = f"{argument}={axis!r} for an input of rank {ndim}"
+    resolved = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                error_message(
+                    argument,
+                    f"axes in [-{ndim}, {ndim - 1}] for an input of rank {ndim}",
+                    received,
+                    "Check the input's rank; axis=-1 is the last (channels-last) axis.",
+                )
+            )
+        resolved.append(a % ndim)
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(
+            error_message(
+                argument, "distinct axes", received, "Remove the repeated axis."
+            )
+        )
+    if not allow_batch and 0 in resolved:
+        raise ValueError(
+            error_message(
+                argument,
+                "feature axes other than the batch axis 0",
+                received,
+                "Normalization statistics are never shared across the batch axis this way; "
+                "use axis=-1 for channels-last or axis=1 for channels-first inputs.",
+            )
+        )
+    return sorted(resolved)
+
+
+def complement(axes: Sequence[int], ndim: int, *, keep_batch: bool = False) -> list[int]:
+    """All axes of a rank-``ndim`` tensor that are not in ``axes``."""
+    skip = set(axes) | ({0} if keep_batch else set())
+    return [a for a in range(ndim) if a not in skip]
+
+
+def known_dims(shape: Sequence, axes: Sequence[int], *, argument: str = "axis", axis=None) -> list[int]:
+    """Returns the static sizes of ``shape`` at ``axes``; each must be known."""
+    dims = []
+    for a in axes:
+        size = shape[a]
+        if size is None:
+            raise ValueError(
+                error_message(
+                    argument,
+                    "feature axes with a known size, since the weights depend on it",
+                    f"{argument}={axis if axis is not None else a!r} and input shape "
+                    f"{tuple(shape)} (axis {a} has unknown size None)",
+                    "Give that dimension a fixed size in keras.Input(shape=...), "
+                    "or choose another axis.",
+                )
+            )
+        dims.append(int(size))
+    return dims

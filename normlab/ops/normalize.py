@@ -1,0 +1,44 @@
+"""The apply step shared by every norm: ``(x - mean) * rsqrt(var + eps) * gamma + beta``."""
+
+from __future__ import annotations
+
+from keras import ops
+
+from normlab.ops.moments import stats_dtype
+
+
+def normalize(x, mean, variance, *, gamma=None, beta=None, epsilon: float = 1e-3):
+    """Normalizes ``x`` with given statistics, then scales and shifts it.
+
+    Formula: ``y = (x - mean) * rsqrt(variance + epsilon) * gamma + beta``,
+    computed in float32 at least and cast back to the dtype of ``x``.
+    ``x - mean`` is formed before scaling, so a large common offset cancels
+    exactly instead of being scaled first.
+
+    Args:
+        x: input tensor.
+        mean: tensor broadcastable to ``x`` (e.g. from :func:`moments` with
+            ``keepdims=True``).
+        variance: tensor broadcastable to ``x``, non-negative.
+        gamma: optional scale, broadcastable to ``x``. Default None (1).
+        beta: optional offset, broadcastable to ``x``. Default None (0).
+        epsilon: added to the variance. Default 1e-3.
+
+    Returns:
+        A tensor with the shape and dtype of ``x``.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[1.0, 3.0]], "float32")
+        >>> y = normalize(x, np.float32(2.0), np.float32(1.0), epsilon=0.0)
+        >>> ops.convert_to_numpy(y).tolist()
+        [[-1.0, 1.0]]
+    """
+    dtype = stats_dtype(x.dtype)
+    inv = ops.rsqrt(ops.cast(variance, dtype) + epsilon)
+    if gamma is not None:
+        inv = inv * ops.cast(gamma, dtype)
+    y = (ops.cast(x, dtype) - ops.cast(mean, dtype)) * inv
+    if beta is not None:
+        y = y + ops.cast(beta, dtype)
+    return ops.cast(y, x.dtype)

@@ -1,0 +1,151 @@
+"""Build any normalization layer from a short spec string.
+
+A spec is a registered name, optionally called with keyword arguments
+written as Python literals::
+
+    normlab.get("group(groups=8)")
+    normlab.get("layer(axis=[1, 2, 3], epsilon=1e-5)")
+    normlab.get("bn")                       # aliases work too
+
+:func:`registry` lists every name with its aliases and arguments, and the
+lab's model specs are built from it, so a newly registered norm is usable
+everywhere at once.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+from typing import Callable
+
+import keras
+
+from normlab import layers
+
+_NORMS: dict[str, "Entry"] = {}
+_ALIASES: dict[str, str] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A registered norm: its canonical name, how to build it, and its aliases."""
+
+    name: str
+    factory: Callable[..., keras.layers.Layer]
+    aliases: tuple[str, ...] = ()
+    summary: str = ""
+
+    def arguments(self) -> dict[str, object]:
+        """The factory's keyword arguments and their defaults."""
+        parameters = inspect.signature(self.factory).parameters.values()
+        return {
+            p.name: p.default
+            for p in parameters
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+
+def register(name: str, factory: Callable[..., keras.layers.Layer], *, aliases=(), summary: str = "") -> None:
+    """Registers ``factory`` under ``name`` (and ``aliases``) for :func:`get`."""
+    for key in (name, *aliases):
+        owner = _ALIASES.get(key)
+        if owner is not None and owner != name:
+            raise ValueError(
+                f"Invalid `name`: expected a name not yet registered. Received: name={key!r}, "
+                f"already registered for {owner!r}. Choose another name or alias."
+            )
+    _NORMS[name] = Entry(name, factory, tuple(aliases), summary or (inspect.getdoc(factory) or "").split("\n")[0])
+    for key in (name, *aliases):
+        _ALIASES[key] = name
+
+
+def registry() -> dict[str, Entry]:
+    """Every registered norm, by canonical name."""
+    return dict(_NORMS)
+
+
+def names() -> list[str]:
+    """Every name :func:`get` accepts (canonical names and aliases), sorted."""
+    return sorted(_ALIASES)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
+    """Splits ``"name(key=value, ...)"`` into the canonical name and its arguments."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise TypeError(
+            f"Invalid `spec`: expected a non-empty string such as 'group(groups=8)'. Received: spec={spec!r}."
+        )
+    try:
+        node = ast.parse(spec.strip(), mode="eval").body
+    except SyntaxError:
+        node = None
+    if isinstance(node, ast.Name):
+        key, kwargs = node.id, {}
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args and all(
+        k.arg is not None for k in node.keywords
+    ):
+        key = node.func.id
+        try:
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+        except ValueError:
+            node = None
+    else:
+        node = None
+    if node is None:
+        raise ValueError(
+            "Invalid `spec`: expected a norm name, optionally with keyword arguments given as "
+            f"Python literals, such as 'group(groups=8)' or 'layer(axis=[1, 2])'. Received: spec={spec!r}."
+        )
+    key = key.lower()
+    if key not in _ALIASES:
+        close = difflib.get_close_matches(key, names(), n=3)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"Invalid `spec`: unknown norm {key!r}. Received: spec={spec!r}.{hint} "
+            f"Valid names: {', '.join(names())}."
+        )
+    return _ALIASES[key], kwargs
+
+
+def get(spec: str, **overrides) -> keras.layers.Layer:
+    """Builds a new normalization layer from a spec string.
+
+    Args:
+        spec: a registered name or alias, optionally with keyword arguments,
+            e.g. ``"group(groups=8)"``, ``"bn"``, ``"none"``.
+        **overrides: further keyword arguments; they win over the spec's.
+
+    Returns:
+        A new, unbuilt Keras layer.
+
+    Example:
+        >>> import normlab
+        >>> layer = normlab.get("group(groups=5, axis=3)")
+        >>> type(layer).__name__, layer.groups, layer.axis
+        ('GroupNormalization', 5, 3)
+    """
+    name, kwargs = parse_spec(spec)
+    kwargs.update(overrides)
+    entry = _NORMS[name]
+    accepted = entry.arguments()
+    unknown = sorted(set(kwargs) - set(accepted) - {"name", "dtype", "trainable"})
+    if unknown:
+        raise ValueError(
+            f"Invalid `spec`: {name!r} has no argument {', '.join(map(repr, unknown))}. "
+            f"Received: spec={spec!r}. Valid arguments: {', '.join(accepted)}."
+        )
+    return entry.factory(**kwargs)
+
+
+def _identity(**kwargs) -> keras.layers.Layer:
+    """No normalization: passes its input through unchanged."""
+    return keras.layers.Identity(**kwargs)
+
+
+register("group", layers.GroupNormalization, aliases=("gn", "groupnorm", "group_norm"))
+register("instance", layers.InstanceNormalization, aliases=("in", "instancenorm", "instance_norm"))
+register("layer", layers.LayerNormalization, aliases=("ln", "layernorm", "layer_norm"))
+register("batch", layers.BatchNormalization, aliases=("bn", "batchnorm", "batch_norm"))
+register("none", _identity, aliases=("identity",))

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite once per Keras backend, each in its own process
+# (Keras reads KERAS_BACKEND at import). Exits non-zero if any backend fails.
+# Extra arguments go to pytest, e.g. scripts/test-backends.sh tests/ops -x
+set -u
+cd "$(dirname "$0")/.."
+backends="${NORMLAB_TEST_BACKENDS:-tensorflow jax torch}"
+failed=""
+for backend in $backends; do
+  echo "=== KERAS_BACKEND=$backend"
+  if ! KERAS_BACKEND="$backend" python -m pytest -q "$@"; then
+    failed="$failed $backend"
+  fi
+done
+if [ -n "$failed" ]; then
+  echo "FAILED on:$failed"
+  exit 1
+fi
+echo "all backends passed: $backends"
