@@ -1,0 +1,416 @@
+"""Dataset loading for the normlab lab: MNIST, Fashion-MNIST, CIFAR-10, digits, synthetic.
+
+`load_dataset(name)` returns a `Dataset` of float32 images in [0, 1], channels-last,
+with int64 labels. Downloadable datasets are looked up, in order, in:
+
+1. the `data_dir` argument (files directly in it, or in `<data_dir>/<name>/`),
+2. `$NORMLAB_DATA_DIR` (same rule),
+3. the Keras cache `$KERAS_HOME/datasets` or `~/.keras/datasets` (`mnist.npz`,
+   `fashion-mnist/`, the CIFAR-10 `.tar.gz` archive; extracted folders are not used
+   because they cannot be checked against a published checksum),
+4. the normlab cache `$XDG_CACHE_HOME/normlab/<name>` or `~/.cache/normlab/<name>`,
+   where missing files are downloaded (temp file -> SHA-256 check -> rename).
+
+Every file is checked against its pinned SHA-256 before it is parsed. A file that
+fails the check is never used and never silently skipped in favour of another copy:
+it raises `DatasetError` naming the file, both digests and the fix. `digits`
+(bundled with scikit-learn) and `synthetic` (generated) never touch the network.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import os
+import pickle
+import tarfile
+import tempfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_TIMEOUT_SECONDS = 30.0
+
+
+class DatasetError(RuntimeError):
+    """A dataset cannot be loaded: unknown name, missing, corrupt or unreadable files."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train/test images (float32 in [0, 1], shape (N, H, W, C)) with int64 labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    source: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example, e.g. `(28, 28, 1)` for MNIST."""
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+
+@dataclass(frozen=True)
+class _Format:
+    """Files that together hold a dataset (in parser order) with their pinned SHA-256."""
+
+    kind: str  # parser: "idx", "npz" or "cifar"
+    sha256: dict[str, str]
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(self.sha256)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """Where a downloadable dataset may be found and where it is downloaded from."""
+
+    formats: tuple[_Format, ...]  # accepted in data_dir and $NORMLAB_DATA_DIR
+    keras: tuple[tuple[str, _Format], ...]  # (subfolder of the Keras cache, format)
+    download: _Format
+    mirrors: tuple[str, ...]
+
+
+_IDX = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_MNIST_IDX = _Format("idx", dict(zip(_IDX, (
+    "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"))))
+_MNIST_NPZ = _Format("npz", {
+    "mnist.npz": "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"})
+_FASHION_IDX = _Format("idx", dict(zip(_IDX, (  # digests published by Zalando Research
+    "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"))))
+_CIFAR_SHA = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+_CIFAR_TAR = _Format("cifar", {"cifar-10-python.tar.gz": _CIFAR_SHA})
+
+_SPECS: dict[str, _Spec] = {
+    "mnist": _Spec((_MNIST_IDX, _MNIST_NPZ), (("", _MNIST_NPZ),), _MNIST_IDX, (
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        "https://ossci-datasets.s3.amazonaws.com/mnist/")),
+    "fashion_mnist": _Spec((_FASHION_IDX,), (("fashion-mnist", _FASHION_IDX),), _FASHION_IDX, (
+        "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",)),
+    # In the Keras cache the archive has the Keras 3 name or the older tf.keras one.
+    "cifar10": _Spec((_CIFAR_TAR,), (
+        ("", _CIFAR_TAR),
+        ("", _Format("cifar", {"cifar-10-batches-py-target_archive": _CIFAR_SHA})),
+        ("", _Format("cifar", {"cifar-10-batches-py.tar.gz": _CIFAR_SHA}))),
+        _CIFAR_TAR, ("https://www.cs.toronto.edu/~kriz/",)),
+}
+_NAMES = ("mnist", "fashion_mnist", "cifar10", "digits", "synthetic")
+
+
+def available_datasets() -> list[str]:
+    """Names accepted by `load_dataset`."""
+    return list(_NAMES)
+
+
+def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
+                 download: bool = True, progress: bool = True) -> Dataset:
+    """Load a dataset by name; see the module docstring for where files are looked up.
+
+    Args:
+        name: one of `available_datasets()` (`-` and `_` are interchangeable).
+        data_dir: folder holding the official files, directly or in `<name>/`.
+            Ignored by `digits` and `synthetic`. Default: None.
+        download: download into the normlab cache when no copy is found. Default: True.
+        progress: show a progress bar while downloading. Default: True.
+
+    Example:
+        >>> load_dataset("digits").input_shape
+        (8, 8, 1)
+    """
+    key = str(name).strip().lower().replace("-", "_")
+    if key == "digits":
+        return _load_digits()
+    if key == "synthetic":
+        return _load_synthetic()
+    if key not in _SPECS:
+        raise DatasetError(f"Unknown dataset. Valid names: {', '.join(_NAMES)}. "
+                           f"Received: name={name!r}.")
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise DatasetError(f"The data directory does not exist. Received: data_dir="
+                           f"{str(data_dir)!r}. Pass a folder that holds the {key} files.")
+    return _load_remote(key, data_dir, download, progress)
+
+
+# ---------------------------------------------------------------- lookup and download
+
+
+@dataclass(frozen=True)
+class _Place:
+    """One directory to look in, the file set expected there, and how to name it."""
+
+    label: str
+    directory: Path
+    fmt: _Format
+
+    def paths(self) -> list[Path]:
+        return [self.directory / f for f in self.fmt.files]
+
+
+def _keras_datasets_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser() / "datasets"
+
+
+def _normlab_cache_dir(name: str) -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "normlab" / name
+
+
+def _places(name: str, spec: _Spec, data_dir: str | os.PathLike | None) -> list[_Place]:
+    """Every (directory, file set) to try, in lookup order; the normlab cache is last."""
+    places = []
+    for label, root in (("data_dir", data_dir),
+                        ("NORMLAB_DATA_DIR", os.environ.get("NORMLAB_DATA_DIR"))):
+        if root:
+            root = Path(root).expanduser()
+            places += [_Place(label, d, f) for d in (root, root / name) for f in spec.formats]
+    places += [_Place("Keras cache", _keras_datasets_dir() / sub, f) for sub, f in spec.keras]
+    return places + [_Place("normlab cache", _normlab_cache_dir(name), spec.download)]
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    """SHA-256 of a file, hashed in chunks and remembered per (path, size, mtime)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        _HASH_CACHE[key] = digest.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def _verify(path: Path, expected: str, label: str) -> None:
+    """Raise DatasetError unless the file's SHA-256 is the pinned one."""
+    actual = _sha256(path)
+    if actual != expected:
+        raise DatasetError(
+            f"Checksum mismatch for {path.name} (found in the {label}): expected SHA-256 "
+            f"{expected}, actual {actual}. The file is corrupt, truncated or not the "
+            f"official release, so it was not used. Received: path='{path}'. Delete it (or "
+            f"replace it with the official file) and run again; if no other copy is found, "
+            f"normlab downloads a fresh one into its cache.")
+
+
+def _fetch(url: str, dest: Path, progress: bool) -> None:
+    """Download `url` into `dest`, with a rich progress bar unless `progress` is False."""
+    from rich.console import Console
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    request = urllib.request.Request(url, headers={"User-Agent": "normlab"})
+    bar = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                   console=Console(stderr=True), disable=not progress, transient=True)
+    with urllib.request.urlopen(request, timeout=_TIMEOUT_SECONDS) as response, \
+            open(dest, "wb") as out, bar:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        task = bar.add_task(url.rsplit("/", 1)[-1], total=total)
+        while chunk := response.read(1 << 16):
+            out.write(chunk)
+            bar.advance(task, len(chunk))
+
+
+class _DownloadFailed(Exception):
+    """Internal: no mirror delivered a verified copy of a file."""
+
+
+def _download_file(mirrors: tuple[str, ...], fname: str, expected: str, dest_dir: Path,
+                   progress: bool) -> None:
+    """Fetch into a temp file, verify, then rename into place; try mirrors in order."""
+    problems = []
+    for url in (mirror + fname for mirror in mirrors):
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=dest_dir)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            _fetch(url, tmp, progress)
+            actual = _sha256(tmp)
+            if actual == expected:
+                os.replace(tmp, dest_dir / fname)
+                return
+            problems.append(f"{url}: checksum mismatch (expected {expected}, actual {actual})")
+        except (OSError, http.client.HTTPException) as exc:
+            problems.append(f"{url}: {exc}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise _DownloadFailed("; ".join(problems))
+
+
+def _describe(place: _Place) -> str:
+    single = len(place.fmt.files) == 1 and place.label == "Keras cache"
+    return f"{place.label}: {place.directory / place.fmt.files[0] if single else place.directory}"
+
+
+def _not_found(name: str, spec: _Spec, places: list[_Place], data_dir: object,
+               reason: str) -> DatasetError:
+    """The error for 'no copy found and none could be downloaded', with every option."""
+    searched = [] if data_dir else ["data_dir: not given"]
+    searched += [_describe(p) for p in places if p.label == "data_dir"]
+    searched += [] if os.environ.get("NORMLAB_DATA_DIR") else ["NORMLAB_DATA_DIR: not set"]
+    searched += [_describe(p) for p in places if p.label != "data_dir"]
+    sub, fmt = spec.keras[0]
+    what = fmt.files[0] if len(fmt.files) == 1 else "the files"
+    return DatasetError(
+        f"Dataset {name!r} was not found and could not be downloaded ({reason}).\n"
+        "Searched:\n  - " + "\n  - ".join(dict.fromkeys(searched)) + "\n"
+        f"Files needed: {' or '.join('[' + ', '.join(f.files) + ']' for f in spec.formats)}\n"
+        f"Received: data_dir={None if data_dir is None else str(data_dir)!r}. Options:\n"
+        f"  - pass --data-dir DIR (data_dir=DIR) with the official files\n"
+        f"  - set NORMLAB_DATA_DIR=DIR\n"
+        f"  - put {what} in the Keras cache: {_keras_datasets_dir() / sub}/\n"
+        f"  - use --dataset digits, which needs no download")
+
+
+def _load_remote(name: str, data_dir: str | os.PathLike | None, download: bool,
+                 progress: bool) -> Dataset:
+    """Use the first complete file set found; otherwise download into the normlab cache."""
+    spec = _SPECS[name]
+    places = _places(name, spec, data_dir)
+    for place in places:
+        if all(p.is_file() for p in place.paths()):
+            return _load_place(name, place)
+    if not download:
+        raise _not_found(name, spec, places, data_dir, "download=False")
+    cache = places[-1]
+    try:
+        cache.directory.mkdir(parents=True, exist_ok=True)
+        for fname, expected in cache.fmt.sha256.items():
+            if not (cache.directory / fname).is_file():
+                _download_file(spec.mirrors, fname, expected, cache.directory, progress)
+    except (_DownloadFailed, OSError) as exc:
+        raise _not_found(name, spec, places, data_dir, f"download failed: {exc}") from None
+    return _load_place(name, cache)
+
+
+def _load_place(name: str, place: _Place) -> Dataset:
+    """Verify every file of the set, then parse it."""
+    paths = place.paths()
+    for path in paths:
+        _verify(path, place.fmt.sha256[path.name], place.label)
+    x_train, y_train, x_test, y_test = _PARSERS[place.fmt.kind](paths)
+    source = str(paths[0] if len(paths) == 1 else place.directory)
+    return _finish(name, x_train, y_train, x_test, y_test, 10, source)
+
+
+# ---------------------------------------------------------------------------- parsers
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """Read a gzip IDX file: magic 2051 = images (N, rows, cols), 2049 = labels (N,)."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(f"Cannot decompress {path.name}: {exc}. Received: path='{path}'. "
+                           f"Replace it with the official gzip file.") from None
+    ndim = 3 if magic == 2051 else 1
+    offset = 4 + 4 * ndim  # big-endian uint32: magic, then one count per dimension
+    header = [int(v) for v in np.frombuffer(raw[:offset], ">u4")] if len(raw) >= offset else [0]
+    if header[0] != magic:
+        raise DatasetError(f"{path.name} is not an IDX {'image' if ndim == 3 else 'label'} "
+                           f"file: magic number {header[0]}, expected {magic}. "
+                           f"Received: path='{path}'. Replace it with the official file.")
+    dims, expected = tuple(header[1:]), offset + int(np.prod(header[1:]))
+    if len(raw) != expected:
+        raise DatasetError(f"{path.name}: the header announces shape {dims} ({expected} bytes) "
+                           f"but the file holds {len(raw)} bytes. Received: path='{path}'. "
+                           f"Replace it with the official file.")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _parse_idx(paths: list[Path]) -> tuple[np.ndarray, ...]:
+    return tuple(_read_idx(p, magic) for p, magic in zip(paths, (2051, 2049, 2051, 2049)))
+
+
+def _parse_npz(paths: list[Path]) -> tuple[np.ndarray, ...]:
+    try:
+        with np.load(paths[0], allow_pickle=False) as f:
+            return tuple(f[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    except (KeyError, ValueError, OSError) as exc:
+        raise DatasetError(f"Cannot read {paths[0].name}: {exc}. Received: path='{paths[0]}'. "
+                           f"Replace it with the Keras mnist.npz.") from None
+
+
+def _parse_cifar(paths: list[Path]) -> tuple[np.ndarray, ...]:
+    """Read the pickled batches from the tar.gz (unpickling is safe: the file was verified)."""
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    batches = {}
+    with tarfile.open(paths[0], "r:gz") as tar:
+        for member in tar:
+            base = member.name.rsplit("/", 1)[-1]
+            if member.isfile() and base in names:
+                batches[base] = pickle.load(tar.extractfile(member), encoding="bytes")
+    if missing := [n for n in names if n not in batches]:
+        raise DatasetError(f"{paths[0].name} lacks the batches {missing}. "
+                           f"Received: path='{paths[0]}'. Replace it with the official archive.")
+
+    def stack(keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        x = np.concatenate([np.asarray(batches[k][b"data"], np.uint8) for k in keys])
+        y = np.concatenate([np.asarray(batches[k][b"labels"]) for k in keys])
+        return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
+
+    return (*stack(names[:5]), *stack(names[5:]))
+
+
+_PARSERS = {"idx": _parse_idx, "npz": _parse_npz, "cifar": _parse_cifar}
+
+
+def _finish(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+            y_test: np.ndarray, num_classes: int, source: str, scale: float = 255.0) -> Dataset:
+    """Scale images to float32 in [0, 1], add a channel axis if missing, check the labels."""
+    def images(x: np.ndarray) -> np.ndarray:
+        x = np.multiply(x, np.float32(1.0 / scale), dtype=np.float32)
+        return x[..., None] if x.ndim == 3 else x
+
+    def labels(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        y = np.asarray(y, dtype=np.int64).reshape(-1)
+        if len(y) != len(x) or (y.size and (y.min() < 0 or y.max() >= num_classes)):
+            raise DatasetError(f"{name}: {len(y)} labels for {len(x)} images; expected one label "
+                               f"in [0, {num_classes}) per image. Received: source='{source}'. "
+                               f"Replace the files with the official ones.")
+        return y
+
+    return Dataset(name, images(x_train), labels(y_train, x_train), images(x_test),
+                   labels(y_test, x_test), num_classes, source)
+
+
+# ------------------------------------------------------------------- offline datasets
+
+
+def _load_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits (0..16); fixed permutation (seed 0), last 20% test."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    order = np.random.default_rng(0).permutation(len(bunch.target))
+    x, y = bunch.images[order], bunch.target[order]
+    split = len(y) - round(0.2 * len(y))
+    return _finish("digits", x[:split], y[:split], x[split:], y[split:], 10,
+                   "scikit-learn (bundled)", scale=16.0)
+
+
+def _load_synthetic(num_train: int = 500, num_test: int = 100) -> Dataset:
+    """10 balanced classes of 28x28x1 images: a fixed blocky pattern per class plus noise."""
+    rng = np.random.default_rng(0)
+    patterns = np.kron(rng.random((10, 7, 7)) > 0.5, np.ones((4, 4)))
+    y = np.concatenate([rng.permutation(np.arange(n) % 10) for n in (num_train, num_test)])
+    x = np.clip(0.8 * patterns[y] + rng.normal(0.1, 0.15, (len(y), 28, 28)), 0.0, 1.0)
+    return _finish("synthetic", x[:num_train], y[:num_train], x[num_train:], y[num_train:],
+                   10, "generated (seed 0)", scale=1.0)
