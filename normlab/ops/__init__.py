@@ -2,7 +2,7 @@
 functional normalization ops built from them."""
 
 from normlab.ops.functional import batch_norm, group_norm, instance_norm, layer_norm
-from normlab.ops.moments import moments, stats_dtype
+from normlab.ops.moments import moments, shifted_moments, stats_dtype
 from normlab.ops.normalize import normalize
 
 __all__ = [
@@ -12,5 +12,6 @@ __all__ = [
     "layer_norm",
     "moments",
     "normalize",
+    "shifted_moments",
     "stats_dtype",
 ]

@@ -11,7 +11,7 @@ from keras import ops
 
 from normlab import backends
 from normlab.ops.axes import canonicalize_axes, complement, known_dims
-from normlab.ops.moments import moments
+from normlab.ops.moments import shifted_moments
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_groups, error_message, resolve_groups
 
@@ -98,19 +98,19 @@ def group_norm(x, groups: int = 32, axis: int = -1, *, gamma=None, beta=None, ep
             return y
 
     if g == channels:  # one group per channel: no reshape needed
-        mean, var = moments(x, complement([a], ndim, keep_batch=True))
+        shift, mean, var = shifted_moments(x, complement([a], ndim, keep_batch=True))
         return normalize(
-            x, mean, var, epsilon=epsilon,
+            x, mean, var, shift=shift, epsilon=epsilon,
             gamma=_broadcast(gamma, ndim, [a], [channels]),
             beta=_broadcast(beta, ndim, [a], [channels]),
         )
     dims = _dims(x)
     grouped = dims[:a] + [g, channels // g] + dims[a + 1:]
     xg = ops.reshape(x, grouped)
-    mean, var = moments(xg, complement([a], ndim + 1, keep_batch=True))
+    shift, mean, var = shifted_moments(xg, complement([a], ndim + 1, keep_batch=True))
     param_axes, param_shape = [a, a + 1], [g, channels // g]
     y = normalize(
-        xg, mean, var, epsilon=epsilon,
+        xg, mean, var, shift=shift, epsilon=epsilon,
         gamma=_broadcast(gamma if gamma is None else ops.reshape(gamma, param_shape), ndim + 1, param_axes, param_shape),
         beta=_broadcast(beta if beta is None else ops.reshape(beta, param_shape), ndim + 1, param_axes, param_shape),
     )
@@ -183,9 +183,9 @@ def layer_norm(x, axis=-1, *, gamma=None, beta=None, epsilon: float = 1e-3):
         if y is not None:
             return y
 
-    mean, var = moments(x, axes)
+    shift, mean, var = shifted_moments(x, axes)
     return normalize(
-        x, mean, var, epsilon=epsilon,
+        x, mean, var, shift=shift, epsilon=epsilon,
         gamma=_broadcast(gamma, ndim, axes, feature_shape),
         beta=_broadcast(beta, ndim, axes, feature_shape),
     )
@@ -254,13 +254,13 @@ def batch_norm(
         if hook is not None:
             result = hook(x, axis=a, gamma=gamma, beta=beta, epsilon=epsilon)
         if result is None:
-            mean, variance = moments(x, reduce_axes, mask=mask)
+            shift, mean, variance = shifted_moments(x, reduce_axes, mask=mask)
             y = normalize(
-                x, mean, variance, epsilon=epsilon,
+                x, mean, variance, shift=shift, epsilon=epsilon,
                 gamma=_broadcast(gamma, ndim, [a], [channels]),
                 beta=_broadcast(beta, ndim, [a], [channels]),
             )
-            mean, variance = ops.reshape(mean, (channels,)), ops.reshape(variance, (channels,))
+            mean, variance = ops.reshape(shift + mean, (channels,)), ops.reshape(variance, (channels,))
         else:
             y, mean, variance = result
     else:

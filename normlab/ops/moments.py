@@ -4,9 +4,14 @@ Numerics policy (the one place it is decided):
 
 * Statistics are computed in float32 at least: float16 and bfloat16 inputs
   are upcast before any reduction, float64 stays float64.
-* Variance is two-pass, ``mean((x - mean)**2)``, never ``E[x^2] - E[x]^2``:
-  it stays exact for inputs with a large offset (1e6 + small noise) where a
-  one-pass formula cancels catastrophically and can even go negative.
+* Variance is two-pass and shifted: a first pass takes a per-slice shift
+  ``s = mean(x)`` (a constant for autodiff), a second pass the mean ``c``
+  and variance of the residuals ``d = x - s``; ``var = mean(d**2) - c**2``.
+  Never ``E[x^2] - E[x]^2``, which cancels catastrophically for inputs with
+  a large offset (1e6 + small noise) and can even go negative. The apply
+  step subtracts ``s`` then ``c`` (see :func:`shifted_moments`), so the
+  output stays exact even where the mean itself cannot be held in the
+  input's dtype (float32 near 1e6 holds it only to 1/16).
 * Variance is the biased (population) variance, as in Keras and the papers,
   and is clamped at zero so that ``rsqrt(var + epsilon)`` is always finite.
 * An optional ``mask`` (broadcastable to ``x``, 1 = counts, 0 = ignored)
@@ -25,6 +30,37 @@ from keras.src.backend import standardize_dtype
 def stats_dtype(dtype) -> str:
     """The dtype statistics are computed in for inputs of ``dtype``."""
     return "float64" if standardize_dtype(dtype) == "float64" else "float32"
+
+
+def shifted_moments(x, axes: Sequence[int], *, mask=None):
+    """Statistics of ``x`` relative to a per-slice shift, for the exact apply step.
+
+    Returns ``(shift, mean, variance)``, all with the reduced axes kept:
+    ``shift`` is a first-pass mean (no gradient flows through it), ``mean``
+    and ``variance`` are those of ``x - shift``, so the mean of ``x`` is
+    ``shift + mean``. Pass all three to
+    :func:`~normlab.ops.normalize.normalize` (``shift=shift``); the result
+    does not depend on the shift, only its rounding does, which is why it
+    is kept apart. Arguments as in :func:`moments`.
+    """
+    axes = list(axes)
+    dtype = stats_dtype(x.dtype)
+    x = ops.cast(x, dtype)
+    if mask is None:
+        def average(v):
+            return ops.mean(v, axis=axes, keepdims=True)
+    else:
+        weight = ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
+        count = ops.maximum(ops.sum(weight, axis=axes, keepdims=True), 1.0)
+
+        def average(v):
+            return ops.sum(v * weight, axis=axes, keepdims=True) / count
+
+    shift = ops.stop_gradient(average(x))
+    residual = x - shift
+    mean = average(residual)
+    variance = ops.maximum(average(ops.square(residual)) - ops.square(mean), 0.0)
+    return shift, mean, variance
 
 
 def moments(x, axes: Sequence[int], *, mask=None, keepdims: bool = True):
@@ -50,20 +86,9 @@ def moments(x, axes: Sequence[int], *, mask=None, keepdims: bool = True):
         >>> float(ops.convert_to_numpy(var)[0, 0])
         1.0
     """
-    axes = list(axes)
-    dtype = stats_dtype(x.dtype)
-    x = ops.cast(x, dtype)
-    if mask is None:
-        mean = ops.mean(x, axis=axes, keepdims=True)
-        variance = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
-    else:
-        weight = ops.cast(mask, dtype)
-        weight = ops.broadcast_to(weight, ops.shape(x))
-        count = ops.maximum(ops.sum(weight, axis=axes, keepdims=True), 1.0)
-        mean = ops.sum(x * weight, axis=axes, keepdims=True) / count
-        variance = ops.sum(weight * ops.square(x - mean), axis=axes, keepdims=True) / count
-    variance = ops.maximum(variance, 0.0)
+    shift, mean, variance = shifted_moments(x, axes, mask=mask)
+    mean = shift + mean
     if not keepdims:
-        mean = ops.squeeze(mean, axis=axes)
-        variance = ops.squeeze(variance, axis=axes)
+        mean = ops.squeeze(mean, axis=list(axes))
+        variance = ops.squeeze(variance, axis=list(axes))
     return mean, variance

@@ -7,13 +7,15 @@ from keras import ops
 from normlab.ops.moments import stats_dtype
 
 
-def normalize(x, mean, variance, *, gamma=None, beta=None, epsilon: float = 1e-3):
+def normalize(x, mean, variance, *, gamma=None, beta=None, epsilon: float = 1e-3, shift=None):
     """Normalizes ``x`` with given statistics, then scales and shifts it.
 
     Formula: ``y = (x - mean) * rsqrt(variance + epsilon) * gamma + beta``,
     computed in float32 at least and cast back to the dtype of ``x``.
     ``x - mean`` is formed before scaling, so a large common offset cancels
-    exactly instead of being scaled first.
+    exactly instead of being scaled first; with ``shift`` (from
+    :func:`~normlab.ops.moments.shifted_moments`), ``mean`` is relative to
+    it and ``(x - shift) - mean`` keeps every bit of the residual.
 
     Args:
         x: input tensor.
@@ -23,6 +25,8 @@ def normalize(x, mean, variance, *, gamma=None, beta=None, epsilon: float = 1e-3
         gamma: optional scale, broadcastable to ``x``. Default None (1).
         beta: optional offset, broadcastable to ``x``. Default None (0).
         epsilon: added to the variance. Default 1e-3.
+        shift: optional tensor broadcastable to ``x`` that ``mean`` is
+            relative to. Default None (``mean`` is the mean of ``x``).
 
     Returns:
         A tensor with the shape and dtype of ``x``.
@@ -34,11 +38,15 @@ def normalize(x, mean, variance, *, gamma=None, beta=None, epsilon: float = 1e-3
         >>> ops.convert_to_numpy(y).tolist()
         [[-1.0, 1.0]]
     """
+    out_dtype = x.dtype
     dtype = stats_dtype(x.dtype)
     inv = ops.rsqrt(ops.cast(variance, dtype) + epsilon)
     if gamma is not None:
         inv = inv * ops.cast(gamma, dtype)
-    y = (ops.cast(x, dtype) - ops.cast(mean, dtype)) * inv
+    x = ops.cast(x, dtype)
+    if shift is not None:
+        x = x - ops.cast(shift, dtype)
+    y = (x - ops.cast(mean, dtype)) * inv
     if beta is not None:
         y = y + ops.cast(beta, dtype)
-    return ops.cast(y, x.dtype)
+    return ops.cast(y, out_dtype)
