@@ -1,45 +1,24 @@
 """normlab: normalization layers for Keras 3 on TensorFlow, JAX and PyTorch.
 
-Importing ``normlab`` does not import Keras: the layers, ops and registry are
-loaded on first use, so tools such as the ``normlab`` command line can choose
-the Keras backend (``KERAS_BACKEND``) before Keras starts.
+Importing normlab registers every layer with Keras' serialization, so
+``keras.saving.load_model`` finds them. When no backend is configured and
+TensorFlow is not installed, normlab picks an installed backend before Keras
+starts (see :mod:`normlab._backend`). Every layer in :mod:`normlab.layers`
+is also available here.
 
 >>> import normlab
 >>> normlab.GroupNormalization(groups=5, axis=3).groups
 5
 """
 
-from __future__ import annotations
+from normlab._backend import choose_default_backend
 
-import importlib
+choose_default_backend()
+
+from normlab import backends, layers, ops  # noqa: E402
+from normlab.layers import *  # noqa: E402,F401,F403  (every layer, by its class name)
+from normlab.registry import get, register, registry  # noqa: E402
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "layers": ("normlab.layers", None),
-    "ops": ("normlab.ops", None),
-    "backends": ("normlab.backends", None),
-    "BatchNormalization": ("normlab.layers", "BatchNormalization"),
-    "GroupNormalization": ("normlab.layers", "GroupNormalization"),
-    "InstanceNormalization": ("normlab.layers", "InstanceNormalization"),
-    "LayerNormalization": ("normlab.layers", "LayerNormalization"),
-    "get": ("normlab.registry", "get"),
-    "register": ("normlab.registry", "register"),
-    "registry": ("normlab.registry", "registry"),
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'normlab' has no attribute {name!r}")
-    module_name, attribute = _LAZY[name]
-    module = importlib.import_module(module_name)
-    value = module if attribute is None else getattr(module, attribute)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__all__ = ["backends", "get", "layers", "ops", "register", "registry", *layers.__all__]

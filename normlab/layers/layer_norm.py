@@ -40,13 +40,13 @@ class LayerNormalization(Normalization):
             ``rms_scaling=False`` from old Keras configs is accepted and ignored.
 
     Example:
-        >>> import numpy as np, normlab
+        >>> import keras, numpy as np, normlab
         >>> x = np.random.default_rng(0).normal(size=(2, 26, 26, 10)).astype("float32")
         >>> layer = normlab.layers.LayerNormalization(axis=1)
         >>> y = layer(x)
         >>> layer.count_params()                       # gamma and beta over H=26
         52
-        >>> bool(np.allclose(np.asarray(y).mean(axis=1), 0, atol=1e-5))
+        >>> bool(np.allclose(keras.ops.convert_to_numpy(y).mean(axis=1), 0, atol=1e-5))
         True
 
     Reference:

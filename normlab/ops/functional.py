@@ -163,8 +163,8 @@ def layer_norm(x, axis=-1, *, gamma=None, beta=None, epsilon: float = 1e-3):
     Example:
         >>> import numpy as np
         >>> x = np.array([[1.0, 2.0, 3.0]], "float32")
-        >>> ops.convert_to_numpy(layer_norm(x, epsilon=0.0)).round(4).tolist()
-        [[-1.2247, 0.0, 1.2247]]
+        >>> [round(float(v), 4) for v in ops.convert_to_numpy(layer_norm(x, epsilon=0.0))[0]]
+        [-1.2247, 0.0, 1.2247]
 
     Reference:
         Ba, Kiros & Hinton, "Layer Normalization", 2016. https://arxiv.org/abs/1607.06450

@@ -1,0 +1,84 @@
+"""BatchNormalization: harness, anchors, moving statistics, training/inference, masks."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import normlab
+from normlab.testing import reference
+from normlab.testing.harness import run_layer_test
+
+
+@pytest.mark.parametrize("kwargs, shape", [(dict(axis=3), (4, 5, 5, 10)), (dict(axis=1), (4, 3, 6)), (dict(), (8, 5))])
+def test_harness(kwargs, shape):
+    run_layer_test(normlab.BatchNormalization, kwargs, shape, expected_trainable=2, expected_non_trainable=2)
+
+
+def test_param_counts_in_summary_anchor():
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(10, 3), normlab.BatchNormalization(axis=3)])
+    bn = model.layers[-1]
+    assert bn.count_params() == 40
+    assert sum(int(np.prod(w.shape)) for w in bn.non_trainable_weights) == 20
+
+
+def test_training_uses_batch_statistics_and_updates_moving_averages():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(16, 4, 4, 5)).astype("float32")
+    layer = normlab.BatchNormalization(momentum=0.9, epsilon=1e-3)
+    y = ops.convert_to_numpy(layer(x, training=True))
+    expected, mean, var = reference.batch_norm(x)
+    np.testing.assert_allclose(y, expected, atol=2e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean), 0.1 * mean, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_variance), 0.9 + 0.1 * var, rtol=1e-5)
+
+
+def test_inference_uses_moving_statistics():
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    layer = normlab.BatchNormalization(moving_mean_initializer="ones", moving_variance_initializer=keras.initializers.Constant(4.0))
+    y = ops.convert_to_numpy(layer(x, training=False))
+    np.testing.assert_allclose(y, (x - 1.0) / np.sqrt(4.0 + 1e-3), atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean), np.ones(3))  # unchanged
+
+
+def test_trainable_false_means_inference_mode():
+    x = np.random.default_rng(0).normal(5.0, 1.0, size=(8, 3)).astype("float32")
+    layer = normlab.BatchNormalization()
+    layer.build(x.shape)
+    layer.trainable = False
+    y = ops.convert_to_numpy(layer(x, training=True))
+    np.testing.assert_allclose(y, x / np.sqrt(1 + 1e-3), atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean), np.zeros(3))
+
+
+def test_mask_excludes_padded_steps_from_statistics():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 3)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    padded = np.where(mask[..., None], x, 100.0).astype("float32")
+    layer = normlab.BatchNormalization(momentum=0.0)
+    layer(padded, training=True, mask=mask)
+    _, mean, var = reference.batch_norm(x, mask=mask[..., None].astype("float64"))
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean), mean, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_variance), var, atol=1e-5)
+    with pytest.raises(ValueError, match=r"Invalid `mask`.*Received: mask.shape=\(2, 5, 1\), inputs.shape=\(2, 5, 3\)"):
+        layer(padded, training=True, mask=mask[..., None])
+
+
+def test_synchronized_is_accepted_and_says_what_it_does():
+    with pytest.warns(UserWarning, match="each replica normalizes with its own batch statistics"):
+        layer = normlab.BatchNormalization(axis=-1, synchronized=True)
+    assert layer.get_config()["synchronized"] is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normlab.BatchNormalization(axis=-1, synchronized=False)
+
+
+def test_large_offset_training_stays_exact():
+    rng = np.random.default_rng(0)
+    x = (1e4 + rng.normal(size=(32, 6, 6, 4))).astype("float32")
+    y = ops.convert_to_numpy(normlab.BatchNormalization()(x, training=True))
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, reference.batch_norm(x.astype(np.float64))[0], atol=1e-4)

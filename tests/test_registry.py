@@ -1,0 +1,65 @@
+"""Building norms from spec strings, and the errors for bad specs."""
+
+import keras
+import pytest
+
+import normlab
+from normlab.registry import names, parse_spec
+
+
+@pytest.mark.parametrize(
+    "spec, cls, attrs",
+    [
+        ("group(groups=8)", normlab.GroupNormalization, {"groups": 8, "axis": -1}),
+        ("gn(groups=5, axis=3)", normlab.GroupNormalization, {"groups": 5, "axis": 3}),
+        ("instance", normlab.InstanceNormalization, {"axis": -1}),
+        ("layer(axis=[1, 2, 3])", normlab.LayerNormalization, {"axis": [1, 2, 3]}),
+        ("BN(momentum=0.9)", normlab.BatchNormalization, {"momentum": 0.9}),
+        ("none", keras.layers.Identity, {}),
+    ],
+)
+def test_get_builds_configured_layers(spec, cls, attrs):
+    layer = normlab.get(spec)
+    assert type(layer) is cls
+    for key, value in attrs.items():
+        assert getattr(layer, key) == value
+
+
+def test_get_returns_a_new_layer_each_time_and_overrides_win():
+    a, b = normlab.get("group(groups=4)"), normlab.get("group(groups=4)", groups=2)
+    assert a is not b and b.groups == 2
+
+
+def test_registry_lists_names_aliases_and_arguments():
+    entries = normlab.registry()
+    assert {"group", "instance", "layer", "batch", "none"} <= set(entries)
+    assert "gn" in entries["group"].aliases
+    assert entries["group"].arguments()["groups"] == 32
+    assert entries["batch"].arguments()["momentum"] == 0.99
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown norm 'gruop'.*Did you mean 'group'.*Valid names: .*batch.*group"):
+        normlab.get("gruop(groups=2)")
+
+
+def test_unknown_argument_lists_valid_arguments():
+    with pytest.raises(ValueError, match=r"'group' has no argument 'group'\. Received: spec='group\(group=2\)'\. Valid arguments: groups, axis"):
+        normlab.get("group(group=2)")
+
+
+@pytest.mark.parametrize("spec", ["group(2)", "group(groups=x)", "group(", "1 + 2", ""])
+def test_malformed_specs(spec):
+    with pytest.raises((ValueError, TypeError), match=r"Invalid `spec`"):
+        parse_spec(spec)
+
+
+def test_argument_values_are_validated_by_the_layer():
+    with pytest.raises(ValueError, match=r"Received: groups=0"):
+        normlab.get("group(groups=0)")
+
+
+def test_register_refuses_to_shadow_another_norm():
+    with pytest.raises(ValueError, match=r"already registered for 'group'"):
+        normlab.register("gn", normlab.LayerNormalization)
+    assert "gn" in names()
