@@ -1,0 +1,228 @@
+"""TensorFlow fast paths: XLA- and Grappler-friendly formulations with a
+closed-form backward (``tf.custom_gradient``).
+
+The same formulation as the JAX fast paths (see ``normlab/backends/jax.py``):
+
+* group and batch statistics are reduced per channel on a free reshape to
+  ``(N, P, C, Q)`` and only then summed over a group's channels, instead of
+  reducing a grouped ``(N, S, G, C/G)`` view;
+* statistics are taken relative to a sample of each slice (an element of
+  the data, so no product feeds ``x - shift``), one pass for ``sum(d)`` and
+  ``sum(d^2)``, and a second, exact pass only where the sample lies more
+  than four standard deviations from its slice's mean;
+* the backward is the closed form
+  ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, ``g = dy * gamma``,
+  from the saved input and per-slice statistics.
+
+It serves eager execution, ``tf.function`` and ``jit_compile=True`` alike,
+with an unknown batch size; other unknown dimensions decline, as do
+non-float inputs. float16/bfloat16 are computed in float32 and cast back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+from keras import ops
+
+_FLOATS = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+#: See ``normlab.backends.jax._MAX_SHIFT_RATIO``.
+_MAX_SHIFT_RATIO = 16.0
+
+
+def _compute_dtype(dtype):
+    return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def _param(param):
+    if param is None:
+        return None
+    return tf.convert_to_tensor(ops.convert_to_tensor(param))
+
+
+def _usable(x) -> bool:
+    if not isinstance(x, (tf.Tensor, tf.Variable)) or x.dtype not in _FLOATS:
+        return False
+    shape = x.shape
+    if shape.rank is None or shape.rank < 2:
+        return False
+    if any(d is None for d in shape[1:]):
+        return False
+    return shape[0] is None or shape.num_elements() > 0
+
+
+def _shifted_stats(xf, shift, reduce, count, epsilon):
+    """Mean relative to ``shift``, variance and rstd (see the module doc)."""
+    d = xf - shift
+    mean = reduce(d) / count
+    var = tf.maximum(reduce(d * d) / count - mean * mean, 0.0)
+    far = tf.reduce_any(mean * mean > _MAX_SHIFT_RATIO * (var + epsilon))
+
+    def two_pass():
+        r = d - mean
+        return reduce(r * r) / count
+
+    var = tf.cond(far, two_pass, lambda: var)
+    return mean, var, tf.math.rsqrt(var + epsilon)
+
+
+# --------------------------------------------------------------------------
+# Channel statistics: group norm (per sample) and batch norm (per batch).
+# x4 has shape (N, P, C, Q); statistics broadcast as (N or 1, 1, C, 1).
+
+
+def _group_sum(t, c, groups):
+    if groups is None or groups == c:
+        return t
+    per = c // groups
+    n = tf.shape(t)[0]
+    t = tf.reduce_sum(tf.reshape(t, [n, groups, per]), axis=2, keepdims=True)
+    return tf.reshape(tf.broadcast_to(t, [n, groups, per]), [n, 1, c, 1])
+
+
+def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, p, c, q):
+    axes = [0, 1, 3] if batch else [1, 3]
+    per = c // groups if groups is not None else 1
+    pshape = [1, 1, c, 1]
+
+    def reduce(t):
+        return _group_sum(tf.reduce_sum(t, axis=axes, keepdims=True), c, groups)
+
+    @tf.custom_gradient
+    def fn(*args):
+        x4 = args[0]
+        gamma = args[1] if has_gamma else None
+        beta = args[1 + has_gamma] if has_beta else None
+        compute = _compute_dtype(x4.dtype)
+        xf = tf.cast(x4, compute)
+        n = tf.shape(x4)[0]
+        count = p * q * per * (tf.cast(n, compute) if batch else 1.0)
+        if batch:
+            shift = xf[:1, :1, :, :1]
+        else:
+            first = xf[:, :1, ::per, :1]  # the first element of each group
+            shift = tf.reshape(tf.broadcast_to(tf.reshape(first, [n, 1, c // per, 1, 1]), [n, 1, c // per, per, 1]), [n, 1, c, 1])
+        shift = tf.stop_gradient(shift)
+        mean, var, rstd = _shifted_stats(xf, shift, reduce, count, epsilon)
+        gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
+        scale = rstd if gam is None else rstd * gam
+        y = ((xf - shift) - mean) * scale
+        if beta is not None:
+            y = y + tf.reshape(tf.cast(beta, compute), pshape)
+        y = tf.cast(y, x4.dtype)
+        outputs = (y, tf.reshape(shift + mean, [c]), tf.reshape(var, [c])) if batch else y
+
+        def grad(*upstream):
+            dy = upstream[0]
+            g = tf.cast(dy, compute)
+            xc = (xf - shift) - mean
+            a = tf.reduce_sum(g, axis=axes, keepdims=True)
+            b = tf.reduce_sum(g * xc, axis=axes, keepdims=True)
+            ga, gb = (a, b) if gam is None else (a * gam, b * gam)
+            big_a = _group_sum(ga, c, groups)
+            big_b = _group_sum(gb, c, groups)
+            k_dy = scale
+            k_xc = -(rstd * rstd * rstd) * big_b / count
+            k_0 = -rstd * big_a / count
+            if batch:
+                dmean, dvar = upstream[1], upstream[2]
+                if dvar is not None:
+                    k_xc = k_xc + (2.0 / count) * tf.reshape(tf.cast(dvar, compute), pshape)
+                if dmean is not None:
+                    k_0 = k_0 + tf.reshape(tf.cast(dmean, compute), pshape) / count
+            grads = [tf.cast(g * k_dy + xc * k_xc + k_0, x4.dtype)]
+            if gamma is not None:
+                grads.append(tf.cast(tf.reduce_sum(b * rstd, axis=[0, 1, 3]), gamma.dtype))
+            if beta is not None:
+                grads.append(tf.cast(tf.reduce_sum(a, axis=[0, 1, 3]), beta.dtype))
+            return grads
+
+        return outputs, grad
+
+    return fn
+
+
+def _channel_norm(x, axis, gamma, beta, batch, groups, epsilon):
+    shape = x.shape
+    p = math.prod(shape[1:axis])
+    c = shape[axis]
+    q = math.prod(shape[axis + 1:])
+    x4 = tf.reshape(x, [-1, p, c, q])
+    fn = _channel_norm_fn(batch, groups, float(epsilon), gamma is not None, beta is not None, p, c, q)
+    args = [x4] + [t for t in (gamma, beta) if t is not None]
+    return fn(*args)
+
+
+def group_norm(x, *, groups, axis, gamma, beta, epsilon):
+    if not _usable(x):
+        return None
+    y = _channel_norm(x, axis, _param(gamma), _param(beta), False, int(groups), epsilon)
+    return tf.reshape(y, tf.shape(x))
+
+
+def batch_norm_train(x, *, axis, gamma, beta, epsilon):
+    if not _usable(x):
+        return None
+    y, mean, var = _channel_norm(x, axis, _param(gamma), _param(beta), True, None, epsilon)
+    return tf.reshape(y, tf.shape(x)), mean, var
+
+
+# --------------------------------------------------------------------------
+# Layer norm: statistics over arbitrary feature axes, elementwise affine.
+
+
+def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape):
+    ndim = len(shape)
+    pshape = [shape[i] if i in axes else 1 for i in range(ndim)]
+    others = [i for i in range(ndim) if i not in axes]
+    count = float(math.prod(shape[a] for a in axes))
+    sample = tuple(slice(0, 1) if i in axes else slice(None) for i in range(ndim))
+
+    def reduce(t):
+        return tf.reduce_sum(t, axis=list(axes), keepdims=True)
+
+    @tf.custom_gradient
+    def fn(*args):
+        x = args[0]
+        gamma = args[1] if has_gamma else None
+        beta = args[1 + has_gamma] if has_beta else None
+        compute = _compute_dtype(x.dtype)
+        xf = tf.cast(x, compute)
+        shift = tf.stop_gradient(xf[sample])
+        mean, _, rstd = _shifted_stats(xf, shift, reduce, count, epsilon)
+        gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
+        scale = rstd if gam is None else rstd * gam
+        y = ((xf - shift) - mean) * scale
+        if beta is not None:
+            y = y + tf.reshape(tf.cast(beta, compute), pshape)
+
+        def grad(dy):
+            g = tf.cast(dy, compute)
+            xc = (xf - shift) - mean
+            gg = g if gam is None else g * gam
+            big_a = reduce(gg)
+            big_b = reduce(gg * xc)
+            dx = gg * rstd - (rstd * big_a + xc * (rstd * rstd * rstd) * big_b) / count
+            grads = [tf.cast(dx, x.dtype)]
+            if gamma is not None:
+                dgamma = tf.reduce_sum(g * xc * rstd, axis=others)
+                grads.append(tf.cast(tf.reshape(dgamma, tf.shape(gamma)), gamma.dtype))
+            if beta is not None:
+                dbeta = tf.reduce_sum(g, axis=others)
+                grads.append(tf.cast(tf.reshape(dbeta, tf.shape(beta)), beta.dtype))
+            return grads
+
+        return tf.cast(y, x.dtype), grad
+
+    return fn
+
+
+def layer_norm(x, *, axes, gamma, beta, epsilon):
+    if not _usable(x):
+        return None
+    gamma, beta = _param(gamma), _param(beta)
+    axes = tuple(int(a) for a in axes)
+    fn = _layer_norm_fn(axes, float(epsilon), gamma is not None, beta is not None, tuple(x.shape))
+    return fn(*([x] + [t for t in (gamma, beta) if t is not None]))

@@ -1,0 +1,186 @@
+"""PyTorch fast paths: ATen's fused normalization kernels, used only where
+their result is exact to float rounding.
+
+ATen on CPU (measured; see ``benchmarks/README.md``):
+
+* ``native_group_norm`` reads the data once for its statistics and once to
+  apply them, on channels-first (contiguous) and channels-last memory
+  alike. Its statistics are not two-pass: on channels-last data it forms
+  ``E[x^2] - E[x]^2`` (whole units wrong at an offset of 1000), and its
+  Welford variant on contiguous data and its backward (``sum(dy * x)``,
+  ``c2 * x + c3``) lose digits in proportion to the offset as well.
+* ``native_layer_norm`` (trailing axes) and ``native_batch_norm`` behave
+  alike: their statistics are fine or nearly so, but the apply step
+  ``x * a + b`` and the backward round at the scale of the offset.
+
+All of these errors grow like ``eps * (1 + mean^2 / (var + epsilon))``
+(relative), and the kernels return ``mean`` and ``rstd``: each hook runs
+the kernel once, and keeps the result only where ``(mean * rstd)^2 <= 1``
+for every slice (the offset no larger than the spread, where the kernel's
+error is that of the two-pass formula, measured within 1e-6 relative).
+Otherwise it subtracts an accurate per-slice mean (a plain ``torch.sum``,
+without gradient: the result does not depend on a per-slice shift) and runs
+the kernel again on the centered data, where the check then holds; if it
+still fails (NaN or inf inputs) the hook declines and the general path
+runs.
+
+Channels-last data ``(N, ..., C)`` is viewed without copying as a
+``channels_last`` tensor of shape ``(N, C, S, 1)``; channels-first data
+``(N, C, ...)`` as a contiguous ``(N, C, S)``. Other layouts (a channel axis
+in the middle of a rank >= 4 tensor, non-contiguous strides, layer norm on
+non-trailing axes) decline.
+
+Statistics are in float32 at least: float16 and bfloat16 inputs are upcast
+once before the kernel and the result is cast back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from keras import ops
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+#: Largest ``(mean * rstd)^2`` for which a kernel's result is kept.
+MAX_OFFSET_RATIO = 1.0
+
+#: Longest reduction handed to ATen. Its CPU kernels accumulate sums
+#: sequentially (not pairwise): at 2**16 terms the statistics and parameter
+#: gradients are measured within 5e-6 relative, at 2**18 only within 2e-5.
+MAX_REDUCTION = 2**16
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _param(param, dtype):
+    if param is None:
+        return None
+    param = ops.convert_to_tensor(param)
+    return param if param.dtype == dtype else param.to(dtype)
+
+
+def _usable(x) -> bool:
+    return (
+        isinstance(x, torch.Tensor)
+        and x.dtype in _FLOATS
+        and x.ndim >= 2
+        and x.numel() > 0
+        and x.is_contiguous()
+    )
+
+
+def _exact(mean, rstd) -> bool:
+    """Whether every slice's offset is within its spread (False on NaN)."""
+    with torch.no_grad():
+        ratio = torch.square(mean.detach() * rstd.detach()).max()
+    return bool(ratio <= MAX_OFFSET_RATIO)
+
+
+def _kernel_view(x, axis):
+    """``x`` as ``(N, C, S, 1)``: channels_last strides for a last channel
+    axis, contiguous for channel axis 1. None for other layouts."""
+    n, c = x.shape[0], x.shape[axis]
+    s = x.numel() // (n * c)
+    if axis == x.ndim - 1:
+        return x.view(n, s, 1, c).permute(0, 3, 1, 2)
+    if axis == 1:
+        return x.view(n, c, s, 1)
+    return None
+
+
+def _upcast(x):
+    compute = _compute_dtype(x.dtype)
+    return x if x.dtype == compute else x.to(compute)
+
+
+def _downcast(y, like):
+    return y if y.dtype == like.dtype else y.to(like.dtype)
+
+
+def group_norm(x, *, groups, axis, gamma, beta, epsilon):
+    if not _usable(x):
+        return None
+    x4 = _kernel_view(x, axis)
+    if x4 is None:
+        return None
+    n, c, s = x4.shape[0], x4.shape[1], x4.shape[2]
+    if max(s * (c // groups), n * s) > MAX_REDUCTION:
+        return None
+    x4 = _upcast(x4)
+    gamma, beta = _param(gamma, x4.dtype), _param(beta, x4.dtype)
+    y, mean, rstd = torch.native_group_norm(x4, gamma, beta, n, c, s, groups, epsilon)
+    if not _exact(mean, rstd):
+        with torch.no_grad():
+            sums = x4.sum(dim=(2, 3))  # (N, C), cascade-summed
+            shift = sums.view(n, groups, c // groups).sum(dim=2, keepdim=True) / (s * (c // groups))
+            shift = shift.expand(n, groups, c // groups).reshape(n, c, 1, 1)
+        y, mean, rstd = torch.native_group_norm(x4 - shift, gamma, beta, n, c, s, groups, epsilon)
+        if not _exact(mean, rstd):
+            return None
+    if axis == x.ndim - 1:
+        y = y.permute(0, 2, 3, 1)
+    return _downcast(y.reshape(x.shape), x)
+
+
+def layer_norm(x, *, axes, gamma, beta, epsilon):
+    if not _usable(x):
+        return None
+    k = len(axes)
+    if list(axes) != list(range(x.ndim - k, x.ndim)):
+        return None  # only trailing axes are rows of ATen's kernel
+    shape = tuple(x.shape[x.ndim - k:])
+    if max(math.prod(shape), x.numel() // math.prod(shape)) > MAX_REDUCTION:
+        return None
+    xc = _upcast(x)
+    gamma, beta = _param(gamma, xc.dtype), _param(beta, xc.dtype)
+    y, mean, rstd = torch.native_layer_norm(xc, shape, gamma, beta, epsilon)
+    if not _exact(mean, rstd):
+        with torch.no_grad():
+            shift = xc.view(-1, math.prod(shape)).mean(dim=1, keepdim=True)
+        centered = (xc.view(-1, math.prod(shape)) - shift).view(xc.shape)
+        y, mean, rstd = torch.native_layer_norm(centered, shape, gamma, beta, epsilon)
+        if not _exact(mean, rstd):
+            return None
+    return _downcast(y, x)
+
+
+def _batch_norm(x4, gamma, beta, epsilon, count):
+    """ATen's training batch norm; returns ``(y, mean, biased variance)``.
+
+    With momentum 1 the running buffers receive the batch statistics: the
+    mean, and the unbiased variance (rescaled to the biased one here)."""
+    c = x4.shape[1]
+    running_mean = torch.zeros(c, dtype=x4.dtype)
+    running_var = torch.ones(c, dtype=x4.dtype)
+    y = F.batch_norm(x4, running_mean, running_var, gamma, beta, True, 1.0, epsilon)
+    variance = torch.clamp(running_var * ((count - 1) / count), min=0.0)
+    return y, running_mean, variance
+
+
+def batch_norm_train(x, *, axis, gamma, beta, epsilon):
+    if not _usable(x):
+        return None
+    c = x.shape[axis]
+    count = x.numel() // c
+    if count < 2 or count > MAX_REDUCTION:
+        return None  # ATen's running variance is unbiased: undefined for one value
+    x4 = _kernel_view(x, axis)
+    if x4 is None:
+        return None
+    x4 = _upcast(x4)
+    gamma, beta = _param(gamma, x4.dtype), _param(beta, x4.dtype)
+    y, mean, variance = _batch_norm(x4, gamma, beta, epsilon, count)
+    if not _exact(mean, torch.rsqrt(variance + epsilon)):
+        shift = mean.detach().view(1, c, 1, 1)  # ATen's batch mean is two-pass: accurate
+        y, mean2, variance = _batch_norm(x4 - shift, gamma, beta, epsilon, count)
+        if not _exact(mean2, torch.rsqrt(variance + epsilon)):
+            return None
+        mean = mean + mean2
+    if axis == x.ndim - 1:
+        y = y.permute(0, 2, 3, 1)
+    return _downcast(y.reshape(x.shape), x), mean, variance

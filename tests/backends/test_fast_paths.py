@@ -1,0 +1,325 @@
+"""Parity of each backend's fast paths with the general path and with a
+float64 closed form: outputs, batch statistics and gradients with respect
+to x, gamma and beta, over layouts, dtypes, large offsets and (on JAX and
+TensorFlow) compiled functions.
+
+Runs in the process of the Keras backend under test; the hooks of other
+backends are never imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import normlab
+from normlab import backends
+from normlab import ops as nops
+from tests.backends._closed_form import normalize_and_vjp
+
+BACKEND = keras.backend.backend()
+try:
+    HOOKS = importlib.import_module(f"normlab.backends.{BACKEND}")
+except ModuleNotFoundError:  # a backend without fast paths
+    HOOKS = None
+
+pytestmark = pytest.mark.skipif(HOOKS is None, reason=f"no fast paths for {BACKEND}")
+
+EPSILON = 1e-3
+
+# id: (op, shape, axis, groups). Groups are already resolved, as the ops pass them.
+CASES = {
+    "gn-nhwc": ("group", (2, 5, 6, 8), 3, 4),
+    "gn-nchw": ("group", (2, 8, 5, 6), 1, 2),
+    "in-nhwc": ("group", (2, 5, 6, 8), 3, 8),
+    "in-nchw": ("group", (3, 4, 7), 1, 4),
+    "gn-rank2": ("group", (4, 6), 1, 3),
+    "gn-rank5": ("group", (2, 3, 4, 2, 6), 4, 3),
+    "gn-middle": ("group", (2, 3, 8, 4), 2, 4),
+    "ln-last": ("layer", (3, 7, 16), [2], None),
+    "ln-last2": ("layer", (2, 3, 4, 10), [2, 3], None),
+    "ln-first": ("layer", (3, 7, 16), [1], None),
+    "ln-split": ("layer", (2, 4, 5, 6), [1, 3], None),
+    "bn-nhwc": ("batch", (4, 5, 3, 6), 3, None),
+    "bn-nchw": ("batch", (4, 6, 5, 3), 1, None),
+    "bn-rank2": ("batch", (16, 5), 1, None),
+    "bn-middle": ("batch", (3, 4, 6, 5), 2, None),
+}
+
+# The torch hooks serve channels-first and channels-last layouts and layer
+# norm over trailing axes; everything else goes to the general path.
+DECLINED = {
+    "torch": {"gn-middle", "ln-first", "ln-split", "bn-middle"},
+    "jax": set(),
+    "tensorflow": set(),
+}.get(BACKEND, set())
+
+TOLERANCE = {"float64": 1e-9, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
+
+# Modes per backend, the default first: the eager call and every way a
+# Keras model runs the op (jax.jit; tf.function with and without XLA). JAX
+# defaults to jit: eager JAX compiles every primitive for every new shape.
+MODES = {"jax": ["jit", "eager"], "tensorflow": ["eager", "function", "xla"], "torch": ["eager"]}.get(BACKEND, [])
+
+
+def _param_shape(op, shape, axis):
+    return tuple(shape[a] for a in axis) if op == "layer" else (shape[axis],)
+
+
+def _inputs(case, offset, seed=0):
+    op, shape, axis, groups = CASES[case]
+    rng = np.random.default_rng(seed)
+    x = offset + rng.normal(0.5, 2.0, size=shape)
+    dy = rng.normal(size=shape)
+    pshape = _param_shape(op, shape, axis)
+    gamma = rng.uniform(0.5, 1.5, size=pshape).astype("float32")
+    beta = rng.normal(size=pshape).astype("float32")
+    return x, dy, gamma, beta
+
+
+def _tensor(a, dtype):
+    return ops.cast(ops.convert_to_tensor(np.asarray(a, "float64" if dtype == "float64" else "float32")), dtype)
+
+
+def _np(t):
+    if t is None:
+        return None
+    if hasattr(t, "dtype") and "bfloat16" in str(t.dtype):
+        t = ops.cast(t, "float32")
+    return np.asarray(ops.convert_to_numpy(t), np.float64)
+
+
+def _apply(case, x, gamma, beta):
+    op, _, axis, groups = CASES[case]
+    if op == "group":
+        return nops.group_norm(x, groups, axis, gamma=gamma, beta=beta, epsilon=EPSILON), None
+    if op == "layer":
+        return nops.layer_norm(x, axis, gamma=gamma, beta=beta, epsilon=EPSILON), None
+    y, mean, variance = nops.batch_norm(
+        x, axis=axis, gamma=gamma, beta=beta, epsilon=EPSILON, training=True, return_stats=True
+    )
+    return y, (mean, variance)
+
+
+def _run(case, x, dy, gamma, beta, mode):
+    """Forward and gradients on the active backend, as float64 NumPy."""
+    if BACKEND == "torch":
+        import torch
+
+        x = x.detach().requires_grad_(True)
+        params = [p.detach().requires_grad_(True) if p is not None else None for p in (gamma, beta)]
+        y, stats = _apply(case, x, *params)
+        y.backward(dy.to(y.dtype))
+        grads = [x.grad] + [p.grad if p is not None else None for p in params]
+        with torch.no_grad():
+            return _collect(y.detach(), stats, grads)
+    if BACKEND == "jax":
+        import jax
+
+        def full(x, params, dy):
+            y, vjp, stats = jax.vjp(lambda x, p: _apply(case, x, *p), x, params, has_aux=True)
+            dx, dparams = vjp(dy.astype(y.dtype))
+            return y, stats, dx, dparams
+
+        if mode == "jit":
+            full = jax.jit(full)
+        y, stats, dx, (dgamma, dbeta) = full(x, (gamma, beta), dy)
+        return _collect(y, stats, [dx, dgamma, dbeta])
+    import tensorflow as tf
+
+    def full(x, gamma, beta, dy):
+        sources = [t for t in (x, gamma, beta) if t is not None]
+        with tf.GradientTape() as tape:
+            tape.watch(sources)
+            y, stats = _apply(case, x, gamma, beta)
+        grads = tape.gradient(y, sources, output_gradients=tf.cast(dy, y.dtype))
+        return y, stats, grads
+
+    if mode != "eager":
+        full = tf.function(full, jit_compile=(mode == "xla"))
+    y, stats, grads = full(x, gamma, beta, dy)
+    grads = list(grads)
+    ordered = [grads.pop(0)] + [grads.pop(0) if p is not None else None for p in (gamma, beta)]
+    return _collect(y, stats, ordered)
+
+
+def _collect(y, stats, grads):
+    out = {"y": _np(y), "dx": _np(grads[0]), "dgamma": _np(grads[1]), "dbeta": _np(grads[2])}
+    if stats is not None:
+        out["mean"], out["variance"] = _np(stats[0]), _np(stats[1])
+    return out
+
+
+def _errors(actual, expected, tol):
+    """Per key: (error, allowed error) of ``actual`` against ``expected``."""
+    out = {}
+    for key, ref in expected.items():
+        if ref is None:
+            continue
+        got = actual.get(key)
+        assert got is not None, f"missing {key}"
+        assert got.shape == np.shape(ref), f"{key} shape {got.shape} != {np.shape(ref)}"
+        scale = max(1.0, float(np.max(np.abs(ref))))
+        if key in ("dgamma", "dbeta"):  # the parameters are float32 whatever x is
+            scale *= max(1.0, TOLERANCE["float32"] / tol)
+        err = float(np.max(np.abs(got - ref))) if got.size else 0.0
+        out[key] = (err, tol * scale)
+    return out
+
+
+def _compare(actual, expected, tol, what):
+    for key, (err, allowed) in _errors(actual, expected, tol).items():
+        assert err <= allowed, f"{what}: {key} off by {err:.3g} (tolerance {allowed:.3g})"
+
+
+def _check(case, dtype="float32", offset=0.0, affine=True, mode="eager", seed=0):
+    op, shape, axis, groups = CASES[case]
+    x_np, dy_np, gamma_np, beta_np = _inputs(case, offset, seed)
+    x = _tensor(x_np, dtype)
+    dy = _tensor(dy_np, "float32")
+    gamma = _tensor(gamma_np, "float32") if affine else None
+    beta = _tensor(beta_np, "float32") if affine else None
+    stored = ops.convert_to_numpy(x).dtype
+    if dtype == "float64" and str(stored) != "float64":
+        pytest.skip("float64 is stored as float32 on this backend (no x64)")
+    expected = normalize_and_vjp(
+        _np(x), _np(dy), op, axis, groups=groups,
+        gamma=gamma_np if affine else None, beta=beta_np if affine else None, epsilon=EPSILON,
+    )
+    if op != "batch":
+        expected.pop("mean"), expected.pop("variance")
+    tol = TOLERANCE[dtype]
+    fast = _run(case, x, dy, gamma, beta, mode)
+    with backends.disabled():
+        general = _run(case, x, dy, gamma, beta, mode)
+    what = f"{case} {dtype} offset={offset:g} affine={affine} {mode}"
+    _compare(fast, expected, tol, f"fast path vs float64 closed form, {what}")
+    # Parity: the two paths agree to within the general path's own distance
+    # from the closed form, plus rounding (tests/ops checks the general path).
+    own = _errors(general, expected, tol)
+    for key, (err, allowed) in _errors(fast, {k: general[k] for k in own}, tol).items():
+        assert err <= own[key][0] + 2 * allowed, (
+            f"fast vs general path, {what}: {key} differs by {err:.3g} "
+            f"(general path is {own[key][0]:.3g} from the closed form)"
+        )
+    assert fast["y"].dtype == np.float64  # converted; the backend dtype is checked below
+    return fast
+
+
+def _hook_result(case, x, gamma, beta):
+    if BACKEND == "jax":  # compiled: eager JAX compiles each primitive per shape
+        import jax
+
+        result = jax.jit(lambda x, gamma, beta: (_hook_call(case, x, gamma, beta),))(x, gamma, beta)[0]
+        return result
+    return _hook_call(case, x, gamma, beta)
+
+
+def _hook_call(case, x, gamma, beta):
+    op, _, axis, groups = CASES[case]
+    if op == "group":
+        return HOOKS.group_norm(x, groups=groups, axis=axis, gamma=gamma, beta=beta, epsilon=EPSILON)
+    if op == "layer":
+        return HOOKS.layer_norm(x, axes=axis, gamma=gamma, beta=beta, epsilon=EPSILON)
+    return HOOKS.batch_norm_train(x, axis=axis, gamma=gamma, beta=beta, epsilon=EPSILON)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hook_serves_or_declines_as_documented(case):
+    x_np, _, gamma_np, beta_np = _inputs(case, 0.0)
+    x = _tensor(x_np, "float32")
+    result = _hook_result(case, x, _tensor(gamma_np, "float32"), _tensor(beta_np, "float32"))
+    if case in DECLINED:
+        assert result is None
+        return
+    assert result is not None
+    y = result[0] if isinstance(result, tuple) else result
+    assert tuple(y.shape) == tuple(x.shape)
+    assert keras.backend.standardize_dtype(y.dtype) == "float32"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_float32_parity_with_general_path_and_float64(case, offset):
+    _check(case, "float32", offset, mode=MODES[0])
+
+
+@pytest.mark.parametrize("case", ["gn-nhwc", "in-nchw", "ln-last", "bn-nhwc", "bn-nchw", "ln-split"])
+def test_without_gamma_and_beta(case):
+    _check(case, "float32", 1e4, affine=False, mode=MODES[0])
+
+
+@pytest.mark.parametrize("dtype,offset", [("float16", 0.0), ("float16", 500.0), ("bfloat16", 0.0),
+                                          ("bfloat16", 50.0), ("float64", 1e6)])
+@pytest.mark.parametrize("case", ["gn-nhwc", "in-nchw", "ln-last", "bn-nhwc"])
+def test_other_dtypes(case, dtype, offset):
+    _check(case, dtype, offset, mode=MODES[0])
+    x = _tensor(_inputs(case, offset)[0], dtype)
+    result = _hook_result(case, x, None, None)
+    if result is not None:  # the output keeps the input's dtype
+        y = result[0] if isinstance(result, tuple) else result
+        assert keras.backend.standardize_dtype(y.dtype) == keras.backend.standardize_dtype(x.dtype)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", ["gn-nhwc", "in-nchw", "ln-last2", "bn-nhwc"])
+def test_every_mode(case, mode):
+    if mode == "eager" and BACKEND == "jax" and case not in ("gn-nhwc", "ln-last2"):
+        pytest.skip("eager JAX compiles each primitive per shape: two cases suffice")
+    _check(case, "float32", 1e4, mode=mode, seed=1)
+
+
+def test_batch_statistics_are_biased_per_channel_float32():
+    """The batch variance is the biased one, in float32, of shape (C,)."""
+    x_np = _inputs("bn-nhwc", 3.0)[0]
+    x = _tensor(x_np, "float32")
+    result = HOOKS.batch_norm_train(x, axis=3, gamma=None, beta=None, epsilon=EPSILON)
+    assert result is not None
+    _, mean, variance = result
+    flat = x_np.astype("float32").astype(np.float64).reshape(-1, 6)
+    np.testing.assert_allclose(_np(mean), flat.mean(0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_np(variance), flat.var(0), rtol=1e-5)
+    assert keras.backend.standardize_dtype(variance.dtype) == "float32"
+
+
+def test_nan_input_propagates_like_the_general_path():
+    x_np = _inputs("gn-nhwc", 0.0)[0]
+    x_np[0, 1, 2, 3] = np.nan
+    x = _tensor(x_np, "float32")
+    fast = _np(nops.group_norm(x, 4, 3))
+    with backends.disabled():
+        general = _np(nops.group_norm(x, 4, 3))
+    np.testing.assert_array_equal(np.isnan(fast), np.isnan(general))
+    np.testing.assert_allclose(fast[1], general[1], atol=2e-5)
+
+
+def test_constant_slices_give_beta():
+    x = _tensor(np.full((2, 4, 4, 8), 7.0), "float32")
+    beta = _tensor(np.arange(8.0), "float32")
+    y = _np(nops.group_norm(x, 4, 3, beta=beta))
+    np.testing.assert_allclose(y, np.broadcast_to(np.arange(8.0), y.shape), atol=1e-6)
+
+
+def test_layers_match_with_fast_paths_off():
+    """The layers (which never branch on the backend) agree either way,
+    including BatchNormalization's moving statistics."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 3.0, size=(2, 3, 3, 8)).astype("float32")
+    for make, kwargs in [
+        (lambda: normlab.GroupNormalization(groups=4, gamma_initializer="random_uniform"), {}),
+        (lambda: normlab.BatchNormalization(momentum=0.5), {"training": True}),
+    ]:
+        keras.utils.set_random_seed(0)
+        fast_layer = make()
+        fast = _np(fast_layer(x, **kwargs))
+        keras.utils.set_random_seed(0)
+        general_layer = make()
+        with backends.disabled():
+            general = _np(general_layer(x, **kwargs))
+        np.testing.assert_allclose(fast, general, atol=2e-5)
+        for a, b in zip(fast_layer.weights, general_layer.weights):
+            np.testing.assert_allclose(_np(a), _np(b), rtol=1e-5, atol=1e-6)
