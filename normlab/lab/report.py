@@ -151,6 +151,11 @@ def render_markdown(name: str, table: dict) -> str:
         cells += [f"{r['seconds_per_epoch']['mean']:.1f}", f"{r['steps']['mean']:.0f}",
                   f"{r['params_trainable']:,} / {r['params_non_trainable']:,}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "s/epoch: mean wall time of one training epoch (the first includes compiling); "
+              "steps: optimizer steps per run."]
+    if has_train_mode:
+        lines[-1] += (" Train-mode accuracy: the test set evaluated with training=True (batch "
+                      "statistics over test batches of the training batch size), dropout off.")
     if not sweep:
         lines += ["", "Specs: " + "; ".join(f"{r['label']} = `{r['norms']}`" for r in rows) + "."]
     return "\n".join(lines) + "\n"
@@ -192,16 +197,20 @@ def plot(path: Path, name: str, table: dict) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     if not meta["sweep"]:
         labels = [r["label"] for r in rows]
-        ax.bar(labels, [r["accuracy"]["mean"] * 100 for r in rows],
-               yerr=[err(r["accuracy"]) for r in rows], capsize=4, color="tab:blue", alpha=0.8)
-        low = min(r["accuracy"]["mean"] * 100 - err(r["accuracy"]) for r in rows)
-        ax.set_ylim(max(0.0, low - 2), 100)
+        means = [r["accuracy"]["mean"] * 100 for r in rows]
+        bars = ax.bar(labels, means, yerr=[err(r["accuracy"]) for r in rows], capsize=4,
+                      color="tab:blue", alpha=0.8)
+        ax.bar_label(bars, [f"{m:.2f}" for m in means], label_type="center", color="white",
+                     fontsize=9)
+        low = min(m - err(r["accuracy"]) for m, r in zip(means, rows))
+        high = max(m + err(r["accuracy"]) for m, r in zip(means, rows))
+        ax.set_ylim(max(0.0, low - 2), min(100.0, high + 0.5))
         ax.set_ylabel(f"{metric} accuracy (%)")
         ax.tick_params(axis="x", labelrotation=15)
     else:
         for i, series in enumerate(dict.fromkeys(r["series"] for r in rows)):
             pts = [r for r in rows if r["series"] == series]
-            xs = [r["x"] for r in pts]
+            xs = [r["x"] * 2 ** (0.04 * (i - 0.5)) for r in pts]  # nudge series apart
             color = f"C{i}"
             ax.errorbar(xs, [r["accuracy"]["mean"] * 100 for r in pts],
                         yerr=[err(r["accuracy"]) for r in pts], marker="o", capsize=3,
@@ -219,7 +228,10 @@ def plot(path: Path, name: str, table: dict) -> None:
         ax.set_xlabel(meta["sweep"])
         ax.set_ylabel(f"{metric} accuracy (%)")
         ax.legend(fontsize=8)
-    ax.set_title(f"{name}: mean over seeds, 95% CI", fontsize=10)
+    seeds = max(len(r["seeds"]) for r in rows)
+    where = ", ".join(str(meta["constant"][k]) for k in ("dataset", "arch") if k in meta["constant"])
+    ax.set_title(f"{name} ({where}; {', '.join(meta['backends'])}): mean of {seeds} seeds, "
+                 "95% CI", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

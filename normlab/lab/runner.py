@@ -93,6 +93,9 @@ def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs"
                                TimeElapsedColumn, TimeRemainingColumn)
 
     configs = runs.grid() if isinstance(runs, Experiment) else list(runs)
+    for config in configs:  # refuse before training anything, not half-way through
+        if read_finished(run_dir_for(out, config)) is not None:
+            _check_same_config(run_dir_for(out, config), config)
     console = console or Console(stderr=True)
     datasets: dict[str, object] = {}
     results = []
@@ -105,7 +108,6 @@ def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs"
             summary = read_finished(run_dir)
             where = f"[{i}/{len(configs)}] {config.experiment}/{config.slug}/seed{config.seed}"
             if summary is not None:
-                _check_same_config(run_dir, config)
                 results.append(RunResult(config, run_dir, "skipped", summary))
                 console.print(f"{where}: finished earlier, skipped")
             else:
