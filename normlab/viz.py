@@ -1,0 +1,120 @@
+"""Pictures of which elements share one mean and variance, drawn by asking the norm itself.
+
+The classic figure of the Group Normalization paper shows an N x C x (H, W)
+block per norm with the elements that share statistics shaded. Here the
+shading is not drawn by hand: for a layer (or spec string such as
+``"group(groups=4)"``) the picked element's output is differentiated with
+respect to the whole input, and every input element with a non-zero
+gradient is one whose value enters that element's statistics. Any norm in
+the registry, including ones written later, can be drawn this way.
+
+Example:
+    >>> import numpy as np
+    >>> from normlab import viz
+    >>> shared = viz.shared_statistics("group(groups=2)", batch=3, channels=4, height=2, width=2)
+    >>> shared.shape, int(shared.sum())          # sample 0, channels 0-1, all 4 positions
+    ((3, 4, 4), 8)
+    >>> fig = viz.cube_figure(["batch", "layer", "instance", "group(groups=2)"], channels=4)
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from normlab.testing.autodiff import gradients
+
+
+def _layer(norm):
+    if isinstance(norm, str):
+        from normlab.registry import get
+
+        return get(norm)
+    return norm
+
+
+def _call(layer, x):
+    if "training" in inspect.signature(layer.call).parameters:
+        return layer(x, training=True)  # batch-dependent norms show their training statistics
+    return layer(x)
+
+
+def shared_statistics(norm, *, batch: int = 4, channels: int = 6, height: int = 2, width: int = 3,
+                      element: tuple[int, int] = (0, 0), seed: int = 0) -> np.ndarray:
+    """Which input elements share statistics with one element, as an ``(N, C, H*W)`` mask.
+
+    Args:
+        norm: a layer, or a spec string for :func:`normlab.get`. It sees a
+            channels-last input of shape ``(batch, height, width, channels)``.
+        batch: N. Default 4.
+        channels: C. Default 6.
+        height: H. Default 2.
+        width: W. Default 3.
+        element: ``(sample, channel)`` of the picked element (at position 0). Default (0, 0).
+        seed: seed of the random input. Default 0.
+
+    Returns:
+        A boolean array of shape ``(batch, channels, height * width)``.
+    """
+    layer = _layer(norm)
+    x = np.random.default_rng(seed).normal(size=(batch, height, width, channels)).astype("float32")
+    _call(layer, x)  # build
+    sample, channel = element
+    cotangent = np.zeros(x.shape, "float32")
+    cotangent[sample, 0, 0, channel] = 1.0
+    (grad,) = gradients(lambda v: _call(layer, v), [x], cotangent)
+    grad = np.abs(np.asarray(grad, dtype=np.float64))
+    mask = grad > 1e-6 * grad.max()
+    mask[sample, 0, 0, channel] = True
+    return mask.transpose(0, 3, 1, 2).reshape(batch, channels, height * width)
+
+
+def _title(norm) -> str:
+    if isinstance(norm, str):
+        return norm
+    return type(norm).__name__
+
+
+def draw_cube(ax, mask: np.ndarray, title: str = "", color: str = "#4C72B0") -> None:
+    """Draws an ``(N, C, HW)`` mask as a block of cubes on a 3-D matplotlib axis."""
+    n, c, s = mask.shape
+    filled = np.ones((n, c, s), bool)  # x: N, y: C, z: H*W, as in the Group Normalization paper
+    colors = np.empty(filled.shape, object)
+    colors[:] = "#F2F2F2"
+    colors[mask] = color
+    ax.voxels(filled, facecolors=colors, edgecolors="#555555", linewidth=0.3)
+    ax.set_xlabel("N")
+    ax.set_ylabel("C")
+    ax.set_zlabel("H, W")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_zticks([])
+    ax.set_box_aspect((n, c, s))
+    ax.view_init(elev=20, azim=-50)
+    ax.set_title(title)
+
+
+def cube_figure(norms, *, batch: int = 4, channels: int = 6, height: int = 2, width: int = 3):
+    """One panel per norm, each shading the elements that share one mean and variance.
+
+    Args:
+        norms: layers or spec strings, e.g. ``["batch", "layer", "instance", "group(groups=2)"]``.
+        batch, channels, height, width: the input block drawn. Defaults 4, 6, 2, 3.
+
+    Returns:
+        A matplotlib ``Figure`` (Agg, no display needed); save it with ``fig.savefig``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    norms = list(norms)
+    fig = Figure(figsize=(3.2 * len(norms), 3.4))
+    for i, norm in enumerate(norms):
+        ax = fig.add_subplot(1, len(norms), i + 1, projection="3d")
+        mask = shared_statistics(norm, batch=batch, channels=channels, height=height, width=width)
+        draw_cube(ax, mask, _title(norm))
+    fig.tight_layout()
+    return fig

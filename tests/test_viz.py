@@ -1,0 +1,36 @@
+"""The shared-statistics masks behind the cube figure match each norm's definition."""
+
+import numpy as np
+import pytest
+
+from normlab import viz
+
+N, C, H, W = 3, 4, 2, 2
+
+
+def expected(norm):
+    mask = np.zeros((N, C, H * W), bool)
+    if norm == "batch":
+        mask[:, 0, :] = True
+    elif norm == "layer(axis=[1, 2, 3])":
+        mask[0] = True
+    elif norm == "instance":
+        mask[0, 0] = True
+    elif norm == "group(groups=2)":
+        mask[0, :2] = True
+    elif norm == "layer":  # axis=-1: one position's channels
+        mask[0, :, 0] = True
+    return mask
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer(axis=[1, 2, 3])", "instance", "group(groups=2)", "layer"])
+def test_shared_statistics(norm):
+    got = viz.shared_statistics(norm, batch=N, channels=C, height=H, width=W)
+    np.testing.assert_array_equal(got, expected(norm))
+
+
+def test_cube_figure_renders(tmp_path):
+    fig = viz.cube_figure(["batch", "group(groups=2)"], batch=N, channels=C, height=H, width=W)
+    path = tmp_path / "cube.png"
+    fig.savefig(path, dpi=40)
+    assert path.stat().st_size > 1000
