@@ -5,6 +5,11 @@ from normlab.layers.batch_norm import BatchNormalization
 from normlab.layers.group_norm import GroupNormalization
 from normlab.layers.instance_norm import InstanceNormalization
 from normlab.layers.layer_norm import LayerNormalization
+from normlab.layers.evo_norm import EvoNormB0, EvoNormS0
+from normlab.layers.filter_response_norm import TLU, FilterResponseNormalization
+from normlab.layers.local_response_norm import LocalResponseNormalization
+from normlab.layers.rms_norm import RMSNormalization
+from normlab.layers.switchable_norm import SwitchableNormalization
 
 __all__ = [
     "BatchNormalization",
@@ -12,4 +17,11 @@ __all__ = [
     "InstanceNormalization",
     "LayerNormalization",
     "Normalization",
+    "EvoNormB0",
+    "EvoNormS0",
+    "FilterResponseNormalization",
+    "LocalResponseNormalization",
+    "RMSNormalization",
+    "SwitchableNormalization",
+    "TLU",
 ]

@@ -9,8 +9,23 @@ from keras import initializers
 
 from normlab import ops
 from normlab.layers.base import Normalization
+from normlab.ops import zoo
 from normlab.ops.axes import known_dims
 from normlab.ops.validate import check_momentum, error_message
+
+
+def _check_renorm_momentum(value) -> float:
+    try:
+        return check_momentum(value)
+    except ValueError:
+        raise ValueError(
+            error_message(
+                "renorm_momentum",
+                "a float in [0, 1], the weight the renorm moving averages keep at each step",
+                f"renorm_momentum={value!r}",
+                "Use a value such as renorm_momentum=0.99 (the default).",
+            )
+        ) from None
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -27,7 +42,36 @@ class BatchNormalization(Normalization):
     (likewise ``moving_variance`` with the biased batch variance ``var_c``).
     In inference, and whenever ``trainable=False`` (the Keras fine-tuning
     convention), the moving statistics are used instead. A drop-in for
-    ``keras.layers.BatchNormalization``.
+    ``keras.layers.BatchNormalization``, including ``renorm``.
+
+    Batch renormalization (``renorm=True``, Ioffe 2017) corrects the batch
+    statistics toward moving ones during training, which helps small or
+    non-i.i.d. batches:
+
+        y = ((x - mean_c) / std_c * r + d) * gamma + beta,  std_c = sqrt(var_c + epsilon)
+        r = clip(std_c / renorm_stddev, rmin, rmax),  d = clip((mean_c - renorm_mean) / renorm_stddev, -dmax, dmax)
+
+    with no gradient through ``r`` and ``d``; ``renorm_mean`` and
+    ``renorm_stddev`` are moving averages with ``renorm_momentum``, and the
+    inference statistics track ``moving_stddev`` (``moving_variance`` is
+    ``moving_stddev**2 - epsilon``), exactly as Keras does. Inference is the
+    same with or without renorm.
+
+    Ghost batch normalization (``virtual_batch_size=v``, Hoffer et al. 2017)
+    normalizes each consecutive group of ``v`` samples with its own
+    statistics in training; the moving averages are updated with the
+    statistics averaged over the groups (as TF 1's ``virtual_batch_size``).
+    Inference always uses the moving statistics, never ghost batches. The
+    training batch size must be a multiple of ``v`` (a clear error otherwise;
+    drop or pad a last, smaller batch).
+
+    Frozen modes. ``trainable=False`` (the Keras convention) freezes
+    everything: ``gamma`` and ``beta`` stop training and the layer always
+    normalizes with the moving statistics, which no longer update, whatever
+    ``training`` says. ``use_moving_statistics=True`` freezes only the
+    statistics: the moving mean and variance are used in training too and
+    never updated, while ``gamma`` and ``beta`` keep training, the usual way
+    to fine-tune a pretrained network with small batches.
 
     Args:
         axis: the channel axis; any axis but the batch axis. Default -1; use 1
@@ -45,9 +89,24 @@ class BatchNormalization(Normalization):
         gamma_regularizer: optional regularizer for ``gamma``. Default None.
         beta_constraint: optional constraint for ``beta``. Default None.
         gamma_constraint: optional constraint for ``gamma``. Default None.
+        renorm: use batch renormalization in training. Adds three
+            non-trainable weights (``moving_stddev``, ``renorm_mean``,
+            ``renorm_stddev``). Default False.
+        renorm_clipping: with ``renorm``, a dict with optional keys ``"rmax"``
+            (default inf), ``"rmin"`` (default 0) and ``"dmax"`` (default inf)
+            bounding ``r`` to ``[rmin, rmax]`` and ``d`` to ``[-dmax, dmax]``.
+            The paper ramps them from 1, 1, 0 to 3, 1/3, 5. Default None
+            (no clipping).
+        renorm_momentum: weight the renorm moving averages keep at each step.
+            Default 0.99.
         synchronized: accepted for compatibility with Keras. Today statistics
             are always computed on the batch each replica sees (per device),
             so ``True`` behaves like ``False`` and emits a warning. Default False.
+        virtual_batch_size: samples per ghost batch in training, or None for
+            the whole batch. Default None.
+        use_moving_statistics: normalize with the moving statistics in
+            training too and never update them, while ``gamma`` and ``beta``
+            still train. Default False.
         **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
 
     Call arguments:
@@ -58,7 +117,7 @@ class BatchNormalization(Normalization):
             do not count toward the batch statistics.
 
     Example:
-        >>> import numpy as np, normlab
+        >>> import keras, numpy as np, normlab
         >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(8, 26, 26, 10)).astype("float32")
         >>> layer = normlab.layers.BatchNormalization(axis=3)
         >>> y = layer(x, training=True)
@@ -66,6 +125,11 @@ class BatchNormalization(Normalization):
         (2, 2, 40)
         >>> np.round(np.asarray(layer.moving_mean)[:2], 2)          # 0.99 * 0 + 0.01 * 3
         array([0.03, 0.03], dtype=float32)
+        >>> ghost = normlab.layers.BatchNormalization(virtual_batch_size=4)
+        >>> y = keras.ops.convert_to_numpy(ghost(x, training=True))
+        >>> first = normlab.layers.BatchNormalization()(x[:4], training=True)
+        >>> bool(np.allclose(y[:4], keras.ops.convert_to_numpy(first), atol=1e-5))  # each ghost batch alone
+        True
 
     Reference:
         Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network
@@ -88,7 +152,12 @@ class BatchNormalization(Normalization):
         gamma_regularizer=None,
         beta_constraint=None,
         gamma_constraint=None,
+        renorm=False,
+        renorm_clipping=None,
+        renorm_momentum=0.99,
         synchronized=False,
+        virtual_batch_size=None,
+        use_moving_statistics=False,
         **kwargs,
     ):
         super().__init__(
@@ -107,6 +176,15 @@ class BatchNormalization(Normalization):
         self.momentum = check_momentum(momentum)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
+        self.renorm = bool(renorm)
+        self._clipping = zoo.check_renorm_clipping(renorm_clipping)
+        self.renorm_clipping = None if renorm_clipping is None else dict(renorm_clipping)
+        self.renorm_momentum = _check_renorm_momentum(renorm_momentum)
+        self.virtual_batch_size = zoo.check_positive_int(
+            "virtual_batch_size", virtual_batch_size, example=32, allow_none=True,
+            meaning="the number of samples per ghost batch",
+        )
+        self.use_moving_statistics = bool(use_moving_statistics)
         self.synchronized = bool(synchronized)
         if self.synchronized:
             warnings.warn(
@@ -136,6 +214,24 @@ class BatchNormalization(Normalization):
             trainable=False,
             autocast=False,
         )
+        if self.renorm:
+            def stddev_initializer(shape, dtype=None):
+                variance = self.moving_variance_initializer(shape, dtype=dtype)
+                return keras.ops.sqrt(variance)
+
+            # Same weights, in the same order, as keras.layers.BatchNormalization(renorm=True).
+            self.moving_stddev = self.add_weight(
+                name="moving_stddev", shape=(channels,), initializer=stddev_initializer,
+                trainable=False, autocast=False,
+            )
+            self.renorm_mean = self.add_weight(
+                name="renorm_mean", shape=(channels,), initializer=self.moving_mean_initializer,
+                trainable=False, autocast=False,
+            )
+            self.renorm_stddev = self.add_weight(
+                name="renorm_stddev", shape=(channels,), initializer=stddev_initializer,
+                trainable=False, autocast=False,
+            )
 
     def _expand_mask(self, inputs, mask):
         if mask is None:
@@ -153,15 +249,43 @@ class BatchNormalization(Normalization):
 
     def call(self, inputs, training=None, mask=None):
         common = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
-        if not (training and self.trainable):
+        if not (training and self.trainable) or self.use_moving_statistics:
             return ops.batch_norm(inputs, self.moving_mean, self.moving_variance, **common)
-        y, mean, variance = ops.batch_norm(
-            inputs, training=True, mask=self._expand_mask(inputs, mask), return_stats=True, **common
-        )
-        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-            batch = keras.ops.cast(batch, moving.dtype)
-            moving.assign(moving * self.momentum + batch * (1.0 - self.momentum))
+        mask = self._expand_mask(inputs, mask)
+        if self.renorm:
+            y, mean, variance = zoo.batch_renorm(
+                inputs, self.renorm_mean, self.renorm_stddev, clipping=self._clipping, mask=mask,
+                virtual_batch_size=self.virtual_batch_size, return_stats=True, **common,
+            )
+            self._update_renorm_statistics(mean, variance)
+            return y
+        if self.virtual_batch_size is not None:
+            y, mean, variance = zoo.ghost_batch_norm(
+                inputs, self.virtual_batch_size, mask=mask, return_stats=True, **common
+            )
+        else:
+            y, mean, variance = ops.batch_norm(inputs, training=True, mask=mask, return_stats=True, **common)
+        self._update(((self.moving_mean, mean, self.momentum), (self.moving_variance, variance, self.momentum)))
         return y
+
+    @staticmethod
+    def _update(updates):
+        for moving, batch, momentum in updates:
+            batch = keras.ops.cast(batch, moving.dtype)
+            moving.assign(moving * momentum + batch * (1.0 - momentum))
+
+    def _update_renorm_statistics(self, mean, variance):
+        stddev = keras.ops.sqrt(variance + self.epsilon)
+        self._update(
+            (
+                (self.renorm_mean, mean, self.renorm_momentum),
+                (self.renorm_stddev, stddev, self.renorm_momentum),
+                (self.moving_mean, mean, self.momentum),
+                (self.moving_stddev, stddev, self.momentum),
+            )
+        )
+        moving_stddev = self.moving_stddev
+        self.moving_variance.assign(keras.ops.relu(moving_stddev * moving_stddev - self.epsilon))
 
     def get_config(self):
         return {
@@ -169,5 +293,10 @@ class BatchNormalization(Normalization):
             "momentum": self.momentum,
             "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
             "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
+            "renorm": self.renorm,
+            "renorm_clipping": self.renorm_clipping,
+            "renorm_momentum": self.renorm_momentum,
             "synchronized": self.synchronized,
+            "virtual_batch_size": self.virtual_batch_size,
+            "use_moving_statistics": self.use_moving_statistics,
         }

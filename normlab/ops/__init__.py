@@ -4,6 +4,17 @@ functional normalization ops built from them."""
 from normlab.ops.functional import batch_norm, group_norm, instance_norm, layer_norm
 from normlab.ops.moments import moments, shifted_moments, stats_dtype
 from normlab.ops.normalize import normalize
+from normlab.ops.zoo import (
+    batch_renorm,
+    evo_norm_b0,
+    evo_norm_s0,
+    filter_response_norm,
+    ghost_batch_norm,
+    local_response_norm,
+    rms_norm,
+    switchable_norm,
+    tlu,
+)
 
 __all__ = [
     "batch_norm",
@@ -14,4 +25,13 @@ __all__ = [
     "normalize",
     "shifted_moments",
     "stats_dtype",
+    "batch_renorm",
+    "evo_norm_b0",
+    "evo_norm_s0",
+    "filter_response_norm",
+    "ghost_batch_norm",
+    "local_response_norm",
+    "rms_norm",
+    "switchable_norm",
+    "tlu",
 ]

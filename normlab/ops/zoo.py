@@ -36,7 +36,7 @@ from normlab.ops.validate import check_epsilon, check_groups, error_message, res
 # --------------------------------------------------------------------------- checks
 
 
-def _check_real(name: str, value, *, minimum=None, strict=False, example="") -> float:
+def check_real(name: str, value, *, minimum=None, strict=False, example="") -> float:
     """Returns ``value`` as a float; a real number, optionally bounded below."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
         raise TypeError(
@@ -134,8 +134,16 @@ def _mean_square(x, axes):
     The second moment about zero, for the norms that divide by a root mean
     square. With no axes it is ``x^2`` itself (one element per statistic).
     """
-    square = ops.square(ops.cast(x, stats_dtype(x.dtype)))
-    return ops.mean(square, axis=list(axes), keepdims=True) if axes else square
+    dtype = stats_dtype(x.dtype)
+    square = ops.square(ops.cast(x, dtype))
+    if not axes:
+        return square
+    # sum / count rather than ops.mean: Keras' torch mean reduces float64 in float32.
+    dims = _dims(x)
+    count = 1
+    for a in axes:
+        count = count * dims[a]
+    return ops.sum(square, axis=list(axes), keepdims=True) / ops.cast(count, dtype)
 
 
 # --------------------------------------------------------------------------- RMS
@@ -158,7 +166,7 @@ def rms_norm(x, axis=-1, *, gamma=None, beta=None, epsilon: float = 1e-6):
     Example:
         >>> import numpy as np
         >>> x = np.array([[3.0, -4.0]], "float32")           # RMS = sqrt(12.5)
-        >>> ops.convert_to_numpy(rms_norm(x, epsilon=0.0)).round(4).tolist()
+        >>> ops.convert_to_numpy(rms_norm(x, epsilon=0.0)).astype("float64").round(4).tolist()
         [[0.8485, -1.1314]]
 
     Reference:
@@ -455,7 +463,7 @@ def switchable_norm(
         >>> x = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype("float32")
         >>> only_in = np.array([30.0, 0.0, 0.0], "float32")      # softmax ~ one-hot
         >>> y = switchable_norm(x, only_in, only_in, training=True)
-        >>> bool(np.allclose(y, instance_norm(x), atol=1e-5))
+        >>> bool(np.allclose(ops.convert_to_numpy(y), ops.convert_to_numpy(instance_norm(x)), atol=1e-5))
         True
 
     Reference:
@@ -529,7 +537,7 @@ def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.7
         >>> import numpy as np
         >>> x = np.array([[1.0, 2.0, 3.0]], "float32")
         >>> y = ops.convert_to_numpy(local_response_norm(x, size=3, alpha=3.0, beta=1.0, k=1.0))
-        >>> y.round(4).tolist()                # x / (1 + (x_{c-1}^2 + x_c^2 + x_{c+1}^2))
+        >>> y.astype("float64").round(4).tolist()    # x / (1 + x_{c-1}^2 + x_c^2 + x_{c+1}^2)
         [[0.1667, 0.1333, 0.2143]]
 
     Reference:
@@ -539,9 +547,9 @@ def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.7
     x = ops.convert_to_tensor(x)
     ndim, a, channels = _channel_axis(x, axis)
     size = check_positive_int("size", size, example=5, meaning="the number of channels in the window")
-    alpha = _check_real("alpha", alpha, minimum=0.0, example="1e-4")
-    beta = _check_real("beta", beta, example="0.75")
-    k = _check_real("k", k, minimum=0.0, strict=True, example="1.0")
+    alpha = check_real("alpha", alpha, minimum=0.0, example="1e-4")
+    beta = check_real("beta", beta, example="0.75")
+    k = check_real("k", k, minimum=0.0, strict=True, example="1.0")
     dtype = stats_dtype(x.dtype)
     xs = ops.cast(x, dtype)
     square = ops.moveaxis(ops.square(xs), a, -1)
@@ -648,7 +656,7 @@ def ghost_batch_norm(
         >>> from normlab.ops import batch_norm
         >>> x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
         >>> y = ops.convert_to_numpy(ghost_batch_norm(x, 4))
-        >>> bool(np.allclose(y[:4], batch_norm(x[:4], training=True), atol=1e-5))
+        >>> bool(np.allclose(y[:4], ops.convert_to_numpy(batch_norm(x[:4], training=True)), atol=1e-5))
         True
 
     Reference:
@@ -702,8 +710,8 @@ def batch_renorm(
         >>> x = np.random.default_rng(0).normal(2.0, 3.0, size=(16, 4)).astype("float32")
         >>> ones, zeros = np.ones(4, "float32"), np.zeros(4, "float32")
         >>> clip = {"rmax": 1.0, "rmin": 1.0, "dmax": 0.0}          # r = 1, d = 0: plain batch norm
-        >>> y = batch_renorm(x, zeros, ones, clipping=clip)
-        >>> bool(np.allclose(y, batch_norm(x, training=True), atol=1e-5))
+        >>> y = ops.convert_to_numpy(batch_renorm(x, zeros, ones, clipping=clip))
+        >>> bool(np.allclose(y, ops.convert_to_numpy(batch_norm(x, training=True)), atol=1e-5))
         True
 
     Reference:

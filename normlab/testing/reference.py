@@ -90,3 +90,143 @@ def batch_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-3, mean=None, varia
         m, v = _f64(mean).reshape(shape), _f64(variance).reshape(shape)
     y = _affine((x - m) / np.sqrt(v + epsilon), gamma, beta, shape)
     return y, m.reshape(-1), v.reshape(-1)
+
+
+def _channels_last(x, axis):
+    """``x`` as float64 with the channel axis moved last, and that axis."""
+    x = _f64(x)
+    axis = axis % x.ndim
+    return np.moveaxis(x, axis, -1), axis
+
+
+def rms_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-6):
+    """RMS normalization (Zhang & Sennrich 2019): ``x / sqrt(mean(x^2) + eps) * gamma + beta``."""
+    x = _f64(x)
+    axes = tuple(sorted(a % x.ndim for a in np.atleast_1d(axis)))
+    rms = np.sqrt((x ** 2).mean(axis=axes, keepdims=True) + epsilon)
+    shape = [x.shape[a] if a in axes else 1 for a in range(x.ndim)]
+    return _affine(x / rms, gamma, beta, shape)
+
+
+def filter_response_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-6, learned_epsilon=0.0, tau=None):
+    """Filter response normalization (Singh & Krishnan 2019), channel ``axis``, then TLU if ``tau``."""
+    moved, axis = _channels_last(x, axis)
+    spatial = tuple(range(1, moved.ndim - 1))
+    nu2 = (moved ** 2).mean(axis=spatial, keepdims=True) if spatial else moved ** 2
+    y = moved / np.sqrt(nu2 + epsilon + abs(float(np.ravel(learned_epsilon)[0])))
+    y = _affine(y, gamma, beta, [-1])
+    if tau is not None:
+        y = np.maximum(y, _f64(tau))
+    return np.moveaxis(y, -1, axis)
+
+
+def tlu(x, tau, axis=-1, alpha=None):
+    """Thresholded linear unit: ``max(x, tau)`` or ``max(x, alpha * x + tau)``, per channel."""
+    moved, axis = _channels_last(x, axis)
+    floor = _f64(tau) if alpha is None else _f64(alpha) * moved + _f64(tau)
+    return np.moveaxis(np.maximum(moved, floor), -1, axis)
+
+
+def evo_norm_b0(x, axis=-1, v=None, gamma=None, beta=None, epsilon=1e-3, moving_variance=None):
+    """EvoNorm-B0 (Liu et al. 2020, timm's form); batch variance if ``moving_variance`` is None.
+
+    Returns ``(y, variance_used)``.
+    """
+    moved, axis = _channels_last(x, axis)
+    channels = moved.shape[-1]
+    if moving_variance is None:
+        var = moved.reshape(-1, channels).var(axis=0)
+    else:
+        var = _f64(moving_variance)
+    spatial = tuple(range(1, moved.ndim - 1))
+    instance_std = np.sqrt(moved.var(axis=spatial, keepdims=True) + epsilon)
+    v = np.ones(channels) if v is None else _f64(v)
+    y = moved / np.maximum(np.sqrt(var + epsilon), v * moved + instance_std)
+    return np.moveaxis(_affine(y, gamma, beta, [-1]), -1, axis), var
+
+
+def evo_norm_s0(x, groups, axis=-1, v=None, gamma=None, beta=None, epsilon=1e-5):
+    """EvoNorm-S0 (Liu et al. 2020): ``x * sigmoid(v x) / group_std * gamma + beta``."""
+    moved, axis = _channels_last(x, axis)
+    channels = moved.shape[-1]
+    groups = channels if groups == -1 else groups
+    grouped = moved.reshape(moved.shape[0], -1, groups, channels // groups)
+    std = np.sqrt(grouped.var(axis=(1, 3), keepdims=True) + epsilon)
+    std = np.broadcast_to(std, grouped.shape).reshape(moved.shape)
+    v = np.ones(channels) if v is None else _f64(v)
+    y = moved / (1.0 + np.exp(-v * moved)) / std
+    return np.moveaxis(_affine(y, gamma, beta, [-1]), -1, axis)
+
+
+def switchable_norm(x, mean_weights, variance_weights, axis=-1, gamma=None, beta=None, epsilon=1e-3,
+                    moving_mean=None, moving_variance=None):
+    """Switchable normalization (Luo et al. 2018): softmax mix of IN, LN and BN statistics.
+
+    Batch statistics from ``x`` if ``moving_mean`` is None. Returns
+    ``(y, batch_mean, batch_variance)``.
+    """
+    moved, axis = _channels_last(x, axis)
+    channels = moved.shape[-1]
+    spatial = tuple(range(1, moved.ndim - 1))
+    stats = [moments(moved, spatial), moments(moved, tuple(range(1, moved.ndim)))]
+    if moving_mean is None:
+        bn = moments(moved, tuple(range(moved.ndim - 1)))
+    else:
+        bn = (_f64(moving_mean), _f64(moving_variance))
+    stats.append(bn)
+
+    def softmax(w):
+        e = np.exp(_f64(w) - np.max(w))
+        return e / e.sum()
+
+    wm, wv = softmax(mean_weights), softmax(variance_weights)
+    mean = sum(w * s[0] for w, s in zip(wm, stats))
+    var = sum(w * s[1] for w, s in zip(wv, stats))
+    y = _affine((moved - mean) / np.sqrt(var + epsilon), gamma, beta, [-1])
+    return np.moveaxis(y, -1, axis), np.reshape(bn[0], channels), np.reshape(bn[1], channels)
+
+
+def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=1.0, axis=-1):
+    """Local response normalization (Krizhevsky et al. 2012), PyTorch's form, one channel at a time."""
+    moved, axis = _channels_last(x, axis)
+    channels = moved.shape[-1]
+    y = np.empty_like(moved)
+    for c in range(channels):
+        lo, hi = max(0, c - size // 2), min(channels, c + (size - 1) // 2 + 1)
+        total = (moved[..., lo:hi] ** 2).sum(axis=-1)
+        y[..., c] = moved[..., c] / (k + alpha / size * total) ** beta
+    return np.moveaxis(y, -1, axis)
+
+
+def batch_renorm(x, renorm_mean, renorm_stddev, axis=-1, gamma=None, beta=None, epsilon=1e-3,
+                 clipping=None, virtual_batch_size=None):
+    """Batch renormalization (Ioffe 2017), training form, optionally per ghost batch.
+
+    Returns ``(y, mean, variance)``, the statistics averaged over ghost batches.
+    """
+    moved, axis = _channels_last(x, axis)
+    clipping = clipping or {}
+    v = virtual_batch_size or moved.shape[0]
+    ys, means, variances = [], [], []
+    for start in range(0, moved.shape[0], v):
+        part = moved[start:start + v]
+        mean, var = moments(part, tuple(range(part.ndim - 1)))
+        y = (part - mean) / np.sqrt(var + epsilon)
+        if renorm_mean is not None:
+            s = np.maximum(_f64(renorm_stddev), np.sqrt(epsilon))
+            r = np.clip(np.sqrt(var + epsilon) / s, clipping.get("rmin", 0.0), clipping.get("rmax", np.inf))
+            d = np.clip((mean - _f64(renorm_mean)) / s, -clipping.get("dmax", np.inf), clipping.get("dmax", np.inf))
+            y = y * r + d
+        ys.append(_affine(y, gamma, beta, [-1]))
+        means.append(mean.reshape(-1))
+        variances.append(var.reshape(-1))
+    y = np.moveaxis(np.concatenate(ys), -1, axis)
+    return y, np.mean(means, axis=0), np.mean(variances, axis=0)
+
+
+def ghost_batch_norm(x, virtual_batch_size, axis=-1, gamma=None, beta=None, epsilon=1e-3):
+    """Ghost batch normalization (Hoffer et al. 2017): batch norm per consecutive sub-batch.
+
+    Returns ``(y, mean, variance)``, the statistics averaged over ghost batches.
+    """
+    return batch_renorm(x, None, None, axis, gamma, beta, epsilon, virtual_batch_size=virtual_batch_size)

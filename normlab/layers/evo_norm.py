@@ -1,0 +1,281 @@
+"""EvoNormB0 and EvoNormS0 (Liu et al., 2020): normalization and activation in one layer."""
+
+from __future__ import annotations
+
+import keras
+from keras import constraints, initializers, regularizers
+
+from normlab.layers.base import Normalization
+from normlab.ops import zoo
+from normlab.ops.axes import known_dims
+from normlab.ops.validate import check_groups, check_momentum, error_message, resolve_groups
+
+
+class _EvoNorm(Normalization):
+    """Shared weights of the EvoNorms: the affine plus a per-channel ``v``."""
+
+    def __init__(self, *, v_initializer, v_regularizer, v_constraint, **kwargs):
+        super().__init__(**kwargs)
+        self.v_initializer = initializers.get(v_initializer)
+        self.v_regularizer = regularizers.get(v_regularizer)
+        self.v_constraint = constraints.get(v_constraint)
+
+    def build_common(self, input_shape):
+        (self._channel_axis,) = self.resolve_axes(input_shape)
+        (channels,) = known_dims(input_shape, [self._channel_axis], axis=self.axis)
+        self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={self._channel_axis: channels})
+        self.add_affine((channels,))
+        self.v = self.add_weight(
+            name="v", shape=(channels,), initializer=self.v_initializer,
+            regularizer=self.v_regularizer, constraint=self.v_constraint, trainable=True,
+        )
+        return channels
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "v_initializer": initializers.serialize(self.v_initializer),
+            "v_regularizer": regularizers.serialize(self.v_regularizer),
+            "v_constraint": constraints.serialize(self.v_constraint),
+        }
+
+
+def _require_rank3(layer, input_shape):
+    if len(input_shape) < 3:
+        raise ValueError(
+            error_message(
+                "inputs",
+                f"an input of rank >= 3 (batch, spatial..., channels) for {type(layer).__name__}, "
+                "which takes per-sample statistics over the spatial axes",
+                f"input_shape={tuple(input_shape)}",
+                "Add a spatial axis, e.g. reshape (batch, features) to (batch, 1, features).",
+            )
+        )
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class EvoNormB0(_EvoNorm):
+    """EvoNorm-B0: a batch-dependent normalization-activation layer found by search.
+
+    Divides by the larger of a batch standard deviation and a per-sample,
+    gated instance standard deviation, which acts as the nonlinearity:
+
+        y = x / max(sqrt(var_b + epsilon), v * x + sqrt(var_i + epsilon)) * gamma + beta
+
+    ``var_b`` is the per-channel variance over the batch and spatial axes in
+    training (``training=True`` and the layer trainable) and the moving
+    variance otherwise; ``var_i`` is each sample's per-channel variance over
+    the spatial axes. The moving variance follows timm's ``EvoNorm2dB0``:
+    ``moving_variance = momentum * moving_variance + (1 - momentum) * var_b * n / (n - 1)``
+    with ``n`` the elements per channel (the unbiased batch variance).
+    ``momentum=0.9`` here is timm's ``momentum=0.1`` (PyTorch convention).
+    As with BatchNormalization, ``trainable=False`` means inference. Replaces
+    both the norm and the activation; use it without a ReLU after it.
+
+    Args:
+        axis: the channel axis; any axis but the batch axis. Default -1; 1 for
+            channels-first. The input needs at least one spatial axis.
+        momentum: weight the moving variance keeps at each step. Default 0.9.
+        epsilon: small float added to both variances. Default 1e-3 (as timm).
+        center: add a learned per-channel offset ``beta``. Default True.
+        scale: multiply by a learned per-channel scale ``gamma``. Default True.
+        beta_initializer: initializer for ``beta``. Default "zeros".
+        gamma_initializer: initializer for ``gamma``. Default "ones".
+        v_initializer: initializer for ``v``. Default "ones".
+        beta_regularizer, gamma_regularizer, v_regularizer: optional
+            regularizers. Default None.
+        beta_constraint, gamma_constraint, v_constraint: optional
+            constraints. Default None.
+        moving_variance_initializer: initializer for the moving variance. Default "ones".
+        **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Call arguments:
+        inputs: input tensor of rank >= 3.
+        training: use the batch variance and update the moving one. Default False.
+
+    Example:
+        >>> import keras, numpy as np, normlab
+        >>> x = np.random.default_rng(0).normal(size=(8, 5, 5, 4)).astype("float32")
+        >>> layer = normlab.layers.EvoNormB0()
+        >>> y = layer(x, training=True)
+        >>> [w.name for w in layer.weights]
+        ['gamma', 'beta', 'v', 'moving_variance']
+        >>> var = x.var(axis=(0, 1, 2), ddof=1)                  # unbiased batch variance
+        >>> bool(np.allclose(keras.ops.convert_to_numpy(layer.moving_variance), 0.9 + 0.1 * var))
+        True
+
+    Reference:
+        Liu, Brock, Simonyan & Le, "Evolving Normalization-Activation Layers",
+        NeurIPS 2020. https://arxiv.org/abs/2004.02967
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.9,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        v_initializer="ones",
+        moving_variance_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        v_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        v_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(
+            axis=axis, epsilon=epsilon, center=center, scale=scale,
+            beta_initializer=beta_initializer, gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer, gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint, gamma_constraint=gamma_constraint,
+            v_initializer=v_initializer, v_regularizer=v_regularizer, v_constraint=v_constraint,
+            **kwargs,
+        )
+        self.momentum = check_momentum(momentum)
+        self.moving_variance_initializer = initializers.get(moving_variance_initializer)
+
+    def build(self, input_shape):
+        _require_rank3(self, input_shape)
+        channels = self.build_common(input_shape)
+        self.moving_variance = self.add_weight(
+            name="moving_variance", shape=(channels,), initializer=self.moving_variance_initializer,
+            trainable=False, autocast=False,
+        )
+
+    def call(self, inputs, training=None):
+        common = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
+        if not (training and self.trainable):
+            return zoo.evo_norm_b0(inputs, self.v, self.moving_variance, **common)
+        y, variance = zoo.evo_norm_b0(inputs, self.v, training=True, return_stats=True, **common)
+        shape = keras.ops.shape(inputs)
+        n = 1
+        for i, size in enumerate(shape):
+            if i != self._channel_axis:
+                n = n * size
+        n = keras.ops.cast(n, variance.dtype)
+        unbiased = variance * n / keras.ops.maximum(n - 1.0, 1.0)
+        moving = self.moving_variance
+        moving.assign(moving * self.momentum + keras.ops.cast(unbiased, moving.dtype) * (1.0 - self.momentum))
+        return y
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "momentum": self.momentum,
+            "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
+        }
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class EvoNormS0(_EvoNorm):
+    """EvoNorm-S0: a batch-independent normalization-activation layer found by search.
+
+    A swish-like gate divided by a group standard deviation, as in group
+    normalization but without subtracting the mean:
+
+        y = x * sigmoid(v * x) / sqrt(var_g + epsilon) * gamma + beta
+
+    ``var_g`` is each sample's variance over its group of ``C // groups``
+    channels and all spatial axes. Behaves the same in training and
+    inference (no batch statistics). Follows timm's ``EvoNorm2dS0``, for any
+    rank and either channel layout. Replaces both the norm and the
+    activation.
+
+    Args:
+        groups: number of groups, a divisor of the channel count; -1 for one
+            per channel. Default 32.
+        group_size: channels per group; when given it decides the number of
+            groups (``C // group_size``) and ``groups`` is ignored, as in timm.
+            Default None.
+        axis: the channel axis; any axis but the batch axis. Default -1; 1 for
+            channels-first.
+        epsilon: small float added to the group variance. Default 1e-5 (as timm).
+        center: add a learned per-channel offset ``beta``. Default True.
+        scale: multiply by a learned per-channel scale ``gamma``. Default True.
+        beta_initializer: initializer for ``beta``. Default "zeros".
+        gamma_initializer: initializer for ``gamma``. Default "ones".
+        v_initializer: initializer for ``v``. Default "ones".
+        beta_regularizer, gamma_regularizer, v_regularizer: optional
+            regularizers. Default None.
+        beta_constraint, gamma_constraint, v_constraint: optional
+            constraints. Default None.
+        **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Example:
+        >>> import keras, numpy as np, normlab
+        >>> x = np.random.default_rng(0).normal(size=(2, 4, 4, 6)).astype("float32")
+        >>> s0 = normlab.layers.EvoNormS0(groups=3, epsilon=0.0)
+        >>> y = keras.ops.convert_to_numpy(s0(x))
+        >>> group_std = x.reshape(2, 16, 3, 2).std(axis=(1, 3)).repeat(2, axis=1)[:, None, None, :]
+        >>> bool(np.allclose(y, x / (1 + np.exp(-x)) / group_std, atol=1e-5))   # swish / group std
+        True
+        >>> by_size = normlab.layers.EvoNormS0(group_size=2, epsilon=0.0)        # 3 groups of 2
+        >>> bool(np.allclose(keras.ops.convert_to_numpy(by_size(x)), y))
+        True
+
+    Reference:
+        Liu, Brock, Simonyan & Le, "Evolving Normalization-Activation Layers",
+        NeurIPS 2020. https://arxiv.org/abs/2004.02967
+    """
+
+    def __init__(
+        self,
+        groups=32,
+        group_size=None,
+        axis=-1,
+        epsilon=1e-5,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        v_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        v_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        v_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(
+            axis=axis, epsilon=epsilon, center=center, scale=scale,
+            beta_initializer=beta_initializer, gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer, gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint, gamma_constraint=gamma_constraint,
+            v_initializer=v_initializer, v_regularizer=v_regularizer, v_constraint=v_constraint,
+            **kwargs,
+        )
+        self.groups = check_groups(groups)
+        self.group_size = zoo.check_positive_int(
+            "group_size", group_size, example=8, allow_none=True, meaning="channels per group"
+        )
+
+    def build(self, input_shape):
+        channels = self.build_common(input_shape)
+        if self.group_size is not None:
+            if channels % self.group_size:
+                raise ValueError(
+                    error_message(
+                        "group_size",
+                        f"a divisor of the number of channels ({channels})",
+                        f"group_size={self.group_size} with {channels} channels (axis={self.axis})",
+                        f"Use one of {[d for d in range(1, channels + 1) if channels % d == 0]}.",
+                    )
+                )
+            self._groups = channels // self.group_size
+        else:
+            self._groups = resolve_groups(self.groups, channels, self.axis)
+
+    def call(self, inputs):
+        return zoo.evo_norm_s0(
+            inputs, self.v, groups=self._groups, axis=self._channel_axis,
+            gamma=self.gamma, beta=self.beta, epsilon=self.epsilon,
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups, "group_size": self.group_size}

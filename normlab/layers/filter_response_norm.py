@@ -1,0 +1,277 @@
+"""FilterResponseNormalization and TLU (Singh & Krishnan, 2019)."""
+
+from __future__ import annotations
+
+import numbers
+
+import keras
+from keras import constraints, initializers, regularizers
+
+from normlab.layers.base import Normalization
+from normlab.ops import zoo
+from normlab.ops.axes import canonicalize_axes, known_dims
+from normlab.ops.validate import error_message
+
+
+def _tau_weight(layer, name, shape, initializer, regularizer, constraint):
+    return layer.add_weight(
+        name=name, shape=shape, initializer=initializer, regularizer=regularizer,
+        constraint=constraint, trainable=True,
+    )
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class TLU(keras.layers.Layer):
+    """Thresholded linear unit: ``max(x, tau)`` with a learned per-channel threshold.
+
+    The activation the paper pairs with filter response normalization: a
+    ReLU whose threshold ``tau`` is learned, so that FRN's output, which is
+    not centered, can still be cut at a learned level:
+
+        y = max(x, tau)                     (affine=False)
+        y = max(x, alpha * x + tau)         (affine=True, "TLU-affine")
+
+    ``tau`` and ``alpha`` have one value per channel on ``axis``. The
+    arguments of ``tfa.layers.TLU`` are accepted; unlike that layer's
+    earliest versions, the weights are per channel (the paper's form), not
+    per element.
+
+    Args:
+        axis: the channel axis; any axis but the batch axis. Default -1.
+        affine: use ``max(x, alpha * x + tau)``. Default False.
+        tau_initializer: initializer for ``tau``. Default "zeros" (a ReLU at first).
+        tau_regularizer: optional regularizer for ``tau``. Default None.
+        tau_constraint: optional constraint for ``tau``. Default None.
+        alpha_initializer: initializer for ``alpha`` (affine only). Default "zeros".
+        alpha_regularizer: optional regularizer for ``alpha``. Default None.
+        alpha_constraint: optional constraint for ``alpha``. Default None.
+        **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Example:
+        >>> import keras, numpy as np, normlab
+        >>> x = np.array([[-2.0, -0.5, 1.5]], "float32")
+        >>> tlu = normlab.layers.TLU(tau_initializer=keras.initializers.Constant(-1.0))
+        >>> keras.ops.convert_to_numpy(tlu(x)).tolist()
+        [[-1.0, -0.5, 1.5]]
+        >>> relu = keras.ops.convert_to_numpy(normlab.layers.TLU()(x))   # tau = 0 is a ReLU
+        >>> bool(np.array_equal(relu, np.maximum(x, 0)))
+        True
+
+    Reference:
+        Singh & Krishnan, "Filter Response Normalization Layer: Eliminating
+        Batch Dependence in the Training of Deep Neural Networks", CVPR 2020.
+        https://arxiv.org/abs/1911.09737
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        affine=False,
+        tau_initializer="zeros",
+        tau_regularizer=None,
+        tau_constraint=None,
+        alpha_initializer="zeros",
+        alpha_regularizer=None,
+        alpha_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(
+                error_message("axis", "a single int (the channel axis) for TLU", f"axis={axis!r}",
+                              "Pass one axis such as axis=-1 (channels-last) or axis=1 (channels-first).")
+            )
+        self.axis = int(axis)
+        self.affine = bool(affine)
+        self.tau_initializer = initializers.get(tau_initializer)
+        self.tau_regularizer = regularizers.get(tau_regularizer)
+        self.tau_constraint = constraints.get(tau_constraint)
+        self.alpha_initializer = initializers.get(alpha_initializer)
+        self.alpha_regularizer = regularizers.get(alpha_regularizer)
+        self.alpha_constraint = constraints.get(alpha_constraint)
+        self.supports_masking = True
+        self.alpha = None
+
+    def build(self, input_shape):
+        (self._channel_axis,) = canonicalize_axes(self.axis, len(input_shape))
+        (channels,) = known_dims(input_shape, [self._channel_axis], axis=self.axis)
+        self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={self._channel_axis: channels})
+        self.tau = _tau_weight(self, "tau", (channels,), self.tau_initializer, self.tau_regularizer,
+                               self.tau_constraint)
+        if self.affine:
+            self.alpha = _tau_weight(self, "alpha", (channels,), self.alpha_initializer,
+                                     self.alpha_regularizer, self.alpha_constraint)
+
+    def call(self, inputs):
+        return zoo.tlu(inputs, self.tau, axis=self._channel_axis, alpha=self.alpha)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "axis": self.axis,
+            "affine": self.affine,
+            "tau_initializer": initializers.serialize(self.tau_initializer),
+            "tau_regularizer": regularizers.serialize(self.tau_regularizer),
+            "tau_constraint": constraints.serialize(self.tau_constraint),
+            "alpha_initializer": initializers.serialize(self.alpha_initializer),
+            "alpha_regularizer": regularizers.serialize(self.alpha_regularizer),
+            "alpha_constraint": constraints.serialize(self.alpha_constraint),
+        }
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class FilterResponseNormalization(Normalization):
+    """Filter response normalization: per sample and channel, divide by the RMS over space.
+
+    For every sample and channel, the mean of squares ``nu2`` is taken over
+    the spatial axes; nothing is subtracted and no batch statistic is used:
+
+        y = x / sqrt(nu2 + epsilon + |learned_epsilon|) * gamma + beta
+        y = max(y, tau)                                    (if use_tlu=True)
+
+    with per-channel ``gamma``, ``beta`` and ``tau``. The paper's layer is
+    FRN followed by a TLU (``use_tlu=True``, or a separate :class:`TLU`);
+    the default, ``use_tlu=False``, is TF Addons' layer.
+
+    Which axes? ``axis`` takes two forms:
+
+    * an int (normlab's convention) is the **channel** axis; the statistics
+      run over every other non-batch axis, for any rank: ``axis=-1`` for
+      NHWC or NLC or NDHWC, ``axis=1`` for channels-first;
+    * a list (TF Addons' convention) names the **spatial** axes to reduce
+      over; the one non-batch axis left is the channel axis.
+      ``tfa.layers.FilterResponseNormalization(axis=[1, 2])`` on NHWC is
+      ``axis=[1, 2]`` or, equivalently, ``axis=-1`` here.
+
+    TF Addons' arguments (``epsilon``, ``axis``, initializers, regularizers,
+    constraints, ``learned_epsilon``, ``learned_epsilon_constraint``) keep
+    their order and meaning; TF Addons stored ``gamma``/``beta`` with shape
+    ``(1, 1, 1, C)``, here they have shape ``(C,)`` (reshape to port weights).
+
+    Args:
+        epsilon: small float added to ``nu2``. Default 1e-6.
+        axis: the channel axis (int) or, TF Addons' form, the spatial axes
+            (list). Default -1.
+        beta_initializer: initializer for ``beta``. Default "zeros".
+        gamma_initializer: initializer for ``gamma``. Default "ones".
+        beta_regularizer: optional regularizer for ``beta``. Default None.
+        gamma_regularizer: optional regularizer for ``gamma``. Default None.
+        beta_constraint: optional constraint for ``beta``. Default None.
+        gamma_constraint: optional constraint for ``gamma``. Default None.
+        learned_epsilon: add a learned scalar whose absolute value joins
+            ``epsilon`` (initialized to 1e-4, as TF Addons); the paper
+            recommends it when the spatial extent is small (e.g. 1x1).
+            Default False.
+        learned_epsilon_constraint: optional constraint for it. Default None.
+        center: add a learned per-channel offset ``beta``. Default True.
+        scale: multiply by a learned per-channel scale ``gamma``. Default True.
+        use_tlu: apply a TLU ``max(y, tau)`` with a learned per-channel
+            ``tau``. Default False.
+        tau_initializer: initializer for ``tau``. Default "zeros".
+        tau_regularizer: optional regularizer for ``tau``. Default None.
+        tau_constraint: optional constraint for ``tau``. Default None.
+        **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Example:
+        >>> import keras, numpy as np, normlab
+        >>> x = np.random.default_rng(0).normal(size=(2, 6, 6, 4)).astype("float32")
+        >>> frn = normlab.layers.FilterResponseNormalization(axis=[1, 2])   # as in TF Addons
+        >>> y = keras.ops.convert_to_numpy(frn(x))
+        >>> bool(np.allclose(np.mean(y ** 2, axis=(1, 2)), 1.0, atol=1e-4))
+        True
+        >>> nchw = np.transpose(x, (0, 3, 1, 2))
+        >>> frn_first = normlab.layers.FilterResponseNormalization(axis=1, use_tlu=True)
+        >>> y_first = keras.ops.convert_to_numpy(frn_first(nchw))           # channels-first, with TLU
+        >>> bool(np.allclose(y_first, np.maximum(np.transpose(y, (0, 3, 1, 2)), 0), atol=1e-6))
+        True
+
+    Reference:
+        Singh & Krishnan, "Filter Response Normalization Layer: Eliminating
+        Batch Dependence in the Training of Deep Neural Networks", CVPR 2020.
+        https://arxiv.org/abs/1911.09737
+    """
+
+    multi_axis = True
+
+    def __init__(
+        self,
+        epsilon=1e-6,
+        axis=-1,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        learned_epsilon=False,
+        learned_epsilon_constraint=None,
+        center=True,
+        scale=True,
+        use_tlu=False,
+        tau_initializer="zeros",
+        tau_regularizer=None,
+        tau_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(
+            axis=axis,
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            **kwargs,
+        )
+        self.learned_epsilon = bool(learned_epsilon)
+        self.learned_epsilon_constraint = constraints.get(learned_epsilon_constraint)
+        self.use_tlu = bool(use_tlu)
+        self.tau_initializer = initializers.get(tau_initializer)
+        self.tau_regularizer = regularizers.get(tau_regularizer)
+        self.tau_constraint = constraints.get(tau_constraint)
+        self.eps_learned = None
+        self.tau = None
+
+    def build(self, input_shape):
+        ndim = len(input_shape)
+        self._channel_axis, spatial = zoo.frn_axes(self.axis, ndim)
+        (channels,) = known_dims(input_shape, [self._channel_axis], axis=self.axis)
+        self.input_spec = keras.layers.InputSpec(ndim=ndim, axes={self._channel_axis: channels})
+        self._spatial_axes = spatial
+        self.add_affine((channels,))
+        if self.learned_epsilon:
+            self.eps_learned = self.add_weight(
+                name="learned_epsilon", shape=(1,), initializer=initializers.Constant(1e-4),
+                constraint=self.learned_epsilon_constraint, trainable=True,
+            )
+        if self.use_tlu:
+            self.tau = _tau_weight(self, "tau", (channels,), self.tau_initializer, self.tau_regularizer,
+                                   self.tau_constraint)
+
+    def call(self, inputs):
+        return zoo.filter_response_norm(
+            inputs,
+            axis=self._spatial_axes if isinstance(self.axis, list) else self._channel_axis,
+            gamma=self.gamma,
+            beta=self.beta,
+            epsilon=self.epsilon,
+            learned_epsilon=self.eps_learned,
+            tau=self.tau,
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "learned_epsilon": self.learned_epsilon,
+            "learned_epsilon_constraint": constraints.serialize(self.learned_epsilon_constraint),
+            "use_tlu": self.use_tlu,
+            "tau_initializer": initializers.serialize(self.tau_initializer),
+            "tau_regularizer": regularizers.serialize(self.tau_regularizer),
+            "tau_constraint": constraints.serialize(self.tau_constraint),
+        }

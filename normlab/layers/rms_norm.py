@@ -1,0 +1,93 @@
+"""RMSNormalization (Zhang & Sennrich, 2019)."""
+
+from __future__ import annotations
+
+import keras
+
+from normlab.layers.base import Normalization
+from normlab.ops import zoo
+from normlab.ops.axes import known_dims
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class RMSNormalization(Normalization):
+    """Root mean square normalization: rescales each sample by its RMS, no centering.
+
+    For every sample, the mean of squares is taken over ``axis`` (one axis or
+    several) and the input is divided by its root; nothing is subtracted:
+
+        y = x / sqrt(mean(x^2) + epsilon) * gamma  (+ beta if center=True)
+
+    with ``gamma`` (and ``beta``) of the shape of the input at ``axis``.
+    Cheaper than LayerNormalization (one reduction instead of two) and
+    invariant to rescaling of the input, but not to shifts. A drop-in for
+    ``keras.layers.RMSNormalization(axis=-1, epsilon=1e-6)``: same defaults,
+    same result, and one weight (``gamma``, Keras' ``scale``), so
+    ``set_weights`` carries over either way.
+
+    Args:
+        axis: an int or a list of ints, never the batch axis. Default -1.
+        epsilon: small float added to the mean square. Default 1e-6 (as Keras).
+        center: add a learned offset ``beta`` (not in the paper). Default False.
+        scale: multiply by a learned scale ``gamma``. Default True.
+        beta_initializer: initializer for ``beta``. Default "zeros".
+        gamma_initializer: initializer for ``gamma``. Default "ones".
+        beta_regularizer: optional regularizer for ``beta``. Default None.
+        gamma_regularizer: optional regularizer for ``gamma``. Default None.
+        beta_constraint: optional constraint for ``beta``. Default None.
+        gamma_constraint: optional constraint for ``gamma``. Default None.
+        **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Example:
+        >>> import keras, numpy as np, normlab
+        >>> x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+        >>> y = keras.ops.convert_to_numpy(normlab.layers.RMSNormalization()(x))
+        >>> bool(np.allclose(np.mean(np.square(y), axis=-1), 1.0, atol=1e-4))
+        True
+        >>> y_keras = keras.ops.convert_to_numpy(keras.layers.RMSNormalization()(x))
+        >>> bool(np.allclose(y, y_keras, atol=1e-6))                 # same as Keras
+        True
+
+    Reference:
+        Zhang & Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019.
+        https://arxiv.org/abs/1910.07467
+    """
+
+    multi_axis = True
+
+    def __init__(
+        self,
+        axis=-1,
+        epsilon=1e-6,
+        center=False,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(
+            axis=axis,
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            **kwargs,
+        )
+
+    def build(self, input_shape):
+        self._axes = self.resolve_axes(input_shape)
+        shape = known_dims(input_shape, self._axes, axis=self.axis)
+        self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes=dict(zip(self._axes, shape)))
+        self.add_affine(shape)
+
+    def call(self, inputs):
+        return zoo.rms_norm(inputs, axis=self._axes, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)

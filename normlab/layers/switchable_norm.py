@@ -1,0 +1,172 @@
+"""SwitchableNormalization (Luo et al., 2018)."""
+
+from __future__ import annotations
+
+import keras
+from keras import initializers
+
+from normlab.layers.base import Normalization
+from normlab.ops import zoo
+from normlab.ops.axes import known_dims
+from normlab.ops.validate import check_momentum, error_message
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class SwitchableNormalization(Normalization):
+    """Switchable normalization: learns how to mix instance, layer and batch statistics.
+
+    Three sets of statistics are computed, each a mean and a (biased)
+    variance: instance (per sample and channel, over the spatial axes),
+    layer (per sample, over all non-batch axes) and batch (per channel, over
+    the batch and spatial axes). They are mixed with softmax weights learned
+    separately for the means and the variances:
+
+        mean = sum_k softmax(mean_weights)_k * mean_k,   k in (instance, layer, batch)
+        var  = sum_k softmax(variance_weights)_k * var_k
+        y = (x - mean) / sqrt(var + epsilon) * gamma + beta
+
+    In training (``training=True`` and the layer trainable) the batch
+    statistics come from the batch and update moving averages
+    (``moving = momentum * moving + (1 - momentum) * batch``); in inference,
+    and whenever ``trainable=False``, the moving averages stand in for them,
+    while the instance and layer statistics are always the input's own.
+    With a one-hot mix the layer is exactly InstanceNormalization,
+    GroupNormalization(groups=1) (layer statistics, per-channel affine) or
+    BatchNormalization.
+
+    Args:
+        axis: the channel axis; any axis but the batch axis. Default -1; 1 for
+            channels-first. The input needs at least one spatial axis.
+        momentum: weight the moving averages keep at each step (Keras
+            convention; the authors' code uses 0.997). Default 0.99.
+        epsilon: small float added to the mixed variance. Default 1e-3 (Keras'
+            default for the three norms it mixes; the authors' code uses 1e-5).
+        center: add a learned per-channel offset ``beta``. Default True.
+        scale: multiply by a learned per-channel scale ``gamma``. Default True.
+        beta_initializer: initializer for ``beta``. Default "zeros".
+        gamma_initializer: initializer for ``gamma``. Default "ones".
+        mean_weights_initializer: initializer for the three mean-mixing logits
+            (instance, layer, batch). Default "ones" (an even mix).
+        variance_weights_initializer: same for the variance-mixing logits. Default "ones".
+        moving_mean_initializer: initializer for the moving mean. Default "zeros".
+        moving_variance_initializer: initializer for the moving variance. Default "ones".
+        beta_regularizer: optional regularizer for ``beta``. Default None.
+        gamma_regularizer: optional regularizer for ``gamma``. Default None.
+        beta_constraint: optional constraint for ``beta``. Default None.
+        gamma_constraint: optional constraint for ``gamma``. Default None.
+        **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Call arguments:
+        inputs: input tensor of rank >= 3.
+        training: use batch statistics and update the moving ones. Default False.
+
+    Example:
+        >>> import keras, numpy as np, normlab
+        >>> x = np.random.default_rng(0).normal(size=(4, 5, 5, 3)).astype("float32")
+        >>> sn = normlab.layers.SwitchableNormalization(
+        ...     mean_weights_initializer=keras.initializers.Constant([0.0, 0.0, 30.0]),
+        ...     variance_weights_initializer=keras.initializers.Constant([0.0, 0.0, 30.0]))
+        >>> bn = normlab.layers.BatchNormalization()               # one-hot on batch stats == BN
+        >>> a, b = sn(x, training=True), bn(x, training=True)
+        >>> bool(np.allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5))
+        True
+        >>> [w.name for w in sn.weights]
+        ['gamma', 'beta', 'mean_weights', 'variance_weights', 'moving_mean', 'moving_variance']
+
+    Reference:
+        Luo, Ren, Peng, Zhang & Li, "Differentiable Learning-to-Normalize via
+        Switchable Normalization", ICLR 2019. https://arxiv.org/abs/1806.10779
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        mean_weights_initializer="ones",
+        variance_weights_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(
+            axis=axis,
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            **kwargs,
+        )
+        self.momentum = check_momentum(momentum)
+        self.mean_weights_initializer = initializers.get(mean_weights_initializer)
+        self.variance_weights_initializer = initializers.get(variance_weights_initializer)
+        self.moving_mean_initializer = initializers.get(moving_mean_initializer)
+        self.moving_variance_initializer = initializers.get(moving_variance_initializer)
+
+    def build(self, input_shape):
+        if len(input_shape) < 3:
+            raise ValueError(
+                error_message(
+                    "inputs",
+                    "an input of rank >= 3 (batch, spatial..., channels) for SwitchableNormalization, "
+                    "whose instance statistics are taken over the spatial axes",
+                    f"input_shape={tuple(input_shape)}",
+                    "Add a spatial axis, e.g. reshape (batch, features) to (batch, 1, features).",
+                )
+            )
+        (self._channel_axis,) = self.resolve_axes(input_shape)
+        (channels,) = known_dims(input_shape, [self._channel_axis], axis=self.axis)
+        self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={self._channel_axis: channels})
+        self.add_affine((channels,))
+        self.mean_weights = self.add_weight(
+            name="mean_weights", shape=(3,), initializer=self.mean_weights_initializer, trainable=True
+        )
+        self.variance_weights = self.add_weight(
+            name="variance_weights", shape=(3,), initializer=self.variance_weights_initializer, trainable=True
+        )
+        self.moving_mean = self.add_weight(
+            name="moving_mean", shape=(channels,), initializer=self.moving_mean_initializer,
+            trainable=False, autocast=False,
+        )
+        self.moving_variance = self.add_weight(
+            name="moving_variance", shape=(channels,), initializer=self.moving_variance_initializer,
+            trainable=False, autocast=False,
+        )
+
+    def call(self, inputs, training=None):
+        common = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
+        if not (training and self.trainable):
+            return zoo.switchable_norm(
+                inputs, self.mean_weights, self.variance_weights, self.moving_mean, self.moving_variance,
+                **common,
+            )
+        y, mean, variance = zoo.switchable_norm(
+            inputs, self.mean_weights, self.variance_weights, training=True, return_stats=True, **common
+        )
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            batch = keras.ops.cast(batch, moving.dtype)
+            moving.assign(moving * self.momentum + batch * (1.0 - self.momentum))
+        return y
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "momentum": self.momentum,
+            "mean_weights_initializer": initializers.serialize(self.mean_weights_initializer),
+            "variance_weights_initializer": initializers.serialize(self.variance_weights_initializer),
+            "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
+            "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
+        }

@@ -1,0 +1,146 @@
+"""BatchNormalization's renorm (parity with Keras), ghost batches, and frozen-statistics mode."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import normlab
+from normlab.testing import reference
+from normlab.testing.harness import run_layer_test
+
+CLIPPING = {"rmax": 1.5, "rmin": 0.7, "dmax": 0.3}
+
+# Shapes shared across the test files: JAX compiles each op once per shape.
+LAST4 = (4, 3, 3, 6)  # NHWC
+FIRST3 = (4, 6, 5)  # NCL, channels-first
+LAST5 = (2, 2, 3, 2, 4)  # NDHWC
+
+
+@pytest.mark.parametrize(
+    "kwargs, shape, non_trainable",
+    [
+        (dict(renorm=True, renorm_clipping=CLIPPING), LAST4, 5),
+        (dict(axis=1, virtual_batch_size=2), FIRST3, 2),
+    ],
+)
+def test_harness(kwargs, shape, non_trainable):
+    run_layer_test(normlab.BatchNormalization, kwargs, shape, expected_trainable=2,
+                   expected_non_trainable=non_trainable)
+
+
+def numpy_weights(layer):
+    return [ops.convert_to_numpy(w) for w in layer.weights]
+
+
+@pytest.mark.parametrize("clipping", [CLIPPING, None])
+def test_renorm_matches_keras_over_training_steps(clipping):
+    kwargs = dict(momentum=0.8, renorm=True, renorm_clipping=clipping, renorm_momentum=0.7,
+                  moving_variance_initializer=keras.initializers.Constant(2.0))
+    ours, theirs = normlab.BatchNormalization(**kwargs), keras.layers.BatchNormalization(**kwargs)
+    shape = LAST4
+    ours.build(shape)
+    theirs.build(shape)
+    assert [w.name for w in ours.weights] == [w.name for w in theirs.weights]
+    rng = np.random.default_rng(0)
+    start = [rng.uniform(0.5, 1.5, size=6).astype("float32"), rng.normal(size=6).astype("float32")]
+    ours.set_weights(start + ours.get_weights()[2:])
+    theirs.set_weights(ours.get_weights())
+    for step in range(4):
+        x = rng.normal(step - 1.0, 1.0 + step, size=shape).astype("float32")
+        np.testing.assert_allclose(ops.convert_to_numpy(ours(x, training=True)),
+                                   ops.convert_to_numpy(theirs(x, training=True)), rtol=1e-5, atol=1e-5,
+                                   err_msg=f"training output, step {step}")
+        for name, a, b in zip([w.name for w in ours.weights], numpy_weights(ours), numpy_weights(theirs)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{name}, step {step}")
+    x = rng.normal(size=shape).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(theirs(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_renorm_matches_keras_under_fit():
+    rng = np.random.default_rng(1)
+    x = rng.normal(1.0, 2.0, size=(16, 5)).astype("float32")
+    target = rng.normal(size=(16, 5)).astype("float32")
+    models = []
+    for cls in (normlab.BatchNormalization, keras.layers.BatchNormalization):
+        model = keras.Sequential([keras.Input((5,)), cls(renorm=True, renorm_clipping=CLIPPING, momentum=0.5)])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        models.append(model)
+    models[1].set_weights(models[0].get_weights())
+    for model in models:
+        model.fit(x, target, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_renorm_config_is_keras_config():
+    kwargs = dict(renorm=True, renorm_clipping={"rmax": 3.0}, renorm_momentum=0.9)
+    ours = normlab.BatchNormalization(**kwargs).get_config()
+    theirs = keras.layers.BatchNormalization(**kwargs).get_config()
+    for key in ("renorm", "renorm_clipping", "renorm_momentum"):
+        assert ours[key] == theirs[key]
+    assert normlab.BatchNormalization.from_config(theirs).renorm_clipping == {"rmax": 3.0}
+
+
+@pytest.mark.parametrize("renorm", [False, True])
+def test_ghost_batches_in_training_match_reference(renorm):
+    rng = np.random.default_rng(2)
+    x = rng.normal(1.0, 2.0, size=LAST4).astype("float32")
+    x[2:] = 3.0 * x[2:] - 2.0  # the two ghost batches differ
+    layer = normlab.BatchNormalization(momentum=0.5, virtual_batch_size=2, renorm=renorm, renorm_clipping=CLIPPING,
+                                       gamma_initializer="random_uniform", beta_initializer="random_uniform")
+    y = ops.convert_to_numpy(layer(x, training=True))
+    gamma, beta = (ops.convert_to_numpy(w) for w in (layer.gamma, layer.beta))
+    renorm_args = (np.zeros(6), np.ones(6)) if renorm else (None, None)
+    expected, mean, var = reference.batch_renorm(x, *renorm_args, -1, gamma, beta, 1e-3, CLIPPING, virtual_batch_size=2)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean), 0.5 * mean, atol=1e-5)
+    if not renorm:
+        np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_variance), 0.5 + 0.5 * var, rtol=1e-5)
+    whole_batch = reference.batch_norm(x, gamma=gamma, beta=beta)[0]
+    assert not np.allclose(y, whole_batch, atol=1e-2)  # ghost statistics really are per sub-batch
+
+    inference = ops.convert_to_numpy(layer(x[:3]))  # any batch size; moving statistics, never ghost batches
+    moving = [ops.convert_to_numpy(w) for w in (layer.moving_mean, layer.moving_variance)]
+    np.testing.assert_allclose(inference, reference.batch_norm(x[:3], -1, gamma, beta, 1e-3, *moving)[0], atol=1e-5)
+
+
+def test_ghost_batch_size_must_divide_the_batch():
+    layer = normlab.BatchNormalization(virtual_batch_size=3)
+    with pytest.raises(ValueError, match=r"Invalid `virtual_batch_size`: expected a divisor of the batch size, so that "
+                                         r"the batch splits into equal ghost batches\. Received: virtual_batch_size=3 "
+                                         r"with a batch of 8\. Use one of \[1, 2, 4, 8\]"):
+        layer(np.zeros((8, 4), "float32"), training=True)
+    layer(np.zeros((8, 4), "float32"))  # inference: no ghost batches, any batch size
+
+
+def test_use_moving_statistics_freezes_statistics_but_trains_affine():
+    rng = np.random.default_rng(3)
+    x = rng.normal(4.0, 2.0, size=(8, 3)).astype("float32")
+    layer = normlab.BatchNormalization(use_moving_statistics=True)
+    y = ops.convert_to_numpy(layer(x, training=True))
+    np.testing.assert_allclose(y, x / np.sqrt(1 + 1e-3), atol=1e-5)  # moving statistics, in training too
+    model = keras.Sequential([keras.Input((3,)), layer])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(x, rng.normal(size=(8, 3)).astype("float32"), batch_size=8, epochs=1, verbose=0)
+    assert not np.allclose(ops.convert_to_numpy(layer.gamma), 1.0)  # the affine still trains
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean), 0.0)  # the statistics do not
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_variance), 1.0)
+    assert normlab.BatchNormalization.from_config(layer.get_config()).use_moving_statistics
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(renorm=True, renorm_clipping={"rmax": 0.5, "rmin": 1.0}),
+         r"Invalid `renorm_clipping`: expected rmax >= rmin \(r is clipped to \[rmin, rmax\]\)\. "
+         r"Received: renorm_clipping=\{'rmax': 0\.5, 'rmin': 1\.0\}\. Pass a dict such as"),
+        (dict(renorm=True, renorm_clipping={"rmax": 3.0, "r_min": 0.3}), r"Invalid `renorm_clipping`: expected None or a dict with keys"),
+        (dict(renorm=True, renorm_momentum=2.0), r"Invalid `renorm_momentum`: expected a float in \[0, 1\].*Received: renorm_momentum=2\.0"),
+        (dict(virtual_batch_size=-2), r"Invalid `virtual_batch_size`: expected a positive integer \(the number of samples per ghost "
+                                      r"batch\) or None\. Received: virtual_batch_size=-2\. Pass an int such as virtual_batch_size=32"),
+    ],
+)
+def test_errors_name_argument_value_and_fix(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        normlab.BatchNormalization(**kwargs)

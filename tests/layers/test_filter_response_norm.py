@@ -1,0 +1,93 @@
+"""FilterResponseNormalization and TLU: harness, references, TF Addons compatibility, errors."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import normlab
+from normlab.testing import reference
+from normlab.testing.harness import run_layer_test
+
+# Shapes shared across the test files: JAX compiles each op once per shape.
+LAST4 = (4, 3, 3, 6)  # NHWC
+FIRST3 = (4, 6, 5)  # NCL, channels-first
+LAST5 = (2, 2, 3, 2, 4)  # NDHWC
+
+
+@pytest.mark.parametrize(
+    "kwargs, shape, trainable",
+    [
+        (dict(), LAST4, 2),
+        # channels-first volume, learned epsilon and TLU: gamma, beta, learned_epsilon, tau
+        (dict(axis=1, learned_epsilon=True, use_tlu=True), LAST5, 4),
+    ],
+)
+def test_frn_harness(kwargs, shape, trainable):
+    run_layer_test(normlab.FilterResponseNormalization, kwargs, shape, expected_trainable=trainable)
+
+
+def test_tlu_harness():
+    run_layer_test(normlab.TLU, dict(affine=True, axis=1), FIRST3, expected_trainable=2, expected_params=12)
+
+
+@pytest.mark.parametrize(
+    "axis, shape, channel_axis",
+    [(-1, LAST4, -1), ([1, 2], LAST4, -1), (1, FIRST3, 1), ([2, 3, 4], LAST5, 1)],
+)
+def test_matches_reference(axis, shape, channel_axis):
+    x = np.random.default_rng(0).normal(0.5, 2.0, size=shape).astype("float32")
+    layer = normlab.FilterResponseNormalization(
+        axis=axis, learned_epsilon=True, use_tlu=True, gamma_initializer="random_uniform",
+        beta_initializer="random_uniform", tau_initializer=keras.initializers.RandomUniform(-1.0, 0.0),
+    )
+    layer.build(shape)
+    layer.eps_learned.assign(np.array([-0.05], "float32"))  # |learned| is added, as in TF Addons
+    y = ops.convert_to_numpy(layer(x))
+    gamma, beta, tau = (ops.convert_to_numpy(w) for w in (layer.gamma, layer.beta, layer.tau))
+    expected = reference.filter_response_norm(x, channel_axis, gamma, beta, 1e-6, learned_epsilon=0.05, tau=tau)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_tfa_config_loads_and_defaults_match():
+    config = {
+        "name": "frn", "trainable": True, "dtype": "float32", "axis": [1, 2], "epsilon": 1e-6,
+        "learned_epsilon": True, "learned_epsilon_constraint": None,
+        "beta_initializer": {"class_name": "Zeros", "config": {}},
+        "gamma_initializer": {"class_name": "Ones", "config": {}},
+        "beta_regularizer": None, "gamma_regularizer": None, "beta_constraint": None, "gamma_constraint": None,
+    }
+    layer = normlab.FilterResponseNormalization.from_config(config)
+    layer.build((None, 4, 4, 3))
+    assert [w.name for w in layer.weights] == ["gamma", "beta", "learned_epsilon"]
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.eps_learned), [1e-4])  # TF Addons' initial value
+    positional = normlab.FilterResponseNormalization(1e-5, [1, 2])  # TF Addons' argument order
+    assert (positional.epsilon, positional.axis) == (1e-5, [1, 2])
+
+
+def test_tlu_layer_and_frn_option_agree():
+    x = np.random.default_rng(1).normal(size=LAST4).astype("float32")
+    tau = keras.initializers.Constant(-0.3)
+    fused = normlab.FilterResponseNormalization(use_tlu=True, tau_initializer=tau)
+    split = keras.Sequential([normlab.FilterResponseNormalization(), normlab.TLU(tau_initializer=tau)])
+    np.testing.assert_allclose(ops.convert_to_numpy(fused(x)), ops.convert_to_numpy(split(x)), atol=1e-6)
+
+
+def test_registry():
+    layer = normlab.get("frn(use_tlu=True, axis=[1, 2])")
+    assert isinstance(layer, normlab.FilterResponseNormalization) and layer.use_tlu and layer.axis == [1, 2]
+    assert isinstance(normlab.get("filter_response"), normlab.FilterResponseNormalization)
+
+
+def test_errors_name_argument_value_and_fix():
+    with pytest.raises(ValueError, match=r"Invalid `axis`: expected as a list, the spatial axes to reduce over "
+                                         r"\(TF Addons' convention\).*Received: axis=\[1\] for an input of rank 4, "
+                                         r"which leaves axes \[2, 3\]\. Pass the channel axis as an int"):
+        normlab.FilterResponseNormalization(axis=[1])(np.zeros((2, 3, 3, 2), "float32"))
+    with pytest.raises(ValueError, match=r"Invalid `axis`: expected feature axes other than the batch axis 0"):
+        normlab.FilterResponseNormalization(axis=[0, 1])(np.zeros((2, 3, 3), "float32"))
+    with pytest.raises(TypeError, match=r"Invalid `axis`: expected a single int \(the channel axis\) for TLU\. "
+                                        r"Received: axis=\[1, 2\]\. Pass one axis such as axis=-1"):
+        normlab.TLU(axis=[1, 2])
+    with pytest.raises(TypeError, match=r"Invalid `epsilon`: expected a non-negative float\. Received: epsilon='1e-6'"):
+        normlab.FilterResponseNormalization(epsilon="1e-6")
