@@ -99,8 +99,8 @@ def _shifted_stats(xf, shift, reduce, count, epsilon):
     var = jnp.maximum(reduce(d * d) / count - mean * mean, 0.0)
     far = jnp.any(mean * mean > _MAX_SHIFT_RATIO * (var + epsilon))
 
-    def two_pass():
-        r = d - mean
+    def two_pass():  # recomputes d: a branch's captured operands are materialized
+        r = (xf - shift) - mean
         return reduce(r * r) / count
 
     var = jax.lax.cond(far, two_pass, lambda: var)

@@ -102,6 +102,34 @@ def _downcast(y, like):
     return y if y.dtype == like.dtype else y.to(like.dtype)
 
 
+class _ChannelsLastGroupNorm(torch.autograd.Function):
+    """``native_group_norm`` on channels_last data, whose backward always
+    asks ATen for dX: its channels-last backward kernel crashes (segfault,
+    torch 2.13 CPU) when only the parameters' gradients are requested, as in
+    a model's first layer."""
+
+    @staticmethod
+    def forward(ctx, x4, gamma, beta, n, c, s, groups, epsilon):
+        y, mean, rstd = torch.native_group_norm(x4, gamma, beta, n, c, s, groups, epsilon)
+        ctx.save_for_backward(x4, gamma, mean, rstd)
+        ctx.sizes = (n, c, s, groups)
+        ctx.has_beta = beta is not None
+        ctx.mark_non_differentiable(mean, rstd)
+        return y, mean, rstd
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _drstd):
+        x4, gamma, mean, rstd = ctx.saved_tensors
+        n, c, s, groups = ctx.sizes
+        need_x, need_gamma, need_beta = ctx.needs_input_grad[:3]
+        mask = [True, gamma is not None and need_gamma, ctx.has_beta and need_beta]
+        dy = dy.contiguous(memory_format=torch.channels_last)
+        dx, dgamma, dbeta = torch.ops.aten.native_group_norm_backward(
+            dy, x4, mean, rstd, gamma, n, c, s, groups, mask
+        )
+        return (dx if need_x else None), dgamma, dbeta, None, None, None, None, None
+
+
 def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     if not _usable(x):
         return None
@@ -113,13 +141,14 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
         return None
     x4 = _upcast(x4)
     gamma, beta = _param(gamma, x4.dtype), _param(beta, x4.dtype)
-    y, mean, rstd = torch.native_group_norm(x4, gamma, beta, n, c, s, groups, epsilon)
+    kernel = _ChannelsLastGroupNorm.apply if axis == x.ndim - 1 else torch.native_group_norm
+    y, mean, rstd = kernel(x4, gamma, beta, n, c, s, groups, epsilon)
     if not _exact(mean, rstd):
         with torch.no_grad():
             sums = x4.sum(dim=(2, 3))  # (N, C), cascade-summed
             shift = sums.view(n, groups, c // groups).sum(dim=2, keepdim=True) / (s * (c // groups))
             shift = shift.expand(n, groups, c // groups).reshape(n, c, 1, 1)
-        y, mean, rstd = torch.native_group_norm(x4 - shift, gamma, beta, n, c, s, groups, epsilon)
+        y, mean, rstd = kernel(x4 - shift, gamma, beta, n, c, s, groups, epsilon)
         if not _exact(mean, rstd):
             return None
     if axis == x.ndim - 1:
@@ -167,8 +196,10 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
         return None
     c = x.shape[axis]
     count = x.numel() // c
-    if count < 2 or count > MAX_REDUCTION:
-        return None  # ATen's running variance is unbiased: undefined for one value
+    if count < 2 or count > MAX_REDUCTION or not epsilon > 0:
+        # ATen's running variance is unbiased (undefined for one value), and
+        # its training batch norm rejects epsilon = 0.
+        return None
     x4 = _kernel_view(x, axis)
     if x4 is None:
         return None

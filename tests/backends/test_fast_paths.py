@@ -323,3 +323,37 @@ def test_layers_match_with_fast_paths_off():
         np.testing.assert_allclose(fast, general, atol=2e-5)
         for a, b in zip(fast_layer.weights, general_layer.weights):
             np.testing.assert_allclose(_np(a), _np(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="a torch kernel's crash")
+def test_parameter_gradients_without_input_gradient():
+    """Gradients for gamma and beta only (the input is data, as in the first
+    layer of a model): ATen's channels-last group norm backward crashes on
+    this unless the hook works around it."""
+    import torch
+
+    for case in ("gn-nhwc", "in-nhwc", "bn-nhwc", "ln-last", "gn-nchw"):
+        op, shape, axis, groups = CASES[case]
+        x_np, dy_np, gamma_np, beta_np = _inputs(case, 0.0)
+        expected = normalize_and_vjp(x_np.astype("float32"), dy_np.astype("float32"), op, axis,
+                                     groups=groups, gamma=gamma_np, beta=beta_np, epsilon=EPSILON)
+        x = torch.tensor(x_np, dtype=torch.float32)
+        gamma = torch.tensor(gamma_np, requires_grad=True)
+        beta = torch.tensor(beta_np, requires_grad=True)
+        y, _ = _apply(case, x, gamma, beta)
+        dgamma, dbeta = torch.autograd.grad(y, [gamma, beta], torch.tensor(dy_np, dtype=torch.float32))
+        np.testing.assert_allclose(dgamma.numpy(), expected["dgamma"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dbeta.numpy(), expected["dbeta"], rtol=1e-4, atol=1e-4)
+
+
+def test_zero_epsilon_matches_general_path():
+    """epsilon=0 is valid (torch's training batch norm kernel rejects it, so
+    that hook declines)."""
+    x = _tensor(_inputs("bn-nhwc", 1.0)[0], "float32")
+    for op in (lambda: nops.batch_norm(x, axis=3, epsilon=0.0, training=True),
+               lambda: nops.group_norm(x, 3, 3, epsilon=0.0),
+               lambda: nops.layer_norm(x, -1, epsilon=0.0)):
+        fast = _np(op())
+        with backends.disabled():
+            general = _np(op())
+        np.testing.assert_allclose(fast, general, atol=2e-5)
