@@ -30,9 +30,9 @@ class SwitchableNormalization(Normalization):
     (``moving = momentum * moving + (1 - momentum) * batch``); in inference,
     and whenever ``trainable=False``, the moving averages stand in for them,
     while the instance and layer statistics are always the input's own.
-    With a one-hot mix the layer is exactly InstanceNormalization,
-    GroupNormalization(groups=1) (layer statistics, per-channel affine) or
-    BatchNormalization.
+    With a (near) one-hot mix, e.g. logits ``(30, 0, 0)``, the layer equals
+    InstanceNormalization, GroupNormalization(groups=1) (layer statistics,
+    per-channel affine) or BatchNormalization, to float32 rounding.
 
     Args:
         axis: the channel axis; any axis but the batch axis. Default -1; 1 for
