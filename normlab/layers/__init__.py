@@ -10,6 +10,16 @@ from normlab.layers.filter_response_norm import TLU, FilterResponseNormalization
 from normlab.layers.local_response_norm import LocalResponseNormalization
 from normlab.layers.rms_norm import RMSNormalization
 from normlab.layers.switchable_norm import SwitchableNormalization
+from normlab.layers.spectral_norm import SpectralNormalization
+from normlab.layers.std_conv import (
+    ScaledStdConv1D,
+    ScaledStdConv2D,
+    ScaledStdConv3D,
+    StdConv1D,
+    StdConv2D,
+    StdConv3D,
+)
+from normlab.layers.weight_norm import WeightNormalization
 
 __all__ = [
     "BatchNormalization",
@@ -24,4 +34,12 @@ __all__ = [
     "RMSNormalization",
     "SwitchableNormalization",
     "TLU",
+    "ScaledStdConv1D",
+    "ScaledStdConv2D",
+    "ScaledStdConv3D",
+    "SpectralNormalization",
+    "StdConv1D",
+    "StdConv2D",
+    "StdConv3D",
+    "WeightNormalization",
 ]

@@ -15,6 +15,7 @@ from normlab.ops.zoo import (
     switchable_norm,
     tlu,
 )
+from normlab.ops.weights import power_iteration, spectral_norm, standardize_weight, weight_norm
 
 __all__ = [
     "batch_norm",
@@ -34,4 +35,8 @@ __all__ = [
     "rms_norm",
     "switchable_norm",
     "tlu",
+    "power_iteration",
+    "spectral_norm",
+    "standardize_weight",
+    "weight_norm",
 ]

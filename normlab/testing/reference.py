@@ -230,3 +230,113 @@ def ghost_batch_norm(x, virtual_batch_size, axis=-1, gamma=None, beta=None, epsi
     Returns ``(y, mean, variance)``, the statistics averaged over ghost batches.
     """
     return batch_renorm(x, None, None, axis, gamma, beta, epsilon, virtual_batch_size=virtual_batch_size)
+
+
+# --------------------------------------------------------------------------- weight reparametrizations
+
+
+def _kernel_matrix(kernel):
+    """A kernel as a float64 ``(fan_in, out)`` matrix (output units on the last axis)."""
+    kernel = _f64(kernel)
+    return kernel.reshape(-1, kernel.shape[-1])
+
+
+def standardize_weight(kernel, epsilon=1e-6, gain=None):
+    """Weight standardization (Qiao et al. 2019) over the fan-in (all axes but the last).
+
+    ``(w - mean) / sqrt(var + epsilon) * gain``; ``gain`` per output unit.
+    """
+    kernel = _f64(kernel)
+    w = _kernel_matrix(kernel)
+    y = (w - w.mean(axis=0)) / np.sqrt(w.var(axis=0) + epsilon)
+    if gain is not None:
+        y = y * _f64(gain).reshape(-1)
+    return y.reshape(kernel.shape)
+
+
+def scaled_standardize_weight(kernel, gain=None, gamma=1.0, epsilon=1e-6):
+    """Scaled weight standardization (Brock et al. 2021; timm's ScaledStdConv2d).
+
+    ``(w - mean) / sqrt(var + epsilon) * gain * gamma / sqrt(fan_in)``.
+    """
+    fan_in = _kernel_matrix(kernel).shape[0]
+    out = _f64(kernel).shape[-1]
+    gain = np.ones(out) if gain is None else _f64(gain).reshape(-1)
+    return standardize_weight(kernel, epsilon, gain * gamma / np.sqrt(fan_in))
+
+
+def weight_norm(v, g=None):
+    """Weight normalization (Salimans & Kingma 2016): ``g * v / ||v||`` per output unit."""
+    v = _f64(v)
+    w = _kernel_matrix(v)
+    w = w / np.linalg.norm(w, axis=0)
+    if g is not None:
+        w = w * _f64(g).reshape(-1)
+    return w.reshape(v.shape)
+
+
+def weight_norm_data_init(pre_activations, axis=-1, epsilon=1e-10):
+    """The paper's data-dependent initialization from ``t = x . v / ||v||``.
+
+    Returns ``(g, bias)`` with ``g = 1 / sqrt(var(t) + epsilon)`` and
+    ``bias = -mean(t) * g``, statistics per unit over all other axes.
+    """
+    t = np.moveaxis(_f64(pre_activations), axis, -1)
+    t = t.reshape(-1, t.shape[-1])
+    g = 1.0 / np.sqrt(t.var(axis=0) + epsilon)
+    return g, -t.mean(axis=0) * g
+
+
+def power_iteration(kernel, u, iterations=1):
+    """Power iteration as in Miyato et al. 2018 / TF Addons / Keras, in float64.
+
+    ``W`` is the kernel as ``(fan_in, out)``; ``iterations`` times
+    ``v = unit(u W^T)``, ``u = unit(v W)`` (zero iterations: only ``v``);
+    ``sigma = v W u^T``. Returns ``(u, v, sigma)``.
+    """
+    w = _kernel_matrix(kernel)
+    u = _f64(u).reshape(1, -1)
+    u = u / np.linalg.norm(u)
+    for _ in range(iterations):
+        v = u @ w.T
+        v = v / np.linalg.norm(v)
+        u = v @ w
+        u = u / np.linalg.norm(u)
+    if iterations == 0:
+        v = u @ w.T
+        v = v / np.linalg.norm(v)
+    return u, v, float((v @ w @ u.T)[0, 0])
+
+
+def spectral_norm(kernel, u, power_iterations=1):
+    """Spectral normalization (Miyato et al. 2018): ``(kernel / sigma, u, sigma)``."""
+    u, _, sigma = power_iteration(kernel, u, power_iterations)
+    return _f64(kernel) / sigma, u, sigma
+
+
+def top_singular_value(kernel):
+    """The largest singular value of the kernel as a ``(fan_in, out)`` matrix (SVD)."""
+    return float(np.linalg.svd(_kernel_matrix(kernel), compute_uv=False)[0])
+
+
+def conv(x, kernel, bias=None, groups=1):
+    """Float64 "valid" N-D convolution, channels-last, stride 1, as Keras computes it.
+
+    ``x`` is ``(N, *spatial, C)``, ``kernel`` is ``(*kernel_size, C // groups, F)``
+    (Keras' layout); returns ``(N, *out, F)``.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    x, kernel = _f64(x), _f64(kernel)
+    rank = kernel.ndim - 2
+    windows = sliding_window_view(x, kernel.shape[:rank], axis=tuple(range(1, rank + 1)))
+    # windows: (N, *out, C, *kernel_size)
+    cin, cout = kernel.shape[-2], kernel.shape[-1] // groups
+    contract = (list(range(rank + 1, 2 * rank + 2)), list(range(rank + 1)))
+    outputs = []
+    for g in range(groups):
+        part = windows[(slice(None),) * (rank + 1) + (slice(g * cin, (g + 1) * cin),)]
+        k = np.moveaxis(kernel[..., g * cout:(g + 1) * cout], -2, 0)
+        outputs.append(np.tensordot(part, k, axes=contract))
+    y = np.concatenate(outputs, axis=-1)
+    return y if bias is None else y + _f64(bias)

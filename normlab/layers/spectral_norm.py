@@ -1,0 +1,182 @@
+"""SpectralNormalization wrapper (Miyato et al., 2018).
+
+A wrapper, not an activation norm: it divides the kernel of the Dense,
+Conv or Embedding layer it wraps by an estimate of the kernel's largest
+singular value, kept up to date by power iteration with a persistent
+vector ``u``.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import keras
+from keras import initializers, ops
+
+from normlab.layers.weight_norm import (
+    _KERNEL_LAYERS,
+    _missing_layer,
+    check_wrapped_layer,
+    full_precision,
+    in_jax_stateless_call,
+    kernel_variable,
+    substituted,
+)
+from normlab.ops.validate import error_message
+from normlab.ops.weights import spectral_norm
+
+_SPECTRAL_LAYERS = _KERNEL_LAYERS + (keras.layers.Embedding,)
+
+
+def _kernel_attribute(layer) -> str:
+    return "_embeddings" if isinstance(layer, keras.layers.Embedding) else "_kernel"
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class SpectralNormalization(keras.layers.Wrapper):
+    """Spectral normalization: the wrapped kernel divided by its largest singular value.
+
+    The kernel ``W`` is seen as a ``(fan_in, out)`` matrix. A persistent,
+    non-trainable vector ``u`` (shape ``(1, out)``) tracks its top right
+    singular vector; in training each call refines it by
+    ``power_iterations`` steps of
+
+        v = unit(u W^T),   u = unit(v W),   sigma = v W u^T
+
+    and the layer runs with ``W / sigma``. In inference ``u`` is not
+    updated and ``sigma = |W unit(u)|``. Gradients flow through ``sigma``
+    (with ``u`` and ``v`` held constant), as in the paper and in PyTorch's
+    ``spectral_norm``; the kernel variable keeps the unnormalized ``W``.
+
+    ``in_place=True`` reproduces ``keras.layers.SpectralNormalization`` and
+    ``tfa.layers.SpectralNormalization`` instead: each training call
+    *overwrites* the kernel variable with ``W / sigma`` and the layer then
+    runs with the stored kernel, in training and inference alike (no
+    gradient through ``sigma``). That is the mode TF Addons models are
+    loaded in, so they give the outputs they gave. Under JAX ``fit``, which
+    discards updates of trainable weights made in the forward pass, the
+    stored kernel then never gets normalized (Keras' layer has the same
+    limit); the default mode has no such issue.
+
+    Args:
+        layer: the layer to wrap: a ``keras.layers.Dense``, ``Conv1D``,
+            ``Conv2D``, ``Conv3D`` or ``Embedding`` instance (or subclass).
+        power_iterations: power-iteration steps per training call, >= 1.
+            Default 1 (the estimate improves across steps since ``u`` persists).
+        in_place: overwrite the kernel in training, as Keras and TF Addons
+            do, instead of normalizing it on the fly. Default False.
+        **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
+
+    Example:
+        >>> import keras, numpy as np, normlab
+        >>> dense = normlab.layers.SpectralNormalization(keras.layers.Dense(8), power_iterations=1)
+        >>> x = np.random.default_rng(0).normal(size=(4, 16)).astype("float32")
+        >>> for _ in range(30):                          # u converges across training calls
+        ...     y = dense(x, training=True)
+        >>> w = keras.ops.convert_to_numpy(dense.normalized_kernel())
+        >>> round(float(np.linalg.svd(w, compute_uv=False)[0]), 3)
+        1.0
+        >>> [v.name for v in dense.weights]
+        ['vector_u', 'kernel', 'bias']
+
+    Reference:
+        Miyato, Kataoka, Koyama & Yoshida, "Spectral Normalization for
+        Generative Adversarial Networks", ICLR 2018. https://arxiv.org/abs/1802.05957
+    """
+
+    def __init__(self, layer, power_iterations=1, in_place=False, **kwargs):
+        check_wrapped_layer(type(self).__name__, layer, _SPECTRAL_LAYERS)
+        if (
+            isinstance(power_iterations, bool)
+            or not isinstance(power_iterations, numbers.Integral)
+            or power_iterations < 1
+        ):
+            raise ValueError(
+                error_message(
+                    "power_iterations",
+                    "an integer >= 1 (power-iteration steps per training call)",
+                    f"power_iterations={power_iterations!r}",
+                    "Use power_iterations=1, the paper's choice.",
+                )
+            )
+        if not isinstance(in_place, bool):
+            raise TypeError(
+                error_message(
+                    "in_place",
+                    "a bool",
+                    f"in_place={in_place!r} of type {type(in_place).__name__}",
+                    "Pass in_place=False (normalize on the fly) or True (Keras/TF Addons behaviour).",
+                )
+            )
+        super().__init__(layer, **kwargs)
+        self.power_iterations = int(power_iterations)
+        self.in_place = in_place
+        self._warned = False
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        kernel = kernel_variable(self.layer, _kernel_attribute(self.layer))
+        self.vector_u = self.add_weight(
+            name="vector_u",
+            shape=(1, int(kernel.shape[-1])),
+            initializer=initializers.TruncatedNormal(stddev=0.02),
+            trainable=False,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def normalized_kernel(self, training=False):
+        """``W / sigma``, refining ``u`` (and storing it) when ``training``."""
+        kernel = kernel_variable(self.layer, _kernel_attribute(self.layer))
+        w, u, _ = spectral_norm(
+            kernel, self.vector_u, self.power_iterations if training else 0
+        )
+        if training:
+            self.vector_u.assign(ops.cast(u, self.vector_u.dtype))
+        return w
+
+    def call(self, inputs, training=None):
+        with full_precision():
+            return ops.cast(self._call(inputs, training), self.compute_dtype)
+
+    def _call(self, inputs, training):
+        attribute = _kernel_attribute(self.layer)
+        if self.in_place:
+            if training:
+                if in_jax_stateless_call() and not self._warned:
+                    self._warned = True
+                    warnings.warn(
+                        f"{type(self).__name__} {self.name!r} with in_place=True: under JAX, "
+                        "`fit` discards updates of trainable weights made in the forward pass, "
+                        "so the stored kernel is not normalized. Use in_place=False.",
+                        UserWarning,
+                        stacklevel=3,
+                    )
+                kernel = kernel_variable(self.layer, attribute)
+                kernel.assign(ops.cast(self.normalized_kernel(training=True), kernel.dtype))
+            outputs = self.layer(inputs)
+        else:
+            kernel = self.normalized_kernel(training=bool(training))
+            with substituted(self.layer, **{attribute: ops.cast(kernel, self.layer.compute_dtype)}):
+                outputs = self.layer(inputs)
+        return outputs
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "power_iterations": self.power_iterations,
+            "in_place": self.in_place,
+        }
+
+
+def spectral_normalization(layer=None, power_iterations=1, in_place=False, **kwargs):
+    """Wrapper, not an activation norm: spectral-normalizes the Dense/Conv/Embedding layer given as ``layer=``.
+
+    Returns ``SpectralNormalization(layer, power_iterations, in_place, **kwargs)``;
+    the registry's factory for ``"spectral_norm"``.
+    """
+    if layer is None:
+        raise _missing_layer("spectral_norm", "a Dense, Conv or Embedding layer")
+    return SpectralNormalization(layer, power_iterations=power_iterations, in_place=in_place, **kwargs)

@@ -1,0 +1,536 @@
+"""Weight-standardized convolutions: StdConv (Qiao et al., 2019) and
+ScaledStdConv (Brock et al., 2021).
+
+These are not activation norms: they are drop-in subclasses of
+``keras.layers.Conv1D/2D/3D`` that standardize their *kernel* over its
+fan-in before every convolution (training and inference alike). The
+kernel variable itself keeps the raw, unstandardized values, so saving,
+regularizers and optimizers see an ordinary convolution.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import initializers, ops
+
+from normlab.ops.validate import check_epsilon, error_message
+from normlab.ops.weights import standardize_weight
+
+_NOT_CONV_ARGS = ("self", "__class__", "kwargs", "epsilon", "gamma", "gain_initializer")
+
+
+def _conv_args(local_vars: dict) -> dict:
+    """The Keras convolution arguments among a constructor's ``locals()``."""
+    return {k: v for k, v in local_vars.items() if k not in _NOT_CONV_ARGS}
+
+
+class _WeightStandardization:
+    """Mixin: convolve with the standardized kernel, every call."""
+
+    def _init_standardization(self, epsilon):
+        self.epsilon = check_epsilon(epsilon)
+
+    def _fan_in_axes(self) -> list[int]:
+        # Keras kernels are (*kernel_size, in_channels // groups, filters).
+        return list(range(self.rank + 1))
+
+    def _gain(self):
+        return None
+
+    def standardized_kernel(self):
+        """The kernel the convolution uses: standardized over its fan-in."""
+        return standardize_weight(self.kernel, self._fan_in_axes(), self.epsilon, gain=self._gain())
+
+    def call(self, inputs):
+        padding = self.padding
+        if padding == "causal":  # Conv1D only; Keras validates it
+            time_axis = 1 if self.data_format == "channels_last" else 2
+            pad = [[0, 0]] * 3
+            pad[time_axis] = [self.dilation_rate[0] * (self.kernel_size[0] - 1), 0]
+            inputs = ops.pad(inputs, pad)
+            padding = "valid"
+        outputs = ops.conv(
+            inputs,
+            self.standardized_kernel(),
+            strides=list(self.strides),
+            padding=padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        if self.use_bias:
+            if self.data_format == "channels_last":
+                shape = (1,) * (self.rank + 1) + (self.filters,)
+            else:
+                shape = (1, self.filters) + (1,) * self.rank
+            # Not ops.add: on TensorFlow (Keras 3.15) it turns a (1, C, 1, 1) operand
+            # into bias_add on the *last* axis whenever that axis also has size C.
+            outputs = outputs + ops.reshape(self.bias, shape)
+        if self.activation is not None:
+            return self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+class _ScaledWeightStandardization(_WeightStandardization):
+    """Mixin: standardized kernel times a learned gain and ``gamma / sqrt(fan_in)``."""
+
+    def _init_scaling(self, gamma, gain_initializer):
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+            raise TypeError(
+                error_message(
+                    "gamma",
+                    "a float (the fixed gain of the activation that follows)",
+                    f"gamma={gamma!r} of type {type(gamma).__name__}",
+                    "Pass gamma=1.0 for a linear layer, or the NF-Net gain of the activation "
+                    "(about 1.7139 for ReLU).",
+                )
+            )
+        self.gamma = float(gamma)
+        self.gain_initializer = initializers.get(gain_initializer)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.gain = self.add_weight(
+            name="gain", shape=(self.filters,), initializer=self.gain_initializer, trainable=True
+        )
+        fan_in = 1
+        for d in self._kernel.shape[:-1]:
+            fan_in *= int(d)
+        self.fan_in = fan_in
+
+    def _gain(self):
+        return self.gain * (self.gamma * self.fan_in ** -0.5)
+
+    # Keras' convolutions save exactly [kernel, bias]; the gain follows them.
+    def _gain_key(self) -> str:
+        return str(2 if self.use_bias else 1)
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self.built:
+            store[self._gain_key()] = self.gain
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if self.built:
+            self.gain.assign(store[self._gain_key()])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "gamma": self.gamma,
+            "gain_initializer": initializers.serialize(self.gain_initializer),
+        }
+
+
+_STD_DOC_ARGS = """
+    Args:
+        filters: number of output channels.
+        kernel_size: int or tuple, the convolution window.
+        strides: int or tuple. Default {strides}.
+        padding: "valid" or "same"{causal}. Default "valid".
+        data_format: "channels_last" or "channels_first"; None uses
+            ``keras.config.image_data_format()``. Default None.
+        dilation_rate: int or tuple. Default {strides}.
+        groups: number of channel groups (grouped convolution). Default 1.
+        activation: activation applied after the bias. Default None.
+        use_bias: add a bias. Default True (timm's ``StdConv2d`` defaults to False).
+        kernel_initializer: Default "glorot_uniform".
+        bias_initializer: Default "zeros".
+        kernel_regularizer: applied to the raw kernel. Default None.
+        bias_regularizer: Default None.
+        activity_regularizer: Default None.
+        kernel_constraint: applied to the raw kernel. Default None.
+        bias_constraint: Default None.
+        epsilon: added to the kernel's variance. Default 1e-6 (timm's).{extra}
+        **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``,
+            ``lora_rank``, ``lora_alpha``)."""
+
+_SCALED_EXTRA = """
+        gamma: fixed gain of the activation that follows (NF-Nets pass e.g.
+            about 1.7139 for ReLU). Default 1.0.
+        gain_initializer: initializer of the learned per-channel gain.
+            Default "ones" (timm's ``gain_init=1.0``)."""
+
+
+def _doc(strides: str, causal: str = "", extra: str = "") -> str:
+    return _STD_DOC_ARGS.format(strides=strides, causal=causal, extra=extra)
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class StdConv1D(_WeightStandardization, keras.layers.Conv1D):
+    __doc__ = (
+        """1-D convolution with weight standardization: the kernel is standardized every call.
+
+    For each output channel, the kernel's mean and variance are taken over
+    its fan-in (kernel width x input channels per group), then
+
+        w_hat = (w - mean) / sqrt(var + epsilon)
+        y = conv(x, w_hat) + bias
+
+    A drop-in for ``keras.layers.Conv1D`` with one extra argument.
+"""
+        + _doc("1", causal=' or "causal"')
+        + """
+
+    Example:
+        >>> import numpy as np, normlab
+        >>> x = np.random.default_rng(0).normal(size=(2, 16, 3)).astype("float32")
+        >>> conv = normlab.layers.StdConv1D(4, 3, padding="causal")
+        >>> tuple(conv(x).shape)
+        (2, 16, 4)
+
+    Reference:
+        Qiao, Wang, Liu, Shen & Yuille, "Micro-Batch Training with
+        Batch-Channel Normalization and Weight Standardization", 2019.
+        https://arxiv.org/abs/1903.10520
+    """
+    )
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        data_format=None,
+        dilation_rate=1,
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        epsilon=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**_conv_args(locals()), **kwargs)
+        self._init_standardization(epsilon)
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class StdConv2D(_WeightStandardization, keras.layers.Conv2D):
+    __doc__ = (
+        """2-D convolution with weight standardization: the kernel is standardized every call.
+
+    For each output channel, the kernel's mean and variance are taken over
+    its fan-in (kernel height x width x input channels per group), then
+
+        w_hat = (w - mean) / sqrt(var + epsilon)
+        y = conv(x, w_hat) + bias
+
+    so every filter has zero mean and unit variance whatever the optimizer
+    does to the raw kernel. Usually paired with GroupNormalization (BiT,
+    ResNet-v2 "GN+WS"). A drop-in for ``keras.layers.Conv2D`` with one extra
+    argument; channels-first works through ``data_format``.
+"""
+        + _doc("(1, 1)")
+        + """
+
+    Example:
+        >>> import keras, numpy as np, normlab
+        >>> x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+        >>> conv = normlab.layers.StdConv2D(16, 3, padding="same", use_bias=False)
+        >>> tuple(conv(x).shape)
+        (2, 8, 8, 16)
+        >>> w = keras.ops.convert_to_numpy(conv.standardized_kernel()).reshape(-1, 16)  # fan-in x filters
+        >>> bool(np.allclose(w.mean(0), 0, atol=1e-6)), bool(np.allclose(w.std(0), 1, atol=1e-3))
+        (True, True)
+
+    Reference:
+        Qiao, Wang, Liu, Shen & Yuille, "Micro-Batch Training with
+        Batch-Channel Normalization and Weight Standardization", 2019.
+        https://arxiv.org/abs/1903.10520
+    """
+    )
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        data_format=None,
+        dilation_rate=(1, 1),
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        epsilon=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**_conv_args(locals()), **kwargs)
+        self._init_standardization(epsilon)
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class StdConv3D(_WeightStandardization, keras.layers.Conv3D):
+    __doc__ = (
+        """3-D convolution with weight standardization: the kernel is standardized every call.
+
+    For each output channel, the kernel's mean and variance are taken over
+    its fan-in (kernel depth x height x width x input channels per group):
+
+        w_hat = (w - mean) / sqrt(var + epsilon)
+        y = conv(x, w_hat) + bias
+
+    A drop-in for ``keras.layers.Conv3D`` with one extra argument.
+"""
+        + _doc("(1, 1, 1)")
+        + """
+
+    Example:
+        >>> import numpy as np, normlab
+        >>> x = np.random.default_rng(0).normal(size=(1, 2, 5, 5, 5)).astype("float32")
+        >>> conv = normlab.layers.StdConv3D(4, 3, data_format="channels_first")
+        >>> tuple(conv(x).shape)
+        (1, 4, 3, 3, 3)
+
+    Reference:
+        Qiao, Wang, Liu, Shen & Yuille, "Micro-Batch Training with
+        Batch-Channel Normalization and Weight Standardization", 2019.
+        https://arxiv.org/abs/1903.10520
+    """
+    )
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1, 1),
+        padding="valid",
+        data_format=None,
+        dilation_rate=(1, 1, 1),
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        epsilon=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**_conv_args(locals()), **kwargs)
+        self._init_standardization(epsilon)
+
+
+_SCALED_FORMULA = """
+    For each output channel, the kernel's mean and variance are taken over
+    its fan-in, then scaled by a learned per-channel ``gain`` and the fixed
+    ``gamma / sqrt(fan_in)`` (timm's ``ScaledStdConv2d``):
+
+        w_hat = (w - mean) / sqrt(var + epsilon) * gain * gamma / sqrt(fan_in)
+        y = conv(x, w_hat) + bias
+
+    so that, for unit-variance inputs, outputs keep unit variance without
+    any activation normalization (Normalizer-Free networks).
+"""
+
+_SCALED_REFERENCE = """
+    Reference:
+        Brock, De, Smith & Simonyan, "Characterizing signal propagation to
+        close the performance gap in unnormalized ResNets", ICLR 2021.
+        https://arxiv.org/abs/2101.08692
+    """
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class ScaledStdConv1D(_ScaledWeightStandardization, keras.layers.Conv1D):
+    __doc__ = (
+        "1-D convolution with scaled weight standardization (NF-Nets).\n"
+        + _SCALED_FORMULA
+        + _doc("1", causal=' or "causal"', extra=_SCALED_EXTRA)
+        + """
+
+    Example:
+        >>> import numpy as np, normlab
+        >>> x = np.random.default_rng(0).normal(size=(2, 16, 3)).astype("float32")
+        >>> tuple(normlab.layers.ScaledStdConv1D(4, 3, padding="same")(x).shape)
+        (2, 16, 4)
+"""
+        + _SCALED_REFERENCE
+    )
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        data_format=None,
+        dilation_rate=1,
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        epsilon=1e-6,
+        gamma=1.0,
+        gain_initializer="ones",
+        **kwargs,
+    ):
+        super().__init__(**_conv_args(locals()), **kwargs)
+        self._init_standardization(epsilon)
+        self._init_scaling(gamma, gain_initializer)
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class ScaledStdConv2D(_ScaledWeightStandardization, keras.layers.Conv2D):
+    __doc__ = (
+        "2-D convolution with scaled weight standardization (NF-Nets, timm's ScaledStdConv2d).\n"
+        + _SCALED_FORMULA
+        + _doc("(1, 1)", extra=_SCALED_EXTRA)
+        + """
+
+    Example:
+        >>> import keras, numpy as np, normlab
+        >>> x = np.random.default_rng(0).normal(size=(64, 8, 8, 16)).astype("float32")
+        >>> conv = normlab.layers.ScaledStdConv2D(32, 3, padding="same", use_bias=False)
+        >>> y = keras.ops.convert_to_numpy(conv(x))
+        >>> conv.fan_in, conv.count_params()          # 3 * 3 * 16; kernel + gain
+        (144, 4640)
+        >>> bool(abs(y[:, 2:-2, 2:-2].std() - 1.0) < 0.1)   # variance preserved
+        True
+"""
+        + _SCALED_REFERENCE
+    )
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        data_format=None,
+        dilation_rate=(1, 1),
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        epsilon=1e-6,
+        gamma=1.0,
+        gain_initializer="ones",
+        **kwargs,
+    ):
+        super().__init__(**_conv_args(locals()), **kwargs)
+        self._init_standardization(epsilon)
+        self._init_scaling(gamma, gain_initializer)
+
+
+@keras.saving.register_keras_serializable(package="normlab")
+class ScaledStdConv3D(_ScaledWeightStandardization, keras.layers.Conv3D):
+    __doc__ = (
+        "3-D convolution with scaled weight standardization (NF-Nets).\n"
+        + _SCALED_FORMULA
+        + _doc("(1, 1, 1)", extra=_SCALED_EXTRA)
+        + """
+
+    Example:
+        >>> import numpy as np, normlab
+        >>> x = np.random.default_rng(0).normal(size=(1, 4, 4, 4, 2)).astype("float32")
+        >>> tuple(normlab.layers.ScaledStdConv3D(3, 2)(x).shape)
+        (1, 3, 3, 3, 3)
+"""
+        + _SCALED_REFERENCE
+    )
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1, 1),
+        padding="valid",
+        data_format=None,
+        dilation_rate=(1, 1, 1),
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        epsilon=1e-6,
+        gamma=1.0,
+        gain_initializer="ones",
+        **kwargs,
+    ):
+        super().__init__(**_conv_args(locals()), **kwargs)
+        self._init_standardization(epsilon)
+        self._init_scaling(gamma, gain_initializer)
+
+
+_STD_CONVS = {1: StdConv1D, 2: StdConv2D, 3: StdConv3D}
+_SCALED_STD_CONVS = {1: ScaledStdConv1D, 2: ScaledStdConv2D, 3: ScaledStdConv3D}
+
+
+def _replacement(spec: str, layer, classes: dict, **arguments):
+    from normlab.layers.weight_norm import _missing_layer
+
+    if layer is None:
+        raise _missing_layer(spec, "a Conv1D, Conv2D or Conv3D layer")
+    plain = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+    if not isinstance(layer, plain) or isinstance(layer, _WeightStandardization):
+        raise ValueError(
+            error_message(
+                "layer",
+                "a keras.layers.Conv1D, Conv2D or Conv3D to replace by its weight-standardized twin",
+                f"layer={type(layer).__name__}(name={getattr(layer, 'name', None)!r})",
+                "Pass a plain convolution, e.g. keras.layers.Conv2D(16, 3).",
+            )
+        )
+    config = layer.get_config()
+    config.update(arguments)
+    return classes[layer.rank].from_config(config)
+
+
+def weight_standardization(layer=None, epsilon=1e-6, **kwargs):
+    """Conv modifier, not an activation norm: the StdConv twin of the convolution given as ``layer=``.
+
+    Returns a new, unbuilt :class:`StdConv1D`/``2D``/``3D`` with ``layer``'s
+    configuration (weights are not copied) and ``epsilon``; the registry's
+    factory for ``"weight_std"``.
+    """
+    return _replacement("weight_std", layer, _STD_CONVS, epsilon=epsilon, **kwargs)
+
+
+def scaled_weight_standardization(layer=None, epsilon=1e-6, gamma=1.0, gain_initializer="ones", **kwargs):
+    """Conv modifier, not an activation norm: the ScaledStdConv twin of the convolution given as ``layer=``.
+
+    Returns a new, unbuilt :class:`ScaledStdConv1D`/``2D``/``3D`` with
+    ``layer``'s configuration (weights are not copied); the registry's
+    factory for ``"scaled_weight_std"``.
+    """
+    return _replacement(
+        "scaled_weight_std", layer, _SCALED_STD_CONVS,
+        epsilon=epsilon, gamma=gamma, gain_initializer=gain_initializer, **kwargs,
+    )

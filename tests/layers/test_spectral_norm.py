@@ -1,0 +1,180 @@
+"""SpectralNormalization: float64 references, SVD, parity with keras.layers.SpectralNormalization, errors."""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import normlab
+from normlab.ops.weights import power_iteration, spectral_norm
+from normlab.testing import reference
+
+# One input shape throughout keeps JAX's per-shape compilations few.
+X = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 6, 7, 4)).astype("float32")
+
+
+def numpy_(x):
+    return ops.convert_to_numpy(x)
+
+
+def test_training_call_matches_float64_reference():
+    layer = normlab.SpectralNormalization(keras.layers.Conv2D(4, 3, bias_initializer="random_normal"),
+                                          power_iterations=2)
+    layer(X)
+    kernel, bias, u0 = numpy_(layer.layer.kernel), numpy_(layer.layer.bias), numpy_(layer.vector_u)
+    y = numpy_(layer(X, training=True))
+    w, u, sigma = reference.spectral_norm(kernel, u0, power_iterations=2)
+    np.testing.assert_allclose(numpy_(layer.vector_u), u, atol=1e-5)
+    np.testing.assert_allclose(y, reference.conv(X, w, bias), atol=1e-4)
+    # the kernel variable keeps W: the normalization is applied on the fly
+    np.testing.assert_array_equal(numpy_(layer.layer.kernel), kernel)
+
+
+def test_inference_uses_the_stored_u_without_updating_it():
+    layer = normlab.SpectralNormalization(keras.layers.Dense(5))
+    x = X
+    layer(x, training=True)
+    u = numpy_(layer.vector_u)
+    kernel, bias = numpy_(layer.layer.kernel), numpy_(layer.layer.bias)
+    y = numpy_(layer(x))
+    np.testing.assert_array_equal(numpy_(layer.vector_u), u)
+    w, _, sigma = reference.spectral_norm(kernel, u, power_iterations=0)
+    np.testing.assert_allclose(sigma, np.linalg.norm(kernel.astype(np.float64) @ u.ravel()), rtol=1e-6)  # |W u|
+    np.testing.assert_allclose(y, x @ w + bias, atol=2e-5)
+
+
+def test_sigma_converges_to_the_svd_top_singular_value():
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(3, 3, 4, 4)).astype("float32")
+    u = rng.normal(size=(1, 4)).astype("float32")
+    w, u, sigma = spectral_norm(kernel, u, power_iterations=50)
+    np.testing.assert_allclose(float(numpy_(sigma)), reference.top_singular_value(kernel), rtol=1e-5)
+    np.testing.assert_allclose(reference.top_singular_value(numpy_(w)), 1.0, rtol=1e-5)
+    # one iteration per training call converges across calls, since u persists
+    layer = normlab.SpectralNormalization(keras.layers.Conv2D(4, 3))
+    layer(X)
+    layer.layer.kernel.assign(kernel)
+    for _ in range(30):
+        layer(X, training=True)
+    np.testing.assert_allclose(reference.top_singular_value(numpy_(layer.normalized_kernel())), 1.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("make", [lambda: keras.layers.Dense(4), lambda: keras.layers.Conv2D(4, 3)],
+                         ids=["dense", "conv2d"])
+def test_training_matches_keras_spectral_normalization(make):
+    x = X
+    theirs = keras.layers.SpectralNormalization(make(), power_iterations=2)
+    ours = normlab.SpectralNormalization(make(), power_iterations=2)
+    in_place = normlab.SpectralNormalization(make(), power_iterations=2, in_place=True)
+    for layer in (theirs, ours, in_place):
+        layer(x)
+    start = [numpy_(theirs.vector_u), numpy_(theirs.layer.kernel), numpy_(theirs.layer.bias)]
+    ours.set_weights(start)
+    in_place.set_weights(start)
+    for _ in range(3):
+        expected = numpy_(theirs(x, training=True))
+        np.testing.assert_allclose(numpy_(ours(x, training=True)), expected, atol=1e-5)
+        np.testing.assert_allclose(numpy_(in_place(x, training=True)), expected, atol=1e-5)
+        np.testing.assert_allclose(numpy_(ours.vector_u), numpy_(theirs.vector_u), atol=1e-5)
+    # in_place=True is Keras' layer: kernel overwritten, used as stored in inference
+    np.testing.assert_allclose(numpy_(in_place.layer.kernel), numpy_(theirs.layer.kernel), atol=1e-6)
+    np.testing.assert_allclose(numpy_(in_place(x)), numpy_(theirs(x)), atol=1e-5)
+    # the default keeps W and normalizes on the fly: still spectral norm ~1 in inference
+    assert not np.allclose(numpy_(ours.layer.kernel), numpy_(theirs.layer.kernel))
+    np.testing.assert_allclose(
+        reference.top_singular_value(numpy_(ours.normalized_kernel())),
+        reference.top_singular_value(numpy_(theirs.layer.kernel)), rtol=0.05,
+    )
+
+
+def test_embedding_is_supported():
+    tokens = np.array([[0, 3, 5], [1, 1, 7]])
+    layer = normlab.SpectralNormalization(keras.layers.Embedding(8, 4), power_iterations=3)
+    layer(tokens)
+    table, u = numpy_(layer.layer.embeddings), numpy_(layer.vector_u)
+    y = numpy_(layer(tokens, training=True))
+    w, u, _ = reference.spectral_norm(table, u, 3)
+    np.testing.assert_allclose(y, w[tokens], atol=1e-6)
+    np.testing.assert_allclose(numpy_(layer.vector_u), u, atol=1e-6)
+
+
+def test_zero_kernel_stays_finite_and_keeps_u():
+    u = np.array([[0.5, 0.5, 0.5, 0.5]], "float32")
+    w, new_u, sigma = spectral_norm(np.zeros((4, 4), "float32"), u)
+    assert np.all(numpy_(w) == 0) and np.allclose(numpy_(new_u), u)
+    diag = np.diag([3.0, 1.0, 1.0, 1.0]).astype("float32")
+    _, _, s = power_iteration(diag, np.array([[1.0, 1.0, 0.0, 0.0]], "float32"), 0)
+    np.testing.assert_allclose(float(numpy_(s)), np.sqrt(5.0), rtol=1e-6)  # |W unit(u)|
+
+
+def test_fit_and_keras_saving():
+    model = keras.Sequential([
+        keras.Input(X.shape[1:]),
+        normlab.SpectralNormalization(keras.layers.Conv2D(4, 3, activation="relu")),
+        keras.layers.GlobalAveragePooling2D(),
+    ])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    sn = model.layers[0]
+    before = [numpy_(w) for w in sn.weights]
+    model.fit(X, np.ones((4, 4), "float32"), batch_size=4, epochs=2, verbose=0)
+    after = [numpy_(w) for w in sn.weights]
+    for name, a, b in zip(["vector_u", "kernel", "bias"], before, after):
+        assert not np.allclose(a, b), f"{name} did not change"
+    config = sn.get_config()
+    assert set(config) == {"layer", "power_iterations", "in_place", "name", "trainable", "dtype"}
+    y = numpy_(model(X))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "sn.keras")
+        model.save(path)
+        loaded = keras.saving.load_model(path)
+    assert type(loaded.layers[0]) is normlab.SpectralNormalization
+    np.testing.assert_allclose(numpy_(loaded(X)), y, atol=1e-6)
+    np.testing.assert_array_equal(numpy_(loaded.layers[0].vector_u), numpy_(sn.vector_u))
+
+
+def test_mixed_float16():
+    keras.config.set_dtype_policy("mixed_float16")
+    layer = normlab.SpectralNormalization(keras.layers.Conv2D(4, 3))
+    y = layer(X, training=True)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    assert keras.backend.standardize_dtype(layer.vector_u.dtype) == "float32"
+    u = numpy_(layer.vector_u)
+    np.testing.assert_allclose(np.linalg.norm(u), 1.0, rtol=1e-6)  # updated, in float32
+    assert np.isfinite(numpy_(y).astype("float32")).all()
+
+
+def test_registry_wraps_the_given_layer():
+    layer = normlab.get("sn(power_iterations=3)", layer=keras.layers.Dense(2))
+    assert type(layer) is normlab.SpectralNormalization and layer.power_iterations == 3
+    assert "not an activation norm" in normlab.registry()["spectral_norm"].summary
+
+
+@pytest.mark.parametrize(
+    "make, error, pattern",
+    [
+        (lambda: normlab.SpectralNormalization(keras.layers.Dense(2), power_iterations=0), ValueError,
+         r"Invalid `power_iterations`: expected an integer >= 1.*Received: power_iterations=0\. "
+         r"Use power_iterations=1"),
+        (lambda: normlab.SpectralNormalization(keras.layers.Dense(2), in_place="no"), TypeError,
+         r"Invalid `in_place`: expected a bool\. Received: in_place='no' of type str\."),
+        (lambda: normlab.SpectralNormalization(keras.layers.BatchNormalization()), ValueError,
+         r"Invalid `layer`: expected one of Dense, Conv1D, Conv2D, Conv3D, Embedding.*"
+         r"Received: layer=BatchNormalization"),
+        (lambda: normlab.SpectralNormalization(None), TypeError,
+         r"Invalid `layer`: expected a Keras layer instance.*Received: layer=None of type NoneType"),
+        (lambda: spectral_norm(np.ones((3, 2), "float32"), np.ones((1, 3), "float32")), ValueError,
+         r"Invalid `u`: expected a vector of 2 values.*Received: u\.shape=\(1, 3\) for kernel\.shape=\(3, 2\)"),
+        (lambda: spectral_norm(np.ones(3, "float32"), np.ones((1, 3), "float32")), ValueError,
+         r"Invalid `kernel`: expected a tensor of rank >= 2.*Received: kernel\.shape=\(3,\)"),
+        (lambda: power_iteration(np.eye(2, dtype="float32"), np.ones((1, 2), "float32"), -1), ValueError,
+         r"Invalid `power_iterations`: expected an integer >= 0.*Received: power_iterations=-1"),
+        (lambda: normlab.get("spectral_norm"), ValueError,
+         r"Invalid `layer`: expected the layer to modify.*Received: layer=None\."),
+    ],
+)
+def test_errors_name_argument_value_expectation_and_fix(make, error, pattern):
+    with pytest.raises(error, match=pattern):
+        make()

@@ -1,0 +1,207 @@
+"""StdConv1D/2D/3D and ScaledStdConv1D/2D/3D: harness, float64 references, timm anchors, errors."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import normlab
+from normlab.ops.weights import standardize_weight
+from normlab.testing import reference
+from normlab.testing.harness import constructor_args, run_layer_test
+
+
+# Shared inputs: the same shapes throughout keep JAX's per-shape compilations few.
+_RNG = np.random.default_rng(0)
+X = _RNG.normal(1.0, 2.0, size=(2, 6, 6, 4)).astype("float32")  # NHWC
+X_FIRST = np.transpose(X, (0, 3, 1, 2))  # NCHW
+X1 = _RNG.normal(size=(2, 8, 4)).astype("float32")
+X3 = _RNG.normal(size=(1, 4, 4, 4, 2)).astype("float32")
+
+HARNESS_CASES = [
+    (normlab.StdConv2D, dict(filters=4, kernel_size=3, padding="same"), X.shape, 2),
+    (normlab.StdConv3D, dict(filters=2, kernel_size=2, padding="same", data_format="channels_first"),
+     (1, 2, 4, 4, 4), 2),
+    (normlab.ScaledStdConv2D, dict(filters=4, kernel_size=3, padding="same", gamma=1.7), X.shape, 3),
+]
+
+
+@pytest.mark.parametrize("cls, kwargs, shape, trainable", HARNESS_CASES, ids=lambda c: getattr(c, "__name__", ""))
+def test_harness(cls, kwargs, shape, trainable):
+    run_layer_test(cls, kwargs, shape, expected_trainable=trainable, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "cls", [normlab.StdConv1D, normlab.StdConv3D, normlab.ScaledStdConv1D, normlab.ScaledStdConv3D]
+)
+def test_get_config_is_exactly_the_constructor_arguments(cls):
+    layer = cls(2, 3)
+    assert set(layer.get_config()) == constructor_args(cls) | {"name", "trainable", "dtype"}
+    clone = cls.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize(
+    "data_format, groups, epsilon", [("channels_last", 1, 1e-6), ("channels_first", 2, 1e-3)]
+)
+def test_std_conv2d_matches_float64_reference(data_format, groups, epsilon):
+    x = X
+    layer = normlab.StdConv2D(
+        4, (3, 2), groups=groups, epsilon=epsilon, data_format=data_format,
+        kernel_initializer=keras.initializers.RandomNormal(0.5, 0.3), bias_initializer="random_normal",
+    )
+    xin = x if data_format == "channels_last" else np.transpose(x, (0, 3, 1, 2))
+    y = ops.convert_to_numpy(layer(xin))
+    if data_format == "channels_first":
+        y = np.transpose(y, (0, 2, 3, 1))
+    kernel, bias = (ops.convert_to_numpy(w) for w in (layer.kernel, layer.bias))
+    w_hat = reference.standardize_weight(kernel, epsilon)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.standardized_kernel()), w_hat, atol=2e-5)
+    np.testing.assert_allclose(y, reference.conv(x, w_hat, bias, groups), atol=1e-4)
+
+
+def test_channels_first_bias_when_the_width_equals_the_filters():
+    # Keras' TensorFlow ops.add mistakes a (1, C, 1, 1) bias for channels-last
+    # when the last axis also has C entries; StdConv adds its bias itself.
+    layer = normlab.StdConv2D(4, 3, data_format="channels_first", bias_initializer="random_normal")
+    y = np.transpose(ops.convert_to_numpy(layer(X_FIRST)), (0, 2, 3, 1))  # output (2, 4, 4, 4)
+    kernel, bias = (ops.convert_to_numpy(w) for w in (layer.kernel, layer.bias))
+    expected = reference.conv(X, reference.standardize_weight(kernel), bias)
+    np.testing.assert_allclose(y, expected, atol=1e-4)
+
+
+def test_std_conv1d_and_3d_match_float64_reference():
+    x1 = X1
+    conv1 = normlab.StdConv1D(4, 3)
+    y1 = ops.convert_to_numpy(conv1(x1))
+    k1 = reference.standardize_weight(ops.convert_to_numpy(conv1.kernel))
+    np.testing.assert_allclose(y1, reference.conv(x1, k1, ops.convert_to_numpy(conv1.bias)), atol=1e-4)
+
+    x3 = X3
+    conv3 = normlab.StdConv3D(3, (2, 3, 2), use_bias=False)
+    y3 = ops.convert_to_numpy(conv3(x3))
+    k3 = reference.standardize_weight(ops.convert_to_numpy(conv3.kernel))
+    np.testing.assert_allclose(y3, reference.conv(x3, k3), atol=1e-4)
+
+
+def test_causal_padding_pads_the_past():
+    x = X1
+    causal = normlab.StdConv1D(4, 3, padding="causal", dilation_rate=2)
+    y = ops.convert_to_numpy(causal(x))
+    valid = normlab.StdConv1D(4, 3, dilation_rate=2)
+    valid(x)
+    valid.set_weights(causal.get_weights())
+    padded = np.pad(x, ((0, 0), (4, 0), (0, 0)))
+    np.testing.assert_allclose(y, ops.convert_to_numpy(valid(padded)), atol=1e-5)
+
+
+def test_scaled_std_conv2d_matches_timm_formula():
+    # timm: batch_norm(w.reshape(1, out, -1), weight=gain * gamma * fan_in ** -0.5, eps=eps)
+    x = X
+    layer = normlab.ScaledStdConv2D(
+        4, 3, groups=2, gamma=1.7139, epsilon=1e-5, gain_initializer="random_uniform",
+        kernel_initializer=keras.initializers.RandomNormal(0.2, 0.1),
+    )
+    y = ops.convert_to_numpy(layer(x))
+    assert layer.fan_in == 3 * 3 * 2  # in_channels // groups
+    kernel, bias, gain = (ops.convert_to_numpy(w) for w in (layer.kernel, layer.bias, layer.gain))
+    w_hat = reference.scaled_standardize_weight(kernel, gain, gamma=1.7139, epsilon=1e-5)
+    np.testing.assert_allclose(y, reference.conv(x, w_hat, bias, groups=2), atol=1e-4)
+
+
+def test_output_is_invariant_to_per_filter_affine_changes_of_the_raw_kernel():
+    x = X
+    layer = normlab.StdConv2D(4, 3, use_bias=False, epsilon=0.0)
+    y = ops.convert_to_numpy(layer(x))
+    kernel = ops.convert_to_numpy(layer.kernel)
+    scale = np.array([0.5, 2.0, 3.0, 10.0], "float32")
+    layer.kernel.assign(kernel * scale + np.array([1.0, -2.0, 0.3, 5.0], "float32"))
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), y, atol=1e-4)
+
+
+def test_kernel_variable_keeps_raw_values_and_saving_stores_them():
+    layer = normlab.StdConv2D(4, 3, use_bias=False, kernel_initializer=keras.initializers.Constant(3.0))
+    layer(X)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.kernel), 3.0)
+    np.testing.assert_allclose(layer.get_weights()[0], 3.0)
+
+
+def test_scaled_std_conv_preserves_unit_variance():
+    # for white unit-variance inputs the output variance is sum(w_hat ** 2) = (gain * gamma) ** 2
+    layer = normlab.ScaledStdConv2D(4, 3, gamma=1.7, gain_initializer="random_uniform", use_bias=False)
+    layer(X)
+    w_hat = ops.convert_to_numpy(layer.standardized_kernel()).reshape(-1, 4)
+    gain = ops.convert_to_numpy(layer.gain)
+    np.testing.assert_allclose((w_hat ** 2).sum(axis=0), (1.7 * gain) ** 2, rtol=1e-4)
+
+
+def test_mixed_float16_output_and_float32_statistics():
+    x = X
+    ref = normlab.ScaledStdConv2D(4, 3)
+    y32 = ops.convert_to_numpy(ref(x))
+    keras.config.set_dtype_policy("mixed_float16")
+    mixed = normlab.ScaledStdConv2D(4, 3)
+    mixed(x)
+    mixed.set_weights(ref.get_weights())
+    y16 = mixed(x)
+    assert keras.backend.standardize_dtype(y16.dtype) == "float16"
+    assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in mixed.weights)
+    np.testing.assert_allclose(ops.convert_to_numpy(y16).astype("float32"), y32, atol=2e-2)
+
+
+def test_standardize_weight_op_axes_and_gain():
+    rng = np.random.default_rng(7)
+    w = rng.normal(2.0, 3.0, size=(4, 3, 3, 4)).astype("float32")
+    # the default: all axes but the last
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(standardize_weight(w)), reference.standardize_weight(w), atol=1e-5
+    )
+    # PyTorch layout (out, in, kh, kw): standardize over axes 1-3, gain per axis-0 unit
+    gain = rng.uniform(0.5, 2.0, size=4).astype("float32")
+    got = ops.convert_to_numpy(standardize_weight(w, axes=[1, 2, 3], epsilon=1e-4, gain=gain))
+    expected = np.moveaxis(reference.standardize_weight(np.moveaxis(w, 0, -1), 1e-4, gain), -1, 0)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_standardize_weight_is_exact_for_large_offsets_and_keeps_dtype():
+    w = (1e4 + np.random.default_rng(8).normal(size=(3, 3, 4, 4))).astype("float32")
+    got = standardize_weight(w)
+    assert keras.backend.standardize_dtype(got.dtype) == "float32"
+    np.testing.assert_allclose(ops.convert_to_numpy(got), reference.standardize_weight(w), atol=2e-3)
+    half = standardize_weight(w.astype("float16") - np.float16(1e4))
+    assert keras.backend.standardize_dtype(half.dtype) == "float16"
+
+
+@pytest.mark.parametrize(
+    "make, error, pattern",
+    [
+        (lambda: normlab.StdConv2D(4, 3, epsilon=-1.0), ValueError,
+         r"Invalid `epsilon`: expected a non-negative float.*Received: epsilon=-1\.0\..*epsilon=1e-3"),
+        (lambda: normlab.StdConv2D(4, 3, epsilon="small"), TypeError,
+         r"Invalid `epsilon`.*Received: epsilon='small' of type str\. Pass a float"),
+        (lambda: normlab.ScaledStdConv2D(4, 3, gamma="relu"), TypeError,
+         r"Invalid `gamma`: expected a float.*Received: gamma='relu' of type str\. Pass gamma=1\.0"),
+        (lambda: standardize_weight(np.ones((3, 4), "float32"), gain=np.ones(3, "float32")), ValueError,
+         r"Invalid `gain`: expected one value per output unit.*Received: gain\.shape=\(3,\) for "
+         r"kernel\.shape=\(3, 4\)\. Pass a vector with the kernel's last dimension"),
+        (lambda: standardize_weight(np.ones((3, 4), "float32"), axes=[2]), ValueError,
+         r"Invalid `axes`: expected axes in \[-2, 1\].*Received: axes=\[2\] for an input of rank 2"),
+        (lambda: normlab.get("ws"), ValueError,
+         r"Invalid `layer`: expected the layer to modify.*Received: layer=None\. Build it around the layer"),
+        (lambda: normlab.get("ws", layer=keras.layers.Dense(3)), ValueError,
+         r"Invalid `layer`: expected a keras\.layers\.Conv1D, Conv2D or Conv3D.*Received: layer=Dense"),
+    ],
+)
+def test_errors_name_argument_value_expectation_and_fix(make, error, pattern):
+    with pytest.raises(error, match=pattern):
+        make()
+
+
+def test_registry_builds_the_standardized_twin_of_a_convolution():
+    conv = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="c1")
+    ws = normlab.get("weight_std(epsilon=1e-5)", layer=conv)
+    assert type(ws) is normlab.StdConv2D and ws.epsilon == 1e-5
+    assert ws.strides == (2, 2) and ws.padding == "same" and ws.name == "c1"
+    sws = normlab.get("sws(gamma=2.0)", layer=keras.layers.Conv1D(4, 5))
+    assert type(sws) is normlab.ScaledStdConv1D and sws.gamma == 2.0
+    assert "not an activation norm" in normlab.registry()["weight_std"].summary
