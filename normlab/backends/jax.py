@@ -1,9 +1,17 @@
 """JAX fast paths: XLA-friendly formulations with a closed-form backward.
 
 The numerics follow the general path's policy (statistics in float32 at
-least, relative to a per-slice shift, ``(x - shift) - mean`` formed before
-scaling; see :func:`_shifted_stats` for the one difference, the choice of
-shift); what changes is how XLA sees them:
+least, exact at large offsets, ``(x - shift) - mean`` formed before
+scaling); what changes is how XLA sees them:
+
+* Statistics are first the plain one-pass moments, which XLA fuses into
+  reading ``x`` (no centered copy), kept only where each slice's offset is
+  within its spread and they are as exact as the two-pass formula;
+  otherwise they are recomputed relative to a sample element of each
+  slice (:func:`_stats`, :func:`_shifted_stats`). The shift is never a
+  computed mean: XLA's CPU code generator contracts ``x - s * (1/n)`` into
+  a fused multiply-add in some fusions and not in others, which at an
+  offset of 1e4 shifts one fusion's residuals against another's by 1e-3.
 
 * Group and batch statistics are reduced per channel on a free reshape of
   the input to ``(N, P, C, Q)`` (``P`` the axes before the channel axis,
@@ -33,6 +41,9 @@ from keras import ops
 
 _FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
 
+#: Plain one-pass moments are kept while ``E[x]^2 <= var + epsilon``.
+_MAX_RAW_RATIO = 1.0
+
 #: A slice's sample shift is kept for a one-pass variance while
 #: ``(mean - shift)^2 <= _MAX_SHIFT_RATIO * (var + epsilon)``: the relative
 #: error of ``E[d^2] - E[d]^2`` is then within 17 roundings.
@@ -49,8 +60,20 @@ def _param(param, dtype):
     return jnp.asarray(ops.convert_to_tensor(param))
 
 
+def _varying(x) -> bool:
+    """Whether ``x`` is per-device data inside ``shard_map`` (varying over a manual axis).
+
+    The custom backward would return per-device gradients for replicated
+    ``gamma``/``beta``, which ``shard_map``'s type check rejects; the general
+    path's autodiff sums them over the devices itself.
+    """
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10; "vma" before
+    return bool(manual.varying if manual is not None else getattr(aval, "vma", None))
+
+
 def _usable(x) -> bool:
-    return hasattr(x, "dtype") and x.dtype in _FLOATS and x.ndim >= 2 and x.size > 0
+    return hasattr(x, "dtype") and x.dtype in _FLOATS and x.ndim >= 2 and x.size > 0 and not _varying(x)
 
 
 # --------------------------------------------------------------------------
@@ -104,21 +127,48 @@ def _shifted_stats(xf, shift, reduce, count, epsilon):
         return reduce(r * r) / count
 
     var = jax.lax.cond(far, two_pass, lambda: var)
-    return mean, var, jax.lax.rsqrt(var + epsilon)
+    return mean, var
+
+
+def _stats(xf, sample, reduce, count, epsilon):
+    """``(shift, mean, var, rstd)`` of ``xf``, ``mean`` relative to ``shift``.
+
+    First the plain one-pass moments ``E[x]``, ``E[x^2]`` (two reductions
+    XLA fuses into reading ``x`` once each, as Keras' own moments do), kept
+    only if every slice has ``E[x]^2 <= var + epsilon`` and all is finite:
+    their relative error is then within a few roundings of the two-pass
+    formula's. Otherwise (an offset larger than the spread) the statistics
+    are recomputed relative to a sample of each slice (``sample()``), see
+    :func:`_shifted_stats`; the apply step subtracts ``shift`` first.
+    """
+    mean0 = reduce(xf) / count
+    var0 = jnp.maximum(reduce(xf * xf) / count - mean0 * mean0, 0.0)
+    ok = jnp.all(mean0 * mean0 <= _MAX_RAW_RATIO * (var0 + epsilon)) & jnp.all(jnp.isfinite(var0))
+
+    def raw():
+        return jnp.zeros_like(mean0), mean0, var0
+
+    def shifted():
+        shift = jax.lax.stop_gradient(sample())
+        mean, var = _shifted_stats(xf, shift, reduce, count, epsilon)
+        return shift, mean, var
+
+    shift, mean, var = jax.lax.cond(ok, raw, shifted)
+    return shift, mean, var, jax.lax.rsqrt(var + epsilon)
 
 
 def _channel_stats(xf, batch, groups, epsilon):
     n, p, c, q = xf.shape
     count = _channel_count(xf.shape, batch, groups)
-    if batch:
-        shift = xf[:1, :1, :, :1]
-    else:
+
+    def sample():
+        if batch:
+            return jnp.broadcast_to(xf[:1, :1, :, :1], (1, 1, c, 1))
         g = groups if groups is not None else c
         first = xf[:, :1, :: c // g, :1]  # the first element of each group
-        shift = jnp.broadcast_to(first.reshape(n, 1, g, 1, 1), (n, 1, g, c // g, 1)).reshape(n, 1, c, 1)
-    shift = jax.lax.stop_gradient(shift)
-    mean, var, rstd = _shifted_stats(xf, shift, lambda t: _channel_reduce(t, batch, groups), count, epsilon)
-    return shift, mean, var, rstd
+        return jnp.broadcast_to(first.reshape(n, 1, g, 1, 1), (n, 1, g, c // g, 1)).reshape(n, 1, c, 1)
+
+    return _stats(xf, sample, lambda t: _channel_reduce(t, batch, groups), count, epsilon)
 
 
 def _affine_shape(c):
@@ -205,10 +255,14 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
 
 
 def _ln_stats(xf, axes, epsilon):
-    shift = jax.lax.stop_gradient(xf[tuple(slice(0, 1) if i in axes else slice(None) for i in range(xf.ndim))])
     count = math.prod(xf.shape[a] for a in axes)
-    mean, _, rstd = _shifted_stats(
-        xf, shift, lambda t: jnp.sum(t, axis=axes, keepdims=True), count, epsilon
+
+    def sample():
+        index = tuple(slice(0, 1) if i in axes else slice(None) for i in range(xf.ndim))
+        return xf[index]
+
+    shift, mean, _, rstd = _stats(
+        xf, sample, lambda t: jnp.sum(t, axis=axes, keepdims=True), count, epsilon
     )
     return shift, mean, rstd
 

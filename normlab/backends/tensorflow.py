@@ -6,13 +6,17 @@ The same formulation as the JAX fast paths (see ``normlab/backends/jax.py``):
 * group and batch statistics are reduced per channel on a free reshape to
   ``(N, P, C, Q)`` and only then summed over a group's channels, instead of
   reducing a grouped ``(N, S, G, C/G)`` view;
-* statistics are taken relative to a sample of each slice (an element of
-  the data, so no product feeds ``x - shift``), one pass for ``sum(d)`` and
-  ``sum(d^2)``, and a second, exact pass only where the sample lies more
-  than four standard deviations from its slice's mean;
+* statistics are the plain one-pass moments where each slice's offset is
+  within its spread, else taken relative to a sample of each slice (an
+  element of the data, so no product feeds ``x - shift``), with a second,
+  exact pass only where the sample lies more than four standard
+  deviations from its slice's mean;
 * the backward is the closed form
   ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, ``g = dy * gamma``,
   from the saved input and per-slice statistics.
+
+Channels-last batch norm instead runs TensorFlow's fused NHWC kernel
+(``FusedBatchNormV3`` and its gradient) on data centered by a sample row.
 
 It serves eager execution, ``tf.function`` and ``jit_compile=True`` alike,
 with an unknown batch size; other unknown dimensions decline, as do
@@ -28,7 +32,8 @@ from keras import ops
 
 _FLOATS = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
-#: See ``normlab.backends.jax._MAX_SHIFT_RATIO``.
+#: See ``normlab.backends.jax``.
+_MAX_RAW_RATIO = 1.0
 _MAX_SHIFT_RATIO = 16.0
 
 
@@ -65,7 +70,29 @@ def _shifted_stats(xf, shift, reduce, count, epsilon):
         return reduce(r * r) / count
 
     var = tf.cond(far, two_pass, lambda: var)
-    return mean, var, tf.math.rsqrt(var + epsilon)
+    return mean, var
+
+
+def _stats(xf, sample, reduce, count, epsilon):
+    """``(shift, mean, var, rstd)``: plain one-pass moments where each
+    slice's offset is within its spread, else statistics relative to a
+    sample of each slice (see ``normlab.backends.jax._stats``)."""
+    mean0 = reduce(xf) / count
+    var0 = tf.maximum(reduce(xf * xf) / count - mean0 * mean0, 0.0)
+    ok = tf.reduce_all(mean0 * mean0 <= _MAX_RAW_RATIO * (var0 + epsilon)) & tf.reduce_all(
+        tf.math.is_finite(var0)
+    )
+
+    def raw():
+        return tf.zeros_like(mean0), mean0, var0
+
+    def shifted():
+        shift = tf.stop_gradient(sample())
+        mean, var = _shifted_stats(xf, shift, reduce, count, epsilon)
+        return shift, mean, var
+
+    shift, mean, var = tf.cond(ok, raw, shifted)
+    return shift, mean, var, tf.math.rsqrt(var + epsilon)
 
 
 # --------------------------------------------------------------------------
@@ -99,13 +126,14 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, p, c, q):
         xf = tf.cast(x4, compute)
         n = tf.shape(x4)[0]
         count = p * q * per * (tf.cast(n, compute) if batch else 1.0)
-        if batch:
-            shift = xf[:1, :1, :, :1]
-        else:
+        def sample():
+            if batch:
+                return xf[:1, :1, :, :1]
             first = xf[:, :1, ::per, :1]  # the first element of each group
-            shift = tf.reshape(tf.broadcast_to(tf.reshape(first, [n, 1, c // per, 1, 1]), [n, 1, c // per, per, 1]), [n, 1, c, 1])
-        shift = tf.stop_gradient(shift)
-        mean, var, rstd = _shifted_stats(xf, shift, reduce, count, epsilon)
+            first = tf.broadcast_to(tf.reshape(first, [n, 1, c // per, 1, 1]), [n, 1, c // per, per, 1])
+            return tf.reshape(first, [n, 1, c, 1])
+
+        shift, mean, var, rstd = _stats(xf, sample, reduce, count, epsilon)
         gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
         scale = rstd if gam is None else rstd * gam
         y = ((xf - shift) - mean) * scale
@@ -162,10 +190,40 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     return tf.reshape(y, tf.shape(x))
 
 
+def _fused_batch_norm(x, gamma, beta, epsilon):
+    """Channels-last batch norm with TensorFlow's fused NHWC kernel (and its
+    registered gradient), on data centered by a sample row: the result does
+    not depend on that shift, and the kernel then never sees an offset."""
+    c = x.shape[-1]
+    compute = _compute_dtype(x.dtype)
+    x2 = tf.cast(tf.reshape(x, [1, -1, 1, c]), compute)
+    shift = tf.stop_gradient(x2[:, :1])
+    ones = tf.ones([c], compute)
+    y, mean, var = tf.compat.v1.nn.fused_batch_norm(
+        x2 - shift,
+        ones if gamma is None else tf.cast(gamma, compute),
+        tf.zeros([c], compute) if beta is None else tf.cast(beta, compute),
+        epsilon=epsilon,
+        is_training=True,
+    )
+    count = tf.cast(tf.shape(x2)[1], compute)
+    var = var * ((count - 1.0) / count)  # the kernel returns the unbiased variance
+    return tf.cast(tf.reshape(y, tf.shape(x)), x.dtype), tf.reshape(shift, [c]) + mean, var
+
+
 def batch_norm_train(x, *, axis, gamma, beta, epsilon):
     if not _usable(x):
         return None
-    y, mean, var = _channel_norm(x, axis, _param(gamma), _param(beta), True, None, epsilon)
+    gamma, beta = _param(gamma), _param(beta)
+    count = x.shape.num_elements() // x.shape[axis] if x.shape[0] is not None else None
+    if (
+        axis == x.shape.rank - 1
+        and x.dtype != tf.float64
+        and epsilon >= 1.001e-5  # the fused kernel's smallest epsilon
+        and (count is None or count >= 2)  # its variance is unbiased first
+    ):
+        return _fused_batch_norm(x, gamma, beta, epsilon)
+    y, mean, var = _channel_norm(x, axis, gamma, beta, True, None, epsilon)
     return tf.reshape(y, tf.shape(x)), mean, var
 
 
@@ -190,8 +248,7 @@ def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape):
         beta = args[1 + has_gamma] if has_beta else None
         compute = _compute_dtype(x.dtype)
         xf = tf.cast(x, compute)
-        shift = tf.stop_gradient(xf[sample])
-        mean, _, rstd = _shifted_stats(xf, shift, reduce, count, epsilon)
+        shift, mean, _, rstd = _stats(xf, lambda: xf[sample], reduce, count, epsilon)
         gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
         scale = rstd if gam is None else rstd * gam
         y = ((xf - shift) - mean) * scale
