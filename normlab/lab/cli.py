@@ -165,7 +165,14 @@ def make_experiment(args: argparse.Namespace):
     else:
         kwargs = {"values": args.values} if args.values else {}
         experiment = E.preset(args.what, **kwargs, **overrides)
-    return experiment.replace(seeds=seeds) if seeds else experiment
+    experiment = experiment.replace(seeds=seeds) if seeds else experiment
+    # Smoke runs, the tutorial protocol and other datasets get their own experiment
+    # (run directories and report table) instead of clashing with the default runs.
+    first = experiment.configs[0]
+    suffix = "-quick" if args.quick else ""
+    suffix += f"-{first.dataset}" if first.dataset != "mnist" and not args.quick else ""
+    suffix += "-tutorial" if first.protocol == "tutorial" else ""
+    return experiment.renamed(suffix)
 
 
 def _run(args, parser) -> int:

@@ -82,6 +82,7 @@ def _summarize_experiment(by_label: dict[str, list[dict]]) -> dict:
     for label, runs in by_label.items():
         c = runs[0]["config"]
         row = dict(label=label, series=c["series"], x=c["x"], norms=c["norms"],
+                   learning_rate=c["learning_rate"],
                    seeds=sorted(r["config"]["seed"] for r in runs), metric=runs[0]["metric"])
         for key in ("accuracy", "loss", "train_mode_accuracy", "train_mode_loss",
                     "seconds_per_epoch", "steps", "wall_time_s"):
@@ -141,13 +142,15 @@ def render_markdown(name: str, table: dict) -> str:
     head = ["config", "seeds", f"{metric} acc %", "95% CI", f"{metric} loss", "95% CI"]
     if has_train_mode:
         head += ["train-mode acc %", "95% CI"]
-    head += ["s/epoch", "steps", "params (trainable / non-trainable)"]
+    varying_lr = "learning_rate" not in meta["constant"]
+    head += ["lr"] * varying_lr + ["s/epoch", "steps", "params (trainable / non-trainable)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["label"], str(len(r["seeds"])), _pm(r["accuracy"], 100), _ci(r["accuracy"], 100),
                  _pm(r["loss"], 1, 4), _ci(r["loss"], 1, 4)]
         if has_train_mode:
             cells += [_pm(r["train_mode_accuracy"], 100), _ci(r["train_mode_accuracy"], 100)]
+        cells += [f"{r['learning_rate']:.3g}"] * varying_lr
         cells += [f"{r['seconds_per_epoch']['mean']:.1f}", f"{r['steps']['mean']:.0f}",
                   f"{r['params_trainable']:,} / {r['params_non_trainable']:,}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -167,14 +170,14 @@ _CSV_STATS = ("accuracy", "loss", "train_mode_accuracy", "train_mode_loss", "sec
 
 def write_csv(path: Path, table: dict) -> None:
     """One row per configuration; stats flattened to ``<metric>_{mean,std,ci95,n}``."""
-    fields = ["label", "series", "x", "norms", "seeds", "metric"]
+    fields = ["label", "series", "x", "norms", "learning_rate", "seeds", "metric"]
     fields += [f"{k}_{s}" for k in _CSV_STATS for s in ("mean", "std", "ci95", "n")]
     fields += ["params_trainable", "params_non_trainable"]
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for r in table["rows"]:
-            flat = {k: r[k] for k in ("label", "series", "x", "norms", "metric",
+            flat = {k: r[k] for k in ("label", "series", "x", "norms", "learning_rate", "metric",
                                       "params_trainable", "params_non_trainable")}
             flat["seeds"] = " ".join(map(str, r["seeds"]))
             flat.update({f"{k}_{s}": r[k][s] for k in _CSV_STATS for s in ("mean", "std", "ci95", "n")})
@@ -215,7 +218,9 @@ def plot(path: Path, name: str, table: dict) -> None:
             ax.errorbar(xs, [r["accuracy"]["mean"] * 100 for r in pts],
                         yerr=[err(r["accuracy"]) for r in pts], marker="o", capsize=3,
                         color=color, label=f"{series} (eval mode)")
-            if any(r["train_mode_accuracy"]["n"] for r in pts):
+            if any(r["train_mode_accuracy"]["n"] and abs(r["train_mode_accuracy"]["mean"]
+                                                          - r["accuracy"]["mean"]) > 1e-9
+                   for r in pts):  # batch-independent norms: train mode == eval mode
                 ax.errorbar(xs, [r["train_mode_accuracy"]["mean"] * 100 for r in pts],
                             yerr=[err(r["train_mode_accuracy"]) for r in pts], marker="s",
                             capsize=3, linestyle="--", color=color,

@@ -284,11 +284,26 @@ def _step_callback(on_step):
     return StepCallback()
 
 
+def _git_revision() -> str:
+    """The normlab checkout's commit (``+dirty`` with uncommitted changes), or "" if unknown."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "normlab"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{head}+dirty" if head and dirty else head
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
     import platform
 
-    versions = {"python": platform.python_version()}
+    versions = {"python": platform.python_version(), "normlab_git": _git_revision()}
     for name in ("keras", "numpy", "jax", "jaxlib", "torch", "tensorflow", "tensorflow-cpu"):
         try:
             versions[name] = md.version(name)

@@ -74,6 +74,7 @@ def test_options_reach_every_config():
     experiment = parse("compare", "--preset", "combos", "--seeds", "0,7", "--epochs", "2",
                        "--protocol", "tutorial", "--set", "train_mode_eval=yes", "--lr", "0.01")
     assert experiment.seeds == (0, 7) and len(experiment.grid()) == 8
+    assert experiment.name == "combos-tutorial" and experiment.configs[0].experiment == "combos-tutorial"
     assert {(c.epochs, c.protocol, c.train_mode_eval, c.learning_rate) for c in experiment.configs} == {
         (2, "tutorial", True, 0.01)}
     assert [c.norms.count(">") for c in experiment.configs] == [1, 1, 1, 1]
@@ -84,6 +85,9 @@ def test_quick_and_custom_norms():
     assert experiment.seeds == (0,) and [c.label for c in experiment.configs] == [
         "batch", "batch>group(groups=5)"]
     assert {(c.dataset, c.max_steps) for c in experiment.configs} == {("digits", 30)}
+    assert experiment.name == "compare-quick"
+    assert parse("sweep", "groups", "--dataset", "fashion_mnist").name == "groups-fashion_mnist"
+    assert parse("compare").name == "compare"
     assert parse("compare", "--quick", "--dataset", "mnist").configs[0].dataset == "mnist"
 
 
@@ -146,6 +150,7 @@ def test_quick_compare_end_to_end_in_a_subprocess(tmp_path):
     assert f"Keras backend {first} (auto-selected, the first of jax, torch, tensorflow" in proc.stderr
     assert "| batch | 1 |" in proc.stdout
     assert sorted(p.name for p in (out / "report").iterdir()) == [
-        "compare.csv", "compare.json", "compare.md", "compare.png", "report.md"]
-    summary = json.loads((out / "compare" / "batch" / "seed0" / "summary.json").read_text())
+        "compare-quick.csv", "compare-quick.json", "compare-quick.md", "compare-quick.png",
+        "report.md"]
+    summary = json.loads((out / "compare-quick" / "batch" / "seed0" / "summary.json").read_text())
     assert summary["backend"] == first and summary["steps"] == 2
