@@ -92,7 +92,16 @@ def _stats(xf, sample, reduce, count, epsilon):
         return shift, mean, var
 
     shift, mean, var = tf.cond(ok, raw, shifted)
-    return shift, mean, var, tf.math.rsqrt(var + epsilon)
+    return shift, mean, var, tf.math.rsqrt(var + epsilon), ok
+
+
+def _apply(xf, ok, shift, mean, scale, beta):
+    """``(x - shift - mean) * scale + beta`` in two full-size operations
+    (each one a pass over memory outside XLA): ``x * scale + offset`` where
+    the plain moments were kept (``|mean| <= std``: Keras' own form, exact
+    there), ``(x - shift) * scale + offset`` otherwise."""
+    offset = -mean * scale if beta is None else beta - mean * scale
+    return tf.cond(ok, lambda: xf * scale + offset, lambda: (xf - shift) * scale + offset)
 
 
 # --------------------------------------------------------------------------
@@ -133,13 +142,11 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, p, c, q):
             first = tf.broadcast_to(tf.reshape(first, [n, 1, c // per, 1, 1]), [n, 1, c // per, per, 1])
             return tf.reshape(first, [n, 1, c, 1])
 
-        shift, mean, var, rstd = _stats(xf, sample, reduce, count, epsilon)
+        shift, mean, var, rstd, ok = _stats(xf, sample, reduce, count, epsilon)
         gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
         scale = rstd if gam is None else rstd * gam
-        y = ((xf - shift) - mean) * scale
-        if beta is not None:
-            y = y + tf.reshape(tf.cast(beta, compute), pshape)
-        y = tf.cast(y, x4.dtype)
+        bet = None if beta is None else tf.reshape(tf.cast(beta, compute), pshape)
+        y = tf.cast(_apply(xf, ok, shift, mean, scale, bet), x4.dtype)
         outputs = (y, tf.reshape(shift + mean, [c]), tf.reshape(var, [c])) if batch else y
 
         def grad(*upstream):
@@ -248,12 +255,11 @@ def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape):
         beta = args[1 + has_gamma] if has_beta else None
         compute = _compute_dtype(x.dtype)
         xf = tf.cast(x, compute)
-        shift, mean, _, rstd = _stats(xf, lambda: xf[sample], reduce, count, epsilon)
+        shift, mean, _, rstd, ok = _stats(xf, lambda: xf[sample], reduce, count, epsilon)
         gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
         scale = rstd if gam is None else rstd * gam
-        y = ((xf - shift) - mean) * scale
-        if beta is not None:
-            y = y + tf.reshape(tf.cast(beta, compute), pshape)
+        bet = None if beta is None else tf.reshape(tf.cast(beta, compute), pshape)
+        y = _apply(xf, ok, shift, mean, scale, bet)
 
         def grad(dy):
             g = tf.cast(dy, compute)
