@@ -184,7 +184,7 @@ def _run(args, parser) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     backend, why = use_backend(args.backend, args.argv)
-    console.print(f"normlab: Keras backend {backend} ({why})")
+    console.print(f"normlab: Keras backend {backend} ({why})", soft_wrap=True)
     from normlab.lab.models import norm_specs, parse_placement
     from normlab.lab.runner import read_finished, run_dir_for, run_grid
 
@@ -213,7 +213,8 @@ def _run(args, parser) -> int:
     written = write_report(args.out)
     table = summarize(load_runs(args.out)[0])[experiment.name]
     print(render_markdown(experiment.name, table))
-    console.print(f"Report: {written[-1]} (plot: {written[-1].parent / experiment.name}.png)")
+    console.print(f"Report: {written[-1]} (plot: {written[-1].parent / experiment.name}.png)",
+                  soft_wrap=True)
     return 0
 
 

@@ -109,7 +109,7 @@ def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs"
             where = f"[{i}/{len(configs)}] {config.experiment}/{config.slug}/seed{config.seed}"
             if summary is not None:
                 results.append(RunResult(config, run_dir, "skipped", summary))
-                console.print(f"{where}: finished earlier, skipped")
+                console.print(f"{where}: finished earlier, skipped", soft_wrap=True)
             else:
                 if config.dataset not in datasets:
                     from normlab.lab.data import load_dataset
@@ -122,7 +122,7 @@ def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs"
                 bar.remove_task(step_task)
                 results.append(RunResult(config, run_dir, "done", summary))
                 console.print(f"{where}: {summary['metric']} accuracy {summary['accuracy']:.4f}, "
-                              f"loss {summary['loss']:.4f} ({summary['wall_time_s']:.1f} s)")
+                              f"loss {summary['loss']:.4f} ({summary['wall_time_s']:.1f} s)", soft_wrap=True)
             bar.advance(grid_task)
     return results
 
