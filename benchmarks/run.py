@@ -367,12 +367,18 @@ def worker(backend, quick, e2e, repeats, out):
     result = {"backend": backend, "rows": [], "roofline": {}, "e2e": []}
     rng = np.random.default_rng(0)
     probe = rng.normal(size=(8, 56, 56, 256)).astype("float32")
-    numpy_copy = _timeit(lambda: probe.copy(), repeats, warmup)
-    result["roofline"]["numpy copy GB/s"] = 2 * probe.nbytes / numpy_copy / 1e9
-    for runner in runners:
-        px = runner.tensor(probe)
-        t = _timeit(runner.copy(px), repeats, warmup)
-        result["roofline"][f"{runner.mode} copy GB/s"] = 2 * probe.nbytes / t / 1e9
+
+    def measure_copies():
+        copies = {"numpy copy GB/s": 2 * probe.nbytes / _timeit(lambda: probe.copy(), repeats, warmup) / 1e9}
+        for runner in runners:
+            t = _timeit(runner.copy(runner.tensor(probe)), repeats, warmup)
+            copies[f"{runner.mode} copy GB/s"] = 2 * probe.nbytes / t / 1e9
+        for key, value in copies.items():  # the best of two measurements
+            result["roofline"][key] = max(value, result["roofline"].get(key, 0.0))
+        # The roofline: the faster of the NumPy copy and the backend's own.
+        result["roofline"]["roofline GB/s"] = max(v for k, v in result["roofline"].items() if k != "roofline GB/s")
+
+    measure_copies()
 
     for name, kind, shape, passes in cases:
         x_np = rng.normal(size=shape).astype("float32")
@@ -381,7 +387,6 @@ def worker(backend, quick, e2e, repeats, out):
         kwargs = {"training": True} if kind == "batch" else {}
         for runner in runners:
             x, dy = runner.tensor(x_np), runner.tensor(dy_np)
-            copy_gbs = result["roofline"][f"{runner.mode} copy GB/s"]
             impls = {}
             for source in ("normlab", "general", "keras"):
                 if source == "general" and runner.mode == "tf.function+XLA":
@@ -406,8 +411,7 @@ def worker(backend, quick, e2e, repeats, out):
                     except Exception as error:  # a native op this backend lacks
                         print(f"  {source} {name} {label}: {type(error).__name__}: {error}", file=sys.stderr)
                         continue
-                    row[source] = {"ms": seconds * 1e3, "GB/s": moved / seconds / 1e9,
-                                   "roofline": moved / seconds / 1e9 / copy_gbs}
+                    row[source] = {"ms": seconds * 1e3, "GB/s": moved / seconds / 1e9}
                     if source == "native":
                         row[source]["name"] = fns[0]
                 if "keras" in row and "normlab" in row:
@@ -418,6 +422,12 @@ def worker(backend, quick, e2e, repeats, out):
                 print(f"  {runner.mode} {name} {tuple(shape)} {label}: "
                       f"normlab {row.get('normlab', {}).get('ms', float('nan')):.2f} ms, "
                       f"keras {row.get('keras', {}).get('ms', float('nan')):.2f} ms", file=sys.stderr, flush=True)
+    measure_copies()  # again at the end: the roofline is the best seen
+    roof = result["roofline"]["roofline GB/s"]
+    for row in result["rows"]:
+        for source in ("normlab", "general", "keras", "native"):
+            if source in row:
+                row[source]["roofline"] = row[source]["GB/s"] / roof
     if e2e:
         result["e2e"] = _e2e(keras, normlab, quick)
     Path(out).write_text(json.dumps(result))
@@ -443,8 +453,10 @@ def _fmt(cell, key="ms"):
 
 def print_table(result):
     roof = result["roofline"]
+    load = result.get("load_average_after")
     print(f"\n=== {result['backend']}  (copy roofline: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in roof.items()) + ")")
+          + ", ".join(f"{k} {v:.1f}" for k, v in roof.items()) + ")"
+          + (f"  [load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}]" if load else ""))
     header = (f"{'op':17} {'shape':17} {'pass':8} {'mode':16} {'normlab ms':>10} {'GB/s':>6} {'roof':>5} "
               f"{'general ms':>10} {'keras ms':>9} {'native ms':>9} {'x keras':>7} {'/native':>7}  native op")
     print(header)
@@ -513,13 +525,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: all)")
     parser.add_argument("--quick", action="store_true", help="smaller shapes and fewer repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 15, quick 5)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 10, quick 5)")
     parser.add_argument("--no-e2e", dest="e2e", action="store_false", help="skip the end-to-end CNN epochs")
     parser.add_argument("--json", default=str(RESULTS / "latest.json"), help="where to write the results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    repeats = args.repeats or (5 if args.quick else 15)
+    repeats = args.repeats or (5 if args.quick else 10)
     if args.worker:
         worker(args.worker, args.quick, args.e2e, repeats, args.out)
         return 0
@@ -542,6 +554,7 @@ def main(argv=None):
             continue
         results[backend] = json.loads(Path(out).read_text())
         results[backend]["seconds"] = time.perf_counter() - t0
+        results[backend]["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
         os.unlink(out)
         print_table(results[backend])
 
