@@ -15,10 +15,10 @@ from normlab._backend import choose_default_backend
 
 choose_default_backend()
 
-from normlab import backends, layers, ops  # noqa: E402
+from normlab import backends, distributed, layers, ops  # noqa: E402
 from normlab.layers import *  # noqa: E402,F401,F403  (every layer, by its class name)
 from normlab.registry import get, register, registry  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "get", "layers", "ops", "register", "registry", *layers.__all__]
+__all__ = ["backends", "distributed", "get", "layers", "ops", "register", "registry", *layers.__all__]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
 import keras
 from keras import initializers
 
-from normlab import ops
+from normlab import distributed, ops
 from normlab.layers.base import Normalization
 from normlab.ops import zoo
 from normlab.ops.axes import known_dims
@@ -99,9 +97,26 @@ class BatchNormalization(Normalization):
             (no clipping).
         renorm_momentum: weight the renorm moving averages keep at each step.
             Default 0.99.
-        synchronized: accepted for compatibility with Keras. Today statistics
-            are always computed on the batch each replica sees (per device),
-            so ``True`` behaves like ``False`` and emits a warning. Default False.
+        synchronized: in training, compute the batch statistics over the
+            global batch of a data-parallel step (every replica's samples)
+            instead of the batch each replica sees, and update the moving
+            statistics with them (identical on every replica). Per backend:
+            TensorFlow, inside ``strategy.run`` of a ``tf.distribute``
+            strategy with several replicas (so ``fit`` under
+            ``MirroredStrategy``): sums all-reduced with the replica
+            context; JAX, inside ``normlab.distributed.axis_name(name)`` in a
+            function mapped with ``jax.shard_map`` or ``jax.pmap`` over
+            ``name``: sums ``psum``-ed over that axis (under sharded
+            ``jax.jit``, e.g. ``keras.distribution.DataParallel``, the
+            statistics are the global batch's with or without this flag);
+            PyTorch, when ``torch.distributed`` is initialized with several
+            processes (gloo on CPU, NCCL on GPU): sums all-reduced over the
+            world (or ``normlab.distributed.process_group``), gradients too.
+            Per-replica batch sizes may differ. With ghost batches each ghost
+            batch keeps its own statistics and only their average (the
+            moving-statistics update) spans the replicas. Not under any of
+            these, identical to ``False``. See :mod:`normlab.distributed`.
+            Default False.
         virtual_batch_size: samples per ghost batch in training, or None for
             the whole batch. Default None.
         use_moving_statistics: normalize with the moving statistics in
@@ -186,12 +201,6 @@ class BatchNormalization(Normalization):
         )
         self.use_moving_statistics = bool(use_moving_statistics)
         self.synchronized = bool(synchronized)
-        if self.synchronized:
-            warnings.warn(
-                "BatchNormalization(synchronized=True): cross-replica statistics are not "
-                "implemented yet; each replica normalizes with its own batch statistics.",
-                stacklevel=2,
-            )
 
     def build(self, input_shape):
         (self._channel_axis,) = self.resolve_axes(input_shape)
@@ -252,6 +261,7 @@ class BatchNormalization(Normalization):
         if not (training and self.trainable) or self.use_moving_statistics:
             return ops.batch_norm(inputs, self.moving_mean, self.moving_variance, **common)
         mask = self._expand_mask(inputs, mask)
+        common["replica_sum"] = distributed.replica_sum() if self.synchronized else None
         if self.renorm:
             y, mean, variance = zoo.batch_renorm(
                 inputs, self.renorm_mean, self.renorm_stddev, clipping=self._clipping, mask=mask,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import constraints, initializers, regularizers
 
+from normlab import distributed
 from normlab.layers.base import Normalization
 from normlab.ops import zoo
 from normlab.ops.axes import known_dims
@@ -87,6 +88,12 @@ class EvoNormB0(_EvoNorm):
         beta_constraint, gamma_constraint, v_constraint: optional
             constraints. Default None.
         moving_variance_initializer: initializer for the moving variance. Default "ones".
+        synchronized: in training, take the batch statistics over the global
+            batch of a data-parallel step (every replica's samples), exactly
+            as ``BatchNormalization(synchronized=True)`` does on each backend
+            (see :mod:`normlab.distributed`); the unbiased correction of the
+            moving variance then counts the global batch. Not under any
+            distribution, identical to ``False``. Default False.
         **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
 
     Call arguments:
@@ -126,6 +133,7 @@ class EvoNormB0(_EvoNorm):
         beta_constraint=None,
         gamma_constraint=None,
         v_constraint=None,
+        synchronized=False,
         **kwargs,
     ):
         super().__init__(
@@ -138,6 +146,7 @@ class EvoNormB0(_EvoNorm):
         )
         self.momentum = check_momentum(momentum)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
+        self.synchronized = bool(synchronized)
 
     def build(self, input_shape):
         _require_rank3(self, input_shape)
@@ -151,13 +160,18 @@ class EvoNormB0(_EvoNorm):
         common = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable):
             return zoo.evo_norm_b0(inputs, self.v, self.moving_variance, **common)
-        y, variance = zoo.evo_norm_b0(inputs, self.v, training=True, return_stats=True, **common)
+        replica_sum = distributed.replica_sum() if self.synchronized else None
+        y, variance = zoo.evo_norm_b0(
+            inputs, self.v, training=True, return_stats=True, replica_sum=replica_sum, **common
+        )
         shape = keras.ops.shape(inputs)
         n = 1
         for i, size in enumerate(shape):
             if i != self._channel_axis:
                 n = n * size
         n = keras.ops.cast(n, variance.dtype)
+        if replica_sum is not None:
+            n = replica_sum(n)  # the global batch's element count per channel
         unbiased = variance * n / keras.ops.maximum(n - 1.0, 1.0)
         moving = self.moving_variance
         moving.assign(moving * self.momentum + keras.ops.cast(unbiased, moving.dtype) * (1.0 - self.momentum))
@@ -168,6 +182,7 @@ class EvoNormB0(_EvoNorm):
             **super().get_config(),
             "momentum": self.momentum,
             "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
+            "synchronized": self.synchronized,
         }
 
 

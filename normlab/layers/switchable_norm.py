@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import initializers
 
+from normlab import distributed
 from normlab.layers.base import Normalization
 from normlab.ops import zoo
 from normlab.ops.axes import known_dims
@@ -54,6 +55,12 @@ class SwitchableNormalization(Normalization):
         gamma_regularizer: optional regularizer for ``gamma``. Default None.
         beta_constraint: optional constraint for ``beta``. Default None.
         gamma_constraint: optional constraint for ``gamma``. Default None.
+        synchronized: in training, take the batch statistics over the global
+            batch of a data-parallel step (every replica's samples), exactly
+            as ``BatchNormalization(synchronized=True)`` does on each backend
+            (see :mod:`normlab.distributed`); only the batch branch is
+            affected (instance and layer statistics are per sample). Not
+            under any distribution, identical to ``False``. Default False.
         **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
 
     Call arguments:
@@ -95,6 +102,7 @@ class SwitchableNormalization(Normalization):
         gamma_regularizer=None,
         beta_constraint=None,
         gamma_constraint=None,
+        synchronized=False,
         **kwargs,
     ):
         super().__init__(
@@ -115,6 +123,7 @@ class SwitchableNormalization(Normalization):
         self.variance_weights_initializer = initializers.get(variance_weights_initializer)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
+        self.synchronized = bool(synchronized)
 
     def build(self, input_shape):
         if len(input_shape) < 3:
@@ -153,8 +162,10 @@ class SwitchableNormalization(Normalization):
                 inputs, self.mean_weights, self.variance_weights, self.moving_mean, self.moving_variance,
                 **common,
             )
+        replica_sum = distributed.replica_sum() if self.synchronized else None
         y, mean, variance = zoo.switchable_norm(
-            inputs, self.mean_weights, self.variance_weights, training=True, return_stats=True, **common
+            inputs, self.mean_weights, self.variance_weights, training=True, return_stats=True,
+            replica_sum=replica_sum, **common,
         )
         for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
             batch = keras.ops.cast(batch, moving.dtype)
@@ -169,4 +180,5 @@ class SwitchableNormalization(Normalization):
             "variance_weights_initializer": initializers.serialize(self.variance_weights_initializer),
             "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
             "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
+            "synchronized": self.synchronized,
         }

@@ -203,6 +203,7 @@ def batch_norm(
     training: bool = False,
     mask=None,
     return_stats: bool = False,
+    replica_sum=None,
 ):
     """Batch normalization: statistics per channel over the batch and all other axes.
 
@@ -224,6 +225,11 @@ def batch_norm(
             not count toward the batch statistics. Default None.
         return_stats: also return the statistics used, as ``(y, mean, variance)``
             with shape ``(C,)`` (the biased batch variance when training). Default False.
+        replica_sum: optional callable that sums a tensor over all replicas
+            (:func:`normlab.distributed.replica_sum`); with ``training=True``
+            the batch statistics are then those of the global batch (every
+            replica's ``x``), and the backend fast path is not used. Default
+            None (this call's ``x`` only).
 
     Example:
         >>> import numpy as np
@@ -249,12 +255,13 @@ def batch_norm(
     reduce_axes = complement([a], ndim)
 
     if training:
-        hook = backends.fast_path("batch_norm_train") if mask is None else None
+        # Fast paths reduce over this call's x only: never with a cross-replica sum.
+        hook = backends.fast_path("batch_norm_train") if mask is None and replica_sum is None else None
         result = None
         if hook is not None:
             result = hook(x, axis=a, gamma=gamma, beta=beta, epsilon=epsilon)
         if result is None:
-            shift, mean, variance = shifted_moments(x, reduce_axes, mask=mask)
+            shift, mean, variance = shifted_moments(x, reduce_axes, mask=mask, replica_sum=replica_sum)
             y = normalize(
                 x, mean, variance, shift=shift, epsilon=epsilon,
                 gamma=_broadcast(gamma, ndim, [a], [channels]),

@@ -17,6 +17,12 @@ Numerics policy (the one place it is decided):
 * An optional ``mask`` (broadcastable to ``x``, 1 = counts, 0 = ignored)
   weights each element; a slice with no unmasked element gets mean 0 and
   variance 0.
+* An optional ``replica_sum`` (a callable summing a tensor over replicas,
+  see :mod:`normlab.distributed`) makes the statistics those of the global
+  batch: the same two passes, each on sums that are all-reduced once (pass
+  1: the sum and the count, whose quotient is the shift; pass 2: the sums
+  of the residuals and of their squares). Uneven per-replica batches stay
+  exact, and no replica ever forms ``E[x^2] - E[x]^2`` about zero.
 """
 
 from __future__ import annotations
@@ -32,7 +38,46 @@ def stats_dtype(dtype) -> str:
     return "float64" if standardize_dtype(dtype) == "float64" else "float32"
 
 
-def shifted_moments(x, axes: Sequence[int], *, mask=None):
+def _reduced_count(x, axes, dtype):
+    """The number of elements each slice reduces over, as a scalar of ``dtype``."""
+    static = list(x.shape)
+    count = 1
+    dynamic = None
+    for a in axes:
+        if static[a] is None:
+            dynamic = ops.shape(x) if dynamic is None else dynamic
+            count = count * dynamic[a]
+        else:
+            count = count * static[a]
+    return ops.cast(count, dtype)
+
+
+def _cross_replica_moments(x, axes, weight, replica_sum):
+    """:func:`shifted_moments` over the global batch, from two all-reduced passes."""
+    if weight is None:
+        def total(v):
+            return ops.sum(v, axis=axes, keepdims=True)
+
+        count = _reduced_count(x, axes, x.dtype)
+    else:
+        def total(v):
+            return ops.sum(v * weight, axis=axes, keepdims=True)
+
+        count = total(ops.ones_like(x))
+    first = total(ops.stop_gradient(x))
+    # Pass 1: the global sum and count, one all-reduce; their quotient is the shift.
+    first, count = ops.unstack(replica_sum(ops.stack([first, ops.broadcast_to(count, ops.shape(first))])))
+    count = ops.stop_gradient(ops.maximum(count, 1.0))
+    shift = ops.stop_gradient(first / count)
+    # Pass 2: residual sums about the shared shift, one all-reduce (with gradient).
+    residual = x - shift
+    sums, squares = ops.unstack(replica_sum(ops.stack([total(residual), total(ops.square(residual))])))
+    mean = sums / count
+    variance = ops.maximum(squares / count - ops.square(mean), 0.0)
+    return shift, mean, variance
+
+
+def shifted_moments(x, axes: Sequence[int], *, mask=None, replica_sum=None):
     """Statistics of ``x`` relative to a per-slice shift, for the exact apply step.
 
     Returns ``(shift, mean, variance)``, all with the reduced axes kept:
@@ -46,6 +91,9 @@ def shifted_moments(x, axes: Sequence[int], *, mask=None):
     axes = list(axes)
     dtype = stats_dtype(x.dtype)
     x = ops.cast(x, dtype)
+    if replica_sum is not None:
+        weight = None if mask is None else ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
+        return _cross_replica_moments(x, axes, weight, replica_sum)
     if mask is None:
         def average(v):
             return ops.mean(v, axis=axes, keepdims=True)
@@ -63,7 +111,7 @@ def shifted_moments(x, axes: Sequence[int], *, mask=None):
     return shift, mean, variance
 
 
-def moments(x, axes: Sequence[int], *, mask=None, keepdims: bool = True):
+def moments(x, axes: Sequence[int], *, mask=None, keepdims: bool = True, replica_sum=None):
     """Mean and biased variance of ``x`` over ``axes``, in float32 at least.
 
     Formula: ``mean = sum(w * x) / sum(w)``, ``var = sum(w * (x - mean)^2) / sum(w)``
@@ -75,6 +123,10 @@ def moments(x, axes: Sequence[int], *, mask=None, keepdims: bool = True):
         mask: optional tensor broadcastable to ``x``; zero entries are ignored.
         keepdims: keep the reduced axes as size-1 dimensions (default True),
             so the results broadcast against ``x``.
+        replica_sum: optional callable that sums a tensor over all replicas
+            (e.g. :func:`normlab.distributed.replica_sum`); the statistics are
+            then those of the global batch, the concatenation of every
+            replica's ``x``. Default None (this replica's ``x`` only).
 
     Returns:
         ``(mean, variance)`` in :func:`stats_dtype` of ``x``.
@@ -86,7 +138,7 @@ def moments(x, axes: Sequence[int], *, mask=None, keepdims: bool = True):
         >>> float(ops.convert_to_numpy(var)[0, 0])
         1.0
     """
-    shift, mean, variance = shifted_moments(x, axes, mask=mask)
+    shift, mean, variance = shifted_moments(x, axes, mask=mask, replica_sum=replica_sum)
     mean = shift + mean
     if not keepdims:
         mean = ops.squeeze(mean, axis=list(axes))

@@ -29,7 +29,7 @@ from keras import ops
 
 from normlab.ops.axes import canonicalize_axes, complement, known_dims
 from normlab.ops.functional import _broadcast, _check_param, _dims
-from normlab.ops.moments import moments, stats_dtype
+from normlab.ops.moments import moments, shifted_moments, stats_dtype
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_groups, error_message, resolve_groups
 
@@ -309,7 +309,7 @@ def filter_response_norm(
 
 def evo_norm_b0(
     x, v=None, moving_variance=None, *, axis: int = -1, gamma=None, beta=None,
-    epsilon: float = 1e-3, training: bool = False, return_stats: bool = False,
+    epsilon: float = 1e-3, training: bool = False, return_stats: bool = False, replica_sum=None,
 ):
     """EvoNorm-B0: batch-dependent normalization-activation.
 
@@ -329,6 +329,9 @@ def evo_norm_b0(
         training: use the batch variance (True) or ``moving_variance`` (False). Default False.
         return_stats: also return the variance used, shape ``(C,)``, as
             ``(y, variance)`` (the biased batch variance when training). Default False.
+        replica_sum: optional cross-replica sum (:func:`normlab.distributed.replica_sum`):
+            with ``training=True``, ``var_b`` is the global batch's. The
+            per-sample ``var_i`` is unaffected. Default None.
 
     Example:
         >>> import numpy as np
@@ -349,7 +352,7 @@ def evo_norm_b0(
         _check_param(name, param, (channels,))
     dtype = stats_dtype(x.dtype)
     if training:
-        _, variance = moments(x, complement([a], ndim))
+        _, variance = moments(x, complement([a], ndim), replica_sum=replica_sum)
     elif moving_variance is None:
         raise ValueError(
             error_message("moving_variance", "a per-channel variance when training=False",
@@ -430,7 +433,7 @@ def evo_norm_s0(x, v=None, *, groups: int = 32, axis: int = -1, gamma=None, beta
 def switchable_norm(
     x, mean_weights, variance_weights, moving_mean=None, moving_variance=None, *,
     axis: int = -1, gamma=None, beta=None, epsilon: float = 1e-3, training: bool = False,
-    return_stats: bool = False,
+    return_stats: bool = False, replica_sum=None,
 ):
     """Switchable normalization: a learned mix of instance, layer and batch statistics.
 
@@ -456,6 +459,10 @@ def switchable_norm(
         training: batch statistics from ``x`` (True) or the moving ones (False). Default False.
         return_stats: also return the batch statistics used, ``(y, mean_bn, var_bn)``
             with shape ``(C,)``. Default False.
+        replica_sum: optional cross-replica sum (:func:`normlab.distributed.replica_sum`):
+            with ``training=True``, the batch statistics are the global
+            batch's; instance and layer statistics are per sample anyway.
+            Default None.
 
     Example:
         >>> import numpy as np
@@ -483,7 +490,7 @@ def switchable_norm(
     mean_ln, var_ln = moments(x, complement([], ndim, keep_batch=True))
     dtype = mean_in.dtype
     if training:
-        mean_bn, var_bn = moments(x, complement([a], ndim))
+        mean_bn, var_bn = moments(x, complement([a], ndim), replica_sum=replica_sum)
     elif moving_mean is None or moving_variance is None:
         raise ValueError(
             error_message(
@@ -564,11 +571,15 @@ def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.7
 # --------------------------------------------------------------------------- batch norm, training forms
 
 
-def _batch_norm_train(x, *, axis, gamma, beta, epsilon, mask, virtual_batch_size, renorm):
+def _batch_norm_train(x, *, axis, gamma, beta, epsilon, mask, virtual_batch_size, renorm, replica_sum=None):
     """Training-mode batch norm with optional ghost batches and renorm correction.
 
     Returns ``(y, mean, variance)`` with the statistics of shape ``(C,)``,
-    averaged over the ghost batches.
+    averaged over the ghost batches. With ``replica_sum``, the statistics
+    are the global batch's; with ghost batches too, each ghost batch keeps
+    its own statistics (as on one device with the global batch, when each
+    replica's batch is a multiple of the ghost size) and the returned
+    averages are over every replica's ghost batches.
     """
     x = ops.convert_to_tensor(x)
     ndim, a, channels = _channel_axis(x, axis)
@@ -598,7 +609,11 @@ def _batch_norm_train(x, *, axis, gamma, beta, epsilon, mask, virtual_batch_size
     else:
         x_work, c, rank = x, a, ndim
         reduce_axes = complement([a], ndim)
-    mean, variance = moments(x_work, reduce_axes, mask=mask)
+    # Ghost batches never span replicas: only their average is synchronized (below).
+    shift, residual_mean, variance = shifted_moments(
+        x_work, reduce_axes, mask=mask, replica_sum=None if v is not None else replica_sum
+    )
+    mean = shift + residual_mean
     dtype = mean.dtype
     gamma_b = None if gamma is None else ops.cast(_broadcast(gamma, rank, [c], [channels]), dtype)
     beta_b = None if beta is None else ops.cast(_broadcast(beta, rank, [c], [channels]), dtype)
@@ -619,16 +634,24 @@ def _batch_norm_train(x, *, axis, gamma, beta, epsilon, mask, virtual_batch_size
         # ((x - mean) / std * r + d) * gamma + beta, folded into the affine.
         gamma_b, beta_b = (r, d) if gamma_b is None else (r * gamma_b, d * gamma_b)
         beta_b = beta_b if beta is None else beta_b + ops.cast(_broadcast(beta, rank, [c], [channels]), dtype)
-    y = normalize(x_work, mean, variance, gamma=gamma_b, beta=beta_b, epsilon=epsilon)
+    # Subtract the shift, then the small residual mean: exact at large offsets.
+    y = normalize(x_work, residual_mean, variance, shift=shift, gamma=gamma_b, beta=beta_b, epsilon=epsilon)
     if v is not None:
         y = ops.reshape(y, dims)
-        mean, variance = ops.mean(mean, axis=0), ops.mean(variance, axis=0)
+        if replica_sum is None:
+            mean, variance = ops.mean(mean, axis=0), ops.mean(variance, axis=0)
+        else:
+            ghosts = ops.broadcast_to(ops.cast(_dims(mean)[0], dtype), ops.shape(mean)[1:])
+            total_mean, total_variance, ghosts = ops.unstack(
+                replica_sum(ops.stack([ops.sum(mean, axis=0), ops.sum(variance, axis=0), ghosts]))
+            )
+            mean, variance = total_mean / ghosts, total_variance / ghosts
     return y, ops.reshape(mean, (channels,)), ops.reshape(variance, (channels,))
 
 
 def ghost_batch_norm(
     x, virtual_batch_size: int, *, axis: int = -1, gamma=None, beta=None, epsilon: float = 1e-3,
-    mask=None, return_stats: bool = False,
+    mask=None, return_stats: bool = False, replica_sum=None,
 ):
     """Ghost batch normalization: batch statistics per virtual sub-batch (training form).
 
@@ -650,6 +673,11 @@ def ghost_batch_norm(
         mask: optional tensor broadcastable to ``x``; masked-out elements do
             not count toward the statistics. Default None.
         return_stats: also return ``(mean, variance)`` of shape ``(C,)``. Default False.
+        replica_sum: optional cross-replica sum (:func:`normlab.distributed.replica_sum`).
+            Each ghost batch still uses its own statistics (ghost batches are
+            consecutive samples of one replica's batch); the returned
+            averages are then over every replica's ghost batches, as for the
+            global batch on one device. Default None.
 
     Example:
         >>> import numpy as np
@@ -671,14 +699,14 @@ def ghost_batch_norm(
         )
     y, mean, variance = _batch_norm_train(
         x, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon, mask=mask,
-        virtual_batch_size=virtual_batch_size, renorm=None,
+        virtual_batch_size=virtual_batch_size, renorm=None, replica_sum=replica_sum,
     )
     return (y, mean, variance) if return_stats else y
 
 
 def batch_renorm(
     x, renorm_mean, renorm_stddev, *, axis: int = -1, gamma=None, beta=None, epsilon: float = 1e-3,
-    clipping=None, mask=None, virtual_batch_size=None, return_stats: bool = False,
+    clipping=None, mask=None, virtual_batch_size=None, return_stats: bool = False, replica_sum=None,
 ):
     """Batch renormalization (training form): batch norm corrected toward moving statistics.
 
@@ -703,6 +731,10 @@ def batch_renorm(
         virtual_batch_size: optional ghost batch size; ``r`` and ``d`` are
             then per ghost batch. Default None.
         return_stats: also return the batch ``(mean, variance)`` of shape ``(C,)``. Default False.
+        replica_sum: optional cross-replica sum (:func:`normlab.distributed.replica_sum`):
+            the batch statistics, and so ``r`` and ``d``, are the global
+            batch's (with ghost batches, as in :func:`ghost_batch_norm`).
+            Default None.
 
     Example:
         >>> import numpy as np
@@ -725,6 +757,6 @@ def batch_renorm(
     y, mean, variance = _batch_norm_train(
         x, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon, mask=mask,
         virtual_batch_size=virtual_batch_size,
-        renorm=(renorm_mean, renorm_stddev, check_renorm_clipping(clipping)),
+        renorm=(renorm_mean, renorm_stddev, check_renorm_clipping(clipping)), replica_sum=replica_sum,
     )
     return (y, mean, variance) if return_stats else y

@@ -67,13 +67,19 @@ def test_mask_excludes_padded_steps_from_statistics():
         layer(padded, training=True, mask=mask[..., None])
 
 
-def test_synchronized_is_accepted_and_says_what_it_does():
-    with pytest.warns(UserWarning, match="each replica normalizes with its own batch statistics"):
-        layer = normlab.BatchNormalization(axis=-1, synchronized=True)
-    assert layer.get_config()["synchronized"] is True
+def test_synchronized_outside_any_distribution_equals_unsynchronized():
+    # Cross-replica runs are in tests/distributed; with no strategy, axis name or
+    # process group there is one replica, and the flag changes nothing.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        normlab.BatchNormalization(axis=-1, synchronized=False)
+        synced = normlab.BatchNormalization(axis=-1, synchronized=True)
+    assert synced.get_config()["synchronized"] is True
+    plain = normlab.BatchNormalization(axis=-1)
+    x = (1e4 + np.random.default_rng(1).normal(size=(6, 5, 3))).astype("float32")
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(synced(x, training=True)), ops.convert_to_numpy(plain(x, training=True))
+    )
+    np.testing.assert_array_equal(ops.convert_to_numpy(synced.moving_mean), ops.convert_to_numpy(plain.moving_mean))
 
 
 def test_large_offset_training_stays_exact():

@@ -1,0 +1,191 @@
+"""JAX worker: two host CPU devices, via shard_map, pmap and keras.distribution.DataParallel.
+
+Run as ``python -m tests.distributed._jax_worker`` (a fresh process: XLA_FLAGS
+must be set before JAX initializes its devices).
+"""
+
+import os
+import time
+
+STARTED = time.perf_counter()
+os.environ["KERAS_BACKEND"] = "jax"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import normlab  # noqa: E402
+from normlab.testing import reference  # noqa: E402
+from tests.distributed import _cases  # noqa: E402
+
+SIZES = [4, 4]  # shard_map and pmap split the batch evenly
+mesh = Mesh(jax.devices(), ("data",))
+
+
+def built(name, synchronized, x):
+    layer = _cases.layer(name, synchronized)
+    layer.build((None,) + x.shape[1:])
+    tv = [v.value for v in layer.trainable_variables]
+    ntv = [v.value for v in layer.non_trainable_variables]
+    return layer, tv, ntv, [v.name for v in layer.non_trainable_variables]
+
+
+def forward(layer, tv, ntv, x, mask):
+    kwargs = {} if mask is None else {"mask": mask}
+    return layer.stateless_call(tv, ntv, x, training=True, **kwargs)
+
+
+def single(name, x, w, mask):
+    layer, tv, ntv, names = built(name, False, x)
+
+    def loss(x):
+        y, new = forward(layer, tv, ntv, x, mask)
+        return jnp.sum(y * w), (y, new)
+
+    (_, (y, new)), dx = jax.jit(jax.value_and_grad(loss, has_aux=True))(jnp.asarray(x))
+    return np.asarray(y), np.asarray(dx), dict(zip(names, map(np.asarray, new)))
+
+
+def sharded(name, synchronized, x, w, mask):
+    """shard_map over the mesh axis "data"; the gradient is taken of the global loss."""
+    layer, tv, ntv, names = built(name, synchronized, x)
+
+    def local(tv, ntv, x, *mask):
+        with normlab.distributed.axis_name("data"):
+            return forward(layer, tv, ntv, x, mask[0] if mask else None)
+
+    extra = () if mask is None else (jnp.asarray(mask),)
+    stats = P() if synchronized else P("data")  # synchronized statistics are the same on every device
+    mapped = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(), P("data")) + (P("data"),) * len(extra), out_specs=(P("data"), stats)
+    )
+
+    def loss(x):
+        y, new = mapped(tv, ntv, x, *extra)
+        return jnp.sum(y * w), (y, new)
+
+    (_, (y, new)), dx = jax.jit(jax.value_and_grad(loss, has_aux=True))(jnp.asarray(x))
+    y, dx = _cases.split(np.asarray(y), SIZES), _cases.split(np.asarray(dx), SIZES)
+    per = [np.asarray(v) if synchronized else np.split(np.asarray(v), 2) for v in new]
+    return [
+        (y[i], dx[i], {k: (v if synchronized else v[i]) for k, v in zip(names, per)}) for i in range(2)
+    ]
+
+
+def pmapped(name, x, w):
+    """pmap over "data", each device differentiating its own loss (the usual pmap training step)."""
+    layer, tv, ntv, names = built(name, True, x)
+
+    def step(x, w):
+        def loss(x):
+            with normlab.distributed.axis_name("data"):
+                y, new = forward(layer, tv, ntv, x, None)
+            return jnp.sum(y * w), (y, new)
+
+        (_, (y, new)), dx = jax.value_and_grad(loss, has_aux=True)(x)
+        return y, dx, new
+
+    y, dx, new = jax.pmap(step, axis_name="data")(*(jnp.asarray(a).reshape((2, -1) + a.shape[1:]) for a in (x, w)))
+    return [(np.asarray(y[i]), np.asarray(dx[i]), {k: np.asarray(v[i]) for k, v in zip(names, new)}) for i in range(2)]
+
+
+def case(name, synchronized, runner="shard_map"):
+    x, w, mask = _cases.data(name, SIZES)
+
+    def check():
+        if runner == "pmap":
+            replicas = pmapped(name, x, w)
+        else:
+            replicas = sharded(name, synchronized, x, w, mask)
+        if synchronized:
+            ref = single(name, x, w, mask)
+        else:
+            ref = [single(name, *p) for p in zip(*(_cases.split(a, SIZES) for a in (x, w, mask)))]
+        _cases.compare(replicas, ref, synchronized)
+
+    label = "sync" if synchronized else "local"
+    _cases.report(f"{name}/{label}" + ("/pmap" if runner == "pmap" else ""), check)
+
+
+def float64_reference():
+    x, w, _ = _cases.data("batch_norm", SIZES, seed=1)
+    y = np.concatenate([r[0] for r in sharded("batch_norm", True, x, w, None)])
+    _cases.close("outputs vs float64", y, reference.batch_norm(x, epsilon=1e-3)[0], atol=1e-4)
+
+
+def data_parallel():
+    """Under keras.distribution.DataParallel the statistics are the global batch's, with no flag.
+
+    The batch is sharded over both devices; the compiled step contains
+    XLA's all-reduces; outputs, gradients and moving statistics equal one
+    device on the global batch, and differ from those of each shard alone.
+    """
+    x, w, _ = _cases.data("batch_norm", SIZES, seed=4)
+    want = single("batch_norm", x, w, None)
+    halves = [single("batch_norm", xi, wi, None) for xi, wi in zip(_cases.split(x, SIZES), _cases.split(w, SIZES))]
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    try:
+        layer, tv, ntv, names = built("batch_norm", False, x)
+        layout = keras.distribution.distribution().get_data_layout(x.shape)
+        xs = keras.distribution.distribute_tensor(jnp.asarray(x), layout)
+        assert len(xs.sharding.device_set) == 2 and not xs.sharding.is_fully_replicated, xs.sharding
+
+        def loss(x):
+            y, new = forward(layer, tv, ntv, x, None)
+            return jnp.sum(y * w), (y, new)
+
+        step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+        hlo = step.lower(xs).compile().as_text()
+        assert "all-reduce" in hlo, "no cross-device reduction in the compiled step"
+        (_, (y, new)), dx = step(xs)
+        assert not y.sharding.is_fully_replicated, y.sharding
+    finally:
+        keras.distribution.set_distribution(None)
+    got = (np.asarray(y), np.asarray(dx), dict(zip(names, map(np.asarray, new))))
+    _cases.compare([got], want, synchronized=True)
+    half = np.asarray(got[2]["moving_variance"])
+    assert not np.allclose(half, halves[0][2]["moving_variance"]), "statistics of one shard only"
+
+
+def data_parallel_fit():
+    """``model.fit`` under DataParallel: one SGD step equals one device on the global batch."""
+    def model():
+        return keras.Sequential([
+            keras.Input((3, 4)),
+            normlab.BatchNormalization(synchronized=True, momentum=0.0),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1, kernel_initializer="ones"),
+        ])
+
+    x, _, _ = _cases.data("batch_norm", [4, 4], seed=2)
+    target = np.random.default_rng(3).normal(size=(8, 1)).astype("float32")
+    alone = model()
+    alone.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    alone.fit(x, target, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    try:
+        spread = model()
+        spread.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        spread.fit(x, target, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    finally:
+        keras.distribution.set_distribution(None)
+    for got, want, weight in zip(spread.get_weights(), alone.get_weights(), spread.weights):
+        _cases.close(f"fit: {weight.path}", got, want, rtol=1e-6, atol=2e-5)
+
+
+if __name__ == "__main__":
+    print(f"startup {time.perf_counter() - STARTED:.1f} s", flush=True)
+    assert jax.device_count() == 2, jax.devices()
+    for name in _cases.names():
+        case(name, True)
+    case("batch_norm", False)
+    case("ghost", False)
+    case("batch_norm", True, runner="pmap")
+    case("renorm_ghost", True, runner="pmap")
+    _cases.report("float64_reference", float64_reference)
+    _cases.report("data_parallel", data_parallel)
+    _cases.report("data_parallel_fit", data_parallel_fit)

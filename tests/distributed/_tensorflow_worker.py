@@ -1,0 +1,123 @@
+"""TensorFlow worker: MirroredStrategy over two logical CPU devices.
+
+Run as ``python -m tests.distributed._tensorflow_worker`` (a fresh process:
+the logical devices must be configured before TensorFlow initializes).
+"""
+
+import os
+
+os.environ["KERAS_BACKEND"] = "tensorflow"
+
+import tensorflow as tf  # noqa: E402
+
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import normlab  # noqa: E402
+from normlab.testing import reference  # noqa: E402
+from tests.distributed import _cases  # noqa: E402
+
+SIZES = [2, 4]  # uneven per-replica batches
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+tf.get_logger().setLevel("ERROR")  # each case traces its own step function
+
+
+def call(layer, x, w, mask):
+    """``(y, dx)`` of ``layer`` in training on ``x``, loss ``sum(y * w)``."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True, mask=mask) if mask is not None else layer(x, training=True)
+        loss = tf.reduce_sum(y * w)
+    return y, tape.gradient(loss, x)
+
+
+def single(name, x, w, mask):
+    layer = _cases.layer(name, False)
+    y, dx = call(layer, tf.constant(x), tf.constant(w), None if mask is None else tf.constant(mask))
+    return y.numpy(), dx.numpy(), _cases.non_trainable(layer)
+
+
+def distributed(name, synchronized, x, w, mask):
+    with strategy.scope():
+        layer = _cases.layer(name, synchronized)
+        layer.build((None,) + x.shape[1:])
+    parts = [_cases.split(a, SIZES) for a in (x, w, mask)]
+
+    def per_replica(i):
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: None if parts[i][0] is None else tf.constant(parts[i][context.replica_id_in_sync_group])
+        )
+
+    xs, ws = per_replica(0), per_replica(1)
+    masks = per_replica(2) if mask is not None else None
+
+    @tf.function
+    def step(xs, ws, masks):
+        return strategy.run(call, args=(layer, xs, ws, masks))
+
+    ys, dxs = step(xs, ws, masks)
+    ys, dxs = strategy.experimental_local_results(ys), strategy.experimental_local_results(dxs)
+    # Each replica's own copy of every moving statistic (a MirroredVariable's per-device values).
+    copies = {
+        v.name: strategy.experimental_local_results(v.value) for v in layer.non_trainable_weights
+    }
+    return [
+        (ys[i].numpy(), dxs[i].numpy(), {k: c[i].numpy() for k, c in copies.items()})
+        for i in range(len(SIZES))
+    ]
+
+
+def case(name, synchronized):
+    x, w, mask = _cases.data(name, SIZES)
+
+    def check():
+        replicas = distributed(name, synchronized, x, w, mask)
+        if synchronized:
+            ref = single(name, x, w, mask)
+        else:
+            ref = [single(name, *p) for p in zip(*(_cases.split(a, SIZES) for a in (x, w, mask)))]
+        _cases.compare(replicas, ref, synchronized)
+
+    _cases.report(f"{name}/{'sync' if synchronized else 'local'}", check)
+
+
+def float64_reference():
+    """Synchronized statistics at an offset of 1e4 match the float64 formula on the global batch."""
+    x, w, _ = _cases.data("batch_norm", SIZES, seed=1)
+    y = np.concatenate([r[0] for r in distributed("batch_norm", True, x, w, None)])
+    _cases.close("outputs vs float64", y, reference.batch_norm(x, epsilon=1e-3)[0], atol=1e-4)
+
+
+def fit():
+    """``model.fit`` under the strategy: one SGD step equals one device on the global batch."""
+    def model(synchronized):
+        return keras.Sequential([
+            keras.Input((3, 4)),
+            normlab.BatchNormalization(synchronized=synchronized, momentum=0.0),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1, kernel_initializer="ones"),
+        ])
+
+    x, _, _ = _cases.data("batch_norm", [4, 4], seed=2)
+    target = np.random.default_rng(3).normal(size=(8, 1)).astype("float32")
+    with strategy.scope():
+        synced = model(True)
+        synced.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    alone = model(False)
+    alone.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    for m in (synced, alone):
+        m.fit(x, target, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for got, want, weight in zip(synced.get_weights(), alone.get_weights(), synced.weights):
+        _cases.close(f"fit: {weight.path}", got, want, rtol=1e-6, atol=2e-5)
+
+
+if __name__ == "__main__":
+    for name in _cases.names():
+        case(name, True)
+    case("batch_norm", False)
+    case("renorm", False)
+    _cases.report("float64_reference", float64_reference)
+    _cases.report("fit", fit)

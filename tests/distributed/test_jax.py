@@ -1,0 +1,31 @@
+"""Synchronized statistics on JAX with two host CPU devices.
+
+One worker process (XLA_FLAGS must be set before JAX starts) runs every
+check: ``shard_map`` and ``pmap`` under ``normlab.distributed.axis_name``,
+and ``keras.distribution.DataParallel`` (sharded jit, where XLA computes
+the global statistics itself). See ``_jax_worker.py`` and ``_cases.py``.
+"""
+
+import keras
+import pytest
+
+from tests.distributed import _run
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="runs in the JAX backend's test process")
+
+LAYERS = ["batch_norm", "batch_norm_mask", "batch_norm_channels_first", "renorm", "ghost", "renorm_ghost",
+          "evo_norm_b0", "switchable"]
+CASES = [f"{name}/sync" for name in LAYERS] + [
+    "batch_norm/local", "ghost/local", "batch_norm/sync/pmap", "renorm_ghost/sync/pmap",
+    "float64_reference", "data_parallel", "data_parallel_fit",
+]
+
+
+@pytest.fixture(scope="module")
+def results():
+    return _run.run_worker("tests.distributed._jax_worker", "jax")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_two_devices(results, case):
+    _run.check(*results, case)

@@ -1,0 +1,28 @@
+"""Synchronized statistics under tf.distribute.MirroredStrategy, two logical CPU devices.
+
+One worker process (logical devices must be set before TensorFlow starts)
+runs every check; see ``_tensorflow_worker.py`` and ``_cases.py``.
+"""
+
+import keras
+import pytest
+
+from tests.distributed import _run
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="runs in the TensorFlow backend's test process"
+)
+
+LAYERS = ["batch_norm", "batch_norm_mask", "batch_norm_channels_first", "renorm", "ghost", "renorm_ghost",
+          "evo_norm_b0", "switchable"]
+CASES = [f"{name}/sync" for name in LAYERS] + ["batch_norm/local", "renorm/local", "float64_reference", "fit"]
+
+
+@pytest.fixture(scope="module")
+def results():
+    return _run.run_worker("tests.distributed._tensorflow_worker", "tensorflow")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_mirrored_strategy(results, case):
+    _run.check(*results, case)
