@@ -105,6 +105,17 @@ def _apply(case, x, gamma, beta):
     return y, (mean, variance)
 
 
+_COMPILED = {}
+
+
+def _compiled(key, make):
+    """One compiled function per case, mode and path, reused across offsets
+    and dtypes (JAX and TensorFlow retrace only for new shapes/dtypes)."""
+    if key not in _COMPILED:
+        _COMPILED[key] = make()
+    return _COMPILED[key]
+
+
 def _run(case, x, dy, gamma, beta, mode):
     """Forward and gradients on the active backend, as float64 NumPy."""
     if BACKEND == "torch":
@@ -126,7 +137,7 @@ def _run(case, x, dy, gamma, beta, mode):
             return y, stats, dx, dparams
 
         if mode == "jit":
-            full = jax.jit(full)
+            full = _compiled(("jax", case, backends.enabled()), lambda: jax.jit(full))
         y, stats, dx, (dgamma, dbeta) = full(x, (gamma, beta), dy)
         return _collect(y, stats, [dx, dgamma, dbeta])
     import tensorflow as tf
@@ -140,7 +151,8 @@ def _run(case, x, dy, gamma, beta, mode):
         return y, stats, grads
 
     if mode != "eager":
-        full = tf.function(full, jit_compile=(mode == "xla"))
+        full = _compiled(("tf", case, mode, backends.enabled()),
+                         lambda: tf.function(full, jit_compile=(mode == "xla")))
     y, stats, grads = full(x, gamma, beta, dy)
     grads = list(grads)
     ordered = [grads.pop(0)] + [grads.pop(0) if p is not None else None for p in (gamma, beta)]
