@@ -73,7 +73,8 @@ def _cross_replica_moments(x, axes, weight, replica_sum):
     residual = x - shift
     sums, squares = ops.unstack(replica_sum(ops.stack([total(residual), total(ops.square(residual))])))
     mean = sums / count
-    variance = ops.maximum(squares / count - ops.square(mean), 0.0)
+    variance = squares / count - ops.square(mean)
+    variance = ops.relu(variance)  # clamp at 0; Keras' ops.maximum returns float32 for float64 on torch
     return shift, mean, variance
 
 
@@ -95,8 +96,10 @@ def shifted_moments(x, axes: Sequence[int], *, mask=None, replica_sum=None):
         weight = None if mask is None else ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
         return _cross_replica_moments(x, axes, weight, replica_sum)
     if mask is None:
-        def average(v):
-            return ops.mean(v, axis=axes, keepdims=True)
+        count = _reduced_count(x, axes, dtype)
+
+        def average(v):  # not ops.mean: on torch, Keras 3.15 reduces float64 means in float32
+            return ops.sum(v, axis=axes, keepdims=True) / count
     else:
         weight = ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
         count = ops.maximum(ops.sum(weight, axis=axes, keepdims=True), 1.0)
@@ -107,7 +110,8 @@ def shifted_moments(x, axes: Sequence[int], *, mask=None, replica_sum=None):
     shift = ops.stop_gradient(average(x))
     residual = x - shift
     mean = average(residual)
-    variance = ops.maximum(average(ops.square(residual)) - ops.square(mean), 0.0)
+    variance = average(ops.square(residual)) - ops.square(mean)
+    variance = ops.relu(variance)  # clamp at 0; Keras' ops.maximum returns float32 for float64 on torch
     return shift, mean, variance
 
 
