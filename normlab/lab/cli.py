@@ -8,6 +8,7 @@ Usage::
     normlab sweep batch-size                # BN vs GN at batch 32..2, lr scaled linearly
     normlab sweep batch-size-deep           # the same on a deeper net (last maps 4x4)
     normlab sweep groups                    # GN with G = 1, 2, 5, 10
+    normlab compare --executor ray --address local   # runs as Ray tasks, 2 at once on 2 CPUs
     normlab report runs/                    # tables and plots from run directories
     normlab list                            # presets, norms, datasets, config keys
 
@@ -96,6 +97,22 @@ def _numbers(text: str) -> tuple[int, ...]:
         ) from None
 
 
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"Invalid `ray-runtime-env`: expected a JSON object. Received: {text!r} ({exc}). "
+            'Write e.g. \'{"pip": ["normlab[lab]"]}\'.') from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"Invalid `ray-runtime-env`: expected a JSON object. Received: {text!r}. "
+            'Write e.g. \'{"env_vars": {"OMP_NUM_THREADS": "1"}}\'.')
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (imports nothing heavy)."""
     run = argparse.ArgumentParser(add_help=False)
@@ -120,6 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smoke run in seconds: digits, 1 seed, 30 steps per run")
     g.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = run.add_argument_group("where runs execute")
+    g.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: one run after another in this process (default); "
+                        "ray: each run a Ray task, as many at once as the cluster allows")
+    g.add_argument("--address", help="Ray: 'local' starts Ray on this machine, 'auto' or "
+                   "HOST:6379 joins a running cluster, ray://HOST:10001 uses Ray Client "
+                   "(default: $RAY_ADDRESS, else local)")
+    g.add_argument("--cpus-per-run", type=float, help="Ray: CPUs each run declares (default 1)")
+    g.add_argument("--gpus-per-run", type=float, help="Ray: GPUs each run declares (default 0)")
+    g.add_argument("--retries", type=int, help="Ray: retries of a run whose worker died "
+                   "(default 0: the next invocation redoes it)")
+    g.add_argument("--ray-runtime-env", type=_json_object, metavar="JSON",
+                   help='Ray: runtime environment for the workers, e.g. \'{"pip": ["normlab[lab]"]}\'')
 
     parser = argparse.ArgumentParser(prog="normlab", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -181,6 +211,7 @@ def _run(args, parser) -> int:
     console = Console(stderr=True)
     try:
         experiment = make_experiment(args)
+        executor = make_executor(args)
     except ValueError as exc:
         parser.error(str(exc))
     backend, why = use_backend(args.backend, args.argv)
@@ -201,21 +232,45 @@ def _run(args, parser) -> int:
             print(f"{'finished' if read_finished(run_dir) else 'to run  '}  {run_dir}")
         return 0
     from normlab.lab.data import DatasetError
+    from normlab.lab.executors import ExecutorError
     from normlab.lab.report import render_markdown, summarize, write_report, load_runs
     from normlab.lab.runner import RunnerError
 
     try:
-        run_grid(experiment, args.out, data_dir=args.data_dir, progress=not args.no_progress,
-                 console=console)
-    except (DatasetError, RunnerError) as exc:
+        results = run_grid(experiment, args.out, data_dir=args.data_dir,
+                           progress=not args.no_progress, console=console, executor=executor)
+    except (DatasetError, RunnerError, ExecutorError) as exc:
         console.print(f"normlab: error: {exc}", markup=False, highlight=False)
+        return 1
+    lost = [r for r in results if r.status == "lost"]
+    if len(lost) == len(results):
+        console.print(f"normlab: error: all {len(lost)} runs were lost; nothing to report. "
+                      "Rerun the same command to redo them.", markup=False, highlight=False,
+                      soft_wrap=True)
         return 1
     written = write_report(args.out)
     table = summarize(load_runs(args.out)[0])[experiment.name]
     print(render_markdown(experiment.name, table))
     console.print(f"Report: {written[-1]} (plot: {written[-1].parent / experiment.name}.png)",
                   soft_wrap=True)
+    if lost:
+        console.print(f"normlab: {len(lost)} of {len(results)} runs were lost (their workers "
+                      "died); the report leaves them out. Rerun the same command to redo "
+                      "only them:", markup=False, highlight=False, soft_wrap=True)
+        for r in lost:
+            console.print(f"  {r.run_dir}: {r.error.splitlines()[0]}", soft_wrap=True,
+                          markup=False, highlight=False)
+        return 1
     return 0
+
+
+def make_executor(args: argparse.Namespace):
+    """The executor the parsed arguments ask for (``--executor`` and its options)."""
+    from normlab.lab.executors import make_executor as make
+
+    return make(args.executor, address=args.address, cpus_per_run=args.cpus_per_run,
+                gpus_per_run=args.gpus_per_run, retries=args.retries,
+                runtime_env=args.ray_runtime_env)
 
 
 _REEXEC = "_NORMLAB_CLI_BACKEND_REASON"

@@ -71,7 +71,13 @@ def load_runs(runs_dir: str | os.PathLike) -> tuple[list[dict], list[Path]]:
 def summarize(runs: list[dict]) -> dict[str, dict]:
     """``{experiment: {"meta": {...}, "rows": [...]}}``: one row per configuration."""
     groups: dict[str, dict[str, list[dict]]] = {}
-    for run in sorted(runs, key=lambda r: (r["finished_at"], r["run_dir"])):
+    # Rows in grid order (runs finish out of order under a parallel executor); runs
+    # written before `grid_index` existed come after, in the order they finished.
+    def order(run):
+        index = run.get("grid_index")
+        return (index is None, index if index is not None else 0, run["finished_at"], run["run_dir"])
+
+    for run in sorted(runs, key=order):
         c = run["config"]
         groups.setdefault(c["experiment"], {}).setdefault(c["label"], []).append(run)
     return {name: _summarize_experiment(by_label) for name, by_label in groups.items()}

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -40,12 +41,13 @@ class RunnerError(RuntimeError):
 
 @dataclasses.dataclass
 class RunResult:
-    """What :func:`run_grid` did for one run: ``status`` is "done" or "skipped"."""
+    """What :func:`run_grid` did for one run: ``status`` is "done", "skipped" or "lost"."""
 
     config: RunConfig
     run_dir: Path
     status: str
     summary: dict
+    error: str = ""
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -78,7 +80,7 @@ def read_finished(run_dir: Path) -> dict | None:
 
 def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs", *,
              data_dir: str | os.PathLike | None = None, progress: bool = True,
-             console=None) -> list[RunResult]:
+             console=None, executor=None) -> list[RunResult]:
     """Runs every configuration not finished yet under ``out``; returns one result per run.
 
     Args:
@@ -87,44 +89,64 @@ def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs"
         data_dir: passed to ``load_dataset`` (where MNIST etc. are found).
         progress: show rich progress bars (runs and steps).
         console: a ``rich.console.Console`` for messages; default: stderr.
+        executor: where runs execute, from :func:`normlab.lab.executors.make_executor`;
+            default: one after another in this process. With the Ray executor a run
+            whose worker died comes back with status "lost" (and no summary).
+
+    Results are in grid order; ``status`` is "done", "skipped" (finished earlier)
+    or "lost".
     """
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
+    from normlab.lab.executors import LocalExecutor
+
+    executor = executor or LocalExecutor()
     configs = runs.grid() if isinstance(runs, Experiment) else list(runs)
     for config in configs:  # refuse before training anything, not half-way through
         if read_finished(run_dir_for(out, config)) is not None:
             _check_same_config(run_dir_for(out, config), config)
     console = console or Console(stderr=True)
-    datasets: dict[str, object] = {}
-    results = []
+    index = {(c.experiment, c.slug, c.seed): i for i, c in enumerate(configs)}
+    results: dict[int, RunResult] = {}
+    todo = []
+    for i, config in enumerate(configs):
+        run_dir = run_dir_for(out, config)
+        summary = read_finished(run_dir)
+        if summary is None:
+            todo.append((config, run_dir, i))
+        else:
+            results[i] = RunResult(config, run_dir, "skipped", summary)
+            console.print(f"[{i + 1}/{len(configs)}] {_where(config)}: finished earlier, skipped",
+                          soft_wrap=True)
+    if todo and not isinstance(executor, LocalExecutor):
+        console.print(f"{len(todo)} runs on the {executor.describe()}", soft_wrap=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
-        grid_task = bar.add_task("runs", total=len(configs))
-        for i, config in enumerate(configs, 1):
-            run_dir = run_dir_for(out, config)
-            summary = read_finished(run_dir)
-            where = f"[{i}/{len(configs)}] {config.experiment}/{config.slug}/seed{config.seed}"
-            if summary is not None:
-                results.append(RunResult(config, run_dir, "skipped", summary))
-                console.print(f"{where}: finished earlier, skipped", soft_wrap=True)
+        grid_task = bar.add_task("runs", total=len(configs), completed=len(results))
+        for outcome in executor.run(todo, data_dir=data_dir, progress=progress,
+                                    bar=bar if progress else None):
+            config, summary = outcome.config, outcome.summary
+            i = index[(config.experiment, config.slug, config.seed)]
+            where = f"[{i + 1}/{len(configs)}] {_where(config)}"
+            if summary is None:
+                results[i] = RunResult(config, outcome.run_dir, "lost", {}, outcome.error)
+                console.print(f"{where}: LOST ({outcome.error.splitlines()[0]}); "
+                              "the next invocation redoes it", soft_wrap=True, markup=False)
             else:
-                if config.dataset not in datasets:
-                    from normlab.lab.data import load_dataset
-                    datasets[config.dataset] = load_dataset(config.dataset, data_dir=data_dir,
-                                                            progress=progress)
-                step_task = bar.add_task(f"{config.label} seed {config.seed}", total=None)
-                summary = run_one(config, run_dir, datasets[config.dataset],
-                                  on_step=lambda: bar.advance(step_task),
-                                  on_total=lambda n: bar.update(step_task, total=n))
-                bar.remove_task(step_task)
-                results.append(RunResult(config, run_dir, "done", summary))
+                results[i] = RunResult(config, outcome.run_dir, "done", summary)
+                host = summary.get("worker", {}).get("host")
                 console.print(f"{where}: {summary['metric']} accuracy {summary['accuracy']:.4f}, "
-                              f"loss {summary['loss']:.4f} ({summary['wall_time_s']:.1f} s)", soft_wrap=True)
+                              f"loss {summary['loss']:.4f} ({summary['wall_time_s']:.1f} s"
+                              f"{f' on {host}' if host else ''})", soft_wrap=True, markup=False)
             bar.advance(grid_task)
-    return results
+    return [results[i] for i in sorted(results)]
+
+
+def _where(config: RunConfig) -> str:
+    return f"{config.experiment}/{config.slug}/seed{config.seed}"
 
 
 def _check_same_config(run_dir: Path, config: RunConfig) -> None:
@@ -157,8 +179,13 @@ def split_data(config: RunConfig, dataset) -> tuple[np.ndarray, ...]:
     return train[0][:n_train], train[1][:n_train], test[0][:n_test], test[1][:n_test]
 
 
-def run_one(config: RunConfig, run_dir: Path, dataset, *, on_step=None, on_total=None) -> dict:
-    """Trains and evaluates one configuration in ``run_dir`` (wiped first); returns the summary."""
+def run_one(config: RunConfig, run_dir: Path, dataset, *, on_step=None, on_total=None,
+            worker: dict | None = None, grid_index: int | None = None) -> dict:
+    """Trains and evaluates one configuration in ``run_dir`` (wiped first); returns the summary.
+
+    ``worker`` (where the run executed; default: this process) and ``grid_index``
+    (its position in the grid, which orders the report's rows) go into the summary.
+    """
     import keras
 
     from normlab.lab.models import build_model, parameter_counts
@@ -220,6 +247,8 @@ def run_one(config: RunConfig, run_dir: Path, dataset, *, on_step=None, on_total
         seconds_per_epoch=float(np.mean(fit_times)), fit_seconds=float(np.sum(fit_times)),
         first_epoch_seconds=fit_times[0], wall_time_s=time.perf_counter() - start,
         backend=keras.backend.backend(), versions=_versions(),
+        worker=worker or dict(executor="local", host=platform.node(), pid=os.getpid()),
+        grid_index=grid_index,
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     write_json_atomic(run_dir / SUMMARY, summary)

@@ -11,7 +11,8 @@ from normlab.lab.report import load_runs, render_markdown, stats, summarize, t97
 from normlab.lab.runner import run_dir_for, write_json_atomic
 
 
-def fake_run(out, config: RunConfig, accuracy: float, *, train_mode=None, finished=True, t=0):
+def fake_run(out, config: RunConfig, accuracy: float, *, train_mode=None, finished=True, t=0,
+             grid_index=None):
     run_dir = run_dir_for(out, config)
     run_dir.mkdir(parents=True)
     write_json_atomic(run_dir / "config.json", config.to_dict())
@@ -24,7 +25,8 @@ def fake_run(out, config: RunConfig, accuracy: float, *, train_mode=None, finish
             epochs_run=1, steps=100, examples_seen=3200, train_examples=3200, test_examples=500,
             params={"trainable": 1000, "non_trainable": 20 if "batch" in config.norms else 0},
             seconds_per_epoch=2.0, fit_seconds=2.0, first_epoch_seconds=2.0, wall_time_s=3.0,
-            backend="jax", versions={}, finished_at=f"2025-01-01T00:00:{t:02d}"))
+            backend="jax", versions={}, finished_at=f"2025-01-01T00:00:{t:02d}",
+            **({} if grid_index is None else {"grid_index": grid_index})))
     return run_dir
 
 
@@ -42,6 +44,18 @@ def runs(tmp_path):
                 fake_run(out, config, 0.9 + 0.01 * seed, train_mode=0.95, t=10 + b % 7 + seed)
     fake_run(out, RunConfig(experiment="compare", label="LN", norms="layer", seed=0), 0.5, finished=False)
     return out
+
+
+def test_rows_follow_the_grid_even_when_runs_finish_out_of_order(tmp_path):
+    # A parallel executor finishes runs in any order; the table keeps the grid's order.
+    out = tmp_path / "runs"
+    labels = ["GN", "IN", "LN", "BN"]
+    finish = [3, 0, 2, 1]
+    for index, (label, t) in enumerate(zip(labels, finish)):
+        fake_run(out, RunConfig(experiment="c", label=label, norms="none"), 0.9, t=t, grid_index=index)
+    fake_run(out, RunConfig(experiment="c", label="old", norms="none"), 0.9, t=0)  # no index: last
+    rows = summarize(load_runs(out)[0])["c"]["rows"]
+    assert [r["label"] for r in rows] == ["GN", "IN", "LN", "BN", "old"]
 
 
 def test_t_quantiles():

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import platform
 import shutil
 
 import numpy as np
@@ -37,7 +38,7 @@ def test_grid_writes_one_directory_per_run(grid):
     out, results = grid
     assert [r.status for r in results] == ["done"] * 2
     assert [(r.config.label, r.config.seed) for r in results] == [("BN", 0), ("GN", 0)]
-    for r in results:
+    for i, r in enumerate(results):
         assert r.run_dir == out / "tiny" / r.config.label / f"seed{r.config.seed}"
         assert json.loads((r.run_dir / "config.json").read_text()) == r.config.to_dict()
         lines = (r.run_dir / "metrics.jsonl").read_text().splitlines()
@@ -48,6 +49,8 @@ def test_grid_writes_one_directory_per_run(grid):
         assert summary["metric"] == "test" and summary["accuracy"] == summary["test_accuracy"]
         assert 0.0 <= summary["accuracy"] <= 1.0 and summary["loss"] > 0
         assert summary["wall_time_s"] > 0 and summary["seconds_per_epoch"] > 0
+        assert summary["grid_index"] == i
+        assert summary["worker"] == dict(executor="local", host=platform.node(), pid=os.getpid())
         assert not [p for p in r.run_dir.iterdir() if p.name.endswith(".tmp")]
     bn, gn = results[0].summary, results[1].summary
     assert bn["params"]["non_trainable"] == 20 and gn["params"]["non_trainable"] == 0

@@ -1,0 +1,294 @@
+"""Where the lab's runs execute: one after another in this process, or as Ray tasks.
+
+:func:`~normlab.lab.runner.run_grid` decides which runs are still to do and hands
+them to an executor; results land in the same run directories either way, so
+resuming (``summary.json`` marks a finished run) and ``normlab report`` work
+unchanged.
+
+- :class:`LocalExecutor` (``--executor local``, the default) trains each run in
+  this process, one after another, with a progress bar per run.
+- :class:`RayExecutor` (``--executor ray --address ADDRESS``) submits each run as
+  one Ray task that declares its CPUs (and GPUs); Ray runs as many at once as the
+  cluster's resources allow. The worker trains in a scratch folder and returns the
+  run's files; this process writes them into the run directory (config and metrics
+  first, ``summary.json`` last and atomically), so the workers need no shared file
+  system with the driver. A worker that dies mid-run (killed, out of memory, node
+  lost) costs only its run: the others go on, the lost run is listed with its error
+  in ``error.txt`` of its run directory, and the next invocation of the same command
+  redoes it. An exception raised by the training code itself (a missing dataset, a
+  bad norm spec) is the same for every run, so it stops the grid, as it does locally.
+
+Example:
+    >>> from normlab.lab.executors import make_executor
+    >>> make_executor("local")
+    LocalExecutor()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Iterator
+
+from normlab.lab.experiments import RunConfig
+
+EXECUTORS = ("local", "ray")
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot start: Ray is missing, or no cluster answers at the address."""
+ERROR = "error.txt"
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One finished or lost run, as an executor reports it."""
+
+    config: RunConfig
+    run_dir: Path
+    summary: dict | None  # None when the run was lost
+    error: str = ""
+
+
+@dataclasses.dataclass
+class LocalExecutor:
+    """Trains each run in this process, one after another (the default)."""
+
+    name = "local"
+
+    def run(self, todo: list[tuple[RunConfig, Path, int]], *, data_dir=None,
+            progress: bool = True, bar=None) -> Iterator[Outcome]:
+        from normlab.lab.data import load_dataset
+        from normlab.lab.runner import run_one
+
+        datasets: dict[str, object] = {}
+        for config, run_dir, index in todo:
+            if config.dataset not in datasets:
+                datasets[config.dataset] = load_dataset(config.dataset, data_dir=data_dir,
+                                                        progress=progress)
+            hooks = {}
+            if bar is not None:
+                task = bar.add_task(f"{config.label} seed {config.seed}", total=None)
+                hooks = dict(on_step=lambda: bar.advance(task),
+                             on_total=lambda n: bar.update(task, total=n))
+            summary = run_one(config, run_dir, datasets[config.dataset], grid_index=index, **hooks)
+            if bar is not None:
+                bar.remove_task(task)
+            yield Outcome(config, run_dir, summary)
+
+    def describe(self) -> str:
+        return "local executor (one run after another in this process)"
+
+
+@dataclasses.dataclass
+class RayExecutor:
+    """Runs each run as a Ray task on a local or existing Ray cluster.
+
+    Args:
+        address: ``"local"`` starts a Ray instance on this machine (stopped at the
+            end); ``"auto"`` or ``"HOST:6379"`` joins a running cluster (``ray start
+            --head`` prints its address); ``"ray://HOST:10001"`` connects through
+            Ray Client. None: ``$RAY_ADDRESS`` if set, else ``"local"``. Default: None.
+        cpus_per_run: CPUs each run declares (Ray also caps its threads to it);
+            runs at once = cluster CPUs // this. Default: 1.
+        gpus_per_run: GPUs each run declares (fractions share a GPU). Default: 0.
+        retries: times Ray retries a run whose worker died; 0 leaves it to the next
+            invocation. Default: 0.
+        runtime_env: extra Ray runtime environment for the workers (e.g.
+            ``{"pip": ["normlab[lab]"]}`` on a cluster without normlab installed);
+            ``KERAS_BACKEND`` is always set to this process' backend. Default: None.
+    """
+
+    address: str | None = None
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    retries: int = 0
+    runtime_env: dict | None = None
+
+    name = "ray"
+
+    def __post_init__(self):
+        checks = (
+            ("cpus_per_run", self.cpus_per_run > 0, "a number > 0", "Pass --cpus-per-run 1."),
+            ("gpus_per_run", self.gpus_per_run >= 0, "a number >= 0", "Pass --gpus-per-run 0."),
+            ("retries", isinstance(self.retries, int) and self.retries >= 0, "an int >= 0",
+             "Pass --retries 0 to leave lost runs to the next invocation."),
+            ("runtime_env", self.runtime_env is None or isinstance(self.runtime_env, dict),
+             "a dict (JSON object)", 'Pass e.g. --ray-runtime-env \'{"pip": ["normlab[lab]"]}\'.'),
+        )
+        for arg, ok, expected, fix in checks:
+            if not ok:
+                raise ValueError(f"Invalid `{arg}`: expected {expected}. "
+                                 f"Received: {arg}={getattr(self, arg)!r}. {fix}")
+
+    def resolved_address(self) -> str:
+        return self.address or os.environ.get("RAY_ADDRESS") or "local"
+
+    def describe(self) -> str:
+        where = self.resolved_address()
+        where = "a local Ray instance" if where == "local" else f"the Ray cluster at {where}"
+        gpus = f", {self.gpus_per_run:g} GPU" if self.gpus_per_run else ""
+        return f"Ray executor on {where} ({self.cpus_per_run:g} CPU{gpus} per run)"
+
+    def run(self, todo: list[tuple[RunConfig, Path, int]], *, data_dir=None,
+            progress: bool = True, bar=None) -> Iterator[Outcome]:
+        ray = _import_ray()
+        import keras
+
+        started = _connect(ray, self.resolved_address())
+        try:
+            yield from self._run(ray, keras.backend.backend(), todo, data_dir, bar)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _run(self, ray, backend, todo, data_dir, bar) -> Iterator[Outcome]:
+        env_vars = {"KERAS_BACKEND": backend}
+        if os.environ.get("NORMLAB_DATA_DIR"):
+            env_vars["NORMLAB_DATA_DIR"] = os.environ["NORMLAB_DATA_DIR"]
+        runtime_env = dict(self.runtime_env or {})
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env_vars}
+        if data_dir is not None and Path(data_dir).expanduser().is_dir():
+            data_dir = str(Path(data_dir).expanduser().resolve())  # workers have another cwd
+        remote = ray.remote(train_in_worker)
+        options = dict(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
+                       max_retries=self.retries, retry_exceptions=False, runtime_env=runtime_env)
+        data_dir = None if data_dir is None else str(data_dir)
+        pending = {}
+        for config, run_dir, index in todo:
+            ref = remote.options(name=task_name(config), **options).remote(
+                config.to_dict(), data_dir, index)
+            pending[ref] = (config, run_dir)
+        task = bar.add_task(f"{len(todo)} runs on Ray", total=None) if bar is not None else None
+        try:
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                config, run_dir = pending.pop(ref)
+                try:
+                    files, summary = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # the training code raised
+                    cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
+                    raise cause from None
+                except ray.exceptions.RayError as exc:  # the worker, its node or the task died
+                    error = f"{type(exc).__name__}: {exc}"
+                    write_error(run_dir, config, error)
+                    yield Outcome(config, run_dir, None, error)
+                    continue
+                write_run(run_dir, files, summary)
+                yield Outcome(config, run_dir, summary)
+        finally:
+            for ref in pending:  # interrupted or stopped by an error: free the cluster
+                ray.cancel(ref, force=True)
+            if task is not None:
+                bar.remove_task(task)
+
+
+def make_executor(name: str = "local", *, address: str | None = None, **options):
+    """The executor called ``name`` ("local" or "ray"), checking its options."""
+    if name == "local":
+        given = {k: v for k, v in dict(address=address, **options).items() if v is not None}
+        if given:
+            key = next(iter(given))
+            raise ValueError(
+                f"Invalid `{key}`: it applies only to --executor ray. Received: "
+                f"{key}={given[key]!r} with executor='local'. Add --executor ray, or drop it.")
+        return LocalExecutor()
+    if name == "ray":
+        return RayExecutor(address=address, **{k: v for k, v in options.items() if v is not None})
+    raise ValueError(f"Invalid `executor`: expected one of {', '.join(EXECUTORS)}. "
+                     f"Received: executor={name!r}. Pass --executor local or --executor ray.")
+
+
+def task_name(config: RunConfig) -> str:
+    """The Ray task name of a run (shown by ``ray list tasks`` and as the worker's process title)."""
+    return f"normlab:{config.experiment}/{config.slug}/seed{config.seed}"
+
+
+def train_in_worker(config: dict, data_dir: str | None,
+                    grid_index: int | None = None) -> tuple[dict[str, str], dict]:
+    """The body of a Ray task: trains one run in a scratch folder; returns its files and summary."""
+    from normlab.lab.runner import run_one
+
+    run_config = RunConfig(**config)
+    dataset = _dataset(run_config.dataset, data_dir)
+    with tempfile.TemporaryDirectory(prefix="normlab-run-") as scratch:
+        run_dir = Path(scratch) / "run"
+        summary = run_one(run_config, run_dir, dataset, grid_index=grid_index,
+                          worker=dict(executor="ray", host=platform.node(), pid=os.getpid()))
+        files = {p.name: p.read_text() for p in run_dir.iterdir() if p.name != "summary.json"}
+    return files, summary
+
+
+_DATASETS: dict[tuple, object] = {}  # per worker process: Ray reuses workers across tasks
+
+
+def _dataset(name: str, data_dir: str | None):
+    from normlab.lab.data import load_dataset
+
+    key = (name, data_dir)
+    if key not in _DATASETS:
+        _DATASETS[key] = load_dataset(name, data_dir=data_dir, progress=False)
+    return _DATASETS[key]
+
+
+def write_run(run_dir: Path, files: dict[str, str], summary: dict) -> None:
+    """Writes a run a worker returned: its files first, ``summary.json`` last and atomically."""
+    from normlab.lab.runner import SUMMARY, write_json_atomic
+
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    for name, text in files.items():
+        (run_dir / name).write_text(text)
+    write_json_atomic(run_dir / SUMMARY, summary)
+
+
+def write_error(run_dir: Path, config: RunConfig, error: str) -> None:
+    """Leaves a lost run unfinished (no summary) with ``error.txt`` saying why."""
+    from normlab.lab.runner import CONFIG
+
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / CONFIG).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    (run_dir / ERROR).write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} run lost, "
+                                 f"to be redone by the next invocation:\n{error}\n")
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise ExecutorError(
+            "The Ray executor needs Ray. Received: executor='ray' but `import ray` failed "
+            f"({exc}). Install it with: pip install 'normlab[ray]'."
+        ) from None
+    return ray
+
+
+def _connect(ray, address: str) -> bool:
+    """Starts or joins Ray; True if this call did (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        if address == "local":
+            ray.init(**kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ExecutorError(
+            f"Invalid `address`: expected a running Ray cluster there. Received: "
+            f"address={address!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            "Start one with `ray start --head` and pass the address it prints, "
+            "or pass --address local to start Ray on this machine."
+        ) from None
+    return True
+
