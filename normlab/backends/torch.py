@@ -47,6 +47,13 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 #: Largest ``(mean * rstd)^2`` for which a kernel's result is kept.
 MAX_OFFSET_RATIO = 1.0
 
+#: ATen's channels-last batch norm kernels vectorize over channels in blocks
+#: of 8 floats and fall back to scalar code for the rest: measured on
+#: (32, 676, C) float32, C = 8, 16, 24 run 6-8x faster than C = 4, 10, 12, 20.
+#: Channels-last batch norm with a channel count that is not a multiple of
+#: this runs as a few composite ops instead (:func:`_composite_batch_norm`).
+CHANNEL_BLOCK = 8
+
 #: Longest reduction handed to ATen. Its CPU kernels accumulate sums
 #: sequentially (not pairwise): at 2**16 terms the statistics and parameter
 #: gradients are measured within 5e-6 relative, at 2**18 only within 2e-5.
@@ -200,6 +207,8 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
         # ATen's running variance is unbiased (undefined for one value), and
         # its training batch norm rejects epsilon = 0.
         return None
+    if axis == x.ndim - 1 and c % CHANNEL_BLOCK:
+        return _composite_batch_norm(x, gamma, beta, epsilon)
     x4 = _kernel_view(x, axis)
     if x4 is None:
         return None
@@ -215,3 +224,73 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
     if axis == x.ndim - 1:
         y = y.permute(0, 2, 3, 1)
     return _downcast(y.reshape(x.shape), x), mean, variance
+
+
+class _ChannelsLastBatchNorm(torch.autograd.Function):
+    """Batch norm over every axis but the last, from plain moments, with a
+    closed-form backward: ``E[x]`` and ``E[x^2]`` (one reduction each),
+    ``y = x * scale + (beta - mean * scale)`` in one pass, and
+    ``dx = scale * (dy - mean(dy)) - scale * rstd^2 * mean(dy * xc) * xc``
+    from two reductions. Exact where ``(mean * rstd)^2 <= 1`` (the caller
+    checks and centers otherwise). Also returns the batch mean and biased
+    variance, whose cotangents (if any) flow into ``dx``."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, epsilon):
+        ctx.set_materialize_grads(False)
+        dims = tuple(range(x.ndim - 1))
+        mean = x.mean(dims)
+        variance = torch.clamp((x * x).mean(dims) - mean * mean, min=0.0)
+        rstd = torch.rsqrt(variance + epsilon)
+        scale = rstd if gamma is None else rstd * gamma
+        offset = -mean * scale if beta is None else beta - mean * scale
+        y = torch.addcmul(offset, x, scale)
+        ctx.save_for_backward(x, gamma, mean, rstd)
+        ctx.has_beta = beta is not None
+        return y, mean, variance
+
+    @staticmethod
+    def backward(ctx, dy, dmean, dvariance):
+        x, gamma, mean, rstd = ctx.saved_tensors
+        dims = tuple(range(x.ndim - 1))
+        count = x.numel() // x.shape[-1]
+        scale = rstd if gamma is None else rstd * gamma
+        k_x = torch.zeros_like(mean)  # dx = dy * scale + x * k_x + k_0
+        k_0 = torch.zeros_like(mean)
+        dgamma = dbeta = None
+        if dy is not None:
+            sdy = dy.sum(dims)
+            sdyxc = (dy * x).sum(dims) - mean * sdy  # sum dy * (x - mean)
+            k_x = -scale * rstd * rstd * sdyxc / count
+            k_0 = -k_x * mean - scale * sdy / count
+            dgamma = sdyxc * rstd if gamma is not None and ctx.needs_input_grad[1] else None
+            dbeta = sdy if ctx.has_beta and ctx.needs_input_grad[2] else None
+        if dvariance is not None:  # d var / dx = 2 (x - mean) / count
+            k_x = k_x + 2.0 * dvariance / count
+            k_0 = k_0 - 2.0 * dvariance * mean / count
+        if dmean is not None:
+            k_0 = k_0 + dmean / count
+        dx = x * k_x + k_0
+        if dy is not None:
+            dx = torch.addcmul(dx, dy, scale)
+        return dx, dgamma, dbeta, None
+
+
+def _composite_batch_norm(x, gamma, beta, epsilon):
+    """Channels-last batch norm for few channels (see :data:`CHANNEL_BLOCK`).
+
+    :class:`_ChannelsLastBatchNorm` on the input, kept where every channel
+    has ``(mean * rstd)^2 <= 1`` (the kernels' bound); otherwise again on the
+    input minus that mean (no gradient through the shift: the result does
+    not depend on it).
+    """
+    xc = _upcast(x)
+    gamma, beta = _param(gamma, xc.dtype), _param(beta, xc.dtype)
+    y, mean, variance = _ChannelsLastBatchNorm.apply(xc, gamma, beta, epsilon)
+    if not _exact(mean, torch.rsqrt(variance + epsilon)):
+        shift = mean.detach()
+        y, mean, variance = _ChannelsLastBatchNorm.apply(xc - shift, gamma, beta, epsilon)
+        if not _exact(mean, torch.rsqrt(variance + epsilon)):
+            return None
+        mean = mean + shift
+    return _downcast(y, x), mean, variance
