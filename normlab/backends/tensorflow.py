@@ -4,8 +4,8 @@ closed-form backward (``tf.custom_gradient``).
 The same formulation as the JAX fast paths (see ``normlab/backends/jax.py``):
 
 * group and batch statistics are reduced per channel on a free reshape to
-  ``(N, P, C, Q)`` and only then summed over a group's channels, instead of
-  reducing a grouped ``(N, S, G, C/G)`` view;
+  ``(N, P, C)``, ``(N, C, Q)`` or ``(N, P, C, Q)`` and only then summed over
+  a group's channels, instead of reducing a grouped ``(N, S, G, C/G)`` view;
 * statistics are the plain one-pass moments where each slice's offset is
   within its spread, else taken relative to a sample of each slice (an
   element of the data, so no product feeds ``x - shift``), with a second,
@@ -13,7 +13,10 @@ The same formulation as the JAX fast paths (see ``normlab/backends/jax.py``):
   deviations from its slice's mean;
 * the backward is the closed form
   ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, ``g = dy * gamma``,
-  from the saved input and per-slice statistics.
+  from the saved input and per-slice statistics; where the plain moments were
+  kept, without a centered copy of the input (``sum(dy * x) - mean * sum(dy)``,
+  exact there since ``|mean| <= std``): outside XLA each full-size operation
+  is a pass over memory.
 
 Channels-last batch norm instead runs TensorFlow's fused NHWC kernel
 (``FusedBatchNormV3`` and its gradient) on data centered by a sample row.
@@ -106,7 +109,10 @@ def _apply(xf, ok, shift, mean, scale, beta):
 
 # --------------------------------------------------------------------------
 # Channel statistics: group norm (per sample) and batch norm (per batch).
-# x4 has shape (N, P, C, Q); statistics broadcast as (N or 1, 1, C, 1).
+# The input is viewed as (N, P, C) for channels-last data, (N, C, Q) for
+# channels-first, else (N, P, C, Q): as in the JAX fast paths, XLA reduces a
+# 3-D view faster than a 4-D one with a size-1 axis. Statistics keep the
+# view's rank, with N (or 1) and C.
 
 
 def _group_sum(t, c, groups):
@@ -114,47 +120,63 @@ def _group_sum(t, c, groups):
         return t
     per = c // groups
     n = tf.shape(t)[0]
+    shape = tf.shape(t)
     t = tf.reduce_sum(tf.reshape(t, [n, groups, per]), axis=2, keepdims=True)
-    return tf.reshape(tf.broadcast_to(t, [n, groups, per]), [n, 1, c, 1])
+    return tf.reshape(tf.broadcast_to(t, [n, groups, per]), shape)
 
 
-def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, p, c, q):
-    axes = [0, 1, 3] if batch else [1, 3]
+def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca):
+    rank = len(dims)
+    c = dims[ca]
+    axes = [i for i in range(0 if batch else 1, rank) if i != ca]
     per = c // groups if groups is not None else 1
-    pshape = [1, 1, c, 1]
+    pshape = [c if i == ca else 1 for i in range(rank)]
+    rest = math.prod(d for i, d in enumerate(dims) if i not in (0, ca))
 
     def reduce(t):
         return _group_sum(tf.reduce_sum(t, axis=axes, keepdims=True), c, groups)
 
     @tf.custom_gradient
     def fn(*args):
-        x4 = args[0]
+        xv = args[0]
         gamma = args[1] if has_gamma else None
         beta = args[1 + has_gamma] if has_beta else None
-        compute = _compute_dtype(x4.dtype)
-        xf = tf.cast(x4, compute)
-        n = tf.shape(x4)[0]
-        count = p * q * per * (tf.cast(n, compute) if batch else 1.0)
+        compute = _compute_dtype(xv.dtype)
+        xf = tf.cast(xv, compute)
+        n = tf.shape(xv)[0]
+        count = rest * per * (tf.cast(n, compute) if batch else 1.0)
+
         def sample():
             if batch:
-                return xf[:1, :1, :, :1]
-            first = xf[:, :1, ::per, :1]  # the first element of each group
-            first = tf.broadcast_to(tf.reshape(first, [n, 1, c // per, 1, 1]), [n, 1, c // per, per, 1])
-            return tf.reshape(first, [n, 1, c, 1])
+                return xf[tuple(slice(None) if i == ca else slice(0, 1) for i in range(rank))]
+            index = tuple(slice(None, None, per) if i == ca else slice(None) if i == 0 else slice(0, 1)
+                          for i in range(rank))
+            first = tf.reshape(xf[index], [n, c // per, 1])  # the first element of each group
+            first = tf.broadcast_to(first, [n, c // per, per])
+            return tf.reshape(first, [n] + pshape[1:])
 
         shift, mean, var, rstd, ok = _stats(xf, sample, reduce, count, epsilon)
         gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
         scale = rstd if gam is None else rstd * gam
         bet = None if beta is None else tf.reshape(tf.cast(beta, compute), pshape)
-        y = tf.cast(_apply(xf, ok, shift, mean, scale, bet), x4.dtype)
+        y = tf.cast(_apply(xf, ok, shift, mean, scale, bet), xv.dtype)
         outputs = (y, tf.reshape(shift + mean, [c]), tf.reshape(var, [c])) if batch else y
 
         def grad(*upstream):
             dy = upstream[0]
             g = tf.cast(dy, compute)
-            xc = (xf - shift) - mean
             a = tf.reduce_sum(g, axis=axes, keepdims=True)
-            b = tf.reduce_sum(g * xc, axis=axes, keepdims=True)
+
+            # sum(dy * (x - mean)): where the plain moments were kept (shift 0,
+            # |mean| <= std) as sum(dy * x) - mean * sum(dy), with no centered
+            # copy of x; otherwise about the shift, as the forward pass did.
+            def b_raw():
+                return tf.reduce_sum(g * xf, axis=axes, keepdims=True) - mean * a
+
+            def b_shifted():
+                return tf.reduce_sum(g * ((xf - shift) - mean), axis=axes, keepdims=True)
+
+            b = tf.cond(ok, b_raw, b_shifted)
             ga, gb = (a, b) if gam is None else (a * gam, b * gam)
             big_a = _group_sum(ga, c, groups)
             big_b = _group_sum(gb, c, groups)
@@ -167,11 +189,13 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, p, c, q):
                     k_xc = k_xc + (2.0 / count) * tf.reshape(tf.cast(dvar, compute), pshape)
                 if dmean is not None:
                     k_0 = k_0 + tf.reshape(tf.cast(dmean, compute), pshape) / count
-            grads = [tf.cast(g * k_dy + xc * k_xc + k_0, x4.dtype)]
+            dx = tf.cond(ok, lambda: g * k_dy + xf * k_xc + (k_0 - mean * k_xc),
+                         lambda: g * k_dy + ((xf - shift) - mean) * k_xc + k_0)
+            grads = [tf.cast(dx, xv.dtype)]
             if gamma is not None:
-                grads.append(tf.cast(tf.reduce_sum(b * rstd, axis=[0, 1, 3]), gamma.dtype))
+                grads.append(tf.cast(tf.reshape(tf.reduce_sum(b * rstd, axis=0), [c]), gamma.dtype))
             if beta is not None:
-                grads.append(tf.cast(tf.reduce_sum(a, axis=[0, 1, 3]), beta.dtype))
+                grads.append(tf.cast(tf.reshape(tf.reduce_sum(a, axis=0), [c]), beta.dtype))
             return grads
 
         return outputs, grad
@@ -184,9 +208,16 @@ def _channel_norm(x, axis, gamma, beta, batch, groups, epsilon):
     p = math.prod(shape[1:axis])
     c = shape[axis]
     q = math.prod(shape[axis + 1:])
-    x4 = tf.reshape(x, [-1, p, c, q])
-    fn = _channel_norm_fn(batch, groups, float(epsilon), gamma is not None, beta is not None, p, c, q)
-    args = [x4] + [t for t in (gamma, beta) if t is not None]
+    if q == 1:
+        dims, ca = [-1, p, c], 2
+    elif p == 1:
+        dims, ca = [-1, c, q], 1
+    else:
+        dims, ca = [-1, p, c, q], 2
+    xv = tf.reshape(x, dims)
+    fn = _channel_norm_fn(batch, groups, float(epsilon), gamma is not None, beta is not None,
+                          dims, ca)
+    args = [xv] + [t for t in (gamma, beta) if t is not None]
     return fn(*args)
 
 
