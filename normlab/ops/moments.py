@@ -4,9 +4,11 @@ Numerics policy (the one place it is decided):
 
 * Statistics are computed in float32 at least: float16 and bfloat16 inputs
   are upcast before any reduction, float64 stays float64.
-* Variance is two-pass and shifted: a first pass takes a per-slice shift
-  ``s = mean(x)`` (a constant for autodiff), a second pass the mean ``c``
-  and variance of the residuals ``d = x - s``; ``var = mean(d**2) - c**2``.
+* Variance is two-pass and shifted: the residuals ``d = x - s`` are taken
+  about a per-slice shift ``s`` (a constant for autodiff): the first element
+  of each slice, or with a mask the masked mean. A first pass takes their
+  mean ``c``, a second their variance ``mean((d - c)**2)`` (with a mask,
+  ``mean(d**2) - c**2``, as ``s`` is then the mean itself).
   Never ``E[x^2] - E[x]^2``, which cancels catastrophically for inputs with
   a large offset (1e6 + small noise) and can even go negative. The apply
   step subtracts ``s`` then ``c`` (see :func:`shifted_moments`), so the
@@ -82,8 +84,9 @@ def shifted_moments(x, axes: Sequence[int], *, mask=None, replica_sum=None):
     """Statistics of ``x`` relative to a per-slice shift, for the exact apply step.
 
     Returns ``(shift, mean, variance)``, all with the reduced axes kept:
-    ``shift`` is a first-pass mean (no gradient flows through it), ``mean``
-    and ``variance`` are those of ``x - shift``, so the mean of ``x`` is
+    ``shift`` is an element of each slice, or with a mask the masked mean
+    (no gradient flows through it), ``mean`` and ``variance`` are those of
+    ``x - shift``, so the mean of ``x`` is
     ``shift + mean``. Pass all three to
     :func:`~normlab.ops.normalize.normalize` (``shift=shift``); the result
     does not depend on the shift, only its rounding does, which is why it
@@ -107,6 +110,23 @@ def shifted_moments(x, axes: Sequence[int], *, mask=None, replica_sum=None):
         def average(v):
             return ops.sum(v * weight, axis=axes, keepdims=True) / count
 
+    if mask is None:
+        # The shift is an element of each slice, taken without arithmetic: a
+        # computed mean (near the data's offset) would be recomputed by XLA
+        # inside each fusion that uses it, with a fused multiply-add in some
+        # and not in others, which moves the residuals of one fusion against
+        # another's by an ulp of the offset (0.06 at 1e6: the parameter
+        # gradients under jit were off by 3%). A sample is the same value
+        # everywhere, and ``x - sample`` is exact near the offset. The
+        # variance is then taken about the residuals' mean (a second pass),
+        # since a sample may lie several standard deviations from the mean.
+        index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(len(x.shape)))
+        shift = ops.stop_gradient(x[index])
+        residual = x - shift
+        mean = average(residual)
+        variance = average(ops.square(residual - mean))
+        return shift, mean, variance
+    # With a mask the first element may be padding: the shift is the masked mean.
     shift = ops.stop_gradient(average(x))
     residual = x - shift
     mean = average(residual)
