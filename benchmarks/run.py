@@ -64,6 +64,34 @@ def _timeit(fn, repeats, warmup):
     return times[len(times) // 2]
 
 
+def _timeit_interleaved(fns, repeats, warmup):
+    """Median seconds per call of each of ``fns`` (a dict), the calls interleaved.
+
+    One call of each function per round, so that a slow spell of the machine
+    (on this shared VM, memory-bound timings drift by 2x for seconds at a
+    time) hits every implementation alike and the ratios stay fair. A function
+    that raises is reported as its exception.
+    """
+    alive, results = {}, {}
+    for name, fn in fns.items():
+        try:
+            for _ in range(warmup):
+                fn()
+            alive[name] = fn
+        except Exception as error:  # a native op this backend lacks
+            results[name] = error
+    times = {name: [] for name in alive}
+    for _ in range(repeats):
+        for name, fn in alive.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    for name, ts in times.items():
+        ts.sort()
+        results[name] = ts[len(ts) // 2]
+    return results
+
+
 def _layer(source, kind, keras, normlab):
     if source == "keras":
         make = {
@@ -423,11 +451,13 @@ def worker(backend, quick, e2e, repeats, out):
                     continue
                 row = {"op": name, "shape": list(shape), "pass": label, "mode": runner.mode}
                 moved = (2 if label == "fwd" else 5) * nbytes
+                timed = _timeit_interleaved({source: fns[1 + p] for source, fns in impls.items()},
+                                            repeats, warmup)
                 for source, fns in impls.items():
-                    try:
-                        seconds = _timeit(fns[1 + p], repeats, warmup)
-                    except Exception as error:  # a native op this backend lacks
-                        print(f"  {source} {name} {label}: {type(error).__name__}: {error}", file=sys.stderr)
+                    seconds = timed[source]
+                    if isinstance(seconds, Exception):
+                        print(f"  {source} {name} {label}: {type(seconds).__name__}: {seconds}",
+                              file=sys.stderr)
                         continue
                     row[source] = {"ms": seconds * 1e3, "GB/s": moved / seconds / 1e9}
                     if source == "native":
