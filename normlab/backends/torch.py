@@ -54,6 +54,10 @@ MAX_OFFSET_RATIO = 1.0
 #: this runs as a few composite ops instead (:func:`_composite_batch_norm`).
 CHANNEL_BLOCK = 8
 
+#: Channels-last instance norm's backward runs one batch-norm backward per
+#: sample (see :func:`_instance_norm_backward`) for batches up to this size.
+MAX_SAMPLE_LOOP = 64
+
 #: Longest reduction handed to ATen. Its CPU kernels accumulate sums
 #: sequentially (not pairwise): at 2**16 terms the statistics and parameter
 #: gradients are measured within 5e-6 relative, at 2**18 only within 2e-5.
@@ -113,13 +117,15 @@ class _ChannelsLastGroupNorm(torch.autograd.Function):
     """``native_group_norm`` on channels_last data, whose backward always
     asks ATen for dX: its channels-last backward kernel crashes (segfault,
     torch 2.13 CPU) when only the parameters' gradients are requested, as in
-    a model's first layer."""
+    a model's first layer. With one channel per group (instance norm) the
+    backward is a batch-norm backward per sample instead (faster)."""
 
     @staticmethod
     def forward(ctx, x4, gamma, beta, n, c, s, groups, epsilon):
         y, mean, rstd = torch.native_group_norm(x4, gamma, beta, n, c, s, groups, epsilon)
         ctx.save_for_backward(x4, gamma, mean, rstd)
         ctx.sizes = (n, c, s, groups)
+        ctx.epsilon = epsilon
         ctx.has_beta = beta is not None
         ctx.mark_non_differentiable(mean, rstd)
         return y, mean, rstd
@@ -131,10 +137,40 @@ class _ChannelsLastGroupNorm(torch.autograd.Function):
         need_x, need_gamma, need_beta = ctx.needs_input_grad[:3]
         mask = [True, gamma is not None and need_gamma, ctx.has_beta and need_beta]
         dy = dy.contiguous(memory_format=torch.channels_last)
-        dx, dgamma, dbeta = torch.ops.aten.native_group_norm_backward(
-            dy, x4, mean, rstd, gamma, n, c, s, groups, mask
-        )
+        if groups == c and c % CHANNEL_BLOCK == 0 and n <= MAX_SAMPLE_LOOP:
+            dx, dgamma, dbeta = _instance_norm_backward(dy, x4, mean, rstd, gamma, mask, ctx.epsilon)
+        else:
+            dx, dgamma, dbeta = torch.ops.aten.native_group_norm_backward(
+                dy, x4, mean, rstd, gamma, n, c, s, groups, mask
+            )
         return (dx if need_x else None), dgamma, dbeta, None, None, None, None, None
+
+
+def _instance_norm_backward(dy4, x4, mean, rstd, gamma, mask, epsilon):
+    """Channels-last instance norm's backward as one batch-norm backward per sample.
+
+    Instance norm of one sample is batch norm of its ``(S, C)`` slice, and
+    ATen's channels-last batch-norm backward (vectorized over channels) is
+    3-4x faster than its channels-last group-norm backward with one channel
+    per group; it takes the forward's saved mean and rstd, and centers ``x``
+    by that mean itself. The per-sample input gradients are stacked (one
+    extra pass); the parameter gradients summed.
+    """
+    n, c = x4.shape[0], x4.shape[1]
+    x3 = x4.permute(0, 2, 3, 1).reshape(n, -1, c)  # free: x4 is a channels_last view
+    dy3 = dy4.permute(0, 2, 3, 1).reshape(n, -1, c)
+    dxs, dgamma, dbeta = [], None, None
+    for i in range(n):
+        dx, dg, db = torch.ops.aten.native_batch_norm_backward(
+            dy3[i], x3[i], gamma, None, None, mean[i], rstd[i], True, epsilon, mask
+        )
+        dxs.append(dx)
+        if mask[1]:
+            dgamma = dg if dgamma is None else dgamma + dg
+        if mask[2]:
+            dbeta = db if dbeta is None else dbeta + db
+    dx = torch.stack(dxs).view(n, -1, 1, c).permute(0, 3, 1, 2)
+    return dx, dgamma, dbeta
 
 
 def group_norm(x, *, groups, axis, gamma, beta, epsilon):
