@@ -137,7 +137,6 @@ def _stats(xf, sample, reduce, count, epsilon):
         return shift, mean, var
 
     shift, mean, var = jax.lax.cond(ok, raw, shifted)
-    shift, mean, var = jax.lax.optimization_barrier((shift, mean, var))
     return shift, mean, var, jax.lax.rsqrt(var + epsilon)
 
 
