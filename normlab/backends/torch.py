@@ -250,13 +250,12 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
         return None
     x4 = _upcast(x4)
     gamma, beta = _param(gamma, x4.dtype), _param(beta, x4.dtype)
-    y, mean, variance = _batch_norm(x4, gamma, beta, epsilon, count)
-    if not _exact(mean, torch.rsqrt(variance + epsilon)):
-        shift = mean.detach().view(1, c, 1, 1)  # ATen's batch mean is two-pass: accurate
-        y, mean2, variance = _batch_norm(x4 - shift, gamma, beta, epsilon, count)
-        if not _exact(mean2, torch.rsqrt(variance + epsilon)):
-            return None
-        mean = mean + mean2
+    # ATen's batch mean is two-pass: accurate enough to center by.
+    result = _exact_or_centered(lambda t: _batch_norm(t, gamma, beta, epsilon, count), x4,
+                                lambda shift: shift.view(1, c, 1, 1), epsilon)
+    if result is None:
+        return None
+    y, mean, variance = result
     if axis == x.ndim - 1:
         y = y.permute(0, 2, 3, 1)
     return _downcast(y.reshape(x.shape), x), mean, variance
@@ -322,11 +321,25 @@ def _composite_batch_norm(x, gamma, beta, epsilon):
     """
     xc = _upcast(x)
     gamma, beta = _param(gamma, xc.dtype), _param(beta, xc.dtype)
-    y, mean, variance = _ChannelsLastBatchNorm.apply(xc, gamma, beta, epsilon)
-    if not _exact(mean, torch.rsqrt(variance + epsilon)):
-        shift = mean.detach()
-        y, mean, variance = _ChannelsLastBatchNorm.apply(xc - shift, gamma, beta, epsilon)
-        if not _exact(mean, torch.rsqrt(variance + epsilon)):
-            return None
-        mean = mean + shift
+    result = _exact_or_centered(lambda t: _ChannelsLastBatchNorm.apply(t, gamma, beta, epsilon),
+                                xc, lambda shift: shift, epsilon)
+    if result is None:
+        return None
+    y, mean, variance = result
     return _downcast(y, x), mean, variance
+
+
+def _exact_or_centered(norm, x, as_shift, epsilon):
+    """``norm(x) -> (y, mean, variance)`` kept where every channel has
+    ``(mean * rstd)^2 <= 1``; otherwise ``norm`` again on ``x`` minus that
+    mean (``as_shift`` shapes it to broadcast against ``x``; no gradient
+    through it: the result does not depend on the shift). None if that
+    still fails (NaN or inf inputs)."""
+    y, mean, variance = norm(x)
+    if _exact(mean, torch.rsqrt(variance + epsilon)):
+        return y, mean, variance
+    shift = mean.detach()
+    y, residual, variance = norm(x - as_shift(shift))
+    if not _exact(residual, torch.rsqrt(variance + epsilon)):
+        return None
+    return y, shift + residual, variance

@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import shutil
@@ -53,6 +52,7 @@ class Outcome:
 
     config: RunConfig
     run_dir: Path
+    index: int  # position in the grid
     summary: dict | None  # None when the run was lost
     error: str = ""
 
@@ -81,7 +81,7 @@ class LocalExecutor:
             summary = run_one(config, run_dir, datasets[config.dataset], grid_index=index, **hooks)
             if bar is not None:
                 bar.remove_task(task)
-            yield Outcome(config, run_dir, summary)
+            yield Outcome(config, run_dir, index, summary)
 
     def describe(self) -> str:
         return "local executor (one run after another in this process)"
@@ -165,12 +165,12 @@ class RayExecutor:
         for config, run_dir, index in todo:
             ref = remote.options(name=task_name(config), **options).remote(
                 config.to_dict(), data_dir, index)
-            pending[ref] = (config, run_dir)
+            pending[ref] = (config, run_dir, index)
         task = bar.add_task(f"{len(todo)} runs on Ray", total=None) if bar is not None else None
         try:
             while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
-                config, run_dir = pending.pop(ref)
+                config, run_dir, index = pending.pop(ref)
                 try:
                     files, summary = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:  # the training code raised
@@ -179,10 +179,10 @@ class RayExecutor:
                 except ray.exceptions.RayError as exc:  # the worker, its node or the task died
                     error = f"{type(exc).__name__}: {exc}"
                     write_error(run_dir, config, error)
-                    yield Outcome(config, run_dir, None, error)
+                    yield Outcome(config, run_dir, index, None, error)
                     continue
                 write_run(run_dir, files, summary)
-                yield Outcome(config, run_dir, summary)
+                yield Outcome(config, run_dir, index, summary)
         finally:
             for ref in pending:  # interrupted or stopped by an error: free the cluster
                 ray.cancel(ref, force=True)
@@ -252,12 +252,12 @@ def write_run(run_dir: Path, files: dict[str, str], summary: dict) -> None:
 
 def write_error(run_dir: Path, config: RunConfig, error: str) -> None:
     """Leaves a lost run unfinished (no summary) with ``error.txt`` saying why."""
-    from normlab.lab.runner import CONFIG
+    from normlab.lab.runner import CONFIG, write_json_atomic
 
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    (run_dir / CONFIG).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    write_json_atomic(run_dir / CONFIG, config.to_dict())
     (run_dir / ERROR).write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} run lost, "
                                  f"to be redone by the next invocation:\n{error}\n")
 

@@ -108,7 +108,6 @@ def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs"
         if read_finished(run_dir_for(out, config)) is not None:
             _check_same_config(run_dir_for(out, config), config)
     console = console or Console(stderr=True)
-    index = {(c.experiment, c.slug, c.seed): i for i, c in enumerate(configs)}
     results: dict[int, RunResult] = {}
     todo = []
     for i, config in enumerate(configs):
@@ -128,8 +127,7 @@ def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs"
         grid_task = bar.add_task("runs", total=len(configs), completed=len(results))
         for outcome in executor.run(todo, data_dir=data_dir, progress=progress,
                                     bar=bar if progress else None):
-            config, summary = outcome.config, outcome.summary
-            i = index[(config.experiment, config.slug, config.seed)]
+            config, summary, i = outcome.config, outcome.summary, outcome.index
             where = f"[{i + 1}/{len(configs)}] {_where(config)}"
             if summary is None:
                 results[i] = RunResult(config, outcome.run_dir, "lost", {}, outcome.error)
