@@ -61,11 +61,23 @@ def _usable(x) -> bool:
     return shape[0] is None or shape.num_elements() > 0
 
 
-def _shifted_stats(xf, shift, reduce, count, epsilon):
+def _in_xla() -> bool:
+    """Whether the ops being built will be compiled by XLA (``jit_compile=True``)."""
+    if tf.executing_eagerly():
+        return False
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # a private module: assume XLA (the portable formulation)
+        return True
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _shifted_stats(xf, shift, reduce, count, epsilon, square_sum=None):
     """Mean relative to ``shift``, variance and rstd (see the module doc)."""
+    square_sum = square_sum or (lambda t: reduce(t * t))
     d = xf - shift
     mean = reduce(d) / count
-    var = tf.maximum(reduce(d * d) / count - mean * mean, 0.0)
+    var = tf.maximum(square_sum(d) / count - mean * mean, 0.0)
     far = tf.reduce_any(mean * mean > _MAX_SHIFT_RATIO * (var + epsilon))
 
     def two_pass():  # recomputes d: a branch's captured operands are materialized
@@ -76,12 +88,14 @@ def _shifted_stats(xf, shift, reduce, count, epsilon):
     return mean, var
 
 
-def _stats(xf, sample, reduce, count, epsilon):
+def _stats(xf, sample, reduce, count, epsilon, square_sum=None):
     """``(shift, mean, var, rstd)``: plain one-pass moments where each
     slice's offset is within its spread, else statistics relative to a
-    sample of each slice (see ``normlab.backends.jax._stats``)."""
+    sample of each slice (see ``normlab.backends.jax._stats``).
+    ``square_sum(t)`` is ``reduce(t * t)`` unless given."""
+    square_sum = square_sum or (lambda t: reduce(t * t))
     mean0 = reduce(xf) / count
-    var0 = tf.maximum(reduce(xf * xf) / count - mean0 * mean0, 0.0)
+    var0 = tf.maximum(square_sum(xf) / count - mean0 * mean0, 0.0)
     ok = tf.reduce_all(mean0 * mean0 <= _MAX_RAW_RATIO * (var0 + epsilon)) & tf.reduce_all(
         tf.math.is_finite(var0)
     )
@@ -91,7 +105,7 @@ def _stats(xf, sample, reduce, count, epsilon):
 
     def shifted():
         shift = tf.stop_gradient(sample())
-        mean, var = _shifted_stats(xf, shift, reduce, count, epsilon)
+        mean, var = _shifted_stats(xf, shift, reduce, count, epsilon, square_sum)
         return shift, mean, var
 
     shift, mean, var = tf.cond(ok, raw, shifted)
@@ -321,10 +335,115 @@ def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape):
     return fn
 
 
+def _affine_columns(t, gamma, beta):
+    """``t * gamma + beta`` per column of a 2-D ``t``, in one pass: the
+    inference form of TensorFlow's fused batch-norm kernel (mean 0,
+    variance 1, epsilon 0) on ``t`` viewed as ``(rows, 1, 1, columns)``.
+    Separate multiply and add kernels would each be a pass over memory."""
+    k = t.shape[-1]
+    ones, zeros = tf.ones([k], t.dtype), tf.zeros([k], t.dtype)
+    y = tf.raw_ops.FusedBatchNormV3(
+        x=tf.reshape(t, [-1, 1, 1, k]), scale=ones if gamma is None else gamma,
+        offset=zeros if beta is None else beta, mean=zeros, variance=ones, epsilon=0.0,
+        is_training=False)[0]
+    return tf.reshape(y, tf.shape(t))
+
+
+def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k):
+    """Layer norm of the rows of a 2-D ``(rows, k)`` view, for graphs that
+    TensorFlow runs op by op (eager, ``tf.function`` without XLA), where
+    every full-size operation is a pass over memory: six of them forward
+    and backward instead of twenty.
+
+    * ``sum(x^2)`` is ``EuclideanNorm(x)^2``, one reduction with no squared
+      copy of ``x``.
+    * The apply step is ``x * rstd - mean * rstd`` per row, then ``gamma``
+      and ``beta`` per column in one fused kernel (:func:`_affine_columns`).
+    * The backward forms ``dy * x`` once, and every row and column sum it
+      needs (``sum(dy * gamma)``, ``sum(dy * x * gamma)`` per row;
+      ``dgamma``, ``dbeta`` per column) as a matrix-vector product or a
+      reduction of ``dy`` or ``dy * x``; ``dx`` is then
+      ``(dy * gamma) * rstd + x * k_x + k_0``.
+
+    Where the plain moments are not kept (an offset beyond the spread) the
+    same steps run on ``x - shift``, and the backward on the centered
+    ``x - shift - mean``, as in the general formulation.
+    """
+
+    def reduce(t):
+        return tf.reduce_sum(t, axis=1, keepdims=True)
+
+    def square_sum(t):
+        return tf.square(tf.math.reduce_euclidean_norm(t, axis=1, keepdims=True))
+
+    @tf.custom_gradient
+    def fn(*args):
+        x = args[0]
+        gamma = args[1] if has_gamma else None
+        beta = args[1 + has_gamma] if has_beta else None
+        compute = _compute_dtype(x.dtype)
+        xf = tf.cast(x, compute)
+        shift, mean, _, rstd, ok = _stats(xf, lambda: xf[:, :1], reduce, float(k), epsilon, square_sum)
+        gam = None if gamma is None else tf.cast(gamma, compute)
+        bet = None if beta is None else tf.cast(beta, compute)
+        offset = -mean * rstd
+        t = tf.cond(ok, lambda: xf * rstd + offset, lambda: (xf - shift) * rstd + offset)
+        if gam is None and bet is None:
+            y = t
+        elif compute == tf.float32:
+            y = _affine_columns(t, gam, bet)
+        else:  # the fused kernel has no float64
+            y = t if gam is None else t * gam
+            y = y if bet is None else y + bet
+
+        def grad(dy):
+            g = tf.cast(dy, compute)
+            r, m = tf.reshape(rstd, [-1]), tf.reshape(mean, [-1])
+
+            def terms(xr, mr):
+                # xr: x, or x centered as the forward pass did; mr its mean
+                # (0 once centered). sum(g * gamma * (x - mean)) per row is
+                # sum(g * gamma * xr) - mr * sum(g * gamma).
+                gx = g * xr
+                rows = (lambda t: tf.linalg.matvec(t, gam)) if gam is not None else (
+                    lambda t: tf.reduce_sum(t, axis=1))
+                big_a = rows(g)
+                big_b = rows(gx) - mr * big_a
+                dgamma = tf.linalg.matvec(gx, r, transpose_a=True) - tf.linalg.matvec(
+                    g, mr * r, transpose_a=True)
+                k_x = -(r * r * r) * big_b / k
+                k_0 = -r * big_a / k - k_x * mr
+                gg = g if gam is None else g * gam
+                dx = gg * r[:, None] + (xr * k_x[:, None] + k_0[:, None])
+                return dx, dgamma
+
+            dx, dgamma = tf.cond(ok, lambda: terms(xf, m),
+                                 lambda: terms((xf - shift) - mean, tf.zeros_like(m)))
+            grads = [tf.cast(dx, x.dtype)]
+            if gamma is not None:
+                grads.append(tf.cast(dgamma, gamma.dtype))
+            if beta is not None:
+                grads.append(tf.cast(tf.reduce_sum(g, axis=0), beta.dtype))
+            return grads
+
+        return tf.cast(y, x.dtype), grad
+
+    return fn
+
+
 def layer_norm(x, *, axes, gamma, beta, epsilon):
     if not _usable(x):
         return None
     gamma, beta = _param(gamma), _param(beta)
     axes = tuple(int(a) for a in axes)
+    args = [t for t in (gamma, beta) if t is not None]
+    k = len(axes)
+    if axes == tuple(range(x.shape.rank - k, x.shape.rank)) and not _in_xla():
+        # Trailing axes outside XLA: rows of a 2-D view (XLA fuses the
+        # general formulation below by itself, and has no EuclideanNorm).
+        width = math.prod(x.shape[x.shape.rank - k:])
+        fn = _layer_norm_rows_fn(float(epsilon), gamma is not None, beta is not None, width)
+        flat = [tf.reshape(t, [width]) for t in args]
+        return tf.reshape(fn(tf.reshape(x, [-1, width]), *flat), tf.shape(x))
     fn = _layer_norm_fn(axes, float(epsilon), gamma is not None, beta is not None, tuple(x.shape))
-    return fn(*([x] + [t for t in (gamma, beta) if t is not None]))
+    return fn(*([x] + args))
