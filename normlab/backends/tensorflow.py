@@ -149,8 +149,21 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca):
     pshape = [c if i == ca else 1 for i in range(rank)]
     rest = math.prod(d for i, d in enumerate(dims) if i not in (0, ca))
 
+    def channel_sum(t):
+        """Per (sample and) channel sums, keeping the view's rank."""
+        if rank == 3 and not _in_xla():
+            # Outside XLA a product with a ones vector sums a 3-D view 2x
+            # faster than TensorFlow's reduction over its middle axis.
+            if ca == 2:  # (N, P, C): ones (1, 1, P) @ t, broadcast over N
+                rows = tf.reshape(t, [1, -1, c]) if batch else t
+                ones = tf.ones(tf.stack([1, 1, tf.shape(rows)[1]]), t.dtype)
+                return tf.matmul(ones, rows)
+            total = tf.linalg.matvec(t, tf.ones([dims[2]], t.dtype))[..., None]  # (N, C, Q)
+            return tf.reduce_sum(total, axis=0, keepdims=True) if batch else total
+        return tf.reduce_sum(t, axis=axes, keepdims=True)
+
     def reduce(t):
-        return _group_sum(tf.reduce_sum(t, axis=axes, keepdims=True), c, groups)
+        return _group_sum(channel_sum(t), c, groups)
 
     @tf.custom_gradient
     def fn(*args):
@@ -181,16 +194,16 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca):
         def grad(*upstream):
             dy = upstream[0]
             g = tf.cast(dy, compute)
-            a = tf.reduce_sum(g, axis=axes, keepdims=True)
+            a = channel_sum(g)
 
             # sum(dy * (x - mean)): where the plain moments were kept (shift 0,
             # |mean| <= std) as sum(dy * x) - mean * sum(dy), with no centered
             # copy of x; otherwise about the shift, as the forward pass did.
             def b_raw():
-                return tf.reduce_sum(g * xf, axis=axes, keepdims=True) - mean * a
+                return channel_sum(g * xf) - mean * a
 
             def b_shifted():
-                return tf.reduce_sum(g * ((xf - shift) - mean), axis=axes, keepdims=True)
+                return channel_sum(g * ((xf - shift) - mean))
 
             b = tf.cond(ok, b_raw, b_shifted)
             ga, gb = (a, b) if gam is None else (a * gam, b * gam)
