@@ -36,6 +36,9 @@ CASES = {
     "gn-nhwc": ("group", (2, 5, 6, 8), 3, 4),
     "gn-nchw": ("group", (2, 8, 5, 6), 1, 2),
     "in-nhwc": ("group", (2, 5, 6, 8), 3, 8),
+    # 2304 positions: torch's instance norm forward by ATen's group-norm
+    # kernel rather than one batch norm per sample (small samples).
+    "in-nhwc-large": ("group", (2, 48, 48, 8), 3, 8),
     "in-nchw": ("group", (3, 4, 7), 1, 4),
     "gn-rank2": ("group", (4, 6), 1, 3),
     "gn-rank5": ("group", (2, 3, 4, 2, 6), 4, 3),
