@@ -11,9 +11,10 @@ regularizers and optimizers see an ordinary convolution.
 from __future__ import annotations
 
 import keras
-from keras import initializers, ops
+from keras import initializers
 
-from normlab.ops.validate import check_epsilon, error_message
+from normlab.layers.derived_kernel import call_with_kernel, missing_layer
+from normlab.ops.validate import ArgumentTypeError, check_epsilon, error_message
 from normlab.ops.weights import standardize_weight
 
 _NOT_CONV_ARGS = ("self", "__class__", "kwargs", "epsilon", "gamma", "gain_initializer")
@@ -42,32 +43,7 @@ class _WeightStandardization:
         return standardize_weight(self.kernel, self._fan_in_axes(), self.epsilon, gain=self._gain())
 
     def call(self, inputs):
-        padding = self.padding
-        if padding == "causal":  # Conv1D only; Keras validates it
-            time_axis = 1 if self.data_format == "channels_last" else 2
-            pad = [[0, 0]] * 3
-            pad[time_axis] = [self.dilation_rate[0] * (self.kernel_size[0] - 1), 0]
-            inputs = ops.pad(inputs, pad)
-            padding = "valid"
-        outputs = ops.conv(
-            inputs,
-            self.standardized_kernel(),
-            strides=list(self.strides),
-            padding=padding,
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
-        )
-        if self.use_bias:
-            if self.data_format == "channels_last":
-                shape = (1,) * (self.rank + 1) + (self.filters,)
-            else:
-                shape = (1, self.filters) + (1,) * self.rank
-            # Not ops.add: on TensorFlow (Keras 3.15) it turns a (1, C, 1, 1) operand
-            # into bias_add on the *last* axis whenever that axis also has size C.
-            outputs = outputs + ops.reshape(self.bias, shape)
-        if self.activation is not None:
-            return self.activation(outputs)
-        return outputs
+        return call_with_kernel(self, inputs, self.standardized_kernel(), call=super().call)
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
@@ -78,7 +54,7 @@ class _ScaledWeightStandardization(_WeightStandardization):
 
     def _init_scaling(self, gamma, gain_initializer):
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-            raise TypeError(
+            raise ArgumentTypeError(
                 error_message(
                     "gamma",
                     "a float (the fixed gain of the activation that follows)",
@@ -494,10 +470,8 @@ _SCALED_STD_CONVS = {1: ScaledStdConv1D, 2: ScaledStdConv2D, 3: ScaledStdConv3D}
 
 
 def _replacement(spec: str, layer, classes: dict, **arguments):
-    from normlab.layers.weight_norm import _missing_layer
-
     if layer is None:
-        raise _missing_layer(spec, "a Conv1D, Conv2D or Conv3D layer")
+        raise missing_layer(spec, "a Conv1D, Conv2D or Conv3D layer")
     plain = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
     if not isinstance(layer, plain) or isinstance(layer, _WeightStandardization):
         raise ValueError(

@@ -1,0 +1,176 @@
+"""Running a Keras Dense/Conv layer with a derived kernel, the one mechanism
+behind the kernel-reparametrizing layers (StdConv, WeightNormalization,
+SpectralNormalization).
+
+The layer's own ``call`` runs, with its kernel variable replaced for the
+duration of the call by a tensor computed from it (standardized,
+weight-normalized, spectrally normalized), so every layer option it
+handles (padding, dilation, groups, causal padding, LoRA) keeps working
+and gradients flow into the variable on every backend. Two Keras/TensorFlow
+limits are handled here, once:
+
+* TensorFlow's CPU convolution supports only channels-last (NHWC) data
+  unless TensorFlow was built and run with oneDNN (``The Conv2D op currently
+  only supports the NHWC tensor format on the CPU``). On TensorFlow without
+  a visible GPU, a channels-first convolution therefore runs channels-last
+  internally (a transpose in, one out): the same code path on every CPU,
+  whatever its instruction set.
+* Keras' TensorFlow ``ops.add`` takes a ``(1, C, 1, 1)`` bias for a
+  channels-last one whenever the output's last axis also has ``C`` entries
+  (Keras 3.15); the bias is therefore added here, with ``+``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import keras
+from keras import ops
+
+from normlab.ops.validate import ArgumentTypeError, error_message
+
+#: The layers whose kernel's last axis is the output axis.
+KERNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+
+
+def check_wrapped_layer(wrapper: str, layer, supported=KERNEL_LAYERS) -> None:
+    """Raises unless ``layer`` is an instance of one of the ``supported`` classes."""
+    names = ", ".join(c.__name__ for c in supported)
+    if not isinstance(layer, keras.layers.Layer):
+        raise ArgumentTypeError(
+            error_message(
+                "layer",
+                f"a Keras layer instance to wrap ({names})",
+                f"layer={layer!r} of type {type(layer).__name__}",
+                f"Pass a layer instance, e.g. {wrapper}(keras.layers.Conv2D(16, 3)).",
+            )
+        )
+    if not isinstance(layer, supported):
+        raise ValueError(
+            error_message(
+                "layer",
+                f"one of {names} (or a subclass), whose kernel's last axis is the output axis",
+                f"layer={type(layer).__name__}(name={layer.name!r})",
+                "Wrap a supported layer; for other layers apply the normlab.ops.weights "
+                "functions to their kernel yourself.",
+            )
+        )
+
+
+def missing_layer(spec: str, what: str) -> ValueError:
+    """The error of a registry factory for a wrapper called without ``layer=``."""
+    return ValueError(
+        error_message(
+            "layer",
+            f"the layer to modify ({what}); {spec!r} is not an activation norm placed "
+            "after a layer, it changes the layer's kernel",
+            "layer=None",
+            f"Build it around the layer: normlab.get({spec!r}, layer=keras.layers.Conv2D(16, 3)).",
+        )
+    )
+
+
+def kernel_variable(layer, attribute: str = "_kernel"):
+    """The layer's raw kernel variable (built layers only)."""
+    variable = layer.__dict__.get(attribute)
+    if variable is None:
+        raise ValueError(
+            error_message(
+                "layer",
+                f"a built layer storing its kernel in `{attribute}` (Keras 3 Dense/Conv/Embedding)",
+                f"layer={type(layer).__name__}(name={layer.name!r}) without `{attribute}`",
+                "Wrap an unquantized keras.layers.Dense or Conv layer.",
+            )
+        )
+    return variable
+
+
+@contextlib.contextmanager
+def substituted(layer, **attributes):
+    """Temporarily replaces attributes of ``layer`` (e.g. its kernel) without tracking.
+
+    Setting a Keras layer attribute to a tensor or None through ``setattr``
+    would track or untrack it as a variable; this bypasses that for the
+    duration of the block and restores the originals even if it raises.
+    """
+    saved = {name: layer.__dict__[name] for name in attributes}
+    try:
+        for name, value in attributes.items():
+            object.__setattr__(layer, name, value)
+        yield layer
+    finally:
+        for name, value in saved.items():
+            object.__setattr__(layer, name, value)
+
+
+@functools.lru_cache(maxsize=None)
+def _tensorflow_has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def runs_channels_last(layer) -> bool:
+    """Whether a channels-first convolution of ``layer`` runs channels-last internally.
+
+    True on TensorFlow without a visible GPU: its CPU kernels reject NCHW
+    unless oneDNN is enabled, which depends on the CPU and on
+    ``TF_ENABLE_ONEDNN_OPTS``; taking the channels-last path on every CPU
+    keeps results and support identical across machines.
+    """
+    return (
+        getattr(layer, "data_format", None) == "channels_first"
+        and keras.backend.backend() == "tensorflow"
+        and not _tensorflow_has_gpu()
+    )
+
+
+def _bias_shape(layer, rank: int):
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return (1, -1) + (1,) * (rank - 2)
+    return (1,) * (rank - 1) + (-1,)
+
+
+def call_with_kernel(layer, inputs, kernel, *, call=None, attribute: str = "_kernel",
+                     pre_activation: bool = False):
+    """Runs ``layer`` on ``inputs`` with ``kernel`` in place of its kernel variable.
+
+    Args:
+        layer: a built Keras Dense/Conv layer (or Embedding with
+            ``attribute="_embeddings"``).
+        inputs: the layer's input.
+        kernel: the tensor to use as the kernel (cast to the layer's
+            compute dtype here).
+        call: the function that runs the layer; default ``layer`` itself
+            (its ``__call__``). A subclass passes ``super().call``.
+        attribute: the attribute holding the kernel. Default ``"_kernel"``.
+        pre_activation: return the output before the bias and the
+            activation. Default False.
+
+    Returns:
+        The layer's output, bias and activation included unless ``pre_activation``.
+    """
+    call = call or layer
+    swap = {attribute: ops.cast(kernel, layer.compute_dtype)}
+    if attribute != "_kernel":  # an embedding: no bias, no layout
+        with substituted(layer, **swap):
+            return call(inputs)
+    bias = layer.__dict__.get("bias")
+    activation = layer.__dict__.get("activation")
+    swap.update(bias=None, use_bias=False, activation=None)
+    transpose = runs_channels_last(layer)
+    if transpose:
+        inputs = ops.moveaxis(inputs, 1, -1)
+        swap.update(data_format="channels_last", _input_spec=None)
+    with substituted(layer, **swap):
+        outputs = call(inputs)
+    if transpose:
+        outputs = ops.moveaxis(outputs, -1, 1)
+    if pre_activation:
+        return outputs
+    if bias is not None:
+        outputs = outputs + ops.reshape(ops.cast(bias, outputs.dtype), _bias_shape(layer, len(outputs.shape)))
+    if activation is not None:
+        outputs = activation(outputs)
+    return outputs
