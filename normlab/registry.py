@@ -23,6 +23,7 @@ from typing import Callable
 import keras
 
 from normlab import layers
+from normlab.ops.validate import ArgumentTypeError
 
 _NORMS: dict[str, "Entry"] = {}
 _ALIASES: dict[str, str] = {}
@@ -74,7 +75,7 @@ def names() -> list[str]:
 def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
     """Splits ``"name(key=value, ...)"`` into the canonical name and its arguments."""
     if not isinstance(spec, str) or not spec.strip():
-        raise TypeError(
+        raise ArgumentTypeError(
             f"Invalid `spec`: expected a non-empty string such as 'group(groups=8)'. Received: spec={spec!r}."
         )
     try:
@@ -87,6 +88,13 @@ def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
         k.arg is not None for k in node.keywords
     ):
         key = node.func.id
+        given = [k.arg for k in node.keywords]
+        repeated = sorted({a for a in given if given.count(a) > 1})
+        if repeated:
+            raise ValueError(
+                f"Invalid `spec`: expected each argument at most once. Received: spec={spec!r}, "
+                f"which gives {', '.join(map(repr, repeated))} more than once. Keep one value each."
+            )
         try:
             kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
         except ValueError:

@@ -63,3 +63,9 @@ def test_register_refuses_to_shadow_another_norm():
     with pytest.raises(ValueError, match=r"already registered for 'group'"):
         normlab.register("gn", normlab.LayerNormalization)
     assert "gn" in names()
+
+
+def test_an_argument_given_twice_is_an_error_not_the_last_value():
+    with pytest.raises(ValueError, match=r"Invalid `spec`: expected each argument at most once\. "
+                                         r"Received: spec='group\(groups=2, groups=5\)', which gives 'groups'"):
+        normlab.get("group(groups=2, groups=5)")

@@ -63,9 +63,13 @@ def _backend_module(name: str):
     return _modules[name]
 
 
-def fast_path(op: str):
-    """Returns the current backend's hook for ``op``, or None."""
-    if not enabled():
+def fast_path(op: str, *, epsilon: float):
+    """Returns the current backend's hook for ``op``, or None.
+
+    None when ``epsilon`` is 0: only the general path defines the output of
+    a zero-variance slice then (see :func:`normlab.ops.normalize.inverse_std`).
+    """
+    if not enabled() or not epsilon > 0:
         return None
     module = _backend_module(keras.backend.backend())
     return getattr(module, op, None) if module is not None else None

@@ -1,26 +1,83 @@
-"""The base every normalization layer shares: axis validation, the learned
-affine (``gamma``, ``beta``) with its initializers, regularizers and
-constraints, and a ``get_config`` that returns the constructor arguments.
+"""The base every normalization layer shares: argument checks, the learned
+affine (``gamma``, ``beta``) and moving statistics, the build prologue, the
+dtype policy, and a ``get_config`` that returns the constructor arguments.
 
 Subclasses choose the axes and grouping in ``build`` and make one op call in
 ``call``; they never branch on the backend.
+
+Dtypes. Like Keras' own GroupNormalization and LayerNormalization, a
+normlab norm does not autocast its input under mixed precision
+(``autocast = False``): a float32 input reaches the statistics as float32,
+so values beyond float16's range (65504) normalize to finite outputs
+instead of overflowing to inf and NaN; the result is cast to the layer's
+compute dtype. Integer inputs (``uint8`` images straight from a dataset)
+are computed in the layer's variable dtype (float32 by default) and
+returned in its compute dtype, never truncated back to integers. Weights
+are created with ``autocast=False``, so reading them inside an
+``AutocastScope("float16")`` never overflows either.
 """
 
 from __future__ import annotations
 
 import keras
-from keras import constraints, initializers, regularizers
+from keras import constraints, initializers, ops, regularizers
 
-from normlab.ops.axes import as_axis_list, canonicalize_axes
-from normlab.ops.validate import check_epsilon, error_message
+from normlab.ops.axes import as_axis_list, canonicalize_axes, known_dims
+from normlab.ops.validate import ArgumentTypeError, check_bool, check_epsilon, error_message
+
+_KINDS = {
+    "initializer": (initializers, "a Keras initializer: a name such as 'ones', 'zeros' or "
+                    "'random_normal', a config dict, or an initializer instance",
+                    "e.g. {name}='ones' or keras.initializers.Constant(1.0)"),
+    "regularizer": (regularizers, "None or a Keras regularizer: a name such as 'l2', a config "
+                    "dict, or a regularizer instance",
+                    "e.g. {name}='l2' or keras.regularizers.L2(1e-4)"),
+    "constraint": (constraints, "None or a Keras constraint: a name such as 'non_neg' or "
+                   "'unit_norm', a config dict, or a constraint instance",
+                   "e.g. {name}='non_neg' or keras.constraints.MaxNorm(3.0)"),
+}
 
 
-class Normalization(keras.layers.Layer):
+def keras_object(kind: str, name: str, value):
+    """``keras.{kind}s.get(value)``, with normlab's error naming the argument.
+
+    Keras alone says "Could not interpret initializer identifier: onez",
+    which names neither the argument nor a fix.
+    """
+    module, expected, example = _KINDS[kind]
+    try:
+        return module.get(value)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            error_message(name, expected, f"{name}={value!r} ({error})",
+                          f"Check the spelling; use {example.format(name=name)}.")
+        ) from None
+
+
+class FloatCompute:
+    """Mixin for layers that normalize: the dtype policy of the module
+    docstring (set ``self.autocast = False`` in ``__init__``, pass inputs
+    through :meth:`float_input`, return through :meth:`compute_output`)."""
+
+    def float_input(self, inputs):
+        """``inputs`` as a tensor the ops compute on: float dtypes as given,
+        integers (e.g. uint8 images) cast to the variable dtype."""
+        inputs = ops.convert_to_tensor(inputs)
+        if keras.backend.is_float_dtype(inputs.dtype):
+            return inputs
+        return ops.cast(inputs, self.variable_dtype)
+
+    def compute_output(self, outputs):
+        """The op's result in the layer's compute dtype (float16 under mixed precision)."""
+        return ops.cast(outputs, self.compute_dtype)
+
+
+class Normalization(FloatCompute, keras.layers.Layer):
     """Base class: a normalization with an optional per-feature scale and offset.
 
     Args:
         axis: feature axis (int) or axes (list of ints). Never the batch axis.
-        epsilon: small float added to the variance. Must be >= 0.
+        epsilon: small float added to the variance. Must be >= 0 and finite.
         center: if True, add a learned offset ``beta``.
         scale: if True, multiply by a learned scale ``gamma``.
         beta_initializer, gamma_initializer: initializers for the weights.
@@ -50,7 +107,7 @@ class Normalization(keras.layers.Layer):
         super().__init__(**kwargs)
         axes = as_axis_list(axis)
         if not self.multi_axis and (len(axes) != 1 or isinstance(axis, (list, tuple))):
-            raise TypeError(
+            raise ArgumentTypeError(
                 error_message(
                     "axis",
                     f"a single int (the channel axis) for {type(self).__name__}",
@@ -58,44 +115,113 @@ class Normalization(keras.layers.Layer):
                     "Pass one axis such as axis=-1 (channels-last) or axis=1 (channels-first).",
                 )
             )
+        if 0 in axes:  # known without the input's rank: fail at construction, as TF Addons did
+            raise ValueError(
+                error_message(
+                    "axis",
+                    "feature axes other than the batch axis 0",
+                    f"axis={axis!r}",
+                    "Normalization statistics are never shared across the batch axis this way; "
+                    "use axis=-1 for channels-last or axis=1 for channels-first inputs.",
+                )
+            )
         self.axis = axes if isinstance(axis, (list, tuple)) else axes[0]
-        self.epsilon = check_epsilon(epsilon)
-        self.center = bool(center)
-        self.scale = bool(scale)
-        self.beta_initializer = initializers.get(beta_initializer)
-        self.gamma_initializer = initializers.get(gamma_initializer)
-        self.beta_regularizer = regularizers.get(beta_regularizer)
-        self.gamma_regularizer = regularizers.get(gamma_regularizer)
-        self.beta_constraint = constraints.get(beta_constraint)
-        self.gamma_constraint = constraints.get(gamma_constraint)
+        self.epsilon = self.check_epsilon(epsilon)
+        self.center = check_bool("center", center)
+        self.scale = check_bool("scale", scale)
+        self.beta_initializer = keras_object("initializer", "beta_initializer", beta_initializer)
+        self.gamma_initializer = keras_object("initializer", "gamma_initializer", gamma_initializer)
+        self.beta_regularizer = keras_object("regularizer", "beta_regularizer", beta_regularizer)
+        self.gamma_regularizer = keras_object("regularizer", "gamma_regularizer", gamma_regularizer)
+        self.beta_constraint = keras_object("constraint", "beta_constraint", beta_constraint)
+        self.gamma_constraint = keras_object("constraint", "gamma_constraint", gamma_constraint)
         self.supports_masking = True
+        self.autocast = False  # see the module docstring: inputs keep their float dtype
         self.gamma = None
         self.beta = None
+
+    @staticmethod
+    def check_epsilon(epsilon) -> float:
+        """Validates ``epsilon``; a subclass whose formula needs it positive overrides this."""
+        return check_epsilon(epsilon)
+
+    # ------------------------------------------------------------------ build
 
     def resolve_axes(self, input_shape) -> list[int]:
         """The layer's feature axes for this input, validated and non-negative."""
         return canonicalize_axes(self.axis, len(input_shape))
 
-    def add_affine(self, shape) -> None:
-        """Creates ``gamma`` and ``beta`` of ``shape`` as configured."""
-        if self.scale:
+    def build_channel_axis(self, input_shape, axis=None) -> tuple[int, int]:
+        """The build prologue of a per-channel norm: resolves the channel axis
+        (``self.axis`` unless ``axis`` is given), checks that its size is
+        known, and fixes the input's rank and channel count in the
+        ``InputSpec``. Returns ``(channel_axis, channels)``."""
+        axis = self.axis if axis is None else axis
+        (channel_axis,) = canonicalize_axes(axis, len(input_shape))
+        (channels,) = known_dims(input_shape, [channel_axis], axis=axis)
+        self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={channel_axis: channels})
+        self._channel_axis = channel_axis
+        return channel_axis, channels
+
+    def build_feature_axes(self, input_shape) -> list[int]:
+        """The build prologue of a norm over feature axes (LayerNorm, RMSNorm):
+        returns their sizes, and lets the ``InputSpec`` fix only those sizes
+        (keyed by the axes as given, so ``axis=-1`` means the last axis of
+        every input). Like Keras, a layer built on ``(2, 2, 2)`` then accepts
+        ``(10, 2, 2, 2)``; :meth:`feature_axes` resolves the axes per call."""
+        axes = self.resolve_axes(input_shape)
+        shape = known_dims(input_shape, axes, axis=self.axis)
+        given = as_axis_list(self.axis)
+        by_position = dict(zip(sorted(given, key=lambda a: a % len(input_shape)), shape))
+        min_ndim = max(-a + 1 if a < 0 else a + 1 for a in given)
+        self.input_spec = keras.layers.InputSpec(min_ndim=min_ndim, axes=by_position)
+        return shape
+
+    def feature_axes(self, inputs) -> list[int]:
+        """The feature axes for this call's input (its rank may differ from the build's)."""
+        return canonicalize_axes(self.axis, len(inputs.shape))
+
+    def add_affine(self, shape, *, scale=None, center=None) -> None:
+        """Creates ``gamma`` and ``beta`` of ``shape`` as configured (or as
+        ``scale``/``center`` say), never autocast."""
+        if self.scale if scale is None else scale:
             self.gamma = self.add_weight(
-                name="gamma",
-                shape=tuple(shape),
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                trainable=True,
+                name="gamma", shape=tuple(shape), initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer, constraint=self.gamma_constraint,
+                trainable=True, autocast=False,
             )
-        if self.center:
+        if self.center if center is None else center:
             self.beta = self.add_weight(
-                name="beta",
-                shape=tuple(shape),
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                trainable=True,
+                name="beta", shape=tuple(shape), initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer, constraint=self.beta_constraint,
+                trainable=True, autocast=False,
             )
+
+    def add_statistic(self, name: str, shape, initializer):
+        """Creates a non-trainable moving statistic (never autocast)."""
+        return self.add_weight(name=name, shape=tuple(shape), initializer=initializer,
+                               trainable=False, autocast=False)
+
+    # ------------------------------------------------------------------- call
+
+    def update_moving(self, inputs, updates) -> None:
+        """Moving averages: ``moving <- moving * momentum + batch * (1 - momentum)``
+        for each ``(variable, batch_statistic, momentum)``. An empty batch
+        (size 0, known only at run time inside a traced function) leaves them
+        unchanged; one known to be empty is never normalized (see
+        :meth:`empty_batch`)."""
+        n = ops.shape(inputs)[0]
+        for moving, batch, momentum in updates:
+            value = moving * momentum + ops.cast(batch, moving.dtype) * (1.0 - momentum)
+            if not isinstance(n, int):
+                value = ops.where(n > 0, value, moving)
+            moving.assign(value)
+
+    @staticmethod
+    def empty_batch(inputs) -> bool:
+        """Whether the batch is known to hold no sample: it has no statistics,
+        so a layer returns its (empty) input and updates nothing."""
+        return inputs.shape[0] == 0
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

@@ -6,10 +6,9 @@ import keras
 from keras import initializers
 
 from normlab import distributed, ops
-from normlab.layers.base import Normalization
+from normlab.layers.base import Normalization, keras_object
 from normlab.ops import zoo
-from normlab.ops.axes import known_dims
-from normlab.ops.validate import check_momentum, error_message
+from normlab.ops.validate import check_bool, check_momentum, error_message
 
 
 def _check_renorm_momentum(value) -> float:
@@ -127,9 +126,11 @@ class BatchNormalization(Normalization):
     Call arguments:
         inputs: input tensor.
         training: use batch statistics and update the moving ones. Default False.
-        mask: optional boolean tensor of the input's shape without the channel
-            axis (e.g. ``(batch, time)`` for sequences); masked-out positions
-            do not count toward the batch statistics.
+        mask: optional boolean tensor of the input's shape without its last
+            axis, Keras' convention (what ``keras.layers.Masking`` or an
+            ``Embedding(mask_zero=True)`` produces, e.g. ``(batch, time)`` for
+            sequences), whatever ``axis`` is; masked-out positions do not
+            count toward the batch statistics.
 
     Example:
         >>> import keras, numpy as np, normlab
@@ -189,9 +190,11 @@ class BatchNormalization(Normalization):
             **kwargs,
         )
         self.momentum = check_momentum(momentum)
-        self.moving_mean_initializer = initializers.get(moving_mean_initializer)
-        self.moving_variance_initializer = initializers.get(moving_variance_initializer)
-        self.renorm = bool(renorm)
+        self.moving_mean_initializer = keras_object(
+            "initializer", "moving_mean_initializer", moving_mean_initializer)
+        self.moving_variance_initializer = keras_object(
+            "initializer", "moving_variance_initializer", moving_variance_initializer)
+        self.renorm = check_bool("renorm", renorm)
         self._clipping = zoo.check_renorm_clipping(renorm_clipping)
         self.renorm_clipping = None if renorm_clipping is None else dict(renorm_clipping)
         self.renorm_momentum = _check_renorm_momentum(renorm_momentum)
@@ -199,48 +202,24 @@ class BatchNormalization(Normalization):
             "virtual_batch_size", virtual_batch_size, example=32, allow_none=True,
             meaning="the number of samples per ghost batch",
         )
-        self.use_moving_statistics = bool(use_moving_statistics)
-        self.synchronized = bool(synchronized)
+        self.use_moving_statistics = check_bool("use_moving_statistics", use_moving_statistics)
+        self.synchronized = check_bool("synchronized", synchronized)
 
     def build(self, input_shape):
-        (self._channel_axis,) = self.resolve_axes(input_shape)
-        (channels,) = known_dims(input_shape, [self._channel_axis], axis=self.axis)
-        self.input_spec = keras.layers.InputSpec(
-            ndim=len(input_shape), axes={self._channel_axis: channels}
-        )
+        _, channels = self.build_channel_axis(input_shape)
         self.add_affine((channels,))
-        self.moving_mean = self.add_weight(
-            name="moving_mean",
-            shape=(channels,),
-            initializer=self.moving_mean_initializer,
-            trainable=False,
-            autocast=False,
-        )
-        self.moving_variance = self.add_weight(
-            name="moving_variance",
-            shape=(channels,),
-            initializer=self.moving_variance_initializer,
-            trainable=False,
-            autocast=False,
-        )
+        self.moving_mean = self.add_statistic("moving_mean", (channels,), self.moving_mean_initializer)
+        self.moving_variance = self.add_statistic(
+            "moving_variance", (channels,), self.moving_variance_initializer)
         if self.renorm:
             def stddev_initializer(shape, dtype=None):
                 variance = self.moving_variance_initializer(shape, dtype=dtype)
                 return keras.ops.sqrt(variance)
 
             # Same weights, in the same order, as keras.layers.BatchNormalization(renorm=True).
-            self.moving_stddev = self.add_weight(
-                name="moving_stddev", shape=(channels,), initializer=stddev_initializer,
-                trainable=False, autocast=False,
-            )
-            self.renorm_mean = self.add_weight(
-                name="renorm_mean", shape=(channels,), initializer=self.moving_mean_initializer,
-                trainable=False, autocast=False,
-            )
-            self.renorm_stddev = self.add_weight(
-                name="renorm_stddev", shape=(channels,), initializer=stddev_initializer,
-                trainable=False, autocast=False,
-            )
+            self.moving_stddev = self.add_statistic("moving_stddev", (channels,), stddev_initializer)
+            self.renorm_mean = self.add_statistic("renorm_mean", (channels,), self.moving_mean_initializer)
+            self.renorm_stddev = self.add_statistic("renorm_stddev", (channels,), stddev_initializer)
 
     def _expand_mask(self, inputs, mask):
         if mask is None:
@@ -249,50 +228,51 @@ class BatchNormalization(Normalization):
             raise ValueError(
                 error_message(
                     "mask",
-                    "a tensor with one dimension less than the inputs (no channel axis)",
+                    "a tensor of the inputs' shape without their last axis (Keras' mask convention)",
                     f"mask.shape={tuple(mask.shape)}, inputs.shape={tuple(inputs.shape)}",
-                    "Pass a mask of shape inputs.shape without the channel axis, e.g. (batch, time).",
+                    "Pass a mask of shape inputs.shape[:-1], e.g. (batch, time) for (batch, time, features).",
                 )
             )
-        return keras.ops.expand_dims(mask, self._channel_axis)
+        # Keras masks cover every axis but the last (a Masking layer masks
+        # whole feature vectors), whichever axis holds the channels.
+        return keras.ops.expand_dims(mask, -1)
 
     def call(self, inputs, training=None, mask=None):
+        x = self.float_input(inputs)
         common = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable) or self.use_moving_statistics:
-            return ops.batch_norm(inputs, self.moving_mean, self.moving_variance, **common)
-        mask = self._expand_mask(inputs, mask)
+            return self.compute_output(ops.batch_norm(x, self.moving_mean, self.moving_variance, **common))
+        if self.empty_batch(x):  # no statistics to normalize with or to learn from
+            return self.compute_output(x)
+        mask = self._expand_mask(x, mask)
         common["replica_sum"] = distributed.replica_sum() if self.synchronized else None
         if self.renorm:
             y, mean, variance = zoo.batch_renorm(
-                inputs, self.renorm_mean, self.renorm_stddev, clipping=self._clipping, mask=mask,
+                x, self.renorm_mean, self.renorm_stddev, clipping=self._clipping, mask=mask,
                 virtual_batch_size=self.virtual_batch_size, return_stats=True, **common,
             )
-            self._update_renorm_statistics(mean, variance)
-            return y
+            self._update_renorm_statistics(x, mean, variance)
+            return self.compute_output(y)
         if self.virtual_batch_size is not None:
             y, mean, variance = zoo.ghost_batch_norm(
-                inputs, self.virtual_batch_size, mask=mask, return_stats=True, **common
+                x, self.virtual_batch_size, mask=mask, return_stats=True, **common
             )
         else:
-            y, mean, variance = ops.batch_norm(inputs, training=True, mask=mask, return_stats=True, **common)
-        self._update(((self.moving_mean, mean, self.momentum), (self.moving_variance, variance, self.momentum)))
-        return y
+            y, mean, variance = ops.batch_norm(x, training=True, mask=mask, return_stats=True, **common)
+        self.update_moving(x, ((self.moving_mean, mean, self.momentum),
+                               (self.moving_variance, variance, self.momentum)))
+        return self.compute_output(y)
 
-    @staticmethod
-    def _update(updates):
-        for moving, batch, momentum in updates:
-            batch = keras.ops.cast(batch, moving.dtype)
-            moving.assign(moving * momentum + batch * (1.0 - momentum))
-
-    def _update_renorm_statistics(self, mean, variance):
+    def _update_renorm_statistics(self, x, mean, variance):
         stddev = keras.ops.sqrt(variance + self.epsilon)
-        self._update(
+        self.update_moving(
+            x,
             (
                 (self.renorm_mean, mean, self.renorm_momentum),
                 (self.renorm_stddev, stddev, self.renorm_momentum),
                 (self.moving_mean, mean, self.momentum),
                 (self.moving_stddev, stddev, self.momentum),
-            )
+            ),
         )
         moving_stddev = self.moving_stddev
         self.moving_variance.assign(keras.ops.relu(moving_stddev * moving_stddev - self.epsilon))

@@ -6,10 +6,18 @@ import keras
 from keras import constraints, initializers, regularizers
 
 from normlab import distributed
-from normlab.layers.base import Normalization
+from normlab.layers.base import Normalization, keras_object
 from normlab.ops import zoo
-from normlab.ops.axes import known_dims
-from normlab.ops.validate import check_groups, check_momentum, error_message, resolve_groups
+from normlab.ops.validate import (
+    check_bool,
+    check_epsilon,
+    check_groups,
+    check_momentum,
+    divisors,
+    error_message,
+    require_spatial,
+    resolve_groups,
+)
 
 
 class _EvoNorm(Normalization):
@@ -17,18 +25,21 @@ class _EvoNorm(Normalization):
 
     def __init__(self, *, v_initializer, v_regularizer, v_constraint, **kwargs):
         super().__init__(**kwargs)
-        self.v_initializer = initializers.get(v_initializer)
-        self.v_regularizer = regularizers.get(v_regularizer)
-        self.v_constraint = constraints.get(v_constraint)
+        self.v_initializer = keras_object("initializer", "v_initializer", v_initializer)
+        self.v_regularizer = keras_object("regularizer", "v_regularizer", v_regularizer)
+        self.v_constraint = keras_object("constraint", "v_constraint", v_constraint)
+
+    @staticmethod
+    def check_epsilon(epsilon) -> float:
+        return check_epsilon(epsilon, positive=True, reason=zoo.EVO_NORM_EPSILON_REASON)
 
     def build_common(self, input_shape):
-        (self._channel_axis,) = self.resolve_axes(input_shape)
-        (channels,) = known_dims(input_shape, [self._channel_axis], axis=self.axis)
-        self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={self._channel_axis: channels})
+        _, channels = self.build_channel_axis(input_shape)
         self.add_affine((channels,))
         self.v = self.add_weight(
             name="v", shape=(channels,), initializer=self.v_initializer,
             regularizer=self.v_regularizer, constraint=self.v_constraint, trainable=True,
+            autocast=False,
         )
         return channels
 
@@ -39,19 +50,6 @@ class _EvoNorm(Normalization):
             "v_regularizer": regularizers.serialize(self.v_regularizer),
             "v_constraint": constraints.serialize(self.v_constraint),
         }
-
-
-def _require_rank3(layer, input_shape):
-    if len(input_shape) < 3:
-        raise ValueError(
-            error_message(
-                "inputs",
-                f"an input of rank >= 3 (batch, spatial..., channels) for {type(layer).__name__}, "
-                "which takes per-sample statistics over the spatial axes",
-                f"input_shape={tuple(input_shape)}",
-                "Add a spatial axis, e.g. reshape (batch, features) to (batch, 1, features).",
-            )
-        )
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -145,26 +143,28 @@ class EvoNormB0(_EvoNorm):
             **kwargs,
         )
         self.momentum = check_momentum(momentum)
-        self.moving_variance_initializer = initializers.get(moving_variance_initializer)
-        self.synchronized = bool(synchronized)
+        self.moving_variance_initializer = keras_object(
+            "initializer", "moving_variance_initializer", moving_variance_initializer)
+        self.synchronized = check_bool("synchronized", synchronized)
 
     def build(self, input_shape):
-        _require_rank3(self, input_shape)
+        require_spatial(input_shape, "EvoNormB0")
         channels = self.build_common(input_shape)
-        self.moving_variance = self.add_weight(
-            name="moving_variance", shape=(channels,), initializer=self.moving_variance_initializer,
-            trainable=False, autocast=False,
-        )
+        self.moving_variance = self.add_statistic(
+            "moving_variance", (channels,), self.moving_variance_initializer)
 
     def call(self, inputs, training=None):
+        x = self.float_input(inputs)
         common = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable):
-            return zoo.evo_norm_b0(inputs, self.v, self.moving_variance, **common)
+            return self.compute_output(zoo.evo_norm_b0(x, self.v, self.moving_variance, **common))
+        if self.empty_batch(x):
+            return self.compute_output(x)
         replica_sum = distributed.replica_sum() if self.synchronized else None
         y, variance = zoo.evo_norm_b0(
-            inputs, self.v, training=True, return_stats=True, replica_sum=replica_sum, **common
+            x, self.v, training=True, return_stats=True, replica_sum=replica_sum, **common
         )
-        shape = keras.ops.shape(inputs)
+        shape = keras.ops.shape(x)
         n = 1
         for i, size in enumerate(shape):
             if i != self._channel_axis:
@@ -173,9 +173,8 @@ class EvoNormB0(_EvoNorm):
         if replica_sum is not None:
             n = replica_sum(n)  # the global batch's element count per channel
         unbiased = variance * n / keras.ops.maximum(n - 1.0, 1.0)
-        moving = self.moving_variance
-        moving.assign(moving * self.momentum + keras.ops.cast(unbiased, moving.dtype) * (1.0 - self.momentum))
-        return y
+        self.update_moving(x, ((self.moving_variance, unbiased, self.momentum),))
+        return self.compute_output(y)
 
     def get_config(self):
         return {
@@ -203,9 +202,10 @@ class EvoNormS0(_EvoNorm):
 
     Args:
         groups: number of groups, a divisor of the channel count; -1 for one
-            per channel. Default 32.
-        group_size: channels per group; when given it decides the number of
-            groups (``C // group_size``) and ``groups`` is ignored, as in timm.
+            per channel. Default None: 32 groups, unless ``group_size`` is given.
+        group_size: channels per group, a divisor of the channel count: the
+            number of groups is then ``C // group_size`` (timm's
+            ``group_size``). Give ``groups`` or ``group_size``, not both.
             Default None.
         axis: the channel axis; any axis but the batch axis. Default -1; 1 for
             channels-first.
@@ -224,12 +224,12 @@ class EvoNormS0(_EvoNorm):
     Example:
         >>> import keras, numpy as np, normlab
         >>> x = np.random.default_rng(0).normal(size=(2, 4, 4, 6)).astype("float32")
-        >>> s0 = normlab.layers.EvoNormS0(groups=3, epsilon=0.0)
+        >>> s0 = normlab.layers.EvoNormS0(groups=3, epsilon=1e-12)
         >>> y = keras.ops.convert_to_numpy(s0(x))
         >>> group_std = x.reshape(2, 16, 3, 2).std(axis=(1, 3)).repeat(2, axis=1)[:, None, None, :]
         >>> bool(np.allclose(y, x / (1 + np.exp(-x)) / group_std, atol=1e-5))   # swish / group std
         True
-        >>> by_size = normlab.layers.EvoNormS0(group_size=2, epsilon=0.0)        # 3 groups of 2
+        >>> by_size = normlab.layers.EvoNormS0(group_size=2, epsilon=1e-12)        # 3 groups of 2
         >>> bool(np.allclose(keras.ops.convert_to_numpy(by_size(x)), y))
         True
 
@@ -240,7 +240,7 @@ class EvoNormS0(_EvoNorm):
 
     def __init__(
         self,
-        groups=32,
+        groups=None,
         group_size=None,
         axis=-1,
         epsilon=1e-5,
@@ -265,10 +265,19 @@ class EvoNormS0(_EvoNorm):
             v_initializer=v_initializer, v_regularizer=v_regularizer, v_constraint=v_constraint,
             **kwargs,
         )
-        self.groups = check_groups(groups)
+        self.groups = None if groups is None else check_groups(groups)
         self.group_size = zoo.check_positive_int(
             "group_size", group_size, example=8, allow_none=True, meaning="channels per group"
         )
+        if self.groups is not None and self.group_size is not None:
+            raise ValueError(
+                error_message(
+                    "group_size",
+                    "either a number of groups or a group size, not both (they can disagree)",
+                    f"groups={groups!r}, group_size={group_size!r}",
+                    "Pass groups=... (the number of groups) or group_size=... (channels per group).",
+                )
+            )
 
     def build(self, input_shape):
         channels = self.build_common(input_shape)
@@ -279,18 +288,19 @@ class EvoNormS0(_EvoNorm):
                         "group_size",
                         f"a divisor of the number of channels ({channels})",
                         f"group_size={self.group_size} with {channels} channels (axis={self.axis})",
-                        f"Use one of {[d for d in range(1, channels + 1) if channels % d == 0]}.",
+                        f"Use one of {divisors(channels)}.",
                     )
                 )
             self._groups = channels // self.group_size
         else:
-            self._groups = resolve_groups(self.groups, channels, self.axis)
+            self._groups = resolve_groups(32 if self.groups is None else self.groups, channels, self.axis)
 
     def call(self, inputs):
-        return zoo.evo_norm_s0(
-            inputs, self.v, groups=self._groups, axis=self._channel_axis,
+        y = zoo.evo_norm_s0(
+            self.float_input(inputs), self.v, groups=self._groups, axis=self._channel_axis,
             gamma=self.gamma, beta=self.beta, epsilon=self.epsilon,
         )
+        return self.compute_output(y)
 
     def get_config(self):
         return {**super().get_config(), "groups": self.groups, "group_size": self.group_size}

@@ -7,16 +7,16 @@ import numbers
 import keras
 from keras import constraints, initializers, regularizers
 
-from normlab.layers.base import Normalization
+from normlab.layers.base import Normalization, keras_object
 from normlab.ops import zoo
 from normlab.ops.axes import canonicalize_axes, known_dims
-from normlab.ops.validate import error_message
+from normlab.ops.validate import ArgumentTypeError, check_bool, error_message
 
 
 def _tau_weight(layer, name, shape, initializer, regularizer, constraint):
     return layer.add_weight(
         name=name, shape=shape, initializer=initializer, regularizer=regularizer,
-        constraint=constraint, trainable=True,
+        constraint=constraint, trainable=True, autocast=False,
     )
 
 
@@ -77,18 +77,18 @@ class TLU(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise TypeError(
+            raise ArgumentTypeError(
                 error_message("axis", "a single int (the channel axis) for TLU", f"axis={axis!r}",
                               "Pass one axis such as axis=-1 (channels-last) or axis=1 (channels-first).")
             )
         self.axis = int(axis)
-        self.affine = bool(affine)
-        self.tau_initializer = initializers.get(tau_initializer)
-        self.tau_regularizer = regularizers.get(tau_regularizer)
-        self.tau_constraint = constraints.get(tau_constraint)
-        self.alpha_initializer = initializers.get(alpha_initializer)
-        self.alpha_regularizer = regularizers.get(alpha_regularizer)
-        self.alpha_constraint = constraints.get(alpha_constraint)
+        self.affine = check_bool("affine", affine)
+        self.tau_initializer = keras_object("initializer", "tau_initializer", tau_initializer)
+        self.tau_regularizer = keras_object("regularizer", "tau_regularizer", tau_regularizer)
+        self.tau_constraint = keras_object("constraint", "tau_constraint", tau_constraint)
+        self.alpha_initializer = keras_object("initializer", "alpha_initializer", alpha_initializer)
+        self.alpha_regularizer = keras_object("regularizer", "alpha_regularizer", alpha_regularizer)
+        self.alpha_constraint = keras_object("constraint", "alpha_constraint", alpha_constraint)
         self.supports_masking = True
         self.alpha = None
 
@@ -163,8 +163,13 @@ class FilterResponseNormalization(Normalization):
         gamma_constraint: optional constraint for ``gamma``. Default None.
         learned_epsilon: add a learned scalar whose absolute value joins
             ``epsilon`` (initialized to 1e-4, as TF Addons); the paper
-            recommends it when the spatial extent is small (e.g. 1x1).
-            Default False.
+            recommends it when the spatial extent is small (e.g. 1x1), and
+            a rank-2 input (no spatial axis) requires it. The weight is
+            named ``learned_epsilon``, created with the layer (before
+            ``build``, the first weight, as in TF Addons), and is the
+            attribute ``eps_learned`` (None without it); ``use_eps_learned``
+            and ``eps_learned_constraint`` are TF Addons' names for the
+            switch and its constraint. Default False.
         learned_epsilon_constraint: optional constraint for it. Default None.
         center: add a learned per-channel offset ``beta``. Default True.
         scale: multiply by a learned per-channel scale ``gamma``. Default True.
@@ -229,34 +234,45 @@ class FilterResponseNormalization(Normalization):
             gamma_constraint=gamma_constraint,
             **kwargs,
         )
-        self.learned_epsilon = bool(learned_epsilon)
-        self.learned_epsilon_constraint = constraints.get(learned_epsilon_constraint)
-        self.use_tlu = bool(use_tlu)
-        self.tau_initializer = initializers.get(tau_initializer)
-        self.tau_regularizer = regularizers.get(tau_regularizer)
-        self.tau_constraint = constraints.get(tau_constraint)
-        self.eps_learned = None
+        self.learned_epsilon = check_bool("learned_epsilon", learned_epsilon)
+        self.learned_epsilon_constraint = keras_object(
+            "constraint", "learned_epsilon_constraint", learned_epsilon_constraint)
+        self.use_tlu = check_bool("use_tlu", use_tlu)
+        self.tau_initializer = keras_object("initializer", "tau_initializer", tau_initializer)
+        self.tau_regularizer = keras_object("regularizer", "tau_regularizer", tau_regularizer)
+        self.tau_constraint = keras_object("constraint", "tau_constraint", tau_constraint)
         self.tau = None
+        # Created here, as TF Addons did (its weight order: learned_epsilon first).
+        self.eps_learned = None if not self.learned_epsilon else self.add_weight(
+            name="learned_epsilon", shape=(1,), initializer=initializers.Constant(1e-4),
+            constraint=self.learned_epsilon_constraint, trainable=True, autocast=False,
+        )
+
+    # TF Addons' names for the learned epsilon's switch and constraint.
+    @property
+    def use_eps_learned(self) -> bool:
+        """TF Addons' name for ``learned_epsilon`` (the switch)."""
+        return self.learned_epsilon
+
+    @property
+    def eps_learned_constraint(self):
+        """TF Addons' name for ``learned_epsilon_constraint``."""
+        return self.learned_epsilon_constraint
 
     def build(self, input_shape):
         ndim = len(input_shape)
-        self._channel_axis, spatial = zoo.frn_axes(self.axis, ndim)
-        (channels,) = known_dims(input_shape, [self._channel_axis], axis=self.axis)
-        self.input_spec = keras.layers.InputSpec(ndim=ndim, axes={self._channel_axis: channels})
+        channel_axis, spatial = zoo.frn_axes(self.axis, ndim)
+        zoo.check_frn_input(input_shape, spatial, self.learned_epsilon)
+        _, channels = self.build_channel_axis(input_shape, axis=channel_axis)
         self._spatial_axes = spatial
         self.add_affine((channels,))
-        if self.learned_epsilon:
-            self.eps_learned = self.add_weight(
-                name="learned_epsilon", shape=(1,), initializer=initializers.Constant(1e-4),
-                constraint=self.learned_epsilon_constraint, trainable=True,
-            )
         if self.use_tlu:
             self.tau = _tau_weight(self, "tau", (channels,), self.tau_initializer, self.tau_regularizer,
                                    self.tau_constraint)
 
     def call(self, inputs):
-        return zoo.filter_response_norm(
-            inputs,
+        y = zoo.filter_response_norm(
+            self.float_input(inputs),
             axis=self._spatial_axes if isinstance(self.axis, list) else self._channel_axis,
             gamma=self.gamma,
             beta=self.beta,
@@ -264,6 +280,7 @@ class FilterResponseNormalization(Normalization):
             learned_epsilon=self.eps_learned,
             tau=self.tau,
         )
+        return self.compute_output(y)
 
     def get_config(self):
         return {

@@ -6,8 +6,7 @@ import keras
 
 from normlab import ops
 from normlab.layers.base import Normalization
-from normlab.ops.axes import known_dims
-from normlab.ops.validate import check_groups, resolve_groups
+from normlab.ops.validate import check_groups, require_spatial, resolve_groups
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -90,23 +89,22 @@ class GroupNormalization(Normalization):
         self.groups = check_groups(groups)
 
     def build(self, input_shape):
-        (self._channel_axis,) = self.resolve_axes(input_shape)
-        (channels,) = known_dims(input_shape, [self._channel_axis], axis=self.axis)
-        resolve_groups(self.groups, channels, self.axis)
-        self.input_spec = keras.layers.InputSpec(
-            ndim=len(input_shape), axes={self._channel_axis: channels}
-        )
+        _, channels = self.build_channel_axis(input_shape)
+        self._groups = resolve_groups(self.groups, channels, self.axis)
+        if self._groups == channels:  # one value per group without a spatial axis: all zeros
+            require_spatial(input_shape, "instance normalization (one group per channel)")
         self.add_affine((channels,))
 
     def call(self, inputs):
-        return ops.group_norm(
-            inputs,
-            groups=self.groups,
+        y = ops.group_norm(
+            self.float_input(inputs),
+            groups=self._groups,
             axis=self._channel_axis,
             gamma=self.gamma,
             beta=self.beta,
             epsilon=self.epsilon,
         )
+        return self.compute_output(y)
 
     def get_config(self):
         return {**super().get_config(), "groups": self.groups}

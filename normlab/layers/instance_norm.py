@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 
 from normlab.layers.group_norm import GroupNormalization
-from normlab.ops.validate import error_message
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -34,6 +35,11 @@ class InstanceNormalization(GroupNormalization):
         beta_constraint: optional constraint for ``beta``. Default None.
         gamma_constraint: optional constraint for ``gamma``. Default None.
         **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
+            ``groups`` (from TF Addons code or configs) is accepted and
+            ignored, with a warning unless it is -1, as TF Addons did.
+
+    The input needs at least one spatial axis (rank >= 3): with none, each
+    statistic would cover one value and every output would be 0 (``beta``).
 
     Example:
         >>> import keras, numpy as np, normlab
@@ -67,15 +73,14 @@ class InstanceNormalization(GroupNormalization):
         gamma_constraint=None,
         **kwargs,
     ):
-        groups = kwargs.pop("groups", -1)  # TF Addons configs carry groups=-1
-        if groups != -1:
-            raise ValueError(
-                error_message(
-                    "groups",
-                    "-1 (one group per channel) for InstanceNormalization",
-                    f"groups={groups!r}",
-                    "Use normlab.layers.GroupNormalization(groups=...) for other groupings.",
-                )
+        groups = kwargs.pop("groups", -1)
+        if groups != -1:  # TF Addons accepted it with the same warning
+            warnings.warn(
+                f"InstanceNormalization ignores groups={groups!r}: it always uses one group per "
+                "channel (groups=-1), as tfa.layers.InstanceNormalization did. Use "
+                "normlab.layers.GroupNormalization(groups=...) for other groupings.",
+                UserWarning,
+                stacklevel=2,
             )
         super().__init__(
             groups=-1,

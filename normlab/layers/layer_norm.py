@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 
 from normlab import ops
 from normlab.layers.base import Normalization
-from normlab.ops.axes import known_dims
-from normlab.ops.validate import error_message
+from normlab.ops.validate import check_bool
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -37,7 +38,14 @@ class LayerNormalization(Normalization):
         beta_constraint: optional constraint for ``beta``. Default None.
         gamma_constraint: optional constraint for ``gamma``. Default None.
         **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
-            ``rms_scaling=False`` from old Keras configs is accepted and ignored.
+            ``rms_scaling=True`` (deprecated in Keras) is accepted with a
+            warning and does what Keras does: ``x / sqrt(var + epsilon) * gamma``,
+            not centered and with no ``beta``; it is not RMS normalization
+            (use :class:`RMSNormalization`).
+
+    Like Keras' layer, it accepts inputs of another rank than the one it was
+    built on, as long as the normalized axes keep their sizes (``axis=-1``
+    built on ``(2, 2, 2)`` accepts ``(10, 2, 2, 2)``).
 
     Example:
         >>> import keras, numpy as np, normlab
@@ -69,15 +77,15 @@ class LayerNormalization(Normalization):
         gamma_constraint=None,
         **kwargs,
     ):
-        if kwargs.pop("rms_scaling", False):
-            raise ValueError(
-                error_message(
-                    "rms_scaling",
-                    "False: Keras deprecated rms_scaling=True because it scaled by the "
-                    "variance rather than the root mean square",
-                    "rms_scaling=True",
-                    "Use RMS normalization instead of LayerNormalization(rms_scaling=True).",
-                )
+        rms_scaling = check_bool("rms_scaling", kwargs.pop("rms_scaling", False))
+        if rms_scaling:
+            warnings.warn(
+                "LayerNormalization(rms_scaling=True) is deprecated in Keras, and normlab keeps "
+                "Keras' meaning for loading old models: inputs are divided by sqrt(variance + "
+                "epsilon), without centering, then scaled by gamma (no beta). That is not RMS "
+                "normalization; for it use normlab.layers.RMSNormalization.",
+                UserWarning,
+                stacklevel=2,
             )
         super().__init__(
             axis=axis,
@@ -93,15 +101,28 @@ class LayerNormalization(Normalization):
             **kwargs,
         )
 
+        self.rms_scaling = rms_scaling
+
     def build(self, input_shape):
-        self._axes = self.resolve_axes(input_shape)
-        shape = known_dims(input_shape, self._axes, axis=self.axis)
-        self.input_spec = keras.layers.InputSpec(
-            ndim=len(input_shape), axes=dict(zip(self._axes, shape))
-        )
-        self.add_affine(shape)
+        shape = self.build_feature_axes(input_shape)
+        if self.rms_scaling:  # Keras' deprecated mode: gamma only
+            self.add_affine(shape, scale=True, center=False)
+        else:
+            self.add_affine(shape)
 
     def call(self, inputs):
-        return ops.layer_norm(
-            inputs, axis=self._axes, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon
-        )
+        x = self.float_input(inputs)
+        axes = self.feature_axes(x)
+        if self.rms_scaling:
+            # Keras' rms_scaling=True: x / sqrt(var + epsilon) * gamma, not centered.
+            _, _, variance = ops.shifted_moments(x, axes)
+            y = ops.normalize(x, 0.0, variance, gamma=self.gamma, epsilon=self.epsilon)
+        else:
+            y = ops.layer_norm(x, axis=axes, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
+        return self.compute_output(y)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.rms_scaling:
+            config["rms_scaling"] = True
+        return config

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import keras
 
+from normlab.layers.base import FloatCompute
 from normlab.ops import zoo
 from normlab.ops.axes import as_axis_list, canonicalize_axes, known_dims
-from normlab.ops.validate import error_message
+from normlab.ops.validate import ArgumentTypeError, error_message
 
 
 @keras.saving.register_keras_serializable(package="normlab")
-class LocalResponseNormalization(keras.layers.Layer):
+class LocalResponseNormalization(FloatCompute, keras.layers.Layer):
     """Local response normalization: each channel is damped by its neighbours' energy.
 
     Every activation is divided by a power of the sum of squares over a
@@ -57,12 +58,13 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.k = zoo.check_real("k", k, minimum=0.0, strict=True, example="1.0")
         axes = as_axis_list(axis)
         if len(axes) != 1 or isinstance(axis, (list, tuple)):
-            raise TypeError(
+            raise ArgumentTypeError(
                 error_message("axis", "a single int (the channel axis)", f"axis={axis!r}",
                               "Pass one axis such as axis=-1 (channels-last) or axis=1 (channels-first).")
             )
         self.axis = axes[0]
         self.supports_masking = True
+        self.autocast = False
 
     def build(self, input_shape):
         (self._channel_axis,) = canonicalize_axes(self.axis, len(input_shape))
@@ -70,9 +72,11 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={self._channel_axis: channels})
 
     def call(self, inputs):
-        return zoo.local_response_norm(
-            inputs, size=self.size, alpha=self.alpha, beta=self.beta, k=self.k, axis=self._channel_axis
+        y = zoo.local_response_norm(
+            self.float_input(inputs), size=self.size, alpha=self.alpha, beta=self.beta, k=self.k,
+            axis=self._channel_axis,
         )
+        return self.compute_output(y)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

@@ -6,7 +6,6 @@ import keras
 
 from normlab.layers.base import Normalization
 from normlab.ops import zoo
-from normlab.ops.axes import known_dims
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -84,10 +83,9 @@ class RMSNormalization(Normalization):
         )
 
     def build(self, input_shape):
-        self._axes = self.resolve_axes(input_shape)
-        shape = known_dims(input_shape, self._axes, axis=self.axis)
-        self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes=dict(zip(self._axes, shape)))
-        self.add_affine(shape)
+        self.add_affine(self.build_feature_axes(input_shape))
 
     def call(self, inputs):
-        return zoo.rms_norm(inputs, axis=self._axes, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
+        x = self.float_input(inputs)
+        y = zoo.rms_norm(x, axis=self.feature_axes(x), gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
+        return self.compute_output(y)

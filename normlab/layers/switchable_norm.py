@@ -6,10 +6,9 @@ import keras
 from keras import initializers
 
 from normlab import distributed
-from normlab.layers.base import Normalization
+from normlab.layers.base import Normalization, keras_object
 from normlab.ops import zoo
-from normlab.ops.axes import known_dims
-from normlab.ops.validate import check_momentum, error_message
+from normlab.ops.validate import check_bool, check_momentum, require_spatial
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -119,58 +118,50 @@ class SwitchableNormalization(Normalization):
             **kwargs,
         )
         self.momentum = check_momentum(momentum)
-        self.mean_weights_initializer = initializers.get(mean_weights_initializer)
-        self.variance_weights_initializer = initializers.get(variance_weights_initializer)
-        self.moving_mean_initializer = initializers.get(moving_mean_initializer)
-        self.moving_variance_initializer = initializers.get(moving_variance_initializer)
-        self.synchronized = bool(synchronized)
+        self.mean_weights_initializer = keras_object(
+            "initializer", "mean_weights_initializer", mean_weights_initializer)
+        self.variance_weights_initializer = keras_object(
+            "initializer", "variance_weights_initializer", variance_weights_initializer)
+        self.moving_mean_initializer = keras_object(
+            "initializer", "moving_mean_initializer", moving_mean_initializer)
+        self.moving_variance_initializer = keras_object(
+            "initializer", "moving_variance_initializer", moving_variance_initializer)
+        self.synchronized = check_bool("synchronized", synchronized)
 
     def build(self, input_shape):
-        if len(input_shape) < 3:
-            raise ValueError(
-                error_message(
-                    "inputs",
-                    "an input of rank >= 3 (batch, spatial..., channels) for SwitchableNormalization, "
-                    "whose instance statistics are taken over the spatial axes",
-                    f"input_shape={tuple(input_shape)}",
-                    "Add a spatial axis, e.g. reshape (batch, features) to (batch, 1, features).",
-                )
-            )
-        (self._channel_axis,) = self.resolve_axes(input_shape)
-        (channels,) = known_dims(input_shape, [self._channel_axis], axis=self.axis)
-        self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={self._channel_axis: channels})
+        require_spatial(input_shape, "SwitchableNormalization")
+        _, channels = self.build_channel_axis(input_shape)
         self.add_affine((channels,))
         self.mean_weights = self.add_weight(
-            name="mean_weights", shape=(3,), initializer=self.mean_weights_initializer, trainable=True
+            name="mean_weights", shape=(3,), initializer=self.mean_weights_initializer, trainable=True,
+            autocast=False,
         )
         self.variance_weights = self.add_weight(
-            name="variance_weights", shape=(3,), initializer=self.variance_weights_initializer, trainable=True
+            name="variance_weights", shape=(3,), initializer=self.variance_weights_initializer,
+            trainable=True, autocast=False,
         )
-        self.moving_mean = self.add_weight(
-            name="moving_mean", shape=(channels,), initializer=self.moving_mean_initializer,
-            trainable=False, autocast=False,
-        )
-        self.moving_variance = self.add_weight(
-            name="moving_variance", shape=(channels,), initializer=self.moving_variance_initializer,
-            trainable=False, autocast=False,
-        )
+        self.moving_mean = self.add_statistic("moving_mean", (channels,), self.moving_mean_initializer)
+        self.moving_variance = self.add_statistic(
+            "moving_variance", (channels,), self.moving_variance_initializer)
 
     def call(self, inputs, training=None):
+        x = self.float_input(inputs)
         common = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable):
-            return zoo.switchable_norm(
-                inputs, self.mean_weights, self.variance_weights, self.moving_mean, self.moving_variance,
+            return self.compute_output(zoo.switchable_norm(
+                x, self.mean_weights, self.variance_weights, self.moving_mean, self.moving_variance,
                 **common,
-            )
+            ))
+        if self.empty_batch(x):
+            return self.compute_output(x)
         replica_sum = distributed.replica_sum() if self.synchronized else None
         y, mean, variance = zoo.switchable_norm(
-            inputs, self.mean_weights, self.variance_weights, training=True, return_stats=True,
+            x, self.mean_weights, self.variance_weights, training=True, return_stats=True,
             replica_sum=replica_sum, **common,
         )
-        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-            batch = keras.ops.cast(batch, moving.dtype)
-            moving.assign(moving * self.momentum + batch * (1.0 - self.momentum))
-        return y
+        self.update_moving(x, ((self.moving_mean, mean, self.momentum),
+                               (self.moving_variance, variance, self.momentum)))
+        return self.compute_output(y)
 
     def get_config(self):
         return {

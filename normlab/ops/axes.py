@@ -9,13 +9,13 @@ from __future__ import annotations
 import numbers
 from typing import Sequence
 
-from normlab.ops.validate import error_message
+from normlab.ops.validate import ArgumentTypeError, error_message
 
 
 def as_axis_list(axis, *, argument: str = "axis") -> list[int]:
     """Returns ``axis`` (an int or a sequence of ints) as a list, unvalidated."""
     if isinstance(axis, bool):
-        raise TypeError(
+        raise ArgumentTypeError(
             error_message(argument, "an int or a list of ints", f"{argument}={axis!r}",
                           "Pass an int such as axis=-1.")
         )
@@ -25,7 +25,7 @@ def as_axis_list(axis, *, argument: str = "axis") -> list[int]:
         isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axis
     ):
         return [int(a) for a in axis]
-    raise TypeError(
+    raise ArgumentTypeError(
         error_message(
             argument,
             "an int or a non-empty list of ints",

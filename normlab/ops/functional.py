@@ -13,7 +13,7 @@ from normlab import backends
 from normlab.ops.axes import canonicalize_axes, complement, known_dims
 from normlab.ops.moments import shifted_moments
 from normlab.ops.normalize import normalize
-from normlab.ops.validate import check_epsilon, check_groups, error_message, resolve_groups
+from normlab.ops.validate import check_epsilon, check_groups, error_message, require_spatial, resolve_groups
 
 
 def _dims(x) -> list:
@@ -87,11 +87,13 @@ def group_norm(x, groups: int = 32, axis: int = -1, *, gamma=None, beta=None, ep
     (a,) = canonicalize_axes(axis, ndim)
     (channels,) = known_dims(x.shape, [a], axis=axis)
     g = resolve_groups(check_groups(groups), channels, axis)
+    if g == channels:  # one value per group without a spatial axis: all zeros
+        require_spatial(x.shape, "instance normalization (one group per channel)", argument="x")
     epsilon = check_epsilon(epsilon)
     _check_param("gamma", gamma, (channels,))
     _check_param("beta", beta, (channels,))
 
-    hook = backends.fast_path("group_norm")
+    hook = backends.fast_path("group_norm", epsilon=epsilon)
     if hook is not None:
         y = hook(x, groups=g, axis=a, gamma=gamma, beta=beta, epsilon=epsilon)
         if y is not None:
@@ -177,7 +179,7 @@ def layer_norm(x, axis=-1, *, gamma=None, beta=None, epsilon: float = 1e-3):
     _check_param("gamma", gamma, feature_shape)
     _check_param("beta", beta, feature_shape)
 
-    hook = backends.fast_path("layer_norm")
+    hook = backends.fast_path("layer_norm", epsilon=epsilon)
     if hook is not None:
         y = hook(x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)
         if y is not None:
@@ -256,7 +258,7 @@ def batch_norm(
 
     if training:
         # Fast paths reduce over this call's x only: never with a cross-replica sum.
-        hook = backends.fast_path("batch_norm_train") if mask is None and replica_sum is None else None
+        hook = backends.fast_path("batch_norm_train", epsilon=epsilon) if mask is None and replica_sum is None else None
         result = None
         if hook is not None:
             result = hook(x, axis=a, gamma=gamma, beta=beta, epsilon=epsilon)

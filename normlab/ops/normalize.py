@@ -7,11 +7,28 @@ from keras import ops
 from normlab.ops.moments import stats_dtype
 
 
+def inverse_std(variance, epsilon: float):
+    """``rsqrt(variance + epsilon)``; with ``epsilon == 0``, 0 where the variance is 0.
+
+    A slice with no spread has ``x - mean == 0``: with ``epsilon > 0`` it
+    normalizes to 0 (then ``beta``), and ``epsilon=0`` keeps that result
+    instead of ``0 * inf = NaN``. The guard costs nothing for ``epsilon > 0``
+    (decided on the Python float, never on tensor values), and its gradient
+    is finite (``rsqrt`` never sees 0).
+    """
+    if epsilon > 0:
+        return ops.rsqrt(variance + epsilon)
+    positive = ops.cast(variance > 0, variance.dtype)
+    return ops.rsqrt(variance + (1.0 - positive)) * positive
+
+
 def normalize(x, mean, variance, *, gamma=None, beta=None, epsilon: float = 1e-3, shift=None):
     """Normalizes ``x`` with given statistics, then scales and shifts it.
 
     Formula: ``y = (x - mean) * rsqrt(variance + epsilon) * gamma + beta``,
-    computed in float32 at least and cast back to the dtype of ``x``.
+    computed in float32 at least and cast back to the dtype of ``x``; a
+    slice with zero variance gives ``beta`` even with ``epsilon=0``
+    (:func:`inverse_std`).
     ``x - mean`` is formed before scaling, so a large common offset cancels
     exactly instead of being scaled first; with ``shift`` (from
     :func:`~normlab.ops.moments.shifted_moments`), ``mean`` is relative to
@@ -40,7 +57,7 @@ def normalize(x, mean, variance, *, gamma=None, beta=None, epsilon: float = 1e-3
     """
     out_dtype = x.dtype
     dtype = stats_dtype(x.dtype)
-    inv = ops.rsqrt(ops.cast(variance, dtype) + epsilon)
+    inv = inverse_std(ops.cast(variance, dtype), epsilon)
     if gamma is not None:
         inv = inv * ops.cast(gamma, dtype)
     x = ops.cast(x, dtype)

@@ -8,7 +8,19 @@ those that do run in ``build`` (layers) or at call time (ops).
 
 from __future__ import annotations
 
+import math
 import numbers
+
+import numpy as np
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type: a ``TypeError`` that is also a ``ValueError``.
+
+    Keras raises ``ValueError`` for some wrong types (``groups=1.5``,
+    ``groups="32"``) and ``TypeError`` for others; code written against
+    either catches normlab's errors.
+    """
 
 
 def error_message(argument: str, expected: str, received: str, fix: str = "") -> str:
@@ -19,10 +31,16 @@ def error_message(argument: str, expected: str, received: str, fix: str = "") ->
     return message
 
 
-def check_epsilon(epsilon) -> float:
-    """Returns ``epsilon`` as a float, rejecting negative or non-numbers."""
+def check_epsilon(epsilon, *, positive: bool = False, reason: str = "") -> float:
+    """Returns ``epsilon`` as a float: finite, non-negative (``positive``: > 0).
+
+    Zero is allowed where the norm defines the zero-variance case (a slice
+    with no spread normalizes to 0, then ``beta``); norms whose formula
+    divides by an uncentered quantity pass ``positive=True`` and a
+    ``reason``.
+    """
     if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
-        raise TypeError(
+        raise ArgumentTypeError(
             error_message(
                 "epsilon",
                 "a non-negative float",
@@ -30,11 +48,12 @@ def check_epsilon(epsilon) -> float:
                 "Pass a float such as epsilon=1e-3.",
             )
         )
-    if not epsilon >= 0:  # also rejects NaN
+    if not (epsilon > 0 if positive else epsilon >= 0) or not math.isfinite(epsilon):  # also NaN
+        bound = "a positive" if positive else "a non-negative"
         raise ValueError(
             error_message(
                 "epsilon",
-                "a non-negative float (it is added to the variance)",
+                f"{bound} float (finite; it is added to the variance{reason})",
                 f"epsilon={epsilon!r}",
                 "Use a small positive value such as epsilon=1e-3 (the default).",
             )
@@ -42,10 +61,53 @@ def check_epsilon(epsilon) -> float:
     return float(epsilon)
 
 
+def check_bool(name: str, value) -> bool:
+    """Returns ``value`` if it is a bool (Python or NumPy); anything else is an error.
+
+    ``bool(value)`` would take ``"no"``, ``"False"`` or ``0.5`` for True.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ArgumentTypeError(
+        error_message(
+            name,
+            "a bool (True or False)",
+            f"{name}={value!r} of type {type(value).__name__}",
+            f"Pass {name}=True or {name}=False.",
+        )
+    )
+
+
+def require_spatial(shape, owner: str, *, argument: str = "inputs", fix: str = "") -> None:
+    """Raises unless ``shape`` has a spatial axis: rank >= 3, (batch, ..., channels).
+
+    For the norms whose per-sample statistics run over the spatial axes,
+    which a rank-2 ``(batch, features)`` input does not have (every slice
+    would hold one element and normalize to 0).
+    """
+    if len(shape) < 3:
+        label = "input_shape" if argument == "inputs" else f"{argument}.shape"
+        raise ValueError(
+            error_message(
+                argument,
+                f"an input of rank >= 3 (batch, spatial..., channels) for {owner}, which takes "
+                "per-sample statistics over the spatial axes (a rank-2 input has none)",
+                f"{label}={tuple(shape)}",
+                fix or "Add a spatial axis, e.g. reshape (batch, features) to (batch, 1, features), "
+                "or use LayerNormalization for (batch, features).",
+            )
+        )
+
+
+def divisors(n: int) -> list[int]:
+    """The positive divisors of ``n``, for error messages that list the valid choices."""
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
 def check_groups(groups) -> int:
     """Checks the shape-independent part of ``groups``: a positive int or -1."""
     if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
-        raise TypeError(
+        raise ArgumentTypeError(
             error_message(
                 "groups",
                 "an integer (a positive number of groups, or -1 for one group per channel)",
@@ -79,14 +141,13 @@ def resolve_groups(groups: int, channels: int, axis: int) -> int:
             )
         )
     if channels % groups:
-        divisors = [d for d in range(1, channels + 1) if channels % d == 0]
         raise ValueError(
             error_message(
                 "groups",
                 f"a divisor of the number of channels ({channels}), so that every "
                 "group has the same number of channels",
                 f"groups={groups} with {channels} channels (axis={axis})",
-                f"Use one of {divisors}, or groups=-1 for instance normalization.",
+                f"Use one of {divisors(channels)}, or groups=-1 for instance normalization.",
             )
         )
     return groups

@@ -31,17 +31,29 @@ from normlab.ops.axes import canonicalize_axes, complement, known_dims
 from normlab.ops.functional import _broadcast, _check_param, _dims
 from normlab.ops.moments import moments, shifted_moments, stats_dtype
 from normlab.ops.normalize import normalize
-from normlab.ops.validate import check_epsilon, check_groups, error_message, resolve_groups
+from normlab.ops.validate import (
+    ArgumentTypeError,
+    check_epsilon,
+    check_groups,
+    divisors,
+    error_message,
+    require_spatial,
+    resolve_groups,
+)
 
 # --------------------------------------------------------------------------- checks
 
 
 def check_real(name: str, value, *, minimum=None, strict=False, example="") -> float:
     """Returns ``value`` as a float; a real number, optionally bounded below."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-        raise TypeError(
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(
             error_message(name, "a real number", f"{name}={value!r} of type {type(value).__name__}",
                           f"Pass a float such as {name}={example}.")
+        )
+    if not math.isfinite(value):
+        raise ValueError(
+            error_message(name, "a finite number", f"{name}={value!r}", f"Use a value such as {name}={example}.")
         )
     if minimum is not None and (value <= minimum if strict else value < minimum):
         bound = f"{'>' if strict else '>='} {minimum}"
@@ -102,19 +114,6 @@ def check_renorm_clipping(clipping) -> dict:
                           f"renorm_clipping={clipping!r}", fix)
         )
     return out
-
-
-def _require_spatial(x, name: str) -> None:
-    if len(x.shape) < 3:
-        raise ValueError(
-            error_message(
-                "x",
-                f"an input of rank >= 3, (batch, ..., channels) with at least one spatial axis: "
-                f"{name} takes per-sample statistics over the spatial axes",
-                f"x.shape={tuple(x.shape)} (rank {len(x.shape)})",
-                "Add a spatial axis, e.g. reshape (batch, features) to (batch, 1, features).",
-            )
-        )
 
 
 def _channel_axis(x, axis):
@@ -217,6 +216,22 @@ def frn_axes(axis, ndim: int):
     return channel, complement([channel], ndim, keep_batch=True)
 
 
+def check_frn_input(shape, spatial, learned_epsilon: bool) -> None:
+    """Raises for an input without a spatial axis unless a learned epsilon is used."""
+    if not spatial and not learned_epsilon:
+        raise ValueError(
+            error_message(
+                "inputs",
+                "an input with a spatial axis (rank >= 3), or a learned epsilon: with no spatial "
+                "axis nu2 = x**2 and FRN collapses to sign(x) unless a learned epsilon keeps it "
+                "smooth (the paper's advice for 1x1 activations)",
+                f"shape={tuple(shape)} without a learned epsilon",
+                "Pass learned_epsilon (FilterResponseNormalization(learned_epsilon=True)), add a "
+                "spatial axis, or use LayerNormalization.",
+            )
+        )
+
+
 def tlu(x, tau, axis: int = -1, *, alpha=None):
     """Thresholded linear unit: ``max(x, tau)``, or ``max(x, alpha * x + tau)``.
 
@@ -262,7 +277,7 @@ def filter_response_norm(
 
     Args:
         x: input of rank >= 2, batch first. With no spatial axis (rank 2),
-            ``nu2 = x^2`` and the paper recommends a learned epsilon.
+            ``nu2 = x^2`` and ``learned_epsilon`` is required (the paper's advice).
         axis: an int, the channel axis (statistics over all other non-batch
             axes); or a list, TF Addons' convention: the spatial axes to reduce
             over, leaving one channel axis. Default -1.
@@ -289,6 +304,7 @@ def filter_response_norm(
     x = ops.convert_to_tensor(x)
     ndim = len(x.shape)
     a, spatial = frn_axes(axis, ndim)
+    check_frn_input(x.shape, spatial, learned_epsilon is not None)
     (channels,) = known_dims(x.shape, [a], axis=axis)
     epsilon = check_epsilon(epsilon)
     for name, param in (("gamma", gamma), ("beta", beta), ("tau", tau)):
@@ -305,6 +321,13 @@ def filter_response_norm(
 
 
 # --------------------------------------------------------------------------- EvoNorm
+
+#: Why the EvoNorms need ``epsilon > 0``: they divide an uncentered ``x``
+#: by a standard deviation, so a slice with no spread has no defined output.
+EVO_NORM_EPSILON_REASON = (
+    "; EvoNorm divides the uncentered input by a standard deviation, so a constant "
+    "slice would give inf or NaN with epsilon=0"
+)
 
 
 def evo_norm_b0(
@@ -325,7 +348,7 @@ def evo_norm_b0(
         axis: the channel axis. Default -1.
         gamma: optional per-channel scale ``(C,)``. Default None.
         beta: optional per-channel offset ``(C,)``. Default None.
-        epsilon: added to both variances. Default 1e-3 (as timm).
+        epsilon: added to both variances, > 0. Default 1e-3 (as timm).
         training: use the batch variance (True) or ``moving_variance`` (False). Default False.
         return_stats: also return the variance used, shape ``(C,)``, as
             ``(y, variance)`` (the biased batch variance when training). Default False.
@@ -345,9 +368,9 @@ def evo_norm_b0(
         NeurIPS 2020. https://arxiv.org/abs/2004.02967
     """
     x = ops.convert_to_tensor(x)
-    _require_spatial(x, "EvoNorm-B0")
+    require_spatial(x.shape, "EvoNorm-B0", argument="x")
     ndim, a, channels = _channel_axis(x, axis)
-    epsilon = check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon, positive=True, reason=EVO_NORM_EPSILON_REASON)
     for name, param in (("v", v), ("gamma", gamma), ("beta", beta), ("moving_variance", moving_variance)):
         _check_param(name, param, (channels,))
     dtype = stats_dtype(x.dtype)
@@ -391,12 +414,12 @@ def evo_norm_s0(x, v=None, *, groups: int = 32, axis: int = -1, gamma=None, beta
         axis: the channel axis. Default -1.
         gamma: optional per-channel scale ``(C,)``. Default None.
         beta: optional per-channel offset ``(C,)``. Default None.
-        epsilon: added to the group variance. Default 1e-5 (as timm).
+        epsilon: added to the group variance, > 0. Default 1e-5 (as timm).
 
     Example:
         >>> import numpy as np
         >>> x = np.random.default_rng(0).normal(size=(2, 4, 4, 6)).astype("float32")
-        >>> y = ops.convert_to_numpy(evo_norm_s0(x, groups=3, epsilon=0.0))
+        >>> y = ops.convert_to_numpy(evo_norm_s0(x, groups=3, epsilon=1e-12))
         >>> std = x.reshape(2, 16, 3, 2).std(axis=(1, 3)).repeat(2, axis=1)[:, None, None, :]
         >>> bool(np.allclose(y, x / (1 + np.exp(-x)) / std, atol=1e-5))
         True
@@ -408,7 +431,7 @@ def evo_norm_s0(x, v=None, *, groups: int = 32, axis: int = -1, gamma=None, beta
     x = ops.convert_to_tensor(x)
     ndim, a, channels = _channel_axis(x, axis)
     g = resolve_groups(check_groups(groups), channels, axis)
-    epsilon = check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon, positive=True, reason=EVO_NORM_EPSILON_REASON)
     for name, param in (("v", v), ("gamma", gamma), ("beta", beta)):
         _check_param(name, param, (channels,))
     dims = _dims(x)
@@ -478,7 +501,7 @@ def switchable_norm(
         Switchable Normalization", ICLR 2019. https://arxiv.org/abs/1806.10779
     """
     x = ops.convert_to_tensor(x)
-    _require_spatial(x, "SwitchableNormalization")
+    require_spatial(x.shape, "switchable normalization", argument="x")
     ndim, a, channels = _channel_axis(x, axis)
     epsilon = check_epsilon(epsilon)
     _check_param("mean_weights", mean_weights, (3,))
@@ -592,13 +615,12 @@ def _batch_norm_train(x, *, axis, gamma, beta, epsilon, mask, virtual_batch_size
     if v is not None:
         batch = x.shape[0]
         if batch is not None and batch % v:
-            divisors = [d for d in range(1, batch + 1) if batch % d == 0]
             raise ValueError(
                 error_message(
                     "virtual_batch_size",
                     "a divisor of the batch size, so that the batch splits into equal ghost batches",
                     f"virtual_batch_size={v} with a batch of {batch}",
-                    f"Use one of {divisors}, or a batch size that is a multiple of {v} "
+                    f"Use one of {divisors(batch)}, or a batch size that is a multiple of {v} "
                     "(e.g. drop the last, smaller batch).",
                 )
             )

@@ -88,3 +88,34 @@ def test_large_offset_training_stays_exact():
     y = ops.convert_to_numpy(normlab.BatchNormalization()(x, training=True))
     assert np.isfinite(y).all()
     np.testing.assert_allclose(y, reference.batch_norm(x.astype(np.float64))[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(5, 2, 3), (4, 3, 3, 2)])
+def test_keras_mask_covers_every_axis_but_the_last_whatever_the_channel_axis(shape):
+    # A Masking layer's mask has the input's shape minus its last axis; with
+    # axis=1 it once went to the channel axis: a broadcast error for (5, 2, 3)
+    # and, for (4, 3, 3, 2), statistics off by 0.4 without any error.
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, size=shape).astype("float32")
+    x[:, 1] = 0.0
+    masked = keras.layers.Masking()(x)
+    ours = normlab.BatchNormalization(axis=1, momentum=0.0)
+    theirs = keras.layers.BatchNormalization(axis=1, momentum=0.0)
+    y = ops.convert_to_numpy(ours(masked, training=True))
+    np.testing.assert_allclose(y, ops.convert_to_numpy(theirs(masked, training=True)), atol=1e-4)
+    keep = np.any(x != 0.0, axis=-1, keepdims=True).astype("float64")  # what Masking keeps
+    _, mean, var = reference.batch_norm(x, axis=1, mask=np.broadcast_to(keep, x.shape))
+    np.testing.assert_allclose(ops.convert_to_numpy(ours.moving_mean), mean, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(ours.moving_variance), var, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"renorm": True}, {"virtual_batch_size": 2}])
+@pytest.mark.parametrize("shape", [(0, 3), (0, 4, 4, 3)])
+def test_empty_batch_in_training_returns_empty_and_keeps_the_moving_statistics(shape, kwargs):
+    layer = normlab.BatchNormalization(**kwargs)
+    layer.build((None,) + shape[1:])
+    before = [ops.convert_to_numpy(w) for w in layer.non_trainable_weights]
+    y = layer(np.zeros(shape, "float32"), training=True)
+    assert tuple(y.shape) == shape
+    for old, new in zip(before, layer.non_trainable_weights):
+        np.testing.assert_array_equal(ops.convert_to_numpy(new), old)

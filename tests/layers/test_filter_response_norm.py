@@ -58,9 +58,12 @@ def test_tfa_config_loads_and_defaults_match():
         "beta_regularizer": None, "gamma_regularizer": None, "beta_constraint": None, "gamma_constraint": None,
     }
     layer = normlab.FilterResponseNormalization.from_config(config)
-    layer.build((None, 4, 4, 3))
-    assert [w.name for w in layer.weights] == ["gamma", "beta", "learned_epsilon"]
+    # As in TF Addons, the learned epsilon exists before build, as the first weight.
+    assert layer.use_eps_learned and layer.eps_learned_constraint is None
     np.testing.assert_allclose(ops.convert_to_numpy(layer.eps_learned), [1e-4])  # TF Addons' initial value
+    layer.build((None, 4, 4, 3))
+    assert [w.name for w in layer.weights] == ["learned_epsilon", "gamma", "beta"]
+    assert normlab.FilterResponseNormalization().eps_learned is None
     positional = normlab.FilterResponseNormalization(1e-5, [1, 2])  # TF Addons' argument order
     assert (positional.epsilon, positional.axis) == (1e-5, [1, 2])
 

@@ -41,5 +41,21 @@ def test_equals_group_norm_with_groups_minus_one_and_with_groups_equal_channels(
 def test_accepts_tf_addons_config_with_groups_minus_one():
     layer = normlab.InstanceNormalization.from_config({"axis": 3, "groups": -1, "epsilon": 1e-3})
     assert layer.axis == 3 and "groups" not in layer.get_config()
-    with pytest.raises(ValueError, match=r"Received: groups=4\..*GroupNormalization"):
-        normlab.InstanceNormalization(groups=4)
+
+
+def test_other_groups_are_ignored_with_a_warning_as_in_tf_addons():
+    with pytest.warns(UserWarning, match=r"InstanceNormalization ignores groups=4: .*GroupNormalization"):
+        layer = normlab.InstanceNormalization(groups=4)
+    x = np.random.default_rng(0).normal(size=(2, 3, 3, 8)).astype("float32")
+    expected = normlab.InstanceNormalization()(x)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), ops.convert_to_numpy(expected), atol=1e-6)
+    assert "groups" not in layer.get_config()
+
+
+@pytest.mark.parametrize("make", [lambda: normlab.InstanceNormalization()(np.ones((4, 3), "float32")),
+                                  lambda: normlab.ops.instance_norm(np.ones((4, 3), "float32"))])
+def test_rank_two_input_has_no_spatial_axis(make):
+    # Each statistic would cover one value: every output 0. TF Addons returned those zeros.
+    with pytest.raises(ValueError, match=r"(?i)expected an input of rank >= 3 .*instance ?normalization.*"
+                                         r"Received: (input_shape|x\.shape)=\(4, 3\)\. Add a spatial axis"):
+        make()

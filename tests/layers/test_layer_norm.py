@@ -1,5 +1,6 @@
 """LayerNormalization: harness, Keras anchors (axis=1 on NHWC, axis lists), reference."""
 
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -39,5 +40,42 @@ def test_axis_list_is_kept_in_config():
 
 def test_rms_scaling_from_old_configs():
     assert normlab.LayerNormalization.from_config({"axis": -1, "rms_scaling": False}).axis == -1
-    with pytest.raises(ValueError, match=r"Received: rms_scaling=True\. Use RMS normalization"):
-        normlab.LayerNormalization(rms_scaling=True)
+    assert "rms_scaling" not in normlab.LayerNormalization().get_config()
+
+
+def test_rms_scaling_does_what_keras_does_with_a_warning():
+    # Keras' deprecated mode: x / sqrt(var + epsilon) * gamma, uncentered, gamma only.
+    x = np.random.default_rng(1).normal(3.0, 2.0, size=(4, 5, 6)).astype("float32")
+    with pytest.warns(UserWarning, match=r"rms_scaling=True\) is deprecated.*RMSNormalization"):
+        layer = normlab.LayerNormalization(rms_scaling=True, gamma_initializer="random_uniform")
+    with pytest.warns(UserWarning):
+        keras_layer = keras.layers.LayerNormalization(rms_scaling=True)
+    y = ops.convert_to_numpy(layer(x))
+    keras_layer.build(x.shape)
+    keras_layer.set_weights(layer.get_weights())
+    assert [w.name for w in layer.weights] == ["gamma"]
+    gamma = ops.convert_to_numpy(layer.gamma)
+    expected = x / np.sqrt(x.astype("float64").var(axis=-1, keepdims=True) + 1e-3) * gamma
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, ops.convert_to_numpy(keras_layer(x)), rtol=1e-5, atol=1e-5)
+    with pytest.warns(UserWarning):
+        clone = normlab.LayerNormalization.from_config(layer.get_config())
+    assert clone.rms_scaling
+
+
+@pytest.mark.parametrize("cls", [normlab.LayerNormalization, normlab.RMSNormalization])
+def test_inputs_of_another_rank_when_the_normalized_axes_keep_their_sizes(cls):
+    # As Keras' layers: built on (2, 2, 2), called on (10, 2, 2, 2) and (3, 2).
+    layer = cls()
+    layer.build((2, 2, 2))
+    for shape in [(10, 2, 2, 2), (3, 2)]:
+        x = np.random.default_rng(0).normal(5.0, 10.0, size=shape).astype("float32")
+        expected = cls()(x)
+        np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), ops.convert_to_numpy(expected), atol=1e-5)
+    with pytest.raises(ValueError, match=r"expected axis -1 of input shape to have value 2"):
+        layer(np.zeros((4, 3), "float32"))
+    axes = cls(axis=[1, 2])
+    axes.build((None, 3, 4))
+    assert tuple(axes(np.ones((2, 3, 4, 5), "float32")).shape) == (2, 3, 4, 5)
+    with pytest.raises(ValueError, match=r"expected axis 2 of input shape to have value 4"):
+        axes(np.ones((2, 3, 5), "float32"))

@@ -65,5 +65,5 @@ def test_errors_name_argument_value_and_fix():
     with pytest.raises(ValueError, match=r"Invalid `epsilon`: expected a non-negative float.*Received: epsilon=-1\.0"):
         normlab.RMSNormalization(epsilon=-1.0)
     with pytest.raises(ValueError, match=r"Invalid `axis`: expected feature axes other than the batch axis 0\. "
-                                         r"Received: axis=0 for an input of rank 3\..*axis=-1"):
-        normlab.RMSNormalization(axis=0)(np.zeros((2, 3, 4), "float32"))
+                                         r"Received: axis=0\..*axis=-1"):
+        normlab.RMSNormalization(axis=0)

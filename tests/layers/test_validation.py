@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 import normlab
 from normlab import ops as nops
@@ -48,9 +49,14 @@ def test_groups_not_an_integer(groups):
 
 
 @pytest.mark.parametrize("cls", LAYERS)
-def test_batch_axis_is_rejected(cls):
-    with pytest.raises(ValueError, match=r"expected feature axes other than the batch axis 0\. Received: axis=0 for an input of rank 4\. .*axis=-1"):
-        build(cls(axis=0), (None, 8, 8, 4))
+def test_batch_axis_is_rejected_at_construction(cls):
+    with pytest.raises(ValueError, match=r"expected feature axes other than the batch axis 0\. Received: axis=0\. .*axis=-1"):
+        cls(axis=0)
+
+
+def test_negative_axis_reaching_the_batch_axis_is_rejected_at_build():
+    with pytest.raises(ValueError, match=r"expected feature axes other than the batch axis 0\. Received: axis=-4 for an input of rank 4"):
+        build(normlab.GroupNormalization(axis=-4), (None, 8, 8, 4))
 
 
 @pytest.mark.parametrize("cls", LAYERS)
@@ -122,3 +128,114 @@ def test_errors_surface_in_functional_models():
     inputs = keras.Input((26, 26, 10))
     with pytest.raises(ValueError, match=r"Received: groups=3 with 10 channels"):
         normlab.GroupNormalization(groups=3)(inputs)
+
+
+# ---------------------------------------------------------------- values once silently accepted
+
+ACTIVATION_NORMS = {
+    "group": normlab.GroupNormalization, "instance": normlab.InstanceNormalization,
+    "layer": normlab.LayerNormalization, "batch": normlab.BatchNormalization,
+    "rms": normlab.RMSNormalization, "frn": normlab.FilterResponseNormalization,
+    "evonorm_b0": normlab.EvoNormB0, "evonorm_s0": normlab.EvoNormS0,
+    "switchable": normlab.SwitchableNormalization,
+}
+
+
+@pytest.mark.parametrize("epsilon", [float("inf"), float("nan")])
+@pytest.mark.parametrize("norm", sorted(ACTIVATION_NORMS))
+def test_non_finite_epsilon(norm, epsilon):
+    # epsilon=inf once returned all zeros.
+    with pytest.raises(ValueError, match=r"Invalid `epsilon`: expected a (non-negative|positive) float \(finite"):
+        ACTIVATION_NORMS[norm](epsilon=epsilon)
+
+
+@pytest.mark.parametrize("op", [lambda x, **kw: nops.group_norm(x, groups=2, **kw), nops.layer_norm,
+                                nops.rms_norm, nops.instance_norm])
+def test_ops_reject_non_finite_epsilon(op):
+    with pytest.raises(ValueError, match=r"Invalid `epsilon`.*Received: epsilon=inf"):
+        op(np.ones((2, 4, 4), "float32"), epsilon=float("inf"))
+
+
+@pytest.mark.parametrize("argument", ["center", "scale"])
+@pytest.mark.parametrize("value", ["no", "False", 1, 0.5, None])
+@pytest.mark.parametrize("norm", sorted(ACTIVATION_NORMS))
+def test_flags_must_be_bools(norm, argument, value):
+    # center="no" was once taken for True.
+    with pytest.raises(TypeError, match=rf"Invalid `{argument}`: expected a bool.*Received: {argument}={value!r} of type"):
+        ACTIVATION_NORMS[norm](**{argument: value})
+
+
+@pytest.mark.parametrize(
+    "make, argument",
+    [
+        (lambda v: normlab.BatchNormalization(renorm=v), "renorm"),
+        (lambda v: normlab.BatchNormalization(synchronized=v), "synchronized"),
+        (lambda v: normlab.BatchNormalization(use_moving_statistics=v), "use_moving_statistics"),
+        (lambda v: normlab.FilterResponseNormalization(use_tlu=v), "use_tlu"),
+        (lambda v: normlab.FilterResponseNormalization(learned_epsilon=v), "learned_epsilon"),
+        (lambda v: normlab.TLU(affine=v), "affine"),
+        (lambda v: normlab.LayerNormalization(rms_scaling=v), "rms_scaling"),
+    ],
+)
+def test_other_flags_must_be_bools(make, argument):
+    with pytest.raises(TypeError, match=rf"Invalid `{argument}`: expected a bool.*Received: {argument}='yes'"):
+        make("yes")
+    make(np.bool_(False))  # NumPy bools (from configs or arrays) are bools
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"gamma_initializer": "onez"}, "gamma_initializer"),
+        ({"beta_initializer": "zeroes"}, "beta_initializer"),
+        ({"gamma_regularizer": "l3"}, "gamma_regularizer"),
+        ({"beta_constraint": "nonneg"}, "beta_constraint"),
+    ],
+)
+@pytest.mark.parametrize("norm", sorted(ACTIVATION_NORMS))
+def test_unknown_initializer_regularizer_or_constraint_names(norm, kwargs, argument):
+    (value,) = kwargs.values()
+    with pytest.raises(ValueError, match=rf"Invalid `{argument}`: expected .*Keras {argument.split('_')[1]}.*"
+                                         rf"Received: {argument}='{value}' \(Could not interpret.*\)\. Check the spelling"):
+        ACTIVATION_NORMS[norm](**kwargs)
+
+
+@pytest.mark.parametrize(
+    "make, argument",
+    [
+        (lambda: normlab.BatchNormalization(moving_mean_initializer="zeroz"), "moving_mean_initializer"),
+        (lambda: normlab.EvoNormB0(v_regularizer="l3"), "v_regularizer"),
+        (lambda: normlab.FilterResponseNormalization(tau_initializer="zeroz"), "tau_initializer"),
+        (lambda: normlab.SwitchableNormalization(mean_weights_initializer="onez"), "mean_weights_initializer"),
+        (lambda: normlab.TLU(alpha_constraint="maxnorm3"), "alpha_constraint"),
+    ],
+)
+def test_unknown_names_for_the_other_weights(make, argument):
+    with pytest.raises(ValueError, match=rf"Invalid `{argument}`: expected .*Received: {argument}="):
+        make()
+
+
+def test_filter_response_norm_without_a_spatial_axis_needs_a_learned_epsilon():
+    # nu2 = x**2 on a rank-2 input: x / sqrt(x**2 + eps) is sign(x) unless epsilon is learned.
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    with pytest.raises(ValueError, match=r"Invalid `inputs`: expected an input with a spatial axis.*"
+                                         r"Received: shape=\(4, 3\).*Pass learned_epsilon"):
+        normlab.FilterResponseNormalization()(x)
+    with pytest.raises(ValueError, match=r"Received: shape=\(4, 3\) without a learned epsilon"):
+        nops.filter_response_norm(x)
+    y = normlab.FilterResponseNormalization(learned_epsilon=True)(x)
+    assert np.isfinite(ops.convert_to_numpy(y)).all()
+
+
+def test_evo_norm_s0_takes_groups_or_group_size_not_both():
+    with pytest.raises(ValueError, match=r"Invalid `group_size`: expected either a number of groups or a group "
+                                         r"size, not both.*Received: groups=4, group_size=2"):
+        normlab.EvoNormS0(groups=4, group_size=2)
+    layer = normlab.EvoNormS0(group_size=2)
+    assert normlab.EvoNormS0.from_config(layer.get_config()).group_size == 2
+
+
+@pytest.mark.parametrize("cls", [normlab.EvoNormB0, normlab.EvoNormS0])
+def test_evo_norm_needs_a_positive_epsilon(cls):
+    with pytest.raises(ValueError, match=r"Invalid `epsilon`: expected a positive float.*uncentered.*Received: epsilon=0"):
+        cls(epsilon=0.0)
