@@ -56,7 +56,7 @@ import json
 import keras
 import numpy as np
 
-from normlab.ops.validate import error_message
+from normlab.ops.validate import ArgumentTypeError, error_message
 
 __all__ = [
     "TFA_LAYERS",
@@ -144,6 +144,27 @@ def _build(tfa_name: str, config: dict, *, drop=(), **overrides):
     return cls(**config, **base)
 
 
+#: Keys TF-Keras 2 wrote into layer configs that Keras 3 rejects, by class.
+_TF_KERAS_2_ONLY_KEYS = {"LSTM": ("time_major",), "GRU": ("time_major",), "SimpleRNN": ("time_major",),
+                         "RNN": ("time_major",)}
+
+
+def _drop_tf_keras_2_keys(config):
+    """Removes, in place and recursively, the config keys Keras 3 no longer accepts
+    (``time_major`` of TF-Keras 2's recurrent layers, always False in TF Addons models)."""
+    if isinstance(config, dict):
+        inner = config.get("config")
+        if isinstance(inner, dict):
+            for key in _TF_KERAS_2_ONLY_KEYS.get(config.get("class_name"), ()):
+                inner.pop(key, None)
+        for value in config.values():
+            _drop_tf_keras_2_keys(value)
+    elif isinstance(config, list):
+        for value in config:
+            _drop_tf_keras_2_keys(value)
+    return config
+
+
 def _deserialize_layer(layer_config, custom_objects):
     """Deserializes a wrapped layer's config, in TF-Keras 2 or Keras 3 format."""
     if isinstance(layer_config, keras.layers.Layer):
@@ -153,7 +174,8 @@ def _deserialize_layer(layer_config, custom_objects):
         return keras.saving.deserialize_keras_object(layer_config, custom_objects=objects)
     from keras.src.legacy.saving import saving_utils  # TF-Keras 2 configs (no "module")
 
-    return saving_utils.model_from_config(json.loads(json.dumps(layer_config)), custom_objects=objects)
+    config = _drop_tf_keras_2_keys(json.loads(json.dumps(layer_config)))
+    return saving_utils.model_from_config(config, custom_objects=objects)
 
 
 class _Loader:
@@ -162,7 +184,7 @@ class _Loader:
     tfa_name = ""
 
     def __init__(self, *args, **kwargs):  # pragma: no cover - never instantiated
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{type(self).__name__} only converts TF Addons configs (from_config); "
             f"use normlab's {TFA_LAYERS[self.tfa_name][1]} directly."
         )
@@ -284,7 +306,7 @@ def model_from_config(config: dict, custom_objects: dict | None = None):
 
     objects = custom_objects_dict()
     objects.update(custom_objects or {})
-    config = json.loads(json.dumps(config))  # the legacy loader edits it in place
+    config = _drop_tf_keras_2_keys(json.loads(json.dumps(config)))  # the legacy loader edits it in place
     with saving_options.keras_option_scope(use_legacy_config=True):
         return saving_utils.model_from_config(config, custom_objects=objects)
 

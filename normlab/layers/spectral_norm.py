@@ -3,7 +3,10 @@
 A wrapper, not an activation norm: it divides the kernel of the Dense,
 Conv or Embedding layer it wraps by an estimate of the kernel's largest
 singular value, kept up to date by power iteration with a persistent
-vector ``u``.
+vector ``u``. By default the kernel is normalized on the fly at every call
+(the paper, PyTorch); ``in_place=True`` is Keras' and TF Addons' behaviour
+(the stored kernel overwritten in training steps, used as stored otherwise).
+Both are pinned by tests; the class docstring compares them.
 """
 
 from __future__ import annotations
@@ -14,19 +17,18 @@ import warnings
 import keras
 from keras import initializers, ops
 
-from normlab.layers.weight_norm import (
-    _KERNEL_LAYERS,
-    _missing_layer,
+from normlab.layers.derived_kernel import (
+    KERNEL_LAYERS,
+    call_with_kernel,
     check_wrapped_layer,
-    full_precision,
-    in_jax_stateless_call,
     kernel_variable,
-    substituted,
+    missing_layer,
 )
-from normlab.ops.validate import error_message
+from normlab.layers.weight_norm import full_precision, in_jax_stateless_call
+from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.ops.weights import spectral_norm
 
-_SPECTRAL_LAYERS = _KERNEL_LAYERS + (keras.layers.Embedding,)
+_SPECTRAL_LAYERS = KERNEL_LAYERS + (keras.layers.Embedding,)
 
 
 def _kernel_attribute(layer) -> str:
@@ -44,35 +46,60 @@ class SpectralNormalization(keras.layers.Wrapper):
 
         v = unit(u W^T),   u = unit(v W),   sigma = v W u^T
 
-    and the layer runs with ``W / sigma``. In inference ``u`` is not
-    updated and ``sigma = |W unit(u)|``. Gradients flow through ``sigma``
-    (with ``u`` and ``v`` held constant), as in the paper and in PyTorch's
-    ``spectral_norm``; the kernel variable keeps the unnormalized ``W``.
+    In inference ``u`` is not updated and ``sigma = |W unit(u)|``. Training
+    calls give the same outputs and the same updated ``u`` in both modes
+    below, equal to Keras'; the modes differ in what is stored, in what
+    inference uses and in the gradient.
 
-    ``in_place=True`` reproduces ``keras.layers.SpectralNormalization`` and
-    ``tfa.layers.SpectralNormalization`` instead: each training call
-    *overwrites* the kernel variable with ``W / sigma`` and the layer then
-    runs with the stored kernel, in training and inference alike (no
-    gradient through ``sigma``). That is the mode TF Addons models are
-    loaded in, so they give the outputs they gave. Under JAX ``fit``, which
-    discards updates of trainable weights made in the forward pass, the
-    stored kernel then never gets normalized (Keras' layer has the same
-    limit); the default mode has no such issue.
+    * ``in_place=False`` (default; the paper, PyTorch's ``spectral_norm``):
+      every call, training or inference, runs the layer with ``W / sigma``,
+      the gradient flowing through ``sigma`` (``u`` and ``v`` held constant).
+      The kernel variable keeps the unnormalized ``W``. Works the same under
+      JAX ``fit``.
+    * ``in_place=True`` (``keras.layers.SpectralNormalization``,
+      ``tfa.layers.SpectralNormalization``): each training call *overwrites*
+      the kernel variable with ``W / sigma``; every call then runs the layer
+      with the kernel as stored, so inference before any training step uses
+      the raw kernel, and no gradient flows through ``sigma``. TF Addons
+      models are loaded in this mode (``normlab.compat.tfa``), so they give
+      the outputs they gave. Under JAX ``fit``, which discards updates of
+      trainable weights made in the forward pass, the stored kernel never
+      gets normalized (Keras' layer has the same limit); the layer warns.
+
+    A 2x2 convolution with a kernel of ones on an image of ones (Keras'
+    own test): the kernel's largest singular value is 2, the unnormalized
+    output 4. Before any training step the default gives 2.0 in inference
+    and ``in_place=True`` gives 4.0, as Keras does; training calls give 2.0
+    in both, and afterwards inference gives 2.0 in both.
 
     Args:
         layer: the layer to wrap: a ``keras.layers.Dense``, ``Conv1D``,
             ``Conv2D``, ``Conv3D`` or ``Embedding`` instance (or subclass).
         power_iterations: power-iteration steps per training call, >= 1.
             Default 1 (the estimate improves across steps since ``u`` persists).
-        in_place: overwrite the kernel in training, as Keras and TF Addons
-            do, instead of normalizing it on the fly. Default False.
+        in_place: overwrite the kernel in training steps and run with the
+            stored kernel, as Keras and TF Addons do, instead of normalizing
+            it on the fly at every call. Default False.
         **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
 
     Example:
         >>> import keras, numpy as np, normlab
-        >>> dense = normlab.layers.SpectralNormalization(keras.layers.Dense(8), power_iterations=1)
+        >>> images = np.ones((1, 2, 2, 1), "float32")
+        >>> def conv():
+        ...     return keras.layers.Conv2D(1, 2, kernel_initializer="ones", use_bias=False)
+        >>> def value(x):
+        ...     return round(float(keras.ops.convert_to_numpy(x).max()), 4)
+        >>> default = normlab.layers.SpectralNormalization(conv())
+        >>> keras_like = normlab.layers.SpectralNormalization(conv(), in_place=True)
+        >>> [value(sn(images)) for sn in (default, keras_like)]                  # before training
+        [2.0, 4.0]
+        >>> [value(sn(images, training=True)) for sn in (default, keras_like)]
+        [2.0, 2.0]
+        >>> [value(sn.layer.kernel) for sn in (default, keras_like)]             # stored kernel
+        [1.0, 0.5]
+        >>> dense = normlab.layers.SpectralNormalization(keras.layers.Dense(8))
         >>> x = np.random.default_rng(0).normal(size=(4, 16)).astype("float32")
-        >>> for _ in range(30):                          # u converges across training calls
+        >>> for _ in range(100):                         # u converges across training calls
         ...     y = dense(x, training=True)
         >>> w = keras.ops.convert_to_numpy(dense.normalized_kernel())
         >>> round(float(np.linalg.svd(w, compute_uv=False)[0]), 3)
@@ -101,7 +128,7 @@ class SpectralNormalization(keras.layers.Wrapper):
                 )
             )
         if not isinstance(in_place, bool):
-            raise TypeError(
+            raise ArgumentTypeError(
                 error_message(
                     "in_place",
                     "a bool",
@@ -144,6 +171,7 @@ class SpectralNormalization(keras.layers.Wrapper):
     def _call(self, inputs, training):
         attribute = _kernel_attribute(self.layer)
         if self.in_place:
+            kernel = kernel_variable(self.layer, attribute)
             if training:
                 if in_jax_stateless_call() and not self._warned:
                     self._warned = True
@@ -154,14 +182,12 @@ class SpectralNormalization(keras.layers.Wrapper):
                         UserWarning,
                         stacklevel=3,
                     )
-                kernel = kernel_variable(self.layer, attribute)
                 kernel.assign(ops.cast(self.normalized_kernel(training=True), kernel.dtype))
-            outputs = self.layer(inputs)
+            # then the stored kernel, run through the shared helper like the default
+            # mode's (channels-first convolutions on TensorFlow CPU, bias placement)
         else:
             kernel = self.normalized_kernel(training=bool(training))
-            with substituted(self.layer, **{attribute: ops.cast(kernel, self.layer.compute_dtype)}):
-                outputs = self.layer(inputs)
-        return outputs
+        return call_with_kernel(self.layer, inputs, kernel, attribute=attribute)
 
     def get_config(self):
         return {
@@ -178,5 +204,5 @@ def spectral_normalization(layer=None, power_iterations=1, in_place=False, **kwa
     the registry's factory for ``"spectral_norm"``.
     """
     if layer is None:
-        raise _missing_layer("spectral_norm", "a Dense, Conv or Embedding layer")
+        raise missing_layer("spectral_norm", "a Dense, Conv or Embedding layer")
     return SpectralNormalization(layer, power_iterations=power_iterations, in_place=in_place, **kwargs)

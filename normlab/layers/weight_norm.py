@@ -1,86 +1,52 @@
 """WeightNormalization wrapper (Salimans & Kingma, 2016).
 
 A wrapper, not an activation norm: it reparametrizes the kernel of the
-Dense or Conv layer it wraps. The wrapped layer keeps its own variables
-(the kernel variable holds the direction ``v``); at every call the wrapper
-computes ``w = g * v / ||v||`` and runs the wrapped layer with ``w`` in
-place of its kernel, so gradients reach ``g`` and ``v`` on every backend.
+Dense or Conv layer it wraps, or the recurrent kernel of the SimpleRNN,
+LSTM or GRU layer it wraps (TF Addons' choice for RNNs). The wrapped layer
+keeps its own variables (the kernel variable holds the direction ``v``); at
+every call the wrapper computes ``w = g * v / ||v||`` and runs the wrapped
+layer with ``w`` in place of that kernel, so gradients reach ``g`` and
+``v`` on every backend, in ``fit`` too.
+
+Behaviour notes (details in the class docstring):
+
+* The data-dependent initialization runs on the first call of any kind,
+  training or inference, eager or traced (TF Addons' behaviour); never
+  while Keras only infers shapes, never again once ``initialized`` is set
+  (e.g. by loading saved weights).
+* Under JAX, ``fit``, ``predict`` and ``evaluate`` discard forward-pass
+  updates of trainable weights: there the layer keeps ``g`` and the bias,
+  warns once, and a training step marks it initialized so that no later
+  call overwrites trained weights.
+* ``remove()`` folds ``w`` into the wrapped layer's kernel variable and
+  returns that plain Keras layer (TF Addons' ``remove``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import keras
 from keras import ops
 
+from normlab.layers.derived_kernel import (
+    KERNEL_LAYERS,
+    call_with_kernel,
+    check_wrapped_layer,
+    kernel_variable,
+    missing_layer,
+    substituted,
+)
 from normlab.ops.moments import moments
-from normlab.ops.validate import error_message
+from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.ops.weights import weight_norm
 
 #: Added to the variance in the data-dependent initialization (as TF Addons).
 DATA_INIT_EPSILON = 1e-10
 
-_KERNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-
-
-def check_wrapped_layer(wrapper: str, layer, supported=_KERNEL_LAYERS) -> None:
-    """Raises unless ``layer`` is an instance of one of the ``supported`` classes."""
-    names = ", ".join(c.__name__ for c in supported)
-    if not isinstance(layer, keras.layers.Layer):
-        raise TypeError(
-            error_message(
-                "layer",
-                f"a Keras layer instance to wrap ({names})",
-                f"layer={layer!r} of type {type(layer).__name__}",
-                f"Pass a layer instance, e.g. {wrapper}(keras.layers.Conv2D(16, 3)).",
-            )
-        )
-    if not isinstance(layer, supported):
-        raise ValueError(
-            error_message(
-                "layer",
-                f"one of {names} (or a subclass), whose kernel's last axis is the output axis",
-                f"layer={type(layer).__name__}(name={layer.name!r})",
-                "Wrap a supported layer; for other layers apply the normlab.ops.weights "
-                "functions to their kernel yourself.",
-            )
-        )
-
-
-def kernel_variable(layer, attribute: str = "_kernel"):
-    """The wrapped layer's raw kernel variable (built layers only)."""
-    variable = layer.__dict__.get(attribute)
-    if variable is None:
-        raise ValueError(
-            error_message(
-                "layer",
-                f"a built layer storing its kernel in `{attribute}` (Keras 3 Dense/Conv/Embedding)",
-                f"layer={type(layer).__name__}(name={layer.name!r}) without `{attribute}`",
-                "Wrap an unquantized keras.layers.Dense or Conv layer.",
-            )
-        )
-    return variable
-
-
-@contextlib.contextmanager
-def substituted(layer, **attributes):
-    """Temporarily replaces attributes of ``layer`` (e.g. its kernel) without tracking.
-
-    Keras' Dense and Conv layers read their kernel from ``_kernel`` at call
-    time; setting it to a tensor for the duration of one call runs the
-    layer's own ``call`` (masking, dtype handling, activation) on a derived
-    kernel. The attributes are restored even if the call raises.
-    """
-    saved = {name: layer.__dict__[name] for name in attributes}
-    try:
-        for name, value in attributes.items():
-            object.__setattr__(layer, name, value)
-        yield layer
-    finally:
-        for name, value in saved.items():
-            object.__setattr__(layer, name, value)
+#: The RNN cells whose ``recurrent_kernel`` the wrapper can substitute: they
+#: read it from that attribute at every step, on every backend.
+RNN_CELLS = (keras.layers.SimpleRNNCell, keras.layers.LSTMCell, keras.layers.GRUCell)
 
 
 def in_jax_stateless_call() -> bool:
@@ -91,6 +57,13 @@ def in_jax_stateless_call() -> bool:
     from keras.src.backend.common.stateless_scope import in_stateless_scope
 
     return in_stateless_scope()
+
+
+def in_shape_inference() -> bool:
+    """True while Keras runs a layer only to infer output shapes (symbolic tensors)."""
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+    return in_symbolic_scope()
 
 
 def full_precision():
@@ -120,9 +93,24 @@ def output_channel_axis(layer) -> int:
     return -1
 
 
+def _check_rnn_cell(layer) -> None:
+    if not isinstance(layer.cell, RNN_CELLS):
+        raise ValueError(
+            error_message(
+                "layer",
+                "a recurrent layer whose cell is a SimpleRNNCell, LSTMCell or GRUCell (or a "
+                "subclass), whose `recurrent_kernel` is the kernel normalized",
+                f"layer={type(layer).__name__}(name={layer.name!r}) with cell "
+                f"{type(layer.cell).__name__}",
+                "Wrap keras.layers.SimpleRNN, LSTM or GRU (one RNN per cell when stacking); for "
+                "another cell, apply normlab.ops.weight_norm to its recurrent kernel in its call.",
+            )
+        )
+
+
 @keras.saving.register_keras_serializable(package="normlab")
 class WeightNormalization(keras.layers.Wrapper):
-    """Weight normalization: a Dense/Conv kernel split into a norm ``g`` and a direction ``v``.
+    """Weight normalization: a layer's kernel split into a norm ``g`` and a direction ``v``.
 
     The wrapped layer's kernel variable holds the direction ``v``; the
     wrapper adds a per-output-unit norm ``g`` and, at every call, runs the
@@ -130,46 +118,65 @@ class WeightNormalization(keras.layers.Wrapper):
 
         w = g * v / ||v||        (||v|| over all kernel axes but the output axis)
 
-    With ``data_init=True`` the first training call (``training=True``)
-    initializes ``g`` and the layer's bias from that batch so that the
-    pre-activations ``t = x . v/||v||`` come out with zero mean and unit
+    For ``SimpleRNN``, ``LSTM`` and ``GRU`` (``is_rnn``) the normalized
+    kernel is the cell's recurrent kernel, shape ``(units, gates * units)``,
+    as in TF Addons: ``g`` has ``gates * units`` entries and ``||v||`` runs
+    over the first axis; the input kernel is left as it is.
+
+    With ``data_init=True`` the first call, training or inference (as in TF
+    Addons), initializes ``g`` and the layer's bias from that batch so that
+    the pre-activations ``t = x . v/||v||`` come out with zero mean and unit
     variance per unit: ``g = 1 / sqrt(var(t) + 1e-10)``,
     ``bias = -mean(t) * g``. With ``data_init=False``, ``g`` starts at
     ``||v||``, so the wrapped layer initially computes what it did unwrapped.
+    Loaded weights carry ``initialized``, so loading never re-initializes.
 
     A drop-in for ``tfa.layers.WeightNormalization`` that works with Keras 3
     on TensorFlow, JAX and PyTorch and with ``.keras`` saving (the wrapped
     layer is serialized in the config). Differences from TF Addons: the
-    data-dependent initialization runs on the first *training* call (TF
-    Addons ran it on the first call of any kind) and follows the paper,
-    using the normalized direction and ignoring the initial bias (TF Addons
-    took the statistics with the raw ``v`` and the initial bias, so its
-    outputs had standard deviation ``1/||v||`` rather than 1).
+    initialization follows the paper, using the normalized direction and
+    ignoring the initial bias (TF Addons took the statistics with the raw
+    ``v`` and the initial bias, so its outputs had standard deviation
+    ``1/||v||`` rather than 1). For RNNs (TF Addons' default too, though the
+    paper advises against it) ``data_init=True`` sets ``g`` to one over the
+    standard deviation of the layer's outputs computed with ``g = 1``, per
+    unit and repeated over the gates, and leaves the bias alone, as TF Addons
+    did; the layer warns. Prefer ``data_init=False`` for RNNs.
 
-    On JAX, ``fit`` runs the forward pass statelessly and discards updates
-    to trainable weights, so the data-dependent initialization cannot
-    happen inside ``fit``: call the model once eagerly first, e.g.
-    ``model(x_batch, training=True)`` (harmless on every backend). The layer
-    warns if it sees an uninitialized training step under JAX ``fit``.
+    On JAX, ``fit``, ``predict`` and ``evaluate`` run the forward pass
+    statelessly and discard updates of trainable weights, so the
+    initialization cannot happen inside them: call the model once eagerly
+    first, e.g. ``model(x_batch)``. Otherwise the layer warns and keeps ``g``
+    and the bias as they are; ``fit`` also marks it initialized, so that no
+    later call overwrites the trained weights.
+
+    ``remove()`` writes ``w`` into the wrapped layer's kernel (recurrent
+    kernel for RNNs) and returns the wrapped layer: a plain Keras layer with
+    the wrapper's outputs.
 
     Args:
         layer: the layer to wrap: a ``keras.layers.Dense``, ``Conv1D``,
-            ``Conv2D`` or ``Conv3D`` instance (or subclass).
-        data_init: initialize ``g`` and the bias from the first training
-            batch. Default True.
+            ``Conv2D``, ``Conv3D``, ``SimpleRNN``, ``LSTM`` or ``GRU``
+            instance (or subclass; ``keras.layers.RNN`` over one
+            ``SimpleRNNCell``, ``LSTMCell`` or ``GRUCell`` too).
+        data_init: initialize ``g`` and the bias from the first batch.
+            Default True.
         **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
 
     Example:
         >>> import keras, numpy as np, normlab
         >>> x = np.random.default_rng(0).normal(2.0, 3.0, size=(64, 8, 8, 3)).astype("float32")
         >>> conv = normlab.layers.WeightNormalization(keras.layers.Conv2D(4, 3))
-        >>> y = keras.ops.convert_to_numpy(conv(x, training=True))   # data-dependent init
+        >>> y = keras.ops.convert_to_numpy(conv(x))      # first call: data-dependent init
         >>> bool(np.allclose(y.mean(axis=(0, 1, 2)), 0, atol=1e-4))
         True
         >>> bool(np.allclose(y.std(axis=(0, 1, 2)), 1, atol=1e-4))
         True
         >>> [w.name for w in conv.weights]
         ['g', 'initialized', 'kernel', 'bias']
+        >>> plain = conv.remove()                        # w folded into the Conv2D's kernel
+        >>> type(plain).__name__, bool(np.allclose(keras.ops.convert_to_numpy(plain(x)), y, atol=1e-4))
+        ('Conv2D', True)
 
     Reference:
         Salimans & Kingma, "Weight Normalization: A Simple Reparameterization
@@ -178,24 +185,54 @@ class WeightNormalization(keras.layers.Wrapper):
     """
 
     def __init__(self, layer, data_init=True, **kwargs):
-        check_wrapped_layer(type(self).__name__, layer)
+        check_wrapped_layer(type(self).__name__, layer, KERNEL_LAYERS + (keras.layers.RNN,))
+        is_rnn = isinstance(layer, keras.layers.RNN)
+        if is_rnn:
+            _check_rnn_cell(layer)
         if not isinstance(data_init, bool):
-            raise TypeError(
+            raise ArgumentTypeError(
                 error_message(
                     "data_init",
                     "a bool",
                     f"data_init={data_init!r} of type {type(data_init).__name__}",
-                    "Pass data_init=True (initialize from the first training batch) or False.",
+                    "Pass data_init=True (initialize from the first batch) or False.",
                 )
             )
         super().__init__(layer, **kwargs)
         self.data_init = data_init
+        self._is_rnn = is_rnn
         self._init_seen = False
         self._warned = False
+        self._warned_rnn = False
+
+    @property
+    def is_rnn(self) -> bool:
+        """Whether the wrapped layer is a recurrent layer (its recurrent kernel is normalized)."""
+        return self._is_rnn
+
+    def _kernel(self):
+        """The normalized variable ``v``: the kernel, or the RNN cell's recurrent kernel."""
+        if not self._is_rnn:
+            return kernel_variable(self.layer)
+        cell = self.layer.cell
+        kernel = cell.__dict__.get("recurrent_kernel")
+        if not isinstance(kernel, keras.Variable) or len(kernel.shape) != 2:
+            raise ValueError(
+                error_message(
+                    "layer",
+                    "a built recurrent layer whose cell stores a 2-D `recurrent_kernel` variable",
+                    f"layer={type(self.layer).__name__}(name={self.layer.name!r}) with cell "
+                    f"{type(cell).__name__} and recurrent_kernel of type {type(kernel).__name__}"
+                    f"{'' if kernel is None else ', shape ' + str(tuple(kernel.shape))}",
+                    "Wrap keras.layers.SimpleRNN, LSTM or GRU, or a cell subclass that keeps "
+                    "their `recurrent_kernel`.",
+                )
+            )
+        return kernel
 
     def build(self, input_shape=None):
         super().build(input_shape)
-        kernel = kernel_variable(self.layer)
+        kernel = self._kernel()
         self._norm_axes = list(range(len(kernel.shape) - 1))
         units = int(kernel.shape[-1])
         self.g = self.add_weight(
@@ -217,68 +254,129 @@ class WeightNormalization(keras.layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
     def _bias(self):
+        if self._is_rnn:  # TF Addons left an RNN's bias alone
+            return None
         bias = self.layer.__dict__.get("bias")
         return bias if isinstance(bias, keras.Variable) else None
 
+    def _run(self, inputs, kernel, training=None, pre_activation=False):
+        """The wrapped layer's output with ``kernel`` in place of ``v``."""
+        if not self._is_rnn:
+            return call_with_kernel(self.layer, inputs, kernel, pre_activation=pre_activation)
+        cell = self.layer.cell
+        with substituted(cell, recurrent_kernel=ops.cast(kernel, cell.compute_dtype)):
+            return self.layer(inputs, training=training)
+
     def _data_init_values(self, inputs):
-        """``(g, bias)`` giving this batch's pre-activations zero mean, unit variance."""
-        direction = weight_norm(kernel_variable(self.layer), None, self._norm_axes)
-        swap = {"_kernel": ops.cast(direction, self.layer.compute_dtype), "activation": None}
-        bias = self._bias()
-        if bias is not None:
-            swap["bias"] = ops.zeros(bias.shape, self.layer.compute_dtype)
-        with substituted(self.layer, **swap):
-            t = self.layer(inputs)
+        """``(g[, bias])`` giving this batch's pre-activations zero mean, unit variance."""
+        direction = weight_norm(self._kernel(), None, self._norm_axes)
+        t = self._run(inputs, direction, training=False, pre_activation=True)
+        if self._is_rnn:
+            t = keras.tree.flatten(t)[0]  # the output, without return_state's states
         axis = output_channel_axis(self.layer) % len(t.shape)
         mean, var = moments(t, [a for a in range(len(t.shape)) if a != axis], keepdims=False)
         scale = ops.rsqrt(var + DATA_INIT_EPSILON)
         values = [ops.cast(scale, self.g.dtype)]
+        if self._is_rnn:  # one scale per unit, repeated over the gates (TF Addons)
+            values = [ops.tile(values[0], [int(self.g.shape[0]) // int(scale.shape[0])])]
+        bias = self._bias()
         if bias is not None:
             values.append(ops.cast(-mean * scale, bias.dtype))
         return tuple(ops.stop_gradient(v) for v in values)
 
-    def _initialize(self, inputs):
-        bias = self._bias()
+    def _warn(self, message):
+        warnings.warn(f"{type(self).__name__} {self.name!r}: {message}", UserWarning, stacklevel=4)
+
+    def _initialize(self, inputs, training):
         if in_jax_stateless_call():
+            # Updates of g and the bias would be discarded here, while `initialized`
+            # (non-trainable) would be kept. Leave g and the bias as they are; a
+            # training call marks the layer initialized, so that no later call
+            # overwrites the weights it trained.
             if not self._init_seen and not self._warned:
                 self._warned = True
-                warnings.warn(
-                    f"{type(self).__name__} {self.name!r}: under JAX, `fit` discards updates of "
-                    "trainable weights made in the forward pass, so the data-dependent "
-                    "initialization of `g` and the bias cannot happen here. Call the model once "
-                    "eagerly first, e.g. `model(x_batch, training=True)`, or pass "
-                    "data_init=False. (Ignore this if the weights were set or loaded already.)",
-                    UserWarning,
-                    stacklevel=3,
+                self._warn(
+                    "under JAX, `fit`, `predict` and `evaluate` discard updates of trainable "
+                    "weights made in the forward pass, so the data-dependent initialization of "
+                    "`g` and the bias cannot happen here: they keep their current values, and a "
+                    "training step marks the layer initialized. Call the model once eagerly "
+                    "first, e.g. `model(x_batch)`, or pass data_init=False. (Ignore this if the "
+                    "weights were set or loaded already.)"
                 )
+            if training:
+                self.initialized.assign(True)
+            return
         done = _concrete_bool(self.initialized)
         if done:  # eager and initialized: nothing to do
             self._init_seen = True
             return
+        if self._is_rnn and not self._warned_rnn and (done is False or not self._init_seen):
+            self._warned_rnn = True
+            self._warn(
+                "data-dependent initialization of a recurrent layer (TF Addons' default; the "
+                "paper advises against it for RNNs): `g` is set from this batch's outputs. "
+                "Pass data_init=False to start from the unwrapped layer."
+            )
+        bias = self._bias()
+        targets = [self.g] + ([bias] if bias is not None else [])
         if done is False:  # eager: no need to trace both branches
             values = self._data_init_values(inputs)
-        else:  # inside a traced function (fit): decide at run time
-            current = (self.g.value,) + ((bias.value,) if bias is not None else ())
+        else:  # inside a traced function (tf.function, jit): decide at run time
+            current = tuple(t.value for t in targets)
             values = ops.cond(
                 ops.logical_and(self.initialized, True),
                 lambda: current,
                 lambda: self._data_init_values(inputs),
             )
-        self.g.assign(values[0])
-        if bias is not None:
-            bias.assign(values[1])
+        for target, value in zip(targets, values):
+            target.assign(value)
         self.initialized.assign(True)
-        if not in_jax_stateless_call():
-            self._init_seen = True
+        self._init_seen = True
 
     def call(self, inputs, training=None):
         with full_precision():
-            if training and self.data_init:
-                self._initialize(inputs)
-            kernel = weight_norm(kernel_variable(self.layer), self.g, self._norm_axes)
-            with substituted(self.layer, _kernel=ops.cast(kernel, self.layer.compute_dtype)):
-                outputs = self.layer(inputs)
-        return ops.cast(outputs, self.compute_dtype)
+            if self.data_init and not in_shape_inference():
+                self._initialize(inputs, training)
+            kernel = weight_norm(self._kernel(), self.g, self._norm_axes)
+            outputs = self._run(inputs, kernel, training)
+        return keras.tree.map_structure(lambda t: ops.cast(t, self.compute_dtype), outputs)
+
+    def remove(self):
+        """Folds ``w = g * v / ||v||`` into the wrapped layer and returns that layer.
+
+        The wrapped layer's kernel variable (the cell's recurrent kernel for
+        RNNs) is overwritten with ``w``, so the returned plain Keras layer
+        gives the wrapper's outputs and saves as an ordinary layer. The
+        wrapper keeps giving the same outputs while ``g > 0``.
+
+        Returns:
+            The wrapped layer.
+        """
+        if not self.built:
+            raise ValueError(
+                error_message(
+                    "remove()",
+                    "a built wrapper (g exists once it has been called or built)",
+                    f"remove() on the unbuilt {type(self).__name__} {self.name!r}",
+                    "Call the wrapper on a batch, or build it with wrapper.build(input_shape), "
+                    "before remove().",
+                )
+            )
+        if self.data_init and _concrete_bool(self.initialized) is False:
+            raise ValueError(
+                error_message(
+                    "remove()",
+                    "an initialized wrapper (data_init=True initializes g and the bias on "
+                    "the first call)",
+                    f"remove() on {type(self).__name__} {self.name!r} before its first call "
+                    "(initialized=False, g still 1)",
+                    "Call the wrapper once on a batch of data first, or use data_init=False.",
+                )
+            )
+        with full_precision():
+            kernel = self._kernel()
+            kernel.assign(ops.cast(weight_norm(kernel, self.g, self._norm_axes), kernel.dtype))
+        return self.layer
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
@@ -304,24 +402,12 @@ class _KernelNorm(keras.initializers.Initializer):
         return {}
 
 
-def _missing_layer(spec: str, what: str):
-    return ValueError(
-        error_message(
-            "layer",
-            f"the layer to modify ({what}); {spec!r} is not an activation norm placed "
-            "after a layer, it changes the layer's kernel",
-            "layer=None",
-            f"Build it around the layer: normlab.get({spec!r}, layer=keras.layers.Conv2D(16, 3)).",
-        )
-    )
-
-
 def weight_normalization(layer=None, data_init=True, **kwargs):
-    """Wrapper, not an activation norm: weight-normalizes the Dense/Conv layer given as ``layer=``.
+    """Wrapper, not an activation norm: weight-normalizes the Dense/Conv/RNN layer given as ``layer=``.
 
     Returns ``WeightNormalization(layer, data_init=data_init, **kwargs)``;
     the registry's factory for ``"weight_norm"``.
     """
     if layer is None:
-        raise _missing_layer("weight_norm", "a Dense or Conv layer")
+        raise missing_layer("weight_norm", "a Dense, Conv, SimpleRNN, LSTM or GRU layer")
     return WeightNormalization(layer, data_init=data_init, **kwargs)

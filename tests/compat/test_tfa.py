@@ -390,3 +390,17 @@ def test_file_errors():
         with pytest.raises(ValueError, match=r"Invalid `filepath`: expected weights for the model's \d+ layers "
                                              r"that have weights.*Received: 1 layers with weights"):
             tfa.load_weights(model, renamed)
+
+
+def test_weight_normalization_around_a_tf_keras_2_lstm():
+    # TF-Keras 2 wrote time_major into every recurrent layer's config; Keras 3 rejects it.
+    lstm = {"class_name": "LSTM", "config": {
+        "name": "lstm", "trainable": True, "dtype": "float32", "return_sequences": False,
+        "return_state": False, "go_backwards": False, "stateful": False, "unroll": False,
+        "time_major": False, "units": 3, "activation": "tanh", "recurrent_activation": "sigmoid",
+        "use_bias": True, "dropout": 0.0, "recurrent_dropout": 0.0, "implementation": 2}}
+    layer = deserialize(tfa_wn("wn", lstm))
+    assert type(layer) is normlab.WeightNormalization and layer.is_rnn
+    assert type(layer.layer) is keras.layers.LSTM and layer.layer.units == 3
+    model = tfa.model_from_json(json.dumps(keras2_sequential([tfa_wn("wn", lstm)], input_shape=(5, 2))))
+    assert tuple(model.output_shape) == (None, 3)

@@ -1,4 +1,5 @@
-"""SpectralNormalization: float64 references, SVD, parity with keras.layers.SpectralNormalization, errors."""
+"""SpectralNormalization: float64 references, SVD, both modes pinned, parity with keras.layers.SpectralNormalization,
+channels-first, errors."""
 
 import os
 import tempfile
@@ -14,6 +15,7 @@ from normlab.testing import reference
 
 # One input shape throughout keeps JAX's per-shape compilations few.
 X = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 6, 7, 4)).astype("float32")
+X_FIRST = np.transpose(X, (0, 3, 1, 2))
 
 
 def numpy_(x):
@@ -88,6 +90,46 @@ def test_training_matches_keras_spectral_normalization(make):
         reference.top_singular_value(numpy_(ours.normalized_kernel())),
         reference.top_singular_value(numpy_(theirs.layer.kernel)), rtol=0.05,
     )
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_keras_apply_layer_numbers_pin_both_modes(data_format):
+    # Keras' test_apply_layer: a 2x2 kernel of ones on an image of ones; unnormalized
+    # output 4, largest singular value of the kernel (as a 4x1 matrix) 2.
+    images = np.ones((1, 2, 2, 1) if data_format == "channels_last" else (1, 1, 2, 2), "float32")
+
+    def make(**kwargs):
+        conv = keras.layers.Conv2D(1, 2, kernel_initializer="ones", data_format=data_format)
+        return normlab.SpectralNormalization(conv, power_iterations=8, **kwargs)
+
+    def outputs(layer):  # inference, training, inference again
+        return [float(numpy_(layer(images, training=t)).squeeze()) for t in (False, True, False)]
+
+    default, keras_like = make(), make(in_place=True)
+    assert not default.in_place
+    assert outputs(default) == pytest.approx([2.0, 2.0, 2.0], abs=1e-6)  # normalized at every call
+    np.testing.assert_array_equal(numpy_(default.layer.kernel), 1.0)  # the variable keeps W
+    assert outputs(keras_like) == pytest.approx([4.0, 2.0, 2.0], abs=1e-6)  # stored kernel until trained
+    np.testing.assert_allclose(numpy_(keras_like.layer.kernel), 0.5, atol=1e-6)  # overwritten: W / sigma
+    if data_format == "channels_last":  # Keras' own layer (channels-first convs need oneDNN on TF CPU)
+        theirs = keras.layers.SpectralNormalization(
+            keras.layers.Conv2D(1, 2, kernel_initializer="ones"), power_iterations=8)
+        assert outputs(theirs) == pytest.approx([4.0, 2.0, 2.0], abs=1e-6)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_channels_first_conv_matches_float64_reference(in_place):
+    conv = keras.layers.Conv2D(3, 3, data_format="channels_first", bias_initializer="random_normal")
+    layer = normlab.SpectralNormalization(conv, power_iterations=2, in_place=in_place)
+    layer.build(X_FIRST.shape)
+    kernel, bias, u0 = numpy_(conv.kernel), numpy_(conv.bias), numpy_(layer.vector_u)
+    if not in_place:  # inference before any training step: sigma = |W unit(u)|
+        w0, _, _ = reference.spectral_norm(kernel, u0, power_iterations=0)
+        y = np.transpose(numpy_(layer(X_FIRST)), (0, 2, 3, 1))
+        np.testing.assert_allclose(y, reference.conv(X, w0, bias), atol=1e-4)
+    w, _, _ = reference.spectral_norm(kernel, u0, power_iterations=2)
+    y = np.transpose(numpy_(layer(X_FIRST, training=True)), (0, 2, 3, 1))
+    np.testing.assert_allclose(y, reference.conv(X, w, bias), atol=1e-4)
 
 
 def test_embedding_is_supported():

@@ -1,4 +1,4 @@
-"""WeightNormalization: float64 references, data-dependent init, TF Addons anchors, saving, errors."""
+"""WeightNormalization: float64 references, data-dependent init, RNNs, remove(), TF Addons anchors, saving, errors."""
 
 import os
 import tempfile
@@ -12,6 +12,7 @@ from keras import ops
 import normlab
 from normlab.ops.weights import weight_norm
 from normlab.testing import reference
+from normlab.testing.autodiff import finite_differences, gradients
 
 BACKEND = keras.backend.backend()
 # One input shape throughout keeps JAX's per-shape compilations few. Output
@@ -19,10 +20,36 @@ BACKEND = keras.backend.backend()
 # its bias on the wrong axis under TensorFlow when they are equal (keras.ops.add).
 X = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 6, 7, 4)).astype("float32")  # NHWC
 X_FIRST = np.transpose(X, (0, 3, 1, 2))
+SEQ = np.random.default_rng(5).normal(size=(6, 5, 3)).astype("float32")  # (batch, time, features)
+GATES = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}
 
 
 def numpy_weights(layer):
     return [ops.convert_to_numpy(w) for w in layer.weights]
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def rnn_reference(kind, x, kernel, recurrent, bias):
+    """Float64 last output of Keras' SimpleRNN / LSTM / GRU (default options, GRU reset_after)."""
+    x, kernel, recurrent, bias = (np.asarray(a, np.float64) for a in (x, kernel, recurrent, bias))
+    h = np.zeros((x.shape[0], recurrent.shape[0]))
+    c = np.zeros_like(h)
+    for t in range(x.shape[1]):
+        if kind == "SimpleRNN":
+            h = np.tanh(x[:, t] @ kernel + bias + h @ recurrent)
+        elif kind == "LSTM":  # gates i, f, c, o
+            i, f, g, o = np.split(x[:, t] @ kernel + h @ recurrent + bias, 4, axis=-1)
+            c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+            h = _sigmoid(o) * np.tanh(c)
+        else:  # GRU: gates z, r, h; bias rows are (input, recurrent)
+            xz, xr, xh = np.split(x[:, t] @ kernel + bias[0], 3, axis=-1)
+            hz, hr, hh = np.split(h @ recurrent + bias[1], 3, axis=-1)
+            z, r = _sigmoid(xz + hz), _sigmoid(xr + hr)
+            h = z * h + (1 - z) * np.tanh(xh + r * hh)
+    return h
 
 
 def test_forward_is_the_dense_layer_with_g_times_unit_v():
@@ -62,12 +89,34 @@ def test_data_init_false_starts_as_the_unwrapped_layer():
     assert bool(ops.convert_to_numpy(wrapped.initialized))
 
 
-def test_tfa_data_init_anchor():
-    # TF Addons' test_with_data_init_is_true: identity kernel, output x / 4
+@pytest.mark.parametrize("first_call", ["training", "inference", "default", "predict"])
+def test_tfa_data_init_anchor_on_the_first_call_of_any_kind(first_call):
+    # TF Addons' test_with_data_init_is_true: identity kernel, output x / 4, whatever the first call
+    if first_call == "predict" and BACKEND == "jax":
+        pytest.skip("JAX predict cannot initialize: test_jax_predict_leaves_the_initialization_to_an_eager_call")
     x = np.array([[[-4.0, -4.0], [4.0, 4.0]]], "float32")
     dense = keras.layers.Dense(2, kernel_initializer="identity", bias_initializer="zeros")
     layer = normlab.WeightNormalization(dense, data_init=True)
-    np.testing.assert_allclose(ops.convert_to_numpy(layer(x, training=True)), x / 4, atol=1e-6)
+    if first_call == "predict":  # traced on TensorFlow: the initialization is an ops.cond
+        y = keras.Sequential([keras.Input((2, 2)), layer]).predict(x, verbose=0)
+    else:
+        y = layer(x, **{"training": {"training": True}, "inference": {"training": False}, "default": {}}[first_call])
+    np.testing.assert_allclose(ops.convert_to_numpy(y), x / 4, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x * 3.0)), 3 * x / 4, atol=1e-6)  # once only
+    assert bool(ops.convert_to_numpy(layer.initialized))
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.function")
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_data_init_in_a_tf_function(jit_compile):
+    import tensorflow as tf
+
+    x = np.array([[[-4.0, -4.0], [4.0, 4.0]]], "float32")
+    layer = normlab.WeightNormalization(keras.layers.Dense(2, kernel_initializer="identity"))
+    layer.build(x.shape)
+    run = tf.function(lambda t: layer(t), jit_compile=jit_compile)
+    np.testing.assert_allclose(run(x).numpy(), x / 4, atol=1e-6)
+    np.testing.assert_allclose(run(x * 3.0).numpy(), 3 * x / 4, atol=1e-6)
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
@@ -77,11 +126,11 @@ def test_data_init_matches_the_paper(data_format):
                                activation="relu")
     layer = normlab.WeightNormalization(conv)
     xin = x if data_format == "channels_last" else X_FIRST
-    layer(xin)  # inference: no initialization
+    layer.build(xin.shape)
     assert not bool(ops.convert_to_numpy(layer.initialized))
     np.testing.assert_array_equal(ops.convert_to_numpy(layer.g), np.ones(4))
     v = ops.convert_to_numpy(conv.kernel)
-    y = ops.convert_to_numpy(layer(xin, training=True))
+    y = ops.convert_to_numpy(layer(xin))  # the first call, here in inference, initializes
     t = reference.conv(x, reference.weight_norm(v))  # pre-activations, float64, channels-last
     g, b = reference.weight_norm_data_init(t)
     np.testing.assert_allclose(ops.convert_to_numpy(layer.g), g, rtol=1e-4)
@@ -126,17 +175,33 @@ def test_data_init_happens_inside_fit():
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="only JAX drops the initialization inside fit")
-def test_jax_fit_warns_when_the_initialization_cannot_happen():
-    model = keras.Sequential([keras.Input(X.shape[1:]), normlab.WeightNormalization(keras.layers.Dense(4))])
+def test_jax_fit_warns_and_marks_the_layer_initialized():
+    wn = normlab.WeightNormalization(keras.layers.Dense(4))
+    model = keras.Sequential([keras.Input(X.shape[1:]), wn])
     model.compile(optimizer="sgd", loss="mse")
     with pytest.warns(UserWarning, match=r"Call the model once eagerly first"):
         model.fit(X, np.zeros(X.shape), epochs=1, verbose=0)
+    assert bool(ops.convert_to_numpy(wn.initialized))  # so no later call overwrites the trained g
+    g = ops.convert_to_numpy(wn.g)
+    model(X)
+    np.testing.assert_array_equal(ops.convert_to_numpy(wn.g), g)
     eager = keras.Sequential([keras.Input(X.shape[1:]), normlab.WeightNormalization(keras.layers.Dense(4))])
-    eager(X, training=True)
+    eager(X)
     eager.compile(optimizer="sgd", loss="mse")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         eager.fit(X, np.zeros(X.shape), epochs=1, verbose=0)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="only JAX drops the initialization inside predict")
+def test_jax_predict_leaves_the_initialization_to_an_eager_call():
+    x = np.array([[[-4.0, -4.0], [4.0, 4.0]]], "float32")
+    wn = normlab.WeightNormalization(keras.layers.Dense(2, kernel_initializer="identity"))
+    model = keras.Sequential([keras.Input((2, 2)), wn])
+    with pytest.warns(UserWarning, match=r"cannot happen here"):
+        np.testing.assert_allclose(model.predict(x, verbose=0), x, atol=1e-6)  # g = 1: v / ||v||
+    assert not bool(ops.convert_to_numpy(wn.initialized))
+    np.testing.assert_allclose(ops.convert_to_numpy(model(x)), x / 4, atol=1e-6)
 
 
 def test_config_serialization_and_keras_saving():
@@ -146,20 +211,146 @@ def test_config_serialization_and_keras_saving():
     assert set(config) == {"layer", "data_init", "name", "trainable", "dtype"}
     assert config["layer"]["class_name"] == "Conv2D" and config["data_init"] is True
     model = keras.Sequential([keras.Input(X.shape[1:]), wn])
-    model(x, training=True)
     y = ops.convert_to_numpy(model(x))
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(wn))
-    assert type(restored) is normlab.WeightNormalization and restored.data_init
+    assert type(restored) is normlab.WeightNormalization and restored.data_init and not restored.is_rnn
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "wn.keras")
         model.save(path)
         loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), y, atol=1e-6)
-    layer = loaded.layers[0]
-    assert bool(ops.convert_to_numpy(layer.initialized))
-    g = ops.convert_to_numpy(layer.g)
-    layer(x * 3.0, training=True)  # no second initialization after loading
-    np.testing.assert_array_equal(ops.convert_to_numpy(layer.g), g)
+        weights_path = os.path.join(tmp, "wn.weights.h5")
+        model.save_weights(weights_path)
+        fresh = keras.Sequential([keras.Input(X.shape[1:]), normlab.WeightNormalization(
+            keras.layers.Conv2D(4, 3, activation="relu"))])
+        fresh.load_weights(weights_path)
+    for other in (loaded, fresh):  # loaded weights say initialized: no second initialization
+        layer = other.layers[0]
+        assert bool(ops.convert_to_numpy(layer.initialized))
+        np.testing.assert_allclose(ops.convert_to_numpy(other(x * 3.0)), ops.convert_to_numpy(model(x * 3.0)),
+                                   atol=1e-5)
+        np.testing.assert_allclose(ops.convert_to_numpy(other(x, training=True)), y, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- recurrent layers
+
+
+@pytest.mark.parametrize("kind", list(GATES))
+def test_rnn_normalizes_the_recurrent_kernel_as_tf_addons(kind):
+    # TF Addons: v is cell.recurrent_kernel (units, gates * units), the norm over axis 0
+    layer = normlab.WeightNormalization(getattr(keras.layers, kind)(2), data_init=False)
+    plain = ops.convert_to_numpy(layer.layer(SEQ))
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(SEQ)), plain, atol=1e-6)  # g = ||v||
+    assert layer.is_rnn and tuple(layer.g.shape) == (2 * GATES[kind],)
+    assert [w.name for w in layer.weights] == ["g", "initialized", "kernel", "recurrent_kernel", "bias"]
+    g, _, kernel, v, bias = numpy_weights(layer)
+    np.testing.assert_allclose(g, np.linalg.norm(v, axis=0), rtol=1e-6)
+    rng = np.random.default_rng(6)
+    g, v = rng.uniform(0.5, 2.0, size=g.shape).astype("float32"), rng.normal(size=v.shape).astype("float32")
+    layer.set_weights([g, np.array(True), kernel, v, bias])
+    expected = rnn_reference(kind, SEQ, kernel, reference.weight_norm(v, g), bias)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(SEQ, training=True)), expected, atol=1e-5)
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.layer.cell.recurrent_kernel), v)  # still v
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert restored.is_rnn and type(restored.layer) is type(layer.layer)
+    with pytest.raises(AttributeError):
+        layer.is_rnn = False
+
+
+def test_rnn_return_state_and_masking():
+    outputs = normlab.WeightNormalization(keras.layers.GRU(2, return_state=True), data_init=False)(SEQ)
+    assert [tuple(o.shape) for o in outputs] == [(6, 2), (6, 2)]
+    tokens = np.array([[1, 2, 0, 0], [3, 0, 0, 0]])
+    embedding, lstm = keras.layers.Embedding(5, 3, mask_zero=True), keras.layers.LSTM(2)
+    plain = ops.convert_to_numpy(keras.Sequential([keras.Input((4,)), embedding, lstm])(tokens))
+    wrapped = keras.Sequential([keras.Input((4,)), embedding, normlab.WeightNormalization(lstm, data_init=False)])
+    np.testing.assert_allclose(ops.convert_to_numpy(wrapped(tokens)), plain, atol=1e-6)  # the mask reaches the LSTM
+
+
+@pytest.mark.parametrize("first_call", ["call", "predict"])
+@pytest.mark.parametrize("kind", list(GATES))
+def test_rnn_data_init_scales_g_by_the_output_std_as_tf_addons(kind, first_call):
+    if first_call == "predict" and BACKEND == "jax":
+        pytest.skip("JAX predict cannot initialize")
+    rnn = getattr(keras.layers, kind)(2, bias_initializer="random_normal")
+    layer = normlab.WeightNormalization(rnn)
+    layer.build(SEQ.shape)
+    _, _, kernel, v, bias = numpy_weights(layer)
+    with pytest.warns(UserWarning, match=r"the paper advises against it"):  # the first call initializes
+        if first_call == "predict":  # traced on TensorFlow: the RNN runs inside an ops.cond
+            y = keras.Sequential([keras.Input(SEQ.shape[1:]), layer]).predict(SEQ, verbose=0)
+        else:
+            y = ops.convert_to_numpy(layer(SEQ))
+    h = rnn_reference(kind, SEQ, kernel, reference.weight_norm(v), bias)  # run with g = 1
+    g = np.tile(1.0 / np.sqrt(h.var(axis=0) + 1e-10), GATES[kind])  # per unit, repeated over gates
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.g), g, rtol=1e-4)
+    np.testing.assert_array_equal(ops.convert_to_numpy(rnn.cell.bias), bias)  # bias left alone
+    np.testing.assert_allclose(y, rnn_reference(kind, SEQ, kernel, reference.weight_norm(v, g), bias), atol=1e-4)
+
+
+def test_lstm_fit_trains_g_and_the_recurrent_kernel():
+    wn = normlab.WeightNormalization(keras.layers.LSTM(3, return_sequences=True, name="lstm"))
+    model = keras.Sequential([keras.Input(SEQ.shape[1:]), wn, keras.layers.GlobalAveragePooling1D()])
+    model(SEQ)  # the data-dependent initialization, eagerly (required on JAX)
+    before = numpy_weights(wn)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(SEQ, np.ones((6, 3), "float32"), batch_size=6, epochs=2, verbose=0)
+    for variable, a in zip(wn.weights, before):
+        changed = not np.array_equal(ops.convert_to_numpy(variable), a)
+        assert changed == (variable.name != "initialized"), f"{variable.name}: changed={changed}"
+
+
+@pytest.mark.parametrize("kind", list(GATES))
+def test_rnn_gradients_reach_g_and_v_exactly(kind):
+    wn = normlab.WeightNormalization(getattr(keras.layers, kind)(2), data_init=False)
+    wn(SEQ)
+    g, _, kernel, v, bias = numpy_weights(wn)
+    state = [ops.convert_to_tensor(w) for w in wn.non_trainable_variables]
+    cotangent = np.random.default_rng(7).normal(size=(6, 2))
+
+    def wrapped(g, v):
+        return wn.stateless_call([g, ops.convert_to_tensor(kernel), v, ops.convert_to_tensor(bias)], state, SEQ)[0]
+
+    got = gradients(wrapped, [g, v], cotangent.astype("float32"))
+    expected = finite_differences(
+        lambda g, v: rnn_reference(kind, SEQ, kernel, reference.weight_norm(v, g), bias), [g, v], cotangent
+    )
+    for name, a, b in zip(["g", "v"], got, expected):
+        np.testing.assert_allclose(a, b, atol=1e-6, err_msg=name)
+
+
+# --------------------------------------------------------------------------- remove()
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda: keras.layers.Dense(3, activation="tanh"), X),
+        (lambda: keras.layers.Conv2D(3, 3, activation="relu"), X),
+        (lambda: keras.layers.SimpleRNN(2), SEQ),
+        (lambda: keras.layers.LSTM(2, return_sequences=True), SEQ),
+        (lambda: keras.layers.GRU(2), SEQ),
+    ],
+    ids=["dense", "conv2d", "simple_rnn", "lstm", "gru"],
+)
+def test_remove_returns_the_wrapped_layer_with_the_folded_kernel(make, x):
+    layer = make()
+    wn = normlab.WeightNormalization(layer)
+    y = ops.convert_to_numpy(wn(x))  # data-dependent initialization
+    g = ops.convert_to_numpy(wn.g)
+    v = wn.layer.cell.recurrent_kernel if wn.is_rnn else wn.layer.kernel
+    folded = reference.weight_norm(ops.convert_to_numpy(v), g)
+    plain = wn.remove()
+    assert plain is layer and type(plain) is type(layer)
+    np.testing.assert_allclose(ops.convert_to_numpy(v), folded, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(plain(x)), y, atol=1e-5)
+    config = keras.saving.serialize_keras_object(plain)
+    assert config["module"] == "keras.layers" and config["class_name"] == type(layer).__name__
+    model = keras.Sequential([keras.Input(x.shape[1:]), plain])
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(os.path.join(tmp, "plain.keras"))
+        loaded = keras.saving.load_model(os.path.join(tmp, "plain.keras"))
+    assert type(loaded.layers[0]) is type(layer)
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), y, atol=1e-5)
 
 
 def test_mixed_float16():
@@ -189,11 +380,39 @@ def test_registry_wraps_the_given_layer():
     assert "not an activation norm" in normlab.registry()["weight_norm"].summary
 
 
+class MinimalCell(keras.layers.Layer):
+    """A custom RNN cell without a `recurrent_kernel`."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = self.state_size = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units))
+
+    def call(self, x, states):
+        h = ops.matmul(x, self.kernel) + states[0]
+        return h, [h]
+
+
+class ConstantRecurrenceCell(keras.layers.SimpleRNNCell):
+    """A SimpleRNNCell subclass whose recurrent kernel is a constant, not a variable."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.recurrent_kernel = ops.zeros((self.units, self.units))
+
+
+def built(wrapper):
+    wrapper.build((None, 3))
+    return wrapper
+
+
 @pytest.mark.parametrize(
     "make, error, pattern",
     [
         (lambda: normlab.WeightNormalization("dense"), TypeError,
-         r"Invalid `layer`: expected a Keras layer instance to wrap \(Dense, Conv1D, Conv2D, Conv3D\)\. "
+         r"Invalid `layer`: expected a Keras layer instance to wrap \(Dense, Conv1D, Conv2D, Conv3D, RNN\)\. "
          r"Received: layer='dense' of type str\. Pass a layer instance"),
         (lambda: normlab.WeightNormalization(keras.layers.LayerNormalization()), ValueError,
          r"Invalid `layer`: expected one of Dense, Conv1D, Conv2D, Conv3D.*"
@@ -205,6 +424,22 @@ def test_registry_wraps_the_given_layer():
          r"Received: layer=None\."),
         (lambda: weight_norm(np.ones((2, 3), "float32"), g=np.ones(2, "float32")), ValueError,
          r"Invalid `g`: expected one value per output unit.*Received: g\.shape=\(2,\)"),
+        (lambda: normlab.WeightNormalization(keras.layers.RNN(MinimalCell(2))), ValueError,
+         r"Invalid `layer`: expected a recurrent layer whose cell is a SimpleRNNCell, LSTMCell or GRUCell.*"
+         r"Received: layer=RNN\(name='rnn.*'\) with cell MinimalCell\. Wrap keras\.layers\.SimpleRNN, LSTM or GRU"),
+        (lambda: normlab.WeightNormalization(keras.layers.RNN([keras.layers.GRUCell(2)] * 2)), ValueError,
+         r"Invalid `layer`: expected a recurrent layer.*with cell StackedRNNCells\. .*one RNN per cell"),
+        (lambda: normlab.WeightNormalization(keras.layers.Bidirectional(keras.layers.LSTM(2))), ValueError,
+         r"Invalid `layer`: expected one of Dense, Conv1D, Conv2D, Conv3D, RNN.*Received: layer=Bidirectional"),
+        (lambda: normlab.WeightNormalization(keras.layers.RNN(ConstantRecurrenceCell(2)))(SEQ), ValueError,
+         r"Invalid `layer`: expected a built recurrent layer whose cell stores a 2-D `recurrent_kernel` "
+         r"variable\. Received: .*with cell ConstantRecurrenceCell and recurrent_kernel of type"),
+        (lambda: normlab.WeightNormalization(keras.layers.Dense(2), name="wn").remove(), ValueError,
+         r"Invalid `remove\(\)`: expected a built wrapper.*Received: remove\(\) on the unbuilt "
+         r"WeightNormalization 'wn'\. Call the wrapper on a batch"),
+        (lambda: built(normlab.WeightNormalization(keras.layers.Dense(2), name="wn")).remove(), ValueError,
+         r"Invalid `remove\(\)`: expected an initialized wrapper.*Received: remove\(\) on WeightNormalization "
+         r"'wn' before its first call.*Call the wrapper once on a batch of data first, or use data_init=False"),
     ],
 )
 def test_errors_name_argument_value_expectation_and_fix(make, error, pattern):
