@@ -17,6 +17,19 @@ settings.load_profile("normlab")
 
 BACKEND = keras.backend.backend()
 
+#: The backend whose test run also runs the backend-independent tests (marked
+#: ``once``: subprocesses that choose their own backend, the docs site build).
+ONCE_BACKEND = "torch"
+
+
+def pytest_collection_modifyitems(config, items):
+    if BACKEND == ONCE_BACKEND:
+        return
+    skip = pytest.mark.skip(reason=f"backend-independent: runs once, in the {ONCE_BACKEND} test run")
+    for item in items:
+        if "once" in item.keywords:
+            item.add_marker(skip)
+
 
 @pytest.fixture(autouse=True)
 def _float32_policy():

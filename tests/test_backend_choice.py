@@ -37,6 +37,8 @@ def test_tensorflow_installed_keeps_keras_default(monkeypatch, tmp_path):
     assert "KERAS_BACKEND" not in os.environ
 
 
+@pytest.mark.once
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_import_normlab_respects_keras_backend(backend):
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}

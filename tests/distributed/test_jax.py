@@ -11,7 +11,7 @@ import pytest
 
 from tests.distributed import _run
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="runs in the JAX backend's test process")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(keras.backend.backend() != "jax", reason="runs in the JAX backend's test process")]
 
 LAYERS = ["batch_norm", "batch_norm_mask", "batch_norm_channels_first", "renorm", "ghost", "renorm_ghost",
           "evo_norm_b0", "switchable"]

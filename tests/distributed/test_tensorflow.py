@@ -9,9 +9,9 @@ import pytest
 
 from tests.distributed import _run
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="runs in the TensorFlow backend's test process"
-)
+)]
 
 LAYERS = ["batch_norm", "batch_norm_mask", "batch_norm_channels_first", "renorm", "ghost", "renorm_ghost",
           "evo_norm_b0", "switchable"]

@@ -9,7 +9,7 @@ import pytest
 
 from tests.distributed import _run
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="runs in the torch backend's test process")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(keras.backend.backend() != "torch", reason="runs in the torch backend's test process")]
 
 LAYERS = ["batch_norm", "batch_norm_mask", "batch_norm_channels_first", "renorm", "ghost", "renorm_ghost",
           "evo_norm_b0", "switchable"]

@@ -247,8 +247,7 @@ def test_every_figure_caption_names_its_command():
                 assert "<code>normlab " in caption, (page.name, src)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="the figures do not depend on the backend; made once, on TensorFlow")
+@pytest.mark.once  # the figures do not depend on the backend
 def test_figure_script_makes_a_figure(tmp_path):
     make_figures = _load_script("make_figures")
     assert make_figures.main(["cube-group-4-of-8", "--out", str(tmp_path)]) == 0
@@ -260,8 +259,8 @@ def test_figure_script_makes_a_figure(tmp_path):
 # ------------------------------------------------------------------ the site
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="the site does not depend on the backend; built once, on TensorFlow")
+@pytest.mark.once  # the site does not depend on the backend
+@pytest.mark.slow
 def test_site_builds_strict(tmp_path):
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     result = subprocess.run(

@@ -137,6 +137,7 @@ def test_report_command_without_runs(tmp_path, capsys):
     assert "Invalid `runs_dir`" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quick_compare_end_to_end_in_a_subprocess(tmp_path):
     """`normlab compare --quick` with no backend configured: auto-selection, table, report files."""
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}

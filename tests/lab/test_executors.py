@@ -168,6 +168,7 @@ def worker_running(name):
 
 
 @needs_ray
+@pytest.mark.slow
 def test_ray_grid_loses_only_the_killed_run_and_the_next_invocation_redoes_it(tmp_path):
     out = tmp_path / "runs"
     victim = RunConfig(experiment="compare-synthetic", label="group(groups=5, axis=3)",

@@ -1,10 +1,5 @@
-"""normlab layers inside Keras: parity with Keras' own layers, models, fit, jit, mixed precision,
-and .keras files that move between backends."""
-
-import json
-import os
-import subprocess
-import sys
+"""normlab layers inside Keras: parity with Keras' own layers, models, fit, jit and mixed
+precision (``.keras`` files across backends: test_keras_files.py)."""
 
 import keras
 import numpy as np
@@ -133,46 +128,6 @@ def test_mixed_precision(policy, norm):
     big = x[:4, 1:27, 1:27, None] * 6e4 * np.ones((1, 1, 1, 10), "float32")
     out = model.layers[2](ops.cast(big, policy.split("_")[1]))
     assert np.isfinite(ops.convert_to_numpy(ops.cast(out, "float32"))).all()
-
-
-SCRIPT = """
-import json, sys, numpy as np, keras, normlab
-model = keras.saving.load_model(sys.argv[1])
-x = np.load(sys.argv[2])
-print(json.dumps({"backend": keras.backend.backend(),
-                  "out": keras.ops.convert_to_numpy(model(x, training=False)).tolist()}))
-"""
-
-
-def _model_with_every_layer():
-    keras.utils.set_random_seed(1)
-    inputs = keras.Input((12, 12, 3))
-    h = keras.layers.Conv2D(8, 3)(inputs)
-    h = normlab.GroupNormalization(groups=4, gamma_initializer="random_uniform")(h)
-    h = normlab.InstanceNormalization(beta_initializer="random_uniform")(h)
-    h = normlab.BatchNormalization(moving_mean_initializer="random_uniform")(h)
-    h = normlab.LayerNormalization(axis=[1, 2])(h)
-    return keras.Model(inputs, keras.layers.Flatten()(h))
-
-
-@pytest.mark.parametrize("target", ["tensorflow", "jax", "torch"])
-def test_keras_file_loads_on_every_backend_with_identical_outputs(tmp_path, target):
-    if target == BACKEND:
-        pytest.skip("same backend: covered by the layer harness's .keras round trip")
-    model = _model_with_every_layer()
-    x = np.random.default_rng(0).normal(size=(2, 12, 12, 3)).astype("float32")
-    path, data = tmp_path / "model.keras", tmp_path / "x.npy"
-    model.save(path)
-    np.save(data, x)
-    expected = ops.convert_to_numpy(model(x, training=False))
-    env = {**os.environ, "KERAS_BACKEND": target, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(path), str(data)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    payload = json.loads(result.stdout.strip().splitlines()[-1])
-    assert payload["backend"] == target
-    np.testing.assert_allclose(np.array(payload["out"]), expected, atol=1e-5)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.compile is the torch backend's jit_compile")

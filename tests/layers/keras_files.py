@@ -1,0 +1,70 @@
+"""A model holding every normlab layer, saved once per backend as a ``.keras`` fixture.
+
+``test_keras_files.py`` loads the fixtures saved on every backend in each
+backend's test run, in-process, and compares the outputs with the ones stored
+beside them: files move between backends, and files written by an earlier
+normlab keep loading. Regenerate the fixtures after a deliberate change to a
+layer's config or weights (and say so in the changelog), with
+
+    for b in tensorflow jax torch; do KERAS_BACKEND=$b python -m tests.layers.keras_files; done
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import keras
+import numpy as np
+
+import normlab
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+BACKENDS = ("tensorflow", "jax", "torch")
+SHAPE = (2, 10, 10, 3)
+
+
+def paths(backend: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """The ``.keras`` file saved on ``backend`` and its input/output arrays."""
+    return FIXTURES / f"every_layer.{backend}.keras", FIXTURES / f"every_layer.{backend}.npz"
+
+
+def build_model() -> keras.Model:
+    """Every normlab layer in one functional model, with non-trivial weights."""
+    keras.utils.set_random_seed(1)
+    random = dict(gamma_initializer="random_uniform", beta_initializer="random_normal")
+    inputs = keras.Input(SHAPE[1:])
+    h = keras.layers.Conv2D(8, 3)(inputs)
+    h = normlab.GroupNormalization(groups=4, **random)(h)
+    h = normlab.InstanceNormalization(**random)(h)
+    h = normlab.BatchNormalization(moving_mean_initializer="random_uniform",
+                                   moving_variance_initializer="ones", **random)(h)
+    h = normlab.LayerNormalization(axis=[1, 2])(h)
+    h = normlab.RMSNormalization(gamma_initializer="random_uniform")(h)
+    h = normlab.FilterResponseNormalization(use_tlu=True, learned_epsilon=True, **random)(h)
+    h = normlab.EvoNormB0(**random)(h)
+    h = normlab.EvoNormS0(groups=4, **random)(h)
+    h = normlab.SwitchableNormalization(mean_weights_initializer="random_normal", **random)(h)
+    h = normlab.LocalResponseNormalization(size=3)(h)
+    h = normlab.TLU(tau_initializer="random_normal")(h)
+    h = normlab.WeightNormalization(keras.layers.Conv2D(8, 1), data_init=False)(h)
+    h = normlab.SpectralNormalization(keras.layers.Conv2D(8, 1))(h)
+    h = normlab.StdConv2D(8, 3)(h)
+    h = normlab.ScaledStdConv2D(8, 1, gamma=1.7)(h)
+    h = normlab.WeightNormalization(keras.layers.Dense(4), data_init=False)(keras.layers.Flatten()(h))
+    return keras.Model(inputs, h)
+
+
+def main() -> None:
+    backend = keras.backend.backend()
+    model = build_model()
+    x = np.random.default_rng(0).normal(size=SHAPE).astype("float32")
+    y = keras.ops.convert_to_numpy(model(x, training=False))
+    model_path, data_path = paths(backend)
+    FIXTURES.mkdir(exist_ok=True)
+    model.save(model_path)
+    np.savez(data_path, x=x, y=y)
+    print(f"wrote {model_path.name} and {data_path.name}")
+
+
+if __name__ == "__main__":
+    main()
