@@ -7,8 +7,13 @@ from keras import initializers
 
 from normlab import distributed, ops
 from normlab.layers.base import Normalization, keras_object
-from normlab.ops import zoo
-from normlab.ops.validate import check_bool, check_momentum, error_message
+from normlab.ops.validate import (
+    check_bool,
+    check_momentum,
+    check_positive_int,
+    check_renorm_clipping,
+    error_message,
+)
 
 
 def _check_renorm_momentum(value) -> float:
@@ -195,10 +200,10 @@ class BatchNormalization(Normalization):
         self.moving_variance_initializer = keras_object(
             "initializer", "moving_variance_initializer", moving_variance_initializer)
         self.renorm = check_bool("renorm", renorm)
-        self._clipping = zoo.check_renorm_clipping(renorm_clipping)
+        self._clipping = check_renorm_clipping(renorm_clipping)
         self.renorm_clipping = None if renorm_clipping is None else dict(renorm_clipping)
         self.renorm_momentum = _check_renorm_momentum(renorm_momentum)
-        self.virtual_batch_size = zoo.check_positive_int(
+        self.virtual_batch_size = check_positive_int(
             "virtual_batch_size", virtual_batch_size, example=32, allow_none=True,
             meaning="the number of samples per ghost batch",
         )
@@ -247,14 +252,14 @@ class BatchNormalization(Normalization):
         mask = self._expand_mask(x, mask)
         common["replica_sum"] = distributed.replica_sum() if self.synchronized else None
         if self.renorm:
-            y, mean, variance = zoo.batch_renorm(
+            y, mean, variance = ops.batch_renorm(
                 x, self.renorm_mean, self.renorm_stddev, clipping=self._clipping, mask=mask,
                 virtual_batch_size=self.virtual_batch_size, return_stats=True, **common,
             )
             self._update_renorm_statistics(x, mean, variance)
             return self.compute_output(y)
         if self.virtual_batch_size is not None:
-            y, mean, variance = zoo.ghost_batch_norm(
+            y, mean, variance = ops.ghost_batch_norm(
                 x, self.virtual_batch_size, mask=mask, return_stats=True, **common
             )
         else:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import keras
 from keras import constraints, initializers, regularizers
 
-from normlab import distributed
+from normlab import distributed, ops
 from normlab.layers.base import Normalization, keras_object
-from normlab.ops import zoo
+from normlab.ops.evo_norm import EVO_NORM_EPSILON_REASON
 from normlab.ops.validate import (
     check_bool,
     check_epsilon,
     check_groups,
     check_momentum,
+    check_positive_int,
     divisors,
     error_message,
     require_spatial,
@@ -31,7 +32,7 @@ class _EvoNorm(Normalization):
 
     @staticmethod
     def check_epsilon(epsilon) -> float:
-        return check_epsilon(epsilon, positive=True, reason=zoo.EVO_NORM_EPSILON_REASON)
+        return check_epsilon(epsilon, positive=True, reason=EVO_NORM_EPSILON_REASON)
 
     def build_common(self, input_shape):
         _, channels = self.build_channel_axis(input_shape)
@@ -157,11 +158,11 @@ class EvoNormB0(_EvoNorm):
         x = self.float_input(inputs)
         common = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable):
-            return self.compute_output(zoo.evo_norm_b0(x, self.v, self.moving_variance, **common))
+            return self.compute_output(ops.evo_norm_b0(x, self.v, self.moving_variance, **common))
         if self.empty_batch(x):
             return self.compute_output(x)
         replica_sum = distributed.replica_sum() if self.synchronized else None
-        y, variance = zoo.evo_norm_b0(
+        y, variance = ops.evo_norm_b0(
             x, self.v, training=True, return_stats=True, replica_sum=replica_sum, **common
         )
         shape = keras.ops.shape(x)
@@ -266,7 +267,7 @@ class EvoNormS0(_EvoNorm):
             **kwargs,
         )
         self.groups = None if groups is None else check_groups(groups)
-        self.group_size = zoo.check_positive_int(
+        self.group_size = check_positive_int(
             "group_size", group_size, example=8, allow_none=True, meaning="channels per group"
         )
         if self.groups is not None and self.group_size is not None:
@@ -296,7 +297,7 @@ class EvoNormS0(_EvoNorm):
             self._groups = resolve_groups(32 if self.groups is None else self.groups, channels, self.axis)
 
     def call(self, inputs):
-        y = zoo.evo_norm_s0(
+        y = ops.evo_norm_s0(
             self.float_input(inputs), self.v, groups=self._groups, axis=self._channel_axis,
             gamma=self.gamma, beta=self.beta, epsilon=self.epsilon,
         )

@@ -7,9 +7,10 @@ import numbers
 import keras
 from keras import constraints, initializers, regularizers
 
+from normlab import ops
 from normlab.layers.base import Normalization, keras_object
-from normlab.ops import zoo
 from normlab.ops.axes import canonicalize_axes, known_dims
+from normlab.ops.filter_response_norm import check_frn_input, frn_axes
 from normlab.ops.validate import ArgumentTypeError, check_bool, error_message
 
 
@@ -103,7 +104,7 @@ class TLU(keras.layers.Layer):
                                      self.alpha_regularizer, self.alpha_constraint)
 
     def call(self, inputs):
-        return zoo.tlu(inputs, self.tau, axis=self._channel_axis, alpha=self.alpha)
+        return ops.tlu(inputs, self.tau, axis=self._channel_axis, alpha=self.alpha)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -261,8 +262,8 @@ class FilterResponseNormalization(Normalization):
 
     def build(self, input_shape):
         ndim = len(input_shape)
-        channel_axis, spatial = zoo.frn_axes(self.axis, ndim)
-        zoo.check_frn_input(input_shape, spatial, self.learned_epsilon)
+        channel_axis, spatial = frn_axes(self.axis, ndim)
+        check_frn_input(input_shape, spatial, self.learned_epsilon)
         _, channels = self.build_channel_axis(input_shape, axis=channel_axis)
         self._spatial_axes = spatial
         self.add_affine((channels,))
@@ -271,7 +272,7 @@ class FilterResponseNormalization(Normalization):
                                    self.tau_constraint)
 
     def call(self, inputs):
-        y = zoo.filter_response_norm(
+        y = ops.filter_response_norm(
             self.float_input(inputs),
             axis=self._spatial_axes if isinstance(self.axis, list) else self._channel_axis,
             gamma=self.gamma,

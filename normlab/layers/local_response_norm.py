@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import keras
 
+from normlab import ops
 from normlab.layers.base import FloatCompute
-from normlab.ops import zoo
 from normlab.ops.axes import as_axis_list, canonicalize_axes, known_dims
-from normlab.ops.validate import ArgumentTypeError, error_message
+from normlab.ops.validate import (
+    ArgumentTypeError,
+    check_positive_int,
+    check_real,
+    error_message,
+)
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -52,10 +57,10 @@ class LocalResponseNormalization(FloatCompute, keras.layers.Layer):
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=1.0, axis=-1, **kwargs):
         super().__init__(**kwargs)
-        self.size = zoo.check_positive_int("size", size, example=5, meaning="the number of channels in the window")
-        self.alpha = zoo.check_real("alpha", alpha, minimum=0.0, example="1e-4")
-        self.beta = zoo.check_real("beta", beta, example="0.75")
-        self.k = zoo.check_real("k", k, minimum=0.0, strict=True, example="1.0")
+        self.size = check_positive_int("size", size, example=5, meaning="the number of channels in the window")
+        self.alpha = check_real("alpha", alpha, minimum=0.0, example="1e-4")
+        self.beta = check_real("beta", beta, example="0.75")
+        self.k = check_real("k", k, minimum=0.0, strict=True, example="1.0")
         axes = as_axis_list(axis)
         if len(axes) != 1 or isinstance(axis, (list, tuple)):
             raise ArgumentTypeError(
@@ -72,7 +77,7 @@ class LocalResponseNormalization(FloatCompute, keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={self._channel_axis: channels})
 
     def call(self, inputs):
-        y = zoo.local_response_norm(
+        y = ops.local_response_norm(
             self.float_input(inputs), size=self.size, alpha=self.alpha, beta=self.beta, k=self.k,
             axis=self._channel_axis,
         )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from normlab import ops
 from normlab.layers.base import Normalization
-from normlab.ops import zoo
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -87,5 +87,5 @@ class RMSNormalization(Normalization):
 
     def call(self, inputs):
         x = self.float_input(inputs)
-        y = zoo.rms_norm(x, axis=self.feature_axes(x), gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
+        y = ops.rms_norm(x, axis=self.feature_axes(x), gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         return self.compute_output(y)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import keras
 from keras import initializers
 
-from normlab import distributed
+from normlab import distributed, ops
 from normlab.layers.base import Normalization, keras_object
-from normlab.ops import zoo
 from normlab.ops.validate import check_bool, check_momentum, require_spatial
 
 
@@ -148,14 +147,14 @@ class SwitchableNormalization(Normalization):
         x = self.float_input(inputs)
         common = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable):
-            return self.compute_output(zoo.switchable_norm(
+            return self.compute_output(ops.switchable_norm(
                 x, self.mean_weights, self.variance_weights, self.moving_mean, self.moving_variance,
                 **common,
             ))
         if self.empty_batch(x):
             return self.compute_output(x)
         replica_sum = distributed.replica_sum() if self.synchronized else None
-        y, mean, variance = zoo.switchable_norm(
+        y, mean, variance = ops.switchable_norm(
             x, self.mean_weights, self.variance_weights, training=True, return_stats=True,
             replica_sum=replica_sum, **common,
         )

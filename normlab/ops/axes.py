@@ -1,4 +1,5 @@
-"""Axis handling: turning user ``axis`` arguments into validated, sorted lists.
+"""Axis and shape handling: user ``axis`` arguments as validated, sorted lists,
+static-or-dynamic shapes, and parameters reshaped to broadcast on feature axes.
 
 Convention: axis 0 is the batch axis, and no normalization in normlab
 chooses it as a feature axis. Negative axes count from the end.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import numbers
 from typing import Sequence
+
+from keras import ops
 
 from normlab.ops.validate import ArgumentTypeError, error_message
 
@@ -100,3 +103,45 @@ def known_dims(shape: Sequence, axes: Sequence[int], *, argument: str = "axis", 
             )
         dims.append(int(size))
     return dims
+
+
+def dims(x) -> list:
+    """The shape of ``x`` with unknown (graph-mode) sizes as scalar tensors."""
+    static = list(x.shape)
+    if all(d is not None for d in static):
+        return static
+    dynamic = ops.shape(x)
+    return [s if s is not None else dynamic[i] for i, s in enumerate(static)]
+
+
+def feature_param(param, ndim: int, axes, feature_shape):
+    """Reshapes a parameter of ``feature_shape`` so it broadcasts on ``axes`` of a rank-``ndim`` input."""
+    if param is None:
+        return None
+    param = ops.convert_to_tensor(param)
+    if len(param.shape) == ndim:
+        return param
+    shape = [1] * ndim
+    for a, d in zip(axes, feature_shape):
+        shape[a] = d
+    return ops.reshape(param, shape)
+
+
+def channel_axis(x, axis) -> tuple[int, int, int]:
+    """``(rank, channel axis, channels)`` of ``x`` for a per-channel op."""
+    ndim = len(x.shape)
+    (a,) = canonicalize_axes(axis, ndim)
+    (channels,) = known_dims(x.shape, [a], axis=axis)
+    return ndim, a, channels
+
+
+def per_channel(param, ndim: int, a: int, channels: int):
+    """A per-channel parameter ``(C,)`` reshaped to broadcast on axis ``a``."""
+    return feature_param(param, ndim, [a], [channels])
+
+
+def grouped_dims(x, a: int, groups: int, channels: int) -> tuple[list, list]:
+    """``(dims, grouped)``: the shape of ``x`` and its shape with the channel
+    axis ``a`` split into ``(groups, channels // groups)``."""
+    shape = dims(x)
+    return shape, shape[:a] + [groups, channels // groups] + shape[a + 1:]

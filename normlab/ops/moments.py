@@ -1,4 +1,5 @@
-"""The statistics kernel: mean and variance over given axes, for every norm.
+"""The statistics kernel: mean and variance over given axes, for every norm
+(and the second moment about zero, :func:`mean_square`, for the RMS norms).
 
 Numerics policy (the one place it is decided):
 
@@ -54,6 +55,46 @@ def _reduced_count(x, axes, dtype):
     return ops.cast(count, dtype)
 
 
+def _averager(x, axes, mask=None):
+    """``average(v)``: the (masked) mean of ``v`` over ``axes``, reduced axes kept.
+
+    ``sum / count`` rather than ``ops.mean``: on torch, Keras 3.15 reduces
+    float64 means in float32. With a mask, each element is weighted by it
+    and an all-masked slice averages to 0.
+    """
+    dtype = x.dtype
+    if mask is None:
+        count = _reduced_count(x, axes, dtype)
+
+        def average(v):
+            return ops.sum(v, axis=axes, keepdims=True) / count
+    else:
+        weight = ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
+        count = ops.maximum(ops.sum(weight, axis=axes, keepdims=True), 1.0)
+
+        def average(v):
+            return ops.sum(v * weight, axis=axes, keepdims=True) / count
+    return average
+
+
+def mean_square(x, axes: Sequence[int]):
+    """``mean(x^2)`` over ``axes`` (kept as size-1 dims), in float32 at least.
+
+    The second moment about zero, for the norms that divide by a root mean
+    square (RMS, filter response): nothing is subtracted, so there is no
+    cancellation to guard against. With no axes it is ``x^2`` itself (one
+    element per statistic).
+
+    Example:
+        >>> import numpy as np
+        >>> ops.convert_to_numpy(mean_square(np.array([[3.0, 4.0]], "float32"), [1])).tolist()
+        [[12.5]]
+    """
+    x = ops.cast(x, stats_dtype(x.dtype))
+    square = ops.square(x)
+    return _averager(x, list(axes))(square) if axes else square
+
+
 def _cross_replica_moments(x, axes, weight, replica_sum):
     """:func:`shifted_moments` over the global batch, from two all-reduced passes."""
     if weight is None:
@@ -98,17 +139,7 @@ def shifted_moments(x, axes: Sequence[int], *, mask=None, replica_sum=None):
     if replica_sum is not None:
         weight = None if mask is None else ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
         return _cross_replica_moments(x, axes, weight, replica_sum)
-    if mask is None:
-        count = _reduced_count(x, axes, dtype)
-
-        def average(v):  # not ops.mean: on torch, Keras 3.15 reduces float64 means in float32
-            return ops.sum(v, axis=axes, keepdims=True) / count
-    else:
-        weight = ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
-        count = ops.maximum(ops.sum(weight, axis=axes, keepdims=True), 1.0)
-
-        def average(v):
-            return ops.sum(v * weight, axis=axes, keepdims=True) / count
+    average = _averager(x, axes, mask)
 
     if mask is None:
         # The shift is an element of each slice, taken without arithmetic: a

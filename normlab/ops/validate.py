@@ -166,3 +166,91 @@ def check_momentum(momentum) -> float:
             )
         )
     return float(momentum)
+
+
+def check_param(name: str, param, expected_shape) -> None:
+    """Raises unless ``param`` is None, a scalar, or a tensor of ``expected_shape``."""
+    if param is None:
+        return
+    shape = tuple(param.shape)
+    if shape != tuple(expected_shape) and len(shape) != 0:
+        raise ValueError(
+            error_message(
+                name,
+                f"a tensor of shape {tuple(expected_shape)} (the normalized feature dimensions)",
+                f"{name}.shape={shape}",
+                f"Pass one value per feature, e.g. ones of shape {tuple(expected_shape)}.",
+            )
+        )
+
+
+def check_real(name: str, value, *, minimum=None, strict=False, example="") -> float:
+    """Returns ``value`` as a float; a real number, optionally bounded below."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(
+            error_message(name, "a real number", f"{name}={value!r} of type {type(value).__name__}",
+                          f"Pass a float such as {name}={example}.")
+        )
+    if not math.isfinite(value):
+        raise ValueError(
+            error_message(name, "a finite number", f"{name}={value!r}", f"Use a value such as {name}={example}.")
+        )
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        bound = f"{'>' if strict else '>='} {minimum}"
+        raise ValueError(
+            error_message(name, f"a number {bound}", f"{name}={value!r}", f"Use a value such as {name}={example}.")
+        )
+    return float(value)
+
+
+def check_positive_int(name: str, value, *, example: int, allow_none: bool = False, meaning: str = ""):
+    """Returns ``value`` as an int >= 1 (or None when ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        expected = "a positive integer" + (f" ({meaning})" if meaning else "")
+        if allow_none:
+            expected += " or None"
+        raise ValueError(
+            error_message(name, expected, f"{name}={value!r}", f"Pass an int such as {name}={example}.")
+        )
+    return int(value)
+
+
+_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
+
+
+def check_renorm_clipping(clipping) -> dict:
+    """Validates Keras' ``renorm_clipping`` dict; returns a copy with float values.
+
+    Keys are optional: ``rmax`` (default inf), ``rmin`` (default 0) and
+    ``dmax`` (default inf).
+    """
+    fix = "Pass a dict such as renorm_clipping={'rmax': 3.0, 'rmin': 1 / 3, 'dmax': 5.0}, or None."
+    if clipping is None:
+        return {}
+    if not isinstance(clipping, dict) or set(clipping) - set(_CLIPPING_KEYS):
+        raise ValueError(
+            error_message("renorm_clipping", "None or a dict with keys among 'rmax', 'rmin', 'dmax'",
+                          f"renorm_clipping={clipping!r}", fix)
+        )
+    out = {}
+    for key, value in clipping.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+            raise ValueError(
+                error_message("renorm_clipping", f"a number for {key!r}", f"renorm_clipping={clipping!r}", fix)
+            )
+        out[key] = float(value)
+    if out.get("dmax", 0.0) < 0:
+        raise ValueError(
+            error_message("renorm_clipping", "dmax >= 0 (d is clipped to [-dmax, dmax])",
+                          f"renorm_clipping={clipping!r}", fix)
+        )
+    if "rmax" in out and "rmin" in out and out["rmax"] < out["rmin"]:
+        raise ValueError(
+            error_message("renorm_clipping", "rmax >= rmin (r is clipped to [rmin, rmax])",
+                          f"renorm_clipping={clipping!r}", fix)
+        )
+    return out

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from normlab import backends
-from normlab.ops import functional as nops
+from normlab import ops as nops
 
 BACKEND = keras.backend.backend()
 EPSILON = 1e-3

@@ -1,0 +1,311 @@
+"""Batch normalization and its training forms: ghost batches (Hoffer et al., 2017) and
+batch renormalization (Ioffe, 2017)."""
+
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+from normlab import backends
+from normlab.ops.axes import canonicalize_axes, channel_axis, complement, dims, feature_param, known_dims
+from normlab.ops.moments import shifted_moments
+from normlab.ops.normalize import normalize
+from normlab.ops.validate import (
+    check_epsilon,
+    check_param,
+    check_positive_int,
+    check_renorm_clipping,
+    divisors,
+    error_message,
+)
+
+def batch_norm(
+    x,
+    mean=None,
+    variance=None,
+    *,
+    axis: int = -1,
+    gamma=None,
+    beta=None,
+    epsilon: float = 1e-3,
+    training: bool = False,
+    mask=None,
+    return_stats: bool = False,
+    replica_sum=None,
+):
+    """Batch normalization: statistics per channel over the batch and all other axes.
+
+    Formula: with ``training=True``, ``mean`` and ``var`` per channel over
+    every axis but ``axis`` (the batch statistics); with ``training=False``,
+    the given ``mean`` and ``variance`` (e.g. moving averages). Then
+    ``y = (x - mean) / sqrt(var + epsilon) * gamma + beta``.
+
+    Args:
+        x: input of rank >= 2, batch first.
+        mean: per-channel mean of shape ``(C,)``; required when ``training=False``.
+        variance: per-channel variance of shape ``(C,)``; required when ``training=False``.
+        axis: the channel axis. Default -1.
+        gamma: optional per-channel scale of shape ``(C,)``. Default None.
+        beta: optional per-channel offset of shape ``(C,)``. Default None.
+        epsilon: added to the variance. Default 1e-3.
+        training: use batch statistics (True) or the given ones (False). Default False.
+        mask: optional tensor broadcastable to ``x``; masked-out elements do
+            not count toward the batch statistics. Default None.
+        return_stats: also return the statistics used, as ``(y, mean, variance)``
+            with shape ``(C,)`` (the biased batch variance when training). Default False.
+        replica_sum: optional callable that sums a tensor over all replicas
+            (:func:`normlab.distributed.replica_sum`); with ``training=True``
+            the batch statistics are then those of the global batch (every
+            replica's ``x``), and the backend fast path is not used. Default
+            None (this call's ``x`` only).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[0.0, 10.0], [2.0, 30.0]], "float32")
+        >>> y, mean, var = batch_norm(x, training=True, epsilon=0.0, return_stats=True)
+        >>> ops.convert_to_numpy(mean).tolist(), ops.convert_to_numpy(var).tolist()
+        ([1.0, 20.0], [1.0, 100.0])
+        >>> ops.convert_to_numpy(y).tolist()
+        [[-1.0, -1.0], [1.0, 1.0]]
+
+    Reference:
+        Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network
+        Training by Reducing Internal Covariate Shift", ICML 2015.
+        https://arxiv.org/abs/1502.03167
+    """
+    x = ops.convert_to_tensor(x)
+    ndim = len(x.shape)
+    (a,) = canonicalize_axes(axis, ndim)
+    (channels,) = known_dims(x.shape, [a], axis=axis)
+    epsilon = check_epsilon(epsilon)
+    for name, param in (("gamma", gamma), ("beta", beta), ("mean", mean), ("variance", variance)):
+        check_param(name, param, (channels,))
+    reduce_axes = complement([a], ndim)
+
+    if training:
+        # Fast paths reduce over this call's x only: never with a cross-replica sum.
+        hook = backends.fast_path("batch_norm_train", epsilon=epsilon) if mask is None and replica_sum is None else None
+        result = None
+        if hook is not None:
+            result = hook(x, axis=a, gamma=gamma, beta=beta, epsilon=epsilon)
+        if result is None:
+            shift, mean, variance = shifted_moments(x, reduce_axes, mask=mask, replica_sum=replica_sum)
+            y = normalize(
+                x, mean, variance, shift=shift, epsilon=epsilon,
+                gamma=feature_param(gamma, ndim, [a], [channels]),
+                beta=feature_param(beta, ndim, [a], [channels]),
+            )
+            mean, variance = ops.reshape(shift + mean, (channels,)), ops.reshape(variance, (channels,))
+        else:
+            y, mean, variance = result
+    else:
+        if mean is None or variance is None:
+            raise ValueError(
+                error_message(
+                    "mean" if mean is None else "variance",
+                    "per-channel statistics when training=False",
+                    f"mean={None if mean is None else '<tensor>'}, "
+                    f"variance={None if variance is None else '<tensor>'}, training=False",
+                    "Pass the moving mean and variance, or training=True to use batch statistics.",
+                )
+            )
+        y = normalize(
+            x,
+            feature_param(mean, ndim, [a], [channels]),
+            feature_param(variance, ndim, [a], [channels]),
+            epsilon=epsilon,
+            gamma=feature_param(gamma, ndim, [a], [channels]),
+            beta=feature_param(beta, ndim, [a], [channels]),
+        )
+    return (y, mean, variance) if return_stats else y
+
+
+def _batch_norm_train(x, *, axis, gamma, beta, epsilon, mask, virtual_batch_size, renorm, replica_sum=None):
+    """Training-mode batch norm with optional ghost batches and renorm correction.
+
+    Returns ``(y, mean, variance)`` with the statistics of shape ``(C,)``,
+    averaged over the ghost batches. With ``replica_sum``, the statistics
+    are the global batch's; with ghost batches too, each ghost batch keeps
+    its own statistics (as on one device with the global batch, when each
+    replica's batch is a multiple of the ghost size) and the returned
+    averages are over every replica's ghost batches.
+    """
+    x = ops.convert_to_tensor(x)
+    ndim, a, channels = channel_axis(x, axis)
+    epsilon = check_epsilon(epsilon)
+    check_param("gamma", gamma, (channels,))
+    check_param("beta", beta, (channels,))
+    v = check_positive_int("virtual_batch_size", virtual_batch_size, example=32, allow_none=True,
+                           meaning="the size of each ghost batch")
+    shape = dims(x)
+    if v is not None:
+        batch = x.shape[0]
+        if batch is not None and batch % v:
+            raise ValueError(
+                error_message(
+                    "virtual_batch_size",
+                    "a divisor of the batch size, so that the batch splits into equal ghost batches",
+                    f"virtual_batch_size={v} with a batch of {batch}",
+                    f"Use one of {divisors(batch)}, or a batch size that is a multiple of {v} "
+                    "(e.g. drop the last, smaller batch).",
+                )
+            )
+        if mask is not None:
+            mask = ops.reshape(ops.broadcast_to(ops.cast(mask, "float32"), ops.shape(x)), [-1, v] + shape[1:])
+        x_work, c, rank = ops.reshape(x, [-1, v] + shape[1:]), a + 1, ndim + 1
+        reduce_axes = [i for i in range(1, rank) if i != c]  # keep the ghost axis 0
+    else:
+        x_work, c, rank = x, a, ndim
+        reduce_axes = complement([a], ndim)
+    # Ghost batches never span replicas: only their average is synchronized (below).
+    shift, residual_mean, variance = shifted_moments(
+        x_work, reduce_axes, mask=mask, replica_sum=None if v is not None else replica_sum
+    )
+    mean = shift + residual_mean
+    dtype = mean.dtype
+    gamma_b = None if gamma is None else ops.cast(feature_param(gamma, rank, [c], [channels]), dtype)
+    beta_b = None if beta is None else ops.cast(feature_param(beta, rank, [c], [channels]), dtype)
+    if renorm is not None:
+        renorm_mean, renorm_stddev, clipping = renorm
+        floor = math.sqrt(epsilon)
+        moving_std = ops.maximum(ops.cast(feature_param(renorm_stddev, rank, [c], [channels]), dtype), floor)
+        moving_mean = ops.cast(feature_param(renorm_mean, rank, [c], [channels]), dtype)
+        r = ops.sqrt(variance + epsilon) / moving_std
+        d = (mean - moving_mean) / moving_std
+        if "rmin" in clipping:
+            r = ops.maximum(r, clipping["rmin"])
+        if "rmax" in clipping:
+            r = ops.minimum(r, clipping["rmax"])
+        if "dmax" in clipping:
+            d = ops.clip(d, -clipping["dmax"], clipping["dmax"])
+        r, d = ops.stop_gradient(r), ops.stop_gradient(d)
+        # ((x - mean) / std * r + d) * gamma + beta, folded into the affine.
+        gamma_b, beta_b = (r, d) if gamma_b is None else (r * gamma_b, d * gamma_b)
+        beta_b = beta_b if beta is None else beta_b + ops.cast(feature_param(beta, rank, [c], [channels]), dtype)
+    # Subtract the shift, then the small residual mean: exact at large offsets.
+    y = normalize(x_work, residual_mean, variance, shift=shift, gamma=gamma_b, beta=beta_b, epsilon=epsilon)
+    if v is not None:
+        y = ops.reshape(y, shape)
+        if replica_sum is None:
+            mean, variance = ops.mean(mean, axis=0), ops.mean(variance, axis=0)
+        else:
+            ghosts = ops.broadcast_to(ops.cast(dims(mean)[0], dtype), ops.shape(mean)[1:])
+            total_mean, total_variance, ghosts = ops.unstack(
+                replica_sum(ops.stack([ops.sum(mean, axis=0), ops.sum(variance, axis=0), ghosts]))
+            )
+            mean, variance = total_mean / ghosts, total_variance / ghosts
+    return y, ops.reshape(mean, (channels,)), ops.reshape(variance, (channels,))
+
+
+def ghost_batch_norm(
+    x, virtual_batch_size: int, *, axis: int = -1, gamma=None, beta=None, epsilon: float = 1e-3,
+    mask=None, return_stats: bool = False, replica_sum=None,
+):
+    """Ghost batch normalization: batch statistics per virtual sub-batch (training form).
+
+    Formula: split the batch into ``B / virtual_batch_size`` consecutive
+    ghost batches; normalize each with its own per-channel ``mean`` and
+    ``var`` (over the ghost batch and the spatial axes):
+    ``y = (x - mean_g) / sqrt(var_g + epsilon) * gamma + beta``. The returned
+    statistics are the averages over the ghost batches (what the moving
+    averages are updated with, as in TF 1's ``virtual_batch_size``).
+
+    Args:
+        x: input of rank >= 2, batch first; the batch size must be a multiple
+            of ``virtual_batch_size``.
+        virtual_batch_size: samples per ghost batch, a positive int.
+        axis: the channel axis. Default -1.
+        gamma: optional per-channel scale ``(C,)``. Default None.
+        beta: optional per-channel offset ``(C,)``. Default None.
+        epsilon: added to the variance. Default 1e-3.
+        mask: optional tensor broadcastable to ``x``; masked-out elements do
+            not count toward the statistics. Default None.
+        return_stats: also return ``(mean, variance)`` of shape ``(C,)``. Default False.
+        replica_sum: optional cross-replica sum (:func:`normlab.distributed.replica_sum`).
+            Each ghost batch still uses its own statistics (ghost batches are
+            consecutive samples of one replica's batch); the returned
+            averages are then over every replica's ghost batches, as for the
+            global batch on one device. Default None.
+
+    Example:
+        >>> import numpy as np
+        >>> from normlab.ops import batch_norm
+        >>> x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+        >>> y = ops.convert_to_numpy(ghost_batch_norm(x, 4))
+        >>> bool(np.allclose(y[:4], ops.convert_to_numpy(batch_norm(x[:4], training=True)), atol=1e-5))
+        True
+
+    Reference:
+        Hoffer, Hubara & Soudry, "Train longer, generalize better: closing the
+        generalization gap in large batch training of neural networks",
+        NeurIPS 2017. https://arxiv.org/abs/1705.08741
+    """
+    if virtual_batch_size is None:
+        raise ValueError(
+            error_message("virtual_batch_size", "a positive integer", "virtual_batch_size=None",
+                          "Pass the ghost batch size, e.g. virtual_batch_size=32, or use batch_norm.")
+        )
+    y, mean, variance = _batch_norm_train(
+        x, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon, mask=mask,
+        virtual_batch_size=virtual_batch_size, renorm=None, replica_sum=replica_sum,
+    )
+    return (y, mean, variance) if return_stats else y
+
+
+def batch_renorm(
+    x, renorm_mean, renorm_stddev, *, axis: int = -1, gamma=None, beta=None, epsilon: float = 1e-3,
+    clipping=None, mask=None, virtual_batch_size=None, return_stats: bool = False, replica_sum=None,
+):
+    """Batch renormalization (training form): batch norm corrected toward moving statistics.
+
+    Formula: with batch ``mean`` and ``std = sqrt(var + epsilon)``, and
+    ``s = max(renorm_stddev, sqrt(epsilon))``:
+    ``r = clip(std / s, rmin, rmax)``, ``d = clip((mean - renorm_mean) / s, -dmax, dmax)``
+    (both without gradient), and
+    ``y = ((x - mean) / std * r + d) * gamma + beta``. This is the
+    computation of ``keras.layers.BatchNormalization(renorm=True)`` in training.
+
+    Args:
+        x: input of rank >= 2, batch first.
+        renorm_mean: per-channel moving mean used for the correction, ``(C,)``.
+        renorm_stddev: per-channel moving standard deviation, ``(C,)``.
+        axis: the channel axis. Default -1.
+        gamma: optional per-channel scale ``(C,)``. Default None.
+        beta: optional per-channel offset ``(C,)``. Default None.
+        epsilon: added to the variance. Default 1e-3.
+        clipping: dict with optional keys ``rmax`` (default inf), ``rmin``
+            (default 0) and ``dmax`` (default inf). Default None (no clipping).
+        mask: optional tensor broadcastable to ``x``. Default None.
+        virtual_batch_size: optional ghost batch size; ``r`` and ``d`` are
+            then per ghost batch. Default None.
+        return_stats: also return the batch ``(mean, variance)`` of shape ``(C,)``. Default False.
+        replica_sum: optional cross-replica sum (:func:`normlab.distributed.replica_sum`):
+            the batch statistics, and so ``r`` and ``d``, are the global
+            batch's (with ghost batches, as in :func:`ghost_batch_norm`).
+            Default None.
+
+    Example:
+        >>> import numpy as np
+        >>> from normlab.ops import batch_norm
+        >>> x = np.random.default_rng(0).normal(2.0, 3.0, size=(16, 4)).astype("float32")
+        >>> ones, zeros = np.ones(4, "float32"), np.zeros(4, "float32")
+        >>> clip = {"rmax": 1.0, "rmin": 1.0, "dmax": 0.0}          # r = 1, d = 0: plain batch norm
+        >>> y = ops.convert_to_numpy(batch_renorm(x, zeros, ones, clipping=clip))
+        >>> bool(np.allclose(y, ops.convert_to_numpy(batch_norm(x, training=True)), atol=1e-5))
+        True
+
+    Reference:
+        Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence
+        in Batch-Normalized Models", NeurIPS 2017. https://arxiv.org/abs/1702.03275
+    """
+    x = ops.convert_to_tensor(x)
+    _, _, channels = channel_axis(x, axis)
+    check_param("renorm_mean", renorm_mean, (channels,))
+    check_param("renorm_stddev", renorm_stddev, (channels,))
+    y, mean, variance = _batch_norm_train(
+        x, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon, mask=mask,
+        virtual_batch_size=virtual_batch_size,
+        renorm=(renorm_mean, renorm_stddev, check_renorm_clipping(clipping)), replica_sum=replica_sum,
+    )
+    return (y, mean, variance) if return_stats else y

@@ -1,0 +1,140 @@
+"""Filter response normalization and the TLU (Singh & Krishnan, 2019)."""
+
+from __future__ import annotations
+
+from keras import ops
+
+from normlab.ops.axes import canonicalize_axes, channel_axis, complement, known_dims, per_channel
+from normlab.ops.moments import mean_square, stats_dtype
+from normlab.ops.normalize import normalize
+from normlab.ops.validate import check_epsilon, check_param, error_message
+
+def frn_axes(axis, ndim: int):
+    """Resolves FRN's ``axis`` into ``(channel_axis, spatial_axes)``.
+
+    An int is the channel axis (normlab's convention): the statistics run
+    over every other non-batch axis. A list is TF Addons' convention: the
+    spatial axes to reduce over; exactly one non-batch axis must remain, and
+    it is the channel axis.
+    """
+    if isinstance(axis, (list, tuple)):
+        spatial = canonicalize_axes(axis, ndim)
+        rest = complement(spatial, ndim, keep_batch=True)
+        if len(rest) != 1:
+            raise ValueError(
+                error_message(
+                    "axis",
+                    "as a list, the spatial axes to reduce over (TF Addons' convention), leaving "
+                    "exactly one non-batch axis for the channels",
+                    f"axis={axis!r} for an input of rank {ndim}, which leaves axes {rest}",
+                    "Pass the channel axis as an int instead (axis=-1 or axis=1) to reduce over "
+                    "all other non-batch axes.",
+                )
+            )
+        return rest[0], spatial
+    (channel,) = canonicalize_axes(axis, ndim)
+    return channel, complement([channel], ndim, keep_batch=True)
+
+
+def check_frn_input(shape, spatial, learned_epsilon: bool) -> None:
+    """Raises for an input without a spatial axis unless a learned epsilon is used."""
+    if not spatial and not learned_epsilon:
+        raise ValueError(
+            error_message(
+                "inputs",
+                "an input with a spatial axis (rank >= 3), or a learned epsilon: with no spatial "
+                "axis nu2 = x**2 and FRN collapses to sign(x) unless a learned epsilon keeps it "
+                "smooth (the paper's advice for 1x1 activations)",
+                f"shape={tuple(shape)} without a learned epsilon",
+                "Pass learned_epsilon (FilterResponseNormalization(learned_epsilon=True)), add a "
+                "spatial axis, or use LayerNormalization.",
+            )
+        )
+
+
+def tlu(x, tau, axis: int = -1, *, alpha=None):
+    """Thresholded linear unit: ``max(x, tau)``, or ``max(x, alpha * x + tau)``.
+
+    Formula: ``y = max(x, tau)`` with a per-channel threshold ``tau``; with
+    ``alpha`` (TLU-affine, as in TF Addons) ``y = max(x, alpha * x + tau)``.
+
+    Args:
+        x: input of rank >= 2, batch first.
+        tau: per-channel threshold of shape ``(C,)`` (or a scalar).
+        axis: the channel axis. Default -1.
+        alpha: optional per-channel slope of shape ``(C,)``. Default None.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[-2.0, 0.5], [1.0, -1.0]], "float32")
+        >>> ops.convert_to_numpy(tlu(x, np.array([-1.0, 0.0], "float32"))).tolist()
+        [[-1.0, 0.5], [1.0, 0.0]]
+
+    Reference:
+        Singh & Krishnan, "Filter Response Normalization Layer", CVPR 2020.
+        https://arxiv.org/abs/1911.09737
+    """
+    x = ops.convert_to_tensor(x)
+    ndim, a, channels = channel_axis(x, axis)
+    check_param("tau", tau, (channels,))
+    check_param("alpha", alpha, (channels,))
+    dtype = stats_dtype(x.dtype)
+    xs = ops.cast(x, dtype)
+    floor = ops.cast(per_channel(tau, ndim, a, channels), dtype)
+    if alpha is not None:
+        floor = ops.cast(per_channel(alpha, ndim, a, channels), dtype) * xs + floor
+    return ops.cast(ops.maximum(xs, floor), x.dtype)
+
+
+def filter_response_norm(
+    x, axis=-1, *, gamma=None, beta=None, epsilon: float = 1e-6, learned_epsilon=None, tau=None
+):
+    """Filter response normalization: per sample and channel, divide by the RMS over space.
+
+    Formula: ``nu2 = mean(x^2)`` over the spatial axes, per sample and
+    channel; ``y = x / sqrt(nu2 + epsilon + |learned_epsilon|) * gamma + beta``;
+    then, if ``tau`` is given, the TLU ``y = max(y, tau)``.
+
+    Args:
+        x: input of rank >= 2, batch first. With no spatial axis (rank 2),
+            ``nu2 = x^2`` and ``learned_epsilon`` is required (the paper's advice).
+        axis: an int, the channel axis (statistics over all other non-batch
+            axes); or a list, TF Addons' convention: the spatial axes to reduce
+            over, leaving one channel axis. Default -1.
+        gamma: optional per-channel scale of shape ``(C,)``. Default None.
+        beta: optional per-channel offset of shape ``(C,)``. Default None.
+        epsilon: added to ``nu2``. Default 1e-6.
+        learned_epsilon: optional scalar or ``(1,)`` tensor; its absolute
+            value is added to ``epsilon``. Default None.
+        tau: optional per-channel TLU threshold of shape ``(C,)``. Default None.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(2, 5, 5, 3)).astype("float32")
+        >>> a = ops.convert_to_numpy(filter_response_norm(x))                # channel axis -1
+        >>> b = ops.convert_to_numpy(filter_response_norm(x, axis=[1, 2]))   # TF Addons' form
+        >>> bool(np.allclose(a, b)), bool(np.allclose((a ** 2).mean(axis=(1, 2)), 1, atol=1e-4))
+        (True, True)
+
+    Reference:
+        Singh & Krishnan, "Filter Response Normalization Layer: Eliminating
+        Batch Dependence in the Training of Deep Neural Networks", CVPR 2020.
+        https://arxiv.org/abs/1911.09737
+    """
+    x = ops.convert_to_tensor(x)
+    ndim = len(x.shape)
+    a, spatial = frn_axes(axis, ndim)
+    check_frn_input(x.shape, spatial, learned_epsilon is not None)
+    (channels,) = known_dims(x.shape, [a], axis=axis)
+    epsilon = check_epsilon(epsilon)
+    for name, param in (("gamma", gamma), ("beta", beta), ("tau", tau)):
+        check_param(name, param, (channels,))
+    nu2 = mean_square(x, spatial)
+    if learned_epsilon is not None:
+        nu2 = nu2 + ops.abs(ops.cast(ops.reshape(learned_epsilon, ()), nu2.dtype))
+    y = normalize(
+        x, 0.0, nu2, epsilon=epsilon,
+        gamma=per_channel(gamma, ndim, a, channels),
+        beta=per_channel(beta, ndim, a, channels),
+    )
+    return y if tau is None else tlu(y, tau, axis=a)

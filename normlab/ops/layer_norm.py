@@ -1,0 +1,55 @@
+"""Layer normalization: per-sample statistics over the given feature axes."""
+
+from __future__ import annotations
+
+from keras import ops
+
+from normlab import backends
+from normlab.ops.axes import canonicalize_axes, feature_param, known_dims
+from normlab.ops.moments import shifted_moments
+from normlab.ops.normalize import normalize
+from normlab.ops.validate import check_epsilon, check_param
+
+def layer_norm(x, axis=-1, *, gamma=None, beta=None, epsilon: float = 1e-3):
+    """Layer normalization: statistics per sample over the given feature axes.
+
+    Formula: for each sample, ``mean`` and ``var`` over ``axis``;
+    ``y = (x - mean) / sqrt(var + epsilon) * gamma + beta`` with ``gamma`` and
+    ``beta`` of the shape of ``x`` at ``axis`` (elementwise affine).
+
+    Args:
+        x: input of rank >= 2, batch first.
+        axis: an int or a list of ints, never the batch axis. Default -1.
+        gamma: optional scale of shape ``[x.shape[a] for a in axis]``. Default None.
+        beta: optional offset of the same shape. Default None.
+        epsilon: added to the variance. Default 1e-3.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([[1.0, 2.0, 3.0]], "float32")
+        >>> [round(float(v), 4) for v in ops.convert_to_numpy(layer_norm(x, epsilon=0.0))[0]]
+        [-1.2247, 0.0, 1.2247]
+
+    Reference:
+        Ba, Kiros & Hinton, "Layer Normalization", 2016. https://arxiv.org/abs/1607.06450
+    """
+    x = ops.convert_to_tensor(x)
+    ndim = len(x.shape)
+    axes = canonicalize_axes(axis, ndim)
+    feature_shape = known_dims(x.shape, axes, axis=axis)
+    epsilon = check_epsilon(epsilon)
+    check_param("gamma", gamma, feature_shape)
+    check_param("beta", beta, feature_shape)
+
+    hook = backends.fast_path("layer_norm", epsilon=epsilon)
+    if hook is not None:
+        y = hook(x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)
+        if y is not None:
+            return y
+
+    shift, mean, var = shifted_moments(x, axes)
+    return normalize(
+        x, mean, var, shift=shift, epsilon=epsilon,
+        gamma=feature_param(gamma, ndim, axes, feature_shape),
+        beta=feature_param(beta, ndim, axes, feature_shape),
+    )

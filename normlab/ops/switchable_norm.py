@@ -1,0 +1,97 @@
+"""Switchable normalization (Luo et al., 2018): a learned mix of instance, layer and batch statistics."""
+
+from __future__ import annotations
+
+from keras import ops
+
+from normlab.ops.axes import channel_axis, complement, per_channel
+from normlab.ops.moments import moments
+from normlab.ops.normalize import normalize
+from normlab.ops.validate import check_epsilon, check_param, error_message, require_spatial
+
+def switchable_norm(
+    x, mean_weights, variance_weights, moving_mean=None, moving_variance=None, *,
+    axis: int = -1, gamma=None, beta=None, epsilon: float = 1e-3, training: bool = False,
+    return_stats: bool = False, replica_sum=None,
+):
+    """Switchable normalization: a learned mix of instance, layer and batch statistics.
+
+    Formula: with ``w = softmax(mean_weights)`` and ``w' = softmax(variance_weights)``
+    (order: instance, layer, batch), ``mean = w_in mean_in + w_ln mean_ln + w_bn mean_bn``
+    and ``var = w'_in var_in + w'_ln var_ln + w'_bn var_bn``;
+    ``y = (x - mean) / sqrt(var + epsilon) * gamma + beta``. Instance
+    statistics are per sample and channel over the spatial axes, layer
+    statistics per sample over all non-batch axes, and batch statistics per
+    channel over the batch and spatial axes (``training=True``) or the given
+    moving ones (``training=False``). All variances are biased.
+
+    Args:
+        x: input of rank >= 3, batch first.
+        mean_weights: mixing logits for the means, shape ``(3,)``.
+        variance_weights: mixing logits for the variances, shape ``(3,)``.
+        moving_mean: per-channel mean ``(C,)``, required when ``training=False``.
+        moving_variance: per-channel variance ``(C,)``, required when ``training=False``.
+        axis: the channel axis. Default -1.
+        gamma: optional per-channel scale ``(C,)``. Default None.
+        beta: optional per-channel offset ``(C,)``. Default None.
+        epsilon: added to the mixed variance. Default 1e-3.
+        training: batch statistics from ``x`` (True) or the moving ones (False). Default False.
+        return_stats: also return the batch statistics used, ``(y, mean_bn, var_bn)``
+            with shape ``(C,)``. Default False.
+        replica_sum: optional cross-replica sum (:func:`normlab.distributed.replica_sum`):
+            with ``training=True``, the batch statistics are the global
+            batch's; instance and layer statistics are per sample anyway.
+            Default None.
+
+    Example:
+        >>> import numpy as np
+        >>> from normlab.ops import instance_norm
+        >>> x = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype("float32")
+        >>> only_in = np.array([30.0, 0.0, 0.0], "float32")      # softmax ~ one-hot
+        >>> y = switchable_norm(x, only_in, only_in, training=True)
+        >>> bool(np.allclose(ops.convert_to_numpy(y), ops.convert_to_numpy(instance_norm(x)), atol=1e-5))
+        True
+
+    Reference:
+        Luo, Ren, Peng, Zhang & Li, "Differentiable Learning-to-Normalize via
+        Switchable Normalization", ICLR 2019. https://arxiv.org/abs/1806.10779
+    """
+    x = ops.convert_to_tensor(x)
+    require_spatial(x.shape, "switchable normalization", argument="x")
+    ndim, a, channels = channel_axis(x, axis)
+    epsilon = check_epsilon(epsilon)
+    check_param("mean_weights", mean_weights, (3,))
+    check_param("variance_weights", variance_weights, (3,))
+    for name, param in (("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean),
+                        ("moving_variance", moving_variance)):
+        check_param(name, param, (channels,))
+    mean_in, var_in = moments(x, complement([a], ndim, keep_batch=True))
+    mean_ln, var_ln = moments(x, complement([], ndim, keep_batch=True))
+    dtype = mean_in.dtype
+    if training:
+        mean_bn, var_bn = moments(x, complement([a], ndim), replica_sum=replica_sum)
+    elif moving_mean is None or moving_variance is None:
+        raise ValueError(
+            error_message(
+                "moving_mean" if moving_mean is None else "moving_variance",
+                "per-channel batch statistics when training=False",
+                f"moving_mean={None if moving_mean is None else '<tensor>'}, "
+                f"moving_variance={None if moving_variance is None else '<tensor>'}, training=False",
+                "Pass the moving mean and variance, or training=True to use batch statistics.",
+            )
+        )
+    else:
+        mean_bn = ops.cast(per_channel(moving_mean, ndim, a, channels), dtype)
+        var_bn = ops.cast(per_channel(moving_variance, ndim, a, channels), dtype)
+    wm = ops.softmax(ops.cast(ops.reshape(mean_weights, (3,)), dtype))
+    wv = ops.softmax(ops.cast(ops.reshape(variance_weights, (3,)), dtype))
+    mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
+    variance = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
+    y = normalize(
+        x, mean, variance, epsilon=epsilon,
+        gamma=per_channel(gamma, ndim, a, channels),
+        beta=per_channel(beta, ndim, a, channels),
+    )
+    if not return_stats:
+        return y
+    return y, ops.reshape(mean_bn, (channels,)), ops.reshape(var_bn, (channels,))

@@ -1,0 +1,77 @@
+"""normlab.ops.batch_norm's training forms: ghost batches and batch renormalization."""
+
+import numpy as np
+import pytest
+
+from normlab import ops as nops
+from normlab.ops.validate import check_renorm_clipping
+from normlab.testing import reference
+from tests.ops._shared import FIRST3, FLAT, LAST4, call, per_channel, rng_normal, to_np
+
+
+@pytest.mark.parametrize("shape, axis, v", [(LAST4, -1, 2), (FIRST3, 1, 2), (FLAT, -1, 4), (FLAT, -1, 1)])
+def test_ghost_batch_norm_matches_reference(shape, axis, v):
+    x = rng_normal(shape, 1.0, 2.0)
+    c = shape[axis]
+    gamma, beta = per_channel(c, 1), per_channel(c, 2, -1, 1)
+    if v == 1:  # a ghost batch of one sample: its own per-sample statistics
+        x = x + rng_normal(shape, seed=9)
+    y, mean, var = call(nops.ghost_batch_norm, x, virtual_batch_size=v, axis=axis, gamma=gamma, beta=beta,
+                        return_stats=True)
+    ey, emean, evar = reference.ghost_batch_norm(x, v, axis, gamma, beta, 1e-3)
+    np.testing.assert_allclose(to_np(y), ey, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(to_np(mean), emean, atol=1e-5)
+    np.testing.assert_allclose(to_np(var), evar, rtol=1e-5)
+
+
+def test_ghost_batch_norm_with_mask_counts_only_unmasked_elements():
+    x = rng_normal(FIRST3, 1.0, 2.0)
+    mask = np.ones((4, 6, 1), "float32")
+    mask[0, 3:] = 0
+    mask[3, 1:] = 0
+    _, mean, var = nops.ghost_batch_norm(x, 2, mask=mask, return_stats=True)
+    means, variances = [], []
+    for part, m in ((x[:2], mask[:2]), (x[2:], mask[2:])):
+        _, pm, pv = reference.batch_norm(part, mask=np.broadcast_to(m, part.shape))
+        means.append(pm)
+        variances.append(pv)
+    np.testing.assert_allclose(to_np(mean), np.mean(means, axis=0), atol=1e-5)
+    np.testing.assert_allclose(to_np(var), np.mean(variances, axis=0), rtol=1e-5)
+
+
+def test_ghost_batch_norm_indivisible_batch_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"Invalid `virtual_batch_size`: expected a divisor of the batch size.*"
+                                         r"Received: virtual_batch_size=3 with a batch of 8\. Use one of \[1, 2, 4, 8\]"):
+        nops.ghost_batch_norm(rng_normal((8, 6)), 3)
+    with pytest.raises(ValueError, match=r"Invalid `virtual_batch_size`: expected a positive integer.*Received: virtual_batch_size=0"):
+        nops.ghost_batch_norm(rng_normal(FLAT), 0)
+
+
+@pytest.mark.parametrize(
+    "clipping", [None, {"rmax": 1.5, "rmin": 0.8, "dmax": 0.5}, {"rmax": 1.0, "rmin": 1.0, "dmax": 0.0}, {"dmax": 0.1}]
+)
+@pytest.mark.parametrize("v", [None, 2])
+def test_batch_renorm_matches_reference(clipping, v):
+    x = rng_normal(LAST4, 1.0, 2.0)
+    gamma, beta = per_channel(6, 1), per_channel(6, 2, -1, 1)
+    rmean, rstd = per_channel(6, 3, -1, 1), per_channel(6, 4, 0.5, 3)
+    y, mean, var = call(nops.batch_renorm, x, renorm_mean=rmean, renorm_stddev=rstd, gamma=gamma, beta=beta,
+                        clipping=clipping, virtual_batch_size=v, return_stats=True)
+    ey, emean, evar = reference.batch_renorm(x, rmean, rstd, -1, gamma, beta, 1e-3, clipping, v)
+    np.testing.assert_allclose(to_np(y), ey, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(to_np(mean), emean, atol=1e-5)
+    np.testing.assert_allclose(to_np(var), evar, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "clipping, pattern",
+    [
+        ({"rmax": 1.0, "rmin": 2.0}, r"expected rmax >= rmin \(r is clipped to \[rmin, rmax\]\)\. Received: renorm_clipping="),
+        ({"dmax": -1.0}, r"expected dmax >= 0"),
+        ({"rmx": 3.0}, r"expected None or a dict with keys among 'rmax', 'rmin', 'dmax'\. Received: renorm_clipping=\{'rmx': 3\.0\}"),
+        ({"rmax": "3"}, r"expected a number for 'rmax'"),
+    ],
+)
+def test_renorm_clipping_errors(clipping, pattern):
+    with pytest.raises(ValueError, match=r"Invalid `renorm_clipping`: " + pattern):
+        check_renorm_clipping(clipping)

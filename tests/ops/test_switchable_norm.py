@@ -1,0 +1,35 @@
+"""normlab.ops.switchable_norm against the float64 reference."""
+
+import numpy as np
+import pytest
+
+from normlab import ops as nops
+from normlab.testing import reference
+from tests.ops._shared import FIRST3, LAST4, LAST5, call, per_channel, rng_normal, to_np
+
+
+@pytest.mark.parametrize("shape, axis", [(LAST4, -1), (FIRST3, 1), (LAST5, -1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_switchable_norm_matches_reference(shape, axis, training):
+    x = rng_normal(shape, 2.0, 3.0)
+    c = shape[axis]
+    wm, wv = np.array([0.3, -0.2, 0.5], "float32"), np.array([-0.4, 0.1, 0.2], "float32")
+    gamma, beta = per_channel(c, 2), per_channel(c, 3, -1, 1)
+    mm, mv = (None, None) if training else (per_channel(c, 4, -1, 1), per_channel(c, 5, 1, 4))
+    y, mean, var = call(nops.switchable_norm, x, mean_weights=wm, variance_weights=wv, moving_mean=mm,
+                        moving_variance=mv, axis=axis, gamma=gamma, beta=beta, epsilon=1e-3,
+                        training=training, return_stats=True)
+    expected, emean, evar = reference.switchable_norm(x, wm, wv, axis, gamma, beta, 1e-3, mm, mv)
+    np.testing.assert_allclose(to_np(y), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_np(mean), emean, atol=1e-5)
+    np.testing.assert_allclose(to_np(var), evar, rtol=1e-5)
+
+
+def test_switchable_norm_errors():
+    w = np.zeros(3, "float32")
+    with pytest.raises(ValueError, match=r"Invalid `moving_mean`: expected per-channel batch statistics when "
+                                         r"training=False\. Received: moving_mean=None"):
+        nops.switchable_norm(rng_normal((2, 3, 4)), w, w)
+    with pytest.raises(ValueError, match=r"Invalid `mean_weights`: expected a tensor of shape \(3,\).*"
+                                         r"Received: mean_weights.shape=\(2,\)"):
+        nops.switchable_norm(rng_normal((2, 3, 4)), np.zeros(2, "float32"), w, training=True)
