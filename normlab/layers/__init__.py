@@ -2,14 +2,13 @@
 
 from normlab.layers.base import Normalization
 from normlab.layers.batch_norm import BatchNormalization
+from normlab.layers.evo_norm import EvoNormB0, EvoNormS0
+from normlab.layers.filter_response_norm import TLU, FilterResponseNormalization
 from normlab.layers.group_norm import GroupNormalization
 from normlab.layers.instance_norm import InstanceNormalization
 from normlab.layers.layer_norm import LayerNormalization
-from normlab.layers.evo_norm import EvoNormB0, EvoNormS0
-from normlab.layers.filter_response_norm import TLU, FilterResponseNormalization
 from normlab.layers.local_response_norm import LocalResponseNormalization
 from normlab.layers.rms_norm import RMSNormalization
-from normlab.layers.switchable_norm import SwitchableNormalization
 from normlab.layers.spectral_norm import SpectralNormalization
 from normlab.layers.std_conv import (
     ScaledStdConv1D,
@@ -19,6 +18,7 @@ from normlab.layers.std_conv import (
     StdConv2D,
     StdConv3D,
 )
+from normlab.layers.switchable_norm import SwitchableNormalization
 from normlab.layers.weight_norm import WeightNormalization
 
 __all__ = [

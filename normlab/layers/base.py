@@ -23,7 +23,12 @@ import keras
 from keras import constraints, initializers, ops, regularizers
 
 from normlab.ops.axes import as_axis_list, canonicalize_axes, known_dims
-from normlab.ops.validate import ArgumentTypeError, check_bool, check_epsilon, error_message
+from normlab.ops.validate import (
+    ArgumentTypeError,
+    check_bool,
+    check_epsilon,
+    error_message,
+)
 
 _KINDS = {
     "initializer": (initializers, "a Keras initializer: a name such as 'ones', 'zeros' or "
