@@ -56,6 +56,7 @@ import json
 import keras
 import numpy as np
 
+from normlab import _compat
 from normlab.ops.validate import ArgumentTypeError, error_message
 
 __all__ = [
@@ -172,10 +173,8 @@ def _deserialize_layer(layer_config, custom_objects):
     objects = {**custom_objects_dict(), **(custom_objects or {})}
     if "module" in layer_config:
         return keras.saving.deserialize_keras_object(layer_config, custom_objects=objects)
-    from keras.src.legacy.saving import saving_utils  # TF-Keras 2 configs (no "module")
-
-    config = _drop_tf_keras_2_keys(json.loads(json.dumps(layer_config)))
-    return saving_utils.model_from_config(config, custom_objects=objects)
+    config = _drop_tf_keras_2_keys(json.loads(json.dumps(layer_config)))  # TF-Keras 2 (no "module")
+    return _compat.legacy_model_from_config(config, objects)
 
 
 class _Loader:
@@ -302,13 +301,10 @@ def model_from_config(config: dict, custom_objects: dict | None = None):
     Returns:
         An uncompiled, unbuilt-weights Keras model using normlab's layers.
     """
-    from keras.src.legacy.saving import saving_options, saving_utils
-
     objects = custom_objects_dict()
     objects.update(custom_objects or {})
     config = _drop_tf_keras_2_keys(json.loads(json.dumps(config)))  # the legacy loader edits it in place
-    with saving_options.keras_option_scope(use_legacy_config=True):
-        return saving_utils.model_from_config(config, custom_objects=objects)
+    return _compat.legacy_model_from_config(config, objects, legacy_scope=True)
 
 
 def model_from_json(json_string: str, custom_objects: dict | None = None):

@@ -29,6 +29,7 @@ import warnings
 import keras
 from keras import ops
 
+from normlab import _compat
 from normlab.layers.derived_kernel import (
     KERNEL_LAYERS,
     call_with_kernel,
@@ -54,16 +55,12 @@ def in_jax_stateless_call() -> bool:
     *trainable* variables made in the forward pass are discarded."""
     if keras.backend.backend() != "jax":
         return False
-    from keras.src.backend.common.stateless_scope import in_stateless_scope
-
-    return in_stateless_scope()
+    return _compat.in_stateless_scope()
 
 
 def in_shape_inference() -> bool:
     """True while Keras runs a layer only to infer output shapes (symbolic tensors)."""
-    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-
-    return in_symbolic_scope()
+    return _compat.in_symbolic_scope()
 
 
 def full_precision():
@@ -73,9 +70,7 @@ def full_precision():
     layer's call; the wrappers compute their statistics from the float32
     variables, and on PyTorch an assignment made under that cast is lost.
     """
-    from keras.src.backend import AutocastScope
-
-    return AutocastScope(None)
+    return _compat.autocast_scope(None)
 
 
 def _concrete_bool(variable):

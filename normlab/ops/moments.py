@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from keras import ops
-from keras.src.backend import standardize_dtype
+from keras.backend import standardize_dtype
 
 
 def stats_dtype(dtype) -> str:

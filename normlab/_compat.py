@@ -1,0 +1,46 @@
+"""Every use of a private Keras API, fenced in one place.
+
+Keras 3 keeps some mechanisms normlab needs out of its public namespace.
+Each is wrapped here, with what it is for; nothing else in normlab imports
+``keras.src``. Checked against Keras 3.15.1 (the tests run every wrapper on
+all three backends, so a Keras release that moves one fails loudly here).
+"""
+
+from __future__ import annotations
+
+#: The Keras release these private imports were checked against.
+CHECKED_KERAS_VERSION = "3.15.1"
+
+
+def in_stateless_scope() -> bool:
+    """Whether Keras runs the layer statelessly (JAX ``fit``/``predict``:
+    assignments made in the forward pass to trainable weights are dropped)."""
+    from keras.src.backend.common.stateless_scope import in_stateless_scope as inside
+
+    return inside()
+
+
+def in_symbolic_scope() -> bool:
+    """Whether Keras runs the layer only to infer output shapes (symbolic tensors)."""
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope as inside
+
+    return inside()
+
+
+def autocast_scope(dtype):
+    """Keras' ``AutocastScope``: inside it, float variables read as ``dtype``
+    (None: in their own dtype)."""
+    from keras.src.backend import AutocastScope
+
+    return AutocastScope(dtype)
+
+
+def legacy_model_from_config(config: dict, custom_objects: dict, *, legacy_scope: bool = False):
+    """Keras' loader for TF-Keras 2 configs (no ``module`` keys), which Keras 3
+    keeps for ``.h5`` files only; ``legacy_scope`` reads whole model configs."""
+    from keras.src.legacy.saving import saving_options, saving_utils
+
+    if not legacy_scope:
+        return saving_utils.model_from_config(config, custom_objects=custom_objects)
+    with saving_options.keras_option_scope(use_legacy_config=True):
+        return saving_utils.model_from_config(config, custom_objects=custom_objects)
