@@ -26,9 +26,35 @@ def _conv_args(local_vars: dict) -> dict:
 
 
 class _WeightStandardization:
-    """Mixin: convolve with the standardized kernel, every call."""
+    """Mixin: convolve with the standardized kernel, every call.
 
-    def _init_standardization(self, epsilon):
+    Put before a Keras ``Conv1D``/``Conv2D``/``Conv3D`` in the bases; the
+    constructor takes that convolution's arguments (Keras' defaults; an int
+    stride or dilation applies to every spatial axis) plus ``epsilon``.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        data_format=None,
+        dilation_rate=1,
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        epsilon=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**_conv_args(locals()), **kwargs)
         self.epsilon = check_epsilon(epsilon)
 
     def _fan_in_axes(self) -> list[int]:
@@ -52,7 +78,30 @@ class _WeightStandardization:
 class _ScaledWeightStandardization(_WeightStandardization):
     """Mixin: standardized kernel times a learned gain and ``gamma / sqrt(fan_in)``."""
 
-    def _init_scaling(self, gamma, gain_initializer):
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        data_format=None,
+        dilation_rate=1,
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        epsilon=1e-6,
+        gamma=1.0,
+        gain_initializer="ones",
+        **kwargs,
+    ):
+        super().__init__(**_conv_args(locals()), epsilon=epsilon, **kwargs)
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
             raise ArgumentTypeError(
                 error_message(
@@ -105,11 +154,11 @@ _STD_DOC_ARGS = """
     Args:
         filters: number of output channels.
         kernel_size: int or tuple, the convolution window.
-        strides: int or tuple. Default {strides}.
+        strides: int or tuple. Default 1 (every spatial axis).
         padding: "valid" or "same"{causal}. Default "valid".
         data_format: "channels_last" or "channels_first"; None uses
             ``keras.config.image_data_format()``. Default None.
-        dilation_rate: int or tuple. Default {strides}.
+        dilation_rate: int or tuple. Default 1 (every spatial axis).
         groups: number of channel groups (grouped convolution). Default 1.
         activation: activation applied after the bias. Default None.
         use_bias: add a bias. Default True (timm's ``StdConv2d`` defaults to False).
@@ -131,8 +180,8 @@ _SCALED_EXTRA = """
             Default "ones" (timm's ``gain_init=1.0``)."""
 
 
-def _doc(strides: str, causal: str = "", extra: str = "") -> str:
-    return _STD_DOC_ARGS.format(strides=strides, causal=causal, extra=extra)
+def _doc(causal: str = "", extra: str = "") -> str:
+    return _STD_DOC_ARGS.format(causal=causal, extra=extra)
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -148,7 +197,7 @@ class StdConv1D(_WeightStandardization, keras.layers.Conv1D):
 
     A drop-in for ``keras.layers.Conv1D`` with one extra argument.
 """
-        + _doc("1", causal=' or "causal"')
+        + _doc(causal=' or "causal"')
         + """
 
     Example:
@@ -164,30 +213,6 @@ class StdConv1D(_WeightStandardization, keras.layers.Conv1D):
         https://arxiv.org/abs/1903.10520
     """
     )
-
-    def __init__(
-        self,
-        filters,
-        kernel_size,
-        strides=1,
-        padding="valid",
-        data_format=None,
-        dilation_rate=1,
-        groups=1,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        epsilon=1e-6,
-        **kwargs,
-    ):
-        super().__init__(**_conv_args(locals()), **kwargs)
-        self._init_standardization(epsilon)
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -206,7 +231,7 @@ class StdConv2D(_WeightStandardization, keras.layers.Conv2D):
     ResNet-v2 "GN+WS"). A drop-in for ``keras.layers.Conv2D`` with one extra
     argument; channels-first works through ``data_format``.
 """
-        + _doc("(1, 1)")
+        + _doc()
         + """
 
     Example:
@@ -226,30 +251,6 @@ class StdConv2D(_WeightStandardization, keras.layers.Conv2D):
     """
     )
 
-    def __init__(
-        self,
-        filters,
-        kernel_size,
-        strides=(1, 1),
-        padding="valid",
-        data_format=None,
-        dilation_rate=(1, 1),
-        groups=1,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        epsilon=1e-6,
-        **kwargs,
-    ):
-        super().__init__(**_conv_args(locals()), **kwargs)
-        self._init_standardization(epsilon)
-
 
 @keras.saving.register_keras_serializable(package="normlab")
 class StdConv3D(_WeightStandardization, keras.layers.Conv3D):
@@ -264,7 +265,7 @@ class StdConv3D(_WeightStandardization, keras.layers.Conv3D):
 
     A drop-in for ``keras.layers.Conv3D`` with one extra argument.
 """
-        + _doc("(1, 1, 1)")
+        + _doc()
         + """
 
     Example:
@@ -280,30 +281,6 @@ class StdConv3D(_WeightStandardization, keras.layers.Conv3D):
         https://arxiv.org/abs/1903.10520
     """
     )
-
-    def __init__(
-        self,
-        filters,
-        kernel_size,
-        strides=(1, 1, 1),
-        padding="valid",
-        data_format=None,
-        dilation_rate=(1, 1, 1),
-        groups=1,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        epsilon=1e-6,
-        **kwargs,
-    ):
-        super().__init__(**_conv_args(locals()), **kwargs)
-        self._init_standardization(epsilon)
 
 
 _SCALED_FORMULA = """
@@ -331,7 +308,7 @@ class ScaledStdConv1D(_ScaledWeightStandardization, keras.layers.Conv1D):
     __doc__ = (
         "1-D convolution with scaled weight standardization (NF-Nets).\n"
         + _SCALED_FORMULA
-        + _doc("1", causal=' or "causal"', extra=_SCALED_EXTRA)
+        + _doc(causal=' or "causal"', extra=_SCALED_EXTRA)
         + """
 
     Example:
@@ -343,40 +320,13 @@ class ScaledStdConv1D(_ScaledWeightStandardization, keras.layers.Conv1D):
         + _SCALED_REFERENCE
     )
 
-    def __init__(
-        self,
-        filters,
-        kernel_size,
-        strides=1,
-        padding="valid",
-        data_format=None,
-        dilation_rate=1,
-        groups=1,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        epsilon=1e-6,
-        gamma=1.0,
-        gain_initializer="ones",
-        **kwargs,
-    ):
-        super().__init__(**_conv_args(locals()), **kwargs)
-        self._init_standardization(epsilon)
-        self._init_scaling(gamma, gain_initializer)
-
 
 @keras.saving.register_keras_serializable(package="normlab")
 class ScaledStdConv2D(_ScaledWeightStandardization, keras.layers.Conv2D):
     __doc__ = (
         "2-D convolution with scaled weight standardization (NF-Nets, timm's ScaledStdConv2d).\n"
         + _SCALED_FORMULA
-        + _doc("(1, 1)", extra=_SCALED_EXTRA)
+        + _doc(extra=_SCALED_EXTRA)
         + """
 
     Example:
@@ -392,40 +342,13 @@ class ScaledStdConv2D(_ScaledWeightStandardization, keras.layers.Conv2D):
         + _SCALED_REFERENCE
     )
 
-    def __init__(
-        self,
-        filters,
-        kernel_size,
-        strides=(1, 1),
-        padding="valid",
-        data_format=None,
-        dilation_rate=(1, 1),
-        groups=1,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        epsilon=1e-6,
-        gamma=1.0,
-        gain_initializer="ones",
-        **kwargs,
-    ):
-        super().__init__(**_conv_args(locals()), **kwargs)
-        self._init_standardization(epsilon)
-        self._init_scaling(gamma, gain_initializer)
-
 
 @keras.saving.register_keras_serializable(package="normlab")
 class ScaledStdConv3D(_ScaledWeightStandardization, keras.layers.Conv3D):
     __doc__ = (
         "3-D convolution with scaled weight standardization (NF-Nets).\n"
         + _SCALED_FORMULA
-        + _doc("(1, 1, 1)", extra=_SCALED_EXTRA)
+        + _doc(extra=_SCALED_EXTRA)
         + """
 
     Example:
@@ -436,33 +359,6 @@ class ScaledStdConv3D(_ScaledWeightStandardization, keras.layers.Conv3D):
 """
         + _SCALED_REFERENCE
     )
-
-    def __init__(
-        self,
-        filters,
-        kernel_size,
-        strides=(1, 1, 1),
-        padding="valid",
-        data_format=None,
-        dilation_rate=(1, 1, 1),
-        groups=1,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        epsilon=1e-6,
-        gamma=1.0,
-        gain_initializer="ones",
-        **kwargs,
-    ):
-        super().__init__(**_conv_args(locals()), **kwargs)
-        self._init_standardization(epsilon)
-        self._init_scaling(gamma, gain_initializer)
 
 
 _STD_CONVS = {1: StdConv1D, 2: StdConv2D, 3: StdConv3D}
