@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole check, as CI runs it: lint, types, the package build, then the
+# test suite once per Keras backend (scripts/test-backends.sh; extra arguments
+# go to pytest). Exits non-zero if any step fails.
+set -u
+cd "$(dirname "$0")/.."
+failed=""
+echo "=== ruff"
+ruff check normlab tests benchmarks scripts docs || failed="$failed ruff"
+echo "=== mypy"
+mypy || failed="$failed mypy"
+echo "=== build (wheel and sdist) and twine check"
+dist="$(mktemp -d)"
+if python -m build --outdir "$dist" . > "$dist/build.log" 2>&1; then
+  twine check --strict "$dist"/* || failed="$failed twine"
+else
+  tail -30 "$dist/build.log"; failed="$failed build"
+fi
+rm -rf "$dist"
+scripts/test-backends.sh "$@" || failed="$failed tests"
+if [ -n "$failed" ]; then
+  echo "FAILED:$failed"
+  exit 1
+fi
+echo "all checks passed"
