@@ -11,7 +11,10 @@ is also available here.
 5
 """
 
+from __future__ import annotations
+
 from normlab._backend import choose_default_backend
+from normlab._version import __version__
 
 choose_default_backend()
 
@@ -19,6 +22,4 @@ from normlab import backends, distributed, layers, ops  # noqa: E402
 from normlab.layers import *  # noqa: E402,F401,F403  (every layer, by its class name)
 from normlab.registry import get, register, registry  # noqa: E402
 
-__version__ = "0.1.0"
-
-__all__ = ["backends", "distributed", "get", "layers", "ops", "register", "registry", *layers.__all__]
+__all__ = ["__version__", "backends", "distributed", "get", "layers", "ops", "register", "registry", *layers.__all__]

@@ -8,6 +8,13 @@ all three backends, so a Keras release that moves one fails loudly here).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from typing import Any
+
+import keras
+
+from normlab.types import DTypeLike
+
 #: The Keras release these private imports were checked against.
 CHECKED_KERAS_VERSION = "3.15.1"
 
@@ -27,7 +34,7 @@ def in_symbolic_scope() -> bool:
     return inside()
 
 
-def autocast_scope(dtype):
+def autocast_scope(dtype: DTypeLike | None) -> AbstractContextManager[Any]:
     """Keras' ``AutocastScope``: inside it, float variables read as ``dtype``
     (None: in their own dtype)."""
     from keras.src.backend import AutocastScope
@@ -35,7 +42,9 @@ def autocast_scope(dtype):
     return AutocastScope(dtype)
 
 
-def legacy_model_from_config(config: dict, custom_objects: dict, *, legacy_scope: bool = False):
+def legacy_model_from_config(
+    config: dict[str, Any], custom_objects: dict[str, Any], *, legacy_scope: bool = False
+) -> keras.Model:
     """Keras' loader for TF-Keras 2 configs (no ``module`` keys), which Keras 3
     keeps for ``.h5`` files only; ``legacy_scope`` reads whole model configs."""
     from keras.src.legacy.saving import saving_options, saving_utils

@@ -34,14 +34,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from typing import Any, Callable, Iterator
 
 import keras
+
+from normlab.types import AxisName, ReplicaSum, Tensor
 
 _state = threading.local()
 
 
 @contextlib.contextmanager
-def axis_name(name):
+def axis_name(name: AxisName) -> Iterator[AxisName]:
     """Context manager: under JAX, synchronize statistics over the mapped axis ``name``.
 
     Use it inside a function mapped with ``jax.shard_map`` or ``jax.pmap``
@@ -66,13 +69,13 @@ def axis_name(name):
         _state.axis_name = previous
 
 
-def current_axis_name():
+def current_axis_name() -> AxisName | None:
     """The JAX axis name set by the innermost :func:`axis_name`, or None."""
     return getattr(_state, "axis_name", None)
 
 
 @contextlib.contextmanager
-def process_group(group):
+def process_group(group: Any) -> Iterator[Any]:
     """Context manager: under PyTorch, synchronize statistics over ``group`` only.
 
     ``group`` is a ``torch.distributed`` process group (from
@@ -87,35 +90,35 @@ def process_group(group):
         _state.group = previous
 
 
-def _tensorflow_sum():
+def _tensorflow_sum() -> ReplicaSum | None:
     import tensorflow as tf
 
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync <= 1:
         return None  # cross-replica context (the whole batch at once), or no strategy
 
-    def replica_sum(tensor):
+    def replica_sum(tensor: Tensor) -> Tensor:
         return context.all_reduce(tf.distribute.ReduceOp.SUM, tensor)
 
     return replica_sum
 
 
-def _jax_sum():
+def _jax_sum() -> ReplicaSum | None:
     name = current_axis_name()
     if name is None:
         return None
     import jax
 
-    def replica_sum(tensor):
+    def replica_sum(tensor: Tensor) -> Tensor:
         return jax.lax.psum(tensor, name)
 
     return replica_sum
 
 
-_torch_function = None
+_torch_function: Any = None
 
 
-def _torch_all_reduce():
+def _torch_all_reduce() -> Any:
     """A differentiable all-reduce (sum) for torch: forward and backward both all-reduce."""
     global _torch_function
     if _torch_function is None:
@@ -139,7 +142,7 @@ def _torch_all_reduce():
     return _torch_function
 
 
-def _torch_sum():
+def _torch_sum() -> ReplicaSum | None:
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
@@ -150,16 +153,18 @@ def _torch_sum():
         return None
     function = _torch_all_reduce()
 
-    def replica_sum(tensor):
+    def replica_sum(tensor: Tensor) -> Tensor:
         return function.apply(tensor, group)
 
     return replica_sum
 
 
-_SUMS = {"tensorflow": _tensorflow_sum, "jax": _jax_sum, "torch": _torch_sum}
+_SUMS: dict[str, Callable[[], ReplicaSum | None]] = {
+    "tensorflow": _tensorflow_sum, "jax": _jax_sum, "torch": _torch_sum,
+}
 
 
-def replica_sum():
+def replica_sum() -> ReplicaSum | None:
     """The cross-replica sum that applies here, or None when not distributed.
 
     Returns a callable ``f(tensor) -> tensor`` that sums ``tensor`` (the same

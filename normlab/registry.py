@@ -18,7 +18,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import keras
 
@@ -48,7 +48,9 @@ class Entry:
         }
 
 
-def register(name: str, factory: Callable[..., keras.layers.Layer], *, aliases=(), summary: str = "") -> None:
+def register(
+    name: str, factory: Callable[..., keras.layers.Layer], *, aliases: Sequence[str] = (), summary: str = ""
+) -> None:
     """Registers ``factory`` under ``name`` (and ``aliases``) for :func:`get`."""
     for key in (name, *aliases):
         owner = _ALIASES.get(key)
@@ -78,17 +80,20 @@ def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
         raise ArgumentTypeError(
             f"Invalid `spec`: expected a non-empty string such as 'group(groups=8)'. Received: spec={spec!r}."
         )
+    node: ast.expr | None
     try:
         node = ast.parse(spec.strip(), mode="eval").body
     except SyntaxError:
         node = None
+    kwargs: dict[str, object] = {}
     if isinstance(node, ast.Name):
-        key, kwargs = node.id, {}
+        key = node.id
     elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args and all(
         k.arg is not None for k in node.keywords
     ):
         key = node.func.id
-        given = [k.arg for k in node.keywords]
+        # Every k.arg is a str here (checked above; None would be a **mapping).
+        given = [k.arg for k in node.keywords if k.arg is not None]
         repeated = sorted({a for a in given if given.count(a) > 1})
         if repeated:
             raise ValueError(
@@ -96,7 +101,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
                 f"which gives {', '.join(map(repr, repeated))} more than once. Keep one value each."
             )
         try:
-            kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
         except ValueError:
             node = None
     else:
@@ -117,7 +122,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
     return _ALIASES[key], kwargs
 
 
-def get(spec: str, **overrides) -> keras.layers.Layer:
+def get(spec: str, **overrides: Any) -> keras.layers.Layer:
     """Builds a new normalization layer from a spec string.
 
     Args:
@@ -147,7 +152,7 @@ def get(spec: str, **overrides) -> keras.layers.Layer:
     return entry.factory(**kwargs)
 
 
-def _identity(**kwargs) -> keras.layers.Layer:
+def _identity(**kwargs: Any) -> keras.layers.Layer:
     """No normalization: passes its input through unchanged."""
     return keras.layers.Identity(**kwargs)
 

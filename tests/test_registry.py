@@ -69,3 +69,9 @@ def test_an_argument_given_twice_is_an_error_not_the_last_value():
     with pytest.raises(ValueError, match=r"Invalid `spec`: expected each argument at most once\. "
                                          r"Received: spec='group\(groups=2, groups=5\)', which gives 'groups'"):
         normlab.get("group(groups=2, groups=5)")
+
+
+def test_one_version_source():
+    import importlib.metadata
+
+    assert normlab.__version__ == importlib.metadata.version("normlab")

@@ -52,6 +52,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
+from typing import Any
 
 import keras
 import numpy as np
@@ -87,7 +89,7 @@ WEIGHT_RENAMES = {"sn_u": "vector_u"}
 _BASE_KEYS = ("name", "trainable", "dtype", "autocast")
 
 
-def _normlab_class(tfa_name: str):
+def _normlab_class(tfa_name: str) -> type[keras.layers.Layer]:
     module_name, attribute = TFA_LAYERS[tfa_name]
     try:
         module = importlib.import_module(module_name)
@@ -100,7 +102,7 @@ def _normlab_class(tfa_name: str):
     return getattr(module, attribute)
 
 
-def _accepted(cls) -> set[str]:
+def _accepted(cls: type[keras.layers.Layer]) -> set[str]:
     parameters = inspect.signature(cls.__init__).parameters.values()
     return {
         p.name
@@ -109,7 +111,7 @@ def _accepted(cls) -> set[str]:
     }
 
 
-def _base_kwargs(config: dict) -> dict:
+def _base_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     """Pops the base-layer keys from a TF-Keras 2 config, in Keras 3's form."""
     base = {key: config.pop(key) for key in _BASE_KEYS if key in config}
     dtype = base.get("dtype")
@@ -123,7 +125,9 @@ def _base_kwargs(config: dict) -> dict:
     return base
 
 
-def _build(tfa_name: str, config: dict, *, drop=(), **overrides):
+def _build(
+    tfa_name: str, config: dict[str, Any], *, drop: tuple[str, ...] = (), **overrides: Any
+) -> keras.layers.Layer:
     """Instantiates the normlab class for ``tfa_name`` from TF Addons' ``config``."""
     cls = _normlab_class(tfa_name)
     config = dict(config)
@@ -146,17 +150,18 @@ def _build(tfa_name: str, config: dict, *, drop=(), **overrides):
 
 
 #: Keys TF-Keras 2 wrote into layer configs that Keras 3 rejects, by class.
-_TF_KERAS_2_ONLY_KEYS = {"LSTM": ("time_major",), "GRU": ("time_major",), "SimpleRNN": ("time_major",),
-                         "RNN": ("time_major",)}
+_TF_KERAS_2_ONLY_KEYS: dict[str, tuple[str, ...]] = {
+    "LSTM": ("time_major",), "GRU": ("time_major",), "SimpleRNN": ("time_major",), "RNN": ("time_major",)
+}
 
 
-def _drop_tf_keras_2_keys(config):
+def _drop_tf_keras_2_keys(config: Any) -> Any:
     """Removes, in place and recursively, the config keys Keras 3 no longer accepts
     (``time_major`` of TF-Keras 2's recurrent layers, always False in TF Addons models)."""
     if isinstance(config, dict):
         inner = config.get("config")
         if isinstance(inner, dict):
-            for key in _TF_KERAS_2_ONLY_KEYS.get(config.get("class_name"), ()):
+            for key in _TF_KERAS_2_ONLY_KEYS.get(config.get("class_name", ""), ()):
                 inner.pop(key, None)
         for value in config.values():
             _drop_tf_keras_2_keys(value)
@@ -166,7 +171,7 @@ def _drop_tf_keras_2_keys(config):
     return config
 
 
-def _deserialize_layer(layer_config, custom_objects):
+def _deserialize_layer(layer_config: Any, custom_objects: dict[str, Any] | None) -> keras.layers.Layer:
     """Deserializes a wrapped layer's config, in TF-Keras 2 or Keras 3 format."""
     if isinstance(layer_config, keras.layers.Layer):
         return layer_config
@@ -182,18 +187,18 @@ class _Loader:
 
     tfa_name = ""
 
-    def __init__(self, *args, **kwargs):  # pragma: no cover - never instantiated
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - never instantiated
         raise ArgumentTypeError(
             f"{type(self).__name__} only converts TF Addons configs (from_config); "
             f"use normlab's {TFA_LAYERS[self.tfa_name][1]} directly."
         )
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> keras.layers.Layer:
         return cls.convert(dict(config), custom_objects)
 
     @classmethod
-    def convert(cls, config, custom_objects):
+    def convert(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None) -> keras.layers.Layer:
         return _build(cls.tfa_name, config)
 
 
@@ -213,7 +218,7 @@ class InstanceNormalizationLoader(_Loader):
     tfa_name = "Addons>InstanceNormalization"
 
     @classmethod
-    def convert(cls, config, custom_objects):
+    def convert(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None) -> keras.layers.Layer:
         return _build(cls.tfa_name, config, drop=("groups",))
 
 
@@ -226,7 +231,7 @@ class FilterResponseNormalizationLoader(_Loader):
     tfa_name = "Addons>FilterResponseNormalization"
 
     @classmethod
-    def convert(cls, config, custom_objects):
+    def convert(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None) -> keras.layers.Layer:
         epsilon = config.pop("epsilon", 1e-6)
         if isinstance(epsilon, (list, tuple)):  # a serialized scalar tensor
             epsilon = np.asarray(epsilon).reshape(-1)[0]
@@ -239,7 +244,7 @@ class WeightNormalizationLoader(_Loader):
     tfa_name = "Addons>WeightNormalization"
 
     @classmethod
-    def convert(cls, config, custom_objects):
+    def convert(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None) -> keras.layers.Layer:
         layer = _deserialize_layer(config.pop("layer"), custom_objects)
         return _build(cls.tfa_name, config, layer=layer)
 
@@ -251,7 +256,7 @@ class SpectralNormalizationLoader(_Loader):
     tfa_name = "Addons>SpectralNormalization"
 
     @classmethod
-    def convert(cls, config, custom_objects):
+    def convert(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None) -> keras.layers.Layer:
         layer = _deserialize_layer(config.pop("layer"), custom_objects)
         return _build(cls.tfa_name, config, layer=layer, in_place=True)
 
@@ -265,12 +270,12 @@ _LOADERS = (
 )
 
 
-def custom_objects_dict() -> dict:
+def custom_objects_dict() -> dict[str, type[_Loader]]:
     """``{"Addons>GroupNormalization": loader, ...}`` for the five TF Addons norms."""
     return {loader.tfa_name: loader for loader in _LOADERS}
 
 
-def custom_objects(extra: dict | None = None) -> dict:
+def custom_objects(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``custom_objects`` that load TF Addons' normalization layers as normlab's.
 
     Args:
@@ -289,7 +294,7 @@ def custom_objects(extra: dict | None = None) -> dict:
     return {**custom_objects_dict(), **(extra or {})}
 
 
-def model_from_config(config: dict, custom_objects: dict | None = None):
+def model_from_config(config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> keras.Model:
     """Builds a Keras 3 model from a TF-Keras 2 model config with TF Addons norms.
 
     Args:
@@ -307,7 +312,7 @@ def model_from_config(config: dict, custom_objects: dict | None = None):
     return _compat.legacy_model_from_config(config, objects, legacy_scope=True)
 
 
-def model_from_json(json_string: str, custom_objects: dict | None = None):
+def model_from_json(json_string: str, custom_objects: dict[str, Any] | None = None) -> keras.Model:
     """Like ``keras.models.model_from_json`` for JSON written by TF-Keras 2 (``model.to_json()``).
 
     Args:
@@ -320,7 +325,7 @@ def model_from_json(json_string: str, custom_objects: dict | None = None):
     return model_from_config(json.loads(json_string), custom_objects)
 
 
-def _attribute_list(group, name: str) -> list[str]:
+def _attribute_list(group: Any, name: str) -> list[str]:
     """A TF-Keras 2 string-list attribute (possibly chunked as name0, name1, ...)."""
     if name in group.attrs:
         values = list(group.attrs[name])
@@ -337,7 +342,7 @@ def _basename(weight_name: str) -> str:
     return WEIGHT_RENAMES.get(base, base)
 
 
-def _by_name_layers() -> tuple:
+def _by_name_layers() -> tuple[type[keras.layers.Layer], ...]:
     classes = []
     for tfa_name in TFA_LAYERS:
         try:
@@ -347,7 +352,7 @@ def _by_name_layers() -> tuple:
     return tuple(classes)
 
 
-def _assign(variable, value, where: str):
+def _assign(variable: keras.Variable, value: Any, where: str) -> None:
     value = np.asarray(value)
     shape = tuple(variable.shape)
     if value.shape != shape:
@@ -364,12 +369,14 @@ def _assign(variable, value, where: str):
     variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
 
 
-def _load_layer(layer, group, by_name_classes):
+def _load_layer(
+    layer: keras.layers.Layer, group: Any, by_name_classes: tuple[type[keras.layers.Layer], ...]
+) -> None:
     names = _attribute_list(group, "weight_names")
     values = [np.asarray(group[name]) for name in names]
     where = f"layer {layer.name!r} in the file"
     if isinstance(layer, by_name_classes):
-        saved = {}
+        saved: dict[str, np.ndarray] = {}
         for name, value in zip(names, values):
             saved.setdefault(_basename(name), value)  # first wins: later copies are internal
         for variable in layer.weights:
@@ -398,7 +405,7 @@ def _load_layer(layer, group, by_name_classes):
         _assign(variable, value, f"{where}, weight {name!r}")
 
 
-def load_weights(model, filepath) -> None:
+def load_weights(model: keras.Model, filepath: str | os.PathLike[str] | Any) -> None:
     """Loads a TF-Keras 2 ``.h5`` weights file (or a full-model ``.h5``) into ``model``.
 
     Layers are matched by name when every weighted layer of the file has a
@@ -421,7 +428,7 @@ def load_weights(model, filepath) -> None:
     import h5py
 
     opened = not isinstance(filepath, (h5py.File, h5py.Group))
-    f = h5py.File(filepath, "r") if opened else filepath
+    f: Any = h5py.File(filepath, "r") if opened else filepath  # an h5py File or Group (h5py is untyped)
     try:
         group = f["model_weights"] if "model_weights" in f else f
         file_layers = [
@@ -451,7 +458,7 @@ def load_weights(model, filepath) -> None:
             f.close()
 
 
-def load_model(filepath, custom_objects: dict | None = None):
+def load_model(filepath: str | os.PathLike[str], custom_objects: dict[str, Any] | None = None) -> keras.Model:
     """Loads a TF-Keras 2 full-model ``.h5`` file with TF Addons norms, uncompiled.
 
     The architecture comes from the file's ``model_config`` through

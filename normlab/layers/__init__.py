@@ -1,5 +1,7 @@
 """Keras 3 normalization layers, one per module, each a thin shell over :mod:`normlab.ops`."""
 
+from __future__ import annotations
+
 from normlab.layers.base import Normalization
 from normlab.layers.batch_norm import BatchNormalization
 from normlab.layers.evo_norm import EvoNormB0, EvoNormS0

@@ -19,6 +19,8 @@ are created with ``autocast=False``, so reading them inside an
 
 from __future__ import annotations
 
+from typing import Any, Literal, Protocol, Sequence
+
 import keras
 from keras import constraints, initializers, ops, regularizers
 
@@ -29,6 +31,7 @@ from normlab.ops.validate import (
     check_epsilon,
     error_message,
 )
+from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
 
 _KINDS = {
     "initializer": (initializers, "a Keras initializer: a name such as 'ones', 'zeros' or "
@@ -43,7 +46,7 @@ _KINDS = {
 }
 
 
-def keras_object(kind: str, name: str, value):
+def keras_object(kind: Literal["initializer", "regularizer", "constraint"], name: str, value: Any) -> Any:
     """``keras.{kind}s.get(value)``, with normlab's error naming the argument.
 
     Keras alone says "Could not interpret initializer identifier: onez",
@@ -59,12 +62,22 @@ def keras_object(kind: str, name: str, value):
         ) from None
 
 
+class _HasDtypes(Protocol):
+    """What :class:`FloatCompute` needs of the Keras layer it is mixed into."""
+
+    @property
+    def variable_dtype(self) -> str: ...
+
+    @property
+    def compute_dtype(self) -> str: ...
+
+
 class FloatCompute:
     """Mixin for layers that normalize: the dtype policy of the module
     docstring (set ``self.autocast = False`` in ``__init__``, pass inputs
     through :meth:`float_input`, return through :meth:`compute_output`)."""
 
-    def float_input(self, inputs):
+    def float_input(self: _HasDtypes, inputs: Tensor) -> Tensor:
         """``inputs`` as a tensor the ops compute on: float dtypes as given,
         integers (e.g. uint8 images) cast to the variable dtype."""
         inputs = ops.convert_to_tensor(inputs)
@@ -72,7 +85,7 @@ class FloatCompute:
             return inputs
         return ops.cast(inputs, self.variable_dtype)
 
-    def compute_output(self, outputs):
+    def compute_output(self: _HasDtypes, outputs: Tensor) -> Tensor:
         """The op's result in the layer's compute dtype (float16 under mixed precision)."""
         return ops.cast(outputs, self.compute_dtype)
 
@@ -97,18 +110,18 @@ class Normalization(FloatCompute, keras.layers.Layer):
     def __init__(
         self,
         *,
-        axis,
-        epsilon,
-        center,
-        scale,
-        beta_initializer,
-        gamma_initializer,
-        beta_regularizer,
-        gamma_regularizer,
-        beta_constraint,
-        gamma_constraint,
-        **kwargs,
-    ):
+        axis: Axis,
+        epsilon: float,
+        center: bool,
+        scale: bool,
+        beta_initializer: Initializer,
+        gamma_initializer: Initializer,
+        beta_regularizer: Regularizer,
+        gamma_regularizer: Regularizer,
+        beta_constraint: Constraint,
+        gamma_constraint: Constraint,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         axes = as_axis_list(axis)
         if not self.multi_axis and (len(axes) != 1 or isinstance(axis, (list, tuple))):
@@ -130,7 +143,7 @@ class Normalization(FloatCompute, keras.layers.Layer):
                     "use axis=-1 for channels-last or axis=1 for channels-first inputs.",
                 )
             )
-        self.axis = axes if isinstance(axis, (list, tuple)) else axes[0]
+        self.axis: int | list[int] = axes if isinstance(axis, (list, tuple)) else axes[0]
         self.epsilon = self.check_epsilon(epsilon)
         self.center = check_bool("center", center)
         self.scale = check_bool("scale", scale)
@@ -142,21 +155,21 @@ class Normalization(FloatCompute, keras.layers.Layer):
         self.gamma_constraint = keras_object("constraint", "gamma_constraint", gamma_constraint)
         self.supports_masking = True
         self.autocast = False  # see the module docstring: inputs keep their float dtype
-        self.gamma = None
-        self.beta = None
+        self.gamma: Tensor | None = None
+        self.beta: Tensor | None = None
 
     @staticmethod
-    def check_epsilon(epsilon) -> float:
+    def check_epsilon(epsilon: object) -> float:
         """Validates ``epsilon``; a subclass whose formula needs it positive overrides this."""
         return check_epsilon(epsilon)
 
     # ------------------------------------------------------------------ build
 
-    def resolve_axes(self, input_shape) -> list[int]:
+    def resolve_axes(self, input_shape: Shape) -> list[int]:
         """The layer's feature axes for this input, validated and non-negative."""
         return canonicalize_axes(self.axis, len(input_shape))
 
-    def build_channel_axis(self, input_shape, axis=None) -> tuple[int, int]:
+    def build_channel_axis(self, input_shape: Shape, axis: Axis | None = None) -> tuple[int, int]:
         """The build prologue of a per-channel norm: resolves the channel axis
         (``self.axis`` unless ``axis`` is given), checks that its size is
         known, and fixes the input's rank and channel count in the
@@ -168,7 +181,7 @@ class Normalization(FloatCompute, keras.layers.Layer):
         self._channel_axis = channel_axis
         return channel_axis, channels
 
-    def build_feature_axes(self, input_shape) -> list[int]:
+    def build_feature_axes(self, input_shape: Shape) -> list[int]:
         """The build prologue of a norm over feature axes (LayerNorm, RMSNorm):
         returns their sizes, and lets the ``InputSpec`` fix only those sizes
         (keyed by the axes as given, so ``axis=-1`` means the last axis of
@@ -182,11 +195,11 @@ class Normalization(FloatCompute, keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=min_ndim, axes=by_position)
         return shape
 
-    def feature_axes(self, inputs) -> list[int]:
+    def feature_axes(self, inputs: Tensor) -> list[int]:
         """The feature axes for this call's input (its rank may differ from the build's)."""
         return canonicalize_axes(self.axis, len(inputs.shape))
 
-    def add_affine(self, shape, *, scale=None, center=None) -> None:
+    def add_affine(self, shape: Sequence[int], *, scale: bool | None = None, center: bool | None = None) -> None:
         """Creates ``gamma`` and ``beta`` of ``shape`` as configured (or as
         ``scale``/``center`` say), never autocast."""
         if self.scale if scale is None else scale:
@@ -202,14 +215,14 @@ class Normalization(FloatCompute, keras.layers.Layer):
                 trainable=True, autocast=False,
             )
 
-    def add_statistic(self, name: str, shape, initializer):
+    def add_statistic(self, name: str, shape: Sequence[int], initializer: Initializer) -> keras.Variable:
         """Creates a non-trainable moving statistic (never autocast)."""
         return self.add_weight(name=name, shape=tuple(shape), initializer=initializer,
                                trainable=False, autocast=False)
 
     # ------------------------------------------------------------------- call
 
-    def update_moving(self, inputs, updates) -> None:
+    def update_moving(self, inputs: Tensor, updates: Sequence[tuple[keras.Variable, Tensor, float]]) -> None:
         """Moving averages: ``moving <- moving * momentum + batch * (1 - momentum)``
         for each ``(variable, batch_statistic, momentum)``. An empty batch
         (size 0, known only at run time inside a traced function) leaves them
@@ -223,15 +236,15 @@ class Normalization(FloatCompute, keras.layers.Layer):
             moving.assign(value)
 
     @staticmethod
-    def empty_batch(inputs) -> bool:
+    def empty_batch(inputs: Tensor) -> bool:
         """Whether the batch is known to hold no sample: it has no statistics,
         so a layer returns its (empty) input and updates nothing."""
         return inputs.shape[0] == 0
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> tuple[int | None, ...]:
         return tuple(input_shape)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import initializers
 
@@ -14,9 +16,10 @@ from normlab.ops.validate import (
     check_renorm_clipping,
     error_message,
 )
+from normlab.types import Constraint, Initializer, Regularizer, RenormClipping, Shape, Tensor
 
 
-def _check_renorm_momentum(value) -> float:
+def _check_renorm_momentum(value: object) -> float:
     try:
         return check_momentum(value)
     except ValueError:
@@ -160,27 +163,27 @@ class BatchNormalization(Normalization):
 
     def __init__(
         self,
-        axis=-1,
-        momentum=0.99,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        moving_mean_initializer="zeros",
-        moving_variance_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        renorm=False,
-        renorm_clipping=None,
-        renorm_momentum=0.99,
-        synchronized=False,
-        virtual_batch_size=None,
-        use_moving_statistics=False,
-        **kwargs,
-    ):
+        axis: int = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Initializer = "zeros",
+        gamma_initializer: Initializer = "ones",
+        moving_mean_initializer: Initializer = "zeros",
+        moving_variance_initializer: Initializer = "ones",
+        beta_regularizer: Regularizer = None,
+        gamma_regularizer: Regularizer = None,
+        beta_constraint: Constraint = None,
+        gamma_constraint: Constraint = None,
+        renorm: bool = False,
+        renorm_clipping: RenormClipping | None = None,
+        renorm_momentum: float = 0.99,
+        synchronized: bool = False,
+        virtual_batch_size: int | None = None,
+        use_moving_statistics: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             axis=axis,
             epsilon=epsilon,
@@ -210,14 +213,14 @@ class BatchNormalization(Normalization):
         self.use_moving_statistics = check_bool("use_moving_statistics", use_moving_statistics)
         self.synchronized = check_bool("synchronized", synchronized)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         _, channels = self.build_channel_axis(input_shape)
         self.add_affine((channels,))
         self.moving_mean = self.add_statistic("moving_mean", (channels,), self.moving_mean_initializer)
         self.moving_variance = self.add_statistic(
             "moving_variance", (channels,), self.moving_variance_initializer)
         if self.renorm:
-            def stddev_initializer(shape, dtype=None):
+            def stddev_initializer(shape: Shape, dtype: Any = None) -> Tensor:
                 variance = self.moving_variance_initializer(shape, dtype=dtype)
                 return keras.ops.sqrt(variance)
 
@@ -226,7 +229,7 @@ class BatchNormalization(Normalization):
             self.renorm_mean = self.add_statistic("renorm_mean", (channels,), self.moving_mean_initializer)
             self.renorm_stddev = self.add_statistic("renorm_stddev", (channels,), stddev_initializer)
 
-    def _expand_mask(self, inputs, mask):
+    def _expand_mask(self, inputs: Tensor, mask: Tensor | None) -> Tensor | None:
         if mask is None:
             return None
         if len(mask.shape) != len(inputs.shape) - 1:
@@ -242,9 +245,9 @@ class BatchNormalization(Normalization):
         # whole feature vectors), whichever axis holds the channels.
         return keras.ops.expand_dims(mask, -1)
 
-    def call(self, inputs, training=None, mask=None):
+    def call(self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None) -> Tensor:
         x = self.float_input(inputs)
-        common = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
+        common: dict[str, Any] = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable) or self.use_moving_statistics:
             return self.compute_output(ops.batch_norm(x, self.moving_mean, self.moving_variance, **common))
         if self.empty_batch(x):  # no statistics to normalize with or to learn from
@@ -268,7 +271,7 @@ class BatchNormalization(Normalization):
                                (self.moving_variance, variance, self.momentum)))
         return self.compute_output(y)
 
-    def _update_renorm_statistics(self, x, mean, variance):
+    def _update_renorm_statistics(self, x: Tensor, mean: Tensor, variance: Tensor) -> None:
         stddev = keras.ops.sqrt(variance + self.epsilon)
         self.update_moving(
             x,
@@ -282,7 +285,7 @@ class BatchNormalization(Normalization):
         moving_stddev = self.moving_stddev
         self.moving_variance.assign(keras.ops.relu(moving_stddev * moving_stddev - self.epsilon))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "momentum": self.momentum,

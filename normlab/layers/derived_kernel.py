@@ -24,17 +24,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from typing import Any, Callable, Iterator, TypeVar
 
 import keras
 from keras import ops
 
 from normlab.ops.validate import ArgumentTypeError, error_message
+from normlab.types import Tensor
+
+_T = TypeVar("_T")
 
 #: The layers whose kernel's last axis is the output axis.
 KERNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 
-def check_wrapped_layer(wrapper: str, layer, supported=KERNEL_LAYERS) -> None:
+def check_wrapped_layer(wrapper: str, layer: object, supported: tuple[type, ...] = KERNEL_LAYERS) -> None:
     """Raises unless ``layer`` is an instance of one of the ``supported`` classes."""
     names = ", ".join(c.__name__ for c in supported)
     if not isinstance(layer, keras.layers.Layer):
@@ -71,7 +75,7 @@ def missing_layer(spec: str, what: str) -> ValueError:
     )
 
 
-def kernel_variable(layer, attribute: str = "_kernel"):
+def kernel_variable(layer: keras.layers.Layer, attribute: str = "_kernel") -> keras.Variable:
     """The layer's raw kernel variable (built layers only)."""
     variable = layer.__dict__.get(attribute)
     if variable is None:
@@ -87,7 +91,7 @@ def kernel_variable(layer, attribute: str = "_kernel"):
 
 
 @contextlib.contextmanager
-def substituted(layer, **attributes):
+def substituted(layer: _T, **attributes: Any) -> Iterator[_T]:
     """Temporarily replaces attributes of ``layer`` (e.g. its kernel) without tracking.
 
     Setting a Keras layer attribute to a tensor or None through ``setattr``
@@ -111,7 +115,7 @@ def _tensorflow_has_gpu() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
-def runs_channels_last(layer) -> bool:
+def runs_channels_last(layer: keras.layers.Layer) -> bool:
     """Whether a channels-first convolution of ``layer`` runs channels-last internally.
 
     True on TensorFlow without a visible GPU: its CPU kernels reject NCHW
@@ -126,14 +130,16 @@ def runs_channels_last(layer) -> bool:
     )
 
 
-def _bias_shape(layer, rank: int):
+def _bias_shape(layer: keras.layers.Layer, rank: int) -> tuple[int, ...]:
     if getattr(layer, "data_format", "channels_last") == "channels_first":
         return (1, -1) + (1,) * (rank - 2)
     return (1,) * (rank - 1) + (-1,)
 
 
-def call_with_kernel(layer, inputs, kernel, *, call=None, attribute: str = "_kernel",
-                     pre_activation: bool = False):
+def call_with_kernel(
+    layer: keras.layers.Layer, inputs: Tensor, kernel: Tensor, *, call: Callable[[Tensor], Tensor] | None = None,
+    attribute: str = "_kernel", pre_activation: bool = False,
+) -> Tensor:
     """Runs ``layer`` on ``inputs`` with ``kernel`` in place of its kernel variable.
 
     Args:

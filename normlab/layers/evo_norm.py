@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import constraints, initializers, regularizers
 
@@ -19,22 +21,25 @@ from normlab.ops.validate import (
     require_spatial,
     resolve_groups,
 )
+from normlab.types import Constraint, Initializer, Regularizer, Shape, Tensor
 
 
 class _EvoNorm(Normalization):
     """Shared weights of the EvoNorms: the affine plus a per-channel ``v``."""
 
-    def __init__(self, *, v_initializer, v_regularizer, v_constraint, **kwargs):
+    def __init__(
+        self, *, v_initializer: Initializer, v_regularizer: Regularizer, v_constraint: Constraint, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.v_initializer = keras_object("initializer", "v_initializer", v_initializer)
         self.v_regularizer = keras_object("regularizer", "v_regularizer", v_regularizer)
         self.v_constraint = keras_object("constraint", "v_constraint", v_constraint)
 
     @staticmethod
-    def check_epsilon(epsilon) -> float:
+    def check_epsilon(epsilon: object) -> float:
         return check_epsilon(epsilon, positive=True, reason=EVO_NORM_EPSILON_REASON)
 
-    def build_common(self, input_shape):
+    def build_common(self, input_shape: Shape) -> int:
         _, channels = self.build_channel_axis(input_shape)
         self.add_affine((channels,))
         self.v = self.add_weight(
@@ -44,7 +49,7 @@ class _EvoNorm(Normalization):
         )
         return channels
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "v_initializer": initializers.serialize(self.v_initializer),
@@ -117,24 +122,24 @@ class EvoNormB0(_EvoNorm):
 
     def __init__(
         self,
-        axis=-1,
-        momentum=0.9,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        v_initializer="ones",
-        moving_variance_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        v_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        v_constraint=None,
-        synchronized=False,
-        **kwargs,
-    ):
+        axis: int = -1,
+        momentum: float = 0.9,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Initializer = "zeros",
+        gamma_initializer: Initializer = "ones",
+        v_initializer: Initializer = "ones",
+        moving_variance_initializer: Initializer = "ones",
+        beta_regularizer: Regularizer = None,
+        gamma_regularizer: Regularizer = None,
+        v_regularizer: Regularizer = None,
+        beta_constraint: Constraint = None,
+        gamma_constraint: Constraint = None,
+        v_constraint: Constraint = None,
+        synchronized: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             axis=axis, epsilon=epsilon, center=center, scale=scale,
             beta_initializer=beta_initializer, gamma_initializer=gamma_initializer,
@@ -148,15 +153,15 @@ class EvoNormB0(_EvoNorm):
             "initializer", "moving_variance_initializer", moving_variance_initializer)
         self.synchronized = check_bool("synchronized", synchronized)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         require_spatial(input_shape, "EvoNormB0")
         channels = self.build_common(input_shape)
         self.moving_variance = self.add_statistic(
             "moving_variance", (channels,), self.moving_variance_initializer)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
         x = self.float_input(inputs)
-        common = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
+        common: dict[str, Any] = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable):
             return self.compute_output(ops.evo_norm_b0(x, self.v, self.moving_variance, **common))
         if self.empty_batch(x):
@@ -177,7 +182,7 @@ class EvoNormB0(_EvoNorm):
         self.update_moving(x, ((self.moving_variance, unbiased, self.momentum),))
         return self.compute_output(y)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "momentum": self.momentum,
@@ -241,23 +246,23 @@ class EvoNormS0(_EvoNorm):
 
     def __init__(
         self,
-        groups=None,
-        group_size=None,
-        axis=-1,
-        epsilon=1e-5,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        v_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        v_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        v_constraint=None,
-        **kwargs,
-    ):
+        groups: int | None = None,
+        group_size: int | None = None,
+        axis: int = -1,
+        epsilon: float = 1e-5,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Initializer = "zeros",
+        gamma_initializer: Initializer = "ones",
+        v_initializer: Initializer = "ones",
+        beta_regularizer: Regularizer = None,
+        gamma_regularizer: Regularizer = None,
+        v_regularizer: Regularizer = None,
+        beta_constraint: Constraint = None,
+        gamma_constraint: Constraint = None,
+        v_constraint: Constraint = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             axis=axis, epsilon=epsilon, center=center, scale=scale,
             beta_initializer=beta_initializer, gamma_initializer=gamma_initializer,
@@ -280,7 +285,7 @@ class EvoNormS0(_EvoNorm):
                 )
             )
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         channels = self.build_common(input_shape)
         if self.group_size is not None:
             if channels % self.group_size:
@@ -296,12 +301,12 @@ class EvoNormS0(_EvoNorm):
         else:
             self._groups = resolve_groups(32 if self.groups is None else self.groups, channels, self.axis)
 
-    def call(self, inputs):
+    def call(self, inputs: Tensor) -> Tensor:
         y = ops.evo_norm_s0(
             self.float_input(inputs), self.v, groups=self._groups, axis=self._channel_axis,
             gamma=self.gamma, beta=self.beta, epsilon=self.epsilon,
         )
         return self.compute_output(y)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "groups": self.groups, "group_size": self.group_size}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import keras
 from keras import constraints, initializers, regularizers
@@ -12,9 +13,23 @@ from normlab.layers.base import Normalization, keras_object
 from normlab.ops.axes import canonicalize_axes, known_dims
 from normlab.ops.filter_response_norm import check_frn_input, frn_axes
 from normlab.ops.validate import ArgumentTypeError, check_bool, error_message
+from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
 
 
-def _tau_weight(layer, name, shape, initializer, regularizer, constraint):
+def _check_tlu_axis(axis: object) -> int:
+    """TLU's ``axis``: one int, the channel axis."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise ArgumentTypeError(
+            error_message("axis", "a single int (the channel axis) for TLU", f"axis={axis!r}",
+                          "Pass one axis such as axis=-1 (channels-last) or axis=1 (channels-first).")
+        )
+    return int(axis)
+
+
+def _tau_weight(
+    layer: keras.layers.Layer, name: str, shape: tuple[int, ...], initializer: Any, regularizer: Any,
+    constraint: Any,
+) -> keras.Variable:
     return layer.add_weight(
         name=name, shape=shape, initializer=initializer, regularizer=regularizer,
         constraint=constraint, trainable=True, autocast=False,
@@ -66,23 +81,18 @@ class TLU(keras.layers.Layer):
 
     def __init__(
         self,
-        axis=-1,
-        affine=False,
-        tau_initializer="zeros",
-        tau_regularizer=None,
-        tau_constraint=None,
-        alpha_initializer="zeros",
-        alpha_regularizer=None,
-        alpha_constraint=None,
-        **kwargs,
-    ):
+        axis: int = -1,
+        affine: bool = False,
+        tau_initializer: Initializer = "zeros",
+        tau_regularizer: Regularizer = None,
+        tau_constraint: Constraint = None,
+        alpha_initializer: Initializer = "zeros",
+        alpha_regularizer: Regularizer = None,
+        alpha_constraint: Constraint = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise ArgumentTypeError(
-                error_message("axis", "a single int (the channel axis) for TLU", f"axis={axis!r}",
-                              "Pass one axis such as axis=-1 (channels-last) or axis=1 (channels-first).")
-            )
-        self.axis = int(axis)
+        self.axis = _check_tlu_axis(axis)
         self.affine = check_bool("affine", affine)
         self.tau_initializer = keras_object("initializer", "tau_initializer", tau_initializer)
         self.tau_regularizer = keras_object("regularizer", "tau_regularizer", tau_regularizer)
@@ -91,9 +101,9 @@ class TLU(keras.layers.Layer):
         self.alpha_regularizer = keras_object("regularizer", "alpha_regularizer", alpha_regularizer)
         self.alpha_constraint = keras_object("constraint", "alpha_constraint", alpha_constraint)
         self.supports_masking = True
-        self.alpha = None
+        self.alpha: keras.Variable | None = None
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         (self._channel_axis,) = canonicalize_axes(self.axis, len(input_shape))
         (channels,) = known_dims(input_shape, [self._channel_axis], axis=self.axis)
         self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={self._channel_axis: channels})
@@ -103,13 +113,13 @@ class TLU(keras.layers.Layer):
             self.alpha = _tau_weight(self, "alpha", (channels,), self.alpha_initializer,
                                      self.alpha_regularizer, self.alpha_constraint)
 
-    def call(self, inputs):
+    def call(self, inputs: Tensor) -> Tensor:
         return ops.tlu(inputs, self.tau, axis=self._channel_axis, alpha=self.alpha)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> tuple[int | None, ...]:
         return tuple(input_shape)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "axis": self.axis,
@@ -204,24 +214,24 @@ class FilterResponseNormalization(Normalization):
 
     def __init__(
         self,
-        epsilon=1e-6,
-        axis=-1,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        learned_epsilon=False,
-        learned_epsilon_constraint=None,
-        center=True,
-        scale=True,
-        use_tlu=False,
-        tau_initializer="zeros",
-        tau_regularizer=None,
-        tau_constraint=None,
-        **kwargs,
-    ):
+        epsilon: float = 1e-6,
+        axis: Axis = -1,
+        beta_initializer: Initializer = "zeros",
+        gamma_initializer: Initializer = "ones",
+        beta_regularizer: Regularizer = None,
+        gamma_regularizer: Regularizer = None,
+        beta_constraint: Constraint = None,
+        gamma_constraint: Constraint = None,
+        learned_epsilon: bool = False,
+        learned_epsilon_constraint: Constraint = None,
+        center: bool = True,
+        scale: bool = True,
+        use_tlu: bool = False,
+        tau_initializer: Initializer = "zeros",
+        tau_regularizer: Regularizer = None,
+        tau_constraint: Constraint = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             axis=axis,
             epsilon=epsilon,
@@ -242,7 +252,7 @@ class FilterResponseNormalization(Normalization):
         self.tau_initializer = keras_object("initializer", "tau_initializer", tau_initializer)
         self.tau_regularizer = keras_object("regularizer", "tau_regularizer", tau_regularizer)
         self.tau_constraint = keras_object("constraint", "tau_constraint", tau_constraint)
-        self.tau = None
+        self.tau: keras.Variable | None = None
         # Created here, as TF Addons did (its weight order: learned_epsilon first).
         self.eps_learned = None if not self.learned_epsilon else self.add_weight(
             name="learned_epsilon", shape=(1,), initializer=initializers.Constant(1e-4),
@@ -256,11 +266,11 @@ class FilterResponseNormalization(Normalization):
         return self.learned_epsilon
 
     @property
-    def eps_learned_constraint(self):
+    def eps_learned_constraint(self) -> Any:
         """TF Addons' name for ``learned_epsilon_constraint``."""
         return self.learned_epsilon_constraint
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         ndim = len(input_shape)
         channel_axis, spatial = frn_axes(self.axis, ndim)
         check_frn_input(input_shape, spatial, self.learned_epsilon)
@@ -271,7 +281,7 @@ class FilterResponseNormalization(Normalization):
             self.tau = _tau_weight(self, "tau", (channels,), self.tau_initializer, self.tau_regularizer,
                                    self.tau_constraint)
 
-    def call(self, inputs):
+    def call(self, inputs: Tensor) -> Tensor:
         y = ops.filter_response_norm(
             self.float_input(inputs),
             axis=self._spatial_axes if isinstance(self.axis, list) else self._channel_axis,
@@ -283,7 +293,7 @@ class FilterResponseNormalization(Normalization):
         )
         return self.compute_output(y)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "learned_epsilon": self.learned_epsilon,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 
 from normlab import ops
 from normlab.layers.base import Normalization
 from normlab.ops.validate import check_groups, require_spatial, resolve_groups
+from normlab.types import Constraint, Initializer, Regularizer, Shape, Tensor
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -60,19 +63,19 @@ class GroupNormalization(Normalization):
 
     def __init__(
         self,
-        groups=32,
-        axis=-1,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        **kwargs,
-    ):
+        groups: int = 32,
+        axis: int = -1,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Initializer = "zeros",
+        gamma_initializer: Initializer = "ones",
+        beta_regularizer: Regularizer = None,
+        gamma_regularizer: Regularizer = None,
+        beta_constraint: Constraint = None,
+        gamma_constraint: Constraint = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             axis=axis,
             epsilon=epsilon,
@@ -88,14 +91,14 @@ class GroupNormalization(Normalization):
         )
         self.groups = check_groups(groups)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         _, channels = self.build_channel_axis(input_shape)
         self._groups = resolve_groups(self.groups, channels, self.axis)
         if self._groups == channels:  # one value per group without a spatial axis: all zeros
             require_spatial(input_shape, "instance normalization (one group per channel)")
         self.add_affine((channels,))
 
-    def call(self, inputs):
+    def call(self, inputs: Tensor) -> Tensor:
         y = ops.group_norm(
             self.float_input(inputs),
             groups=self._groups,
@@ -106,5 +109,5 @@ class GroupNormalization(Normalization):
         )
         return self.compute_output(y)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "groups": self.groups}

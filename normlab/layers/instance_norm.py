@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import keras
 
 from normlab.layers.group_norm import GroupNormalization
+from normlab.types import Constraint, Initializer, Regularizer
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -61,18 +63,18 @@ class InstanceNormalization(GroupNormalization):
 
     def __init__(
         self,
-        axis=-1,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        **kwargs,
-    ):
+        axis: int = -1,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Initializer = "zeros",
+        gamma_initializer: Initializer = "ones",
+        beta_regularizer: Regularizer = None,
+        gamma_regularizer: Regularizer = None,
+        beta_constraint: Constraint = None,
+        gamma_constraint: Constraint = None,
+        **kwargs: Any,
+    ) -> None:
         groups = kwargs.pop("groups", -1)
         if groups != -1:  # TF Addons accepted it with the same warning
             warnings.warn(
@@ -97,7 +99,7 @@ class InstanceNormalization(GroupNormalization):
             **kwargs,
         )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         del config["groups"]
         return config

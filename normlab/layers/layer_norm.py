@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import keras
 
 from normlab import ops
 from normlab.layers.base import Normalization
 from normlab.ops.validate import check_bool
+from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -65,18 +67,18 @@ class LayerNormalization(Normalization):
 
     def __init__(
         self,
-        axis=-1,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        **kwargs,
-    ):
+        axis: Axis = -1,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Initializer = "zeros",
+        gamma_initializer: Initializer = "ones",
+        beta_regularizer: Regularizer = None,
+        gamma_regularizer: Regularizer = None,
+        beta_constraint: Constraint = None,
+        gamma_constraint: Constraint = None,
+        **kwargs: Any,
+    ) -> None:
         rms_scaling = check_bool("rms_scaling", kwargs.pop("rms_scaling", False))
         if rms_scaling:
             warnings.warn(
@@ -103,14 +105,14 @@ class LayerNormalization(Normalization):
 
         self.rms_scaling = rms_scaling
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         shape = self.build_feature_axes(input_shape)
         if self.rms_scaling:  # Keras' deprecated mode: gamma only
             self.add_affine(shape, scale=True, center=False)
         else:
             self.add_affine(shape)
 
-    def call(self, inputs):
+    def call(self, inputs: Tensor) -> Tensor:
         x = self.float_input(inputs)
         axes = self.feature_axes(x)
         if self.rms_scaling:
@@ -121,7 +123,7 @@ class LayerNormalization(Normalization):
             y = ops.layer_norm(x, axis=axes, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         return self.compute_output(y)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         if self.rms_scaling:
             config["rms_scaling"] = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 
 from normlab import ops
@@ -13,6 +15,7 @@ from normlab.ops.validate import (
     check_real,
     error_message,
 )
+from normlab.types import Shape, Tensor
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -55,7 +58,9 @@ class LocalResponseNormalization(FloatCompute, keras.layers.Layer):
         Convolutional Neural Networks", NeurIPS 2012, section 3.3.
     """
 
-    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=1.0, axis=-1, **kwargs):
+    def __init__(
+        self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, axis: int = -1, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.size = check_positive_int("size", size, example=5, meaning="the number of channels in the window")
         self.alpha = check_real("alpha", alpha, minimum=0.0, example="1e-4")
@@ -71,22 +76,22 @@ class LocalResponseNormalization(FloatCompute, keras.layers.Layer):
         self.supports_masking = True
         self.autocast = False
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         (self._channel_axis,) = canonicalize_axes(self.axis, len(input_shape))
         (channels,) = known_dims(input_shape, [self._channel_axis], axis=self.axis)
         self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={self._channel_axis: channels})
 
-    def call(self, inputs):
+    def call(self, inputs: Tensor) -> Tensor:
         y = ops.local_response_norm(
             self.float_input(inputs), size=self.size, alpha=self.alpha, beta=self.beta, k=self.k,
             axis=self._channel_axis,
         )
         return self.compute_output(y)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> tuple[int | None, ...]:
         return tuple(input_shape)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "size": self.size,

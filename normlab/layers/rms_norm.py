@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 
 from normlab import ops
 from normlab.layers.base import Normalization
+from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -56,18 +59,18 @@ class RMSNormalization(Normalization):
 
     def __init__(
         self,
-        axis=-1,
-        epsilon=1e-6,
-        center=False,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        **kwargs,
-    ):
+        axis: Axis = -1,
+        epsilon: float = 1e-6,
+        center: bool = False,
+        scale: bool = True,
+        beta_initializer: Initializer = "zeros",
+        gamma_initializer: Initializer = "ones",
+        beta_regularizer: Regularizer = None,
+        gamma_regularizer: Regularizer = None,
+        beta_constraint: Constraint = None,
+        gamma_constraint: Constraint = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             axis=axis,
             epsilon=epsilon,
@@ -82,10 +85,10 @@ class RMSNormalization(Normalization):
             **kwargs,
         )
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         self.add_affine(self.build_feature_axes(input_shape))
 
-    def call(self, inputs):
+    def call(self, inputs: Tensor) -> Tensor:
         x = self.float_input(inputs)
         y = ops.rms_norm(x, axis=self.feature_axes(x), gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         return self.compute_output(y)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from typing import Any
 
 import keras
 from keras import initializers, ops
@@ -27,12 +28,31 @@ from normlab.layers.derived_kernel import (
 from normlab.layers.weight_norm import full_precision, in_jax_stateless_call
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.ops.weights import spectral_norm
+from normlab.types import Shape, Tensor
 
 _SPECTRAL_LAYERS = KERNEL_LAYERS + (keras.layers.Embedding,)
 
 
-def _kernel_attribute(layer) -> str:
+def _kernel_attribute(layer: keras.layers.Layer) -> str:
     return "_embeddings" if isinstance(layer, keras.layers.Embedding) else "_kernel"
+
+
+def _check_power_iterations(power_iterations: object) -> int:
+    """``power_iterations`` as an int >= 1."""
+    if (
+        isinstance(power_iterations, bool)
+        or not isinstance(power_iterations, numbers.Integral)
+        or power_iterations < 1
+    ):
+        raise ValueError(
+            error_message(
+                "power_iterations",
+                "an integer >= 1 (power-iteration steps per training call)",
+                f"power_iterations={power_iterations!r}",
+                "Use power_iterations=1, the paper's choice.",
+            )
+        )
+    return int(power_iterations)
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -112,21 +132,11 @@ class SpectralNormalization(keras.layers.Wrapper):
         Generative Adversarial Networks", ICLR 2018. https://arxiv.org/abs/1802.05957
     """
 
-    def __init__(self, layer, power_iterations=1, in_place=False, **kwargs):
+    def __init__(
+        self, layer: keras.layers.Layer, power_iterations: int = 1, in_place: bool = False, **kwargs: Any
+    ) -> None:
         check_wrapped_layer(type(self).__name__, layer, _SPECTRAL_LAYERS)
-        if (
-            isinstance(power_iterations, bool)
-            or not isinstance(power_iterations, numbers.Integral)
-            or power_iterations < 1
-        ):
-            raise ValueError(
-                error_message(
-                    "power_iterations",
-                    "an integer >= 1 (power-iteration steps per training call)",
-                    f"power_iterations={power_iterations!r}",
-                    "Use power_iterations=1, the paper's choice.",
-                )
-            )
+        iterations = _check_power_iterations(power_iterations)
         if not isinstance(in_place, bool):
             raise ArgumentTypeError(
                 error_message(
@@ -137,11 +147,11 @@ class SpectralNormalization(keras.layers.Wrapper):
                 )
             )
         super().__init__(layer, **kwargs)
-        self.power_iterations = int(power_iterations)
+        self.power_iterations = iterations
         self.in_place = in_place
         self._warned = False
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: Shape | None = None) -> None:
         super().build(input_shape)
         kernel = kernel_variable(self.layer, _kernel_attribute(self.layer))
         self.vector_u = self.add_weight(
@@ -151,10 +161,10 @@ class SpectralNormalization(keras.layers.Wrapper):
             trainable=False,
         )
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> Any:
         return self.layer.compute_output_shape(input_shape)
 
-    def normalized_kernel(self, training=False):
+    def normalized_kernel(self, training: bool = False) -> Tensor:
         """``W / sigma``, refining ``u`` (and storing it) when ``training``."""
         kernel = kernel_variable(self.layer, _kernel_attribute(self.layer))
         w, u, _ = spectral_norm(
@@ -164,11 +174,11 @@ class SpectralNormalization(keras.layers.Wrapper):
             self.vector_u.assign(ops.cast(u, self.vector_u.dtype))
         return w
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
         with full_precision():
             return ops.cast(self._call(inputs, training), self.compute_dtype)
 
-    def _call(self, inputs, training):
+    def _call(self, inputs: Tensor, training: bool | None) -> Tensor:
         attribute = _kernel_attribute(self.layer)
         if self.in_place:
             kernel = kernel_variable(self.layer, attribute)
@@ -189,7 +199,7 @@ class SpectralNormalization(keras.layers.Wrapper):
             kernel = self.normalized_kernel(training=bool(training))
         return call_with_kernel(self.layer, inputs, kernel, attribute=attribute)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "power_iterations": self.power_iterations,
@@ -197,7 +207,9 @@ class SpectralNormalization(keras.layers.Wrapper):
         }
 
 
-def spectral_normalization(layer=None, power_iterations=1, in_place=False, **kwargs):
+def spectral_normalization(
+    layer: keras.layers.Layer | None = None, power_iterations: int = 1, in_place: bool = False, **kwargs: Any
+) -> SpectralNormalization:
     """Wrapper, not an activation norm: spectral-normalizes the Dense/Conv/Embedding layer given as ``layer=``.
 
     Returns ``SpectralNormalization(layer, power_iterations, in_place, **kwargs)``;

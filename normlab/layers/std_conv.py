@@ -10,22 +10,31 @@ regularizers and optimizers see an ordinary convolution.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
 import keras
 from keras import initializers
 
 from normlab.layers.derived_kernel import call_with_kernel, missing_layer
 from normlab.ops.validate import ArgumentTypeError, check_epsilon, error_message
 from normlab.ops.weights import standardize_weight
+from normlab.types import Constraint, Initializer, Regularizer, Shape, Tensor
 
 _NOT_CONV_ARGS = ("self", "__class__", "kwargs", "epsilon", "gamma", "gain_initializer")
 
 
-def _conv_args(local_vars: dict) -> dict:
+def _conv_args(local_vars: dict[str, Any]) -> dict[str, Any]:
     """The Keras convolution arguments among a constructor's ``locals()``."""
     return {k: v for k, v in local_vars.items() if k not in _NOT_CONV_ARGS}
 
 
-class _WeightStandardization:
+if TYPE_CHECKING:  # the mixins come first in the bases of a Keras Conv1D/2D/3D and use its API
+    from keras.layers import Conv2D as _KerasConv
+else:
+    _KerasConv = object
+
+
+class _WeightStandardization(_KerasConv):
     """Mixin: convolve with the standardized kernel, every call.
 
     Put before a Keras ``Conv1D``/``Conv2D``/``Conv3D`` in the bases; the
@@ -35,25 +44,25 @@ class _WeightStandardization:
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        strides=1,
-        padding="valid",
-        data_format=None,
-        dilation_rate=1,
-        groups=1,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        epsilon=1e-6,
-        **kwargs,
-    ):
+        filters: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        padding: str = "valid",
+        data_format: str | None = None,
+        dilation_rate: int | Sequence[int] = 1,
+        groups: int = 1,
+        activation: str | Callable[[Tensor], Tensor] | None = None,
+        use_bias: bool = True,
+        kernel_initializer: Initializer = "glorot_uniform",
+        bias_initializer: Initializer = "zeros",
+        kernel_regularizer: Regularizer = None,
+        bias_regularizer: Regularizer = None,
+        activity_regularizer: Regularizer = None,
+        kernel_constraint: Constraint = None,
+        bias_constraint: Constraint = None,
+        epsilon: float = 1e-6,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**_conv_args(locals()), **kwargs)
         self.epsilon = check_epsilon(epsilon)
 
@@ -61,17 +70,17 @@ class _WeightStandardization:
         # Keras kernels are (*kernel_size, in_channels // groups, filters).
         return list(range(self.rank + 1))
 
-    def _gain(self):
+    def _gain(self) -> Tensor | None:
         return None
 
-    def standardized_kernel(self):
+    def standardized_kernel(self) -> Tensor:
         """The kernel the convolution uses: standardized over its fan-in."""
         return standardize_weight(self.kernel, self._fan_in_axes(), self.epsilon, gain=self._gain())
 
-    def call(self, inputs):
+    def call(self, inputs: Tensor) -> Tensor:
         return call_with_kernel(self, inputs, self.standardized_kernel(), call=super().call)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
@@ -80,27 +89,27 @@ class _ScaledWeightStandardization(_WeightStandardization):
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        strides=1,
-        padding="valid",
-        data_format=None,
-        dilation_rate=1,
-        groups=1,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        epsilon=1e-6,
-        gamma=1.0,
-        gain_initializer="ones",
-        **kwargs,
-    ):
+        filters: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        padding: str = "valid",
+        data_format: str | None = None,
+        dilation_rate: int | Sequence[int] = 1,
+        groups: int = 1,
+        activation: str | Callable[[Tensor], Tensor] | None = None,
+        use_bias: bool = True,
+        kernel_initializer: Initializer = "glorot_uniform",
+        bias_initializer: Initializer = "zeros",
+        kernel_regularizer: Regularizer = None,
+        bias_regularizer: Regularizer = None,
+        activity_regularizer: Regularizer = None,
+        kernel_constraint: Constraint = None,
+        bias_constraint: Constraint = None,
+        epsilon: float = 1e-6,
+        gamma: float = 1.0,
+        gain_initializer: Initializer = "ones",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**_conv_args(locals()), epsilon=epsilon, **kwargs)
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
             raise ArgumentTypeError(
@@ -115,7 +124,7 @@ class _ScaledWeightStandardization(_WeightStandardization):
         self.gamma = float(gamma)
         self.gain_initializer = initializers.get(gain_initializer)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         super().build(input_shape)
         self.gain = self.add_weight(
             name="gain", shape=(self.filters,), initializer=self.gain_initializer, trainable=True
@@ -125,24 +134,24 @@ class _ScaledWeightStandardization(_WeightStandardization):
             fan_in *= int(d)
         self.fan_in = fan_in
 
-    def _gain(self):
+    def _gain(self) -> Tensor:
         return self.gain * (self.gamma * self.fan_in ** -0.5)
 
     # Keras' convolutions save exactly [kernel, bias]; the gain follows them.
     def _gain_key(self) -> str:
         return str(2 if self.use_bias else 1)
 
-    def save_own_variables(self, store):
+    def save_own_variables(self, store: dict[str, Any]) -> None:
         super().save_own_variables(store)
         if self.built:
             store[self._gain_key()] = self.gain
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: dict[str, Any]) -> None:
         super().load_own_variables(store)
         if self.built:
             self.gain.assign(store[self._gain_key()])
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "gamma": self.gamma,
@@ -365,7 +374,9 @@ _STD_CONVS = {1: StdConv1D, 2: StdConv2D, 3: StdConv3D}
 _SCALED_STD_CONVS = {1: ScaledStdConv1D, 2: ScaledStdConv2D, 3: ScaledStdConv3D}
 
 
-def _replacement(spec: str, layer, classes: dict, **arguments):
+def _replacement(
+    spec: str, layer: keras.layers.Layer | None, classes: Mapping[int, type[_WeightStandardization]], **arguments: Any
+) -> Any:
     if layer is None:
         raise missing_layer(spec, "a Conv1D, Conv2D or Conv3D layer")
     plain = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
@@ -383,7 +394,9 @@ def _replacement(spec: str, layer, classes: dict, **arguments):
     return classes[layer.rank].from_config(config)
 
 
-def weight_standardization(layer=None, epsilon=1e-6, **kwargs):
+def weight_standardization(
+    layer: keras.layers.Layer | None = None, epsilon: float = 1e-6, **kwargs: Any
+) -> StdConv1D | StdConv2D | StdConv3D:
     """Conv modifier, not an activation norm: the StdConv twin of the convolution given as ``layer=``.
 
     Returns a new, unbuilt :class:`StdConv1D`/``2D``/``3D`` with ``layer``'s
@@ -393,7 +406,10 @@ def weight_standardization(layer=None, epsilon=1e-6, **kwargs):
     return _replacement("weight_std", layer, _STD_CONVS, epsilon=epsilon, **kwargs)
 
 
-def scaled_weight_standardization(layer=None, epsilon=1e-6, gamma=1.0, gain_initializer="ones", **kwargs):
+def scaled_weight_standardization(
+    layer: keras.layers.Layer | None = None, epsilon: float = 1e-6, gamma: float = 1.0,
+    gain_initializer: Initializer = "ones", **kwargs: Any,
+) -> ScaledStdConv1D | ScaledStdConv2D | ScaledStdConv3D:
     """Conv modifier, not an activation norm: the ScaledStdConv twin of the convolution given as ``layer=``.
 
     Returns a new, unbuilt :class:`ScaledStdConv1D`/``2D``/``3D`` with

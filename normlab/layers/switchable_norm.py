@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import initializers
 
 from normlab import distributed, ops
 from normlab.layers.base import Normalization, keras_object
 from normlab.ops.validate import check_bool, check_momentum, require_spatial
+from normlab.types import Constraint, Initializer, Regularizer, Shape, Tensor
 
 
 @keras.saving.register_keras_serializable(package="normlab")
@@ -85,24 +88,24 @@ class SwitchableNormalization(Normalization):
 
     def __init__(
         self,
-        axis=-1,
-        momentum=0.99,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        mean_weights_initializer="ones",
-        variance_weights_initializer="ones",
-        moving_mean_initializer="zeros",
-        moving_variance_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        synchronized=False,
-        **kwargs,
-    ):
+        axis: int = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Initializer = "zeros",
+        gamma_initializer: Initializer = "ones",
+        mean_weights_initializer: Initializer = "ones",
+        variance_weights_initializer: Initializer = "ones",
+        moving_mean_initializer: Initializer = "zeros",
+        moving_variance_initializer: Initializer = "ones",
+        beta_regularizer: Regularizer = None,
+        gamma_regularizer: Regularizer = None,
+        beta_constraint: Constraint = None,
+        gamma_constraint: Constraint = None,
+        synchronized: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             axis=axis,
             epsilon=epsilon,
@@ -127,7 +130,7 @@ class SwitchableNormalization(Normalization):
             "initializer", "moving_variance_initializer", moving_variance_initializer)
         self.synchronized = check_bool("synchronized", synchronized)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         require_spatial(input_shape, "SwitchableNormalization")
         _, channels = self.build_channel_axis(input_shape)
         self.add_affine((channels,))
@@ -143,9 +146,9 @@ class SwitchableNormalization(Normalization):
         self.moving_variance = self.add_statistic(
             "moving_variance", (channels,), self.moving_variance_initializer)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
         x = self.float_input(inputs)
-        common = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
+        common: dict[str, Any] = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable):
             return self.compute_output(ops.switchable_norm(
                 x, self.mean_weights, self.variance_weights, self.moving_mean, self.moving_variance,
@@ -162,7 +165,7 @@ class SwitchableNormalization(Normalization):
                                (self.moving_variance, variance, self.momentum)))
         return self.compute_output(y)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "momentum": self.momentum,

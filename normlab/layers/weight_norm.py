@@ -25,6 +25,8 @@ Behaviour notes (details in the class docstring):
 from __future__ import annotations
 
 import warnings
+from contextlib import AbstractContextManager
+from typing import Any
 
 import keras
 from keras import ops
@@ -41,6 +43,7 @@ from normlab.layers.derived_kernel import (
 from normlab.ops.moments import moments
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.ops.weights import weight_norm
+from normlab.types import DTypeLike, Shape, Tensor
 
 #: Added to the variance in the data-dependent initialization (as TF Addons).
 DATA_INIT_EPSILON = 1e-10
@@ -63,7 +66,7 @@ def in_shape_inference() -> bool:
     return _compat.in_symbolic_scope()
 
 
-def full_precision():
+def full_precision() -> AbstractContextManager[Any]:
     """A scope where variables read and assign in their own dtype, not the compute dtype.
 
     Under mixed precision Keras reads variables cast to float16 inside a
@@ -73,7 +76,7 @@ def full_precision():
     return _compat.autocast_scope(None)
 
 
-def _concrete_bool(variable):
+def _concrete_bool(variable: keras.Variable) -> bool | None:
     """The variable's value as a Python bool, or None inside a traced function."""
     try:
         return bool(ops.convert_to_numpy(variable))
@@ -81,14 +84,14 @@ def _concrete_bool(variable):
         return None
 
 
-def output_channel_axis(layer) -> int:
+def output_channel_axis(layer: keras.layers.Layer) -> int:
     """The axis of ``layer``'s output that holds its output units."""
     if getattr(layer, "data_format", "channels_last") == "channels_first":
         return 1
     return -1
 
 
-def _check_rnn_cell(layer) -> None:
+def _check_rnn_cell(layer: keras.layers.RNN) -> None:
     if not isinstance(layer.cell, RNN_CELLS):
         raise ValueError(
             error_message(
@@ -179,7 +182,7 @@ class WeightNormalization(keras.layers.Wrapper):
         https://arxiv.org/abs/1602.07868
     """
 
-    def __init__(self, layer, data_init=True, **kwargs):
+    def __init__(self, layer: keras.layers.Layer, data_init: bool = True, **kwargs: Any) -> None:
         check_wrapped_layer(type(self).__name__, layer, KERNEL_LAYERS + (keras.layers.RNN,))
         is_rnn = isinstance(layer, keras.layers.RNN)
         if is_rnn:
@@ -205,7 +208,7 @@ class WeightNormalization(keras.layers.Wrapper):
         """Whether the wrapped layer is a recurrent layer (its recurrent kernel is normalized)."""
         return self._is_rnn
 
-    def _kernel(self):
+    def _kernel(self) -> keras.Variable:
         """The normalized variable ``v``: the kernel, or the RNN cell's recurrent kernel."""
         if not self._is_rnn:
             return kernel_variable(self.layer)
@@ -225,7 +228,7 @@ class WeightNormalization(keras.layers.Wrapper):
             )
         return kernel
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: Shape | None = None) -> None:
         super().build(input_shape)
         kernel = self._kernel()
         self._norm_axes = list(range(len(kernel.shape) - 1))
@@ -245,16 +248,18 @@ class WeightNormalization(keras.layers.Wrapper):
         )
         self._init_seen = not self.data_init
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> Any:
         return self.layer.compute_output_shape(input_shape)
 
-    def _bias(self):
+    def _bias(self) -> keras.Variable | None:
         if self._is_rnn:  # TF Addons left an RNN's bias alone
             return None
         bias = self.layer.__dict__.get("bias")
         return bias if isinstance(bias, keras.Variable) else None
 
-    def _run(self, inputs, kernel, training=None, pre_activation=False):
+    def _run(
+        self, inputs: Tensor, kernel: Tensor, training: bool | None = None, pre_activation: bool = False
+    ) -> Any:
         """The wrapped layer's output with ``kernel`` in place of ``v``."""
         if not self._is_rnn:
             return call_with_kernel(self.layer, inputs, kernel, pre_activation=pre_activation)
@@ -262,7 +267,7 @@ class WeightNormalization(keras.layers.Wrapper):
         with substituted(cell, recurrent_kernel=ops.cast(kernel, cell.compute_dtype)):
             return self.layer(inputs, training=training)
 
-    def _data_init_values(self, inputs):
+    def _data_init_values(self, inputs: Tensor) -> tuple[Tensor, ...]:
         """``(g[, bias])`` giving this batch's pre-activations zero mean, unit variance."""
         direction = weight_norm(self._kernel(), None, self._norm_axes)
         t = self._run(inputs, direction, training=False, pre_activation=True)
@@ -279,10 +284,10 @@ class WeightNormalization(keras.layers.Wrapper):
             values.append(ops.cast(-mean * scale, bias.dtype))
         return tuple(ops.stop_gradient(v) for v in values)
 
-    def _warn(self, message):
+    def _warn(self, message: str) -> None:
         warnings.warn(f"{type(self).__name__} {self.name!r}: {message}", UserWarning, stacklevel=4)
 
-    def _initialize(self, inputs, training):
+    def _initialize(self, inputs: Tensor, training: bool | None) -> None:
         if in_jax_stateless_call():
             # Updates of g and the bias would be discarded here, while `initialized`
             # (non-trainable) would be kept. Leave g and the bias as they are; a
@@ -328,7 +333,7 @@ class WeightNormalization(keras.layers.Wrapper):
         self.initialized.assign(True)
         self._init_seen = True
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Tensor, training: bool | None = None) -> Any:
         with full_precision():
             if self.data_init and not in_shape_inference():
                 self._initialize(inputs, training)
@@ -336,7 +341,7 @@ class WeightNormalization(keras.layers.Wrapper):
             outputs = self._run(inputs, kernel, training)
         return keras.tree.map_structure(lambda t: ops.cast(t, self.compute_dtype), outputs)
 
-    def remove(self):
+    def remove(self) -> keras.layers.Layer:
         """Folds ``w = g * v / ||v||`` into the wrapped layer and returns that layer.
 
         The wrapped layer's kernel variable (the cell's recurrent kernel for
@@ -373,31 +378,33 @@ class WeightNormalization(keras.layers.Wrapper):
             kernel.assign(ops.cast(weight_norm(kernel, self.g, self._norm_axes), kernel.dtype))
         return self.layer
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: dict[str, Any]) -> None:
         super().load_own_variables(store)
         self._init_seen = True
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "data_init": self.data_init}
 
 
 class _KernelNorm(keras.initializers.Initializer):
     """Initializer: the per-unit L2 norm of a kernel variable (``g = ||v||``)."""
 
-    def __init__(self, kernel, axes):
+    def __init__(self, kernel: keras.Variable, axes: list[int]) -> None:
         self.kernel = kernel
         self.axes = axes
 
-    def __call__(self, shape, dtype=None):
+    def __call__(self, shape: Shape, dtype: DTypeLike = None) -> Tensor:
         v = ops.cast(self.kernel, "float32")
         norm = ops.sqrt(ops.sum(ops.square(v), axis=self.axes))
         return ops.cast(ops.reshape(norm, shape), dtype or "float32")
 
-    def get_config(self):  # never serialized: the layer's config holds data_init
+    def get_config(self) -> dict[str, Any]:  # never serialized: the layer's config holds data_init
         return {}
 
 
-def weight_normalization(layer=None, data_init=True, **kwargs):
+def weight_normalization(
+    layer: keras.layers.Layer | None = None, data_init: bool = True, **kwargs: Any
+) -> WeightNormalization:
     """Wrapper, not an activation norm: weight-normalizes the Dense/Conv/RNN layer given as ``layer=``.
 
     Returns ``WeightNormalization(layer, data_init=data_init, **kwargs)``;

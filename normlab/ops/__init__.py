@@ -4,6 +4,8 @@ normalization ops built from them, one module per norm family as in
 :mod:`normlab.layers`. Argument checks are in :mod:`~normlab.ops.validate`,
 axis and shape helpers in :mod:`~normlab.ops.axes`."""
 
+from __future__ import annotations
+
 from normlab.ops.batch_norm import batch_norm, batch_renorm, ghost_batch_norm
 from normlab.ops.evo_norm import evo_norm_b0, evo_norm_s0
 from normlab.ops.filter_response_norm import filter_response_norm, tlu

@@ -8,14 +8,15 @@ chooses it as a feature axis. Negative axes count from the end.
 from __future__ import annotations
 
 import numbers
-from typing import Sequence
+from typing import Any, Sequence
 
 from keras import ops
 
 from normlab.ops.validate import ArgumentTypeError, error_message
+from normlab.types import Axis, Shape, Tensor
 
 
-def as_axis_list(axis, *, argument: str = "axis") -> list[int]:
+def as_axis_list(axis: object, *, argument: str = "axis") -> list[int]:
     """Returns ``axis`` (an int or a sequence of ints) as a list, unvalidated."""
     if isinstance(axis, bool):
         raise ArgumentTypeError(
@@ -39,7 +40,7 @@ def as_axis_list(axis, *, argument: str = "axis") -> list[int]:
 
 
 def canonicalize_axes(
-    axis, ndim: int, *, argument: str = "axis", allow_batch: bool = False
+    axis: Axis, ndim: int, *, argument: str = "axis", allow_batch: bool = False
 ) -> list[int]:
     """Validates ``axis`` against a rank and returns sorted non-negative axes.
 
@@ -85,7 +86,9 @@ def complement(axes: Sequence[int], ndim: int, *, keep_batch: bool = False) -> l
     return [a for a in range(ndim) if a not in skip]
 
 
-def known_dims(shape: Sequence, axes: Sequence[int], *, argument: str = "axis", axis=None) -> list[int]:
+def known_dims(
+    shape: Shape, axes: Sequence[int], *, argument: str = "axis", axis: Axis | None = None
+) -> list[int]:
     """Returns the static sizes of ``shape`` at ``axes``; each must be known."""
     dims = []
     for a in axes:
@@ -105,7 +108,7 @@ def known_dims(shape: Sequence, axes: Sequence[int], *, argument: str = "axis", 
     return dims
 
 
-def dims(x) -> list:
+def dims(x: Tensor) -> list[Any]:
     """The shape of ``x`` with unknown (graph-mode) sizes as scalar tensors."""
     static = list(x.shape)
     if all(d is not None for d in static):
@@ -114,7 +117,9 @@ def dims(x) -> list:
     return [s if s is not None else dynamic[i] for i, s in enumerate(static)]
 
 
-def feature_param(param, ndim: int, axes, feature_shape):
+def feature_param(
+    param: Tensor | None, ndim: int, axes: Sequence[int], feature_shape: Sequence[int]
+) -> Tensor | None:
     """Reshapes a parameter of ``feature_shape`` so it broadcasts on ``axes`` of a rank-``ndim`` input."""
     if param is None:
         return None
@@ -127,7 +132,7 @@ def feature_param(param, ndim: int, axes, feature_shape):
     return ops.reshape(param, shape)
 
 
-def channel_axis(x, axis) -> tuple[int, int, int]:
+def channel_axis(x: Tensor, axis: Axis) -> tuple[int, int, int]:
     """``(rank, channel axis, channels)`` of ``x`` for a per-channel op."""
     ndim = len(x.shape)
     (a,) = canonicalize_axes(axis, ndim)
@@ -135,12 +140,12 @@ def channel_axis(x, axis) -> tuple[int, int, int]:
     return ndim, a, channels
 
 
-def per_channel(param, ndim: int, a: int, channels: int):
+def per_channel(param: Tensor | None, ndim: int, a: int, channels: int) -> Tensor | None:
     """A per-channel parameter ``(C,)`` reshaped to broadcast on axis ``a``."""
     return feature_param(param, ndim, [a], [channels])
 
 
-def grouped_dims(x, a: int, groups: int, channels: int) -> tuple[list, list]:
+def grouped_dims(x: Tensor, a: int, groups: int, channels: int) -> tuple[list[Any], list[Any]]:
     """``(dims, grouped)``: the shape of ``x`` and its shape with the channel
     axis ``a`` split into ``(groups, channels // groups)``."""
     shape = dims(x)

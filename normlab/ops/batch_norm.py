@@ -4,6 +4,7 @@ batch renormalization (Ioffe, 2017)."""
 from __future__ import annotations
 
 import math
+from typing import Literal, overload
 
 from keras import ops
 
@@ -19,21 +20,41 @@ from normlab.ops.validate import (
     divisors,
     error_message,
 )
+from normlab.types import RenormClipping, ReplicaSum, Tensor
 
+
+@overload
 def batch_norm(
-    x,
-    mean=None,
-    variance=None,
+    x: Tensor, mean: Tensor | None = ..., variance: Tensor | None = ..., *, axis: int = ...,
+    gamma: Tensor | None = ..., beta: Tensor | None = ..., epsilon: float = ..., training: bool = ...,
+    mask: Tensor | None = ..., return_stats: Literal[False] = ..., replica_sum: ReplicaSum | None = ...,
+) -> Tensor: ...
+@overload
+def batch_norm(
+    x: Tensor, mean: Tensor | None = ..., variance: Tensor | None = ..., *, axis: int = ...,
+    gamma: Tensor | None = ..., beta: Tensor | None = ..., epsilon: float = ..., training: bool = ...,
+    mask: Tensor | None = ..., return_stats: Literal[True], replica_sum: ReplicaSum | None = ...,
+) -> tuple[Tensor, Tensor, Tensor]: ...
+@overload
+def batch_norm(
+    x: Tensor, mean: Tensor | None = ..., variance: Tensor | None = ..., *, axis: int = ...,
+    gamma: Tensor | None = ..., beta: Tensor | None = ..., epsilon: float = ..., training: bool = ...,
+    mask: Tensor | None = ..., return_stats: bool, replica_sum: ReplicaSum | None = ...,
+) -> Tensor | tuple[Tensor, Tensor, Tensor]: ...
+def batch_norm(
+    x: Tensor,
+    mean: Tensor | None = None,
+    variance: Tensor | None = None,
     *,
     axis: int = -1,
-    gamma=None,
-    beta=None,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
     epsilon: float = 1e-3,
     training: bool = False,
-    mask=None,
+    mask: Tensor | None = None,
     return_stats: bool = False,
-    replica_sum=None,
-):
+    replica_sum: ReplicaSum | None = None,
+) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """Batch normalization: statistics per channel over the batch and all other axes.
 
     Formula: with ``training=True``, ``mean`` and ``var`` per channel over
@@ -121,7 +142,11 @@ def batch_norm(
     return (y, mean, variance) if return_stats else y
 
 
-def _batch_norm_train(x, *, axis, gamma, beta, epsilon, mask, virtual_batch_size, renorm, replica_sum=None):
+def _batch_norm_train(
+    x: Tensor, *, axis: int, gamma: Tensor | None, beta: Tensor | None, epsilon: float, mask: Tensor | None,
+    virtual_batch_size: int | None, renorm: tuple[Tensor, Tensor, RenormClipping] | None,
+    replica_sum: ReplicaSum | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Training-mode batch norm with optional ghost batches and renorm correction.
 
     Returns ``(y, mean, variance)`` with the statistics of shape ``(C,)``,
@@ -198,10 +223,28 @@ def _batch_norm_train(x, *, axis, gamma, beta, epsilon, mask, virtual_batch_size
     return y, ops.reshape(mean, (channels,)), ops.reshape(variance, (channels,))
 
 
+@overload
 def ghost_batch_norm(
-    x, virtual_batch_size: int, *, axis: int = -1, gamma=None, beta=None, epsilon: float = 1e-3,
-    mask=None, return_stats: bool = False, replica_sum=None,
-):
+    x: Tensor, virtual_batch_size: int, *, axis: int = ..., gamma: Tensor | None = ..., beta: Tensor | None = ...,
+    epsilon: float = ..., mask: Tensor | None = ..., return_stats: Literal[False] = ...,
+    replica_sum: ReplicaSum | None = ...,
+) -> Tensor: ...
+@overload
+def ghost_batch_norm(
+    x: Tensor, virtual_batch_size: int, *, axis: int = ..., gamma: Tensor | None = ..., beta: Tensor | None = ...,
+    epsilon: float = ..., mask: Tensor | None = ..., return_stats: Literal[True],
+    replica_sum: ReplicaSum | None = ...,
+) -> tuple[Tensor, Tensor, Tensor]: ...
+@overload
+def ghost_batch_norm(
+    x: Tensor, virtual_batch_size: int, *, axis: int = ..., gamma: Tensor | None = ..., beta: Tensor | None = ...,
+    epsilon: float = ..., mask: Tensor | None = ..., return_stats: bool, replica_sum: ReplicaSum | None = ...,
+) -> Tensor | tuple[Tensor, Tensor, Tensor]: ...
+def ghost_batch_norm(
+    x: Tensor, virtual_batch_size: int, *, axis: int = -1, gamma: Tensor | None = None, beta: Tensor | None = None,
+    epsilon: float = 1e-3, mask: Tensor | None = None, return_stats: bool = False,
+    replica_sum: ReplicaSum | None = None,
+) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """Ghost batch normalization: batch statistics per virtual sub-batch (training form).
 
     Formula: split the batch into ``B / virtual_batch_size`` consecutive
@@ -253,10 +296,30 @@ def ghost_batch_norm(
     return (y, mean, variance) if return_stats else y
 
 
+@overload
 def batch_renorm(
-    x, renorm_mean, renorm_stddev, *, axis: int = -1, gamma=None, beta=None, epsilon: float = 1e-3,
-    clipping=None, mask=None, virtual_batch_size=None, return_stats: bool = False, replica_sum=None,
-):
+    x: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, *, axis: int = ..., gamma: Tensor | None = ...,
+    beta: Tensor | None = ..., epsilon: float = ..., clipping: RenormClipping | None = ..., mask: Tensor | None = ...,
+    virtual_batch_size: int | None = ..., return_stats: Literal[False] = ..., replica_sum: ReplicaSum | None = ...,
+) -> Tensor: ...
+@overload
+def batch_renorm(
+    x: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, *, axis: int = ..., gamma: Tensor | None = ...,
+    beta: Tensor | None = ..., epsilon: float = ..., clipping: RenormClipping | None = ..., mask: Tensor | None = ...,
+    virtual_batch_size: int | None = ..., return_stats: Literal[True], replica_sum: ReplicaSum | None = ...,
+) -> tuple[Tensor, Tensor, Tensor]: ...
+@overload
+def batch_renorm(
+    x: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, *, axis: int = ..., gamma: Tensor | None = ...,
+    beta: Tensor | None = ..., epsilon: float = ..., clipping: RenormClipping | None = ..., mask: Tensor | None = ...,
+    virtual_batch_size: int | None = ..., return_stats: bool, replica_sum: ReplicaSum | None = ...,
+) -> Tensor | tuple[Tensor, Tensor, Tensor]: ...
+def batch_renorm(
+    x: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, *, axis: int = -1, gamma: Tensor | None = None,
+    beta: Tensor | None = None, epsilon: float = 1e-3, clipping: RenormClipping | None = None,
+    mask: Tensor | None = None, virtual_batch_size: int | None = None, return_stats: bool = False,
+    replica_sum: ReplicaSum | None = None,
+) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """Batch renormalization (training form): batch norm corrected toward moving statistics.
 
     Formula: with batch ``mean`` and ``std = sqrt(var + epsilon)``, and

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 from keras import ops
 
 from normlab.ops.axes import channel_axis, complement, feature_param, grouped_dims, per_channel
 from normlab.ops.moments import moments, stats_dtype
 from normlab.ops.normalize import normalize
-from normlab.ops.validate import check_epsilon, check_groups, check_param, error_message, require_spatial, resolve_groups
+from normlab.ops.validate import (
+    check_epsilon,
+    check_groups,
+    check_param,
+    error_message,
+    require_spatial,
+    resolve_groups,
+)
+from normlab.types import ReplicaSum, Tensor
 
 EVO_NORM_EPSILON_REASON = (
     "; EvoNorm divides the uncentered input by a standard deviation, so a constant "
@@ -15,10 +25,29 @@ EVO_NORM_EPSILON_REASON = (
 )
 
 
+@overload
 def evo_norm_b0(
-    x, v=None, moving_variance=None, *, axis: int = -1, gamma=None, beta=None,
-    epsilon: float = 1e-3, training: bool = False, return_stats: bool = False, replica_sum=None,
-):
+    x: Tensor, v: Tensor | None = ..., moving_variance: Tensor | None = ..., *, axis: int = ...,
+    gamma: Tensor | None = ..., beta: Tensor | None = ..., epsilon: float = ..., training: bool = ...,
+    return_stats: Literal[False] = ..., replica_sum: ReplicaSum | None = ...,
+) -> Tensor: ...
+@overload
+def evo_norm_b0(
+    x: Tensor, v: Tensor | None = ..., moving_variance: Tensor | None = ..., *, axis: int = ...,
+    gamma: Tensor | None = ..., beta: Tensor | None = ..., epsilon: float = ..., training: bool = ...,
+    return_stats: Literal[True], replica_sum: ReplicaSum | None = ...,
+) -> tuple[Tensor, Tensor]: ...
+@overload
+def evo_norm_b0(
+    x: Tensor, v: Tensor | None = ..., moving_variance: Tensor | None = ..., *, axis: int = ...,
+    gamma: Tensor | None = ..., beta: Tensor | None = ..., epsilon: float = ..., training: bool = ...,
+    return_stats: bool, replica_sum: ReplicaSum | None = ...,
+) -> Tensor | tuple[Tensor, Tensor]: ...
+def evo_norm_b0(
+    x: Tensor, v: Tensor | None = None, moving_variance: Tensor | None = None, *, axis: int = -1,
+    gamma: Tensor | None = None, beta: Tensor | None = None, epsilon: float = 1e-3, training: bool = False,
+    return_stats: bool = False, replica_sum: ReplicaSum | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
     """EvoNorm-B0: batch-dependent normalization-activation.
 
     Formula: ``y = x / max(sqrt(var_b + epsilon), v * x + sqrt(var_i + epsilon)) * gamma + beta``
@@ -85,7 +114,10 @@ def evo_norm_b0(
     return (y, ops.reshape(variance, (channels,))) if return_stats else y
 
 
-def evo_norm_s0(x, v=None, *, groups: int = 32, axis: int = -1, gamma=None, beta=None, epsilon: float = 1e-5):
+def evo_norm_s0(
+    x: Tensor, v: Tensor | None = None, *, groups: int = 32, axis: int = -1, gamma: Tensor | None = None,
+    beta: Tensor | None = None, epsilon: float = 1e-5,
+) -> Tensor:
     """EvoNorm-S0: batch-independent normalization-activation with groups.
 
     Formula: ``y = x * sigmoid(v * x) / sqrt(var_g + epsilon) * gamma + beta``
@@ -125,7 +157,7 @@ def evo_norm_s0(x, v=None, *, groups: int = 32, axis: int = -1, gamma=None, beta
     gate = xs if v is None else xs * ops.cast(per_channel(v, ndim, a, channels), xs.dtype)
     z = ops.reshape(xs * ops.sigmoid(gate), grouped)
 
-    def grouped_param(p):
+    def grouped_param(p: Tensor | None) -> Tensor | None:
         if p is None:
             return None
         return feature_param(ops.reshape(p, (g, channels // g)), ndim + 1, [a, a + 1], [g, channels // g])

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from keras import ops
 
 from normlab.ops.axes import canonicalize_axes, channel_axis, complement, known_dims, per_channel
 from normlab.ops.moments import mean_square, stats_dtype
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_param, error_message
+from normlab.types import Axis, Shape, Tensor
 
-def frn_axes(axis, ndim: int):
+
+def frn_axes(axis: Axis, ndim: int) -> tuple[int, list[int]]:
     """Resolves FRN's ``axis`` into ``(channel_axis, spatial_axes)``.
 
     An int is the channel axis (normlab's convention): the statistics run
@@ -36,7 +40,7 @@ def frn_axes(axis, ndim: int):
     return channel, complement([channel], ndim, keep_batch=True)
 
 
-def check_frn_input(shape, spatial, learned_epsilon: bool) -> None:
+def check_frn_input(shape: Shape, spatial: Sequence[int], learned_epsilon: bool) -> None:
     """Raises for an input without a spatial axis unless a learned epsilon is used."""
     if not spatial and not learned_epsilon:
         raise ValueError(
@@ -52,7 +56,7 @@ def check_frn_input(shape, spatial, learned_epsilon: bool) -> None:
         )
 
 
-def tlu(x, tau, axis: int = -1, *, alpha=None):
+def tlu(x: Tensor, tau: Tensor, axis: int = -1, *, alpha: Tensor | None = None) -> Tensor:
     """Thresholded linear unit: ``max(x, tau)``, or ``max(x, alpha * x + tau)``.
 
     Formula: ``y = max(x, tau)`` with a per-channel threshold ``tau``; with
@@ -87,8 +91,15 @@ def tlu(x, tau, axis: int = -1, *, alpha=None):
 
 
 def filter_response_norm(
-    x, axis=-1, *, gamma=None, beta=None, epsilon: float = 1e-6, learned_epsilon=None, tau=None
-):
+    x: Tensor,
+    axis: Axis = -1,
+    *,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    epsilon: float = 1e-6,
+    learned_epsilon: Tensor | None = None,
+    tau: Tensor | None = None,
+) -> Tensor:
     """Filter response normalization: per sample and channel, divide by the RMS over space.
 
     Formula: ``nu2 = mean(x^2)`` over the spatial axes, per sample and

@@ -5,6 +5,8 @@ The ops now live one norm family per module, mirroring ``normlab.layers``:
 :mod:`normlab.ops.batch_norm`. Import them from :mod:`normlab.ops`.
 """
 
+from __future__ import annotations
+
 from normlab.ops.batch_norm import batch_norm
 from normlab.ops.group_norm import group_norm, instance_norm
 from normlab.ops.layer_norm import layer_norm

@@ -9,8 +9,18 @@ from normlab.ops.axes import canonicalize_axes, complement, feature_param, group
 from normlab.ops.moments import shifted_moments
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_groups, check_param, require_spatial, resolve_groups
+from normlab.types import Tensor
 
-def group_norm(x, groups: int = 32, axis: int = -1, *, gamma=None, beta=None, epsilon: float = 1e-3):
+
+def group_norm(
+    x: Tensor,
+    groups: int = 32,
+    axis: int = -1,
+    *,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    epsilon: float = 1e-3,
+) -> Tensor:
     """Group normalization: statistics per sample over each group of channels.
 
     Formula: split the ``C`` channels on ``axis`` into ``groups`` groups of
@@ -69,13 +79,19 @@ def group_norm(x, groups: int = 32, axis: int = -1, *, gamma=None, beta=None, ep
     param_axes, param_shape = [a, a + 1], [g, channels // g]
     y = normalize(
         xg, mean, var, shift=shift, epsilon=epsilon,
-        gamma=feature_param(gamma if gamma is None else ops.reshape(gamma, param_shape), ndim + 1, param_axes, param_shape),
-        beta=feature_param(beta if beta is None else ops.reshape(beta, param_shape), ndim + 1, param_axes, param_shape),
+        gamma=feature_param(
+            gamma if gamma is None else ops.reshape(gamma, param_shape), ndim + 1, param_axes, param_shape
+        ),
+        beta=feature_param(
+            beta if beta is None else ops.reshape(beta, param_shape), ndim + 1, param_axes, param_shape
+        ),
     )
     return ops.reshape(y, shape)
 
 
-def instance_norm(x, axis: int = -1, *, gamma=None, beta=None, epsilon: float = 1e-3):
+def instance_norm(
+    x: Tensor, axis: int = -1, *, gamma: Tensor | None = None, beta: Tensor | None = None, epsilon: float = 1e-3
+) -> Tensor:
     """Instance normalization: statistics per sample and channel over all other axes.
 
     Formula: for each sample and channel, ``mean`` and ``var`` over the

@@ -9,8 +9,12 @@ from normlab.ops.axes import canonicalize_axes, feature_param, known_dims
 from normlab.ops.moments import shifted_moments
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_param
+from normlab.types import Axis, Tensor
 
-def layer_norm(x, axis=-1, *, gamma=None, beta=None, epsilon: float = 1e-3):
+
+def layer_norm(
+    x: Tensor, axis: Axis = -1, *, gamma: Tensor | None = None, beta: Tensor | None = None, epsilon: float = 1e-3
+) -> Tensor:
     """Layer normalization: statistics per sample over the given feature axes.
 
     Formula: for each sample, ``mean`` and ``var`` over ``axis``;

@@ -7,8 +7,12 @@ from keras import ops
 from normlab.ops.axes import channel_axis
 from normlab.ops.moments import stats_dtype
 from normlab.ops.validate import check_positive_int, check_real
+from normlab.types import Tensor
 
-def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, axis: int = -1):
+
+def local_response_norm(
+    x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, axis: int = -1
+) -> Tensor:
     """Local response normalization across channels, with PyTorch's semantics.
 
     Formula: ``y_c = x_c / (k + alpha / size * sum_{j=c-size//2}^{c+(size-1)//2} x_j^2) ** beta``,

@@ -30,18 +30,20 @@ Numerics policy (the one place it is decided):
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from keras import ops
 from keras.backend import standardize_dtype
 
+from normlab.types import DTypeLike, ReplicaSum, Tensor
 
-def stats_dtype(dtype) -> str:
+
+def stats_dtype(dtype: DTypeLike) -> str:
     """The dtype statistics are computed in for inputs of ``dtype``."""
     return "float64" if standardize_dtype(dtype) == "float64" else "float32"
 
 
-def _reduced_count(x, axes, dtype):
+def _reduced_count(x: Tensor, axes: Sequence[int], dtype: DTypeLike) -> Tensor:
     """The number of elements each slice reduces over, as a scalar of ``dtype``."""
     static = list(x.shape)
     count = 1
@@ -55,7 +57,7 @@ def _reduced_count(x, axes, dtype):
     return ops.cast(count, dtype)
 
 
-def _averager(x, axes, mask=None):
+def _averager(x: Tensor, axes: list[int], mask: Tensor | None = None) -> Callable[[Tensor], Tensor]:
     """``average(v)``: the (masked) mean of ``v`` over ``axes``, reduced axes kept.
 
     ``sum / count`` rather than ``ops.mean``: on torch, Keras 3.15 reduces
@@ -66,18 +68,18 @@ def _averager(x, axes, mask=None):
     if mask is None:
         count = _reduced_count(x, axes, dtype)
 
-        def average(v):
+        def average(v: Tensor) -> Tensor:
             return ops.sum(v, axis=axes, keepdims=True) / count
     else:
         weight = ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
         count = ops.maximum(ops.sum(weight, axis=axes, keepdims=True), 1.0)
 
-        def average(v):
+        def average(v: Tensor) -> Tensor:
             return ops.sum(v * weight, axis=axes, keepdims=True) / count
     return average
 
 
-def mean_square(x, axes: Sequence[int]):
+def mean_square(x: Tensor, axes: Sequence[int]) -> Tensor:
     """``mean(x^2)`` over ``axes`` (kept as size-1 dims), in float32 at least.
 
     The second moment about zero, for the norms that divide by a root mean
@@ -95,15 +97,17 @@ def mean_square(x, axes: Sequence[int]):
     return _averager(x, list(axes))(square) if axes else square
 
 
-def _cross_replica_moments(x, axes, weight, replica_sum):
+def _cross_replica_moments(
+    x: Tensor, axes: list[int], weight: Tensor | None, replica_sum: ReplicaSum
+) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`shifted_moments` over the global batch, from two all-reduced passes."""
     if weight is None:
-        def total(v):
+        def total(v: Tensor) -> Tensor:
             return ops.sum(v, axis=axes, keepdims=True)
 
         count = _reduced_count(x, axes, x.dtype)
     else:
-        def total(v):
+        def total(v: Tensor) -> Tensor:
             return ops.sum(v * weight, axis=axes, keepdims=True)
 
         count = total(ops.ones_like(x))
@@ -121,7 +125,9 @@ def _cross_replica_moments(x, axes, weight, replica_sum):
     return shift, mean, variance
 
 
-def shifted_moments(x, axes: Sequence[int], *, mask=None, replica_sum=None):
+def shifted_moments(
+    x: Tensor, axes: Sequence[int], *, mask: Tensor | None = None, replica_sum: ReplicaSum | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Statistics of ``x`` relative to a per-slice shift, for the exact apply step.
 
     Returns ``(shift, mean, variance)``, all with the reduced axes kept:
@@ -166,7 +172,14 @@ def shifted_moments(x, axes: Sequence[int], *, mask=None, replica_sum=None):
     return shift, mean, variance
 
 
-def moments(x, axes: Sequence[int], *, mask=None, keepdims: bool = True, replica_sum=None):
+def moments(
+    x: Tensor,
+    axes: Sequence[int],
+    *,
+    mask: Tensor | None = None,
+    keepdims: bool = True,
+    replica_sum: ReplicaSum | None = None,
+) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of ``x`` over ``axes``, in float32 at least.
 
     Formula: ``mean = sum(w * x) / sum(w)``, ``var = sum(w * (x - mean)^2) / sum(w)``

@@ -5,9 +5,10 @@ from __future__ import annotations
 from keras import ops
 
 from normlab.ops.moments import stats_dtype
+from normlab.types import Tensor
 
 
-def inverse_std(variance, epsilon: float):
+def inverse_std(variance: Tensor, epsilon: float) -> Tensor:
     """``rsqrt(variance + epsilon)``; with ``epsilon == 0``, 0 where the variance is 0.
 
     A slice with no spread has ``x - mean == 0``: with ``epsilon > 0`` it
@@ -22,7 +23,16 @@ def inverse_std(variance, epsilon: float):
     return ops.rsqrt(variance + (1.0 - positive)) * positive
 
 
-def normalize(x, mean, variance, *, gamma=None, beta=None, epsilon: float = 1e-3, shift=None):
+def normalize(
+    x: Tensor,
+    mean: Tensor,
+    variance: Tensor,
+    *,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    epsilon: float = 1e-3,
+    shift: Tensor | None = None,
+) -> Tensor:
     """Normalizes ``x`` with given statistics, then scales and shifts it.
 
     Formula: ``y = (x - mean) * rsqrt(variance + epsilon) * gamma + beta``,

@@ -8,8 +8,12 @@ from normlab.ops.axes import canonicalize_axes, feature_param, known_dims
 from normlab.ops.moments import mean_square
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_param
+from normlab.types import Axis, Tensor
 
-def rms_norm(x, axis=-1, *, gamma=None, beta=None, epsilon: float = 1e-6):
+
+def rms_norm(
+    x: Tensor, axis: Axis = -1, *, gamma: Tensor | None = None, beta: Tensor | None = None, epsilon: float = 1e-6
+) -> Tensor:
     """Root mean square normalization: rescales by the RMS over ``axis``, no centering.
 
     Formula: ``y = x / sqrt(mean(x^2 over axis) + epsilon) * gamma + beta``,

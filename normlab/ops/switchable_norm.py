@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 from keras import ops
 
 from normlab.ops.axes import channel_axis, complement, per_channel
 from normlab.ops.moments import moments
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_param, error_message, require_spatial
+from normlab.types import ReplicaSum, Tensor
 
+
+@overload
 def switchable_norm(
-    x, mean_weights, variance_weights, moving_mean=None, moving_variance=None, *,
-    axis: int = -1, gamma=None, beta=None, epsilon: float = 1e-3, training: bool = False,
-    return_stats: bool = False, replica_sum=None,
-):
+    x: Tensor, mean_weights: Tensor, variance_weights: Tensor, moving_mean: Tensor | None = ...,
+    moving_variance: Tensor | None = ..., *, axis: int = ..., gamma: Tensor | None = ..., beta: Tensor | None = ...,
+    epsilon: float = ..., training: bool = ..., return_stats: Literal[False] = ...,
+    replica_sum: ReplicaSum | None = ...,
+) -> Tensor: ...
+@overload
+def switchable_norm(
+    x: Tensor, mean_weights: Tensor, variance_weights: Tensor, moving_mean: Tensor | None = ...,
+    moving_variance: Tensor | None = ..., *, axis: int = ..., gamma: Tensor | None = ..., beta: Tensor | None = ...,
+    epsilon: float = ..., training: bool = ..., return_stats: Literal[True], replica_sum: ReplicaSum | None = ...,
+) -> tuple[Tensor, Tensor, Tensor]: ...
+@overload
+def switchable_norm(
+    x: Tensor, mean_weights: Tensor, variance_weights: Tensor, moving_mean: Tensor | None = ...,
+    moving_variance: Tensor | None = ..., *, axis: int = ..., gamma: Tensor | None = ..., beta: Tensor | None = ...,
+    epsilon: float = ..., training: bool = ..., return_stats: bool, replica_sum: ReplicaSum | None = ...,
+) -> Tensor | tuple[Tensor, Tensor, Tensor]: ...
+def switchable_norm(
+    x: Tensor, mean_weights: Tensor, variance_weights: Tensor, moving_mean: Tensor | None = None,
+    moving_variance: Tensor | None = None, *, axis: int = -1, gamma: Tensor | None = None,
+    beta: Tensor | None = None, epsilon: float = 1e-3, training: bool = False, return_stats: bool = False,
+    replica_sum: ReplicaSum | None = None,
+) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """Switchable normalization: a learned mix of instance, layer and batch statistics.
 
     Formula: with ``w = softmax(mean_weights)`` and ``w' = softmax(variance_weights)``

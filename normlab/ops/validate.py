@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Literal, Sequence, overload
 
 import numpy as np
+
+from normlab.types import Axis, RenormClipping, Shape, Tensor
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -31,7 +34,7 @@ def error_message(argument: str, expected: str, received: str, fix: str = "") ->
     return message
 
 
-def check_epsilon(epsilon, *, positive: bool = False, reason: str = "") -> float:
+def check_epsilon(epsilon: object, *, positive: bool = False, reason: str = "") -> float:
     """Returns ``epsilon`` as a float: finite, non-negative (``positive``: > 0).
 
     Zero is allowed where the norm defines the zero-variance case (a slice
@@ -48,7 +51,9 @@ def check_epsilon(epsilon, *, positive: bool = False, reason: str = "") -> float
                 "Pass a float such as epsilon=1e-3.",
             )
         )
-    if not (epsilon > 0 if positive else epsilon >= 0) or not math.isfinite(epsilon):  # also NaN
+    # Comparisons keep the number on the left with < and <=, the ones numbers.Real
+    # guarantees; NaN passes them and is caught by isfinite.
+    if (epsilon <= 0 if positive else epsilon < 0) or not math.isfinite(epsilon):
         bound = "a positive" if positive else "a non-negative"
         raise ValueError(
             error_message(
@@ -61,7 +66,7 @@ def check_epsilon(epsilon, *, positive: bool = False, reason: str = "") -> float
     return float(epsilon)
 
 
-def check_bool(name: str, value) -> bool:
+def check_bool(name: str, value: object) -> bool:
     """Returns ``value`` if it is a bool (Python or NumPy); anything else is an error.
 
     ``bool(value)`` would take ``"no"``, ``"False"`` or ``0.5`` for True.
@@ -78,7 +83,7 @@ def check_bool(name: str, value) -> bool:
     )
 
 
-def require_spatial(shape, owner: str, *, argument: str = "inputs", fix: str = "") -> None:
+def require_spatial(shape: Shape, owner: str, *, argument: str = "inputs", fix: str = "") -> None:
     """Raises unless ``shape`` has a spatial axis: rank >= 3, (batch, ..., channels).
 
     For the norms whose per-sample statistics run over the spatial axes,
@@ -104,7 +109,7 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def check_groups(groups) -> int:
+def check_groups(groups: object) -> int:
     """Checks the shape-independent part of ``groups``: a positive int or -1."""
     if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
         raise ArgumentTypeError(
@@ -127,7 +132,7 @@ def check_groups(groups) -> int:
     return int(groups)
 
 
-def resolve_groups(groups: int, channels: int, axis: int) -> int:
+def resolve_groups(groups: int, channels: int, axis: Axis) -> int:
     """Returns the number of groups for ``channels`` channels (-1 -> channels)."""
     if groups == -1:
         return channels
@@ -153,9 +158,16 @@ def resolve_groups(groups: int, channels: int, axis: int) -> int:
     return groups
 
 
-def check_momentum(momentum) -> float:
+def check_momentum(momentum: object) -> float:
     """Checks a moving-average momentum lies in [0, 1]."""
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
+    # ``momentum < 0 or not momentum <= 1`` is ``not 0 <= momentum <= 1`` with the number on the
+    # left (the comparisons numbers.Real guarantees); NaN fails ``momentum <= 1``.
+    if (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, numbers.Real)
+        or momentum < 0
+        or not momentum <= 1
+    ):
         raise ValueError(
             error_message(
                 "momentum",
@@ -168,7 +180,7 @@ def check_momentum(momentum) -> float:
     return float(momentum)
 
 
-def check_param(name: str, param, expected_shape) -> None:
+def check_param(name: str, param: Tensor | None, expected_shape: Sequence[int]) -> None:
     """Raises unless ``param`` is None, a scalar, or a tensor of ``expected_shape``."""
     if param is None:
         return
@@ -184,7 +196,9 @@ def check_param(name: str, param, expected_shape) -> None:
         )
 
 
-def check_real(name: str, value, *, minimum=None, strict=False, example="") -> float:
+def check_real(
+    name: str, value: object, *, minimum: float | None = None, strict: bool = False, example: str = ""
+) -> float:
     """Returns ``value`` as a float; a real number, optionally bounded below."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ArgumentTypeError(
@@ -203,7 +217,17 @@ def check_real(name: str, value, *, minimum=None, strict=False, example="") -> f
     return float(value)
 
 
-def check_positive_int(name: str, value, *, example: int, allow_none: bool = False, meaning: str = ""):
+@overload
+def check_positive_int(
+    name: str, value: object, *, example: int, allow_none: Literal[False] = ..., meaning: str = ...
+) -> int: ...
+@overload
+def check_positive_int(
+    name: str, value: object, *, example: int, allow_none: bool, meaning: str = ...
+) -> int | None: ...
+def check_positive_int(
+    name: str, value: object, *, example: int, allow_none: bool = False, meaning: str = ""
+) -> int | None:
     """Returns ``value`` as an int >= 1 (or None when ``allow_none``)."""
     if value is None and allow_none:
         return None
@@ -220,7 +244,7 @@ def check_positive_int(name: str, value, *, example: int, allow_none: bool = Fal
 _CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 
 
-def check_renorm_clipping(clipping) -> dict:
+def check_renorm_clipping(clipping: object) -> RenormClipping:
     """Validates Keras' ``renorm_clipping`` dict; returns a copy with float values.
 
     Keys are optional: ``rmax`` (default inf), ``rmin`` (default 0) and
@@ -234,7 +258,7 @@ def check_renorm_clipping(clipping) -> dict:
             error_message("renorm_clipping", "None or a dict with keys among 'rmax', 'rmin', 'dmax'",
                           f"renorm_clipping={clipping!r}", fix)
         )
-    out = {}
+    out: RenormClipping = {}
     for key, value in clipping.items():
         if value is None:
             continue

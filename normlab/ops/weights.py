@@ -21,6 +21,7 @@ returns the kernel's dtype.
 from __future__ import annotations
 
 import numbers
+from typing import Sequence
 
 from keras import ops
 
@@ -28,9 +29,10 @@ from normlab.ops.axes import canonicalize_axes
 from normlab.ops.moments import moments, stats_dtype
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, error_message
+from normlab.types import Axis, Tensor
 
 
-def _fan_in_axes(kernel, axes, argument: str = "axes") -> list[int]:
+def _fan_in_axes(kernel: Tensor, axes: Axis | None, argument: str = "axes") -> list[int]:
     """``axes`` validated against the kernel's rank; None means all but the last."""
     ndim = len(kernel.shape)
     if ndim < 1:
@@ -47,12 +49,12 @@ def _fan_in_axes(kernel, axes, argument: str = "axes") -> list[int]:
     return canonicalize_axes(axes, ndim, argument=argument, allow_batch=True)
 
 
-def _keep_shape(kernel, axes) -> list[int]:
+def _keep_shape(kernel: Tensor, axes: Sequence[int]) -> list[int]:
     """The kernel's shape with the reduced ``axes`` set to 1."""
     return [1 if a in axes else int(d) for a, d in enumerate(kernel.shape)]
 
 
-def _check_per_output(name: str, value, kernel, axes):
+def _check_per_output(name: str, value: Tensor | None, kernel: Tensor, axes: Sequence[int]) -> Tensor | None:
     """Reshapes a per-output parameter so it broadcasts against ``kernel``."""
     if value is None:
         return None
@@ -79,12 +81,14 @@ def _check_per_output(name: str, value, kernel, axes):
     return ops.reshape(value, keep) if n == size else ops.reshape(value, [1] * len(keep))
 
 
-def _l2_normalize(x, epsilon):
+def _l2_normalize(x: Tensor, epsilon: float) -> Tensor:
     """``x / sqrt(max(sum(x**2), epsilon))`` over all of ``x`` (TF's l2_normalize)."""
     return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x)), epsilon))
 
 
-def standardize_weight(kernel, axes=None, epsilon: float = 1e-6, gain=None):
+def standardize_weight(
+    kernel: Tensor, axes: Axis | None = None, epsilon: float = 1e-6, gain: Tensor | None = None
+) -> Tensor:
     """Weight standardization: zero mean, unit variance per output unit.
 
     Formula: for each output unit (each index of the axes not in ``axes``),
@@ -127,7 +131,9 @@ def standardize_weight(kernel, axes=None, epsilon: float = 1e-6, gain=None):
     return normalize(kernel, mean, var, gamma=gain, epsilon=epsilon)
 
 
-def weight_norm(kernel, g=None, axes=None, epsilon: float = 1e-12):
+def weight_norm(
+    kernel: Tensor, g: Tensor | None = None, axes: Axis | None = None, epsilon: float = 1e-12
+) -> Tensor:
     """Weight normalization: each output unit's weight vector scaled to norm ``g``.
 
     Formula: ``w = g * v / sqrt(max(sum(v**2 over axes), epsilon))``, the
@@ -166,7 +172,7 @@ def weight_norm(kernel, g=None, axes=None, epsilon: float = 1e-12):
     return ops.cast(v * scale, kernel.dtype)
 
 
-def _check_iterations(power_iterations, *, allow_zero: bool) -> int:
+def _check_iterations(power_iterations: object, *, allow_zero: bool) -> int:
     low = 0 if allow_zero else 1
     if (
         isinstance(power_iterations, bool)
@@ -185,7 +191,7 @@ def _check_iterations(power_iterations, *, allow_zero: bool) -> int:
     return int(power_iterations)
 
 
-def _matrix_and_u(kernel, u):
+def _matrix_and_u(kernel: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     kernel = ops.convert_to_tensor(kernel)
     if len(kernel.shape) < 2:
         raise ValueError(
@@ -215,7 +221,9 @@ def _matrix_and_u(kernel, u):
     return kernel, matrix, ops.reshape(ops.cast(u, dtype), (1, out))
 
 
-def power_iteration(matrix, u, iterations: int = 1, epsilon: float = 1e-12):
+def power_iteration(
+    matrix: Tensor, u: Tensor, iterations: int = 1, epsilon: float = 1e-12
+) -> tuple[Tensor, Tensor, Tensor]:
     """Estimates the top singular triplet of ``matrix`` by power iteration.
 
     Formula (``W`` of shape ``(n, m)``, ``u`` of shape ``(1, m)``, unit
@@ -266,7 +274,9 @@ def power_iteration(matrix, u, iterations: int = 1, epsilon: float = 1e-12):
     return u, v, sigma
 
 
-def spectral_norm(kernel, u, power_iterations: int = 1, epsilon: float = 1e-12):
+def spectral_norm(
+    kernel: Tensor, u: Tensor, power_iterations: int = 1, epsilon: float = 1e-12
+) -> tuple[Tensor, Tensor, Tensor]:
     """Spectral normalization: the kernel divided by its largest singular value.
 
     Formula: ``W`` is the kernel reshaped to ``(fan_in, out)``; ``sigma`` is

@@ -5,3 +5,5 @@
   normalization layer must pass (shapes, weights, config, serialization,
   training, mixed precision).
 """
+
+from __future__ import annotations

@@ -6,23 +6,23 @@ or a backend fast path) agrees with the float64 reference.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 
 
-def gradients(fn: Callable, args: Sequence[np.ndarray], cotangent: np.ndarray) -> list[np.ndarray]:
+def gradients(fn: Callable[..., Any], args: Sequence[np.ndarray], cotangent: np.ndarray) -> list[np.ndarray]:
     """Gradients of ``sum(fn(*args) * cotangent)`` w.r.t. every arg, as NumPy arrays."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
         import jax.numpy as jnp
 
-        def loss(*a):
+        def objective(*a: Any) -> Any:
             return jnp.sum(fn(*a).astype("float32") * cotangent)
 
-        grads = jax.grad(loss, argnums=tuple(range(len(args))))(*[jnp.asarray(a) for a in args])
+        grads = jax.grad(objective, argnums=tuple(range(len(args))))(*[jnp.asarray(a) for a in args])
         return [np.asarray(g) for g in grads]
     if backend == "tensorflow":
         import tensorflow as tf
@@ -41,7 +41,9 @@ def gradients(fn: Callable, args: Sequence[np.ndarray], cotangent: np.ndarray) -
     raise NotImplementedError(f"gradients() does not support the {backend!r} backend")
 
 
-def finite_differences(fn: Callable, args: Sequence[np.ndarray], cotangent: np.ndarray, step: float = 1e-6):
+def finite_differences(
+    fn: Callable[..., Any], args: Sequence[np.ndarray], cotangent: np.ndarray, step: float = 1e-6
+) -> list[np.ndarray]:
     """Central finite differences of ``sum(fn(*args) * cotangent)`` in float64."""
     args = [np.array(a, dtype=np.float64) for a in args]
     grads = []

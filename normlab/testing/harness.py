@@ -10,15 +10,18 @@ from __future__ import annotations
 import inspect
 import os
 import tempfile
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
+from normlab.types import Tensor
+
 BASE_LAYER_ARGS = {"name", "trainable", "dtype"}
 
 
-def constructor_args(cls) -> set[str]:
+def constructor_args(cls: type[keras.layers.Layer]) -> set[str]:
     """The named constructor arguments of a layer class (no ``**kwargs``)."""
     return {
         p.name
@@ -27,16 +30,16 @@ def constructor_args(cls) -> set[str]:
     }
 
 
-def _call(layer, x, training):
+def _call(layer: keras.layers.Layer, x: Tensor, training: bool) -> Tensor:
     if "training" in inspect.signature(layer.call).parameters:
         return layer(x, training=training)
     return layer(x)
 
 
 def run_layer_test(
-    layer_cls,
-    init_kwargs: dict,
-    input_shape: tuple,
+    layer_cls: type[keras.layers.Layer],
+    init_kwargs: dict[str, Any],
+    input_shape: tuple[int, ...],
     *,
     expected_trainable: int,
     expected_non_trainable: int = 0,
@@ -45,7 +48,7 @@ def run_layer_test(
     check_mixed_precision: bool = True,
     check_saving: bool = True,
     atol: float = 1e-5,
-):
+) -> keras.layers.Layer:
     """Runs the standard checks on ``layer_cls(**init_kwargs)``.
 
     Checks: output shape equals input shape (eagerly and symbolically);
@@ -99,7 +102,7 @@ def run_layer_test(
     missing = constructor_args(layer_cls) - set(config)
     assert not missing, f"get_config lacks constructor arguments: {sorted(missing)}"
 
-    def same_outputs(other, label):
+    def same_outputs(other: keras.layers.Layer, label: str) -> None:
         _call(other, x, training=False)  # build
         other.set_weights(layer.get_weights())
         out = ops.convert_to_numpy(_call(other, x, training=False))
