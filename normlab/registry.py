@@ -173,4 +173,4 @@ register("lrn", layers.LocalResponseNormalization, aliases=("local_response", "l
 register("weight_norm", layers.weight_norm.weight_normalization, aliases=("wn", "weightnorm"))
 register("spectral_norm", layers.spectral_norm.spectral_normalization, aliases=("sn", "spectralnorm"))
 register("weight_std", layers.std_conv.weight_standardization, aliases=("ws", "std_conv", "weight_standardization"))
-register("scaled_weight_std", layers.std_conv.scaled_weight_standardization, aliases=("sws", "scaled_std_conv"))
+register("scaled_weight_std", layers.scaled_std_conv.scaled_weight_standardization, aliases=("sws", "scaled_std_conv"))

@@ -11,15 +11,9 @@ from normlab.layers.instance_norm import InstanceNormalization
 from normlab.layers.layer_norm import LayerNormalization
 from normlab.layers.local_response_norm import LocalResponseNormalization
 from normlab.layers.rms_norm import RMSNormalization
+from normlab.layers.scaled_std_conv import ScaledStdConv1D, ScaledStdConv2D, ScaledStdConv3D
 from normlab.layers.spectral_norm import SpectralNormalization
-from normlab.layers.std_conv import (
-    ScaledStdConv1D,
-    ScaledStdConv2D,
-    ScaledStdConv3D,
-    StdConv1D,
-    StdConv2D,
-    StdConv3D,
-)
+from normlab.layers.std_conv import StdConv1D, StdConv2D, StdConv3D
 from normlab.layers.switchable_norm import SwitchableNormalization
 from normlab.layers.weight_norm import WeightNormalization
 

@@ -1,6 +1,7 @@
 """Running a Keras Dense/Conv layer with a derived kernel, the one mechanism
 behind the kernel-reparametrizing layers (StdConv, WeightNormalization,
-SpectralNormalization).
+SpectralNormalization), and the wrappers' shared mechanics (which layers
+they take, the scopes Keras runs them in).
 
 The layer's own ``call`` runs, with its kernel variable replaced for the
 duration of the call by a tensor computed from it (standardized,
@@ -24,11 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from contextlib import AbstractContextManager
 from typing import Any, Callable, Iterator, TypeVar
 
 import keras
 from keras import ops
 
+from normlab import _compat
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.types import Tensor
 
@@ -180,3 +183,33 @@ def call_with_kernel(
     if activation is not None:
         outputs = activation(outputs)
     return outputs
+
+
+def in_jax_stateless_call() -> bool:
+    """True inside a JAX ``stateless_call`` (e.g. ``fit``), where updates of
+    *trainable* variables made in the forward pass are discarded."""
+    if keras.backend.backend() != "jax":
+        return False
+    return _compat.in_stateless_scope()
+
+
+def in_shape_inference() -> bool:
+    """True while Keras runs a layer only to infer output shapes (symbolic tensors)."""
+    return _compat.in_symbolic_scope()
+
+
+def full_precision() -> AbstractContextManager[Any]:
+    """A scope where variables read and assign in their own dtype, not the compute dtype.
+
+    Under mixed precision Keras reads variables cast to float16 inside a
+    layer's call; the wrappers compute their statistics from the float32
+    variables, and on PyTorch an assignment made under that cast is lost.
+    """
+    return _compat.autocast_scope(None)
+
+
+def output_channel_axis(layer: keras.layers.Layer) -> int:
+    """The axis of ``layer``'s output that holds its output units."""
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return 1
+    return -1

@@ -1,5 +1,5 @@
-"""Weight-standardized convolutions: StdConv (Qiao et al., 2019) and
-ScaledStdConv (Brock et al., 2021).
+"""Weight-standardized convolutions: StdConv (Qiao et al., 2019); the scaled
+form, ScaledStdConv (Brock et al., 2021), is in :mod:`normlab.layers.scaled_std_conv`.
 
 These are not activation norms: they are drop-in subclasses of
 ``keras.layers.Conv1D/2D/3D`` that standardize their *kernel* over its
@@ -13,12 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import keras
-from keras import initializers
 
 from normlab.layers.derived_kernel import call_with_kernel, missing_layer
-from normlab.ops.validate import ArgumentTypeError, check_epsilon, error_message
+from normlab.ops.validate import check_epsilon, error_message
 from normlab.ops.weights import standardize_weight
-from normlab.types import Constraint, Initializer, Regularizer, Shape, Tensor
+from normlab.types import Constraint, Initializer, Regularizer, Tensor
 
 _NOT_CONV_ARGS = ("self", "__class__", "kwargs", "epsilon", "gamma", "gain_initializer")
 
@@ -84,81 +83,6 @@ class _WeightStandardization(_KerasConv):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
-class _ScaledWeightStandardization(_WeightStandardization):
-    """Mixin: standardized kernel times a learned gain and ``gamma / sqrt(fan_in)``."""
-
-    def __init__(
-        self,
-        filters: int,
-        kernel_size: int | Sequence[int],
-        strides: int | Sequence[int] = 1,
-        padding: str = "valid",
-        data_format: str | None = None,
-        dilation_rate: int | Sequence[int] = 1,
-        groups: int = 1,
-        activation: str | Callable[[Tensor], Tensor] | None = None,
-        use_bias: bool = True,
-        kernel_initializer: Initializer = "glorot_uniform",
-        bias_initializer: Initializer = "zeros",
-        kernel_regularizer: Regularizer = None,
-        bias_regularizer: Regularizer = None,
-        activity_regularizer: Regularizer = None,
-        kernel_constraint: Constraint = None,
-        bias_constraint: Constraint = None,
-        epsilon: float = 1e-6,
-        gamma: float = 1.0,
-        gain_initializer: Initializer = "ones",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**_conv_args(locals()), epsilon=epsilon, **kwargs)
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-            raise ArgumentTypeError(
-                error_message(
-                    "gamma",
-                    "a float (the fixed gain of the activation that follows)",
-                    f"gamma={gamma!r} of type {type(gamma).__name__}",
-                    "Pass gamma=1.0 for a linear layer, or the NF-Net gain of the activation "
-                    "(about 1.7139 for ReLU).",
-                )
-            )
-        self.gamma = float(gamma)
-        self.gain_initializer = initializers.get(gain_initializer)
-
-    def build(self, input_shape: Shape) -> None:
-        super().build(input_shape)
-        self.gain = self.add_weight(
-            name="gain", shape=(self.filters,), initializer=self.gain_initializer, trainable=True
-        )
-        fan_in = 1
-        for d in self._kernel.shape[:-1]:
-            fan_in *= int(d)
-        self.fan_in = fan_in
-
-    def _gain(self) -> Tensor:
-        return self.gain * (self.gamma * self.fan_in ** -0.5)
-
-    # Keras' convolutions save exactly [kernel, bias]; the gain follows them.
-    def _gain_key(self) -> str:
-        return str(2 if self.use_bias else 1)
-
-    def save_own_variables(self, store: dict[str, Any]) -> None:
-        super().save_own_variables(store)
-        if self.built:
-            store[self._gain_key()] = self.gain
-
-    def load_own_variables(self, store: dict[str, Any]) -> None:
-        super().load_own_variables(store)
-        if self.built:
-            self.gain.assign(store[self._gain_key()])
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "gamma": self.gamma,
-            "gain_initializer": initializers.serialize(self.gain_initializer),
-        }
-
-
 _STD_DOC_ARGS = """
     Args:
         filters: number of output channels.
@@ -181,12 +105,6 @@ _STD_DOC_ARGS = """
         epsilon: added to the kernel's variance. Default 1e-6 (timm's).{extra}
         **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``,
             ``lora_rank``, ``lora_alpha``)."""
-
-_SCALED_EXTRA = """
-        gamma: fixed gain of the activation that follows (NF-Nets pass e.g.
-            about 1.7139 for ReLU). Default 1.0.
-        gain_initializer: initializer of the learned per-channel gain.
-            Default "ones" (timm's ``gain_init=1.0``)."""
 
 
 def _doc(causal: str = "", extra: str = "") -> str:
@@ -292,86 +210,7 @@ class StdConv3D(_WeightStandardization, keras.layers.Conv3D):
     )
 
 
-_SCALED_FORMULA = """
-    For each output channel, the kernel's mean and variance are taken over
-    its fan-in, then scaled by a learned per-channel ``gain`` and the fixed
-    ``gamma / sqrt(fan_in)`` (timm's ``ScaledStdConv2d``):
-
-        w_hat = (w - mean) / sqrt(var + epsilon) * gain * gamma / sqrt(fan_in)
-        y = conv(x, w_hat) + bias
-
-    so that, for unit-variance inputs, outputs keep unit variance without
-    any activation normalization (Normalizer-Free networks).
-"""
-
-_SCALED_REFERENCE = """
-    Reference:
-        Brock, De, Smith & Simonyan, "Characterizing signal propagation to
-        close the performance gap in unnormalized ResNets", ICLR 2021.
-        https://arxiv.org/abs/2101.08692
-    """
-
-
-@keras.saving.register_keras_serializable(package="normlab")
-class ScaledStdConv1D(_ScaledWeightStandardization, keras.layers.Conv1D):
-    __doc__ = (
-        "1-D convolution with scaled weight standardization (NF-Nets).\n"
-        + _SCALED_FORMULA
-        + _doc(causal=' or "causal"', extra=_SCALED_EXTRA)
-        + """
-
-    Example:
-        >>> import numpy as np, normlab
-        >>> x = np.random.default_rng(0).normal(size=(2, 16, 3)).astype("float32")
-        >>> tuple(normlab.layers.ScaledStdConv1D(4, 3, padding="same")(x).shape)
-        (2, 16, 4)
-"""
-        + _SCALED_REFERENCE
-    )
-
-
-@keras.saving.register_keras_serializable(package="normlab")
-class ScaledStdConv2D(_ScaledWeightStandardization, keras.layers.Conv2D):
-    __doc__ = (
-        "2-D convolution with scaled weight standardization (NF-Nets, timm's ScaledStdConv2d).\n"
-        + _SCALED_FORMULA
-        + _doc(extra=_SCALED_EXTRA)
-        + """
-
-    Example:
-        >>> import keras, numpy as np, normlab
-        >>> x = np.random.default_rng(0).normal(size=(64, 8, 8, 16)).astype("float32")
-        >>> conv = normlab.layers.ScaledStdConv2D(32, 3, padding="same", use_bias=False)
-        >>> y = keras.ops.convert_to_numpy(conv(x))
-        >>> conv.fan_in, conv.count_params()          # 3 * 3 * 16; kernel + gain
-        (144, 4640)
-        >>> bool(abs(y[:, 2:-2, 2:-2].std() - 1.0) < 0.1)   # variance preserved
-        True
-"""
-        + _SCALED_REFERENCE
-    )
-
-
-@keras.saving.register_keras_serializable(package="normlab")
-class ScaledStdConv3D(_ScaledWeightStandardization, keras.layers.Conv3D):
-    __doc__ = (
-        "3-D convolution with scaled weight standardization (NF-Nets).\n"
-        + _SCALED_FORMULA
-        + _doc(extra=_SCALED_EXTRA)
-        + """
-
-    Example:
-        >>> import numpy as np, normlab
-        >>> x = np.random.default_rng(0).normal(size=(1, 4, 4, 4, 2)).astype("float32")
-        >>> tuple(normlab.layers.ScaledStdConv3D(3, 2)(x).shape)
-        (1, 3, 3, 3, 3)
-"""
-        + _SCALED_REFERENCE
-    )
-
-
 _STD_CONVS = {1: StdConv1D, 2: StdConv2D, 3: StdConv3D}
-_SCALED_STD_CONVS = {1: ScaledStdConv1D, 2: ScaledStdConv2D, 3: ScaledStdConv3D}
 
 
 def _replacement(
@@ -406,17 +245,3 @@ def weight_standardization(
     return _replacement("weight_std", layer, _STD_CONVS, epsilon=epsilon, **kwargs)
 
 
-def scaled_weight_standardization(
-    layer: keras.layers.Layer | None = None, epsilon: float = 1e-6, gamma: float = 1.0,
-    gain_initializer: Initializer = "ones", **kwargs: Any,
-) -> ScaledStdConv1D | ScaledStdConv2D | ScaledStdConv3D:
-    """Conv modifier, not an activation norm: the ScaledStdConv twin of the convolution given as ``layer=``.
-
-    Returns a new, unbuilt :class:`ScaledStdConv1D`/``2D``/``3D`` with
-    ``layer``'s configuration (weights are not copied); the registry's
-    factory for ``"scaled_weight_std"``.
-    """
-    return _replacement(
-        "scaled_weight_std", layer, _SCALED_STD_CONVS,
-        epsilon=epsilon, gamma=gamma, gain_initializer=gain_initializer, **kwargs,
-    )

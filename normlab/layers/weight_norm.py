@@ -25,19 +25,21 @@ Behaviour notes (details in the class docstring):
 from __future__ import annotations
 
 import warnings
-from contextlib import AbstractContextManager
 from typing import Any
 
 import keras
 from keras import ops
 
-from normlab import _compat
 from normlab.layers.derived_kernel import (
     KERNEL_LAYERS,
     call_with_kernel,
     check_wrapped_layer,
+    full_precision,
+    in_jax_stateless_call,
+    in_shape_inference,
     kernel_variable,
     missing_layer,
+    output_channel_axis,
     substituted,
 )
 from normlab.ops.moments import moments
@@ -53,42 +55,12 @@ DATA_INIT_EPSILON = 1e-10
 RNN_CELLS = (keras.layers.SimpleRNNCell, keras.layers.LSTMCell, keras.layers.GRUCell)
 
 
-def in_jax_stateless_call() -> bool:
-    """True inside a JAX ``stateless_call`` (e.g. ``fit``), where updates of
-    *trainable* variables made in the forward pass are discarded."""
-    if keras.backend.backend() != "jax":
-        return False
-    return _compat.in_stateless_scope()
-
-
-def in_shape_inference() -> bool:
-    """True while Keras runs a layer only to infer output shapes (symbolic tensors)."""
-    return _compat.in_symbolic_scope()
-
-
-def full_precision() -> AbstractContextManager[Any]:
-    """A scope where variables read and assign in their own dtype, not the compute dtype.
-
-    Under mixed precision Keras reads variables cast to float16 inside a
-    layer's call; the wrappers compute their statistics from the float32
-    variables, and on PyTorch an assignment made under that cast is lost.
-    """
-    return _compat.autocast_scope(None)
-
-
 def _concrete_bool(variable: keras.Variable) -> bool | None:
     """The variable's value as a Python bool, or None inside a traced function."""
     try:
         return bool(ops.convert_to_numpy(variable))
     except Exception:  # a symbolic value (tf.function, jax.jit): only known at run time
         return None
-
-
-def output_channel_axis(layer: keras.layers.Layer) -> int:
-    """The axis of ``layer``'s output that holds its output units."""
-    if getattr(layer, "data_format", "channels_last") == "channels_first":
-        return 1
-    return -1
 
 
 def _check_rnn_cell(layer: keras.layers.RNN) -> None:
