@@ -12,6 +12,19 @@ from normlab.ops.validate import check_epsilon, check_param
 from normlab.types import Axis, Tensor
 
 
+def feature_axes_arguments(
+    x: Tensor, axis: Axis, gamma: Tensor | None, beta: Tensor | None, epsilon: float
+) -> tuple[Tensor, list[int], list[int], float]:
+    """The validated arguments of a norm over feature axes with an elementwise
+    affine (layer norm, RMS norm): ``(x, axes, feature_shape, epsilon)``."""
+    x = ops.convert_to_tensor(x)
+    axes = canonicalize_axes(axis, len(x.shape))
+    feature_shape = known_dims(x.shape, axes, axis=axis)
+    check_param("gamma", gamma, feature_shape)
+    check_param("beta", beta, feature_shape)
+    return x, axes, feature_shape, check_epsilon(epsilon)
+
+
 def layer_norm(
     x: Tensor, axis: Axis = -1, *, gamma: Tensor | None = None, beta: Tensor | None = None, epsilon: float = 1e-3
 ) -> Tensor:
@@ -37,13 +50,8 @@ def layer_norm(
     Reference:
         Ba, Kiros & Hinton, "Layer Normalization", 2016. https://arxiv.org/abs/1607.06450
     """
-    x = ops.convert_to_tensor(x)
+    x, axes, feature_shape, epsilon = feature_axes_arguments(x, axis, gamma, beta, epsilon)
     ndim = len(x.shape)
-    axes = canonicalize_axes(axis, ndim)
-    feature_shape = known_dims(x.shape, axes, axis=axis)
-    epsilon = check_epsilon(epsilon)
-    check_param("gamma", gamma, feature_shape)
-    check_param("beta", beta, feature_shape)
 
     hook = backends.fast_path("layer_norm", epsilon=epsilon)
     if hook is not None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from keras import ops
-
-from normlab.ops.axes import canonicalize_axes, feature_param, known_dims
+from normlab.ops.axes import feature_param
+from normlab.ops.layer_norm import feature_axes_arguments
 from normlab.ops.moments import mean_square
 from normlab.ops.normalize import normalize
-from normlab.ops.validate import check_epsilon, check_param
 from normlab.types import Axis, Tensor
 
 
@@ -37,13 +35,8 @@ def rms_norm(
         Zhang & Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019.
         https://arxiv.org/abs/1910.07467
     """
-    x = ops.convert_to_tensor(x)
+    x, axes, feature_shape, epsilon = feature_axes_arguments(x, axis, gamma, beta, epsilon)
     ndim = len(x.shape)
-    axes = canonicalize_axes(axis, ndim)
-    feature_shape = known_dims(x.shape, axes, axis=axis)
-    epsilon = check_epsilon(epsilon)
-    check_param("gamma", gamma, feature_shape)
-    check_param("beta", beta, feature_shape)
     return normalize(
         x, 0.0, mean_square(x, axes), epsilon=epsilon,
         gamma=feature_param(gamma, ndim, axes, feature_shape),
