@@ -278,6 +278,11 @@ class WeightNormalization(keras.layers.Wrapper):
             if training:
                 self.initialized.assign(True)
             return
+        if self._init_seen:
+            # Known initialized (this process saw it, ran it or loaded the weights):
+            # nothing to trace either, so compiled and exported graphs carry no
+            # conditional (Keras' torch ops.cond is a Python `if` on a tensor).
+            return
         done = _concrete_bool(self.initialized)
         if done:  # eager and initialized: nothing to do
             self._init_seen = True

@@ -50,10 +50,13 @@ def local_response_norm(
     k = check_real("k", k, minimum=0.0, strict=True, example="1.0")
     dtype = stats_dtype(x.dtype)
     xs = ops.cast(x, dtype)
-    square = ops.moveaxis(ops.square(xs), a, -1)
+    last = a == ndim - 1  # no transpose at all for channels-last data (exporters keep identity ones)
+    square = ops.square(xs) if last else ops.moveaxis(ops.square(xs), a, -1)
     padded = ops.pad(square, [[0, 0]] * (ndim - 1) + [[size // 2, (size - 1) // 2]])
     total = padded[..., 0:channels]
     for j in range(1, size):
         total = total + padded[..., j:j + channels]
-    divisor = ops.power(k + (alpha / size) * total, beta)
-    return ops.cast(xs / ops.moveaxis(divisor, -1, a), x.dtype)
+    # divisor ** -beta as exp(-beta * log(divisor)) (divisor >= k > 0): every
+    # exporter has exp and log, not all a power with a broadcast exponent.
+    scale = ops.exp(-beta * ops.log(k + (alpha / size) * total))
+    return ops.cast(xs * (scale if last else ops.moveaxis(scale, -1, a)), x.dtype)

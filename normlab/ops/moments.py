@@ -35,6 +35,8 @@ from typing import Callable, Sequence
 from keras import ops
 from keras.backend import standardize_dtype
 
+from normlab.ops.axes import dims
+
 from normlab.types import DTypeLike, ReplicaSum, Tensor
 
 
@@ -208,7 +210,8 @@ def moments(
     """
     shift, mean, variance = shifted_moments(x, axes, mask=mask, replica_sum=replica_sum)
     mean = shift + mean
-    if not keepdims:
-        mean = ops.squeeze(mean, axis=list(axes))
-        variance = ops.squeeze(variance, axis=list(axes))
+    if not keepdims:  # a reshape: squeeze needs the reduced axes' static size 1
+        kept = [d for a, d in enumerate(dims(x)) if a not in axes]
+        mean = ops.reshape(mean, kept)
+        variance = ops.reshape(variance, kept)
     return mean, variance

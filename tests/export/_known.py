@@ -39,18 +39,6 @@ _EUCLIDEAN_NORM = (
     "variance as EuclideanNorm(x - shift)^2 (tf.math.reduce_euclidean_norm); EuclideanNorm is not a "
     "TFLite builtin op and tf2onnx has no ONNX rule for it. With NORMLAB_FAST_PATHS=0 the cell passes."
 )
-_WEIGHT_NORM_TF = (
-    "WeightNormalization(data_init=True) traces its data-dependent initialization as an ops.cond "
-    "branch; the branch calls normlab.ops.moments(..., keepdims=False), whose ops.squeeze over the "
-    "batch axis fails when the batch size is unknown (Keras' TensorFlow squeeze needs a static 1). "
-    "data_init=False, or wrapper.remove() before export, avoids it."
-)
-_WEIGHT_NORM_TORCH = (
-    "WeightNormalization(data_init=True) decides whether to initialize with ops.cond on its "
-    "`initialized` variable; Keras' torch cond is a Python `if` on a tensor, a data-dependent guard "
-    "that torch.export rejects. data_init=False, or wrapper.remove() before export, avoids it."
-)
-
 _POW_5D = (
     "The grouped statistics run on a 5-D view (N, H, W, G, C/G); litert_torch lowers ops.square there "
     "(aten.square) to tfl.pow, which the TFLite converter rejects on a 5-D tensor. x * x, or the "
@@ -71,17 +59,7 @@ KNOWN: dict[tuple[str, str, str], Known] = {
     ("tensorflow", "litert", "layer-3-axes"): Known(
         "tensorflow.lite.python.convert_phase.ConverterError",
         "'tf.EuclideanNorm' op is neither a custom op nor a flex op", _EUCLIDEAN_NORM),
-    **{
-        ("tensorflow", route, "weight_norm"): Known(
-            "builtins.ValueError", "Cannot squeeze axis=0, because the dimension is not 1.", _WEIGHT_NORM_TF)
-        for route in ("tf_saved_model", "onnx", "openvino", "litert")
-    },
     # JAX --------------------------------------------------------------------
-    ("jax", "onnx", "lrn"): Known(
-        "builtins.TypeError", "'_DimExpr' object cannot be interpreted as an integer",
-        "jax2onnx's rule for jnp.power (jax2onnx/plugins/jax/numpy/pow.py) broadcasts the shapes with "
-        "numpy.broadcast_shapes, which cannot take the symbolic batch size; normlab's "
-        "local_response_norm raises the window sum to the power beta with ops.power."),
     **{
         ("jax", "onnx+openvino", case): Known(
             "builtins.RuntimeError", "'then' and 'else' branches have to have the same number of outputs",
@@ -91,17 +69,7 @@ KNOWN: dict[tuple[str, str, str], Known] = {
             "NORMLAB_FAST_PATHS=0, or the export inside normlab.backends.disabled(), the cell passes.")
         for case in ("group", "instance", "layer", "layer-3-axes")
     },
-    ("jax", "onnx+openvino", "lrn"): Known(
-        "builtins.TypeError", "'_DimExpr' object cannot be interpreted as an integer",
-        "As in the JAX onnx cell: jax2onnx's jnp.power rule cannot take the symbolic batch size."),
     # PyTorch ----------------------------------------------------------------
-    ("torch", "torch", "weight_norm"): Known(
-        "builtins.RuntimeError", "Failed to export model to PyTorch format", _WEIGHT_NORM_TORCH),
-    ("torch", "torch.export", "weight_norm"): Known(
-        "torch.fx.experimental.symbolic_shapes.GuardOnDataDependentSymNode",
-        "The error above occurred when calling torch.export.export", _WEIGHT_NORM_TORCH),
-    ("torch", "litert", "weight_norm"): Known(
-        "builtins.RuntimeError", "The error above occurred when calling torch.export.export", _WEIGHT_NORM_TORCH),
     ("torch", "litert", "group"): Known(
         "builtins.RuntimeError", "failed to legalize operation 'tfl.pow' that was explicitly marked illegal", _POW_5D),
     ("torch", "litert", "evonorm_s0"): Known(
@@ -118,15 +86,7 @@ ROUTE_FAILURES: dict[tuple[str, str], Known] = {
         "export to ONNX and read that with OpenVINO."),
 }
 
-EXPORTED_ALONE: dict[tuple[str, str], dict[str, str]] = {
-    ("torch", "onnx"): {
-        "weight_norm": (
-            "torch.onnx's dynamo exporter cannot export it (as torch.export, next columns), so Keras falls "
-            "back to the TorchScript exporter, which can. In a model that also holds LocalResponseNormalization, "
-            "that fallback fails: there the layer's moveaxis(-1, -1) becomes an ONNX Transpose with perm "
-            "[0, 1, 2, -1], which onnxruntime rejects."),
-    },
-}
+EXPORTED_ALONE: dict[tuple[str, str], dict[str, str]] = {}
 
 
 def known(backend: str, route: str, case: str) -> Known | None:
