@@ -6,16 +6,32 @@ with already-validated arguments; the hook either returns the result or
 returns ``None`` to decline (a layout, dtype or axis it cannot serve
 exactly), in which case the general path runs. Hooks never validate user
 input and never change results beyond float rounding: each has a parity
-test against the general path.
+test against the general path (``tests/backends``).
 
-Hook contract (all axes non-negative, groups already resolved, ``gamma`` and
-``beta`` either None or 1-D of the feature size):
+Hook contract (arguments after ``x`` keyword-only, all axes non-negative,
+groups already resolved, ``gamma`` and ``beta`` either None or 1-D of the
+feature size):
 
 * ``group_norm(x, *, groups, axis, gamma, beta, epsilon) -> y | None``
 * ``layer_norm(x, *, axes, gamma, beta, epsilon) -> y | None``
   (``gamma``/``beta`` have the shape of ``x`` at ``axes``)
+* ``rms_norm(x, *, axes, gamma, beta, epsilon) -> y | None``
+  (``y = x * rsqrt(mean(x^2 over axes) + epsilon) * gamma + beta``; the
+  torch hook serves CUDA tensors only, with Triton)
 * ``batch_norm_train(x, *, axis, gamma, beta, epsilon) -> (y, mean, variance) | None``
   (``mean``/``variance`` of shape ``(C,)``, biased variance, float32 at least)
+
+Whether a hook serves an input depends only on what is known before any
+data is read (backend, dtype, shape, layout, whether a compiler or exporter
+is tracing), never on a tensor's value: a hook reads nothing on the host
+(no ``.item()``, ``bool(tensor)``, ``float(tensor)``, ``.tolist()``, no
+Python branch on data), in its forward and its backward, so it costs no
+device sync and no data-dependent guard under ``torch.compile``, and traces
+under ``jax.jit`` and ``tf.function``. Exactness is decided inside the graph
+(``lax.cond``/``tf.cond``) or needs no decision (a shift that bounds every
+kernel's error). The numerics policy, with its bounds and why each
+backend's statistics are exact, is :mod:`normlab.backends.policy`;
+``tests/backends/test_no_host_sync.py`` and ``tests/compile`` enforce it.
 
 Fast paths can be switched off with the environment variable
 ``NORMLAB_FAST_PATHS=0`` or, for a block of code, with :func:`disabled`.
@@ -73,3 +89,11 @@ def fast_path(op: str, *, epsilon: float):
         return None
     module = _backend_module(keras.backend.backend())
     return getattr(module, op, None) if module is not None else None
+
+
+# The current backend's hooks are imported with the package, not on the first
+# fast_path() call: that call may be traced, and torch.compile cannot trace an
+# import (a graph break inside the layer's call, which split Keras' compiled
+# train step so that inductor failed on a symbolic stride: "cannot determine
+# truth value of Relational: 1 < s69" with a final partial batch).
+_backend_module(keras.backend.backend())

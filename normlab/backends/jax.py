@@ -8,10 +8,13 @@ scaling); what changes is how XLA sees them:
   reading ``x`` (no centered copy), kept only where each slice's offset is
   within its spread and they are as exact as the two-pass formula;
   otherwise they are recomputed relative to a sample element of each
-  slice (:func:`_stats`, :func:`_shifted_stats`). The shift is never a
-  computed mean: XLA's CPU code generator contracts ``x - s * (1/n)`` into
-  a fused multiply-add in some fusions and not in others, which at an
-  offset of 1e4 shifts one fusion's residuals against another's by 1e-3.
+  slice, with an exact second pass where that sample is an outlier, all
+  decided by ``lax.cond`` in the graph (:func:`normlab.backends.policy.stats`,
+  shared with TensorFlow; the bounds and why they are exact are there).
+  The shift is never a computed mean: XLA's CPU code generator contracts
+  ``x - s * (1/n)`` into a fused multiply-add in some fusions and not in
+  others, which at an offset of 1e4 shifts one fusion's residuals against
+  another's by 1e-3.
 
 * Group and batch statistics are reduced per channel on a free reshape of
   the input to ``(N, P, C)`` (channels-last), ``(N, C, Q)``
@@ -40,16 +43,9 @@ import jax
 import jax.numpy as jnp
 from keras import ops
 
+from normlab.backends import policy
+
 _FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
-
-#: Plain one-pass moments are kept while ``E[x]^2 <= var + epsilon``.
-_MAX_RAW_RATIO = 1.0
-
-#: A slice's sample shift is kept for a one-pass variance while
-#: ``(mean - shift)^2 <= _MAX_SHIFT_RATIO * (var + epsilon)``: the relative
-#: error of ``E[d^2] - E[d]^2`` is then within 17 roundings.
-_MAX_SHIFT_RATIO = 16.0
-
 
 def _compute_dtype(dtype):
     return jnp.float64 if dtype == jnp.float64 else jnp.float32
@@ -77,6 +73,22 @@ def _usable(x) -> bool:
     return hasattr(x, "dtype") and x.dtype in _FLOATS and x.ndim >= 2 and x.size > 0 and not _varying(x)
 
 
+#: The array primitives of :func:`normlab.backends.policy.stats`.
+_XP = policy.ArrayOps(
+    maximum=jnp.maximum, all=jnp.all, any=jnp.any, isfinite=jnp.isfinite, cond=jax.lax.cond,
+    stop_gradient=jax.lax.stop_gradient, zeros_like=jnp.zeros_like, rsqrt=jax.lax.rsqrt,
+)
+
+
+def _stats(xf, *, sample, reduce, count, epsilon) -> policy.Stats:
+    """:func:`normlab.backends.policy.stats` with XLA's fused reductions:
+    the plain moments where every slice's offset is within its spread, else
+    moments about a sample of each slice (and an exact second pass where
+    that sample is an outlier), decided by ``lax.cond``."""
+    return policy.stats(xf, sample=sample, sums=lambda t: (reduce(t), reduce(t * t)), reduce=reduce,
+                        count=count, epsilon=epsilon, xp=_XP)
+
+
 # --------------------------------------------------------------------------
 # Channel statistics: group norm (per sample) and batch norm (per batch).
 # The input is viewed as (N, P, C, Q) (P the axes before the channel axis, Q
@@ -85,59 +97,6 @@ def _usable(x) -> bool:
 # memory speed, but a 4-D view with a size-1 axis several times slower (on
 # (8, 3136, 256, 1), summing over axes (1, 3) takes 5x as long as over axis 1
 # of (8, 3136, 256)). Statistics have the view's rank, with N or 1 and C kept.
-
-
-def _shifted_stats(xf, shift, reduce, count, epsilon):
-    """Mean (relative to ``shift``), variance and rstd of ``xf``.
-
-    ``shift`` is an element of each slice, so ``xf - shift`` is formed
-    without rounding at the scale of an offset, and no product ever feeds
-    that subtraction: XLA's CPU code generator contracts ``x - s * (1/n)``
-    into a fused multiply-add in some fusions and not in others, which at
-    an offset of 1e4 shifts the residuals of one fusion against another's
-    by an ulp of the offset. One pass gives ``sum(d)`` and ``sum(d^2)``;
-    where the sample lies more than four standard deviations from its
-    slice's mean (``sum(d^2)`` would then cancel), a second pass computes
-    the variance around the mean exactly.
-    """
-    d = xf - shift
-    mean = reduce(d) / count
-    var = jnp.maximum(reduce(d * d) / count - mean * mean, 0.0)
-    far = jnp.any(mean * mean > _MAX_SHIFT_RATIO * (var + epsilon))
-
-    def two_pass():  # recomputes d: a branch's captured operands are materialized
-        r = (xf - shift) - mean
-        return reduce(r * r) / count
-
-    var = jax.lax.cond(far, two_pass, lambda: var)
-    return mean, var
-
-
-def _stats(xf, sample, reduce, count, epsilon):
-    """``(shift, mean, var, rstd)`` of ``xf``, ``mean`` relative to ``shift``.
-
-    First the plain one-pass moments ``E[x]``, ``E[x^2]`` (two reductions
-    XLA fuses into reading ``x`` once each, as Keras' own moments do), kept
-    only if every slice has ``E[x]^2 <= var + epsilon`` and all is finite:
-    their relative error is then within a few roundings of the two-pass
-    formula's. Otherwise (an offset larger than the spread) the statistics
-    are recomputed relative to a sample of each slice (``sample()``), see
-    :func:`_shifted_stats`; the apply step subtracts ``shift`` first.
-    """
-    mean0 = reduce(xf) / count
-    var0 = jnp.maximum(reduce(xf * xf) / count - mean0 * mean0, 0.0)
-    ok = jnp.all(mean0 * mean0 <= _MAX_RAW_RATIO * (var0 + epsilon)) & jnp.all(jnp.isfinite(var0))
-
-    def raw():
-        return jnp.zeros_like(mean0), mean0, var0
-
-    def shifted():
-        shift = jax.lax.stop_gradient(sample())
-        mean, var = _shifted_stats(xf, shift, reduce, count, epsilon)
-        return shift, mean, var
-
-    shift, mean, var = jax.lax.cond(ok, raw, shifted)
-    return shift, mean, var, jax.lax.rsqrt(var + epsilon)
 
 
 def _channel_view(x, axis):
@@ -196,7 +155,7 @@ def _channel_stats(xf, ca, batch, groups, epsilon):
         return jnp.broadcast_to(first, (n, g, c // g)).reshape(
             (n,) + _param_shape(xf.ndim, ca, c)[1:])
 
-    return _stats(xf, sample, reduce, count, epsilon)
+    return _stats(xf, sample=sample, reduce=reduce, count=count, epsilon=epsilon)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
@@ -209,7 +168,7 @@ def _channel_norm_fwd(xv, gamma, beta, ca, batch, groups, epsilon):
     c = xv.shape[ca]
     pshape = _param_shape(xv.ndim, ca, c)
     xf = xv.astype(compute)
-    shift, mean, var, rstd = _channel_stats(xf, ca, batch, groups, epsilon)
+    shift, mean, var, rstd, _ = _channel_stats(xf, ca, batch, groups, epsilon)
     scale = rstd if gamma is None else rstd * gamma.astype(compute).reshape(pshape)
     y = ((xf - shift) - mean) * scale
     if beta is not None:
@@ -282,10 +241,9 @@ def _ln_stats(xf, axes, epsilon):
         index = tuple(slice(0, 1) if i in axes else slice(None) for i in range(xf.ndim))
         return xf[index]
 
-    shift, mean, _, rstd = _stats(
-        xf, sample, lambda t: jnp.sum(t, axis=axes, keepdims=True), count, epsilon
-    )
-    return shift, mean, rstd
+    stats = _stats(xf, sample=sample, reduce=lambda t: jnp.sum(t, axis=axes, keepdims=True),
+                   count=count, epsilon=epsilon)
+    return stats.shift, stats.mean, stats.rstd
 
 
 def _ln_param_shape(shape, axes):

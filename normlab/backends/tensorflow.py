@@ -10,7 +10,9 @@ The same formulation as the JAX fast paths (see ``normlab/backends/jax.py``):
   within its spread, else taken relative to a sample of each slice (an
   element of the data, so no product feeds ``x - shift``), with a second,
   exact pass only where the sample lies more than four standard
-  deviations from its slice's mean;
+  deviations from its slice's mean, all decided by ``tf.cond`` in the graph
+  (:func:`normlab.backends.policy.stats`, shared with JAX; the bounds and why
+  they are exact are there);
 * the backward is the closed form
   ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, ``g = dy * gamma``,
   from the saved input and per-slice statistics; where the plain moments were
@@ -22,7 +24,8 @@ Outside XLA (eager, ``tf.function``) TensorFlow runs op by op, and every
 full-size operation is a pass over memory; there the per-channel sums of a
 3-D view are products with a ones vector (2x faster than its reduction over
 a middle axis), and layer norm over trailing axes runs on a ``(rows, k)``
-view with fewer passes (:func:`_layer_norm_rows_fn`), which also serves XLA.
+view with fewer passes (:mod:`normlab.backends.tensorflow_layer_norm`), which
+also serves XLA.
 
 Channels-last batch norm instead runs TensorFlow's fused NHWC kernel
 (``FusedBatchNormV3`` and its gradient) on data centered by a sample row.
@@ -37,107 +40,9 @@ from __future__ import annotations
 import math
 
 import tensorflow as tf
-from keras import ops
 
-_FLOATS = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
-
-#: See ``normlab.backends.jax``.
-_MAX_RAW_RATIO = 1.0
-_MAX_SHIFT_RATIO = 16.0
-
-
-def _compute_dtype(dtype):
-    return tf.float64 if dtype == tf.float64 else tf.float32
-
-
-def _param(param):
-    if param is None:
-        return None
-    return tf.convert_to_tensor(ops.convert_to_tensor(param))
-
-
-def _usable(x) -> bool:
-    if not isinstance(x, (tf.Tensor, tf.Variable)) or x.dtype not in _FLOATS:
-        return False
-    shape = x.shape
-    if shape.rank is None or shape.rank < 2:
-        return False
-    if any(d is None for d in shape[1:]):
-        return False
-    return shape[0] is None or shape.num_elements() > 0
-
-
-def _unpack(args, has_gamma, has_beta):
-    """``(x, gamma, beta, compute dtype, x in it)`` from a custom-gradient
-    function's positional arguments (``gamma``/``beta`` passed only if present)."""
-    x = args[0]
-    gamma = args[1] if has_gamma else None
-    beta = args[1 + has_gamma] if has_beta else None
-    compute = _compute_dtype(x.dtype)
-    return x, gamma, beta, compute, tf.cast(x, compute)
-
-
-def _in_xla() -> bool:
-    """Whether the ops being built will be compiled by XLA (``jit_compile=True``)."""
-    if tf.executing_eagerly():
-        return False
-    try:
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # a private module: assume XLA (the portable formulation)
-        return True
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-
-
-def _shifted_stats(xf, shift, reduce, count, epsilon, sums=None):
-    """Mean relative to ``shift``, variance and rstd (see the module doc)."""
-    sums = sums or (lambda t: (reduce(t), reduce(t * t)))
-    d = xf - shift
-    total, squares = sums(d)
-    mean = total / count
-    var = tf.maximum(squares / count - mean * mean, 0.0)
-    far = tf.reduce_any(mean * mean > _MAX_SHIFT_RATIO * (var + epsilon))
-
-    def two_pass():  # recomputes d: a branch's captured operands are materialized
-        r = (xf - shift) - mean
-        return reduce(r * r) / count
-
-    var = tf.cond(far, two_pass, lambda: var)
-    return mean, var
-
-
-def _stats(xf, sample, reduce, count, epsilon, sums=None):
-    """``(shift, mean, var, rstd)``: plain one-pass moments where each
-    slice's offset is within its spread, else statistics relative to a
-    sample of each slice (see ``normlab.backends.jax._stats``).
-    ``sums(t)`` gives ``(reduce(t), reduce(t * t))`` unless given."""
-    sums = sums or (lambda t: (reduce(t), reduce(t * t)))
-    total, squares = sums(xf)
-    mean0 = total / count
-    var0 = tf.maximum(squares / count - mean0 * mean0, 0.0)
-    ok = tf.reduce_all(mean0 * mean0 <= _MAX_RAW_RATIO * (var0 + epsilon)) & tf.reduce_all(
-        tf.math.is_finite(var0)
-    )
-
-    def raw():
-        return tf.zeros_like(mean0), mean0, var0
-
-    def shifted():
-        shift = tf.stop_gradient(sample())
-        mean, var = _shifted_stats(xf, shift, reduce, count, epsilon, sums)
-        return shift, mean, var
-
-    shift, mean, var = tf.cond(ok, raw, shifted)
-    return shift, mean, var, tf.math.rsqrt(var + epsilon), ok
-
-
-def _apply(xf, ok, shift, mean, scale, beta):
-    """``(x - shift - mean) * scale + beta`` in two full-size operations
-    (each one a pass over memory outside XLA): ``x * scale + offset`` where
-    the plain moments were kept (``|mean| <= std``: Keras' own form, exact
-    there), ``(x - shift) * scale + offset`` otherwise."""
-    offset = -mean * scale if beta is None else beta - mean * scale
-    return tf.cond(ok, lambda: xf * scale + offset, lambda: (xf - shift) * scale + offset)
-
+from normlab.backends.tensorflow_layer_norm import layer_norm  # noqa: F401 (a hook)
+from normlab.backends.tensorflow_stats import compute_dtype, in_xla, normalize, param, stats, unpack, usable
 
 # --------------------------------------------------------------------------
 # Channel statistics: group norm (per sample) and batch norm (per batch).
@@ -167,7 +72,7 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca):
 
     def channel_sum(t):
         """Per (sample and) channel sums, keeping the view's rank."""
-        if rank == 3 and not _in_xla():
+        if rank == 3 and not in_xla():
             # Outside XLA a product with a ones vector sums a 3-D view 2x
             # faster than TensorFlow's reduction over its middle axis.
             if ca == 2:  # (N, P, C): ones (1, 1, P) @ t, broadcast over N
@@ -183,7 +88,7 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca):
 
     @tf.custom_gradient
     def fn(*args):
-        xv, gamma, beta, compute, xf = _unpack(args, has_gamma, has_beta)
+        xv, gamma, beta, compute, xf = unpack(args, has_gamma, has_beta)
         n = tf.shape(xv)[0]
         count = rest * per * (tf.cast(n, compute) if batch else 1.0)
 
@@ -196,11 +101,11 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca):
             first = tf.broadcast_to(first, [n, c // per, per])
             return tf.reshape(first, [n] + pshape[1:])
 
-        shift, mean, var, rstd, ok = _stats(xf, sample, reduce, count, epsilon)
+        shift, mean, var, rstd, ok = stats(xf, sample=sample, reduce=reduce, count=count, epsilon=epsilon)
         gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
         scale = rstd if gam is None else rstd * gam
         bet = None if beta is None else tf.reshape(tf.cast(beta, compute), pshape)
-        y = tf.cast(_apply(xf, ok, shift, mean, scale, bet), xv.dtype)
+        y = tf.cast(normalize(xf, ok, shift, mean, scale, bet), xv.dtype)
         outputs = (y, tf.reshape(shift + mean, [c]), tf.reshape(var, [c])) if batch else y
 
         def grad(*upstream):
@@ -263,9 +168,9 @@ def _channel_norm(x, axis, gamma, beta, batch, groups, epsilon):
 
 
 def group_norm(x, *, groups, axis, gamma, beta, epsilon):
-    if not _usable(x):
+    if not usable(x):
         return None
-    y = _channel_norm(x, axis, _param(gamma), _param(beta), False, int(groups), epsilon)
+    y = _channel_norm(x, axis, param(gamma), param(beta), False, int(groups), epsilon)
     return tf.reshape(y, tf.shape(x))
 
 
@@ -281,7 +186,7 @@ def _fused_batch_norm(x, gamma, beta, epsilon):
     registered gradient), on data centered by a sample row: the result does
     not depend on that shift, and the kernel then never sees an offset."""
     c = x.shape[-1]
-    compute = _compute_dtype(x.dtype)
+    compute = compute_dtype(x.dtype)
     x2 = tf.cast(tf.reshape(x, [1, -1, 1, c]), compute)
     shift = tf.stop_gradient(x2[:, :1])
     ones = tf.ones([c], compute)
@@ -298,9 +203,9 @@ def _fused_batch_norm(x, gamma, beta, epsilon):
 
 
 def batch_norm_train(x, *, axis, gamma, beta, epsilon):
-    if not _usable(x):
+    if not usable(x):
         return None
-    gamma, beta = _param(gamma), _param(beta)
+    gamma, beta = param(gamma), param(beta)
     count = x.shape.num_elements() // x.shape[axis] if x.shape[0] is not None else None
     if (
         axis == x.shape.rank - 1
@@ -312,163 +217,3 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
         return _fused_batch_norm(x, gamma, beta, epsilon)
     y, mean, var = _channel_norm(x, axis, gamma, beta, True, None, epsilon)
     return tf.reshape(y, tf.shape(x)), mean, var
-
-
-# --------------------------------------------------------------------------
-# Layer norm: statistics over arbitrary feature axes, elementwise affine.
-
-
-def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape):
-    ndim = len(shape)
-    pshape = [shape[i] if i in axes else 1 for i in range(ndim)]
-    others = [i for i in range(ndim) if i not in axes]
-    count = float(math.prod(shape[a] for a in axes))
-    sample = tuple(slice(0, 1) if i in axes else slice(None) for i in range(ndim))
-
-    def reduce(t):
-        return tf.reduce_sum(t, axis=list(axes), keepdims=True)
-
-    @tf.custom_gradient
-    def fn(*args):
-        x, gamma, beta, compute, xf = _unpack(args, has_gamma, has_beta)
-        shift, mean, _, rstd, ok = _stats(xf, lambda: xf[sample], reduce, count, epsilon)
-        gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
-        scale = rstd if gam is None else rstd * gam
-        bet = None if beta is None else tf.reshape(tf.cast(beta, compute), pshape)
-        y = _apply(xf, ok, shift, mean, scale, bet)
-
-        def grad(dy):
-            g = tf.cast(dy, compute)
-            xc = (xf - shift) - mean
-            gg = g if gam is None else g * gam
-            big_a = reduce(gg)
-            big_b = reduce(gg * xc)
-            dx = gg * rstd - (rstd * big_a + xc * (rstd * rstd * rstd) * big_b) / count
-            grads = [tf.cast(dx, x.dtype)]
-            if gamma is not None:
-                dgamma = tf.reduce_sum(g * xc * rstd, axis=others)
-                grads.append(tf.cast(tf.reshape(dgamma, tf.shape(gamma)), gamma.dtype))
-            if beta is not None:
-                dbeta = tf.reduce_sum(g, axis=others)
-                grads.append(tf.cast(tf.reshape(dbeta, tf.shape(beta)), beta.dtype))
-            return grads
-
-        return tf.cast(y, x.dtype), grad
-
-    return fn
-
-
-def _affine_columns(t, gamma, beta):
-    """``t * gamma + beta`` per column of a 2-D ``t``, in one pass: the
-    inference form of TensorFlow's fused batch-norm kernel (mean 0,
-    variance 1, epsilon 0) on ``t`` viewed as ``(rows, 1, 1, columns)``.
-    Separate multiply and add kernels would each be a pass over memory."""
-    k = t.shape[-1]
-    ones, zeros = tf.ones([k], t.dtype), tf.zeros([k], t.dtype)
-    y = tf.raw_ops.FusedBatchNormV3(
-        x=tf.reshape(t, [-1, 1, 1, k]), scale=ones if gamma is None else gamma,
-        offset=zeros if beta is None else beta, mean=zeros, variance=ones, epsilon=0.0,
-        is_training=False)[0]
-    return tf.reshape(y, tf.shape(t))
-
-
-def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla):
-    """Layer norm of the rows of a 2-D ``(rows, k)`` view.
-
-    Outside XLA (eager, ``tf.function``) TensorFlow runs op by op and every
-    full-size operation is a pass over memory: six of them here, forward
-    and backward, instead of twenty. Under XLA, its CPU reduction of a
-    fused ``x * x`` runs at a quarter of the speed of a plain ``sum(x)``,
-    but a matrix-vector product with the same producer at full speed.
-
-    * ``sum(x)`` and ``sum(x^2)`` per row: outside XLA a reduction and
-      ``EuclideanNorm(x)^2`` (no squared copy of ``x``); under XLA one
-      product ``stack([x, x * x]) @ ones``, which reads ``x`` once.
-    * The apply step is ``x * rstd - mean * rstd`` per row, then ``gamma``
-      and ``beta`` per column, outside XLA in one fused-kernel pass
-      (:func:`_affine_columns`).
-    * The backward forms ``dy * x`` once, and every row and column sum it
-      needs (``sum(dy * gamma)``, ``sum(dy * x * gamma)`` per row;
-      ``dgamma``, ``dbeta`` per column) as a matrix-vector product or a
-      reduction of ``dy`` or ``dy * x``; ``dx`` is then
-      ``(dy * gamma) * rstd + x * k_x + k_0``.
-
-    Where the plain moments are not kept (an offset beyond the spread) the
-    same steps run on ``x - shift``, and the backward on the centered
-    ``x - shift - mean``, as in the general formulation.
-    """
-
-    def reduce(t):
-        return tf.reduce_sum(t, axis=1, keepdims=True)
-
-    def sums(t):
-        if xla:  # XLA has no EuclideanNorm
-            both = tf.linalg.matvec(tf.stack([t, t * t], axis=1), tf.ones([k], t.dtype))
-            return both[:, :1], both[:, 1:]
-        return reduce(t), tf.square(tf.math.reduce_euclidean_norm(t, axis=1, keepdims=True))
-
-    @tf.custom_gradient
-    def fn(*args):
-        x, gamma, beta, compute, xf = _unpack(args, has_gamma, has_beta)
-        shift, mean, _, rstd, ok = _stats(xf, lambda: xf[:, :1], reduce, float(k), epsilon, sums)
-        gam = None if gamma is None else tf.cast(gamma, compute)
-        bet = None if beta is None else tf.cast(beta, compute)
-        offset = -mean * rstd
-        t = tf.cond(ok, lambda: xf * rstd + offset, lambda: (xf - shift) * rstd + offset)
-        if gam is None and bet is None:
-            y = t
-        elif compute == tf.float32 and not xla:
-            y = _affine_columns(t, gam, bet)
-        else:  # the fused kernel has no float64
-            y = t if gam is None else t * gam
-            y = y if bet is None else y + bet
-
-        def grad(dy):
-            g = tf.cast(dy, compute)
-            r, m = tf.reshape(rstd, [-1]), tf.reshape(mean, [-1])
-
-            def terms(xr, mr):
-                # xr: x, or x centered as the forward pass did; mr its mean
-                # (0 once centered). sum(g * gamma * (x - mean)) per row is
-                # sum(g * gamma * xr) - mr * sum(g * gamma).
-                gx = g * xr
-                rows = (lambda t: tf.linalg.matvec(t, gam)) if gam is not None else (
-                    lambda t: tf.reduce_sum(t, axis=1))
-                big_a = rows(g)
-                big_b = rows(gx) - mr * big_a
-                dgamma = tf.linalg.matvec(gx, r, transpose_a=True) - tf.linalg.matvec(
-                    g, mr * r, transpose_a=True)
-                k_x = -(r * r * r) * big_b / k
-                k_0 = -r * big_a / k - k_x * mr
-                gg = g if gam is None else g * gam
-                dx = gg * r[:, None] + (xr * k_x[:, None] + k_0[:, None])
-                return dx, dgamma
-
-            dx, dgamma = tf.cond(ok, lambda: terms(xf, m),
-                                 lambda: terms((xf - shift) - mean, tf.zeros_like(m)))
-            grads = [tf.cast(dx, x.dtype)]
-            if gamma is not None:
-                grads.append(tf.cast(dgamma, gamma.dtype))
-            if beta is not None:
-                grads.append(tf.cast(tf.reduce_sum(g, axis=0), beta.dtype))
-            return grads
-
-        return tf.cast(y, x.dtype), grad
-
-    return fn
-
-
-def layer_norm(x, *, axes, gamma, beta, epsilon):
-    if not _usable(x):
-        return None
-    gamma, beta = _param(gamma), _param(beta)
-    axes = tuple(int(a) for a in axes)
-    args = [t for t in (gamma, beta) if t is not None]
-    k = len(axes)
-    if axes == tuple(range(x.shape.rank - k, x.shape.rank)):
-        width = math.prod(x.shape[x.shape.rank - k:])
-        fn = _layer_norm_rows_fn(float(epsilon), gamma is not None, beta is not None, width, _in_xla())
-        flat = [tf.reshape(t, [width]) for t in args]
-        return tf.reshape(fn(tf.reshape(x, [-1, width]), *flat), tf.shape(x))
-    fn = _layer_norm_fn(axes, float(epsilon), gamma is not None, beta is not None, tuple(x.shape))
-    return fn(*([x] + args))

@@ -1,5 +1,6 @@
-"""PyTorch fast paths: ATen's fused normalization kernels, used only where
-their result is exact to float rounding.
+"""PyTorch fast paths: ATen's fused normalization kernels, fed data centered
+by a per-slice subsample mean so that their result is exact to float
+rounding, with no decision on the host.
 
 ATen on CPU (measured; see ``benchmarks/README.md``):
 
@@ -13,16 +14,26 @@ ATen on CPU (measured; see ``benchmarks/README.md``):
   alike: their statistics are fine or nearly so, but the apply step
   ``x * a + b`` and the backward round at the scale of the offset.
 
-All of these errors grow like ``eps * (1 + mean^2 / (var + epsilon))``
-(relative), and the kernels return ``mean`` and ``rstd``: each hook runs
-the kernel once, and keeps the result only where ``(mean * rstd)^2 <= 1``
-for every slice (the offset no larger than the spread, where the kernel's
-error is that of the two-pass formula, measured within 1e-6 relative).
-Otherwise it subtracts an accurate per-slice mean (a plain ``torch.sum``,
-without gradient: the result does not depend on a per-slice shift) and runs
-the kernel again on the centered data, where the check then holds; if it
-still fails (NaN or inf inputs) the hook declines and the general path
-runs.
+All of these errors grow like ``eps * (1 + r)``, ``r = (mean * rstd)^2`` the
+offset ratio of the data the kernel sees (:mod:`normlab.backends.policy`).
+Each hook therefore hands the kernel ``x - shift``, ``shift`` the mean of a
+subsample of at least ``1 / MAX_SHIFT_RATIO`` of each slice (every 16th
+position of channels-last data, the first 16th of each channel's or row's
+contiguous positions otherwise; no gradient flows through it): by
+Cauchy-Schwarz ``r <= MAX_SHIFT_RATIO`` for every input, outliers included,
+so no kernel result ever needs checking. Nothing reads a tensor's value on
+the host: no device sync on a GPU, no data-dependent guard for a compiler.
+
+CUDA tensors go first to the fused Triton kernels of
+:mod:`normlab.backends.triton` (channels-last group and instance norm,
+layer and RMS norm over trailing axes), where Triton is installed; what they
+decline falls through to ATen as on the CPU.
+
+Under ``torch.compile``, ``torch.export``/ONNX export and TorchScript
+tracing the hooks decline (:func:`_traced`): the tracer then sees the
+general path's plain differentiable ops, which inductor fuses itself, and
+never a custom ``torch.autograd.Function`` (which the ONNX exporter cannot
+take) or a loop over the batch.
 
 Channels-last data ``(N, ..., C)`` is viewed without copying as a
 ``channels_last`` tensor of shape ``(N, C, S, 1)``; channels-first data
@@ -30,46 +41,74 @@ Channels-last data ``(N, ..., C)`` is viewed without copying as a
 in the middle of a rank >= 4 tensor, non-contiguous strides, layer norm on
 non-trailing axes) decline.
 
-Statistics are in float32 at least: float16 and bfloat16 inputs are upcast
-once before the kernel and the result is cast back.
+Statistics are in float32 at least: the centering subtraction of float16
+and bfloat16 inputs produces float32 (the upcast and the centering are one
+pass), and the result is cast back.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
 from keras import ops
 
+from normlab.backends.policy import MAX_REDUCTION, MAX_SHIFT_RATIO, subsample_size
+from normlab.backends.torch_autograd import (
+    CHANNEL_BLOCK,
+    ChannelsLastBatchNorm,
+    ChannelsLastGroupNorm,
+    center,
+    kernel_view,
+    subtract,
+)
+
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-#: Largest ``(mean * rstd)^2`` for which a kernel's result is kept.
-MAX_OFFSET_RATIO = 1.0
+#: Positions between two rows of a channels-last subsample (its mean is the shift).
+_STRIDE = int(MAX_SHIFT_RATIO)
 
-#: ATen's channels-last batch norm kernels vectorize over channels in blocks
-#: of 8 floats and fall back to scalar code for the rest: measured on
-#: (32, 676, C) float32, C = 8, 16, 24 run 6-8x faster than C = 4, 10, 12, 20.
-#: Channels-last batch norm with a channel count that is not a multiple of
-#: this runs as a few composite ops instead (:func:`_composite_batch_norm`).
-CHANNEL_BLOCK = 8
 
-#: Channels-last instance norm's backward runs one batch-norm backward per
-#: sample (see :func:`_instance_norm_backward`) for batches up to this size.
-MAX_SAMPLE_LOOP = 64
+#: normlab.backends.triton once imported, False where unavailable. Imported
+#: at the first CUDA tensor, not with the package: ``import triton`` takes
+#: time, and aborts a process that imported TensorFlow first (both carry
+#: LLVM); the kernels then stay off.
+_triton_kernels = None
 
-#: Channels-last instance norm's forward also runs per sample (one ATen
-#: batch norm each) where a sample has fewer positions than this: ATen's
-#: channels-last group-norm forward costs 2-3 ns per element there against
-#: 0.6-0.9 ns per sample loop (measured: (8, 28, 28, 128) 2.2 ms vs 0.8 ms,
-#: (8, 14, 14, 512) 1.8 ms vs 0.55 ms), but 0.25-0.4 ns at 3136 positions
-#: and more ((8, 56, 56, 256) 2.3 ms vs 4.5 ms).
-MAX_SAMPLE_LOOP_POSITIONS = 2048
 
-#: Longest reduction handed to ATen. Its CPU kernels accumulate sums
-#: sequentially (not pairwise): at 2**16 terms the statistics and parameter
-#: gradients are measured within 5e-6 relative, at 2**18 only within 2e-5.
-MAX_REDUCTION = 2**16
+def _triton(name, x, **kwargs):
+    """The Triton kernel's result for a CUDA tensor, or None (declined, a CPU
+    tensor, or Triton unavailable). Callers have checked :func:`_usable`, so
+    no tracer reaches the import below. CPU tensors reach the kernels only
+    inside ``normlab.backends.triton.interpret_on_cpu()`` (tests)."""
+    global _triton_kernels
+    if not x.is_cuda and _triton_kernels is None:
+        # A CPU tensor imports nothing; the kernels (which decline CPU tensors
+        # outside interpret_on_cpu) are asked only once a test loaded them.
+        loaded = sys.modules.get("normlab.backends.triton")
+        return None if loaded is None else getattr(loaded, name)(x, **kwargs)
+    if _triton_kernels is None:
+        try:
+            import normlab.backends.triton as kernels
+        except ImportError:
+            kernels = None
+        _triton_kernels = kernels if kernels is not None and kernels.available() else False
+    if _triton_kernels is False:
+        return None
+    return getattr(_triton_kernels, name)(x, **kwargs)
+
+
+def _traced() -> bool:
+    """Whether a compiler or exporter is tracing this call (the hooks decline)."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.onnx.is_in_onnx_export()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+    )
 
 
 def _compute_dtype(dtype):
@@ -84,8 +123,11 @@ def _param(param, dtype):
 
 
 def _usable(x) -> bool:
+    """Whether the hooks serve ``x``; asked first whether a tracer is
+    running, so that a traced call reads no (symbolic) size or stride."""
     return (
-        isinstance(x, torch.Tensor)
+        not _traced()
+        and isinstance(x, torch.Tensor)
         and x.dtype in _FLOATS
         and x.ndim >= 2
         and x.numel() > 0
@@ -93,163 +135,138 @@ def _usable(x) -> bool:
     )
 
 
-def _exact(mean, rstd) -> bool:
-    """Whether every slice's offset is within its spread (False on NaN)."""
-    with torch.no_grad():
-        ratio = torch.square(mean.detach() * rstd.detach()).max()
-    return bool(ratio <= MAX_OFFSET_RATIO)
-
-
-def _kernel_view(x, axis):
-    """``x`` as ``(N, C, S, 1)``: channels_last strides for a last channel
-    axis, contiguous for channel axis 1. None for other layouts."""
-    n, c = x.shape[0], x.shape[axis]
-    s = x.numel() // (n * c)
-    if axis == x.ndim - 1:
-        return x.view(n, s, 1, c).permute(0, 3, 1, 2)
-    if axis == 1:
-        return x.view(n, c, s, 1)
-    return None
-
-
-def _upcast(x):
-    compute = _compute_dtype(x.dtype)
-    return x if x.dtype == compute else x.to(compute)
+def _records_grad(*tensors) -> bool:
+    """Whether autograd records the op (a centered copy is then kept for the
+    backward, not written into the reused scratch buffer)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _downcast(y, like):
     return y if y.dtype == like.dtype else y.to(like.dtype)
 
 
-class _ChannelsLastGroupNorm(torch.autograd.Function):
-    """``native_group_norm`` on channels_last data, whose backward always
-    asks ATen for dX: its channels-last backward kernel crashes (segfault,
-    torch 2.13 CPU) when only the parameters' gradients are requested, as in
-    a model's first layer. With one channel per group (instance norm) the
-    backward is a batch-norm backward per sample instead (faster)."""
-
-    @staticmethod
-    def forward(ctx, x4, gamma, beta, n, c, s, groups, epsilon):
-        if _per_sample(n, c, groups) and s < MAX_SAMPLE_LOOP_POSITIONS:
-            y, mean, rstd = _instance_norm_forward(x4, gamma, beta, epsilon)
-        else:
-            y, mean, rstd = torch.native_group_norm(x4, gamma, beta, n, c, s, groups, epsilon)
-        ctx.save_for_backward(x4, gamma, mean, rstd)
-        ctx.sizes = (n, c, s, groups)
-        ctx.epsilon = epsilon
-        ctx.has_beta = beta is not None
-        ctx.mark_non_differentiable(mean, rstd)
-        return y, mean, rstd
-
-    @staticmethod
-    def backward(ctx, dy, _dmean, _drstd):
-        x4, gamma, mean, rstd = ctx.saved_tensors
-        n, c, s, groups = ctx.sizes
-        need_x, need_gamma, need_beta = ctx.needs_input_grad[:3]
-        mask = [True, gamma is not None and need_gamma, ctx.has_beta and need_beta]
-        dy = dy.contiguous(memory_format=torch.channels_last)
-        if _per_sample(n, c, groups):
-            dx, dgamma, dbeta = _instance_norm_backward(dy, x4, mean, rstd, gamma, mask, ctx.epsilon)
-        else:
-            dx, dgamma, dbeta = torch.ops.aten.native_group_norm_backward(
-                dy, x4, mean, rstd, gamma, n, c, s, groups, mask
-            )
-        return (dx if need_x else None), dgamma, dbeta, None, None, None, None, None
+# --------------------------------------------------------------------------
+# Shifts: the mean of a subsample of each slice (policy.subsample_size of
+# the positions), computed without gradient. Data is viewed as (N, S, C)
+# for a last channel axis and as (N, C, S) for channel axis 1.
 
 
-def _per_sample(n, c, groups):
-    """Whether channels-last instance norm runs as a batch norm per sample
-    (ATen's channels-last batch-norm kernels vectorize over channels in
-    blocks of :data:`CHANNEL_BLOCK`)."""
-    return groups == c and c % CHANNEL_BLOCK == 0 and n <= MAX_SAMPLE_LOOP
+def _channel_view(x, axis):
+    """``(x3, channels_last)``: ``x`` as ``(N, S, C)`` or ``(N, C, S)``
+    without copying; None for a channel axis elsewhere."""
+    n, c = x.shape[0], x.shape[axis]
+    s = x.numel() // (n * c)
+    if axis == x.ndim - 1:
+        return x.view(n, s, c), True
+    if axis == 1:
+        return x.view(n, c, s), False
+    return None, False
 
 
-def _instance_norm_forward(x4, gamma, beta, epsilon):
-    """Channels-last instance norm as one ATen batch norm per sample (see
-    :data:`MAX_SAMPLE_LOOP_POSITIONS`), written into one output; returns
-    ``(y, mean, rstd)`` as ``native_group_norm`` does."""
-    n, c = x4.shape[0], x4.shape[1]
-    x3 = x4.permute(0, 2, 3, 1).reshape(n, -1, c)  # free: x4 is a channels_last view
-    y3 = torch.empty_like(x3)
-    mean, rstd = x3.new_empty(n, c), x3.new_empty(n, c)
-    for i in range(n):
-        y3[i], mean[i], rstd[i] = torch.native_batch_norm(x3[i], gamma, beta, None, None, True, 0.0, epsilon)
-    return y3.view(n, -1, 1, c).permute(0, 3, 1, 2), mean, rstd
+def _subsample_sums(x3, channels_last, dtype):
+    """Per sample and channel, the sum of a subsample of positions
+    (``(N, C)``, in ``dtype``) and the number of positions summed: every
+    :data:`_STRIDE`-th row of channels-last data (contiguous rows of C
+    values), the first positions of each channel otherwise (contiguous)."""
+    if channels_last:
+        sub = x3[:, ::_STRIDE]
+        return sub.sum(dim=1, dtype=dtype), sub.shape[1]
+    k = subsample_size(x3.shape[2])
+    return x3[:, :, :k].sum(dim=2, dtype=dtype), k
 
 
-def _instance_norm_backward(dy4, x4, mean, rstd, gamma, mask, epsilon):
-    """Channels-last instance norm's backward as one batch-norm backward per sample.
+def _group_shift(x3, channels_last, groups, dtype):
+    """The shift of each (sample, group), broadcast to its channels: ``(N, C)``."""
+    with torch.no_grad():
+        sums, k = _subsample_sums(x3.detach(), channels_last, dtype)
+        n, c = sums.shape
+        per = c // groups
+        shift = sums.view(n, groups, per).sum(dim=2, keepdim=True) / (k * per)
+        return shift.expand(n, groups, per).reshape(n, c)
 
-    Instance norm of one sample is batch norm of its ``(S, C)`` slice, and
-    ATen's channels-last batch-norm backward (vectorized over channels) is
-    3-4x faster than its channels-last group-norm backward with one channel
-    per group; it takes the forward's saved mean and rstd, and centers ``x``
-    by that mean itself. The per-sample input gradients are stacked (one
-    extra pass); the parameter gradients summed.
-    """
-    n, c = x4.shape[0], x4.shape[1]
-    x3 = x4.permute(0, 2, 3, 1).reshape(n, -1, c)  # free: x4 is a channels_last view
-    dy3 = dy4.permute(0, 2, 3, 1).reshape(n, -1, c)
-    dxs, dgamma, dbeta = [], None, None
-    for i in range(n):
-        dx, dg, db = torch.ops.aten.native_batch_norm_backward(
-            dy3[i], x3[i], gamma, None, None, mean[i], rstd[i], True, epsilon, mask
-        )
-        dxs.append(dx)
-        if mask[1]:
-            dgamma = dg if dgamma is None else dgamma + dg
-        if mask[2]:
-            dbeta = db if dbeta is None else dbeta + db
-    dx = torch.stack(dxs).view(n, -1, 1, c).permute(0, 3, 1, 2)
-    return dx, dgamma, dbeta
+
+def _batch_shift(x3, channels_last, dtype):
+    """The shift of each channel over the batch: ``(C,)``."""
+    with torch.no_grad():
+        sums, k = _subsample_sums(x3.detach(), channels_last, dtype)
+        return sums.sum(dim=0) / (k * sums.shape[0])
+
+
+def _from_kernel(y4, channels_last, x):
+    y = y4.permute(0, 2, 3, 1) if channels_last else y4
+    return _downcast(y.reshape(x.shape), x)
+
+
+# --------------------------------------------------------------------------
+# Group and instance norm.
 
 
 def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     if not _usable(x):
         return None
-    x4 = _kernel_view(x, axis)
-    if x4 is None:
+    y = _triton("group_norm", x, groups=groups, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon)
+    if y is not None:
+        return y
+    x3, channels_last = _channel_view(x, axis)
+    if x3 is None:
         return None
-    n, c, s = x4.shape[0], x4.shape[1], x4.shape[2]
+    n, c = x.shape[0], x.shape[axis]
+    s = x.numel() // (n * c)
     if max(s * (c // groups), n * s) > MAX_REDUCTION:
         return None
-    x4 = _upcast(x4)
-    gamma, beta = _param(gamma, x4.dtype), _param(beta, x4.dtype)
-    kernel = _ChannelsLastGroupNorm.apply if axis == x.ndim - 1 else torch.native_group_norm
-    y, mean, rstd = kernel(x4, gamma, beta, n, c, s, groups, epsilon)
-    if not _exact(mean, rstd):
-        with torch.no_grad():
-            sums = x4.sum(dim=(2, 3))  # (N, C), cascade-summed
-            shift = sums.view(n, groups, c // groups).sum(dim=2, keepdim=True) / (s * (c // groups))
-            shift = shift.expand(n, groups, c // groups).reshape(n, c, 1, 1)
-        y, mean, rstd = kernel(x4 - shift, gamma, beta, n, c, s, groups, epsilon)
-        if not _exact(mean, rstd):
-            return None
-    if axis == x.ndim - 1:
-        y = y.permute(0, 2, 3, 1)
-    return _downcast(y.reshape(x.shape), x)
+    compute = _compute_dtype(x.dtype)
+    shift = _group_shift(x3, channels_last, groups, compute)
+    gamma, beta = _param(gamma, compute), _param(beta, compute)
+    transient = not _records_grad(x, gamma, beta)
+    if channels_last:
+        y3, _, _ = ChannelsLastGroupNorm.apply(x3, shift, gamma, beta, groups, epsilon, transient)
+        return _downcast(y3.view(x.shape), x)
+    x4 = kernel_view(center(x3, shift, False, transient=transient), False)
+    y, _, _ = torch.native_group_norm(x4, gamma, beta, n, c, s, groups, epsilon)
+    return _from_kernel(y, False, x)
+
+
+# --------------------------------------------------------------------------
+# Layer norm over trailing axes.
 
 
 def layer_norm(x, *, axes, gamma, beta, epsilon):
     if not _usable(x):
         return None
+    y = _triton("layer_norm", x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)
+    if y is not None:
+        return y
     k = len(axes)
     if list(axes) != list(range(x.ndim - k, x.ndim)):
         return None  # only trailing axes are rows of ATen's kernel
     shape = tuple(x.shape[x.ndim - k:])
-    if max(math.prod(shape), x.numel() // math.prod(shape)) > MAX_REDUCTION:
+    width = math.prod(shape)
+    if max(width, x.numel() // width) > MAX_REDUCTION:
         return None
-    xc = _upcast(x)
-    gamma, beta = _param(gamma, xc.dtype), _param(beta, xc.dtype)
-    y, mean, rstd = torch.native_layer_norm(xc, shape, gamma, beta, epsilon)
-    if not _exact(mean, rstd):
-        with torch.no_grad():
-            shift = xc.view(-1, math.prod(shape)).mean(dim=1, keepdim=True)
-        centered = (xc.view(-1, math.prod(shape)) - shift).view(xc.shape)
-        y, mean, rstd = torch.native_layer_norm(centered, shape, gamma, beta, epsilon)
-        if not _exact(mean, rstd):
-            return None
+    compute = _compute_dtype(x.dtype)
+    rows = x.view(-1, width)
+    with torch.no_grad():
+        head = subsample_size(width)  # the first 16th of each row: contiguous
+        shift = rows.detach()[:, :head].sum(dim=1, keepdim=True, dtype=compute) / head
+    gamma, beta = _param(gamma, compute), _param(beta, compute)
+    centered = subtract(rows, shift, transient=not _records_grad(x, gamma, beta)).view(x.shape)
+    y, _, _ = torch.native_layer_norm(centered, shape, gamma, beta, epsilon)
     return _downcast(y, x)
+
+
+# --------------------------------------------------------------------------
+# RMS norm over trailing axes: Triton on CUDA only (on the CPU the general
+# path's two reductions are as fast as anything ATen offers).
+
+
+def rms_norm(x, *, axes, gamma, beta, epsilon):
+    if not _usable(x):
+        return None
+    return _triton("rms_norm", x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)
+
+
+# --------------------------------------------------------------------------
+# Batch norm in training.
 
 
 def _batch_norm(x4, gamma, beta, epsilon, count):
@@ -268,109 +285,23 @@ def _batch_norm(x4, gamma, beta, epsilon, count):
 def batch_norm_train(x, *, axis, gamma, beta, epsilon):
     if not _usable(x):
         return None
+    x3, channels_last = _channel_view(x, axis)
+    if x3 is None:
+        return None
     c = x.shape[axis]
     count = x.numel() // c
-    if count < 2 or count > MAX_REDUCTION or not epsilon > 0:
-        # ATen's running variance is unbiased (undefined for one value), and
-        # its training batch norm rejects epsilon = 0.
-        return None
-    if axis == x.ndim - 1 and c % CHANNEL_BLOCK:
-        return _composite_batch_norm(x, gamma, beta, epsilon)
-    x4 = _kernel_view(x, axis)
-    if x4 is None:
-        return None
-    x4 = _upcast(x4)
-    gamma, beta = _param(gamma, x4.dtype), _param(beta, x4.dtype)
-    # ATen's batch mean is two-pass: accurate enough to center by.
-    result = _exact_or_centered(lambda t: _batch_norm(t, gamma, beta, epsilon, count), x4,
-                                lambda shift: shift.view(1, c, 1, 1), epsilon)
-    if result is None:
-        return None
-    y, mean, variance = result
-    if axis == x.ndim - 1:
-        y = y.permute(0, 2, 3, 1)
-    return _downcast(y.reshape(x.shape), x), mean, variance
+    if count < 2 or count > MAX_REDUCTION:
+        return None  # ATen's running variance is unbiased (undefined for one value)
+    compute = _compute_dtype(x.dtype)
+    if channels_last:
+        x3 = x3.view(1, count, c)  # the batch is one slice per channel
+    shift = _batch_shift(x3, channels_last, compute)
+    gamma, beta = _param(gamma, compute), _param(beta, compute)
+    xc3 = center(x3, shift.view(1, c), channels_last, transient=not _records_grad(x, gamma, beta))
+    if channels_last and c % CHANNEL_BLOCK:
+        y, mean, variance = ChannelsLastBatchNorm.apply(xc3.view(count, c), gamma, beta, epsilon)
+        return _downcast(y.view(x.shape), x), shift + mean, variance
+    y, mean, variance = _batch_norm(kernel_view(xc3, channels_last), gamma, beta, epsilon, count)
+    return _from_kernel(y, channels_last, x), shift + mean, variance
 
 
-class _ChannelsLastBatchNorm(torch.autograd.Function):
-    """Batch norm over every axis but the last, from plain moments, with a
-    closed-form backward: ``E[x]`` and ``E[x^2]`` (one reduction each),
-    ``y = x * scale + (beta - mean * scale)`` in one pass, and
-    ``dx = scale * (dy - mean(dy)) - scale * rstd^2 * mean(dy * xc) * xc``
-    from two reductions. Exact where ``(mean * rstd)^2 <= 1`` (the caller
-    checks and centers otherwise). Also returns the batch mean and biased
-    variance, whose cotangents (if any) flow into ``dx``."""
-
-    @staticmethod
-    def forward(ctx, x, gamma, beta, epsilon):
-        ctx.set_materialize_grads(False)
-        dims = tuple(range(x.ndim - 1))
-        mean = x.mean(dims)
-        variance = torch.clamp((x * x).mean(dims) - mean * mean, min=0.0)
-        rstd = torch.rsqrt(variance + epsilon)
-        scale = rstd if gamma is None else rstd * gamma
-        offset = -mean * scale if beta is None else beta - mean * scale
-        y = torch.addcmul(offset, x, scale)
-        ctx.save_for_backward(x, gamma, mean, rstd)
-        ctx.has_beta = beta is not None
-        return y, mean, variance
-
-    @staticmethod
-    def backward(ctx, dy, dmean, dvariance):
-        x, gamma, mean, rstd = ctx.saved_tensors
-        dims = tuple(range(x.ndim - 1))
-        count = x.numel() // x.shape[-1]
-        scale = rstd if gamma is None else rstd * gamma
-        k_x = torch.zeros_like(mean)  # dx = dy * scale + x * k_x + k_0
-        k_0 = torch.zeros_like(mean)
-        dgamma = dbeta = None
-        if dy is not None:
-            sdy = dy.sum(dims)
-            sdyxc = (dy * x).sum(dims) - mean * sdy  # sum dy * (x - mean)
-            k_x = -scale * rstd * rstd * sdyxc / count
-            k_0 = -k_x * mean - scale * sdy / count
-            dgamma = sdyxc * rstd if gamma is not None and ctx.needs_input_grad[1] else None
-            dbeta = sdy if ctx.has_beta and ctx.needs_input_grad[2] else None
-        if dvariance is not None:  # d var / dx = 2 (x - mean) / count
-            k_x = k_x + 2.0 * dvariance / count
-            k_0 = k_0 - 2.0 * dvariance * mean / count
-        if dmean is not None:
-            k_0 = k_0 + dmean / count
-        dx = x * k_x + k_0
-        if dy is not None:
-            dx = torch.addcmul(dx, dy, scale)
-        return dx, dgamma, dbeta, None
-
-
-def _composite_batch_norm(x, gamma, beta, epsilon):
-    """Channels-last batch norm for few channels (see :data:`CHANNEL_BLOCK`).
-
-    :class:`_ChannelsLastBatchNorm` on the input, kept where every channel
-    has ``(mean * rstd)^2 <= 1`` (the kernels' bound); otherwise again on the
-    input minus that mean (no gradient through the shift: the result does
-    not depend on it).
-    """
-    xc = _upcast(x)
-    gamma, beta = _param(gamma, xc.dtype), _param(beta, xc.dtype)
-    result = _exact_or_centered(lambda t: _ChannelsLastBatchNorm.apply(t, gamma, beta, epsilon),
-                                xc, lambda shift: shift, epsilon)
-    if result is None:
-        return None
-    y, mean, variance = result
-    return _downcast(y, x), mean, variance
-
-
-def _exact_or_centered(norm, x, as_shift, epsilon):
-    """``norm(x) -> (y, mean, variance)`` kept where every channel has
-    ``(mean * rstd)^2 <= 1``; otherwise ``norm`` again on ``x`` minus that
-    mean (``as_shift`` shapes it to broadcast against ``x``; no gradient
-    through it: the result does not depend on the shift). None if that
-    still fails (NaN or inf inputs)."""
-    y, mean, variance = norm(x)
-    if _exact(mean, torch.rsqrt(variance + epsilon)):
-        return y, mean, variance
-    shift = mean.detach()
-    y, residual, variance = norm(x - as_shift(shift))
-    if not _exact(residual, torch.rsqrt(variance + epsilon)):
-        return None
-    return y, shift + residual, variance

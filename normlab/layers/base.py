@@ -231,7 +231,10 @@ class Normalization(FloatCompute, keras.layers.Layer):
         n = ops.shape(inputs)[0]
         for moving, batch, momentum in updates:
             value = moving * momentum + ops.cast(batch, moving.dtype) * (1.0 - momentum)
-            if not isinstance(n, int):
+            if not isinstance(n, int) and type(n).__name__ != "SymInt":
+                # A tensor size (TF, unknown batch). A torch SymInt is never 0:
+                # torch.compile specializes sizes 0 and 1, and the batch is
+                # then known to be empty (see empty_batch).
                 value = ops.where(n > 0, value, moving)
             moving.assign(value)
 

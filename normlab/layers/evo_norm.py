@@ -175,10 +175,15 @@ class EvoNormB0(_EvoNorm):
         for i, size in enumerate(shape):
             if i != self._channel_axis:
                 n = n * size
-        n = keras.ops.cast(n, variance.dtype)
-        if replica_sum is not None:
-            n = replica_sum(n)  # the global batch's element count per channel
-        unbiased = variance * n / keras.ops.maximum(n - 1.0, 1.0)
+        if replica_sum is None and (isinstance(n, int) or type(n).__name__ == "SymInt"):
+            # A Python (or torch symbolic) size stays one: a cast to a tensor
+            # would specialize a compiled graph to this batch size.
+            unbiased = variance * (n / max(n - 1, 1))
+        else:
+            n = keras.ops.cast(n, variance.dtype)
+            if replica_sum is not None:
+                n = replica_sum(n)  # the global batch's element count per channel
+            unbiased = variance * n / keras.ops.maximum(n - 1.0, 1.0)
         self.update_moving(x, ((self.moving_variance, unbiased, self.momentum),))
         return self.compute_output(y)
 

@@ -52,7 +52,11 @@ def local_response_norm(
     xs = ops.cast(x, dtype)
     last = a == ndim - 1  # no transpose at all for channels-last data (exporters keep identity ones)
     square = ops.square(xs) if last else ops.moveaxis(ops.square(xs), a, -1)
-    padded = ops.pad(square, [[0, 0]] * (ndim - 1) + [[size // 2, (size - 1) // 2]])
+    # Zero padding by concatenation: keras.ops.pad builds a Keras Operation on
+    # every eager call, whose generated name torch.compile guards on (a
+    # recompile per call).
+    zero = ops.zeros_like(square[..., :1])
+    padded = ops.concatenate([zero] * (size // 2) + [square] + [zero] * ((size - 1) // 2), axis=-1)
     total = padded[..., 0:channels]
     for j in range(1, size):
         total = total + padded[..., j:j + channels]

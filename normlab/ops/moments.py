@@ -30,13 +30,12 @@ Numerics policy (the one place it is decided):
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from keras import ops
 from keras.backend import standardize_dtype
 
 from normlab.ops.axes import dims
-
 from normlab.types import DTypeLike, ReplicaSum, Tensor
 
 
@@ -45,10 +44,12 @@ def stats_dtype(dtype: DTypeLike) -> str:
     return "float64" if standardize_dtype(dtype) == "float64" else "float32"
 
 
-def _reduced_count(x: Tensor, axes: Sequence[int], dtype: DTypeLike) -> Tensor:
-    """The number of elements each slice reduces over, as a scalar of ``dtype``."""
+def _reduced_size(x: Tensor, axes: Sequence[int]) -> Any:
+    """The number of elements each slice reduces over: a Python int (or a
+    torch SymInt under a dynamic shape) where every reduced size is known to
+    the tracer, else an integer tensor from ``ops.shape``."""
     static = list(x.shape)
-    count = 1
+    count: Any = 1
     dynamic = None
     for a in axes:
         if static[a] is None:
@@ -56,7 +57,17 @@ def _reduced_count(x: Tensor, axes: Sequence[int], dtype: DTypeLike) -> Tensor:
             count = count * dynamic[a]
         else:
             count = count * static[a]
-    return ops.cast(count, dtype)
+    return count
+
+
+def _is_symint(value: Any) -> bool:
+    """A torch symbolic size (checked by name: no torch import here)."""
+    return type(value).__name__ == "SymInt"
+
+
+def _reduced_count(x: Tensor, axes: Sequence[int], dtype: DTypeLike) -> Tensor:
+    """The number of elements each slice reduces over, as a scalar of ``dtype``."""
+    return ops.cast(_reduced_size(x, axes), dtype)
 
 
 def _averager(x: Tensor, axes: list[int], mask: Tensor | None = None) -> Callable[[Tensor], Tensor]:
@@ -68,7 +79,11 @@ def _averager(x: Tensor, axes: list[int], mask: Tensor | None = None) -> Callabl
     """
     dtype = x.dtype
     if mask is None:
-        count = _reduced_count(x, axes, dtype)
+        # A Python number stays one: casting a torch SymInt (a dynamic batch
+        # size) to a tensor would specialize a compiled graph to its value.
+        count = _reduced_size(x, axes)
+        if not isinstance(count, (int, float)) and not _is_symint(count):
+            count = ops.cast(count, dtype)
 
         def average(v: Tensor) -> Tensor:
             return ops.sum(v, axis=axes, keepdims=True) / count

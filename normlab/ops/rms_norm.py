@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from normlab import backends
 from normlab.ops.axes import feature_param
 from normlab.ops.layer_norm import feature_axes_arguments
 from normlab.ops.moments import mean_square
@@ -37,6 +38,11 @@ def rms_norm(
         https://arxiv.org/abs/1910.07467
     """
     x, axes, feature_shape, epsilon = feature_axes_arguments(x, axis, gamma, beta, epsilon)
+    hook = backends.fast_path("rms_norm", epsilon=epsilon)
+    if hook is not None:
+        y = hook(x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)
+        if y is not None:
+            return y
     ndim = len(x.shape)
     return normalize(
         x, 0.0, mean_square(x, axes), epsilon=epsilon,

@@ -76,10 +76,24 @@ def _param_shape(op, shape, axis):
     return tuple(shape[a] for a in axis) if op == "layer" else (shape[axis],)
 
 
-def _inputs(case, offset, seed=0):
+def _first_of_each_slice(op, shape, axis):
+    """The index of the first element of every slice the op normalizes
+    (every channel's, for group norm: a whole position), the element the
+    general path and the JAX/TensorFlow hooks shift by."""
+    if op == "layer":
+        return tuple(0 if i in axis else slice(None) for i in range(len(shape)))
+    keep = (0, axis) if op == "group" else (axis,)
+    return tuple(slice(None) if i in keep else 0 for i in range(len(shape)))
+
+
+def _inputs(case, offset, seed=0, outlier=None):
+    """``x`` of N(0.5, 2) plus ``offset``; with ``outlier``, the first
+    element of every slice is ``offset + outlier`` instead."""
     op, shape, axis, groups = CASES[case]
     rng = np.random.default_rng(seed)
     x = offset + rng.normal(0.5, 2.0, size=shape)
+    if outlier is not None:
+        x[_first_of_each_slice(op, shape, axis)] = offset + outlier
     dy = rng.normal(size=shape)
     pshape = _param_shape(op, shape, axis)
     gamma = rng.uniform(0.5, 1.5, size=pshape).astype("float32")
@@ -194,9 +208,9 @@ def _compare(actual, expected, tol, what):
         assert err <= allowed, f"{what}: {key} off by {err:.3g} (tolerance {allowed:.3g})"
 
 
-def _check(case, dtype="float32", offset=0.0, affine=True, mode="eager", seed=0):
+def _check(case, dtype="float32", offset=0.0, affine=True, mode="eager", seed=0, outlier=None):
     op, shape, axis, groups = CASES[case]
-    x_np, dy_np, gamma_np, beta_np = _inputs(case, offset, seed)
+    x_np, dy_np, gamma_np, beta_np = _inputs(case, offset, seed, outlier)
     x = _tensor(x_np, dtype)
     dy = _tensor(dy_np, "float32")
     gamma = _tensor(gamma_np, "float32") if affine else None
@@ -214,7 +228,7 @@ def _check(case, dtype="float32", offset=0.0, affine=True, mode="eager", seed=0)
     fast = _run(case, x, dy, gamma, beta, mode)
     with backends.disabled():
         general = _run(case, x, dy, gamma, beta, mode)
-    what = f"{case} {dtype} offset={offset:g} affine={affine} {mode}"
+    what = f"{case} {dtype} offset={offset:g} outlier={outlier} affine={affine} {mode}"
     _compare(fast, expected, tol, f"fast path vs float64 closed form, {what}")
     # Parity: the two paths agree to within the general path's own distance
     # from the closed form, plus rounding (tests/ops checks the general path).
@@ -266,6 +280,16 @@ def test_float32_parity_with_general_path_and_float64(case, offset):
     _check(case, "float32", offset, mode=MODES[0])
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_far_outlier_first_in_every_slice(case, offset):
+    """The first element of every slice is 1e4 above the others (N(0.5, 2)):
+    a shift taken from one sample is then far from the mean, which the hooks
+    must survive (JAX/TensorFlow: the second, exact pass; torch: the
+    subsample mean, whose offset ratio stays within MAX_SHIFT_RATIO)."""
+    _check(case, "float32", offset, mode=MODES[0], outlier=1e4)
+
+
 @pytest.mark.parametrize("case", ["gn-nhwc", "in-nchw", "ln-last", "bn-nhwc", "bn-nchw", "ln-split",
                                   "bn-nhwc-c6"])
 def test_without_gamma_and_beta(case):
@@ -274,7 +298,8 @@ def test_without_gamma_and_beta(case):
 
 @pytest.mark.parametrize("dtype,offset", [("float16", 0.0), ("float16", 500.0), ("bfloat16", 0.0),
                                           ("bfloat16", 50.0), ("float64", 1e6)])
-@pytest.mark.parametrize("case", ["gn-nhwc", "in-nchw", "ln-last", "bn-nhwc", "bn-nhwc-c6"])
+@pytest.mark.parametrize("case", ["gn-nhwc", "in-nchw", "in-nhwc", "in-nhwc-large", "ln-last", "bn-nhwc",
+                                  "bn-nhwc-c6"])
 def test_other_dtypes(case, dtype, offset):
     _check(case, dtype, offset, mode=MODES[0])
     x = _tensor(_inputs(case, offset)[0], dtype)
@@ -386,7 +411,7 @@ def test_torch_few_channel_batch_norm_gradients_are_exact(affine):
     finite differences in float64."""
     import torch
 
-    from normlab.backends.torch import _ChannelsLastBatchNorm
+    from normlab.backends.torch_autograd import ChannelsLastBatchNorm
 
     rng = np.random.default_rng(0)
     x = torch.tensor(rng.normal(0.5, 2.0, (3, 4, 5, 6)), requires_grad=True)
@@ -395,7 +420,7 @@ def test_torch_few_channel_batch_norm_gradients_are_exact(affine):
 
     def outputs(x, *weights):
         gamma, beta = weights if affine else (None, None)
-        return _ChannelsLastBatchNorm.apply(x, gamma, beta, EPSILON)
+        return ChannelsLastBatchNorm.apply(x, gamma, beta, EPSILON)
 
     inputs = (x, *params) if affine else (x,)
     assert torch.autograd.gradcheck(outputs, inputs)

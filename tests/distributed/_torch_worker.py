@@ -11,11 +11,10 @@ import sys
 
 os.environ["KERAS_BACKEND"] = "torch"
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 
 import normlab  # noqa: E402
 from normlab.testing import reference  # noqa: E402

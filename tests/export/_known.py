@@ -34,11 +34,6 @@ class Known:
         return f"{self.error}: {self.match!r}. {self.blocker}"
 
 
-_EUCLIDEAN_NORM = (
-    "normlab's TensorFlow fast path for layer_norm (normlab/backends/tensorflow.py) takes the "
-    "variance as EuclideanNorm(x - shift)^2 (tf.math.reduce_euclidean_norm); EuclideanNorm is not a "
-    "TFLite builtin op and tf2onnx has no ONNX rule for it. With NORMLAB_FAST_PATHS=0 the cell passes."
-)
 _POW_5D = (
     "The grouped statistics run on a 5-D view (N, H, W, G, C/G); litert_torch lowers ops.square there "
     "(aten.square) to tfl.pow, which the TFLite converter rejects on a 5-D tensor. x * x, or the "
@@ -47,19 +42,6 @@ _POW_5D = (
 
 KNOWN: dict[tuple[str, str, str], Known] = {
     # TensorFlow -------------------------------------------------------------
-    ("tensorflow", "onnx", "layer"): Known(
-        "onnxruntime.capi.onnxruntime_pybind11_state.InvalidGraph",
-        "No Op registered for EuclideanNorm", _EUCLIDEAN_NORM),
-    ("tensorflow", "onnx", "layer-3-axes"): Known(
-        "onnxruntime.capi.onnxruntime_pybind11_state.InvalidGraph",
-        "No Op registered for EuclideanNorm", _EUCLIDEAN_NORM),
-    ("tensorflow", "litert", "layer"): Known(
-        "tensorflow.lite.python.convert_phase.ConverterError",
-        "'tf.EuclideanNorm' op is neither a custom op nor a flex op", _EUCLIDEAN_NORM),
-    ("tensorflow", "litert", "layer-3-axes"): Known(
-        "tensorflow.lite.python.convert_phase.ConverterError",
-        "'tf.EuclideanNorm' op is neither a custom op nor a flex op", _EUCLIDEAN_NORM),
-    # JAX --------------------------------------------------------------------
     **{
         ("jax", "onnx+openvino", case): Known(
             "builtins.RuntimeError", "'then' and 'else' branches have to have the same number of outputs",

@@ -10,7 +10,6 @@ from normlab.ops.weights import standardize_weight
 from normlab.testing import reference
 from normlab.testing.harness import constructor_args, run_layer_test
 
-
 # Shared inputs: the same shapes throughout keep JAX's per-shape compilations few.
 _RNG = np.random.default_rng(0)
 X = _RNG.normal(1.0, 2.0, size=(2, 6, 6, 4)).astype("float32")  # NHWC

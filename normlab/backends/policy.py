@@ -1,0 +1,178 @@
+"""The fast paths' numerics policy: which statistics each backend computes,
+about which shift, and why the result is exact. Every bound a fast path
+uses is defined here; the backend modules import it.
+
+The general path (:mod:`normlab.ops.moments`) is exact by construction:
+two passes, the variance about the residuals' own mean. A fast path
+instead forms one-pass statistics (``E[d^2] - E[d]^2``) or runs a fused
+kernel whose apply step is folded (``d * a + b``, ``a = rstd * gamma``,
+``b = beta - mean * a``) on the residuals ``d = x - s`` of a per-slice shift
+``s`` (no gradient flows through it: the result does not depend on it).
+
+**Error model.** For a slice of ``N`` values with mean ``m`` and variance
+``v``, both have a relative error of about ``eps * (1 + r)`` (``eps`` the
+unit roundoff of the compute dtype), where
+
+    r = (m - s)^2 / (v + epsilon)        (the *offset ratio*)
+
+``E[d^2]`` holds ``v + (m - s)^2`` to ``eps``, and the cancellation in
+``E[d^2] - E[d]^2`` loses the factor ``1 + r``; ``d * a`` and ``b`` are each
+of size ``sqrt(r)`` against a result of size 1 (measured on ATen's CPU
+kernels: their group, layer and batch norm errors grow like this, whole
+units off at an offset of 1000 when ``s = 0``). So a formulation is exact
+to float rounding exactly when it bounds ``r``, and each fast path does so
+without reading a value on the host (no ``.item()``, ``bool(tensor)``,
+data-dependent Python branch): the decision is a select inside the graph,
+or a shift that needs no decision at all.
+
+**Shifts and bounds.**
+
+* *Plain moments* (``s = 0``): kept where every slice has
+  ``r <= MAX_RAW_RATIO`` (JAX, TensorFlow: one ``lax.cond``/``tf.cond``
+  in the graph). Their reductions read ``x`` directly, which XLA fuses.
+* *A sample* (``s`` an element of each slice, as in the general path): no
+  arithmetic forms it, so every fusion that recomputes ``x - s`` gets the
+  same bits (a computed shift lets XLA contract ``x - t * (1/n)`` into a
+  fused multiply-add in some fusions and not in others: at an offset of
+  1e4 one fusion's residuals then differ from another's by 1e-3). But an
+  outlier sample has ``r`` up to ``N - 1``: JAX and TensorFlow keep the
+  one-pass variance where ``r <= MAX_SHIFT_RATIO`` (error within 17
+  roundings) and otherwise take a second, exact pass (a ``cond`` again).
+  :func:`stats` is that whole decision, written once for both.
+  TensorFlow's channels-last batch norm instead runs its fused NHWC
+  kernel on data minus a sample row; that kernel takes the variance about
+  the batch mean and applies ``(x - mean) * scale``, so it needs no bound
+  (parity-tested at an offset of 1e6 and with an outlier first row).
+* *A subsample mean* (torch): ``s`` the mean of ``k >= N / MAX_SHIFT_RATIO``
+  of the slice's values (:func:`subsample_size` of them along one axis). By
+  Cauchy-Schwarz, ``(s - m)^2 = (sum over the k of (x_i - m) / k)^2 <=
+  sum over the k of (x_i - m)^2 / k <= N v / k``, so ``r <= N / k <=
+  MAX_SHIFT_RATIO`` for every input, outliers included: the same bound
+  as the sample shift's, with no decision to make. Rounding ``s`` to the
+  compute dtype moves it by an ulp of the offset, which adds at most
+  ``(ulp / std)^2`` to ``r``: below 1 for any slice whose values are not
+  all equal at that offset, and constant slices have ``v = 0`` where
+  ``epsilon`` bounds ``r``. Eager torch has no in-graph branch (a
+  ``torch.where`` computes both sides; ``torch.cond`` reads its predicate
+  on the host), so this is what its kernels always see: one subtraction
+  ``x - s`` (fused with the float16/bfloat16 upcast where there is one),
+  in exchange for the data-dependent rerun the kernels needed before.
+* Under ``torch.compile`` and export the torch hooks decline: the
+  compiler then sees the general path's plain differentiable ops, which
+  it fuses itself (measured faster than what it makes of the ATen kernels
+  it would otherwise decompose; ``benchmarks/README.md``), and an exporter
+  never meets a custom ``torch.autograd.Function``.
+
+**Accumulation.** ATen's CPU kernels accumulate their sums sequentially:
+reductions longer than :data:`MAX_REDUCTION` decline on torch (2e-5
+relative at ``2**18`` terms). XLA and TensorFlow reduce pairwise.
+
+Statistics are in float32 at least everywhere (float16/bfloat16 are
+upcast once, float64 stays float64), as in the general path.
+
+**Helper contract.** Hooks are keyword-only after ``x`` (see
+:mod:`normlab.backends`). A backend that uses :func:`stats` passes its
+array primitives as an :class:`ArrayOps`; ``sums(t)`` returns
+``(reduce(t), reduce(t * t))`` (a backend may form both in one product),
+``reduce(t)`` sums each slice keeping the reduced axes, ``sample()``
+returns the sample shift broadcastable to ``x``. The result is a
+:class:`Stats`; the apply step is ``((x - shift) - mean) * rstd``, or
+``x * rstd - mean * rstd`` where ``raw`` is true (``shift`` is 0 there and
+``|mean| <= std``, so the folded form is exact).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+#: Plain one-pass moments (shift 0) are kept while every slice has
+#: ``E[x]^2 <= MAX_RAW_RATIO * (var + epsilon)``: the folded apply step and
+#: the one-pass variance are then within 2 roundings.
+MAX_RAW_RATIO = 1.0
+
+#: One-pass statistics about a shift are kept while
+#: ``(mean - shift)^2 <= MAX_SHIFT_RATIO * (var + epsilon)``: relative error
+#: within ``1 + MAX_SHIFT_RATIO`` roundings. A subsample mean of at least
+#: ``1 / MAX_SHIFT_RATIO`` of a slice is always within it (Cauchy-Schwarz).
+MAX_SHIFT_RATIO = 16.0
+
+#: Longest reduction handed to ATen's sequentially accumulating CPU kernels:
+#: at ``2**16`` terms statistics and parameter gradients are measured within
+#: 5e-6 relative, at ``2**18`` only within 2e-5.
+MAX_REDUCTION = 2**16
+
+
+def subsample_size(size: int) -> int:
+    """How many of ``size`` values along an axis a subsample-mean shift
+    averages: ``ceil(size / MAX_SHIFT_RATIO)``, so that its offset ratio is
+    at most :data:`MAX_SHIFT_RATIO` (a Python int: shapes are static here)."""
+    return -(-int(size) // int(MAX_SHIFT_RATIO))
+
+
+class Stats(NamedTuple):
+    """Per-slice statistics about a shift, reduced axes kept.
+
+    ``mean`` and ``variance`` are those of ``x - shift`` (the mean of ``x``
+    is ``shift + mean``), ``rstd = rsqrt(variance + epsilon)``, and ``raw``
+    a boolean scalar tensor: whether the plain moments were kept
+    (``shift`` is 0 and every ``|mean| <= std``).
+    """
+
+    shift: Any
+    mean: Any
+    variance: Any
+    rstd: Any
+    raw: Any
+
+
+class ArrayOps(NamedTuple):
+    """The array primitives :func:`stats` needs, from one backend."""
+
+    maximum: Callable
+    all: Callable
+    any: Callable
+    isfinite: Callable
+    cond: Callable  # cond(pred, true_fn, false_fn), both without arguments, in the graph
+    stop_gradient: Callable
+    zeros_like: Callable
+    rsqrt: Callable
+
+
+def shifted_stats(xf, *, shift, sums, reduce, count, epsilon, xp: ArrayOps):
+    """``(mean, variance)`` of ``xf - shift``: one pass, and a second, exact
+    pass (in a ``cond``) only where some slice has an offset ratio above
+    :data:`MAX_SHIFT_RATIO` (its shift an outlier)."""
+    d = xf - shift
+    total, squares = sums(d)
+    mean = total / count
+    var = xp.maximum(squares / count - mean * mean, 0.0)
+    far = xp.any(mean * mean > MAX_SHIFT_RATIO * (var + epsilon))
+
+    def two_pass():  # recomputes d: a branch's captured operands are materialized
+        r = (xf - shift) - mean
+        return reduce(r * r) / count
+
+    return mean, xp.cond(far, two_pass, lambda: var)
+
+
+def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps) -> Stats:
+    """:class:`Stats` of ``xf``: the plain one-pass moments where every slice
+    has an offset ratio within :data:`MAX_RAW_RATIO` and all is finite (two
+    reductions of ``x`` itself, which XLA fuses into reading it), else
+    :func:`shifted_stats` about ``sample()``. Decided in the graph."""
+    total, squares = sums(xf)
+    mean0 = total / count
+    var0 = xp.maximum(squares / count - mean0 * mean0, 0.0)
+    raw = xp.all(mean0 * mean0 <= MAX_RAW_RATIO * (var0 + epsilon)) & xp.all(xp.isfinite(var0))
+
+    def plain():
+        return xp.zeros_like(mean0), mean0, var0
+
+    def shifted():
+        shift = xp.stop_gradient(sample())
+        mean, var = shifted_stats(xf, shift=shift, sums=sums, reduce=reduce, count=count,
+                                  epsilon=epsilon, xp=xp)
+        return shift, mean, var
+
+    shift, mean, var = xp.cond(raw, plain, shifted)
+    return Stats(shift, mean, var, xp.rsqrt(var + epsilon), raw)
