@@ -1,0 +1,76 @@
+"""The end-to-end part: the classic small CNN, one epoch, normlab's norms against Keras'."""
+
+from __future__ import annotations
+
+import gzip
+import sys
+import time
+from pathlib import Path
+
+MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
+E2E_EPOCHS = 3
+
+
+def mnist(limit=10_000):
+    """The MNIST test images (``../shared/data/mnist/`` beside the repository), or random data."""
+    import numpy as np
+
+    images, labels = MNIST / "t10k-images-idx3-ubyte.gz", MNIST / "t10k-labels-idx1-ubyte.gz"
+    if images.exists() and labels.exists():
+        with gzip.open(images, "rb") as f:
+            x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)
+        with gzip.open(labels, "rb") as f:
+            y = np.frombuffer(f.read(), np.uint8, offset=8)
+        return (x[:limit].astype("float32") / 255.0), y[:limit].astype("int32"), "MNIST t10k"
+    rng = np.random.default_rng(0)
+    return rng.random((limit, 784), dtype=np.float32), rng.integers(0, 10, limit).astype("int32"), "random"
+
+
+def e2e(keras, normlab, quick):
+    """Epoch seconds of the CNN with each norm, the four models' epochs interleaved."""
+    import numpy as np
+
+    x, y, source = mnist(2_000 if quick else 10_000)
+    norms = {
+        "normlab GroupNormalization(5)": lambda: normlab.GroupNormalization(groups=5),
+        "keras GroupNormalization(5)": lambda: keras.layers.GroupNormalization(groups=5),
+        "normlab BatchNormalization": lambda: normlab.BatchNormalization(),
+        "keras BatchNormalization": lambda: keras.layers.BatchNormalization(),
+    }
+    models = {}
+    for name, make in norms.items():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([
+            keras.Input((784,)),
+            keras.layers.Reshape((28, 28, 1)),
+            keras.layers.Conv2D(10, 3),
+            make(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(10, activation="softmax"),
+        ])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)  # builds and compiles the step
+        models[name] = model
+    # Epochs of the four models interleaved, E2E_EPOCHS rounds: a slow spell of
+    # the machine then hits every model alike; the median epoch is reported.
+    seconds = {name: [] for name in models}
+    first = {}
+    for _ in range(1 if quick else E2E_EPOCHS):
+        for name, model in models.items():
+            start = time.perf_counter()
+            history = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+            seconds[name].append(time.perf_counter() - start)
+            first.setdefault(name, history.history)
+    rows = []
+    for name in models:
+        median = float(np.median(seconds[name]))
+        rows.append({
+            "norm": name, "seconds": median, "epochs_seconds": seconds[name], "images": len(x),
+            "data": source, "loss": float(first[name]["loss"][-1]),
+            "accuracy": float(first[name]["accuracy"][-1]),
+        })
+        print(f"  e2e {name}: {median:.2f} s (median of {len(seconds[name])} epochs)",
+              file=sys.stderr, flush=True)
+    return rows

@@ -1,0 +1,185 @@
+"""Statistics over interleaved rounds: summaries, per-round ratios, decisions, rank test.
+
+Pure Python (standard library only), so that the tests run on any backend
+without importing a framework.
+
+A *round* times one call of every implementation of a row in turn (the
+order rotated from round to round). A slow spell of a shared machine then
+hits every implementation of that round alike, so the ratio of two
+implementations' times *within a round* is far steadier than either time.
+Each ratio is reported as the median of its per-round values with the
+interquartile range (IQR) of those values as its spread, and a ratio whose
+spread is too wide is *undecided* rather than a number.
+"""
+
+from __future__ import annotations
+
+import math
+
+#: A ratio is undecided where the IQR of its per-round values is wider than
+#: this fraction of its median (0.3: the middle half of the rounds spans more
+#: than +/-15% around the median).
+MAX_SPREAD = 0.3
+#: Fewer valid rounds than this decide nothing.
+MIN_ROUNDS = 5
+
+#: The per-round ratios kept for each row: name -> (numerator, denominator).
+RATIOS = {
+    "speedup_vs_keras": ("keras", "normlab"),
+    "keras_over_floor": ("keras", "floor"),
+    "normlab_over_native": ("normlab", "native"),
+    "general_over_normlab": ("general", "normlab"),
+}
+IMPLS = ("normlab", "general", "keras", "native", "floor")
+
+
+def quantile(values, q):
+    """The ``q``-quantile of ``values``, linear interpolation (NumPy's default)."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("quantile of no values")
+    pos = q * (len(xs) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def median(values):
+    return quantile(values, 0.5)
+
+
+def summarize(seconds):
+    """Min, quartiles and median (ms) of one implementation's per-round times (s)."""
+    ms = [s * 1e3 for s in seconds]
+    return {"ms": median(ms), "min_ms": min(ms), "q25_ms": quantile(ms, 0.25),
+            "q75_ms": quantile(ms, 0.75), "rounds": len(ms), "rounds_ms": ms}
+
+
+def ratio_stats(numerator, denominator, max_spread=MAX_SPREAD, min_rounds=MIN_ROUNDS):
+    """The per-round ratios ``numerator[i] / denominator[i]``: median, IQR, spread, decided.
+
+    ``spread`` is the IQR over the median; the ratio is ``decided`` where at
+    least ``min_rounds`` rounds have both times and ``spread <= max_spread``.
+    """
+    if len(numerator) != len(denominator):
+        raise ValueError(f"rounds differ: {len(numerator)} vs {len(denominator)}")
+    r = [a / b for a, b in zip(numerator, denominator) if b > 0 and a > 0]
+    if not r:
+        return {"median": None, "q25": None, "q75": None, "spread": None, "rounds": 0, "decided": False}
+    med, q25, q75 = median(r), quantile(r, 0.25), quantile(r, 0.75)
+    spread = (q75 - q25) / med
+    return {"median": med, "q25": q25, "q75": q75, "spread": spread, "rounds": len(r),
+            "decided": len(r) >= min_rounds and spread <= max_spread}
+
+
+def summarize_row(seconds, moved_bytes, max_spread=MAX_SPREAD, min_rounds=MIN_ROUNDS):
+    """One row from the per-round seconds of each implementation (``{impl: [s, ...]}``).
+
+    Each implementation gets :func:`summarize` plus its effective bandwidth at
+    the median; each ratio of :data:`RATIOS` whose two sides were timed gets
+    :func:`ratio_stats` under ``row["ratios"]``, and its median, or None where
+    undecided, under its own key (``row["speedup_vs_keras"]``, ...).
+    """
+    row = {}
+    for impl, ts in seconds.items():
+        row[impl] = summarize(ts)
+        row[impl]["GB/s"] = moved_bytes / (row[impl]["ms"] / 1e3) / 1e9
+    row["ratios"] = {}
+    for name, (num, den) in RATIOS.items():
+        if num in seconds and den in seconds:
+            stats = ratio_stats(seconds[num], seconds[den], max_spread, min_rounds)
+            row["ratios"][name] = stats
+            row[name] = stats["median"] if stats["decided"] else None
+    return row
+
+
+def format_ratio(stats, width=0):
+    """``4.80±3%`` (median, half the IQR relative to it), ``undecided`` or ``—``."""
+    if not stats or stats["median"] is None:
+        text = "—"
+    elif not stats["decided"]:
+        text = "undecided"
+    else:
+        text = f"{stats['median']:.2f}±{50 * stats['spread']:.0f}%"
+    return f"{text:>{width}}"
+
+
+def decide(stats, need, higher_is_better=True):
+    """``met``, ``missed`` or ``undecided`` for a target on a ratio's per-round IQR.
+
+    Met where the middle half of the rounds is on the right side of ``need``
+    (``q25 >= need``, or ``q75 <= need`` where lower is better), missed where
+    it is all on the wrong side; undecided where the IQR straddles ``need``
+    or the ratio itself is undecided (too few rounds, or an IQR too wide
+    for its median: on a loaded machine a whole IQR can sit on one side of
+    a target by chance).
+    """
+    if not stats or stats["median"] is None or not stats["decided"]:
+        return "undecided"
+    good, bad = (stats["q25"] >= need, stats["q75"] < need) if higher_is_better else \
+        (stats["q75"] <= need, stats["q25"] > need)
+    return "met" if good else "missed" if bad else "undecided"
+
+
+# ---------------------------------------------------------------------------
+# Two runs: the Mann-Whitney rank test and the Hodges-Lehmann shift.
+
+TEST_NAME = "Mann-Whitney U, two-sided, normal approximation with tie and continuity correction"
+
+
+def mann_whitney(x, y):
+    """Mann-Whitney U of ``x`` against ``y``: ``{"u": U_x, "z": z, "p": two-sided p}``.
+
+    Average ranks for ties; the normal approximation with the tie-corrected
+    variance and a continuity correction of 1/2 (what
+    ``scipy.stats.mannwhitneyu(x, y, method="asymptotic")`` computes).
+    """
+    n1, n2 = len(x), len(y)
+    if n1 == 0 or n2 == 0:
+        raise ValueError("Mann-Whitney needs two non-empty samples")
+    pooled = sorted([(v, 0) for v in x] + [(v, 1) for v in y])
+    n = n1 + n2
+    rank_sum_x, ties, i = 0.0, 0.0, 0
+    while i < n:
+        j = i
+        while j + 1 < n and pooled[j + 1][0] == pooled[i][0]:
+            j += 1
+        rank = (i + j) / 2 + 1  # the average of ranks i+1 .. j+1
+        t = j - i + 1
+        ties += t ** 3 - t
+        rank_sum_x += rank * sum(1 for k in range(i, j + 1) if pooled[k][1] == 0)
+        i = j + 1
+    u = rank_sum_x - n1 * (n1 + 1) / 2
+    mu = n1 * n2 / 2
+    var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))) if n > 1 else 0.0
+    if var <= 0:
+        return {"u": u, "z": 0.0, "p": 1.0}
+    z = (abs(u - mu) - 0.5) / math.sqrt(var)
+    z = max(z, 0.0)
+    return {"u": u, "z": math.copysign(z, u - mu), "p": min(1.0, math.erfc(z / math.sqrt(2)))}
+
+
+def hodges_lehmann_ratio(base, current):
+    """The median over all pairs of ``current[j] / base[i]``: the shift the rank test sees, as a ratio."""
+    return median([c / b for b in base for c in current if b > 0])
+
+
+def compare_samples(base, current, alpha=0.01, min_effect=0.05, min_rounds=MIN_ROUNDS):
+    """Whether ``current`` is lower ("faster"), higher ("slower") than ``base`` or "within noise".
+
+    Samples are per-round times or per-round time ratios (lower is faster).
+    A difference counts where the rank test gives ``p < alpha`` and the
+    Hodges-Lehmann ratio is more than ``min_effect`` away from 1; fewer than
+    ``min_rounds`` rounds on either side give "too few rounds".
+    """
+    base, current = [v for v in base if v > 0], [v for v in current if v > 0]
+    out = {"n_base": len(base), "n_current": len(current)}
+    if len(base) < min_rounds or len(current) < min_rounds:
+        return {**out, "verdict": "too few rounds", "p": None, "u": None, "ratio": None}
+    test = mann_whitney(current, base)
+    ratio = hodges_lehmann_ratio(base, current)
+    verdict = "within noise"
+    if test["p"] < alpha and abs(ratio - 1) > min_effect:
+        verdict = "slower" if ratio > 1 else "faster"
+    return {**out, "verdict": verdict, "p": test["p"], "u": test["u"], "ratio": ratio,
+            "median_base": median(base), "median_current": median(current)}
