@@ -11,12 +11,13 @@ echo "=== mypy"
 mypy || failed="$failed mypy"
 echo "=== build (wheel and sdist) and twine check"
 dist="$(mktemp -d)"
-if python -m build --outdir "$dist" . > "$dist/build.log" 2>&1; then
-  twine check --strict "$dist"/* || failed="$failed twine"
+log="$(mktemp)"
+if python -m build --outdir "$dist" . > "$log" 2>&1; then
+  twine check --strict "$dist"/*.whl "$dist"/*.tar.gz || failed="$failed twine"
 else
-  tail -30 "$dist/build.log"; failed="$failed build"
+  tail -30 "$log"; failed="$failed build"
 fi
-rm -rf "$dist"
+rm -rf "$dist" "$log"
 scripts/test-backends.sh "$@" || failed="$failed tests"
 if [ -n "$failed" ]; then
   echo "FAILED:$failed"
