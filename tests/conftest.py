@@ -1,10 +1,33 @@
-"""Shared test settings: hypothesis profile and the backend in use."""
+"""Shared test settings: hypothesis profile, the backend in use, and
+inductor's cache directory."""
 
+import hashlib
 import os
+import tempfile
 
-import keras
-import pytest
-from hypothesis import HealthCheck, settings
+
+def _inductor_cache_dir() -> str:
+    """Inductor's on-disk cache, one per vector ISA. Its cache key leaves out
+    the ISA its C++ kernels were built for (``ATEN_CPU_CAPABILITY``, or what
+    the CPU offers): a cache written with AVX-512 kernels and read under
+    ``ATEN_CPU_CAPABILITY=avx2`` gave outputs wrong by 1e9, and NaN, in
+    tests/compile. Set before torch is imported (importing keras may call
+    inductor's cache_dir(), which fixes the variable)."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    key = hashlib.sha256(f"{os.environ.get('ATEN_CPU_CAPABILITY', '')}|{flags}".encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"normlab-inductor-{key}")
+
+
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _inductor_cache_dir())
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "normlab",
