@@ -7,6 +7,7 @@ shading is not drawn by hand: for a layer (or spec string such as
 respect to the whole input, and every input element with a non-zero
 gradient is one whose value enters that element's statistics. Any norm in
 the registry, including ones written later, can be drawn this way.
+Drawing needs matplotlib (``pip install 'normlab[lab]'``).
 
 Example:
     >>> import numpy as np
@@ -22,8 +23,6 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
-
-from normlab.testing.autodiff import gradients
 
 
 def _layer(norm):
@@ -63,11 +62,41 @@ def shared_statistics(norm, *, batch: int = 4, channels: int = 6, height: int = 
     sample, channel = element
     cotangent = np.zeros(x.shape, "float32")
     cotangent[sample, 0, 0, channel] = 1.0
-    (grad,) = gradients(lambda v: _call(layer, v), [x], cotangent)
+    grad = _input_gradient(lambda v: _call(layer, v), x, cotangent)
     grad = np.abs(np.asarray(grad, dtype=np.float64))
     mask = grad > 1e-6 * grad.max()
     mask[sample, 0, 0, channel] = True
     return mask.transpose(0, 3, 1, 2).reshape(batch, channels, height * width)
+
+
+def _input_gradient(fn, x: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
+    """The gradient of ``sum(fn(x) * cotangent)`` with respect to ``x``, on the active backend."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        return np.asarray(jax.grad(lambda v: jnp.sum(fn(v).astype("float32") * cotangent))(
+            jnp.asarray(x)))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        variable = tf.Variable(x)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.cast(fn(variable), "float32") * cotangent)
+        return tape.gradient(loss, variable).numpy()
+    if backend == "torch":
+        import torch
+
+        tensor = torch.tensor(x, requires_grad=True)
+        (fn(tensor).float() * torch.as_tensor(cotangent)).sum().backward()
+        if tensor.grad is None:  # the output does not depend on the input
+            return np.zeros_like(x)
+        return tensor.grad.numpy()
+    raise NotImplementedError(f"normlab.viz does not support the {backend!r} backend. "
+                              f"Received: backend={backend!r}. Use jax, tensorflow or torch.")
 
 
 def _title(norm) -> str:
@@ -104,10 +133,13 @@ def cube_figure(norms, *, batch: int = 4, channels: int = 6, height: int = 2, wi
 
     Returns:
         A matplotlib ``Figure`` (Agg, no display needed); save it with ``fig.savefig``.
-    """
-    import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    Raises:
+        MissingDependency: matplotlib is not installed (``pip install 'normlab[lab]'``).
+    """
+    from normlab.lab.errors import require
+
+    require("matplotlib")
     from matplotlib.figure import Figure
 
     norms = list(norms)

@@ -34,3 +34,22 @@ def test_cube_figure_renders(tmp_path):
     path = tmp_path / "cube.png"
     fig.savefig(path, dpi=40)
     assert path.stat().st_size > 1000
+
+
+def test_missing_matplotlib_names_the_lab_extra(monkeypatch):
+    import sys
+
+    from normlab.lab.errors import MissingDependency
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    with pytest.raises(MissingDependency, match=r"the lab needs matplotlib .*pip install 'normlab\[lab\]'"):
+        viz.cube_figure(["batch"], batch=N, channels=C, height=H, width=W)
+
+
+def test_viz_uses_no_test_helper():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(viz))
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in modules if m and m.startswith("normlab.testing")}

@@ -19,25 +19,28 @@ it raises `DatasetError` naming the file, both digests and the fix. `digits`
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.client
 import os
-import pickle
-import tarfile
 import tempfile
 import urllib.request
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from normlab.lab import parsers
+from normlab.lab.errors import require
+from normlab.lab.experiments import DATASETS, dataset_key
+from normlab.lab.parsers import DatasetError
+
 _TIMEOUT_SECONDS = 30.0
 
 
-class DatasetError(RuntimeError):
-    """A dataset cannot be loaded: unknown name, missing, corrupt or unreadable files."""
+class DatasetNotFound(DatasetError):
+    """No copy of a dataset was found and none could be downloaded (a checksum mismatch is not this)."""
+
+    reason: str = ""  # why: "download failed: ..." or "download=False"
 
 
 @dataclass(frozen=True)
@@ -110,12 +113,34 @@ _SPECS: dict[str, _Spec] = {
         ("", _Format("cifar", {"cifar-10-batches-py.tar.gz": _CIFAR_SHA}))),
         _CIFAR_TAR, ("https://www.cs.toronto.edu/~kriz/",)),
 }
-_NAMES = ("mnist", "fashion_mnist", "cifar10", "digits", "synthetic")
+_NAMES = tuple(DATASETS)
 
 
 def available_datasets() -> list[str]:
     """Names accepted by `load_dataset`."""
     return list(_NAMES)
+
+
+def locate(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
+    """Where `load_dataset` would read the dataset from, without reading or downloading it.
+
+    Returns a description ("data_dir: /path", "bundled", ...), or None when no complete
+    copy is found (so loading would download it).
+
+    Example:
+        >>> locate("digits")
+        'bundled with scikit-learn'
+    """
+    key = dataset_key(name)
+    if key in ("digits", "synthetic"):
+        return "bundled with scikit-learn" if key == "digits" else "generated"
+    if key not in _SPECS:
+        raise DatasetError(f"Unknown dataset. Valid names: {', '.join(_NAMES)}. "
+                           f"Received: name={name!r}.")
+    for place in _places(key, _SPECS[key], data_dir):
+        if all(p.is_file() for p in place.paths()):
+            return f"{place.label}: {place.directory}"
+    return None
 
 
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
@@ -133,7 +158,7 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
         >>> load_dataset("digits").input_shape
         (8, 8, 1)
     """
-    key = str(name).strip().lower().replace("-", "_")
+    key = dataset_key(name)
     if key == "digits":
         return _load_digits()
     if key == "synthetic":
@@ -141,10 +166,15 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     if key not in _SPECS:
         raise DatasetError(f"Unknown dataset. Valid names: {', '.join(_NAMES)}. "
                            f"Received: name={name!r}.")
+    check_data_dir(key, data_dir)
+    return _load_remote(key, data_dir, download, progress)
+
+
+def check_data_dir(name: str, data_dir: str | os.PathLike | None) -> None:
+    """Raises DatasetError if ``data_dir`` is given but is not a folder."""
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise DatasetError(f"The data directory does not exist. Received: data_dir="
-                           f"{str(data_dir)!r}. Pass a folder that holds the {key} files.")
-    return _load_remote(key, data_dir, download, progress)
+                           f"{str(data_dir)!r}. Pass a folder that holds the {name} files.")
 
 
 # ---------------------------------------------------------------- lookup and download
@@ -212,19 +242,24 @@ def _verify(path: Path, expected: str, label: str) -> None:
 
 def _fetch(url: str, dest: Path, progress: bool) -> None:
     """Download `url` into `dest`, with a rich progress bar unless `progress` is False."""
-    from rich.console import Console
-    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+    import contextlib
 
     request = urllib.request.Request(url, headers={"User-Agent": "normlab"})
-    bar = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
-                   console=Console(stderr=True), disable=not progress, transient=True)
+    bar = None
+    if progress:
+        from rich.console import Console
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+        bar = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                       console=Console(stderr=True), transient=True)
     with urllib.request.urlopen(request, timeout=_TIMEOUT_SECONDS) as response, \
-            open(dest, "wb") as out, bar:
+            open(dest, "wb") as out, (bar or contextlib.nullcontext()):
         total = int(response.headers.get("Content-Length") or 0) or None
-        task = bar.add_task(url.rsplit("/", 1)[-1], total=total)
+        task = bar.add_task(url.rsplit("/", 1)[-1], total=total) if bar is not None else None
         while chunk := response.read(1 << 16):
             out.write(chunk)
-            bar.advance(task, len(chunk))
+            if bar is not None and task is not None:
+                bar.advance(task, len(chunk))
 
 
 class _DownloadFailed(Exception):
@@ -260,22 +295,32 @@ def _describe(place: _Place) -> str:
 
 def _not_found(name: str, spec: _Spec, places: list[_Place], data_dir: object,
                reason: str) -> DatasetError:
-    """The error for 'no copy found and none could be downloaded', with every option."""
+    """The error for 'no copy found and none could be downloaded', with every option (one line)."""
     searched = [] if data_dir else ["data_dir: not given"]
     searched += [_describe(p) for p in places if p.label == "data_dir"]
     searched += [] if os.environ.get("NORMLAB_DATA_DIR") else ["NORMLAB_DATA_DIR: not set"]
     searched += [_describe(p) for p in places if p.label != "data_dir"]
+    partial = []
+    for place in places:
+        present = [p for p in place.paths() if p.is_file()]
+        if present and len(present) < len(place.paths()):
+            missing = [p.name for p in place.paths() if not p.is_file()]
+            partial.append(f"{place.directory} has {len(present)} of {len(place.paths())} "
+                           f"files, missing {', '.join(missing)}")
     sub, fmt = spec.keras[0]
     what = fmt.files[0] if len(fmt.files) == 1 else "the files"
-    return DatasetError(
-        f"Dataset {name!r} was not found and could not be downloaded ({reason}).\n"
-        "Searched:\n  - " + "\n  - ".join(dict.fromkeys(searched)) + "\n"
-        f"Files needed: {' or '.join('[' + ', '.join(f.files) + ']' for f in spec.formats)}\n"
-        f"Received: data_dir={None if data_dir is None else str(data_dir)!r}. Options:\n"
-        f"  - pass --data-dir DIR (data_dir=DIR) with the official files\n"
-        f"  - set NORMLAB_DATA_DIR=DIR\n"
-        f"  - put {what} in the Keras cache: {_keras_datasets_dir() / sub}/\n"
-        f"  - use --dataset digits, which needs no download")
+    error = DatasetNotFound(
+        f"Dataset {name!r} was not found and could not be downloaded ({reason}). "
+        + (f"Incomplete: {'; '.join(dict.fromkeys(partial))}. " if partial else "")
+        + f"Searched: {'; '.join(dict.fromkeys(searched))}. "
+        f"Files needed: {' or '.join('[' + ', '.join(f.files) + ']' for f in spec.formats)}. "
+        f"Received: data_dir={None if data_dir is None else str(data_dir)!r}. Options: "
+        f"pass --data-dir DIR (data_dir=DIR) with the official files; "
+        f"set NORMLAB_DATA_DIR=DIR; "
+        f"put {what} in the Keras cache: {_keras_datasets_dir() / sub}/; "
+        f"or use --dataset digits, which needs no download.")
+    error.reason = reason
+    return error
 
 
 def _load_remote(name: str, data_dir: str | os.PathLike | None, download: bool,
@@ -304,72 +349,9 @@ def _load_place(name: str, place: _Place) -> Dataset:
     paths = place.paths()
     for path in paths:
         _verify(path, place.fmt.sha256[path.name], place.label)
-    x_train, y_train, x_test, y_test = _PARSERS[place.fmt.kind](paths)
+    x_train, y_train, x_test, y_test = parsers.PARSERS[place.fmt.kind](paths)
     source = str(paths[0] if len(paths) == 1 else place.directory)
     return _finish(name, x_train, y_train, x_test, y_test, 10, source)
-
-
-# ---------------------------------------------------------------------------- parsers
-
-
-def _read_idx(path: Path, magic: int) -> np.ndarray:
-    """Read a gzip IDX file: magic 2051 = images (N, rows, cols), 2049 = labels (N,)."""
-    try:
-        with gzip.open(path, "rb") as fh:
-            raw = fh.read()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DatasetError(f"Cannot decompress {path.name}: {exc}. Received: path='{path}'. "
-                           f"Replace it with the official gzip file.") from None
-    ndim = 3 if magic == 2051 else 1
-    offset = 4 + 4 * ndim  # big-endian uint32: magic, then one count per dimension
-    header = [int(v) for v in np.frombuffer(raw[:offset], ">u4")] if len(raw) >= offset else [0]
-    if header[0] != magic:
-        raise DatasetError(f"{path.name} is not an IDX {'image' if ndim == 3 else 'label'} "
-                           f"file: magic number {header[0]}, expected {magic}. "
-                           f"Received: path='{path}'. Replace it with the official file.")
-    dims, expected = tuple(header[1:]), offset + int(np.prod(header[1:]))
-    if len(raw) != expected:
-        raise DatasetError(f"{path.name}: the header announces shape {dims} ({expected} bytes) "
-                           f"but the file holds {len(raw)} bytes. Received: path='{path}'. "
-                           f"Replace it with the official file.")
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
-
-
-def _parse_idx(paths: list[Path]) -> tuple[np.ndarray, ...]:
-    return tuple(_read_idx(p, magic) for p, magic in zip(paths, (2051, 2049, 2051, 2049)))
-
-
-def _parse_npz(paths: list[Path]) -> tuple[np.ndarray, ...]:
-    try:
-        with np.load(paths[0], allow_pickle=False) as f:
-            return tuple(f[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    except (KeyError, ValueError, OSError) as exc:
-        raise DatasetError(f"Cannot read {paths[0].name}: {exc}. Received: path='{paths[0]}'. "
-                           f"Replace it with the Keras mnist.npz.") from None
-
-
-def _parse_cifar(paths: list[Path]) -> tuple[np.ndarray, ...]:
-    """Read the pickled batches from the tar.gz (unpickling is safe: the file was verified)."""
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    batches = {}
-    with tarfile.open(paths[0], "r:gz") as tar:
-        for member in tar:
-            base = member.name.rsplit("/", 1)[-1]
-            if member.isfile() and base in names:
-                batches[base] = pickle.load(tar.extractfile(member), encoding="bytes")
-    if missing := [n for n in names if n not in batches]:
-        raise DatasetError(f"{paths[0].name} lacks the batches {missing}. "
-                           f"Received: path='{paths[0]}'. Replace it with the official archive.")
-
-    def stack(keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        x = np.concatenate([np.asarray(batches[k][b"data"], np.uint8) for k in keys])
-        y = np.concatenate([np.asarray(batches[k][b"labels"]) for k in keys])
-        return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
-
-    return (*stack(names[:5]), *stack(names[5:]))
-
-
-_PARSERS = {"idx": _parse_idx, "npz": _parse_npz, "cifar": _parse_cifar}
 
 
 def _finish(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
@@ -396,21 +378,10 @@ def _finish(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
 
 def _load_digits() -> Dataset:
     """scikit-learn's bundled 8x8 digits (0..16); fixed permutation (seed 0), last 20% test."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    order = np.random.default_rng(0).permutation(len(bunch.target))
-    x, y = bunch.images[order], bunch.target[order]
-    split = len(y) - round(0.2 * len(y))
-    return _finish("digits", x[:split], y[:split], x[split:], y[split:], 10,
-                   "scikit-learn (bundled)", scale=16.0)
+    require("sklearn")  # a clear error naming the lab extra if scikit-learn is missing
+    return _finish(*parsers.digits(), 10, "scikit-learn (bundled)", scale=16.0)
 
 
 def _load_synthetic(num_train: int = 500, num_test: int = 100) -> Dataset:
     """10 balanced classes of 28x28x1 images: a fixed blocky pattern per class plus noise."""
-    rng = np.random.default_rng(0)
-    patterns = np.kron(rng.random((10, 7, 7)) > 0.5, np.ones((4, 4)))
-    y = np.concatenate([rng.permutation(np.arange(n) % 10) for n in (num_train, num_test)])
-    x = np.clip(0.8 * patterns[y] + rng.normal(0.1, 0.15, (len(y), 28, 28)), 0.0, 1.0)
-    return _finish("synthetic", x[:num_train], y[:num_train], x[num_train:], y[num_train:],
-                   10, "generated (seed 0)", scale=1.0)
+    return _finish(*parsers.synthetic(num_train, num_test), 10, "generated (seed 0)", scale=1.0)

@@ -3,7 +3,8 @@
 :func:`~normlab.lab.runner.run_grid` decides which runs are still to do and hands
 them to an executor; results land in the same run directories either way, so
 resuming (``summary.json`` marks a finished run) and ``normlab report`` work
-unchanged.
+unchanged. Executors train with :mod:`normlab.lab.training` and write with
+:mod:`normlab.lab.store`; neither depends back on this module.
 
 - :class:`LocalExecutor` (``--executor local``, the default) trains each run in
   this process, one after another, with a progress bar per run.
@@ -29,21 +30,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import shutil
 import tempfile
-import time
-import traceback
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
+from normlab.lab import store, training
+from normlab.lab.errors import LabError
 from normlab.lab.experiments import RunConfig
 
 EXECUTORS = ("local", "ray")
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(LabError, RuntimeError):
     """The executor cannot start: Ray is missing, or no cluster answers at the address."""
-ERROR = "error.txt"
 
 
 @dataclasses.dataclass
@@ -64,23 +63,27 @@ class LocalExecutor:
     name = "local"
 
     def run(self, todo: list[tuple[RunConfig, Path, int]], *, data_dir=None,
-            progress: bool = True, bar=None) -> Iterator[Outcome]:
+            progress: bool = True, bar=None, datasets: dict | None = None,
+            notes: dict | None = None) -> Iterator[Outcome]:
+        """Trains each run; ``datasets`` ({name: Dataset}) are used instead of loading them."""
         from normlab.lab.data import load_dataset
-        from normlab.lab.runner import run_one
 
-        datasets: dict[str, object] = {}
+        datasets = dict(datasets or {})
         for config, run_dir, index in todo:
             if config.dataset not in datasets:
                 datasets[config.dataset] = load_dataset(config.dataset, data_dir=data_dir,
                                                         progress=progress)
-            hooks = {}
+            hooks: dict[str, Any] = {}
             if bar is not None:
                 task = bar.add_task(f"{config.label} seed {config.seed}", total=None)
                 hooks = dict(on_step=lambda: bar.advance(task),
                              on_total=lambda n: bar.update(task, total=n))
-            summary = run_one(config, run_dir, datasets[config.dataset], grid_index=index, **hooks)
-            if bar is not None:
-                bar.remove_task(task)
+            try:
+                summary = training.run_one(config, run_dir, datasets[config.dataset],
+                                           grid_index=index, notes=notes, **hooks)
+            finally:
+                if bar is not None:
+                    bar.remove_task(task)
             yield Outcome(config, run_dir, index, summary)
 
     def describe(self) -> str:
@@ -138,21 +141,27 @@ class RayExecutor:
         return f"Ray executor on {where} ({self.cpus_per_run:g} CPU{gpus} per run)"
 
     def run(self, todo: list[tuple[RunConfig, Path, int]], *, data_dir=None,
-            progress: bool = True, bar=None) -> Iterator[Outcome]:
+            progress: bool = True, bar=None, datasets: dict | None = None,
+            notes: dict | None = None) -> Iterator[Outcome]:
+        """Submits every run; workers load their own data (``datasets`` is not sent)."""
         ray = _import_ray()
-        import keras
+        backend = next((c.backend for c, _, _ in todo if c.backend), "")
+        if not backend:
+            import keras
 
+            backend = keras.backend.backend()
         started = _connect(ray, self.resolved_address())
         try:
-            yield from self._run(ray, keras.backend.backend(), todo, data_dir, bar)
+            yield from self._run(ray, backend, todo, data_dir, bar, notes)
         finally:
             if started:
                 ray.shutdown()
 
-    def _run(self, ray, backend, todo, data_dir, bar) -> Iterator[Outcome]:
+    def _run(self, ray, backend, todo, data_dir, bar, notes) -> Iterator[Outcome]:
         env_vars = {"KERAS_BACKEND": backend}
-        if os.environ.get("NORMLAB_DATA_DIR"):
-            env_vars["NORMLAB_DATA_DIR"] = os.environ["NORMLAB_DATA_DIR"]
+        for name in ("NORMLAB_DATA_DIR", "NORMLAB_VERBOSE"):
+            if os.environ.get(name):
+                env_vars[name] = os.environ[name]
         runtime_env = dict(self.runtime_env or {})
         runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env_vars}
         if data_dir is not None and Path(data_dir).expanduser().is_dir():
@@ -164,7 +173,7 @@ class RayExecutor:
         pending = {}
         for config, run_dir, index in todo:
             ref = remote.options(name=task_name(config), **options).remote(
-                config.to_dict(), data_dir, index)
+                config.to_dict(), data_dir, index, notes)
             pending[ref] = (config, run_dir, index)
         task = bar.add_task(f"{len(todo)} runs on Ray", total=None) if bar is not None else None
         try:
@@ -178,10 +187,10 @@ class RayExecutor:
                     raise cause from None
                 except ray.exceptions.RayError as exc:  # the worker, its node or the task died
                     error = f"{type(exc).__name__}: {exc}"
-                    write_error(run_dir, config, error)
+                    store.write_error(run_dir, config, error)
                     yield Outcome(config, run_dir, index, None, error)
                     continue
-                write_run(run_dir, files, summary)
+                summary = store.write_run(run_dir, config, files, summary)
                 yield Outcome(config, run_dir, index, summary)
         finally:
             for ref in pending:  # interrupted or stopped by an error: free the cluster
@@ -211,18 +220,17 @@ def task_name(config: RunConfig) -> str:
     return f"normlab:{config.experiment}/{config.slug}/seed{config.seed}"
 
 
-def train_in_worker(config: dict, data_dir: str | None,
-                    grid_index: int | None = None) -> tuple[dict[str, str], dict]:
+def train_in_worker(config: dict, data_dir: str | None, grid_index: int | None = None,
+                    notes: dict | None = None) -> tuple[dict[str, str], dict]:
     """The body of a Ray task: trains one run in a scratch folder; returns its files and summary."""
-    from normlab.lab.runner import run_one
-
     run_config = RunConfig(**config)
     dataset = _dataset(run_config.dataset, data_dir)
     with tempfile.TemporaryDirectory(prefix="normlab-run-") as scratch:
         run_dir = Path(scratch) / "run"
-        summary = run_one(run_config, run_dir, dataset, grid_index=grid_index,
-                          worker=dict(executor="ray", host=platform.node(), pid=os.getpid()))
-        files = {p.name: p.read_text() for p in run_dir.iterdir() if p.name != "summary.json"}
+        summary = training.run_one(run_config, run_dir, dataset, grid_index=grid_index,
+                                   notes=notes, worker=dict(executor="ray", host=platform.node(),
+                                                            pid=os.getpid()))
+        files = {p.name: p.read_text() for p in run_dir.iterdir() if p.name != store.SUMMARY}
     return files, summary
 
 
@@ -236,30 +244,6 @@ def _dataset(name: str, data_dir: str | None):
     if key not in _DATASETS:
         _DATASETS[key] = load_dataset(name, data_dir=data_dir, progress=False)
     return _DATASETS[key]
-
-
-def write_run(run_dir: Path, files: dict[str, str], summary: dict) -> None:
-    """Writes a run a worker returned: its files first, ``summary.json`` last and atomically."""
-    from normlab.lab.runner import SUMMARY, write_json_atomic
-
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    for name, text in files.items():
-        (run_dir / name).write_text(text)
-    write_json_atomic(run_dir / SUMMARY, summary)
-
-
-def write_error(run_dir: Path, config: RunConfig, error: str) -> None:
-    """Leaves a lost run unfinished (no summary) with ``error.txt`` saying why."""
-    from normlab.lab.runner import CONFIG, write_json_atomic
-
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    write_json_atomic(run_dir / CONFIG, config.to_dict())
-    (run_dir / ERROR).write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} run lost, "
-                                 f"to be redone by the next invocation:\n{error}\n")
 
 
 def _import_ray():

@@ -1,22 +1,75 @@
-"""The lab's experiments as flat, typed configurations and named presets.
+"""The lab's runs as flat, typed configurations, and the grids they form.
 
 One :class:`RunConfig` describes one training run (one seed); an
 :class:`Experiment` is a named list of configurations run over several seeds.
-Every preset below is a plain function returning an :class:`Experiment`; its
-docstring gives the command that runs it and roughly how long it takes on a
-2-core CPU with the JAX backend (PyTorch and TensorFlow are slower).
+The named experiments (``normlab compare``, the sweeps) are in
+:mod:`normlab.lab.presets`.
 
-This module does not import Keras.
+Every value is checked when a configuration is made, before anything is
+imported or trained: unknown keys, non-finite or out-of-range numbers, unknown
+datasets, architectures, implementations and malformed placements are
+:class:`~normlab.lab.errors.ConfigError` s that name the valid values.
+
+This module imports no deep-learning framework (nor NumPy).
+
+Example:
+    >>> c = RunConfig(label="GN", norms="group(groups=5, axis=3)", backend="jax")
+    >>> c.slug, c.variant
+    ('GN', 'jax-normlab-...')
+    >>> RunConfig(learning_rate=float("inf"))
+    Traceback (most recent call last):
+    ...
+    normlab.lab.errors.ConfigError: Invalid `learning_rate`: expected a finite float > 0. ...
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
 import re
 from dataclasses import dataclass
-from typing import Callable
+
+from normlab.lab.errors import ConfigError
+from normlab.lab.models import ARCHITECTURES, is_identity, norm_specs
 
 PROTOCOLS = ("standard", "tutorial")
+#: Part of every run directory's hash: bumped when training changes what a run computes
+#: (2: dropout seeded with the run's seed; Keras' layers start from normlab's weights).
+TRAINING_REVISION = 2
+IMPLS = ("normlab", "keras")
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the lab knows about a dataset before loading it."""
+
+    shape: tuple[int, int, int]  # one image, channels-last
+    classes: int
+    summary: str
+    offline: bool  # needs no download
+
+
+#: Every dataset the lab can load (see :mod:`normlab.lab.data`).
+DATASETS = {
+    "mnist": DatasetInfo((28, 28, 1), 10, "handwritten digits, 60,000 train / 10,000 test "
+                         "(downloaded once, 11 MB)", False),
+    "fashion_mnist": DatasetInfo((28, 28, 1), 10, "clothing images, 60,000 / 10,000 "
+                                 "(downloaded once, 30 MB)", False),
+    "cifar10": DatasetInfo((32, 32, 3), 10, "colour images, 50,000 / 10,000 "
+                           "(downloaded once, 163 MB)", False),
+    "digits": DatasetInfo((8, 8, 1), 10, "scikit-learn's bundled 8x8 digits, 1,438 / 359 "
+                          "(offline)", True),
+    "synthetic": DatasetInfo((28, 28, 1), 10, "generated blocky patterns, 500 / 100 "
+                             "(offline, for tests)", True),
+}
+
+
+def dataset_key(name: str) -> str:
+    """The canonical dataset name (``-`` and ``_`` are interchangeable, case ignored)."""
+    return str(name).strip().lower().replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -28,8 +81,8 @@ class RunConfig:
     series: str = ""  # the line a sweep point belongs to; defaults to `label`
     sweep: str = ""  # name of the swept quantity (e.g. "batch size"); "" for comparisons
     x: float = 0.0  # the swept value of this run
-    norms: str = "none"  # placement: norm specs joined by '>', one per conv
-    arch: str = "tutorial"  # "tutorial" (2x Conv2D(10) max) or "deep" (4 blocks, last map 4x4)
+    norms: str = "none"  # placement: one norm spec per conv joined by '>', 'none' = no norm there
+    arch: str = "tutorial"  # "tutorial" (Conv2D(10) per norm) or "deep" (4 blocks, last map 4x4)
     dataset: str = "mnist"
     protocol: str = "standard"  # "standard": train 60k, test 10k; "tutorial": train on the 10k test split
     epochs: int = 1
@@ -41,24 +94,47 @@ class RunConfig:
     test_subset: int = 0  # > 0: use only the first N test images
     train_mode_eval: bool = False  # also evaluate with batch statistics (training=True, no dropout)
     eval_batch_size: int = 256
+    impl: str = "normlab"  # "normlab" or "keras": whose layer implements each norm
+    backend: str = ""  # Keras backend; "" = the one Keras runs on (filled in before running)
 
     def __post_init__(self):
+        object.__setattr__(self, "dataset", dataset_key(self.dataset))
+        for f in dataclasses.fields(self):
+            _check_type(f.name, f.type, getattr(self, f.name))
         checks = (
-            ("protocol", self.protocol in PROTOCOLS, f"one of {', '.join(PROTOCOLS)}"),
-            ("epochs", self.epochs >= 1, "an int >= 1"),
-            ("max_steps", self.max_steps >= 0, "an int >= 0 (0 = train for `epochs`)"),
-            ("batch_size", self.batch_size >= 1, "an int >= 1"),
-            ("learning_rate", self.learning_rate > 0, "a float > 0"),
-            ("train_subset", self.train_subset >= 0, "an int >= 0 (0 = all)"),
-            ("test_subset", self.test_subset >= 0, "an int >= 0 (0 = all)"),
-            ("eval_batch_size", self.eval_batch_size >= 1, "an int >= 1"),
+            ("protocol", self.protocol in PROTOCOLS, f"one of {', '.join(PROTOCOLS)}",
+             "Pass --protocol standard or --protocol tutorial."),
+            ("dataset", self.dataset in DATASETS, f"one of {', '.join(DATASETS)}",
+             "Pass --dataset mnist (or see `normlab list`)."),
+            ("arch", self.arch in ARCHITECTURES, f"one of {', '.join(ARCHITECTURES)}",
+             "Pass --set arch=tutorial or --set arch=deep."),
+            ("impl", self.impl in IMPLS, f"one of {', '.join(IMPLS)}",
+             "Pass --impl normlab or --impl keras."),
+            ("backend", self.backend in ("", *BACKENDS), f"one of {', '.join(BACKENDS)}",
+             "Pass --backend jax, torch or tensorflow."),
+            ("epochs", self.epochs >= 1, "an int >= 1", "Pass e.g. --epochs 1."),
+            ("max_steps", self.max_steps >= 0, "an int >= 0 (0 = train for `epochs`)",
+             "Pass e.g. --max-steps 100, or 0."),
+            ("batch_size", self.batch_size >= 1, "an int >= 1", "Pass e.g. --batch-size 32."),
+            ("learning_rate", math.isfinite(self.learning_rate) and self.learning_rate > 0,
+             "a finite float > 0", "Pass e.g. --lr 0.001."),
+            ("seed", self.seed >= 0, "an int >= 0", "Pass e.g. --seeds 0,1,2."),
+            ("x", math.isfinite(self.x), "a finite number", "Pass a finite value."),
+            ("train_subset", self.train_subset >= 0, "an int >= 0 (0 = all)",
+             "Pass e.g. --train-subset 10000, or 0."),
+            ("test_subset", self.test_subset >= 0, "an int >= 0 (0 = all)",
+             "Pass e.g. --set test_subset=1000, or 0."),
+            ("eval_batch_size", self.eval_batch_size >= 1, "an int >= 1",
+             "Pass e.g. --set eval_batch_size=256."),
         )
-        for key, ok, expected in checks:
+        for key, ok, expected, fix in checks:
             if not ok:
-                raise ValueError(
-                    f"Invalid `{key}`: expected {expected}. Received: {key}={getattr(self, key)!r}. "
-                    "Pass a valid value."
-                )
+                raise ConfigError(f"Invalid `{key}`: expected {expected}. "
+                                  f"Received: {key}={getattr(self, key)!r}. {fix}")
+        try:
+            norm_specs(self.norms, self.arch)  # syntax and count only; names are checked later
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if not self.label:
             object.__setattr__(self, "label", self.norms)
         if not self.series:
@@ -69,8 +145,43 @@ class RunConfig:
 
     @property
     def slug(self) -> str:
-        """A file-system-safe name for this configuration (without the seed)."""
+        """A file-system-safe name for this configuration's label."""
         return re.sub(r"[^A-Za-z0-9=.,+-]+", "_", self.label).strip("_") or "run"
+
+    def result_fields(self) -> dict:
+        """Every field that can change the numbers of a run, except the seed."""
+        return {k: v for k, v in self.to_dict().items() if k not in _NAMING_FIELDS}
+
+    @property
+    def variant(self) -> str:
+        """``<backend>-<impl>-<hash>``: names the run directory of these settings.
+
+        The hash covers :meth:`result_fields`, so runs that differ in anything that
+        changes their result (protocol, subsets, epochs or steps, batch size,
+        learning rate, implementation, backend, ...) never share a directory.
+        """
+        text = json.dumps({**self.result_fields(), "revision": TRAINING_REVISION}, sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        return f"{self.backend or 'any'}-{self.impl}-{digest}"
+
+    @property
+    def has_norm(self) -> bool:
+        """False when the placement puts no norm anywhere (``none`` after every conv)."""
+        return not all(is_identity(s) for s in norm_specs(self.norms, self.arch))
+
+
+# Fields that name or place a run in the report, without changing what it computes.
+_NAMING_FIELDS = ("experiment", "label", "series", "sweep", "x", "seed")
+
+
+def _check_type(key: str, kind: str, value) -> None:
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "bool": lambda v: isinstance(v, bool),
+          "str": lambda v: isinstance(v, str)}[kind](value)
+    if not ok:
+        raise ConfigError(f"Invalid `{key}`: expected a value of type {kind}. "
+                          f"Received: {key}={value!r}. Pass a {kind}.")
 
 
 def config_keys() -> list[str]:
@@ -79,10 +190,10 @@ def config_keys() -> list[str]:
 
 
 def check_keys(overrides: dict) -> None:
-    """Raises ``ValueError`` naming the valid keys if ``overrides`` has an unknown one."""
+    """Raises ``ConfigError`` naming the valid keys if ``overrides`` has an unknown one."""
     unknown = sorted(set(overrides) - set(config_keys()))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"Invalid `key`: expected a RunConfig field. Received: key={', '.join(unknown)}. "
             f"Valid keys: {', '.join(config_keys())}."
         )
@@ -91,7 +202,7 @@ def check_keys(overrides: dict) -> None:
 def parse_value(key: str, text: str):
     """Converts ``text`` to the type of the RunConfig field ``key`` (for ``--set key=value``)."""
     check_keys({key: None})
-    kind = {f.name: f.type for f in dataclasses.fields(RunConfig)}[key]
+    kind = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}[key]
     try:
         if kind == "bool":
             if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
@@ -99,7 +210,7 @@ def parse_value(key: str, text: str):
             return text.lower() in ("1", "true", "yes")
         return {"int": int, "float": float}.get(kind, str)(text)
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"Invalid `{key}`: expected a value of type {kind}. Received: {key}={text!r}. "
             "Pass e.g. --set epochs=2 or --set train_mode_eval=true."
         ) from None
@@ -115,6 +226,23 @@ class Experiment:
     seeds: tuple[int, ...] = (0, 1, 2)
     notes: str = ""
 
+    def __post_init__(self):
+        seeds = tuple(self.seeds)
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+            raise ConfigError(f"Invalid `seeds`: expected one or more ints >= 0. "
+                              f"Received: seeds={seeds!r}. Pass e.g. --seeds 3 or --seeds 0,4,7.")
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ConfigError(f"Invalid `seeds`: expected each seed once (a repeated seed "
+                              f"repeats a run exactly). Received: seeds={seeds!r}, which repeats "
+                              f"{', '.join(map(str, repeated))}. Drop the repeats.")
+        keys = [(c.label, c.impl) for c in self.configs]
+        twice = sorted({k[0] for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ConfigError(f"Invalid `norms`: expected each configuration once. Received: "
+                              f"{', '.join(map(repr, twice))} more than once. Drop the repeats.")
+        object.__setattr__(self, "seeds", seeds)
+
     def grid(self) -> list[RunConfig]:
         """Every run, seed-major: all configurations for seed 0, then seed 1, ...
 
@@ -128,116 +256,24 @@ class Experiment:
         configs = tuple(dataclasses.replace(c, **overrides) for c in self.configs)
         return dataclasses.replace(self, configs=configs, seeds=tuple(seeds or self.seeds))
 
-
     def renamed(self, suffix: str) -> "Experiment":
         """A copy whose name (and every configuration's ``experiment``) ends with ``suffix``."""
         configs = tuple(dataclasses.replace(c, experiment=c.experiment + suffix)
                         for c in self.configs)
         return dataclasses.replace(self, name=self.name + suffix, configs=configs)
 
+    def with_impls(self, impls) -> "Experiment":
+        """Each configuration once per implementation (adjacent, so timings interleave).
 
-# ------------------------------------------------------------------------------ presets
-
-GN = "group(groups=5, axis=3)"
-IN = "instance(axis=3, beta_initializer='random_uniform', gamma_initializer='random_uniform')"
-LN = "layer(axis=1)"
-BN = "batch(axis=3)"
-CLASSIC = {"GroupNorm": GN, "InstanceNorm": IN, "LayerNorm": LN, "BatchNorm": BN, "none": "none"}
-COMBOS = {"BN": f"{BN}>{BN}", "GN": f"{GN}>{GN}", "BN>GN": f"{BN}>{GN}", "GN>BN": f"{GN}>{BN}"}
-
-
-def compare(norms: dict[str, str] | None = None, **overrides) -> Experiment:
-    """The classic tutorial comparison: GroupNorm(5), InstanceNorm, LayerNorm(axis=1),
-    BatchNorm and no norm after one Conv2D(10), full MNIST, 1 epoch, batch 32, 3 seeds.
-
-    Run: ``normlab compare`` (15 runs; about 3 minutes on 2 idle CPU cores with JAX, 9 when
-    the cores are shared; ``--quick``: under a minute).
-    """
-    norms = norms or CLASSIC
-    configs = tuple(RunConfig(experiment="compare", label=k, norms=v) for k, v in norms.items())
-    return Experiment("compare", "Normalization layers after one convolution", configs).replace(
-        **overrides)
-
-
-def combos(**overrides) -> Experiment:
-    """Two convolutions with a norm after each: BN only, GN only, BN>GN, GN>BN.
-
-    Run: ``normlab compare --preset combos`` (12 runs; about 4 minutes with JAX).
-    """
-    configs = tuple(RunConfig(experiment="combos", label=k, norms=v) for k, v in COMBOS.items())
-    return Experiment("combos", "Two convolutions, one norm after each", configs).replace(
-        **overrides)
-
-
-def batch_size(values=(32, 16, 8, 4, 2), arch: str = "tutorial", base_batch: int = 32,
-               base_lr: float = 1e-3, **overrides) -> Experiment:
-    """BN vs GN over batch sizes, learning rate scaled linearly (``base_lr * b / base_batch``).
-
-    The number of epochs is held fixed (so smaller batches take more, smaller steps);
-    pass ``--max-steps N`` to hold optimizer steps fixed instead. Accuracy is reported
-    in eval mode (BN uses its moving averages) and train mode (BN uses the statistics
-    of test batches of the training batch size).
-
-    Run: ``normlab sweep batch-size`` (30 runs; about 15 minutes on 2 idle cores with JAX,
-    33 when shared; batch 2 is 30,000 steps per run).
-    """
-    for key in ("batch_size", "learning_rate"):
-        if key in overrides:
-            raise ValueError(
-                f"Invalid `{key}`: the batch-size sweep sets it for every point. "
-                f"Received: {key}={overrides[key]!r}. Use --values for the batch sizes."
-            )
-    name = "batch-size" if arch == "tutorial" else f"batch-size-{arch}"
-    configs = tuple(
-        RunConfig(experiment=name, label=f"{series} b={b}", series=series, sweep="batch size",
-                  x=b, norms=spec, arch=arch, batch_size=b, learning_rate=base_lr * b / base_batch,
-                  train_mode_eval=True)
-        for series, spec in (("BN", BN), ("GN", GN)) for b in values
-    )
-    title = f"BN vs GN across batch sizes ({arch} net, lr = {base_lr:g} x batch / {base_batch})"
-    return Experiment(name, title, configs).replace(**overrides)
-
-
-def batch_size_deep(values=(32, 16, 8, 4, 2), **overrides) -> Experiment:
-    """The batch-size sweep on the deeper net (four conv blocks, last feature maps 4x4),
-    where BN's statistics span few values per channel at small batch sizes.
-
-    Run: ``normlab sweep batch-size-deep --train-subset 20000`` (30 runs on a third of
-    MNIST; about 20 minutes with JAX; the full 60k takes about three times as long).
-    """
-    return batch_size(values, arch="deep", **overrides)
-
-
-def groups(values=(1, 2, 5, 10), **overrides) -> Experiment:
-    """GroupNorm with G = 1 (LayerNorm-like), 2, 5, 10 (InstanceNorm-like) groups of 10 channels.
-
-    Run: ``normlab sweep groups`` (12 runs; about 4 minutes with JAX).
-    """
-    configs = tuple(
-        RunConfig(experiment="groups", label=f"G={g}", series="GN", sweep="groups", x=g,
-                  norms=f"group(groups={g}, axis=3)")
-        for g in values
-    )
-    return Experiment("groups", "GroupNorm: number of groups (10 channels)", configs).replace(
-        **overrides)
-
-
-PRESETS: dict[str, Callable[..., Experiment]] = {
-    "compare": compare,
-    "combos": combos,
-    "batch-size": batch_size,
-    "batch-size-deep": batch_size_deep,
-    "groups": groups,
-}
-SWEEPS = ("batch-size", "batch-size-deep", "groups")
-QUICK = dict(dataset="digits", max_steps=30, test_subset=200)
-
-
-def preset(name: str, **kwargs) -> Experiment:
-    """The preset ``name`` (see :data:`PRESETS`) built with ``kwargs``."""
-    if name not in PRESETS:
-        raise ValueError(
-            f"Invalid `preset`: expected one of {', '.join(PRESETS)}. Received: preset={name!r}. "
-            "Run `normlab list` to see them."
-        )
-    return PRESETS[name](**kwargs)
+        A placement without any norm is the same model under every implementation,
+        so it runs once, under the first.
+        """
+        impls = tuple(dict.fromkeys(impls))
+        bad = [i for i in impls if i not in IMPLS]
+        if not impls or bad:
+            raise ConfigError(f"Invalid `impl`: expected one or more of {', '.join(IMPLS)}. "
+                              f"Received: impl={','.join(impls)!r}. Pass --impl normlab, "
+                              "--impl keras or --impl normlab,keras.")
+        configs = tuple(dataclasses.replace(c, impl=impl) for c in self.configs
+                        for n, impl in enumerate(impls) if n == 0 or c.has_norm)
+        return dataclasses.replace(self, configs=configs)

@@ -355,3 +355,22 @@ def test_missing_data_dir_is_reported(isolated: Path) -> None:
 def test_available_datasets() -> None:
     assert data.available_datasets() == ["mnist", "fashion_mnist", "cifar10", "digits",
                                          "synthetic"]
+
+
+def test_locate_reads_nothing_and_downloads_nothing(isolated: Path) -> None:
+    assert data.locate("digits") == "bundled with scikit-learn"
+    assert data.locate("mnist") is None  # would be downloaded (the fixture fails any fetch)
+    _write_tiny_idx(isolated / "d" / "mnist")
+    assert data.locate("mnist", isolated / "d") == f"data_dir: {isolated / 'd' / 'mnist'}"
+
+
+def test_an_incomplete_set_names_the_missing_files(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = isolated / "d"
+    _write_tiny_idx(folder)
+    (folder / IDX_NAMES[3]).unlink()
+    monkeypatch.setattr(data, "_fetch", lambda url, dest, progress: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(data.DatasetNotFound) as info:
+        data.load_dataset("mnist", data_dir=folder, progress=False)
+    message = str(info.value)
+    assert f"{folder} has 3 of 4 files, missing t10k-labels-idx1-ubyte.gz" in message
+    assert "\n" not in message and info.value.reason.startswith("download failed: ")

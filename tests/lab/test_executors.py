@@ -11,7 +11,8 @@ from pathlib import Path
 import keras
 import pytest
 
-from normlab.lab import cli, executors
+from normlab.lab import cli, executors, store
+from normlab.lab.errors import ConfigError
 from normlab.lab.executors import LocalExecutor, RayExecutor, make_executor, task_name
 from normlab.lab.experiments import RunConfig
 
@@ -65,15 +66,14 @@ def test_cli_executor_options():
     executor = parse_executor("--executor", "ray", "--address", "auto", "--cpus-per-run", "2",
                               "--retries", "1", "--ray-runtime-env", '{"pip": ["normlab[lab]"]}')
     assert executor == RayExecutor("auto", 2.0, 0.0, 1, {"pip": ["normlab[lab]"]})
-    with pytest.raises(ValueError, match="Invalid `cpus_per_run`"):
+    with pytest.raises(ConfigError, match="Invalid `cpus_per_run`"):
         parse_executor("--executor", "ray", "--cpus-per-run", "0")
-    with pytest.raises(ValueError, match="applies only to --executor ray"):
+    with pytest.raises(ConfigError, match="applies only to --executor ray"):
         parse_executor("--cpus-per-run", "2")
 
 
 def test_cli_rejects_a_runtime_env_that_is_not_a_json_object(capsys):
-    with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["compare", "--ray-runtime-env", "[1]"])
+    assert cli.main(["compare", "--ray-runtime-env", "[1]"]) == 2
     err = capsys.readouterr().err
     assert "Invalid `ray-runtime-env`: expected a JSON object. Received: '[1]'" in err
 
@@ -106,11 +106,11 @@ def test_unreachable_cluster_names_the_address_and_the_fix():
 def test_write_run_and_write_error(tmp_path):
     config = RunConfig(label="BN", norms="batch")
     run_dir = tmp_path / "run"
-    executors.write_error(run_dir, config, "WorkerCrashedError: killed")
+    store.write_error(run_dir, config, "WorkerCrashedError: killed")
     assert json.loads((run_dir / "config.json").read_text()) == config.to_dict()
     assert "WorkerCrashedError: killed" in (run_dir / "error.txt").read_text()
     assert not (run_dir / "summary.json").exists()
-    executors.write_run(run_dir, {"config.json": "{}\n", "metrics.jsonl": "{}\n"}, {"accuracy": 1})
+    store.write_run(run_dir, config, {"config.json": "{}\n", "metrics.jsonl": "{}\n"}, {"accuracy": 1})
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.jsonl",
                                                          "summary.json"]
     assert json.loads((run_dir / "summary.json").read_text()) == {"accuracy": 1}
@@ -171,7 +171,7 @@ def worker_running(name):
 @pytest.mark.slow
 def test_ray_grid_loses_only_the_killed_run_and_the_next_invocation_redoes_it(tmp_path):
     out = tmp_path / "runs"
-    victim = RunConfig(experiment="compare-synthetic", label="group(groups=5, axis=3)",
+    victim = RunConfig(experiment="compare-synthetic-test100-steps150-b16", label="group(groups=5, axis=3)",
                        norms="group(groups=5, axis=3)", seed=1)
     code, stdout, stderr, killed = run_cli(out, kill=task_name(victim))
     assert killed is not None, f"the run's worker never appeared:\n{stderr}"
@@ -179,10 +179,10 @@ def test_ray_grid_loses_only_the_killed_run_and_the_next_invocation_redoes_it(tm
     assert "4 runs on the Ray executor on a local Ray instance (1 CPU per run)" in stderr
     assert "LOST (" in stderr and "Rerun the same command to redo only them" in stderr
 
-    root = out / "compare-synthetic"
-    run_dirs = sorted(root.glob("*/seed*"))
+    root = out / "compare-synthetic-test100-steps150-b16"
+    run_dirs = sorted(root.glob("*/*/seed*"))
     assert len(run_dirs) == 4
-    lost_dir = root / victim.slug / "seed1"
+    (lost_dir,) = root.glob(f"{victim.slug}/*/seed1")
     assert not (lost_dir / "summary.json").exists()
     assert "run lost, to be redone" in (lost_dir / "error.txt").read_text()
     finished = {d: json.loads((d / "summary.json").read_text()) for d in run_dirs if d != lost_dir}
@@ -198,7 +198,7 @@ def test_ray_grid_loses_only_the_killed_run_and_the_next_invocation_redoes_it(tm
 
     code, stdout, stderr, _ = run_cli(out)
     assert code == 0, stderr
-    assert stderr.count("finished earlier, skipped") == 3
+    assert stderr.count("finished earlier, reused") == 3
     assert "1 runs on the Ray executor" in stderr
     for run_dir, summary in finished.items():  # untouched
         assert json.loads((run_dir / "summary.json").read_text()) == summary
@@ -210,7 +210,7 @@ def test_ray_grid_loses_only_the_killed_run_and_the_next_invocation_redoes_it(tm
     code, _, stderr, _ = run_cli(tmp_path / "local", "--executor", "local")
     assert code == 2 and "Invalid `address`: it applies only to --executor ray" in stderr
     from normlab.lab.data import load_dataset
-    from normlab.lab.runner import run_one
+    from normlab.lab.training import run_one
 
     local = run_one(RunConfig(**redone["config"]), tmp_path / "local-run", load_dataset("synthetic"))
     assert local["loss"] == pytest.approx(redone["loss"], rel=2e-3)

@@ -7,7 +7,18 @@ import numpy as np
 import pytest
 
 import normlab
-from normlab.lab.models import build_model, norm_specs, parameter_counts, parse_placement, split_placement
+from normlab.lab import presets
+from normlab.lab.models import (
+    KERAS_LAYERS,
+    build_model,
+    make_norm,
+    norm_specs,
+    parameter_counts,
+    parse_placement,
+    split_placement,
+)
+
+BACKEND = keras.backend.backend()
 
 
 @pytest.mark.parametrize("placement, expected", [
@@ -42,7 +53,6 @@ def test_unknown_argument_is_rejected():
 
 
 @pytest.mark.parametrize("placement, kinds", [
-    ("none", ["Identity"]),
     ("batch", ["BatchNormalization"]),
     ("batch>group(groups=5)", ["BatchNormalization", "GroupNormalization"]),
     ("group(groups=5)>batch>layer(axis=1)",
@@ -104,3 +114,103 @@ def test_a_newly_registered_norm_slots_in():
         registry_module._NORMS.pop("labtestnorm")
         registry_module._ALIASES.pop("labtestnorm")
         registry_module._ALIASES.pop("ltn")
+
+
+def kinds(model):
+    return [type(layer).__name__ for layer in model.layers][1:-4]
+
+
+def test_none_means_no_layer_after_that_convolution():
+    assert kinds(build_model("none", (28, 28, 1))) == ["Conv2D"]
+    assert kinds(build_model("batch>none", (28, 28, 1))) == ["Conv2D", "BatchNormalization", "Conv2D"]
+    assert kinds(build_model("none>group(groups=5)", (28, 28, 1))) == [
+        "Conv2D", "Conv2D", "GroupNormalization"]
+
+
+@pytest.mark.parametrize("label, counts, layers", [
+    ("BN only", (739_728, 20), ["Conv2D", "BatchNormalization", "Conv2D"]),
+    ("GN only", (739_728, 0), ["Conv2D", "GroupNormalization", "Conv2D"]),
+    ("GN then BN", (739_748, 20), ["Conv2D", "GroupNormalization", "Conv2D", "BatchNormalization"]),
+    ("BN then GN", (739_748, 20), ["Conv2D", "BatchNormalization", "Conv2D", "GroupNormalization"]),
+])
+@pytest.mark.parametrize("impl", ["normlab", "keras"])
+def test_combos_are_the_tutorials_four_models(label, counts, layers, impl):
+    model = build_model(presets.COMBOS[label], (28, 28, 1), impl=impl)
+    assert kinds(model) == layers
+    assert tuple(parameter_counts(model).values()) == counts
+    for layer in model.layers:
+        if "Normalization" in type(layer).__name__:
+            assert layer.axis in (3, [3], (3,)) or list(layer.axis) == [3]
+            if "Group" in type(layer).__name__:
+                assert layer.groups == 5
+
+
+def test_classic_preset_matches_the_tf_addons_tutorial_line_by_line():
+    """GroupNormalization(groups=5, axis=3), InstanceNormalization(axis=3, center=True, scale=True,
+    beta/gamma random_uniform), LayerNormalization(axis=1, center=True, scale=True), each after
+    Conv2D(10, (3, 3)) and before Flatten, Dense(128, relu), Dropout(0.2), Dense(10, softmax)."""
+    expected = {
+        "GroupNorm": dict(groups=5, axis=3),
+        "InstanceNorm": dict(axis=3, center=True, scale=True),
+        "LayerNorm": dict(axis=1, center=True, scale=True),
+    }
+    for label, want in expected.items():
+        model = build_model(presets.CLASSIC[label], (28, 28, 1))
+        conv, norm, flatten, dense, dropout, out = model.layers[1:]
+        assert (conv.filters, conv.kernel_size, conv.padding, conv.activation.__name__) == (
+            10, (3, 3), "valid", "linear")
+        config = norm.get_config()
+        for key, value in want.items():
+            assert config[key] in (value, [value]), (label, key)
+        if label == "InstanceNorm":
+            for key in ("beta_initializer", "gamma_initializer"):
+                assert config[key]["class_name"] == "RandomUniform"
+        assert (dense.units, dense.activation.__name__, dropout.rate, out.units,
+                out.activation.__name__) == (128, "relu", 0.2, 10, "softmax")
+        assert type(flatten).__name__ == "Flatten"
+
+
+@pytest.mark.parametrize("spec, keras_class", [
+    ("batch(axis=3)", "BatchNormalization"),
+    ("group(groups=5, axis=3)", "GroupNormalization"),
+    ("instance(axis=3)", "GroupNormalization"),
+    ("layer(axis=1)", "LayerNormalization"),
+    ("rms", "RMSNormalization"),
+])
+def test_impl_keras_builds_keras_own_layer_with_the_same_numbers(spec, keras_class):
+    ours, theirs = make_norm(spec, "normlab"), make_norm(spec, "keras")
+    assert type(theirs) is getattr(keras.layers, keras_class)
+    assert type(theirs).__module__.startswith("keras.")
+    x = np.random.default_rng(0).normal(2.0, 3.0, (4, 6, 6, 10)).astype("float32")
+    if BACKEND == "torch" and spec == "layer(axis=1)":
+        # Keras 3.15's LayerNormalization sends any single axis to F.layer_norm, which only
+        # normalizes trailing axes: it fails (the lab says so before training; see test_cli).
+        with pytest.raises(RuntimeError, match="normalized_shape"):
+            theirs(x, training=True)
+        return
+    a = keras.ops.convert_to_numpy(ours(x, training=True))
+    b = keras.ops.convert_to_numpy(theirs(x, training=True))
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
+    assert [tuple(w.shape) for w in ours.weights] == [tuple(w.shape) for w in theirs.weights]
+
+
+def test_keras_layers_have_normlabs_defaults():
+    """Under --impl keras every unspecified argument means the same as under normlab."""
+    import inspect
+
+    import normlab
+
+    for name, (cls_name, fixed) in KERAS_LAYERS.items():
+        ours = inspect.signature(normlab.registry()[name].factory).parameters
+        theirs = inspect.signature(getattr(keras.layers, cls_name).__init__).parameters
+        for arg, p in theirs.items():
+            if arg in ours and arg not in fixed and p.default is not inspect.Parameter.empty:
+                assert ours[arg].default == p.default, (name, arg)
+
+
+def test_impl_keras_refuses_norms_and_arguments_keras_lacks():
+    with pytest.raises(ValueError, match="has no built-in layer for the norm 'frn'.*Keras has: batch"):
+        make_norm("frn", "keras")
+    with pytest.raises(ValueError, match="keras.layers.BatchNormalization has no argument 'virtual_batch_size'"):
+        make_norm("batch(virtual_batch_size=2)", "keras")
+    assert make_norm("none", "keras") is None

@@ -6,19 +6,23 @@ import math
 
 import pytest
 
+from normlab.lab import plots
 from normlab.lab.experiments import RunConfig
-from normlab.lab.report import load_runs, render_markdown, stats, summarize, t975, write_report
-from normlab.lab.runner import run_dir_for, write_json_atomic
+from normlab.lab.report import ReportError, load_runs, render_markdown, stats, summarize, t975, write_report
+from normlab.lab.store import run_dir_for, write_json_atomic
 
 
 def fake_run(out, config: RunConfig, accuracy: float, *, train_mode=None, finished=True, t=0,
-             grid_index=None):
+             grid_index=None, loss=None, notes=None):
+    if not config.backend:
+        config = RunConfig(**{**config.to_dict(), "backend": "jax"})
     run_dir = run_dir_for(out, config)
     run_dir.mkdir(parents=True)
     write_json_atomic(run_dir / "config.json", config.to_dict())
     if finished:
         write_json_atomic(run_dir / "summary.json", dict(
-            config=config.to_dict(), metric="test", accuracy=accuracy, loss=1 - accuracy,
+            config=config.to_dict(), metric="test", accuracy=accuracy,
+            loss=1 - accuracy if loss is None else loss, notes=notes or {},
             train_accuracy=accuracy, train_loss=1 - accuracy, test_accuracy=accuracy,
             test_loss=1 - accuracy, train_mode_accuracy=train_mode,
             train_mode_loss=None if train_mode is None else 1 - train_mode,
@@ -59,7 +63,7 @@ def test_rows_follow_the_grid_even_when_runs_finish_out_of_order(tmp_path):
 
 
 def test_t_quantiles():
-    assert t975(1) == 12.706 and t975(2) == 4.303 and t975(30) == 2.042
+    assert round(t975(1), 3) == 12.706 and round(t975(2), 3) == 4.303 and round(t975(30), 3) == 2.042
     assert 2.000 < t975(50) < 2.021 and t975(10_000) == pytest.approx(1.96, abs=1e-3)
     assert math.isnan(t975(0))
 
@@ -67,14 +71,14 @@ def test_t_quantiles():
 def test_stats_mean_std_and_t_interval():
     s = stats([0.97, 0.98, 0.99])
     assert s["n"] == 3 and s["mean"] == pytest.approx(0.98) and s["std"] == pytest.approx(0.01)
-    assert s["ci95"] == pytest.approx(4.303 * 0.01 / math.sqrt(3))
+    assert s["ci95"] == pytest.approx(4.302653 * 0.01 / math.sqrt(3))
     one = stats([0.5, None])
     assert one["n"] == 1 and math.isnan(one["std"]) and math.isnan(one["ci95"])
 
 
 def test_unfinished_runs_are_not_counted(runs):
     finished, unfinished = load_runs(runs)
-    assert len(finished) == 14 and [p.parent.name for p in unfinished] == ["LN"]
+    assert len(finished) == 14 and [p.parent.parent.name for p in unfinished] == ["LN"]
 
 
 def test_summary_rows_in_run_order_and_sweeps_sorted(runs):
@@ -91,6 +95,10 @@ def test_markdown_table(runs):
     tables = summarize(load_runs(runs)[0])
     md = render_markdown("compare", tables["compare"])
     assert "| BN | 3 | 98.00 ± 1.00 | [95.52, 100.48] | 0.0200 ± 0.0100 |" in md
+    # GN - BN per seed: -2, -2, -5 points; mean -3, std 1.73, t = -3.0, p = 0.095.
+    assert "#### Paired differences against BN" in md
+    assert "| GN | BN | 3 | -3.00 [-7.30, +1.30] | 0.095 | within noise |" in md
+    assert "so the ranking of the means is within noise" in md
     assert "Specs: BN = `batch`; GN = `group`." in md
     sweep = render_markdown("bs", tables["bs"])
     assert "train-mode acc %" in sweep and "Held fixed across the sweep: epochs (1)." in sweep
@@ -115,5 +123,143 @@ def test_write_report_outputs(runs, tmp_path):
 def test_write_report_default_folder_and_empty_dir(runs, tmp_path):
     write_report(runs)
     assert (runs / "report" / "report.md").is_file()
-    with pytest.raises(FileNotFoundError, match="Invalid `runs_dir`"):
+    with pytest.raises(ReportError, match="does not exist"):
         write_report(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="expected a folder with finished runs"):
+        write_report(tmp_path / "empty")
+
+
+def test_sweeps_pair_each_series_with_the_baseline_series_at_the_same_x(runs):
+    table = summarize(load_runs(runs)[0])["bs"]
+    assert table["meta"]["baseline"] == "series BN at the same batch size"
+    gn32 = next(r for r in table["rows"] if r["label"] == "GN b=32")
+    assert gn32["paired"]["baseline"] == "BN b=32" and gn32["paired"]["mean"] == 0.0
+    assert next(r for r in table["rows"] if r["label"] == "BN b=2")["paired"] is None
+    other = summarize(load_runs(runs)[0], baseline="GN")["bs"]
+    assert other["meta"]["baseline"] == "series GN at the same batch size"
+
+
+def test_baseline_option_and_a_clear_ranking(tmp_path):
+    out = tmp_path / "runs"
+    for seed in range(4):
+        for label, acc in (("A", 0.90), ("B", 0.95), ("C", 0.90)):
+            fake_run(out, RunConfig(experiment="c", label=label, norms="none", seed=seed),
+                     acc + 0.001 * seed * (label == "C"))
+    tables = summarize(load_runs(out)[0], baseline="B")
+    md = render_markdown("c", tables["c"])
+    assert tables["c"]["meta"]["baseline"] == "B"
+    assert "| A | B | 4 | -5.00 [-5.00, -5.00] | < 0.001 | lower |" in md
+    assert "Beyond the seed noise (interval excluding 0): A lower by 5.00 points" in md
+    assert "not corrected for multiple comparisons" in md
+
+
+def test_impl_ab_side_by_side(tmp_path):
+    out = tmp_path / "runs"
+    for seed in range(3):
+        for impl, acc in (("normlab", 0.9), ("keras", 0.9 + (0.001 if seed == 2 else 0.0))):
+            fake_run(out, RunConfig(experiment="c", label="GN", norms="group", seed=seed, impl=impl), acc)
+    table = summarize(load_runs(out)[0])["c"]
+    assert [r["impl"] for r in table["rows"]] == ["normlab"] and len(table["other_rows"]) == 1
+    (ab,) = table["ab"]
+    assert ab["identical_4dp"] == 2 and ab["diff"]["n"] == 3
+    md = render_markdown("c", table)
+    assert "#### normlab against Keras' built-in layers" in md
+    assert ("| GN | 3 | 90.00 ± 0.00 | 90.03 ± 0.06 | +0.03 [-0.11, +0.18] | 0: +0.00, 1: +0.00, 2: +0.10 "
+            "| 2 of 3 |") in md
+    assert "Accuracies equal to the 4th decimal in 2 of 3 runs" in md
+    written = write_report(out, tmp_path / "report")  # Keras' runs drawn beside normlab's
+    assert (tmp_path / "report" / "c.png") in written
+    rows = list(csv.DictReader(open(tmp_path / "report" / "c.csv")))
+    assert [(r["label"], r["impl"]) for r in rows] == [("GN", "normlab"), ("GN", "keras")]
+    (ab_json,) = json.loads((tmp_path / "report" / "c.json").read_text())["ab"]
+    assert ab_json["diff"]["diffs"] == pytest.approx([0.0, 0.0, 0.001])
+
+
+def test_one_seed_draws_no_interval_and_says_so(tmp_path):
+    out = tmp_path / "runs"
+    fake_run(out, RunConfig(experiment="c", label="BN", norms="batch"), 0.9)
+    fake_run(out, RunConfig(experiment="c", label="GN", norms="group"), 0.8)
+    table = summarize(load_runs(out)[0])["c"]
+    assert plots.title("c", table).endswith("1 seed, no interval")
+    md = render_markdown("c", table)
+    assert "one seed: no spread or interval" in md and "cannot be told apart from seed-to-seed noise" in md
+    written = write_report(out, tmp_path / "report")
+    assert (tmp_path / "report" / "c.png") in written
+
+
+def test_every_value_a_sweep_accepts_can_be_reported(tmp_path):
+    """Non-positive swept values (old runs) and a diverged loss still plot and report."""
+    out = tmp_path / "runs"
+    for x in (-1, 2):
+        for seed in (0, 1):
+            config = RunConfig(experiment="g", label=f"G={x}", series="GN", sweep="groups", x=x,
+                               norms="group", seed=seed)
+            fake_run(out, config, 0.9, loss=float("nan") if x == 2 and seed == 1 else None)
+    written = write_report(out, tmp_path / "report")
+    data = json.loads((tmp_path / "report" / "g.json").read_text())
+    assert data["rows"][1]["loss"]["n"] == 1  # the NaN loss is left out, not written as NaN
+    assert "NaN" not in (tmp_path / "report" / "g.json").read_text()
+    assert (tmp_path / "report" / "g.png") in written
+
+
+def test_digits_fallback_is_announced_in_the_report_and_the_plot(tmp_path):
+    out = tmp_path / "runs"
+    note = {"dataset_fallback": "not found here, and download failed: offline"}
+    fake_run(out, RunConfig(experiment="c-digits", label="BN", norms="batch", dataset="digits"), 0.9, notes=note)
+    table = summarize(load_runs(out)[0])["c-digits"]
+    assert "MNIST was not available when this ran (not found here, and download failed" in render_markdown(
+        "c-digits", table)
+    assert "8x8 digits, not MNIST (MNIST unavailable)" in plots.title("c-digits", table)
+
+
+def test_report_files_share_ordinary_permissions(runs, tmp_path):
+    import os
+
+    out = tmp_path / "report"
+    write_report(runs, out)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~mask}
+
+
+def test_combos_report_says_the_notebook_swapped_the_last_two_labels(tmp_path):
+    from normlab.lab.presets import COMBOS, COMBOS_BOTH
+
+    out = tmp_path / "runs"
+    for name, placements in (("combos", COMBOS), ("both", COMBOS_BOTH)):
+        for label, norms in placements.items():
+            fake_run(out, RunConfig(experiment=name, label=label, norms=norms), 0.9)
+    tables = summarize(load_runs(out)[0])
+    md = render_markdown("combos", tables["combos"])
+    assert "Note: Labels follow the models' code. The original notebook swapped the labels" in md
+    assert "Note:" not in render_markdown("both", tables["both"])
+
+
+def test_paired_columns_in_the_csv(runs, tmp_path):
+    write_report(runs, tmp_path / "report")
+    rows = {r["label"]: r for r in csv.DictReader(open(tmp_path / "report" / "compare.csv"))}
+    assert rows["BN"]["paired_baseline"] == "" and rows["GN"]["paired_baseline"] == "BN"
+    assert float(rows["GN"]["paired_diff_mean"]) == pytest.approx(-0.03)
+    assert float(rows["GN"]["paired_p"]) == pytest.approx(0.0955, abs=1e-3)
+    assert rows["GN"]["paired_verdict"] == "within noise"
+
+
+def test_fixed_steps_sweep_says_what_was_held_fixed(tmp_path):
+    out = tmp_path / "runs"
+    for b in (32, 8):
+        for seed in (0, 1):
+            config = RunConfig(experiment="bs", label=f"BN b={b}", series="BN", sweep="batch size", x=b,
+                               norms="batch", batch_size=b, max_steps=50, seed=seed)
+            fake_run(out, config, 0.9 + 0.01 * seed)
+    table = summarize(load_runs(out)[0])["bs"]
+    assert table["meta"]["held_fixed"] == "optimizer steps (50 per run)"
+    assert "optimizer steps (50 per run) held fixed" in plots.title("bs", table)
+    assert "Held fixed across the sweep: optimizer steps (50 per run)." in render_markdown("bs", table)
+
+
+def test_terminal_text_has_no_markdown_markup():
+    from normlab.lab.report_text import plain
+
+    text = plain("### c\n\n**Dataset: digits.** Specs: BN = `batch`.\n\n| a | b |\n|---|---|\n![c](c.png)\n")
+    assert text == "c\n=\n\nDataset: digits. Specs: BN = batch.\n\n| a | b |\n|---|---|\n"

@@ -1,4 +1,4 @@
-"""The grid runner: run directories, resume after interruption, seeding, protocols."""
+"""The grid runner and training: run directories, resume after interruption, seeding, protocols."""
 
 import dataclasses
 import json
@@ -6,14 +6,19 @@ import os
 import platform
 import shutil
 
+import keras
 import numpy as np
 import pytest
 
-from normlab.lab import runner
+from normlab.lab import store, training
 from normlab.lab.data import load_dataset
 from normlab.lab.experiments import Experiment, RunConfig
 from normlab.lab.report import write_report
-from normlab.lab.runner import RunnerError, run_dir_for, run_grid, split_data
+from normlab.lab.runner import RunnerError, run_grid
+from normlab.lab.store import StoreError, run_dir_for
+from normlab.lab.training import split_data
+
+BACKEND = keras.backend.backend()
 
 TINY = dict(dataset="synthetic", max_steps=3, test_subset=32, batch_size=16, eval_batch_size=32,
             train_mode_eval=True)
@@ -39,7 +44,9 @@ def test_grid_writes_one_directory_per_run(grid):
     assert [r.status for r in results] == ["done"] * 2
     assert [(r.config.label, r.config.seed) for r in results] == [("BN", 0), ("GN", 0)]
     for i, r in enumerate(results):
-        assert r.run_dir == out / "tiny" / r.config.label / f"seed{r.config.seed}"
+        assert r.config.backend == BACKEND  # filled in from Keras
+        assert r.run_dir == out / "tiny" / r.config.label / r.config.variant / f"seed{r.config.seed}"
+        assert r.config.variant.startswith(f"{BACKEND}-normlab-")
         assert json.loads((r.run_dir / "config.json").read_text()) == r.config.to_dict()
         lines = (r.run_dir / "metrics.jsonl").read_text().splitlines()
         assert len(lines) == 1 and json.loads(lines[0])["steps"] == 3
@@ -69,14 +76,15 @@ def test_report_from_the_grid(grid, tmp_path):
 def test_rerun_skips_finished_runs_and_redoes_interrupted_ones(grid, tmp_path, monkeypatch):
     out = tmp_path / "runs"
     shutil.copytree(grid[0], out)
-    interrupted = run_dir_for(out, RunConfig(experiment="tiny", label="GN", seed=0))
+    gn = next(c for c in tiny_experiment().grid() if c.label == "GN")
+    interrupted = run_dir_for(out, dataclasses.replace(gn, backend=BACKEND))
     (interrupted / "summary.json").unlink()  # as if killed before the summary was written
     (interrupted / "metrics.jsonl").write_text('{"partial": true}\n')
     finished = sorted(out.rglob("summary.json"))
     mtimes = {p: p.stat().st_mtime_ns for p in finished}
     calls = []
-    real_run_one = runner.run_one
-    monkeypatch.setattr(runner, "run_one", lambda c, *a, **k: calls.append(c) or real_run_one(c, *a, **k))
+    real_run_one = training.run_one
+    monkeypatch.setattr(training, "run_one", lambda c, *a, **k: calls.append(c) or real_run_one(c, *a, **k))
 
     results = run_grid(tiny_experiment(), out, progress=False)
 
@@ -91,13 +99,31 @@ def test_rerun_skips_finished_runs_and_redoes_interrupted_ones(grid, tmp_path, m
         assert results[1].summary[key] == original[key], key
 
 
-def test_a_changed_config_is_refused_before_anything_runs(grid):
+def test_other_settings_get_other_directories(grid, tmp_path):
     out, results = grid
-    new = RunConfig(experiment="tiny", label="new", **TINY)
     changed = dataclasses.replace(results[1].config, learning_rate=0.5)
-    with pytest.raises(RunnerError, match="differs in learning_rate"):
-        run_grid([new, changed], out, progress=False)
+    assert run_dir_for(out, changed) != results[1].run_dir  # never the same directory
+    assert store.plan([changed], out)[0].action == "run"
+    assert store.plan([results[1].config], out)[0].action == "reuse"
+
+
+def test_an_edited_finished_run_is_refused_before_anything_runs(grid, tmp_path):
+    out = tmp_path / "runs"
+    shutil.copytree(grid[0], out)
+    _, gn = grid[1]
+    config_path = run_dir_for(out, gn.config) / "config.json"
+    edited = {**json.loads(config_path.read_text()), "learning_rate": 0.5}
+    config_path.write_text(json.dumps(edited))
+    new = RunConfig(experiment="tiny", label="new", backend=BACKEND, **TINY)
+    with pytest.raises(StoreError, match="differs in learning_rate"):
+        run_grid([new, gn.config], out, progress=False)
     assert not run_dir_for(out, new).exists()
+
+
+def test_a_config_for_another_backend_is_refused(tmp_path):
+    other = next(b for b in ("jax", "torch", "tensorflow") if b != BACKEND)
+    with pytest.raises(RunnerError, match=f"Received: backend='{other}'"):
+        run_grid([RunConfig(backend=other, **TINY)], tmp_path, progress=False)
 
 
 def test_max_steps_spans_epochs_and_protocols_swap_splits(tmp_path):
@@ -108,7 +134,7 @@ def test_max_steps_spans_epochs_and_protocols_swap_splits(tmp_path):
     x_train, y_train, x_test, y_test = split_data(config, dataset)
     np.testing.assert_array_equal(x_train, dataset.x_test[:40])
     np.testing.assert_array_equal(y_test, dataset.y_train[:30])
-    summary = runner.run_one(config, tmp_path / "run", dataset)
+    summary = training.run_one(config, tmp_path / "run", dataset)
     lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["steps"] for line in lines] == [3, 5]  # 3 steps per pass over 40 images
     assert summary["metric"] == "train (tutorial protocol)"
@@ -126,7 +152,7 @@ def test_train_mode_evaluation_restores_moving_statistics():
     x = np.random.default_rng(0).normal(5.0, 2.0, (32, 8, 8, 1)).astype("float32")
     y = np.arange(32) % 10
     before = [np.array(v.value) for v in model.non_trainable_variables]
-    train_mode = runner.evaluate_train_mode(model, x, y, batch_size=8)
+    train_mode = training.evaluate_train_mode(model, x, y, batch_size=8)
     after = [np.array(v.value) for v in model.non_trainable_variables]
     for b, a in zip(before, after):
         np.testing.assert_array_equal(a, b)
@@ -135,9 +161,26 @@ def test_train_mode_evaluation_restores_moving_statistics():
     assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.2]
 
 
-def test_write_json_atomic_replaces_and_leaves_no_temp_files(tmp_path):
-    path = tmp_path / "summary.json"
-    runner.write_json_atomic(path, {"a": 1})
-    runner.write_json_atomic(path, {"a": 2})
-    assert json.loads(path.read_text()) == {"a": 2}
-    assert os.listdir(tmp_path) == ["summary.json"]
+def test_a_diverged_run_writes_standard_json(tmp_path):
+    config = RunConfig(experiment="t", norms="none", dataset="synthetic", max_steps=3,
+                       test_subset=32, batch_size=16, eval_batch_size=32, learning_rate=1e12)
+    summary = training.run_one(config, tmp_path / "run", load_dataset("synthetic"))
+    text = (tmp_path / "run" / "summary.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
+    if summary.get("non_finite"):  # diverged, as expected at this learning rate
+        assert summary["loss"] is None and "loss" in summary["non_finite"]
+
+
+def test_impl_keras_starts_from_normlabs_weights_and_dropout(tmp_path):
+    """Random beta/gamma initializers draw differently in the two layers; the run copies
+    normlab's initial weights, so only the layers' computations differ."""
+    spec = "instance(axis=3, beta_initializer='random_uniform', gamma_initializer='random_uniform')"
+    base = RunConfig(experiment="t", norms=spec, dataset="synthetic", max_steps=3, test_subset=32,
+                     batch_size=16, eval_batch_size=32, seed=1)
+    dataset = load_dataset("synthetic")
+    ours = training.run_one(base, tmp_path / "normlab", dataset)
+    theirs = training.run_one(dataclasses.replace(base, impl="keras"), tmp_path / "keras", dataset)
+    assert theirs["params"] == ours["params"]
+    assert theirs["loss"] == pytest.approx(ours["loss"], rel=1e-4)
+    assert theirs["train_loss"] == pytest.approx(ours["train_loss"], rel=1e-4)

@@ -1,0 +1,230 @@
+"""What each ``normlab`` command does, once :mod:`normlab.lab.cli` has parsed it.
+
+``report`` and ``list`` (without ``norms``) import no deep-learning framework.
+Run commands (``compare``, ``sweep``) check everything they can before the
+first run trains (:mod:`normlab.lab.preflight`), in this order: values and
+keys (no imports), the lab's dependencies and the output folder (no imports),
+then the backend, every model of the grid and the dataset (Keras).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from normlab.lab import preflight
+from normlab.lab import presets as P
+from normlab.lab.errors import ConfigError
+from normlab.lab.experiments import DATASETS, RunConfig, check_keys, config_keys, parse_value
+from normlab.lab.models import KERAS_LAYERS
+
+
+def make_experiment(args: argparse.Namespace):
+    """The Experiment the parsed arguments ask for (every value checked, nothing imported)."""
+    overrides = {key: getattr(args, key) for key in
+                 ("dataset", "protocol", "epochs", "batch_size", "learning_rate", "max_steps",
+                  "train_subset") if getattr(args, key) is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"Invalid `set`: expected KEY=VALUE. Received: set={item!r}. "
+                              "Write e.g. --set epochs=2.")
+        overrides[key.strip()] = parse_value(key.strip(), value.strip())
+    check_keys(overrides)
+    for key in ("experiment", "label", "series", "sweep", "x", "seed", "impl", "backend"):
+        if key in overrides:
+            raise ConfigError(f"Invalid `set`: {key} is set by the command, not by --set. "
+                              f"Received: {key}={overrides[key]!r}. Use the matching option "
+                              "(--seeds, --impl, --backend) or drop it.")
+    seeds = args.seeds
+    if args.quick:
+        overrides = {**P.QUICK, **overrides}
+        seeds = seeds or (0,)
+    if args.command == "compare":
+        if args.norms:
+            norms = {spec: spec for spec in args.norms}
+            if len(norms) != len(args.norms):
+                raise ConfigError(f"Invalid `norms`: expected each spec once. Received: "
+                                  f"norms={args.norms!r}. Drop the repeats.")
+            build = lambda **kw: P.compare(norms, **kw)  # noqa: E731
+        else:
+            build = P.PRESETS[P.COMPARE_PRESETS[args.preset]].build
+    else:
+        kwargs = {"values": args.values} if args.values else {}
+        build = lambda **kw: P.preset(args.what, **kwargs, **kw)  # noqa: E731
+    experiment = build(**overrides)
+    experiment = experiment.replace(seeds=seeds) if seeds else experiment
+    experiment = P.variant_name(experiment, build(), quick=args.quick)
+    return experiment.with_impls(args.impl)
+
+
+def make_executor(args: argparse.Namespace):
+    """The executor the parsed arguments ask for (``--executor`` and its options)."""
+    from normlab.lab.executors import make_executor as make
+
+    try:
+        return make(args.executor, address=args.address, cpus_per_run=args.cpus_per_run,
+                    gpus_per_run=args.gpus_per_run, retries=args.retries,
+                    runtime_env=args.ray_runtime_env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def say(text: str) -> None:
+    """One line of progress on stderr (plain text, no markup)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "report":
+        return report(args)
+    if args.command == "list":
+        return list_norms(args) if args.what == "norms" else list_all()
+    return run(args)
+
+
+def check_baseline(baseline: str | None, names: set[str]) -> None:
+    """``--baseline`` must name a configuration (label) or sweep series of the grid."""
+    if baseline is not None and baseline not in names:
+        raise ConfigError(f"Invalid `baseline`: expected a configuration or series of the "
+                          f"grid. Received: baseline={baseline!r}. Valid: "
+                          f"{', '.join(sorted(names))}.")
+
+
+def report(args) -> int:
+    from normlab.lab.report import write_report
+    from normlab.lab.report_text import plain
+    from normlab.lab.store import load_runs
+
+    if args.baseline is not None:
+        runs = load_runs(args.runs_dir)[0]
+        check_baseline(args.baseline, {r["config"][k] for r in runs for k in ("label", "series")})
+
+    written = write_report(args.runs_dir, args.out, baseline=args.baseline)
+    print(plain(written[-1].read_text()), end="")
+    say(f"Wrote {len(written)} files to {written[-1].parent}")
+    return 0
+
+
+def _columns(rows: list[tuple[str, str]], indent: int = 2) -> list[str]:
+    width = max(len(name) for name, _ in rows) + 2
+    return [f"{' ' * indent}{name:<{width}}{text}" for name, text in rows]
+
+
+def list_all() -> int:
+    lines = ["presets (normlab compare --preset NAME; normlab sweep NAME):"]
+    lines += _columns([(f"{'compare --preset ' if n in P.COMPARE_PRESETS else 'sweep '}{n}",
+                        P.PRESETS[P.COMPARE_PRESETS.get(n, n)].summary)
+                       for n in (*P.COMPARE_PRESETS, *P.SWEEPS)])
+    lines += ["", "datasets (--dataset NAME):"]
+    lines += _columns([(name, info.summary) for name, info in DATASETS.items()])
+    keras = ", ".join(dict.fromkeys(cls for cls, _ in KERAS_LAYERS.values()))
+    lines += ["", "implementations (--impl):"]
+    lines += _columns([("normlab", "normlab's layers (default)"),
+                       ("keras", f"Keras' built-in layers: {keras} (groups=-1 for instance)"),
+                       ("normlab,keras", "both, compared seed by seed in the report (a norm Keras "
+                                        "lacks runs with normlab's layers only)")])
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    lines += ["", "config keys (--set KEY=VALUE), with their defaults:"]
+    lines += _columns([(k, repr(defaults[k])) for k in config_keys()])
+    lines += ["", "norms: `normlab list norms` lists every registered norm (starts Keras: "
+              "a few seconds)."]
+    print("\n".join(lines))
+    return 0
+
+
+def list_norms(args) -> int:
+    from normlab.lab.backend import import_keras, use_backend
+
+    backend, _ = use_backend(args.backend, args.argv)
+    import_keras(args.verbose)
+    from normlab.registry import registry
+
+    print(f"norms (backend {backend}; --norms SPEC, e.g. 'group(groups=5, axis=3)'):")
+    rows = []
+    for name, entry in registry().items():
+        aliases = f" ({', '.join(entry.aliases)})" if entry.aliases else ""
+        keras = f" [keras: {KERAS_LAYERS[name][0]}]" if name in KERAS_LAYERS else ""
+        rows.append((name + aliases, entry.summary + keras))
+    print("\n".join(_columns(rows)))
+    return 0
+
+
+def run(args) -> int:
+    import os
+
+    from normlab.lab.backend import use_backend
+
+    if args.verbose:
+        os.environ["NORMLAB_VERBOSE"] = "1"  # training (and Ray workers) show backend logs too
+
+    experiment = make_experiment(args)
+    check_baseline(args.baseline, {n for c in experiment.configs for n in (c.label, c.series)})
+    executor = make_executor(args)
+    local = executor.name == "local"
+    preflight.check_dependencies(experiment, report=not args.dry_run,
+                                 progress=not (args.no_progress or args.dry_run))
+    preflight.check_out(args.out)
+    backend, why = use_backend(args.backend, args.argv)
+    say(f"normlab: Keras backend {backend} ({why})")
+    experiment = experiment.replace(backend=backend)
+    experiment = preflight.check_models(experiment, args.verbose, say=say,
+                                        optional_keras=len(args.impl) > 1)
+    if args.dry_run:
+        return dry_run(experiment, args)
+    prepared = preflight.resolve_data(experiment, data_dir=args.data_dir, explicit=explicit(args),
+                                      load=local, check_dir=local, progress=not args.no_progress,
+                                      say=say)
+    return train_and_report(prepared, executor, args)
+
+
+def explicit(args) -> bool:
+    """Whether the dataset was chosen (or its files pointed to): then no fallback to digits."""
+    return bool(args.dataset or args.data_dir or args.quick
+                or any(s.strip().startswith("dataset=") for s in args.set))
+
+
+def dry_run(experiment, args) -> int:
+    from normlab.lab import store
+
+    prepared = preflight.resolve_data(experiment, data_dir=args.data_dir, explicit=explicit(args),
+                                      load=False, check_dir=args.executor == "local")
+    planned = store.plan(experiment.grid(), args.out)
+    counts = {a: sum(p.action == a for p in planned) for a in ("run", "reuse", "redo")}
+    say(f"normlab: dry run of {experiment.name}: {len(planned)} runs ({counts['run']} to run, "
+        f"{counts['reuse']} finished earlier and reused, {counts['redo']} unfinished and redone); "
+        f"data: {prepared.data}")
+    for p in planned:
+        print(f"{p.action:<6} {p.run_dir}")
+    return 0
+
+
+def train_and_report(prepared, executor, args) -> int:
+    from normlab.lab.report import load_runs, render_markdown, summarize, write_report
+    from normlab.lab.report_text import plain
+    from normlab.lab.runner import run_grid
+
+    experiment = prepared.experiment
+    results = run_grid(experiment, args.out, data_dir=args.data_dir,
+                       progress=not args.no_progress, say=say, executor=executor,
+                       datasets=prepared.datasets, notes=prepared.notes)
+    lost = [r for r in results if r.status == "lost"]
+    if len(lost) == len(results):
+        say(f"normlab: error: all {len(lost)} runs were lost; nothing to report. "
+            "Rerun the same command to redo them.")
+        return 1
+    written = write_report(args.out, baseline=args.baseline)
+    table = summarize(load_runs(args.out)[0], args.baseline)[experiment.name]
+    print(plain(render_markdown(experiment.name, table)), end="")
+    say(f"Report: {written[-1]} (plot: {written[-1].parent / experiment.name}.png)")
+    if prepared.notes.get("dataset_fallback"):
+        say("normlab: these runs used scikit-learn's bundled 8x8 digits, not MNIST "
+            f"(MNIST {prepared.notes['dataset_fallback']}).")
+    if lost:
+        say(f"normlab: {len(lost)} of {len(results)} runs were lost (their workers died); the "
+            "report leaves them out. Rerun the same command to redo only them:")
+        for r in lost:
+            say(f"  {r.run_dir}: {r.error.splitlines()[0]}")
+        return 1
+    return 0

@@ -1,0 +1,212 @@
+"""The Markdown of one experiment's report section (see :mod:`normlab.lab.report`).
+
+Pure formatting of the tables :func:`normlab.lab.report.summarize` makes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+
+def _pm(s: dict, scale: float = 1.0, digits: int = 2) -> str:
+    if s["n"] == 0:
+        return "-"
+    if math.isnan(s["std"]):
+        return f"{s['mean'] * scale:.{digits}f}"
+    return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
+
+
+def _ci(s: dict, scale: float = 1.0, digits: int = 2) -> str:
+    if s["n"] < 2:
+        return "-"
+    lo, hi = (s["mean"] - s["ci95"]) * scale, (s["mean"] + s["ci95"]) * scale
+    return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _points(d: dict, digits: int = 2) -> str:
+    if d["n"] == 0:
+        return "-"
+    head = f"{100 * d['mean']:+.{digits}f}"
+    return head if d["n"] < 2 else f"{head} [{100 * d['low']:+.{digits}f}, {100 * d['high']:+.{digits}f}]"
+
+
+def _p(d: dict) -> str:
+    """The p-value as a table cell ("0.013", "< 0.001"); with "= " in prose."""
+    return "-" if math.isnan(d["p"]) else ("< 0.001" if d["p"] < 0.001 else f"{d['p']:.3f}")
+
+
+def dataset_line(meta: dict) -> str:
+    """The report's dataset banner, or "" for the usual datasets."""
+    dataset = meta["constant"].get("dataset")
+    if meta.get("dataset_fallback"):
+        return (f"**Dataset: scikit-learn's bundled 8x8 digits, not MNIST.** MNIST was not "
+                f"available when this ran ({meta['dataset_fallback']}).")
+    if dataset == "digits":
+        return "**Dataset: scikit-learn's bundled 8x8 digits, not MNIST.**"
+    return ""
+
+
+def render(name: str, table: dict) -> str:
+    """Settings, the per-configuration table, paired differences and the A/B table."""
+    meta, rows = table["meta"], table["rows"]
+    metric = rows[0]["metric"] if rows else "test"
+    lines = [f"### {name}", ""]
+    banner = dataset_line(meta)
+    if banner:
+        lines += [banner, ""]
+    settings = ", ".join(f"{k}={v}" for k, v in meta["constant"].items())
+    impls = " and ".join(meta.get("impls", ["normlab"]))
+    lines.append(f"Settings: {settings}; backend {', '.join(meta['backends'])}; layers: {impls}; "
+                 f"{meta['runs']} runs, {meta['wall_time_s'] / 60:.1f} min total; "
+                 f"train/test examples {meta['train_examples']}/{meta['test_examples']}.")
+    if meta["sweep"]:
+        lines.append(f"Held fixed across the sweep: {meta['held_fixed'] or 'nothing'}.")
+    lines += ["", *_main_table(rows, meta, metric)]
+    lines += _paired_section(rows, meta)
+    lines += _ab_section(table.get("ab", []), meta)
+    if not meta["sweep"]:
+        lines += ["", "Specs: " + "; ".join(f"{r['label']} = `{r['norms']}`" for r in rows) + "."]
+    for note in meta.get("notes", []):
+        lines += ["", f"Note: {note}"]
+    return "\n".join(lines) + "\n"
+
+
+def _main_table(rows: list[dict], meta: dict, metric: str) -> list[str]:
+    seeds = max((len(r["seeds"]) for r in rows), default=0)
+    spread = ("one seed: no spread or interval" if seeds == 1 else
+              "mean ± std over seeds, 95% interval from the t-distribution")
+    lines = [f"Accuracy and loss: {metric} split, {spread}.", ""]
+    has_train_mode = any(r["train_mode_accuracy"]["n"] for r in rows)
+    head = ["config", "seeds", f"{metric} acc %", "95% CI", f"{metric} loss", "95% CI"]
+    held_out = metric != "test"  # tutorial protocol: also show the unused split
+    head += ["held-out acc %"] * held_out
+    if has_train_mode:
+        head += ["train-mode acc %", "95% CI"]
+    varying_lr = "learning_rate" not in meta["constant"]
+    head += ["lr"] * varying_lr + ["s/epoch", "steps", "params (trainable / non-trainable)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["label"], str(len(r["seeds"])), _pm(r["accuracy"], 100),
+                 _ci(r["accuracy"], 100), _pm(r["loss"], 1, 4), _ci(r["loss"], 1, 4)]
+        cells += [_pm(r["test_accuracy"], 100)] * held_out
+        if has_train_mode:
+            cells += [_pm(r["train_mode_accuracy"], 100), _ci(r["train_mode_accuracy"], 100)]
+        cells += [f"{r['learning_rate']:.3g}"] * varying_lr
+        cells += [f"{r['seconds_per_epoch']['mean']:.1f}", f"{r['steps']['mean']:.0f}",
+                  f"{r['params_trainable']:,} / {r['params_non_trainable']:,}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if held_out:
+        lines += ["", f"The {metric} accuracy is the running average over the training epoch "
+                  "(dropout on), as the tutorials reported; held-out: the split not trained on."]
+    lines += ["", "s/epoch: mean wall time of one training epoch (the first includes compiling); "
+              "steps: optimizer steps per run."]
+    if has_train_mode:
+        lines[-1] += (" Train-mode accuracy: the test set evaluated with training=True (batch "
+                      "statistics over test batches of the training batch size), dropout off.")
+    return lines
+
+
+def _paired_section(rows: list[dict], meta: dict) -> list[str]:
+    compared = [r for r in rows if r.get("paired")]
+    if not compared:
+        return []
+    lines = ["", f"#### Paired differences against {meta['baseline']}", "",
+             "Runs with the same seed see the same batches in the same order with the same "
+             "dropout masks (and start from the same convolution and dense weights where the "
+             "layers agree), so each configuration is compared with its baseline seed by seed: "
+             "the mean of the per-seed accuracy differences (percentage points), its 95% "
+             "interval (t-distribution) and the paired t-test's p-value.", "",
+             "| config | baseline | seeds | difference (points) [95% CI] | p | verdict |",
+             "|---|---|---|---|---|---|"]
+    for r in compared:
+        d = r["paired"]
+        lines.append(f"| {r['label']} | {d['baseline']} | {d['n']} | {_points(d)} | {_p(d)} "
+                     f"| {d['verdict']} |")
+    lines += ["", verdict_sentence(compared, meta)]
+    return lines
+
+
+def verdict_sentence(compared: list[dict], meta: dict) -> str:
+    """Says plainly which differences are beyond the seed noise, if any."""
+    if all(r["paired"]["n"] < 2 for r in compared):
+        return ("With one seed per configuration there is no interval: the differences are "
+                "single runs and cannot be told apart from seed-to-seed noise.")
+    beyond = [r for r in compared if r["paired"]["verdict"] in ("higher", "lower")]
+    if not beyond:
+        return ("Every paired 95% interval includes 0: no configuration differs from its "
+                "baseline beyond the seed-to-seed noise, so the ranking of the means is "
+                "within noise.")
+    parts = [f"{r['label']} {r['paired']['verdict']} by {abs(100 * r['paired']['mean']):.2f} "
+             f"points (p {'' if _p(r['paired']).startswith('<') else '= '}{_p(r['paired'])})"
+             for r in beyond]
+    rest = len(compared) - len(beyond)
+    return (f"Beyond the seed noise (interval excluding 0): {'; '.join(parts)}. "
+            + ("The other difference is within noise. " if rest == 1 else
+               f"The other {rest} differences are within noise. " if rest else "")
+            + "The p-values are not corrected for multiple comparisons.")
+
+
+def _ab_section(ab: list[dict], meta: dict) -> list[str]:
+    if not ab:
+        return []
+    main, other = ab[0]["main_impl"], ab[0]["impl"]
+    whose = {"keras": "Keras'", "normlab": "normlab's"}
+    lines = ["", f"#### {main} against Keras' built-in layers" if other == "keras" else
+             f"#### {main} against {other}", "",
+             f"The same runs (same seeds, same data order, same arguments) with "
+             f"{whose.get(other, other)} layer for each norm instead of {whose.get(main, main)}; "
+             f"differences are {other} minus {main}, seed by seed.", "",
+             f"| config | seeds | {main} acc % | {other} acc % | difference (points) [95% CI] "
+             f"| per seed (seed: points) | runs equal to 4 decimals | s/epoch {main} / {other} |",
+             "|---|---|---|---|---|---|---|---|"]
+    for a in ab:
+        d = a["diff"]
+        per_seed = ", ".join(f"{s}: {100 * v:+.2f}" for s, v in zip(d["seeds"], d["diffs"])) or "-"
+        lines.append(
+            f"| {a['label']} | {d['n']} | {_pm(a['main'], 100)} | {_pm(a['other'], 100)} "
+            f"| {_points(d)} | {per_seed} | {a['identical_4dp']} of {d['n']} "
+            f"| {a['seconds_main']['mean']:.1f} / {a['seconds_other']['mean']:.1f} |")
+    runs = sum(a["diff"]["n"] for a in ab)
+    same = sum(a["identical_4dp"] for a in ab)
+    gap = max(abs(a["other"]["mean"] - a["main"]["mean"]) for a in ab)
+    noisy = [a["label"] for a in ab if a["diff"]["verdict"] in ("higher", "lower")]
+    agree = ("is the same" if gap == 0 else
+             f"agrees within {gap:.4f} ({100 * gap:.2f} points)")
+    lines += ["", f"Accuracies equal to the 4th decimal in {same} of {runs} runs; every "
+              f"configuration's mean {agree}"
+              + (f"; beyond seed noise: {', '.join(noisy)}." if noisy else
+                 ", and no difference is beyond the seed noise.")]
+    if any(a["params_main"] != a["params_other"] for a in ab):
+        lines[-1] += " (Parameter counts differ for: " + ", ".join(
+            a["label"] for a in ab if a["params_main"] != a["params_other"]) + ".)"
+    return lines
+
+
+def plain(markdown: str) -> str:
+    """``markdown`` for a terminal: no emphasis, code or heading marks, no image links.
+
+    Tables stay as they are (pipes line up well enough to read); headings are
+    underlined instead of prefixed with ``#``.
+
+    Example:
+        >>> print(plain("### c\\n\\n**Dataset: digits.** Specs: BN = `batch`.\\n![c](c.png)\\n"))
+        c
+        =
+        <BLANKLINE>
+        Dataset: digits. Specs: BN = batch.
+        <BLANKLINE>
+    """
+    lines = []
+    for line in markdown.splitlines():
+        if re.fullmatch(r"!\[[^]]*\]\([^)]*\)", line.strip()):
+            continue
+        line = re.sub(r"\*\*(.+?)\*\*", r"\1", line)
+        line = re.sub(r"`([^`]*)`", r"\1", line)
+        heading = re.fullmatch(r"(#+) (.*)", line)
+        if heading:
+            text = heading.group(2)
+            lines += [text, ("=" if len(heading.group(1)) <= 3 else "-") * len(text)]
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,313 @@
+"""Run directories: where each run lives, how it is written, and who may write.
+
+Layout: ``OUT/<experiment>/<label>/<variant>/seed<N>/`` where ``variant`` is
+``<backend>-<impl>-<hash of every setting that changes the result>`` (see
+:attr:`RunConfig.variant <normlab.lab.experiments.RunConfig.variant>`), so
+runs with other settings never share a directory. Each holds
+
+- ``config.json`` -- the :class:`~normlab.lab.experiments.RunConfig`, written first;
+- ``metrics.jsonl`` -- one line per epoch, rewritten whole after each epoch;
+- ``summary.json`` -- final metrics, written last. A directory with it is finished;
+- ``error.txt`` -- only for a run lost with its worker (Ray executor).
+
+Every file is written atomically (temporary file in the same folder, fsync,
+rename) with the permissions of an ordinary new file (``0666 & ~umask``). JSON
+files are standard JSON: a non-finite number (a diverged loss) is written as
+``null`` and listed under ``non_finite``. :func:`begin_run` is the only place a
+run directory is wiped.
+
+:class:`OutputLock` gives one process at a time an output folder, and
+:func:`plan` says, for every run of a grid, whether it will be run, reused
+(finished earlier) or redone (unfinished). This module needs no
+deep-learning framework.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from normlab.lab.errors import LabError
+from normlab.lab.experiments import RunConfig
+
+CONFIG, METRICS, SUMMARY, ERROR = "config.json", "metrics.jsonl", "summary.json", "error.txt"
+LOCK = ".normlab.lock"
+
+
+class StoreError(LabError):
+    """The output folder cannot be used: not a folder, not writable, or holding other runs."""
+
+
+class LockedError(StoreError):
+    """Another process holds the output folder."""
+
+
+# ------------------------------------------------------------------------- writing files
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: Path, text: str | bytes) -> None:
+    """Writes ``text`` to a temporary file beside ``path``, fsyncs it, then renames it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; match an ordinary file
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode() if isinstance(text, str) else text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def finite_json(obj, path: str = "", found: list | None = None):
+    """``obj`` with NaN and infinities replaced by None; their paths appended to ``found``."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v, f"{path}.{k}" if path else str(k), found) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v, f"{path}[{i}]", found) for i, v in enumerate(obj)]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if found is not None:
+            found.append(path)
+        return None
+    return obj
+
+
+def dumps(obj) -> str:
+    """Standard JSON (never NaN or Infinity tokens), indented, keys sorted."""
+    return json.dumps(finite_json(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """:func:`write_text_atomic` of standard JSON."""
+    write_text_atomic(path, dumps(obj))
+
+
+# ---------------------------------------------------------------------- run directories
+
+
+def run_dir_for(out: str | os.PathLike, config: RunConfig) -> Path:
+    """Where the run for ``config`` lives under ``out``."""
+    return Path(out) / config.experiment / config.slug / config.variant / f"seed{config.seed}"
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_finished(run_dir: Path) -> dict | None:
+    """The run's summary if it finished, else None."""
+    summary = read_json(Path(run_dir) / SUMMARY)
+    return summary if isinstance(summary, dict) else None
+
+
+def begin_run(run_dir: Path, config: RunConfig) -> None:
+    """Wipes ``run_dir`` (an interrupted earlier attempt) and writes ``config.json``."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    write_json_atomic(run_dir / CONFIG, config.to_dict())
+
+
+def write_metrics(run_dir: Path, lines: list[dict]) -> None:
+    """Rewrites ``metrics.jsonl`` with every epoch so far (never a half-written line)."""
+    text = "".join(json.dumps(finite_json(line), allow_nan=False) + "\n" for line in lines)
+    write_text_atomic(Path(run_dir) / METRICS, text)
+
+
+def finish_run(run_dir: Path, summary: dict) -> dict:
+    """Writes ``summary.json`` (marks the run finished); returns the summary as written."""
+    found: list[str] = []
+    clean = finite_json(summary, found=found)
+    if found:
+        clean["non_finite"] = found
+    write_json_atomic(Path(run_dir) / SUMMARY, clean)
+    return clean
+
+
+def write_run(run_dir: Path, config: RunConfig, files: dict[str, str], summary: dict) -> dict:
+    """Writes a run trained elsewhere (a Ray worker): its files, then the summary."""
+    begin_run(run_dir, config)
+    for name, text in files.items():
+        if name not in (CONFIG, SUMMARY):
+            write_text_atomic(Path(run_dir) / name, text)
+    return finish_run(run_dir, summary)
+
+
+def write_error(run_dir: Path, config: RunConfig, error: str) -> None:
+    """Leaves a lost run unfinished (no summary) with ``error.txt`` saying why."""
+    begin_run(run_dir, config)
+    write_text_atomic(Path(run_dir) / ERROR, f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} run lost, "
+                      f"to be redone by the next invocation:\n{error}\n")
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+@dataclasses.dataclass(frozen=True)
+class Planned:
+    """One run of a grid and what will happen to it: "run", "reuse" or "redo"."""
+
+    config: RunConfig
+    run_dir: Path
+    action: str
+    index: int
+    summary: dict | None = None
+
+
+def plan(configs: list[RunConfig], out: str | os.PathLike) -> list[Planned]:
+    """What running ``configs`` under ``out`` would do, run by run (reads files only).
+
+    "reuse": finished earlier with the same settings; "redo": a directory without
+    ``summary.json`` (interrupted, or lost with its worker), wiped and run again;
+    "run": no directory yet.
+
+    Raises:
+        StoreError: a finished run's ``config.json`` disagrees with its settings
+            (edited by hand), before anything runs.
+    """
+    planned = []
+    for index, config in enumerate(configs):
+        run_dir = run_dir_for(out, config)
+        summary = read_finished(run_dir)
+        if summary is not None:
+            stored = read_json(run_dir / CONFIG) or {}
+            expected = config.result_fields()
+            changed = sorted(k for k, v in expected.items() if stored.get(k) != v)
+            if changed:
+                raise StoreError(
+                    f"Invalid `out`: expected {run_dir} to hold a run with its directory's "
+                    f"settings. Received: a finished run whose config.json differs in "
+                    f"{', '.join(changed)}. Delete that run directory to redo it.")
+            planned.append(Planned(config, run_dir, "reuse", index, summary))
+        else:
+            planned.append(Planned(config, run_dir, "redo" if run_dir.exists() else "run", index))
+    return planned
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """Checks that ``out`` is (or can be made) a writable folder, creating nothing.
+
+    Raises:
+        StoreError: ``out`` or a parent is a file, or the folder is not writable.
+    """
+    path = Path(out).expanduser()
+    fix = "Pass --out with a folder you can write to."
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == path else f"is under {probe}, which is a file"
+        raise StoreError(f"Invalid `out`: expected a folder. Received: out='{out}' {what}. {fix}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == path else f" (its nearest existing parent, {probe})"
+        raise StoreError(f"Invalid `out`: expected a folder you can write to. Received: "
+                         f"out='{out}'{where} is not writable. {fix}")
+    return path
+
+
+# -------------------------------------------------------------------------------- lock
+
+
+class OutputLock:
+    """An exclusive lock on an output folder, held while a grid runs.
+
+    Uses ``flock`` on ``OUT/.normlab.lock`` (released by the kernel if the process
+    dies, so a killed run never leaves a stale lock); the file names the holder.
+
+    Example:
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> with OutputLock(out):
+        ...     OutputLock(out).acquire()
+        Traceback (most recent call last):
+        ...
+        normlab.lab.store.LockedError: ...
+    """
+
+    def __init__(self, out: str | os.PathLike):
+        self.path = Path(out) / LOCK
+        self._fd: int | None = None
+
+    def holder(self) -> str:
+        """Who holds the lock, as the lock file says (or "another process")."""
+        try:
+            info = json.loads(self.path.read_text())
+            return (f"process {info['pid']} on {info['host']} (since {info['since']}: "
+                    f"{info['command']})")
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
+    def acquire(self) -> "OutputLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise LockedError(
+                f"Invalid `out`: expected a folder no other normlab is using. Received: "
+                f"out='{self.path.parent}' is in use by {self.holder()}. Wait for it to "
+                "finish (rerunning then reuses its runs), or pass another --out.") from None
+        info = dict(pid=os.getpid(), host=socket.gethostname(),
+                    since=time.strftime("%Y-%m-%d %H:%M:%S"),
+                    command=" ".join(["normlab", *sys.argv[1:]])[:300])
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(info).encode())
+        self._fd = fd
+        return self
+
+    def check(self) -> None:
+        """Raises :class:`LockedError` if another process holds the lock (takes nothing)."""
+        if self.path.exists():
+            self.acquire().release()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def load_runs(runs_dir: str | os.PathLike) -> tuple[list[dict], list[Path]]:
+    """Finished run summaries (each with its ``run_dir``) and unfinished run directories."""
+    finished, unfinished = [], []
+    for config_path in sorted(Path(runs_dir).rglob(CONFIG)):
+        run_dir = config_path.parent
+        summary = read_finished(run_dir)
+        if summary is None:
+            unfinished.append(run_dir)
+        else:
+            finished.append({**summary, "run_dir": str(run_dir)})
+    return finished, unfinished

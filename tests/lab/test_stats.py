@@ -1,0 +1,52 @@
+"""The lab's own Student-t computations against SciPy, and paired differences."""
+
+import math
+
+import pytest
+
+from normlab.lab.stats import betainc, paired, stats, t975, t_quantile, t_two_sided_p
+
+scipy_stats = pytest.importorskip("scipy.stats", reason="SciPy is the reference here")
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 19, 29, 30, 59, 200, 5000])
+def test_t_matches_scipy(df):
+    for p in (0.6, 0.9, 0.975, 0.995):
+        assert t_quantile(p, df) == pytest.approx(scipy_stats.t.ppf(p, df), rel=1e-9, abs=1e-9)
+    for t in (0.0, 0.3, 1.0, 2.5, 8.0, 40.0):
+        assert t_two_sided_p(t, df) == pytest.approx(2 * scipy_stats.t.sf(t, df), rel=1e-8, abs=1e-14)
+
+
+def test_betainc_matches_scipy():
+    special = pytest.importorskip("scipy.special")
+    for a, b, x in [(0.5, 0.5, 0.3), (2.0, 0.5, 0.99), (15.0, 0.5, 0.01), (1.0, 1.0, 0.7)]:
+        assert betainc(a, b, x) == pytest.approx(special.betainc(a, b, x), rel=1e-10)
+
+
+def test_t975_edges():
+    assert math.isnan(t975(0)) and t975(10**6) == pytest.approx(1.95996, abs=1e-5)
+
+
+def test_stats_skip_missing_and_non_finite_values():
+    assert stats([0.5, None, float("nan")])["n"] == 1
+
+
+def test_paired_matches_scipy_ttest_rel():
+    a = {0: 0.951, 1: 0.962, 2: 0.955, 3: 0.949, 4: 0.958}
+    b = {0: 0.947, 1: 0.960, 2: 0.957, 3: 0.941, 4: 0.950, 9: 0.5}  # seed 9 has no pair
+    d = paired(a, b)
+    ref = scipy_stats.ttest_rel([a[s] for s in range(5)], [b[s] for s in range(5)])
+    assert d["n"] == 5 and d["seeds"] == [0, 1, 2, 3, 4]
+    assert d["t"] == pytest.approx(ref.statistic) and d["p"] == pytest.approx(ref.pvalue)
+    interval = ref.confidence_interval(0.95)
+    assert (d["low"], d["high"]) == pytest.approx((interval.low, interval.high))
+    assert d["verdict"] == ("within noise" if d["low"] <= 0 <= d["high"] else "higher")
+
+
+def test_paired_edge_cases():
+    assert paired({0: 0.9}, {0: 0.8})["verdict"] == "one seed"
+    assert paired({0: 0.9}, {1: 0.8})["verdict"] == "no common seeds"
+    same = paired({0: 0.9, 1: 0.8}, {0: 0.9, 1: 0.8})
+    assert same["p"] == 1.0 and same["verdict"] == "within noise"
+    shifted = paired({0: 0.91, 1: 0.81}, {0: 0.9, 1: 0.8})
+    assert shifted["p"] == 0.0 and shifted["verdict"] == "higher"

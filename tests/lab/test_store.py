@@ -1,0 +1,81 @@
+"""Run directories: layout keyed by settings, atomic writes, standard JSON, the output lock."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from normlab.lab import store
+from normlab.lab.experiments import RunConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_result_setting_changes_the_directory(tmp_path):
+    base = RunConfig(label="BN", norms="batch", backend="jax")
+    changes = dict(protocol="tutorial", train_subset=10, test_subset=10, epochs=2, max_steps=5,
+                   batch_size=8, learning_rate=0.01, impl="keras", backend="torch", dataset="digits",
+                   arch="deep", norms="batch>none", train_mode_eval=True, eval_batch_size=64)
+    dirs = {store.run_dir_for(tmp_path, base)}
+    for key, value in changes.items():
+        changed = RunConfig(**{**base.to_dict(), key: value})
+        dirs.add(store.run_dir_for(tmp_path, changed))
+    assert len(dirs) == len(changes) + 1
+    # Naming fields and the seed do not change the settings' directory.
+    renamed = RunConfig(**{**base.to_dict(), "series": "S", "x": 3.0})
+    assert store.run_dir_for(tmp_path, renamed) == store.run_dir_for(tmp_path, base)
+    assert store.run_dir_for(tmp_path, base).parent.name == base.variant
+
+
+def test_atomic_writes_have_ordinary_permissions_and_standard_json(tmp_path):
+    path = tmp_path / "summary.json"
+    store.write_json_atomic(path, {"a": 1})
+    store.write_json_atomic(path, {"a": float("nan"), "b": [float("inf")]})
+    assert json.loads(path.read_text()) == {"a": None, "b": [None]}
+    assert os.listdir(tmp_path) == ["summary.json"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_finish_run_lists_non_finite_values(tmp_path):
+    store.begin_run(tmp_path / "r", RunConfig())
+    summary = store.finish_run(tmp_path / "r", {"loss": float("nan"), "accuracy": 0.1})
+    assert summary == {"loss": None, "accuracy": 0.1, "non_finite": ["loss"]}
+    store.write_metrics(tmp_path / "r", [{"epoch": 1, "train_loss": float("inf")}])
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == '{"epoch": 1, "train_loss": null}\n'
+
+
+def test_plan_run_reuse_redo(tmp_path):
+    configs = [RunConfig(label=name, backend="jax", seed=0) for name in ("a", "b", "c")]
+    store.begin_run(store.run_dir_for(tmp_path, configs[1]), configs[1])
+    store.finish_run(store.run_dir_for(tmp_path, configs[1]), {"accuracy": 1.0})
+    store.begin_run(store.run_dir_for(tmp_path, configs[2]), configs[2])  # interrupted
+    assert [p.action for p in store.plan(configs, tmp_path)] == ["run", "reuse", "redo"]
+
+
+def test_check_out(tmp_path, monkeypatch):
+    assert store.check_out(tmp_path / "new" / "runs") == tmp_path / "new" / "runs"
+    assert not (tmp_path / "new").exists()  # creates nothing
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(store.StoreError, match="is a file"):
+        store.check_out(tmp_path / "f")
+
+
+def test_lock_names_its_holder_across_processes(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from normlab.lab.store import OutputLock; "
+         f"lock = OutputLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(store.LockedError, match=f"in use by process {holder.pid} on"):
+            store.OutputLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.OutputLock(tmp_path):  # released by the kernel when the holder died
+        pass
