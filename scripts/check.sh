@@ -6,7 +6,7 @@ set -u
 cd "$(dirname "$0")/.."
 failed=""
 echo "=== ruff"
-ruff check normlab tests benchmarks scripts docs || failed="$failed ruff"
+ruff check normlab _normlab_cli.py tests benchmarks scripts docs || failed="$failed ruff"
 echo "=== mypy"
 mypy || failed="$failed mypy"
 echo "=== build (wheel and sdist) and twine check"

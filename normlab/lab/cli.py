@@ -12,8 +12,9 @@ Usage::
 
 The lab parses and checks its arguments before it imports Keras or any
 backend: ``--help``, ``normlab list``, argument errors and ``normlab report``
-need no deep-learning framework (but importing the ``normlab`` package, which
-comes first, still imports Keras today). Run commands then
+need no deep-learning framework. The ``normlab`` program enters through
+``_normlab_cli``, which imports the ``normlab`` package without running its
+``__init__`` (that imports Keras to register the layers). Run commands then
 check every run of the grid (:mod:`normlab.lab.preflight`) before training
 any. Errors are one ``normlab: error: ...`` line with the fix (exit status 2);
 Ctrl-C stops with one line (exit status 130), and rerunning the same command
