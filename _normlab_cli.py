@@ -23,6 +23,7 @@ def _light_package() -> None:
     if spec is None or spec.loader is None:
         return  # let the import below fail with Python's own message
     package = importlib.util.module_from_spec(spec)
+    loader = spec.loader
 
     def complete(name: str):
         """A submodule (``from normlab import layers``) is imported; any other
@@ -30,7 +31,7 @@ def _light_package() -> None:
         if importlib.util.find_spec(f"normlab.{name}") is not None:
             return importlib.import_module(f"normlab.{name}")
         package.__dict__.pop("__getattr__", None)
-        spec.loader.exec_module(package)
+        loader.exec_module(package)
         return getattr(package, name)
 
     package.__getattr__ = complete  # type: ignore[method-assign]
