@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol, Sequence
 import keras
 from keras import constraints, initializers, ops, regularizers
 
-from normlab.ops.axes import as_axis_list, canonicalize_axes, known_dims
+from normlab.ops.axes import as_axis_list, canonicalize_axes, is_traced_int, known_dims
 from normlab.ops.validate import (
     ArgumentTypeError,
     check_bool,
@@ -231,7 +231,7 @@ class Normalization(FloatCompute, keras.layers.Layer):
         n = ops.shape(inputs)[0]
         for moving, batch, momentum in updates:
             value = moving * momentum + ops.cast(batch, moving.dtype) * (1.0 - momentum)
-            if not isinstance(n, int) and type(n).__name__ != "SymInt":
+            if not is_traced_int(n):
                 # A tensor size (TF, unknown batch). A torch SymInt is never 0:
                 # torch.compile specializes sizes 0 and 1, and the batch is
                 # then known to be empty (see empty_batch).

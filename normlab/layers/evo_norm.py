@@ -9,6 +9,7 @@ from keras import constraints, initializers, regularizers
 
 from normlab import distributed, ops
 from normlab.layers.base import Normalization, keras_object
+from normlab.ops.axes import is_traced_int
 from normlab.ops.evo_norm import EVO_NORM_EPSILON_REASON
 from normlab.ops.validate import (
     check_bool,
@@ -175,9 +176,7 @@ class EvoNormB0(_EvoNorm):
         for i, size in enumerate(shape):
             if i != self._channel_axis:
                 n = n * size
-        if replica_sum is None and (isinstance(n, int) or type(n).__name__ == "SymInt"):
-            # A Python (or torch symbolic) size stays one: a cast to a tensor
-            # would specialize a compiled graph to this batch size.
+        if replica_sum is None and is_traced_int(n):  # no cast: see is_traced_int
             unbiased = variance * (n / max(n - 1, 1))
         else:
             n = keras.ops.cast(n, variance.dtype)

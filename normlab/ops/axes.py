@@ -108,6 +108,15 @@ def known_dims(
     return dims
 
 
+def is_traced_int(size: object) -> bool:
+    """Whether a size is a Python int or a torch ``SymInt`` (a dynamic size
+    under ``torch.compile``; checked by name, so torch is not imported):
+    arithmetic on it stays symbolic, where a cast to a tensor would
+    specialize a compiled graph to its value. False for a tensor size
+    (TensorFlow's unknown dimensions)."""
+    return isinstance(size, int) or type(size).__name__ == "SymInt"
+
+
 def dims(x: Tensor) -> list[Any]:
     """The shape of ``x`` with unknown (graph-mode) sizes as scalar tensors."""
     static = list(x.shape)

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 from keras import ops
 from keras.backend import standardize_dtype
 
-from normlab.ops.axes import dims
+from normlab.ops.axes import dims, is_traced_int
 from normlab.types import DTypeLike, ReplicaSum, Tensor
 
 
@@ -60,11 +60,6 @@ def _reduced_size(x: Tensor, axes: Sequence[int]) -> Any:
     return count
 
 
-def _is_symint(value: Any) -> bool:
-    """A torch symbolic size (checked by name: no torch import here)."""
-    return type(value).__name__ == "SymInt"
-
-
 def _reduced_count(x: Tensor, axes: Sequence[int], dtype: DTypeLike) -> Tensor:
     """The number of elements each slice reduces over, as a scalar of ``dtype``."""
     return ops.cast(_reduced_size(x, axes), dtype)
@@ -82,7 +77,7 @@ def _averager(x: Tensor, axes: list[int], mask: Tensor | None = None) -> Callabl
         # A Python number stays one: casting a torch SymInt (a dynamic batch
         # size) to a tensor would specialize a compiled graph to its value.
         count = _reduced_size(x, axes)
-        if not isinstance(count, (int, float)) and not _is_symint(count):
+        if not is_traced_int(count):
             count = ops.cast(count, dtype)
 
         def average(v: Tensor) -> Tensor:
