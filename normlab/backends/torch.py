@@ -52,17 +52,18 @@ import math
 import sys
 
 import torch
-import torch.nn.functional as F
 from keras import ops
 
 from normlab.backends.policy import MAX_REDUCTION, MAX_SHIFT_RATIO, subsample_size
 from normlab.backends.torch_autograd import (
     CHANNEL_BLOCK,
+    BatchNormKernel,
     ChannelsLastBatchNorm,
     ChannelsLastGroupNorm,
+    GroupNormKernel,
+    LayerNormKernel,
+    ShiftedNorm,
     center,
-    kernel_view,
-    subtract,
 )
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -135,12 +136,6 @@ def _usable(x) -> bool:
     )
 
 
-def _records_grad(*tensors) -> bool:
-    """Whether autograd records the op (a centered copy is then kept for the
-    backward, not written into the reused scratch buffer)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _downcast(y, like):
     return y if y.dtype == like.dtype else y.to(like.dtype)
 
@@ -192,11 +187,6 @@ def _batch_shift(x3, channels_last, dtype):
         return sums.sum(dim=0) / (k * sums.shape[0])
 
 
-def _from_kernel(y4, channels_last, x):
-    y = y4.permute(0, 2, 3, 1) if channels_last else y4
-    return _downcast(y.reshape(x.shape), x)
-
-
 # --------------------------------------------------------------------------
 # Group and instance norm.
 
@@ -217,13 +207,11 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     compute = _compute_dtype(x.dtype)
     shift = _group_shift(x3, channels_last, groups, compute)
     gamma, beta = _param(gamma, compute), _param(beta, compute)
-    transient = not _records_grad(x, gamma, beta)
     if channels_last:
-        y3, _, _ = ChannelsLastGroupNorm.apply(x3, shift, gamma, beta, groups, epsilon, transient)
-        return _downcast(y3.view(x.shape), x)
-    x4 = kernel_view(center(x3, shift, False, transient=transient), False)
-    y, _, _ = torch.native_group_norm(x4, gamma, beta, n, c, s, groups, epsilon)
-    return _from_kernel(y, False, x)
+        y3, _, _ = ChannelsLastGroupNorm.apply(x3, shift, gamma, beta, groups, epsilon)
+    else:
+        y3, _, _ = ShiftedNorm.apply(x3, shift, gamma, beta, GroupNormKernel(groups, epsilon))
+    return _downcast(y3.reshape(x.shape), x)
 
 
 # --------------------------------------------------------------------------
@@ -249,8 +237,7 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
         head = subsample_size(width)  # the first 16th of each row: contiguous
         shift = rows.detach()[:, :head].sum(dim=1, keepdim=True, dtype=compute) / head
     gamma, beta = _param(gamma, compute), _param(beta, compute)
-    centered = subtract(rows, shift, transient=not _records_grad(x, gamma, beta)).view(x.shape)
-    y, _, _ = torch.native_layer_norm(centered, shape, gamma, beta, epsilon)
+    y, _, _ = ShiftedNorm.apply(x, shift, gamma, beta, LayerNormKernel(shape, epsilon))
     return _downcast(y, x)
 
 
@@ -269,19 +256,6 @@ def rms_norm(x, *, axes, gamma, beta, epsilon):
 # Batch norm in training.
 
 
-def _batch_norm(x4, gamma, beta, epsilon, count):
-    """ATen's training batch norm; returns ``(y, mean, biased variance)``.
-
-    With momentum 1 the running buffers receive the batch statistics: the
-    mean, and the unbiased variance (rescaled to the biased one here)."""
-    c = x4.shape[1]
-    running_mean = torch.zeros(c, dtype=x4.dtype)
-    running_var = torch.ones(c, dtype=x4.dtype)
-    y = F.batch_norm(x4, running_mean, running_var, gamma, beta, True, 1.0, epsilon)
-    variance = torch.clamp(running_var * ((count - 1) / count), min=0.0)
-    return y, running_mean, variance
-
-
 def batch_norm_train(x, *, axis, gamma, beta, epsilon):
     if not _usable(x):
         return None
@@ -297,11 +271,10 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
         x3 = x3.view(1, count, c)  # the batch is one slice per channel
     shift = _batch_shift(x3, channels_last, compute)
     gamma, beta = _param(gamma, compute), _param(beta, compute)
-    xc3 = center(x3, shift.view(1, c), channels_last, transient=not _records_grad(x, gamma, beta))
     if channels_last and c % CHANNEL_BLOCK:
-        y, mean, variance = ChannelsLastBatchNorm.apply(xc3.view(count, c), gamma, beta, epsilon)
-        return _downcast(y.view(x.shape), x), shift + mean, variance
-    y, mean, variance = _batch_norm(kernel_view(xc3, channels_last), gamma, beta, epsilon, count)
-    return _from_kernel(y, channels_last, x), shift + mean, variance
-
-
+        xc = center(x3, shift.view(1, c), True).view(count, c)
+        y, mean, variance = ChannelsLastBatchNorm.apply(xc, gamma, beta, epsilon)
+    else:
+        kernel = BatchNormKernel(channels_last, epsilon)
+        y, mean, variance, _, _ = ShiftedNorm.apply(x3, shift.view(1, c), gamma, beta, kernel)
+    return _downcast(y.reshape(x.shape), x), shift + mean, variance

@@ -1,7 +1,8 @@
 """The torch fast paths' own autograd functions and layout helpers: ATen's
-kernels on channels-last data where ATen alone is slow or crashes (see
-:mod:`normlab.backends.torch` for the numerics: every kernel here sees data
-already centered, or centers each sample itself, by the hook's shift).
+kernels fed data centered by the hook's shift (see :mod:`normlab.backends.torch`
+for the numerics), the centered copy made in a reused buffer and again in
+the backward rather than kept, and channels-last variants where ATen alone
+is slow or crashes.
 
 Eager only: the hooks decline while a compiler or exporter traces, so the
 batch size here is always an int (the per-sample loops need one).
@@ -9,6 +10,7 @@ batch size here is always an int (the per-sample loops need one).
 
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -33,11 +35,14 @@ MAX_SAMPLE_LOOP = 64
 MAX_SAMPLE_LOOP_POSITIONS = 2048
 
 
-#: A centered copy that no backward will read (nothing records gradients) and
-#: that is larger than glibc's largest heap allocation (32 MiB: a larger one
-#: is mapped afresh and page-faulted on every call, 26 ms per 100 MB here) is
-#: written into a buffer kept per thread for the next call, up to this size.
-SCRATCH_BYTES = (32 << 20, 512 << 20)
+#: Centered copies live in a buffer kept per thread (:func:`subtract`) from
+#: this size up to the second (bytes): above about 1 MiB a fresh allocation
+#: comes from glibc's mmap or from a heap top it trims again on free, and is
+#: page-faulted in on every call (26 ms per 100 MB here; measured on
+#: (8, 56, 56, 256) float32 batch norm, 25.7 MB: 30 ms per forward with a
+#: fresh centered copy, 7.7 ms with the buffer, ATen alone 4.4 ms). No
+#: centered copy outlives the call that made it (:class:`ShiftedNorm`).
+SCRATCH_BYTES = (1 << 20, 512 << 20)
 
 _scratch = threading.local()
 
@@ -45,15 +50,16 @@ _scratch = threading.local()
 def subtract(x, shift, *, transient=False):
     """``x - shift`` (broadcast) in the compute dtype: one pass, also the
     upcast of float16/bfloat16. ``transient``: the result is read only
-    before the next call in this thread (see :data:`SCRATCH_BYTES`)."""
+    before the next call in this thread, and a CPU result is written into
+    the thread's buffer (see :data:`SCRATCH_BYTES`)."""
     dtype = torch.promote_types(x.dtype, shift.dtype)
     low, high = SCRATCH_BYTES
-    if not transient or not low < x.numel() * dtype.itemsize <= high:
+    if not transient or x.device.type != "cpu" or not low <= x.numel() * dtype.itemsize <= high:
         return torch.sub(x, shift)
     buffers = _scratch.__dict__.setdefault("buffers", {})
-    buffer = buffers.get((x.device, dtype))
+    buffer = buffers.get(dtype)
     if buffer is None or buffer.numel() < x.numel():
-        buffer = buffers[(x.device, dtype)] = torch.empty(x.numel(), dtype=dtype, device=x.device)
+        buffer = buffers[dtype] = torch.empty(x.numel(), dtype=dtype)
     return torch.sub(x, shift, out=buffer[: x.numel()].view(x.shape))
 
 
@@ -73,6 +79,145 @@ def kernel_view(xc3, channels_last):
     return xc3.unsqueeze(3)
 
 
+# --------------------------------------------------------------------------
+# ATen kernels on centered data. Each is the pair a ShiftedNorm runs:
+# ``forward(xc, gamma, beta) -> (y, *saved)`` and ``backward(dy, xc, gamma,
+# beta, saved, mask) -> (dx, dgamma, dbeta)``, with ``center(x, shift, transient)``.
+
+
+class LayerNormKernel:
+    """``native_layer_norm`` over the trailing ``shape`` of ``x``; ``shift`` is ``(rows, 1)``."""
+
+    def __init__(self, shape, epsilon):
+        self.shape, self.epsilon, self.width = shape, epsilon, math.prod(shape)
+
+    def center(self, x, shift, transient):
+        return subtract(x.view(-1, self.width), shift, transient=transient).view(x.shape)
+
+    def forward(self, xc, gamma, beta):
+        return torch.native_layer_norm(xc, self.shape, gamma, beta, self.epsilon)
+
+    def backward(self, dy, xc, gamma, beta, saved, mask):
+        mean, rstd = saved
+        return torch.ops.aten.native_layer_norm_backward(dy, xc, self.shape, mean, rstd, gamma, beta, mask)
+
+
+class GroupNormKernel:
+    """``native_group_norm`` of contiguous ``(N, C, S)`` data; ``shift`` is ``(N, C)``."""
+
+    def __init__(self, groups, epsilon):
+        self.groups, self.epsilon = groups, epsilon
+
+    def center(self, x3, shift, transient):
+        return center(x3, shift, False, transient=transient)
+
+    def forward(self, xc3, gamma, beta):
+        n, c, s = xc3.shape
+        y4, mean, rstd = torch.native_group_norm(xc3.unsqueeze(3), gamma, beta, n, c, s, self.groups, self.epsilon)
+        return y4.squeeze(3), mean, rstd
+
+    def composite(self, xc3, gamma, beta):
+        return group_norm_composite(xc3, False, self.groups, gamma, beta, self.epsilon)
+
+    def backward(self, dy, xc3, gamma, beta, saved, mask):
+        n, c, s = xc3.shape
+        mean, rstd = saved
+        dx, dgamma, dbeta = torch.ops.aten.native_group_norm_backward(
+            dy.contiguous().unsqueeze(3), xc3.unsqueeze(3), mean, rstd, gamma, n, c, s, self.groups, mask
+        )
+        return dx.squeeze(3), dgamma, dbeta
+
+
+class BatchNormKernel:
+    """``native_batch_norm`` in training of ``(N, S, C)`` (``channels_last``)
+    or ``(N, C, S)`` data, viewed as ``(N, C, S, 1)``; ``shift`` is ``(1, C)``.
+    Also returns the batch mean (of the centered data) and biased variance."""
+
+    def __init__(self, channels_last, epsilon):
+        self.channels_last, self.epsilon = channels_last, epsilon
+
+    def center(self, x3, shift, transient):
+        return center(x3, shift, self.channels_last, transient=transient)
+
+    def forward(self, xc3, gamma, beta):
+        x4 = kernel_view(xc3, self.channels_last)
+        c = x4.shape[1]
+        count = xc3.numel() // c
+        # With momentum 1 the running buffers receive the batch statistics:
+        # the mean, and the unbiased variance (rescaled to the biased one).
+        mean, variance = xc3.new_zeros(c), xc3.new_ones(c)
+        y4, save_mean, save_rstd = torch.native_batch_norm(x4, gamma, beta, mean, variance, True, 1.0, self.epsilon)
+        variance = torch.clamp(variance * ((count - 1) / count), min=0.0)
+        y = y4.permute(0, 2, 3, 1) if self.channels_last else y4.squeeze(3)
+        return y.reshape(xc3.shape), mean, variance, save_mean, save_rstd
+
+    def backward(self, dy, xc3, gamma, beta, saved, mask):
+        save_mean, save_rstd = saved[2:]
+        dy4 = kernel_view(dy.contiguous(), self.channels_last)
+        dx4, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+            dy4, kernel_view(xc3, self.channels_last), gamma, None, None, save_mean, save_rstd, True,
+            self.epsilon, mask,
+        )
+        dx = dx4.permute(0, 2, 3, 1) if self.channels_last else dx4.squeeze(3)
+        return dx.reshape(xc3.shape), dgamma, dbeta
+
+
+class ShiftedNorm(torch.autograd.Function):
+    """``kernel(x - shift)`` (see the kernels above) with no centered copy
+    kept: the forward centers ``x`` into the thread's buffer, and the
+    backward centers it again (``shift`` is a constant: no gradient flows
+    through it). The extra statistics a kernel returns after ``y`` are
+    outputs too, without gradient. Double backward works: under
+    ``create_graph`` the backward's centered copy is a fresh tensor."""
+
+    @staticmethod
+    def forward(ctx, x, shift, gamma, beta, kernel):
+        y, *saved = kernel.forward(kernel.center(x, shift, True), gamma, beta)
+        ctx.save_for_backward(x, shift, gamma, beta, *saved)
+        ctx.kernel, ctx.dtype = kernel, x.dtype
+        ctx.mark_non_differentiable(*saved)
+        return (y, *saved)
+
+    @staticmethod
+    def backward(ctx, dy, *_dsaved):
+        x, shift, gamma, beta, *saved = ctx.saved_tensors
+        if torch.is_grad_enabled() and hasattr(ctx.kernel, "composite"):
+            return (*_composite_vjp(ctx, dy, lambda x, g, b: ctx.kernel.composite(ctx.kernel.center(x, shift, False),
+                                                                                  g, b), x, gamma, beta), None)
+        mask = [True, gamma is not None and ctx.needs_input_grad[2], beta is not None and ctx.needs_input_grad[3]]
+        xc = ctx.kernel.center(x, shift, not torch.is_grad_enabled())
+        dx, dgamma, dbeta = ctx.kernel.backward(dy, xc, gamma, beta, saved, mask)
+        dx = (dx if dx.dtype == ctx.dtype else dx.to(ctx.dtype)) if ctx.needs_input_grad[0] else None
+        return dx, None, dgamma if mask[1] else None, dbeta if mask[2] else None, None
+
+
+def _composite_vjp(ctx, dy, forward, x, gamma, beta):
+    """``(dx, None, dgamma, dbeta)`` by differentiating ``forward(x, gamma,
+    beta)`` (plain differentiable ops) with ``create_graph``: the backward
+    of a backward ATen does not differentiate (``native_group_norm_backward``
+    has no derivative), for double backward such as a gradient penalty."""
+    inputs = {i: t for i, t in zip((0, 2, 3), (x, gamma, beta)) if ctx.needs_input_grad[i]}
+    y = forward(x, gamma, beta)
+    grads = dict(zip(inputs, torch.autograd.grad(y, list(inputs.values()), dy, create_graph=True)))
+    return grads.get(0), None, grads.get(2), grads.get(3)
+
+
+def group_norm_composite(xc3, channels_last, groups, gamma, beta, epsilon):
+    """Group norm of centered ``(N, S, C)`` (``channels_last``) or ``(N, C, S)``
+    data in plain differentiable ops (two passes)."""
+    n = xc3.shape[0]
+    c = xc3.shape[2] if channels_last else xc3.shape[1]
+    if channels_last:
+        g, dims, param = xc3.reshape(n, -1, groups, c // groups), (1, 3), (c,)
+    else:
+        g, dims, param = xc3.reshape(n, groups, c // groups, -1), (2, 3), (c, 1)
+    d = g - g.mean(dims, keepdim=True)
+    y = (d * torch.rsqrt((d * d).mean(dims, keepdim=True) + epsilon)).reshape(xc3.shape)
+    if gamma is not None:
+        y = y * gamma.view(param)
+    return y if beta is None else y + beta.view(param)
+
+
 class ChannelsLastGroupNorm(torch.autograd.Function):
     """Group norm of channels-last data ``x3 = (N, S, C)`` about a per-sample
     and channel ``shift`` (``(N, C)``, no gradient): ``native_group_norm``
@@ -85,41 +230,40 @@ class ChannelsLastGroupNorm(torch.autograd.Function):
     no centered copy of the whole input is made or kept."""
 
     @staticmethod
-    def forward(ctx, x3, shift, gamma, beta, groups, epsilon, transient):
+    def forward(ctx, x3, shift, gamma, beta, groups, epsilon):
         n, s, c = x3.shape
         if _per_sample(n, c, groups) and s < MAX_SAMPLE_LOOP_POSITIONS:
             y3, mean, rstd = _instance_norm_forward(x3, shift, gamma, beta, epsilon)
-            saved = x3  # each sample is centered again in the backward
         else:
-            xc = kernel_view(center(x3, shift, True, transient=transient), True)
+            xc = kernel_view(center(x3, shift, True, transient=True), True)
             y4, mean, rstd = torch.native_group_norm(xc, gamma, beta, n, c, s, groups, epsilon)
             y3 = y4.permute(0, 2, 3, 1).reshape(n, s, c)  # free: y4 is channels_last
-            saved = xc.permute(0, 2, 3, 1).reshape(n, s, c)
-        ctx.save_for_backward(saved, shift, gamma, mean, rstd)
-        ctx.centered = saved is not x3
+        ctx.save_for_backward(x3, shift, gamma, beta, mean, rstd)  # centered again in the backward
         ctx.groups, ctx.epsilon, ctx.has_beta, ctx.dtype = groups, epsilon, beta is not None, x3.dtype
         ctx.mark_non_differentiable(mean, rstd)
         return y3, mean, rstd
 
     @staticmethod
     def backward(ctx, dy3, _dmean, _drstd):
-        x3, shift, gamma, mean, rstd = ctx.saved_tensors
+        x3, shift, gamma, beta, mean, rstd = ctx.saved_tensors
         n, s, c = x3.shape
         groups = ctx.groups
+        if torch.is_grad_enabled():
+            return (*_composite_vjp(ctx, dy3, lambda x, g, b: group_norm_composite(
+                center(x, shift, True), True, groups, g, b, ctx.epsilon), x3, gamma, beta), None, None)
         need_x, need_gamma, need_beta = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         mask = [True, gamma is not None and need_gamma, ctx.has_beta and need_beta]
         dy3 = dy3.contiguous()
         if _per_sample(n, c, groups):
-            dx, dgamma, dbeta = _instance_norm_backward(dy3, x3, None if ctx.centered else shift, mean, rstd,
-                                                        gamma, mask, ctx.epsilon)
+            dx, dgamma, dbeta = _instance_norm_backward(dy3, x3, shift, mean, rstd, gamma, mask, ctx.epsilon)
         else:
-            x4 = kernel_view(x3 if ctx.centered else center(x3, shift, True), True)
+            x4 = kernel_view(center(x3, shift, True, transient=True), True)
             dx4, dgamma, dbeta = torch.ops.aten.native_group_norm_backward(
                 kernel_view(dy3, True), x4, mean, rstd, gamma, n, c, s, groups, mask
             )
             dx = dx4.permute(0, 2, 3, 1).reshape(n, s, c)
         dx = (dx if dx.dtype == ctx.dtype else dx.to(ctx.dtype)) if need_x else None
-        return dx, None, dgamma, dbeta, None, None, None
+        return dx, None, dgamma, dbeta, None, None
 
 
 def _per_sample(n, c, groups):
@@ -152,15 +296,15 @@ def _instance_norm_backward(dy3, x3, shift, mean, rstd, gamma, mask, epsilon):
     ATen's channels-last batch-norm backward (vectorized over channels) is
     3-4x faster than its channels-last group-norm backward with one channel
     per group; it takes the forward's saved mean and rstd, and centers ``x``
-    by that mean itself. ``x3`` is centered already, or is centered here by
-    ``shift`` one sample at a time. The per-sample input gradients are
+    by that mean itself. ``x3`` is centered here by ``shift`` one sample at
+    a time. The per-sample input gradients are
     written into one tensor; the parameter gradients summed.
     """
     n, s, c = x3.shape
     dx3 = dy3.new_empty((n, s, c), dtype=mean.dtype)
     dgamma = dbeta = None
     for i in range(n):
-        xi = x3[i] if shift is None else torch.sub(x3[i], shift[i])
+        xi = torch.sub(x3[i], shift[i])
         dx, dg, db = torch.ops.aten.native_batch_norm_backward(
             dy3[i], xi, gamma, None, None, mean[i], rstd[i], True, epsilon, mask
         )
@@ -186,20 +330,19 @@ class ChannelsLastBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gamma, beta, epsilon):
         ctx.set_materialize_grads(False)
-        dims = tuple(range(x.ndim - 1))
-        mean = x.mean(dims)
-        variance = torch.clamp((x * x).mean(dims) - mean * mean, min=0.0)
-        rstd = torch.rsqrt(variance + epsilon)
+        mean, variance, rstd = _column_moments(x, epsilon)
         scale = rstd if gamma is None else rstd * gamma
         offset = -mean * scale if beta is None else beta - mean * scale
         y = torch.addcmul(offset, x, scale)
         ctx.save_for_backward(x, gamma, mean, rstd)
-        ctx.has_beta = beta is not None
+        ctx.has_beta, ctx.epsilon = beta is not None, epsilon
         return y, mean, variance
 
     @staticmethod
     def backward(ctx, dy, dmean, dvariance):
         x, gamma, mean, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: the statistics as functions of x
+            mean, _, rstd = _column_moments(x, ctx.epsilon)
         dims = tuple(range(x.ndim - 1))
         count = x.numel() // x.shape[-1]
         scale = rstd if gamma is None else rstd * gamma
@@ -222,3 +365,13 @@ class ChannelsLastBatchNorm(torch.autograd.Function):
         if dy is not None:
             dx = torch.addcmul(dx, dy, scale)
         return dx, dgamma, dbeta, None
+
+
+def _column_moments(x, epsilon):
+    """Mean, biased variance and ``1 / sqrt(variance + epsilon)`` of each
+    column of centered data (one-pass: exact for offset ratios bounded by
+    the hook's shift)."""
+    dims = tuple(range(x.ndim - 1))
+    mean = x.mean(dims)
+    variance = torch.clamp((x * x).mean(dims) - mean * mean, min=0.0)
+    return mean, variance, torch.rsqrt(variance + epsilon)

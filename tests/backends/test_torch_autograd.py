@@ -1,0 +1,137 @@
+"""The torch fast paths' own autograd functions
+(:mod:`normlab.backends.torch_autograd`): the centered copy in a reused
+buffer, recentered in the backward; parameter-only gradients; double
+backward; the closed-form backward of few-channel batch norm."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from normlab import backends
+from normlab import ops as nops
+from tests.backends._closed_form import normalize_and_vjp
+from tests.backends.test_fast_paths import CASES, DECLINED, EPSILON, _apply, _check, _inputs
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch's autograd functions")
+
+SERVED = sorted(set(CASES) - DECLINED)
+
+
+@pytest.fixture
+def scratch_always(monkeypatch):
+    """Every centered copy in the thread's buffer (normally from 1 MiB)."""
+    from normlab.backends import torch_autograd
+
+    monkeypatch.setattr(torch_autograd, "SCRATCH_BYTES", (0, 512 << 20))
+
+
+@pytest.mark.parametrize("case", SERVED)
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_parity_with_the_reused_buffer(scratch_always, case, offset):
+    _check(case, "float32", offset)
+
+
+@pytest.mark.parametrize("case", ["gn-nhwc", "gn-nchw", "in-nhwc-large", "ln-last", "bn-nhwc", "bn-nchw"])
+def test_interleaved_calls_do_not_share_results(scratch_always, case):
+    """Two forwards, then both backwards: the buffer is reused by the second
+    forward, so the first backward must center its input again, and no
+    output may alias the buffer."""
+    import torch
+
+    x1_np, dy_np, gamma_np, beta_np = _inputs(case, 100.0, seed=1)
+    x2_np = _inputs(case, -3.0, seed=2)[0]
+    expected = [normalize_and_vjp(x.astype("float32"), dy_np.astype("float32"), CASES[case][0], CASES[case][2],
+                                  groups=CASES[case][3], gamma=gamma_np, beta=beta_np, epsilon=EPSILON)
+                for x in (x1_np, x2_np)]
+    xs = [torch.tensor(x, dtype=torch.float32, requires_grad=True) for x in (x1_np, x2_np)]
+    ys = [_apply(case, x, torch.tensor(gamma_np), torch.tensor(beta_np))[0] for x in xs]
+    for y, x, ref in zip(ys, xs, expected):
+        y.backward(torch.tensor(dy_np, dtype=torch.float32))
+        np.testing.assert_allclose(y.detach().numpy(), ref["y"], atol=2e-5)
+        np.testing.assert_allclose(x.grad.numpy(), ref["dx"], atol=5e-5)
+
+
+@pytest.mark.parametrize("case", SERVED)
+def test_double_backward_matches_the_general_path(scratch_always, case):
+    """A gradient penalty (the gradient of ``|d(y . w)/dx|^2``, as in WGAN-GP)
+    through the fast path's backward, against the general path, in float64."""
+    import torch
+
+    x_np, dy_np, gamma_np, beta_np = _inputs(case, 3.0)
+
+    def penalty_grads():
+        x = torch.tensor(x_np, requires_grad=True)
+        gamma = torch.tensor(gamma_np, dtype=torch.float64, requires_grad=True)
+        beta = torch.tensor(beta_np, dtype=torch.float64, requires_grad=True)
+        y, _ = _apply(case, x, gamma, beta)
+        (dx,) = torch.autograd.grad((y * torch.tensor(dy_np)).sum(), x, create_graph=True)
+        return [g.numpy() for g in torch.autograd.grad((dx * dx).sum(), [x, gamma])]
+
+    fast = penalty_grads()
+    with backends.disabled():
+        general = penalty_grads()
+    for got, ref in zip(fast, general):
+        np.testing.assert_allclose(got, ref, rtol=1e-7, atol=1e-9)
+
+
+def test_parameter_gradients_without_input_gradient():
+    """Gradients for gamma and beta only (the input is data, as in the first
+    layer of a model): ATen's channels-last group norm backward crashes on
+    this unless the hook works around it."""
+    import torch
+
+    for case in ("gn-nhwc", "in-nhwc", "bn-nhwc", "ln-last", "gn-nchw"):
+        op, shape, axis, groups = CASES[case]
+        x_np, dy_np, gamma_np, beta_np = _inputs(case, 0.0)
+        expected = normalize_and_vjp(x_np.astype("float32"), dy_np.astype("float32"), op, axis,
+                                     groups=groups, gamma=gamma_np, beta=beta_np, epsilon=EPSILON)
+        x = torch.tensor(x_np, dtype=torch.float32)
+        gamma = torch.tensor(gamma_np, requires_grad=True)
+        beta = torch.tensor(beta_np, requires_grad=True)
+        y, _ = _apply(case, x, gamma, beta)
+        dgamma, dbeta = torch.autograd.grad(y, [gamma, beta], torch.tensor(dy_np, dtype=torch.float32))
+        np.testing.assert_allclose(dgamma.numpy(), expected["dgamma"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dbeta.numpy(), expected["dbeta"], rtol=1e-4, atol=1e-4)
+
+
+def test_large_inputs_reuse_one_buffer():
+    """From 1 MiB the centered copy goes to the thread's buffer: two calls
+    on a 2 MiB input leave one buffer of that size, and the results are
+    fresh tensors."""
+    import torch
+
+    from normlab.backends import torch_autograd
+
+    x = torch.randn(4, 16, 16, 512) + 50.0
+    first = nops.group_norm(x, 32, 3)
+    second = nops.group_norm(x + 7.0, 32, 3)  # the same up to rounding
+    buffers = torch_autograd._scratch.__dict__.get("buffers", {})
+    assert buffers[torch.float32].numel() >= x.numel()
+    assert first.data_ptr() != second.data_ptr()
+    assert not any(first.data_ptr() == b.data_ptr() for b in buffers.values())
+    np.testing.assert_allclose(first.numpy(), second.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_few_channel_batch_norm_gradients_are_exact(affine):
+    """The closed-form backward of channels-last batch norm with few channels,
+    including cotangents of the returned batch mean and variance, against
+    finite differences in float64."""
+    import torch
+
+    from normlab.backends.torch_autograd import ChannelsLastBatchNorm
+
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.normal(0.5, 2.0, (3, 4, 5, 6)), requires_grad=True)
+    params = [torch.tensor(rng.uniform(0.5, 1.5, 6), requires_grad=True),
+              torch.tensor(rng.normal(size=6), requires_grad=True)] if affine else [None, None]
+
+    def outputs(x, *weights):
+        gamma, beta = weights if affine else (None, None)
+        return ChannelsLastBatchNorm.apply(x, gamma, beta, EPSILON)
+
+    inputs = (x, *params) if affine else (x,)
+    assert torch.autograd.gradcheck(outputs, inputs)
+    assert torch.autograd.gradcheck(lambda *a: outputs(*a)[1:], inputs)  # statistics alone
