@@ -100,6 +100,39 @@ def holm(pvalues, alpha):
     return rejected
 
 
+#: Two runs of the same code on an idle machine should give every ratio
+#: decided in both within this relative difference (benchmarks/README.md).
+AGREEMENT = 0.10
+
+
+def _decided(ratio):
+    """Whether a stored ratio is decided by today's rule (results written
+    before the median's precision counted lack ``median_error``)."""
+    if not ratio.get("decided") or not ratio.get("median"):
+        return False
+    spread, rounds = ratio.get("spread"), ratio.get("rounds")
+    return spread is None or not rounds or stats.median_error(spread, rounds) <= stats.MAX_MEDIAN_ERROR
+
+
+def agreement(a, b, tolerance=AGREEMENT):
+    """How far the printed ratios (normlab x Keras, x native, ...) of two runs
+    are apart, over the ratios both runs decided: ``{"compared", "max",
+    "median", "beyond": [(row key, ratio name, base, current), ...]}``."""
+    diffs, beyond = [], []
+    for key in [k for k in b if k in a]:
+        for name, ra in (a[key].get("ratios") or {}).items():
+            rb = (b[key].get("ratios") or {}).get(name)
+            if not (rb and _decided(ra) and _decided(rb)):
+                continue
+            diff = abs(rb["median"] / ra["median"] - 1.0)
+            diffs.append(diff)
+            if diff > tolerance:
+                beyond.append((list(key), name, ra["median"], rb["median"]))
+    diffs.sort()
+    return {"tolerance": tolerance, "compared": len(diffs), "max": diffs[-1] if diffs else None,
+            "median": diffs[len(diffs) // 2] if diffs else None, "beyond": beyond}
+
+
 def compare_reports(base, current, by="keras", alpha=0.01, min_effect=0.05, max_spread=stats.MAX_SPREAD):
     """Every row in both results, compared; the rows only one of them has; the machines' differences."""
     if not has_rounds(base):
@@ -137,7 +170,8 @@ def compare_reports(base, current, by="keras", alpha=0.01, min_effect=0.05, max_
             "controls": {"compared": len(checks),
                          "moved": sum(c["verdict"] in ("faster", "slower") for c in checks)},
             "only_in_base": [list(k) for k in a if k not in b],
-            "only_in_current": [list(k) for k in b if k not in a], "summary": summary}
+            "only_in_current": [list(k) for k in b if k not in a], "summary": summary,
+            "agreement": agreement(a, b)}
 
 
 def _stat_text(name, s):
@@ -188,6 +222,13 @@ def format_lines(result):
     lines.append(f"controls: {controls['moved']} of {controls['compared']} comparisons of unchanged code (native op, "
                  f"floor) differ at p < {result['alpha']:g} without correction"
                  + (": the machine drifted between the runs" if controls["moved"] else ""))
+    agree = result.get("agreement")
+    if agree and agree["compared"]:
+        lines.append(f"agreement: {agree['compared']} ratios decided in both runs differ by at most "
+                     f"{100 * agree['max']:.1f}% (median {100 * agree['median']:.1f}%); "
+                     f"{len(agree['beyond'])} beyond {100 * agree['tolerance']:.0f}%")
+        for key, name, x, y in agree["beyond"]:
+            lines.append(f"  {' '.join(str(k) for k in key)} {name}: {x:.3g} -> {y:.3g}")
     summary = ", ".join(f"{n} {verdict}" for verdict, n in sorted(result["summary"].items()))
     lines.append(f"summary: {summary or 'no rows in common'}")
     return lines

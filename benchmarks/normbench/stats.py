@@ -20,6 +20,14 @@ import math
 #: this fraction of its median (0.3: the middle half of the rounds spans more
 #: than +/-15% around the median).
 MAX_SPREAD = 0.3
+#: ... or where its median is less precise than this: the median's relative
+#: standard error, estimated from the IQR as for normal data
+#: (``1.253 * (IQR / 1.349) / sqrt(rounds)``, relative to the median). At
+#: 2.8% two runs of the same code agree within 10%: measured on this 2-core
+#: VM, two back-to-back runs (70 rows) had 83 ratios decided by the spread
+#: alone, 7 of them more than 10% apart (up to 35%); with this bound (at 25
+#: rounds, a spread within 0.15) 30 were decided, at most 8.1% apart.
+MAX_MEDIAN_ERROR = 0.028
 #: Fewer valid rounds than this decide nothing.
 MIN_ROUNDS = 5
 
@@ -55,21 +63,32 @@ def summarize(seconds):
             "q75_ms": quantile(ms, 0.75), "rounds": len(ms), "rounds_ms": ms}
 
 
-def ratio_stats(numerator, denominator, max_spread=MAX_SPREAD, min_rounds=MIN_ROUNDS):
+def median_error(spread, rounds):
+    """The relative standard error of a median of ``rounds`` values whose IQR is
+    ``spread`` times the median (normal approximation; see :data:`MAX_MEDIAN_ERROR`)."""
+    return 1.2533 * spread / 1.349 / math.sqrt(rounds)
+
+
+def ratio_stats(numerator, denominator, max_spread=MAX_SPREAD, min_rounds=MIN_ROUNDS,
+                max_median_error=MAX_MEDIAN_ERROR):
     """The per-round ratios ``numerator[i] / denominator[i]``: median, IQR, spread, decided.
 
-    ``spread`` is the IQR over the median; the ratio is ``decided`` where at
-    least ``min_rounds`` rounds have both times and ``spread <= max_spread``.
+    ``spread`` is the IQR over the median, ``median_error`` the median's
+    relative standard error; the ratio is ``decided`` where at least
+    ``min_rounds`` rounds have both times, ``spread <= max_spread`` and
+    ``median_error <= max_median_error`` (more rounds decide wider spreads).
     """
     if len(numerator) != len(denominator):
         raise ValueError(f"rounds differ: {len(numerator)} vs {len(denominator)}")
     r = [a / b for a, b in zip(numerator, denominator) if b > 0 and a > 0]
     if not r:
-        return {"median": None, "q25": None, "q75": None, "spread": None, "rounds": 0, "decided": False}
+        return {"median": None, "q25": None, "q75": None, "spread": None, "median_error": None, "rounds": 0,
+                "decided": False}
     med, q25, q75 = median(r), quantile(r, 0.25), quantile(r, 0.75)
     spread = (q75 - q25) / med
-    return {"median": med, "q25": q25, "q75": q75, "spread": spread, "rounds": len(r),
-            "decided": len(r) >= min_rounds and spread <= max_spread}
+    error = median_error(spread, len(r))
+    return {"median": med, "q25": q25, "q75": q75, "spread": spread, "median_error": error, "rounds": len(r),
+            "decided": len(r) >= min_rounds and spread <= max_spread and error <= max_median_error}
 
 
 def summarize_row(seconds, moved_bytes, max_spread=MAX_SPREAD, min_rounds=MIN_ROUNDS):

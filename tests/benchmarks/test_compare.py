@@ -146,3 +146,17 @@ def test_end_to_end_targets_need_every_round_on_one_side():
     assert e2e_decision([1.3, 1.3, 1.1], [1.2, 1.2, 1.0])[0] == "missed"
     assert e2e_decision([1.0, 1.3, 0.9], [1.2, 1.2, 1.0])[0] == "undecided"
     assert e2e_decision([1.0], [2.0])[0] == "undecided"  # --quick: one epoch decides nothing
+
+
+def test_agreement_covers_ratios_decided_in_both_runs():
+    def rows(keras, native, decided_native=True):
+        return {("torch", "eager", "GroupNorm(32)", (8, 56, 56, 256), "fwd"): {"ratios": {
+            "speedup_vs_keras": {"median": keras, "decided": True},
+            "normlab_over_native": {"median": native, "decided": decided_native}}}}
+
+    same = compare.agreement(rows(4.0, 1.5), rows(4.2, 1.52))
+    assert same["compared"] == 2 and same["beyond"] == [] and same["max"] == pytest.approx(0.05)
+    apart = compare.agreement(rows(4.0, 1.5), rows(4.0, 2.0))
+    assert [b[1] for b in apart["beyond"]] == ["normlab_over_native"]
+    undecided = compare.agreement(rows(4.0, 1.5), rows(4.0, 2.0, decided_native=False))
+    assert undecided["compared"] == 1 and undecided["beyond"] == []

@@ -89,3 +89,15 @@ def test_decide_is_undecided_where_the_ratio_is():
     s = {"median": 10.0, "q25": 3.0, "q75": 300.0, "rounds": 20, "decided": False}
     assert stats.decide(s, 1.25, higher_is_better=False) == "undecided"
     assert stats.decide(None, 1.0) == "undecided"
+
+
+def test_an_imprecise_median_is_undecided_until_more_rounds_pin_it():
+    """A spread of 0.2 is within MAX_SPREAD, but over 25 rounds its median is
+    known to about 3.7% only; over 100 rounds, to 1.9%."""
+
+    def ratios(n):  # per-round ratios evenly spread over 1.0 +/- 0.2 (IQR 0.2)
+        return [1.0 + 0.4 * (i / (n - 1) - 0.5) for i in range(n)]
+
+    few, many = stats.ratio_stats(ratios(25), [1.0] * 25), stats.ratio_stats(ratios(100), [1.0] * 100)
+    assert few["spread"] == pytest.approx(0.2) and few["median_error"] == pytest.approx(0.0372, abs=1e-4)
+    assert not few["decided"] and many["decided"]
