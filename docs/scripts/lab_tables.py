@@ -33,10 +33,14 @@ LAB = DOCS / "lab"
 # invocations, including --data-dir), then `normlab report RUNS --out docs/lab`.
 COMMANDS = {
     "compare": "normlab compare --backend jax --out runs",
-    "compare-tutorial": "normlab compare --protocol tutorial --backend jax --out runs",
+    "compare-tutorial": "normlab compare --protocol tutorial --impl normlab,keras --seeds 5 --backend jax --out runs",
     "combos": "normlab compare --preset combos --backend jax --out runs",
+    "combos-tutorial": ("normlab compare --preset combos --protocol tutorial --impl normlab,keras --seeds 5 "
+                        "--backend jax --out runs"),
     "batch-size": "normlab sweep batch-size --backend jax --out runs",
-    "batch-size-deep": "normlab sweep batch-size-deep --train-subset 20000 --backend jax --out runs",
+    "batch-size-steps1875": "normlab sweep batch-size --max-steps 1875 --backend jax --out runs",
+    "batch-size-deep": "normlab sweep batch-size-deep --backend jax --out runs",
+    "batch-size-deep-steps625": "normlab sweep batch-size-deep --max-steps 625 --backend jax --out runs",
     "groups": "normlab sweep groups --backend jax --out runs",
 }
 REPORT = "normlab report runs --out docs/lab"
@@ -76,7 +80,10 @@ def _source(name: str, meta: dict, rows: list[dict]) -> str:
     const = meta.get("constant", {})
     train = "/".join(f"{n:,}" for n in meta.get("train_examples", []))
     test = "/".join(f"{n:,}" for n in meta.get("test_examples", []))
-    fixed = [f"{const['epochs']} epoch" + ("s" if const.get("epochs", 1) != 1 else "")] if "epochs" in const else []
+    if const.get("max_steps"):
+        fixed = [f"{const['max_steps']:,} optimizer steps per run (epochs not held fixed)"]
+    else:
+        fixed = [f"{const['epochs']} epoch" + ("s" if const.get("epochs", 1) != 1 else "")] if "epochs" in const else []
     if "batch_size" in const:
         fixed.append(f"batch {const['batch_size']}")
     if "learning_rate" in const:
@@ -126,20 +133,48 @@ def _sweep_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _compare_table(rows: list[dict], head: str) -> list[str]:
-    if rows and rows[0].get("metric", "test") != "test":  # the tutorial protocol
-        lines = [f"| {head} | spec | training accuracy % (running, dropout on) | held-out accuracy % "
+def _points(diff: dict | None) -> str:
+    """A paired difference in percentage points: mean [95% interval]."""
+    if not diff or diff.get("mean") is None:
+        return "-"
+    if diff.get("low") is None or not math.isfinite(diff["low"]):
+        return f"{100 * diff['mean']:+.2f}"
+    return f"{100 * diff['mean']:+.2f} [{100 * diff['low']:+.2f}, {100 * diff['high']:+.2f}]"
+
+
+def _compare_table(rows: list[dict], head: str, baseline: str | None) -> list[str]:
+    tutorial = bool(rows) and rows[0].get("metric", "test") != "test"
+    paired = f" vs {baseline}, paired (points) |" if baseline and any(r.get("paired") for r in rows) else ""
+    if tutorial:
+        lines = [f"| {head} | spec | training accuracy % (running, dropout on) |{paired} held-out accuracy % "
                  "| parameters (trainable / non-trainable) |",
-                 "|---|---|---|---|---:|"]
-        for row in rows:
-            lines.append(f"| {row['label']} | `{row['norms']}` | {_pct(row['accuracy'])} "
-                         f"| {_pct(row.get('test_accuracy'))} | {_params(row)} |")
-        return lines
-    lines = [f"| {head} | spec | test accuracy % | test loss | parameters (trainable / non-trainable) |",
-             "|---|---|---|---:|---:|"]
+                 "|---|---|---|" + ("---|" if paired else "") + "---|---:|"]
+    else:
+        lines = [f"| {head} | spec | test accuracy % |{paired} test loss | parameters (trainable / non-trainable) |",
+                 "|---|---|---|" + ("---|" if paired else "") + "---:|---:|"]
     for row in rows:
-        lines.append(f"| {row['label']} | `{row['norms']}` | {_pct(row['accuracy'])} | {_loss(row['loss'])} "
+        diff = f" {_points(row.get('paired')) if row['label'] != baseline else 'baseline'} |" if paired else ""
+        middle = _pct(row.get("test_accuracy")) if tutorial else _loss(row["loss"])
+        lines.append(f"| {row['label']} | `{row['norms']}` | {_pct(row['accuracy'])} |{diff} {middle} "
                      f"| {_params(row)} |")
+    return lines
+
+
+def _ab_table(ab: list[dict], main: str) -> list[str]:
+    """normlab's layers against Keras' own, seed by seed (``--impl normlab,keras``)."""
+    if not ab:
+        return []
+    other = ab[0]["impl"]
+    lines = ["", f"The same runs with Keras' own layers (`--impl {main},{other}`), seed by seed:", "",
+             f"| model | {main} % | {other} % | {main} - {other}, paired (points) | seeds identical to 4 decimals "
+             "| largest per-seed difference (points) | parameters equal |",
+             "|---|---|---|---|---:|---:|---|"]
+    for row in ab:
+        n = row["diff"].get("n") or 0
+        lines.append(
+            f"| {row['label']} | {_pct(row['main'])} | {_pct(row['other'])} | {_points(row['diff'])} "
+            f"| {row['identical_4dp']} of {n} | {100 * row['max_abs_diff']:.2f} "
+            f"| {'yes' if row['params_main'] == row['params_other'] else 'no'} |")
     return lines
 
 
@@ -171,7 +206,9 @@ def render(name: str) -> str:
     elif name == "groups":
         table = _groups_table(rows)
     else:
-        table = _compare_table(rows, "placement" if name == "combos" else "norm")
+        head = "model" if name.startswith("combos") else "norm"
+        table = _compare_table(rows, head, data["meta"].get("baseline"))
+        table += _ab_table(data.get("ab") or [], data["meta"].get("main_impl", "normlab"))
     return "\n".join(table) + "\n\n" + _source(name, data["meta"], rows) + "\n" + _figure(name)
 
 

@@ -181,9 +181,12 @@ class ShiftedNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, *_dsaved):
         x, shift, gamma, beta, *saved = ctx.saved_tensors
-        if torch.is_grad_enabled() and hasattr(ctx.kernel, "composite"):
-            return (*_composite_vjp(ctx, dy, lambda x, g, b: ctx.kernel.composite(ctx.kernel.center(x, shift, False),
-                                                                                  g, b), x, gamma, beta), None)
+        kernel = ctx.kernel
+        if torch.is_grad_enabled() and hasattr(kernel, "composite"):  # double backward
+            def composite(x, g, b):
+                return kernel.composite(kernel.center(x, shift, False), g, b)
+
+            return (*_composite_vjp(ctx, dy, composite, x, gamma, beta), None)
         mask = [True, gamma is not None and ctx.needs_input_grad[2], beta is not None and ctx.needs_input_grad[3]]
         xc = ctx.kernel.center(x, shift, not torch.is_grad_enabled())
         dx, dgamma, dbeta = ctx.kernel.backward(dy, xc, gamma, beta, saved, mask)
@@ -248,9 +251,11 @@ class ChannelsLastGroupNorm(torch.autograd.Function):
         x3, shift, gamma, beta, mean, rstd = ctx.saved_tensors
         n, s, c = x3.shape
         groups = ctx.groups
-        if torch.is_grad_enabled():
-            return (*_composite_vjp(ctx, dy3, lambda x, g, b: group_norm_composite(
-                center(x, shift, True), True, groups, g, b, ctx.epsilon), x3, gamma, beta), None, None)
+        if torch.is_grad_enabled():  # double backward
+            def composite(x, g, b):
+                return group_norm_composite(center(x, shift, True), True, groups, g, b, ctx.epsilon)
+
+            return (*_composite_vjp(ctx, dy3, composite, x3, gamma, beta), None, None)
         need_x, need_gamma, need_beta = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         mask = [True, gamma is not None and need_gamma, ctx.has_beta and need_beta]
         dy3 = dy3.contiguous()
