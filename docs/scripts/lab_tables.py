@@ -117,18 +117,21 @@ def _figure(name: str) -> str:
 def _sweep_table(rows: list[dict]) -> list[str]:
     by = {(row["series"], row["x"]): row for row in rows}
     sizes = sorted({row["x"] for row in rows}, reverse=True)
+    paired = any(row.get("paired") for row in rows)
     lines = [
-        "| batch | Adam lr | BN, eval mode (moving averages) | BN, train mode (batch statistics) | GN | steps |",
-        "|---:|---:|---|---|---|---:|",
+        "| batch | Adam lr | BN, eval mode (moving averages) | BN, train mode (batch statistics) | GN |"
+        + (" GN - BN, paired (points) |" if paired else "") + " steps |",
+        "|---:|---:|---|---|---|" + ("---|" if paired else "") + "---:|",
     ]
     for b in sizes:
         bn, gn = by.get(("BN", b), {}), by.get(("GN", b), {})
         any_row = bn or gn
         lr = any_row.get("learning_rate")
         steps = any_row.get("steps", {}).get("mean")
+        diff = f" {_points(gn.get('paired'))} |" if paired else ""
         lines.append(
             f"| {b:g} | {lr:g} | {_pct(bn.get('accuracy'))} | {_pct(bn.get('train_mode_accuracy'))} "
-            f"| {_pct(gn.get('accuracy'))} | {steps:,.0f} |"
+            f"| {_pct(gn.get('accuracy'))} |{diff} {steps:,.0f} |"
         )
     return lines
 

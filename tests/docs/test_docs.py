@@ -135,7 +135,8 @@ def test_lab_tables_match_the_result_files():
 
 
 def _lab(name: str) -> dict[str, dict]:
-    """docs/lab/<name>.json's rows by label, accuracies as the tables show them (percent, 2 decimals)."""
+    """docs/lab/<name>.json's rows by label, accuracies as the tables show them
+    (percent, 2 decimals), paired differences as ``(mean, low, high)`` in points."""
     path = DOCS / "lab" / f"{name}.json"
     if not path.exists():
         pytest.fail(f"{path.relative_to(ROOT)} is missing, but docs/choosing.md quotes it")
@@ -146,48 +147,67 @@ def _lab(name: str) -> dict[str, dict]:
             if stat.get("n"):
                 mean, half = 100 * stat["mean"], 100 * (stat["ci95"] or 0.0)
                 row[key] = (round(mean, 2), round(mean - half, 2), round(mean + half, 2))
+        paired = row.get("paired")
+        row["paired"] = paired and tuple(round(100 * paired[k], 2) for k in ("mean", "low", "high"))
         rows[row["label"]] = row
     return rows
+
+
+def _ab(name: str) -> list[dict]:
+    return json.loads((DOCS / "lab" / f"{name}.json").read_text())["ab"]
 
 
 def _overlap(a, b) -> bool:
     return a[1] <= b[2] and b[1] <= a[2]
 
 
+def _excludes_zero(paired) -> bool:
+    return paired is not None and (paired[1] > 0 or paired[2] < 0)
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.2f}"
+
+
 def test_choosing_page_text_matches_the_lab():
     """Every number in the prose of docs/choosing.md, recomputed from docs/lab/*.json."""
     text = " ".join(re.sub(r"<!-- lab-table: .*?<!-- /lab-table -->", "",
                            (DOCS / "choosing.md").read_text(encoding="utf-8"), flags=re.S).split())
-    said = []
 
     def says(fragment: str):
-        said.append(fragment)
         assert fragment in text, f"docs/choosing.md should say {fragment!r} (from docs/lab/)"
+
+    def spread(values, what="points"):
+        low, high = min(a[0] for a in values), max(a[0] for a in values)
+        return f"{high - low:.2f} {what} ({low:.2f} to {high:.2f} %)"
 
     # The classic comparison.
     compare = _lab("compare")
     acc = {k: r["accuracy"] for k, r in compare.items()}
-    low, high = min(a[0] for a in acc.values()), max(a[0] for a in acc.values())
-    says(f"within {high - low:.2f} points of each other ({low:.2f} to {high:.2f} %)")
+    says(f"within {spread(acc.values())}".replace(" points (", " points of each other ("))
     assert all(_overlap(a, b) for a in acc.values() for b in acc.values())
     says(f"no normalization at all ({acc['none'][0]:.2f} %)")
     assert all(_overlap(acc["none"], a) for a in acc.values())
+    assert [k for k, r in compare.items() if _excludes_zero(r["paired"])] == ["none"]
+    m, lo, hi = compare["none"]["paired"]
+    says(f"({_signed(m)} points, interval {_signed(lo)} to {_signed(hi)}, uncorrected for the four comparisons)")
+    assert m > 0
     assert compare["LayerNorm"]["params_trainable"] - compare["GroupNorm"]["params_trainable"] == 32
     says("LayerNorm has 32 parameters more")
 
-    # The tutorials' protocol.
+    # The tutorials' protocol, and Keras' layers on the same runs.
     tutorial = _lab("compare-tutorial")
     run = {k: r["accuracy"] for k, r in tutorial.items()}
     for label in ("LayerNorm", "none", "GroupNorm", "BatchNorm", "InstanceNorm"):
         says(f"{label} ({run[label][0]:.2f} %)".replace("none (", "no norm ("))
     assert not any(_overlap(run[a], run[b]) for a in ("LayerNorm", "none") for b in ("GroupNorm", "BatchNorm"))
     assert max(run, key=lambda k: run[k][2] - run[k][1]) == "InstanceNorm"  # "varies most between seeds"
-    held = {k: r["test_accuracy"] for k, r in tutorial.items()}
-    low, high = min(a[0] for a in held.values()), max(a[0] for a in held.values())
-    says(f"the spread shrinks to {high - low:.2f} points ({low:.2f} to {high:.2f} %)")
-    assert all(_overlap(a, b) for a in held.values() for b in held.values())
+    says(f"the spread shrinks to {spread([r['test_accuracy'] for r in tutorial.values()])}")
+    ab = _ab("compare-tutorial")
+    assert all(r["identical_4dp"] == r["diff"]["n"] and r["params_main"] == r["params_other"] for r in ab)
+    says(f"every one of the {sum(r['diff']['n'] for r in ab)} runs gave normlab's accuracy to the fourth decimal")
 
-    # Batch size, tutorial net.
+    # Batch size, epochs fixed, tutorial net.
     sweep = _lab("batch-size")
     bn, gn = (lambda b: sweep[f"BN b={b}"]), (lambda b: sweep[f"GN b={b}"])
     says(f"batch norm {bn(32)['accuracy'][0]:.2f} to {bn(2)['accuracy'][0]:.2f} %, "
@@ -198,7 +218,7 @@ def test_choosing_page_text_matches_the_lab():
     assert all(abs(bn(b)["accuracy"][0] - bn(b)["train_mode_accuracy"][0]) <= 0.1 for b in (32, 16, 8, 4, 2))
     says("agree within 0.1 point at every batch size")
 
-    # Batch size, deep net.
+    # Batch size, epochs fixed, deep net.
     deep = _lab("batch-size-deep")
     bn32, bn2 = deep["BN b=32"]["accuracy"], deep["BN b=2"]["accuracy"]
     gn32, gn2 = deep["GN b=32"]["accuracy"], deep["GN b=2"]["accuracy"]
@@ -207,21 +227,55 @@ def test_choosing_page_text_matches_the_lab():
     assert bn32[0] - bn2[0] > gn32[0] - gn2[0] and _overlap(bn2, gn2)
     says(f"still loses {gn32[0] - gn2[0]:.2f} points")
 
-    # Groups.
-    groups = {int(r["x"]): r["accuracy"] for r in _lab("groups").values()}
-    assert min(groups, key=lambda g: groups[g][0]) == 1
-    assert groups[5][0] == groups[10][0]
-    says(f"G = 1 is the lowest ({groups[1][0]:.2f} %), {groups[5][0] - groups[1][0]:.2f} points below G = 5 and G = 10")
-    assert not _overlap(groups[1], groups[10]) and _overlap(groups[1], groups[2]) and _overlap(groups[1], groups[5])
-    assert min(groups, key=lambda g: groups[g][2] - groups[g][1]) == 10  # "very narrow"
-    upper = [groups[g][0] for g in groups if g >= 2]
-    says(f"from 2 groups up the means are within {max(upper) - min(upper):.2f} points")
+    # Batch size, steps fixed.
+    steps = _lab("batch-size-steps1875")
+    bn, gn = (lambda b: steps[f"BN b={b}"]), (lambda b: steps[f"GN b={b}"])
+    assert bn(2)["accuracy"][0] < bn(32)["accuracy"][0] and gn(2)["accuracy"][0] < gn(32)["accuracy"][0]
+    says(f"batch norm from {bn(32)['accuracy'][0]:.2f} to {bn(2)['accuracy'][0]:.2f} %, group norm from "
+         f"{gn(32)['accuracy'][0]:.2f} to {gn(2)['accuracy'][0]:.2f} %")
+    assert [b for b in (32, 16, 8, 4, 2) if _excludes_zero(gn(b)["paired"])] == [8]
+    m, lo, hi = gn(8)["paired"]
+    says(f"only at batch 8 ({_signed(m)} points, interval {_signed(lo)} to {_signed(hi)}, one of five")
+    deep = _lab("batch-size-deep-steps625")
+    bn, gn = (lambda b: deep[f"BN b={b}"]), (lambda b: deep[f"GN b={b}"])
+    says(f"batch norm from {bn(32)['accuracy'][0]:.2f} to {bn(2)['accuracy'][0]:.2f} %, group norm from "
+         f"{gn(32)['accuracy'][0]:.2f} to {gn(2)['accuracy'][0]:.2f} %")
+    close = max(abs(gn(b)["accuracy"][0] - bn(b)["accuracy"][0]) for b in (32, 16, 8))
+    says(f"From batch 32 to 8 the two are within {close:.2f} points")
+    (m4, lo4, hi4), (m2, lo2, hi2) = gn(4)["paired"], gn(2)["paired"]
+    says(f"at batch 4 group norm is {m4:.2f} points ahead and at batch 2 {m2:.2f} points ahead")
+    says(f"({lo4:.2f} to {_signed(hi4)} and {lo2:.2f} to {_signed(hi2)}) include zero")
+    assert not _excludes_zero(gn(4)["paired"]) and not _excludes_zero(gn(2)["paired"]) and m2 > m4 > 0
 
-    # Combinations.
-    combos = {k: r["accuracy"] for k, r in _lab("combos").items()}
-    low, high = min(a[0] for a in combos.values()), max(a[0] for a in combos.values())
-    says(f"All four are within {high - low:.2f} points ({low:.2f} to {high:.2f} %)")
-    assert all(_overlap(a, b) for a in combos.values() for b in combos.values())
+    # Groups.
+    groups = _lab("groups")
+    acc = {int(r["x"]): r["accuracy"] for r in groups.values()}
+    says(f"All four settings are within {spread(acc.values())}")
+    assert all(_overlap(a, b) for a in acc.values() for b in acc.values())
+    assert not any(_excludes_zero(r["paired"]) for r in groups.values())
+
+    # Combinations: the tutorial's four models, both protocols.
+    combos = _lab("combos")
+    acc = {k: r["accuracy"] for k, r in combos.items()}
+    says(f"All four are within {spread(acc.values())}")
+    assert all(_overlap(a, b) for a in acc.values() for b in acc.values())
+    assert not any(_excludes_zero(r["paired"]) for r in combos.values())
+    assert [r["params_trainable"] for r in combos.values()] == [739_728, 739_728, 739_748, 739_748]
+    combos = _lab("combos-tutorial")
+    (m, lo, hi), (m2, lo2, hi2), (m3, lo3, hi3) = (combos[k]["paired"] for k in ("GN only", "BN then GN",
+                                                                                  "GN then BN"))
+    says(f"GN only is ahead of BN only by {m:.2f} points (paired interval {_signed(lo)} to {_signed(hi)})")
+    says(f"BN then GN behind it by {-m2:.2f} ({lo2:.2f} to {hi2:.2f})")
+    says(f"GN then BN's interval ({lo3:.2f} to {_signed(hi3)}) touches zero")
+    assert _excludes_zero(combos["GN only"]["paired"]) and _excludes_zero(combos["BN then GN"]["paired"])
+    held = [r["test_accuracy"] for r in combos.values()]
+    says(f"all four are within {spread(held)} and every interval overlaps every other")
+    assert all(_overlap(a, b) for a in held for b in held)
+    ab = _ab("combos-tutorial")
+    same, runs = sum(r["identical_4dp"] for r in ab), sum(r["diff"]["n"] for r in ab)
+    says(f"in {same} of the {runs} runs to the fourth decimal, and in the last to within "
+         f"{100 * max(r['max_abs_diff'] for r in ab):.2f} points")
+    assert runs - same == 1
 
 
 def test_figures_come_from_the_figure_script_and_are_small():
