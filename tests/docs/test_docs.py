@@ -215,17 +215,20 @@ def test_choosing_page_text_matches_the_lab():
     assert bn(2)["accuracy"][0] > bn(32)["accuracy"][0] and gn(2)["accuracy"][0] > gn(32)["accuracy"][0]
     assert bn(2)["steps"]["mean"] == 16 * bn(32)["steps"]["mean"]
     says("with 16 times as many steps")
-    assert all(abs(bn(b)["accuracy"][0] - bn(b)["train_mode_accuracy"][0]) <= 0.1 for b in (32, 16, 8, 4, 2))
-    says("agree within 0.1 point at every batch size")
+    assert not any(_excludes_zero(gn(b)["paired"]) for b in (32, 16, 8, 4, 2))
+    says("paired by seed group norm and batch norm are within the noise of each other at every batch size")
+    modes = max(abs(bn(b)["accuracy"][0] - bn(b)["train_mode_accuracy"][0]) for b in (32, 16, 8, 4, 2))
+    says(f"agree within {modes:.2f} points at every batch size")
 
     # Batch size, epochs fixed, deep net.
     deep = _lab("batch-size-deep")
     bn32, bn2 = deep["BN b=32"]["accuracy"], deep["BN b=2"]["accuracy"]
     gn32, gn2 = deep["GN b=32"]["accuracy"], deep["GN b=2"]["accuracy"]
     says(f"batch norm goes from {bn32[0]:.2f} to {bn2[0]:.2f} % and group norm from {gn32[0]:.2f} to {gn2[0]:.2f} %")
-    says(f"({bn32[0] - bn2[0]:.2f} against {gn32[0] - gn2[0]:.2f} points)")
-    assert bn32[0] - bn2[0] > gn32[0] - gn2[0] and _overlap(bn2, gn2)
-    says(f"still loses {gn32[0] - gn2[0]:.2f} points")
+    assert round(bn32[0] - bn2[0], 2) == round(gn32[0] - gn2[0], 2)
+    says(f"{bn32[0] - bn2[0]:.2f} points each")
+    assert not any(_excludes_zero(deep[f"GN b={b}"]["paired"]) for b in (32, 16, 8, 4, 2))
+    says("paired by seed, group norm is within the noise of batch norm at every batch size")
 
     # Batch size, steps fixed.
     steps = _lab("batch-size-steps1875")
