@@ -30,6 +30,8 @@ into a loud warning).
 
 from __future__ import annotations
 
+import math
+
 from . import stats
 from .machine import differences
 
@@ -106,12 +108,12 @@ AGREEMENT = 0.10
 
 
 def _decided(ratio):
-    """Whether a stored ratio is decided by today's rule (results written
-    before the median's precision counted lack ``median_error``)."""
-    if not ratio.get("decided") or not ratio.get("median"):
-        return False
+    """Whether a stored ratio is decided, by the rule of the run that wrote it
+    and by today's (results written before the median's precision counted
+    were decided by their spread alone)."""
     spread, rounds = ratio.get("spread"), ratio.get("rounds")
-    return spread is None or not rounds or stats.median_error(spread, rounds) <= stats.MAX_MEDIAN_ERROR
+    return bool(ratio.get("decided") and ratio.get("median")
+                and (spread is None or not rounds or stats.is_decided(rounds, spread, max_spread=math.inf)))
 
 
 def agreement(a, b, tolerance=AGREEMENT):

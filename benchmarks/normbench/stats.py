@@ -69,6 +69,11 @@ def median_error(spread, rounds):
     return 1.2533 * spread / 1.349 / math.sqrt(rounds)
 
 
+def is_decided(rounds, spread, max_spread=MAX_SPREAD, min_rounds=MIN_ROUNDS, max_median_error=MAX_MEDIAN_ERROR):
+    """The rule for a ratio over ``rounds`` per-round values whose IQR is ``spread`` of their median."""
+    return rounds >= min_rounds and spread <= max_spread and median_error(spread, rounds) <= max_median_error
+
+
 def ratio_stats(numerator, denominator, max_spread=MAX_SPREAD, min_rounds=MIN_ROUNDS,
                 max_median_error=MAX_MEDIAN_ERROR):
     """The per-round ratios ``numerator[i] / denominator[i]``: median, IQR, spread, decided.
@@ -88,7 +93,7 @@ def ratio_stats(numerator, denominator, max_spread=MAX_SPREAD, min_rounds=MIN_RO
     spread = (q75 - q25) / med
     error = median_error(spread, len(r))
     return {"median": med, "q25": q25, "q75": q75, "spread": spread, "median_error": error, "rounds": len(r),
-            "decided": len(r) >= min_rounds and spread <= max_spread and error <= max_median_error}
+            "decided": is_decided(len(r), spread, max_spread, min_rounds, max_median_error)}
 
 
 def summarize_row(seconds, moved_bytes, max_spread=MAX_SPREAD, min_rounds=MIN_ROUNDS):

@@ -160,3 +160,13 @@ def test_agreement_covers_ratios_decided_in_both_runs():
     assert [b[1] for b in apart["beyond"]] == ["normlab_over_native"]
     undecided = compare.agreement(rows(4.0, 1.5), rows(4.0, 2.0, decided_native=False))
     assert undecided["compared"] == 1 and undecided["beyond"] == []
+
+
+def test_agreement_applies_todays_rule_to_older_results():
+    """A ratio an older run called decided by its spread alone (0.25 over 25
+    rounds: the median known to 4.6%) no longer counts."""
+    old = {("torch", "eager", "LayerNorm(-1)", (64, 512, 768), "fwd"): {"ratios": {
+        "speedup_vs_keras": {"median": 1.0, "decided": True, "spread": 0.25, "rounds": 25}}}}
+    new = {key: {"ratios": {"speedup_vs_keras": {"median": 1.3, "decided": True, "spread": 0.05, "rounds": 25}}}
+           for key in old}
+    assert compare.agreement(old, new)["compared"] == 0
