@@ -63,6 +63,13 @@ def subtract(x, shift, *, transient=False):
     return torch.sub(x, shift, out=buffer[: x.numel()].view(x.shape))
 
 
+def release_buffers():
+    """Frees this thread's centering buffers (see :data:`SCRATCH_BYTES`):
+    each keeps the largest centered copy made so far, up to its bound, until
+    this is called or the thread ends. The next large call allocates anew."""
+    _scratch.__dict__.pop("buffers", None)
+
+
 def center(x3, shift, channels_last, *, transient=False):
     """``x3 - shift`` for ``x3`` of shape ``(N, S, C)`` (``channels_last``)
     or ``(N, C, S)`` and ``shift`` of shape ``(N or 1, C)`` (see :func:`subtract`)."""

@@ -112,6 +112,9 @@ def test_large_inputs_reuse_one_buffer():
     assert first.data_ptr() != second.data_ptr()
     assert not any(first.data_ptr() == b.data_ptr() for b in buffers.values())
     np.testing.assert_allclose(first.numpy(), second.numpy(), atol=1e-4)
+    torch_autograd.release_buffers()
+    assert "buffers" not in torch_autograd._scratch.__dict__
+    np.testing.assert_allclose(nops.group_norm(x, 32, 3).numpy(), first.numpy(), atol=0)
 
 
 @pytest.mark.parametrize("affine", [True, False])
