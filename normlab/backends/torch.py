@@ -26,8 +26,9 @@ the host: no device sync on a GPU, no data-dependent guard for a compiler.
 The centered copy lives only during the kernel call: it is written into a
 buffer kept per thread (freed by
 :func:`~normlab.backends.torch_autograd.release_buffers`), and the backward
-centers ``x`` again rather than keeping it (:class:`~normlab.backends.torch_autograd.ShiftedNorm`), so a
-call allocates what ATen alone would (the output, the gradient). The
+centers ``x`` again rather than keeping it
+(:class:`~normlab.backends.torch_autograd.ShiftedNorm`), so a call
+allocates what ATen alone would (the output, the gradient). The
 subtraction is the price of exactness: one more pass over the input each
 way (measured in ``benchmarks/README.md``).
 
