@@ -194,11 +194,24 @@ class ShiftedNorm(torch.autograd.Function):
                 return kernel.composite(kernel.center(x, shift, False), g, b)
 
             return (*_composite_vjp(ctx, dy, composite, x, gamma, beta), None)
-        mask = [True, gamma is not None and ctx.needs_input_grad[2], beta is not None and ctx.needs_input_grad[3]]
+        mask = _grad_mask(ctx, gamma, beta)
         xc = ctx.kernel.center(x, shift, not torch.is_grad_enabled())
         dx, dgamma, dbeta = ctx.kernel.backward(dy, xc, gamma, beta, saved, mask)
-        dx = (dx if dx.dtype == ctx.dtype else dx.to(ctx.dtype)) if ctx.needs_input_grad[0] else None
-        return dx, None, dgamma if mask[1] else None, dbeta if mask[2] else None, None
+        return _input_grad(ctx, dx), None, dgamma if mask[1] else None, dbeta if mask[2] else None, None
+
+
+def _grad_mask(ctx, gamma, beta):
+    """ATen's ``output_mask`` for ``(dx, dgamma, dbeta)`` of a function whose
+    inputs are ``(x, shift, gamma, beta, ...)``: dx always (ATen's
+    channels-last backward crashes without it), the parameters where needed."""
+    return [True, gamma is not None and ctx.needs_input_grad[2], beta is not None and ctx.needs_input_grad[3]]
+
+
+def _input_grad(ctx, dx):
+    """``dx`` in the input's dtype (``ctx.dtype``), or None where ``x`` needs no gradient."""
+    if not ctx.needs_input_grad[0]:
+        return None
+    return dx if dx.dtype == ctx.dtype else dx.to(ctx.dtype)
 
 
 def _composite_vjp(ctx, dy, forward, x, gamma, beta):
@@ -249,7 +262,7 @@ class ChannelsLastGroupNorm(torch.autograd.Function):
             y4, mean, rstd = torch.native_group_norm(xc, gamma, beta, n, c, s, groups, epsilon)
             y3 = y4.permute(0, 2, 3, 1).reshape(n, s, c)  # free: y4 is channels_last
         ctx.save_for_backward(x3, shift, gamma, beta, mean, rstd)  # centered again in the backward
-        ctx.groups, ctx.epsilon, ctx.has_beta, ctx.dtype = groups, epsilon, beta is not None, x3.dtype
+        ctx.groups, ctx.epsilon, ctx.dtype = groups, epsilon, x3.dtype
         ctx.mark_non_differentiable(mean, rstd)
         return y3, mean, rstd
 
@@ -263,8 +276,7 @@ class ChannelsLastGroupNorm(torch.autograd.Function):
                 return group_norm_composite(center(x, shift, True), True, groups, g, b, ctx.epsilon)
 
             return (*_composite_vjp(ctx, dy3, composite, x3, gamma, beta), None, None)
-        need_x, need_gamma, need_beta = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-        mask = [True, gamma is not None and need_gamma, ctx.has_beta and need_beta]
+        mask = _grad_mask(ctx, gamma, beta)
         dy3 = dy3.contiguous()
         if _per_sample(n, c, groups):
             dx, dgamma, dbeta = _instance_norm_backward(dy3, x3, shift, mean, rstd, gamma, mask, ctx.epsilon)
@@ -274,8 +286,7 @@ class ChannelsLastGroupNorm(torch.autograd.Function):
                 kernel_view(dy3, True), x4, mean, rstd, gamma, n, c, s, groups, mask
             )
             dx = dx4.permute(0, 2, 3, 1).reshape(n, s, c)
-        dx = (dx if dx.dtype == ctx.dtype else dx.to(ctx.dtype)) if need_x else None
-        return dx, None, dgamma, dbeta, None, None
+        return _input_grad(ctx, dx), None, dgamma, dbeta, None, None
 
 
 def _per_sample(n, c, groups):
