@@ -62,6 +62,7 @@ import sys
 import torch
 from keras import ops
 
+from normlab.backends import torch_cpu
 from normlab.backends.policy import MAX_REDUCTION, MAX_SHIFT_RATIO, subsample_size
 from normlab.backends.torch_autograd import (
     CHANNEL_BLOCK,
@@ -210,11 +211,15 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
         return None
     n, c = x.shape[0], x.shape[axis]
     s = x.numel() // (n * c)
-    if max(s * (c // groups), n * s) > MAX_REDUCTION:
-        return None
     compute = _compute_dtype(x.dtype)
     shift = _group_shift(x3, channels_last, groups, compute)
     gamma, beta = _param(gamma, compute), _param(beta, compute)
+    if channels_last:
+        out = torch_cpu.slices(x3, shift, gamma, beta, groups, epsilon)
+        if out is not None:
+            return out[0].view(x.shape)
+    if max(s * (c // groups), n * s) > MAX_REDUCTION:
+        return None
     if channels_last:
         y3, _, _ = ChannelsLastGroupNorm.apply(x3, shift, gamma, beta, groups, epsilon)
     else:
@@ -237,14 +242,17 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
         return None  # only trailing axes are rows of ATen's kernel
     shape = tuple(x.shape[x.ndim - k:])
     width = math.prod(shape)
-    if max(width, x.numel() // width) > MAX_REDUCTION:
-        return None
     compute = _compute_dtype(x.dtype)
     rows = x.view(-1, width)
     with torch.no_grad():
         head = subsample_size(width)  # the first 16th of each row: contiguous
         shift = rows.detach()[:, :head].sum(dim=1, keepdim=True, dtype=compute) / head
     gamma, beta = _param(gamma, compute), _param(beta, compute)
+    out = torch_cpu.rows(rows, shift, gamma, beta, epsilon)
+    if out is not None:
+        return out[0].view(x.shape)
+    if max(width, x.numel() // width) > MAX_REDUCTION:
+        return None
     y, _, _ = ShiftedNorm.apply(x, shift, gamma, beta, LayerNormKernel(shape, epsilon))
     return _downcast(y, x)
 
@@ -272,13 +280,18 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
         return None
     c = x.shape[axis]
     count = x.numel() // c
-    if count < 2 or count > MAX_REDUCTION:
-        return None  # ATen's running variance is unbiased (undefined for one value)
     compute = _compute_dtype(x.dtype)
     if channels_last:
         x3 = x3.view(1, count, c)  # the batch is one slice per channel
     shift = _batch_shift(x3, channels_last, compute)
     gamma, beta = _param(gamma, compute), _param(beta, compute)
+    if channels_last:
+        out = torch_cpu.slices(x3, shift.view(1, c), gamma, beta, c, epsilon)
+        if out is not None:
+            y, mean, variance = out
+            return y.view(x.shape), shift + mean.view(c), variance.view(c)
+    if count < 2 or count > MAX_REDUCTION:
+        return None  # ATen's running variance is unbiased (undefined for one value)
     if channels_last and c % CHANNEL_BLOCK:
         xc = center(x3, shift.view(1, c), True).view(count, c)
         y, mean, variance = ChannelsLastBatchNorm.apply(xc, gamma, beta, epsilon)

@@ -1,7 +1,10 @@
 """The torch fast paths' own autograd functions
 (:mod:`normlab.backends.torch_autograd`): the centered copy in a reused
 buffer, recentered in the backward; parameter-only gradients; double
-backward; the closed-form backward of few-channel batch norm."""
+backward; the closed-form backward of few-channel batch norm. These run
+where normlab's compiled CPU kernels do not (float16, bfloat16, float64,
+channels-first data, or no C compiler): turned off here, so that float32
+exercises them too (the compiled kernels: ``test_cpu_kernels.py``)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,12 @@ from tests.backends.test_fast_paths import CASES, DECLINED, EPSILON, _apply, _ch
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch's autograd functions")
 
 SERVED = sorted(set(CASES) - DECLINED)
+
+
+@pytest.fixture(autouse=True)
+def aten_kernels(monkeypatch):
+    """ATen's kernels on centered data, as without a C compiler."""
+    monkeypatch.setenv("NORMLAB_CPU_KERNELS", "0")
 
 
 @pytest.fixture

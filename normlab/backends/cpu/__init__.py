@@ -1,0 +1,143 @@
+"""normlab's compiled CPU kernels (``norm.c``): group, instance, layer and
+batch norm of float32 data, forward and backward, with the fast paths'
+shift folded into their reads, so that they are exact at any offset
+without the centered copy ATen's kernels need (:mod:`normlab.backends.torch`).
+
+The C source ships with the package and is compiled on first use by the
+system's C compiler (``$CC``, else ``cc``), for the CPU it runs on
+(``-march=native``), into a cache folder: ``$NORMLAB_CACHE_DIR``, else
+``$XDG_CACHE_HOME/normlab``, else ``~/.cache/normlab`` (one file per
+source, compiler, flags and CPU; a second process finds it there). It takes
+about a second. The library is plain C with POSIX threads: it links no
+OpenMP runtime beside the framework's, and is loaded with :mod:`ctypes`,
+which releases the GIL during a call.
+
+Where there is no compiler, or the build fails, :func:`library` returns
+None (the reason is logged once, on the ``normlab`` logger) and the torch
+fast paths use ATen's kernels on centered data instead: same results to
+float rounding, slower. ``NORMLAB_CPU_KERNELS=0`` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+__all__ = ["SOURCE", "available", "build", "cache_dir", "library"]
+
+#: The C source of the kernels.
+SOURCE = Path(__file__).with_name("norm.c")
+
+#: Compiler flags. No ``-ffast-math``: the kernels' exactness rests on the
+#: order of ``(x - shift) - mean``, which it would let the compiler change;
+#: ``-fopenmp-simd`` lets only the loops marked ``omp simd`` sum in vector
+#: lanes (it links no OpenMP runtime).
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-pthread", "-fno-math-errno")
+
+_log = logging.getLogger("normlab")
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+_I64, _F64, _PTR = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
+_SIGNATURES = {
+    # x, shift, gamma, beta, y, mean, var, rstd, n, s, c, g, chunks, eps, part, scratch, coef, threads
+    "nl_slices_forward": [_PTR] * 8 + [_I64] * 5 + [_F64] + [_PTR] * 3 + [_I64],
+    # dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta, n, s, c, g, chunks, part, scratch, coef, acc, threads
+    "nl_slices_backward": [_PTR] * 9 + [_I64] * 5 + [_PTR] * 4 + [_I64],
+    # x, shift, gamma, beta, y, mean, var, rstd, r, w, chunks, eps, threads
+    "nl_rows_forward": [_PTR] * 8 + [_I64] * 3 + [_F64, _I64],
+    # dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta, r, w, chunks, part, scratch, threads
+    "nl_rows_backward": [_PTR] * 9 + [_I64] * 3 + [_PTR] * 2 + [_I64],
+}
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept (see the module docstring)."""
+    if os.environ.get("NORMLAB_CACHE_DIR"):
+        return Path(os.environ["NORMLAB_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "normlab"
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC") or "cc"
+    return shutil.which(cc)
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` depends on: the CPU's model and flags."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))][:2]
+    except OSError:
+        lines = []
+    return platform.machine() + "".join(lines)
+
+
+def _target(cc: str) -> Path:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256(
+        b"\0".join(s.encode() for s in (SOURCE.read_text(), cc, version, " ".join(FLAGS), _cpu_signature()))
+    ).hexdigest()[:16]
+    return cache_dir() / f"norm-{key}.so"
+
+
+def build() -> Path:
+    """Compiles the kernels (unless already in the cache) and returns the
+    library's path. Raises ``RuntimeError`` with the compiler's message."""
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError(f"no C compiler found (looked for {os.environ.get('CC') or 'cc'!r}; set CC)")
+    target = _target(cc)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"{cc} failed to compile {SOURCE.name}:\n{done.stderr.strip()}")
+        os.replace(tmp, target)  # atomic: a concurrent build writes the same bytes
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load() -> ctypes.CDLL | None:
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        _log.warning("normlab: CPU kernels unavailable, using ATen's on centered data (%s)", error)
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, None
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, built on the first call; None where unavailable
+    (turned off, no compiler, or the build failed: see the module docstring)."""
+    if os.environ.get("NORMLAB_CPU_KERNELS", "1") == "0":
+        return None
+    if "lib" not in _state:
+        with _lock:
+            if "lib" not in _state:
+                _state["lib"] = _load()
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def available() -> bool:
+    """Whether :func:`library` has the kernels (building them if needed)."""
+    return library() is not None

@@ -1,0 +1,180 @@
+"""The torch fast paths on normlab's compiled CPU kernels
+(:mod:`normlab.backends.cpu`): float32 CPU tensors, channels-last group,
+instance and batch norm and layer norm over trailing axes, forward and
+backward in two reads of the data each, with the hook's shift folded into
+the reads (no centered copy; see :mod:`normlab.backends.policy`).
+
+:func:`slices` and :func:`rows` return None where the kernels are
+unavailable (no compiler, ``NORMLAB_CPU_KERNELS=0``) or the input is not
+theirs (another dtype or device); the hooks then use ATen's kernels on
+centered data (:mod:`normlab.backends.torch_autograd`). Eager only, as
+every torch hook: sizes here are ints.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import NamedTuple
+
+import torch
+
+from normlab.backends import cpu
+from normlab.backends.torch_autograd import _composite_vjp, _grad_mask, _input_grad, group_norm_composite
+
+#: Tasks a call is split into, at most (a function of the shape only, so
+#: that results do not depend on the thread count); each task has its own
+#: partial sums.
+TASKS = 64
+
+#: Slices run as one task per sample (summed, then normalized while still
+#: in cache) for batches of at least this many samples, and otherwise as
+#: one task per sample and chunk of positions, in two passes.
+MIN_FUSED_TASKS = 8
+
+#: Positions a chunk covers at least (the kernels' float block).
+MIN_TASK_ROWS = 64
+
+#: Calls on fewer elements than this run on one thread.
+MIN_PARALLEL = 1 << 15
+
+#: Bytes of per-task parameter-gradient sums the rows backward may use.
+MAX_PARTIAL_BYTES = 32 << 20
+
+
+class Slices(NamedTuple):
+    """``x`` as ``(n, s, c)``: statistics per sample and group of ``c // g``
+    consecutive channels, over the ``s`` positions; the shift is ``(n, c)``."""
+
+    n: int
+    s: int
+    c: int
+    g: int
+
+
+class Rows(NamedTuple):
+    """``x`` as ``(r, w)``: statistics per row, parameters per column; the shift is ``(r,)``."""
+
+    r: int
+    w: int
+
+
+def _served(x) -> bool:
+    return x.dtype == torch.float32 and x.device.type == "cpu" and cpu.library() is not None
+
+
+def slices(x3, shift, gamma, beta, groups, epsilon):
+    """``(y3, mean, variance)`` of ``x3`` ``(N, S, C)`` (``mean`` that of
+    ``x3 - shift``, both ``(N, groups)``), or None (not served)."""
+    if not _served(x3):
+        return None
+    n, s, c = x3.shape
+    return KernelNorm.apply(x3, shift.contiguous(), gamma, beta, Slices(n, s, c, groups), epsilon)
+
+
+def rows(x2, shift, gamma, beta, epsilon):
+    """``(y2, mean, variance)`` of ``x2`` ``(R, W)`` per row (``mean`` that of
+    ``x2 - shift``, both ``(R,)``), or None (not served)."""
+    if not _served(x2):
+        return None
+    r, w = x2.shape
+    return KernelNorm.apply(x2, shift.reshape(r).contiguous(), gamma, beta, Rows(r, w), epsilon)
+
+
+def _ptr(t):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _flat(p):
+    return None if p is None else p.reshape(-1).contiguous()
+
+
+def _threads(numel):
+    return 1 if numel < MIN_PARALLEL else max(1, torch.get_num_threads())
+
+
+def _chunks(layout):
+    """Chunks of positions per sample of a :class:`Slices` call (1: fused)."""
+    if layout.n >= MIN_FUSED_TASKS:
+        return 1
+    return max(1, min(-(-TASKS // layout.n), -(-layout.s // MIN_TASK_ROWS)))
+
+
+def _row_chunks(layout):
+    return max(1, min(layout.r, TASKS, MAX_PARTIAL_BYTES // (16 * layout.w)))
+
+
+def _forward(x, shift, gamma, beta, layout, epsilon):
+    lib, y, threads = cpu.library(), torch.empty_like(x), _threads(x.numel())
+    stats = layout.n * layout.g if isinstance(layout, Slices) else layout.r
+    mean, var, rstd = (x.new_empty(stats) for _ in range(3))
+    args = [_ptr(t) for t in (x, shift, _flat(gamma), _flat(beta), y, mean, var, rstd)]
+    if isinstance(layout, Slices):
+        n, s, c, g = layout
+        chunks = _chunks(layout)
+        part, scratch = x.new_empty(n * chunks * 2 * c, dtype=torch.float64), x.new_empty(n * chunks * 2 * c)
+        coef = x.new_empty(n * 4 * c)
+        lib.nl_slices_forward(*args, n, s, c, g, chunks, epsilon, *map(_ptr, (part, scratch, coef)), threads)
+        return y, mean.view(n, g), var.view(n, g), rstd.view(n, g)
+    lib.nl_rows_forward(*args, layout.r, layout.w, _row_chunks(layout), epsilon, threads)
+    return y, mean, var, rstd
+
+
+def _backward(dy, x, shift, mean, rstd, gamma, layout, mask):
+    lib, dy, threads = cpu.library(), dy.contiguous(), _threads(x.numel())
+    dx = torch.empty_like(x) if mask[0] else None
+    width = layout.c if isinstance(layout, Slices) else layout.w
+    dgamma = x.new_empty(width) if mask[1] else None
+    dbeta = x.new_empty(width) if mask[2] else None
+    args = [_ptr(t) for t in (dy, x, shift, mean, rstd, _flat(gamma), dx, dgamma, dbeta)]
+    if isinstance(layout, Slices):
+        n, s, c, g = layout
+        chunks = _chunks(layout)
+        part, scratch = x.new_empty(n * chunks * 2 * c, dtype=torch.float64), x.new_empty(n * chunks * 2 * c)
+        coef, acc = x.new_empty(n * 4 * c), x.new_empty(n * 2 * c, dtype=torch.float64)
+        lib.nl_slices_backward(*args, n, s, c, g, chunks, *map(_ptr, (part, scratch, coef, acc)), threads)
+    else:
+        chunks = _row_chunks(layout)
+        part = x.new_empty(chunks * 2 * width, dtype=torch.float64)
+        scratch = x.new_empty(chunks * 2 * width)
+        lib.nl_rows_backward(*args, layout.r, layout.w, chunks, _ptr(part), _ptr(scratch), threads)
+    return dx, dgamma, dbeta
+
+
+def _composite(x, shift, gamma, beta, layout, epsilon):
+    """The same normalization in plain differentiable ops (double backward)."""
+    if isinstance(layout, Slices):
+        xc3, groups = x - shift.view(layout.n, 1, layout.c), layout.g
+    else:
+        xc3, groups = (x - shift.view(layout.r, 1)).view(layout.r, 1, layout.w), 1
+    flat = (None if p is None else p.reshape(-1) for p in (gamma, beta))
+    return group_norm_composite(xc3, True, groups, *flat, epsilon).view(x.shape)
+
+
+class KernelNorm(torch.autograd.Function):
+    """Normalization by the compiled kernels: ``(y, mean, variance)``, the
+    statistics (of ``x - shift``, no gradient) as outputs. ``shift`` is a
+    constant; ``layout`` a :class:`Slices` or :class:`Rows`. Double backward
+    differentiates the same normalization in plain ops."""
+
+    @staticmethod
+    def forward(ctx, x, shift, gamma, beta, layout, epsilon):
+        y, mean, var, rstd = _forward(x, shift, gamma, beta, layout, epsilon)
+        ctx.save_for_backward(x, shift, gamma, beta, mean, rstd)
+        ctx.layout, ctx.epsilon, ctx.dtype = layout, epsilon, x.dtype
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar):
+        x, shift, gamma, beta, mean, rstd = ctx.saved_tensors
+        layout, epsilon = ctx.layout, ctx.epsilon
+        if torch.is_grad_enabled():  # double backward
+            def composite(x, g, b):
+                return _composite(x, shift, g, b, layout, epsilon)
+
+            return (*_composite_vjp(ctx, dy, composite, x, gamma, beta), None, None)
+        mask = [ctx.needs_input_grad[0], *_grad_mask(ctx, gamma, beta)[1:]]
+        dx, dgamma, dbeta = _backward(dy, x, shift, mean, rstd, gamma, layout, mask)
+        dgamma = None if dgamma is None else dgamma.view(gamma.shape)
+        dbeta = None if dbeta is None else dbeta.view(beta.shape)
+        return _input_grad(ctx, dx), None, dgamma, dbeta, None, None
