@@ -54,9 +54,12 @@ or a shift that needs no decision at all.
   all equal at that offset, and constant slices have ``v = 0`` where
   ``epsilon`` bounds ``r``. Eager torch has no in-graph branch (a
   ``torch.where`` computes both sides; ``torch.cond`` reads its predicate
-  on the host), so this is what its kernels always see: one subtraction
-  ``x - s`` (fused with the float16/bfloat16 upcast where there is one),
-  in exchange for the data-dependent rerun the kernels needed before.
+  on the host), so every torch kernel works about this shift: normlab's
+  compiled CPU kernels (:mod:`normlab.backends.cpu`: float32, channels-last
+  group/instance/batch norm, layer norm over trailing axes) subtract it as
+  they read the data; ATen's kernels, for everything else, are handed
+  ``x - s`` by one subtraction (fused with the float16/bfloat16 upcast
+  where there is one).
 * Under ``torch.compile`` and export the torch hooks decline: the
   compiler then sees the general path's plain differentiable ops, which
   it fuses itself (measured faster than what it makes of the ATen kernels
@@ -64,8 +67,10 @@ or a shift that needs no decision at all.
   never meets a custom ``torch.autograd.Function``.
 
 **Accumulation.** ATen's CPU kernels accumulate their sums sequentially:
-reductions longer than :data:`MAX_REDUCTION` decline on torch (2e-5
-relative at ``2**18`` terms). XLA and TensorFlow reduce pairwise.
+reductions longer than :data:`MAX_REDUCTION` decline there (2e-5
+relative at ``2**18`` terms). normlab's compiled kernels sum blocks of at
+most 1024 values in float and the block sums in double, so they serve
+reductions of any length. XLA and TensorFlow reduce pairwise.
 
 Statistics are in float32 at least everywhere (float16/bfloat16 are
 upcast once, float64 stays float64), as in the general path.

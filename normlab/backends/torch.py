@@ -1,6 +1,14 @@
-"""PyTorch fast paths: ATen's fused normalization kernels, fed data centered
-by a per-slice subsample mean so that their result is exact to float
-rounding, with no decision on the host.
+"""PyTorch fast paths: fused normalization kernels that work about a
+per-slice subsample mean, so that their result is exact to float rounding
+with no decision on the host.
+
+On the CPU, float32 channels-last group, instance and batch norm and layer
+norm over trailing axes run normlab's compiled kernels
+(:mod:`normlab.backends.torch_cpu`, :mod:`normlab.backends.cpu`), which
+subtract the shift as they read the data: two reads each way, as ATen's
+kernels, and no centered copy. Everything else (float16, bfloat16,
+float64, channels-first data, or no C compiler to build them with) runs
+ATen's kernels on centered data, as follows.
 
 ATen on CPU (measured; see ``benchmarks/README.md``):
 

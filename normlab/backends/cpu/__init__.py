@@ -8,9 +8,9 @@ system's C compiler (``$CC``, else ``cc``), for the CPU it runs on
 (``-march=native``), into a cache folder: ``$NORMLAB_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/normlab``, else ``~/.cache/normlab`` (one file per
 source, compiler, flags and CPU; a second process finds it there). It takes
-about a second. The library is plain C with POSIX threads: it links no
-OpenMP runtime beside the framework's, and is loaded with :mod:`ctypes`,
-which releases the GIL during a call.
+about a second. The library is plain C with OpenMP (sharing PyTorch's
+runtime and threads, see :data:`FLAGS`), loaded with :mod:`ctypes`, which
+releases the GIL during a call.
 
 Where there is no compiler, or the build fails, :func:`library` returns
 None (the reason is logged once, on the ``normlab`` logger) and the torch
@@ -37,10 +37,13 @@ __all__ = ["SOURCE", "available", "build", "cache_dir", "library"]
 SOURCE = Path(__file__).with_name("norm.c")
 
 #: Compiler flags. No ``-ffast-math``: the kernels' exactness rests on the
-#: order of ``(x - shift) - mean``, which it would let the compiler change;
-#: ``-fopenmp-simd`` lets only the loops marked ``omp simd`` sum in vector
-#: lanes (it links no OpenMP runtime).
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-pthread", "-fno-math-errno")
+#: order of ``(x - shift) - mean``, which it would let the compiler change
+#: (only the loops marked ``omp simd`` may sum in vector lanes).
+#: ``-fopenmp`` links ``libgomp.so.1``, which resolves to the copy PyTorch
+#: has loaded already: its waiting worker threads run the kernels' tasks
+#: (new threads would compete with them for the cores: measured 2x slower
+#: on 2 cores after any parallel ATen op).
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
 
 _log = logging.getLogger("normlab")
 _lock = threading.Lock()

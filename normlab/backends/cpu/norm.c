@@ -20,8 +20,7 @@
  * x * a + b, which rounds at the scale of the offset.
  *
  * Threads: each call splits its work into tasks run on up to `threads`
- * POSIX threads (created per call; the calls this serves take
- * milliseconds). The partial sums of a task go to its own slot of the
+ * OpenMP threads. The partial sums of a task go to its own slot of the
  * caller's `part` buffer and are combined in a fixed order, so a result
  * depends on the thread count only through the task split, which the
  * caller fixes.
@@ -30,7 +29,6 @@
  */
 
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -38,49 +36,22 @@ typedef int64_t i64;
 
 #define BLOCK 64
 #define LANES 16
-#define MAX_THREADS 64
 
 /* ------------------------------------------------------------------------ */
-/* Threads. */
+/* Threads: OpenMP, so that a process that already has an OpenMP runtime
+ * (PyTorch's libgomp.so.1) runs these tasks on the same pool of threads
+ * rather than on new ones that compete with its waiting workers. */
 
 typedef void (*task_fn)(const void *ctx, i64 task);
 
-struct worker {
-    task_fn fn;
-    const void *ctx;
-    i64 begin, end;
-};
-
-static void *run_worker(void *p) {
-    const struct worker *w = p;
-    for (i64 t = w->begin; t < w->end; t++) w->fn(w->ctx, t);
-    return NULL;
-}
-
 static void parallel_for(task_fn fn, const void *ctx, i64 tasks, i64 threads) {
     if (threads > tasks) threads = tasks;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads <= 1) {
         for (i64 t = 0; t < tasks; t++) fn(ctx, t);
         return;
     }
-    struct worker w[MAX_THREADS];
-    pthread_t th[MAX_THREADS];
-    int started[MAX_THREADS];
-    for (i64 i = 0; i < threads; i++) {
-        w[i].fn = fn;
-        w[i].ctx = ctx;
-        w[i].begin = tasks * i / threads;
-        w[i].end = tasks * (i + 1) / threads;
-    }
-    for (i64 i = 1; i < threads; i++) started[i] = pthread_create(&th[i], NULL, run_worker, &w[i]) == 0;
-    run_worker(&w[0]);
-    for (i64 i = 1; i < threads; i++) {
-        if (started[i])
-            pthread_join(th[i], NULL);
-        else
-            run_worker(&w[i]); /* no thread: run its share here */
-    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (i64 t = 0; t < tasks; t++) fn(ctx, t);
 }
 
 /* ------------------------------------------------------------------------ */

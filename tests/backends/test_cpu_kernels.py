@@ -1,0 +1,252 @@
+"""normlab's compiled CPU kernels (:mod:`normlab.backends.cpu`, called by
+:mod:`normlab.backends.torch_cpu`): parity with the float64 closed form and
+the general path at large offsets and with outliers, both schedules, every
+gradient subset, double backward, results independent of the thread
+count, reductions longer than ATen's bound, and the build: its cache, and
+the fallback to ATen's kernels where there is no compiler."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from normlab import ops as nops
+from normlab.backends import cpu
+from tests.backends.test_fast_paths import CASES, _apply, _check, _inputs
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch hooks call the kernels")
+
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler")
+
+#: The float32 cases of test_fast_paths the kernels serve.
+SERVED = ["gn-nhwc", "in-nhwc", "in-nhwc-large", "gn-rank2", "gn-rank5", "ln-last", "ln-last2",
+          "bn-nhwc", "bn-nhwc-c6", "bn-rank2"]
+
+#: More shapes: a batch of 8 or more runs one task per sample (fused), fewer
+#: samples split each into chunks of positions; odd sizes everywhere.
+EXTRA = {
+    "gn-fused": ("group", (9, 5, 7, 12), 3, 3),
+    "gn-split": ("group", (2, 37, 41, 6), 3, 2),
+    "in-split": ("group", (3, 300, 5), 2, 5),
+    "bn-split": ("batch", (5, 29, 31, 3), 3, None),
+    "ln-odd": ("layer", (7, 1037), [1], None),
+    "ln-long-rows": ("layer", (3, 5000), [1], None),
+}
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """The names of the kernel entry points called (``_forward``, ``_backward``)."""
+    from normlab.backends import torch_cpu
+
+    calls = []
+    for name in ("_forward", "_backward"):
+        original = getattr(torch_cpu, name)
+
+        def recording(*args, _original=original, _name=name):
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(torch_cpu, name, recording)
+    for case, spec in EXTRA.items():
+        monkeypatch.setitem(CASES, case, spec)
+    return calls
+
+
+@needs_compiler
+def test_the_kernels_build_and_load():
+    assert cpu.available(), "the CPU kernels did not build (see the normlab logger)"
+
+
+@needs_compiler
+@pytest.mark.parametrize("case", SERVED + sorted(EXTRA))
+@pytest.mark.parametrize("offset", [0.0, 1e4, 1e6])
+def test_parity_at_offsets(kernel_calls, case, offset):
+    _check(case, "float32", offset)
+    assert kernel_calls == ["_forward", "_backward"], kernel_calls
+
+
+@needs_compiler
+@pytest.mark.parametrize("case", ["gn-nhwc", "gn-split", "in-nhwc", "ln-last", "bn-nhwc", "bn-split"])
+@pytest.mark.parametrize("outlier", [1e3, -1e5])
+def test_parity_with_an_outlier_first(kernel_calls, case, outlier):
+    _check(case, "float32", 1e4, outlier=outlier)
+
+
+@needs_compiler
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "ln-odd", "bn-split"])
+def test_parity_without_affine(kernel_calls, case):
+    _check(case, "float32", 1e4, affine=False)
+    assert kernel_calls == ["_forward", "_backward"]
+
+
+@needs_compiler
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "ln-odd", "bn-split"])
+@pytest.mark.parametrize("wanted", ["x", "params", "gamma"])
+def test_gradient_subsets(kernel_calls, case, wanted):
+    """Only the input's, only the parameters', or only gamma's gradient
+    (beta frozen): each matches the general path's."""
+    import torch
+
+    from normlab import backends
+
+    x_np, dy_np, gamma_np, beta_np = _inputs(case, 100.0)
+
+    def grads():
+        x = torch.tensor(x_np, dtype=torch.float32, requires_grad=wanted == "x")
+        gamma = torch.tensor(gamma_np, requires_grad=wanted in ("params", "gamma"))
+        beta = torch.tensor(beta_np, requires_grad=wanted == "params")
+        y, _ = _apply(case, x, gamma, beta)
+        sources = [t for t in (x, gamma, beta) if t.requires_grad]
+        return torch.autograd.grad(y, sources, torch.tensor(dy_np, dtype=torch.float32))
+
+    fast = grads()
+    with backends.disabled():
+        general = grads()
+    for got, ref in zip(fast, general):
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=2e-5, atol=2e-4)
+    assert "_backward" in kernel_calls
+
+
+@needs_compiler
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "ln-odd", "bn-split"])
+def test_double_backward_matches_the_general_path(kernel_calls, case):
+    """A gradient penalty through the kernels' backward (in plain ops), float32."""
+    import torch
+
+    from normlab import backends
+
+    x_np, dy_np, gamma_np, beta_np = _inputs(case, 3.0)
+
+    def penalty_grads():
+        x = torch.tensor(x_np, dtype=torch.float32, requires_grad=True)
+        gamma = torch.tensor(gamma_np, requires_grad=True)
+        y, _ = _apply(case, x, gamma, torch.tensor(beta_np))
+        (dx,) = torch.autograd.grad((y * torch.tensor(dy_np, dtype=torch.float32)).sum(), x, create_graph=True)
+        return [g.numpy() for g in torch.autograd.grad((dx * dx).sum(), [x, gamma])]
+
+    fast = penalty_grads()
+    assert kernel_calls == ["_forward"]
+    with backends.disabled():
+        general = penalty_grads()
+    for got, ref in zip(fast, general):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
+
+
+@needs_compiler
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "ln-long-rows", "bn-split"])
+def test_results_do_not_depend_on_the_thread_count(kernel_calls, case):
+    """Bit for bit: the split into tasks is a function of the shape only."""
+    import torch
+
+    from normlab.backends import torch_cpu
+
+    x_np, dy_np, gamma_np, beta_np = _inputs(case, 1e3)
+    threads = torch.get_num_threads()
+
+    def run(n):
+        torch.set_num_threads(n)
+        x = torch.tensor(x_np, dtype=torch.float32, requires_grad=True)
+        gamma = torch.tensor(gamma_np, requires_grad=True)
+        y, _ = _apply(case, x, gamma, torch.tensor(beta_np))
+        y.backward(torch.tensor(dy_np, dtype=torch.float32))
+        return [t.detach().numpy().copy() for t in (y, x.grad, gamma.grad)]
+
+    old = torch_cpu.MIN_PARALLEL
+    torch_cpu.MIN_PARALLEL = 0  # threads for these small inputs too
+    try:
+        one, several = run(1), run(4)
+    finally:
+        torch_cpu.MIN_PARALLEL = old
+        torch.set_num_threads(threads)
+    for a, b in zip(one, several):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_compiler
+@pytest.mark.parametrize("op, shape, axis", [("batch", (3 * 2**16 + 5, 4), 1), ("layer", (2, 3 * 2**16 + 5), [1])])
+def test_reductions_beyond_aten_bound(kernel_calls, op, shape, axis):
+    """Reductions longer than policy.MAX_REDUCTION (where ATen's sequential
+    sums decline) are served, and exact to float rounding: the kernels sum
+    blocks in float and the block sums in double."""
+    import torch
+
+    from tests.backends._closed_form import normalize_and_vjp
+
+    rng = np.random.default_rng(0)
+    x_np = (1e3 + rng.normal(0.5, 2.0, size=shape)).astype("float32")
+    dy_np = rng.normal(size=shape).astype("float32")
+    pshape = (shape[1],)
+    gamma_np = rng.uniform(0.5, 1.5, size=pshape).astype("float32")
+    beta_np = rng.normal(size=pshape).astype("float32")
+    x = torch.tensor(x_np, requires_grad=True)
+    gamma, beta = torch.tensor(gamma_np, requires_grad=True), torch.tensor(beta_np, requires_grad=True)
+    if op == "batch":
+        y = nops.batch_norm(x, axis=axis, gamma=gamma, beta=beta, epsilon=1e-3, training=True)
+    else:
+        y = nops.layer_norm(x, axis, gamma=gamma, beta=beta, epsilon=1e-3)
+    y.backward(torch.tensor(dy_np))
+    ref = normalize_and_vjp(x_np.astype("float64"), dy_np.astype("float64"), op, axis, gamma=gamma_np, beta=beta_np,
+                            epsilon=1e-3)
+    assert kernel_calls == ["_forward", "_backward"]
+    for got, key in ((y.detach(), "y"), (x.grad, "dx"), (gamma.grad, "dgamma"), (beta.grad, "dbeta")):
+        scale = max(1.0, float(np.max(np.abs(ref[key]))))
+        np.testing.assert_allclose(got.numpy(), ref[key], rtol=0, atol=2e-5 * scale, err_msg=key)
+
+
+@needs_compiler
+def test_a_non_contiguous_cotangent(kernel_calls):
+    """``y.sum().backward()`` hands the backward an expanded (stride 0) cotangent."""
+    import torch
+
+    x = torch.tensor(_inputs("gn-fused", 10.0)[0], dtype=torch.float32, requires_grad=True)
+    nops.group_norm(x, 3, 3, epsilon=1e-3).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 0.0, atol=1e-4)  # a normalized slice sums to zero
+    assert kernel_calls == ["_forward", "_backward"]
+
+
+@needs_compiler
+def test_the_build_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("NORMLAB_CACHE_DIR", str(tmp_path))
+    first = cpu.build()
+    assert first.parent == tmp_path and first.exists()
+    stamp = first.stat().st_mtime_ns
+    assert cpu.build() == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left
+
+
+def test_without_a_compiler_the_aten_kernels_serve(tmp_path, monkeypatch, caplog, kernel_calls):
+    """No compiler: a warning on the normlab logger, and the same results
+    from ATen's kernels on centered data."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("NORMLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu, "_state", {})
+    with caplog.at_level(logging.WARNING, logger="normlab"):
+        assert cpu.library() is None
+        _check("gn-nhwc", "float32", 1e4)
+    assert "no C compiler" in caplog.text
+    assert kernel_calls == []
+
+
+def test_turned_off_by_the_environment(monkeypatch, kernel_calls):
+    monkeypatch.setenv("NORMLAB_CPU_KERNELS", "0")
+    assert cpu.library() is None
+    _check("ln-last", "float32", 1e4)
+    assert kernel_calls == []
+
+
+def test_a_failing_build_says_why(tmp_path, monkeypatch):
+    """A compiler that fails: build() raises with its message."""
+    script = tmp_path / "cc"
+    script.write_text("#!/bin/sh\necho 'cc: error: no space left' >&2\nexit 1\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("CC", str(script))
+    monkeypatch.setenv("NORMLAB_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError, match="no space left"):
+        cpu.build()
+    assert list((tmp_path / "cache").iterdir()) == []
