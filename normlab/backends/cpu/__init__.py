@@ -1,4 +1,4 @@
-"""normlab's compiled CPU kernels (``norm.c``): group, instance, layer and
+"""normlab's compiled CPU kernels (``slices.c``, ``rows.c``, ``common.h``): group, instance, layer and
 batch norm of float32 data, forward and backward, with the fast paths'
 shift folded into their reads, so that they are exact at any offset
 without the centered copy ATen's kernels need (:mod:`normlab.backends.torch`).
@@ -31,10 +31,13 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["SOURCE", "available", "build", "cache_dir", "library"]
+__all__ = ["SOURCES", "available", "build", "cache_dir", "library"]
 
-#: The C source of the kernels.
-SOURCE = Path(__file__).with_name("norm.c")
+_HERE = Path(__file__).parent
+
+#: The C sources of the kernels (compiled together into one library), and the header they share.
+SOURCES = (_HERE / "slices.c", _HERE / "rows.c")
+HEADER = _HERE / "common.h"
 
 #: Compiler flags. No ``-ffast-math``: the kernels' exactness rests on the
 #: order of ``(x - shift) - mean``, which it would let the compiler change
@@ -87,8 +90,9 @@ def _cpu_signature() -> str:
 
 def _target(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    texts = [p.read_text() for p in (*SOURCES, HEADER)]
     key = hashlib.sha256(
-        b"\0".join(s.encode() for s in (SOURCE.read_text(), cc, version, " ".join(FLAGS), _cpu_signature()))
+        b"\0".join(s.encode() for s in (*texts, cc, version, " ".join(FLAGS), _cpu_signature()))
     ).hexdigest()[:16]
     return cache_dir() / f"norm-{key}.so"
 
@@ -106,10 +110,10 @@ def build() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+        done = subprocess.run([cc, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True, text=True,
                               timeout=300)
         if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed to compile {SOURCE.name}:\n{done.stderr.strip()}")
+            raise RuntimeError(f"{cc} failed to compile normlab's CPU kernels:\n{done.stderr.strip()}")
         os.replace(tmp, target)  # atomic: a concurrent build writes the same bytes
     finally:
         if os.path.exists(tmp):

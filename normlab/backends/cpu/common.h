@@ -1,0 +1,59 @@
+/* normlab's CPU kernels (common.h: what slices.c and rows.c share): group, instance, layer and batch norm of float32
+ * data, forward and backward, each reading its input once for the
+ * statistics and once to apply them, with the shift of
+ * normlab.backends.policy folded into both reads (no centered copy).
+ *
+ * Layouts (all contiguous, row-major):
+ *   nl_slices_*: x is (N, S, C); the statistics are per sample n and group of
+ *     C / G consecutive channels, over the S positions (group and instance
+ *     norm on channels-last data; batch norm with N = 1 and G = C).
+ *   nl_rows_*: x is (R, W); the statistics are per row (layer norm over
+ *     trailing axes), the affine parameters per column.
+ *
+ * Numerics: the residual d = x - shift (shift a per-slice subsample mean,
+ * computed by the caller: its offset ratio is bounded, see policy.py) is
+ * summed in float over blocks of at most BLOCK rows (or BLOCK * LANES
+ * values of a row) and the block sums in double, so the one-pass variance
+ * E[d^2] - E[d]^2 loses at most a factor 1 + MAX_SHIFT_RATIO in float32 and
+ * no length of reduction adds error beyond a block's. The output is
+ * ((x - shift) - mean) * rstd * gamma + beta, never the folded
+ * x * a + b, which rounds at the scale of the offset.
+ *
+ * Threads: each call splits its work into tasks run on up to `threads`
+ * OpenMP threads. The partial sums of a task go to its own slot of the
+ * caller's `part` buffer and are combined in a fixed order, so a result
+ * depends on the thread count only through the task split, which the
+ * caller fixes.
+ *
+ * Every buffer is the caller's; nothing here allocates.
+ */
+
+#ifndef NORMLAB_CPU_COMMON_H
+#define NORMLAB_CPU_COMMON_H
+
+#include <math.h>
+#include <stdint.h>
+
+typedef int64_t i64;
+
+#define BLOCK 64
+#define LANES 16
+
+/* ------------------------------------------------------------------------ */
+/* Threads: OpenMP, so that a process that already has an OpenMP runtime
+ * (PyTorch's libgomp.so.1) runs these tasks on the same pool of threads
+ * rather than on new ones that compete with its waiting workers. */
+
+typedef void (*task_fn)(const void *ctx, i64 task);
+
+static inline void parallel_for(task_fn fn, const void *ctx, i64 tasks, i64 threads) {
+    if (threads > tasks) threads = tasks;
+    if (threads <= 1) {
+        for (i64 t = 0; t < tasks; t++) fn(ctx, t);
+        return;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (i64 t = 0; t < tasks; t++) fn(ctx, t);
+}
+
+#endif
