@@ -14,6 +14,8 @@ import shutil
 import keras
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from normlab import ops as nops
 from normlab.backends import cpu
@@ -250,3 +252,73 @@ def test_a_failing_build_says_why(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="no space left"):
         cpu.build()
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+@st.composite
+def _kernel_inputs(draw):
+    """A shape and op the kernels serve: channels-last group norm of any
+    group count (instance norm included), batch norm, or layer norm over 1
+    or 2 trailing axes; an offset up to 1e6, a spread from 1e-2 to 1e2."""
+    op = draw(st.sampled_from(["group", "batch", "layer"]))
+    n = draw(st.integers(1, 12))
+    # Instance norm needs a spatial axis (normlab rejects rank 2 there).
+    positions = draw(st.lists(st.integers(1, 9), min_size=int(op == "group"), max_size=2))
+    if op == "layer":
+        width = draw(st.lists(st.integers(1, 40), min_size=1, max_size=2))
+        shape, axis, groups = (n, *positions, *width), list(range(1 + len(positions), 1 + len(positions) + len(width))), None
+    else:
+        per, g = draw(st.integers(1, 5)), draw(st.integers(1, 6))
+        shape, axis = (n, *positions, per * g), 1 + len(positions)
+        groups = g if op == "group" else None
+    offset = draw(st.sampled_from([0.0, -3.0, 1e2, 1e4, -1e6]))
+    spread = draw(st.sampled_from([1e-2, 1.0, 1e2]))
+    return op, shape, axis, groups, offset, spread
+
+
+@needs_compiler
+@given(_kernel_inputs(), st.integers(0, 2**16))
+def test_property_matches_the_float64_closed_form(inputs, seed):
+    """y, dx, dgamma and dbeta against float64, relative to the spread:
+    whatever the shape, group count, offset and scale."""
+    import torch
+
+    from tests.backends._closed_form import normalize_and_vjp
+
+    op, shape, axis, groups, offset, spread = inputs
+    rng = np.random.default_rng(seed)
+    x_np = (offset + spread * rng.normal(size=shape)).astype("float32")
+    dy_np = rng.normal(size=shape).astype("float32")
+    pshape = tuple(shape[a] for a in axis) if op == "layer" else (shape[axis],)
+    gamma_np = rng.uniform(0.5, 1.5, size=pshape).astype("float32")
+    beta_np = rng.normal(size=pshape).astype("float32")
+    count = int(np.prod([shape[a] for a in axis])) if op == "layer" else None
+    if op == "batch" and np.prod(shape) // shape[axis] < 2 or count == 1:
+        return  # one value per slice: no variance to normalize by
+    x = torch.tensor(x_np, requires_grad=True)
+    gamma, beta = torch.tensor(gamma_np, requires_grad=True), torch.tensor(beta_np, requires_grad=True)
+    if op == "group":
+        y = nops.group_norm(x, groups, axis, gamma=gamma, beta=beta, epsilon=1e-3)
+    elif op == "layer":
+        y = nops.layer_norm(x, axis, gamma=gamma, beta=beta, epsilon=1e-3)
+    else:
+        y = nops.batch_norm(x, axis=axis, gamma=gamma, beta=beta, epsilon=1e-3, training=True)
+    y.backward(torch.tensor(dy_np))
+    ref = normalize_and_vjp(x_np.astype("float64"), dy_np.astype("float64"), op, axis, groups=groups,
+                            gamma=gamma_np, beta=beta_np, epsilon=1e-3)
+    for got, key in ((y.detach(), "y"), (x.grad, "dx"), (gamma.grad, "dgamma"), (beta.grad, "dbeta")):
+        scale = max(1.0, float(np.max(np.abs(ref[key]))))
+        np.testing.assert_allclose(got.numpy(), ref[key], rtol=0, atol=3e-5 * scale, err_msg=f"{key} {inputs}")
+
+
+@needs_compiler
+def test_a_read_only_cache_folder_falls_back_to_a_private_temporary_one(tmp_path, monkeypatch):
+    import tempfile
+
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("NORMLAB_CACHE_DIR", str(blocked / "cache"))  # cannot be created
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    built = cpu.build()
+    assert built.parent == tmp_path / "tmp" / f"normlab-{os.getuid()}" and built.exists()
+    assert cpu.build() == built

@@ -1,16 +1,18 @@
-"""normlab's compiled CPU kernels (``slices.c``, ``rows.c``, ``common.h``): group, instance, layer and
-batch norm of float32 data, forward and backward, with the fast paths'
-shift folded into their reads, so that they are exact at any offset
-without the centered copy ATen's kernels need (:mod:`normlab.backends.torch`).
+"""normlab's compiled CPU kernels (``slices.c``, ``rows.c``, ``common.h``):
+group, instance, layer and batch norm of float32 data, forward and
+backward, with the fast paths' shift folded into their reads, so that they
+are exact at any offset without the centered copy ATen's kernels need
+(:mod:`normlab.backends.torch`).
 
 The C source ships with the package and is compiled on first use by the
 system's C compiler (``$CC``, else ``cc``), for the CPU it runs on
 (``-march=native``), into a cache folder: ``$NORMLAB_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/normlab``, else ``~/.cache/normlab`` (one file per
-source, compiler, flags and CPU; a second process finds it there). It takes
-about a second. The library is plain C with OpenMP (sharing PyTorch's
-runtime and threads, see :data:`FLAGS`), loaded with :mod:`ctypes`, which
-releases the GIL during a call.
+source, compiler, flags and CPU; a second process finds it there), or,
+where that folder cannot be written, ``normlab-<uid>`` in the temporary
+folder. It takes about a second. The library is plain C with OpenMP
+(sharing PyTorch's runtime and threads, see :data:`FLAGS`), loaded with
+:mod:`ctypes`, which releases the GIL during a call.
 
 Where there is no compiler, or the build fails, :func:`library` returns
 None (the reason is logged once, on the ``normlab`` logger) and the torch
@@ -106,8 +108,16 @@ def build() -> Path:
     target = _target(cc)
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    except OSError:  # a read-only cache folder: a private one in the temporary folder
+        user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+        target = Path(tempfile.gettempdir()) / f"normlab-{user}" / target.name
+        if target.exists():
+            return target
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
         done = subprocess.run([cc, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True, text=True,
