@@ -197,6 +197,14 @@ def _group_shift(x3, channels_last, groups, dtype):
         return shift.expand(n, groups, per).reshape(n, c)
 
 
+def _row_shift(rows, dtype):
+    """The shift of each row of ``(R, W)`` data, the mean of its first
+    16th (contiguous): ``(R, 1)``."""
+    with torch.no_grad():
+        head = subsample_size(rows.shape[1])
+        return rows.detach()[:, :head].sum(dim=1, keepdim=True, dtype=dtype) / head
+
+
 def _batch_shift(x3, channels_last, dtype):
     """The shift of each channel over the batch: ``(C,)``."""
     with torch.no_grad():
@@ -220,9 +228,14 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     n, c = x.shape[0], x.shape[axis]
     s = x.numel() // (n * c)
     compute = _compute_dtype(x.dtype)
-    shift = _group_shift(x3, channels_last, groups, compute)
     gamma, beta = _param(gamma, compute), _param(beta, compute)
-    if channels_last:
+    if channels_last and s == 1:  # (N, C): rows of C // groups channels, `groups` per sample
+        rows = x3.view(n * groups, c // groups)
+        out = torch_cpu.rows(rows, _row_shift(rows, compute), gamma, beta, epsilon, groups)
+        if out is not None:
+            return out[0].view(x.shape)
+    shift = _group_shift(x3, channels_last, groups, compute)
+    if channels_last and s > 1:
         out = torch_cpu.slices(x3, shift, gamma, beta, groups, epsilon)
         if out is not None:
             return out[0].view(x.shape)
@@ -252,9 +265,7 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
     width = math.prod(shape)
     compute = _compute_dtype(x.dtype)
     rows = x.view(-1, width)
-    with torch.no_grad():
-        head = subsample_size(width)  # the first 16th of each row: contiguous
-        shift = rows.detach()[:, :head].sum(dim=1, keepdim=True, dtype=compute) / head
+    shift = _row_shift(rows, compute)
     gamma, beta = _param(gamma, compute), _param(beta, compute)
     out = torch_cpu.rows(rows, shift, gamma, beta, epsilon)
     if out is not None:

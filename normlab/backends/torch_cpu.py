@@ -4,6 +4,9 @@ instance and batch norm and layer norm over trailing axes, forward and
 backward in two reads of the data each, with the hook's shift folded into
 the reads (no centered copy; see :mod:`normlab.backends.policy`).
 
+Channels-last group, instance and batch norm run as :class:`Slices`
+(``(N, S, C)``, batch norm as one sample of all positions); layer norm,
+and group norm of ``(N, C)`` data (no positions), as :class:`Rows`.
 :func:`slices` and :func:`rows` return None where the kernels are
 unavailable (no compiler, ``NORMLAB_CPU_KERNELS=0``) or the input is not
 theirs (another dtype or device); the hooks then use ATen's kernels on
@@ -52,10 +55,14 @@ class Slices(NamedTuple):
 
 
 class Rows(NamedTuple):
-    """``x`` as ``(r, w)``: statistics per row, parameters per column; the shift is ``(r,)``."""
+    """``x`` as ``(r, w)``: statistics per row; the parameters (``g * w``
+    values) per column of each of ``g`` consecutive rows (layer norm:
+    ``g = 1``; group norm of ``(N, C)`` data: ``N * g`` rows of ``C // g``);
+    the shift is ``(r,)``."""
 
     r: int
     w: int
+    g: int = 1
 
 
 def _served(x) -> bool:
@@ -71,13 +78,14 @@ def slices(x3, shift, gamma, beta, groups, epsilon):
     return KernelNorm.apply(x3, shift.contiguous(), gamma, beta, Slices(n, s, c, groups), epsilon)
 
 
-def rows(x2, shift, gamma, beta, epsilon):
+def rows(x2, shift, gamma, beta, epsilon, groups=1):
     """``(y2, mean, variance)`` of ``x2`` ``(R, W)`` per row (``mean`` that of
-    ``x2 - shift``, both ``(R,)``), or None (not served)."""
+    ``x2 - shift``, both ``(R,)``), the parameters repeating every ``groups``
+    rows (see :class:`Rows`), or None (not served)."""
     if not _served(x2):
         return None
     r, w = x2.shape
-    return KernelNorm.apply(x2, shift.reshape(r).contiguous(), gamma, beta, Rows(r, w), epsilon)
+    return KernelNorm.apply(x2, shift.reshape(r).contiguous(), gamma, beta, Rows(r, w, groups), epsilon)
 
 
 def _ptr(t):
@@ -100,7 +108,15 @@ def _chunks(layout):
 
 
 def _row_chunks(layout):
-    return max(1, min(layout.r, TASKS, MAX_PARTIAL_BYTES // (16 * layout.w)))
+    return max(1, min(layout.r, TASKS, MAX_PARTIAL_BYTES // (16 * layout.w * layout.g)))
+
+
+def _work_space(x, layout, chunks, threads):
+    """``(part, scratch, coef)`` of a :class:`Slices` call: per thread when
+    each sample is one task (``chunks == 1``), else per task and sample."""
+    n, _, c, _ = layout
+    slots, coefs = (threads, threads) if chunks == 1 else (n * chunks, n)
+    return x.new_empty(slots * 2 * c, dtype=torch.float64), x.new_empty(slots * 2 * c), x.new_empty(coefs * 4 * c)
 
 
 def _forward(x, shift, gamma, beta, layout, epsilon):
@@ -111,32 +127,31 @@ def _forward(x, shift, gamma, beta, layout, epsilon):
     if isinstance(layout, Slices):
         n, s, c, g = layout
         chunks = _chunks(layout)
-        part, scratch = x.new_empty(n * chunks * 2 * c, dtype=torch.float64), x.new_empty(n * chunks * 2 * c)
-        coef = x.new_empty(n * 4 * c)
+        part, scratch, coef = _work_space(x, layout, chunks, threads)
         lib.nl_slices_forward(*args, n, s, c, g, chunks, epsilon, *map(_ptr, (part, scratch, coef)), threads)
         return y, mean.view(n, g), var.view(n, g), rstd.view(n, g)
-    lib.nl_rows_forward(*args, layout.r, layout.w, _row_chunks(layout), epsilon, threads)
+    lib.nl_rows_forward(*args, *layout, _row_chunks(layout), epsilon, threads)
     return y, mean, var, rstd
 
 
 def _backward(dy, x, shift, mean, rstd, gamma, layout, mask):
     lib, dy, threads = cpu.library(), dy.contiguous(), _threads(x.numel())
     dx = torch.empty_like(x) if mask[0] else None
-    width = layout.c if isinstance(layout, Slices) else layout.w
+    width = layout.c if isinstance(layout, Slices) else layout.w * layout.g
     dgamma = x.new_empty(width) if mask[1] else None
     dbeta = x.new_empty(width) if mask[2] else None
     args = [_ptr(t) for t in (dy, x, shift, mean, rstd, _flat(gamma), dx, dgamma, dbeta)]
     if isinstance(layout, Slices):
         n, s, c, g = layout
         chunks = _chunks(layout)
-        part, scratch = x.new_empty(n * chunks * 2 * c, dtype=torch.float64), x.new_empty(n * chunks * 2 * c)
-        coef, acc = x.new_empty(n * 4 * c), x.new_empty(n * 2 * c, dtype=torch.float64)
+        part, scratch, coef = _work_space(x, layout, chunks, threads)
+        acc = x.new_empty(n * 2 * c)
         lib.nl_slices_backward(*args, n, s, c, g, chunks, *map(_ptr, (part, scratch, coef, acc)), threads)
     else:
         chunks = _row_chunks(layout)
         part = x.new_empty(chunks * 2 * width, dtype=torch.float64)
         scratch = x.new_empty(chunks * 2 * width)
-        lib.nl_rows_backward(*args, layout.r, layout.w, chunks, _ptr(part), _ptr(scratch), threads)
+        lib.nl_rows_backward(*args, *layout, chunks, _ptr(part), _ptr(scratch), threads)
     return dx, dgamma, dbeta
 
 
@@ -144,8 +159,9 @@ def _composite(x, shift, gamma, beta, layout, epsilon):
     """The same normalization in plain differentiable ops (double backward)."""
     if isinstance(layout, Slices):
         xc3, groups = x - shift.view(layout.n, 1, layout.c), layout.g
-    else:
-        xc3, groups = (x - shift.view(layout.r, 1)).view(layout.r, 1, layout.w), 1
+    else:  # rows of one sample's groups side by side: (r // g, 1, g * w)
+        r, w, groups = layout
+        xc3 = (x - shift.view(r, 1)).reshape(r // groups, 1, groups * w)
     flat = (None if p is None else p.reshape(-1) for p in (gamma, beta))
     return group_norm_composite(xc3, True, groups, *flat, epsilon).view(x.shape)
 

@@ -38,6 +38,8 @@ EXTRA = {
     "bn-split": ("batch", (5, 29, 31, 3), 3, None),
     "ln-odd": ("layer", (7, 1037), [1], None),
     "ln-long-rows": ("layer", (3, 5000), [1], None),
+    # (N, C) group norm: rows of C // groups channels, the parameters repeating every `groups` rows.
+    "gn-features": ("group", (70, 24), 1, 4),
 }
 
 
@@ -88,7 +90,7 @@ def test_parity_without_affine(kernel_calls, case):
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "ln-odd", "bn-split"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "ln-odd", "bn-split"])
 @pytest.mark.parametrize("wanted", ["x", "params", "gamma"])
 def test_gradient_subsets(kernel_calls, case, wanted):
     """Only the input's, only the parameters', or only gamma's gradient
@@ -116,7 +118,7 @@ def test_gradient_subsets(kernel_calls, case, wanted):
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "ln-odd", "bn-split"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "ln-odd", "bn-split"])
 def test_double_backward_matches_the_general_path(kernel_calls, case):
     """A gradient penalty through the kernels' backward (in plain ops), float32."""
     import torch
@@ -141,7 +143,7 @@ def test_double_backward_matches_the_general_path(kernel_calls, case):
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "ln-long-rows", "bn-split"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "ln-long-rows", "bn-split"])
 def test_results_do_not_depend_on_the_thread_count(kernel_calls, case):
     """Bit for bit: the split into tasks is a function of the shape only."""
     import torch
@@ -261,13 +263,13 @@ def _kernel_inputs(draw):
     or 2 trailing axes; an offset up to 1e6, a spread from 1e-2 to 1e2."""
     op = draw(st.sampled_from(["group", "batch", "layer"]))
     n = draw(st.integers(1, 12))
-    # Instance norm needs a spatial axis (normlab rejects rank 2 there).
-    positions = draw(st.lists(st.integers(1, 9), min_size=int(op == "group"), max_size=2))
+    positions = draw(st.lists(st.integers(1, 9), min_size=0, max_size=2))
     if op == "layer":
         width = draw(st.lists(st.integers(1, 40), min_size=1, max_size=2))
         shape, axis, groups = (n, *positions, *width), list(range(1 + len(positions), 1 + len(positions) + len(width))), None
     else:
-        per, g = draw(st.integers(1, 5)), draw(st.integers(1, 6))
+        # Instance norm needs a spatial axis (normlab rejects it on rank 2).
+        per, g = draw(st.integers(1 if positions else 2, 5)), draw(st.integers(1, 6))
         shape, axis = (n, *positions, per * g), 1 + len(positions)
         groups = g if op == "group" else None
     offset = draw(st.sampled_from([0.0, -3.0, 1e2, 1e4, -1e6]))

@@ -32,7 +32,11 @@
 #define NORMLAB_CPU_COMMON_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef int64_t i64;
 

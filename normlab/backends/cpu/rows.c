@@ -3,16 +3,17 @@
 #include "common.h"
 
 /* ------------------------------------------------------------------------ */
-/* Rows: x (R, W), statistics per row, parameters per column; a task per
- * chunk of rows. */
+/* Rows: x (R, W), statistics per row, parameters per column of each of G
+ * consecutive rows (layer norm: G = 1; group norm of (N, C) data: rows of
+ * C / G channels, G per sample); a task per chunk of rows. */
 
 struct rows {
-    const float *x, *dy, *shift, *gamma, *beta; /* shift: (R,) */
+    const float *x, *dy, *shift, *gamma, *beta; /* shift: (R,); gamma, beta: (G * W,) */
     float *y, *dx, *mean, *var, *rstd;
-    i64 r, w, chunks;
+    i64 r, w, g, chunks; /* row i takes the parameters' slice (i % g) * W ... */
     double epsilon;
-    double *part;   /* (chunks, 2, W): the parameters' gradients */
-    float *scratch; /* (chunks, 2, W) */
+    double *part;   /* (chunks, 2, G * W): the parameters' gradients */
+    float *scratch; /* (chunks, 2, G * W) */
 };
 
 /* Sums over a row of w values of d and d * d, d = x - s (row_moments), or
@@ -82,7 +83,8 @@ static void rows_forward_task(const void *p, i64 task) {
         a->mean[i] = m;
         a->var[i] = (float)v;
         a->rstd[i] = rsf;
-        const float *restrict gm = a->gamma, *restrict bt = a->beta;
+        i64 at = (i % a->g) * w;
+        const float *restrict gm = a->gamma ? a->gamma + at : NULL, *restrict bt = a->beta ? a->beta + at : NULL;
         if (gm && bt)
 #pragma omp simd
             for (i64 j = 0; j < w; j++) yr[j] = ((xr[j] - s) - m) * rsf * gm[j] + bt[j];
@@ -100,24 +102,26 @@ static void rows_forward_task(const void *p, i64 task) {
 
 static void rows_backward_task(const void *p, i64 task) {
     const struct rows *a = p;
-    i64 w = a->w, r0 = a->r * task / a->chunks, r1 = a->r * (task + 1) / a->chunks;
-    double *restrict pg = a->part + task * 2 * w, *restrict pb = pg + w;
-    float *restrict fg = a->scratch + task * 2 * w, *restrict fb = fg + w;
-    for (i64 j = 0; j < w; j++) pg[j] = pb[j] = 0.0;
+    i64 w = a->w, width = a->g * w, r0 = a->r * task / a->chunks, r1 = a->r * (task + 1) / a->chunks;
+    double *restrict pg = a->part + task * 2 * width, *restrict pb = pg + width;
+    float *restrict sg = a->scratch + task * 2 * width, *restrict sb = sg + width;
+    for (i64 j = 0; j < width; j++) pg[j] = pb[j] = 0.0;
     for (i64 r = r0; r < r1; r += BLOCK) {
         i64 e = r + BLOCK < r1 ? r + BLOCK : r1;
-        for (i64 j = 0; j < w; j++) fg[j] = fb[j] = 0.0f;
+        for (i64 j = 0; j < width; j++) sg[j] = sb[j] = 0.0f;
         for (i64 i = r; i < e; i++) {
             const float *restrict xr = a->x + i * w;
             const float *restrict dyr = a->dy + i * w;
+            i64 at = (i % a->g) * w;
+            const float *restrict gm = a->gamma ? a->gamma + at : NULL;
+            float *restrict fg = sg + at, *restrict fb = sb + at;
             float s = a->shift[i], m = a->mean[i], rs = a->rstd[i];
             if (a->dx) {
                 double t1, t2;
-                row_grad_sums(dyr, xr, a->gamma, s, m, w, &t1, &t2);
+                row_grad_sums(dyr, xr, gm, s, m, w, &t1, &t2);
                 float q = (float)(-(double)rs * rs * rs * t2 / (double)w);
                 float rr = (float)(-(double)rs * t1 / (double)w);
                 float *restrict dxr = a->dx + i * w;
-                const float *restrict gm = a->gamma;
                 if (gm) {
 #pragma omp simd
                     for (i64 j = 0; j < w; j++) {
@@ -143,33 +147,35 @@ static void rows_backward_task(const void *p, i64 task) {
                 }
             }
         }
-        for (i64 j = 0; j < w; j++) {
-            pg[j] += fg[j];
-            pb[j] += fb[j];
+        for (i64 j = 0; j < width; j++) {
+            pg[j] += sg[j];
+            pb[j] += sb[j];
         }
     }
 }
 
 void nl_rows_forward(const float *x, const float *shift, const float *gamma, const float *beta, float *y, float *mean,
-                     float *var, float *rstd, i64 r, i64 w, i64 chunks, double epsilon, i64 threads) {
+                     float *var, float *rstd, i64 r, i64 w, i64 g, i64 chunks, double epsilon, i64 threads) {
     struct rows a = {.x = x, .shift = shift, .gamma = gamma, .beta = beta, .y = y, .mean = mean, .var = var,
-                     .rstd = rstd, .r = r, .w = w, .chunks = chunks, .epsilon = epsilon};
+                     .rstd = rstd, .r = r, .w = w, .g = g, .chunks = chunks, .epsilon = epsilon};
     parallel_for(rows_forward_task, &a, chunks, threads);
 }
 
 void nl_rows_backward(const float *dy, const float *x, const float *shift, const float *mean, const float *rstd,
-                      const float *gamma, float *dx, float *dgamma, float *dbeta, i64 r, i64 w, i64 chunks,
+                      const float *gamma, float *dx, float *dgamma, float *dbeta, i64 r, i64 w, i64 g, i64 chunks,
                       double *part, float *scratch, i64 threads) {
     struct rows a = {.x = x, .dy = dy, .shift = shift, .gamma = gamma, .dx = dx, .mean = (float *)mean,
-                     .rstd = (float *)rstd, .r = r, .w = w, .chunks = chunks, .part = part, .scratch = scratch};
+                     .rstd = (float *)rstd, .r = r, .w = w, .g = g, .chunks = chunks, .part = part,
+                     .scratch = scratch};
     parallel_for(rows_backward_task, &a, chunks, threads);
-    for (i64 j = 0; j < w; j++) {
-        double g = 0.0, b = 0.0;
+    i64 width = g * w;
+    for (i64 j = 0; j < width; j++) {
+        double sg = 0.0, sb = 0.0;
         for (i64 k = 0; k < chunks; k++) {
-            g += part[k * 2 * w + j];
-            b += part[k * 2 * w + w + j];
+            sg += part[k * 2 * width + j];
+            sb += part[k * 2 * width + width + j];
         }
-        if (dgamma) dgamma[j] = (float)g;
-        if (dbeta) dbeta[j] = (float)b;
+        if (dgamma) dgamma[j] = (float)sg;
+        if (dbeta) dbeta[j] = (float)sb;
     }
 }

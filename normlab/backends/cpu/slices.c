@@ -5,23 +5,33 @@
 /* ------------------------------------------------------------------------ */
 /* Slices: x (N, S, C), G groups of C / G channels. Two schedules:
  *   fused (chunks == 1): a task per sample, which sums it, finishes its
- *     statistics and applies them while the sample is still in cache;
+ *     statistics and applies them while the sample is still in cache; its
+ *     work space (sums, float blocks, coefficients) is its thread's;
  *   split (chunks > 1): a task per sample and chunk of positions, for
  *     few samples (batch norm: N = 1), the chunks' sums combined between
- *     two passes.
+ *     two passes; work space per task (sums) and per sample (coefficients).
  * (Tasks over blocks of channels, a sample's columns, were measured
  * slower than either: every row is then a short strided read.) */
 
 struct slices {
     const float *x, *dy, *shift, *gamma, *beta; /* shift: (N, C), constant over a group */
     float *y, *dx, *mean, *var, *rstd;          /* statistics: (N, G) */
-    float *coef;                                /* (N, 4, C): forward m, a, b; backward m, p, q, r */
+    float *coef;                                /* (slots, 4, C): forward m, a, b; backward m, p, q, r */
     i64 n, s, c, g, chunks;
     double epsilon;
-    double *part;   /* (N * chunks, 2, C): per task, sums per channel */
-    float *scratch; /* (N * chunks, 2, C): their float blocks */
-    double *acc;    /* backward: (N, 2, C), each sample's parameter-gradient sums */
+    double *part;   /* (slots, 2, C): sums per channel */
+    float *scratch; /* (slots, 2, C): their float blocks */
+    float *acc;     /* backward: (N, 2, C), each sample's parameter-gradient sums */
 };
+
+/* Work-space slot of the calling thread (fused schedule). */
+static inline i64 thread_slot(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
 
 struct range {
     i64 n, k, r0, r1;
@@ -37,16 +47,26 @@ static struct range range_of(const struct slices *a, i64 t) {
     return q;
 }
 
-static double *part_of(const struct slices *a, struct range q) { return a->part + (q.n * a->chunks + q.k) * 2 * a->c; }
+/* Slots: the thread's (fused), else the task's for sums and the sample's
+ * for coefficients; a sample's combined sums are in its chunk 0's slot. */
+static i64 task_slot(const struct slices *a, struct range q) {
+    return a->chunks == 1 ? thread_slot() : q.n * a->chunks + q.k;
+}
+static double *sums_of(const struct slices *a, i64 n) {
+    return a->part + (a->chunks == 1 ? thread_slot() : n * a->chunks) * 2 * a->c;
+}
+static float *coef_of(const struct slices *a, i64 n) {
+    return a->coef + (a->chunks == 1 ? thread_slot() : n) * 4 * a->c;
+}
 
 /* part (2, C) of the task = (sum of u, sum of u * v) per channel over its
  * positions: u = d = x - shift and v = d in the forward, u = dy and
  * v = d - m in the backward (grad). */
 static void sums(const struct slices *a, struct range q, int grad) {
     i64 c = a->c, w = c;
-    const float *restrict sh = a->shift + q.n * c, *restrict m = a->coef + q.n * 4 * c;
-    double *restrict t1 = part_of(a, q), *restrict t2 = t1 + c;
-    float *restrict f1 = a->scratch + (q.n * a->chunks + q.k) * 2 * c, *restrict f2 = f1 + c;
+    const float *restrict sh = a->shift + q.n * c, *restrict m = coef_of(a, q.n);
+    double *restrict t1 = a->part + task_slot(a, q) * 2 * c, *restrict t2 = t1 + c;
+    float *restrict f1 = a->scratch + task_slot(a, q) * 2 * c, *restrict f2 = f1 + c;
     for (i64 j = 0; j < w; j++) t1[j] = t2[j] = 0.0;
     for (i64 r = q.r0; r < q.r1; r += BLOCK) {
         i64 e = r + BLOCK < q.r1 ? r + BLOCK : q.r1;
@@ -76,13 +96,13 @@ static void sums(const struct slices *a, struct range q, int grad) {
     }
 }
 
-/* The forward's statistics of sample q.n's groups from its sums (chunk
- * 0's part, all chunks combined), and its coef (m, a, b). */
+/* The forward's statistics of sample q.n's groups from its sums, and its
+ * coef (m, a, b). */
 static void finish_forward(const struct slices *a, struct range q) {
     i64 c = a->c, per = c / a->g;
     double count = (double)a->s * (double)per;
-    const double *t1 = a->part + q.n * a->chunks * 2 * c, *t2 = t1 + c;
-    float *m = a->coef + q.n * 4 * c, *sc = m + c, *b = sc + c;
+    const double *t1 = sums_of(a, q.n), *t2 = t1 + c;
+    float *m = coef_of(a, q.n), *sc = m + c, *b = sc + c;
     for (i64 k = 0; k < a->g; k++) {
         double s1 = 0.0, s2 = 0.0;
         for (i64 j = k * per; j < (k + 1) * per; j++) {
@@ -109,17 +129,17 @@ static void finish_forward(const struct slices *a, struct range q) {
 static void finish_backward(const struct slices *a, struct range q) {
     i64 c = a->c, per = c / a->g;
     double count = (double)a->s * (double)per;
-    const double *t1 = a->part + q.n * a->chunks * 2 * c, *t2 = t1 + c;
-    float *pp = a->coef + q.n * 4 * c + c, *qq = pp + c, *rr = qq + c;
-    double *dg = a->acc + q.n * 2 * c, *db = dg + c;
+    const double *t1 = sums_of(a, q.n), *t2 = t1 + c;
+    float *pp = coef_of(a, q.n) + c, *qq = pp + c, *rr = qq + c;
+    float *dg = a->acc + q.n * 2 * c, *db = dg + c;
     for (i64 k = 0; k < a->g; k++) {
         double rs = a->rstd[q.n * a->g + k], sa = 0.0, sb = 0.0;
         for (i64 j = k * per; j < (k + 1) * per; j++) {
             double w = a->gamma ? a->gamma[j] : 1.0;
             sa += w * t1[j];
             sb += w * t2[j];
-            dg[j] = t2[j] * rs;
-            db[j] = t1[j];
+            dg[j] = (float)(t2[j] * rs);
+            db[j] = (float)t1[j];
         }
         for (i64 j = k * per; j < (k + 1) * per; j++) {
             pp[j] = (float)(a->gamma ? rs * a->gamma[j] : rs);
@@ -133,7 +153,7 @@ static void finish_backward(const struct slices *a, struct range q) {
 static void apply(const struct slices *a, struct range q, int grad) {
     i64 c = a->c, w = c;
     const float *restrict sh = a->shift + q.n * c;
-    const float *restrict m = a->coef + q.n * 4 * c, *restrict u = m + c, *restrict v = u + c, *restrict z = v + c;
+    const float *restrict m = coef_of(a, q.n), *restrict u = m + c, *restrict v = u + c, *restrict z = v + c;
     for (i64 i = q.r0; i < q.r1; i++) {
         i64 at = (q.n * a->s + i) * c;
         const float *restrict xr = a->x + at;
@@ -157,9 +177,18 @@ static void fused_forward_task(const void *p, i64 t) {
     apply(p, q, 0);
 }
 
+/* The forward's mean of sample n, per channel, into its coef's m. */
+static void mean_per_channel(const struct slices *a, i64 n) {
+    float *m = coef_of(a, n);
+    i64 per = a->c / a->g;
+    for (i64 k = 0; k < a->g; k++)
+        for (i64 j = k * per; j < (k + 1) * per; j++) m[j] = a->mean[n * a->g + k];
+}
+
 static void fused_backward_task(const void *p, i64 t) {
     const struct slices *a = p;
     struct range q = range_of(p, t);
+    mean_per_channel(a, q.n);
     sums(a, q, 1);
     finish_backward(a, q);
     if (a->dx) apply(a, q, 1);
@@ -186,10 +215,12 @@ static struct range whole_sample(const struct slices *a, i64 n) {
 }
 
 /* Forward. mean, var, rstd: (N, G) outputs (mean of x - shift, biased
- * variance); coef: (N, 4, C), part (N * chunks, 2, C) and scratch
- * (N * chunks, 2, C) work space. */
+ * variance). Work space: part (slots, 2, C), scratch (slots, 2, C) and
+ * coef (slots, 4, C), where slots is `threads` if chunks == 1, else
+ * N * chunks (and coef's N). */
 void nl_slices_forward(const float *x, const float *shift, const float *gamma, const float *beta, float *y,
-                       float *mean, float *var, float *rstd, i64 n, i64 s, i64 c, i64 g, i64 chunks, double epsilon, double *part, float *scratch, float *coef, i64 threads) {
+                       float *mean, float *var, float *rstd, i64 n, i64 s, i64 c, i64 g, i64 chunks, double epsilon,
+                       double *part, float *scratch, float *coef, i64 threads) {
     struct slices a = {.x = x, .shift = shift, .gamma = gamma, .beta = beta, .y = y, .mean = mean, .var = var,
                        .rstd = rstd, .coef = coef, .n = n, .s = s, .c = c, .g = g, .chunks = chunks,
                        .epsilon = epsilon, .part = part, .scratch = scratch};
@@ -204,21 +235,18 @@ void nl_slices_forward(const float *x, const float *shift, const float *gamma, c
 }
 
 /* Backward, with the forward's mean and rstd. dx, dgamma, dbeta may each
- * be NULL (not wanted); coef, part, scratch as in the forward; acc:
+ * be NULL (not wanted); part, scratch and coef as in the forward; acc:
  * (N, 2, C) work space. */
 void nl_slices_backward(const float *dy, const float *x, const float *shift, const float *mean, const float *rstd,
                         const float *gamma, float *dx, float *dgamma, float *dbeta, i64 n, i64 s, i64 c, i64 g,
-                        i64 chunks, double *part, float *scratch, float *coef, double *acc,
-                        i64 threads) {
+                        i64 chunks, double *part, float *scratch, float *coef, float *acc, i64 threads) {
     struct slices a = {.x = x, .dy = dy, .shift = shift, .gamma = gamma, .dx = dx, .mean = (float *)mean,
                        .rstd = (float *)rstd, .coef = coef, .n = n, .s = s, .c = c, .g = g, .chunks = chunks,
                        .part = part, .scratch = scratch, .acc = acc};
-    i64 per = c / g;
-    for (i64 i = 0; i < n; i++)
-        for (i64 j = 0; j < c; j++) coef[i * 4 * c + j] = mean[i * g + j / per];
     if (chunks == 1) {
         parallel_for(fused_backward_task, &a, n, threads);
     } else {
+        for (i64 i = 0; i < n; i++) mean_per_channel(&a, i);
         parallel_for(grad_sums_task, &a, n * chunks, threads);
         combine_chunks(&a);
         for (i64 i = 0; i < n; i++) finish_backward(&a, whole_sample(&a, i));
