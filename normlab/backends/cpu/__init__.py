@@ -7,12 +7,12 @@ are exact at any offset without the centered copy ATen's kernels need
 The C source ships with the package and is compiled on first use by the
 system's C compiler (``$CC``, else ``cc``), for the CPU it runs on
 (``-march=native``), into a cache folder: ``$NORMLAB_CACHE_DIR``, else
-``$XDG_CACHE_HOME/normlab``, else ``~/.cache/normlab`` (one file per
-source, compiler, flags and CPU; a second process finds it there), or,
-where that folder cannot be written, ``normlab-<uid>`` in the temporary
-folder. It takes about a second. The library is plain C with OpenMP
-(sharing PyTorch's runtime and threads, see :data:`FLAGS`), loaded with
-:mod:`ctypes`, which releases the GIL during a call.
+``$XDG_CACHE_HOME/normlab/kernels``, else ``~/.cache/normlab/kernels``
+(one file per source, compiler, flags and CPU; a second process finds it
+there), or, where that folder cannot be written, ``normlab-<uid>`` in the
+temporary folder. It takes about a second. The library is plain C with
+OpenMP (sharing PyTorch's runtime and threads, see :data:`FLAGS`), loaded
+with :mod:`ctypes`, which releases the GIL during a call.
 
 Where there is no compiler, or the build fails, :func:`library` returns
 None (the reason is logged once, on the ``normlab`` logger) and the torch
@@ -72,7 +72,7 @@ def cache_dir() -> Path:
     if os.environ.get("NORMLAB_CACHE_DIR"):
         return Path(os.environ["NORMLAB_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "normlab"
+    return Path(base) / "normlab" / "kernels"
 
 
 def _compiler() -> str | None:
