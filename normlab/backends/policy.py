@@ -55,11 +55,11 @@ or a shift that needs no decision at all.
   ``epsilon`` bounds ``r``. Eager torch has no in-graph branch (a
   ``torch.where`` computes both sides; ``torch.cond`` reads its predicate
   on the host), so every torch kernel works about this shift: normlab's
-  compiled CPU kernels (:mod:`normlab.backends.cpu`: float32, channels-last
-  group/instance/batch norm, layer norm over trailing axes) subtract it as
-  they read the data; ATen's kernels, for everything else, are handed
-  ``x - s`` by one subtraction (fused with the float16/bfloat16 upcast
-  where there is one).
+  compiled CPU kernels (:mod:`normlab.backends.cpu`: float32 group and
+  instance norm, channels-last batch norm, layer norm over trailing axes)
+  subtract it as they read the data; ATen's kernels, for everything else,
+  are handed ``x - s`` by one subtraction (fused with the float16/bfloat16
+  upcast where there is one).
 * Under ``torch.compile`` and export the torch hooks decline: the
   compiler then sees the general path's plain differentiable ops, which
   it fuses itself (measured faster than what it makes of the ATen kernels

@@ -2,13 +2,14 @@
 per-slice subsample mean, so that their result is exact to float rounding
 with no decision on the host.
 
-On the CPU, float32 channels-last group, instance and batch norm and layer
-norm over trailing axes run normlab's compiled kernels
-(:mod:`normlab.backends.torch_cpu`, :mod:`normlab.backends.cpu`), which
-subtract the shift as they read the data: two reads each way, as ATen's
-kernels, and no centered copy. Everything else (float16, bfloat16,
-float64, channels-first data, or no C compiler to build them with) runs
-ATen's kernels on centered data, as follows.
+On the CPU, float32 group and instance norm (channels-last and
+channels-first), channels-last batch norm and layer norm over trailing
+axes run normlab's compiled kernels (:mod:`normlab.backends.torch_cpu`,
+:mod:`normlab.backends.cpu`), which subtract the shift as they read the
+data: two reads each way, as ATen's kernels, and no centered copy.
+Everything else (float16, bfloat16, float64, channels-first batch norm, or
+no C compiler to build them with) runs ATen's kernels on centered data, as
+follows.
 
 ATen on CPU (measured; see ``benchmarks/README.md``):
 
@@ -229,9 +230,9 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     s = x.numel() // (n * c)
     compute = _compute_dtype(x.dtype)
     gamma, beta = _param(gamma, compute), _param(beta, compute)
-    if channels_last and s == 1:  # (N, C): rows of C // groups channels, `groups` per sample
-        rows = x3.view(n * groups, c // groups)
-        out = torch_cpu.rows(rows, _row_shift(rows, compute), gamma, beta, epsilon, groups)
+    if s == 1 or not channels_last:  # rows of a group's C // groups channels of s positions each
+        rows = x3.reshape(n * groups, (c // groups) * s)  # a view: x3 is contiguous, groups are runs
+        out = torch_cpu.rows(rows, _row_shift(rows, compute), gamma, beta, epsilon, groups, s)
         if out is not None:
             return out[0].view(x.shape)
     shift = _group_shift(x3, channels_last, groups, compute)

@@ -1,12 +1,14 @@
 """The torch fast paths on normlab's compiled CPU kernels
-(:mod:`normlab.backends.cpu`): float32 CPU tensors, channels-last group,
-instance and batch norm and layer norm over trailing axes, forward and
-backward in two reads of the data each, with the hook's shift folded into
-the reads (no centered copy; see :mod:`normlab.backends.policy`).
+(:mod:`normlab.backends.cpu`): float32 CPU tensors, group and instance
+norm (channels-last and channels-first), channels-last batch norm and
+layer norm over trailing axes, forward and backward in two reads of the
+data each, with the hook's shift folded into the reads (no centered copy;
+see :mod:`normlab.backends.policy`).
 
 Channels-last group, instance and batch norm run as :class:`Slices`
 (``(N, S, C)``, batch norm as one sample of all positions); layer norm,
-and group norm of ``(N, C)`` data (no positions), as :class:`Rows`.
+group norm of ``(N, C)`` data and channels-first group and instance norm
+as :class:`Rows`.
 :func:`slices` and :func:`rows` return None where the kernels are
 unavailable (no compiler, ``NORMLAB_CPU_KERNELS=0``) or the input is not
 theirs (another dtype or device); the hooks then use ATen's kernels on
@@ -62,14 +64,22 @@ class Slices(NamedTuple):
 
 
 class Rows(NamedTuple):
-    """``x`` as ``(r, w)``: statistics per row; the parameters (``g * w``
-    values) per column of each of ``g`` consecutive rows (layer norm:
-    ``g = 1``; group norm of ``(N, C)`` data: ``N * g`` rows of ``C // g``);
-    the shift is ``(r,)``."""
+    """``x`` as ``(r, w)``: statistics per row, each row ``w // p`` channels
+    of ``p`` consecutive values, the parameters (``g * w // p``) per channel
+    of each of ``g`` consecutive rows: layer norm (``g = p = 1``), group
+    norm of ``(N, C)`` data (``N * g`` rows of ``C // g``, ``p = 1``), group
+    and instance norm of channels-first ``(N, C, S)`` data (``N * g`` rows of
+    ``C // g`` channels, ``p = S``). The shift is ``(r,)``."""
 
     r: int
     w: int
     g: int = 1
+    p: int = 1
+
+    @property
+    def channels(self) -> int:
+        """The parameters' size, ``g * w // p``."""
+        return self.g * self.w // self.p
 
 
 def _served(x) -> bool:
@@ -85,14 +95,16 @@ def slices(x3, shift, gamma, beta, groups, epsilon):
     return KernelNorm.apply(x3, shift.contiguous(), gamma, beta, Slices(n, s, c, groups), epsilon)
 
 
-def rows(x2, shift, gamma, beta, epsilon, groups=1):
+def rows(x2, shift, gamma, beta, epsilon, groups=1, positions=1):
     """``(y2, mean, variance)`` of ``x2`` ``(R, W)`` per row (``mean`` that of
-    ``x2 - shift``, both ``(R,)``), the parameters repeating every ``groups``
-    rows (see :class:`Rows`), or None (not served)."""
+    ``x2 - shift``, both ``(R,)``), rows of channels of ``positions`` values
+    whose parameters repeat every ``groups`` rows (see :class:`Rows`), or
+    None (not served)."""
     if not _served(x2):
         return None
     r, w = x2.shape
-    return KernelNorm.apply(x2, shift.reshape(r).contiguous(), gamma, beta, Rows(r, w, groups), epsilon)
+    layout = Rows(r, w, groups, positions)
+    return KernelNorm.apply(x2, shift.reshape(r).contiguous(), gamma, beta, layout, epsilon)
 
 
 def _ptr(t):
@@ -115,7 +127,7 @@ def _chunks(layout):
 
 
 def _row_chunks(layout):
-    return max(1, min(layout.r, TASKS, MAX_PARTIAL_BYTES // (16 * layout.w * layout.g)))
+    return max(1, min(layout.r, TASKS, MAX_PARTIAL_BYTES // (16 * layout.channels)))
 
 
 def _work_space(x, layout, chunks, threads):
@@ -144,7 +156,7 @@ def _forward(x, shift, gamma, beta, layout, epsilon):
 def _backward(dy, x, shift, mean, rstd, gamma, layout, mask):
     lib, dy, threads = cpu.library(), dy.contiguous(), _threads(x.numel())
     dx = torch.empty_like(x) if mask[0] else None
-    width = layout.c if isinstance(layout, Slices) else layout.w * layout.g
+    width = layout.c if isinstance(layout, Slices) else layout.channels
     dgamma = x.new_empty(width) if mask[1] else None
     dbeta = x.new_empty(width) if mask[2] else None
     args = [_ptr(t) for t in (dy, x, shift, mean, rstd, _flat(gamma), dx, dgamma, dbeta)]
@@ -166,11 +178,13 @@ def _composite(x, shift, gamma, beta, layout, epsilon):
     """The same normalization in plain differentiable ops (double backward)."""
     if isinstance(layout, Slices):
         xc3, groups = x - shift.view(layout.n, 1, layout.c), layout.g
-    else:  # rows of one sample's groups side by side: (r // g, 1, g * w)
-        r, w, groups = layout
-        xc3 = (x - shift.view(r, 1)).reshape(r // groups, 1, groups * w)
+        channels_last = True
+    else:  # a sample's rows side by side, channels-first: (r // g, channels, p)
+        r, _, groups, positions = layout
+        xc3 = (x - shift.view(r, 1)).reshape(r // groups, layout.channels, positions)
+        channels_last = False
     flat = (None if p is None else p.reshape(-1) for p in (gamma, beta))
-    return group_norm_composite(xc3, True, groups, *flat, epsilon).view(x.shape)
+    return group_norm_composite(xc3, channels_last, groups, *flat, epsilon).view(x.shape)
 
 
 class KernelNorm(torch.autograd.Function):

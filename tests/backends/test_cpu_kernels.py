@@ -26,8 +26,8 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the 
 needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler")
 
 #: The float32 cases of test_fast_paths the kernels serve.
-SERVED = ["gn-nhwc", "in-nhwc", "in-nhwc-large", "gn-rank2", "gn-rank5", "ln-last", "ln-last2",
-          "bn-nhwc", "bn-nhwc-c6", "bn-rank2"]
+SERVED = ["gn-nhwc", "gn-nchw", "in-nhwc", "in-nhwc-large", "in-nchw", "gn-rank2", "gn-rank5", "ln-last",
+          "ln-last2", "bn-nhwc", "bn-nhwc-c6", "bn-rank2"]
 
 #: More shapes: a batch of 8 or more runs one task per sample (fused), fewer
 #: samples split each into chunks of positions; odd sizes everywhere.
@@ -40,6 +40,9 @@ EXTRA = {
     "ln-long-rows": ("layer", (3, 5000), [1], None),
     # (N, C) group norm: rows of C // groups channels, the parameters repeating every `groups` rows.
     "gn-features": ("group", (70, 24), 1, 4),
+    # Channels-first: rows of a group's channels, each a run of positions.
+    "gn-cf": ("group", (3, 12, 5, 70), 1, 4),
+    "in-cf": ("group", (9, 6, 301), 1, 6),
 }
 
 
@@ -76,21 +79,21 @@ def test_parity_at_offsets(kernel_calls, case, offset):
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-nhwc", "gn-split", "in-nhwc", "ln-last", "bn-nhwc", "bn-split"])
+@pytest.mark.parametrize("case", ["gn-nhwc", "gn-split", "gn-cf", "in-nhwc", "ln-last", "bn-nhwc", "bn-split"])
 @pytest.mark.parametrize("outlier", [1e3, -1e5])
 def test_parity_with_an_outlier_first(kernel_calls, case, outlier):
     _check(case, "float32", 1e4, outlier=outlier)
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "ln-odd", "bn-split"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-cf", "ln-odd", "bn-split"])
 def test_parity_without_affine(kernel_calls, case):
     _check(case, "float32", 1e4, affine=False)
     assert kernel_calls == ["_forward", "_backward"]
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "ln-odd", "bn-split"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "gn-cf", "ln-odd", "bn-split"])
 @pytest.mark.parametrize("wanted", ["x", "params", "gamma"])
 def test_gradient_subsets(kernel_calls, case, wanted):
     """Only the input's, only the parameters', or only gamma's gradient
@@ -118,7 +121,7 @@ def test_gradient_subsets(kernel_calls, case, wanted):
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "ln-odd", "bn-split"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "gn-cf", "ln-odd", "bn-split"])
 def test_double_backward_matches_the_general_path(kernel_calls, case):
     """A gradient penalty through the kernels' backward (in plain ops), float32."""
     import torch
@@ -143,7 +146,7 @@ def test_double_backward_matches_the_general_path(kernel_calls, case):
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "ln-long-rows", "bn-split"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "in-cf", "ln-long-rows", "bn-split"])
 def test_results_do_not_depend_on_the_thread_count(kernel_calls, case):
     """Bit for bit: the split into tasks is a function of the shape only."""
     import torch
@@ -258,10 +261,11 @@ def test_a_failing_build_says_why(tmp_path, monkeypatch):
 
 @st.composite
 def _kernel_inputs(draw):
-    """A shape and op the kernels serve: channels-last group norm of any
-    group count (instance norm included), batch norm, or layer norm over 1
-    or 2 trailing axes; an offset up to 1e6, a spread from 1e-2 to 1e2."""
-    op = draw(st.sampled_from(["group", "batch", "layer"]))
+    """A shape and op the kernels serve: group norm of any group count
+    (instance norm included) on channels-last or channels-first data,
+    channels-last batch norm, or layer norm over 1 or 2 trailing axes; an
+    offset up to 1e6, a spread from 1e-2 to 1e2."""
+    op = draw(st.sampled_from(["group", "group-cf", "batch", "layer"]))
     n = draw(st.integers(1, 12))
     positions = draw(st.lists(st.integers(1, 9), min_size=0, max_size=2))
     if op == "layer":
@@ -270,7 +274,10 @@ def _kernel_inputs(draw):
     else:
         # Instance norm needs a spatial axis (normlab rejects it on rank 2).
         per, g = draw(st.integers(1 if positions else 2, 5)), draw(st.integers(1, 6))
-        shape, axis = (n, *positions, per * g), 1 + len(positions)
+        if op == "group-cf":
+            op, shape, axis = "group", (n, per * g, *positions), 1
+        else:
+            shape, axis = (n, *positions, per * g), 1 + len(positions)
         groups = g if op == "group" else None
     offset = draw(st.sampled_from([0.0, -3.0, 1e2, 1e4, -1e6]))
     spread = draw(st.sampled_from([1e-2, 1.0, 1e2]))

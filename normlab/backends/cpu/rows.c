@@ -3,17 +3,20 @@
 #include "common.h"
 
 /* ------------------------------------------------------------------------ */
-/* Rows: x (R, W), statistics per row, parameters per column of each of G
- * consecutive rows (layer norm: G = 1; group norm of (N, C) data: rows of
- * C / G channels, G per sample); a task per chunk of rows. */
+/* Rows: x (R, W), statistics per row; each row is W / P channels of P
+ * consecutive values, and the parameters (G * W / P) are per channel of
+ * each of G consecutive rows: layer norm over trailing axes (G = P = 1),
+ * group norm of (N, C) data (rows of C / G channels, G per sample, P = 1),
+ * group and instance norm of channels-first (N, C, S) data (rows of C / G
+ * channels of P = S positions). A task per chunk of rows. */
 
 struct rows {
     const float *x, *dy, *shift, *gamma, *beta; /* shift: (R,); gamma, beta: (G * W,) */
     float *y, *dx, *mean, *var, *rstd;
-    i64 r, w, g, chunks; /* row i takes the parameters' slice (i % g) * W ... */
+    i64 r, w, g, p, chunks; /* row i takes the parameters from (i % g) * W / P */
     double epsilon;
-    double *part;   /* (chunks, 2, G * W): the parameters' gradients */
-    float *scratch; /* (chunks, 2, G * W) */
+    double *part;   /* (chunks, 2, G * W / P): the parameters' gradients */
+    float *scratch; /* (chunks, 2, G * W / P) */
 };
 
 /* Sums over a row of w values of d and d * d, d = x - s (row_moments), or
@@ -67,6 +70,45 @@ static void row_grad_sums(const float *restrict dyr, const float *restrict xr, c
     *t2 = d2;
 }
 
+/* y = ((x - s) - m) * (rs * gamma) + beta over a row of channels of p values each. */
+static void apply_channels(const float *restrict xr, float *restrict yr, float s, float m, float rs,
+                           const float *restrict gm, const float *restrict bt, i64 channels, i64 p) {
+    for (i64 c = 0; c < channels; c++) {
+        float sc = gm ? rs * gm[c] : rs, b = bt ? bt[c] : 0.0f;
+        const float *restrict xc = xr + c * p;
+        float *restrict yc = yr + c * p;
+#pragma omp simd
+        for (i64 j = 0; j < p; j++) yc[j] = ((xc[j] - s) - m) * sc + b;
+    }
+}
+
+/* The backward of a row of channels of p values each: its input gradient
+ * (if dx) and each channel's parameter-gradient sums added to pg, pb. */
+static void backward_channels(const float *restrict dyr, const float *restrict xr, float *restrict dxr,
+                              const float *restrict gm, float s, float m, float rs, i64 channels, i64 p,
+                              double *restrict pg, double *restrict pb) {
+    double t1 = 0.0, t2 = 0.0;
+    for (i64 c = 0; c < channels; c++) {
+        double sa, sb;
+        row_grad_sums(dyr + c * p, xr + c * p, NULL, s, m, p, &sa, &sb);
+        double w = gm ? gm[c] : 1.0;
+        t1 += w * sa;
+        t2 += w * sb;
+        pg[c] += sb * rs;
+        pb[c] += sa;
+    }
+    if (!dxr) return;
+    double count = (double)channels * (double)p;
+    float q = (float)(-(double)rs * rs * rs * t2 / count), rr = (float)(-(double)rs * t1 / count);
+    for (i64 c = 0; c < channels; c++) {
+        float pc = gm ? rs * gm[c] : rs;
+        const float *restrict xc = xr + c * p, *restrict dyc = dyr + c * p;
+        float *restrict dxc = dxr + c * p;
+#pragma omp simd
+        for (i64 j = 0; j < p; j++) dxc[j] = pc * dyc[j] + q * ((xc[j] - s) - m) + rr;
+    }
+}
+
 static void rows_forward_task(const void *p, i64 task) {
     const struct rows *a = p;
     i64 w = a->w, r0 = a->r * task / a->chunks, r1 = a->r * (task + 1) / a->chunks;
@@ -83,9 +125,11 @@ static void rows_forward_task(const void *p, i64 task) {
         a->mean[i] = m;
         a->var[i] = (float)v;
         a->rstd[i] = rsf;
-        i64 at = (i % a->g) * w;
+        i64 at = (i % a->g) * (w / a->p);
         const float *restrict gm = a->gamma ? a->gamma + at : NULL, *restrict bt = a->beta ? a->beta + at : NULL;
-        if (gm && bt)
+        if (a->p > 1)
+            apply_channels(xr, yr, s, m, rsf, gm, bt, w / a->p, a->p);
+        else if (gm && bt)
 #pragma omp simd
             for (i64 j = 0; j < w; j++) yr[j] = ((xr[j] - s) - m) * rsf * gm[j] + bt[j];
         else if (gm)
@@ -102,7 +146,8 @@ static void rows_forward_task(const void *p, i64 task) {
 
 static void rows_backward_task(const void *p, i64 task) {
     const struct rows *a = p;
-    i64 w = a->w, width = a->g * w, r0 = a->r * task / a->chunks, r1 = a->r * (task + 1) / a->chunks;
+    i64 w = a->w, channels = w / a->p, width = a->g * channels;
+    i64 r0 = a->r * task / a->chunks, r1 = a->r * (task + 1) / a->chunks;
     double *restrict pg = a->part + task * 2 * width, *restrict pb = pg + width;
     float *restrict sg = a->scratch + task * 2 * width, *restrict sb = sg + width;
     for (i64 j = 0; j < width; j++) pg[j] = pb[j] = 0.0;
@@ -112,11 +157,14 @@ static void rows_backward_task(const void *p, i64 task) {
         for (i64 i = r; i < e; i++) {
             const float *restrict xr = a->x + i * w;
             const float *restrict dyr = a->dy + i * w;
-            i64 at = (i % a->g) * w;
+            i64 at = (i % a->g) * channels;
             const float *restrict gm = a->gamma ? a->gamma + at : NULL;
             float *restrict fg = sg + at, *restrict fb = sb + at;
             float s = a->shift[i], m = a->mean[i], rs = a->rstd[i];
-            if (a->dx) {
+            if (a->p > 1) {
+                backward_channels(dyr, xr, a->dx ? a->dx + i * w : NULL, gm, s, m, rs, channels, a->p, pg + at,
+                                  pb + at);
+            } else if (a->dx) {
                 double t1, t2;
                 row_grad_sums(dyr, xr, gm, s, m, w, &t1, &t2);
                 float q = (float)(-(double)rs * rs * rs * t2 / (double)w);
@@ -155,20 +203,20 @@ static void rows_backward_task(const void *p, i64 task) {
 }
 
 void nl_rows_forward(const float *x, const float *shift, const float *gamma, const float *beta, float *y, float *mean,
-                     float *var, float *rstd, i64 r, i64 w, i64 g, i64 chunks, double epsilon, i64 threads) {
+                     float *var, float *rstd, i64 r, i64 w, i64 g, i64 p, i64 chunks, double epsilon, i64 threads) {
     struct rows a = {.x = x, .shift = shift, .gamma = gamma, .beta = beta, .y = y, .mean = mean, .var = var,
-                     .rstd = rstd, .r = r, .w = w, .g = g, .chunks = chunks, .epsilon = epsilon};
+                     .rstd = rstd, .r = r, .w = w, .g = g, .p = p, .chunks = chunks, .epsilon = epsilon};
     parallel_for(rows_forward_task, &a, chunks, threads);
 }
 
 void nl_rows_backward(const float *dy, const float *x, const float *shift, const float *mean, const float *rstd,
-                      const float *gamma, float *dx, float *dgamma, float *dbeta, i64 r, i64 w, i64 g, i64 chunks,
-                      double *part, float *scratch, i64 threads) {
+                      const float *gamma, float *dx, float *dgamma, float *dbeta, i64 r, i64 w, i64 g, i64 p,
+                      i64 chunks, double *part, float *scratch, i64 threads) {
     struct rows a = {.x = x, .dy = dy, .shift = shift, .gamma = gamma, .dx = dx, .mean = (float *)mean,
-                     .rstd = (float *)rstd, .r = r, .w = w, .g = g, .chunks = chunks, .part = part,
+                     .rstd = (float *)rstd, .r = r, .w = w, .g = g, .p = p, .chunks = chunks, .part = part,
                      .scratch = scratch};
     parallel_for(rows_backward_task, &a, chunks, threads);
-    i64 width = g * w;
+    i64 width = g * (w / p);
     for (i64 j = 0; j < width; j++) {
         double sg = 0.0, sb = 0.0;
         for (i64 k = 0; k < chunks; k++) {
