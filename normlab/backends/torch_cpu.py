@@ -164,7 +164,7 @@ def _backward(dy, x, shift, mean, rstd, gamma, layout, mask):
         n, s, c, g = layout
         chunks = _chunks(layout)
         part, scratch, coef = _work_space(x, layout, chunks, threads)
-        acc = x.new_empty(n * 2 * c)
+        acc = x.new_empty(n * 2 * c, dtype=torch.float64)
         lib.nl_slices_backward(*args, n, s, c, g, chunks, *map(_ptr, (part, scratch, coef, acc)), threads)
     else:
         chunks = _row_chunks(layout)

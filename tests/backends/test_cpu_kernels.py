@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from normlab import ops as nops
 from normlab.backends import cpu
+from tests.backends._kernel_calls import record_kernel_calls
 from tests.backends.test_fast_paths import CASES, _apply, _check, _inputs
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch hooks call the kernels")
@@ -49,17 +50,7 @@ EXTRA = {
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """The names of the kernel entry points called (``_forward``, ``_backward``)."""
-    from normlab.backends import torch_cpu
-
-    calls = []
-    for name in ("_forward", "_backward"):
-        original = getattr(torch_cpu, name)
-
-        def recording(*args, _original=original, _name=name):
-            calls.append(_name)
-            return _original(*args)
-
-        monkeypatch.setattr(torch_cpu, name, recording)
+    calls = record_kernel_calls(monkeypatch)
     for case, spec in EXTRA.items():
         monkeypatch.setitem(CASES, case, spec)
     return calls

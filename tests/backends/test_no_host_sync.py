@@ -232,18 +232,10 @@ def test_no_host_reads_in_eager_forward_and_backward(case_id, offset, host_reads
     both ways."""
     import torch
 
-    from normlab.backends import torch_cpu
+    from tests.backends._kernel_calls import record_kernel_calls
 
     assert backends.enabled()
-    compiled = []
-    for name in ("_forward", "_backward"):
-        original = getattr(torch_cpu, name)
-
-        def recording(*args, _original=original, _name=name):
-            compiled.append(_name)
-            return _original(*args)
-
-        monkeypatch.setattr(torch_cpu, name, recording)
+    compiled = record_kernel_calls(monkeypatch)
     case = _layers.BY_ID[case_id]
     layer = case.build()
     x = torch.from_numpy(case.inputs(4, offset=offset))

@@ -60,4 +60,18 @@ static inline void parallel_for(task_fn fn, const void *ctx, i64 tasks, i64 thre
     for (i64 t = 0; t < tasks; t++) fn(ctx, t);
 }
 
+/* dgamma and dbeta (either may be NULL) from per-slot partial sums laid
+ * out (slots, 2, width), added in slot order. */
+static inline void parameter_sums(const double *parts, i64 slots, i64 width, float *dgamma, float *dbeta) {
+    for (i64 j = 0; j < width; j++) {
+        double sg = 0.0, sb = 0.0;
+        for (i64 k = 0; k < slots; k++) {
+            sg += parts[k * 2 * width + j];
+            sb += parts[k * 2 * width + width + j];
+        }
+        if (dgamma) dgamma[j] = (float)sg;
+        if (dbeta) dbeta[j] = (float)sb;
+    }
+}
+
 #endif

@@ -216,14 +216,5 @@ void nl_rows_backward(const float *dy, const float *x, const float *shift, const
                      .rstd = (float *)rstd, .r = r, .w = w, .g = g, .p = p, .chunks = chunks, .part = part,
                      .scratch = scratch};
     parallel_for(rows_backward_task, &a, chunks, threads);
-    i64 width = g * (w / p);
-    for (i64 j = 0; j < width; j++) {
-        double sg = 0.0, sb = 0.0;
-        for (i64 k = 0; k < chunks; k++) {
-            sg += part[k * 2 * width + j];
-            sb += part[k * 2 * width + width + j];
-        }
-        if (dgamma) dgamma[j] = (float)sg;
-        if (dbeta) dbeta[j] = (float)sb;
-    }
+    parameter_sums(part, chunks, g * (w / p), dgamma, dbeta);
 }

@@ -21,7 +21,7 @@ struct slices {
     double epsilon;
     double *part;   /* (slots, 2, C): sums per channel */
     float *scratch; /* (slots, 2, C): their float blocks */
-    float *acc;     /* backward: (N, 2, C), each sample's parameter-gradient sums */
+    double *acc;    /* backward: (N, 2, C), each sample's parameter-gradient sums */
 };
 
 /* Work-space slot of the calling thread (fused schedule). */
@@ -131,15 +131,15 @@ static void finish_backward(const struct slices *a, struct range q) {
     double count = (double)a->s * (double)per;
     const double *t1 = sums_of(a, q.n), *t2 = t1 + c;
     float *pp = coef_of(a, q.n) + c, *qq = pp + c, *rr = qq + c;
-    float *dg = a->acc + q.n * 2 * c, *db = dg + c;
+    double *dg = a->acc + q.n * 2 * c, *db = dg + c;
     for (i64 k = 0; k < a->g; k++) {
         double rs = a->rstd[q.n * a->g + k], sa = 0.0, sb = 0.0;
         for (i64 j = k * per; j < (k + 1) * per; j++) {
             double w = a->gamma ? a->gamma[j] : 1.0;
             sa += w * t1[j];
             sb += w * t2[j];
-            dg[j] = (float)(t2[j] * rs);
-            db[j] = (float)t1[j];
+            dg[j] = t2[j] * rs;
+            db[j] = t1[j];
         }
         for (i64 j = k * per; j < (k + 1) * per; j++) {
             pp[j] = (float)(a->gamma ? rs * a->gamma[j] : rs);
@@ -239,7 +239,7 @@ void nl_slices_forward(const float *x, const float *shift, const float *gamma, c
  * (N, 2, C) work space. */
 void nl_slices_backward(const float *dy, const float *x, const float *shift, const float *mean, const float *rstd,
                         const float *gamma, float *dx, float *dgamma, float *dbeta, i64 n, i64 s, i64 c, i64 g,
-                        i64 chunks, double *part, float *scratch, float *coef, float *acc, i64 threads) {
+                        i64 chunks, double *part, float *scratch, float *coef, double *acc, i64 threads) {
     struct slices a = {.x = x, .dy = dy, .shift = shift, .gamma = gamma, .dx = dx, .mean = (float *)mean,
                        .rstd = (float *)rstd, .coef = coef, .n = n, .s = s, .c = c, .g = g, .chunks = chunks,
                        .part = part, .scratch = scratch, .acc = acc};
@@ -252,13 +252,5 @@ void nl_slices_backward(const float *dy, const float *x, const float *shift, con
         for (i64 i = 0; i < n; i++) finish_backward(&a, whole_sample(&a, i));
         if (dx) parallel_for(input_grad_task, &a, n * chunks, threads);
     }
-    for (i64 j = 0; j < c; j++) {
-        double sg = 0.0, sb = 0.0;
-        for (i64 i = 0; i < n; i++) {
-            sg += acc[i * 2 * c + j];
-            sb += acc[i * 2 * c + c + j];
-        }
-        if (dgamma) dgamma[j] = (float)sg;
-        if (dbeta) dbeta[j] = (float)sb;
-    }
+    parameter_sums(acc, n, c, dgamma, dbeta);
 }
