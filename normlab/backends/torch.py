@@ -230,16 +230,15 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     s = x.numel() // (n * c)
     compute = _compute_dtype(x.dtype)
     gamma, beta = _param(gamma, compute), _param(beta, compute)
-    if s == 1 or not channels_last:  # rows of a group's C // groups channels of s positions each
-        rows = x3.reshape(n * groups, (c // groups) * s)  # a view: x3 is contiguous, groups are runs
-        out = torch_cpu.rows(rows, _row_shift(rows, compute), gamma, beta, epsilon, groups, s)
-        if out is not None:
-            return out[0].view(x.shape)
+    if torch_cpu.served(x) and (s == 1 or not channels_last):
+        # Rows of a group's C // groups channels of s positions each (a view: groups are runs).
+        rows = x3.reshape(n * groups, (c // groups) * s)
+        y, _, _ = torch_cpu.rows(rows, _row_shift(rows, compute), gamma, beta, epsilon, groups, s)
+        return y.view(x.shape)
     shift = _group_shift(x3, channels_last, groups, compute)
-    if channels_last and s > 1:
-        out = torch_cpu.slices(x3, shift, gamma, beta, groups, epsilon)
-        if out is not None:
-            return out[0].view(x.shape)
+    if torch_cpu.served(x):
+        y3, _, _ = torch_cpu.slices(x3, shift, gamma, beta, groups, epsilon)
+        return y3.view(x.shape)
     if max(s * (c // groups), n * s) > MAX_REDUCTION:
         return None
     if channels_last:
@@ -268,9 +267,8 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
     rows = x.view(-1, width)
     shift = _row_shift(rows, compute)
     gamma, beta = _param(gamma, compute), _param(beta, compute)
-    out = torch_cpu.rows(rows, shift, gamma, beta, epsilon)
-    if out is not None:
-        return out[0].view(x.shape)
+    if torch_cpu.served(x):
+        return torch_cpu.rows(rows, shift, gamma, beta, epsilon)[0].view(x.shape)
     if max(width, x.numel() // width) > MAX_REDUCTION:
         return None
     y, _, _ = ShiftedNorm.apply(x, shift, gamma, beta, LayerNormKernel(shape, epsilon))
@@ -305,11 +303,9 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
         x3 = x3.view(1, count, c)  # the batch is one slice per channel
     shift = _batch_shift(x3, channels_last, compute)
     gamma, beta = _param(gamma, compute), _param(beta, compute)
-    if channels_last:
-        out = torch_cpu.slices(x3, shift.view(1, c), gamma, beta, c, epsilon)
-        if out is not None:
-            y, mean, variance = out
-            return y.view(x.shape), shift + mean.view(c), variance.view(c)
+    if channels_last and torch_cpu.served(x):
+        y, mean, variance = torch_cpu.slices(x3, shift.view(1, c), gamma, beta, c, epsilon)
+        return y.view(x.shape), shift + mean.view(c), variance.view(c)
     if count < 2 or count > MAX_REDUCTION:
         return None  # ATen's running variance is unbiased (undefined for one value)
     if channels_last and c % CHANNEL_BLOCK:

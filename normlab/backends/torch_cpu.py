@@ -9,11 +9,12 @@ Channels-last group, instance and batch norm run as :class:`Slices`
 (``(N, S, C)``, batch norm as one sample of all positions); layer norm,
 group norm of ``(N, C)`` data and channels-first group and instance norm
 as :class:`Rows`.
-:func:`slices` and :func:`rows` return None where the kernels are
-unavailable (no compiler, ``NORMLAB_CPU_KERNELS=0``) or the input is not
-theirs (another dtype or device); the hooks then use ATen's kernels on
-centered data (:mod:`normlab.backends.torch_autograd`). Eager only, as
-every torch hook: sizes here are ints.
+The hooks ask :func:`served` first: where the kernels are unavailable (no
+compiler, ``NORMLAB_CPU_KERNELS=0``) or the input is not theirs (another
+dtype or device) they use ATen's kernels on centered data
+(:mod:`normlab.backends.torch_autograd`). Eager only, as every torch hook:
+sizes here are ints. Every tensor whose address a kernel takes is held in
+a local variable for the call (an address alone keeps no tensor alive).
 """
 
 from __future__ import annotations
@@ -82,15 +83,14 @@ class Rows(NamedTuple):
         return self.g * self.w // self.p
 
 
-def _served(x) -> bool:
+def served(x) -> bool:
+    """Whether the kernels take ``x``: float32 on the CPU, and built."""
     return x.dtype == torch.float32 and x.device.type == "cpu" and cpu.library() is not None
 
 
 def slices(x3, shift, gamma, beta, groups, epsilon):
     """``(y3, mean, variance)`` of ``x3`` ``(N, S, C)`` (``mean`` that of
-    ``x3 - shift``, both ``(N, groups)``), or None (not served)."""
-    if not _served(x3):
-        return None
+    ``x3 - shift``, both ``(N, groups)``), for ``x3`` :func:`served`."""
     n, s, c = x3.shape
     return KernelNorm.apply(x3, shift.contiguous(), gamma, beta, Slices(n, s, c, groups), epsilon)
 
@@ -98,10 +98,8 @@ def slices(x3, shift, gamma, beta, groups, epsilon):
 def rows(x2, shift, gamma, beta, epsilon, groups=1, positions=1):
     """``(y2, mean, variance)`` of ``x2`` ``(R, W)`` per row (``mean`` that of
     ``x2 - shift``, both ``(R,)``), rows of channels of ``positions`` values
-    whose parameters repeat every ``groups`` rows (see :class:`Rows`), or
-    None (not served)."""
-    if not _served(x2):
-        return None
+    whose parameters repeat every ``groups`` rows (see :class:`Rows`), for
+    ``x2`` :func:`served`."""
     r, w = x2.shape
     layout = Rows(r, w, groups, positions)
     return KernelNorm.apply(x2, shift.reshape(r).contiguous(), gamma, beta, layout, epsilon)
@@ -142,7 +140,8 @@ def _forward(x, shift, gamma, beta, layout, epsilon):
     lib, y, threads = cpu.library(), torch.empty_like(x), _threads(x.numel())
     stats = layout.n * layout.g if isinstance(layout, Slices) else layout.r
     mean, var, rstd = (x.new_empty(stats) for _ in range(3))
-    args = [_ptr(t) for t in (x, shift, _flat(gamma), _flat(beta), y, mean, var, rstd)]
+    gamma, beta = _flat(gamma), _flat(beta)
+    args = [_ptr(t) for t in (x, shift, gamma, beta, y, mean, var, rstd)]
     if isinstance(layout, Slices):
         n, s, c, g = layout
         chunks = _chunks(layout)
@@ -159,7 +158,8 @@ def _backward(dy, x, shift, mean, rstd, gamma, layout, mask):
     width = layout.c if isinstance(layout, Slices) else layout.channels
     dgamma = x.new_empty(width) if mask[1] else None
     dbeta = x.new_empty(width) if mask[2] else None
-    args = [_ptr(t) for t in (dy, x, shift, mean, rstd, _flat(gamma), dx, dgamma, dbeta)]
+    gamma = _flat(gamma)
+    args = [_ptr(t) for t in (dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta)]
     if isinstance(layout, Slices):
         n, s, c, g = layout
         chunks = _chunks(layout)

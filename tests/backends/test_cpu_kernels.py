@@ -322,3 +322,32 @@ def test_a_read_only_cache_folder_falls_back_to_a_private_temporary_one(tmp_path
     built = cpu.build()
     assert built.parent == tmp_path / "tmp" / f"normlab-{os.getuid()}" and built.exists()
     assert cpu.build() == built
+
+
+@needs_compiler
+def test_non_contiguous_parameters(kernel_calls):
+    """A transposed gamma and beta (copied to contiguous memory for the
+    kernel, and kept alive through the call)."""
+    import torch
+
+    from normlab import backends
+
+    rng = np.random.default_rng(3)
+    x = torch.tensor(rng.normal(5.0, 2.0, size=(6, 4, 10)), dtype=torch.float32)
+    gamma = torch.tensor(rng.uniform(0.5, 1.5, size=(10, 4)), dtype=torch.float32).T
+    beta = torch.tensor(rng.normal(size=(10, 4)), dtype=torch.float32).T
+    assert not gamma.is_contiguous()
+    dy = torch.tensor(rng.normal(size=(6, 4, 10)), dtype=torch.float32)
+
+    def run():
+        xs, g, b = (t.clone().requires_grad_(True) for t in (x, gamma, beta))
+        y = nops.layer_norm(xs, [1, 2], gamma=g, beta=b, epsilon=1e-3)
+        y.backward(dy)
+        return [t.detach().numpy() for t in (y, xs.grad, g.grad, b.grad)]
+
+    fast = run()
+    assert kernel_calls == ["_forward", "_backward"]
+    with backends.disabled():
+        general = run()
+    for got, ref in zip(fast, general):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
