@@ -1,14 +1,17 @@
-/* normlab's CPU kernels (common.h: what slices.c and rows.c share): group, instance, layer and batch norm of float32
- * data, forward and backward, each reading its input once for the
- * statistics and once to apply them, with the shift of
- * normlab.backends.policy folded into both reads (no centered copy).
+/* normlab's CPU kernels (common.h: what slices.c and rows.c share): group,
+ * instance, layer and batch norm of float32 data, forward and backward,
+ * each reading its input once for the statistics and once to apply them,
+ * with the shift of normlab.backends.policy folded into both reads (no
+ * centered copy).
  *
  * Layouts (all contiguous, row-major):
- *   nl_slices_*: x is (N, S, C); the statistics are per sample n and group of
- *     C / G consecutive channels, over the S positions (group and instance
- *     norm on channels-last data; batch norm with N = 1 and G = C).
- *   nl_rows_*: x is (R, W); the statistics are per row (layer norm over
- *     trailing axes), the affine parameters per column.
+ *   nl_slices_*: x is (N, S, C); the statistics are per sample n and group
+ *     of C / G consecutive channels, over the S positions (group and
+ *     instance norm on channels-last data; batch norm with N = 1, G = C).
+ *   nl_rows_*: x is (R, W); the statistics are per row, a row being W / P
+ *     channels of P consecutive values whose parameters repeat every G
+ *     rows (layer norm over trailing axes: G = P = 1; group norm of (N, C)
+ *     data; group and instance norm of channels-first data: P = S).
  *
  * Numerics: the residual d = x - shift (shift a per-slice subsample mean,
  * computed by the caller: its offset ratio is bounded, see policy.py) is
@@ -20,13 +23,12 @@
  * x * a + b, which rounds at the scale of the offset.
  *
  * Threads: each call splits its work into tasks run on up to `threads`
- * OpenMP threads. The partial sums of a task go to its own slot of the
- * caller's `part` buffer and are combined in a fixed order, so a result
- * depends on the thread count only through the task split, which the
- * caller fixes.
+ * OpenMP threads. A task's sums are complete within it (in a work-space
+ * slot of its own, or of its thread while it runs) and tasks' sums are
+ * combined in a fixed order, so a result depends on the thread count only
+ * through the task split, which the caller fixes by the shape alone.
  *
- * Every buffer is the caller's; nothing here allocates.
- */
+ * Every buffer is the caller's; nothing here allocates. */
 
 #ifndef NORMLAB_CPU_COMMON_H
 #define NORMLAB_CPU_COMMON_H
