@@ -230,13 +230,14 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     s = x.numel() // (n * c)
     compute = _compute_dtype(x.dtype)
     gamma, beta = _param(gamma, compute), _param(beta, compute)
-    if torch_cpu.served(x) and (s == 1 or not channels_last):
+    compiled = torch_cpu.served(x)
+    if compiled and (s == 1 or not channels_last):
         # Rows of a group's C // groups channels of s positions each (a view: groups are runs).
         rows = x3.reshape(n * groups, (c // groups) * s)
         y, _, _ = torch_cpu.rows(rows, _row_shift(rows, compute), gamma, beta, epsilon, groups, s)
         return y.view(x.shape)
     shift = _group_shift(x3, channels_last, groups, compute)
-    if torch_cpu.served(x):
+    if compiled:
         y3, _, _ = torch_cpu.slices(x3, shift, gamma, beta, groups, epsilon)
         return y3.view(x.shape)
     if max(s * (c // groups), n * s) > MAX_REDUCTION:
