@@ -56,7 +56,7 @@ or a shift that needs no decision at all.
   ``torch.where`` computes both sides; ``torch.cond`` reads its predicate
   on the host), so every torch kernel works about this shift: normlab's
   compiled CPU kernels (:mod:`normlab.backends.cpu`: float32 group and
-  instance norm, channels-last batch norm, layer norm over trailing axes)
+  instance norm, batch norm, layer norm over trailing axes)
   subtract it as they read the data; ATen's kernels, for everything else,
   are handed ``x - s`` by one subtraction (fused with the float16/bfloat16
   upcast where there is one).

@@ -2,13 +2,13 @@
 per-slice subsample mean, so that their result is exact to float rounding
 with no decision on the host.
 
-On the CPU, float32 group and instance norm (channels-last and
-channels-first), channels-last batch norm and layer norm over trailing
-axes run normlab's compiled kernels (:mod:`normlab.backends.torch_cpu`,
+On the CPU, float32 group, instance and batch norm (channels-last and
+channels-first) and layer norm over trailing axes run normlab's compiled
+kernels (:mod:`normlab.backends.torch_cpu`,
 :mod:`normlab.backends.cpu`), which subtract the shift as they read the
 data: two reads each way, as ATen's kernels, and no centered copy.
-Everything else (float16, bfloat16, float64, channels-first batch norm, or
-no C compiler to build them with) runs ATen's kernels on centered data, as
+Everything else (float16, bfloat16, float64, or no C compiler to build
+them with) runs ATen's kernels on centered data, as
 follows.
 
 ATen on CPU (measured; see ``benchmarks/README.md``):
@@ -304,8 +304,11 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
         x3 = x3.view(1, count, c)  # the batch is one slice per channel
     shift = _batch_shift(x3, channels_last, compute)
     gamma, beta = _param(gamma, compute), _param(beta, compute)
-    if channels_last and torch_cpu.served(x):
-        y, mean, variance = torch_cpu.slices(x3, shift.view(1, c), gamma, beta, c, epsilon)
+    if torch_cpu.served(x):
+        if channels_last:
+            y, mean, variance = torch_cpu.slices(x3, shift.view(1, c), gamma, beta, c, epsilon)
+        else:
+            y, mean, variance = torch_cpu.planes(x3, shift, gamma, beta, epsilon)
         return y.view(x.shape), shift + mean.view(c), variance.view(c)
     if count < 2 or count > MAX_REDUCTION:
         return None  # ATen's running variance is unbiased (undefined for one value)

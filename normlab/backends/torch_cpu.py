@@ -1,6 +1,6 @@
 """The torch fast paths on normlab's compiled CPU kernels
 (:mod:`normlab.backends.cpu`): float32 CPU tensors, group and instance
-norm (channels-last and channels-first), channels-last batch norm and
+norm (channels-last and channels-first), batch norm (both layouts) and
 layer norm over trailing axes, forward and backward in two reads of the
 data each, with the hook's shift folded into the reads (no centered copy;
 see :mod:`normlab.backends.policy`).
@@ -8,7 +8,7 @@ see :mod:`normlab.backends.policy`).
 Channels-last group, instance and batch norm run as :class:`Slices`
 (``(N, S, C)``, batch norm as one sample of all positions); layer norm,
 group norm of ``(N, C)`` data and channels-first group and instance norm
-as :class:`Rows`.
+as :class:`Rows`; channels-first batch norm as :class:`Planes`.
 The hooks ask :func:`served` first: where the kernels are unavailable (no
 compiler, ``NORMLAB_CPU_KERNELS=0``) or the input is not theirs (another
 dtype or device) they use ATen's kernels on centered data
@@ -63,6 +63,11 @@ class Slices(NamedTuple):
     c: int
     g: int
 
+    @property
+    def stats(self) -> int:
+        """Statistics (means, variances) the call computes: ``n * g``."""
+        return self.n * self.g
+
 
 class Rows(NamedTuple):
     """``x`` as ``(r, w)``: statistics per row, each row ``w // p`` channels
@@ -81,6 +86,26 @@ class Rows(NamedTuple):
     def channels(self) -> int:
         """The parameters' size, ``g * w // p``."""
         return self.g * self.w // self.p
+
+    @property
+    def stats(self) -> int:
+        """Statistics (means, variances) the call computes: one per row."""
+        return self.r
+
+
+class Planes(NamedTuple):
+    """``x`` as ``(n, c, s)``: statistics per channel over the ``n`` samples
+    and ``s`` positions (batch norm of channels-first data); the shift is
+    ``(c,)``."""
+
+    n: int
+    c: int
+    s: int
+
+    @property
+    def stats(self) -> int:
+        """Statistics (means, variances) the call computes: one per channel."""
+        return self.c
 
 
 def served(x) -> bool:
@@ -105,6 +130,13 @@ def rows(x2, shift, gamma, beta, epsilon, groups=1, positions=1):
     return KernelNorm.apply(x2, shift.reshape(r).contiguous(), gamma, beta, layout, epsilon)
 
 
+def planes(x3, shift, gamma, beta, epsilon):
+    """``(y3, mean, variance)`` of ``x3`` ``(N, C, S)`` per channel (``mean``
+    that of ``x3 - shift``, both ``(C,)``), for ``x3`` :func:`served`."""
+    n, c, s = x3.shape
+    return KernelNorm.apply(x3, shift.reshape(c).contiguous(), gamma, beta, Planes(n, c, s), epsilon)
+
+
 def _ptr(t):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
@@ -124,6 +156,11 @@ def _chunks(layout):
     return max(1, min(-(-TASKS // layout.n), -(-layout.s // MIN_TASK_ROWS)))
 
 
+def _plane_chunks(layout):
+    """Tasks of a :class:`Planes` call: channels split evenly."""
+    return max(1, min(layout.c, TASKS))
+
+
 def _row_chunks(layout):
     return max(1, min(layout.r, TASKS, MAX_PARTIAL_BYTES // (16 * layout.channels)))
 
@@ -138,8 +175,7 @@ def _work_space(x, layout, chunks, threads):
 
 def _forward(x, shift, gamma, beta, layout, epsilon):
     lib, y, threads = cpu.library(), torch.empty_like(x), _threads(x.numel())
-    stats = layout.n * layout.g if isinstance(layout, Slices) else layout.r
-    mean, var, rstd = (x.new_empty(stats) for _ in range(3))
+    mean, var, rstd = (x.new_empty(layout.stats) for _ in range(3))
     gamma, beta = _flat(gamma), _flat(beta)
     args = [_ptr(t) for t in (x, shift, gamma, beta, y, mean, var, rstd)]
     if isinstance(layout, Slices):
@@ -148,6 +184,9 @@ def _forward(x, shift, gamma, beta, layout, epsilon):
         part, scratch, coef = _work_space(x, layout, chunks, threads)
         lib.nl_slices_forward(*args, n, s, c, g, chunks, epsilon, *map(_ptr, (part, scratch, coef)), threads)
         return y, mean.view(n, g), var.view(n, g), rstd.view(n, g)
+    if isinstance(layout, Planes):
+        lib.nl_planes_forward(*args, *layout, _plane_chunks(layout), epsilon, threads)
+        return y, mean, var, rstd
     lib.nl_rows_forward(*args, *layout, _row_chunks(layout), epsilon, threads)
     return y, mean, var, rstd
 
@@ -155,7 +194,7 @@ def _forward(x, shift, gamma, beta, layout, epsilon):
 def _backward(dy, x, shift, mean, rstd, gamma, layout, mask):
     lib, dy, threads = cpu.library(), dy.contiguous(), _threads(x.numel())
     dx = torch.empty_like(x) if mask[0] else None
-    width = layout.c if isinstance(layout, Slices) else layout.channels
+    width = layout.channels if isinstance(layout, Rows) else layout.c
     dgamma = x.new_empty(width) if mask[1] else None
     dbeta = x.new_empty(width) if mask[2] else None
     gamma = _flat(gamma)
@@ -166,6 +205,8 @@ def _backward(dy, x, shift, mean, rstd, gamma, layout, mask):
         part, scratch, coef = _work_space(x, layout, chunks, threads)
         acc = x.new_empty(n * 2 * c, dtype=torch.float64)
         lib.nl_slices_backward(*args, n, s, c, g, chunks, *map(_ptr, (part, scratch, coef, acc)), threads)
+    elif isinstance(layout, Planes):
+        lib.nl_planes_backward(*args, *layout, _plane_chunks(layout), threads)
     else:
         chunks = _row_chunks(layout)
         part = x.new_empty(chunks * 2 * width, dtype=torch.float64)
@@ -179,6 +220,12 @@ def _composite(x, shift, gamma, beta, layout, epsilon):
     if isinstance(layout, Slices):
         xc3, groups = x - shift.view(layout.n, 1, layout.c), layout.g
         channels_last = True
+    elif isinstance(layout, Planes):  # one sample of all positions, channels-last: (1, n * s, c)
+        n, c, s = layout
+        xc3 = (x - shift.view(1, c, 1)).transpose(1, 2).reshape(1, n * s, c)
+        flat = (None if p is None else p.reshape(-1) for p in (gamma, beta))
+        y = group_norm_composite(xc3, True, c, *flat, epsilon)
+        return y.view(n, s, c).transpose(1, 2).reshape(x.shape)
     else:  # a sample's rows side by side, channels-first: (r // g, channels, p)
         r, _, groups, positions = layout
         xc3 = (x - shift.view(r, 1)).reshape(r // groups, layout.channels, positions)
@@ -190,7 +237,7 @@ def _composite(x, shift, gamma, beta, layout, epsilon):
 class KernelNorm(torch.autograd.Function):
     """Normalization by the compiled kernels: ``(y, mean, variance)``, the
     statistics (of ``x - shift``, no gradient) as outputs. ``shift`` is a
-    constant; ``layout`` a :class:`Slices` or :class:`Rows`. Double backward
+    constant; ``layout`` a :class:`Slices`, :class:`Rows` or :class:`Planes`. Double backward
     differentiates the same normalization in plain ops."""
 
     @staticmethod

@@ -28,7 +28,7 @@ needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") i
 
 #: The float32 cases of test_fast_paths the kernels serve.
 SERVED = ["gn-nhwc", "gn-nchw", "in-nhwc", "in-nhwc-large", "in-nchw", "gn-rank2", "gn-rank5", "ln-last",
-          "ln-last2", "bn-nhwc", "bn-nhwc-c6", "bn-rank2"]
+          "ln-last2", "bn-nhwc", "bn-nhwc-c6", "bn-rank2", "bn-nchw"]
 
 #: More shapes: a batch of 8 or more runs one task per sample (fused), fewer
 #: samples split each into chunks of positions; odd sizes everywhere.
@@ -44,6 +44,9 @@ EXTRA = {
     # Channels-first: rows of a group's channels, each a run of positions.
     "gn-cf": ("group", (3, 12, 5, 70), 1, 4),
     "in-cf": ("group", (9, 6, 301), 1, 6),
+    # Channels-first batch norm: per channel, runs of positions across samples.
+    "bn-cf": ("batch", (6, 5, 7, 43), 1, None),
+    "bn-cf-rank3": ("batch", (70, 3, 1), 1, None),
 }
 
 
@@ -70,21 +73,22 @@ def test_parity_at_offsets(kernel_calls, case, offset):
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-nhwc", "gn-split", "gn-cf", "in-nhwc", "ln-last", "bn-nhwc", "bn-split"])
+@pytest.mark.parametrize("case", ["gn-nhwc", "gn-split", "gn-cf", "in-nhwc", "ln-last", "bn-nhwc", "bn-split",
+                                  "bn-cf"])
 @pytest.mark.parametrize("outlier", [1e3, -1e5])
 def test_parity_with_an_outlier_first(kernel_calls, case, outlier):
     _check(case, "float32", 1e4, outlier=outlier)
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-cf", "ln-odd", "bn-split"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-cf", "ln-odd", "bn-split", "bn-cf"])
 def test_parity_without_affine(kernel_calls, case):
     _check(case, "float32", 1e4, affine=False)
     assert kernel_calls == ["_forward", "_backward"]
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "gn-cf", "ln-odd", "bn-split"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "gn-cf", "ln-odd", "bn-split", "bn-cf"])
 @pytest.mark.parametrize("wanted", ["x", "params", "gamma"])
 def test_gradient_subsets(kernel_calls, case, wanted):
     """Only the input's, only the parameters', or only gamma's gradient
@@ -112,7 +116,7 @@ def test_gradient_subsets(kernel_calls, case, wanted):
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "gn-cf", "ln-odd", "bn-split"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "gn-cf", "ln-odd", "bn-split", "bn-cf"])
 def test_double_backward_matches_the_general_path(kernel_calls, case):
     """A gradient penalty through the kernels' backward (in plain ops), float32."""
     import torch
@@ -137,7 +141,8 @@ def test_double_backward_matches_the_general_path(kernel_calls, case):
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "in-cf", "ln-long-rows", "bn-split"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "in-cf", "ln-long-rows", "bn-split",
+                                  "bn-cf"])
 def test_results_do_not_depend_on_the_thread_count(kernel_calls, case):
     """Bit for bit: the split into tasks is a function of the shape only."""
     import torch
@@ -167,7 +172,8 @@ def test_results_do_not_depend_on_the_thread_count(kernel_calls, case):
 
 
 @needs_compiler
-@pytest.mark.parametrize("op, shape, axis", [("batch", (3 * 2**16 + 5, 4), 1), ("layer", (2, 3 * 2**16 + 5), [1])])
+@pytest.mark.parametrize("op, shape, axis", [("batch", (3 * 2**16 + 5, 4), 1), ("batch", (5, 2, 2**16 + 7), 1),
+                                             ("layer", (2, 3 * 2**16 + 5), [1])])
 def test_reductions_beyond_aten_bound(kernel_calls, op, shape, axis):
     """Reductions longer than policy.MAX_REDUCTION (where ATen's sequential
     sums decline) are served, and exact to float rounding: the kernels sum
@@ -254,9 +260,9 @@ def test_a_failing_build_says_why(tmp_path, monkeypatch):
 def _kernel_inputs(draw):
     """A shape and op the kernels serve: group norm of any group count
     (instance norm included) on channels-last or channels-first data,
-    channels-last batch norm, or layer norm over 1 or 2 trailing axes; an
+    batch norm on either layout, or layer norm over 1 or 2 trailing axes; an
     offset up to 1e6, a spread from 1e-2 to 1e2."""
-    op = draw(st.sampled_from(["group", "group-cf", "batch", "layer"]))
+    op = draw(st.sampled_from(["group", "group-cf", "batch", "batch-cf", "layer"]))
     n = draw(st.integers(1, 12))
     positions = draw(st.lists(st.integers(1, 9), min_size=0, max_size=2))
     if op == "layer":
@@ -265,8 +271,8 @@ def _kernel_inputs(draw):
     else:
         # Instance norm needs a spatial axis (normlab rejects it on rank 2).
         per, g = draw(st.integers(1 if positions else 2, 5)), draw(st.integers(1, 6))
-        if op == "group-cf":
-            op, shape, axis = "group", (n, per * g, *positions), 1
+        if op.endswith("-cf"):
+            op, shape, axis = op[:-3], (n, per * g, *positions), 1
         else:
             shape, axis = (n, *positions, per * g), 1 + len(positions)
         groups = g if op == "group" else None

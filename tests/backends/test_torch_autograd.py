@@ -3,7 +3,7 @@
 buffer, recentered in the backward; parameter-only gradients; double
 backward; the closed-form backward of few-channel batch norm. These run
 where normlab's compiled CPU kernels do not (float16, bfloat16, float64,
-channels-first batch norm, or no C compiler): turned off here, so that
+or no C compiler): turned off here, so that
 float32 exercises them too (the compiled kernels: ``test_cpu_kernels.py``)."""
 
 from __future__ import annotations

@@ -64,6 +64,10 @@ _SIGNATURES = {
     "nl_rows_forward": [_PTR] * 8 + [_I64] * 5 + [_F64, _I64],
     # dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta, r, w, g, p, chunks, part, scratch, threads
     "nl_rows_backward": [_PTR] * 9 + [_I64] * 5 + [_PTR] * 2 + [_I64],
+    # x, shift, gamma, beta, y, mean, var, rstd, n, c, s, chunks, eps, threads
+    "nl_planes_forward": [_PTR] * 8 + [_I64] * 4 + [_F64, _I64],
+    # dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta, n, c, s, chunks, threads
+    "nl_planes_backward": [_PTR] * 9 + [_I64] * 5,
 }
 
 

@@ -12,6 +12,8 @@
  *     channels of P consecutive values whose parameters repeat every G
  *     rows (layer norm over trailing axes: G = P = 1; group norm of (N, C)
  *     data; group and instance norm of channels-first data: P = S).
+ *   nl_planes_*: x is (N, C, S); the statistics are per channel, over the
+ *     N samples and S positions (batch norm of channels-first data).
  *
  * Numerics: the residual d = x - shift (shift a per-slice subsample mean,
  * computed by the caller: its offset ratio is bounded, see policy.py) is

@@ -1,4 +1,5 @@
-/* Layer norm over trailing axes (see common.h). */
+/* Rows and planes (see common.h): layer norm over trailing axes, group and
+ * instance norm of channels-first data, batch norm of channels-first data. */
 
 #include "common.h"
 
@@ -217,4 +218,92 @@ void nl_rows_backward(const float *dy, const float *x, const float *shift, const
                      .scratch = scratch};
     parallel_for(rows_backward_task, &a, chunks, threads);
     parameter_sums(part, chunks, g * (w / p), dgamma, dbeta);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Planes: x (N, C, S), statistics per channel over the N samples and S
+ * positions (batch norm of channels-first data): N runs of S values a
+ * channel, each reduced as a row. A task per chunk of channels; a
+ * channel's sums are complete within its task, so no partial sums are
+ * combined across tasks and the result does not depend on the split. */
+
+struct planes {
+    const float *x, *dy, *shift, *gamma, *beta; /* shift, gamma, beta: (C,) */
+    float *y, *dx, *mean, *var, *rstd, *dgamma, *dbeta;
+    i64 n, c, s, chunks;
+    double epsilon;
+};
+
+static void planes_forward_task(const void *p, i64 task) {
+    const struct planes *a = p;
+    i64 n = a->n, c = a->c, s = a->s, c0 = c * task / a->chunks, c1 = c * (task + 1) / a->chunks;
+    double count = (double)n * (double)s;
+    for (i64 ch = c0; ch < c1; ch++) {
+        float sh = a->shift[ch];
+        double t1 = 0.0, t2 = 0.0;
+        for (i64 i = 0; i < n; i++) {
+            double r1, r2;
+            row_moments(a->x + (i * c + ch) * s, sh, s, &r1, &r2);
+            t1 += r1;
+            t2 += r2;
+        }
+        double mu = t1 / count, v = t2 / count - mu * mu;
+        if (v < 0.0) v = 0.0;
+        double rs = 1.0 / sqrt(v + a->epsilon);
+        float m = (float)mu, rsf = (float)rs;
+        a->mean[ch] = m;
+        a->var[ch] = (float)v;
+        a->rstd[ch] = rsf;
+        for (i64 i = 0; i < n; i++) {
+            i64 at = (i * c + ch) * s;
+            apply_channels(a->x + at, a->y + at, sh, m, rsf, a->gamma ? a->gamma + ch : NULL,
+                           a->beta ? a->beta + ch : NULL, 1, s);
+        }
+    }
+}
+
+static void planes_backward_task(const void *p, i64 task) {
+    const struct planes *a = p;
+    i64 n = a->n, c = a->c, s = a->s, c0 = c * task / a->chunks, c1 = c * (task + 1) / a->chunks;
+    double count = (double)n * (double)s;
+    for (i64 ch = c0; ch < c1; ch++) {
+        float sh = a->shift[ch], m = a->mean[ch], rs = a->rstd[ch];
+        double t1 = 0.0, t2 = 0.0; /* sum(dy), sum(dy * (x - shift - mean)) */
+        for (i64 i = 0; i < n; i++) {
+            i64 at = (i * c + ch) * s;
+            double r1, r2;
+            row_grad_sums(a->dy + at, a->x + at, NULL, sh, m, s, &r1, &r2);
+            t1 += r1;
+            t2 += r2;
+        }
+        if (a->dgamma) a->dgamma[ch] = (float)(t2 * rs);
+        if (a->dbeta) a->dbeta[ch] = (float)t1;
+        if (!a->dx) continue;
+        double w = a->gamma ? a->gamma[ch] : 1.0;
+        float pc = (float)(w * rs), q = (float)(-w * rs * rs * rs * t2 / count), rr = (float)(-w * rs * t1 / count);
+        for (i64 i = 0; i < n; i++) {
+            i64 at = (i * c + ch) * s;
+            const float *restrict xc = a->x + at, *restrict dyc = a->dy + at;
+            float *restrict dxc = a->dx + at;
+#pragma omp simd
+            for (i64 j = 0; j < s; j++) dxc[j] = pc * dyc[j] + q * ((xc[j] - sh) - m) + rr;
+        }
+    }
+}
+
+void nl_planes_forward(const float *x, const float *shift, const float *gamma, const float *beta, float *y,
+                       float *mean, float *var, float *rstd, i64 n, i64 c, i64 s, i64 chunks, double epsilon,
+                       i64 threads) {
+    struct planes a = {.x = x, .shift = shift, .gamma = gamma, .beta = beta, .y = y, .mean = mean, .var = var,
+                       .rstd = rstd, .n = n, .c = c, .s = s, .chunks = chunks, .epsilon = epsilon};
+    parallel_for(planes_forward_task, &a, chunks, threads);
+}
+
+void nl_planes_backward(const float *dy, const float *x, const float *shift, const float *mean, const float *rstd,
+                        const float *gamma, float *dx, float *dgamma, float *dbeta, i64 n, i64 c, i64 s, i64 chunks,
+                        i64 threads) {
+    struct planes a = {.x = x, .dy = dy, .shift = shift, .gamma = gamma, .dx = dx, .mean = (float *)mean,
+                       .rstd = (float *)rstd, .dgamma = dgamma, .dbeta = dbeta, .n = n, .c = c, .s = s,
+                       .chunks = chunks};
+    parallel_for(planes_backward_task, &a, chunks, threads);
 }
