@@ -49,6 +49,7 @@ CASES = [
     ("group", (4, 16, 16, 64), 8),  # resident at its largest slab (16384 elements, 16 warps)
     ("group", (2, 7, 7, 4096), 1),  # the widest group (4096 channels): chunked, one row a tile
     ("layer", (8192, 4096), None),
+    ("layer", (64, 8192), None),  # 16 warps from 8192 lanes on
     ("layer", (64, 16384), None),  # the widest row
     ("layer", (4096, 96), None),  # many rows a program
     ("rms", (8192, 4096), None),
