@@ -64,6 +64,20 @@ static inline void parallel_for(task_fn fn, const void *ctx, i64 tasks, i64 thre
     for (i64 t = 0; t < tasks; t++) fn(ctx, t);
 }
 
+/* A slice's statistics from its sums t1 = sum(d), t2 = sum(d * d) over
+ * count values (d = x - shift): its mean (of d), variance (clamped at 0)
+ * and rstd, stored at index i; returns rstd in double. */
+static inline double store_stats(double t1, double t2, double count, double epsilon, float *mean, float *var,
+                                 float *rstd, i64 i) {
+    double mu = t1 / count, v = t2 / count - mu * mu;
+    if (v < 0.0) v = 0.0;
+    double rs = 1.0 / sqrt(v + epsilon);
+    mean[i] = (float)mu;
+    var[i] = (float)v;
+    rstd[i] = (float)rs;
+    return rs;
+}
+
 /* dgamma and dbeta (either may be NULL) from per-slot partial sums laid
  * out (slots, 2, width), added in slot order. */
 static inline void parameter_sums(const double *parts, i64 slots, i64 width, float *dgamma, float *dbeta) {

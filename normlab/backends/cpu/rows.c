@@ -119,13 +119,8 @@ static void rows_forward_task(const void *p, i64 task) {
         float s = a->shift[i];
         double t1, t2;
         row_moments(xr, s, w, &t1, &t2);
-        double mu = t1 / (double)w, v = t2 / (double)w - mu * mu;
-        if (v < 0.0) v = 0.0;
-        double rs = 1.0 / sqrt(v + a->epsilon);
-        float m = (float)mu, rsf = (float)rs;
-        a->mean[i] = m;
-        a->var[i] = (float)v;
-        a->rstd[i] = rsf;
+        store_stats(t1, t2, (double)w, a->epsilon, a->mean, a->var, a->rstd, i);
+        float m = a->mean[i], rsf = a->rstd[i];
         i64 at = (i % a->g) * (w / a->p);
         const float *restrict gm = a->gamma ? a->gamma + at : NULL, *restrict bt = a->beta ? a->beta + at : NULL;
         if (a->p > 1)
@@ -247,13 +242,8 @@ static void planes_forward_task(const void *p, i64 task) {
             t1 += r1;
             t2 += r2;
         }
-        double mu = t1 / count, v = t2 / count - mu * mu;
-        if (v < 0.0) v = 0.0;
-        double rs = 1.0 / sqrt(v + a->epsilon);
-        float m = (float)mu, rsf = (float)rs;
-        a->mean[ch] = m;
-        a->var[ch] = (float)v;
-        a->rstd[ch] = rsf;
+        store_stats(t1, t2, count, a->epsilon, a->mean, a->var, a->rstd, ch);
+        float m = a->mean[ch], rsf = a->rstd[ch];
         for (i64 i = 0; i < n; i++) {
             i64 at = (i * c + ch) * s;
             apply_channels(a->x + at, a->y + at, sh, m, rsf, a->gamma ? a->gamma + ch : NULL,

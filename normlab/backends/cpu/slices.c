@@ -109,15 +109,10 @@ static void finish_forward(const struct slices *a, struct range q) {
             s1 += t1[j];
             s2 += t2[j];
         }
-        double mu = s1 / count, v = s2 / count - mu * mu;
-        if (v < 0.0) v = 0.0;
-        double rs = 1.0 / sqrt(v + a->epsilon);
         i64 at = q.n * a->g + k;
-        a->mean[at] = (float)mu;
-        a->var[at] = (float)v;
-        a->rstd[at] = (float)rs;
+        double rs = store_stats(s1, s2, count, a->epsilon, a->mean, a->var, a->rstd, at);
         for (i64 j = k * per; j < (k + 1) * per; j++) {
-            m[j] = (float)mu;
+            m[j] = a->mean[at];
             sc[j] = (float)(a->gamma ? rs * a->gamma[j] : rs);
             b[j] = a->beta ? a->beta[j] : 0.0f;
         }
