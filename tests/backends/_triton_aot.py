@@ -104,17 +104,18 @@ class _Recorder:
         return launch
 
 
-def kernels() -> dict[str, object]:
+def kernels() -> dict[str, tuple[object, object]]:
     """The kernels the hooks launch: the public ``@triton.jit`` functions of
-    the kernel modules, by name."""
+    the kernel modules, by name, with their module."""
     from normlab.backends.triton import group_kernels, row_kernels
 
-    found = {}
+    found: dict[str, tuple[object, object]] = {}
     for module in (group_kernels, row_kernels):
         for name in dir(module):
             fn = getattr(module, name)
             if type(fn).__name__ == "JITFunction" and fn.__module__ == module.__name__ and not name.startswith("_"):
-                found[name] = fn
+                assert name not in found, f"two kernels named {name}"
+                found[name] = (module, fn)
     return found
 
 
@@ -122,12 +123,11 @@ def launches(cases=CASES, dtypes=DTYPES) -> list[Launch]:
     """Every distinct launch of the hooks' forward and backward for ``cases``
     in ``dtypes``, with and without the affine parameters and the input
     gradient (each a different compiled kernel)."""
-    from normlab.backends.triton import channels_last, group_kernels, row_kernels, row_norm
+    from normlab.backends.triton import channels_last, row_norm
 
     recorded: list[Launch] = []
     with ExitStack() as stack:
-        for name, fn in kernels().items():
-            module = group_kernels if hasattr(group_kernels, name) else row_kernels
+        for name, (module, fn) in kernels().items():
             stack.enter_context(mock.patch.object(module, name, _Recorder(name, fn.arg_names, recorded)))
         for i, (kind, shape, groups) in enumerate(cases):
             for dtype in dtypes + (("float16",) if i == 0 else ()):
@@ -163,7 +163,7 @@ def compile_launch(launch: Launch, arch: int) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = kernels()[launch.kernel]
+    _, fn = kernels()[launch.kernel]
     names = [n for n, _ in launch.signature]
     constants = dict(launch.constants)
     constexprs = {(names.index(n),): v for n, v in constants.items()}
