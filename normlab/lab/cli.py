@@ -29,7 +29,7 @@ import re
 import sys
 
 from normlab._backend import PREFERENCE
-from normlab.lab import commands
+from normlab.lab import commands, interrupt
 from normlab.lab import presets as P
 from normlab.lab.commands import make_executor, make_experiment, say  # noqa: F401 - API
 from normlab.lab.errors import LabError
@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:  # --help (0) or a usage error (2), already printed
             return int(exc.code or 0)
         args.argv = argv
-        return commands.dispatch(args)
+        with interrupt.handling():
+            return commands.dispatch(args)
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr, flush=True)
         if argv is None:  # the program: leave now, before a backend's threads crash the shutdown

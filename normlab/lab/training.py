@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from normlab.lab import store
+from normlab.lab import interrupt, store
 from normlab.lab.experiments import TRAINING_REVISION, RunConfig
 
 
@@ -78,11 +78,12 @@ def run_one(config: RunConfig, run_dir: Path, dataset, *, on_step=None, on_total
         del twin
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    callbacks = [_step_callback(on_step)] if on_step else []
+    callbacks = [_interrupt_callback()] + ([_step_callback(on_step)] if on_step else [])
     order_rng = np.random.default_rng(config.seed)
 
     steps, epoch, fit_times, lines = 0, 0, [], []
     while steps < total_steps:
+        interrupt.check()
         epoch += 1
         order = order_rng.permutation(len(y_train))
         order = order[: (total_steps - steps) * config.batch_size]
@@ -93,7 +94,7 @@ def run_one(config: RunConfig, run_dir: Path, dataset, *, on_step=None, on_total
         steps += math.ceil(len(order) / config.batch_size)
         t0 = time.perf_counter()
         test = model.evaluate(x_test, y_test, batch_size=config.eval_batch_size, verbose=0,
-                              return_dict=True)
+                              return_dict=True, callbacks=callbacks[:1])
         lines.append(dict(epoch=epoch, steps=steps, examples=int(len(order)),
                           train_loss=float(history["loss"][-1]),
                           train_accuracy=float(history["accuracy"][-1]),
@@ -181,6 +182,21 @@ def _train_mode_class():
             return self.inner(inputs, training=True)
 
     return TrainModeModel
+
+
+def _interrupt_callback():
+    """Raises a Ctrl-C that got lost (:mod:`normlab.lab.interrupt`) after the
+    batch it arrived in. On the main thread: not ``async_safe``."""
+    import keras
+
+    class InterruptCallback(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            interrupt.check()
+
+        def on_test_batch_end(self, batch, logs=None):
+            interrupt.check()
+
+    return InterruptCallback()
 
 
 def _step_callback(on_step):
