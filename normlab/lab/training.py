@@ -78,7 +78,8 @@ def run_one(config: RunConfig, run_dir: Path, dataset, *, on_step=None, on_total
         del twin
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    callbacks = [_interrupt_callback()] + ([_step_callback(on_step)] if on_step else [])
+    interrupt_check = _interrupt_callback()
+    callbacks = [interrupt_check] + ([_step_callback(on_step)] if on_step else [])
     order_rng = np.random.default_rng(config.seed)
 
     steps, epoch, fit_times, lines = 0, 0, [], []
@@ -94,7 +95,7 @@ def run_one(config: RunConfig, run_dir: Path, dataset, *, on_step=None, on_total
         steps += math.ceil(len(order) / config.batch_size)
         t0 = time.perf_counter()
         test = model.evaluate(x_test, y_test, batch_size=config.eval_batch_size, verbose=0,
-                              return_dict=True, callbacks=callbacks[:1])
+                              return_dict=True, callbacks=[interrupt_check])
         lines.append(dict(epoch=epoch, steps=steps, examples=int(len(order)),
                           train_loss=float(history["loss"][-1]),
                           train_accuracy=float(history["accuracy"][-1]),
