@@ -2,14 +2,14 @@
 per-slice subsample mean, so that their result is exact to float rounding
 with no decision on the host.
 
-On the CPU, float32 group, instance and batch norm (channels-last and
-channels-first) and layer norm over trailing axes run normlab's compiled
-kernels (:mod:`normlab.backends.torch_cpu`,
+On the CPU, float32, bfloat16 and float16 group, instance and batch norm
+(channels-last and channels-first) and layer norm over trailing axes run
+normlab's compiled kernels (:mod:`normlab.backends.torch_cpu`,
 :mod:`normlab.backends.cpu`), which subtract the shift as they read the
-data: two reads each way, as ATen's kernels, and no centered copy.
-Everything else (float16, bfloat16, float64, or no C compiler to build
-them with) runs ATen's kernels on centered data, as
-follows.
+data: two reads each way, as ATen's kernels, and no centered copy (half
+precision is widened to float32 as it is read). Everything else (float64,
+or no C compiler to build them with) runs ATen's kernels on centered data,
+as follows.
 
 ATen on CPU (measured; see ``benchmarks/README.md``):
 

@@ -1,5 +1,6 @@
 """The torch fast paths on normlab's compiled CPU kernels
-(:mod:`normlab.backends.cpu`): float32 CPU tensors, group and instance
+(:mod:`normlab.backends.cpu`): float32, bfloat16 and float16 CPU tensors
+(statistics, parameters and their gradients in float32), group and instance
 norm (channels-last and channels-first), batch norm (both layouts) and
 layer norm over trailing axes, forward and backward in two reads of the
 data each, with the hook's shift folded into the reads (no centered copy;
@@ -10,8 +11,8 @@ Channels-last group, instance and batch norm run as :class:`Slices`
 group norm of ``(N, C)`` data and channels-first group and instance norm
 as :class:`Rows`; channels-first batch norm as :class:`Planes`.
 The hooks ask :func:`served` first: where the kernels are unavailable (no
-compiler, ``NORMLAB_CPU_KERNELS=0``) or the input is not theirs (another
-dtype or device) they use ATen's kernels on centered data
+compiler, ``NORMLAB_CPU_KERNELS=0``) or the input is not theirs (float64,
+another device) they use ATen's kernels on centered data
 (:mod:`normlab.backends.torch_autograd`). Eager only, as every torch hook:
 sizes here are ints. Every tensor whose address a kernel takes is held in
 a local variable for the call (an address alone keeps no tensor alive).
@@ -108,9 +109,19 @@ class Planes(NamedTuple):
         return self.c
 
 
+#: The kernels' element types: torch dtype -> suffix of the entry points.
+SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
 def served(x) -> bool:
-    """Whether the kernels take ``x``: float32 on the CPU, and built."""
-    return x.dtype == torch.float32 and x.device.type == "cpu" and cpu.library() is not None
+    """Whether the kernels take ``x``: float32, bfloat16 or float16 on the
+    CPU, and built."""
+    suffix = SUFFIX.get(x.dtype)
+    return suffix is not None and x.device.type == "cpu" and cpu.entry("nl_rows_forward", suffix) is not None
+
+
+def _entry(name, x):
+    return cpu.entry(name, SUFFIX[x.dtype])
 
 
 def slices(x3, shift, gamma, beta, groups, epsilon):
@@ -170,48 +181,55 @@ def _work_space(x, layout, chunks, threads):
     each sample is one task (``chunks == 1``), else per task and sample."""
     n, _, c, _ = layout
     slots, coefs = (threads, threads) if chunks == 1 else (n * chunks, n)
-    return x.new_empty(slots * 2 * c, dtype=torch.float64), x.new_empty(slots * 2 * c), x.new_empty(coefs * 4 * c)
+    return _f64(x, slots * 2 * c), _f32(x, slots * 2 * c), _f32(x, coefs * 4 * c)
+
+
+def _f32(x, size):
+    return x.new_empty(size, dtype=torch.float32)
+
+
+def _f64(x, size):
+    return x.new_empty(size, dtype=torch.float64)
 
 
 def _forward(x, shift, gamma, beta, layout, epsilon):
-    lib, y, threads = cpu.library(), torch.empty_like(x), _threads(x.numel())
-    mean, var, rstd = (x.new_empty(layout.stats) for _ in range(3))
+    y, threads = torch.empty_like(x), _threads(x.numel())
+    mean, var, rstd = (_f32(x, layout.stats) for _ in range(3))
     gamma, beta = _flat(gamma), _flat(beta)
     args = [_ptr(t) for t in (x, shift, gamma, beta, y, mean, var, rstd)]
     if isinstance(layout, Slices):
         n, s, c, g = layout
         chunks = _chunks(layout)
         part, scratch, coef = _work_space(x, layout, chunks, threads)
-        lib.nl_slices_forward(*args, n, s, c, g, chunks, epsilon, *map(_ptr, (part, scratch, coef)), threads)
+        _entry("nl_slices_forward", x)(*args, n, s, c, g, chunks, epsilon, *map(_ptr, (part, scratch, coef)), threads)
         return y, mean.view(n, g), var.view(n, g), rstd.view(n, g)
     if isinstance(layout, Planes):
-        lib.nl_planes_forward(*args, *layout, _plane_chunks(layout), epsilon, threads)
+        _entry("nl_planes_forward", x)(*args, *layout, _plane_chunks(layout), epsilon, threads)
         return y, mean, var, rstd
-    lib.nl_rows_forward(*args, *layout, _row_chunks(layout), epsilon, threads)
+    _entry("nl_rows_forward", x)(*args, *layout, _row_chunks(layout), epsilon, threads)
     return y, mean, var, rstd
 
 
 def _backward(dy, x, shift, mean, rstd, gamma, layout, mask):
-    lib, dy, threads = cpu.library(), dy.contiguous(), _threads(x.numel())
+    dy, threads = dy.to(x.dtype).contiguous(), _threads(x.numel())
     dx = torch.empty_like(x) if mask[0] else None
     width = layout.channels if isinstance(layout, Rows) else layout.c
-    dgamma = x.new_empty(width) if mask[1] else None
-    dbeta = x.new_empty(width) if mask[2] else None
+    dgamma = _f32(x, width) if mask[1] else None
+    dbeta = _f32(x, width) if mask[2] else None
     gamma = _flat(gamma)
     args = [_ptr(t) for t in (dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta)]
     if isinstance(layout, Slices):
         n, s, c, g = layout
         chunks = _chunks(layout)
         part, scratch, coef = _work_space(x, layout, chunks, threads)
-        acc = x.new_empty(n * 2 * c, dtype=torch.float64)
-        lib.nl_slices_backward(*args, n, s, c, g, chunks, *map(_ptr, (part, scratch, coef, acc)), threads)
+        acc = _f64(x, n * 2 * c)
+        _entry("nl_slices_backward", x)(*args, n, s, c, g, chunks, *map(_ptr, (part, scratch, coef, acc)), threads)
     elif isinstance(layout, Planes):
-        lib.nl_planes_backward(*args, *layout, _plane_chunks(layout), threads)
+        _entry("nl_planes_backward", x)(*args, *layout, _plane_chunks(layout), threads)
     else:
         chunks = _row_chunks(layout)
-        part = x.new_empty(chunks * 2 * width, dtype=torch.float64)
-        scratch = x.new_empty(chunks * 2 * width)
-        lib.nl_rows_backward(*args, *layout, chunks, _ptr(part), _ptr(scratch), threads)
+        part, scratch = _f64(x, chunks * 2 * width), _f32(x, chunks * 2 * width)
+        _entry("nl_rows_backward", x)(*args, *layout, chunks, _ptr(part), _ptr(scratch), threads)
     return dx, dgamma, dbeta
 
 
@@ -253,8 +271,8 @@ class KernelNorm(torch.autograd.Function):
         x, shift, gamma, beta, mean, rstd = ctx.saved_tensors
         layout, epsilon = ctx.layout, ctx.epsilon
         if torch.is_grad_enabled():  # double backward
-            def composite(x, g, b):
-                return _composite(x, shift, g, b, layout, epsilon)
+            def composite(x, g, b):  # in float32, rounded to x's dtype as the kernels' output
+                return _composite(x, shift, g, b, layout, epsilon).to(x.dtype)
 
             return (*_composite_vjp(ctx, dy, composite, x, gamma, beta), None, None)
         mask = [ctx.needs_input_grad[0], *_grad_mask(ctx, gamma, beta)[1:]]

@@ -73,6 +73,80 @@ def test_parity_at_offsets(kernel_calls, case, offset):
 
 
 @needs_compiler
+@pytest.mark.parametrize("case", SERVED + sorted(EXTRA))
+@pytest.mark.parametrize("dtype, offset", [("bfloat16", 0.0), ("bfloat16", 1e4), ("float16", 0.0),
+                                           ("float16", 500.0)])
+def test_half_precision_parity(kernel_calls, case, dtype, offset):
+    """bfloat16 and float16 data: the kernels serve them (float32
+    statistics), as close to the float64 closed form as the general path."""
+    _check(case, dtype, offset)
+    assert kernel_calls == ["_forward", "_backward"], kernel_calls
+
+
+def _finite_halves(dtype):
+    """Every finite non-negative value of ``dtype`` (bfloat16: those whose
+    square is a normal float32), as float32."""
+    import torch
+
+    values = torch.arange(0, 2**15, dtype=torch.int32).to(torch.int16).view(dtype).float()
+    keep = torch.isfinite(values)
+    if dtype == torch.bfloat16:
+        keep &= (values == 0) | ((values > 1e-18) & (values < 1e18))
+    return values[keep]
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_reads_are_exact(dtype):
+    """Every finite float16 (and bfloat16 in range), subnormals included,
+    is read as its exact float32 value: rows ``[v, -v]`` have mean 0 and
+    variance ``v * v``, exact in float32 and summed exactly."""
+    import torch
+
+    from normlab.backends import torch_cpu
+
+    half = getattr(torch, dtype)
+    v = _finite_halves(half)
+    x = torch.stack([v, -v], dim=1).to(half)
+    _, mean, var = torch_cpu.rows(x, torch.zeros(v.numel()), None, None, 0.0)
+    assert bool((mean == 0).all())
+    wrong = var != v * v
+    assert not bool(wrong.any()), f"{int(wrong.sum())} values read wrong, first {v[wrong][:5].tolist()}"
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("layout", ["rows", "slices"])
+def test_half_precision_writes_round_as_torch(dtype, layout):
+    """Outputs are rounded to nearest even exactly as ``Tensor.to`` rounds:
+    with gamma 0 the output is beta, here float32 values of every
+    magnitude (random bits, ties, float16's overflow threshold and
+    subnormals, infinities, NaN; not -0.0, which the sum ``0 * d + beta``
+    turns into +0.0 where ``d`` is positive)."""
+    import torch
+
+    from normlab.backends import torch_cpu
+
+    half = getattr(torch, dtype)
+    rng = np.random.default_rng(11)
+    bits = rng.integers(0, 2**32, size=1 << 16, dtype=np.uint64).astype(np.uint32)
+    special = np.array([65504, 65519.99, 65520, 2.0**-25, 2.0**-24 * 1.5, 1 + 2.0**-11, 1 + 3 * 2.0**-11,
+                        1 + 2.0**-8, 1 + 3 * 2.0**-8, np.inf, -np.inf, np.nan, 0.0], np.float32)
+    beta = torch.from_numpy(np.concatenate([bits.view(np.float32), special]))
+    width = beta.numel()
+    x = torch.tensor(rng.normal(size=(2, 3, width)), dtype=half)
+    gamma = torch.zeros(width)
+    if layout == "rows":
+        y, _, _ = torch_cpu.rows(x.reshape(6, width), torch.zeros(6), gamma, beta, 1e-3)
+    else:
+        y, _, _ = torch_cpu.slices(x, torch.zeros(2, width), gamma, beta, 1, 1e-3)
+    expected = beta.to(half).expand(y.reshape(-1, width).shape)
+    y = y.reshape(-1, width)
+    same = (y.view(torch.int16) == expected.view(torch.int16)) | (torch.isnan(y) & torch.isnan(expected))
+    assert bool(same.all()), f"{int((~same).sum())} rounded differently, e.g. {beta[(~same).any(0)][:5].tolist()}"
+
+
+@needs_compiler
 @pytest.mark.parametrize("case", ["gn-nhwc", "gn-split", "gn-cf", "in-nhwc", "ln-last", "bn-nhwc", "bn-split",
                                   "bn-cf"])
 @pytest.mark.parametrize("outlier", [1e3, -1e5])

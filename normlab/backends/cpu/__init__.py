@@ -1,12 +1,14 @@
 """normlab's compiled CPU kernels (``slices.c``, ``rows.c``, ``common.h``):
-group, instance, layer and batch norm of float32 data, forward and
-backward, with the fast paths' shift folded into their reads, so that they
-are exact at any offset without the centered copy ATen's kernels need
+group, instance, layer and batch norm of float32, bfloat16 and float16
+data (statistics and arithmetic in float32), forward and backward, with
+the fast paths' shift folded into their reads, so that they are exact at
+any offset without the centered copy ATen's kernels need
 (:mod:`normlab.backends.torch`).
 
 The C source ships with the package and is compiled on first use by the
-system's C compiler (``$CC``, else ``cc``), for the CPU it runs on
-(``-march=native``), into a cache folder: ``$NORMLAB_CACHE_DIR``, else
+system's C compiler (``$CC``, else ``cc``), once per element type
+(:data:`DTYPES`), for the CPU it runs on (``-march=native``), into a cache
+folder: ``$NORMLAB_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/normlab/kernels``, else ``~/.cache/normlab/kernels``
 (one file per source, compiler, flags and CPU; a second process finds it
 there), or, where that folder cannot be written, ``normlab-<uid>`` in the
@@ -33,7 +35,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["SOURCES", "available", "build", "cache_dir", "library"]
+__all__ = ["DTYPES", "SOURCES", "available", "build", "cache_dir", "entry", "library"]
 
 _HERE = Path(__file__).parent
 
@@ -48,7 +50,11 @@ HEADER = _HERE / "common.h"
 #: has loaded already: its waiting worker threads run the kernels' tasks
 #: (new threads would compete with them for the cores: measured 2x slower
 #: on 2 cores after any parallel ATen op).
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-fno-math-errno")
+
+#: Element types the sources are compiled for: suffix of the entry points
+#: (``nl_rows_forward_bf16``) -> ``NL_DTYPE`` (see ``common.h``).
+DTYPES = {"f32": 0, "bf16": 1, "f16": 2}
 
 _log = logging.getLogger("normlab")
 _lock = threading.Lock()
@@ -98,7 +104,7 @@ def _target(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     texts = [p.read_text() for p in (*SOURCES, HEADER)]
     key = hashlib.sha256(
-        b"\0".join(s.encode() for s in (*texts, cc, version, " ".join(FLAGS), _cpu_signature()))
+        b"\0".join(s.encode() for s in (*texts, cc, version, " ".join(FLAGS), repr(DTYPES), _cpu_signature()))
     ).hexdigest()[:16]
     return cache_dir() / f"norm-{key}.so"
 
@@ -124,15 +130,35 @@ def build() -> Path:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([cc, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True, text=True,
-                              timeout=300)
-        if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed to compile normlab's CPU kernels:\n{done.stderr.strip()}")
+        with tempfile.TemporaryDirectory(dir=target.parent) as objects:
+            _compile(cc, objects, tmp)
         os.replace(tmp, target)  # atomic: a concurrent build writes the same bytes
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def _compile(cc: str, objects: str, out: str) -> None:
+    """Compiles each source once per element type (concurrently) into
+    ``objects``, then links them into ``out``."""
+    units = [(src, suffix, os.path.join(objects, f"{src.stem}_{suffix}.o"))
+             for src in SOURCES for suffix in DTYPES]
+    jobs = [subprocess.Popen([cc, *FLAGS, f"-DNL_DTYPE={DTYPES[suffix]}", "-c", str(src), "-o", obj],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for src, suffix, obj in units]
+    errors = []
+    for job in jobs:
+        _, err = job.communicate(timeout=300)
+        if job.returncode != 0:
+            errors.append(err.strip())
+    if not errors:
+        done = subprocess.run([cc, *FLAGS, "-shared", "-o", out, *(obj for *_, obj in units), "-lm"],
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            errors.append(done.stderr.strip())
+    if errors:
+        raise RuntimeError(f"{cc} failed to compile normlab's CPU kernels:\n" + "\n".join(errors))
 
 
 def _load() -> ctypes.CDLL | None:
@@ -142,8 +168,10 @@ def _load() -> ctypes.CDLL | None:
         _log.warning("normlab: CPU kernels unavailable, using ATen's on centered data (%s)", error)
         return None
     for name, argtypes in _SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, None
+        for suffix in DTYPES:
+            fn = getattr(lib, f"{name}_{suffix}", None)
+            if fn is not None:
+                fn.argtypes, fn.restype = argtypes, None
     return lib
 
 
@@ -162,3 +190,11 @@ def library() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether :func:`library` has the kernels (building them if needed)."""
     return library() is not None
+
+
+def entry(name: str, suffix: str):
+    """The entry point ``name`` (``"nl_rows_forward"``, ...) for the element
+    type ``suffix`` (a key of :data:`DTYPES`), or None where the kernels are
+    unavailable."""
+    lib = library()
+    return None if lib is None else getattr(lib, f"{name}_{suffix}", None)

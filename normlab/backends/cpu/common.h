@@ -1,5 +1,6 @@
 /* normlab's CPU kernels (common.h: what slices.c and rows.c share): group,
- * instance, layer and batch norm of float32 data, forward and backward,
+ * instance, layer and batch norm of float32, bfloat16 and float16 data,
+ * forward and backward,
  * each reading its input once for the statistics and once to apply them,
  * with the shift of normlab.backends.policy folded into both reads (no
  * centered copy).
@@ -30,6 +31,18 @@
  * combined in a fixed order, so a result depends on the thread count only
  * through the task split, which the caller fixes by the shape alone.
  *
+ * Types: x, dy, y and dx are of the element type `elem`, chosen by NL_DTYPE
+ * (0: float32, 1: bfloat16, 2: float16), and each source is compiled once
+ * per type, its entry points named with the type's suffix (NL_FN:
+ * nl_rows_forward_bf16, ...). Everything else (shift, parameters,
+ * statistics, their gradients, work space) is float32 or double. An
+ * element is widened to float32 as it is read (LD) and rounded to nearest
+ * even once, as it is written (CV): half-precision data is normalized in
+ * float32 arithmetic throughout, as if converted to float32 first, without
+ * the converted copy. Both half types are converted with integer and
+ * float32 operations (not the compiler's _Float16, whose conversions GCC
+ * 12 does not vectorize), bit for bit as PyTorch converts them.
+ *
  * Every buffer is the caller's; nothing here allocates. */
 
 #ifndef NORMLAB_CPU_COMMON_H
@@ -38,11 +51,79 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 typedef int64_t i64;
+
+#ifndef NL_DTYPE
+#define NL_DTYPE 0
+#endif
+#if NL_DTYPE == 0
+typedef float elem;
+#define LD(p, i) ((p)[i])
+#define CV(v) (v)
+#define NL_FN(name) name##_f32
+#elif NL_DTYPE == 1
+typedef uint16_t elem; /* bfloat16: the upper half of a float32 */
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+/* Rounded to nearest even; NaN as PyTorch writes it (0x7fc0). */
+static inline uint16_t float_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : r);
+}
+#define LD(p, i) bf16_to_float((p)[i])
+#define CV(v) float_to_bf16(v)
+#define NL_FN(name) name##_bf16
+#elif NL_DTYPE == 2
+typedef uint16_t elem; /* float16, converted in integer and float32 arithmetic (which vectorizes) */
+static inline float bits_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline uint32_t float_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+/* Exact. With the sign shifted out, a normal value's exponent and mantissa
+ * are realigned to float32's and the exponent rebased by a multiplication
+ * by 2^-112 (infinities and NaNs stay so); a subnormal's mantissa is
+ * placed below 0.5's and 0.5 subtracted. */
+static inline float f16_to_float(uint16_t h) {
+    uint32_t w = (uint32_t)h << 16, sign = w & 0x80000000u, mag = w << 1;
+    float normal = bits_float((mag >> 4) + (0xe0u << 23)) * 0x1.0p-112f;
+    float subnormal = bits_float((mag >> 17) | (126u << 23)) - 0.5f;
+    return bits_float(sign | (mag < (1u << 27) ? float_bits(subnormal) : float_bits(normal)));
+}
+/* Rounded to nearest even by a float32 addition: |f|, scaled so that values
+ * beyond float16's range become infinite, is added to a power of two
+ * chosen by f's exponent such that the sum keeps exactly float16's 10
+ * mantissa bits (at least those of its smallest subnormal), and the sum's
+ * bits are float16's exponent and mantissa. NaN as 0x7e00. */
+static inline uint16_t float_to_f16(float f) {
+    uint32_t w = float_bits(f), sign = w & 0x80000000u, mag = w << 1;
+    uint32_t bias = mag & 0xff000000u;
+    if (bias < 0x71000000u) bias = 0x71000000u;
+    float sum = bits_float((bias >> 1) + 0x07800000u) + (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+    uint32_t b = float_bits(sum);
+    uint32_t magnitude = ((b >> 13) & 0x7c00u) + (b & 0x0fffu);
+    return (uint16_t)((sign >> 16) | (mag > 0xff000000u ? 0x7e00u : magnitude));
+}
+#define LD(p, i) f16_to_float((p)[i])
+#define CV(v) float_to_f16(v)
+#define NL_FN(name) name##_f16
+#endif
 
 #define BLOCK 64
 #define LANES 16

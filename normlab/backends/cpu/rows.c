@@ -12,8 +12,10 @@
  * channels of P = S positions). A task per chunk of rows. */
 
 struct rows {
-    const float *x, *dy, *shift, *gamma, *beta; /* shift: (R,); gamma, beta: (G * W,) */
-    float *y, *dx, *mean, *var, *rstd;
+    const elem *x, *dy;
+    const float *shift, *gamma, *beta; /* shift: (R,); gamma, beta: (G * W,) */
+    elem *y, *dx;
+    float *mean, *var, *rstd;
     i64 r, w, g, p, chunks; /* row i takes the parameters from (i % g) * W / P */
     double epsilon;
     double *part;   /* (chunks, 2, G * W / P): the parameters' gradients */
@@ -26,14 +28,14 @@ struct rows {
  * the simd pragma allows), the block sums in double. */
 #define ROW_BLOCK (BLOCK * LANES)
 
-static void row_moments(const float *restrict xr, float s, i64 w, double *t1, double *t2) {
+static void row_moments(const elem *restrict xr, float s, i64 w, double *t1, double *t2) {
     double d1 = 0.0, d2 = 0.0;
     for (i64 j0 = 0; j0 < w; j0 += ROW_BLOCK) {
         i64 e = j0 + ROW_BLOCK < w ? j0 + ROW_BLOCK : w;
         float f1 = 0.0f, f2 = 0.0f;
 #pragma omp simd reduction(+ : f1, f2)
         for (i64 j = j0; j < e; j++) {
-            float d = xr[j] - s;
+            float d = LD(xr, j) - s;
             f1 += d;
             f2 += d * d;
         }
@@ -44,7 +46,7 @@ static void row_moments(const float *restrict xr, float s, i64 w, double *t1, do
     *t2 = d2;
 }
 
-static void row_grad_sums(const float *restrict dyr, const float *restrict xr, const float *restrict gamma, float s,
+static void row_grad_sums(const elem *restrict dyr, const elem *restrict xr, const float *restrict gamma, float s,
                           float m, i64 w, double *t1, double *t2) {
     double d1 = 0.0, d2 = 0.0;
     for (i64 j0 = 0; j0 < w; j0 += ROW_BLOCK) {
@@ -53,15 +55,16 @@ static void row_grad_sums(const float *restrict dyr, const float *restrict xr, c
         if (gamma) {
 #pragma omp simd reduction(+ : f1, f2)
             for (i64 j = j0; j < e; j++) {
-                float u = dyr[j] * gamma[j];
+                float u = LD(dyr, j) * gamma[j];
                 f1 += u;
-                f2 += u * ((xr[j] - s) - m);
+                f2 += u * ((LD(xr, j) - s) - m);
             }
         } else {
 #pragma omp simd reduction(+ : f1, f2)
             for (i64 j = j0; j < e; j++) {
-                f1 += dyr[j];
-                f2 += dyr[j] * ((xr[j] - s) - m);
+                float dyj = LD(dyr, j);
+                f1 += dyj;
+                f2 += dyj * ((LD(xr, j) - s) - m);
             }
         }
         d1 += f1;
@@ -72,20 +75,20 @@ static void row_grad_sums(const float *restrict dyr, const float *restrict xr, c
 }
 
 /* y = ((x - s) - m) * (rs * gamma) + beta over a row of channels of p values each. */
-static void apply_channels(const float *restrict xr, float *restrict yr, float s, float m, float rs,
+static void apply_channels(const elem *restrict xr, elem *restrict yr, float s, float m, float rs,
                            const float *restrict gm, const float *restrict bt, i64 channels, i64 p) {
     for (i64 c = 0; c < channels; c++) {
         float sc = gm ? rs * gm[c] : rs, b = bt ? bt[c] : 0.0f;
-        const float *restrict xc = xr + c * p;
-        float *restrict yc = yr + c * p;
+        const elem *restrict xc = xr + c * p;
+        elem *restrict yc = yr + c * p;
 #pragma omp simd
-        for (i64 j = 0; j < p; j++) yc[j] = ((xc[j] - s) - m) * sc + b;
+        for (i64 j = 0; j < p; j++) yc[j] = CV(((LD(xc, j) - s) - m) * sc + b);
     }
 }
 
 /* The backward of a row of channels of p values each: its input gradient
  * (if dx) and each channel's parameter-gradient sums added to pg, pb. */
-static void backward_channels(const float *restrict dyr, const float *restrict xr, float *restrict dxr,
+static void backward_channels(const elem *restrict dyr, const elem *restrict xr, elem *restrict dxr,
                               const float *restrict gm, float s, float m, float rs, i64 channels, i64 p,
                               double *restrict pg, double *restrict pb) {
     double t1 = 0.0, t2 = 0.0;
@@ -103,10 +106,10 @@ static void backward_channels(const float *restrict dyr, const float *restrict x
     float q = (float)(-(double)rs * rs * rs * t2 / count), rr = (float)(-(double)rs * t1 / count);
     for (i64 c = 0; c < channels; c++) {
         float pc = gm ? rs * gm[c] : rs;
-        const float *restrict xc = xr + c * p, *restrict dyc = dyr + c * p;
-        float *restrict dxc = dxr + c * p;
+        const elem *restrict xc = xr + c * p, *restrict dyc = dyr + c * p;
+        elem *restrict dxc = dxr + c * p;
 #pragma omp simd
-        for (i64 j = 0; j < p; j++) dxc[j] = pc * dyc[j] + q * ((xc[j] - s) - m) + rr;
+        for (i64 j = 0; j < p; j++) dxc[j] = CV(pc * LD(dyc, j) + q * ((LD(xc, j) - s) - m) + rr);
     }
 }
 
@@ -114,8 +117,8 @@ static void rows_forward_task(const void *p, i64 task) {
     const struct rows *a = p;
     i64 w = a->w, r0 = a->r * task / a->chunks, r1 = a->r * (task + 1) / a->chunks;
     for (i64 i = r0; i < r1; i++) {
-        const float *restrict xr = a->x + i * w;
-        float *restrict yr = a->y + i * w;
+        const elem *restrict xr = a->x + i * w;
+        elem *restrict yr = a->y + i * w;
         float s = a->shift[i];
         double t1, t2;
         row_moments(xr, s, w, &t1, &t2);
@@ -127,16 +130,16 @@ static void rows_forward_task(const void *p, i64 task) {
             apply_channels(xr, yr, s, m, rsf, gm, bt, w / a->p, a->p);
         else if (gm && bt)
 #pragma omp simd
-            for (i64 j = 0; j < w; j++) yr[j] = ((xr[j] - s) - m) * rsf * gm[j] + bt[j];
+            for (i64 j = 0; j < w; j++) yr[j] = CV(((LD(xr, j) - s) - m) * rsf * gm[j] + bt[j]);
         else if (gm)
 #pragma omp simd
-            for (i64 j = 0; j < w; j++) yr[j] = ((xr[j] - s) - m) * rsf * gm[j];
+            for (i64 j = 0; j < w; j++) yr[j] = CV(((LD(xr, j) - s) - m) * rsf * gm[j]);
         else if (bt)
 #pragma omp simd
-            for (i64 j = 0; j < w; j++) yr[j] = ((xr[j] - s) - m) * rsf + bt[j];
+            for (i64 j = 0; j < w; j++) yr[j] = CV(((LD(xr, j) - s) - m) * rsf + bt[j]);
         else
 #pragma omp simd
-            for (i64 j = 0; j < w; j++) yr[j] = ((xr[j] - s) - m) * rsf;
+            for (i64 j = 0; j < w; j++) yr[j] = CV(((LD(xr, j) - s) - m) * rsf);
     }
 }
 
@@ -151,8 +154,8 @@ static void rows_backward_task(const void *p, i64 task) {
         i64 e = r + BLOCK < r1 ? r + BLOCK : r1;
         for (i64 j = 0; j < width; j++) sg[j] = sb[j] = 0.0f;
         for (i64 i = r; i < e; i++) {
-            const float *restrict xr = a->x + i * w;
-            const float *restrict dyr = a->dy + i * w;
+            const elem *restrict xr = a->x + i * w;
+            const elem *restrict dyr = a->dy + i * w;
             i64 at = (i % a->g) * channels;
             const float *restrict gm = a->gamma ? a->gamma + at : NULL;
             float *restrict fg = sg + at, *restrict fb = sb + at;
@@ -165,29 +168,30 @@ static void rows_backward_task(const void *p, i64 task) {
                 row_grad_sums(dyr, xr, gm, s, m, w, &t1, &t2);
                 float q = (float)(-(double)rs * rs * rs * t2 / (double)w);
                 float rr = (float)(-(double)rs * t1 / (double)w);
-                float *restrict dxr = a->dx + i * w;
+                elem *restrict dxr = a->dx + i * w;
                 if (gm) {
 #pragma omp simd
                     for (i64 j = 0; j < w; j++) {
-                        float d = (xr[j] - s) - m;
-                        dxr[j] = rs * (gm[j] * dyr[j]) + q * d + rr;
-                        fg[j] += dyr[j] * (d * rs);
-                        fb[j] += dyr[j];
+                        float d = (LD(xr, j) - s) - m, dyj = LD(dyr, j);
+                        dxr[j] = CV(rs * (gm[j] * dyj) + q * d + rr);
+                        fg[j] += dyj * (d * rs);
+                        fb[j] += dyj;
                     }
                 } else {
 #pragma omp simd
                     for (i64 j = 0; j < w; j++) {
-                        float d = (xr[j] - s) - m;
-                        dxr[j] = rs * dyr[j] + q * d + rr;
-                        fg[j] += dyr[j] * (d * rs);
-                        fb[j] += dyr[j];
+                        float d = (LD(xr, j) - s) - m, dyj = LD(dyr, j);
+                        dxr[j] = CV(rs * dyj + q * d + rr);
+                        fg[j] += dyj * (d * rs);
+                        fb[j] += dyj;
                     }
                 }
             } else {
 #pragma omp simd
                 for (i64 j = 0; j < w; j++) {
-                    fg[j] += dyr[j] * (((xr[j] - s) - m) * rs);
-                    fb[j] += dyr[j];
+                    float dyj = LD(dyr, j);
+                    fg[j] += dyj * (((LD(xr, j) - s) - m) * rs);
+                    fb[j] += dyj;
                 }
             }
         }
@@ -198,16 +202,17 @@ static void rows_backward_task(const void *p, i64 task) {
     }
 }
 
-void nl_rows_forward(const float *x, const float *shift, const float *gamma, const float *beta, float *y, float *mean,
-                     float *var, float *rstd, i64 r, i64 w, i64 g, i64 p, i64 chunks, double epsilon, i64 threads) {
+void NL_FN(nl_rows_forward)(const elem *x, const float *shift, const float *gamma, const float *beta, elem *y,
+                            float *mean, float *var, float *rstd, i64 r, i64 w, i64 g, i64 p, i64 chunks,
+                            double epsilon, i64 threads) {
     struct rows a = {.x = x, .shift = shift, .gamma = gamma, .beta = beta, .y = y, .mean = mean, .var = var,
                      .rstd = rstd, .r = r, .w = w, .g = g, .p = p, .chunks = chunks, .epsilon = epsilon};
     parallel_for(rows_forward_task, &a, chunks, threads);
 }
 
-void nl_rows_backward(const float *dy, const float *x, const float *shift, const float *mean, const float *rstd,
-                      const float *gamma, float *dx, float *dgamma, float *dbeta, i64 r, i64 w, i64 g, i64 p,
-                      i64 chunks, double *part, float *scratch, i64 threads) {
+void NL_FN(nl_rows_backward)(const elem *dy, const elem *x, const float *shift, const float *mean,
+                             const float *rstd, const float *gamma, elem *dx, float *dgamma, float *dbeta, i64 r,
+                             i64 w, i64 g, i64 p, i64 chunks, double *part, float *scratch, i64 threads) {
     struct rows a = {.x = x, .dy = dy, .shift = shift, .gamma = gamma, .dx = dx, .mean = (float *)mean,
                      .rstd = (float *)rstd, .r = r, .w = w, .g = g, .p = p, .chunks = chunks, .part = part,
                      .scratch = scratch};
@@ -223,8 +228,10 @@ void nl_rows_backward(const float *dy, const float *x, const float *shift, const
  * combined across tasks and the result does not depend on the split. */
 
 struct planes {
-    const float *x, *dy, *shift, *gamma, *beta; /* shift, gamma, beta: (C,) */
-    float *y, *dx, *mean, *var, *rstd, *dgamma, *dbeta;
+    const elem *x, *dy;
+    const float *shift, *gamma, *beta; /* shift, gamma, beta: (C,) */
+    elem *y, *dx;
+    float *mean, *var, *rstd, *dgamma, *dbeta;
     i64 n, c, s, chunks;
     double epsilon;
 };
@@ -273,25 +280,25 @@ static void planes_backward_task(const void *p, i64 task) {
         float pc = (float)(w * rs), q = (float)(-w * rs * rs * rs * t2 / count), rr = (float)(-w * rs * t1 / count);
         for (i64 i = 0; i < n; i++) {
             i64 at = (i * c + ch) * s;
-            const float *restrict xc = a->x + at, *restrict dyc = a->dy + at;
-            float *restrict dxc = a->dx + at;
+            const elem *restrict xc = a->x + at, *restrict dyc = a->dy + at;
+            elem *restrict dxc = a->dx + at;
 #pragma omp simd
-            for (i64 j = 0; j < s; j++) dxc[j] = pc * dyc[j] + q * ((xc[j] - sh) - m) + rr;
+            for (i64 j = 0; j < s; j++) dxc[j] = CV(pc * LD(dyc, j) + q * ((LD(xc, j) - sh) - m) + rr);
         }
     }
 }
 
-void nl_planes_forward(const float *x, const float *shift, const float *gamma, const float *beta, float *y,
-                       float *mean, float *var, float *rstd, i64 n, i64 c, i64 s, i64 chunks, double epsilon,
-                       i64 threads) {
+void NL_FN(nl_planes_forward)(const elem *x, const float *shift, const float *gamma, const float *beta, elem *y,
+                              float *mean, float *var, float *rstd, i64 n, i64 c, i64 s, i64 chunks, double epsilon,
+                              i64 threads) {
     struct planes a = {.x = x, .shift = shift, .gamma = gamma, .beta = beta, .y = y, .mean = mean, .var = var,
                        .rstd = rstd, .n = n, .c = c, .s = s, .chunks = chunks, .epsilon = epsilon};
     parallel_for(planes_forward_task, &a, chunks, threads);
 }
 
-void nl_planes_backward(const float *dy, const float *x, const float *shift, const float *mean, const float *rstd,
-                        const float *gamma, float *dx, float *dgamma, float *dbeta, i64 n, i64 c, i64 s, i64 chunks,
-                        i64 threads) {
+void NL_FN(nl_planes_backward)(const elem *dy, const elem *x, const float *shift, const float *mean,
+                               const float *rstd, const float *gamma, elem *dx, float *dgamma, float *dbeta, i64 n,
+                               i64 c, i64 s, i64 chunks, i64 threads) {
     struct planes a = {.x = x, .dy = dy, .shift = shift, .gamma = gamma, .dx = dx, .mean = (float *)mean,
                        .rstd = (float *)rstd, .dgamma = dgamma, .dbeta = dbeta, .n = n, .c = c, .s = s,
                        .chunks = chunks};

@@ -14,8 +14,10 @@
  * slower than either: every row is then a short strided read.) */
 
 struct slices {
-    const float *x, *dy, *shift, *gamma, *beta; /* shift: (N, C), constant over a group */
-    float *y, *dx, *mean, *var, *rstd;          /* statistics: (N, G) */
+    const elem *x, *dy;
+    const float *shift, *gamma, *beta; /* shift: (N, C), constant over a group */
+    elem *y, *dx;
+    float *mean, *var, *rstd; /* statistics: (N, G) */
     float *coef;                                /* (slots, 4, C): forward m, a, b; backward m, p, q, r */
     i64 n, s, c, g, chunks;
     double epsilon;
@@ -72,18 +74,19 @@ static void sums(const struct slices *a, struct range q, int grad) {
         i64 e = r + BLOCK < q.r1 ? r + BLOCK : q.r1;
         for (i64 j = 0; j < w; j++) f1[j] = f2[j] = 0.0f;
         for (i64 i = r; i < e; i++) {
-            const float *restrict xr = a->x + (q.n * a->s + i) * c;
+            const elem *restrict xr = a->x + (q.n * a->s + i) * c;
             if (grad) {
-                const float *restrict dyr = a->dy + (q.n * a->s + i) * c;
+                const elem *restrict dyr = a->dy + (q.n * a->s + i) * c;
 #pragma omp simd
                 for (i64 j = 0; j < w; j++) {
-                    f1[j] += dyr[j];
-                    f2[j] += dyr[j] * ((xr[j] - sh[j]) - m[j]);
+                    float dyj = LD(dyr, j);
+                    f1[j] += dyj;
+                    f2[j] += dyj * ((LD(xr, j) - sh[j]) - m[j]);
                 }
             } else {
 #pragma omp simd
                 for (i64 j = 0; j < w; j++) {
-                    float d = xr[j] - sh[j];
+                    float d = LD(xr, j) - sh[j];
                     f1[j] += d;
                     f2[j] += d * d;
                 }
@@ -151,16 +154,17 @@ static void apply(const struct slices *a, struct range q, int grad) {
     const float *restrict m = coef_of(a, q.n), *restrict u = m + c, *restrict v = u + c, *restrict z = v + c;
     for (i64 i = q.r0; i < q.r1; i++) {
         i64 at = (q.n * a->s + i) * c;
-        const float *restrict xr = a->x + at;
+        const elem *restrict xr = a->x + at;
         if (grad) {
-            const float *restrict dyr = a->dy + at;
-            float *restrict dxr = a->dx + at;
+            const elem *restrict dyr = a->dy + at;
+            elem *restrict dxr = a->dx + at;
 #pragma omp simd
-            for (i64 j = 0; j < w; j++) dxr[j] = u[j] * dyr[j] + v[j] * ((xr[j] - sh[j]) - m[j]) + z[j];
+            for (i64 j = 0; j < w; j++)
+                dxr[j] = CV(u[j] * LD(dyr, j) + v[j] * ((LD(xr, j) - sh[j]) - m[j]) + z[j]);
         } else {
-            float *restrict yr = a->y + at;
+            elem *restrict yr = a->y + at;
 #pragma omp simd
-            for (i64 j = 0; j < w; j++) yr[j] = ((xr[j] - sh[j]) - m[j]) * u[j] + v[j];
+            for (i64 j = 0; j < w; j++) yr[j] = CV(((LD(xr, j) - sh[j]) - m[j]) * u[j] + v[j]);
         }
     }
 }
@@ -213,9 +217,9 @@ static struct range whole_sample(const struct slices *a, i64 n) {
  * variance). Work space: part (slots, 2, C), scratch (slots, 2, C) and
  * coef (slots, 4, C), where slots is `threads` if chunks == 1, else
  * N * chunks (and coef's N). */
-void nl_slices_forward(const float *x, const float *shift, const float *gamma, const float *beta, float *y,
-                       float *mean, float *var, float *rstd, i64 n, i64 s, i64 c, i64 g, i64 chunks, double epsilon,
-                       double *part, float *scratch, float *coef, i64 threads) {
+void NL_FN(nl_slices_forward)(const elem *x, const float *shift, const float *gamma, const float *beta, elem *y,
+                              float *mean, float *var, float *rstd, i64 n, i64 s, i64 c, i64 g, i64 chunks,
+                              double epsilon, double *part, float *scratch, float *coef, i64 threads) {
     struct slices a = {.x = x, .shift = shift, .gamma = gamma, .beta = beta, .y = y, .mean = mean, .var = var,
                        .rstd = rstd, .coef = coef, .n = n, .s = s, .c = c, .g = g, .chunks = chunks,
                        .epsilon = epsilon, .part = part, .scratch = scratch};
@@ -232,9 +236,10 @@ void nl_slices_forward(const float *x, const float *shift, const float *gamma, c
 /* Backward, with the forward's mean and rstd. dx, dgamma, dbeta may each
  * be NULL (not wanted); part, scratch and coef as in the forward; acc:
  * (N, 2, C) work space. */
-void nl_slices_backward(const float *dy, const float *x, const float *shift, const float *mean, const float *rstd,
-                        const float *gamma, float *dx, float *dgamma, float *dbeta, i64 n, i64 s, i64 c, i64 g,
-                        i64 chunks, double *part, float *scratch, float *coef, double *acc, i64 threads) {
+void NL_FN(nl_slices_backward)(const elem *dy, const elem *x, const float *shift, const float *mean,
+                               const float *rstd, const float *gamma, elem *dx, float *dgamma, float *dbeta, i64 n,
+                               i64 s, i64 c, i64 g, i64 chunks, double *part, float *scratch, float *coef, double *acc,
+                               i64 threads) {
     struct slices a = {.x = x, .dy = dy, .shift = shift, .gamma = gamma, .dx = dx, .mean = (float *)mean,
                        .rstd = (float *)rstd, .coef = coef, .n = n, .s = s, .c = c, .g = g, .chunks = chunks,
                        .part = part, .scratch = scratch, .acc = acc};
