@@ -191,27 +191,31 @@ def test_gradient_subsets(kernel_calls, case, wanted):
 
 @needs_compiler
 @pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "gn-cf", "ln-odd", "bn-split", "bn-cf"])
-def test_double_backward_matches_the_general_path(kernel_calls, case):
-    """A gradient penalty through the kernels' backward (in plain ops), float32."""
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("bfloat16", 3e-2)])
+def test_double_backward_matches_the_general_path(kernel_calls, case, dtype, tol):
+    """A gradient penalty through the kernels' backward (in plain ops, in
+    float32 rounded to the input's dtype)."""
     import torch
 
     from normlab import backends
 
     x_np, dy_np, gamma_np, beta_np = _inputs(case, 3.0)
+    dtype = getattr(torch, dtype)
 
     def penalty_grads():
-        x = torch.tensor(x_np, dtype=torch.float32, requires_grad=True)
+        x = torch.tensor(x_np, dtype=dtype, requires_grad=True)
         gamma = torch.tensor(gamma_np, requires_grad=True)
         y, _ = _apply(case, x, gamma, torch.tensor(beta_np))
-        (dx,) = torch.autograd.grad((y * torch.tensor(dy_np, dtype=torch.float32)).sum(), x, create_graph=True)
-        return [g.numpy() for g in torch.autograd.grad((dx * dx).sum(), [x, gamma])]
+        (dx,) = torch.autograd.grad((y * torch.tensor(dy_np, dtype=dtype)).sum(), x, create_graph=True)
+        assert dx.dtype == dtype
+        return [g.float().numpy() for g in torch.autograd.grad((dx.float() ** 2).sum(), [x, gamma])]
 
     fast = penalty_grads()
     assert kernel_calls == ["_forward"]
     with backends.disabled():
         general = penalty_grads()
     for got, ref in zip(fast, general):
-        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ref))))
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * float(np.max(np.abs(ref))))
 
 
 @needs_compiler
