@@ -152,9 +152,30 @@ def launches(cases=CASES, dtypes=DTYPES) -> list[Launch]:
 
 
 def _ptxas(arch: int) -> str:
-    from triton.backends.nvidia.compiler import get_ptxas
+    """The path of the ``ptxas`` Triton compiles with (its API moved between releases)."""
+    from triton.backends.nvidia import compiler
 
-    return get_ptxas(arch).path
+    if hasattr(compiler, "get_ptxas"):
+        try:
+            return compiler.get_ptxas(arch).path  # Triton 3.5 and later
+        except TypeError:
+            return compiler.get_ptxas().path  # 3.4
+    return compiler._path_to_binary("ptxas")[0]  # 3.0 to 3.3
+
+
+def _legacy_source(fn, launch, names, constants):
+    """The kernel's source for Triton 3.0 to 3.2 (other argument conventions)."""
+    from triton.backends import compiler as backends
+    from triton.compiler import ASTSource
+    from triton.compiler import compiler as legacy
+
+    divisible = {names.index(n) for n in launch.divisible}
+    if hasattr(backends, "AttrsDescriptor"):  # 3.2
+        signature = {n: ("constexpr" if n in constants else t) for n, t in launch.signature}
+        hints = backends.AttrsDescriptor.from_hints({i: 16 for i in divisible})
+        return ASTSource(fn, signature, constants, hints)
+    signature = {n: t for n, t in launch.signature if n not in constants}  # 3.0, 3.1
+    return ASTSource(fn, signature, constants, legacy.AttrsDescriptor(divisible_by_16=divisible))
 
 
 def compile_launch(launch: Launch, arch: int) -> dict:
@@ -168,7 +189,11 @@ def compile_launch(launch: Launch, arch: int) -> dict:
     constants = dict(launch.constants)
     constexprs = {(names.index(n),): v for n, v in constants.items()}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in launch.divisible}
-    source = ASTSource(fn, dict(launch.signature), constexprs, attrs)
+    try:
+        source = ASTSource(fn, dict(launch.signature), constexprs, attrs)
+        source.hash()  # 3.0 and 3.1 fail here, 3.2 above
+    except (TypeError, AttributeError):
+        source = _legacy_source(fn, launch, names, constants)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": launch.num_warps})
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "kernel.ptx")
@@ -198,6 +223,9 @@ def compile_launch(launch: Launch, arch: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
+    parser.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)),
+                        help="kernels compiled at once (1 for Triton 3.2 and earlier on Python 3.11, whose "
+                             "ast.parse is not thread-safe there)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("TRITON_INTERPRET is set: the kernels would be decorated for the interpreter")
@@ -211,7 +239,7 @@ def main(argv=None) -> int:
     if not os.path.exists(ptxas):
         print(f"ptxas not found at {ptxas}", file=sys.stderr)
         return UNAVAILABLE
-    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:  # compiling releases the GIL
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # compiling releases the GIL
         results = list(pool.map(lambda launch: compile_launch(launch, args.arch), launches()))
     report = {"arch": args.arch, "triton": triton.__version__, "kernels": sorted(kernels()), "launches": results}
     json.dump(report, sys.stdout, indent=1, default=str)
