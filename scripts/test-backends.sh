@@ -2,13 +2,16 @@
 # Runs the whole test suite once per Keras backend, each in its own process
 # (Keras reads KERAS_BACKEND at import). Exits non-zero if any backend fails.
 # Extra arguments go to pytest, e.g. scripts/test-backends.sh tests/ops -x
+# Each backend's tests run in pytest-xdist worker processes, one per core
+# up to 4 (NORMLAB_TEST_WORKERS sets the count; 0 runs them in-process).
 set -u
 cd "$(dirname "$0")/.."
 backends="${NORMLAB_TEST_BACKENDS:-tensorflow jax torch}"
+workers="${NORMLAB_TEST_WORKERS:-auto}"
 failed=""
 for backend in $backends; do
   echo "=== KERAS_BACKEND=$backend"
-  if ! KERAS_BACKEND="$backend" python -m pytest -q "$@"; then
+  if ! KERAS_BACKEND="$backend" python -m pytest -q -n "$workers" --maxprocesses=4 "$@"; then
     failed="$failed $backend"
   fi
 done
