@@ -58,34 +58,7 @@
 
 typedef int64_t i64;
 
-#ifndef NL_DTYPE
-#define NL_DTYPE 0
-#endif
-#if NL_DTYPE == 0
-typedef float elem;
-#define LD(p, i) ((p)[i])
-#define CV(v) (v)
-#define NL_FN(name) name##_f32
-#elif NL_DTYPE == 1
-typedef uint16_t elem; /* bfloat16: the upper half of a float32 */
-static inline float bf16_to_float(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-/* Rounded to nearest even; NaN as PyTorch writes it (0x7fc0). */
-static inline uint16_t float_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : r);
-}
-#define LD(p, i) bf16_to_float((p)[i])
-#define CV(v) float_to_bf16(v)
-#define NL_FN(name) name##_bf16
-#elif NL_DTYPE == 2
-typedef uint16_t elem; /* float16, converted in integer and float32 arithmetic (which vectorizes) */
+/* A float32's bits and back (memcpy: no aliasing; compiled to nothing). */
 static inline float bits_float(uint32_t u) {
     float f;
     memcpy(&f, &u, sizeof f);
@@ -96,6 +69,28 @@ static inline uint32_t float_bits(float f) {
     memcpy(&u, &f, sizeof u);
     return u;
 }
+
+#ifndef NL_DTYPE
+#define NL_DTYPE 0
+#endif
+#if NL_DTYPE == 0
+typedef float elem;
+#define LD(p, i) ((p)[i])
+#define CV(v) (v)
+#define NL_FN(name) name##_f32
+#elif NL_DTYPE == 1
+typedef uint16_t elem; /* bfloat16: the upper half of a float32 */
+static inline float bf16_to_float(uint16_t h) { return bits_float((uint32_t)h << 16); }
+/* Rounded to nearest even; NaN as PyTorch writes it (0x7fc0). */
+static inline uint16_t float_to_bf16(float f) {
+    uint32_t u = float_bits(f), r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : r);
+}
+#define LD(p, i) bf16_to_float((p)[i])
+#define CV(v) float_to_bf16(v)
+#define NL_FN(name) name##_bf16
+#elif NL_DTYPE == 2
+typedef uint16_t elem; /* float16, converted in integer and float32 arithmetic (which vectorizes) */
 /* Exact. With the sign shifted out, a normal value's exponent and mantissa
  * are realigned to float32's and the exponent rebased by a multiplication
  * by 2^-112 (infinities and NaNs stay so); a subnormal's mantissa is
