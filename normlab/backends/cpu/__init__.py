@@ -169,9 +169,8 @@ def _load() -> ctypes.CDLL | None:
         return None
     for name, argtypes in _SIGNATURES.items():
         for suffix in DTYPES:
-            fn = getattr(lib, f"{name}_{suffix}", None)
-            if fn is not None:
-                fn.argtypes, fn.restype = argtypes, None
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes, fn.restype = argtypes, None
     return lib
 
 
@@ -197,4 +196,4 @@ def entry(name: str, suffix: str):
     type ``suffix`` (a key of :data:`DTYPES`), or None where the kernels are
     unavailable."""
     lib = library()
-    return None if lib is None else getattr(lib, f"{name}_{suffix}", None)
+    return None if lib is None else getattr(lib, f"{name}_{suffix}")
