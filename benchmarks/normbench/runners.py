@@ -34,8 +34,21 @@ def floor_axes(kind):
     does more (it also needs ``sum(x^2)``, a shift and a scale, and a
     backward that reads ``x`` as well as ``dy``), so no implementation
     composed of that backend's operations beats the floor, and Keras'
-    time over the floor bounds the speedup over Keras they can reach."""
-    return {"group": (1, 2), "instance": (1, 2), "layer": (-1,), "batch": (0, 1, 2)}[kind]
+    time over the floor bounds the speedup over Keras they can reach.
+
+    Batch norm in inference (``batch_infer``: given statistics, the moving
+    averages) reads no statistics of ``x``: its floor is ``x * s`` forward
+    (``s`` a per-channel vector), plus ``dy * sum(dy, axes)`` for
+    forward+backward (the parameters' gradients are per-channel sums)."""
+    return {"group": (1, 2), "instance": (1, 2), "layer": (-1,), "batch": (0, 1, 2),
+            "batch_infer": (0, 1, 2)}[kind]
+
+
+def call_kwargs(kind):
+    """The layer call's keyword arguments for ``kind``: batch norm in
+    training (batch statistics) or in inference (the moving averages, as a
+    frozen layer of a fine-tuned model runs, with gradients flowing through it)."""
+    return {"batch": {"training": True}, "batch_infer": {"training": False}}.get(kind, {})
 
 
 def make_layer(source, kind, keras, normlab):
@@ -45,6 +58,7 @@ def make_layer(source, kind, keras, normlab):
             "instance": lambda: keras.layers.GroupNormalization(groups=-1),
             "layer": lambda: keras.layers.LayerNormalization(axis=-1),
             "batch": lambda: keras.layers.BatchNormalization(),
+            "batch_infer": lambda: keras.layers.BatchNormalization(),
         }
     else:
         make = {
@@ -52,6 +66,7 @@ def make_layer(source, kind, keras, normlab):
             "instance": lambda: normlab.InstanceNormalization(),
             "layer": lambda: normlab.LayerNormalization(axis=-1),
             "batch": lambda: normlab.BatchNormalization(),
+            "batch_infer": lambda: normlab.BatchNormalization(),
         }
     return make[kind]()
 
@@ -93,9 +108,11 @@ class Torch:
     def floor(self, kind, x, dy):
         torch, axes = self.torch, floor_axes(kind)
 
+        scale = torch.ones(x.shape[-1])
+
         def fwd():
             with torch.no_grad():
-                return x * x.sum(axes, keepdim=True)
+                return x * scale if kind == "batch_infer" else x * x.sum(axes, keepdim=True)
 
         def fwd_bwd():
             with torch.no_grad():
@@ -117,16 +134,17 @@ class Torch:
                 return F.layer_norm(t, (c,), gamma, beta, 1e-3)
 
             name = "F.layer_norm"
-        elif kind == "batch":
+        elif kind in ("batch", "batch_infer"):
             # The channels-last data viewed (not copied) as torch.channels_last.
             x = torch.from_numpy(x_np).permute(0, 3, 1, 2)
             dy = torch.from_numpy(dy_np).permute(0, 3, 1, 2)
             rm, rv = torch.zeros(c), torch.ones(c)
+            training = kind == "batch"
 
             def op(t):
-                return F.batch_norm(t, rm, rv, gamma, beta, True, 0.01, 1e-3)
+                return F.batch_norm(t, rm, rv, gamma, beta, training, 0.01, 1e-3)
 
-            name = "F.batch_norm, channels_last view"
+            name = "F.batch_norm, channels_last view" + ("" if training else ", eval")
         else:
             # NCHW-contiguous copies made outside the timing: the best case.
             x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous()
@@ -196,8 +214,10 @@ class Jax:
     def floor(self, kind, x, dy):
         jax, axes = self.jax, floor_axes(kind)
 
+        scale = jax.numpy.ones(x.shape[-1])
+
         def fwd(x):
-            return x * x.sum(axes, keepdims=True)
+            return x * scale if kind == "batch_infer" else x * x.sum(axes, keepdims=True)
 
         def fwd_bwd(x, dy):
             return fwd(x), dy * dy.sum(axes, keepdims=True)
@@ -210,6 +230,16 @@ class Jax:
         c = x_np.shape[-1]
         x, dy = jnp.asarray(x_np), jnp.asarray(dy_np)
         gamma, beta = jnp.ones(c), jnp.zeros(c)
+        if kind == "batch_infer":
+            mean, var = jnp.zeros(c), jnp.ones(c)
+
+            def infer(x, gamma, beta):
+                return (x - mean) * (jax.lax.rsqrt(var + 1e-3) * gamma) + beta
+
+            forward = jax.jit(infer)
+            forward_backward = jax.jit(lambda x, g, b, dy: jax.vjp(infer, x, g, b)[1](dy))
+            return ("(x - mean) * (rsqrt(var + eps) * gamma) + beta",
+                    self._call(forward, x, gamma, beta), self._call(forward_backward, x, gamma, beta, dy))
         if kind == "layer":
             axes, shape = (-1,), x.shape
         elif kind == "batch":
@@ -271,8 +301,10 @@ class TensorFlow:
     def floor(self, kind, x, dy):
         tf, axes = self.tf, list(floor_axes(kind))
 
+        scale = tf.ones([x.shape[-1]])
+
         def fwd(x):
-            return x * tf.reduce_sum(x, axes, keepdims=True)
+            return x * scale if kind == "batch_infer" else x * tf.reduce_sum(x, axes, keepdims=True)
 
         def fwd_bwd(x, dy):
             return fwd(x), dy * tf.reduce_sum(dy, axes, keepdims=True)
@@ -290,6 +322,15 @@ class TensorFlow:
                 return y
 
             name = "tf.nn.fused_batch_norm (NHWC kernel)"
+        elif kind == "batch_infer":
+            mean, var = tf.zeros(c), tf.ones(c)
+
+            def op(x):
+                y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                    x, gamma, beta, mean, var, epsilon=1e-3, is_training=False)
+                return y
+
+            name = "tf.nn.fused_batch_norm, inference (NHWC kernel)"
         else:
             if kind == "layer":
                 axes, shape = [-1], x.shape

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import machine, stats
-from .runners import make_layer, make_runners
+from .runners import call_kwargs, make_layer, make_runners
 from .timing import time_rounds
 
 # (name, layer kind, shape, passes). Shapes from the performance issue.
@@ -19,12 +19,14 @@ FULL_CASES = [
     ("InstanceNorm", "instance", (8, 56, 56, 256), ("fwd", "fwd+bwd")),
     ("LayerNorm(-1)", "layer", (64, 512, 768), ("fwd", "fwd+bwd")),
     ("BatchNorm(train)", "batch", (8, 56, 56, 256), ("fwd", "fwd+bwd")),
+    ("BatchNorm(infer)", "batch_infer", (8, 56, 56, 256), ("fwd", "fwd+bwd")),
 ]
 QUICK_CASES = [
     ("GroupNorm(32)", "group", (8, 56, 56, 256), ("fwd", "fwd+bwd")),
     ("InstanceNorm", "instance", (8, 28, 28, 128), ("fwd", "fwd+bwd")),
     ("LayerNorm(-1)", "layer", (16, 512, 768), ("fwd", "fwd+bwd")),
     ("BatchNorm(train)", "batch", (8, 28, 28, 256), ("fwd", "fwd+bwd")),
+    ("BatchNorm(infer)", "batch_infer", (8, 28, 28, 256), ("fwd", "fwd+bwd")),
 ]
 PASSES = ("fwd", "fwd+bwd")
 
@@ -49,7 +51,7 @@ def _log(text):
 def _implementations(runner, kind, x_np, dy_np, keras, normlab):
     """``{impl: (native op's name or None, fwd Call, fwd+bwd Call)}`` for one case on one runner."""
     x, dy = runner.tensor(x_np), runner.tensor(dy_np)
-    kwargs = {"training": True} if kind == "batch" else {}
+    kwargs = call_kwargs(kind)
     impls = {}
     for source in ("normlab", "general", "keras"):
         if source == "general" and runner.mode == "tf.function+XLA":

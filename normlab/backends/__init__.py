@@ -20,6 +20,11 @@ feature size):
   torch hook serves CUDA tensors only, with Triton)
 * ``batch_norm_train(x, *, axis, gamma, beta, epsilon) -> (y, mean, variance) | None``
   (``mean``/``variance`` of shape ``(C,)``, biased variance, float32 at least)
+* ``batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon) -> y | None``
+  (given statistics, e.g. the moving averages: ``mean``/``variance`` of
+  shape ``(C,)``; ``y = (x - mean) * rsqrt(variance + epsilon) * gamma + beta``
+  with ``x - mean`` formed first; the torch hook serves CPU tensors with the
+  compiled kernels, and declines statistics that need a gradient)
 
 Whether a hook serves an input depends only on what is known before any
 data is read (backend, dtype, shape, layout, whether a compiler or exporter

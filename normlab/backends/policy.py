@@ -60,6 +60,14 @@ or a shift that needs no decision at all.
   subtract it as they read the data; ATen's kernels, for everything else,
   are handed ``x - s`` by one subtraction (fused with the float16/bfloat16
   upcast where there is one).
+* *Given statistics* (batch norm in inference, with the moving
+  averages): nothing is reduced and no shift is needed. The apply step
+  ``(x - mean) * a + beta`` forms ``x - mean`` first, exact for the same
+  reason as the general path's; folding it into ``x * a + (beta - mean *
+  a)``, as ATen's and TensorFlow's inference kernels do, rounds at the
+  scale of the offset (1e-3 off at 1e4; ``tests/backends/test_cpu_affine.py``).
+  The torch hook serves it with the compiled kernels on the CPU; JAX and
+  TensorFlow with XLA fuse the general path's three elementwise ops.
 * Under ``torch.compile`` and export the torch hooks decline: the
   compiler then sees the general path's plain differentiable ops, which
   it fuses itself (measured faster than what it makes of the ATen kernels

@@ -3,7 +3,8 @@ per-slice subsample mean, so that their result is exact to float rounding
 with no decision on the host.
 
 On the CPU, float32, bfloat16 and float16 group, instance and batch norm
-(channels-last and channels-first) and layer norm over trailing axes run
+(channels-last and channels-first; batch norm in training and with given
+statistics) and layer norm over trailing axes run
 normlab's compiled kernels (:mod:`normlab.backends.torch_cpu`,
 :mod:`normlab.backends.cpu`), which subtract the shift as they read the
 data: two reads each way, as ATen's kernels, and no centered copy (half
@@ -319,3 +320,32 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
         kernel = BatchNormKernel(channels_last, epsilon)
         y, mean, variance, _, _ = ShiftedNorm.apply(x3, shift.view(1, c), gamma, beta, kernel)
     return _downcast(y.reshape(x.shape), x), shift + mean, variance
+
+
+# --------------------------------------------------------------------------
+# Batch norm with given statistics (inference): the compiled CPU kernels
+# (one read and one write forward; ATen's F.batch_norm folds the statistics
+# into x * a + b, which rounds at the scale of the offset).
+
+
+def _on_cpu(*tensors) -> bool:
+    return all(t is None or t.device.type == "cpu" for t in tensors)
+
+
+def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
+    if not _usable(x) or not torch_cpu.served(x):
+        return None
+    x3, channels_last = _channel_view(x, axis)
+    if x3 is None:
+        return None
+    mean, variance = ops.convert_to_tensor(mean), ops.convert_to_tensor(variance)
+    gamma, beta = _param(gamma, torch.float32), _param(beta, torch.float32)
+    if not _on_cpu(mean, variance, gamma, beta):
+        return None
+    if torch.is_grad_enabled() and (mean.requires_grad or variance.requires_grad):
+        return None  # the general path differentiates the statistics as well
+    c = x.shape[axis]
+    if channels_last:
+        x3 = x3.view(-1, c, 1)
+    mean, variance = (_param(t, torch.float32).reshape(c).contiguous() for t in (mean, variance))
+    return torch_cpu.affine(x3, mean, variance, gamma, beta, epsilon).view(x.shape)

@@ -109,6 +109,16 @@ class Planes(NamedTuple):
         return self.c
 
 
+class Channels(NamedTuple):
+    """``x`` as ``(o, c, i)``: batch norm with given per-channel statistics
+    (inference), channels-last data as ``(N * S, C, 1)``, channels-first as
+    ``(N, C, S)``; no shift (``x - mean`` is formed first)."""
+
+    o: int
+    c: int
+    i: int
+
+
 #: The kernels' element types: torch dtype -> suffix of the entry points.
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
@@ -147,6 +157,14 @@ def planes(x3, shift, gamma, beta, epsilon):
     return KernelNorm.apply(x3, shift.reshape(c).contiguous(), gamma, beta, Planes(n, c, s), epsilon)
 
 
+def affine(x3, mean, variance, gamma, beta, epsilon):
+    """``y3 = (x3 - mean) * rsqrt(variance + epsilon) * gamma + beta`` of
+    ``x3`` ``(O, C, I)`` per channel (see :class:`Channels`), for ``x3``
+    :func:`served`; ``mean`` and ``variance`` are float32 ``(C,)`` constants."""
+    o, c, i = x3.shape
+    return AffineNorm.apply(x3, mean, gamma, beta, variance, Channels(o, c, i), epsilon)
+
+
 def _ptr(t):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
@@ -173,6 +191,12 @@ def _plane_chunks(layout):
 
 def _row_chunks(layout):
     return max(1, min(layout.r, TASKS, MAX_PARTIAL_BYTES // (16 * layout.channels)))
+
+
+def _affine_tasks(layout):
+    """Tasks of a :class:`Channels` call: its rows (``i == 1``) or planes split evenly."""
+    units = layout.o if layout.i == 1 else layout.o * layout.c
+    return max(1, min(units, TASKS, MAX_PARTIAL_BYTES // (16 * layout.c)))
 
 
 def _work_space(x, layout, chunks, threads):
@@ -279,3 +303,53 @@ class KernelNorm(torch.autograd.Function):
         dgamma = None if dgamma is None else dgamma.view(gamma.shape)
         dbeta = None if dbeta is None else dbeta.view(beta.shape)
         return _input_grad(ctx, dx), None, dgamma, dbeta, None, None
+
+
+def _affine_composite(x, mean, variance, gamma, beta, layout, epsilon):
+    """:func:`affine` in plain differentiable ops, in float32 (double backward)."""
+    c = layout.c
+    scale = torch.rsqrt(variance + epsilon)
+    if gamma is not None:
+        scale = scale * gamma.reshape(c)
+    y = (x - mean.view(1, c, 1)) * scale.view(1, c, 1)
+    return y if beta is None else y + beta.reshape(c).view(1, c, 1)
+
+
+class AffineNorm(torch.autograd.Function):
+    """Batch norm with given statistics by the compiled kernels. Inputs
+    ``(x, mean, gamma, beta, variance, layout, epsilon)``: the statistics
+    are constants (the hook declines those that need a gradient), and the
+    parameters are where :func:`_composite_vjp` expects them. Double
+    backward differentiates the same normalization in plain ops."""
+
+    @staticmethod
+    def forward(ctx, x, mean, gamma, beta, variance, layout, epsilon):
+        y, coef, threads = torch.empty_like(x), _f32(x, 2 * layout.c), _threads(x.numel())
+        g, b = _flat(gamma), _flat(beta)
+        args = [_ptr(t) for t in (x, mean, variance, g, b, y)]
+        _entry("nl_affine_forward", x)(*args, *layout, _affine_tasks(layout), epsilon, _ptr(coef), threads)
+        ctx.save_for_backward(x, mean, gamma, beta, variance)
+        ctx.layout, ctx.epsilon, ctx.dtype = layout, epsilon, x.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, gamma, beta, variance = ctx.saved_tensors
+        layout, epsilon = ctx.layout, ctx.epsilon
+        if torch.is_grad_enabled():  # double backward
+            def composite(x, g, b):  # in float32, rounded to x's dtype as the kernel's output
+                return _affine_composite(x, mean, variance, g, b, layout, epsilon).to(x.dtype)
+
+            return (*_composite_vjp(ctx, dy, composite, x, gamma, beta), None, None, None)
+        c, tasks, threads = layout.c, _affine_tasks(layout), _threads(x.numel())
+        dy = dy.to(x.dtype).contiguous()
+        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        _, want_gamma, want_beta = _grad_mask(ctx, gamma, beta)
+        dgamma = _f32(x, c) if want_gamma else None
+        dbeta = _f32(x, c) if want_beta else None
+        coef, part, scratch, g = _f32(x, 2 * c), _f64(x, tasks * 2 * c), _f32(x, tasks * 2 * c), _flat(gamma)
+        args = [_ptr(t) for t in (dy, x, mean, variance, g, dx, dgamma, dbeta)]
+        _entry("nl_affine_backward", x)(*args, *layout, tasks, epsilon, *map(_ptr, (coef, part, scratch)), threads)
+        dgamma = None if dgamma is None else dgamma.view(gamma.shape)
+        dbeta = None if dbeta is None else dbeta.view(beta.shape)
+        return _input_grad(ctx, dx), None, dgamma, dbeta, None, None, None

@@ -131,14 +131,19 @@ def batch_norm(
                     "Pass the moving mean and variance, or training=True to use batch statistics.",
                 )
             )
-        y = normalize(
-            x,
-            feature_param(mean, ndim, [a], [channels]),
-            feature_param(variance, ndim, [a], [channels]),
-            epsilon=epsilon,
-            gamma=feature_param(gamma, ndim, [a], [channels]),
-            beta=feature_param(beta, ndim, [a], [channels]),
-        )
+        hook = backends.fast_path("batch_norm_infer", epsilon=epsilon)
+        y = None
+        if hook is not None:
+            y = hook(x, axis=a, mean=mean, variance=variance, gamma=gamma, beta=beta, epsilon=epsilon)
+        if y is None:
+            y = normalize(
+                x,
+                feature_param(mean, ndim, [a], [channels]),
+                feature_param(variance, ndim, [a], [channels]),
+                epsilon=epsilon,
+                gamma=feature_param(gamma, ndim, [a], [channels]),
+                beta=feature_param(beta, ndim, [a], [channels]),
+            )
     return (y, mean, variance) if return_stats else y
 
 

@@ -48,6 +48,7 @@ def test_sweeps_spread_each_rows_rounds_over_the_run():
 
 def test_select_cases():
     assert [c[0] for c in select_cases(True, rows="norm", passes=["fwd"])] == [
-        "GroupNorm(32)", "InstanceNorm", "LayerNorm(-1)", "BatchNorm(train)"]
+        "GroupNorm(32)", "InstanceNorm", "LayerNorm(-1)", "BatchNorm(train)", "BatchNorm(infer)"]
+    assert [c[1] for c in select_cases(True, rows=r"BatchNorm\(infer")] == ["batch_infer"]
     cases = select_cases(False, rows="GroupNorm.*28, 28", passes=["fwd+bwd"])
     assert cases == [("GroupNorm(32)", "group", (32, 28, 28, 64), ("fwd+bwd",))]

@@ -1,6 +1,7 @@
-"""normlab's compiled CPU kernels (``slices.c``, ``rows.c``, ``common.h``):
-group, instance, layer and batch norm of float32, bfloat16 and float16
-data (statistics and arithmetic in float32), forward and backward, with
+"""normlab's compiled CPU kernels (``slices.c``, ``rows.c``, ``affine.c``,
+``common.h``): group, instance, layer and batch norm of float32, bfloat16
+and float16 data (statistics and arithmetic in float32), forward and
+backward, batch norm with given statistics (inference) included, with
 the fast paths' shift folded into their reads, so that they are exact at
 any offset without the centered copy ATen's kernels need
 (:mod:`normlab.backends.torch`).
@@ -40,7 +41,7 @@ __all__ = ["DTYPES", "SOURCES", "available", "build", "cache_dir", "entry", "lib
 _HERE = Path(__file__).parent
 
 #: The C sources of the kernels (compiled together into one library), and the header they share.
-SOURCES = (_HERE / "slices.c", _HERE / "rows.c")
+SOURCES = (_HERE / "slices.c", _HERE / "rows.c", _HERE / "affine.c")
 HEADER = _HERE / "common.h"
 
 #: Compiler flags. No ``-ffast-math``: the kernels' exactness rests on the
@@ -74,6 +75,10 @@ _SIGNATURES = {
     "nl_planes_forward": [_PTR] * 8 + [_I64] * 4 + [_F64, _I64],
     # dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta, n, c, s, chunks, threads
     "nl_planes_backward": [_PTR] * 9 + [_I64] * 5,
+    # x, mean, var, gamma, beta, y, o, c, i, tasks, eps, coef, threads
+    "nl_affine_forward": [_PTR] * 6 + [_I64] * 4 + [_F64, _PTR, _I64],
+    # dy, x, mean, var, gamma, dx, dgamma, dbeta, o, c, i, tasks, eps, coef, part, scratch, threads
+    "nl_affine_backward": [_PTR] * 8 + [_I64] * 4 + [_F64] + [_PTR] * 3 + [_I64],
 }
 
 

@@ -1,4 +1,4 @@
-/* normlab's CPU kernels (common.h: what slices.c and rows.c share): group,
+/* normlab's CPU kernels (common.h: what slices.c, rows.c and affine.c share): group,
  * instance, layer and batch norm of float32, bfloat16 and float16 data,
  * forward and backward,
  * each reading its input once for the statistics and once to apply them,
@@ -15,6 +15,10 @@
  *     data; group and instance norm of channels-first data: P = S).
  *   nl_planes_*: x is (N, C, S); the statistics are per channel, over the
  *     N samples and S positions (batch norm of channels-first data).
+ *   nl_affine_*: x is (O, C, I); the statistics are given per channel
+ *     (batch norm in inference, with the moving averages: channels-last
+ *     data as (N * S, C, 1), channels-first as (N, C, S)); nothing is
+ *     reduced forward, and no shift is needed: x - mean is formed first.
  *
  * Numerics: the residual d = x - shift (shift a per-slice subsample mean,
  * computed by the caller: its offset ratio is bounded, see policy.py) is
