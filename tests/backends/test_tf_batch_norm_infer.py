@@ -1,0 +1,127 @@
+"""TensorFlow's batch norm with given statistics (inference): the fused NHWC
+kernel on ``x - mean`` (:func:`normlab.backends.tensorflow.batch_norm_infer`)
+against the float64 closed form and the general path, eagerly, under
+``tf.function`` and under XLA, with the gradients of the input, the
+parameters and the statistics themselves."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from normlab import backends
+from normlab import ops as nops
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the TensorFlow hook")
+
+EPSILON = 1e-3
+TOLERANCE = {"float32": 2e-5, "bfloat16": 3e-2, "float16": 4e-3}
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _data(shape, offset, seed=0):
+    rng = np.random.default_rng(seed)
+    c = shape[-1]
+    x = offset + rng.normal(0.5, 2.0, size=shape)
+    mean, variance = offset + rng.uniform(-1, 1, size=c), rng.uniform(0.5, 4.0, size=c)
+    gamma, beta = rng.uniform(0.5, 1.5, size=c), rng.normal(size=c)
+    return x, mean, variance, gamma, beta, rng.normal(size=shape)
+
+
+def _expected(x, mean, variance, gamma, beta, dy):
+    rstd = 1.0 / np.sqrt(variance + EPSILON)
+    xhat = (x - mean) * rstd
+    axes = tuple(range(x.ndim - 1))
+    dx = dy * gamma * rstd
+    return {"y": xhat * gamma + beta, "dx": dx, "dgamma": (dy * xhat).sum(axes), "dbeta": dy.sum(axes),
+            "dmean": -dx.sum(axes), "dvariance": (-0.5 * dy * gamma * xhat * rstd ** 2).sum(axes)}
+
+
+def _run(x, mean, variance, gamma, beta, dy, mode):
+    tf = _tf()
+    names = ("x", "mean", "variance", "gamma", "beta")
+
+    def full(*args):
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            y = nops.batch_norm(args[0], args[1], args[2], gamma=args[3], beta=args[4], epsilon=EPSILON)
+        grads = tape.gradient(y, list(args), output_gradients=tf.cast(dy, y.dtype))
+        return y, grads
+
+    if mode != "eager":
+        full = tf.function(full, jit_compile=mode == "xla")
+    y, grads = full(x, mean, variance, gamma, beta)
+    out = {"y": y}
+    out.update({"d" + n: g for n, g in zip(names, grads)})
+    return {k: np.asarray(tf.cast(v, tf.float64)) for k, v in out.items()}, y.dtype
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("dtype, offset", [("float32", 0.0), ("float32", 1e4), ("float32", 1e6),
+                                           ("bfloat16", 50.0), ("float16", 500.0)])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 16), (40, 8), (2, 3, 4, 5, 24)])
+def test_parity_with_the_general_path_and_float64(shape, dtype, offset, mode):
+    tf = _tf()
+    x_np, *rest = _data(shape, offset)
+    x = tf.cast(tf.constant(x_np, tf.float32), dtype)
+    mean, variance, gamma, beta, dy = (tf.constant(a, tf.float32) for a in rest)
+    fast, out_dtype = _run(x, mean, variance, gamma, beta, dy, mode)
+    assert out_dtype == x.dtype
+    with backends.disabled():
+        general, _ = _run(x, mean, variance, gamma, beta, dy, mode)
+    expected = _expected(np.asarray(tf.cast(x, tf.float64)), *(np.asarray(t, np.float64) for t in
+                                                                (mean, variance, gamma, beta, dy)))
+    tol = TOLERANCE[dtype]
+    for key, ref in expected.items():
+        scale = max(1.0, float(np.abs(ref).max())) * (1.0 if key in ("y", "dx") else 1e-4 / tol + 1.0)
+        err = float(np.abs(fast[key] - ref).max())
+        own = float(np.abs(general[key] - ref).max())
+        assert err <= tol * scale, f"{key} off by {err:.3g}"
+        assert err <= own + 2 * tol * scale, f"{key}: {err:.3g} against the general path's {own:.3g}"
+
+
+def test_the_fused_kernel_runs_in_the_graph():
+    tf = _tf()
+    x_np, mean, variance, gamma, beta, _ = _data((2, 3, 3, 8), 0.0)
+    fn = tf.function(lambda x: nops.batch_norm(x, mean.astype("float32"), variance.astype("float32"),
+                                               gamma=gamma.astype("float32"), beta=beta.astype("float32")))
+    graph = fn.get_concrete_function(tf.TensorSpec([None, 3, 3, 8])).graph
+    assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+
+
+def test_declines_what_it_does_not_serve():
+    tf = _tf()
+    from normlab.backends import tensorflow as hooks
+
+    def hook(shape, axis, dtype=tf.float32):
+        x_np, mean, variance, gamma, beta, _ = _data(shape, 0.0)
+        c = shape[axis]
+        stats = [tf.constant(a[:c], tf.float32) for a in (mean, variance, gamma, beta)]
+        return hooks.batch_norm_infer(tf.cast(tf.constant(x_np, tf.float32), dtype), axis=axis % len(shape),
+                                      mean=stats[0], variance=stats[1], gamma=stats[2], beta=stats[3],
+                                      epsilon=EPSILON)
+
+    assert hook((2, 3, 8), -1) is not None
+    assert hook((2, 8, 3), 1) is None  # channels-first: the NCHW kernel needs oneDNN on the CPU
+    assert hook((2, 3, 10), -1) is None  # channels not a multiple of 8: the kernel is scalar there
+    assert hook((2, 3, 8), -1, tf.float64) is None
+
+
+def test_the_kernel_scales_by_exactly_the_given_scale():
+    """Its own variance and epsilon sum to 1 in float32, so that it
+    multiplies by the scale it is handed, unchanged."""
+    from normlab.backends import tensorflow as hooks
+
+    e = np.float32(hooks._KERNEL_EPSILON)
+    assert np.float32(np.float32(1.0) - e) + e == np.float32(1.0)
+    tf = _tf()
+    x = tf.constant(np.arange(16, dtype="float32").reshape(2, 8) * 0.37)
+    y = hooks.batch_norm_infer(x, axis=1, mean=tf.zeros(8), variance=tf.zeros(8), gamma=None, beta=None,
+                               epsilon=1.0)
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
