@@ -250,6 +250,22 @@ def test_results_do_not_depend_on_the_thread_count(kernel_calls, case):
 
 
 @needs_compiler
+@pytest.mark.parametrize("channels", [1, 3, 5, 10, 12, 24, 31, 33])
+@pytest.mark.parametrize("samples, groups", [(9, 1), (2, 0)])
+def test_rows_of_few_channels_read_in_tiles(kernel_calls, monkeypatch, channels, samples, groups):
+    """Channels-last rows of fewer than 32 channels are read several at a
+    time (common.h, tile_rows): every width, with position counts that
+    leave rows over after the last whole tile of a block, both schedules
+    (9 samples: one task each; 2: chunks), group and instance norm."""
+    groups = groups or channels
+    monkeypatch.setitem(CASES, "tiles", ("group", (samples, 3, 67, channels), 3, groups))
+    _check("tiles", "float32", 1e4)
+    monkeypatch.setitem(CASES, "tiles-bn", ("batch", (samples, 131, channels), 2, None))
+    _check("tiles-bn", "float32", 1e4)
+    assert kernel_calls == ["_forward", "_backward"] * 2, kernel_calls
+
+
+@needs_compiler
 @pytest.mark.parametrize("op, shape, axis", [("batch", (3 * 2**16 + 5, 4), 1), ("batch", (5, 2, 2**16 + 7), 1),
                                              ("layer", (2, 3 * 2**16 + 5), [1])])
 def test_reductions_beyond_aten_bound(kernel_calls, op, shape, axis):

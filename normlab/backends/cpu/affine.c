@@ -35,7 +35,20 @@ static void forward_task(const void *ctx, i64 t) {
     i64 u0 = u * t / a->tasks, u1 = u * (t + 1) / a->tasks;
     const float *restrict m = a->mean, *restrict sc = a->coef, *restrict b = sc + c;
     if (in == 1) {
-        for (i64 r = u0; r < u1; r++) {
+        i64 k = tile_rows(c), tw = k * c, r = u0;
+        if (k > 1) { /* rows of few channels, k at a time (common.h) */
+            float mt[TILE_MAX], st[TILE_MAX], bt[TILE_MAX];
+            tile(mt, m, c, k, 0.0f);
+            tile(st, sc, c, k, 0.0f);
+            tile(bt, b, c, k, 0.0f);
+            for (; r + k <= u1; r += k) {
+                const elem *restrict xr = a->x + r * c;
+                elem *restrict yr = a->y + r * c;
+#pragma omp simd
+                for (i64 t = 0; t < tw; t++) yr[t] = CV((LD(xr, t) - mt[t]) * st[t] + bt[t]);
+            }
+        }
+        for (; r < u1; r++) {
             const elem *restrict xr = a->x + r * c;
             elem *restrict yr = a->y + r * c;
 #pragma omp simd
@@ -64,11 +77,40 @@ static void backward_task(const void *ctx, i64 t) {
         for (i64 j = 0; j < 2 * c; j++) t1[j] = 0.0;
     if (in == 1) {
         float *restrict f1 = a->scratch + t * 2 * c, *restrict f2 = f1 + c;
+        i64 k = tile_rows(c), tw = k * c;
+        float mt[TILE_MAX], st[TILE_MAX], g1[TILE_MAX], g2[TILE_MAX];
+        if (k > 1) {
+            tile(mt, m, c, k, 0.0f);
+            tile(st, sc, c, k, 0.0f);
+        }
         for (i64 r = u0; r < u1; r += BLOCK) {
-            i64 e = r + BLOCK < u1 ? r + BLOCK : u1;
+            i64 e = r + BLOCK < u1 ? r + BLOCK : u1, i = r;
             if (t1)
                 for (i64 j = 0; j < c; j++) f1[j] = f2[j] = 0.0f;
-            for (i64 i = r; i < e; i++) {
+            if (k > 1 && e - r >= k) { /* rows of few channels, k at a time (common.h) */
+                for (i64 q = 0; q < tw; q++) g1[q] = g2[q] = 0.0f;
+                for (; i + k <= e; i += k) {
+                    const elem *restrict dyr = a->dy + i * c, *restrict xr = a->x + i * c;
+                    if (a->dx) {
+                        elem *restrict dxr = a->dx + i * c;
+#pragma omp simd
+                        for (i64 q = 0; q < tw; q++) dxr[q] = CV(LD(dyr, q) * st[q]);
+                    }
+                    if (t1) {
+#pragma omp simd
+                        for (i64 q = 0; q < tw; q++) {
+                            float g = LD(dyr, q);
+                            g1[q] += g;
+                            g2[q] += g * (LD(xr, q) - mt[q]);
+                        }
+                    }
+                }
+                if (t1) {
+                    fold(f1, g1, c, k);
+                    fold(f2, g2, c, k);
+                }
+            }
+            for (; i < e; i++) {
                 const elem *restrict dyr = a->dy + i * c, *restrict xr = a->x + i * c;
                 if (a->dx) {
                     elem *restrict dxr = a->dx + i * c;

@@ -127,6 +127,36 @@ static inline uint16_t float_to_f16(float f) {
 #define BLOCK 64
 #define LANES 16
 
+/* Rows of fewer than 32 channels (not a multiple of 16, a vector of
+ * float32 on AVX-512) are read k at a time as one contiguous tile of
+ * k * c values (tiles: the caller's per-channel arrays repeated k times),
+ * so that the vector loops run over whole vectors rather than a short,
+ * masked row each: k * c is lcm(c, 16), doubled up to 64 values at
+ * least, at most TILE_MAX; k is a power of two that divides BLOCK.
+ * Measured on an AMD EPYC (AVX-512) VM, group norm of (32, 676, 10):
+ * forward+backward 2.3x slower than with 16 channels before. 1: rows
+ * are read one at a time. */
+#define TILE_MAX 512
+
+static inline i64 tile_rows(i64 c) {
+    if (c >= 32 || c % 16 == 0) return 1;
+    i64 k = 16 / (c & -c); /* c & -c: the lowest set bit of c, gcd(c, 16) here */
+    while (k * c < 64) k *= 2;
+    return k;
+}
+
+/* out[r * c + j] = in[j] for r < k (in may be NULL: fill with `none`). */
+static inline void tile(float *out, const float *in, i64 c, i64 k, float none) {
+    for (i64 r = 0; r < k; r++)
+        for (i64 j = 0; j < c; j++) out[r * c + j] = in ? in[j] : none;
+}
+
+/* f[j] += g[r * c + j] over the k rows of a tile, in row order. */
+static inline void fold(float *f, const float *g, i64 c, i64 k) {
+    for (i64 r = 0; r < k; r++)
+        for (i64 j = 0; j < c; j++) f[j] += g[r * c + j];
+}
+
 /* ------------------------------------------------------------------------ */
 /* Threads: OpenMP, so that a process that already has an OpenMP runtime
  * (PyTorch's libgomp.so.1) runs these tasks on the same pool of threads

@@ -63,17 +63,48 @@ static float *coef_of(const struct slices *a, i64 n) {
 
 /* part (2, C) of the task = (sum of u, sum of u * v) per channel over its
  * positions: u = d = x - shift and v = d in the forward, u = dy and
- * v = d - m in the backward (grad). */
+ * v = d - m in the backward (grad). Rows of few channels are read in
+ * tiles of k rows (tile_rows), whose lane sums are folded per channel at
+ * the end of each block. */
 static void sums(const struct slices *a, struct range q, int grad) {
-    i64 c = a->c, w = c;
+    i64 c = a->c, w = c, k = tile_rows(c), tw = k * c;
     const float *restrict sh = a->shift + q.n * c, *restrict m = coef_of(a, q.n);
     double *restrict t1 = a->part + task_slot(a, q) * 2 * c, *restrict t2 = t1 + c;
     float *restrict f1 = a->scratch + task_slot(a, q) * 2 * c, *restrict f2 = f1 + c;
+    float sht[TILE_MAX], mt[TILE_MAX], g1[TILE_MAX], g2[TILE_MAX];
+    if (k > 1) {
+        tile(sht, sh, c, k, 0.0f);
+        tile(mt, grad ? m : NULL, c, k, 0.0f);
+    }
     for (i64 j = 0; j < w; j++) t1[j] = t2[j] = 0.0;
     for (i64 r = q.r0; r < q.r1; r += BLOCK) {
-        i64 e = r + BLOCK < q.r1 ? r + BLOCK : q.r1;
+        i64 e = r + BLOCK < q.r1 ? r + BLOCK : q.r1, i = r;
         for (i64 j = 0; j < w; j++) f1[j] = f2[j] = 0.0f;
-        for (i64 i = r; i < e; i++) {
+        if (k > 1 && e - r >= k) {
+            for (i64 t = 0; t < tw; t++) g1[t] = g2[t] = 0.0f;
+            for (; i + k <= e; i += k) {
+                const elem *restrict xr = a->x + (q.n * a->s + i) * c;
+                if (grad) {
+                    const elem *restrict dyr = a->dy + (q.n * a->s + i) * c;
+#pragma omp simd
+                    for (i64 t = 0; t < tw; t++) {
+                        float dyt = LD(dyr, t);
+                        g1[t] += dyt;
+                        g2[t] += dyt * ((LD(xr, t) - sht[t]) - mt[t]);
+                    }
+                } else {
+#pragma omp simd
+                    for (i64 t = 0; t < tw; t++) {
+                        float d = LD(xr, t) - sht[t];
+                        g1[t] += d;
+                        g2[t] += d * d;
+                    }
+                }
+            }
+            fold(f1, g1, c, k);
+            fold(f2, g2, c, k);
+        }
+        for (; i < e; i++) {
             const elem *restrict xr = a->x + (q.n * a->s + i) * c;
             if (grad) {
                 const elem *restrict dyr = a->dy + (q.n * a->s + i) * c;
@@ -147,12 +178,36 @@ static void finish_backward(const struct slices *a, struct range q) {
     }
 }
 
-/* y = ((x - shift) - m) * a + b, or dx = p * dy + q * ((x - shift) - m) + r (grad). */
+/* y = ((x - shift) - m) * a + b, or dx = p * dy + q * ((x - shift) - m) + r
+ * (grad); rows of few channels in tiles of k rows (tile_rows). */
 static void apply(const struct slices *a, struct range q, int grad) {
-    i64 c = a->c, w = c;
+    i64 c = a->c, w = c, k = tile_rows(c), tw = k * c, i = q.r0;
     const float *restrict sh = a->shift + q.n * c;
     const float *restrict m = coef_of(a, q.n), *restrict u = m + c, *restrict v = u + c, *restrict z = v + c;
-    for (i64 i = q.r0; i < q.r1; i++) {
+    if (k > 1) {
+        float sht[TILE_MAX], mt[TILE_MAX], ut[TILE_MAX], vt[TILE_MAX], zt[TILE_MAX];
+        tile(sht, sh, c, k, 0.0f);
+        tile(mt, m, c, k, 0.0f);
+        tile(ut, u, c, k, 0.0f);
+        tile(vt, v, c, k, 0.0f);
+        tile(zt, grad ? z : NULL, c, k, 0.0f);
+        for (; i + k <= q.r1; i += k) {
+            i64 at = (q.n * a->s + i) * c;
+            const elem *restrict xr = a->x + at;
+            if (grad) {
+                const elem *restrict dyr = a->dy + at;
+                elem *restrict dxr = a->dx + at;
+#pragma omp simd
+                for (i64 t = 0; t < tw; t++)
+                    dxr[t] = CV(ut[t] * LD(dyr, t) + vt[t] * ((LD(xr, t) - sht[t]) - mt[t]) + zt[t]);
+            } else {
+                elem *restrict yr = a->y + at;
+#pragma omp simd
+                for (i64 t = 0; t < tw; t++) yr[t] = CV(((LD(xr, t) - sht[t]) - mt[t]) * ut[t] + vt[t]);
+            }
+        }
+    }
+    for (; i < q.r1; i++) {
         i64 at = (q.n * a->s + i) * c;
         const elem *restrict xr = a->x + at;
         if (grad) {
