@@ -90,6 +90,29 @@ def test_large_offset_training_stays_exact():
     np.testing.assert_allclose(y, reference.batch_norm(x.astype(np.float64))[0], atol=1e-4)
 
 
+@pytest.mark.parametrize("offset", [1e4, 1e6])
+@pytest.mark.parametrize("channels", [16, 10])
+def test_large_offset_inference_stays_exact(offset, channels):
+    """With the moving statistics near a large offset, x - mean is formed
+    first (docs/concepts.md): within 1e-6 of float64 on every backend, where
+    Keras 3.15 folds them into x * a + b on TensorFlow and JAX (9e-4 off at 1e4)."""
+    rng = np.random.default_rng(0)
+    x = (offset + rng.normal(size=(8, 6, 6, channels))).astype("float32")
+    mean = (offset + rng.uniform(-1, 1, channels)).astype("float32")
+    variance = rng.uniform(0.5, 2.0, channels).astype("float32")
+    expected = (x.astype(np.float64) - mean) / np.sqrt(variance.astype(np.float64) + 1e-3)
+    errors = {}
+    for make in (normlab.BatchNormalization, keras.layers.BatchNormalization):
+        layer = make()
+        layer.build(x.shape)
+        layer.moving_mean.assign(mean)
+        layer.moving_variance.assign(variance)
+        errors[make.__module__.split(".")[0]] = np.abs(ops.convert_to_numpy(layer(x, training=False)) - expected).max()
+    assert errors["normlab"] < 1e-6
+    if keras.backend.backend() != "torch":  # Keras' torch backend subtracts the mean first as well
+        assert errors["keras"] > 1e-4 * offset / 1e4
+
+
 @pytest.mark.parametrize("shape", [(5, 2, 3), (4, 3, 3, 2)])
 def test_keras_mask_covers_every_axis_but_the_last_whatever_the_channel_axis(shape):
     # A Masking layer's mask has the input's shape minus its last axis; with
