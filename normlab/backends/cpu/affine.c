@@ -29,48 +29,31 @@ struct affine {
 
 static i64 units_of(const struct affine *a) { return a->in == 1 ? a->o : a->o * a->c; }
 
-/* y = (x - m) * a + b over w values: a row (w = C) or a tile of rows
- * (w = k * C, the coefficients tiled). */
-static inline void forward_run(const elem *restrict x, elem *restrict y, const float *restrict m,
-                               const float *restrict sc, const float *restrict b, i64 w) {
-#pragma omp simd
-    for (i64 j = 0; j < w; j++) y[j] = CV((LD(x, j) - m[j]) * sc[j] + b[j]);
-}
-
-/* Over w values: dx = dy * a where dx is wanted, and with s1 set,
- * s1 += dy and s2 += dy * (x - m); a row or a tile of rows. */
-static inline void backward_run(const elem *restrict dy, const elem *restrict x, elem *restrict dx,
-                                const float *restrict m, const float *restrict sc, float *restrict s1,
-                                float *restrict s2, i64 w) {
-    if (dx) {
-#pragma omp simd
-        for (i64 j = 0; j < w; j++) dx[j] = CV(LD(dy, j) * sc[j]);
-    }
-    if (s1) {
-#pragma omp simd
-        for (i64 j = 0; j < w; j++) {
-            float g = LD(dy, j);
-            s1[j] += g;
-            s2[j] += g * (LD(x, j) - m[j]);
-        }
-    }
-}
-
 static void forward_task(const void *ctx, i64 t) {
     const struct affine *a = ctx;
     i64 c = a->c, in = a->in, u = units_of(a);
     i64 u0 = u * t / a->tasks, u1 = u * (t + 1) / a->tasks;
     const float *restrict m = a->mean, *restrict sc = a->coef, *restrict b = sc + c;
     if (in == 1) {
-        i64 k = tile_rows(c), r = u0;
+        i64 k = tile_rows(c), tw = k * c, r = u0;
         if (k > 1) { /* rows of few channels, k at a time (common.h) */
             float mt[TILE_MAX], st[TILE_MAX], bt[TILE_MAX];
             tile(mt, m, c, k, 0.0f);
             tile(st, sc, c, k, 0.0f);
             tile(bt, b, c, k, 0.0f);
-            for (; r + k <= u1; r += k) forward_run(a->x + r * c, a->y + r * c, mt, st, bt, k * c);
+            for (; r + k <= u1; r += k) {
+                const elem *restrict xr = a->x + r * c;
+                elem *restrict yr = a->y + r * c;
+#pragma omp simd
+                for (i64 t = 0; t < tw; t++) yr[t] = CV((LD(xr, t) - mt[t]) * st[t] + bt[t]);
+            }
         }
-        for (; r < u1; r++) forward_run(a->x + r * c, a->y + r * c, m, sc, b, c);
+        for (; r < u1; r++) {
+            const elem *restrict xr = a->x + r * c;
+            elem *restrict yr = a->y + r * c;
+#pragma omp simd
+            for (i64 j = 0; j < c; j++) yr[j] = CV((LD(xr, j) - m[j]) * sc[j] + b[j]);
+        }
         return;
     }
     for (i64 p = u0; p < u1; p++) {
@@ -93,7 +76,7 @@ static void backward_task(const void *ctx, i64 t) {
     if (t1)
         for (i64 j = 0; j < 2 * c; j++) t1[j] = 0.0;
     if (in == 1) {
-        float *restrict f1 = t1 ? a->scratch + t * 2 * c : NULL, *restrict f2 = f1 ? f1 + c : NULL;
+        float *restrict f1 = a->scratch + t * 2 * c, *restrict f2 = f1 + c;
         i64 k = tile_rows(c), tw = k * c;
         float mt[TILE_MAX], st[TILE_MAX], g1[TILE_MAX], g2[TILE_MAX];
         if (k > 1) {
@@ -106,16 +89,43 @@ static void backward_task(const void *ctx, i64 t) {
                 for (i64 j = 0; j < c; j++) f1[j] = f2[j] = 0.0f;
             if (k > 1 && e - r >= k) { /* rows of few channels, k at a time (common.h) */
                 for (i64 q = 0; q < tw; q++) g1[q] = g2[q] = 0.0f;
-                for (; i + k <= e; i += k)
-                    backward_run(a->dy + i * c, a->x + i * c, a->dx ? a->dx + i * c : NULL, mt, st, t1 ? g1 : NULL,
-                                 g2, tw);
+                for (; i + k <= e; i += k) {
+                    const elem *restrict dyr = a->dy + i * c, *restrict xr = a->x + i * c;
+                    if (a->dx) {
+                        elem *restrict dxr = a->dx + i * c;
+#pragma omp simd
+                        for (i64 q = 0; q < tw; q++) dxr[q] = CV(LD(dyr, q) * st[q]);
+                    }
+                    if (t1) {
+#pragma omp simd
+                        for (i64 q = 0; q < tw; q++) {
+                            float g = LD(dyr, q);
+                            g1[q] += g;
+                            g2[q] += g * (LD(xr, q) - mt[q]);
+                        }
+                    }
+                }
                 if (t1) {
                     fold(f1, g1, c, k);
                     fold(f2, g2, c, k);
                 }
             }
-            for (; i < e; i++)
-                backward_run(a->dy + i * c, a->x + i * c, a->dx ? a->dx + i * c : NULL, m, sc, f1, f2, c);
+            for (; i < e; i++) {
+                const elem *restrict dyr = a->dy + i * c, *restrict xr = a->x + i * c;
+                if (a->dx) {
+                    elem *restrict dxr = a->dx + i * c;
+#pragma omp simd
+                    for (i64 j = 0; j < c; j++) dxr[j] = CV(LD(dyr, j) * sc[j]);
+                }
+                if (t1) {
+#pragma omp simd
+                    for (i64 j = 0; j < c; j++) {
+                        float g = LD(dyr, j);
+                        f1[j] += g;
+                        f2[j] += g * (LD(xr, j) - m[j]);
+                    }
+                }
+            }
             if (t1)
                 for (i64 j = 0; j < c; j++) {
                     t1[j] += f1[j];

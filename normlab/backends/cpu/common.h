@@ -135,7 +135,9 @@ static inline uint16_t float_to_f16(float f) {
  * least, at most TILE_MAX; k is a power of two that divides BLOCK.
  * Measured on an AMD EPYC (AVX-512) VM, group norm of (32, 676, 10):
  * forward+backward 2.3x slower than with 16 channels before. 1: rows
- * are read one at a time. */
+ * are read one at a time. The kernels write the tile loop and the row
+ * loop out separately: one inline helper serving both measured 7-15%
+ * slower on rows of 16 to 256 channels (GCC 12, one thread). */
 #define TILE_MAX 512
 
 static inline i64 tile_rows(i64 c) {

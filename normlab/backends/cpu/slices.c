@@ -61,57 +61,69 @@ static float *coef_of(const struct slices *a, i64 n) {
     return a->coef + (a->chunks == 1 ? thread_slot() : n) * 4 * a->c;
 }
 
-/* Adds to s1 and s2, lane by lane over w values from x (and dy): the
- * forward's d = x - sh and d * d, or the backward's (grad) dy and
- * dy * (d - m). A row (w = C, per-channel sh and m) or a tile of rows
- * (w = k * C, sh and m tiled). */
-static inline void add_run(const elem *restrict x, const elem *restrict dy, const float *restrict sh,
-                           const float *restrict m, float *restrict s1, float *restrict s2, i64 w, int grad) {
-    if (grad) {
-#pragma omp simd
-        for (i64 j = 0; j < w; j++) {
-            float g = LD(dy, j);
-            s1[j] += g;
-            s2[j] += g * ((LD(x, j) - sh[j]) - m[j]);
-        }
-    } else {
-#pragma omp simd
-        for (i64 j = 0; j < w; j++) {
-            float d = LD(x, j) - sh[j];
-            s1[j] += d;
-            s2[j] += d * d;
-        }
-    }
-}
-
 /* part (2, C) of the task = (sum of u, sum of u * v) per channel over its
  * positions: u = d = x - shift and v = d in the forward, u = dy and
  * v = d - m in the backward (grad). Rows of few channels are read in
  * tiles of k rows (tile_rows), whose lane sums are folded per channel at
  * the end of each block. */
 static void sums(const struct slices *a, struct range q, int grad) {
-    i64 c = a->c, k = tile_rows(c), tw = k * c;
+    i64 c = a->c, w = c, k = tile_rows(c), tw = k * c;
     const float *restrict sh = a->shift + q.n * c, *restrict m = coef_of(a, q.n);
     double *restrict t1 = a->part + task_slot(a, q) * 2 * c, *restrict t2 = t1 + c;
     float *restrict f1 = a->scratch + task_slot(a, q) * 2 * c, *restrict f2 = f1 + c;
     float sht[TILE_MAX], mt[TILE_MAX], g1[TILE_MAX], g2[TILE_MAX];
-    const elem *x = a->x + q.n * a->s * c, *dy = grad ? a->dy + q.n * a->s * c : NULL;
     if (k > 1) {
         tile(sht, sh, c, k, 0.0f);
         tile(mt, grad ? m : NULL, c, k, 0.0f);
     }
-    for (i64 j = 0; j < c; j++) t1[j] = t2[j] = 0.0;
+    for (i64 j = 0; j < w; j++) t1[j] = t2[j] = 0.0;
     for (i64 r = q.r0; r < q.r1; r += BLOCK) {
         i64 e = r + BLOCK < q.r1 ? r + BLOCK : q.r1, i = r;
-        for (i64 j = 0; j < c; j++) f1[j] = f2[j] = 0.0f;
+        for (i64 j = 0; j < w; j++) f1[j] = f2[j] = 0.0f;
         if (k > 1 && e - r >= k) {
             for (i64 t = 0; t < tw; t++) g1[t] = g2[t] = 0.0f;
-            for (; i + k <= e; i += k) add_run(x + i * c, dy ? dy + i * c : NULL, sht, mt, g1, g2, tw, grad);
+            for (; i + k <= e; i += k) {
+                const elem *restrict xr = a->x + (q.n * a->s + i) * c;
+                if (grad) {
+                    const elem *restrict dyr = a->dy + (q.n * a->s + i) * c;
+#pragma omp simd
+                    for (i64 t = 0; t < tw; t++) {
+                        float dyt = LD(dyr, t);
+                        g1[t] += dyt;
+                        g2[t] += dyt * ((LD(xr, t) - sht[t]) - mt[t]);
+                    }
+                } else {
+#pragma omp simd
+                    for (i64 t = 0; t < tw; t++) {
+                        float d = LD(xr, t) - sht[t];
+                        g1[t] += d;
+                        g2[t] += d * d;
+                    }
+                }
+            }
             fold(f1, g1, c, k);
             fold(f2, g2, c, k);
         }
-        for (; i < e; i++) add_run(x + i * c, dy ? dy + i * c : NULL, sh, m, f1, f2, c, grad);
-        for (i64 j = 0; j < c; j++) {
+        for (; i < e; i++) {
+            const elem *restrict xr = a->x + (q.n * a->s + i) * c;
+            if (grad) {
+                const elem *restrict dyr = a->dy + (q.n * a->s + i) * c;
+#pragma omp simd
+                for (i64 j = 0; j < w; j++) {
+                    float dyj = LD(dyr, j);
+                    f1[j] += dyj;
+                    f2[j] += dyj * ((LD(xr, j) - sh[j]) - m[j]);
+                }
+            } else {
+#pragma omp simd
+                for (i64 j = 0; j < w; j++) {
+                    float d = LD(xr, j) - sh[j];
+                    f1[j] += d;
+                    f2[j] += d * d;
+                }
+            }
+        }
+        for (i64 j = 0; j < w; j++) {
             t1[j] += f1[j];
             t2[j] += f2[j];
         }
@@ -166,28 +178,12 @@ static void finish_backward(const struct slices *a, struct range q) {
     }
 }
 
-/* Over w values: y = ((x - sh) - m) * u + v, or (grad)
- * dx = u * dy + v * ((x - sh) - m) + z; a row or a tile of rows. */
-static inline void apply_run(const elem *restrict x, const elem *restrict dy, elem *restrict out,
-                             const float *restrict sh, const float *restrict m, const float *restrict u,
-                             const float *restrict v, const float *restrict z, i64 w, int grad) {
-    if (grad) {
-#pragma omp simd
-        for (i64 j = 0; j < w; j++) out[j] = CV(u[j] * LD(dy, j) + v[j] * ((LD(x, j) - sh[j]) - m[j]) + z[j]);
-    } else {
-#pragma omp simd
-        for (i64 j = 0; j < w; j++) out[j] = CV(((LD(x, j) - sh[j]) - m[j]) * u[j] + v[j]);
-    }
-}
-
 /* y = ((x - shift) - m) * a + b, or dx = p * dy + q * ((x - shift) - m) + r
  * (grad); rows of few channels in tiles of k rows (tile_rows). */
 static void apply(const struct slices *a, struct range q, int grad) {
-    i64 c = a->c, k = tile_rows(c), i = q.r0, at = q.n * a->s * c;
+    i64 c = a->c, w = c, k = tile_rows(c), tw = k * c, i = q.r0;
     const float *restrict sh = a->shift + q.n * c;
     const float *restrict m = coef_of(a, q.n), *restrict u = m + c, *restrict v = u + c, *restrict z = v + c;
-    const elem *x = a->x + at, *dy = grad ? a->dy + at : NULL;
-    elem *out = grad ? a->dx + at : a->y + at;
     if (k > 1) {
         float sht[TILE_MAX], mt[TILE_MAX], ut[TILE_MAX], vt[TILE_MAX], zt[TILE_MAX];
         tile(sht, sh, c, k, 0.0f);
@@ -195,10 +191,37 @@ static void apply(const struct slices *a, struct range q, int grad) {
         tile(ut, u, c, k, 0.0f);
         tile(vt, v, c, k, 0.0f);
         tile(zt, grad ? z : NULL, c, k, 0.0f);
-        for (; i + k <= q.r1; i += k)
-            apply_run(x + i * c, dy ? dy + i * c : NULL, out + i * c, sht, mt, ut, vt, zt, k * c, grad);
+        for (; i + k <= q.r1; i += k) {
+            i64 at = (q.n * a->s + i) * c;
+            const elem *restrict xr = a->x + at;
+            if (grad) {
+                const elem *restrict dyr = a->dy + at;
+                elem *restrict dxr = a->dx + at;
+#pragma omp simd
+                for (i64 t = 0; t < tw; t++)
+                    dxr[t] = CV(ut[t] * LD(dyr, t) + vt[t] * ((LD(xr, t) - sht[t]) - mt[t]) + zt[t]);
+            } else {
+                elem *restrict yr = a->y + at;
+#pragma omp simd
+                for (i64 t = 0; t < tw; t++) yr[t] = CV(((LD(xr, t) - sht[t]) - mt[t]) * ut[t] + vt[t]);
+            }
+        }
     }
-    for (; i < q.r1; i++) apply_run(x + i * c, dy ? dy + i * c : NULL, out + i * c, sh, m, u, v, z, c, grad);
+    for (; i < q.r1; i++) {
+        i64 at = (q.n * a->s + i) * c;
+        const elem *restrict xr = a->x + at;
+        if (grad) {
+            const elem *restrict dyr = a->dy + at;
+            elem *restrict dxr = a->dx + at;
+#pragma omp simd
+            for (i64 j = 0; j < w; j++)
+                dxr[j] = CV(u[j] * LD(dyr, j) + v[j] * ((LD(xr, j) - sh[j]) - m[j]) + z[j]);
+        } else {
+            elem *restrict yr = a->y + at;
+#pragma omp simd
+            for (i64 j = 0; j < w; j++) yr[j] = CV(((LD(xr, j) - sh[j]) - m[j]) * u[j] + v[j]);
+        }
+    }
 }
 
 static void fused_forward_task(const void *p, i64 t) {
