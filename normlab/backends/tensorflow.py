@@ -228,7 +228,7 @@ _KERNEL_EPSILON = 1.001e-5
 
 def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     """Channels-last batch norm with given statistics: the fused NHWC kernel
-    in inference mode (and its gradient, one fused pass: under XLA 2.6x
+    in inference mode (and its gradient, one fused pass: under XLA 2.3x
     faster forward+backward than the general path's ops, measured on
     (8, 56, 56, 256)) on ``x - mean``.
 
