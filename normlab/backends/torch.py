@@ -338,8 +338,7 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     x3, channels_last = _channel_view(x, axis)
     if x3 is None:
         return None
-    mean, variance = ops.convert_to_tensor(mean), ops.convert_to_tensor(variance)
-    gamma, beta = _param(gamma, torch.float32), _param(beta, torch.float32)
+    mean, variance, gamma, beta = (_param(t, torch.float32) for t in (mean, variance, gamma, beta))
     if not _on_cpu(mean, variance, gamma, beta):
         return None
     if torch.is_grad_enabled() and (mean.requires_grad or variance.requires_grad):
@@ -347,5 +346,5 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     c = x.shape[axis]
     if channels_last:
         x3 = x3.view(-1, c, 1)
-    mean, variance = (_param(t, torch.float32).reshape(c).contiguous() for t in (mean, variance))
+    mean, variance = mean.reshape(c).contiguous(), variance.reshape(c).contiguous()
     return torch_cpu.affine(x3, mean, variance, gamma, beta, epsilon).view(x.shape)
