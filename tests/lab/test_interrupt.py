@@ -5,7 +5,9 @@ at the next check, and training checks after every batch."""
 
 from __future__ import annotations
 
+import gc
 import signal
+import sys
 
 import pytest
 
@@ -36,6 +38,54 @@ def test_a_swallowed_ctrl_c_is_raised_at_the_next_check():
             interrupt.check()  # until handled: the request stands
     assert signal.getsignal(signal.SIGINT) is before
     interrupt.check()  # cleared on exit
+
+
+class _Finalized:
+    """An object whose finalizer is where SIGINT lands, as JAX's gc callback
+    was in the CLI test: a real signal, delivered by Python inside
+    ``__del__``, whose KeyboardInterrupt CPython then reports and drops."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+        for _ in range(1000):  # Python runs the handler between bytecodes: here
+            pass
+
+
+def _reported(body):
+    """What reaches the unraisable hook in place before :func:`handling`
+    (Python's default prints "Exception ignored in ..." and a traceback)
+    while ``body`` runs inside it."""
+    seen = []
+    hook, sys.unraisablehook = sys.unraisablehook, seen.append
+    try:
+        with interrupt.handling():
+            body()
+    finally:
+        sys.unraisablehook = hook
+    return [type(info.exc_value) for info in seen]
+
+
+def test_ctrl_c_lost_in_a_finalizer_is_not_reported_and_is_raised_again():
+    def body():
+        _Finalized()  # dropped at once: SIGINT lands in its __del__ and is swallowed
+        gc.collect()
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+
+    assert _reported(body) == []  # no traceback from inside a finalizer
+
+
+def test_other_lost_exceptions_are_still_reported():
+    class Broken:
+        def __del__(self):
+            raise ValueError("a finalizer's own bug")
+
+    def body():
+        Broken()
+        gc.collect()
+        interrupt.check()  # nothing requested: a ValueError is not a Ctrl-C
+
+    assert _reported(body) == [ValueError]
 
 
 def test_training_stops_after_the_batch_in_which_ctrl_c_was_lost(tmp_path):
