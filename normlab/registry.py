@@ -168,6 +168,7 @@ register("evonorm_b0", layers.EvoNormB0, aliases=("evob0", "evo_b0"))
 register("evonorm_s0", layers.EvoNormS0, aliases=("evos0", "evo_s0"))
 register("switchable", layers.SwitchableNormalization, aliases=("switchnorm", "switchable_norm"))
 register("lrn", layers.LocalResponseNormalization, aliases=("local_response", "local_response_norm"))
+register("dyt", layers.DynamicTanh, aliases=("dynamic_tanh", "dynamictanh"))
 # Kernel reparametrizations, not activation norms: their factories take the layer to
 # modify, e.g. normlab.get("weight_norm", layer=keras.layers.Conv2D(16, 3)).
 register("weight_norm", layers.weight_norm.weight_normalization, aliases=("wn", "weightnorm"))

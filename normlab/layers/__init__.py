@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from normlab.layers.base import Normalization
 from normlab.layers.batch_norm import BatchNormalization
+from normlab.layers.dynamic_tanh import DynamicTanh
 from normlab.layers.evo_norm import EvoNormB0, EvoNormS0
 from normlab.layers.filter_response_norm import TLU, FilterResponseNormalization
 from normlab.layers.group_norm import GroupNormalization
@@ -19,6 +20,7 @@ from normlab.layers.weight_norm import WeightNormalization
 
 __all__ = [
     "BatchNormalization",
+    "DynamicTanh",
     "GroupNormalization",
     "InstanceNormalization",
     "LayerNormalization",

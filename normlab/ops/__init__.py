@@ -7,6 +7,7 @@ axis and shape helpers in :mod:`~normlab.ops.axes`."""
 from __future__ import annotations
 
 from normlab.ops.batch_norm import batch_norm, batch_renorm, ghost_batch_norm
+from normlab.ops.dynamic_tanh import dynamic_tanh
 from normlab.ops.evo_norm import evo_norm_b0, evo_norm_s0
 from normlab.ops.filter_response_norm import filter_response_norm, tlu
 from normlab.ops.group_norm import group_norm, instance_norm
@@ -29,6 +30,7 @@ __all__ = [
     "shifted_moments",
     "stats_dtype",
     "batch_renorm",
+    "dynamic_tanh",
     "evo_norm_b0",
     "evo_norm_s0",
     "filter_response_norm",

@@ -108,6 +108,14 @@ def rms_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-6):
     return _affine(x / rms, gamma, beta, shape)
 
 
+def dynamic_tanh(x, alpha=0.5, axis=-1, gamma=None, beta=None):
+    """Dynamic Tanh (Zhu et al. 2025): ``tanh(alpha * x) * gamma + beta``, ``gamma``/``beta`` on ``axis``."""
+    x = _f64(x)
+    axes = {a % x.ndim for a in np.atleast_1d(axis)}
+    shape = [x.shape[a] if a in axes else 1 for a in range(x.ndim)]
+    return _affine(np.tanh(float(np.ravel(alpha)[0]) * x), gamma, beta, shape)
+
+
 def filter_response_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-6, learned_epsilon=0.0, tau=None):
     """Filter response normalization (Singh & Krishnan 2019), channel ``axis``, then TLU if ``tau``."""
     moved, axis = _channels_last(x, axis)

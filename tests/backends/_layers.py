@@ -82,6 +82,8 @@ CASES = [
     _case("switchable-train", "switchable", training=True),
     _case("switchable-inference", "switchable", training=False),
     _case("lrn", "lrn", size=3),
+    _case("dyt", "dyt", gamma_initializer="random_uniform", beta_initializer="random_normal"),
+    _case("dyt-channels-first", "dyt", axis=1, channels_first=True, alpha_init_value=0.2),
     _case("weight_norm", "weight_norm", training=True, wraps_conv=True),
     _case("weight_norm-no-data-init", "weight_norm", training=True, wraps_conv=True, data_init=False),
     _case("spectral_norm-train", "spectral_norm", training=True, wraps_conv=True),

@@ -69,6 +69,7 @@ CASES = (
     Case("evonorm_s0", "evonorm_s0(groups=4)"),
     Case("switchable", "switchable"),
     Case("lrn", "lrn(size=3)"),
+    Case("dyt", "dyt"),
     Case("weight_norm", "weight_norm", wraps_conv=True),
     Case("spectral_norm", "spectral_norm", wraps_conv=True),
     Case("weight_std", "weight_std", wraps_conv=True),

@@ -27,6 +27,7 @@ NORMS = {
     "evonorm_s0": lambda **kw: normlab.EvoNormS0(groups=2, **kw),
     "switchable": lambda **kw: normlab.SwitchableNormalization(**kw),
     "lrn": lambda **kw: normlab.LocalResponseNormalization(size=3, **kw),
+    "dyt": lambda **kw: normlab.DynamicTanh(**kw),
 }
 #: The norms that subtract a mean (the rest divide an uncentered input).
 CENTERED = {"group", "instance", "layer", "layer_image", "batch", "switchable"}
