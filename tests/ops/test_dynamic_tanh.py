@@ -59,7 +59,7 @@ def test_gradients_match_the_closed_form():
     sech2 = 1.0 - t ** 2
     expected = [alpha[0] * gamma * sech2 * dy, np.array([np.sum(x * gamma * sech2 * dy)]),
                 np.sum(t * dy, axis=(0, 1)), np.sum(dy, axis=(0, 1))]
-    exact = BACKEND != "jax"  # Keras on JAX takes the float64 arrays in as float32
+    exact = BACKEND != "jax"  # JAX holds float64 arrays as float32 unless jax_enable_x64 is set
     for got, want in zip(grads, expected):
         np.testing.assert_allclose(got, want, rtol=1e-9 if exact else 2e-5, atol=1e-12 if exact else 2e-5)
 
