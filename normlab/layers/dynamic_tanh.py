@@ -9,7 +9,7 @@ from keras import constraints, initializers, regularizers
 
 from normlab import ops
 from normlab.layers.base import Normalization, keras_object
-from normlab.ops.dynamic_tanh import check_alpha
+from normlab.ops.validate import check_real
 from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
 
 
@@ -99,8 +99,8 @@ class DynamicTanh(Normalization):
             gamma_constraint=gamma_constraint,
             **kwargs,
         )
-        check_alpha(alpha_init_value)
-        self.alpha_init_value = float(alpha_init_value)
+        self.alpha_init_value = check_real("alpha_init_value", alpha_init_value, minimum=0.0, strict=True,
+                                           example="0.5")
         self.alpha_regularizer = keras_object("regularizer", "alpha_regularizer", alpha_regularizer)
         self.alpha_constraint = keras_object("constraint", "alpha_constraint", alpha_constraint)
         self.alpha: Tensor | None = None

@@ -96,10 +96,13 @@ def test_registry():
 
 def test_errors_name_argument_value_and_fix():
     for bad in (0.0, -1.0, float("nan")):
-        with pytest.raises(ValueError, match=r"Invalid `alpha`: expected a (number > 0|finite number).*Use a value"):
+        with pytest.raises(ValueError, match=r"Invalid `alpha_init_value`: expected a (number > 0\.0|finite number)\. "
+                                             r"Received: alpha_init_value=.*Use a value such as alpha_init_value=0\.5"):
             normlab.DynamicTanh(alpha_init_value=bad)
-    with pytest.raises(TypeError, match=r"Invalid `alpha`.*Received: alpha='0.5' of type str"):
+    with pytest.raises(TypeError, match=r"Invalid `alpha_init_value`.*Received: alpha_init_value='0.5' of type str"):
         normlab.DynamicTanh(alpha_init_value="0.5")
+    with pytest.raises(TypeError, match=r"Invalid `alpha_init_value`: expected a real number"):
+        normlab.DynamicTanh(alpha_init_value=np.ones(1, "float32"))
     with pytest.raises(ValueError, match=r"Invalid `axis`: expected feature axes other than the batch axis 0"):
         normlab.DynamicTanh(axis=0)
     with pytest.raises(TypeError, match=r"Invalid `center`: expected a bool"):
