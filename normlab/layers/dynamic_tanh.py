@@ -15,7 +15,7 @@ from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Ten
 
 @keras.saving.register_keras_serializable(package="normlab")
 class DynamicTanh(Normalization):
-    """Dynamic Tanh (DyT): the drop-in replacement of a LayerNormalization that computes no statistics.
+    """Dynamic Tanh (DyT): replaces a LayerNormalization with a learned tanh, computing no statistics.
 
     Each element is squashed by a tanh with one learned scale ``alpha``,
     then scaled and shifted per feature like a normalization's output:
