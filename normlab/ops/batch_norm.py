@@ -3,7 +3,6 @@ batch renormalization (Ioffe, 2017)."""
 
 from __future__ import annotations
 
-import math
 from typing import Literal, overload
 
 from keras import ops
@@ -11,7 +10,7 @@ from keras import ops
 from normlab import backends
 from normlab.ops.axes import canonicalize_axes, channel_axis, complement, dims, feature_param, known_dims
 from normlab.ops.moments import shifted_moments
-from normlab.ops.normalize import normalize
+from normlab.ops.normalize import at_least, at_most, normalize
 from normlab.ops.validate import (
     check_epsilon,
     check_param,
@@ -198,17 +197,17 @@ def _batch_norm_train(
     beta_b = None if beta is None else ops.cast(feature_param(beta, rank, [c], [channels]), dtype)
     if renorm is not None:
         renorm_mean, renorm_stddev, clipping = renorm
-        floor = math.sqrt(epsilon)
-        moving_std = ops.maximum(ops.cast(feature_param(renorm_stddev, rank, [c], [channels]), dtype), floor)
+        floor = epsilon ** 0.5  # not math.sqrt: see validate.is_finite
+        moving_std = at_least(ops.cast(feature_param(renorm_stddev, rank, [c], [channels]), dtype), floor)
         moving_mean = ops.cast(feature_param(renorm_mean, rank, [c], [channels]), dtype)
         r = ops.sqrt(variance + epsilon) / moving_std
         d = (mean - moving_mean) / moving_std
         if "rmin" in clipping:
-            r = ops.maximum(r, clipping["rmin"])
+            r = at_least(r, clipping["rmin"])
         if "rmax" in clipping:
-            r = ops.minimum(r, clipping["rmax"])
+            r = at_most(r, clipping["rmax"])
         if "dmax" in clipping:
-            d = ops.clip(d, -clipping["dmax"], clipping["dmax"])
+            d = at_most(at_least(d, -clipping["dmax"]), clipping["dmax"])
         r, d = ops.stop_gradient(r), ops.stop_gradient(d)
         # ((x - mean) / std * r + d) * gamma + beta, folded into the affine.
         gamma_b, beta_b = (r, d) if gamma_b is None else (r * gamma_b, d * gamma_b)

@@ -8,6 +8,21 @@ from normlab.ops.moments import stats_dtype
 from normlab.types import Tensor
 
 
+def at_least(x: Tensor, floor: float) -> Tensor:
+    """``maximum(x, floor)`` for a tensor and a Python number, in the tensor's dtype.
+
+    The number is made a tensor first: ``torch.compile(dynamic=True)`` traces
+    a float argument as a ``SymFloat``, which Keras' ``ops.maximum`` cannot
+    take (it asks the number for a ``dtype``, a graph break).
+    """
+    return ops.maximum(x, ops.cast(floor, x.dtype))
+
+
+def at_most(x: Tensor, ceiling: float) -> Tensor:
+    """``minimum(x, ceiling)`` for a tensor and a Python number (see :func:`at_least`)."""
+    return ops.minimum(x, ops.cast(ceiling, x.dtype))
+
+
 def inverse_std(variance: Tensor, epsilon: float) -> Tensor:
     """``rsqrt(variance + epsilon)``; with ``epsilon == 0``, 0 where the variance is 0.
 

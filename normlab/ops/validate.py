@@ -17,6 +17,16 @@ import numpy as np
 from normlab.types import Axis, RenormClipping, Shape, Tensor
 
 
+def is_finite(value: float) -> bool:
+    """``math.isfinite`` by comparisons alone (False for NaN and both infinities).
+
+    Under ``torch.compile(dynamic=True)`` a float argument is traced as a
+    ``SymFloat``: comparisons on it are guards, but ``math.isfinite`` is a
+    graph break, which ``fullgraph=True`` turns into an error.
+    """
+    return -math.inf < value < math.inf
+
+
 class ArgumentTypeError(TypeError, ValueError):
     """An argument of the wrong type: a ``TypeError`` that is also a ``ValueError``.
 
@@ -53,7 +63,7 @@ def check_epsilon(epsilon: object, *, positive: bool = False, reason: str = "") 
         )
     # Comparisons keep the number on the left with < and <=, the ones numbers.Real
     # guarantees; NaN passes them and is caught by isfinite.
-    if (epsilon <= 0 if positive else epsilon < 0) or not math.isfinite(epsilon):
+    if (epsilon <= 0 if positive else epsilon < 0) or not is_finite(epsilon):
         bound = "a positive" if positive else "a non-negative"
         raise ValueError(
             error_message(
@@ -205,7 +215,7 @@ def check_real(
             error_message(name, "a real number", f"{name}={value!r} of type {type(value).__name__}",
                           f"Pass a float such as {name}={example}.")
         )
-    if not math.isfinite(value):
+    if not is_finite(value):
         raise ValueError(
             error_message(name, "a finite number", f"{name}={value!r}", f"Use a value such as {name}={example}.")
         )
@@ -262,7 +272,7 @@ def check_renorm_clipping(clipping: object) -> RenormClipping:
     for key, value in clipping.items():
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:  # NaN; see is_finite
             raise ValueError(
                 error_message("renorm_clipping", f"a number for {key!r}", f"renorm_clipping={clipping!r}", fix)
             )

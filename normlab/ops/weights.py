@@ -27,7 +27,7 @@ from keras import ops
 
 from normlab.ops.axes import canonicalize_axes
 from normlab.ops.moments import moments, stats_dtype
-from normlab.ops.normalize import normalize
+from normlab.ops.normalize import at_least, normalize
 from normlab.ops.validate import check_epsilon, error_message
 from normlab.types import Axis, Tensor
 
@@ -83,7 +83,7 @@ def _check_per_output(name: str, value: Tensor | None, kernel: Tensor, axes: Seq
 
 def _l2_normalize(x: Tensor, epsilon: float) -> Tensor:
     """``x / sqrt(max(sum(x**2), epsilon))`` over all of ``x`` (TF's l2_normalize)."""
-    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x)), epsilon))
+    return x * ops.rsqrt(at_least(ops.sum(ops.square(x)), epsilon))
 
 
 def standardize_weight(
@@ -166,7 +166,7 @@ def weight_norm(
     g = _check_per_output("g", g, kernel, axes)
     dtype = stats_dtype(kernel.dtype)
     v = ops.cast(kernel, dtype)
-    scale = ops.rsqrt(ops.maximum(ops.sum(ops.square(v), axis=axes, keepdims=True), epsilon))
+    scale = ops.rsqrt(at_least(ops.sum(ops.square(v), axis=axes, keepdims=True), epsilon))
     if g is not None:
         scale = scale * ops.cast(g, dtype)
     return ops.cast(v * scale, kernel.dtype)
@@ -312,6 +312,6 @@ def spectral_norm(
     epsilon = check_epsilon(epsilon)
     kernel, matrix, u = _matrix_and_u(kernel, u)
     u, _, sigma = power_iteration(matrix, u, power_iterations, epsilon)
-    sigma = ops.maximum(sigma, epsilon)
+    sigma = at_least(sigma, epsilon)
     w = ops.cast(ops.cast(kernel, sigma.dtype) / sigma, kernel.dtype)
     return w, u, sigma

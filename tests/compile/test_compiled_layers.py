@@ -131,6 +131,42 @@ def test_torch_compile_fullgraph_matches_eager(case_id):
         _compare(got, eager, f"{case_id}, batch {batch}, torch.compile vs eager")
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile is the torch backend's jit_compile")
+@pytest.mark.parametrize("case_id", sorted(_layers.BY_ID))
+def test_torch_compile_dynamic_true_traces_in_one_graph(case_id):
+    """``dynamic=True`` traces every float argument (epsilon, clipping bounds) as
+    a ``SymFloat`` and every size as a symbol: an op that hands such a number
+    to ``math`` or to Keras' ``maximum`` breaks the graph, an error under
+    ``fullgraph=True``. Dynamo's graph runs as it is (``backend="eager"``):
+    the test above compiles with inductor."""
+    import torch
+
+    case = _layers.BY_ID[case_id]
+    layer, initial = _built(case)
+    names = [w.path for w in layer.trainable_weights]
+
+    def run(fn, x, dy):
+        x = torch.from_numpy(x).requires_grad_(True)
+        y = fn(x)
+        params = [w.value for w in layer.trainable_weights]
+        grads = torch.autograd.grad(y, [x] + params, torch.from_numpy(dy), allow_unused=True)
+        return _results(layer, y.detach(), grads, names)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda v: case.call(layer, v), fullgraph=True, dynamic=True, backend="eager")
+    for i, batch in enumerate(BATCHES):
+        x, dy = case.inputs(batch, seed=batch), case.cotangent(batch, seed=batch + 10)
+        _restore(layer, initial)
+        eager = run(lambda v: case.call(layer, v), x, dy)
+        _restore(layer, initial)
+        if i == 0:
+            got = run(compiled, x, dy)
+        else:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                got = run(compiled, x, dy)
+        _compare(got, eager, f"{case_id}, batch {batch}, torch.compile(dynamic=True) vs eager")
+
+
 # --------------------------------------------------------------------------
 # JAX
 
