@@ -169,6 +169,8 @@ register("evonorm_s0", layers.EvoNormS0, aliases=("evos0", "evo_s0"))
 register("switchable", layers.SwitchableNormalization, aliases=("switchnorm", "switchable_norm"))
 register("lrn", layers.LocalResponseNormalization, aliases=("local_response", "local_response_norm"))
 register("dyt", layers.DynamicTanh, aliases=("dynamic_tanh", "dynamictanh"))
+# Called on two inputs, [content, style]: not a layer the lab can place after a conv.
+register("adain", layers.AdaptiveInstanceNormalization, aliases=("adaptive_instance", "adaptive_instance_norm"))
 # Kernel reparametrizations, not activation norms: their factories take the layer to
 # modify, e.g. normlab.get("weight_norm", layer=keras.layers.Conv2D(16, 3)).
 register("weight_norm", layers.weight_norm.weight_normalization, aliases=("wn", "weightnorm"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from normlab.layers.adaptive_instance_norm import AdaptiveInstanceNormalization
 from normlab.layers.base import Normalization
 from normlab.layers.batch_norm import BatchNormalization
 from normlab.layers.dynamic_tanh import DynamicTanh
@@ -19,6 +20,7 @@ from normlab.layers.switchable_norm import SwitchableNormalization
 from normlab.layers.weight_norm import WeightNormalization
 
 __all__ = [
+    "AdaptiveInstanceNormalization",
     "BatchNormalization",
     "DynamicTanh",
     "GroupNormalization",

@@ -6,6 +6,7 @@ axis and shape helpers in :mod:`~normlab.ops.axes`."""
 
 from __future__ import annotations
 
+from normlab.ops.adaptive_instance_norm import adaptive_instance_norm
 from normlab.ops.batch_norm import batch_norm, batch_renorm, ghost_batch_norm
 from normlab.ops.dynamic_tanh import dynamic_tanh
 from normlab.ops.evo_norm import evo_norm_b0, evo_norm_s0
@@ -20,6 +21,7 @@ from normlab.ops.switchable_norm import switchable_norm
 from normlab.ops.weights import power_iteration, spectral_norm, standardize_weight, weight_norm
 
 __all__ = [
+    "adaptive_instance_norm",
     "batch_norm",
     "group_norm",
     "instance_norm",

@@ -17,14 +17,14 @@ import numpy as np
 from normlab.types import Axis, RenormClipping, Shape, Tensor
 
 
-def is_finite(value: float) -> bool:
+def is_finite(value: object) -> bool:
     """``math.isfinite`` by comparisons alone (False for NaN and both infinities).
 
     Under ``torch.compile(dynamic=True)`` a float argument is traced as a
     ``SymFloat``: comparisons on it are guards, but ``math.isfinite`` is a
     graph break, which ``fullgraph=True`` turns into an error.
     """
-    return -math.inf < value < math.inf
+    return -math.inf < value < math.inf  # type: ignore[operator]  # any real number, or a SymFloat
 
 
 class ArgumentTypeError(TypeError, ValueError):

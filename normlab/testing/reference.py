@@ -63,6 +63,17 @@ def instance_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-3):
     return _affine(y, gamma, beta, _channel_shape(x.ndim, axis, x.shape[axis]))
 
 
+def adaptive_instance_norm(content, style, axis=-1, epsilon=1e-5):
+    """Adaptive instance normalization (Huang & Belongie 2017): the content's
+    per-sample, per-channel mean and standard deviation replaced by the style's."""
+    content, style = _f64(content), _f64(style)
+    axis = axis % content.ndim
+    reduce = tuple(a for a in range(1, content.ndim) if a != axis)
+    mean, var = moments(content, reduce)
+    style_mean, style_var = moments(style, reduce)
+    return (content - mean) / np.sqrt(var + epsilon) * np.sqrt(style_var + epsilon) + style_mean
+
+
 def layer_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-3):
     """Layer normalization (Ba et al. 2016) over ``axis`` (int or list)."""
     x = _f64(x)

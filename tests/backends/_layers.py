@@ -6,7 +6,9 @@ Activation norms see ``(batch, 6, 6, 8)`` (or a channels-first
 ``(batch, 8, 6, 6)``); the kernel wrappers (weight_norm, spectral_norm,
 weight_std, scaled_weight_std) wrap a ``Conv2D(8, 3, padding="same")`` and
 see ``(batch, 6, 6, 3)``. Layers that behave differently in training
-appear once per mode.
+appear once per mode. AdaIN, called on ``[content, style]``, gets the input
+as its content and a crop of it, scaled and shifted, as its style (another
+spatial size; gradients flow through both).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Case:
     training: bool | None = None
     wraps_conv: bool = False
     channels_first: bool = False
+    two_inputs: bool = False
 
     def build(self) -> keras.layers.Layer:
         kwargs = dict(self.kwargs)
@@ -55,12 +58,20 @@ class Case:
         shape = (batch, CHANNELS) + SPATIAL if self.channels_first else (batch,) + SPATIAL + (CHANNELS,)
         return np.random.default_rng(seed).normal(size=shape).astype("float32")
 
+    def layer_input(self, x):
+        """What the layer is called on for the input ``x``: ``x``, or AdaIN's ``[content, style]``."""
+        if not self.two_inputs:
+            return x
+        crop = x[:, :, 1:5, 2:] if self.channels_first else x[:, 1:5, 2:, :]
+        return [x, crop * 0.5 + 3.0]
+
     def call(self, layer, x):
+        x = self.layer_input(x)
         return layer(x) if self.training is None else layer(x, training=self.training)
 
 
-def _case(id, name, training=None, wraps_conv=False, channels_first=False, **kwargs):
-    return Case(id, name, tuple(sorted(kwargs.items())), training, wraps_conv, channels_first)
+def _case(id, name, training=None, wraps_conv=False, channels_first=False, two_inputs=False, **kwargs):
+    return Case(id, name, tuple(sorted(kwargs.items())), training, wraps_conv, channels_first, two_inputs)
 
 
 CASES = [
@@ -84,6 +95,8 @@ CASES = [
     _case("lrn", "lrn", size=3),
     _case("dyt", "dyt", gamma_initializer="random_uniform", beta_initializer="random_normal"),
     _case("dyt-channels-first", "dyt", axis=1, channels_first=True, alpha_init_value=0.2),
+    _case("adain", "adain", two_inputs=True),
+    _case("adain-channels-first", "adain", axis=1, channels_first=True, two_inputs=True, epsilon=0.0),
     _case("weight_norm", "weight_norm", training=True, wraps_conv=True),
     _case("weight_norm-no-data-init", "weight_norm", training=True, wraps_conv=True, data_init=False),
     _case("spectral_norm-train", "spectral_norm", training=True, wraps_conv=True),

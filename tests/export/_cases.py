@@ -6,6 +6,7 @@ inference configuration a deployed model runs. A case's branch is
 
     Input(8, 8, 3) -> Conv2D(8, 3) -> norm -> Flatten          (activation norms)
     Input(8, 8, 3) -> wrapper(Conv2D(8, 3)) -> Flatten          (kernel wrappers)
+    Input(8, 8, 3) -> [Conv2D(8, 3), Conv2D(8, 5)] -> AdaIN -> Flatten  (content, style)
 
 so every normalized activation is compared, not a pooled summary of them.
 :func:`full_model` puts every branch side by side on one input and
@@ -39,6 +40,7 @@ class Case:
     id: str
     spec: str
     wraps_conv: bool = False
+    two_inputs: bool = False
 
     @property
     def name(self) -> str:
@@ -51,6 +53,9 @@ class Case:
         conv = keras.layers.Conv2D(CHANNELS, 3, name=f"{name}_conv")
         if self.wraps_conv:
             h = normlab.get(self.spec, layer=conv, name=name)(inputs)
+        elif self.two_inputs:  # the style: features of another spatial size (4x4) from the same images
+            style = keras.layers.Conv2D(CHANNELS, 5, name=f"{name}_style_conv")(inputs)
+            h = normlab.get(self.spec, name=name)([conv(inputs), style])
         else:
             h = normlab.get(self.spec, name=name)(conv(inputs))
         return keras.layers.Flatten(name=f"{name}_flatten")(h)
@@ -70,6 +75,7 @@ CASES = (
     Case("switchable", "switchable"),
     Case("lrn", "lrn(size=3)"),
     Case("dyt", "dyt"),
+    Case("adain", "adain", two_inputs=True),
     Case("weight_norm", "weight_norm", wraps_conv=True),
     Case("spectral_norm", "spectral_norm", wraps_conv=True),
     Case("weight_std", "weight_std", wraps_conv=True),

@@ -46,6 +46,7 @@ def build_model() -> keras.Model:
     h = normlab.SwitchableNormalization(mean_weights_initializer="random_normal", **random)(h)
     h = normlab.LocalResponseNormalization(size=3)(h)
     h = normlab.DynamicTanh(alpha_init_value=0.8, **random)(h)
+    h = normlab.AdaptiveInstanceNormalization(epsilon=1e-3)([h, keras.layers.Conv2D(8, 5)(inputs)])
     h = normlab.TLU(tau_initializer="random_normal")(h)
     h = normlab.WeightNormalization(keras.layers.Conv2D(8, 1), data_init=False)(h)
     h = normlab.SpectralNormalization(keras.layers.Conv2D(8, 1))(h)
