@@ -51,7 +51,9 @@ Under ``torch.compile``, ``torch.export``/ONNX export and TorchScript
 tracing the hooks decline (:func:`_traced`): the tracer then sees the
 general path's plain differentiable ops, which inductor fuses itself, and
 never a custom ``torch.autograd.Function`` (which the ONNX exporter cannot
-take) or a loop over the batch.
+take) or a loop over the batch. They decline as well inside ``torch.func``
+transforms (``vmap``, ``grad``, ``jacrev``, ``jvp``) and under forward-mode
+AD, which the general path's ops support.
 
 Channels-last data ``(N, ..., C)`` is viewed without copying as a
 ``channels_last`` tensor of shape ``(N, C, S, 1)``; channels-first data
@@ -121,13 +123,23 @@ def _triton(name, x, **kwargs):
 
 
 def _traced() -> bool:
-    """Whether a compiler or exporter is tracing this call (the hooks decline)."""
+    """Whether a compiler, an exporter or a function transform is tracing this
+    call, or forward-mode AD is on (the hooks decline).
+
+    ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jvp``; per-sample
+    gradients) cannot enter the fast paths' ``autograd.Function``\ s, whose
+    kernels run outside the dispatcher, and forward-mode AD (``jvp``,
+    ``torch.autograd.forward_ad``) needs a ``jvp`` they do not have: the
+    general path's plain ops support both.
+    """
     return (
         torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
         or torch.onnx.is_in_onnx_export()
         or torch.jit.is_tracing()
         or torch.jit.is_scripting()
+        or torch._C._functorch.peek_interpreter_stack() is not None
+        or torch.autograd.forward_ad._current_level >= 0
     )
 
 
