@@ -127,7 +127,7 @@ def _traced() -> bool:
     call, or forward-mode AD is on (the hooks decline).
 
     ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jvp``; per-sample
-    gradients) cannot enter the fast paths' ``autograd.Function``\ s, whose
+    gradients) cannot enter the fast paths' ``autograd.Function`` classes, whose
     kernels run outside the dispatcher, and forward-mode AD (``jvp``,
     ``torch.autograd.forward_ad``) needs a ``jvp`` they do not have: the
     general path's plain ops support both.
