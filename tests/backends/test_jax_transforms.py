@@ -1,0 +1,88 @@
+"""The JAX fast paths under JAX's transforms: ``vmap``, reverse mode and the
+second derivatives built on it (Hessian-vector products as forward over
+reverse, ``jax.hessian``, gradients of gradients) match the general path.
+Their backward is a ``jax.custom_vjp``, which JAX cannot run in forward
+mode: ``jax.jvp``, ``jax.jacfwd`` and applying ``jax.linearize``'s function
+need the general path (``normlab.backends.disabled()``), as
+``docs/deploying.md`` says. A ``custom_jvp`` formulation would allow both,
+but measured 1.2-1.5x slower in training on the CPU, with an extra buffer of
+the input's size."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from normlab import backends
+from tests.backends.test_fast_paths import _apply, _inputs
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's transforms")
+
+CASES = ["gn-nhwc", "ln-last", "bn-nhwc"]
+
+
+def _setup(case):
+    import jax.numpy as jnp
+
+    x, dy, gamma, beta = (jnp.asarray(a, "float32") for a in _inputs(case, 3.0))
+
+    def norm(t):
+        return _apply(case, t, gamma, beta)[0]
+
+    def loss(t):
+        return jnp.sum(norm(t) ** 3 * dy)
+
+    return x, dy, norm, loss
+
+
+def _both(fn):
+    """``fn()`` through the fast path, then through the general path."""
+    fast = fn()
+    with backends.disabled():
+        general = fn()
+    return fast, general
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_second_derivatives_by_reverse_mode_match_the_general_path(case):
+    import jax
+
+    x, dy, norm, loss = _setup(case)
+    jitted = {
+        "hvp": lambda: jax.jit(lambda t: jax.jvp(jax.grad(loss), (t,), (dy,))[1])(x),
+        "hessian row": lambda: jax.jit(lambda t: jax.hessian(loss)(t).reshape(t.size, -1)[:3])(x),
+        "grad of grad": lambda: jax.jit(jax.grad(lambda t: jax.numpy.sum(jax.grad(loss)(t) ** 2)))(x),
+    }
+    for name, fn in jitted.items():
+        fast, general = _both(fn)
+        scale = max(1.0, float(np.max(np.abs(general))))
+        np.testing.assert_allclose(fast, general, rtol=1e-4, atol=1e-4 * scale, err_msg=f"{case}: {name}")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_vmap_over_a_stack_of_inputs_matches_a_loop(case):
+    import jax
+    import jax.numpy as jnp
+
+    x, _, norm, _ = _setup(case)
+    stack = jnp.stack([x, 2.0 * x - 1.0, x[::-1]])
+    np.testing.assert_allclose(jax.jit(jax.vmap(norm))(stack), jnp.stack([norm(t) for t in stack]),
+                               rtol=1e-5, atol=2e-5)
+
+
+def test_forward_mode_runs_on_the_general_path_and_raises_on_the_fast_path():
+    import jax
+
+    x, dy, norm, _ = _setup("gn-nhwc")
+    x, dy = x[:1], dy[:1]
+    with backends.disabled():
+        _, tangent = jax.jvp(norm, (x,), (dy,))
+        assert jax.jacfwd(norm)(x).shape == x.shape * 2
+    jacobian = jax.jacrev(norm)(x).reshape(x.size, x.size)  # reverse mode: the fast path
+    np.testing.assert_allclose(tangent.reshape(-1), jacobian @ dy.reshape(-1), rtol=1e-4, atol=1e-4)
+    forward_mode = "can't apply forward-mode autodiff \\(jvp\\) to a custom_vjp function"
+    with pytest.raises(TypeError, match=forward_mode):
+        jax.jvp(norm, (x,), (dy,))
+    with pytest.raises(TypeError, match=forward_mode):
+        jax.linearize(norm, x)[1](dy)
