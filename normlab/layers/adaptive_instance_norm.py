@@ -9,8 +9,8 @@ import keras
 from normlab import ops
 from normlab.layers.base import FloatCompute
 from normlab.ops.adaptive_instance_norm import check_content_and_style
-from normlab.ops.axes import as_axis_list
-from normlab.ops.validate import ArgumentTypeError, check_epsilon, error_message
+from normlab.ops.axes import single_axis
+from normlab.ops.validate import check_epsilon, error_message
 from normlab.types import Shape, Tensor
 
 _TWO_INPUTS = "a list of two inputs, [content, style]"
@@ -72,18 +72,12 @@ class AdaptiveInstanceNormalization(FloatCompute, keras.layers.Layer):
 
     def __init__(self, axis: int = -1, epsilon: float = 1e-5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        axes = as_axis_list(axis)
-        if len(axes) != 1 or isinstance(axis, (list, tuple)):
-            raise ArgumentTypeError(
-                error_message("axis", "a single int (the channel axis)", f"axis={axis!r}",
-                              "Pass one axis such as axis=-1 (channels-last) or axis=1 (channels-first).")
-            )
-        if axes[0] == 0:
+        self.axis = single_axis(axis, type(self).__name__)
+        if self.axis == 0:
             raise ValueError(
                 error_message("axis", "the channel axis, never the batch axis 0", f"axis={axis!r}",
                               "Use axis=-1 for channels-last or axis=1 for channels-first inputs.")
             )
-        self.axis = axes[0]
         self.epsilon = check_epsilon(epsilon)
         self.supports_masking = True
         self.autocast = False  # see normlab.layers.base: inputs keep their float dtype

@@ -24,9 +24,8 @@ from typing import Any, Literal, Protocol, Sequence
 import keras
 from keras import constraints, initializers, ops, regularizers
 
-from normlab.ops.axes import as_axis_list, canonicalize_axes, is_traced_int, known_dims
+from normlab.ops.axes import as_axis_list, canonicalize_axes, is_traced_int, known_dims, single_axis
 from normlab.ops.validate import (
-    ArgumentTypeError,
     check_bool,
     check_epsilon,
     error_message,
@@ -123,16 +122,7 @@ class Normalization(FloatCompute, keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        axes = as_axis_list(axis)
-        if not self.multi_axis and (len(axes) != 1 or isinstance(axis, (list, tuple))):
-            raise ArgumentTypeError(
-                error_message(
-                    "axis",
-                    f"a single int (the channel axis) for {type(self).__name__}",
-                    f"axis={axis!r}",
-                    "Pass one axis such as axis=-1 (channels-last) or axis=1 (channels-first).",
-                )
-            )
+        axes = as_axis_list(axis) if self.multi_axis else [single_axis(axis, type(self).__name__)]
         if 0 in axes:  # known without the input's rank: fail at construction, as TF Addons did
             raise ValueError(
                 error_message(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import keras
@@ -10,20 +9,10 @@ from keras import constraints, initializers, regularizers
 
 from normlab import ops
 from normlab.layers.base import Normalization, keras_object
-from normlab.ops.axes import canonicalize_axes, known_dims
+from normlab.ops.axes import canonicalize_axes, known_dims, single_axis
 from normlab.ops.filter_response_norm import check_frn_input, frn_axes
-from normlab.ops.validate import ArgumentTypeError, check_bool, error_message
+from normlab.ops.validate import check_bool
 from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
-
-
-def _check_tlu_axis(axis: object) -> int:
-    """TLU's ``axis``: one int, the channel axis."""
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        raise ArgumentTypeError(
-            error_message("axis", "a single int (the channel axis) for TLU", f"axis={axis!r}",
-                          "Pass one axis such as axis=-1 (channels-last) or axis=1 (channels-first).")
-        )
-    return int(axis)
 
 
 def _tau_weight(
@@ -92,7 +81,7 @@ class TLU(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.axis = _check_tlu_axis(axis)
+        self.axis = single_axis(axis, "TLU")
         self.affine = check_bool("affine", affine)
         self.tau_initializer = keras_object("initializer", "tau_initializer", tau_initializer)
         self.tau_regularizer = keras_object("regularizer", "tau_regularizer", tau_regularizer)

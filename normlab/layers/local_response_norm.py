@@ -8,12 +8,10 @@ import keras
 
 from normlab import ops
 from normlab.layers.base import FloatCompute
-from normlab.ops.axes import as_axis_list, canonicalize_axes, known_dims
+from normlab.ops.axes import canonicalize_axes, known_dims, single_axis
 from normlab.ops.validate import (
-    ArgumentTypeError,
     check_positive_int,
     check_real,
-    error_message,
 )
 from normlab.types import Shape, Tensor
 
@@ -66,13 +64,7 @@ class LocalResponseNormalization(FloatCompute, keras.layers.Layer):
         self.alpha = check_real("alpha", alpha, minimum=0.0, example="1e-4")
         self.beta = check_real("beta", beta, example="0.75")
         self.k = check_real("k", k, minimum=0.0, strict=True, example="1.0")
-        axes = as_axis_list(axis)
-        if len(axes) != 1 or isinstance(axis, (list, tuple)):
-            raise ArgumentTypeError(
-                error_message("axis", "a single int (the channel axis)", f"axis={axis!r}",
-                              "Pass one axis such as axis=-1 (channels-last) or axis=1 (channels-first).")
-            )
-        self.axis = axes[0]
+        self.axis = single_axis(axis, type(self).__name__)
         self.supports_masking = True
         self.autocast = False
 

@@ -39,6 +39,16 @@ def as_axis_list(axis: object, *, argument: str = "axis") -> list[int]:
     )
 
 
+def single_axis(axis: object, owner: str) -> int:
+    """``axis`` as the one channel axis of a per-channel layer ``owner``: an int, never a list."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise ArgumentTypeError(
+            error_message("axis", f"a single int (the channel axis) for {owner}", f"axis={axis!r}",
+                          "Pass one axis such as axis=-1 (channels-last) or axis=1 (channels-first).")
+        )
+    return int(axis)
+
+
 def canonicalize_axes(
     axis: Axis, ndim: int, *, argument: str = "axis", allow_batch: bool = False
 ) -> list[int]:

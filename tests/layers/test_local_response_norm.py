@@ -53,7 +53,7 @@ def test_errors_name_argument_value_and_fix():
         normlab.LocalResponseNormalization(size=0)
     with pytest.raises(ValueError, match=r"Invalid `k`: expected a number > 0\.0\. Received: k=-1\.0\. Use a value such as k=1\.0"):
         normlab.LocalResponseNormalization(k=-1.0)
-    with pytest.raises(TypeError, match=r"Invalid `axis`: expected a single int \(the channel axis\)\. Received: axis=\[1, 2\]"):
+    with pytest.raises(TypeError, match=r"Invalid `axis`: expected a single int \(the channel axis\) for LocalResponseNormalization\. Received: axis=\[1, 2\]"):
         normlab.LocalResponseNormalization(axis=[1, 2])
     with pytest.raises(ValueError, match=r"Invalid `axis`: expected axes in \[-3, 2\] for an input of rank 3\. "
                                          r"Received: axis=5 for an input of rank 3"):
