@@ -4,9 +4,8 @@ reverse, ``jax.hessian``, gradients of gradients) match the general path.
 Their backward is a ``jax.custom_vjp``, which JAX cannot run in forward
 mode: ``jax.jvp``, ``jax.jacfwd`` and applying ``jax.linearize``'s function
 need the general path (``normlab.backends.disabled()``), as
-``docs/deploying.md`` says. A ``custom_jvp`` formulation would allow both,
-but measured 1.2-1.5x slower in training on the CPU, with an extra buffer of
-the input's size."""
+``docs/deploying.md`` says (with the measured cost of a ``custom_jvp``
+formulation, which would allow both)."""
 
 from __future__ import annotations
 
