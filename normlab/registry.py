@@ -7,9 +7,11 @@ written as Python literals::
     normlab.get("layer(axis=[1, 2, 3], epsilon=1e-5)")
     normlab.get("bn")                       # aliases work too
 
-:func:`registry` lists every name with its aliases and arguments, and the
-lab's model specs are built from it, so a newly registered norm is usable
-everywhere at once.
+:func:`registry` lists every name with its aliases, arguments and kind, and
+the lab's model specs are built from it, so a newly registered norm is usable
+everywhere at once. The lab places only ``"activation"`` norms; the kernel
+wrappers (``get("weight_norm", layer=...)``) and the two-input AdaIN are
+built here all the same.
 """
 
 from __future__ import annotations
@@ -29,14 +31,22 @@ _NORMS: dict[str, "Entry"] = {}
 _ALIASES: dict[str, str] = {}
 
 
+#: How a registered norm enters a model: ``"activation"``, a layer called on
+#: another layer's output; ``"kernel"``, a wrapper that normalizes the kernel of
+#: the layer it is built around (``get(name, layer=...)``); ``"two-input"``, a
+#: layer called on a list of two tensors (AdaIN's ``[content, style]``).
+KINDS = ("activation", "kernel", "two-input")
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """A registered norm: its canonical name, how to build it, and its aliases."""
+    """A registered norm: its canonical name, how to build it, its aliases, and its kind (:data:`KINDS`)."""
 
     name: str
     factory: Callable[..., keras.layers.Layer]
     aliases: tuple[str, ...] = ()
     summary: str = ""
+    kind: str = "activation"
 
     def arguments(self) -> dict[str, object]:
         """The factory's keyword arguments and their defaults."""
@@ -49,9 +59,15 @@ class Entry:
 
 
 def register(
-    name: str, factory: Callable[..., keras.layers.Layer], *, aliases: Sequence[str] = (), summary: str = ""
+    name: str, factory: Callable[..., keras.layers.Layer], *, aliases: Sequence[str] = (), summary: str = "",
+    kind: str = "activation",
 ) -> None:
-    """Registers ``factory`` under ``name`` (and ``aliases``) for :func:`get`."""
+    """Registers ``factory`` under ``name`` (and ``aliases``) for :func:`get`; ``kind`` is one of :data:`KINDS`."""
+    if kind not in KINDS:
+        raise ValueError(
+            f"Invalid `kind`: expected one of {', '.join(map(repr, KINDS))}. Received: kind={kind!r}. "
+            "Use 'activation' for a layer called on another layer's output."
+        )
     for key in (name, *aliases):
         owner = _ALIASES.get(key)
         if owner is not None and owner != name:
@@ -59,7 +75,8 @@ def register(
                 f"Invalid `name`: expected a name not yet registered. Received: name={key!r}, "
                 f"already registered for {owner!r}. Choose another name or alias."
             )
-    _NORMS[name] = Entry(name, factory, tuple(aliases), summary or (inspect.getdoc(factory) or "").split("\n")[0])
+    _NORMS[name] = Entry(name, factory, tuple(aliases), summary or (inspect.getdoc(factory) or "").split("\n")[0],
+                         kind)
     for key in (name, *aliases):
         _ALIASES[key] = name
 
@@ -169,11 +186,13 @@ register("evonorm_s0", layers.EvoNormS0, aliases=("evos0", "evo_s0"))
 register("switchable", layers.SwitchableNormalization, aliases=("switchnorm", "switchable_norm"))
 register("lrn", layers.LocalResponseNormalization, aliases=("local_response", "local_response_norm"))
 register("dyt", layers.DynamicTanh, aliases=("dynamic_tanh", "dynamictanh"))
-# Called on two inputs, [content, style]: not a layer the lab can place after a conv.
-register("adain", layers.AdaptiveInstanceNormalization, aliases=("adaptive_instance", "adaptive_instance_norm"))
+register("adain", layers.AdaptiveInstanceNormalization, aliases=("adaptive_instance", "adaptive_instance_norm"),
+         kind="two-input")
 # Kernel reparametrizations, not activation norms: their factories take the layer to
 # modify, e.g. normlab.get("weight_norm", layer=keras.layers.Conv2D(16, 3)).
-register("weight_norm", layers.weight_norm.weight_normalization, aliases=("wn", "weightnorm"))
-register("spectral_norm", layers.spectral_norm.spectral_normalization, aliases=("sn", "spectralnorm"))
-register("weight_std", layers.std_conv.weight_standardization, aliases=("ws", "std_conv", "weight_standardization"))
-register("scaled_weight_std", layers.scaled_std_conv.scaled_weight_standardization, aliases=("sws", "scaled_std_conv"))
+register("weight_norm", layers.weight_norm.weight_normalization, aliases=("wn", "weightnorm"), kind="kernel")
+register("spectral_norm", layers.spectral_norm.spectral_normalization, aliases=("sn", "spectralnorm"), kind="kernel")
+register("weight_std", layers.std_conv.weight_standardization, aliases=("ws", "std_conv", "weight_standardization"),
+         kind="kernel")
+register("scaled_weight_std", layers.scaled_std_conv.scaled_weight_standardization,
+         aliases=("sws", "scaled_std_conv"), kind="kernel")

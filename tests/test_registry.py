@@ -38,6 +38,18 @@ def test_registry_lists_names_aliases_and_arguments():
     assert entries["batch"].arguments()["momentum"] == 0.99
 
 
+def test_every_entry_has_a_kind_and_register_checks_it():
+    kinds = {name: entry.kind for name, entry in normlab.registry().items()}
+    assert {n for n, k in kinds.items() if k == "kernel"} == {"weight_norm", "spectral_norm", "weight_std",
+                                                               "scaled_weight_std"}
+    assert {n for n, k in kinds.items() if k == "two-input"} == {"adain"}
+    assert set(kinds.values()) == {"activation", "kernel", "two-input"}
+    with pytest.raises(ValueError, match=r"Invalid `kind`: expected one of 'activation', 'kernel', 'two-input'\. "
+                                         r"Received: kind='wrapper'"):
+        normlab.register("kindtest", normlab.LayerNormalization, kind="wrapper")
+    assert "kindtest" not in normlab.registry()
+
+
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match=r"unknown norm 'gruop'.*Did you mean 'group'.*Valid names: .*batch.*group"):
         normlab.get("gruop(groups=2)")

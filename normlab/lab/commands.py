@@ -146,7 +146,8 @@ def list_norms(args) -> int:
     for name, entry in registry().items():
         aliases = f" ({', '.join(entry.aliases)})" if entry.aliases else ""
         keras = f" [keras: {KERAS_LAYERS[name][0]}]" if name in KERAS_LAYERS else ""
-        rows.append((name + aliases, entry.summary + keras))
+        kind = "" if entry.kind == "activation" else f" [{entry.kind}: not for --norms]"
+        rows.append((name + aliases, entry.summary + keras + kind))
     print("\n".join(_columns(rows)))
     return 0
 

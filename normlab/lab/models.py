@@ -126,8 +126,18 @@ def make_norm(spec: str, impl: str = "normlab"):
     """
     if is_identity(spec):
         return None
-    from normlab.registry import get, parse_spec
+    from normlab.registry import get, parse_spec, registry
 
+    name, kwargs = parse_spec(spec)
+    kind = registry()[name].kind
+    if kind != "activation":
+        what = {"kernel": "normalizes the kernel of the layer it wraps",
+                "two-input": "is called on two inputs (AdaIN: [content, style])"}[kind]
+        raise ValueError(
+            "Invalid `norms`: expected norms placed after each convolution, on its output. "
+            f"Received: spec={spec!r}; {name!r} {what}. "
+            "Pick an activation norm: `normlab list norms` marks the others."
+        )
     if impl == "normlab":
         return get(spec)
     if impl != "keras":
@@ -135,7 +145,6 @@ def make_norm(spec: str, impl: str = "normlab"):
                          "Pass --impl normlab or --impl keras.")
     import keras
 
-    name, kwargs = parse_spec(spec)
     get(spec)  # the same checks of names and arguments as under impl="normlab"
     cls_name, fixed = KERAS_LAYERS.get(name, (None, {}))
     cls = getattr(keras.layers, cls_name, None) if cls_name else None

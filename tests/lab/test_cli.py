@@ -183,6 +183,7 @@ def test_list_norms_uses_the_registry(capsys):
     code, out, _ = run_main(["list", "norms", "--backend", BACKEND], capsys)
     assert code == 0 and "group (gn, groupnorm, group_norm)" in out
     assert "[keras: RMSNormalization]" in out and "frn" in out
+    assert "[two-input: not for --norms]" in out and "[kernel: not for --norms]" in out
 
 
 # --------------------------------------------------------------------- errors before work

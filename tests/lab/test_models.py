@@ -1,6 +1,7 @@
 """Placement specs and the model builder."""
 
 import importlib
+import re
 
 import keras
 import numpy as np
@@ -114,6 +115,17 @@ def test_a_newly_registered_norm_slots_in():
         registry_module._NORMS.pop("labtestnorm")
         registry_module._ALIASES.pop("labtestnorm")
         registry_module._ALIASES.pop("ltn")
+
+
+@pytest.mark.parametrize("spec, what", [
+    ("adain", r"'adain' is called on two inputs \(AdaIN: \[content, style\]\)"),
+    ("wn", r"'weight_norm' normalizes the kernel of the layer it wraps"),
+    ("scaled_weight_std(gamma=1.7)", r"'scaled_weight_std' normalizes the kernel"),
+])
+def test_norms_that_are_not_placed_on_an_output_are_refused_with_the_labs_fix(spec, what):
+    with pytest.raises(ValueError, match=r"Invalid `norms`: expected norms placed after each convolution, on its "
+                                         rf"output\. Received: spec='{re.escape(spec)}'; {what}.*normlab list norms"):
+        build_model(f"batch>{spec}", (28, 28, 1))
 
 
 def kinds(model):
