@@ -32,9 +32,17 @@ class Case:
     name: str
     kwargs: tuple = ()
     training: bool | None = None
-    wraps_conv: bool = False
     channels_first: bool = False
-    two_inputs: bool = False
+
+    @property
+    def wraps_conv(self) -> bool:
+        """A kernel wrapper, built around a conv of its own."""
+        return normlab.registry()[self.name].kind == "kernel"
+
+    @property
+    def two_inputs(self) -> bool:
+        """Called on ``[content, style]`` (AdaIN)."""
+        return normlab.registry()[self.name].kind == "two-input"
 
     def build(self) -> keras.layers.Layer:
         kwargs = dict(self.kwargs)
@@ -70,8 +78,8 @@ class Case:
         return layer(x) if self.training is None else layer(x, training=self.training)
 
 
-def _case(id, name, training=None, wraps_conv=False, channels_first=False, two_inputs=False, **kwargs):
-    return Case(id, name, tuple(sorted(kwargs.items())), training, wraps_conv, channels_first, two_inputs)
+def _case(id, name, training=None, channels_first=False, **kwargs):
+    return Case(id, name, tuple(sorted(kwargs.items())), training, channels_first)
 
 
 CASES = [
@@ -95,14 +103,14 @@ CASES = [
     _case("lrn", "lrn", size=3),
     _case("dyt", "dyt", gamma_initializer="random_uniform", beta_initializer="random_normal"),
     _case("dyt-channels-first", "dyt", axis=1, channels_first=True, alpha_init_value=0.2),
-    _case("adain", "adain", two_inputs=True),
-    _case("adain-channels-first", "adain", axis=1, channels_first=True, two_inputs=True, epsilon=0.0),
-    _case("weight_norm", "weight_norm", training=True, wraps_conv=True),
-    _case("weight_norm-no-data-init", "weight_norm", training=True, wraps_conv=True, data_init=False),
-    _case("spectral_norm-train", "spectral_norm", training=True, wraps_conv=True),
-    _case("spectral_norm-inference", "spectral_norm", training=False, wraps_conv=True),
-    _case("weight_std", "weight_std", wraps_conv=True),
-    _case("scaled_weight_std", "scaled_weight_std", wraps_conv=True),
+    _case("adain", "adain"),
+    _case("adain-channels-first", "adain", axis=1, channels_first=True, epsilon=0.0),
+    _case("weight_norm", "weight_norm", training=True),
+    _case("weight_norm-no-data-init", "weight_norm", training=True, data_init=False),
+    _case("spectral_norm-train", "spectral_norm", training=True),
+    _case("spectral_norm-inference", "spectral_norm", training=False),
+    _case("weight_std", "weight_std"),
+    _case("scaled_weight_std", "scaled_weight_std"),
 ]
 
 BY_ID = {case.id: case for case in CASES}

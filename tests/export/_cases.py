@@ -35,12 +35,15 @@ BRANCH_SIZE = 6 * 6 * CHANNELS
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One layer configuration: a registry spec, and whether it wraps the conv."""
+    """One layer configuration: a registry spec; its kind says how the branch calls it."""
 
     id: str
     spec: str
-    wraps_conv: bool = False
-    two_inputs: bool = False
+
+    @property
+    def kind(self) -> str:
+        """The registry's kind: ``"activation"``, ``"kernel"`` (wraps the conv) or ``"two-input"``."""
+        return normlab.registry()[self.name].kind
 
     @property
     def name(self) -> str:
@@ -51,9 +54,9 @@ class Case:
         """The branch's output for the Keras tensor ``inputs``."""
         name = self.id.replace("-", "_")
         conv = keras.layers.Conv2D(CHANNELS, 3, name=f"{name}_conv")
-        if self.wraps_conv:
+        if self.kind == "kernel":
             h = normlab.get(self.spec, layer=conv, name=name)(inputs)
-        elif self.two_inputs:  # the style: features of another spatial size (4x4) from the same images
+        elif self.kind == "two-input":  # the style: features of another spatial size (4x4) from the same images
             style = keras.layers.Conv2D(CHANNELS, 5, name=f"{name}_style_conv")(inputs)
             h = normlab.get(self.spec, name=name)([conv(inputs), style])
         else:
@@ -75,11 +78,11 @@ CASES = (
     Case("switchable", "switchable"),
     Case("lrn", "lrn(size=3)"),
     Case("dyt", "dyt"),
-    Case("adain", "adain", two_inputs=True),
-    Case("weight_norm", "weight_norm", wraps_conv=True),
-    Case("spectral_norm", "spectral_norm", wraps_conv=True),
-    Case("weight_std", "weight_std", wraps_conv=True),
-    Case("scaled_weight_std", "scaled_weight_std(gamma=1.7)", wraps_conv=True),
+    Case("adain", "adain"),
+    Case("weight_norm", "weight_norm"),
+    Case("spectral_norm", "spectral_norm"),
+    Case("weight_std", "weight_std"),
+    Case("scaled_weight_std", "scaled_weight_std(gamma=1.7)"),
 )
 BY_ID = {case.id: case for case in CASES}
 IDS = [case.id for case in CASES]
