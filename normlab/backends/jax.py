@@ -28,7 +28,8 @@ scaling); what changes is how XLA sees them:
   recomputing ``xhat`` from the saved input and per-slice statistics: two
   fused passes instead of the transposes of every reshape, cast and
   broadcast that autodiff produces, and nothing of the input's size saved
-  besides the input itself.
+  besides the input itself. JAX runs no ``custom_vjp`` in forward mode, so
+  the hooks decline under ``jax.jvp``/``jax.jacfwd`` (:func:`_forward_mode`).
 
 Every shape and dtype is served (float16/bfloat16 are computed in float32
 and cast back); only non-float inputs decline.
@@ -69,8 +70,41 @@ def _varying(x) -> bool:
     return bool(manual.varying if manual is not None else getattr(aval, "vma", None))
 
 
+try:  # JAX's trace context (the "stackless" core, JAX >= 0.4.36); not public API
+    from jax._src import core as _core
+    from jax._src.interpreters import ad as _ad
+
+    _AD_TRACES: tuple[type, type] | None = (_ad.JVPTrace, _ad.LinearizeTrace)
+except (ImportError, AttributeError):  # pragma: no cover - another JAX: forward mode stays unserved
+    _AD_TRACES = None
+
+
+def _forward_mode() -> bool:
+    """Whether the innermost autodiff around this call is forward mode.
+
+    JAX runs no ``custom_vjp`` in forward mode (``jax.jvp``, ``jax.jacfwd``,
+    ``jax.linearize``): there the hooks decline and the general path's
+    plain ops serve the call. Reverse mode (``grad``, ``vjp``), including
+    forward-over-reverse Hessian-vector products, keeps the fast backward.
+    Read from the chain of traces this call runs under, innermost first;
+    without JAX's trace context (another JAX version) it answers False.
+    """
+    if _AD_TRACES is None:
+        return False
+    jvp_trace, linearize_trace = _AD_TRACES
+    trace = getattr(_core.trace_ctx, "trace", None)
+    while trace is not None:
+        if isinstance(trace, jvp_trace):
+            return True
+        if isinstance(trace, linearize_trace):
+            return False
+        trace = getattr(trace, "parent_trace", None)
+    return False
+
+
 def _usable(x) -> bool:
-    return hasattr(x, "dtype") and x.dtype in _FLOATS and x.ndim >= 2 and x.size > 0 and not _varying(x)
+    return (hasattr(x, "dtype") and x.dtype in _FLOATS and x.ndim >= 2 and x.size > 0 and not _varying(x)
+            and not _forward_mode())
 
 
 #: The array primitives of :func:`normlab.backends.policy.stats`.

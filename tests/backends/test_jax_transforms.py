@@ -2,10 +2,12 @@
 second derivatives built on it (Hessian-vector products as forward over
 reverse, ``jax.hessian``, gradients of gradients) match the general path.
 Their backward is a ``jax.custom_vjp``, which JAX cannot run in forward
-mode: ``jax.jvp``, ``jax.jacfwd`` and applying ``jax.linearize``'s function
-need the general path (``normlab.backends.disabled()``), as
-``docs/deploying.md`` says (with the measured cost of a ``custom_jvp``
-formulation, which would allow both)."""
+mode: under ``jax.jvp`` and ``jax.jacfwd`` the hooks decline
+(``normlab.backends.jax._forward_mode``) and the general path serves the
+call. Two forward-mode uses stay out of reach, as ``docs/deploying.md``
+says: applying ``jax.linearize``'s function, and ``jax.jvp`` of a
+``jax.jit`` function already traced outside forward mode (JAX reuses that
+trace)."""
 
 from __future__ import annotations
 
@@ -70,18 +72,36 @@ def test_vmap_over_a_stack_of_inputs_matches_a_loop(case):
                                rtol=1e-5, atol=2e-5)
 
 
-def test_forward_mode_runs_on_the_general_path_and_raises_on_the_fast_path():
+def test_forward_mode_runs_on_the_general_path():
+    import jax
+
+    x, dy, norm, loss = _setup("gn-nhwc")
+    x, dy = x[:1], dy[:1]
+    _, tangent = jax.jvp(norm, (x,), (dy,))
+    with backends.disabled():
+        _, general = jax.jvp(norm, (x,), (dy,))
+    np.testing.assert_array_equal(tangent, general)  # the hooks declined: the same ops ran
+    jacobian = jax.jacrev(norm)(x).reshape(x.size, x.size)  # reverse mode: the fast path
+    np.testing.assert_allclose(tangent.reshape(-1), jacobian @ dy.reshape(-1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jax.jacfwd(norm)(x).reshape(x.size, x.size), jacobian, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jax.jit(lambda t: jax.jvp(norm, (t,), (dy,))[1])(x), tangent, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jvp(jax.jit(norm), (x,), (dy,))[1], tangent, rtol=1e-5, atol=1e-5)
+    reverse_over_forward = jax.grad(lambda t: jax.jvp(loss, (t,), (dy,))[1])(x)
+    with backends.disabled():
+        want = jax.grad(lambda t: jax.jvp(loss, (t,), (dy,))[1])(x)
+    np.testing.assert_allclose(reverse_over_forward, want, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_mode_that_stays_out_of_reach():
+    """Applying linearize's function evaluates the custom_vjp's linearization
+    forward; a jit function traced before keeps the fast path in its trace."""
     import jax
 
     x, dy, norm, _ = _setup("gn-nhwc")
-    x, dy = x[:1], dy[:1]
-    with backends.disabled():
-        _, tangent = jax.jvp(norm, (x,), (dy,))
-        assert jax.jacfwd(norm)(x).shape == x.shape * 2
-    jacobian = jax.jacrev(norm)(x).reshape(x.size, x.size)  # reverse mode: the fast path
-    np.testing.assert_allclose(tangent.reshape(-1), jacobian @ dy.reshape(-1), rtol=1e-4, atol=1e-4)
     forward_mode = "can't apply forward-mode autodiff \\(jvp\\) to a custom_vjp function"
     with pytest.raises(TypeError, match=forward_mode):
-        jax.jvp(norm, (x,), (dy,))
-    with pytest.raises(TypeError, match=forward_mode):
         jax.linearize(norm, x)[1](dy)
+    jitted = jax.jit(norm)
+    jitted(x)
+    with pytest.raises(TypeError, match=forward_mode):
+        jax.jvp(jitted, (x,), (dy,))
