@@ -22,9 +22,15 @@ def _shape(value: Any) -> tuple[Any, ...]:
     return tuple(getattr(value, "shape", value))
 
 
+def _several(value: Any) -> bool:
+    """Whether ``value`` holds several inputs (tensors, or the shapes ``build``
+    receives), not one input or one shape (a tuple of ints and Nones)."""
+    return isinstance(value, (list, tuple)) and not all(isinstance(d, (int, type(None))) for d in value)
+
+
 def _received(value: Any) -> str:
     """How a wrong ``inputs`` is named in an error: its shape(s), never its values."""
-    if isinstance(value, (list, tuple)) and not all(isinstance(d, (int, type(None))) for d in value):
+    if _several(value):
         return f"{len(value)} inputs of shapes {[_shape(v) for v in value]}"
     return f"one input of shape {_shape(value)}"
 
@@ -83,16 +89,14 @@ class AdaptiveInstanceNormalization(FloatCompute, keras.layers.Layer):
         self.autocast = False  # see normlab.layers.base: inputs keep their float dtype
 
     @staticmethod
-    def _pair(inputs: Any, what: str = "inputs") -> tuple[Any, Any]:
-        """``(content, style)`` from ``inputs``, or a clear error."""
-        if isinstance(inputs, (list, tuple)) and len(inputs) == 2 and not all(
-            isinstance(d, (int, type(None))) for d in inputs
-        ):
+    def _pair(inputs: Any) -> tuple[Any, Any]:
+        """``(content, style)`` from ``inputs`` (tensors or shapes), or a clear error."""
+        if _several(inputs) and len(inputs) == 2:
             return inputs[0], inputs[1]
-        raise ValueError(error_message(what, _TWO_INPUTS, _received(inputs), _CALL_FIX))
+        raise ValueError(error_message("inputs", _TWO_INPUTS, _received(inputs), _CALL_FIX))
 
     def build(self, input_shape: Sequence[Shape]) -> None:
-        content_shape, style_shape = self._pair(input_shape, "inputs")
+        content_shape, style_shape = self._pair(input_shape)
         a = check_content_and_style(content_shape, style_shape, self.axis)
         channels = content_shape[a]
         spec = keras.layers.InputSpec(ndim=len(content_shape), axes={a: channels})

@@ -52,7 +52,7 @@ def check_content_and_style(content_shape: Shape, style_shape: Shape, axis: int)
     return a
 
 
-def style_std(variance: Tensor, epsilon: float) -> Tensor:
+def _style_std(variance: Tensor, epsilon: float) -> Tensor:
     """``sqrt(variance + epsilon)``, with a finite gradient where ``epsilon == 0`` and ``variance == 0``."""
     if epsilon > 0:
         return ops.sqrt(variance + epsilon)
@@ -102,6 +102,6 @@ def adaptive_instance_norm(content: Tensor, style: Tensor, axis: int = -1, *, ep
     shift, mean, variance = shifted_moments(content, spatial)
     style_shift, style_mean, style_variance = shifted_moments(style, spatial)
     dtype = stats_dtype(content.dtype)
-    scale = ops.cast(style_std(style_variance, epsilon), dtype)
+    scale = ops.cast(_style_std(style_variance, epsilon), dtype)
     offset = ops.cast(style_shift + style_mean, dtype)
     return normalize(content, mean, variance, gamma=scale, beta=offset, epsilon=epsilon, shift=shift)
