@@ -105,7 +105,7 @@ def mean_square(x: Tensor, axes: Sequence[int]) -> Tensor:
         [[12.5]]
     """
     x = ops.cast(x, stats_dtype(x.dtype))
-    square = ops.square(x)
+    square = x * x  # not ops.square: LiteRT rejects the pow that litert_torch makes of it on 5-D tensors
     return _averager(x, list(axes))(square) if axes else square
 
 
@@ -130,9 +130,9 @@ def _cross_replica_moments(
     shift = ops.stop_gradient(first / count)
     # Pass 2: residual sums about the shared shift, one all-reduce (with gradient).
     residual = x - shift
-    sums, squares = ops.unstack(replica_sum(ops.stack([total(residual), total(ops.square(residual))])))
+    sums, squares = ops.unstack(replica_sum(ops.stack([total(residual), total(residual * residual)])))
     mean = sums / count
-    variance = squares / count - ops.square(mean)
+    variance = squares / count - mean * mean
     variance = ops.relu(variance)  # clamp at 0; Keras' ops.maximum returns float32 for float64 on torch
     return shift, mean, variance
 
@@ -173,13 +173,14 @@ def shifted_moments(
         shift = ops.stop_gradient(x[index])
         residual = x - shift
         mean = average(residual)
-        variance = average(ops.square(residual - mean))
+        centered = residual - mean  # squared as a product: see mean_square
+        variance = average(centered * centered)
         return shift, mean, variance
     # With a mask the first element may be padding: the shift is the masked mean.
     shift = ops.stop_gradient(average(x))
     residual = x - shift
     mean = average(residual)
-    variance = average(ops.square(residual)) - ops.square(mean)
+    variance = average(residual * residual) - mean * mean
     variance = ops.relu(variance)  # clamp at 0; Keras' ops.maximum returns float32 for float64 on torch
     return shift, mean, variance
 

@@ -34,14 +34,8 @@ class Known:
         return f"{self.error}: {self.match!r}. {self.blocker}"
 
 
-_POW_5D = (
-    "The grouped statistics run on a 5-D view (N, H, W, G, C/G); litert_torch lowers ops.square there "
-    "(aten.square) to tfl.pow, which the TFLite converter rejects on a 5-D tensor. x * x, or the "
-    "statistics on a 4-D view (N, H*W, G, C/G), would avoid it."
-)
-
 KNOWN: dict[tuple[str, str, str], Known] = {
-    # TensorFlow -------------------------------------------------------------
+    # JAX --------------------------------------------------------------------
     **{
         ("jax", "onnx+openvino", case): Known(
             "builtins.RuntimeError", "'then' and 'else' branches have to have the same number of outputs",
@@ -54,11 +48,6 @@ KNOWN: dict[tuple[str, str, str], Known] = {
             "normlab.backends.disabled(), the cell passes.")
         for case in ("group", "instance", "layer", "layer-3-axes")
     },
-    # PyTorch ----------------------------------------------------------------
-    ("torch", "litert", "group"): Known(
-        "builtins.RuntimeError", "failed to legalize operation 'tfl.pow' that was explicitly marked illegal", _POW_5D),
-    ("torch", "litert", "evonorm_s0"): Known(
-        "builtins.RuntimeError", "failed to legalize operation 'tfl.pow' that was explicitly marked illegal", _POW_5D),
 }
 
 ROUTE_FAILURES: dict[tuple[str, str], Known] = {
