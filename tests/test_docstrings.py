@@ -8,6 +8,7 @@ import keras
 import pytest
 
 import normlab
+from tests._optional import skip_if_missing
 
 BACKENDS = {"tensorflow", "jax", "torch"}
 
@@ -25,7 +26,11 @@ MODULES = sorted(_modules())
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name):
-    module = importlib.import_module(name)
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        skip_if_missing(exc, name)
+        raise
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples failed in {name}"
 

@@ -22,7 +22,8 @@ import math
 import os
 
 import pytest
-import torch
+
+torch = pytest.importorskip("torch", reason="the Triton kernels take torch tensors")
 
 CUDA = torch.cuda.is_available()
 if not CUDA:  # before triton is first imported (by normlab.backends.triton, below)

@@ -22,6 +22,8 @@ from pathlib import Path
 import keras
 import pytest
 
+from tests._optional import skip_if_missing
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 NO_TEST = "<!-- no-test -->"
@@ -85,6 +87,7 @@ def test_examples_run(page, tmp_path, monkeypatch):
         try:
             exec(code, namespace)  # noqa: S102 - the documentation's own examples
         except Exception as exc:
+            skip_if_missing(exc, f"{name}'s example at line {block.line}")
             raise AssertionError(f"{name}: the example starting at line {block.line} failed: "
                                  f"{type(exc).__name__}: {exc}") from exc
     keras.backend.clear_session()

@@ -210,6 +210,8 @@ ROUTES = (
     }),
     Route("torch", ("torch",), _torch_format),
     Route("torch.export", ("torch",), _torch_export),
-    Route("jax.export", ("jax",), _jax_export),
+    Route("jax.export", ("jax",), _jax_export, {
+        "jax": (("flatbuffers", "jax.export's serialization"),),
+    }),
 )
 BY_ID = {route.id: route for route in ROUTES}
