@@ -10,7 +10,6 @@ TensorFlow backend only (it does not depend on the backend).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -23,6 +22,7 @@ import keras
 import pytest
 
 from tests._optional import skip_if_missing
+from tests.docs._scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -61,13 +61,6 @@ def extract_python_blocks(text: str) -> list[Block]:
 
 def _pages() -> list[Path]:
     return sorted(p for p in DOCS.rglob("*.md") if extract_python_blocks(p.read_text(encoding="utf-8")))
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"docs_scripts_{name}", DOCS / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------ the examples
@@ -131,7 +124,7 @@ def test_extract_python_blocks():
 
 
 def test_lab_tables_match_the_result_files():
-    lab_tables = _load_script("lab_tables")
+    lab_tables = load_script("lab_tables")
     stale = lab_tables.update(check=True)
     assert not stale, (f"docs/choosing.md: the tables {stale} differ from docs/lab/*.json; "
                        "run `python docs/scripts/lab_tables.py`")
@@ -285,7 +278,7 @@ def test_choosing_page_text_matches_the_lab():
 
 
 def test_figures_come_from_the_figure_script_and_are_small():
-    make_figures = _load_script("make_figures")
+    make_figures = load_script("make_figures")
     pngs = sorted((DOCS / "figures").glob("*.png"))
     assert {p.stem for p in pngs} == set(make_figures.FIGURES)
     for png in pngs:
@@ -309,7 +302,7 @@ def test_every_figure_caption_names_its_command():
 
 @pytest.mark.once  # the figures do not depend on the backend
 def test_figure_script_makes_a_figure(tmp_path):
-    make_figures = _load_script("make_figures")
+    make_figures = load_script("make_figures")
     assert make_figures.main(["cube-group-4-of-8", "--out", str(tmp_path)]) == 0
     png = tmp_path / "cube-group-4-of-8.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

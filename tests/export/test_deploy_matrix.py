@@ -3,19 +3,12 @@ docs/deploying.md holds a matrix with a row for every layer the tests export."""
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
+from tests.docs._scripts import load_script
 from tests.export import _cases
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("deploy_matrix", ROOT / "docs" / "scripts" / "deploy_matrix.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _results():
@@ -37,7 +30,7 @@ def _results():
 
 
 def test_render_marks_every_status():
-    text = _script().render(_results())
+    text = load_script("deploy_matrix").render(_results())
     assert "**TensorFlow backend**" in text and "**PyTorch backend**" in text
     assert "| `group(groups=4)` | ✓ 7.2e-07 |" in text  # TensorFlow: onnx only
     assert "| `group(groups=4)` | ✓ 0 (b) | – (c) |" in text  # PyTorch: onnx, torch
@@ -49,7 +42,7 @@ def test_render_marks_every_status():
 
 
 def test_update_writes_between_the_markers(tmp_path):
-    script = _script()
+    script = load_script("deploy_matrix")
     page = tmp_path / "page.md"
     page.write_text("intro\n<!-- deploy-matrix -->\nold\n<!-- /deploy-matrix -->\noutro\n")
     assert script.update(_results(), check=True, page=page)

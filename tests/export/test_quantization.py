@@ -9,25 +9,21 @@ the output's range), which these tests would report."""
 from __future__ import annotations
 
 import importlib.util
-import pathlib
 
 import keras
 import pytest
+
+from tests.docs._scripts import load_script
 
 pytestmark = [
     pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="Keras quantizes for LiteRT on TensorFlow"),
     pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None, reason="needs ai-edge-litert"),
 ]
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "docs" / "scripts" / "quantize_table.py"
-
 
 @pytest.fixture(scope="module")
 def table():
-    spec = importlib.util.spec_from_file_location("quantize_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("quantize_table")
 
 
 @pytest.mark.parametrize("label", ["`GroupNormalization(groups=4)`", "`LayerNormalization()`",
