@@ -214,15 +214,18 @@ def _input_grad(ctx, dx):
     return dx if dx.dtype == ctx.dtype else dx.to(ctx.dtype)
 
 
-def _composite_vjp(ctx, dy, forward, x, gamma, beta):
-    """``(dx, None, dgamma, dbeta)`` by differentiating ``forward(x, gamma,
+def _composite_vjp(ctx, dy, forward, x, gamma, beta, positions=(0, 2, 3)):
+    """The gradients of ``ctx``'s inputs by differentiating ``forward(x, gamma,
     beta)`` (plain differentiable ops) with ``create_graph``: the backward
     of a backward ATen does not differentiate (``native_group_norm_backward``
-    has no derivative), for double backward such as a gradient penalty."""
-    inputs = {i: t for i, t in zip((0, 2, 3), (x, gamma, beta)) if ctx.needs_input_grad[i]}
+    has no derivative), for double backward such as a gradient penalty.
+    ``x``, ``gamma`` and ``beta`` are the function's inputs at ``positions``;
+    the result has one entry per input up to the last of them (None for
+    the others, e.g. ``(dx, None, dgamma, dbeta)`` by default)."""
+    inputs = {i: t for i, t in zip(positions, (x, gamma, beta)) if ctx.needs_input_grad[i]}
     y = forward(x, gamma, beta)
     grads = dict(zip(inputs, torch.autograd.grad(y, list(inputs.values()), dy, create_graph=True)))
-    return grads.get(0), None, grads.get(2), grads.get(3)
+    return tuple(grads.get(i) for i in range(max(positions) + 1))
 
 
 def group_norm_composite(xc3, channels_last, groups, gamma, beta, epsilon):

@@ -12,6 +12,7 @@ decorated, see :mod:`normlab.backends.triton.primitives`).
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -35,6 +36,20 @@ def mode(cuda: bool) -> tuple[str | None, str]:
         return "compiled", ""
     return None, ("normlab.backends.triton was imported before TRITON_INTERPRET=1 was set: run "
                   "TRITON_INTERPRET=1 python -m pytest tests/backends/test_triton.py")
+
+
+def prepare() -> tuple[bool, str | None, str, str]:
+    """``(cuda, mode, why not, device)`` for a test module of the kernels,
+    called before it imports :mod:`normlab.backends.triton`: on a machine
+    without CUDA it first sets ``TRITON_INTERPRET=1`` (the interpreter runs
+    the kernels on CPU tensors), then reads the :func:`mode`."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    how, why = mode(cuda)
+    return cuda, how, why, "cuda" if how == "compiled" else "cpu"
 
 
 def inputs(shape, dtype, *, offset=0.0, spread=1.0, outlier_at=None, seed=0):

@@ -19,24 +19,20 @@ everything here skips with the reason.
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 
 torch = pytest.importorskip("torch", reason="the Triton kernels take torch tensors")
 
-CUDA = torch.cuda.is_available()
-if not CUDA:  # before triton is first imported (by normlab.backends.triton, below)
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from tests.backends import _triton_support as support  # noqa: E402
+
+CUDA, MODE, WHY, DEVICE = support.prepare()  # before triton is first imported (TRITON_INTERPRET)
 
 from normlab.backends import triton as nt  # noqa: E402
 from normlab.backends.triton import channels_last, row_norm, runtime  # noqa: E402
 from normlab.testing import reference  # noqa: E402
-from tests.backends import _triton_support as support  # noqa: E402
 from tests.backends._closed_form import normalize_and_vjp  # noqa: E402
 
-MODE, WHY = support.mode(CUDA)
-DEVICE = "cuda" if MODE == "compiled" else "cpu"
 pytestmark = [pytest.mark.triton, pytest.mark.once, pytest.mark.skipif(MODE is None, reason=WHY)]
 requires_gpu = pytest.mark.skipif(MODE != "compiled", reason="needs a CUDA GPU (compiled kernels)")
 EPSILON = 1e-3

@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch.autograd.function import once_differentiable
 
 import normlab.backends.triton.group_kernels as kernels
 import normlab.backends.triton.runtime as runtime
+from normlab.backends.torch_autograd import _composite_vjp, group_norm_composite
 
 #: Largest slab ``next_pow2(S) * BLOCK_C`` a program holds in registers
 #: (resident strategy); larger ones run chunked.
@@ -147,26 +147,41 @@ def backward(dy3, x3, gamma, mean, rstd, groups: int, p: Plan, need_dx: bool):
     return dx3, part_a, part_b
 
 
+def composite(x3, gamma, beta, groups: int, epsilon: float):
+    """The same group norm in plain differentiable ops (for double backward):
+    in float32 about each group's first value (no gradient flows through
+    it), two passes, rounded to ``x3``'s dtype as the kernels' output."""
+    cg = x3.shape[2] // groups
+    shift = x3[:, :1, ::cg].detach().float().repeat_interleave(cg, dim=2)
+    return group_norm_composite(x3.float() - shift, True, groups, gamma, beta, epsilon).to(x3.dtype)
+
+
 class GroupNorm(torch.autograd.Function):
     """Channels-last group norm of ``x3 = (N, S, C)`` on the Triton kernels;
-    saves ``x3`` and the per-group ``mean``/``rstd`` (``8 N G`` bytes)."""
+    saves ``x3`` and the per-group ``mean``/``rstd`` (``8 N G`` bytes).
+    Double backward (``create_graph``, e.g. a gradient penalty)
+    differentiates :func:`composite` instead of running the kernels."""
 
     @staticmethod
     def forward(ctx, x3, gamma, beta, groups, epsilon, p):
         y3, mean, rstd = forward(x3, gamma, beta, groups, epsilon, p)
-        ctx.save_for_backward(x3, gamma, mean, rstd)
-        ctx.groups, ctx.plan, ctx.beta_dtype = groups, p, None if beta is None else beta.dtype
+        ctx.save_for_backward(x3, gamma, beta, mean, rstd)
+        ctx.groups, ctx.epsilon, ctx.plan = groups, epsilon, p
         return y3
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy3):
-        x3, gamma, mean, rstd = ctx.saved_tensors
+        x3, gamma, beta, mean, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward
+            def differentiable(x, g, b):
+                return composite(x, g, b, ctx.groups, ctx.epsilon)
+
+            return (*_composite_vjp(ctx, dy3, differentiable, x3, gamma, beta, (0, 1, 2)), None, None, None)
         need_dx, need_gamma, need_beta = ctx.needs_input_grad[:3]
         dx3, part_a, part_b = backward(dy3.contiguous(), x3, gamma, mean, rstd, ctx.groups, ctx.plan, need_dx)
         c = x3.shape[2]
         dgamma = part_b.view(-1, c).sum(0).to(gamma.dtype) if need_gamma else None
-        dbeta = part_a.view(-1, c).sum(0).to(ctx.beta_dtype) if need_beta else None
+        dbeta = part_a.view(-1, c).sum(0).to(beta.dtype) if need_beta else None
         return dx3, dgamma, dbeta, None, None, None
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
 
 import normlab.backends.triton.row_kernels as kernels
 import normlab.backends.triton.runtime as runtime
+from normlab.backends.torch_autograd import _composite_vjp
 
 #: Widest row (elements over the normalized axes) a program holds in
 #: registers; wider rows decline (the general path runs).
@@ -68,25 +68,43 @@ def backward(dy2, x2, gamma, mean, rstd, center: bool, need_dx: bool):
     return dx2, part_gamma, part_beta
 
 
+def composite(x2, gamma, beta, epsilon: float, center: bool):
+    """The same row norm in plain differentiable ops (for double backward):
+    in float32, layer norm about each row's first value (no gradient flows
+    through it) with two passes, rounded to ``x2``'s dtype as the kernels' output."""
+    d = x2.float()
+    if center:
+        d = d - d[:, :1].detach()
+        d = d - d.mean(1, keepdim=True)
+    y = d * torch.rsqrt((d * d).mean(1, keepdim=True) + epsilon)
+    y = y if gamma is None else y * gamma
+    return (y if beta is None else y + beta).to(x2.dtype)
+
+
 class RowNorm(torch.autograd.Function):
     """Layer norm (``center``) or RMS norm of the rows of ``x2 = (M, W)``;
-    saves ``x2`` and ``4-8 M`` bytes of statistics."""
+    saves ``x2`` and ``4-8 M`` bytes of statistics. Double backward
+    (``create_graph``) differentiates :func:`composite` instead of running the kernels."""
 
     @staticmethod
     def forward(ctx, x2, gamma, beta, epsilon, center):
         y2, mean, rstd = forward(x2, gamma, beta, epsilon, center)
-        ctx.save_for_backward(x2, gamma, mean, rstd)
-        ctx.center, ctx.beta_dtype = center, None if beta is None else beta.dtype
+        ctx.save_for_backward(x2, gamma, beta, mean, rstd)
+        ctx.epsilon, ctx.center = epsilon, center
         return y2
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy2):
-        x2, gamma, mean, rstd = ctx.saved_tensors
+        x2, gamma, beta, mean, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward
+            def differentiable(x, g, b):
+                return composite(x, g, b, ctx.epsilon, ctx.center)
+
+            return (*_composite_vjp(ctx, dy2, differentiable, x2, gamma, beta, (0, 1, 2)), None, None)
         need_dx, need_gamma, need_beta = ctx.needs_input_grad[:3]
         dx2, part_gamma, part_beta = backward(dy2.contiguous(), x2, gamma, mean, rstd, ctx.center, need_dx)
         dgamma = part_gamma.sum(0).to(gamma.dtype) if need_gamma else None
-        dbeta = part_beta.sum(0).to(ctx.beta_dtype) if need_beta else None
+        dbeta = part_beta.sum(0).to(beta.dtype) if need_beta else None
         return dx2, dgamma, dbeta, None, None
 
 
