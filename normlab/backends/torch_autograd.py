@@ -215,13 +215,10 @@ def _input_grad(ctx, dx):
 
 
 def _composite_vjp(ctx, dy, forward, x, gamma, beta, positions=(0, 2, 3)):
-    """The gradients of ``ctx``'s inputs by differentiating ``forward(x, gamma,
-    beta)`` (plain differentiable ops) with ``create_graph``: the backward
-    of a backward ATen does not differentiate (``native_group_norm_backward``
-    has no derivative), for double backward such as a gradient penalty.
-    ``x``, ``gamma`` and ``beta`` are the function's inputs at ``positions``;
-    the result has one entry per input up to the last of them (None for
-    the others, e.g. ``(dx, None, dgamma, dbeta)`` by default)."""
+    """Double backward (a gradient penalty; ATen's backward kernels have no
+    derivative): the gradients of ``ctx``'s inputs ``x``, ``gamma``, ``beta`` at
+    ``positions`` (None between: ``(dx, None, dgamma, dbeta)`` by default), by
+    differentiating ``forward(x, gamma, beta)``, plain ops, with ``create_graph``."""
     inputs = {i: t for i, t in zip(positions, (x, gamma, beta)) if ctx.needs_input_grad[i]}
     y = forward(x, gamma, beta)
     grads = dict(zip(inputs, torch.autograd.grad(y, list(inputs.values()), dy, create_graph=True)))

@@ -1,0 +1,141 @@
+"""Keras' own normalization layers in an existing model, replaced by normlab's.
+
+A model built with ``keras.layers.BatchNormalization``,
+``GroupNormalization``, ``LayerNormalization`` or ``RMSNormalization``
+(``keras.applications``, a ``.keras`` file, a tutorial's network) moves to
+normlab's layers of the same names without being rebuilt by hand:
+:func:`convert` returns a copy of the model in which each of those layers is
+normlab's class made from the Keras layer's own config, with its weights
+(moving statistics included) and ``trainable`` state; every other layer is
+copied as :func:`keras.models.clone_model` copies it, with its weights.
+
+normlab's classes take Keras' arguments name for name, so nothing is
+translated: the outputs are Keras' to float rounding (exact where Keras'
+statistics are not, at large offsets; ``docs/migration.md``). Only the
+exact classes are replaced, not subclasses of them (a subclass may change
+``call``), and only layers of the model's graph: a Keras norm created inside
+a custom layer stays Keras'.
+
+``keras.saving.load_model(path, custom_objects=...)`` cannot do this: Keras
+resolves its own built-in classes before custom objects. Load the file,
+then convert it.
+
+Example:
+    >>> import keras, numpy as np, normlab
+    >>> from normlab.compat import keras_layers
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(8, 3),
+    ...                           keras.layers.BatchNormalization(), keras.layers.GroupNormalization(4)])
+    >>> converted = keras_layers.convert(model)
+    >>> [type(layer).__module__.split(".")[0] for layer in converted.layers]
+    ['keras', 'normlab', 'normlab']
+    >>> x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    >>> to_numpy = keras.ops.convert_to_numpy
+    >>> bool(np.allclose(to_numpy(converted(x)), to_numpy(model(x)), atol=1e-5))
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import keras
+
+from normlab.layers import BatchNormalization, GroupNormalization, LayerNormalization, RMSNormalization
+from normlab.ops.validate import error_message
+
+#: Keras' classes and the normlab classes that replace them (same name, same arguments).
+REPLACEMENTS: dict[type[keras.layers.Layer], type[keras.layers.Layer]] = {
+    keras.layers.BatchNormalization: BatchNormalization,
+    keras.layers.GroupNormalization: GroupNormalization,
+    keras.layers.LayerNormalization: LayerNormalization,
+    keras.layers.RMSNormalization: RMSNormalization,
+}
+
+#: Weight names of Keras' layers that normlab's name otherwise.
+WEIGHT_RENAMES = {"scale": "gamma"}  # RMSNormalization
+
+
+def convert(model: keras.Model, *, layers: Iterable[str] | None = None) -> keras.Model:
+    """A copy of ``model`` with Keras' normalization layers replaced by normlab's.
+
+    Args:
+        model: a ``keras.Sequential`` or functional ``keras.Model`` (a
+            subclass of the functional ``Model`` comes back as a plain one
+            with the same graph, as from ``keras.models.clone_model``).
+            Nested Sequential and functional models are converted too.
+            The original is left as it was.
+        layers: the class names to replace, a subset of
+            ``"BatchNormalization"``, ``"GroupNormalization"``,
+            ``"LayerNormalization"`` and ``"RMSNormalization"``. Default
+            None: all four.
+
+    Returns:
+        The converted model, uncompiled (compile it again to train it).
+
+    Raises:
+        ValueError: ``model`` is a subclassed model, or ``layers`` names
+            another class.
+    """
+    wanted = _wanted(layers)
+    if not isinstance(model, keras.Model) or not _is_graph_model(model):
+        raise ValueError(error_message(
+            "model", "a keras.Sequential or functional keras.Model (a graph of layers)",
+            f"a {type(model).__name__}",
+            "For a subclassed model, create normlab's layers in its __init__ instead: they take "
+            "the Keras layers' arguments name for name."))
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        cls = wanted.get(type(layer), type(layer))
+        return cls.from_config(layer.get_config())
+
+    converted = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    _copy_weights(model, converted)
+    return converted
+
+
+def _wanted(layers: Iterable[str] | None) -> dict[type[keras.layers.Layer], type[keras.layers.Layer]]:
+    by_name = {cls.__name__: cls for cls in REPLACEMENTS}
+    if layers is None:
+        return dict(REPLACEMENTS)
+    names = [layers] if isinstance(layers, str) else list(layers)
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ValueError(error_message("layers", f"class names among {sorted(by_name)}", repr(layers),
+                                       f"Remove {unknown}."))
+    return {by_name[name]: REPLACEMENTS[by_name[name]] for name in names}
+
+
+def _is_graph_model(model: keras.Model) -> bool:
+    """Sequential or functional: a model ``clone_model`` can rebuild layer by layer."""
+    return isinstance(model, (keras.Sequential, keras.Function))
+
+
+def _copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Each layer's weights from ``source`` into its clone in ``target`` (same
+    names; the clone's input layers are renamed, but hold no weights)."""
+    for layer in source.layers:
+        if not layer.weights:
+            continue
+        clone = target.get_layer(layer.name)
+        if isinstance(layer, keras.Model) and _is_graph_model(layer):
+            _copy_weights(layer, clone)
+        elif type(clone) is not type(layer):
+            _copy_by_name(layer, clone)
+        else:
+            clone.set_weights(layer.get_weights())
+
+
+def _copy_by_name(layer: keras.layers.Layer, clone: keras.layers.Layer) -> None:
+    """A replaced layer's weights, matched by name (never by position alone)."""
+    targets: dict[str, Any] = {weight.name: weight for weight in clone.weights}
+    for weight in layer.weights:
+        name = WEIGHT_RENAMES.get(weight.name, weight.name)
+        if name not in targets or tuple(targets[name].shape) != tuple(weight.shape):
+            raise ValueError(f"Cannot convert layer {layer.name!r}: its weight {weight.name!r} "
+                             f"{tuple(weight.shape)} has no counterpart in {type(clone).__name__} "
+                             f"(weights {[(w.name, tuple(w.shape)) for w in clone.weights]}).")
+        targets.pop(name).assign(weight)
+    if targets:
+        raise ValueError(f"Cannot convert layer {layer.name!r}: {type(clone).__name__} has weights "
+                         f"{sorted(targets)} that {type(layer).__name__} lacks.")

@@ -1,0 +1,162 @@
+"""normlab.compat.keras_layers.convert: Keras' normalization layers in an
+existing model replaced by normlab's, weights and state kept, the original
+untouched."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import normlab
+from normlab.compat import keras_layers
+
+to_numpy = keras.ops.convert_to_numpy
+KERAS_NORMS = tuple(keras_layers.REPLACEMENTS)
+
+
+def _model() -> keras.Model:
+    """Every replaced class, a residual branch, a frozen layer, a nested Sequential."""
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    branch = keras.layers.GroupNormalization(groups=-1, name="in")(x)
+    x = keras.layers.Add(name="add")([x, keras.layers.GroupNormalization(groups=4, name="gn")(branch)])
+    x = keras.Sequential([keras.layers.Conv2D(4, 1, name="inner_conv"),
+                          keras.layers.BatchNormalization(name="inner_bn", trainable=False)], name="block")(x)
+    x = keras.layers.LayerNormalization(axis=[1, 2, 3], name="ln")(x)
+    x = keras.layers.RMSNormalization(name="rms")(keras.layers.Flatten(name="flat")(x))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    rng = np.random.default_rng(0)
+    for weight in model.weights:  # weights a fresh model does not have: trained, moving statistics
+        value = rng.uniform(0.5, 1.5, weight.shape) if "variance" in weight.name else rng.normal(size=weight.shape)
+        weight.assign(value.astype(weight.dtype))
+    return model
+
+
+def _inputs(offset=0.0):
+    return (offset + np.random.default_rng(1).normal(size=(4, 6, 6, 3))).astype("float32")
+
+
+def _layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+
+
+def test_every_keras_norm_is_replaced_by_normlabs_class_of_the_same_name():
+    model = _model()
+    converted = keras_layers.convert(model)
+    before, after = ({la.name: la for la in _layers(m) if la.weights} for m in (model, converted))
+    assert sorted(before) == sorted(after)
+    for name, layer in before.items():
+        if type(layer) in KERAS_NORMS:
+            assert type(after[name]) is keras_layers.REPLACEMENTS[type(layer)], name
+            assert after[name].get_config()["epsilon"] == layer.get_config()["epsilon"]
+        elif not isinstance(layer, keras.Model):
+            assert type(after[name]) is type(layer), name
+    assert converted.count_params() == model.count_params()
+    assert not after["inner_bn"].trainable
+    assert len(converted.trainable_weights) == len(model.trainable_weights)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_outputs_match_keras(training):
+    model = _model()
+    converted = keras_layers.convert(model)
+    x = _inputs()
+    np.testing.assert_allclose(to_numpy(converted(x, training=training)), to_numpy(model(x, training=training)),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_weights_and_moving_statistics_are_copied_not_shared():
+    model = _model()
+    converted = keras_layers.convert(model)
+    clones = {la.name: la for la in _layers(converted)}
+    checked = 0
+    for layer in _layers(model):
+        if isinstance(layer, keras.Model) or not layer.weights:
+            continue
+        clone = clones[layer.name]
+        assert len(clone.weights) == len(layer.weights), layer.name
+        for a, b in zip(layer.weights, clone.weights):
+            np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+            assert a is not b
+        checked += 1
+    assert checked == 9  # every layer with weights, the nested Sequential's included
+    rms = converted.get_layer("rms")  # Keras names its weight "scale", normlab "gamma"
+    np.testing.assert_array_equal(to_numpy(rms.gamma), to_numpy(model.get_layer("rms").scale))
+
+
+def test_the_original_model_is_left_as_it_was():
+    model = _model()
+    weights = [to_numpy(w).copy() for w in model.weights]
+    keras_layers.convert(model)
+    assert all(type(layer) is not keras_layers.REPLACEMENTS.get(type(layer)) for layer in _layers(model))
+    assert type(model.get_layer("bn")) is keras.layers.BatchNormalization
+    for before, weight in zip(weights, model.weights):
+        np.testing.assert_array_equal(before, to_numpy(weight))
+
+
+def test_the_converted_model_trains_and_saves_as_normlab():
+    model = keras_layers.convert(_model())
+    model.compile(optimizer="sgd", loss="mse")
+    x = _inputs()
+    model.fit(x, np.zeros((4, 2), "float32"), epochs=1, verbose=0)
+    path = os.path.join(pytest.importorskip("tempfile").mkdtemp(), "converted.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert type(reloaded.get_layer("gn")) is normlab.GroupNormalization
+    np.testing.assert_allclose(to_numpy(reloaded(x)), to_numpy(model(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_a_subset_of_classes():
+    converted = keras_layers.convert(_model(), layers=["GroupNormalization"])
+    assert type(converted.get_layer("gn")) is normlab.GroupNormalization
+    assert type(converted.get_layer("in")) is normlab.GroupNormalization
+    assert type(converted.get_layer("bn")) is keras.layers.BatchNormalization
+    assert type(converted.get_layer("rms")) is keras.layers.RMSNormalization
+
+
+def test_subclasses_of_keras_norms_are_kept():
+    class MyNorm(keras.layers.BatchNormalization):
+        pass
+
+    model = keras.Sequential([keras.Input((4,)), MyNorm(name="mine"), keras.layers.BatchNormalization(name="bn")])
+    converted = keras_layers.convert(model)
+    assert type(converted.get_layer("mine")) is MyNorm
+    assert type(converted.get_layer("bn")) is normlab.BatchNormalization
+
+
+def test_mixed_precision_policy_is_kept():
+    model = keras.Sequential([keras.Input((4, 4, 8)), keras.layers.GroupNormalization(2, dtype="mixed_bfloat16")])
+    layer = keras_layers.convert(model).layers[0]
+    assert layer.dtype_policy.name == "mixed_bfloat16"
+    assert layer.gamma.dtype == "float32"
+
+
+def test_keras_applications_model_matches():
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=3)
+    converted = keras_layers.convert(model)
+    assert sum(type(layer) is normlab.BatchNormalization for layer in converted.layers) == 52
+    x = _inputs(offset=2.0)[:, :, :, :3].repeat(6, axis=1)[:, :32].repeat(6, axis=2)[:, :, :32]
+    np.testing.assert_allclose(to_numpy(converted(x)), to_numpy(model(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_arguments_say_what_to_do():
+    with pytest.raises(ValueError, match=r"Invalid `layers`.*Remove \['BatchNorm'\]"):
+        keras_layers.convert(_model(), layers=["BatchNorm"])
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.bn = keras.layers.BatchNormalization()
+
+        def call(self, x):
+            return self.bn(x)
+
+    with pytest.raises(ValueError, match=r"Invalid `model`.*Received: a Subclassed.*__init__"):
+        keras_layers.convert(Subclassed())
