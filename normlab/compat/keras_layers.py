@@ -135,7 +135,7 @@ def _copy_by_name(layer: keras.layers.Layer, clone: keras.layers.Layer) -> None:
             raise ValueError(f"Cannot convert layer {layer.name!r}: its weight {weight.name!r} "
                              f"{tuple(weight.shape)} has no counterpart in {type(clone).__name__} "
                              f"(weights {[(w.name, tuple(w.shape)) for w in clone.weights]}).")
-        targets.pop(name).assign(weight)
+        targets.pop(name).assign(weight.numpy())  # a copy: JAX's training step donates the original's buffers
     if targets:
         raise ValueError(f"Cannot convert layer {layer.name!r}: {type(clone).__name__} has weights "
                          f"{sorted(targets)} that {type(layer).__name__} lacks.")

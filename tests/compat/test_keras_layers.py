@@ -101,16 +101,22 @@ def test_the_original_model_is_left_as_it_was():
         np.testing.assert_array_equal(before, to_numpy(weight))
 
 
-def test_the_converted_model_trains_and_saves_as_normlab():
-    model = keras_layers.convert(_model())
-    model.compile(optimizer="sgd", loss="mse")
-    x = _inputs()
-    model.fit(x, np.zeros((4, 2), "float32"), epochs=1, verbose=0)
+def test_the_converted_model_trains_apart_from_the_original_and_saves_as_normlab():
+    model = _model()
+    converted = keras_layers.convert(model)
+    x, y = _inputs(), np.zeros((4, 2), "float32")
+    before = [to_numpy(w).copy() for w in converted.weights]
+    for m in (model, converted):  # the original first: its training step must not touch the copy's buffers
+        m.compile(optimizer="sgd", loss="mse")
+    model.fit(x, y, epochs=1, verbose=0)
+    for was, weight in zip(before, converted.weights):
+        np.testing.assert_array_equal(was, to_numpy(weight))
+    converted.fit(x, y, epochs=1, verbose=0)
     path = os.path.join(pytest.importorskip("tempfile").mkdtemp(), "converted.keras")
-    model.save(path)
+    converted.save(path)
     reloaded = keras.saving.load_model(path)
     assert type(reloaded.get_layer("gn")) is normlab.GroupNormalization
-    np.testing.assert_allclose(to_numpy(reloaded(x)), to_numpy(model(x)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(reloaded(x)), to_numpy(converted(x)), rtol=1e-5, atol=1e-5)
 
 
 def test_a_subset_of_classes():
