@@ -20,6 +20,12 @@ a custom layer stays Keras'.
 resolves its own built-in classes before custom objects. Load the file,
 then convert it.
 
+:func:`to_keras` goes the other way, for tools that know only Keras' built-in
+classes (converters to other formats, an environment without normlab):
+each of normlab's four layers becomes Keras' class of the same name, where
+its arguments are ones Keras' class has (normlab's extras at their
+defaults; otherwise a ``ValueError`` names the layer and the argument).
+
 Example:
     >>> import keras, numpy as np, normlab
     >>> from normlab.compat import keras_layers
@@ -36,7 +42,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import keras
@@ -44,17 +50,18 @@ import keras
 from normlab.layers import BatchNormalization, GroupNormalization, LayerNormalization, RMSNormalization
 from normlab.ops.validate import error_message
 
+_LayerType = type[keras.layers.Layer]
+
 #: Keras' classes and the normlab classes that replace them (same name, same arguments).
-REPLACEMENTS: dict[type[keras.layers.Layer], type[keras.layers.Layer]] = {
+REPLACEMENTS: dict[_LayerType, _LayerType] = {
     keras.layers.BatchNormalization: BatchNormalization,
     keras.layers.GroupNormalization: GroupNormalization,
     keras.layers.LayerNormalization: LayerNormalization,
     keras.layers.RMSNormalization: RMSNormalization,
 }
 
-#: Weight names of Keras' layers that normlab's name otherwise.
-WEIGHT_RENAMES = {"scale": "gamma"}  # RMSNormalization
-
+#: Weight names that differ between the two (Keras' RMSNormalization calls its weight ``scale``).
+WEIGHT_ALIASES = {"scale": "gamma", "gamma": "scale"}
 
 def convert(model: keras.Model, *, layers: Iterable[str] | None = None) -> keras.Model:
     """A copy of ``model`` with Keras' normalization layers replaced by normlab's.
@@ -77,33 +84,83 @@ def convert(model: keras.Model, *, layers: Iterable[str] | None = None) -> keras
         ValueError: ``model`` is a subclassed model, or ``layers`` names
             another class.
     """
-    wanted = _wanted(layers)
+    return _swap(model, _wanted(layers, REPLACEMENTS), lambda layer, cls: cls.from_config(layer.get_config()))
+
+
+def to_keras(model: keras.Model, *, layers: Iterable[str] | None = None) -> keras.Model:
+    """A copy of ``model`` with normlab's four Keras-named norms replaced by Keras' classes.
+
+    The inverse of :func:`convert`, for tools that know only Keras' built-in
+    layers. normlab's arguments that Keras' class lacks must be at their
+    defaults (``virtual_batch_size=None`` and ``use_moving_statistics=False``
+    for batch norm; for RMS norm ``center=False``, ``scale=True`` and no
+    regularizer or constraint); initializers are dropped (the weights are copied).
+
+    Example:
+        >>> import keras, normlab
+        >>> from normlab.compat import keras_layers
+        >>> model = keras.Sequential([keras.Input((4,)), normlab.LayerNormalization()])
+        >>> type(keras_layers.to_keras(model).layers[0]) is keras.layers.LayerNormalization
+        True
+
+    Args:
+        model: as for :func:`convert`.
+        layers: the class names to replace, as for :func:`convert`. Default None: all four.
+
+    Returns:
+        The converted model, uncompiled.
+
+    Raises:
+        ValueError: ``model`` is a subclassed model, ``layers`` names
+            another class, or a layer uses an argument Keras' class lacks.
+    """
+    inverse = {normlab_cls: keras_cls for keras_cls, normlab_cls in REPLACEMENTS.items()}
+    return _swap(model, _wanted(layers, inverse), lambda layer, cls: cls.from_config(_keras_config(layer, cls)))
+
+
+def _swap(model: keras.Model, wanted: dict[_LayerType, _LayerType],
+          make: Callable[[Any, _LayerType], Any]) -> keras.Model:
     if not isinstance(model, keras.Model) or not _is_graph_model(model):
         raise ValueError(error_message(
             "model", "a keras.Sequential or functional keras.Model (a graph of layers)",
             f"a {type(model).__name__}",
-            "For a subclassed model, create normlab's layers in its __init__ instead: they take "
+            "For a subclassed model, create the layers you want in its __init__ instead: normlab's take "
             "the Keras layers' arguments name for name."))
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        cls = wanted.get(type(layer), type(layer))
-        return cls.from_config(layer.get_config())
+        cls = wanted.get(type(layer))
+        return make(layer, cls) if cls is not None else type(layer).from_config(layer.get_config())
 
     converted = keras.models.clone_model(model, clone_function=clone, recursive=True)
     _copy_weights(model, converted)
     return converted
 
 
-def _wanted(layers: Iterable[str] | None) -> dict[type[keras.layers.Layer], type[keras.layers.Layer]]:
-    by_name = {cls.__name__: cls for cls in REPLACEMENTS}
+def _wanted(layers: Iterable[str] | None, mapping: dict[_LayerType, _LayerType]) -> dict[_LayerType, _LayerType]:
     if layers is None:
-        return dict(REPLACEMENTS)
+        return dict(mapping)
+    by_name = {cls.__name__: cls for cls in mapping}
     names = [layers] if isinstance(layers, str) else list(layers)
     unknown = [name for name in names if name not in by_name]
     if unknown:
         raise ValueError(error_message("layers", f"class names among {sorted(by_name)}", repr(layers),
                                        f"Remove {unknown}."))
-    return {by_name[name]: REPLACEMENTS[by_name[name]] for name in names}
+    return {by_name[name]: mapping[by_name[name]] for name in names}
+
+
+def _keras_config(layer: keras.layers.Layer, keras_cls: _LayerType) -> dict[str, Any]:
+    """``layer``'s config without normlab's extra arguments, which must be at their defaults."""
+    config = layer.get_config()
+    defaults = type(layer)().get_config()
+    accepted = set(keras_cls().get_config())
+    for key in [key for key in config if key not in accepted]:
+        if config[key] != defaults.get(key) and not key.endswith("_initializer"):
+            raise ValueError(
+                f"Cannot convert layer {layer.name!r} to keras.layers.{keras_cls.__name__}: it has "
+                f"{key}={config[key]!r}, which Keras' class lacks (only {defaults.get(key)!r} converts). "
+                "Keep normlab's layer (pass `layers=` without this class), or rebuild it without that argument.")
+        del config[key]
+    return config
 
 
 def _is_graph_model(model: keras.Model) -> bool:
@@ -130,7 +187,7 @@ def _copy_by_name(layer: keras.layers.Layer, clone: keras.layers.Layer) -> None:
     """A replaced layer's weights, matched by name (never by position alone)."""
     targets: dict[str, Any] = {weight.name: weight for weight in clone.weights}
     for weight in layer.weights:
-        name = WEIGHT_RENAMES.get(weight.name, weight.name)
+        name = weight.name if weight.name in targets else WEIGHT_ALIASES.get(weight.name, weight.name)
         if name not in targets or tuple(targets[name].shape) != tuple(weight.shape):
             raise ValueError(f"Cannot convert layer {layer.name!r}: its weight {weight.name!r} "
                              f"{tuple(weight.shape)} has no counterpart in {type(clone).__name__} "

@@ -166,3 +166,45 @@ def test_bad_arguments_say_what_to_do():
 
     with pytest.raises(ValueError, match=r"Invalid `model`.*Received: a Subclassed.*__init__"):
         keras_layers.convert(Subclassed())
+
+
+# --------------------------------------------------------------------------
+# to_keras: the way back, for tools that know only Keras' built-in layers.
+
+
+def test_to_keras_round_trip_gives_keras_classes_weights_and_outputs_back():
+    model = _model()
+    back = keras_layers.to_keras(keras_layers.convert(model))
+    for layer in _layers(model):
+        if layer.weights and not isinstance(layer, keras.Model):
+            clone = {la.name: la for la in _layers(back)}[layer.name]
+            assert type(clone) is type(layer), layer.name
+            for a, b in zip(layer.weights, clone.weights):
+                np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    x = _inputs()
+    np.testing.assert_allclose(to_numpy(back(x)), to_numpy(model(x)), rtol=1e-4, atol=1e-4)
+    assert not back.get_layer("block").get_layer("inner_bn").trainable
+
+
+def test_to_keras_takes_normlab_models_and_keeps_other_normlab_layers():
+    model = keras.Sequential([keras.Input((6, 6, 4)), normlab.GroupNormalization(2, name="gn"),
+                              normlab.InstanceNormalization(name="in"), normlab.RMSNormalization(name="rms")])
+    back = keras_layers.to_keras(model)
+    assert type(back.get_layer("gn")) is keras.layers.GroupNormalization
+    assert type(back.get_layer("in")) is normlab.InstanceNormalization  # no Keras class of that name
+    rms = back.get_layer("rms")
+    assert type(rms) is keras.layers.RMSNormalization
+    np.testing.assert_array_equal(to_numpy(rms.scale), to_numpy(model.get_layer("rms").gamma))
+
+
+@pytest.mark.parametrize("layer, argument", [
+    (normlab.BatchNormalization(virtual_batch_size=2, name="vbn"), "virtual_batch_size=2"),
+    (normlab.RMSNormalization(center=True, name="rms"), "center=True"),
+    (normlab.RMSNormalization(gamma_regularizer="l2", name="rms"), "gamma_regularizer="),
+])
+def test_to_keras_refuses_arguments_keras_lacks(layer, argument):
+    model = keras.Sequential([keras.Input((6, 4)), layer])
+    with pytest.raises(ValueError, match=rf"layer '{layer.name}' to keras.layers.{type(layer).__name__}: "
+                                         rf"it has {argument}"):
+        keras_layers.to_keras(model)
+    assert type(keras_layers.to_keras(model, layers=[]).layers[0]) is type(layer)  # kept where asked
