@@ -74,3 +74,40 @@ def e2e(keras, normlab, quick):
         print(f"  e2e {name}: {median:.2f} s (median of {len(seconds[name])} epochs)",
               file=sys.stderr, flush=True)
     return rows
+
+
+#: Interleaved rounds of the keras.applications comparison, and training steps per round.
+APPLICATION_ROUNDS, APPLICATION_STEPS = 5, 4
+
+
+def applications(keras, quick):
+    """Training-step seconds of ``keras.applications.MobileNetV2`` (alpha 0.5,
+    96x96x3, batch 32, 52 batch norms) with Keras' layers and converted to
+    normlab's by ``normlab.compat.keras_layers.convert``, rounds interleaved."""
+    import numpy as np
+
+    from normlab.compat import keras_layers
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.5, weights=None, classes=10)
+    models = {"keras MobileNetV2": model, "normlab MobileNetV2 (converted)": keras_layers.convert(model)}
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 96, 96, 3)).astype("float32")
+    y = rng.integers(0, 10, 32).astype("int32")
+    for m in models.values():
+        m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        m.train_on_batch(x, y)  # builds and compiles the step
+    steps = 2 if quick else APPLICATION_STEPS
+    seconds = {name: [] for name in models}
+    for _ in range(3 if quick else APPLICATION_ROUNDS):
+        for name, m in models.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                m.train_on_batch(x, y)
+            seconds[name].append((time.perf_counter() - start) / steps)
+    rows = []
+    for name, rounds in seconds.items():
+        rows.append({"model": name, "step_seconds": float(np.median(rounds)), "rounds_seconds": rounds,
+                     "steps_per_round": steps, "batch": 32, "input": [96, 96, 3]})
+        print(f"  applications {name}: {rows[-1]['step_seconds'] * 1e3:.1f} ms a step", file=sys.stderr, flush=True)
+    return rows

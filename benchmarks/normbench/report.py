@@ -51,6 +51,11 @@ def print_table(result):
               f"{len(e['epochs_seconds'])} interleaved epochs")
         for row in result["e2e"]:
             print(f"    {row['norm']:32} {row['seconds']:7.2f} s   loss {row['loss']:.3f}  acc {row['accuracy']:.3f}")
+    if result.get("applications"):
+        print("\n  keras.applications.MobileNetV2 (alpha 0.5, 96x96x3, batch 32), Keras' batch norms and "
+              "normlab.compat.keras_layers.convert's: median training step of interleaved rounds")
+        for row in result["applications"]:
+            print(f"    {row['model']:32} {row['step_seconds'] * 1e3:7.1f} ms")
 
 
 def format_work(w):
@@ -131,6 +136,13 @@ def targets(results):
                 checks.append((f"{backend} end-to-end epoch with {kind} no slower than Keras", status,
                                f"{a['seconds']:.2f} s vs {b['seconds']:.2f} s (median epochs; per-round "
                                f"normlab/Keras {', '.join(f'{r:.2f}' for r in ratios)})"))
+        apps = {r["model"].split()[0]: r for r in results[backend].get("applications", [])}
+        if "normlab" in apps and "keras" in apps:
+            a, b = apps["normlab"], apps["keras"]
+            status, ratios = e2e_decision(a["rounds_seconds"], b["rounds_seconds"])
+            checks.append((f"{backend} MobileNetV2 training step converted to normlab no slower than Keras", status,
+                           f"{a['step_seconds'] * 1e3:.1f} ms vs {b['step_seconds'] * 1e3:.1f} ms (per-round "
+                           f"normlab/Keras {', '.join(f'{r:.2f}' for r in ratios)})"))
     return checks
 
 

@@ -177,8 +177,9 @@ def worker(backend, config, out):
             if source in row:
                 row[source]["roofline"] = row[source]["GB/s"] / roof
     if config.get("e2e"):
-        from .e2e import e2e
+        from .e2e import applications, e2e
 
         result["e2e"] = e2e(keras, normlab, config["quick"])
+        result["applications"] = applications(keras, config["quick"])
     result["load_worker_end"] = machine.load()
     Path(out).write_text(json.dumps(result))
