@@ -6,7 +6,8 @@ scaling); what changes is how XLA sees them:
 
 * Statistics are first the plain one-pass moments, which XLA fuses into
   reading ``x`` (no centered copy), kept only where each slice's offset is
-  within its spread and they are as exact as the two-pass formula;
+  within twice its spread and they are within a few roundings of the
+  two-pass formula;
   otherwise they are recomputed relative to a sample element of each
   slice, with an exact second pass where that sample is an outlier, all
   decided by ``lax.cond`` in the graph (:func:`normlab.backends.policy.stats`,
@@ -116,7 +117,7 @@ _XP = policy.ArrayOps(
 
 def _stats(xf, *, sample, reduce, count, epsilon) -> policy.Stats:
     """:func:`normlab.backends.policy.stats` with XLA's fused reductions:
-    the plain moments where every slice's offset is within its spread, else
+    the plain moments where every slice's offset is within twice its spread, else
     moments about a sample of each slice (and an exact second pass where
     that sample is an outlier), decided by ``lax.cond``."""
     return policy.stats(xf, sample=sample, sums=lambda t: (reduce(t), reduce(t * t)), reduce=reduce,

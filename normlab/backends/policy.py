@@ -92,7 +92,7 @@ array primitives as an :class:`ArrayOps`; ``sums(t)`` returns
 returns the sample shift broadcastable to ``x``. The result is a
 :class:`Stats`; the apply step is ``((x - shift) - mean) * rstd``, or
 ``x * rstd - mean * rstd`` where ``raw`` is true (``shift`` is 0 there and
-``|mean| <= std``, so the folded form is exact).
+``|mean| <= 2 std``, so the folded form is within a few roundings).
 """
 
 from __future__ import annotations
@@ -100,9 +100,15 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 #: Plain one-pass moments (shift 0) are kept while every slice has
-#: ``E[x]^2 <= MAX_RAW_RATIO * (var + epsilon)``: the folded apply step and
-#: the one-pass variance are then within 2 roundings.
-MAX_RAW_RATIO = 1.0
+#: ``E[x]^2 <= MAX_RAW_RATIO * (var + epsilon)`` (``|mean| <= 2 std``): the
+#: one-pass variance is then within 5 roundings and the folded apply step
+#: within 3. At ``r`` = 3.96 every output and gradient of the JAX and
+#: TensorFlow hooks is within 3.9e-6 of float64 (float32;
+#: ``tests/backends/test_policy.py``; 1e-7 to 1.2e-6 about a sample), and
+#: data with ``1 < r <= 4`` (an offset of 3 at a spread of 2, say) runs its
+#: forward pass 1.5-2.1x faster than about a sample (CPU; group, layer and
+#: instance norm, and JAX's batch norm, at ``(8, 56, 56, 256)``).
+MAX_RAW_RATIO = 4.0
 
 #: One-pass statistics about a shift are kept while
 #: ``(mean - shift)^2 <= MAX_SHIFT_RATIO * (var + epsilon)``: relative error
@@ -129,7 +135,7 @@ class Stats(NamedTuple):
     ``mean`` and ``variance`` are those of ``x - shift`` (the mean of ``x``
     is ``shift + mean``), ``rstd = rsqrt(variance + epsilon)``, and ``raw``
     a boolean scalar tensor: whether the plain moments were kept
-    (``shift`` is 0 and every ``|mean| <= std``).
+    (``shift`` is 0 and every ``|mean| <= 2 std``).
     """
 
     shift: Any

@@ -7,7 +7,7 @@ The same formulation as the JAX fast paths (see ``normlab/backends/jax.py``):
   ``(N, P, C)``, ``(N, C, Q)`` or ``(N, P, C, Q)`` and only then summed over
   a group's channels, instead of reducing a grouped ``(N, S, G, C/G)`` view;
 * statistics are the plain one-pass moments where each slice's offset is
-  within its spread, else taken relative to a sample of each slice (an
+  within twice its spread, else taken relative to a sample of each slice (an
   element of the data, so no product feeds ``x - shift``), with a second,
   exact pass only where the sample lies more than four standard
   deviations from its slice's mean, all decided by ``tf.cond`` in the graph
@@ -17,7 +17,7 @@ The same formulation as the JAX fast paths (see ``normlab/backends/jax.py``):
   ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, ``g = dy * gamma``,
   from the saved input and per-slice statistics; where the plain moments were
   kept, without a centered copy of the input (``sum(dy * x) - mean * sum(dy)``,
-  exact there since ``|mean| <= std``): outside XLA each full-size operation
+  within a few roundings there since ``|mean| <= 2 std``): outside XLA each full-size operation
   is a pass over memory.
 
 Outside XLA (eager, ``tf.function``) TensorFlow runs op by op, and every
@@ -115,7 +115,7 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca):
             a = channel_sum(g)
 
             # sum(dy * (x - mean)): where the plain moments were kept (shift 0,
-            # |mean| <= std) as sum(dy * x) - mean * sum(dy), with no centered
+            # |mean| <= 2 std) as sum(dy * x) - mean * sum(dy), with no centered
             # copy of x; otherwise about the shift, as the forward pass did.
             def b_raw():
                 return channel_sum(g * xf) - mean * a

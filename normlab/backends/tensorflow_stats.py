@@ -65,7 +65,7 @@ _XP = policy.ArrayOps(
 
 def stats(xf, *, sample, reduce, count, epsilon, sums=None) -> policy.Stats:
     """:func:`normlab.backends.policy.stats` (the plain moments where every
-    slice's offset is within its spread, else moments about a sample of each
+    slice's offset is within twice its spread, else moments about a sample of each
     slice, decided by ``tf.cond``); ``sums(t)`` gives
     ``(reduce(t), reduce(t * t))`` unless given."""
     sums = sums or (lambda t: (reduce(t), reduce(t * t)))
@@ -75,7 +75,7 @@ def stats(xf, *, sample, reduce, count, epsilon, sums=None) -> policy.Stats:
 def normalize(xf, ok, shift, mean, scale, beta):
     """``(x - shift - mean) * scale + beta`` in two full-size operations
     (each one a pass over memory outside XLA): ``x * scale + offset`` where
-    the plain moments were kept (``|mean| <= std``: Keras' own form, exact
-    there), ``(x - shift) * scale + offset`` otherwise."""
+    the plain moments were kept (``|mean| <= 2 std``: Keras' own form, within
+    a few roundings there), ``(x - shift) * scale + offset`` otherwise."""
     offset = -mean * scale if beta is None else beta - mean * scale
     return tf.cond(ok, lambda: xf * scale + offset, lambda: (xf - shift) * scale + offset)
