@@ -68,7 +68,9 @@ or a shift that needs no decision at all.
   scale of the offset (1e-3 off at 1e4; ``tests/backends/test_cpu_affine.py``).
   The torch hook serves it with the compiled kernels on the CPU;
   TensorFlow's hands its fused NHWC kernel ``x - mean`` and a mean of 0
-  (its folding is then exact); JAX fuses the general path's ops.
+  (its folding is then exact); JAX fuses the general path's ops. ``x -
+  mean`` is written ``x + (mean * -1)``, the same bits, which an exporter's
+  converter folds into a preceding layer's bias (it folds no subtraction).
 * Under ``torch.compile`` and export the torch hooks decline: the
   compiler then sees the general path's plain differentiable ops, which
   it fuses itself (measured faster than what it makes of the ATen kernels

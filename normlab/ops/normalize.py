@@ -88,7 +88,11 @@ def normalize(
     x = ops.cast(x, dtype)
     if shift is not None:
         x = x - ops.cast(shift, dtype)
-    y = (x - ops.cast(mean, dtype)) * inv
+    # x + (mean * -1) has the bits of x - mean, and exporters' converters fold
+    # an addition of a constant into a preceding Dense/Conv's bias (LiteRT
+    # folds no subtraction): with given statistics the whole apply step then
+    # folds into that layer, as Keras' batch norm does.
+    y = (x + ops.cast(mean, dtype) * -1.0) * inv
     if beta is not None:
         y = y + ops.cast(beta, dtype)
     return ops.cast(y, out_dtype)

@@ -65,7 +65,7 @@ def _run(x, mean, variance, gamma, beta, dy, mode):
 @pytest.mark.parametrize("mode", ["eager", "function", "xla"])
 @pytest.mark.parametrize("dtype, offset", [("float32", 0.0), ("float32", 1e4), ("float32", 1e6),
                                            ("bfloat16", 50.0), ("float16", 500.0)])
-@pytest.mark.parametrize("shape", [(3, 5, 7, 16), (40, 8), (2, 3, 4, 5, 24)])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 16), (1, 5, 7, 16), (40, 8), (2, 6, 8), (2, 3, 4, 5, 24)])
 def test_parity_with_the_general_path_and_float64(shape, dtype, offset, mode):
     tf = _tf()
     x_np, *rest = _data(shape, offset)
@@ -111,6 +111,27 @@ def test_declines_what_it_does_not_serve():
     assert hook((2, 8, 3), 1) is None  # channels-first: the NCHW kernel needs oneDNN on the CPU
     assert hook((2, 3, 10), -1) is None  # channels not a multiple of 8: the kernel is scalar there
     assert hook((2, 3, 8), -1, tf.float64) is None
+    assert hook((4, 8), -1) is not None and hook((2, 3, 4, 5, 8), -1) is not None  # eagerly: every rank
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_in_a_graph_only_3d_and_4d_inputs_outside_xla(jit_compile):
+    """In a ``tf.function`` (what converters read), 2-D and 5-D inputs take
+    the general path, whose plain ops LiteRT folds into a Dense layer before
+    them (``tests/export/test_folding.py``); under XLA every rank is served."""
+    tf = _tf()
+    from normlab.backends import tensorflow as hooks
+
+    stats = {k: tf.ones(8) for k in ("mean", "variance", "gamma", "beta")}
+    served = {}
+
+    def probe(x):
+        served[x.shape.rank] = hooks.batch_norm_infer(x, axis=x.shape.rank - 1, epsilon=EPSILON, **stats) is not None
+        return x
+
+    for shape in ((4, 8), (4, 3, 8), (4, 3, 3, 8), (2, 3, 4, 5, 8)):
+        tf.function(probe, jit_compile=jit_compile).get_concrete_function(tf.TensorSpec([None, *shape[1:]]))
+    assert served == {2: jit_compile, 3: True, 4: True, 5: jit_compile}
 
 
 def test_the_kernel_scales_by_exactly_the_given_scale():
