@@ -52,3 +52,13 @@ def test_select_cases():
     assert [c[1] for c in select_cases(True, rows=r"BatchNorm\(infer")] == ["batch_infer"]
     cases = select_cases(False, rows="GroupNorm.*28, 28", passes=["fwd+bwd"])
     assert cases == [("GroupNorm(32)", "group", (32, 28, 28, 64), ("fwd+bwd",))]
+
+
+def test_end_to_end_rounds_rotate_so_each_model_runs_first_once():
+    from normbench.e2e import E2E_EPOCHS, rotated
+
+    models = ["normlab GN", "keras GN", "normlab BN", "keras BN"]
+    orders = [rotated(models, r) for r in range(E2E_EPOCHS)]
+    assert all(sorted(order) == sorted(models) for order in orders)
+    assert sorted(order[0] for order in orders) == sorted(models)
+    assert rotated(models, 0) == models and rotated(models, 1)[0] == "keras GN"
