@@ -240,7 +240,7 @@ def copy_weights(source, target) -> None:
                 f"{type(a).__name__}. Received: {names_b} for {names_a}. The two layers cannot "
                 "start from the same weights.")
         for x, y in pairs:
-            y.assign(x.value)
+            y.assign(x.numpy())  # a copy: JAX's training step donates the buffers it was given
 
 
 def parameter_counts(model) -> dict[str, int]:

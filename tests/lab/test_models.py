@@ -226,3 +226,24 @@ def test_impl_keras_refuses_norms_and_arguments_keras_lacks():
     with pytest.raises(ValueError, match="keras.layers.BatchNormalization has no argument 'virtual_batch_size'"):
         make_norm("batch(virtual_batch_size=2)", "keras")
     assert make_norm("none", "keras") is None
+
+
+def test_copy_weights_copies_values_so_training_the_target_leaves_the_source_usable():
+    """JAX's training step donates the buffers of the variables it trains: a
+    target sharing the source's arrays would delete them ("Array has been
+    deleted" on the source's next use)."""
+    from normlab.lab.models import copy_weights
+
+    keras.utils.set_random_seed(0)
+    source = build_model("group(groups=5)", (28, 28, 1), 10)
+    target = build_model("group(groups=5)", (28, 28, 1), 10)
+    copy_weights(source, target)
+    before = [w.numpy().copy() for w in source.weights]
+    for a, b in zip(source.weights, target.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    target.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    target.fit(rng.normal(size=(8, 28, 28, 1)).astype("float32"), rng.integers(0, 10, 8), batch_size=4, verbose=0)
+    for w, value in zip(source.weights, before):
+        np.testing.assert_array_equal(w.numpy(), value)
+    assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(source.weights, target.weights))
