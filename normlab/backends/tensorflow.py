@@ -277,9 +277,9 @@ def _nhwc_view(x):
     """``x`` (channels last, every dimension but the batch static) as the 4-D
     input the fused kernel takes: itself where it is 4-D, else ``(N, P, 1, C)``
     by a reshape to a constant shape; under XLA, whose expansion of the
-    kernel's gradient runs 2.5x faster on it, always ``(1, -1, 1, C)``. No ``tf.shape`` enters the graph (a
-    shape read at run time keeps a converter from folding the kernel into
-    the layer before it)."""
+    kernel's gradient runs 2.5x faster on it, always ``(1, -1, 1, C)``. No
+    ``tf.shape`` enters the graph (a shape read at run time keeps a converter
+    from folding the kernel into the layer before it)."""
     if in_xla():
         return tf.reshape(x, [1, -1, 1, x.shape[-1]])
     if x.shape.rank == 4:
