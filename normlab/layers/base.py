@@ -171,17 +171,22 @@ class Normalization(FloatCompute, keras.layers.Layer):
         self._channel_axis = channel_axis
         return channel_axis, channels
 
-    def build_feature_axes(self, input_shape: Shape) -> list[int]:
+    def build_feature_axes(self, input_shape: Shape, weights: bool | None = None) -> list[int]:
         """The build prologue of a norm over feature axes (LayerNorm, RMSNorm):
         returns their sizes, and lets the ``InputSpec`` fix only those sizes
         (keyed by the axes as given, so ``axis=-1`` means the last axis of
         every input). Like Keras, a layer built on ``(2, 2, 2)`` then accepts
-        ``(10, 2, 2, 2)``; :meth:`feature_axes` resolves the axes per call."""
+        ``(10, 2, 2, 2)``; :meth:`feature_axes` resolves the axes per call.
+        A layer without weights over the axes (``weights``, by default
+        ``scale or center``) takes them of any size, unknown ones included."""
         axes = self.resolve_axes(input_shape)
-        shape = known_dims(input_shape, axes, axis=self.axis)
         given = as_axis_list(self.axis)
-        by_position = dict(zip(sorted(given, key=lambda a: a % len(input_shape)), shape))
         min_ndim = max(-a + 1 if a < 0 else a + 1 for a in given)
+        if not (self.scale or self.center if weights is None else weights):
+            self.input_spec = keras.layers.InputSpec(min_ndim=min_ndim)
+            return [input_shape[a] for a in axes]
+        shape = known_dims(input_shape, axes, axis=self.axis)
+        by_position = dict(zip(sorted(given, key=lambda a: a % len(input_shape)), shape))
         self.input_spec = keras.layers.InputSpec(min_ndim=min_ndim, axes=by_position)
         return shape
 

@@ -9,6 +9,7 @@ import keras
 
 from normlab import ops
 from normlab.layers.base import Normalization
+from normlab.ops.axes import feature_param
 from normlab.ops.validate import check_bool
 from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
 
@@ -106,7 +107,7 @@ class LayerNormalization(Normalization):
         self.rms_scaling = rms_scaling
 
     def build(self, input_shape: Shape) -> None:
-        shape = self.build_feature_axes(input_shape)
+        shape = self.build_feature_axes(input_shape, weights=self.rms_scaling or self.scale or self.center)
         if self.rms_scaling:  # Keras' deprecated mode: gamma only
             self.add_affine(shape, scale=True, center=False)
         else:
@@ -118,7 +119,8 @@ class LayerNormalization(Normalization):
         if self.rms_scaling:
             # Keras' rms_scaling=True: x / sqrt(var + epsilon) * gamma, not centered.
             _, _, variance = ops.shifted_moments(x, axes)
-            y = ops.normalize(x, 0.0, variance, gamma=self.gamma, epsilon=self.epsilon)
+            gamma = feature_param(self.gamma, len(x.shape), axes, tuple(self.gamma.shape))
+            y = ops.normalize(x, 0.0, variance, gamma=gamma, epsilon=self.epsilon)
         else:
             y = ops.layer_norm(x, axis=axes, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         return self.compute_output(y)

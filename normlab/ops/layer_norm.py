@@ -19,7 +19,10 @@ def feature_axes_arguments(
     affine (layer norm, RMS norm): ``(x, axes, feature_shape, epsilon)``."""
     x = ops.convert_to_tensor(x)
     axes = canonicalize_axes(axis, len(x.shape))
-    feature_shape = known_dims(x.shape, axes, axis=axis)
+    if gamma is None and beta is None:  # nothing to fit: the axes may have any size, even unknown
+        feature_shape = [x.shape[a] for a in axes]
+    else:
+        feature_shape = known_dims(x.shape, axes, axis=axis)
     check_param("gamma", gamma, feature_shape)
     check_param("beta", beta, feature_shape)
     return x, axes, feature_shape, check_epsilon(epsilon)

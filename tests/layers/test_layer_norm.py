@@ -63,6 +63,43 @@ def test_rms_scaling_does_what_keras_does_with_a_warning():
     assert clone.rms_scaling
 
 
+@pytest.mark.filterwarnings("ignore:.*rms_scaling")
+@pytest.mark.parametrize("axis", [1, [1, 3], -2])
+def test_rms_scaling_puts_gamma_on_the_normalized_axes(axis):
+    """gamma of shape (5,) on axis 1 of (2, 5, 6, 7) broadcasts there, not on the last
+    axis (which used to fail, or on a square input give a wrong answer silently)."""
+    x = np.random.default_rng(2).normal(3.0, 2.0, size=(2, 5, 6, 7)).astype("float32")
+    layer = normlab.LayerNormalization(axis=axis, rms_scaling=True, gamma_initializer="random_uniform")
+    y = ops.convert_to_numpy(layer(x))
+    axes = [a % 4 for a in (axis if isinstance(axis, list) else [axis])]
+    shape = [x.shape[a] if a in axes else 1 for a in range(4)]
+    gamma = ops.convert_to_numpy(layer.gamma).reshape(shape)
+    expected = x / np.sqrt(x.astype("float64").var(axis=tuple(axes), keepdims=True) + 1e-3) * gamma
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    square = np.random.default_rng(3).normal(size=(2, 6, 6)).astype("float32")
+    layer = normlab.LayerNormalization(axis=1, rms_scaling=True, gamma_initializer="random_uniform")
+    layer.build(square.shape)
+    gamma = ops.convert_to_numpy(layer.gamma)
+    expected = square / np.sqrt(square.astype("float64").var(axis=1, keepdims=True) + 1e-3) * gamma[:, None]
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(square)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [normlab.LayerNormalization, normlab.RMSNormalization])
+def test_without_weights_the_normalized_axes_may_have_unknown_sizes(cls):
+    """As Keras' LayerNormalization(center=False, scale=False): no weights depend on
+    the axes' sizes, so a model on keras.Input((None, None)) builds and runs."""
+    inputs = keras.Input((None, None))
+    model = keras.Model(inputs, cls(axis=-1, center=False, scale=False)(inputs))
+    reference_ = reference.layer_norm if cls is normlab.LayerNormalization else reference.rms_norm
+    epsilon = cls().epsilon
+    for shape in [(2, 3, 5), (1, 4, 7)]:
+        x = np.random.default_rng(0).normal(1.0, 2.0, size=shape).astype("float32")
+        np.testing.assert_allclose(ops.convert_to_numpy(model(x)), reference_(x, -1, epsilon=epsilon), atol=1e-5)
+        np.testing.assert_allclose(model.predict(x, verbose=0), reference_(x, -1, epsilon=epsilon), atol=1e-5)
+    with pytest.raises(ValueError, match="Invalid `axis`: expected feature axes with a known size"):
+        cls(axis=-1)(keras.Input((None, None)))
+
+
 @pytest.mark.parametrize("cls", [normlab.LayerNormalization, normlab.RMSNormalization])
 def test_inputs_of_another_rank_when_the_normalized_axes_keep_their_sizes(cls):
     # As Keras' layers: built on (2, 2, 2), called on (10, 2, 2, 2) and (3, 2).
