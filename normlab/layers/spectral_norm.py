@@ -125,8 +125,8 @@ class SpectralNormalization(keras.layers.Wrapper):
         >>> w = keras.ops.convert_to_numpy(dense.normalized_kernel())
         >>> round(float(np.linalg.svd(w, compute_uv=False)[0]), 3)
         1.0
-        >>> [v.name for v in dense.weights]
-        ['vector_u', 'kernel', 'bias']
+        >>> [v.name for v in dense.weights]                 # Keras' order
+        ['kernel', 'vector_u', 'bias']
 
     Reference:
         Miyato, Kataoka, Koyama & Yoshida, "Spectral Normalization for
@@ -155,6 +155,10 @@ class SpectralNormalization(keras.layers.Wrapper):
     def build(self, input_shape: Shape | None = None) -> None:
         super().build(input_shape)
         kernel = kernel_variable(self.layer, _kernel_attribute(self.layer))
+        # Tracked here too, before u, as Keras' layer does: the weights come in its order
+        # (kernel, vector_u, then the wrapped layer's others), so `set_weights` and
+        # `.weights.h5` files move between the two.
+        self.kernel = kernel
         self.vector_u = self.add_weight(
             name="vector_u",
             shape=(1, int(kernel.shape[-1])),
@@ -164,6 +168,12 @@ class SpectralNormalization(keras.layers.Wrapper):
 
     def compute_output_shape(self, input_shape: Shape) -> Any:
         return self.layer.compute_output_shape(input_shape)
+
+    def load_own_variables(self, store: Any) -> None:
+        if len(store.keys()) == 1:  # saved by an earlier normlab, which tracked u alone here
+            self.vector_u.assign(store["0"])
+            return
+        super().load_own_variables(store)
 
     def normalized_kernel(self, training: bool = False) -> Tensor:
         """``W / sigma``, refining ``u`` (and storing it) when ``training``."""

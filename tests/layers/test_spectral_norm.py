@@ -73,9 +73,9 @@ def test_training_matches_keras_spectral_normalization(make):
     in_place = normlab.SpectralNormalization(make(), power_iterations=2, in_place=True)
     for layer in (theirs, ours, in_place):
         layer(x)
-    start = [numpy_(theirs.vector_u), numpy_(theirs.layer.kernel), numpy_(theirs.layer.bias)]
-    ours.set_weights(start)
-    in_place.set_weights(start)
+    assert [w.name for w in ours.weights] == [w.name for w in theirs.weights] == ["kernel", "vector_u", "bias"]
+    ours.set_weights(theirs.get_weights())  # what a migrating user does: the same order as Keras'
+    in_place.set_weights(theirs.get_weights())
     for _ in range(3):
         expected = numpy_(theirs(x, training=True))
         np.testing.assert_allclose(numpy_(ours(x, training=True)), expected, atol=1e-5)
@@ -163,7 +163,7 @@ def test_fit_and_keras_saving():
     before = [numpy_(w) for w in sn.weights]
     model.fit(X, np.ones((4, 4), "float32"), batch_size=4, epochs=2, verbose=0)
     after = [numpy_(w) for w in sn.weights]
-    for name, a, b in zip(["vector_u", "kernel", "bias"], before, after):
+    for name, a, b in zip(["kernel", "vector_u", "bias"], before, after):
         assert not np.allclose(a, b), f"{name} did not change"
     config = sn.get_config()
     assert set(config) == {"layer", "power_iterations", "in_place", "name", "trainable", "dtype"}
@@ -220,3 +220,36 @@ def test_registry_wraps_the_given_layer():
 def test_errors_name_argument_value_expectation_and_fix(make, error, pattern):
     with pytest.raises(error, match=pattern):
         make()
+
+
+def test_weights_files_move_from_keras_spectral_normalization():
+    """Migrating from keras.layers.SpectralNormalization: its `.weights.h5` file loads
+    (the wrapper's own variables are the kernel, then u, in both)."""
+    def model(cls, **kwargs):
+        inputs = keras.Input((7,))
+        return keras.Model(inputs, cls(keras.layers.Dense(5), name="sn", **kwargs)(inputs))
+
+    keras.utils.set_random_seed(0)
+    theirs, ours = model(keras.layers.SpectralNormalization), model(normlab.SpectralNormalization, in_place=True)
+    x = np.random.default_rng(0).normal(size=(3, 7)).astype("float32")
+    theirs(x, training=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "sn.weights.h5")
+        theirs.save_weights(path)
+        ours.load_weights(path)
+    for a, b in zip(ours.weights, theirs.weights):
+        np.testing.assert_array_equal(numpy_(a), numpy_(b), err_msg=a.name)
+    np.testing.assert_allclose(numpy_(ours(x)), numpy_(theirs(x)), atol=1e-6)
+    np.testing.assert_allclose(numpy_(ours(x, training=True)), numpy_(theirs(x, training=True)), atol=1e-5)
+
+
+def test_files_of_earlier_versions_load_u_alone():
+    """Earlier normlab versions tracked u alone as the wrapper's own variable (the
+    fixtures in tests/layers/fixtures were saved so, too)."""
+    layer = normlab.SpectralNormalization(keras.layers.Dense(4))
+    layer(X.reshape(len(X), -1))
+    u = np.arange(4, dtype="float32").reshape(1, 4)
+    kernel = numpy_(layer.layer.kernel)
+    layer.load_own_variables({"0": u})
+    np.testing.assert_array_equal(numpy_(layer.vector_u), u)
+    np.testing.assert_array_equal(numpy_(layer.layer.kernel), kernel)
