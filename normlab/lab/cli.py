@@ -33,7 +33,7 @@ from normlab.lab import commands, interrupt
 from normlab.lab import presets as P
 from normlab.lab.commands import make_executor, make_experiment, say  # noqa: F401 - API
 from normlab.lab.errors import LabError
-from normlab.lab.experiments import DATASETS, IMPLS, RunConfig
+from normlab.lab.experiments import DATASETS, IMPLS, MAX_SEED, MAX_SEED_COUNT, RunConfig
 
 BACKEND_NAMES = tuple(PREFERENCE)  # the order `import normlab` picks a backend in, too
 DEFAULTS = RunConfig()
@@ -69,17 +69,17 @@ def _seeds(text: str) -> tuple[int, ...]:
             seeds = tuple(int(s) for s in text.split(",") if s.strip())
         else:
             count = int(text)
-            if count < 1:
+            if not 1 <= count <= MAX_SEED_COUNT:
                 raise ValueError
             return tuple(range(count))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"Invalid `seeds`: expected a count N >= 1 (seeds 0..N-1) or a comma list like "
-            f"0,4,7. Received: seeds={text!r}.") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+            f"Invalid `seeds`: expected a count N from 1 to {MAX_SEED_COUNT:,} (seeds 0..N-1) or a "
+            f"comma list like 0,4,7. Received: seeds={text!r}.") from None
+    if not seeds or min(seeds) < 0 or max(seeds) > MAX_SEED or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(
-            f"Invalid `seeds`: expected distinct ints >= 0 (a repeated seed repeats a run "
-            f"exactly). Received: seeds={text!r}. Pass e.g. --seeds 0,1,2.")
+            f"Invalid `seeds`: expected distinct ints from 0 to 2**32 - 1 (a repeated seed repeats "
+            f"a run exactly). Received: seeds={text!r}. Pass e.g. --seeds 0,1,2.")
     return seeds
 
 

@@ -32,11 +32,11 @@ def make_experiment(args: argparse.Namespace):
                               "Write e.g. --set epochs=2.")
         overrides[key.strip()] = parse_value(key.strip(), value.strip())
     check_keys(overrides)
-    for key in ("experiment", "label", "series", "sweep", "x", "seed", "impl", "backend"):
+    for key in ("experiment", "label", "series", "sweep", "x", "seed", "impl", "backend", "norms"):
         if key in overrides:
             raise ConfigError(f"Invalid `set`: {key} is set by the command, not by --set. "
                               f"Received: {key}={overrides[key]!r}. Use the matching option "
-                              "(--seeds, --impl, --backend) or drop it.")
+                              "(--seeds, --impl, --backend, or --norms for compare) or drop it.")
     seeds = args.seeds
     if args.quick:
         overrides = {**P.QUICK, **overrides}
@@ -55,7 +55,8 @@ def make_experiment(args: argparse.Namespace):
         build = lambda **kw: P.preset(args.what, **kwargs, **kw)  # noqa: E731
     experiment = build(**overrides)
     experiment = experiment.replace(seeds=seeds) if seeds else experiment
-    experiment = P.variant_name(experiment, build(), quick=args.quick)
+    base = build(**P.QUICK) if args.quick else build()
+    experiment = P.variant_name(experiment, base, quick=args.quick)
     return experiment.with_impls(args.impl)
 
 
@@ -84,22 +85,9 @@ def dispatch(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def check_baseline(baseline: str | None, names: set[str]) -> None:
-    """``--baseline`` must name a configuration (label) or sweep series of the grid."""
-    if baseline is not None and baseline not in names:
-        raise ConfigError(f"Invalid `baseline`: expected a configuration or series of the "
-                          f"grid. Received: baseline={baseline!r}. Valid: "
-                          f"{', '.join(sorted(names))}.")
-
-
 def report(args) -> int:
     from normlab.lab.report import write_report
     from normlab.lab.report_text import plain
-    from normlab.lab.store import load_runs
-
-    if args.baseline is not None:
-        runs = load_runs(args.runs_dir)[0]
-        check_baseline(args.baseline, {r["config"][k] for r in runs for k in ("label", "series")})
 
     written = write_report(args.runs_dir, args.out, baseline=args.baseline)
     print(plain(written[-1].read_text()), end="")
@@ -156,6 +144,7 @@ def run(args) -> int:
     import os
 
     from normlab.lab.backend import use_backend
+    from normlab.lab.report import check_baseline
 
     if args.verbose:
         os.environ["NORMLAB_VERBOSE"] = "1"  # training (and Ray workers) show backend logs too

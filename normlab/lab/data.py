@@ -172,9 +172,11 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
 
 def check_data_dir(name: str, data_dir: str | os.PathLike | None) -> None:
     """Raises DatasetError if ``data_dir`` is given but is not a folder."""
-    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise DatasetError(f"The data directory does not exist. Received: data_dir="
-                           f"{str(data_dir)!r}. Pass a folder that holds the {name} files.")
+    path = None if data_dir is None else Path(data_dir).expanduser()
+    if path is not None and not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise DatasetError(f"The data directory {what}. Received: data_dir="
+                           f"{str(data_dir)!r}. Pass the folder that holds the {name} files.")
 
 
 # ---------------------------------------------------------------- lookup and download

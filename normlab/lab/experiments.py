@@ -36,10 +36,13 @@ from normlab.lab.models import ARCHITECTURES, is_identity, norm_specs
 
 PROTOCOLS = ("standard", "tutorial")
 #: Part of every run directory's hash: bumped when training changes what a run computes
-#: (2: dropout seeded with the run's seed; Keras' layers start from normlab's weights).
-TRAINING_REVISION = 2
+#: (2: dropout seeded with the run's seed; Keras' layers start from normlab's weights;
+#: 3: the norms' initializers draw from a stream of their own, see models.build_model).
+TRAINING_REVISION = 3
 IMPLS = ("normlab", "keras")
 BACKENDS = ("tensorflow", "jax", "torch")
+MAX_SEED = 2**32 - 1  # the largest seed NumPy's and Keras' generators take
+MAX_SEED_COUNT = 10_000  # --seeds N: more runs per configuration than any grid needs
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,8 @@ class RunConfig:
             ("batch_size", self.batch_size >= 1, "an int >= 1", "Pass e.g. --batch-size 32."),
             ("learning_rate", math.isfinite(self.learning_rate) and self.learning_rate > 0,
              "a finite float > 0", "Pass e.g. --lr 0.001."),
-            ("seed", self.seed >= 0, "an int >= 0", "Pass e.g. --seeds 0,1,2."),
+            ("seed", 0 <= self.seed <= MAX_SEED, "an int from 0 to 2**32 - 1",
+             "Pass e.g. --seeds 0,1,2."),
             ("x", math.isfinite(self.x), "a finite number", "Pass a finite value."),
             ("train_subset", self.train_subset >= 0, "an int >= 0 (0 = all)",
              "Pass e.g. --train-subset 10000, or 0."),
@@ -228,8 +232,9 @@ class Experiment:
 
     def __post_init__(self):
         seeds = tuple(self.seeds)
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-            raise ConfigError(f"Invalid `seeds`: expected one or more ints >= 0. "
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED
+                            for s in seeds):
+            raise ConfigError(f"Invalid `seeds`: expected one or more ints from 0 to 2**32 - 1. "
                               f"Received: seeds={seeds!r}. Pass e.g. --seeds 3 or --seeds 0,4,7.")
         repeated = sorted({s for s in seeds if seeds.count(s) > 1})
         if repeated:

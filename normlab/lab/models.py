@@ -29,6 +29,7 @@ no Keras; building models imports it.
 from __future__ import annotations
 
 import inspect
+import random
 
 ARCHITECTURES = ("tutorial", "deep")
 _DEEP_BLOCKS = ((20, 1), (40, 2), (40, 2), (40, 2))  # (filters, stride)
@@ -163,9 +164,34 @@ def make_norm(spec: str, impl: str = "normlab"):
     return cls(**{**kwargs, **fixed})
 
 
+class _OwnStream:
+    """A Python ``random`` stream of the norms' own, seeded from the run's seed.
+
+    Keras draws the seed of an initializer built without one (``random_uniform``, say)
+    from Python's ``random``, when the initializer is made. The norms make theirs in
+    this stream (``with stream:``), so they take nothing from the draws of the
+    convolutions and dense layers: every placement of a seed starts from the same
+    convolution and dense weights, with or without randomly initialized norms.
+    """
+
+    def __init__(self, seed: int | None):
+        self.state = None if seed is None else random.Random(f"normlab.lab norms {seed}").getstate()
+        self.outer = None
+
+    def __enter__(self):
+        if self.state is not None:
+            self.outer = random.getstate()
+            random.setstate(self.state)
+
+    def __exit__(self, *exc):
+        if self.state is not None:
+            self.state = random.getstate()
+            random.setstate(self.outer)
+
+
 def build_model(placement: str, input_shape, num_classes: int = 10, *, arch: str = "tutorial",
                 impl: str = "normlab", dropout: float = 0.2, dense_units: int = 128,
-                dropout_seed: int | None = None):
+                seed: int | None = None):
     """Builds the (uncompiled) Keras model for a placement.
 
     Args:
@@ -177,9 +203,11 @@ def build_model(placement: str, input_shape, num_classes: int = 10, *, arch: str
         impl: ``"normlab"`` (default) or ``"keras"`` (Keras' built-in layers).
         dropout: dropout rate before the output layer.
         dense_units: width of the hidden dense layer.
-        dropout_seed: seed of the dropout masks (the lab passes the run's seed, so
-            every configuration of a seed drops the same units); None: from Keras'
-            global seed.
+        seed: the run's seed (default None: Keras' global seed for everything).
+            It seeds the dropout masks, so every configuration of a seed drops the
+            same units, and a random stream of the norms' own for their initializers,
+            so they leave the convolutions' and dense layers' weights as they are
+            without norms.
 
     Returns:
         A ``keras.Model``; every norm is built on its real input shape, so a norm
@@ -195,20 +223,28 @@ def build_model(placement: str, input_shape, num_classes: int = 10, *, arch: str
     import keras
 
     specs = norm_specs(placement, arch)
-    norms = [make_norm(spec, impl) for spec in specs]  # validates before building anything
+    stream = _OwnStream(seed)
+    with stream:  # validates every spec before anything is built
+        norms = [make_norm(spec, impl) for spec in specs]
+
+    def normalize(norm, x):
+        if norm is None:
+            return x
+        with stream:  # a layer may draw when it is built, too
+            return norm(x)
+
     inputs = keras.Input(shape=tuple(input_shape))
     x = inputs
     if arch == "tutorial":
         for norm in norms:
-            x = keras.layers.Conv2D(10, (3, 3))(x)
-            x = norm(x) if norm is not None else x
+            x = normalize(norm, keras.layers.Conv2D(10, (3, 3))(x))
     else:
         for norm, (filters, stride) in zip(norms, _DEEP_BLOCKS):
             x = keras.layers.Conv2D(filters, (3, 3), strides=stride, padding="same")(x)
-            x = keras.layers.Activation("relu")(norm(x) if norm is not None else x)
+            x = keras.layers.Activation("relu")(normalize(norm, x))
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(dense_units, activation="relu")(x)
-    x = keras.layers.Dropout(dropout, seed=dropout_seed)(x)
+    x = keras.layers.Dropout(dropout, seed=seed)(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
     names = "_".join(n.name if n is not None else "none" for n in norms)
     return keras.Model(inputs, outputs, name=f"{arch}_{impl}_{names}")

@@ -224,12 +224,12 @@ def variant_name(experiment: Experiment, base: Experiment, quick: bool = False) 
     ``normlab compare --protocol tutorial`` is ``compare-tutorial``, ``--train-subset
     10000`` is ``compare-train10000``, ``--quick`` is ``compare-quick``: runs with other
     settings land in their own table and plot instead of mixing with the preset's.
-    (Run directories are keyed by every setting anyway; see ``RunConfig.variant``.)
+    With ``quick``, ``base`` is the preset with :data:`QUICK`'s settings, so
+    ``--quick --max-steps 10`` is ``compare-quick-steps10``. (Run directories are
+    keyed by every setting anyway; see ``RunConfig.variant``.)
     """
     parts = ["quick"] if quick else []
     for key, fmt in _NAMED:
-        if quick and key in QUICK:
-            continue
         new = [getattr(c, key) for c in experiment.configs]
         old = [getattr(c, key) for c in base.configs]
         if new != old and len(set(new)) == 1:

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from normlab.lab import store
-from normlab.lab.errors import LabError
+from normlab.lab.errors import ConfigError, LabError
 from normlab.lab.presets import notes_for
 from normlab.lab.report_text import render as render_markdown  # noqa: F401 - re-exported
 from normlab.lab.stats import paired, stats, t975  # noqa: F401 - t975 is part of the API
@@ -39,6 +39,14 @@ FALLBACK = "dataset_fallback"  # the notes key of a run that replaced MNIST by d
 
 class ReportError(LabError, FileNotFoundError):
     """No finished runs where the report was asked for."""
+
+
+def check_baseline(baseline: str | None, names: set[str]) -> None:
+    """``baseline`` must name a configuration (label) or sweep series of the grid."""
+    if baseline is not None and baseline not in names:
+        raise ConfigError(f"Invalid `baseline`: expected a configuration or series of the "
+                          f"grid. Received: baseline={baseline!r}. Valid: "
+                          f"{', '.join(sorted(names))}.")
 
 
 def _config(run: dict) -> dict:
@@ -214,6 +222,7 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
 
     Raises:
         ReportError: ``runs_dir`` does not exist or holds no finished run.
+        ConfigError: ``baseline`` names no configuration or series of the runs.
     """
     from normlab.lab.plots import plot
 
@@ -227,9 +236,10 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     if not runs:
         raise ReportError(
             f"Invalid `runs_dir`: expected a folder with finished runs (<run>/{store.SUMMARY}). "
-            f"Received: runs_dir='{runs_dir}' ({len(unfinished)} unfinished runs). "
+            f"Received: runs_dir='{runs_dir}' ({len(unfinished)} unfinished or unreadable runs). "
             "Run `normlab compare` first, or pass the --out folder of a grid."
         )
+    check_baseline(baseline, {r["config"][k] for r in runs for k in ("label", "series")})
     out = Path(out_dir) if out_dir is not None else runs_dir / "report"
     store.check_out(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +255,7 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
         write_csv(out / f"{name}.csv", table)
         plot(out / f"{name}.png", name, table)
         written += [out / f"{name}{ext}" for ext in (".md", ".csv", ".json", ".png")]
-    note = (f"\n{len(unfinished)} unfinished run(s) ignored: "
+    note = (f"\n{len(unfinished)} unfinished or unreadable run(s) ignored: "
             + ", ".join(str(p) for p in unfinished) + "\n") if unfinished else ""
     store.write_text_atomic(out / "report.md", "# normlab lab report\n\n" + "\n".join(sections) + note)
     return written + [out / "report.md"]

@@ -130,8 +130,8 @@ def _paired_section(rows: list[dict], meta: dict) -> list[str]:
 def verdict_sentence(compared: list[dict], meta: dict) -> str:
     """Says plainly which differences are beyond the seed noise, if any."""
     if all(r["paired"]["n"] < 2 for r in compared):
-        return ("With one seed per configuration there is no interval: the differences are "
-                "single runs and cannot be told apart from seed-to-seed noise.")
+        return ("With one shared seed per comparison there is no interval: the differences "
+                "are single runs and cannot be told apart from seed-to-seed noise.")
     beyond = [r for r in compared if r["paired"]["verdict"] in ("higher", "lower")]
     if not beyond:
         return ("Every paired 95% interval includes 0: no configuration differs from its "

@@ -113,10 +113,23 @@ def read_json(path: Path):
         return None
 
 
+#: What the report reads from every summary (older runs lacked the config's impl and backend).
+_SUMMARY_KEYS = ("config", "metric", "accuracy", "params", "wall_time_s", "train_examples",
+                 "test_examples")
+_CONFIG_KEYS = ("experiment", "label", "series", "sweep", "x", "norms", "seed", "dataset", "protocol",
+                "arch", "epochs", "max_steps", "batch_size", "learning_rate", "train_subset")
+
+
 def read_finished(run_dir: Path) -> dict | None:
-    """The run's summary if it finished, else None."""
+    """The run's summary if it finished, else None (also for a summary without the keys a
+    finished run writes, e.g. one edited by hand: the run is redone, the report skips it)."""
     summary = read_json(Path(run_dir) / SUMMARY)
-    return summary if isinstance(summary, dict) else None
+    if not (isinstance(summary, dict) and all(k in summary for k in _SUMMARY_KEYS)
+            and isinstance(summary["config"], dict) and isinstance(summary["params"], dict)
+            and all(k in summary["config"] for k in _CONFIG_KEYS)
+            and all(k in summary["params"] for k in ("trainable", "non_trainable"))):
+        return None
+    return summary
 
 
 def begin_run(run_dir: Path, config: RunConfig) -> None:

@@ -69,11 +69,11 @@ def run_one(config: RunConfig, run_dir: Path, dataset, *, on_step=None, on_total
     keras.backend.clear_session()
     set_random_seed(config.seed)
     model = build_model(config.norms, dataset.input_shape, dataset.num_classes,
-                        arch=config.arch, impl=config.impl, dropout_seed=config.seed)
+                        arch=config.arch, impl=config.impl, seed=config.seed)
     if config.impl != "normlab":  # start from exactly the weights of normlab's run of this seed
         set_random_seed(config.seed)
         twin = build_model(config.norms, dataset.input_shape, dataset.num_classes,
-                           arch=config.arch, impl="normlab", dropout_seed=config.seed)
+                           arch=config.arch, impl="normlab", seed=config.seed)
         copy_weights(twin, model)
         del twin
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
@@ -114,7 +114,7 @@ def run_one(config: RunConfig, run_dir: Path, dataset, *, on_step=None, on_total
         train_accuracy=line["train_accuracy"], train_loss=line["train_loss"],
         test_accuracy=line["test_accuracy"], test_loss=line["test_loss"],
         train_mode_accuracy=train_mode["accuracy"], train_mode_loss=train_mode["loss"],
-        epochs_run=epoch, steps=steps, examples_seen=int(steps * config.batch_size),
+        epochs_run=epoch, steps=steps, examples_seen=sum(line["examples"] for line in lines),
         train_examples=int(len(y_train)), test_examples=int(len(y_test)),
         params=parameter_counts(model),
         seconds_per_epoch=float(np.mean(fit_times)), fit_seconds=float(np.sum(fit_times)),

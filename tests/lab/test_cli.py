@@ -96,6 +96,11 @@ def test_settings_that_change_results_name_their_own_experiment():
     assert quick.seeds == (0,) and quick.name == "compare-quick"
     assert {(c.dataset, c.max_steps) for c in quick.configs} == {("digits", 30)}
     assert [c.label for c in quick.configs] == ["batch", "batch>group(groups=5)"]
+    # a setting --quick fixes, set otherwise, names its own table too (it used to share compare-quick's)
+    assert parse("compare", "--quick", "--max-steps", "10").name == "compare-quick-steps10"
+    assert parse("compare", "--quick", "--dataset", "mnist").name == "compare-quick-mnist"
+    assert parse("sweep", "groups", "--quick", "--set", "test_subset=0").name == "groups-quick-test0"
+    assert parse("compare", "--quick", "--dataset", "digits").name == "compare-quick"
 
 
 def test_impl_both_interleaves_and_skips_normless_duplicates():
@@ -123,8 +128,13 @@ def test_sweeps_scale_learning_rate_with_batch_size():
     (["compare", "--set", "epochs"], "expected KEY=VALUE"),
     (["compare", "--set", "epochs=two"], "expected a value of type int"),
     (["compare", "--set", "seed=3"], "seed is set by the command"),
-    (["compare", "--seeds", "0"], "Invalid `seeds`: expected a count N >= 1"),
-    (["compare", "--seeds", "0,0"], "Invalid `seeds`: expected distinct ints >= 0"),
+    (["compare", "--set", "norms=batch"], "norms is set by the command"),
+    (["compare", "--preset", "combos", "--set", "norms=batch"], "norms is set by the command"),
+    (["sweep", "groups", "--set", "norms=batch"], "norms is set by the command"),
+    (["compare", "--seeds", "0"], "Invalid `seeds`: expected a count N from 1 to 10,000"),
+    (["compare", "--seeds", "4294967296"], "Invalid `seeds`: expected a count N from 1 to 10,000"),
+    (["compare", "--seeds", "4294967296,"], "expected distinct ints from 0 to 2**32 - 1"),
+    (["compare", "--seeds", "0,0"], "Invalid `seeds`: expected distinct ints from 0"),
     (["compare", "--seeds", "-1,0"], "Received: seeds='-1,0'"),
     (["compare", "--lr", "inf"], "Invalid `learning_rate`: expected a finite float > 0. Received: learning_rate=inf"),
     (["compare", "--lr", "nan"], "Received: learning_rate=nan"),
@@ -296,6 +306,11 @@ def test_dry_run_refuses_a_data_dir_that_does_not_exist(tmp_path, capsys):
                                str(tmp_path / "nowhere"), "--out", str(tmp_path / "runs"), "--backend", BACKEND],
                               capsys)
     assert code == 2 and "The data directory does not exist" in err and out == ""
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    code, out, err = run_main(["compare", "--norms", "batch", "--seeds", "1", "--dry-run", "--data-dir",
+                               str(a_file), "--out", str(tmp_path / "runs"), "--backend", BACKEND], capsys)
+    assert code == 2 and "The data directory is a file, not a folder" in err and out == ""
 
 
 def test_report_command_errors(tmp_path, capsys):
@@ -303,6 +318,8 @@ def test_report_command_errors(tmp_path, capsys):
     assert code == 2 and "does not exist" in err and err.count("\n") == 1
     code, _, err = run_main(["report", str(tmp_path)], capsys)
     assert code == 2 and "expected a folder with finished runs" in err
+    code, _, err = run_main(["report", str(tmp_path / "nothing"), "--baseline", "GN"], capsys)
+    assert code == 2 and "does not exist" in err  # the folder first, then the baseline in it
 
 
 def test_report_command_baseline_and_plain_text(tmp_path, capsys):
@@ -398,11 +415,11 @@ def test_quick_compare_end_to_end_in_a_subprocess(tmp_path):
     if BACKEND != "tensorflow":
         assert "oneDNN" not in proc.stderr and "absl" not in proc.stderr, proc.stderr
     assert "| batch | 1 |" in proc.stdout and "1 seed, no interval" not in proc.stdout
+    name = "compare-quick-synthetic-steps2"  # the settings --quick would have set otherwise
     assert sorted(p.name for p in (out / "report").iterdir()) == [
-        "compare-quick.csv", "compare-quick.json", "compare-quick.md", "compare-quick.png",
-        "report.md"]
+        f"{name}.csv", f"{name}.json", f"{name}.md", f"{name}.png", "report.md"]
     (run_dir,) = [p.parent for p in out.rglob("summary.json")]
-    assert run_dir.relative_to(out).parts[:2] == ("compare-quick", "batch")
+    assert run_dir.relative_to(out).parts[:2] == (name, "batch")
     assert run_dir.parent.name.startswith(f"{BACKEND}-normlab-")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["backend"] == BACKEND and summary["steps"] == 2
@@ -430,7 +447,7 @@ def test_ctrl_c_during_training_and_the_rerun_resumes(tmp_path):
     assert len(list(out.rglob("summary.json"))) == 1
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "[1/2] compare-quick-b8/batch/seed0: finished earlier, reused" in proc.stderr
+    assert "[1/2] compare-quick-synthetic-steps150-b8/batch/seed0: finished earlier, reused" in proc.stderr
     assert len(list(out.rglob("summary.json"))) == 2
 
 

@@ -117,7 +117,7 @@ def test_write_report_outputs(runs, tmp_path):
     data = json.loads((out / "compare.json").read_text())  # standard JSON: NaN -> null
     assert data["rows"][0]["train_mode_accuracy"]["mean"] is None
     report = (out / "report.md").read_text()
-    assert "![bs](bs.png)" in report and "1 unfinished run(s) ignored" in report
+    assert "![bs](bs.png)" in report and "1 unfinished or unreadable run(s) ignored" in report
 
 
 def test_write_report_default_folder_and_empty_dir(runs, tmp_path):
@@ -263,3 +263,16 @@ def test_terminal_text_has_no_markdown_markup():
 
     text = plain("### c\n\n**Dataset: digits.** Specs: BN = `batch`.\n\n| a | b |\n|---|---|\n![c](c.png)\n")
     assert text == "c\n=\n\nDataset: digits. Specs: BN = batch.\n\n| a | b |\n|---|---|\n"
+
+
+@pytest.mark.parametrize("damage", [{}, {"config": {}}, {"config": "GN", "accuracy": 0.9}, [1, 2]])
+def test_a_summary_without_the_keys_of_a_finished_run_is_skipped_not_a_traceback(runs, tmp_path, damage):
+    """A summary.json edited by hand (or of another schema) counts as unreadable: the
+    report leaves it out and says so, and a rerun of the grid redoes that run."""
+    from normlab.lab.store import read_finished
+
+    victim = sorted(runs.rglob("summary.json"))[0]
+    victim.write_text(json.dumps(damage))
+    assert read_finished(victim.parent) is None
+    report = write_report(runs, tmp_path / "report")[-1].read_text()
+    assert "2 unfinished or unreadable run(s) ignored" in report and str(victim.parent) in report

@@ -50,11 +50,14 @@ def test_finish_run_lists_non_finite_values(tmp_path):
 
 
 def test_plan_run_reuse_redo(tmp_path):
-    configs = [RunConfig(label=name, backend="jax", seed=0) for name in ("a", "b", "c")]
-    store.begin_run(store.run_dir_for(tmp_path, configs[1]), configs[1])
-    store.finish_run(store.run_dir_for(tmp_path, configs[1]), {"accuracy": 1.0})
+    from tests.lab.test_report import fake_run
+
+    configs = [RunConfig(label=name, backend="jax", seed=0) for name in ("a", "b", "c", "d")]
+    fake_run(tmp_path, configs[1], 1.0)
     store.begin_run(store.run_dir_for(tmp_path, configs[2]), configs[2])  # interrupted
-    assert [p.action for p in store.plan(configs, tmp_path)] == ["run", "reuse", "redo"]
+    store.begin_run(store.run_dir_for(tmp_path, configs[3]), configs[3])
+    store.finish_run(store.run_dir_for(tmp_path, configs[3]), {"accuracy": 1.0})  # not what a run writes
+    assert [p.action for p in store.plan(configs, tmp_path)] == ["run", "reuse", "redo", "redo"]
 
 
 def test_check_out(tmp_path, monkeypatch):
