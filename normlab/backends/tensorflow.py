@@ -202,7 +202,26 @@ def _fused_batch_norm(x, gamma, beta, epsilon):
     )
     count = tf.cast(tf.shape(x2)[1], compute)
     var = var * ((count - 1.0) / count)  # the kernel returns the unbiased variance
-    return tf.cast(tf.reshape(y, tf.shape(x)), x.dtype), tf.reshape(shift, [c]) + mean, var
+    mean, var = _batch_stats_gradient(x2, tf.reshape(shift, [c]) + mean, var, count)
+    return tf.cast(tf.reshape(y, tf.shape(x)), x.dtype), mean, var
+
+
+def _batch_stats_gradient(x2, mean, var, count):
+    """``(mean, var)`` as they are, with their gradient as functions of ``x2``
+    (the fused kernel's registered gradient ignores its statistics' gradients);
+    it runs only where a loss uses them, never for the moving averages."""
+
+    @tf.custom_gradient
+    def attach(x2, mean, var):
+        def grad(dmean, dvar):
+            dmean = tf.zeros_like(mean) if dmean is None else dmean
+            dvar = tf.zeros_like(var) if dvar is None else dvar
+            dx = (dmean + 2.0 * dvar * (x2 - mean)) / count
+            return dx, tf.zeros_like(mean), tf.zeros_like(var)
+
+        return (tf.identity(mean), tf.identity(var)), grad
+
+    return attach(x2, mean, var)
 
 
 def batch_norm_train(x, *, axis, gamma, beta, epsilon):

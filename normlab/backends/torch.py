@@ -304,6 +304,34 @@ def rms_norm(x, *, axes, gamma, beta, epsilon):
 # Batch norm in training.
 
 
+class _BatchStats(torch.autograd.Function):
+    """A fast path's batch ``(mean, variance)`` as they are, with their gradient as
+    functions of ``x`` (the kernels return them as constants). The backward runs
+    only where a loss uses them (never for the moving averages): it adds
+    ``(dmean + 2 dvar (x - mean)) / n`` per channel to ``x``'s gradient."""
+
+    @staticmethod
+    def forward(ctx, x, mean, variance, axis):
+        ctx.save_for_backward(x, mean)
+        ctx.axis = axis
+        return mean.clone(), variance.clone()
+
+    @staticmethod
+    def backward(ctx, dmean, dvar):
+        x, mean = ctx.saved_tensors
+        shape = [1] * x.dim()
+        shape[ctx.axis] = x.shape[ctx.axis]
+        xc = x.to(mean.dtype) - mean.view(shape)
+        dx = (dmean.view(shape) + 2.0 * dvar.view(shape) * xc) / (x.numel() // x.shape[ctx.axis])
+        return dx.to(x.dtype), None, None, None
+
+
+def _batch_stats(x, axis, mean, variance):
+    if x.requires_grad and torch.is_grad_enabled():
+        return _BatchStats.apply(x, mean, variance, axis % x.dim())
+    return mean, variance
+
+
 def batch_norm_train(x, *, axis, gamma, beta, epsilon):
     if not _usable(x):
         return None
@@ -322,7 +350,7 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
             y, mean, variance = torch_cpu.slices(x3, shift.view(1, c), gamma, beta, c, epsilon)
         else:
             y, mean, variance = torch_cpu.planes(x3, shift, gamma, beta, epsilon)
-        return y.view(x.shape), shift + mean.view(c), variance.view(c)
+        return y.view(x.shape), *_batch_stats(x, axis, shift + mean.view(c), variance.view(c))
     if count < 2 or count > MAX_REDUCTION:
         return None  # ATen's running variance is unbiased (undefined for one value)
     if channels_last and c % CHANNEL_BLOCK:
@@ -331,7 +359,7 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
     else:
         kernel = BatchNormKernel(channels_last, epsilon)
         y, mean, variance, _, _ = ShiftedNorm.apply(x3, shift.view(1, c), gamma, beta, kernel)
-    return _downcast(y.reshape(x.shape), x), shift + mean, variance
+    return _downcast(y.reshape(x.shape), x), *_batch_stats(x, axis, shift + mean, variance)
 
 
 # --------------------------------------------------------------------------
