@@ -6,8 +6,8 @@ from typing import Literal, overload
 
 from keras import ops
 
-from normlab.ops.axes import channel_axis, complement, per_channel
-from normlab.ops.moments import moments
+from normlab.ops.axes import channel_axis, complement, float_tensor, per_channel
+from normlab.ops.moments import shifted_moments
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_param, error_message, require_spatial
 from normlab.types import ReplicaSum, Tensor
@@ -80,20 +80,26 @@ def switchable_norm(
         Luo, Ren, Peng, Zhang & Li, "Differentiable Learning-to-Normalize via
         Switchable Normalization", ICLR 2019. https://arxiv.org/abs/1806.10779
     """
-    x = ops.convert_to_tensor(x)
+    x = float_tensor(x)
     require_spatial(x.shape, "switchable normalization", argument="x")
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon)
-    check_param("mean_weights", mean_weights, (3,))
-    check_param("variance_weights", variance_weights, (3,))
-    for name, param in (("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean),
-                        ("moving_variance", moving_variance)):
-        check_param(name, param, (channels,))
-    mean_in, var_in = moments(x, complement([a], ndim, keep_batch=True))
-    mean_ln, var_ln = moments(x, complement([], ndim, keep_batch=True))
+    mean_weights = check_param("mean_weights", mean_weights, (3,))
+    variance_weights = check_param("variance_weights", variance_weights, (3,))
+    gamma, beta, moving_mean, moving_variance = (
+        check_param(name, param, (channels,)) for name, param in (
+            ("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean), ("moving_variance", moving_variance)))
+    # Every mean is taken relative to one shift per sample and channel (an element
+    # of the instance slice), so their mixture stays exact at large offsets: the
+    # layer and batch shifts differ from it by an exact subtraction near the offset.
+    shift, mean_in, var_in = shifted_moments(x, complement([a], ndim, keep_batch=True))
+    shift_ln, mean_ln, var_ln = shifted_moments(x, complement([], ndim, keep_batch=True))
+    mean_ln = (shift_ln - shift) + mean_ln
     dtype = mean_in.dtype
     if training:
-        mean_bn, var_bn = moments(x, complement([a], ndim), replica_sum=replica_sum)
+        shift_bn, residual_mean_bn, var_bn = shifted_moments(x, complement([a], ndim), replica_sum=replica_sum)
+        mean_bn = shift_bn + residual_mean_bn  # the statistic returned (rounded near the offset)
+        relative_bn = (shift_bn - shift) + residual_mean_bn
     elif moving_mean is None or moving_variance is None:
         raise ValueError(
             error_message(
@@ -107,12 +113,13 @@ def switchable_norm(
     else:
         mean_bn = ops.cast(per_channel(moving_mean, ndim, a, channels), dtype)
         var_bn = ops.cast(per_channel(moving_variance, ndim, a, channels), dtype)
+        relative_bn = mean_bn - shift
     wm = ops.softmax(ops.cast(ops.reshape(mean_weights, (3,)), dtype))
     wv = ops.softmax(ops.cast(ops.reshape(variance_weights, (3,)), dtype))
-    mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
+    mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * relative_bn
     variance = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
     y = normalize(
-        x, mean, variance, epsilon=epsilon,
+        x, mean, variance, epsilon=epsilon, shift=shift,
         gamma=per_channel(gamma, ndim, a, channels),
         beta=per_channel(beta, ndim, a, channels),
     )

@@ -33,3 +33,21 @@ def test_switchable_norm_errors():
     with pytest.raises(ValueError, match=r"Invalid `mean_weights`: expected a tensor of shape \(3,\).*"
                                          r"Received: mean_weights.shape=\(2,\)"):
         nops.switchable_norm(rng_normal((2, 3, 4)), np.zeros(2, "float32"), w, training=True)
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e6])
+@pytest.mark.parametrize("training", [True, False])
+def test_switchable_norm_stays_exact_at_large_offsets(offset, training):
+    """The three means are mixed relative to one shift per sample and channel; mixed as
+    values near the offset they lost its low bits (5e-4 off at 1e4, 4e-2 at 1e6)."""
+    x = rng_normal(LAST4, offset, 1.0)
+    c = LAST4[-1]
+    wm, wv = np.array([0.3, -0.2, 0.5], "float32"), np.array([-0.4, 0.1, 0.2], "float32")
+    mm, mv = (None, None) if training else (offset + per_channel(c, 4, -1, 1), per_channel(c, 5, 0.5, 2))
+    y = call(nops.switchable_norm, x, mean_weights=wm, variance_weights=wv, moving_mean=mm,
+             moving_variance=mv, training=training)
+    expected = reference.switchable_norm(x.astype("float64"), wm, wv, -1, None, None, 1e-3, mm, mv)[0]
+    np.testing.assert_allclose(to_np(y), expected, atol=1e-5)
+    only_instance = np.array([30.0, 0.0, 0.0], "float32")  # softmax ~ one-hot: instance norm
+    y = call(nops.switchable_norm, x, mean_weights=only_instance, variance_weights=only_instance, training=True)
+    np.testing.assert_allclose(to_np(y), reference.instance_norm(x.astype("float64")), atol=1e-5)
