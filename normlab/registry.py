@@ -119,7 +119,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
             )
         try:
             kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
-        except ValueError:
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # not a literal, or {[1]: 2}
             node = None
     else:
         node = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from normlab.ops.axes import canonicalize_axes, complement, known_dims
+from normlab.ops.axes import complement, float_tensor, known_dims, the_channel_axis
 from normlab.ops.moments import shifted_moments, stats_dtype
 from normlab.ops.normalize import inverse_std, normalize
 from normlab.ops.validate import check_epsilon, error_message, require_spatial
@@ -30,7 +30,7 @@ def check_content_and_style(content_shape: Shape, style_shape: Shape, axis: int)
                 "Reshape the style features to the content's layout; their spatial sizes may differ.",
             )
         )
-    (a,) = canonicalize_axes(axis, len(content_shape))
+    a = the_channel_axis(axis, len(content_shape), "adaptive instance normalization")
     (channels,) = known_dims(content_shape, [a], argument="axis", axis=axis)
     if style_shape[a] is not None and style_shape[a] != channels:
         raise ValueError(
@@ -95,7 +95,7 @@ def adaptive_instance_norm(content: Tensor, style: Tensor, axis: int = -1, *, ep
         Huang & Belongie, "Arbitrary Style Transfer in Real-time with
         Adaptive Instance Normalization", ICCV 2017. https://arxiv.org/abs/1703.06868
     """
-    content, style = ops.convert_to_tensor(content), ops.convert_to_tensor(style)
+    content, style = float_tensor(content), float_tensor(style)
     a = check_content_and_style(content.shape, style.shape, axis)
     epsilon = check_epsilon(epsilon)
     spatial = complement([a], len(content.shape), keep_batch=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Sequence
 
+import keras
 from keras import ops
 
 from normlab.ops.validate import ArgumentTypeError, error_message
@@ -47,6 +48,18 @@ def single_axis(axis: object, owner: str) -> int:
                           "Pass one axis such as axis=-1 (channels-last) or axis=1 (channels-first).")
         )
     return int(axis)
+
+
+def float_tensor(x: Tensor) -> Tensor:
+    """``x`` as a tensor the ops compute on: float dtypes as given, integers and
+    bools (uint8 images, say) cast to float32, never truncated back."""
+    x = ops.convert_to_tensor(x)
+    return x if keras.backend.is_float_dtype(x.dtype) else ops.cast(x, "float32")
+
+
+def the_channel_axis(axis: object, ndim: int, owner: str = "a per-channel norm") -> int:
+    """``axis`` as the one non-negative channel axis of a rank-``ndim`` input (see :func:`single_axis`)."""
+    return canonicalize_axes(single_axis(axis, owner), ndim)[0]
 
 
 def canonicalize_axes(
@@ -154,7 +167,7 @@ def feature_param(
 def channel_axis(x: Tensor, axis: Axis) -> tuple[int, int, int]:
     """``(rank, channel axis, channels)`` of ``x`` for a per-channel op."""
     ndim = len(x.shape)
-    (a,) = canonicalize_axes(axis, ndim)
+    a = the_channel_axis(axis, ndim)
     (channels,) = known_dims(x.shape, [a], axis=axis)
     return ndim, a, channels
 

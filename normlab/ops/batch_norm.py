@@ -8,8 +8,8 @@ from typing import Literal, overload
 from keras import ops
 
 from normlab import backends
-from normlab.ops.axes import canonicalize_axes, channel_axis, complement, dims, feature_param, known_dims
-from normlab.ops.moments import shifted_moments
+from normlab.ops.axes import channel_axis, complement, dims, feature_param, float_tensor, known_dims, the_channel_axis
+from normlab.ops.moments import shifted_moments, stats_dtype
 from normlab.ops.normalize import at_least, at_most, normalize
 from normlab.ops.validate import (
     check_epsilon,
@@ -73,7 +73,8 @@ def batch_norm(
         mask: optional tensor broadcastable to ``x``; masked-out elements do
             not count toward the batch statistics. Default None.
         return_stats: also return the statistics used, as ``(y, mean, variance)``
-            with shape ``(C,)`` (the biased batch variance when training). Default False.
+            with shape ``(C,)`` (the biased batch variance when training; NaN for a batch
+            known to be empty, whose output is the empty input). Default False.
         replica_sum: optional callable that sums a tensor over all replicas
             (:func:`normlab.distributed.replica_sum`); with ``training=True``
             the batch statistics are then those of the global batch (every
@@ -94,15 +95,19 @@ def batch_norm(
         Training by Reducing Internal Covariate Shift", ICML 2015.
         https://arxiv.org/abs/1502.03167
     """
-    x = ops.convert_to_tensor(x)
+    x = float_tensor(x)
     ndim = len(x.shape)
-    (a,) = canonicalize_axes(axis, ndim)
+    a = the_channel_axis(axis, ndim, "batch normalization")
     (channels,) = known_dims(x.shape, [a], axis=axis)
     epsilon = check_epsilon(epsilon)
-    for name, param in (("gamma", gamma), ("beta", beta), ("mean", mean), ("variance", variance)):
+    gamma, beta, mean, variance = (
         check_param(name, param, (channels,))
+        for name, param in (("gamma", gamma), ("beta", beta), ("mean", mean), ("variance", variance)))
     reduce_axes = complement([a], ndim)
 
+    if training and any(x.shape[r] == 0 for r in reduce_axes):  # nothing to reduce over (an empty batch)
+        nan = ops.full((channels,), float("nan"), dtype=stats_dtype(x.dtype))
+        return (x, nan, nan) if return_stats else x
     if training:
         # Fast paths reduce over this call's x only: never with a cross-replica sum.
         hook = backends.fast_path("batch_norm_train", epsilon=epsilon) if mask is None and replica_sum is None else None
@@ -160,11 +165,11 @@ def _batch_norm_train(
     replica's batch is a multiple of the ghost size) and the returned
     averages are over every replica's ghost batches.
     """
-    x = ops.convert_to_tensor(x)
+    x = float_tensor(x)
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon)
-    check_param("gamma", gamma, (channels,))
-    check_param("beta", beta, (channels,))
+    gamma = check_param("gamma", gamma, (channels,))
+    beta = check_param("beta", beta, (channels,))
     v = check_positive_int("virtual_batch_size", virtual_batch_size, example=32, allow_none=True,
                            meaning="the size of each ghost batch")
     shape = dims(x)
@@ -366,10 +371,10 @@ def batch_renorm(
         Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence
         in Batch-Normalized Models", NeurIPS 2017. https://arxiv.org/abs/1702.03275
     """
-    x = ops.convert_to_tensor(x)
+    x = float_tensor(x)
     _, _, channels = channel_axis(x, axis)
-    check_param("renorm_mean", renorm_mean, (channels,))
-    check_param("renorm_stddev", renorm_stddev, (channels,))
+    renorm_mean = check_param("renorm_mean", renorm_mean, (channels,))
+    renorm_stddev = check_param("renorm_stddev", renorm_stddev, (channels,))
     y, mean, variance = _batch_norm_train(
         x, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon, mask=mask,
         virtual_batch_size=virtual_batch_size,

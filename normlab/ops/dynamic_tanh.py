@@ -66,7 +66,7 @@ def dynamic_tanh(
         CVPR 2025. https://arxiv.org/abs/2503.10622
     """
     check_alpha(alpha)
-    x, axes, feature_shape, _ = feature_axes_arguments(x, axis, gamma, beta, 0.0)
+    x, axes, feature_shape, _, gamma, beta = feature_axes_arguments(x, axis, gamma, beta, 0.0)
     ndim, dtype = len(x.shape), stats_dtype(x.dtype)
     y = ops.tanh(ops.cast(x, dtype) * ops.cast(alpha, dtype))  # alpha (1,) broadcasts as a scalar
     gamma = feature_param(gamma, ndim, axes, feature_shape)

@@ -6,7 +6,7 @@ from typing import Literal, overload
 
 from keras import ops
 
-from normlab.ops.axes import channel_axis, complement, feature_param, grouped_dims, per_channel
+from normlab.ops.axes import channel_axis, complement, feature_param, float_tensor, grouped_dims, per_channel
 from normlab.ops.moments import moments, stats_dtype
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import (
@@ -81,12 +81,13 @@ def evo_norm_b0(
         Liu, Brock, Simonyan & Le, "Evolving Normalization-Activation Layers",
         NeurIPS 2020. https://arxiv.org/abs/2004.02967
     """
-    x = ops.convert_to_tensor(x)
+    x = float_tensor(x)
     require_spatial(x.shape, "EvoNorm-B0", argument="x")
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon, positive=True, reason=EVO_NORM_EPSILON_REASON)
-    for name, param in (("v", v), ("gamma", gamma), ("beta", beta), ("moving_variance", moving_variance)):
+    v, gamma, beta, moving_variance = (
         check_param(name, param, (channels,))
+        for name, param in (("v", v), ("gamma", gamma), ("beta", beta), ("moving_variance", moving_variance)))
     dtype = stats_dtype(x.dtype)
     if training:
         _, variance = moments(x, complement([a], ndim), replica_sum=replica_sum)
@@ -145,12 +146,15 @@ def evo_norm_s0(
         Liu, Brock, Simonyan & Le, "Evolving Normalization-Activation Layers",
         NeurIPS 2020. https://arxiv.org/abs/2004.02967
     """
-    x = ops.convert_to_tensor(x)
+    x = float_tensor(x)
     ndim, a, channels = channel_axis(x, axis)
     g = resolve_groups(check_groups(groups), channels, axis)
+    if g == channels:  # one value per group without a spatial axis: a zero variance everywhere
+        require_spatial(x.shape, "EvoNorm-S0 with one channel per group", argument="x",
+                        fix="Add a spatial axis, or use fewer groups than channels.")
     epsilon = check_epsilon(epsilon, positive=True, reason=EVO_NORM_EPSILON_REASON)
-    for name, param in (("v", v), ("gamma", gamma), ("beta", beta)):
-        check_param(name, param, (channels,))
+    v, gamma, beta = (check_param(name, param, (channels,))
+                      for name, param in (("v", v), ("gamma", gamma), ("beta", beta)))
     shape, grouped = grouped_dims(x, a, g, channels)
     _, variance = moments(ops.reshape(x, grouped), complement([a], ndim + 1, keep_batch=True))
     xs = ops.cast(x, variance.dtype)

@@ -6,7 +6,15 @@ from typing import Sequence
 
 from keras import ops
 
-from normlab.ops.axes import canonicalize_axes, channel_axis, complement, known_dims, per_channel
+from normlab.ops.axes import (
+    canonicalize_axes,
+    channel_axis,
+    complement,
+    float_tensor,
+    known_dims,
+    per_channel,
+    the_channel_axis,
+)
 from normlab.ops.moments import mean_square, stats_dtype
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_param, error_message
@@ -36,7 +44,7 @@ def frn_axes(axis: Axis, ndim: int) -> tuple[int, list[int]]:
                 )
             )
         return rest[0], spatial
-    (channel,) = canonicalize_axes(axis, ndim)
+    channel = the_channel_axis(axis, ndim, "filter response normalization")
     return channel, complement([channel], ndim, keep_batch=True)
 
 
@@ -78,10 +86,10 @@ def tlu(x: Tensor, tau: Tensor, axis: int = -1, *, alpha: Tensor | None = None) 
         Singh & Krishnan, "Filter Response Normalization Layer", CVPR 2020.
         https://arxiv.org/abs/1911.09737
     """
-    x = ops.convert_to_tensor(x)
+    x = float_tensor(x)
     ndim, a, channels = channel_axis(x, axis)
-    check_param("tau", tau, (channels,))
-    check_param("alpha", alpha, (channels,))
+    tau = check_param("tau", tau, (channels,))
+    alpha = check_param("alpha", alpha, (channels,))
     dtype = stats_dtype(x.dtype)
     xs = ops.cast(x, dtype)
     floor = ops.cast(per_channel(tau, ndim, a, channels), dtype)
@@ -132,14 +140,14 @@ def filter_response_norm(
         Batch Dependence in the Training of Deep Neural Networks", CVPR 2020.
         https://arxiv.org/abs/1911.09737
     """
-    x = ops.convert_to_tensor(x)
+    x = float_tensor(x)
     ndim = len(x.shape)
     a, spatial = frn_axes(axis, ndim)
     check_frn_input(x.shape, spatial, learned_epsilon is not None)
     (channels,) = known_dims(x.shape, [a], axis=axis)
     epsilon = check_epsilon(epsilon)
-    for name, param in (("gamma", gamma), ("beta", beta), ("tau", tau)):
-        check_param(name, param, (channels,))
+    gamma, beta, tau = (check_param(name, param, (channels,))
+                        for name, param in (("gamma", gamma), ("beta", beta), ("tau", tau)))
     nu2 = mean_square(x, spatial)
     if learned_epsilon is not None:
         nu2 = nu2 + ops.abs(ops.cast(ops.reshape(learned_epsilon, ()), nu2.dtype))

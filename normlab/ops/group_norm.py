@@ -5,7 +5,7 @@ from __future__ import annotations
 from keras import ops
 
 from normlab import backends
-from normlab.ops.axes import canonicalize_axes, complement, feature_param, grouped_dims, known_dims
+from normlab.ops.axes import complement, feature_param, float_tensor, grouped_dims, known_dims, the_channel_axis
 from normlab.ops.moments import shifted_moments
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_groups, check_param, require_spatial, resolve_groups
@@ -49,16 +49,16 @@ def group_norm(
     Reference:
         Wu & He, "Group Normalization", ECCV 2018. https://arxiv.org/abs/1803.08494
     """
-    x = ops.convert_to_tensor(x)
+    x = float_tensor(x)
     ndim = len(x.shape)
-    (a,) = canonicalize_axes(axis, ndim)
+    a = the_channel_axis(axis, ndim, "group normalization")
     (channels,) = known_dims(x.shape, [a], axis=axis)
     g = resolve_groups(check_groups(groups), channels, axis)
     if g == channels:  # one value per group without a spatial axis: all zeros
         require_spatial(x.shape, "instance normalization (one group per channel)", argument="x")
     epsilon = check_epsilon(epsilon)
-    check_param("gamma", gamma, (channels,))
-    check_param("beta", beta, (channels,))
+    gamma = check_param("gamma", gamma, (channels,))
+    beta = check_param("beta", beta, (channels,))
 
     hook = backends.fast_path("group_norm", epsilon=epsilon)
     if hook is not None:

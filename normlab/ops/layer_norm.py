@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from keras import ops
-
 from normlab import backends
-from normlab.ops.axes import canonicalize_axes, feature_param, known_dims
+from normlab.ops.axes import canonicalize_axes, feature_param, float_tensor, known_dims
 from normlab.ops.moments import shifted_moments
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_param
@@ -14,18 +12,18 @@ from normlab.types import Axis, Tensor
 
 def feature_axes_arguments(
     x: Tensor, axis: Axis, gamma: Tensor | None, beta: Tensor | None, epsilon: float
-) -> tuple[Tensor, list[int], list[int], float]:
+) -> tuple[Tensor, list[int], list[int], float, Tensor | None, Tensor | None]:
     """The validated arguments of a norm over feature axes with an elementwise
-    affine (layer norm, RMS norm): ``(x, axes, feature_shape, epsilon)``."""
-    x = ops.convert_to_tensor(x)
+    affine (layer norm, RMS norm): ``(x, axes, feature_shape, epsilon, gamma, beta)``."""
+    x = float_tensor(x)
     axes = canonicalize_axes(axis, len(x.shape))
     if gamma is None and beta is None:  # nothing to fit: the axes may have any size, even unknown
         feature_shape = [x.shape[a] for a in axes]
     else:
         feature_shape = known_dims(x.shape, axes, axis=axis)
-    check_param("gamma", gamma, feature_shape)
-    check_param("beta", beta, feature_shape)
-    return x, axes, feature_shape, check_epsilon(epsilon)
+    gamma = check_param("gamma", gamma, feature_shape)
+    beta = check_param("beta", beta, feature_shape)
+    return x, axes, feature_shape, check_epsilon(epsilon), gamma, beta
 
 
 def layer_norm(
@@ -46,6 +44,7 @@ def layer_norm(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
         >>> x = np.array([[1.0, 2.0, 3.0]], "float32")
         >>> [round(float(v), 4) for v in ops.convert_to_numpy(layer_norm(x, epsilon=0.0))[0]]
         [-1.2247, 0.0, 1.2247]
@@ -53,7 +52,7 @@ def layer_norm(
     Reference:
         Ba, Kiros & Hinton, "Layer Normalization", 2016. https://arxiv.org/abs/1607.06450
     """
-    x, axes, feature_shape, epsilon = feature_axes_arguments(x, axis, gamma, beta, epsilon)
+    x, axes, feature_shape, epsilon, gamma, beta = feature_axes_arguments(x, axis, gamma, beta, epsilon)
     ndim = len(x.shape)
 
     hook = backends.fast_path("layer_norm", epsilon=epsilon)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from normlab.ops.axes import channel_axis
+from normlab.ops.axes import channel_axis, float_tensor
 from normlab.ops.moments import stats_dtype
 from normlab.ops.validate import check_positive_int, check_real
 from normlab.types import Tensor
@@ -42,7 +42,7 @@ def local_response_norm(
         Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep
         Convolutional Neural Networks", NeurIPS 2012, section 3.3.
     """
-    x = ops.convert_to_tensor(x)
+    x = float_tensor(x)
     ndim, a, channels = channel_axis(x, axis)
     size = check_positive_int("size", size, example=5, meaning="the number of channels in the window")
     alpha = check_real("alpha", alpha, minimum=0.0, example="1e-4")

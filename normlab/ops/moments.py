@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 from keras import ops
 from keras.backend import standardize_dtype
 
-from normlab.ops.axes import dims, is_traced_int
+from normlab.ops.axes import canonicalize_axes, dims, is_traced_int
 from normlab.types import DTypeLike, ReplicaSum, Tensor
 
 
@@ -151,7 +151,7 @@ def shifted_moments(
     does not depend on the shift, only its rounding does, which is why it
     is kept apart. Arguments as in :func:`moments`.
     """
-    axes = list(axes)
+    axes = canonicalize_axes(list(axes), len(x.shape), argument="axes", allow_batch=True)
     dtype = stats_dtype(x.dtype)
     x = ops.cast(x, dtype)
     if replica_sum is not None:
@@ -200,7 +200,7 @@ def moments(
 
     Args:
         x: input tensor of any float dtype.
-        axes: axes to reduce over (non-negative ints).
+        axes: axes to reduce over (ints; negative ones count from the end).
         mask: optional tensor broadcastable to ``x``; zero entries are ignored.
         keepdims: keep the reduced axes as size-1 dimensions (default True),
             so the results broadcast against ``x``.
@@ -219,6 +219,7 @@ def moments(
         >>> float(ops.convert_to_numpy(var)[0, 0])
         1.0
     """
+    axes = canonicalize_axes(list(axes), len(x.shape), argument="axes", allow_batch=True)
     shift, mean, variance = shifted_moments(x, axes, mask=mask, replica_sum=replica_sum)
     mean = shift + mean
     if not keepdims:  # a reshape: squeeze needs the reduced axes' static size 1

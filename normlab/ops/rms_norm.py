@@ -37,7 +37,7 @@ def rms_norm(
         Zhang & Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019.
         https://arxiv.org/abs/1910.07467
     """
-    x, axes, feature_shape, epsilon = feature_axes_arguments(x, axis, gamma, beta, epsilon)
+    x, axes, feature_shape, epsilon, gamma, beta = feature_axes_arguments(x, axis, gamma, beta, epsilon)
     hook = backends.fast_path("rms_norm", epsilon=epsilon)
     if hook is not None:
         y = hook(x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)

@@ -190,12 +190,20 @@ def check_momentum(momentum: object) -> float:
     return float(momentum)
 
 
-def check_param(name: str, param: Tensor | None, expected_shape: Sequence[int]) -> None:
-    """Raises unless ``param`` is None, a scalar, or a tensor of ``expected_shape``."""
+def check_param(name: str, param: Tensor | float | Sequence[float] | None,
+                expected_shape: Sequence[int]) -> Tensor | None:
+    """``param`` as a tensor of ``expected_shape``: None stays None, a scalar (a
+    number or a 0-d tensor) is broadcast to that shape, anything else that
+    ``keras.ops.convert_to_tensor`` takes must have it."""
     if param is None:
-        return
+        return None
+    from keras import ops
+
+    param = ops.convert_to_tensor(param)
     shape = tuple(param.shape)
-    if shape != tuple(expected_shape) and len(shape) != 0:
+    if len(shape) == 0:
+        return ops.broadcast_to(param, tuple(expected_shape))
+    if shape != tuple(expected_shape):
         raise ValueError(
             error_message(
                 name,
@@ -204,6 +212,7 @@ def check_param(name: str, param: Tensor | None, expected_shape: Sequence[int]) 
                 f"Pass one value per feature, e.g. ones of shape {tuple(expected_shape)}.",
             )
         )
+    return param
 
 
 def check_real(

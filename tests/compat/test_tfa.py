@@ -237,7 +237,7 @@ def test_spectral_normalization_gives_tfa_outputs_in_inference_and_training():
     layer(X)
     kernel = RNG.normal(size=(3, 3, 4, 4)).astype("float32")
     bias, u = RNG.normal(size=4).astype("float32"), RNG.normal(size=(1, 4)).astype("float32")
-    layer.set_weights([u, kernel, bias])
+    layer.set_weights([kernel, u, bias])  # Keras' order
     plain = keras.layers.Conv2D(4, 3, padding="same")
     plain(X)
     plain.set_weights([kernel, bias])

@@ -50,3 +50,8 @@ def test_evo_norm_errors():
     with pytest.raises(ValueError, match=r"Invalid `groups`: expected a divisor of the number of channels \(6\).*"
                                          r"Received: groups=4 with 6 channels"):
         nops.evo_norm_s0(rng_normal((2, 3, 6)), groups=4)
+    # one channel per group on (batch, features): every variance 0, x * sigmoid(v x) / sqrt(eps) (up to 344)
+    with pytest.raises(ValueError, match=r"Invalid `x`: expected an input of rank >= 3.*EvoNorm-S0 with one "
+                                         r"channel per group.*Received: x.shape=\(4, 6\)"):
+        nops.evo_norm_s0(rng_normal((4, 6)), groups=-1)
+    assert tuple(nops.evo_norm_s0(rng_normal((4, 6)), groups=2).shape) == (4, 6)

@@ -1,0 +1,138 @@
+"""What the ops take: parameters as numbers, lists or 0-d tensors, integer inputs,
+negative axes, empty batches, and the errors for what they do not take. Every
+case on the backend's fast path and on the general path (``backends.disabled()``)."""
+
+import contextlib
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from normlab import backends
+from normlab import ops as nops
+from normlab.ops.validate import ArgumentTypeError
+from tests.ops._shared import BACKEND, rng_normal, to_np
+
+PATHS = {"fast": contextlib.nullcontext, "general": backends.disabled}
+X = rng_normal((2, 4, 4, 8), 3.0, 2.0)
+GAMMA, BETA = np.full(8, 2.0, "float32"), np.full(8, 0.5, "float32")
+
+#: op name -> a call with gamma and beta (per channel, or per normalized feature)
+OPS = {
+    "group_norm": lambda x, g, b: nops.group_norm(x, 4, gamma=g, beta=b),
+    "instance_norm": lambda x, g, b: nops.instance_norm(x, gamma=g, beta=b),
+    "layer_norm": lambda x, g, b: nops.layer_norm(x, -1, gamma=g, beta=b),
+    "rms_norm": lambda x, g, b: nops.rms_norm(x, -1, gamma=g, beta=b),
+    "batch_norm_train": lambda x, g, b: nops.batch_norm(x, training=True, gamma=g, beta=b),
+    "batch_norm_infer": lambda x, g, b: nops.batch_norm(x, [1.0] * 8, [4.0] * 8, gamma=g, beta=b),
+    "filter_response_norm": lambda x, g, b: nops.filter_response_norm(x, gamma=g, beta=b),
+    "dynamic_tanh": lambda x, g, b: nops.dynamic_tanh(x, 0.5, gamma=g, beta=b),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("form", ["number", "0-d tensor", "list"])
+def test_parameters_as_numbers_lists_or_0d_tensors_broadcast_per_feature(op, form, path):
+    """A 0-d gamma reached torch's compiled kernels as it was, which read C values
+    from it: past its end (errors of 8e17). The general path failed on a reshape."""
+    g, b = {"number": (2.0, 0.5), "0-d tensor": (ops.convert_to_tensor(2.0), ops.convert_to_tensor(0.5)),
+            "list": (GAMMA.tolist(), BETA.tolist())}[form]
+    with PATHS[path]():
+        got, expected = to_np(OPS[op](X, g, b)), to_np(OPS[op](X, GAMMA, BETA))
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op", ["group_norm", "layer_norm", "batch_norm_train", "batch_norm_infer"])
+def test_integer_inputs_are_normalized_in_float32(op, path):
+    """They came back truncated to integers ([-1, 0, 0, 1] for a layer norm)."""
+    x = np.arange(2 * 4 * 4 * 8).reshape(2, 4, 4, 8) % 7
+    with PATHS[path]():
+        got = OPS[op](x.astype("int32"), GAMMA, BETA)
+        expected = OPS[op](x.astype("float32"), GAMMA, BETA)
+    assert keras.backend.standardize_dtype(got.dtype) == "float32"
+    np.testing.assert_allclose(to_np(got), to_np(expected), atol=1e-6)
+
+
+@pytest.mark.parametrize("axes", [[-1], [1, -1], [-3, -2]])
+def test_moments_take_negative_axes(axes):
+    """moments(x, [-1]) returned x itself as the mean and a zero variance."""
+    x = rng_normal((2, 3, 5), 1e4, 2.0)
+    mean, var = nops.moments(x, axes)
+    canonical = tuple(sorted(a % 3 for a in axes))
+    xq = x.astype("float64")
+    np.testing.assert_allclose(to_np(mean), xq.mean(canonical, keepdims=True), rtol=1e-7)
+    np.testing.assert_allclose(to_np(var), xq.var(canonical, keepdims=True), rtol=1e-5)
+    mean, var = nops.moments(x, axes, keepdims=False)
+    assert tuple(mean.shape) == tuple(d for a, d in enumerate(x.shape) if a not in canonical)
+    with pytest.raises(ValueError, match=r"Invalid `axes`: expected axes in \[-3, 2\]"):
+        nops.moments(x, [3])
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_batch_norm_training_on_an_empty_batch_returns_it_with_nan_statistics(path):
+    """As the layer does; the op used to fail on a reshape of the empty shift."""
+    x = np.zeros((0, 3, 3, 8), "float32")
+    with PATHS[path]():
+        y, mean, var = nops.batch_norm(x, training=True, gamma=GAMMA, beta=BETA, return_stats=True)
+    assert tuple(y.shape) == x.shape and tuple(mean.shape) == tuple(var.shape) == (8,)
+    assert np.isnan(to_np(mean)).all() and np.isnan(to_np(var)).all()
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: nops.group_norm(x, 4, axis=[1, 2]),
+    lambda x: nops.instance_norm(x, axis=[1, 2]),
+    lambda x: nops.batch_norm(x, training=True, axis=[1, 2]),
+    lambda x: nops.adaptive_instance_norm(x, x, axis=[1, 2]),
+], ids=["group", "instance", "batch", "adain"])
+def test_per_channel_ops_name_a_list_axis(call):
+    """They failed with "too many values to unpack"."""
+    with pytest.raises(ArgumentTypeError, match=r"Invalid `axis`: expected a single int \(the channel axis\)"):
+        call(X)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("shape, axis", [((4, 8), -1), ((2, 3, 3, 8), -1), ((2, 8, 3, 3), 1), ((2, 3, 3, 6), -1)])
+def test_batch_statistics_carry_their_gradient(shape, axis, path):
+    """The fast paths returned the statistics as constants (torch's kernels, and
+    TensorFlow's fused kernel, whose registered gradient ignores them): a loss on
+    the returned mean and variance got no gradient (1.1 off)."""
+    x = rng_normal(shape, 2.0, 3.0)
+    a = axis % len(shape)
+    reduced = tuple(i for i in range(len(shape)) if i != a)
+    n = x.size // shape[a]
+    xq = x.astype("float64")
+    weights = np.arange(1, shape[a] + 1, dtype="float32")
+    expected = (np.reshape(weights, [shape[a] if i == a else 1 for i in range(len(shape))])
+                * (2 * (xq - xq.mean(reduced, keepdims=True)) + 3.0) / n)  # d/dx of sum(w * (var + 3 mean))
+
+    def loss(t):
+        y, mean, var = nops.batch_norm(t, training=True, axis=axis, return_stats=True)
+        return ops.sum(y * 0.0) + ops.sum(ops.convert_to_tensor(weights) * (var + 3.0 * mean))
+
+    with PATHS[path]():
+        grad = _grad(loss, x)
+    np.testing.assert_allclose(grad, expected, atol=1e-5, rtol=1e-5)
+
+
+def _grad(fn, x):
+    if BACKEND == "jax":
+        import jax
+
+        return np.asarray(jax.grad(fn)(x))
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        t = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            value = fn(t)
+        return tape.gradient(value, t).numpy()
+    import torch
+
+    t = torch.tensor(x, requires_grad=True)
+    fn(t).backward()
+    return t.grad.numpy()
+
