@@ -171,7 +171,7 @@ class Normalization(FloatCompute, keras.layers.Layer):
         self._channel_axis = channel_axis
         return channel_axis, channels
 
-    def build_feature_axes(self, input_shape: Shape, weights: bool | None = None) -> list[int]:
+    def build_feature_axes(self, input_shape: Shape, weights: bool | None = None) -> Sequence[int | None]:
         """The build prologue of a norm over feature axes (LayerNorm, RMSNorm):
         returns their sizes, and lets the ``InputSpec`` fix only those sizes
         (keyed by the axes as given, so ``axis=-1`` means the last axis of
@@ -194,7 +194,8 @@ class Normalization(FloatCompute, keras.layers.Layer):
         """The feature axes for this call's input (its rank may differ from the build's)."""
         return canonicalize_axes(self.axis, len(inputs.shape))
 
-    def add_affine(self, shape: Sequence[int], *, scale: bool | None = None, center: bool | None = None) -> None:
+    def add_affine(self, shape: Sequence[int | None], *, scale: bool | None = None,
+                   center: bool | None = None) -> None:
         """Creates ``gamma`` and ``beta`` of ``shape`` as configured (or as
         ``scale``/``center`` say), never autocast."""
         if self.scale if scale is None else scale:

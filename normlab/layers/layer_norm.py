@@ -119,7 +119,7 @@ class LayerNormalization(Normalization):
         if self.rms_scaling:
             # Keras' rms_scaling=True: x / sqrt(var + epsilon) * gamma, not centered.
             _, _, variance = ops.shifted_moments(x, axes)
-            gamma = feature_param(self.gamma, len(x.shape), axes, tuple(self.gamma.shape))
+            gamma = feature_param(self.gamma, len(x.shape), axes, [x.shape[a] for a in axes])
             y = ops.normalize(x, 0.0, variance, gamma=gamma, epsilon=self.epsilon)
         else:
             y = ops.layer_norm(x, axis=axes, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)

@@ -199,10 +199,10 @@ def check_param(name: str, param: Tensor | float | Sequence[float] | None,
         return None
     from keras import ops
 
-    param = ops.convert_to_tensor(param)
-    shape = tuple(param.shape)
+    tensor: Tensor = ops.convert_to_tensor(param)
+    shape = tuple(tensor.shape)
     if len(shape) == 0:
-        return ops.broadcast_to(param, tuple(expected_shape))
+        return ops.broadcast_to(tensor, tuple(expected_shape))
     if shape != tuple(expected_shape):
         raise ValueError(
             error_message(
@@ -212,7 +212,7 @@ def check_param(name: str, param: Tensor | float | Sequence[float] | None,
                 f"Pass one value per feature, e.g. ones of shape {tuple(expected_shape)}.",
             )
         )
-    return param
+    return tensor
 
 
 def check_real(
