@@ -199,7 +199,9 @@ def check_param(name: str, param: Tensor | float | Sequence[float] | None,
         return None
     from keras import ops
 
-    tensor: Tensor = ops.convert_to_tensor(param)
+    # The usual case, a tensor (or variable) of the right rank, is taken as it is.
+    keep = len(getattr(param, "shape", ())) == len(expected_shape) != 0
+    tensor: Tensor = param if keep else ops.convert_to_tensor(param)
     shape = tuple(tensor.shape)
     if len(shape) == 0:
         return ops.broadcast_to(tensor, tuple(expected_shape))
