@@ -127,7 +127,7 @@ def _run_options() -> _Parser:
     g.add_argument("--out", default="runs", metavar="DIR",
                    help="folder of run directories (default: runs)")
     g.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: mnist, or the bundled "
-                   "digits when MNIST is neither found nor downloadable)")
+                   "digits when MNIST is neither found nor downloadable, with --executor local)")
     g.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (default: "
                    "$NORMLAB_DATA_DIR, the Keras cache, else download once into ~/.cache/normlab)")
     g.add_argument("--protocol", choices=("standard", "tutorial"),

@@ -178,8 +178,9 @@ def explicit(args) -> bool:
 def dry_run(experiment, args) -> int:
     from normlab.lab import store
 
-    prepared = preflight.resolve_data(experiment, data_dir=args.data_dir, explicit=explicit(args),
-                                      load=False, check_dir=args.executor == "local")
+    local = args.executor == "local"  # Ray's workers never fall back to digits
+    prepared = preflight.resolve_data(experiment, data_dir=args.data_dir, explicit=explicit(args) or not local,
+                                      load=False, check_dir=local)
     planned = store.plan(experiment.grid(), args.out)
     counts = {a: sum(p.action == a for p in planned) for a in ("run", "reuse", "redo")}
     say(f"normlab: dry run of {experiment.name}: {len(planned)} runs ({counts['run']} to run, "

@@ -7,7 +7,9 @@ Two panels per experiment, made with matplotlib's Agg backend (no display):
   to the data (never bars cut off at an arbitrary floor). Sweeps draw accuracy
   against the swept value (eval mode solid, BatchNorm's train mode dashed);
   the swept axis is logarithmic when every value is positive. With
-  ``--impl normlab,keras`` Keras' layers appear as hollow squares beside normlab's;
+  ``--impl normlab,keras`` Keras' layers appear as hollow squares beside
+  normlab's (in sweeps, hollow diamonds at the same swept value, in the
+  series' color: hollow squares there are BatchNorm's train mode);
 - right: each configuration's paired difference to its baseline (same seeds),
   with its 95% interval and a line at zero.
 
@@ -74,7 +76,7 @@ def plot(path: Path, name: str, table: dict) -> None:
     fig, (ax, dx) = plt.subplots(1, 2, figsize=(10.5, 3.9), dpi=100,
                                  gridspec_kw={"width_ratios": [1.15, 1]})
     if meta["sweep"]:
-        _sweep_panels(ax, dx, rows, meta)
+        _sweep_panels(ax, dx, rows, table.get("other_rows", []), meta)
     else:
         _comparison_panels(ax, dx, rows, table.get("other_rows", []), meta)
     ax.set_ylabel(f"{metric} accuracy (%)")
@@ -100,8 +102,7 @@ def _comparison_panels(ax, dx, rows, others, meta) -> None:
     for i, r in enumerate(rows):
         values += _point(ax, i - shift, r["accuracy"], r["per_seed"], "C0", "o", filled=True)
     for o in others:
-        at = next((k for k, r in enumerate(rows) if r["norms"] == o["norms"]
-                   and r["backend"] == o["backend"]), None)
+        at = next((k for k, r in enumerate(rows) if _same_config(r, o)), None)
         if at is not None:
             values += _point(ax, at + shift, o["accuracy"], o["per_seed"], "C1", "s", filled=False)
     if others:
@@ -119,7 +120,7 @@ def _comparison_panels(ax, dx, rows, others, meta) -> None:
         d = r.get("paired")
         if d and d["n"]:
             diffs += _diff(dx, i, d, "C0")
-        elif d is None:
+        elif r.get("is_baseline", d is None):
             dx.annotate("baseline", (i, 0.0), textcoords="offset points", xytext=(0, 6),
                         ha="center", fontsize=7, color="0.3")
     dx.set_ylim(*_limits(diffs + [0.0]))
@@ -152,7 +153,19 @@ def _diff(dx, x, d, color) -> list[float]:
     return per + [mean]
 
 
-def _sweep_panels(ax, dx, rows, meta) -> None:
+def _same_config(row: dict, other: dict) -> bool:
+    """Whether ``other`` (another implementation's row) runs ``row``'s configuration."""
+    keys = ("series", "x", "norms", "backend", "settings")
+    return all(row.get(k) == other.get(k) for k in keys)
+
+
+def _legend_other(ax, others) -> None:
+    whose = {"keras": "Keras' layers", "normlab": "normlab's layers"}
+    impl = others[0]["impl"]
+    ax.plot([], [], "D", color="0.3", markerfacecolor="white", label=whose.get(impl, impl))
+
+
+def _sweep_panels(ax, dx, rows, others, meta) -> None:
     series = list(dict.fromkeys(r["series"] for r in rows))
     log = all(r["x"] > 0 for r in rows)
     values, diffs = [], []
@@ -165,6 +178,9 @@ def _sweep_panels(ax, dx, rows, meta) -> None:
             values += _point(ax, x, r["accuracy"], r["per_seed"], color, "o", filled=True)
         ax.plot(xs, [100 * r["accuracy"]["mean"] for r in pts], "-", color=color,
                 label=f"{name} (eval mode)")
+        for r, x in zip(pts, xs):  # the other implementation's run of the same point
+            for o in (o for o in others if _same_config(r, o)):
+                values += _point(ax, x, o["accuracy"], o["per_seed"], color, "D", filled=False)
         train_mode = [r for r in pts if r["train_mode_accuracy"]["n"] and abs(
             r["train_mode_accuracy"]["mean"] - r["accuracy"]["mean"]) > 1e-9]
         if train_mode:  # batch-independent norms: train mode == eval mode, not drawn twice
@@ -189,6 +205,8 @@ def _sweep_panels(ax, dx, rows, meta) -> None:
         if meta["sweep"] == "batch size":
             a.invert_xaxis()
         a.set_xlabel(meta["sweep"])
+    if others:
+        _legend_other(ax, others)
     ax.legend(fontsize=7)
     dx.set_ylim(*_limits(diffs + [0.0]))
     dx.set_title(f"vs {meta.get('baseline', '')}", fontsize=8)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 from pathlib import Path
@@ -62,30 +63,83 @@ def summarize(runs: list[dict], baseline: str | None = None) -> dict[str, dict]:
     ``rows`` hold the main implementation's configurations (normlab's when the
     grid also ran Keras' layers), each with ``paired``: its difference to the
     baseline (``baseline`` label or series; default the first row, or for sweeps
-    the first series at the same swept value). ``ab`` compares every other
-    implementation's rows with the main one's, seed by seed.
+    the first series at the same swept value) on the same backend and with the
+    same settings. ``ab`` compares every other implementation's rows with the
+    main one's, seed by seed.
+
+    Only the newest training revision of each experiment is summarized (an older
+    one starts from other initial weights, so its seeds pair with nothing), and
+    of runs repeated with the same settings and seed (a copied folder) only the
+    last finished; ``meta["ignored"]`` lists the others with the reason.
     """
     def order(run):  # grid order (parallel executors finish out of order), then finish time
         index = run.get("grid_index")
         return (index is None, index if index is not None else 0, run.get("finished_at", ""),
                 run["run_dir"])
 
-    groups: dict[str, dict[tuple, list[dict]]] = {}
+    by_experiment: dict[str, list[dict]] = {}
     for run in sorted(runs, key=order):
-        c = _config(run)
-        key = (c["label"], c["impl"], c["backend"], Path(run["run_dir"]).parent.name)
-        groups.setdefault(c["experiment"], {}).setdefault(key, []).append(run)
-    return {name: _summarize_experiment(by_key, baseline) for name, by_key in groups.items()}
+        by_experiment.setdefault(_config(run)["experiment"], []).append(run)
+    tables = {}
+    for name, experiment_runs in by_experiment.items():
+        kept, ignored = _current_runs(experiment_runs)
+        groups: dict[tuple, list[dict]] = {}
+        for run in kept:
+            c = _config(run)
+            key = (c["label"], c["impl"], c["backend"], Path(run["run_dir"]).parent.name)
+            groups.setdefault(key, []).append(run)
+        tables[name] = _summarize_experiment(groups, baseline)
+        tables[name]["meta"]["ignored"] = ignored
+    return tables
+
+
+def _revision(run: dict) -> int:
+    return int(run.get("training_revision") or 0)
+
+
+def _current_runs(runs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``(kept, ignored)``: the newest revision's runs, one per configuration and seed."""
+    newest = max(_revision(r) for r in runs)
+    ignored = [dict(run_dir=r["run_dir"], reason=f"training revision {_revision(r)} (this report: {newest})")
+               for r in runs if _revision(r) != newest]
+    latest: dict[tuple, dict] = {}
+    for run in (r for r in runs if _revision(r) == newest):
+        key = _run_key(run)
+        other = latest.get(key)
+        if other is not None:
+            older, run = sorted((other, run), key=lambda r: (r.get("finished_at", ""), r["run_dir"]))
+            ignored.append(dict(run_dir=older["run_dir"], reason=f"the same run as {run['run_dir']}"))
+        latest[key] = run
+    kept = [r for r in runs if latest.get(_run_key(r)) is r]
+    return kept, ignored
+
+
+def _run_key(run: dict) -> tuple:
+    c = _config(run)
+    return (c["label"], c["impl"], c["backend"], Path(run["run_dir"]).parent.name, c["seed"])
+
+
+def _variant_fields(by_key: dict[tuple, list[dict]]) -> list[str]:
+    """The settings that differ between runs of one configuration (its variants:
+    runs into the same folder with other epochs, subsets, ...), on which rows are
+    paired only when they agree; the grid's own differences (norms, a swept value)
+    are not among them."""
+    configs: dict[tuple, list[dict]] = {}
+    for key, runs in by_key.items():
+        configs.setdefault(key[:3], []).append(_config(runs[0]))
+    return sorted({k for cs in configs.values() if len(cs) > 1 for k in cs[0]
+                   if k != "seed" and any(c.get(k) != cs[0][k] for c in cs)})
 
 
 def _row(key: tuple, runs: list[dict], label: str) -> dict:
     c = _config(runs[0])
-    row = dict(label=label, series=c["series"], x=c["x"], norms=c["norms"], impl=c["impl"],
+    row = dict(label=label, config_label=c["label"], series=c["series"], x=c["x"], norms=c["norms"], impl=c["impl"],
                backend=c["backend"], learning_rate=c["learning_rate"],
                seeds=sorted(r["config"]["seed"] for r in runs), metric=runs[0]["metric"],
                per_seed={r["config"]["seed"]: r["accuracy"] for r in runs})
     for k in _STATS:
         row[k] = stats(r.get(k) for r in runs)
+    row["diverged"] = {r["config"]["seed"]: r["non_finite"] for r in runs if r.get("non_finite")}
     row["params_trainable"] = runs[0]["params"]["trainable"]
     row["params_non_trainable"] = runs[0]["params"]["non_trainable"]
     return row
@@ -101,6 +155,9 @@ def _summarize_experiment(by_key: dict[tuple, list[dict]], baseline: str | None)
         label = key[0] + (f" ({key[2]})" if len(backends) > 1 else "")
         label += f" [{key[3].rsplit('-', 1)[-1]}]" if variants[key[:3]] > 1 else ""
         all_rows.append(_row(key, runs, label))
+    fields = _variant_fields(by_key)
+    for row, runs in zip(all_rows, by_key.values()):
+        row["settings"] = json.dumps({k: _config(runs[0]).get(k) for k in fields}, sort_keys=True, default=str)
     impls = list(dict.fromkeys(r["impl"] for r in all_rows))
     main = "normlab" if "normlab" in impls else impls[0]
     rows = [r for r in all_rows if r["impl"] == main]
@@ -130,43 +187,57 @@ def _summarize_experiment(by_key: dict[tuple, list[dict]], baseline: str | None)
 
 
 def _pair_with_baseline(rows: list[dict], sweep: str, baseline: str | None) -> str:
-    """Sets every row's ``paired``; returns the baseline's description."""
+    """Sets every row's ``paired``; returns the baseline's description.
+
+    A row is paired with a baseline row on its own backend with the same
+    settings (and, in a sweep, the same swept value); with none, ``paired`` is
+    None and the row is listed as unpaired.
+    """
     if not rows:
         return ""
     series = list(dict.fromkeys(r["series"] for r in rows))
-    by_series = sweep and len(series) > 1 and (baseline in series or baseline is None
-                                               or baseline not in [r["label"] for r in rows])
+    names = {n for r in rows for n in (r["label"], r["config_label"])}
+    by_series = sweep and len(series) > 1 and (baseline in series or baseline not in names)
+
+    def pair(r, base_rows):
+        match = next((b for b in base_rows if b["backend"] == r["backend"]
+                      and b["settings"] == r["settings"]), None)
+        r["paired"] = None if match is None else \
+            dict(paired(r["per_seed"], match["per_seed"]), baseline=match["label"])
+
     if by_series:
         base = baseline if baseline in series else series[0]
         for r in rows:
-            match = next((b for b in rows if b["series"] == base and b["x"] == r["x"]
-                          and b["backend"] == r["backend"]), None)
-            r["paired"] = None if r["series"] == base or match is None else \
-                dict(paired(r["per_seed"], match["per_seed"]), baseline=match["label"])
+            r["is_baseline"] = r["series"] == base
+            if r["is_baseline"]:
+                r["paired"] = None
+            else:
+                pair(r, [b for b in rows if b["series"] == base and b["x"] == r["x"]])
         return f"series {base} at the same {sweep}"
-    base_row = next((r for r in rows if r["label"] == baseline), rows[0])
+    base_row = next((r for r in rows if baseline in (r["label"], r["config_label"])), rows[0])
+    base_rows = [b for b in rows if b["config_label"] == base_row["config_label"]]
     for r in rows:
-        match = base_row if len({x["backend"] for x in rows}) == 1 else next(
-            (b for b in rows if b["backend"] == r["backend"] and b["series"] == base_row["series"]
-             and b["x"] == base_row["x"]), None)
-        r["paired"] = None if r is base_row or match is None or r is match else \
-            dict(paired(r["per_seed"], match["per_seed"]), baseline=match["label"])
-    return base_row["label"]
+        r["is_baseline"] = any(r is b for b in base_rows)
+        if r["is_baseline"]:
+            r["paired"] = None
+        else:
+            pair(r, base_rows)
+    return base_row["config_label"] if len({b["label"] for b in base_rows}) > 1 else base_row["label"]
 
 
 def _impl_ab(rows: list[dict], others: list[dict]) -> list[dict]:
     """Each other-implementation row against the main row of the same configuration."""
     ab = []
     for o in others:
-        r = next((r for r in rows if (r["series"], r["x"], r["backend"], r["norms"])
-                  == (o["series"], o["x"], o["backend"], o["norms"])), None)
+        r = next((r for r in rows if (r["series"], r["x"], r["backend"], r["norms"], r["settings"])
+                  == (o["series"], o["x"], o["backend"], o["norms"], o["settings"])), None)
         if r is None:
             continue
-        same = sum(round(o["per_seed"][s], 4) == round(r["per_seed"][s], 4)
-                   for s in o["per_seed"] if s in r["per_seed"])
         d = paired(o["per_seed"], r["per_seed"])
-        ab.append(dict(label=r["label"], impl=o["impl"], main_impl=r["impl"],
-                       main=r["accuracy"], other=o["accuracy"], diff=d,
+        same = sum(round(o["per_seed"][s], 4) == round(r["per_seed"][s], 4) for s in d["seeds"])
+        ab.append(dict(label=r["label"], impl=o["impl"], main_impl=r["impl"],  # over the shared seeds
+                       main=stats(r["per_seed"][s] for s in d["seeds"]),
+                       other=stats(o["per_seed"][s] for s in d["seeds"]), diff=d,
                        max_abs_diff=max((abs(x) for x in d["diffs"]), default=math.nan),
                        identical_4dp=same, seconds_main=r["seconds_per_epoch"],
                        seconds_other=o["seconds_per_epoch"],

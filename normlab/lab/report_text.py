@@ -69,6 +69,7 @@ def render(name: str, table: dict) -> str:
         lines += ["", "Specs: " + "; ".join(f"{r['label']} = `{r['norms']}`" for r in rows) + "."]
     for note in meta.get("notes", []):
         lines += ["", f"Note: {note}"]
+    lines += _left_out(rows, meta)
     return "\n".join(lines) + "\n"
 
 
@@ -87,8 +88,8 @@ def _main_table(rows: list[dict], meta: dict, metric: str) -> list[str]:
     head += ["lr"] * varying_lr + ["s/epoch", "steps", "params (trainable / non-trainable)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["label"], str(len(r["seeds"])), _pm(r["accuracy"], 100),
-                 _ci(r["accuracy"], 100), _pm(r["loss"], 1, 4), _ci(r["loss"], 1, 4)]
+        cells = [r["label"], str(len(r["seeds"])), _pm(r["accuracy"], 100) + _of(r, "accuracy"),
+                 _ci(r["accuracy"], 100), _pm(r["loss"], 1, 4) + _of(r, "loss"), _ci(r["loss"], 1, 4)]
         cells += [_pm(r["test_accuracy"], 100)] * held_out
         if has_train_mode:
             cells += [_pm(r["train_mode_accuracy"], 100), _ci(r["train_mode_accuracy"], 100)]
@@ -107,10 +108,19 @@ def _main_table(rows: list[dict], meta: dict, metric: str) -> list[str]:
     return lines
 
 
+def _of(row: dict, key: str) -> str:
+    """`` (n=2)`` where a diverged run left ``key`` out of the row's mean."""
+    n = row[key]["n"]
+    return f" (n={n})" if 0 < n < len(row["seeds"]) else ""
+
+
 def _paired_section(rows: list[dict], meta: dict) -> list[str]:
     compared = [r for r in rows if r.get("paired")]
+    unpaired = [r["label"] for r in rows if not r.get("paired") and not r.get("is_baseline")]
+    note = (["", "Not paired (no baseline run on the same backend with the same settings): "
+             + ", ".join(unpaired) + "."] if unpaired else [])
     if not compared:
-        return []
+        return note
     lines = ["", f"#### Paired differences against {meta['baseline']}", "",
              "Runs with the same seed see the same batches in the same order with the same "
              "dropout masks (and start from the same convolution and dense weights where the "
@@ -123,28 +133,54 @@ def _paired_section(rows: list[dict], meta: dict) -> list[str]:
         d = r["paired"]
         lines.append(f"| {r['label']} | {d['baseline']} | {d['n']} | {_points(d)} | {_p(d)} "
                      f"| {d['verdict']} |")
-    lines += ["", verdict_sentence(compared, meta)]
-    return lines
+    return lines + ["", verdict_sentence(compared, meta)] + note
 
 
 def verdict_sentence(compared: list[dict], meta: dict) -> str:
-    """Says plainly which differences are beyond the seed noise, if any."""
-    if all(r["paired"]["n"] < 2 for r in compared):
-        return ("With one shared seed per comparison there is no interval: the differences "
+    """Says plainly which differences are beyond the seed noise, if any; comparisons
+    with fewer than two shared seeds have no interval and are named apart."""
+    rated = [r for r in compared if r["paired"]["n"] >= 2]
+    few = [r["label"] for r in compared if r["paired"]["n"] < 2]
+    if not rated:
+        if all(r["paired"]["n"] == 0 for r in compared):
+            return ("No configuration shares a seed with its baseline, so none can be compared "
+                    "seed by seed.")
+        return ("With at most one shared seed per comparison there is no interval: the differences "
                 "are single runs and cannot be told apart from seed-to-seed noise.")
-    beyond = [r for r in compared if r["paired"]["verdict"] in ("higher", "lower")]
+    aside = (f" No interval (fewer than two shared seeds): {', '.join(few)}." if few else "")
+    beyond = [r for r in rated if r["paired"]["verdict"] in ("higher", "lower")]
     if not beyond:
-        return ("Every paired 95% interval includes 0: no configuration differs from its "
+        every = "Every" if not few else "Every other"
+        return (f"{every} paired 95% interval includes 0: no configuration differs from its "
                 "baseline beyond the seed-to-seed noise, so the ranking of the means is "
-                "within noise.")
+                "within noise." + aside)
     parts = [f"{r['label']} {r['paired']['verdict']} by {abs(100 * r['paired']['mean']):.2f} "
              f"points (p {'' if _p(r['paired']).startswith('<') else '= '}{_p(r['paired'])})"
              for r in beyond]
-    rest = len(compared) - len(beyond)
+    rest = len(rated) - len(beyond)
     return (f"Beyond the seed noise (interval excluding 0): {'; '.join(parts)}. "
             + ("The other difference is within noise. " if rest == 1 else
                f"The other {rest} differences are within noise. " if rest else "")
-            + "The p-values are not corrected for multiple comparisons.")
+            + "The p-values are not corrected for multiple comparisons." + aside)
+
+
+_LISTED = 20  # ignored runs named in a report; the rest are counted
+
+
+def _left_out(rows: list[dict], meta: dict) -> list[str]:
+    """Notes on diverged runs and on runs the report ignored."""
+    lines = []
+    diverged = [f"{r['label']} seed {seed} ({', '.join(fields)})"
+                for r in rows for seed, fields in sorted(r.get("diverged", {}).items())]
+    if diverged:
+        lines += ["", "Diverged (non-finite values, stored as null and left out of their "
+                  "column's mean and interval): " + "; ".join(diverged) + "."]
+    ignored = meta.get("ignored", [])
+    if ignored:
+        lines += ["", f"Ignored: {len(ignored)} run(s), not summarized above:", ""]
+        lines += [f"- {i['run_dir']}: {i['reason']}" for i in ignored[:_LISTED]]
+        lines += [f"- and {len(ignored) - _LISTED} more"] * (len(ignored) > _LISTED)
+    return lines
 
 
 def _ab_section(ab: list[dict], meta: dict) -> list[str]:
@@ -169,7 +205,7 @@ def _ab_section(ab: list[dict], meta: dict) -> list[str]:
             f"| {a['seconds_main']['mean']:.1f} / {a['seconds_other']['mean']:.1f} |")
     runs = sum(a["diff"]["n"] for a in ab)
     same = sum(a["identical_4dp"] for a in ab)
-    gap = max(abs(a["other"]["mean"] - a["main"]["mean"]) for a in ab)
+    gap = max((abs(a["diff"]["mean"]) for a in ab if a["diff"]["n"]), default=0.0)
     noisy = [a["label"] for a in ab if a["diff"]["verdict"] in ("higher", "lower")]
     agree = ("is the same" if gap == 0 else
              f"agrees within {gap:.4f} ({100 * gap:.2f} points)")

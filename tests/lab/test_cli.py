@@ -481,3 +481,6 @@ def test_offline_first_run_falls_back_to_the_bundled_digits(no_datasets, tmp_pat
                                     "--out", str(tmp_path / "dry"), "--backend", BACKEND], capsys)
     assert code == 0 and "or if that fails, the runs use the bundled 8x8 digits instead" in err
     assert not (tmp_path / "dry").exists()
+    code, _, err = run_main(["compare", "--norms", "batch", "--seeds", "1", "--dry-run", "--executor", "ray",
+                             "--address", "local", "--out", str(tmp_path / "dry"), "--backend", BACKEND], capsys)
+    assert code == 0 and "it will be downloaded once" in err and "digits" not in err  # Ray never falls back
