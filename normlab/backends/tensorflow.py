@@ -33,8 +33,9 @@ in training, and in inference on ``x - mean`` (:func:`batch_norm_infer`).
 
 It serves eager execution, ``tf.function`` and ``jit_compile=True`` alike,
 with an unknown batch size; other unknown dimensions decline, as do
-non-float inputs (and, in a graph outside XLA, batch norm in inference on
-2-D and 5-D inputs, for converters' sake: :func:`batch_norm_infer`).
+non-float inputs (and, in a graph outside XLA, for converters' sake: batch
+norm in inference on 2-D and 5-D inputs, :func:`batch_norm_infer`, and layer
+norm over non-trailing axes, which OpenVINO computed wrong).
 float16/bfloat16 are computed in float32 and cast back.
 """
 

@@ -171,5 +171,11 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
         fn = _layer_norm_rows_fn(float(epsilon), gamma is not None, beta is not None, width, in_xla())
         flat = [tf.reshape(t, [width]) for t in args]
         return tf.reshape(fn(tf.reshape(x, [-1, width]), *flat), tf.shape(x))
+    if not tf.executing_eagerly() and not in_xla():
+        # Non-trailing axes in a graph outside XLA (tf.function; every exporter's
+        # trace): the general path. OpenVINO's CPU plugin computed this hook's
+        # graph wrong with a dynamic batch (off by 2e2, or NaN, changing from one
+        # compile to the next), and tf2onnx mis-shapes it once its cond is removed.
+        return None
     fn = _layer_norm_fn(axes, float(epsilon), gamma is not None, beta is not None, tuple(x.shape))
     return fn(*([x] + args))

@@ -46,7 +46,7 @@ KNOWN: dict[tuple[str, str, str], Known] = {
             "or 1e2 off) once a model holds several such Ifs, changing from one compile to the next, so normlab "
             "keeps the form that fails loudly. With NORMLAB_FAST_PATHS=0, or the export inside "
             "normlab.backends.disabled(), the cell passes.")
-        for case in ("group", "instance", "layer", "layer-3-axes")
+        for case in ("group", "instance", "layer", "layer-3-axes", "layer-axis-1")
     },
 }
 
