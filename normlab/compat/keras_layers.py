@@ -151,6 +151,8 @@ def _wanted(layers: Iterable[str] | None, mapping: dict[_LayerType, _LayerType])
 def _keras_config(layer: keras.layers.Layer, keras_cls: _LayerType) -> dict[str, Any]:
     """``layer``'s config without normlab's extra arguments, which must be at their defaults."""
     config = layer.get_config()
+    if keras_cls is keras.layers.RMSNormalization:
+        _check_trailing_axes(layer, config["axis"])
     defaults = type(layer)().get_config()
     accepted = set(keras_cls().get_config())
     for key in [key for key in config if key not in accepted]:
@@ -161,6 +163,19 @@ def _keras_config(layer: keras.layers.Layer, keras_cls: _LayerType) -> dict[str,
                 "Keep normlab's layer (pass `layers=` without this class), or rebuild it without that argument.")
         del config[key]
     return config
+
+
+def _check_trailing_axes(layer: keras.layers.Layer, axis: Any) -> None:
+    """Keras' RMSNormalization computes only over trailing axes (3.15: other axes
+    fail to broadcast its scale, or put it on the wrong axes)."""
+    axes = [axis] if isinstance(axis, int) else list(axis)
+    rank = len(layer.input.shape)
+    canonical = sorted(a % rank for a in axes)
+    if canonical != list(range(rank - len(canonical), rank)):
+        raise ValueError(
+            f"Cannot convert layer {layer.name!r} to keras.layers.RMSNormalization: it normalizes over "
+            f"axis={axis!r} of a rank-{rank} input, and Keras' class supports only trailing axes. Keep "
+            "normlab's layer (pass `layers=` without RMSNormalization), or move those axes last.")
 
 
 def _is_graph_model(model: keras.Model) -> bool:

@@ -4,10 +4,10 @@ TF Addons is unmaintained and does not install with current TensorFlow or
 Keras 3, but models saved with its normalization layers are common. This
 module reads them on any Keras 3 backend, without TF Addons:
 
-* :func:`custom_objects` maps the five registered names
+* :func:`custom_objects` maps the six registered names
   (``Addons>GroupNormalization``, ``Addons>InstanceNormalization``,
   ``Addons>FilterResponseNormalization``, ``Addons>WeightNormalization``,
-  ``Addons>SpectralNormalization``) to loaders that build the matching
+  ``Addons>SpectralNormalization`` and FRN's activation ``Addons>TLU``) to loaders that build the matching
   normlab layer from TF Addons' config, for
   ``keras.saving.load_model(path, custom_objects=...)`` (``.h5`` files and
   ``.keras`` archives) and ``keras.models.model_from_json``;
@@ -35,6 +35,10 @@ name; the conversions are:
   used as stored in inference), so outputs match what TF Addons gave.
 * ``WeightNormalization``: same arguments. Loaded weights include
   ``initialized``, so no data-dependent initialization runs again.
+* ``TLU``: same arguments, with one ``tau``/``alpha`` per channel (last
+  axis) where TF Addons kept one per element: saved values that agree
+  across positions (an untrained layer) load, others are an error, since no
+  per-channel layer reproduces them.
 
 Example:
     >>> import json, numpy as np, keras, normlab
@@ -107,11 +111,32 @@ def _by_name_layers() -> tuple[type[keras.layers.Layer], ...]:
     return tuple(classes)
 
 
-def _assign(variable: keras.Variable, value: Any, where: str) -> None:
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
+def _value_for(variable: keras.Variable, value: Any, where: str, per_channel: bool = False) -> np.ndarray:
+    """``value`` in ``variable``'s shape: as saved, or with size-1 axes added or
+    dropped (TF Addons' ``(1, 1, 1, C)`` for ``(C,)``); with ``per_channel``, a
+    per-element array whose positions all agree gives its last axis."""
     value = np.asarray(value)
     shape = tuple(variable.shape)
+    if value.shape != shape and per_channel and len(shape) == 1 and value.ndim > 1 and value.shape[-1] == shape[0]:
+        rows = value.reshape(-1, shape[0])
+        if not np.all(rows == rows[:1]):
+            raise ValueError(
+                error_message(
+                    "filepath",
+                    f"one value per channel for {variable.path} (normlab's TLU has shape {shape})",
+                    f"TF Addons' per-element values of shape {value.shape} for {where}, which differ "
+                    "across positions",
+                    "No per-channel layer reproduces them: keep the TF-Keras 2 model for this layer, "
+                    "or retrain it with normlab.layers.TLU.",
+                )
+            )
+        value = rows[0]
     if value.shape != shape:
-        if value.size != int(np.prod(shape, dtype=np.int64)):
+        if _squeezed(value.shape) != _squeezed(shape):
             raise ValueError(
                 error_message(
                     "filepath",
@@ -121,19 +146,22 @@ def _assign(variable: keras.Variable, value: Any, where: str) -> None:
                 )
             )
         value = value.reshape(shape)
-    variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
+    return value.astype(keras.backend.standardize_dtype(variable.dtype))
 
 
-def _load_layer(
+def _layer_values(
     layer: keras.layers.Layer, group: Any, by_name_classes: tuple[type[keras.layers.Layer], ...]
-) -> None:
+) -> list[tuple[keras.Variable, np.ndarray]]:
+    """``(variable, value)`` for every weight of ``layer`` from the file's ``group``."""
     names = _attribute_list(group, "weight_names")
     values = [np.asarray(group[name]) for name in names]
     where = f"layer {layer.name!r} in the file"
+    pairs: list[tuple[keras.Variable, np.ndarray]] = []
     if isinstance(layer, by_name_classes):
         saved: dict[str, np.ndarray] = {}
         for name, value in zip(names, values):
             saved.setdefault(_basename(name), value)  # first wins: later copies are internal
+        per_channel = type(layer).__name__ == "TLU"
         for variable in layer.weights:
             if variable.name not in saved:
                 raise ValueError(
@@ -144,20 +172,22 @@ def _load_layer(
                         "Check that the file belongs to this model.",
                     )
                 )
-            _assign(variable, saved[variable.name], f"{where}, weight {variable.name!r}")
-        return
-    variables = layer.trainable_weights + layer.non_trainable_weights  # TF-Keras 2 order
-    if len(variables) != len(values):
-        raise ValueError(
-            error_message(
-                "filepath",
-                f"{len(variables)} saved weights for layer {layer.name!r}",
-                f"{len(values)} weights {names}",
-                "Check that the file belongs to this model.",
+            pairs.append((variable, _value_for(variable, saved[variable.name],
+                                                f"{where}, weight {variable.name!r}", per_channel)))
+    else:
+        variables = layer.trainable_weights + layer.non_trainable_weights  # TF-Keras 2 order
+        if len(variables) != len(values):
+            raise ValueError(
+                error_message(
+                    "filepath",
+                    f"{len(variables)} saved weights for layer {layer.name!r}",
+                    f"{len(values)} weights {names}",
+                    "Check that the file belongs to this model.",
+                )
             )
-        )
-    for variable, name, value in zip(variables, names, values):
-        _assign(variable, value, f"{where}, weight {name!r}")
+        pairs = [(variable, _value_for(variable, value, f"{where}, weight {name!r}"))
+                 for variable, name, value in zip(variables, names, values)]
+    return pairs
 
 
 def load_weights(model: keras.Model, filepath: str | os.PathLike[str] | Any) -> None:
@@ -206,8 +236,9 @@ def load_weights(model: keras.Model, filepath: str | os.PathLike[str] | Any) -> 
                 )
             pairs = list(zip(ordered, file_layers))
         by_name_classes = _by_name_layers()
-        for layer, name in pairs:
-            _load_layer(layer, group[name], by_name_classes)
+        values = [p for layer, name in pairs for p in _layer_values(layer, group[name], by_name_classes)]
+        for variable, value in values:  # only once every weight was read and checked
+            variable.assign(value)
     finally:
         if opened:
             f.close()

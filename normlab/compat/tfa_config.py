@@ -23,6 +23,7 @@ TFA_LAYERS = {
     ),
     "Addons>WeightNormalization": ("normlab.layers.weight_norm", "WeightNormalization"),
     "Addons>SpectralNormalization": ("normlab.layers.spectral_norm", "SpectralNormalization"),
+    "Addons>TLU": ("normlab.layers.filter_response_norm", "TLU"),
 }
 
 # Base-layer keys a TF-Keras 2 layer config may hold besides the layer's own.
@@ -201,17 +202,29 @@ class SpectralNormalizationLoader(_Loader):
         return _build(cls.tfa_name, config, layer=layer, in_place=True)
 
 
+class TLULoader(_Loader):
+    """``Addons>TLU`` -> :class:`normlab.layers.TLU` (same arguments; channels last).
+
+    TF Addons' TLU kept one ``tau`` (and ``alpha``) per element of the input,
+    normlab's one per channel: :func:`normlab.compat.tfa.load_weights` takes
+    saved values that agree across positions and refuses others.
+    """
+
+    tfa_name = "Addons>TLU"
+
+
 _LOADERS = (
     GroupNormalizationLoader,
     InstanceNormalizationLoader,
     FilterResponseNormalizationLoader,
     WeightNormalizationLoader,
     SpectralNormalizationLoader,
+    TLULoader,
 )
 
 
 def custom_objects_dict() -> dict[str, type[_Loader]]:
-    """``{"Addons>GroupNormalization": loader, ...}`` for the five TF Addons norms."""
+    """``{"Addons>GroupNormalization": loader, ...}`` for the five TF Addons norms and TLU."""
     return {loader.tfa_name: loader for loader in _LOADERS}
 
 

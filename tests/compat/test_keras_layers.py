@@ -208,3 +208,20 @@ def test_to_keras_refuses_arguments_keras_lacks(layer, argument):
                                          rf"it has {argument}"):
         keras_layers.to_keras(model)
     assert type(keras_layers.to_keras(model, layers=[]).layers[0]) is type(layer)  # kept where asked
+
+
+@pytest.mark.parametrize("axis", [1, [1, 3], -3])
+def test_to_keras_refuses_rms_norm_over_axes_keras_cannot_normalize(axis):
+    model = keras.Sequential([keras.Input((3, 4, 5)), normlab.RMSNormalization(axis=axis, name="rms")])
+    with pytest.raises(ValueError, match=r"Cannot convert layer 'rms' to keras.layers.RMSNormalization: it normalizes "
+                                         r"over axis=.* of a rank-4 input, and Keras' class supports only trailing axes"):
+        keras_layers.to_keras(model)
+
+
+@pytest.mark.parametrize("axis", [-1, [2, 3], [-2, -1], [1, 2, 3]])
+def test_to_keras_converts_rms_norm_over_trailing_axes(axis):
+    model = keras.Sequential([keras.Input((3, 4, 5)), normlab.RMSNormalization(axis=axis, name="rms")])
+    x = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype("float32")
+    back = keras_layers.to_keras(model)
+    assert type(back.get_layer("rms")) is keras.layers.RMSNormalization
+    np.testing.assert_allclose(to_numpy(back(x)), to_numpy(model(x)), atol=1e-6)

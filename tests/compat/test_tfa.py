@@ -172,11 +172,11 @@ def numpy_(x):
 # --------------------------------------------------------------------------- one layer at a time
 
 
-def test_custom_objects_cover_the_five_tfa_norms():
+def test_custom_objects_cover_the_five_tfa_norms_and_tlu():
     objects = tfa.custom_objects({"my_loss": len})
     assert set(objects) == {
         "Addons>GroupNormalization", "Addons>InstanceNormalization", "Addons>FilterResponseNormalization",
-        "Addons>WeightNormalization", "Addons>SpectralNormalization", "my_loss",
+        "Addons>WeightNormalization", "Addons>SpectralNormalization", "Addons>TLU", "my_loss",
     }
 
 
@@ -404,3 +404,61 @@ def test_weight_normalization_around_a_tf_keras_2_lstm():
     assert type(layer.layer) is keras.layers.LSTM and layer.layer.units == 3
     model = tfa.model_from_json(json.dumps(keras2_sequential([tfa_wn("wn", lstm)], input_shape=(5, 2))))
     assert tuple(model.output_shape) == (None, 3)
+
+
+def tfa_tlu(name, affine=False):
+    """TF Addons' TLU.get_config (alpha_* only when affine)."""
+    config = {"name": name, "trainable": True, "dtype": "float32", "affine": affine,
+              "tau_initializer": {"class_name": "Zeros", "config": {}}, "tau_regularizer": None,
+              "tau_constraint": None}
+    if affine:
+        config.update(alpha_initializer={"class_name": "Zeros", "config": {}}, alpha_regularizer=None,
+                      alpha_constraint=None)
+    return {"class_name": "Addons>TLU", "config": config}
+
+
+def test_filter_response_norm_with_tfa_tlu_loads_and_keeps_per_channel_values():
+    layers = [tfa_frn("frn", learned_epsilon=False), tfa_tlu("tlu", affine=True)]
+    model = tfa.model_from_json(json.dumps(keras2_sequential(layers)))
+    tlu = model.get_layer("tlu")
+    assert type(tlu) is normlab.layers.TLU and tlu.affine
+    rng = np.random.default_rng(3)
+    tau, alpha = rng.normal(size=4).astype("float32"), rng.uniform(0, 0.5, size=4).astype("float32")
+    per_element = {"tau": np.broadcast_to(tau, (6, 7, 4)), "alpha": np.broadcast_to(alpha, (6, 7, 4))}
+    frn = [("frn/gamma:0", np.ones((1, 1, 1, 4), "float32")), ("frn/beta:0", np.zeros((1, 1, 1, 4), "float32"))]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "frn_tlu.h5")
+        write_keras2_h5(path, {"frn": frn, "tlu": [(f"tlu/{k}:0", v) for k, v in per_element.items()]})
+        tfa.load_weights(model, path)
+        np.testing.assert_array_equal(numpy_(tlu.tau), tau)
+        y = numpy_(model(X))
+        frn_y = numpy_(model.get_layer("frn")(X))
+        np.testing.assert_allclose(y, np.maximum(frn_y, alpha * frn_y + tau), atol=1e-6)
+        varied = dict(per_element, tau=rng.normal(size=(6, 7, 4)).astype("float32"))  # trained per element
+        write_keras2_h5(path, {"frn": frn, "tlu": [(f"tlu/{k}:0", v) for k, v in varied.items()]})
+        with pytest.raises(ValueError, match=r"per-element values of shape \(6, 7, 4\).*differ across positions"):
+            tfa.load_weights(model, path)
+    np.testing.assert_array_equal(numpy_(tlu.tau), tau)  # the failed load changed nothing
+
+
+def test_load_weights_refuses_a_weight_of_another_shape_and_the_same_size():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="first"),
+                              keras.layers.Dense(3, name="dense")])
+    before = [numpy_(w) for w in model.weights]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "w.h5")
+        kernel = np.arange(12, dtype="float32").reshape(3, 4)  # (3, 4) saved; the model holds (3, 3) then (3, 3)
+        write_keras2_h5(path, {"first": [("first/kernel:0", np.zeros((4, 3), "float32")),
+                                         ("first/bias:0", np.ones(3, "float32"))],
+                               "dense": [("dense/kernel:0", kernel[:, :3].T.copy().reshape(3, 3)),
+                                         ("dense/bias:0", np.zeros(4, "float32"))]})
+        with pytest.raises(ValueError, match=r"expected a saved weight of shape \(3,\).*Received: shape \(4,\)"):
+            tfa.load_weights(model, path)
+        write_keras2_h5(path, {"first": [("first/kernel:0", np.zeros((2, 6), "float32")),
+                                         ("first/bias:0", np.ones(3, "float32"))],
+                               "dense": [("dense/kernel:0", np.zeros((3, 3), "float32")),
+                                         ("dense/bias:0", np.zeros(3, "float32"))]})
+        with pytest.raises(ValueError, match=r"expected a saved weight of shape \(4, 3\).*Received: shape \(2, 6\)"):
+            tfa.load_weights(model, path)
+    for w, b in zip(model.weights, before):  # nothing was assigned before the error
+        np.testing.assert_array_equal(numpy_(w), b)
