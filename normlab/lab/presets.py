@@ -67,7 +67,7 @@ def compare(norms: dict[str, str] | None = None, **overrides) -> Experiment:
     line by line (same layers, same arguments); BatchNorm and no norm are added
     as references.
 
-    Run: ``normlab compare`` (15 runs; 9 minutes on 2 shared CPU cores with JAX).
+    Run: ``normlab compare`` (15 runs; about 3 minutes on 2 CPU cores with JAX).
     """
     return _experiment("compare", "Normalization layers after one convolution",
                        norms or CLASSIC, **overrides)

@@ -28,6 +28,7 @@ from normlab.ops.axes import as_axis_list, canonicalize_axes, is_traced_int, kno
 from normlab.ops.validate import (
     check_bool,
     check_epsilon,
+    default_of,
     error_message,
 )
 from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
@@ -134,7 +135,7 @@ class Normalization(FloatCompute, keras.layers.Layer):
                 )
             )
         self.axis: int | list[int] = axes if isinstance(axis, (list, tuple)) else axes[0]
-        self.epsilon = self.check_epsilon(epsilon)
+        self.epsilon = self.check_epsilon(epsilon, default_of(type(self).__init__, "epsilon"))
         self.center = check_bool("center", center)
         self.scale = check_bool("scale", scale)
         self.beta_initializer = keras_object("initializer", "beta_initializer", beta_initializer)
@@ -149,9 +150,9 @@ class Normalization(FloatCompute, keras.layers.Layer):
         self.beta: Tensor | None = None
 
     @staticmethod
-    def check_epsilon(epsilon: object) -> float:
+    def check_epsilon(epsilon: object, default: object = None) -> float:
         """Validates ``epsilon``; a subclass whose formula needs it positive overrides this."""
-        return check_epsilon(epsilon)
+        return check_epsilon(epsilon, default=default)
 
     # ------------------------------------------------------------------ build
 

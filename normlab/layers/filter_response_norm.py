@@ -37,12 +37,12 @@ class TLU(keras.layers.Layer):
         y = max(x, alpha * x + tau)         (affine=True, "TLU-affine")
 
     ``tau`` and ``alpha`` have one value per channel on ``axis``. The
-    arguments of ``tfa.layers.TLU`` are accepted; unlike that layer's
-    earliest versions, the weights are per channel (the paper's form), not
-    per element.
+    arguments of ``tfa.layers.TLU`` are accepted in its order
+    (``TLU(True)`` is TLU-affine); unlike that layer, whose weights had
+    one value per element of the input, the weights are per channel (the
+    paper's form).
 
     Args:
-        axis: the channel axis; any axis but the batch axis. Default -1.
         affine: use ``max(x, alpha * x + tau)``. Default False.
         tau_initializer: initializer for ``tau``. Default "zeros" (a ReLU at first).
         tau_regularizer: optional regularizer for ``tau``. Default None.
@@ -50,6 +50,7 @@ class TLU(keras.layers.Layer):
         alpha_initializer: initializer for ``alpha`` (affine only). Default "zeros".
         alpha_regularizer: optional regularizer for ``alpha``. Default None.
         alpha_constraint: optional constraint for ``alpha``. Default None.
+        axis: the channel axis; any axis but the batch axis. Default -1.
         **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
 
     Example:
@@ -70,7 +71,6 @@ class TLU(keras.layers.Layer):
 
     def __init__(
         self,
-        axis: int = -1,
         affine: bool = False,
         tau_initializer: Initializer = "zeros",
         tau_regularizer: Regularizer = None,
@@ -78,6 +78,7 @@ class TLU(keras.layers.Layer):
         alpha_initializer: Initializer = "zeros",
         alpha_regularizer: Regularizer = None,
         alpha_constraint: Constraint = None,
+        axis: int = -1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

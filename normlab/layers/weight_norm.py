@@ -357,7 +357,8 @@ class WeightNormalization(keras.layers.Wrapper):
 
     def load_own_variables(self, store: dict[str, Any]) -> None:
         super().load_own_variables(store)
-        self._init_seen = True
+        # Saved before its first call (initialized=False): initialize on the next one.
+        self._init_seen = _concrete_bool(self.initialized) is not False
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "data_init": self.data_init}

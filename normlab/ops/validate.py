@@ -8,9 +8,10 @@ those that do run in ``build`` (layers) or at call time (ops).
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
-from typing import Literal, Sequence, overload
+from typing import Any, Literal, Sequence, overload
 
 import numpy as np
 
@@ -44,7 +45,18 @@ def error_message(argument: str, expected: str, received: str, fix: str = "") ->
     return message
 
 
-def check_epsilon(epsilon: object, *, positive: bool = False, reason: str = "") -> float:
+def default_of(function: Any, name: str) -> Any:
+    """The default of ``function``'s parameter ``name`` (None where it has none):
+    what an error's fix suggests, e.g. ``default_of(type(self).__init__, "epsilon")``."""
+    parameter = inspect.signature(function).parameters.get(name)
+    return None if parameter is None or parameter.default is parameter.empty else parameter.default
+
+
+def _suggest(name: str, default: object, otherwise: str) -> str:
+    return f"such as {name}={default!r} (the default)" if default is not None else otherwise
+
+
+def check_epsilon(epsilon: object, *, positive: bool = False, reason: str = "", default: object = None) -> float:
     """Returns ``epsilon`` as a float: finite, non-negative (``positive``: > 0).
 
     Zero is allowed where the norm defines the zero-variance case (a slice
@@ -70,7 +82,7 @@ def check_epsilon(epsilon: object, *, positive: bool = False, reason: str = "") 
                 "epsilon",
                 f"{bound} float (finite; it is added to the variance{reason})",
                 f"epsilon={epsilon!r}",
-                "Use a small positive value such as epsilon=1e-3 (the default).",
+                f"Use a small positive value {_suggest('epsilon', default, 'such as the default')}.",
             )
         )
     return float(epsilon)
@@ -168,7 +180,7 @@ def resolve_groups(groups: int, channels: int, axis: Axis) -> int:
     return groups
 
 
-def check_momentum(momentum: object) -> float:
+def check_momentum(momentum: object, default: object = None) -> float:
     """Checks a moving-average momentum lies in [0, 1]."""
     # ``momentum < 0 or not momentum <= 1`` is ``not 0 <= momentum <= 1`` with the number on the
     # left (the comparisons numbers.Real guarantees); NaN fails ``momentum <= 1``.
@@ -184,7 +196,7 @@ def check_momentum(momentum: object) -> float:
                 "a float in [0, 1], the weight kept by the moving average at each step "
                 "(Keras convention; PyTorch's momentum m corresponds to 1 - m)",
                 f"momentum={momentum!r}",
-                "Use a value such as momentum=0.99 (the default).",
+                f"Use a value {_suggest('momentum', default, 'such as momentum=0.99')}.",
             )
         )
     return float(momentum)

@@ -76,6 +76,13 @@ def test_tlu_layer_and_frn_option_agree():
     np.testing.assert_allclose(ops.convert_to_numpy(fused(x)), ops.convert_to_numpy(split(x)), atol=1e-6)
 
 
+def test_tlu_takes_tf_addons_arguments_in_their_order():
+    tlu = normlab.TLU(True, "ones")  # TF Addons: TLU(affine=False, tau_initializer="zeros", ...)
+    assert tlu.affine and tlu.axis == -1
+    x = np.array([[-2.5, 0.0, 0.3]], "float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(tlu(x)), [[1.0, 1.0, 1.0]])  # max(x, 0 * x + 1)
+
+
 def test_registry():
     layer = normlab.get("frn(use_tlu=True, axis=[1, 2])")
     assert isinstance(layer, normlab.FilterResponseNormalization) and layer.use_tlu and layer.axis == [1, 2]

@@ -42,3 +42,23 @@ def test_matches_reference(groups, axis):
     gamma, beta = (ops.convert_to_numpy(w) for w in (layer.gamma, layer.beta))
     expected = reference.group_norm(x, groups, axis, gamma, beta, 1e-3)
     np.testing.assert_allclose(y, expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e6])
+def test_large_offsets_stay_exact_where_keras_does_not(offset):
+    """docs/concepts.md (Numerics): float32 at offset + N(0, 1) within 1e-5 of
+    float64 on every backend; Keras 3.15's GroupNormalization more than 0.1 off
+    at 1e6 on TensorFlow and JAX, NaN on torch."""
+    import keras
+
+    x = (offset + np.random.default_rng(0).normal(size=(8, 26, 26, 10))).astype("float32")
+    expected = reference.group_norm(x.astype(np.float64), groups=5, axis=-1)
+    ours = ops.convert_to_numpy(normlab.GroupNormalization(groups=5)(x))
+    assert np.abs(ours - expected).max() < 1e-5
+    if not keras.__version__.startswith("3.15."):
+        return  # the page quotes Keras 3.15
+    theirs = ops.convert_to_numpy(keras.layers.GroupNormalization(groups=5)(x))
+    if keras.backend.backend() == "torch":
+        assert np.isnan(theirs).any()
+    elif offset == 1e6:
+        assert np.abs(theirs - expected).max() > 0.1

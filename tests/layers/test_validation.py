@@ -1,5 +1,7 @@
 """Bad input gets a clear error naming the argument, the value, what was expected and the fix."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -92,6 +94,21 @@ def test_axis_of_the_wrong_type(axis):
 def test_negative_epsilon(cls):
     with pytest.raises(ValueError, match=r"Invalid `epsilon`: expected a non-negative float.*Received: epsilon=-1e-05\. Use a small positive value"):
         cls(epsilon=-1e-5)
+
+
+@pytest.mark.parametrize("make, fix", [
+    (lambda: normlab.RMSNormalization(epsilon=-1.0), "epsilon=1e-06 (the default)"),
+    (lambda: normlab.FilterResponseNormalization(epsilon=-1.0), "epsilon=1e-06 (the default)"),
+    (lambda: normlab.EvoNormS0(epsilon=0.0), "epsilon=1e-05 (the default)"),
+    (lambda: normlab.AdaptiveInstanceNormalization(epsilon=-1.0), "epsilon=1e-05 (the default)"),
+    (lambda: normlab.StdConv2D(4, 3, epsilon=-1.0), "epsilon=1e-06 (the default)"),
+    (lambda: normlab.GroupNormalization(epsilon=-1.0), "epsilon=0.001 (the default)"),
+    (lambda: normlab.EvoNormB0(momentum=2.0), "momentum=0.9 (the default)"),
+    (lambda: normlab.BatchNormalization(momentum=2.0), "momentum=0.99 (the default)"),
+])
+def test_the_fix_suggests_the_layers_own_default(make, fix):
+    with pytest.raises(ValueError, match=re.escape(fix)):
+        make()
 
 
 def test_epsilon_of_the_wrong_type():

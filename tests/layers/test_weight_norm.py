@@ -231,6 +231,23 @@ def test_config_serialization_and_keras_saving():
         np.testing.assert_allclose(ops.convert_to_numpy(other(x, training=True)), y, atol=1e-5)
 
 
+def test_a_model_saved_before_its_first_call_initializes_after_loading():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input(X.shape[1:]), normlab.WeightNormalization(keras.layers.Conv2D(4, 3))])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "wn.keras")
+        model.save(path)  # initialized=False, g = 1
+        loaded = keras.saving.load_model(path)
+        weights_path = os.path.join(tmp, "wn.weights.h5")
+        model.save_weights(weights_path)
+        twin = keras.Sequential([keras.Input(X.shape[1:]), normlab.WeightNormalization(keras.layers.Conv2D(4, 3))])
+        twin.load_weights(weights_path)
+    expected = ops.convert_to_numpy(model(X))  # the first call initializes from this batch
+    for other in (loaded, twin):
+        np.testing.assert_allclose(ops.convert_to_numpy(other(X)), expected, atol=1e-5)
+        assert bool(ops.convert_to_numpy(other.layers[0].initialized))
+
+
 # --------------------------------------------------------------------------- recurrent layers
 
 
