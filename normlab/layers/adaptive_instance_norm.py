@@ -30,6 +30,8 @@ def _several(value: Any) -> bool:
 
 def _received(value: Any) -> str:
     """How a wrong ``inputs`` is named in an error: its shape(s), never its values."""
+    if isinstance(value, dict):
+        return f"a dict with keys {sorted(map(str, value))}"
     if _several(value):
         return f"{len(value)} inputs of shapes {[_shape(v) for v in value]}"
     return f"one input of shape {_shape(value)}"

@@ -68,8 +68,12 @@ class BatchNormalization(Normalization):
     statistics in training; the moving averages are updated with the
     statistics averaged over the groups (as TF 1's ``virtual_batch_size``).
     Inference always uses the moving statistics, never ghost batches. The
-    training batch size must be a multiple of ``v`` (a clear error otherwise;
-    drop or pad a last, smaller batch).
+    training batch size must be a multiple of ``v`` (a clear error otherwise,
+    where the batch size is known when the call is traced; in a TensorFlow
+    graph with an unknown batch size, such as ``fit``'s, TensorFlow's
+    reshape error at run time instead). Drop or pad a last, smaller batch
+    (``drop_remainder=True`` in ``tf.data``). With a mask, each ghost batch
+    weighs in those averages as its unmasked positions.
 
     Frozen modes. ``trainable=False`` (the Keras convention) freezes
     everything: ``gamma`` and ``beta`` stop training and the layer always
@@ -248,12 +252,12 @@ class BatchNormalization(Normalization):
 
     def call(self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None) -> Tensor:
         x = self.float_input(inputs)
+        mask = self._expand_mask(x, mask)  # checked on every call, as Keras does
         common: dict[str, Any] = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable) or self.use_moving_statistics:
             return self.compute_output(ops.batch_norm(x, self.moving_mean, self.moving_variance, **common))
         if self.empty_batch(x):  # no statistics to normalize with or to learn from
             return self.compute_output(x)
-        mask = self._expand_mask(x, mask)
         common["replica_sum"] = distributed.replica_sum() if self.synchronized else None
         if self.renorm:
             y, mean, variance = ops.batch_renorm(

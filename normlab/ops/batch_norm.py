@@ -159,8 +159,8 @@ def _batch_norm_train(
     """Training-mode batch norm with optional ghost batches and renorm correction.
 
     Returns ``(y, mean, variance)`` with the statistics of shape ``(C,)``,
-    averaged over the ghost batches. With ``replica_sum``, the statistics
-    are the global batch's; with ghost batches too, each ghost batch keeps
+    averaged over the ghost batches (weighted by unmasked positions). With
+    ``replica_sum``, the statistics are the global batch's; with ghost batches too, each ghost batch keeps
     its own statistics (as on one device with the global batch, when each
     replica's batch is a multiple of the ghost size) and the returned
     averages are over every replica's ghost batches.
@@ -221,7 +221,10 @@ def _batch_norm_train(
     y = normalize(x_work, residual_mean, variance, shift=shift, gamma=gamma_b, beta=beta_b, epsilon=epsilon)
     if v is not None:
         y = ops.reshape(y, shape)
-        if replica_sum is None:
+        if mask is not None:  # each ghost batch weighs as many as its unmasked positions
+            mean, variance = _masked_ghost_average(mean, variance, ops.sum(mask, axis=reduce_axes, keepdims=True),
+                                                   replica_sum)
+        elif replica_sum is None:
             mean, variance = ops.mean(mean, axis=0), ops.mean(variance, axis=0)
         else:
             ghosts = ops.broadcast_to(ops.cast(dims(mean)[0], dtype), ops.shape(mean)[1:])
@@ -230,6 +233,19 @@ def _batch_norm_train(
             )
             mean, variance = total_mean / ghosts, total_variance / ghosts
     return y, ops.reshape(mean, (channels,)), ops.reshape(variance, (channels,))
+
+
+def _masked_ghost_average(mean: Tensor, variance: Tensor, counts: Tensor,
+                          replica_sum: ReplicaSum | None) -> tuple[Tensor, Tensor]:
+    """Ghost batches' statistics averaged with weights ``counts`` (their unmasked positions), over every replica's."""
+    counts = ops.cast(ops.broadcast_to(counts, ops.shape(mean)), mean.dtype)
+    kept = counts > 0  # a ghost batch of padding only: no statistics to weigh
+    totals = [ops.sum(ops.where(kept, counts * mean, 0.0), axis=0),
+              ops.sum(ops.where(kept, counts * variance, 0.0), axis=0), ops.sum(counts, axis=0)]
+    if replica_sum is not None:
+        totals = list(ops.unstack(replica_sum(ops.stack(totals))))
+    total = ops.maximum(totals[2], 1.0)  # an all-padding batch: zeros, as an empty ghost batch gives
+    return totals[0] / total, totals[1] / total
 
 
 @overload
@@ -272,7 +288,8 @@ def ghost_batch_norm(
         beta: optional per-channel offset ``(C,)``. Default None.
         epsilon: added to the variance. Default 1e-3.
         mask: optional tensor broadcastable to ``x``; masked-out elements do
-            not count toward the statistics. Default None.
+            not count toward the statistics, and each ghost batch weighs in
+            the returned averages as its unmasked elements. Default None.
         return_stats: also return ``(mean, variance)`` of shape ``(C,)``. Default False.
         replica_sum: optional cross-replica sum (:func:`normlab.distributed.replica_sum`).
             Each ghost batch still uses its own statistics (ghost batches are

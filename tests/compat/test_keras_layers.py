@@ -225,3 +225,13 @@ def test_to_keras_converts_rms_norm_over_trailing_axes(axis):
     back = keras_layers.to_keras(model)
     assert type(back.get_layer("rms")) is keras.layers.RMSNormalization
     np.testing.assert_allclose(to_numpy(back(x)), to_numpy(model(x)), atol=1e-6)
+
+
+def test_axis_lists_mixing_signs_are_refused_with_the_reason():
+    model = keras.Sequential([keras.Input((3, 5, 4)), normlab.LayerNormalization(axis=[-1, 1], name="ln")])
+    with pytest.raises(ValueError, match=r"Cannot convert layer 'ln'.*mixes negative and non-negative axes.*"
+                                         r"give every axis as a non-negative position"):
+        keras_layers.to_keras(model)
+    keras_model = keras.Sequential([keras.Input((3, 5, 4)), keras.layers.LayerNormalization(axis=[-1, 1], name="ln")])
+    with pytest.raises(ValueError, match=r"mixes negative and non-negative axes"):
+        keras_layers.convert(keras_model)

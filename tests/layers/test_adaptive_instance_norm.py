@@ -136,6 +136,8 @@ def test_errors_name_argument_value_and_fix():
         normlab.AdaptiveInstanceNormalization()(c)
     with pytest.raises(ValueError, match=r"Invalid `inputs`.*Received: 3 inputs of shapes"):
         normlab.AdaptiveInstanceNormalization()([c, s, s])
+    with pytest.raises(ValueError, match=r"Invalid `inputs`.*Received: a dict with keys \['content', 'style'\]"):
+        normlab.AdaptiveInstanceNormalization()({"content": c, "style": s})
     with pytest.raises(ValueError, match=r"Invalid `style`: expected 3 channels on axis -1.*\(4, 3, 4, 2\)"):
         normlab.AdaptiveInstanceNormalization()([c, s[..., :2]])
     with pytest.raises(ValueError, match=r"Invalid `style`: expected a batch of 4.*or of 1"):

@@ -144,3 +144,31 @@ def test_use_moving_statistics_freezes_statistics_but_trains_affine():
 def test_errors_name_argument_value_and_fix(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         normlab.BatchNormalization(**kwargs)
+
+
+@pytest.mark.parametrize("padding", ["a whole ghost batch", "most of one"])
+def test_ghost_batches_with_a_mask_weigh_their_unmasked_positions(padding):
+    # A ghost batch of padding only once counted as mean 0, variance 0: half the moving statistics.
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(4, 6, 3)).astype("float32")
+    mask = np.ones((4, 6), bool)
+    if padding == "a whole ghost batch":
+        mask[2:] = False
+    else:
+        mask[2:, 1:] = False
+    layer = normlab.BatchNormalization(virtual_batch_size=2, momentum=0.0)
+    layer(x, training=True, mask=mask)
+    ghosts = [(x[g:g + 2][mask[g:g + 2]], mask[g:g + 2].sum()) for g in (0, 2)]
+    kept = [(values, n) for values, n in ghosts if n]
+    weights = [n for _, n in kept]
+    mean = np.average([v.astype(np.float64).mean(0) for v, _ in kept], axis=0, weights=weights)
+    variance = np.average([v.astype(np.float64).var(0) for v, _ in kept], axis=0, weights=weights)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean), mean, rtol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_variance), variance, rtol=1e-5)
+
+
+def test_a_mask_of_the_wrong_rank_is_an_error_in_inference_too():
+    x = np.ones((4, 6, 3), "float32")
+    for training in (False, True):
+        with pytest.raises(ValueError, match=r"Invalid `mask`: expected a tensor of the inputs' shape without their "
+                                             r"last axis.*Received: mask.shape=\(4, 6, 3\)"):
+            normlab.BatchNormalization()(x, training=training, mask=np.ones((4, 6, 3), bool))

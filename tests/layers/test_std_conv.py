@@ -175,7 +175,7 @@ def test_standardize_weight_is_exact_for_large_offsets_and_keeps_dtype():
     "make, error, pattern",
     [
         (lambda: normlab.StdConv2D(4, 3, epsilon=-1.0), ValueError,
-         r"Invalid `epsilon`: expected a non-negative float.*Received: epsilon=-1\.0\..*epsilon=1e-3"),
+         r"Invalid `epsilon`: expected a non-negative float.*Received: epsilon=-1\.0\..*epsilon=1e-06 \(the default\)"),
         (lambda: normlab.StdConv2D(4, 3, epsilon="small"), TypeError,
          r"Invalid `epsilon`.*Received: epsilon='small' of type str\. Pass a float"),
         (lambda: normlab.ScaledStdConv2D(4, 3, gamma="relu"), TypeError,
