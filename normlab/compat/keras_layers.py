@@ -205,11 +205,12 @@ def _copy_by_name(layer: keras.layers.Layer, clone: keras.layers.Layer) -> None:
         name = weight.name if weight.name in targets else WEIGHT_ALIASES.get(weight.name, weight.name)
         if name not in targets or tuple(targets[name].shape) != tuple(weight.shape):
             axis = getattr(layer, "axis", None)
-            mixed = isinstance(axis, (list, tuple)) and len({a < 0 for a in axis}) > 1
+            axes = list(axis) if isinstance(axis, (list, tuple)) else []
+            mixed = len({a < 0 for a in axes}) > 1
             raise ValueError(f"Cannot convert layer {layer.name!r}: its weight {weight.name!r} "
                              f"{tuple(weight.shape)} has no counterpart in {type(clone).__name__} "
                              f"(weights {[(w.name, tuple(w.shape)) for w in clone.weights]})."
-                             + (f" Its axis={list(axis)} mixes negative and non-negative axes, which Keras "
+                             + (f" Its axis={axes} mixes negative and non-negative axes, which Keras "
                                 "orders by value and normlab by position (docs/migration.md); give every "
                                 "axis as a non-negative position." if mixed else ""))
         targets.pop(name).assign(weight.numpy())  # a copy: JAX's training step donates the original's buffers
