@@ -84,10 +84,8 @@ def summarize(runs: list[dict], baseline: str | None = None) -> dict[str, dict]:
     for name, experiment_runs in by_experiment.items():
         kept, ignored = _current_runs(experiment_runs)
         groups: dict[tuple, list[dict]] = {}
-        for run in kept:
-            c = _config(run)
-            key = (c["label"], c["impl"], c["backend"], Path(run["run_dir"]).parent.name)
-            groups.setdefault(key, []).append(run)
+        for run in kept:  # one group per configuration: its key without the seed
+            groups.setdefault(_run_key(run)[:-1], []).append(run)
         tables[name] = _summarize_experiment(groups, baseline)
         tables[name]["meta"]["ignored"] = ignored
     return tables

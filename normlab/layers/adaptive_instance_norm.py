@@ -10,7 +10,7 @@ from normlab import ops
 from normlab.layers.base import FloatCompute
 from normlab.ops.adaptive_instance_norm import check_content_and_style
 from normlab.ops.axes import single_axis
-from normlab.ops.validate import check_epsilon, default_of, error_message
+from normlab.ops.validate import check_epsilon, error_message
 from normlab.types import Shape, Tensor
 
 _TWO_INPUTS = "a list of two inputs, [content, style]"
@@ -86,7 +86,7 @@ class AdaptiveInstanceNormalization(FloatCompute, keras.layers.Layer):
                 error_message("axis", "the channel axis, never the batch axis 0", f"axis={axis!r}",
                               "Use axis=-1 for channels-last or axis=1 for channels-first inputs.")
             )
-        self.epsilon = check_epsilon(epsilon, default=default_of(type(self).__init__, "epsilon"))
+        self.epsilon = check_epsilon(epsilon, owner=type(self).__init__)
         self.supports_masking = True
         self.autocast = False  # see normlab.layers.base: inputs keep their float dtype
 

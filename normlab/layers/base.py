@@ -19,7 +19,7 @@ are created with ``autocast=False``, so reading them inside an
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import keras
 from keras import constraints, initializers, ops, regularizers
@@ -28,7 +28,6 @@ from normlab.ops.axes import as_axis_list, canonicalize_axes, is_traced_int, kno
 from normlab.ops.validate import (
     check_bool,
     check_epsilon,
-    default_of,
     error_message,
 )
 from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
@@ -135,7 +134,7 @@ class Normalization(FloatCompute, keras.layers.Layer):
                 )
             )
         self.axis: int | list[int] = axes if isinstance(axis, (list, tuple)) else axes[0]
-        self.epsilon = self.check_epsilon(epsilon, default_of(type(self).__init__, "epsilon"))
+        self.epsilon = self.check_epsilon(epsilon, type(self).__init__)
         self.center = check_bool("center", center)
         self.scale = check_bool("scale", scale)
         self.beta_initializer = keras_object("initializer", "beta_initializer", beta_initializer)
@@ -150,9 +149,10 @@ class Normalization(FloatCompute, keras.layers.Layer):
         self.beta: Tensor | None = None
 
     @staticmethod
-    def check_epsilon(epsilon: object, default: object = None) -> float:
-        """Validates ``epsilon``; a subclass whose formula needs it positive overrides this."""
-        return check_epsilon(epsilon, default=default)
+    def check_epsilon(epsilon: object, owner: Callable[..., Any] | None = None) -> float:
+        """Validates ``epsilon`` (an error quotes ``owner``'s default); a subclass whose
+        formula needs it positive overrides this."""
+        return check_epsilon(epsilon, owner=owner)
 
     # ------------------------------------------------------------------ build
 

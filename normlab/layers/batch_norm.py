@@ -14,7 +14,6 @@ from normlab.ops.validate import (
     check_momentum,
     check_positive_int,
     check_renorm_clipping,
-    default_of,
     error_message,
 )
 from normlab.types import Constraint, Initializer, Regularizer, RenormClipping, Shape, Tensor
@@ -202,7 +201,7 @@ class BatchNormalization(Normalization):
             gamma_constraint=gamma_constraint,
             **kwargs,
         )
-        self.momentum = check_momentum(momentum, default_of(type(self).__init__, "momentum"))
+        self.momentum = check_momentum(momentum, owner=type(self).__init__)
         self.moving_mean_initializer = keras_object(
             "initializer", "moving_mean_initializer", moving_mean_initializer)
         self.moving_variance_initializer = keras_object(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import keras
 from keras import constraints, initializers, regularizers
@@ -17,7 +17,6 @@ from normlab.ops.validate import (
     check_groups,
     check_momentum,
     check_positive_int,
-    default_of,
     divisors,
     error_message,
     require_spatial,
@@ -38,8 +37,8 @@ class _EvoNorm(Normalization):
         self.v_constraint = keras_object("constraint", "v_constraint", v_constraint)
 
     @staticmethod
-    def check_epsilon(epsilon: object, default: object = None) -> float:
-        return check_epsilon(epsilon, positive=True, reason=EVO_NORM_EPSILON_REASON, default=default)
+    def check_epsilon(epsilon: object, owner: Callable[..., Any] | None = None) -> float:
+        return check_epsilon(epsilon, positive=True, reason=EVO_NORM_EPSILON_REASON, owner=owner)
 
     def build_common(self, input_shape: Shape) -> int:
         _, channels = self.build_channel_axis(input_shape)
@@ -150,7 +149,7 @@ class EvoNormB0(_EvoNorm):
             v_initializer=v_initializer, v_regularizer=v_regularizer, v_constraint=v_constraint,
             **kwargs,
         )
-        self.momentum = check_momentum(momentum, default_of(type(self).__init__, "momentum"))
+        self.momentum = check_momentum(momentum, owner=type(self).__init__)
         self.moving_variance_initializer = keras_object(
             "initializer", "moving_variance_initializer", moving_variance_initializer)
         self.synchronized = check_bool("synchronized", synchronized)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import keras
 
 from normlab.layers.derived_kernel import call_with_kernel, missing_layer
-from normlab.ops.validate import check_epsilon, default_of, error_message
+from normlab.ops.validate import check_epsilon, error_message
 from normlab.ops.weights import standardize_weight
 from normlab.types import Constraint, Initializer, Regularizer, Tensor
 
@@ -63,7 +63,7 @@ class _WeightStandardization(_KerasConv):
         **kwargs: Any,
     ) -> None:
         super().__init__(**_conv_args(locals()), **kwargs)
-        self.epsilon = check_epsilon(epsilon, default=default_of(type(self).__init__, "epsilon"))
+        self.epsilon = check_epsilon(epsilon, owner=type(self).__init__)
 
     def _fan_in_axes(self) -> list[int]:
         # Keras kernels are (*kernel_size, in_channels // groups, filters).

@@ -9,7 +9,7 @@ from keras import initializers
 
 from normlab import distributed, ops
 from normlab.layers.base import Normalization, keras_object
-from normlab.ops.validate import check_bool, check_momentum, default_of, require_spatial
+from normlab.ops.validate import check_bool, check_momentum, require_spatial
 from normlab.types import Constraint, Initializer, Regularizer, Shape, Tensor
 
 
@@ -119,7 +119,7 @@ class SwitchableNormalization(Normalization):
             gamma_constraint=gamma_constraint,
             **kwargs,
         )
-        self.momentum = check_momentum(momentum, default_of(type(self).__init__, "momentum"))
+        self.momentum = check_momentum(momentum, owner=type(self).__init__)
         self.mean_weights_initializer = keras_object(
             "initializer", "mean_weights_initializer", mean_weights_initializer)
         self.variance_weights_initializer = keras_object(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from typing import Any, Literal, Sequence, overload
+from typing import Any, Callable, Literal, Sequence, overload
 
 import numpy as np
 
@@ -45,18 +45,17 @@ def error_message(argument: str, expected: str, received: str, fix: str = "") ->
     return message
 
 
-def default_of(function: Any, name: str) -> Any:
-    """The default of ``function``'s parameter ``name`` (None where it has none):
-    what an error's fix suggests, e.g. ``default_of(type(self).__init__, "epsilon")``."""
-    parameter = inspect.signature(function).parameters.get(name)
-    return None if parameter is None or parameter.default is parameter.empty else parameter.default
+def _suggest(owner: Callable[..., Any] | None, name: str, otherwise: str) -> str:
+    """``such as epsilon=1e-06 (the default)``: the default of ``owner``'s (a layer's
+    ``__init__``) parameter ``name``, read only when an error is raised."""
+    parameter = inspect.signature(owner).parameters.get(name) if owner is not None else None
+    if parameter is None or parameter.default is parameter.empty:
+        return otherwise
+    return f"such as {name}={parameter.default!r} (the default)"
 
 
-def _suggest(name: str, default: object, otherwise: str) -> str:
-    return f"such as {name}={default!r} (the default)" if default is not None else otherwise
-
-
-def check_epsilon(epsilon: object, *, positive: bool = False, reason: str = "", default: object = None) -> float:
+def check_epsilon(epsilon: object, *, positive: bool = False, reason: str = "",
+                  owner: Callable[..., Any] | None = None) -> float:
     """Returns ``epsilon`` as a float: finite, non-negative (``positive``: > 0).
 
     Zero is allowed where the norm defines the zero-variance case (a slice
@@ -82,7 +81,7 @@ def check_epsilon(epsilon: object, *, positive: bool = False, reason: str = "", 
                 "epsilon",
                 f"{bound} float (finite; it is added to the variance{reason})",
                 f"epsilon={epsilon!r}",
-                f"Use a small positive value {_suggest('epsilon', default, 'such as the default')}.",
+                f"Use a small positive value {_suggest(owner, 'epsilon', 'such as the default')}.",
             )
         )
     return float(epsilon)
@@ -180,7 +179,7 @@ def resolve_groups(groups: int, channels: int, axis: Axis) -> int:
     return groups
 
 
-def check_momentum(momentum: object, default: object = None) -> float:
+def check_momentum(momentum: object, owner: Callable[..., Any] | None = None) -> float:
     """Checks a moving-average momentum lies in [0, 1]."""
     # ``momentum < 0 or not momentum <= 1`` is ``not 0 <= momentum <= 1`` with the number on the
     # left (the comparisons numbers.Real guarantees); NaN fails ``momentum <= 1``.
@@ -196,7 +195,7 @@ def check_momentum(momentum: object, default: object = None) -> float:
                 "a float in [0, 1], the weight kept by the moving average at each step "
                 "(Keras convention; PyTorch's momentum m corresponds to 1 - m)",
                 f"momentum={momentum!r}",
-                f"Use a value {_suggest('momentum', default, 'such as momentum=0.99')}.",
+                f"Use a value {_suggest(owner, 'momentum', 'such as momentum=0.99')}.",
             )
         )
     return float(momentum)
