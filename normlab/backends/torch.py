@@ -48,7 +48,7 @@ layer and RMS norm over trailing axes), where Triton is installed; what they
 decline falls through to ATen as on the CPU.
 
 Under ``torch.compile``, ``torch.export``/ONNX export and TorchScript
-tracing the hooks decline (:func:`_traced`): the tracer then sees the
+tracing the hooks decline (:func:`traced`): the tracer then sees the
 general path's plain differentiable ops, which inductor fuses itself, and
 never a custom ``torch.autograd.Function`` (which the ONNX exporter cannot
 take) or a loop over the batch. They decline as well inside ``torch.func``
@@ -122,7 +122,7 @@ def _triton(name, x, **kwargs):
     return getattr(_triton_kernels, name)(x, **kwargs)
 
 
-def _traced() -> bool:
+def traced() -> bool:
     """Whether a compiler, an exporter or a function transform is tracing this
     call, or forward-mode AD is on (the hooks decline).
 
@@ -158,7 +158,7 @@ def _usable(x) -> bool:
     """Whether the hooks serve ``x``; asked first whether a tracer is
     running, so that a traced call reads no (symbolic) size or stride."""
     return (
-        not _traced()
+        not traced()
         and isinstance(x, torch.Tensor)
         and x.dtype in _FLOATS
         and x.ndim >= 2

@@ -57,6 +57,10 @@ RNN_CELLS = (keras.layers.SimpleRNNCell, keras.layers.LSTMCell, keras.layers.GRU
 
 def _concrete_bool(variable: keras.Variable) -> bool | None:
     """The variable's value as a Python bool, or None inside a traced function."""
+    if keras.backend.backend() == "torch":
+        from normlab.backends.torch import traced
+        if traced():  # torch.compile, torch.export: reading the value would break the graph
+            return None
     try:
         return bool(ops.convert_to_numpy(variable))
     except Exception:  # a symbolic value (tf.function, jax.jit): only known at run time
@@ -298,6 +302,9 @@ class WeightNormalization(keras.layers.Wrapper):
         targets = [self.g] + ([bias] if bias is not None else [])
         if done is False:  # eager: no need to trace both branches
             values = self._data_init_values(inputs)
+        elif keras.backend.backend() == "torch":  # torch.compile: Keras' torch cond is a Python `if`
+            values = tuple(ops.where(self.initialized, t.value, v)
+                           for t, v in zip(targets, self._data_init_values(inputs)))
         else:  # inside a traced function (tf.function, jit): decide at run time
             current = tuple(t.value for t in targets)
             values = ops.cond(

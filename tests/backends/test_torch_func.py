@@ -3,7 +3,7 @@ forward-mode AD: ``vmap`` (batches of models or of inputs), per-sample
 gradients (``vmap`` of ``grad``, as differentially private training takes
 them, where group norm replaces batch norm) and ``jvp``. The fast paths'
 ``autograd.Function`` classes support none of these, so the hooks decline there
-(``normlab.backends.torch._traced``); these tests fail if they do not."""
+(``normlab.backends.torch.traced``); these tests fail if they do not."""
 
 from __future__ import annotations
 

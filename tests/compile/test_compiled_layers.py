@@ -317,3 +317,40 @@ def test_fit_jit_compile_with_a_partial_batch_matches_eager():
     assert np.isfinite(compiled_loss).all(), compiled_loss
     np.testing.assert_allclose(compiled_loss, eager_loss, rtol=1e-4, err_msg=f"layers {sorted(names)}")
     np.testing.assert_allclose(compiled_out, eager_out, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile is the torch backend's jit_compile")
+@pytest.mark.parametrize("state", ["built, never called", "weights set"])
+def test_torch_compile_of_a_weight_norm_not_yet_seen_initialized(state):
+    # The first call of a data-dependent WeightNormalization read `initialized`
+    # on the host: a graph break (an error with fullgraph=True) and no torch.export.
+    import torch
+
+    import normlab
+
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype("float32"))
+
+    def fresh():
+        keras.utils.set_random_seed(0)
+        layer = normlab.WeightNormalization(keras.layers.Conv2D(8, 3, padding="same"))
+        layer.build(tuple(x.shape))
+        return layer
+
+    reference = fresh()
+    expected = ops.convert_to_numpy(reference(x, training=True))  # eager: initializes from x
+    layer = fresh()
+    if state == "weights set":
+        layer.set_weights(reference.get_weights())
+    torch._dynamo.reset()
+    got = torch.compile(lambda v: layer(v, training=True), fullgraph=True)(x)
+    np.testing.assert_allclose(ops.convert_to_numpy(got), expected, atol=1e-5)
+    assert bool(ops.convert_to_numpy(layer.initialized))
+    exported = fresh()
+    exported.set_weights(reference.get_weights())
+
+    class Module(torch.nn.Module):
+        def forward(self, v):
+            return exported(v, training=False)
+
+    program = torch.export.export(Module(), (x,))
+    np.testing.assert_allclose(ops.convert_to_numpy(program.module()(x)), expected, atol=1e-5)
