@@ -69,6 +69,11 @@ def register(
             "Use 'activation' for a layer called on another layer's output."
         )
     for key in (name, *aliases):
+        if not isinstance(key, str) or not key.isidentifier() or key != key.lower():
+            raise ValueError(
+                f"Invalid `name`: expected a lowercase Python identifier, as specs spell names (get() reads "
+                f"'MyNorm(...)' as 'mynorm'). Received: {key!r}. Use e.g. {str(key).lower().replace('-', '_')!r}."
+            )
         owner = _ALIASES.get(key)
         if owner is not None and owner != name:
             raise ValueError(

@@ -4,9 +4,14 @@ The classic figure of the Group Normalization paper shows an N x C x (H, W)
 block per norm with the elements that share statistics shaded. Here the
 shading is not drawn by hand: for a layer (or spec string such as
 ``"group(groups=4)"``) the picked element's output is differentiated with
-respect to the whole input, and every input element with a non-zero
-gradient is one whose value enters that element's statistics. Any norm in
-the registry, including ones written later, can be drawn this way.
+respect to the whole input, and every input element whose gradient is
+more than 1e-6 of the largest is one whose value enters that element's
+statistics. Any norm in the registry, including ones written later, can be
+drawn this way. Two limits follow from asking the gradient: a dependence
+weaker than that bound is not shaded (local response norm's neighbours
+with its default ``alpha``), and a norm that takes a ``max`` (EvoNorm-B0)
+shows only the branch this input selects. A layer given is left as it is:
+the figure is drawn with a fresh copy from its config.
 Drawing needs matplotlib (``pip install 'normlab[lab]'``).
 
 Example:
@@ -26,11 +31,13 @@ import numpy as np
 
 
 def _layer(norm):
+    """A fresh layer: from a spec string, or a copy of a layer's config (a training
+    call would update the given layer's moving statistics, and on JAX leak tracers into them)."""
     if isinstance(norm, str):
         from normlab.registry import get
 
         return get(norm)
-    return norm
+    return type(norm).from_config(norm.get_config())
 
 
 def _call(layer, x):
@@ -44,7 +51,8 @@ def shared_statistics(norm, *, batch: int = 4, channels: int = 6, height: int = 
     """Which input elements share statistics with one element, as an ``(N, C, H*W)`` mask.
 
     Args:
-        norm: a layer, or a spec string for :func:`normlab.get`. It sees a
+        norm: a layer (a copy of its config is drawn; the layer is left
+            unchanged), or a spec string for :func:`normlab.get`. It sees a
             channels-last input of shape ``(batch, height, width, channels)``.
         batch: N. Default 4.
         channels: C. Default 6.

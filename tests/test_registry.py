@@ -79,6 +79,14 @@ def test_register_refuses_to_shadow_another_norm():
     assert "gn" in names()
 
 
+@pytest.mark.parametrize("name, aliases", [("MyNorm", ()), ("my-norm", ()), ("mine", ("Mine",))])
+def test_register_refuses_names_a_spec_cannot_spell(name, aliases):
+    # get() lowercases a spec's name: "MyNorm" was listed by names() but never found.
+    with pytest.raises(ValueError, match=r"Invalid `name`: expected a lowercase Python identifier"):
+        normlab.register(name, normlab.LayerNormalization, aliases=aliases)
+    assert name not in names() and "mine" not in names()
+
+
 def test_an_argument_given_twice_is_an_error_not_the_last_value():
     with pytest.raises(ValueError, match=r"Invalid `spec`: expected each argument at most once\. "
                                          r"Received: spec='group\(groups=2, groups=5\)', which gives 'groups'"):

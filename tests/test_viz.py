@@ -53,3 +53,16 @@ def test_viz_uses_no_test_helper():
     tree = ast.parse(inspect.getsource(viz))
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not {m for m in modules if m and m.startswith("normlab.testing")}
+
+
+def test_a_layer_given_is_left_unchanged():
+    # A training call on the given layer moved its moving statistics (and on JAX left tracers in them).
+    import keras
+
+    import normlab
+
+    layer = normlab.BatchNormalization()
+    layer.build((1, H, W, C))
+    viz.shared_statistics(layer, batch=N, channels=C, height=H, width=W)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.moving_variance), np.ones(C))
+    layer(np.ones((1, H, W, C), "float32"))  # still usable

@@ -13,7 +13,8 @@ import numpy as np
 
 
 def gradients(fn: Callable[..., Any], args: Sequence[np.ndarray], cotangent: np.ndarray) -> list[np.ndarray]:
-    """Gradients of ``sum(fn(*args) * cotangent)`` w.r.t. every arg, as NumPy arrays."""
+    """Gradients of ``sum(fn(*args) * cotangent)`` w.r.t. every arg, as NumPy arrays
+    (zeros for an arg the output does not depend on, on every backend)."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
@@ -30,14 +31,14 @@ def gradients(fn: Callable[..., Any], args: Sequence[np.ndarray], cotangent: np.
         tensors = [tf.Variable(a) for a in args]
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(tf.cast(fn(*tensors), "float32") * cotangent)
-        return [g.numpy() for g in tape.gradient(loss, tensors)]
+        return [g.numpy() for g in tape.gradient(loss, tensors, unconnected_gradients=tf.UnconnectedGradients.ZERO)]
     if backend == "torch":
         import torch
 
         tensors = [torch.tensor(a, requires_grad=True) for a in args]
         loss = (fn(*tensors).float() * torch.as_tensor(cotangent)).sum()
         loss.backward()
-        return [t.grad.numpy() for t in tensors]
+        return [np.zeros_like(a) if t.grad is None else t.grad.numpy() for a, t in zip(args, tensors)]
     raise NotImplementedError(f"gradients() does not support the {backend!r} backend")
 
 
