@@ -30,13 +30,18 @@ def test_ghost_batch_norm_with_mask_counts_only_unmasked_elements():
     mask[0, 3:] = 0
     mask[3, 1:] = 0
     _, mean, var = nops.ghost_batch_norm(x, 2, mask=mask, return_stats=True)
-    means, variances = [], []
+    means, variances, counts = [], [], []
     for part, m in ((x[:2], mask[:2]), (x[2:], mask[2:])):
         _, pm, pv = reference.batch_norm(part, mask=np.broadcast_to(m, part.shape))
         means.append(pm)
         variances.append(pv)
-    np.testing.assert_allclose(to_np(mean), np.mean(means, axis=0), atol=1e-5)
-    np.testing.assert_allclose(to_np(var), np.mean(variances, axis=0), rtol=1e-5)
+        counts.append(m.sum())
+    # Each ghost batch weighs as its unmasked elements (9 and 7 here), so that
+    # the averages are the masked batch's mean and the pooled within-ghost variance.
+    np.testing.assert_allclose(to_np(mean), np.average(means, axis=0, weights=counts), atol=1e-5)
+    np.testing.assert_allclose(to_np(var), np.average(variances, axis=0, weights=counts), rtol=1e-5)
+    masked = np.broadcast_to(mask, x.shape).astype(bool)
+    np.testing.assert_allclose(to_np(mean), [x[..., c][masked[..., c]].mean() for c in range(x.shape[-1])], atol=1e-5)
 
 
 def test_ghost_batch_norm_indivisible_batch_is_a_clear_error():
