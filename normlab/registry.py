@@ -169,7 +169,9 @@ def get(spec: str, **overrides: Any) -> keras.layers.Layer:
     if unknown:
         raise ValueError(
             f"Invalid `spec`: {name!r} has no argument {', '.join(map(repr, unknown))}. "
-            f"Received: spec={spec!r}. Valid arguments: {', '.join(accepted)}."
+            f"Received: spec={spec!r}. "
+            + (f"Valid arguments: {', '.join(accepted)}." if accepted
+               else f"{name!r} takes no arguments: write {name!r}.")
         )
     return entry.factory(**kwargs)
 

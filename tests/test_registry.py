@@ -87,6 +87,12 @@ def test_register_refuses_names_a_spec_cannot_spell(name, aliases):
     assert name not in names() and "mine" not in names()
 
 
+def test_a_norm_without_arguments_says_so():
+    with pytest.raises(ValueError, match=r"'none' has no argument 'foo'\. Received: spec='none\(foo=1\)'\. "
+                                         r"'none' takes no arguments: write 'none'\."):
+        normlab.get("none(foo=1)")
+
+
 def test_an_argument_given_twice_is_an_error_not_the_last_value():
     with pytest.raises(ValueError, match=r"Invalid `spec`: expected each argument at most once\. "
                                          r"Received: spec='group\(groups=2, groups=5\)', which gives 'groups'"):
