@@ -161,7 +161,7 @@ def _layer_values(
         saved: dict[str, np.ndarray] = {}
         for name, value in zip(names, values):
             saved.setdefault(_basename(name), value)  # first wins: later copies are internal
-        per_channel = type(layer).__name__ == "TLU"
+        per_channel = isinstance(layer, normlab_class("Addons>TLU"))
         for variable in layer.weights:
             if variable.name not in saved:
                 raise ValueError(

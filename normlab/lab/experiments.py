@@ -40,6 +40,8 @@ PROTOCOLS = ("standard", "tutorial")
 #: 3: the norms' initializers draw from a stream of their own, see models.build_model).
 TRAINING_REVISION = 3
 IMPLS = ("normlab", "keras")
+#: Whose layers each ``impl`` runs, as the report and the plots name them.
+IMPL_OWNERS = {"normlab": "normlab's", "keras": "Keras'"}
 BACKENDS = ("tensorflow", "jax", "torch")
 MAX_SEED = 2**32 - 1  # the largest seed NumPy's and Keras' generators take
 MAX_SEED_COUNT = 10_000  # --seeds N: more runs per configuration than any grid needs

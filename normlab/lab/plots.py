@@ -23,6 +23,7 @@ from pathlib import Path
 
 from normlab.lab import store
 from normlab.lab.errors import require
+from normlab.lab.experiments import IMPL_OWNERS
 
 
 def _pyplot():
@@ -106,11 +107,9 @@ def _comparison_panels(ax, dx, rows, others, meta) -> None:
         if at is not None:
             values += _point(ax, at + shift, o["accuracy"], o["per_seed"], "C1", "s", filled=False)
     if others:
-        whose = {"keras": "Keras' layers", "normlab": "normlab's layers"}
         main = meta.get("main_impl", "normlab")
-        ax.plot([], [], "o", color="C0", label=whose.get(main, main))
-        ax.plot([], [], "s", color="C1", markerfacecolor="white",
-                label=whose.get(others[0]["impl"], others[0]["impl"]))
+        ax.plot([], [], "o", color="C0", label=_whose_layers(main))
+        ax.plot([], [], "s", color="C1", markerfacecolor="white", label=_whose_layers(others[0]["impl"]))
         ax.legend(fontsize=8)
     ax.set_ylim(*_limits(values, bounds=(0.0, 100.0)))
     ax.set_xticks(xs, labels, rotation=15, fontsize=8)
@@ -160,9 +159,12 @@ def _same_config(row: dict, other: dict) -> bool:
 
 
 def _legend_other(ax, others) -> None:
-    whose = {"keras": "Keras' layers", "normlab": "normlab's layers"}
-    impl = others[0]["impl"]
-    ax.plot([], [], "D", color="0.3", markerfacecolor="white", label=whose.get(impl, impl))
+    ax.plot([], [], "D", color="0.3", markerfacecolor="white", label=_whose_layers(others[0]["impl"]))
+
+
+def _whose_layers(impl: str) -> str:
+    """The legend's name for ``impl``'s runs ("Keras' layers")."""
+    return f"{IMPL_OWNERS[impl]} layers" if impl in IMPL_OWNERS else impl
 
 
 def _sweep_panels(ax, dx, rows, others, meta) -> None:

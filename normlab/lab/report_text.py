@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import re
 
+from normlab.lab.experiments import IMPL_OWNERS
+
 
 def _pm(s: dict, scale: float = 1.0, digits: int = 2) -> str:
     if s["n"] == 0:
@@ -187,7 +189,7 @@ def _ab_section(ab: list[dict], meta: dict) -> list[str]:
     if not ab:
         return []
     main, other = ab[0]["main_impl"], ab[0]["impl"]
-    whose = {"keras": "Keras'", "normlab": "normlab's"}
+    whose = IMPL_OWNERS
     lines = ["", f"#### {main} against Keras' built-in layers" if other == "keras" else
              f"#### {main} against {other}", "",
              f"The same runs (same seeds, same data order, same arguments) with "
