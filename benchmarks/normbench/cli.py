@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -69,14 +70,53 @@ def parse_args(argv):
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    problem = _invalid(args)
+    if problem:
+        p.error(problem)
+    return args
+
+
+PASSES = ("fwd", "fwd+bwd")
+
+
+def _invalid(args):
+    """What is wrong with the arguments, as one message (argument, value, expectation, fix), or None."""
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        return (f"--backends {args.backends!r}: expected a comma-separated subset of {','.join(BACKENDS)}; "
+                f"unknown: {', '.join(unknown) or 'none given'}")
+    checks = [("--rounds", args.rounds, args.rounds is None or args.rounds >= 1, "an integer >= 1"),
+              ("--sweeps", args.sweeps, args.sweeps >= 1, "an integer >= 1"),
+              ("--warmup", args.warmup, args.warmup >= 0, "an integer >= 0"),
+              ("--min-sample-ms", args.min_sample_ms, args.min_sample_ms >= 0, "a number >= 0"),
+              ("--max-spread", args.max_spread, args.max_spread > 0, "a number > 0"),
+              ("--threads", args.threads, args.threads is None or args.threads >= 1,
+               "an integer >= 1 (leave it out for each backend's own choice)"),
+              ("--alpha", args.alpha, 0 < args.alpha < 1, "a number in (0, 1)"),
+              ("--min-effect", args.min_effect, args.min_effect >= 0, "a number >= 0")]
+    for name, value, ok, expected in checks:
+        if not ok:
+            return f"{name} {value}: expected {expected}"
+    if args.passes is not None:
+        bad = [q for q in args.passes.split(",") if q.strip() not in PASSES]
+        if bad or not args.passes.strip():
+            return f"--passes {args.passes!r}: expected a comma-separated subset of {','.join(PASSES)}"
+    if args.rows is not None:
+        try:
+            re.compile(args.rows)
+        except re.error as error:
+            return f"--rows {args.rows!r}: not a regular expression ({error}); e.g. --rows 'GroupNorm|LayerNorm'"
+    return None
 
 
 def _compare(base_path, current, args):
     """Prints the comparison; returns ``(exit code, comparison)``: 2 refused, 1 a row slower, 0 otherwise."""
     base = json.loads(Path(base_path).read_text())
     try:
-        result = compare_reports(base, current, by=args.by, alpha=args.alpha, min_effect=args.min_effect)
+        result = compare_reports(base, current, by=args.by, alpha=args.alpha, min_effect=args.min_effect,
+                                 max_spread=args.max_spread)
     except ValueError as error:
         print(f"\n=== compare with {base_path}: {error}")
         return 2, None
@@ -144,12 +184,13 @@ def main(argv=None):
     print("=== normlab benchmark, " + time.strftime("%Y-%m-%d %H:%M:%S"))
     for line in machine.header_lines(info, info["load_start"]):
         print(line)
-    results = {}
+    results, failed = {}, []
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         print(f"[{backend}] running ...", file=sys.stderr, flush=True)
         load_before, t0 = machine.load(), time.perf_counter()
         result = _run_backend(backend, config)
         if result is None:
+            failed.append(backend)
             continue
         result.update(seconds=time.perf_counter() - t0, load_before=load_before, load_after=machine.load())
         results[backend] = result
@@ -168,8 +209,14 @@ def main(argv=None):
         "rounds": rounds, "quick": args.quick, "seconds": total, "backends": results,
         "targets": [{"target": w, "status": s, "met": s == "met", "value": v} for w, s, v in checks],
     }
-    code = 0 if results else 1
-    if args.compare and results:
+    measured = any(r.get("rows") or r.get("e2e") for r in results.values())
+    if failed or not measured:
+        why = (f"{', '.join(failed)} failed (its output is above)" if failed else
+               f"no row matched --rows {args.rows!r} --passes {args.passes!r}")
+        print(f"\nnot written: {why}; {args.json} is left as it was", file=sys.stderr)
+        return 1
+    code = 0
+    if args.compare:
         code, comparison = _compare(args.compare, report, args)
         report["comparison"] = comparison
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

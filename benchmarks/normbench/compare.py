@@ -16,8 +16,9 @@ comparisons: 5 came out "different" at p < 0.01 without them):
 
 * Holm's step-down correction over all the rows' comparisons (the
   question is whether *any* row regressed);
-* a row whose per-round ratio spreads too wide in either run (the
-  ``undecided`` of the tables) is ``undecided`` here too;
+* a row whose per-round ratio spreads too wide in either run (an IQR over
+  ``--max-spread`` of its median, the tables' spread rule; their second
+  rule, the median's error bound, is not applied here) is ``undecided``;
 * *controls*: the native op and the floor, code that did not change, are
   compared the same way; where one of the row's controls moved
   significantly, the machine drifted between the runs for that row and its
@@ -135,11 +136,25 @@ def agreement(a, b, tolerance=AGREEMENT):
             "median": diffs[len(diffs) // 2] if diffs else None, "beyond": beyond}
 
 
+def thread_differences(base, current):
+    """Lines for the thread settings that differ: ``--threads`` and each backend's recorded threads."""
+    lines = []
+    ta, tb = (base.get("config") or {}).get("threads"), (current.get("config") or {}).get("threads")
+    if ta != tb:
+        lines.append(f"--threads: {ta or 'default'} vs {tb or 'default'}")
+    for backend in sorted(set(base.get("backends", {})) & set(current.get("backends", {}))):
+        a = base["backends"][backend].get("threads") or {}
+        b = current["backends"][backend].get("threads") or {}
+        lines += [f"{backend} {k}: {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return lines
+
+
 def compare_reports(base, current, by="keras", alpha=0.01, min_effect=0.05, max_spread=stats.MAX_SPREAD):
     """Every row in both results, compared; the rows only one of them has; the machines' differences."""
     if not has_rounds(base):
         raise ValueError("BASE has no per-round times (written by an older run.py): rerun it with this one")
     cpu, other = differences(base.get("machine"), current.get("machine"))
+    other += thread_differences(base, current)
     a, b = index_rows(base), index_rows(current)
     controls = CONTROLS + (("keras",) if by == "time" else ())
     rows, checks = [], []

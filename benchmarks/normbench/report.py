@@ -87,7 +87,7 @@ def _speedup(row, key="speedup_vs_keras"):
     text = f"{s['median']:.2f}x (IQR {s['q25']:.2f}-{s['q75']:.2f}, {s['rounds']} rounds)"
     bound = row.get("ratios", {}).get("keras_over_floor")
     if key == "speedup_vs_keras" and bound and bound["median"] is not None:
-        text += f" (bound: Keras/floor {format_ratio(bound).strip()})"
+        text += f" (floor reference: Keras/floor {format_ratio(bound).strip()})"
     return text
 
 

@@ -8,6 +8,7 @@ work (ops and bytes) without running a timing.
 from __future__ import annotations
 
 import contextlib
+import os
 
 
 class Call:
@@ -270,8 +271,10 @@ class TensorFlow:
 
     def threads(self):
         t = self.tf.config.threading
+        # TF_NUM_INTRAOP_THREADS (set by --threads) is honoured without showing in the getters.
         return {"tf intra-op (0: default)": t.get_intra_op_parallelism_threads(),
-                "tf inter-op (0: default)": t.get_inter_op_parallelism_threads()}
+                "tf inter-op (0: default)": t.get_inter_op_parallelism_threads(),
+                "TF_NUM_INTRAOP_THREADS": os.environ.get("TF_NUM_INTRAOP_THREADS")}
 
     def tensor(self, a):
         return self.tf.constant(a)

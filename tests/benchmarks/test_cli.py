@@ -1,0 +1,63 @@
+"""The benchmark driver's arguments: bad values are refused with the argument named,
+and a failed or empty run leaves the results file as it was."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from normbench import cli, compare
+
+from .test_compare import _report
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--rounds", "0"], "--rounds 0"),
+    (["--rounds", "-3"], "--rounds -3"),
+    (["--backends", "torhc"], "--backends 'torhc'"),
+    (["--passes", "bwd"], "--passes 'bwd'"),
+    (["--rows", "GroupNorm("], "--rows 'GroupNorm('"),
+    (["--threads", "0"], "--threads 0"),
+    (["--sweeps", "0"], "--sweeps 0"),
+    (["--max-spread", "0"], "--max-spread 0.0"),
+    (["--alpha", "1.5"], "--alpha 1.5"),
+])
+def test_bad_arguments_are_refused_by_name(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse_args(argv)
+    assert exit_.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+def test_good_arguments_pass():
+    args = cli.parse_args(["--backends", "torch,jax", "--passes", "fwd,fwd+bwd", "--rows", "Group|Layer",
+                           "--rounds", "3", "--threads", "1"])
+    assert (args.rounds, args.threads) == (3, 1)
+
+
+@pytest.mark.parametrize("worker_result", [None, {"backend": "torch", "rows": [], "e2e": [], "roofline": {}}])
+def test_a_failed_or_empty_run_leaves_the_results_file_alone(worker_result, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "latest.json"
+    out.write_text('{"kept": true}')
+    monkeypatch.setattr(cli, "_run_backend", lambda backend, config: worker_result)
+    assert cli.main(["--backends", "torch", "--no-e2e", "--json", str(out)]) == 1
+    assert json.loads(out.read_text()) == {"kept": True}
+    assert "not written" in capsys.readouterr().err
+
+
+def test_compare_applies_max_spread(tmp_path, capsys):
+    base, new = tmp_path / "base.json", tmp_path / "new.json"
+    base.write_text(json.dumps(_report(1, 2.0, sigma=0.6)))
+    new.write_text(json.dumps(_report(2, 2.0, sigma=0.6)))
+    cli.main(["--compare", str(base), "--against", str(new), "--max-spread", "100"])
+    out = capsys.readouterr().out
+    assert "within 100" in out and "spread too wide" not in out
+
+
+def test_different_thread_settings_are_noted():
+    base, new = _report(1, 2.0), _report(2, 2.0)
+    base["config"], new["config"] = {"threads": None}, {"threads": 1}
+    base["backends"]["torch"]["threads"] = {"torch intra-op": 2}
+    new["backends"]["torch"]["threads"] = {"torch intra-op": 1}
+    lines = compare.compare_reports(base, new)["other_differences"]
+    assert "--threads: default vs 1" in lines and "torch torch intra-op: 2 vs 1" in lines
