@@ -27,7 +27,7 @@ batch (no distribution, or a distribution the compiler handles):
 
 Every process or replica must run the same layers on the same step (each
 synchronized statistic is a collective call), with the same channel
-counts; the batch sizes may differ.
+counts; the batch sizes may differ, and a replica's share may be empty.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from normlab.ops.validate import (
     check_epsilon,
     error_message,
 )
-from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
+from normlab.types import Axis, Constraint, Initializer, Regularizer, ReplicaSum, Shape, Tensor
 
 _KINDS = {
     "initializer": (initializers, "a Keras initializer: a name such as 'ones', 'zeros' or "
@@ -219,27 +219,34 @@ class Normalization(FloatCompute, keras.layers.Layer):
 
     # ------------------------------------------------------------------- call
 
-    def update_moving(self, inputs: Tensor, updates: Sequence[tuple[keras.Variable, Tensor, float]]) -> None:
+    def update_moving(self, inputs: Tensor, updates: Sequence[tuple[keras.Variable, Tensor, float]],
+                      replica_sum: ReplicaSum | None = None) -> None:
         """Moving averages: ``moving <- moving * momentum + batch * (1 - momentum)``
         for each ``(variable, batch_statistic, momentum)``. An empty batch
         (size 0, known only at run time inside a traced function) leaves them
         unchanged; one known to be empty is never normalized (see
-        :meth:`empty_batch`)."""
+        :meth:`empty_batch`). With ``replica_sum`` (synchronized statistics,
+        the same on every replica) the batch is the global one: a replica
+        whose own share is empty updates its copy like the others."""
         n = ops.shape(inputs)[0]
+        if replica_sum is not None:
+            n = replica_sum(ops.cast(n, "float32"))
         for moving, batch, momentum in updates:
             value = moving * momentum + ops.cast(batch, moving.dtype) * (1.0 - momentum)
             if not is_traced_int(n):
                 # A tensor size (TF, unknown batch). A torch SymInt is never 0:
                 # torch.compile specializes sizes 0 and 1, and the batch is
                 # then known to be empty (see empty_batch).
-                value = ops.where(n > 0, value, moving)
+                value = ops.where(n > 0, value, moving.value)
             moving.assign(value)
 
     @staticmethod
-    def empty_batch(inputs: Tensor) -> bool:
+    def empty_batch(inputs: Tensor, replica_sum: ReplicaSum | None = None) -> bool:
         """Whether the batch is known to hold no sample: it has no statistics,
-        so a layer returns its (empty) input and updates nothing."""
-        return inputs.shape[0] == 0
+        so a layer returns its (empty) input and updates nothing. Never with
+        ``replica_sum``: the other replicas' batches have statistics, and
+        their all-reduces wait for this replica's share."""
+        return replica_sum is None and inputs.shape[0] == 0
 
     def compute_output_shape(self, input_shape: Shape) -> tuple[int | None, ...]:
         return tuple(input_shape)

@@ -16,7 +16,7 @@ from normlab.ops.validate import (
     check_renorm_clipping,
     error_message,
 )
-from normlab.types import Constraint, Initializer, Regularizer, RenormClipping, Shape, Tensor
+from normlab.types import Constraint, Initializer, Regularizer, RenormClipping, ReplicaSum, Shape, Tensor
 
 
 def _check_renorm_momentum(value: object) -> float:
@@ -255,15 +255,15 @@ class BatchNormalization(Normalization):
         common: dict[str, Any] = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable) or self.use_moving_statistics:
             return self.compute_output(ops.batch_norm(x, self.moving_mean, self.moving_variance, **common))
-        if self.empty_batch(x):  # no statistics to normalize with or to learn from
+        replica_sum = common["replica_sum"] = distributed.replica_sum() if self.synchronized else None
+        if self.empty_batch(x, replica_sum):  # no statistics to normalize with or to learn from
             return self.compute_output(x)
-        common["replica_sum"] = distributed.replica_sum() if self.synchronized else None
         if self.renorm:
             y, mean, variance = ops.batch_renorm(
                 x, self.renorm_mean, self.renorm_stddev, clipping=self._clipping, mask=mask,
                 virtual_batch_size=self.virtual_batch_size, return_stats=True, **common,
             )
-            self._update_renorm_statistics(x, mean, variance)
+            self._update_renorm_statistics(x, mean, variance, replica_sum)
             return self.compute_output(y)
         if self.virtual_batch_size is not None:
             y, mean, variance = ops.ghost_batch_norm(
@@ -272,10 +272,11 @@ class BatchNormalization(Normalization):
         else:
             y, mean, variance = ops.batch_norm(x, training=True, mask=mask, return_stats=True, **common)
         self.update_moving(x, ((self.moving_mean, mean, self.momentum),
-                               (self.moving_variance, variance, self.momentum)))
+                               (self.moving_variance, variance, self.momentum)), replica_sum)
         return self.compute_output(y)
 
-    def _update_renorm_statistics(self, x: Tensor, mean: Tensor, variance: Tensor) -> None:
+    def _update_renorm_statistics(self, x: Tensor, mean: Tensor, variance: Tensor,
+                                  replica_sum: ReplicaSum | None) -> None:
         stddev = keras.ops.sqrt(variance + self.epsilon)
         self.update_moving(
             x,
@@ -285,6 +286,7 @@ class BatchNormalization(Normalization):
                 (self.moving_mean, mean, self.momentum),
                 (self.moving_stddev, stddev, self.momentum),
             ),
+            replica_sum,
         )
         moving_stddev = self.moving_stddev
         self.moving_variance.assign(keras.ops.relu(moving_stddev * moving_stddev - self.epsilon))

@@ -165,9 +165,9 @@ class EvoNormB0(_EvoNorm):
         common: dict[str, Any] = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable):
             return self.compute_output(ops.evo_norm_b0(x, self.v, self.moving_variance, **common))
-        if self.empty_batch(x):
-            return self.compute_output(x)
         replica_sum = distributed.replica_sum() if self.synchronized else None
+        if self.empty_batch(x, replica_sum):
+            return self.compute_output(x)
         y, variance = ops.evo_norm_b0(
             x, self.v, training=True, return_stats=True, replica_sum=replica_sum, **common
         )
@@ -183,7 +183,7 @@ class EvoNormB0(_EvoNorm):
             if replica_sum is not None:
                 n = replica_sum(n)  # the global batch's element count per channel
             unbiased = variance * n / keras.ops.maximum(n - 1.0, 1.0)
-        self.update_moving(x, ((self.moving_variance, unbiased, self.momentum),))
+        self.update_moving(x, ((self.moving_variance, unbiased, self.momentum),), replica_sum)
         return self.compute_output(y)
 
     def get_config(self) -> dict[str, Any]:

@@ -154,15 +154,15 @@ class SwitchableNormalization(Normalization):
                 x, self.mean_weights, self.variance_weights, self.moving_mean, self.moving_variance,
                 **common,
             ))
-        if self.empty_batch(x):
-            return self.compute_output(x)
         replica_sum = distributed.replica_sum() if self.synchronized else None
+        if self.empty_batch(x, replica_sum):
+            return self.compute_output(x)
         y, mean, variance = ops.switchable_norm(
             x, self.mean_weights, self.variance_weights, training=True, return_stats=True,
             replica_sum=replica_sum, **common,
         )
         self.update_moving(x, ((self.moving_mean, mean, self.momentum),
-                               (self.moving_variance, variance, self.momentum)))
+                               (self.moving_variance, variance, self.momentum)), replica_sum)
         return self.compute_output(y)
 
     def get_config(self) -> dict[str, Any]:

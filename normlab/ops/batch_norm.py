@@ -105,7 +105,8 @@ def batch_norm(
         for name, param in (("gamma", gamma), ("beta", beta), ("mean", mean), ("variance", variance)))
     reduce_axes = complement([a], ndim)
 
-    if training and any(x.shape[r] == 0 for r in reduce_axes):  # nothing to reduce over (an empty batch)
+    # Nothing to reduce over (an empty batch); with replica_sum the other replicas' batches decide.
+    if training and replica_sum is None and any(x.shape[r] == 0 for r in reduce_axes):
         nan = ops.full((channels,), float("nan"), dtype=stats_dtype(x.dtype))
         return (x, nan, nan) if return_stats else x
     if training:

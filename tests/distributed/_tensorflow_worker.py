@@ -40,11 +40,11 @@ def single(name, x, w, mask):
     return y.numpy(), dx.numpy(), _cases.non_trainable(layer)
 
 
-def distributed(name, synchronized, x, w, mask):
+def distributed(name, synchronized, x, w, mask, sizes=SIZES):
     with strategy.scope():
         layer = _cases.layer(name, synchronized)
         layer.build((None,) + x.shape[1:])
-    parts = [_cases.split(a, SIZES) for a in (x, w, mask)]
+    parts = [_cases.split(a, sizes) for a in (x, w, mask)]
 
     def per_replica(i):
         return strategy.experimental_distribute_values_from_function(
@@ -66,22 +66,22 @@ def distributed(name, synchronized, x, w, mask):
     }
     return [
         (ys[i].numpy(), dxs[i].numpy(), {k: c[i].numpy() for k, c in copies.items()})
-        for i in range(len(SIZES))
+        for i in range(len(sizes))
     ]
 
 
-def case(name, synchronized):
-    x, w, mask = _cases.data(name, SIZES)
+def case(name, synchronized, sizes=SIZES, label=None):
+    x, w, mask = _cases.data(name, sizes)
 
     def check():
-        replicas = distributed(name, synchronized, x, w, mask)
+        replicas = distributed(name, synchronized, x, w, mask, sizes)
         if synchronized:
             ref = single(name, x, w, mask)
         else:
-            ref = [single(name, *p) for p in zip(*(_cases.split(a, SIZES) for a in (x, w, mask)))]
+            ref = [single(name, *p) for p in zip(*(_cases.split(a, sizes) for a in (x, w, mask)))]
         _cases.compare(replicas, ref, synchronized)
 
-    _cases.report(f"{name}/{'sync' if synchronized else 'local'}", check)
+    _cases.report(label or f"{name}/{'sync' if synchronized else 'local'}", check)
 
 
 def float64_reference():
@@ -114,10 +114,32 @@ def fit():
         _cases.close(f"fit: {weight.path}", got, want, rtol=1e-6, atol=2e-5)
 
 
+def fit_partial_batch():
+    """``fit`` on 9 samples in batches of 8: the last global batch (1 sample) leaves the
+    second replica's share empty, and every replica's copy of the moving statistics
+    must still be the global batch's (it kept its old ones: ``predict`` then differed
+    by replica)."""
+    x, _, _ = _cases.data("batch_norm", [9], seed=4)
+    target = np.random.default_rng(5).normal(size=(9, 1)).astype("float32")
+    with strategy.scope():
+        m = keras.Sequential([keras.Input((3, 4)), normlab.BatchNormalization(synchronized=True, momentum=0.0),
+                              keras.layers.Flatten(), keras.layers.Dense(1)])
+        m.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    m.fit(x, target, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    layer = m.layers[0]
+    want = {"moving_mean": x[8:].mean(axis=(0, 1)), "moving_variance": x[8:].var(axis=(0, 1))}
+    for v in layer.non_trainable_weights:
+        for i, copy in enumerate(strategy.experimental_local_results(v.value)):
+            _cases.close(f"replica {i} {v.name}", copy.numpy(), want[v.name], rtol=1e-5, atol=1e-4)
+
+
 if __name__ == "__main__":
     for name in _cases.names():
         case(name, True)
     case("batch_norm", False)
     case("renorm", False)
+    for name in _cases.EMPTY_REPLICA:
+        case(name, True, sizes=_cases.EMPTY_SIZES, label=f"{name}/empty_replica")
     _cases.report("float64_reference", float64_reference)
     _cases.report("fit", fit)
+    _cases.report("fit_partial_batch", fit_partial_batch)

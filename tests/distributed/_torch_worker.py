@@ -32,21 +32,21 @@ def call(layer, x, w, mask):
     return y.detach().numpy(), x.grad.numpy(), _cases.non_trainable(layer)
 
 
-def case(name, synchronized, rank):
-    x, w, mask = _cases.data(name, SIZES)
-    parts = [_cases.split(a, SIZES)[rank] for a in (x, w, mask)]
+def case(name, synchronized, rank, sizes=SIZES, label=None):
+    x, w, mask = _cases.data(name, sizes)
+    parts = [_cases.split(a, sizes)[rank] for a in (x, w, mask)]
 
     def check():
         mine = call(_cases.layer(name, synchronized), *parts)
         if synchronized:
             ref = call(_cases.layer(name, False), x, w, mask)
-            lo = sum(SIZES[:rank])
-            ref = (ref[0][lo:lo + SIZES[rank]], ref[1][lo:lo + SIZES[rank]], ref[2])
+            lo = sum(sizes[:rank])
+            ref = (ref[0][lo:lo + sizes[rank]], ref[1][lo:lo + sizes[rank]], ref[2])
         else:
             ref = call(_cases.layer(name, False), *parts)
         _cases.compare([mine], [ref], synchronized=False)  # both already this rank's slice
 
-    _cases.report(f"{name}/{'sync' if synchronized else 'local'}", check)
+    _cases.report(label or f"{name}/{'sync' if synchronized else 'local'}", check)
 
 
 def float64_reference(rank):
@@ -96,6 +96,8 @@ if __name__ == "__main__":
             case(name, True, rank)
         case("batch_norm", False, rank)
         case("renorm", False, rank)
+        for name in _cases.EMPTY_REPLICA:  # rank 1's share is empty: it still joins every all-reduce
+            case(name, True, rank, sizes=_cases.EMPTY_SIZES, label=f"{name}/empty_replica")
         _cases.report("float64_reference", lambda: float64_reference(rank))
         _cases.report("training_step", lambda: training_step(rank))
     finally:

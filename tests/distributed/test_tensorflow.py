@@ -7,7 +7,7 @@ runs every check; see ``_tensorflow_worker.py`` and ``_cases.py``.
 import keras
 import pytest
 
-from tests.distributed import _run
+from tests.distributed import _cases, _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="runs in the TensorFlow backend's test process"
@@ -15,7 +15,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 LAYERS = ["batch_norm", "batch_norm_mask", "batch_norm_channels_first", "renorm", "ghost", "renorm_ghost",
           "evo_norm_b0", "switchable"]
-CASES = [f"{name}/sync" for name in LAYERS] + ["batch_norm/local", "renorm/local", "float64_reference", "fit"]
+CASES = [f"{name}/sync" for name in LAYERS] + ["batch_norm/local", "renorm/local", "float64_reference", "fit",
+                                               "fit_partial_batch"] + [
+    f"{name}/empty_replica" for name in _cases.EMPTY_REPLICA]
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,15 @@ slice of the global batch; see ``_torch_worker.py`` and ``_cases.py``.
 import keras
 import pytest
 
-from tests.distributed import _run
+from tests.distributed import _cases, _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(keras.backend.backend() != "torch", reason="runs in the torch backend's test process")]
 
 LAYERS = ["batch_norm", "batch_norm_mask", "batch_norm_channels_first", "renorm", "ghost", "renorm_ghost",
           "evo_norm_b0", "switchable"]
 CASES = [f"{name}/sync" for name in LAYERS] + ["batch_norm/local", "renorm/local", "float64_reference",
-                                               "training_step"]
+                                               "training_step"] + [
+    f"{name}/empty_replica" for name in _cases.EMPTY_REPLICA]
 
 
 @pytest.fixture(scope="module")
