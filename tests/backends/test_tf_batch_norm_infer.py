@@ -134,9 +134,11 @@ def test_in_a_graph_only_3d_and_4d_inputs_outside_xla(jit_compile):
     assert served == {2: jit_compile, 3: True, 4: True, 5: jit_compile}
 
 
-def test_the_kernel_scales_by_exactly_the_given_scale():
+def test_the_kernel_scales_by_the_given_scale():
     """Its own variance and epsilon sum to 1 in float32, so that it
-    multiplies by the scale it is handed, unchanged."""
+    multiplies by the scale it is handed, up to the rounding of its own
+    vectorized rsqrt(1): exact on an AMD EPYC, 1 - 6e-8 to 1 - 2.4e-7 on an
+    Intel Xeon with AVX-512 (oneDNN on and off, depending on the shape)."""
     from normlab.backends import tensorflow as hooks
 
     e = np.float32(hooks._KERNEL_EPSILON)
@@ -145,4 +147,4 @@ def test_the_kernel_scales_by_exactly_the_given_scale():
     x = tf.constant(np.arange(16, dtype="float32").reshape(2, 8) * 0.37)
     y = hooks.batch_norm_infer(x, axis=1, mean=tf.zeros(8), variance=tf.zeros(8), gamma=None, beta=None,
                                epsilon=1.0)
-    np.testing.assert_array_equal(y.numpy(), x.numpy())
+    np.testing.assert_allclose(y.numpy(), x.numpy(), rtol=4 * 2.0**-23, atol=0)
