@@ -46,7 +46,17 @@ import math
 import tensorflow as tf
 
 from normlab.backends.tensorflow_layer_norm import layer_norm  # noqa: F401 (a hook)
-from normlab.backends.tensorflow_stats import compute_dtype, in_xla, normalize, param, stats, unpack, usable
+from normlab.backends.tensorflow_stats import (
+    compute_dtype,
+    exportable,
+    in_xla,
+    normalize,
+    param,
+    stats,
+    traced_when_eager,
+    unpack,
+    usable,
+)
 
 # --------------------------------------------------------------------------
 # Channel statistics: group norm (per sample) and batch norm (per batch).
@@ -171,6 +181,7 @@ def _channel_norm(x, axis, gamma, beta, batch, groups, epsilon):
     return fn(*args)
 
 
+@traced_when_eager
 def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     if not usable(x):
         return None
@@ -225,6 +236,7 @@ def _batch_stats_gradient(x2, mean, var, count):
     return attach(x2, mean, var)
 
 
+@traced_when_eager
 def batch_norm_train(x, *, axis, gamma, beta, epsilon):
     if not usable(x):
         return None
@@ -248,6 +260,7 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
 _KERNEL_EPSILON = 1.001e-5
 
 
+@traced_when_eager
 def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     """Channels-last batch norm with given statistics: the fused NHWC kernel
     in inference mode (and its gradient, one fused pass: under XLA 2.3x
@@ -277,7 +290,7 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     c = x.shape[-1]
     if c % CHANNEL_BLOCK:
         return None
-    if x.shape.rank not in (3, 4) and not tf.executing_eagerly() and not in_xla():
+    if x.shape.rank not in (3, 4) and exportable() and not in_xla():
         return None
     compute = compute_dtype(x.dtype)
     scale = tf.math.rsqrt(tf.cast(param(variance), compute) + epsilon)
