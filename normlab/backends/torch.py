@@ -86,6 +86,7 @@ from normlab.backends.torch_autograd import (
     ShiftedNorm,
     center,
 )
+from normlab.backends.torch_guards import PLAIN, plain, traced  # noqa: F401 (traced: public, see layers.weight_norm)
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -122,27 +123,6 @@ def _triton(name, x, **kwargs):
     return getattr(_triton_kernels, name)(x, **kwargs)
 
 
-def traced() -> bool:
-    """Whether a compiler, an exporter or a function transform is tracing this
-    call, or forward-mode AD is on (the hooks decline).
-
-    ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jvp``; per-sample
-    gradients) cannot enter the fast paths' ``autograd.Function`` classes, whose
-    kernels run outside the dispatcher, and forward-mode AD (``jvp``,
-    ``torch.autograd.forward_ad``) needs a ``jvp`` they do not have: the
-    general path's plain ops support both.
-    """
-    return (
-        torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-        or torch.onnx.is_in_onnx_export()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch._C._functorch.peek_interpreter_stack() is not None
-        or torch.autograd.forward_ad._current_level >= 0
-    )
-
-
 def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -154,12 +134,14 @@ def _param(param, dtype):
     return param if param.dtype == dtype else param.to(dtype)
 
 
-def _usable(x) -> bool:
-    """Whether the hooks serve ``x``; asked first whether a tracer is
-    running, so that a traced call reads no (symbolic) size or stride."""
+def _usable(x, *params) -> bool:
+    """Whether the hooks serve ``x`` and its ``params`` (plain tensors, Keras
+    variables or None); asked first whether a tracer is running, so that a
+    traced call reads no (symbolic) size or stride."""
     return (
         not traced()
-        and isinstance(x, torch.Tensor)
+        and type(x) in PLAIN
+        and all(plain(t) for t in params)
         and x.dtype in _FLOATS
         and x.ndim >= 2
         and x.numel() > 0
@@ -231,7 +213,7 @@ def _batch_shift(x3, channels_last, dtype):
 
 
 def group_norm(x, *, groups, axis, gamma, beta, epsilon):
-    if not _usable(x):
+    if not _usable(x, gamma, beta):
         return None
     y = _triton("group_norm", x, groups=groups, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon)
     if y is not None:
@@ -267,7 +249,7 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
 
 
 def layer_norm(x, *, axes, gamma, beta, epsilon):
-    if not _usable(x):
+    if not _usable(x, gamma, beta):
         return None
     y = _triton("layer_norm", x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)
     if y is not None:
@@ -295,7 +277,7 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
 
 
 def rms_norm(x, *, axes, gamma, beta, epsilon):
-    if not _usable(x):
+    if not _usable(x, gamma, beta):
         return None
     return _triton("rms_norm", x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)
 
@@ -308,32 +290,35 @@ class _BatchStats(torch.autograd.Function):
     """A fast path's batch ``(mean, variance)`` as they are, with their gradient as
     functions of ``x`` (the kernels return them as constants). The backward runs
     only where a loss uses them (never for the moving averages): it adds
-    ``(dmean + 2 dvar (x - mean)) / n`` per channel to ``x``'s gradient."""
+    ``(dmean + 2 dvar (x - mean)) / n`` per channel to ``x``'s gradient, with
+    ``x - mean`` formed as ``(x - shift) - residual mean`` (exact at an offset,
+    where ``shift + residual mean`` rounds at the offset's scale)."""
 
     @staticmethod
-    def forward(ctx, x, mean, variance, axis):
-        ctx.save_for_backward(x, mean)
+    def forward(ctx, x, shift, residual_mean, variance, axis):
+        ctx.save_for_backward(x, shift, residual_mean)
         ctx.axis = axis
-        return mean.clone(), variance.clone()
+        return shift + residual_mean, variance.clone()
 
     @staticmethod
     def backward(ctx, dmean, dvar):
-        x, mean = ctx.saved_tensors
+        x, shift, residual_mean = ctx.saved_tensors
         shape = [1] * x.dim()
         shape[ctx.axis] = x.shape[ctx.axis]
-        xc = x.to(mean.dtype) - mean.view(shape)
+        xc = (x.to(shift.dtype) - shift.view(shape)) - residual_mean.view(shape)
         dx = (dmean.view(shape) + 2.0 * dvar.view(shape) * xc) / (x.numel() // x.shape[ctx.axis])
-        return dx.to(x.dtype), None, None, None
+        return dx.to(x.dtype), None, None, None, None
 
 
-def _batch_stats(x, axis, mean, variance):
+def _batch_stats(x, axis, shift, residual_mean, variance):
+    """``(mean, variance)``, the mean being ``shift + residual_mean`` (all ``(C,)``)."""
     if x.requires_grad and torch.is_grad_enabled():
-        return _BatchStats.apply(x, mean, variance, axis % x.dim())
-    return mean, variance
+        return _BatchStats.apply(x, shift, residual_mean, variance, axis % x.dim())
+    return shift + residual_mean, variance
 
 
 def batch_norm_train(x, *, axis, gamma, beta, epsilon):
-    if not _usable(x):
+    if not _usable(x, gamma, beta):
         return None
     x3, channels_last = _channel_view(x, axis)
     if x3 is None:
@@ -350,7 +335,7 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
             y, mean, variance = torch_cpu.slices(x3, shift.view(1, c), gamma, beta, c, epsilon)
         else:
             y, mean, variance = torch_cpu.planes(x3, shift, gamma, beta, epsilon)
-        return y.view(x.shape), *_batch_stats(x, axis, shift + mean.view(c), variance.view(c))
+        return y.view(x.shape), *_batch_stats(x, axis, shift.reshape(c), mean.view(c), variance.view(c))
     if count < 2 or count > MAX_REDUCTION:
         return None  # ATen's running variance is unbiased (undefined for one value)
     if channels_last and c % CHANNEL_BLOCK:
@@ -359,7 +344,7 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
     else:
         kernel = BatchNormKernel(channels_last, epsilon)
         y, mean, variance, _, _ = ShiftedNorm.apply(x3, shift.view(1, c), gamma, beta, kernel)
-    return _downcast(y.reshape(x.shape), x), *_batch_stats(x, axis, shift + mean, variance)
+    return _downcast(y.reshape(x.shape), x), *_batch_stats(x, axis, shift.reshape(c), mean.reshape(c), variance)
 
 
 # --------------------------------------------------------------------------
@@ -373,7 +358,7 @@ def _on_cpu(*tensors) -> bool:
 
 
 def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
-    if not _usable(x) or not torch_cpu.served(x):
+    if not _usable(x, mean, variance, gamma, beta) or not torch_cpu.served(x):
         return None
     x3, channels_last = _channel_view(x, axis)
     if x3 is None:

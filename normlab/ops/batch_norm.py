@@ -105,8 +105,7 @@ def batch_norm(
         for name, param in (("gamma", gamma), ("beta", beta), ("mean", mean), ("variance", variance)))
     reduce_axes = complement([a], ndim)
 
-    # Nothing to reduce over (an empty batch); with replica_sum the other replicas' batches decide.
-    if training and replica_sum is None and any(x.shape[r] == 0 for r in reduce_axes):
+    if training and replica_sum is None and any(x.shape[r] == 0 for r in reduce_axes):  # empty (not a replica's share)
         nan = ops.full((channels,), float("nan"), dtype=stats_dtype(x.dtype))
         return (x, nan, nan) if return_stats else x
     if training:

@@ -7,13 +7,16 @@ any offset without the centered copy ATen's kernels need
 (:mod:`normlab.backends.torch`).
 
 The C source ships with the package and is compiled on first use by the
-system's C compiler (``$CC``, else ``cc``), once per element type
+system's C compiler (``$CC``, which may carry a launcher or flags such as
+``ccache gcc``; else ``cc``), once per element type
 (:data:`DTYPES`), for the CPU it runs on (``-march=native``), into a cache
 folder: ``$NORMLAB_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/normlab/kernels``, else ``~/.cache/normlab/kernels``
 (one file per source, compiler, flags and CPU; a second process finds it
 there), or, where that folder cannot be written, ``normlab-<uid>`` in the
-temporary folder. It takes about a second. The library is plain C with
+temporary folder, used only while it is this user's alone (owner, no write
+permission for others: a shared folder could hold a library planted by
+someone else). It takes about a second. The library is plain C with
 OpenMP (sharing PyTorch's runtime and threads, see :data:`FLAGS`), loaded
 with :mod:`ctypes`, which releases the GIL during a call.
 
@@ -30,7 +33,9 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -90,26 +95,39 @@ def cache_dir() -> Path:
     return Path(base) / "normlab" / "kernels"
 
 
-def _compiler() -> str | None:
-    cc = os.environ.get("CC") or "cc"
-    return shutil.which(cc)
+def _compiler() -> list[str] | None:
+    """The compiler command (``CC`` may carry a launcher or flags: ``ccache gcc``)."""
+    words = shlex.split(os.environ.get("CC") or "cc")
+    path = shutil.which(words[0]) if words else None
+    return None if path is None else [path, *words[1:]]
+
+
+def _private(folder: Path) -> bool:
+    """Whether ``folder`` belongs to this user alone (no one else may plant a library there)."""
+    if not hasattr(os, "getuid"):
+        return True
+    info = folder.lstat()
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
 def _cpu_signature() -> str:
-    """What ``-march=native`` depends on: the CPU's model and flags."""
+    """What ``-march=native`` depends on: the CPU's model and features (x86's
+    ``model name``/``flags``, ARM's ``CPU implementer``/``CPU part``/``Features``)."""
+    keys = ("model name", "flags", "CPU implementer", "CPU architecture", "CPU variant", "CPU part", "Features")
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            lines = [line for line in f if line.startswith(("model name", "flags"))][:2]
+            lines = list(dict.fromkeys(line for line in f if line.startswith(keys)))
     except OSError:
         lines = []
     return platform.machine() + "".join(lines)
 
 
-def _target(cc: str) -> Path:
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+def _target(cc: list[str]) -> Path:
+    version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     texts = [p.read_text() for p in (*SOURCES, HEADER)]
     key = hashlib.sha256(
-        b"\0".join(s.encode() for s in (*texts, cc, version, " ".join(FLAGS), repr(DTYPES), _cpu_signature()))
+        b"\0".join(s.encode() for s in (*texts, " ".join(cc), version, " ".join(FLAGS), repr(DTYPES),
+                                         _cpu_signature()))
     ).hexdigest()[:16]
     return cache_dir() / f"norm-{key}.so"
 
@@ -129,9 +147,12 @@ def build() -> Path:
     except OSError:  # a read-only cache folder: a private one in the temporary folder
         user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
         target = Path(tempfile.gettempdir()) / f"normlab-{user}" / target.name
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        if not _private(target.parent):  # in a shared folder anyone could have made it first
+            raise RuntimeError(f"{target.parent} is not private to this user (owner or permissions); "
+                               "set NORMLAB_CACHE_DIR to a folder of your own")
         if target.exists():
             return target
-        target.parent.mkdir(mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
@@ -144,12 +165,12 @@ def build() -> Path:
     return target
 
 
-def _compile(cc: str, objects: str, out: str) -> None:
+def _compile(cc: list[str], objects: str, out: str) -> None:
     """Compiles each source once per element type (concurrently) into
     ``objects``, then links them into ``out``."""
     units = [(src, suffix, os.path.join(objects, f"{src.stem}_{suffix}.o"))
              for src in SOURCES for suffix in DTYPES]
-    jobs = [subprocess.Popen([cc, *FLAGS, f"-DNL_DTYPE={DTYPES[suffix]}", "-c", str(src), "-o", obj],
+    jobs = [subprocess.Popen([*cc, *FLAGS, f"-DNL_DTYPE={DTYPES[suffix]}", "-c", str(src), "-o", obj],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for src, suffix, obj in units]
     errors = []
@@ -158,24 +179,24 @@ def _compile(cc: str, objects: str, out: str) -> None:
         if job.returncode != 0:
             errors.append(err.strip())
     if not errors:
-        done = subprocess.run([cc, *FLAGS, "-shared", "-o", out, *(obj for *_, obj in units), "-lm"],
+        done = subprocess.run([*cc, *FLAGS, "-shared", "-o", out, *(obj for *_, obj in units), "-lm"],
                               capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             errors.append(done.stderr.strip())
     if errors:
-        raise RuntimeError(f"{cc} failed to compile normlab's CPU kernels:\n" + "\n".join(errors))
+        raise RuntimeError(f"{' '.join(cc)} failed to compile normlab's CPU kernels:\n" + "\n".join(errors))
 
 
 def _load() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(build()))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        for name, argtypes in _SIGNATURES.items():
+            for suffix in DTYPES:
+                fn = getattr(lib, f"{name}_{suffix}")  # AttributeError: a library without the symbol
+                fn.argtypes, fn.restype = argtypes, None
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
         _log.warning("normlab: CPU kernels unavailable, using ATen's on centered data (%s)", error)
         return None
-    for name, argtypes in _SIGNATURES.items():
-        for suffix in DTYPES:
-            fn = getattr(lib, f"{name}_{suffix}")
-            fn.argtypes, fn.restype = argtypes, None
     return lib
 
 

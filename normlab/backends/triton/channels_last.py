@@ -101,6 +101,7 @@ def _meta(p: Plan) -> dict:
     return dict(CG=p.cg, CB=p.cb, BLOCK_S=p.block_s, BLOCK_C=p.block_c, num_warps=p.num_warps)
 
 
+@runtime.on_input_device
 def forward(x3, gamma, beta, groups: int, epsilon: float, p: Plan):
     """``(y3, mean, rstd)``: ``mean`` of ``x - shift`` and ``rstd`` per ``(N, G)``, float32."""
     n, s, c = x3.shape
@@ -123,6 +124,7 @@ def forward(x3, gamma, beta, groups: int, epsilon: float, p: Plan):
     return y3, mean, rstd
 
 
+@runtime.on_input_device
 def backward(dy3, x3, gamma, mean, rstd, groups: int, p: Plan, need_dx: bool):
     """``(dx3 or None, a, b)``: per sample, chunk and channel ``a = sum(dy)``
     and ``b = sum(dy * xhat)`` (float32; their sums over samples and chunks

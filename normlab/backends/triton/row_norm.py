@@ -33,6 +33,7 @@ def _meta(width: int, block_m: int) -> dict:
     return dict(BLOCK_M=block_m, BLOCK_W=block_w, num_warps=runtime.num_warps(block_m * block_w))
 
 
+@runtime.on_input_device
 def forward(x2, gamma, beta, epsilon: float, center: bool):
     """``(y2, mean, rstd)`` per row, float32 (``mean`` of ``x - s``, empty for RMS norm)."""
     m, w = x2.shape
@@ -48,6 +49,7 @@ def forward(x2, gamma, beta, epsilon: float, center: bool):
     return y2, mean, rstd
 
 
+@runtime.on_input_device
 def backward(dy2, x2, gamma, mean, rstd, center: bool, need_dx: bool):
     """``(dx2 or None, partial dgamma, partial dbeta)``: the partials are
     ``(P, W)`` float32, one row per program, to be summed over ``P``."""

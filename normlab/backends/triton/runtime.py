@@ -18,6 +18,8 @@ import threading
 
 import torch
 
+from normlab.backends.torch_guards import PLAIN
+
 #: Input dtypes the kernels take; statistics are float32 for all of them.
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -76,7 +78,7 @@ def serves(x, kernel) -> bool:
     """Whether the kernels take ``x``: a non-empty contiguous CUDA tensor of
     a supported dtype (or a CPU tensor inside :func:`interpret_on_cpu`
     with interpreted kernels), with Triton importable."""
-    if triton is None or not isinstance(x, torch.Tensor):
+    if triton is None or type(x) not in PLAIN:
         return False
     if x.dtype not in DTYPES or x.ndim < 2 or not 0 < x.numel() <= MAX_ELEMENTS or not x.is_contiguous():
         return False
@@ -95,9 +97,24 @@ def param(value, x, shape):
         from keras import ops  # a Keras variable: its torch tensor, with its gradient
 
         value = ops.convert_to_tensor(value)
-    if value.device != x.device or value.dtype not in DTYPES + (torch.float64,) or tuple(value.shape) != shape:
+    if (type(value) not in PLAIN or value.device != x.device
+            or value.dtype not in DTYPES + (torch.float64,) or tuple(value.shape) != shape):
         return False
-    return value.reshape(-1) if value.is_contiguous() else False
+    # contiguous(): a number given as gamma arrives broadcast, with stride 0.
+    return value.contiguous().reshape(-1)
+
+
+def on_input_device(launcher):
+    """Runs ``launcher`` (whose first argument is a tensor) with that tensor's
+    CUDA device current: Triton launches on the current device and its
+    stream, not on the tensor's (a tensor on ``cuda:1`` while ``cuda:0`` is
+    current would be read through the wrong context)."""
+    @functools.wraps(launcher)
+    def run(first, *args, **kwargs):
+        with torch.cuda.device(first.device) if first.is_cuda else contextlib.nullcontext():
+            return launcher(first, *args, **kwargs)
+
+    return run
 
 
 def next_power_of_2(n: int) -> int:

@@ -1,0 +1,47 @@
+"""When the torch fast paths must stand aside: a tracer, a transform or a
+dispatch mode is running, or a tensor is not a plain one (see
+:mod:`normlab.backends.torch`)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def traced() -> bool:
+    """Whether a compiler, an exporter or a function transform is tracing this
+    call, or forward-mode AD is on (the hooks decline).
+
+    ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jvp``; per-sample
+    gradients) cannot enter the fast paths' ``autograd.Function`` classes, whose
+    kernels run outside the dispatcher, and forward-mode AD (``jvp``,
+    ``torch.autograd.forward_ad``) needs a ``jvp`` they do not have: the
+    general path's plain ops support both.
+    """
+    return (
+        torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.onnx.is_in_onnx_export()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch._C._functorch.peek_interpreter_stack() is not None
+        or torch.autograd.forward_ad._current_level >= 0
+        or any(torch._C._get_dispatch_mode(key) is not None for key in _TRACING_MODES)
+    )
+
+
+#: Dispatch modes that trace or fake the tensors (``make_fx``, ``FakeTensorMode``,
+#: functionalization): the kernels would read memory that is not there, or run
+#: outside the graph being recorded.
+_TRACING_MODES = (torch._C._TorchDispatchModeKey.PROXY, torch._C._TorchDispatchModeKey.FAKE,
+                  torch._C._TorchDispatchModeKey.FUNCTIONAL)
+#: The tensor types the kernels take: a subclass (a wrapper such as DTensor, a
+#: fake tensor) has no memory of its own behind ``data_ptr()``.
+PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def plain(t) -> bool:
+    """Whether ``t`` is not a tensor subclass: a plain tensor, a Keras variable
+    holding one, or anything the hooks convert to a new plain tensor (a
+    number, a list, an array) or None."""
+    value = t if isinstance(t, torch.Tensor) else getattr(t, "value", None)
+    return not isinstance(value, torch.Tensor) or type(value) in PLAIN
