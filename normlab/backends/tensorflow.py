@@ -49,6 +49,7 @@ from normlab.backends.tensorflow_layer_norm import layer_norm  # noqa: F401 (a h
 from normlab.backends.tensorflow_stats import (
     compute_dtype,
     exportable,
+    first_along,
     in_xla,
     normalize,
     param,
@@ -108,7 +109,7 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca):
 
         def sample():
             if batch:
-                return xf[tuple(slice(None) if i == ca else slice(0, 1) for i in range(rank))]
+                return first_along(xf, [i for i in range(rank) if i != ca])
             index = tuple(slice(None, None, per) if i == ca else slice(None) if i == 0 else slice(0, 1)
                           for i in range(rank))
             first = tf.reshape(xf[index], [n, c // per, 1])  # the first element of each group
@@ -203,7 +204,7 @@ def _fused_batch_norm(x, gamma, beta, epsilon):
     c = x.shape[-1]
     compute = compute_dtype(x.dtype)
     x2 = tf.cast(tf.reshape(x, [1, -1, 1, c]), compute)
-    shift = tf.stop_gradient(x2[:, :1])
+    shift = tf.stop_gradient(first_along(x2, [1]))
     ones = tf.ones([c], compute)
     y, mean, var = tf.compat.v1.nn.fused_batch_norm(
         x2 - shift,

@@ -87,6 +87,16 @@ def stats(xf, *, sample, reduce, count, epsilon, sums=None) -> policy.Stats:
     return policy.stats(xf, sample=sample, sums=sums, reduce=reduce, count=count, epsilon=epsilon, xp=_XP)
 
 
+def first_along(t, axes):
+    """:func:`normlab.ops.axes.first_along` in TensorFlow: the first element
+    along ``axes``, 0 along one whose unknown (batch) size is 0 at run time."""
+    index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(t.shape.rank))
+    unknown = [a for a in axes if t.shape[a] is None]
+    if not unknown:
+        return t[index]
+    return tf.pad(t[index], [[0, 1] if a in unknown else [0, 0] for a in range(t.shape.rank)])[index]
+
+
 def normalize(xf, ok, shift, mean, scale, beta):
     """``(x - shift - mean) * scale + beta`` in two full-size operations
     (each one a pass over memory outside XLA): ``x * scale + offset`` where

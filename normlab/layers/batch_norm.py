@@ -278,6 +278,10 @@ class BatchNormalization(Normalization):
     def _update_renorm_statistics(self, x: Tensor, mean: Tensor, variance: Tensor,
                                   replica_sum: ReplicaSum | None) -> None:
         stddev = keras.ops.sqrt(variance + self.epsilon)
+        # moving_variance follows the updated moving_stddev (its value, formed
+        # here), under the same guard: a batch empty at run time changes neither.
+        moving_stddev = self.moving_stddev * self.momentum + keras.ops.cast(stddev, self.moving_stddev.dtype) * (
+            1.0 - self.momentum)
         self.update_moving(
             x,
             (
@@ -285,11 +289,10 @@ class BatchNormalization(Normalization):
                 (self.renorm_stddev, stddev, self.renorm_momentum),
                 (self.moving_mean, mean, self.momentum),
                 (self.moving_stddev, stddev, self.momentum),
+                (self.moving_variance, keras.ops.relu(moving_stddev * moving_stddev - self.epsilon), 0.0),
             ),
             replica_sum,
         )
-        moving_stddev = self.moving_stddev
-        self.moving_variance.assign(keras.ops.relu(moving_stddev * moving_stddev - self.epsilon))
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 from keras import ops
 from keras.backend import standardize_dtype
 
-from normlab.ops.axes import canonicalize_axes, dims, is_traced_int
+from normlab.ops.axes import canonicalize_axes, dims, first_along, is_traced_int
 from normlab.types import DTypeLike, ReplicaSum, Tensor
 
 
@@ -169,8 +169,7 @@ def shifted_moments(
         # everywhere, and ``x - sample`` is exact near the offset. The
         # variance is then taken about the residuals' mean (a second pass),
         # since a sample may lie several standard deviations from the mean.
-        index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(len(x.shape)))
-        shift = ops.stop_gradient(x[index])
+        shift = ops.stop_gradient(first_along(x, axes))
         residual = x - shift
         mean = average(residual)
         centered = residual - mean  # squared as a product: see mean_square

@@ -114,6 +114,21 @@ def fit():
         _cases.close(f"fit: {weight.path}", got, want, rtol=1e-6, atol=2e-5)
 
 
+def fit_partial_batch_local():
+    """The same ``fit`` with per-replica statistics (``synchronized=False``, the
+    default): the empty share failed in a reshape of its statistics' sample row."""
+    x, _, _ = _cases.data("batch_norm", [9], seed=4)
+    x = np.concatenate([x, x], axis=-1)  # 8 channels: TensorFlow's fused kernel
+    target = np.random.default_rng(5).normal(size=(9, 1)).astype("float32")
+    with strategy.scope():
+        m = keras.Sequential([keras.Input((3, 8)), normlab.BatchNormalization(), keras.layers.Flatten(),
+                              keras.layers.Dense(1)])
+        m.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    m.fit(x, target, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for v in m.layers[0].non_trainable_weights:
+        assert np.isfinite(v.numpy()).all(), v.name
+
+
 def fit_partial_batch():
     """``fit`` on 9 samples in batches of 8: the last global batch (1 sample) leaves the
     second replica's share empty, and every replica's copy of the moving statistics
@@ -143,3 +158,4 @@ if __name__ == "__main__":
     _cases.report("float64_reference", float64_reference)
     _cases.report("fit", fit)
     _cases.report("fit_partial_batch", fit_partial_batch)
+    _cases.report("fit_partial_batch_local", fit_partial_batch_local)

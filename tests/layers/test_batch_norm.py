@@ -142,3 +142,35 @@ def test_empty_batch_in_training_returns_empty_and_keeps_the_moving_statistics(s
     assert tuple(y.shape) == shape
     for old, new in zip(before, layer.non_trainable_weights):
         np.testing.assert_array_equal(ops.convert_to_numpy(new), old)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a graph's unknown batch size")
+@pytest.mark.parametrize("make", [
+    lambda: normlab.BatchNormalization(),  # channels-last, 8 channels: TensorFlow's fused kernel
+    lambda: normlab.BatchNormalization(axis=1),
+    lambda: normlab.BatchNormalization(renorm=True),
+    lambda: normlab.BatchNormalization(virtual_batch_size=2),
+    lambda: normlab.EvoNormB0(),
+    lambda: normlab.SwitchableNormalization(),
+], ids=["fused", "channels_first", "renorm", "ghost", "evo_norm_b0", "switchable"])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_a_batch_that_is_empty_only_at_run_time(make, fast):
+    """In a ``tf.function`` with an unknown batch size, a batch of 0 (a
+    replica's empty share under ``MirroredStrategy.fit``, a filtered batch)
+    failed in a reshape of the statistics' sample row; it returns the empty
+    batch and keeps the moving statistics."""
+    import contextlib
+
+    import tensorflow as tf
+
+    from normlab import backends
+
+    layer = make()
+    layer.build((None, 4, 4, 8))
+    before = [ops.convert_to_numpy(w) for w in layer.non_trainable_weights]
+    step = tf.function(lambda x: layer(x, training=True), input_signature=[tf.TensorSpec([None, 4, 4, 8])])
+    with contextlib.nullcontext() if fast else backends.disabled():
+        y = step(tf.zeros([0, 4, 4, 8]))
+    assert tuple(y.shape) == (0, 4, 4, 8)
+    for old, new in zip(before, layer.non_trainable_weights):
+        np.testing.assert_array_equal(ops.convert_to_numpy(new), old)
