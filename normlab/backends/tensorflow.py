@@ -48,13 +48,11 @@ import tensorflow as tf
 from normlab.backends.tensorflow_layer_norm import layer_norm  # noqa: F401 (a hook)
 from normlab.backends.tensorflow_stats import (
     compute_dtype,
-    exportable,
     first_along,
     in_xla,
     normalize,
     param,
     stats,
-    traced_when_eager,
     unpack,
     usable,
 )
@@ -182,7 +180,6 @@ def _channel_norm(x, axis, gamma, beta, batch, groups, epsilon):
     return fn(*args)
 
 
-@traced_when_eager
 def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     if not usable(x):
         return None
@@ -237,7 +234,6 @@ def _batch_stats_gradient(x2, mean, var, count):
     return attach(x2, mean, var)
 
 
-@traced_when_eager
 def batch_norm_train(x, *, axis, gamma, beta, epsilon):
     if not usable(x):
         return None
@@ -261,7 +257,6 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
 _KERNEL_EPSILON = 1.001e-5
 
 
-@traced_when_eager
 def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     """Channels-last batch norm with given statistics: the fused NHWC kernel
     in inference mode (and its gradient, one fused pass: under XLA 2.3x
@@ -291,7 +286,7 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     c = x.shape[-1]
     if c % CHANNEL_BLOCK:
         return None
-    if x.shape.rank not in (3, 4) and exportable() and not in_xla():
+    if x.shape.rank not in (3, 4) and not tf.executing_eagerly() and not in_xla():
         return None
     compute = compute_dtype(x.dtype)
     scale = tf.math.rsqrt(tf.cast(param(variance), compute) + epsilon)

@@ -4,10 +4,6 @@ apply step (see :mod:`normlab.backends.tensorflow`)."""
 
 from __future__ import annotations
 
-import collections
-import functools
-import threading
-
 import tensorflow as tf
 from keras import ops
 
@@ -47,17 +43,6 @@ def unpack(args, has_gamma, has_beta):
     beta = args[1 + has_gamma] if has_beta else None
     compute = compute_dtype(x.dtype)
     return x, gamma, beta, compute, tf.cast(x, compute)
-
-
-_private = threading.local()
-
-
-def exportable() -> bool:
-    """Whether the ops being built go into a graph that may be exported: a
-    ``tf.function`` (SavedModel, LiteRT and ONNX converters read those), not
-    eager execution and not the private graph of an eager call
-    (:func:`traced_when_eager`), where the eager choices apply."""
-    return not tf.executing_eagerly() and not getattr(_private, "tracing", False)
 
 
 def in_xla() -> bool:
@@ -104,70 +89,3 @@ def normalize(xf, ok, shift, mean, scale, beta):
     a few roundings there), ``(x - shift) * scale + offset`` otherwise."""
     offset = -mean * scale if beta is None else beta - mean * scale
     return tf.cond(ok, lambda: xf * scale + offset, lambda: (xf - shift) * scale + offset)
-
-
-#: The hooks' tensor arguments; every other keyword argument is static (an axis, groups, epsilon).
-_TENSOR_ARGS = ("gamma", "beta", "mean", "variance")
-#: Traced graphs kept per hook (least recently used first out): one per input shape and settings.
-EAGER_CACHE_SIZE = 64
-_DECLINED = object()
-
-
-def traced_when_eager(hook):
-    """Runs ``hook`` as one cached ``tf.function`` per input shape and settings when called eagerly.
-
-    Eagerly, TensorFlow dispatches each of a hook's few dozen small ops on
-    its own and evaluates every ``tf.cond`` on the host: 2.8-4.4 ms per call
-    of a (2, 8, 8, 16) norm, against 0.3-1.0 ms as one graph (measured on
-    a 2-core Xeon). The graph is traced with the exact shapes of the call
-    and makes the eager choices (:func:`exportable` is False while it is
-    traced: it is never exported), so it serves the same inputs as the
-    eager hook; should it decline, the eager hook runs. Inside a graph
-    (``tf.function``, XLA) the hook is called directly.
-    """
-    cache: collections.OrderedDict = collections.OrderedDict()
-    lock = threading.Lock()
-
-    @functools.wraps(hook)
-    def run(x, **kwargs):
-        if not tf.executing_eagerly() or not usable(x) or any(d is None for d in x.shape):
-            return hook(x, **kwargs)
-        names = tuple(k for k in _TENSOR_ARGS if kwargs.get(k) is not None)
-        tensors = [param(kwargs[k]) for k in names]
-        static = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-                  for k, v in kwargs.items() if k not in _TENSOR_ARGS}
-        key = (tuple(x.shape), x.dtype, names, tuple((tuple(t.shape), t.dtype) for t in tensors),
-               tuple(sorted(static.items())))
-        with lock:
-            fn = cache.get(key)
-            if fn is not None:
-                cache.move_to_end(key)
-        if fn is None:
-            fn = _trace(hook, x, names, tensors, kwargs)
-            with lock:
-                cache[key] = fn
-                while len(cache) > EAGER_CACHE_SIZE:
-                    cache.popitem(last=False)
-        if fn is _DECLINED:
-            return hook(x, **kwargs)
-        return fn(tf.convert_to_tensor(x), *tensors)
-
-    return run
-
-
-def _trace(hook, x, names, tensors, kwargs):
-    """The hook as a concrete function of ``(x, *tensors)``, or ``_DECLINED``."""
-    static = {k: v for k, v in kwargs.items() if k not in _TENSOR_ARGS}
-
-    def traced(x, *tensors):
-        given = dict.fromkeys(_TENSOR_ARGS)
-        given.update(zip(names, tensors))
-        return hook(x, **static, **{k: v for k, v in given.items() if k in kwargs})
-
-    specs = [tf.TensorSpec(t.shape, t.dtype) for t in (x, *tensors)]
-    previous, _private.tracing = getattr(_private, "tracing", False), True
-    try:
-        concrete = tf.function(traced).get_concrete_function(*specs)
-    finally:
-        _private.tracing = previous
-    return _DECLINED if concrete.structured_outputs is None else concrete
