@@ -58,8 +58,9 @@ class AdaptiveInstanceNormalization(FloatCompute, keras.layers.Layer):
     Args:
         axis: the channel axis of both inputs. Default -1 (channels-last);
             1 for channels-first, as in the paper's PyTorch code.
-        epsilon: added to both variances, a non-negative float. Default 1e-5
-            (the paper's code).
+        epsilon: added to both variances, a non-negative float. Default 1e-5,
+            as in the widely used PyTorch port (the authors' Lua code adds
+            it to the content's variance only).
         **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
 
     Example:

@@ -6,8 +6,11 @@ they take, the scopes Keras runs them in).
 The layer's own ``call`` runs, with its kernel variable replaced for the
 duration of the call by a tensor computed from it (standardized,
 weight-normalized, spectrally normalized), so every layer option it
-handles (padding, dilation, groups, causal padding, LoRA) keeps working
-and gradients flow into the variable on every backend. Two Keras/TensorFlow
+handles (padding, dilation, groups, causal padding) keeps working and
+gradients flow into the variable on every backend. A LoRA-enabled layer's
+low-rank update is not added again during the call: StdConv standardizes
+the effective kernel (``kernel + update``); the wrappers, which normalize the
+kernel variable itself, refuse a LoRA-enabled layer (:func:`kernel_variable`). Two Keras/TensorFlow
 limits are handled here, once:
 
 * TensorFlow's CPU convolution supports only channels-last (NHWC) data
@@ -79,7 +82,18 @@ def missing_layer(spec: str, what: str) -> ValueError:
 
 
 def kernel_variable(layer: keras.layers.Layer, attribute: str = "_kernel") -> keras.Variable:
-    """The layer's raw kernel variable (built layers only)."""
+    """The layer's raw kernel variable (built layers without LoRA only)."""
+    if layer.__dict__.get("lora_enabled"):
+        raise ValueError(
+            error_message(
+                "layer",
+                "a layer without LoRA: the wrapper normalizes its kernel variable, and a LoRA-enabled "
+                "layer would add its low-rank update after that, unnormalized",
+                f"layer={type(layer).__name__}(name={layer.name!r}) with lora_enabled=True",
+                "Wrap the layer without LoRA (lora_rank=None, no enable_lora()); to fine-tune with LoRA, "
+                "fold the wrapper first (WeightNormalization.remove()).",
+            )
+        )
     variable = layer.__dict__.get(attribute)
     if variable is None:
         raise ValueError(
@@ -162,6 +176,8 @@ def call_with_kernel(
     """
     call = call or layer
     swap = {attribute: ops.cast(kernel, layer.compute_dtype)}
+    if layer.__dict__.get("lora_enabled"):  # `kernel` already holds the update (StdConv)
+        swap["lora_enabled"] = False
     if attribute != "_kernel":  # an embedding: no bias, no layout
         with substituted(layer, **swap):
             return call(inputs)

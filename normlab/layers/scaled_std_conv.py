@@ -16,7 +16,7 @@ import keras
 from keras import initializers
 
 from normlab.layers.std_conv import _conv_args, _doc, _replacement, _WeightStandardization
-from normlab.ops.validate import ArgumentTypeError, error_message
+from normlab.ops.validate import ArgumentTypeError, check_real, error_message
 from normlab.types import Constraint, Initializer, Regularizer, Shape, Tensor
 
 
@@ -57,7 +57,7 @@ class _ScaledWeightStandardization(_WeightStandardization):
                     "(about 1.7139 for ReLU).",
                 )
             )
-        self.gamma = float(gamma)
+        self.gamma = check_real("gamma", gamma, example="1.7139")  # finite: nan/inf gave NaN outputs
         self.gain_initializer = initializers.get(gain_initializer)
 
     def build(self, input_shape: Shape) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import keras
 
-from normlab.layers.derived_kernel import call_with_kernel, missing_layer
+from normlab.layers.derived_kernel import call_with_kernel, full_precision, missing_layer
 from normlab.ops.validate import check_epsilon, error_message
 from normlab.ops.weights import standardize_weight
 from normlab.types import Constraint, Initializer, Regularizer, Tensor
@@ -73,8 +73,11 @@ class _WeightStandardization(_KerasConv):
         return None
 
     def standardized_kernel(self) -> Tensor:
-        """The kernel the convolution uses: standardized over its fan-in."""
-        return standardize_weight(self.kernel, self._fan_in_axes(), self.epsilon, gain=self._gain())
+        """The kernel the convolution uses (with a LoRA update, if enabled):
+        standardized over its fan-in, from the float32 variables under mixed
+        precision (float16 statistics lost the mean of a kernel at an offset)."""
+        with full_precision():
+            return standardize_weight(self.kernel, self._fan_in_axes(), self.epsilon, gain=self._gain())
 
     def call(self, inputs: Tensor) -> Tensor:
         return call_with_kernel(self, inputs, self.standardized_kernel(), call=super().call)

@@ -78,7 +78,9 @@ def adaptive_instance_norm(content: Tensor, style: Tensor, axis: int = -1, *, ep
             rank and channel count; its spatial sizes may differ, and its
             batch size may be 1 (one style for every content sample).
         axis: the channel axis. Default -1; 1 for channels-first.
-        epsilon: added to both variances. Default 1e-5 (the paper's code).
+        epsilon: added to both variances. Default 1e-5, as in the widely
+            used PyTorch port (the authors' Lua code adds it to the
+            content's variance only).
 
     Example:
         >>> import numpy as np

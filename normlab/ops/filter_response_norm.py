@@ -150,6 +150,12 @@ def filter_response_norm(
                         for name, param in (("gamma", gamma), ("beta", beta), ("tau", tau)))
     nu2 = mean_square(x, spatial)
     if learned_epsilon is not None:
+        learned_epsilon = ops.convert_to_tensor(learned_epsilon)
+        if tuple(learned_epsilon.shape) not in ((), (1,)):
+            raise ValueError(error_message(
+                "learned_epsilon", "a single learned epsilon (shape () or (1,)), shared by every channel",
+                f"learned_epsilon of shape {tuple(learned_epsilon.shape)}",
+                "Pass one value, as FilterResponseNormalization(learned_epsilon=True) keeps it."))
         nu2 = nu2 + ops.abs(ops.cast(ops.reshape(learned_epsilon, ()), nu2.dtype))
     y = normalize(
         x, 0.0, nu2, epsilon=epsilon,

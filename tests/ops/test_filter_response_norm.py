@@ -53,3 +53,12 @@ def test_tlu_plain_and_affine():
     np.testing.assert_allclose(to_np(nops.tlu(x, tau1, axis=1)), reference.tlu(x, tau1, axis=1))
     with pytest.raises(ValueError, match=r"Invalid `tau`: expected a tensor of shape \(5,\).*Received: tau.shape=\(4,\)"):
         nops.tlu(x, np.zeros(4, "float32"))
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 1)])
+def test_learned_epsilon_is_one_value(shape):
+    """A per-channel tensor failed in a backend reshape with no word of what was wrong."""
+    x = np.ones((2, 3, 3, 4), "float32")
+    with pytest.raises(ValueError, match="a single learned epsilon"):
+        nops.filter_response_norm(x, learned_epsilon=np.full(shape, 1e-4, "float32"))
+    nops.filter_response_norm(x, learned_epsilon=np.full((1,), 1e-4, "float32"))  # () and (1,) are taken
