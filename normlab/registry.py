@@ -80,6 +80,10 @@ def register(
                 f"Invalid `name`: expected a name not yet registered. Received: name={key!r}, "
                 f"already registered for {owner!r}. Choose another name or alias."
             )
+    previous = _NORMS.get(name)
+    for key in previous.aliases if previous is not None else ():
+        if key not in aliases:  # re-registered without it: the old alias would reach the new factory
+            del _ALIASES[key]
     _NORMS[name] = Entry(name, factory, tuple(aliases), summary or (inspect.getdoc(factory) or "").split("\n")[0],
                          kind)
     for key in (name, *aliases):

@@ -103,3 +103,22 @@ def test_one_version_source():
     import importlib.metadata
 
     assert normlab.__version__ == importlib.metadata.version("normlab")
+
+
+def test_re_registering_drops_the_aliases_it_no_longer_lists():
+    """The old aliases kept pointing at the name, so they built the new factory."""
+    import importlib
+
+    reg = importlib.import_module("normlab.registry")
+
+    saved = dict(reg._NORMS), dict(reg._ALIASES)
+    try:
+        normlab.register("mine", normlab.LayerNormalization, aliases=("my_ln",))
+        normlab.register("mine", normlab.RMSNormalization, aliases=("my_rms",))
+        assert "my_ln" not in names() and "my_rms" in names()
+        with pytest.raises(ValueError):
+            normlab.get("my_ln")
+        normlab.register("other", normlab.LayerNormalization, aliases=("my_ln",))  # free again
+    finally:
+        reg._NORMS.clear(), reg._NORMS.update(saved[0])
+        reg._ALIASES.clear(), reg._ALIASES.update(saved[1])
