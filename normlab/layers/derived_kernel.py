@@ -209,6 +209,36 @@ def in_jax_stateless_call() -> bool:
     return _compat.in_stateless_scope()
 
 
+def concrete_bool(variable: keras.Variable) -> bool | None:
+    """The variable's value as a Python bool, or None inside a traced function."""
+    if keras.backend.backend() == "torch":
+        from normlab.backends.torch import traced
+        if traced():  # torch.compile, torch.export: reading the value would break the graph
+            return None
+    try:
+        return bool(ops.convert_to_numpy(variable))
+    except Exception:  # a symbolic value (tf.function, jax.jit): only known at run time
+        return None
+
+
+def in_openvino_graph(x: Tensor) -> bool:
+    """True where ``x`` is an OpenVINO tensor computed from a graph input: Keras'
+    openvino ``predict`` builds its graph from placeholders, so a value
+    assigned from ``x`` there would be a graph node, not a number."""
+    output = getattr(x, "output", None)
+    if keras.backend.backend() != "openvino" or output is None:
+        return False
+    seen, todo = set(), [output.get_node()]
+    while todo:
+        node = todo.pop()
+        if node.get_type_name() == "Parameter":
+            return True
+        if id(node) not in seen:
+            seen.add(id(node))
+            todo.extend(i.get_source_output().get_node() for i in node.inputs())
+    return False
+
+
 def in_shape_inference() -> bool:
     """True while Keras runs a layer only to infer output shapes (symbolic tensors)."""
     return _compat.in_symbolic_scope()

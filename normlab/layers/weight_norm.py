@@ -34,8 +34,10 @@ from normlab.layers.derived_kernel import (
     KERNEL_LAYERS,
     call_with_kernel,
     check_wrapped_layer,
+    concrete_bool,
     full_precision,
     in_jax_stateless_call,
+    in_openvino_graph,
     in_shape_inference,
     kernel_variable,
     missing_layer,
@@ -53,18 +55,6 @@ DATA_INIT_EPSILON = 1e-10
 #: The RNN cells whose ``recurrent_kernel`` the wrapper can substitute: they
 #: read it from that attribute at every step, on every backend.
 RNN_CELLS = (keras.layers.SimpleRNNCell, keras.layers.LSTMCell, keras.layers.GRUCell)
-
-
-def _concrete_bool(variable: keras.Variable) -> bool | None:
-    """The variable's value as a Python bool, or None inside a traced function."""
-    if keras.backend.backend() == "torch":
-        from normlab.backends.torch import traced
-        if traced():  # torch.compile, torch.export: reading the value would break the graph
-            return None
-    try:
-        return bool(ops.convert_to_numpy(variable))
-    except Exception:  # a symbolic value (tf.function, jax.jit): only known at run time
-        return None
 
 
 def _check_rnn_cell(layer: keras.layers.RNN) -> None:
@@ -122,7 +112,8 @@ class WeightNormalization(keras.layers.Wrapper):
     initialization cannot happen inside them: call the model once eagerly
     first, e.g. ``model(x_batch)``. Otherwise the layer warns and keeps ``g``
     and the bias as they are; ``fit`` also marks it initialized, so that no
-    later call overwrites the trained weights.
+    later call overwrites the trained weights. The same holds for ``predict``
+    on Keras' openvino backend, which compiles its graph from placeholders.
 
     ``remove()`` writes ``w`` into the wrapped layer's kernel (recurrent
     kernel for RNNs) and returns the wrapped layer: a plain Keras layer with
@@ -287,7 +278,7 @@ class WeightNormalization(keras.layers.Wrapper):
             # nothing to trace either, so compiled and exported graphs carry no
             # conditional (Keras' torch ops.cond is a Python `if` on a tensor).
             return
-        done = _concrete_bool(self.initialized)
+        done = concrete_bool(self.initialized)
         if done:  # eager and initialized: nothing to do
             self._init_seen = True
             return
@@ -300,6 +291,13 @@ class WeightNormalization(keras.layers.Wrapper):
             )
         bias = self._bias()
         targets = [self.g] + ([bias] if bias is not None else [])
+        if done is False and in_openvino_graph(inputs):
+            if not self._warned:
+                self._warned = True
+                self._warn("OpenVINO's `predict` compiles a graph from placeholder inputs, so the "
+                           "data-dependent initialization of `g` and the bias cannot happen there: they keep "
+                           "their current values. Call the model once eagerly first, e.g. `model(x_batch)`.")
+            return
         if done is False:  # eager: no need to trace both branches
             values = self._data_init_values(inputs)
         elif keras.backend.backend() == "torch":  # torch.compile: Keras' torch cond is a Python `if`
@@ -346,7 +344,7 @@ class WeightNormalization(keras.layers.Wrapper):
                     "before remove().",
                 )
             )
-        if self.data_init and _concrete_bool(self.initialized) is False:
+        if self.data_init and concrete_bool(self.initialized) is False:
             raise ValueError(
                 error_message(
                     "remove()",
@@ -365,7 +363,7 @@ class WeightNormalization(keras.layers.Wrapper):
     def load_own_variables(self, store: dict[str, Any]) -> None:
         super().load_own_variables(store)
         # Saved before its first call (initialized=False): initialize on the next one.
-        self._init_seen = _concrete_bool(self.initialized) is not False
+        self._init_seen = concrete_bool(self.initialized) is not False
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "data_init": self.data_init}
