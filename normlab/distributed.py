@@ -142,6 +142,13 @@ def _torch_all_reduce() -> Any:
     return _torch_function
 
 
+if keras.backend.backend() == "torch":
+    # Defined now (torch is loaded): torch.compile cannot trace a class
+    # definition, so a first synchronized call inside a compiled function
+    # (fullgraph=True) would fail.
+    _torch_all_reduce()
+
+
 def _torch_sum() -> ReplicaSum | None:
     import torch.distributed as dist
 

@@ -24,13 +24,11 @@ from typing import Any, Callable, Literal, Protocol, Sequence
 import keras
 from keras import constraints, initializers, ops, regularizers
 
+from normlab import distributed
 from normlab.ops.axes import as_axis_list, canonicalize_axes, is_traced_int, known_dims, single_axis
-from normlab.ops.validate import (
-    check_bool,
-    check_epsilon,
-    error_message,
-)
-from normlab.types import Axis, Constraint, Initializer, Regularizer, ReplicaSum, Shape, Tensor
+from normlab.ops.moments import CountingSum
+from normlab.ops.validate import check_bool, check_epsilon, error_message
+from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
 
 _KINDS = {
     "initializer": (initializers, "a Keras initializer: a name such as 'ones', 'zeros' or "
@@ -220,28 +218,40 @@ class Normalization(FloatCompute, keras.layers.Layer):
     # ------------------------------------------------------------------- call
 
     def update_moving(self, inputs: Tensor, updates: Sequence[tuple[keras.Variable, Tensor, float]],
-                      replica_sum: ReplicaSum | None = None) -> None:
+                      replica_sum: CountingSum | None = None) -> None:
         """Moving averages: ``moving <- moving * momentum + batch * (1 - momentum)``
         for each ``(variable, batch_statistic, momentum)``. An empty batch
         (size 0, known only at run time inside a traced function) leaves them
         unchanged; one known to be empty is never normalized (see
         :meth:`empty_batch`). With ``replica_sum`` (synchronized statistics,
-        the same on every replica) the batch is the global one: a replica
-        whose own share is empty updates its copy like the others."""
-        n = ops.shape(inputs)[0]
+        the same on every replica; see :meth:`replica_sum`) the batch is the
+        global one, whose count the statistics' own all-reduce gave: a
+        replica whose own share is empty updates its copy like the others."""
         if replica_sum is not None:
-            n = replica_sum(ops.cast(n, "float32"))
+            if replica_sum.count is None:
+                raise RuntimeError(f"{type(self).__name__}: no statistics were synchronized before the update.")
+            n: Any = ops.sum(replica_sum.count)  # (not ops.max: a graph break under torch.compile)
+        else:
+            n = ops.shape(inputs)[0]
         for moving, batch, momentum in updates:
             value = moving * momentum + ops.cast(batch, moving.dtype) * (1.0 - momentum)
             if not is_traced_int(n):
-                # A tensor size (TF, unknown batch). A torch SymInt is never 0:
-                # torch.compile specializes sizes 0 and 1, and the batch is
-                # then known to be empty (see empty_batch).
+                # A tensor size (TF, unknown batch) or a global count. A torch
+                # SymInt is never 0: torch.compile specializes sizes 0 and 1,
+                # and the batch is then known to be empty (see empty_batch).
                 value = ops.where(n > 0, value, moving.value)
             moving.assign(value)
 
     @staticmethod
-    def empty_batch(inputs: Tensor, replica_sum: ReplicaSum | None = None) -> bool:
+    def replica_sum(synchronized: bool) -> CountingSum | None:
+        """The cross-replica sum for synchronized statistics where one applies
+        (:func:`normlab.distributed.replica_sum`), else None. It keeps the
+        global count, which :meth:`update_moving` reads."""
+        found = distributed.replica_sum() if synchronized else None
+        return None if found is None else CountingSum(found)
+
+    @staticmethod
+    def empty_batch(inputs: Tensor, replica_sum: CountingSum | None = None) -> bool:
         """Whether the batch is known to hold no sample: it has no statistics,
         so a layer returns its (empty) input and updates nothing. Never with
         ``replica_sum``: the other replicas' batches have statistics, and

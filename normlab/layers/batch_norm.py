@@ -7,8 +7,9 @@ from typing import Any
 import keras
 from keras import initializers
 
-from normlab import distributed, ops
+from normlab import ops
 from normlab.layers.base import Normalization, keras_object
+from normlab.ops.moments import CountingSum
 from normlab.ops.validate import (
     check_bool,
     check_momentum,
@@ -16,7 +17,7 @@ from normlab.ops.validate import (
     check_renorm_clipping,
     error_message,
 )
-from normlab.types import Constraint, Initializer, Regularizer, RenormClipping, ReplicaSum, Shape, Tensor
+from normlab.types import Constraint, Initializer, Regularizer, RenormClipping, Shape, Tensor
 
 
 def _check_renorm_momentum(value: object) -> float:
@@ -255,7 +256,7 @@ class BatchNormalization(Normalization):
         common: dict[str, Any] = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable) or self.use_moving_statistics:
             return self.compute_output(ops.batch_norm(x, self.moving_mean, self.moving_variance, **common))
-        replica_sum = common["replica_sum"] = distributed.replica_sum() if self.synchronized else None
+        replica_sum = common["replica_sum"] = self.replica_sum(self.synchronized)
         if self.empty_batch(x, replica_sum):  # no statistics to normalize with or to learn from
             return self.compute_output(x)
         if self.renorm:
@@ -276,7 +277,7 @@ class BatchNormalization(Normalization):
         return self.compute_output(y)
 
     def _update_renorm_statistics(self, x: Tensor, mean: Tensor, variance: Tensor,
-                                  replica_sum: ReplicaSum | None) -> None:
+                                  replica_sum: CountingSum | None) -> None:
         stddev = keras.ops.sqrt(variance + self.epsilon)
         # moving_variance follows the updated moving_stddev (its value, formed
         # here), under the same guard: a batch empty at run time changes neither.

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import keras
 from keras import constraints, initializers, regularizers
 
-from normlab import distributed, ops
+from normlab import ops
 from normlab.layers.base import Normalization, keras_object
 from normlab.ops.axes import is_traced_int
 from normlab.ops.evo_norm import EVO_NORM_EPSILON_REASON
@@ -165,7 +165,7 @@ class EvoNormB0(_EvoNorm):
         common: dict[str, Any] = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable):
             return self.compute_output(ops.evo_norm_b0(x, self.v, self.moving_variance, **common))
-        replica_sum = distributed.replica_sum() if self.synchronized else None
+        replica_sum = self.replica_sum(self.synchronized)
         if self.empty_batch(x, replica_sum):
             return self.compute_output(x)
         y, variance = ops.evo_norm_b0(
@@ -179,9 +179,9 @@ class EvoNormB0(_EvoNorm):
         if replica_sum is None and is_traced_int(n):  # no cast: see is_traced_int
             unbiased = variance * (n / max(n - 1, 1))
         else:
+            if replica_sum is not None:  # the global batch's element count per channel, from the statistics
+                n = keras.ops.reshape(replica_sum.count, (-1,))[0]
             n = keras.ops.cast(n, variance.dtype)
-            if replica_sum is not None:
-                n = replica_sum(n)  # the global batch's element count per channel
             unbiased = variance * n / keras.ops.maximum(n - 1.0, 1.0)
         self.update_moving(x, ((self.moving_variance, unbiased, self.momentum),), replica_sum)
         return self.compute_output(y)

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import initializers
 
-from normlab import distributed, ops
+from normlab import ops
 from normlab.layers.base import Normalization, keras_object
 from normlab.ops.validate import check_bool, check_momentum, require_spatial
 from normlab.types import Constraint, Initializer, Regularizer, Shape, Tensor
@@ -154,7 +154,7 @@ class SwitchableNormalization(Normalization):
                 x, self.mean_weights, self.variance_weights, self.moving_mean, self.moving_variance,
                 **common,
             ))
-        replica_sum = distributed.replica_sum() if self.synchronized else None
+        replica_sum = self.replica_sum(self.synchronized)
         if self.empty_batch(x, replica_sum):
             return self.compute_output(x)
         y, mean, variance = ops.switchable_norm(

@@ -9,7 +9,7 @@ from keras import ops
 
 from normlab import backends
 from normlab.ops.axes import channel_axis, complement, dims, feature_param, float_tensor, known_dims, the_channel_axis
-from normlab.ops.moments import shifted_moments, stats_dtype
+from normlab.ops.moments import note_count, shifted_moments, stats_dtype
 from normlab.ops.normalize import at_least, at_most, normalize
 from normlab.ops.validate import (
     check_epsilon,
@@ -141,11 +141,8 @@ def batch_norm(
             y = hook(x, axis=a, mean=mean, variance=variance, gamma=gamma, beta=beta, epsilon=epsilon)
         if y is None:
             y = normalize(
-                x,
-                feature_param(mean, ndim, [a], [channels]),
-                feature_param(variance, ndim, [a], [channels]),
-                epsilon=epsilon,
-                gamma=feature_param(gamma, ndim, [a], [channels]),
+                x, feature_param(mean, ndim, [a], [channels]), feature_param(variance, ndim, [a], [channels]),
+                epsilon=epsilon, gamma=feature_param(gamma, ndim, [a], [channels]),
                 beta=feature_param(beta, ndim, [a], [channels]),
             )
     return (y, mean, variance) if return_stats else y
@@ -231,6 +228,7 @@ def _batch_norm_train(
             total_mean, total_variance, ghosts = ops.unstack(
                 replica_sum(ops.stack([ops.sum(mean, axis=0), ops.sum(variance, axis=0), ghosts]))
             )
+            note_count(replica_sum, ghosts)
             mean, variance = total_mean / ghosts, total_variance / ghosts
     return y, ops.reshape(mean, (channels,)), ops.reshape(variance, (channels,))
 
@@ -244,6 +242,7 @@ def _masked_ghost_average(mean: Tensor, variance: Tensor, counts: Tensor,
               ops.sum(ops.where(kept, counts * variance, 0.0), axis=0), ops.sum(counts, axis=0)]
     if replica_sum is not None:
         totals = list(ops.unstack(replica_sum(ops.stack(totals))))
+        note_count(replica_sum, totals[2])
     total = ops.maximum(totals[2], 1.0)  # an all-padding batch: zeros, as an empty ghost batch gives
     return totals[0] / total, totals[1] / total
 

@@ -25,7 +25,8 @@ Numerics policy (the one place it is decided):
   batch: the same two passes, each on sums that are all-reduced once (pass
   1: the sum and the count, whose quotient is the shift; pass 2: the sums
   of the residuals and of their squares). Uneven per-replica batches stay
-  exact, and no replica ever forms ``E[x^2] - E[x]^2`` about zero.
+  exact, and no replica ever forms ``E[x^2] - E[x]^2`` about zero. A
+  :class:`CountingSum` also keeps the global count that pass 1 summed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,32 @@ from keras.backend import standardize_dtype
 
 from normlab.ops.axes import canonicalize_axes, dims, first_along, is_traced_int
 from normlab.types import DTypeLike, ReplicaSum, Tensor
+
+
+class CountingSum:
+    """A replica sum that keeps the global count of the statistics summed with it.
+
+    The statistics kernels record the all-reduced count (samples, or
+    elements, per channel) of the last statistics they synchronized through
+    it in :attr:`count` (None until then). Layers read it to learn whether
+    the global batch held any sample, and its size, without a collective of
+    their own: one more all-reduce costs a round trip, and one that does not
+    depend on the statistics may be scheduled in a different order on each
+    rank by a compiler (``torch.compile`` retracing on one rank only).
+    """
+
+    def __init__(self, replica_sum: ReplicaSum) -> None:
+        self.replica_sum = replica_sum
+        self.count: Tensor | None = None
+
+    def __call__(self, tensor: Tensor) -> Tensor:
+        return self.replica_sum(tensor)
+
+
+def note_count(replica_sum: ReplicaSum | None, count: Tensor) -> None:
+    """Records the global ``count`` on ``replica_sum`` if it is a :class:`CountingSum`."""
+    if isinstance(replica_sum, CountingSum):
+        replica_sum.count = count
 
 
 def stats_dtype(dtype: DTypeLike) -> str:
@@ -126,6 +153,7 @@ def _cross_replica_moments(
     first = total(ops.stop_gradient(x))
     # Pass 1: the global sum and count, one all-reduce; their quotient is the shift.
     first, count = ops.unstack(replica_sum(ops.stack([first, ops.broadcast_to(count, ops.shape(first))])))
+    note_count(replica_sum, ops.stop_gradient(count))
     count = ops.stop_gradient(ops.maximum(count, 1.0))
     shift = ops.stop_gradient(first / count)
     # Pass 2: residual sums about the shared shift, one all-reduce (with gradient).

@@ -25,6 +25,8 @@ OFFSET = 1e4
 #: batch of an epoch split over replicas), and the per-replica batch sizes then.
 EMPTY_REPLICA = ("batch_norm", "renorm", "ghost", "evo_norm_b0", "switchable")
 EMPTY_SIZES = [4, 0]
+#: The layers also run compiled (torch.compile) on batches that vary by step.
+COMPILED = ("batch_norm", "ghost", "evo_norm_b0")
 
 def _layers():
     """name -> (layer factory taking ``synchronized``, per-sample shape, uses a mask)."""

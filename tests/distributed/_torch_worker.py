@@ -87,11 +87,32 @@ def training_step(rank):
         _cases.close("training step", got, want, rtol=1e-5, atol=2e-5)
 
 
+def compiled_varying_batches(name, rank):
+    """Under ``torch.compile(fullgraph=True)``, per-step batches that make one rank
+    retrace while the other runs its cached graph: the ranks' all-reduces must
+    stay in step (an extra, independent collective could be scheduled apart)."""
+    torch._dynamo.reset()  # each case's compiled step has the same code: a fresh recompilation budget
+    steps = [[4, 4], [4, 2], [4, 4], [4, 2], [4, 0]]  # even: ghost batches of 2
+    mine, single = _cases.layer(name, True), _cases.layer(name, False)
+    mine.build((None,) + _cases.data(name, [1])[0].shape[1:])  # no weights are created in a compiled graph
+    step = torch.compile(lambda t: mine(t, training=True), fullgraph=True)
+    for i, sizes in enumerate(steps):
+        x, _, _ = _cases.data(name, sizes, seed=10 + i)
+        y = step(torch.tensor(_cases.split(x, sizes)[rank]))
+        want = single(torch.tensor(x), training=True)
+        lo = sum(sizes[:rank])
+        _cases.close(f"step {i} outputs", y.detach().numpy(), want.detach().numpy()[lo:lo + sizes[rank]], atol=1e-4)
+    for key, value in _cases.non_trainable(single).items():
+        _cases.close(key, _cases.non_trainable(mine)[key], value, rtol=1e-5, atol=1e-4)
+
+
 if __name__ == "__main__":
     rank, world, port = (int(a) for a in sys.argv[1:4])
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
+        for name in _cases.COMPILED:  # first: the process's first synchronized call is a compiled one
+            _cases.report(f"{name}/compiled", lambda: compiled_varying_batches(name, rank))
         for name in _cases.names():
             case(name, True, rank)
         case("batch_norm", False, rank)

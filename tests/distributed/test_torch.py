@@ -15,7 +15,7 @@ LAYERS = ["batch_norm", "batch_norm_mask", "batch_norm_channels_first", "renorm"
           "evo_norm_b0", "switchable"]
 CASES = [f"{name}/sync" for name in LAYERS] + ["batch_norm/local", "renorm/local", "float64_reference",
                                                "training_step"] + [
-    f"{name}/empty_replica" for name in _cases.EMPTY_REPLICA]
+    f"{name}/empty_replica" for name in _cases.EMPTY_REPLICA] + [f"{name}/compiled" for name in _cases.COMPILED]
 
 
 @pytest.fixture(scope="module")
