@@ -187,15 +187,15 @@ def grouped_dims(x: Tensor, a: int, groups: int, channels: int) -> tuple[list[An
 def first_along(x: Tensor, axes: Sequence[int]) -> Tensor:
     """The first element of ``x`` along each of ``axes`` (kept as size 1).
 
-    Where such an axis has a size unknown until run time (a graph's batch),
-    it may be 0 there (a replica's empty share of a batch, an empty
-    filtered batch): the sample is then 0, not a slice that a later reshape
-    to the statistics' shape rejects.
+    Where the batch axis (0) is among them with a size unknown until run
+    time (a graph's batch), it may be 0 there (a replica's empty share of a
+    batch, an empty filtered batch): the sample is then 0, not a slice that
+    a later reshape to the statistics' shape rejects. Other unknown axes
+    (spatial sizes) are taken to hold an element: no pad in their graphs.
     """
     ndim = len(x.shape)
     index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(ndim))
     sample = x[index]
-    unknown = [a for a in axes if x.shape[a] is None]
-    if unknown:
-        sample = ops.pad(sample, [(0, 1) if a in unknown else (0, 0) for a in range(ndim)])[index]
+    if 0 in axes and x.shape[0] is None:
+        sample = ops.pad(sample, [(0, 1)] + [(0, 0)] * (ndim - 1))[index]
     return sample

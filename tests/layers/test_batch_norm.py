@@ -174,3 +174,22 @@ def test_a_batch_that_is_empty_only_at_run_time(make, fast):
     assert tuple(y.shape) == (0, 4, 4, 8)
     for old, new in zip(before, layer.non_trainable_weights):
         np.testing.assert_array_equal(ops.convert_to_numpy(new), old)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a graph's unknown sizes")
+def test_only_an_unknown_batch_axis_gets_the_empty_batch_guard():
+    """The guard (a pad of the sample row) is for a batch axis that may be 0
+    at run time; per-sample norms over unknown spatial sizes get none."""
+    import tensorflow as tf
+
+    from normlab import backends
+
+    def ops_in(layer, shape):
+        spec = tf.TensorSpec(shape)
+        with backends.disabled():
+            graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(spec).graph
+        return {op.type for op in graph.get_operations()}
+
+    assert not {"Pad", "PadV2"} & ops_in(normlab.GroupNormalization(groups=2), [None, None, None, 8])
+    assert not {"Pad", "PadV2"} & ops_in(normlab.InstanceNormalization(), [2, None, None, 8])
+    assert {"Pad", "PadV2"} & ops_in(normlab.BatchNormalization(), [None, None, None, 8])
