@@ -10,7 +10,8 @@ handles (padding, dilation, groups, causal padding) keeps working and
 gradients flow into the variable on every backend. A LoRA-enabled layer's
 low-rank update is not added again during the call: StdConv standardizes
 the effective kernel (``kernel + update``); the wrappers, which normalize the
-kernel variable itself, refuse a LoRA-enabled layer (:func:`kernel_variable`). Two Keras/TensorFlow
+kernel variable itself, refuse a LoRA-enabled layer (:func:`kernel_variable`,
+:class:`SavedLora`). Two Keras/TensorFlow
 limits are handled here, once:
 
 * TensorFlow's CPU convolution supports only channels-last (NHWC) data
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from contextlib import AbstractContextManager
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -81,19 +83,57 @@ def missing_layer(spec: str, what: str) -> ValueError:
     )
 
 
-def kernel_variable(layer: keras.layers.Layer, attribute: str = "_kernel") -> keras.Variable:
-    """The layer's raw kernel variable (built layers without LoRA only)."""
-    if layer.__dict__.get("lora_enabled"):
-        raise ValueError(
-            error_message(
-                "layer",
-                "a layer without LoRA: the wrapper normalizes its kernel variable, and a LoRA-enabled "
-                "layer would add its low-rank update after that, unnormalized",
-                f"layer={type(layer).__name__}(name={layer.name!r}) with lora_enabled=True",
-                "Wrap the layer without LoRA (lora_rank=None, no enable_lora()); to fine-tune with LoRA, "
-                "fold the wrapper first (WeightNormalization.remove()).",
+_LORA_FIX = {
+    "WeightNormalization": "Wrap the layer without LoRA (lora_rank=None, no enable_lora()); to fine-tune with "
+                           "LoRA, fold the wrapper with remove() and enable LoRA on the layer it returns.",
+    "SpectralNormalization": "Wrap the layer without LoRA (lora_rank=None, no enable_lora()); to fine-tune with "
+                             "LoRA, assign normalized_kernel() to a plain layer's kernel and enable LoRA there.",
+}
+
+
+class SavedLora:
+    """Mixin for the wrappers that normalize a kernel variable: a wrapped
+    LoRA-enabled layer is refused (see :func:`kernel_variable`), except in a
+    wrapper built from a config (a loaded ``.keras`` file, a clone), which
+    keeps computing as when it was saved (the layer's LoRA update added
+    after the normalization) and warns once."""
+
+    _from_config = False
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> Any:
+        wrapper = super().from_config(config, custom_objects)  # type: ignore[misc]
+        wrapper._from_config = True
+        return wrapper
+
+
+def kernel_variable(layer: keras.layers.Layer, attribute: str = "_kernel", *,
+                    wrapper: keras.layers.Layer | None = None, fold: bool = False) -> keras.Variable:
+    """The layer's raw kernel variable (built layers). A LoRA-enabled layer
+    is refused for ``wrapper`` unless ``fold`` (the kernel is read to be
+    folded or returned, not run) or the wrapper was built from a config
+    (:class:`SavedLora`: warned, the update then follows the normalization)."""
+    if layer.__dict__.get("lora_enabled") and not fold:
+        owner = "wrapper" if wrapper is None else type(wrapper).__name__
+        if wrapper is None or not getattr(wrapper, "_from_config", False):
+            raise ValueError(
+                error_message(
+                    "layer",
+                    f"a layer without LoRA: the {owner} normalizes its kernel variable, and a LoRA-enabled "
+                    "layer would add its low-rank update after that, unnormalized",
+                    f"layer={type(layer).__name__}(name={layer.name!r}) with lora_enabled=True",
+                    _LORA_FIX.get(owner, "Wrap the layer without LoRA (lora_rank=None, no enable_lora())."),
+                )
             )
-        )
+        if not wrapper.__dict__.get("_warned_lora"):
+            object.__setattr__(wrapper, "_warned_lora", True)
+            warnings.warn(
+                f"{owner} {wrapper.name!r} (built from a config, e.g. a loaded .keras file) wraps the "
+                f"LoRA-enabled {type(layer).__name__} {layer.name!r}: its low-rank update is added after the "
+                "normalization, unnormalized, as when the model was saved. A new wrapper refuses this. "
+                + _LORA_FIX.get(owner, ""),
+                stacklevel=2,
+            )
     variable = layer.__dict__.get(attribute)
     if variable is None:
         raise ValueError(
@@ -155,7 +195,7 @@ def _bias_shape(layer: keras.layers.Layer, rank: int) -> tuple[int, ...]:
 
 def call_with_kernel(
     layer: keras.layers.Layer, inputs: Tensor, kernel: Tensor, *, call: Callable[[Tensor], Tensor] | None = None,
-    attribute: str = "_kernel", pre_activation: bool = False,
+    attribute: str = "_kernel", pre_activation: bool = False, add_lora: bool = False,
 ) -> Tensor:
     """Runs ``layer`` on ``inputs`` with ``kernel`` in place of its kernel variable.
 
@@ -170,13 +210,16 @@ def call_with_kernel(
         attribute: the attribute holding the kernel. Default ``"_kernel"``.
         pre_activation: return the output before the bias and the
             activation. Default False.
+        add_lora: add a LoRA-enabled layer's low-rank update to ``kernel``,
+            as its own call does (a loaded wrapper, see :class:`SavedLora`).
+            Default False: ``kernel`` already holds it.
 
     Returns:
         The layer's output, bias and activation included unless ``pre_activation``.
     """
     call = call or layer
     swap = {attribute: ops.cast(kernel, layer.compute_dtype)}
-    if layer.__dict__.get("lora_enabled"):  # `kernel` already holds the update (StdConv)
+    if layer.__dict__.get("lora_enabled") and not add_lora:  # `kernel` already holds the update (StdConv)
         swap["lora_enabled"] = False
     if attribute != "_kernel":  # an embedding: no bias, no layout
         with substituted(layer, **swap):

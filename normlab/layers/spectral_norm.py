@@ -20,6 +20,7 @@ from keras import initializers, ops
 
 from normlab.layers.derived_kernel import (
     KERNEL_LAYERS,
+    SavedLora,
     call_with_kernel,
     check_wrapped_layer,
     full_precision,
@@ -57,7 +58,7 @@ def _check_power_iterations(power_iterations: object) -> int:
 
 
 @keras.saving.register_keras_serializable(package="normlab")
-class SpectralNormalization(keras.layers.Wrapper):
+class SpectralNormalization(SavedLora, keras.layers.Wrapper):
     """Spectral normalization: the wrapped kernel divided by its largest singular value.
 
     The kernel ``W`` is seen as a ``(fan_in, out)`` matrix. A persistent,
@@ -154,7 +155,7 @@ class SpectralNormalization(keras.layers.Wrapper):
 
     def build(self, input_shape: Shape | None = None) -> None:
         super().build(input_shape)
-        kernel = kernel_variable(self.layer, _kernel_attribute(self.layer))
+        kernel = kernel_variable(self.layer, _kernel_attribute(self.layer), wrapper=self)
         # Tracked here too, before u, as Keras' layer does: the weights come in its order
         # (kernel, vector_u, then the wrapped layer's others), so `set_weights` and
         # `.weights.h5` files move between the two.
@@ -177,7 +178,7 @@ class SpectralNormalization(keras.layers.Wrapper):
 
     def normalized_kernel(self, training: bool = False) -> Tensor:
         """``W / sigma``, refining ``u`` (and storing it) when ``training``."""
-        kernel = kernel_variable(self.layer, _kernel_attribute(self.layer))
+        kernel = kernel_variable(self.layer, _kernel_attribute(self.layer), fold=True)
         w, u, _ = spectral_norm(
             kernel, self.vector_u, self.power_iterations if training else 0
         )
@@ -191,8 +192,8 @@ class SpectralNormalization(keras.layers.Wrapper):
 
     def _call(self, inputs: Tensor, training: bool | None) -> Tensor:
         attribute = _kernel_attribute(self.layer)
+        kernel = kernel_variable(self.layer, attribute, wrapper=self)  # refuses LoRA (see SavedLora)
         if self.in_place:
-            kernel = kernel_variable(self.layer, attribute)
             if training:
                 if in_jax_stateless_call() and not self._warned:
                     self._warned = True
@@ -208,7 +209,7 @@ class SpectralNormalization(keras.layers.Wrapper):
             # mode's (channels-first convolutions on TensorFlow CPU, bias placement)
         else:
             kernel = self.normalized_kernel(training=bool(training))
-        return call_with_kernel(self.layer, inputs, kernel, attribute=attribute)
+        return call_with_kernel(self.layer, inputs, kernel, attribute=attribute, add_lora=True)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -32,6 +32,7 @@ from keras import ops
 
 from normlab.layers.derived_kernel import (
     KERNEL_LAYERS,
+    SavedLora,
     call_with_kernel,
     check_wrapped_layer,
     concrete_bool,
@@ -73,7 +74,7 @@ def _check_rnn_cell(layer: keras.layers.RNN) -> None:
 
 
 @keras.saving.register_keras_serializable(package="normlab")
-class WeightNormalization(keras.layers.Wrapper):
+class WeightNormalization(SavedLora, keras.layers.Wrapper):
     """Weight normalization: a layer's kernel split into a norm ``g`` and a direction ``v``.
 
     The wrapped layer's kernel variable holds the direction ``v``; the
@@ -175,10 +176,10 @@ class WeightNormalization(keras.layers.Wrapper):
         """Whether the wrapped layer is a recurrent layer (its recurrent kernel is normalized)."""
         return self._is_rnn
 
-    def _kernel(self) -> keras.Variable:
+    def _kernel(self, fold: bool = False) -> keras.Variable:
         """The normalized variable ``v``: the kernel, or the RNN cell's recurrent kernel."""
         if not self._is_rnn:
-            return kernel_variable(self.layer)
+            return kernel_variable(self.layer, wrapper=self, fold=fold)
         cell = self.layer.cell
         kernel = cell.__dict__.get("recurrent_kernel")
         if not isinstance(kernel, keras.Variable) or len(kernel.shape) != 2:
@@ -229,7 +230,7 @@ class WeightNormalization(keras.layers.Wrapper):
     ) -> Any:
         """The wrapped layer's output with ``kernel`` in place of ``v``."""
         if not self._is_rnn:
-            return call_with_kernel(self.layer, inputs, kernel, pre_activation=pre_activation)
+            return call_with_kernel(self.layer, inputs, kernel, pre_activation=pre_activation, add_lora=True)
         cell = self.layer.cell
         with substituted(cell, recurrent_kernel=ops.cast(kernel, cell.compute_dtype)):
             return self.layer(inputs, training=training)
@@ -356,7 +357,7 @@ class WeightNormalization(keras.layers.Wrapper):
                 )
             )
         with full_precision():
-            kernel = self._kernel()
+            kernel = self._kernel(fold=True)
             kernel.assign(ops.cast(weight_norm(kernel, self.g, self._norm_axes), kernel.dtype))
         return self.layer
 

@@ -261,6 +261,56 @@ def test_wrappers_refuse_a_lora_layer(wrapper):
         wrapped(x, training=True)
 
 
+def test_weight_normalization_remove_folds_a_lora_layer():
+    """The refusal's advice: ``remove()`` folds ``g * v / ||v||`` into the
+    layer, whose own call then adds its LoRA update (it was refused too)."""
+    layer = keras.layers.Dense(3)
+    wrapped = normlab.WeightNormalization(layer, data_init=False)
+    x = np.random.default_rng(2).normal(size=(2, 4)).astype("float32")
+    wrapped(x)
+    wrapped.g.assign(np.array([0.5, 2.0, 3.0], "float32"))
+    folded = ops.convert_to_numpy(wrapped.layer.kernel)
+    folded = folded / np.linalg.norm(folded, axis=0) * np.array([0.5, 2.0, 3.0])
+    _with_lora(layer, rank=1)
+    plain = wrapped.remove()
+    assert plain is layer and plain.lora_enabled
+    np.testing.assert_allclose(ops.convert_to_numpy(plain._kernel), folded, rtol=1e-5, atol=1e-6)
+    update = ops.convert_to_numpy(plain.kernel) - folded
+    assert np.abs(update).max() > 0.1  # the layer's own call adds it
+
+
+def test_spectral_normalization_reads_a_lora_layers_normalized_kernel():
+    layer = keras.layers.Dense(3)
+    wrapped = normlab.SpectralNormalization(layer)
+    wrapped(np.ones((2, 4), "float32"))
+    want = ops.convert_to_numpy(wrapped.normalized_kernel())
+    _with_lora(layer, rank=1)
+    np.testing.assert_allclose(ops.convert_to_numpy(wrapped.normalized_kernel()), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("wrapper", ["SpectralNormalization", "WeightNormalization"])
+def test_a_saved_wrapper_of_a_lora_layer_loads_and_computes_as_saved(wrapper):
+    """Earlier versions accepted a LoRA-enabled layer and added its update
+    after the normalization; a model saved then loads (with a warning) and
+    gives the outputs it was saved with, instead of failing to build."""
+    x = np.random.default_rng(3).normal(size=(2, 4)).astype("float32")
+    config = keras.saving.serialize_keras_object(getattr(normlab, wrapper)(keras.layers.Dense(3, lora_rank=1)))
+    with pytest.warns(UserWarning, match="LoRA-enabled Dense"):
+        loaded = keras.saving.deserialize_keras_object(config)
+        loaded(x)
+    rng = np.random.default_rng(4)
+    for weight in (loaded.layer.lora_kernel_a, loaded.layer.lora_kernel_b):
+        weight.assign(rng.normal(size=weight.shape).astype("float32"))
+    update = ops.convert_to_numpy(loaded.layer.kernel - loaded.layer._kernel)
+    if wrapper == "WeightNormalization":
+        kernel = ops.convert_to_numpy(loaded.layer._kernel)
+        normalized = kernel / np.linalg.norm(kernel, axis=0) * ops.convert_to_numpy(loaded.g)
+    else:
+        normalized = ops.convert_to_numpy(loaded.normalized_kernel())
+    want = x @ (normalized + update) + ops.convert_to_numpy(loaded.layer.bias)
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("gamma", [float("nan"), float("inf")])
 def test_scaled_std_conv_refuses_a_gamma_that_is_not_finite(gamma):
     """It was accepted, and every output was NaN."""
