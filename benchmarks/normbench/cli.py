@@ -210,16 +210,23 @@ def main(argv=None):
         "targets": [{"target": w, "status": s, "met": s == "met", "value": v} for w, s, v in checks],
     }
     measured = any(r.get("rows") or r.get("e2e") for r in results.values())
-    if failed or not measured:
+    if not measured:
         why = (f"{', '.join(failed)} failed (its output is above)" if failed else
                f"no row matched --rows {args.rows!r} --passes {args.passes!r}")
         print(f"\nnot written: {why}; {args.json} is left as it was", file=sys.stderr)
         return 1
     code = 0
-    if args.compare:
+    if args.compare:  # the backends that ran, even when another failed
         code, comparison = _compare(args.compare, report, args)
         report["comparison"] = comparison
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.json}")
+    path = Path(args.json)
+    if failed:  # a partial run never replaces a complete one: it goes beside it
+        report["failed"] = failed
+        path = path.with_name(f"{path.stem}.partial{path.suffix}")
+        print(f"\n{', '.join(failed)} failed (its output is above): {args.json} is left as it was, "
+              f"the other backends' results go to {path}", file=sys.stderr)
+        code = 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}")
     return code

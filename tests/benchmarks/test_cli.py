@@ -45,6 +45,27 @@ def test_a_failed_or_empty_run_leaves_the_results_file_alone(worker_result, tmp_
     assert "not written" in capsys.readouterr().err
 
 
+def test_a_run_with_a_failed_backend_keeps_the_others_beside_the_results_file(tmp_path, monkeypatch, capsys):
+    """The backends that ran are compared and written to ``latest.partial.json``;
+    ``latest.json`` (a complete run) is left alone and the exit code says it failed."""
+    out, base = tmp_path / "latest.json", tmp_path / "base.json"
+    out.write_text('{"kept": true}')
+    base.write_text(json.dumps(_report(1, 2.0)))
+    ran = _report(2, 2.0)["backends"]["torch"]
+    monkeypatch.setattr(cli, "_run_backend", lambda backend, config: dict(ran) if backend == "torch" else None)
+    monkeypatch.setattr(cli, "print_table", lambda result: None)  # the tables and targets are tested elsewhere
+    monkeypatch.setattr(cli, "targets", lambda results: [])
+    code = cli.main(["--backends", "torch,jax", "--no-e2e", "--json", str(out), "--compare", str(base),
+                     "--force-compare"])
+    assert code == 1
+    assert json.loads(out.read_text()) == {"kept": True}
+    partial = json.loads((tmp_path / "latest.partial.json").read_text())
+    assert partial["failed"] == ["jax"] and list(partial["backends"]) == ["torch"]
+    assert partial["comparison"]["rows"]
+    captured = capsys.readouterr()
+    assert "compare with" in captured.out and "jax failed" in captured.err
+
+
 def test_compare_applies_max_spread(tmp_path, capsys):
     base, new = tmp_path / "base.json", tmp_path / "new.json"
     base.write_text(json.dumps(_report(1, 2.0, sigma=0.6)))
