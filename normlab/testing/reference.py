@@ -28,7 +28,7 @@ def _channel_shape(ndim: int, axis: int, channels: int):
 
 
 def moments(x, axes, mask=None):
-    """Mean and biased variance over ``axes`` (kept as size-1 dims), float64."""
+    """Mean and biased variance over ``axes`` (kept as size-1 dims), float64; ``mask`` broadcasts to ``x``."""
     x = _f64(x)
     axes = tuple(axes)
     w = np.ones_like(x) if mask is None else np.broadcast_to(_f64(mask), x.shape)
@@ -89,7 +89,10 @@ def batch_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-3, mean=None, varia
 
     With ``mean``/``variance`` None, uses batch statistics (training form) and
     returns ``(y, batch_mean, batch_variance)``; otherwise uses the given
-    statistics (inference form) and returns ``(y, mean, variance)``.
+    statistics (inference form) and returns ``(y, mean, variance)``. A
+    ``mask`` broadcasts to ``x`` by NumPy's rules (trailing axes first), as
+    in :func:`normlab.ops.batch_norm`: a Keras mask of shape ``(batch,
+    time)`` for ``x`` of ``(batch, time, channels)`` is ``mask[..., None]``.
     """
     x = _f64(x)
     axis = axis % x.ndim
