@@ -94,16 +94,21 @@ _LORA_FIX = {
 class SavedLora:
     """Mixin for the wrappers that normalize a kernel variable: a wrapped
     LoRA-enabled layer is refused (see :func:`kernel_variable`), except in a
-    wrapper built from a config (a loaded ``.keras`` file, a clone), which
-    keeps computing as when it was saved (the layer's LoRA update added
-    after the normalization) and warns once."""
+    wrapper built from a config whose layer has a ``lora_rank`` (a
+    ``.keras`` file saved by an earlier version, which accepted one), so
+    that the file loads, with a warning. Keras saves such a layer's kernel
+    with its LoRA update merged in and loads the LoRA factors as zeros: the
+    loaded wrapper normalizes the merged kernel (the saved model added the
+    update after the normalization, which no file keeps), and any later
+    update is added after the normalization. A layer given LoRA after
+    loading (``enable_lora()``) is refused as in a new wrapper."""
 
     _from_config = False
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> Any:
         wrapper = super().from_config(config, custom_objects)  # type: ignore[misc]
-        wrapper._from_config = True
+        wrapper._from_config = bool(getattr(wrapper.layer, "lora_rank", None))  # from the config: not built yet
         return wrapper
 
 
@@ -128,10 +133,11 @@ def kernel_variable(layer: keras.layers.Layer, attribute: str = "_kernel", *,
         if not wrapper.__dict__.get("_warned_lora"):
             object.__setattr__(wrapper, "_warned_lora", True)
             warnings.warn(
-                f"{owner} {wrapper.name!r} (built from a config, e.g. a loaded .keras file) wraps the "
-                f"LoRA-enabled {type(layer).__name__} {layer.name!r}: its low-rank update is added after the "
-                "normalization, unnormalized, as when the model was saved. A new wrapper refuses this. "
-                + _LORA_FIX.get(owner, ""),
+                f"{owner} {wrapper.name!r} (built from a config, e.g. a .keras file saved by an earlier "
+                f"version) wraps the LoRA-enabled {type(layer).__name__} {layer.name!r}. Keras saved its kernel "
+                "with the LoRA update merged in, which the wrapper now normalizes: the outputs differ from the "
+                "saved model's, which added the update after the normalization; further LoRA training adds its "
+                "update unnormalized. A new wrapper refuses this. " + _LORA_FIX.get(owner, ""),
                 stacklevel=2,
             )
     variable = layer.__dict__.get(attribute)

@@ -289,26 +289,50 @@ def test_spectral_normalization_reads_a_lora_layers_normalized_kernel():
 
 
 @pytest.mark.parametrize("wrapper", ["SpectralNormalization", "WeightNormalization"])
-def test_a_saved_wrapper_of_a_lora_layer_loads_and_computes_as_saved(wrapper):
-    """Earlier versions accepted a LoRA-enabled layer and added its update
-    after the normalization; a model saved then loads (with a warning) and
-    gives the outputs it was saved with, instead of failing to build."""
+def test_a_saved_wrapper_of_a_lora_layer_loads(wrapper, tmp_path):
+    """Earlier versions accepted a LoRA-enabled layer; such a config builds
+    (with a warning: a new wrapper refuses it), adds the layer's update
+    after the normalization, and a ``.keras`` file of it loads. Keras saves
+    the kernel with the update merged in and loads zero LoRA factors, so the
+    loaded wrapper normalizes the merged kernel."""
     x = np.random.default_rng(3).normal(size=(2, 4)).astype("float32")
     config = keras.saving.serialize_keras_object(getattr(normlab, wrapper)(keras.layers.Dense(3, lora_rank=1)))
     with pytest.warns(UserWarning, match="LoRA-enabled Dense"):
-        loaded = keras.saving.deserialize_keras_object(config)
-        loaded(x)
+        built = keras.saving.deserialize_keras_object(config)
+        built(x)
     rng = np.random.default_rng(4)
-    for weight in (loaded.layer.lora_kernel_a, loaded.layer.lora_kernel_b):
+    for weight in (built.layer.lora_kernel_a, built.layer.lora_kernel_b):
         weight.assign(rng.normal(size=weight.shape).astype("float32"))
-    update = ops.convert_to_numpy(loaded.layer.kernel - loaded.layer._kernel)
-    if wrapper == "WeightNormalization":
-        kernel = ops.convert_to_numpy(loaded.layer._kernel)
-        normalized = kernel / np.linalg.norm(kernel, axis=0) * ops.convert_to_numpy(loaded.g)
-    else:
-        normalized = ops.convert_to_numpy(loaded.normalized_kernel())
-    want = x @ (normalized + update) + ops.convert_to_numpy(loaded.layer.bias)
-    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), want, rtol=1e-4, atol=1e-4)
+
+    def normalized(wrapped):
+        if wrapper == "SpectralNormalization":
+            return ops.convert_to_numpy(wrapped.normalized_kernel())
+        kernel = ops.convert_to_numpy(wrapped.layer._kernel)
+        return kernel / np.linalg.norm(kernel, axis=0) * ops.convert_to_numpy(wrapped.g)
+
+    update = ops.convert_to_numpy(built.layer.kernel - built.layer._kernel)
+    want = x @ (normalized(built) + update) + ops.convert_to_numpy(built.layer.bias)
+    np.testing.assert_allclose(ops.convert_to_numpy(built(x)), want, rtol=1e-4, atol=1e-4)
+
+    model = keras.Sequential([keras.Input((4,)), built])
+    model.save(tmp_path / "lora.keras")
+    with pytest.warns(UserWarning, match="LoRA-enabled Dense"):
+        loaded = keras.saving.load_model(tmp_path / "lora.keras").layers[0]
+        y = ops.convert_to_numpy(loaded(x))
+    want = x @ normalized(loaded) + ops.convert_to_numpy(loaded.layer.bias)
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("wrapper", ["SpectralNormalization", "WeightNormalization"])
+def test_a_loaded_wrapper_still_refuses_lora_enabled_later(wrapper):
+    x = np.ones((2, 4), "float32")
+    wrapped = getattr(normlab, wrapper)(keras.layers.Dense(3))
+    wrapped(x)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(wrapped))
+    clone(x)
+    _with_lora(clone.layer, rank=1)
+    with pytest.raises(ValueError, match="without LoRA"):
+        clone(x, training=True)
 
 
 @pytest.mark.parametrize("gamma", [float("nan"), float("inf")])
