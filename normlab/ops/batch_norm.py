@@ -219,8 +219,7 @@ def _batch_norm_train(
     if v is not None:
         y = ops.reshape(y, shape)
         if mask is not None:  # each ghost batch weighs as many as its unmasked positions
-            mean, variance = _masked_ghost_average(mean, variance, ops.sum(mask, axis=reduce_axes, keepdims=True),
-                                                   replica_sum)
+            mean, variance = _ghost_average(mean, variance, ops.sum(mask, reduce_axes, keepdims=True), replica_sum)
         elif replica_sum is None:
             mean, variance = ops.mean(mean, axis=0), ops.mean(variance, axis=0)
         else:
@@ -233,16 +232,17 @@ def _batch_norm_train(
     return y, ops.reshape(mean, (channels,)), ops.reshape(variance, (channels,))
 
 
-def _masked_ghost_average(mean: Tensor, variance: Tensor, counts: Tensor,
+def _ghost_average(mean: Tensor, variance: Tensor, counts: Tensor,
                           replica_sum: ReplicaSum | None) -> tuple[Tensor, Tensor]:
     """Ghost batches' statistics averaged with weights ``counts`` (their unmasked positions), over every replica's."""
     counts = ops.cast(ops.broadcast_to(counts, ops.shape(mean)), mean.dtype)
     kept = counts > 0  # a ghost batch of padding only: no statistics to weigh
     totals = [ops.sum(ops.where(kept, counts * mean, 0.0), axis=0),
               ops.sum(ops.where(kept, counts * variance, 0.0), axis=0), ops.sum(counts, axis=0)]
-    if replica_sum is not None:
-        totals = list(ops.unstack(replica_sum(ops.stack(totals))))
-        note_count(replica_sum, totals[2])
+    if replica_sum is not None:  # with the number of ghost batches, padding or not: the global batch's size
+        ghosts = ops.broadcast_to(ops.cast(dims(mean)[0], mean.dtype), ops.shape(mean)[1:])
+        *totals, ghosts = ops.unstack(replica_sum(ops.stack([*totals, ghosts])))
+        note_count(replica_sum, ghosts)
     total = ops.maximum(totals[2], 1.0)  # an all-padding batch: zeros, as an empty ghost batch gives
     return totals[0] / total, totals[1] / total
 

@@ -43,9 +43,10 @@ from normlab.types import DTypeLike, ReplicaSum, Tensor
 class CountingSum:
     """A replica sum that keeps the global count of the statistics summed with it.
 
-    The statistics kernels record the all-reduced count (samples, or
-    elements, per channel) of the last statistics they synchronized through
-    it in :attr:`count` (None until then). Layers read it to learn whether
+    The statistics kernels record the all-reduced size of the batch
+    behind the last statistics they synchronized through it in
+    :attr:`count` (None until then): elements per channel (padding
+    included), or ghost batches. Layers read it to learn whether
     the global batch held any sample, and its size, without a collective of
     their own: one more all-reduce costs a round trip, and one that does not
     depend on the statistics may be scheduled in a different order on each
@@ -151,9 +152,11 @@ def _cross_replica_moments(
 
         count = total(ops.ones_like(x))
     first = total(ops.stop_gradient(x))
-    # Pass 1: the global sum and count, one all-reduce; their quotient is the shift.
-    first, count = ops.unstack(replica_sum(ops.stack([first, ops.broadcast_to(count, ops.shape(first))])))
-    note_count(replica_sum, ops.stop_gradient(count))
+    # Pass 1: the global sum and count, one all-reduce; their quotient is the shift. With a
+    # mask, the global number of elements too (padding included: the batch's size).
+    rows = [first, count] + ([] if weight is None else [_reduced_count(x, axes, x.dtype)])
+    first, count, *size = ops.unstack(replica_sum(ops.stack([ops.broadcast_to(r, ops.shape(first)) for r in rows])))
+    note_count(replica_sum, ops.stop_gradient(size[0] if size else count))
     count = ops.stop_gradient(ops.maximum(count, 1.0))
     shift = ops.stop_gradient(first / count)
     # Pass 2: residual sums about the shared shift, one all-reduce (with gradient).

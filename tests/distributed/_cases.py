@@ -44,6 +44,10 @@ def _layers():
             synchronized=s, momentum=0.5, virtual_batch_size=2), (3, 4), False),
         "renorm_ghost": (lambda s: normlab.BatchNormalization(
             synchronized=s, momentum=0.5, renorm=True, renorm_clipping=clipping, virtual_batch_size=2), (3, 4), False),
+        # every position padding: the moving statistics move as one device's (toward zero statistics)
+        "all_padding": (lambda s: normlab.BatchNormalization(synchronized=s, momentum=0.5), (5, 3), True),
+        "ghost_all_padding": (lambda s: normlab.BatchNormalization(
+            synchronized=s, momentum=0.5, virtual_batch_size=2), (5, 3), True),
         "evo_norm_b0": (lambda s: normlab.EvoNormB0(synchronized=s, momentum=0.5), (2, 2, 3), False),
         "switchable": (lambda s: normlab.SwitchableNormalization(synchronized=s, momentum=0.5), (2, 2, 3), False),
     }
@@ -73,6 +77,8 @@ def data(name, sizes, seed=0):
     if masked:
         mask = rng.random((n,) + shape[:-1]) < 0.7
         mask[:, 0] = True  # every sample keeps one position
+        if name.endswith("all_padding"):
+            mask[:] = False
     return x, w, mask
 
 

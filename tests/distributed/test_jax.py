@@ -13,7 +13,7 @@ from tests.distributed import _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(keras.backend.backend() != "jax", reason="runs in the JAX backend's test process")]
 
-LAYERS = ["batch_norm", "batch_norm_mask", "batch_norm_channels_first", "renorm", "ghost", "renorm_ghost",
+LAYERS = ["batch_norm", "batch_norm_mask", "all_padding", "ghost_all_padding", "batch_norm_channels_first", "renorm", "ghost", "renorm_ghost",
           "evo_norm_b0", "switchable"]
 CASES = [f"{name}/sync" for name in LAYERS] + [
     "batch_norm/local", "ghost/local", "batch_norm/sync/pmap", "renorm_ghost/sync/pmap",

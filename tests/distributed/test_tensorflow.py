@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="runs in the TensorFlow backend's test process"
 )]
 
-LAYERS = ["batch_norm", "batch_norm_mask", "batch_norm_channels_first", "renorm", "ghost", "renorm_ghost",
+LAYERS = ["batch_norm", "batch_norm_mask", "all_padding", "ghost_all_padding", "batch_norm_channels_first", "renorm", "ghost", "renorm_ghost",
           "evo_norm_b0", "switchable"]
 CASES = [f"{name}/sync" for name in LAYERS] + ["batch_norm/local", "renorm/local", "float64_reference", "fit",
                                                "fit_partial_batch", "fit_partial_batch_local"] + [
