@@ -299,22 +299,23 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
                            "data-dependent initialization of `g` and the bias cannot happen there: they keep "
                            "their current values. Call the model once eagerly first, e.g. `model(x_batch)`.")
             return
-        if done is False:  # eager: no need to trace both branches
+        batch = keras.tree.flatten(inputs)[0].shape[0]
+        if batch == 0:  # no sample to initialize from (0/0 statistics): wait for the next batch
+            return
+        # A batch empty only at run time (a traced function's unknown size) initializes nothing either.
+        size = batch if batch is not None else ops.shape(keras.tree.flatten(inputs)[0])[0]
+        keep = self.initialized if batch is not None else ops.logical_or(self.initialized, size == 0)
+        if done is False and batch is not None:  # eager: no need to trace both branches
             values = self._data_init_values(inputs)
         elif keras.backend.backend() == "torch":  # torch.compile: Keras' torch cond is a Python `if`
-            values = tuple(ops.where(self.initialized, t.value, v)
-                           for t, v in zip(targets, self._data_init_values(inputs)))
+            values = tuple(ops.where(keep, t.value, v) for t, v in zip(targets, self._data_init_values(inputs)))
         else:  # inside a traced function (tf.function, jit): decide at run time
             current = tuple(t.value for t in targets)
-            values = ops.cond(
-                ops.logical_and(self.initialized, True),
-                lambda: current,
-                lambda: self._data_init_values(inputs),
-            )
+            values = ops.cond(ops.logical_and(keep, True), lambda: current, lambda: self._data_init_values(inputs))
         for target, value in zip(targets, values):
             target.assign(value)
-        self.initialized.assign(True)
-        self._init_seen = True
+        self.initialized.assign(ops.logical_or(self.initialized, size > 0) if batch is None else True)
+        self._init_seen = batch is not None
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Any:
         with full_precision():

@@ -119,6 +119,31 @@ def test_data_init_in_a_tf_function(jit_compile):
     np.testing.assert_allclose(run(x * 3.0).numpy(), 3 * x / 4, atol=1e-6)
 
 
+def test_an_empty_first_batch_leaves_data_init_to_the_next():
+    """Its statistics are 0/0: ``g`` was NaN for good. The layer waits for a batch with samples."""
+    x = np.array([[-4.0, -4.0], [4.0, 4.0]], "float32")
+    layer = normlab.WeightNormalization(keras.layers.Dense(2, kernel_initializer="identity"))
+    assert tuple(layer(x[:0]).shape) == (0, 2)
+    assert not bool(ops.convert_to_numpy(layer.initialized))
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.g), [1.0, 1.0])
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), x / 4, atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a graph's unknown batch size")
+def test_a_batch_empty_at_run_time_leaves_data_init_to_the_next():
+    import tensorflow as tf
+
+    x = np.array([[-4.0, -4.0], [4.0, 4.0]], "float32")
+    layer = normlab.WeightNormalization(keras.layers.Dense(2, kernel_initializer="identity"))
+    layer.build(x.shape)
+    run = tf.function(lambda t: layer(t, training=True), input_signature=[tf.TensorSpec([None, 2])])
+    run(x[:0])
+    assert not bool(layer.initialized.numpy())
+    np.testing.assert_array_equal(layer.g.numpy(), [1.0, 1.0])
+    np.testing.assert_allclose(run(x).numpy(), x / 4, atol=1e-6)
+    np.testing.assert_allclose(run(x * 3.0).numpy(), 3 * x / 4, atol=1e-6)  # initialized once
+
+
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 def test_data_init_matches_the_paper(data_format):
     x = X
