@@ -315,7 +315,7 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
         for target, value in zip(targets, values):
             target.assign(value)
         self.initialized.assign(ops.logical_or(self.initialized, size > 0) if batch is None else True)
-        self._init_seen = batch is not None
+        self._init_seen = True
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Any:
         with full_precision():
