@@ -101,14 +101,28 @@ class SavedLora:
     loaded wrapper normalizes the merged kernel (the saved model added the
     update after the normalization, which no file keeps), and any later
     update is added after the normalization. A layer given LoRA after
-    loading (``enable_lora()``) is refused as in a new wrapper."""
+    loading (``enable_lora()``) is refused as in a new wrapper.
+
+    ``enable_lora()`` writes ``lora_rank`` into the layer's config too, so
+    this version's config of a refused wrapper marks itself with
+    ``"refuses_lora": True`` (only then; ``from_config`` removes it): a
+    clone or a saved and loaded copy stays refused."""
 
     _from_config = False
 
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()  # type: ignore[misc]
+        if getattr(self.layer, "lora_rank", None) and not self._from_config:
+            config["refuses_lora"] = True
+        return config
+
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> Any:
+        config = dict(config)
+        refuses = config.pop("refuses_lora", False)
         wrapper = super().from_config(config, custom_objects)  # type: ignore[misc]
-        wrapper._from_config = bool(getattr(wrapper.layer, "lora_rank", None))  # from the config: not built yet
+        # From an earlier version's config (not built yet, so lora_rank is the config's).
+        wrapper._from_config = not refuses and bool(getattr(wrapper.layer, "lora_rank", None))
         return wrapper
 
 

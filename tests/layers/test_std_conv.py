@@ -1,5 +1,7 @@
 """StdConv1D/2D/3D and ScaledStdConv1D/2D/3D: harness, float64 references, timm anchors, errors."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -297,6 +299,7 @@ def test_a_saved_wrapper_of_a_lora_layer_loads(wrapper, tmp_path):
     loaded wrapper normalizes the merged kernel."""
     x = np.random.default_rng(3).normal(size=(2, 4)).astype("float32")
     config = keras.saving.serialize_keras_object(getattr(normlab, wrapper)(keras.layers.Dense(3, lora_rank=1)))
+    assert config["config"].pop("refuses_lora")  # an earlier version's config has no marker
     with pytest.warns(UserWarning, match="LoRA-enabled Dense"):
         built = keras.saving.deserialize_keras_object(config)
         built(x)
@@ -333,6 +336,48 @@ def test_a_loaded_wrapper_still_refuses_lora_enabled_later(wrapper):
     _with_lora(clone.layer, rank=1)
     with pytest.raises(ValueError, match="without LoRA"):
         clone(x, training=True)
+
+
+@pytest.mark.parametrize("copy", ["clone_model", "keras_file"])
+@pytest.mark.parametrize("wrapper", ["SpectralNormalization", "WeightNormalization"])
+def test_a_copy_of_a_refused_wrapper_is_refused(wrapper, copy, tmp_path):
+    """``enable_lora()`` writes ``lora_rank`` into the layer's config, which
+    was taken for an earlier version's file: a clone or a saved and loaded
+    copy of a refused wrapper ran (with a warning about an earlier version)."""
+    x = np.ones((2, 4), "float32")
+    model = keras.Sequential([keras.Input((4,)), getattr(normlab, wrapper)(keras.layers.Dense(3))])
+    model(x)
+    _with_lora(model.layers[0].layer, rank=1)
+    with pytest.raises(ValueError, match="without LoRA"):
+        model(x)
+    if copy == "keras_file":
+        model.save(tmp_path / "refused.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="without LoRA"):  # when the copy is built, or called
+            if copy == "clone_model":
+                other = keras.models.clone_model(model)
+            else:
+                other = keras.saving.load_model(tmp_path / "refused.keras")
+            other(x)
+
+
+@pytest.mark.parametrize("wrapper", ["SpectralNormalization", "WeightNormalization"])
+def test_a_copy_of_an_accepted_earlier_wrapper_is_accepted(wrapper):
+    """A wrapper built from an earlier version's config stays accepted in its clones."""
+    x = np.ones((2, 4), "float32")
+    config = keras.saving.serialize_keras_object(getattr(normlab, wrapper)(keras.layers.Dense(3, lora_rank=1)))
+    del config["config"]["refuses_lora"]
+    with pytest.warns(UserWarning, match="LoRA-enabled Dense"):
+        built = keras.saving.deserialize_keras_object(config)
+        built(x)
+    assert "refuses_lora" not in built.get_config()
+    with pytest.warns(UserWarning, match="LoRA-enabled Dense"):
+        keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(built))(x)
+
+
+def test_the_lora_marker_is_only_in_a_lora_wrappers_config():
+    assert "refuses_lora" not in normlab.WeightNormalization(keras.layers.Dense(3)).get_config()
 
 
 @pytest.mark.parametrize("gamma", [float("nan"), float("inf")])
