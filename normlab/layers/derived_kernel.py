@@ -38,7 +38,7 @@ from keras import ops
 
 from normlab import _compat
 from normlab.ops.validate import ArgumentTypeError, error_message
-from normlab.types import Tensor
+from normlab.types import DTypeLike, Shape, Tensor
 
 _T = TypeVar("_T")
 
@@ -108,6 +108,7 @@ class SavedLora:
     ``"refuses_lora": True`` (only then; ``from_config`` removes it): a
     clone or a saved and loaded copy stays refused."""
 
+    layer: keras.layers.Layer
     _from_config = False
 
     def get_config(self) -> dict[str, Any]:
@@ -274,14 +275,41 @@ def in_jax_stateless_call() -> bool:
 
 def concrete_bool(variable: keras.Variable) -> bool | None:
     """The variable's value as a Python bool, or None inside a traced function."""
-    if keras.backend.backend() == "torch":
-        from normlab.backends.torch import traced
-        if traced():  # torch.compile, torch.export: reading the value would break the graph
-            return None
+    if torch_traced():  # torch.compile, torch.export: reading the value would break the graph
+        return None
     try:
         return bool(ops.convert_to_numpy(variable))
     except Exception:  # a symbolic value (tf.function, jax.jit): only known at run time
         return None
+
+
+def torch_traced() -> bool:
+    """Whether torch traces this call (compilers, exporters, function transforms)."""
+    if keras.backend.backend() != "torch":
+        return False
+    from normlab.backends.torch import traced
+    return traced()
+
+
+def bool_at_trace(variable: keras.Variable) -> bool | None:
+    """The variable's value as a Python bool now, also inside a TensorFlow
+    graph being traced (read outside it, under ``tf.init_scope``): what a
+    trace may take as already done. None under torch's compilers."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        with tf.init_scope():
+            return concrete_bool(variable)
+    return concrete_bool(variable)
+
+
+def trace_runs_now() -> bool:
+    """Whether a traced torch call runs as it is traced (``torch.compile``,
+    ``torch.jit.trace``), so that its variable updates happen; an exporter
+    only records them, as do TensorFlow's and JAX's traces."""
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+    return not (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
 
 
 def in_openvino_graph(x: Tensor) -> bool:
@@ -322,3 +350,20 @@ def output_channel_axis(layer: keras.layers.Layer) -> int:
     if getattr(layer, "data_format", "channels_last") == "channels_first":
         return 1
     return -1
+
+
+class KernelL2Norm(keras.initializers.Initializer):
+    """Initializer: the per-unit L2 norm of a kernel variable over ``axes``
+    (``g = ||v||``, WeightNormalization without data_init)."""
+
+    def __init__(self, kernel: keras.Variable, axes: list[int]) -> None:
+        self.kernel = kernel
+        self.axes = axes
+
+    def __call__(self, shape: Shape, dtype: DTypeLike = None) -> Tensor:
+        v = ops.cast(self.kernel, "float32")
+        norm = ops.sqrt(ops.sum(ops.square(v), axis=self.axes))
+        return ops.cast(ops.reshape(norm, shape), dtype or "float32")
+
+    def get_config(self) -> dict[str, Any]:  # never serialized: the layer's config rebuilds it
+        return {}

@@ -13,7 +13,8 @@ Behaviour notes (details in the class docstring):
 * The data-dependent initialization runs on the first call of any kind,
   training or inference, eager or traced (TF Addons' behaviour); never
   while Keras only infers shapes, never again once ``initialized`` is set
-  (e.g. by loading saved weights).
+  (e.g. by loading saved weights). A graph traced before it (a
+  ``tf.function``, an export) carries it; the next call looks again.
 * Under JAX, ``fit``, ``predict`` and ``evaluate`` discard forward-pass
   updates of trainable weights: there the layer keeps ``g`` and the bias,
   warns once, and a training step marks it initialized so that no later
@@ -32,7 +33,9 @@ from keras import ops
 
 from normlab.layers.derived_kernel import (
     KERNEL_LAYERS,
+    KernelL2Norm,
     SavedLora,
+    bool_at_trace,
     call_with_kernel,
     check_wrapped_layer,
     concrete_bool,
@@ -44,11 +47,13 @@ from normlab.layers.derived_kernel import (
     missing_layer,
     output_channel_axis,
     substituted,
+    torch_traced,
+    trace_runs_now,
 )
 from normlab.ops.moments import moments
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.ops.weights import weight_norm
-from normlab.types import DTypeLike, Shape, Tensor
+from normlab.types import Shape, Tensor
 
 #: Added to the variance in the data-dependent initialization (as TF Addons).
 DATA_INIT_EPSILON = 1e-10
@@ -204,7 +209,7 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
         self.g = self.add_weight(
             name="g",
             shape=(units,),
-            initializer="ones" if self.data_init else _KernelNorm(kernel, self._norm_axes),
+            initializer="ones" if self.data_init else KernelL2Norm(kernel, self._norm_axes),
             trainable=True,
         )
         self.initialized = self.add_weight(
@@ -252,8 +257,11 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
             values.append(ops.cast(-mean * scale, bias.dtype))
         return tuple(ops.stop_gradient(v) for v in values)
 
-    def _warn(self, message: str) -> None:
-        warnings.warn(f"{type(self).__name__} {self.name!r}: {message}", UserWarning, stacklevel=4)
+    def _warn(self, flag: str, message: str) -> None:
+        """Warns once per ``flag``; not while torch traces (a graph break), so the next eager call does."""
+        if not getattr(self, flag) and not torch_traced():
+            setattr(self, flag, True)
+            warnings.warn(f"{type(self).__name__} {self.name!r}: {message}", UserWarning, stacklevel=4)
 
     def _initialize(self, inputs: Tensor, training: bool | None) -> None:
         if in_jax_stateless_call():
@@ -261,9 +269,9 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
             # (non-trainable) would be kept. Leave g and the bias as they are; a
             # training call marks the layer initialized, so that no later call
             # overwrites the weights it trained.
-            if not self._init_seen and not self._warned:
-                self._warned = True
+            if not self._init_seen:
                 self._warn(
+                    "_warned",
                     "under JAX, `fit`, `predict` and `evaluate` discard updates of trainable "
                     "weights made in the forward pass, so the data-dependent initialization of "
                     "`g` and the bias cannot happen here: they keep their current values, and a "
@@ -280,12 +288,12 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
             # conditional (Keras' torch ops.cond is a Python `if` on a tensor).
             return
         done = concrete_bool(self.initialized)
-        if done:  # eager and initialized: nothing to do
+        if done or (done is None and bool_at_trace(self.initialized)):  # initialized (a trace: before it)
             self._init_seen = True
             return
-        if self._is_rnn and not self._warned_rnn and (done is False or not self._init_seen):
-            self._warned_rnn = True
+        if self._is_rnn:
             self._warn(
+                "_warned_rnn",
                 "data-dependent initialization of a recurrent layer (TF Addons' default; the "
                 "paper advises against it for RNNs): `g` is set from this batch's outputs. "
                 "Pass data_init=False to start from the unwrapped layer."
@@ -293,17 +301,16 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
         bias = self._bias()
         targets = [self.g] + ([bias] if bias is not None else [])
         if done is False and in_openvino_graph(inputs):
-            if not self._warned:
-                self._warned = True
-                self._warn("OpenVINO's `predict` compiles a graph from placeholder inputs, so the "
+            self._warn("_warned", "OpenVINO's `predict` compiles a graph from placeholder inputs, so the "
                            "data-dependent initialization of `g` and the bias cannot happen there: they keep "
-                           "their current values. Call the model once eagerly first, e.g. `model(x_batch)`.")
+                       "their current values. Call the model once eagerly first, e.g. `model(x_batch)`.")
             return
-        batch = keras.tree.flatten(inputs)[0].shape[0]
+        first = keras.tree.flatten(inputs)[0]
+        batch = first.shape[0]
         if batch == 0:  # no sample to initialize from (0/0 statistics): wait for the next batch
             return
         # A batch empty only at run time (a traced function's unknown size) initializes nothing either.
-        size = batch if batch is not None else ops.shape(keras.tree.flatten(inputs)[0])[0]
+        size = batch if batch is not None else ops.shape(first)[0]
         keep = self.initialized if batch is not None else ops.logical_or(self.initialized, size == 0)
         if done is False and batch is not None:  # eager: no need to trace both branches
             values = self._data_init_values(inputs)
@@ -315,7 +322,8 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
         for target, value in zip(targets, values):
             target.assign(value)
         self.initialized.assign(ops.logical_or(self.initialized, size > 0) if batch is None else True)
-        self._init_seen = True
+        # A trace that is only saved (tf.function, jit, an exporter) may never run: the next call looks again.
+        self._init_seen = done is False or trace_runs_now()
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Any:
         with full_precision():
@@ -369,22 +377,6 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "data_init": self.data_init}
-
-
-class _KernelNorm(keras.initializers.Initializer):
-    """Initializer: the per-unit L2 norm of a kernel variable (``g = ||v||``)."""
-
-    def __init__(self, kernel: keras.Variable, axes: list[int]) -> None:
-        self.kernel = kernel
-        self.axes = axes
-
-    def __call__(self, shape: Shape, dtype: DTypeLike = None) -> Tensor:
-        v = ops.cast(self.kernel, "float32")
-        norm = ops.sqrt(ops.sum(ops.square(v), axis=self.axes))
-        return ops.cast(ops.reshape(norm, shape), dtype or "float32")
-
-    def get_config(self) -> dict[str, Any]:  # never serialized: the layer's config holds data_init
-        return {}
 
 
 def weight_normalization(

@@ -119,6 +119,42 @@ def test_data_init_in_a_tf_function(jit_compile):
     np.testing.assert_allclose(run(x * 3.0).numpy(), 3 * x / 4, atol=1e-6)
 
 
+def _trace_without_running(model, x):
+    """A graph of ``model`` traced, never run: what an export does."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(model).get_concrete_function(tf.TensorSpec(x.shape)).graph
+    import torch
+
+    return torch.export.export(model, (torch.tensor(x),)).graph
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="a graph traced and never run (tf.function, torch.export)")
+def test_a_graph_traced_before_the_first_call_leaves_data_init_to_the_next():
+    """Such a trace (``model.export`` of a new model) marked the layer
+    initialized, and it never was: ``g`` stayed 1 (outputs 3.4 off)."""
+    x = np.array([[-4.0, -4.0], [4.0, 4.0]], "float32")
+    layer = normlab.WeightNormalization(keras.layers.Dense(2, kernel_initializer="identity"))
+    model = keras.Sequential([keras.Input((2,)), layer])
+    _trace_without_running(model, x)
+    assert not bool(ops.convert_to_numpy(layer.initialized))
+    np.testing.assert_allclose(ops.convert_to_numpy(model(x)), x / 4, atol=1e-6)
+    assert bool(ops.convert_to_numpy(layer.initialized))
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow graph ops")
+def test_a_graph_traced_after_fit_carries_no_initialization():
+    """``fit`` initializes inside its own graph; a later trace (``model.export``)
+    takes the layer as initialized: no branch, no assignment in it."""
+    x = np.random.default_rng(1).normal(size=(8, 2)).astype("float32")
+    model = keras.Sequential([keras.Input((2,)), normlab.WeightNormalization(keras.layers.Dense(2))])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, x, epochs=1, batch_size=8, verbose=0)
+    ops_in_graph = {op.type for op in _trace_without_running(model, x).get_operations()}
+    assert not ops_in_graph & {"If", "StatelessIf", "AssignVariableOp"}, sorted(ops_in_graph)
+
+
 def test_an_empty_first_batch_leaves_data_init_to_the_next():
     """Its statistics are 0/0: ``g`` was NaN for good. The layer waits for a batch with samples."""
     x = np.array([[-4.0, -4.0], [4.0, 4.0]], "float32")
