@@ -19,6 +19,7 @@ are created with ``autocast=False``, so reading them inside an
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Literal, Protocol, Sequence
 
 import keras
@@ -221,25 +222,26 @@ class Normalization(FloatCompute, keras.layers.Layer):
                       replica_sum: CountingSum | None = None) -> None:
         """Moving averages: ``moving <- moving * momentum + batch * (1 - momentum)``
         for each ``(variable, batch_statistic, momentum)``. An empty batch
-        (size 0, known only at run time inside a traced function) leaves them
-        unchanged; one known to be empty is never normalized (see
-        :meth:`empty_batch`). With ``replica_sum`` (synchronized statistics,
-        the same on every replica; see :meth:`replica_sum`) the batch is the
-        global one, whose count the statistics' own all-reduce gave: a
-        replica whose own share is empty updates its copy like the others."""
+        (no element: a size 0, batch or spatial, known only at run time
+        inside a traced function) leaves them unchanged; one known to be
+        empty is never normalized (see :meth:`empty_batch`). With
+        ``replica_sum`` (synchronized statistics, the same on every replica;
+        see :meth:`replica_sum`) the batch is the global one, whose count the
+        statistics' own all-reduce gave: a replica whose own share is empty
+        updates its copy like the others."""
         if replica_sum is not None:
             if replica_sum.count is None:
                 raise RuntimeError(f"{type(self).__name__}: no statistics were synchronized before the update.")
-            n: Any = ops.sum(replica_sum.count)  # (not ops.max: a graph break under torch.compile)
+            sizes: list[Any] = [ops.sum(replica_sum.count)]  # (not ops.max: a graph break under torch.compile)
         else:
-            n = ops.shape(inputs)[0]
+            # Tensor sizes (TF's unknown ones). A torch SymInt is never 0:
+            # torch.compile specializes sizes 0 and 1, and the batch is then
+            # known to be empty (see empty_batch).
+            sizes = [n for n in ops.shape(inputs) if not is_traced_int(n)]
         for moving, batch, momentum in updates:
             value = moving * momentum + ops.cast(batch, moving.dtype) * (1.0 - momentum)
-            if not is_traced_int(n):
-                # A tensor size (TF, unknown batch) or a global count. A torch
-                # SymInt is never 0: torch.compile specializes sizes 0 and 1,
-                # and the batch is then known to be empty (see empty_batch).
-                value = ops.where(n > 0, value, moving.value)
+            if sizes:
+                value = ops.where(functools.reduce(ops.logical_and, [n > 0 for n in sizes]), value, moving.value)
             moving.assign(value)
 
     @staticmethod
@@ -256,7 +258,7 @@ class Normalization(FloatCompute, keras.layers.Layer):
         so a layer returns its (empty) input and updates nothing. Never with
         ``replica_sum``: the other replicas' batches have statistics, and
         their all-reduces wait for this replica's share."""
-        return replica_sum is None and inputs.shape[0] == 0
+        return replica_sum is None and 0 in inputs.shape
 
     def compute_output_shape(self, input_shape: Shape) -> tuple[int | None, ...]:
         return tuple(input_shape)

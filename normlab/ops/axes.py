@@ -184,18 +184,22 @@ def grouped_dims(x: Tensor, a: int, groups: int, channels: int) -> tuple[list[An
     return shape, shape[:a] + [groups, channels // groups] + shape[a + 1:]
 
 
-def first_along(x: Tensor, axes: Sequence[int]) -> Tensor:
+def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = None) -> Tensor:
     """The first element of ``x`` along each of ``axes`` (kept as size 1).
 
-    Where the batch axis (0) is among them with a size unknown until run
-    time (a graph's batch), it may be 0 there (a replica's empty share of a
-    batch, an empty filtered batch): the sample is then 0, not a slice that
-    a later reshape to the statistics' shape rejects. Other unknown axes
-    (spatial sizes) are taken to hold an element: no pad in their graphs.
+    Batch statistics (by default where the batch axis 0 is among ``axes``;
+    ghost batches say so) reduce to one value per feature, which a reshape
+    then checks: there an axis of a size unknown until run time (a graph's
+    batch, a replica's empty share of it, a spatial size) may be 0, and the
+    sample is then 0, not an empty slice the reshape rejects. Per-sample
+    statistics (GroupNorm, InstanceNorm) keep an empty slice, which
+    broadcasts: no pad in their graphs.
     """
     ndim = len(x.shape)
     index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(ndim))
     sample = x[index]
-    if 0 in axes and x.shape[0] is None:
-        sample = ops.pad(sample, [(0, 1)] + [(0, 0)] * (ndim - 1))[index]
+    batch_statistics = 0 in axes if batch_statistics is None else batch_statistics
+    unknown = [a for a in axes if x.shape[a] is None] if batch_statistics else []
+    if unknown:
+        sample = ops.pad(sample, [(0, 1) if a in unknown else (0, 0) for a in range(ndim)])[index]
     return sample

@@ -191,7 +191,7 @@ def _batch_norm_train(
         reduce_axes = complement([a], ndim)
     # Ghost batches never span replicas: only their average is synchronized (below).
     shift, residual_mean, variance = shifted_moments(
-        x_work, reduce_axes, mask=mask, replica_sum=None if v is not None else replica_sum
+        x_work, reduce_axes, mask=mask, replica_sum=None if v is not None else replica_sum, batch_statistics=True
     )
     mean = shift + residual_mean
     dtype = mean.dtype

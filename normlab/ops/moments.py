@@ -169,7 +169,8 @@ def _cross_replica_moments(
 
 
 def shifted_moments(
-    x: Tensor, axes: Sequence[int], *, mask: Tensor | None = None, replica_sum: ReplicaSum | None = None
+    x: Tensor, axes: Sequence[int], *, mask: Tensor | None = None, replica_sum: ReplicaSum | None = None,
+    batch_statistics: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Statistics of ``x`` relative to a per-slice shift, for the exact apply step.
 
@@ -180,7 +181,8 @@ def shifted_moments(
     ``shift + mean``. Pass all three to
     :func:`~normlab.ops.normalize.normalize` (``shift=shift``); the result
     does not depend on the shift, only its rounding does, which is why it
-    is kept apart. Arguments as in :func:`moments`.
+    is kept apart. Arguments as in :func:`moments`; ``batch_statistics``
+    as in :func:`~normlab.ops.axes.first_along` (ghost batches pass True).
     """
     axes = canonicalize_axes(list(axes), len(x.shape), argument="axes", allow_batch=True)
     dtype = stats_dtype(x.dtype)
@@ -200,7 +202,7 @@ def shifted_moments(
         # everywhere, and ``x - sample`` is exact near the offset. The
         # variance is then taken about the residuals' mean (a second pass),
         # since a sample may lie several standard deviations from the mean.
-        shift = ops.stop_gradient(first_along(x, axes))
+        shift = ops.stop_gradient(first_along(x, axes, batch_statistics))
         residual = x - shift
         mean = average(residual)
         centered = residual - mean  # squared as a product: see mean_square

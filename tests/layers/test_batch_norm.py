@@ -133,13 +133,30 @@ def test_keras_mask_covers_every_axis_but_the_last_whatever_the_channel_axis(sha
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"renorm": True}, {"virtual_batch_size": 2}])
-@pytest.mark.parametrize("shape", [(0, 3), (0, 4, 4, 3)])
+@pytest.mark.parametrize("shape", [(0, 3), (0, 4, 4, 3), (2, 0, 4, 3)])
 def test_empty_batch_in_training_returns_empty_and_keeps_the_moving_statistics(shape, kwargs):
+    """Also a batch whose spatial size is 0 (no element either): its 0/0
+    statistics went into the moving ones (NaN for good, as Keras' BN does)."""
     layer = normlab.BatchNormalization(**kwargs)
     layer.build((None,) + shape[1:])
     before = [ops.convert_to_numpy(w) for w in layer.non_trainable_weights]
     y = layer(np.zeros(shape, "float32"), training=True)
     assert tuple(y.shape) == shape
+    for old, new in zip(before, layer.non_trainable_weights):
+        np.testing.assert_array_equal(ops.convert_to_numpy(new), old)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: normlab.BatchNormalization(axis=1),
+    lambda: normlab.EvoNormB0(),
+    lambda: normlab.SwitchableNormalization(),
+], ids=["channels_first", "evo_norm_b0", "switchable"])
+def test_a_zero_spatial_size_in_training_keeps_the_moving_statistics(make):
+    """SwitchableNormalization failed in a reshape; the others took the 0/0 statistics (NaN)."""
+    layer = make()
+    layer.build((None, 4, 4, 8))
+    before = [ops.convert_to_numpy(w) for w in layer.non_trainable_weights]
+    assert tuple(layer(np.zeros((2, 4, 0, 8), "float32"), training=True).shape) == (2, 4, 0, 8)
     for old, new in zip(before, layer.non_trainable_weights):
         np.testing.assert_array_equal(ops.convert_to_numpy(new), old)
 
@@ -154,11 +171,13 @@ def test_empty_batch_in_training_returns_empty_and_keeps_the_moving_statistics(s
     lambda: normlab.SwitchableNormalization(),
 ], ids=["fused", "channels_first", "renorm", "ghost", "evo_norm_b0", "switchable"])
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
-def test_a_batch_that_is_empty_only_at_run_time(make, fast):
+@pytest.mark.parametrize("empty", [(0, 4, 4, 8), (2, 4, 0, 8)], ids=["batch", "spatial"])
+def test_a_batch_that_is_empty_only_at_run_time(make, fast, empty):
     """In a ``tf.function`` with an unknown batch size, a batch of 0 (a
     replica's empty share under ``MirroredStrategy.fit``, a filtered batch)
     failed in a reshape of the statistics' sample row; it returns the empty
-    batch and keeps the moving statistics."""
+    batch and keeps the moving statistics. So does an unknown spatial size
+    that is 0 at run time (it failed likewise)."""
     import contextlib
 
     import tensorflow as tf
@@ -168,18 +187,19 @@ def test_a_batch_that_is_empty_only_at_run_time(make, fast):
     layer = make()
     layer.build((None, 4, 4, 8))
     before = [ops.convert_to_numpy(w) for w in layer.non_trainable_weights]
-    step = tf.function(lambda x: layer(x, training=True), input_signature=[tf.TensorSpec([None, 4, 4, 8])])
+    step = tf.function(lambda x: layer(x, training=True), input_signature=[tf.TensorSpec([None, 4, None, 8])])
     with contextlib.nullcontext() if fast else backends.disabled():
-        y = step(tf.zeros([0, 4, 4, 8]))
-    assert tuple(y.shape) == (0, 4, 4, 8)
+        y = step(tf.zeros(empty))
+    assert tuple(y.shape) == empty
     for old, new in zip(before, layer.non_trainable_weights):
         np.testing.assert_array_equal(ops.convert_to_numpy(new), old)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a graph's unknown sizes")
-def test_only_an_unknown_batch_axis_gets_the_empty_batch_guard():
-    """The guard (a pad of the sample row) is for a batch axis that may be 0
-    at run time; per-sample norms over unknown spatial sizes get none."""
+def test_only_batch_statistics_get_the_empty_batch_guard():
+    """The guard (a pad of the sample row) is for the unknown axes of batch
+    statistics, which may be 0 at run time; per-sample norms over unknown
+    spatial sizes get none."""
     import tensorflow as tf
 
     from normlab import backends
