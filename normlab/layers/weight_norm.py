@@ -49,6 +49,7 @@ from normlab.layers.derived_kernel import (
     substituted,
     torch_traced,
     trace_runs_now,
+    values_per_sample,
 )
 from normlab.ops.moments import moments
 from normlab.ops.validate import ArgumentTypeError, error_message
@@ -100,6 +101,8 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
     ``bias = -mean(t) * g``. With ``data_init=False``, ``g`` starts at
     ``||v||``, so the wrapped layer initially computes what it did unwrapped.
     Loaded weights carry ``initialized``, so loading never re-initializes.
+    A batch with no spread to learn from (empty, or one value per unit: one
+    sample through a Dense layer) leaves the initialization to the next.
 
     A drop-in for ``tfa.layers.WeightNormalization`` that works with Keras 3
     on TensorFlow, JAX and PyTorch and with ``.keras`` saving (the wrapped
@@ -307,11 +310,13 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
             return
         first = keras.tree.flatten(inputs)[0]
         batch = first.shape[0]
-        if batch == 0:  # no sample to initialize from (0/0 statistics): wait for the next batch
+        # One value per unit (a Dense layer's single sample) has no variance (g would be 1e5), none 0/0
+        # statistics: wait for a batch that has, also where the batch size is known only at run time.
+        least = 2 if values_per_sample(self.layer, first.shape) == 1 else 1
+        if batch is not None and batch < least:
             return
-        # A batch empty only at run time (a traced function's unknown size) initializes nothing either.
         size = batch if batch is not None else ops.shape(first)[0]
-        keep = self.initialized if batch is not None else ops.logical_or(self.initialized, size == 0)
+        keep = self.initialized if batch is not None else ops.logical_or(self.initialized, size < least)
         if done is False and batch is not None:  # eager: no need to trace both branches
             values = self._data_init_values(inputs)
         elif keras.backend.backend() == "torch":  # torch.compile: Keras' torch cond is a Python `if`
@@ -321,7 +326,7 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
             values = ops.cond(ops.logical_and(keep, True), lambda: current, lambda: self._data_init_values(inputs))
         for target, value in zip(targets, values):
             target.assign(value)
-        self.initialized.assign(ops.logical_or(self.initialized, size > 0) if batch is None else True)
+        self.initialized.assign(ops.logical_or(self.initialized, size >= least) if batch is None else True)
         # A trace that is only saved (tf.function, jit, an exporter) may never run: the next call looks again.
         self._init_seen = done is False or trace_runs_now()
 
@@ -360,9 +365,10 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
                     "remove()",
                     "an initialized wrapper (data_init=True initializes g and the bias on "
                     "the first call)",
-                    f"remove() on {type(self).__name__} {self.name!r} before its first call "
-                    "(initialized=False, g still 1)",
-                    "Call the wrapper once on a batch of data first, or use data_init=False.",
+                    f"remove() on {type(self).__name__} {self.name!r} before its initialization "
+                    "(initialized=False, g still 1: not called yet, or only on batches with one value per unit)",
+                    "Call the wrapper once on a batch of data (two or more samples for a Dense layer or "
+                    "an RNN's last output) first, or use data_init=False.",
                 )
             )
         with full_precision():

@@ -165,6 +165,46 @@ def test_an_empty_first_batch_leaves_data_init_to_the_next():
     np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), x / 4, atol=1e-6)
 
 
+@pytest.mark.parametrize("make", [lambda: keras.layers.Dense(2), lambda: keras.layers.SimpleRNN(2)],
+                         ids=["dense", "rnn"])
+def test_one_value_per_unit_leaves_data_init_to_the_next(make):
+    """One sample through a Dense layer gives each unit one value, variance 0:
+    ``g`` was 1e5 (TF Addons too), every later output 1e5 times too large."""
+    x = np.random.default_rng(3).normal(size=(6, 5, 2)).astype("float32")
+    x = x if isinstance(make(), keras.layers.RNN) else x[:, 0]
+    layer = normlab.WeightNormalization(make())
+    layer(x[:1])
+    assert not bool(ops.convert_to_numpy(layer.initialized))
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.g), np.ones(layer.g.shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the RNN's advice against data_init
+        layer(x)
+    assert bool(ops.convert_to_numpy(layer.initialized))
+    assert np.abs(ops.convert_to_numpy(layer.g)).max() < 100
+
+
+def test_one_sample_with_a_spread_initializes():
+    """A convolution's single image has many values per unit: it initializes."""
+    layer = normlab.WeightNormalization(keras.layers.Conv2D(3, 3))
+    y = ops.convert_to_numpy(layer(X[:1]))
+    assert bool(ops.convert_to_numpy(layer.initialized))
+    np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1.0, atol=1e-4)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a graph's unknown batch size")
+def test_one_sample_at_run_time_leaves_data_init_to_the_next():
+    import tensorflow as tf
+
+    x = np.array([[-4.0, -4.0], [4.0, 4.0]], "float32")
+    layer = normlab.WeightNormalization(keras.layers.Dense(2, kernel_initializer="identity"))
+    layer.build(x.shape)
+    run = tf.function(lambda t: layer(t, training=True), input_signature=[tf.TensorSpec([None, 2])])
+    run(x[:1])
+    assert not bool(layer.initialized.numpy())
+    np.testing.assert_allclose(run(x).numpy(), x / 4, atol=1e-6)
+    np.testing.assert_allclose(run(x[:1] * 3.0).numpy(), 3 * x[:1] / 4, atol=1e-6)  # initialized once
+
+
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="a graph's unknown batch size")
 def test_a_batch_empty_at_run_time_leaves_data_init_to_the_next():
     import tensorflow as tf
@@ -517,7 +557,8 @@ def built(wrapper):
          r"WeightNormalization 'wn'\. Call the wrapper on a batch"),
         (lambda: built(normlab.WeightNormalization(keras.layers.Dense(2), name="wn")).remove(), ValueError,
          r"Invalid `remove\(\)`: expected an initialized wrapper.*Received: remove\(\) on WeightNormalization "
-         r"'wn' before its first call.*Call the wrapper once on a batch of data first, or use data_init=False"),
+         r"'wn' before its initialization.*Call the wrapper once on a batch of data \(two or more samples.*"
+         r"or use data_init=False"),
     ],
 )
 def test_errors_name_argument_value_expectation_and_fix(make, error, pattern):
