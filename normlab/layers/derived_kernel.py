@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import warnings
 from contextlib import AbstractContextManager
 from typing import Any, Callable, Iterator, TypeVar
@@ -351,20 +350,6 @@ def output_channel_axis(layer: keras.layers.Layer) -> int:
     if getattr(layer, "data_format", "channels_last") == "channels_first":
         return 1
     return -1
-
-
-def values_per_sample(layer: keras.layers.Layer, input_shape: Shape) -> int | None:
-    """How many values of each output unit one sample gives ``layer``'s
-    output (its sizes but the batch's and the units'); None where unknown."""
-    try:
-        shape = layer.compute_output_shape(tuple(input_shape))
-    except Exception:  # a layer whose output shape Keras cannot infer: no claim
-        return None
-    if shape and isinstance(shape[0], (tuple, list)):  # an RNN's (output, *states)
-        shape = shape[0]
-    axis = output_channel_axis(layer) % len(shape)
-    sizes = [d for i, d in enumerate(shape) if i not in (0, axis)]
-    return None if None in sizes else math.prod(sizes)
 
 
 class KernelL2Norm(keras.initializers.Initializer):

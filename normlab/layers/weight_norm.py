@@ -25,39 +25,28 @@ Behaviour notes (details in the class docstring):
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import keras
 from keras import ops
 
+from normlab.layers.data_init import DataInit
 from normlab.layers.derived_kernel import (
     KERNEL_LAYERS,
     KernelL2Norm,
     SavedLora,
-    bool_at_trace,
     call_with_kernel,
     check_wrapped_layer,
     concrete_bool,
     full_precision,
-    in_jax_stateless_call,
-    in_openvino_graph,
     in_shape_inference,
     kernel_variable,
     missing_layer,
-    output_channel_axis,
     substituted,
-    torch_traced,
-    trace_runs_now,
-    values_per_sample,
 )
-from normlab.ops.moments import moments
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.ops.weights import weight_norm
 from normlab.types import Shape, Tensor
-
-#: Added to the variance in the data-dependent initialization (as TF Addons).
-DATA_INIT_EPSILON = 1e-10
 
 #: The RNN cells whose ``recurrent_kernel`` the wrapper can substitute: they
 #: read it from that attribute at every step, on every backend.
@@ -80,7 +69,7 @@ def _check_rnn_cell(layer: keras.layers.RNN) -> None:
 
 
 @keras.saving.register_keras_serializable(package="normlab")
-class WeightNormalization(SavedLora, keras.layers.Wrapper):
+class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
     """Weight normalization: a layer's kernel split into a norm ``g`` and a direction ``v``.
 
     The wrapped layer's kernel variable holds the direction ``v``; the
@@ -122,7 +111,11 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
     first, e.g. ``model(x_batch)``. Otherwise the layer warns and keeps ``g``
     and the bias as they are; ``fit`` also marks it initialized, so that no
     later call overwrites the trained weights. The same holds for ``predict``
-    on Keras' openvino backend, which compiles its graph from placeholders.
+    on Keras' openvino backend, which compiles its graph from placeholders,
+    and for ``fit`` under a ``tf.distribute`` strategy with several replicas
+    (each would initialize from its own share of the batch); there, call the
+    model once under the strategy's scope first. Details:
+    :mod:`normlab.layers.data_init`.
 
     ``remove()`` writes ``w`` into the wrapped layer's kernel (recurrent
     kernel for RNNs) and returns the wrapped layer: a plain Keras layer with
@@ -242,93 +235,6 @@ class WeightNormalization(SavedLora, keras.layers.Wrapper):
         cell = self.layer.cell
         with substituted(cell, recurrent_kernel=ops.cast(kernel, cell.compute_dtype)):
             return self.layer(inputs, training=training)
-
-    def _data_init_values(self, inputs: Tensor) -> tuple[Tensor, ...]:
-        """``(g[, bias])`` giving this batch's pre-activations zero mean, unit variance."""
-        direction = weight_norm(self._kernel(), None, self._norm_axes)
-        t = self._run(inputs, direction, training=False, pre_activation=True)
-        if self._is_rnn:
-            t = keras.tree.flatten(t)[0]  # the output, without return_state's states
-        axis = output_channel_axis(self.layer) % len(t.shape)
-        mean, var = moments(t, [a for a in range(len(t.shape)) if a != axis], keepdims=False)
-        scale = ops.rsqrt(var + DATA_INIT_EPSILON)
-        values = [ops.cast(scale, self.g.dtype)]
-        if self._is_rnn:  # one scale per unit, repeated over the gates (TF Addons)
-            values = [ops.tile(values[0], [int(self.g.shape[0]) // int(scale.shape[0])])]
-        bias = self._bias()
-        if bias is not None:
-            values.append(ops.cast(-mean * scale, bias.dtype))
-        return tuple(ops.stop_gradient(v) for v in values)
-
-    def _warn(self, flag: str, message: str) -> None:
-        """Warns once per ``flag``; not while torch traces (a graph break), so the next eager call does."""
-        if not getattr(self, flag) and not torch_traced():
-            setattr(self, flag, True)
-            warnings.warn(f"{type(self).__name__} {self.name!r}: {message}", UserWarning, stacklevel=4)
-
-    def _initialize(self, inputs: Tensor, training: bool | None) -> None:
-        if in_jax_stateless_call():
-            # Updates of g and the bias would be discarded here, while `initialized`
-            # (non-trainable) would be kept. Leave g and the bias as they are; a
-            # training call marks the layer initialized, so that no later call
-            # overwrites the weights it trained.
-            if not self._init_seen:
-                self._warn(
-                    "_warned",
-                    "under JAX, `fit`, `predict` and `evaluate` discard updates of trainable "
-                    "weights made in the forward pass, so the data-dependent initialization of "
-                    "`g` and the bias cannot happen here: they keep their current values, and a "
-                    "training step marks the layer initialized. Call the model once eagerly "
-                    "first, e.g. `model(x_batch)`, or pass data_init=False. (Ignore this if the "
-                    "weights were set or loaded already.)"
-                )
-            if training:
-                self.initialized.assign(True)
-            return
-        if self._init_seen:
-            # Known initialized (this process saw it, ran it or loaded the weights):
-            # nothing to trace either, so compiled and exported graphs carry no
-            # conditional (Keras' torch ops.cond is a Python `if` on a tensor).
-            return
-        done = concrete_bool(self.initialized)
-        if done or (done is None and bool_at_trace(self.initialized)):  # initialized (a trace: before it)
-            self._init_seen = True
-            return
-        if self._is_rnn:
-            self._warn(
-                "_warned_rnn",
-                "data-dependent initialization of a recurrent layer (TF Addons' default; the "
-                "paper advises against it for RNNs): `g` is set from this batch's outputs. "
-                "Pass data_init=False to start from the unwrapped layer."
-            )
-        bias = self._bias()
-        targets = [self.g] + ([bias] if bias is not None else [])
-        if done is False and in_openvino_graph(inputs):
-            self._warn("_warned", "OpenVINO's `predict` compiles a graph from placeholder inputs, so the "
-                           "data-dependent initialization of `g` and the bias cannot happen there: they keep "
-                       "their current values. Call the model once eagerly first, e.g. `model(x_batch)`.")
-            return
-        first = keras.tree.flatten(inputs)[0]
-        batch = first.shape[0]
-        # One value per unit (a Dense layer's single sample) has no variance (g would be 1e5), none 0/0
-        # statistics: wait for a batch that has, also where the batch size is known only at run time.
-        least = 2 if values_per_sample(self.layer, first.shape) == 1 else 1
-        if batch is not None and batch < least:
-            return
-        size = batch if batch is not None else ops.shape(first)[0]
-        keep = self.initialized if batch is not None else ops.logical_or(self.initialized, size < least)
-        if done is False and batch is not None:  # eager: no need to trace both branches
-            values = self._data_init_values(inputs)
-        elif keras.backend.backend() == "torch":  # torch.compile: Keras' torch cond is a Python `if`
-            values = tuple(ops.where(keep, t.value, v) for t, v in zip(targets, self._data_init_values(inputs)))
-        else:  # inside a traced function (tf.function, jit): decide at run time
-            current = tuple(t.value for t in targets)
-            values = ops.cond(ops.logical_and(keep, True), lambda: current, lambda: self._data_init_values(inputs))
-        for target, value in zip(targets, values):
-            target.assign(value)
-        self.initialized.assign(ops.logical_or(self.initialized, size >= least) if batch is None else True)
-        # A trace that is only saved (tf.function, jit, an exporter) may never run: the next call looks again.
-        self._init_seen = done is False or trace_runs_now()
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Any:
         with full_precision():

@@ -148,6 +148,41 @@ def fit_partial_batch():
             _cases.close(f"replica {i} {v.name}", copy.numpy(), want[v.name], rtol=1e-5, atol=1e-4)
 
 
+def weight_norm_init(first_call):
+    """``WeightNormalization(data_init=True)`` under the strategy: each replica
+    initialized from its own share (different ``g`` and bias per replica:
+    ``predict`` depended on the replica a sample landed on). A first call
+    outside ``fit`` (the cross-replica context) initializes every copy from the
+    whole batch, as one device does; ``fit`` without one warns, keeps ``g`` and
+    the bias alike on every replica, and marks the layer initialized."""
+    import warnings
+
+    x, _, _ = _cases.data("batch_norm", [8], seed=6)
+    alone = normlab.WeightNormalization(keras.layers.Dense(3))
+    alone(x)
+    with strategy.scope():
+        wrapped = normlab.WeightNormalization(keras.layers.Dense(3))
+        model = keras.Sequential([keras.Input(x.shape[1:]), wrapped])
+        model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    wrapped.set_weights(alone.get_weights())
+    wrapped.initialized.assign(False)
+    wrapped.g.assign(np.ones(3, "float32"))
+    wrapped.layer.bias.assign(np.zeros(3, "float32"))
+    fresh = {"g": wrapped.g.numpy(), "bias": wrapped.layer.bias.numpy()}
+    if first_call:
+        model(x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, np.zeros((8, 3, 3), "float32"), batch_size=8, epochs=1, shuffle=False, verbose=0)
+    warned = any("tf.distribute" in str(w.message) for w in caught)
+    assert warned != first_call, f"warned={warned} with first_call={first_call}"
+    want = {"g": alone.g, "bias": alone.layer.bias} if first_call else fresh
+    for v in (wrapped.g, wrapped.layer.bias, wrapped.initialized):
+        for i, copy in enumerate(strategy.experimental_local_results(v.value)):
+            value = True if v is wrapped.initialized else want[v.name]
+            _cases.close(f"replica {i} {v.name}", copy.numpy(), np.asarray(value), rtol=1e-5, atol=1e-5)
+
+
 if __name__ == "__main__":
     for name in _cases.names():
         case(name, True)
@@ -159,3 +194,5 @@ if __name__ == "__main__":
     _cases.report("fit", fit)
     _cases.report("fit_partial_batch", fit_partial_batch)
     _cases.report("fit_partial_batch_local", fit_partial_batch_local)
+    _cases.report("weight_norm_init/first_call", lambda: weight_norm_init(True))
+    _cases.report("weight_norm_init/fit", lambda: weight_norm_init(False))

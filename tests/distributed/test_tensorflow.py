@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 LAYERS = ["batch_norm", "batch_norm_mask", "all_padding", "ghost_all_padding", "batch_norm_channels_first", "renorm", "ghost", "renorm_ghost",
           "evo_norm_b0", "switchable"]
 CASES = [f"{name}/sync" for name in LAYERS] + ["batch_norm/local", "renorm/local", "float64_reference", "fit",
-                                               "fit_partial_batch", "fit_partial_batch_local"] + [
+                                               "fit_partial_batch", "fit_partial_batch_local", "weight_norm_init/first_call",
+                                               "weight_norm_init/fit"] + [
     f"{name}/empty_replica" for name in _cases.EMPTY_REPLICA]
 
 

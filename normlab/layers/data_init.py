@@ -1,0 +1,189 @@
+"""WeightNormalization's data-dependent initialization (Salimans & Kingma, 2016, section 3).
+
+On its first call with data, the wrapper sets ``g`` and the wrapped layer's
+bias so that the pre-activations ``t = x . v/||v||`` of that batch have zero
+mean and unit variance per unit: ``g = 1 / sqrt(var(t) + 1e-10)``,
+``bias = -mean(t) * g``. When that happens, and how, depends on where the
+call runs; :class:`DataInit` (a mixin of
+:class:`~normlab.layers.weight_norm.WeightNormalization`) makes the decision:
+
+* Eager: initialize now, once, from this batch.
+* A traced graph (``tf.function``, ``jit``, ``torch.compile``, an exporter):
+  the graph decides at run time from ``initialized`` (a ``cond``; under
+  torch, whose Keras ``cond`` is a Python ``if``, a select). A trace that
+  is only saved (an export before any call) does not count as the first call.
+* A batch with no spread to learn from, fewer than two values per unit
+  (empty, or one sample through a Dense layer), initializes nothing: the
+  next batch does.
+* Where the updates cannot happen, or not alike on every replica, the layer
+  warns and keeps ``g`` and the bias; a training call marks it initialized,
+  so that no later call overwrites what it trained. Call the model once
+  first, e.g. ``model(x_batch)``, there: under JAX's ``fit``, ``predict``
+  and ``evaluate`` (stateless calls, which drop updates of trainable
+  weights); Keras' openvino ``predict`` (a graph built from placeholders);
+  a replica of a ``tf.distribute`` strategy (``fit`` under
+  ``MirroredStrategy``: each replica would take its own share's statistics,
+  and the all-reduce that would make them the global batch's cannot run
+  inside the graph's conditional). Under ``torch.distributed`` each process
+  initializes from its own batch: call the model once before wrapping it in
+  ``DistributedDataParallel``, which broadcasts rank 0's weights.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import keras
+from keras import ops
+
+from normlab import distributed
+from normlab.layers.derived_kernel import (
+    bool_at_trace,
+    concrete_bool,
+    in_jax_stateless_call,
+    in_openvino_graph,
+    output_channel_axis,
+    torch_traced,
+    trace_runs_now,
+)
+from normlab.ops.moments import moments
+from normlab.ops.weights import weight_norm
+from normlab.types import Tensor
+
+#: Added to the variance in the data-dependent initialization (as TF Addons).
+DATA_INIT_EPSILON = 1e-10
+
+#: The fewest values per unit the initialization takes its statistics from.
+MIN_VALUES_PER_UNIT = 2
+
+
+class DataInit:
+    """The data-dependent initialization of a weight-normalizing wrapper (see the module docstring)."""
+
+    layer: keras.layers.Layer
+    name: str
+    g: keras.Variable
+    initialized: keras.Variable
+    _norm_axes: list[int]
+    _is_rnn: bool
+    _init_seen: bool
+    _warned: bool
+    _warned_rnn: bool
+
+    def _kernel(self, fold: bool = False) -> keras.Variable:
+        raise NotImplementedError
+
+    def _bias(self) -> keras.Variable | None:
+        raise NotImplementedError
+
+    def _run(self, inputs: Tensor, kernel: Tensor, training: bool | None = None,
+             pre_activation: bool = False) -> Any:
+        raise NotImplementedError
+
+    def _data_init_values(self, inputs: Tensor) -> tuple[tuple[Tensor, ...], Any]:
+        """``(g[, bias])`` giving the batch's pre-activations zero mean and
+        unit variance, and whether it had enough values per unit for that (a
+        Python bool where the shapes are known, else a tensor)."""
+        direction = weight_norm(self._kernel(), None, self._norm_axes)
+        t = self._run(inputs, direction, training=False, pre_activation=True)
+        if self._is_rnn:
+            t = keras.tree.flatten(t)[0]  # the output, without return_state's states
+        axis = output_channel_axis(self.layer) % len(t.shape)
+        axes = [a for a in range(len(t.shape)) if a != axis]
+        mean, var = moments(t, axes, keepdims=False)
+        count = math.prod([t.shape[a] if t.shape[a] is not None else ops.shape(t)[a] for a in axes])
+        scale = ops.rsqrt(var + DATA_INIT_EPSILON)
+        values = [ops.cast(scale, self.g.dtype)]
+        if self._is_rnn:  # one scale per unit, repeated over the gates (TF Addons)
+            values = [ops.tile(values[0], [int(self.g.shape[0]) // int(scale.shape[0])])]
+        bias = self._bias()
+        if bias is not None:
+            values.append(ops.cast(-mean * scale, bias.dtype))
+        return tuple(ops.stop_gradient(v) for v in values), count >= MIN_VALUES_PER_UNIT
+
+    def _warn(self, flag: str, message: str) -> None:
+        """Warns once per ``flag``; not while torch traces (a graph break), so the next eager call does."""
+        if not getattr(self, flag) and not torch_traced():
+            setattr(self, flag, True)
+            warnings.warn(f"{type(self).__name__} {self.name!r}: {message}", UserWarning, stacklevel=4)
+
+    def _initialize(self, inputs: Tensor, training: bool | None) -> None:
+        jax_stateless = in_jax_stateless_call()
+        if jax_stateless or (keras.backend.backend() == "tensorflow" and distributed.replica_sum() is not None):
+            # Updates of g and the bias would be discarded (JAX, while `initialized`,
+            # non-trainable, would be kept) or differ by replica. Leave them as they
+            # are; a training call marks the layer initialized, so that no later call
+            # overwrites the weights it trained.
+            if not self._init_seen:
+                where, when = (
+                    ("under JAX, `fit`, `predict` and `evaluate` discard updates of trainable weights made in "
+                     "the forward pass", "eagerly")
+                    if jax_stateless else
+                    ("in a replica of a tf.distribute strategy each replica would take its own share's "
+                     "statistics (the all-reduce cannot run inside the graph's conditional)",
+                     "under the strategy's scope, outside `fit`,"))
+                self._warn(
+                    "_warned",
+                    f"{where}, so the data-dependent initialization of `g` and the bias cannot happen "
+                    "here: they keep their current values, and a training step marks the layer "
+                    f"initialized. Call the model once {when} first, e.g. `model(x_batch)`, or pass "
+                    "data_init=False. (Ignore this if the weights were set or loaded already.)"
+                )
+            if training:
+                self.initialized.assign(True)
+            return
+        if self._init_seen:
+            # Known initialized (this process saw it, ran it or loaded the weights):
+            # nothing to trace either, so compiled and exported graphs carry no
+            # conditional (Keras' torch ops.cond is a Python `if` on a tensor).
+            return
+        done = concrete_bool(self.initialized)
+        if done or (done is None and bool_at_trace(self.initialized)):  # initialized (a trace: before it)
+            self._init_seen = True
+            return
+        if self._is_rnn:
+            self._warn(
+                "_warned_rnn",
+                "data-dependent initialization of a recurrent layer (TF Addons' default; the "
+                "paper advises against it for RNNs): `g` is set from this batch's outputs. "
+                "Pass data_init=False to start from the unwrapped layer."
+            )
+        if done is False and in_openvino_graph(inputs):
+            self._warn("_warned", "OpenVINO's `predict` compiles a graph from placeholder inputs, so the "
+                       "data-dependent initialization of `g` and the bias cannot happen there: they keep "
+                       "their current values. Call the model once eagerly first, e.g. `model(x_batch)`.")
+            return
+        if keras.tree.flatten(inputs)[0].shape[0] == 0:
+            return  # known empty: no statistics
+        bias = self._bias()
+        targets = [self.g] + ([bias] if bias is not None else [])
+
+        def chosen(values: tuple[Tensor, ...], enough: Any) -> tuple[Any, ...]:
+            """The new values where the batch had enough values per unit, and that verdict as a tensor."""
+            if isinstance(enough, bool):  # known from the shapes
+                return (*(values if enough else [t.value for t in targets]), ops.convert_to_tensor(enough))
+            return (*[ops.where(enough, v, t.value) for t, v in zip(targets, values)], enough)
+
+        result: tuple[Any, ...]
+        if done is False:  # eager: no need to trace both branches
+            values, enough = self._data_init_values(inputs)
+            if enough is False:  # known from the shapes: wait for a batch with a spread
+                return
+            result = (*values, True) if enough is True else chosen(values, enough)
+        elif keras.backend.backend() == "torch":  # torch.compile: Keras' torch cond is a Python `if`
+            *new, enough = chosen(*self._data_init_values(inputs))
+            result = (*[ops.where(self.initialized, t.value, v) for t, v in zip(targets, new)],
+                      ops.logical_or(self.initialized, enough))
+        else:  # inside a traced function (tf.function, jit): decide at run time
+            current = (*[t.value for t in targets], ops.convert_to_tensor(True))
+            result = ops.cond(ops.logical_and(self.initialized, True), lambda: current,
+                              lambda: chosen(*self._data_init_values(inputs)))
+        values, flag = tuple(result[:-1]), result[-1]
+        for target, value in zip(targets, values):
+            target.assign(value)
+        self.initialized.assign(flag)
+        # A trace that is only saved (tf.function, jit, an exporter) may never run: the next call looks
+        # again; so does an eager call whose global batch may have had too few values (a tensor's verdict).
+        self._init_seen = (done is False and flag is True) or (done is None and trace_runs_now())
