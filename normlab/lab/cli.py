@@ -78,7 +78,7 @@ def _seeds(text: str) -> tuple[int, ...]:
             f"comma list like 0,4,7. Received: seeds={text!r}.") from None
     if not seeds or min(seeds) < 0 or max(seeds) > MAX_SEED or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(
-            f"Invalid `seeds`: expected distinct ints from 0 to 2**32 - 1 (a repeated seed repeats "
+            f"Invalid `seeds`: expected distinct ints from 0 to 2**31 - 1 (a repeated seed repeats "
             f"a run exactly). Received: seeds={text!r}. Pass e.g. --seeds 0,1,2.")
     return seeds
 
@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=tuple(P.COMPARE_PRESETS), default="classic",
                    help="which models (default: classic; see the list above)")
     p.add_argument("--norms", nargs="+", metavar="SPEC", help="placements to compare instead "
-                   "of the preset, e.g. batch 'batch>group(groups=5)' 'batch>none' (default: none)")
+                   "of the preset, e.g. batch 'batch>group(groups=5)' 'batch>none', in a table of "
+                   "their own (compare-norms-<hash of the specs>) (default: none)")
     p = sub.add_parser("sweep", parents=[run], formatter_class=fmt,
                        help="sweep batch size or GroupNorm's groups",
                        description="Sweep one setting.\n\nsweeps:\n" + _described(P.SWEEPS))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import sys
 
 from normlab.lab import preflight
@@ -57,6 +58,9 @@ def make_experiment(args: argparse.Namespace):
     experiment = experiment.replace(seeds=seeds) if seeds else experiment
     base = build(**P.QUICK) if args.quick else build()
     experiment = P.variant_name(experiment, base, quick=args.quick)
+    if args.command == "compare" and args.norms:  # a table of its own, not the preset's
+        digest = hashlib.sha256("\n".join(args.norms).encode()).hexdigest()[:6]
+        experiment = experiment.renamed(f"-norms-{digest}")
     return experiment.with_impls(args.impl)
 
 

@@ -43,7 +43,7 @@ IMPLS = ("normlab", "keras")
 #: Whose layers each ``impl`` runs, as the report and the plots name them.
 IMPL_OWNERS = {"normlab": "normlab's", "keras": "Keras'"}
 BACKENDS = ("tensorflow", "jax", "torch")
-MAX_SEED = 2**32 - 1  # the largest seed NumPy's and Keras' generators take
+MAX_SEED = 2**31 - 1  # the largest seed every backend takes (Keras' torch SeedGenerator keeps an int32)
 MAX_SEED_COUNT = 10_000  # --seeds N: more runs per configuration than any grid needs
 
 
@@ -123,7 +123,7 @@ class RunConfig:
             ("batch_size", self.batch_size >= 1, "an int >= 1", "Pass e.g. --batch-size 32."),
             ("learning_rate", math.isfinite(self.learning_rate) and self.learning_rate > 0,
              "a finite float > 0", "Pass e.g. --lr 0.001."),
-            ("seed", 0 <= self.seed <= MAX_SEED, "an int from 0 to 2**32 - 1",
+            ("seed", 0 <= self.seed <= MAX_SEED, "an int from 0 to 2**31 - 1",
              "Pass e.g. --seeds 0,1,2."),
             ("x", math.isfinite(self.x), "a finite number", "Pass a finite value."),
             ("train_subset", self.train_subset >= 0, "an int >= 0 (0 = all)",
@@ -236,7 +236,7 @@ class Experiment:
         seeds = tuple(self.seeds)
         if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED
                             for s in seeds):
-            raise ConfigError(f"Invalid `seeds`: expected one or more ints from 0 to 2**32 - 1. "
+            raise ConfigError(f"Invalid `seeds`: expected one or more ints from 0 to 2**31 - 1. "
                               f"Received: seeds={seeds!r}. Pass e.g. --seeds 3 or --seeds 0,4,7.")
         repeated = sorted({s for s in seeds if seeds.count(s) > 1})
         if repeated:
@@ -273,7 +273,8 @@ class Experiment:
         """Each configuration once per implementation (adjacent, so timings interleave).
 
         A placement without any norm is the same model under every implementation,
-        so it runs once, under the first.
+        so it runs once: under normlab where it is one of them (the report's main
+        table), else under the first.
         """
         impls = tuple(dict.fromkeys(impls))
         bad = [i for i in impls if i not in IMPLS]
@@ -281,6 +282,7 @@ class Experiment:
             raise ConfigError(f"Invalid `impl`: expected one or more of {', '.join(IMPLS)}. "
                               f"Received: impl={','.join(impls)!r}. Pass --impl normlab, "
                               "--impl keras or --impl normlab,keras.")
+        main = "normlab" if "normlab" in impls else impls[0]
         configs = tuple(dataclasses.replace(c, impl=impl) for c in self.configs
-                        for n, impl in enumerate(impls) if n == 0 or c.has_norm)
+                        for impl in impls if impl == main or c.has_norm)
         return dataclasses.replace(self, configs=configs)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from normlab.lab import store
 from normlab.lab.errors import ConfigError, LabError
+from normlab.lab.models import is_identity, split_placement
 from normlab.lab.presets import notes_for
 from normlab.lab.report_text import render as render_markdown  # noqa: F401 - re-exported
 from normlab.lab.stats import paired, stats, t975  # noqa: F401 - t975 is part of the API
@@ -158,8 +159,10 @@ def _summarize_experiment(by_key: dict[tuple, list[dict]], baseline: str | None)
         row["settings"] = json.dumps({k: _config(runs[0]).get(k) for k in fields}, sort_keys=True, default=str)
     impls = list(dict.fromkeys(r["impl"] for r in all_rows))
     main = "normlab" if "normlab" in impls else impls[0]
-    rows = [r for r in all_rows if r["impl"] == main]
-    others = [r for r in all_rows if r["impl"] != main]
+    # A placement without any norm is the same model under every implementation (it ran
+    # under one: the first listed, in runs of earlier versions): it belongs in the main table.
+    rows = [r for r in all_rows if r["impl"] == main or _norm_free(r["norms"])]
+    others = [r for r in all_rows if not any(r is m for m in rows)]
     all_runs = [r for runs in by_key.values() for r in runs]
     configs = [_config(r) for r in all_runs]
     sweep = configs[0]["sweep"]
@@ -184,6 +187,13 @@ def _summarize_experiment(by_key: dict[tuple, list[dict]], baseline: str | None)
     return {"meta": meta, "rows": rows, "other_rows": others, "ab": _impl_ab(rows, others)}
 
 
+def _norm_free(norms: str) -> bool:
+    try:
+        return all(is_identity(s) for s in split_placement(norms))
+    except ValueError:  # not a placement: a row of its own
+        return False
+
+
 def _pair_with_baseline(rows: list[dict], sweep: str, baseline: str | None) -> str:
     """Sets every row's ``paired``; returns the baseline's description.
 
@@ -205,13 +215,14 @@ def _pair_with_baseline(rows: list[dict], sweep: str, baseline: str | None) -> s
 
     if by_series:
         base = baseline if baseline in series else series[0]
+        missing = "" if baseline is None or baseline in series else f" (no {baseline!r} in this experiment)"
         for r in rows:
             r["is_baseline"] = r["series"] == base
             if r["is_baseline"]:
                 r["paired"] = None
             else:
                 pair(r, [b for b in rows if b["series"] == base and b["x"] == r["x"]])
-        return f"series {base} at the same {sweep}"
+        return f"series {base} at the same {sweep}{missing}"
     base_row = next((r for r in rows if baseline in (r["label"], r["config_label"])), rows[0])
     base_rows = [b for b in rows if b["config_label"] == base_row["config_label"]]
     for r in rows:
@@ -220,7 +231,8 @@ def _pair_with_baseline(rows: list[dict], sweep: str, baseline: str | None) -> s
             r["paired"] = None
         else:
             pair(r, base_rows)
-    return base_row["config_label"] if len({b["label"] for b in base_rows}) > 1 else base_row["label"]
+    label = base_row["config_label"] if len({b["label"] for b in base_rows}) > 1 else base_row["label"]
+    return label if baseline is None or baseline in names else f"{label} (no {baseline!r} in this experiment)"
 
 
 def _impl_ab(rows: list[dict], others: list[dict]) -> list[dict]:

@@ -19,11 +19,15 @@ def _pm(s: dict, scale: float = 1.0, digits: int = 2) -> str:
     return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
 
 
-def _ci(s: dict, scale: float = 1.0, digits: int = 2) -> str:
+def _ci(s: dict, scale: float = 1.0, digits: int = 2, bounds: tuple[float, float] | None = None) -> str:
+    """The 95% interval; an accuracy's is cut at its possible range (``bounds``), marked ``*``."""
     if s["n"] < 2:
         return "-"
     lo, hi = (s["mean"] - s["ci95"]) * scale, (s["mean"] + s["ci95"]) * scale
-    return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+    cut = bounds is not None and (lo < bounds[0] or hi > bounds[1])
+    if cut:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return f"[{lo:.{digits}f}, {hi:.{digits}f}]" + "*" * cut
 
 
 def _points(d: dict, digits: int = 2) -> str:
@@ -91,10 +95,11 @@ def _main_table(rows: list[dict], meta: dict, metric: str) -> list[str]:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["label"], str(len(r["seeds"])), _pm(r["accuracy"], 100) + _of(r, "accuracy"),
-                 _ci(r["accuracy"], 100), _pm(r["loss"], 1, 4) + _of(r, "loss"), _ci(r["loss"], 1, 4)]
+                 _ci(r["accuracy"], 100, bounds=(0.0, 100.0)), _pm(r["loss"], 1, 4) + _of(r, "loss"),
+                 _ci(r["loss"], 1, 4)]
         cells += [_pm(r["test_accuracy"], 100)] * held_out
         if has_train_mode:
-            cells += [_pm(r["train_mode_accuracy"], 100), _ci(r["train_mode_accuracy"], 100)]
+            cells += [_pm(r["train_mode_accuracy"], 100), _ci(r["train_mode_accuracy"], 100, bounds=(0.0, 100.0))]
         cells += [f"{r['learning_rate']:.3g}"] * varying_lr
         cells += [f"{r['seconds_per_epoch']['mean']:.1f}", f"{r['steps']['mean']:.0f}",
                   f"{r['params_trainable']:,} / {r['params_non_trainable']:,}"]
@@ -104,6 +109,8 @@ def _main_table(rows: list[dict], meta: dict, metric: str) -> list[str]:
                   "(dropout on), as the tutorials reported; held-out: the split not trained on."]
     lines += ["", "s/epoch: mean wall time of one training epoch (the first includes compiling); "
               "steps: optimizer steps per run."]
+    if any("]*" in line for line in lines):
+        lines[-1] += " *: the accuracy's interval cut at 0 or 100% (few seeds and a wide spread)."
     if has_train_mode:
         lines[-1] += (" Train-mode accuracy: the test set evaluated with training=True (batch "
                       "statistics over test batches of the training batch size), dropout off.")

@@ -93,7 +93,10 @@ def test_settings_that_change_results_name_their_own_experiment():
     assert parse("sweep", "batch-size-deep").name == "batch-size-deep"  # its 20,000 images
     assert parse("sweep", "groups", "--dataset", "fashion_mnist").name == "groups-fashion_mnist"
     quick = parse("compare", "--quick", "--norms", "batch", "batch>group(groups=5)")
-    assert quick.seeds == (0,) and quick.name == "compare-quick"
+    # --norms: a table of their own (they were mixed into the preset's, paired against GroupNorm)
+    assert quick.seeds == (0,) and quick.name.startswith("compare-quick-norms-")
+    assert parse("compare", "--norms", "batch").name.startswith("compare-norms-")
+    assert parse("compare", "--norms", "batch").name != parse("compare", "--norms", "group").name
     assert {(c.dataset, c.max_steps) for c in quick.configs} == {("digits", 30)}
     assert [c.label for c in quick.configs] == ["batch", "batch>group(groups=5)"]
     # a setting --quick fixes, set otherwise, names its own table too (it used to share compare-quick's)
@@ -110,6 +113,11 @@ def test_impl_both_interleaves_and_skips_normless_duplicates():
         ("InstanceNorm", "keras"), ("LayerNorm", "normlab"), ("LayerNorm", "keras"),
         ("BatchNorm", "normlab"), ("BatchNorm", "keras"), ("none", "normlab")]
     assert experiment.name == "compare"  # both implementations in one table
+    # Listed the other way round, the norm-free model still runs under normlab: the report's main
+    # table (under Keras it was left out of it, and --baseline none fell back to the first row).
+    experiment = parse("compare", "--impl", "keras,normlab")
+    assert [(c.label, c.impl) for c in experiment.configs][-3:] == [
+        ("BatchNorm", "keras"), ("BatchNorm", "normlab"), ("none", "normlab")]
 
 
 def test_sweeps_scale_learning_rate_with_batch_size():
@@ -133,7 +141,9 @@ def test_sweeps_scale_learning_rate_with_batch_size():
     (["sweep", "groups", "--set", "norms=batch"], "norms is set by the command"),
     (["compare", "--seeds", "0"], "Invalid `seeds`: expected a count N from 1 to 10,000"),
     (["compare", "--seeds", "4294967296"], "Invalid `seeds`: expected a count N from 1 to 10,000"),
-    (["compare", "--seeds", "4294967296,"], "expected distinct ints from 0 to 2**32 - 1"),
+    (["compare", "--seeds", "4294967296,"], "expected distinct ints from 0 to 2**31 - 1"),
+    # Keras' torch SeedGenerator keeps an int32: 2**31 trained seed 0, then failed with a traceback.
+    (["compare", "--seeds", "0,2147483648"], "expected distinct ints from 0 to 2**31 - 1"),
     (["compare", "--seeds", "0,0"], "Invalid `seeds`: expected distinct ints from 0"),
     (["compare", "--seeds", "-1,0"], "Received: seeds='-1,0'"),
     (["compare", "--lr", "inf"], "Invalid `learning_rate`: expected a finite float > 0. Received: learning_rate=inf"),
@@ -291,7 +301,8 @@ def test_dry_run_is_true_after_a_subset_run(tmp_path, capsys):
     assert code == 0, err
     code, out_text, _ = run_main([*base, "--max-steps", "2", "--dry-run"], capsys)
     (line,) = out_text.splitlines()  # the full protocol: a new run, never the subset's
-    full, subset = "compare-synthetic-test32-steps2", "compare-synthetic-train64-test32-steps2"
+    full = "compare-synthetic-test32-steps2-norms-4bb24e"
+    subset = "compare-synthetic-train64-test32-steps2-norms-4bb24e"
     assert line.startswith(f"run    {Path(out) / full / 'batch' / BACKEND}-normlab-")
     code, out_text, _ = run_main([*base, "--max-steps", "2", "--train-subset", "64", "--dry-run"], capsys)
     assert code == 0 and out_text.startswith("reuse  ") and out_text.count("\n") == 1
@@ -415,7 +426,7 @@ def test_quick_compare_end_to_end_in_a_subprocess(tmp_path):
     if BACKEND != "tensorflow":
         assert "oneDNN" not in proc.stderr and "absl" not in proc.stderr, proc.stderr
     assert "| batch | 1 |" in proc.stdout and "1 seed, no interval" not in proc.stdout
-    name = "compare-quick-synthetic-steps2"  # the settings --quick would have set otherwise
+    name = "compare-quick-synthetic-steps2-norms-4bb24e"  # the settings --quick would have set otherwise
     assert sorted(p.name for p in (out / "report").iterdir()) == [
         f"{name}.csv", f"{name}.json", f"{name}.md", f"{name}.png", "report.md"]
     (run_dir,) = [p.parent for p in out.rglob("summary.json")]
@@ -447,7 +458,8 @@ def test_ctrl_c_during_training_and_the_rerun_resumes(tmp_path):
     assert len(list(out.rglob("summary.json"))) == 1
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "[1/2] compare-quick-synthetic-steps150-b8/batch/seed0: finished earlier, reused" in proc.stderr
+    name = "compare-quick-synthetic-steps150-b8-norms-40f693"
+    assert f"[1/2] {name}/batch/seed0: finished earlier, reused" in proc.stderr
     assert len(list(out.rglob("summary.json"))) == 2
 
 
@@ -464,7 +476,7 @@ def test_offline_first_run_falls_back_to_the_bundled_digits(no_datasets, tmp_pat
     assert "Dataset: scikit-learn's bundled 8x8 digits, not MNIST. MNIST was not available" in stdout
     assert "**" not in stdout and "`" not in stdout and "![" not in stdout  # plain text on the terminal
     (summary,) = out.rglob("summary.json")
-    assert summary.relative_to(out).parts[0] == "compare-steps2-digits"
+    assert summary.relative_to(out).parts[0] == "compare-steps2-norms-4bb24e-digits"
     assert "name resolution" in json.loads(summary.read_text())["notes"]["dataset_fallback"]
     code, _, err = run_main(["compare", "--norms", "batch", "--dataset", "mnist", "--seeds", "1",
                              "--out", str(tmp_path / "explicit"), "--no-progress", "--backend", BACKEND],

@@ -94,7 +94,7 @@ def test_summary_rows_in_run_order_and_sweeps_sorted(runs):
 def test_markdown_table(runs):
     tables = summarize(load_runs(runs)[0])
     md = render_markdown("compare", tables["compare"])
-    assert "| BN | 3 | 98.00 ± 1.00 | [95.52, 100.48] | 0.0200 ± 0.0100 |" in md
+    assert "| BN | 3 | 98.00 ± 1.00 | [95.52, 100.00]* | 0.0200 ± 0.0100 |" in md  # cut at 100 (was 100.48)
     # GN - BN per seed: -2, -2, -5 points; mean -3, std 1.73, t = -3.0, p = 0.095.
     assert "#### Paired differences against BN" in md
     assert "| GN | BN | 3 | -3.00 [-7.30, +1.30] | 0.095 | within noise |" in md
@@ -152,6 +152,40 @@ def test_baseline_option_and_a_clear_ranking(tmp_path):
     assert "| A | B | 4 | -5.00 [-5.00, -5.00] | < 0.001 | lower |" in md
     assert "Beyond the seed noise (interval excluding 0): A lower by 5.00 points" in md
     assert "not corrected for multiple comparisons" in md
+
+
+def test_a_norm_free_row_of_another_implementation_stays_in_the_main_table(tmp_path):
+    """Runs of earlier versions put it under the first --impl listed (keras): it
+    was left out of the tables, and --baseline none paired against the first row."""
+    out = tmp_path / "runs"
+    for seed in range(2):
+        fake_run(out, RunConfig(experiment="c", label="GN", norms="group", seed=seed, impl="keras"), 0.9)
+        fake_run(out, RunConfig(experiment="c", label="GN", norms="group", seed=seed), 0.9)
+        fake_run(out, RunConfig(experiment="c", label="none", norms="none", seed=seed, impl="keras"), 0.8)
+    table = summarize(load_runs(out)[0], baseline="none")["c"]
+    assert [(r["label"], r["impl"]) for r in table["rows"]] == [("GN", "normlab"), ("none", "keras")]
+    assert [r["impl"] for r in table["other_rows"]] == ["keras"]
+    assert table["meta"]["baseline"] == "none"
+
+
+def test_a_baseline_missing_from_one_experiment_is_said(tmp_path):
+    out = tmp_path / "runs"
+    for experiment, labels in (("a", ("A", "B")), ("b", ("C", "D"))):
+        for seed in range(2):
+            for label in labels:
+                fake_run(out, RunConfig(experiment=experiment, label=label, norms="none", seed=seed), 0.9)
+    tables = summarize(load_runs(out)[0], baseline="B")
+    assert tables["a"]["meta"]["baseline"] == "B"
+    assert tables["b"]["meta"]["baseline"] == "C (no 'B' in this experiment)"
+
+
+def test_an_accuracy_interval_is_cut_at_100(tmp_path):
+    out = tmp_path / "runs"
+    for seed, acc in enumerate((0.999, 0.80)):
+        fake_run(out, RunConfig(experiment="c", label="A", norms="none", seed=seed), acc)
+    md = render_markdown("c", summarize(load_runs(out)[0])["c"])
+    assert "| A | 2 | 89.95 ± 14.07 | [-36.50, 100.00]* |" not in md
+    assert "[0.00, 100.00]*" in md and "*: the accuracy's interval cut at 0 or 100%" in md
 
 
 def test_impl_ab_side_by_side(tmp_path):
