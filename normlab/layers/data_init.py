@@ -93,7 +93,7 @@ class DataInit:
         axis = output_channel_axis(self.layer) % len(t.shape)
         axes = [a for a in range(len(t.shape)) if a != axis]
         mean, var = moments(t, axes, keepdims=False)
-        count = math.prod([t.shape[a] if t.shape[a] is not None else ops.shape(t)[a] for a in axes])
+        count = math.prod([ops.shape(t)[a] if t.shape[a] is None else t.shape[a] for a in axes])
         scale = ops.rsqrt(var + DATA_INIT_EPSILON)
         values = [ops.cast(scale, self.g.dtype)]
         if self._is_rnn:  # one scale per unit, repeated over the gates (TF Addons)
@@ -162,8 +162,10 @@ class DataInit:
 
         def chosen(values: tuple[Tensor, ...], enough: Any) -> tuple[Any, ...]:
             """The new values where the batch had enough values per unit, and that verdict as a tensor."""
-            if isinstance(enough, bool):  # known from the shapes
-                return (*(values if enough else [t.value for t in targets]), ops.convert_to_tensor(enough))
+            if isinstance(enough, bool):  # known from the shapes (torch.compile: a guard on its sizes)
+                if enough:
+                    return (*values, ops.convert_to_tensor(True))
+                return (*[t.value for t in targets], ops.convert_to_tensor(False))
             return (*[ops.where(enough, v, t.value) for t, v in zip(targets, values)], enough)
 
         result: tuple[Any, ...]

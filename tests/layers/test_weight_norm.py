@@ -191,6 +191,19 @@ def test_one_sample_with_a_spread_initializes():
     np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1.0, atol=1e-4)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile")
+def test_data_init_under_torch_compile_with_dynamic_sizes():
+    """A dynamic batch size (a SymInt): the size check stays a guard on it, never a tensor."""
+    import torch
+
+    x = np.array([[-4.0, -4.0], [4.0, 4.0], [0.0, 0.0]], "float32")
+    layer = normlab.WeightNormalization(keras.layers.Dense(2, kernel_initializer="identity"))
+    layer.build(x.shape)
+    y = torch.compile(lambda t: layer(t), fullgraph=True, dynamic=True)(torch.tensor(x))
+    np.testing.assert_allclose(ops.convert_to_numpy(y), x / np.sqrt(32 / 3), atol=1e-5)
+    assert bool(ops.convert_to_numpy(layer.initialized))
+
+
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="a graph's unknown batch size")
 def test_one_sample_at_run_time_leaves_data_init_to_the_next():
     import tensorflow as tf
