@@ -42,6 +42,10 @@ def make_experiment(args: argparse.Namespace):
     if args.quick:
         overrides = {**P.QUICK, **overrides}
         seeds = seeds or (0,)
+    if overrides.get("max_steps") and "epochs" in overrides:
+        raise ConfigError(f"Invalid `epochs`: max_steps={overrides['max_steps']} (--max-steps, or --quick's) "
+                          f"trains a fixed number of steps, so epochs={overrides['epochs']} would be ignored. "
+                          "Pass one of --epochs and --max-steps (with --quick: --max-steps 0 --epochs N).")
     if args.command == "compare":
         if args.norms:
             norms = {spec: spec for spec in args.norms}

@@ -151,6 +151,10 @@ def test_sweeps_scale_learning_rate_with_batch_size():
     (["compare", "--lr", "-1"], "Received: learning_rate=-1.0"),
     (["compare", "--protocol", "test"], "invalid choice: 'test'"),
     (["compare", "--epochs", "0"], "Invalid `epochs`: expected an int >= 1. Received: epochs=0. Pass e.g. --epochs 1."),
+    # it was ignored, and named a table of its own (compare-e3-steps5) for the same computation
+    (["compare", "--epochs", "3", "--max-steps", "5"], "Pass one of --epochs and --max-steps"),
+    (["compare", "--set", "epochs=3", "--max-steps", "5"], "epochs=3 would be ignored"),
+    (["compare", "--quick", "--epochs", "2"], "max_steps=30 (--max-steps, or --quick's)"),
     (["compare", "--dataset", "imagenet"], "Invalid `dataset`: expected one of mnist"),
     (["compare", "--impl", "torchy"], "Invalid `impl`"),
     (["compare", "--norms", "batch", "batch"], "expected each spec once"),
