@@ -161,7 +161,11 @@ def _summarize_experiment(by_key: dict[tuple, list[dict]], baseline: str | None)
     main = "normlab" if "normlab" in impls else impls[0]
     # A placement without any norm is the same model under every implementation (it ran
     # under one: the first listed, in runs of earlier versions): it belongs in the main table.
-    rows = [r for r in all_rows if r["impl"] == main or _norm_free(r["norms"])]
+    def key(r: dict) -> tuple:
+        return r["series"], r["x"], r["backend"], r["norms"], r["settings"]
+
+    mains = {key(r) for r in all_rows if r["impl"] == main}
+    rows = [r for r in all_rows if r["impl"] == main or (_norm_free(r["norms"]) and key(r) not in mains)]
     others = [r for r in all_rows if not any(r is m for m in rows)]
     all_runs = [r for runs in by_key.values() for r in runs]
     configs = [_config(r) for r in all_runs]

@@ -24,9 +24,9 @@ def _ci(s: dict, scale: float = 1.0, digits: int = 2, bounds: tuple[float, float
     if s["n"] < 2:
         return "-"
     lo, hi = (s["mean"] - s["ci95"]) * scale, (s["mean"] + s["ci95"]) * scale
-    cut = bounds is not None and (lo < bounds[0] or hi > bounds[1])
-    if cut:
-        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    cut = False
+    if bounds is not None and (lo < bounds[0] or hi > bounds[1]):
+        cut, lo, hi = True, max(lo, bounds[0]), min(hi, bounds[1])
     return f"[{lo:.{digits}f}, {hi:.{digits}f}]" + "*" * cut
 
 

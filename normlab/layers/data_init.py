@@ -14,7 +14,9 @@ call runs; :class:`DataInit` (a mixin of
   is only saved (an export before any call) does not count as the first call.
 * A batch with no spread to learn from, fewer than two values per unit
   (empty, or one sample through a Dense layer), initializes nothing: the
-  next batch does.
+  next batch does. A training step on samples still marks the layer
+  initialized (keeping ``g`` and the bias), so that no later call
+  overwrites what it trains (``fit(batch_size=1)``).
 * Where the updates cannot happen, or not alike on every replica, the layer
   warns and keeps ``g`` and the bias; a training call marks it initialized,
   so that no later call overwrites what it trained. Call the model once
@@ -101,11 +103,15 @@ class DataInit:
         bias = self._bias()
         if bias is not None:
             values.append(ops.cast(-mean * scale, bias.dtype))
+        if torch_traced():  # torch.compile, torch.export: a symbolic size, counted in the graph (a tensor
+            # made from it would specialize it to this trace's value)
+            count = ops.sum(ops.ones_like(ops.take(t, 0, axis=axis)))
+            return tuple(ops.stop_gradient(v) for v in values), count >= MIN_VALUES_PER_UNIT
         return tuple(ops.stop_gradient(v) for v in values), count >= MIN_VALUES_PER_UNIT
 
     def _warn(self, flag: str, message: str) -> None:
         """Warns once per ``flag``; not while torch traces (a graph break), so the next eager call does."""
-        if not getattr(self, flag) and not torch_traced():
+        if not getattr(self, flag, False) and not torch_traced():
             setattr(self, flag, True)
             warnings.warn(f"{type(self).__name__} {self.name!r}: {message}", UserWarning, stacklevel=4)
 
@@ -155,8 +161,9 @@ class DataInit:
                        "data-dependent initialization of `g` and the bias cannot happen there: they keep "
                        "their current values. Call the model once eagerly first, e.g. `model(x_batch)`.")
             return
-        if keras.tree.flatten(inputs)[0].shape[0] == 0:
-            return  # known empty: no statistics
+        first = keras.tree.flatten(inputs)[0]
+        if first.shape[0] == 0:
+            return  # known empty: no statistics, no training either
         bias = self._bias()
         targets = [self.g] + ([bias] if bias is not None else [])
 
@@ -169,23 +176,35 @@ class DataInit:
             return (*[ops.where(enough, v, t.value) for t, v in zip(targets, values)], enough)
 
         result: tuple[Any, ...]
+        run_now = done is False or keras.backend.backend() == "torch"  # else computed inside the graph's cond
+        values, enough = self._data_init_values(inputs) if run_now else ((), None)
+        if enough is False and training is True:  # known from the shapes, and weights train from here on
+            self._warn("_warned_small", "a training batch with one value per unit (one sample through a "
+                       "Dense layer) has no spread to initialize `g` and the bias from: they keep their values, "
+                       "and the layer is marked initialized, so that no later call overwrites what it trains.")
         if done is False:  # eager: no need to trace both branches
-            values, enough = self._data_init_values(inputs)
-            if enough is False:  # known from the shapes: wait for a batch with a spread
-                return
-            result = (*values, True) if enough is True else chosen(values, enough)
+            if enough is False:  # known from the shapes: wait for a batch with a spread (training: keep)
+                if training is not True:
+                    return
+                result = (*[t.value for t in targets], True)
+            else:
+                result = (*values, True) if enough is True else chosen(values, enough)
         elif keras.backend.backend() == "torch":  # torch.compile: Keras' torch cond is a Python `if`
-            *new, enough = chosen(*self._data_init_values(inputs))
+            *new, verdict = chosen(values, enough)
             result = (*[ops.where(self.initialized, t.value, v) for t, v in zip(targets, new)],
-                      ops.logical_or(self.initialized, enough))
+                      ops.logical_or(self.initialized, verdict))
         else:  # inside a traced function (tf.function, jit): decide at run time
             current = (*[t.value for t in targets], ops.convert_to_tensor(True))
             result = ops.cond(ops.logical_and(self.initialized, True), lambda: current,
                               lambda: chosen(*self._data_init_values(inputs)))
         values, flag = tuple(result[:-1]), result[-1]
+        if training is True:  # a training step on samples: no later call may overwrite what it trains
+            flag = True if first.shape[0] is not None else ops.logical_or(flag, ops.shape(first)[0] > 0)
         for target, value in zip(targets, values):
             target.assign(value)
         self.initialized.assign(flag)
-        # A trace that is only saved (tf.function, jit, an exporter) may never run: the next call looks
-        # again; so does an eager call whose global batch may have had too few values (a tensor's verdict).
-        self._init_seen = (done is False and flag is True) or (done is None and trace_runs_now())
+        # Settled where the flag is known True and the assignments run: eager, or a trace that runs as it is
+        # traced (torch.compile). A trace that is only saved (tf.function, jit, an exporter) may never run,
+        # and a verdict known only at run time may say "not yet": the next call looks again.
+        known = flag is True or enough is True
+        self._init_seen = known and (done is False or (done is None and trace_runs_now()))

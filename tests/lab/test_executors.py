@@ -171,7 +171,7 @@ def worker_running(name):
 @pytest.mark.slow
 def test_ray_grid_loses_only_the_killed_run_and_the_next_invocation_redoes_it(tmp_path):
     out = tmp_path / "runs"
-    victim = RunConfig(experiment="compare-synthetic-test100-steps150-b16", label="group(groups=5, axis=3)",
+    victim = RunConfig(experiment="compare-synthetic-test100-steps150-b16-norms-d1d215", label="group(groups=5, axis=3)",
                        norms="group(groups=5, axis=3)", seed=1)
     code, stdout, stderr, killed = run_cli(out, kill=task_name(victim))
     assert killed is not None, f"the run's worker never appeared:\n{stderr}"
@@ -179,7 +179,7 @@ def test_ray_grid_loses_only_the_killed_run_and_the_next_invocation_redoes_it(tm
     assert "4 runs on the Ray executor on a local Ray instance (1 CPU per run)" in stderr
     assert "LOST (" in stderr and "Rerun the same command to redo only them" in stderr
 
-    root = out / "compare-synthetic-test100-steps150-b16"
+    root = out / "compare-synthetic-test100-steps150-b16-norms-d1d215"
     run_dirs = sorted(root.glob("*/*/seed*"))
     assert len(run_dirs) == 4
     (lost_dir,) = root.glob(f"{victim.slug}/*/seed1")

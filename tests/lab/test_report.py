@@ -166,6 +166,10 @@ def test_a_norm_free_row_of_another_implementation_stays_in_the_main_table(tmp_p
     assert [(r["label"], r["impl"]) for r in table["rows"]] == [("GN", "normlab"), ("none", "keras")]
     assert [r["impl"] for r in table["other_rows"]] == ["keras"]
     assert table["meta"]["baseline"] == "none"
+    for seed in range(2):  # this version's run of it, beside the earlier one: one row in the main table
+        fake_run(out, RunConfig(experiment="c", label="none", norms="none", seed=seed), 0.8)
+    table = summarize(load_runs(out)[0], baseline="none")["c"]
+    assert [(r["label"], r["impl"]) for r in table["rows"]] == [("GN", "normlab"), ("none", "normlab")]
 
 
 def test_a_baseline_missing_from_one_experiment_is_said(tmp_path):

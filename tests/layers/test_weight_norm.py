@@ -204,6 +204,50 @@ def test_data_init_under_torch_compile_with_dynamic_sizes():
     assert bool(ops.convert_to_numpy(layer.initialized))
 
 
+def test_training_on_one_sample_batches_marks_the_layer_initialized():
+    """``fit(batch_size=1)`` trained g while the layer waited for a batch with a
+    spread; the first larger batch (``predict``) then overwrote the trained g and bias."""
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 2)).astype("float32")
+    wrapped = normlab.WeightNormalization(keras.layers.Dense(2))
+    model = keras.Sequential([keras.Input((3,)), wrapped])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # JAX's and the one-sample batch's
+        model.fit(x, y, batch_size=1, epochs=1, shuffle=False, verbose=0)
+    assert bool(ops.convert_to_numpy(wrapped.initialized))
+    trained = numpy_weights(wrapped)
+    assert np.abs(ops.convert_to_numpy(wrapped.g)).max() < 100  # not from a zero variance (1e5)
+    model.predict(x, batch_size=8, verbose=0)
+    for a, b in zip(numpy_weights(wrapped), trained):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile, torch.export")
+def test_torch_traces_of_a_one_sample_batch_and_of_a_dynamic_batch():
+    """A compiled first call on one sample marked the layer as seen: later calls never
+    initialized it. ``torch.export`` with a dynamic batch dimension failed."""
+    import torch
+
+    x = torch.tensor(np.random.default_rng(5).normal(2.0, 3.0, size=(8, 5)).astype("float32"))
+    layer = normlab.WeightNormalization(keras.layers.Dense(3))
+    layer.build((None, 5))
+    torch.compile(lambda t: layer(t), fullgraph=True)(x[:1])
+    assert not bool(ops.convert_to_numpy(layer.initialized))
+    y = ops.convert_to_numpy(layer(x))
+    assert bool(ops.convert_to_numpy(layer.initialized))
+    np.testing.assert_allclose(y.std(axis=0), 1.0, atol=1e-4)
+
+    fresh = normlab.WeightNormalization(keras.layers.Dense(3))
+    fresh.build((None, 5))
+    module = torch.nn.Module()
+    module.wn = fresh
+    module.forward = lambda t: module.wn(t)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.export.export(module, (x,), dynamic_shapes=({0: batch},))
+    assert not bool(ops.convert_to_numpy(fresh.initialized))  # traced, not run
+
+
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="a graph's unknown batch size")
 def test_one_sample_at_run_time_leaves_data_init_to_the_next():
     import tensorflow as tf
@@ -211,11 +255,15 @@ def test_one_sample_at_run_time_leaves_data_init_to_the_next():
     x = np.array([[-4.0, -4.0], [4.0, 4.0]], "float32")
     layer = normlab.WeightNormalization(keras.layers.Dense(2, kernel_initializer="identity"))
     layer.build(x.shape)
-    run = tf.function(lambda t: layer(t, training=True), input_signature=[tf.TensorSpec([None, 2])])
+    run = tf.function(lambda t: layer(t), input_signature=[tf.TensorSpec([None, 2])])
     run(x[:1])
     assert not bool(layer.initialized.numpy())
     np.testing.assert_allclose(run(x).numpy(), x / 4, atol=1e-6)
     np.testing.assert_allclose(run(x[:1] * 3.0).numpy(), 3 * x[:1] / 4, atol=1e-6)  # initialized once
+    other = normlab.WeightNormalization(keras.layers.Dense(2, kernel_initializer="identity"))
+    other.build(x.shape)
+    tf.function(lambda t: other(t, training=True), input_signature=[tf.TensorSpec([None, 2])])(x[:1])
+    assert bool(other.initialized.numpy())  # a training step: what it trains is kept
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="a graph's unknown batch size")
