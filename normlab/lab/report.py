@@ -161,11 +161,8 @@ def _summarize_experiment(by_key: dict[tuple, list[dict]], baseline: str | None)
     main = "normlab" if "normlab" in impls else impls[0]
     # A placement without any norm is the same model under every implementation (it ran
     # under one: the first listed, in runs of earlier versions): it belongs in the main table.
-    def key(r: dict) -> tuple:
-        return r["series"], r["x"], r["backend"], r["norms"], r["settings"]
-
-    mains = {key(r) for r in all_rows if r["impl"] == main}
-    rows = [r for r in all_rows if r["impl"] == main or (_norm_free(r["norms"]) and key(r) not in mains)]
+    mains = {_same_model(r) for r in all_rows if r["impl"] == main}
+    rows = [r for r in all_rows if r["impl"] == main or (_norm_free(r["norms"]) and _same_model(r) not in mains)]
     others = [r for r in all_rows if not any(r is m for m in rows)]
     all_runs = [r for runs in by_key.values() for r in runs]
     configs = [_config(r) for r in all_runs]
@@ -189,6 +186,11 @@ def _summarize_experiment(by_key: dict[tuple, list[dict]], baseline: str | None)
                 dataset_fallback=fallback,
                 notes=notes_for({c["series"]: c["norms"] for c in configs}))
     return {"meta": meta, "rows": rows, "other_rows": others, "ab": _impl_ab(rows, others)}
+
+
+def _same_model(row: dict) -> tuple:
+    """What makes two rows the same configuration but for the implementation."""
+    return row["series"], row["x"], row["backend"], row["norms"], row["settings"]
 
 
 def _norm_free(norms: str) -> bool:
@@ -243,8 +245,7 @@ def _impl_ab(rows: list[dict], others: list[dict]) -> list[dict]:
     """Each other-implementation row against the main row of the same configuration."""
     ab = []
     for o in others:
-        r = next((r for r in rows if (r["series"], r["x"], r["backend"], r["norms"], r["settings"])
-                  == (o["series"], o["x"], o["backend"], o["norms"], o["settings"])), None)
+        r = next((r for r in rows if _same_model(r) == _same_model(o)), None)
         if r is None:
             continue
         d = paired(o["per_seed"], r["per_seed"])
