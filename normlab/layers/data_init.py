@@ -106,7 +106,6 @@ class DataInit:
         if torch_traced():  # torch.compile, torch.export: a symbolic size, counted in the graph (a tensor
             # made from it would specialize it to this trace's value)
             count = ops.sum(ops.ones_like(ops.take(t, 0, axis=axis)))
-            return tuple(ops.stop_gradient(v) for v in values), count >= MIN_VALUES_PER_UNIT
         return tuple(ops.stop_gradient(v) for v in values), count >= MIN_VALUES_PER_UNIT
 
     def _warn(self, flag: str, message: str) -> None:
@@ -183,12 +182,9 @@ class DataInit:
                        "Dense layer) has no spread to initialize `g` and the bias from: they keep their values, "
                        "and the layer is marked initialized, so that no later call overwrites what it trains.")
         if done is False:  # eager: no need to trace both branches
-            if enough is False:  # known from the shapes: wait for a batch with a spread (training: keep)
-                if training is not True:
-                    return
-                result = (*[t.value for t in targets], True)
-            else:
-                result = (*values, True) if enough is True else chosen(values, enough)
+            if enough is False and training is not True:  # known from the shapes: wait for a batch with a spread
+                return
+            result = chosen(values, enough)
         elif keras.backend.backend() == "torch":  # torch.compile: Keras' torch cond is a Python `if`
             *new, verdict = chosen(values, enough)
             result = (*[ops.where(self.initialized, t.value, v) for t, v in zip(targets, new)],
