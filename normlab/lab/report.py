@@ -170,9 +170,9 @@ def _summarize_experiment(by_key: dict[tuple, list[dict]], baseline: str | None)
     if sweep:
         rows.sort(key=lambda r: (r["series"], -r["x"] if sweep == "batch size" else r["x"]))
     base_label = _pair_with_baseline(rows, sweep, baseline)
-    constant = {k: configs[0][k] for k in ("dataset", "protocol", "arch", "epochs", "max_steps",
-                                           "batch_size", "learning_rate", "train_subset")
-                if all(c[k] == configs[0][k] for c in configs)}
+    constant = {k: configs[0].get(k) for k in ("dataset", "protocol", "arch", "epochs", "max_steps",
+                                               "batch_size", "learning_rate", "train_subset", "test_subset")
+                if all(c.get(k) == configs[0].get(k) for c in configs)}
     fixed = (f"optimizer steps ({configs[0]['max_steps']} per run)"
              if all(c["max_steps"] and c["max_steps"] == configs[0]["max_steps"] for c in configs)
              else f"epochs ({configs[0]['epochs']})" if "epochs" in constant else "")

@@ -183,6 +183,14 @@ def test_a_baseline_missing_from_one_experiment_is_said(tmp_path):
     assert tables["b"]["meta"]["baseline"] == "C (no 'B' in this experiment)"
 
 
+def test_the_settings_line_names_the_test_subset(tmp_path):
+    """``--quick`` evaluates on 200 test images; the Settings line left that out."""
+    out = tmp_path / "runs"
+    fake_run(out, RunConfig(experiment="c", label="A", norms="none", test_subset=200), 0.9)
+    md = render_markdown("c", summarize(load_runs(out)[0])["c"])
+    assert "train_subset=0, test_subset=200;" in md
+
+
 def test_an_accuracy_interval_is_cut_at_100(tmp_path):
     out = tmp_path / "runs"
     for seed, acc in enumerate((0.999, 0.80)):
