@@ -95,7 +95,11 @@ class DataInit:
         axis = output_channel_axis(self.layer) % len(t.shape)
         axes = [a for a in range(len(t.shape)) if a != axis]
         mean, var = moments(t, axes, keepdims=False)
-        count = math.prod([ops.shape(t)[a] if t.shape[a] is None else t.shape[a] for a in axes])
+        if torch_traced():  # torch.compile, torch.export: a symbolic size, counted in the graph (a tensor
+            # made from it would specialize it to this trace's value)
+            count: Any = ops.sum(ops.ones_like(ops.take(t, 0, axis=axis)))
+        else:  # an int, or a tensor for a size unknown in a TF graph
+            count = math.prod([ops.shape(t)[a] if t.shape[a] is None else t.shape[a] for a in axes])
         scale = ops.rsqrt(var + DATA_INIT_EPSILON)
         values = [ops.cast(scale, self.g.dtype)]
         if self._is_rnn:  # one scale per unit, repeated over the gates (TF Addons)
@@ -103,9 +107,6 @@ class DataInit:
         bias = self._bias()
         if bias is not None:
             values.append(ops.cast(-mean * scale, bias.dtype))
-        if torch_traced():  # torch.compile, torch.export: a symbolic size, counted in the graph (a tensor
-            # made from it would specialize it to this trace's value)
-            count = ops.sum(ops.ones_like(ops.take(t, 0, axis=axis)))
         return tuple(ops.stop_gradient(v) for v in values), count >= MIN_VALUES_PER_UNIT
 
     def _warn(self, flag: str, message: str) -> None:
