@@ -34,6 +34,8 @@ def _points(d: dict, digits: int = 2) -> str:
     if d["n"] == 0:
         return "-"
     head = f"{100 * d['mean']:+.{digits}f}"
+    if d["n"] >= 2 and math.isnan(d["low"]):
+        return f"{head} on every seed"  # no spread: no t interval (stats.paired)
     return head if d["n"] < 2 else f"{head} [{100 * d['low']:+.{digits}f}, {100 * d['high']:+.{digits}f}]"
 
 
@@ -157,17 +159,25 @@ def verdict_sentence(compared: list[dict], meta: dict) -> str:
         return ("With at most one shared seed per comparison there is no interval: the differences "
                 "are single runs and cannot be told apart from seed-to-seed noise.")
     aside = (f" No interval (fewer than two shared seeds): {', '.join(few)}." if few else "")
+    same = [r for r in rated if math.isnan(r["paired"]["low"])]
+    if same:
+        aside += (" The same difference on every seed (no interval; p from the exact sign-flip "
+                  "test, which needs 6 seeds to go below 0.05): "
+                  + ", ".join(r["label"] for r in same) + ".")
     beyond = [r for r in rated if r["paired"]["verdict"] in ("higher", "lower")]
     if not beyond:
-        every = "Every" if not few else "Every other"
-        return (f"{every} paired 95% interval includes 0: no configuration differs from its "
+        every = ("" if len(same) == len(rated) else
+                 "Every paired 95% interval includes 0: " if len(same) + len(few) == 0 else
+                 "Every other paired 95% interval includes 0: ")
+        return (f"{every}{'n' if every else 'N'}o configuration differs from its "
                 "baseline beyond the seed-to-seed noise, so the ranking of the means is "
                 "within noise." + aside)
     parts = [f"{r['label']} {r['paired']['verdict']} by {abs(100 * r['paired']['mean']):.2f} "
              f"points (p {'' if _p(r['paired']).startswith('<') else '= '}{_p(r['paired'])})"
              for r in beyond]
     rest = len(rated) - len(beyond)
-    return (f"Beyond the seed noise (interval excluding 0): {'; '.join(parts)}. "
+    how = "interval excluding 0" + (", or p < 0.05" if any(r in same for r in beyond) else "")
+    return (f"Beyond the seed noise ({how}): {'; '.join(parts)}. "
             + ("The other difference is within noise. " if rest == 1 else
                f"The other {rest} differences are within noise. " if rest else "")
             + "The p-values are not corrected for multiple comparisons." + aside)

@@ -130,11 +130,15 @@ def paired(values: dict, baseline: dict) -> dict:
         ``low``, ``high`` (the 95% interval), ``t``, ``p`` (two-sided paired t-test) and
         ``verdict``: "within noise" when the interval includes 0, "higher" or
         "lower" when it does not, "one seed" or "no common seeds" when there is
-        no interval.
+        no interval. When every seed gives the same non-zero difference there is
+        no t interval (``ci95``, ``low`` and ``high`` are NaN, ``t`` is infinite):
+        ``p`` is then the exact sign-flip test's (:func:`sign_flip_p`, 0.5 for
+        two seeds, not the t-test's limit 0), and the verdict follows ``p < 0.05``.
     """
     seeds = sorted(s for s in values if s in baseline
                    and values[s] is not None and baseline[s] is not None)
-    diffs = [float(values[s]) - float(baseline[s]) for s in seeds]
+    # rounded so that equal differences of accuracies (multiples of 1/n) compare equal
+    diffs = [round(float(values[s]) - float(baseline[s]), 12) for s in seeds]
     s = stats(diffs)
     n, mean, std = s["n"], s["mean"], s["std"]
     out = dict(n=n, seeds=seeds, diffs=diffs, mean=mean, std=std, ci95=s["ci95"],
@@ -143,9 +147,13 @@ def paired(values: dict, baseline: dict) -> dict:
         return {**out, "verdict": "no common seeds"}
     if n == 1:
         return {**out, "verdict": "one seed"}
+    if len(set(diffs)) == 1 and mean != 0.0:  # the same difference on every seed: no t interval
+        out.update(t=math.copysign(math.inf, mean), p=sign_flip_p(n), ci95=math.nan,
+                   low=math.nan, high=math.nan)
+        verdict = ("higher" if mean > 0 else "lower") if out["p"] < 0.05 else "within noise"
+        return {**out, "verdict": verdict}
     if std == 0.0:
-        out.update(t=0.0 if mean == 0 else math.copysign(math.inf, mean),
-                   p=1.0 if mean == 0 else 0.0)
+        out.update(t=0.0, p=1.0)
     else:
         out["t"] = mean / (std / math.sqrt(n))
         out["p"] = t_two_sided_p(out["t"], n - 1)
@@ -154,3 +162,13 @@ def paired(values: dict, baseline: dict) -> dict:
     else:
         verdict = "higher" if mean > 0 else "lower"
     return {**out, "verdict": verdict}
+
+
+def sign_flip_p(n: int) -> float:
+    """The exact sign-flip test's two-sided p-value for ``n`` equal non-zero differences.
+
+    Under the null hypothesis each seed's difference is as likely negative as
+    positive; of the ``2**n`` sign patterns, the two with every sign the same
+    are as extreme as the data, so p = 2 / 2**n (0.5 for two seeds, 0.031 for six).
+    """
+    return min(1.0, 2.0 ** (1 - n))

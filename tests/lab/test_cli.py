@@ -347,7 +347,7 @@ def test_report_command_baseline_and_plain_text(tmp_path, capsys):
             fake_run(runs, RunConfig(experiment="c", label=label, norms="batch", seed=seed), acc + 0.001 * seed)
     code, out, err = run_main(["report", str(runs), "--baseline", "GN"], capsys)
     assert code == 0, err
-    assert "Paired differences against GN\n" in out and "| BN | GN | 3 | -5.00 [-5.00, -5.00] |" in out
+    assert "Paired differences against GN\n" in out and "| BN | GN | 3 | -5.00 on every seed | 0.250 |" in out
     assert "#" not in out and "**" not in out and "![" not in out  # no Markdown markup on the terminal
     assert "![c](c.png)" in (runs / "report" / "report.md").read_text()  # the file keeps it
     code, _, err = run_main(["report", str(runs), "--baseline", "LN"], capsys)

@@ -145,13 +145,32 @@ def test_baseline_option_and_a_clear_ranking(tmp_path):
     for seed in range(4):
         for label, acc in (("A", 0.90), ("B", 0.95), ("C", 0.90)):
             fake_run(out, RunConfig(experiment="c", label=label, norms="none", seed=seed),
-                     acc + 0.001 * seed * (label == "C"))
+                     acc + 0.001 * seed * (label != "B"))
     tables = summarize(load_runs(out)[0], baseline="B")
     md = render_markdown("c", tables["c"])
     assert tables["c"]["meta"]["baseline"] == "B"
-    assert "| A | B | 4 | -5.00 [-5.00, -5.00] | < 0.001 | lower |" in md
-    assert "Beyond the seed noise (interval excluding 0): A lower by 5.00 points" in md
+    assert "| A | B | 4 | -4.85 [-5.06, -4.64] | < 0.001 | lower |" in md
+    assert "Beyond the seed noise (interval excluding 0): A lower by 4.85 points" in md
     assert "not corrected for multiple comparisons" in md
+
+
+@pytest.mark.parametrize("seeds", [2, 6])
+def test_the_same_difference_on_every_seed_has_no_interval(tmp_path, seeds):
+    """Accuracies are multiples of 1/test size: two seeds that both gain one image gave
+    an interval of width 0, p = 0 and "higher" (the t-test's limit), from two runs."""
+    out = tmp_path / "runs"
+    for seed in range(seeds):
+        fake_run(out, RunConfig(experiment="c", label="A", norms="none", seed=seed), 0.9 + 0.01 * seed)
+        fake_run(out, RunConfig(experiment="c", label="B", norms="none", seed=seed), 0.902 + 0.01 * seed)
+    md = render_markdown("c", summarize(load_runs(out)[0], baseline="A")["c"])
+    if seeds == 2:
+        assert "| B | A | 2 | +0.20 on every seed | 0.500 | within noise |" in md
+        assert "No configuration differs from its baseline beyond the seed-to-seed noise" in md
+    else:
+        assert "| B | A | 6 | +0.20 on every seed | 0.031 | higher |" in md
+        assert "(interval excluding 0, or p < 0.05): B higher by 0.20 points (p = 0.031)" in md
+    assert "The same difference on every seed (no interval; p from the exact sign-flip test" in md
+    plots.plot(tmp_path / "c.png", "c", summarize(load_runs(out)[0], baseline="A")["c"])
 
 
 def test_a_norm_free_row_of_another_implementation_stays_in_the_main_table(tmp_path):

@@ -48,5 +48,22 @@ def test_paired_edge_cases():
     assert paired({0: 0.9}, {1: 0.8})["verdict"] == "no common seeds"
     same = paired({0: 0.9, 1: 0.8}, {0: 0.9, 1: 0.8})
     assert same["p"] == 1.0 and same["verdict"] == "within noise"
-    shifted = paired({0: 0.91, 1: 0.81}, {0: 0.9, 1: 0.8})
-    assert shifted["p"] == 0.0 and shifted["verdict"] == "higher"
+    shifted = paired({0: 0.91, 1: 0.81}, {0: 0.9, 1: 0.8})  # +0.01 twice, up to rounding
+    assert shifted["p"] == 0.5 and shifted["verdict"] == "within noise"
+    assert math.isnan(shifted["low"]) and math.isinf(shifted["t"])
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 6, 8])
+@pytest.mark.parametrize("step", [0.005, -0.0125])
+def test_paired_same_difference_every_seed_is_a_sign_flip_test(n, step):
+    """Equal non-zero differences (common with accuracies, multiples of 1/test size) have no
+    t interval; their p is the exact sign-flip permutation test's, not the t-test's limit 0."""
+    import numpy as np
+
+    base = {seed: 0.5 + 0.03 * seed for seed in range(n)}
+    d = paired({seed: v + step for seed, v in base.items()}, base)
+    ref = scipy_stats.permutation_test((np.full(n, step),), np.mean, permutation_type="samples",
+                                       n_resamples=np.inf)
+    assert d["p"] == pytest.approx(ref.pvalue)
+    assert d["verdict"] == (("higher" if step > 0 else "lower") if n >= 6 else "within noise")
+    assert d["mean"] == pytest.approx(step) and math.isnan(d["ci95"])
