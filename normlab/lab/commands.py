@@ -13,11 +13,12 @@ import argparse
 import dataclasses
 import hashlib
 import sys
+from typing import Any
 
 from normlab.lab import preflight
 from normlab.lab import presets as P
 from normlab.lab.errors import ConfigError
-from normlab.lab.experiments import DATASETS, RunConfig, check_keys, config_keys, parse_value
+from normlab.lab.experiments import DATASETS, RunConfig, check_keys, config_keys, dataset_key, parse_value
 from normlab.lab.models import KERAS_LAYERS
 
 
@@ -38,9 +39,12 @@ def make_experiment(args: argparse.Namespace):
             raise ConfigError(f"Invalid `set`: {key} is set by the command, not by --set. "
                               f"Received: {key}={overrides[key]!r}. Use the matching option "
                               "(--seeds, --impl, --backend, or --norms for compare) or drop it.")
-    seeds = args.seeds
+    seeds, quick = args.seeds, dict[str, Any](P.QUICK)
     if args.quick:
-        overrides = {**P.QUICK, **overrides}
+        info = DATASETS.get(dataset_key(overrides.get("dataset", quick["dataset"])))
+        if info and quick["test_subset"] > info.split_sizes(overrides.get("protocol", "standard"))[1]:
+            quick["test_subset"] = 0  # a smaller dataset (synthetic): all of it
+        overrides = {**quick, **overrides}
         seeds = seeds or (0,)
     if overrides.get("max_steps") and "epochs" in overrides:
         raise ConfigError(f"Invalid `epochs`: max_steps={overrides['max_steps']} (--max-steps, or --quick's) "
@@ -48,7 +52,7 @@ def make_experiment(args: argparse.Namespace):
                           "Pass one of --epochs and --max-steps (with --quick: --max-steps 0 --epochs N).")
     if args.command == "compare":
         if args.norms:
-            norms = {spec: spec for spec in args.norms}
+            norms = {spec: spec for spec in canonical_norms(args.norms)}
             if len(norms) != len(args.norms):
                 raise ConfigError(f"Invalid `norms`: expected each spec once. Received: "
                                   f"norms={args.norms!r}. Drop the repeats.")
@@ -60,12 +64,22 @@ def make_experiment(args: argparse.Namespace):
         build = lambda **kw: P.preset(args.what, **kwargs, **kw)  # noqa: E731
     experiment = build(**overrides)
     experiment = experiment.replace(seeds=seeds) if seeds else experiment
-    base = build(**P.QUICK) if args.quick else build()
+    base = build(**quick) if args.quick else build()
     experiment = P.variant_name(experiment, base, quick=args.quick)
     if args.command == "compare" and args.norms:  # a table of its own, not the preset's
-        digest = hashlib.sha256("\n".join(args.norms).encode()).hexdigest()[:6]
+        digest = hashlib.sha256("\n".join(canonical_norms(args.norms)).encode()).hexdigest()[:6]
         experiment = experiment.renamed(f"-norms-{digest}")
     return experiment.with_impls(args.impl)
+
+
+def canonical_norms(specs: list[str]) -> list[str]:
+    """The ``--norms`` placements written one way (``'batch > none'`` is ``'batch>none'``)."""
+    from normlab.lab.models import canonical_placement
+
+    try:
+        return [canonical_placement(spec) for spec in specs]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def make_executor(args: argparse.Namespace):

@@ -55,20 +55,28 @@ class DatasetInfo:
     classes: int
     summary: str
     offline: bool  # needs no download
+    sizes: tuple[int, int]  # images in the train and the test split
+
+    def split_sizes(self, protocol: str) -> tuple[int, int]:
+        """(images trained on, images evaluated on) under ``protocol`` (all of each split)."""
+        return self.sizes[::-1] if protocol == "tutorial" else self.sizes
 
 
 #: Every dataset the lab can load (see :mod:`normlab.lab.data`).
 DATASETS = {
     "mnist": DatasetInfo((28, 28, 1), 10, "handwritten digits, 60,000 train / 10,000 test "
-                         "(downloaded once, 11 MB)", False),
+                         "(downloaded once, 11 MB)", False,
+                         (60_000, 10_000)),
     "fashion_mnist": DatasetInfo((28, 28, 1), 10, "clothing images, 60,000 / 10,000 "
-                                 "(downloaded once, 30 MB)", False),
+                                 "(downloaded once, 30 MB)", False,
+                                 (60_000, 10_000)),
     "cifar10": DatasetInfo((32, 32, 3), 10, "colour images, 50,000 / 10,000 "
-                           "(downloaded once, 163 MB)", False),
+                           "(downloaded once, 163 MB)", False,
+                           (50_000, 10_000)),
     "digits": DatasetInfo((8, 8, 1), 10, "scikit-learn's bundled 8x8 digits, 1,438 / 359 "
-                          "(offline)", True),
+                          "(offline)", True, (1_438, 359)),
     "synthetic": DatasetInfo((28, 28, 1), 10, "generated blocky patterns, 500 / 100 "
-                             "(offline, for tests)", True),
+                             "(offline, for tests)", True, (500, 100)),
 }
 
 
@@ -137,6 +145,13 @@ class RunConfig:
             if not ok:
                 raise ConfigError(f"Invalid `{key}`: expected {expected}. "
                                   f"Received: {key}={getattr(self, key)!r}. {fix}")
+        for key, split, size in zip(("train_subset", "test_subset"), ("trains on", "evaluates on"),
+                                    DATASETS[self.dataset].split_sizes(self.protocol)):
+            if getattr(self, key) > size:
+                raise ConfigError(
+                    f"Invalid `{key}`: expected at most {size}: the {self.protocol} protocol "
+                    f"{split} {size:,} {self.dataset} images. Received: {key}={getattr(self, key)!r}. "
+                    f"Pass at most {size}, or 0 for all of them.")
         try:
             norm_specs(self.norms, self.arch)  # syntax and count only; names are checked later
         except ValueError as exc:

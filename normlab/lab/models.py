@@ -77,6 +77,28 @@ def split_placement(placement: str) -> list[str]:
     return parts
 
 
+def canonical_placement(placement: str) -> str:
+    """``placement`` written one way: no spaces but one after each comma (outside quotes).
+
+    Example:
+        >>> canonical_placement(" batch >group( groups=5,axis = 3) ")
+        'batch>group(groups=5, axis=3)'
+    """
+    out = []
+    for spec in split_placement(placement):
+        text, quote = "", ""
+        for char in spec:
+            if quote:
+                quote = "" if char == quote else quote
+            elif char in "'\"":
+                quote = char
+            elif char.isspace():
+                continue
+            text += char + " " * (char == "," and not quote)
+        out.append(text.replace(", )", ",)").rstrip())
+    return ">".join(out)
+
+
 def is_identity(spec: str) -> bool:
     """True for ``none`` (or its alias ``identity``), with or without arguments."""
     return spec.split("(", 1)[0].strip().lower() in NO_NORM

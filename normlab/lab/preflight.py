@@ -145,6 +145,10 @@ def resolve_data(experiment: Experiment, *, data_dir=None, explicit: bool = True
     from normlab.lab import data
 
     names = list(dict.fromkeys(c.dataset for c in experiment.configs))
+    if data_dir is not None and all(DATASETS[name].offline for name in names):
+        raise ConfigError(f"Invalid `data_dir`: the {' and '.join(names)} dataset needs no files, so "
+                          f"the folder would be ignored. Received: data_dir={str(data_dir)!r}. Drop "
+                          "--data-dir, or pass --dataset mnist (or another downloaded dataset) to use it.")
     datasets, notes, where = {}, {}, []
     for name in names:
         if not load:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from normlab.lab.errors import ConfigError
-from normlab.lab.experiments import Experiment, RunConfig
+from normlab.lab.experiments import DATASETS, Experiment, RunConfig
 
 GN = "group(groups=5, axis=3)"
 IN = "instance(axis=3, beta_initializer='random_uniform', gamma_initializer='random_uniform')"
@@ -238,7 +238,15 @@ def variant_name(experiment: Experiment, base: Experiment, quick: bool = False) 
 
 
 def replace_dataset(experiment: Experiment, dataset: str) -> Experiment:
-    """The experiment on another dataset, renamed ``<name>-<dataset>`` (offline fallback)."""
-    configs = tuple(dataclasses.replace(c, dataset=dataset, experiment=f"{c.experiment}-{dataset}")
-                    for c in experiment.configs)
+    """The experiment on another dataset, renamed ``<name>-<dataset>`` (offline fallback).
+
+    A subset larger than the new dataset's split becomes all of it (0).
+    """
+    def fitted(c: RunConfig) -> RunConfig:
+        train, test = DATASETS[dataset].split_sizes(c.protocol)
+        return dataclasses.replace(c, dataset=dataset, experiment=f"{c.experiment}-{dataset}",
+                                   train_subset=c.train_subset * (c.train_subset <= train),
+                                   test_subset=c.test_subset * (c.test_subset <= test))
+
+    configs = tuple(fitted(c) for c in experiment.configs)
     return dataclasses.replace(experiment, name=f"{experiment.name}-{dataset}", configs=configs)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from normlab import _backend
 from normlab.lab import backend as lab_backend
 from normlab.lab import cli, commands, data, store
+from normlab.lab.errors import ConfigError
 from normlab.lab.experiments import config_keys
 
 BACKEND = keras.backend.backend()
@@ -104,6 +106,8 @@ def test_settings_that_change_results_name_their_own_experiment():
     assert parse("compare", "--quick", "--dataset", "mnist").name == "compare-quick-mnist"
     assert parse("sweep", "groups", "--quick", "--set", "test_subset=0").name == "groups-quick-test0"
     assert parse("compare", "--quick", "--dataset", "digits").name == "compare-quick"
+    synthetic = parse("compare", "--quick", "--dataset", "synthetic")  # 100 test images, not --quick's 200
+    assert synthetic.name == "compare-quick-synthetic" and synthetic.configs[0].test_subset == 0
 
 
 def test_impl_both_interleaves_and_skips_normless_duplicates():
@@ -500,3 +504,54 @@ def test_offline_first_run_falls_back_to_the_bundled_digits(no_datasets, tmp_pat
     code, _, err = run_main(["compare", "--norms", "batch", "--seeds", "1", "--dry-run", "--executor", "ray",
                              "--address", "local", "--out", str(tmp_path / "dry"), "--backend", BACKEND], capsys)
     assert code == 0 and "it will be downloaded once" in err and "digits" not in err  # Ray never falls back
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "--protocol", "tutorial", "--train-subset", "20000"],
+     "Invalid `train_subset`: expected at most 10000: the tutorial protocol trains on 10,000 mnist images"),
+    (["sweep", "batch-size-deep", "--protocol", "tutorial"], "Received: train_subset=20000"),
+    (["compare", "--quick", "--set", "test_subset=400"],
+     "Invalid `test_subset`: expected at most 359: the standard protocol evaluates on 359 digits images"),
+    (["compare", "--dataset", "synthetic", "--train-subset", "501"], "expected at most 500"),
+])
+def test_a_subset_larger_than_its_split_is_an_error(argv, message):
+    """It silently used the whole split, in a table named for the subset."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse(*argv)
+    parse("compare", "--quick", "--set", "test_subset=359", "--train-subset", "1438")  # all of digits
+
+
+def test_the_digits_fallback_uses_all_of_a_split_smaller_than_the_subset():
+    from normlab.lab.experiments import DATASETS
+    from normlab.lab.presets import replace_dataset
+
+    experiment = replace_dataset(parse("sweep", "batch-size-deep", "--set", "test_subset=300"), "digits")
+    assert {(c.train_subset, c.test_subset) for c in experiment.configs} == {(0, 300)}
+    assert DATASETS["digits"].split_sizes("tutorial") == (359, 1438)
+
+
+def test_the_datasets_sizes_are_those_loaded():
+    from normlab.lab.data import load_dataset
+    from normlab.lab.experiments import DATASETS
+
+    for name in ("digits", "synthetic"):
+        ds = load_dataset(name)
+        assert DATASETS[name].sizes == (len(ds.y_train), len(ds.y_test))
+
+
+def test_data_dir_with_a_bundled_dataset_is_an_error(tmp_path, capsys):
+    """``--data-dir`` was ignored without a word for the digits and synthetic datasets."""
+    for extra in (["--quick"], ["--dataset", "synthetic"]):
+        code, out, err = run_main(["compare", "--norms", "batch", "--seeds", "1", "--dry-run", *extra,
+                                   "--data-dir", str(tmp_path), "--backend", BACKEND], capsys)
+        assert code == 2 and "Invalid `data_dir`:" in err and "needs no files" in err and out == ""
+
+
+def test_norms_written_differently_are_one_table_and_one_row():
+    a = parse("compare", "--norms", "batch > none", "group( groups=2,axis=3 )")
+    b = parse("compare", "--norms", "batch>none", "group(groups=2, axis=3)")
+    assert a.name == b.name and a.configs == b.configs
+    assert [c.label for c in a.configs] == ["batch>none", "group(groups=2, axis=3)"]
+    with pytest.raises(ConfigError, match="expected each spec once"):
+        parse("compare", "--norms", "batch", " batch")
+    assert parse("compare", "--norms", "group(name='a b')").configs[0].norms == "group(name='a b')"

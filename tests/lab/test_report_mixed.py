@@ -3,6 +3,8 @@ older training revisions, copied runs, unfinished seeds, diverged runs."""
 
 import json
 
+import pytest
+
 from normlab.lab import plots
 from normlab.lab.experiments import RunConfig
 from normlab.lab.report import load_runs, render_markdown, summarize, write_report
@@ -129,3 +131,44 @@ def test_a_sweep_plot_draws_the_other_implementation(tmp_path, monkeypatch):
                         drawn.append(marker) or real(ax, x, s, per_seed, color, marker, filled))
     write_report(out, tmp_path / "report")
     assert drawn.count("o") == 2 and drawn.count("D") == 2
+
+
+def _strips_apart(ax) -> bool:
+    """Whether no two x tick labels of ``ax`` overlap, as drawn (level: boxes apart;
+    tilted: parallel strips farther apart than a label's height)."""
+    import math
+
+    labels = [t for t in ax.get_xticklabels() if t.get_text()]
+    renderer = ax.figure.canvas.get_renderer()
+    angle = labels[0].get_rotation()
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    if angle == 0:
+        return all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:]))
+    ticks = ax.transData.transform([(x, 0) for x in ax.get_xticks()])[:, 0]
+    spacing = min(b - a for a, b in zip(ticks, ticks[1:]))
+    level = [t.get_window_extent(renderer) for t in labels if t.set_rotation(0) or True]
+    for t in labels:
+        t.set_rotation(angle)
+    return spacing * math.sin(math.radians(angle)) >= 1.5 * max(b.height for b in level)
+
+
+@pytest.mark.parametrize("backends", [("jax",), ("jax", "tensorflow", "torch")])
+def test_plot_tick_labels_do_not_overlap(tmp_path, backends):
+    """Every backend's rows of a mixed-backend folder ("InstanceNorm (tensorflow)", ...)
+    overlapped at the fixed 15-degree tilt."""
+
+    out = tmp_path / "runs"
+    for backend in backends:
+        _grid(out, {"group": 0.9, "instance": 0.8, "layer(axis=[1, 2, 3])": 0.85, "batch": 0.9,
+                    "none": 0.7}, backend=backend)
+    table = summarize(load_runs(out)[0])["c"]
+    fig = plots.figure("c", table)
+    try:
+        for ax in fig.axes:
+            assert _strips_apart(ax)
+            assert len([t for t in ax.get_xticklabels() if t.get_text()]) == 5 * len(backends)
+        assert fig.axes[0].get_xticklabels()[0].get_rotation() == (15 if len(backends) == 1 else 45)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
