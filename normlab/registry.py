@@ -68,6 +68,16 @@ def register(
             f"Invalid `kind`: expected one of {', '.join(map(repr, KINDS))}. Received: kind={kind!r}. "
             "Use 'activation' for a layer called on another layer's output."
         )
+    if not callable(factory):
+        raise ArgumentTypeError(
+            f"Invalid `factory`: expected a callable that returns a layer (a layer class or a function). "
+            f"Received: factory={factory!r} of type {type(factory).__name__}. Pass e.g. normlab.GroupNormalization."
+        )
+    if isinstance(aliases, str):
+        raise ArgumentTypeError(
+            f"Invalid `aliases`: expected a list of names; a string would register each of its letters. "
+            f"Received: aliases={aliases!r}. Pass aliases=[{aliases!r}]."
+        )
     for key in (name, *aliases):
         if not isinstance(key, str) or not key.isidentifier() or key != key.lower():
             raise ValueError(

@@ -122,3 +122,12 @@ def test_re_registering_drops_the_aliases_it_no_longer_lists():
     finally:
         reg._NORMS.clear(), reg._NORMS.update(saved[0])
         reg._ALIASES.clear(), reg._ALIASES.update(saved[1])
+
+
+def test_register_refuses_a_factory_that_is_not_callable_and_a_string_of_aliases():
+    """None was registered and failed later in get(); aliases="mn" registered 'm' and 'n'."""
+    with pytest.raises(TypeError, match=r"Invalid `factory`: expected a callable.*Received: factory=None"):
+        normlab.register("zzz_none", None)
+    with pytest.raises(TypeError, match=r"Invalid `aliases`: expected a list of names.*Pass aliases=\['mn'\]"):
+        normlab.register("zzz_letters", normlab.GroupNormalization, aliases="mn")
+    assert "zzz_none" not in names() and "m" not in names()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-from typing import Any
+import numbers
+from typing import Any, Mapping
 
 import keras
 import numpy as np
@@ -176,6 +177,11 @@ class FilterResponseNormalizationLoader(_Loader):
         epsilon = config.pop("epsilon", 1e-6)
         if isinstance(epsilon, (list, tuple)):  # a serialized scalar tensor
             epsilon = np.asarray(epsilon).reshape(-1)[0]
+        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+            raise ArgumentTypeError(
+                f"Invalid `epsilon` in a TF Addons FilterResponseNormalization config: expected a number. "
+                f"Received: epsilon={epsilon!r}. Set it to the layer's epsilon (TF Addons' default is 1e-6)."
+            )
         return _build(cls.tfa_name, config, epsilon=abs(float(epsilon)), use_tlu=False)
 
 
@@ -244,6 +250,11 @@ def custom_objects(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         >>> sorted(tfa.custom_objects())[:2]
         ['Addons>FilterResponseNormalization', 'Addons>GroupNormalization']
     """
+    if extra is not None and not isinstance(extra, Mapping):
+        raise ArgumentTypeError(
+            f"Invalid `extra`: expected a dict of custom objects, name -> class or function. Received: "
+            f"extra={extra!r} of type {type(extra).__name__}. Pass e.g. extra={{'MyLayer': MyLayer}}."
+        )
     return {**custom_objects_dict(), **(extra or {})}
 
 

@@ -10,11 +10,13 @@ without any activation normalization.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Sequence
 
 import keras
 from keras import initializers
 
+from normlab.layers.base import keras_object
 from normlab.layers.std_conv import _conv_args, _doc, _replacement, _WeightStandardization
 from normlab.ops.validate import ArgumentTypeError, check_real, error_message
 from normlab.types import Constraint, Initializer, Regularizer, Shape, Tensor
@@ -47,7 +49,7 @@ class _ScaledWeightStandardization(_WeightStandardization):
         **kwargs: Any,
     ) -> None:
         super().__init__(**_conv_args(locals()), epsilon=epsilon, **kwargs)
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
             raise ArgumentTypeError(
                 error_message(
                     "gamma",
@@ -57,8 +59,9 @@ class _ScaledWeightStandardization(_WeightStandardization):
                     "(about 1.7139 for ReLU).",
                 )
             )
-        self.gamma = check_real("gamma", gamma, example="1.7139")  # finite: nan/inf gave NaN outputs
-        self.gain_initializer = initializers.get(gain_initializer)
+        # finite and > 0: nan/inf gave NaN outputs, 0 a layer whose output is its bias
+        self.gamma: float = check_real("gamma", gamma, minimum=0.0, strict=True, example="1.7139")
+        self.gain_initializer: Any = keras_object("initializer", "gain_initializer", gain_initializer)
 
     def build(self, input_shape: Shape) -> None:
         super().build(input_shape)

@@ -72,6 +72,11 @@ def canonicalize_axes(
     """
     axes = as_axis_list(axis, argument=argument)
     received = f"{argument}={axis!r} for an input of rank {ndim}"
+    if not allow_batch and ndim < 2:
+        raise ValueError(
+            error_message("inputs", "a tensor of rank >= 2: a batch axis, then the features",
+                          f"an input of rank {ndim}", "Add a batch axis, e.g. x[None] for one sample.")
+        )
     resolved = []
     for a in axes:
         if not -ndim <= a < ndim:

@@ -13,6 +13,7 @@ from normlab.ops.moments import note_count, shifted_moments, stats_dtype
 from normlab.ops.normalize import at_least, at_most, normalize
 from normlab.ops.validate import (
     check_epsilon,
+    check_mask,
     check_param,
     check_positive_int,
     check_renorm_clipping,
@@ -155,18 +156,16 @@ def _batch_norm_train(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Training-mode batch norm with optional ghost batches and renorm correction.
 
-    Returns ``(y, mean, variance)`` with the statistics of shape ``(C,)``,
-    averaged over the ghost batches (weighted by unmasked positions). With
-    ``replica_sum``, the statistics are the global batch's; with ghost batches too, each ghost batch keeps
-    its own statistics (as on one device with the global batch, when each
-    replica's batch is a multiple of the ghost size) and the returned
-    averages are over every replica's ghost batches.
+    Returns ``(y, mean, variance)`` with the statistics of shape ``(C,)``, averaged over the ghost batches
+    (weighted by unmasked positions). With ``replica_sum``, the statistics are the global batch's; with ghost
+    batches too, each ghost batch keeps its own statistics (as on one device with the global batch, when each
+    replica's batch is a multiple of the ghost size) and the returned averages are over every replica's ghost batches.
     """
     x = float_tensor(x)
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon)
-    gamma = check_param("gamma", gamma, (channels,))
-    beta = check_param("beta", beta, (channels,))
+    check_mask(mask, x.shape)
+    gamma, beta = check_param("gamma", gamma, (channels,)), check_param("beta", beta, (channels,))
     v = check_positive_int("virtual_batch_size", virtual_batch_size, example=32, allow_none=True,
                            meaning="the size of each ghost batch")
     shape = dims(x)

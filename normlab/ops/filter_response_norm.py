@@ -88,6 +88,9 @@ def tlu(x: Tensor, tau: Tensor, axis: int = -1, *, alpha: Tensor | None = None) 
     """
     x = float_tensor(x)
     ndim, a, channels = channel_axis(x, axis)
+    if tau is None:
+        raise ValueError(error_message("tau", f"the learned threshold: a tensor of shape ({channels},) or a number",
+                                       "tau=None", f"Pass e.g. zeros of shape ({channels},)."))
     tau = check_param("tau", tau, (channels,))
     alpha = check_param("alpha", alpha, (channels,))
     dtype = stats_dtype(x.dtype)

@@ -37,7 +37,8 @@ from keras import ops
 from keras.backend import standardize_dtype
 
 from normlab.ops.axes import canonicalize_axes, dims, first_along, is_traced_int
-from normlab.types import DTypeLike, ReplicaSum, Tensor
+from normlab.ops.validate import check_mask
+from normlab.types import Axis, DTypeLike, ReplicaSum, Tensor
 
 
 class CountingSum:
@@ -119,7 +120,7 @@ def _averager(x: Tensor, axes: list[int], mask: Tensor | None = None) -> Callabl
     return average
 
 
-def mean_square(x: Tensor, axes: Sequence[int]) -> Tensor:
+def mean_square(x: Tensor, axes: Axis) -> Tensor:
     """``mean(x^2)`` over ``axes`` (kept as size-1 dims), in float32 at least.
 
     The second moment about zero, for the norms that divide by a root mean
@@ -132,6 +133,8 @@ def mean_square(x: Tensor, axes: Sequence[int]) -> Tensor:
         >>> ops.convert_to_numpy(mean_square(np.array([[3.0, 4.0]], "float32"), [1])).tolist()
         [[12.5]]
     """
+    empty = isinstance(axes, (list, tuple)) and not axes  # no axes: x^2 itself
+    axes = [] if empty else canonicalize_axes(axes, len(x.shape), argument="axes", allow_batch=True)
     x = ops.cast(x, stats_dtype(x.dtype))
     square = x * x  # not ops.square: LiteRT rejects the pow that litert_torch makes of it on 5-D tensors
     return _averager(x, list(axes))(square) if axes else square
@@ -169,7 +172,7 @@ def _cross_replica_moments(
 
 
 def shifted_moments(
-    x: Tensor, axes: Sequence[int], *, mask: Tensor | None = None, replica_sum: ReplicaSum | None = None,
+    x: Tensor, axes: Axis, *, mask: Tensor | None = None, replica_sum: ReplicaSum | None = None,
     batch_statistics: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Statistics of ``x`` relative to a per-slice shift, for the exact apply step.
@@ -184,7 +187,8 @@ def shifted_moments(
     is kept apart. Arguments as in :func:`moments`; ``batch_statistics``
     as in :func:`~normlab.ops.axes.first_along` (ghost batches pass True).
     """
-    axes = canonicalize_axes(list(axes), len(x.shape), argument="axes", allow_batch=True)
+    axes = canonicalize_axes(axes, len(x.shape), argument="axes", allow_batch=True)
+    check_mask(mask, x.shape)
     dtype = stats_dtype(x.dtype)
     x = ops.cast(x, dtype)
     if replica_sum is not None:
@@ -219,7 +223,7 @@ def shifted_moments(
 
 def moments(
     x: Tensor,
-    axes: Sequence[int],
+    axes: Axis,
     *,
     mask: Tensor | None = None,
     keepdims: bool = True,
@@ -232,7 +236,7 @@ def moments(
 
     Args:
         x: input tensor of any float dtype.
-        axes: axes to reduce over (ints; negative ones count from the end).
+        axes: axis or axes to reduce over (ints; negative ones count from the end).
         mask: optional tensor broadcastable to ``x``; zero entries are ignored.
         keepdims: keep the reduced axes as size-1 dimensions (default True),
             so the results broadcast against ``x``.
@@ -251,7 +255,7 @@ def moments(
         >>> float(ops.convert_to_numpy(var)[0, 0])
         1.0
     """
-    axes = canonicalize_axes(list(axes), len(x.shape), argument="axes", allow_batch=True)
+    axes = canonicalize_axes(axes, len(x.shape), argument="axes", allow_batch=True)
     shift, mean, variance = shifted_moments(x, axes, mask=mask, replica_sum=replica_sum)
     mean = shift + mean
     if not keepdims:  # a reshape: squeeze needs the reduced axes' static size 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from keras import ops
 
 from normlab.ops.moments import stats_dtype
+from normlab.ops.validate import check_epsilon
 from normlab.types import Tensor
 
 
@@ -82,7 +83,7 @@ def normalize(
     """
     out_dtype = x.dtype
     dtype = stats_dtype(x.dtype)
-    inv = inverse_std(ops.cast(variance, dtype), epsilon)
+    inv = inverse_std(ops.cast(variance, dtype), check_epsilon(epsilon))
     if gamma is not None:
         inv = inv * ops.cast(gamma, dtype)
     x = ops.cast(x, dtype)

@@ -55,7 +55,8 @@ def _suggest(owner: Callable[..., Any] | None, name: str, otherwise: str) -> str
 
 
 def check_epsilon(epsilon: object, *, positive: bool = False, reason: str = "",
-                  owner: Callable[..., Any] | None = None) -> float:
+                  owner: Callable[..., Any] | None = None,
+                  role: str = "it is added to the variance") -> float:
     """Returns ``epsilon`` as a float: finite, non-negative (``positive``: > 0).
 
     Zero is allowed where the norm defines the zero-variance case (a slice
@@ -79,12 +80,34 @@ def check_epsilon(epsilon: object, *, positive: bool = False, reason: str = "",
         raise ValueError(
             error_message(
                 "epsilon",
-                f"{bound} float (finite; it is added to the variance{reason})",
+                f"{bound} float (finite; {role}{reason})",
                 f"epsilon={epsilon!r}",
                 f"Use a small positive value {_suggest(owner, 'epsilon', 'such as the default')}.",
             )
         )
     return float(epsilon)
+
+
+def check_mask(mask: object, shape: Shape) -> None:
+    """Raises if ``mask``'s static shape cannot broadcast to ``shape`` (unknown sizes pass)."""
+    if mask is None:
+        return
+    static = getattr(mask, "shape", None)
+    try:
+        mask_shape = tuple(np.shape(mask) if static is None else static)  # type: ignore[call-overload]
+    except (TypeError, ValueError):  # a graph tensor of unknown rank
+        return
+    shape = tuple(shape)
+    fits = len(mask_shape) <= len(shape) and all(
+        m is None or s is None or m in (1, s) for m, s in zip(mask_shape[::-1], shape[::-1]))
+    if not fits:
+        keras_style = mask_shape == shape[:-1]
+        raise ValueError(error_message(
+            "mask", f"a tensor broadcastable to the input's shape {shape}",
+            f"mask of shape {mask_shape}",
+            "A Keras-style mask (the input's shape without its last axis) needs a trailing axis "
+            "here: pass mask[..., None]." if keras_style else
+            "Pass a mask of the input's shape, or one that broadcasts to it."))
 
 
 def check_bool(name: str, value: object) -> bool:
@@ -209,10 +232,21 @@ def check_param(name: str, param: Tensor | float | Sequence[float] | None,
     if param is None:
         return None
     from keras import ops
+    from keras.backend import standardize_dtype
 
     # The usual case, a tensor (or variable) of the right rank, is taken as it is.
     keep = len(getattr(param, "shape", ())) == len(expected_shape) != 0
-    tensor: Tensor = param if keep else ops.convert_to_tensor(param)
+    numeric = not isinstance(param, (str, bytes))
+    try:
+        tensor: Tensor = param if keep or not numeric else ops.convert_to_tensor(param)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentTypeError(error_message(
+            name, "a number or a tensor of numbers", f"{name}={param!r} of type {type(param).__name__}",
+            f"Pass one value per feature, e.g. ones of shape {tuple(expected_shape)}.")) from exc
+    if not numeric or not standardize_dtype(tensor.dtype).startswith(("float", "bfloat", "int", "uint", "bool")):
+        raise ArgumentTypeError(error_message(
+            name, "a number or a tensor of numbers", f"{name}={param!r} of type {type(param).__name__}",
+            f"Pass one value per feature, e.g. ones of shape {tuple(expected_shape)}."))
     shape = tuple(tensor.shape)
     if len(shape) == 0:
         return ops.broadcast_to(tensor, tuple(expected_shape))

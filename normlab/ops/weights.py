@@ -21,7 +21,7 @@ returns the kernel's dtype.
 from __future__ import annotations
 
 import numbers
-from typing import Sequence
+from typing import Any, Sequence
 
 from keras import ops
 
@@ -81,6 +81,12 @@ def _check_per_output(name: str, value: Tensor | None, kernel: Tensor, axes: Seq
     return ops.reshape(value, keep) if n == size else ops.reshape(value, [1] * len(keep))
 
 
+# epsilon of the L2 norms: zero would give 0 * inf = NaN for a zero kernel
+_NORM_EPSILON: dict[str, Any] = dict(
+    positive=True, role="it bounds each squared norm from below",
+    reason="; a zero kernel would give NaN with epsilon=0")
+
+
 def _l2_normalize(x: Tensor, epsilon: float) -> Tensor:
     """``x / sqrt(max(sum(x**2), epsilon))`` over all of ``x`` (TF's l2_normalize)."""
     return x * ops.rsqrt(at_least(ops.sum(ops.square(x)), epsilon))
@@ -127,6 +133,14 @@ def standardize_weight(
     axes = _fan_in_axes(kernel, axes)
     epsilon = check_epsilon(epsilon)
     gain = _check_per_output("gain", gain, kernel, axes)
+    fan_in = [int(kernel.shape[a]) for a in axes]
+    if fan_in and all(d == 1 for d in fan_in):
+        raise ValueError(error_message(
+            "kernel", "more than one weight per output unit (a fan-in > 1)",
+            f"kernel.shape={tuple(kernel.shape)}, standardized over axes={axes} (fan-in 1)",
+            "One weight standardizes to 0, so every output would be the bias. A weight-"
+            "standardized convolution with a 1x1 kernel needs more than one input channel "
+            "per group: use a plain convolution there."))
     mean, var = moments(kernel, axes)
     return normalize(kernel, mean, var, gamma=gain, epsilon=epsilon)
 
@@ -162,7 +176,7 @@ def weight_norm(
     """
     kernel = ops.convert_to_tensor(kernel)
     axes = _fan_in_axes(kernel, axes)
-    epsilon = check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon, **_NORM_EPSILON)
     g = _check_per_output("g", g, kernel, axes)
     dtype = stats_dtype(kernel.dtype)
     v = ops.cast(kernel, dtype)
@@ -204,6 +218,13 @@ def _matrix_and_u(kernel: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         )
     out = int(kernel.shape[-1])
     dtype = stats_dtype(kernel.dtype)
+    matrix = ops.reshape(ops.cast(kernel, dtype), (-1, out))
+    return kernel, matrix, ops.cast(_check_u(u, kernel, "kernel"), dtype)
+
+
+def _check_u(u: Tensor, matrix: Tensor, name: str = "matrix") -> Tensor:
+    """``u`` as shape ``(1, m)``: it must hold one value per column of ``matrix`` (its last dimension)."""
+    out = int(matrix.shape[-1])
     u = ops.convert_to_tensor(u)
     n = 1
     for d in u.shape:
@@ -212,13 +233,12 @@ def _matrix_and_u(kernel: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         raise ValueError(
             error_message(
                 "u",
-                f"a vector of {out} values (the kernel's last dimension), shape (1, {out})",
-                f"u.shape={tuple(u.shape)} for kernel.shape={tuple(kernel.shape)}",
+                f"a vector of {out} values (the {name}'s last dimension), shape (1, {out})",
+                f"u.shape={tuple(u.shape)} for {name}.shape={tuple(matrix.shape)}",
                 f"Start from a random vector of shape (1, {out}).",
             )
         )
-    matrix = ops.reshape(ops.cast(kernel, dtype), (-1, out))
-    return kernel, matrix, ops.reshape(ops.cast(u, dtype), (1, out))
+    return ops.reshape(u, (1, out))
 
 
 def power_iteration(
@@ -255,11 +275,14 @@ def power_iteration(
         Generative Adversarial Networks", ICLR 2018. https://arxiv.org/abs/1802.05957
     """
     iterations = _check_iterations(iterations, allow_zero=True)
-    epsilon = check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon, **_NORM_EPSILON)
     matrix = ops.convert_to_tensor(matrix)
+    if len(matrix.shape) != 2:
+        raise ValueError(error_message("matrix", "a 2-D tensor", f"matrix.shape={tuple(matrix.shape)}",
+                                       "Reshape it to (n, m) first, e.g. a kernel to (-1, out)."))
     dtype = stats_dtype(matrix.dtype)
     w = ops.cast(matrix, dtype)
-    u0 = ops.cast(ops.convert_to_tensor(u), dtype)
+    u0 = ops.cast(_check_u(u, matrix), dtype)
     u = _l2_normalize(u0, epsilon)
     for _ in range(iterations):
         v = _l2_normalize(ops.matmul(u, ops.transpose(w)), epsilon)
@@ -309,7 +332,7 @@ def spectral_norm(
         Generative Adversarial Networks", ICLR 2018. https://arxiv.org/abs/1802.05957
     """
     power_iterations = _check_iterations(power_iterations, allow_zero=True)
-    epsilon = check_epsilon(epsilon)
+    epsilon = check_epsilon(epsilon, **_NORM_EPSILON)
     kernel, matrix, u = _matrix_and_u(kernel, u)
     u, _, sigma = power_iteration(matrix, u, power_iterations, epsilon)
     sigma = at_least(sigma, epsilon)

@@ -462,3 +462,11 @@ def test_load_weights_refuses_a_weight_of_another_shape_and_the_same_size():
             tfa.load_weights(model, path)
     for w, b in zip(model.weights, before):  # nothing was assigned before the error
         np.testing.assert_array_equal(numpy_(w), b)
+
+
+def test_custom_objects_and_the_frn_loader_name_bad_values():
+    with pytest.raises(TypeError, match=r"Invalid `extra`: expected a dict of custom objects.*Received: extra='x'"):
+        tfa.custom_objects(extra="x")
+    with pytest.raises(TypeError, match=r"Invalid `epsilon` in a TF Addons FilterResponseNormalization config: "
+                                        r"expected a number\. Received: epsilon=None"):
+        tfa.custom_objects()["Addons>FilterResponseNormalization"].from_config({"epsilon": None})

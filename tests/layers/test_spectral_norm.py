@@ -254,3 +254,20 @@ def test_files_of_earlier_versions_load_u_alone():
     layer.load_own_variables({"0": u})
     np.testing.assert_array_equal(numpy_(layer.vector_u), u)
     np.testing.assert_array_equal(numpy_(layer.layer.kernel), kernel)
+
+
+def test_power_iteration_checks_matrix_u_and_epsilon():
+    """A `u` of the wrong size failed in a backend matmul; `(m,)` returned vectors of the wrong
+    rank; epsilon=0 gave NaN for a zero matrix."""
+    w = np.random.default_rng(0).normal(size=(36, 5)).astype("float32")
+    with pytest.raises(ValueError, match=r"Invalid `u`: expected a vector of 5 values.*Received: u\.shape=\(1, 4\)"):
+        power_iteration(w, np.ones((1, 4), "float32"))
+    u, v, _ = power_iteration(w, np.ones(5, "float32"))
+    assert tuple(u.shape) == (1, 5) and tuple(v.shape) == (1, 36)
+    with pytest.raises(ValueError, match=r"Invalid `matrix`: expected a 2-D tensor"):
+        power_iteration(w.reshape(6, 6, 5), np.ones((1, 5), "float32"))
+    for op in (lambda e: power_iteration(np.zeros((3, 2), "float32"), np.ones((1, 2), "float32"), epsilon=e),
+               lambda e: spectral_norm(np.zeros((3, 2), "float32"), np.ones((1, 2), "float32"), epsilon=e)):
+        with pytest.raises(ValueError, match=r"Invalid `epsilon`: expected a positive float \(finite; it bounds "
+                                             r"each squared norm from below; a zero kernel would give NaN"):
+            op(0.0)

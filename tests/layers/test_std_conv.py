@@ -385,3 +385,32 @@ def test_scaled_std_conv_refuses_a_gamma_that_is_not_finite(gamma):
     """It was accepted, and every output was NaN."""
     with pytest.raises(ValueError, match="`gamma`: expected a finite number"):
         normlab.ScaledStdConv2D(3, 3, gamma=gamma)
+
+
+@pytest.mark.parametrize("make, channels", [
+    (lambda: normlab.StdConv2D(4, 1), 1),
+    (lambda: normlab.StdConv2D(3, 1, groups=3), 3),  # depthwise 1x1
+    (lambda: normlab.ScaledStdConv2D(4, 1), 1),
+    (lambda: normlab.StdConv1D(2, 1), 1),
+])
+def test_a_fan_in_of_one_is_refused(make, channels):
+    """One weight per output standardizes to 0: the output was the bias, whatever the input."""
+    x = X[..., :channels] if not isinstance(make(), normlab.StdConv1D) else X1[..., :channels]
+    with pytest.raises(ValueError, match=r"Invalid `kernel`: expected more than one weight per output unit.*"
+                                         r"\(fan-in 1\)\. .*use a plain convolution there"):
+        make()(x)
+    normlab.StdConv2D(4, 1)(X[..., :2])  # two input channels: a fan-in of 2
+    with pytest.raises(ValueError, match="fan-in 1"):
+        standardize_weight(np.ones((1, 1, 1, 4), "float32"))
+
+
+def test_scaled_std_conv_gamma_and_gain_initializer():
+    """numpy gammas were refused as not floats; gamma=0 gave a layer whose output is its bias;
+    a misspelled gain_initializer got Keras' message, which names no argument."""
+    assert normlab.ScaledStdConv2D(4, 3, gamma=np.float32(1.7)).gamma == pytest.approx(1.7)
+    assert normlab.ScaledStdConv2D(4, 3, gamma=np.int64(2)).gamma == 2.0
+    for gamma in (0.0, -1.0):
+        with pytest.raises(ValueError, match=r"Invalid `gamma`: expected a number > 0\.0.*Received: gamma="):
+            normlab.ScaledStdConv2D(4, 3, gamma=gamma)
+    with pytest.raises(ValueError, match=r"gain_initializer.*onez"):
+        normlab.ScaledStdConv2D(4, 3, gain_initializer="onez")

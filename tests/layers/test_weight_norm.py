@@ -625,3 +625,11 @@ def built(wrapper):
 def test_errors_name_argument_value_expectation_and_fix(make, error, pattern):
     with pytest.raises(error, match=pattern):
         make()
+
+
+def test_weight_norm_op_needs_a_positive_epsilon():
+    """epsilon=0 passed, and a zero kernel gave NaN; the message spoke of a variance."""
+    with pytest.raises(ValueError, match=r"Invalid `epsilon`: expected a positive float \(finite; it bounds each "
+                                         r"squared norm from below"):
+        weight_norm(np.zeros((3, 4), "float32"), epsilon=0.0)
+    assert np.all(ops.convert_to_numpy(weight_norm(np.zeros((3, 4), "float32"))) == 0)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+import normlab
 from normlab import backends
 from normlab import ops as nops
 from normlab.ops.validate import ArgumentTypeError
@@ -136,3 +137,60 @@ def _grad(fn, x):
     fn(t).backward()
     return t.grad.numpy()
 
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("call", [
+    lambda m: nops.batch_norm(X, training=True, mask=m),
+    lambda m: nops.ghost_batch_norm(X, virtual_batch_size=1, mask=m),
+    lambda m: nops.batch_renorm(X, np.zeros(8, "float32"), np.ones(8, "float32"), mask=m),
+    lambda m: nops.moments(X, [0, 1, 2], mask=m),
+])
+def test_a_mask_that_does_not_broadcast_is_named(call, path):
+    """A Keras-style mask (no channel axis) failed in a backend broadcast, a different
+    exception class per backend and no word of `mask`."""
+    with PATHS[path]():
+        call(np.ones((2, 4, 4, 1), bool))  # broadcasts: fine
+        with pytest.raises(ValueError, match=r"Invalid `mask`: expected a tensor broadcastable to the input's "
+                                             r"shape \(2, 4, 4, 8\)\. Received: mask of shape \(2, 4, 4\)\. .*"
+                                             r"mask\[\.\.\., None\]"):
+            call(np.ones((2, 4, 4), bool))
+        with pytest.raises(ValueError, match=r"Invalid `mask`.*Received: mask of shape \(3, 4, 4, 8\)"):
+            call(np.ones((3, 4, 4, 8), bool))
+
+
+def test_statistics_ops_take_an_int_axis_and_check_it():
+    mean, var = nops.moments(X, -1)
+    np.testing.assert_allclose(to_np(mean)[..., 0], X.mean(-1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_np(nops.mean_square(X, -1))[..., 0], (X * X).mean(-1), rtol=1e-5)
+    np.testing.assert_allclose(to_np(nops.mean_square(X, [])), X * X, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"Invalid `axes`: expected axes in \[-4, 3\].*Received: axes=\[9\]"):
+        nops.mean_square(X, [9])
+
+
+@pytest.mark.parametrize("epsilon, error", [(-0.4, ValueError), (float("nan"), ValueError),
+                                            ("1e-3", TypeError), (None, TypeError)])
+def test_normalize_checks_its_epsilon(epsilon, error):
+    """A negative or NaN epsilon was taken for 0, a string failed in a comparison."""
+    with pytest.raises(error, match=r"Invalid `epsilon`: expected a non-negative float"):
+        nops.normalize(X, 0.0, 0.5, epsilon=epsilon)
+
+
+@pytest.mark.parametrize("bad", ["a", ["a"] * 8, {"a": 1}])
+def test_a_parameter_that_is_not_numbers_is_named(bad):
+    with pytest.raises(ArgumentTypeError, match=r"Invalid `gamma`: expected a number or a tensor of numbers\. "
+                                                r"Received: gamma=.*Pass one value per feature"):
+        nops.group_norm(X, 4, gamma=bad)
+
+
+def test_tlu_needs_its_threshold():
+    with pytest.raises(ValueError, match=r"Invalid `tau`: expected the learned threshold.*Received: tau=None"):
+        nops.tlu(X, None)
+
+
+def test_a_rank_1_input_is_named_as_such():
+    """The message blamed `axis=-1` and suggested axis=-1."""
+    for layer in (normlab.LayerNormalization(), normlab.GroupNormalization(groups=2), normlab.RMSNormalization()):
+        with pytest.raises(ValueError, match=r"Invalid `inputs`: expected a tensor of rank >= 2.*Received: an "
+                                             r"input of rank 1\. Add a batch axis"):
+            layer(np.arange(4.0, dtype="float32"))
