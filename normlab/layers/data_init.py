@@ -70,9 +70,7 @@ class DataInit:
     initialized: keras.Variable
     _norm_axes: list[int]
     _is_rnn: bool
-    _init_seen: bool
-    _warned: bool
-    _warned_rnn: bool
+    _init_seen: bool  # the one-time warnings' flags are set by `_warn`
 
     def _kernel(self, fold: bool = False) -> keras.Variable:
         raise NotImplementedError

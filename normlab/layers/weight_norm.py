@@ -169,8 +169,6 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
         self.data_init = data_init
         self._is_rnn = is_rnn
         self._init_seen = False
-        self._warned = False
-        self._warned_rnn = False
 
     @property
     def is_rnn(self) -> bool:
