@@ -154,7 +154,8 @@ def _run_options() -> _Parser:
     g.add_argument("--baseline", metavar="LABEL", help="configuration (or sweep series) the "
                    "others are compared with, seed by seed (default: the first)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field (default: none; `normlab list` shows them)")
+                   help="override a config field that has no option of its own (default: none; "
+                        "`normlab list` shows them)")
     g.add_argument("--quick", action="store_true",
                    help="smoke run: the bundled digits, 1 seed, 30 steps per run (default: off)")
     g.add_argument("--dry-run", action="store_true", help="check everything, list each run as "

@@ -21,6 +21,9 @@ from normlab.lab.errors import ConfigError
 from normlab.lab.experiments import DATASETS, RunConfig, check_keys, config_keys, dataset_key, parse_value
 from normlab.lab.models import KERAS_LAYERS
 
+#: Config fields the command and its options set; ``--set`` refuses them.
+SET_BY_COMMAND = ("experiment", "label", "series", "sweep", "x", "seed", "impl", "backend", "norms")
+
 
 def make_experiment(args: argparse.Namespace):
     """The Experiment the parsed arguments ask for (every value checked, nothing imported)."""
@@ -34,7 +37,7 @@ def make_experiment(args: argparse.Namespace):
                               "Write e.g. --set epochs=2.")
         overrides[key.strip()] = parse_value(key.strip(), value.strip())
     check_keys(overrides)
-    for key in ("experiment", "label", "series", "sweep", "x", "seed", "impl", "backend", "norms"):
+    for key in SET_BY_COMMAND:
         if key in overrides:
             raise ConfigError(f"Invalid `set`: {key} is set by the command, not by --set. "
                               f"Received: {key}={overrides[key]!r}. Use the matching option "
@@ -137,7 +140,9 @@ def list_all() -> int:
                                         "lacks runs with normlab's layers only)")])
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     lines += ["", "config keys (--set KEY=VALUE), with their defaults:"]
-    lines += _columns([(k, repr(defaults[k])) for k in config_keys()])
+    lines += _columns([(k, repr(defaults[k])) for k in config_keys() if k not in SET_BY_COMMAND])
+    lines += ["", "set by the command and its options, not by --set: " + ", ".join(SET_BY_COMMAND)
+              + " (--seeds, --impl, --backend, --norms)."]
     lines += ["", "norms: `normlab list norms` lists every registered norm (starts Keras: "
               "a few seconds)."]
     print("\n".join(lines))

@@ -109,7 +109,7 @@ def batch_size(values=(32, 16, 8, 4, 2), arch: str = "tutorial", base_batch: int
     in eval mode (BN uses its moving averages) and train mode (BN uses the statistics
     of test batches of the training batch size).
 
-    Run: ``normlab sweep batch-size`` (30 runs; 34 minutes on 2 shared cores with JAX:
+    Run: ``normlab sweep batch-size`` (30 runs; 17 minutes on 2 shared cores with JAX:
     batch 2 is 30,000 steps per run); ``--max-steps 1875`` holds steps fixed.
     """
     for key in ("batch_size", "learning_rate"):
@@ -135,7 +135,7 @@ def batch_size_deep(values=(32, 16, 8, 4, 2), train_subset: int = 20000,
     """The batch-size sweep on the deeper net (four conv blocks, last maps 4x4), where
     BN's statistics span few values per channel at small batches; first 20,000 images.
 
-    Run: ``normlab sweep batch-size-deep`` (30 runs; 16 minutes with JAX);
+    Run: ``normlab sweep batch-size-deep`` (30 runs; 11 minutes with JAX);
     ``--train-subset 0`` uses all 60,000 images (about three times as long).
     """
     return batch_size(values, arch="deep", train_subset=train_subset, **overrides)

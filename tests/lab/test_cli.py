@@ -207,6 +207,21 @@ def test_list_prints_clean_columns_without_keras(capsys):
     assert "norms: `normlab list norms`" in out
 
 
+def test_list_shows_as_set_keys_only_those_set_accepts(capsys):
+    """It listed seed, impl, norms... under --set KEY=VALUE, which refuses them."""
+    _, out, _ = run_main(["list"], capsys)
+    section = out.split("config keys (--set KEY=VALUE), with their defaults:\n")[1].split("\n\n")[0]
+    listed = [line.split()[0] for line in section.splitlines()]
+    assert "epochs" in listed and "test_subset" in listed
+    for key in commands.SET_BY_COMMAND:
+        assert key not in listed
+        with pytest.raises(ConfigError, match=f"{key} is set by the command, not by --set"):
+            parse("compare", "--set", f"{key}=1")
+    assert "set by the command and its options, not by --set: experiment, label" in out
+    for key in listed:  # every key listed is accepted (with its default)
+        parse("compare", "--set", f"{key}={commands.dataclasses.asdict(commands.RunConfig())[key]}")
+
+
 def test_list_norms_uses_the_registry(capsys):
     code, out, _ = run_main(["list", "norms", "--backend", BACKEND], capsys)
     assert code == 0 and "group (gn, groupnorm, group_norm)" in out
