@@ -177,7 +177,10 @@ def run(args) -> int:
         os.environ["NORMLAB_VERBOSE"] = "1"  # training (and Ray workers) show backend logs too
 
     experiment = make_experiment(args)
-    check_baseline(args.baseline, {n for c in experiment.configs for n in (c.label, c.series)})
+    names = {n for c in experiment.configs for n in (c.label, c.series)}
+    if args.command == "compare" and args.norms and args.baseline not in names | {None}:
+        args.baseline = canonical_norms([args.baseline])[0]  # a --norms spec, written as typed there
+    check_baseline(args.baseline, names)
     executor = make_executor(args)
     local = executor.name == "local"
     preflight.check_dependencies(experiment, report=not args.dry_run,

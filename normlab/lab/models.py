@@ -86,16 +86,19 @@ def canonical_placement(placement: str) -> str:
     """
     out = []
     for spec in split_placement(placement):
-        text, quote = "", ""
+        text, quote, escaped = "", "", False
         for char in spec:
-            if quote:
-                quote = "" if char == quote else quote
+            if quote:  # inside a string: kept as written
+                quote = "" if char == quote and not escaped else quote
+                escaped = char == "\\" and not escaped
             elif char in "'\"":
                 quote = char
             elif char.isspace():
                 continue
+            elif char in ")]}" and text.endswith(", "):
+                text = text[:-1]  # "f(a=1,)": no space before the bracket
             text += char + " " * (char == "," and not quote)
-        out.append(text.replace(", )", ",)").rstrip())
+        out.append(text.rstrip())
     return ">".join(out)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from normlab.lab.errors import ConfigError
-from normlab.lab.experiments import DATASETS, Experiment, RunConfig
+from normlab.lab.experiments import DATASETS, Experiment, RunConfig, dataset_key
 
 GN = "group(groups=5, axis=3)"
 IN = "instance(axis=3, beta_initializer='random_uniform', gamma_initializer='random_uniform')"
@@ -130,14 +130,22 @@ def batch_size(values=(32, 16, 8, 4, 2), arch: str = "tutorial", base_batch: int
     return Experiment(name, title, configs).replace(**overrides)
 
 
-def batch_size_deep(values=(32, 16, 8, 4, 2), train_subset: int = 20000,
+DEEP_SUBSET = 20_000  # batch-size-deep's training images
+
+
+def batch_size_deep(values=(32, 16, 8, 4, 2), train_subset: int | None = None,
                     **overrides) -> Experiment:
     """The batch-size sweep on the deeper net (four conv blocks, last maps 4x4), where
-    BN's statistics span few values per channel at small batches; first 20,000 images.
+    BN's statistics span few values per channel at small batches; first 20,000 images
+    (``train_subset=None``; all of a smaller training split, e.g. ``--quick``'s digits).
 
     Run: ``normlab sweep batch-size-deep`` (30 runs; 11 minutes with JAX);
     ``--train-subset 0`` uses all 60,000 images (about three times as long).
     """
+    if train_subset is None:
+        info = DATASETS.get(dataset_key(overrides.get("dataset", RunConfig.dataset)))
+        size = info.split_sizes(overrides.get("protocol", RunConfig.protocol))[0] if info else DEEP_SUBSET + 1
+        train_subset = DEEP_SUBSET if DEEP_SUBSET < size else 0
     return batch_size(values, arch="deep", train_subset=train_subset, **overrides)
 
 

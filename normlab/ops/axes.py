@@ -11,6 +11,7 @@ import numbers
 from typing import Any, Sequence
 
 import keras
+import numpy as np
 from keras import ops
 
 from normlab.ops.validate import ArgumentTypeError, error_message
@@ -26,6 +27,10 @@ def as_axis_list(axis: object, *, argument: str = "axis") -> list[int]:
         )
     if isinstance(axis, numbers.Integral):
         return [int(axis)]
+    if isinstance(axis, np.ndarray):
+        axis = list(np.atleast_1d(axis))
+    elif isinstance(axis, range) or type(axis).__name__ in ("dict_keys", "dict_values"):
+        axis = list(axis)  # type: ignore[call-overload]  # a sequence of ints in another container
     if isinstance(axis, (list, tuple)) and axis and all(
         isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axis
     ):

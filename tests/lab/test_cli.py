@@ -524,7 +524,8 @@ def test_offline_first_run_falls_back_to_the_bundled_digits(no_datasets, tmp_pat
 @pytest.mark.parametrize("argv, message", [
     (["compare", "--protocol", "tutorial", "--train-subset", "20000"],
      "Invalid `train_subset`: expected at most 10000: the tutorial protocol trains on 10,000 mnist images"),
-    (["sweep", "batch-size-deep", "--protocol", "tutorial"], "Received: train_subset=20000"),
+    (["sweep", "batch-size-deep", "--protocol", "tutorial", "--train-subset", "20000"],
+     "Received: train_subset=20000"),
     (["compare", "--quick", "--set", "test_subset=400"],
      "Invalid `test_subset`: expected at most 359: the standard protocol evaluates on 359 digits images"),
     (["compare", "--dataset", "synthetic", "--train-subset", "501"], "expected at most 500"),
@@ -534,6 +535,19 @@ def test_a_subset_larger_than_its_split_is_an_error(argv, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse(*argv)
     parse("compare", "--quick", "--set", "test_subset=359", "--train-subset", "1438")  # all of digits
+
+
+@pytest.mark.parametrize("argv, subset, name", [
+    ([], 20000, "batch-size-deep"),
+    (["--quick"], 0, "batch-size-deep-quick"),
+    (["--dataset", "digits"], 0, "batch-size-deep-digits-train0"),
+    (["--protocol", "tutorial"], 0, "batch-size-deep-tutorial-train0"),
+    (["--dataset", "synthetic", "--train-subset", "100"], 100, "batch-size-deep-synthetic-train100"),
+])
+def test_the_deep_sweeps_default_subset_fits_a_smaller_split(argv, subset, name):
+    """Its 20,000 images, set by the preset, made `--quick` (digits: 1,438) an error."""
+    experiment = parse("sweep", "batch-size-deep", *argv)
+    assert {c.train_subset for c in experiment.configs} == {subset} and experiment.name == name
 
 
 def test_the_digits_fallback_uses_all_of_a_split_smaller_than_the_subset():
@@ -560,6 +574,23 @@ def test_data_dir_with_a_bundled_dataset_is_an_error(tmp_path, capsys):
         code, out, err = run_main(["compare", "--norms", "batch", "--seeds", "1", "--dry-run", *extra,
                                    "--data-dir", str(tmp_path), "--backend", BACKEND], capsys)
         assert code == 2 and "Invalid `data_dir`:" in err and "needs no files" in err and out == ""
+
+
+def test_a_baseline_may_be_written_as_its_norms_spec_was(tmp_path, capsys):
+    code, out, err = run_main(["compare", "--quick", "--norms", "batch > none", "none>none", "--baseline",
+                               "batch >none", "--dry-run", "--out", str(tmp_path), "--backend", BACKEND], capsys)
+    assert code == 0, err
+    code, _, err = run_main(["compare", "--quick", "--norms", "batch", "--baseline", "group", "--dry-run",
+                             "--out", str(tmp_path), "--backend", BACKEND], capsys)
+    assert code == 2 and "Invalid `baseline`" in err and "Valid: batch" in err
+
+
+def test_specs_are_rewritten_outside_quotes_only():
+    from normlab.lab.models import canonical_placement
+
+    assert canonical_placement("instance(name='x , )')") == "instance(name='x , )')"
+    assert canonical_placement("a(b='x\\'y , z', c = 1 ,)") == "a(b='x\\'y , z', c=1,)"
+    assert canonical_placement("f(a=[1,2 ,])") == "f(a=[1, 2,])"
 
 
 def test_norms_written_differently_are_one_table_and_one_row():

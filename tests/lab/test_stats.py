@@ -67,3 +67,13 @@ def test_paired_same_difference_every_seed_is_a_sign_flip_test(n, step):
     assert d["p"] == pytest.approx(ref.pvalue)
     assert d["verdict"] == (("higher" if step > 0 else "lower") if n >= 6 else "within noise")
     assert d["mean"] == pytest.approx(step) and math.isnan(d["ci95"])
+
+
+def test_equal_differences_of_float32_accuracies_count_as_equal():
+    """The lab's accuracies come from float32 metrics: 92/100 - 90/100 and 53/100 - 51/100
+    differ there by 6e-8, which gave an interval, p = 1e-6 and "higher" from two runs."""
+    import numpy as np
+
+    f32 = lambda k: float(np.float32(k / 100))  # noqa: E731
+    d = paired({0: f32(92), 1: f32(53)}, {0: f32(90), 1: f32(51)})
+    assert d["p"] == 0.5 and d["verdict"] == "within noise" and math.isnan(d["low"])

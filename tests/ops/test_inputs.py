@@ -164,6 +164,9 @@ def test_statistics_ops_take_an_int_axis_and_check_it():
     np.testing.assert_allclose(to_np(mean)[..., 0], X.mean(-1), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(to_np(nops.mean_square(X, -1))[..., 0], (X * X).mean(-1), rtol=1e-5)
     np.testing.assert_allclose(to_np(nops.mean_square(X, [])), X * X, rtol=1e-6)
+    for axes in (range(1, 3), np.array([1, 2]), {1: 0, 2: 0}.keys(), (1, 2)):  # any container of ints
+        np.testing.assert_allclose(to_np(nops.moments(X, axes)[0]), X.mean((1, 2), keepdims=True), atol=1e-5)
+        np.testing.assert_allclose(to_np(nops.mean_square(X, axes)), (X * X).mean((1, 2), keepdims=True), rtol=1e-5)
     with pytest.raises(ValueError, match=r"Invalid `axes`: expected axes in \[-4, 3\].*Received: axes=\[9\]"):
         nops.mean_square(X, [9])
 
