@@ -262,12 +262,12 @@ class Jax:
 class TensorFlow:
     name = "tensorflow"
 
-    def __init__(self, jit_compile):
+    def __init__(self, jit_compile, eager=False):
         import tensorflow as tf
 
         self.tf = tf
-        self.jit_compile = jit_compile
-        self.mode = "tf.function+XLA" if jit_compile else "tf.function"
+        self.jit_compile, self.eager = jit_compile, eager
+        self.mode = "eager" if eager else "tf.function+XLA" if jit_compile else "tf.function"
 
     def threads(self):
         t = self.tf.config.threading
@@ -280,7 +280,7 @@ class TensorFlow:
         return self.tf.constant(a)
 
     def _function(self, fn):
-        return self.tf.function(fn, jit_compile=self.jit_compile)
+        return fn if self.eager else self.tf.function(fn, jit_compile=self.jit_compile)
 
     def copy(self, x):
         return Call(self._function(lambda t: t * 2.0), x)
@@ -368,4 +368,4 @@ def make_runners(backend, threads=None):
         return [runner]
     if backend == "jax":
         return [Jax()]
-    return [TensorFlow(False), TensorFlow(True)]
+    return [TensorFlow(False), TensorFlow(True), TensorFlow(False, eager=True)]

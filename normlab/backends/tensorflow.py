@@ -31,8 +31,9 @@ Channels-last batch norm instead runs TensorFlow's fused NHWC kernel
 (``FusedBatchNormV3`` and its gradient) on data centered by a sample row,
 in training, and in inference on ``x - mean`` (:func:`batch_norm_infer`).
 
-It serves eager execution, ``tf.function`` and ``jit_compile=True`` alike,
-with an unknown batch size; other unknown dimensions decline, as do
+It serves eager execution (from the third call with one signature on, as a
+``tf.function`` of its own: :mod:`normlab.backends.tensorflow_eager`),
+``tf.function`` and ``jit_compile=True`` alike, with an unknown batch size; other unknown dimensions decline, as do
 non-float inputs (and, in a graph outside XLA, for converters' sake: batch
 norm in inference on 2-D and 5-D inputs, :func:`batch_norm_infer`, and layer
 norm over non-trailing axes, which OpenVINO computed wrong).
@@ -45,9 +46,11 @@ import math
 
 import tensorflow as tf
 
-from normlab.backends.tensorflow_layer_norm import layer_norm  # noqa: F401 (a hook)
+from normlab.backends.tensorflow_eager import graph_when_hot
+from normlab.backends.tensorflow_layer_norm import layer_norm as _layer_norm
 from normlab.backends.tensorflow_stats import (
     compute_dtype,
+    exportable_graph,
     first_along,
     in_xla,
     normalize,
@@ -286,7 +289,7 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     c = x.shape[-1]
     if c % CHANNEL_BLOCK:
         return None
-    if x.shape.rank not in (3, 4) and not tf.executing_eagerly() and not in_xla():
+    if x.shape.rank not in (3, 4) and exportable_graph() and not in_xla():
         return None
     compute = compute_dtype(x.dtype)
     scale = tf.math.rsqrt(tf.cast(param(variance), compute) + epsilon)
@@ -317,3 +320,10 @@ def _nhwc_view(x):
     if x.shape.rank == 4:
         return x
     return tf.reshape(x, [-1, math.prod(x.shape[1:-1]), 1, x.shape[-1]])
+
+
+# The hooks, each run as a tf.function from its third eager call with one signature on.
+group_norm = graph_when_hot(group_norm)
+layer_norm = graph_when_hot(_layer_norm)
+batch_norm_train = graph_when_hot(batch_norm_train)
+batch_norm_infer = graph_when_hot(batch_norm_infer)

@@ -8,7 +8,7 @@ import math
 
 import tensorflow as tf
 
-from normlab.backends.tensorflow_stats import in_xla, normalize, param, stats, unpack, usable
+from normlab.backends.tensorflow_stats import exportable_graph, in_xla, normalize, param, stats, unpack, usable
 
 
 def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape):
@@ -101,7 +101,7 @@ def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla):
         if xla:  # XLA has no EuclideanNorm
             both = tf.linalg.matvec(tf.stack([t, t * t], axis=1), tf.ones([k], t.dtype))
             return both[:, :1], both[:, 1:]
-        if tf.executing_eagerly():
+        if not exportable_graph():
             return reduce(t), tf.square(tf.math.reduce_euclidean_norm(t, axis=1, keepdims=True))
         # In a graph, which may be exported: EuclideanNorm is neither a TFLite
         # builtin nor known to tf2onnx, and no exporter marks its traces.
@@ -171,7 +171,7 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
         fn = _layer_norm_rows_fn(float(epsilon), gamma is not None, beta is not None, width, in_xla())
         flat = [tf.reshape(t, [width]) for t in args]
         return tf.reshape(fn(tf.reshape(x, [-1, width]), *flat), tf.shape(x))
-    if not tf.executing_eagerly() and not in_xla():
+    if exportable_graph() and not in_xla():
         # Non-trailing axes in a graph outside XLA (tf.function; every exporter's
         # trace): the general path. OpenVINO's CPU plugin computed this hook's
         # graph wrong with a dynamic batch (off by 2e2, or NaN, changing from one

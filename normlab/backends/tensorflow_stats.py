@@ -4,6 +4,10 @@ apply step (see :mod:`normlab.backends.tensorflow`)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from typing import Iterator
+
 import tensorflow as tf
 from keras import ops
 
@@ -43,6 +47,26 @@ def unpack(args, has_gamma, has_beta):
     beta = args[1 + has_gamma] if has_beta else None
     compute = compute_dtype(x.dtype)
     return x, gamma, beta, compute, tf.cast(x, compute)
+
+
+_local = threading.local()
+
+
+def exportable_graph() -> bool:
+    """Whether ops are being built into a graph an exporter may read: any graph but
+    the ones :mod:`normlab.backends.tensorflow_eager` builds to run eager calls."""
+    return not tf.executing_eagerly() and not getattr(_local, "eager_graph", False)
+
+
+@contextlib.contextmanager
+def eager_graph() -> Iterator[None]:
+    """Marks the graph traced inside the block as an eager call's, never exported."""
+    previous = getattr(_local, "eager_graph", False)
+    _local.eager_graph = True
+    try:
+        yield
+    finally:
+        _local.eager_graph = previous
 
 
 def in_xla() -> bool:
