@@ -49,6 +49,7 @@ import contextlib
 import importlib
 import os
 import threading
+from typing import Iterator
 
 import keras
 
@@ -64,14 +65,20 @@ def enabled() -> bool:
 
 
 @contextlib.contextmanager
-def disabled():
-    """Context manager: run only the general path inside the block."""
-    previous = getattr(_state, "enabled", True)
-    _state.enabled = False
+def thread_setting(state: threading.local, name: str, value: object, default: object) -> Iterator[None]:
+    """Context manager: ``state.<name>`` is ``value`` in this thread inside the block
+    (``default`` where it was never set), then what it was."""
+    previous = getattr(state, name, default)
+    setattr(state, name, value)
     try:
         yield
     finally:
-        _state.enabled = previous
+        setattr(state, name, previous)
+
+
+def disabled() -> contextlib.AbstractContextManager[None]:
+    """Context manager: run only the general path inside the block."""
+    return thread_setting(_state, "enabled", False, True)
 
 
 def _backend_module(name: str):

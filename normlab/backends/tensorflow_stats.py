@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator
 
 import tensorflow as tf
 from keras import ops
 
-from normlab.backends import policy
+from normlab.backends import policy, thread_setting
 
 FLOATS = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
@@ -58,15 +57,9 @@ def exportable_graph() -> bool:
     return not tf.executing_eagerly() and not getattr(_local, "eager_graph", False)
 
 
-@contextlib.contextmanager
-def eager_graph() -> Iterator[None]:
+def eager_graph() -> contextlib.AbstractContextManager[None]:
     """Marks the graph traced inside the block as an eager call's, never exported."""
-    previous = getattr(_local, "eager_graph", False)
-    _local.eager_graph = True
-    try:
-        yield
-    finally:
-        _local.eager_graph = previous
+    return thread_setting(_local, "eager_graph", True, False)
 
 
 def in_xla() -> bool:

@@ -18,6 +18,7 @@ import threading
 
 import torch
 
+from normlab.backends import thread_setting
 from normlab.backends.torch_guards import PLAIN
 
 #: Input dtypes the kernels take; statistics are float32 for all of them.
@@ -51,17 +52,11 @@ def available() -> bool:
     return triton is not None
 
 
-@contextlib.contextmanager
-def interpret_on_cpu():
+def interpret_on_cpu() -> contextlib.AbstractContextManager[None]:
     """Context manager: let the hooks serve CPU tensors, for tests. They do
     so only if the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``
     when the kernel modules were imported); compiled kernels need CUDA."""
-    previous = getattr(_state, "cpu", False)
-    _state.cpu = True
-    try:
-        yield
-    finally:
-        _state.cpu = previous
+    return thread_setting(_state, "cpu", True, False)
 
 
 def cpu_allowed() -> bool:
