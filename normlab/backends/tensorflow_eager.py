@@ -12,10 +12,25 @@ for a trace.
 
 The hook makes its eager choices in that graph (it is traced inside
 :func:`~normlab.backends.tensorflow_stats.eager_graph`): the ones it makes in
-other graphs are for exporters, which never read this one (``EuclideanNorm``
-for layer norm's sums of squares, layer norm over non-trailing axes, batch
-norm inference on 2-D and 5-D inputs). A signature whose graph declines
-anyway stays eager.
+other graphs are for exporters, which never read this one (layer norm over
+non-trailing axes, batch norm inference on 2-D and 5-D inputs). A signature
+whose graph declines anyway stays eager.
+
+A call stays eager where the graph would not serve it as well:
+
+* inputs of more than :data:`MAX_ELEMENTS` elements, where the ops' work
+  dwarfs their dispatch (and eager layer norm sums squares by
+  ``EuclideanNorm``, faster than the graph's ``sum(x * x)``);
+* inputs a tape may differentiate twice (nested or persistent
+  ``GradientTape``s: the gradient of ``EuclideanNorm``'s gradient is NaN in a
+  graph) or a ``tf.autodiff.ForwardAccumulator`` watches (forward mode does
+  not pass through these functions' custom gradients); this is read from
+  TensorFlow's tape set, and where TensorFlow no longer offers that, every
+  call stays eager.
+
+At most :data:`MAX_GRAPHS` graphs are kept per hook, the least recently used
+dropped first, so eager work over many shapes (sequence lengths) does not
+keep a graph (about a megabyte) for each.
 Gradients flow through the function as through the eager ops (the hooks'
 ``tf.custom_gradient`` is traced with them), to the input, the parameters and
 the variables they were read from.
@@ -23,6 +38,7 @@ the variables they were read from.
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any, Callable
 
@@ -32,35 +48,57 @@ from normlab.backends.tensorflow_stats import eager_graph, param
 
 #: Eager calls of one signature before it runs as a ``tf.function``.
 HOT_AFTER = 2
-_MAX_SIGNATURES = 512  # counted signatures kept; beyond, calls stay eager
+#: Inputs larger than this stay eager: dispatch is a small share of their time.
+MAX_ELEMENTS = 1 << 20
+#: Graphs kept per hook (least recently used dropped); signatures counted, likewise.
+MAX_GRAPHS, _MAX_COUNTED = 16, 256
 
 
 def _is_tensor(value: Any) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
+def _first_order_only(tensors: list[Any]) -> bool:
+    """Whether no tape may take a second derivative through ``tensors`` and no
+    forward accumulator watches them (False where TensorFlow cannot say)."""
+    try:
+        from tensorflow.python.eager import forwardprop_util
+        from tensorflow.python.ops.gradients_util import PossibleTapeGradientTypes
+
+        return PossibleTapeGradientTypes(tensors) < 2 and not forwardprop_util.pack_tangents(tensors).tangents
+    except (ImportError, AttributeError):  # private modules: stay eager
+        return False
+
+
 def graph_when_hot(hook: Callable[..., Any]) -> Callable[..., Any]:
     """``hook`` (a fast path: ``hook(x, **kwargs) -> result | None``), run as a
     ``tf.function`` from its :data:`HOT_AFTER`-th eager call with one signature on."""
-    seen: dict[tuple, int] = {}
-    compiled: dict[tuple, Callable[..., Any] | None] = {}  # None: the graph declines, stay eager
+    seen: collections.OrderedDict[tuple, int] = collections.OrderedDict()
+    compiled: collections.OrderedDict[tuple, Any] = collections.OrderedDict()  # None: declines, stays eager
 
     @functools.wraps(hook)
     def call(x: Any, **kwargs: Any) -> Any:
-        if not tf.executing_eagerly() or not isinstance(x, tf.Tensor):
+        if (not tf.executing_eagerly() or not isinstance(x, tf.Tensor)
+                or x.shape.num_elements() is None or x.shape.num_elements() > MAX_ELEMENTS):
             return hook(x, **kwargs)
         names = tuple(k for k, v in kwargs.items() if _is_tensor(v))
         tensors = [param(kwargs[k]) for k in names]  # read here: a variable's gradient is recorded
+        if not _first_order_only([x, *tensors]):
+            return hook(x, **kwargs)
         static = {k: v for k, v in kwargs.items() if k not in names}
         key = (tuple(x.shape), x.dtype, tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in static.items()),
                names, tuple((tuple(t.shape), t.dtype) for t in tensors))
         if key not in compiled:
-            count = seen.get(key, 0) + 1
-            if count <= HOT_AFTER or len(seen) >= _MAX_SIGNATURES:
-                if count <= HOT_AFTER and len(seen) < _MAX_SIGNATURES:
-                    seen[key] = count
+            seen[key] = seen.pop(key, 0) + 1
+            if len(seen) > _MAX_COUNTED:
+                seen.popitem(last=False)
+            if seen[key] <= HOT_AFTER:
                 return hook(x, **kwargs)
+            del seen[key]
             compiled[key] = _function(hook, key, static)
+            if len(compiled) > MAX_GRAPHS:
+                compiled.popitem(last=False)
+        compiled.move_to_end(key)
         fn = compiled[key]
         result = None if fn is None else fn(x, *tensors)
         if result is None:  # declined in a graph: eager from now on
@@ -79,7 +117,7 @@ def graph_when_hot(hook: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def _function(hook: Callable[..., Any], key: tuple, static: dict[str, Any]) -> Callable[..., Any]:
+def _function(hook: Callable[..., Any], key: tuple, static: dict[str, Any]) -> Any:
     shape, dtype, _, names, specs = key
     signature = [tf.TensorSpec(shape, dtype)] + [tf.TensorSpec(s, d) for s, d in specs]
 
@@ -87,4 +125,9 @@ def _function(hook: Callable[..., Any], key: tuple, static: dict[str, Any]) -> C
         with eager_graph():  # the hook makes its eager choices: no exporter reads this graph
             return hook(x, **static, **dict(zip(names, tensors)))
 
-    return tf.function(run, input_signature=signature, autograph=False)
+    fn = tf.function(run, input_signature=signature, autograph=False)
+    # One trace per signature by design: TensorFlow's warning about frequent retracing
+    # (it counts every signature's function as one) would blame the user's code.
+    if hasattr(fn, "_omit_frequent_tracing_warning"):
+        fn._omit_frequent_tracing_warning = True
+    return fn

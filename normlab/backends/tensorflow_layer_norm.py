@@ -101,7 +101,7 @@ def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla):
         if xla:  # XLA has no EuclideanNorm
             both = tf.linalg.matvec(tf.stack([t, t * t], axis=1), tf.ones([k], t.dtype))
             return both[:, :1], both[:, 1:]
-        if not exportable_graph():
+        if tf.executing_eagerly():  # not in any graph: EuclideanNorm's second derivative is NaN there
             return reduce(t), tf.square(tf.math.reduce_euclidean_norm(t, axis=1, keepdims=True))
         # In a graph, which may be exported: EuclideanNorm is neither a TFLite
         # builtin nor known to tf2onnx, and no exporter marks its traces.
