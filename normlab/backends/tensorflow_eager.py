@@ -28,9 +28,12 @@ A call stays eager where the graph would not serve it as well:
   TensorFlow's tape set, and where TensorFlow no longer offers that, every
   call stays eager.
 
-At most :data:`MAX_GRAPHS` graphs are kept per hook, the least recently used
-dropped first, so eager work over many shapes (sequence lengths) does not
-keep a graph (about a megabyte) for each.
+Each hook traces at most :data:`MAX_GRAPHS` signatures in a process; later
+signatures stay eager. A trace cannot be given back: TensorFlow keeps every
+traced ``tf.custom_gradient`` in its global gradient registry
+(tensorflow/tensorflow#27492), about a megabyte each, so eager work over
+many shapes (sequence lengths) would otherwise grow without bound, and with
+more signatures in turn than graphs kept, trace again and again.
 Gradients flow through the function as through the eager ops (the hooks'
 ``tf.custom_gradient`` is traced with them), to the input, the parameters and
 the variables they were read from.
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import threading
 from typing import Any, Callable
 
 import tensorflow as tf
@@ -50,7 +54,7 @@ from normlab.backends.tensorflow_stats import eager_graph, param
 HOT_AFTER = 2
 #: Inputs larger than this stay eager: dispatch is a small share of their time.
 MAX_ELEMENTS = 1 << 20
-#: Graphs kept per hook (least recently used dropped); signatures counted, likewise.
+#: Signatures traced per hook in a process; signatures counted (least recently seen dropped).
 MAX_GRAPHS, _MAX_COUNTED = 16, 256
 
 
@@ -74,7 +78,8 @@ def graph_when_hot(hook: Callable[..., Any]) -> Callable[..., Any]:
     """``hook`` (a fast path: ``hook(x, **kwargs) -> result | None``), run as a
     ``tf.function`` from its :data:`HOT_AFTER`-th eager call with one signature on."""
     seen: collections.OrderedDict[tuple, int] = collections.OrderedDict()
-    compiled: collections.OrderedDict[tuple, Any] = collections.OrderedDict()  # None: declines, stays eager
+    compiled: dict[tuple, Any] = {}  # None: declines, stays eager
+    lock = threading.Lock()
 
     @functools.wraps(hook)
     def call(x: Any, **kwargs: Any) -> Any:
@@ -88,18 +93,18 @@ def graph_when_hot(hook: Callable[..., Any]) -> Callable[..., Any]:
         static = {k: v for k, v in kwargs.items() if k not in names}
         key = (tuple(x.shape), x.dtype, tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in static.items()),
                names, tuple((tuple(t.shape), t.dtype) for t in tensors))
-        if key not in compiled:
-            seen[key] = seen.pop(key, 0) + 1
-            if len(seen) > _MAX_COUNTED:
-                seen.popitem(last=False)
-            if seen[key] <= HOT_AFTER:
-                return hook(x, **kwargs)
-            del seen[key]
-            compiled[key] = _function(hook, key, static)
-            if len(compiled) > MAX_GRAPHS:
-                compiled.popitem(last=False)
-        compiled.move_to_end(key)
-        fn = compiled[key]
+        with lock:
+            fn = compiled.get(key, False)
+            if fn is False:  # not traced
+                if len(compiled) >= MAX_GRAPHS:
+                    return hook(x, **kwargs)
+                seen[key] = seen.pop(key, 0) + 1
+                if len(seen) > _MAX_COUNTED:
+                    seen.popitem(last=False)
+                if seen[key] <= HOT_AFTER:
+                    return hook(x, **kwargs)
+                del seen[key]
+                fn = compiled[key] = _function(hook, key, static)
         result = None if fn is None else fn(x, *tensors)
         if result is None:  # declined in a graph: eager from now on
             compiled[key] = None
@@ -109,9 +114,10 @@ def graph_when_hot(hook: Callable[..., Any]) -> Callable[..., Any]:
     call.graphs = compiled  # type: ignore[attr-defined]  # signature -> its tf.function (None: eager)
 
     def clear() -> None:
-        """Forgets every signature's calls and graphs."""
-        seen.clear()
-        compiled.clear()
+        """Forgets every signature's calls and graphs (for tests: their memory stays taken)."""
+        with lock:
+            seen.clear()
+            compiled.clear()
 
     call.clear = clear  # type: ignore[attr-defined]
     return call

@@ -159,8 +159,9 @@ def test_second_derivatives_and_forward_mode_stay_eager(case):
 
 
 def test_graphs_are_few_and_large_inputs_stay_eager(caplog):
-    """Every signature kept its graph (about a megabyte each: +683 MB over 511 row
-    counts), and TensorFlow warned of frequent retracing, blaming the caller."""
+    """Every signature kept its graph (about a megabyte each, which TensorFlow never
+    frees: +683 MB over 511 row counts), and TensorFlow warned of frequent
+    retracing, blaming the caller."""
     import logging
 
     import tensorflow as tf
@@ -175,6 +176,11 @@ def test_graphs_are_few_and_large_inputs_stay_eager(caplog):
                 ln(tf.ones([rows, 8]), axes=[1], gamma=None, beta=None, epsilon=1e-3)
     assert len(ln.graphs) == MAX_GRAPHS
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    traces = sum(g.experimental_get_tracing_count() for g in ln.graphs.values())
+    for _ in range(3):  # more signatures in turn than graphs: the later ones stay eager, nothing traces again
+        for rows in range(1, MAX_GRAPHS + 8):
+            ln(tf.ones([rows, 8]), axes=[1], gamma=None, beta=None, epsilon=1e-3)
+    assert sum(g.experimental_get_tracing_count() for g in ln.graphs.values()) == traces == MAX_GRAPHS
     ln.clear()
     big = tf.ones([MAX_ELEMENTS // 256 + 1, 256])
     for _ in range(4):
