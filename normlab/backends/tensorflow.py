@@ -33,10 +33,11 @@ in training, and in inference on ``x - mean`` (:func:`batch_norm_infer`).
 
 It serves eager execution (from the third call with one signature on, as a
 ``tf.function`` of its own: :mod:`normlab.backends.tensorflow_eager`),
-``tf.function`` and ``jit_compile=True`` alike, with an unknown batch size; other unknown dimensions decline, as do
-non-float inputs (and, in a graph outside XLA, for converters' sake: batch
-norm in inference on 2-D and 5-D inputs, :func:`batch_norm_infer`, and layer
-norm over non-trailing axes, which OpenVINO computed wrong).
+``tf.function`` and ``jit_compile=True`` alike, with an unknown batch size;
+other unknown dimensions decline, as do non-float inputs (and, in a graph
+outside XLA, for converters' sake: batch norm in inference on 2-D and 5-D
+inputs, :func:`batch_norm_infer`, and layer norm over non-trailing axes,
+which OpenVINO computed wrong).
 float16/bfloat16 are computed in float32 and cast back.
 """
 

@@ -236,17 +236,19 @@ def check_param(name: str, param: Tensor | float | Sequence[float] | None,
 
     # The usual case, a tensor (or variable) of the right rank, is taken as it is.
     keep = len(getattr(param, "shape", ())) == len(expected_shape) != 0
-    numeric = not isinstance(param, (str, bytes))
-    try:
-        tensor: Tensor = param if keep or not numeric else ops.convert_to_tensor(param)
-    except (TypeError, ValueError) as exc:
-        raise ArgumentTypeError(error_message(
-            name, "a number or a tensor of numbers", f"{name}={param!r} of type {type(param).__name__}",
-            f"Pass one value per feature, e.g. ones of shape {tuple(expected_shape)}.")) from exc
-    if not numeric or not standardize_dtype(tensor.dtype).startswith(("float", "bfloat", "int", "uint", "bool")):
-        raise ArgumentTypeError(error_message(
+    def not_numbers() -> ArgumentTypeError:  # built only on failure: repr(param) reads its values
+        return ArgumentTypeError(error_message(
             name, "a number or a tensor of numbers", f"{name}={param!r} of type {type(param).__name__}",
             f"Pass one value per feature, e.g. ones of shape {tuple(expected_shape)}."))
+
+    if isinstance(param, (str, bytes)):
+        raise not_numbers()
+    try:
+        tensor: Tensor = param if keep else ops.convert_to_tensor(param)
+    except (TypeError, ValueError) as exc:
+        raise not_numbers() from exc
+    if not standardize_dtype(tensor.dtype).startswith(("float", "bfloat", "int", "uint", "bool")):
+        raise not_numbers()
     shape = tuple(tensor.shape)
     if len(shape) == 0:
         return ops.broadcast_to(tensor, tuple(expected_shape))

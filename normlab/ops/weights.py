@@ -281,8 +281,11 @@ def power_iteration(
         raise ValueError(error_message("matrix", "a 2-D tensor", f"matrix.shape={tuple(matrix.shape)}",
                                        "Reshape it to (n, m) first, e.g. a kernel to (-1, out)."))
     dtype = stats_dtype(matrix.dtype)
-    w = ops.cast(matrix, dtype)
-    u0 = ops.cast(_check_u(u, matrix), dtype)
+    return _power_iteration(ops.cast(matrix, dtype), ops.cast(_check_u(u, matrix), dtype), iterations, epsilon)
+
+
+def _power_iteration(w: Tensor, u0: Tensor, iterations: int, epsilon: float) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`power_iteration` on checked arguments: ``w`` (n, m) and ``u0`` (1, m) in one dtype."""
     u = _l2_normalize(u0, epsilon)
     for _ in range(iterations):
         v = _l2_normalize(ops.matmul(u, ops.transpose(w)), epsilon)
@@ -334,7 +337,7 @@ def spectral_norm(
     power_iterations = _check_iterations(power_iterations, allow_zero=True)
     epsilon = check_epsilon(epsilon, **_NORM_EPSILON)
     kernel, matrix, u = _matrix_and_u(kernel, u)
-    u, _, sigma = power_iteration(matrix, u, power_iterations, epsilon)
+    u, _, sigma = _power_iteration(matrix, u, power_iterations, epsilon)
     sigma = at_least(sigma, epsilon)
     w = ops.cast(ops.cast(kernel, sigma.dtype) / sigma, kernel.dtype)
     return w, u, sigma
