@@ -137,6 +137,8 @@ def test_targets_use_the_iqr():
 
     results = {"torch": {"rows": [row([0.012] * 10), row([0.008] * 10), row([0.004, 0.02] * 5)]}}
     assert [status for _, status, _ in targets(results)] == ["met", "missed", "undecided"]
+    small = {**row([0.008] * 10), "shape": [2, 8, 8, 64]}  # dispatch, not memory: shown, not a target
+    assert [status for _, status, _ in targets({"torch": {"rows": [small, row([0.012] * 10)]}})] == ["met"]
 
 
 def test_end_to_end_targets_need_every_round_on_one_side():
