@@ -45,8 +45,9 @@ def make_experiment(args: argparse.Namespace):
     seeds, quick = args.seeds, dict[str, Any](P.QUICK)
     if args.quick:
         info = DATASETS.get(dataset_key(overrides.get("dataset", quick["dataset"])))
-        if info and quick["test_subset"] > info.split_sizes(overrides.get("protocol", "standard"))[1]:
-            quick["test_subset"] = 0  # a smaller dataset (synthetic): all of it
+        if info:  # a smaller dataset (synthetic): all of it
+            _, quick["test_subset"] = info.fit_subsets(overrides.get("protocol", "standard"), 0,
+                                                       quick["test_subset"])
         overrides = {**quick, **overrides}
         seeds = seeds or (0,)
     if overrides.get("max_steps") and "epochs" in overrides:

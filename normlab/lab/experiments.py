@@ -61,6 +61,12 @@ class DatasetInfo:
         """(images trained on, images evaluated on) under ``protocol`` (all of each split)."""
         return self.sizes[::-1] if protocol == "tutorial" else self.sizes
 
+    def fit_subsets(self, protocol: str, train: int, test: int) -> tuple[int, int]:
+        """A default's ``(train_subset, test_subset)`` for this dataset: each one, or 0
+        (all of the split) where the split it is taken from is smaller."""
+        sizes = self.split_sizes(protocol)
+        return train * (train <= sizes[0]), test * (test <= sizes[1])
+
 
 #: Every dataset the lab can load (see :mod:`normlab.lab.data`).
 DATASETS = {

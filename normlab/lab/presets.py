@@ -144,8 +144,8 @@ def batch_size_deep(values=(32, 16, 8, 4, 2), train_subset: int | None = None,
     """
     if train_subset is None:
         info = DATASETS.get(dataset_key(overrides.get("dataset", RunConfig.dataset)))
-        size = info.split_sizes(overrides.get("protocol", RunConfig.protocol))[0] if info else DEEP_SUBSET + 1
-        train_subset = DEEP_SUBSET if DEEP_SUBSET < size else 0
+        protocol = overrides.get("protocol", RunConfig.protocol)
+        train_subset = info.fit_subsets(protocol, DEEP_SUBSET, 0)[0] if info else DEEP_SUBSET
     return batch_size(values, arch="deep", train_subset=train_subset, **overrides)
 
 
@@ -251,10 +251,9 @@ def replace_dataset(experiment: Experiment, dataset: str) -> Experiment:
     A subset larger than the new dataset's split becomes all of it (0).
     """
     def fitted(c: RunConfig) -> RunConfig:
-        train, test = DATASETS[dataset].split_sizes(c.protocol)
+        train, test = DATASETS[dataset].fit_subsets(c.protocol, c.train_subset, c.test_subset)
         return dataclasses.replace(c, dataset=dataset, experiment=f"{c.experiment}-{dataset}",
-                                   train_subset=c.train_subset * (c.train_subset <= train),
-                                   test_subset=c.test_subset * (c.test_subset <= test))
+                                   train_subset=train, test_subset=test)
 
     configs = tuple(fitted(c) for c in experiment.configs)
     return dataclasses.replace(experiment, name=f"{experiment.name}-{dataset}", configs=configs)
