@@ -59,7 +59,10 @@ or a shift that needs no decision at all.
   instance norm, batch norm, layer norm over trailing axes)
   subtract it as they read the data; ATen's kernels, for everything else,
   are handed ``x - s`` by one subtraction (fused with the float16/bfloat16
-  upcast where there is one).
+  upcast where there is one). TensorFlow uses the same shift for small
+  inputs in a graph outside XLA (:func:`stats` with ``subsample``;
+  :data:`normlab.backends.tensorflow_stats.SUBSAMPLE_ELEMENTS`), where a
+  ``tf.cond``'s branches cost more than the pass over memory they save.
 * *Given statistics* (batch norm in inference, with the moving
   averages): nothing is reduced and no shift is needed. The apply step
   ``(x - mean) * a + beta`` forms ``x - mean`` first, exact for the same
@@ -137,7 +140,8 @@ class Stats(NamedTuple):
     ``mean`` and ``variance`` are those of ``x - shift`` (the mean of ``x``
     is ``shift + mean``), ``rstd = rsqrt(variance + epsilon)``, and ``raw``
     a boolean scalar tensor: whether the plain moments were kept
-    (``shift`` is 0 and every ``|mean| <= 2 std``).
+    (``shift`` is 0 and every ``|mean| <= 2 std``); the Python bool False
+    about a subsample mean, where nothing was decided (see :func:`select`).
     """
 
     shift: Any
@@ -177,11 +181,20 @@ def shifted_stats(xf, *, shift, sums, reduce, count, epsilon, xp: ArrayOps):
     return mean, xp.cond(far, two_pass, lambda: var)
 
 
-def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps) -> Stats:
+def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps,
+          subsample: Callable | None = None) -> Stats:
     """:class:`Stats` of ``xf``: the plain one-pass moments where every slice
     has an offset ratio within :data:`MAX_RAW_RATIO` and all is finite (two
     reductions of ``x`` itself, which XLA fuses into reading it), else
-    :func:`shifted_stats` about ``sample()``. Decided in the graph."""
+    :func:`shifted_stats` about ``sample()``. Decided in the graph; given
+    ``subsample()`` (each slice's subsample mean, :func:`subsample_size`
+    values along one axis), one-pass moments about it instead, deciding nothing."""
+    if subsample is not None:
+        shift = xp.stop_gradient(subsample())
+        total, squares = sums(xf - shift)
+        mean = total / count
+        var = xp.maximum(squares / count - mean * mean, 0.0)
+        return Stats(shift, mean, var, xp.rsqrt(var + epsilon), False)
     total, squares = sums(xf)
     mean0 = total / count
     var0 = xp.maximum(squares / count - mean0 * mean0, 0.0)
@@ -198,3 +211,12 @@ def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps) -> Stats:
 
     shift, mean, var = xp.cond(raw, plain, shifted)
     return Stats(shift, mean, var, xp.rsqrt(var + epsilon), raw)
+
+
+def select(raw, plain: Callable, shifted: Callable, xp: ArrayOps):
+    """``plain()`` where :class:`Stats` kept the plain moments, else
+    ``shifted()``: a ``cond`` in the graph, or only ``shifted()`` where
+    ``raw`` is the Python False of the two-pass moments."""
+    if raw is False:
+        return shifted()
+    return xp.cond(raw, plain, shifted)

@@ -12,7 +12,11 @@ The same formulation as the JAX fast paths (see ``normlab/backends/jax.py``):
   exact pass only where the sample lies more than four standard
   deviations from its slice's mean, all decided by ``tf.cond`` in the graph
   (:func:`normlab.backends.policy.stats`, shared with JAX; the bounds and why
-  they are exact are there);
+  they are exact are there); outside XLA, inputs of at most
+  :data:`~normlab.backends.tensorflow_stats.SUBSAMPLE_ELEMENTS` are instead
+  taken about a subsample mean of each slice, as torch's are, deciding
+  nothing (TensorFlow runs a ``tf.cond``'s branches as functions, which
+  costs a small input more than the pass it saves);
 * the backward is the closed form
   ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, ``g = dy * gamma``,
   from the saved input and per-slice statistics; where the plain moments were
@@ -29,7 +33,9 @@ also serves XLA.
 
 Channels-last batch norm instead runs TensorFlow's fused NHWC kernel
 (``FusedBatchNormV3`` and its gradient) on data centered by a sample row,
-in training, and in inference on ``x - mean`` (:func:`batch_norm_infer`).
+in training (inputs of at least
+:data:`~normlab.backends.tensorflow_stats.FUSED_MIN_ELEMENTS`), and in
+inference on ``x - mean`` (:func:`batch_norm_infer`).
 
 It serves eager execution (from the third call with one signature on, as a
 ``tf.function`` of its own: :mod:`normlab.backends.tensorflow_eager`),
@@ -51,14 +57,17 @@ from normlab.backends.tensorflow_eager import graph_when_hot
 from normlab.backends.tensorflow_layer_norm import layer_norm as _layer_norm
 from normlab.backends.tensorflow_stats import (
     compute_dtype,
+    cond,
     exportable_graph,
     first_along,
+    fused_serves,
     in_xla,
     normalize,
     param,
     stats,
     unpack,
     usable,
+    use_subsample,
 )
 
 # --------------------------------------------------------------------------
@@ -79,7 +88,7 @@ def _group_sum(t, c, groups):
     return tf.reshape(tf.broadcast_to(t, [n, groups, per]), shape)
 
 
-def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca):
+def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca, subsample):
     rank = len(dims)
     c = dims[ca]
     axes = [i for i in range(0 if batch else 1, rank) if i != ca]
@@ -96,7 +105,7 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca):
                 rows = tf.reshape(t, [1, -1, c]) if batch else t
                 ones = tf.ones(tf.stack([1, 1, tf.shape(rows)[1]]), t.dtype)
                 return tf.matmul(ones, rows)
-            total = tf.linalg.matvec(t, tf.ones([dims[2]], t.dtype))[..., None]  # (N, C, Q)
+            total = tf.linalg.matvec(t, tf.ones([t.shape[2]], t.dtype))[..., None]  # (N, C, Q)
             return tf.reduce_sum(total, axis=0, keepdims=True) if batch else total
         return tf.reduce_sum(t, axis=axes, keepdims=True)
 
@@ -118,7 +127,8 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca):
             first = tf.broadcast_to(first, [n, c // per, per])
             return tf.reshape(first, [n] + pshape[1:])
 
-        shift, mean, var, rstd, ok = stats(xf, sample=sample, reduce=reduce, count=count, epsilon=epsilon)
+        shift, mean, var, rstd, ok = stats(xf, sample=sample, reduce=reduce, count=count, epsilon=epsilon,
+                                           subsample_axis=(2 if ca == 1 else 1) if subsample else None)
         gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
         scale = rstd if gam is None else rstd * gam
         bet = None if beta is None else tf.reshape(tf.cast(beta, compute), pshape)
@@ -139,7 +149,7 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca):
             def b_shifted():
                 return channel_sum(g * ((xf - shift) - mean))
 
-            b = tf.cond(ok, b_raw, b_shifted)
+            b = cond(ok, b_raw, b_shifted)
             ga, gb = (a, b) if gam is None else (a * gam, b * gam)
             big_a = _group_sum(ga, c, groups)
             big_b = _group_sum(gb, c, groups)
@@ -152,8 +162,8 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca):
                     k_xc = k_xc + (2.0 / count) * tf.reshape(tf.cast(dvar, compute), pshape)
                 if dmean is not None:
                     k_0 = k_0 + tf.reshape(tf.cast(dmean, compute), pshape) / count
-            dx = tf.cond(ok, lambda: g * k_dy + xf * k_xc + (k_0 - mean * k_xc),
-                         lambda: g * k_dy + ((xf - shift) - mean) * k_xc + k_0)
+            dx = cond(ok, lambda: g * k_dy + xf * k_xc + (k_0 - mean * k_xc),
+                      lambda: g * k_dy + ((xf - shift) - mean) * k_xc + k_0)
             grads = [tf.cast(dx, xv.dtype)]
             if gamma is not None:
                 grads.append(tf.cast(tf.reshape(tf.reduce_sum(b * rstd, axis=0), [c]), gamma.dtype))
@@ -179,7 +189,7 @@ def _channel_norm(x, axis, gamma, beta, batch, groups, epsilon):
         dims, ca = [-1, p, c, q], 2
     xv = tf.reshape(x, dims)
     fn = _channel_norm_fn(batch, groups, float(epsilon), gamma is not None, beta is not None,
-                          dims, ca)
+                          dims, ca, use_subsample(x, gamma, beta))
     args = [xv] + [t for t in (gamma, beta) if t is not None]
     return fn(*args)
 
@@ -249,6 +259,7 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
         and epsilon >= 1.001e-5  # the fused kernel's smallest epsilon
         and (count is None or count >= 2)  # its variance is unbiased first
         and x.shape[-1] % CHANNEL_BLOCK == 0
+        and fused_serves(x)
     ):
         return _fused_batch_norm(x, gamma, beta, epsilon)
     y, mean, var = _channel_norm(x, axis, gamma, beta, True, None, epsilon)

@@ -8,10 +8,21 @@ import math
 
 import tensorflow as tf
 
-from normlab.backends.tensorflow_stats import exportable_graph, in_xla, normalize, param, stats, unpack, usable
+from normlab.backends.tensorflow_stats import (
+    cond,
+    exportable_graph,
+    fused_serves,
+    in_xla,
+    normalize,
+    param,
+    stats,
+    unpack,
+    usable,
+    use_subsample,
+)
 
 
-def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape):
+def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape, subsample):
     ndim = len(shape)
     pshape = [shape[i] if i in axes else 1 for i in range(ndim)]
     others = [i for i in range(ndim) if i not in axes]
@@ -25,7 +36,7 @@ def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape):
     def fn(*args):
         x, gamma, beta, compute, xf = unpack(args, has_gamma, has_beta)
         shift, mean, _, rstd, ok = stats(xf, sample=lambda: xf[sample], reduce=reduce, count=count,
-                                          epsilon=epsilon)
+                                          epsilon=epsilon, subsample_axis=axes[0] if subsample else None)
         gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
         scale = rstd if gam is None else rstd * gam
         bet = None if beta is None else tf.reshape(tf.cast(beta, compute), pshape)
@@ -66,7 +77,7 @@ def _affine_columns(t, gamma, beta):
     return tf.reshape(y, tf.shape(t))
 
 
-def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla):
+def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, subsample):
     """Layer norm of the rows of a 2-D ``(rows, k)`` view.
 
     Outside XLA (eager, ``tf.function``) TensorFlow runs op by op and every
@@ -111,14 +122,14 @@ def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla):
     def fn(*args):
         x, gamma, beta, compute, xf = unpack(args, has_gamma, has_beta)
         shift, mean, _, rstd, ok = stats(xf, sample=lambda: xf[:, :1], reduce=reduce, count=float(k),
-                                          epsilon=epsilon, sums=sums)
+                                          epsilon=epsilon, sums=sums, subsample_axis=1 if subsample else None)
         gam = None if gamma is None else tf.cast(gamma, compute)
         bet = None if beta is None else tf.cast(beta, compute)
         offset = -mean * rstd
-        t = tf.cond(ok, lambda: xf * rstd + offset, lambda: (xf - shift) * rstd + offset)
+        t = cond(ok, lambda: xf * rstd + offset, lambda: (xf - shift) * rstd + offset)
         if gam is None and bet is None:
             y = t
-        elif compute == tf.float32 and not xla:
+        elif compute == tf.float32 and not xla and fused_serves(xf):
             y = _affine_columns(t, gam, bet)
         else:  # the fused kernel has no float64
             y = t if gam is None else t * gam
@@ -130,23 +141,25 @@ def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla):
 
             def terms(xr, mr):
                 # xr: x, or x centered as the forward pass did; mr its mean
-                # (0 once centered). sum(g * gamma * (x - mean)) per row is
+                # (None once centered). sum(g * gamma * (x - mean)) per row is
                 # sum(g * gamma * xr) - mr * sum(g * gamma).
                 gx = g * xr
                 rows = (lambda t: tf.linalg.matvec(t, gam)) if gam is not None else (
                     lambda t: tf.reduce_sum(t, axis=1))
                 big_a = rows(g)
-                big_b = rows(gx) - mr * big_a
-                dgamma = tf.linalg.matvec(gx, r, transpose_a=True) - tf.linalg.matvec(
-                    g, mr * r, transpose_a=True)
+                big_b = rows(gx)
+                dgamma = tf.linalg.matvec(gx, r, transpose_a=True)
+                if mr is not None:
+                    big_b = big_b - mr * big_a
+                    dgamma = dgamma - tf.linalg.matvec(g, mr * r, transpose_a=True)
                 k_x = -(r * r * r) * big_b / k
-                k_0 = -r * big_a / k - k_x * mr
+                k_0 = -r * big_a / k if mr is None else -r * big_a / k - k_x * mr
                 gg = g if gam is None else g * gam
                 dx = gg * r[:, None] + (xr * k_x[:, None] + k_0[:, None])
                 return dx, dgamma
 
-            dx, dgamma = tf.cond(ok, lambda: terms(xf, m),
-                                 lambda: terms((xf - shift) - mean, tf.zeros_like(m)))
+            dx, dgamma = cond(ok, lambda: terms(xf, m),
+                              lambda: terms((xf - shift) - mean, None))
             grads = [tf.cast(dx, x.dtype)]
             if gamma is not None:
                 grads.append(tf.cast(dgamma, gamma.dtype))
@@ -168,7 +181,8 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
     k = len(axes)
     if axes == tuple(range(x.shape.rank - k, x.shape.rank)):
         width = math.prod(x.shape[x.shape.rank - k:])
-        fn = _layer_norm_rows_fn(float(epsilon), gamma is not None, beta is not None, width, in_xla())
+        fn = _layer_norm_rows_fn(float(epsilon), gamma is not None, beta is not None, width, in_xla(),
+                                 use_subsample(x, *args))
         flat = [tf.reshape(t, [width]) for t in args]
         return tf.reshape(fn(tf.reshape(x, [-1, width]), *flat), tf.shape(x))
     if exportable_graph() and not in_xla():
@@ -177,5 +191,6 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
         # graph wrong with a dynamic batch (off by 2e2, or NaN, changing from one
         # compile to the next), and tf2onnx mis-shapes it once its cond is removed.
         return None
-    fn = _layer_norm_fn(axes, float(epsilon), gamma is not None, beta is not None, tuple(x.shape))
+    fn = _layer_norm_fn(axes, float(epsilon), gamma is not None, beta is not None, tuple(x.shape),
+                        use_subsample(x, *args))
     return fn(*([x] + args))

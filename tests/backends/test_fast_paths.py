@@ -66,6 +66,23 @@ DECLINED = {
 
 TOLERANCE = {"float64": 1e-9, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
 
+# TensorFlow takes small inputs about a subsample mean outside XLA, larger
+# ones with its conditional statistics (normlab.backends.tensorflow_stats):
+# every case here is small, so each test runs with both.
+FORMULATIONS = ["subsample", "conditional"] if BACKEND == "tensorflow" else ["default"]
+
+
+@pytest.fixture(autouse=True, params=FORMULATIONS)
+def formulation(request, monkeypatch):
+    if request.param == "conditional":
+        from normlab.backends import tensorflow_stats
+
+        monkeypatch.setattr(tensorflow_stats, "SUBSAMPLE_ELEMENTS", 0)
+    if BACKEND == "tensorflow":  # graphs traced for eager calls keep the formulation they were traced with
+        for hook in (HOOKS.group_norm, HOOKS.layer_norm, HOOKS.batch_norm_train, HOOKS.batch_norm_infer):
+            hook.clear()
+    return request.param
+
 # Modes per backend, the default first: the eager call and every way a
 # Keras model runs the op (jax.jit; tf.function with and without XLA). JAX
 # defaults to jit: eager JAX compiles every primitive for every new shape.
@@ -171,7 +188,9 @@ def _run(case, x, dy, gamma, beta, mode):
         return y, stats, grads
 
     if mode != "eager":
-        full = _compiled(("tf", case, mode, backends.enabled()),
+        from normlab.backends import tensorflow_stats
+
+        full = _compiled(("tf", case, mode, backends.enabled(), tensorflow_stats.SUBSAMPLE_ELEMENTS),
                          lambda: tf.function(full, jit_compile=(mode == "xla")))
     y, stats, grads = full(x, gamma, beta, dy)
     grads = list(grads)

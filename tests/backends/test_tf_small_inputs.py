@@ -1,0 +1,132 @@
+"""Which formulation TensorFlow's fast paths build
+(:mod:`normlab.backends.tensorflow_stats`): outside XLA, a training step's
+inputs of at most ``SUBSAMPLE_ELEMENTS`` are taken about a subsample mean with
+no ``tf.cond``; larger ones, graphs that differentiate nothing (``predict``,
+exporters) and everything under XLA keep the conditional statistics. The
+fused batch-norm kernel serves only inputs of ``FUSED_MIN_ELEMENTS`` or more.
+An unknown batch size counts as ``UNKNOWN_BATCH``. Their numerics are checked
+with both formulations in ``test_fast_paths.py``."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import normlab
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the TensorFlow hooks")
+
+
+def _op_types(layer, shape, jit_compile=False, train=True, **call):
+    """Op types of a ``tf.function`` (forward and backward, or with ``train=False``
+    the forward alone) of ``layer`` on ``shape`` (``None`` first: an unknown
+    batch size), the functions it calls included."""
+    import tensorflow as tf
+
+    layer.build((2, *shape[1:]))
+
+    def step(x):
+        if not train:
+            return layer(x, **call)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, **call)
+        return tape.gradient(y, [x, *layer.trainable_weights])
+
+    fn = tf.function(step, jit_compile=jit_compile)
+    graph = fn.get_concrete_function(tf.TensorSpec(shape, tf.float32)).graph.as_graph_def()
+    types = {node.op for node in graph.node}
+    for function in graph.library.function:
+        types |= {node.op for node in function.node_def}
+    return types
+
+
+LAYERS = {
+    "group": lambda: normlab.layers.GroupNormalization(groups=4),
+    "layer": lambda: normlab.layers.LayerNormalization(),
+    "batch": lambda: normlab.layers.BatchNormalization(),
+}
+CALL = {"batch": {"training": True}}
+CONDS = {"If", "StatelessIf"}
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_small_inputs_decide_nothing_outside_xla(kind):
+    # (8, 8, 8, 12): 6,144 elements; 12 channels keep batch norm off the fused kernel.
+    assert not _op_types(LAYERS[kind](), (8, 8, 8, 12), **CALL.get(kind, {})) & CONDS
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_larger_inputs_inference_and_xla_keep_the_conditional_statistics(kind, monkeypatch):
+    from normlab.backends import tensorflow_stats
+
+    assert _op_types(LAYERS[kind](), (8, 8, 8, 12), jit_compile=True, **CALL.get(kind, {})) & CONDS
+    assert _op_types(LAYERS[kind](), (8, 8, 8, 12), train=False, **CALL.get(kind, {})) & CONDS
+    monkeypatch.setattr(tensorflow_stats, "SUBSAMPLE_ELEMENTS", 8 * 8 * 8 * 12 - 1)
+    assert _op_types(LAYERS[kind](), (8, 8, 8, 12), **CALL.get(kind, {})) & CONDS
+
+
+def test_an_unknown_batch_counts_as_keras_default_batch_size(monkeypatch):
+    from normlab.backends import tensorflow_stats
+
+    per_sample = 8 * 8 * 12
+    monkeypatch.setattr(tensorflow_stats, "SUBSAMPLE_ELEMENTS", per_sample * tensorflow_stats.UNKNOWN_BATCH)
+    assert not _op_types(LAYERS["group"](), (None, 8, 8, 12)) & CONDS
+    monkeypatch.setattr(tensorflow_stats, "SUBSAMPLE_ELEMENTS", per_sample * tensorflow_stats.UNKNOWN_BATCH - 1)
+    assert _op_types(LAYERS["group"](), (None, 8, 8, 12)) & CONDS
+
+
+@pytest.mark.parametrize("batch,fused", [(8, False), (16, True)])
+def test_fused_kernels_serve_only_inputs_large_enough(batch, fused, monkeypatch):
+    from normlab.backends import tensorflow_stats
+
+    monkeypatch.setattr(tensorflow_stats, "FUSED_MIN_ELEMENTS", 16 * 8 * 8 * 16)
+    shape = (batch, 8, 8, 16)  # 16 channels: a whole number of the fused kernel's channel blocks
+    bn = _op_types(normlab.layers.BatchNormalization(), shape, training=True)
+    ln = _op_types(normlab.layers.LayerNormalization(), shape)
+    assert ("FusedBatchNormV3" in bn) is fused
+    assert ("FusedBatchNormV3" in ln) is fused
+    unknown = _op_types(normlab.layers.BatchNormalization(), (None, 8, 8, 16), training=True)
+    assert ("FusedBatchNormV3" in unknown) is (tensorflow_stats.UNKNOWN_BATCH >= 16)
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+@pytest.mark.parametrize("offset", [0.0, 1e4, 1e6])
+def test_both_formulations_give_the_same_training_step(kind, offset, monkeypatch):
+    """A layer's output and gradients in a ``tf.function`` (an unknown batch,
+    as ``fit`` traces it), against the general path: about the subsample
+    mean, then with the conditional statistics (the first position of each
+    sample an outlier)."""
+    import tensorflow as tf
+
+    from normlab.backends import tensorflow_stats
+
+    rng = np.random.default_rng(0)
+    x = offset + rng.normal(0.5, 2.0, size=(6, 5, 7, 12))
+    x[:, 0, 0, :] += 1e3
+    x = tf.constant(x, tf.float32)
+    dy = tf.constant(rng.normal(size=x.shape), tf.float32)
+    results = []
+    for limit in (tensorflow_stats.SUBSAMPLE_ELEMENTS, 0, None):
+        if limit is not None:
+            monkeypatch.setattr(tensorflow_stats, "SUBSAMPLE_ELEMENTS", limit)
+        layer = LAYERS[kind]()
+        layer.build(x.shape)
+
+        def step(t, layer=layer):
+            with tf.GradientTape() as tape:
+                tape.watch(t)
+                y = layer(t, **CALL.get(kind, {}))
+            return [y, *tape.gradient(y, [t, *layer.trainable_weights], output_gradients=dy)]
+
+        fn = tf.function(step, input_signature=[tf.TensorSpec((None, 5, 7, 12), tf.float32)])
+        if limit is None:
+            with normlab.backends.disabled():
+                results.append([t.numpy() for t in fn(x)])
+        else:
+            results.append([t.numpy() for t in fn(x)])
+    subsample, conditional, general = results
+    for got in (subsample, conditional):
+        for a, b in zip(got, general):
+            np.testing.assert_allclose(a, b, atol=2e-5 * max(1.0, np.abs(b).max()))
