@@ -42,7 +42,8 @@ INTERRUPTED = "normlab: interrupted; rerunning the same command resumes"
 DESCRIPTION = """\
 Reproduce classic normalization comparisons on MNIST with several seeds,
 paired statistics, tables and plots. Every run writes its own directory under
---out; rerunning a command reuses finished runs and redoes interrupted ones."""
+--out; rerunning a command reuses finished runs and redoes interrupted ones,
+and a run another command already finished with the same settings is copied."""
 
 EPILOG = """\
 examples:
@@ -159,7 +160,7 @@ def _run_options() -> _Parser:
     g.add_argument("--quick", action="store_true",
                    help="smoke run: the bundled digits, 1 seed, 30 steps per run (default: off)")
     g.add_argument("--dry-run", action="store_true", help="check everything, list each run as "
-                   "run, reuse or redo, and exit without training (default: off)")
+                   "run, reuse, copy or redo, and exit without training (default: off)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (default: bars)")
     g.add_argument("--verbose", action="store_true",
                    help="show the backends' start-up log lines (default: hidden)")

@@ -213,12 +213,12 @@ def dry_run(experiment, args) -> int:
     prepared = preflight.resolve_data(experiment, data_dir=args.data_dir, explicit=explicit(args) or not local,
                                       load=False, check_dir=local)
     planned = store.plan(experiment.grid(), args.out)
-    counts = {a: sum(p.action == a for p in planned) for a in ("run", "reuse", "redo")}
+    counts = {a: sum(p.action == a for p in planned) for a in ("run", "reuse", "copy", "redo")}
     say(f"normlab: dry run of {experiment.name}: {len(planned)} runs ({counts['run']} to run, "
-        f"{counts['reuse']} finished earlier and reused, {counts['redo']} unfinished and redone); "
-        f"data: {prepared.data}")
+        f"{counts['reuse']} finished earlier and reused, {counts['copy']} finished for another "
+        f"experiment and copied, {counts['redo']} unfinished and redone); data: {prepared.data}")
     for p in planned:
-        print(f"{p.action:<6} {p.run_dir}")
+        print(f"{p.action:<6} {p.run_dir}" + (f" (from {p.source})" if p.source is not None else ""))
     return 0
 
 

@@ -70,8 +70,9 @@ def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs"
         datasets: already loaded datasets by name (the local executor uses them).
         notes: recorded in every run's summary (e.g. why the dataset was replaced).
 
-    Results are in grid order; ``status`` is "done", "skipped" (finished earlier)
-    or "lost".
+    Results are in grid order; ``status`` is "done", "skipped" (finished earlier,
+    here or, with the same settings and seed, under another experiment of
+    ``out``: copied, see :func:`normlab.lab.store.find_twin`) or "lost".
 
     Raises:
         LockedError: another process is running a grid in ``out``.
@@ -93,6 +94,11 @@ def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs"
             if p.action == "reuse":
                 results[p.index] = RunResult(p.config, p.run_dir, "skipped", p.summary or {})
                 say(f"[{p.index + 1}/{len(configs)}] {where(p.config)}: finished earlier, reused")
+            elif p.action == "copy" and p.source is not None:
+                summary = store.copy_run(p.source, p.run_dir, p.config, out)
+                results[p.index] = RunResult(p.config, p.run_dir, "skipped", summary)
+                say(f"[{p.index + 1}/{len(configs)}] {where(p.config)}: the same run finished as "
+                    f"{summary['copied_from']}, copied")
             else:
                 todo.append((p.config, p.run_dir, p.index))
         if todo and not isinstance(executor, LocalExecutor):

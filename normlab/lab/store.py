@@ -18,7 +18,8 @@ run directory is wiped.
 
 :class:`OutputLock` gives one process at a time an output folder, and
 :func:`plan` says, for every run of a grid, whether it will be run, reused
-(finished earlier) or redone (unfinished). This module needs no
+(finished earlier), copied (finished under another experiment with the same
+settings and seed) or redone (unfinished). This module needs no
 deep-learning framework.
 """
 
@@ -178,21 +179,25 @@ def write_error(run_dir: Path, config: RunConfig, error: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Planned:
-    """One run of a grid and what will happen to it: "run", "reuse" or "redo"."""
+    """One run of a grid and what will happen to it: "run", "reuse", "redo" or
+    "copy" (from ``source``, the same run finished for another experiment)."""
 
     config: RunConfig
     run_dir: Path
     action: str
     index: int
     summary: dict | None = None
+    source: Path | None = None
 
 
 def plan(configs: list[RunConfig], out: str | os.PathLike) -> list[Planned]:
     """What running ``configs`` under ``out`` would do, run by run (reads files only).
 
-    "reuse": finished earlier with the same settings; "redo": a directory without
-    ``summary.json`` (interrupted, or lost with its worker), wiped and run again;
-    "run": no directory yet.
+    "reuse": finished earlier with the same settings; "copy": not finished here,
+    but the same settings and seed finished under another experiment of
+    ``out`` (:func:`find_twin`), copied rather than trained again; "redo": a
+    directory without ``summary.json`` (interrupted, or lost with its worker),
+    wiped and run again; "run": no directory yet.
 
     Raises:
         StoreError: a finished run's ``config.json`` disagrees with its settings
@@ -212,9 +217,45 @@ def plan(configs: list[RunConfig], out: str | os.PathLike) -> list[Planned]:
                     f"settings. Received: a finished run whose config.json differs in "
                     f"{', '.join(changed)}. Delete that run directory to redo it.")
             planned.append(Planned(config, run_dir, "reuse", index, summary))
+        elif (twin := find_twin(out, config)) is not None:
+            planned.append(Planned(config, run_dir, "copy", index, twin[1], twin[0]))
         else:
             planned.append(Planned(config, run_dir, "redo" if run_dir.exists() else "run", index))
     return planned
+
+
+def find_twin(out: str | os.PathLike, config: RunConfig) -> tuple[Path, dict] | None:
+    """``(run directory, summary)`` of a finished run under ``out`` with the same
+    settings and seed as ``config`` under another experiment (``compare``'s
+    GroupNorm is ``sweep groups``' G=5), or None. Its directory has ``config``'s
+    variant, and its ``config.json`` the same result fields (one edited by hand is
+    not used)."""
+    expected = config.result_fields()
+    for candidate in sorted(Path(out).glob(f"*/*/{config.variant}/seed{config.seed}")):
+        if candidate.parents[2].name == config.experiment:
+            continue
+        summary = read_finished(candidate)
+        stored = read_json(candidate / CONFIG)
+        if summary is not None and isinstance(stored, dict) and all(
+                stored.get(k) == v for k, v in expected.items()):
+            return candidate, summary
+    return None
+
+
+def copy_run(source: Path, run_dir: Path, config: RunConfig, out: str | os.PathLike) -> dict:
+    """Writes ``source`` (a finished run of ``config``'s settings and seed, see
+    :func:`find_twin`) as ``config``'s run: its files, with ``config``'s names in
+    ``config.json`` and the summary, which records where it came from
+    (``copied_from``, relative to ``out``). Returns the summary as written."""
+    source = Path(source)
+    files = {p.name: p.read_text() for p in sorted(source.iterdir())
+             if p.is_file() and p.name not in (CONFIG, SUMMARY, ERROR) and not p.name.startswith(".")}
+    summary = read_finished(source)
+    if summary is None:
+        raise StoreError(f"Invalid `source`: expected a finished run. Received: {source}, without a "
+                         "valid summary.json. Run the grid again: it trains the run instead.")
+    summary = {**summary, "config": config.to_dict(), "copied_from": source.relative_to(out).as_posix()}
+    return write_run(run_dir, config, files, summary)
 
 
 def check_out(out: str | os.PathLike) -> Path:

@@ -99,6 +99,26 @@ def test_rerun_skips_finished_runs_and_redoes_interrupted_ones(grid, tmp_path, m
         assert results[1].summary[key] == original[key], key
 
 
+def test_a_run_finished_for_another_experiment_is_copied_not_trained(grid, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    shutil.copytree(grid[0], out)
+    calls = []
+    monkeypatch.setattr(training, "run_one", lambda c, *a, **k: calls.append(c))
+    said = []
+    other = Experiment("other", "other", tuple(dataclasses.replace(c, experiment="other", label=c.label + "2")
+                                               for c in tiny_experiment().configs), seeds=(0,))
+    results = run_grid(other, out, progress=False, say=said.append)
+    assert calls == [] and [r.status for r in results] == ["skipped", "skipped"]
+    assert all("copied" in line for line in said)
+    for result, original in zip(results, grid[1]):
+        assert result.run_dir == out / "other" / (original.config.label + "2") / original.run_dir.parent.name / "seed0"
+        assert result.summary["accuracy"] == original.summary["accuracy"]
+        assert result.summary["config"]["experiment"] == "other"
+        assert result.summary["copied_from"] == original.run_dir.relative_to(grid[0]).as_posix()
+    write_report(out, tmp_path / "report")
+    assert "| BN2 | 1 |" in (tmp_path / "report" / "other.md").read_text()
+
+
 def test_other_settings_get_other_directories(grid, tmp_path):
     out, results = grid
     changed = dataclasses.replace(results[1].config, learning_rate=0.5)

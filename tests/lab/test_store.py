@@ -60,6 +60,47 @@ def test_plan_run_reuse_redo(tmp_path):
     assert [p.action for p in store.plan(configs, tmp_path)] == ["run", "reuse", "redo", "redo"]
 
 
+def test_plan_copies_the_same_run_finished_for_another_experiment(tmp_path):
+    from tests.lab.test_report import fake_run
+
+    compare = RunConfig(experiment="compare", label="GroupNorm", norms="group(groups=5)", backend="jax", seed=1)
+    groups = RunConfig(**{**compare.to_dict(), "experiment": "groups", "label": "G=5", "series": "G", "x": 5.0})
+    other_seed = RunConfig(**{**groups.to_dict(), "seed": 2})
+    other_norm = RunConfig(**{**groups.to_dict(), "norms": "group(groups=2)"})
+    source = fake_run(tmp_path, compare, 0.9)
+    (source / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    planned = store.plan([groups, other_seed, other_norm], tmp_path)
+    assert [p.action for p in planned] == ["copy", "run", "run"]
+    assert planned[0].source == source and planned[0].summary["accuracy"] == 0.9
+
+    summary = store.copy_run(source, planned[0].run_dir, groups, tmp_path)
+    assert summary["copied_from"] == "compare/GroupNorm/" + compare.variant + "/seed1"
+    assert summary["config"] == groups.to_dict() and summary["accuracy"] == 0.9
+    copied = store.run_dir_for(tmp_path, groups)
+    assert json.loads((copied / "config.json").read_text()) == groups.to_dict()
+    assert (copied / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+    assert store.read_finished(copied) == summary
+    assert [p.action for p in store.plan([groups], tmp_path)] == ["reuse"]
+    assert json.loads((source / "summary.json").read_text())["config"] == compare.to_dict()  # untouched
+
+
+def test_plan_copies_no_unfinished_or_edited_twin(tmp_path):
+    from tests.lab.test_report import fake_run
+
+    compare = RunConfig(experiment="compare", label="GroupNorm", norms="group(groups=5)", backend="jax", seed=1)
+    groups = RunConfig(**{**compare.to_dict(), "experiment": "groups", "label": "G=5"})
+    fake_run(tmp_path, compare, 0.9, finished=False)
+    assert store.plan([groups], tmp_path)[0].action == "run"
+    edited = RunConfig(**{**compare.to_dict(), "experiment": "other"})
+    run_dir = fake_run(tmp_path, edited, 0.9)
+    stored = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**stored, "learning_rate": 0.5}))
+    assert store.plan([groups], tmp_path)[0].action == "run"
+    with pytest.raises(store.StoreError, match="expected a finished run"):
+        store.copy_run(store.run_dir_for(tmp_path, compare), store.run_dir_for(tmp_path, groups), groups,
+                       tmp_path)
+
+
 def test_check_out(tmp_path, monkeypatch):
     assert store.check_out(tmp_path / "new" / "runs") == tmp_path / "new" / "runs"
     assert not (tmp_path / "new").exists()  # creates nothing
