@@ -59,8 +59,8 @@ or a shift that needs no decision at all.
   instance norm, batch norm, layer norm over trailing axes)
   subtract it as they read the data; ATen's kernels, for everything else,
   are handed ``x - s`` by one subtraction (fused with the float16/bfloat16
-  upcast where there is one). TensorFlow uses the same shift for small
-  inputs in a graph outside XLA (:func:`stats` with ``subsample``;
+  upcast where there is one). TensorFlow uses the same shift for a
+  training step's small inputs outside XLA (:func:`stats` with ``subsample``;
   :data:`normlab.backends.tensorflow_stats.SUBSAMPLE_ELEMENTS`), where a
   ``tf.cond``'s branches cost more than the pass over memory they save.
 * *Given statistics* (batch norm in inference, with the moving
@@ -216,7 +216,7 @@ def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps,
 def select(raw, plain: Callable, shifted: Callable, xp: ArrayOps):
     """``plain()`` where :class:`Stats` kept the plain moments, else
     ``shifted()``: a ``cond`` in the graph, or only ``shifted()`` where
-    ``raw`` is the Python False of the two-pass moments."""
+    ``raw`` is the Python False of the moments about a subsample mean."""
     if raw is False:
         return shifted()
     return xp.cond(raw, plain, shifted)

@@ -12,7 +12,7 @@ The same formulation as the JAX fast paths (see ``normlab/backends/jax.py``):
   exact pass only where the sample lies more than four standard
   deviations from its slice's mean, all decided by ``tf.cond`` in the graph
   (:func:`normlab.backends.policy.stats`, shared with JAX; the bounds and why
-  they are exact are there); outside XLA, inputs of at most
+  they are exact are there); outside XLA, a training step's inputs of at most
   :data:`~normlab.backends.tensorflow_stats.SUBSAMPLE_ELEMENTS` are instead
   taken about a subsample mean of each slice, as torch's are, deciding
   nothing (TensorFlow runs a ``tf.cond``'s branches as functions, which
