@@ -77,7 +77,7 @@ def _affine_columns(t, gamma, beta):
     return tf.reshape(y, tf.shape(t))
 
 
-def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, subsample):
+def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, subsample, fused):
     """Layer norm of the rows of a 2-D ``(rows, k)`` view.
 
     Outside XLA (eager, ``tf.function``) TensorFlow runs op by op and every
@@ -129,7 +129,7 @@ def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, subsample):
         t = cond(ok, lambda: xf * rstd + offset, lambda: (xf - shift) * rstd + offset)
         if gam is None and bet is None:
             y = t
-        elif compute == tf.float32 and not xla and fused_serves(xf):
+        elif compute == tf.float32 and not xla and fused:
             y = _affine_columns(t, gam, bet)
         else:  # the fused kernel has no float64, and its fixed cost outweighs a small input's two passes
             y = t if gam is None else t * gam
@@ -182,7 +182,7 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
     if axes == tuple(range(x.shape.rank - k, x.shape.rank)):
         width = math.prod(x.shape[x.shape.rank - k:])
         fn = _layer_norm_rows_fn(float(epsilon), gamma is not None, beta is not None, width, in_xla(),
-                                 use_subsample(x, *args))
+                                 use_subsample(x, *args), fused_serves(x))
         flat = [tf.reshape(t, [width]) for t in args]
         return tf.reshape(fn(tf.reshape(x, [-1, width]), *flat), tf.shape(x))
     if exportable_graph() and not in_xla():

@@ -136,7 +136,8 @@ def use_subsample(x, *params) -> bool:
     for at most :data:`SUBSAMPLE_ELEMENTS`, where a tape records ``x`` or the
     parameters. Decided before the hook's ``tf.custom_gradient``, inside which
     no tape records."""
-    return not in_xla() and elements(x) <= SUBSAMPLE_ELEMENTS and recorded([x, *params])
+    return (not in_xla() and 0 not in x.shape[1:] and elements(x) <= SUBSAMPLE_ELEMENTS
+            and recorded([x, *params]))
 
 
 def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None) -> policy.Stats:

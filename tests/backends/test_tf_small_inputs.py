@@ -130,3 +130,20 @@ def test_both_formulations_give_the_same_training_step(kind, offset, monkeypatch
     for got in (subsample, conditional):
         for a, b in zip(got, general):
             np.testing.assert_allclose(a, b, atol=2e-5 * max(1.0, np.abs(b).max()))
+
+
+@pytest.mark.parametrize("kind,shape", [("layer", (None, 3, 0))])
+def test_an_empty_axis_with_an_unknown_batch_is_traced(kind, shape):
+    import tensorflow as tf
+
+    layer = normlab.layers.LayerNormalization() if kind == "layer" else normlab.layers.GroupNormalization(groups=2)
+    layer.build((2, *shape[1:]))
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+        return y, tape.gradient(y, x)
+
+    y, dx = tf.function(step, input_signature=[tf.TensorSpec(shape, tf.float32)])(tf.zeros((2, *shape[1:])))
+    assert tuple(y.shape) == (2, *shape[1:]) and tuple(dx.shape) == (2, *shape[1:])
