@@ -48,7 +48,7 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
-from normlab.backends.tensorflow_stats import eager_graph, param
+from normlab.backends.tensorflow_stats import eager_graph, param, tape_order
 
 #: Eager calls of one signature before it runs as a ``tf.function``.
 HOT_AFTER = 2
@@ -65,12 +65,14 @@ def _is_tensor(value: Any) -> bool:
 def _first_order_only(tensors: list[Any]) -> bool:
     """Whether no tape may take a second derivative through ``tensors`` and no
     forward accumulator watches them (False where TensorFlow cannot say)."""
+    order = tape_order(tensors)
+    if order is None or order >= 2:
+        return False
     try:
         from tensorflow.python.eager import forwardprop_util
-        from tensorflow.python.ops.gradients_util import PossibleTapeGradientTypes
 
-        return PossibleTapeGradientTypes(tensors) < 2 and not forwardprop_util.pack_tangents(tensors).tangents
-    except (ImportError, AttributeError):  # private modules: stay eager
+        return not forwardprop_util.pack_tangents(tensors).tangents
+    except (ImportError, AttributeError):  # a private module: stay eager
         return False
 
 

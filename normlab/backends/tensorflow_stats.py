@@ -120,15 +120,21 @@ def fused_serves(x) -> bool:
     return elements(x) >= FUSED_MIN_ELEMENTS
 
 
-def recorded(tensors) -> bool:
-    """Whether a gradient tape records any of ``tensors`` (a training step);
-    False where TensorFlow no longer tells (a private API)."""
+def tape_order(tensors) -> int | None:
+    """The highest gradient order a tape may take through ``tensors`` (0: none
+    records them, 1: first order, 2: higher), or None where TensorFlow no
+    longer tells (a private API). A variable counts as its read."""
     try:
         from tensorflow.python.ops.gradients_util import PossibleTapeGradientTypes
     except ImportError:
-        return False
-    # A variable counts as its read (recorded where a tape watches the variable).
-    return PossibleTapeGradientTypes([tf.convert_to_tensor(t) for t in tensors if t is not None]) > 0
+        return None
+    return int(PossibleTapeGradientTypes([tf.convert_to_tensor(t) for t in tensors if t is not None]))
+
+
+def recorded(tensors) -> bool:
+    """Whether a gradient tape records any of ``tensors`` (a training step);
+    False where TensorFlow no longer tells."""
+    return (tape_order(tensors) or 0) > 0
 
 
 def use_subsample(x, *params) -> bool:
