@@ -36,7 +36,8 @@ def usable(x) -> bool:
         return False
     if any(d is None for d in shape[1:]):
         return False
-    return shape[0] is None or shape.num_elements() > 0
+    # Empty inputs (an empty non-batch axis, whatever the batch) go the general way.
+    return 0 not in shape[1:] and shape[0] != 0
 
 
 def unpack(args, has_gamma, has_beta):
@@ -128,7 +129,7 @@ def tape_order(tensors) -> int | None:
         from tensorflow.python.ops.gradients_util import PossibleTapeGradientTypes
     except ImportError:
         return None
-    return int(PossibleTapeGradientTypes([tf.convert_to_tensor(t) for t in tensors if t is not None]))
+    return PossibleTapeGradientTypes([tf.convert_to_tensor(t) for t in tensors if t is not None])  # a Python int
 
 
 def recorded(tensors) -> bool:
