@@ -1,9 +1,7 @@
 """Statistics for the lab's reports: means over seeds, t intervals, paired differences.
 
-Student's t distribution is computed here exactly (regularized incomplete beta
-function by continued fraction), so reports need neither SciPy nor a table:
-:func:`t_quantile` and :func:`t_two_sided_p` agree with ``scipy.stats.t`` to
-1e-9 (``tests/lab/test_stats.py``).
+Student's t distribution comes from SciPy (``scipy.stats.t``, imported on
+first use).
 
 Runs with the same seed start from the same weights and see the same batches
 in every configuration of a grid, so a configuration's difference to a
@@ -24,79 +22,25 @@ import functools
 import math
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
+def _t():
+    from scipy import stats as scipy_stats
 
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+    return scipy_stats.t
 
 
 def t_two_sided_p(t: float, df: float) -> float:
-    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom."""
+    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom (NaN for NaN or ``df < 1``)."""
     if math.isnan(t) or df < 1:
         return math.nan
-    if math.isinf(t):
-        return 0.0
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with ``df`` degrees of freedom."""
-    half = 0.5 * t_two_sided_p(t, df)
-    return 1.0 - half if t >= 0 else half
+    return float(2.0 * _t().sf(abs(t), df))
 
 
 @functools.lru_cache(maxsize=256)
 def t_quantile(p: float, df: float) -> float:
-    """The ``p`` quantile of Student's t (bisection on :func:`t_cdf`, to 1e-12)."""
+    """The ``p`` quantile of Student's t (NaN for ``df < 1`` or ``p`` outside (0, 1))."""
     if df < 1 or not 0.0 < p < 1.0:
         return math.nan
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+    return float(_t().ppf(p, df))
 
 
 def t975(df: int) -> float:
