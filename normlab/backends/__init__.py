@@ -77,7 +77,13 @@ def thread_setting(state: threading.local, name: str, value: object, default: ob
 
 
 def disabled() -> contextlib.AbstractContextManager[None]:
-    """Context manager: run only the general path inside the block."""
+    """Context manager: run only the general path inside the block.
+
+    The setting is per thread, as ``torch.no_grad()``: a thread started
+    elsewhere (``tf.distribute.MirroredStrategy``'s replica threads, a data
+    loader's workers) keeps the fast paths; enter the block inside the
+    function that thread runs (``strategy.run``'s function, say).
+    """
     return thread_setting(_state, "enabled", False, True)
 
 
