@@ -79,13 +79,13 @@ from normlab.backends.tensorflow_stats import (
 
 
 def _group_sum(t, c, groups):
+    """Each channel's value replaced by its group's sum (``t``: (N or 1, C) with
+    static size-1 axes between; static shapes only, no shape ops in the graph)."""
     if groups is None or groups == c:
         return t
     per = c // groups
-    n = tf.shape(t)[0]
-    shape = tf.shape(t)
-    t = tf.reduce_sum(tf.reshape(t, [n, groups, per]), axis=2, keepdims=True)
-    return tf.reshape(tf.broadcast_to(t, [n, groups, per]), shape)
+    sums = tf.reduce_sum(tf.reshape(t, [-1, groups, per]), axis=2, keepdims=True)
+    return tf.reshape(tf.tile(sums, [1, 1, per]), [-1, *t.shape[1:]])
 
 
 def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca, subsample):
