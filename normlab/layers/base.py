@@ -20,6 +20,7 @@ are created with ``autocast=False``, so reading them inside an
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Any, Callable, Literal, Protocol, Sequence
 
 import keras
@@ -132,7 +133,9 @@ class Normalization(FloatCompute, keras.layers.Layer):
                     "use axis=-1 for channels-last or axis=1 for channels-first inputs.",
                 )
             )
-        self.axis: int | list[int] = axes if isinstance(axis, (list, tuple)) else axes[0]
+        # An int stays an int; any sequence (a list, an array, a range) stays a list.
+        single = isinstance(axis, numbers.Integral) or getattr(axis, "ndim", None) == 0
+        self.axis: int | list[int] = axes[0] if single else axes
         self.epsilon = self.check_epsilon(epsilon, type(self).__init__)
         self.center = check_bool("center", center)
         self.scale = check_bool("scale", scale)

@@ -84,6 +84,18 @@ def test_axis_list_for_single_axis_layers(cls):
         cls(axis=[1, 2])
 
 
+@pytest.mark.parametrize("axis", [np.array([1, 2]), range(1, 3), {1: 0, 2: 0}.keys(), (1, 2)])
+@pytest.mark.parametrize("cls", [normlab.LayerNormalization, normlab.RMSNormalization, normlab.DynamicTanh])
+def test_an_axis_sequence_of_any_kind_keeps_every_axis(cls, axis):
+    # An array or a range of axes once kept only its first axis (a wrong answer).
+    layer = cls(axis=axis)
+    assert layer.axis == [1, 2] and layer.get_config()["axis"] == [1, 2]
+    x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype("float32")
+    layer(x)
+    assert tuple(layer.gamma.shape) == (3, 4)
+    assert cls(axis=np.int64(2)).axis == 2 and cls(axis=np.array(2)).axis == 2
+
+
 @pytest.mark.parametrize("axis", ["channels", 1.5, [], None])
 def test_axis_of_the_wrong_type(axis):
     with pytest.raises(TypeError, match=r"Invalid `axis`: expected an int.*Received: axis="):
