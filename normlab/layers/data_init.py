@@ -13,8 +13,10 @@ call runs; :class:`DataInit` (a mixin of
   torch, whose Keras ``cond`` is a Python ``if``, a select). A trace that
   is only saved (an export before any call) does not count as the first call.
 * A batch with no spread to learn from, fewer than two values per unit
-  (empty, or one sample through a Dense layer), initializes nothing: the
-  next batch does. A training step on samples still marks the layer
+  (empty, or one sample through a Dense layer) or pre-activations constant
+  over the batch (``model(np.zeros(...))`` to build a model), initializes
+  nothing: the next batch does. A unit without spread in a batch that
+  initializes the others keeps its ``g`` and bias. A training step on samples still marks the layer
   initialized (keeping ``g`` and the bias), so that no later call
   overwrites what it trains (``fit(batch_size=1)``).
 * Where the updates cannot happen, or not alike on every replica, the layer
@@ -99,13 +101,27 @@ class DataInit:
         else:  # an int, or a tensor for a size unknown in a TF graph
             count = math.prod([ops.shape(t)[a] if t.shape[a] is None else t.shape[a] for a in axes])
         scale = ops.rsqrt(var + DATA_INIT_EPSILON)
-        values = [ops.cast(scale, self.g.dtype)]
+        # A unit whose pre-activations do not vary over the batch (a constant
+        # batch, such as model(np.zeros(...)) to build a model) has nothing to
+        # scale to unit variance: it keeps its g and bias (1 / sqrt(1e-10) = 1e5
+        # would multiply every later output).
+        spread = var > 0
+        g = ops.cast(scale, self.g.dtype)
         if self._is_rnn:  # one scale per unit, repeated over the gates (TF Addons)
-            values = [ops.tile(values[0], [int(self.g.shape[0]) // int(scale.shape[0])])]
+            repeats = [int(self.g.shape[0]) // int(scale.shape[0])]
+            g, spread_g = ops.tile(g, repeats), ops.tile(spread, repeats)
+        else:
+            spread_g = spread
+        values = [ops.where(spread_g, g, self.g.value)]
         bias = self._bias()
         if bias is not None:
-            values.append(ops.cast(-mean * scale, bias.dtype))
-        return tuple(ops.stop_gradient(v) for v in values), count >= MIN_VALUES_PER_UNIT
+            values.append(ops.where(spread, ops.cast(-mean * scale, bias.dtype), bias.value))
+        values = [ops.stop_gradient(v) for v in values]
+        enough = count >= MIN_VALUES_PER_UNIT
+        if enough is False:  # known from the shapes
+            return tuple(values), enough
+        # Initialized once some unit varies; a batch constant throughout leaves it to the next.
+        return tuple(values), ops.logical_and(enough, ops.any(spread))
 
     def _warn(self, flag: str, message: str) -> None:
         """Warns once per ``flag``; not while torch traces (a graph break), so the next eager call does."""
@@ -202,4 +218,6 @@ class DataInit:
         # traced (torch.compile). A trace that is only saved (tf.function, jit, an exporter) may never run,
         # and a verdict known only at run time may say "not yet": the next call looks again.
         known = flag is True or enough is True
+        if done is False and not known:  # eager, a verdict from the values (a constant batch): read it
+            known = concrete_bool(self.initialized) is True
         self._init_seen = known and (done is False or (done is None and trace_runs_now()))

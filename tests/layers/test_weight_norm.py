@@ -165,6 +165,51 @@ def test_an_empty_first_batch_leaves_data_init_to_the_next():
     np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), x / 4, atol=1e-6)
 
 
+@pytest.mark.parametrize("make", [lambda: keras.layers.Conv2D(4, 3), lambda: keras.layers.SimpleRNN(4)],
+                         ids=["conv", "rnn"])
+def test_a_constant_first_batch_leaves_data_init_to_the_next(make):
+    """model(np.zeros(...)) to build a model: variance 0 gave g = 1e5 (TF
+    Addons too), every later output 1e5 times too large."""
+    layer, fresh = normlab.WeightNormalization(make()), normlab.WeightNormalization(make())
+    x = X if isinstance(layer.layer, keras.layers.Conv2D) else X[:, 0]
+    layer.build(x.shape)
+    fresh.build(x.shape)
+    fresh.set_weights(layer.get_weights())
+    layer(np.zeros((2, *x.shape[1:]), "float32"))
+    assert not bool(ops.convert_to_numpy(layer.initialized))
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.g), np.ones(layer.g.shape))
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x)), ops.convert_to_numpy(fresh(x)), rtol=1e-5, atol=1e-6)
+    assert bool(ops.convert_to_numpy(layer.initialized))
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.g), ops.convert_to_numpy(fresh.g), rtol=1e-5)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a graph deciding at run time")
+def test_a_constant_batch_in_a_graph_leaves_data_init_to_the_next():
+    import tensorflow as tf
+
+    x = np.array([[-4.0, -4.0], [4.0, 4.0]], "float32")
+    layer = normlab.WeightNormalization(keras.layers.Dense(2, kernel_initializer="identity"))
+    layer.build(x.shape)
+    run = tf.function(lambda t: layer(t), input_signature=[tf.TensorSpec([None, 2])])
+    run(np.full((3, 2), 5.0, "float32"))
+    assert not bool(layer.initialized.numpy())
+    np.testing.assert_array_equal(layer.g.numpy(), [1.0, 1.0])
+    np.testing.assert_allclose(run(x).numpy(), x / 4, atol=1e-6)
+    assert bool(layer.initialized.numpy())
+
+
+def test_a_unit_without_spread_keeps_its_g_and_bias_while_the_others_initialize():
+    x = np.random.default_rng(4).normal(size=(16, 3)).astype("float32")
+    x[:, 2] = 7.0  # unit 2 sees only this constant feature
+    dense = keras.layers.Dense(3, kernel_initializer="identity", bias_initializer="ones")
+    layer = normlab.WeightNormalization(dense)
+    y = ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.g)[2], 1.0)
+    np.testing.assert_allclose(ops.convert_to_numpy(dense.bias)[2], 1.0)
+    np.testing.assert_allclose(y[:, 2], 8.0, rtol=1e-6)  # 7 * g + bias, as before the call
+    np.testing.assert_allclose(y[:, :2].std(0), 1.0, rtol=1e-4)
+
+
 @pytest.mark.parametrize("make", [lambda: keras.layers.Dense(2), lambda: keras.layers.SimpleRNN(2)],
                          ids=["dense", "rnn"])
 def test_one_value_per_unit_leaves_data_init_to_the_next(make):
