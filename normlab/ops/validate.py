@@ -340,9 +340,9 @@ def check_renorm_clipping(clipping: object) -> RenormClipping:
             error_message("renorm_clipping", "dmax >= 0 (d is clipped to [-dmax, dmax])",
                           f"renorm_clipping={clipping!r}", fix)
         )
-    if "rmax" in out and "rmin" in out and out["rmax"] < out["rmin"]:
+    if "rmax" in out and out["rmax"] < max(out.get("rmin", 0.0), 0.0) or out.get("rmax") == 0.0:
         raise ValueError(
-            error_message("renorm_clipping", "rmax >= rmin (r is clipped to [rmin, rmax])",
-                          f"renorm_clipping={clipping!r}", fix)
+            error_message("renorm_clipping", "rmax > 0 and rmax >= rmin (default 0): r = std / moving std is "
+                          "positive, clipped to [rmin, rmax]", f"renorm_clipping={clipping!r}", fix)
         )
     return out

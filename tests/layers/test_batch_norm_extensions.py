@@ -133,7 +133,8 @@ def test_use_moving_statistics_freezes_statistics_but_trains_affine():
     "kwargs, pattern",
     [
         (dict(renorm=True, renorm_clipping={"rmax": 0.5, "rmin": 1.0}),
-         r"Invalid `renorm_clipping`: expected rmax >= rmin \(r is clipped to \[rmin, rmax\]\)\. "
+         r"Invalid `renorm_clipping`: expected rmax > 0 and rmax >= rmin \(default 0\): r = std / moving std is "
+         r"positive, clipped to \[rmin, rmax\]\. "
          r"Received: renorm_clipping=\{'rmax': 0\.5, 'rmin': 1\.0\}\. Pass a dict such as"),
         (dict(renorm=True, renorm_clipping={"rmax": 3.0, "r_min": 0.3}), r"Invalid `renorm_clipping`: expected None or a dict with keys"),
         (dict(renorm=True, renorm_momentum=2.0), r"Invalid `renorm_momentum`: expected a float in \[0, 1\].*Received: renorm_momentum=2\.0"),

@@ -71,7 +71,10 @@ def test_batch_renorm_matches_reference(clipping, v):
 @pytest.mark.parametrize(
     "clipping, pattern",
     [
-        ({"rmax": 1.0, "rmin": 2.0}, r"expected rmax >= rmin \(r is clipped to \[rmin, rmax\]\)\. Received: renorm_clipping="),
+        ({"rmax": 1.0, "rmin": 2.0}, r"expected rmax > 0 and rmax >= rmin \(default 0\).*Received: renorm_clipping="),
+        # rmax alone is compared with the default rmin; r > 0, so rmax <= 0 made every output constant
+        ({"rmax": 0.0}, r"expected rmax > 0 and rmax >= rmin.*Received: renorm_clipping=\{'rmax': 0\.0\}"),
+        ({"rmax": -1.0}, r"expected rmax > 0 and rmax >= rmin.*Received: renorm_clipping=\{'rmax': -1\.0\}"),
         ({"dmax": -1.0}, r"expected dmax >= 0"),
         ({"rmx": 3.0}, r"expected None or a dict with keys among 'rmax', 'rmin', 'dmax'\. Received: renorm_clipping=\{'rmx': 3\.0\}"),
         ({"rmax": "3"}, r"expected a number for 'rmax'"),
