@@ -95,7 +95,7 @@ def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs"
                 results[p.index] = RunResult(p.config, p.run_dir, "skipped", p.summary or {})
                 say(f"[{p.index + 1}/{len(configs)}] {where(p.config)}: finished earlier, reused")
             elif p.action == "copy" and p.source is not None:
-                summary = store.copy_run(p.source, p.run_dir, p.config, out)
+                summary = store.copy_run(p.source, p.run_dir, p.config, out, grid_index=p.index)
                 results[p.index] = RunResult(p.config, p.run_dir, "skipped", summary)
                 say(f"[{p.index + 1}/{len(configs)}] {where(p.config)}: the same run finished as "
                     f"{summary['copied_from']}, copied")

@@ -242,11 +242,13 @@ def find_twin(out: str | os.PathLike, config: RunConfig) -> tuple[Path, dict] | 
     return None
 
 
-def copy_run(source: Path, run_dir: Path, config: RunConfig, out: str | os.PathLike) -> dict:
+def copy_run(source: Path, run_dir: Path, config: RunConfig, out: str | os.PathLike,
+             grid_index: int | None = None) -> dict:
     """Writes ``source`` (a finished run of ``config``'s settings and seed, see
     :func:`find_twin`) as ``config``'s run: its files, with ``config``'s names in
     ``config.json`` and the summary, which records where it came from
-    (``copied_from``, relative to ``out``). Returns the summary as written."""
+    (``copied_from``, relative to ``out``) and the run's ``grid_index`` in its
+    own grid. Returns the summary as written."""
     source = Path(source)
     files = {p.name: p.read_text() for p in sorted(source.iterdir())
              if p.is_file() and p.name not in (CONFIG, SUMMARY, ERROR) and not p.name.startswith(".")}
@@ -254,7 +256,8 @@ def copy_run(source: Path, run_dir: Path, config: RunConfig, out: str | os.PathL
     if summary is None:
         raise StoreError(f"Invalid `source`: expected a finished run. Received: {source}, without a "
                          "valid summary.json. Run the grid again: it trains the run instead.")
-    summary = {**summary, "config": config.to_dict(), "copied_from": source.relative_to(out).as_posix()}
+    summary = {**summary, "config": config.to_dict(), "grid_index": grid_index,
+               "copied_from": source.relative_to(out).as_posix()}
     return write_run(run_dir, config, files, summary)
 
 

@@ -105,15 +105,17 @@ def test_a_run_finished_for_another_experiment_is_copied_not_trained(grid, tmp_p
     calls = []
     monkeypatch.setattr(training, "run_one", lambda c, *a, **k: calls.append(c))
     said = []
+    # The other grid lists the configurations in the opposite order.
     other = Experiment("other", "other", tuple(dataclasses.replace(c, experiment="other", label=c.label + "2")
-                                               for c in tiny_experiment().configs), seeds=(0,))
+                                               for c in reversed(tiny_experiment().configs)), seeds=(0,))
     results = run_grid(other, out, progress=False, say=said.append)
     assert calls == [] and [r.status for r in results] == ["skipped", "skipped"]
     assert all("copied" in line for line in said)
-    for result, original in zip(results, grid[1]):
+    for index, (result, original) in enumerate(zip(results, reversed(grid[1]))):
         assert result.run_dir == out / "other" / (original.config.label + "2") / original.run_dir.parent.name / "seed0"
         assert result.summary["accuracy"] == original.summary["accuracy"]
         assert result.summary["config"]["experiment"] == "other"
+        assert result.summary["grid_index"] == index  # its place in its own grid, not the source's
         assert result.summary["copied_from"] == original.run_dir.relative_to(grid[0]).as_posix()
     write_report(out, tmp_path / "report")
     assert "| BN2 | 1 |" in (tmp_path / "report" / "other.md").read_text()
