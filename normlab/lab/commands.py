@@ -23,6 +23,9 @@ from normlab.lab.models import KERAS_LAYERS
 
 #: Config fields the command and its options set; ``--set`` refuses them.
 SET_BY_COMMAND = ("experiment", "label", "series", "sweep", "x", "seed", "impl", "backend", "norms")
+_PICKED_BY_COMMAND = "The command picks it (compare, or the sweep named); drop it."
+_SET_BY_COMMAND_FIX = {"seed": "Use --seeds (e.g. --seeds 0,1,2 or --seeds 5).", "impl": "Use --impl.",
+                       "backend": "Use --backend.", "norms": "Use --norms (compare)."}
 
 
 def make_experiment(args: argparse.Namespace):
@@ -30,18 +33,21 @@ def make_experiment(args: argparse.Namespace):
     overrides = {key: getattr(args, key) for key in
                  ("dataset", "protocol", "epochs", "batch_size", "learning_rate", "max_steps",
                   "train_subset") if getattr(args, key) is not None}
+    settable = [key for key in config_keys() if key not in SET_BY_COMMAND]
     for item in args.set:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep:
-            raise ConfigError(f"Invalid `set`: expected KEY=VALUE. Received: set={item!r}. "
+            raise ConfigError(f"Invalid `set`: expected KEY=VALUE. Received: --set {item}. "
                               "Write e.g. --set epochs=2.")
-        overrides[key.strip()] = parse_value(key.strip(), value.strip())
-    check_keys(overrides)
-    for key in SET_BY_COMMAND:
-        if key in overrides:
+        if key in SET_BY_COMMAND:
             raise ConfigError(f"Invalid `set`: {key} is set by the command, not by --set. "
-                              f"Received: {key}={overrides[key]!r}. Use the matching option "
-                              "(--seeds, --impl, --backend, or --norms for compare) or drop it.")
+                              f"Received: --set {item}. {_SET_BY_COMMAND_FIX.get(key, _PICKED_BY_COMMAND)}")
+        if key not in settable:
+            raise ConfigError(f"Invalid `set`: expected one of the settings {', '.join(settable)}. "
+                              f"Received: --set {item}. `normlab list` shows them with their defaults.")
+        overrides[key] = parse_value(key, value.strip())
+    check_keys(overrides)
     seeds, quick = args.seeds, dict[str, Any](P.QUICK)
     if args.quick:
         info = DATASETS.get(dataset_key(overrides.get("dataset", quick["dataset"])))

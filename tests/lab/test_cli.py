@@ -136,7 +136,10 @@ def test_sweeps_scale_learning_rate_with_batch_size():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["compare", "--set", "epochz=2"], "Valid keys: " + ", ".join(config_keys())),
+    (["compare", "--set", "epochz=2"], "expected one of the settings " + ", ".join(
+        k for k in config_keys() if k not in commands.SET_BY_COMMAND) + ". Received: --set epochz=2"),
+    (["compare", "--set", "seed=3"], "Use --seeds"),
+    (["compare", "--set", "experiment=mine"], "The command picks it"),
     (["compare", "--set", "epochs"], "expected KEY=VALUE"),
     (["compare", "--set", "epochs=two"], "expected a value of type int"),
     (["compare", "--set", "seed=3"], "seed is set by the command"),
