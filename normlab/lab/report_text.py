@@ -36,7 +36,12 @@ def _points(d: dict, digits: int = 2) -> str:
     head = f"{100 * d['mean']:+.{digits}f}"
     if d["n"] >= 2 and math.isnan(d["low"]):
         return f"{head} on every seed"  # no spread: no t interval (stats.paired)
-    return head if d["n"] < 2 else f"{head} [{100 * d['low']:+.{digits}f}, {100 * d['high']:+.{digits}f}]"
+    if d["n"] < 2:
+        return head
+    lo, hi = 100 * d["low"], 100 * d["high"]
+    cut = lo < -100.0 or hi > 100.0  # a difference of accuracies is within +-100 points
+    lo, hi = max(lo, -100.0), min(hi, 100.0)
+    return f"{head} [{lo:+.{digits}f}, {hi:+.{digits}f}]" + "*" * cut
 
 
 def _p(d: dict) -> str:
@@ -98,7 +103,7 @@ def _main_table(rows: list[dict], meta: dict, metric: str) -> list[str]:
     for r in rows:
         cells = [r["label"], str(len(r["seeds"])), _pm(r["accuracy"], 100) + _of(r, "accuracy"),
                  _ci(r["accuracy"], 100, bounds=(0.0, 100.0)), _pm(r["loss"], 1, 4) + _of(r, "loss"),
-                 _ci(r["loss"], 1, 4)]
+                 _ci(r["loss"], 1, 4, bounds=(0.0, math.inf))]
         cells += [_pm(r["test_accuracy"], 100)] * held_out
         if has_train_mode:
             cells += [_pm(r["train_mode_accuracy"], 100), _ci(r["train_mode_accuracy"], 100, bounds=(0.0, 100.0))]
@@ -112,7 +117,8 @@ def _main_table(rows: list[dict], meta: dict, metric: str) -> list[str]:
     lines += ["", "s/epoch: mean wall time of one training epoch (the first includes compiling); "
               "steps: optimizer steps per run."]
     if any("]*" in line for line in lines):
-        lines[-1] += " *: the accuracy's interval cut at 0 or 100% (few seeds and a wide spread)."
+        lines[-1] += (" *: the interval cut at the value's possible range (accuracy 0-100%, loss at least 0; "
+                      "few seeds and a wide spread); the CSV and JSON keep the t interval's half-width.")
     if has_train_mode:
         lines[-1] += (" Train-mode accuracy: the test set evaluated with training=True (batch "
                       "statistics over test batches of the training batch size), dropout off.")
@@ -144,7 +150,10 @@ def _paired_section(rows: list[dict], meta: dict) -> list[str]:
         d = r["paired"]
         lines.append(f"| {r['label']} | {d['baseline']} | {d['n']} | {_points(d)} | {_p(d)} "
                      f"| {d['verdict']} |")
-    return lines + ["", verdict_sentence(compared, meta)] + note
+    cut = any("]* |" in line for line in lines[-len(compared):])
+    cut_note = ["", "*: the interval cut at +-100 points, the range of a difference of accuracies "
+                "(few seeds and a wide spread)."] * cut
+    return lines + ["", verdict_sentence(compared, meta)] + cut_note + note
 
 
 def verdict_sentence(compared: list[dict], meta: dict) -> str:

@@ -216,7 +216,21 @@ def test_an_accuracy_interval_is_cut_at_100(tmp_path):
         fake_run(out, RunConfig(experiment="c", label="A", norms="none", seed=seed), acc)
     md = render_markdown("c", summarize(load_runs(out)[0])["c"])
     assert "| A | 2 | 89.95 ± 14.07 | [-36.50, 100.00]* |" not in md
-    assert "[0.00, 100.00]*" in md and "*: the accuracy's interval cut at 0 or 100%" in md
+    assert "[0.00, 100.00]*" in md and "*: the interval cut at the value's possible range" in md
+
+
+def test_loss_and_paired_intervals_are_cut_at_their_possible_range(tmp_path):
+    """Two seeds and a wide spread gave a loss interval below 0 and a paired
+    difference past -100 points."""
+    out = tmp_path / "runs"
+    for seed, (a, b, loss) in enumerate(((0.99, 0.10, 0.05), (0.98, 0.95, 0.9))):
+        fake_run(out, RunConfig(experiment="c", label="A", norms="none", seed=seed), a, loss=loss)
+        fake_run(out, RunConfig(experiment="c", label="B", norms="batch", seed=seed), b)
+    md = render_markdown("c", summarize(load_runs(out)[0], baseline="A")["c"])
+    row = next(line for line in md.splitlines() if line.startswith("| A | 2 |"))
+    assert "| 0.4750 ± 0.6010 | [0.0000, 5.8751]* |" in row
+    assert "| B | A | 2 | -46.00 [-100.00, +100.00]* |" in md
+    assert "*: the interval cut at +-100 points" in md
 
 
 def test_impl_ab_side_by_side(tmp_path):
