@@ -220,7 +220,8 @@ def dry_run(experiment, args) -> int:
                                       load=False, check_dir=local)
     planned = store.plan(experiment.grid(), args.out)
     counts = {a: sum(p.action == a for p in planned) for a in ("run", "reuse", "copy", "redo")}
-    say(f"normlab: dry run of {experiment.name}: {len(planned)} runs ({counts['run']} to run, "
+    say(f"normlab: dry run of {experiment.name}: {len(planned)} run{'s' * (len(planned) != 1)} "
+        f"({counts['run']} to run, "
         f"{counts['reuse']} finished earlier and reused, {counts['copy']} finished for another "
         f"experiment and copied, {counts['redo']} unfinished and redone); data: {prepared.data}")
     for p in planned:

@@ -71,7 +71,7 @@ def render(name: str, table: dict) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in meta["constant"].items())
     impls = " and ".join(meta.get("impls", ["normlab"]))
     lines.append(f"Settings: {settings}; backend {', '.join(meta['backends'])}; layers: {impls}; "
-                 f"{meta['runs']} runs, {meta['wall_time_s'] / 60:.1f} min total; "
+                 f"{meta['runs']} run{'s' * (meta['runs'] != 1)}, {meta['wall_time_s'] / 60:.1f} min total; "
                  f"train/test examples {meta['train_examples']}/{meta['test_examples']}.")
     if meta["sweep"]:
         lines.append(f"Held fixed across the sweep: {meta['held_fixed'] or 'nothing'}.")
