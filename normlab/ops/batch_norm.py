@@ -12,6 +12,7 @@ from normlab.ops.axes import channel_axis, complement, dims, feature_param, floa
 from normlab.ops.moments import note_count, shifted_moments, stats_dtype
 from normlab.ops.normalize import at_least, at_most, normalize
 from normlab.ops.validate import (
+    check_bools,
     check_epsilon,
     check_mask,
     check_param,
@@ -97,6 +98,7 @@ def batch_norm(
         https://arxiv.org/abs/1502.03167
     """
     x = float_tensor(x)
+    training, return_stats = check_bools(training=training, return_stats=return_stats)
     ndim = len(x.shape)
     a = the_channel_axis(axis, ndim, "batch normalization")
     (channels,) = known_dims(x.shape, [a], axis=axis)

@@ -10,6 +10,7 @@ from normlab.ops.axes import channel_axis, complement, feature_param, float_tens
 from normlab.ops.moments import moments, stats_dtype
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import (
+    check_bools,
     check_epsilon,
     check_groups,
     check_param,
@@ -82,6 +83,7 @@ def evo_norm_b0(
         NeurIPS 2020. https://arxiv.org/abs/2004.02967
     """
     x = float_tensor(x)
+    training, return_stats = check_bools(training=training, return_stats=return_stats)
     require_spatial(x.shape, "EvoNorm-B0", argument="x")
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon, positive=True, reason=EVO_NORM_EPSILON_REASON)

@@ -9,7 +9,7 @@ from keras import ops
 from normlab.ops.axes import channel_axis, complement, float_tensor, per_channel
 from normlab.ops.moments import shifted_moments
 from normlab.ops.normalize import normalize
-from normlab.ops.validate import check_epsilon, check_param, error_message, require_spatial
+from normlab.ops.validate import check_bools, check_epsilon, check_param, error_message, require_spatial
 from normlab.types import ReplicaSum, Tensor
 
 
@@ -81,6 +81,7 @@ def switchable_norm(
         Switchable Normalization", ICLR 2019. https://arxiv.org/abs/1806.10779
     """
     x = float_tensor(x)
+    training, return_stats = check_bools(training=training, return_stats=return_stats)
     require_spatial(x.shape, "switchable normalization", argument="x")
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon)

@@ -110,6 +110,11 @@ def check_mask(mask: object, shape: Shape) -> None:
             "Pass a mask of the input's shape, or one that broadcasts to it."))
 
 
+def check_bools(**flags: object) -> tuple[bool, ...]:
+    """:func:`check_bool` of each keyword argument, their values in order."""
+    return tuple(check_bool(name, value) for name, value in flags.items())
+
+
 def check_bool(name: str, value: object) -> bool:
     """Returns ``value`` if it is a bool (Python or NumPy); anything else is an error.
 

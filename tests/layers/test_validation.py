@@ -268,3 +268,18 @@ def test_evo_norm_s0_takes_groups_or_group_size_not_both():
 def test_evo_norm_needs_a_positive_epsilon(cls):
     with pytest.raises(ValueError, match=r"Invalid `epsilon`: expected a positive float.*uncentered.*Received: epsilon=0"):
         cls(epsilon=0.0)
+
+
+@pytest.mark.parametrize("op, kwargs", [
+    (nops.batch_norm, dict(training="no")),
+    (nops.batch_norm, dict(training=True, return_stats="yes")),
+    (nops.evo_norm_b0, dict(training=1)),
+    (nops.switchable_norm, dict(mean_weights=np.ones(3), variance_weights=np.ones(3), training="False")),
+])
+def test_ops_take_only_bools_for_their_flags(op, kwargs):
+    # bool("no") and bool("False") are True: the batch statistics were used.
+    x = np.random.default_rng(0).normal(size=(4, 3, 3, 2)).astype("float32")
+    name, value = [(k, v) for k, v in kwargs.items() if k in ("training", "return_stats") and v is not True][0]
+    with pytest.raises(TypeError, match=rf"Invalid `{name}`: expected a bool \(True or False\)\. "
+                                        rf"Received: {name}={value!r} of type {type(value).__name__}"):
+        op(x, **kwargs)
