@@ -237,11 +237,14 @@ class BatchNormalization(Normalization):
     def _expand_mask(self, inputs: Tensor, mask: Tensor | None) -> Tensor | None:
         if mask is None:
             return None
-        if len(mask.shape) != len(inputs.shape) - 1:
+        expected = tuple(inputs.shape[:-1])
+        if len(mask.shape) != len(expected) or any(
+                m is not None and s is not None and m not in (1, s) for m, s in zip(mask.shape, expected)):
             raise ValueError(
                 error_message(
                     "mask",
-                    "a tensor of the inputs' shape without their last axis (Keras' mask convention)",
+                    "a tensor of the inputs' shape without their last axis (Keras' mask convention), "
+                    "or one that broadcasts to it",
                     f"mask.shape={tuple(mask.shape)}, inputs.shape={tuple(inputs.shape)}",
                     "Pass a mask of shape inputs.shape[:-1], e.g. (batch, time) for (batch, time, features).",
                 )

@@ -1,5 +1,6 @@
 """BatchNormalization: harness, anchors, moving statistics, training/inference, masks."""
 
+import re
 import warnings
 
 import keras
@@ -130,6 +131,16 @@ def test_keras_mask_covers_every_axis_but_the_last_whatever_the_channel_axis(sha
     _, mean, var = reference.batch_norm(x, axis=1, mask=np.broadcast_to(keep, x.shape))
     np.testing.assert_allclose(ops.convert_to_numpy(ours.moving_mean), mean, atol=1e-5)
     np.testing.assert_allclose(ops.convert_to_numpy(ours.moving_variance), var, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mask_shape", [(4, 3), (4, 5, 3)])
+def test_a_mask_that_does_not_fit_the_inputs_is_named_as_given(mask_shape):
+    # (4, 3) for (4, 5, 3) was reported as "mask of shape (4, 3, 1)" with the
+    # advice to pass the input's shape, which is refused too.
+    with pytest.raises(ValueError, match=re.escape(
+            f"Received: mask.shape={mask_shape}, inputs.shape=(4, 5, 3). Pass a mask of shape inputs.shape[:-1]")):
+        normlab.BatchNormalization()(np.ones((4, 5, 3), "float32"), training=True, mask=np.ones(mask_shape, bool))
+    normlab.BatchNormalization()(np.ones((4, 5, 3), "float32"), training=True, mask=np.ones((4, 1), bool))
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"renorm": True}, {"virtual_batch_size": 2}])
