@@ -27,7 +27,14 @@ import keras
 from keras import constraints, initializers, ops, regularizers
 
 from normlab import distributed
-from normlab.ops.axes import as_axis_list, canonicalize_axes, is_traced_int, known_dims, single_axis
+from normlab.ops.axes import (
+    as_axis_list,
+    canonicalize_axes,
+    is_traced_int,
+    known_dims,
+    reject_batch_axis,
+    single_axis,
+)
 from normlab.ops.moments import CountingSum
 from normlab.ops.validate import check_bool, check_epsilon, error_message
 from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
@@ -123,16 +130,7 @@ class Normalization(FloatCompute, keras.layers.Layer):
     ) -> None:
         super().__init__(**kwargs)
         axes = as_axis_list(axis) if self.multi_axis else [single_axis(axis, type(self).__name__)]
-        if 0 in axes:  # known without the input's rank: fail at construction, as TF Addons did
-            raise ValueError(
-                error_message(
-                    "axis",
-                    "feature axes other than the batch axis 0",
-                    f"axis={axis!r}",
-                    "Normalization statistics are never shared across the batch axis this way; "
-                    "use axis=-1 for channels-last or axis=1 for channels-first inputs.",
-                )
-            )
+        reject_batch_axis(axes, axis)  # known without the input's rank: at construction, as TF Addons
         # An int stays an int; any sequence (a list, an array, a range) stays a list.
         single = isinstance(axis, numbers.Integral) or getattr(axis, "ndim", None) == 0
         self.axis: int | list[int] = axes[0] if single else axes

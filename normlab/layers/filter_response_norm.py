@@ -9,7 +9,7 @@ from keras import constraints, initializers, regularizers
 
 from normlab import ops
 from normlab.layers.base import Normalization, keras_object
-from normlab.ops.axes import canonicalize_axes, known_dims, single_axis
+from normlab.ops.axes import canonicalize_axes, known_dims, reject_batch_axis, single_axis
 from normlab.ops.filter_response_norm import check_frn_input, frn_axes
 from normlab.ops.validate import check_bool
 from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
@@ -83,6 +83,7 @@ class TLU(keras.layers.Layer):
     ) -> None:
         super().__init__(**kwargs)
         self.axis = single_axis(axis, "TLU")
+        reject_batch_axis([self.axis], axis)
         self.affine = check_bool("affine", affine)
         self.tau_initializer = keras_object("initializer", "tau_initializer", tau_initializer)
         self.tau_regularizer = keras_object("regularizer", "tau_regularizer", tau_regularizer)

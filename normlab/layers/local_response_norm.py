@@ -8,7 +8,7 @@ import keras
 
 from normlab import ops
 from normlab.layers.base import FloatCompute
-from normlab.ops.axes import canonicalize_axes, known_dims, single_axis
+from normlab.ops.axes import canonicalize_axes, known_dims, reject_batch_axis, single_axis
 from normlab.ops.validate import (
     check_positive_int,
     check_real,
@@ -65,6 +65,7 @@ class LocalResponseNormalization(FloatCompute, keras.layers.Layer):
         self.beta = check_real("beta", beta, example="0.75")
         self.k = check_real("k", k, minimum=0.0, strict=True, example="1.0")
         self.axis = single_axis(axis, type(self).__name__)
+        reject_batch_axis([self.axis], axis)
         self.supports_masking = True
         self.autocast = False
 

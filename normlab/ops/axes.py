@@ -45,6 +45,21 @@ def as_axis_list(axis: object, *, argument: str = "axis") -> list[int]:
     )
 
 
+def reject_batch_axis(axes: Sequence[int], axis: object) -> None:
+    """Raises where ``axes`` (a layer's feature axes, as given) name the batch
+    axis 0: known without the input's rank, so layers check at construction."""
+    if 0 in axes:
+        raise ValueError(
+            error_message(
+                "axis",
+                "feature axes other than the batch axis 0",
+                f"axis={axis!r}",
+                "Normalization statistics are never shared across the batch axis this way; "
+                "use axis=-1 for channels-last or axis=1 for channels-first inputs.",
+            )
+        )
+
+
 def single_axis(axis: object, owner: str) -> int:
     """``axis`` as the one channel axis of a per-channel layer ``owner``: an int, never a list."""
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):

@@ -50,7 +50,8 @@ def test_groups_not_an_integer(groups):
         normlab.GroupNormalization(groups=groups)
 
 
-@pytest.mark.parametrize("cls", LAYERS)
+@pytest.mark.parametrize("cls", [*LAYERS, normlab.TLU, normlab.LocalResponseNormalization,
+                                 normlab.RMSNormalization, normlab.FilterResponseNormalization])
 def test_batch_axis_is_rejected_at_construction(cls):
     with pytest.raises(ValueError, match=r"expected feature axes other than the batch axis 0\. Received: axis=0\. .*axis=-1"):
         cls(axis=0)
