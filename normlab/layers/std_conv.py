@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import keras
 
+from normlab.layers.base import keras_object
 from normlab.layers.derived_kernel import call_with_kernel, full_precision, missing_layer
-from normlab.ops.validate import check_epsilon, error_message
+from normlab.ops.validate import check_bool, check_epsilon, check_positive_int, error_message
 from normlab.ops.weights import standardize_weight
 from normlab.types import Constraint, Initializer, Regularizer, Tensor
 
@@ -23,8 +24,18 @@ _NOT_CONV_ARGS = ("self", "__class__", "kwargs", "epsilon", "gamma", "gain_initi
 
 
 def _conv_args(local_vars: dict[str, Any]) -> dict[str, Any]:
-    """The Keras convolution arguments among a constructor's ``locals()``."""
-    return {k: v for k, v in local_vars.items() if k not in _NOT_CONV_ARGS}
+    """The Keras convolution arguments among a constructor's ``locals()``, the
+    ones Keras takes unchecked (``filters=True``, ``use_bias='no'``) or
+    reports without naming the argument (an initializer 'onez') checked here."""
+    args = {k: v for k, v in local_vars.items() if k not in _NOT_CONV_ARGS}
+    check_positive_int("filters", args["filters"], example=32)
+    check_positive_int("groups", args["groups"], example=1)
+    check_bool("use_bias", args["use_bias"])
+    for name, value in args.items():
+        kind = name.rpartition("_")[2]
+        if kind in ("initializer", "regularizer", "constraint"):
+            keras_object(kind, name, value)  # type: ignore[arg-type]
+    return args
 
 
 if TYPE_CHECKING:  # the mixins come first in the bases of a Keras Conv1D/2D/3D and use its API

@@ -284,3 +284,19 @@ def test_ops_take_only_bools_for_their_flags(op, kwargs):
     with pytest.raises(TypeError, match=rf"Invalid `{name}`: expected a bool \(True or False\)\. "
                                         rf"Received: {name}={value!r} of type {type(value).__name__}"):
         op(x, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(filters=True), r"Invalid `filters`: expected a positive integer\. Received: filters=True"),
+    (dict(groups="32"), r"Invalid `groups`: expected a positive integer\. Received: groups='32'"),
+    (dict(groups=2.0), r"Invalid `groups`: expected a positive integer\. Received: groups=2\.0"),
+    (dict(use_bias="no"), r"Invalid `use_bias`: expected a bool"),
+    (dict(kernel_initializer="onez"), r"Invalid `kernel_initializer`: expected a Keras initializer"),
+    (dict(bias_constraint="positive"), r"Invalid `bias_constraint`: expected None or a Keras constraint"),
+])
+@pytest.mark.parametrize("cls", [normlab.StdConv2D, normlab.ScaledStdConv1D])
+def test_weight_standardized_convs_check_the_convolution_arguments(cls, kwargs, pattern):
+    # Keras' Conv took filters=True for 1 filter and use_bias='no' for a bias,
+    # and failed on groups='32' with a comparison error naming no argument.
+    with pytest.raises((TypeError, ValueError), match=pattern):
+        cls(**{"filters": 4, "kernel_size": 3, **kwargs})
