@@ -30,6 +30,7 @@ from normlab import distributed
 from normlab.ops.axes import (
     as_axis_list,
     canonicalize_axes,
+    check_real,
     is_traced_int,
     known_dims,
     reject_batch_axis,
@@ -89,6 +90,7 @@ class FloatCompute:
         inputs = ops.convert_to_tensor(inputs)
         if keras.backend.is_float_dtype(inputs.dtype):
             return inputs
+        check_real(inputs, "inputs")
         return ops.cast(inputs, self.variable_dtype)
 
     def compute_output(self: _HasDtypes, outputs: Tensor) -> Tensor:

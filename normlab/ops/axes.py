@@ -70,11 +70,24 @@ def single_axis(axis: object, owner: str) -> int:
     return int(axis)
 
 
+def check_real(x: Tensor, argument: str) -> None:
+    """Raises for a complex tensor (a cast would drop its imaginary part)."""
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if "complex" in dtype:
+        raise ArgumentTypeError(error_message(
+            argument, "a real tensor (float, or int and bool, cast to float)", f"{argument} of dtype {dtype}",
+            "Normalize the real and imaginary parts as separate features, e.g. "
+            "keras.ops.stack([keras.ops.real(x), keras.ops.imag(x)], axis=-1)."))
+
+
 def float_tensor(x: Tensor) -> Tensor:
     """``x`` as a tensor the ops compute on: float dtypes as given, integers and
     bools (uint8 images, say) cast to float32, never truncated back."""
     x = ops.convert_to_tensor(x)
-    return x if keras.backend.is_float_dtype(x.dtype) else ops.cast(x, "float32")
+    if keras.backend.is_float_dtype(x.dtype):
+        return x
+    check_real(x, "x")
+    return ops.cast(x, "float32")
 
 
 def the_channel_axis(axis: object, ndim: int, owner: str = "a per-channel norm") -> int:

@@ -300,3 +300,11 @@ def test_weight_standardized_convs_check_the_convolution_arguments(cls, kwargs, 
     # and failed on groups='32' with a comparison error naming no argument.
     with pytest.raises((TypeError, ValueError), match=pattern):
         cls(**{"filters": 4, "kernel_size": 3, **kwargs})
+
+
+def test_complex_inputs_are_refused_not_cast_to_their_real_part():
+    x = ops.convert_to_tensor(np.array([[1 + 1j, 2, 3, 4]], "complex64"))
+    with pytest.raises(TypeError, match=r"Invalid `x`: expected a real tensor.*Received: x of dtype complex64"):
+        nops.layer_norm(x)
+    with pytest.raises(TypeError, match=r"Invalid `inputs`: expected a real tensor.*dtype complex64\. Normalize"):
+        normlab.LayerNormalization()(x)
