@@ -57,9 +57,17 @@ def keras_object(kind: Literal["initializer", "regularizer", "constraint"], name
     """``keras.{kind}s.get(value)``, with normlab's error naming the argument.
 
     Keras alone says "Could not interpret initializer identifier: onez",
-    which names neither the argument nor a fix.
+    which names neither the argument nor a fix. An initializer of None is
+    refused: Keras fills such a weight with random glorot_uniform values (a
+    random ``gamma``, a moving variance with negative entries).
     """
     module, expected, example = _KINDS[kind]
+    if kind == "initializer" and value is None:  # Keras would fill the weight with glorot_uniform values
+        raise ValueError(
+            error_message(name, expected, f"{name}=None, which Keras fills with random glorot_uniform values "
+                          "whatever the weight's role", "Leave the argument out for the layer's default, "
+                          f"or use {example.format(name=name)}.")
+        )
     try:
         return module.get(value)
     except (ValueError, TypeError) as error:

@@ -33,6 +33,8 @@ def _conv_args(local_vars: dict[str, Any]) -> dict[str, Any]:
     check_bool("use_bias", args["use_bias"])
     for name, value in args.items():
         kind = name.rpartition("_")[2]
+        if name == "kernel_initializer" and value is None:  # Keras' default for a kernel: glorot_uniform
+            continue
         if kind in ("initializer", "regularizer", "constraint"):
             keras_object(kind, name, value)  # type: ignore[arg-type]
     return args

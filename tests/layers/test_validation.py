@@ -308,3 +308,16 @@ def test_complex_inputs_are_refused_not_cast_to_their_real_part():
         nops.layer_norm(x)
     with pytest.raises(TypeError, match=r"Invalid `inputs`: expected a real tensor.*dtype complex64\. Normalize"):
         normlab.LayerNormalization()(x)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: normlab.BatchNormalization(moving_variance_initializer=None),
+    lambda: normlab.LayerNormalization(gamma_initializer=None),
+    lambda: normlab.StdConv2D(4, 3, bias_initializer=None),
+])
+def test_an_initializer_of_none_is_refused(make):
+    # Keras filled such a weight with glorot_uniform values: a random gamma, a
+    # moving variance with negative entries (NaN at inference).
+    with pytest.raises(ValueError, match=r"_initializer=None, which Keras fills with random glorot_uniform values"):
+        make()
+    normlab.StdConv2D(4, 3, kernel_initializer=None)  # a kernel's default is glorot_uniform: as Keras
