@@ -122,6 +122,12 @@ def _main_table(rows: list[dict], meta: dict, metric: str) -> list[str]:
     if has_train_mode:
         lines[-1] += (" Train-mode accuracy: the test set evaluated with training=True (batch "
                       "statistics over test batches of the training batch size), dropout off.")
+    counts = sorted({len(r["seeds"]) for r in rows})
+    if len(counts) > 1:
+        short = [r["label"] for r in rows if len(r["seeds"]) < counts[-1]]
+        lines += ["", f"Unequal seeds ({', '.join(map(str, counts))}): {', '.join(short)} "
+                  f"{'has' if len(short) == 1 else 'have'} fewer finished runs than the others: an "
+                  "interrupted grid (running its command again finishes it), or grids run with other --seeds."]
     return lines
 
 

@@ -355,3 +355,17 @@ def test_a_summary_without_the_keys_of_a_finished_run_is_skipped_not_a_traceback
     assert read_finished(victim.parent) is None
     report = write_report(runs, tmp_path / "report")[-1].read_text()
     assert "2 unfinished or unreadable run(s) ignored" in report and str(victim.parent) in report
+
+
+def test_rows_with_fewer_seeds_than_the_others_are_named(tmp_path):
+    """A report of an interrupted grid read like a complete one."""
+    out = tmp_path / "runs"
+    for seed in range(3):
+        fake_run(out, RunConfig(experiment="c", label="A", norms="none", seed=seed), 0.9)
+    fake_run(out, RunConfig(experiment="c", label="B", norms="batch", seed=0), 0.9)
+    md = render_markdown("c", summarize(load_runs(out)[0])["c"])
+    assert "Unequal seeds (1, 3): B has fewer finished runs than the others: an interrupted grid" in md
+    for label in ("B",):
+        fake_run(out, RunConfig(experiment="c", label=label, norms="batch", seed=1), 0.9)
+        fake_run(out, RunConfig(experiment="c", label=label, norms="batch", seed=2), 0.9)
+    assert "Unequal seeds" not in render_markdown("c", summarize(load_runs(out)[0])["c"])
