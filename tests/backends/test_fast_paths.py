@@ -68,16 +68,20 @@ TOLERANCE = {"float64": 1e-9, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2
 
 # TensorFlow takes small inputs about a subsample mean outside XLA, larger
 # ones with its conditional statistics (normlab.backends.tensorflow_stats):
-# every case here is small, so each test runs with both.
+# every case here is small, so each test runs with both (the conditional one
+# with the channel sums large inputs take, products with a ones vector).
 FORMULATIONS = ["subsample", "conditional"] if BACKEND == "tensorflow" else ["default"]
 
 
 @pytest.fixture(autouse=True, params=FORMULATIONS)
 def formulation(request, monkeypatch):
     if request.param == "conditional":
+        from normlab.backends import tensorflow as tensorflow_hooks
         from normlab.backends import tensorflow_stats
 
         monkeypatch.setattr(tensorflow_stats, "SUBSAMPLE_ELEMENTS", 0)
+        # ... and channel sums as products with a ones vector, as for large inputs.
+        monkeypatch.setattr(tensorflow_hooks, "MATMUL_SUM_MIN_ELEMENTS", 0)
     if BACKEND == "tensorflow":  # graphs traced for eager calls keep the formulation they were traced with
         for hook in (HOOKS.group_norm, HOOKS.layer_norm, HOOKS.batch_norm_train, HOOKS.batch_norm_infer):
             hook.clear()
