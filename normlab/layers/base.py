@@ -245,10 +245,11 @@ class Normalization(FloatCompute, keras.layers.Layer):
                 raise RuntimeError(f"{type(self).__name__}: no statistics were synchronized before the update.")
             sizes: list[Any] = [ops.sum(replica_sum.count)]  # (not ops.max: a graph break under torch.compile)
         else:
-            # Tensor sizes (TF's unknown ones). A torch SymInt is never 0:
+            # Sizes known only at run time (TF's unknown ones); a known 0 never
+            # gets here (see empty_batch). A torch SymInt is never 0:
             # torch.compile specializes sizes 0 and 1, and the batch is then
-            # known to be empty (see empty_batch).
-            sizes = [n for n in ops.shape(inputs) if not is_traced_int(n)]
+            # known to be empty.
+            sizes = [n for n in ops.shape(inputs) if not isinstance(n, int) and not is_traced_int(n)]
         for moving, batch, momentum in updates:
             value = moving * momentum + ops.cast(batch, moving.dtype) * (1.0 - momentum)
             if sizes:
