@@ -45,7 +45,8 @@ IMPLS = ("normlab", "general", "keras", "native", "floor")
 
 def quantile(values, q):
     """The ``q``-quantile of ``values``, linear interpolation (NumPy's default)."""
-    if len(values) == 0:
+    values = list(values)
+    if not values:
         raise ValueError("quantile of no values")
     return float(np.quantile(values, q))
 

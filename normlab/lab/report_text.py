@@ -156,9 +156,7 @@ def _paired_section(rows: list[dict], meta: dict) -> list[str]:
         d = r["paired"]
         lines.append(f"| {r['label']} | {d['baseline']} | {d['n']} | {_points(d)} | {_p(d)} "
                      f"| {d['verdict']} |")
-    cut = any("]* |" in line for line in lines[-len(compared):])
-    cut_note = ["", "*: the interval cut at +-100 points, the range of a difference of accuracies "
-                "(few seeds and a wide spread)."] * cut
+    cut_note = _cut_note(lines[-len(compared):])
     return lines + ["", verdict_sentence(compared, meta)] + cut_note + note
 
 
@@ -217,6 +215,14 @@ def _left_out(rows: list[dict], meta: dict) -> list[str]:
     return lines
 
 
+def _cut_note(rows: list[str]) -> list[str]:
+    """The note on table rows with a difference's interval cut at +-100 points (marked ``*``)."""
+    if not any("]* |" in row for row in rows):
+        return []
+    return ["", "*: the interval cut at +-100 points, the range of a difference of accuracies "
+            "(few seeds and a wide spread)."]
+
+
 def _ab_section(ab: list[dict], meta: dict) -> list[str]:
     if not ab:
         return []
@@ -250,7 +256,7 @@ def _ab_section(ab: list[dict], meta: dict) -> list[str]:
     if any(a["params_main"] != a["params_other"] for a in ab):
         lines[-1] += " (Parameter counts differ for: " + ", ".join(
             a["label"] for a in ab if a["params_main"] != a["params_other"]) + ".)"
-    return lines
+    return lines + _cut_note(lines)
 
 
 def plain(markdown: str) -> str:

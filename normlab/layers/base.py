@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import functools
 import numbers
+import threading
 from typing import Any, Callable, Literal, Protocol, Sequence
 
 import keras
 from keras import constraints, initializers, ops, regularizers
 
 from normlab import distributed
+from normlab.backends import thread_setting
 from normlab.ops.axes import (
     as_axis_list,
     canonicalize_axes,
@@ -59,10 +61,11 @@ def keras_object(kind: Literal["initializer", "regularizer", "constraint"], name
     Keras alone says "Could not interpret initializer identifier: onez",
     which names neither the argument nor a fix. An initializer of None is
     refused: Keras fills such a weight with random glorot_uniform values (a
-    random ``gamma``, a moving variance with negative entries).
+    random ``gamma``, a moving variance with negative entries). A saved
+    config (:class:`SavedConfig`) keeps Keras' reading: its weights follow.
     """
     module, expected, example = _KINDS[kind]
-    if kind == "initializer" and value is None:  # Keras would fill the weight with glorot_uniform values
+    if kind == "initializer" and value is None and not getattr(_loading, "active", False):
         raise ValueError(
             error_message(name, expected, f"{name}=None, which Keras fills with random glorot_uniform values "
                           "whatever the weight's role", "Leave the argument out for the layer's default, "
@@ -75,6 +78,21 @@ def keras_object(kind: Literal["initializer", "regularizer", "constraint"], name
             error_message(name, expected, f"{name}={value!r} ({error})",
                           f"Check the spelling; use {example.format(name=name)}.")
         ) from None
+
+
+_loading = threading.local()
+
+
+class SavedConfig:
+    """Mixin (first in the bases): ``from_config`` takes what Keras' own
+    layers accept, such as an initializer of None in a Keras model's config
+    or a file saved before normlab refused it, whose weights are loaded or
+    copied after construction anyway."""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        with thread_setting(_loading, "active", True, False):
+            return super().from_config(config, *args, **kwargs)  # type: ignore[misc]
 
 
 class _HasDtypes(Protocol):
@@ -106,7 +124,7 @@ class FloatCompute:
         return ops.cast(outputs, self.compute_dtype)
 
 
-class Normalization(FloatCompute, keras.layers.Layer):
+class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
     """Base class: a normalization with an optional per-feature scale and offset.
 
     Args:

@@ -86,8 +86,9 @@ class DataInit:
 
     def _data_init_values(self, inputs: Tensor) -> tuple[tuple[Tensor, ...], Any]:
         """``(g[, bias])`` giving the batch's pre-activations zero mean and
-        unit variance, and whether it had enough values per unit for that (a
-        Python bool where the shapes are known, else a tensor)."""
+        unit variance (a unit without spread keeps its values), and whether
+        the batch initializes: False where the shapes give fewer than two
+        values per unit, else a tensor (enough values, and some unit varies)."""
         direction = weight_norm(self._kernel(), None, self._norm_axes)
         t = self._run(inputs, direction, training=False, pre_activation=True)
         if self._is_rnn:

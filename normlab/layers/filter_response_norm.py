@@ -8,7 +8,7 @@ import keras
 from keras import constraints, initializers, regularizers
 
 from normlab import ops
-from normlab.layers.base import Normalization, keras_object
+from normlab.layers.base import Normalization, SavedConfig, keras_object
 from normlab.ops.axes import canonicalize_axes, known_dims, reject_batch_axis, single_axis
 from normlab.ops.filter_response_norm import check_frn_input, frn_axes
 from normlab.ops.validate import check_bool
@@ -26,7 +26,7 @@ def _tau_weight(
 
 
 @keras.saving.register_keras_serializable(package="normlab")
-class TLU(keras.layers.Layer):
+class TLU(SavedConfig, keras.layers.Layer):
     """Thresholded linear unit: ``max(x, tau)`` with a learned per-channel threshold.
 
     The activation the paper pairs with filter response normalization: a

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import keras
 
-from normlab.layers.base import keras_object
+from normlab.layers.base import SavedConfig, keras_object
 from normlab.layers.derived_kernel import call_with_kernel, full_precision, missing_layer
 from normlab.ops.validate import check_bool, check_epsilon, check_positive_int, error_message
 from normlab.ops.weights import standardize_weight
@@ -46,7 +46,7 @@ else:
     _KerasConv = object
 
 
-class _WeightStandardization(_KerasConv):
+class _WeightStandardization(SavedConfig, _KerasConv):
     """Mixin: convolve with the standardized kernel, every call.
 
     Put before a Keras ``Conv1D``/``Conv2D``/``Conv3D`` in the bases; the

@@ -369,3 +369,16 @@ def test_rows_with_fewer_seeds_than_the_others_are_named(tmp_path):
         fake_run(out, RunConfig(experiment="c", label=label, norms="batch", seed=1), 0.9)
         fake_run(out, RunConfig(experiment="c", label=label, norms="batch", seed=2), 0.9)
     assert "Unequal seeds" not in render_markdown("c", summarize(load_runs(out)[0])["c"])
+
+
+def test_the_impl_comparison_explains_a_cut_interval():
+    from normlab.lab import report_text
+
+    d = {"n": 2, "mean": -0.15, "low": -1.01, "high": 0.70, "seeds": [0, 1], "diffs": [0.4, -0.7],
+         "verdict": "within noise"}
+    ab = [{"main_impl": "normlab", "impl": "keras", "label": "bn", "diff": d,
+           "main": {"n": 2, "mean": 0.5, "std": 0.1}, "other": {"n": 2, "mean": 0.4, "std": 0.1},
+           "identical_4dp": 0, "seconds_main": {"mean": 1.0}, "seconds_other": {"mean": 1.0},
+           "params_main": 1, "params_other": 1}]
+    text = "\n".join(report_text._ab_section(ab, {}))
+    assert "-15.00 [-100.00, +70.00]*" in text and "*: the interval cut at +-100 points" in text

@@ -321,3 +321,22 @@ def test_an_initializer_of_none_is_refused(make):
     with pytest.raises(ValueError, match=r"_initializer=None, which Keras fills with random glorot_uniform values"):
         make()
     normlab.StdConv2D(4, 3, kernel_initializer=None)  # a kernel's default is glorot_uniform: as Keras
+
+
+def test_a_saved_or_keras_config_with_an_initializer_of_none_still_loads(tmp_path):
+    # Its weights follow: a .keras file saved before None was refused, a Keras
+    # model's layer converted, a Conv2D's weight-standardized twin.
+    import normlab.compat.keras_layers
+
+    config = normlab.LayerNormalization().get_config()
+    layer = normlab.LayerNormalization.from_config({**config, "gamma_initializer": None})
+    model = keras.Sequential([keras.Input((4,)), layer])
+    layer.gamma.assign(np.arange(4, dtype="float32"))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded.layers[-1].gamma), np.arange(4))
+    theirs = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3, bias_initializer=None),
+                               keras.layers.BatchNormalization(moving_variance_initializer=None)])
+    ours = normlab.compat.keras_layers.convert(theirs)
+    assert type(ours.layers[-1]) is normlab.BatchNormalization
+    assert type(normlab.get("ws", layer=keras.layers.Conv2D(4, 3, bias_initializer=None))) is normlab.StdConv2D
