@@ -16,9 +16,9 @@ call runs; :class:`DataInit` (a mixin of
   (empty, or one sample through a Dense layer) or pre-activations constant
   over the batch (``model(np.zeros(...))`` to build a model), initializes
   nothing: the next batch does. A unit without spread in a batch that
-  initializes the others keeps its ``g`` and bias. A training step on samples still marks the layer
-  initialized (keeping ``g`` and the bias), so that no later call
-  overwrites what it trains (``fit(batch_size=1)``).
+  initializes the others keeps its ``g`` and bias. A training step on
+  samples still marks the layer initialized (keeping ``g`` and the bias),
+  so that no later call overwrites what it trains (``fit(batch_size=1)``).
 * Where the updates cannot happen, or not alike on every replica, the layer
   warns and keeps ``g`` and the bias; a training call marks it initialized,
   so that no later call overwrites what it trained. Call the model once
