@@ -345,7 +345,8 @@ def check_renorm_clipping(clipping: object) -> RenormClipping:
             error_message("renorm_clipping", "dmax >= 0 (d is clipped to [-dmax, dmax])",
                           f"renorm_clipping={clipping!r}", fix)
         )
-    if "rmax" in out and out["rmax"] < max(out.get("rmin", 0.0), 0.0) or out.get("rmax") == 0.0:
+    rmax = out.get("rmax")
+    if rmax is not None and (rmax <= 0.0 or rmax < out.get("rmin", 0.0)):
         raise ValueError(
             error_message("renorm_clipping", "rmax > 0 and rmax >= rmin (default 0): r = std / moving std is "
                           "positive, clipped to [rmin, rmax]", f"renorm_clipping={clipping!r}", fix)
