@@ -112,7 +112,9 @@ class AdaptiveInstanceNormalization(FloatCompute, keras.layers.Layer):
         return self.compute_output(y)
 
     def compute_output_shape(self, input_shape: Sequence[Shape]) -> tuple[int | None, ...]:
-        return tuple(self._pair(input_shape)[0])
+        content_shape, style_shape = self._pair(input_shape)
+        check_content_and_style(content_shape, style_shape, self.axis)  # raises as build does
+        return tuple(content_shape)
 
     def compute_mask(self, inputs: Sequence[Tensor], mask: Sequence[Tensor | None] | None = None) -> Tensor | None:
         return None if mask is None else mask[0]

@@ -10,10 +10,12 @@ normlab norm does not autocast its input under mixed precision
 (``autocast = False``): a float32 input reaches the statistics as float32,
 so values beyond float16's range (65504) normalize to finite outputs
 instead of overflowing to inf and NaN; the result is cast to the layer's
-compute dtype. Integer inputs (``uint8`` images straight from a dataset)
-are computed in the layer's variable dtype (float32 by default) and
-returned in its compute dtype, never truncated back to integers. Weights
-are created with ``autocast=False``, so reading them inside an
+compute dtype. An input narrower than the compute dtype is widened to it
+(a float32 input to a float64 layer computes in float64, as in Keras).
+Integer inputs (``uint8`` images straight from a dataset) are computed
+in the layer's variable dtype (float32 by default) and returned in its
+compute dtype, never truncated back to integers. Weights are created
+with ``autocast=False``, so reading them inside an
 ``AutocastScope("float16")`` never overflows either.
 """
 
@@ -105,6 +107,9 @@ class _HasDtypes(Protocol):
     def compute_dtype(self) -> str: ...
 
 
+_FLOAT_BITS = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
+
+
 class FloatCompute:
     """Mixin for layers that normalize: the dtype policy of the module
     docstring (set ``self.autocast = False`` in ``__init__``, pass inputs
@@ -112,9 +117,14 @@ class FloatCompute:
 
     def float_input(self: _HasDtypes, inputs: Tensor) -> Tensor:
         """``inputs`` as a tensor the ops compute on: float dtypes as given,
-        integers (e.g. uint8 images) cast to the variable dtype."""
+        or widened to a wider compute dtype (a float32 input to a float64
+        layer computes in float64, as Keras' layers do), integers (e.g. uint8
+        images) cast to the variable dtype."""
         inputs = ops.convert_to_tensor(inputs)
         if keras.backend.is_float_dtype(inputs.dtype):
+            given = keras.backend.standardize_dtype(inputs.dtype)
+            if _FLOAT_BITS.get(given, 0) < _FLOAT_BITS.get(self.compute_dtype, 0):
+                return ops.cast(inputs, self.compute_dtype)
             return inputs
         check_real(inputs, "inputs")
         return ops.cast(inputs, self.variable_dtype)
@@ -164,7 +174,8 @@ class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
         self.axis: int | list[int] = axes[0] if single else axes
         self.epsilon = self.check_epsilon(epsilon, type(self).__init__)
         self.center = check_bool("center", center)
-        self.scale = check_bool("scale", scale)
+        # (RMSNormalization keeps its weight here once built, as Keras' does.)
+        self.scale: bool | Tensor | None = check_bool("scale", scale)
         self.beta_initializer = keras_object("initializer", "beta_initializer", beta_initializer)
         self.gamma_initializer = keras_object("initializer", "gamma_initializer", gamma_initializer)
         self.beta_regularizer = keras_object("regularizer", "beta_regularizer", beta_regularizer)
@@ -291,6 +302,7 @@ class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
         return replica_sum is None and 0 in inputs.shape
 
     def compute_output_shape(self, input_shape: Shape) -> tuple[int | None, ...]:
+        self.resolve_axes(input_shape)  # an axis out of range raises here too, as in Keras' layers
         return tuple(input_shape)
 
     def get_config(self) -> dict[str, Any]:

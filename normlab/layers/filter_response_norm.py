@@ -108,6 +108,7 @@ class TLU(SavedConfig, keras.layers.Layer):
         return ops.tlu(inputs, self.tau, axis=self._channel_axis, alpha=self.alpha)
 
     def compute_output_shape(self, input_shape: Shape) -> tuple[int | None, ...]:
+        canonicalize_axes(self.axis, len(input_shape))  # an axis out of range raises, as at build
         return tuple(input_shape)
 
     def get_config(self) -> dict[str, Any]:

@@ -82,6 +82,7 @@ class LocalResponseNormalization(FloatCompute, keras.layers.Layer):
         return self.compute_output(y)
 
     def compute_output_shape(self, input_shape: Shape) -> tuple[int | None, ...]:
+        canonicalize_axes(self.axis, len(input_shape))  # an axis out of range raises, as at build
         return tuple(input_shape)
 
     def get_config(self) -> dict[str, Any]:

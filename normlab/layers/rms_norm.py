@@ -24,8 +24,10 @@ class RMSNormalization(Normalization):
     Cheaper than LayerNormalization (one reduction instead of two) and
     invariant to rescaling of the input, but not to shifts. A drop-in for
     ``keras.layers.RMSNormalization(axis=-1, epsilon=1e-6)``: same defaults,
-    same result, and one weight (``gamma``, Keras' ``scale``), so
-    ``set_weights`` carries over either way.
+    same result, and one weight, so ``set_weights`` carries over either way.
+    As in Keras, the built layer's ``scale`` attribute is that weight (None
+    when ``scale=False``); ``gamma`` is the same variable, as in normlab's
+    other norms. The ``scale`` argument is the switch, as in LayerNormalization.
 
     Args:
         axis: an int or a list of ints, never the batch axis. Default -1.
@@ -49,6 +51,10 @@ class RMSNormalization(Normalization):
         >>> y_keras = keras.ops.convert_to_numpy(keras.layers.RMSNormalization()(x))
         >>> bool(np.allclose(y, y_keras, atol=1e-6))                 # same as Keras
         True
+        >>> layer = normlab.layers.RMSNormalization()
+        >>> _ = layer(x)
+        >>> layer.scale is layer.gamma, tuple(layer.scale.shape), layer.get_config()["scale"]
+        (True, (8,), True)
 
     Reference:
         Zhang & Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019.
@@ -84,9 +90,19 @@ class RMSNormalization(Normalization):
             gamma_constraint=gamma_constraint,
             **kwargs,
         )
+        # Keras' RMSNormalization names its weight `scale`: once built, the
+        # attribute is that weight (Keras code reads `layer.scale`); the switch
+        # stays in `use_scale` and in the config's "scale".
+        self.use_scale: bool = self.__dict__.pop("scale")
+        self.scale = None
 
     def build(self, input_shape: Shape) -> None:
-        self.add_affine(self.build_feature_axes(input_shape))
+        shape = self.build_feature_axes(input_shape, weights=self.use_scale or self.center)
+        self.add_affine(shape, scale=self.use_scale)
+        self.scale = self.gamma
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "scale": self.use_scale}
 
     def call(self, inputs: Tensor) -> Tensor:
         x = self.float_input(inputs)

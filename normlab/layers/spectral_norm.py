@@ -152,6 +152,7 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
         self.power_iterations = iterations
         self.in_place = in_place
         self._warned = False
+        self.supports_masking = bool(getattr(layer, "supports_masking", False))  # as the wrapped layer
 
     def build(self, input_shape: Shape | None = None) -> None:
         super().build(input_shape)
@@ -164,11 +165,15 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
             name="vector_u",
             shape=(1, int(kernel.shape[-1])),
             initializer=initializers.TruncatedNormal(stddev=0.02),
+            dtype=kernel.dtype,  # the kernel's, whatever the wrapper's own policy (as Keras)
             trainable=False,
         )
 
     def compute_output_shape(self, input_shape: Shape) -> Any:
         return self.layer.compute_output_shape(input_shape)
+
+    def compute_mask(self, inputs: Tensor, mask: Tensor | None = None) -> Any:
+        return self.layer.compute_mask(inputs, mask)  # as unwrapped: a Dense passes it on, an Embedding makes it
 
     def load_own_variables(self, store: Any) -> None:
         if len(store.keys()) == 1:  # saved by an earlier normlab, which tracked u alone here
@@ -176,8 +181,40 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
             return
         super().load_own_variables(store)
 
+    @property
+    def w(self) -> keras.Variable:
+        """The wrapped layer's kernel variable (TF Addons' name; also ``kernel``)."""
+        return self._built_weights()[0]
+
+    @property
+    def u(self) -> keras.Variable:
+        """The power-iteration vector ``vector_u`` (TF Addons' name; its ``sn_u``)."""
+        return self._built_weights()[1]
+
+    def _built_weights(self) -> tuple[keras.Variable, keras.Variable]:
+        if not self.built:
+            raise ValueError(
+                error_message(
+                    "the wrapper's weights",
+                    "a built wrapper (the kernel and u exist once it has been called or built)",
+                    f"the unbuilt {type(self).__name__} {self.name!r}",
+                    "Call the wrapper on a batch, or build it with wrapper.build(input_shape), first.",
+                )
+            )
+        return self.kernel, self.vector_u
+
+    def normalized_weights(self) -> tuple[Tensor, Tensor]:
+        """Keras' method: ``(u, W / sigma)`` after ``power_iterations`` steps
+        from the stored ``u``, storing nothing (a training call stores ``u``;
+        ``in_place=True`` also the kernel)."""
+        self._built_weights()
+        kernel = kernel_variable(self.layer, _kernel_attribute(self.layer), fold=True)
+        w, u, _ = spectral_norm(kernel, self.vector_u, self.power_iterations)
+        return ops.cast(u, self.vector_u.dtype), ops.cast(w, kernel.dtype)
+
     def normalized_kernel(self, training: bool = False) -> Tensor:
         """``W / sigma``, refining ``u`` (and storing it) when ``training``."""
+        self._built_weights()
         kernel = kernel_variable(self.layer, _kernel_attribute(self.layer), fold=True)
         w, u, _ = spectral_norm(
             kernel, self.vector_u, self.power_iterations if training else 0

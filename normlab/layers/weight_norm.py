@@ -169,11 +169,18 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
         self.data_init = data_init
         self._is_rnn = is_rnn
         self._init_seen = False
+        self.supports_masking = bool(getattr(layer, "supports_masking", False))  # as the wrapped layer
 
     @property
     def is_rnn(self) -> bool:
         """Whether the wrapped layer is a recurrent layer (its recurrent kernel is normalized)."""
         return self._is_rnn
+
+    @property
+    def v(self) -> keras.Variable:
+        """The normalized variable ``v`` (TF Addons' name): the wrapped layer's
+        kernel, or its cell's recurrent kernel for an RNN."""
+        return self._kernel()
 
     def _kernel(self, fold: bool = False) -> keras.Variable:
         """The normalized variable ``v``: the kernel, or the RNN cell's recurrent kernel."""
@@ -204,6 +211,7 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
             name="g",
             shape=(units,),
             initializer="ones" if self.data_init else KernelL2Norm(kernel, self._norm_axes),
+            dtype=kernel.dtype,  # v's dtype, whatever the wrapper's own policy
             trainable=True,
         )
         self.initialized = self.add_weight(
@@ -218,6 +226,9 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
     def compute_output_shape(self, input_shape: Shape) -> Any:
         return self.layer.compute_output_shape(input_shape)
 
+    def compute_mask(self, inputs: Tensor, mask: Tensor | None = None) -> Any:
+        return self.layer.compute_mask(inputs, mask)  # a Dense passes a sequence mask on, as unwrapped
+
     def _bias(self) -> keras.Variable | None:
         if self._is_rnn:  # TF Addons left an RNN's bias alone
             return None
@@ -225,21 +236,22 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
         return bias if isinstance(bias, keras.Variable) else None
 
     def _run(
-        self, inputs: Tensor, kernel: Tensor, training: bool | None = None, pre_activation: bool = False
+        self, inputs: Tensor, kernel: Tensor, training: bool | None = None, pre_activation: bool = False,
+        mask: Tensor | None = None,
     ) -> Any:
-        """The wrapped layer's output with ``kernel`` in place of ``v``."""
+        """The wrapped layer's output with ``kernel`` in place of ``v`` (an RNN skips ``mask``'s padding)."""
         if not self._is_rnn:
             return call_with_kernel(self.layer, inputs, kernel, pre_activation=pre_activation, add_lora=True)
         cell = self.layer.cell
         with substituted(cell, recurrent_kernel=ops.cast(kernel, cell.compute_dtype)):
-            return self.layer(inputs, training=training)
+            return self.layer(inputs, training=training, mask=mask)
 
-    def call(self, inputs: Tensor, training: bool | None = None) -> Any:
+    def call(self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None) -> Any:
         with full_precision():
             if self.data_init and not in_shape_inference():
-                self._initialize(inputs, training)
+                self._initialize(inputs, training, mask)
             kernel = weight_norm(self._kernel(), self.g, self._norm_axes)
-            outputs = self._run(inputs, kernel, training)
+            outputs = self._run(inputs, kernel, training, mask=mask)
         return keras.tree.map_structure(lambda t: ops.cast(t, self.compute_dtype), outputs)
 
     def remove(self) -> keras.layers.Layer:

@@ -9,7 +9,7 @@ from keras import ops
 
 from normlab import backends
 from normlab.ops.axes import channel_axis, complement, dims, feature_param, float_tensor, known_dims, the_channel_axis
-from normlab.ops.moments import note_count, shifted_moments, stats_dtype
+from normlab.ops.moments import mask_weight, note_count, shifted_moments, stats_dtype
 from normlab.ops.normalize import at_least, at_most, normalize
 from normlab.ops.validate import (
     check_bools,
@@ -184,7 +184,7 @@ def _batch_norm_train(
                 )
             )
         if mask is not None:
-            mask = ops.reshape(ops.broadcast_to(ops.cast(mask, "float32"), ops.shape(x)), [-1, v] + shape[1:])
+            mask = ops.reshape(ops.broadcast_to(mask_weight(mask, "float32"), ops.shape(x)), [-1, v] + shape[1:])
         x_work, c, rank = ops.reshape(x, [-1, v] + shape[1:]), a + 1, ndim + 1
         reduce_axes = [i for i in range(1, rank) if i != c]  # keep the ghost axis 0
     else:

@@ -17,9 +17,9 @@ Numerics policy (the one place it is decided):
   input's dtype (float32 near 1e6 holds it only to 1/16).
 * Variance is the biased (population) variance, as in Keras and the papers,
   and is clamped at zero so that ``rsqrt(var + epsilon)`` is always finite.
-* An optional ``mask`` (broadcastable to ``x``, 1 = counts, 0 = ignored)
-  weights each element; a slice with no unmasked element gets mean 0 and
-  variance 0.
+* An optional ``mask`` (broadcastable to ``x``; nonzero or True = counts,
+  0 = ignored, as Keras' boolean masks) selects the elements; a slice with
+  no unmasked element gets mean 0 and variance 0.
 * An optional ``replica_sum`` (a callable summing a tensor over replicas,
   see :mod:`normlab.distributed`) makes the statistics those of the global
   batch: the same two passes, each on sums that are all-reduced once (pass
@@ -94,11 +94,17 @@ def _reduced_count(x: Tensor, axes: Sequence[int], dtype: DTypeLike) -> Tensor:
     return ops.cast(_reduced_size(x, axes), dtype)
 
 
+def mask_weight(mask: Tensor, dtype: str) -> Tensor:
+    """A mask as weights of 0 and 1: any nonzero value counts, as in Keras'
+    boolean masks (a mask of token ids or of 0/2 counts by its truth value)."""
+    return ops.cast(ops.cast(mask, "bool"), dtype)
+
+
 def _averager(x: Tensor, axes: list[int], mask: Tensor | None = None) -> Callable[[Tensor], Tensor]:
     """``average(v)``: the (masked) mean of ``v`` over ``axes``, reduced axes kept.
 
     ``sum / count`` rather than ``ops.mean``: on torch, Keras 3.15 reduces
-    float64 means in float32. With a mask, each element is weighted by it
+    float64 means in float32. With a mask, only unmasked elements count
     and an all-masked slice averages to 0.
     """
     dtype = x.dtype
@@ -112,7 +118,7 @@ def _averager(x: Tensor, axes: list[int], mask: Tensor | None = None) -> Callabl
         def average(v: Tensor) -> Tensor:
             return ops.sum(v, axis=axes, keepdims=True) / count
     else:
-        weight = ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
+        weight = ops.broadcast_to(mask_weight(mask, dtype), ops.shape(x))
         count = ops.maximum(ops.sum(weight, axis=axes, keepdims=True), 1.0)
 
         def average(v: Tensor) -> Tensor:
@@ -192,7 +198,7 @@ def shifted_moments(
     dtype = stats_dtype(x.dtype)
     x = ops.cast(x, dtype)
     if replica_sum is not None:
-        weight = None if mask is None else ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
+        weight = None if mask is None else ops.broadcast_to(mask_weight(mask, dtype), ops.shape(x))
         return _cross_replica_moments(x, axes, weight, replica_sum)
     average = _averager(x, axes, mask)
 

@@ -224,3 +224,20 @@ def test_only_batch_statistics_get_the_empty_batch_guard():
     assert not {"Pad", "PadV2"} & ops_in(normlab.GroupNormalization(groups=2), [None, None, None, 8])
     assert not {"Pad", "PadV2"} & ops_in(normlab.InstanceNormalization(), [2, None, None, 8])
     assert {"Pad", "PadV2"} & ops_in(normlab.BatchNormalization(), [None, None, None, 8])
+
+
+def test_a_mask_counts_by_its_truth_value_as_keras():
+    # A mask of token ids (nonzero: a real position) or of -1/1 selects, it does not weigh.
+    rng = np.random.default_rng(4)
+    x = rng.normal(3.0, 2.0, size=(4, 5, 2)).astype("float32")
+    kept = rng.random((4, 5)) > 0.3
+    for mask in (np.where(kept, rng.integers(1, 4, kept.shape), 0).astype("float32"),
+                 np.where(kept, 1.0, -1.0).astype("float32")):
+        ours, theirs, boolean = (normlab.BatchNormalization(), keras.layers.BatchNormalization(),
+                                 normlab.BatchNormalization())
+        y = ops.convert_to_numpy(ours(x, training=True, mask=mask))
+        theirs(x, training=True, mask=mask)
+        expected = ops.convert_to_numpy(boolean(x, training=True, mask=mask != 0))
+        np.testing.assert_array_equal(y, expected)
+        np.testing.assert_allclose(ops.convert_to_numpy(ours.moving_mean), ops.convert_to_numpy(theirs.moving_mean),
+                                   atol=1e-6)

@@ -97,3 +97,16 @@ def test_rms_norm_is_finite_where_keras_overflows():
     x = np.full((2, 4, 8), 7e4, "float32")
     y = ops.convert_to_numpy(ops.cast(normlab.RMSNormalization(dtype="mixed_float16")(x), "float32"))
     np.testing.assert_allclose(y, 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_a_float64_layer_computes_a_float32_input_in_float64(norm):
+    # As Keras' layers do: the input is widened to the compute dtype first, so a
+    # float32 input gives what its float64 copy gives (JAX without x64 has no
+    # float64: both are float32 there).
+    x = (1e3 + np.random.default_rng(2).normal(size=(2, 4, 4, 8))).astype("float32")
+    layer = NORMS[norm](dtype="float64")
+    from_64 = ops.convert_to_numpy(layer(x.astype("float64"), training=True))
+    from_32 = ops.convert_to_numpy(layer(x, training=True))
+    assert from_32.dtype == from_64.dtype
+    np.testing.assert_array_equal(from_32, from_64)

@@ -67,3 +67,22 @@ def test_errors_name_argument_value_and_fix():
     with pytest.raises(ValueError, match=r"Invalid `axis`: expected feature axes other than the batch axis 0\. "
                                          r"Received: axis=0\..*axis=-1"):
         normlab.RMSNormalization(axis=0)
+
+
+def test_scale_attribute_is_the_weight_as_in_keras():
+    # Keras' RMSNormalization keeps its weight in `layer.scale`; code reading it
+    # must get the weight, not the `scale=True` switch (which would multiply by 1).
+    x = np.random.default_rng(3).normal(size=FIRST3).astype("float32")
+    ours, theirs = normlab.RMSNormalization(), keras.layers.RMSNormalization()
+    ours(x), theirs(x)
+    assert ours.scale is ours.gamma and tuple(ours.scale.shape) == tuple(theirs.scale.shape)
+    ours.scale.assign(np.linspace(0.5, 2.0, FIRST3[-1]).astype("float32"))
+    theirs.scale.assign(ops.convert_to_numpy(ours.scale))
+    np.testing.assert_allclose(ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(theirs(x)), atol=1e-6)
+    assert ours.get_config()["scale"] is True
+    restored = normlab.RMSNormalization.from_config(ours.get_config())
+    restored.build(FIRST3)
+    assert restored.scale is restored.gamma
+    unscaled = normlab.RMSNormalization(scale=False)
+    unscaled.build(FIRST3)
+    assert unscaled.scale is None and unscaled.weights == [] and unscaled.get_config()["scale"] is False

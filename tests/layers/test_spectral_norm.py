@@ -271,3 +271,40 @@ def test_power_iteration_checks_matrix_u_and_epsilon():
         with pytest.raises(ValueError, match=r"Invalid `epsilon`: expected a positive float \(finite; it bounds "
                                              r"each squared norm from below; a zero kernel would give NaN"):
             op(0.0)
+
+
+def test_normalized_weights_and_tf_addons_names_match_the_peers():
+    x = X[:, 0, 0, :]
+    ours = normlab.SpectralNormalization(keras.layers.Dense(3))
+    with pytest.raises(ValueError, match="built wrapper"):
+        ours.normalized_weights()
+    theirs = keras.layers.SpectralNormalization(keras.layers.Dense(3))
+    ours(x), theirs(x)
+    theirs.set_weights(ours.get_weights())
+    u_before = numpy_(ours.vector_u)
+    for a, b in zip(ours.normalized_weights(), theirs.normalized_weights()):  # (u, W / sigma), as Keras
+        np.testing.assert_allclose(numpy_(a), numpy_(b), atol=1e-6)
+    np.testing.assert_array_equal(numpy_(ours.vector_u), u_before)  # stores nothing
+    assert ours.u is ours.vector_u and ours.w is ours.kernel is ours.layer.kernel  # TF Addons' names
+
+
+@pytest.mark.parametrize("inner", ["dense", "embedding"])
+def test_mask_is_passed_on_as_the_wrapped_layer_does(inner):
+    ids = np.array([[1, 2, 3, 0, 0], [4, 5, 0, 0, 0]])
+    inputs = keras.Input((5,), dtype="int32")
+    if inner == "dense":
+        embed = keras.layers.Embedding(10, 4, mask_zero=True)
+        wrapper = normlab.SpectralNormalization(keras.layers.Dense(3))
+        outputs, eager = wrapper(embed(inputs)), wrapper(embed(ids))
+    else:
+        wrapper = normlab.SpectralNormalization(keras.layers.Embedding(10, 4, mask_zero=True))
+        outputs, eager = wrapper(inputs), wrapper(ids)
+    assert outputs._keras_mask is not None  # symbolic: a model after it sees the mask
+    np.testing.assert_array_equal(numpy_(eager._keras_mask), ids != 0)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
+def test_u_takes_the_kernel_dtype_whatever_the_wrapper_policy(dtype):
+    layer = normlab.SpectralNormalization(keras.layers.Dense(3), dtype=dtype)
+    layer(X[:, 0, 0, :], training=True)
+    assert layer.vector_u.dtype == layer.layer.kernel.dtype  # as Keras' layer

@@ -68,6 +68,21 @@ def test_axis_out_of_range(cls):
         build(cls(axis=4), (None, 8, 8, 4))
 
 
+@pytest.mark.parametrize(
+    "make",
+    [*LAYERS, normlab.RMSNormalization, normlab.FilterResponseNormalization, normlab.SwitchableNormalization,
+     normlab.EvoNormB0, normlab.DynamicTanh, normlab.TLU, normlab.LocalResponseNormalization],
+)
+def test_compute_output_shape_checks_the_axis_as_build_does(make):
+    # As Keras' layers: shape inference raises for an axis the input lacks.
+    layer = make(axis=[1, 4]) if make is normlab.FilterResponseNormalization else make(axis=4)
+    with pytest.raises(ValueError, match=r"expected axes in \[-4, 3\] for an input of rank 4"):
+        layer.compute_output_shape((None, 8, 8, 4))
+    assert make().compute_output_shape((None, None, 8, 4)) == (None, None, 8, 4)
+    with pytest.raises(ValueError, match=r"expected axes in \[-4, 3\]"):
+        normlab.layers.AdaptiveInstanceNormalization(axis=4).compute_output_shape([(2, 8, 8, 4), (2, 4, 4, 4)])
+
+
 @pytest.mark.parametrize("cls", LAYERS)
 def test_unknown_channel_dimension(cls):
     with pytest.raises(ValueError, match=r"axis 3 has unknown size None\)\. Give that dimension a fixed size"):

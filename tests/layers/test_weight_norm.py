@@ -678,3 +678,56 @@ def test_weight_norm_op_needs_a_positive_epsilon():
                                          r"squared norm from below"):
         weight_norm(np.zeros((3, 4), "float32"), epsilon=0.0)
     assert np.all(ops.convert_to_numpy(weight_norm(np.zeros((3, 4), "float32"))) == 0)
+
+
+def test_v_is_the_normalized_kernel_as_tf_addons():
+    dense = normlab.WeightNormalization(keras.layers.Dense(3))
+    dense(X[:, 0, 0, :])
+    assert dense.v is dense.layer.kernel
+    rnn = normlab.WeightNormalization(keras.layers.SimpleRNN(2), data_init=False)
+    rnn(SEQ)
+    assert rnn.v is rnn.layer.cell.recurrent_kernel
+
+
+def test_a_wrapped_dense_passes_the_sequence_mask_on():
+    tokens = np.array([[1, 2, 3, 0, 0], [4, 5, 0, 0, 0]])
+    embedding, lstm = keras.layers.Embedding(10, 4, mask_zero=True), keras.layers.LSTM(2)
+    wrapper = normlab.WeightNormalization(keras.layers.Dense(3), data_init=False)
+    inputs = keras.Input((5,), dtype="int32")
+    hidden = wrapper(embedding(inputs))
+    assert hidden._keras_mask is not None  # as Dense's own output
+    wrapped = ops.convert_to_numpy(keras.Model(inputs, lstm(hidden))(tokens))
+    dense = keras.layers.Dense(3)
+    plain_in = keras.Input((5,), dtype="int32")
+    plain_hidden = embedding(plain_in)
+    dense(plain_hidden)
+    g, v, bias = (ops.convert_to_numpy(w) for w in (wrapper.g, wrapper.v, wrapper.layer.bias))
+    dense.set_weights([reference.weight_norm(v, g).astype("float32"), bias])
+    plain = ops.convert_to_numpy(keras.Model(plain_in, lstm(dense(plain_hidden)))(tokens))
+    np.testing.assert_allclose(wrapped, plain, atol=1e-6)  # the LSTM skips the padding in both
+
+
+def test_rnn_data_init_takes_statistics_over_unmasked_steps():
+    mask = np.ones(SEQ.shape[:2], bool)
+    mask[0, 3:] = mask[1, 2:] = mask[2, 4:] = False  # padding at the end
+    rnn = keras.layers.SimpleRNN(2, return_sequences=True, bias_initializer="random_normal")
+    layer = normlab.WeightNormalization(rnn)
+    layer.build(SEQ.shape)
+    kernel, v, bias = (ops.convert_to_numpy(w) for w in (rnn.cell.kernel, layer.v, rnn.cell.bias))
+    with pytest.warns(UserWarning, match=r"the paper advises against it"):
+        layer(SEQ, mask=mask)
+    recurrent = reference.weight_norm(v).astype(np.float64)  # run with g = 1
+    h, steps = np.zeros((SEQ.shape[0], 2)), []
+    for t in range(SEQ.shape[1]):  # a masked step carries the previous output (Keras' RNN)
+        new = np.tanh(SEQ[:, t].astype(np.float64) @ kernel + bias + h @ recurrent)
+        h = np.where(mask[:, t, None], new, h)
+        steps.append(h)
+    outputs = np.stack(steps, axis=1)[mask]  # (unmasked steps, units)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.g), 1.0 / np.sqrt(outputs.var(axis=0) + 1e-10), rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
+def test_g_takes_the_kernel_dtype_whatever_the_wrapper_policy(dtype):
+    layer = normlab.WeightNormalization(keras.layers.Dense(3), dtype=dtype)
+    layer(X[:, 0, 0, :])
+    assert layer.g.dtype == layer.v.dtype
