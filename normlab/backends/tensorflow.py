@@ -56,6 +56,7 @@ import tensorflow as tf
 from normlab.backends.tensorflow_eager import graph_when_hot
 from normlab.backends.tensorflow_layer_norm import layer_norm as _layer_norm
 from normlab.backends.tensorflow_stats import (
+    UNKNOWN_BATCH,
     compute_dtype,
     cond,
     elements,
@@ -70,6 +71,8 @@ from normlab.backends.tensorflow_stats import (
     usable,
     use_subsample,
 )
+from normlab.ops.moments import SEQUENTIAL_SUM_MAX_TERMS
+from normlab.ops.moments import total as exact_sum
 
 # --------------------------------------------------------------------------
 # Channel statistics: group norm (per sample) and batch norm (per batch).
@@ -98,7 +101,7 @@ def _group_sum(t, c, groups):
     return tf.reshape(tf.tile(sums, [1, 1, per]), [-1, *t.shape[1:]])
 
 
-def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca, subsample):
+def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca, subsample, long_sums):
     rank = len(dims)
     c = dims[ca]
     axes = [i for i in range(0 if batch else 1, rank) if i != ca]
@@ -108,7 +111,7 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca, subs
 
     def channel_sum(t):
         """Per (sample and) channel sums, keeping the view's rank."""
-        if rank == 3 and not in_xla() and elements(t) >= MATMUL_SUM_MIN_ELEMENTS:
+        if rank == 3 and not in_xla() and (long_sums or elements(t) >= MATMUL_SUM_MIN_ELEMENTS):
             # A product with a ones vector (see MATMUL_SUM_MIN_ELEMENTS).
             if ca == 2:  # (N, P, C): ones (1, 1, P) @ t, broadcast over N
                 rows = tf.reshape(t, [1, -1, c]) if batch else t
@@ -116,7 +119,7 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca, subs
                 return tf.matmul(ones, rows)
             total = tf.linalg.matvec(t, tf.ones([t.shape[2]], t.dtype))[..., None]  # (N, C, Q)
             return tf.reduce_sum(total, axis=0, keepdims=True) if batch else total
-        return tf.reduce_sum(t, axis=axes, keepdims=True)
+        return tf.reduce_sum(t, axis=axes, keepdims=True) if in_xla() else exact_sum(t, axes)
 
     def reduce(t):
         return _group_sum(channel_sum(t), c, groups)
@@ -197,8 +200,11 @@ def _channel_norm(x, axis, gamma, beta, batch, groups, epsilon):
     else:
         dims, ca = [-1, p, c, q], 2
     xv = tf.reshape(x, dims)
+    # Sums over the middle axis of (N, P, C) add one term after another (see
+    # SEQUENTIAL_SUM_MAX_TERMS): long ones take the product too, for its accuracy.
+    terms = p * ((UNKNOWN_BATCH if shape[0] is None else shape[0]) if batch else 1)
     fn = _channel_norm_fn(batch, groups, float(epsilon), gamma is not None, beta is not None,
-                          dims, ca, use_subsample(x, gamma, beta))
+                          dims, ca, use_subsample(x, gamma, beta), q == 1 and terms >= SEQUENTIAL_SUM_MAX_TERMS)
     args = [xv] + [t for t in (gamma, beta) if t is not None]
     return fn(*args)
 

@@ -20,6 +20,7 @@ from normlab.backends.tensorflow_stats import (
     usable,
     use_subsample,
 )
+from normlab.ops.moments import total as exact_sum
 
 
 def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape, subsample):
@@ -30,7 +31,7 @@ def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape, subsample):
     sample = tuple(slice(0, 1) if i in axes else slice(None) for i in range(ndim))
 
     def reduce(t):
-        return tf.reduce_sum(t, axis=list(axes), keepdims=True)
+        return exact_sum(t, list(axes))  # (TensorFlow's sums over other than innermost axes are sequential)
 
     @tf.custom_gradient
     def fn(*args):
