@@ -161,6 +161,7 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
         # (kernel, vector_u, then the wrapped layer's others), so `set_weights` and
         # `.weights.h5` files move between the two.
         self.kernel = kernel
+        self.kernel_shape = tuple(kernel.shape)  # as Keras' layer
         self.vector_u = self.add_weight(
             name="vector_u",
             shape=(1, int(kernel.shape[-1])),

@@ -155,3 +155,32 @@ def test_torch_compile_matches_eager():
     y = compiled(x)
     y.sum().backward()
     np.testing.assert_allclose(y.detach().numpy(), eager.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make_keras, make_ours",
+    [
+        (keras.layers.BatchNormalization, normlab.BatchNormalization),
+        (keras.layers.LayerNormalization, normlab.LayerNormalization),
+        (lambda: keras.layers.GroupNormalization(groups=2), lambda: normlab.GroupNormalization(groups=2)),
+        (keras.layers.RMSNormalization, normlab.RMSNormalization),
+        (lambda: keras.layers.SpectralNormalization(keras.layers.Dense(3)),
+         lambda: normlab.SpectralNormalization(keras.layers.Dense(3))),
+    ],
+    ids=["batch", "layer", "group", "rms", "spectral"],
+)
+def test_public_attributes_and_methods_of_keras_layers_exist(make_keras, make_ours):
+    # Code written against Keras' layer reads its public attributes (a weight, a
+    # setting) and calls its public methods: each exists on normlab's, a weight
+    # where Keras' is a weight.
+    x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype("float32")
+    theirs, ours = make_keras(), make_ours()
+    theirs(x), ours(x)
+    base = set(vars(keras.layers.Layer())) | set(dir(keras.layers.Wrapper))
+    for name, value in vars(theirs).items():
+        if name.startswith("_") or name in base:
+            continue
+        assert hasattr(ours, name), name
+        assert isinstance(getattr(ours, name), keras.Variable) == isinstance(value, keras.Variable), name
+    methods = [n for n in dir(type(theirs)) if not n.startswith("_") and n not in base]
+    assert [n for n in methods if not hasattr(ours, n)] == []
