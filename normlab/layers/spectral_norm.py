@@ -192,6 +192,11 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
         """The power-iteration vector ``vector_u`` (TF Addons' name; its ``sn_u``)."""
         return self._built_weights()[1]
 
+    @property
+    def w_shape(self) -> list[int]:
+        """The kernel's shape (TF Addons' name; Keras' ``kernel_shape``)."""
+        return list(self._built_weights()[0].shape)
+
     def _built_weights(self) -> tuple[keras.Variable, keras.Variable]:
         if not self.built:
             raise ValueError(

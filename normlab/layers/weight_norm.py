@@ -177,6 +177,16 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
         return self._is_rnn
 
     @property
+    def kernel_norm_axes(self) -> list[int]:
+        """The axes of ``v`` its norm is taken over, all but the last (TF Addons' name)."""
+        return list(range(len(self._kernel().shape) - 1))
+
+    @property
+    def layer_depth(self) -> int:
+        """The number of output units, ``g``'s size (TF Addons' name)."""
+        return int(self._kernel().shape[-1])
+
+    @property
     def v(self) -> keras.Variable:
         """The normalized variable ``v`` (TF Addons' name): the wrapped layer's
         kernel, or its cell's recurrent kernel for an RNN."""

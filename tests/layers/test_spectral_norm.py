@@ -286,6 +286,7 @@ def test_normalized_weights_and_tf_addons_names_match_the_peers():
         np.testing.assert_allclose(numpy_(a), numpy_(b), atol=1e-6)
     np.testing.assert_array_equal(numpy_(ours.vector_u), u_before)  # stores nothing
     assert ours.u is ours.vector_u and ours.w is ours.kernel is ours.layer.kernel  # TF Addons' names
+    assert ours.w_shape == list(ours.kernel_shape) == [4, 3]
 
 
 @pytest.mark.parametrize("inner", ["dense", "embedding"])

@@ -684,6 +684,7 @@ def test_v_is_the_normalized_kernel_as_tf_addons():
     dense = normlab.WeightNormalization(keras.layers.Dense(3))
     dense(X[:, 0, 0, :])
     assert dense.v is dense.layer.kernel
+    assert dense.kernel_norm_axes == [0] and dense.layer_depth == 3  # TF Addons' other names
     rnn = normlab.WeightNormalization(keras.layers.SimpleRNN(2), data_init=False)
     rnn(SEQ)
     assert rnn.v is rnn.layer.cell.recurrent_kernel
