@@ -87,11 +87,12 @@ most 1024 values in float and the block sums in double, so they serve
 reductions of any length. XLA reduces pairwise. TensorFlow outside XLA
 sums pairwise over the innermost axes only; over any other axis it adds one
 term after another (9e-6 relative at ``2**16`` terms, 3.7e-3 at ``2**22``).
-Its long sums over other axes are therefore taken innermost (the general
-path's :func:`normlab.ops.moments.total`, which moves them there, at
-:data:`~normlab.ops.moments.SEQUENTIAL_SUM_MAX_TERMS` terms or more) or as a
-batched product with a ones vector (the channel sums of a ``(N, P, C)``
-view, blocked by the matrix kernel: 2e-7 to 9e-7 at ``2**20`` terms). The
+Its long sums over other axes (:data:`~normlab.ops.moments.SEQUENTIAL_SUM_MAX_TERMS`
+terms or more) are therefore a batched product with a ones vector, which
+the matrix kernel blocks (over leading axes in the general path's
+:func:`normlab.ops.moments.total`, and the hooks' channel sums of a
+``(N, P, C)`` view: 2e-7 to 9e-7 relative at ``2**20`` terms), or sums over
+the axes moved innermost (the general path's other cases). The
 fused batch-norm kernel sums sequentially inside: at 65536 to 100352 values
 per channel its outputs are 1e-5 to 2.6e-5 off a float64 reference (Keras'
 layer, 9e-6 at 65536), where the composite path's are 3e-6 to 7e-6; it is

@@ -89,14 +89,16 @@ class DataInit:
         unit variance (a unit without spread keeps its values), and whether
         the batch initializes: False where the shapes give fewer than two
         values per unit, else a tensor (enough values, and some unit varies).
-        An RNN's sequence ``mask`` keeps padded steps out of the statistics."""
+        A sequence ``mask`` keeps padded steps out of the statistics."""
         direction = weight_norm(self._kernel(), None, self._norm_axes)
         t = self._run(inputs, direction, training=False, pre_activation=True, mask=mask)
-        steps = None
         if self._is_rnn:
             t = keras.tree.flatten(t)[0]  # the output, without return_state's states
-            if mask is not None and len(t.shape) == len(mask.shape) + 1:  # return_sequences
-                steps = ops.expand_dims(mask, -1)
+        steps = None
+        if mask is not None and getattr(self.layer, "supports_masking", False) and len(t.shape) == len(mask.shape) + 1:
+            steps = ops.expand_dims(mask, -1)  # a sequence's outputs (a Dense's, an RNN's return_sequences)
+            if self._is_rnn and getattr(self.layer, "go_backwards", False):
+                steps = ops.flip(steps, axis=1)  # its outputs come in the order it ran
         axis = output_channel_axis(self.layer) % len(t.shape)
         axes = [a for a in range(len(t.shape)) if a != axis]
         mean, var = moments(t, axes, mask=steps, keepdims=False)

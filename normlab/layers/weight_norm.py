@@ -179,17 +179,26 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
     @property
     def kernel_norm_axes(self) -> list[int]:
         """The axes of ``v`` its norm is taken over, all but the last (TF Addons' name)."""
-        return list(range(len(self._kernel().shape) - 1))
+        return list(range(len(self.v.shape) - 1))
 
     @property
     def layer_depth(self) -> int:
         """The number of output units, ``g``'s size (TF Addons' name)."""
-        return int(self._kernel().shape[-1])
+        return int(self.v.shape[-1])
 
     @property
     def v(self) -> keras.Variable:
         """The normalized variable ``v`` (TF Addons' name): the wrapped layer's
         kernel, or its cell's recurrent kernel for an RNN."""
+        if not self.built:
+            raise ValueError(
+                error_message(
+                    "v",
+                    "a built wrapper (v is the wrapped layer's kernel once it has been called or built)",
+                    f"the unbuilt {type(self).__name__} {self.name!r}",
+                    "Call the wrapper on a batch, or build it with wrapper.build(input_shape), first.",
+                )
+            )
         return self._kernel()
 
     def _kernel(self, fold: bool = False) -> keras.Variable:

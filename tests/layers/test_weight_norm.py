@@ -732,3 +732,26 @@ def test_g_takes_the_kernel_dtype_whatever_the_wrapper_policy(dtype):
     layer = normlab.WeightNormalization(keras.layers.Dense(3), dtype=dtype)
     layer(X[:, 0, 0, :])
     assert layer.g.dtype == layer.v.dtype
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_data_init_over_a_padded_sequence_is_the_init_over_the_unpadded_one(go_backwards):
+    # The padded steps leave the statistics alone: a batch of equal lengths,
+    # padded at the end, initializes g and the bias as the same batch unpadded.
+    # (A backwards RNN returns its outputs in the order it ran.)
+    mask = np.zeros(SEQ.shape[:2], bool)
+    mask[:, :3] = True
+    results = []
+    for x, m in ((SEQ, mask), (SEQ[:, :3], None)):
+        for make in (lambda: keras.layers.SimpleRNN(2, return_sequences=True, go_backwards=go_backwards,
+                                                    seed=1, kernel_initializer="glorot_uniform"),
+                     lambda: keras.layers.Dense(2)):
+            keras.utils.set_random_seed(3)
+            layer = normlab.WeightNormalization(make())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the RNN data-init advice
+                layer(x, mask=m)
+            results.append([ops.convert_to_numpy(w) for w in (layer.g, layer.layer.weights[-1])])
+    for padded, unpadded in zip(results[:2], results[2:]):
+        for a, b in zip(padded, unpadded):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
