@@ -56,7 +56,6 @@ import tensorflow as tf
 from normlab.backends.tensorflow_eager import graph_when_hot
 from normlab.backends.tensorflow_layer_norm import layer_norm as _layer_norm
 from normlab.backends.tensorflow_stats import (
-    UNKNOWN_BATCH,
     compute_dtype,
     cond,
     elements,
@@ -202,7 +201,7 @@ def _channel_norm(x, axis, gamma, beta, batch, groups, epsilon):
     xv = tf.reshape(x, dims)
     # Sums over the middle axis of (N, P, C) add one term after another (see
     # SEQUENTIAL_SUM_MAX_TERMS): long ones take the product too, for its accuracy.
-    terms = p * ((UNKNOWN_BATCH if shape[0] is None else shape[0]) if batch else 1)
+    terms = elements(x) // c if batch else p  # (an unknown batch counted as elements() counts it)
     fn = _channel_norm_fn(batch, groups, float(epsilon), gamma is not None, beta is not None,
                           dims, ca, use_subsample(x, gamma, beta), q == 1 and terms >= SEQUENTIAL_SUM_MAX_TERMS)
     args = [xv] + [t for t in (gamma, beta) if t is not None]
