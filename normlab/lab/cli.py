@@ -143,7 +143,7 @@ def _run_options() -> _Parser:
                    f"{DEFAULTS.batch_size}; the batch-size sweeps set their own)")
     g.add_argument("--lr", type=float, dest="learning_rate", metavar="LR",
                    help=f"Adam learning rate (default: {DEFAULTS.learning_rate:g}; the batch-size "
-                        "sweeps scale it with the batch)")
+                        f"sweeps set their own, {DEFAULTS.learning_rate:g} x batch / 32)")
     g.add_argument("--max-steps", type=int, metavar="N", help="train exactly N optimizer steps "
                    "per run instead of --epochs (default: 0, off)")
     g.add_argument("--train-subset", type=int, metavar="N", help="use only the first N training "
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compare norms (default: the classic five)",
                        description="Compare norms after the tutorial's convolutions.\n\npresets:\n"
                        + _described(P.COMPARE_PRESETS))
-    p.add_argument("--preset", choices=tuple(P.COMPARE_PRESETS), default="classic",
+    p.add_argument("--preset", choices=tuple(P.COMPARE_PRESETS),
                    help="which models (default: classic; see the list above)")
     p.add_argument("--norms", nargs="+", metavar="SPEC", help="placements to compare instead "
                    "of the preset, e.g. batch 'batch>group(groups=5)' 'batch>none', in a table of "

@@ -28,11 +28,15 @@ _SET_BY_COMMAND_FIX = {"seed": "Use --seeds (e.g. --seeds 0,1,2 or --seeds 5).",
                        "backend": "Use --backend.", "norms": "Use --norms (compare)."}
 
 
+#: the settings with an option of their own: key -> the option
+_OPTIONS = {"dataset": "--dataset", "protocol": "--protocol", "epochs": "--epochs", "batch_size": "--batch-size",
+            "learning_rate": "--lr", "max_steps": "--max-steps", "train_subset": "--train-subset"}
+
+
 def make_experiment(args: argparse.Namespace):
     """The Experiment the parsed arguments ask for (every value checked, nothing imported)."""
-    overrides = {key: getattr(args, key) for key in
-                 ("dataset", "protocol", "epochs", "batch_size", "learning_rate", "max_steps",
-                  "train_subset") if getattr(args, key) is not None}
+    overrides = {key: getattr(args, key) for key in _OPTIONS if getattr(args, key) is not None}
+    given = set(overrides)
     settable = [key for key in config_keys() if key not in SET_BY_COMMAND]
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -46,6 +50,9 @@ def make_experiment(args: argparse.Namespace):
         if key not in settable:
             raise ConfigError(f"Invalid `set`: expected one of the settings {', '.join(settable)}. "
                               f"Received: --set {item}. `normlab list` shows them with their defaults.")
+        if key in given:
+            raise ConfigError(f"Invalid `set`: {key} is given twice. Received: --set {item} and "
+                              f"{_OPTIONS[key]} {getattr(args, key)}. Pass one of them.")
         overrides[key] = parse_value(key, value.strip())
     check_keys(overrides)
     seeds, quick = args.seeds, dict[str, Any](P.QUICK)
@@ -57,10 +64,14 @@ def make_experiment(args: argparse.Namespace):
         overrides = {**quick, **overrides}
         seeds = seeds or (0,)
     if overrides.get("max_steps") and "epochs" in overrides:
-        raise ConfigError(f"Invalid `epochs`: max_steps={overrides['max_steps']} (--max-steps, or --quick's) "
+        raise ConfigError(f"Invalid `epochs`: max_steps={overrides['max_steps']} "
+                          "(--max-steps, --set max_steps or --quick's) "
                           f"trains a fixed number of steps, so epochs={overrides['epochs']} would be ignored. "
                           "Pass one of --epochs and --max-steps (with --quick: --max-steps 0 --epochs N).")
     if args.command == "compare":
+        if args.norms and args.preset is not None:
+            raise ConfigError(f"Invalid `norms`: --norms replaces the preset's models. Received: "
+                              f"--preset {args.preset} and --norms {' '.join(args.norms)}. Pass one of them.")
         if args.norms:
             norms = {spec: spec for spec in canonical_norms(args.norms)}
             if len(norms) != len(args.norms):
@@ -68,7 +79,7 @@ def make_experiment(args: argparse.Namespace):
                                   f"norms={args.norms!r}. Drop the repeats.")
             build = lambda **kw: P.compare(norms, **kw)  # noqa: E731
         else:
-            build = P.PRESETS[P.COMPARE_PRESETS[args.preset]].build
+            build = P.PRESETS[P.COMPARE_PRESETS[args.preset or "classic"]].build
     else:
         kwargs = {"values": args.values} if args.values else {}
         build = lambda **kw: P.preset(args.what, **kwargs, **kw)  # noqa: E731

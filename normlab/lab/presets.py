@@ -116,7 +116,10 @@ def batch_size(values=(32, 16, 8, 4, 2), arch: str = "tutorial", base_batch: int
         if key in overrides:
             raise ConfigError(
                 f"Invalid `{key}`: the batch-size sweep sets it for every point. "
-                f"Received: {key}={overrides[key]!r}. Use --values for the batch sizes."
+                f"Received: {key}={overrides[key]!r}. "
+                + ("Use --values for the batch sizes." if key == "batch_size" else
+                   f"It is {base_lr:g} x batch / {base_batch} at each batch size; for another rate, "
+                   "run `normlab compare --batch-size B --lr LR` at each batch size.")
             )
     values = _check_values(values, "batch sizes", "32,16,8,4,2")
     name = "batch-size" if arch == "tutorial" else f"batch-size-{arch}"

@@ -70,9 +70,10 @@ def render(name: str, table: dict) -> str:
         lines += [banner, ""]
     settings = ", ".join(f"{k}={v}" for k, v in meta["constant"].items())
     impls = " and ".join(meta.get("impls", ["normlab"]))
+    examples = "/".join(", ".join(map(str, meta[k])) for k in ("train_examples", "test_examples"))
     lines.append(f"Settings: {settings}; backend {', '.join(meta['backends'])}; layers: {impls}; "
                  f"{meta['runs']} run{'s' * (meta['runs'] != 1)}, {meta['wall_time_s'] / 60:.1f} min total; "
-                 f"train/test examples {meta['train_examples']}/{meta['test_examples']}.")
+                 f"train/test examples {examples}.")
     if meta["sweep"]:
         lines.append(f"Held fixed across the sweep: {meta['held_fixed'] or 'nothing'}.")
     lines += ["", *_main_table(rows, meta, metric)]

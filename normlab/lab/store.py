@@ -262,7 +262,10 @@ def copy_run(source: Path, run_dir: Path, config: RunConfig, out: str | os.PathL
 
 
 def check_out(out: str | os.PathLike) -> Path:
-    """Checks that ``out`` is (or can be made) a writable folder, creating nothing.
+    """Checks that ``out`` is (or can be made) a writable folder, leaving nothing behind.
+
+    ``os.access`` answers yes to root everywhere (a read-only mount, ``/proc``),
+    so a folder is also made and removed in the nearest existing one.
 
     Raises:
         StoreError: ``out`` or a parent is a file, or the folder is not writable.
@@ -281,6 +284,12 @@ def check_out(out: str | os.PathLike) -> Path:
         where = "" if probe == path else f" (its nearest existing parent, {probe})"
         raise StoreError(f"Invalid `out`: expected a folder you can write to. Received: "
                          f"out='{out}'{where} is not writable. {fix}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".normlab-probe-", dir=probe))
+    except OSError as exc:
+        where = "" if probe == path else f" (in its nearest existing parent, {probe})"
+        raise StoreError(f"Invalid `out`: expected a folder you can write to. Received: out='{out}', "
+                         f"where no folder can be made{where}: {exc.strerror or exc}. {fix}") from None
     return path
 
 

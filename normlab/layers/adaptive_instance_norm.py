@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import keras
 
 from normlab import ops
-from normlab.layers.base import FloatCompute
+from normlab.layers.base import FloatCompute, check_float_policy
 from normlab.ops.adaptive_instance_norm import check_content_and_style
 from normlab.ops.axes import single_axis
 from normlab.ops.validate import check_epsilon, error_message
@@ -81,6 +81,7 @@ class AdaptiveInstanceNormalization(FloatCompute, keras.layers.Layer):
 
     def __init__(self, axis: int = -1, epsilon: float = 1e-5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_float_policy(self)
         self.axis = single_axis(axis, type(self).__name__)
         if self.axis == 0:
             raise ValueError(

@@ -27,6 +27,7 @@ import threading
 from typing import Any, Callable, Literal, Protocol, Sequence
 
 import keras
+import numpy as np
 from keras import constraints, initializers, ops, regularizers
 
 from normlab import distributed
@@ -41,7 +42,7 @@ from normlab.ops.axes import (
     single_axis,
 )
 from normlab.ops.moments import CountingSum
-from normlab.ops.validate import check_bool, check_epsilon, error_message
+from normlab.ops.validate import ArgumentTypeError, check_bool, check_epsilon, error_message
 from normlab.types import Axis, Constraint, Initializer, Regularizer, Shape, Tensor
 
 _KINDS = {
@@ -110,6 +111,35 @@ class _HasDtypes(Protocol):
 _FLOAT_BITS = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
 
 
+def check_float_policy(layer: keras.layers.Layer) -> None:
+    """Raises unless ``layer``'s dtype policy computes and stores in float dtypes.
+
+    Keras' layers accept ``dtype="int32"``, then truncate every output and
+    moving average to integers; a normalization has no integer meaning.
+    """
+    policy = layer.dtype_policy
+    if all(keras.backend.is_float_dtype(d) for d in (policy.compute_dtype, policy.variable_dtype)):
+        return
+    raise ValueError(error_message(
+        "dtype", "a float dtype policy, such as 'float32', 'float64' or 'mixed_float16'",
+        f"dtype={policy.name!r} (compute dtype {policy.compute_dtype}, variables {policy.variable_dtype})",
+        "Leave dtype out: integer inputs (uint8 images) are normalized in float32 anyway."))
+
+
+def check_training(training: Any) -> Any:
+    """``training`` as a layer's ``call`` takes it: None, a bool, or a 0/1
+    int (``tf.keras``' learning phase), else an error; a string such as
+    ``"False"`` or a float would otherwise count by its truth value. A
+    tensor passes as it is, as Keras' layers take it."""
+    if training is None or isinstance(training, (bool, np.bool_)) or hasattr(training, "shape"):
+        return training
+    if isinstance(training, numbers.Integral) and training in (0, 1):
+        return bool(training)
+    raise ArgumentTypeError(error_message(
+        "training", "None or a bool (True or False)", f"training={training!r} of type {type(training).__name__}",
+        "Pass training=True or training=False, or leave it out (Keras' fit and predict set it)."))
+
+
 class FloatCompute:
     """Mixin for layers that normalize: the dtype policy of the module
     docstring (set ``self.autocast = False`` in ``__init__``, pass inputs
@@ -167,6 +197,7 @@ class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_float_policy(self)
         axes = as_axis_list(axis) if self.multi_axis else [single_axis(axis, type(self).__name__)]
         reject_batch_axis(axes, axis)  # known without the input's rank: at construction, as TF Addons
         # An int stays an int; any sequence (a list, an array, a range) stays a list.

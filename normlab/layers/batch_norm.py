@@ -8,7 +8,7 @@ import keras
 from keras import initializers
 
 from normlab import ops
-from normlab.layers.base import Normalization, keras_object
+from normlab.layers.base import Normalization, check_training, keras_object
 from normlab.ops.moments import CountingSum
 from normlab.ops.validate import (
     check_bool,
@@ -254,6 +254,7 @@ class BatchNormalization(Normalization):
         return keras.ops.expand_dims(mask, -1)
 
     def call(self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None) -> Tensor:
+        training = check_training(training)
         x = self.float_input(inputs)
         mask = self._expand_mask(x, mask)  # checked on every call, as Keras does
         common: dict[str, Any] = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)

@@ -8,7 +8,7 @@ import keras
 from keras import constraints, initializers, regularizers
 
 from normlab import ops
-from normlab.layers.base import Normalization, keras_object
+from normlab.layers.base import Normalization, check_training, keras_object
 from normlab.ops.axes import is_traced_int
 from normlab.ops.evo_norm import EVO_NORM_EPSILON_REASON
 from normlab.ops.validate import (
@@ -161,6 +161,7 @@ class EvoNormB0(_EvoNorm):
             "moving_variance", (channels,), self.moving_variance_initializer)
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
+        training = check_training(training)
         x = self.float_input(inputs)
         common: dict[str, Any] = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable):

@@ -8,7 +8,7 @@ import keras
 from keras import constraints, initializers, regularizers
 
 from normlab import ops
-from normlab.layers.base import Normalization, SavedConfig, keras_object
+from normlab.layers.base import Normalization, SavedConfig, check_float_policy, keras_object
 from normlab.ops.axes import canonicalize_axes, known_dims, reject_batch_axis, single_axis
 from normlab.ops.filter_response_norm import check_frn_input, frn_axes
 from normlab.ops.validate import check_bool
@@ -82,6 +82,7 @@ class TLU(SavedConfig, keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_float_policy(self)
         self.axis = single_axis(axis, "TLU")
         reject_batch_axis([self.axis], axis)
         self.affine = check_bool("affine", affine)

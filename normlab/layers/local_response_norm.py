@@ -7,7 +7,7 @@ from typing import Any
 import keras
 
 from normlab import ops
-from normlab.layers.base import FloatCompute
+from normlab.layers.base import FloatCompute, check_float_policy
 from normlab.ops.axes import canonicalize_axes, known_dims, reject_batch_axis, single_axis
 from normlab.ops.validate import (
     check_positive_int,
@@ -60,6 +60,7 @@ class LocalResponseNormalization(FloatCompute, keras.layers.Layer):
         self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, axis: int = -1, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
+        check_float_policy(self)
         self.size = check_positive_int("size", size, example=5, meaning="the number of channels in the window")
         self.alpha = check_real("alpha", alpha, minimum=0.0, example="1e-4")
         self.beta = check_real("beta", beta, example="0.75")

@@ -18,6 +18,7 @@ from typing import Any
 import keras
 from keras import initializers, ops
 
+from normlab.layers.base import check_training
 from normlab.layers.derived_kernel import (
     KERNEL_LAYERS,
     SavedLora,
@@ -231,7 +232,7 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
         with full_precision():
-            return ops.cast(self._call(inputs, training), self.compute_dtype)
+            return ops.cast(self._call(inputs, check_training(training)), self.compute_dtype)
 
     def _call(self, inputs: Tensor, training: bool | None) -> Tensor:
         attribute = _kernel_attribute(self.layer)

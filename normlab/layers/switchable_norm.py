@@ -8,7 +8,7 @@ import keras
 from keras import initializers
 
 from normlab import ops
-from normlab.layers.base import Normalization, keras_object
+from normlab.layers.base import Normalization, check_training, keras_object
 from normlab.ops.validate import check_bool, check_momentum, require_spatial
 from normlab.types import Constraint, Initializer, Regularizer, Shape, Tensor
 
@@ -147,6 +147,7 @@ class SwitchableNormalization(Normalization):
             "moving_variance", (channels,), self.moving_variance_initializer)
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
+        training = check_training(training)
         x = self.float_input(inputs)
         common: dict[str, Any] = dict(axis=self._channel_axis, gamma=self.gamma, beta=self.beta, epsilon=self.epsilon)
         if not (training and self.trainable):

@@ -30,6 +30,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from normlab.layers.base import check_training
 from normlab.layers.data_init import DataInit
 from normlab.layers.derived_kernel import (
     KERNEL_LAYERS,
@@ -266,6 +267,7 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
             return self.layer(inputs, training=training, mask=mask)
 
     def call(self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None) -> Any:
+        training = check_training(training)
         with full_precision():
             if self.data_init and not in_shape_inference():
                 self._initialize(inputs, training, mask)

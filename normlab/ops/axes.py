@@ -80,13 +80,14 @@ def check_real(x: Tensor, argument: str) -> None:
             "keras.ops.stack([keras.ops.real(x), keras.ops.imag(x)], axis=-1)."))
 
 
-def float_tensor(x: Tensor) -> Tensor:
+def float_tensor(x: Tensor, argument: str = "x") -> Tensor:
     """``x`` as a tensor the ops compute on: float dtypes as given, integers and
-    bools (uint8 images, say) cast to float32, never truncated back."""
+    bools (uint8 images, say) cast to float32, never truncated back; a complex
+    tensor is refused (naming ``argument``)."""
     x = ops.convert_to_tensor(x)
     if keras.backend.is_float_dtype(x.dtype):
         return x
-    check_real(x, "x")
+    check_real(x, argument)
     return ops.cast(x, "float32")
 
 

@@ -38,7 +38,7 @@ import keras
 from keras import ops
 from keras.backend import standardize_dtype
 
-from normlab.ops.axes import canonicalize_axes, dims, first_along, is_traced_int
+from normlab.ops.axes import canonicalize_axes, dims, first_along, float_tensor, is_traced_int
 from normlab.ops.validate import check_mask
 from normlab.types import Axis, DTypeLike, ReplicaSum, Tensor
 
@@ -175,6 +175,7 @@ def mean_square(x: Tensor, axes: Axis) -> Tensor:
         >>> ops.convert_to_numpy(mean_square(np.array([[3.0, 4.0]], "float32"), [1])).tolist()
         [[12.5]]
     """
+    x = float_tensor(x)
     empty = isinstance(axes, (list, tuple)) and not axes  # no axes: x^2 itself
     axes = [] if empty else canonicalize_axes(axes, len(x.shape), argument="axes", allow_batch=True)
     x = ops.cast(x, stats_dtype(x.dtype))
@@ -229,6 +230,7 @@ def shifted_moments(
     is kept apart. Arguments as in :func:`moments`; ``batch_statistics``
     as in :func:`~normlab.ops.axes.first_along` (ghost batches pass True).
     """
+    x = float_tensor(x)
     axes = canonicalize_axes(axes, len(x.shape), argument="axes", allow_batch=True)
     check_mask(mask, x.shape)
     dtype = stats_dtype(x.dtype)
@@ -277,7 +279,8 @@ def moments(
     with ``w = (mask != 0)`` (or 1), reduced over ``axes``.
 
     Args:
-        x: input tensor of any float dtype.
+        x: input tensor (an integer or bool one is taken as float32; a
+            complex one is refused).
         axes: axis or axes to reduce over (ints; negative ones count from the end).
         mask: optional tensor broadcastable to ``x``; zero (False) entries are
             ignored, any other value counts once.
@@ -298,6 +301,7 @@ def moments(
         >>> float(ops.convert_to_numpy(var)[0, 0])
         1.0
     """
+    x = float_tensor(x)
     axes = canonicalize_axes(axes, len(x.shape), argument="axes", allow_batch=True)
     shift, mean, variance = shifted_moments(x, axes, mask=mask, replica_sum=replica_sum)
     mean = shift + mean

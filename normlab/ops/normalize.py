@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from keras import ops
 
+from normlab.ops.axes import float_tensor
 from normlab.ops.moments import stats_dtype
-from normlab.ops.validate import check_epsilon
+from normlab.ops.validate import check_epsilon, error_message
 from normlab.types import Tensor
 
 
@@ -37,6 +38,20 @@ def inverse_std(variance: Tensor, epsilon: float) -> Tensor:
         return ops.rsqrt(variance + epsilon)
     positive = ops.cast(variance > 0, variance.dtype)
     return ops.rsqrt(variance + (1.0 - positive)) * positive
+
+
+def _broadcasts_to(name: str, value: Tensor, shape: tuple) -> None:
+    """Raises unless ``value``'s shape broadcasts to ``shape`` without growing it
+    (each dimension 1 or the same; unknown sizes pass)."""
+    given = tuple(value.shape)
+    extra = given[: max(0, len(given) - len(shape))]
+    aligned = zip(reversed(given), reversed(shape))
+    if all(d == 1 for d in extra) and all(g in (1, s) or g is None or s is None for g, s in aligned):
+        return
+    raise ValueError(error_message(
+        name, f"a tensor broadcastable to x's shape {shape} (each dimension 1 or x's)",
+        f"{name} of shape {given}",
+        "Keep the reduced axes as size-1 dimensions, e.g. moments(x, axes, keepdims=True)."))
 
 
 def normalize(
@@ -72,7 +87,12 @@ def normalize(
             relative to. Default None (``mean`` is the mean of ``x``).
 
     Returns:
-        A tensor with the shape and dtype of ``x``.
+        A tensor with the shape of ``x``, in its dtype (float32 for an
+        integer or bool ``x``).
+
+    Raises:
+        ValueError: a statistic or parameter does not broadcast to the shape of ``x``.
+        TypeError: a complex ``x``, statistic or parameter.
 
     Example:
         >>> import numpy as np
@@ -81,6 +101,14 @@ def normalize(
         >>> ops.convert_to_numpy(y).tolist()
         [[-1.0, 1.0]]
     """
+    x = float_tensor(x)
+    shape = tuple(x.shape)
+    given = {"mean": mean, "variance": variance, "gamma": gamma, "beta": beta, "shift": shift}
+    for name, value in given.items():
+        if value is not None:
+            given[name] = value = float_tensor(value, name)
+            _broadcasts_to(name, value, shape)
+    mean, variance, gamma, beta, shift = given.values()
     out_dtype = x.dtype
     dtype = stats_dtype(x.dtype)
     inv = inverse_std(ops.cast(variance, dtype), check_epsilon(epsilon))

@@ -4,7 +4,8 @@ These normalize a layer's *kernel* rather than its activations. Every one
 works on a kernel of any rank whose **last axis is the output axis** (the
 Keras layout: ``(in, out)`` for Dense, ``(*kernel_size, in // groups, out)``
 for convolutions), computes in float32 at least (float64 stays float64) and
-returns the kernel's dtype.
+returns the kernel's dtype (float32 for an integer or bool kernel; a complex
+one is refused).
 
 * :func:`standardize_weight` (Qiao et al. 2019; scaled form Brock et al.
   2021) takes its mean and variance with
@@ -25,7 +26,7 @@ from typing import Any, Sequence
 
 from keras import ops
 
-from normlab.ops.axes import canonicalize_axes
+from normlab.ops.axes import canonicalize_axes, float_tensor
 from normlab.ops.moments import moments, stats_dtype
 from normlab.ops.normalize import at_least, normalize
 from normlab.ops.validate import check_epsilon, error_message
@@ -35,13 +36,14 @@ from normlab.types import Axis, Tensor
 def _fan_in_axes(kernel: Tensor, axes: Axis | None, argument: str = "axes") -> list[int]:
     """``axes`` validated against the kernel's rank; None means all but the last."""
     ndim = len(kernel.shape)
-    if ndim < 1:
+    if ndim < 1 or (axes is None and ndim < 2):
         raise ValueError(
             error_message(
                 "kernel",
-                "a tensor of rank >= 1 whose last axis is the output axis",
-                f"kernel.shape={tuple(kernel.shape)}",
-                "Pass a layer's kernel, e.g. of shape (in, out) or (kh, kw, in, out).",
+                "a tensor of rank >= 2 whose last axis is the output axis (or, with `axes`, rank >= 1)",
+                f"kernel.shape={tuple(kernel.shape)}, so no fan-in axes (all but the last) to normalize over",
+                "Pass a layer's kernel, e.g. of shape (in, out) or (kh, kw, in, out); to normalize "
+                "a vector as a whole, pass axes=[0].",
             )
         )
     if axes is None:
@@ -58,7 +60,7 @@ def _check_per_output(name: str, value: Tensor | None, kernel: Tensor, axes: Seq
     """Reshapes a per-output parameter so it broadcasts against ``kernel``."""
     if value is None:
         return None
-    value = ops.convert_to_tensor(value)
+    value = float_tensor(value, name)
     keep = _keep_shape(kernel, axes)
     outputs = [d for d in keep if d != 1] or [1]
     size = 1
@@ -114,7 +116,7 @@ def standardize_weight(
             with the reduced axes kept as 1. Default None (1).
 
     Returns:
-        A tensor with the shape and dtype of ``kernel``.
+        A tensor with the shape and dtype of ``kernel`` (float32 for an integer one).
 
     Example:
         >>> import numpy as np
@@ -129,7 +131,7 @@ def standardize_weight(
         Batch-Channel Normalization and Weight Standardization", 2019.
         https://arxiv.org/abs/1903.10520
     """
-    kernel = ops.convert_to_tensor(kernel)
+    kernel = float_tensor(kernel, "kernel")
     axes = _fan_in_axes(kernel, axes)
     epsilon = check_epsilon(epsilon)
     gain = _check_per_output("gain", gain, kernel, axes)
@@ -161,7 +163,7 @@ def weight_norm(
         epsilon: lower bound of the squared norm. Default 1e-12.
 
     Returns:
-        A tensor with the shape and dtype of ``kernel``.
+        A tensor with the shape and dtype of ``kernel`` (float32 for an integer one).
 
     Example:
         >>> import numpy as np
@@ -174,7 +176,7 @@ def weight_norm(
         to Accelerate Training of Deep Neural Networks", NeurIPS 2016.
         https://arxiv.org/abs/1602.07868
     """
-    kernel = ops.convert_to_tensor(kernel)
+    kernel = float_tensor(kernel, "kernel")
     axes = _fan_in_axes(kernel, axes)
     epsilon = check_epsilon(epsilon, **_NORM_EPSILON)
     g = _check_per_output("g", g, kernel, axes)
@@ -206,7 +208,7 @@ def _check_iterations(power_iterations: object, *, allow_zero: bool) -> int:
 
 
 def _matrix_and_u(kernel: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    kernel = ops.convert_to_tensor(kernel)
+    kernel = float_tensor(kernel, "kernel")
     if len(kernel.shape) < 2:
         raise ValueError(
             error_message(
@@ -225,7 +227,7 @@ def _matrix_and_u(kernel: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def _check_u(u: Tensor, matrix: Tensor, name: str = "matrix") -> Tensor:
     """``u`` as shape ``(1, m)``: it must hold one value per column of ``matrix`` (its last dimension)."""
     out = int(matrix.shape[-1])
-    u = ops.convert_to_tensor(u)
+    u = float_tensor(u, "u")
     n = 1
     for d in u.shape:
         n *= int(d)
@@ -276,7 +278,7 @@ def power_iteration(
     """
     iterations = _check_iterations(iterations, allow_zero=True)
     epsilon = check_epsilon(epsilon, **_NORM_EPSILON)
-    matrix = ops.convert_to_tensor(matrix)
+    matrix = float_tensor(matrix, "matrix")
     if len(matrix.shape) != 2:
         raise ValueError(error_message("matrix", "a 2-D tensor", f"matrix.shape={tuple(matrix.shape)}",
                                        "Reshape it to (n, m) first, e.g. a kernel to (-1, out)."))

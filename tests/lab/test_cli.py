@@ -161,7 +161,13 @@ def test_sweeps_scale_learning_rate_with_batch_size():
     # it was ignored, and named a table of its own (compare-e3-steps5) for the same computation
     (["compare", "--epochs", "3", "--max-steps", "5"], "Pass one of --epochs and --max-steps"),
     (["compare", "--set", "epochs=3", "--max-steps", "5"], "epochs=3 would be ignored"),
-    (["compare", "--quick", "--epochs", "2"], "max_steps=30 (--max-steps, or --quick's)"),
+    (["compare", "--quick", "--epochs", "2"], "max_steps=30 (--max-steps, --set max_steps or --quick's)"),
+    # --set overrode the option silently (compare-e2 for --epochs 3)
+    (["compare", "--set", "epochs=2", "--epochs", "3"], "epochs is given twice. Received: --set epochs=2 and --epochs 3"),
+    (["compare", "--lr", "0.1", "--set", "learning_rate=0.2"], "Received: --set learning_rate=0.2 and --lr 0.1"),
+    # the preset was dropped silently
+    (["compare", "--preset", "combos", "--norms", "batch"], "Received: --preset combos and --norms batch"),
+    (["sweep", "batch-size", "--lr", "0.01"], "It is 0.001 x batch / 32 at each batch size"),
     (["compare", "--dataset", "imagenet"], "Invalid `dataset`: expected one of mnist"),
     (["compare", "--impl", "torchy"], "Invalid `impl`"),
     (["compare", "--norms", "batch", "batch"], "expected each spec once"),

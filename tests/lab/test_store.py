@@ -107,6 +107,18 @@ def test_check_out(tmp_path, monkeypatch):
     (tmp_path / "f").write_text("x")
     with pytest.raises(store.StoreError, match="is a file"):
         store.check_out(tmp_path / "f")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # the probe folder is gone
+
+
+def test_check_out_tries_making_a_folder(tmp_path, monkeypatch):
+    """os.access says yes to root everywhere (/proc, a read-only mount): an --out there
+    passed the check, and the run failed later with a traceback."""
+    def refuse(**kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(store.tempfile, "mkdtemp", refuse)
+    with pytest.raises(store.StoreError, match=r"Invalid `out`: .*no folder can be made .*Read-only file system"):
+        store.check_out(tmp_path / "runs")
 
 
 def test_lock_names_its_holder_across_processes(tmp_path):

@@ -355,3 +355,38 @@ def test_a_saved_or_keras_config_with_an_initializer_of_none_still_loads(tmp_pat
     ours = normlab.compat.keras_layers.convert(theirs)
     assert type(ours.layers[-1]) is normlab.BatchNormalization
     assert type(normlab.get("ws", layer=keras.layers.Conv2D(4, 3, bias_initializer=None))) is normlab.StdConv2D
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: normlab.LayerNormalization(dtype=d),
+    lambda d: normlab.BatchNormalization(dtype=d),
+    lambda d: normlab.GroupNormalization(groups=2, dtype=d),
+    lambda d: normlab.LocalResponseNormalization(dtype=d),
+    lambda d: normlab.AdaptiveInstanceNormalization(dtype=d),
+    lambda d: normlab.TLU(dtype=d),
+], ids=["layer", "batch", "group", "lrn", "adain", "tlu"])
+@pytest.mark.parametrize("dtype", ["int32", "uint8", "bool"])
+def test_an_integer_dtype_policy_is_refused(make, dtype):
+    """Keras' layers take it and truncate every output and moving average: a layer
+    norm gave [0, 0, 0, 1, 0, -1, ...]."""
+    with pytest.raises(ValueError, match=rf"Invalid `dtype`: expected a float dtype policy.*dtype='{dtype}'"):
+        make(dtype)
+    make("mixed_bfloat16")
+
+
+@pytest.mark.parametrize("training", ["False", "no", 0.5, 2])
+@pytest.mark.parametrize("make", [
+    lambda: normlab.BatchNormalization(),
+    lambda: normlab.SwitchableNormalization(),
+    lambda: normlab.EvoNormB0(),
+    lambda: normlab.SpectralNormalization(keras.layers.Dense(3)),
+    lambda: normlab.WeightNormalization(keras.layers.Dense(3)),
+], ids=["batch", "switchable", "evo_b0", "spectral", "weight"])
+def test_training_must_be_a_bool(make, training):
+    """training="False" took the batch statistics (a non-empty string is true)."""
+    x = np.random.default_rng(0).normal(size=(4, 2, 2, 8)).astype("float32")
+    layer = make()
+    with pytest.raises(TypeError, match=rf"Invalid `training`: expected None or a bool.*training={training!r}"):
+        layer(x, training=training)
+    for ok in (None, True, False, np.bool_(True), 1, 0):
+        layer(x, training=ok)

@@ -197,3 +197,65 @@ def test_a_rank_1_input_is_named_as_such():
         with pytest.raises(ValueError, match=r"Invalid `inputs`: expected a tensor of rank >= 2.*Received: an "
                                              r"input of rank 1\. Add a batch axis"):
             layer(np.arange(4.0, dtype="float32"))
+
+
+#: the ops under the norms that take a bare tensor: (call, float32 reference call)
+BARE = {
+    "normalize": lambda x: nops.normalize(x, 5.0, 4.0, epsilon=0.0),
+    "moments": lambda x: nops.moments(x, [1])[1],
+    "mean_square": lambda x: nops.mean_square(x, [1]),
+    "standardize_weight": lambda x: nops.standardize_weight(x),
+    "weight_norm": lambda x: nops.weight_norm(x),
+    "spectral_norm": lambda x: nops.spectral_norm(x, np.ones((1, 4), "float32"))[0],
+    "power_iteration": lambda x: nops.power_iteration(x, np.ones((1, 4), "float32"))[2],
+}
+
+
+@pytest.mark.parametrize("op", BARE)
+@pytest.mark.parametrize("dtype", ["int32", "uint8", "bool"])
+def test_bare_ops_take_integer_and_bool_inputs_in_float32(op, dtype):
+    """The weight ops and normalize returned the input's integer dtype: a weight
+    norm of arange(12) was all zeros, a standardized one -1, 0 or 1."""
+    k = np.arange(12).reshape(3, 4) % 5
+    k = k > 2 if dtype == "bool" else k.astype(dtype)
+    got = BARE[op](k)
+    assert keras.backend.standardize_dtype(got.dtype) == "float32"
+    np.testing.assert_allclose(to_np(got), to_np(BARE[op](k.astype("float32"))), rtol=1e-6)
+
+
+@pytest.mark.parametrize("op", BARE)
+def test_bare_ops_refuse_complex_inputs(op):
+    """They kept the real part, silently."""
+    k = ops.convert_to_tensor((np.arange(12).reshape(3, 4) + 1j).astype("complex64"))
+    with pytest.raises(ArgumentTypeError, match=r"expected a real tensor .* of dtype complex64\. Normalize"):
+        BARE[op](k)
+
+
+def test_bare_ops_take_lists():
+    """normalize and moments failed on a list with "'list' object has no attribute 'dtype'"."""
+    np.testing.assert_allclose(to_np(nops.normalize([[1.0, 3.0]], 2.0, 1.0, epsilon=0.0)), [[-1.0, 1.0]])
+    mean, var = nops.moments([[1.0, 2.0], [3.0, 5.0]], 1)
+    np.testing.assert_allclose(to_np(mean), [[1.5], [4.0]])
+    np.testing.assert_allclose(to_np(var), [[0.25], [1.0]])
+
+
+@pytest.mark.parametrize("name", ["mean", "variance", "gamma", "beta", "shift"])
+@pytest.mark.parametrize("shape", [(3,), (4, 3), (4, 8, 1)])
+def test_normalize_names_a_statistic_that_does_not_broadcast_to_x(name, shape):
+    """A (3,) mean against x of shape (4, 8) failed in Keras' broadcasting, naming
+    no argument; a (4, 8) mean against x of shape (4, 1) grew the output."""
+    x = np.ones((4, 8), "float32")
+    args = dict(mean=np.zeros((4, 1), "float32"), variance=np.ones((4, 1), "float32"))
+    args[name] = np.zeros(shape, "float32")
+    with pytest.raises(ValueError, match=rf"Invalid `{name}`: expected a tensor broadcastable to x's shape \(4, 8\)"):
+        nops.normalize(x, **args)
+    with pytest.raises(ValueError, match=r"Invalid `mean`.*Received: mean of shape \(4, 8\)"):
+        nops.normalize(np.ones((4, 1), "float32"), np.zeros((4, 8), "float32"), 1.0)
+
+
+def test_weight_ops_name_a_kernel_without_fan_in_axes():
+    """A rank-1 kernel normalized each element by itself (all +-1)."""
+    for op in (nops.weight_norm, nops.standardize_weight):
+        with pytest.raises(ValueError, match=r"Invalid `kernel`: expected a tensor of rank >= 2.*pass axes=\[0\]"):
+            op(np.ones(3, "float32"))
+    np.testing.assert_allclose(to_np(nops.weight_norm(np.full(4, 3.0, "float32"), axes=[0])), np.full(4, 0.5))
