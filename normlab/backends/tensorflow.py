@@ -309,15 +309,18 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     as it does Keras' batch norm; after a Dense layer (2-D) or a Conv3D (5-D)
     the reshapes around the kernel would stay in the converted model, so
     those take the general path, whose plain ops fold as Keras' do
-    (``tests/export/test_folding.py``)."""
+    (``tests/export/test_folding.py``). So does a float16 or bfloat16 3-D
+    input there: OpenVINO's converter turned a float16 Dense, the casts and
+    the reshaped kernel into outputs 1.3 off (``tests/export/test_mixed_precision.py``)."""
     if not usable(x) or axis != x.shape.rank - 1 or x.dtype == tf.float64:
         return None
     c = x.shape[-1]
     if c % CHANNEL_BLOCK:
         return None
-    if x.shape.rank not in (3, 4) and exportable_graph() and not in_xla():
-        return None
     compute = compute_dtype(x.dtype)
+    reshaped = x.shape.rank != 4
+    if exportable_graph() and not in_xla() and (x.shape.rank != 3 or x.dtype != compute) and reshaped:
+        return None
     scale = tf.math.rsqrt(tf.cast(param(variance), compute) + epsilon)
     if gamma is not None:
         scale = scale * tf.cast(param(gamma), compute)

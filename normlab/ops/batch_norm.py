@@ -204,7 +204,7 @@ def _batch_norm_train(
         moving_std = at_least(ops.cast(feature_param(renorm_stddev, rank, [c], [channels]), dtype), floor)
         moving_mean = ops.cast(feature_param(renorm_mean, rank, [c], [channels]), dtype)
         r = ops.sqrt(variance + epsilon) / moving_std
-        d = (mean - moving_mean) / moving_std
+        d = ((shift - moving_mean) + residual_mean) / moving_std  # not mean - moving_mean: rounded at the offset
         if "rmin" in clipping:
             r = at_least(r, clipping["rmin"])
         if "rmax" in clipping:

@@ -68,6 +68,19 @@ def test_batch_renorm_matches_reference(clipping, v):
     np.testing.assert_allclose(to_np(var), evar, rtol=1e-5)
 
 
+@pytest.mark.parametrize("offset", [1e4, 1e6])
+@pytest.mark.parametrize("v", [None, 2])
+def test_batch_renorm_is_exact_at_large_offsets(offset, v):
+    """d = (mean - renorm_mean) / s took the mean rounded at the offset's scale: 4.7e-4
+    off at 1e4, 2.9e-2 at 1e6 (1% of the output), on every backend."""
+    x = rng_normal(LAST4, offset, 2.0)
+    rmean, rstd = np.full(6, offset, "float32"), per_channel(6, 4, 0.5, 3)
+    gamma = per_channel(6, 1)
+    y = call(nops.batch_renorm, x, renorm_mean=rmean, renorm_stddev=rstd, gamma=gamma, virtual_batch_size=v)
+    ey, _, _ = reference.batch_renorm(x, rmean, rstd, -1, gamma, None, 1e-3, None, v)
+    np.testing.assert_allclose(to_np(y), ey, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "clipping, pattern",
     [
