@@ -135,7 +135,8 @@ def _row(key: tuple, runs: list[dict], label: str) -> dict:
     row = dict(label=label, config_label=c["label"], series=c["series"], x=c["x"], norms=c["norms"], impl=c["impl"],
                backend=c["backend"], learning_rate=c["learning_rate"],
                seeds=sorted(r["config"]["seed"] for r in runs), metric=runs[0]["metric"],
-               per_seed={r["config"]["seed"]: r["accuracy"] for r in runs})
+               per_seed={r["config"]["seed"]: r["accuracy"] for r in runs},
+               test_examples=min(r.get("test_examples") or 0 for r in runs))
     for k in _STATS:
         row[k] = stats(r.get(k) for r in runs)
     row["diverged"] = {r["config"]["seed"]: r["non_finite"] for r in runs if r.get("non_finite")}
@@ -200,6 +201,13 @@ def _norm_free(norms: str) -> bool:
         return False
 
 
+def _resolution(*rows: dict) -> float:
+    """The step of the rows' accuracies: one test example of the smallest test set
+    (0, continuous, where a run did not record its test set's size)."""
+    smallest = min(r["test_examples"] for r in rows)
+    return 1.0 / smallest if smallest else 0.0
+
+
 def _pair_with_baseline(rows: list[dict], sweep: str, baseline: str | None) -> str:
     """Sets every row's ``paired``; returns the baseline's description.
 
@@ -217,7 +225,7 @@ def _pair_with_baseline(rows: list[dict], sweep: str, baseline: str | None) -> s
         match = next((b for b in base_rows if b["backend"] == r["backend"]
                       and b["settings"] == r["settings"]), None)
         r["paired"] = None if match is None else \
-            dict(paired(r["per_seed"], match["per_seed"]), baseline=match["label"])
+            dict(paired(r["per_seed"], match["per_seed"], _resolution(r, match)), baseline=match["label"])
 
     if by_series:
         base = baseline if baseline in series else series[0]

@@ -63,21 +63,30 @@ def stats(values) -> dict:
             "ci95": t975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan}
 
 
-def paired(values: dict, baseline: dict) -> dict:
+def paired(values: dict, baseline: dict, resolution: float = 0.0) -> dict:
     """The paired difference ``values - baseline`` over the seeds both have.
 
     Args:
         values, baseline: ``{seed: value}``; ``None`` values are left out.
+        resolution: the step the values come in (``1 / test size`` for an
+            accuracy), or 0 (default) for continuous values. The t interval and
+            test then take the differences' spread as at least
+            ``resolution / sqrt(6)``, the spread of a difference of two values
+            rounded to that step: equal differences on every seed (common with
+            accuracies) get the interval of nearly equal ones instead of a
+            zero-width one, so the verdict does not jump between the two.
 
     Returns:
         ``n``, ``seeds``, ``diffs`` (per seed), ``mean``, ``std``, ``ci95`` (half-width),
         ``low``, ``high`` (the 95% interval), ``t``, ``p`` (two-sided paired t-test) and
         ``verdict``: "within noise" when the interval includes 0, "higher" or
         "lower" when it does not, "one seed" or "no common seeds" when there is
-        no interval. When every seed gives the same non-zero difference there is
-        no t interval (``ci95``, ``low`` and ``high`` are NaN, ``t`` is infinite):
-        ``p`` is then the exact sign-flip test's (:func:`sign_flip_p`, 0.5 for
-        two seeds, not the t-test's limit 0), and the verdict follows ``p < 0.05``.
+        no interval. Without a ``resolution``, when every seed gives the same
+        non-zero difference there is no t interval (``ci95``, ``low`` and
+        ``high`` are NaN, ``t`` is infinite): ``p`` is then the exact sign-flip
+        test's (:func:`sign_flip_p`, 0.5 for two seeds, not the t-test's limit
+        0), and the verdict follows ``p < 0.05``. ``std`` is the differences'
+        sample standard deviation either way.
     """
     seeds = sorted(s for s in values if s in baseline
                    and values[s] is not None and baseline[s] is not None)
@@ -86,21 +95,25 @@ def paired(values: dict, baseline: dict) -> dict:
     diffs = [round(float(values[s]) - float(baseline[s]), 6) for s in seeds]
     s = stats(diffs)
     n, mean, std = s["n"], s["mean"], s["std"]
-    out = dict(n=n, seeds=seeds, diffs=diffs, mean=mean, std=std, ci95=s["ci95"],
-               low=mean - s["ci95"], high=mean + s["ci95"], t=math.nan, p=math.nan)
+    if n > 1 and len(set(diffs)) == 1:
+        std = 0.0  # not the 1e-18 that summing equal floats leaves
+    spread = max(std, resolution / math.sqrt(6.0)) if n > 1 else std  # see `resolution`
+    ci95 = t975(n - 1) * spread / math.sqrt(n) if n > 1 else math.nan
+    out = dict(n=n, seeds=seeds, diffs=diffs, mean=mean, std=std, ci95=ci95,
+               low=mean - ci95, high=mean + ci95, t=math.nan, p=math.nan)
     if n == 0:
         return {**out, "verdict": "no common seeds"}
     if n == 1:
         return {**out, "verdict": "one seed"}
-    if len(set(diffs)) == 1 and mean != 0.0:  # the same difference on every seed: no t interval
+    if spread == 0.0 and mean != 0.0:  # the same difference on every seed: no t interval
         out.update(t=math.copysign(math.inf, mean), p=sign_flip_p(n), ci95=math.nan,
                    low=math.nan, high=math.nan)
         verdict = ("higher" if mean > 0 else "lower") if out["p"] < 0.05 else "within noise"
         return {**out, "verdict": verdict}
-    if std == 0.0:
+    if spread == 0.0:
         out.update(t=0.0, p=1.0)
     else:
-        out["t"] = mean / (std / math.sqrt(n))
+        out["t"] = mean / (spread / math.sqrt(n))
         out["p"] = t_two_sided_p(out["t"], n - 1)
     if out["low"] <= 0.0 <= out["high"]:
         verdict = "within noise"

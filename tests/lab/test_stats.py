@@ -76,3 +76,20 @@ def test_equal_differences_of_float32_accuracies_count_as_equal():
     f32 = lambda k: float(np.float32(k / 100))  # noqa: E731
     d = paired({0: f32(92), 1: f32(53)}, {0: f32(90), 1: f32(51)})
     assert d["p"] == 0.5 and d["verdict"] == "within noise" and math.isnan(d["low"])
+
+
+@pytest.mark.parametrize("n", [2, 3, 6])
+def test_a_resolution_makes_equal_differences_continuous_with_nearly_equal_ones(n):
+    """With accuracies' step (1 / test size) given, the spread is at least resolution / sqrt(6):
+    differences [0.01, 0.01, 0.01] gave p = 0.25 and [0.01, 0.01, 0.0101] p = 1e-5."""
+    base = {seed: 0.5 + 0.03 * seed for seed in range(n)}
+    equal = paired({s: v + 0.002 for s, v in base.items()}, base, resolution=1e-3)
+    nudged = paired({s: v + 0.002 + (1e-5 if s == 0 else 0.0) for s, v in base.items()}, base, resolution=1e-3)
+    assert equal["std"] == 0.0 and equal["ci95"] > 0
+    assert equal["p"] == pytest.approx(nudged["p"], rel=0.05)
+    assert equal["verdict"] == nudged["verdict"]
+    t = 0.002 / (1e-3 / math.sqrt(6) / math.sqrt(n))
+    assert equal["p"] == pytest.approx(2 * scipy_stats.t.sf(t, n - 1))
+    # a spread above the floor is the plain t-test's
+    spread = {s: v + 0.002 + 0.004 * (s % 2) for s, v in base.items()}
+    assert paired(spread, base, resolution=1e-3)["p"] == paired(spread, base)["p"]
