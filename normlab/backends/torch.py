@@ -292,7 +292,9 @@ class _BatchStats(torch.autograd.Function):
     only where a loss uses them (never for the moving averages): it adds
     ``(dmean + 2 dvar (x - mean)) / n`` per channel to ``x``'s gradient, with
     ``x - mean`` formed as ``(x - shift) - residual mean`` (exact at an offset,
-    where ``shift + residual mean`` rounds at the offset's scale)."""
+    where ``shift + residual mean`` rounds at the offset's scale). Under
+    ``create_graph`` the residual mean is taken from ``x`` again, so that the
+    second derivative sees the mean move with ``x``."""
 
     @staticmethod
     def forward(ctx, x, shift, residual_mean, variance, axis):
@@ -305,7 +307,11 @@ class _BatchStats(torch.autograd.Function):
         x, shift, residual_mean = ctx.saved_tensors
         shape = [1] * x.dim()
         shape[ctx.axis] = x.shape[ctx.axis]
-        xc = (x.to(shift.dtype) - shift.view(shape)) - residual_mean.view(shape)
+        xc = x.to(shift.dtype) - shift.view(shape)
+        if torch.is_grad_enabled():  # a double backward: the mean moves with x too (differentiably)
+            xc = xc - xc.mean(dim=[d for d in range(x.dim()) if d != ctx.axis], keepdim=True)
+        else:
+            xc = xc - residual_mean.view(shape)
         dx = (dmean.view(shape) + 2.0 * dvar.view(shape) * xc) / (x.numel() // x.shape[ctx.axis])
         return dx.to(x.dtype), None, None, None, None
 
