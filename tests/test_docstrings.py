@@ -31,7 +31,9 @@ def test_docstring_examples_run(name):
     except ModuleNotFoundError as exc:
         skip_if_missing(exc, name)
         raise
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    # With empty globals: an example runs as a user who copies it runs it, its imports included.
+    result = doctest.testmod(module, globs={}, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+                             verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples failed in {name}"
 
 

@@ -128,6 +128,7 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
     copy is found (so loading would download it).
 
     Example:
+        >>> from normlab.lab.data import locate
         >>> locate("digits")
         'bundled with scikit-learn'
     """
@@ -155,6 +156,7 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
         progress: show a progress bar while downloading. Default: True.
 
     Example:
+        >>> from normlab.lab.data import load_dataset
         >>> load_dataset("digits").input_shape
         (8, 8, 1)
     """

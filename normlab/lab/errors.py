@@ -58,6 +58,7 @@ def require(module: str):
     """Imports an optional dependency, or raises :class:`MissingDependency` naming the extra.
 
     Example:
+        >>> from normlab.lab.errors import require
         >>> require("json").__name__
         'json'
     """

@@ -13,6 +13,7 @@ datasets, architectures, implementations and malformed placements are
 This module imports no deep-learning framework (nor NumPy).
 
 Example:
+    >>> from normlab.lab.experiments import RunConfig
     >>> c = RunConfig(label="GN", norms="group(groups=5, axis=3)", backend="jax")
     >>> c.slug, c.variant
     ('GN', 'jax-normlab-...')

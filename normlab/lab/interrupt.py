@@ -11,6 +11,7 @@ is dropped (through ``sys.unraisablehook``), since it is raised again: the
 user sees one line, not a traceback from JAX's internals.
 
 Example:
+    >>> from normlab.lab.interrupt import check, handling
     >>> with handling():
     ...     check()  # nothing requested: returns
 """

@@ -81,6 +81,7 @@ def canonical_placement(placement: str) -> str:
     """``placement`` written one way: no spaces but one after each comma (outside quotes).
 
     Example:
+        >>> from normlab.lab.models import canonical_placement
         >>> canonical_placement(" batch >group( groups=5,axis = 3) ")
         'batch>group(groups=5, axis=3)'
     """
@@ -239,6 +240,7 @@ def build_model(placement: str, input_shape, num_classes: int = 10, *, arch: str
         that does not fit (e.g. 3 groups of 10 channels) raises here.
 
     Example:
+        >>> from normlab.lab.models import build_model
         >>> m = build_model("batch>group(groups=5)", (28, 28, 1))
         >>> [type(l).__name__ for l in m.layers][1:5]
         ['Conv2D', 'BatchNormalization', 'Conv2D', 'GroupNormalization']

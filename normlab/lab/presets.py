@@ -44,6 +44,7 @@ def notes_for(placements: dict[str, str]) -> list[str]:
     """The notes of every preset whose labelled placements all appear in ``placements``.
 
     Example:
+        >>> from normlab.lab.presets import COMBOS, notes_for
         >>> notes_for(COMBOS)[0].startswith("Labels follow the models' code.")
         True
         >>> notes_for({"BN only": COMBOS["BN only"]})

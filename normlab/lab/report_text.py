@@ -269,6 +269,7 @@ def plain(markdown: str) -> str:
     underlined instead of prefixed with ``#``.
 
     Example:
+        >>> from normlab.lab.report_text import plain
         >>> print(plain("### c\\n\\n**Dataset: digits.** Specs: BN = `batch`.\\n![c](c.png)\\n"))
         c
         =

@@ -9,6 +9,7 @@ baseline is best judged seed by seed: :func:`paired` gives the mean paired
 difference, its 95% interval and the paired t-test's p-value.
 
 Example:
+    >>> from normlab.lab.stats import paired, t_quantile
     >>> round(t_quantile(0.975, 2), 4)
     4.3027
     >>> d = paired({0: 0.90, 1: 0.92, 2: 0.91}, {0: 0.89, 1: 0.90, 2: 0.90})

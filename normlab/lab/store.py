@@ -304,6 +304,7 @@ class OutputLock:
 
     Example:
         >>> import tempfile
+        >>> from normlab.lab.store import OutputLock
         >>> out = tempfile.mkdtemp()
         >>> with OutputLock(out):
         ...     OutputLock(out).acquire()

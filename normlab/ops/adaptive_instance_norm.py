@@ -84,6 +84,8 @@ def adaptive_instance_norm(content: Tensor, style: Tensor, axis: int = -1, *, ep
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import adaptive_instance_norm
         >>> rng = np.random.default_rng(0)
         >>> content = rng.normal(size=(2, 8, 8, 3)).astype("float32")
         >>> style = rng.normal(5.0, 2.0, size=(2, 4, 6, 3)).astype("float32")   # another size

@@ -43,18 +43,9 @@ def batch_norm(
     mask: Tensor | None = ..., return_stats: bool, replica_sum: ReplicaSum | None = ...,
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]: ...
 def batch_norm(
-    x: Tensor,
-    mean: Tensor | None = None,
-    variance: Tensor | None = None,
-    *,
-    axis: int = -1,
-    gamma: Tensor | None = None,
-    beta: Tensor | None = None,
-    epsilon: float = 1e-3,
-    training: bool = False,
-    mask: Tensor | None = None,
-    return_stats: bool = False,
-    replica_sum: ReplicaSum | None = None,
+    x: Tensor, mean: Tensor | None = None, variance: Tensor | None = None, *, axis: int = -1,
+    gamma: Tensor | None = None, beta: Tensor | None = None, epsilon: float = 1e-3, training: bool = False,
+    mask: Tensor | None = None, return_stats: bool = False, replica_sum: ReplicaSum | None = None,
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """Batch normalization: statistics per channel over the batch and all other axes.
 
@@ -85,6 +76,8 @@ def batch_norm(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import batch_norm
         >>> x = np.array([[0.0, 10.0], [2.0, 30.0]], "float32")
         >>> y, mean, var = batch_norm(x, training=True, epsilon=0.0, return_stats=True)
         >>> ops.convert_to_numpy(mean).tolist(), ops.convert_to_numpy(var).tolist()
@@ -299,7 +292,8 @@ def ghost_batch_norm(
 
     Example:
         >>> import numpy as np
-        >>> from normlab.ops import batch_norm
+        >>> from normlab.ops import batch_norm, ghost_batch_norm
+        >>> from keras import ops
         >>> x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
         >>> y = ops.convert_to_numpy(ghost_batch_norm(x, 4))
         >>> bool(np.allclose(y[:4], ops.convert_to_numpy(batch_norm(x[:4], training=True)), atol=1e-5))
@@ -376,7 +370,8 @@ def batch_renorm(
 
     Example:
         >>> import numpy as np
-        >>> from normlab.ops import batch_norm
+        >>> from normlab.ops import batch_norm, batch_renorm
+        >>> from keras import ops
         >>> x = np.random.default_rng(0).normal(2.0, 3.0, size=(16, 4)).astype("float32")
         >>> ones, zeros = np.ones(4, "float32"), np.zeros(4, "float32")
         >>> clip = {"rmax": 1.0, "rmin": 1.0, "dmax": 0.0}          # r = 1, d = 0: plain batch norm

@@ -57,6 +57,7 @@ def dynamic_tanh(
     Example:
         >>> import numpy as np
         >>> from keras import ops
+        >>> from normlab.ops import dynamic_tanh
         >>> x = np.array([[-4.0, 0.0, 1.0, 100.0]], "float32")
         >>> ops.convert_to_numpy(dynamic_tanh(x, alpha=0.5)).astype("float64").round(4).tolist()
         [[-0.964, 0.0, 0.4621, 1.0]]

@@ -73,6 +73,8 @@ def evo_norm_b0(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import evo_norm_b0
         >>> x = np.random.default_rng(0).normal(size=(4, 3, 3, 2)).astype("float32")
         >>> y, var = evo_norm_b0(x, training=True, return_stats=True)
         >>> bool(np.allclose(ops.convert_to_numpy(var), x.var(axis=(0, 1, 2)), atol=1e-5))
@@ -138,6 +140,8 @@ def evo_norm_s0(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import evo_norm_s0
         >>> x = np.random.default_rng(0).normal(size=(2, 4, 4, 6)).astype("float32")
         >>> y = ops.convert_to_numpy(evo_norm_s0(x, groups=3, epsilon=1e-12))
         >>> std = x.reshape(2, 16, 3, 2).std(axis=(1, 3)).repeat(2, axis=1)[:, None, None, :]

@@ -78,6 +78,8 @@ def tlu(x: Tensor, tau: Tensor, axis: int = -1, *, alpha: Tensor | None = None) 
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import tlu
         >>> x = np.array([[-2.0, 0.5], [1.0, -1.0]], "float32")
         >>> ops.convert_to_numpy(tlu(x, np.array([-1.0, 0.0], "float32"))).tolist()
         [[-1.0, 0.5], [1.0, 0.0]]
@@ -132,6 +134,8 @@ def filter_response_norm(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import filter_response_norm
         >>> x = np.random.default_rng(0).normal(size=(2, 5, 5, 3)).astype("float32")
         >>> a = ops.convert_to_numpy(filter_response_norm(x))                # channel axis -1
         >>> b = ops.convert_to_numpy(filter_response_norm(x, axis=[1, 2]))   # TF Addons' form

@@ -40,6 +40,8 @@ def group_norm(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import group_norm
         >>> x = np.random.default_rng(0).normal(size=(2, 4, 4, 6)).astype("float32")
         >>> y = ops.convert_to_numpy(group_norm(x, groups=3))
         >>> g = y.reshape(2, 16, 3, 2)                 # samples x positions x groups x channels
@@ -107,6 +109,8 @@ def instance_norm(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import group_norm, instance_norm
         >>> x = np.random.default_rng(0).normal(size=(2, 3, 5, 5)).astype("float32")
         >>> a = ops.convert_to_numpy(instance_norm(x, axis=1))
         >>> b = ops.convert_to_numpy(group_norm(x, groups=3, axis=1))

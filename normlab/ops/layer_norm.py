@@ -45,6 +45,7 @@ def layer_norm(
     Example:
         >>> import numpy as np
         >>> from keras import ops
+        >>> from normlab.ops import layer_norm
         >>> x = np.array([[1.0, 2.0, 3.0]], "float32")
         >>> [round(float(v), 4) for v in ops.convert_to_numpy(layer_norm(x, epsilon=0.0))[0]]
         [-1.2247, 0.0, 1.2247]

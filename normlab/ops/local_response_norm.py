@@ -33,6 +33,8 @@ def local_response_norm(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import local_response_norm
         >>> x = np.array([[1.0, 2.0, 3.0]], "float32")
         >>> y = ops.convert_to_numpy(local_response_norm(x, size=3, alpha=3.0, beta=1.0, k=1.0))
         >>> y.astype("float64").round(4).tolist()    # x / (1 + x_{c-1}^2 + x_c^2 + x_{c+1}^2)

@@ -172,6 +172,8 @@ def mean_square(x: Tensor, axes: Axis) -> Tensor:
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import mean_square
         >>> ops.convert_to_numpy(mean_square(np.array([[3.0, 4.0]], "float32"), [1])).tolist()
         [[12.5]]
     """
@@ -296,6 +298,8 @@ def moments(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import moments
         >>> x = np.array([[1e6 + 1.0, 1e6 - 1.0]], "float32")
         >>> mean, var = moments(x, axes=[1])
         >>> float(ops.convert_to_numpy(var)[0, 0])

@@ -96,6 +96,8 @@ def normalize(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import normalize
         >>> x = np.array([[1.0, 3.0]], "float32")
         >>> y = normalize(x, np.float32(2.0), np.float32(1.0), epsilon=0.0)
         >>> ops.convert_to_numpy(y).tolist()

@@ -29,6 +29,7 @@ def rms_norm(
     Example:
         >>> import numpy as np
         >>> from keras import ops
+        >>> from normlab.ops import rms_norm
         >>> x = np.array([[3.0, -4.0]], "float32")           # RMS = sqrt(12.5)
         >>> ops.convert_to_numpy(rms_norm(x, epsilon=0.0)).astype("float64").round(4).tolist()
         [[0.8485, -1.1314]]

@@ -69,7 +69,8 @@ def switchable_norm(
 
     Example:
         >>> import numpy as np
-        >>> from normlab.ops import instance_norm
+        >>> from normlab.ops import instance_norm, switchable_norm
+        >>> from keras import ops
         >>> x = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype("float32")
         >>> only_in = np.array([30.0, 0.0, 0.0], "float32")      # softmax ~ one-hot
         >>> y = switchable_norm(x, only_in, only_in, training=True)

@@ -120,6 +120,8 @@ def standardize_weight(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import standardize_weight
         >>> w = np.random.default_rng(0).normal(0.3, 2.0, size=(3, 3, 4, 8)).astype("float32")
         >>> w_hat = ops.convert_to_numpy(standardize_weight(w))
         >>> flat = w_hat.reshape(-1, 8)                 # fan-in x outputs
@@ -167,6 +169,8 @@ def weight_norm(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import weight_norm
         >>> v = np.array([[3.0, 0.0], [4.0, 2.0]], "float32")     # (in=2, out=2)
         >>> ops.convert_to_numpy(weight_norm(v, g=np.array([1.0, 5.0], "float32"))).tolist()
         [[0.6000000238418579, 0.0], [0.800000011920929, 5.0]]
@@ -267,6 +271,8 @@ def power_iteration(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import power_iteration
         >>> w = np.diag([3.0, 1.0]).astype("float32")
         >>> u, v, sigma = power_iteration(w, np.array([[1.0, 1.0]], "float32"), iterations=20)
         >>> round(float(ops.convert_to_numpy(sigma)), 4)
@@ -325,6 +331,8 @@ def spectral_norm(
 
     Example:
         >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import spectral_norm
         >>> w = np.random.default_rng(0).normal(size=(3, 3, 4, 8)).astype("float32")
         >>> u = np.random.default_rng(1).normal(size=(1, 8)).astype("float32")
         >>> w_sn, u, sigma = spectral_norm(w, u, power_iterations=30)

@@ -194,6 +194,7 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon, resident=None):
 
     Example (a CPU tensor: declined, the general path runs):
         >>> import torch
+        >>> from normlab.backends.triton.channels_last import group_norm
         >>> group_norm(torch.ones(2, 4, 4, 8), groups=2, axis=3, gamma=None, beta=None, epsilon=1e-3) is None
         True
     """

@@ -131,6 +131,7 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
 
     Example (a CPU tensor: declined, the general path runs):
         >>> import torch
+        >>> from normlab.backends.triton.row_norm import layer_norm
         >>> layer_norm(torch.ones(4, 8), axes=[1], gamma=None, beta=None, epsilon=1e-3) is None
         True
     """
