@@ -68,8 +68,9 @@ def convert(model: keras.Model, *, layers: Iterable[str] | None = None) -> keras
 
     Args:
         model: a ``keras.Sequential`` or functional ``keras.Model`` (a
-            subclass of the functional ``Model`` comes back as a plain one
-            with the same graph, as from ``keras.models.clone_model``).
+            subclass of the functional ``Model`` comes back as an instance
+            of its class with the same graph, as from
+            ``keras.models.clone_model``).
             Nested Sequential and functional models are converted too.
             The original is left as it was.
         layers: the class names to replace, a subset of
@@ -169,12 +170,27 @@ def _check_trailing_axes(layer: keras.layers.Layer, axis: Any) -> None:
     """Keras' RMSNormalization computes only over trailing axes (3.15: other axes
     fail to broadcast its scale, or put it on the wrong axes)."""
     axes = [axis] if isinstance(axis, int) else list(axis)
-    rank = len(layer.input.shape)
-    canonical = sorted(a % rank for a in axes)
-    if canonical != list(range(rank - len(canonical), rank)):
+    try:
+        rank: int | None = len(layer.input.shape)
+    except (AttributeError, ValueError):  # never called
+        rank = None
+    if rank is None:
+        if any(a >= 0 for a in axes):
+            raise ValueError(
+                f"Cannot convert layer {layer.name!r} to keras.layers.RMSNormalization: it has not been "
+                f"called, so whether axis={axis!r} names the trailing axes (all Keras' class supports) "
+                "depends on an input rank not known yet. Call the model once, or write the axes as "
+                "negative ones (axis=-1).")
+        trailing = sorted(axes) == list(range(-len(axes), 0))  # -k..-1 trail at any rank
+        where = "of an input not seen yet"
+    else:
+        canonical = sorted(a % rank for a in axes)
+        trailing = canonical == list(range(rank - len(canonical), rank))
+        where = f"of a rank-{rank} input"
+    if not trailing:
         raise ValueError(
             f"Cannot convert layer {layer.name!r} to keras.layers.RMSNormalization: it normalizes over "
-            f"axis={axis!r} of a rank-{rank} input, and Keras' class supports only trailing axes. Keep "
+            f"axis={axis!r} {where}, and Keras' class supports only trailing axes. Keep "
             "normlab's layer (pass `layers=` without RMSNormalization), or move those axes last.")
 
 

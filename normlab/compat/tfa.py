@@ -155,6 +155,46 @@ def _layer_values(
     """``(variable, value)`` for every weight of ``layer`` from the file's ``group``."""
     names = _attribute_list(group, "weight_names")
     values = [np.asarray(group[name]) for name in names]
+    if isinstance(layer, keras.Model):
+        return _nested_values(layer, names, values, by_name_classes)
+    return _named_values(layer, names, values, by_name_classes)
+
+
+def _weighted_leaves(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers with weights inside ``model``, nested models opened, in order."""
+    leaves: list[keras.layers.Layer] = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            leaves += _weighted_leaves(layer)
+        elif layer.weights:
+            leaves.append(layer)
+    return leaves
+
+
+def _nested_values(
+    model: keras.Model, names: list[str], values: list[np.ndarray],
+    by_name_classes: tuple[type[keras.layers.Layer], ...],
+) -> list[tuple[keras.Variable, np.ndarray]]:
+    """A nested model's weights: TF-Keras 2 saved them in one group, each named
+    after the layer that made it (``wn/g:0``), so each layer takes its own, by
+    name where it is a TF Addons counterpart; in order where the names do not
+    say (as Keras does)."""
+    by_layer: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+    for name, value in zip(names, values):
+        own = by_layer.setdefault(name.split("/")[0], ([], []))
+        own[0].append(name)
+        own[1].append(value)
+    leaves = _weighted_leaves(model)
+    if set(by_layer) != {leaf.name for leaf in leaves}:
+        return _named_values(model, names, values, by_name_classes)
+    return [pair for leaf in leaves for pair in _named_values(leaf, *by_layer[leaf.name], by_name_classes)]
+
+
+def _named_values(
+    layer: keras.layers.Layer, names: list[str], values: list[np.ndarray],
+    by_name_classes: tuple[type[keras.layers.Layer], ...],
+) -> list[tuple[keras.Variable, np.ndarray]]:
+    """``(variable, value)`` for every weight of ``layer`` from the saved ``names`` and ``values``."""
     where = f"layer {layer.name!r} in the file"
     pairs: list[tuple[keras.Variable, np.ndarray]] = []
     if isinstance(layer, by_name_classes):

@@ -28,10 +28,11 @@ def _channel_shape(ndim: int, axis: int, channels: int):
 
 
 def moments(x, axes, mask=None):
-    """Mean and biased variance over ``axes`` (kept as size-1 dims), float64; ``mask`` broadcasts to ``x``."""
+    """Mean and biased variance over ``axes`` (kept as size-1 dims), float64; ``mask`` broadcasts
+    to ``x``, and each entry counts by its truth value (0 or False: left out), as in the ops."""
     x = _f64(x)
     axes = tuple(axes)
-    w = np.ones_like(x) if mask is None else np.broadcast_to(_f64(mask), x.shape)
+    w = np.ones_like(x) if mask is None else np.broadcast_to(np.asarray(mask) != 0, x.shape).astype("float64")
     count = np.maximum(w.sum(axis=axes, keepdims=True), 1.0)
     mean = (w * x).sum(axis=axes, keepdims=True) / count
     var = (w * (x - mean) ** 2).sum(axis=axes, keepdims=True) / count
@@ -229,6 +230,8 @@ def batch_renorm(x, renorm_mean, renorm_stddev, axis=-1, gamma=None, beta=None, 
     moved, axis = _channels_last(x, axis)
     clipping = clipping or {}
     v = virtual_batch_size or moved.shape[0]
+    if moved.shape[0] % v:
+        raise ValueError(f"virtual_batch_size={v} does not divide the batch of {moved.shape[0]}")
     ys, means, variances = [], [], []
     for start in range(0, moved.shape[0], v):
         part = moved[start:start + v]

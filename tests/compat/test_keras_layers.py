@@ -227,6 +227,18 @@ def test_to_keras_converts_rms_norm_over_trailing_axes(axis):
     np.testing.assert_allclose(to_numpy(back(x)), to_numpy(model(x)), atol=1e-6)
 
 
+@pytest.mark.parametrize("axis, error", [(-1, None), ([-2, -1], None), ([-2], "of an input not seen yet"),
+                                         ([2], "it has not been called")])
+def test_to_keras_takes_an_rms_norm_never_called(axis, error):
+    """It read layer.input, which a layer never called lacks: an AttributeError."""
+    model = keras.Sequential([keras.layers.Dense(5), normlab.RMSNormalization(axis=axis, name="rms")])
+    if error:
+        with pytest.raises(ValueError, match=rf"Cannot convert layer 'rms'.*{error}"):
+            keras_layers.to_keras(model)
+    else:
+        assert type(keras_layers.to_keras(model).get_layer("rms")) is keras.layers.RMSNormalization
+
+
 def test_axis_lists_mixing_signs_are_refused_with_the_reason():
     model = keras.Sequential([keras.Input((3, 5, 4)), normlab.LayerNormalization(axis=[-1, 1], name="ln")])
     with pytest.raises(ValueError, match=r"Cannot convert layer 'ln'.*mixes negative and non-negative axes.*"

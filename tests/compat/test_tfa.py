@@ -470,3 +470,53 @@ def test_custom_objects_and_the_frn_loader_name_bad_values():
     with pytest.raises(TypeError, match=r"Invalid `epsilon` in a TF Addons FilterResponseNormalization config: "
                                         r"expected a number\. Received: epsilon=None"):
         tfa.custom_objects()["Addons>FilterResponseNormalization"].from_config({"epsilon": None})
+
+
+# --------------------------------------------------------------------------- nested models
+
+
+def _keras2_inner(layers, input_shape):
+    inp = {"class_name": "InputLayer", "config": {"batch_input_shape": [None, *input_shape], "dtype": "float32",
+                                                   "sparse": False, "ragged": False, "name": "input_2"}}
+    return {"class_name": "Sequential", "config": {"name": "inner", "layers": [inp, *layers]}}
+
+
+def test_a_nested_model_takes_its_layers_weights_by_name():
+    """TF-Keras 2 saved a nested model's weights in one group; they were matched by
+    position, which skipped TF Addons' renames and orders: a WeightNormalization'd
+    LSTM got its kernel and recurrent kernel swapped (outputs 0.5 off on outputs of
+    0.5, silently), and a data-initialized one failed on its extra weights."""
+    rng = np.random.default_rng(1)
+    lstm = {"class_name": "LSTM", "config": {
+        "name": "lstm", "trainable": True, "dtype": "float32", "return_sequences": False,
+        "return_state": False, "go_backwards": False, "stateful": False, "unroll": False,
+        "time_major": False, "units": 3, "activation": "tanh", "recurrent_activation": "sigmoid",
+        "use_bias": True, "dropout": 0.0, "recurrent_dropout": 0.0, "implementation": 2}}
+    k, r = rng.normal(size=(3, 12)).astype("float32"), rng.normal(size=(3, 12)).astype("float32")
+    saved = [("wn/g:0", rng.uniform(0.5, 2, size=12).astype("float32")),
+             ("wn/lstm/lstm_cell/recurrent_kernel:0", r), ("wn/lstm/lstm_cell/kernel:0", k),
+             ("wn/lstm/lstm_cell/bias:0", rng.normal(size=12).astype("float32")), ("wn/initialized:0", np.array(True))]
+    flat = keras2_sequential([tfa_wn("wn", lstm, data_init=False)], input_shape=(5, 3))
+    nested = keras2_sequential([_keras2_inner([tfa_wn("wn", lstm, data_init=False)], (5, 3))], input_shape=(5, 3))
+    x = rng.normal(size=(2, 5, 3)).astype("float32")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_keras2_h5(os.path.join(tmp, "flat.h5"), {"wn": saved}, flat)
+        write_keras2_h5(os.path.join(tmp, "nested.h5"), {"inner": saved}, nested)
+        a, b = tfa.load_model(os.path.join(tmp, "flat.h5")), tfa.load_model(os.path.join(tmp, "nested.h5"))
+    cell = b.get_layer("inner").get_layer("wn").layer.cell
+    np.testing.assert_array_equal(numpy_(cell.kernel), k)
+    np.testing.assert_array_equal(numpy_(cell.recurrent_kernel), r)
+    np.testing.assert_array_equal(numpy_(b(x)), numpy_(a(x)))
+
+    inner = _keras2_inner([tfa_gn("gn", 2), tfa_wn("wn", keras2_dense("dense", 4), data_init=True)], (6, 7, 4))
+    f32 = lambda a: np.asarray(a, "float32")  # noqa: E731
+    saved = [("gn/gamma:0", f32(GAMMA)), ("gn/beta:0", f32(BETA)), ("wn/g:0", f32(WN_G)), ("wn/kernel:0", f32(WN_V)),
+             ("wn/bias:0", f32(WN_B)), ("wn/initialized:0", np.array(True)),
+             ("wn/data_dep_init/kernel:0", f32(WN_V)), ("wn/data_dep_init/bias:0", f32(WN_B * 0))]
+    with tempfile.TemporaryDirectory() as tmp:
+        write_keras2_h5(os.path.join(tmp, "gn_wn.h5"), {"inner": saved}, keras2_sequential([inner]))
+        model = tfa.load_model(os.path.join(tmp, "gn_wn.h5"))
+    np.testing.assert_allclose(numpy_(model.get_layer("inner").get_layer("gn").gamma), GAMMA, rtol=1e-6)
+    wn = model.get_layer("inner").get_layer("wn")
+    np.testing.assert_allclose(numpy_(wn.g), WN_G, rtol=1e-6)
+    np.testing.assert_allclose(numpy_(wn.layer.bias), WN_B, rtol=1e-6)
