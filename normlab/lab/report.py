@@ -254,7 +254,7 @@ def _impl_ab(rows: list[dict], others: list[dict]) -> list[dict]:
     ab = []
     for o in others:
         r = next((r for r in rows if _same_model(r) == _same_model(o)), None)
-        if r is None:
+        if r is None or _norm_free(o["norms"]):  # no norm: the same model under every implementation
             continue
         d = paired(o["per_seed"], r["per_seed"])
         same = sum(round(o["per_seed"][s], 4) == round(r["per_seed"][s], 4) for s in d["seeds"])

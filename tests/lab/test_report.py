@@ -191,6 +191,9 @@ def test_a_norm_free_row_of_another_implementation_stays_in_the_main_table(tmp_p
         fake_run(out, RunConfig(experiment="c", label="none", norms="none", seed=seed), 0.8)
     table = summarize(load_runs(out)[0], baseline="none")["c"]
     assert [(r["label"], r["impl"]) for r in table["rows"]] == [("GN", "normlab"), ("none", "normlab")]
+    # The same model under both implementations is no comparison of them (it showed as
+    # a "none" row of the normlab-against-Keras table, counting its runs as agreeing).
+    assert [ab["label"] for ab in table["ab"]] == ["GN"]
 
 
 def test_a_baseline_missing_from_one_experiment_is_said(tmp_path):
