@@ -318,8 +318,8 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     if c % CHANNEL_BLOCK:
         return None
     compute = compute_dtype(x.dtype)
-    reshaped = x.shape.rank != 4
-    if exportable_graph() and not in_xla() and (x.shape.rank != 3 or x.dtype != compute) and reshaped:
+    exportable = x.shape.rank == 4 or (x.shape.rank == 3 and x.dtype == compute)  # see above
+    if not exportable and exportable_graph() and not in_xla():
         return None
     scale = tf.math.rsqrt(tf.cast(param(variance), compute) + epsilon)
     if gamma is not None:
