@@ -186,6 +186,13 @@ def _nested_values(
         own[1].append(value)
     leaves = _weighted_leaves(model)
     if set(by_layer) != {leaf.name for leaf in leaves}:
+        if any(isinstance(leaf, by_name_classes) for leaf in leaves):  # in order, they would load wrongly
+            raise ValueError(error_message(
+                "filepath", f"the weights of nested model {model.name!r} named after its layers "
+                f"{sorted(leaf.name for leaf in leaves)} (as TF-Keras 2 saves them: 'layer/weight:0')",
+                f"weights named {sorted(by_layer)} at their first level",
+                "Check that the file belongs to this model; TF Addons' layers inside it take their weights "
+                "by name, which these names do not give."))
         return _named_values(model, names, values, by_name_classes)
     return [pair for leaf in leaves for pair in _named_values(leaf, *by_layer[leaf.name], by_name_classes)]
 

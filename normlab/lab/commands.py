@@ -52,7 +52,10 @@ def make_experiment(args: argparse.Namespace):
                               f"Received: --set {item}. `normlab list` shows them with their defaults.")
         if key in given:
             raise ConfigError(f"Invalid `set`: {key} is given twice. Received: --set {item} and "
-                              f"{_OPTIONS[key]} {getattr(args, key)}. Pass one of them.")
+                              + (f"{_OPTIONS[key]} {getattr(args, key)}" if key in _OPTIONS and
+                                 getattr(args, key) is not None else f"an earlier --set {key}=...")
+                              + ". Pass one of them.")
+        given.add(key)
         overrides[key] = parse_value(key, value.strip())
     check_keys(overrides)
     seeds, quick = args.seeds, dict[str, Any](P.QUICK)

@@ -136,7 +136,7 @@ def _row(key: tuple, runs: list[dict], label: str) -> dict:
                backend=c["backend"], learning_rate=c["learning_rate"],
                seeds=sorted(r["config"]["seed"] for r in runs), metric=runs[0]["metric"],
                per_seed={r["config"]["seed"]: r["accuracy"] for r in runs},
-               test_examples=min(r.get("test_examples") or 0 for r in runs))
+               accuracy_examples=min(_accuracy_examples(r) for r in runs))
     for k in _STATS:
         row[k] = stats(r.get(k) for r in runs)
     row["diverged"] = {r["config"]["seed"]: r["non_finite"] for r in runs if r.get("non_finite")}
@@ -201,11 +201,21 @@ def _norm_free(norms: str) -> bool:
         return False
 
 
+def _accuracy_examples(run: dict) -> int:
+    """How many examples a run's reported accuracy counts: the test set, or under
+    the tutorial protocol (a training accuracy) the last epoch's examples, every
+    earlier epoch being whole; 0 where the summary does not tell."""
+    if not str(run.get("metric", "test")).startswith("train"):
+        return int(run.get("test_examples") or 0)
+    seen, epochs, per_epoch = (run.get(k) or 0 for k in ("examples_seen", "epochs_run", "train_examples"))
+    return int(seen - (epochs - 1) * per_epoch) if seen and epochs and per_epoch else 0
+
+
 def _resolution(*rows: dict) -> float:
-    """The step of the rows' accuracies: one test example of the smallest test set
-    (0, continuous, where a run did not record its test set's size)."""
-    smallest = min(r["test_examples"] for r in rows)
-    return 1.0 / smallest if smallest else 0.0
+    """The step of the rows' accuracies: one example of the smallest count (0,
+    continuous, where a run did not record it)."""
+    smallest = min(r["accuracy_examples"] for r in rows)
+    return 1.0 / smallest if smallest > 0 else 0.0
 
 
 def _pair_with_baseline(rows: list[dict], sweep: str, baseline: str | None) -> str:
@@ -256,7 +266,7 @@ def _impl_ab(rows: list[dict], others: list[dict]) -> list[dict]:
         r = next((r for r in rows if _same_model(r) == _same_model(o)), None)
         if r is None or _norm_free(o["norms"]):  # no norm: the same model under every implementation
             continue
-        d = paired(o["per_seed"], r["per_seed"])
+        d = paired(o["per_seed"], r["per_seed"])  # no floor: identical runs show as identical
         same = sum(round(o["per_seed"][s], 4) == round(r["per_seed"][s], 4) for s in d["seeds"])
         ab.append(dict(label=r["label"], impl=o["impl"], main_impl=r["impl"],  # over the shared seeds
                        main=stats(r["per_seed"][s] for s in d["seeds"]),

@@ -151,7 +151,7 @@ def _paired_section(rows: list[dict], meta: dict) -> list[str]:
              "layers agree), so each configuration is compared with its baseline seed by seed: "
              "the mean of the per-seed accuracy differences (percentage points), its 95% "
              "interval (t-distribution) and the paired t-test's p-value (the differences' spread "
-             "taken as at least that of rounding to whole test examples, so that equal differences "
+             "taken as at least that of rounding to whole examples, so that equal differences "
              "on every seed get an interval too).", "",
              "| config | baseline | seeds | difference (points) [95% CI] | p | verdict |",
              "|---|---|---|---|---|---|"]

@@ -117,12 +117,13 @@ def check_float_policy(layer: keras.layers.Layer) -> None:
     Keras' layers accept ``dtype="int32"``, then truncate every output and
     moving average to integers; a normalization has no integer meaning.
     """
-    policy = layer.dtype_policy
-    if all(keras.backend.is_float_dtype(d) for d in (policy.compute_dtype, policy.variable_dtype)):
+    compute, variables = layer.compute_dtype, layer.variable_dtype  # a DTypePolicyMap's, by the layer's path
+    if keras.backend.is_float_dtype(compute) and keras.backend.is_float_dtype(variables):
         return
     raise ValueError(error_message(
         "dtype", "a float dtype policy, such as 'float32', 'float64' or 'mixed_float16'",
-        f"dtype={policy.name!r} (compute dtype {policy.compute_dtype}, variables {policy.variable_dtype})",
+        f"dtype={getattr(layer.dtype_policy, 'name', layer.dtype_policy)!r} (compute dtype {compute}, "
+        f"variables {variables})",
         "Leave dtype out: integer inputs (uint8 images) are normalized in float32 anyway."))
 
 
@@ -235,6 +236,7 @@ class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
         (``self.axis`` unless ``axis`` is given), checks that its size is
         known, and fixes the input's rank and channel count in the
         ``InputSpec``. Returns ``(channel_axis, channels)``."""
+        check_float_policy(self)  # again: a DTypePolicyMap or a later assignment may have changed it
         axis = self.axis if axis is None else axis
         (channel_axis,) = canonicalize_axes(axis, len(input_shape))
         (channels,) = known_dims(input_shape, [channel_axis], axis=axis)
@@ -250,6 +252,7 @@ class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
         ``(10, 2, 2, 2)``; :meth:`feature_axes` resolves the axes per call.
         A layer without weights over the axes (``weights``, by default
         ``scale or center``) takes them of any size, unknown ones included."""
+        check_float_policy(self)  # again: see build_channel_axis
         axes = self.resolve_axes(input_shape)
         given = as_axis_list(self.axis)
         min_ndim = max(-a + 1 if a < 0 else a + 1 for a in given)
@@ -290,7 +293,7 @@ class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
     # ------------------------------------------------------------------- call
 
     def update_moving(self, inputs: Tensor, updates: Sequence[tuple[keras.Variable, Tensor, float]],
-                      replica_sum: CountingSum | None = None) -> None:
+                      replica_sum: CountingSum | None = None, mask: Tensor | None = None) -> None:
         """Moving averages: ``moving <- moving * momentum + batch * (1 - momentum)``
         for each ``(variable, batch_statistic, momentum)``. An empty batch
         (no element: a size 0, batch or spatial, known only at run time
@@ -299,7 +302,8 @@ class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
         ``replica_sum`` (synchronized statistics, the same on every replica;
         see :meth:`replica_sum`) the batch is the global one, whose count the
         statistics' own all-reduce gave: a replica whose own share is empty
-        updates its copy like the others."""
+        updates its copy like the others. A ``mask`` with no position kept (a
+        batch of padding only) leaves them unchanged too."""
         if replica_sum is not None:
             if replica_sum.count is None:
                 raise RuntimeError(f"{type(self).__name__}: no statistics were synchronized before the update.")
@@ -310,10 +314,13 @@ class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
             # torch.compile specializes sizes 0 and 1, and the batch is then
             # known to be empty.
             sizes = [n for n in ops.shape(inputs) if not isinstance(n, int) and not is_traced_int(n)]
+        kept = [n > 0 for n in sizes]
+        if mask is not None and replica_sum is None:  # (synchronized: the global count decides, above)
+            kept.append(ops.any(ops.cast(mask, "bool")))
         for moving, batch, momentum in updates:
             value = moving * momentum + ops.cast(batch, moving.dtype) * (1.0 - momentum)
-            if sizes:
-                value = ops.where(functools.reduce(ops.logical_and, [n > 0 for n in sizes]), value, moving.value)
+            if kept:
+                value = ops.where(functools.reduce(ops.logical_and, kept), value, moving.value)
             moving.assign(value)
 
     @staticmethod

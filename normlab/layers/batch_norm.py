@@ -268,7 +268,7 @@ class BatchNormalization(Normalization):
                 x, self.renorm_mean, self.renorm_stddev, clipping=self._clipping, mask=mask,
                 virtual_batch_size=self.virtual_batch_size, return_stats=True, **common,
             )
-            self._update_renorm_statistics(x, mean, variance, replica_sum)
+            self._update_renorm_statistics(x, mean, variance, replica_sum, mask)
             return self.compute_output(y)
         if self.virtual_batch_size is not None:
             y, mean, variance = ops.ghost_batch_norm(
@@ -277,11 +277,11 @@ class BatchNormalization(Normalization):
         else:
             y, mean, variance = ops.batch_norm(x, training=True, mask=mask, return_stats=True, **common)
         self.update_moving(x, ((self.moving_mean, mean, self.momentum),
-                               (self.moving_variance, variance, self.momentum)), replica_sum)
+                               (self.moving_variance, variance, self.momentum)), replica_sum, mask)
         return self.compute_output(y)
 
     def _update_renorm_statistics(self, x: Tensor, mean: Tensor, variance: Tensor,
-                                  replica_sum: CountingSum | None) -> None:
+                                  replica_sum: CountingSum | None, mask: Tensor | None = None) -> None:
         stddev = keras.ops.sqrt(variance + self.epsilon)
         # moving_variance follows the updated moving_stddev (its value, formed
         # here), under the same guard: a batch empty at run time changes neither.
@@ -297,6 +297,7 @@ class BatchNormalization(Normalization):
                 (self.moving_variance, keras.ops.relu(moving_stddev * moving_stddev - self.epsilon), 0.0),
             ),
             replica_sum,
+            mask,
         )
 
     def get_config(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 from keras import initializers, ops
 
-from normlab.layers.base import check_training
+from normlab.layers.base import check_float_policy, check_training
 from normlab.layers.derived_kernel import (
     KERNEL_LAYERS,
     SavedLora,
@@ -150,6 +150,7 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
                 )
             )
         super().__init__(layer, **kwargs)
+        check_float_policy(self)
         self.power_iterations = iterations
         self.in_place = in_place
         self._warned = False

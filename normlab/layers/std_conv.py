@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import keras
 
-from normlab.layers.base import SavedConfig, keras_object
+from normlab.layers.base import SavedConfig, check_float_policy, keras_object
 from normlab.layers.derived_kernel import call_with_kernel, full_precision, missing_layer
 from normlab.ops.validate import check_bool, check_epsilon, check_positive_int, error_message
 from normlab.ops.weights import standardize_weight
@@ -76,6 +76,7 @@ class _WeightStandardization(SavedConfig, _KerasConv):
         **kwargs: Any,
     ) -> None:
         super().__init__(**_conv_args(locals()), **kwargs)
+        check_float_policy(self)
         self.epsilon = check_epsilon(epsilon, owner=type(self).__init__)
 
     def _fan_in_axes(self) -> list[int]:

@@ -30,7 +30,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from normlab.layers.base import check_training
+from normlab.layers.base import check_float_policy, check_training
 from normlab.layers.data_init import DataInit
 from normlab.layers.derived_kernel import (
     KERNEL_LAYERS,
@@ -167,6 +167,7 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
                 )
             )
         super().__init__(layer, **kwargs)
+        check_float_policy(self)
         self.data_init = data_init
         self._is_rnn = is_rnn
         self._init_seen = False

@@ -237,6 +237,8 @@ def shifted_moments(
     check_mask(mask, x.shape)
     dtype = stats_dtype(x.dtype)
     x = ops.cast(x, dtype)
+    if mask is not None:  # padding's values (NaN, inf, 1e20) never reach a sum, nor its gradient
+        x = ops.where(ops.broadcast_to(ops.cast(mask, "bool"), ops.shape(x)), x, ops.zeros_like(x))
     if replica_sum is not None:
         weight = None if mask is None else ops.broadcast_to(mask_weight(mask, dtype), ops.shape(x))
         return _cross_replica_moments(x, axes, weight, replica_sum)

@@ -40,13 +40,22 @@ def inverse_std(variance: Tensor, epsilon: float) -> Tensor:
     return ops.rsqrt(variance + (1.0 - positive)) * positive
 
 
-def _broadcasts_to(name: str, value: Tensor, shape: tuple) -> None:
-    """Raises unless ``value``'s shape broadcasts to ``shape`` without growing it
-    (each dimension 1 or the same; unknown sizes pass)."""
-    given = tuple(value.shape)
-    extra = given[: max(0, len(given) - len(shape))]
+def _static_shape(t: Tensor) -> tuple | None:
+    """``t``'s shape as a tuple, or None where even its rank is unknown (a TensorFlow graph)."""
+    try:
+        return tuple(t.shape)
+    except ValueError:
+        return None
+
+
+def _broadcasts_to(name: str, value: Tensor, shape: tuple | None) -> None:
+    """Raises unless ``value``'s shape broadcasts to ``shape`` without growing it:
+    no more dimensions, each 1 or the same (unknown sizes and ranks pass)."""
+    given = _static_shape(value)
+    if shape is None or given is None:
+        return
     aligned = zip(reversed(given), reversed(shape))
-    if all(d == 1 for d in extra) and all(g in (1, s) or g is None or s is None for g, s in aligned):
+    if len(given) <= len(shape) and all(g in (1, s) or g is None or s is None for g, s in aligned):
         return
     raise ValueError(error_message(
         name, f"a tensor broadcastable to x's shape {shape} (each dimension 1 or x's)",
@@ -104,7 +113,7 @@ def normalize(
         [[-1.0, 1.0]]
     """
     x = float_tensor(x)
-    shape = tuple(x.shape)
+    shape = _static_shape(x)
     given = {"mean": mean, "variance": variance, "gamma": gamma, "beta": beta, "shift": shift}
     for name, value in given.items():
         if value is not None:

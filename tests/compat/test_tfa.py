@@ -507,6 +507,12 @@ def test_a_nested_model_takes_its_layers_weights_by_name():
     np.testing.assert_array_equal(numpy_(cell.kernel), k)
     np.testing.assert_array_equal(numpy_(cell.recurrent_kernel), r)
     np.testing.assert_array_equal(numpy_(b(x)), numpy_(a(x)))
+    prefixed = [(f"inner/{name}", value) for name, value in saved]  # names that do not name its layers
+    with tempfile.TemporaryDirectory() as tmp:
+        write_keras2_h5(os.path.join(tmp, "prefixed.h5"), {"inner": prefixed}, nested)
+        with pytest.raises(ValueError, match=r"Invalid `filepath`: expected the weights of nested model 'inner' "
+                                             r"named after its layers \['wn'\].*Received: weights named \['inner'\]"):
+            tfa.load_model(os.path.join(tmp, "prefixed.h5"))
 
     inner = _keras2_inner([tfa_gn("gn", 2), tfa_wn("wn", keras2_dense("dense", 4), data_init=True)], (6, 7, 4))
     f32 = lambda a: np.asarray(a, "float32")  # noqa: E731

@@ -165,6 +165,7 @@ def test_sweeps_scale_learning_rate_with_batch_size():
     # --set overrode the option silently (compare-e2 for --epochs 3)
     (["compare", "--set", "epochs=2", "--epochs", "3"], "epochs is given twice. Received: --set epochs=2 and --epochs 3"),
     (["compare", "--lr", "0.1", "--set", "learning_rate=0.2"], "Received: --set learning_rate=0.2 and --lr 0.1"),
+    (["compare", "--set", "epochs=2", "--set", "epochs=3"], "Received: --set epochs=3 and an earlier --set epochs="),
     # the preset was dropped silently
     (["compare", "--preset", "combos", "--norms", "batch"], "Received: --preset combos and --norms batch"),
     (["sweep", "batch-size", "--lr", "0.01"], "It is 0.001 x batch / 32 at each batch size"),
@@ -375,7 +376,7 @@ def test_report_command_baseline_and_plain_text(tmp_path, capsys):
             fake_run(runs, RunConfig(experiment="c", label=label, norms="batch", seed=seed), acc + 0.001 * seed)
     code, out, err = run_main(["report", str(runs), "--baseline", "GN"], capsys)
     assert code == 0, err
-    assert "Paired differences against GN\n" in out and "| BN | GN | 3 | -5.00 on every seed | 0.250 |" in out
+    assert "Paired differences against GN\n" in out and "| BN | GN | 3 | -5.00 [-5.20, -4.80] | < 0.001 | lower |" in out
     assert "#" not in out and "**" not in out and "![" not in out  # no Markdown markup on the terminal
     assert "![c](c.png)" in (runs / "report" / "report.md").read_text()  # the file keeps it
     code, _, err = run_main(["report", str(runs), "--baseline", "LN"], capsys)

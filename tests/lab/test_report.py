@@ -159,7 +159,7 @@ def test_the_same_difference_on_every_seed_gets_the_interval_of_nearly_equal_one
     """Accuracies are multiples of 1/test size. Two seeds that both gain one image gave an
     interval of width 0, p = 0 and "higher" (the t-test's limit); then p = 0.5 from the
     sign-flip test, while gaining one image and one image and a bit gave p = 1e-5 and
-    "higher". The spread is now at least that of rounding to whole test examples."""
+    "higher". The spread is now at least that of rounding to whole examples."""
     out = tmp_path / "runs"
     for seed in range(seeds):
         fake_run(out, RunConfig(experiment="c", label="A", norms="none", seed=seed), 0.9 + 0.01 * seed)
@@ -171,7 +171,7 @@ def test_the_same_difference_on_every_seed_gets_the_interval_of_nearly_equal_one
     else:
         assert "| B | A | 6 | +0.20 [+0.11, +0.29] | 0.002 | higher |" in md
         assert "(interval excluding 0): B higher by 0.20 points (p = 0.002)" in md
-    assert "at least that of rounding to whole test examples" in md
+    assert "at least that of rounding to whole examples" in md
     plots.plot(tmp_path / "c.png", "c", summarize(load_runs(out)[0], baseline="A")["c"])
 
 
@@ -387,3 +387,16 @@ def test_the_impl_comparison_explains_a_cut_interval():
            "params_main": 1, "params_other": 1}]
     text = "\n".join(report_text._ab_section(ab, {}))
     assert "-15.00 [-100.00, +70.00]*" in text and "*: the interval cut at +-100 points" in text
+
+
+def test_the_resolution_counts_the_examples_the_accuracy_is_over():
+    """Under the tutorial protocol the accuracy is the last training epoch's, over its
+    examples: the floor took the test set's 60,000 instead of 10,000 (6x too small)."""
+    from normlab.lab.report import _accuracy_examples
+
+    run = dict(metric="test", test_examples=10_000, train_examples=60_000, examples_seen=120_000, epochs_run=2)
+    assert _accuracy_examples(run) == 10_000
+    tutorial = dict(run, metric="train (tutorial protocol)", test_examples=60_000, train_examples=10_000,
+                    examples_seen=25_000, epochs_run=3)  # 10,000 twice, then 5,000 (--max-steps)
+    assert _accuracy_examples(tutorial) == 5_000
+    assert _accuracy_examples({"metric": "train (tutorial protocol)"}) == 0  # an old summary: continuous

@@ -357,6 +357,13 @@ def test_a_saved_or_keras_config_with_an_initializer_of_none_still_loads(tmp_pat
     assert type(normlab.get("ws", layer=keras.layers.Conv2D(4, 3, bias_initializer=None))) is normlab.StdConv2D
 
 
+def _policy_map(dtype):
+    """A DTypePolicyMap giving the layer named "ln" ``dtype`` (float32 elsewhere)."""
+    policies = keras.dtype_policies.DTypePolicyMap(default_policy="float32")
+    policies["ln"] = dtype
+    return policies
+
+
 @pytest.mark.parametrize("make", [
     lambda d: normlab.LayerNormalization(dtype=d),
     lambda d: normlab.BatchNormalization(dtype=d),
@@ -364,14 +371,28 @@ def test_a_saved_or_keras_config_with_an_initializer_of_none_still_loads(tmp_pat
     lambda d: normlab.LocalResponseNormalization(dtype=d),
     lambda d: normlab.AdaptiveInstanceNormalization(dtype=d),
     lambda d: normlab.TLU(dtype=d),
-], ids=["layer", "batch", "group", "lrn", "adain", "tlu"])
+    lambda d: normlab.WeightNormalization(keras.layers.Dense(3), dtype=d),
+    lambda d: normlab.SpectralNormalization(keras.layers.Dense(3), dtype=d),
+    lambda d: normlab.StdConv2D(3, 3, dtype=d),
+    lambda d: normlab.ScaledStdConv2D(3, 3, dtype=d),
+    # a map resolves by the layer's path, which Keras sets by the first call at the latest
+    lambda d: normlab.LayerNormalization(dtype=_policy_map(d), name="ln")(np.ones((2, 3), "float32")),
+], ids=["layer", "batch", "group", "lrn", "adain", "tlu", "weight", "spectral", "std_conv", "scaled_std_conv",
+        "policy_map"])
 @pytest.mark.parametrize("dtype", ["int32", "uint8", "bool"])
 def test_an_integer_dtype_policy_is_refused(make, dtype):
     """Keras' layers take it and truncate every output and moving average: a layer
     norm gave [0, 0, 0, 1, 0, -1, ...]."""
-    with pytest.raises(ValueError, match=rf"Invalid `dtype`: expected a float dtype policy.*dtype='{dtype}'"):
+    with pytest.raises(ValueError, match=rf"Invalid `dtype`: expected a float dtype policy.*\(compute dtype {dtype}, "):
         make(dtype)
     make("mixed_bfloat16")
+
+
+def test_an_integer_dtype_policy_set_after_construction_is_refused_at_build():
+    layer = normlab.LayerNormalization()
+    layer.dtype_policy = "int32"
+    with pytest.raises(ValueError, match=r"Invalid `dtype`: expected a float dtype policy"):
+        layer(np.ones((2, 3), "float32"))
 
 
 @pytest.mark.parametrize("training", ["False", "no", 0.5, 2])

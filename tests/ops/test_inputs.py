@@ -259,3 +259,19 @@ def test_weight_ops_name_a_kernel_without_fan_in_axes():
         with pytest.raises(ValueError, match=r"Invalid `kernel`: expected a tensor of rank >= 2.*pass axes=\[0\]"):
             op(np.ones(3, "float32"))
     np.testing.assert_allclose(to_np(nops.weight_norm(np.full(4, 3.0, "float32"), axes=[0])), np.full(4, 0.5))
+
+
+def test_normalize_refuses_statistics_that_add_dimensions():
+    """A (1, 1, 3) mean against x of shape (3,) gave a (1, 1, 3) output."""
+    with pytest.raises(ValueError, match=r"Invalid `mean`.*Received: mean of shape \(1, 1, 3\)"):
+        nops.normalize(np.ones(3, "float32"), np.zeros((1, 1, 3), "float32"), 1.0)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow graph's unknown rank")
+def test_normalize_takes_a_tensor_of_unknown_rank():
+    """The broadcast check read its shape as a tuple: "Cannot iterate over a shape with unknown rank"."""
+    import tensorflow as tf
+
+    f = tf.function(lambda x, m: nops.normalize(x, m, 1.0, epsilon=0.0),
+                    input_signature=[tf.TensorSpec(None), tf.TensorSpec(None)])
+    np.testing.assert_allclose(f(np.ones((2, 3), "float32"), np.float32(0.5)).numpy(), np.full((2, 3), 0.5))
