@@ -315,7 +315,7 @@ class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
             # known to be empty.
             sizes = [n for n in ops.shape(inputs) if not isinstance(n, int) and not is_traced_int(n)]
         kept = [n > 0 for n in sizes]
-        if mask is not None and replica_sum is None:  # (synchronized: the global count decides, above)
+        if mask is not None and replica_sum is None:  # (synchronized: the global count of kept positions)
             kept.append(ops.any(ops.cast(mask, "bool")))
         for moving, batch, momentum in updates:
             value = moving * momentum + ops.cast(batch, moving.dtype) * (1.0 - momentum)

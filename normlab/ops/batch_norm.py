@@ -233,10 +233,9 @@ def _ghost_average(mean: Tensor, variance: Tensor, counts: Tensor,
     kept = counts > 0  # a ghost batch of padding only: no statistics to weigh
     totals = [ops.sum(ops.where(kept, counts * mean, 0.0), axis=0),
               ops.sum(ops.where(kept, counts * variance, 0.0), axis=0), ops.sum(counts, axis=0)]
-    if replica_sum is not None:  # with the number of ghost batches, padding or not: the global batch's size
-        ghosts = ops.broadcast_to(ops.cast(dims(mean)[0], mean.dtype), ops.shape(mean)[1:])
-        *totals, ghosts = ops.unstack(replica_sum(ops.stack([*totals, ghosts])))
-        note_count(replica_sum, ghosts)
+    if replica_sum is not None:
+        totals = ops.unstack(replica_sum(ops.stack(totals)))
+        note_count(replica_sum, totals[2])  # the positions kept over every replica's ghost batches
     total = ops.maximum(totals[2], 1.0)  # an all-padding batch: zeros, as an empty ghost batch gives
     return totals[0] / total, totals[1] / total
 

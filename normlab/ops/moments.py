@@ -48,8 +48,8 @@ class CountingSum:
 
     The statistics kernels record the all-reduced size of the batch
     behind the last statistics they synchronized through it in
-    :attr:`count` (None until then): elements per channel (padding
-    included), or ghost batches. Layers read it to learn whether
+    :attr:`count` (None until then): the elements per channel a mask keeps
+    (all of them without one), or ghost batches without a mask. Layers read it to learn whether
     the global batch held any sample, and its size, without a collective of
     their own: one more all-reduce costs a round trip, and one that does not
     depend on the statistics may be scheduled in a different order on each
@@ -200,11 +200,10 @@ def _cross_replica_moments(
 
         count = summed(ops.ones_like(x))
     first = summed(ops.stop_gradient(x))
-    # Pass 1: the global sum and count, one all-reduce; their quotient is the shift. With a
-    # mask, the global number of elements too (padding included: the batch's size).
-    rows = [first, count] + ([] if weight is None else [_reduced_count(x, axes, x.dtype)])
-    first, count, *size = ops.unstack(replica_sum(ops.stack([ops.broadcast_to(r, ops.shape(first)) for r in rows])))
-    note_count(replica_sum, ops.stop_gradient(size[0] if size else count))
+    # Pass 1: the global sum and count (of the elements a mask keeps), one all-reduce; their
+    # quotient is the shift.
+    first, count = ops.unstack(replica_sum(ops.stack([ops.broadcast_to(r, ops.shape(first)) for r in (first, count)])))
+    note_count(replica_sum, ops.stop_gradient(count))
     count = ops.stop_gradient(ops.maximum(count, 1.0))
     shift = ops.stop_gradient(first / count)
     # Pass 2: residual sums about the shared shift, one all-reduce (with gradient).
@@ -237,8 +236,6 @@ def shifted_moments(
     check_mask(mask, x.shape)
     dtype = stats_dtype(x.dtype)
     x = ops.cast(x, dtype)
-    if mask is not None:  # padding's values (NaN, inf, 1e20) never reach a sum, nor its gradient
-        x = ops.where(ops.broadcast_to(ops.cast(mask, "bool"), ops.shape(x)), x, ops.zeros_like(x))
     if replica_sum is not None:
         weight = None if mask is None else ops.broadcast_to(mask_weight(mask, dtype), ops.shape(x))
         return _cross_replica_moments(x, axes, weight, replica_sum)

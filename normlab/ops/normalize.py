@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
+import sys
+
 from keras import ops
 
 from normlab.ops.axes import float_tensor
@@ -48,11 +51,19 @@ def _static_shape(t: Tensor) -> tuple | None:
         return None
 
 
+def _torch_compiling() -> bool:
+    """Whether torch's compiler or exporter traces this call: its symbolic sizes
+    pass for ints there, and comparing two it cannot prove equal is a graph break."""
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
 def _broadcasts_to(name: str, value: Tensor, shape: tuple | None) -> None:
     """Raises unless ``value``'s shape broadcasts to ``shape`` without growing it:
-    no more dimensions, each 1 or the same (unknown sizes and ranks pass)."""
+    no more dimensions, each 1 or the same (unknown sizes and ranks pass, and
+    a torch.compile trace is not checked)."""
     given = _static_shape(value)
-    if shape is None or given is None:
+    if shape is None or given is None or _torch_compiling():
         return
     aligned = zip(reversed(given), reversed(shape))
     if len(given) <= len(shape) and all(g in (1, s) or g is None or s is None for g, s in aligned):
@@ -116,7 +127,9 @@ def normalize(
     shape = _static_shape(x)
     given = {"mean": mean, "variance": variance, "gamma": gamma, "beta": beta, "shift": shift}
     for name, value in given.items():
-        if value is not None:
+        # (A Python number stays one: torch.compile(dynamic=True) traces it as a SymFloat,
+        # which Keras' convert_to_tensor cannot take without a graph break.)
+        if value is not None and not isinstance(value, numbers.Real):
             given[name] = value = float_tensor(value, name)
             _broadcasts_to(name, value, shape)
     mean, variance, gamma, beta, shift = given.values()

@@ -44,7 +44,7 @@ def _layers():
             synchronized=s, momentum=0.5, virtual_batch_size=2), (3, 4), False),
         "renorm_ghost": (lambda s: normlab.BatchNormalization(
             synchronized=s, momentum=0.5, renorm=True, renorm_clipping=clipping, virtual_batch_size=2), (3, 4), False),
-        # every position padding: the moving statistics move as one device's (toward zero statistics)
+        # every position padding: the moving statistics stay, as one device's do
         "all_padding": (lambda s: normlab.BatchNormalization(synchronized=s, momentum=0.5), (5, 3), True),
         "ghost_all_padding": (lambda s: normlab.BatchNormalization(
             synchronized=s, momentum=0.5, virtual_batch_size=2), (5, 3), True),
