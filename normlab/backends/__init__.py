@@ -87,6 +87,17 @@ def disabled() -> contextlib.AbstractContextManager[None]:
     return thread_setting(_state, "enabled", False, True)
 
 
+def torch_traced() -> bool:
+    """Whether torch traces this call (compilers, exporters, function
+    transforms; :func:`normlab.backends.torch_guards.traced`); False on the
+    other backends, without importing torch."""
+    if keras.backend.backend() != "torch":
+        return False
+    from normlab.backends.torch_guards import traced
+
+    return traced()
+
+
 def _backend_module(name: str):
     if name not in _modules:
         try:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import keras
 from keras import ops
 
-from normlab import _compat
+from normlab import _compat, backends
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.types import DTypeLike, Shape, Tensor
 
@@ -283,12 +283,7 @@ def concrete_bool(variable: keras.Variable) -> bool | None:
         return None
 
 
-def torch_traced() -> bool:
-    """Whether torch traces this call (compilers, exporters, function transforms)."""
-    if keras.backend.backend() != "torch":
-        return False
-    from normlab.backends.torch import traced
-    return traced()
+torch_traced = backends.torch_traced  # (its callers here import it from this module)
 
 
 def bool_at_trace(variable: keras.Variable) -> bool | None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numbers
-import sys
 
 from keras import ops
 
+from normlab import backends
 from normlab.ops.axes import float_tensor
 from normlab.ops.moments import stats_dtype
 from normlab.ops.validate import check_epsilon, error_message
@@ -51,19 +51,14 @@ def _static_shape(t: Tensor) -> tuple | None:
         return None
 
 
-def _torch_compiling() -> bool:
-    """Whether torch's compiler or exporter traces this call: its symbolic sizes
-    pass for ints there, and comparing two it cannot prove equal is a graph break."""
-    torch = sys.modules.get("torch")
-    return torch is not None and bool(torch.compiler.is_compiling() or torch.compiler.is_exporting())
-
-
 def _broadcasts_to(name: str, value: Tensor, shape: tuple | None) -> None:
     """Raises unless ``value``'s shape broadcasts to ``shape`` without growing it:
     no more dimensions, each 1 or the same (unknown sizes and ranks pass, and
-    a torch.compile trace is not checked)."""
+    a torch trace is not checked)."""
     given = _static_shape(value)
-    if shape is None or given is None or _torch_compiling():
+    # (Under torch's tracers symbolic sizes pass for ints, and comparing two it
+    # cannot prove equal is a graph break.)
+    if shape is None or given is None or backends.torch_traced():
         return
     aligned = zip(reversed(given), reversed(shape))
     if len(given) <= len(shape) and all(g in (1, s) or g is None or s is None for g, s in aligned):
