@@ -236,8 +236,8 @@ def dry_run(experiment, args) -> int:
     counts = {a: sum(p.action == a for p in planned) for a in ("run", "reuse", "copy", "redo")}
     say(f"normlab: dry run of {experiment.name}: {len(planned)} run{'s' * (len(planned) != 1)} "
         f"({counts['run']} to run, "
-        f"{counts['reuse']} finished earlier and reused, {counts['copy']} finished for another "
-        f"experiment and copied, {counts['redo']} unfinished and redone); data: {prepared.data}")
+        f"{counts['reuse']} finished earlier and reused, {counts['copy']} the same run finished "
+        f"elsewhere and copied, {counts['redo']} unfinished and redone); data: {prepared.data}")
     for p in planned:
         print(f"{p.action:<6} {p.run_dir}" + (f" (from {p.source})" if p.source is not None else ""))
     return 0

@@ -72,7 +72,8 @@ def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs"
 
     Results are in grid order; ``status`` is "done", "skipped" (finished earlier,
     here or, with the same settings and seed, under another experiment of
-    ``out``: copied, see :func:`normlab.lab.store.find_twin`) or "lost".
+    ``out`` or, a model without norms, another implementation: copied, see
+    :func:`normlab.lab.store.find_twin`) or "lost".
 
     Raises:
         LockedError: another process is running a grid in ``out``.

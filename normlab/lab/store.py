@@ -19,8 +19,8 @@ run directory is wiped.
 :class:`OutputLock` gives one process at a time an output folder, and
 :func:`plan` says, for every run of a grid, whether it will be run, reused
 (finished earlier), copied (finished under another experiment with the same
-settings and seed) or redone (unfinished). This module needs no
-deep-learning framework.
+settings and seed, or a model without norms under the other implementation)
+or redone (unfinished). This module needs no deep-learning framework.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from normlab.lab.errors import LabError
-from normlab.lab.experiments import RunConfig
+from normlab.lab.experiments import IMPLS, RunConfig
 
 CONFIG, METRICS, SUMMARY, ERROR = "config.json", "metrics.jsonl", "summary.json", "error.txt"
 LOCK = ".normlab.lock"
@@ -180,7 +180,7 @@ def write_error(run_dir: Path, config: RunConfig, error: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class Planned:
     """One run of a grid and what will happen to it: "run", "reuse", "redo" or
-    "copy" (from ``source``, the same run finished for another experiment)."""
+    "copy" (from ``source``, the same run finished elsewhere, see :func:`find_twin`)."""
 
     config: RunConfig
     run_dir: Path
@@ -229,16 +229,20 @@ def find_twin(out: str | os.PathLike, config: RunConfig) -> tuple[Path, dict] | 
     settings and seed as ``config`` under another experiment (``compare``'s
     GroupNorm is ``sweep groups``' G=5), or None. Its directory has ``config``'s
     variant, and its ``config.json`` the same result fields (one edited by hand is
-    not used)."""
-    expected = config.result_fields()
-    for candidate in sorted(Path(out).glob(f"*/*/{config.variant}/seed{config.seed}")):
-        if candidate.parents[2].name == config.experiment:
-            continue
-        summary = read_finished(candidate)
-        stored = read_json(candidate / CONFIG)
-        if summary is not None and isinstance(stored, dict) and all(
-                stored.get(k) == v for k, v in expected.items()):
-            return candidate, summary
+    not used). A model without a norm is the same under every implementation:
+    its run under another one (``--impl keras`` after ``--impl normlab``) is a
+    twin too, in any experiment."""
+    others = [] if config.has_norm else [dataclasses.replace(config, impl=i) for i in IMPLS if i != config.impl]
+    for twin in [config, *others]:
+        expected = twin.result_fields()
+        for candidate in sorted(Path(out).glob(f"*/*/{twin.variant}/seed{config.seed}")):
+            if twin is config and candidate.parents[2].name == config.experiment:  # its own directory
+                continue
+            summary = read_finished(candidate)
+            stored = read_json(candidate / CONFIG)
+            if summary is not None and isinstance(stored, dict) and all(
+                    stored.get(k) == v for k, v in expected.items()):
+                return candidate, summary
     return None
 
 

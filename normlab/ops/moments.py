@@ -7,9 +7,8 @@ Numerics policy (the one place it is decided):
   are upcast before any reduction, float64 stays float64.
 * Variance is two-pass and shifted: the residuals ``d = x - s`` are taken
   about a per-slice shift ``s`` (a constant for autodiff): the first element
-  of each slice, or with a mask the masked mean. A first pass takes their
-  mean ``c``, a second their variance ``mean((d - c)**2)`` (with a mask,
-  ``mean(d**2) - c**2``, as ``s`` is then the mean itself).
+  of each slice, or with a mask the largest kept one. A first pass takes
+  their mean ``c``, a second their variance ``mean((d - c)**2)``.
   Never ``E[x^2] - E[x]^2``, which cancels catastrophically for inputs with
   a large offset (1e6 + small noise) and can even go negative. The apply
   step subtracts ``s`` then ``c`` (see :func:`shifted_moments`), so the
@@ -18,8 +17,10 @@ Numerics policy (the one place it is decided):
 * Variance is the biased (population) variance, as in Keras and the papers,
   and is clamped at zero so that ``rsqrt(var + epsilon)`` is always finite.
 * An optional ``mask`` (broadcastable to ``x``; nonzero or True = counts,
-  0 = ignored, as Keras' boolean masks) selects the elements; a slice with
-  no unmasked element gets mean 0 and variance 0.
+  0 = ignored, as Keras' boolean masks) selects the elements; the values at
+  masked positions never enter the sums (a NaN or inf of padding leaves the
+  statistics finite), and a slice with no unmasked element gets mean 0 and
+  variance 0.
 * An optional ``replica_sum`` (a callable summing a tensor over replicas,
   see :mod:`normlab.distributed`) makes the statistics those of the global
   batch: the same two passes, each on sums that are all-reduced once (pass
@@ -136,29 +137,20 @@ def mask_weight(mask: Tensor, dtype: str) -> Tensor:
     return ops.cast(ops.cast(mask, "bool"), dtype)
 
 
-def _averager(x: Tensor, axes: list[int], mask: Tensor | None = None) -> Callable[[Tensor], Tensor]:
-    """``average(v)``: the (masked) mean of ``v`` over ``axes``, reduced axes kept.
+def _averager(x: Tensor, axes: list[int]) -> Callable[[Tensor], Tensor]:
+    """``average(v)``: the mean of ``v`` over ``axes``, reduced axes kept.
 
     ``sum / count`` rather than ``ops.mean``: on torch, Keras 3.15 reduces
-    float64 means in float32. With a mask, only unmasked elements count
-    and an all-masked slice averages to 0.
+    float64 means in float32.
     """
-    dtype = x.dtype
-    if mask is None:
-        # A Python number stays one: casting a torch SymInt (a dynamic batch
-        # size) to a tensor would specialize a compiled graph to its value.
-        count = _reduced_size(x, axes)
-        if not is_traced_int(count):
-            count = ops.cast(count, dtype)
+    # A Python number stays one: casting a torch SymInt (a dynamic batch
+    # size) to a tensor would specialize a compiled graph to its value.
+    count = _reduced_size(x, axes)
+    if not is_traced_int(count):
+        count = ops.cast(count, x.dtype)
 
-        def average(v: Tensor) -> Tensor:
-            return total(v, axes) / count
-    else:
-        weight = ops.broadcast_to(mask_weight(mask, dtype), ops.shape(x))
-        count = ops.maximum(total(weight, axes), 1.0)
-
-        def average(v: Tensor) -> Tensor:
-            return total(v * weight, axes) / count
+    def average(v: Tensor) -> Tensor:
+        return total(v, axes) / count
     return average
 
 
@@ -195,10 +187,12 @@ def _cross_replica_moments(
 
         count = _reduced_count(x, axes, x.dtype)
     else:
-        def summed(v: Tensor) -> Tensor:
-            return total(v * weight, axes)
+        kept = weight > 0
 
-        count = summed(ops.ones_like(x))
+        def summed(v: Tensor) -> Tensor:  # padding's values (NaN, inf, 1e20) never reach the sums
+            return total(ops.where(kept, v, ops.zeros_like(v)), axes)
+
+        count = total(weight, axes)
     first = summed(ops.stop_gradient(x))
     # Pass 1: the global sum and count (of the elements a mask keeps), one all-reduce; their
     # quotient is the shift.
@@ -222,7 +216,7 @@ def shifted_moments(
     """Statistics of ``x`` relative to a per-slice shift, for the exact apply step.
 
     Returns ``(shift, mean, variance)``, all with the reduced axes kept:
-    ``shift`` is an element of each slice, or with a mask the masked mean
+    ``shift`` is an element of each slice, or with a mask the largest kept element
     (no gradient flows through it), ``mean`` and ``variance`` are those of
     ``x - shift``, so the mean of ``x`` is
     ``shift + mean``. Pass all three to
@@ -239,9 +233,8 @@ def shifted_moments(
     if replica_sum is not None:
         weight = None if mask is None else ops.broadcast_to(mask_weight(mask, dtype), ops.shape(x))
         return _cross_replica_moments(x, axes, weight, replica_sum)
-    average = _averager(x, axes, mask)
-
     if mask is None:
+        average = _averager(x, axes)
         # The shift is an element of each slice, taken without arithmetic: a
         # computed mean (near the data's offset) would be recomputed by XLA
         # inside each fusion that uses it, with a fused multiply-add in some
@@ -257,13 +250,28 @@ def shifted_moments(
         centered = residual - mean  # squared as a product: see mean_square
         variance = average(centered * centered)
         return shift, mean, variance
-    # With a mask the first element may be padding: the shift is the masked mean.
-    shift = ops.stop_gradient(average(x))
-    residual = x - shift
-    mean = average(residual)
-    variance = average(residual * residual) - mean * mean
-    variance = ops.relu(variance)  # clamp at 0; Keras' ops.maximum returns float32 for float64 on torch
+    # With a mask the first element may be padding, and padding's values (a
+    # NaN, an inf, 1e20 whose square overflows) must not reach the sums:
+    # the shift is the largest kept element (a data value, the same in every
+    # fusion, as the sample above), and padding is replaced by it, so its
+    # residuals are exactly 0. Then the same two passes.
+    weight = ops.broadcast_to(mask_weight(mask, dtype), ops.shape(x))
+    kept = weight > 0
+    count = ops.maximum(total(weight, axes), 1.0)  # an all-padding slice: mean 0, variance 0
+    shift = ops.stop_gradient(_largest_kept(x, kept, axes))
+    residual = ops.where(kept, x, shift) - shift
+    mean = total(residual, axes) / count
+    centered = (residual - mean) * weight
+    variance = total(centered * centered, axes) / count
     return shift, mean, variance
+
+
+def _largest_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
+    """The largest element of each slice that ``kept`` selects (0 where it selects none)."""
+    if any(x.shape[a] == 0 for a in axes):  # an empty slice: nothing to take the maximum of
+        return ops.zeros([1 if a in axes else d for a, d in enumerate(dims(x))], x.dtype)
+    top = ops.max(ops.where(kept, x, float("-inf")), axis=axes, keepdims=True)
+    return ops.where(ops.any(kept, axis=axes, keepdims=True), top, ops.zeros_like(top))
 
 
 def moments(

@@ -84,6 +84,21 @@ def test_plan_copies_the_same_run_finished_for_another_experiment(tmp_path):
     assert json.loads((source / "summary.json").read_text())["config"] == compare.to_dict()  # untouched
 
 
+def test_a_model_without_norms_is_copied_across_implementations(tmp_path):
+    from tests.lab.test_report import fake_run
+
+    ours = RunConfig(experiment="compare", label="none", norms="none", backend="jax", seed=1)
+    theirs = RunConfig(**{**ours.to_dict(), "impl": "keras"})
+    fake_run(tmp_path, ours, 0.8)
+    planned = store.plan([theirs], tmp_path)  # --impl keras after --impl normlab, same experiment
+    assert planned[0].action == "copy" and planned[0].source == store.run_dir_for(tmp_path, ours)
+    summary = store.copy_run(planned[0].source, planned[0].run_dir, theirs, tmp_path)
+    assert summary["config"]["impl"] == "keras" and summary["accuracy"] == 0.8
+    normed = [RunConfig(**{**c.to_dict(), "norms": "batch", "label": "BN"}) for c in (ours, theirs)]
+    fake_run(tmp_path, normed[0], 0.9)
+    assert store.plan([normed[1]], tmp_path)[0].action == "run"  # a norm makes the implementations differ
+
+
 def test_plan_copies_no_unfinished_or_edited_twin(tmp_path):
     from tests.lab.test_report import fake_run
 

@@ -240,6 +240,33 @@ def test_masked_moments_ignore_masked_elements():
     np.testing.assert_allclose(_np(var), expected_var, atol=1e-5)
 
 
+@pytest.mark.parametrize("padding", [np.nan, np.inf, -np.inf, 1e20])
+@pytest.mark.parametrize("synchronized", [False, True], ids=["local", "replica_sum"])
+def test_padding_values_never_reach_masked_statistics(padding, synchronized):
+    # Keras' layer gives the kept positions' statistics whatever the padding holds; 0 * NaN in a masked sum
+    # (or 1e20 squared) would make every output NaN.
+    rng = np.random.default_rng(1)
+    x = (1e4 + rng.normal(size=(4, 6, 3))).astype("float32")
+    mask = rng.random((4, 6)) < 0.6
+    mask[:, 0], mask[2] = True, False  # a sample of padding only, for the per-sample statistics
+    mask[3, 0] = False
+    padded = np.where(mask[..., None], x, padding).astype("float32")
+    replica_sum = (lambda t: t) if synchronized else None
+    mean, var = nops.moments(padded, [0, 1], mask=mask[..., None], keepdims=False, replica_sum=replica_sum)
+    _, expected_mean, expected_var = reference.batch_norm(x, mask=mask[..., None])
+    np.testing.assert_allclose(_np(mean), expected_mean, rtol=1e-6)
+    np.testing.assert_allclose(_np(var), expected_var, rtol=1e-4)
+    if not synchronized:  # per-sample statistics: the all-padding sample gets 0 and 0
+        mean, var = nops.moments(padded, [1], mask=mask[..., None])
+        kept = [x[i][mask[i]] for i in range(len(x))]
+        expected = [k.astype("float64").mean(axis=0) if len(k) else np.zeros(3) for k in kept]
+        np.testing.assert_allclose(_np(mean)[:, 0], expected, rtol=1e-6)
+        assert np.isfinite(_np(var)).all() and not _np(var)[2].any()
+    y = nops.batch_norm(padded, training=True, mask=mask[..., None], replica_sum=replica_sum)
+    expected_y = reference.batch_norm(x, mask=mask[..., None])[0]
+    np.testing.assert_allclose(_np(y)[mask], expected_y[mask], atol=1e-3)
+
+
 # --- gradients -----------------------------------------------------------------------------
 
 GRADIENT_CASES = {
