@@ -132,7 +132,23 @@ def kernel_variable(layer: keras.layers.Layer, attribute: str = "_kernel", *,
     """The layer's raw kernel variable (built layers). A LoRA-enabled layer
     is refused for ``wrapper`` unless ``fold`` (the kernel is read to be
     folded or returned, not run) or the wrapper was built from a config
-    (:class:`SavedLora`: warned, the update then follows the normalization)."""
+    (:class:`SavedLora`: warned, the update then follows the normalization).
+    A quantized layer is refused: its kernel is int8 codes, not ``v``."""
+    mode = getattr(layer, "quantization_mode", None)
+    if mode is not None:
+        owner = "wrapper" if wrapper is None else type(wrapper).__name__
+        raise ValueError(
+            error_message(
+                "layer",
+                f"a layer with a float kernel: the {owner} normalizes its kernel variable, and a quantized layer's "
+                "kernel holds integer codes whose normalization is no kernel at all",
+                f"layer={type(layer).__name__}(name={layer.name!r}) with quantization_mode={mode!r} "
+                "(model.quantize() quantizes the layers inside wrappers too)",
+                "Fold the wrapper first (WeightNormalization.remove(); for SpectralNormalization assign "
+                "normalized_kernel() to a plain layer's kernel) and quantize the plain layer, or leave the "
+                "wrapped layer out: model.quantize(mode, filters=lambda layer: layer is not wrapper.layer).",
+            )
+        )
     if layer.__dict__.get("lora_enabled") and not fold:
         owner = "wrapper" if wrapper is None else type(wrapper).__name__
         if wrapper is None or not getattr(wrapper, "_from_config", False):
