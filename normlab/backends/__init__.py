@@ -35,9 +35,14 @@ Python branch on data), in its forward and its backward, so it costs no
 device sync and no data-dependent guard under ``torch.compile``, and traces
 under ``jax.jit`` and ``tf.function``. Exactness is decided inside the graph
 (``lax.cond``/``tf.cond``) or needs no decision (a shift that bounds every
-kernel's error). The numerics policy, with its bounds and why each
-backend's statistics are exact, is :mod:`normlab.backends.policy`;
-``tests/backends/test_no_host_sync.py`` and ``tests/compile`` enforce it.
+kernel's error). One exception: an eager ``tf.cond`` evaluates its
+predicate on the host, so TensorFlow's hooks decide there in the calls
+that stay eager (a signature's first two, inputs over 2**20 elements,
+nested tapes: :mod:`normlab.backends.tensorflow_eager`); in every graph
+(``tf.function``, ``fit``, exporters) they decide on the device. The
+numerics policy, with its bounds and why each backend's statistics are
+exact, is :mod:`normlab.backends.policy`; ``tests/backends/test_no_host_sync.py``,
+``tests/backends/test_tf_eager.py`` and ``tests/compile`` enforce it.
 
 Fast paths can be switched off with the environment variable
 ``NORMLAB_FAST_PATHS=0`` or, for a block of code, with :func:`disabled`.

@@ -186,3 +186,45 @@ def test_graphs_are_few_and_large_inputs_stay_eager(caplog):
     for _ in range(4):
         ln(big, axes=[1], gamma=None, beta=None, epsilon=1e-3)
     assert not ln.graphs
+
+
+@pytest.mark.parametrize("op", ["group_norm", "layer_norm", "batch_norm_train"])
+def test_hot_eager_calls_decide_in_their_graph(op, monkeypatch):
+    """An eager ``tf.cond`` reads its predicate on the host (a device sync).
+    A signature's first eager calls (``HOT_AFTER``) decide that way; from then
+    on it runs as a graph, whose conditionals decide on the device."""
+    import tensorflow as tf
+
+    from normlab import ops as nops
+    from normlab.backends import tensorflow as tf_hooks
+    from normlab.backends import tensorflow_eager
+
+    cond_module = pytest.importorskip("tensorflow.python.ops.cond")
+    if not hasattr(cond_module, "_eager_cond_implementation"):
+        pytest.skip("TensorFlow's eager cond moved")
+    reads: list[str] = []
+    original = cond_module._eager_cond_implementation
+
+    def spy(*args, **kwargs):
+        reads.append(op)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cond_module, "_eager_cond_implementation", spy)
+    fn = {"group_norm": lambda t: nops.group_norm(t, 4, -1), "layer_norm": lambda t: nops.layer_norm(t, -1),
+          "batch_norm_train": lambda t: nops.batch_norm(t, axis=-1, training=True)}[op]
+    x = tf.constant(1e4 + np.random.default_rng(0).normal(size=(3, 5, 5, 12)), tf.float32)
+
+    def step():  # inference (its statistics decide by conditionals) and a training step
+        y = fn(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(fn(x) * x)
+        return y, tape.gradient(loss, x)
+
+    getattr(tf_hooks, op).clear()
+    for _ in range(tensorflow_eager.HOT_AFTER):
+        step()
+    assert reads, "the spy saw no eager conditional in the first calls"
+    reads.clear()
+    assert all(np.isfinite(t.numpy()).all() for t in step())
+    assert not reads, f"{op}: {len(reads)} eager conditionals in a hot call"
