@@ -42,7 +42,7 @@ or a shift that needs no decision at all.
   TensorFlow's channels-last batch norm instead runs its fused NHWC
   kernel on data minus a sample row; that kernel takes the variance about
   the batch mean and applies ``(x - mean) * scale``, so it needs no bound
-  (parity-tested at an offset of 1e6 and with an outlier first row).
+  (``tests/backends/test_kernel_parity.py``: offsets to 1e6, an outlier first row).
 * *A subsample mean* (torch): ``s`` the mean of ``k >= N / MAX_SHIFT_RATIO``
   of the slice's values (:func:`subsample_size` of them along one axis). By
   Cauchy-Schwarz, ``(s - m)^2 = (sum over the k of (x_i - m) / k)^2 <=

@@ -7,7 +7,7 @@ Numerics policy (the one place it is decided):
   are upcast before any reduction, float64 stays float64.
 * Variance is two-pass and shifted: the residuals ``d = x - s`` are taken
   about a per-slice shift ``s`` (a constant for autodiff): the first element
-  of each slice, or with a mask the largest kept one. A first pass takes
+  of each slice, or with a mask the first kept one. A first pass takes
   their mean ``c``, a second their variance ``mean((d - c)**2)``.
   Never ``E[x^2] - E[x]^2``, which cancels catastrophically for inputs with
   a large offset (1e6 + small noise) and can even go negative. The apply
@@ -216,7 +216,7 @@ def shifted_moments(
     """Statistics of ``x`` relative to a per-slice shift, for the exact apply step.
 
     Returns ``(shift, mean, variance)``, all with the reduced axes kept:
-    ``shift`` is an element of each slice, or with a mask the largest kept element
+    ``shift`` is an element of each slice, or with a mask the first kept element
     (no gradient flows through it), ``mean`` and ``variance`` are those of
     ``x - shift``, so the mean of ``x`` is
     ``shift + mean``. Pass all three to
@@ -252,13 +252,12 @@ def shifted_moments(
         return shift, mean, variance
     # With a mask the first element may be padding, and padding's values (a
     # NaN, an inf, 1e20 whose square overflows) must not reach the sums:
-    # the shift is the largest kept element (a data value, the same in every
-    # fusion, as the sample above), and padding is replaced by it, so its
-    # residuals are exactly 0. Then the same two passes.
+    # the shift is the first kept element (a sample, as above), and padding
+    # is replaced by it, so its residuals are exactly 0. Then the same two passes.
     weight = ops.broadcast_to(mask_weight(mask, dtype), ops.shape(x))
     kept = weight > 0
     count = ops.maximum(total(weight, axes), 1.0)  # an all-padding slice: mean 0, variance 0
-    shift = ops.stop_gradient(_largest_kept(x, kept, axes))
+    shift = ops.stop_gradient(_first_kept(x, kept, axes))
     residual = ops.where(kept, x, shift) - shift
     mean = total(residual, axes) / count
     centered = (residual - mean) * weight
@@ -266,12 +265,29 @@ def shifted_moments(
     return shift, mean, variance
 
 
-def _largest_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
-    """The largest element of each slice that ``kept`` selects (0 where it selects none)."""
-    if any(x.shape[a] == 0 for a in axes):  # an empty slice: nothing to take the maximum of
-        return ops.zeros([1 if a in axes else d for a, d in enumerate(dims(x))], x.dtype)
-    top = ops.max(ops.where(kept, x, float("-inf")), axis=axes, keepdims=True)
-    return ops.where(ops.any(kept, axis=axes, keepdims=True), top, ops.zeros_like(top))
+def _first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
+    """The first element of each slice (in row-major order over ``axes``) that
+    ``kept`` selects, 0 where it selects none; reduced axes kept.
+
+    No gather: the first kept position is a minimum over the positions, and
+    the element a sum in which every other term is 0, exact in any order (a
+    value XLA may recompute in each fusion stays the same value).
+    """
+    shape = dims(x)
+    if any(x.shape[a] == 0 for a in axes):  # an empty slice: nothing to take
+        return ops.zeros([1 if a in axes else d for a, d in enumerate(shape)], x.dtype)
+    position: Any = None
+    for a in sorted(axes):
+        index = ops.reshape(ops.arange(shape[a], dtype="int32"), [-1 if i == a else 1 for i in range(len(shape))])
+        position = index if position is None else position * shape[a] + index
+    candidates = ops.where(kept, position, ops.full_like(position, 2**31 - 1))
+    if keras.backend.backend() == "tensorflow":  # Keras' min asserts a nonempty tensor (a batch of 0 in a graph)
+        import tensorflow as tf
+
+        first = tf.reduce_min(candidates, axis=axes, keepdims=True)
+    else:
+        first = ops.amin(candidates, axis=axes, keepdims=True)
+    return total(ops.where(position == first, x, ops.zeros_like(x)), axes)
 
 
 def moments(

@@ -183,10 +183,10 @@ ROW_CASES = {
 }
 
 
-def _rows(case, variant, center, *, outlier=False, affine=(True, True)):
+def _rows(case, variant, center, *, outlier=False, affine=(True, True), rms_offset=False):
     shape, k = ROW_CASES[case]
     dtype, offset, spread = VARIANTS[variant]
-    if not center:
+    if not center and not rms_offset:
         if offset and shape[-1] == 1:
             pytest.skip("RMS norm of one value: dx = rstd * g * epsilon / (x^2 + epsilon) cancels in float32")
         offset = offset and 3.0 * spread  # no centering: an offset only scales the RMS
@@ -212,6 +212,13 @@ def _rows(case, variant, center, *, outlier=False, affine=(True, True)):
 @pytest.mark.parametrize("center", [True, False], ids=["layer", "rms"])
 def test_row_norms(center, case, variant, small_tiles):
     _rows(case, variant, center)
+
+
+@pytest.mark.parametrize("variant", ["f32-1e4", "f32-1e6", "f16-1e3", "bf16-1e2"])
+def test_rms_norm_at_the_offset(variant, small_tiles):
+    """The offset itself, not 3x the spread: nearly constant rows, whose
+    gradient is a small difference of large terms."""
+    _rows("odd-width", variant, False, rms_offset=True)
 
 
 @pytest.mark.parametrize("case", ["row", "two-axes"])

@@ -354,3 +354,48 @@ def test_torch_compile_of_a_weight_norm_not_yet_seen_initialized(state):
 
     program = torch.export.export(Module(), (x,))
     np.testing.assert_allclose(ops.convert_to_numpy(program.module()(x)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("ghost", [None, 2], ids=["batch", "ghost"])
+def test_masked_batch_norm_compiles_in_one_graph(ghost):
+    """Masked statistics (NaN padding, a first position masked) compiled as a
+    whole: torch.compile(fullgraph=True), jax.jit, tf.function with XLA."""
+    import normlab
+
+    rng = np.random.default_rng(3)
+    x = (1e4 + rng.normal(size=(4, 6, 3))).astype("float32")
+    mask = rng.random((4, 6)) < 0.6
+    mask[0, 0], mask[1, 1] = False, True
+    x[~mask] = np.nan
+    layer = normlab.BatchNormalization(virtual_batch_size=ghost, momentum=0.5)
+    layer.build(x.shape)
+    initial = _snapshot(layer)
+
+    def call(v, m):
+        return layer(v, training=True, mask=m)
+
+    expected = [_numpy(call(x, mask))[mask], _numpy(layer.moving_mean), _numpy(layer.moving_variance)]
+    _restore(layer, initial)
+    if BACKEND == "torch":
+        import torch
+
+        torch._dynamo.reset()
+        y = torch.compile(call, fullgraph=True)(torch.from_numpy(x), torch.from_numpy(mask))
+    elif BACKEND == "jax":
+        import jax
+
+        def stateless(trainable, non_trainable, v, m):
+            return layer.stateless_call(trainable, non_trainable, v, training=True, mask=m)
+
+        y, non_trainable = jax.jit(stateless)([w.value for w in layer.trainable_variables],
+                                              [w.value for w in layer.non_trainable_variables], x, mask)
+        for variable, value in zip(layer.non_trainable_variables, non_trainable):
+            variable.assign(value)
+    else:
+        import tensorflow as tf
+
+        y = tf.function(call, jit_compile=True)(tf.constant(x), tf.constant(mask))
+    got = [_numpy(y)[mask], _numpy(layer.moving_mean), _numpy(layer.moving_variance)]
+    for name, a, b in zip(["y", "moving_mean", "moving_variance"], got, expected):
+        assert np.isfinite(a).all(), name
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)

@@ -267,6 +267,16 @@ def test_padding_values_never_reach_masked_statistics(padding, synchronized):
     np.testing.assert_allclose(_np(y)[mask], expected_y[mask], atol=1e-3)
 
 
+def test_masked_statistics_of_empty_slices_and_of_no_slices():
+    empty_batch = np.zeros((0, 5, 3), "float32")
+    mean, var = nops.moments(empty_batch, [1], mask=np.ones((0, 5, 1), bool))  # no slices
+    assert tuple(mean.shape) == tuple(var.shape) == (0, 1, 3)
+    mean, var = nops.moments(np.zeros((4, 0, 3), "float32"), [1], mask=np.ones((4, 0, 1), bool))  # empty slices
+    assert tuple(mean.shape) == (4, 1, 3) and not _np(mean).any() and not _np(var).any()
+    y = nops.batch_norm(np.zeros((4, 6, 0), "float32"), training=True, mask=np.ones((4, 6, 1), bool))
+    assert tuple(y.shape) == (4, 6, 0)
+
+
 # --- gradients -----------------------------------------------------------------------------
 
 GRADIENT_CASES = {
