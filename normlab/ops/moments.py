@@ -257,12 +257,23 @@ def shifted_moments(
     weight = ops.broadcast_to(mask_weight(mask, dtype), ops.shape(x))
     kept = weight > 0
     count = ops.maximum(total(weight, axes), 1.0)  # an all-padding slice: mean 0, variance 0
-    shift = ops.stop_gradient(_first_kept(x, kept, axes))
+    shift = ops.stop_gradient(_first_kept(x, _spread_over(mask, x, axes), axes))
     residual = ops.where(kept, x, shift) - shift
     mean = total(residual, axes) / count
     centered = (residual - mean) * weight
     variance = total(centered * centered, axes) / count
     return shift, mean, variance
+
+
+def _spread_over(mask: Tensor, x: Tensor, axes: list[int]) -> Tensor:
+    """``mask != 0`` at ``x``'s rank, broadcast along ``axes`` only: a mask of
+    ``(batch, time, 1)`` for channels-last statistics stays one value per
+    position, not one per element."""
+    kept = ops.cast(mask, "bool")
+    for _ in range(len(x.shape) - len(kept.shape)):
+        kept = ops.expand_dims(kept, 0)
+    shape, own = dims(x), dims(kept)
+    return ops.broadcast_to(kept, [shape[a] if a in axes else own[a] for a in range(len(shape))])
 
 
 def _first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
