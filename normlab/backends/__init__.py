@@ -38,7 +38,8 @@ under ``jax.jit`` and ``tf.function``. Exactness is decided inside the graph
 kernel's error). One exception: an eager ``tf.cond`` evaluates its
 predicate on the host, so TensorFlow's hooks decide there in the calls
 that stay eager (a signature's first two, inputs over 2**20 elements,
-nested tapes: :mod:`normlab.backends.tensorflow_eager`); in every graph
+nested or persistent tapes, forward accumulators, signatures past the
+sixteen graphs a hook keeps: :mod:`normlab.backends.tensorflow_eager`); in every graph
 (``tf.function``, ``fit``, exporters) they decide on the device. The
 numerics policy, with its bounds and why each backend's statistics are
 exact, is :mod:`normlab.backends.policy`; ``tests/backends/test_no_host_sync.py``,

@@ -37,6 +37,7 @@ import keras
 from keras import ops
 
 from normlab import _compat, backends
+from normlab.ops.axes import check_real
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.types import DTypeLike, Shape, Tensor
 
@@ -133,22 +134,7 @@ def kernel_variable(layer: keras.layers.Layer, attribute: str = "_kernel", *,
     is refused for ``wrapper`` unless ``fold`` (the kernel is read to be
     folded or returned, not run) or the wrapper was built from a config
     (:class:`SavedLora`: warned, the update then follows the normalization).
-    A quantized layer is refused: its kernel is int8 codes, not ``v``."""
-    mode = getattr(layer, "quantization_mode", None)
-    if mode is not None:
-        owner = "wrapper" if wrapper is None else type(wrapper).__name__
-        raise ValueError(
-            error_message(
-                "layer",
-                f"a layer with a float kernel: the {owner} normalizes its kernel variable, and a quantized layer's "
-                "kernel holds integer codes whose normalization is no kernel at all",
-                f"layer={type(layer).__name__}(name={layer.name!r}) with quantization_mode={mode!r} "
-                "(model.quantize() quantizes the layers inside wrappers too)",
-                "Fold the wrapper first (WeightNormalization.remove(); for SpectralNormalization assign "
-                "normalized_kernel() to a plain layer's kernel) and quantize the plain layer, or leave the "
-                "wrapped layer out: model.quantize(mode, filters=lambda layer: layer is not wrapper.layer).",
-            )
-        )
+    A layer quantized to integer codes (int8, int4) is refused: its kernel is no ``v``."""
     if layer.__dict__.get("lora_enabled") and not fold:
         owner = "wrapper" if wrapper is None else type(wrapper).__name__
         if wrapper is None or not getattr(wrapper, "_from_config", False):
@@ -179,6 +165,21 @@ def kernel_variable(layer: keras.layers.Layer, attribute: str = "_kernel", *,
                 f"a built layer storing its kernel in `{attribute}` (Keras 3 Dense/Conv/Embedding)",
                 f"layer={type(layer).__name__}(name={layer.name!r}) without `{attribute}`",
                 "Wrap an unquantized keras.layers.Dense or Conv layer.",
+            )
+        )
+    if not keras.backend.is_float_dtype(variable.dtype):  # quantized to integer codes (float8 keeps a float kernel)
+        owner = "wrapper" if wrapper is None else type(wrapper).__name__
+        raise ValueError(
+            error_message(
+                "layer",
+                f"a layer with a float kernel: the {owner} normalizes its kernel variable, and integer codes "
+                "normalized are no kernel at all",
+                f"layer={type(layer).__name__}(name={layer.name!r}) with quantization_mode="
+                f"{getattr(layer, 'quantization_mode', None)!r} and a kernel of dtype {variable.dtype} "
+                "(model.quantize() quantizes the layers inside wrappers too)",
+                "Fold the wrapper first (WeightNormalization.remove(); for SpectralNormalization assign "
+                "normalized_kernel() to a plain layer's kernel) and quantize the plain layer, or leave the "
+                "wrapped layer out: model.quantize(mode, filters=lambda layer: layer is not wrapper.layer).",
             )
         )
     return variable
@@ -254,6 +255,9 @@ def call_with_kernel(
     Returns:
         The layer's output, bias and activation included unless ``pre_activation``.
     """
+    for tensor in keras.tree.flatten(inputs):  # a cast inside the layer would drop the imaginary part
+        if hasattr(tensor, "dtype"):
+            check_real(tensor, "inputs")
     call = call or layer
     swap = {attribute: ops.cast(kernel, layer.compute_dtype)}
     if layer.__dict__.get("lora_enabled") and not add_lora:  # `kernel` already holds the update (StdConv)

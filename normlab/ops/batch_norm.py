@@ -9,7 +9,7 @@ from keras import ops
 
 from normlab import backends
 from normlab.ops.axes import channel_axis, complement, dims, feature_param, float_tensor, known_dims, the_channel_axis
-from normlab.ops.moments import mask_weight, note_count, shifted_moments, stats_dtype
+from normlab.ops.moments import finite_padding, mask_weight, note_count, shifted_moments, stats_dtype
 from normlab.ops.normalize import at_least, at_most, normalize
 from normlab.ops.validate import (
     check_bools,
@@ -111,6 +111,9 @@ def batch_norm(
         if hook is not None:
             result = hook(x, axis=a, gamma=gamma, beta=beta, epsilon=epsilon)
         if result is None:
+            if mask is not None:
+                check_mask(mask, x.shape)
+                x = finite_padding(x, mask)
             shift, mean, variance = shifted_moments(x, reduce_axes, mask=mask, replica_sum=replica_sum)
             y = normalize(
                 x, mean, variance, shift=shift, epsilon=epsilon,
@@ -160,6 +163,8 @@ def _batch_norm_train(
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon)
     check_mask(mask, x.shape)
+    if mask is not None:
+        x = finite_padding(x, mask)
     gamma, beta = check_param("gamma", gamma, (channels,)), check_param("beta", beta, (channels,))
     v = check_positive_int("virtual_batch_size", virtual_batch_size, example=32, allow_none=True,
                            meaning="the size of each ghost batch")

@@ -137,6 +137,16 @@ def mask_weight(mask: Tensor, dtype: str) -> Tensor:
     return ops.cast(ops.cast(mask, "bool"), dtype)
 
 
+def finite_padding(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` with the non-finite values at masked positions replaced by 0.
+
+    The statistics never read padding; the apply step does (its outputs there
+    are discarded), and its backward multiplies each position's normalized
+    value by its cotangent: 0 times a NaN of padding is NaN, in the
+    parameters' gradients and every input's."""
+    return ops.where(ops.cast(mask, "bool"), x, ops.nan_to_num(x))
+
+
 def _averager(x: Tensor, axes: list[int]) -> Callable[[Tensor], Tensor]:
     """``average(v)``: the mean of ``v`` over ``axes``, reduced axes kept.
 
@@ -254,10 +264,10 @@ def shifted_moments(
     # NaN, an inf, 1e20 whose square overflows) must not reach the sums:
     # the shift is the first kept element (a sample, as above), and padding
     # is replaced by it, so its residuals are exactly 0. Then the same two passes.
-    weight = ops.broadcast_to(mask_weight(mask, dtype), ops.shape(x))
-    kept = weight > 0
+    kept = _spread_over(mask, x, axes)  # broadcast against x in each use: no full-size copy of a small mask
+    weight = ops.cast(kept, dtype)
     count = ops.maximum(total(weight, axes), 1.0)  # an all-padding slice: mean 0, variance 0
-    shift = ops.stop_gradient(_first_kept(x, _spread_over(mask, x, axes), axes))
+    shift = _first_kept(ops.stop_gradient(x), kept, axes)  # a constant: nothing recorded for autodiff
     residual = ops.where(kept, x, shift) - shift
     mean = total(residual, axes) / count
     centered = (residual - mean) * weight

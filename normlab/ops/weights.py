@@ -316,8 +316,8 @@ def spectral_norm(
     Formula: ``W`` is the kernel reshaped to ``(fan_in, out)``; ``sigma`` is
     estimated by :func:`power_iteration` from ``u``; ``w = kernel / sigma``
     (``sigma`` bounded below by ``epsilon``, so a zero kernel stays zero).
-    ``power_iterations=0`` updates nothing and gives ``sigma = |W unit(u)|``,
-    the inference-time estimate.
+    ``power_iterations=0`` refines nothing and gives ``sigma = |W unit(u)|``,
+    the inference-time estimate (the returned ``u`` is then ``unit(u)``).
 
     Args:
         kernel: the kernel, rank >= 2, output units on the last axis.

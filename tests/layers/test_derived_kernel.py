@@ -22,20 +22,41 @@ def _model(wrapper_class):
     return model, wrapper
 
 
-def _quantize(model, **kwargs):
+def _quantize(model, mode="int8", **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "InputLayer does not have a `quantize` method"
-        model.quantize("int8", **kwargs)
+        model.quantize(mode, **kwargs)
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4"])
 @pytest.mark.parametrize("name", sorted(WRAPPERS))
-def test_a_quantized_wrapped_layer_is_an_error_not_a_wrong_answer(name):
+def test_a_quantized_wrapped_layer_is_an_error_not_a_wrong_answer(name, mode):
     # model.quantize() reaches the layer inside the wrapper: normalizing its int8 codes gave outputs off by
     # 1.4 to 9.5 on outputs of about 1, silently.
     model, _ = _model(WRAPPERS[name])
-    _quantize(model)
-    with pytest.raises(ValueError, match="quantization_mode='int8'.*filters=lambda layer"):
+    _quantize(model, mode=mode)
+    with pytest.raises(ValueError, match=f"quantization_mode='{mode}'.*filters=lambda layer"):
         model(X)
+
+
+@pytest.mark.parametrize("name", sorted(WRAPPERS))
+def test_float8_keeps_a_float_kernel_the_wrapper_normalizes(name):
+    """float8 quantizes the kernel on the fly: the wrapper's output is a plain float8 Dense's with the
+    normalized kernel."""
+    model, wrapper = _model(WRAPPERS[name])
+    if name == "weight_norm":
+        kernel = normlab.ops.weight_norm(wrapper.layer.kernel, wrapper.g, [0])
+    else:
+        kernel = wrapper.normalized_kernel()
+    plain = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    plain.layers[0].set_weights([keras.ops.convert_to_numpy(kernel), keras.ops.convert_to_numpy(wrapper.layer.bias)])
+    _quantize(model, mode="float8")
+    _quantize(plain, mode="float8")
+    assert wrapper.layer.quantization_mode == "float8"
+    got = keras.ops.convert_to_numpy(wrapper(X, training=False))
+    # float8 moves the outputs by about 0.2 here; the data-initialized wrapper adds its bias after the float8
+    # product (0.002 apart), the others match exactly.
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(plain(X, training=False)), rtol=0, atol=1e-2)
 
 
 @pytest.mark.parametrize("name", sorted(WRAPPERS))

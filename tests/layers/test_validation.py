@@ -326,6 +326,20 @@ def test_complex_inputs_are_refused_not_cast_to_their_real_part():
 
 
 @pytest.mark.parametrize("make", [
+    lambda: normlab.StdConv1D(2, 2),
+    lambda: normlab.ScaledStdConv1D(2, 2),
+    lambda: normlab.SpectralNormalization(keras.layers.Dense(2)),
+    lambda: normlab.SpectralNormalization(keras.layers.Conv1D(2, 2)),
+    lambda: normlab.WeightNormalization(keras.layers.Dense(2), data_init=False),
+], ids=["std_conv", "scaled_std_conv", "spectral_dense", "spectral_conv", "weight_dense"])
+def test_kernel_layers_refuse_complex_inputs(make):
+    # JAX took them and dropped the imaginary part (a warning only); torch failed in its convolution.
+    x = ops.convert_to_tensor((np.ones((2, 3, 4)) + 1j).astype("complex64"))
+    with pytest.raises(TypeError, match=r"Invalid `inputs`: expected a real tensor.*dtype complex64"):
+        make()(x)
+
+
+@pytest.mark.parametrize("make", [
     lambda: normlab.BatchNormalization(moving_variance_initializer=None),
     lambda: normlab.LayerNormalization(gamma_initializer=None),
     lambda: normlab.StdConv2D(4, 3, bias_initializer=None),

@@ -267,6 +267,32 @@ def test_padding_values_never_reach_masked_statistics(padding, synchronized):
     np.testing.assert_allclose(_np(y)[mask], expected_y[mask], atol=1e-3)
 
 
+@pytest.mark.parametrize("padding", [np.nan, np.inf])
+@pytest.mark.parametrize("form", ["batch", "ghost"])
+def test_padding_values_never_reach_the_gradients(padding, form):
+    # The apply step's backward multiplies each position's normalized value by its cotangent: 0 times a NaN of
+    # padding made dgamma and every kept dx NaN. Any padding gives the gradients finite padding gives.
+    rng = np.random.default_rng(2)
+    x = (1e4 + rng.normal(size=(4, 6, 3))).astype("float32")
+    mask = rng.random((4, 6)) < 0.6
+    mask[0, 0] = False
+    gamma, beta = rng.uniform(0.5, 1.5, 3).astype("float32"), rng.normal(size=3).astype("float32")
+    cotangent = np.where(mask[..., None], rng.normal(size=x.shape), 0.0).astype("float32")
+
+    def fn(v, g, b):
+        if form == "ghost":
+            return nops.ghost_batch_norm(v, 2, gamma=g, beta=b, mask=mask[..., None])
+        return nops.batch_norm(v, training=True, gamma=g, beta=b, mask=mask[..., None])
+
+    padded = np.where(mask[..., None], x, padding).astype("float32")
+    got = gradients(fn, [padded, gamma, beta], cotangent)
+    expected = gradients(fn, [np.where(mask[..., None], x, 0.0).astype("float32"), gamma, beta], cotangent)
+    for name, a, e in zip(["x", "gamma", "beta"], got, expected):
+        a, e = (a[mask], e[mask]) if name == "x" else (a, e)
+        assert np.isfinite(a).all(), f"d/d{name}"
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5, err_msg=f"d/d{name}")
+
+
 def test_masked_statistics_of_empty_slices_and_of_no_slices():
     empty_batch = np.zeros((0, 5, 3), "float32")
     mean, var = nops.moments(empty_batch, [1], mask=np.ones((0, 5, 1), bool))  # no slices
