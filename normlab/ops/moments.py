@@ -144,7 +144,7 @@ def finite_padding(x: Tensor, mask: Tensor) -> Tensor:
     are discarded), and its backward multiplies each position's normalized
     value by its cotangent: 0 times a NaN of padding is NaN, in the
     parameters' gradients and every input's."""
-    return ops.where(ops.cast(mask, "bool"), x, ops.nan_to_num(x))
+    return ops.where(ops.logical_or(ops.cast(mask, "bool"), ops.isfinite(x)), x, ops.zeros_like(x))
 
 
 def _averager(x: Tensor, axes: list[int]) -> Callable[[Tensor], Tensor]:
