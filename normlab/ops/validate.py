@@ -89,8 +89,14 @@ def check_epsilon(epsilon: object, *, positive: bool = False, reason: str = "",
 
 
 def check_mask(mask: object, shape: Shape) -> None:
-    """Raises if ``mask``'s static shape cannot broadcast to ``shape`` (unknown sizes pass)."""
-    if mask is None:
+    """Raises if ``mask``'s static shape cannot broadcast to ``shape`` (unknown sizes pass).
+
+    Not under a torch trace: ``torch.compile(dynamic=True)`` gives the mask's
+    and the input's sizes symbols of their own, which it cannot prove equal
+    (the eager call checked them)."""
+    from normlab.backends import torch_traced
+
+    if mask is None or torch_traced():
         return
     static = getattr(mask, "shape", None)
     try:

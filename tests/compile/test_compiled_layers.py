@@ -399,3 +399,32 @@ def test_masked_batch_norm_compiles_in_one_graph(ghost):
     for name, a, b in zip(["y", "moving_mean", "moving_variance"], got, expected):
         assert np.isfinite(a).all(), name
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile's dynamic shapes")
+def test_masked_batch_norm_under_dynamic_shapes():
+    """torch.compile(dynamic=True) gives the mask's and the input's sizes symbols of their own: the mask's
+    static check raised there ("mask of shape (s1, s2, 1)"), a graph break."""
+    import torch
+
+    import normlab
+
+    rng = np.random.default_rng(4)
+    layer = normlab.BatchNormalization()
+    layer.build((None, 6, 3))
+
+    def loss(v, m):
+        return torch.where(m[..., None], layer(v, training=True, mask=m), 0.0).square().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, dynamic=True, backend="eager")
+    for batch in (3, 5, 8):
+        x = torch.tensor(1e4 + rng.normal(size=(batch, 6, 3)), dtype=torch.float32, requires_grad=True)
+        m = torch.tensor(rng.random((batch, 6)) < 0.5)
+        got = compiled(x, m)
+        (dx,) = torch.autograd.grad(got, [x])
+        x2 = x.detach().clone().requires_grad_(True)
+        want = loss(x2, m)
+        (dx2,) = torch.autograd.grad(want, [x2])
+        np.testing.assert_allclose(got.item(), want.item(), rtol=1e-5)
+        np.testing.assert_allclose(dx.numpy(), dx2.numpy(), rtol=1e-4, atol=1e-5)
