@@ -166,6 +166,10 @@ def _summarize_experiment(by_key: dict[tuple, list[dict]], baseline: str | None)
     rows = [r for r in all_rows if r["impl"] == main or (_norm_free(r["norms"]) and _same_model(r) not in mains)]
     others = [r for r in all_rows if not any(r is m for m in rows)]
     all_runs = [r for runs in by_key.values() for r in runs]
+    # Trained once: a run copied from another of these (a model without norms under both
+    # implementations) counts once in the totals.
+    listed = {Path(r["run_dir"]).as_posix() for r in all_runs}
+    trained = [r for r in all_runs if not _copy_of_one_of(r, listed)]
     configs = [_config(r) for r in all_runs]
     sweep = configs[0]["sweep"]
     if sweep:
@@ -181,12 +185,18 @@ def _summarize_experiment(by_key: dict[tuple, list[dict]], baseline: str | None)
                      if r.get("notes", {}).get(FALLBACK)), "")
     meta = dict(sweep=sweep, constant=constant, held_fixed=fixed, backends=backends,
                 impls=impls, main_impl=main, baseline=base_label,
-                runs=len(all_runs), wall_time_s=sum(r["wall_time_s"] for r in all_runs),
+                runs=len(trained), wall_time_s=sum(r["wall_time_s"] for r in trained),
                 train_examples=sorted({r["train_examples"] for r in all_runs}),
                 test_examples=sorted({r["test_examples"] for r in all_runs}),
                 dataset_fallback=fallback,
                 notes=notes_for({c["series"]: c["norms"] for c in configs}))
     return {"meta": meta, "rows": rows, "other_rows": others, "ab": _impl_ab(rows, others)}
+
+
+def _copy_of_one_of(run: dict, run_dirs: set[str]) -> bool:
+    """Whether ``run`` was copied from one of ``run_dirs`` (its ``copied_from`` is relative to the output folder)."""
+    source = run.get("copied_from")
+    return source is not None and any(d == source or d.endswith("/" + source) for d in run_dirs)
 
 
 def _same_model(row: dict) -> tuple:

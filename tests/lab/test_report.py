@@ -196,6 +196,23 @@ def test_a_norm_free_row_of_another_implementation_stays_in_the_main_table(tmp_p
     assert [ab["label"] for ab in table["ab"]] == ["GN"]
 
 
+def test_a_run_copied_within_the_experiment_counts_once_in_the_totals(tmp_path):
+    """--impl keras after --impl normlab copies the model without norms (store.find_twin): the report counted
+    it, and its training time, twice."""
+    from normlab.lab import store
+
+    out = tmp_path / "runs"
+    for seed in range(2):
+        for impl in ("normlab", "keras"):
+            fake_run(out, RunConfig(experiment="c", label="GN", norms="group", seed=seed, impl=impl), 0.9)
+        ours = RunConfig(experiment="c", label="none", norms="none", seed=seed)
+        source = fake_run(out, ours, 0.8)
+        theirs = RunConfig(**{**ours.to_dict(), "impl": "keras"})
+        store.copy_run(source, store.run_dir_for(out, theirs), theirs, out)
+    meta = summarize(load_runs(out)[0])["c"]["meta"]
+    assert meta["runs"] == 6 and meta["wall_time_s"] == 6 * 3.0  # 4 GN runs and 2 norm-free ones
+
+
 def test_a_baseline_missing_from_one_experiment_is_said(tmp_path):
     out = tmp_path / "runs"
     for experiment, labels in (("a", ("A", "B")), ("b", ("C", "D"))):
