@@ -144,7 +144,10 @@ def finite_padding(x: Tensor, mask: Tensor) -> Tensor:
     are discarded), and its backward multiplies each position's normalized
     value by its cotangent: 0 times a NaN of padding is NaN, in the
     parameters' gradients and every input's."""
-    return ops.where(ops.logical_or(ops.cast(mask, "bool"), ops.isfinite(x)), x, ops.zeros_like(x))
+    # |x| < inf is False for NaN and both infinities: two elementwise passes
+    # where torch's isfinite makes four (eager torch runs each one on its own).
+    finite = ops.less(ops.abs(x), float("inf"))
+    return ops.where(ops.logical_or(ops.cast(mask, "bool"), finite), x, ops.zeros_like(x))
 
 
 def _averager(x: Tensor, axes: list[int]) -> Callable[[Tensor], Tensor]:
@@ -241,7 +244,7 @@ def shifted_moments(
     dtype = stats_dtype(x.dtype)
     x = ops.cast(x, dtype)
     if replica_sum is not None:
-        weight = None if mask is None else ops.broadcast_to(mask_weight(mask, dtype), ops.shape(x))
+        weight = None if mask is None else ops.cast(_spread_over(mask, x, axes), dtype)
         return _cross_replica_moments(x, axes, weight, replica_sum)
     if mask is None:
         average = _averager(x, axes)
