@@ -18,7 +18,7 @@ from normlab.layers.base import SavedConfig, check_float_policy, keras_object
 from normlab.layers.derived_kernel import call_with_kernel, full_precision, missing_layer
 from normlab.ops.validate import check_bool, check_epsilon, check_positive_int, error_message
 from normlab.ops.weights import standardize_weight
-from normlab.types import Constraint, Initializer, Regularizer, Tensor
+from normlab.types import Constraint, Initializer, Regularizer, Shape, Tensor
 
 _NOT_CONV_ARGS = ("self", "__class__", "kwargs", "epsilon", "gamma", "gain_initializer")
 
@@ -78,6 +78,15 @@ class _WeightStandardization(SavedConfig, _KerasConv):
         super().__init__(**_conv_args(locals()), **kwargs)
         check_float_policy(self)
         self.epsilon = check_epsilon(epsilon, owner=type(self).__init__)
+
+    def build(self, input_shape: Shape) -> None:
+        channel_axis = -1 if self.data_format == "channels_last" else 1
+        if input_shape[channel_axis] is None:  # Keras' convolutions fail on it with a TypeError
+            raise ValueError(error_message(
+                "inputs", f"a known number of input channels (axis {channel_axis}), since the kernel's shape "
+                "depends on it", f"an input of shape {tuple(input_shape)}",
+                "Give the channels a fixed size in keras.Input(shape=...)."))
+        super().build(input_shape)
 
     def _fan_in_axes(self) -> list[int]:
         # Keras kernels are (*kernel_size, in_channels // groups, filters).

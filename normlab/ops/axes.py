@@ -83,7 +83,11 @@ def check_real(x: Tensor, argument: str) -> None:
 def float_tensor(x: Tensor, argument: str = "x") -> Tensor:
     """``x`` as a tensor the ops compute on: float dtypes as given, integers and
     bools (uint8 images, say) cast to float32, never truncated back; a complex
-    tensor is refused (naming ``argument``)."""
+    tensor, text and anything else not numbers are refused (naming ``argument``)."""
+    if isinstance(x, (str, bytes)) or getattr(getattr(x, "dtype", None), "kind", None) in ("U", "S"):
+        raise ArgumentTypeError(error_message(
+            argument, "a tensor of numbers (or a number)", f"{argument}={x!r} of type {type(x).__name__}",
+            "Pass a NumPy array, a backend tensor or a Python number."))
     x = ops.convert_to_tensor(x)
     if keras.backend.is_float_dtype(x.dtype):
         return x

@@ -317,7 +317,7 @@ def ghost_batch_norm(
         x, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon, mask=mask,
         virtual_batch_size=virtual_batch_size, renorm=None, replica_sum=replica_sum,
     )
-    return (y, mean, variance) if return_stats else y
+    return (y, mean, variance) if check_bools(return_stats=return_stats)[0] else y
 
 
 @overload
@@ -396,4 +396,4 @@ def batch_renorm(
         virtual_batch_size=virtual_batch_size,
         renorm=(renorm_mean, renorm_stddev, check_renorm_clipping(clipping)), replica_sum=replica_sum,
     )
-    return (y, mean, variance) if return_stats else y
+    return (y, mean, variance) if check_bools(return_stats=return_stats)[0] else y

@@ -157,7 +157,7 @@ def filter_response_norm(
                         for name, param in (("gamma", gamma), ("beta", beta), ("tau", tau)))
     nu2 = mean_square(x, spatial)
     if learned_epsilon is not None:
-        learned_epsilon = ops.convert_to_tensor(learned_epsilon)
+        learned_epsilon = float_tensor(learned_epsilon, "learned_epsilon")
         if tuple(learned_epsilon.shape) not in ((), (1,)):
             raise ValueError(error_message(
                 "learned_epsilon", "a single learned epsilon (shape () or (1,)), shared by every channel",

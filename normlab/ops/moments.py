@@ -40,7 +40,7 @@ from keras import ops
 from keras.backend import standardize_dtype
 
 from normlab.ops.axes import canonicalize_axes, dims, first_along, float_tensor, is_traced_int
-from normlab.ops.validate import check_mask
+from normlab.ops.validate import check_bool, check_mask
 from normlab.types import Axis, DTypeLike, ReplicaSum, Tensor
 
 
@@ -241,6 +241,8 @@ def shifted_moments(
     x = float_tensor(x)
     axes = canonicalize_axes(axes, len(x.shape), argument="axes", allow_batch=True)
     check_mask(mask, x.shape)
+    if batch_statistics is not None:
+        check_bool("batch_statistics", batch_statistics)
     dtype = stats_dtype(x.dtype)
     x = ops.cast(x, dtype)
     if replica_sum is not None:
@@ -356,7 +358,7 @@ def moments(
     axes = canonicalize_axes(axes, len(x.shape), argument="axes", allow_batch=True)
     shift, mean, variance = shifted_moments(x, axes, mask=mask, replica_sum=replica_sum)
     mean = shift + mean
-    if not keepdims:  # a reshape: squeeze needs the reduced axes' static size 1
+    if not check_bool("keepdims", keepdims):  # a reshape: squeeze needs the reduced axes' static size 1
         kept = [d for a, d in enumerate(dims(x)) if a not in axes]
         mean = ops.reshape(mean, kept)
         variance = ops.reshape(variance, kept)

@@ -91,21 +91,27 @@ def check_epsilon(epsilon: object, *, positive: bool = False, reason: str = "",
 def check_mask(mask: object, shape: Shape) -> None:
     """Raises if ``mask``'s static shape cannot broadcast to ``shape`` (unknown sizes pass).
 
-    Not under a torch trace: ``torch.compile(dynamic=True)`` gives the mask's
-    and the input's sizes symbols of their own, which it cannot prove equal
-    (the eager call checked them)."""
+    Under a torch trace only the ranks: ``torch.compile(dynamic=True)`` gives
+    the mask's and the input's sizes symbols of their own, which comparing
+    them fails to relate (the eager call checks the sizes)."""
     from normlab.backends import torch_traced
 
-    if mask is None or torch_traced():
+    if mask is None:
         return
+    dtype = getattr(mask, "dtype", None)
+    if isinstance(mask, (str, bytes)) or not _is_mask_dtype(np.asarray(mask).dtype if dtype is None else dtype):
+        raise ArgumentTypeError(error_message(
+            "mask", "a tensor of booleans or numbers (nonzero keeps a position)",
+            f"mask={mask!r}" if isinstance(mask, (str, bytes)) else f"a mask of dtype {dtype}",
+            "Pass a boolean tensor, e.g. the mask a Masking or Embedding(mask_zero=True) layer computes."))
     static = getattr(mask, "shape", None)
     try:
         mask_shape = tuple(np.shape(mask) if static is None else static)  # type: ignore[call-overload]
     except (TypeError, ValueError):  # a graph tensor of unknown rank
         return
     shape = tuple(shape)
-    fits = len(mask_shape) <= len(shape) and all(
-        m is None or s is None or m in (1, s) for m, s in zip(mask_shape[::-1], shape[::-1]))
+    sizes = () if torch_traced() else zip(mask_shape[::-1], shape[::-1])
+    fits = len(mask_shape) <= len(shape) and all(m is None or s is None or m in (1, s) for m, s in sizes)
     if not fits:
         keras_style = mask_shape == shape[:-1]
         raise ValueError(error_message(
@@ -114,6 +120,16 @@ def check_mask(mask: object, shape: Shape) -> None:
             "A Keras-style mask (the input's shape without its last axis) needs a trailing axis "
             "here: pass mask[..., None]." if keras_style else
             "Pass a mask of the input's shape, or one that broadcasts to it."))
+
+
+def _is_mask_dtype(dtype: Any) -> bool:
+    from keras.backend import standardize_dtype
+
+    try:
+        name = standardize_dtype(dtype)
+    except ValueError:  # numpy's str or object dtypes
+        return False
+    return name.startswith(("bool", "float", "bfloat", "int", "uint"))
 
 
 def check_bools(**flags: object) -> tuple[bool, ...]:
@@ -349,6 +365,11 @@ def check_renorm_clipping(clipping: object) -> RenormClipping:
     if out.get("dmax", 0.0) < 0:
         raise ValueError(
             error_message("renorm_clipping", "dmax >= 0 (d is clipped to [-dmax, dmax])",
+                          f"renorm_clipping={clipping!r}", fix)
+        )
+    if out.get("rmin", 0.0) == float("inf"):  # every r clipped to inf: an output of infinities
+        raise ValueError(
+            error_message("renorm_clipping", "a finite rmin (r = std / moving std is clipped to [rmin, rmax])",
                           f"renorm_clipping={clipping!r}", fix)
         )
     rmax = out.get("rmax")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Sequence
 
+import numpy as np
 from keras import ops
 
 from normlab.ops.axes import canonicalize_axes, float_tensor
@@ -231,6 +232,12 @@ def _matrix_and_u(kernel: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def _check_u(u: Tensor, matrix: Tensor, name: str = "matrix") -> Tensor:
     """``u`` as shape ``(1, m)``: it must hold one value per column of ``matrix`` (its last dimension)."""
     out = int(matrix.shape[-1])
+    if isinstance(u, (np.ndarray, list, tuple)):  # host values, read for free (a device tensor is not: a sync)
+        host = np.asarray(u, dtype="float64") if np.asarray(u).dtype.kind in "biuf" else None
+        if host is not None and host.size and not (np.isfinite(host).all() and np.any(host != 0)):
+            raise ValueError(error_message(
+                "u", "a finite, nonzero vector (a zero one gives sigma 0, hence a kernel scaled by 1 / epsilon)",
+                f"u={u!r}", f"Start from a random vector of shape (1, {out})."))
     u = float_tensor(u, "u")
     n = 1
     for d in u.shape:
@@ -321,7 +328,10 @@ def spectral_norm(
 
     Args:
         kernel: the kernel, rank >= 2, output units on the last axis.
-        u: the persistent estimate of the right singular vector, shape ``(1, out)``.
+        u: the persistent estimate of the right singular vector, shape ``(1, out)``:
+            finite and nonzero (a NumPy one is checked; a device tensor is
+            not, which would read it on the host: a zero one gives
+            ``sigma = 0`` and a kernel scaled by ``1 / epsilon``).
         power_iterations: steps to refine ``u``, >= 0. Default 1.
         epsilon: lower bound of squared norms and of ``sigma``. Default 1e-12.
 

@@ -428,3 +428,22 @@ def test_masked_batch_norm_under_dynamic_shapes():
         (dx2,) = torch.autograd.grad(want, [x2])
         np.testing.assert_allclose(got.item(), want.item(), rtol=1e-5)
         np.testing.assert_allclose(dx.numpy(), dx2.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile's dynamic shapes")
+def test_a_mask_of_higher_rank_is_named_under_dynamic_shapes():
+    """Under a torch trace the mask's sizes go unchecked (symbols the comparison cannot relate), its rank
+    not: a mask of one more axis broadcast the output to a larger shape, silently."""
+    import torch
+
+    from normlab import ops as nops
+
+    def call(v, m):
+        return nops.batch_norm(v, None, None, training=True, mask=m)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(call, dynamic=True, backend="eager")
+    x = torch.randn(4, 6, 3)
+    assert tuple(compiled(x, torch.ones(4, 6, 1, dtype=torch.bool)).shape) == (4, 6, 3)
+    with pytest.raises(ValueError, match=r"Invalid `mask`.*Received: mask of shape \(2, 4, 6, 1\)"):
+        compiled(x, torch.ones(2, 4, 6, 1, dtype=torch.bool))

@@ -414,3 +414,13 @@ def test_scaled_std_conv_gamma_and_gain_initializer():
             normlab.ScaledStdConv2D(4, 3, gamma=gamma)
     with pytest.raises(ValueError, match=r"gain_initializer.*onez"):
         normlab.ScaledStdConv2D(4, 3, gain_initializer="onez")
+
+
+@pytest.mark.parametrize("cls", [normlab.layers.StdConv2D, normlab.layers.ScaledStdConv2D])
+@pytest.mark.parametrize("data_format, shape", [("channels_last", (5, 5, None)), ("channels_first", (None, 5, 5))])
+def test_an_unknown_channel_count_is_named(cls, data_format, shape):
+    """Keras' convolution build failed on it with "unsupported operand type(s) for %: 'NoneType' and 'int'"."""
+    with pytest.raises(ValueError, match=r"Invalid `inputs`: expected a known number of input channels"):
+        cls(2, 1, data_format=data_format)(keras.Input(shape))
+    known = (None, None, 3) if data_format == "channels_last" else (3, None, None)
+    assert cls(2, 1, data_format=data_format)(keras.Input(known)).shape[1 if data_format == "channels_first" else -1] == 2

@@ -159,6 +159,59 @@ def test_a_mask_that_does_not_broadcast_is_named(call, path):
             call(np.ones((3, 4, 4, 8), bool))
 
 
+@pytest.mark.parametrize("mask", ["", "x", np.array(["a"] * 8)])
+def test_a_mask_of_text_is_named(mask):
+    """A string mask was taken on JAX ("" masked every position: outputs x / sqrt(epsilon), 73 here; "x" kept
+    all) and failed in a cast on TensorFlow and torch, each with its own exception."""
+    for call in (lambda: nops.batch_norm(X, training=True, mask=mask), lambda: nops.moments(X, [0, 1, 2], mask=mask)):
+        with pytest.raises(ArgumentTypeError, match=r"Invalid `mask`: expected a tensor of booleans or numbers"):
+            call()
+    kept = to_np(nops.moments(X, [0, 1, 2], mask=np.ones((2, 4, 4, 1), "int32"))[0])  # numbers: nonzero keeps
+    np.testing.assert_allclose(kept[0, 0, 0], X.mean((0, 1, 2)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, flag", [
+    (lambda v: nops.ghost_batch_norm(X, 1, return_stats=v), "return_stats"),
+    (lambda v: nops.batch_renorm(X, np.zeros(8, "float32"), np.ones(8, "float32"), return_stats=v), "return_stats"),
+    (lambda v: nops.moments(X, [1], keepdims=v), "keepdims"),
+    (lambda v: nops.shifted_moments(X, [1], batch_statistics=v), "batch_statistics"),
+])
+def test_the_ops_flags_take_bools_only(call, flag):
+    """``return_stats="no"`` returned the statistics (a truthy string), ``keepdims="no"`` kept the axes."""
+    with pytest.raises(ArgumentTypeError, match=rf"Invalid `{flag}`: expected a bool"):
+        call("no")
+    call(True)
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: nops.normalize(X, 0.0, 1.0, gamma="ones"), "gamma"),
+    (lambda: nops.normalize(X, "0", 1.0), "mean"),
+    (lambda: nops.filter_response_norm(X, learned_epsilon="x"), "learned_epsilon"),
+    (lambda: nops.layer_norm(np.array(["a", "b"])), "x"),
+])
+def test_text_where_numbers_go_is_named(call, name):
+    """Each backend failed in its own conversion (JAX's TypeError, TensorFlow's UnimplementedError, torch's
+    "Invalid dtype: str128"), none naming the argument."""
+    with pytest.raises(ArgumentTypeError, match=rf"Invalid `{name}`: expected a tensor of numbers"):
+        call()
+
+
+def test_renorm_clipping_refuses_an_infinite_rmin():
+    """``rmin=inf`` clipped every r to inf: an output of infinities."""
+    with pytest.raises(ValueError, match=r"Invalid `renorm_clipping`: expected a finite rmin"):
+        nops.batch_renorm(X, np.zeros(8, "float32"), np.ones(8, "float32"), clipping={"rmin": float("inf")})
+
+
+@pytest.mark.parametrize("u", [np.zeros((1, 8), "float32"), [[float("nan")] * 8]])
+def test_spectral_norm_refuses_a_zero_or_nan_start_vector(u):
+    """A zero ``u`` gave sigma 0, floored at epsilon: a kernel 1e12 times too large, silently."""
+    kernel = rng_normal((3, 8), 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"Invalid `u`: expected a finite, nonzero vector"):
+        nops.spectral_norm(kernel, u)
+    with pytest.raises(ValueError, match=r"Invalid `u`"):
+        nops.power_iteration(kernel, u)
+
+
 def test_statistics_ops_take_an_int_axis_and_check_it():
     mean, var = nops.moments(X, -1)
     np.testing.assert_allclose(to_np(mean)[..., 0], X.mean(-1), rtol=1e-5, atol=1e-5)
