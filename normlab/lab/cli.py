@@ -84,9 +84,17 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def _items(text: str) -> list[str]:
+    """The comma-separated items of ``text``: a trailing comma is allowed, an empty item
+    between two commas is not (``8,,4`` is refused: a value may be missing)."""
+    items = [s.strip() for s in text.split(",")]
+    items = items[:-1] if len(items) > 1 and not items[-1] else items
+    return [] if any(not s for s in items) else items
+
+
 def _numbers(text: str) -> tuple[int, ...]:
     try:
-        values = tuple(int(s) for s in text.split(",") if s.strip())
+        values = tuple(int(s) for s in _items(text))
     except ValueError:
         values = ()
     if not values:
@@ -96,10 +104,10 @@ def _numbers(text: str) -> tuple[int, ...]:
 
 
 def _impls(text: str) -> tuple[str, ...]:
-    impls = tuple(s.strip() for s in text.split(",") if s.strip())
-    if not impls or any(i not in IMPLS for i in impls):
+    impls = tuple(_items(text))
+    if not impls or any(i not in IMPLS for i in impls) or len(set(impls)) != len(impls):
         raise argparse.ArgumentTypeError(
-            f"Invalid `impl`: expected {', '.join(IMPLS)} or normlab,keras. Received: impl={text!r}.")
+            f"Invalid `impl`: expected {', '.join(IMPLS)} or normlab,keras, each once. Received: impl={text!r}.")
     return impls
 
 
@@ -158,7 +166,8 @@ def _run_options() -> _Parser:
                    help="override a config field that has no option of its own (default: none; "
                         "`normlab list` shows them)")
     g.add_argument("--quick", action="store_true",
-                   help="smoke run: the bundled digits, 1 seed, 30 steps per run (default: off)")
+                   help="smoke run: the bundled digits, 1 seed, 30 steps per run, 200 test images "
+                        "(default: off)")
     g.add_argument("--dry-run", action="store_true", help="check everything, list each run as "
                    "run, reuse, copy or redo, and exit without training (default: off)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (default: bars)")

@@ -80,6 +80,7 @@ def make_experiment(args: argparse.Namespace):
             if len(norms) != len(args.norms):
                 raise ConfigError(f"Invalid `norms`: expected each spec once. Received: "
                                   f"norms={args.norms!r}. Drop the repeats.")
+            check_distinct_models(list(norms))
             build = lambda **kw: P.compare(norms, **kw)  # noqa: E731
         else:
             build = P.PRESETS[P.COMPARE_PRESETS[args.preset or "classic"]].build
@@ -104,6 +105,25 @@ def canonical_norms(specs: list[str]) -> list[str]:
         return [canonical_placement(spec) for spec in specs]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def check_distinct_models(specs: list[str]) -> None:
+    """Raises for two placements that build the same model (an alias, another case, the
+    arguments in another order: ``batch``, ``BN``, ``bn``), which would train it twice."""
+    from normlab.lab.models import parse_placement
+
+    seen: dict[tuple, str] = {}
+    for spec in specs:
+        try:
+            key = tuple((name, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+                        for name, kwargs in parse_placement(spec))
+        except ValueError:  # an invalid spec: named where the models are built
+            continue
+        if key in seen:
+            raise ConfigError(f"Invalid `norms`: expected each model once. Received: {seen[key]!r} and {spec!r}, "
+                              "the same norms (names are read without case, aliases as their norm). "
+                              "Drop one of them.")
+        seen[key] = spec
 
 
 def make_executor(args: argparse.Namespace):

@@ -1,14 +1,14 @@
 """Dataset loading for the normlab lab: MNIST, Fashion-MNIST, CIFAR-10, digits, synthetic.
 
 `load_dataset(name)` returns a `Dataset` of float32 images in [0, 1], channels-last,
-with int64 labels. Downloadable datasets are looked up, in order, in:
+with int64 labels. Downloadable datasets are read from the `data_dir` argument where
+given (files in it or in `<data_dir>/<name>/`; nothing else is searched), else from:
 
-1. the `data_dir` argument (files directly in it, or in `<data_dir>/<name>/`),
-2. `$NORMLAB_DATA_DIR` (same rule),
-3. the Keras cache `$KERAS_HOME/datasets` or `~/.keras/datasets` (`mnist.npz`,
+1. `$NORMLAB_DATA_DIR` (same rule),
+2. the Keras cache `$KERAS_HOME/datasets` or `~/.keras/datasets` (`mnist.npz`,
    `fashion-mnist/`, the CIFAR-10 `.tar.gz` archive; extracted folders are not used
    because they cannot be checked against a published checksum),
-4. the normlab cache `$XDG_CACHE_HOME/normlab/<name>` or `~/.cache/normlab/<name>`,
+3. the normlab cache `$XDG_CACHE_HOME/normlab/<name>` or `~/.cache/normlab/<name>`,
    where missing files are downloaded (temp file -> SHA-256 check -> rename).
 
 Every file is checked against its pinned SHA-256 before it is parsed. A file that
@@ -125,7 +125,7 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
     """Where `load_dataset` would read the dataset from, without reading or downloading it.
 
     Returns a description ("data_dir: /path", "bundled", ...), or None when no complete
-    copy is found (so loading would download it).
+    copy is found (so loading would download it, or with ``data_dir`` raise).
 
     Example:
         >>> from normlab.lab.data import locate
@@ -138,10 +138,15 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
     if key not in _SPECS:
         raise DatasetError(f"Unknown dataset. Valid names: {', '.join(_NAMES)}. "
                            f"Received: name={name!r}.")
-    for place in _places(key, _SPECS[key], data_dir):
+    for place in _searched(_places(key, _SPECS[key], data_dir), data_dir):
         if all(p.is_file() for p in place.paths()):
             return f"{place.label}: {place.directory}"
     return None
+
+
+def _searched(places: list[_Place], data_dir: object) -> list[_Place]:
+    """The places a load reads: a folder given alone (another copy would hide a wrong path)."""
+    return [p for p in places if p.label == "data_dir"] if data_dir is not None else places
 
 
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
@@ -302,7 +307,7 @@ def _not_found(name: str, spec: _Spec, places: list[_Place], data_dir: object,
     """The error for 'no copy found and none could be downloaded', with every option (one line)."""
     searched = [] if data_dir else ["data_dir: not given"]
     searched += [_describe(p) for p in places if p.label == "data_dir"]
-    searched += [] if os.environ.get("NORMLAB_DATA_DIR") else ["NORMLAB_DATA_DIR: not set"]
+    searched += [] if os.environ.get("NORMLAB_DATA_DIR") or data_dir else ["NORMLAB_DATA_DIR: not set"]
     searched += [_describe(p) for p in places if p.label != "data_dir"]
     partial = []
     for place in places:
@@ -314,27 +319,31 @@ def _not_found(name: str, spec: _Spec, places: list[_Place], data_dir: object,
     sub, fmt = spec.keras[0]
     what = fmt.files[0] if len(fmt.files) == 1 else "the files"
     error = DatasetNotFound(
-        f"Dataset {name!r} was not found and could not be downloaded ({reason}). "
+        f"Dataset {name!r} was not found{'' if data_dir is not None else ' and could not be downloaded'} ({reason}). "
         + (f"Incomplete: {'; '.join(dict.fromkeys(partial))}. " if partial else "")
         + f"Searched: {'; '.join(dict.fromkeys(searched))}. "
         f"Files needed: {' or '.join('[' + ', '.join(f.files) + ']' for f in spec.formats)}. "
         f"Received: data_dir={None if data_dir is None else str(data_dir)!r}. Options: "
-        f"pass --data-dir DIR (data_dir=DIR) with the official files; "
-        f"set NORMLAB_DATA_DIR=DIR; "
-        f"put {what} in the Keras cache: {_keras_datasets_dir() / sub}/; "
-        f"or use --dataset digits, which needs no download.")
+        + (f"put the official files in that folder (or its {name}/ subfolder); or drop --data-dir to "
+           "search $NORMLAB_DATA_DIR and the Keras cache, then download; " if data_dir is not None else
+           "pass --data-dir DIR (data_dir=DIR) with the official files; set NORMLAB_DATA_DIR=DIR; "
+           f"put {what} in the Keras cache: {_keras_datasets_dir() / sub}/; ")
+        + "or use --dataset digits, which needs no download.")
     error.reason = reason
     return error
 
 
 def _load_remote(name: str, data_dir: str | os.PathLike | None, download: bool,
                  progress: bool) -> Dataset:
-    """Use the first complete file set found; otherwise download into the normlab cache."""
+    """The first complete file set found (in ``data_dir`` alone where given), or a download."""
     spec = _SPECS[name]
     places = _places(name, spec, data_dir)
-    for place in places:
+    for place in _searched(places, data_dir):
         if all(p.is_file() for p in place.paths()):
             return _load_place(name, place)
+    if data_dir is not None:
+        raise _not_found(name, spec, _searched(places, data_dir), data_dir,
+                         "not in data_dir, a folder given is used alone: nothing else is searched or downloaded")
     if not download:
         raise _not_found(name, spec, places, data_dir, "download=False")
     cache = places[-1]

@@ -308,3 +308,18 @@ class Experiment:
         configs = tuple(dataclasses.replace(c, impl=impl) for c in self.configs
                         for impl in impls if impl == main or c.has_norm)
         return dataclasses.replace(self, configs=configs)
+
+
+def json_typed(value: object, like: object) -> bool:
+    """Whether ``value`` (read from JSON) has the type of ``like``: an int for a float, never a bool for a number."""
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(like, bool) and isinstance(value, bool)
+    if isinstance(like, (int, float)):
+        return isinstance(value, int) if isinstance(like, int) else isinstance(value, (int, float))
+    return isinstance(value, type(like))
+
+
+def has_field_types(stored: dict) -> bool:
+    """Whether each :class:`RunConfig` field in ``stored`` (a config read back) has the field's type."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    return all(json_typed(v, defaults[k]) for k, v in stored.items() if k in defaults)

@@ -155,6 +155,10 @@ def resolve_data(experiment: Experiment, *, data_dir=None, explicit: bool = True
             if check_dir and not DATASETS[name].offline:
                 data.check_data_dir(name, data_dir)
             found = data.locate(name, data_dir)
+            if not found and data_dir is not None and not DATASETS[name].offline:
+                if check_dir:  # the error a run would give: a folder given is used alone
+                    data.load_dataset(name, data_dir=data_dir, download=False)
+                found = f"data_dir: {data_dir} (on the workers)"
             fallback = ("" if found or explicit or name != "mnist" else
                         ", or if that fails, the runs use the bundled 8x8 digits instead, "
                         f"under {experiment.name}-digits")

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from normlab.lab.errors import LabError
-from normlab.lab.experiments import IMPLS, RunConfig
+from normlab.lab.experiments import IMPLS, RunConfig, has_field_types, json_typed
 
 CONFIG, METRICS, SUMMARY, ERROR = "config.json", "metrics.jsonl", "summary.json", "error.txt"
 LOCK = ".normlab.lock"
@@ -121,14 +121,26 @@ _CONFIG_KEYS = ("experiment", "label", "series", "sweep", "x", "norms", "seed", 
                 "arch", "epochs", "max_steps", "batch_size", "learning_rate", "train_subset")
 
 
+#: The summary's numbers (None where a value was not finite).
+_SUMMARY_NUMBERS = ("accuracy", "loss", "wall_time_s", "train_examples", "test_examples", "test_accuracy",
+                    "test_loss", "train_accuracy", "train_loss", "train_mode_accuracy", "train_mode_loss",
+                    "seconds_per_epoch", "fit_seconds", "first_epoch_seconds", "steps", "epochs_run",
+                    "examples_seen")
 def read_finished(run_dir: Path) -> dict | None:
     """The run's summary if it finished, else None (also for a summary without the keys a
-    finished run writes, e.g. one edited by hand: the run is redone, the report skips it)."""
+    finished run writes or with a value of another type, e.g. one edited by hand: the run
+    is redone, the report skips it and lists it)."""
     summary = read_json(Path(run_dir) / SUMMARY)
     if not (isinstance(summary, dict) and all(k in summary for k in _SUMMARY_KEYS)
             and isinstance(summary["config"], dict) and isinstance(summary["params"], dict)
             and all(k in summary["config"] for k in _CONFIG_KEYS)
             and all(k in summary["params"] for k in ("trainable", "non_trainable"))):
+        return None
+    config, params = summary["config"], summary["params"]
+    if not (has_field_types(config)
+            and all(summary.get(k) is None or json_typed(summary[k], 0.0) for k in _SUMMARY_NUMBERS)
+            and all(json_typed(params[k], 0) for k in ("trainable", "non_trainable"))
+            and isinstance(summary["metric"], str)):
         return None
     return summary
 
@@ -208,14 +220,16 @@ def plan(configs: list[RunConfig], out: str | os.PathLike) -> list[Planned]:
         run_dir = run_dir_for(out, config)
         summary = read_finished(run_dir)
         if summary is not None:
-            stored = read_json(run_dir / CONFIG) or {}
+            stored = read_json(run_dir / CONFIG)
             expected = config.result_fields()
-            changed = sorted(k for k, v in expected.items() if stored.get(k) != v)
+            changed = sorted(k for k, v in expected.items() if not isinstance(stored, dict) or stored.get(k) != v)
             if changed:
+                received = (f"a finished run whose config.json differs in {', '.join(changed)}"
+                            if isinstance(stored, dict) else "a finished run whose config.json is missing or "
+                            "not a JSON object")
                 raise StoreError(
                     f"Invalid `out`: expected {run_dir} to hold a run with its directory's "
-                    f"settings. Received: a finished run whose config.json differs in "
-                    f"{', '.join(changed)}. Delete that run directory to redo it.")
+                    f"settings. Received: {received}. Delete that run directory to redo it.")
             planned.append(Planned(config, run_dir, "reuse", index, summary))
         elif (twin := find_twin(out, config)) is not None:
             planned.append(Planned(config, run_dir, "copy", index, twin[1], twin[0]))
@@ -374,9 +388,11 @@ class OutputLock:
 def load_runs(runs_dir: str | os.PathLike) -> tuple[list[dict], list[Path]]:
     """Finished run summaries (each with its ``run_dir``) and unfinished run directories."""
     finished, unfinished = [], []
-    for config_path in sorted(Path(runs_dir).rglob(CONFIG)):
-        run_dir = config_path.parent
-        summary = read_finished(run_dir)
+    # A run directory holds config.json from its start; summary.json without it was
+    # left by a hand or a tool, and is listed with the runs the report cannot use.
+    run_dirs = {p.parent for name in (CONFIG, SUMMARY) for p in Path(runs_dir).rglob(name)}
+    for run_dir in sorted(run_dirs):
+        summary = read_finished(run_dir) if isinstance(read_json(run_dir / CONFIG), dict) else None
         if summary is None:
             unfinished.append(run_dir)
         else:

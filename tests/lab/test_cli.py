@@ -172,6 +172,10 @@ def test_sweeps_scale_learning_rate_with_batch_size():
     (["compare", "--dataset", "imagenet"], "Invalid `dataset`: expected one of mnist"),
     (["compare", "--impl", "torchy"], "Invalid `impl`"),
     (["compare", "--norms", "batch", "batch"], "expected each spec once"),
+    # each spelling trained the same model again, compared with itself ("+0.00, p=1.000")
+    (["compare", "--norms", "batch", "BATCH"], "Received: 'batch' and 'BATCH', the same norms"),
+    (["compare", "--norms", "bn", "batch>none", "batch_norm"], "Received: 'bn' and 'batch_norm', the same norms"),
+    (["compare", "--norms", "group(groups=5, axis=3)", "group(axis=3,groups=5)"], "expected each model once"),
     (["compare", "--norms", "batch>"], "Remove the stray '>'"),
     (["compare", "--cpus-per-run", "2"], "applies only to --executor ray"),
     (["compare", "--baseline", "Nope"], "Invalid `baseline`: expected a configuration or series"),
@@ -179,6 +183,8 @@ def test_sweeps_scale_learning_rate_with_batch_size():
     (["sweep", "batch-size", "--values", "8,8"], "expected each of the batch sizes once"),
     (["sweep", "groups", "--values", "-1"], "groups=-1 (instance norm) is G=10 here: pass 10."),
     (["sweep", "groups", "--values", ","], "Invalid `values`: expected comma-separated ints"),
+    (["sweep", "batch-size", "--values", "8,,4"], "Received: values='8,,4'"),  # the gap was dropped
+    (["compare", "--impl", "normlab,normlab"], "Invalid `impl`: expected normlab, keras or normlab,keras, each once"),
     (["sweep", "batch-size", "--values", "nan"], "Received: values='nan'"),
     (["sweep", "width"], "invalid choice: 'width'"),
 ])
@@ -355,6 +361,10 @@ def test_dry_run_refuses_a_data_dir_that_does_not_exist(tmp_path, capsys):
     code, out, err = run_main(["compare", "--norms", "batch", "--seeds", "1", "--dry-run", "--data-dir",
                                str(a_file), "--out", str(tmp_path / "runs"), "--backend", BACKEND], capsys)
     assert code == 2 and "The data directory is a file, not a folder" in err and out == ""
+    (tmp_path / "empty").mkdir()  # it said "not found here; it will be downloaded once"
+    code, out, err = run_main(["compare", "--norms", "batch", "--seeds", "1", "--dry-run", "--data-dir",
+                               str(tmp_path / "empty"), "--out", str(tmp_path / "runs"), "--backend", BACKEND], capsys)
+    assert code == 2 and "a folder given is used alone" in err and out == ""
 
 
 def test_report_command_errors(tmp_path, capsys):
@@ -611,3 +621,9 @@ def test_norms_written_differently_are_one_table_and_one_row():
     with pytest.raises(ConfigError, match="expected each spec once"):
         parse("compare", "--norms", "batch", " batch")
     assert parse("compare", "--norms", "group(name='a b')").configs[0].norms == "group(name='a b')"
+
+
+def test_python_dash_m_normlab_is_the_command():
+    """``python -m normlab`` failed: "No module named normlab.__main__"."""
+    done = subprocess.run([sys.executable, "-m", "normlab", "list"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "compare" in done.stdout, done.stderr[-2000:]

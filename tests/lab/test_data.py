@@ -173,7 +173,7 @@ def test_offline_error_lists_places_files_and_options(isolated: Path, error: OSE
 
 def test_download_false_does_not_fetch(isolated: Path) -> None:
     with pytest.raises(data.DatasetError, match=r"download=False"):
-        data.load_dataset("cifar10", data_dir=isolated, download=False)
+        data.load_dataset("cifar10", download=False)
 
 
 def test_real_fetch_reads_file_url(isolated: Path) -> None:
@@ -373,4 +373,19 @@ def test_an_incomplete_set_names_the_missing_files(isolated: Path, monkeypatch: 
         data.load_dataset("mnist", data_dir=folder, progress=False)
     message = str(info.value)
     assert f"{folder} has 3 of 4 files, missing t10k-labels-idx1-ubyte.gz" in message
-    assert "\n" not in message and info.value.reason.startswith("download failed: ")
+    assert "\n" not in message and info.value.reason.startswith("not in data_dir")
+
+
+def test_a_data_dir_given_is_used_alone(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder given without the files was completed from $NORMLAB_DATA_DIR, the caches or a
+    download: a mistyped path trained on another copy, or reached the network."""
+    _pin(monkeypatch, data._MNIST_IDX, _write_tiny_idx(isolated / "env"))
+    monkeypatch.setenv("NORMLAB_DATA_DIR", str(isolated / "env"))
+    fetched: list[str] = []
+    monkeypatch.setattr(data, "_fetch", lambda url, dest, progress: fetched.append(url))
+    (isolated / "given").mkdir()
+    assert data.locate("mnist", isolated / "given") is None
+    with pytest.raises(data.DatasetNotFound, match=r"a folder given is used alone.*Options: put the official "
+                                                   r"files in that folder \(or its mnist/ subfolder\)"):
+        data.load_dataset("mnist", data_dir=isolated / "given")
+    assert fetched == [] and data.load_dataset("mnist").source == str(isolated / "env")

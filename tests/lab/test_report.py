@@ -81,6 +81,31 @@ def test_unfinished_runs_are_not_counted(runs):
     assert len(finished) == 14 and [p.parent.parent.name for p in unfinished] == ["LN"]
 
 
+@pytest.mark.parametrize("edit", [
+    lambda s: s.update(accuracy="abc"), lambda s: s["config"].update(seed="x"),
+    lambda s: s.update(wall_time_s="x"), lambda s: s["config"].update(label=5),
+    lambda s: s["params"].update(trainable=True),
+])
+def test_a_summary_with_a_value_of_another_type_is_listed_not_read(runs, edit):
+    """A hand-edited summary with text for a number made the report fail with a traceback
+    (could not convert string to float: 'abc'); such a run is listed with the unreadable ones."""
+    run_dir = next(runs.glob("compare/GN/*/seed1"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    edit(summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    finished, unfinished = load_runs(runs)
+    assert len(finished) == 13 and run_dir in unfinished
+    assert summarize(finished)["compare"]["rows"][1]["seeds"] == [0, 2]
+
+
+def test_a_finished_run_without_its_config_is_listed(runs):
+    """Runs were found by their config.json: one without it vanished from the report, unlisted."""
+    run_dir = next(runs.glob("compare/GN/*/seed1"))
+    (run_dir / "config.json").unlink()
+    finished, unfinished = load_runs(runs)
+    assert len(finished) == 13 and run_dir in unfinished
+
+
 def test_summary_rows_in_run_order_and_sweeps_sorted(runs):
     tables = summarize(load_runs(runs)[0])
     assert [r["label"] for r in tables["compare"]["rows"]] == ["BN", "GN"]

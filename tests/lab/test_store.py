@@ -99,6 +99,22 @@ def test_a_model_without_norms_is_copied_across_implementations(tmp_path):
     assert store.plan([normed[1]], tmp_path)[0].action == "run"  # a norm makes the implementations differ
 
 
+def test_plan_names_a_finished_run_whose_config_is_missing(tmp_path):
+    """It said the missing config.json "differs in" every field."""
+    from tests.lab.test_report import fake_run
+
+    config = RunConfig(label="a", backend="jax", seed=0)
+    run_dir = fake_run(tmp_path, config, 1.0)
+    for content in (None, "[1, 2]"):
+        if content is None:
+            (run_dir / "config.json").unlink()
+        else:
+            (run_dir / "config.json").write_text(content)
+        with pytest.raises(store.StoreError, match=r"a finished run whose config.json is missing or not a JSON "
+                                                   r"object\. Delete that run directory to redo it"):
+            store.plan([config], tmp_path)
+
+
 def test_plan_copies_no_unfinished_or_edited_twin(tmp_path):
     from tests.lab.test_report import fake_run
 
