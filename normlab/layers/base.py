@@ -269,12 +269,13 @@ class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
         return canonicalize_axes(self.axis, len(inputs.shape))
 
     def add_affine(self, shape: Sequence[int | None], *, scale: bool | None = None,
-                   center: bool | None = None) -> None:
+                   center: bool | None = None, gamma_name: str = "gamma") -> None:
         """Creates ``gamma`` and ``beta`` of ``shape`` as configured (or as
-        ``scale``/``center`` say), never autocast."""
+        ``scale``/``center`` say), never autocast; ``gamma_name`` names the
+        variable (its path) where a peer names it otherwise."""
         if self.scale if scale is None else scale:
             self.gamma = self.add_weight(
-                name="gamma", shape=tuple(shape), initializer=self.gamma_initializer,
+                name=gamma_name, shape=tuple(shape), initializer=self.gamma_initializer,
                 regularizer=self.gamma_regularizer, constraint=self.gamma_constraint,
                 trainable=True, autocast=False,
             )

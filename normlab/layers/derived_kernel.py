@@ -47,8 +47,9 @@ _T = TypeVar("_T")
 KERNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 
-def check_wrapped_layer(wrapper: str, layer: object, supported: tuple[type, ...] = KERNEL_LAYERS) -> None:
-    """Raises unless ``layer`` is an instance of one of the ``supported`` classes."""
+def check_wrapped_layer(wrapper: str, layer: object, supported: tuple[type, ...] = KERNEL_LAYERS,
+                        why: str = "whose kernel's last axis is the output axis") -> None:
+    """Raises unless ``layer`` is an instance of one of the ``supported`` classes (``why``: what they share)."""
     names = ", ".join(c.__name__ for c in supported)
     if not isinstance(layer, keras.layers.Layer):
         raise ArgumentTypeError(
@@ -63,7 +64,7 @@ def check_wrapped_layer(wrapper: str, layer: object, supported: tuple[type, ...]
         raise ValueError(
             error_message(
                 "layer",
-                f"one of {names} (or a subclass), whose kernel's last axis is the output axis",
+                f"one of {names} (or a subclass), {why}",
                 f"layer={type(layer).__name__}(name={layer.name!r})",
                 "Wrap a supported layer; for other layers apply the normlab.ops.weights "
                 "functions to their kernel yourself.",
@@ -238,7 +239,8 @@ def call_with_kernel(
     """Runs ``layer`` on ``inputs`` with ``kernel`` in place of its kernel variable.
 
     Args:
-        layer: a built Keras Dense/Conv layer (or Embedding with
+        layer: a built Keras Dense/Conv layer (a transposed or depthwise
+            convolution with ``attribute="kernel"``, an Embedding with
             ``attribute="_embeddings"``).
         inputs: the layer's input.
         kernel: the tensor to use as the kernel (cast to the layer's
@@ -262,7 +264,7 @@ def call_with_kernel(
     swap = {attribute: ops.cast(kernel, layer.compute_dtype)}
     if layer.__dict__.get("lora_enabled") and not add_lora:  # `kernel` already holds the update (StdConv)
         swap["lora_enabled"] = False
-    if attribute != "_kernel":  # an embedding: no bias, no layout
+    if attribute == "_embeddings":  # no bias, no layout
         with substituted(layer, **swap):
             return call(inputs)
     bias = layer.__dict__.get("bias")

@@ -76,7 +76,7 @@ class InstanceNormalization(GroupNormalization):
         **kwargs: Any,
     ) -> None:
         groups = kwargs.pop("groups", -1)
-        if groups != -1:  # TF Addons accepted it with the same warning
+        if groups != -1:  # TF Addons accepted it too, logging a warning whenever it was given
             warnings.warn(
                 f"InstanceNormalization ignores groups={groups!r}: it always uses one group per "
                 "channel (groups=-1), as tfa.layers.InstanceNormalization did. Use "

@@ -98,7 +98,7 @@ class RMSNormalization(Normalization):
 
     def build(self, input_shape: Shape) -> None:
         shape = self.build_feature_axes(input_shape, weights=self.use_scale or self.center)
-        self.add_affine(shape, scale=self.use_scale)
+        self.add_affine(shape, scale=self.use_scale, gamma_name="scale")  # Keras' variable name (its path)
         self.scale = self.gamma
 
     def get_config(self) -> dict[str, Any]:

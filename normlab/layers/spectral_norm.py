@@ -33,11 +33,16 @@ from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.ops.weights import spectral_norm
 from normlab.types import Shape, Tensor
 
-_SPECTRAL_LAYERS = KERNEL_LAYERS + (keras.layers.Embedding,)
+#: Layers that keep their kernel in ``kernel`` (Keras' Dense and Conv keep it in ``_kernel``).
+_PLAIN_KERNEL_LAYERS = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose,
+                        keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_SPECTRAL_LAYERS = KERNEL_LAYERS + _PLAIN_KERNEL_LAYERS + (keras.layers.Embedding,)
 
 
 def _kernel_attribute(layer: keras.layers.Layer) -> str:
-    return "_embeddings" if isinstance(layer, keras.layers.Embedding) else "_kernel"
+    if isinstance(layer, keras.layers.Embedding):
+        return "_embeddings"
+    return "_kernel" if isinstance(layer, KERNEL_LAYERS) else "kernel"
 
 
 def _check_power_iterations(power_iterations: object) -> int:
@@ -97,7 +102,10 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
 
     Args:
         layer: the layer to wrap: a ``keras.layers.Dense``, ``Conv1D``,
-            ``Conv2D``, ``Conv3D`` or ``Embedding`` instance (or subclass).
+            ``Conv2D``, ``Conv3D``, ``Conv1DTranspose``, ``Conv2DTranspose``,
+            ``Conv3DTranspose``, ``DepthwiseConv1D``, ``DepthwiseConv2D`` or
+            ``Embedding`` instance (or subclass); its kernel's matrix has
+            every axis but the last flattened, as in Keras' wrapper.
         power_iterations: power-iteration steps per training call, >= 1.
             Default 1 (the estimate improves across steps since ``u`` persists).
         in_place: overwrite the kernel in training steps and run with the
@@ -138,7 +146,8 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
     def __init__(
         self, layer: keras.layers.Layer, power_iterations: int = 1, in_place: bool = False, **kwargs: Any
     ) -> None:
-        check_wrapped_layer(type(self).__name__, layer, _SPECTRAL_LAYERS)
+        check_wrapped_layer(type(self).__name__, layer, _SPECTRAL_LAYERS, "with a kernel: its matrix is the kernel "
+                            "with every axis but the last flattened, as in Keras' wrapper")
         iterations = _check_power_iterations(power_iterations)
         if not isinstance(in_place, bool):
             raise ArgumentTypeError(
@@ -267,7 +276,8 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
 def spectral_normalization(
     layer: keras.layers.Layer | None = None, power_iterations: int = 1, in_place: bool = False, **kwargs: Any
 ) -> SpectralNormalization:
-    """Wrapper, not an activation norm: spectral-normalizes the Dense/Conv/Embedding layer given as ``layer=``.
+    """Wrapper, not an activation norm: spectral-normalizes the Dense/Conv/Embedding layer given as ``layer=``
+    (transposed and depthwise convolutions too).
 
     Returns ``SpectralNormalization(layer, power_iterations, in_place, **kwargs)``;
     the registry's factory for ``"spectral_norm"``.

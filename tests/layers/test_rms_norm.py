@@ -40,7 +40,7 @@ def test_parity_with_keras(axis, shape):
     theirs.build(shape)
     scale = np.random.default_rng(1).uniform(0.5, 1.5, size=ours.gamma.shape).astype("float32")
     ours.set_weights([scale])
-    theirs.set_weights(ours.get_weights())  # one weight each: gamma here, scale in Keras
+    theirs.set_weights(ours.get_weights())  # one weight each, `scale` in both
     np.testing.assert_allclose(ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(theirs(x)), rtol=1e-5, atol=1e-6)
 
 
@@ -76,6 +76,8 @@ def test_scale_attribute_is_the_weight_as_in_keras():
     ours, theirs = normlab.RMSNormalization(), keras.layers.RMSNormalization()
     ours(x), theirs(x)
     assert ours.scale is ours.gamma and tuple(ours.scale.shape) == tuple(theirs.scale.shape)
+    # the variable's name too: code selecting weights by path (weight decay exclusions) finds it
+    assert [w.path.split("/")[-1] for w in ours.weights] == [w.path.split("/")[-1] for w in theirs.weights]
     ours.scale.assign(np.linspace(0.5, 2.0, FIRST3[-1]).astype("float32"))
     theirs.scale.assign(ops.convert_to_numpy(ours.scale))
     np.testing.assert_allclose(ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(theirs(x)), atol=1e-6)

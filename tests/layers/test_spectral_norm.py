@@ -204,8 +204,10 @@ def test_registry_wraps_the_given_layer():
         (lambda: normlab.SpectralNormalization(keras.layers.Dense(2), in_place="no"), TypeError,
          r"Invalid `in_place`: expected a bool\. Received: in_place='no' of type str\."),
         (lambda: normlab.SpectralNormalization(keras.layers.BatchNormalization()), ValueError,
-         r"Invalid `layer`: expected one of Dense, Conv1D, Conv2D, Conv3D, Embedding.*"
-         r"Received: layer=BatchNormalization"),
+         r"Invalid `layer`: expected one of Dense, Conv1D, Conv2D, Conv3D, Conv1DTranspose.*DepthwiseConv2D, "
+         r"Embedding \(or a subclass\), with a kernel.*Received: layer=BatchNormalization"),
+        (lambda: normlab.SpectralNormalization(keras.layers.SeparableConv2D(2, 3)), ValueError,  # two kernels
+         r"Invalid `layer`.*Received: layer=SeparableConv2D"),
         (lambda: normlab.SpectralNormalization(None), TypeError,
          r"Invalid `layer`: expected a Keras layer instance.*Received: layer=None of type NoneType"),
         (lambda: spectral_norm(np.ones((3, 2), "float32"), np.ones((1, 3), "float32")), ValueError,
@@ -309,3 +311,58 @@ def test_u_takes_the_kernel_dtype_whatever_the_wrapper_policy(dtype):
     layer = normlab.SpectralNormalization(keras.layers.Dense(3), dtype=dtype)
     layer(X[:, 0, 0, :], training=True)
     assert layer.vector_u.dtype == layer.layer.kernel.dtype  # as Keras' layer
+
+
+#: Layers keeping their kernel in ``kernel`` (Dense and Conv: ``_kernel``), with an input each.
+PLAIN_KERNEL = {
+    "conv2d_transpose": (lambda **kw: keras.layers.Conv2DTranspose(3, 3, strides=2, padding="same", **kw), X),
+    "conv1d_transpose": (lambda **kw: keras.layers.Conv1DTranspose(3, 2, **kw), X[:, 0]),
+    "depthwise_conv2d": (lambda **kw: keras.layers.DepthwiseConv2D(3, depth_multiplier=2, activation="relu", **kw),
+                         X),
+}
+
+
+@pytest.mark.parametrize("case", PLAIN_KERNEL)
+def test_transposed_and_depthwise_convolutions_as_keras_wrapper(case):
+    """They were refused; Keras' and TF Addons' wrappers take any layer with a kernel, spectral norm on
+    transposed convolutions is common in GAN generators. The matrix is the kernel with every axis but
+    the last flattened, as theirs: the same numbers as Keras' layer, and the default mode's output is
+    the wrapped layer's with the kernel divided by the reference sigma."""
+    make, x = PLAIN_KERNEL[case]
+    keras.utils.set_random_seed(0)
+    theirs = keras.layers.SpectralNormalization(make(bias_initializer="random_normal"), power_iterations=2)
+    ours = normlab.SpectralNormalization(make(bias_initializer="random_normal"), power_iterations=2)
+    in_place = normlab.SpectralNormalization(make(bias_initializer="random_normal"), power_iterations=2,
+                                             in_place=True)
+    for layer in (theirs, ours, in_place):
+        layer.build(x.shape)
+    ours.set_weights(theirs.get_weights())
+    in_place.set_weights(theirs.get_weights())
+    kernel, u0, bias = (numpy_(w) for w in theirs.get_weights())
+    plain = make(bias_initializer="random_normal")
+    plain.build(x.shape)
+    w, u, _ = reference.spectral_norm(kernel, u0, power_iterations=2)
+    plain.set_weights([w.astype("float32"), bias])
+    np.testing.assert_allclose(numpy_(ours(x, training=True)), numpy_(plain(x)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(numpy_(ours.vector_u), u, atol=1e-5)
+    np.testing.assert_allclose(numpy_(in_place(x, training=True)), numpy_(theirs(x, training=True)), atol=1e-5)
+    np.testing.assert_allclose(numpy_(in_place.layer.kernel), numpy_(theirs.layer.kernel), atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["conv2d_transpose", "depthwise_conv2d"])
+def test_transposed_and_depthwise_convolutions_channels_first(case):
+    """Through the kernel path's channels-last detour on TensorFlow's CPU (NCHW only with oneDNN), the
+    output of the channels-last layer with the same weights, transposed; the file round trip keeps it."""
+    make, x = PLAIN_KERNEL[case]
+    first = normlab.SpectralNormalization(make(data_format="channels_first", bias_initializer="random_normal"))
+    last = normlab.SpectralNormalization(make(bias_initializer="random_normal"))
+    first.build(X_FIRST.shape)
+    last.build(x.shape)
+    last.set_weights(first.get_weights())
+    y = numpy_(first(X_FIRST, training=True))
+    np.testing.assert_allclose(np.transpose(y, (0, 2, 3, 1)), numpy_(last(x, training=True)), atol=1e-5)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m.keras")
+        model = keras.Sequential([keras.Input(X_FIRST.shape[1:]), first])
+        model.save(path)
+        np.testing.assert_allclose(numpy_(keras.models.load_model(path)(X_FIRST)), numpy_(model(X_FIRST)), atol=1e-6)
