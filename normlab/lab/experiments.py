@@ -323,3 +323,17 @@ def has_field_types(stored: dict) -> bool:
     """Whether each :class:`RunConfig` field in ``stored`` (a config read back) has the field's type."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     return all(json_typed(v, defaults[k]) for k, v in stored.items() if k in defaults)
+
+
+#: The numbers a run's summary holds (None where a value was not finite).
+SUMMARY_NUMBERS = ("accuracy", "loss", "wall_time_s", "train_examples", "test_examples", "test_accuracy",
+                   "test_loss", "train_accuracy", "train_loss", "train_mode_accuracy", "train_mode_loss",
+                   "seconds_per_epoch", "fit_seconds", "first_epoch_seconds", "steps", "epochs_run", "examples_seen")
+
+
+def has_summary_types(summary: dict) -> bool:
+    """Whether a summary read back (with its keys present) has the types a run writes."""
+    params = summary["params"]
+    return (has_field_types(summary["config"]) and isinstance(summary["metric"], str)
+            and all(summary.get(k) is None or json_typed(summary[k], 0.0) for k in SUMMARY_NUMBERS)
+            and all(json_typed(params[k], 0) for k in ("trainable", "non_trainable")))

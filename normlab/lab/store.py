@@ -29,6 +29,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import sys
@@ -37,7 +38,7 @@ import time
 from pathlib import Path
 
 from normlab.lab.errors import LabError
-from normlab.lab.experiments import IMPLS, RunConfig, has_field_types, json_typed
+from normlab.lab.experiments import IMPLS, RunConfig, has_summary_types
 
 CONFIG, METRICS, SUMMARY, ERROR = "config.json", "metrics.jsonl", "summary.json", "error.txt"
 LOCK = ".normlab.lock"
@@ -121,11 +122,6 @@ _CONFIG_KEYS = ("experiment", "label", "series", "sweep", "x", "norms", "seed", 
                 "arch", "epochs", "max_steps", "batch_size", "learning_rate", "train_subset")
 
 
-#: The summary's numbers (None where a value was not finite).
-_SUMMARY_NUMBERS = ("accuracy", "loss", "wall_time_s", "train_examples", "test_examples", "test_accuracy",
-                    "test_loss", "train_accuracy", "train_loss", "train_mode_accuracy", "train_mode_loss",
-                    "seconds_per_epoch", "fit_seconds", "first_epoch_seconds", "steps", "epochs_run",
-                    "examples_seen")
 def read_finished(run_dir: Path) -> dict | None:
     """The run's summary if it finished, else None (also for a summary without the keys a
     finished run writes or with a value of another type, e.g. one edited by hand: the run
@@ -136,13 +132,7 @@ def read_finished(run_dir: Path) -> dict | None:
             and all(k in summary["config"] for k in _CONFIG_KEYS)
             and all(k in summary["params"] for k in ("trainable", "non_trainable"))):
         return None
-    config, params = summary["config"], summary["params"]
-    if not (has_field_types(config)
-            and all(summary.get(k) is None or json_typed(summary[k], 0.0) for k in _SUMMARY_NUMBERS)
-            and all(json_typed(params[k], 0) for k in ("trainable", "non_trainable"))
-            and isinstance(summary["metric"], str)):
-        return None
-    return summary
+    return summary if has_summary_types(summary) else None
 
 
 def begin_run(run_dir: Path, config: RunConfig) -> None:
@@ -386,11 +376,11 @@ class OutputLock:
 
 
 def load_runs(runs_dir: str | os.PathLike) -> tuple[list[dict], list[Path]]:
-    """Finished run summaries (each with its ``run_dir``) and unfinished run directories."""
+    """Finished run summaries (each with its ``run_dir``) and unfinished run directories (also
+    a ``seed<N>`` folder with a summary but no ``config.json``, which every run writes first)."""
     finished, unfinished = [], []
-    # A run directory holds config.json from its start; summary.json without it was
-    # left by a hand or a tool, and is listed with the runs the report cannot use.
-    run_dirs = {p.parent for name in (CONFIG, SUMMARY) for p in Path(runs_dir).rglob(name)}
+    run_dirs = {p.parent for p in Path(runs_dir).rglob(CONFIG)} | {
+        p.parent for p in Path(runs_dir).rglob(SUMMARY) if re.fullmatch(r"seed\d+", p.parent.name)}
     for run_dir in sorted(run_dirs):
         summary = read_finished(run_dir) if isinstance(read_json(run_dir / CONFIG), dict) else None
         if summary is None:

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from normlab.ops.validate import ArgumentTypeError, error_message
+from normlab.ops.validate import ArgumentTypeError, error_message, is_text
 from normlab.types import Axis, Shape, Tensor
 
 
@@ -83,8 +83,8 @@ def check_real(x: Tensor, argument: str) -> None:
 def float_tensor(x: Tensor, argument: str = "x") -> Tensor:
     """``x`` as a tensor the ops compute on: float dtypes as given, integers and
     bools (uint8 images, say) cast to float32, never truncated back; a complex
-    tensor, text and anything else not numbers are refused (naming ``argument``)."""
-    if isinstance(x, (str, bytes)) or getattr(getattr(x, "dtype", None), "kind", None) in ("U", "S"):
+    tensor and text (strings, alone or in an array or list) are refused, naming ``argument``."""
+    if is_text(x):
         raise ArgumentTypeError(error_message(
             argument, "a tensor of numbers (or a number)", f"{argument}={x!r} of type {type(x).__name__}",
             "Pass a NumPy array, a backend tensor or a Python number."))

@@ -147,7 +147,17 @@ def finite_padding(x: Tensor, mask: Tensor) -> Tensor:
     # |x| < inf is False for NaN and both infinities: two elementwise passes
     # where torch's isfinite makes four (eager torch runs each one on its own).
     finite = ops.less(ops.abs(x), float("inf"))
-    return ops.where(ops.logical_or(ops.cast(mask, "bool"), finite), x, ops.zeros_like(x))
+    return ops.where(ops.logical_or(_known_rank(ops.cast(mask, "bool"), x), finite), x, ops.zeros_like(x))
+
+
+def _known_rank(mask: Tensor, x: Tensor) -> Tensor:
+    """``mask``, broadcast to ``x``'s shape where its rank is unknown (a graph tensor), so
+    that what it selects keeps ``x``'s rank."""
+    try:
+        len(mask.shape)
+    except (TypeError, ValueError):
+        return ops.broadcast_to(mask, ops.shape(x))
+    return mask
 
 
 def _averager(x: Tensor, axes: list[int]) -> Callable[[Tensor], Tensor]:
@@ -284,7 +294,7 @@ def _spread_over(mask: Tensor, x: Tensor, axes: list[int]) -> Tensor:
     """``mask != 0`` at ``x``'s rank, broadcast along ``axes`` only: a mask of
     ``(batch, time, 1)`` for channels-last statistics stays one value per
     position, not one per element."""
-    kept = ops.cast(mask, "bool")
+    kept = _known_rank(ops.cast(mask, "bool"), x)
     for _ in range(len(x.shape) - len(kept.shape)):
         kept = ops.expand_dims(kept, 0)
     shape, own = dims(x), dims(kept)

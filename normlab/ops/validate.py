@@ -98,11 +98,9 @@ def check_mask(mask: object, shape: Shape) -> None:
 
     if mask is None:
         return
-    dtype = getattr(mask, "dtype", None)
-    if isinstance(mask, (str, bytes)) or not _is_mask_dtype(np.asarray(mask).dtype if dtype is None else dtype):
+    if is_text(mask):
         raise ArgumentTypeError(error_message(
-            "mask", "a tensor of booleans or numbers (nonzero keeps a position)",
-            f"mask={mask!r}" if isinstance(mask, (str, bytes)) else f"a mask of dtype {dtype}",
+            "mask", "a tensor of booleans or numbers (nonzero keeps a position)", f"mask={mask!r}",
             "Pass a boolean tensor, e.g. the mask a Masking or Embedding(mask_zero=True) layer computes."))
     static = getattr(mask, "shape", None)
     try:
@@ -122,14 +120,20 @@ def check_mask(mask: object, shape: Shape) -> None:
             "Pass a mask of the input's shape, or one that broadcasts to it."))
 
 
-def _is_mask_dtype(dtype: Any) -> bool:
-    from keras.backend import standardize_dtype
+def is_text(value: object) -> bool:
+    """Whether ``value`` is text where numbers go: a string, an array or tensor of strings,
+    or a list or tuple holding one (a backend would fail on it in its own conversion)."""
+    if isinstance(value, (str, bytes)):
+        return True
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:  # NumPy's (and JAX's) have a kind; TensorFlow's tf.string has a name
+        kind = getattr(dtype, "kind", None)
+        return kind in ("U", "S") if kind is not None else "string" in str(dtype)
+    if isinstance(value, (list, tuple)):
+        from keras import tree
 
-    try:
-        name = standardize_dtype(dtype)
-    except ValueError:  # numpy's str or object dtypes
-        return False
-    return name.startswith(("bool", "float", "bfloat", "int", "uint"))
+        return any(isinstance(v, (str, bytes)) for v in tree.flatten(value))
+    return False
 
 
 def check_bools(**flags: object) -> tuple[bool, ...]:
@@ -339,6 +343,9 @@ def check_positive_int(
 _CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_renorm_clipping(clipping: object) -> RenormClipping:
     """Validates Keras' ``renorm_clipping`` dict; returns a copy with float values.
 
@@ -367,9 +374,10 @@ def check_renorm_clipping(clipping: object) -> RenormClipping:
             error_message("renorm_clipping", "dmax >= 0 (d is clipped to [-dmax, dmax])",
                           f"renorm_clipping={clipping!r}", fix)
         )
-    if out.get("rmin", 0.0) == float("inf"):  # every r clipped to inf: an output of infinities
+    if out.get("rmin", 0.0) > _FLOAT32_MAX:  # every r clipped to inf (in float32): an output of infinities
         raise ValueError(
-            error_message("renorm_clipping", "a finite rmin (r = std / moving std is clipped to [rmin, rmax])",
+            error_message("renorm_clipping", "an rmin finite in float32 (r = std / moving std is clipped to "
+                          "[rmin, rmax])",
                           f"renorm_clipping={clipping!r}", fix)
         )
     rmax = out.get("rmax")

@@ -309,7 +309,7 @@ def _power_iteration(w: Tensor, u0: Tensor, iterations: int, epsilon: float) -> 
         v = _l2_normalize(ops.matmul(u, ops.transpose(w)), epsilon)
     u = ops.stop_gradient(u)
     v = ops.stop_gradient(v)
-    sigma = ops.reshape(ops.matmul(ops.matmul(v, w), ops.transpose(u)), ())
+    sigma = ops.sum(ops.matmul(v, w) * u)  # v W u^T without transposing u: jax2onnx mis-shapes a (1, 1) one
     # A zero matrix gives u = 0, from which no later step recovers: keep the old one.
     u = ops.where(ops.sum(ops.square(u)) > 0, u, u0)
     return u, v, sigma

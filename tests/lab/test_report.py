@@ -99,11 +99,14 @@ def test_a_summary_with_a_value_of_another_type_is_listed_not_read(runs, edit):
 
 
 def test_a_finished_run_without_its_config_is_listed(runs):
-    """Runs were found by their config.json: one without it vanished from the report, unlisted."""
+    """Runs were found by their config.json: one without it vanished from the report, unlisted. Only a
+    run's folder counts: the report's own summary.json (runs/report/) is none."""
     run_dir = next(runs.glob("compare/GN/*/seed1"))
     (run_dir / "config.json").unlink()
+    (runs / "report").mkdir()
+    (runs / "report" / "summary.json").write_text("{}")
     finished, unfinished = load_runs(runs)
-    assert len(finished) == 13 and run_dir in unfinished
+    assert len(finished) == 13 and unfinished == sorted([run_dir, *(p.parent for p in runs.rglob("LN/*/seed*/*"))])
 
 
 def test_summary_rows_in_run_order_and_sweeps_sorted(runs):

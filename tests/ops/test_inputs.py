@@ -159,7 +159,26 @@ def test_a_mask_that_does_not_broadcast_is_named(call, path):
             call(np.ones((3, 4, 4, 8), bool))
 
 
-@pytest.mark.parametrize("mask", ["", "x", np.array(["a"] * 8)])
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a TensorFlow graph's mask of unknown rank")
+@pytest.mark.parametrize("replica_sum", [None, lambda t: t], ids=["local", "synchronized"])
+def test_a_mask_of_unknown_rank_in_a_graph(replica_sum):
+    """Masked batch norm lost the input's rank to it (its padding cleanup broadcast against it) and failed
+    in the statistics; the synchronized statistics failed on it too."""
+    import tensorflow as tf
+
+    mask = np.random.default_rng(1).random((2, 4, 4, 1)) < 0.6
+    spec = [tf.TensorSpec([None, None, None, 8]), tf.TensorSpec(None, tf.bool)]
+    moments = tf.function(lambda a, m: nops.moments(a, [0, 1, 2], mask=m, replica_sum=replica_sum),
+                          input_signature=spec)
+    batch_norm = tf.function(lambda a, m: nops.batch_norm(a, training=True, mask=m, replica_sum=replica_sum),
+                             input_signature=spec)
+    for got, want in zip(moments(X, mask), nops.moments(X, [0, 1, 2], mask=mask)):
+        np.testing.assert_allclose(to_np(got), to_np(want), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_np(batch_norm(X, mask)), to_np(nops.batch_norm(X, training=True, mask=mask)),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", ["", "x", np.array(["a"] * 8), [[["a"]]]])
 def test_a_mask_of_text_is_named(mask):
     """A string mask was taken on JAX ("" masked every position: outputs x / sqrt(epsilon), 73 here; "x" kept
     all) and failed in a cast on TensorFlow and torch, each with its own exception."""
@@ -186,6 +205,7 @@ def test_the_ops_flags_take_bools_only(call, flag):
 @pytest.mark.parametrize("call, name", [
     (lambda: nops.normalize(X, 0.0, 1.0, gamma="ones"), "gamma"),
     (lambda: nops.normalize(X, "0", 1.0), "mean"),
+    (lambda: nops.normalize(X, 0.0, 1.0, beta=["a"] * 8), "beta"),
     (lambda: nops.filter_response_norm(X, learned_epsilon="x"), "learned_epsilon"),
     (lambda: nops.layer_norm(np.array(["a", "b"])), "x"),
 ])
@@ -196,10 +216,11 @@ def test_text_where_numbers_go_is_named(call, name):
         call()
 
 
-def test_renorm_clipping_refuses_an_infinite_rmin():
-    """``rmin=inf`` clipped every r to inf: an output of infinities."""
-    with pytest.raises(ValueError, match=r"Invalid `renorm_clipping`: expected a finite rmin"):
-        nops.batch_renorm(X, np.zeros(8, "float32"), np.ones(8, "float32"), clipping={"rmin": float("inf")})
+@pytest.mark.parametrize("rmin", [float("inf"), 1e39])
+def test_renorm_clipping_refuses_an_infinite_rmin(rmin):
+    """``rmin=inf`` (or 1e39, inf in float32) clipped every r to inf: an output of infinities."""
+    with pytest.raises(ValueError, match=r"Invalid `renorm_clipping`: expected an rmin finite in float32"):
+        nops.batch_renorm(X, np.zeros(8, "float32"), np.ones(8, "float32"), clipping={"rmin": rmin})
 
 
 @pytest.mark.parametrize("u", [np.zeros((1, 8), "float32"), [[float("nan")] * 8]])
