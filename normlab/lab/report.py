@@ -73,13 +73,8 @@ def summarize(runs: list[dict], baseline: str | None = None) -> dict[str, dict]:
     of runs repeated with the same settings and seed (a copied folder) only the
     last finished; ``meta["ignored"]`` lists the others with the reason.
     """
-    def order(run):  # grid order (parallel executors finish out of order), then finish time
-        index = run.get("grid_index")
-        return (index is None, index if index is not None else 0, run.get("finished_at", ""),
-                run["run_dir"])
-
     by_experiment: dict[str, list[dict]] = {}
-    for run in sorted(runs, key=order):
+    for run in sorted(runs, key=_grid_order):
         by_experiment.setdefault(_config(run)["experiment"], []).append(run)
     tables = {}
     for name, experiment_runs in by_experiment.items():
@@ -87,9 +82,32 @@ def summarize(runs: list[dict], baseline: str | None = None) -> dict[str, dict]:
         groups: dict[tuple, list[dict]] = {}
         for run in kept:  # one group per configuration: its key without the seed
             groups.setdefault(_run_key(run)[:-1], []).append(run)
-        tables[name] = _summarize_experiment(groups, baseline)
+        tables[name] = _summarize_experiment(_in_grid_order(groups), baseline)
         tables[name]["meta"]["ignored"] = ignored
     return tables
+
+
+def _grid_order(run: dict) -> tuple:
+    """A run's place: grid order (parallel executors finish out of order), then finish time."""
+    index = run.get("grid_index")
+    return (index is None, index if index is not None else 0, run.get("finished_at", ""), run["run_dir"])
+
+
+def _in_grid_order(groups: dict[tuple, list[dict]]) -> dict[tuple, list[dict]]:
+    """The configurations (runs in grid order each) by their mean rank among those run with
+    each seed: a configuration whose first seed is missing keeps its place (ordered by its
+    first run, it came after every other configuration's first seed)."""
+    by_seed: dict[object, list[tuple]] = {}
+    for position, runs in enumerate(groups.values()):
+        for run in runs:
+            by_seed.setdefault(_config(run)["seed"], []).append((_grid_order(run), position))
+    ranks: dict[int, list[int]] = {}
+    for runs_of_seed in by_seed.values():
+        for rank, (_, position) in enumerate(sorted(runs_of_seed)):
+            ranks.setdefault(position, []).append(rank)
+    order = sorted(range(len(groups)), key=lambda p: (sum(ranks[p]) / len(ranks[p]), p))
+    items = list(groups.items())
+    return dict(items[p] for p in order)
 
 
 def _revision(run: dict) -> int:

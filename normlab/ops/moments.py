@@ -32,6 +32,7 @@ Numerics policy (the one place it is decided):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -105,7 +106,7 @@ def _reduced_count(x: Tensor, axes: Sequence[int], dtype: DTypeLike) -> Tensor:
 #: which its matrix kernel blocks (2e-7 to 7e-7 relative at ``2**16`` to
 #: ``2**21`` terms, and faster than the sum where K >= 8; the 2-D product
 #: ``(1, R) @ (R, 2)`` is sequential again: 4.6e-4); over other axes a sum
-#: over them moved innermost (one transpose).
+#: over them moved innermost (one transpose); shorter ones in blocks (_blocked_sum).
 SEQUENTIAL_SUM_MAX_TERMS = 1 << 15
 
 
@@ -119,7 +120,7 @@ def total(v: Tensor, axes: list[int]) -> Tensor:
     # An unknown size (a graph's batch) counts as Keras' default batch size, 32:
     # a graph whose other reduced sizes are unknown too sums as TensorFlow does.
     if math.prod(32 if v.shape[a] is None else v.shape[a] for a in axes) < SEQUENTIAL_SUM_MAX_TERMS:
-        return ops.sum(v, axis=axes, keepdims=True)
+        return _blocked_sum(v, axes)
     kept = [a for a in range(rank) if a not in axes]
     width = [v.shape[a] for a in kept]
     if axes == list(range(len(axes))) and None not in width:  # leading axes: a batched product
@@ -129,6 +130,30 @@ def total(v: Tensor, axes: list[int]) -> Tensor:
         sums = ops.sum(ops.transpose(v, kept + axes), axis=list(range(len(kept), rank)))
     dims = ops.shape(v)
     return ops.reshape(sums, [1 if a in axes else dims[a] for a in range(rank)])
+
+
+#: Shorter sums are TensorFlow's own (sequential: a second reduction costs more than it saves).
+BLOCKED_SUM_MIN_TERMS = 256
+
+
+@functools.lru_cache(maxsize=None)
+def _block(terms: int) -> int:
+    """The largest divisor of ``terms`` up to its square root (1 for a prime)."""
+    return max(d for d in range(1, math.isqrt(terms) + 1) if terms % d == 0)
+
+
+def _blocked_sum(v: Tensor, axes: list[int]) -> Tensor:
+    """:func:`total` of a shorter sum over (consecutive) axes that are not innermost, on
+    TensorFlow: blocks of about ``sqrt(R)`` terms summed, then the block sums, in place of
+    one sequential sum of ``R`` terms (31744 squares: 5e-7 relative, not 1.5e-6 to 4.4e-6)."""
+    rank = len(v.shape)
+    known = math.prod(v.shape[a] for a in axes if v.shape[a] is not None)
+    if axes != list(range(axes[0], axes[-1] + 1)) or known < BLOCKED_SUM_MIN_TERMS or _block(known) < 16:
+        return ops.sum(v, axis=axes, keepdims=True)
+    shape, block = dims(v), _block(known)  # it divides the reduced length, whatever an unknown size
+    blocks = ops.reshape(v, [*shape[:axes[0]], -1, block, *shape[axes[-1] + 1:]])
+    sums = ops.sum(ops.sum(blocks, axis=axes[0] + 1), axis=axes[0])
+    return ops.reshape(sums, [1 if a in axes else shape[a] for a in range(rank)])
 
 
 def mask_weight(mask: Tensor, dtype: str) -> Tensor:

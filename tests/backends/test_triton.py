@@ -350,7 +350,8 @@ def test_normlab_ops_reach_the_kernels(op, monkeypatch):
         pytest.skip("the torch fast path runs on the torch backend")
     calls = []
     hook = getattr(nt, f"{op}_norm")
-    monkeypatch.setattr(nt, f"{op}_norm", lambda x, **kw: calls.append(kw) or hook(x, **kw))
+    # The hook's result, not its call: a hook that declined (None) left the general path to answer the same.
+    monkeypatch.setattr(nt, f"{op}_norm", lambda x, **kw: calls.append(hook(x, **kw)) or calls[-1])
     x, _ = support.inputs((2, 4, 3, 6), torch.float32, offset=1e4)
     x = x.to(DEVICE)
     run = {
@@ -360,7 +361,7 @@ def test_normlab_ops_reach_the_kernels(op, monkeypatch):
     }[op]
     with nt.interpret_on_cpu():
         y = run()
-    assert len(calls) == 1, f"{op}: the torch fast path did not call the Triton kernel"
+    assert len(calls) == 1 and calls[0] is not None, f"{op}: the torch fast path did not reach the Triton kernel"
     with backends.disabled():
         want = run()
     assert support.relative_error(y, want.cpu().numpy()) <= 2e-5
@@ -441,3 +442,26 @@ def test_gpu_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("groups", [5, 0, 9, -1])
+def test_group_norm_declines_groups_that_do_not_divide_the_channels(groups):
+    """groups=5 of 8 channels ran with the wrong grouping and wrote past the (N, G) statistics (a heap
+    corruption in the interpreter; out of bounds on a GPU); 0, 9 and -1 raised inside the planning."""
+    x = torch.randn(2, 3, 8)
+    with nt.interpret_on_cpu():
+        assert nt.group_norm(x, groups=groups, axis=2, gamma=None, beta=None, epsilon=EPSILON) is None
+
+
+def test_the_hooks_decline_under_a_tracer():
+    """make_fx traced into the kernels' launch (it failed on the storage of a fake tensor; compiled, the
+    kernel would run outside the recorded graph)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def call(v):
+        got = nt.layer_norm(v, axes=[2], gamma=None, beta=None, epsilon=EPSILON)
+        return v if got is None else got
+
+    with nt.interpret_on_cpu():
+        graph = make_fx(call)(torch.randn(2, 3, 8))
+    assert not any("triton" in str(node.target).lower() for node in graph.graph.nodes)

@@ -98,6 +98,15 @@ def test_a_summary_with_a_value_of_another_type_is_listed_not_read(runs, edit):
     assert summarize(finished)["compare"]["rows"][1]["seeds"] == [0, 2]
 
 
+def test_a_row_keeps_its_place_when_its_first_seed_is_missing(runs):
+    """Rows followed each configuration's first run: without BN's seed 0, BN's row came after GN's."""
+    import shutil
+
+    shutil.rmtree(next(runs.glob("compare/BN/*/seed0")))
+    rows = summarize(load_runs(runs)[0])["compare"]["rows"]
+    assert [(r["label"], r["seeds"]) for r in rows] == [("BN", [1, 2]), ("GN", [0, 1, 2])]
+
+
 def test_a_finished_run_without_its_config_is_listed(runs):
     """Runs were found by their config.json: one without it vanished from the report, unlisted. Only a
     run's folder counts: the report's own summary.json (runs/report/) is none."""

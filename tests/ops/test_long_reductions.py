@@ -83,3 +83,22 @@ def test_an_unknown_batch_in_a_graph():
 
     y = ops.convert_to_numpy(step(x, np.ones(x.shape[:-1], bool)))
     np.testing.assert_allclose(y, _normalized(x, (0, 1), 1e-3), atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("offset", [2.0, 1e6])
+@pytest.mark.parametrize("make, shape, reduced", [
+    (lambda: normlab.BatchNormalization(epsilon=1e-3), (31, 32, 32, 4), (0, 1, 2)),
+    (lambda: normlab.GroupNormalization(groups=1, epsilon=1e-3), (2, 128, 128, 4), (1, 2, 3)),
+    (lambda: normlab.InstanceNormalization(epsilon=1e-3), (2, 128, 128, 4), (1, 2)),
+], ids=["batch_norm", "group_norm", "instance_norm"])
+def test_mid_length_sums_about_an_outlier_shift(fast_paths, make, shape, reduced, offset):
+    """Sums of 2**14 to 2**15 terms, below the blocked product: TensorFlow added them one term after another
+    (1.5e-6 to 4.4e-6 relative), which the one-pass variance about an outlier first element (3.9 standard
+    deviations out, offset ratio 15) multiplied by 16: outputs (up to 5 here) 3.5e-4 off at an offset of 2
+    and 6e-3 at 1e6 (batch norm; group and instance norm 1e-4 to 3.6e-3; Keras' layers 4e-7 to 1.5e-5 at
+    offset 2). Summed in blocks: at most 2.5e-5."""
+    noise = np.random.default_rng(0).standard_normal(shape)
+    noise[(0, 0, 0) if 0 in reduced else (slice(None), 0, 0)] = 3.9  # each slice's first element
+    x = (offset + noise).astype("float32")
+    y = ops.convert_to_numpy(make()(x, training=True))
+    np.testing.assert_allclose(y, _normalized(x, reduced, 1e-3), atol=5e-5)

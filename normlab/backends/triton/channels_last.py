@@ -201,6 +201,8 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon, resident=None):
     if not runtime.serves(x, kernels.forward_resident) or axis != x.ndim - 1:
         return None
     n, c = x.shape[0], x.shape[-1]
+    if not 0 < groups <= c or c % groups:  # the kernels index groups of c // groups channels
+        return None
     s = x.numel() // (n * c)
     p = plan(s, c, int(groups), x.element_size(), resident=resident)
     gamma, beta = runtime.param(gamma, x, (c,)), runtime.param(beta, x, (c,))

@@ -19,7 +19,7 @@ import threading
 import torch
 
 from normlab.backends import thread_setting
-from normlab.backends.torch_guards import PLAIN
+from normlab.backends.torch_guards import PLAIN, traced
 
 #: Input dtypes the kernels take; statistics are float32 for all of them.
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -72,8 +72,9 @@ def interpreted(kernel) -> bool:
 def serves(x, kernel) -> bool:
     """Whether the kernels take ``x``: a non-empty contiguous CUDA tensor of
     a supported dtype (or a CPU tensor inside :func:`interpret_on_cpu`
-    with interpreted kernels), with Triton importable."""
-    if triton is None or type(x) not in PLAIN:
+    with interpreted kernels), with Triton importable; never under a tracer,
+    a function transform or forward-mode AD (:func:`~normlab.backends.torch_guards.traced`)."""
+    if triton is None or traced() or type(x) not in PLAIN:
         return False
     if x.dtype not in DTYPES or x.ndim < 2 or not 0 < x.numel() <= MAX_ELEMENTS or not x.is_contiguous():
         return False
