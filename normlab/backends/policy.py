@@ -98,7 +98,9 @@ the axes moved innermost (the general path's other cases); shorter ones (from
 sequential sum is 1.5e-6 to 4.4e-6, which the one-pass variance about an
 outlier sample multiplies by up to 17). Under XLA the blocked form measured
 no better (the same 8e-5 variance error at 31744 terms: its simplifier may
-merge the two reductions), so the hooks' sums there stay TensorFlow's. The
+merge the two reductions): the channel-norm hooks sum there with
+TensorFlow's reduction, and the general path's and layer norm's sums, which
+take the blocked form there too, are as accurate as that reduction. The
 fused batch-norm kernel sums sequentially inside: at 65536 to 100352 values
 per channel its outputs are 1e-5 to 2.6e-5 off a float64 reference (Keras'
 layer, 9e-6 at 65536), where the composite path's are 3e-6 to 7e-6; it is

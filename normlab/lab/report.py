@@ -20,6 +20,7 @@ plus ``report.md`` with every table. Every file is written atomically.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -94,20 +95,19 @@ def _grid_order(run: dict) -> tuple:
 
 
 def _in_grid_order(groups: dict[tuple, list[dict]]) -> dict[tuple, list[dict]]:
-    """The configurations (runs in grid order each) by their mean rank among those run with
-    each seed: a configuration whose first seed is missing keeps its place (ordered by its
-    first run, it came after every other configuration's first seed)."""
-    by_seed: dict[object, list[tuple]] = {}
-    for position, runs in enumerate(groups.values()):
-        for run in runs:
-            by_seed.setdefault(_config(run)["seed"], []).append((_grid_order(run), position))
-    ranks: dict[int, list[int]] = {}
-    for runs_of_seed in by_seed.values():
-        for rank, (_, position) in enumerate(sorted(runs_of_seed)):
-            ranks.setdefault(position, []).append(rank)
-    order = sorted(range(len(groups)), key=lambda p: (sum(ranks[p]) / len(ranks[p]), p))
+    """The configurations (runs in grid order each) in grid order: two compare by their runs
+    of the first seed both ran (a configuration whose first seed is missing keeps its place:
+    ordered by its first run, it came after every other configuration's first seed)."""
+    place = [{_config(run)["seed"]: _grid_order(run) for run in runs} for runs in groups.values()]
+
+    def compare(p: int, q: int) -> int:
+        shared = [seed for seed in place[p] if seed in place[q]]
+        if shared:
+            return -1 if place[p][shared[0]] < place[q][shared[0]] else 1
+        return p - q
+
     items = list(groups.items())
-    return dict(items[p] for p in order)
+    return dict(items[p] for p in sorted(range(len(items)), key=functools.cmp_to_key(compare)))
 
 
 def _revision(run: dict) -> int:

@@ -98,9 +98,14 @@ def check_mask(mask: object, shape: Shape) -> None:
 
     if mask is None:
         return
-    if is_text(mask):
+    text = is_text(mask)
+    dtype = None if text else getattr(mask, "dtype", None)
+    if dtype is None and not text:  # a list or a Python bool: NumPy's reading of it
+        dtype = np.asarray(mask).dtype
+    if dtype is None or not _is_mask_dtype(dtype):  # text; objects (None, strings), complex numbers
         raise ArgumentTypeError(error_message(
-            "mask", "a tensor of booleans or numbers (nonzero keeps a position)", f"mask={mask!r}",
+            "mask", "a tensor of booleans or real numbers (nonzero keeps a position)",
+            f"mask={mask!r}" if dtype is None else f"a mask of dtype {dtype}",
             "Pass a boolean tensor, e.g. the mask a Masking or Embedding(mask_zero=True) layer computes."))
     static = getattr(mask, "shape", None)
     try:
@@ -118,6 +123,16 @@ def check_mask(mask: object, shape: Shape) -> None:
             "A Keras-style mask (the input's shape without its last axis) needs a trailing axis "
             "here: pass mask[..., None]." if keras_style else
             "Pass a mask of the input's shape, or one that broadcasts to it."))
+
+
+def _is_mask_dtype(dtype: Any) -> bool:
+    from keras.backend import standardize_dtype
+
+    try:
+        name = standardize_dtype(dtype)
+    except ValueError:  # NumPy's object dtype
+        return False
+    return name.startswith(("bool", "float", "bfloat", "int", "uint"))
 
 
 def is_text(value: object) -> bool:

@@ -105,6 +105,13 @@ def test_a_row_keeps_its_place_when_its_first_seed_is_missing(runs):
     shutil.rmtree(next(runs.glob("compare/BN/*/seed0")))
     rows = summarize(load_runs(runs)[0])["compare"]["rows"]
     assert [(r["label"], r["seeds"]) for r in rows] == [("BN", [1, 2]), ("GN", [0, 1, 2])]
+    # nor moves up when it has a seed the others lack (ranks among other sets of runs do not average)
+    out = runs.parent / "four"
+    for seed, labels in ((0, "ABCD"), (1, "D")):
+        for label in labels:
+            fake_run(out, RunConfig(experiment="e", label=label, norms="batch", seed=seed), 0.9,
+                     grid_index=4 * seed + "ABCD".index(label))
+    assert [r["label"] for r in summarize(load_runs(out)[0])["e"]["rows"]] == list("ABCD")
 
 
 def test_a_finished_run_without_its_config_is_listed(runs):

@@ -178,12 +178,14 @@ def test_a_mask_of_unknown_rank_in_a_graph(replica_sum):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("mask", ["", "x", np.array(["a"] * 8), [[["a"]]]])
+@pytest.mark.parametrize("mask", ["", "x", np.array(["a"] * 8), [[["a"]]], np.array(["a"] * 8, dtype=object),
+                                  np.array([None] * 8), np.ones((2, 4, 4, 1), "complex64")])
 def test_a_mask_of_text_is_named(mask):
     """A string mask was taken on JAX ("" masked every position: outputs x / sqrt(epsilon), 73 here; "x" kept
-    all) and failed in a cast on TensorFlow and torch, each with its own exception."""
+    all; an object array of None masked every position too) and failed in a cast on TensorFlow and torch,
+    each with its own exception; a complex one was taken by its truth value."""
     for call in (lambda: nops.batch_norm(X, training=True, mask=mask), lambda: nops.moments(X, [0, 1, 2], mask=mask)):
-        with pytest.raises(ArgumentTypeError, match=r"Invalid `mask`: expected a tensor of booleans or numbers"):
+        with pytest.raises(ArgumentTypeError, match=r"Invalid `mask`: expected a tensor of booleans or real numbers"):
             call()
     kept = to_np(nops.moments(X, [0, 1, 2], mask=np.ones((2, 4, 4, 1), "int32"))[0])  # numbers: nonzero keeps
     np.testing.assert_allclose(kept[0, 0, 0], X.mean((0, 1, 2)), rtol=1e-5, atol=1e-5)
