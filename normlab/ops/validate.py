@@ -358,9 +358,6 @@ def check_positive_int(
 _CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
 def check_renorm_clipping(clipping: object) -> RenormClipping:
     """Validates Keras' ``renorm_clipping`` dict; returns a copy with float values.
 
@@ -389,12 +386,9 @@ def check_renorm_clipping(clipping: object) -> RenormClipping:
             error_message("renorm_clipping", "dmax >= 0 (d is clipped to [-dmax, dmax])",
                           f"renorm_clipping={clipping!r}", fix)
         )
-    if out.get("rmin", 0.0) > _FLOAT32_MAX:  # every r clipped to inf (in float32): an output of infinities
-        raise ValueError(
-            error_message("renorm_clipping", "an rmin finite in float32 (r = std / moving std is clipped to "
-                          "[rmin, rmax])",
-                          f"renorm_clipping={clipping!r}", fix)
-        )
+    if out.get("rmin", 0.0) > float(np.finfo(np.float32).max):  # every r clipped to inf: outputs of inf
+        raise ValueError(error_message("renorm_clipping", "an rmin finite in float32 (r = std / moving std is "
+                                       "clipped to [rmin, rmax])", f"renorm_clipping={clipping!r}", fix))
     rmax = out.get("rmax")
     if rmax is not None and (rmax <= 0.0 or rmax < out.get("rmin", 0.0)):
         raise ValueError(
