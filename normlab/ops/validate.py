@@ -102,7 +102,7 @@ def check_mask(mask: object, shape: Shape) -> None:
     dtype = None if text else getattr(mask, "dtype", None)
     if dtype is None and not text:  # a list or a Python bool: NumPy's reading of it
         dtype = np.asarray(mask).dtype
-    if dtype is None or not _is_mask_dtype(dtype):  # text; objects (None, strings), complex numbers
+    if dtype is None or not _is_real_dtype(dtype):  # text; objects (None, strings), complex numbers
         raise ArgumentTypeError(error_message(
             "mask", "a tensor of booleans or real numbers (nonzero keeps a position)",
             f"mask={mask!r}" if dtype is None else f"a mask of dtype {dtype}",
@@ -125,7 +125,8 @@ def check_mask(mask: object, shape: Shape) -> None:
             "Pass a mask of the input's shape, or one that broadcasts to it."))
 
 
-def _is_mask_dtype(dtype: Any) -> bool:
+def _is_real_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` holds real numbers or booleans (not text, objects or complex numbers)."""
     from keras.backend import standardize_dtype
 
     try:
@@ -278,7 +279,6 @@ def check_param(name: str, param: Tensor | float | Sequence[float] | None,
     if param is None:
         return None
     from keras import ops
-    from keras.backend import standardize_dtype
 
     # The usual case, a tensor (or variable) of the right rank, is taken as it is.
     keep = len(getattr(param, "shape", ())) == len(expected_shape) != 0
@@ -293,7 +293,7 @@ def check_param(name: str, param: Tensor | float | Sequence[float] | None,
         tensor: Tensor = param if keep else ops.convert_to_tensor(param)
     except (TypeError, ValueError) as exc:
         raise not_numbers() from exc
-    if not standardize_dtype(tensor.dtype).startswith(("float", "bfloat", "int", "uint", "bool")):
+    if not _is_real_dtype(tensor.dtype):
         raise not_numbers()
     shape = tuple(tensor.shape)
     if len(shape) == 0:

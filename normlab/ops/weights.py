@@ -233,7 +233,8 @@ def _check_u(u: Tensor, matrix: Tensor, name: str = "matrix") -> Tensor:
     """``u`` as shape ``(1, m)``: it must hold one value per column of ``matrix`` (its last dimension)."""
     out = int(matrix.shape[-1])
     if isinstance(u, (np.ndarray, list, tuple)):  # host values, read for free (a device tensor is not: a sync)
-        host = np.asarray(u, dtype="float64") if np.asarray(u).dtype.kind in "biuf" else None
+        array = np.asarray(u)
+        host = array.astype("float64") if array.dtype.kind in "biuf" else None
         if host is not None and host.size and not (np.all(np.isfinite(host)) and np.any(host != 0)):
             raise ValueError(error_message(
                 "u", "a finite, nonzero vector (a zero one gives sigma 0, hence a kernel scaled by 1 / epsilon)",
