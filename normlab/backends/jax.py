@@ -109,8 +109,21 @@ def _forward_mode() -> bool:
 
 
 def _usable(x) -> bool:
-    return (hasattr(x, "dtype") and x.dtype in _FLOATS and x.ndim >= 2 and x.size > 0 and not _varying(x)
+    return (hasattr(x, "dtype") and x.dtype in _FLOATS and x.ndim >= 2 and _has_elements(x) and not _varying(x)
             and not _forward_mode())
+
+
+_INCONCLUSIVE = getattr(jax.errors, "InconclusiveDimensionOperation", ())
+
+
+def _has_elements(x) -> bool:
+    """Whether ``x`` has elements (its static size); False where JAX cannot
+    tell: a ``jax.export`` symbolic size that may be 0, as ``max(h - 2, 0)``
+    after a valid convolution, which the general path serves."""
+    try:
+        return x.size > 0
+    except _INCONCLUSIVE:
+        return False
 
 
 #: The array primitives of :func:`normlab.backends.policy.stats`.

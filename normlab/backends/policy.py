@@ -40,9 +40,12 @@ or a shift that needs no decision at all.
   roundings) and otherwise take a second, exact pass (a ``cond`` again).
   :func:`stats` is that whole decision, written once for both.
   TensorFlow's channels-last batch norm instead runs its fused NHWC
-  kernel on data minus a sample row; that kernel takes the variance about
-  the batch mean and applies ``(x - mean) * scale``, so it needs no bound
-  (``tests/backends/test_kernel_parity.py``: offsets to 1e6, an outlier first row).
+  kernel on data minus a subsample mean (below): the kernel's variance is
+  one-pass under XLA and with oneDNN (about a sample row, a value 300
+  standard deviations out put outputs 1.2e-2 off under XLA, 1.1e-4
+  eager), and the shift bounds its offset ratio by
+  :data:`MAX_SHIFT_RATIO` (``tests/backends/test_kernel_parity.py``:
+  offsets to 1e6; ``tests/ops/test_long_reductions.py``: far first values).
 * *A subsample mean* (torch): ``s`` the mean of ``k >= N / MAX_SHIFT_RATIO``
   of the slice's values (:func:`subsample_size` of them along one axis). By
   Cauchy-Schwarz, ``(s - m)^2 = (sum over the k of (x_i - m) / k)^2 <=
@@ -84,7 +87,18 @@ or a shift that needs no decision at all.
 reductions longer than :data:`MAX_REDUCTION` decline there (2e-5
 relative at ``2**18`` terms). normlab's compiled kernels sum blocks of at
 most 1024 values in float and the block sums in double, so they serve
-reductions of any length. XLA reduces pairwise. TensorFlow outside XLA
+reductions of any length. XLA reduces pairwise, except TensorFlow's XLA on
+the CPU over axes that are not innermost: 1.8e-6 relative at 31744 terms
+(the sum of ``(31, 1024, 4)`` over its first two axes, however the axes are
+arranged first), which the one-pass cancellation multiplied by ``1 + r``
+(batch norm 4e-5 to 1.4e-4 off float64 at an offset of 2 and an outlier
+first element, where Keras' two-pass layer is 5e-6 off). TensorFlow's hooks
+therefore take a second pass under XLA (``stats(centered=True)``): the
+moments of the residuals about the first pass's mean, which correct that
+mean (the residuals' partial sums grow like ``sqrt(N)``, not ``N``) and hold
+the variance with no cancellation: within 8.5e-7 there. JAX's reductions
+are within 2.8e-6 at one pass and keep it (a second pass cost its group and
+layer norm up to 1.5x). TensorFlow outside XLA
 sums pairwise over the innermost axes only; over any other axis it adds one
 term after another (9e-6 relative at ``2**16`` terms, 3.7e-3 at ``2**22``).
 Its long sums over other axes (:data:`~normlab.ops.moments.SEQUENTIAL_SUM_MAX_TERMS`
@@ -98,9 +112,9 @@ the axes moved innermost (the general path's other cases); shorter ones (from
 sequential sum is 1.5e-6 to 4.4e-6, which the one-pass variance about an
 outlier sample multiplies by up to 17). Under XLA the blocked form measured
 no better (the same 8e-5 variance error at 31744 terms: its simplifier may
-merge the two reductions): the channel-norm hooks sum there with
-TensorFlow's reduction, and the general path's and layer norm's sums, which
-take the blocked form there too, are as accurate as that reduction. The
+merge the two reductions): the hooks take the second pass above there, and
+the general path's sums, which take the blocked form there too, are as
+accurate as XLA's reduction (its variance is two-pass already). The
 fused batch-norm kernel sums sequentially inside: at 65536 to 100352 values
 per channel its outputs are 1e-5 to 2.6e-5 off a float64 reference (Keras'
 layer, 9e-6 at 65536), where the composite path's are 3e-6 to 7e-6; it is
@@ -185,14 +199,15 @@ class ArrayOps(NamedTuple):
     rsqrt: Callable
 
 
-def shifted_stats(xf, *, shift, sums, reduce, count, epsilon, xp: ArrayOps):
+def shifted_stats(xf, *, shift, sums, reduce, count, epsilon, xp: ArrayOps, centered: bool = False):
     """``(mean, variance)`` of ``xf - shift``: one pass, and a second, exact
     pass (in a ``cond``) only where some slice has an offset ratio above
-    :data:`MAX_SHIFT_RATIO` (its shift an outlier)."""
+    :data:`MAX_SHIFT_RATIO` (its shift an outlier); given ``centered``, two
+    passes (:func:`moments`)."""
     d = xf - shift
-    total, squares = sums(d)
-    mean = total / count
-    var = xp.maximum(squares / count - mean * mean, 0.0)
+    if centered:
+        return moments(d, sums=sums, reduce=reduce, count=count, xp=xp, centered=True)
+    mean, var = moments(d, sums=sums, reduce=reduce, count=count, xp=xp)
     far = xp.any(mean * mean > MAX_SHIFT_RATIO * (var + epsilon))
 
     def two_pass():  # recomputes d: a branch's captured operands are materialized
@@ -202,23 +217,37 @@ def shifted_stats(xf, *, shift, sums, reduce, count, epsilon, xp: ArrayOps):
     return mean, xp.cond(far, two_pass, lambda: var)
 
 
+def moments(d, *, sums, reduce, count, xp: ArrayOps, centered: bool = False):
+    """``(mean, variance)`` of ``d``: one pass (``E[d^2] - E[d]^2``), or given
+    ``centered`` two, for reductions that err by more than a rounding: the
+    mean, then the moments of the residuals about it, which correct the mean
+    (their partial sums grow like ``sqrt(N)``, not ``N``) and hold the
+    variance with no cancellation."""
+    if centered:
+        first = reduce(d) / count
+        residual, squares = sums(d - first)
+        correction = residual / count
+        return first + correction, xp.maximum(squares / count - correction * correction, 0.0)
+    total, squares = sums(d)
+    mean = total / count
+    return mean, xp.maximum(squares / count - mean * mean, 0.0)
+
+
 def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps,
-          subsample: Callable | None = None) -> Stats:
+          subsample: Callable | None = None, centered: bool = False) -> Stats:
     """:class:`Stats` of ``xf``: the plain one-pass moments where every slice
     has an offset ratio within :data:`MAX_RAW_RATIO` and all is finite (two
     reductions of ``x`` itself, which XLA fuses into reading it), else
     :func:`shifted_stats` about ``sample()``. Decided in the graph; given
     ``subsample()`` (each slice's subsample mean, :func:`subsample_size`
-    values along one axis), one-pass moments about it instead, deciding nothing."""
+    values along one axis), one-pass moments about it instead, deciding nothing.
+    Given ``centered``, every variance is taken about its mean in a second
+    pass (see **Accumulation** above)."""
     if subsample is not None:
         shift = xp.stop_gradient(subsample())
-        total, squares = sums(xf - shift)
-        mean = total / count
-        var = xp.maximum(squares / count - mean * mean, 0.0)
+        mean, var = moments(xf - shift, sums=sums, reduce=reduce, count=count, xp=xp, centered=centered)
         return Stats(shift, mean, var, xp.rsqrt(var + epsilon), False)
-    total, squares = sums(xf)
-    mean0 = total / count
-    var0 = xp.maximum(squares / count - mean0 * mean0, 0.0)
+    mean0, var0 = moments(xf, sums=sums, reduce=reduce, count=count, xp=xp, centered=centered)
     raw = xp.all(mean0 * mean0 <= MAX_RAW_RATIO * (var0 + epsilon)) & xp.all(xp.isfinite(var0))
 
     def plain():
@@ -227,7 +256,7 @@ def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps,
     def shifted():
         shift = xp.stop_gradient(sample())
         mean, var = shifted_stats(xf, shift=shift, sums=sums, reduce=reduce, count=count,
-                                  epsilon=epsilon, xp=xp)
+                                  epsilon=epsilon, xp=xp, centered=centered)
         return shift, mean, var
 
     shift, mean, var = xp.cond(raw, plain, shifted)

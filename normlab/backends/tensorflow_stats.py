@@ -152,7 +152,8 @@ def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None)
     slice's offset is within twice its spread, else moments about a sample of
     each slice, decided by ``tf.cond``; given ``subsample_axis`` (one of the
     reduced axes; see :func:`use_subsample`), moments about each slice's
-    subsample mean along it, deciding nothing.
+    subsample mean along it, deciding nothing. Under XLA every variance is
+    taken about its mean, in a second pass (see :mod:`normlab.backends.policy`).
     ``sums(t)`` gives ``(reduce(t), reduce(t * t))`` unless given."""
     sums = sums or (lambda t: (reduce(t), reduce(t * t)))
 
@@ -163,13 +164,31 @@ def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None)
         return reduce(xf[index]) / (count * (k / size))
 
     return policy.stats(xf, sample=sample, sums=sums, reduce=reduce, count=count, epsilon=epsilon, xp=_XP,
-                        subsample=None if subsample_axis is None else subsample)
+                        subsample=None if subsample_axis is None else subsample, centered=in_xla())
 
 
 def cond(raw, plain, shifted):
     """:func:`normlab.backends.policy.select`: ``tf.cond``, or ``shifted()`` alone after two passes."""
     return policy.select(raw, plain, shifted, _XP)
 
+
+
+def subsample_mean(t, axis: int):
+    """The mean of the first :func:`~normlab.backends.policy.subsample_size`
+    values of ``t`` along ``axis`` (kept), of an unknown size too: a shift
+    whose offset ratio is within :data:`~normlab.backends.policy.MAX_SHIFT_RATIO`.
+    It is the output of one reduction, with no operation after it that a
+    fusion could recompute (and round otherwise) beside its consumers."""
+    size = t.shape[axis]
+    if size is None:
+        ratio = int(policy.MAX_SHIFT_RATIO)
+        k = (tf.shape(t)[axis] + ratio - 1) // ratio
+        weight = 1.0 / tf.cast(tf.maximum(k, 1), t.dtype)
+    else:
+        k = policy.subsample_size(size)
+        weight = 1.0 / max(k, 1)
+    index = tuple(slice(0, k) if a == axis else slice(None) for a in range(t.shape.rank))
+    return tf.reduce_sum(t[index] * weight, axis=axis, keepdims=True)
 
 
 def first_along(t, axes):

@@ -109,21 +109,36 @@ def canonical_norms(specs: list[str]) -> list[str]:
 
 def check_distinct_models(specs: list[str]) -> None:
     """Raises for two placements that build the same model (an alias, another case, the
-    arguments in another order: ``batch``, ``BN``, ``bn``), which would train it twice."""
-    from normlab.lab.models import parse_placement
-
+    arguments in another order or a default spelled out: ``batch``, ``BN``, ``bn``,
+    ``group`` and ``group(groups=32)``), which would train it twice."""
     seen: dict[tuple, str] = {}
     for spec in specs:
         try:
-            key = tuple((name, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
-                        for name, kwargs in parse_placement(spec))
-        except ValueError:  # an invalid spec: named where the models are built
+            key = _model_key(spec)
+        except (ValueError, TypeError):  # an invalid spec: named where the models are built
             continue
         if key in seen:
             raise ConfigError(f"Invalid `norms`: expected each model once. Received: {seen[key]!r} and {spec!r}, "
-                              "the same norms (names are read without case, aliases as their norm). "
-                              "Drop one of them.")
+                              "the same norms (names are read without case, aliases as their norm, "
+                              "arguments by the layer they build). Drop one of them.")
         seen[key] = spec
+
+
+def _model_key(spec: str) -> tuple:
+    """What a placement builds: per norm its name and the configuration of the layer it makes (its
+    arguments where the layer wraps or takes another: those are built inside the model)."""
+    from normlab.lab.models import parse_placement, split_placement
+    from normlab.registry import get, registry
+
+    key = []
+    for one, (name, kwargs) in zip(split_placement(spec), parse_placement(spec)):
+        if registry()[name].kind == "activation" and name != "none":
+            config = get(one).get_config()
+            config.pop("name", None)
+            key.append((name, repr(sorted(config.items()))))
+        else:
+            key.append((name, repr(sorted(kwargs.items()))))
+    return tuple(key)
 
 
 def make_executor(args: argparse.Namespace):

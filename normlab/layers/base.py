@@ -38,6 +38,7 @@ from normlab.ops.axes import (
     check_real,
     is_traced_int,
     known_dims,
+    positive,
     reject_batch_axis,
     single_axis,
 )
@@ -315,7 +316,7 @@ class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
             # torch.compile specializes sizes 0 and 1, and the batch is then
             # known to be empty.
             sizes = [n for n in ops.shape(inputs) if not isinstance(n, int) and not is_traced_int(n)]
-        kept = [n > 0 for n in sizes]
+        kept = [k for k in map(positive, sizes) if k is not True]  # (a symbolic batch is known positive)
         if mask is not None and replica_sum is None:  # (synchronized: the global count of kept positions)
             kept.append(ops.any(ops.cast(mask, "bool")))
         for moving, batch, momentum in updates:

@@ -86,6 +86,10 @@ class DynamicTanh(Normalization):
         gamma_constraint: Constraint = None,
         **kwargs: Any,
     ) -> None:
+        if "epsilon" in kwargs:  # the base class takes one: it would collide with the fixed 0 below
+            raise ValueError(f"Unrecognized keyword arguments passed to DynamicTanh: "
+                             f"{{'epsilon': {kwargs['epsilon']!r}}}. DynamicTanh divides by no variance, so it "
+                             "takes no epsilon: remove it (alpha_init_value sets its input scale).")
         super().__init__(
             axis=axis,
             epsilon=0.0,  # no variance to guard: the base's epsilon is unused and not in the config

@@ -236,13 +236,36 @@ def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = 
     batch, a replica's empty share of it, a spatial size) may be 0, and the
     sample is then 0, not an empty slice the reshape rejects. Per-sample
     statistics (GroupNorm, InstanceNorm) keep an empty slice, which
-    broadcasts: no pad in their graphs.
+    broadcasts: no pad in their graphs. A ``jax.export`` symbolic size that
+    may be 0 (``max(h - 2, 0)`` after a valid convolution) is padded in both:
+    its slice, of size ``min(size, 1)``, broadcasts against nothing.
     """
     ndim = len(x.shape)
     index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(ndim))
     sample = x[index]
     batch_statistics = 0 in axes if batch_statistics is None else batch_statistics
-    unknown = [a for a in axes if x.shape[a] is None] if batch_statistics else []
+    unknown = [a for a in axes if (x.shape[a] is None and batch_statistics) or _may_be_empty(x.shape[a])]
     if unknown:
         sample = ops.pad(sample, [(0, 1) if a in unknown else (0, 0) for a in range(ndim)])[index]
     return sample
+
+
+def _may_be_empty(size) -> bool:
+    """Whether ``size`` is symbolic (``jax.export``) and not provably positive."""
+    if size is None or isinstance(size, int) or not type(size).__module__.startswith("jax"):
+        return False
+    try:
+        return not size >= 1
+    except Exception:  # jax.errors.InconclusiveDimensionOperation: it may be 0
+        return True
+
+
+def positive(size: Any) -> Any:
+    """``size > 0`` for a size from :func:`keras.ops.shape`: a Python bool
+    where it is known, else a boolean scalar tensor (TensorFlow's unknown
+    size; a ``jax.export`` symbolic size that may be 0, as its value)."""
+    if _may_be_empty(size):
+        import jax.numpy as jnp
+
+        return jnp.asarray(size) > 0
+    return size > 0

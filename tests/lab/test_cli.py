@@ -176,6 +176,9 @@ def test_sweeps_scale_learning_rate_with_batch_size():
     (["compare", "--norms", "batch", "BATCH"], "Received: 'batch' and 'BATCH', the same norms"),
     (["compare", "--norms", "bn", "batch>none", "batch_norm"], "Received: 'bn' and 'batch_norm', the same norms"),
     (["compare", "--norms", "group(groups=5, axis=3)", "group(axis=3,groups=5)"], "expected each model once"),
+    # a default spelled out builds the same layer
+    (["compare", "--norms", "group", "gn(groups=32)"], "Received: 'group' and 'gn(groups=32)', the same norms"),
+    (["compare", "--norms", "batch>group(groups=5)", "bn>group(groups=5, epsilon=0.001)"], "expected each model once"),
     (["compare", "--norms", "batch>"], "Remove the stray '>'"),
     (["compare", "--cpus-per-run", "2"], "applies only to --executor ray"),
     (["compare", "--baseline", "Nope"], "Invalid `baseline`: expected a configuration or series"),

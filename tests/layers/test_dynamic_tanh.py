@@ -109,5 +109,8 @@ def test_errors_name_argument_value_and_fix():
         normlab.DynamicTanh(center="no")
     with pytest.raises(ValueError, match=r"Invalid `alpha_regularizer`"):
         normlab.DynamicTanh(alpha_regularizer="l3")
-    with pytest.raises(TypeError):
-        normlab.DynamicTanh(epsilon=1e-3)  # no epsilon: nothing is divided
+    # No epsilon (nothing is divided): refused as Keras refuses any unknown argument, not by the base
+    # class's own epsilon colliding ("got multiple values for keyword argument", naming the base class).
+    with pytest.raises(ValueError, match=r"Unrecognized keyword arguments passed to DynamicTanh: "
+                                         r"\{'epsilon': 0\.001\}.*takes no epsilon: remove it"):
+        normlab.DynamicTanh(epsilon=1e-3)

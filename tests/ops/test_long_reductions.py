@@ -102,3 +102,55 @@ def test_mid_length_sums_about_an_outlier_shift(fast_paths, make, shape, reduced
     x = (offset + noise).astype("float32")
     y = ops.convert_to_numpy(make()(x, training=True))
     np.testing.assert_allclose(y, _normalized(x, reduced, 1e-3), atol=5e-5)
+
+
+def _compiled(layer):
+    """The layer's training call as ``fit`` compiles it: XLA on TensorFlow (``jit_compile``), ``jax.jit``."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(lambda x: layer(x, training=True), jit_compile=True)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(lambda x: layer(x, training=True))
+    return lambda x: layer(x, training=True)
+
+
+@pytest.mark.parametrize("offset", [2.0, 1e4])
+@pytest.mark.parametrize("make, shape, reduced", [
+    (lambda: normlab.BatchNormalization(epsilon=1e-3), (31, 32, 32, 4), (0, 1, 2)),
+    (lambda: normlab.BatchNormalization(epsilon=1e-3), (4, 64, 64, 8), (0, 1, 2)),
+    (lambda: normlab.GroupNormalization(groups=1, epsilon=1e-3), (4, 64, 64, 8), (1, 2, 3)),
+    (lambda: normlab.InstanceNormalization(epsilon=1e-3), (31, 32, 32, 4), (1, 2)),
+], ids=["batch_norm", "batch_norm_fused", "group_norm", "instance_norm"])
+def test_compiled_sums_about_an_outlier(make, shape, reduced, offset):
+    """Compiled, as ``fit`` runs a step. TensorFlow's XLA on the CPU sums over axes that are not innermost
+    with 1.8e-6 relative error at 31744 terms, which one-pass variances multiplied by up to 17: outputs up
+    to 5 here were 1.9e-5 to 1.4e-4 off at an offset of 2 with this outlier first element (Keras' two-pass
+    layers 1.4e-6 to 5e-6); a second pass over the residuals about the mean now corrects the mean and takes
+    the variance there (within 8.5e-7)."""
+    noise = np.random.default_rng(0).standard_normal(shape)
+    noise[(0, 0, 0) if 0 in reduced else (slice(None), 0, 0)] = 3.9  # each slice's first element
+    x = (offset + noise).astype("float32")
+    layer = make()
+    layer.build(shape)
+    y = ops.convert_to_numpy(_compiled(layer)(x))
+    np.testing.assert_allclose(y, _normalized(x, reduced, 1e-3), atol=5e-6)
+
+
+@pytest.mark.parametrize("outlier", [30.0, 3000.0])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_batch_norm_with_a_far_first_element(outlier, compiled):
+    """One value far out, first in the batch (TensorFlow's fused kernel, which serves this shape, takes a
+    one-pass variance under XLA and with oneDNN: about a sample row, as it was shifted before, outputs were
+    1.2e-2 off compiled and 1.3e-4 eager; about a subsample mean, within 3e-6; Keras' layer 1.8e-6)."""
+    x = np.random.default_rng(1).standard_normal((8, 32, 32, 16))
+    x[0, 0, 0, :] = outlier
+    x = x.astype("float32")
+    layer = normlab.BatchNormalization()
+    layer.build(x.shape)
+    call = _compiled(layer) if compiled else (lambda t: layer(t, training=True))
+    y = ops.convert_to_numpy(call(x))
+    np.testing.assert_allclose(y[1:], _normalized(x, (0, 1, 2), 1e-3)[1:], atol=1e-5)
