@@ -35,7 +35,7 @@ so no kernel result ever needs checking. Nothing reads a tensor's value on
 the host: no device sync on a GPU, no data-dependent guard for a compiler.
 The centered copy lives only during the kernel call: it is written into a
 buffer kept per thread (freed by
-:func:`~normlab.backends.torch_autograd.release_buffers`), and the backward
+:func:`~normlab.backends.torch_scratch.release_buffers`), and the backward
 centers ``x`` again rather than keeping it
 (:class:`~normlab.backends.torch_autograd.ShiftedNorm`), so a call
 allocates what ATen alone would (the output, the gradient). The

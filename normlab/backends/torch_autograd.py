@@ -11,9 +11,10 @@ batch size here is always an int (the per-sample loops need one).
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
+
+from normlab.backends.torch_scratch import release_buffers, subtract  # noqa: F401 (release_buffers: public here)
 
 #: ATen's channels-last batch norm kernels vectorize over channels in blocks
 #: of 8 floats and fall back to scalar code for the rest: measured on
@@ -33,41 +34,6 @@ MAX_SAMPLE_LOOP = 64
 #: (8, 14, 14, 512) 1.8 ms vs 0.55 ms), but 0.25-0.4 ns at 3136 positions
 #: and more ((8, 56, 56, 256) 2.3 ms vs 4.5 ms).
 MAX_SAMPLE_LOOP_POSITIONS = 2048
-
-
-#: Centered copies live in a buffer kept per thread (:func:`subtract`) from
-#: this size up to the second (bytes): above about 1 MiB a fresh allocation
-#: comes from glibc's mmap or from a heap top it trims again on free, and is
-#: page-faulted in on every call (26 ms per 100 MB here; measured on
-#: (8, 56, 56, 256) float32 batch norm, 25.7 MB: 30 ms per forward with a
-#: fresh centered copy, 7.7 ms with the buffer, ATen alone 4.4 ms). No
-#: centered copy outlives the call that made it (:class:`ShiftedNorm`).
-SCRATCH_BYTES = (1 << 20, 512 << 20)
-
-_scratch = threading.local()
-
-
-def subtract(x, shift, *, transient=False):
-    """``x - shift`` (broadcast) in the compute dtype: one pass, also the
-    upcast of float16/bfloat16. ``transient``: the result is read only
-    before the next call in this thread, and a CPU result is written into
-    the thread's buffer (see :data:`SCRATCH_BYTES`)."""
-    dtype = torch.promote_types(x.dtype, shift.dtype)
-    low, high = SCRATCH_BYTES
-    if not transient or x.device.type != "cpu" or not low <= x.numel() * dtype.itemsize <= high:
-        return torch.sub(x, shift)
-    buffers = _scratch.__dict__.setdefault("buffers", {})
-    buffer = buffers.get(dtype)
-    if buffer is None or buffer.numel() < x.numel():
-        buffer = buffers[dtype] = torch.empty(x.numel(), dtype=dtype)
-    return torch.sub(x, shift, out=buffer[: x.numel()].view(x.shape))
-
-
-def release_buffers():
-    """Frees this thread's centering buffers (see :data:`SCRATCH_BYTES`):
-    each keeps the largest centered copy made so far, up to its bound, until
-    this is called or the thread ends. The next large call allocates anew."""
-    _scratch.__dict__.pop("buffers", None)
 
 
 def center(x3, shift, channels_last, *, transient=False):
@@ -129,10 +95,21 @@ class GroupNormKernel:
     def backward(self, dy, xc3, gamma, beta, saved, mask):
         n, c, s = xc3.shape
         mean, rstd = saved
-        dx, dgamma, dbeta = torch.ops.aten.native_group_norm_backward(
+        dx, dgamma, dbeta = group_norm_backward(
             dy.contiguous().unsqueeze(3), xc3.unsqueeze(3), mean, rstd, gamma, n, c, s, self.groups, mask
         )
         return dx.squeeze(3), dgamma, dbeta
+
+
+def group_norm_backward(dy4, x4, mean, rstd, gamma, n, c, s, groups, mask):
+    """ATen's group-norm backward of ``(N, C, S, 1)`` data; without ``gamma``,
+    beta's gradient as a sum here (ATen's CPU kernel then fails: "tensor does
+    not have a device"; torch 2.13)."""
+    if gamma is not None or not mask[2]:
+        return torch.ops.aten.native_group_norm_backward(dy4, x4, mean, rstd, gamma, n, c, s, groups, mask)
+    dx, dgamma, _ = torch.ops.aten.native_group_norm_backward(
+        dy4, x4, mean, rstd, gamma, n, c, s, groups, [mask[0], mask[1], False])
+    return dx, dgamma, dy4.sum((0, 2, 3), dtype=torch.promote_types(dy4.dtype, torch.float32))
 
 
 class BatchNormKernel:
@@ -282,9 +259,8 @@ class ChannelsLastGroupNorm(torch.autograd.Function):
             dx, dgamma, dbeta = _instance_norm_backward(dy3, x3, shift, mean, rstd, gamma, mask, ctx.epsilon)
         else:
             x4 = kernel_view(center(x3, shift, True, transient=True), True)
-            dx4, dgamma, dbeta = torch.ops.aten.native_group_norm_backward(
-                kernel_view(dy3, True), x4, mean, rstd, gamma, n, c, s, groups, mask
-            )
+            dy4 = kernel_view(dy3, True)
+            dx4, dgamma, dbeta = group_norm_backward(dy4, x4, mean, rstd, gamma, n, c, s, groups, mask)
             dx = dx4.permute(0, 2, 3, 1).reshape(n, s, c)
         return _input_grad(ctx, dx), None, dgamma, dbeta, None, None
 

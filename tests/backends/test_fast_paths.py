@@ -236,14 +236,16 @@ def _check(case, dtype="float32", offset=0.0, affine=True, mode="eager", seed=0,
     x_np, dy_np, gamma_np, beta_np = _inputs(case, offset, seed, outlier)
     x = _tensor(x_np, dtype)
     dy = _tensor(dy_np, "float32")
-    gamma = _tensor(gamma_np, "float32") if affine else None
-    beta = _tensor(beta_np, "float32") if affine else None
+    # affine: both parameters, neither (False), or only "gamma" or "beta"
+    gamma_np, beta_np = (gamma_np if affine in (True, "gamma") else None), (beta_np if affine in (True, "beta") else None)
+    gamma = None if gamma_np is None else _tensor(gamma_np, "float32")
+    beta = None if beta_np is None else _tensor(beta_np, "float32")
     stored = ops.convert_to_numpy(x).dtype
     if dtype == "float64" and str(stored) != "float64":
         pytest.skip("float64 is stored as float32 on this backend (no x64)")
     expected = normalize_and_vjp(
         _np(x), _np(dy), op, axis, groups=groups,
-        gamma=gamma_np if affine else None, beta=beta_np if affine else None, epsilon=EPSILON,
+        gamma=gamma_np, beta=beta_np, epsilon=EPSILON,
     )
     if op != "batch":
         expected.pop("mean"), expected.pop("variance")
@@ -317,6 +319,12 @@ def test_far_outlier_first_in_every_slice(case, offset):
                                   "bn-nhwc-c6"])
 def test_without_gamma_and_beta(case):
     _check(case, "float32", 1e4, affine=False, mode=MODES[0])
+
+
+@pytest.mark.parametrize("affine", ["gamma", "beta"])
+@pytest.mark.parametrize("case", ["gn-nhwc", "gn-nchw", "in-nchw", "ln-last", "bn-nhwc", "bn-nchw"])
+def test_with_one_parameter(case, affine):
+    _check(case, "float32", 1e4, affine=affine, mode=MODES[0])
 
 
 @pytest.mark.parametrize("dtype,offset", [("float16", 0.0), ("float16", 500.0), ("bfloat16", 0.0),

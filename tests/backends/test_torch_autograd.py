@@ -31,9 +31,9 @@ def aten_kernels(monkeypatch):
 @pytest.fixture
 def scratch_always(monkeypatch):
     """Every centered copy in the thread's buffer (normally from 1 MiB)."""
-    from normlab.backends import torch_autograd
+    from normlab.backends import torch_scratch
 
-    monkeypatch.setattr(torch_autograd, "SCRATCH_BYTES", (0, 512 << 20))
+    monkeypatch.setattr(torch_scratch, "SCRATCH_BYTES", (0, 512 << 20))
 
 
 @pytest.mark.parametrize("case", SERVED)
@@ -111,18 +111,18 @@ def test_large_inputs_reuse_one_buffer():
     fresh tensors."""
     import torch
 
-    from normlab.backends import torch_autograd
+    from normlab.backends import torch_scratch
 
     x = torch.randn(4, 16, 16, 512) + 50.0
     first = nops.group_norm(x, 32, 3)
     second = nops.group_norm(x + 7.0, 32, 3)  # the same up to rounding
-    buffers = torch_autograd._scratch.__dict__.get("buffers", {})
+    buffers = torch_scratch._scratch.__dict__.get("buffers", {})
     assert buffers[torch.float32].numel() >= x.numel()
     assert first.data_ptr() != second.data_ptr()
     assert not any(first.data_ptr() == b.data_ptr() for b in buffers.values())
     np.testing.assert_allclose(first.numpy(), second.numpy(), atol=1e-4)
-    torch_autograd.release_buffers()
-    assert "buffers" not in torch_autograd._scratch.__dict__
+    torch_scratch.release_buffers()
+    assert "buffers" not in torch_scratch._scratch.__dict__
     np.testing.assert_allclose(nops.group_norm(x, 32, 3).numpy(), first.numpy(), atol=0)
 
 
