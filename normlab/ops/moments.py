@@ -114,7 +114,7 @@ def total(v: Tensor, axes: list[int]) -> Tensor:
     """``ops.sum(v, axes, keepdims=True)``, exact to float32 rounding however
     long the reduction (see :data:`SEQUENTIAL_SUM_MAX_TERMS`)."""
     rank = len(v.shape)
-    axes = sorted(axes)
+    axes = sorted(a % rank for a in axes)
     if keras.backend.backend() != "tensorflow" or axes == list(range(rank - len(axes), rank)):
         return ops.sum(v, axis=axes, keepdims=True)
     # An unknown size (a graph's batch) counts as Keras' default batch size, 32:

@@ -49,6 +49,16 @@ def test_moments_over_a_leading_axis(fast_paths):
     np.testing.assert_allclose(ops.convert_to_numpy(variance).ravel(), x.astype(np.float64).var(0), rtol=1e-6)
 
 
+@pytest.mark.parametrize("axes", [[0, 1], [-3, -2], [1, -3]])
+def test_total_takes_negative_axes(axes):
+    """The exact sum (blocked on TensorFlow from 256 terms) reads axes as NumPy does."""
+    from normlab.ops.moments import total
+
+    x = _data((32, 40, 3))
+    got = ops.convert_to_numpy(total(ops.convert_to_tensor(x), axes))
+    np.testing.assert_allclose(got, x.astype(np.float64).sum((0, 1), keepdims=True), rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "make, shape, axes, kwargs",
     [
