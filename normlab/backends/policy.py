@@ -93,10 +93,11 @@ the CPU over axes that are not innermost: 1.8e-6 relative at 31744 terms
 arranged first), which the one-pass cancellation multiplied by ``1 + r``
 (batch norm 4e-5 to 1.4e-4 off float64 at an offset of 2 and an outlier
 first element, where Keras' two-pass layer is 5e-6 off). TensorFlow's hooks
-therefore take a second pass under XLA (``stats(centered=True)``): the
-moments of the residuals about the first pass's mean, which correct that
-mean (the residuals' partial sums grow like ``sqrt(N)``, not ``N``) and hold
-the variance with no cancellation: within 8.5e-7 there. JAX's reductions
+therefore take a second pass under XLA (``stats(centered=True)``) for slices
+of :data:`~normlab.backends.tensorflow_stats.CENTERED_MIN_TERMS` terms or
+more: the moments of the residuals about the first pass's mean, which
+correct that mean (the residuals' partial sums grow like ``sqrt(N)``, not
+``N``) and hold the variance with no cancellation: within 8.5e-7 there. JAX's reductions
 are within 2.8e-6 at one pass and keep it (a second pass cost its group and
 layer norm up to 1.5x). TensorFlow outside XLA
 sums pairwise over the innermost axes only; over any other axis it adds one

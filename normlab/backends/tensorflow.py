@@ -56,6 +56,7 @@ import tensorflow as tf
 from normlab.backends.tensorflow_eager import graph_when_hot
 from normlab.backends.tensorflow_layer_norm import layer_norm as _layer_norm
 from normlab.backends.tensorflow_stats import (
+    UNKNOWN_BATCH,
     compute_dtype,
     cond,
     elements,
@@ -140,7 +141,8 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca, subs
             return tf.reshape(first, [n] + pshape[1:])
 
         shift, mean, var, rstd, ok = stats(xf, sample=sample, reduce=reduce, count=count, epsilon=epsilon,
-                                           subsample_axis=(2 if ca == 1 else 1) if subsample else None)
+                                           subsample_axis=(2 if ca == 1 else 1) if subsample else None,
+                                           terms=rest * per * ((xf.shape[0] or UNKNOWN_BATCH) if batch else 1))
         gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
         scale = rstd if gam is None else rstd * gam
         bet = None if beta is None else tf.reshape(tf.cast(beta, compute), pshape)

@@ -105,6 +105,14 @@ SUBSAMPLE_ELEMENTS = 1 << 20
 #: parameters by a product and a sum ((2, 8, 8, 64): 0.39 ms, 0.28 ms without it).
 FUSED_MIN_ELEMENTS = 1 << 17
 
+#: Under XLA, slices of at least this many terms take their statistics in a
+#: second pass over the residuals (:func:`stats`; see
+#: :mod:`normlab.backends.policy`): XLA's CPU sums over axes that are not
+#: innermost err 1.2e-5 to 4.7e-5 at 4096 terms with the one-pass cancellation
+#: (outputs up to 5, an outlier first element), within 2.2e-6 at 1568; the
+#: second pass cost group norm forward+backward 15-35% there.
+CENTERED_MIN_TERMS = 1 << 11
+
 #: An unknown (``None``) batch size counts as Keras' default ``batch_size``:
 #: ``fit`` traces its step with one.
 UNKNOWN_BATCH = 32
@@ -147,13 +155,14 @@ def use_subsample(x, *params) -> bool:
             and recorded([x, *params]))
 
 
-def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None) -> policy.Stats:
+def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None, terms=None) -> policy.Stats:
     """:func:`normlab.backends.policy.stats`: the plain moments where every
     slice's offset is within twice its spread, else moments about a sample of
     each slice, decided by ``tf.cond``; given ``subsample_axis`` (one of the
     reduced axes; see :func:`use_subsample`), moments about each slice's
-    subsample mean along it, deciding nothing. Under XLA every variance is
-    taken about its mean, in a second pass (see :mod:`normlab.backends.policy`).
+    subsample mean along it, deciding nothing. Under XLA slices of
+    :data:`CENTERED_MIN_TERMS` or more (``terms``, by default ``count``)
+    take a second pass over the residuals (see :mod:`normlab.backends.policy`).
     ``sums(t)`` gives ``(reduce(t), reduce(t * t))`` unless given."""
     sums = sums or (lambda t: (reduce(t), reduce(t * t)))
 
@@ -164,7 +173,8 @@ def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None)
         return reduce(xf[index]) / (count * (k / size))
 
     return policy.stats(xf, sample=sample, sums=sums, reduce=reduce, count=count, epsilon=epsilon, xp=_XP,
-                        subsample=None if subsample_axis is None else subsample, centered=in_xla())
+                        subsample=None if subsample_axis is None else subsample,
+                        centered=in_xla() and (terms or count) >= CENTERED_MIN_TERMS)
 
 
 def cond(raw, plain, shifted):

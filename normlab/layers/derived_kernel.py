@@ -352,14 +352,16 @@ def in_shape_inference() -> bool:
     return _compat.in_symbolic_scope()
 
 
-def full_precision() -> AbstractContextManager[Any]:
-    """A scope where variables read and assign in their own dtype, not the compute dtype.
+def full_precision(layer: keras.layers.Layer) -> AbstractContextManager[Any]:
+    """A scope where variables read and assign in ``layer``'s variable dtype, not the compute dtype.
 
     Under mixed precision Keras reads variables cast to float16 inside a
     layer's call; the wrappers compute their statistics from the float32
     variables, and on PyTorch an assignment made under that cast is lost.
+    (Keras' scope of None, "no cast", reports every float variable's dtype
+    as float32: float64 kernels were read and normalized in float32.)
     """
-    return _compat.autocast_scope(None)
+    return _compat.autocast_scope(layer.variable_dtype)
 
 
 def output_channel_axis(layer: keras.layers.Layer) -> int:
@@ -378,9 +380,10 @@ class KernelL2Norm(keras.initializers.Initializer):
         self.axes = axes
 
     def __call__(self, shape: Shape, dtype: DTypeLike = None) -> Tensor:
-        v = ops.cast(self.kernel, "float32")
-        norm = ops.sqrt(ops.sum(ops.square(v), axis=self.axes))
-        return ops.cast(ops.reshape(norm, shape), dtype or "float32")
+        dtype = dtype or "float32"
+        v = ops.cast(self.kernel, "float64" if keras.backend.standardize_dtype(dtype) == "float64" else "float32")
+        norm = ops.sqrt(ops.sum(v * v, axis=self.axes))
+        return ops.cast(ops.reshape(norm, shape), dtype)
 
     def get_config(self) -> dict[str, Any]:  # never serialized: the layer's config rebuilds it
         return {}

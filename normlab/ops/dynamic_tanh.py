@@ -69,7 +69,7 @@ def dynamic_tanh(
     check_alpha(alpha)
     x, axes, feature_shape, _, gamma, beta = feature_axes_arguments(x, axis, gamma, beta, 0.0)
     ndim, dtype = len(x.shape), stats_dtype(x.dtype)
-    y = ops.tanh(ops.cast(x, dtype) * ops.cast(alpha, dtype))  # alpha (1,) broadcasts as a scalar
+    y = ops.tanh(ops.cast(x, dtype) * ops.convert_to_tensor(alpha, dtype))  # alpha (1,) broadcasts as a scalar
     gamma = feature_param(gamma, ndim, axes, feature_shape)
     beta = feature_param(beta, ndim, axes, feature_shape)
     if gamma is not None:

@@ -8,7 +8,7 @@ from keras import ops
 
 from normlab.ops.axes import channel_axis, complement, feature_param, float_tensor, grouped_dims, per_channel
 from normlab.ops.moments import moments, stats_dtype
-from normlab.ops.normalize import normalize
+from normlab.ops.normalize import maximum, normalize
 from normlab.ops.validate import (
     check_bools,
     check_epsilon,
@@ -110,7 +110,7 @@ def evo_norm_b0(
         right = xs * ops.cast(per_channel(v, ndim, a, channels), dtype) + right
     else:
         right = xs + right
-    y = xs / ops.maximum(ops.sqrt(variance + epsilon), right)
+    y = xs / maximum(ops.sqrt(variance + epsilon), right)
     if gamma is not None:
         y = y * ops.cast(per_channel(gamma, ndim, a, channels), dtype)
     if beta is not None:

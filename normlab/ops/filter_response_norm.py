@@ -16,7 +16,7 @@ from normlab.ops.axes import (
     the_channel_axis,
 )
 from normlab.ops.moments import mean_square, stats_dtype
-from normlab.ops.normalize import normalize
+from normlab.ops.normalize import maximum, normalize
 from normlab.ops.validate import check_epsilon, check_param, error_message
 from normlab.types import Axis, Shape, Tensor
 
@@ -100,7 +100,7 @@ def tlu(x: Tensor, tau: Tensor, axis: int = -1, *, alpha: Tensor | None = None) 
     floor = ops.cast(per_channel(tau, ndim, a, channels), dtype)
     if alpha is not None:
         floor = ops.cast(per_channel(alpha, ndim, a, channels), dtype) * xs + floor
-    return ops.cast(ops.maximum(xs, floor), x.dtype)
+    return ops.cast(maximum(xs, floor), x.dtype)
 
 
 def filter_response_norm(

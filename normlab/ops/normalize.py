@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 
+import keras
 from keras import ops
 
 from normlab import backends
@@ -20,12 +21,40 @@ def at_least(x: Tensor, floor: float) -> Tensor:
     a float argument as a ``SymFloat``, which Keras' ``ops.maximum`` cannot
     take (it asks the number for a ``dtype``, a graph break).
     """
-    return ops.maximum(x, ops.cast(floor, x.dtype))
+    return maximum(x, _scalar(floor, x.dtype))
 
 
 def at_most(x: Tensor, ceiling: float) -> Tensor:
     """``minimum(x, ceiling)`` for a tensor and a Python number (see :func:`at_least`)."""
-    return ops.minimum(x, ops.cast(ceiling, x.dtype))
+    return minimum(x, _scalar(ceiling, x.dtype))
+
+
+def _scalar(value: float, dtype: str) -> Tensor:
+    """A Python number as a tensor of ``dtype``, not rounded through float32 on
+    the way (TensorFlow's cast of a number does); a torch ``SymFloat`` by a cast."""
+    if isinstance(value, numbers.Real):
+        return ops.convert_to_tensor(value, dtype)
+    return ops.cast(value, dtype)
+
+
+def maximum(a: Tensor, b: Tensor) -> Tensor:
+    """``ops.maximum`` of two tensors of one dtype, in that dtype: Keras'
+    torch backend computes it in float32 for float64 tensors (its type
+    promotion reads torch's dtypes as unknown)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.maximum(a, b)
+    return ops.maximum(a, b)
+
+
+def minimum(a: Tensor, b: Tensor) -> Tensor:
+    """``ops.minimum`` of two tensors of one dtype, in that dtype (see :func:`maximum`)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.minimum(a, b)
+    return ops.minimum(a, b)
 
 
 def inverse_std(variance: Tensor, epsilon: float) -> Tensor:

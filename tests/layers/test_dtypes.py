@@ -1,4 +1,4 @@
-"""Every normalization layer under mixed precision and with integer inputs.
+"""Every normalization layer under mixed precision, with integer inputs and in float64.
 
 Keras' own GroupNormalization and LayerNormalization take a float32 input
 as it is under ``mixed_float16`` (no autocast) and create their weights with
@@ -110,3 +110,73 @@ def test_a_float64_layer_computes_a_float32_input_in_float64(norm):
     from_32 = ops.convert_to_numpy(layer(x, training=True))
     assert from_32.dtype == from_64.dtype
     np.testing.assert_array_equal(from_32, from_64)
+
+
+def _float64_available():
+    return keras.backend.standardize_dtype(ops.convert_to_tensor(np.zeros(1)).dtype) == "float64"
+
+
+@pytest.mark.parametrize("norm", ["batch", "switchable", "evonorm_b0"])
+def test_float64_moving_statistics_update_in_float64(norm):
+    """The moving averages of a float64 layer: Keras' torch backend multiplied a float64 variable by a
+    Python momentum as float32 (2.6e-8 relative after 5 steps)."""
+    if not _float64_available():
+        pytest.skip("no float64 on this backend's configuration (JAX without x64)")
+    rng = np.random.default_rng(0)
+    layer = NORMS[norm](dtype="float64", momentum=0.7)
+    expected = np.ones(8)
+    for _ in range(5):
+        x = 3.0 + 2.0 * rng.normal(size=(4, 5, 3, 8))
+        layer(x, training=True)
+        n = x.size / 8
+        variance = x.var((0, 1, 2)) * (n / (n - 1) if norm == "evonorm_b0" else 1.0)  # EvoNorm: unbiased
+        expected = 0.7 * expected + 0.3 * variance
+    got = ops.convert_to_numpy(layer.moving_variance)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-14)
+
+
+def test_float64_ops_compute_in_float64():
+    """``ops.maximum`` on Keras' torch backend computes two float64 tensors in float32 (TLU, EvoNorm-B0's
+    denominator, weight norm's floor): 4e-8 relative; TensorFlow's cast of a Python number rounded
+    DynamicTanh's alpha through float32."""
+    if not _float64_available():
+        pytest.skip("no float64 on this backend's configuration (JAX without x64)")
+    rng = np.random.default_rng(0)
+    x, tau, w = rng.normal(size=(3, 5, 4, 8)), rng.normal(size=8), rng.normal(size=(3, 3, 4, 5))
+    var, instance_var = x.var((0, 1, 2)), x.var((1, 2), keepdims=True)
+    cases = [
+        (normlab.ops.tlu(x, tau), np.maximum(x, tau)),
+        (normlab.ops.evo_norm_b0(x, training=True), x / np.maximum(np.sqrt(var + 1e-3), x + np.sqrt(instance_var + 1e-3))),
+        (normlab.ops.weight_norm(w), w / np.linalg.norm(w.reshape(-1, 5), axis=0)),
+    ]
+    if keras.backend.backend() != "jax":  # Keras' JAX tanh promotes float64 with a Python float to float32
+        cases.append((normlab.ops.dynamic_tanh(x, 0.7), np.tanh(0.7 * x)))
+    for got, expected in cases:
+        got = ops.convert_to_numpy(got)
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("wrapper", ["std_conv", "weight_norm"])
+def test_float64_weight_wrappers_read_their_kernel_in_float64(wrapper):
+    """Keras' autocast scope of None reported a float64 variable as float32 on TensorFlow, so the wrappers
+    standardized or normalized a float64 kernel in float32 (2.3e-7 off)."""
+    if not _float64_available():
+        pytest.skip("no float64 on this backend's configuration (JAX without x64)")
+    keras.utils.set_random_seed(0)
+    if wrapper == "std_conv":
+        layer = normlab.StdConv2D(4, 3, dtype="float64")
+        layer.build((2, 6, 6, 3))
+        kernel = ops.convert_to_numpy(layer.kernel)
+        centered = kernel - kernel.mean((0, 1, 2))
+        expected = centered / np.sqrt(centered.var((0, 1, 2)) + layer.epsilon)
+        got = layer.standardized_kernel()
+    else:  # at initialization g = |w| per unit: the layer computes what the Dense layer does
+        inner = keras.layers.Dense(4, dtype="float64")
+        layer = normlab.WeightNormalization(inner, data_init=False, dtype="float64")
+        x = np.random.default_rng(1).normal(size=(2, 12))
+        got = layer(x)
+        expected = ops.convert_to_numpy(inner(x))  # (Keras' torch matmul of float64 rounds to float32)
+    assert keras.backend.standardize_dtype(got.dtype) == "float64"
+    np.testing.assert_allclose(ops.convert_to_numpy(got), expected, rtol=1e-13, atol=1e-14)
