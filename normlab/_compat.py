@@ -42,6 +42,12 @@ def autocast_scope(dtype: DTypeLike | None) -> AbstractContextManager[Any]:
     return AutocastScope(dtype)
 
 
+def own_dtype(variable: Any) -> str:
+    """A variable's own dtype, whatever autocast scope is active (inside one,
+    ``Variable.dtype`` reports the scope's dtype)."""
+    return keras.backend.standardize_dtype(getattr(variable, "_dtype", None) or variable.dtype)
+
+
 def legacy_model_from_config(
     config: dict[str, Any], custom_objects: dict[str, Any], *, legacy_scope: bool = False
 ) -> keras.Model:

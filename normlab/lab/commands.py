@@ -120,24 +120,20 @@ def check_distinct_models(specs: list[str]) -> None:
         if key in seen:
             raise ConfigError(f"Invalid `norms`: expected each model once. Received: {seen[key]!r} and {spec!r}, "
                               "the same norms (names are read without case, aliases as their norm, "
-                              "arguments by the layer they build). Drop one of them.")
+                              "defaults as if spelled out). Drop one of them.")
         seen[key] = spec
 
 
 def _model_key(spec: str) -> tuple:
-    """What a placement builds: per norm its name and the configuration of the layer it makes (its
-    arguments where the layer wraps or takes another: those are built inside the model)."""
-    from normlab.lab.models import parse_placement, split_placement
-    from normlab.registry import get, registry
+    """What a placement builds: per norm its name and every argument of its factory, defaults
+    included (no layer is built: a layer's config would import TensorFlow on any backend)."""
+    from normlab.lab.models import parse_placement
+    from normlab.registry import registry
 
     key = []
-    for one, (name, kwargs) in zip(split_placement(spec), parse_placement(spec)):
-        if registry()[name].kind == "activation" and name != "none":
-            config = get(one).get_config()
-            config.pop("name", None)
-            key.append((name, repr(sorted(config.items()))))
-        else:
-            key.append((name, repr(sorted(kwargs.items()))))
+    for name, kwargs in parse_placement(spec):
+        arguments = {**registry()[name].arguments(), **kwargs}
+        key.append((name, repr(sorted(arguments.items()))))
     return tuple(key)
 
 

@@ -352,16 +352,19 @@ def in_shape_inference() -> bool:
     return _compat.in_symbolic_scope()
 
 
-def full_precision(layer: keras.layers.Layer) -> AbstractContextManager[Any]:
-    """A scope where variables read and assign in ``layer``'s variable dtype, not the compute dtype.
+def full_precision(variable: keras.Variable) -> AbstractContextManager[Any]:
+    """A scope where float variables read and assign in the own dtype of
+    ``variable`` (the kernel a wrapper normalizes, or ``g`` or ``u``, made in
+    the kernel's dtype whatever the wrapper's policy), not the compute dtype.
 
     Under mixed precision Keras reads variables cast to float16 inside a
     layer's call; the wrappers compute their statistics from the float32
-    variables, and on PyTorch an assignment made under that cast is lost.
-    (Keras' scope of None, "no cast", reports every float variable's dtype
-    as float32: float64 kernels were read and normalized in float32.)
+    variables, and on PyTorch an assignment made under a cast is lost (it
+    lands in the cast copy). Keras' scope of None, "no cast", reports every
+    float variable's dtype as float32 on TensorFlow: float64 kernels were
+    read and normalized in float32.
     """
-    return _compat.autocast_scope(layer.variable_dtype)
+    return _compat.autocast_scope(_compat.own_dtype(variable))
 
 
 def output_channel_axis(layer: keras.layers.Layer) -> int:

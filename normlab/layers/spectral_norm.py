@@ -241,7 +241,7 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
         return w
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
-        with full_precision(self):
+        with full_precision(self.vector_u):
             return ops.cast(self._call(inputs, check_training(training)), self.compute_dtype)
 
     def _call(self, inputs: Tensor, training: bool | None) -> Tensor:

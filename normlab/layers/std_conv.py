@@ -99,7 +99,7 @@ class _WeightStandardization(SavedConfig, _KerasConv):
         """The kernel the convolution uses (with a LoRA update, if enabled):
         standardized over its fan-in, from the float32 variables under mixed
         precision (float16 statistics lost the mean of a kernel at an offset)."""
-        with full_precision(self):
+        with full_precision(self.kernel):
             return standardize_weight(self.kernel, self._fan_in_axes(), self.epsilon, gain=self._gain())
 
     def call(self, inputs: Tensor) -> Tensor:

@@ -269,7 +269,7 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
 
     def call(self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None) -> Any:
         training = check_training(training)
-        with full_precision(self):
+        with full_precision(self.g):
             if self.data_init and not in_shape_inference():
                 self._initialize(inputs, training, mask)
             kernel = weight_norm(self._kernel(), self.g, self._norm_axes)
@@ -309,7 +309,7 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
                     "an RNN's last output) first, or use data_init=False.",
                 )
             )
-        with full_precision(self):
+        with full_precision(self.g):
             kernel = self._kernel(fold=True)
             kernel.assign(ops.cast(weight_norm(kernel, self.g, self._norm_axes), kernel.dtype))
         return self.layer

@@ -180,3 +180,23 @@ def test_float64_weight_wrappers_read_their_kernel_in_float64(wrapper):
         expected = ops.convert_to_numpy(inner(x))  # (Keras' torch matmul of float64 rounds to float32)
     assert keras.backend.standardize_dtype(got.dtype) == "float64"
     np.testing.assert_allclose(ops.convert_to_numpy(got), expected, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("wrapper_dtype, inner_dtype", [("float32", "float64"), ("float64", "float32")])
+def test_weight_wrappers_keep_the_inner_layers_dtype(wrapper_dtype, inner_dtype):
+    """``g`` and ``u`` are made in the wrapped kernel's dtype, whatever the wrapper's policy; a full-precision
+    scope of the wrapper's own dtype cast them, and on torch their assignments landed in the cast copy
+    (u never updated, data init never ran, ``remove()`` left the kernel as it was)."""
+    x = np.random.default_rng(0).normal(size=(8, 5)).astype(inner_dtype)
+    spectral = normlab.SpectralNormalization(keras.layers.Dense(3, dtype=inner_dtype), dtype=wrapper_dtype)
+    spectral.build((None, 5))
+    u = ops.convert_to_numpy(spectral.vector_u).copy()
+    spectral(x, training=True)
+    assert not np.allclose(ops.convert_to_numpy(spectral.vector_u), u)
+    weight = normlab.WeightNormalization(keras.layers.Dense(3, dtype=inner_dtype), data_init=True, dtype=wrapper_dtype)
+    weight(x, training=True)
+    assert not np.allclose(ops.convert_to_numpy(weight.g), 1.0)  # initialized from the batch
+    kernel, y = ops.convert_to_numpy(weight.layer.kernel).copy(), ops.convert_to_numpy(weight(x))
+    inner = weight.remove()
+    assert not np.allclose(ops.convert_to_numpy(inner.kernel), kernel)
+    np.testing.assert_allclose(ops.convert_to_numpy(inner(x)), y, atol=1e-5)
