@@ -250,6 +250,51 @@ def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = 
     return sample
 
 
+#: The position :func:`first_kept` gives a slice that keeps nothing (int32's largest).
+NOTHING_KEPT = 2**31 - 1
+
+
+def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
+    """The first element of each slice (in row-major order over ``axes``) that
+    ``kept`` (bool, broadcastable to ``x``, full-size along ``axes``) selects,
+    0 where it selects none; reduced axes kept.
+
+    The first kept position is a minimum over the positions. Where ``kept``
+    is the same for every slice (a Keras mask of ``(batch, time, 1)`` for
+    batch statistics over the batch and time of ``(batch, time, C)``) and
+    the reduced sizes are known, that position is one index, and the element
+    is gathered there: a slab along each reduced axis in turn, nothing of
+    ``x``'s size read. Otherwise (a position per slice, or a size known
+    only at run time, which may be 0) the element is a sum in which every
+    other term is 0. Both are exact, so a value XLA recomputes in each
+    fusion is the same value.
+    """
+    shape = dims(x)
+    if any(x.shape[a] == 0 for a in axes):  # an empty slice: nothing to take
+        return ops.zeros([1 if a in axes else d for a, d in enumerate(shape)], x.dtype)
+    position: Any = None
+    for a in sorted(axes):
+        index = ops.reshape(ops.arange(shape[a], dtype="int32"), [-1 if i == a else 1 for i in range(len(shape))])
+        position = index if position is None else position * shape[a] + index
+    candidates = ops.where(kept, position, ops.full_like(position, NOTHING_KEPT))
+    if keras.backend.backend() == "tensorflow":  # Keras' min asserts a nonempty tensor (a batch of 0 in a graph)
+        import tensorflow as tf
+
+        first = tf.reduce_min(candidates, axis=axes, keepdims=True)
+    else:
+        first = ops.amin(candidates, axis=axes, keepdims=True)
+    uniform = all(kept.shape[a] == 1 for a in range(len(shape)) if a not in axes)
+    if not (uniform and all(type(x.shape[a]) is int for a in axes)):
+        return ops.sum(ops.where(position == first, x, ops.zeros_like(x)), axis=axes, keepdims=True)
+    found = first < NOTHING_KEPT
+    rest = ops.reshape(ops.where(found, first, ops.zeros_like(first)), [1])
+    sample = x
+    for a in sorted(axes, reverse=True):  # the position's index along each axis, last first
+        sample = ops.take(sample, rest % shape[a], axis=a)
+        rest = rest // shape[a]
+    return ops.where(found, sample, ops.zeros_like(sample))
+
+
 def _may_be_empty(size) -> bool:
     """Whether ``size`` is symbolic (``jax.export``) and not provably positive."""
     if size is None or isinstance(size, int) or not type(size).__module__.startswith("jax"):

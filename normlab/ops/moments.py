@@ -40,7 +40,7 @@ import keras
 from keras import ops
 from keras.backend import standardize_dtype
 
-from normlab.ops.axes import canonicalize_axes, dims, first_along, float_tensor, is_traced_int
+from normlab.ops.axes import canonicalize_axes, dims, first_along, first_kept, float_tensor, is_traced_int
 from normlab.ops.validate import check_bool, check_mask
 from normlab.types import Axis, DTypeLike, ReplicaSum, Tensor
 
@@ -307,7 +307,7 @@ def shifted_moments(
     kept = _spread_over(mask, x, axes)  # broadcast against x in each use: no full-size copy of a small mask
     weight = ops.cast(kept, dtype)
     count = ops.maximum(total(weight, axes), 1.0)  # an all-padding slice: mean 0, variance 0
-    shift = _first_kept(ops.stop_gradient(x), kept, axes)  # a constant: nothing recorded for autodiff
+    shift = first_kept(ops.stop_gradient(x), kept, axes)  # a constant: nothing recorded for autodiff
     residual = ops.where(kept, x, shift) - shift
     mean = total(residual, axes) / count
     centered = (residual - mean) * weight
@@ -324,31 +324,6 @@ def _spread_over(mask: Tensor, x: Tensor, axes: list[int]) -> Tensor:
         kept = ops.expand_dims(kept, 0)
     shape, own = dims(x), dims(kept)
     return ops.broadcast_to(kept, [shape[a] if a in axes else own[a] for a in range(len(shape))])
-
-
-def _first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
-    """The first element of each slice (in row-major order over ``axes``) that
-    ``kept`` selects, 0 where it selects none; reduced axes kept.
-
-    No gather: the first kept position is a minimum over the positions, and
-    the element a sum in which every other term is 0, exact in any order (a
-    value XLA may recompute in each fusion stays the same value).
-    """
-    shape = dims(x)
-    if any(x.shape[a] == 0 for a in axes):  # an empty slice: nothing to take
-        return ops.zeros([1 if a in axes else d for a, d in enumerate(shape)], x.dtype)
-    position: Any = None
-    for a in sorted(axes):
-        index = ops.reshape(ops.arange(shape[a], dtype="int32"), [-1 if i == a else 1 for i in range(len(shape))])
-        position = index if position is None else position * shape[a] + index
-    candidates = ops.where(kept, position, ops.full_like(position, 2**31 - 1))
-    if keras.backend.backend() == "tensorflow":  # Keras' min asserts a nonempty tensor (a batch of 0 in a graph)
-        import tensorflow as tf
-
-        first = tf.reduce_min(candidates, axis=axes, keepdims=True)
-    else:
-        first = ops.amin(candidates, axis=axes, keepdims=True)
-    return total(ops.where(position == first, x, ops.zeros_like(x)), axes)
 
 
 def moments(

@@ -1,0 +1,116 @@
+"""The shift of masked statistics: the first kept element of each slice
+(:func:`normlab.ops.axes.first_kept`), gathered where the mask is the same
+for every slice and selected by a sum otherwise, exactly equal to a NumPy
+reference either way, eager and compiled."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from normlab.ops import axes as axes_module
+from normlab.ops.axes import first_kept
+
+BACKEND = keras.backend.backend()
+
+
+def _reference(x, kept, axes):
+    """The first element of ``x`` that ``kept`` selects in each slice (row-major over ``axes``), 0 where none."""
+    kept = np.broadcast_to(kept, x.shape)
+    rest = [a for a in range(x.ndim) if a not in axes]
+    xs = np.transpose(x, rest + sorted(axes)).reshape([x.shape[a] for a in rest] + [-1])
+    ks = np.transpose(kept, rest + sorted(axes)).reshape(xs.shape)
+    out = np.zeros(xs.shape[:-1], x.dtype)
+    for index in np.ndindex(*xs.shape[:-1]):
+        hits = np.flatnonzero(ks[index])
+        out[index] = xs[index][hits[0]] if hits.size else 0.0
+    return out.reshape([1 if a in axes else x.shape[a] for a in range(x.ndim)])
+
+
+def _case(name):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 6, 3)).astype("float32")
+    if name == "batch statistics, a Keras mask":  # (batch, time, 1) over (batch, time): one position
+        kept = rng.random((4, 6, 1)) < 0.6
+        return x, kept, [0, 1]
+    if name == "leading positions padding":
+        kept = np.ones((4, 6, 1), bool)
+        kept[0] = False
+        kept[1, :4] = False
+        x[0] = np.nan  # never read
+        x[1, :4] = np.inf
+        return x, kept, [0, 1]
+    if name == "nothing kept":
+        x[:] = np.nan
+        return x, np.zeros((4, 6, 1), bool), [0, 1]
+    if name == "channels first":  # (N, C, H, W) over (N, H, W): the mask is the same for every channel
+        x = rng.normal(size=(3, 4, 5, 2)).astype("float32")
+        kept = rng.random((3, 1, 5, 2)) < 0.3
+        return x, kept, [0, 2, 3]
+    if name == "one axis of three":
+        kept = np.zeros((1, 6, 1), bool)
+        kept[0, 4] = True
+        return x, kept, [1]
+    if name == "per-sample statistics":  # a position per slice: selected by a sum
+        kept = rng.random((4, 6, 1)) < 0.5
+        kept[2] = False
+        return x, kept, [1, 2]
+    if name == "a mask per element":
+        return x, rng.random((4, 6, 3)) < 0.5, [0, 1]
+    raise AssertionError(name)
+
+
+CASES = ["batch statistics, a Keras mask", "leading positions padding", "nothing kept", "channels first",
+         "one axis of three", "per-sample statistics", "a mask per element"]
+GATHERED = CASES[:5]
+
+
+def _spread(kept, x, axes):
+    """``kept`` at full size along ``axes`` (as the masked statistics pass it)."""
+    shape = [x.shape[a] if a in axes else kept.shape[a] for a in range(x.ndim)]
+    return np.broadcast_to(kept, shape)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_first_kept_matches_the_reference_exactly(name, monkeypatch):
+    x, kept, axes = _case(name)
+    gathers = []
+    take = ops.take
+    monkeypatch.setattr(axes_module.ops, "take", lambda *a, **k: gathers.append(1) or take(*a, **k))
+    got = ops.convert_to_numpy(first_kept(ops.convert_to_tensor(x), ops.convert_to_tensor(_spread(kept, x, axes)),
+                                          axes))
+    np.testing.assert_array_equal(got, _reference(x, kept, axes))
+    assert bool(gathers) == (name in GATHERED)  # one position for every slice: gathered, nothing of x's size summed
+
+
+@pytest.mark.parametrize("name", ["batch statistics, a Keras mask", "leading positions padding", "nothing kept",
+                                  "per-sample statistics"])
+def test_first_kept_compiled(name):
+    x, kept, axes = _case(name)
+    kept = _spread(kept, x, axes)
+    expected = _reference(x, kept, axes)
+    if BACKEND == "jax":
+        import jax
+
+        got = jax.jit(lambda x, k: first_kept(x, k, axes))(x, kept)
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        known = tf.function(lambda x, k: first_kept(x, k, axes), jit_compile=True)(x, kept)
+        np.testing.assert_array_equal(ops.convert_to_numpy(known), expected)
+        # An unknown batch may be 0 at run time: selected by a sum (a gather there would be out of range).
+        specs = [tf.TensorSpec([None, *x.shape[1:]], tf.float32), tf.TensorSpec([None, *kept.shape[1:]], tf.bool)]
+        unknown = tf.function(lambda x, k: first_kept(x, k, axes), input_signature=specs)
+        np.testing.assert_array_equal(ops.convert_to_numpy(unknown(x[:0], kept[:0])),
+                                      np.zeros([1 if a in axes else (0 if a == 0 else d)
+                                                for a, d in enumerate(x.shape)], "float32"))
+        got = unknown(x, kept)
+    elif BACKEND == "torch":
+        import torch
+
+        got = torch.compile(lambda x, k: first_kept(x, k, axes), fullgraph=True, dynamic=False)(torch.tensor(x), torch.tensor(kept))
+    else:
+        pytest.skip(f"no compiler on the {BACKEND} backend")
+    np.testing.assert_array_equal(ops.convert_to_numpy(got), expected)
