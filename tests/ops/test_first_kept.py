@@ -73,21 +73,46 @@ def _spread(kept, x, axes):
     return np.broadcast_to(kept, shape)
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_first_kept_matches_the_reference_exactly(name, monkeypatch):
-    x, kept, axes = _case(name)
-    gathers = []
+@pytest.fixture
+def gathers(monkeypatch):
+    """The calls of ``keras.ops.take`` that :func:`first_kept` makes (one list entry each)."""
+    calls = []
     take = ops.take
-    monkeypatch.setattr(axes_module.ops, "take", lambda *a, **k: gathers.append(1) or take(*a, **k))
+    monkeypatch.setattr(axes_module.ops, "take", lambda *a, **k: calls.append(1) or take(*a, **k))
+    return calls
+
+
+@pytest.fixture
+def small_gathered(monkeypatch):
+    """Small inputs gathered too (by default they are summed: :data:`GATHER_MIN_ELEMENTS`)."""
+    monkeypatch.setattr(axes_module, "GATHER_MIN_ELEMENTS", 0)
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("small", ["gathered", "summed"])
+def test_first_kept_matches_the_reference_exactly(name, small, gathers, request):
+    if small == "gathered":
+        request.getfixturevalue("small_gathered")
+    x, kept, axes = _case(name)
     got = ops.convert_to_numpy(first_kept(ops.convert_to_tensor(x), ops.convert_to_tensor(_spread(kept, x, axes)),
                                           axes))
     np.testing.assert_array_equal(got, _reference(x, kept, axes))
-    assert bool(gathers) == (name in GATHERED)  # one position for every slice: gathered, nothing of x's size summed
+    # One position for every slice: gathered, nothing of x's size summed.
+    assert bool(gathers) == (small == "gathered" and name in GATHERED)
+
+
+def test_large_inputs_are_gathered(gathers):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 64, axes_module.GATHER_MIN_ELEMENTS // 4096)).astype("float32")
+    kept = rng.random((64, 64, 1)) < 0.01
+    got = first_kept(ops.convert_to_tensor(x), ops.convert_to_tensor(_spread(kept, x, [0, 1])), [0, 1])
+    np.testing.assert_array_equal(ops.convert_to_numpy(got), _reference(x, kept, [0, 1]))
+    assert gathers
 
 
 @pytest.mark.parametrize("name", ["batch statistics, a Keras mask", "leading positions padding", "nothing kept",
                                   "per-sample statistics"])
-def test_first_kept_compiled(name):
+def test_first_kept_compiled(name, small_gathered):
     x, kept, axes = _case(name)
     kept = _spread(kept, x, axes)
     expected = _reference(x, kept, axes)
