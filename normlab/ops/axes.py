@@ -284,7 +284,8 @@ def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
     for a in axes:
         index = ops.reshape(ops.arange(shape[a], dtype="int32"), [-1 if i == a else 1 for i in range(len(shape))])
         position = index if position is None else position * shape[a] + index
-    candidates = ops.where(kept, position, ops.full_like(position, NOTHING_KEPT))
+    # (Not full_like: Keras' torch backend fills from a device tensor, which torch reads on the host.)
+    candidates = ops.where(kept, position, NOTHING_KEPT)
     if keras.backend.backend() == "tensorflow":  # Keras' min asserts a nonempty tensor (a batch of 0 in a graph)
         import tensorflow as tf
 

@@ -102,7 +102,7 @@ def batch_norm(
     reduce_axes = complement([a], ndim)
 
     if training and replica_sum is None and any(x.shape[r] == 0 for r in reduce_axes):  # empty (not a replica's share)
-        nan = ops.full((channels,), float("nan"), dtype=stats_dtype(x.dtype))
+        nan = ops.zeros((channels,), dtype=stats_dtype(x.dtype)) + float("nan")  # (full: a host read on torch)
         return (x, nan, nan) if return_stats else x
     if training:
         # Fast paths reduce over this call's x only: never with a cross-replica sum.

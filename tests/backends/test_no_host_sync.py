@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import pytest
 
+import normlab
 from normlab import backends
 from tests.backends import _layers
 
@@ -253,3 +254,38 @@ def test_no_host_reads_in_eager_forward_and_backward(case_id, offset, host_reads
     if kernel is not None:  # the fast path served these
         by_compiled = {"_forward", "_backward"} <= set(compiled)
         assert kernel in mode.ops or by_compiled, f"{case_id}: the fast path did not run ({sorted(mode.ops)})"
+
+
+#: Masked batch statistics (a Keras mask of (batch, time)): the layer in each
+#: training form, and the ops with a mask; small and large inputs take the
+#: shift's two forms (normlab.ops.axes.first_kept), with an empty batch too.
+#: Each entry makes a function of (x, mask).
+MASKED = {
+    "batch": lambda: _training(normlab.layers.BatchNormalization()),
+    "ghost": lambda: _training(normlab.layers.BatchNormalization(virtual_batch_size=2)),
+    "renorm": lambda: _training(normlab.layers.BatchNormalization(renorm=True)),
+    "batch_norm": lambda: lambda x, m: normlab.ops.batch_norm(x, training=True, mask=m[..., None]),
+    "moments": lambda: lambda x, m: normlab.ops.moments(x, [0, 1], mask=m[..., None])[1],
+    "per-sample moments": lambda: lambda x, m: normlab.ops.moments(x, [1, 2], mask=m[..., None])[1],
+}
+
+
+def _training(layer):
+    return lambda x, m: layer(x, training=True, mask=m)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="a torch dispatch mode")
+@pytest.mark.parametrize("shape", [(4, 16, 8), (64, 64, 32), (0, 16, 8)], ids=["small", "large", "empty"])
+@pytest.mark.parametrize("name", sorted(MASKED))
+def test_no_host_reads_with_masks(name, shape, host_reads_of):
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.normal(size=shape).astype("float32"), requires_grad=True)
+    mask = torch.tensor(rng.random(shape[:2]) < 0.8)
+    fn = MASKED[name]()
+    fn(x.detach(), mask)  # builds a layer outside the guard
+    with host_reads_of() as mode:
+        y = fn(x, mask)
+        torch.autograd.grad(y.sum(), [x], allow_unused=True)
+    assert not mode.reads, f"{name}: host reads {sorted(set(mode.reads))}"
