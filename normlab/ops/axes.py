@@ -281,8 +281,9 @@ def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
     if any(x.shape[a] == 0 for a in axes):  # an empty slice: nothing to take
         return ops.zeros([1 if a in axes else d for a, d in enumerate(shape)], x.dtype)
     position: Any = None
-    for a in axes:
-        index = ops.reshape(ops.arange(shape[a], dtype="int32"), [-1 if i == a else 1 for i in range(len(shape))])
+    for a in axes:  # the positions along a, counted on a line of x (an exporter's symbolic size has no arange)
+        line = x[tuple(slice(None) if i == a else slice(0, 1) for i in range(len(shape)))]
+        index = ops.cumsum(ops.ones_like(line, dtype="int32"), axis=a) - 1
         position = index if position is None else position * shape[a] + index
     # (Not full_like: Keras' torch backend fills from a device tensor, which torch reads on the host.)
     candidates = ops.where(kept, position, NOTHING_KEPT)
