@@ -251,6 +251,14 @@ def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = 
     return sample
 
 
+def zero_of(x: Tensor) -> Tensor:
+    """A 0-d zero of ``x``'s dtype, for ``ops.where(c, x, zero_of(x))``:
+    ``where`` broadcasts it, where ``zeros_like(x)`` fills a tensor of ``x``'s
+    size (one more pass over memory on eager torch; a Python 0.0 would
+    promote float16 to float32 on some backends)."""
+    return ops.zeros((), dtype=x.dtype)
+
+
 #: The position :func:`first_kept` gives a slice that keeps nothing (int32's largest).
 NOTHING_KEPT = 2**31 - 1
 
@@ -297,7 +305,7 @@ def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
     uniform = all(kept.shape[a] == 1 for a in range(len(shape)) if a not in axes)
     large = math.prod([d for d in x.shape if type(d) is int]) >= GATHER_MIN_ELEMENTS  # (a generator breaks dynamo)
     if not (uniform and large and len(static) == len(axes)):
-        return ops.sum(ops.where(position == first, x, ops.zeros_like(x)), axis=axes, keepdims=True)
+        return ops.sum(ops.where(position == first, x, zero_of(x)), axis=axes, keepdims=True)
     reduced, keep = math.prod(static), [1 if a in axes else d for a, d in enumerate(shape)]
     found = first < NOTHING_KEPT
     rest = ops.reshape(ops.minimum(first, reduced - 1), [1])

@@ -40,7 +40,7 @@ import keras
 from keras import ops
 from keras.backend import standardize_dtype
 
-from normlab.ops.axes import canonicalize_axes, dims, first_along, first_kept, float_tensor, is_traced_int
+from normlab.ops.axes import canonicalize_axes, dims, first_along, first_kept, float_tensor, is_traced_int, zero_of
 from normlab.ops.validate import check_bool, check_mask
 from normlab.types import Axis, DTypeLike, ReplicaSum, Tensor
 
@@ -172,7 +172,7 @@ def finite_padding(x: Tensor, mask: Tensor) -> Tensor:
     # |x| < inf is False for NaN and both infinities: two elementwise passes
     # where torch's isfinite makes four (eager torch runs each one on its own).
     finite = ops.less(ops.abs(x), float("inf"))
-    return ops.where(ops.logical_or(_known_rank(ops.cast(mask, "bool"), x), finite), x, ops.zeros_like(x))
+    return ops.where(ops.logical_or(_known_rank(ops.cast(mask, "bool"), x), finite), x, zero_of(x))
 
 
 def _known_rank(mask: Tensor, x: Tensor) -> Tensor:
@@ -238,7 +238,7 @@ def _cross_replica_moments(
         kept = weight > 0
 
         def summed(v: Tensor) -> Tensor:  # padding's values (NaN, inf, 1e20) never reach the sums
-            return total(ops.where(kept, v, ops.zeros_like(v)), axes)
+            return total(ops.where(kept, v, zero_of(v)), axes)
 
         count = total(weight, axes)
     first = summed(ops.stop_gradient(x))
