@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from normlab import backends
 from normlab.ops.validate import ArgumentTypeError, error_message, is_text
 from normlab.types import Axis, Shape, Tensor
 
@@ -269,10 +270,24 @@ NOTHING_KEPT = 2**31 - 1
 GATHER_MIN_ELEMENTS = 1 << 17
 
 
+def _along(x: Tensor, a: int) -> Tensor:
+    """``0, 1, ..., n - 1`` along axis ``a`` of ``x`` (size 1 elsewhere), int32:
+    a cumulative sum along a line of ``x`` (jax2onnx takes no ``arange`` of a
+    symbolic size), padded first along the axes whose size may be 0 at run
+    time (a TensorFlow unknown size, a ``jax.export`` symbolic one), so that
+    the line has size 1 there, not ``min(size, 1)``."""
+    index = tuple(slice(None) if i == a else slice(0, 1) for i in range(len(x.shape)))
+    line = x[index]
+    unsure = [i for i, d in enumerate(x.shape) if i != a and (d is None or _may_be_empty(d))]
+    if unsure:
+        line = ops.pad(line, [(0, 1) if i in unsure else (0, 0) for i in range(len(x.shape))])[index]
+    return ops.cumsum(ops.ones_like(line, dtype="int32"), axis=a) - 1
+
+
 def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
     """The first element of each slice (in row-major order over ``axes``) that
-    ``kept`` (bool, broadcastable to ``x``, full-size along ``axes``) selects,
-    0 where it selects none; reduced axes kept.
+    ``kept`` (bool, of ``x``'s rank, full-size along ``axes``, size 1 or
+    ``x``'s elsewhere) selects, 0 where it selects none; reduced axes kept.
 
     The first kept position is a minimum over the positions. Where ``kept``
     is the same for every slice (a Keras mask of ``(batch, time, 1)`` for
@@ -281,18 +296,16 @@ def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
     that position is one index, and the element is gathered there (one take
     from consecutive axes viewed as one, else a slab along each reduced axis
     in turn): nothing of ``x``'s size is read. Otherwise (a position per
-    slice, or a size known only at run time, which may be 0) the element is
-    a sum in which every other term is 0. Both are exact, so a value XLA
-    recomputes in each fusion is the same value.
+    slice, a reduced size known only at run time, or a torch trace) the
+    element is a sum in which every other term is 0. Both are exact, so a
+    value XLA recomputes in each fusion is the same value.
     """
     shape, axes = dims(x), sorted(axes)
     if any(x.shape[a] == 0 for a in axes):  # an empty slice: nothing to take
         return ops.zeros([1 if a in axes else d for a, d in enumerate(shape)], x.dtype)
     position: Any = None
     for a in axes:  # the positions along a, counted on a line of x (an exporter's symbolic size has no arange)
-        line = x[tuple(slice(None) if i == a else slice(0, 1) for i in range(len(shape)))]
-        index = ops.cumsum(ops.ones_like(line, dtype="int32"), axis=a) - 1
-        position = index if position is None else position * shape[a] + index
+        position = _along(x, a) if position is None else position * shape[a] + _along(x, a)
     # (Not full_like: Keras' torch backend fills from a device tensor, which torch reads on the host.)
     candidates = ops.where(kept, position, NOTHING_KEPT)
     if keras.backend.backend() == "tensorflow":  # Keras' min asserts a nonempty tensor (a batch of 0 in a graph)
@@ -301,10 +314,11 @@ def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
         first = tf.reduce_min(candidates, axis=axes, keepdims=True)
     else:
         first = ops.amin(candidates, axis=axes, keepdims=True)
-    static = [x.shape[a] for a in axes if type(x.shape[a]) is int]  # (not a torch SymInt, nor None)
+    static = [x.shape[a] for a in axes if isinstance(x.shape[a], int)]
     uniform = all(kept.shape[a] == 1 for a in range(len(shape)) if a not in axes)
-    large = math.prod([d for d in x.shape if type(d) is int]) >= GATHER_MIN_ELEMENTS  # (a generator breaks dynamo)
-    if not (uniform and large and len(static) == len(axes)):
+    large = math.prod([d for d in x.shape if isinstance(d, int)]) >= GATHER_MIN_ELEMENTS  # (a generator breaks dynamo)
+    # (Under a torch trace sizes may be symbolic, which the gather's index arithmetic cannot take.)
+    if not (uniform and large and len(static) == len(axes)) or backends.torch_traced():
         return ops.sum(ops.where(position == first, x, zero_of(x)), axis=axes, keepdims=True)
     reduced, keep = math.prod(static), [1 if a in axes else d for a, d in enumerate(shape)]
     found = first < NOTHING_KEPT

@@ -139,3 +139,43 @@ def test_first_kept_compiled(name, small_gathered):
     else:
         pytest.skip(f"no compiler on the {BACKEND} backend")
     np.testing.assert_array_equal(ops.convert_to_numpy(got), expected)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile's symbolic sizes")
+def test_first_kept_compiled_with_dynamic_sizes(small_gathered):
+    """Sizes are symbolic under ``dynamic=True`` (and once a size changed): the gather's index arithmetic
+    failed on them (Keras' minimum of a SymInt), so a trace takes the selecting sum."""
+    import torch
+
+    x, kept, axes = _case("batch statistics, a Keras mask")
+    assert axes == [0, 1]  # written into the function: dynamic=True makes a captured list's ints symbolic
+    compiled = torch.compile(lambda x, k: first_kept(x, k, [0, 1]), fullgraph=True, dynamic=True)
+    for batch in (4, 3):
+        k = _spread(kept[:batch], x[:batch], axes)
+        got = compiled(torch.tensor(x[:batch]), torch.tensor(k))
+        np.testing.assert_array_equal(ops.convert_to_numpy(got), _reference(x[:batch], k, axes))
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax.export's symbolic sizes")
+def test_first_kept_exported_with_a_feature_size_that_may_be_0(small_gathered):
+    """``x[..., 2:]`` of a symbolic ``c`` has ``max(c - 2, 0)`` channels: the positions' line had size
+    ``min(c', 1)`` there, which broadcast against nothing."""
+    import jax
+
+    x, kept, axes = _case("batch statistics, a Keras mask")
+    scope = jax.export.SymbolicScope()
+    specs = [jax.ShapeDtypeStruct(jax.export.symbolic_shape(s, scope=scope), t)
+             for s, t in (("b, t, c", np.float32), ("b, t, 1", np.bool_))]
+    exported = jax.export.export(jax.jit(lambda x, k: first_kept(x[..., 2:], k, axes)))(*specs)
+    np.testing.assert_array_equal(np.asarray(exported.call(x, kept)), _reference(x[..., 2:], kept, axes))
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.function's unknown sizes")
+def test_first_kept_with_an_unknown_feature_size_of_0(small_gathered):
+    import tensorflow as tf
+
+    x, kept, axes = _case("batch statistics, a Keras mask")
+    specs = [tf.TensorSpec([*x.shape[:2], None], tf.float32), tf.TensorSpec(kept.shape, tf.bool)]
+    fn = tf.function(lambda x, k: first_kept(x, k, axes), input_signature=specs)
+    assert tuple(fn(x[..., :0], kept).shape) == (1, 1, 0)
+    np.testing.assert_array_equal(fn(x, kept).numpy(), _reference(x, kept, axes))
