@@ -15,7 +15,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from normlab import backends
 from normlab.ops.validate import ArgumentTypeError, error_message, is_text
 from normlab.types import Axis, Shape, Tensor
 
@@ -284,6 +283,13 @@ def _along(x: Tensor, a: int) -> Tensor:
     return ops.cumsum(ops.ones_like(line, dtype="int32"), axis=a) - 1
 
 
+def _torch_traced() -> bool:
+    """:func:`normlab.backends.torch_traced`, imported at call time (TensorFlow's hooks import the ops)."""
+    from normlab import backends
+
+    return backends.torch_traced()
+
+
 def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
     """The first element of each slice (in row-major order over ``axes``) that
     ``kept`` (bool, of ``x``'s rank, full-size along ``axes``, size 1 or
@@ -318,7 +324,7 @@ def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
     uniform = all(kept.shape[a] == 1 for a in range(len(shape)) if a not in axes)
     large = math.prod([d for d in x.shape if isinstance(d, int)]) >= GATHER_MIN_ELEMENTS  # (a generator breaks dynamo)
     # (Under a torch trace sizes may be symbolic, which the gather's index arithmetic cannot take.)
-    if not (uniform and large and len(static) == len(axes)) or backends.torch_traced():
+    if not (uniform and large and len(static) == len(axes)) or _torch_traced():
         return ops.sum(ops.where(position == first, x, zero_of(x)), axis=axes, keepdims=True)
     reduced, keep = math.prod(static), [1 if a in axes else d for a, d in enumerate(shape)]
     found = first < NOTHING_KEPT
