@@ -320,9 +320,10 @@ class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
         if mask is not None and replica_sum is None:  # (synchronized: the global count of kept positions)
             kept.append(ops.any(ops.cast(mask, "bool")))
         for moving, batch, momentum in updates:
-            if keras.backend.standardize_dtype(moving.dtype) == "float64":  # (Keras' torch backend: float32)
-                momentum = ops.convert_to_tensor(momentum, "float64")
-            value = moving * momentum + ops.cast(batch, moving.dtype) * (1.0 - momentum)
+            # The variable's tensor times a Python number: the backend's own
+            # operator keeps the number one (Keras' ops would make a float32
+            # tensor of it, copied to the device: a stream sync on a GPU).
+            value = moving.value * momentum + ops.cast(batch, moving.dtype) * (1.0 - momentum)
             if kept:
                 value = ops.where(functools.reduce(ops.logical_and, kept), value, moving.value)
             moving.assign(value)

@@ -285,7 +285,7 @@ class BatchNormalization(Normalization):
         stddev = keras.ops.sqrt(variance + self.epsilon)
         # moving_variance follows the updated moving_stddev (its value, formed
         # here), under the same guard: a batch empty at run time changes neither.
-        moving_stddev = self.moving_stddev * self.momentum + keras.ops.cast(stddev, self.moving_stddev.dtype) * (
+        moving_stddev = self.moving_stddev.value * self.momentum + keras.ops.cast(stddev, self.moving_stddev.dtype) * (
             1.0 - self.momentum)
         self.update_moving(
             x,

@@ -74,7 +74,7 @@ class _ScaledWeightStandardization(_WeightStandardization):
         self.fan_in = fan_in
 
     def _gain(self) -> Tensor:
-        return self.gain * (self.gamma * self.fan_in ** -0.5)
+        return self.gain.value * (self.gamma * self.fan_in ** -0.5)
 
     # Keras' convolutions save exactly [kernel, bias]; the gain follows them.
     def _gain_key(self) -> str:

@@ -251,6 +251,19 @@ def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = 
     return sample
 
 
+def scalar(value: Any, dtype: Any) -> Tensor:
+    """A Python number (or a torch ``SymFloat``) as a 0-d tensor of ``dtype``.
+
+    It is a zero plus the number: the backend's own operator converts the
+    number in the tensor's dtype (TensorFlow's cast of a number would round it
+    through float32 first), and on torch it makes no tensor of it on the host
+    (``ops.convert_to_tensor``, and every Keras op given a number, would, then
+    copy it to the device: a blocking copy on a GPU). ``torch.compile``
+    traces a ``SymFloat`` into the sum.
+    """
+    return ops.zeros((), dtype=dtype) + value
+
+
 def zero_of(x: Tensor) -> Tensor:
     """A 0-d zero of ``x``'s dtype, for ``ops.where(c, x, zero_of(x))``:
     ``where`` broadcasts it, where ``zeros_like(x)`` fills a tensor of ``x``'s
@@ -313,7 +326,7 @@ def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
     for a in axes:  # the positions along a, counted on a line of x (an exporter's symbolic size has no arange)
         position = _along(x, a) if position is None else position * shape[a] + _along(x, a)
     # (Not full_like: Keras' torch backend fills from a device tensor, which torch reads on the host.)
-    candidates = ops.where(kept, position, NOTHING_KEPT)
+    candidates = ops.where(kept, position, scalar(NOTHING_KEPT, position.dtype))
     if keras.backend.backend() == "tensorflow":  # Keras' min asserts a nonempty tensor (a batch of 0 in a graph)
         import tensorflow as tf
 
@@ -328,7 +341,7 @@ def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
         return ops.sum(ops.where(position == first, x, zero_of(x)), axis=axes, keepdims=True)
     reduced, keep = math.prod(static), [1 if a in axes else d for a, d in enumerate(shape)]
     found = first < NOTHING_KEPT
-    rest = ops.reshape(ops.minimum(first, reduced - 1), [1])
+    rest = ops.reshape(ops.minimum(first, scalar(reduced - 1, first.dtype)), [1])
     lo, hi = axes[0], axes[-1]
     if hi - lo + 1 == len(axes):  # consecutive axes: one take from a view of them as one axis
         sample = ops.reshape(ops.take(ops.reshape(x, shape[:lo] + [reduced] + shape[hi + 1:]), rest, axis=lo), keep)

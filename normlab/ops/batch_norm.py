@@ -236,12 +236,12 @@ def _ghost_average(mean: Tensor, variance: Tensor, counts: Tensor,
     """Ghost batches' statistics averaged with weights ``counts`` (their unmasked positions), over every replica's."""
     counts = ops.cast(ops.broadcast_to(counts, ops.shape(mean)), mean.dtype)
     kept = counts > 0  # a ghost batch of padding only: no statistics to weigh
-    totals = [ops.sum(ops.where(kept, counts * mean, 0.0), axis=0),
-              ops.sum(ops.where(kept, counts * variance, 0.0), axis=0), ops.sum(counts, axis=0)]
+    totals = [ops.sum(ops.where(kept, counts * mean, counts), axis=0),  # (counts is 0 where not kept)
+              ops.sum(ops.where(kept, counts * variance, counts), axis=0), ops.sum(counts, axis=0)]
     if replica_sum is not None:
         totals = ops.unstack(replica_sum(ops.stack(totals)))
         note_count(replica_sum, totals[2])  # the positions kept over every replica's ghost batches
-    total = ops.maximum(totals[2], 1.0)  # an all-padding batch: zeros, as an empty ghost batch gives
+    total = at_least(totals[2], 1.0)  # an all-padding batch: zeros, as an empty ghost batch gives
     return totals[0] / total, totals[1] / total
 
 

@@ -6,7 +6,7 @@ import numbers
 
 from keras import ops
 
-from normlab.ops.axes import feature_param
+from normlab.ops.axes import feature_param, scalar
 from normlab.ops.layer_norm import feature_axes_arguments
 from normlab.ops.moments import stats_dtype
 from normlab.ops.validate import ArgumentTypeError, check_real, error_message
@@ -69,7 +69,9 @@ def dynamic_tanh(
     check_alpha(alpha)
     x, axes, feature_shape, _, gamma, beta = feature_axes_arguments(x, axis, gamma, beta, 0.0)
     ndim, dtype = len(x.shape), stats_dtype(x.dtype)
-    y = ops.tanh(ops.cast(x, dtype) * ops.convert_to_tensor(alpha, dtype))  # alpha (1,) broadcasts as a scalar
+    # A number by the backend's operator (no tensor made of it: see axes.scalar); alpha (1,) broadcasts.
+    alpha = scalar(alpha, dtype) if isinstance(alpha, numbers.Real) else ops.convert_to_tensor(alpha, dtype)
+    y = ops.tanh(ops.cast(x, dtype) * alpha)
     gamma = feature_param(gamma, ndim, axes, feature_shape)
     beta = feature_param(beta, ndim, axes, feature_shape)
     if gamma is not None:

@@ -40,7 +40,16 @@ import keras
 from keras import ops
 from keras.backend import standardize_dtype
 
-from normlab.ops.axes import canonicalize_axes, dims, first_along, first_kept, float_tensor, is_traced_int, zero_of
+from normlab.ops.axes import (
+    canonicalize_axes,
+    dims,
+    first_along,
+    first_kept,
+    float_tensor,
+    is_traced_int,
+    scalar,
+    zero_of,
+)
 from normlab.ops.validate import check_bool, check_mask
 from normlab.types import Axis, DTypeLike, ReplicaSum, Tensor
 
@@ -171,7 +180,7 @@ def finite_padding(x: Tensor, mask: Tensor) -> Tensor:
     parameters' gradients and every input's."""
     # |x| < inf is False for NaN and both infinities: two elementwise passes
     # where torch's isfinite makes four (eager torch runs each one on its own).
-    finite = ops.less(ops.abs(x), float("inf"))
+    finite = ops.abs(x) < float("inf")  # (an operator: no tensor made of the number)
     return ops.where(ops.logical_or(_known_rank(ops.cast(mask, "bool"), x), finite), x, zero_of(x))
 
 
@@ -246,7 +255,7 @@ def _cross_replica_moments(
     # quotient is the shift.
     first, count = ops.unstack(replica_sum(ops.stack([ops.broadcast_to(r, ops.shape(first)) for r in (first, count)])))
     note_count(replica_sum, ops.stop_gradient(count))
-    count = ops.stop_gradient(ops.maximum(count, 1.0))
+    count = ops.stop_gradient(ops.maximum(count, scalar(1.0, count.dtype)))
     shift = ops.stop_gradient(first / count)
     # Pass 2: residual sums about the shared shift, one all-reduce (with gradient).
     residual = x - shift
@@ -306,7 +315,8 @@ def shifted_moments(
     # is replaced by it, so its residuals are exactly 0. Then the same two passes.
     kept = _spread_over(mask, x, axes)  # broadcast against x in each use: no full-size copy of a small mask
     weight = ops.cast(kept, dtype)
-    count = ops.maximum(total(weight, axes), 1.0)  # an all-padding slice: mean 0, variance 0
+    count = total(weight, axes)
+    count = ops.maximum(count, scalar(1.0, count.dtype))  # an all-padding slice: mean 0, variance 0
     shift = first_kept(ops.stop_gradient(x), kept, axes)  # a constant: nothing recorded for autodiff
     residual = ops.where(kept, x, shift) - shift
     mean = total(residual, axes) / count

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from normlab import backends
-from normlab.ops.axes import float_tensor
+from normlab.ops.axes import float_tensor, scalar
 from normlab.ops.moments import stats_dtype
 from normlab.ops.validate import check_epsilon, error_message
 from normlab.types import Tensor
@@ -21,20 +21,12 @@ def at_least(x: Tensor, floor: float) -> Tensor:
     a float argument as a ``SymFloat``, which Keras' ``ops.maximum`` cannot
     take (it asks the number for a ``dtype``, a graph break).
     """
-    return maximum(x, _scalar(floor, x.dtype))
+    return maximum(x, scalar(floor, x.dtype))
 
 
 def at_most(x: Tensor, ceiling: float) -> Tensor:
     """``minimum(x, ceiling)`` for a tensor and a Python number (see :func:`at_least`)."""
-    return minimum(x, _scalar(ceiling, x.dtype))
-
-
-def _scalar(value: float, dtype: str) -> Tensor:
-    """A Python number as a tensor of ``dtype``, not rounded through float32 on
-    the way (TensorFlow's cast of a number does); a torch ``SymFloat`` by a cast."""
-    if isinstance(value, numbers.Real):
-        return ops.convert_to_tensor(value, dtype)
-    return ops.cast(value, dtype)
+    return minimum(x, scalar(ceiling, x.dtype))
 
 
 def maximum(a: Tensor, b: Tensor) -> Tensor:
@@ -159,17 +151,26 @@ def normalize(
     mean, variance, gamma, beta, shift = given.values()
     out_dtype = x.dtype
     dtype = stats_dtype(x.dtype)
-    inv = inverse_std(ops.cast(variance, dtype), check_epsilon(epsilon))
+    inv = inverse_std(_in_dtype(variance, dtype, tensor=True), check_epsilon(epsilon))
     if gamma is not None:
-        inv = inv * ops.cast(gamma, dtype)
+        inv = inv * _in_dtype(gamma, dtype)
     x = ops.cast(x, dtype)
     if shift is not None:
-        x = x - ops.cast(shift, dtype)
+        x = x - _in_dtype(shift, dtype)
     # x + (mean * -1) has the bits of x - mean, and exporters' converters fold
     # an addition of a constant into a preceding Dense/Conv's bias (LiteRT
     # folds no subtraction): with given statistics the whole apply step then
     # folds into that layer, as Keras' batch norm does.
-    y = (x + ops.cast(mean, dtype) * -1.0) * inv
+    y = (x + _in_dtype(mean, dtype) * -1.0) * inv
     if beta is not None:
-        y = y + ops.cast(beta, dtype)
+        y = y + _in_dtype(beta, dtype)
     return ops.cast(y, out_dtype)
+
+
+def _in_dtype(value: Tensor | float, dtype: str, tensor: bool = False) -> Tensor | float:
+    """A statistic or parameter in the compute dtype. A Python number stays one
+    in arithmetic with a tensor (no tensor made of it on the host: see
+    :func:`normlab.ops.axes.scalar`), and becomes a 0-d tensor where one is needed (``tensor``)."""
+    if isinstance(value, numbers.Real):
+        return scalar(value, dtype) if tensor else value
+    return ops.cast(value, dtype)

@@ -17,6 +17,13 @@ cannot take. Three checks keep the ops free of them:
 * the compile tests (``tests/compile``), which trace every layer with
   ``torch.compile(fullgraph=True)``, ``jax.jit`` and
   ``tf.function(jit_compile=True)``.
+
+The same dispatch mode records the other direction: a tensor made from Python
+data (``aten.lift_fresh``: ``torch.tensor(2.0)``, and every Keras op given a
+Python number, ``ops.maximum(x, 1.0)``, through ``convert_to_tensor``). On a
+GPU that tensor is made on the host and copied to the device, a copy that
+blocks the host until the stream has run everything queued before it. Keras'
+own layers make none in a training step; normlab's make none either.
 """
 
 from __future__ import annotations
@@ -153,15 +160,28 @@ def _host_read_guard():
         def __init__(self):
             super().__init__()
             self.reads = []
+            self.copies = []  # tensors made from Python data, with the normlab line that made each
             self.ops = set()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.ops.add(func.overloadpacket.__name__)
             if func.overloadpacket in forbidden:
                 self.reads.append(str(func))
+            if func.overloadpacket is aten.lift_fresh:
+                self.copies.append(_normlab_line())
             return func(*args, **(kwargs or {}))
 
     return HostReads()
+
+
+def _normlab_line() -> str:
+    """``file:line`` of the innermost normlab frame calling (or ``?``)."""
+    import traceback
+
+    for frame in reversed(traceback.extract_stack()):
+        if f"{ROOT}/" in frame.filename:
+            return f"{pathlib.Path(frame.filename).relative_to(ROOT.parent)}:{frame.lineno}"
+    return "?"
 
 
 @pytest.fixture
@@ -214,6 +234,25 @@ def test_guard_sees_host_reads_and_the_backward(host_reads_of):
         assert mode.reads, "missed a host read"
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="a torch dispatch mode")
+def test_guard_sees_tensors_made_from_python_numbers(host_reads_of):
+    import torch
+
+    from normlab.ops.axes import scalar
+
+    x = torch.ones(3)
+    for copy in (lambda: torch.tensor(2.0), lambda: keras.ops.maximum(x, 1.0), lambda: keras.ops.where(x > 0, x, 0.0),
+                 lambda: keras.ops.convert_to_tensor(1.0, "float32")):
+        with host_reads_of() as mode:
+            copy()
+        assert len(mode.copies) == 1, mode.copies
+    # The backend's own operators take a number as a scalar; normlab's 0-d
+    # tensor of a number is a zero plus it.
+    with host_reads_of() as mode:
+        y = keras.ops.maximum(x * 2.0 + 1.0, scalar(1.0, "float32"))
+    assert mode.copies == [] and y.tolist() == [3.0] * 3
+
+
 #: Layers known to read a value on the host, with the change they need (in
 #: files this test does not own); strict, so the mark goes once they are fixed.
 KNOWN_HOST_READS: dict[str, str] = {}
@@ -249,6 +288,7 @@ def test_no_host_reads_in_eager_forward_and_backward(case_id, offset, host_reads
         grads = torch.autograd.grad(y, [xg] + params, dy, allow_unused=True)
     assert all(torch.isfinite(g).all() for g in grads if g is not None)
     assert not mode.reads, f"{case_id}: host reads {sorted(set(mode.reads))}"
+    assert not mode.copies, f"{case_id}: tensors made from Python data at {sorted(set(mode.copies))}"
     kernel = {"group": "native_group_norm", "instance": "native_batch_norm", "layer": "native_layer_norm",
               "batch-train": "native_batch_norm"}.get(case_id)
     if kernel is not None:  # the fast path served these
@@ -289,3 +329,44 @@ def test_no_host_reads_with_masks(name, shape, host_reads_of):
         y = fn(x, mask)
         torch.autograd.grad(y.sum(), [x], allow_unused=True)
     assert not mode.reads, f"{name}: host reads {sorted(set(mode.reads))}"
+    assert not mode.copies, f"{name}: tensors made from Python data at {sorted(set(mode.copies))}"
+
+
+#: The functional ops with tensor statistics and parameters (Python numbers
+#: for their own arguments: epsilon, alpha, groups), on each path.
+OPS = {
+    "group_norm": lambda x, p: normlab.ops.group_norm(x, 4, gamma=p[0], beta=p[1]),
+    "instance_norm": lambda x, p: normlab.ops.instance_norm(x, gamma=p[0], beta=p[1]),
+    "layer_norm": lambda x, p: normlab.ops.layer_norm(x, -1, gamma=p[0], beta=p[1]),
+    "layer_norm over (1, 3)": lambda x, p: normlab.ops.layer_norm(x, [1, 3]),
+    "rms_norm": lambda x, p: normlab.ops.rms_norm(x, -1, gamma=p[0], beta=p[1]),
+    "batch_norm training": lambda x, p: normlab.ops.batch_norm(x, training=True, gamma=p[0], beta=p[1]),
+    "batch_norm inference": lambda x, p: normlab.ops.batch_norm(x, p[1], p[0], gamma=p[0], beta=p[1]),
+    "filter_response_norm": lambda x, p: normlab.ops.filter_response_norm(x, gamma=p[0], beta=p[1]),
+    "dynamic_tanh": lambda x, p: normlab.ops.dynamic_tanh(x, 0.5, gamma=p[0], beta=p[1]),
+    "evo_norm_s0": lambda x, p: normlab.ops.evo_norm_s0(x, p[0], groups=4, gamma=p[0], beta=p[1]),
+    "moments": lambda x, p: normlab.ops.moments(x, [0, 1, 2])[1],
+    "normalize": lambda x, p: normlab.ops.normalize(x, p[1], p[0], gamma=p[0], beta=p[1]),
+    "renorm": lambda x, p: normlab.ops.batch_renorm(x, p[1], p[0], gamma=p[0], beta=p[1],
+                                                    clipping={"rmax": 3.0, "rmin": 1 / 3, "dmax": 5.0}),
+    "ghost": lambda x, p: normlab.ops.ghost_batch_norm(x, 1, gamma=p[0], beta=p[1]),
+}
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="a torch dispatch mode")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("path", ["fast", "general"])
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_ops_make_no_tensor_of_a_number(name, path, dtype, host_reads_of):
+    import contextlib
+
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.normal(1e3, 2.0, (2, 4, 4, 8)), dtype=getattr(torch, dtype), requires_grad=True)
+    params = [torch.tensor(rng.uniform(0.5, 1.5, 8).astype("float32")), torch.tensor(rng.normal(size=8).astype("float32"))]
+    with backends.disabled() if path == "general" else contextlib.nullcontext(), host_reads_of() as mode:
+        y = OPS[name](x, params)
+        torch.autograd.grad(y.float().sum(), [x], allow_unused=True)
+    assert not mode.reads, f"{name}: host reads {sorted(set(mode.reads))}"
+    assert not mode.copies, f"{name}: tensors made from Python data at {sorted(set(mode.copies))}"
