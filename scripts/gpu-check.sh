@@ -47,7 +47,7 @@ print('jax', jax.__version__, jax.devices())
 import keras
 print('keras', keras.__version__, 'from', keras.__file__)
 "
-step gpu-tests env KERAS_BACKEND=torch python -m pytest -q -m gpu tests/backends/test_triton.py
+step gpu-tests env KERAS_BACKEND=torch python -m pytest -q -m gpu tests/backends/test_triton.py tests/backends/test_no_host_sync.py
 step torch-suite env KERAS_BACKEND=torch python -m pytest -q -m "not slow" -n auto --maxprocesses=8 "$@"
 step jax-suite env KERAS_BACKEND=jax python -m pytest -q -m "not slow" -n auto --maxprocesses=8 "$@"
 step benchmark python benchmarks/gpu.py --out "$out/gpu.json"

@@ -370,3 +370,38 @@ def test_ops_make_no_tensor_of_a_number(name, path, dtype, host_reads_of):
         torch.autograd.grad(y.float().sum(), [x], allow_unused=True)
     assert not mode.reads, f"{name}: host reads {sorted(set(mode.reads))}"
     assert not mode.copies, f"{name}: tensors made from Python data at {sorted(set(mode.copies))}"
+
+
+def _cuda() -> bool:
+    if BACKEND != "torch":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case_id", sorted(_layers.BY_ID))
+def test_gpu_no_sync_in_forward_and_backward(case_id):
+    """On a GPU, every layer's forward and backward with CUDA's sync debug
+    mode set to error: a read on the host, or a blocking copy of host data
+    to the device (what the dispatch mode above records on any machine),
+    raises there, with the line that synchronized."""
+    import torch
+
+    case = _layers.BY_ID[case_id]
+    layer = case.build()
+    x = torch.from_numpy(case.inputs(4, offset=1e4)).cuda()
+    case.call(layer, x)  # builds the layer (and runs weight_norm's data-dependent init)
+    params = [w.value for w in layer.trainable_weights]
+    dy = torch.from_numpy(case.cotangent(4)).cuda()
+    xg = x.clone().requires_grad_(True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = case.call(layer, xg)
+        torch.autograd.grad(y, [xg] + params, dy, allow_unused=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
