@@ -287,13 +287,17 @@ def _along(x: Tensor, a: int) -> Tensor:
     a cumulative sum along a line of ``x`` (jax2onnx takes no ``arange`` of a
     symbolic size), padded first along the axes whose size may be 0 at run
     time (a TensorFlow unknown size, a ``jax.export`` symbolic one), so that
-    the line has size 1 there, not ``min(size, 1)``."""
+    the line has size 1 there, not ``min(size, 1)``, and counted one further
+    along ``a`` itself where ``jax.export`` may find it empty."""
     index = tuple(slice(None) if i == a else slice(0, 1) for i in range(len(x.shape)))
     line = x[index]
-    unsure = [i for i, d in enumerate(x.shape) if i != a and (d is None or _may_be_empty(d))]
+    unsure = [i for i, d in enumerate(x.shape) if (i != a and d is None) or _may_be_empty(d)]
     if unsure:
         line = ops.pad(line, [(0, 1) if i in unsure else (0, 0) for i in range(len(x.shape))])[index]
-    return ops.cumsum(ops.ones_like(line, dtype="int32"), axis=a) - 1
+    positions = ops.cumsum(ops.ones_like(line, dtype="int32"), axis=a) - 1
+    if a in unsure:  # (jax.export's cumsum asks for a size of 1 at least: it ran over one more)
+        positions = positions[tuple(slice(0, x.shape[a]) if i == a else slice(None) for i in range(len(x.shape)))]
+    return positions
 
 
 def _torch_traced() -> bool:
@@ -331,6 +335,10 @@ def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
         import tensorflow as tf
 
         first = tf.reduce_min(candidates, axis=axes, keepdims=True)
+    elif any(_may_be_empty(x.shape[a]) for a in axes):  # (jax.export: a min needs its identity; jax2onnx takes none)
+        import jax.numpy as jnp
+
+        first = jnp.min(candidates, axis=tuple(axes), keepdims=True, initial=NOTHING_KEPT)
     else:
         first = ops.amin(candidates, axis=axes, keepdims=True)
     static = [x.shape[a] for a in axes if isinstance(x.shape[a], int)]

@@ -170,6 +170,32 @@ def test_first_kept_exported_with_a_feature_size_that_may_be_0(small_gathered):
     np.testing.assert_array_equal(np.asarray(exported.call(x, kept)), _reference(x[..., 2:], kept, axes))
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="jax.export's symbolic sizes")
+def test_first_kept_exported_with_reduced_sizes_that_may_be_0(small_gathered):
+    """``x[:, 2:]`` of a symbolic ``t`` reduces over ``max(t - 2, 0)`` positions (a valid convolution's
+    output, per-sample statistics): the min over them failed to export ("inconclusive" whether the size
+    is at least 1, which jnp's min without an initial value asks)."""
+    import jax
+
+    x, kept, axes = _case("per-sample statistics")
+    scope = jax.export.SymbolicScope()
+    specs = [jax.ShapeDtypeStruct(jax.export.symbolic_shape(s, scope=scope), t)
+             for s, t in ((", ".join(["b", "t"] + [str(d) for d in x.shape[2:]]), np.float32),
+                          (", ".join(["b", "t"] + [str(d) for d in kept.shape[2:]]), np.bool_))]
+    exported = jax.export.export(jax.jit(lambda x, k: first_kept(x[:, 2:], k[:, 2:], axes)))(*specs)
+    np.testing.assert_array_equal(np.asarray(exported.call(x, kept)), _reference(x[:, 2:], kept[:, 2:], axes))
+    empty = np.asarray(exported.call(x[:, :2], kept[:, :2]))  # nothing to reduce: zeros
+    np.testing.assert_array_equal(empty, np.zeros([1 if a in axes else d for a, d in enumerate(x[:, :2].shape)]))
+    # The ops above it: per-sample masked moments and masked batch statistics.
+    import normlab
+
+    for op in (lambda x, k: normlab.ops.moments(x[:, 2:], axes, mask=k[:, 2:])[1],
+               lambda x, k: normlab.ops.batch_norm(x[:, 2:], training=True, mask=k[:, 2:])):
+        exported = jax.export.export(jax.jit(op))(*specs)
+        np.testing.assert_allclose(np.asarray(exported.call(x, kept)), np.asarray(op(x, kept)), rtol=1e-6, atol=1e-6)
+        assert np.asarray(exported.call(x[:, :2], kept[:, :2])).size == np.asarray(op(x[:, :2], kept[:, :2])).size
+
+
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.function's unknown sizes")
 def test_first_kept_with_an_unknown_feature_size_of_0(small_gathered):
     import tensorflow as tf
