@@ -98,11 +98,12 @@ def _input_gradient(fn, x: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
     if backend == "torch":
         import torch
 
-        tensor = torch.tensor(x, requires_grad=True)
-        (fn(tensor).float() * torch.as_tensor(cotangent)).sum().backward()
+        tensor = torch.tensor(x, requires_grad=True, device=keras.ops.zeros(()).device)  # on Keras' device
+        out = fn(tensor).float()
+        (out * torch.as_tensor(cotangent, device=out.device)).sum().backward()
         if tensor.grad is None:  # the output does not depend on the input
             return np.zeros_like(x)
-        return tensor.grad.numpy()
+        return tensor.grad.cpu().numpy()
     raise NotImplementedError(f"normlab.viz does not support the {backend!r} backend. "
                               f"Received: backend={backend!r}. Use jax, tensorflow or torch.")
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one command (docs/gpu.md): the tests
-# marked gpu, the torch and JAX suites without the slow tests, then
-# benchmarks/gpu.py. Every step runs, each with its log in OUT (default
-# runs/gpu-check), where the benchmark writes gpu.json too; exits non-zero
-# if any step failed.
+# marked gpu, the torch and JAX suites without the slow tests (nor the gpu
+# ones again), then benchmarks/gpu.py. Every step runs, each with its log in
+# OUT (default runs/gpu-check), where the benchmark writes gpu.json too;
+# exits non-zero if any step failed.
 #
 #   scripts/gpu-check.sh [OUT [PYTEST ARGS...]]    # e.g. OUT tests/backends: a part of the suites
 #
@@ -48,8 +48,8 @@ import keras
 print('keras', keras.__version__, 'from', keras.__file__)
 "
 step gpu-tests env KERAS_BACKEND=torch python -m pytest -q -m gpu tests/backends/test_triton.py tests/backends/test_no_host_sync.py
-step torch-suite env KERAS_BACKEND=torch python -m pytest -q -m "not slow" -n auto --maxprocesses=8 "$@"
-step jax-suite env KERAS_BACKEND=jax python -m pytest -q -m "not slow" -n auto --maxprocesses=8 "$@"
+step torch-suite env KERAS_BACKEND=torch python -m pytest -q -m "not slow and not gpu" -n auto --maxprocesses=8 "$@"
+step jax-suite env KERAS_BACKEND=jax python -m pytest -q -m "not slow and not gpu" -n auto --maxprocesses=8 "$@"
 step benchmark python benchmarks/gpu.py --out "$out/gpu.json"
 if [ -n "$failed" ]; then
   echo "FAILED:$failed (logs in $out)"

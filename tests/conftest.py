@@ -1,5 +1,6 @@
-"""Shared test settings: hypothesis profile, the backend in use, and
-inductor's cache directory."""
+"""Shared test settings: hypothesis profile, the backend in use, inductor's
+cache directory, full float32 precision on GPUs, and a fixture that keeps
+Keras on the CPU."""
 
 import hashlib
 import os
@@ -60,3 +61,41 @@ def _float32_policy():
     keras.config.set_dtype_policy("float32")
     yield
     keras.config.set_dtype_policy("float32")
+
+
+def _full_float32_on_gpus() -> None:
+    """GPUs round float32 operands of convolutions (cuDNN, on torch) and of
+    dots and convolutions (XLA, on JAX) to TF32, 10 bits of mantissa, by
+    default; the tests hold float32 results to float64 references."""
+    if BACKEND == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        conv, matmul = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
+        if hasattr(conv, "fp32_precision"):  # (the newer settings; mixing them with allow_tf32 is an error)
+            conv.fp32_precision = "ieee"
+        else:
+            torch.backends.cudnn.allow_tf32 = False
+        if hasattr(matmul, "fp32_precision"):
+            matmul.fp32_precision = "ieee"
+        else:
+            matmul.allow_tf32 = False
+    elif BACKEND == "jax":
+        import jax
+
+        if jax.default_backend() == "gpu":
+            jax.config.update("jax_default_matmul_precision", "float32")
+
+
+_full_float32_on_gpus()
+
+
+@pytest.fixture
+def keras_on_cpu():
+    """Keras' tensors and variables on the CPU for the test, on a machine with
+    a GPU too (where Keras' torch backend puts them on CUDA): for the tests
+    of normlab's CPU kernels, and of torch paths against CPU tensors. Use it
+    as ``pytestmark = pytest.mark.usefixtures("keras_on_cpu")``."""
+    with keras.device("cpu"):
+        yield

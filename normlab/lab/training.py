@@ -152,7 +152,7 @@ def evaluate_train_mode(model, x, y, batch_size: int) -> dict:
     """
     import keras
 
-    saved = [np.array(v.value) for v in model.non_trainable_variables]
+    saved = [np.array(keras.ops.convert_to_numpy(v)) for v in model.non_trainable_variables]  # copies, from a GPU too
     dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
     rates = [layer.rate for layer in dropouts]
     try:

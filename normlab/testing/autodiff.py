@@ -35,10 +35,11 @@ def gradients(fn: Callable[..., Any], args: Sequence[np.ndarray], cotangent: np.
     if backend == "torch":
         import torch
 
-        tensors = [torch.tensor(a, requires_grad=True) for a in args]
-        loss = (fn(*tensors).float() * torch.as_tensor(cotangent)).sum()
-        loss.backward()
-        return [np.zeros_like(a) if t.grad is None else t.grad.numpy() for a, t in zip(args, tensors)]
+        device = keras.ops.zeros(()).device  # Keras' device (a GPU's where there is one)
+        tensors = [torch.tensor(a, requires_grad=True, device=device) for a in args]
+        out = fn(*tensors).float()
+        (out * torch.as_tensor(cotangent, device=out.device)).sum().backward()
+        return [np.zeros_like(a) if t.grad is None else t.grad.cpu().numpy() for a, t in zip(args, tensors)]
     raise NotImplementedError(f"gradients() does not support the {backend!r} backend")
 
 

@@ -21,6 +21,7 @@ from normlab import ops as nops
 pytestmark = [
     pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch hook calls the kernels"),
     pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler"),
+    pytest.mark.usefixtures("keras_on_cpu"),  # CPU tensors, on a GPU machine too
 ]
 
 EPSILON = 1e-3

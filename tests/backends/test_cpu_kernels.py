@@ -22,7 +22,10 @@ from normlab.backends import cpu
 from tests.backends._kernel_calls import record_kernel_calls
 from tests.backends.test_fast_paths import CASES, _apply, _check, _inputs
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch hooks call the kernels")
+pytestmark = [
+    pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch hooks call the kernels"),
+    pytest.mark.usefixtures("keras_on_cpu"),  # CPU tensors, on a GPU machine too
+]
 
 needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler")
 

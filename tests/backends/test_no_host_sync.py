@@ -212,6 +212,7 @@ def host_reads_of(monkeypatch):
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="a torch dispatch mode")
+@pytest.mark.usefixtures("keras_on_cpu")  # CPU tensors, on a GPU machine too
 def test_guard_sees_host_reads_and_the_backward(host_reads_of):
     import torch
 
@@ -235,6 +236,7 @@ def test_guard_sees_host_reads_and_the_backward(host_reads_of):
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="a torch dispatch mode")
+@pytest.mark.usefixtures("keras_on_cpu")  # CPU tensors, on a GPU machine too
 def test_guard_sees_tensors_made_from_python_numbers(host_reads_of):
     import torch
 
@@ -264,6 +266,7 @@ KNOWN_HOST_READS: dict[str, str] = {}
     pytest.param(i, marks=pytest.mark.xfail(strict=True, reason=KNOWN_HOST_READS[i])) if i in KNOWN_HOST_READS else i
     for i in sorted(_layers.BY_ID)
 ])
+@pytest.mark.usefixtures("keras_on_cpu")  # CPU tensors, on a GPU machine too
 def test_no_host_reads_in_eager_forward_and_backward(case_id, offset, host_reads_of, monkeypatch):
     """Every layer, forward and backward, eager, fast paths on (they also
     serve offsets beyond the spread without deciding anything on the host).
@@ -317,6 +320,7 @@ def _training(layer):
 @pytest.mark.skipif(BACKEND != "torch", reason="a torch dispatch mode")
 @pytest.mark.parametrize("shape", [(4, 16, 8), (64, 64, 32), (0, 16, 8)], ids=["small", "large", "empty"])
 @pytest.mark.parametrize("name", sorted(MASKED))
+@pytest.mark.usefixtures("keras_on_cpu")  # CPU tensors, on a GPU machine too
 def test_no_host_reads_with_masks(name, shape, host_reads_of):
     import torch
 
@@ -357,6 +361,7 @@ OPS = {
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("path", ["fast", "general"])
 @pytest.mark.parametrize("name", sorted(OPS))
+@pytest.mark.usefixtures("keras_on_cpu")  # CPU tensors, on a GPU machine too
 def test_ops_make_no_tensor_of_a_number(name, path, dtype, host_reads_of):
     import contextlib
 

@@ -17,7 +17,10 @@ from normlab import ops as nops
 from tests.backends._closed_form import normalize_and_vjp
 from tests.backends.test_fast_paths import CASES, DECLINED, EPSILON, _apply, _check, _inputs
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch's autograd functions")
+pytestmark = [
+    pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch's autograd functions"),
+    pytest.mark.usefixtures("keras_on_cpu"),  # CPU tensors, on a GPU machine too
+]
 
 SERVED = sorted(set(CASES) - DECLINED)
 

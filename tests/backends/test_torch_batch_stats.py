@@ -17,7 +17,10 @@ import pytest
 from normlab import backends
 from normlab import ops as nops
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch hooks")
+pytestmark = [
+    pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch hooks"),
+    pytest.mark.usefixtures("keras_on_cpu"),  # CPU tensors, on a GPU machine too
+]
 
 
 @pytest.mark.parametrize("offset", [1e4, 1e6])

@@ -14,7 +14,10 @@ import pytest
 from normlab import backends
 from tests.backends.test_fast_paths import CASES, DECLINED, _apply, _inputs
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.func transforms")
+pytestmark = [
+    pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.func transforms"),
+    pytest.mark.usefixtures("keras_on_cpu"),  # CPU tensors, on a GPU machine too
+]
 
 SERVED = sorted(set(CASES) - DECLINED)
 

@@ -158,16 +158,16 @@ def _torch_format(model, x, workdir):
 
     path = os.path.join(workdir, "model.pt2")
     model.export(path, format="torch", verbose=False, input_signature=_signature())
-    with torch.no_grad():
-        return torch.export.load(path).module()(torch.from_numpy(x)).numpy()
+    with torch.no_grad():  # (the input on Keras' device, the program's: a GPU's where there is one)
+        return keras.ops.convert_to_numpy(torch.export.load(path).module()(keras.ops.convert_to_tensor(x)))
 
 
 def _torch_export(model, x, workdir):
     import torch
 
-    program = torch.export.export(model, (torch.from_numpy(x),))
+    program = torch.export.export(model, (keras.ops.convert_to_tensor(x),))
     with torch.no_grad():
-        return program.module()(torch.from_numpy(x)).numpy()
+        return keras.ops.convert_to_numpy(program.module()(keras.ops.convert_to_tensor(x)))
 
 
 def _jax_export(model, x, workdir):

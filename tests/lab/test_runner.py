@@ -173,9 +173,9 @@ def test_train_mode_evaluation_restores_moving_statistics():
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x = np.random.default_rng(0).normal(5.0, 2.0, (32, 8, 8, 1)).astype("float32")
     y = np.arange(32) % 10
-    before = [np.array(v.value) for v in model.non_trainable_variables]
+    before = [keras.ops.convert_to_numpy(v) for v in model.non_trainable_variables]
     train_mode = training.evaluate_train_mode(model, x, y, batch_size=8)
-    after = [np.array(v.value) for v in model.non_trainable_variables]
+    after = [keras.ops.convert_to_numpy(v) for v in model.non_trainable_variables]
     for b, a in zip(before, after):
         np.testing.assert_array_equal(a, b)
     eval_mode = model.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)

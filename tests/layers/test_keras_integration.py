@@ -146,7 +146,7 @@ def test_torch_compile_matches_eager():
             v = layer(v, training=True) if isinstance(layer, normlab.BatchNormalization) else layer(v)
         return v
 
-    x = torch.randn(4, 6, 6, 4) + 100.0
+    x = torch.randn(4, 6, 6, 4, device=keras.ops.zeros(()).device) + 100.0  # on Keras' device
     eager = forward(x).detach()
     for layer in layers:  # undo the eager call's moving-average update
         if isinstance(layer, normlab.BatchNormalization):
@@ -154,7 +154,7 @@ def test_torch_compile_matches_eager():
     compiled = torch.compile(forward)
     y = compiled(x)
     y.sum().backward()
-    np.testing.assert_allclose(y.detach().numpy(), eager.numpy(), atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(y), keras.ops.convert_to_numpy(eager), atol=1e-5)
 
 
 @pytest.mark.parametrize(

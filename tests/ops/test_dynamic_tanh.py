@@ -69,10 +69,11 @@ def _gradients(x, alpha, gamma, beta, dy):
     if BACKEND == "torch":
         import torch
 
-        ts = [torch.tensor(a, requires_grad=True) for a in (x, alpha, gamma, beta)]
+        device = ops.zeros(()).device  # Keras' device
+        ts = [torch.tensor(a, requires_grad=True, device=device) for a in (x, alpha, gamma, beta)]
         y = nops.dynamic_tanh(ts[0], ts[1], gamma=ts[2], beta=ts[3])
-        (y * torch.tensor(dy)).sum().backward()
-        return [t.grad.numpy() for t in ts]
+        (y * torch.tensor(dy, device=device)).sum().backward()
+        return [t.grad.cpu().numpy() for t in ts]
     if BACKEND == "jax":
         import jax
 
