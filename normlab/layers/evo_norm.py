@@ -11,6 +11,8 @@ from normlab import ops
 from normlab.layers.base import Normalization, check_training, keras_object
 from normlab.ops.axes import is_traced_int
 from normlab.ops.evo_norm import EVO_NORM_EPSILON_REASON
+from normlab.ops.moments import size_as
+from normlab.ops.normalize import at_least
 from normlab.ops.validate import (
     check_bool,
     check_epsilon,
@@ -182,8 +184,8 @@ class EvoNormB0(_EvoNorm):
         else:
             if replica_sum is not None:  # the global batch's element count per channel, from the statistics
                 n = keras.ops.reshape(replica_sum.count, (-1,))[0]
-            n = keras.ops.cast(n, variance.dtype)
-            unbiased = variance * n / keras.ops.maximum(n - 1.0, 1.0)
+            n = size_as(n, variance.dtype)
+            unbiased = variance * n / at_least(n - 1.0, 1.0)
         self.update_moving(x, ((self.moving_variance, unbiased, self.momentum),), replica_sum)
         return self.compute_output(y)
 

@@ -259,9 +259,20 @@ def scalar(value: Any, dtype: Any) -> Tensor:
     through float32 first), and on torch it makes no tensor of it on the host
     (``ops.convert_to_tensor``, and every Keras op given a number, would, then
     copy it to the device: a blocking copy on a GPU). ``torch.compile``
-    traces a ``SymFloat`` into the sum.
+    traces a ``SymFloat`` into the sum. A NumPy number becomes a Python one
+    first (JAX types a NumPy float64 strongly: float32 data would be
+    computed in float64 under ``jax_enable_x64``).
     """
-    return ops.zeros((), dtype=dtype) + value
+    return ops.zeros((), dtype=dtype) + python_number(value)
+
+
+def python_number(value: Any) -> Any:
+    """A NumPy number as the Python number of its value; anything else as it is."""
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, (np.integer, np.bool_)):
+        return int(value)
+    return value
 
 
 def zero_of(x: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from keras import ops
 
 from normlab import backends
 from normlab.ops.axes import channel_axis, complement, dims, feature_param, float_tensor, known_dims, the_channel_axis
-from normlab.ops.moments import finite_padding, mask_weight, note_count, shifted_moments, stats_dtype
+from normlab.ops.moments import finite_padding, mask_weight, note_count, shifted_moments, size_as, stats_dtype
 from normlab.ops.normalize import at_least, at_most, normalize
 from normlab.ops.validate import (
     check_bools,
@@ -222,7 +222,7 @@ def _batch_norm_train(
         elif replica_sum is None:
             mean, variance = ops.mean(mean, axis=0), ops.mean(variance, axis=0)
         else:
-            ghosts = ops.broadcast_to(ops.cast(dims(mean)[0], dtype), ops.shape(mean)[1:])
+            ghosts = ops.broadcast_to(size_as(dims(mean)[0], dtype), ops.shape(mean)[1:])
             total_mean, total_variance, ghosts = ops.unstack(
                 replica_sum(ops.stack([ops.sum(mean, axis=0), ops.sum(variance, axis=0), ghosts]))
             )

@@ -104,7 +104,13 @@ def _reduced_size(x: Tensor, axes: Sequence[int]) -> Any:
 
 def _reduced_count(x: Tensor, axes: Sequence[int], dtype: DTypeLike) -> Tensor:
     """The number of elements each slice reduces over, as a scalar of ``dtype``."""
-    return ops.cast(_reduced_size(x, axes), dtype)
+    return size_as(_reduced_size(x, axes), dtype)
+
+
+def size_as(size: Any, dtype: DTypeLike) -> Tensor:
+    """A size as a scalar of ``dtype``: a Python int by :func:`normlab.ops.axes.scalar`
+    (no tensor made of it on the host), a size known only at run time by a cast."""
+    return scalar(size, dtype) if isinstance(size, int) else ops.cast(size, dtype)
 
 
 #: TensorFlow (outside XLA) sums over an axis that is not innermost one term

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from normlab import backends
-from normlab.ops.axes import float_tensor, scalar
+from normlab.ops.axes import float_tensor, python_number, scalar
 from normlab.ops.moments import stats_dtype
 from normlab.ops.validate import check_epsilon, error_message
 from normlab.types import Tensor
@@ -172,5 +172,5 @@ def _in_dtype(value: Tensor | float, dtype: str, tensor: bool = False) -> Tensor
     in arithmetic with a tensor (no tensor made of it on the host: see
     :func:`normlab.ops.axes.scalar`), and becomes a 0-d tensor where one is needed (``tensor``)."""
     if isinstance(value, numbers.Real):
-        return scalar(value, dtype) if tensor else value
+        return scalar(value, dtype) if tensor else python_number(value)
     return ops.cast(value, dtype)

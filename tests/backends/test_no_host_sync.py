@@ -377,6 +377,38 @@ def test_ops_make_no_tensor_of_a_number(name, path, dtype, host_reads_of):
     assert not mode.copies, f"{name}: tensors made from Python data at {sorted(set(mode.copies))}"
 
 
+#: Synchronized statistics, with one replica: an identity sum (the counts and
+#: averages over replicas take other lines than the unsynchronized ones).
+SYNCHRONIZED = {
+    "batch": lambda: normlab.layers.BatchNormalization(synchronized=True),
+    "renorm": lambda: normlab.layers.BatchNormalization(synchronized=True, renorm=True),
+    "ghost": lambda: normlab.layers.BatchNormalization(synchronized=True, virtual_batch_size=2),
+    "evonorm_b0": lambda: normlab.layers.EvoNormB0(synchronized=True),
+    "switchable": lambda: normlab.layers.SwitchableNormalization(synchronized=True),
+}
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="a torch dispatch mode")
+@pytest.mark.parametrize("name,masked", [(name, False) for name in sorted(SYNCHRONIZED)]
+                         + [(name, True) for name in ("batch", "renorm", "ghost")])
+@pytest.mark.usefixtures("keras_on_cpu")  # CPU tensors, on a GPU machine too
+def test_synchronized_statistics_make_no_tensor_of_a_number(name, masked, host_reads_of, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(normlab.distributed, "replica_sum", lambda: (lambda t: t))
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.normal(1e3, 2.0, (4, 5, 8)).astype("float32"), requires_grad=True)
+    masks = {"mask": torch.tensor(rng.random((4, 5)) < 0.8)} if masked else {}
+    layer = SYNCHRONIZED[name]()
+    layer(x.detach(), training=True, **masks)
+    params = [w.value for w in layer.trainable_weights]
+    with host_reads_of() as mode:
+        y = layer(x, training=True, **masks)
+        torch.autograd.grad(y.sum(), [x] + params, allow_unused=True)
+    assert not mode.reads, f"{name}: host reads {sorted(set(mode.reads))}"
+    assert not mode.copies, f"{name}: tensors made from Python data at {sorted(set(mode.copies))}"
+
+
 def _cuda() -> bool:
     if BACKEND != "torch":
         return False

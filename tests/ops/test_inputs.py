@@ -351,3 +351,21 @@ def test_normalize_takes_a_tensor_of_unknown_rank():
     f = tf.function(lambda x, m: nops.normalize(x, m, 1.0, epsilon=0.0),
                     input_signature=[tf.TensorSpec(None), tf.TensorSpec(None)])
     np.testing.assert_allclose(f(np.ones((2, 3), "float32"), np.float32(0.5)).numpy(), np.full((2, 3), 0.5))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX types a NumPy float64 strongly")
+def test_numpy_numbers_compute_in_the_inputs_dtype_under_x64():
+    """Under jax_enable_x64, NumPy float64 statistics and alpha made float32 data compute in float64
+    (10 float64 ops in normalize's graph, 5 in dynamic_tanh's), with other bits than Python floats."""
+    import jax
+    import jax.numpy as jnp
+
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng_normal((4, 6), 3.0, 2.0), jnp.float32)
+        for op, numpy_args, python_args in [
+            (nops.normalize, (np.float64(2.9), np.float64(3.7)), (2.9, 3.7)),
+            (nops.dynamic_tanh, (np.float64(0.3),), (0.3,)),
+        ]:
+            graph = str(jax.make_jaxpr(lambda v, op=op, a=numpy_args: op(v, *a))(x))
+            assert "f64[" not in graph, graph
+            np.testing.assert_array_equal(np.asarray(op(x, *numpy_args)), np.asarray(op(x, *python_args)))
