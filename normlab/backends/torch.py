@@ -86,7 +86,7 @@ from normlab.backends.torch_autograd import (
     ShiftedNorm,
     center,
 )
-from normlab.backends.torch_guards import PLAIN, plain, traced  # noqa: F401 (traced: public, see layers.weight_norm)
+from normlab.backends.torch_guards import PLAIN, on_device, plain, traced  # noqa: F401 (traced: public, see layers.weight_norm)
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -127,21 +127,22 @@ def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _param(param, dtype):
+def _param(param, dtype, device):
     if param is None:
         return None
-    param = ops.convert_to_tensor(param)
-    return param if param.dtype == dtype else param.to(dtype)
+    param = ops.convert_to_tensor(param)  # (a number or a list: on Keras' device, which x may not be on)
+    return param if param.dtype == dtype and param.device == device else param.to(device=device, dtype=dtype)
 
 
 def _usable(x, *params) -> bool:
     """Whether the hooks serve ``x`` and its ``params`` (plain tensors, Keras
-    variables or None); asked first whether a tracer is running, so that a
+    variables or None, on ``x``'s device: the kernels would read another
+    device's memory); asked first whether a tracer is running, so that a
     traced call reads no (symbolic) size or stride."""
     return (
         not traced()
         and type(x) in PLAIN
-        and all(plain(t) for t in params)
+        and all(plain(t) and on_device(t, x.device) for t in params)
         and x.dtype in _FLOATS
         and x.ndim >= 2
         and x.numel() > 0
@@ -224,7 +225,7 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     n, c = x.shape[0], x.shape[axis]
     s = x.numel() // (n * c)
     compute = _compute_dtype(x.dtype)
-    gamma, beta = _param(gamma, compute), _param(beta, compute)
+    gamma, beta = _param(gamma, compute, x.device), _param(beta, compute, x.device)
     compiled = torch_cpu.served(x)
     if compiled and (s == 1 or not channels_last):
         # Rows of a group's C // groups channels of s positions each (a view: groups are runs).
@@ -262,7 +263,7 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
     compute = _compute_dtype(x.dtype)
     rows = x.view(-1, width)
     shift = _row_shift(rows, compute)
-    gamma, beta = _param(gamma, compute), _param(beta, compute)
+    gamma, beta = _param(gamma, compute, x.device), _param(beta, compute, x.device)
     if torch_cpu.served(x):
         return torch_cpu.rows(rows, shift, gamma, beta, epsilon)[0].view(x.shape)
     if max(width, x.numel() // width) > MAX_REDUCTION:
@@ -335,7 +336,7 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
     if channels_last:
         x3 = x3.view(1, count, c)  # the batch is one slice per channel
     shift = _batch_shift(x3, channels_last, compute)
-    gamma, beta = _param(gamma, compute), _param(beta, compute)
+    gamma, beta = _param(gamma, compute, x.device), _param(beta, compute, x.device)
     if torch_cpu.served(x):
         if channels_last:
             y, mean, variance = torch_cpu.slices(x3, shift.view(1, c), gamma, beta, c, epsilon)
@@ -369,7 +370,7 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     x3, channels_last = _channel_view(x, axis)
     if x3 is None:
         return None
-    mean, variance, gamma, beta = (_param(t, torch.float32) for t in (mean, variance, gamma, beta))
+    mean, variance, gamma, beta = (_param(t, torch.float32, x.device) for t in (mean, variance, gamma, beta))
     if not _on_cpu(mean, variance, gamma, beta):
         return None
     if torch.is_grad_enabled() and (mean.requires_grad or variance.requires_grad):

@@ -39,6 +39,14 @@ _TRACING_MODES = (torch._C._TorchDispatchModeKey.PROXY, torch._C._TorchDispatchM
 PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
+def on_device(t, device) -> bool:
+    """Whether ``t`` (a tensor or a Keras variable holding one) is on
+    ``device``; anything else (a number, a list, an array, None) is made
+    there by the hooks."""
+    value = t if isinstance(t, torch.Tensor) else getattr(t, "value", None)
+    return not isinstance(value, torch.Tensor) or value.device == device
+
+
 def plain(t) -> bool:
     """Whether ``t`` is not a tensor subclass: a plain tensor, a Keras variable
     holding one, or anything the hooks convert to a new plain tensor (a

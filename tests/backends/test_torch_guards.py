@@ -95,3 +95,25 @@ def test_a_number_as_gamma_is_a_contiguous_parameter_for_the_kernels():
     assert not gamma.is_contiguous()
     got = runtime.param(gamma, x, (8,))
     assert got is not False and got.is_contiguous() and torch.equal(got, torch.full((8,), 2.0))
+
+
+def test_parameters_on_another_device_are_declined():
+    """A gamma on another device than ``x`` reached the compiled CPU kernels,
+    which read its memory by pointer (a GPU's: a segmentation fault; a meta
+    tensor's: gamma read as absent)."""
+    import torch
+
+    from normlab.backends import torch as hooks
+
+    x, elsewhere = _x(2, 5, 8), torch.ones(8, device="meta")
+    calls = {
+        "group_norm": lambda g: hooks.group_norm(x, groups=2, axis=2, gamma=g, beta=None, epsilon=1e-3),
+        "layer_norm": lambda g: hooks.layer_norm(x, axes=[2], gamma=g, beta=None, epsilon=1e-3),
+        "batch_norm_train": lambda g: hooks.batch_norm_train(x, axis=2, gamma=None, beta=g, epsilon=1e-3),
+        "batch_norm_infer": lambda g: hooks.batch_norm_infer(
+            x, axis=2, mean=torch.zeros(8), variance=g, gamma=None, beta=None, epsilon=1e-3),
+    }
+    for name, call in calls.items():
+        assert call(torch.ones(8)) is not None, f"{name}: declined a gamma on x's device"
+        assert call(elsewhere) is None, f"{name}: served a parameter on another device"
+        assert call(keras.Variable(np.ones(8, "float32"), trainable=False)) is not None, f"{name}: declined a variable"
