@@ -10,8 +10,9 @@ cannot take. Three checks keep the ops free of them:
   (every backend, no tensors needed);
 * on torch, a runtime one: a ``TorchDispatchMode`` that records
   ``aten._local_scalar_dense`` (what ``.item()``, ``bool()``, ``float()``
-  and ``int()`` of a tensor dispatch to) and the other ops that return a
-  Python value, plus ``Tensor.numpy``/``tolist``/``__array__``, during an
+  and ``int()`` of a tensor dispatch to), the other ops that return a
+  Python value or a tensor whose size depends on the values (``x[mask]``,
+  ``unique``), plus ``Tensor.numpy``/``tolist``/``__array__``, during an
   eager forward and backward of every layer in :func:`normlab.registry`
   with the fast paths on;
 * the compile tests (``tests/compile``), which trace every layer with
@@ -153,8 +154,12 @@ def _host_read_guard():
 
     aten = torch.ops.aten
     # .item(), bool(), float(), int() of a tensor all end in _local_scalar_dense;
-    # the others return Python values directly.
-    forbidden = {aten._local_scalar_dense, aten.equal, aten.is_nonzero, aten.allclose, aten.is_same_size}
+    # the others return Python values directly, or a tensor whose size depends on
+    # the values (boolean indexing's nonzero, masked_select, unique): on a GPU the
+    # host waits for that size.
+    forbidden = {aten._local_scalar_dense, aten.equal, aten.is_nonzero, aten.allclose, aten.is_same_size,
+                 aten.nonzero, aten.masked_select, aten._unique2, aten.unique_dim, aten.unique_consecutive,
+                 aten.repeat_interleave}
 
     class HostReads(TorchDispatchMode):
         def __init__(self):
@@ -165,7 +170,8 @@ def _host_read_guard():
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.ops.add(func.overloadpacket.__name__)
-            if func.overloadpacket in forbidden:
+            if func.overloadpacket in forbidden or (func.overloadpacket is aten.index and any(
+                    getattr(i, "dtype", None) == torch.bool for i in args[1])):  # x[mask]: a nonzero inside
                 self.reads.append(str(func))
             if func.overloadpacket is aten.lift_fresh:
                 self.copies.append(_normlab_line())
@@ -229,7 +235,8 @@ def test_guard_sees_host_reads_and_the_backward(host_reads_of):
     with host_reads_of() as mode:
         ReadsInBackward.apply(x).sum().backward()
     assert mode.reads == ["aten._local_scalar_dense.default"], mode.reads
-    for read in (lambda t: t.max().item(), lambda t: bool(t.all()), lambda t: t.tolist(), lambda t: np.asarray(t)):
+    for read in (lambda t: t.max().item(), lambda t: bool(t.all()), lambda t: t.tolist(), lambda t: np.asarray(t),
+                 lambda t: t[t > 0], lambda t: torch.unique(t)):
         with host_reads_of() as mode:
             read(torch.ones(2))
         assert mode.reads, "missed a host read"
