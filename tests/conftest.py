@@ -1,6 +1,6 @@
 """Shared test settings: hypothesis profile, the backend in use, inductor's
-cache directory, full float32 precision on GPUs, and a fixture that keeps
-Keras on the CPU."""
+cache directory, full float32 precision on GPUs (torch and JAX), and a
+fixture that keeps Keras on the CPU."""
 
 import hashlib
 import os
@@ -72,15 +72,10 @@ def _full_float32_on_gpus() -> None:
 
         if not torch.cuda.is_available():
             return
-        conv, matmul = getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul
-        if hasattr(conv, "fp32_precision"):  # (the newer settings; mixing them with allow_tf32 is an error)
-            conv.fp32_precision = "ieee"
-        else:
-            torch.backends.cudnn.allow_tf32 = False
-        if hasattr(matmul, "fp32_precision"):
-            matmul.fp32_precision = "ieee"
-        else:
-            matmul.allow_tf32 = False
+        # (The older settings: after the newer fp32_precision ones, reading
+        # allow_tf32, as inductor's convolution templates do, raises.)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     elif BACKEND == "jax":
         import jax
 
