@@ -9,10 +9,10 @@ from keras import constraints, initializers, regularizers
 
 from normlab import ops
 from normlab.layers.base import Normalization, check_training, keras_object
+from normlab.ops.arith import at_least
 from normlab.ops.axes import is_traced_int
 from normlab.ops.evo_norm import EVO_NORM_EPSILON_REASON
 from normlab.ops.moments import size_as
-from normlab.ops.normalize import at_least
 from normlab.ops.validate import (
     check_bool,
     check_epsilon,

@@ -8,9 +8,10 @@ from typing import Literal, overload
 from keras import ops
 
 from normlab import backends
+from normlab.ops.arith import at_least, at_most
 from normlab.ops.axes import channel_axis, complement, dims, feature_param, float_tensor, known_dims, the_channel_axis
 from normlab.ops.moments import finite_padding, mask_weight, note_count, shifted_moments, size_as, stats_dtype
-from normlab.ops.normalize import at_least, at_most, normalize
+from normlab.ops.normalize import normalize
 from normlab.ops.validate import (
     check_bools,
     check_epsilon,

@@ -6,9 +6,10 @@ from typing import Literal, overload
 
 from keras import ops
 
+from normlab.ops.arith import maximum
 from normlab.ops.axes import channel_axis, complement, feature_param, float_tensor, grouped_dims, per_channel
 from normlab.ops.moments import moments, stats_dtype
-from normlab.ops.normalize import maximum, normalize
+from normlab.ops.normalize import normalize
 from normlab.ops.validate import (
     check_bools,
     check_epsilon,

@@ -6,6 +6,7 @@ from typing import Sequence
 
 from keras import ops
 
+from normlab.ops.arith import maximum
 from normlab.ops.axes import (
     canonicalize_axes,
     channel_axis,
@@ -16,7 +17,7 @@ from normlab.ops.axes import (
     the_channel_axis,
 )
 from normlab.ops.moments import mean_square, stats_dtype
-from normlab.ops.normalize import maximum, normalize
+from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_param, error_message
 from normlab.types import Axis, Shape, Tensor
 

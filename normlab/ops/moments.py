@@ -40,6 +40,7 @@ import keras
 from keras import ops
 from keras.backend import standardize_dtype
 
+from normlab.ops.arith import at_least
 from normlab.ops.axes import (
     canonicalize_axes,
     dims,
@@ -261,7 +262,7 @@ def _cross_replica_moments(
     # quotient is the shift.
     first, count = ops.unstack(replica_sum(ops.stack([ops.broadcast_to(r, ops.shape(first)) for r in (first, count)])))
     note_count(replica_sum, ops.stop_gradient(count))
-    count = ops.stop_gradient(ops.maximum(count, scalar(1.0, count.dtype)))
+    count = ops.stop_gradient(at_least(count, 1.0))
     shift = ops.stop_gradient(first / count)
     # Pass 2: residual sums about the shared shift, one all-reduce (with gradient).
     residual = x - shift
@@ -322,7 +323,7 @@ def shifted_moments(
     kept = _spread_over(mask, x, axes)  # broadcast against x in each use: no full-size copy of a small mask
     weight = ops.cast(kept, dtype)
     count = total(weight, axes)
-    count = ops.maximum(count, scalar(1.0, count.dtype))  # an all-padding slice: mean 0, variance 0
+    count = at_least(count, 1.0)  # an all-padding slice: mean 0, variance 0
     shift = first_kept(ops.stop_gradient(x), kept, axes)  # a constant: nothing recorded for autodiff
     residual = ops.where(kept, x, shift) - shift
     mean = total(residual, axes) / count

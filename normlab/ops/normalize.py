@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 
-import keras
 from keras import ops
 
 from normlab import backends
@@ -12,41 +11,6 @@ from normlab.ops.axes import float_tensor, python_number, scalar
 from normlab.ops.moments import stats_dtype
 from normlab.ops.validate import check_epsilon, error_message
 from normlab.types import Tensor
-
-
-def at_least(x: Tensor, floor: float) -> Tensor:
-    """``maximum(x, floor)`` for a tensor and a Python number, in the tensor's dtype.
-
-    The number is made a tensor first: ``torch.compile(dynamic=True)`` traces
-    a float argument as a ``SymFloat``, which Keras' ``ops.maximum`` cannot
-    take (it asks the number for a ``dtype``, a graph break).
-    """
-    return maximum(x, scalar(floor, x.dtype))
-
-
-def at_most(x: Tensor, ceiling: float) -> Tensor:
-    """``minimum(x, ceiling)`` for a tensor and a Python number (see :func:`at_least`)."""
-    return minimum(x, scalar(ceiling, x.dtype))
-
-
-def maximum(a: Tensor, b: Tensor) -> Tensor:
-    """``ops.maximum`` of two tensors of one dtype, in that dtype: Keras'
-    torch backend computes it in float32 for float64 tensors (its type
-    promotion reads torch's dtypes as unknown)."""
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return torch.maximum(a, b)
-    return ops.maximum(a, b)
-
-
-def minimum(a: Tensor, b: Tensor) -> Tensor:
-    """``ops.minimum`` of two tensors of one dtype, in that dtype (see :func:`maximum`)."""
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return torch.minimum(a, b)
-    return ops.minimum(a, b)
 
 
 def inverse_std(variance: Tensor, epsilon: float) -> Tensor:

@@ -27,9 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 from keras import ops
 
+from normlab.ops.arith import at_least
 from normlab.ops.axes import canonicalize_axes, float_tensor
 from normlab.ops.moments import moments, stats_dtype
-from normlab.ops.normalize import at_least, normalize
+from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, error_message
 from normlab.types import Axis, Tensor
 

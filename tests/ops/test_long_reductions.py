@@ -165,3 +165,23 @@ def test_batch_norm_with_a_far_first_element(outlier, compiled):
     call = _compiled(layer) if compiled else (lambda t: layer(t, training=True))
     y = ops.convert_to_numpy(call(x))
     np.testing.assert_allclose(y[1:], _normalized(x, (0, 1, 2), 1e-3)[1:], atol=1e-5)
+
+
+@pytest.mark.parametrize("synchronized", [False, True], ids=["masked", "synchronized"])
+def test_float64_counts_beyond_float32_integers(synchronized):
+    """A count of 2**24 + 1 kept positions stays exact in float64 (Keras'
+    ``ops.maximum`` on torch computed it in float32: 2**24, so the mean of one
+    1 among zeros came out 0). JAX keeps float64 only under x64."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            pytest.skip("JAX computes float64 data in float32 without jax_enable_x64")
+    n = 2**24 + 1
+    x = np.zeros((1, n), "float64")
+    x[0, 0] = 1.0
+    kwargs = {"replica_sum": lambda t: t} if synchronized else {"mask": np.ones((1, n), bool)}
+    mean, variance = normlab.ops.moments(x, axes=[1], **kwargs)
+    assert ops.convert_to_numpy(mean).dtype == np.float64
+    np.testing.assert_allclose(ops.convert_to_numpy(mean).ravel(), [1.0 / n], rtol=1e-12)
+    np.testing.assert_allclose(ops.convert_to_numpy(variance).ravel(), [(n - 1) / n**2], rtol=1e-12)

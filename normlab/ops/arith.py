@@ -1,0 +1,50 @@
+"""Elementwise arithmetic that keeps the operands' dtype on every backend.
+
+Keras' torch backend computes ``ops.maximum`` and ``ops.minimum`` of two
+float64 tensors in float32 (its type promotion reads torch's dtypes as
+unknown): a count of 2**24 + 1 comes back as 2**24. Every op of normlab
+that clamps a tensor takes these instead.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from normlab.ops.axes import scalar
+from normlab.types import Tensor
+
+
+def at_least(x: Tensor, floor: float) -> Tensor:
+    """``maximum(x, floor)`` for a tensor and a Python number, in the tensor's dtype.
+
+    The number is made a tensor first: ``torch.compile(dynamic=True)`` traces
+    a float argument as a ``SymFloat``, which Keras' ``ops.maximum`` cannot
+    take (it asks the number for a ``dtype``, a graph break).
+    """
+    return maximum(x, scalar(floor, x.dtype))
+
+
+def at_most(x: Tensor, ceiling: float) -> Tensor:
+    """``minimum(x, ceiling)`` for a tensor and a Python number (see :func:`at_least`)."""
+    return minimum(x, scalar(ceiling, x.dtype))
+
+
+def maximum(a: Tensor, b: Tensor) -> Tensor:
+    """``ops.maximum`` of two tensors of one dtype, in that dtype: Keras'
+    torch backend computes it in float32 for float64 tensors (its type
+    promotion reads torch's dtypes as unknown)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.maximum(a, b)
+    return ops.maximum(a, b)
+
+
+def minimum(a: Tensor, b: Tensor) -> Tensor:
+    """``ops.minimum`` of two tensors of one dtype, in that dtype (see :func:`maximum`)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.minimum(a, b)
+    return ops.minimum(a, b)
