@@ -41,7 +41,7 @@ def floor_axes(kind):
     averages) reads no statistics of ``x``: its floor is ``x * s`` forward
     (``s`` a per-channel vector), plus ``dy * sum(dy, axes)`` for
     forward+backward (the parameters' gradients are per-channel sums)."""
-    return {"group": (1, 2), "instance": (1, 2), "layer": (-1,), "batch": (0, 1, 2),
+    return {"group": (1, 2), "instance": (1, 2), "layer": (-1,), "rms": (-1,), "batch": (0, 1, 2),
             "batch_infer": (0, 1, 2)}[kind]
 
 
@@ -58,6 +58,7 @@ def make_layer(source, kind, keras, normlab):
             "group": lambda: keras.layers.GroupNormalization(groups=32),
             "instance": lambda: keras.layers.GroupNormalization(groups=-1),
             "layer": lambda: keras.layers.LayerNormalization(axis=-1),
+            "rms": lambda: keras.layers.RMSNormalization(axis=-1),
             "batch": lambda: keras.layers.BatchNormalization(),
             "batch_infer": lambda: keras.layers.BatchNormalization(),
         }
@@ -66,6 +67,7 @@ def make_layer(source, kind, keras, normlab):
             "group": lambda: normlab.GroupNormalization(groups=32),
             "instance": lambda: normlab.InstanceNormalization(),
             "layer": lambda: normlab.LayerNormalization(axis=-1),
+            "rms": lambda: normlab.RMSNormalization(axis=-1),
             "batch": lambda: normlab.BatchNormalization(),
             "batch_infer": lambda: normlab.BatchNormalization(),
         }
@@ -135,6 +137,13 @@ class Torch:
                 return F.layer_norm(t, (c,), gamma, beta, 1e-3)
 
             name = "F.layer_norm"
+        elif kind == "rms":  # a scale only, as the layers
+            x, dy, beta = torch.from_numpy(x_np), torch.from_numpy(dy_np), None
+
+            def op(t):
+                return F.rms_norm(t, (c,), gamma, 1e-6)
+
+            name = "F.rms_norm"
         elif kind in ("batch", "batch_infer"):
             # The channels-last data viewed (not copied) as torch.channels_last.
             x = torch.from_numpy(x_np).permute(0, 3, 1, 2)
@@ -163,7 +172,7 @@ class Torch:
                 return op(x)
 
         def fwd_bwd():
-            return torch.autograd.grad(op(xg), [xg, gamma, beta], dy)
+            return torch.autograd.grad(op(xg), [t for t in (xg, gamma, beta) if t is not None], dy)
 
         return name, Call(fwd), Call(fwd_bwd)
 
@@ -240,6 +249,14 @@ class Jax:
             forward = jax.jit(infer)
             forward_backward = jax.jit(lambda x, g, b, dy: jax.vjp(infer, x, g, b)[1](dy))
             return ("(x - mean) * (rsqrt(var + eps) * gamma) + beta",
+                    self._call(forward, x, gamma, beta), self._call(forward_backward, x, gamma, beta, dy))
+        if kind == "rms":
+            def rms(x, gamma, beta):  # a scale only, as the layers
+                return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6) * gamma
+
+            forward = jax.jit(rms)
+            forward_backward = jax.jit(lambda x, g, b, dy: jax.vjp(rms, x, g, b)[1](dy))
+            return ("x * rsqrt(mean(x^2) + eps) * gamma",
                     self._call(forward, x, gamma, beta), self._call(forward_backward, x, gamma, beta, dy))
         if kind == "layer":
             axes, shape = (-1,), x.shape
@@ -334,6 +351,11 @@ class TensorFlow:
                 return y
 
             name = "tf.nn.fused_batch_norm, inference (NHWC kernel)"
+        elif kind == "rms":
+            def op(x):  # a scale only, as the layers
+                return x * tf.math.rsqrt(tf.reduce_mean(x * x, axis=-1, keepdims=True) + 1e-6) * gamma
+
+            name = "x * rsqrt(mean(x^2) + eps) * gamma"
         else:
             if kind == "layer":
                 axes, shape = [-1], x.shape

@@ -17,7 +17,8 @@ feature size):
   (``gamma``/``beta`` have the shape of ``x`` at ``axes``)
 * ``rms_norm(x, *, axes, gamma, beta, epsilon) -> y | None``
   (``y = x * rsqrt(mean(x^2 over axes) + epsilon) * gamma + beta``; the
-  torch hook serves CUDA tensors only, with Triton)
+  torch hook serves trailing axes, with Triton on CUDA and the compiled
+  kernels on the CPU; JAX and TensorFlow have none)
 * ``batch_norm_train(x, *, axis, gamma, beta, epsilon) -> (y, mean, variance) | None``
   (``mean``/``variance`` of shape ``(C,)``, biased variance, float32 at least)
 * ``batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon) -> y | None``

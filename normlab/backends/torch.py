@@ -4,7 +4,7 @@ with no decision on the host.
 
 On the CPU, float32, bfloat16 and float16 group, instance and batch norm
 (channels-last and channels-first; batch norm in training and with given
-statistics) and layer norm over trailing axes run
+statistics) and layer and RMS norm over trailing axes run
 normlab's compiled kernels (:mod:`normlab.backends.torch_cpu`,
 :mod:`normlab.backends.cpu`), which subtract the shift as they read the
 data: two reads each way, as ATen's kernels, and no centered copy (half
@@ -255,10 +255,9 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
     y = _triton("layer_norm", x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)
     if y is not None:
         return y
-    k = len(axes)
-    if list(axes) != list(range(x.ndim - k, x.ndim)):
+    shape = _trailing(x, axes)
+    if shape is None:
         return None  # only trailing axes are rows of ATen's kernel
-    shape = tuple(x.shape[x.ndim - k:])
     width = math.prod(shape)
     compute = _compute_dtype(x.dtype)
     rows = x.view(-1, width)
@@ -272,15 +271,30 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
     return _downcast(y, x)
 
 
+def _trailing(x, axes):
+    """The shape of ``x`` at ``axes`` where they are its trailing axes (rows
+    of a contiguous tensor), else None."""
+    k = len(axes)
+    return tuple(x.shape[x.ndim - k:]) if list(axes) == list(range(x.ndim - k, x.ndim)) else None
+
+
 # --------------------------------------------------------------------------
-# RMS norm over trailing axes: Triton on CUDA only (on the CPU the general
-# path's two reductions are as fast as anything ATen offers).
+# RMS norm over trailing axes: Triton on CUDA, the compiled kernels' rows
+# uncentered on the CPU (one read forward, two backward); the general path
+# elsewhere (float64, no compiler: its two reductions are as fast as
+# anything ATen offers).
 
 
 def rms_norm(x, *, axes, gamma, beta, epsilon):
     if not _usable(x, gamma, beta):
         return None
-    return _triton("rms_norm", x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)
+    y = _triton("rms_norm", x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)
+    shape = _trailing(x, axes)
+    if y is not None or shape is None or not torch_cpu.served(x):
+        return y
+    gamma, beta = _param(gamma, torch.float32, x.device), _param(beta, torch.float32, x.device)
+    rows = x.view(-1, math.prod(shape))
+    return torch_cpu.rows(rows, None, gamma, beta, epsilon, centered=False)[0].view(x.shape)
 
 
 # --------------------------------------------------------------------------

@@ -2,12 +2,13 @@
 (:mod:`normlab.backends.cpu`): float32, bfloat16 and float16 CPU tensors
 (statistics, parameters and their gradients in float32), group and instance
 norm (channels-last and channels-first), batch norm (both layouts) and
-layer norm over trailing axes, forward and backward in two reads of the
+layer and RMS norm over trailing axes, forward and backward in two reads of the
 data each, with the hook's shift folded into the reads (no centered copy;
 see :mod:`normlab.backends.policy`).
 
 Channels-last group, instance and batch norm run as :class:`Slices`
 (``(N, S, C)``, batch norm as one sample of all positions); layer norm,
+RMS norm (uncentered),
 group norm of ``(N, C)`` data and channels-first group and instance norm
 as :class:`Rows`; channels-first batch norm as :class:`Planes`.
 The hooks ask :func:`served` first: where the kernels are unavailable (no
@@ -76,12 +77,15 @@ class Rows(NamedTuple):
     of each of ``g`` consecutive rows: layer norm (``g = p = 1``), group
     norm of ``(N, C)`` data (``N * g`` rows of ``C // g``, ``p = 1``), group
     and instance norm of channels-first ``(N, C, S)`` data (``N * g`` rows of
-    ``C // g`` channels, ``p = S``). The shift is ``(r,)``."""
+    ``C // g`` channels, ``p = S``). The shift is ``(r,)``. Uncentered
+    (``centered = 0``: RMS norm over trailing axes) there is no shift and
+    no mean: the variance is the mean square."""
 
     r: int
     w: int
     g: int = 1
     p: int = 1
+    centered: int = 1
 
     @property
     def channels(self) -> int:
@@ -140,14 +144,16 @@ def slices(x3, shift, gamma, beta, groups, epsilon):
     return KernelNorm.apply(x3, shift.contiguous(), gamma, beta, Slices(n, s, c, groups), epsilon)
 
 
-def rows(x2, shift, gamma, beta, epsilon, groups=1, positions=1):
+def rows(x2, shift, gamma, beta, epsilon, groups=1, positions=1, centered=True):
     """``(y2, mean, variance)`` of ``x2`` ``(R, W)`` per row (``mean`` that of
     ``x2 - shift``, both ``(R,)``), rows of channels of ``positions`` values
     whose parameters repeat every ``groups`` rows (see :class:`Rows`), for
-    ``x2`` :func:`served`."""
+    ``x2`` :func:`served`. Not ``centered`` (``shift`` None): RMS norm, the
+    variance being the mean square and the mean 0."""
     r, w = x2.shape
-    layout = Rows(r, w, groups, positions)
-    return KernelNorm.apply(x2, shift.reshape(r).contiguous(), gamma, beta, layout, epsilon)
+    layout = Rows(r, w, groups, positions, int(centered))
+    shift = None if shift is None else shift.reshape(r).contiguous()
+    return KernelNorm.apply(x2, shift, gamma, beta, layout, epsilon)
 
 
 def planes(x3, shift, gamma, beta, epsilon):
@@ -267,8 +273,13 @@ def _composite(x, shift, gamma, beta, layout, epsilon):
         flat = (None if p is None else p.reshape(-1) for p in (gamma, beta))
         y = group_norm_composite(xc3, True, c, *flat, epsilon)
         return y.view(n, s, c).transpose(1, 2).reshape(x.shape)
+    elif not layout.centered:  # RMS norm of rows, in float32
+        xf = x.float()
+        y = xf * torch.rsqrt((xf * xf).mean(1, keepdim=True) + epsilon)
+        y = y if gamma is None else y * gamma.reshape(-1)
+        return y if beta is None else y + beta.reshape(-1)
     else:  # a sample's rows side by side, channels-first: (r // g, channels, p)
-        r, _, groups, positions = layout
+        r, _, groups, positions, _ = layout
         xc3 = (x - shift.view(r, 1)).reshape(r // groups, layout.channels, positions)
         channels_last = False
     flat = (None if p is None else p.reshape(-1) for p in (gamma, beta))

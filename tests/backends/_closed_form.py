@@ -1,13 +1,14 @@
 """Float64 NumPy forward and vector-Jacobian products of the three
-normalizations, written from the formulas (not from any backend), for the
-fast-path parity tests.
+normalizations, and of RMS norm, written from the formulas (not from any
+backend), for the fast-path parity tests.
 
 Every normalization here is ``y = (x - mean) * rstd * gamma + beta`` with
 statistics over the elements of a slice; its gradient for a cotangent
 ``dy`` is, with ``g = dy * gamma`` and ``xhat = (x - mean) * rstd``,
 ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` over each slice,
 ``dgamma = sum(dy * xhat)`` and ``dbeta = sum(dy)`` over everything but the
-parameter's own axes.
+parameter's own axes. RMS norm is the same without centering: ``mean = 0``,
+the variance the mean square, and no ``mean(g)`` term in ``dx``.
 """
 
 from __future__ import annotations
@@ -60,14 +61,14 @@ def normalize_and_vjp(x, dy, op, axis, *, groups=None, gamma=None, beta=None, ep
     Args:
         x, dy: arrays of the same shape (any float dtype; used as float64).
         op: ``"group"`` (``axis`` the channel axis, ``groups`` resolved),
-            ``"batch"`` (``axis`` the channel axis) or ``"layer"`` (``axis``
-            a list of feature axes).
+            ``"batch"`` (``axis`` the channel axis), ``"layer"`` or ``"rms"``
+            (``axis`` a list of feature axes).
         gamma, beta: None or arrays of the parameter shape.
     """
     x = np.asarray(x, np.float64)
     rows, red, pview, psum, restore = _slices(x, op, axis, groups)
     d_rows = _slices(np.asarray(dy, np.float64), op, axis, groups)[0]
-    mean = rows.mean(red, keepdims=True)
+    mean = np.zeros_like(rows[..., :1]) if op == "rms" else rows.mean(red, keepdims=True)
     var = ((rows - mean) ** 2).mean(red, keepdims=True)
     rstd = 1.0 / np.sqrt(var + epsilon)
     xhat = (rows - mean) * rstd
@@ -75,7 +76,8 @@ def normalize_and_vjp(x, dy, op, axis, *, groups=None, gamma=None, beta=None, ep
     b_param = np.zeros(pview) if beta is None else np.asarray(beta, np.float64).reshape(pview)
     y = xhat * g_param + b_param
     g = d_rows * g_param
-    dx = rstd * (g - g.mean(red, keepdims=True) - xhat * (g * xhat).mean(red, keepdims=True))
+    centering = 0.0 if op == "rms" else g.mean(red, keepdims=True)
+    dx = rstd * (g - centering - xhat * (g * xhat).mean(red, keepdims=True))
     pshape = None if gamma is None and beta is None else np.shape(gamma if gamma is not None else beta)
     dgamma = (d_rows * xhat).sum(psum).reshape(pshape) if gamma is not None else None
     dbeta = d_rows.sum(psum).reshape(pshape) if beta is not None else None

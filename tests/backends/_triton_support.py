@@ -77,30 +77,6 @@ def params(shape, device="cpu", seed=1):
     return gamma, beta
 
 
-def rms_norm_and_vjp(x, dy, width_axes, gamma=None, beta=None, epsilon=1e-6):
-    """Float64 ``y``, ``dx``, ``dgamma``, ``dbeta`` of RMS norm over trailing
-    axes, from the formula ``y = x * rstd * gamma + beta``, ``rstd =
-    1 / sqrt(mean(x^2) + epsilon)``: with ``xhat = x * rstd`` and ``g = dy * gamma``,
-    ``dx = rstd * (g - xhat * mean(g * xhat))``."""
-    x = np.asarray(x, np.float64)
-    dy = np.asarray(dy, np.float64)
-    k = len(width_axes)
-    rows, d_rows = x.reshape(-1, int(np.prod(x.shape[-k:]))), dy.reshape(-1, int(np.prod(x.shape[-k:])))
-    rstd = 1.0 / np.sqrt((rows ** 2).mean(1, keepdims=True) + epsilon)
-    xhat = rows * rstd
-    g_param = np.ones(rows.shape[1]) if gamma is None else np.asarray(gamma, np.float64).reshape(-1)
-    b_param = np.zeros(rows.shape[1]) if beta is None else np.asarray(beta, np.float64).reshape(-1)
-    g = d_rows * g_param
-    dx = rstd * (g - xhat * (g * xhat).mean(1, keepdims=True))
-    pshape = x.shape[-k:]
-    return {
-        "y": (xhat * g_param + b_param).reshape(x.shape),
-        "dx": dx.reshape(x.shape),
-        "dgamma": (d_rows * xhat).sum(0).reshape(pshape),
-        "dbeta": d_rows.sum(0).reshape(pshape),
-    }
-
-
 def relative_error(got, want) -> float:
     """``max |got - want| / max |want|`` in float64."""
     got = got.detach().double().cpu().numpy() if hasattr(got, "detach") else np.asarray(got, np.float64)

@@ -31,7 +31,7 @@ needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") i
 
 #: The float32 cases of test_fast_paths the kernels serve.
 SERVED = ["gn-nhwc", "gn-nchw", "in-nhwc", "in-nhwc-large", "in-nchw", "gn-rank2", "gn-rank5", "ln-last",
-          "ln-last2", "bn-nhwc", "bn-nhwc-c6", "bn-rank2", "bn-nchw"]
+          "ln-last2", "bn-nhwc", "bn-nhwc-c6", "bn-rank2", "bn-nchw", "rms-last", "rms-last2"]
 
 #: More shapes: a batch of 8 or more runs one task per sample (fused), fewer
 #: samples split each into chunks of positions; odd sizes everywhere.
@@ -42,6 +42,9 @@ EXTRA = {
     "bn-split": ("batch", (5, 29, 31, 3), 3, None),
     "ln-odd": ("layer", (7, 1037), [1], None),
     "ln-long-rows": ("layer", (3, 5000), [1], None),
+    # RMS norm: the same rows, uncentered.
+    "rms-odd": ("rms", (7, 1037), [1], None),
+    "rms-long-rows": ("rms", (3, 5000), [1], None),
     # (N, C) group norm: rows of C // groups channels, the parameters repeating every `groups` rows.
     "gn-features": ("group", (70, 24), 1, 4),
     # Channels-first: rows of a group's channels, each a run of positions.
@@ -151,21 +154,22 @@ def test_half_precision_writes_round_as_torch(dtype, layout):
 
 @needs_compiler
 @pytest.mark.parametrize("case", ["gn-nhwc", "gn-split", "gn-cf", "in-nhwc", "ln-last", "bn-nhwc", "bn-split",
-                                  "bn-cf"])
+                                  "bn-cf", "rms-last"])
 @pytest.mark.parametrize("outlier", [1e3, -1e5])
 def test_parity_with_an_outlier_first(kernel_calls, case, outlier):
     _check(case, "float32", 1e4, outlier=outlier)
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-cf", "ln-odd", "bn-split", "bn-cf"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-cf", "ln-odd", "bn-split", "bn-cf", "rms-odd"])
 def test_parity_without_affine(kernel_calls, case):
     _check(case, "float32", 1e4, affine=False)
     assert kernel_calls == ["_forward", "_backward"]
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "gn-cf", "ln-odd", "bn-split", "bn-cf"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "gn-cf", "ln-odd", "bn-split", "bn-cf",
+                                  "rms-odd"])
 @pytest.mark.parametrize("wanted", ["x", "params", "gamma"])
 def test_gradient_subsets(kernel_calls, case, wanted):
     """Only the input's, only the parameters', or only gamma's gradient
@@ -193,7 +197,8 @@ def test_gradient_subsets(kernel_calls, case, wanted):
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "gn-cf", "ln-odd", "bn-split", "bn-cf"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "gn-cf", "ln-odd", "bn-split", "bn-cf",
+                                  "rms-odd"])
 @pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("bfloat16", 3e-2)])
 def test_double_backward_matches_the_general_path(kernel_calls, case, dtype, tol):
     """A gradient penalty through the kernels' backward (in plain ops, in
@@ -223,7 +228,7 @@ def test_double_backward_matches_the_general_path(kernel_calls, case, dtype, tol
 
 @needs_compiler
 @pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "in-cf", "ln-long-rows", "bn-split",
-                                  "bn-cf"])
+                                  "bn-cf", "rms-long-rows"])
 def test_results_do_not_depend_on_the_thread_count(kernel_calls, case):
     """Bit for bit: the split into tasks is a function of the shape only."""
     import torch

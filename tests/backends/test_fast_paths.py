@@ -47,6 +47,9 @@ CASES = {
     "ln-last2": ("layer", (2, 3, 4, 10), [2, 3], None),
     "ln-first": ("layer", (3, 7, 16), [1], None),
     "ln-split": ("layer", (2, 4, 5, 6), [1, 3], None),
+    "rms-last": ("rms", (3, 7, 16), [2], None),
+    "rms-last2": ("rms", (2, 3, 4, 10), [2, 3], None),
+    "rms-first": ("rms", (3, 7, 16), [1], None),
     "bn-nhwc": ("batch", (4, 5, 3, 8), 3, None),
     "bn-nhwc-c6": ("batch", (4, 5, 3, 6), 3, None),
     "bn-nchw": ("batch", (4, 6, 5, 3), 1, None),
@@ -55,13 +58,14 @@ CASES = {
 }
 
 # The torch hooks serve channels-first and channels-last layouts and layer
-# norm over trailing axes (channels-last batch norm with a channel count that
+# and RMS norm over trailing axes (channels-last batch norm with a channel count that
 # is not a multiple of 8 by composite ops: ATen's kernel is scalar there);
-# everything else goes to the general path.
+# everything else goes to the general path. JAX and TensorFlow have no RMS
+# norm hook (XLA fuses its two reductions).
 DECLINED = {
-    "torch": {"gn-middle", "ln-first", "ln-split", "bn-middle"},
-    "jax": set(),
-    "tensorflow": set(),
+    "torch": {"gn-middle", "ln-first", "ln-split", "bn-middle", "rms-first"},
+    "jax": {"rms-last", "rms-last2", "rms-first"},
+    "tensorflow": {"rms-last", "rms-last2", "rms-first"},
 }.get(BACKEND, set())
 
 TOLERANCE = {"float64": 1e-9, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
@@ -94,14 +98,14 @@ MODES = {"jax": ["jit", "eager"], "tensorflow": ["eager", "function", "xla"], "t
 
 
 def _param_shape(op, shape, axis):
-    return tuple(shape[a] for a in axis) if op == "layer" else (shape[axis],)
+    return tuple(shape[a] for a in axis) if op in ("layer", "rms") else (shape[axis],)
 
 
 def _first_of_each_slice(op, shape, axis):
     """The index of the first element of every slice the op normalizes
     (every channel's, for group norm: a whole position), the element the
     general path and the JAX/TensorFlow hooks shift by."""
-    if op == "layer":
+    if op in ("layer", "rms"):
         return tuple(0 if i in axis else slice(None) for i in range(len(shape)))
     keep = (0, axis) if op == "group" else (axis,)
     return tuple(slice(None) if i in keep else 0 for i in range(len(shape)))
@@ -140,6 +144,8 @@ def _apply(case, x, gamma, beta):
         return nops.group_norm(x, groups, axis, gamma=gamma, beta=beta, epsilon=EPSILON), None
     if op == "layer":
         return nops.layer_norm(x, axis, gamma=gamma, beta=beta, epsilon=EPSILON), None
+    if op == "rms":
+        return nops.rms_norm(x, axis, gamma=gamma, beta=beta, epsilon=EPSILON), None
     y, mean, variance = nops.batch_norm(
         x, axis=axis, gamma=gamma, beta=beta, epsilon=EPSILON, training=True, return_stats=True
     )
@@ -282,6 +288,9 @@ def _hook_call(case, x, gamma, beta):
         return HOOKS.group_norm(x, groups=groups, axis=axis, gamma=gamma, beta=beta, epsilon=EPSILON)
     if op == "layer":
         return HOOKS.layer_norm(x, axes=axis, gamma=gamma, beta=beta, epsilon=EPSILON)
+    if op == "rms":
+        hook = getattr(HOOKS, "rms_norm", None)
+        return None if hook is None else hook(x, axes=axis, gamma=gamma, beta=beta, epsilon=EPSILON)
     return HOOKS.batch_norm_train(x, axis=axis, gamma=gamma, beta=beta, epsilon=EPSILON)
 
 
@@ -316,13 +325,13 @@ def test_far_outlier_first_in_every_slice(case, offset):
 
 
 @pytest.mark.parametrize("case", ["gn-nhwc", "in-nchw", "ln-last", "bn-nhwc", "bn-nchw", "ln-split",
-                                  "bn-nhwc-c6"])
+                                  "bn-nhwc-c6", "rms-last"])
 def test_without_gamma_and_beta(case):
     _check(case, "float32", 1e4, affine=False, mode=MODES[0])
 
 
 @pytest.mark.parametrize("affine", ["gamma", "beta"])
-@pytest.mark.parametrize("case", ["gn-nhwc", "gn-nchw", "in-nchw", "ln-last", "bn-nhwc", "bn-nchw"])
+@pytest.mark.parametrize("case", ["gn-nhwc", "gn-nchw", "in-nchw", "ln-last", "bn-nhwc", "bn-nchw", "rms-last"])
 def test_with_one_parameter(case, affine):
     _check(case, "float32", 1e4, affine=affine, mode=MODES[0])
 
@@ -330,7 +339,7 @@ def test_with_one_parameter(case, affine):
 @pytest.mark.parametrize("dtype,offset", [("float16", 0.0), ("float16", 500.0), ("bfloat16", 0.0),
                                           ("bfloat16", 50.0), ("float64", 1e6)])
 @pytest.mark.parametrize("case", ["gn-nhwc", "in-nchw", "in-nhwc", "in-nhwc-large", "ln-last", "bn-nhwc",
-                                  "bn-nhwc-c6"])
+                                  "bn-nhwc-c6", "rms-last"])
 def test_other_dtypes(case, dtype, offset):
     _check(case, dtype, offset, mode=MODES[0])
     x = _tensor(_inputs(case, offset)[0], dtype)
@@ -341,7 +350,7 @@ def test_other_dtypes(case, dtype, offset):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", ["gn-nhwc", "in-nchw", "ln-last2", "bn-nhwc"])
+@pytest.mark.parametrize("case", ["gn-nhwc", "in-nchw", "ln-last2", "bn-nhwc", "rms-last2"])
 def test_every_mode(case, mode):
     if mode == "eager" and BACKEND == "jax" and case not in ("gn-nhwc", "ln-last2"):
         pytest.skip("eager JAX compiles each primitive per shape: two cases suffice")

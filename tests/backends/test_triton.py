@@ -203,7 +203,7 @@ def _rows(case, variant, center, *, outlier=False, affine=(True, True), rms_offs
         want = normalize_and_vjp(x64, dy64, "layer", axes, gamma=g, beta=b, epsilon=EPSILON)
     else:
         want_y = reference.rms_norm(x64, axes, g, b, EPSILON)
-        want = support.rms_norm_and_vjp(x64, dy64, axes, g, b, EPSILON)
+        want = normalize_and_vjp(x64, dy64, "rms", axes, gamma=g, beta=b, epsilon=EPSILON)
     _check(dtype, y, grads, want_y, want)
 
 
@@ -399,7 +399,7 @@ def _cuda_case(hook, shape, dtype, **kwargs):
     elif hook is nt.layer_norm:
         want = normalize_and_vjp(x64, dy64, "layer", kwargs["axes"], gamma=g, beta=b, epsilon=EPSILON)
     else:
-        want = support.rms_norm_and_vjp(x64, dy64, kwargs["axes"], g, b, EPSILON)
+        want = normalize_and_vjp(x64, dy64, "rms", kwargs["axes"], gamma=g, beta=b, epsilon=EPSILON)
     _check(str(dtype).removeprefix("torch."), y, grads, want["y"], want)
 
 

@@ -1,5 +1,5 @@
 """normlab's compiled CPU kernels (``slices.c``, ``rows.c``, ``affine.c``,
-``common.h``): group, instance, layer and batch norm of float32, bfloat16
+``common.h``): group, instance, layer, RMS and batch norm of float32, bfloat16
 and float16 data (statistics and arithmetic in float32), forward and
 backward, batch norm with given statistics (inference) included, with
 the fast paths' shift folded into their reads, so that they are exact at
@@ -72,10 +72,10 @@ _SIGNATURES = {
     "nl_slices_forward": [_PTR] * 8 + [_I64] * 5 + [_F64] + [_PTR] * 3 + [_I64],
     # dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta, n, s, c, g, chunks, part, scratch, coef, acc, threads
     "nl_slices_backward": [_PTR] * 9 + [_I64] * 5 + [_PTR] * 4 + [_I64],
-    # x, shift, gamma, beta, y, mean, var, rstd, r, w, g, p, chunks, eps, threads
-    "nl_rows_forward": [_PTR] * 8 + [_I64] * 5 + [_F64, _I64],
-    # dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta, r, w, g, p, chunks, part, scratch, threads
-    "nl_rows_backward": [_PTR] * 9 + [_I64] * 5 + [_PTR] * 2 + [_I64],
+    # x, shift, gamma, beta, y, mean, var, rstd, r, w, g, p, centered, chunks, eps, threads
+    "nl_rows_forward": [_PTR] * 8 + [_I64] * 6 + [_F64, _I64],
+    # dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta, r, w, g, p, centered, chunks, part, scratch, threads
+    "nl_rows_backward": [_PTR] * 9 + [_I64] * 6 + [_PTR] * 2 + [_I64],
     # x, shift, gamma, beta, y, mean, var, rstd, n, c, s, chunks, eps, threads
     "nl_planes_forward": [_PTR] * 8 + [_I64] * 4 + [_F64, _I64],
     # dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta, n, c, s, chunks, threads

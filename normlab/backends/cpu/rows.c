@@ -9,14 +9,19 @@
  * each of G consecutive rows: layer norm over trailing axes (G = P = 1),
  * group norm of (N, C) data (rows of C / G channels, G per sample, P = 1),
  * group and instance norm of channels-first (N, C, S) data (rows of C / G
- * channels of P = S positions). A task per chunk of rows. */
+ * channels of P = S positions). A task per chunk of rows.
+ *
+ * Uncentered (centered = 0, RMS norm): no shift (NULL) and no mean, the
+ * "variance" is the mean square, y = x * rstd * gamma + beta, and the
+ * input gradient drops the mean of g = dy * gamma:
+ * dx = rstd * (g - xhat * mean(g * xhat)). */
 
 struct rows {
     const elem *x, *dy;
     const float *shift, *gamma, *beta; /* shift: (R,); gamma, beta: (G * W,) */
     elem *y, *dx;
     float *mean, *var, *rstd;
-    i64 r, w, g, p, chunks; /* row i takes the parameters from (i % g) * W / P */
+    i64 r, w, g, p, centered, chunks; /* row i takes the parameters from (i % g) * W / P */
     double epsilon;
     double *part;   /* (chunks, 2, G * W / P): the parameters' gradients */
     float *scratch; /* (chunks, 2, G * W / P) */
@@ -90,7 +95,7 @@ static void apply_channels(const elem *restrict xr, elem *restrict yr, float s, 
  * (if dx) and each channel's parameter-gradient sums added to pg, pb. */
 static void backward_channels(const elem *restrict dyr, const elem *restrict xr, elem *restrict dxr,
                               const float *restrict gm, float s, float m, float rs, i64 channels, i64 p,
-                              double *restrict pg, double *restrict pb) {
+                              i64 centered, double *restrict pg, double *restrict pb) {
     double t1 = 0.0, t2 = 0.0;
     for (i64 c = 0; c < channels; c++) {
         double sa, sb;
@@ -103,7 +108,7 @@ static void backward_channels(const elem *restrict dyr, const elem *restrict xr,
     }
     if (!dxr) return;
     double count = (double)channels * (double)p;
-    float q = (float)(-(double)rs * rs * rs * t2 / count), rr = (float)(-(double)rs * t1 / count);
+    float q = (float)(-(double)rs * rs * rs * t2 / count), rr = centered ? (float)(-(double)rs * t1 / count) : 0.0f;
     for (i64 c = 0; c < channels; c++) {
         float pc = gm ? rs * gm[c] : rs;
         const elem *restrict xc = xr + c * p, *restrict dyc = dyr + c * p;
@@ -119,10 +124,10 @@ static void rows_forward_task(const void *p, i64 task) {
     for (i64 i = r0; i < r1; i++) {
         const elem *restrict xr = a->x + i * w;
         elem *restrict yr = a->y + i * w;
-        float s = a->shift[i];
+        float s = a->shift ? a->shift[i] : 0.0f;
         double t1, t2;
         row_moments(xr, s, w, &t1, &t2);
-        store_stats(t1, t2, (double)w, a->epsilon, a->mean, a->var, a->rstd, i);
+        store_stats(a->centered ? t1 : 0.0, t2, (double)w, a->epsilon, a->mean, a->var, a->rstd, i);
         float m = a->mean[i], rsf = a->rstd[i];
         i64 at = (i % a->g) * (w / a->p);
         const float *restrict gm = a->gamma ? a->gamma + at : NULL, *restrict bt = a->beta ? a->beta + at : NULL;
@@ -159,15 +164,15 @@ static void rows_backward_task(const void *p, i64 task) {
             i64 at = (i % a->g) * channels;
             const float *restrict gm = a->gamma ? a->gamma + at : NULL;
             float *restrict fg = sg + at, *restrict fb = sb + at;
-            float s = a->shift[i], m = a->mean[i], rs = a->rstd[i];
+            float s = a->shift ? a->shift[i] : 0.0f, m = a->mean[i], rs = a->rstd[i];
             if (a->p > 1) {
-                backward_channels(dyr, xr, a->dx ? a->dx + i * w : NULL, gm, s, m, rs, channels, a->p, pg + at,
-                                  pb + at);
+                backward_channels(dyr, xr, a->dx ? a->dx + i * w : NULL, gm, s, m, rs, channels, a->p, a->centered,
+                                  pg + at, pb + at);
             } else if (a->dx) {
                 double t1, t2;
                 row_grad_sums(dyr, xr, gm, s, m, w, &t1, &t2);
                 float q = (float)(-(double)rs * rs * rs * t2 / (double)w);
-                float rr = (float)(-(double)rs * t1 / (double)w);
+                float rr = a->centered ? (float)(-(double)rs * t1 / (double)w) : 0.0f;
                 elem *restrict dxr = a->dx + i * w;
                 if (gm) {
 #pragma omp simd
@@ -203,19 +208,21 @@ static void rows_backward_task(const void *p, i64 task) {
 }
 
 void NL_FN(nl_rows_forward)(const elem *x, const float *shift, const float *gamma, const float *beta, elem *y,
-                            float *mean, float *var, float *rstd, i64 r, i64 w, i64 g, i64 p, i64 chunks,
-                            double epsilon, i64 threads) {
+                            float *mean, float *var, float *rstd, i64 r, i64 w, i64 g, i64 p, i64 centered,
+                            i64 chunks, double epsilon, i64 threads) {
     struct rows a = {.x = x, .shift = shift, .gamma = gamma, .beta = beta, .y = y, .mean = mean, .var = var,
-                     .rstd = rstd, .r = r, .w = w, .g = g, .p = p, .chunks = chunks, .epsilon = epsilon};
+                     .rstd = rstd, .r = r, .w = w, .g = g, .p = p, .centered = centered, .chunks = chunks,
+                     .epsilon = epsilon};
     parallel_for(rows_forward_task, &a, chunks, threads);
 }
 
 void NL_FN(nl_rows_backward)(const elem *dy, const elem *x, const float *shift, const float *mean,
                              const float *rstd, const float *gamma, elem *dx, float *dgamma, float *dbeta, i64 r,
-                             i64 w, i64 g, i64 p, i64 chunks, double *part, float *scratch, i64 threads) {
+                             i64 w, i64 g, i64 p, i64 centered, i64 chunks, double *part, float *scratch,
+                             i64 threads) {
     struct rows a = {.x = x, .dy = dy, .shift = shift, .gamma = gamma, .dx = dx, .mean = (float *)mean,
-                     .rstd = (float *)rstd, .r = r, .w = w, .g = g, .p = p, .chunks = chunks, .part = part,
-                     .scratch = scratch};
+                     .rstd = (float *)rstd, .r = r, .w = w, .g = g, .p = p, .centered = centered, .chunks = chunks,
+                     .part = part, .scratch = scratch};
     parallel_for(rows_backward_task, &a, chunks, threads);
     parameter_sums(part, chunks, g * (w / p), dgamma, dbeta);
 }
