@@ -38,7 +38,9 @@ scaling); what changes is how XLA sees them:
   call; under an outer ``jax.jit`` the inner one is inlined.
 
 Every shape and dtype is served (float16/bfloat16 are computed in float32
-and cast back); only non-float inputs decline.
+and cast back); only non-float inputs decline. RMS norm, which subtracts
+nothing and so needs no statistics policy, is in
+:mod:`normlab.backends.jax_rms_norm`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import jax.numpy as jnp
 from keras import ops
 
 from normlab.backends import policy
+from normlab.backends.jax_rms_norm import rms_norm_jit
 
 _FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
 
@@ -351,3 +354,10 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
         return None
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
     return _layer_norm_jit(x, gamma, beta, tuple(int(a) for a in axes), float(epsilon))
+
+
+def rms_norm(x, *, axes, gamma, beta, epsilon):
+    if not _usable(x):
+        return None
+    gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
+    return rms_norm_jit(x, gamma, beta, tuple(int(a) for a in axes), float(epsilon))

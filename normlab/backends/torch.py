@@ -86,9 +86,7 @@ from normlab.backends.torch_autograd import (
     ShiftedNorm,
     center,
 )
-from normlab.backends.torch_guards import PLAIN, on_device, plain, traced  # noqa: F401 (traced: public, see layers.weight_norm)
-
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from normlab.backends.torch_guards import traced, usable, values  # noqa: F401 (traced: public, see layers.weight_norm)
 
 #: Positions between two rows of a channels-last subsample (its mean is the shift).
 _STRIDE = int(MAX_SHIFT_RATIO)
@@ -103,7 +101,7 @@ _triton_kernels = None
 
 def _triton(name, x, **kwargs):
     """The Triton kernel's result for a CUDA tensor, or None (declined, a CPU
-    tensor, or Triton unavailable). Callers have checked :func:`_usable`, so
+    tensor, or Triton unavailable). Callers have checked :func:`~normlab.backends.torch_guards.usable`, so
     no tracer reaches the import below. CPU tensors reach the kernels only
     inside ``normlab.backends.triton.interpret_on_cpu()`` (tests)."""
     global _triton_kernels
@@ -130,24 +128,9 @@ def _compute_dtype(dtype):
 def _param(param, dtype, device):
     if param is None:
         return None
-    param = ops.convert_to_tensor(param)  # (a number or a list: on Keras' device, which x may not be on)
+    if not isinstance(param, torch.Tensor):
+        param = ops.convert_to_tensor(param)  # (a number or a list: on Keras' device, which x may not be on)
     return param if param.dtype == dtype and param.device == device else param.to(device=device, dtype=dtype)
-
-
-def _usable(x, *params) -> bool:
-    """Whether the hooks serve ``x`` and its ``params`` (plain tensors, Keras
-    variables or None, on ``x``'s device: the kernels would read another
-    device's memory); asked first whether a tracer is running, so that a
-    traced call reads no (symbolic) size or stride."""
-    return (
-        not traced()
-        and type(x) in PLAIN
-        and all(plain(t) and on_device(t, x.device) for t in params)
-        and x.dtype in _FLOATS
-        and x.ndim >= 2
-        and x.numel() > 0
-        and x.is_contiguous()
-    )
 
 
 def _downcast(y, like):
@@ -214,7 +197,8 @@ def _batch_shift(x3, channels_last, dtype):
 
 
 def group_norm(x, *, groups, axis, gamma, beta, epsilon):
-    if not _usable(x, gamma, beta):
+    gamma, beta = values(gamma, beta)
+    if not usable(x, gamma, beta):
         return None
     y = _triton("group_norm", x, groups=groups, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon)
     if y is not None:
@@ -250,7 +234,8 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
 
 
 def layer_norm(x, *, axes, gamma, beta, epsilon):
-    if not _usable(x, gamma, beta):
+    gamma, beta = values(gamma, beta)
+    if not usable(x, gamma, beta):
         return None
     y = _triton("layer_norm", x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)
     if y is not None:
@@ -286,7 +271,8 @@ def _trailing(x, axes):
 
 
 def rms_norm(x, *, axes, gamma, beta, epsilon):
-    if not _usable(x, gamma, beta):
+    gamma, beta = values(gamma, beta)
+    if not usable(x, gamma, beta):
         return None
     y = _triton("rms_norm", x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)
     shape = _trailing(x, axes)
@@ -339,7 +325,8 @@ def _batch_stats(x, axis, shift, residual_mean, variance):
 
 
 def batch_norm_train(x, *, axis, gamma, beta, epsilon):
-    if not _usable(x, gamma, beta):
+    gamma, beta = values(gamma, beta)
+    if not usable(x, gamma, beta):
         return None
     x3, channels_last = _channel_view(x, axis)
     if x3 is None:
@@ -379,7 +366,8 @@ def _on_cpu(*tensors) -> bool:
 
 
 def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
-    if not _usable(x, mean, variance, gamma, beta) or not torch_cpu.served(x):
+    mean, variance, gamma, beta = values(mean, variance, gamma, beta)
+    if not usable(x, mean, variance, gamma, beta) or not torch_cpu.served(x):
         return None
     x3, channels_last = _channel_view(x, axis)
     if x3 is None:

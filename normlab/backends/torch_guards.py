@@ -4,6 +4,7 @@ dispatch mode is running, or a tensor is not a plain one (see
 
 from __future__ import annotations
 
+import keras
 import torch
 
 
@@ -53,3 +54,28 @@ def plain(t) -> bool:
     number, a list, an array) or None."""
     value = t if isinstance(t, torch.Tensor) else getattr(t, "value", None)
     return not isinstance(value, torch.Tensor) or type(value) in PLAIN
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def values(*params):
+    """Keras variables as the tensors they hold, each read once (a read of
+    ``.value`` costs microseconds; the hooks look at a parameter several times)."""
+    return tuple(p.value if isinstance(p, keras.Variable) else p for p in params)
+
+
+def usable(x, *params) -> bool:
+    """Whether the hooks serve ``x`` and its ``params`` (plain tensors, Keras
+    variables or None, on ``x``'s device: the kernels would read another
+    device's memory); asked first whether a tracer is running, so that a
+    traced call reads no (symbolic) size or stride."""
+    return (
+        not traced()
+        and type(x) in PLAIN
+        and all(plain(t) and on_device(t, x.device) for t in params)
+        and x.dtype in _FLOATS
+        and x.ndim >= 2
+        and x.numel() > 0
+        and x.is_contiguous()
+    )

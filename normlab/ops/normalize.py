@@ -116,19 +116,51 @@ def normalize(
     out_dtype = x.dtype
     dtype = stats_dtype(x.dtype)
     inv = inverse_std(_in_dtype(variance, dtype, tensor=True), check_epsilon(epsilon))
-    if gamma is not None:
-        inv = inv * _in_dtype(gamma, dtype)
+    gamma = None if gamma is None else _in_dtype(gamma, dtype)
+    # The scale folds into the statistics (one product per channel: batch,
+    # group norm) unless that product is as large as x (per row times per
+    # feature: layer, RMS norm), whose gradient XLA then keeps as another
+    # full-size array; gamma multiplies the normalized data then.
+    late = gamma is not None and _spans(inv, gamma, shape)
+    if gamma is not None and not late:
+        inv = inv * gamma
     x = ops.cast(x, dtype)
     if shift is not None:
         x = x - _in_dtype(shift, dtype)
     # x + (mean * -1) has the bits of x - mean, and exporters' converters fold
     # an addition of a constant into a preceding Dense/Conv's bias (LiteRT
     # folds no subtraction): with given statistics the whole apply step then
-    # folds into that layer, as Keras' batch norm does.
-    y = (x + _in_dtype(mean, dtype) * -1.0) * inv
+    # folds into that layer, as Keras' batch norm does. A mean of 0 (RMS
+    # norm) subtracts nothing: x + -0.0 is x, bit for bit.
+    y = (x if _is_zero(mean) else x + _in_dtype(mean, dtype) * -1.0) * inv
+    if late:
+        y = y * gamma
     if beta is not None:
         y = y + _in_dtype(beta, dtype)
     return ops.cast(y, out_dtype)
+
+
+def _is_zero(value: Tensor | float) -> bool:
+    """Whether ``value`` is the Python number 0 (never reads a tensor)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == 0
+
+
+def _spans(a: Tensor, b: Tensor | float, shape: tuple | None) -> bool:
+    """Whether ``a * b`` has the full ``shape`` (of ``x``) where neither has it
+    alone: they vary along different axes (per row and per feature). Static
+    shapes only (an unknown size matches an unknown size); a number spans
+    nothing."""
+    if isinstance(b, numbers.Real) or shape is None:
+        return False
+    sa, sb = _static_shape(a), _static_shape(b)
+    if sa is None or sb is None:
+        return False
+    rank = len(shape)
+    if max(len(sa), len(sb)) > rank:
+        return False
+    sa, sb = (1,) * (rank - len(sa)) + sa, (1,) * (rank - len(sb)) + sb
+    product = tuple(n if m == 1 else m for m, n in zip(sa, sb))
+    return product == tuple(shape) and sa != product and sb != product
 
 
 def _in_dtype(value: Tensor | float, dtype: str, tensor: bool = False) -> Tensor | float:

@@ -60,11 +60,10 @@ CASES = {
 # The torch hooks serve channels-first and channels-last layouts and layer
 # and RMS norm over trailing axes (channels-last batch norm with a channel count that
 # is not a multiple of 8 by composite ops: ATen's kernel is scalar there);
-# everything else goes to the general path. JAX and TensorFlow have no RMS
-# norm hook (XLA fuses its two reductions).
+# everything else goes to the general path. TensorFlow has no RMS norm hook.
 DECLINED = {
     "torch": {"gn-middle", "ln-first", "ln-split", "bn-middle", "rms-first"},
-    "jax": {"rms-last", "rms-last2", "rms-first"},
+    "jax": set(),
     "tensorflow": {"rms-last", "rms-last2", "rms-first"},
 }.get(BACKEND, set())
 

@@ -50,7 +50,7 @@ def _compilations(fn):
     return handler.messages
 
 
-@pytest.mark.parametrize("case", ["gn-nhwc", "gn-nchw", "ln-last", "ln-split", "bn-nhwc"])
+@pytest.mark.parametrize("case", ["gn-nhwc", "gn-nchw", "ln-last", "ln-split", "bn-nhwc", "rms-last2"])
 def test_a_repeated_eager_op_call_compiles_nothing(case):
     import jax.numpy as jnp
 

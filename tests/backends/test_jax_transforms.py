@@ -20,7 +20,7 @@ from tests.backends.test_fast_paths import _apply, _inputs
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's transforms")
 
-CASES = ["gn-nhwc", "ln-last", "bn-nhwc"]
+CASES = ["gn-nhwc", "ln-last", "bn-nhwc", "rms-last"]
 
 
 def _setup(case):

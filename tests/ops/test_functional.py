@@ -361,3 +361,30 @@ def test_epsilon_zero_on_a_constant_slice_gives_beta_not_nan(op):
 def test_epsilon_zero_keeps_unit_variance_elsewhere():
     x = np.array([[1.0, 3.0], [2.0, 2.0]], "float32")
     np.testing.assert_allclose(ops.convert_to_numpy(nops.layer_norm(x, epsilon=0.0)), [[-1.0, 1.0], [0.0, 0.0]])
+
+
+@pytest.mark.skipif(__import__("keras").backend.backend() != "jax", reason="reads JAX's traced graph")
+@pytest.mark.parametrize("op", ["normalize", "layer_norm", "rms_norm"])
+def test_per_row_statistics_and_per_feature_scale_never_form_a_full_size_product(op):
+    """Statistics per row and gamma per feature multiply the normalized data
+    one after the other: their product alone would be as large as x, and
+    autodiff of it made XLA keep a full-size gradient array (RMS norm's
+    forward+backward ran slower than Keras'). Checked on the general path's
+    graph, forward and backward."""
+    import jax
+    import jax.numpy as jnp
+
+    from normlab import backends
+
+    x, gamma = jnp.ones((4, 5, 6)), jnp.linspace(0.5, 1.5, 6)
+    calls = {
+        "normalize": lambda t, g: nops.normalize(t, jnp.zeros((4, 5, 1)), jnp.ones((4, 5, 1)), gamma=g),
+        "layer_norm": lambda t, g: nops.layer_norm(t, -1, gamma=g),
+        "rms_norm": lambda t, g: nops.rms_norm(t, -1, gamma=g),
+    }
+    with backends.disabled():
+        graph = jax.make_jaxpr(lambda t, g: jax.vjp(calls[op], t, g)[1](jnp.ones_like(t)))(x, gamma)
+    for eqn in graph.eqns:
+        if eqn.primitive.name == "mul" and eqn.outvars[0].aval.shape == x.shape:
+            shapes = [getattr(v.aval, "shape", ()) for v in eqn.invars]
+            assert x.shape in shapes, f"{op}: a full-size product of {shapes}"
