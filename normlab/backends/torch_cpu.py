@@ -151,6 +151,8 @@ def rows(x2, shift, gamma, beta, epsilon, groups=1, positions=1, centered=True):
     ``x2`` :func:`served`. Not ``centered`` (``shift`` None): RMS norm, the
     variance being the mean square and the mean 0."""
     r, w = x2.shape
+    if not centered and (groups, positions) != (1, 1):  # (the double backward's composite takes plain rows)
+        raise ValueError(f"uncentered rows take groups=1, positions=1, not {groups} and {positions}")
     layout = Rows(r, w, groups, positions, int(centered))
     shift = None if shift is None else shift.reshape(r).contiguous()
     return KernelNorm.apply(x2, shift, gamma, beta, layout, epsilon)

@@ -459,3 +459,14 @@ def test_non_contiguous_parameters(kernel_calls):
         general = run()
     for got, ref in zip(fast, general):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_uncentered_rows_take_plain_rows_only():
+    """RMS norm's rows are plain rows (its double backward's composite takes no groups or positions)."""
+    import torch
+
+    from normlab.backends import torch_cpu
+
+    x = torch.ones(6, 20)
+    with pytest.raises(ValueError, match="uncentered rows take groups=1, positions=1"):
+        torch_cpu.rows(x, None, None, None, 1e-5, groups=2, positions=5, centered=False)
