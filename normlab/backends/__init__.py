@@ -19,7 +19,8 @@ feature size):
   (``y = x * rsqrt(mean(x^2 over axes) + epsilon) * gamma + beta``; the
   torch hook serves trailing axes, with Triton on CUDA and the compiled
   kernels on the CPU; JAX's has a closed-form backward,
-  :mod:`normlab.backends.jax_rms_norm`; TensorFlow has none)
+  :mod:`normlab.backends.jax_rms_norm`; TensorFlow's serves trailing axes,
+  :mod:`normlab.backends.tensorflow_layer_norm`)
 * ``batch_norm_train(x, *, axis, gamma, beta, epsilon) -> (y, mean, variance) | None``
   (``mean``/``variance`` of shape ``(C,)``, biased variance, float32 at least)
 * ``batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon) -> y | None``

@@ -55,6 +55,7 @@ import tensorflow as tf
 
 from normlab.backends.tensorflow_eager import graph_when_hot
 from normlab.backends.tensorflow_layer_norm import layer_norm as _layer_norm
+from normlab.backends.tensorflow_layer_norm import rms_norm as _rms_norm
 from normlab.backends.tensorflow_stats import (
     UNKNOWN_BATCH,
     compute_dtype,
@@ -359,5 +360,6 @@ def _nhwc_view(x):
 # The hooks, each run as a tf.function from its third eager call with one signature on.
 group_norm = graph_when_hot(group_norm)
 layer_norm = graph_when_hot(_layer_norm)
+rms_norm = graph_when_hot(_rms_norm)
 batch_norm_train = graph_when_hot(batch_norm_train)
 batch_norm_infer = graph_when_hot(batch_norm_infer)

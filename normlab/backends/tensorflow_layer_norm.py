@@ -1,6 +1,7 @@
-"""TensorFlow fast path for layer norm: statistics over arbitrary feature
+"""TensorFlow fast paths for layer norm (statistics over arbitrary feature
 axes with an elementwise affine, and a ``(rows, k)`` formulation for
-trailing axes (see :mod:`normlab.backends.tensorflow`)."""
+trailing axes; see :mod:`normlab.backends.tensorflow`) and for RMS norm
+over trailing axes (the same rows, uncentered)."""
 
 from __future__ import annotations
 
@@ -171,6 +172,76 @@ def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, subsample, fused):
         return tf.cast(y, x.dtype), grad
 
     return fn
+
+
+def _rms_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, fused):
+    """RMS norm of the rows of a 2-D ``(rows, k)`` view, in the passes of
+    :func:`_layer_norm_rows_fn`: nothing is subtracted, so there is no
+    shift, no mean and no decision (as :func:`normlab.ops.moments.mean_square`).
+
+    * ``sum(x^2)`` per row: eagerly ``EuclideanNorm(x)^2``; in a graph
+      ``sum(x * x)``; under XLA the product ``(x * x) @ ones``.
+    * ``y = x * rstd`` per row, then ``gamma`` and ``beta`` per column
+      (outside XLA in one fused-kernel pass, :func:`_affine_columns`).
+    * Backward: ``dy * x`` once; ``sum(dy * gamma * x)`` per row and
+      ``dgamma`` per column are matrix-vector products of it;
+      ``dx = (dy * gamma) * rstd - x * rstd^3 * sum(dy * gamma * x) / k``.
+    """
+
+    def square_sums(t):
+        if xla:
+            return tf.linalg.matvec(t * t, tf.ones([k], t.dtype))[:, None]
+        if tf.executing_eagerly():  # as _layer_norm_rows_fn's sums: not in any graph
+            return tf.square(tf.math.reduce_euclidean_norm(t, axis=1, keepdims=True))
+        return tf.reduce_sum(t * t, axis=1, keepdims=True)
+
+    @tf.custom_gradient
+    def fn(*args):
+        x, gamma, beta, compute, xf = unpack(args, has_gamma, has_beta)
+        rstd = tf.math.rsqrt(square_sums(xf) / float(k) + epsilon)
+        gam = None if gamma is None else tf.cast(gamma, compute)
+        bet = None if beta is None else tf.cast(beta, compute)
+        t = xf * rstd
+        if gam is None and bet is None:
+            y = t
+        elif compute == tf.float32 and not xla and fused:
+            y = _affine_columns(t, gam, bet)
+        else:
+            y = t if gam is None else t * gam
+            y = y if bet is None else y + bet
+
+        def grad(dy):
+            g = tf.cast(dy, compute)
+            r = tf.reshape(rstd, [-1])
+            gx = g * xf
+            dot = tf.reduce_sum(gx, axis=1) if gam is None else tf.linalg.matvec(gx, gam)
+            gg = g if gam is None else g * gam
+            dx = gg * rstd + xf * (-(r * r * r) * dot / k)[:, None]
+            grads = [tf.cast(dx, x.dtype)]
+            if gamma is not None:
+                grads.append(tf.cast(tf.linalg.matvec(gx, r, transpose_a=True), gamma.dtype))
+            if beta is not None:
+                grads.append(tf.cast(tf.reduce_sum(g, axis=0), beta.dtype))
+            return grads
+
+        return tf.cast(y, x.dtype), grad
+
+    return fn
+
+
+def rms_norm(x, *, axes, gamma, beta, epsilon):
+    """RMS norm over trailing ``axes`` (:func:`_rms_norm_rows_fn`); other axes decline."""
+    if not usable(x):
+        return None
+    axes = tuple(int(a) for a in axes)
+    rank = x.shape.rank
+    if axes != tuple(range(rank - len(axes), rank)):
+        return None
+    gamma, beta = param(gamma), param(beta)
+    width = math.prod(x.shape[rank - len(axes):])
+    fn = _rms_norm_rows_fn(float(epsilon), gamma is not None, beta is not None, width, in_xla(), fused_serves(x))
+    flat = [tf.reshape(t, [width]) for t in (gamma, beta) if t is not None]
+    return tf.reshape(fn(tf.reshape(x, [-1, width]), *flat), tf.shape(x))
 
 
 def layer_norm(x, *, axes, gamma, beta, epsilon):

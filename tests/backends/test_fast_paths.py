@@ -60,11 +60,12 @@ CASES = {
 # The torch hooks serve channels-first and channels-last layouts and layer
 # and RMS norm over trailing axes (channels-last batch norm with a channel count that
 # is not a multiple of 8 by composite ops: ATen's kernel is scalar there);
-# everything else goes to the general path. TensorFlow has no RMS norm hook.
+# everything else goes to the general path. TensorFlow's RMS norm hook serves
+# trailing axes only.
 DECLINED = {
     "torch": {"gn-middle", "ln-first", "ln-split", "bn-middle", "rms-first"},
     "jax": set(),
-    "tensorflow": {"rms-last", "rms-last2", "rms-first"},
+    "tensorflow": {"rms-first"},
 }.get(BACKEND, set())
 
 TOLERANCE = {"float64": 1e-9, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
@@ -86,7 +87,8 @@ def formulation(request, monkeypatch):
         # ... and channel sums as products with a ones vector, as for large inputs.
         monkeypatch.setattr(tensorflow_hooks, "MATMUL_SUM_MIN_ELEMENTS", 0)
     if BACKEND == "tensorflow":  # graphs traced for eager calls keep the formulation they were traced with
-        for hook in (HOOKS.group_norm, HOOKS.layer_norm, HOOKS.batch_norm_train, HOOKS.batch_norm_infer):
+        for hook in (HOOKS.group_norm, HOOKS.layer_norm, HOOKS.rms_norm, HOOKS.batch_norm_train,
+                     HOOKS.batch_norm_infer):
             hook.clear()
     return request.param
 

@@ -4,8 +4,8 @@ The same comparison as there (fast path against the general path and the
 float64 closed form, outputs and gradients), for kernels chosen by size or
 environment rather than by layout:
 
-* TensorFlow's fused kernels (batch norm in training, layer norm's affine
-  step), which serve inputs of at least ``FUSED_MIN_ELEMENTS`` elements;
+* TensorFlow's fused kernels (batch norm in training, layer and RMS norm's
+  affine step), which serve inputs of at least ``FUSED_MIN_ELEMENTS`` elements;
 * torch's ATen kernels, which serve where normlab's compiled CPU kernels do
   not (``NORMLAB_CPU_KERNELS=0``, no compiler, float64), in half precision
   and at an offset of 1e4 too.
@@ -32,17 +32,17 @@ def fused_everywhere(monkeypatch):
     from normlab.backends import tensorflow_stats
 
     monkeypatch.setattr(tensorflow_stats, "FUSED_MIN_ELEMENTS", 0)
-    for hook in (hooks.layer_norm, hooks.batch_norm_train):
+    for hook in (hooks.layer_norm, hooks.rms_norm, hooks.batch_norm_train):
         hook.clear()
     yield
-    for hook in (hooks.layer_norm, hooks.batch_norm_train):
+    for hook in (hooks.layer_norm, hooks.rms_norm, hooks.batch_norm_train):
         hook.clear()
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's fused kernels")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype,offset", VARIANTS)
-@pytest.mark.parametrize("case", ["bn-nhwc", "bn-rank2", "ln-last"])
+@pytest.mark.parametrize("case", ["bn-nhwc", "bn-rank2", "ln-last", "rms-last"])
 def test_tensorflow_fused_kernels(case, dtype, offset, mode, fused_everywhere):
     _check(case, dtype, offset, mode=mode)
 
@@ -54,15 +54,17 @@ def test_tensorflow_fused_kernels_with_an_outlier_first(case, fused_everywhere):
     _check(case, "float32", 1e6, outlier=1e4)
 
 
-def test_the_fused_kernel_runs(fused_everywhere):
+@pytest.mark.parametrize("case", ["bn-nhwc", "ln-last", "rms-last"])
+def test_the_fused_kernel_runs(case, fused_everywhere):
     if BACKEND != "tensorflow":
         pytest.skip("TensorFlow's fused kernels")
     import tensorflow as tf
 
     from tests.backends.test_fast_paths import _apply
 
-    x = tf.random.normal(CASES["bn-nhwc"][1])
-    graph = tf.function(lambda t: _apply("bn-nhwc", t, None, None)[0]).get_concrete_function(x).graph
+    x = tf.random.normal(CASES[case][1])
+    gamma, beta = (tf.random.normal(CASES[case][1][-1:]) for _ in range(2))
+    graph = tf.function(lambda t: _apply(case, t, gamma, beta)[0]).get_concrete_function(x).graph
     assert any(op.type.startswith("FusedBatchNorm") for op in graph.get_operations())
 
 

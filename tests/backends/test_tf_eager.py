@@ -18,14 +18,15 @@ from tests.backends.test_fast_paths import CASES, _apply, _inputs
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="eager TensorFlow")
 
-TF_CASES = ["gn-nhwc", "gn-nchw", "in-nchw", "ln-last", "ln-split", "bn-nhwc", "bn-nchw", "bn-rank2"]
+TF_CASES = ["gn-nhwc", "gn-nchw", "in-nchw", "ln-last", "ln-split", "rms-last", "bn-nhwc", "bn-nchw", "bn-rank2"]
 
 
 def _hook(case):
     from normlab.backends import tensorflow as tf_hooks
 
     op = CASES[case][0]
-    return getattr(tf_hooks, {"group": "group_norm", "layer": "layer_norm", "batch": "batch_norm_train"}[op])
+    return getattr(tf_hooks, {"group": "group_norm", "layer": "layer_norm", "rms": "rms_norm",
+                            "batch": "batch_norm_train"}[op])
 
 
 def _forward_backward(case, x, gamma, beta, dy):
@@ -118,7 +119,7 @@ def test_graphs_are_used_only_eagerly_and_per_signature():
     assert len(hook.graphs) == 2  # one per input shape
 
 
-@pytest.mark.parametrize("case", ["gn-nhwc", "ln-last", "ln-split", "bn-nhwc", "bn-rank2"])
+@pytest.mark.parametrize("case", ["gn-nhwc", "ln-last", "ln-split", "rms-last", "bn-nhwc", "bn-rank2"])
 def test_second_derivatives_and_forward_mode_stay_eager(case):
     """In a graph the gradient of layer norm's EuclideanNorm gradient was NaN (a gradient
     penalty, WGAN-GP style, got NaN from its third step), and a ForwardAccumulator got
