@@ -358,8 +358,8 @@ def _nhwc_view(x):
 
 
 # The hooks, each run as a tf.function from its third eager call with one signature on.
-group_norm = graph_when_hot(group_norm)
-layer_norm = graph_when_hot(_layer_norm)
-rms_norm = graph_when_hot(_rms_norm)
+group_norm = graph_when_hot(group_norm, any_size=True)
+layer_norm = graph_when_hot(_layer_norm, any_size=True)
+rms_norm = graph_when_hot(_rms_norm, any_size=True)
 batch_norm_train = graph_when_hot(batch_norm_train)
 batch_norm_infer = graph_when_hot(batch_norm_infer)

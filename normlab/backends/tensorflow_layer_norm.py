@@ -88,10 +88,11 @@ def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, subsample, fused):
     fused ``x * x`` runs at a quarter of the speed of a plain ``sum(x)``,
     but a matrix-vector product with the same producer at full speed.
 
-    * ``sum(x)`` and ``sum(x^2)`` per row: eagerly a reduction and
-      ``EuclideanNorm(x)^2`` (no squared copy of ``x``); in a
-      ``tf.function`` ``sum(x * x)`` (any graph may be exported, and
-      EuclideanNorm is not a TFLite builtin nor an ONNX op); under XLA one
+    * ``sum(x)`` and ``sum(x^2)`` per row: eagerly (and in the graph of a
+      hot eager call) a reduction and ``EuclideanNorm(x)^2`` (no squared
+      copy of ``x``); in a ``tf.function`` ``sum(x * x)`` (any such graph
+      may be exported, and EuclideanNorm is not a TFLite builtin nor an
+      ONNX op); under XLA one
       product ``stack([x, x * x]) @ ones``, which reads ``x`` once.
     * The apply step is ``x * rstd - mean * rstd`` per row, then ``gamma``
       and ``beta`` per column, outside XLA in one fused-kernel pass
@@ -114,9 +115,11 @@ def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, subsample, fused):
         if xla:  # XLA has no EuclideanNorm
             both = tf.linalg.matvec(tf.stack([t, t * t], axis=1), tf.ones([k], t.dtype))
             return both[:, :1], both[:, 1:]
-        if tf.executing_eagerly():  # not in any graph: EuclideanNorm's second derivative is NaN there
+        if not exportable_graph():
+            # Eagerly, or in the graph of a hot eager call (first-order only:
+            # EuclideanNorm's second derivative is NaN in a graph).
             return reduce(t), tf.square(tf.math.reduce_euclidean_norm(t, axis=1, keepdims=True))
-        # In a graph, which may be exported: EuclideanNorm is neither a TFLite
+        # In a graph that may be exported: EuclideanNorm is neither a TFLite
         # builtin nor known to tf2onnx, and no exporter marks its traces.
         return reduce(t), reduce(t * t)
 
@@ -180,7 +183,7 @@ def _rms_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, fused):
     shift, no mean and no decision (as :func:`normlab.ops.moments.mean_square`).
 
     * ``sum(x^2)`` per row: eagerly ``EuclideanNorm(x)^2``; in a graph
-      ``sum(x * x)``; under XLA the product ``(x * x) @ ones``.
+      that may be exported ``sum(x * x)``; under XLA the product ``(x * x) @ ones``.
     * ``y = x * rstd`` per row, then ``gamma`` and ``beta`` per column
       (outside XLA in one fused-kernel pass, :func:`_affine_columns`).
     * Backward: ``dy * x`` once; ``sum(dy * gamma * x)`` per row and
@@ -191,7 +194,7 @@ def _rms_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, fused):
     def square_sums(t):
         if xla:
             return tf.linalg.matvec(t * t, tf.ones([k], t.dtype))[:, None]
-        if tf.executing_eagerly():  # as _layer_norm_rows_fn's sums: not in any graph
+        if not exportable_graph():  # as _layer_norm_rows_fn's sums
             return tf.square(tf.math.reduce_euclidean_norm(t, axis=1, keepdims=True))
         return tf.reduce_sum(t * t, axis=1, keepdims=True)
 
