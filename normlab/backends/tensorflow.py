@@ -253,14 +253,29 @@ def _fused_batch_norm(x, gamma, beta, epsilon):
 def _batch_stats_gradient(x2, mean, var, count):
     """``(mean, var)`` as they are, with their gradient as functions of ``x2``
     (the fused kernel's registered gradient ignores its statistics' gradients);
-    it runs only where a loss uses them, never for the moving averages."""
+    it runs only where a loss uses them, never for the moving averages.
+
+    In the graph of a hot eager call (:mod:`normlab.backends.tensorflow_eager`)
+    the function's backward receives zeros, not None, for statistics no loss
+    uses: there a ``tf.cond`` skips the full-size term for all-zero ones."""
+    eager_call = not exportable_graph()
 
     @tf.custom_gradient
     def attach(x2, mean, var):
         def grad(dmean, dvar):
+            if dmean is None and dvar is None:
+                return None, None, None
             dmean = tf.zeros_like(mean) if dmean is None else dmean
             dvar = tf.zeros_like(var) if dvar is None else dvar
-            dx = (dmean + 2.0 * dvar * (x2 - mean)) / count
+
+            def term():
+                return (dmean + 2.0 * dvar * (x2 - mean)) / count
+
+            if eager_call:
+                used = tf.reduce_any(tf.not_equal(dmean, 0.0)) | tf.reduce_any(tf.not_equal(dvar, 0.0))
+                dx = tf.cond(used, term, lambda: tf.zeros_like(x2))
+            else:
+                dx = term()
             return dx, tf.zeros_like(mean), tf.zeros_like(var)
 
         return (tf.identity(mean), tf.identity(var)), grad
@@ -361,5 +376,5 @@ def _nhwc_view(x):
 group_norm = graph_when_hot(group_norm, any_size=True)
 layer_norm = graph_when_hot(_layer_norm, any_size=True)
 rms_norm = graph_when_hot(_rms_norm, any_size=True)
-batch_norm_train = graph_when_hot(batch_norm_train)
+batch_norm_train = graph_when_hot(batch_norm_train, any_size=True)
 batch_norm_infer = graph_when_hot(batch_norm_infer)

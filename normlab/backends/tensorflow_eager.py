@@ -18,14 +18,14 @@ whose graph declines anyway stays eager.
 
 A call stays eager where the graph would not serve it as well:
 
-* batch norm's inputs of more than :data:`MAX_ELEMENTS` elements: there a
-  graph measured no faster in inference and slower in training (forward
-  1.2x faster, forward+backward 1.25x slower at (8, 56, 56, 256)). Group,
-  layer and RMS norm take their graph at any size (``any_size``): at
+* batch norm's inputs in inference of more than :data:`MAX_ELEMENTS`
+  elements: there a graph measured no faster (one fused kernel either way).
+  The other hooks take their graph at any size (``any_size``): at
   (8, 56, 56, 256) and (32, 28, 28, 64) group and instance norm ran
   1.4-2.25x faster forward and forward+backward than their eager ops, layer
   and RMS norm at (16 and 64, 512, 768) 1.05-1.5x (their graph sums squares
-  by ``EuclideanNorm``, as the eager ops do);
+  by ``EuclideanNorm``, as the eager ops do), batch norm in training 1.2-1.4x
+  forward and 1.0-1.3x forward+backward;
 * inputs a tape may differentiate twice (nested or persistent
   ``GradientTape``s: the gradient of ``EuclideanNorm``'s gradient is NaN in a
   graph) or a ``tf.autodiff.ForwardAccumulator`` watches (forward mode does

@@ -162,7 +162,7 @@ def test_second_derivatives_and_forward_mode_stay_eager(case):
         assert np.all(np.isfinite(second_order()))
 
 
-def test_graphs_are_few_and_large_batch_norm_inputs_stay_eager(caplog):
+def test_graphs_are_few_and_large_inference_inputs_stay_eager(caplog):
     """Every signature kept its graph (about a megabyte each, which TensorFlow never
     frees: +683 MB over 511 row counts), and TensorFlow warned of frequent
     retracing, blaming the caller."""
@@ -191,11 +191,14 @@ def test_graphs_are_few_and_large_batch_norm_inputs_stay_eager(caplog):
         ln(big, axes=[1], gamma=None, beta=None, epsilon=1e-3)
     assert len(ln.graphs) == 1  # group, layer and RMS norm: a graph at any size
     ln.clear()
-    bn = _hook("bn-rank2")
-    bn.clear()
+    from normlab.backends import tensorflow as tf_hooks
+
+    infer = tf_hooks.batch_norm_infer
+    infer.clear()
+    stats = dict(mean=tf.zeros([256]), variance=tf.ones([256]), gamma=None, beta=None, epsilon=1e-3)
     for _ in range(4):
-        bn(big, axis=1, gamma=None, beta=None, epsilon=1e-3)
-    assert not bn.graphs  # batch norm: large inputs stay eager
+        infer(big, axis=1, **stats)
+    assert not infer.graphs  # batch norm in inference: large inputs stay eager
 
 
 @pytest.mark.parametrize("op", ["group_norm", "layer_norm", "batch_norm_train"])
@@ -238,3 +241,39 @@ def test_hot_eager_calls_decide_in_their_graph(op, monkeypatch):
     reads.clear()
     assert all(np.isfinite(t.numpy()).all() for t in step())
     assert not reads, f"{op}: {len(reads)} eager conditionals in a hot call"
+
+
+@pytest.mark.parametrize("use_stats", [False, True])
+def test_hot_fused_batch_norm_gradients_with_and_without_its_statistics(use_stats, monkeypatch):
+    """The graph's backward receives zeros for statistics no loss uses (eagerly: no
+    call at all) and skips their full-size term then; where a loss uses them, their
+    gradient reaches the input as eagerly."""
+    import tensorflow as tf
+
+    from normlab.backends import tensorflow_stats
+
+    monkeypatch.setattr(tensorflow_stats, "FUSED_MIN_ELEMENTS", 0)  # the fused kernel at this size
+    hook = _hook("bn-nhwc")
+    hook.clear()
+    x, dy, gamma, beta = (tf.constant(a, tf.float32) for a in _inputs("bn-nhwc", 3.0))
+    weights = tf.constant(np.linspace(-1.0, 1.0, 8), tf.float32)
+
+    def grads():
+        with tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            y, (mean, variance) = _apply("bn-nhwc", x, gamma, beta)
+            loss = tf.reduce_sum(y * dy)
+            if use_stats:
+                loss += tf.reduce_sum(mean * weights) + tf.reduce_sum(variance * weights)
+        return [g.numpy() for g in tape.gradient(loss, [x, gamma, beta])]
+
+    eager = grads()
+    hot = [grads() for _ in range(3)][-1]
+    (graph,) = hook.graphs.values()
+    assert any(op.type.startswith("FusedBatchNorm") for op in graph.get_concrete_function().graph.get_operations())
+    for a, b in zip(eager, hot):
+        np.testing.assert_allclose(b, a, rtol=0, atol=2e-5 * max(np.abs(a).max(), 1.0))
+    with backends.disabled():
+        general = grads()
+    for a, b in zip(general, hot):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * max(np.abs(a).max(), 1.0))
