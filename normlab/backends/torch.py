@@ -29,7 +29,8 @@ offset ratio of the data the kernel sees (:mod:`normlab.backends.policy`).
 Each hook therefore hands the kernel ``x - shift``, ``shift`` the mean of a
 subsample of at least ``1 / MAX_SHIFT_RATIO`` of each slice (every 16th
 position of channels-last data, the first 16th of each channel's or row's
-contiguous positions otherwise; no gradient flows through it): by
+contiguous positions otherwise; no gradient flows through it; normlab's
+compiled rows kernels form it themselves, as they read each row): by
 Cauchy-Schwarz ``r <= MAX_SHIFT_RATIO`` for every input, outliers included,
 so no kernel result ever needs checking. Nothing reads a tensor's value on
 the host: no device sync on a GPU, no data-dependent guard for a compiler.
@@ -214,7 +215,7 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     if compiled and (s == 1 or not channels_last):
         # Rows of a group's C // groups channels of s positions each (a view: groups are runs).
         rows = x3.reshape(n * groups, (c // groups) * s)
-        y, _, _ = torch_cpu.rows(rows, _row_shift(rows, compute), gamma, beta, epsilon, groups, s)
+        y, _, _ = torch_cpu.rows(rows, None, gamma, beta, epsilon, groups, s)  # the kernel's own shift
         return y.view(x.shape)
     shift = _group_shift(x3, channels_last, groups, compute)
     if compiled:
@@ -246,13 +247,12 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
     width = math.prod(shape)
     compute = _compute_dtype(x.dtype)
     rows = x.view(-1, width)
-    shift = _row_shift(rows, compute)
     gamma, beta = _param(gamma, compute, x.device), _param(beta, compute, x.device)
     if torch_cpu.served(x):
-        return torch_cpu.rows(rows, shift, gamma, beta, epsilon)[0].view(x.shape)
+        return torch_cpu.rows(rows, None, gamma, beta, epsilon)[0].view(x.shape)  # the kernel's own shift
     if max(width, x.numel() // width) > MAX_REDUCTION:
         return None
-    y, _, _ = ShiftedNorm.apply(x, shift, gamma, beta, LayerNormKernel(shape, epsilon))
+    y, _, _ = ShiftedNorm.apply(x, _row_shift(rows, compute), gamma, beta, LayerNormKernel(shape, epsilon))
     return _downcast(y, x)
 
 

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 
 from normlab.backends import cpu
+from normlab.backends.policy import subsample_size
 from normlab.backends.torch_autograd import _composite_vjp, _grad_mask, _input_grad, group_norm_composite
 
 #: Tasks a call is split into, at most (a function of the shape only, so
@@ -148,11 +149,16 @@ def rows(x2, shift, gamma, beta, epsilon, groups=1, positions=1, centered=True):
     """``(y2, mean, variance)`` of ``x2`` ``(R, W)`` per row (``mean`` that of
     ``x2 - shift``, both ``(R,)``), rows of channels of ``positions`` values
     whose parameters repeat every ``groups`` rows (see :class:`Rows`), for
-    ``x2`` :func:`served`. Not ``centered`` (``shift`` None): RMS norm, the
-    variance being the mean square and the mean 0."""
+    ``x2`` :func:`served`. ``shift`` None: the kernel takes the mean of each
+    row's first :func:`~normlab.backends.policy.subsample_size` values (the
+    rows' subsample shift, formed as each row is read). Not ``centered``
+    (``shift`` None): RMS norm, the variance being the mean square and the
+    mean 0."""
     r, w = x2.shape
-    if not centered and (groups, positions) != (1, 1):  # (the double backward's composite takes plain rows)
-        raise ValueError(f"uncentered rows take groups=1, positions=1, not {groups} and {positions}")
+    if not centered and (shift is not None or (groups, positions) != (1, 1)):
+        # (the double backward's composite takes plain rows)
+        raise ValueError(f"uncentered rows take groups=1, positions=1 and no shift, not {groups}, {positions} and "
+                         f"{'a' if shift is not None else 'no'} shift")
     layout = Rows(r, w, groups, positions, int(centered))
     shift = None if shift is None else shift.reshape(r).contiguous()
     return KernelNorm.apply(x2, shift, gamma, beta, layout, epsilon)
@@ -224,6 +230,8 @@ def _f64(x, size):
 
 
 def _forward(x, shift, gamma, beta, layout, epsilon):
+    """``(y, mean, var, rstd, shift)``: ``shift`` the one given, or the one the
+    rows kernel formed where none was (centered :class:`Rows`)."""
     y, threads = torch.empty_like(x), _threads(x.numel())
     mean, var, rstd = (_f32(x, layout.stats) for _ in range(3))
     gamma, beta = _flat(gamma), _flat(beta)
@@ -233,12 +241,16 @@ def _forward(x, shift, gamma, beta, layout, epsilon):
         chunks = _chunks(layout)
         part, scratch, coef = _work_space(x, layout, chunks, threads)
         _entry("nl_slices_forward", x)(*args, n, s, c, g, chunks, epsilon, *map(_ptr, (part, scratch, coef)), threads)
-        return y, mean.view(n, g), var.view(n, g), rstd.view(n, g)
+        return y, mean.view(n, g), var.view(n, g), rstd.view(n, g), shift
     if isinstance(layout, Planes):
         _entry("nl_planes_forward", x)(*args, *layout, _plane_chunks(layout), epsilon, threads)
-        return y, mean, var, rstd
-    _entry("nl_rows_forward", x)(*args, *layout, _row_chunks(layout), epsilon, threads)
-    return y, mean, var, rstd
+        return y, mean, var, rstd, shift
+    head = 0
+    if shift is None and layout.centered:
+        shift, head = _f32(x, layout.r), subsample_size(layout.w)
+        args[1] = _ptr(shift)
+    _entry("nl_rows_forward", x)(*args, *layout, head, _row_chunks(layout), epsilon, threads)
+    return y, mean, var, rstd, shift
 
 
 def _backward(dy, x, shift, mean, rstd, gamma, layout, mask):
@@ -296,7 +308,7 @@ class KernelNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, shift, gamma, beta, layout, epsilon):
-        y, mean, var, rstd = _forward(x, shift, gamma, beta, layout, epsilon)
+        y, mean, var, rstd, shift = _forward(x, shift, gamma, beta, layout, epsilon)
         ctx.save_for_backward(x, shift, gamma, beta, mean, rstd)
         ctx.layout, ctx.epsilon, ctx.dtype = layout, epsilon, x.dtype
         ctx.mark_non_differentiable(mean, var)

@@ -470,3 +470,5 @@ def test_uncentered_rows_take_plain_rows_only():
     x = torch.ones(6, 20)
     with pytest.raises(ValueError, match="uncentered rows take groups=1, positions=1"):
         torch_cpu.rows(x, None, None, None, 1e-5, groups=2, positions=5, centered=False)
+    with pytest.raises(ValueError, match="uncentered rows take groups=1, positions=1 and no shift"):
+        torch_cpu.rows(x, torch.zeros(6), None, None, 1e-5, centered=False)

@@ -72,8 +72,8 @@ _SIGNATURES = {
     "nl_slices_forward": [_PTR] * 8 + [_I64] * 5 + [_F64] + [_PTR] * 3 + [_I64],
     # dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta, n, s, c, g, chunks, part, scratch, coef, acc, threads
     "nl_slices_backward": [_PTR] * 9 + [_I64] * 5 + [_PTR] * 4 + [_I64],
-    # x, shift, gamma, beta, y, mean, var, rstd, r, w, g, p, centered, chunks, eps, threads
-    "nl_rows_forward": [_PTR] * 8 + [_I64] * 6 + [_F64, _I64],
+    # x, shift, gamma, beta, y, mean, var, rstd, r, w, g, p, centered, head, chunks, eps, threads
+    "nl_rows_forward": [_PTR] * 8 + [_I64] * 7 + [_F64, _I64],
     # dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta, r, w, g, p, centered, chunks, part, scratch, threads
     "nl_rows_backward": [_PTR] * 9 + [_I64] * 6 + [_PTR] * 2 + [_I64],
     # x, shift, gamma, beta, y, mean, var, rstd, n, c, s, chunks, eps, threads
