@@ -258,7 +258,7 @@ def _batch_stats_gradient(x2, mean, var, count):
     In the graph of a hot eager call (:mod:`normlab.backends.tensorflow_eager`)
     the function's backward receives zeros, not None, for statistics no loss
     uses: there a ``tf.cond`` skips the full-size term for all-zero ones."""
-    eager_call = not exportable_graph()
+    hot_graph = not tf.executing_eagerly() and not exportable_graph()
 
     @tf.custom_gradient
     def attach(x2, mean, var):
@@ -271,7 +271,7 @@ def _batch_stats_gradient(x2, mean, var, count):
             def term():
                 return (dmean + 2.0 * dvar * (x2 - mean)) / count
 
-            if eager_call:
+            if hot_graph:
                 used = tf.reduce_any(tf.not_equal(dmean, 0.0)) | tf.reduce_any(tf.not_equal(dvar, 0.0))
                 dx = tf.cond(used, term, lambda: tf.zeros_like(x2))
             else:
