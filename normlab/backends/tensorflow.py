@@ -263,8 +263,6 @@ def _batch_stats_gradient(x2, mean, var, count):
     @tf.custom_gradient
     def attach(x2, mean, var):
         def grad(dmean, dvar):
-            if dmean is None and dvar is None:
-                return None, None, None
             dmean = tf.zeros_like(mean) if dmean is None else dmean
             dvar = tf.zeros_like(var) if dvar is None else dvar
 

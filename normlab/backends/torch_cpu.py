@@ -151,7 +151,8 @@ def rows(x2, shift, gamma, beta, epsilon, groups=1, positions=1, centered=True):
     whose parameters repeat every ``groups`` rows (see :class:`Rows`), for
     ``x2`` :func:`served`. ``shift`` None: the kernel takes the mean of each
     row's first :func:`~normlab.backends.policy.subsample_size` values (the
-    rows' subsample shift, formed as each row is read). Not ``centered``
+    rows' subsample shift, formed as each row is read; ``mean`` is then
+    about that shift, which is not returned: the hooks use ``y2`` only). Not ``centered``
     (``shift`` None): RMS norm, the variance being the mean square and the
     mean 0."""
     r, w = x2.shape

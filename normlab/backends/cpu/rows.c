@@ -36,49 +36,23 @@ struct rows {
 
 /* Sums over a row of w values of d and d * d, d = x - s (row_moments), or
  * of u and u * ((x - s) - m), u = dy * gamma (row_grad_sums): in float
- * over blocks of ROW_BLOCK values, the block sums in double. Within a
- * block, ACC interleaved float accumulators per sum (several vectors:
- * one vector's chain of dependent additions bounded a row's speed by the
- * addition's latency, 1.1x slower than ATen's layer norm on one thread),
- * added up at the block's end. */
+ * over blocks of ROW_BLOCK values (the reduction in vector lanes, which
+ * the simd pragma allows), the block sums in double. */
 #define ROW_BLOCK (BLOCK * LANES)
-#define ACC 64
-
-/* The block sums of TERMS (which sets float p and q from index j) over
- * [j0, e), into double d1 and d2. */
-#define BLOCK_SUMS(j0, e, TERMS)                                               \
-    do {                                                                       \
-        float a1[ACC] = {0.0f}, a2[ACC] = {0.0f}, f1 = 0.0f, f2 = 0.0f;        \
-        i64 at = (j0);                                                         \
-        for (; at + ACC <= (e); at += ACC) {                                   \
-            _Pragma("omp simd") for (i64 l = 0; l < ACC; l++) {                \
-                i64 j = at + l;                                                \
-                float p, q;                                                    \
-                TERMS;                                                         \
-                a1[l] += p;                                                    \
-                a2[l] += q;                                                    \
-            }                                                                  \
-        }                                                                      \
-        for (; at < (e); at++) {                                               \
-            i64 j = at;                                                        \
-            float p, q;                                                        \
-            TERMS;                                                             \
-            f1 += p;                                                           \
-            f2 += q;                                                           \
-        }                                                                      \
-        _Pragma("omp simd reduction(+ : f1, f2)") for (i64 l = 0; l < ACC; l++) { \
-            f1 += a1[l];                                                       \
-            f2 += a2[l];                                                       \
-        }                                                                      \
-        d1 += f1;                                                              \
-        d2 += f2;                                                              \
-    } while (0)
 
 static void row_moments(const elem *restrict xr, float s, i64 w, double *t1, double *t2) {
     double d1 = 0.0, d2 = 0.0;
     for (i64 j0 = 0; j0 < w; j0 += ROW_BLOCK) {
         i64 e = j0 + ROW_BLOCK < w ? j0 + ROW_BLOCK : w;
-        BLOCK_SUMS(j0, e, { float d = LD(xr, j) - s; p = d; q = d * d; });
+        float f1 = 0.0f, f2 = 0.0f;
+#pragma omp simd reduction(+ : f1, f2)
+        for (i64 j = j0; j < e; j++) {
+            float d = LD(xr, j) - s;
+            f1 += d;
+            f2 += d * d;
+        }
+        d1 += f1;
+        d2 += f2;
     }
     *t1 = d1;
     *t2 = d2;
@@ -89,18 +63,38 @@ static void row_grad_sums(const elem *restrict dyr, const elem *restrict xr, con
     double d1 = 0.0, d2 = 0.0;
     for (i64 j0 = 0; j0 < w; j0 += ROW_BLOCK) {
         i64 e = j0 + ROW_BLOCK < w ? j0 + ROW_BLOCK : w;
-        if (gamma)
-            BLOCK_SUMS(j0, e, { float u = LD(dyr, j) * gamma[j]; p = u; q = u * ((LD(xr, j) - s) - m); });
-        else
-            BLOCK_SUMS(j0, e, { float u = LD(dyr, j); p = u; q = u * ((LD(xr, j) - s) - m); });
+        float f1 = 0.0f, f2 = 0.0f;
+        if (gamma) {
+#pragma omp simd reduction(+ : f1, f2)
+            for (i64 j = j0; j < e; j++) {
+                float u = LD(dyr, j) * gamma[j];
+                f1 += u;
+                f2 += u * ((LD(xr, j) - s) - m);
+            }
+        } else {
+#pragma omp simd reduction(+ : f1, f2)
+            for (i64 j = j0; j < e; j++) {
+                float dyj = LD(dyr, j);
+                f1 += dyj;
+                f2 += dyj * ((LD(xr, j) - s) - m);
+            }
+        }
+        d1 += f1;
+        d2 += f2;
     }
     *t1 = d1;
     *t2 = d2;
 }
 
 /* The mean of a row's first k values (k is a 16th of the row), summed as
- * row_moments sums. */
+ * row_moments sums; a few values (short rows: many of them) in a plain loop,
+ * which a vectorized reduction's set-up would outweigh. */
 static float head_mean(const elem *restrict xr, i64 k) {
+    if (k <= LANES) {
+        float f = 0.0f;
+        for (i64 j = 0; j < k; j++) f += LD(xr, j);
+        return f / (float)k;
+    }
     double t = 0.0;
     for (i64 j0 = 0; j0 < k; j0 += ROW_BLOCK) {
         i64 e = j0 + ROW_BLOCK < k ? j0 + ROW_BLOCK : k;
@@ -169,7 +163,8 @@ static void rows_forward_task(const void *p, i64 task) {
         i64 at = (i % a->g) * (w / a->p);
         const float *restrict gm = a->gamma ? a->gamma + at : NULL, *restrict bt = a->beta ? a->beta + at : NULL;
         /* xhat = (x - s) * rstd - mean * rstd: one multiply-add after the shift
-         * (|mean * rstd| <= 4 about a subsample shift, so its rounding is
+         * (every caller's shift is a subsample mean, its own or the hook's,
+         * about which |mean * rstd| <= 4, so the rounding of mean * rstd is
          * within a few units of xhat's last place, as that of (x - s) - mean). */
         float c0 = -m * rsf;
         if (a->p > 1)
