@@ -12,11 +12,14 @@ from . import machine, stats
 from .runners import call_kwargs, make_layer, make_runners
 from .timing import time_rounds
 
-# (name, layer kind, shape, passes). Shapes from the performance issue, and two small
-# ones where the time is the framework's per-op dispatch (TensorFlow and torch eagerly).
+# (name, layer kind, shape, passes). Shapes from the performance issue; two small
+# ones where the time is the framework's per-op dispatch (TensorFlow and torch eagerly);
+# and a few wide rows (64 tokens of 4096 features), where per-task partial sums of
+# the parameters' gradients can cost more than the rows themselves.
 SMALL_CASES = [
     ("GroupNorm(32)", "group", (2, 8, 8, 64), ("fwd", "fwd+bwd")),
     ("BatchNorm(train)", "batch", (2, 8, 8, 64), ("fwd", "fwd+bwd")),
+    ("LayerNorm(-1)", "layer", (4, 16, 4096), ("fwd", "fwd+bwd")),
 ]
 FULL_CASES = [
     ("GroupNorm(32)", "group", (8, 56, 56, 256), ("fwd", "fwd+bwd")),

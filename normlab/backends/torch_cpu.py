@@ -21,7 +21,6 @@ a local variable for the call (an address alone keeps no tensor alive).
 
 from __future__ import annotations
 
-import ctypes
 from typing import NamedTuple
 
 import torch
@@ -55,6 +54,14 @@ MIN_PARALLEL = 1 << 14
 
 #: Bytes of per-task parameter-gradient sums the rows backward may use.
 MAX_PARTIAL_BYTES = 32 << 20
+
+#: Values a rows-backward task reads, at least, per parameter whose gradient
+#: sums it keeps (two doubles, zeroed, added to and combined with the other
+#: tasks': about as much memory traffic as reading 5 of the values). Measured
+#: on the AMD EPYC above, layer norm backward, one task per 64th of the rows
+#: before: (64, 4096) 1.8 ms -> 0.18 ms, (256, 1024) 0.53 -> 0.17-0.22 ms
+#: (ATen's: 0.13-0.19 and 0.10-0.13 ms).
+MIN_VALUES_PER_PARTIAL = 32
 
 
 class Slices(NamedTuple):
@@ -181,7 +188,8 @@ def affine(x3, mean, variance, gamma, beta, epsilon):
 
 
 def _ptr(t):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+    """``t``'s address for a ``c_void_p`` argument (an int; None for NULL)."""
+    return None if t is None else t.data_ptr()
 
 
 def _flat(p):
@@ -205,13 +213,28 @@ def _plane_chunks(layout):
 
 
 def _row_chunks(layout):
+    """Tasks of a :class:`Rows` forward: rows split evenly."""
     return max(1, min(layout.r, TASKS, MAX_PARTIAL_BYTES // (16 * layout.channels)))
 
 
+def _row_grad_chunks(layout):
+    """Tasks of a :class:`Rows` backward: as the forward's, but each reads at
+    least :data:`MIN_VALUES_PER_PARTIAL` values per parameter (its partial sums)."""
+    per_partial = layout.r * layout.w // (MIN_VALUES_PER_PARTIAL * layout.channels)
+    return max(1, min(_row_chunks(layout), per_partial))
+
+
 def _affine_tasks(layout):
-    """Tasks of a :class:`Channels` call: its rows (``i == 1``) or planes split evenly."""
+    """Tasks of a :class:`Channels` forward: its rows (``i == 1``) or planes split evenly."""
     units = layout.o if layout.i == 1 else layout.o * layout.c
     return max(1, min(units, TASKS, MAX_PARTIAL_BYTES // (16 * layout.c)))
+
+
+def _affine_grad_tasks(layout):
+    """Tasks of a :class:`Channels` backward: as the forward's, but each reads
+    at least :data:`MIN_VALUES_PER_PARTIAL` values per channel (its partial sums)."""
+    per_partial = layout.o * layout.i // MIN_VALUES_PER_PARTIAL
+    return max(1, min(_affine_tasks(layout), per_partial))
 
 
 def _work_space(x, layout, chunks, threads):
@@ -271,7 +294,7 @@ def _backward(dy, x, shift, mean, rstd, gamma, layout, mask):
     elif isinstance(layout, Planes):
         _entry("nl_planes_backward", x)(*args, *layout, _plane_chunks(layout), threads)
     else:
-        chunks = _row_chunks(layout)
+        chunks = _row_grad_chunks(layout)
         part, scratch = _f64(x, chunks * 2 * width), _f32(x, chunks * 2 * width)
         _entry("nl_rows_backward", x)(*args, *layout, chunks, _ptr(part), _ptr(scratch), threads)
     return dx, dgamma, dbeta
@@ -367,10 +390,11 @@ class AffineNorm(torch.autograd.Function):
                 return _affine_composite(x, mean, variance, g, b, layout, epsilon).to(x.dtype)
 
             return (*_composite_vjp(ctx, dy, composite, x, gamma, beta), None, None, None)
-        c, tasks, threads = layout.c, _affine_tasks(layout), _threads(x.numel())
+        c, threads = layout.c, _threads(x.numel())
         dy = dy.to(x.dtype).contiguous()
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         _, want_gamma, want_beta = _grad_mask(ctx, gamma, beta)
+        tasks = _affine_grad_tasks(layout) if want_gamma or want_beta else _affine_tasks(layout)
         dgamma = _f32(x, c) if want_gamma else None
         dbeta = _f32(x, c) if want_beta else None
         coef, part, scratch, g = _f32(x, 2 * c), _f64(x, tasks * 2 * c), _f32(x, tasks * 2 * c), _flat(gamma)

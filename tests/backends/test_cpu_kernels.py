@@ -42,6 +42,8 @@ EXTRA = {
     "bn-split": ("batch", (5, 29, 31, 3), 3, None),
     "ln-odd": ("layer", (7, 1037), [1], None),
     "ln-long-rows": ("layer", (3, 5000), [1], None),
+    # Enough rows for several backward tasks (each keeps partial parameter sums).
+    "ln-many-rows": ("layer", (300, 40), [1], None),
     # RMS norm: the same rows, uncentered.
     "rms-odd": ("rms", (7, 1037), [1], None),
     "rms-long-rows": ("rms", (3, 5000), [1], None),
@@ -227,8 +229,8 @@ def test_double_backward_matches_the_general_path(kernel_calls, case, dtype, tol
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "in-cf", "ln-long-rows", "bn-split",
-                                  "bn-cf", "rms-long-rows"])
+@pytest.mark.parametrize("case", ["gn-fused", "gn-split", "gn-features", "in-cf", "ln-long-rows", "ln-many-rows",
+                                  "bn-split", "bn-cf", "rms-long-rows"])
 def test_results_do_not_depend_on_the_thread_count(kernel_calls, case):
     """Bit for bit: the split into tasks is a function of the shape only."""
     import torch

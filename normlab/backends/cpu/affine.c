@@ -191,13 +191,9 @@ void NL_FN(nl_affine_backward)(const elem *dy, const elem *x, const float *mean,
     parallel_for(backward_task, &a, tasks, threads);
     if (!sums) return;
     const float *rstd = coef + c;
+    add_slots(part, tasks, 2 * c);
     for (i64 j = 0; j < c; j++) {
-        double sb = 0.0, sg = 0.0;
-        for (i64 k = 0; k < tasks; k++) {
-            sb += part[k * 2 * c + j];
-            sg += part[k * 2 * c + c + j];
-        }
-        if (dgamma) dgamma[j] = (float)(sg * rstd[j]);
-        if (dbeta) dbeta[j] = (float)sb;
+        if (dgamma) dgamma[j] = (float)(part[c + j] * rstd[j]);
+        if (dbeta) dbeta[j] = (float)part[j];
     }
 }
