@@ -105,7 +105,7 @@ def targets(results):
     def rows(backend, op, pass_, shape=None):
         for row in results.get(backend, {}).get("rows", []):
             if row["op"] == op and row["pass"] == pass_ and (shape is None or tuple(row["shape"]) == shape) \
-                    and math.prod(row["shape"]) >= SMALL_ELEMENTS:
+                    and math.prod(row["shape"]) >= SMALL_ELEMENTS and row.get("targeted", True):
                 yield row
 
     def ratio(row, key):

@@ -21,6 +21,8 @@ SMALL_CASES = [
     ("BatchNorm(train)", "batch", (2, 8, 8, 64), ("fwd", "fwd+bwd")),
     ("LayerNorm(-1)", "layer", (4, 16, 4096), ("fwd", "fwd+bwd")),
 ]
+#: Shapes timed and shown but not held to the targets (not the performance issue's).
+UNTARGETED = {(4, 16, 4096)}
 FULL_CASES = [
     ("GroupNorm(32)", "group", (8, 56, 56, 256), ("fwd", "fwd+bwd")),
     ("GroupNorm(32)", "group", (32, 28, 28, 64), ("fwd", "fwd+bwd")),
@@ -170,7 +172,7 @@ def worker(backend, config, out):
         name, shape, label, runner, impls, nbytes = cell
         moved = (2 if label == "fwd" else 5) * nbytes
         row = {"op": name, "shape": list(shape), "pass": label, "mode": runner.mode,
-               **stats.summarize_row(seconds, moved, max_spread)}
+               "targeted": tuple(shape) not in UNTARGETED, **stats.summarize_row(seconds, moved, max_spread)}
         for source in seconds:
             row[source].update(calls_per_sample=calls[source], preempted_rounds=preempted[source])
         if "native" in row:

@@ -139,6 +139,8 @@ def test_targets_use_the_iqr():
     assert [status for _, status, _ in targets(results)] == ["met", "missed", "undecided"]
     small = {**row([0.008] * 10), "shape": [2, 8, 8, 64]}  # dispatch, not memory: shown, not a target
     assert [status for _, status, _ in targets({"torch": {"rows": [small, row([0.012] * 10)]}})] == ["met"]
+    extra = {**row([0.008] * 10), "targeted": False}  # a shape of the benchmark's own: shown, not a target
+    assert [status for _, status, _ in targets({"torch": {"rows": [extra, row([0.012] * 10)]}})] == ["met"]
 
 
 def test_end_to_end_targets_need_every_round_on_one_side():
