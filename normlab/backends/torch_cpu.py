@@ -55,12 +55,12 @@ MIN_PARALLEL = 1 << 14
 #: Bytes of per-task parameter-gradient sums the rows backward may use.
 MAX_PARTIAL_BYTES = 32 << 20
 
-#: Values a rows-backward task reads, at least, per parameter whose gradient
-#: sums it keeps (two doubles, zeroed, added to and combined with the other
-#: tasks': about as much memory traffic as reading 5 of the values). Measured
-#: on the AMD EPYC above, layer norm backward, one task per 64th of the rows
-#: before: (64, 4096) 1.8 ms -> 0.18 ms, (256, 1024) 0.53 -> 0.17-0.22 ms
-#: (ATen's: 0.13-0.19 and 0.10-0.13 ms).
+#: Values a backward task of the rows and affine kernels reads, at least,
+#: per parameter whose gradient sums it keeps (two doubles, zeroed, added to
+#: and combined with the other tasks'). Measured on the AMD EPYC above with
+#: 2 threads, layer norm backward, up to 64 tasks of a row or more each
+#: before: (64, 4096) 1.8 -> 0.18 ms, (256, 1024) 0.53 -> 0.15 ms (ATen's:
+#: 0.14 and 0.11 ms).
 MIN_VALUES_PER_PARTIAL = 32
 
 
