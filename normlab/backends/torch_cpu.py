@@ -55,12 +55,10 @@ MIN_PARALLEL = 1 << 14
 #: Bytes of per-task parameter-gradient sums the rows backward may use.
 MAX_PARTIAL_BYTES = 32 << 20
 
-#: Values a backward task of the rows and affine kernels reads, at least,
-#: per parameter whose gradient sums it keeps (two doubles, zeroed, added to
-#: and combined with the other tasks'). Measured on the AMD EPYC above with
-#: 2 threads, layer norm backward, up to 64 tasks of a row or more each
-#: before: (64, 4096) 1.8 -> 0.18 ms, (256, 1024) 0.53 -> 0.15 ms (ATen's:
-#: 0.14 and 0.11 ms).
+#: Values a rows or affine backward task reads per parameter whose gradient
+#: sums it keeps, at least. Layer norm backward, 2 threads (the AMD EPYC
+#: above), with up to 64 tasks of a row or more before: (64, 4096) 1.8 ->
+#: 0.18 ms, (256, 1024) 0.53 -> 0.15 ms (ATen's: 0.14 and 0.11 ms).
 MIN_VALUES_PER_PARTIAL = 32
 
 
@@ -187,8 +185,7 @@ def affine(x3, mean, variance, gamma, beta, epsilon):
     return AffineNorm.apply(x3, mean, gamma, beta, variance, Channels(o, c, i), epsilon)
 
 
-def _ptr(t):
-    """``t``'s address for a ``c_void_p`` argument (an int; None for NULL)."""
+def _ptr(t):  # an address for a c_void_p argument (None: NULL)
     return None if t is None else t.data_ptr()
 
 
@@ -218,8 +215,7 @@ def _row_chunks(layout):
 
 
 def _row_grad_chunks(layout):
-    """Tasks of a :class:`Rows` backward: as the forward's, but each reads at
-    least :data:`MIN_VALUES_PER_PARTIAL` values per parameter (its partial sums)."""
+    """Tasks of a :class:`Rows` backward: at most the forward's (:data:`MIN_VALUES_PER_PARTIAL`)."""
     per_partial = layout.r * layout.w // (MIN_VALUES_PER_PARTIAL * layout.channels)
     return max(1, min(_row_chunks(layout), per_partial))
 
@@ -231,8 +227,7 @@ def _affine_tasks(layout):
 
 
 def _affine_grad_tasks(layout):
-    """Tasks of a :class:`Channels` backward: as the forward's, but each reads
-    at least :data:`MIN_VALUES_PER_PARTIAL` values per channel (its partial sums)."""
+    """Tasks of a :class:`Channels` backward: at most the forward's (:data:`MIN_VALUES_PER_PARTIAL`)."""
     per_partial = layout.o * layout.i // MIN_VALUES_PER_PARTIAL
     return max(1, min(_affine_tasks(layout), per_partial))
 

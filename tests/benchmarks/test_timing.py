@@ -49,7 +49,7 @@ def test_sweeps_spread_each_rows_rounds_over_the_run():
 def test_select_cases():
     assert [c[0] for c in select_cases(True, rows="norm", passes=["fwd"])] == [
         "GroupNorm(32)", "InstanceNorm", "LayerNorm(-1)", "RMSNorm(-1)", "BatchNorm(train)", "BatchNorm(infer)",
-        "GroupNorm(32)", "BatchNorm(train)"]  # the last two: the small rows
+        "GroupNorm(32)", "BatchNorm(train)", "LayerNorm(-1)"]  # the last three: the small and wide rows
     assert [c[2] for c in select_cases(True, rows="8, 8, 64")] == [(2, 8, 8, 64)] * 2
     assert [c[1] for c in select_cases(True, rows=r"BatchNorm\(infer")] == ["batch_infer"]
     cases = select_cases(False, rows="GroupNorm.*28, 28", passes=["fwd+bwd"])
