@@ -170,27 +170,26 @@ def _subsample_sums(x3, channels_last, dtype):
 
 def _group_shift(x3, channels_last, groups, dtype):
     """The shift of each (sample, group), broadcast to its channels: ``(N, C)``."""
-    with torch.no_grad():
-        sums, k = _subsample_sums(x3.detach(), channels_last, dtype)
-        n, c = sums.shape
-        per = c // groups
-        shift = sums.view(n, groups, per).sum(dim=2, keepdim=True) / (k * per)
-        return shift.expand(n, groups, per).reshape(n, c)
+    sums, k = _subsample_sums(x3.detach(), channels_last, dtype)
+    n, c = sums.shape
+    per = c // groups
+    shift = sums.view(n, groups, per).sum(dim=2, keepdim=True) / (k * per)
+    return shift.expand(n, groups, per).reshape(n, c)
 
 
 def _row_shift(rows, dtype):
     """The shift of each row of ``(R, W)`` data, the mean of its first
     16th (contiguous): ``(R, 1)``."""
-    with torch.no_grad():
-        head = subsample_size(rows.shape[1])
-        return rows.detach()[:, :head].sum(dim=1, keepdim=True, dtype=dtype) / head
+    head = subsample_size(rows.shape[1])
+    return rows.detach()[:, :head].sum(dim=1, keepdim=True, dtype=dtype) / head
 
 
 def _batch_shift(x3, channels_last, dtype):
     """The shift of each channel over the batch: ``(C,)``."""
-    with torch.no_grad():
-        sums, k = _subsample_sums(x3.detach(), channels_last, dtype)
-        return sums.sum(dim=0) / (k * sums.shape[0])
+    x3 = x3.detach()
+    if channels_last:  # one reduction over the samples and every _STRIDE-th position
+        return x3[:, ::_STRIDE].mean(dim=(0, 1), dtype=dtype)
+    return x3[:, :, :subsample_size(x3.shape[2])].mean(dim=(0, 2), dtype=dtype)
 
 
 # --------------------------------------------------------------------------

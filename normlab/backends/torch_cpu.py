@@ -10,7 +10,8 @@ Channels-last group, instance and batch norm run as :class:`Slices`
 (``(N, S, C)``, batch norm as one sample of all positions); layer norm,
 RMS norm (uncentered),
 group norm of ``(N, C)`` data and channels-first group and instance norm
-as :class:`Rows`; channels-first batch norm as :class:`Planes`.
+as :class:`Rows`; channels-first batch norm as :class:`Planes`
+(:mod:`normlab.backends.cpu.layout`, which also splits a call into tasks).
 The hooks ask :func:`served` first: where the kernels are unavailable (no
 compiler, ``NORMLAB_CPU_KERNELS=0``) or the input is not theirs (float64,
 another device) they use ATen's kernels on centered data
@@ -21,113 +22,19 @@ a local variable for the call (an address alone keeps no tensor alive).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from normlab.backends import cpu
+from normlab.backends.cpu.layout import Channels, Planes, Rows, Slices
 from normlab.backends.policy import subsample_size
 from normlab.backends.torch_autograd import _composite_vjp, _grad_mask, _input_grad, group_norm_composite
 
-#: Tasks a call is split into, at most (a function of the shape only, so
-#: that results do not depend on the thread count); each task has its own
-#: partial sums.
-TASKS = 64
-
-#: Slices run as one task per sample (summed, then normalized while still
-#: in cache) for batches of at least this many samples, and otherwise as
-#: one task per sample and chunk of positions, in two passes. Measured on
-#: an AMD EPYC (Zen 4, AVX-512) virtual machine with 2 cores, group norm of
-#: (N, 3136, 256) float32: alone in a loop the two are within noise up to
-#: N = 8 (split 0.13 vs 0.20 ms at N = 1), fused 10% faster at N = 16;
-#: interleaved with other work at N = 8, fused 2.6 vs 3.7 ms forward.
-MIN_FUSED_TASKS = 8
-
-#: Positions a chunk covers at least (the kernels' float block).
-MIN_TASK_ROWS = 64
-
-#: Calls on fewer elements than this run on one thread. Measured on the
-#: same CPU (layer norm, rows of 256, forward): one thread and two are
+#: Calls on fewer elements than this run on one thread. Measured on an
+#: AMD EPYC (Zen 4, AVX-512) virtual machine with 2 cores (layer norm,
+#: rows of 256, forward): one thread and two are
 #: even at 2^13 elements (14 us), two ahead from 2^14 (16.0 vs 17.6 us)
 #: and at 2^17 (32 vs 50 us).
 MIN_PARALLEL = 1 << 14
-
-#: Bytes of per-task parameter-gradient sums the rows backward may use.
-MAX_PARTIAL_BYTES = 32 << 20
-
-#: Values a rows or affine backward task reads per parameter whose gradient
-#: sums it keeps, at least. Layer norm backward, 2 threads (the AMD EPYC
-#: above), with up to 64 tasks of a row or more before: (64, 4096) 1.8 ->
-#: 0.18 ms, (256, 1024) 0.53 -> 0.15 ms (ATen's: 0.14 and 0.11 ms).
-MIN_VALUES_PER_PARTIAL = 32
-
-
-class Slices(NamedTuple):
-    """``x`` as ``(n, s, c)``: statistics per sample and group of ``c // g``
-    consecutive channels, over the ``s`` positions; the shift is ``(n, c)``."""
-
-    n: int
-    s: int
-    c: int
-    g: int
-
-    @property
-    def stats(self) -> int:
-        """Statistics (means, variances) the call computes: ``n * g``."""
-        return self.n * self.g
-
-
-class Rows(NamedTuple):
-    """``x`` as ``(r, w)``: statistics per row, each row ``w // p`` channels
-    of ``p`` consecutive values, the parameters (``g * w // p``) per channel
-    of each of ``g`` consecutive rows: layer norm (``g = p = 1``), group
-    norm of ``(N, C)`` data (``N * g`` rows of ``C // g``, ``p = 1``), group
-    and instance norm of channels-first ``(N, C, S)`` data (``N * g`` rows of
-    ``C // g`` channels, ``p = S``). The shift is ``(r,)``. Uncentered
-    (``centered = 0``: RMS norm over trailing axes) there is no shift and
-    no mean: the variance is the mean square."""
-
-    r: int
-    w: int
-    g: int = 1
-    p: int = 1
-    centered: int = 1
-
-    @property
-    def channels(self) -> int:
-        """The parameters' size, ``g * w // p``."""
-        return self.g * self.w // self.p
-
-    @property
-    def stats(self) -> int:
-        """Statistics (means, variances) the call computes: one per row."""
-        return self.r
-
-
-class Planes(NamedTuple):
-    """``x`` as ``(n, c, s)``: statistics per channel over the ``n`` samples
-    and ``s`` positions (batch norm of channels-first data); the shift is
-    ``(c,)``."""
-
-    n: int
-    c: int
-    s: int
-
-    @property
-    def stats(self) -> int:
-        """Statistics (means, variances) the call computes: one per channel."""
-        return self.c
-
-
-class Channels(NamedTuple):
-    """``x`` as ``(o, c, i)``: batch norm with given per-channel statistics
-    (inference), channels-last data as ``(N * S, C, 1)``, channels-first as
-    ``(N, C, S)``; no shift (``x - mean`` is formed first)."""
-
-    o: int
-    c: int
-    i: int
-
 
 #: The kernels' element types: torch dtype -> suffix of the entry points.
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -147,7 +54,7 @@ def slices(x3, shift, gamma, beta, groups, epsilon):
     """``(y3, mean, variance)`` of ``x3`` ``(N, S, C)`` (``mean`` that of
     ``x3 - shift``, both ``(N, groups)``), for ``x3`` :func:`served`."""
     n, s, c = x3.shape
-    return KernelNorm.apply(x3, shift.contiguous(), gamma, beta, Slices(n, s, c, groups), epsilon)
+    return _kernel_norm(x3, shift.contiguous(), gamma, beta, Slices(n, s, c, groups), epsilon)
 
 
 def rows(x2, shift, gamma, beta, epsilon, groups=1, positions=1, centered=True):
@@ -167,14 +74,14 @@ def rows(x2, shift, gamma, beta, epsilon, groups=1, positions=1, centered=True):
                          f"{'a' if shift is not None else 'no'} shift")
     layout = Rows(r, w, groups, positions, int(centered))
     shift = None if shift is None else shift.reshape(r).contiguous()
-    return KernelNorm.apply(x2, shift, gamma, beta, layout, epsilon)
+    return _kernel_norm(x2, shift, gamma, beta, layout, epsilon)
 
 
 def planes(x3, shift, gamma, beta, epsilon):
     """``(y3, mean, variance)`` of ``x3`` ``(N, C, S)`` per channel (``mean``
     that of ``x3 - shift``, both ``(C,)``), for ``x3`` :func:`served`."""
     n, c, s = x3.shape
-    return KernelNorm.apply(x3, shift.reshape(c).contiguous(), gamma, beta, Planes(n, c, s), epsilon)
+    return _kernel_norm(x3, shift.reshape(c).contiguous(), gamma, beta, Planes(n, c, s), epsilon)
 
 
 def affine(x3, mean, variance, gamma, beta, epsilon):
@@ -182,62 +89,58 @@ def affine(x3, mean, variance, gamma, beta, epsilon):
     ``x3`` ``(O, C, I)`` per channel (see :class:`Channels`), for ``x3``
     :func:`served`; ``mean`` and ``variance`` are float32 ``(C,)`` constants."""
     o, c, i = x3.shape
-    return AffineNorm.apply(x3, mean, gamma, beta, variance, Channels(o, c, i), epsilon)
+    if _records(x3, gamma, beta):
+        return AffineNorm.apply(x3, mean, gamma, beta, variance, Channels(o, c, i), epsilon)
+    return _affine_forward(x3, mean, gamma, beta, variance, Channels(o, c, i), epsilon)
+
+
+def _records(*tensors):
+    """Whether autograd records a call on ``tensors``: where it does not
+    (``no_grad``, inference, no input that requires a gradient) the hooks
+    call the kernels without the ``autograd.Function`` (about 6 us a call)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _kernel_norm(x, shift, gamma, beta, layout, epsilon):
+    if _records(x, gamma, beta):
+        return KernelNorm.apply(x, shift, gamma, beta, layout, epsilon)
+    return _forward(x, shift, gamma, beta, layout, epsilon)[:3]
 
 
 def _ptr(t):  # an address for a c_void_p argument (None: NULL)
     return None if t is None else t.data_ptr()
 
 
-def _flat(p):
-    return None if p is None else p.reshape(-1).contiguous()
+def _flat(p):  # (contiguous memory is all a kernel reads)
+    return p if p is None or p.is_contiguous() else p.contiguous()
 
 
 def _threads(numel):
     return 1 if numel < MIN_PARALLEL else max(1, torch.get_num_threads())
 
 
-def _chunks(layout):
-    """Chunks of positions per sample of a :class:`Slices` call (1: fused)."""
-    if layout.n >= MIN_FUSED_TASKS:
-        return 1
-    return max(1, min(-(-TASKS // layout.n), -(-layout.s // MIN_TASK_ROWS)))
-
-
-def _plane_chunks(layout):
-    """Tasks of a :class:`Planes` call: channels split evenly."""
-    return max(1, min(layout.c, TASKS))
-
-
-def _row_chunks(layout):
-    """Tasks of a :class:`Rows` forward: rows split evenly."""
-    return max(1, min(layout.r, TASKS, MAX_PARTIAL_BYTES // (16 * layout.channels)))
-
-
-def _row_grad_chunks(layout):
-    """Tasks of a :class:`Rows` backward: at most the forward's (:data:`MIN_VALUES_PER_PARTIAL`)."""
-    per_partial = layout.r * layout.w // (MIN_VALUES_PER_PARTIAL * layout.channels)
-    return max(1, min(_row_chunks(layout), per_partial))
-
-
-def _affine_tasks(layout):
-    """Tasks of a :class:`Channels` forward: its rows (``i == 1``) or planes split evenly."""
-    units = layout.o if layout.i == 1 else layout.o * layout.c
-    return max(1, min(units, TASKS, MAX_PARTIAL_BYTES // (16 * layout.c)))
-
-
-def _affine_grad_tasks(layout):
-    """Tasks of a :class:`Channels` backward: at most the forward's (:data:`MIN_VALUES_PER_PARTIAL`)."""
-    per_partial = layout.o * layout.i // MIN_VALUES_PER_PARTIAL
-    return max(1, min(_affine_tasks(layout), per_partial))
-
-
-def _work_space(x, layout, chunks, threads):
-    """``(part, scratch, coef)`` of a :class:`Slices` call: per thread when
-    each sample is one task (``chunks == 1``), else per task and sample."""
+def _work_space(x, layout, chunks, threads, *more):
+    """The addresses of ``part`` (float64), ``scratch`` and ``coef`` (float32)
+    of a :class:`Slices` call, per thread when each sample is one task
+    (``chunks == 1``), else per task and sample, then of ``more`` (see
+    :func:`_scratch`); and the buffer that holds them."""
     n, _, c, _ = layout
     slots, coefs = (threads, threads) if chunks == 1 else (n * chunks, n)
-    return _f64(x, slots * 2 * c), _f32(x, slots * 2 * c), _f32(x, coefs * 4 * c)
+    return _scratch(x, (slots * 2 * c, 8), (slots * 2 * c, 4), (coefs * 4 * c, 4), *more)
+
+
+def _scratch(x, *pieces):
+    """One buffer for a call's working memory, ``pieces`` ``(count, itemsize)``
+    (an allocation costs about 1 us): each piece's address (64-byte
+    aligned, as torch's own allocations), then the buffer (kept by the
+    caller until the kernel returns)."""
+    sizes = [-(-count * itemsize // 64) * 64 for count, itemsize in pieces]
+    buffer = x.new_empty(sum(sizes), dtype=torch.uint8)
+    address, addresses = buffer.data_ptr(), []
+    for size in sizes:
+        addresses.append(address)
+        address += size
+    return (*addresses, buffer)
 
 
 def _f32(x, size):
@@ -257,18 +160,18 @@ def _forward(x, shift, gamma, beta, layout, epsilon):
     args = [_ptr(t) for t in (x, shift, gamma, beta, y, mean, var, rstd)]
     if isinstance(layout, Slices):
         n, s, c, g = layout
-        chunks = _chunks(layout)
-        part, scratch, coef = _work_space(x, layout, chunks, threads)
-        _entry("nl_slices_forward", x)(*args, n, s, c, g, chunks, epsilon, *map(_ptr, (part, scratch, coef)), threads)
+        chunks = layout.chunks()
+        *work, buffer = _work_space(x, layout, chunks, threads)
+        _entry("nl_slices_forward", x)(*args, n, s, c, g, chunks, epsilon, *work, threads)
         return y, mean.view(n, g), var.view(n, g), rstd.view(n, g), shift
     if isinstance(layout, Planes):
-        _entry("nl_planes_forward", x)(*args, *layout, _plane_chunks(layout), epsilon, threads)
+        _entry("nl_planes_forward", x)(*args, *layout, layout.tasks(), epsilon, threads)
         return y, mean, var, rstd, shift
     head = 0
     if shift is None and layout.centered:
         shift, head = _f32(x, layout.r), subsample_size(layout.w)
         args[1] = _ptr(shift)
-    _entry("nl_rows_forward", x)(*args, *layout, head, _row_chunks(layout), epsilon, threads)
+    _entry("nl_rows_forward", x)(*args, *layout, head, layout.tasks(), epsilon, threads)
     return y, mean, var, rstd, shift
 
 
@@ -282,16 +185,15 @@ def _backward(dy, x, shift, mean, rstd, gamma, layout, mask):
     args = [_ptr(t) for t in (dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta)]
     if isinstance(layout, Slices):
         n, s, c, g = layout
-        chunks = _chunks(layout)
-        part, scratch, coef = _work_space(x, layout, chunks, threads)
-        acc = _f64(x, n * 2 * c)
-        _entry("nl_slices_backward", x)(*args, n, s, c, g, chunks, *map(_ptr, (part, scratch, coef, acc)), threads)
+        chunks = layout.chunks()
+        *work, buffer = _work_space(x, layout, chunks, threads, (n * 2 * c, 8))  # (then acc)
+        _entry("nl_slices_backward", x)(*args, n, s, c, g, chunks, *work, threads)
     elif isinstance(layout, Planes):
-        _entry("nl_planes_backward", x)(*args, *layout, _plane_chunks(layout), threads)
+        _entry("nl_planes_backward", x)(*args, *layout, layout.tasks(), threads)
     else:
-        chunks = _row_grad_chunks(layout)
-        part, scratch = _f64(x, chunks * 2 * width), _f32(x, chunks * 2 * width)
-        _entry("nl_rows_backward", x)(*args, *layout, chunks, _ptr(part), _ptr(scratch), threads)
+        chunks = layout.grad_tasks()
+        part, scratch, buffer = _scratch(x, (chunks * 2 * width, 8), (chunks * 2 * width, 4))
+        _entry("nl_rows_backward", x)(*args, *layout, chunks, part, scratch, threads)
     return dx, dgamma, dbeta
 
 
@@ -359,6 +261,14 @@ def _affine_composite(x, mean, variance, gamma, beta, layout, epsilon):
     return y if beta is None else y + beta.reshape(c).view(1, c, 1)
 
 
+def _affine_forward(x, mean, gamma, beta, variance, layout, epsilon):
+    y, coef, threads = torch.empty_like(x), _f32(x, 2 * layout.c), _threads(x.numel())
+    g, b = _flat(gamma), _flat(beta)
+    args = [_ptr(t) for t in (x, mean, variance, g, b, y)]
+    _entry("nl_affine_forward", x)(*args, *layout, layout.tasks(), epsilon, _ptr(coef), threads)
+    return y
+
+
 class AffineNorm(torch.autograd.Function):
     """Batch norm with given statistics by the compiled kernels. Inputs
     ``(x, mean, gamma, beta, variance, layout, epsilon)``: the statistics
@@ -368,10 +278,7 @@ class AffineNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mean, gamma, beta, variance, layout, epsilon):
-        y, coef, threads = torch.empty_like(x), _f32(x, 2 * layout.c), _threads(x.numel())
-        g, b = _flat(gamma), _flat(beta)
-        args = [_ptr(t) for t in (x, mean, variance, g, b, y)]
-        _entry("nl_affine_forward", x)(*args, *layout, _affine_tasks(layout), epsilon, _ptr(coef), threads)
+        y = _affine_forward(x, mean, gamma, beta, variance, layout, epsilon)
         ctx.save_for_backward(x, mean, gamma, beta, variance)
         ctx.layout, ctx.epsilon, ctx.dtype = layout, epsilon, x.dtype
         return y
@@ -389,12 +296,13 @@ class AffineNorm(torch.autograd.Function):
         dy = dy.to(x.dtype).contiguous()
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         _, want_gamma, want_beta = _grad_mask(ctx, gamma, beta)
-        tasks = _affine_grad_tasks(layout) if want_gamma or want_beta else _affine_tasks(layout)
+        tasks = layout.grad_tasks() if want_gamma or want_beta else layout.tasks()
         dgamma = _f32(x, c) if want_gamma else None
         dbeta = _f32(x, c) if want_beta else None
-        coef, part, scratch, g = _f32(x, 2 * c), _f64(x, tasks * 2 * c), _f32(x, tasks * 2 * c), _flat(gamma)
+        *work, buffer = _scratch(x, (2 * c, 4), (tasks * 2 * c, 8), (tasks * 2 * c, 4))  # coef, part, scratch
+        g = _flat(gamma)
         args = [_ptr(t) for t in (dy, x, mean, variance, g, dx, dgamma, dbeta)]
-        _entry("nl_affine_backward", x)(*args, *layout, tasks, epsilon, *map(_ptr, (coef, part, scratch)), threads)
+        _entry("nl_affine_backward", x)(*args, *layout, tasks, epsilon, *work, threads)
         dgamma = None if dgamma is None else dgamma.view(gamma.shape)
         dbeta = None if dbeta is None else dbeta.view(beta.shape)
         return _input_grad(ctx, dx), None, dgamma, dbeta, None, None, None

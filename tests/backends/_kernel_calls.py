@@ -1,4 +1,4 @@
-"""Recording which entry points of normlab's compiled CPU kernels ran."""
+"""Recording which entry points of normlab's compiled CPU kernels ran, and through which autograd nodes."""
 
 from __future__ import annotations
 
@@ -18,3 +18,14 @@ def record_kernel_calls(monkeypatch) -> list[str]:
 
         monkeypatch.setattr(torch_cpu, name, recording)
     return calls
+
+
+def graph_nodes(y):
+    """The names of the autograd nodes ``y`` was computed by."""
+    names, stack = set(), [y.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            stack.extend(n for n, _ in node.next_functions)
+    return names

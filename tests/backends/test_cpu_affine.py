@@ -17,6 +17,7 @@ import pytest
 import normlab
 from normlab import backends
 from normlab import ops as nops
+from tests.backends._kernel_calls import graph_nodes
 
 pytestmark = [
     pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch hook calls the kernels"),
@@ -262,3 +263,28 @@ def test_the_layer_in_inference_and_frozen_fine_tuning():
     np.testing.assert_allclose(dx.numpy(), dx_general.numpy(), rtol=1e-5, atol=1e-5)
     for before, after in zip(moving, (layer.moving_mean, layer.moving_variance)):
         np.testing.assert_array_equal(before, after.numpy())
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_where_autograd_records_nothing_the_same_values(kernel_calls, layout):
+    """Under ``no_grad``, or with no input that requires a gradient, the
+    kernel runs without :class:`~normlab.backends.torch_cpu.AffineNorm`:
+    the same output bit for bit, and no graph."""
+    torch = _torch()
+    x, mean, variance, gamma, beta, _ = _data(layout, 1e4)
+    _, axis = LAYOUTS[layout]
+
+    def run(requires_grad):
+        params = [p.detach().requires_grad_(requires_grad) for p in (gamma, beta)]
+        return nops.batch_norm(x.detach().requires_grad_(requires_grad), mean, variance, axis=axis,
+                               gamma=params[0], beta=params[1], epsilon=EPSILON)
+
+    recorded = run(True)
+    assert "AffineNormBackward" in graph_nodes(recorded)
+    with torch.no_grad():
+        quiet = run(True)
+    plain = run(False)
+    for y in (quiet, plain):
+        assert y.grad_fn is None
+        np.testing.assert_array_equal(y.numpy(), recorded.detach().numpy())
+    assert len(kernel_calls) == 3

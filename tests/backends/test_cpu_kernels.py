@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from normlab import ops as nops
 from normlab.backends import cpu
-from tests.backends._kernel_calls import record_kernel_calls
+from tests.backends._kernel_calls import graph_nodes, record_kernel_calls
 from tests.backends.test_fast_paths import CASES, _apply, _check, _inputs
 
 pytestmark = [
@@ -260,6 +260,37 @@ def test_results_do_not_depend_on_the_thread_count(kernel_calls, case):
 
 
 @needs_compiler
+@pytest.mark.parametrize("case", SERVED + sorted(EXTRA))
+def test_where_autograd_records_nothing_the_same_values(kernel_calls, case):
+    """Under ``no_grad`` or ``inference_mode``, or with no input that
+    requires a gradient, the hooks call the kernels without their
+    ``autograd.Function``: the same output and statistics bit for bit, and
+    no graph."""
+    import contextlib
+
+    import torch
+
+    x_np, _, gamma_np, beta_np = _inputs(case, 1e3)
+
+    def run(requires_grad, context):
+        x = torch.tensor(x_np, dtype=torch.float32, requires_grad=requires_grad)
+        gamma = torch.tensor(gamma_np, requires_grad=requires_grad)
+        with context:
+            y, stats = _apply(case, x, gamma, torch.tensor(beta_np))
+        return y, [t.detach().numpy().copy() for t in (y, *(stats or ()))]
+
+    recorded, expected = run(True, contextlib.nullcontext())
+    assert "KernelNormBackward" in graph_nodes(recorded)
+    for requires_grad, context in ((True, torch.no_grad()), (False, contextlib.nullcontext()),
+                                   (True, torch.inference_mode())):
+        y, got = run(requires_grad, context)
+        assert y.grad_fn is None and not y.requires_grad
+        for a, b in zip(expected, got):
+            np.testing.assert_array_equal(a, b)
+    assert kernel_calls == ["_forward"] * 4, kernel_calls
+
+
+@needs_compiler
 @pytest.mark.parametrize("channels", [1, 3, 5, 10, 12, 24, 31, 33])
 @pytest.mark.parametrize("samples, groups", [(9, 1), (2, 0)])
 def test_rows_of_few_channels_read_in_tiles(kernel_calls, monkeypatch, channels, samples, groups):
@@ -474,3 +505,18 @@ def test_uncentered_rows_take_plain_rows_only():
         torch_cpu.rows(x, None, None, None, 1e-5, groups=2, positions=5, centered=False)
     with pytest.raises(ValueError, match="uncentered rows take groups=1, positions=1 and no shift"):
         torch_cpu.rows(x, torch.zeros(6), None, None, 1e-5, centered=False)
+
+
+def test_a_calls_working_memory_is_one_buffer_of_aligned_pieces():
+    """:func:`~normlab.backends.torch_cpu._scratch`: each piece 64-byte
+    aligned (as torch's own allocations), none overlapping, all inside the buffer."""
+    import torch
+
+    from normlab.backends import torch_cpu
+
+    pieces = [(5, 8), (7, 4), (1, 4), (100, 8)]
+    *addresses, buffer = torch_cpu._scratch(torch.zeros(3), *pieces)
+    assert all(a % 64 == 0 for a in addresses)
+    ends = [a + count * size for a, (count, size) in zip(addresses, pieces)]
+    assert all(end <= start for end, start in zip(ends, addresses[1:]))
+    assert addresses[0] == buffer.data_ptr() and ends[-1] <= buffer.data_ptr() + buffer.numel()
