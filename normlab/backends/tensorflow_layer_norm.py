@@ -79,6 +79,32 @@ def _affine_columns(t, gamma, beta):
     return tf.reshape(y, tf.shape(t))
 
 
+def _row_sums(t, k, xla, centered):
+    """``(sum(t), sum(t * t))`` per row of a 2-D ``(rows, k)`` ``t``, each
+    ``(rows, 1)`` (``sum(t)`` None where not ``centered``).
+
+    * Eagerly, or in the graph of a hot eager call: a reduction and
+      ``EuclideanNorm(t)^2`` (no squared copy of ``t``; first-order only:
+      EuclideanNorm's second derivative is NaN in a graph).
+    * In a graph that may be exported: ``sum(t * t)``. EuclideanNorm is
+      neither a TFLite builtin nor known to tf2onnx, and no exporter marks
+      its traces.
+    * Under XLA (no EuclideanNorm; its CPU reduction of a fused ``t * t``
+      is slow): a matrix-vector product with ones, of ``stack([t, t * t])``
+      (one read of ``t``) or of ``t * t``.
+    """
+    if xla:
+        ones = tf.ones([k], t.dtype)
+        if not centered:
+            return None, tf.linalg.matvec(t * t, ones)[:, None]
+        both = tf.linalg.matvec(tf.stack([t, t * t], axis=1), ones)
+        return both[:, :1], both[:, 1:]
+    total = tf.reduce_sum(t, axis=1, keepdims=True) if centered else None
+    if not exportable_graph():
+        return total, tf.square(tf.math.reduce_euclidean_norm(t, axis=1, keepdims=True))
+    return total, tf.reduce_sum(t * t, axis=1, keepdims=True)
+
+
 def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, subsample, fused):
     """Layer norm of the rows of a 2-D ``(rows, k)`` view.
 
@@ -88,12 +114,7 @@ def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, subsample, fused):
     fused ``x * x`` runs at a quarter of the speed of a plain ``sum(x)``,
     but a matrix-vector product with the same producer at full speed.
 
-    * ``sum(x)`` and ``sum(x^2)`` per row: eagerly (and in the graph of a
-      hot eager call) a reduction and ``EuclideanNorm(x)^2`` (no squared
-      copy of ``x``); in a ``tf.function`` ``sum(x * x)`` (any such graph
-      may be exported, and EuclideanNorm is not a TFLite builtin nor an
-      ONNX op); under XLA one
-      product ``stack([x, x * x]) @ ones``, which reads ``x`` once.
+    * ``sum(x)`` and ``sum(x^2)`` per row: :func:`_row_sums`.
     * The apply step is ``x * rstd - mean * rstd`` per row, then ``gamma``
       and ``beta`` per column, outside XLA in one fused-kernel pass
       (:func:`_affine_columns`).
@@ -112,16 +133,7 @@ def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, subsample, fused):
         return tf.reduce_sum(t, axis=1, keepdims=True)
 
     def sums(t):
-        if xla:  # XLA has no EuclideanNorm
-            both = tf.linalg.matvec(tf.stack([t, t * t], axis=1), tf.ones([k], t.dtype))
-            return both[:, :1], both[:, 1:]
-        if not exportable_graph():
-            # Eagerly, or in the graph of a hot eager call (first-order only:
-            # EuclideanNorm's second derivative is NaN in a graph).
-            return reduce(t), tf.square(tf.math.reduce_euclidean_norm(t, axis=1, keepdims=True))
-        # In a graph that may be exported: EuclideanNorm is neither a TFLite
-        # builtin nor known to tf2onnx, and no exporter marks its traces.
-        return reduce(t), reduce(t * t)
+        return _row_sums(t, k, xla, centered=True)
 
     @tf.custom_gradient
     def fn(*args):
@@ -182,8 +194,7 @@ def _rms_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, fused):
     :func:`_layer_norm_rows_fn`: nothing is subtracted, so there is no
     shift, no mean and no decision (as :func:`normlab.ops.moments.mean_square`).
 
-    * ``sum(x^2)`` per row: eagerly ``EuclideanNorm(x)^2``; in a graph
-      that may be exported ``sum(x * x)``; under XLA the product ``(x * x) @ ones``.
+    * ``sum(x^2)`` per row: :func:`_row_sums`.
     * ``y = x * rstd`` per row, then ``gamma`` and ``beta`` per column
       (outside XLA in one fused-kernel pass, :func:`_affine_columns`).
     * Backward: ``dy * x`` once; ``sum(dy * gamma * x)`` per row and
@@ -191,17 +202,10 @@ def _rms_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, fused):
       ``dx = (dy * gamma) * rstd - x * rstd^3 * sum(dy * gamma * x) / k``.
     """
 
-    def square_sums(t):
-        if xla:
-            return tf.linalg.matvec(t * t, tf.ones([k], t.dtype))[:, None]
-        if not exportable_graph():  # as _layer_norm_rows_fn's sums
-            return tf.square(tf.math.reduce_euclidean_norm(t, axis=1, keepdims=True))
-        return tf.reduce_sum(t * t, axis=1, keepdims=True)
-
     @tf.custom_gradient
     def fn(*args):
         x, gamma, beta, compute, xf = unpack(args, has_gamma, has_beta)
-        rstd = tf.math.rsqrt(square_sums(xf) / float(k) + epsilon)
+        rstd = tf.math.rsqrt(_row_sums(xf, k, xla, centered=False)[1] / float(k) + epsilon)
         gam = None if gamma is None else tf.cast(gamma, compute)
         bet = None if beta is None else tf.cast(beta, compute)
         t = xf * rstd
