@@ -156,21 +156,21 @@ def _channel_view(x, axis):
     return None, False
 
 
-def _subsample_sums(x3, channels_last, dtype):
-    """Per sample and channel, the sum of a subsample of positions
-    (``(N, C)``, in ``dtype``) and the number of positions summed: every
+def _subsample(x3, channels_last):
+    """``(sub, axis)``: a subsample of the positions of ``x3`` (detached:
+    shifts carry no gradient) and its positions' axis. Every
     :data:`_STRIDE`-th row of channels-last data (contiguous rows of C
     values), the first positions of each channel otherwise (contiguous)."""
+    x3 = x3.detach()
     if channels_last:
-        sub = x3[:, ::_STRIDE]
-        return sub.sum(dim=1, dtype=dtype), sub.shape[1]
-    k = subsample_size(x3.shape[2])
-    return x3[:, :, :k].sum(dim=2, dtype=dtype), k
+        return x3[:, ::_STRIDE], 1
+    return x3[:, :, :subsample_size(x3.shape[2])], 2
 
 
 def _group_shift(x3, channels_last, groups, dtype):
     """The shift of each (sample, group), broadcast to its channels: ``(N, C)``."""
-    sums, k = _subsample_sums(x3.detach(), channels_last, dtype)
+    sub, axis = _subsample(x3, channels_last)
+    sums, k = sub.sum(dim=axis, dtype=dtype), sub.shape[axis]
     n, c = sums.shape
     per = c // groups
     shift = sums.view(n, groups, per).sum(dim=2, keepdim=True) / (k * per)
@@ -186,10 +186,8 @@ def _row_shift(rows, dtype):
 
 def _batch_shift(x3, channels_last, dtype):
     """The shift of each channel over the batch: ``(C,)``."""
-    x3 = x3.detach()
-    if channels_last:  # one reduction over the samples and every _STRIDE-th position
-        return x3[:, ::_STRIDE].mean(dim=(0, 1), dtype=dtype)
-    return x3[:, :, :subsample_size(x3.shape[2])].mean(dim=(0, 2), dtype=dtype)
+    sub, axis = _subsample(x3, channels_last)
+    return sub.mean(dim=(0, axis), dtype=dtype)  # (one reduction)
 
 
 # --------------------------------------------------------------------------

@@ -97,11 +97,13 @@ def affine(x3, mean, variance, gamma, beta, epsilon):
 def _records(*tensors):
     """Whether autograd records a call on ``tensors``: where it does not
     (``no_grad``, inference, no input that requires a gradient) the hooks
-    call the kernels without the ``autograd.Function`` (about 6 us a call)."""
+    call the kernels without the ``autograd.Function`` (about 10 us of a
+    small call: layer norm of (8, 64), 23 vs 13 us)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _kernel_norm(x, shift, gamma, beta, layout, epsilon):
+    """:class:`KernelNorm`'s ``(y, mean, variance)``, through autograd where it records."""
     if _records(x, gamma, beta):
         return KernelNorm.apply(x, shift, gamma, beta, layout, epsilon)
     return _forward(x, shift, gamma, beta, layout, epsilon)[:3]
@@ -111,7 +113,7 @@ def _ptr(t):  # an address for a c_void_p argument (None: NULL)
     return None if t is None else t.data_ptr()
 
 
-def _flat(p):  # (contiguous memory is all a kernel reads)
+def _contiguous(p):  # (a parameter's memory as a kernel reads it; None: NULL)
     return p if p is None or p.is_contiguous() else p.contiguous()
 
 
@@ -147,16 +149,12 @@ def _f32(x, size):
     return x.new_empty(size, dtype=torch.float32)
 
 
-def _f64(x, size):
-    return x.new_empty(size, dtype=torch.float64)
-
-
 def _forward(x, shift, gamma, beta, layout, epsilon):
     """``(y, mean, var, rstd, shift)``: ``shift`` the one given, or the one the
     rows kernel formed where none was (centered :class:`Rows`)."""
     y, threads = torch.empty_like(x), _threads(x.numel())
     mean, var, rstd = (_f32(x, layout.stats) for _ in range(3))
-    gamma, beta = _flat(gamma), _flat(beta)
+    gamma, beta = _contiguous(gamma), _contiguous(beta)
     args = [_ptr(t) for t in (x, shift, gamma, beta, y, mean, var, rstd)]
     if isinstance(layout, Slices):
         n, s, c, g = layout
@@ -181,12 +179,12 @@ def _backward(dy, x, shift, mean, rstd, gamma, layout, mask):
     width = layout.channels if isinstance(layout, Rows) else layout.c
     dgamma = _f32(x, width) if mask[1] else None
     dbeta = _f32(x, width) if mask[2] else None
-    gamma = _flat(gamma)
+    gamma = _contiguous(gamma)
     args = [_ptr(t) for t in (dy, x, shift, mean, rstd, gamma, dx, dgamma, dbeta)]
     if isinstance(layout, Slices):
         n, s, c, g = layout
         chunks = layout.chunks()
-        *work, buffer = _work_space(x, layout, chunks, threads, (n * 2 * c, 8))  # (then acc)
+        *work, buffer = _work_space(x, layout, chunks, threads, (n * 2 * c, 8))  # then acc
         _entry("nl_slices_backward", x)(*args, n, s, c, g, chunks, *work, threads)
     elif isinstance(layout, Planes):
         _entry("nl_planes_backward", x)(*args, *layout, layout.tasks(), threads)
@@ -263,7 +261,7 @@ def _affine_composite(x, mean, variance, gamma, beta, layout, epsilon):
 
 def _affine_forward(x, mean, gamma, beta, variance, layout, epsilon):
     y, coef, threads = torch.empty_like(x), _f32(x, 2 * layout.c), _threads(x.numel())
-    g, b = _flat(gamma), _flat(beta)
+    g, b = _contiguous(gamma), _contiguous(beta)
     args = [_ptr(t) for t in (x, mean, variance, g, b, y)]
     _entry("nl_affine_forward", x)(*args, *layout, layout.tasks(), epsilon, _ptr(coef), threads)
     return y
@@ -300,7 +298,7 @@ class AffineNorm(torch.autograd.Function):
         dgamma = _f32(x, c) if want_gamma else None
         dbeta = _f32(x, c) if want_beta else None
         *work, buffer = _scratch(x, (2 * c, 4), (tasks * 2 * c, 8), (tasks * 2 * c, 4))  # coef, part, scratch
-        g = _flat(gamma)
+        g = _contiguous(gamma)
         args = [_ptr(t) for t in (dy, x, mean, variance, g, dx, dgamma, dbeta)]
         _entry("nl_affine_backward", x)(*args, *layout, tasks, epsilon, *work, threads)
         dgamma = None if dgamma is None else dgamma.view(gamma.shape)
