@@ -10,7 +10,7 @@ from keras import ops
 from normlab import backends
 from normlab.ops.arith import at_least, at_most
 from normlab.ops.axes import channel_axis, complement, dims, feature_param, float_tensor, known_dims, the_channel_axis
-from normlab.ops.moments import finite_padding, mask_weight, note_count, shifted_moments, size_as, stats_dtype
+from normlab.ops.moments import finite_values, mask_weight, note_count, shifted_moments, size_as, stats_dtype
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import (
     check_bools,
@@ -114,10 +114,9 @@ def batch_norm(
         if result is None:
             if mask is not None:
                 check_mask(mask, x.shape)
-                x = finite_padding(x, mask)
             shift, mean, variance = shifted_moments(x, reduce_axes, mask=mask, replica_sum=replica_sum)
             y = normalize(
-                x, mean, variance, shift=shift, epsilon=epsilon,
+                x if mask is None else finite_values(x), mean, variance, shift=shift, epsilon=epsilon,
                 gamma=feature_param(gamma, ndim, [a], [channels]),
                 beta=feature_param(beta, ndim, [a], [channels]),
             )
@@ -164,8 +163,6 @@ def _batch_norm_train(
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon)
     check_mask(mask, x.shape)
-    if mask is not None:
-        x = finite_padding(x, mask)
     gamma, beta = check_param("gamma", gamma, (channels,)), check_param("beta", beta, (channels,))
     v = check_positive_int("virtual_batch_size", virtual_batch_size, example=32, allow_none=True,
                            meaning="the size of each ghost batch")
@@ -215,7 +212,8 @@ def _batch_norm_train(
         gamma_b, beta_b = (r, d) if gamma_b is None else (r * gamma_b, d * gamma_b)
         beta_b = beta_b if beta is None else beta_b + ops.cast(feature_param(beta, rank, [c], [channels]), dtype)
     # Subtract the shift, then the small residual mean: exact at large offsets.
-    y = normalize(x_work, residual_mean, variance, shift=shift, gamma=gamma_b, beta=beta_b, epsilon=epsilon)
+    x_apply = x_work if mask is None else finite_values(x_work)
+    y = normalize(x_apply, residual_mean, variance, shift=shift, gamma=gamma_b, beta=beta_b, epsilon=epsilon)
     if v is not None:
         y = ops.reshape(y, shape)
         if mask is not None:  # each ghost batch weighs as many as its unmasked positions

@@ -178,17 +178,20 @@ def mask_weight(mask: Tensor, dtype: str) -> Tensor:
     return ops.cast(ops.cast(mask, "bool"), dtype)
 
 
-def finite_padding(x: Tensor, mask: Tensor) -> Tensor:
-    """``x`` with the non-finite values at masked positions replaced by 0.
+def finite_values(x: Tensor) -> Tensor:
+    """``x`` with its non-finite values replaced by 0: the input of a masked
+    norm's apply step, whose statistics are taken from ``x`` itself.
 
     The statistics never read padding; the apply step does (its outputs there
     are discarded), and its backward multiplies each position's normalized
     value by its cotangent: 0 times a NaN of padding is NaN, in the
-    parameters' gradients and every input's."""
+    parameters' gradients and every input's. A non-finite value that the
+    mask keeps makes its slice's statistics NaN, and so every output of the
+    slice, whatever the apply step reads there: the mask need not be read
+    (a full-size broadcast of it, and an ``or``, in every pass that applies)."""
     # |x| < inf is False for NaN and both infinities: two elementwise passes
     # where torch's isfinite makes four (eager torch runs each one on its own).
-    finite = ops.abs(x) < float("inf")  # (an operator: no tensor made of the number)
-    return ops.where(ops.logical_or(_known_rank(ops.cast(mask, "bool"), x), finite), x, zero_of(x))
+    return ops.where(ops.abs(x) < float("inf"), x, zero_of(x))  # (an operator: no tensor made of the number)
 
 
 def _known_rank(mask: Tensor, x: Tensor) -> Tensor:
