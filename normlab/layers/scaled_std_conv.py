@@ -64,10 +64,16 @@ class _ScaledWeightStandardization(_WeightStandardization):
         self.gain_initializer: Any = keras_object("initializer", "gain_initializer", gain_initializer)
 
     def build(self, input_shape: Shape) -> None:
+        # With lora_rank set, Keras' build ends in enable_lora(), which locks
+        # the layer against new weights: LoRA is enabled after the gain, as a
+        # later enable_lora() call does (the weights' order is the same).
+        lora_rank, self.lora_rank = self.lora_rank, None
         super().build(input_shape)
         self.gain = self.add_weight(
             name="gain", shape=(self.filters,), initializer=self.gain_initializer, trainable=True
         )
+        if lora_rank:
+            self.enable_lora(lora_rank, lora_alpha=self.lora_alpha)
         fan_in = 1
         for d in self._kernel.shape[:-1]:
             fan_in *= int(d)

@@ -251,6 +251,26 @@ def test_lora_standardizes_the_kernel_with_its_update_once():
     assert layer.lora_enabled  # restored after the call
 
 
+@pytest.mark.parametrize("conv", ["StdConv2D", "ScaledStdConv2D"])
+def test_a_conv_built_with_lora_rank_has_the_weights_of_a_later_enable_lora(conv, tmp_path):
+    """Keras' build ends in enable_lora() where lora_rank is set, which locks
+    the layer: the scaled conv's gain, added after it, made the build fail
+    (a bare ``ValueError: None``), and a saved LoRA model fail to load."""
+    x = np.random.default_rng(2).normal(size=(2, 5, 5, 3)).astype("float32")
+    built = getattr(normlab, conv)(4, 3, lora_rank=2, lora_alpha=4.0)
+    built(x)
+    later = getattr(normlab, conv)(4, 3)
+    later.build(x.shape)
+    later.enable_lora(2)
+    assert [w.name for w in built.weights] == [w.name for w in later.weights]
+    assert built.lora_enabled and (built.lora_rank, built.lora_alpha) == (2, 4.0)
+    inputs = keras.Input((5, 5, 3))
+    model = keras.Model(inputs, later(inputs))
+    model.save(tmp_path / "lora.keras")
+    loaded = keras.saving.load_model(tmp_path / "lora.keras")
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)))
+
+
 @pytest.mark.parametrize("wrapper", ["SpectralNormalization", "WeightNormalization"])
 def test_wrappers_refuse_a_lora_layer(wrapper):
     """They normalize the kernel variable; the LoRA update would be added after that, unnormalized."""
