@@ -16,6 +16,7 @@ import warnings
 from typing import Any
 
 import keras
+import numpy as np
 from keras import initializers, ops
 
 from normlab.layers.base import check_float_policy, check_training
@@ -149,7 +150,7 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
         check_wrapped_layer(type(self).__name__, layer, _SPECTRAL_LAYERS, "with a kernel: its matrix is the kernel "
                             "with every axis but the last flattened, as in Keras' wrapper")
         iterations = _check_power_iterations(power_iterations)
-        if not isinstance(in_place, bool):
+        if not isinstance(in_place, (bool, np.bool_)):  # NumPy bools (from a config or an array) are bools
             raise ArgumentTypeError(
                 error_message(
                     "in_place",
@@ -161,7 +162,7 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
         super().__init__(layer, **kwargs)
         check_float_policy(self)
         self.power_iterations = iterations
-        self.in_place = in_place
+        self.in_place = bool(in_place)
         self._warned = False
         self.supports_masking = bool(getattr(layer, "supports_masking", False))  # as the wrapped layer
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from normlab.layers.base import check_float_policy, check_training
@@ -157,7 +158,7 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
         is_rnn = isinstance(layer, keras.layers.RNN)
         if is_rnn:
             _check_rnn_cell(layer)
-        if not isinstance(data_init, bool):
+        if not isinstance(data_init, (bool, np.bool_)):  # NumPy bools (from a config or an array) are bools
             raise ArgumentTypeError(
                 error_message(
                     "data_init",
@@ -168,7 +169,7 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
             )
         super().__init__(layer, **kwargs)
         check_float_policy(self)
-        self.data_init = data_init
+        self.data_init = bool(data_init)
         self._is_rnn = is_rnn
         self._init_seen = False
         self.supports_masking = bool(getattr(layer, "supports_masking", False))  # as the wrapped layer

@@ -220,12 +220,15 @@ def test_flags_must_be_bools(norm, argument, value):
         (lambda v: normlab.FilterResponseNormalization(learned_epsilon=v), "learned_epsilon"),
         (lambda v: normlab.TLU(affine=v), "affine"),
         (lambda v: normlab.LayerNormalization(rms_scaling=v), "rms_scaling"),
+        (lambda v: normlab.WeightNormalization(keras.layers.Dense(2), data_init=v), "data_init"),
+        (lambda v: normlab.SpectralNormalization(keras.layers.Dense(2), in_place=v), "in_place"),
     ],
 )
 def test_other_flags_must_be_bools(make, argument):
     with pytest.raises(TypeError, match=rf"Invalid `{argument}`: expected a bool.*Received: {argument}='yes'"):
         make("yes")
-    make(np.bool_(False))  # NumPy bools (from configs or arrays) are bools
+    # NumPy bools (from configs or arrays) are bools, and the config holds Python's (JSON has no np.bool_)
+    assert type(make(np.bool_(True)).get_config()[argument]) is bool
 
 
 @pytest.mark.parametrize(
@@ -260,16 +263,21 @@ def test_unknown_names_for_the_other_weights(make, argument):
         make()
 
 
-def test_filter_response_norm_without_a_spatial_axis_needs_a_learned_epsilon():
-    # nu2 = x**2 on a rank-2 input: x / sqrt(x**2 + eps) is sign(x) unless epsilon is learned.
-    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
-    with pytest.raises(ValueError, match=r"Invalid `inputs`: expected an input with a spatial axis.*"
-                                         r"Received: shape=\(4, 3\).*Pass learned_epsilon"):
-        normlab.FilterResponseNormalization()(x)
-    with pytest.raises(ValueError, match=r"Received: shape=\(4, 3\) without a learned epsilon"):
-        nops.filter_response_norm(x)
-    y = normlab.FilterResponseNormalization(learned_epsilon=True)(x)
+@pytest.mark.parametrize("shape", [(4, 3), (4, 1, 1, 3), (4, 3, 1, 1, 1)])
+def test_filter_response_norm_at_one_position_needs_a_learned_epsilon(shape):
+    # nu2 = x**2 at one position (no spatial axis, or 1x1): x / sqrt(x**2 + eps) is sign(x)
+    # unless epsilon is learned.
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    axis = 1 if len(shape) == 5 else -1
+    received = re.escape(f"Received: shape={shape}")
+    with pytest.raises(ValueError, match=r"Invalid `inputs`: expected an input with more than one spatial position.*"
+                                         rf"{received}.*Pass learned_epsilon"):
+        normlab.FilterResponseNormalization(axis=axis)(x)
+    with pytest.raises(ValueError, match=rf"{received} without a learned epsilon"):
+        nops.filter_response_norm(x, axis=axis)
+    y = normlab.FilterResponseNormalization(axis=axis, learned_epsilon=True)(x)
     assert np.isfinite(ops.convert_to_numpy(y)).all()
+    normlab.FilterResponseNormalization(axis=axis)(np.ones(shape[:1] + (2,) + shape[1:], "float32"))  # 2 positions
 
 
 def test_evo_norm_s0_takes_groups_or_group_size_not_both():
