@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from keras import ops
@@ -50,14 +51,17 @@ def frn_axes(axis: Axis, ndim: int) -> tuple[int, list[int]]:
 
 
 def check_frn_input(shape: Shape, spatial: Sequence[int], learned_epsilon: bool) -> None:
-    """Raises for an input without a spatial axis unless a learned epsilon is used."""
-    if not spatial and not learned_epsilon:
+    """Raises for an input without a spatial axis, or whose spatial axes are
+    known to hold one position (1x1), unless a learned epsilon is used."""
+    sizes = [shape[a] for a in spatial]
+    one_position = all(isinstance(d, int) for d in sizes) and math.prod(sizes) == 1
+    if one_position and not learned_epsilon:
         raise ValueError(
             error_message(
                 "inputs",
-                "an input with a spatial axis (rank >= 3), or a learned epsilon: with no spatial "
-                "axis nu2 = x**2 and FRN collapses to sign(x) unless a learned epsilon keeps it "
-                "smooth (the paper's advice for 1x1 activations)",
+                "an input with more than one spatial position (rank >= 3, not 1x1), or a learned "
+                "epsilon: at one position nu2 = x**2 and FRN collapses to sign(x) unless a learned "
+                "epsilon keeps it smooth (the paper's advice for 1x1 activations)",
                 f"shape={tuple(shape)} without a learned epsilon",
                 "Pass learned_epsilon (FilterResponseNormalization(learned_epsilon=True)), add a "
                 "spatial axis, or use LayerNormalization.",
