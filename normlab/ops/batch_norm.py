@@ -10,7 +10,8 @@ from keras import ops
 from normlab import backends
 from normlab.ops.arith import at_least, at_most
 from normlab.ops.axes import channel_axis, complement, dims, feature_param, float_tensor, known_dims, the_channel_axis
-from normlab.ops.moments import finite_values, mask_weight, note_count, shifted_moments, size_as, stats_dtype
+from normlab.ops.ghost_batches import split_batch
+from normlab.ops.moments import finite_values, note_count, shifted_moments, size_as, stats_dtype
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import (
     check_bools,
@@ -19,7 +20,6 @@ from normlab.ops.validate import (
     check_param,
     check_positive_int,
     check_renorm_clipping,
-    divisors,
     error_message,
 )
 from normlab.types import RenormClipping, ReplicaSum, Tensor
@@ -168,20 +168,8 @@ def _batch_norm_train(
                            meaning="the size of each ghost batch")
     shape = dims(x)
     if v is not None:
-        batch = x.shape[0]
-        if batch is not None and batch % v:
-            raise ValueError(
-                error_message(
-                    "virtual_batch_size",
-                    "a divisor of the batch size, so that the batch splits into equal ghost batches",
-                    f"virtual_batch_size={v} with a batch of {batch}",
-                    f"Use one of {divisors(batch)}, or a batch size that is a multiple of {v} "
-                    "(e.g. drop the last, smaller batch).",
-                )
-            )
-        if mask is not None:
-            mask = ops.reshape(ops.broadcast_to(mask_weight(mask, "float32"), ops.shape(x)), [-1, v] + shape[1:])
-        x_work, c, rank = ops.reshape(x, [-1, v] + shape[1:]), a + 1, ndim + 1
+        x_work, mask = split_batch(x, v, mask)
+        c, rank = a + 1, ndim + 1
         reduce_axes = [i for i in range(1, rank) if i != c]  # keep the ghost axis 0
     else:
         x_work, c, rank = x, a, ndim

@@ -114,6 +114,19 @@ def test_ghost_batch_size_must_divide_the_batch():
     layer(np.zeros((8, 4), "float32"))  # inference: no ghost batches, any batch size
 
 
+def test_fit_says_when_the_last_batch_does_not_split_into_ghost_batches():
+    """``fit``'s last batch of 2 (10 samples in batches of 4). A TensorFlow
+    graph's batch size is unknown when it is traced: its assertion says it,
+    where the reshape's own error spoke of 16 values and multiples of 32."""
+    x = np.random.default_rng(0).normal(size=(10, 8)).astype("float32")
+    model = keras.Sequential([keras.Input((8,)), normlab.BatchNormalization(virtual_batch_size=4)])
+    model.compile("sgd", "mse", jit_compile=False)
+    model.fit(x[:8], x[:8], batch_size=4, epochs=1, verbose=0)  # whole ghost batches: trains
+    with pytest.raises(Exception, match=r"(?s)Invalid `virtual_batch_size`: expected a divisor of the batch size.*"
+                                        r"a multiple of 4"):
+        model.fit(x, x, batch_size=4, epochs=1, verbose=0)
+
+
 def test_use_moving_statistics_freezes_statistics_but_trains_affine():
     rng = np.random.default_rng(3)
     x = rng.normal(4.0, 2.0, size=(8, 3)).astype("float32")

@@ -1,0 +1,50 @@
+"""Ghost batches (Hoffer et al., 2017): a batch split into equal groups of
+``virtual_batch_size`` samples, each normalized with its own statistics."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from normlab.ops.axes import dims
+from normlab.ops.moments import mask_weight
+from normlab.ops.validate import divisors, error_message
+from normlab.types import Tensor
+
+_EXPECTED = "a divisor of the batch size, so that the batch splits into equal ghost batches"
+
+
+def split_batch(x: Tensor, size: int, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """``x`` as ``(batch // size, size, *x.shape[1:])``, and ``mask`` (if any)
+    as float weights of that shape.
+
+    A batch that ``size`` does not divide is an error: raised here where the
+    batch size is known when the op runs or is traced, else (a TensorFlow
+    graph's unknown batch, as in Keras' ``fit``, whose last batch may be
+    smaller) by an assertion that runs with the graph. (Under XLA the
+    assertion is compiled out and the reshape's own error remains.)
+    """
+    batch, shape = x.shape[0], dims(x)
+    if batch is not None and batch % size:
+        raise ValueError(error_message(
+            "virtual_batch_size", _EXPECTED, f"virtual_batch_size={size} with a batch of {batch}",
+            f"Use one of {divisors(batch)}, or a batch size that is a multiple of {size} "
+            "(e.g. drop the last, smaller batch)."))
+    if batch is None and keras.backend.backend() == "tensorflow":
+        x = _asserted_multiple(x, size)
+    if mask is not None:
+        mask = ops.reshape(ops.broadcast_to(mask_weight(mask, "float32"), ops.shape(x)), [-1, size] + shape[1:])
+    return ops.reshape(x, [-1, size] + shape[1:]), mask
+
+
+def _asserted_multiple(x: Tensor, size: int) -> Tensor:
+    """``x``, once a graph assertion has checked that ``size`` divides its batch."""
+    import tensorflow as tf
+
+    check = tf.debugging.assert_equal(
+        tf.shape(x)[0] % size, 0, message=error_message(
+            "virtual_batch_size", _EXPECTED, f"virtual_batch_size={size} with a batch that is not a multiple of it",
+            f"Use a batch size that is a multiple of {size}, and drop the last, smaller batch "
+            "(tf.data's batch(..., drop_remainder=True), or x[:len(x) // batch_size * batch_size])."))
+    with tf.control_dependencies([check]):
+        return tf.identity(x)
