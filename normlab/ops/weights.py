@@ -29,7 +29,7 @@ from keras import ops
 
 from normlab.ops.arith import at_least
 from normlab.ops.axes import canonicalize_axes, float_tensor
-from normlab.ops.moments import moments, stats_dtype
+from normlab.ops.moments import shifted_moments, stats_dtype
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, error_message
 from normlab.types import Axis, Tensor
@@ -72,7 +72,9 @@ def _check_per_output(name: str, value: Tensor | None, kernel: Tensor, axes: Seq
     n = 1
     for d in shape:
         n *= int(d)
-    if shape != tuple(keep) and n not in (1, size):
+    # One value, or the outputs' shape with any size-1 axes: a (4, 3) gain for
+    # (3, 4) outputs, or a flat (12,) one, has the size but not the order.
+    if n != 1 and [int(d) for d in shape if d != 1] != [d for d in keep if d != 1]:
         raise ValueError(
             error_message(
                 name,
@@ -147,8 +149,8 @@ def standardize_weight(
             "One weight standardizes to 0, so every output would be the bias. A weight-"
             "standardized convolution with a 1x1 kernel needs more than one input channel "
             "per group: use a plain convolution there."))
-    mean, var = moments(kernel, axes)
-    return normalize(kernel, mean, var, gamma=gain, epsilon=epsilon)
+    shift, mean, var = shifted_moments(kernel, axes)  # exact at any offset, as every norm
+    return normalize(kernel, mean, var, shift=shift, gamma=gain, epsilon=epsilon)
 
 
 def weight_norm(

@@ -162,14 +162,25 @@ def test_standardize_weight_op_axes_and_gain():
     got = ops.convert_to_numpy(standardize_weight(w, axes=[1, 2, 3], epsilon=1e-4, gain=gain))
     expected = np.moveaxis(reference.standardize_weight(np.moveaxis(w, 0, -1), 1e-4, gain), -1, 0)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Outputs over two axes: a gain of their shape, with or without size-1 axes anywhere
+    w2, g2 = rng.normal(size=(5, 3, 4)).astype("float32"), rng.uniform(0.5, 2.0, size=(3, 4)).astype("float32")
+    want = ops.convert_to_numpy(standardize_weight(w2, axes=[0])) * g2
+    for gain in (g2, g2[None], g2[:, None, :]):
+        np.testing.assert_allclose(ops.convert_to_numpy(standardize_weight(w2, axes=[0], gain=gain)), want, rtol=1e-6)
 
 
-def test_standardize_weight_is_exact_for_large_offsets_and_keeps_dtype():
-    w = (1e4 + np.random.default_rng(8).normal(size=(3, 3, 4, 4))).astype("float32")
+@pytest.mark.parametrize("offset", [1e4, 1e6])
+def test_standardize_weight_is_exact_for_large_offsets_and_keeps_dtype(offset):
+    # Statistics about a shift, as every norm's: the mean taken at the offset was
+    # off by up to 1/16 at 1e6 (2e-2 in the output), 5e-4 at 1e4.
+    w = (offset + np.random.default_rng(8).normal(size=(3, 3, 4, 4))).astype("float32")
     got = standardize_weight(w)
     assert keras.backend.standardize_dtype(got.dtype) == "float32"
-    np.testing.assert_allclose(ops.convert_to_numpy(got), reference.standardize_weight(w), atol=2e-3)
-    half = standardize_weight(w.astype("float16") - np.float16(1e4))
+    np.testing.assert_allclose(ops.convert_to_numpy(got), reference.standardize_weight(w), atol=2e-6)
+    gain = np.random.default_rng(9).uniform(0.5, 2.0, size=4).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(standardize_weight(w, gain=gain)),
+                               reference.standardize_weight(w, gain=gain), atol=4e-6)
+    half = standardize_weight((w - np.float32(offset)).astype("float16"))
     assert keras.backend.standardize_dtype(half.dtype) == "float16"
 
 
@@ -185,6 +196,12 @@ def test_standardize_weight_is_exact_for_large_offsets_and_keeps_dtype():
         (lambda: standardize_weight(np.ones((3, 4), "float32"), gain=np.ones(3, "float32")), ValueError,
          r"Invalid `gain`: expected one value per output unit.*Received: gain\.shape=\(3,\) for "
          r"kernel\.shape=\(3, 4\)\. Pass a vector with the kernel's last dimension"),
+        # The outputs' size but not their order: a transposed gain would have gone to the wrong outputs.
+        (lambda: standardize_weight(np.ones((5, 3, 4), "float32"), axes=[0], gain=np.ones((4, 3), "float32")),
+         ValueError, r"Invalid `gain`: expected one value per output unit: shape \(3, 4\) or \(1, 3, 4\).*"
+                     r"Received: gain\.shape=\(4, 3\)"),
+        (lambda: standardize_weight(np.ones((5, 3, 4), "float32"), axes=[0], gain=np.ones(12, "float32")),
+         ValueError, r"Invalid `gain`.*Received: gain\.shape=\(12,\)"),
         (lambda: standardize_weight(np.ones((3, 4), "float32"), axes=[2]), ValueError,
          r"Invalid `axes`: expected axes in \[-2, 1\].*Received: axes=\[2\] for an input of rank 2"),
         (lambda: normlab.get("ws"), ValueError,
