@@ -105,8 +105,8 @@ def _forward_mode() -> bool:
     while trace is not None:
         if isinstance(trace, jvp_trace):
             return True
-        if isinstance(trace, linearize_trace):
-            return False
+        if isinstance(trace, linearize_trace):  # grad and vjp (is_vjp), or jax.linearize (forward mode)
+            return not getattr(trace, "is_vjp", True)
         trace = getattr(trace, "parent_trace", None)
     return False
 
