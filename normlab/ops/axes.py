@@ -21,6 +21,10 @@ from normlab.types import Axis, Shape, Tensor
 
 def as_axis_list(axis: object, *, argument: str = "axis") -> list[int]:
     """Returns ``axis`` (an int or a sequence of ints) as a list, unvalidated."""
+    if type(axis) is int:  # the usual cases first, without the ABC checks (a layer asks on every call)
+        return [axis]
+    if type(axis) in (list, tuple) and axis and all(type(a) is int for a in axis):
+        return list(axis)
     if isinstance(axis, bool):
         raise ArgumentTypeError(
             error_message(argument, "an int or a list of ints", f"{argument}={axis!r}",
@@ -110,7 +114,6 @@ def canonicalize_axes(
     is the batch axis 0.
     """
     axes = as_axis_list(axis, argument=argument)
-    received = f"{argument}={axis!r} for an input of rank {ndim}"
     if not allow_batch and ndim < 2:
         raise ValueError(
             error_message("inputs", "a tensor of rank >= 2: a batch axis, then the features",
@@ -119,32 +122,20 @@ def canonicalize_axes(
     resolved = []
     for a in axes:
         if not -ndim <= a < ndim:
-            raise ValueError(
-                error_message(
-                    argument,
-                    f"axes in [-{ndim}, {ndim - 1}] for an input of rank {ndim}",
-                    received,
-                    "Check the input's rank; axis=-1 is the last (channels-last) axis.",
-                )
-            )
+            raise _axes_error(argument, axis, ndim, f"axes in [-{ndim}, {ndim - 1}] for an input of rank {ndim}",
+                              "Check the input's rank; axis=-1 is the last (channels-last) axis.")
         resolved.append(a % ndim)
     if len(set(resolved)) != len(resolved):
-        raise ValueError(
-            error_message(
-                argument, "distinct axes", received, "Remove the repeated axis."
-            )
-        )
+        raise _axes_error(argument, axis, ndim, "distinct axes", "Remove the repeated axis.")
     if not allow_batch and 0 in resolved:
-        raise ValueError(
-            error_message(
-                argument,
-                "feature axes other than the batch axis 0",
-                received,
-                "Normalization statistics are never shared across the batch axis this way; "
-                "use axis=-1 for channels-last or axis=1 for channels-first inputs.",
-            )
-        )
+        raise _axes_error(argument, axis, ndim, "feature axes other than the batch axis 0",
+                          "Normalization statistics are never shared across the batch axis this way; "
+                          "use axis=-1 for channels-last or axis=1 for channels-first inputs.")
     return sorted(resolved)
+
+
+def _axes_error(argument: str, axis: object, ndim: int, expected: str, fix: str) -> ValueError:
+    return ValueError(error_message(argument, expected, f"{argument}={axis!r} for an input of rank {ndim}", fix))
 
 
 def complement(axes: Sequence[int], ndim: int, *, keep_batch: bool = False) -> list[int]:
@@ -239,13 +230,16 @@ def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = 
     statistics (GroupNorm, InstanceNorm) keep an empty slice, which
     broadcasts: no pad in their graphs. A ``jax.export`` symbolic size that
     may be 0 (``max(h - 2, 0)`` after a valid convolution) is padded in both:
-    its slice, of size ``min(size, 1)``, broadcasts against nothing.
+    its slice, of size ``min(size, 1)``, broadcasts against nothing. So is
+    an axis known to be empty: the statistics keep size 1 there, as NumPy's
+    ``mean(keepdims=True)``.
     """
     ndim = len(x.shape)
     index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(ndim))
     sample = x[index]
     batch_statistics = 0 in axes if batch_statistics is None else batch_statistics
-    unknown = [a for a in axes if (x.shape[a] is None and batch_statistics) or _may_be_empty(x.shape[a])]
+    unknown = [a for a in axes if (x.shape[a] is None and batch_statistics) or _may_be_empty(x.shape[a])
+               or (isinstance(x.shape[a], int) and x.shape[a] == 0)]  # (a known 0: a statistic of shape 1)
     if unknown:
         sample = ops.pad(sample, [(0, 1) if a in unknown else (0, 0) for a in range(ndim)])[index]
     return sample

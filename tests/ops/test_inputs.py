@@ -82,6 +82,25 @@ def test_batch_norm_training_on_an_empty_batch_returns_it_with_nan_statistics(pa
     assert np.isnan(to_np(mean)).all() and np.isnan(to_np(var)).all()
 
 
+@pytest.mark.parametrize("shape, axes", [((0, 3), [0]), ((2, 0, 3), [1]), ((2, 0, 3), [0, 1])])
+def test_statistics_over_an_axis_known_to_be_empty_keep_size_1_there(shape, axes):
+    """The shift, an empty slice there, made the mean empty (the variance
+    kept size 1), and a reshape of it fail in moments(keepdims=False),
+    batch_renorm and switchable_norm's statistics."""
+    x = np.zeros(shape, "float32")
+    mean, var = nops.moments(x, axes)
+    kept = tuple(1 if a in axes else d for a, d in enumerate(shape))
+    assert tuple(mean.shape) == tuple(var.shape) == kept and np.isnan(to_np(mean)).all()
+    mean, _ = nops.moments(x, axes, keepdims=False)
+    assert tuple(mean.shape) == tuple(d for a, d in enumerate(shape) if a not in axes)
+    if axes == [0]:
+        y, mean, var = nops.batch_renorm(x, np.zeros(3, "float32"), np.ones(3, "float32"), return_stats=True)
+        assert tuple(y.shape) == shape and tuple(mean.shape) == (3,) and np.isnan(to_np(mean)).all()
+    if len(shape) == 3:
+        y, *stats = nops.switchable_norm(x, np.zeros(3), np.zeros(3), training=True, return_stats=True)
+        assert tuple(y.shape) == shape
+
+
 @pytest.mark.parametrize("call", [
     lambda x: nops.group_norm(x, 4, axis=[1, 2]),
     lambda x: nops.instance_norm(x, axis=[1, 2]),
