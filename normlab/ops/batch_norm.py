@@ -12,7 +12,7 @@ from normlab.ops.arith import at_least, at_most
 from normlab.ops.axes import channel_axis, complement, dims, feature_param, float_tensor, known_dims, the_channel_axis
 from normlab.ops.ghost_batches import split_batch
 from normlab.ops.moments import finite_values, note_count, shifted_moments, size_as, stats_dtype
-from normlab.ops.normalize import normalize
+from normlab.ops.normalize import check_variance, normalize
 from normlab.ops.validate import (
     check_bools,
     check_epsilon,
@@ -134,6 +134,7 @@ def batch_norm(
                     "Pass the moving mean and variance, or training=True to use batch statistics.",
                 )
             )
+        check_variance(variance)
         hook = backends.fast_path("batch_norm_infer", epsilon=epsilon)
         y = None
         if hook is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
 from keras import ops
 
 from normlab import backends
@@ -52,6 +53,29 @@ def _broadcasts_to(name: str, value: Tensor, shape: tuple | None) -> None:
         name, f"a tensor broadcastable to x's shape {shape} (each dimension 1 or x's)",
         f"{name} of shape {given}",
         "Keep the reduced axes as size-1 dimensions, e.g. moments(x, axes, keepdims=True)."))
+
+
+def check_variance(variance: object, name: str = "variance") -> None:
+    """Raises for a given variance below 0 where it is a host value (a Python
+    number or a NumPy array): read without a device sync. (A tensor's values
+    are never read: a negative one gives NaN there.)"""
+    if type(variance) in (float, int):  # (no NumPy: a compiler traces a Python number as it is)
+        if variance < 0:  # type: ignore[operator]
+            raise _negative_variance(name, f"{name}={variance}")
+    elif isinstance(variance, (np.ndarray, np.floating, np.integer)):
+        values = np.asarray(variance).reshape(-1)
+        negative = values[values < 0]
+        if negative.size:
+            raise _negative_variance(name, f"{name}={float(negative[0])}" if values.size == 1 else
+                                     f"{name} with {negative.size} negative value(s) of {values.size}, "
+                                     f"e.g. {float(negative[0])}")
+
+
+def _negative_variance(name: str, received: str) -> ValueError:
+    return ValueError(error_message(
+        name, "a non-negative variance (its square root scales the output)", received,
+        "Pass a variance, not a standard deviation or log-variance; moving statistics "
+        "come from the layer's moving_variance or moments()."))
 
 
 def normalize(
@@ -104,6 +128,7 @@ def normalize(
         [[-1.0, 1.0]]
     """
     x = float_tensor(x)
+    check_variance(variance)
     shape = _static_shape(x)
     given = {"mean": mean, "variance": variance, "gamma": gamma, "beta": beta, "shift": shift}
     for name, value in given.items():

@@ -82,6 +82,19 @@ def test_batch_norm_training_on_an_empty_batch_returns_it_with_nan_statistics(pa
     assert np.isnan(to_np(mean)).all() and np.isnan(to_np(var)).all()
 
 
+def test_a_negative_given_variance_on_the_host_is_refused():
+    """A NumPy or Python variance below 0 gave NaN outputs; tensors' values are never read (a device sync)."""
+    x = np.ones((2, 3), "float32")
+    with pytest.raises(ValueError, match=r"Invalid `variance`: expected a non-negative variance.*"
+                                         r"Received: variance with 1 negative value\(s\) of 3, e\.g\. -2\.0\. Pass a variance"):
+        nops.batch_norm(x, np.zeros(3, "float32"), np.array([1.0, -2.0, 1.0], "float32"))
+    with pytest.raises(ValueError, match=r"Received: variance=-1\.0\."):
+        nops.normalize(x, 0.0, -1.0)
+    with pytest.raises(ValueError, match=r"Received: variance=-0\.5\."):
+        nops.normalize(x, 0.0, np.float32(-0.5))
+    np.testing.assert_allclose(to_np(nops.normalize(x, 1.0, np.zeros(3, "float32"), epsilon=0.0)), 0.0)
+
+
 @pytest.mark.parametrize("shape, axes", [((0, 3), [0]), ((2, 0, 3), [1]), ((2, 0, 3), [0, 1])])
 def test_statistics_over_an_axis_known_to_be_empty_keep_size_1_there(shape, axes):
     """The shift, an empty slice there, made the mean empty (the variance
