@@ -109,7 +109,7 @@ class _HasDtypes(Protocol):
     def compute_dtype(self) -> str: ...
 
 
-_FLOAT_BITS = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
+_FLOAT_BITS = {"float8_e4m3fn": 8, "float8_e5m2": 8, "float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
 
 
 def check_float_policy(layer: keras.layers.Layer) -> None:
@@ -153,9 +153,9 @@ class FloatCompute:
         layer computes in float64, as Keras' layers do), integers (e.g. uint8
         images) cast to the variable dtype."""
         inputs = ops.convert_to_tensor(inputs)
-        if keras.backend.is_float_dtype(inputs.dtype):
-            given = keras.backend.standardize_dtype(inputs.dtype)
-            if _FLOAT_BITS.get(given, 0) < _FLOAT_BITS.get(self.compute_dtype, 0):
+        bits = _FLOAT_BITS.get(keras.backend.standardize_dtype(inputs.dtype))
+        if bits is not None:
+            if bits < _FLOAT_BITS.get(self.compute_dtype, 0):
                 return ops.cast(inputs, self.compute_dtype)
             return inputs
         check_real(inputs, "inputs")
@@ -163,7 +163,8 @@ class FloatCompute:
 
     def compute_output(self: _HasDtypes, outputs: Tensor) -> Tensor:
         """The op's result in the layer's compute dtype (float16 under mixed precision)."""
-        return ops.cast(outputs, self.compute_dtype)
+        dtype = self.compute_dtype
+        return outputs if keras.backend.standardize_dtype(outputs.dtype) == dtype else ops.cast(outputs, dtype)
 
 
 class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
