@@ -12,7 +12,9 @@ Usage::
 
 The lab parses and checks its arguments before it imports Keras or any
 backend: ``--help``, ``normlab list``, argument errors and ``normlab report``
-need no deep-learning framework. The ``normlab`` program enters through
+need no deep-learning framework (two ``--norms`` specs that build the same
+model are found once Keras runs on the chosen backend: the registry knows
+the norms' defaults). The ``normlab`` program enters through
 ``_normlab_cli``, which imports the ``normlab`` package without running its
 ``__init__`` (that imports Keras to register the layers). Run commands then
 check every run of the grid (:mod:`normlab.lab.preflight`) before training
@@ -67,7 +69,7 @@ class _Parser(argparse.ArgumentParser):
 def _seeds(text: str) -> tuple[int, ...]:
     try:
         if "," in text:
-            seeds = tuple(int(s) for s in text.split(",") if s.strip())
+            seeds = tuple(int(s) for s in _items(text))  # (0,,1 is refused: a seed may be missing)
         else:
             count = int(text)
             if not 1 <= count <= MAX_SEED_COUNT:

@@ -80,7 +80,6 @@ def make_experiment(args: argparse.Namespace):
             if len(norms) != len(args.norms):
                 raise ConfigError(f"Invalid `norms`: expected each spec once. Received: "
                                   f"norms={args.norms!r}. Drop the repeats.")
-            check_distinct_models(list(norms))
             build = lambda **kw: P.compare(norms, **kw)  # noqa: E731
         else:
             build = P.PRESETS[P.COMPARE_PRESETS[args.preset or "classic"]].build
@@ -222,7 +221,7 @@ def list_norms(args) -> int:
 def run(args) -> int:
     import os
 
-    from normlab.lab.backend import use_backend
+    from normlab.lab.backend import import_keras, use_backend
     from normlab.lab.report import check_baseline
 
     if args.verbose:
@@ -239,6 +238,9 @@ def run(args) -> int:
                                  progress=not (args.no_progress or args.dry_run))
     preflight.check_out(args.out)
     backend, why = use_backend(args.backend, args.argv)
+    if args.command == "compare" and args.norms:  # the registry imports Keras: on the chosen backend, quietly
+        import_keras(args.verbose)
+        check_distinct_models(canonical_norms(args.norms))
     say(f"normlab: Keras backend {backend} ({why})")
     experiment = experiment.replace(backend=backend)
     experiment = preflight.check_models(experiment, args.verbose, say=say,

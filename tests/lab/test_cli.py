@@ -1,5 +1,6 @@
 """The `normlab` command line: arguments, errors before work, dry runs, faults, end to end."""
 
+import ast
 import json
 import os
 import re
@@ -153,6 +154,7 @@ def test_sweeps_scale_learning_rate_with_batch_size():
     (["compare", "--seeds", "0,2147483648"], "expected distinct ints from 0 to 2**31 - 1"),
     (["compare", "--seeds", "0,0"], "Invalid `seeds`: expected distinct ints from 0"),
     (["compare", "--seeds", "-1,0"], "Received: seeds='-1,0'"),
+    (["compare", "--seeds", "0,,1"], "Received: seeds='0,,1'"),  # the gap was dropped: seeds 0 and 1
     (["compare", "--lr", "inf"], "Invalid `learning_rate`: expected a finite float > 0. Received: learning_rate=inf"),
     (["compare", "--lr", "nan"], "Received: learning_rate=nan"),
     (["compare", "--lr", "-1"], "Received: learning_rate=-1.0"),
@@ -443,6 +445,19 @@ def test_the_normlab_program_imports_neither_keras_nor_a_backend(argv):
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "HEAVY [] CODE" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "absl" not in proc.stderr and "oneDNN" not in proc.stderr
+
+
+@pytest.mark.once
+def test_norms_that_build_the_same_model_are_found_on_the_chosen_backend(tmp_path):
+    """The check imported the registry (so Keras) before --backend applied: the
+    configured backend's start-up lines leaked, and the program restarted itself."""
+    argv = ["compare", "--norms", "batch", "BN", "--backend", "jax", "--out", str(tmp_path / "runs")]
+    proc = subprocess.run([sys.executable, "-c", HELP_PROBE.format(argv=argv)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": "tensorflow"})
+    assert "CODE 2" in proc.stdout and "Received: 'batch' and 'BN', the same norms" in proc.stderr, proc.stderr
+    heavy = {m.split(".")[0] for m in ast.literal_eval(proc.stdout.split("HEAVY", 1)[1].split("CODE")[0].strip())}
+    assert heavy == {"keras", "jax"}, heavy
+    assert "oneDNN" not in proc.stderr and not (tmp_path / "runs").exists()
 
 
 def test_the_program_completes_the_package_on_demand():
