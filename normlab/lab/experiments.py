@@ -331,9 +331,18 @@ SUMMARY_NUMBERS = ("accuracy", "loss", "wall_time_s", "train_examples", "test_ex
                    "seconds_per_epoch", "fit_seconds", "first_epoch_seconds", "steps", "epochs_run", "examples_seen")
 
 
+#: The optional keys of a summary and a value of their type (absent or null: not set).
+SUMMARY_EXTRAS = {"notes": {}, "grid_index": 0, "training_revision": 0, "copied_from": "", "finished_at": ""}
+#: The accuracies a summary holds: fractions, never percentages.
+SUMMARY_ACCURACIES = ("accuracy", "test_accuracy", "train_accuracy", "train_mode_accuracy")
+
+
 def has_summary_types(summary: dict) -> bool:
-    """Whether a summary read back (with its keys present) has the types a run writes."""
+    """Whether a summary read back (with its keys present) has the types a run writes,
+    and its accuracies are fractions (an edited 80.8 would be reported as 8080 %)."""
     params = summary["params"]
     return (has_field_types(summary["config"]) and isinstance(summary["metric"], str)
             and all(summary.get(k) is None or json_typed(summary[k], 0.0) for k in SUMMARY_NUMBERS)
+            and all(summary.get(k) is None or json_typed(summary[k], like) for k, like in SUMMARY_EXTRAS.items())
+            and all(summary.get(k) is None or 0 <= summary[k] <= 1 for k in SUMMARY_ACCURACIES)
             and all(json_typed(params[k], 0) for k in ("trainable", "non_trainable")))

@@ -203,9 +203,9 @@ def _summarize_experiment(by_key: dict[tuple, list[dict]], baseline: str | None)
                      if r.get("notes", {}).get(FALLBACK)), "")
     meta = dict(sweep=sweep, constant=constant, held_fixed=fixed, backends=backends,
                 impls=impls, main_impl=main, baseline=base_label,
-                runs=len(trained), wall_time_s=sum(r["wall_time_s"] for r in trained),
-                train_examples=sorted({r["train_examples"] for r in all_runs}),
-                test_examples=sorted({r["test_examples"] for r in all_runs}),
+                runs=len(trained), wall_time_s=sum(r["wall_time_s"] or 0.0 for r in trained),
+                train_examples=sorted({r["train_examples"] for r in all_runs} - {None}),
+                test_examples=sorted({r["test_examples"] for r in all_runs} - {None}),
                 dataset_fallback=fallback,
                 notes=notes_for({c["series"]: c["norms"] for c in configs}))
     return {"meta": meta, "rows": rows, "other_rows": others, "ab": _impl_ab(rows, others)}

@@ -85,6 +85,9 @@ def test_unfinished_runs_are_not_counted(runs):
     lambda s: s.update(accuracy="abc"), lambda s: s["config"].update(seed="x"),
     lambda s: s.update(wall_time_s="x"), lambda s: s["config"].update(label=5),
     lambda s: s["params"].update(trainable=True),
+    # these passed, then failed in the report with a traceback (or printed 8080.00 %)
+    lambda s: s.update(notes=[]), lambda s: s.update(grid_index="a"), lambda s: s.update(training_revision="abc"),
+    lambda s: s.update(copied_from=3), lambda s: s.update(accuracy=80.8), lambda s: s.update(test_accuracy=-0.1),
 ])
 def test_a_summary_with_a_value_of_another_type_is_listed_not_read(runs, edit):
     """A hand-edited summary with text for a number made the report fail with a traceback
@@ -421,6 +424,16 @@ def test_a_summary_without_the_keys_of_a_finished_run_is_skipped_not_a_traceback
     assert read_finished(victim.parent) is None
     report = write_report(runs, tmp_path / "report")[-1].read_text()
     assert "2 unfinished or unreadable run(s) ignored" in report and str(victim.parent) in report
+
+
+def test_null_counts_and_wall_time_are_read_as_not_measured(runs):
+    """null is how the store writes a number it could not: the report summed and sorted them (a traceback)."""
+    run_dir = next(runs.glob("compare/GN/*/seed1"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.update(wall_time_s=None, test_examples=None, train_examples=None)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    meta = summarize(load_runs(runs)[0])["compare"]["meta"]
+    assert meta["wall_time_s"] == 3.0 * 5 and meta["test_examples"] == [500] and meta["train_examples"] == [3200]
 
 
 def test_rows_with_fewer_seeds_than_the_others_are_named(tmp_path):
