@@ -268,6 +268,12 @@ def load_weights(model: keras.Model, filepath: str | os.PathLike[str] | Any) -> 
             if _attribute_list(group[name], "weight_names")
         ]
         model_layers = {layer.name: layer for layer in model.layers if layer.weights}
+        if model_layers and not file_layers:  # (an empty set is a subset too: nothing would be assigned)
+            raise ValueError(error_message(
+                "filepath", "a TF-Keras 2 (TF Addons era) .h5 file with the weights of the model's layers",
+                f"no layer weights (no `layer_names` attribute) in {filepath!r}",
+                "A Keras 3 weights file (.weights.h5, from model.save_weights) loads with "
+                "model.load_weights(path)."))
         if set(file_layers) <= set(model_layers):
             pairs = [(model_layers[name], name) for name in file_layers]
         else:

@@ -118,10 +118,11 @@ def _deserialize_layer(layer_config: Any, custom_objects: dict[str, Any] | None)
     if isinstance(layer_config, keras.layers.Layer):
         return layer_config
     objects = {**custom_objects_dict(), **(custom_objects or {})}
-    if "module" in layer_config:
-        return keras.saving.deserialize_keras_object(layer_config, custom_objects=objects)
-    config = _drop_tf_keras_2_keys(json.loads(json.dumps(layer_config)))  # TF-Keras 2 (no "module")
-    return _compat.legacy_model_from_config(config, objects)
+    # (TF-Keras 2.13+ write a "module" too, and their LSTM's time_major as well)
+    config = _drop_tf_keras_2_keys(json.loads(json.dumps(layer_config)))
+    if "module" in config:
+        return keras.saving.deserialize_keras_object(config, custom_objects=objects)
+    return _compat.legacy_model_from_config(config, objects)  # TF-Keras 2 before 2.13
 
 
 class _Loader:

@@ -390,6 +390,12 @@ def test_file_errors():
         with pytest.raises(ValueError, match=r"Invalid `filepath`: expected weights for the model's \d+ layers "
                                              r"that have weights.*Received: 1 layers with weights"):
             tfa.load_weights(model, renamed)
+        # A Keras 3 weights file has no layer_names: nothing matched, nothing was assigned, no error.
+        keras3 = os.path.join(tmp, "model.weights.h5")
+        model.save_weights(keras3)
+        with pytest.raises(ValueError, match=r"Invalid `filepath`.*Received: no layer weights \(no `layer_names` "
+                                             r"attribute\).*loads with model\.load_weights\(path\)"):
+            tfa.load_weights(model, keras3)
 
 
 def test_weight_normalization_around_a_tf_keras_2_lstm():
@@ -404,6 +410,9 @@ def test_weight_normalization_around_a_tf_keras_2_lstm():
     assert type(layer.layer) is keras.layers.LSTM and layer.layer.units == 3
     model = tfa.model_from_json(json.dumps(keras2_sequential([tfa_wn("wn", lstm)], input_shape=(5, 2))))
     assert tuple(model.output_shape) == (None, 3)
+    # TF-Keras 2.13+ also write each layer's module: the wrapped config went to Keras as it was
+    newer = tfa_wn("wn", {**lstm, "module": "keras.layers", "registered_name": None})
+    assert type(deserialize(newer).layer) is keras.layers.LSTM
 
 
 def tfa_tlu(name, affine=False):
