@@ -117,17 +117,18 @@ def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
             f"Invalid `spec`: expected a non-empty string such as 'group(groups=8)'. Received: spec={spec!r}."
         )
     node: ast.expr | None
+    # Parsed with a "_" in front of the name: an alias may be a Python keyword ("in", instance norm's).
     try:
-        node = ast.parse(spec.strip(), mode="eval").body
+        node = ast.parse("_" + spec.strip(), mode="eval").body
     except SyntaxError:
         node = None
     kwargs: dict[str, object] = {}
     if isinstance(node, ast.Name):
-        key = node.id
+        key = node.id[1:]
     elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args and all(
         k.arg is not None for k in node.keywords
     ):
-        key = node.func.id
+        key = node.func.id[1:]
         # Every k.arg is a str here (checked above; None would be a **mapping).
         given = [k.arg for k in node.keywords if k.arg is not None]
         repeated = sorted({a for a in given if given.count(a) > 1})
@@ -179,15 +180,24 @@ def get(spec: str, **overrides: Any) -> keras.layers.Layer:
     kwargs.update(overrides)
     entry = _NORMS[name]
     accepted = entry.arguments()
-    unknown = sorted(set(kwargs) - set(accepted) - {"name", "dtype", "trainable"})
+    unknown = sorted(set(kwargs) - set(accepted) - _LAYER_ARGUMENTS)
     if unknown:
+        given = [f"{k}={overrides[k]!r}" for k in unknown if k in overrides]
+        close = [m for k in unknown for m in difflib.get_close_matches(k, list(accepted), n=1)]
         raise ValueError(
             f"Invalid `spec`: {name!r} has no argument {', '.join(map(repr, unknown))}. "
-            f"Received: spec={spec!r}. "
+            f"Received: spec={spec!r}" + (f" and {', '.join(given)} (keyword arguments)" if given else "") + ". "
+            + (f"Did you mean {' or '.join(map(repr, close))}? " if close else "")
             + (f"Valid arguments: {', '.join(accepted)}." if accepted
                else f"{name!r} takes no arguments: write {name!r}.")
         )
     return entry.factory(**kwargs)
+
+
+#: What every Keras layer takes (``keras.layers.Layer``'s keyword arguments: ``name``,
+#: ``dtype``, ``trainable``, ``activity_regularizer``, ``autocast``).
+_LAYER_ARGUMENTS = {p.name for p in inspect.signature(keras.layers.Layer.__init__).parameters.values()
+                    if p.kind == p.KEYWORD_ONLY} | {"name", "dtype", "trainable"}
 
 
 def _identity(**kwargs: Any) -> keras.layers.Layer:

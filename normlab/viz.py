@@ -6,8 +6,9 @@ shading is not drawn by hand: for a layer (or spec string such as
 ``"group(groups=4)"``) the picked element's output is differentiated with
 respect to the whole input, and every input element whose gradient is
 more than 1e-6 of the largest is one whose value enters that element's
-statistics. Any norm in the registry, including ones written later, can be
-drawn this way. Two limits follow from asking the gradient: a dependence
+statistics. Any norm of the registry's ``"activation"`` kind, including
+ones written later, can be drawn this way (not the kernel wrappers, nor
+AdaIN, which takes two inputs). Two limits follow from asking the gradient: a dependence
 weaker than that bound is not shaded (local response norm's neighbours
 with its default ``alpha``), and a norm that takes a ``max`` (EvoNorm-B0)
 shows only the branch this input selects. A layer given is left as it is:
@@ -64,10 +65,14 @@ def shared_statistics(norm, *, batch: int = 4, channels: int = 6, height: int = 
     Returns:
         A boolean array of shape ``(batch, channels, height * width)``.
     """
+    sample, channel = element
+    if not (0 <= sample < batch and 0 <= channel < channels):
+        raise ValueError(
+            f"Invalid `element`: expected (sample, channel) within batch={batch} and channels={channels}. "
+            f"Received: element={element!r}. Pick e.g. element=(0, 0).")
     layer = _layer(norm)
     x = np.random.default_rng(seed).normal(size=(batch, height, width, channels)).astype("float32")
     _call(layer, x)  # build
-    sample, channel = element
     cotangent = np.zeros(x.shape, "float32")
     cotangent[sample, 0, 0, channel] = 1.0
     grad = _input_gradient(lambda v: _call(layer, v), x, cotangent)
@@ -137,7 +142,8 @@ def cube_figure(norms, *, batch: int = 4, channels: int = 6, height: int = 2, wi
     """One panel per norm, each shading the elements that share one mean and variance.
 
     Args:
-        norms: layers or spec strings, e.g. ``["batch", "layer", "instance", "group(groups=2)"]``.
+        norms: layers or spec strings, e.g. ``["batch", "layer", "instance", "group(groups=2)"]``
+            (one alone is one panel).
         batch, channels, height, width: the input block drawn. Defaults 4, 6, 2, 3.
 
     Returns:
@@ -151,7 +157,10 @@ def cube_figure(norms, *, batch: int = 4, channels: int = 6, height: int = 2, wi
     require("matplotlib")
     from matplotlib.figure import Figure
 
-    norms = list(norms)
+    norms = [norms] if isinstance(norms, str) or hasattr(norms, "get_config") else list(norms)  # one norm
+    if not norms:
+        raise ValueError("Invalid `norms`: expected at least one layer or spec string. Received: norms=[]. "
+                         "Pass e.g. norms=['batch', 'group(groups=2)'].")
     fig = Figure(figsize=(3.2 * len(norms), 3.4))
     for i, norm in enumerate(norms):
         ax = fig.add_subplot(1, len(norms), i + 1, projection="3d")

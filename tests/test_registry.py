@@ -56,7 +56,8 @@ def test_unknown_name_lists_valid_names():
 
 
 def test_unknown_argument_lists_valid_arguments():
-    with pytest.raises(ValueError, match=r"'group' has no argument 'group'\. Received: spec='group\(group=2\)'\. Valid arguments: groups, axis"):
+    with pytest.raises(ValueError, match=r"'group' has no argument 'group'\. Received: spec='group\(group=2\)'\. Did you mean 'groups'\? "
+                                         r"Valid arguments: groups, axis"):
         normlab.get("group(group=2)")
 
 
@@ -91,6 +92,23 @@ def test_a_norm_without_arguments_says_so():
     with pytest.raises(ValueError, match=r"'none' has no argument 'foo'\. Received: spec='none\(foo=1\)'\. "
                                          r"'none' takes no arguments: write 'none'\."):
         normlab.get("none(foo=1)")
+
+
+def test_every_listed_name_is_a_spec_get_reads():
+    """'in' (instance norm's alias) is a Python keyword: the spec's parse failed on it."""
+    for name in names():
+        assert parse_spec(name)[0] == parse_spec(f"{name}()")[0] in normlab.registry()
+    assert type(normlab.get("in(epsilon=1e-3)")) is normlab.InstanceNormalization
+
+
+def test_every_keras_layer_argument_passes_and_a_typo_is_named_where_it_was_given():
+    layer = normlab.get("group(groups=2, activity_regularizer='l2')", autocast=False)
+    assert layer.activity_regularizer is not None and not layer.autocast
+    with pytest.raises(ValueError, match=r"'group' has no argument 'grops'\. Received: spec='group\(groups=2\)' "
+                                         r"and grops=4 \(keyword arguments\)\. Did you mean 'groups'\?"):
+        normlab.get("group(groups=2)", grops=4)
+    with pytest.raises(ValueError, match=r"Received: spec='group\(grops=2\)'\. Did you mean 'groups'\?"):
+        normlab.get("group(grops=2)")
 
 
 def test_an_argument_given_twice_is_an_error_not_the_last_value():

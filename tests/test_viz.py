@@ -36,6 +36,17 @@ def test_cube_figure_renders(tmp_path):
     assert path.stat().st_size > 1000
 
 
+def test_one_norm_is_one_panel_and_bad_arguments_are_named():
+    """A spec string was iterated letter by letter ("unknown norm 'b'"); no norms drew an empty
+    figure; an element outside the block raised NumPy's IndexError."""
+    assert len(viz.cube_figure("batch", batch=N, channels=C, height=H, width=W).axes) == 1
+    with pytest.raises(ValueError, match=r"Invalid `norms`: expected at least one layer or spec string"):
+        viz.cube_figure([])
+    with pytest.raises(ValueError, match=r"Invalid `element`: expected \(sample, channel\) within batch=4 and "
+                                         r"channels=6\. Received: element=\(9, 0\)"):
+        viz.shared_statistics("instance", element=(9, 0))
+
+
 def test_missing_matplotlib_names_the_lab_extra(monkeypatch):
     import sys
 
