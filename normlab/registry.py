@@ -62,7 +62,24 @@ def register(
     name: str, factory: Callable[..., keras.layers.Layer], *, aliases: Sequence[str] = (), summary: str = "",
     kind: str = "activation",
 ) -> None:
-    """Registers ``factory`` under ``name`` (and ``aliases``) for :func:`get`; ``kind`` is one of :data:`KINDS`."""
+    """Registers ``factory`` under ``name`` (and ``aliases``) for :func:`get` and the lab's ``--norms``.
+
+    Args:
+        name: the canonical name, a lowercase Python identifier.
+        factory: a layer class or a function returning a new layer; its
+            keyword arguments are what a spec may set.
+        aliases: other names for it, each a lowercase identifier. Default ().
+        summary: one line for ``normlab list norms``. Default "" (the
+            first line of the factory's docstring).
+        kind: how it enters a model, one of :data:`KINDS`. Default "activation".
+
+    Example:
+        >>> import functools, normlab
+        >>> from normlab.registry import register
+        >>> register("rms_eps6", functools.partial(normlab.RMSNormalization, epsilon=1e-6), aliases=["rms6"])
+        >>> normlab.get("rms6(axis=-1)").epsilon
+        1e-06
+    """
     if kind not in KINDS:
         raise ValueError(
             f"Invalid `kind`: expected one of {', '.join(map(repr, KINDS))}. Received: kind={kind!r}. "
@@ -101,7 +118,14 @@ def register(
 
 
 def registry() -> dict[str, Entry]:
-    """Every registered norm, by canonical name."""
+    """Every registered norm, by canonical name: a copy, each an :class:`Entry`.
+
+    Example:
+        >>> from normlab.registry import registry
+        >>> entry = registry()["group"]
+        >>> entry.kind, "gn" in entry.aliases, entry.arguments()["groups"]
+        ('activation', True, 32)
+    """
     return dict(_NORMS)
 
 
