@@ -67,7 +67,8 @@ class _ScaledWeightStandardization(_WeightStandardization):
         # With lora_rank set, Keras' build ends in enable_lora(), which locks
         # the layer against new weights: LoRA is enabled after the gain, as a
         # later enable_lora() call does (the weights' order is the same).
-        lora_rank, self.lora_rank = self.lora_rank, None
+        lora_rank = getattr(self, "lora_rank", None)  # (Keras' attribute: untyped)
+        self.lora_rank = None
         super().build(input_shape)
         self.gain = self.add_weight(
             name="gain", shape=(self.filters,), initializer=self.gain_initializer, trainable=True

@@ -23,7 +23,7 @@ def as_axis_list(axis: object, *, argument: str = "axis") -> list[int]:
     """Returns ``axis`` (an int or a sequence of ints) as a list, unvalidated."""
     if type(axis) is int:  # the usual cases first, without the ABC checks (a layer asks on every call)
         return [axis]
-    if type(axis) in (list, tuple) and axis and all(type(a) is int for a in axis):
+    if isinstance(axis, (list, tuple)) and axis and all(type(a) is int for a in axis):
         return list(axis)
     if isinstance(axis, bool):
         raise ArgumentTypeError(

@@ -53,8 +53,8 @@ def frn_axes(axis: Axis, ndim: int) -> tuple[int, list[int]]:
 def check_frn_input(shape: Shape, spatial: Sequence[int], learned_epsilon: bool) -> None:
     """Raises for an input without a spatial axis, or whose spatial axes are
     known to hold one position (1x1), unless a learned epsilon is used."""
-    sizes = [shape[a] for a in spatial]
-    one_position = all(isinstance(d, int) for d in sizes) and math.prod(sizes) == 1
+    sizes = [d for d in (shape[a] for a in spatial) if isinstance(d, int)]  # the known ones
+    one_position = len(sizes) == len(spatial) and math.prod(sizes) == 1
     if one_position and not learned_epsilon:
         raise ValueError(
             error_message(
