@@ -266,7 +266,7 @@ class FilterResponseNormalization(Normalization):
     def build(self, input_shape: Shape) -> None:
         ndim = len(input_shape)
         channel_axis, spatial = frn_axes(self.axis, ndim)
-        check_frn_input(input_shape, spatial, self.learned_epsilon)
+        check_frn_input(input_shape, spatial, self.learned_epsilon, sizes=True)
         _, channels = self.build_channel_axis(input_shape, axis=channel_axis)
         self._spatial_axes = spatial
         self.add_affine((channels,))

@@ -50,11 +50,13 @@ def frn_axes(axis: Axis, ndim: int) -> tuple[int, list[int]]:
     return channel, complement([channel], ndim, keep_batch=True)
 
 
-def check_frn_input(shape: Shape, spatial: Sequence[int], learned_epsilon: bool) -> None:
-    """Raises for an input without a spatial axis, or whose spatial axes are
-    known to hold one position (1x1), unless a learned epsilon is used."""
-    sizes = [d for d in (shape[a] for a in spatial) if isinstance(d, int)]  # the known ones
-    one_position = len(sizes) == len(spatial) and math.prod(sizes) == 1
+def check_frn_input(shape: Shape, spatial: Sequence[int], learned_epsilon: bool, *, sizes: bool = False) -> None:
+    """Raises for an input without a spatial axis, unless a learned epsilon is
+    used; with ``sizes`` (a layer's build: the architecture's static sizes),
+    also for spatial axes known to hold one position (1x1). A call's sizes
+    are not checked: in a model built for any size they depend on the data."""
+    known = [d for d in (shape[a] for a in spatial) if isinstance(d, int)] if sizes else []
+    one_position = not spatial or (len(known) == len(spatial) and math.prod(known) == 1)
     if one_position and not learned_epsilon:
         raise ValueError(
             error_message(
