@@ -11,7 +11,8 @@ from normlab import backends
 from normlab.ops.arith import at_least, at_most
 from normlab.ops.axes import channel_axis, complement, dims, feature_param, float_tensor, known_dims, the_channel_axis
 from normlab.ops.ghost_batches import split_batch
-from normlab.ops.moments import finite_values, note_count, shifted_moments, size_as, stats_dtype
+from normlab.ops.masks import finite_values
+from normlab.ops.moments import note_count, shifted_moments, size_as, stats_dtype
 from normlab.ops.normalize import check_variance, normalize
 from normlab.ops.validate import (
     check_bools,

@@ -7,7 +7,7 @@ import keras
 from keras import ops
 
 from normlab.ops.axes import dims
-from normlab.ops.moments import mask_weight
+from normlab.ops.masks import mask_weight
 from normlab.ops.validate import divisors, error_message
 from normlab.types import Tensor
 

@@ -51,6 +51,7 @@ from normlab.ops.axes import (
     scalar,
     zero_of,
 )
+from normlab.ops.masks import spread_over
 from normlab.ops.validate import check_bool, check_mask
 from normlab.types import Axis, DTypeLike, ReplicaSum, Tensor
 
@@ -83,7 +84,17 @@ def note_count(replica_sum: ReplicaSum | None, count: Tensor) -> None:
 
 
 def stats_dtype(dtype: DTypeLike) -> str:
-    """The dtype statistics are computed in for inputs of ``dtype``."""
+    """The dtype statistics are computed in for inputs of ``dtype``: float64
+    for float64, else float32 (half-precision inputs get float32 statistics).
+
+    Args:
+        dtype: an input's dtype, anything ``keras.backend.standardize_dtype`` takes.
+
+    Example:
+        >>> from normlab.ops import stats_dtype
+        >>> stats_dtype("bfloat16"), stats_dtype("float64")
+        ('float32', 'float64')
+    """
     return "float64" if standardize_dtype(dtype) == "float64" else "float32"
 
 
@@ -172,38 +183,6 @@ def _blocked_sum(v: Tensor, axes: list[int]) -> Tensor:
     return ops.reshape(sums, [1 if a in axes else shape[a] for a in range(rank)])
 
 
-def mask_weight(mask: Tensor, dtype: str) -> Tensor:
-    """A mask as weights of 0 and 1: any nonzero value counts, as in Keras'
-    boolean masks (a mask of token ids or of 0/2 counts by its truth value)."""
-    return ops.cast(ops.cast(mask, "bool"), dtype)
-
-
-def finite_values(x: Tensor) -> Tensor:
-    """``x`` with its non-finite values replaced by 0: the input of a masked
-    norm's apply step, whose statistics are taken from ``x`` itself.
-
-    The statistics never read padding; the apply step does (its outputs there
-    are discarded), and its backward multiplies each position's normalized
-    value by its cotangent: 0 times a NaN of padding is NaN, in the
-    parameters' gradients and every input's. A non-finite value that the
-    mask keeps makes its slice's statistics NaN, and so every output of the
-    slice, whatever the apply step reads there: the mask need not be read
-    (a full-size broadcast of it, and an ``or``, in every pass that applies)."""
-    # |x| < inf is False for NaN and both infinities: two elementwise passes
-    # where torch's isfinite makes four (eager torch runs each one on its own).
-    return ops.where(ops.abs(x) < float("inf"), x, zero_of(x))  # (an operator: no tensor made of the number)
-
-
-def _known_rank(mask: Tensor, x: Tensor) -> Tensor:
-    """``mask``, broadcast to ``x``'s shape where its rank is unknown (a graph tensor), so
-    that what it selects keeps ``x``'s rank."""
-    try:
-        len(mask.shape)
-    except (TypeError, ValueError):
-        return ops.broadcast_to(mask, ops.shape(x))
-    return mask
-
-
 def _averager(x: Tensor, axes: list[int]) -> Callable[[Tensor], Tensor]:
     """``average(v)``: the mean of ``v`` over ``axes``, reduced axes kept.
 
@@ -228,6 +207,10 @@ def mean_square(x: Tensor, axes: Axis) -> Tensor:
     square (RMS, filter response): nothing is subtracted, so there is no
     cancellation to guard against. With no axes it is ``x^2`` itself (one
     element per statistic).
+
+    Args:
+        x: input tensor.
+        axes: the axes to average over (an int or a list of ints; ``[]`` for none).
 
     Example:
         >>> import numpy as np
@@ -289,8 +272,25 @@ def shifted_moments(
     ``shift + mean``. Pass all three to
     :func:`~normlab.ops.normalize.normalize` (``shift=shift``); the result
     does not depend on the shift, only its rounding does, which is why it
-    is kept apart. Arguments as in :func:`moments`; ``batch_statistics``
-    as in :func:`~normlab.ops.axes.first_along` (ghost batches pass True).
+    is kept apart.
+
+    Args:
+        x: input tensor.
+        axes: the axes to reduce (an int or a list of ints; the batch axis too).
+        mask: optional tensor broadcastable to ``x``; zero entries are left out. Default None.
+        replica_sum: optional callable summing over replicas, as in :func:`moments`. Default None.
+        batch_statistics: whether the statistics reduce the batch axis, as in
+            :func:`~normlab.ops.axes.first_along` (ghost batches pass True).
+            Default None (whether axis 0 is in ``axes``).
+
+    Example:
+        >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.ops import shifted_moments
+        >>> x = np.array([[1e6 + 1.0, 1e6 + 3.0]], "float32")
+        >>> shift, mean, var = (ops.convert_to_numpy(t).tolist() for t in shifted_moments(x, [1]))
+        >>> shift, mean, var
+        ([[1000001.0]], [[1.0]], [[1.0]])
     """
     x = float_tensor(x)
     axes = canonicalize_axes(axes, len(x.shape), argument="axes", allow_batch=True)
@@ -300,7 +300,7 @@ def shifted_moments(
     dtype = stats_dtype(x.dtype)
     x = ops.cast(x, dtype)
     if replica_sum is not None:
-        weight = None if mask is None else ops.cast(_spread_over(mask, x, axes), dtype)
+        weight = None if mask is None else ops.cast(spread_over(mask, x, axes), dtype)
         return _cross_replica_moments(x, axes, weight, replica_sum)
     if mask is None:
         average = _averager(x, axes)
@@ -323,7 +323,7 @@ def shifted_moments(
     # NaN, an inf, 1e20 whose square overflows) must not reach the sums:
     # the shift is the first kept element (a sample, as above), and padding
     # is replaced by it, so its residuals are exactly 0. Then the same two passes.
-    kept = _spread_over(mask, x, axes)  # broadcast against x in each use: no full-size copy of a small mask
+    kept = spread_over(mask, x, axes)  # broadcast against x in each use: no full-size copy of a small mask
     weight = ops.cast(kept, dtype)
     count = total(weight, axes)
     count = at_least(count, 1.0)  # an all-padding slice: mean 0, variance 0
@@ -333,17 +333,6 @@ def shifted_moments(
     centered = (residual - mean) * weight
     variance = total(centered * centered, axes) / count
     return shift, mean, variance
-
-
-def _spread_over(mask: Tensor, x: Tensor, axes: list[int]) -> Tensor:
-    """``mask != 0`` at ``x``'s rank, broadcast along ``axes`` only: a mask of
-    ``(batch, time, 1)`` for channels-last statistics stays one value per
-    position, not one per element."""
-    kept = _known_rank(ops.cast(mask, "bool"), x)
-    for _ in range(len(x.shape) - len(kept.shape)):
-        kept = ops.expand_dims(kept, 0)
-    shape, own = dims(x), dims(kept)
-    return ops.broadcast_to(kept, [shape[a] if a in axes else own[a] for a in range(len(shape))])
 
 
 def moments(
