@@ -58,7 +58,7 @@ import contextlib
 import importlib
 import os
 import threading
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import keras
 
@@ -106,6 +106,27 @@ def torch_traced() -> bool:
 
     return traced()
 
+
+
+def saved_for_backward(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, its results saved for the backward pass, never recomputed there.
+
+    For values read from state that the same call then updates in place
+    (batch renormalization's ``r`` and ``d``, read from the renorm moving
+    averages). ``torch.compile``'s partitioner may recompute a cheap value in
+    the backward from the forward's inputs instead of saving it; the update
+    has written those inputs by then, so the gradient would use the new
+    state (pytorch/pytorch#197039, open in torch 2.13). While torch compiles,
+    ``fn`` runs as a region of selective activation checkpointing whose every
+    op is ``MUST_SAVE``; anywhere else (eager torch, exporters, JAX,
+    TensorFlow) it is a plain call: their backward passes keep the values
+    the forward read. Not a fast path: it runs with the fast paths off too.
+    """
+    if keras.backend.backend() != "torch":
+        return fn(*args)
+    from normlab.backends.torch_guards import saved_for_backward as torch_saved
+
+    return torch_saved(fn, *args)
 
 def _backend_module(name: str):
     if name not in _modules:

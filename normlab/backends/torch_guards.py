@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import keras
 import torch
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 
 def traced() -> bool:
@@ -79,3 +80,23 @@ def usable(x, *params) -> bool:
         and x.numel() > 0
         and x.is_contiguous()
     )
+
+
+def saved_for_backward(fn, *args):
+    """``fn(*args)``; while ``torch.compile`` traces, as a checkpointed region
+    whose ops are all ``MUST_SAVE``: the partitioner then saves its results
+    for the backward and never recomputes them from inputs the call mutates
+    afterwards (:func:`normlab.backends.saved_for_backward`). Exporters
+    (``torch.export``, ONNX) partition nothing and trace ``fn`` as it is."""
+    if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return fn(*args)
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=_must_save_context)
+
+
+def _must_save(ctx, op, *args, **kwargs):
+    return CheckpointPolicy.MUST_SAVE
+
+
+def _must_save_context():
+    # A module-level function: Dynamo traces checkpoint's context_fn only when it is not a closure.
+    return create_selective_checkpoint_contexts(_must_save)

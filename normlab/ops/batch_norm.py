@@ -3,6 +3,7 @@ batch renormalization (Ioffe, 2017)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, overload
 
 from keras import ops
@@ -149,6 +150,27 @@ def batch_norm(
     return (y, mean, variance) if return_stats else y
 
 
+def _renorm_correction(
+    shift: Tensor, residual_mean: Tensor, variance: Tensor, renorm_mean: Tensor, renorm_stddev: Tensor, *,
+    epsilon: float, clipping: RenormClipping, shape: tuple[int, int, int],
+) -> tuple[Tensor, Tensor]:
+    """Batch renorm's ``(r, d)`` without gradient, from the renorm moving averages before the layer updates
+    them (:func:`normlab.backends.saved_for_backward` keeps the backward on these values)."""
+    rank, c, channels = shape
+    floor = epsilon ** 0.5  # not math.sqrt: see validate.is_finite
+    moving_std = at_least(ops.cast(feature_param(renorm_stddev, rank, [c], [channels]), variance.dtype), floor)
+    moving_mean = ops.cast(feature_param(renorm_mean, rank, [c], [channels]), variance.dtype)
+    r = ops.sqrt(variance + epsilon) / moving_std
+    d = ((shift - moving_mean) + residual_mean) / moving_std  # not mean - moving_mean: rounded at the offset
+    if "rmin" in clipping:
+        r = at_least(r, clipping["rmin"])
+    if "rmax" in clipping:
+        r = at_most(r, clipping["rmax"])
+    if "dmax" in clipping:
+        d = at_most(at_least(d, -clipping["dmax"]), clipping["dmax"])
+    return ops.stop_gradient(r), ops.stop_gradient(d)
+
+
 def _batch_norm_train(
     x: Tensor, *, axis: int, gamma: Tensor | None, beta: Tensor | None, epsilon: float, mask: Tensor | None,
     virtual_batch_size: int | None, renorm: tuple[Tensor, Tensor, RenormClipping] | None,
@@ -185,19 +207,9 @@ def _batch_norm_train(
     gamma_b = None if gamma is None else ops.cast(feature_param(gamma, rank, [c], [channels]), dtype)
     beta_b = None if beta is None else ops.cast(feature_param(beta, rank, [c], [channels]), dtype)
     if renorm is not None:
-        renorm_mean, renorm_stddev, clipping = renorm
-        floor = epsilon ** 0.5  # not math.sqrt: see validate.is_finite
-        moving_std = at_least(ops.cast(feature_param(renorm_stddev, rank, [c], [channels]), dtype), floor)
-        moving_mean = ops.cast(feature_param(renorm_mean, rank, [c], [channels]), dtype)
-        r = ops.sqrt(variance + epsilon) / moving_std
-        d = ((shift - moving_mean) + residual_mean) / moving_std  # not mean - moving_mean: rounded at the offset
-        if "rmin" in clipping:
-            r = at_least(r, clipping["rmin"])
-        if "rmax" in clipping:
-            r = at_most(r, clipping["rmax"])
-        if "dmax" in clipping:
-            d = at_most(at_least(d, -clipping["dmax"]), clipping["dmax"])
-        r, d = ops.stop_gradient(r), ops.stop_gradient(d)
+        r, d = backends.saved_for_backward(
+            functools.partial(_renorm_correction, epsilon=epsilon, clipping=renorm[2], shape=(rank, c, channels)),
+            ops.stop_gradient(shift), ops.stop_gradient(residual_mean), ops.stop_gradient(variance), *renorm[:2])
         # ((x - mean) / std * r + d) * gamma + beta, folded into the affine.
         gamma_b, beta_b = (r, d) if gamma_b is None else (r * gamma_b, d * gamma_b)
         beta_b = beta_b if beta is None else beta_b + ops.cast(feature_param(beta, rank, [c], [channels]), dtype)
@@ -221,7 +233,7 @@ def _batch_norm_train(
 
 
 def _ghost_average(mean: Tensor, variance: Tensor, counts: Tensor,
-                          replica_sum: ReplicaSum | None) -> tuple[Tensor, Tensor]:
+                   replica_sum: ReplicaSum | None) -> tuple[Tensor, Tensor]:
     """Ghost batches' statistics averaged with weights ``counts`` (their unmasked positions), over every replica's."""
     counts = ops.cast(ops.broadcast_to(counts, ops.shape(mean)), mean.dtype)
     kept = counts > 0  # a ghost batch of padding only: no statistics to weigh

@@ -78,14 +78,7 @@ def _built(case):
 
 #: Cases that fail for causes in files these tests do not own, with the change
 #: each needs; strict, so that a mark goes as soon as its cause is fixed.
-KNOWN_FAILURES = {
-    "torch": {
-        "batch-renorm-train": "the compiled gradient with respect to x differs from eager by 0.036 (the output "
-                              "and the moving statistics match): AOTAutograd recomputes renorm's r in the "
-                              "backward from renorm_stddev after the forward updated it in place "
-                              "(pytorch/pytorch#197039; docs/deploying.md, Compiling)",
-    },
-}.get(BACKEND, {})
+KNOWN_FAILURES: dict[str, str] = {}
 
 CASE_IDS = [
     pytest.param(i, marks=pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[i])) if i in KNOWN_FAILURES else i
@@ -264,13 +257,6 @@ def test_backend_hooks_are_imported_with_normlab():
     assert out.stdout.strip().splitlines()[-1:] == ["True"], out.stdout + out.stderr
 
 
-#: Cases left out of the fit model (the same norm stays in with other arguments), and why.
-FIT_EXCLUDED = {
-    "batch-renorm-train": "its gradient under torch.compile differs from eager (KNOWN_FAILURES), which "
-                          "moves a compiled fit's weights by 1e-3 within two steps",
-} if BACKEND == "torch" else {}
-
-
 #: On torch, the fit model holds the norms the partial batch once broke and one
 #: more whose statistics span the batch: inductor takes about 5 minutes on 2 cores to
 #: compile a train step with every layer, and test_torch_compile_fullgraph_matches_eager
@@ -283,7 +269,7 @@ def _model_with_every_layer():
     kernel wrapper around its own conv; one model, so one compilation."""
     blocks = [keras.layers.Conv2D(_layers.CHANNELS, 3, padding="same")]
     for case in _layers.CASES:
-        if case.channels_first or case.training is False or case.id in FIT_EXCLUDED or case.two_inputs:
+        if case.channels_first or case.training is False or case.two_inputs:
             continue  # fit calls every layer with training=True, channels-last, in a Sequential
         if FIT_ONLY is not None and case.id not in FIT_ONLY:
             continue
