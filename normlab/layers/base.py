@@ -179,6 +179,38 @@ class Normalization(SavedConfig, FloatCompute, keras.layers.Layer):
         beta_regularizer, gamma_regularizer: optional regularizers.
         beta_constraint, gamma_constraint: optional constraints.
         **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
+
+    A subclass picks its axes and weights in ``build`` and calls an op in ``call``
+    between :meth:`float_input` and :meth:`compute_output` (integer inputs and
+    mixed precision as in normlab's layers); register it with
+    ``keras.saving.register_keras_serializable`` to save it in ``.keras`` files.
+
+    Example:
+        A norm that only centers over the feature axes (mean-only layer norm):
+
+        >>> import numpy as np
+        >>> from keras import ops
+        >>> from normlab.layers.base import Normalization
+        >>> from normlab.ops import moments
+        >>> class MeanCentering(Normalization):
+        ...     multi_axis = True  # axis may be a list, as in LayerNormalization
+        ...     def __init__(self, axis=-1, center=True, **kwargs):
+        ...         super().__init__(axis=axis, epsilon=0.0, center=center, scale=False,
+        ...                          beta_initializer="zeros", gamma_initializer="ones",
+        ...                          beta_regularizer=None, gamma_regularizer=None,
+        ...                          beta_constraint=None, gamma_constraint=None, **kwargs)
+        ...     def build(self, input_shape):
+        ...         self.add_affine(self.build_feature_axes(input_shape))
+        ...     def call(self, inputs):
+        ...         x = self.float_input(inputs)
+        ...         mean, _ = moments(x, self.feature_axes(x))
+        ...         y = x - mean if self.beta is None else x - mean + self.beta
+        ...         return self.compute_output(y)
+        >>> layer = MeanCentering()
+        >>> ops.convert_to_numpy(layer(np.array([[1.0, 2.0, 6.0]], "float32"))).tolist()
+        [[-2.0, -1.0, 3.0]]
+        >>> [w.path for w in layer.weights]
+        ['mean_centering/beta']
     """
 
     #: Whether ``axis`` may name several axes (LayerNormalization) or one.
