@@ -14,7 +14,7 @@ from normlab.ops.axes import channel_axis, complement, dims, feature_param, floa
 from normlab.ops.ghost_batches import split_batch
 from normlab.ops.masks import finite_values
 from normlab.ops.moments import note_count, shifted_moments, size_as, stats_dtype
-from normlab.ops.normalize import check_variance, normalize
+from normlab.ops.normalize import check_stddev, check_variance, normalize
 from normlab.ops.validate import (
     check_bools,
     check_epsilon,
@@ -391,7 +391,7 @@ def batch_renorm(
     x = float_tensor(x)
     _, _, channels = channel_axis(x, axis)
     renorm_mean = check_param("renorm_mean", renorm_mean, (channels,))
-    renorm_stddev = check_param("renorm_stddev", renorm_stddev, (channels,))
+    renorm_stddev = check_param("renorm_stddev", check_stddev(renorm_stddev, "renorm_stddev"), (channels,))
     y, mean, variance = _batch_norm_train(
         x, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon, mask=mask,
         virtual_batch_size=virtual_batch_size,

@@ -59,23 +59,34 @@ def check_variance(variance: object, name: str = "variance") -> None:
     """Raises for a given variance below 0 where it is a host value (a Python
     number or a NumPy array): read without a device sync. (A tensor's values
     are never read: a negative one gives NaN there.)"""
-    if type(variance) in (float, int):  # (no NumPy: a compiler traces a Python number as it is)
-        if variance < 0:  # type: ignore[operator]
-            raise _negative_variance(name, f"{name}={variance}")
-    elif isinstance(variance, (np.ndarray, np.floating, np.integer)):
-        values = np.asarray(variance).reshape(-1)
+    check_non_negative(
+        variance, name, "a non-negative variance (its square root scales the output)",
+        "Pass a variance, not a standard deviation or log-variance; moving statistics "
+        "come from the layer's moving_variance or moments().")
+
+
+def check_stddev(stddev: object, name: str) -> object:
+    """``stddev``, once checked to be at least 0 where it is a host value (as :func:`check_variance`)."""
+    return check_non_negative(
+        stddev, name, "a non-negative standard deviation (the batch's is divided by it)",
+        "Pass a standard deviation, sqrt(variance + epsilon) (a renorm layer's renorm_stddev), "
+        "not a log-standard-deviation.")
+
+
+def check_non_negative(value: object, name: str, expected: str, fix: str) -> object:
+    """``value``, once checked to be at least 0 where it is a host value (a
+    Python number or a NumPy array; a tensor's values are never read)."""
+    if type(value) in (float, int):  # (no NumPy: a compiler traces a Python number as it is)
+        if value < 0:  # type: ignore[operator]
+            raise ValueError(error_message(name, expected, f"{name}={value}", fix))
+    elif isinstance(value, (np.ndarray, np.floating, np.integer)):
+        values = np.asarray(value).reshape(-1)
         negative = values[values < 0]
         if negative.size:
-            raise _negative_variance(name, f"{name}={float(negative[0])}" if values.size == 1 else
-                                     f"{name} with {negative.size} negative value(s) of {values.size}, "
-                                     f"e.g. {float(negative[0])}")
-
-
-def _negative_variance(name: str, received: str) -> ValueError:
-    return ValueError(error_message(
-        name, "a non-negative variance (its square root scales the output)", received,
-        "Pass a variance, not a standard deviation or log-variance; moving statistics "
-        "come from the layer's moving_variance or moments()."))
+            raise ValueError(error_message(
+                name, expected, f"{name}={float(negative[0])}" if values.size == 1 else
+                f"{name} with {negative.size} negative value(s) of {values.size}, e.g. {float(negative[0])}", fix))
+    return value
 
 
 def normalize(

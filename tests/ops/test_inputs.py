@@ -95,6 +95,20 @@ def test_a_negative_given_variance_on_the_host_is_refused():
     np.testing.assert_allclose(to_np(nops.normalize(x, 1.0, np.zeros(3, "float32"), epsilon=0.0)), 0.0)
 
 
+
+def test_a_negative_renorm_stddev_on_the_host_is_refused():
+    """It was replaced by sqrt(epsilon), so r was 30x too large: 20x the output, silently."""
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    zeros = np.zeros(3, "float32")
+    with pytest.raises(ValueError, match=r"Invalid `renorm_stddev`: expected a non-negative standard deviation.*"
+                                         r"Received: renorm_stddev with 3 negative value\(s\) of 3, e\.g\. -1\.0\."):
+        nops.batch_renorm(x, zeros, -np.ones(3, "float32"))
+    with pytest.raises(ValueError, match=r"Received: renorm_stddev=-2\.0\. Pass a standard deviation"):
+        nops.batch_renorm(x, zeros, -2.0)
+    # 0 is a standard deviation: the formula's floor, sqrt(epsilon), divides then.
+    y = nops.batch_renorm(x, zeros, zeros, epsilon=1e-2, clipping={"rmin": 1.0, "rmax": 1.0})
+    assert np.isfinite(to_np(y)).all()
+
 @pytest.mark.parametrize("shape, axes", [((0, 3), [0]), ((2, 0, 3), [1]), ((2, 0, 3), [0, 1])])
 def test_statistics_over_an_axis_known_to_be_empty_keep_size_1_there(shape, axes):
     """The shift, an empty slice there, made the mean empty (the variance
