@@ -151,15 +151,14 @@ class FloatCompute:
         """``inputs`` as a tensor the ops compute on: float dtypes as given,
         or widened to a wider compute dtype (a float32 input to a float64
         layer computes in float64, as Keras' layers do), integers (e.g. uint8
-        images) cast to the variable dtype."""
+        images) cast to the variable dtype, float32 at least (an int32 beyond
+        65504 is inf in float16: its statistics would be NaN)."""
         inputs = ops.convert_to_tensor(inputs)
         bits = _FLOAT_BITS.get(keras.backend.standardize_dtype(inputs.dtype))
         if bits is not None:
-            if bits < _FLOAT_BITS.get(self.compute_dtype, 0):
-                return ops.cast(inputs, self.compute_dtype)
-            return inputs
+            return ops.cast(inputs, self.compute_dtype) if bits < _FLOAT_BITS.get(self.compute_dtype, 0) else inputs
         check_real(inputs, "inputs")
-        return ops.cast(inputs, self.variable_dtype)
+        return ops.cast(inputs, self.variable_dtype if _FLOAT_BITS.get(self.variable_dtype, 0) > 32 else "float32")
 
     def compute_output(self: _HasDtypes, outputs: Tensor) -> Tensor:
         """The op's result in the layer's compute dtype (float16 under mixed precision)."""

@@ -8,7 +8,7 @@ import keras
 from keras import constraints, initializers, regularizers
 
 from normlab import ops
-from normlab.layers.base import Normalization, SavedConfig, check_float_policy, keras_object
+from normlab.layers.base import FloatCompute, Normalization, SavedConfig, check_float_policy, keras_object
 from normlab.ops.axes import canonicalize_axes, known_dims, reject_batch_axis, single_axis
 from normlab.ops.filter_response_norm import check_frn_input, frn_axes
 from normlab.ops.validate import check_bool
@@ -26,7 +26,7 @@ def _tau_weight(
 
 
 @keras.saving.register_keras_serializable(package="normlab")
-class TLU(SavedConfig, keras.layers.Layer):
+class TLU(SavedConfig, FloatCompute, keras.layers.Layer):
     """Thresholded linear unit: ``max(x, tau)`` with a learned per-channel threshold.
 
     The activation the paper pairs with filter response normalization: a
@@ -106,7 +106,9 @@ class TLU(SavedConfig, keras.layers.Layer):
                                      self.alpha_regularizer, self.alpha_constraint)
 
     def call(self, inputs: Tensor) -> Tensor:
-        return ops.tlu(inputs, self.tau, axis=self._channel_axis, alpha=self.alpha)
+        # Float inputs arrive autocast; integers (uint8 images) leave in the compute dtype too.
+        y = ops.tlu(self.float_input(inputs), self.tau, axis=self._channel_axis, alpha=self.alpha)
+        return self.compute_output(y)
 
     def compute_output_shape(self, input_shape: Shape) -> tuple[int | None, ...]:
         canonicalize_axes(self.axis, len(input_shape))  # an axis out of range raises, as at build

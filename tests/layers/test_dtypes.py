@@ -93,6 +93,34 @@ def test_integer_inputs_under_mixed_precision_come_back_in_the_compute_dtype():
     assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
 
 
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_int32_inputs_beyond_float16_range_into_a_float16_layer_are_normalized_in_float32(norm):
+    """They were cast to the float16 variable dtype first: inf, and NaN statistics
+    (LayerNormalization and RMSNormalization returned all NaN)."""
+    x = (7e4 + np.random.default_rng(3).integers(0, 256, size=(2, 4, 4, 8))).astype("int32")
+    y = NORMS[norm](dtype="float16")(x, training=True)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    expected = ops.convert_to_numpy(NORMS[norm]()(x.astype("float32"), training=True))
+    y = ops.convert_to_numpy(ops.cast(y, "float32"))
+    assert np.isfinite(y).all()
+    if norm in CENTERED:  # O(1) results: float16's rounding of the weights and the output only
+        np.testing.assert_allclose(y, expected, atol=2e-2, rtol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int32"])
+@pytest.mark.parametrize("policy", ["mixed_float16", "float16", "float64"])
+def test_tlu_returns_integer_inputs_in_its_compute_dtype(policy, dtype):
+    """As every norm does (and its symbolic output says); it returned float32."""
+    x = np.arange(16).reshape(2, 8).astype(dtype)
+    layer = normlab.layers.TLU(dtype=policy)
+    y = layer(x)
+    symbolic = layer.compute_output_spec(keras.KerasTensor((2, 8), dtype=dtype))
+    assert keras.backend.standardize_dtype(symbolic.dtype) == layer.compute_dtype
+    expected = layer.compute_dtype if policy != "float64" or _float64_available() else "float32"  # JAX without x64
+    assert keras.backend.standardize_dtype(y.dtype) == expected
+    np.testing.assert_array_equal(ops.convert_to_numpy(ops.cast(y, "float32")), np.arange(16).reshape(2, 8))
+
 def test_rms_norm_is_finite_where_keras_overflows():
     x = np.full((2, 4, 8), 7e4, "float32")
     y = ops.convert_to_numpy(ops.cast(normlab.RMSNormalization(dtype="mixed_float16")(x), "float32"))
