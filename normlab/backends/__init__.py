@@ -107,7 +107,6 @@ def torch_traced() -> bool:
     return traced()
 
 
-
 def saved_for_backward(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)``, its results saved for the backward pass, never recomputed there.
 
@@ -127,6 +126,7 @@ def saved_for_backward(fn: Callable[..., Any], *args: Any) -> Any:
     from normlab.backends.torch_guards import saved_for_backward as torch_saved
 
     return torch_saved(fn, *args)
+
 
 def _backend_module(name: str):
     if name not in _modules:
