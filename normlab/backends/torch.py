@@ -318,7 +318,8 @@ def _batch_stats(x, axis, shift, residual_mean, variance):
     """``(mean, variance)``, the mean being ``shift + residual_mean`` (all ``(C,)``)."""
     if x.requires_grad and torch.is_grad_enabled():
         return _BatchStats.apply(x, shift, residual_mean, variance, axis % x.dim())
-    return shift + residual_mean, variance
+    # (A copy where a kernel's Function may have saved it for gamma's gradient: the caller may change it in place.)
+    return shift + residual_mean, variance.clone() if torch.is_grad_enabled() else variance
 
 
 def batch_norm_train(x, *, axis, gamma, beta, epsilon):

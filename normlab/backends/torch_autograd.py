@@ -160,7 +160,7 @@ class ShiftedNorm(torch.autograd.Function):
         ctx.save_for_backward(x, shift, gamma, beta, *saved)
         ctx.kernel, ctx.dtype = kernel, x.dtype
         ctx.mark_non_differentiable(*saved)
-        return (y, *saved)
+        return (_not_a_view(y), *saved)
 
     @staticmethod
     def backward(ctx, dy, *_dsaved):
@@ -176,6 +176,14 @@ class ShiftedNorm(torch.autograd.Function):
         dx, dgamma, dbeta = ctx.kernel.backward(dy, xc, gamma, beta, saved, mask)
         return _input_grad(ctx, dx), None, dgamma if mask[1] else None, dbeta if mask[2] else None, None
 
+
+
+def _not_a_view(y):
+    """``y`` with its memory, but not as a view: a view made inside a custom
+    Function's forward (a kernel's squeeze or permute) may not be modified in
+    place (``F.relu(y, inplace=True)`` after the norm raised), and no saved
+    tensor shares ``y``'s memory."""
+    return y.detach() if y._is_view() else y
 
 def _grad_mask(ctx, gamma, beta):
     """ATen's ``output_mask`` for ``(dx, dgamma, dbeta)`` of a function whose
@@ -241,7 +249,7 @@ class ChannelsLastGroupNorm(torch.autograd.Function):
         ctx.save_for_backward(x3, shift, gamma, beta, mean, rstd)  # centered again in the backward
         ctx.groups, ctx.epsilon, ctx.dtype = groups, epsilon, x3.dtype
         ctx.mark_non_differentiable(mean, rstd)
-        return y3, mean, rstd
+        return _not_a_view(y3), mean, rstd
 
     @staticmethod
     def backward(ctx, dy3, _dmean, _drstd):

@@ -32,7 +32,8 @@ def subtract(x, shift, *, transient=False):
     buffers = _scratch.__dict__.setdefault("buffers", {})
     buffer = buffers.get(dtype)
     if buffer is None or buffer.numel() < x.numel():
-        buffer = buffers[dtype] = torch.empty(x.numel(), dtype=dtype)
+        with torch.inference_mode(False):  # made in inference mode, it could not be written outside it
+            buffer = buffers[dtype] = torch.empty(x.numel(), dtype=dtype, device=x.device)
     return torch.sub(x, shift, out=buffer[: x.numel()].view(x.shape))
 
 

@@ -150,3 +150,76 @@ def test_few_channel_batch_norm_gradients_are_exact(affine):
     inputs = (x, *params) if affine else (x,)
     assert torch.autograd.gradcheck(outputs, inputs)
     assert torch.autograd.gradcheck(lambda *a: outputs(*a)[1:], inputs)  # statistics alone
+
+
+@pytest.mark.parametrize("case", SERVED)
+def test_the_output_can_be_modified_in_place(case):
+    """``F.relu(y, inplace=True)`` after the norm, as torchvision's blocks do:
+    a kernel's squeeze or permute inside the Function's forward made the
+    output a view that autograd refused to let change ("a view ... created
+    inside a custom Function")."""
+    import torch
+
+    x_np, dy_np, gamma_np, beta_np = _inputs(case, 3.0)
+
+    def grads():
+        x = torch.tensor(x_np, dtype=torch.float32, requires_grad=True)
+        gamma = torch.tensor(gamma_np, requires_grad=True)
+        y, _ = _apply(case, x, gamma, torch.tensor(beta_np))
+        torch.nn.functional.relu(y, inplace=True).backward(torch.tensor(dy_np, dtype=torch.float32))
+        return x.grad.numpy(), gamma.grad.numpy()
+
+    fast = grads()
+    with backends.disabled():
+        general = grads()
+    for got, ref in zip(fast, general):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_returned_batch_statistics_can_be_modified_in_place():
+    """The variance was the tensor the kernel's Function saved for gamma's
+    gradient: changing it in place failed the backward (a version-counter error)."""
+    import torch
+
+    x = torch.randn(4, 8, 5, generator=torch.Generator().manual_seed(0)) + 1.0
+    gamma = torch.ones(8, requires_grad=True)
+    y, mean, variance = nops.batch_norm(x, axis=1, gamma=gamma, training=True, return_stats=True)
+    variance.add_(1.0)
+    mean.add_(1.0)
+    (dgamma,) = torch.autograd.grad((y * y).sum(), gamma)
+    np.testing.assert_allclose(dgamma.numpy(), 2.0 * 20 * np.ones(8), rtol=1e-2)  # sum of xhat^2 over 20 values
+
+
+def test_a_buffer_made_in_inference_mode_serves_later_calls():
+    """The first large call in ``torch.inference_mode()`` (validation before
+    training, as in PyTorch Lightning) made the thread's buffer an inference
+    tensor, and every later call outside it failed to write it."""
+    import torch
+
+    from normlab.backends import torch_scratch
+
+    torch_scratch.release_buffers()
+    x = torch.randn(64, 4096, generator=torch.Generator().manual_seed(0)) + 5.0  # 1 MiB: the buffer
+    with torch.inference_mode():
+        served = nops.layer_norm(x, -1)
+    y = nops.layer_norm(x.requires_grad_(True), -1)
+    (y * y).sum().backward()
+    np.testing.assert_allclose(y.detach().numpy(), served.numpy(), atol=1e-6)
+    assert x.grad is not None and np.isfinite(x.grad.numpy()).all()
+
+
+def test_the_buffer_is_made_on_the_input_device_whatever_the_default():
+    """Under ``torch.set_default_device("cuda")`` (the meta device stands in
+    here) a CPU input's buffer was made on the default device."""
+    import torch
+
+    from normlab.backends import torch_scratch
+
+    torch_scratch.release_buffers()
+    x = torch.randn(64, 4096, generator=torch.Generator().manual_seed(0), device="cpu")
+    expected = nops.layer_norm(x, -1)
+    torch_scratch.release_buffers()
+    with torch.device("meta"):
+        got = nops.layer_norm(x, -1)
+    assert got.device.type == "cpu"
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-6)
