@@ -115,9 +115,9 @@ def saved_for_backward(fn: Callable[..., Any], *args: Any) -> Any:
     averages). ``torch.compile``'s partitioner may recompute a cheap value in
     the backward from the forward's inputs instead of saving it; the update
     has written those inputs by then, so the gradient would use the new
-    state (the fix, pull request pytorch/pytorch#197039, is not in torch 2.13). While torch compiles,
-    ``fn`` runs as a region of selective activation checkpointing whose every
-    op is ``MUST_SAVE``; anywhere else (eager torch, exporters, JAX,
+    state (the fix, pull request pytorch/pytorch#197039, is not in torch
+    2.13). While torch compiles, ``fn`` runs as a region of selective
+    activation checkpointing whose every op is ``MUST_SAVE``; anywhere else (eager torch, exporters, JAX,
     TensorFlow) it is a plain call: their backward passes keep the values
     the forward read. Not a fast path: it runs with the fast paths off too.
     """
