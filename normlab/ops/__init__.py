@@ -7,7 +7,8 @@ axis and shape helpers in :mod:`~normlab.ops.axes`."""
 from __future__ import annotations
 
 from normlab.ops.adaptive_instance_norm import adaptive_instance_norm
-from normlab.ops.batch_norm import batch_norm, batch_renorm, ghost_batch_norm
+from normlab.ops.batch_norm import batch_norm, ghost_batch_norm
+from normlab.ops.batch_renorm import batch_renorm
 from normlab.ops.dynamic_tanh import dynamic_tanh
 from normlab.ops.evo_norm import evo_norm_b0, evo_norm_s0
 from normlab.ops.filter_response_norm import filter_response_norm, tlu

@@ -10,7 +10,8 @@ the argument checks are in :mod:`normlab.ops.validate`. Import the ops from
 
 from __future__ import annotations
 
-from normlab.ops.batch_norm import batch_renorm, ghost_batch_norm
+from normlab.ops.batch_norm import ghost_batch_norm
+from normlab.ops.batch_renorm import batch_renorm
 from normlab.ops.evo_norm import evo_norm_b0, evo_norm_s0
 from normlab.ops.filter_response_norm import filter_response_norm, frn_axes, tlu
 from normlab.ops.local_response_norm import local_response_norm
