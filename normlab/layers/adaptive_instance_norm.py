@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import keras
 
 from normlab import ops
-from normlab.layers.base import FloatCompute, check_float_policy
+from normlab.layers.dtypes import FloatCompute, check_float_policy
 from normlab.ops.adaptive_instance_norm import check_content_and_style
 from normlab.ops.axes import single_axis
 from normlab.ops.validate import check_epsilon, error_message

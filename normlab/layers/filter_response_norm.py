@@ -8,7 +8,8 @@ import keras
 from keras import constraints, initializers, regularizers
 
 from normlab import ops
-from normlab.layers.base import FloatCompute, Normalization, SavedConfig, check_float_policy, keras_object
+from normlab.layers.base import Normalization, SavedConfig, keras_object
+from normlab.layers.dtypes import FloatCompute, check_float_policy
 from normlab.ops.axes import canonicalize_axes, known_dims, reject_batch_axis, single_axis
 from normlab.ops.filter_response_norm import check_frn_input, frn_axes
 from normlab.ops.validate import check_bool

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 
 from normlab import ops
-from normlab.layers.base import FloatCompute, check_float_policy
+from normlab.layers.dtypes import FloatCompute, check_float_policy
 from normlab.ops.axes import canonicalize_axes, known_dims, reject_batch_axis, single_axis
 from normlab.ops.validate import (
     check_positive_int,

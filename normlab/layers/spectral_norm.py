@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from keras import initializers, ops
 
-from normlab.layers.base import check_float_policy, check_training
+from normlab.layers.base import check_training
 from normlab.layers.derived_kernel import (
     KERNEL_LAYERS,
     SavedLora,
@@ -30,6 +30,7 @@ from normlab.layers.derived_kernel import (
     kernel_variable,
     missing_layer,
 )
+from normlab.layers.dtypes import check_float_policy
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.ops.weights import spectral_norm
 from normlab.types import Shape, Tensor

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import keras
 
-from normlab.layers.base import SavedConfig, check_float_policy, keras_object
+from normlab.layers.base import SavedConfig, keras_object
 from normlab.layers.derived_kernel import call_with_kernel, full_precision, missing_layer
+from normlab.layers.dtypes import check_float_policy
 from normlab.ops.validate import check_bool, check_epsilon, check_positive_int, error_message
 from normlab.ops.weights import standardize_weight
 from normlab.types import Constraint, Initializer, Regularizer, Shape, Tensor

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from normlab.layers.base import check_float_policy, check_training
+from normlab.layers.base import check_training
 from normlab.layers.data_init import DataInit
 from normlab.layers.derived_kernel import (
     KERNEL_LAYERS,
@@ -46,6 +46,7 @@ from normlab.layers.derived_kernel import (
     missing_layer,
     substituted,
 )
+from normlab.layers.dtypes import check_float_policy
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.ops.weights import weight_norm
 from normlab.types import Shape, Tensor
