@@ -11,15 +11,13 @@ gradients flow into the variable on every backend. A LoRA-enabled layer's
 low-rank update is not added again during the call: StdConv standardizes
 the effective kernel (``kernel + update``); the wrappers, which normalize the
 kernel variable itself, refuse a LoRA-enabled layer (:func:`kernel_variable`,
-:class:`SavedLora`). Two Keras/TensorFlow
-limits are handled here, once:
+:class:`SavedLora`). The wrapped layer's activity regularizer sees the
+final output, as in Keras. Two Keras/TensorFlow limits are handled here, once:
 
 * TensorFlow's CPU convolution supports only channels-last (NHWC) data
-  unless TensorFlow was built and run with oneDNN (``The Conv2D op currently
-  only supports the NHWC tensor format on the CPU``). On TensorFlow without
-  a visible GPU, a channels-first convolution therefore runs channels-last
-  internally (a transpose in, one out): the same code path on every CPU,
-  whatever its instruction set.
+  unless TensorFlow was built and run with oneDNN. Without a visible GPU, a
+  channels-first convolution runs channels-last internally (a transpose in,
+  one out): the same code path on every CPU, whatever its instruction set.
 * Keras' TensorFlow ``ops.add`` takes a ``(1, C, 1, 1)`` bias for a
   channels-last one whenever the output's last axis also has ``C`` entries
   (Keras 3.15); the bias is therefore added here, with ``+``.
@@ -260,13 +258,14 @@ def call_with_kernel(
     for tensor in keras.tree.flatten(inputs):  # a cast inside the layer would drop the imaginary part
         if hasattr(tensor, "dtype"):
             check_real(tensor, "inputs")
+    regularizer = layer.activity_regularizer if call is None else None  # (a subclass's own __call__ adds it)
     call = call or layer
-    swap = {attribute: ops.cast(kernel, layer.compute_dtype)}
+    swap = {attribute: ops.cast(kernel, layer.compute_dtype), "activity_regularizer": None}
     if layer.__dict__.get("lora_enabled") and not add_lora:  # `kernel` already holds the update (StdConv)
         swap["lora_enabled"] = False
     if attribute == "_embeddings":  # no bias, no layout
         with substituted(layer, **swap):
-            return call(inputs)
+            return _regularized(layer, call(inputs), regularizer)
     bias = layer.__dict__.get("bias")
     activation = layer.__dict__.get("activation")
     swap.update(bias=None, use_bias=False, activation=None)
@@ -284,6 +283,15 @@ def call_with_kernel(
         outputs = outputs + ops.reshape(ops.cast(bias, outputs.dtype), _bias_shape(layer, len(outputs.shape)))
     if activation is not None:
         outputs = activation(outputs)
+    return _regularized(layer, outputs, regularizer)
+
+
+def _regularized(layer: keras.layers.Layer, outputs: Tensor, regularizer: Any) -> Tensor:
+    """``outputs``, with ``regularizer``'s loss on them added to ``layer`` as Keras' ``__call__`` adds it (divided
+    by the batch size): on the output, bias and activation included, not on the kernel product."""
+    if regularizer is not None:
+        loss = regularizer(outputs)
+        layer.add_loss(ops.divide_no_nan(loss, ops.cast(ops.shape(outputs)[0], loss.dtype)) if outputs.shape else loss)
     return outputs
 
 

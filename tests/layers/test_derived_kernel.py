@@ -71,3 +71,50 @@ def test_the_wrapped_layer_left_out_of_quantization_keeps_its_outputs(name):
     model.save(path)
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(X, training=False)), got, rtol=1e-5, atol=1e-6)
+
+
+_ACTIVITY_WRAPPERS = {
+    "weight_norm": lambda layer: normlab.WeightNormalization(layer, data_init=False),
+    "weight_norm_data_init": lambda layer: normlab.WeightNormalization(layer, data_init=True),
+    "spectral_norm": lambda layer: normlab.SpectralNormalization(layer),
+    "spectral_norm_in_place": lambda layer: normlab.SpectralNormalization(layer, in_place=True),
+}
+_ACTIVITY_LAYERS = {
+    "dense": (lambda **kw: keras.layers.Dense(4, activation="relu", bias_initializer=keras.initializers.Constant(3.0),
+                                              **kw), X),
+    "conv_channels_first": (lambda **kw: keras.layers.Conv2D(3, 2, data_format="channels_first", activation="tanh",
+                                                             bias_initializer="ones", **kw),
+                            np.random.default_rng(1).normal(size=(2, 2, 5, 5)).astype("float32")),
+    "embedding": (lambda **kw: keras.layers.Embedding(10, 4, **kw), np.array([[1, 2, 3], [4, 5, 9]])),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(_ACTIVITY_LAYERS))
+@pytest.mark.parametrize("wrapper", sorted(_ACTIVITY_WRAPPERS))
+def test_the_wrapped_layers_activity_regularizer_sees_its_output(wrapper, layer):
+    """As Keras' ``__call__`` adds it: once per call, on the output (bias and
+    activation included), divided by the batch size. It was computed on the
+    kernel product, before the bias and the activation (0.6477 where Keras'
+    SpectralNormalization gives 0.55), and twice in a data-initializing call."""
+    if wrapper.startswith("weight_norm") and layer == "embedding":
+        pytest.skip("WeightNormalization takes layers with a kernel")
+    make, x = _ACTIVITY_LAYERS[layer]
+    wrapped = _ACTIVITY_WRAPPERS[wrapper](make(activity_regularizer=keras.regularizers.L2(0.01)))
+    for _ in range(2):  # the first call builds (and may initialize), the second does neither
+        y = keras.ops.convert_to_numpy(wrapped(x, training=True))
+        assert len(wrapped.losses) == 1
+        expected = 0.01 * np.sum(y.astype("float64") ** 2) / len(x)
+        np.testing.assert_allclose(float(keras.ops.convert_to_numpy(wrapped.losses[0])), expected, rtol=1e-5)
+
+
+def test_in_place_spectral_norm_adds_keras_activity_loss():
+    keras.utils.set_random_seed(0)
+    dense = keras.layers.Dense(4, activation="relu", bias_initializer=keras.initializers.Constant(3.0),
+                               activity_regularizer="l2")
+    ours = normlab.SpectralNormalization(dense, in_place=True)
+    theirs = keras.layers.SpectralNormalization(keras.layers.Dense.from_config(dense.get_config()))
+    ours.build(X.shape), theirs.build(X.shape)
+    theirs.set_weights(ours.get_weights())
+    ours(X, training=True), theirs(X, training=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours.losses[0]),
+                               keras.ops.convert_to_numpy(theirs.losses[0]), rtol=1e-5)
