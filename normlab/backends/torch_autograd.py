@@ -177,13 +177,13 @@ class ShiftedNorm(torch.autograd.Function):
         return _input_grad(ctx, dx), None, dgamma if mask[1] else None, dbeta if mask[2] else None, None
 
 
-
 def _not_a_view(y):
     """``y`` with its memory, but not as a view: a view made inside a custom
     Function's forward (a kernel's squeeze or permute) may not be modified in
     place (``F.relu(y, inplace=True)`` after the norm raised), and no saved
     tensor shares ``y``'s memory."""
     return y.detach() if y._is_view() else y
+
 
 def _grad_mask(ctx, gamma, beta):
     """ATen's ``output_mask`` for ``(dx, dgamma, dbeta)`` of a function whose
