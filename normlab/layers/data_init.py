@@ -44,11 +44,13 @@ from keras import ops
 
 from normlab import distributed
 from normlab.layers.derived_kernel import (
+    output_channel_axis,
+)
+from normlab.layers.scopes import (
     bool_at_trace,
     concrete_bool,
     in_jax_stateless_call,
     in_openvino_graph,
-    output_channel_axis,
     torch_traced,
     trace_runs_now,
 )

@@ -1,7 +1,7 @@
 """Running a Keras Dense/Conv layer with a derived kernel, the one mechanism
 behind the kernel-reparametrizing layers (StdConv, WeightNormalization,
 SpectralNormalization), and the wrappers' shared mechanics (which layers
-they take, the scopes Keras runs them in).
+they take; the scopes Keras runs them in: :mod:`normlab.layers.scopes`).
 
 The layer's own ``call`` runs, with its kernel variable replaced for the
 duration of the call by a tensor computed from it (standardized,
@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import keras
 from keras import ops
 
-from normlab import _compat, backends
+from normlab import _compat
 from normlab.ops.axes import check_real
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.types import DTypeLike, Shape, Tensor
@@ -293,71 +293,6 @@ def _regularized(layer: keras.layers.Layer, outputs: Tensor, regularizer: Any) -
         loss = regularizer(outputs)
         layer.add_loss(ops.divide_no_nan(loss, ops.cast(ops.shape(outputs)[0], loss.dtype)) if outputs.shape else loss)
     return outputs
-
-
-def in_jax_stateless_call() -> bool:
-    """True inside a JAX ``stateless_call`` (e.g. ``fit``), where updates of
-    *trainable* variables made in the forward pass are discarded."""
-    if keras.backend.backend() != "jax":
-        return False
-    return _compat.in_stateless_scope()
-
-
-def concrete_bool(variable: keras.Variable) -> bool | None:
-    """The variable's value as a Python bool, or None inside a traced function."""
-    if torch_traced():  # torch.compile, torch.export: reading the value would break the graph
-        return None
-    try:
-        return bool(ops.convert_to_numpy(variable))
-    except Exception:  # a symbolic value (tf.function, jax.jit): only known at run time
-        return None
-
-
-torch_traced = backends.torch_traced  # (its callers here import it from this module)
-
-
-def bool_at_trace(variable: keras.Variable) -> bool | None:
-    """The variable's value as a Python bool now, also inside a TensorFlow
-    graph being traced (read outside it, under ``tf.init_scope``): what a
-    trace may take as already done. None under torch's compilers."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-        with tf.init_scope():
-            return concrete_bool(variable)
-    return concrete_bool(variable)
-
-
-def trace_runs_now() -> bool:
-    """Whether a traced torch call runs as it is traced (``torch.compile``,
-    ``torch.jit.trace``), so that its variable updates happen; an exporter
-    only records them, as do TensorFlow's and JAX's traces."""
-    if keras.backend.backend() != "torch":
-        return False
-    import torch
-    return not (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
-
-
-def in_openvino_graph(x: Tensor) -> bool:
-    """True where ``x`` is an OpenVINO tensor computed from a graph input: Keras'
-    openvino ``predict`` builds its graph from placeholders, so a value
-    assigned from ``x`` there would be a graph node, not a number."""
-    output = getattr(x, "output", None)
-    if keras.backend.backend() != "openvino" or output is None:
-        return False
-    seen, todo = set(), [output.get_node()]
-    while todo:
-        node = todo.pop()
-        if node.get_type_name() == "Parameter":
-            return True
-        if id(node) not in seen:
-            seen.add(id(node))
-            todo.extend(i.get_source_output().get_node() for i in node.inputs())
-    return False
-
-
-def in_shape_inference() -> bool:
-    """True while Keras runs a layer only to infer output shapes (symbolic tensors)."""
-    return _compat.in_symbolic_scope()
 
 
 def full_precision(variable: keras.Variable) -> AbstractContextManager[Any]:

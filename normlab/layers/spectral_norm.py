@@ -26,11 +26,11 @@ from normlab.layers.derived_kernel import (
     call_with_kernel,
     check_wrapped_layer,
     full_precision,
-    in_jax_stateless_call,
     kernel_variable,
     missing_layer,
 )
 from normlab.layers.dtypes import check_float_policy
+from normlab.layers.scopes import in_jax_stateless_call
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.ops.weights import spectral_norm
 from normlab.types import Shape, Tensor

@@ -39,14 +39,13 @@ from normlab.layers.derived_kernel import (
     SavedLora,
     call_with_kernel,
     check_wrapped_layer,
-    concrete_bool,
     full_precision,
-    in_shape_inference,
     kernel_variable,
     missing_layer,
     substituted,
 )
 from normlab.layers.dtypes import check_float_policy
+from normlab.layers.scopes import concrete_bool, in_shape_inference
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.ops.weights import weight_norm
 from normlab.types import Shape, Tensor
