@@ -641,7 +641,9 @@ def test_norms_written_differently_are_one_table_and_one_row():
     assert parse("compare", "--norms", "group(name='a b')").configs[0].norms == "group(name='a b')"
 
 
-def test_python_dash_m_normlab_is_the_command():
-    """``python -m normlab`` failed: "No module named normlab.__main__"."""
-    done = subprocess.run([sys.executable, "-m", "normlab", "list"], capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("module", ["normlab", "normlab.lab"])
+def test_python_dash_m_is_the_command(module):
+    """``python -m normlab`` failed: "No module named normlab.__main__"; so did
+    ``python -m normlab.lab`` (the package that holds the command)."""
+    done = subprocess.run([sys.executable, "-m", module, "list"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "compare" in done.stdout, done.stderr[-2000:]
