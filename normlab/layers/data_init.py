@@ -83,17 +83,20 @@ class DataInit:
         raise NotImplementedError
 
     def _run(self, inputs: Tensor, kernel: Tensor, training: bool | None = None,
-             pre_activation: bool = False, mask: Tensor | None = None) -> Any:
+             pre_activation: bool = False, mask: Tensor | None = None, initial_state: Any = None) -> Any:
         raise NotImplementedError
 
-    def _data_init_values(self, inputs: Tensor, mask: Tensor | None = None) -> tuple[tuple[Tensor, ...], Any]:
+    def _data_init_values(self, inputs: Tensor, mask: Tensor | None = None,
+                          initial_state: Any = None) -> tuple[tuple[Tensor, ...], Any]:
         """``(g[, bias])`` giving the batch's pre-activations zero mean and
         unit variance (a unit without spread keeps its values), and whether
         the batch initializes: False where the shapes give fewer than two
         values per unit, else a tensor (enough values, and some unit varies).
-        A sequence ``mask`` keeps padded steps out of the statistics."""
+        A sequence ``mask`` keeps padded steps out of the statistics;
+        An RNN starts from ``initial_state`` (None: its zero state)."""
         direction = weight_norm(self._kernel(), None, self._norm_axes)
-        t = self._run(inputs, direction, training=False, pre_activation=True, mask=mask)
+        t = self._run(inputs, direction, training=False, pre_activation=True, mask=mask,
+                      initial_state=initial_state)
         if self._is_rnn:
             t = keras.tree.flatten(t)[0]  # the output, without return_state's states
         steps = None
@@ -138,7 +141,8 @@ class DataInit:
             setattr(self, flag, True)
             warnings.warn(f"{type(self).__name__} {self.name!r}: {message}", UserWarning, stacklevel=4)
 
-    def _initialize(self, inputs: Tensor, training: bool | None, mask: Tensor | None = None) -> None:
+    def _initialize(self, inputs: Tensor, training: bool | None, mask: Tensor | None = None,
+                    initial_state: Any = None) -> None:
         jax_stateless = in_jax_stateless_call()
         if jax_stateless or (keras.backend.backend() == "tensorflow" and distributed.replica_sum() is not None):
             # Updates of g and the bias would be discarded (JAX, while `initialized`,
@@ -200,7 +204,7 @@ class DataInit:
 
         result: tuple[Any, ...]
         run_now = done is False or keras.backend.backend() == "torch"  # else computed inside the graph's cond
-        values, enough = self._data_init_values(inputs, mask) if run_now else ((), None)
+        values, enough = self._data_init_values(inputs, mask, initial_state) if run_now else ((), None)
         if enough is False and training is True:  # known from the shapes, and weights train from here on
             self._warn("_warned_small", "a training batch with one value per unit (one sample through a "
                        "Dense layer) has no spread to initialize `g` and the bias from: they keep their values, "
@@ -216,7 +220,7 @@ class DataInit:
         else:  # inside a traced function (tf.function, jit): decide at run time
             current = (*[t.value for t in targets], ops.convert_to_tensor(True))
             result = ops.cond(ops.logical_and(self.initialized, True), lambda: current,
-                              lambda: chosen(*self._data_init_values(inputs, mask)))
+                              lambda: chosen(*self._data_init_values(inputs, mask, initial_state)))
         values, flag = tuple(result[:-1]), result[-1]
         if training is True:  # a training step on samples: no later call may overwrite what it trains
             flag = True if first.shape[0] is not None else ops.logical_or(flag, ops.shape(first)[0] > 0)

@@ -45,6 +45,7 @@ from normlab.layers.derived_kernel import (
     substituted,
 )
 from normlab.layers.dtypes import check_float_policy
+from normlab.layers.recurrent import RecurrentWrapper
 from normlab.layers.scopes import concrete_bool, in_shape_inference
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.ops.weights import weight_norm
@@ -71,7 +72,7 @@ def _check_rnn_cell(layer: keras.layers.RNN) -> None:
 
 
 @keras.saving.register_keras_serializable(package="normlab")
-class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
+class WeightNormalization(DataInit, RecurrentWrapper, SavedLora, keras.layers.Wrapper):
     """Weight normalization: a layer's kernel split into a norm ``g`` and a direction ``v``.
 
     The wrapped layer's kernel variable holds the direction ``v``; the
@@ -118,6 +119,11 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
     (each would initialize from its own share of the batch); there, call the
     model once under the strategy's scope first. Details:
     :mod:`normlab.layers.data_init`.
+
+    A wrapped RNN also works inside ``keras.layers.Bidirectional``: the
+    wrapper has its ``go_backwards``, ``stateful``, ``return_sequences``,
+    ``return_state``, ``states`` and ``reset_state``, and its call takes
+    ``initial_state`` (:mod:`normlab.layers.recurrent`).
 
     ``remove()`` writes ``w`` into the wrapped layer's kernel (recurrent
     kernel for RNNs) and returns the wrapped layer: a plain Keras layer with
@@ -259,22 +265,30 @@ class WeightNormalization(DataInit, SavedLora, keras.layers.Wrapper):
 
     def _run(
         self, inputs: Tensor, kernel: Tensor, training: bool | None = None, pre_activation: bool = False,
-        mask: Tensor | None = None,
+        mask: Tensor | None = None, initial_state: Any = None,
     ) -> Any:
-        """The wrapped layer's output with ``kernel`` in place of ``v`` (an RNN skips ``mask``'s padding)."""
+        """The wrapped layer's output with ``kernel`` in place of ``v`` (an RNN
+        skips ``mask``'s padding and starts from ``initial_state``)."""
         if not self._is_rnn:
             return call_with_kernel(self.layer, inputs, kernel, pre_activation=pre_activation, add_lora=True)
         cell = self.layer.cell
         with substituted(cell, recurrent_kernel=ops.cast(kernel, cell.compute_dtype)):
-            return self.layer(inputs, training=training, mask=mask)
+            return self.layer(inputs, initial_state=initial_state, training=training, mask=mask)
 
-    def call(self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None) -> Any:
+    def call(
+        self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None, initial_state: Any = None
+    ) -> Any:
         training = check_training(training)
+        if initial_state is not None and not self._is_rnn:
+            raise ValueError(error_message(
+                "initial_state", "None: only a wrapped recurrent layer (SimpleRNN, LSTM, GRU) takes a state",
+                f"an initial_state for a {type(self).__name__} of {type(self.layer).__name__}",
+                "Drop initial_state, or wrap a recurrent layer."))
         with full_precision(self.g):
             if self.data_init and not in_shape_inference():
-                self._initialize(inputs, training, mask)
+                self._initialize(inputs, training, mask, initial_state)
             kernel = weight_norm(self._kernel(), self.g, self._norm_axes)
-            outputs = self._run(inputs, kernel, training, mask=mask)
+            outputs = self._run(inputs, kernel, training, mask=mask, initial_state=initial_state)
         return keras.tree.map_structure(lambda t: ops.cast(t, self.compute_dtype), outputs)
 
     def remove(self) -> keras.layers.Layer:
