@@ -99,7 +99,7 @@ def batch_norm(
     (channels,) = known_dims(x.shape, [a], axis=axis)
     epsilon = check_epsilon(epsilon)
     gamma, beta, mean, variance = (
-        check_param(name, param, (channels,))
+        check_param(name, param, (channels,), stats_dtype(x.dtype))
         for name, param in (("gamma", gamma), ("beta", beta), ("mean", mean), ("variance", variance)))
     reduce_axes = complement([a], ndim)
 
@@ -186,7 +186,8 @@ def batch_norm_training(
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon)
     check_mask(mask, x.shape)
-    gamma, beta = check_param("gamma", gamma, (channels,)), check_param("beta", beta, (channels,))
+    dtype = stats_dtype(x.dtype)
+    gamma, beta = check_param("gamma", gamma, (channels,), dtype), check_param("beta", beta, (channels,), dtype)
     v = check_positive_int("virtual_batch_size", virtual_batch_size, example=32, allow_none=True,
                            meaning="the size of each ghost batch")
     shape = dims(x)
@@ -219,8 +220,9 @@ def batch_norm_training(
         y = ops.reshape(y, shape)
         if mask is not None:  # each ghost batch weighs as many as its unmasked positions
             mean, variance = _ghost_average(mean, variance, ops.sum(mask, reduce_axes, keepdims=True), replica_sum)
-        elif replica_sum is None:
-            mean, variance = ops.mean(mean, axis=0), ops.mean(variance, axis=0)
+        elif replica_sum is None:  # (sum / count: Keras' ops.mean reduces float64 in float32 on torch and JAX)
+            ghosts = size_as(dims(mean)[0], dtype)
+            mean, variance = ops.sum(mean, axis=0) / ghosts, ops.sum(variance, axis=0) / ghosts
         else:
             ghosts = ops.broadcast_to(size_as(dims(mean)[0], dtype), ops.shape(mean)[1:])
             total_mean, total_variance, ghosts = ops.unstack(

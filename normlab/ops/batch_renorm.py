@@ -6,6 +6,7 @@ from typing import Literal, overload
 
 from normlab.ops.axes import channel_axis, float_tensor
 from normlab.ops.batch_norm import batch_norm_training
+from normlab.ops.moments import stats_dtype
 from normlab.ops.normalize import check_stddev
 from normlab.ops.validate import check_bools, check_param, check_renorm_clipping
 from normlab.types import RenormClipping, ReplicaSum, Tensor
@@ -80,8 +81,9 @@ def batch_renorm(
     """
     x = float_tensor(x)
     _, _, channels = channel_axis(x, axis)
-    renorm_mean = check_param("renorm_mean", renorm_mean, (channels,))
-    renorm_stddev = check_param("renorm_stddev", check_stddev(renorm_stddev, "renorm_stddev"), (channels,))
+    renorm_mean = check_param("renorm_mean", renorm_mean, (channels,), stats_dtype(x.dtype))
+    renorm_stddev = check_param("renorm_stddev", check_stddev(renorm_stddev, "renorm_stddev"), (channels,),
+                                 stats_dtype(x.dtype))
     y, mean, variance = batch_norm_training(
         x, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon, mask=mask,
         virtual_batch_size=virtual_batch_size,

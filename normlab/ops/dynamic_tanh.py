@@ -6,6 +6,7 @@ import numbers
 
 from keras import ops
 
+from normlab.ops.arith import tanh
 from normlab.ops.axes import feature_param, scalar
 from normlab.ops.layer_norm import feature_axes_arguments
 from normlab.ops.moments import stats_dtype
@@ -71,7 +72,7 @@ def dynamic_tanh(
     ndim, dtype = len(x.shape), stats_dtype(x.dtype)
     # A number by the backend's operator (no tensor made of it: see axes.scalar); alpha (1,) broadcasts.
     alpha = scalar(alpha, dtype) if isinstance(alpha, numbers.Real) else ops.convert_to_tensor(alpha, dtype)
-    y = ops.tanh(ops.cast(x, dtype) * alpha)
+    y = tanh(ops.cast(x, dtype) * alpha)
     gamma = feature_param(gamma, ndim, axes, feature_shape)
     beta = feature_param(beta, ndim, axes, feature_shape)
     if gamma is not None:

@@ -91,7 +91,7 @@ def evo_norm_b0(
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon, positive=True, reason=EVO_NORM_EPSILON_REASON)
     v, gamma, beta, moving_variance = (
-        check_param(name, param, (channels,))
+        check_param(name, param, (channels,), stats_dtype(x.dtype))
         for name, param in (("v", v), ("gamma", gamma), ("beta", beta), ("moving_variance", moving_variance)))
     dtype = stats_dtype(x.dtype)
     if training:
@@ -160,7 +160,7 @@ def evo_norm_s0(
         require_spatial(x.shape, "EvoNorm-S0 with one channel per group", argument="x",
                         fix="Add a spatial axis, or use fewer groups than channels.")
     epsilon = check_epsilon(epsilon, positive=True, reason=EVO_NORM_EPSILON_REASON)
-    v, gamma, beta = (check_param(name, param, (channels,))
+    v, gamma, beta = (check_param(name, param, (channels,), stats_dtype(x.dtype))
                       for name, param in (("v", v), ("gamma", gamma), ("beta", beta)))
     shape, grouped = grouped_dims(x, a, g, channels)
     _, variance = moments(ops.reshape(x, grouped), complement([a], ndim + 1, keep_batch=True))

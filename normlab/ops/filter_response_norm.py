@@ -100,8 +100,8 @@ def tlu(x: Tensor, tau: Tensor, axis: int = -1, *, alpha: Tensor | None = None) 
     if tau is None:
         raise ValueError(error_message("tau", f"the learned threshold: a tensor of shape ({channels},) or a number",
                                        "tau=None", f"Pass e.g. zeros of shape ({channels},)."))
-    tau = check_param("tau", tau, (channels,))
-    alpha = check_param("alpha", alpha, (channels,))
+    tau = check_param("tau", tau, (channels,), stats_dtype(x.dtype))
+    alpha = check_param("alpha", alpha, (channels,), stats_dtype(x.dtype))
     dtype = stats_dtype(x.dtype)
     xs = ops.cast(x, dtype)
     floor = ops.cast(per_channel(tau, ndim, a, channels), dtype)
@@ -160,7 +160,7 @@ def filter_response_norm(
     check_frn_input(x.shape, spatial, learned_epsilon is not None)
     (channels,) = known_dims(x.shape, [a], axis=axis)
     epsilon = check_epsilon(epsilon)
-    gamma, beta, tau = (check_param(name, param, (channels,))
+    gamma, beta, tau = (check_param(name, param, (channels,), stats_dtype(x.dtype))
                         for name, param in (("gamma", gamma), ("beta", beta), ("tau", tau)))
     nu2 = mean_square(x, spatial)
     if learned_epsilon is not None:

@@ -6,7 +6,7 @@ from keras import ops
 
 from normlab import backends
 from normlab.ops.axes import complement, feature_param, float_tensor, grouped_dims, known_dims, the_channel_axis
-from normlab.ops.moments import shifted_moments
+from normlab.ops.moments import shifted_moments, stats_dtype
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_groups, check_param, require_spatial, resolve_groups
 from normlab.types import Tensor
@@ -59,8 +59,8 @@ def group_norm(
     if g == channels:  # one value per group without a spatial axis: all zeros
         require_spatial(x.shape, "instance normalization (one group per channel)", argument="x")
     epsilon = check_epsilon(epsilon)
-    gamma = check_param("gamma", gamma, (channels,))
-    beta = check_param("beta", beta, (channels,))
+    gamma = check_param("gamma", gamma, (channels,), stats_dtype(x.dtype))
+    beta = check_param("beta", beta, (channels,), stats_dtype(x.dtype))
 
     hook = backends.fast_path("group_norm", epsilon=epsilon)
     if hook is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from normlab import backends
 from normlab.ops.axes import canonicalize_axes, feature_param, float_tensor, known_dims
-from normlab.ops.moments import shifted_moments
+from normlab.ops.moments import shifted_moments, stats_dtype
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_param
 from normlab.types import Axis, Tensor
@@ -21,8 +21,8 @@ def feature_axes_arguments(
         feature_shape = [x.shape[a] for a in axes]
     else:
         feature_shape = known_dims(x.shape, axes, axis=axis)
-    gamma = check_param("gamma", gamma, feature_shape)
-    beta = check_param("beta", beta, feature_shape)
+    gamma = check_param("gamma", gamma, feature_shape, stats_dtype(x.dtype))
+    beta = check_param("beta", beta, feature_shape, stats_dtype(x.dtype))
     return x, axes, feature_shape, check_epsilon(epsilon), gamma, beta
 
 

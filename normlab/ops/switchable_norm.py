@@ -7,7 +7,7 @@ from typing import Literal, overload
 from keras import ops
 
 from normlab.ops.axes import channel_axis, complement, float_tensor, per_channel
-from normlab.ops.moments import shifted_moments
+from normlab.ops.moments import shifted_moments, stats_dtype
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_bools, check_epsilon, check_param, error_message, require_spatial
 from normlab.types import ReplicaSum, Tensor
@@ -86,10 +86,10 @@ def switchable_norm(
     require_spatial(x.shape, "switchable normalization", argument="x")
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon)
-    mean_weights = check_param("mean_weights", mean_weights, (3,))
-    variance_weights = check_param("variance_weights", variance_weights, (3,))
+    mean_weights = check_param("mean_weights", mean_weights, (3,), stats_dtype(x.dtype))
+    variance_weights = check_param("variance_weights", variance_weights, (3,), stats_dtype(x.dtype))
     gamma, beta, moving_mean, moving_variance = (
-        check_param(name, param, (channels,)) for name, param in (
+        check_param(name, param, (channels,), stats_dtype(x.dtype)) for name, param in (
             ("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean), ("moving_variance", moving_variance)))
     # Every mean is taken relative to one shift per sample and channel (an element
     # of the instance slice), so their mixture stays exact at large offsets: the

@@ -272,10 +272,11 @@ def check_momentum(momentum: object, owner: Callable[..., Any] | None = None) ->
 
 
 def check_param(name: str, param: Tensor | float | Sequence[float] | None,
-                expected_shape: Sequence[int]) -> Tensor | None:
+                expected_shape: Sequence[int], dtype: str | None = None) -> Tensor | None:
     """``param`` as a tensor of ``expected_shape``: None stays None, a scalar (a
     number or a 0-d tensor) is broadcast to that shape, anything else that
-    ``keras.ops.convert_to_tensor`` takes must have it."""
+    ``keras.ops.convert_to_tensor`` takes must have it. Numbers and lists are
+    made in ``dtype`` where given (the op's statistics dtype: float64 data keeps their digits)."""
     if param is None:
         return None
     from keras import ops
@@ -289,8 +290,9 @@ def check_param(name: str, param: Tensor | float | Sequence[float] | None,
 
     if isinstance(param, (str, bytes)):
         raise not_numbers()
+    host = dtype is not None and isinstance(param, (numbers.Number, list, tuple))  # (NumPy's scalars are Numbers)
     try:
-        tensor: Tensor = param if keep else ops.convert_to_tensor(param)
+        tensor: Tensor = param if keep else ops.convert_to_tensor(param, dtype if host else None)
     except (TypeError, ValueError) as exc:
         raise not_numbers() from exc
     if not _is_real_dtype(tensor.dtype):
