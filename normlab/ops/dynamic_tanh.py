@@ -52,7 +52,7 @@ def dynamic_tanh(
             (the paper's initial value for non-LLM models).
         axis: an int or a list of ints, never the batch axis: where ``gamma``
             and ``beta`` apply. Default -1.
-        gamma: optional scale of shape ``[x.shape[a] for a in axis]``. Default None.
+        gamma: optional scale of shape ``[x.shape[a] for a in sorted(axis)]`` (axes in ascending order). Default None.
         beta: optional offset of the same shape. Default None.
 
     Example:

@@ -38,7 +38,7 @@ def layer_norm(
     Args:
         x: input of rank >= 2, batch first.
         axis: an int or a list of ints, never the batch axis. Default -1.
-        gamma: optional scale of shape ``[x.shape[a] for a in axis]``. Default None.
+        gamma: optional scale of shape ``[x.shape[a] for a in sorted(axis)]`` (axes in ascending order). Default None.
         beta: optional offset of the same shape. Default None.
         epsilon: added to the variance. Default 1e-3.
 
