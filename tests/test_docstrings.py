@@ -1,8 +1,11 @@
 """Every docstring example in normlab runs, on every backend: examples are tests."""
 
+import ast
 import doctest
 import importlib
+import inspect
 import pkgutil
+import re
 
 import keras
 import pytest
@@ -45,3 +48,37 @@ def test_every_layer_documents_formula_args_example_and_reference():
         doc = cls.__doc__ or ""
         for section in ("Args:", "Example:", ">>>", "Reference:"):
             assert section in doc, f"{name}'s docstring has no {section!r}"
+
+
+def _documented_defaults(doc: str) -> dict[str, str]:
+    """``{argument: text after "Default"}`` from a Google-style ``Args:`` section."""
+    section = re.search(r"\n\s*Args:\n(.*?)(?:\n\s*\n\s*[A-Z][a-z]+:|\Z)", "\n" + doc, re.S)
+    found = {}
+    for entry in re.split(r"\n(?=\*{0,2}\w+:)", inspect.cleandoc(section.group(1)) if section else ""):
+        match = re.match(r"\s*(\w+):(.*)", entry, re.S)
+        default = match and re.search(r"Default:? (\S+)", " ".join(match.group(2).split()))
+        if default:  # its first word: "-1; 1 for channels-first", "None (ones)", "1e-6."
+            found[match.group(1)] = default.group(1).strip("`").rstrip(".,;:")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(normlab.ops.__all__))
+def test_ops_document_their_defaults_as_they_are(name):
+    """A default changed in the signature but not in the docstring (or the
+    other way round) is caught: ``normalize``'s epsilon or ``group_norm``'s
+    groups could change with every test passing."""
+    fn = getattr(normlab.ops, name)
+    if not inspect.isfunction(fn):
+        pytest.skip("not a function")
+    documented = _documented_defaults(inspect.getdoc(fn) or "")
+    for argument, parameter in inspect.signature(fn).parameters.items():
+        if parameter.default is inspect.Parameter.empty or parameter.kind is parameter.VAR_KEYWORD:
+            continue
+        assert argument in documented, f"{name}: the docstring gives no default for {argument!r}"
+        text = documented[argument]
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        assert value == parameter.default, f"{name}({argument}=...): the docstring says {text!r}, " \
+                                           f"the signature {parameter.default!r}"

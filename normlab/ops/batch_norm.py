@@ -58,8 +58,8 @@ def batch_norm(
 
     Args:
         x: input of rank >= 2, batch first.
-        mean: per-channel mean of shape ``(C,)``; required when ``training=False``.
-        variance: per-channel variance of shape ``(C,)``; required when ``training=False``.
+        mean: per-channel mean of shape ``(C,)``; required when ``training=False``. Default None.
+        variance: per-channel variance of shape ``(C,)``; required when ``training=False``. Default None.
         axis: the channel axis. Default -1.
         gamma: optional per-channel scale of shape ``(C,)``. Default None.
         beta: optional per-channel offset of shape ``(C,)``. Default None.

@@ -60,7 +60,7 @@ def evo_norm_b0(
     Args:
         x: input of rank >= 3, batch first.
         v: per-channel ``v`` of shape ``(C,)``. Default None (ones).
-        moving_variance: per-channel variance ``(C,)``, required when ``training=False``.
+        moving_variance: per-channel variance ``(C,)``, required when ``training=False``. Default None.
         axis: the channel axis. Default -1.
         gamma: optional per-channel scale ``(C,)``. Default None.
         beta: optional per-channel offset ``(C,)``. Default None.

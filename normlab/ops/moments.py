@@ -353,9 +353,9 @@ def moments(
             complex one is refused).
         axes: axis or axes to reduce over (ints; negative ones count from the end).
         mask: optional tensor broadcastable to ``x``; zero (False) entries are
-            ignored, any other value counts once.
-        keepdims: keep the reduced axes as size-1 dimensions (default True),
-            so the results broadcast against ``x``.
+            ignored, any other value counts once. Default None.
+        keepdims: keep the reduced axes as size-1 dimensions, so the results
+            broadcast against ``x``. Default True.
         replica_sum: optional callable that sums a tensor over all replicas
             (e.g. :func:`normlab.distributed.replica_sum`); the statistics are
             then those of the global batch, the concatenation of every

@@ -53,8 +53,8 @@ def switchable_norm(
         x: input of rank >= 3, batch first.
         mean_weights: mixing logits for the means, shape ``(3,)``.
         variance_weights: mixing logits for the variances, shape ``(3,)``.
-        moving_mean: per-channel mean ``(C,)``, required when ``training=False``.
-        moving_variance: per-channel variance ``(C,)``, required when ``training=False``.
+        moving_mean: per-channel mean ``(C,)``, required when ``training=False``. Default None.
+        moving_variance: per-channel variance ``(C,)``, required when ``training=False``. Default None.
         axis: the channel axis. Default -1.
         gamma: optional per-channel scale ``(C,)``. Default None.
         beta: optional per-channel offset ``(C,)``. Default None.

@@ -295,13 +295,23 @@ def _hook_call(case, x, gamma, beta):
     return HOOKS.batch_norm_train(x, axis=axis, gamma=gamma, beta=beta, epsilon=EPSILON)
 
 
+def _cpu_kernels() -> bool:
+    """Whether normlab's compiled CPU kernels serve this run (torch; a C
+    compiler, NORMLAB_CPU_KERNELS not 0); other backends' hooks need none."""
+    if BACKEND != "torch":
+        return True
+    from normlab.backends import cpu
+
+    return cpu.available()
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_hook_serves_or_declines_as_documented(case):
     x_np, _, gamma_np, beta_np = _inputs(case, 0.0)
     x = _tensor(x_np, "float32")
     result = _hook_result(case, x, _tensor(gamma_np, "float32"), _tensor(beta_np, "float32"))
-    if case in DECLINED:
-        assert result is None
+    if case in DECLINED or (CASES[case][0] == "rms" and not _cpu_kernels()):
+        assert result is None  # (torch's RMS hook has only the compiled kernels on the CPU)
         return
     assert result is not None
     y = result[0] if isinstance(result, tuple) else result

@@ -103,6 +103,7 @@ def test_parameters_on_another_device_are_declined():
     tensor's: gamma read as absent)."""
     import torch
 
+    from normlab.backends import cpu
     from normlab.backends import torch as hooks
 
     x, elsewhere = _x(2, 5, 8), torch.ones(8, device="meta")
@@ -113,6 +114,8 @@ def test_parameters_on_another_device_are_declined():
         "batch_norm_infer": lambda g: hooks.batch_norm_infer(
             x, axis=2, mean=torch.zeros(8), variance=g, gamma=None, beta=None, epsilon=1e-3),
     }
+    if not cpu.available():  # inference batch norm has only the compiled kernels
+        del calls["batch_norm_infer"]
     for name, call in calls.items():
         assert call(torch.ones(8)) is not None, f"{name}: declined a gamma on x's device"
         assert call(elsewhere) is None, f"{name}: served a parameter on another device"

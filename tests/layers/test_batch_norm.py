@@ -256,3 +256,19 @@ def test_a_batch_of_padding_only_leaves_the_moving_statistics(form):
         np.testing.assert_array_equal(ops.convert_to_numpy(w), b)
     layer(x, training=True, mask=np.ones((2, 6), bool))  # a kept position: they move
     assert not np.allclose(ops.convert_to_numpy(layer.moving_mean), before[0])
+
+
+def test_integer_training_flags_are_keras_learning_phases():
+    """``training=0`` is inference and ``training=1`` training, as Keras' learning phase."""
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(4, 5, 3)).astype("float32")
+    layer = normlab.BatchNormalization()
+    layer.build(x.shape)
+    layer.moving_mean.assign(np.ones(3, "float32"))
+    layer.moving_variance.assign(np.full(3, 4.0, "float32"))
+    y = ops.convert_to_numpy(layer(x, training=0))
+    np.testing.assert_allclose(y, (x.astype("float64") - 1.0) / np.sqrt(4.0 + 1e-3), atol=1e-5)
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.moving_mean), np.ones(3))
+    y = ops.convert_to_numpy(layer(x, training=1))
+    batch = x.astype("float64").reshape(-1, 3)
+    np.testing.assert_allclose(y, (x - batch.mean(axis=0)) / np.sqrt(batch.var(axis=0) + 1e-3), atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean), 0.99 + 0.01 * batch.mean(axis=0), rtol=1e-6)

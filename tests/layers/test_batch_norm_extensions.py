@@ -186,3 +186,24 @@ def test_a_mask_of_the_wrong_rank_is_an_error_in_inference_too():
         with pytest.raises(ValueError, match=r"Invalid `mask`: expected a tensor of the inputs' shape without their "
                                              r"last axis.*Received: mask.shape=\(4, 6, 3\)"):
             normlab.BatchNormalization()(x, training=training, mask=np.ones((4, 6, 3), bool))
+
+
+@pytest.mark.parametrize("variance", [4.0, 0.0], ids=["constant", "zeros"])
+def test_renorm_starts_and_takes_a_step_as_keras(variance):
+    """``renorm_stddev`` starts at the square root of the moving variance's
+    initial value (with the default "ones" a variance would pass unseen), and
+    a zero one is floored at ``sqrt(epsilon)`` as Keras floors it (a floor of
+    ``epsilon`` gave outputs 6700 off). Keras' layer built alongside, no weight copied."""
+    kwargs = dict(renorm=True, moving_variance_initializer=keras.initializers.Constant(variance))
+    ours, theirs = normlab.BatchNormalization(**kwargs), keras.layers.BatchNormalization(**kwargs)
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(4, 5, 3)).astype("float32")
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    names = [w.name for w in ours.weights]
+    for name, a, b in zip(names, numpy_weights(ours), numpy_weights(theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=f"{name} after build")
+    expected = ops.convert_to_numpy(theirs(x, training=True))
+    scale = max(1.0, float(np.abs(expected).max()))  # about 1e2 with a zero renorm_stddev: r = std / sqrt(eps)
+    np.testing.assert_allclose(ops.convert_to_numpy(ours(x, training=True)), expected, rtol=1e-5, atol=1e-5 * scale)
+    for name, a, b in zip(names, numpy_weights(ours), numpy_weights(theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"{name} after a step")

@@ -164,6 +164,17 @@ def test_float64_moving_statistics_update_in_float64(norm):
     np.testing.assert_allclose(got, expected, rtol=1e-14)
 
 
+def test_integer_inputs_into_a_float64_layer_are_normalized_in_float64():
+    """float32 cannot tell 2**24 + 1 from 2**24: the integers are widened to the layer's float64."""
+    if not _float64_available():
+        pytest.skip("no float64 on this backend's configuration (JAX without x64)")
+    x = np.array([[16777217, 16777216, 16777219, 16777216]], "int32")
+    y = ops.convert_to_numpy(normlab.LayerNormalization(dtype="float64")(x))
+    centered = x - x.astype("float64").mean()
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, centered / np.sqrt((centered**2).mean() + 1e-3), atol=1e-6)
+
+
 def test_float64_ops_compute_in_float64():
     """``ops.maximum`` on Keras' torch backend computes two float64 tensors in float32 (TLU, EvoNorm-B0's
     denominator, weight norm's floor): 4e-8 relative; TensorFlow's cast of a Python number rounded

@@ -53,7 +53,10 @@ def test_other_groups_are_ignored_with_a_warning_as_in_tf_addons():
 
 
 @pytest.mark.parametrize("make", [lambda: normlab.InstanceNormalization()(np.ones((4, 3), "float32")),
-                                  lambda: normlab.ops.instance_norm(np.ones((4, 3), "float32"))])
+                                  lambda: normlab.InstanceNormalization().build((4, 3)),  # at build, not at call
+                                  lambda: normlab.GroupNormalization(groups=-1).build((4, 3)),
+                                  lambda: normlab.ops.instance_norm(np.ones((4, 3), "float32"))],
+                         ids=["call", "build", "groups=-1 build", "op"])
 def test_rank_two_input_has_no_spatial_axis(make):
     # Each statistic would cover one value: every output 0. TF Addons returned those zeros.
     with pytest.raises(ValueError, match=r"(?i)expected an input of rank >= 3 .*instance ?normalization.*"

@@ -81,3 +81,27 @@ def test_an_empty_masked_batch_has_nan_statistics(shape):
         y, mean, variance = nops.batch_norm(x, training=True, return_stats=True, **kwargs)
         assert _np(y).shape == shape
         assert np.isnan(_np(mean)).all() and np.isnan(_np(variance)).all(), kwargs
+
+
+def test_ghost_batches_of_padding_only_have_zero_statistics():
+    """As a batch of padding without ghost batches: 0 and 0, finite (the ghost average's at-least-one count)."""
+    x = np.random.default_rng(4).standard_normal((4, 3, 2)).astype("float32")
+    y, mean, variance = nops.ghost_batch_norm(x, 2, mask=np.zeros((4, 3, 1), bool), return_stats=True)
+    np.testing.assert_array_equal(_np(mean), [0.0, 0.0])
+    np.testing.assert_array_equal(_np(variance), [0.0, 0.0])
+    assert np.isfinite(_np(y)).all()
+
+
+def test_given_statistics_get_their_gradients_in_inference():
+    """With the fast paths on (the default): the torch hook steps aside for
+    statistics that need a gradient (its kernel's output has none)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3)).astype("float32")
+    mean, variance = np.array([0.5, -1.0, 2.0], "float32"), np.array([1.0, 4.0, 0.25], "float32")
+    cotangent = rng.standard_normal((4, 3)).astype("float32")
+    _, dmean, dvariance = gradients(lambda t, m, v: nops.batch_norm(t, m, v, epsilon=1e-3), [x, mean, variance],
+                                    cotangent)
+    x64, m64, v64 = (a.astype("float64") for a in (x, mean, variance))
+    np.testing.assert_allclose(dmean, -cotangent.sum(axis=0) / np.sqrt(v64 + 1e-3), rtol=1e-5)
+    np.testing.assert_allclose(dvariance, (-0.5 * cotangent * (x64 - m64)).sum(axis=0) * (v64 + 1e-3) ** -1.5,
+                               rtol=1e-5)
