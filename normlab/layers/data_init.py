@@ -92,8 +92,8 @@ class DataInit:
         unit variance (a unit without spread keeps its values), and whether
         the batch initializes: False where the shapes give fewer than two
         values per unit, else a tensor (enough values, and some unit varies).
-        A sequence ``mask`` keeps padded steps out of the statistics;
-        An RNN starts from ``initial_state`` (None: its zero state)."""
+        A sequence ``mask`` keeps padded steps out of the statistics, and an
+        RNN starts from ``initial_state`` (None: its zero state)."""
         direction = weight_norm(self._kernel(), None, self._norm_axes)
         t = self._run(inputs, direction, training=False, pre_activation=True, mask=mask,
                       initial_state=initial_state)

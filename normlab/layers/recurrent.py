@@ -18,15 +18,13 @@ import keras
 
 from normlab.ops.validate import error_message
 
-#: The recurrent layer's attributes ``keras.layers.Bidirectional`` reads on the layers it holds.
-RNN_ATTRIBUTES = ("go_backwards", "stateful", "return_sequences", "return_state")
-
 
 class RecurrentWrapper:
     """Mixin for a ``keras.layers.Wrapper`` that may wrap a ``keras.layers.RNN``
-    (``is_rnn``): its :data:`RNN_ATTRIBUTES`, ``states`` and ``reset_state``
-    are the wrapped layer's; a wrapper of another layer has none of them
-    (``AttributeError``, so ``getattr(wrapper, name, default)`` works)."""
+    (``is_rnn``): its ``go_backwards``, ``stateful``, ``return_sequences``,
+    ``return_state``, ``states`` and ``reset_state`` are the wrapped layer's;
+    a wrapper of another layer has none of them (``AttributeError``, so
+    ``getattr(wrapper, name, default)`` works)."""
 
     layer: keras.layers.Layer
     _is_rnn: bool

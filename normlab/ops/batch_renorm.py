@@ -81,9 +81,9 @@ def batch_renorm(
     """
     x = float_tensor(x)
     _, _, channels = channel_axis(x, axis)
-    renorm_mean = check_param("renorm_mean", renorm_mean, (channels,), stats_dtype(x.dtype))
-    renorm_stddev = check_param("renorm_stddev", check_stddev(renorm_stddev, "renorm_stddev"), (channels,),
-                                 stats_dtype(x.dtype))
+    dtype = stats_dtype(x.dtype)
+    renorm_mean = check_param("renorm_mean", renorm_mean, (channels,), dtype)
+    renorm_stddev = check_param("renorm_stddev", check_stddev(renorm_stddev, "renorm_stddev"), (channels,), dtype)
     y, mean, variance = batch_norm_training(
         x, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon, mask=mask,
         virtual_batch_size=virtual_batch_size,

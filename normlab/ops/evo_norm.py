@@ -90,10 +90,10 @@ def evo_norm_b0(
     require_spatial(x.shape, "EvoNorm-B0", argument="x")
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon, positive=True, reason=EVO_NORM_EPSILON_REASON)
-    v, gamma, beta, moving_variance = (
-        check_param(name, param, (channels,), stats_dtype(x.dtype))
-        for name, param in (("v", v), ("gamma", gamma), ("beta", beta), ("moving_variance", moving_variance)))
     dtype = stats_dtype(x.dtype)
+    v, gamma, beta, moving_variance = (
+        check_param(name, param, (channels,), dtype)
+        for name, param in (("v", v), ("gamma", gamma), ("beta", beta), ("moving_variance", moving_variance)))
     if training:
         _, variance = moments(x, complement([a], ndim), replica_sum=replica_sum)
     elif moving_variance is None:
