@@ -219,8 +219,10 @@ def grouped_dims(x: Tensor, a: int, groups: int, channels: int) -> tuple[list[An
     return shape, shape[:a] + [groups, channels // groups] + shape[a + 1:]
 
 
-def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = None) -> Tensor:
-    """The first element of ``x`` along each of ``axes`` (kept as size 1).
+def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = None, at: str = "first") -> Tensor:
+    """The first element of ``x`` along each of ``axes`` (kept as size 1); with
+    ``at="last"`` the last, with ``at="middle"`` the middle one along each axis
+    of a known size (the first along the others).
 
     Batch statistics (by default where the batch axis 0 is among ``axes``;
     ghost batches say so) reduce to one value per feature, which a reshape
@@ -234,13 +236,23 @@ def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = 
     an axis known to be empty: the statistics keep size 1 there, as NumPy's
     ``mean(keepdims=True)``.
     """
+    def span(a: int) -> slice:
+        size = x.shape[a]
+        if a not in axes:
+            return slice(None)
+        if at == "last":
+            return slice(-1, None)
+        if at == "middle" and isinstance(size, int):
+            return slice((size - 1) // 2, (size - 1) // 2 + 1)
+        return slice(0, 1)
+
     ndim = len(x.shape)
-    index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(ndim))
-    sample = x[index]
+    sample = x[tuple(span(a) for a in range(ndim))]
     batch_statistics = 0 in axes if batch_statistics is None else batch_statistics
     unknown = [a for a in axes if (x.shape[a] is None and batch_statistics) or _may_be_empty(x.shape[a])
                or (isinstance(x.shape[a], int) and x.shape[a] == 0)]  # (a known 0: a statistic of shape 1)
     if unknown:
+        index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(ndim))
         sample = ops.pad(sample, [(0, 1) if a in unknown else (0, 0) for a in range(ndim)])[index]
     return sample
 

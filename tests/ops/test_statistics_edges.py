@@ -1,8 +1,8 @@
 """Edges of the statistics core (normlab.ops.moments, normlab.ops.normalize)
 that the results of the norms alone do not show: cross-replica statistics of
 a channel with nothing kept and at a large offset, ``inverse_std`` at
-epsilon 0 and its gradient, Python-number statistics with float16 data, and
-an empty masked batch."""
+epsilon 0 and its gradient, Python-number statistics with float16 data, an
+empty masked batch, and the shift about one outlier."""
 
 import numpy as np
 import pytest
@@ -105,3 +105,23 @@ def test_given_statistics_get_their_gradients_in_inference():
     np.testing.assert_allclose(dmean, -cotangent.sum(axis=0) / np.sqrt(v64 + 1e-3), rtol=1e-5)
     np.testing.assert_allclose(dvariance, (-0.5 * cotangent * (x64 - m64)).sum(axis=0) * (v64 + 1e-3) ** -1.5,
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("where", [(0, 0, 0), (4, 16, 16), (-1, -1, -1)], ids=["first", "middle", "last"])
+@pytest.mark.parametrize("outlier", [3000.0, -1e5])
+def test_one_outlier_among_the_shift_samples(where, outlier):
+    """The shift is the median of each slice's first, middle and last elements.
+    About the first one alone, a value of 3000 there made the residuals' mean a
+    rounded sum of large terms of one sign: the mean 1.2e-4 off (3e-2 on
+    TensorFlow at -1e5), the outputs 1.2e-5 (now within 7e-6 and 1e-6)."""
+    x = np.random.default_rng(3).standard_normal((8, 32, 32, 4))
+    x[where] = outlier
+    x = x.astype("float32")
+    reference = x.astype("float64")
+    mean, variance = reference.mean((0, 1, 2)), reference.var((0, 1, 2))
+    got_mean, got_variance = nops.moments(x, [0, 1, 2], keepdims=False)
+    np.testing.assert_allclose(_np(got_mean), mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_np(got_variance), variance, rtol=1e-5)  # TensorFlow's sums: 3e-6
+    shift, relative, var = nops.shifted_moments(x, [0, 1, 2])
+    y = _np(nops.normalize(x, relative, var, shift=shift, epsilon=1e-3))
+    np.testing.assert_allclose(y, (reference - mean) / np.sqrt(variance + 1e-3), rtol=1e-5, atol=1e-6)
