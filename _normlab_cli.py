@@ -43,13 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     _light_package()
     from normlab.lab.cli import main as cli_main
 
-    try:
-        return cli_main(argv)
-    except BrokenPipeError:  # the reader left (`normlab list | head`): no traceback
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ class FilterResponseNormalizationLoader(_Loader):
     @classmethod
     def convert(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None) -> keras.layers.Layer:
         epsilon = config.pop("epsilon", 1e-6)
-        if isinstance(epsilon, (list, tuple)):  # a serialized scalar tensor
+        if isinstance(epsilon, (list, tuple)) and np.size(epsilon) == 1:  # a serialized scalar tensor
             epsilon = np.asarray(epsilon).reshape(-1)[0]
         if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
             raise ArgumentTypeError(

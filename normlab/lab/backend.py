@@ -66,9 +66,11 @@ def select_backend(requested: str | None = None, environ=None, installed=None,
         backend = found[0]
         why = f"auto-selected: the first installed of {', '.join(BACKENDS)}"
     if backend not in BACKENDS:
+        fix = ("" if requested else " (or set KERAS_BACKEND to one of them)" if source == "KERAS_BACKEND"
+               else ' (or set "backend" in ~/.keras/keras.json to one of them)')
         raise BackendError(
             f"Invalid `backend`: expected one of {', '.join(BACKENDS)}. "
-            f"Received: backend={backend!r}. Pass --backend jax, torch or tensorflow.")
+            f"Received: backend={backend!r} ({why}). Pass --backend jax, torch or tensorflow{fix}.")
     keras = sys.modules.get("keras")
     if check_loaded and keras is not None and keras.backend.backend() != backend:
         raise BackendError(
@@ -103,7 +105,8 @@ def use_backend(requested: str | None, argv: list[str] | None) -> tuple[str, str
 
 @contextlib.contextmanager
 def quiet_stderr(verbose: bool = False):
-    """Hides what is written to file descriptor 2 (C++ logging too); shows it on error."""
+    """Hides what is written to file descriptor 2 (C++ logging too); shows it on error
+    (not on Ctrl-C: the user stopped it, and the one line saying so is enough)."""
     if verbose or os.environ.get("NORMLAB_VERBOSE"):
         yield
         return
@@ -113,6 +116,8 @@ def quiet_stderr(verbose: bool = False):
         os.dup2(sink.fileno(), 2)
         try:
             yield
+        except KeyboardInterrupt:
+            raise
         except BaseException:
             os.dup2(saved, 2)
             sink.seek(0)

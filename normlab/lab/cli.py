@@ -61,9 +61,16 @@ examples:
 class _Parser(argparse.ArgumentParser):
     """argparse with errors as one ``normlab: error: ...`` line."""
 
+    commands: dict[str, _Parser]  # the top-level parser's, by name
+
     def error(self, message):
         hint = f" (see `{self.prog} --help`)"
         self.exit(2, f"normlab: error: {message}{hint}\n")
+
+
+def _folder(text: str) -> str:
+    """A folder argument with ``~`` expanded: the shell leaves ``--out=~/runs`` as it is."""
+    return os.path.expanduser(text)
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -135,11 +142,11 @@ def _run_options() -> _Parser:
     g.add_argument("--backend", choices=BACKEND_NAMES, help="Keras backend (default: "
                    "$KERAS_BACKEND or ~/.keras/keras.json, else the first installed of "
                    f"{', '.join(BACKEND_NAMES)}; jax is the fastest on CPU)")
-    g.add_argument("--out", default="runs", metavar="DIR",
+    g.add_argument("--out", type=_folder, default="runs", metavar="DIR",
                    help="folder of run directories (default: runs)")
     g.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: mnist, or the bundled "
                    "digits when MNIST is neither found nor downloadable, with --executor local)")
-    g.add_argument("--data-dir", metavar="DIR", help="folder with the dataset's files (default: "
+    g.add_argument("--data-dir", type=_folder, metavar="DIR", help="folder with the dataset's files (default: "
                    "$NORMLAB_DATA_DIR, the Keras cache, else download once into ~/.cache/normlab)")
     g.add_argument("--protocol", choices=("standard", "tutorial"),
                    help="standard: train on the 60,000 training images, report test accuracy; "
@@ -157,7 +164,8 @@ def _run_options() -> _Parser:
     g.add_argument("--max-steps", type=int, metavar="N", help="train exactly N optimizer steps "
                    "per run instead of --epochs (default: 0, off)")
     g.add_argument("--train-subset", type=int, metavar="N", help="use only the first N training "
-                   "images (default: all; batch-size-deep: 20000)")
+                   "images (default: all; batch-size-deep: 20000); for fewer evaluation images, "
+                   "--set test_subset=N")
     g.add_argument("--impl", type=_impls, default=("normlab",), metavar="IMPL",
                    help="whose layers: normlab, keras (Keras' built-in layer for each norm), or "
                         "normlab,keras for both, compared seed by seed; with both, a norm Keras "
@@ -197,7 +205,7 @@ def _described(names) -> str:
     return "\n".join(f"  {n:<16} {P.PRESETS[P.COMPARE_PRESETS.get(n, n)].summary}" for n in names)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     """The argument parser (imports nothing heavy)."""
     run = _run_options()
     fmt = argparse.RawDescriptionHelpFormatter
@@ -222,9 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables and plots from run directories",
                        description="Tables and plots from the finished runs under RUNS_DIR "
                        "(imports no deep-learning framework).")
-    p.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR",
+    p.add_argument("runs_dir", type=_folder, nargs="?", default="runs", metavar="RUNS_DIR",
                    help="folder of run directories (default: runs)")
-    p.add_argument("--out", metavar="DIR", help="where to write (default: RUNS_DIR/report)")
+    p.add_argument("--out", type=_folder, metavar="DIR", help="where to write (default: RUNS_DIR/report)")
     p.add_argument("--baseline", metavar="LABEL", help="configuration (or sweep series) the "
                    "others are compared with, seed by seed (default: the first)")
     p = sub.add_parser("list", help="presets, datasets, implementations and config keys",
@@ -234,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all (default) or norms")
     p.add_argument("--backend", choices=BACKEND_NAMES, help="for `list norms` (default: as for runs)")
     p.add_argument("--verbose", action="store_true", help="show backend log lines (default: hidden)")
+    parser.commands = sub.choices
     return parser
 
 
@@ -260,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         try:
-            args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
+            args, extra = parser.parse_known_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
+            if extra:  # said by the command's own parser, whose --help lists what it takes
+                parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
         except SystemExit as exc:  # --help (0) or a usage error (2), already printed
             return int(exc.code or 0)
         args.argv = argv
@@ -275,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as exc:
         print(f"normlab: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         return 2
+    except BrokenPipeError:  # the reader left (`normlab list | head`): no traceback, then or at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

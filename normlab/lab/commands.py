@@ -233,6 +233,7 @@ def run(args) -> int:
         args.baseline = canonical_norms([args.baseline])[0]  # a --norms spec, written as typed there
     check_baseline(args.baseline, names)
     executor = make_executor(args)
+    executor.check()
     local = executor.name == "local"
     preflight.check_dependencies(experiment, report=not args.dry_run,
                                  progress=not (args.no_progress or args.dry_run))

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from normlab.lab import parsers
+from normlab.lab.datafiles import SPECS, Format, Spec
 from normlab.lab.errors import require
 from normlab.lab.experiments import DATASETS, dataset_key
 from normlab.lab.parsers import DatasetError
@@ -61,58 +62,6 @@ class Dataset:
         return tuple(int(d) for d in self.x_train.shape[1:])
 
 
-@dataclass(frozen=True)
-class _Format:
-    """Files that together hold a dataset (in parser order) with their pinned SHA-256."""
-
-    kind: str  # parser: "idx", "npz" or "cifar"
-    sha256: dict[str, str]
-
-    @property
-    def files(self) -> tuple[str, ...]:
-        return tuple(self.sha256)
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """Where a downloadable dataset may be found and where it is downloaded from."""
-
-    formats: tuple[_Format, ...]  # accepted in data_dir and $NORMLAB_DATA_DIR
-    keras: tuple[tuple[str, _Format], ...]  # (subfolder of the Keras cache, format)
-    download: _Format
-    mirrors: tuple[str, ...]
-
-
-_IDX = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-_MNIST_IDX = _Format("idx", dict(zip(_IDX, (
-    "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"))))
-_MNIST_NPZ = _Format("npz", {
-    "mnist.npz": "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"})
-_FASHION_IDX = _Format("idx", dict(zip(_IDX, (  # digests published by Zalando Research
-    "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-    "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-    "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-    "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"))))
-_CIFAR_SHA = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
-_CIFAR_TAR = _Format("cifar", {"cifar-10-python.tar.gz": _CIFAR_SHA})
-
-_SPECS: dict[str, _Spec] = {
-    "mnist": _Spec((_MNIST_IDX, _MNIST_NPZ), (("", _MNIST_NPZ),), _MNIST_IDX, (
-        "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        "https://ossci-datasets.s3.amazonaws.com/mnist/")),
-    "fashion_mnist": _Spec((_FASHION_IDX,), (("fashion-mnist", _FASHION_IDX),), _FASHION_IDX, (
-        "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",)),
-    # In the Keras cache the archive has the Keras 3 name or the older tf.keras one.
-    "cifar10": _Spec((_CIFAR_TAR,), (
-        ("", _CIFAR_TAR),
-        ("", _Format("cifar", {"cifar-10-batches-py-target_archive": _CIFAR_SHA})),
-        ("", _Format("cifar", {"cifar-10-batches-py.tar.gz": _CIFAR_SHA}))),
-        _CIFAR_TAR, ("https://www.cs.toronto.edu/~kriz/",)),
-}
 _NAMES = tuple(DATASETS)
 
 
@@ -121,11 +70,13 @@ def available_datasets() -> list[str]:
     return list(_NAMES)
 
 
-def locate(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
-    """Where `load_dataset` would read the dataset from, without reading or downloading it.
+def locate(name: str, data_dir: str | os.PathLike | None = None, *, verify: bool = False) -> str | None:
+    """Where `load_dataset` would read the dataset from, without parsing or downloading it.
 
     Returns a description ("data_dir: /path", "bundled", ...), or None when no complete
-    copy is found (so loading would download it, or with ``data_dir`` raise).
+    copy is found (so loading would download it, or with ``data_dir`` raise). With
+    ``verify``, the files found are checked against their pinned SHA-256 (DatasetError
+    where one differs), as a load would.
 
     Example:
         >>> from normlab.lab.data import locate
@@ -135,11 +86,13 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
     key = dataset_key(name)
     if key in ("digits", "synthetic"):
         return "bundled with scikit-learn" if key == "digits" else "generated"
-    if key not in _SPECS:
+    if key not in SPECS:
         raise DatasetError(f"Unknown dataset. Valid names: {', '.join(_NAMES)}. "
                            f"Received: name={name!r}.")
-    for place in _searched(_places(key, _SPECS[key], data_dir), data_dir):
+    for place in _searched(_places(key, SPECS[key], data_dir), data_dir):
         if all(p.is_file() for p in place.paths()):
+            for path in place.paths() if verify else ():
+                _verify(path, place, key)
             return f"{place.label}: {place.directory}"
     return None
 
@@ -170,7 +123,7 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
         return _load_digits()
     if key == "synthetic":
         return _load_synthetic()
-    if key not in _SPECS:
+    if key not in SPECS:
         raise DatasetError(f"Unknown dataset. Valid names: {', '.join(_NAMES)}. "
                            f"Received: name={name!r}.")
     check_data_dir(key, data_dir)
@@ -195,7 +148,7 @@ class _Place:
 
     label: str
     directory: Path
-    fmt: _Format
+    fmt: Format
 
     def paths(self) -> list[Path]:
         return [self.directory / f for f in self.fmt.files]
@@ -209,7 +162,7 @@ def _normlab_cache_dir(name: str) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "normlab" / name
 
 
-def _places(name: str, spec: _Spec, data_dir: str | os.PathLike | None) -> list[_Place]:
+def _places(name: str, spec: Spec, data_dir: str | os.PathLike | None) -> list[_Place]:
     """Every (directory, file set) to try, in lookup order; the normlab cache is last."""
     places = []
     for label, root in (("data_dir", data_dir),
@@ -237,16 +190,23 @@ def _sha256(path: Path) -> str:
     return _HASH_CACHE[key]
 
 
-def _verify(path: Path, expected: str, label: str) -> None:
-    """Raise DatasetError unless the file's SHA-256 is the pinned one."""
-    actual = _sha256(path)
-    if actual != expected:
-        raise DatasetError(
-            f"Checksum mismatch for {path.name} (found in the {label}): expected SHA-256 "
-            f"{expected}, actual {actual}. The file is corrupt, truncated or not the "
-            f"official release, so it was not used. Received: path='{path}'. Delete it (or "
-            f"replace it with the official file) and run again; if no other copy is found, "
-            f"normlab downloads a fresh one into its cache.")
+def _verify(path: Path, place: _Place, name: str) -> None:
+    """Raise DatasetError unless the file's SHA-256 is the pinned one of ``name``'s file."""
+    expected, actual = place.fmt.sha256[path.name], _sha256(path)
+    if actual == expected:
+        return
+    other = next((n for n, spec in SPECS.items() for f in spec.formats if f.sha256.get(path.name) == actual), None)
+    if other is not None:
+        what = (f"It is the official {other} file, not {name}'s: point --data-dir at the {name} files, "
+                f"or pass --dataset {other}.")
+    elif place.label == "data_dir":  # a folder given is used alone: nothing is fetched in its place
+        what = "The file is corrupt, truncated or not the official release. Replace it with the official file."
+    else:
+        what = ("The file is corrupt, truncated or not the official release, so it was not used. Delete it "
+                "(or replace it with the official file) and run again; if no other copy is found, normlab "
+                "downloads a fresh one into its cache.")
+    raise DatasetError(f"Checksum mismatch for {path.name} (found in the {place.label}): expected SHA-256 "
+                       f"{expected}, actual {actual}. Received: path='{path}'. {what}")
 
 
 def _fetch(url: str, dest: Path, progress: bool) -> None:
@@ -302,7 +262,7 @@ def _describe(place: _Place) -> str:
     return f"{place.label}: {place.directory / place.fmt.files[0] if single else place.directory}"
 
 
-def _not_found(name: str, spec: _Spec, places: list[_Place], data_dir: object,
+def _not_found(name: str, spec: Spec, places: list[_Place], data_dir: object,
                reason: str) -> DatasetError:
     """The error for 'no copy found and none could be downloaded', with every option (one line)."""
     searched = [] if data_dir else ["data_dir: not given"]
@@ -336,7 +296,7 @@ def _not_found(name: str, spec: _Spec, places: list[_Place], data_dir: object,
 def _load_remote(name: str, data_dir: str | os.PathLike | None, download: bool,
                  progress: bool) -> Dataset:
     """The first complete file set found (in ``data_dir`` alone where given), or a download."""
-    spec = _SPECS[name]
+    spec = SPECS[name]
     places = _places(name, spec, data_dir)
     for place in _searched(places, data_dir):
         if all(p.is_file() for p in place.paths()):
@@ -361,7 +321,7 @@ def _load_place(name: str, place: _Place) -> Dataset:
     """Verify every file of the set, then parse it."""
     paths = place.paths()
     for path in paths:
-        _verify(path, place.fmt.sha256[path.name], place.label)
+        _verify(path, place, name)
     x_train, y_train, x_test, y_test = parsers.PARSERS[place.fmt.kind](paths)
     source = str(paths[0] if len(paths) == 1 else place.directory)
     return _finish(name, x_train, y_train, x_test, y_test, 10, source)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -89,6 +90,9 @@ class LocalExecutor:
     def describe(self) -> str:
         return "local executor (one run after another in this process)"
 
+    def check(self) -> None:
+        """Nothing to check before the first run."""
+
 
 @dataclasses.dataclass
 class RayExecutor:
@@ -139,6 +143,16 @@ class RayExecutor:
         where = "a local Ray instance" if where == "local" else f"the Ray cluster at {where}"
         gpus = f", {self.gpus_per_run:g} GPU" if self.gpus_per_run else ""
         return f"Ray executor on {where} ({self.cpus_per_run:g} CPU{gpus} per run)"
+
+    def check(self) -> None:
+        """What can be checked before the first run, in seconds: Ray imports, and a
+        cluster address (``HOST:PORT``, ``ray://HOST:PORT``) answers.
+
+        Raises:
+            ExecutorError: Ray is not installed, or nothing listens at the address.
+        """
+        _import_ray()
+        _probe(self.resolved_address())
 
     def run(self, todo: list[tuple[RunConfig, Path, int]], *, data_dir=None,
             progress: bool = True, bar=None, datasets: dict | None = None,
@@ -257,10 +271,36 @@ def _import_ray():
     return ray
 
 
+#: Seconds :func:`_probe` waits for a cluster's address to accept a connection.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _address_error(address: str, cause: str) -> ExecutorError:
+    return ExecutorError(
+        f"Invalid `address`: expected a running Ray cluster there. Received: "
+        f"address={address!r} ({cause}). "
+        "Start one with `ray start --head` and pass the address it prints, "
+        "or pass --address local to start Ray on this machine.")
+
+
+def _probe(address: str) -> None:
+    """Raises unless something accepts a connection at ``address`` (``HOST:PORT``, or
+    ``ray://HOST:PORT``; ``local`` and ``auto`` are Ray's to resolve): Ray itself retries
+    an address where nothing listens for as long as it is let, printing warnings."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise _address_error(address, f"no answer: {exc.strerror or exc}") from None
+
+
 def _connect(ray, address: str) -> bool:
     """Starts or joins Ray; True if this call did (and so must shut it down)."""
     if ray.is_initialized():
         return False
+    _probe(address)
     kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         if address == "local":
@@ -268,11 +308,7 @@ def _connect(ray, address: str) -> bool:
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ExecutorError(
-            f"Invalid `address`: expected a running Ray cluster there. Received: "
-            f"address={address!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-            "Start one with `ray start --head` and pass the address it prints, "
-            "or pass --address local to start Ray on this machine."
-        ) from None
+        raise _address_error(
+            address, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     return True
 

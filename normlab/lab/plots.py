@@ -191,8 +191,10 @@ def _diff(dx, x, d, color) -> list[float]:
     dx.plot([x + 0.08] * len(per), per, ".", color=color, alpha=0.4, markersize=4)  # each seed
     mean = 100 * d["mean"]
     if d["n"] >= 2 and not math.isnan(d["ci95"]):
-        dx.errorbar([x], [mean], yerr=[100 * d["ci95"]], fmt="o", color=color, capsize=4)
-        return per + [100 * d["low"], 100 * d["high"]]
+        # Cut at +-100 points, the range of a difference of accuracies, as the table's cell is.
+        low, high = max(100 * d["low"], -100.0), min(100 * d["high"], 100.0)
+        dx.errorbar([x], [mean], yerr=[[mean - low], [high - mean]], fmt="o", color=color, capsize=4)
+        return per + [low, high]
     dx.plot([x], [mean], "o", color=color)
     return per + [mean]
 

@@ -154,7 +154,7 @@ def resolve_data(experiment: Experiment, *, data_dir=None, explicit: bool = True
         if not load:
             if check_dir and not DATASETS[name].offline:
                 data.check_data_dir(name, data_dir)
-            found = data.locate(name, data_dir)
+            found = data.locate(name, data_dir, verify=True)
             if not found and data_dir is not None and not DATASETS[name].offline:
                 if check_dir:  # the error a run would give: a folder given is used alone
                     data.load_dataset(name, data_dir=data_dir, download=False)

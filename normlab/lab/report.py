@@ -102,8 +102,9 @@ def _in_grid_order(groups: dict[tuple, list[dict]]) -> dict[tuple, list[dict]]:
 
     def compare(p: int, q: int) -> int:
         shared = [seed for seed in place[p] if seed in place[q]]
-        if shared:
-            return -1 if place[p][shared[0]] < place[q][shared[0]] else 1
+        if shared:  # the first seed either ran, whichever of the two is asked first
+            seed = min(shared, key=lambda s: (min(place[p][s], place[q][s]), s))
+            return -1 if place[p][seed] < place[q][seed] else 1
         return p - q
 
     items = list(groups.items())
@@ -155,8 +156,8 @@ def _row(key: tuple, runs: list[dict], label: str) -> dict:
                seeds=sorted(r["config"]["seed"] for r in runs), metric=runs[0]["metric"],
                per_seed={r["config"]["seed"]: r["accuracy"] for r in runs},
                accuracy_examples=min(_accuracy_examples(r) for r in runs))
-    for k in _STATS:
-        row[k] = stats(r.get(k) for r in runs)
+    for k in _STATS:  # an accuracy comes in steps of one example (see stats)
+        row[k] = stats((r.get(k) for r in runs), _resolution(row) if k == "accuracy" else 0.0)
     row["diverged"] = {r["config"]["seed"]: r["non_finite"] for r in runs if r.get("non_finite")}
     row["params_trainable"] = runs[0]["params"]["trainable"]
     row["params_non_trainable"] = runs[0]["params"]["non_trainable"]
@@ -297,8 +298,8 @@ def _impl_ab(rows: list[dict], others: list[dict]) -> list[dict]:
         d = paired(o["per_seed"], r["per_seed"])  # no floor: identical runs show as identical
         same = sum(round(o["per_seed"][s], 4) == round(r["per_seed"][s], 4) for s in d["seeds"])
         ab.append(dict(label=r["label"], impl=o["impl"], main_impl=r["impl"],  # over the shared seeds
-                       main=stats(r["per_seed"][s] for s in d["seeds"]),
-                       other=stats(o["per_seed"][s] for s in d["seeds"]), diff=d,
+                       main=stats((r["per_seed"][s] for s in d["seeds"]), _resolution(r)),
+                       other=stats((o["per_seed"][s] for s in d["seeds"]), _resolution(o)), diff=d,
                        max_abs_diff=max((abs(x) for x in d["diffs"]), default=math.nan),
                        identical_4dp=same, seconds_main=r["seconds_per_epoch"],
                        seconds_other=o["seconds_per_epoch"],
@@ -353,12 +354,13 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     """Writes every experiment's tables and plot (see module docstring); returns the paths.
 
     Raises:
-        ReportError: ``runs_dir`` does not exist or holds no finished run.
+        ReportError: ``runs_dir`` does not exist or holds no finished run, or
+            ``experiments`` names an experiment it has no run of.
         ConfigError: ``baseline`` names no configuration or series of the runs.
     """
     from normlab.lab.plots import plot
 
-    runs_dir = Path(runs_dir)
+    runs_dir = Path(runs_dir).expanduser()
     if not runs_dir.is_dir():
         raise ReportError(
             f"Invalid `runs_dir`: expected a folder of run directories. Received: "
@@ -372,7 +374,11 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
             "Run `normlab compare` first, or pass the --out folder of a grid."
         )
     check_baseline(baseline, {r["config"][k] for r in runs for k in ("label", "series")})
-    out = Path(out_dir) if out_dir is not None else runs_dir / "report"
+    names = {_config(r)["experiment"] for r in runs}
+    if set(experiments or ()) - names:
+        raise ReportError(f"Invalid `experiments`: expected names of experiments under runs_dir "
+                          f"({', '.join(sorted(names))}). Received: experiments={experiments!r}. Pass those names.")
+    out = Path(out_dir).expanduser() if out_dir is not None else runs_dir / "report"
     store.check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     tables = summarize(runs, baseline)

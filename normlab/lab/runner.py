@@ -81,6 +81,7 @@ def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs"
     """
     from normlab.lab.executors import LocalExecutor
 
+    out = os.path.expanduser(out)  # as store.check_out reads it
     say = say or _stderr
     executor = executor or LocalExecutor()
     configs = runs.grid() if isinstance(runs, Experiment) else list(runs)
@@ -103,7 +104,7 @@ def run_grid(runs: Experiment | list[RunConfig], out: str | os.PathLike = "runs"
             else:
                 todo.append((p.config, p.run_dir, p.index))
         if todo and not isinstance(executor, LocalExecutor):
-            say(f"{len(todo)} runs on the {executor.describe()}")
+            say(f"{len(todo)} run{'s' * (len(todo) != 1)} on the {executor.describe()}")
         with _progress(progress and bool(todo)) as bar:
             grid_task = bar.add_task("runs", total=len(configs), completed=len(results)) \
                 if bar else None

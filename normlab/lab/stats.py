@@ -49,10 +49,15 @@ def t975(df: int) -> float:
     return t_quantile(0.975, df) if df >= 1 else math.nan
 
 
-def stats(values) -> dict:
+def stats(values, resolution: float = 0.0) -> dict:
     """n, mean, std (n-1) and the 95% half-width ``t * std / sqrt(n)`` (NaN when n < 2).
 
-    ``None`` values (a diverged run's loss) are left out.
+    ``None`` values (a diverged run's loss) are left out. ``resolution`` is the
+    step the values come in (``1 / test size`` for an accuracy), or 0 (default)
+    for continuous values: the interval then takes their spread as at least
+    ``resolution / sqrt(12)``, the spread of a value rounded to that step, so
+    seeds that score the same get an interval, not a zero-width one (``std``
+    stays the sample's).
     """
     values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     n = len(values)
@@ -60,8 +65,9 @@ def stats(values) -> dict:
         return {"n": 0, "mean": math.nan, "std": math.nan, "ci95": math.nan}
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    spread = max(std, resolution / math.sqrt(12.0)) if n > 1 else std
     return {"n": n, "mean": mean, "std": std,
-            "ci95": t975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan}
+            "ci95": t975(n - 1) * spread / math.sqrt(n) if n > 1 else math.nan}
 
 
 def paired(values: dict, baseline: dict, resolution: float = 0.0) -> dict:

@@ -55,7 +55,10 @@ def test_backend_flag_wins_over_environment_and_environment_over_auto():
 def test_backend_errors():
     with pytest.raises(lab_backend.BackendError, match="no Keras backend is installed"):
         lab_backend.select_backend(None, {}, lambda n: False)
-    with pytest.raises(lab_backend.BackendError, match="Received: backend='numpyy'"):
+    # The value comes from the environment, which the user never typed: the message says so.
+    with pytest.raises(lab_backend.BackendError, match=re.escape(
+            "Received: backend='numpyy' (from KERAS_BACKEND). Pass --backend jax, torch or tensorflow "
+            "(or set KERAS_BACKEND to one of them).")):
         lab_backend.select_backend(None, {"KERAS_BACKEND": "numpyy"})
     other = next(b for b in lab_backend.BACKENDS if b != BACKEND)
     with pytest.raises(lab_backend.BackendError, match="already running"):
@@ -647,3 +650,64 @@ def test_python_dash_m_is_the_command(module):
     ``python -m normlab.lab`` (the package that holds the command)."""
     done = subprocess.run([sys.executable, "-m", module, "list"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "compare" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["normlab", "normlab.lab", "_normlab_cli"])
+def test_a_reader_that_left_gets_no_traceback(module):
+    """``normlab list | head -1``: the reader closes the pipe, and writing to it raises
+    BrokenPipeError. Every entry point leaves quietly with 141 (128 + SIGPIPE), as the
+    shell's own commands do; ``python -m`` printed a traceback."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        done = subprocess.run([sys.executable, "-m", module, "list"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_folder_given_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    """The shell leaves ``~`` in ``--out=~/runs`` as it is: the output folder was checked at
+    $HOME/runs but the runs, the lock and the report went to a folder literally named "~"."""
+    from normlab.lab.experiments import RunConfig
+    from normlab.lab.report import write_report
+    from tests.lab.test_report import fake_run
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    parser = cli.build_parser()
+    args = parser.parse_args(["compare", "--out=~/runs", "--data-dir=~/data"])
+    assert (args.out, args.data_dir) == (str(tmp_path / "runs"), str(tmp_path / "data"))
+    args = parser.parse_args(["report", "~/runs", "--out=~/report"])
+    assert (args.runs_dir, args.out) == (str(tmp_path / "runs"), str(tmp_path / "report"))
+    from normlab.lab.runner import run_grid
+
+    config = RunConfig(experiment="c", label="A", norms="none", seed=0, backend=keras.backend.backend())
+    fake_run(tmp_path / "runs", config, 0.9)
+    monkeypatch.chdir(tmp_path / "runs")  # a literal "~" would land here
+    (result,) = run_grid([config], "~/runs", progress=False, say=lambda line: None)
+    assert result.status == "skipped"  # found finished in $HOME/runs
+    written = write_report("~/runs", "~/report")
+    assert (tmp_path / "report" / "report.md") in written and not (tmp_path / "runs" / "~").exists()
+
+
+def test_hidden_log_lines_are_shown_on_an_error_not_on_ctrl_c(capfd, monkeypatch):
+    """A backend's start-up logs are hidden; an error shows them (they may say why), Ctrl-C
+    does not: it printed TensorFlow's log lines above the one line saying it was interrupted."""
+    monkeypatch.delenv("NORMLAB_VERBOSE", raising=False)
+    for error, shown in ((RuntimeError("no backend"), True), (KeyboardInterrupt(), False)):
+        with pytest.raises(type(error)):
+            with lab_backend.quiet_stderr():
+                os.write(2, b"a hidden log line\n")
+                raise error
+        assert ("a hidden log line" in capfd.readouterr().err) is shown
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["compare", "--values", "1,2"], "compare"), (["sweep", "groups", "--norms", "batch"], "sweep"),
+    (["report", "runs", "--seeds", "2"], "report")])
+def test_an_argument_the_command_does_not_take_points_at_the_commands_help(argv, command, capsys):
+    """argparse reports such arguments from the top-level parser, whose help lists no options."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("normlab: error: unrecognized arguments: ") and f"(see `normlab {command} --help`)" in err

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import shutil
 import tarfile
 import urllib.error
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normlab.lab import data
+from normlab.lab import data, datafiles
 
 MNIST_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 IDX_NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -46,7 +47,7 @@ def _write_tiny_idx(folder: Path, n_train: int = 6, n_test: int = 4) -> dict[str
     return {name: _sha(folder / name) for name in IDX_NAMES}
 
 
-def _pin(monkeypatch: pytest.MonkeyPatch, fmt: data._Format, hashes: dict[str, str]) -> None:
+def _pin(monkeypatch: pytest.MonkeyPatch, fmt: datafiles.Format, hashes: dict[str, str]) -> None:
     for name, digest in hashes.items():
         monkeypatch.setitem(fmt.sha256, name, digest)
 
@@ -98,7 +99,7 @@ def test_env_var_with_dataset_subfolder(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @needs_mnist
-def test_corrupt_file_is_rejected_with_both_hashes(isolated: Path) -> None:
+def test_corrupt_file_is_rejected_with_both_hashes(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = isolated / "data"
     folder.mkdir()
     for name in IDX_NAMES:
@@ -113,7 +114,29 @@ def test_corrupt_file_is_rejected_with_both_hashes(isolated: Path) -> None:
     assert "t10k-labels-idx1-ubyte.gz" in message and str(bad) in message
     assert "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6" in message
     assert _sha(bad) in message
-    assert "Delete it" in message
+    # A folder given is used alone: nothing is downloaded in its place.
+    assert "Replace it with the official file" in message and "download" not in message
+    monkeypatch.setenv("NORMLAB_DATA_DIR", str(folder))  # found by a search: deleting it lets a download replace it
+    with pytest.raises(data.DatasetError, match="Delete it .* downloads a fresh one"):
+        data.load_dataset("mnist")
+
+
+def test_another_datasets_files_are_named_as_such_in_a_dry_run_too(isolated: Path) -> None:
+    """MNIST's files given for Fashion-MNIST (the same file names): the error said the official
+    MNIST file was corrupt, to delete it, and that a download would follow (none does for a
+    folder given); a dry run found nothing wrong."""
+    folder = isolated / "data"
+    folder.mkdir()
+    for name in IDX_NAMES:
+        shutil.copyfile(MNIST_DIR / name, folder / name)
+    expected = ("It is the official mnist file, not fashion_mnist's: point --data-dir at the "
+                "fashion_mnist files, or pass --dataset mnist.")
+    with pytest.raises(data.DatasetError, match=re.escape(expected)):
+        data.load_dataset("fashion_mnist", data_dir=folder)
+    assert data.locate("fashion_mnist", folder) == f"data_dir: {folder}"  # names only
+    with pytest.raises(data.DatasetError, match=re.escape(expected)):
+        data.locate("fashion_mnist", folder, verify=True)
+    assert data.locate("mnist", folder, verify=True) == f"data_dir: {folder}"
 
 
 @needs_mnist
@@ -133,7 +156,7 @@ def test_simulated_download_ends_in_verified_cache(isolated: Path,
     assert ds.source == str(cache) and ds.x_test.shape == (10000, 28, 28, 1)
     assert sorted(p.name for p in cache.iterdir()) == sorted(IDX_NAMES)  # no temp files left
     for name in IDX_NAMES:
-        assert _sha(cache / name) == data._MNIST_IDX.sha256[name]
+        assert _sha(cache / name) == datafiles.MNIST_IDX.sha256[name]
     assert len(urls) == 8  # every file: first mirror, then the second
     assert urls[1] == "https://ossci-datasets.s3.amazonaws.com/mnist/" + IDX_NAMES[0]
 
@@ -189,7 +212,7 @@ def test_real_fetch_reads_file_url(isolated: Path) -> None:
 
 
 def test_tiny_idx_set_loads_when_pinned(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _pin(monkeypatch, data._MNIST_IDX, _write_tiny_idx(isolated / "d" / "mnist"))
+    _pin(monkeypatch, datafiles.MNIST_IDX, _write_tiny_idx(isolated / "d" / "mnist"))
     ds = data.load_dataset("mnist", data_dir=isolated / "d")
     assert ds.x_train.shape == (6, 28, 28, 1) and ds.y_test.tolist() == [0, 1, 2, 3]
 
@@ -209,7 +232,7 @@ def test_bad_idx_is_a_dataset_error(isolated: Path, monkeypatch: pytest.MonkeyPa
     folder = isolated / "d"
     _write_tiny_idx(folder)
     corrupt(folder / IDX_NAMES[0])
-    _pin(monkeypatch, data._MNIST_IDX, {n: _sha(folder / n) for n in IDX_NAMES})
+    _pin(monkeypatch, datafiles.MNIST_IDX, {n: _sha(folder / n) for n in IDX_NAMES})
     with pytest.raises(data.DatasetError, match=match):
         data.load_dataset("mnist", data_dir=folder)
 
@@ -219,7 +242,7 @@ def test_label_count_mismatch_is_a_dataset_error(isolated: Path,
     folder = isolated / "d"
     _write_tiny_idx(folder)
     (folder / IDX_NAMES[1]).write_bytes(_idx_bytes(2049, np.zeros(5)))
-    _pin(monkeypatch, data._MNIST_IDX, {n: _sha(folder / n) for n in IDX_NAMES})
+    _pin(monkeypatch, datafiles.MNIST_IDX, {n: _sha(folder / n) for n in IDX_NAMES})
     with pytest.raises(data.DatasetError, match="5 labels for 6 images"):
         data.load_dataset("mnist", data_dir=folder)
 
@@ -239,7 +262,7 @@ def test_keras_cache_npz(isolated: Path, monkeypatch: pytest.MonkeyPatch,
         monkeypatch.setenv("KERAS_HOME", str(root))
     npz = root / "datasets" / "mnist.npz"
     _write_npz(npz)
-    _pin(monkeypatch, data._MNIST_NPZ, {"mnist.npz": _sha(npz)})
+    _pin(monkeypatch, datafiles.MNIST_NPZ, {"mnist.npz": _sha(npz)})
     ds = data.load_dataset("mnist")
     assert ds.source == str(npz) and ds.x_train.shape == (3, 28, 28, 1)
     assert ds.x_train.max() == 1.0 and ds.y_train.dtype == np.int64
@@ -254,13 +277,13 @@ def test_corrupt_keras_npz_is_reported_not_skipped(isolated: Path) -> None:
 
 def test_fashion_from_keras_cache_folder(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = isolated / "home" / ".keras" / "datasets" / "fashion-mnist"
-    _pin(monkeypatch, data._FASHION_IDX, _write_tiny_idx(folder))
+    _pin(monkeypatch, datafiles.FASHION_IDX, _write_tiny_idx(folder))
     ds = data.load_dataset("fashion-mnist")
     assert ds.name == "fashion_mnist" and ds.source == str(folder)
 
 
 def test_data_dir_wins_over_env(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _pin(monkeypatch, data._MNIST_IDX, _write_tiny_idx(isolated / "given"))
+    _pin(monkeypatch, datafiles.MNIST_IDX, _write_tiny_idx(isolated / "given"))
     env_dir = isolated / "env"
     env_dir.mkdir()
     for name in IDX_NAMES:
@@ -274,7 +297,7 @@ def test_data_dir_wins_over_env(isolated: Path, monkeypatch: pytest.MonkeyPatch)
 def test_lookup_order(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NORMLAB_DATA_DIR", str(isolated / "env"))
     monkeypatch.setenv("KERAS_HOME", str(isolated / "kh"))
-    places = data._places("mnist", data._SPECS["mnist"], isolated / "given")
+    places = data._places("mnist", datafiles.SPECS["mnist"], isolated / "given")
     seen = list(dict.fromkeys((p.label, p.directory) for p in places))
     assert seen == [("data_dir", isolated / "given"), ("data_dir", isolated / "given" / "mnist"),
                     ("NORMLAB_DATA_DIR", isolated / "env"),
@@ -299,7 +322,7 @@ def test_cifar_archive_is_parsed_channels_last(isolated: Path,
     archive = isolated / "home" / ".keras" / "datasets" / "cifar-10-batches-py-target_archive"
     archive.parent.mkdir(parents=True)
     _cifar_tar(archive)
-    _, keras3_fmt = data._SPECS["cifar10"].keras[1]
+    _, keras3_fmt = datafiles.SPECS["cifar10"].keras[1]
     _pin(monkeypatch, keras3_fmt, {archive.name: _sha(archive)})
     ds = data.load_dataset("cifar10")
     assert ds.x_train.shape == (10, 32, 32, 3) and ds.x_test.shape == (2, 32, 32, 3)
@@ -379,7 +402,7 @@ def test_an_incomplete_set_names_the_missing_files(isolated: Path, monkeypatch: 
 def test_a_data_dir_given_is_used_alone(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A folder given without the files was completed from $NORMLAB_DATA_DIR, the caches or a
     download: a mistyped path trained on another copy, or reached the network."""
-    _pin(monkeypatch, data._MNIST_IDX, _write_tiny_idx(isolated / "env"))
+    _pin(monkeypatch, datafiles.MNIST_IDX, _write_tiny_idx(isolated / "env"))
     monkeypatch.setenv("NORMLAB_DATA_DIR", str(isolated / "env"))
     fetched: list[str] = []
     monkeypatch.setattr(data, "_fetch", lambda url, dest, progress: fetched.append(url))

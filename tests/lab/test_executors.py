@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,10 +79,16 @@ def test_cli_rejects_a_runtime_env_that_is_not_a_json_object(capsys):
     assert "Invalid `ray-runtime-env`: expected a JSON object. Received: '[1]'" in err
 
 
-def test_ray_missing_gives_the_install_command(monkeypatch):
+def test_ray_missing_gives_the_install_command(monkeypatch, tmp_path, capsys):
+    """At the first run, and before it: the command's check (a dry run too) imports Ray."""
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(executors.ExecutorError, match=r"pip install 'normlab\[ray\]'"):
         list(RayExecutor("local").run([]))
+    with pytest.raises(executors.ExecutorError, match=r"pip install 'normlab\[ray\]'"):
+        RayExecutor("local").check()
+    assert cli.main(["compare", "--quick", "--executor", "ray", "--dry-run", "--out", str(tmp_path),
+                     "--no-progress"]) == 2
+    assert "The Ray executor needs Ray" in capsys.readouterr().err
 
 
 class _UnreachableRay:
@@ -95,12 +102,37 @@ class _UnreachableRay:
 
 
 def test_unreachable_cluster_names_the_address_and_the_fix():
-    with pytest.raises(executors.ExecutorError) as info:
-        executors._connect(_UnreachableRay, "10.9.9.9:6379")
+    with socket.create_server(("127.0.0.1", 0)) as server:  # something listens, but Ray finds no cluster
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(executors.ExecutorError) as info:
+            executors._connect(_UnreachableRay, address)
     message = str(info.value)
     assert message.startswith("Invalid `address`: expected a running Ray cluster there. "
-                              "Received: address='10.9.9.9:6379' (ConnectionError: Could not find")
+                              f"Received: address='{address}' (ConnectionError: Could not find")
     assert "ray start --head" in message and "--address local" in message
+
+
+def _closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return server.getsockname()[1]
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_an_address_where_nothing_listens_fails_before_ray_and_the_first_run(scheme, tmp_path, capsys):
+    """Ray retries such an address for as long as it is let (it printed its own warnings for
+    9 minutes, the output folder locked): the executor's check refuses it in a second, and the
+    command runs that check first, in a dry run too."""
+    address = f"{scheme}127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    with pytest.raises(executors.ExecutorError, match=rf"Received: address='{address}' \(no answer: "):
+        RayExecutor(address).check()
+    with pytest.raises(executors.ExecutorError, match="no answer"):
+        executors._connect(_UnreachableRay, address)
+    assert time.monotonic() - started < 5
+    out = tmp_path / "runs"
+    assert cli.main(["compare", "--quick", "--executor", "ray", "--address", address, "--dry-run",
+                     "--out", str(out), "--no-progress"]) == 2
+    assert "expected a running Ray cluster there" in capsys.readouterr().err and not out.exists()
 
 
 def test_write_run_and_write_error(tmp_path):
@@ -199,7 +231,7 @@ def test_ray_grid_loses_only_the_killed_run_and_the_next_invocation_redoes_it(tm
     code, stdout, stderr, _ = run_cli(out)
     assert code == 0, stderr
     assert stderr.count("finished earlier, reused") == 3
-    assert "1 runs on the Ray executor" in stderr
+    assert "1 run on the Ray executor" in stderr
     for run_dir, summary in finished.items():  # untouched
         assert json.loads((run_dir / "summary.json").read_text()) == summary
     redone = json.loads((lost_dir / "summary.json").read_text())

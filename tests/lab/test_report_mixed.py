@@ -172,3 +172,18 @@ def test_plot_tick_labels_do_not_overlap(tmp_path, backends):
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+def test_a_paired_interval_is_drawn_cut_at_100_points_as_its_cell_shows():
+    """The table cuts a difference of accuracies at +-100 points ("+11.33 [-86.08, +100.00]*");
+    the plot drew the bar on to +108.7."""
+    plt = plots._pyplot()
+    figure, dx = plt.subplots()
+    try:
+        d = dict(n=2, diffs=[0.05, 0.1766], mean=0.1133, ci95=0.9741, low=0.1133 - 0.9741, high=0.1133 + 0.9741)
+        assert max(plots._diff(dx, 0, d, "C0")) == 100.0
+        ((bar,),) = [c.lines[2] for c in dx.containers]
+        (((_, bottom), (_, top)),) = bar.get_segments()
+        assert (bottom, top) == (pytest.approx(-86.08), pytest.approx(100.0))
+    finally:
+        plt.close(figure)

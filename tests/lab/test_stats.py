@@ -1,10 +1,11 @@
-"""The lab's Student-t helpers and paired differences (SciPy's ttest_rel the reference)."""
+"""The lab's Student-t helpers, paired differences and the sign-flip p-value (SciPy's
+ttest_rel the reference)."""
 
 import math
 
 import pytest
 
-from normlab.lab.stats import paired, stats, t975, t_quantile, t_two_sided_p
+from normlab.lab.stats import paired, sign_flip_p, stats, t975, t_quantile, t_two_sided_p
 
 scipy_stats = pytest.importorskip("scipy.stats", reason="SciPy is the reference here")
 
@@ -93,3 +94,46 @@ def test_a_resolution_makes_equal_differences_continuous_with_nearly_equal_ones(
     # a spread above the floor is the plain t-test's
     spread = {s: v + 0.002 + 0.004 * (s % 2) for s, v in base.items()}
     assert paired(spread, base, resolution=1e-3)["p"] == paired(spread, base)["p"]
+
+
+def test_paired_lists_seeds_and_their_differences_in_seed_order():
+    """The report prints ``diffs`` beside ``seeds`` (``0: +0.10, 1: ...``): both follow the
+    seed numbers, not the order the runs were read in (parallel executors finish in any order)."""
+    values = {2: 0.90, 0: 0.80, 1: 0.70}
+    baseline = {1: 0.60, 2: 0.85, 0: 0.70}
+    d = paired(values, baseline)
+    assert d["seeds"] == [0, 1, 2]
+    assert d["diffs"] == pytest.approx([0.10, 0.10, 0.05])
+
+
+def test_paired_leaves_out_a_seed_missing_on_either_side():
+    """A diverged run stores ``None``: the seed is dropped whichever side it is on (a ``None``
+    baseline value made ``float(None)`` fail), and the rest is SciPy's paired t-test."""
+    values = {0: 0.91, 1: None, 2: 0.88, 3: 0.93, 4: 0.90}
+    baseline = {0: 0.90, 1: 0.85, 2: None, 3: 0.90, 4: 0.86}
+    d = paired(values, baseline)
+    assert d["seeds"] == [0, 3, 4] and d["n"] == 3
+    ref = scipy_stats.ttest_rel([0.91, 0.93, 0.90], [0.90, 0.90, 0.86])
+    assert d["mean"] == pytest.approx((0.01 + 0.03 + 0.04) / 3)
+    assert d["t"] == pytest.approx(ref.statistic) and d["p"] == pytest.approx(ref.pvalue)
+
+
+def test_sign_flip_p_is_two_over_two_to_the_n_and_never_above_one():
+    """2 / 2**n: 1 for one seed, 0.5 for two, 1/32 for six; a probability, so at most 1
+    even for the degenerate n = 0 (2 / 2**0 = 2)."""
+    assert [sign_flip_p(n) for n in (1, 2, 3, 6)] == [1.0, 0.5, 0.25, 0.03125]
+    assert sign_flip_p(0) == 1.0
+    assert all(0.0 < sign_flip_p(n) <= 1.0 for n in range(0, 12))
+    assert not math.isnan(sign_flip_p(0))
+
+
+def test_a_mean_of_accuracies_that_tie_gets_the_interval_of_their_step():
+    """Two seeds scoring the same 8460 of 10000 images: the interval took their spread, 0, and
+    printed [84.60, 84.60]; it takes at least one step (1/10000) / sqrt(12), the spread of a
+    value rounded to it. The std stays the sample's, and a wider spread is kept as it is."""
+    s = stats([0.846, 0.846], resolution=1e-4)
+    assert s["std"] == 0.0
+    assert s["ci95"] == pytest.approx(scipy_stats.t.ppf(0.975, 1) * 1e-4 / math.sqrt(12) / math.sqrt(2))
+    wide = stats([0.80, 0.90], resolution=1e-4)
+    assert wide["ci95"] == pytest.approx(stats([0.80, 0.90])["ci95"])
+    assert math.isnan(stats([0.846], resolution=1e-4)["ci95"])  # one seed: no interval
