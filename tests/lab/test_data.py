@@ -121,6 +121,7 @@ def test_corrupt_file_is_rejected_with_both_hashes(isolated: Path, monkeypatch: 
         data.load_dataset("mnist")
 
 
+@needs_mnist
 def test_another_datasets_files_are_named_as_such_in_a_dry_run_too(isolated: Path) -> None:
     """MNIST's files given for Fashion-MNIST (the same file names): the error said the official
     MNIST file was corrupt, to delete it, and that a download would follow (none does for a
