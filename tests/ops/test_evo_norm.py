@@ -55,3 +55,15 @@ def test_evo_norm_errors():
                                          r"channel per group.*Received: x.shape=\(4, 6\)"):
         nops.evo_norm_s0(rng_normal((4, 6)), groups=-1)
     assert tuple(nops.evo_norm_s0(rng_normal((4, 6)), groups=2).shape) == (4, 6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evo_norm_b0_refuses_zero_epsilon(training):
+    """It divides the uncentered input by a standard deviation: a constant slice would give
+    inf or NaN. The op refuses 0 as EvoNorm-S0 does (the layers check it too)."""
+    x = np.ones((2, 3, 3, 2), "float32")  # constant slices: var 0 everywhere
+    moving = None if training else np.zeros(2, "float32")
+    with pytest.raises(ValueError, match=r"epsilon"):
+        nops.evo_norm_b0(x, moving_variance=moving, epsilon=0.0, training=training)
+    with pytest.raises(ValueError, match=r"epsilon"):
+        nops.evo_norm_s0(x, groups=1, epsilon=0.0)
