@@ -26,6 +26,16 @@ X = RNG.normal(2.0, 3.0, size=(4, 6, 7, 4)).astype("float32")  # NHWC, 4 channel
 # --------------------------------------------------------------------------- TF Addons' formulas (float64)
 
 
+def keras2_lstm():
+    """A TF-Keras 2 LSTM's config (a new dict each time): it wrote time_major into every
+    recurrent layer's, which Keras 3 rejects."""
+    return {"class_name": "LSTM", "config": {
+        "name": "lstm", "trainable": True, "dtype": "float32", "return_sequences": False,
+        "return_state": False, "go_backwards": False, "stateful": False, "unroll": False,
+        "time_major": False, "units": 3, "activation": "tanh", "recurrent_activation": "sigmoid",
+        "use_bias": True, "dropout": 0.0, "recurrent_dropout": 0.0, "implementation": 2}}
+
+
 def tfa_group_norm(x, groups, axis, gamma, beta, epsilon):
     """TF Addons' GroupNormalization.call, step by step (reshape, tf.nn.moments, batch_normalization)."""
     x = np.asarray(x, np.float64)
@@ -400,11 +410,7 @@ def test_file_errors():
 
 def test_weight_normalization_around_a_tf_keras_2_lstm():
     # TF-Keras 2 wrote time_major into every recurrent layer's config; Keras 3 rejects it.
-    lstm = {"class_name": "LSTM", "config": {
-        "name": "lstm", "trainable": True, "dtype": "float32", "return_sequences": False,
-        "return_state": False, "go_backwards": False, "stateful": False, "unroll": False,
-        "time_major": False, "units": 3, "activation": "tanh", "recurrent_activation": "sigmoid",
-        "use_bias": True, "dropout": 0.0, "recurrent_dropout": 0.0, "implementation": 2}}
+    lstm = keras2_lstm()
     layer = deserialize(tfa_wn("wn", lstm))
     assert type(layer) is normlab.WeightNormalization and layer.is_rnn
     assert type(layer.layer) is keras.layers.LSTM and layer.layer.units == 3
@@ -496,11 +502,7 @@ def test_a_nested_model_takes_its_layers_weights_by_name():
     LSTM got its kernel and recurrent kernel swapped (outputs 0.5 off on outputs of
     0.5, silently), and a data-initialized one failed on its extra weights."""
     rng = np.random.default_rng(1)
-    lstm = {"class_name": "LSTM", "config": {
-        "name": "lstm", "trainable": True, "dtype": "float32", "return_sequences": False,
-        "return_state": False, "go_backwards": False, "stateful": False, "unroll": False,
-        "time_major": False, "units": 3, "activation": "tanh", "recurrent_activation": "sigmoid",
-        "use_bias": True, "dropout": 0.0, "recurrent_dropout": 0.0, "implementation": 2}}
+    lstm = keras2_lstm()
     k, r = rng.normal(size=(3, 12)).astype("float32"), rng.normal(size=(3, 12)).astype("float32")
     saved = [("wn/g:0", rng.uniform(0.5, 2, size=12).astype("float32")),
              ("wn/lstm/lstm_cell/recurrent_kernel:0", r), ("wn/lstm/lstm_cell/kernel:0", k),

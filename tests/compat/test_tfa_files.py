@@ -21,6 +21,7 @@ from tests.compat.test_tfa import (
     IN_GAMMA,
     X,
     keras2_dense,
+    keras2_lstm,
     keras2_sequential,
     numpy_,
     tfa_gn,
@@ -137,11 +138,7 @@ def test_the_users_custom_objects_reach_every_loader():
 
 
 def test_a_bare_tf_keras_2_lstm_in_a_model_loses_time_major():
-    lstm = {"class_name": "LSTM", "config": {
-        "name": "lstm", "trainable": True, "dtype": "float32", "return_sequences": False,
-        "return_state": False, "go_backwards": False, "stateful": False, "unroll": False,
-        "time_major": False, "units": 3, "activation": "tanh", "recurrent_activation": "sigmoid",
-        "use_bias": True, "dropout": 0.0, "recurrent_dropout": 0.0, "implementation": 2}}
+    lstm = keras2_lstm()
     model = tfa.model_from_json(json.dumps(keras2_sequential([lstm], input_shape=(5, 2))))
     assert type(model.get_layer("lstm")) is keras.layers.LSTM and tuple(model.output_shape) == (None, 3)
 
