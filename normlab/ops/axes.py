@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import keras
 import numpy as np
@@ -219,7 +219,8 @@ def grouped_dims(x: Tensor, a: int, groups: int, channels: int) -> tuple[list[An
     return shape, shape[:a] + [groups, channels // groups] + shape[a + 1:]
 
 
-def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = None, at: str = "first") -> Tensor:
+def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = None,
+                at: Literal["first", "middle", "last"] = "first") -> Tensor:
     """The first element of ``x`` along each of ``axes`` (kept as size 1); with
     ``at="last"`` the last, with ``at="middle"`` the middle one along each axis
     of a known size (the first along the others).
