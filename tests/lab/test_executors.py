@@ -120,15 +120,13 @@ def _closed_port() -> int:
 @pytest.mark.parametrize("scheme", ["", "ray://"])
 def test_an_address_where_nothing_listens_fails_before_ray_and_the_first_run(scheme, tmp_path, capsys):
     """Ray retries such an address for as long as it is let (it printed its own warnings for
-    9 minutes, the output folder locked): the executor's check refuses it in a second, and the
-    command runs that check first, in a dry run too."""
+    9 minutes, the output folder locked): the executor refuses it before calling Ray, and the
+    command runs that check first, in a dry run too (no output folder made)."""
     address = f"{scheme}127.0.0.1:{_closed_port()}"
-    started = time.monotonic()
     with pytest.raises(executors.ExecutorError, match=rf"Received: address='{address}' \(no answer: "):
         RayExecutor(address).check()
-    with pytest.raises(executors.ExecutorError, match="no answer"):
+    with pytest.raises(executors.ExecutorError, match="no answer"):  # refused before ray.init is called
         executors._connect(_UnreachableRay, address)
-    assert time.monotonic() - started < 5
     out = tmp_path / "runs"
     assert cli.main(["compare", "--quick", "--executor", "ray", "--address", address, "--dry-run",
                      "--out", str(out), "--no-progress"]) == 2
