@@ -48,6 +48,28 @@ def test_b0_training_then_inference_match_reference(axis, shape):
     np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_variance), moving, rtol=1e-5)  # unchanged
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a graph's unknown sizes")
+@pytest.mark.parametrize("signature", [[None, 3, 3, 6], [None, None, None, 6]])
+def test_b0_moving_variance_with_unknown_sizes(signature):
+    """Traced with unknown batch (and spatial) sizes, the element count per
+    channel is a tensor: the moving variance still gets the unbiased batch
+    variance, ``var * n / (n - 1)`` with ``n`` counted at run time."""
+    import tensorflow as tf
+
+    x = np.random.default_rng(1).normal(1.0, 2.0, size=LAST4).astype("float32")
+    layer = normlab.EvoNormB0(momentum=0.5, **_random_init())
+    layer.build(LAST4)
+    step = tf.function(lambda t: layer(t, training=True), input_signature=[tf.TensorSpec(signature)])
+    for batch in (x, x[:2]):  # one trace, two counts: 36 and 18 per channel
+        before = ops.convert_to_numpy(layer.moving_variance)
+        step(batch)
+        gamma, beta, v = (ops.convert_to_numpy(w) for w in (layer.gamma, layer.beta, layer.v))
+        _, var = reference.evo_norm_b0(batch, -1, v, gamma, beta, 1e-3)
+        n = batch.size / batch.shape[-1]
+        expected = 0.5 * before + 0.5 * var * n / (n - 1)
+        np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_variance), expected, rtol=1e-5)
+
+
 def test_b0_trainable_false_means_inference():
     x = np.random.default_rng(0).normal(3.0, 1.0, size=LAST4).astype("float32")
     layer = normlab.EvoNormB0()
