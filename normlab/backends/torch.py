@@ -359,10 +359,6 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
 # into x * a + b, which rounds at the scale of the offset).
 
 
-def _on_cpu(*tensors) -> bool:
-    return all(t is None or t.device.type == "cpu" for t in tensors)
-
-
 def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     mean, variance, gamma, beta = values(mean, variance, gamma, beta)
     if not usable(x, mean, variance, gamma, beta) or not torch_cpu.served(x):
@@ -370,9 +366,8 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     x3, channels_last = _channel_view(x, axis)
     if x3 is None:
         return None
+    # (moved to x's device, the CPU: torch_cpu.served checked it)
     mean, variance, gamma, beta = (_param(t, torch.float32, x.device) for t in (mean, variance, gamma, beta))
-    if not _on_cpu(mean, variance, gamma, beta):
-        return None
     if torch.is_grad_enabled() and (mean.requires_grad or variance.requires_grad):
         return None  # the general path differentiates the statistics as well
     c = x.shape[axis]
