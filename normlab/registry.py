@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import functools
 import inspect
 from typing import Any, Callable, Sequence
 
@@ -49,13 +50,44 @@ class Entry:
     kind: str = "activation"
 
     def arguments(self) -> dict[str, object]:
-        """The factory's keyword arguments and their defaults."""
-        parameters = inspect.signature(self.factory).parameters.values()
-        return {
-            p.name: p.default
-            for p in parameters
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        }
+        """The keyword arguments a spec may set, with their defaults: the
+        factory's own and, for a layer class whose ``__init__`` passes
+        ``**kwargs`` on, its base classes' (up to Keras' ``Layer``, whose own
+        arguments :func:`get` always accepts)."""
+        return _accepted(self.factory)[0]
+
+    def takes_any_argument(self) -> bool:
+        """Whether the factory passes keyword arguments it does not name to
+        something :func:`get` cannot see (a function's ``**kwargs``): it then
+        checks them itself."""
+        return _accepted(self.factory)[1]
+
+
+def _accepted(factory: Callable[..., object]) -> tuple[dict[str, object], bool]:
+    """``(arguments with defaults, whether **kwargs reach an unseen callee)`` of a factory."""
+    if isinstance(factory, functools.partial):
+        arguments, open_ = _accepted(factory.func)
+        return {**arguments, **factory.keywords}, open_
+    if not inspect.isclass(factory):
+        return _parameters(inspect.signature(factory), skip_first=False)
+    found: dict[str, object] = {}
+    for cls in inspect.getmro(factory):
+        if cls is keras.layers.Layer or "__init__" not in vars(cls):
+            if cls is keras.layers.Layer:
+                return found, False
+            continue
+        arguments, open_ = _parameters(inspect.signature(cls.__init__), skip_first=True)
+        for key, default in arguments.items():
+            found.setdefault(key, default)  # a subclass's defaults win, its arguments listed first
+        if not open_:
+            return found, False
+    return found, True
+
+
+def _parameters(signature: inspect.Signature, skip_first: bool) -> tuple[dict[str, object], bool]:
+    parameters = list(signature.parameters.values())[1 if skip_first else 0:]
+    named = {p.name: p.default for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return named, any(p.kind == p.VAR_KEYWORD for p in parameters)
 
 
 def register(
@@ -90,10 +122,29 @@ def register(
             f"Invalid `factory`: expected a callable that returns a layer (a layer class or a function). "
             f"Received: factory={factory!r} of type {type(factory).__name__}. Pass e.g. normlab.GroupNormalization."
         )
+    try:
+        inspect.signature(factory)
+    except (TypeError, ValueError) as exc:  # a builtin or C callable: no signature to read specs against
+        raise ArgumentTypeError(
+            f"Invalid `factory`: expected a callable with a signature, whose keyword arguments are what a spec "
+            f"may set. Received: factory={factory!r} ({exc}). Wrap it in a function, e.g. "
+            "def factory(**kwargs): return MyLayer(**kwargs)."
+        ) from exc
     if isinstance(aliases, str):
         raise ArgumentTypeError(
             f"Invalid `aliases`: expected a list of names; a string would register each of its letters. "
             f"Received: aliases={aliases!r}. Pass aliases=[{aliases!r}]."
+        )
+    if not isinstance(aliases, (list, tuple)):
+        raise ArgumentTypeError(
+            f"Invalid `aliases`: expected a list or tuple of names. Received: aliases={aliases!r} of type "
+            f"{type(aliases).__name__}. Pass e.g. aliases=['my_norm'], or leave it out for none."
+        )
+    if not isinstance(summary, str):
+        raise ArgumentTypeError(
+            f"Invalid `summary`: expected a string, one line for `normlab list norms`. Received: "
+            f"summary={summary!r} of type {type(summary).__name__}. Pass e.g. summary='My norm.', or leave it "
+            "out for the first line of the factory's docstring."
         )
     for key in (name, *aliases):
         if not isinstance(key, str) or not key.isidentifier() or key != key.lower():
@@ -205,7 +256,7 @@ def get(spec: str, **overrides: Any) -> keras.layers.Layer:
     entry = _NORMS[name]
     accepted = entry.arguments()
     unknown = sorted(set(kwargs) - set(accepted) - _LAYER_ARGUMENTS)
-    if unknown:
+    if unknown and not entry.takes_any_argument():
         given = [f"{k}={overrides[k]!r}" for k in unknown if k in overrides]
         close = [m for k in unknown for m in difflib.get_close_matches(k, list(accepted), n=1)]
         raise ValueError(
@@ -215,7 +266,13 @@ def get(spec: str, **overrides: Any) -> keras.layers.Layer:
             + (f"Valid arguments: {', '.join(accepted)}." if accepted
                else f"{name!r} takes no arguments: write {name!r}.")
         )
-    return entry.factory(**kwargs)
+    layer = entry.factory(**kwargs)
+    if not isinstance(layer, keras.layers.Layer):
+        raise ArgumentTypeError(
+            f"Invalid `factory` of {name!r}: expected it to return a Keras layer. Received: {layer!r} of type "
+            f"{type(layer).__name__}. Register a layer class or a function that returns a layer."
+        )
+    return layer
 
 
 #: What every Keras layer takes (``keras.layers.Layer``'s keyword arguments: ``name``,
@@ -224,16 +281,12 @@ _LAYER_ARGUMENTS = {p.name for p in inspect.signature(keras.layers.Layer.__init_
                     if p.kind == p.KEYWORD_ONLY} | {"name", "dtype", "trainable"}
 
 
-def _identity(**kwargs: Any) -> keras.layers.Layer:
-    """No normalization: passes its input through unchanged."""
-    return keras.layers.Identity(**kwargs)
-
-
 register("group", layers.GroupNormalization, aliases=("gn", "groupnorm", "group_norm"))
 register("instance", layers.InstanceNormalization, aliases=("in", "instancenorm", "instance_norm"))
 register("layer", layers.LayerNormalization, aliases=("ln", "layernorm", "layer_norm"))
 register("batch", layers.BatchNormalization, aliases=("bn", "batchnorm", "batch_norm"))
-register("none", _identity, aliases=("identity",))
+register("none", keras.layers.Identity, aliases=("identity",),
+         summary="No normalization: passes its input through unchanged.")
 register("rms", layers.RMSNormalization, aliases=("rmsnorm", "rms_norm"))
 register("frn", layers.FilterResponseNormalization, aliases=("filter_response", "filter_response_norm"))
 register("evonorm_b0", layers.EvoNormB0, aliases=("evob0", "evo_b0"))

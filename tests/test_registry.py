@@ -149,3 +149,87 @@ def test_register_refuses_a_factory_that_is_not_callable_and_a_string_of_aliases
     with pytest.raises(TypeError, match=r"Invalid `aliases`: expected a list of names.*Pass aliases=\['mn'\]"):
         normlab.register("zzz_letters", normlab.GroupNormalization, aliases="mn")
     assert "zzz_none" not in names() and "m" not in names()
+
+
+class _ForwardingBatchNorm(normlab.BatchNormalization):
+    """A subclass that names none of its arguments, forwarding them all."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**{"momentum": 0.9, **kwargs})
+
+
+def _group8(**kwargs):
+    """Group norm with 8 groups unless told otherwise."""
+    return normlab.GroupNormalization(**{"groups": 8, **kwargs})
+
+
+@pytest.fixture
+def scratch_registry():
+    import importlib
+
+    reg = importlib.import_module("normlab.registry")
+    saved = dict(reg._NORMS), dict(reg._ALIASES)
+    yield
+    reg._NORMS.clear(), reg._NORMS.update(saved[0])
+    reg._ALIASES.clear(), reg._ALIASES.update(saved[1])
+
+
+@pytest.mark.usefixtures("scratch_registry")
+def test_factories_that_forward_keyword_arguments_take_them_from_specs():
+    """A subclass whose __init__ forwards **kwargs, and a function with
+    **kwargs, were refused every argument ('takes no arguments')."""
+    normlab.register("zzz_bn", _ForwardingBatchNorm)
+    normlab.register("zzz_group8", _group8)
+    assert normlab.get("zzz_bn(epsilon=1e-5)").epsilon == 1e-5
+    arguments = normlab.registry()["zzz_bn"].arguments()
+    assert arguments["epsilon"] == 1e-3 and arguments["momentum"] == 0.99  # the base class's signature
+    with pytest.raises(ValueError, match=r"'zzz_bn' has no argument 'epsilom'.*Did you mean 'epsilon'"):
+        normlab.get("zzz_bn(epsilom=1e-5)")  # the base classes' arguments are known: a typo is still named
+    layer = normlab.get("zzz_group8(epsilon=1e-5)", axis=1)
+    assert (layer.groups, layer.epsilon, layer.axis) == (8, 1e-5, 1)
+    assert normlab.registry()["zzz_group8"].takes_any_argument()
+    with pytest.raises(ValueError, match=r"Unrecognized keyword arguments .*'epsilom'"):
+        normlab.get("zzz_group8(epsilom=1e-5)")  # a function's **kwargs: the layer it builds checks them
+
+
+def test_a_partial_factory_reports_its_bound_defaults():
+    import functools
+
+    from normlab.registry import Entry
+
+    entry = Entry("x", functools.partial(normlab.RMSNormalization, epsilon=1e-6))
+    assert entry.arguments()["epsilon"] == 1e-6 and not entry.takes_any_argument()
+
+
+def test_instance_norm_takes_tf_addons_groups_in_a_spec():
+    """InstanceNormalization(groups=-1) is TF Addons code; its spec was refused."""
+    assert normlab.registry()["instance"].arguments()["groups"] == -1
+    assert type(normlab.get("in(groups=-1)")) is normlab.InstanceNormalization
+
+
+@pytest.mark.usefixtures("scratch_registry")
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(summary=3), r"Invalid `summary`: expected a string.*Received: summary=3 of type int"),
+    (dict(aliases=None), r"Invalid `aliases`: expected a list or tuple of names\. Received: aliases=None"),
+    (dict(aliases={"a": 1}), r"Invalid `aliases`: expected a list or tuple.*of type dict"),
+])
+def test_register_refuses_bad_summary_and_aliases(kwargs, match):
+    """summary=3 registered, then `normlab list norms` failed on it; aliases=None raised a bare TypeError."""
+    with pytest.raises(TypeError, match=match):
+        normlab.register("zzz_bad", normlab.RMSNormalization, **kwargs)
+    assert "zzz_bad" not in names()
+
+
+def test_register_refuses_a_factory_without_a_signature():
+    """dict registered, then get() failed with inspect's 'no signature found'."""
+    with pytest.raises(TypeError, match=r"Invalid `factory`: expected a callable with a signature.*factory=<class 'dict'>"):
+        normlab.register("zzz_dict", dict)
+    assert "zzz_dict" not in names()
+
+
+@pytest.mark.usefixtures("scratch_registry")
+def test_a_factory_that_returns_no_layer_is_named():
+    normlab.register("zzz_list", lambda **kwargs: [kwargs])
+    with pytest.raises(TypeError, match=r"Invalid `factory` of 'zzz_list': expected it to return a Keras layer\. "
+                                        r"Received: \[\{\}\] of type list"):
+        normlab.get("zzz_list")

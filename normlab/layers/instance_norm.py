@@ -36,9 +36,9 @@ class InstanceNormalization(GroupNormalization):
         gamma_regularizer: optional regularizer for ``gamma``. Default None.
         beta_constraint: optional constraint for ``beta``. Default None.
         gamma_constraint: optional constraint for ``gamma``. Default None.
+        groups: accepted (from TF Addons code or configs) and ignored, with
+            a warning unless it is -1, as TF Addons did. Default -1.
         **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``).
-            ``groups`` (from TF Addons code or configs) is accepted and
-            ignored, with a warning unless it is -1, as TF Addons did.
 
     The input needs at least one spatial axis (rank >= 3): with none, each
     statistic would cover one value and every output would be 0 (``beta``).
@@ -73,9 +73,9 @@ class InstanceNormalization(GroupNormalization):
         gamma_regularizer: Regularizer = None,
         beta_constraint: Constraint = None,
         gamma_constraint: Constraint = None,
+        groups: int = -1,
         **kwargs: Any,
     ) -> None:
-        groups = kwargs.pop("groups", -1)
         if groups != -1:  # TF Addons accepted it too, logging a warning whenever it was given
             warnings.warn(
                 f"InstanceNormalization ignores groups={groups!r}: it always uses one group per "
@@ -98,8 +98,3 @@ class InstanceNormalization(GroupNormalization):
             gamma_constraint=gamma_constraint,
             **kwargs,
         )
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        del config["groups"]
-        return config
