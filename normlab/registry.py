@@ -72,11 +72,12 @@ def _accepted(factory: Callable[..., object]) -> tuple[dict[str, object], bool]:
         return _parameters(inspect.signature(factory), skip_first=False)
     found: dict[str, object] = {}
     for cls in inspect.getmro(factory):
-        if cls is keras.layers.Layer or "__init__" not in vars(cls):
-            if cls is keras.layers.Layer:
-                return found, False
+        if cls is keras.layers.Layer:
+            return found, False
+        init = vars(cls).get("__init__")
+        if init is None:
             continue
-        arguments, open_ = _parameters(inspect.signature(cls.__init__), skip_first=True)
+        arguments, open_ = _parameters(inspect.signature(init), skip_first=True)
         for key, default in arguments.items():
             found.setdefault(key, default)  # a subclass's defaults win, its arguments listed first
         if not open_:
