@@ -27,8 +27,11 @@ Example:
 from __future__ import annotations
 
 import inspect
+import numbers
 
 import numpy as np
+
+from normlab.ops.validate import check_positive_int
 
 
 def _layer(norm):
@@ -65,11 +68,17 @@ def shared_statistics(norm, *, batch: int = 4, channels: int = 6, height: int = 
     Returns:
         A boolean array of shape ``(batch, channels, height * width)``.
     """
-    sample, channel = element
-    if not (0 <= sample < batch and 0 <= channel < channels):
+    sizes = dict(batch=batch, channels=channels, height=height, width=width)
+    batch, channels, height, width = (check_positive_int(k, v, example=4) for k, v in sizes.items())
+    if not (isinstance(element, (tuple, list)) and len(element) == 2
+            and all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in element)
+            and 0 <= element[0] < batch and 0 <= element[1] < channels):
         raise ValueError(
-            f"Invalid `element`: expected (sample, channel) within batch={batch} and channels={channels}. "
-            f"Received: element={element!r}. Pick e.g. element=(0, 0).")
+            f"Invalid `element`: expected (sample, channel), two ints within batch={batch} and "
+            f"channels={channels}. Received: element={element!r}. Pick e.g. element=(0, 0).")
+    sample, channel = element
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"Invalid `seed`: expected an int >= 0. Received: seed={seed!r}. Pass e.g. seed=0.")
     layer = _layer(norm)
     x = np.random.default_rng(seed).normal(size=(batch, height, width, channels)).astype("float32")
     _call(layer, x)  # build

@@ -42,9 +42,24 @@ def test_one_norm_is_one_panel_and_bad_arguments_are_named():
     assert len(viz.cube_figure("batch", batch=N, channels=C, height=H, width=W).axes) == 1
     with pytest.raises(ValueError, match=r"Invalid `norms`: expected at least one layer or spec string"):
         viz.cube_figure([])
-    with pytest.raises(ValueError, match=r"Invalid `element`: expected \(sample, channel\) within batch=4 and "
-                                         r"channels=6\. Received: element=\(9, 0\)"):
+    with pytest.raises(ValueError, match=r"Invalid `element`: expected \(sample, channel\), two ints within "
+                                         r"batch=4 and channels=6\. Received: element=\(9, 0\)"):
         viz.shared_statistics("instance", element=(9, 0))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(height=0), r"Invalid `height`: expected a positive integer\. Received: height=0"),
+    (dict(channels=2.5), r"Invalid `channels`: .*Received: channels=2\.5"),
+    (dict(batch=True), r"Invalid `batch`: .*Received: batch=True"),
+    (dict(batch=-1), r"Invalid `batch`: .*Received: batch=-1"),  # was blamed on `element`
+    (dict(element=(0, 0, 0)), r"Invalid `element`: .*Received: element=\(0, 0, 0\)"),
+    (dict(element=(0.5, 0)), r"Invalid `element`: .*Received: element=\(0\.5, 0\)"),
+    (dict(seed="a"), r"Invalid `seed`: expected an int >= 0\. Received: seed='a'"),
+])
+def test_bad_block_sizes_element_and_seed_are_named(kwargs, match):
+    """Each raised a bare IndexError or TypeError from NumPy, or named another argument."""
+    with pytest.raises(ValueError, match=match):
+        viz.shared_statistics("instance", **kwargs)
 
 
 def test_missing_matplotlib_names_the_lab_extra(monkeypatch):
