@@ -72,7 +72,8 @@ class LocalResponseNormalization(FloatCompute, keras.layers.Layer):
 
     def build(self, input_shape: Shape) -> None:
         (self._channel_axis,) = canonicalize_axes(self.axis, len(input_shape))
-        (channels,) = known_dims(input_shape, [self._channel_axis], axis=self.axis)
+        (channels,) = known_dims(input_shape, [self._channel_axis], axis=self.axis,
+                                 reason="the window's sums are built per channel")
         self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={self._channel_axis: channels})
 
     def call(self, inputs: Tensor) -> Tensor:

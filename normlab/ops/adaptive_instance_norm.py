@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from normlab.ops.axes import complement, float_tensor, known_dims, the_channel_axis
+from normlab.ops.axes import complement, float_tensor, the_channel_axis
 from normlab.ops.moments import shifted_moments, stats_dtype
 from normlab.ops.normalize import inverse_std, normalize
 from normlab.ops.validate import check_epsilon, error_message, require_spatial
@@ -18,7 +18,8 @@ def check_content_and_style(content_shape: Shape, style_shape: Shape, axis: int)
     Both need the same rank (>= 3: statistics run over the spatial axes) and
     the same number of channels at ``axis``; the spatial sizes may differ,
     and the style's batch size must equal the content's or be 1 (one style
-    for every sample). Sizes unknown to a tracer are not checked here.
+    for every sample). Sizes unknown to a tracer (the channels too: no
+    weight depends on them) are not checked here.
     """
     content_shape, style_shape = tuple(content_shape), tuple(style_shape)
     require_spatial(content_shape, "adaptive instance normalization", argument="content")
@@ -31,8 +32,8 @@ def check_content_and_style(content_shape: Shape, style_shape: Shape, axis: int)
             )
         )
     a = the_channel_axis(axis, len(content_shape), "adaptive instance normalization")
-    (channels,) = known_dims(content_shape, [a], argument="axis", axis=axis)
-    if style_shape[a] is not None and style_shape[a] != channels:
+    channels = content_shape[a]  # may be unknown: no weight depends on it
+    if channels is not None and style_shape[a] is not None and style_shape[a] != channels:
         raise ValueError(
             error_message(
                 "style", f"{channels} channels on axis {axis}, as many as the content has",

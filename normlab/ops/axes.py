@@ -144,10 +144,9 @@ def complement(axes: Sequence[int], ndim: int, *, keep_batch: bool = False) -> l
     return [a for a in range(ndim) if a not in skip]
 
 
-def known_dims(
-    shape: Shape, axes: Sequence[int], *, argument: str = "axis", axis: Axis | None = None
-) -> list[int]:
-    """Returns the static sizes of ``shape`` at ``axes``; each must be known."""
+def known_dims(shape: Shape, axes: Sequence[int], *, argument: str = "axis", axis: Axis | None = None,
+               reason: str = "the weights depend on it") -> list[int]:
+    """Returns the static sizes of ``shape`` at ``axes``; each must be known (``reason`` says why)."""
     dims = []
     for a in axes:
         size = shape[a]
@@ -155,7 +154,7 @@ def known_dims(
             raise ValueError(
                 error_message(
                     argument,
-                    "feature axes with a known size, since the weights depend on it",
+                    f"feature axes with a known size, since {reason}",
                     f"{argument}={axis if axis is not None else a!r} and input shape "
                     f"{tuple(shape)} (axis {a} has unknown size None)",
                     "Give that dimension a fixed size in keras.Input(shape=...), "

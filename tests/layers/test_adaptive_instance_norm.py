@@ -49,6 +49,34 @@ def test_symbolic_shape_is_the_contents_and_the_summary_counts_no_weight():
     assert model.count_params() == encoder + decoder
 
 
+def test_unknown_channel_counts_are_taken():
+    """No weight depends on the channel count: a model on inputs of unknown
+    channels builds (it was refused, 'the weights depend on it') and runs on
+    any count, as Keras' weightless layers do."""
+    content, style = keras.Input((None, None, None)), keras.Input((None, None, None))
+    layer = normlab.AdaptiveInstanceNormalization()
+    model = keras.Model([content, style], layer([content, style]))
+    assert model.output.shape == (None, None, None, None)
+    assert layer.compute_output_shape([(None, None, None, None)] * 2) == (None, None, None, None)
+    for channels in (3, 5):
+        c, s = _pair(2, CONTENT[:-1] + (channels,), STYLE[:-1] + (channels,))
+        np.testing.assert_allclose(ops.convert_to_numpy(model([c, s])), reference.adaptive_instance_norm(c, s),
+                                   rtol=1e-5, atol=2e-5)
+    c, s = _pair(3)
+    with pytest.raises(ValueError, match=r"Invalid `style`: expected 3 channels on axis -1"):
+        model([c, s[..., :2]])  # counts known when called: still compared
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a graph's unknown sizes")
+def test_a_graph_with_unknown_channels_matches_the_reference():
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, None, None, None])
+    run = tf.function(lambda c, s: normlab.ops.adaptive_instance_norm(c, s), input_signature=[spec, spec])
+    c, s = _pair(4)
+    np.testing.assert_allclose(run(c, s).numpy(), reference.adaptive_instance_norm(c, s), rtol=1e-5, atol=2e-5)
+
+
 def test_config_holds_the_constructor_arguments_and_round_trips():
     layer = normlab.AdaptiveInstanceNormalization(axis=1, epsilon=1e-3, name="ada")
     config = layer.get_config()

@@ -1,5 +1,6 @@
 """LocalResponseNormalization: harness, float64 reference, parity with torch.nn.LocalResponseNorm, errors."""
 
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -58,3 +59,6 @@ def test_errors_name_argument_value_and_fix():
     with pytest.raises(ValueError, match=r"Invalid `axis`: expected axes in \[-3, 2\] for an input of rank 3\. "
                                          r"Received: axis=5 for an input of rank 3"):
         normlab.LocalResponseNormalization(axis=5)(np.zeros((2, 3, 4), "float32"))
+    with pytest.raises(ValueError, match=r"Invalid `axis`: expected feature axes with a known size, since the window's "
+                                         r"sums are built per channel\. Received: axis=-1 and input shape \(None, 4, None\)"):
+        normlab.LocalResponseNormalization()(keras.Input((4, None)))  # (it has no weights)
