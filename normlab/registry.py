@@ -100,7 +100,9 @@ def register(
     Args:
         name: the canonical name, a lowercase Python identifier.
         factory: a layer class or a function returning a new layer; its
-            keyword arguments are what a spec may set.
+            keyword arguments are what a spec may set (with a class's
+            ``**kwargs``, its base classes' too; with a function's, any,
+            which the layer it builds checks).
         aliases: other names for it, each a lowercase identifier. Default ().
         summary: one line for ``normlab list norms``. Default "" (the
             first line of the factory's docstring).
