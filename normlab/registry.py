@@ -257,9 +257,9 @@ def get(spec: str, **overrides: Any) -> keras.layers.Layer:
     name, kwargs = parse_spec(spec)
     kwargs.update(overrides)
     entry = _NORMS[name]
-    accepted = entry.arguments()
+    accepted, takes_any = _accepted(entry.factory)
     unknown = sorted(set(kwargs) - set(accepted) - _LAYER_ARGUMENTS)
-    if unknown and not entry.takes_any_argument():
+    if unknown and not takes_any:
         given = [f"{k}={overrides[k]!r}" for k in unknown if k in overrides]
         close = [m for k in unknown for m in difflib.get_close_matches(k, list(accepted), n=1)]
         raise ValueError(
