@@ -102,16 +102,18 @@ are within 2.8e-6 at one pass and keep it (a second pass cost its group and
 layer norm up to 1.5x). TensorFlow outside XLA
 sums pairwise over the innermost axes only; over any other axis it adds one
 term after another (9e-6 relative at ``2**16`` terms, 3.7e-3 at ``2**22``).
-Its long sums over other axes (:data:`~normlab.ops.moments.SEQUENTIAL_SUM_MAX_TERMS`
-terms or more) are therefore a batched product with a ones vector, which
-the matrix kernel blocks (over leading axes in the general path's
-:func:`normlab.ops.moments.total`, and the hooks' channel sums of a
-``(N, P, C)`` view: 2e-7 to 9e-7 relative at ``2**20`` terms), or sums over
-the axes moved innermost (the general path's other cases); shorter ones (from
-256 terms) sum blocks of about ``sqrt(R)`` terms, then the block sums
-(:func:`normlab.ops.moments.total`: 5e-7 relative at 31744 terms, where one
-sequential sum is 1.5e-6 to 4.4e-6, which the one-pass variance about an
-outlier sample multiplies by up to 17). Under XLA the blocked form measured
+:func:`normlab.ops.sums.total` (the general path's sums, and the hooks'
+below the product's size) therefore sums the innermost reduced axes first
+(channels-first data's spatial axes), then the others. Its long sums over
+those (:data:`~normlab.ops.sums.SEQUENTIAL_SUM_MAX_TERMS` terms or more)
+are a batched product with a ones vector, which the matrix kernel blocks
+(over leading axes, and in the hooks' channel sums of a ``(N, P, C)`` view:
+2e-7 to 9e-7 relative at ``2**20`` terms), or sums over the axes moved
+innermost (other axes); shorter ones (from 256 terms) sum blocks of about
+``sqrt(R)`` terms, then the block sums (5e-7 relative at 31744 terms, where
+one sequential sum is 1.5e-6 to 4.4e-6, which the one-pass variance about
+an outlier sample multiplies by up to 17), or, where no block of 16 terms
+or more divides the length (a prime), a sum moved innermost. Under XLA the blocked form measured
 no better (the same 8e-5 variance error at 31744 terms: its simplifier may
 merge the two reductions): the hooks take the second pass above there, and
 the general path's sums, which take the blocked form there too, are as

@@ -73,8 +73,8 @@ from normlab.backends.tensorflow_stats import (
     usable,
     use_subsample,
 )
-from normlab.ops.moments import SEQUENTIAL_SUM_MAX_TERMS
-from normlab.ops.moments import total as exact_sum
+from normlab.ops.sums import SEQUENTIAL_SUM_MAX_TERMS
+from normlab.ops.sums import total as exact_sum
 
 # --------------------------------------------------------------------------
 # Channel statistics: group norm (per sample) and batch norm (per batch).

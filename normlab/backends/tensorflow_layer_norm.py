@@ -21,7 +21,7 @@ from normlab.backends.tensorflow_stats import (
     usable,
     use_subsample,
 )
-from normlab.ops.moments import total as exact_sum
+from normlab.ops.sums import total as exact_sum
 
 
 def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape, subsample):

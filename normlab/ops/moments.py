@@ -34,11 +34,8 @@ Numerics policy (the one place it is decided):
 
 from __future__ import annotations
 
-import functools
-import math
 from typing import Any, Callable, Sequence
 
-import keras
 from keras import ops
 from keras.backend import standardize_dtype
 
@@ -54,6 +51,7 @@ from normlab.ops.axes import (
     zero_of,
 )
 from normlab.ops.masks import spread_over
+from normlab.ops.sums import total
 from normlab.ops.validate import check_bool, check_mask
 from normlab.types import Axis, DTypeLike, ReplicaSum, Tensor
 
@@ -125,64 +123,6 @@ def size_as(size: Any, dtype: DTypeLike) -> Tensor:
     """A size as a scalar of ``dtype``: a Python int by :func:`normlab.ops.axes.scalar`
     (no tensor made of it on the host), a size known only at run time by a cast."""
     return scalar(size, dtype) if isinstance(size, int) else ops.cast(size, dtype)
-
-
-#: TensorFlow (outside XLA) sums over an axis that is not innermost one term
-#: after another: the relative error of a float32 sum grows with its length
-#: (9e-6 at 2**16 terms, 5.9e-5 at 2**18, 3.7e-3 at 2**22), where its sums
-#: over the innermost axes are pairwise (6e-8 at any length). Longer sums
-#: over leading axes are a batched product ``ones (1, 1, R) @ (1, R, K)``,
-#: which its matrix kernel blocks (2e-7 to 7e-7 relative at ``2**16`` to
-#: ``2**21`` terms, and faster than the sum where K >= 8; the 2-D product
-#: ``(1, R) @ (R, 2)`` is sequential again: 4.6e-4); over other axes a sum
-#: over them moved innermost (one transpose); shorter ones in blocks (_blocked_sum).
-SEQUENTIAL_SUM_MAX_TERMS = 1 << 15
-
-
-def total(v: Tensor, axes: list[int]) -> Tensor:
-    """``ops.sum(v, axes, keepdims=True)``, exact to float32 rounding however
-    long the reduction (see :data:`SEQUENTIAL_SUM_MAX_TERMS`)."""
-    rank = len(v.shape)
-    axes = sorted(a % rank for a in axes)
-    if keras.backend.backend() != "tensorflow" or axes == list(range(rank - len(axes), rank)):
-        return ops.sum(v, axis=axes, keepdims=True)
-    # An unknown size (a graph's batch) counts as Keras' default batch size, 32:
-    # a graph whose other reduced sizes are unknown too sums as TensorFlow does.
-    if math.prod(32 if v.shape[a] is None else v.shape[a] for a in axes) < SEQUENTIAL_SUM_MAX_TERMS:
-        return _blocked_sum(v, axes)
-    kept = [a for a in range(rank) if a not in axes]
-    width = [v.shape[a] for a in kept]
-    if axes == list(range(len(axes))) and None not in width:  # leading axes: a batched product
-        rows = ops.reshape(v, [1, -1, math.prod(width)])
-        sums = ops.matmul(ops.transpose(ops.ones_like(rows[:, :, :1]), [0, 2, 1]), rows)
-    else:
-        sums = ops.sum(ops.transpose(v, kept + axes), axis=list(range(len(kept), rank)))
-    dims = ops.shape(v)
-    return ops.reshape(sums, [1 if a in axes else dims[a] for a in range(rank)])
-
-
-#: Shorter sums are TensorFlow's own (sequential: a second reduction costs more than it saves).
-BLOCKED_SUM_MIN_TERMS = 256
-
-
-@functools.lru_cache(maxsize=None)
-def _block(terms: int) -> int:
-    """The largest divisor of ``terms`` up to its square root (1 for a prime)."""
-    return max(d for d in range(1, math.isqrt(terms) + 1) if terms % d == 0)
-
-
-def _blocked_sum(v: Tensor, axes: list[int]) -> Tensor:
-    """:func:`total` of a shorter sum over (consecutive) axes that are not innermost, on
-    TensorFlow: blocks of about ``sqrt(R)`` terms summed, then the block sums, in place of
-    one sequential sum of ``R`` terms (31744 squares: 5e-7 relative, not 1.5e-6 to 4.4e-6)."""
-    rank = len(v.shape)
-    known = math.prod(v.shape[a] for a in axes if v.shape[a] is not None)
-    if axes != list(range(axes[0], axes[-1] + 1)) or known < BLOCKED_SUM_MIN_TERMS or _block(known) < 16:
-        return ops.sum(v, axis=axes, keepdims=True)
-    shape, block = dims(v), _block(known)  # it divides the reduced length, whatever an unknown size
-    blocks = ops.reshape(v, [*shape[:axes[0]], -1, block, *shape[axes[-1] + 1:]])
-    sums = ops.sum(ops.sum(blocks, axis=axes[0] + 1), axis=axes[0])
-    return ops.reshape(sums, [1 if a in axes else shape[a] for a in range(rank)])
 
 
 def _averager(x: Tensor, axes: list[int]) -> Callable[[Tensor], Tensor]:

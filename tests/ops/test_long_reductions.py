@@ -3,7 +3,7 @@
 TensorFlow outside XLA sums over an axis other than the innermost one term
 after another (relative error 9e-6 at 2**16 terms, 3.7e-3 at 2**22), so its
 long sums are taken innermost or as a blocked product
-(:data:`normlab.ops.moments.SEQUENTIAL_SUM_MAX_TERMS`,
+(:data:`normlab.ops.sums.SEQUENTIAL_SUM_MAX_TERMS`,
 :mod:`normlab.backends.policy`). These inputs reduce 2**18 or more terms
 over a leading or middle axis; each result is checked against float64 with
 fast paths on and off. The fused TensorFlow batch-norm kernel (kept for its
@@ -52,7 +52,7 @@ def test_moments_over_a_leading_axis(fast_paths):
 @pytest.mark.parametrize("axes", [[0, 1], [-3, -2], [1, -3]])
 def test_total_takes_negative_axes(axes):
     """The exact sum (blocked on TensorFlow from 256 terms) reads axes as NumPy does."""
-    from normlab.ops.moments import total
+    from normlab.ops.sums import total
 
     x = _data((32, 40, 3))
     got = ops.convert_to_numpy(total(ops.convert_to_tensor(x), axes))
@@ -96,19 +96,25 @@ def test_an_unknown_batch_in_a_graph():
 
 
 @pytest.mark.parametrize("offset", [2.0, 1e6])
-@pytest.mark.parametrize("make, shape, reduced", [
-    (lambda: normlab.BatchNormalization(epsilon=1e-3), (31, 32, 32, 4), (0, 1, 2)),
-    (lambda: normlab.GroupNormalization(groups=1, epsilon=1e-3), (2, 128, 128, 4), (1, 2, 3)),
-    (lambda: normlab.InstanceNormalization(epsilon=1e-3), (2, 128, 128, 4), (1, 2)),
-], ids=["batch_norm", "group_norm", "instance_norm"])
-def test_mid_length_sums_about_an_outlier_shift(fast_paths, make, shape, reduced, offset):
+@pytest.mark.parametrize("make, shape, reduced, first", [
+    (lambda: normlab.BatchNormalization(epsilon=1e-3), (31, 32, 32, 4), (0, 1, 2), (0, 0, 0)),
+    (lambda: normlab.BatchNormalization(axis=1, epsilon=1e-3), (31, 4, 32, 32), (0, 2, 3), (0, slice(None), 0, 0)),
+    (lambda: normlab.BatchNormalization(axis=1, epsilon=1e-3), (31, 4, 1024), (0, 2), (0, slice(None), 0)),
+    (lambda: normlab.BatchNormalization(epsilon=1e-3), (1, 31741, 4), (0, 1), (0, 0)),  # a prime length
+    (lambda: normlab.GroupNormalization(groups=1, epsilon=1e-3), (2, 128, 128, 4), (1, 2, 3), (slice(None), 0, 0)),
+    (lambda: normlab.InstanceNormalization(epsilon=1e-3), (2, 128, 128, 4), (1, 2), (slice(None), 0, 0)),
+], ids=["batch_norm", "batch_norm_channels_first", "batch_norm_channels_first_3d", "batch_norm_prime_length",
+        "group_norm", "instance_norm"])
+def test_mid_length_sums_about_an_outlier_shift(fast_paths, make, shape, reduced, first, offset):
     """Sums of 2**14 to 2**15 terms, below the blocked product: TensorFlow added them one term after another
     (1.5e-6 to 4.4e-6 relative), which the one-pass variance about an outlier first element (3.9 standard
     deviations out, offset ratio 15) multiplied by 16: outputs (up to 5 here) 3.5e-4 off at an offset of 2
     and 6e-3 at 1e6 (batch norm; group and instance norm 1e-4 to 3.6e-3; Keras' layers 4e-7 to 1.5e-5 at
-    offset 2). Summed in blocks: at most 2.5e-5."""
+    offset 2). Summed in blocks: at most 2.5e-5. Channels-first batch norm (reduced axes around the channel
+    axis) and a length that no block divides were still summed one term after another: 3.5e-4 and 4.9e-4
+    off at an offset of 2, 5.5e-3 at 1e6; now their innermost axes are summed first, then the others."""
     noise = np.random.default_rng(0).standard_normal(shape)
-    noise[(0, 0, 0) if 0 in reduced else (slice(None), 0, 0)] = 3.9  # each slice's first element
+    noise[first] = 3.9  # each slice's first element
     x = (offset + noise).astype("float32")
     y = ops.convert_to_numpy(make()(x, training=True))
     np.testing.assert_allclose(y, _normalized(x, reduced, 1e-3), atol=5e-5)
