@@ -202,7 +202,7 @@ def subsample_mean(t, axis: int):
 
 
 def first_along(t, axes):
-    """:func:`normlab.ops.axes.first_along` in TensorFlow: the first element
+    """:func:`normlab.ops.samples.first_along` in TensorFlow: the first element
     along ``axes``, 0 along one whose unknown (batch) size is 0 at run time."""
     index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(t.shape.rank))
     unknown = [a for a in axes if t.shape[a] is None]

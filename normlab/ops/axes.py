@@ -7,9 +7,8 @@ chooses it as a feature axis. Negative axes count from the end.
 
 from __future__ import annotations
 
-import math
 import numbers
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import keras
 import numpy as np
@@ -218,45 +217,6 @@ def grouped_dims(x: Tensor, a: int, groups: int, channels: int) -> tuple[list[An
     return shape, shape[:a] + [groups, channels // groups] + shape[a + 1:]
 
 
-def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = None,
-                at: Literal["first", "middle", "last"] = "first") -> Tensor:
-    """The first element of ``x`` along each of ``axes`` (kept as size 1); with
-    ``at="last"`` the last, with ``at="middle"`` the middle one along each axis
-    of a known size (the first along the others).
-
-    Batch statistics (by default where the batch axis 0 is among ``axes``;
-    ghost batches say so) reduce to one value per feature, which a reshape
-    then checks: there an axis of a size unknown until run time (a graph's
-    batch, a replica's empty share of it, a spatial size) may be 0, and the
-    sample is then 0, not an empty slice the reshape rejects. Per-sample
-    statistics (GroupNorm, InstanceNorm) keep an empty slice, which
-    broadcasts: no pad in their graphs. A ``jax.export`` symbolic size that
-    may be 0 (``max(h - 2, 0)`` after a valid convolution) is padded in both:
-    its slice, of size ``min(size, 1)``, broadcasts against nothing. So is
-    an axis known to be empty: the statistics keep size 1 there, as NumPy's
-    ``mean(keepdims=True)``.
-    """
-    def span(a: int) -> slice:
-        size = x.shape[a]
-        if a not in axes:
-            return slice(None)
-        if at == "last":
-            return slice(-1, None)
-        if at == "middle" and isinstance(size, int):
-            return slice((size - 1) // 2, (size - 1) // 2 + 1)
-        return slice(0, 1)
-
-    ndim = len(x.shape)
-    sample = x[tuple(span(a) for a in range(ndim))]
-    batch_statistics = 0 in axes if batch_statistics is None else batch_statistics
-    unknown = [a for a in axes if (x.shape[a] is None and batch_statistics) or _may_be_empty(x.shape[a])
-               or (isinstance(x.shape[a], int) and x.shape[a] == 0)]  # (a known 0: a statistic of shape 1)
-    if unknown:
-        index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(ndim))
-        sample = ops.pad(sample, [(0, 1) if a in unknown else (0, 0) for a in range(ndim)])[index]
-    return sample
-
-
 def scalar(value: Any, dtype: Any) -> Tensor:
     """A Python number (or a torch ``SymFloat``) as a 0-d tensor of ``dtype``.
 
@@ -289,96 +249,7 @@ def zero_of(x: Tensor) -> Tensor:
     return ops.zeros((), dtype=x.dtype)
 
 
-#: The position :func:`first_kept` gives a slice that keeps nothing (int32's largest).
-NOTHING_KEPT = 2**31 - 1
-
-#: :func:`first_kept` gathers from inputs of at least this many elements: below,
-#: the selecting sum's pass over the input costs eager torch less than the
-#: gather's few small ops (one thread, the whole shift: 173 against 196 us at
-#: 2**16 elements, 262 against 198 at 2**17, 1.7 against 0.2 ms at 2**20).
-GATHER_MIN_ELEMENTS = 1 << 17
-
-
-def _along(x: Tensor, a: int) -> Tensor:
-    """``0, 1, ..., n - 1`` along axis ``a`` of ``x`` (size 1 elsewhere), int32:
-    a cumulative sum along a line of ``x`` (jax2onnx takes no ``arange`` of a
-    symbolic size), padded first along the axes whose size may be 0 at run
-    time (a TensorFlow unknown size, a ``jax.export`` symbolic one), so that
-    the line has size 1 there, not ``min(size, 1)``, and counted one further
-    along ``a`` itself where ``jax.export`` may find it empty."""
-    index = tuple(slice(None) if i == a else slice(0, 1) for i in range(len(x.shape)))
-    line = x[index]
-    unsure = [i for i, d in enumerate(x.shape) if (i != a and d is None) or _may_be_empty(d)]
-    if unsure:
-        line = ops.pad(line, [(0, 1) if i in unsure else (0, 0) for i in range(len(x.shape))])[index]
-    positions = ops.cumsum(ops.ones_like(line, dtype="int32"), axis=a) - 1
-    if a in unsure:  # (jax.export's cumsum asks for a size of 1 at least: it ran over one more)
-        positions = positions[tuple(slice(0, x.shape[a]) if i == a else slice(None) for i in range(len(x.shape)))]
-    return positions
-
-
-def _torch_traced() -> bool:
-    """:func:`normlab.backends.torch_traced`, imported at call time (TensorFlow's hooks import the ops)."""
-    from normlab import backends
-
-    return backends.torch_traced()
-
-
-def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
-    """The first element of each slice (in row-major order over ``axes``) that
-    ``kept`` (bool, of ``x``'s rank, full-size along ``axes``, size 1 or
-    ``x``'s elsewhere) selects, 0 where it selects none; reduced axes kept.
-
-    The first kept position is a minimum over the positions. Where ``kept``
-    is the same for every slice (a Keras mask of ``(batch, time, 1)`` for
-    batch statistics over the batch and time of ``(batch, time, C)``), the
-    reduced sizes are known and ``x`` is large (:data:`GATHER_MIN_ELEMENTS`),
-    that position is one index, and the element is gathered there (one take
-    from consecutive axes viewed as one, else a slab along each reduced axis
-    in turn): nothing of ``x``'s size is read. Otherwise (a position per
-    slice, a reduced size known only at run time, or a torch trace) the
-    element is a sum in which every other term is 0. Both are exact, so a
-    value XLA recomputes in each fusion is the same value.
-    """
-    shape, axes = dims(x), sorted(axes)
-    if any(x.shape[a] == 0 for a in axes):  # an empty slice: nothing to take
-        return ops.zeros([1 if a in axes else d for a, d in enumerate(shape)], x.dtype)
-    position: Any = None
-    for a in axes:  # the positions along a, counted on a line of x (an exporter's symbolic size has no arange)
-        position = _along(x, a) if position is None else position * shape[a] + _along(x, a)
-    # (Not full_like: Keras' torch backend fills from a device tensor, which torch reads on the host.)
-    candidates = ops.where(kept, position, scalar(NOTHING_KEPT, position.dtype))
-    if keras.backend.backend() == "tensorflow":  # Keras' min asserts a nonempty tensor (a batch of 0 in a graph)
-        import tensorflow as tf
-
-        first = tf.reduce_min(candidates, axis=axes, keepdims=True)
-    elif any(_may_be_empty(x.shape[a]) for a in axes):  # (jax.export: a min needs its identity; jax2onnx takes none)
-        import jax.numpy as jnp
-
-        first = jnp.min(candidates, axis=tuple(axes), keepdims=True, initial=NOTHING_KEPT)
-    else:
-        first = ops.amin(candidates, axis=axes, keepdims=True)
-    static = [x.shape[a] for a in axes if isinstance(x.shape[a], int)]
-    uniform = all(kept.shape[a] == 1 for a in range(len(shape)) if a not in axes)
-    large = math.prod([d for d in x.shape if isinstance(d, int)]) >= GATHER_MIN_ELEMENTS  # (a generator breaks dynamo)
-    # (Under a torch trace sizes may be symbolic, which the gather's index arithmetic cannot take.)
-    if not (uniform and large and len(static) == len(axes)) or _torch_traced():
-        return ops.sum(ops.where(position == first, x, zero_of(x)), axis=axes, keepdims=True)
-    reduced, keep = math.prod(static), [1 if a in axes else d for a, d in enumerate(shape)]
-    found = first < NOTHING_KEPT
-    rest = ops.reshape(ops.minimum(first, scalar(reduced - 1, first.dtype)), [1])
-    lo, hi = axes[0], axes[-1]
-    if hi - lo + 1 == len(axes):  # consecutive axes: one take from a view of them as one axis
-        sample = ops.reshape(ops.take(ops.reshape(x, shape[:lo] + [reduced] + shape[hi + 1:]), rest, axis=lo), keep)
-    else:
-        sample = x
-        for a in reversed(axes):  # the position's index along each axis, the last axis first
-            sample = ops.take(sample, rest % shape[a], axis=a)
-            rest = rest // shape[a]
-    return ops.where(found, sample, ops.zeros_like(sample))
-
-
-def _may_be_empty(size) -> bool:
+def may_be_empty(size: Any) -> bool:
     """Whether ``size`` is symbolic (``jax.export``) and not provably positive."""
     if size is None or isinstance(size, int) or not type(size).__module__.startswith("jax"):
         return False
@@ -392,7 +263,7 @@ def positive(size: Any) -> Any:
     """``size > 0`` for a size from :func:`keras.ops.shape`: a Python bool
     where it is known, else a boolean scalar tensor (TensorFlow's unknown
     size; a ``jax.export`` symbolic size that may be 0, as its value)."""
-    if _may_be_empty(size):
+    if may_be_empty(size):
         import jax.numpy as jnp
 
         return jnp.asarray(size) > 0

@@ -8,8 +8,8 @@ Numerics policy (the one place it is decided):
 * Variance is two-pass and shifted: the residuals ``d = x - s`` are taken
   about a per-slice shift ``s`` (a constant for autodiff): the median of
   each slice's first, middle and last elements (an element of the slice,
-  near its mean unless two of the three are outliers), or with a mask the
-  first kept one. A first pass takes
+  near its mean unless two of the three are outliers; with a mask, of its
+  first, middle and last kept ones: :mod:`normlab.ops.samples`). A first pass takes
   their mean ``c``, a second their variance ``mean((d - c)**2)``.
   Never ``E[x^2] - E[x]^2``, which cancels catastrophically for inputs with
   a large offset (1e6 + small noise) and can even go negative. The apply
@@ -39,18 +39,10 @@ from typing import Any, Callable, Sequence
 from keras import ops
 from keras.backend import standardize_dtype
 
-from normlab.ops.arith import at_least, maximum, minimum
-from normlab.ops.axes import (
-    canonicalize_axes,
-    dims,
-    first_along,
-    first_kept,
-    float_tensor,
-    is_traced_int,
-    scalar,
-    zero_of,
-)
+from normlab.ops.arith import at_least
+from normlab.ops.axes import canonicalize_axes, dims, float_tensor, is_traced_int, scalar, zero_of
 from normlab.ops.masks import spread_over
+from normlab.ops.samples import median_sample
 from normlab.ops.sums import total
 from normlab.ops.validate import check_bool, check_mask
 from normlab.types import Axis, DTypeLike, ReplicaSum, Tensor
@@ -201,17 +193,6 @@ def _cross_replica_moments(
     return shift, mean, variance
 
 
-def _median_sample(x: Tensor, axes: list[int], batch_statistics: bool | None) -> Tensor:
-    """The median of each slice's first, middle and last elements: a sample (no rounding),
-    near the slice's mean unless two of the three are outliers. About the
-    first element alone, an outlier there (3000 among values of unit spread)
-    made the residuals' mean a sum of large terms of one sign, rounded by
-    their size: batch norm's outputs were 1.2e-5 off float64 at 8192 terms
-    per channel, 4e-5 at 65536 (about the median, 3e-8 and 1.5e-7)."""
-    first, middle, last = (first_along(x, axes, batch_statistics, at) for at in ("first", "middle", "last"))
-    return maximum(minimum(first, middle), minimum(maximum(first, middle), last))
-
-
 def shifted_moments(
     x: Tensor, axes: Axis, *, mask: Tensor | None = None, replica_sum: ReplicaSum | None = None,
     batch_statistics: bool | None = None,
@@ -220,8 +201,7 @@ def shifted_moments(
 
     Returns ``(shift, mean, variance)``, all with the reduced axes kept:
     ``shift`` is an element of each slice (the median of its first, middle
-    and last ones), or with a mask the first kept element
-    (no gradient flows through it), ``mean`` and ``variance`` are those of
+    and last ones, or with a mask kept ones; no gradient flows through it), ``mean`` and ``variance`` are those of
     ``x - shift``, so the mean of ``x`` is
     ``shift + mean``. Pass all three to
     :func:`~normlab.ops.normalize.normalize` (``shift=shift``); the result
@@ -234,7 +214,7 @@ def shifted_moments(
         mask: optional tensor broadcastable to ``x``; zero entries are left out. Default None.
         replica_sum: optional callable summing over replicas, as in :func:`moments`. Default None.
         batch_statistics: whether the statistics reduce the batch axis, as in
-            :func:`~normlab.ops.axes.first_along` (ghost batches pass True).
+            :func:`~normlab.ops.samples.first_along` (ghost batches pass True).
             Default None (whether axis 0 is in ``axes``).
 
     Example:
@@ -268,7 +248,7 @@ def shifted_moments(
         # everywhere, and ``x - sample`` is exact near the offset. The
         # variance is then taken about the residuals' mean (a second pass),
         # since a sample may lie several standard deviations from the mean.
-        shift = ops.stop_gradient(_median_sample(x, axes, batch_statistics))
+        shift = ops.stop_gradient(median_sample(x, axes, batch_statistics))
         residual = x - shift
         mean = average(residual)
         centered = residual - mean  # squared as a product: see mean_square
@@ -276,13 +256,14 @@ def shifted_moments(
         return shift, mean, variance
     # With a mask the first element may be padding, and padding's values (a
     # NaN, an inf, 1e20 whose square overflows) must not reach the sums:
-    # the shift is the first kept element (a sample, as above), and padding
-    # is replaced by it, so its residuals are exactly 0. Then the same two passes.
+    # the shift is the median of the first, middle and last kept elements (a
+    # sample, as above), and padding is replaced by it, so its residuals are
+    # exactly 0. Then the same two passes.
     kept = spread_over(mask, x, axes)  # broadcast against x in each use: no full-size copy of a small mask
     weight = ops.cast(kept, dtype)
     count = total(weight, axes)
     count = at_least(count, 1.0)  # an all-padding slice: mean 0, variance 0
-    shift = first_kept(ops.stop_gradient(x), kept, axes)  # a constant: nothing recorded for autodiff
+    shift = median_sample(ops.stop_gradient(x), axes, kept=kept)  # a constant: nothing recorded for autodiff
     residual = ops.where(kept, x, shift) - shift
     mean = total(residual, axes) / count
     centered = (residual - mean) * weight

@@ -308,7 +308,7 @@ def test_no_host_reads_in_eager_forward_and_backward(case_id, offset, host_reads
 
 #: Masked batch statistics (a Keras mask of (batch, time)): the layer in each
 #: training form, and the ops with a mask; small and large inputs take the
-#: shift's two forms (normlab.ops.axes.first_kept), with an empty batch too.
+#: shift's two forms (normlab.ops.samples.kept_samples), with an empty batch too.
 #: Each entry makes a function of (x, mask).
 MASKED = {
     "batch": lambda: _training(normlab.layers.BatchNormalization()),

@@ -5,7 +5,7 @@ the backend offers (``_formats.ROUTES``), match eager within 1e-5.
 A deployed model computes masked statistics where it normalizes over the
 valid positions of its own input (per-sample moments over a padded
 sequence, say); the export matrix's layers run their inference form, which
-reads no mask. The masked shift (``normlab.ops.axes.first_kept``) is
+reads no mask. The masked shift (``normlab.ops.samples.kept_samples``) is
 exported in both its forms: selected by a sum, and gathered (which inputs
 this small take only when the threshold is lowered).
 """
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import normlab
-from normlab.ops import axes as axes_module
+from normlab.ops import samples as samples_module
 from tests.export import _cases, _formats, _known
 
 BACKEND = keras.backend.backend()
@@ -52,7 +52,7 @@ def test_masked_statistics_export(route_id, shift, tmp_path, monkeypatch):
     if failure is not None:
         pytest.skip(f"the route fails for any model here: {failure.reason()}")
     if shift == "gathered":
-        monkeypatch.setattr(axes_module, "GATHER_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(samples_module, "GATHER_MIN_ELEMENTS", 0)
     model, x = _model(), _cases.inputs()
     expected = np.asarray(keras.ops.convert_to_numpy(model(x)))
     got = route.run(model, x, str(tmp_path))

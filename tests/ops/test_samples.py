@@ -1,7 +1,7 @@
-"""The shift of masked statistics: the first kept element of each slice
-(:func:`normlab.ops.axes.first_kept`), gathered where the mask is the same
-for every slice and selected by a sum otherwise, exactly equal to a NumPy
-reference either way, eager and compiled."""
+"""The shift of masked statistics: the median of each slice's first, middle
+and last kept elements (:func:`normlab.ops.samples.kept_samples`), each
+gathered where the mask is the same for every slice and selected by a sum
+otherwise, exactly equal to a NumPy reference either way, eager and compiled."""
 
 from __future__ import annotations
 
@@ -10,23 +10,31 @@ import numpy as np
 import pytest
 from keras import ops
 
-from normlab.ops import axes as axes_module
-from normlab.ops.axes import first_kept
+from normlab.ops import samples as samples_module
+from normlab.ops.samples import kept_samples
 
 BACKEND = keras.backend.backend()
 
 
+def _samples(x, kept, axes):
+    """The three samples of each slice, stacked on a new leading axis."""
+    return ops.stack(kept_samples(x, kept, axes))
+
+
 def _reference(x, kept, axes):
-    """The first element of ``x`` that ``kept`` selects in each slice (row-major over ``axes``), 0 where none."""
+    """The first, middle and last elements of ``x`` that ``kept`` selects in each slice (row-major over
+    ``axes``; the middle: the first kept at or after halfway between the other two), 0 where none; stacked."""
     kept = np.broadcast_to(kept, x.shape)
     rest = [a for a in range(x.ndim) if a not in axes]
     xs = np.transpose(x, rest + sorted(axes)).reshape([x.shape[a] for a in rest] + [-1])
     ks = np.transpose(kept, rest + sorted(axes)).reshape(xs.shape)
-    out = np.zeros(xs.shape[:-1], x.dtype)
+    out = np.zeros((3, *xs.shape[:-1]), x.dtype)
     for index in np.ndindex(*xs.shape[:-1]):
         hits = np.flatnonzero(ks[index])
-        out[index] = xs[index][hits[0]] if hits.size else 0.0
-    return out.reshape([1 if a in axes else x.shape[a] for a in range(x.ndim)])
+        if hits.size:
+            middle = hits[hits >= hits[0] + (hits[-1] - hits[0]) // 2][0]
+            out[(slice(None), *index)] = xs[index][[hits[0], middle, hits[-1]]]
+    return out.reshape([3] + [1 if a in axes else x.shape[a] for a in range(x.ndim)])
 
 
 def _case(name):
@@ -75,26 +83,26 @@ def _spread(kept, x, axes):
 
 @pytest.fixture
 def gathers(monkeypatch):
-    """The calls of ``keras.ops.take`` that :func:`first_kept` makes (one list entry each)."""
+    """The calls of ``keras.ops.take`` that :func:`kept_samples` makes (one list entry each)."""
     calls = []
     take = ops.take
-    monkeypatch.setattr(axes_module.ops, "take", lambda *a, **k: calls.append(1) or take(*a, **k))
+    monkeypatch.setattr(samples_module.ops, "take", lambda *a, **k: calls.append(1) or take(*a, **k))
     return calls
 
 
 @pytest.fixture
 def small_gathered(monkeypatch):
     """Small inputs gathered too (by default they are summed: :data:`GATHER_MIN_ELEMENTS`)."""
-    monkeypatch.setattr(axes_module, "GATHER_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(samples_module, "GATHER_MIN_ELEMENTS", 0)
 
 
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("small", ["gathered", "summed"])
-def test_first_kept_matches_the_reference_exactly(name, small, gathers, request):
+def test_kept_samples_matches_the_reference_exactly(name, small, gathers, request):
     if small == "gathered":
         request.getfixturevalue("small_gathered")
     x, kept, axes = _case(name)
-    got = ops.convert_to_numpy(first_kept(ops.convert_to_tensor(x), ops.convert_to_tensor(_spread(kept, x, axes)),
+    got = ops.convert_to_numpy(_samples(ops.convert_to_tensor(x), ops.convert_to_tensor(_spread(kept, x, axes)),
                                           axes))
     np.testing.assert_array_equal(got, _reference(x, kept, axes))
     # One position for every slice: gathered, nothing of x's size summed.
@@ -103,53 +111,53 @@ def test_first_kept_matches_the_reference_exactly(name, small, gathers, request)
 
 def test_large_inputs_are_gathered(gathers):
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(64, 64, axes_module.GATHER_MIN_ELEMENTS // 4096)).astype("float32")
+    x = rng.normal(size=(64, 64, samples_module.GATHER_MIN_ELEMENTS // 4096)).astype("float32")
     kept = rng.random((64, 64, 1)) < 0.01
-    got = first_kept(ops.convert_to_tensor(x), ops.convert_to_tensor(_spread(kept, x, [0, 1])), [0, 1])
+    got = _samples(ops.convert_to_tensor(x), ops.convert_to_tensor(_spread(kept, x, [0, 1])), [0, 1])
     np.testing.assert_array_equal(ops.convert_to_numpy(got), _reference(x, kept, [0, 1]))
     assert gathers
 
 
 @pytest.mark.parametrize("name", ["batch statistics, a Keras mask", "leading positions padding", "nothing kept",
                                   "per-sample statistics"])
-def test_first_kept_compiled(name, small_gathered):
+def test_kept_samples_compiled(name, small_gathered):
     x, kept, axes = _case(name)
     kept = _spread(kept, x, axes)
     expected = _reference(x, kept, axes)
     if BACKEND == "jax":
         import jax
 
-        got = jax.jit(lambda x, k: first_kept(x, k, axes))(x, kept)
+        got = jax.jit(lambda x, k: _samples(x, k, axes))(x, kept)
     elif BACKEND == "tensorflow":
         import tensorflow as tf
 
-        known = tf.function(lambda x, k: first_kept(x, k, axes), jit_compile=True)(x, kept)
+        known = tf.function(lambda x, k: _samples(x, k, axes), jit_compile=True)(x, kept)
         np.testing.assert_array_equal(ops.convert_to_numpy(known), expected)
         # An unknown batch may be 0 at run time: selected by a sum (a gather there would be out of range).
         specs = [tf.TensorSpec([None, *x.shape[1:]], tf.float32), tf.TensorSpec([None, *kept.shape[1:]], tf.bool)]
-        unknown = tf.function(lambda x, k: first_kept(x, k, axes), input_signature=specs)
+        unknown = tf.function(lambda x, k: _samples(x, k, axes), input_signature=specs)
         np.testing.assert_array_equal(ops.convert_to_numpy(unknown(x[:0], kept[:0])),
-                                      np.zeros([1 if a in axes else (0 if a == 0 else d)
-                                                for a, d in enumerate(x.shape)], "float32"))
+                                      np.zeros([3] + [1 if a in axes else (0 if a == 0 else d)
+                                                       for a, d in enumerate(x.shape)], "float32"))
         got = unknown(x, kept)
     elif BACKEND == "torch":
         import torch
 
-        got = torch.compile(lambda x, k: first_kept(x, k, axes), fullgraph=True, dynamic=False)(torch.tensor(x), torch.tensor(kept))
+        got = torch.compile(lambda x, k: _samples(x, k, axes), fullgraph=True, dynamic=False)(torch.tensor(x), torch.tensor(kept))
     else:
         pytest.skip(f"no compiler on the {BACKEND} backend")
     np.testing.assert_array_equal(ops.convert_to_numpy(got), expected)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.compile's symbolic sizes")
-def test_first_kept_compiled_with_dynamic_sizes(small_gathered):
+def test_kept_samples_compiled_with_dynamic_sizes(small_gathered):
     """Sizes are symbolic under ``dynamic=True`` (and once a size changed): the gather's index arithmetic
     failed on them (Keras' minimum of a SymInt), so a trace takes the selecting sum."""
     import torch
 
     x, kept, axes = _case("batch statistics, a Keras mask")
     assert axes == [0, 1]  # written into the function: dynamic=True makes a captured list's ints symbolic
-    compiled = torch.compile(lambda x, k: first_kept(x, k, [0, 1]), fullgraph=True, dynamic=True)
+    compiled = torch.compile(lambda x, k: _samples(x, k, [0, 1]), fullgraph=True, dynamic=True)
     for batch in (4, 3):
         k = _spread(kept[:batch], x[:batch], axes)
         got = compiled(torch.tensor(x[:batch]), torch.tensor(k))
@@ -157,7 +165,7 @@ def test_first_kept_compiled_with_dynamic_sizes(small_gathered):
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="jax.export's symbolic sizes")
-def test_first_kept_exported_with_a_feature_size_that_may_be_0(small_gathered):
+def test_kept_samples_exported_with_a_feature_size_that_may_be_0(small_gathered):
     """``x[..., 2:]`` of a symbolic ``c`` has ``max(c - 2, 0)`` channels: the positions' line had size
     ``min(c', 1)`` there, which broadcast against nothing."""
     import jax
@@ -166,12 +174,12 @@ def test_first_kept_exported_with_a_feature_size_that_may_be_0(small_gathered):
     scope = jax.export.SymbolicScope()
     specs = [jax.ShapeDtypeStruct(jax.export.symbolic_shape(s, scope=scope), t)
              for s, t in (("b, t, c", np.float32), ("b, t, 1", np.bool_))]
-    exported = jax.export.export(jax.jit(lambda x, k: first_kept(x[..., 2:], k, axes)))(*specs)
+    exported = jax.export.export(jax.jit(lambda x, k: _samples(x[..., 2:], k, axes)))(*specs)
     np.testing.assert_array_equal(np.asarray(exported.call(x, kept)), _reference(x[..., 2:], kept, axes))
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="jax.export's symbolic sizes")
-def test_first_kept_exported_with_reduced_sizes_that_may_be_0(small_gathered):
+def test_kept_samples_exported_with_reduced_sizes_that_may_be_0(small_gathered):
     """``x[:, 2:]`` of a symbolic ``t`` reduces over ``max(t - 2, 0)`` positions (a valid convolution's
     output, per-sample statistics): the min over them failed to export ("inconclusive" whether the size
     is at least 1, which jnp's min without an initial value asks)."""
@@ -182,10 +190,10 @@ def test_first_kept_exported_with_reduced_sizes_that_may_be_0(small_gathered):
     specs = [jax.ShapeDtypeStruct(jax.export.symbolic_shape(s, scope=scope), t)
              for s, t in ((", ".join(["b", "t"] + [str(d) for d in x.shape[2:]]), np.float32),
                           (", ".join(["b", "t"] + [str(d) for d in kept.shape[2:]]), np.bool_))]
-    exported = jax.export.export(jax.jit(lambda x, k: first_kept(x[:, 2:], k[:, 2:], axes)))(*specs)
+    exported = jax.export.export(jax.jit(lambda x, k: _samples(x[:, 2:], k[:, 2:], axes)))(*specs)
     np.testing.assert_array_equal(np.asarray(exported.call(x, kept)), _reference(x[:, 2:], kept[:, 2:], axes))
     empty = np.asarray(exported.call(x[:, :2], kept[:, :2]))  # nothing to reduce: zeros
-    np.testing.assert_array_equal(empty, np.zeros([1 if a in axes else d for a, d in enumerate(x[:, :2].shape)]))
+    np.testing.assert_array_equal(empty, np.zeros([3] + [1 if a in axes else d for a, d in enumerate(x[:, :2].shape)]))
     # The ops above it: per-sample masked moments and masked batch statistics.
     import normlab
 
@@ -197,11 +205,11 @@ def test_first_kept_exported_with_reduced_sizes_that_may_be_0(small_gathered):
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.function's unknown sizes")
-def test_first_kept_with_an_unknown_feature_size_of_0(small_gathered):
+def test_kept_samples_with_an_unknown_feature_size_of_0(small_gathered):
     import tensorflow as tf
 
     x, kept, axes = _case("batch statistics, a Keras mask")
     specs = [tf.TensorSpec([*x.shape[:2], None], tf.float32), tf.TensorSpec(kept.shape, tf.bool)]
-    fn = tf.function(lambda x, k: first_kept(x, k, axes), input_signature=specs)
-    assert tuple(fn(x[..., :0], kept).shape) == (1, 1, 0)
+    fn = tf.function(lambda x, k: _samples(x, k, axes), input_signature=specs)
+    assert tuple(fn(x[..., :0], kept).shape) == (3, 1, 1, 0)
     np.testing.assert_array_equal(fn(x, kept).numpy(), _reference(x, kept, axes))
