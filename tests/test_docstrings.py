@@ -82,3 +82,31 @@ def test_ops_document_their_defaults_as_they_are(name):
             value = text
         assert value == parameter.default, f"{name}({argument}=...): the docstring says {text!r}, " \
                                            f"the signature {parameter.default!r}"
+
+
+# The layers whose Args sections give each argument its own entry (EvoNorm's group several in one).
+DOCUMENTED_LAYERS = sorted(
+    ["AdaptiveInstanceNormalization", "DynamicTanh", "FilterResponseNormalization", "LocalResponseNormalization"]
+    + ["ScaledStdConv1D", "ScaledStdConv2D", "ScaledStdConv3D", "StdConv1D", "StdConv2D", "StdConv3D"]
+    + ["SpectralNormalization", "SwitchableNormalization", "TLU", "WeightNormalization"]
+)
+
+
+@pytest.mark.parametrize("name", DOCUMENTED_LAYERS)
+def test_layers_document_their_defaults_as_they_are(name):
+    """As for the ops: a layer's documented defaults ("momentum: ... Default
+    0.99.") are its constructor's, so neither can change alone."""
+    cls = getattr(normlab.layers, name)
+    doc = re.split(r"\n\s*Call arguments:", inspect.getdoc(cls) or "")[0]  # a section the Args' parser runs into
+    documented = _documented_defaults(doc)
+    for argument, parameter in inspect.signature(cls.__init__).parameters.items():
+        if argument == "self" or parameter.default is inspect.Parameter.empty:
+            continue
+        if parameter.kind is parameter.VAR_KEYWORD:
+            continue
+        assert argument in documented, f"{name}: the docstring gives no default for {argument!r}"
+        try:
+            value = ast.literal_eval(documented[argument])
+        except (ValueError, SyntaxError):
+            value = documented[argument]
+        assert value == parameter.default, f"{name}({argument}=...): documented {value!r}, not {parameter.default!r}"

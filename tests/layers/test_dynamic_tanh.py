@@ -36,6 +36,27 @@ def test_matches_reference_any_axis(axis):
     np.testing.assert_allclose(y, reference.dynamic_tanh(x, alpha, axis, gamma, beta), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("alpha_init_value", [0.5, 0.1, 2.0])
+def test_alpha_starts_at_alpha_init_value(alpha_init_value):
+    x = np.random.default_rng(3).normal(0.0, 2.0, size=LAST4).astype("float32")
+    layer = normlab.DynamicTanh(alpha_init_value=alpha_init_value)
+    y = ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.alpha), [alpha_init_value], rtol=1e-7)
+    np.testing.assert_allclose(y, np.tanh(alpha_init_value * x.astype("float64")), rtol=1e-6, atol=1e-6)
+
+
+def test_alpha_regularizer_and_constraint_act_on_alpha():
+    """``alpha_regularizer`` adds its loss on alpha, and ``alpha_constraint`` projects
+    alpha after an optimizer step."""
+    layer = normlab.DynamicTanh(alpha_init_value=0.5, alpha_regularizer=keras.regularizers.L2(0.25),
+                                alpha_constraint=keras.constraints.NonNeg())
+    layer.build(LAST4)
+    np.testing.assert_allclose(sum(float(ops.convert_to_numpy(loss)) for loss in layer.losses), 0.25 * 0.5**2,
+                               rtol=1e-6)
+    keras.optimizers.SGD(1.0).apply([ops.ones((1,))], [layer.alpha])  # 0.5 - 1 < 0
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.alpha), [0.0])
+
+
 def test_weights_in_the_papers_order_and_shapes():
     """The paper's DynamicTanh(C) holds alpha (1,), weight (C,), bias (C,):
     its state dict's values load with set_weights as they are."""

@@ -83,6 +83,26 @@ def test_tlu_takes_tf_addons_arguments_in_their_order():
     np.testing.assert_allclose(ops.convert_to_numpy(tlu(x)), [[1.0, 1.0, 1.0]])  # max(x, 0 * x + 1)
 
 
+def test_tlu_passes_the_mask_on():
+    """Elementwise, the TLU keeps a sequence mask: a pooling after it averages unmasked steps only."""
+    x = np.random.default_rng(2).normal(size=(2, 4, 6)).astype("float32")
+    x[0, 2:] = 0.0  # padding
+    inputs = keras.Input((4, 6))
+    h = normlab.TLU(tau_initializer=keras.initializers.Constant(-0.5))(keras.layers.Masking()(inputs))
+    y = ops.convert_to_numpy(keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(h))(x))
+    np.testing.assert_allclose(y[0], np.maximum(x[0, :2], -0.5).mean(axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y[1], np.maximum(x[1], -0.5).mean(axis=0), rtol=1e-6, atol=1e-6)
+
+
+def test_a_built_tlu_takes_the_rank_and_channels_it_was_built_for():
+    tlu = normlab.TLU(axis=1)
+    tlu.build((2, 6, 4, 4))
+    with pytest.raises(ValueError, match=r"expected ndim=4, found ndim=3"):
+        tlu(np.zeros((2, 6, 4), "float32"))
+    with pytest.raises(ValueError, match=r"expected axis 1 of input shape to have value 6"):
+        tlu(np.zeros((2, 5, 4, 4), "float32"))
+
+
 def test_registry():
     layer = normlab.get("frn(use_tlu=True, axis=[1, 2])")
     assert isinstance(layer, normlab.FilterResponseNormalization) and layer.use_tlu and layer.axis == [1, 2]
@@ -101,3 +121,38 @@ def test_errors_name_argument_value_and_fix():
         normlab.TLU(axis=[1, 2])
     with pytest.raises(TypeError, match=r"Invalid `epsilon`: expected a non-negative float\. Received: epsilon='1e-6'"):
         normlab.FilterResponseNormalization(epsilon="1e-6")
+
+
+@pytest.mark.parametrize(
+    "make, weight",
+    [
+        (lambda **kw: normlab.TLU(tau_initializer=keras.initializers.Constant(0.5), **kw), "tau"),
+        (lambda **kw: normlab.TLU(affine=True, alpha_initializer=keras.initializers.Constant(0.5), **kw), "alpha"),
+        (lambda **kw: normlab.FilterResponseNormalization(
+            use_tlu=True, tau_initializer=keras.initializers.Constant(0.5), **kw), "tau"),
+    ],
+    ids=["tlu-tau", "tlu-alpha", "frn-tau"],
+)
+def test_each_weights_regularizer_and_constraint_act_on_that_weight(make, weight):
+    """``tau_*`` and ``alpha_*`` regularizers and constraints reach their own weight:
+    the regularizer's loss is that weight's, and an optimizer step projects it."""
+    layer = make(**{f"{weight}_regularizer": keras.regularizers.L2(0.25),
+                    f"{weight}_constraint": keras.constraints.NonNeg()})
+    layer.build(LAST4)
+    variable = getattr(layer, weight)
+    np.testing.assert_allclose(sum(float(ops.convert_to_numpy(loss)) for loss in layer.losses),
+                               0.25 * 0.5 ** 2 * LAST4[-1], rtol=1e-6)
+    keras.optimizers.SGD(1.0).apply([ops.ones((LAST4[-1],))], [variable])  # 0.5 - 1 < 0
+    np.testing.assert_array_equal(ops.convert_to_numpy(variable), np.zeros(LAST4[-1]))
+
+
+def test_learned_epsilon_constraint_acts_on_the_learned_epsilon():
+    layer = normlab.FilterResponseNormalization(learned_epsilon=True,
+                                                learned_epsilon_constraint=keras.constraints.NonNeg())
+    layer.build(LAST4)
+    keras.optimizers.SGD(1.0).apply([ops.ones((1,))], [layer.eps_learned])  # 1e-4 - 1 < 0
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.eps_learned), [0.0])
+    free = normlab.FilterResponseNormalization(learned_epsilon=True)
+    free.build(LAST4)
+    keras.optimizers.SGD(1.0).apply([ops.ones((1,))], [free.eps_learned])
+    np.testing.assert_allclose(ops.convert_to_numpy(free.eps_learned), [1e-4 - 1.0], rtol=1e-6)

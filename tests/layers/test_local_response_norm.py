@@ -43,6 +43,15 @@ def test_defaults_are_torch_defaults_and_config_round_trips():
     assert normlab.LocalResponseNormalization.from_config(config).get_config() == config
 
 
+def test_a_built_layer_takes_the_rank_and_channels_it_was_built_for():
+    layer = normlab.LocalResponseNormalization(size=3, axis=1)
+    layer.build((2, 6, 4, 4))
+    with pytest.raises(ValueError, match=r"expected ndim=4, found ndim=3"):
+        layer(np.zeros((2, 6, 4), "float32"))
+    with pytest.raises(ValueError, match=r"expected axis 1 of input shape to have value 6"):
+        layer(np.zeros((2, 5, 4, 4), "float32"))
+
+
 def test_registry():
     layer = normlab.get("lrn(size=3, k=2.0)")
     assert isinstance(layer, normlab.LocalResponseNormalization) and (layer.size, layer.k) == (3, 2.0)
@@ -54,6 +63,11 @@ def test_errors_name_argument_value_and_fix():
         normlab.LocalResponseNormalization(size=0)
     with pytest.raises(ValueError, match=r"Invalid `k`: expected a number > 0\.0\. Received: k=-1\.0\. Use a value such as k=1\.0"):
         normlab.LocalResponseNormalization(k=-1.0)
+    # Refused when the layer is made, as the op refuses them, not at its first call.
+    with pytest.raises(ValueError, match=r"Invalid `alpha`: expected a number >= 0\.0\. Received: alpha=-1\.0"):
+        normlab.LocalResponseNormalization(alpha=-1.0)
+    with pytest.raises(TypeError, match=r"Invalid `beta`: expected a real number\. Received: beta='0\.75' of type str"):
+        normlab.LocalResponseNormalization(beta="0.75")
     with pytest.raises(TypeError, match=r"Invalid `axis`: expected a single int \(the channel axis\) for LocalResponseNormalization\. Received: axis=\[1, 2\]"):
         normlab.LocalResponseNormalization(axis=[1, 2])
     with pytest.raises(ValueError, match=r"Invalid `axis`: expected axes in \[-3, 2\] for an input of rank 3\. "

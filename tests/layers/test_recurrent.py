@@ -117,3 +117,17 @@ def test_rnn_attributes_belong_to_a_wrapped_rnn_only():
         keras.layers.Bidirectional(dense)
     with pytest.raises(ValueError, match=r"Invalid `initial_state`.*WeightNormalization of Dense"):
         dense(SEQ, initial_state=[np.zeros((3, 2), "float32")])
+
+
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_a_wrapped_rnn_gives_the_output_mask_the_rnn_gives(return_sequences):
+    """A sequence mask reaches the outputs only where they are a sequence: an RNN's last
+    output (return_sequences=False) has no steps, so no mask; its sequence keeps the input's."""
+    inputs = keras.Input((4,), dtype="int32")
+    embedded = keras.layers.Embedding(6, 3, mask_zero=True)(inputs)
+    wrapped = normlab.WeightNormalization(keras.layers.SimpleRNN(2, return_sequences=return_sequences))(embedded)
+    plain = keras.layers.SimpleRNN(2, return_sequences=return_sequences)(embedded)
+    mask, expected = getattr(wrapped, "_keras_mask", None), getattr(plain, "_keras_mask", None)
+    assert (mask is None) == (expected is None) == (not return_sequences)
+    if return_sequences:
+        assert tuple(mask.shape) == tuple(expected.shape) == (None, 4)

@@ -3,6 +3,7 @@ channels-first, errors."""
 
 import os
 import tempfile
+import warnings
 
 import keras
 import numpy as np
@@ -289,6 +290,43 @@ def test_normalized_weights_and_tf_addons_names_match_the_peers():
     np.testing.assert_array_equal(numpy_(ours.vector_u), u_before)  # stores nothing
     assert ours.u is ours.vector_u and ours.w is ours.kernel is ours.layer.kernel  # TF Addons' names
     assert ours.w_shape == list(ours.kernel_shape) == [4, 3]
+
+
+def test_normalized_weights_take_power_iterations_steps_from_the_stored_u():
+    """``normalized_weights()`` refines ``u`` by ``power_iterations`` steps, as a
+    training call does, and as Keras' wrapper with the same setting."""
+    x = X[:, 0, 0, :]
+    ours = normlab.SpectralNormalization(keras.layers.Dense(3), power_iterations=3)
+    theirs = keras.layers.SpectralNormalization(keras.layers.Dense(3), power_iterations=3)
+    ours(x), theirs(x)
+    theirs.set_weights(ours.get_weights())
+    kernel, u0 = numpy_(ours.kernel), numpy_(ours.vector_u)
+    w, u, _ = reference.spectral_norm(kernel, u0, power_iterations=3)
+    got_u, got_w = (numpy_(t) for t in ours.normalized_weights())
+    np.testing.assert_allclose(got_u, u, atol=1e-6)
+    np.testing.assert_allclose(got_w, w, atol=1e-6)
+    for a, b in zip(ours.normalized_weights(), theirs.normalized_weights()):
+        np.testing.assert_allclose(numpy_(a), numpy_(b), atol=1e-6)
+    ours(x, training=True)  # a training call stores the same u
+    np.testing.assert_allclose(numpy_(ours.vector_u), u, atol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="only JAX's stateless calls (fit) drop the update")
+def test_in_place_under_jax_stateless_training_calls_warns_once():
+    """Under JAX's stateless calls (``fit``) the in-place kernel update is discarded: the
+    wrapper says so once, and the stored kernel stays as it was."""
+    x = X[:, 0, 0, :]
+    sn = normlab.SpectralNormalization(keras.layers.Dense(3), in_place=True)
+    sn(x)
+    kernel = numpy_(sn.kernel)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            sn.stateless_call([v.value for v in sn.trainable_variables],
+                              [v.value for v in sn.non_trainable_variables], x, training=True)
+    messages = [str(w.message) for w in caught if "in_place=True" in str(w.message)]
+    assert len(messages) == 1 and "Use in_place=False" in messages[0]
+    np.testing.assert_array_equal(numpy_(sn.kernel), kernel)
 
 
 @pytest.mark.parametrize("inner", ["dense", "embedding"])

@@ -208,6 +208,12 @@ def test_standardize_weight_is_exact_for_large_offsets_and_keeps_dtype(offset):
          r"Invalid `layer`: expected the layer to modify.*Received: layer=None\. Build it around the layer"),
         (lambda: normlab.get("ws", layer=keras.layers.Dense(3)), ValueError,
          r"Invalid `layer`: expected a keras\.layers\.Conv1D, Conv2D or Conv3D.*Received: layer=Dense"),
+        # Already standardized: a second standardization is refused, not stacked or half-converted.
+        (lambda: normlab.get("ws", layer=normlab.StdConv2D(4, 3)), ValueError,
+         r"Invalid `layer`: expected a keras\.layers\.Conv1D, Conv2D or Conv3D.*Received: layer=StdConv2D.*"
+         r"Pass a plain convolution"),
+        (lambda: normlab.get("sws", layer=normlab.ScaledStdConv1D(4, 3)), ValueError,
+         r"Received: layer=ScaledStdConv1D"),
     ],
 )
 def test_errors_name_argument_value_expectation_and_fix(make, error, pattern):

@@ -62,3 +62,13 @@ def test_learned_epsilon_is_one_value(shape):
     with pytest.raises(ValueError, match="a single learned epsilon"):
         nops.filter_response_norm(x, learned_epsilon=np.full(shape, 1e-4, "float32"))
     nops.filter_response_norm(x, learned_epsilon=np.full((1,), 1e-4, "float32"))  # () and (1,) are taken
+
+
+def test_learned_epsilon_may_be_a_scalar():
+    """A scalar learned epsilon is taken as the (1,) one: its absolute value joins epsilon."""
+    x = rng_normal(LAST4)
+    one = to_np(nops.filter_response_norm(x, learned_epsilon=np.array([-0.5], "float32")))
+    scalar = to_np(nops.filter_response_norm(x, learned_epsilon=np.array(-0.5, "float32")))
+    np.testing.assert_array_equal(scalar, one)
+    np.testing.assert_allclose(scalar, reference.filter_response_norm(x, -1, epsilon=1e-6, learned_epsilon=0.5),
+                               rtol=1e-5, atol=1e-6)

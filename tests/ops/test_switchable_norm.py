@@ -33,6 +33,12 @@ def test_switchable_norm_errors():
     with pytest.raises(ValueError, match=r"Invalid `mean_weights`: expected a tensor of shape \(3,\).*"
                                          r"Received: mean_weights.shape=\(2,\)"):
         nops.switchable_norm(rng_normal((2, 3, 4)), np.zeros(2, "float32"), w, training=True)
+    # Instance statistics need a spatial axis: a (batch, channels) input has none.
+    for training in (True, False):
+        with pytest.raises(ValueError, match=r"Invalid `x`: expected an input of rank >= 3 .*"
+                                             r"Received: x\.shape=\(4, 3\)\. Add a spatial axis"):
+            nops.switchable_norm(rng_normal((4, 3)), w, w, np.zeros(3, "float32"), np.ones(3, "float32"),
+                                 training=training)
 
 
 @pytest.mark.parametrize("offset", [1e4, 1e6])
