@@ -168,8 +168,10 @@ def _kept_elements(x: Tensor, kept: Tensor, axes: list[int], middle_and_last: bo
     if middle_and_last:
         last = _extreme(ops.where(kept, position, scalar(-1, position.dtype)), axes, x, "max", -1)
         last = ops.where(last < 0, nothing, last)
-        halfway = first + (last - first) // 2  # (no overflow where nothing is kept: both are NOTHING_KEPT)
-        middle = _extreme(ops.where(kept & (position >= halfway), position, nothing), axes, x, "min", NOTHING_KEPT)
+        # At or after halfway, without a division (jax2onnx lowers none of a symbolic size); where
+        # nothing is kept the product may wrap, and no position is taken anyway.
+        after = (position - first) * 2 >= last - first
+        middle = _extreme(ops.where(kept & after, position, nothing), axes, x, "min", NOTHING_KEPT)
         positions += [middle, last]
     static = [x.shape[a] for a in axes if isinstance(x.shape[a], int)]
     uniform = all(kept.shape[a] == 1 for a in range(len(shape)) if a not in axes)

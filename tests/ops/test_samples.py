@@ -32,7 +32,7 @@ def _reference(x, kept, axes):
     for index in np.ndindex(*xs.shape[:-1]):
         hits = np.flatnonzero(ks[index])
         if hits.size:
-            middle = hits[hits >= hits[0] + (hits[-1] - hits[0]) // 2][0]
+            middle = hits[2 * (hits - hits[0]) >= hits[-1] - hits[0]][0]
             out[(slice(None), *index)] = xs[index][[hits[0], middle, hits[-1]]]
     return out.reshape([3] + [1 if a in axes else x.shape[a] for a in range(x.ndim)])
 
