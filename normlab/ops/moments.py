@@ -9,8 +9,8 @@ Numerics policy (the one place it is decided):
   about a per-slice shift ``s`` (a constant for autodiff): the median of
   each slice's first, middle and last elements (an element of the slice,
   near its mean unless two of the three are outliers; with a mask, of its
-  first, middle and last kept ones: :mod:`normlab.ops.samples`). A first pass takes
-  their mean ``c``, a second their variance ``mean((d - c)**2)``.
+  first, middle and last kept ones: :mod:`normlab.ops.samples`). A first
+  pass takes their mean ``c``, a second their variance ``mean((d - c)**2)``.
   Never ``E[x^2] - E[x]^2``, which cancels catastrophically for inputs with
   a large offset (1e6 + small noise) and can even go negative. The apply
   step subtracts ``s`` then ``c`` (see :func:`shifted_moments`), so the
@@ -201,9 +201,9 @@ def shifted_moments(
 
     Returns ``(shift, mean, variance)``, all with the reduced axes kept:
     ``shift`` is an element of each slice (the median of its first, middle
-    and last ones, or with a mask kept ones; no gradient flows through it), ``mean`` and ``variance`` are those of
-    ``x - shift``, so the mean of ``x`` is
-    ``shift + mean``. Pass all three to
+    and last ones, or with a mask kept ones; no gradient flows through it),
+    ``mean`` and ``variance`` are those of ``x - shift``, so the mean of
+    ``x`` is ``shift + mean``. Pass all three to
     :func:`~normlab.ops.normalize.normalize` (``shift=shift``); the result
     does not depend on the shift, only its rounding does, which is why it
     is kept apart.
