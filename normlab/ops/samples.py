@@ -112,12 +112,6 @@ def _torch_traced() -> bool:
     return backends.torch_traced()
 
 
-def first_kept(x: Tensor, kept: Tensor, axes: list[int]) -> Tensor:
-    """The first element of each slice (in row-major order over ``axes``) that
-    ``kept`` selects, 0 where it selects none: :func:`kept_samples`' first."""
-    return _kept_elements(x, kept, axes, middle_and_last=False)[0]
-
-
 def kept_samples(x: Tensor, kept: Tensor, axes: list[int]) -> tuple[Tensor, Tensor, Tensor]:
     """The first, middle and last elements of each slice (in row-major order
     over ``axes``) that ``kept`` (bool, of ``x``'s rank, full-size along
@@ -136,7 +130,7 @@ def kept_samples(x: Tensor, kept: Tensor, axes: list[int]) -> tuple[Tensor, Tens
     element is a sum in which every other term is 0. Both are exact, so a
     value XLA recomputes in each fusion is the same value.
     """
-    first, middle, last = _kept_elements(x, kept, axes, middle_and_last=True)
+    first, middle, last = _kept_elements(x, kept, axes)
     return first, middle, last
 
 
@@ -153,26 +147,23 @@ def _extreme(candidates: Tensor, axes: list[int], x: Tensor, how: Literal["min",
     return (ops.amin if how == "min" else ops.amax)(candidates, axis=axes, keepdims=True)
 
 
-def _kept_elements(x: Tensor, kept: Tensor, axes: list[int], middle_and_last: bool) -> list[Tensor]:
+def _kept_elements(x: Tensor, kept: Tensor, axes: list[int]) -> list[Tensor]:
     shape, axes = dims(x), sorted(axes)
-    count = 3 if middle_and_last else 1
     if any(x.shape[a] == 0 for a in axes):  # an empty slice: nothing to take
-        return [ops.zeros([1 if a in axes else d for a, d in enumerate(shape)], x.dtype)] * count
+        return [ops.zeros([1 if a in axes else d for a, d in enumerate(shape)], x.dtype)] * 3
     position: Any = None
     for a in axes:  # the positions along a, counted on a line of x (an exporter's symbolic size has no arange)
         position = _along(x, a) if position is None else position * shape[a] + _along(x, a)
     # (Not full_like: Keras' torch backend fills from a device tensor, which torch reads on the host.)
     nothing = scalar(NOTHING_KEPT, position.dtype)
     first = _extreme(ops.where(kept, position, nothing), axes, x, "min", NOTHING_KEPT)
-    positions = [first]
-    if middle_and_last:
-        last = _extreme(ops.where(kept, position, scalar(-1, position.dtype)), axes, x, "max", -1)
-        last = ops.where(last < 0, nothing, last)
-        # At or after halfway, without a division (jax2onnx lowers none of a symbolic size); where
-        # nothing is kept the product may wrap, and no position is taken anyway.
-        after = (position - first) * 2 >= last - first
-        middle = _extreme(ops.where(kept & after, position, nothing), axes, x, "min", NOTHING_KEPT)
-        positions += [middle, last]
+    last = _extreme(ops.where(kept, position, scalar(-1, position.dtype)), axes, x, "max", -1)
+    last = ops.where(last < 0, nothing, last)
+    # At or after halfway, without a division (jax2onnx lowers none of a symbolic size); where
+    # nothing is kept the product may wrap, and no position is taken anyway.
+    after = (position - first) * 2 >= last - first
+    middle = _extreme(ops.where(kept & after, position, nothing), axes, x, "min", NOTHING_KEPT)
+    positions = [first, middle, last]
     static = [x.shape[a] for a in axes if isinstance(x.shape[a], int)]
     uniform = all(kept.shape[a] == 1 for a in range(len(shape)) if a not in axes)
     large = math.prod([d for d in x.shape if isinstance(d, int)]) >= GATHER_MIN_ELEMENTS  # (a generator breaks dynamo)
