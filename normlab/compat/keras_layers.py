@@ -60,8 +60,6 @@ REPLACEMENTS: dict[_LayerType, _LayerType] = {
     keras.layers.RMSNormalization: RMSNormalization,
 }
 
-#: Weight names that differ between the two (Keras' RMSNormalization calls its weight ``scale``).
-WEIGHT_ALIASES = {"scale": "gamma", "gamma": "scale"}
 
 def convert(model: keras.Model, *, layers: Iterable[str] | None = None) -> keras.Model:
     """A copy of ``model`` with Keras' normalization layers replaced by normlab's.
@@ -218,7 +216,7 @@ def _copy_by_name(layer: keras.layers.Layer, clone: keras.layers.Layer) -> None:
     """A replaced layer's weights, matched by name (never by position alone)."""
     targets: dict[str, Any] = {weight.name: weight for weight in clone.weights}
     for weight in layer.weights:
-        name = weight.name if weight.name in targets else WEIGHT_ALIASES.get(weight.name, weight.name)
+        name = weight.name  # (the same in both: normlab's RMS norm calls its weight ``scale``, as Keras')
         if name not in targets or tuple(targets[name].shape) != tuple(weight.shape):
             axis = getattr(layer, "axis", None)
             axes = list(axis) if isinstance(axis, (list, tuple)) else []

@@ -178,12 +178,24 @@ def _nested_values(
     """A nested model's weights: TF-Keras 2 saved them in one group, each named
     after the layer that made it (``wn/g:0``), so each layer takes its own, by
     name where it is a TF Addons counterpart; in order where the names do not
-    say (as Keras does)."""
+    say (as Keras does). A weight named without a layer (TF Addons' FRN made
+    ``learned_epsilon`` in ``__init__``, outside its name scope: it comes first,
+    as ``learned_epsilon:0``) belongs to the layer whose weights follow it."""
     by_layer: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+    unscoped: list[tuple[str, np.ndarray]] = []
     for name, value in zip(names, values):
+        if "/" not in name:
+            unscoped.append((name, value))
+            continue
         own = by_layer.setdefault(name.split("/")[0], ([], []))
-        own[0].append(name)
-        own[1].append(value)
+        for saved, array in [*unscoped, (name, value)]:
+            own[0].append(saved)
+            own[1].append(array)
+        unscoped = []
+    for name, value in unscoped:  # none follows: named as they are
+        by_layer.setdefault(name, ([], []))
+        by_layer[name][0].append(name)
+        by_layer[name][1].append(value)
     leaves = _weighted_leaves(model)
     if set(by_layer) != {leaf.name for leaf in leaves}:
         if any(isinstance(leaf, by_name_classes) for leaf in leaves):  # in order, they would load wrongly

@@ -87,8 +87,9 @@ def test_weights_and_moving_statistics_are_copied_not_shared():
             assert a is not b
         checked += 1
     assert checked == 9  # every layer with weights, the nested Sequential's included
-    rms = converted.get_layer("rms")  # Keras names its weight "scale", normlab "gamma"
-    np.testing.assert_array_equal(to_numpy(rms.gamma), to_numpy(model.get_layer("rms").scale))
+    rms = converted.get_layer("rms")  # both name the weight "scale" (normlab's ``gamma`` is the same variable)
+    np.testing.assert_array_equal(to_numpy(rms.scale), to_numpy(model.get_layer("rms").scale))
+    assert rms.gamma is rms.scale
 
 
 def test_the_original_model_is_left_as_it_was():
@@ -125,6 +126,16 @@ def test_a_subset_of_classes():
     assert type(converted.get_layer("in")) is normlab.GroupNormalization
     assert type(converted.get_layer("bn")) is keras.layers.BatchNormalization
     assert type(converted.get_layer("rms")) is keras.layers.RMSNormalization
+
+
+def test_a_subset_given_as_one_name_or_as_several():
+    one = keras_layers.convert(_model(), layers="BatchNormalization")  # one name, not its letters
+    assert type(one.get_layer("bn")) is normlab.BatchNormalization
+    assert type(one.get_layer("gn")) is keras.layers.GroupNormalization
+    two = keras_layers.convert(_model(), layers=["GroupNormalization", "RMSNormalization"])
+    assert type(two.get_layer("gn")) is normlab.GroupNormalization
+    assert type(two.get_layer("rms")) is normlab.RMSNormalization
+    assert type(two.get_layer("bn")) is keras.layers.BatchNormalization
 
 
 def test_subclasses_of_keras_norms_are_kept():
@@ -210,6 +221,15 @@ def test_to_keras_refuses_arguments_keras_lacks(layer, argument):
     assert type(keras_layers.to_keras(model, layers=[]).layers[0]) is type(layer)  # kept where asked
 
 
+def test_to_keras_drops_initializers_keras_lacks_and_copies_the_weights():
+    layer = normlab.RMSNormalization(gamma_initializer="zeros", name="rms")
+    model = keras.Sequential([keras.Input((6, 4)), layer])
+    layer.gamma.assign(np.arange(1, 5, dtype="float32"))
+    rms = keras_layers.to_keras(model).get_layer("rms")
+    assert type(rms) is keras.layers.RMSNormalization
+    np.testing.assert_array_equal(to_numpy(rms.scale), np.arange(1, 5, dtype="float32"))
+
+
 @pytest.mark.parametrize("axis", [1, [1, 3], -3])
 def test_to_keras_refuses_rms_norm_over_axes_keras_cannot_normalize(axis):
     model = keras.Sequential([keras.Input((3, 4, 5)), normlab.RMSNormalization(axis=axis, name="rms")])
@@ -247,3 +267,7 @@ def test_axis_lists_mixing_signs_are_refused_with_the_reason():
     keras_model = keras.Sequential([keras.Input((3, 5, 4)), keras.layers.LayerNormalization(axis=[-1, 1], name="ln")])
     with pytest.raises(ValueError, match=r"mixes negative and non-negative axes"):
         keras_layers.convert(keras_model)
+    nested = keras.Sequential([keras.Input((3, 5, 4)), keras.Sequential(
+        [keras.layers.LayerNormalization(axis=[-1, 1], name="ln")], name="block")])
+    with pytest.raises(ValueError, match=r"Cannot convert layer 'ln'.*mixes negative and non-negative axes"):
+        keras_layers.convert(nested)  # inside a nested model too

@@ -1,11 +1,15 @@
 """TF Addons files and configs (normlab.compat.tfa, tfa_config): chunked .h5 attributes, files holding only some of the model's layers or listing layers
 without weights, nested models mixing TF Addons and Keras layers, the user's own custom
 objects, bare recurrent layers of TF-Keras 2, and TF Addons config values (FRN's epsilon
-default, a serialized epsilon, ``autocast``, ``input_shape``)."""
+default, a serialized epsilon, ``autocast``, ``input_shape``, a mixed precision policy);
+models nested two levels deep, files whose layers are named otherwise, weights missing or
+in excess, an open ``h5py.File``, and configs left as they were given."""
 
+import copy
 import json
 import os
 import tempfile
+import warnings
 
 import h5py
 import keras
@@ -24,6 +28,7 @@ from tests.compat.test_tfa import (
     keras2_lstm,
     keras2_sequential,
     numpy_,
+    tfa_frn,
     tfa_gn,
     tfa_group_norm,
     tfa_wn,
@@ -157,6 +162,8 @@ def test_filter_response_normalization_epsilon_values():
         _frn(epsilon=True)
     with pytest.raises(TypeError, match=r"Invalid `epsilon`.*expected a number\. Received: epsilon=\[\]"):
         _frn(epsilon=[])  # a serialized scalar has one element: this raised a bare IndexError
+    with pytest.raises(TypeError, match=r"Invalid `epsilon`.*expected a number\. Received: epsilon=\[0\.001, 0\.002\]"):
+        _frn(epsilon=[1e-3, 2e-3])  # nor is its first element taken from several
 
 
 def test_base_layer_keys_of_tf_keras_2_configs():
@@ -208,3 +215,189 @@ def test_tlu_values_that_differ_at_one_position_only_are_refused():
         tfa.load_weights(model, path)
     np.testing.assert_array_equal(numpy_(model.get_layer("tlu").tau), np.full(4, 0.25, "float32"))
 
+
+
+def _sequential(name, layers, input_shape):
+    inp = {"class_name": "InputLayer", "config": {"batch_input_shape": [None, *input_shape], "dtype": "float32",
+                                                   "sparse": False, "ragged": False, "name": f"input_{name}"}}
+    return {"class_name": "Sequential", "config": {"name": name, "layers": [inp, *layers]}}
+
+
+def test_a_model_nested_two_levels_deep_with_a_layer_without_weights_takes_weights_by_name():
+    """TF-Keras 2 saved the weights of ``outer`` (holding ``inner``, holding a WeightNormalization'd
+    LSTM beside an Activation) in one group, named after the layer that made them: the inner model
+    is opened too, and the Activation has no weights to claim. Taken in order, the LSTM's kernel
+    and recurrent kernel (same shape) would swap."""
+    rng = np.random.default_rng(4)
+    k, r = F32(rng.normal(size=(3, 12))), F32(rng.normal(size=(3, 12)))
+    saved = [("wn/g:0", F32(rng.uniform(0.5, 2, size=12))), ("wn/lstm/lstm_cell/recurrent_kernel:0", r),
+             ("wn/lstm/lstm_cell/kernel:0", k), ("wn/lstm/lstm_cell/bias:0", F32(rng.normal(size=12))),
+             ("wn/initialized:0", np.array(True))]
+    relu = {"class_name": "Activation", "config": {"name": "relu", "trainable": True, "dtype": "float32",
+                                                   "activation": "relu"}}
+    inner = _sequential("inner", [tfa_wn("wn", keras2_lstm(), data_init=False), relu], (5, 3))
+    config = keras2_sequential([_sequential("outer", [inner], (5, 3))], input_shape=(5, 3))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "nested.h5")
+        write_keras2_h5(path, {"outer": saved}, config)
+        model = tfa.load_model(path)
+    cell = model.get_layer("outer").get_layer("inner").get_layer("wn").layer.cell
+    np.testing.assert_array_equal(numpy_(cell.kernel), k)
+    np.testing.assert_array_equal(numpy_(cell.recurrent_kernel), r)
+
+
+def test_a_nested_models_filter_response_norm_takes_its_unscoped_learned_epsilon():
+    """TF Addons' FRN made ``learned_epsilon`` in ``__init__``, outside its name scope: inside a
+    nested model's one group it is saved as ``learned_epsilon:0``, before the ``frn/...``
+    weights of its layer, which takes it (here between two layers whose names say whose)."""
+    saved = [("gn/gamma:0", F32(GAMMA)), ("gn/beta:0", F32(BETA)), ("learned_epsilon:0", F32([0.05])),
+             ("frn/gamma:0", F32([1, 2, 3, 4]).reshape(1, 1, 1, 4)), ("frn/beta:0", F32(np.zeros((1, 1, 1, 4)))),
+             ("frn_1/gamma:0", F32([4, 3, 2, 1]).reshape(1, 1, 1, 4)), ("frn_1/beta:0", F32(np.ones((1, 1, 1, 4))))]
+    layers = [tfa_gn("gn", 2), tfa_frn("frn"), tfa_frn("frn_1", learned_epsilon=False)]
+    config = keras2_sequential([_sequential("inner", layers, (6, 7, 4))])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "nested.h5")
+        write_keras2_h5(path, {"inner": saved}, config)
+        model = tfa.load_model(path)
+        again = tfa.model_from_json(json.dumps(config))
+        tfa.load_weights(again, path)
+    for loaded in (model, again):
+        inner = loaded.get_layer("inner")
+        np.testing.assert_array_equal(numpy_(inner.get_layer("frn").eps_learned), F32([0.05]))
+        np.testing.assert_array_equal(numpy_(inner.get_layer("frn").gamma), F32([1, 2, 3, 4]))
+        np.testing.assert_array_equal(numpy_(inner.get_layer("frn_1").gamma), F32([4, 3, 2, 1]))
+        np.testing.assert_array_equal(numpy_(inner.get_layer("frn_1").beta), F32(np.ones(4)))
+        np.testing.assert_array_equal(numpy_(inner.get_layer("gn").gamma), F32(GAMMA))
+
+
+def test_a_weight_a_tfa_layer_needs_and_the_file_lacks_is_an_error():
+    model = _gn_in_model()
+    before = numpy_(model.get_layer("gn").beta)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "w.h5")
+        write_keras2_h5(path, {"gn": [("gn/gamma:0", F32(GAMMA))],
+                               "in": [("in/gamma:0", F32(IN_GAMMA)), ("in/beta:0", F32(IN_BETA))]})
+        with pytest.raises(ValueError, match=r"expected a saved weight named 'beta' for layer 'gn'.*"
+                                             r"Received: weights \['gn/gamma:0'\]"):
+            tfa.load_weights(model, path)
+    np.testing.assert_array_equal(numpy_(model.get_layer("gn").beta), before)
+
+
+def test_a_tfa_layers_weight_is_folded_per_channel_only_for_tlu():
+    """Per-element values that agree across positions give a TLU's per-channel weight; a
+    GroupNormalization's gamma saved with another shape is refused, equal rows or not."""
+    model = _gn_in_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "w.h5")
+        write_keras2_h5(path, {"gn": [("gn/gamma:0", np.tile(F32(GAMMA), (2, 1))), ("gn/beta:0", F32(BETA))]})
+        with pytest.raises(ValueError, match=r"expected a saved weight of shape \(4,\).*Received: shape \(2, 4\)"):
+            tfa.load_weights(model, path)
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_a_keras_layer_with_fewer_or_more_saved_weights_is_an_error(count):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
+    saved = [("dense/kernel:0", np.ones((4, 3), "float32")), ("dense/bias:0", np.ones(3, "float32")),
+             ("dense/extra:0", np.ones(3, "float32"))][:count]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "w.h5")
+        write_keras2_h5(path, {"dense": saved})
+        with pytest.raises(ValueError, match=rf"expected 2 saved weights for layer 'dense'.*Received: {count} weights"):
+            tfa.load_weights(model, path)
+
+
+def test_layers_named_otherwise_in_the_file_load_in_order():
+    """No layer of the file has a namesake in the model (TF-Keras 2's automatic names): the
+    layers with weights are paired in order, those without weights left out on both sides."""
+    relu = {"class_name": "Activation", "config": {"name": "relu", "trainable": True, "dtype": "float32",
+                                                   "activation": "relu"}}
+    model = tfa.model_from_json(json.dumps(keras2_sequential(
+        [tfa_gn("gn", 2), relu, tfa_gn("in", 4, class_name="Addons>InstanceNormalization")])))
+    names = ("group_normalization", "instance_normalization")
+    values = ((GAMMA, BETA), (IN_GAMMA, IN_BETA))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "w.h5")
+        write_keras2_h5(path, {name: [(f"{name}/gamma:0", F32(gamma)), (f"{name}/beta:0", F32(beta))]
+                               for name, (gamma, beta) in zip(names, values)})
+        tfa.load_weights(model, path)
+    np.testing.assert_array_equal(numpy_(model.get_layer("gn").gamma), F32(GAMMA))
+    np.testing.assert_array_equal(numpy_(model.get_layer("in").beta), F32(IN_BETA))
+
+
+def test_an_open_h5py_file_is_left_open():
+    model = _gn_in_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "w.h5")
+        write_keras2_h5(path, {"gn": [("gn/gamma:0", F32(GAMMA)), ("gn/beta:0", F32(BETA))]})
+        with h5py.File(path, "r") as f:
+            tfa.load_weights(model, f)
+            assert f.id.valid and "gn" in f  # the caller's file: theirs to close
+    np.testing.assert_array_equal(numpy_(model.get_layer("gn").gamma), F32(GAMMA))
+
+
+def test_a_tf_keras_2_mixed_precision_policy_is_kept():
+    config = tfa_gn("gn", 2)
+    config["config"]["dtype"] = {"module": "keras.mixed_precision", "class_name": "Policy",
+                                 "config": {"name": "mixed_float16"}, "registered_name": None}
+    layer = tfa.custom_objects()["Addons>GroupNormalization"].from_config(config["config"])
+    assert layer.dtype_policy.name == "mixed_float16"
+
+
+def test_instance_normalization_groups_is_dropped_without_a_warning():
+    """TF Addons wrote the channel count once built; normlab's InstanceNormalization warns
+    when given one, but a loaded config is not the user's code."""
+    config = tfa_gn("in", 4, class_name="Addons>InstanceNormalization")["config"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer = tfa.custom_objects()["Addons>InstanceNormalization"].from_config(config)
+    assert type(layer) is normlab.InstanceNormalization
+
+
+def _keras2_rnn(class_name, name, **extra):
+    return {"class_name": class_name, "config": {
+        "name": name, "trainable": True, "dtype": "float32", "return_sequences": False, "return_state": False,
+        "go_backwards": False, "stateful": False, "unroll": False, "time_major": False, "units": 3,
+        "activation": "tanh", "use_bias": True, "dropout": 0.0, "recurrent_dropout": 0.0, **extra}}
+
+
+@pytest.mark.parametrize("rnn, cls", [
+    (_keras2_rnn("GRU", "gru", recurrent_activation="sigmoid", implementation=2, reset_after=True), keras.layers.GRU),
+    (_keras2_rnn("SimpleRNN", "simple_rnn"), keras.layers.SimpleRNN),
+])
+def test_every_tf_keras_2_recurrent_layer_loses_time_major(rnn, cls):
+    wrapped = {**rnn, "config": {**rnn["config"], "return_sequences": True}}
+    bare = {**rnn, "config": {**rnn["config"], "name": "bare"}}
+    model = tfa.model_from_json(json.dumps(keras2_sequential([tfa_wn("wn", wrapped, data_init=False), bare],
+                                                             input_shape=(5, 2))))
+    assert type(model.get_layer("wn").layer) is cls and type(model.get_layer("bare")) is cls
+    assert tuple(model.output_shape) == (None, 3)
+
+
+def test_the_configs_given_are_left_as_they_were():
+    """The loaders and model_from_config take copies: the caller's configs (a wrapped
+    TF-Keras 2 LSTM's time_major included) are not edited."""
+    for loader, config in (("Addons>WeightNormalization", tfa_wn("wn", keras2_lstm())["config"]),
+                           ("Addons>FilterResponseNormalization", tfa_frn("frn")["config"])):
+        given = copy.deepcopy(config)
+        tfa.custom_objects()[loader].from_config(config)
+        assert config == given, loader
+    config = keras2_sequential([tfa_wn("wn", keras2_lstm())], input_shape=(5, 2))
+    given = copy.deepcopy(config)
+    tfa.model_from_config(config)
+    assert config == given
+
+
+def test_a_loader_takes_a_layer_already_made():
+    dense = keras.layers.Dense(4)
+    layer = tfa.custom_objects()["Addons>WeightNormalization"].from_config(
+        {"name": "wn", "layer": dense, "data_init": False})
+    assert type(layer) is normlab.WeightNormalization and layer.layer is dense
+
+
+def test_the_users_objects_win_over_the_loaders_in_a_model_config():
+    class MyGroupNorm(normlab.GroupNormalization):
+        pass
+
+    model = tfa.model_from_config(keras2_sequential([tfa_gn("gn", 2)]),
+                                  custom_objects={"Addons>GroupNormalization": MyGroupNorm})
+    assert type(model.get_layer("gn")) is MyGroupNorm

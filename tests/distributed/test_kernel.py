@@ -4,6 +4,7 @@ The multi-replica runs are in the per-backend tests of this package; here a
 stand-in ``replica_sum`` checks what the kernel does with it.
 """
 
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -69,8 +70,54 @@ def test_synchronized_batch_norm_bypasses_the_fast_path(monkeypatch):
 
 def test_no_replica_sum_outside_any_distribution():
     assert distributed.replica_sum() is None
-    with distributed.axis_name("batch"):
+    with distributed.axis_name("batch") as name:
+        assert name == "batch"
         with distributed.axis_name(("hosts", "devices")):
             assert distributed.current_axis_name() == ("hosts", "devices")
         assert distributed.current_axis_name() == "batch"
     assert distributed.current_axis_name() is None
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="jax.lax.psum over a mapped axis")
+def test_jax_replica_sum_is_a_psum_over_the_named_axis():
+    import jax
+
+    x = np.arange(6, dtype="float32").reshape(3, 2)  # three replicas, one row each
+    with distributed.axis_name("replicas"):
+        total = jax.vmap(lambda t: distributed.replica_sum()(t), axis_name="replicas")(x)
+    np.testing.assert_array_equal(np.asarray(total), np.broadcast_to(x.sum(axis=0), (3, 2)))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.distributed")
+def test_torch_replica_sum_reduces_over_the_process_group_forward_and_backward(monkeypatch):
+    """A stand-in torch.distributed whose groups hold two replicas with the same values:
+    every all-reduce (a sum) doubles its tensor in place and records the group it reduced over."""
+    import torch
+    import torch.distributed as dist
+
+    group, other = object(), object()
+    sizes = {dist.group.WORLD: 1, group: 2, other: 2}
+    reduced = []
+
+    def all_reduce(tensor, op=None, group=None):
+        assert op == dist.ReduceOp.SUM
+        reduced.append(group)
+        tensor.mul_(2)
+
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: sizes[group])
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+
+    assert distributed.replica_sum() is None  # a world of one process: nothing to synchronize
+    with distributed.process_group(group):
+        with distributed.process_group(other):
+            distributed.replica_sum()(torch.ones(2))
+        t = torch.tensor([1.0, 2.0], requires_grad=True)
+        total = distributed.replica_sum()(t)
+        (total * torch.tensor([3.0, 5.0])).sum().backward()
+    np.testing.assert_array_equal(total.detach().numpy(), [2.0, 4.0])
+    np.testing.assert_array_equal(t.detach().numpy(), [1.0, 2.0])  # the input is left as it was
+    np.testing.assert_array_equal(t.grad.numpy(), [6.0, 10.0])  # the gradient is all-reduced too
+    assert reduced == [other, group, group]
+    assert distributed.replica_sum() is None
