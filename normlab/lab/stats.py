@@ -49,17 +49,21 @@ def t975(df: int) -> float:
     return t_quantile(0.975, df) if df >= 1 else math.nan
 
 
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
 def stats(values, resolution: float = 0.0) -> dict:
     """n, mean, std (n-1) and the 95% half-width ``t * std / sqrt(n)`` (NaN when n < 2).
 
-    ``None`` values (a diverged run's loss) are left out. ``resolution`` is the
+    ``None`` and non-finite values (a diverged run's loss) are left out. ``resolution`` is the
     step the values come in (``1 / test size`` for an accuracy), or 0 (default)
     for continuous values: the interval then takes their spread as at least
     ``resolution / sqrt(12)``, the spread of a value rounded to that step, so
     seeds that score the same get an interval, not a zero-width one (``std``
     stays the sample's).
     """
-    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    values = [float(v) for v in values if _finite(v)]
     n = len(values)
     if n == 0:
         return {"n": 0, "mean": math.nan, "std": math.nan, "ci95": math.nan}
@@ -74,7 +78,8 @@ def paired(values: dict, baseline: dict, resolution: float = 0.0) -> dict:
     """The paired difference ``values - baseline`` over the seeds both have.
 
     Args:
-        values, baseline: ``{seed: value}``; ``None`` values are left out.
+        values, baseline: ``{seed: value}``; ``None`` and non-finite values
+            (a diverged run's) are left out, with their seed on both sides.
         resolution: the step the values come in (``1 / test size`` for an
             accuracy), or 0 (default) for continuous values. The t interval and
             test then take the differences' spread as at least
@@ -95,8 +100,7 @@ def paired(values: dict, baseline: dict, resolution: float = 0.0) -> dict:
         0), and the verdict follows ``p < 0.05``. ``std`` is the differences'
         sample standard deviation either way.
     """
-    seeds = sorted(s for s in values if s in baseline
-                   and values[s] is not None and baseline[s] is not None)
+    seeds = sorted(s for s in values if s in baseline and _finite(values[s]) and _finite(baseline[s]))
     # Rounded so that equal differences of accuracies (multiples of 1/n, stored from
     # float32 metrics: 0.92 - 0.90 and 0.53 - 0.51 differ by 6e-8 there) compare equal.
     diffs = [round(float(values[s]) - float(baseline[s]), 6) for s in seeds]

@@ -207,3 +207,110 @@ def test_write_report_refuses_experiments_it_has_no_runs_of(three_seeds, tmp_pat
                                           r"Received: experiments=\['compare', 'othr'\]"):
         write_report(three_seeds, tmp_path / "report", experiments=["compare", "othr"])
     assert not (tmp_path / "report").exists()
+
+
+def test_runs_without_a_grid_index_follow_their_finish_time_not_their_folder_names(tmp_path):
+    """Runs of earlier versions have no grid index: Z finished before A, so Z's row comes first
+    (the folders sort the other way)."""
+    out = tmp_path / "runs"
+    fake_run(out, RunConfig(experiment="c", label="Z", norms="none"), 0.9, t=1)
+    fake_run(out, RunConfig(experiment="c", label="A", norms="none"), 0.9, t=2)
+    rows = summarize(load_runs(out)[0])["c"]["rows"]
+    assert [r["label"] for r in rows] == ["Z", "A"]
+
+
+def test_configurations_without_a_shared_seed_keep_the_order_of_their_first_runs(tmp_path):
+    """No seed to compare them at (each ran other seeds): the rows keep the grid order of
+    their first runs, and the first row stays the default baseline."""
+    out = tmp_path / "runs"
+    for index, (label, seed) in enumerate((("A", 0), ("B", 1), ("C", 2))):
+        fake_run(out, RunConfig(experiment="c", label=label, norms="none", seed=seed), 0.9, grid_index=index)
+    table = summarize(load_runs(out)[0])["c"]
+    assert [r["label"] for r in table["rows"]] == ["A", "B", "C"] and table["meta"]["baseline"] == "A"
+
+
+def test_the_seed_is_never_a_setting_rows_must_share_to_be_paired(tmp_path):
+    """The group row of epochs=1 lacks seed 0 (its first run is seed 1, the baseline's seed 0):
+    it still pairs with the baseline over seeds 1 and 2. Only epochs tells the two group
+    variants apart."""
+    out = tmp_path / "runs"
+    for seed in range(3):
+        fake_run(out, RunConfig(experiment="c", label="BN", norms="batch", seed=seed), 0.90 + 0.01 * seed)
+        fake_run(out, RunConfig(experiment="c", label="GN", norms="group", seed=seed, epochs=2), 0.85)
+        if seed:
+            fake_run(out, RunConfig(experiment="c", label="GN", norms="group", seed=seed), 0.80 + 0.01 * seed)
+    rows = summarize(load_runs(out)[0])["c"]["rows"]
+    one = next(r for r in rows if r["label"].startswith("GN") and json.loads(r["settings"]) == {"epochs": 1})
+    assert one["seeds"] == [1, 2] and one["paired"]["seeds"] == [1, 2]
+    assert one["paired"]["mean"] == pytest.approx(-0.10) and one["paired"]["baseline"] == "BN"
+
+
+def test_only_the_accuracy_gets_the_floor_of_one_example(tmp_path):
+    """Two seeds with the same accuracy and loss: the accuracy's interval takes at least the
+    spread of rounding to one of 500 images, 1/500 / sqrt(12); the loss (continuous) and the
+    timings keep their zero-width interval."""
+    out = tmp_path / "runs"
+    for seed in range(2):
+        fake_run(out, RunConfig(experiment="c", label="A", norms="none", seed=seed), 0.9, loss=0.25)
+    (row,) = summarize(load_runs(out)[0])["c"]["rows"]
+    assert row["accuracy"]["ci95"] == pytest.approx(scipy_stats.t.ppf(0.975, 1) * (1 / 500) / math.sqrt(12)
+                                                    / math.sqrt(2))
+    assert row["loss"]["ci95"] == 0.0 and row["seconds_per_epoch"]["ci95"] == 0.0 and row["steps"]["ci95"] == 0.0
+
+
+def _sweep(out, series_specs, sizes=(32, 8), seeds=(0, 1), **fields):
+    for b in sizes:
+        for seed in seeds:
+            for series, spec in series_specs:
+                config = RunConfig(experiment="bs", label=f"{series} b={b}", series=series, sweep="batch size",
+                                   x=b, norms=spec, batch_size=b, seed=seed, **fields)
+                fake_run(out, config, 0.9 + 0.01 * seed + (0.002 if spec == "group" else 0.0))
+
+
+def test_a_sweep_of_one_series_pairs_its_points_with_its_first(tmp_path):
+    """One series has no other series to compare with at the same value: its points are
+    compared with its first point (the largest batch size), as the rows of a comparison."""
+    out = tmp_path / "runs"
+    _sweep(out, [("BN", "batch")], sizes=(32, 8, 2))
+    table = summarize(load_runs(out)[0])["bs"]
+    assert table["meta"]["baseline"] == "BN b=32"
+    assert [(r["label"], r["paired"] and r["paired"]["baseline"]) for r in table["rows"]] == [
+        ("BN b=32", None), ("BN b=8", "BN b=32"), ("BN b=2", "BN b=32")]
+
+
+def test_a_sweep_names_a_baseline_series_it_lacks(tmp_path):
+    out = tmp_path / "runs"
+    _sweep(out, [("BN", "batch"), ("GN", "group")])
+    meta = summarize(load_runs(out)[0], baseline="LN")["bs"]["meta"]
+    assert meta["baseline"] == "series BN at the same batch size (no 'LN' in this experiment)"
+
+
+def test_every_point_of_a_series_pairs_with_the_baseline_series_at_its_own_value(tmp_path):
+    """GN at batch size 8 is compared with BN at 8, not with BN's first point (32)."""
+    out = tmp_path / "runs"
+    _sweep(out, [("BN", "batch"), ("GN", "group")], sizes=(32, 8, 2))
+    rows = summarize(load_runs(out)[0])["bs"]["rows"]
+    assert {r["label"]: r["paired"]["baseline"] for r in rows if r["paired"]} == {
+        "GN b=32": "BN b=32", "GN b=8": "BN b=8", "GN b=2": "BN b=2"}
+
+
+def test_the_csv_gives_each_statistic_its_own_column(three_seeds, tmp_path):
+    """BN's accuracies 0.97, 0.98, 0.99: mean, std (n - 1) and the t interval's half-width
+    in accuracy_mean, _std and _ci95 (SciPy's interval, half its width), n in accuracy_n."""
+    write_report(three_seeds, tmp_path / "report")
+    rows = {(r["label"], r["impl"]): r for r in csv.DictReader(open(tmp_path / "report" / "compare.csv"))}
+    bn = rows[("BN", "normlab")]
+    values = [0.97, 0.98, 0.99]
+    low, high = scipy_stats.t.interval(0.95, 2, loc=0.98, scale=scipy_stats.sem(values))
+    assert float(bn["accuracy_mean"]) == pytest.approx(0.98)
+    assert float(bn["accuracy_std"]) == pytest.approx(scipy_stats.tstd(values))
+    assert float(bn["accuracy_ci95"]) == pytest.approx((high - low) / 2)
+    assert bn["accuracy_n"] == "3"
+
+
+def test_write_report_refuses_an_out_folder_under_a_file(three_seeds, tmp_path):
+    from normlab.lab.store import StoreError
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(StoreError, match=r"Invalid `out`: expected a folder\. .*which is a file"):
+        write_report(three_seeds, tmp_path / "f" / "report")

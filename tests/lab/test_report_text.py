@@ -184,3 +184,88 @@ def test_every_row_short_of_the_most_seeds_is_named(tmp_path):
 def test_plain_text_underlines_level_four_headings_with_dashes():
     """Levels 1-3 ("### compare", the experiment) get "=", deeper ones ("#### Paired ...") "-"."""
     assert report_text.plain("### c\n#### Paired\n") == "c\n=\nPaired\n------\n"
+
+
+def test_a_sweep_whose_runs_differ_in_epochs_and_steps_holds_nothing_fixed(tmp_path):
+    """The points trained for other numbers of epochs: neither epochs nor optimizer steps were
+    the same across the sweep, and the line says "nothing", not the first run's "epochs (1)"."""
+    out = tmp_path / "runs"
+    for groups, epochs in ((2, 1), (5, 2)):
+        config = RunConfig(experiment="g", label=f"G={groups}", series="GN", sweep="groups", x=groups,
+                           norms=f"group(groups={groups})", epochs=epochs)
+        fake_run(out, config, 0.9)
+    table = summarize(load_runs(out)[0])["g"]
+    assert table["meta"]["held_fixed"] == ""
+    assert "\nHeld fixed across the sweep: nothing.\n" in render_markdown("g", table)
+
+
+def test_a_single_run_is_counted_in_the_singular(tmp_path):
+    out = tmp_path / "runs"
+    fake_run(out, RunConfig(experiment="c", label="A", norms="none"), 0.9)
+    assert "; 1 run, 0.1 min total;" in _md(out)  # 3 s
+
+
+def test_a_sweep_lists_no_specs_line(tmp_path):
+    """A sweep's rows name their swept value, and its norms go to the notes; the "Specs:" line
+    is a comparison's."""
+    out = tmp_path / "runs"
+    for b in (32, 8):
+        fake_run(out, RunConfig(experiment="bs", label=f"BN b={b}", series="BN", sweep="batch size", x=b,
+                                norms="batch", batch_size=b), 0.9)
+    assert "Specs:" not in _md(out, name="bs")
+    fake_run(out, RunConfig(experiment="c", label="BN", norms="batch"), 0.9)
+    assert "\nSpecs: BN = `batch`.\n" in _md(out)
+
+
+def test_the_train_mode_columns_show_when_any_row_has_them(tmp_path):
+    """BN was also evaluated in training mode, GN (no batch statistics) was not: the columns
+    and their note are there, with "-" in GN's cells."""
+    out = tmp_path / "runs"
+    for seed in range(2):
+        fake_run(out, RunConfig(experiment="c", label="BN", norms="batch", seed=seed), 0.9, train_mode=0.84 + 0.02 * seed)
+        fake_run(out, RunConfig(experiment="c", label="GN", norms="group", seed=seed), 0.9)
+    md = _md(out)
+    assert "| train-mode acc % | 95% CI | s/epoch |" in md
+    # 85 +- t(0.975, 1) * 1.414 / sqrt(2) = 85 +- 12.71 points
+    assert "| 85.00 ± 1.41 | [72.29, 97.71] | 2.0 |" in _line(md, "| BN |")
+    assert "| - | - | 2.0 |" in _line(md, "| GN |")
+    assert "Train-mode accuracy: the test set evaluated with training=True" in md
+
+
+def test_the_verdict_sentence_counts_several_differences_within_noise(tmp_path):
+    """A beyond the noise, B and C within it: "The other 2 differences are within noise."."""
+    out = tmp_path / "runs"
+    for seed in range(4):
+        wobble = 0.01 if seed % 2 else -0.01
+        for label, acc in (("base", 0.90), ("A", 0.95), ("B", 0.90 + wobble), ("C", 0.90 - wobble)):
+            fake_run(out, RunConfig(experiment="c", label=label, norms="none", seed=seed), acc + 0.001 * seed)
+    md = _md(out, "base")
+    assert ("Beyond the seed noise (interval excluding 0): A higher by 5.00 points (p < 0.001). "
+            "The other 2 differences are within noise. The p-values are not corrected") in md
+
+
+def test_diverged_runs_are_named_in_seed_order(tmp_path):
+    """The grid ran seed 2 before seed 0; both diverged: the note lists seed 0 first."""
+    out = tmp_path / "runs"
+    for index, seed in enumerate((2, 1, 0)):
+        run = fake_run(out, RunConfig(experiment="c", label="A", norms="none", seed=seed), 0.9, grid_index=index)
+        if seed != 1:
+            _edit(run, loss=None, non_finite=["loss"])
+    assert "left out of their column's mean and interval): A seed 0 (loss); A seed 2 (loss)." in _md(out)
+
+
+def test_the_settings_line_names_both_implementations(tmp_path):
+    out = tmp_path / "runs"
+    for t, impl in enumerate(("normlab", "keras")):
+        fake_run(out, RunConfig(experiment="c", label="GN", norms="group", impl=impl), 0.9, t=t)
+    assert "; layers: normlab and keras; 2 runs," in _md(out)
+
+
+def test_rows_of_one_seed_beside_rows_of_several_keep_the_interval_heading(tmp_path):
+    out = tmp_path / "runs"
+    for seed in range(3):
+        fake_run(out, RunConfig(experiment="c", label="A", norms="none", seed=seed), 0.9)
+    fake_run(out, RunConfig(experiment="c", label="B", norms="batch"), 0.9)
+    md = _md(out)
+    assert "Accuracy and loss: test split, mean ± std over seeds, 95% interval from the t-distribution." in md
+    assert "one seed: no spread" not in md

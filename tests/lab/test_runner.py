@@ -206,3 +206,60 @@ def test_impl_keras_starts_from_normlabs_weights_and_dropout(tmp_path):
     assert theirs["params"] == ours["params"]
     assert theirs["loss"] == pytest.approx(ours["loss"], rel=1e-4)
     assert theirs["train_loss"] == pytest.approx(ours["train_loss"], rel=1e-4)
+
+
+class _Replay:
+    """Trains nothing: hands back each run's summary (None: lost) in the reverse of the grid's
+    order, as a parallel executor may finish them."""
+
+    name = "replay"
+
+    def __init__(self, summaries):
+        self.summaries = summaries
+
+    def describe(self) -> str:
+        return "replay executor"
+
+    def run(self, todo, **kwargs):
+        from normlab.lab.executors import Outcome
+
+        for config, run_dir, index in reversed(todo):
+            summary = self.summaries[config.label]
+            yield Outcome(config, run_dir, index, summary, "" if summary else "worker died\nTraceback ...")
+
+
+def _summary(**changes):
+    return {**dict(metric="test", accuracy=0.9, loss=0.25, wall_time_s=1.5,
+                   worker=dict(executor="replay", host="node-7")), **changes}
+
+
+def test_results_and_progress_lines_follow_the_grid(tmp_path):
+    """A reused run between runs an executor finishes out of order: the results come back in grid
+    order, and each line counts from 1 and names the run (Keras' layers marked)."""
+    from tests.lab.test_report import fake_run
+
+    configs = [RunConfig(experiment="c", label=label, norms="batch", backend="jax", impl=impl)
+               for label, impl in (("A", "normlab"), ("B", "normlab"), ("C", "keras"), ("D", "normlab"))]
+    fake_run(tmp_path, configs[1], 0.8)
+    said = []
+    summaries = {"A": _summary(), "C": _summary(loss=None, non_finite=["loss"]), "D": None}
+    results = run_grid(configs, tmp_path, progress=False, say=said.append, executor=_Replay(summaries))
+    assert [(r.config.label, r.status) for r in results] == [("A", "done"), ("B", "skipped"), ("C", "done"),
+                                                              ("D", "lost")]
+    assert results[3].error.startswith("worker died") and results[3].summary == {}
+    assert said == [
+        "[2/4] c/B/seed0: finished earlier, reused",
+        "3 runs on the replay executor",
+        "[4/4] c/D/seed0: LOST (worker died); the next invocation redoes it",
+        "[3/4] c/C/seed0 [keras]: test accuracy 0.9000, loss nan (1.5 s on node-7)",
+        "[3/4] c/C/seed0 [keras]: warning: training diverged (loss not finite, stored as null); try a smaller --lr",
+        "[1/4] c/A/seed0: test accuracy 0.9000, loss 0.2500 (1.5 s on node-7)",
+    ]
+
+
+def test_with_backend_fills_in_only_the_configurations_without_one():
+    from normlab.lab.runner import with_backend
+
+    configs = [RunConfig(label="a", backend="torch"), RunConfig(label="b")]
+    assert [c.backend for c in with_backend(configs, "jax")] == ["torch", "jax"]
+    assert [c.backend for c in with_backend(configs[:1], "jax")] == ["torch"]

@@ -137,3 +137,43 @@ def test_a_mean_of_accuracies_that_tie_gets_the_interval_of_their_step():
     wide = stats([0.80, 0.90], resolution=1e-4)
     assert wide["ci95"] == pytest.approx(stats([0.80, 0.90])["ci95"])
     assert math.isnan(stats([0.846], resolution=1e-4)["ci95"])  # one seed: no interval
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_paired_leaves_out_a_seed_with_a_non_finite_value_on_either_side(bad):
+    """As ``stats`` does: a NaN or infinite value (a diverged run's, passed as it is) drops its
+    seed from both sides, so ``n``, ``seeds`` and ``diffs`` agree."""
+    d = paired({0: bad, 1: 0.9, 2: 0.8, 3: 0.7}, {0: 0.5, 1: 0.5, 2: 0.6, 3: bad})
+    assert d["n"] == 2 and d["seeds"] == [1, 2]
+    assert d["diffs"] == pytest.approx([0.4, 0.2])
+    assert d["t"] == pytest.approx(scipy_stats.ttest_rel([0.9, 0.8], [0.5, 0.6]).statistic)
+
+
+def test_paired_keeps_differences_to_six_decimals():
+    """Rounding only absorbs float32 noise (6e-8): differences of a few thousandths of a point
+    (4e-5, 3e-4, 1e-4) are kept as they are, and the test is SciPy's paired t-test on them."""
+    values = {0: 0.90004, 1: 0.9003, 2: 0.9001}
+    baseline = {0: 0.9, 1: 0.9, 2: 0.9}
+    d = paired(values, baseline)
+    assert d["diffs"] == pytest.approx([4e-5, 3e-4, 1e-4], abs=1e-12)
+    ref = scipy_stats.ttest_rel([0.90004, 0.9003, 0.9001], [0.9, 0.9, 0.9])
+    assert d["t"] == pytest.approx(ref.statistic, rel=1e-6) and d["p"] == pytest.approx(ref.pvalue, rel=1e-6)
+
+
+def test_one_shared_seed_has_no_spread_statistic_or_test():
+    """A single difference has no sample standard deviation (NaN, as ``stats`` gives), no
+    interval and no t-test: only its value."""
+    d = paired({0: 0.93, 1: 0.5}, {0: 0.90})
+    assert d["n"] == 1 and d["diffs"] == pytest.approx([0.03]) and d["mean"] == pytest.approx(0.03)
+    for key in ("std", "ci95", "low", "high", "t", "p"):
+        assert math.isnan(d[key]), key
+    assert math.isnan(paired({0: 0.93}, {0: 0.90}, resolution=0.01)["std"])
+
+
+@pytest.mark.parametrize("step", [0.01, -0.01])
+def test_the_same_difference_on_every_seed_has_an_infinite_t_of_its_sign(step):
+    """No spread: t is +inf for a gain and -inf for a loss, the limit of mean / (std / sqrt(n))
+    as the spread goes to 0; its sign says the direction."""
+    base = {seed: 0.5 + 0.03 * seed for seed in range(3)}
+    d = paired({s: v + step for s, v in base.items()}, base)
+    assert d["t"] == math.copysign(math.inf, step) and d["std"] == 0.0

@@ -166,3 +166,86 @@ def test_lock_names_its_holder_across_processes(tmp_path):
         holder.wait()
     with store.OutputLock(tmp_path):  # released by the kernel when the holder died
         pass
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    store.write_json_atomic(path, {"a": 1})
+
+    def refuse(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.os, "replace", refuse)
+    with pytest.raises(OSError, match="No space left"):
+        store.write_json_atomic(path, {"a": 2})
+    assert os.listdir(tmp_path) == ["summary.json"] and json.loads(path.read_text()) == {"a": 1}
+
+
+def test_non_finite_values_are_listed_by_their_path_in_nested_records(tmp_path):
+    store.begin_run(tmp_path / "r", RunConfig())
+    summary = store.finish_run(tmp_path / "r", {"accuracy": 0.5, "history": {"loss": [0.9, float("nan")]},
+                                                "eval": {"train_mode": {"loss": float("-inf")}}})
+    assert summary["non_finite"] == ["history.loss[1]", "eval.train_mode.loss"]
+    assert summary["history"] == {"loss": [0.9, None]} and summary["eval"] == {"train_mode": {"loss": None}}
+
+
+def test_dumps_sorts_keys_and_writes_tuples_as_standard_json_lists():
+    text = store.dumps({"b": (1.0, float("inf")), "a": {"d": 1, "c": 2}})
+    assert text == json.dumps({"a": {"c": 2, "d": 1}, "b": [1.0, None]}, indent=2, sort_keys=True) + "\n"
+    assert list(json.loads(text)) == ["a", "b"]
+
+
+@pytest.mark.parametrize("key", ["experiment", "label", "series", "sweep", "x", "norms", "seed", "dataset",
+                                 "protocol", "arch", "epochs", "max_steps", "batch_size", "learning_rate",
+                                 "train_subset"])
+def test_a_summary_whose_config_lacks_a_field_the_report_reads_is_unfinished(tmp_path, key):
+    from tests.lab.test_report import fake_run
+
+    run_dir = fake_run(tmp_path, RunConfig(label="a", backend="jax"), 0.9)
+    assert store.read_finished(run_dir) is not None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    del summary["config"][key]
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert store.read_finished(run_dir) is None
+
+
+@pytest.mark.parametrize("params", [{}, {"trainable": 10}, {"non_trainable": 0}])
+def test_a_summary_without_both_parameter_counts_is_unfinished_not_an_error(tmp_path, params):
+    from tests.lab.test_report import fake_run
+
+    run_dir = fake_run(tmp_path, RunConfig(label="a", backend="jax"), 0.9)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "params": params}))
+    assert store.read_finished(run_dir) is None
+    assert store.load_runs(tmp_path) == ([], [run_dir])
+
+
+def test_a_clean_summary_lists_no_non_finite_values(tmp_path):
+    store.begin_run(tmp_path / "r", RunConfig())
+    assert store.finish_run(tmp_path / "r", {"loss": 0.5, "accuracy": 0.1}) == {"loss": 0.5, "accuracy": 0.1}
+    assert "non_finite" not in json.loads((tmp_path / "r" / "summary.json").read_text())
+
+
+def test_a_copy_leaves_out_the_sources_hidden_and_error_files(tmp_path):
+    """A temporary file left by a killed write (``.metrics.jsonl.x.tmp``) and ``error.txt`` are the
+    source's own: the copy gets its other files."""
+    from tests.lab.test_report import fake_run
+
+    compare = RunConfig(experiment="compare", label="GN", norms="group(groups=5)", backend="jax", seed=1)
+    groups = RunConfig(**{**compare.to_dict(), "experiment": "groups", "label": "G=5"})
+    source = fake_run(tmp_path, compare, 0.9)
+    (source / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (source / ".metrics.jsonl.x.tmp").write_text('{"epo')
+    (source / "error.txt").write_text("lost\n")
+    store.copy_run(source, store.run_dir_for(tmp_path, groups), groups, tmp_path)
+    copied = store.run_dir_for(tmp_path, groups)
+    assert sorted(p.name for p in copied.iterdir()) == ["config.json", "metrics.jsonl", "summary.json"]
+
+
+def test_the_lock_file_names_this_holder_only(tmp_path):
+    """An earlier holder's longer record is replaced, not overwritten in part (which left its
+    tail after the new record and made the file unreadable)."""
+    (tmp_path / store.LOCK).write_text(json.dumps({"pid": 1, "host": "h", "since": "s", "command": "x" * 400}))
+    with store.OutputLock(tmp_path) as lock:
+        info = json.loads(lock.path.read_text())
+        assert info["pid"] == os.getpid() and lock.holder().startswith(f"process {os.getpid()} on ")
