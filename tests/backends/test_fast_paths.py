@@ -61,7 +61,7 @@ CASES = {
 # and RMS norm over trailing axes (channels-last batch norm with a channel count that
 # is not a multiple of 8 by composite ops: ATen's kernel is scalar there);
 # everything else goes to the general path. TensorFlow's RMS norm hook serves
-# trailing axes only.
+# trailing axes only (and only eagerly and under XLA: test_tf_small_inputs.py).
 DECLINED = {
     "torch": {"gn-middle", "ln-first", "ln-split", "bn-middle", "rms-first"},
     "jax": set(),

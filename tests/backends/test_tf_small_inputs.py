@@ -160,3 +160,25 @@ def test_an_empty_axis_with_an_unknown_batch_is_traced_and_run(kind, shape):
 
     y, dx = tf.function(step, input_signature=[tf.TensorSpec(shape, tf.float32)])(tf.zeros((2, *shape[1:])))
     assert tuple(y.shape) == (2, *shape[1:]) and tuple(dx.shape) == (2, *shape[1:])
+
+
+def test_rms_norm_graphs_outside_xla_take_the_general_path():
+    """TensorFlow's RMS norm hook serves eager calls and XLA; in other graphs (a
+    ``tf.function``, an exporter's trace) its rows' reshapes cost LiteRT a copy each way."""
+    import tensorflow as tf
+
+    from normlab.backends import tensorflow_layer_norm as hooks
+
+    served = {}
+
+    def probe(where):
+        def call(t):
+            served[where] = hooks.rms_norm(t, axes=[2], gamma=None, beta=None, epsilon=1e-6) is not None
+            return t
+        return call
+
+    x = tf.ones((2, 3, 8))
+    probe("eager")(x)
+    tf.function(probe("graph"))(x)
+    tf.function(probe("xla"), jit_compile=True)(x)
+    assert served == {"eager": True, "graph": False, "xla": True}
