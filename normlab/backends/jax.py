@@ -32,10 +32,12 @@ scaling); what changes is how XLA sees them:
   besides the input itself. JAX runs no ``custom_vjp`` in forward mode, so
   the hooks decline under ``jax.jvp``/``jax.jacfwd`` (:func:`_forward_mode`).
 
-* Each hook runs under its own ``jax.jit``, keyed on the static
-  arguments: called eagerly, the ``lax.cond`` branches (fresh closures on
-  every call) were traced and compiled again each time, about 130 ms per
-  call; under an outer ``jax.jit`` the inner one is inlined.
+* Each hook runs under its own ``jax.jit`` outside a staged trace,
+  keyed on the static arguments: called eagerly, the ``lax.cond``
+  branches (fresh closures on every call) were traced and compiled again
+  each time, about 130 ms per call. Inside a staged trace (an outer
+  ``jax.jit``, ``jax.export``, an exporter's ``make_jaxpr``) the op is
+  traced into it directly (:func:`_eager_jit`).
 
 Every shape and dtype is served (float16/bfloat16 are computed in float32
 and cast back); only non-float inputs decline. RMS norm, which subtracts
@@ -53,7 +55,7 @@ import jax.numpy as jnp
 from keras import ops
 
 from normlab.backends import policy
-from normlab.backends.jax_rms_norm import rms_norm_jit
+from normlab.backends.jax_rms_norm import rms_norm_op
 
 _FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
 
@@ -82,6 +84,7 @@ def _varying(x) -> bool:
 try:  # JAX's trace context (the "stackless" core, JAX >= 0.4.36); not public API
     from jax._src import core as _core
     from jax._src.interpreters import ad as _ad
+    from jax._src.interpreters import partial_eval as _pe
 
     _AD_TRACES: tuple[type, type] | None = (_ad.JVPTrace, _ad.LinearizeTrace)
 except (ImportError, AttributeError):  # pragma: no cover - another JAX: forward mode stays unserved
@@ -109,6 +112,28 @@ def _forward_mode() -> bool:
             return not getattr(trace, "is_vjp", True)
         trace = getattr(trace, "parent_trace", None)
     return False
+
+
+def _staged() -> bool:
+    """Whether this call is being traced into a jaxpr (``jax.jit``,
+    ``jax.export``, ``make_jaxpr``), at any depth of the traces around it."""
+    trace = getattr(_core.trace_ctx, "trace", None) if _AD_TRACES is not None else None
+    while trace is not None:
+        if isinstance(trace, _pe.DynamicJaxprTrace):
+            return True
+        trace = getattr(trace, "parent_trace", None)
+    return False
+
+
+def _eager_jit(fn, static_argnums):
+    """``fn`` under its own ``jax.jit`` where the call is not staged, else ``fn``
+    traced into the enclosing jaxpr. An inner ``jax.jit`` would keep what it traced
+    in its cache, for every later call of the same shapes: jax2onnx traces with
+    ``jax.numpy`` functions of its own, which then failed every eager call of the
+    exported shapes after the export ("MLIR translation rule for primitive
+    'jax.numpy.sum' not found"); under an outer jit the inner one is inlined anyway."""
+    jitted = jax.jit(fn, static_argnums=static_argnums)
+    return lambda *args: fn(*args) if _staged() else jitted(*args)
 
 
 def _usable(x) -> bool:
@@ -266,7 +291,7 @@ def _channel_norm_bwd(ca, batch, groups, epsilon, residuals, cotangents):
 
 
 _channel_norm.defvjp(_channel_norm_fwd, _channel_norm_bwd)
-_channel_norm_jit = jax.jit(_channel_norm, static_argnums=(3, 4, 5, 6))
+_channel_norm_call = _eager_jit(_channel_norm, static_argnums=(3, 4, 5, 6))
 
 
 def group_norm(x, *, groups, axis, gamma, beta, epsilon):
@@ -274,7 +299,7 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
         return None
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
     xv, ca = _channel_view(x, axis)
-    y, _, _ = _channel_norm_jit(xv, gamma, beta, ca, False, int(groups), float(epsilon))
+    y, _, _ = _channel_norm_call(xv, gamma, beta, ca, False, int(groups), float(epsilon))
     return y.reshape(x.shape)
 
 
@@ -283,7 +308,7 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
         return None
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
     xv, ca = _channel_view(x, axis)
-    y, mean, var = _channel_norm_jit(xv, gamma, beta, ca, True, None, float(epsilon))
+    y, mean, var = _channel_norm_call(xv, gamma, beta, ca, True, None, float(epsilon))
     return y.reshape(x.shape), mean, var
 
 
@@ -346,18 +371,19 @@ def _layer_norm_bwd(axes, epsilon, residuals, dy):
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
-_layer_norm_jit = jax.jit(_layer_norm, static_argnums=(3, 4))
+_layer_norm_call = _eager_jit(_layer_norm, static_argnums=(3, 4))
+_rms_norm_call = _eager_jit(rms_norm_op, static_argnums=(3, 4))
 
 
 def layer_norm(x, *, axes, gamma, beta, epsilon):
     if not _usable(x):
         return None
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
-    return _layer_norm_jit(x, gamma, beta, tuple(int(a) for a in axes), float(epsilon))
+    return _layer_norm_call(x, gamma, beta, tuple(int(a) for a in axes), float(epsilon))
 
 
 def rms_norm(x, *, axes, gamma, beta, epsilon):
     if not _usable(x):
         return None
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
-    return rms_norm_jit(x, gamma, beta, tuple(int(a) for a in axes), float(epsilon))
+    return _rms_norm_call(x, gamma, beta, tuple(int(a) for a in axes), float(epsilon))

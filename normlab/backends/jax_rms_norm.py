@@ -72,5 +72,5 @@ def _backward(axes, epsilon, residuals, dy):
 
 _rms_norm.defvjp(_forward, _backward)
 
-#: The op under its own ``jax.jit`` (inlined under an outer one), keyed on axes and epsilon.
-rms_norm_jit = jax.jit(_rms_norm, static_argnums=(3, 4))
+#: The op, ``(x, gamma, beta, axes, epsilon)`` (axes and epsilon static).
+rms_norm_op = _rms_norm
