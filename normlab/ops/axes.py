@@ -7,6 +7,7 @@ chooses it as a feature axis. Negative axes count from the end.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Sequence
 
@@ -215,6 +216,39 @@ def grouped_dims(x: Tensor, a: int, groups: int, channels: int) -> tuple[list[An
     axis ``a`` split into ``(groups, channels // groups)``."""
     shape = dims(x)
     return shape, shape[:a] + [groups, channels // groups] + shape[a + 1:]
+
+
+#: :func:`along_short_rows` spreads a statistic along trailing reduced axes of fewer elements than this.
+SHORT_ROW = 128
+
+
+def along_short_rows(stat: Tensor, x: Tensor, axes: Sequence[int]) -> Tensor:
+    """``stat`` (statistics of ``x`` with the reduced ``axes`` kept as size 1)
+    broadcast along the reduced axes that end ``x`` where they hold fewer than
+    :data:`SHORT_ROW` elements and the statistics vary along an axis ahead of
+    them that follows reduced axes of 8 elements or more (so the result stays
+    an eighth of ``x`` at most):
+    channels-last group norm's ``(N, 1, 1, G, 1)`` becomes ``(N, 1, 1, G, C/G)``.
+
+    The same values, so nothing changes but the layout an operation with
+    ``x`` broadcasts: a runtime that broadcasts by rows then meets whole rows.
+    onnxruntime subtracted a ``(1, 1, 1, 32, 1)`` tensor from ``(1, 56, 56, 32,
+    2)`` in 1.1 ms, the spread ``(1, 1, 1, 32, 2)`` one in 66 us (4x faster
+    for rows of 8, 1.5x for 32)."""
+    rank, axes = len(x.shape), sorted(a % len(x.shape) for a in axes)
+    run = [a for i, a in enumerate(axes) if axes[i:] == list(range(a, rank))]
+    def known(sizes: list[Any]) -> bool:  # (None: a graph's; a traced or symbolic size: compared, it would guard)
+        return all(isinstance(d, int) for d in sizes)
+
+    sizes = [x.shape[a] for a in run]
+    if not run or not known(sizes) or math.prod(sizes) >= SHORT_ROW:
+        return stat
+    ahead = [a for a in range(run[0]) if a not in axes and x.shape[a] != 1]  # where the statistics vary
+    before = [x.shape[a] for a in axes if ahead and a < ahead[-1]]  # reduced axes ahead of those
+    if not before or (known(before) and math.prod(before) < 8):  # (the spread one would be near x's size)
+        return stat
+    shape = dims(x)
+    return ops.broadcast_to(stat, [shape[a] if a not in axes or a in run else 1 for a in range(rank)])
 
 
 def scalar(value: Any, dtype: Any) -> Tensor:

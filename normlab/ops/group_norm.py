@@ -5,7 +5,15 @@ from __future__ import annotations
 from keras import ops
 
 from normlab import backends
-from normlab.ops.axes import complement, feature_param, float_tensor, grouped_dims, known_dims, the_channel_axis
+from normlab.ops.axes import (
+    along_short_rows,
+    complement,
+    feature_param,
+    float_tensor,
+    grouped_dims,
+    known_dims,
+    the_channel_axis,
+)
 from normlab.ops.moments import shifted_moments, stats_dtype
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_groups, check_param, require_spatial, resolve_groups
@@ -77,7 +85,9 @@ def group_norm(
         )
     shape, grouped = grouped_dims(x, a, g, channels)
     xg = ops.reshape(x, grouped)
-    shift, mean, var = shifted_moments(xg, complement([a], ndim + 1, keep_batch=True))
+    reduced = complement([a], ndim + 1, keep_batch=True)
+    # (channels-last: each group's statistics spread over its channels, see along_short_rows)
+    shift, mean, var = (along_short_rows(t, xg, reduced) for t in shifted_moments(xg, reduced))
     param_axes, param_shape = [a, a + 1], [g, channels // g]
     y = normalize(
         xg, mean, var, shift=shift, epsilon=epsilon,

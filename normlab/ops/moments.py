@@ -40,7 +40,7 @@ from keras import ops
 from keras.backend import standardize_dtype
 
 from normlab.ops.arith import at_least
-from normlab.ops.axes import canonicalize_axes, dims, float_tensor, is_traced_int, scalar, zero_of
+from normlab.ops.axes import along_short_rows, canonicalize_axes, dims, float_tensor, is_traced_int, scalar, zero_of
 from normlab.ops.masks import spread_over
 from normlab.ops.samples import median_sample
 from normlab.ops.sums import total
@@ -249,9 +249,9 @@ def shifted_moments(
         # variance is then taken about the residuals' mean (a second pass),
         # since a sample may lie several standard deviations from the mean.
         shift = ops.stop_gradient(median_sample(x, axes, batch_statistics))
-        residual = x - shift
+        residual = x - along_short_rows(shift, x, axes)
         mean = average(residual)
-        centered = residual - mean  # squared as a product: see mean_square
+        centered = residual - along_short_rows(mean, x, axes)  # squared as a product: see mean_square
         variance = average(centered * centered)
         return shift, mean, variance
     # With a mask the first element may be padding, and padding's values (a
