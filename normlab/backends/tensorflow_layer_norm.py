@@ -16,6 +16,7 @@ from normlab.backends.tensorflow_stats import (
     in_xla,
     normalize,
     param,
+    recorded,
     stats,
     unpack,
     usable,
@@ -237,22 +238,25 @@ def _rms_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, fused):
 
 
 def rms_norm(x, *, axes, gamma, beta, epsilon):
-    """RMS norm over trailing ``axes`` (:func:`_rms_norm_rows_fn`), eagerly and
-    under XLA; other axes, and graphs outside XLA, decline.
+    """RMS norm over trailing ``axes`` (:func:`_rms_norm_rows_fn`); other axes
+    decline, and so do graphs outside XLA that differentiate nothing.
 
-    In a graph outside XLA (``tf.function``, every exporter's trace) the rows'
-    ops are the general path's with a reshape to rows and back, which gains
-    nothing there (a training step of (16, 128, 768) within 5% either way, the
-    forward 1.2x slower) and costs LiteRT a copy each way: 30 against 12 us
-    for that input on one thread, where Keras' layer takes 12 us.
+    Those (``predict``, every exporter's trace) would get the general path's
+    ops with a reshape to rows and back, which costs LiteRT a copy each way:
+    30 against 12 us on one thread for (1, 128, 768), where Keras' layer
+    takes 12 us; the forward alone is no faster in TensorFlow either. A
+    training step keeps the hook (its backward: 56 against 84 ms for
+    (32, 512, 1024) in a ``tf.function``).
     """
-    if not usable(x) or (exportable_graph() and not in_xla()):
+    if not usable(x):
+        return None
+    gamma, beta = param(gamma), param(beta)
+    if exportable_graph() and not in_xla() and not recorded([x, gamma, beta]):
         return None
     axes = tuple(int(a) for a in axes)
     rank = x.shape.rank
     if axes != tuple(range(rank - len(axes), rank)):
         return None
-    gamma, beta = param(gamma), param(beta)
     width = math.prod(x.shape[rank - len(axes):])
     fn = _rms_norm_rows_fn(float(epsilon), gamma is not None, beta is not None, width, in_xla(), fused_serves(x))
     flat = [tf.reshape(t, [width]) for t in (gamma, beta) if t is not None]

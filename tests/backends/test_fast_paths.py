@@ -61,7 +61,7 @@ CASES = {
 # and RMS norm over trailing axes (channels-last batch norm with a channel count that
 # is not a multiple of 8 by composite ops: ATen's kernel is scalar there);
 # everything else goes to the general path. TensorFlow's RMS norm hook serves
-# trailing axes only (and only eagerly and under XLA: test_tf_small_inputs.py).
+# trailing axes only (and no graph outside XLA that differentiates nothing: test_tf_small_inputs.py).
 DECLINED = {
     "torch": {"gn-middle", "ln-first", "ln-split", "bn-middle", "rms-first"},
     "jax": set(),
@@ -431,3 +431,94 @@ def test_zero_epsilon_matches_general_path():
         with backends.disabled():
             general = _np(op())
         np.testing.assert_allclose(fast, general, atol=2e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", ["bn-nhwc", "bn-nchw", "bn-rank2"])
+def test_gradients_through_the_returned_batch_statistics(case, mode):
+    """A loss that uses the batch mean and variance as well as the output
+    (their cotangents reach the hook's backward): the gradients match the
+    float64 closed form, ``d mean / dx = 1 / count`` and ``d variance / dx =
+    2 (x - mean) / count`` per channel, at an offset of 1e4."""
+    if BACKEND == "jax" and mode == "eager":
+        pytest.skip("eager JAX compiles each primitive per shape: jit suffices")
+    op, shape, axis, _ = CASES[case]
+    x_np, dy_np, gamma_np, beta_np = _inputs(case, 1e4, seed=2)
+    rng = np.random.default_rng(5)
+    weights = [rng.normal(size=shape[axis]) for _ in range(2)]
+    x_np = x_np.astype("float32").astype(np.float64)
+    expected = normalize_and_vjp(x_np, dy_np, op, axis, gamma=gamma_np, beta=beta_np, epsilon=EPSILON)
+    moved = np.moveaxis(x_np, axis, -1)
+    centered = moved - moved.reshape(-1, shape[axis]).mean(0)
+    count = moved.size // shape[axis]
+    expected["dx"] = expected["dx"] + np.moveaxis((weights[0] + 2.0 * weights[1] * centered) / count, -1, axis)
+    x, dy, gamma, beta = (_tensor(a, "float32") for a in (x_np, dy_np, gamma_np, beta_np))
+    w_mean, w_var = (_tensor(w, "float32") for w in weights)
+
+    def loss(x, gamma, beta):
+        y, (mean, variance) = _apply(case, x, gamma, beta)
+        return (ops.sum(y * ops.cast(dy, y.dtype)) + ops.sum(mean * w_mean) + ops.sum(variance * w_var))
+
+    if BACKEND == "jax":
+        import jax
+
+        grad = jax.grad(loss, argnums=(0, 1, 2))
+        got = (jax.jit(grad) if mode == "jit" else grad)(x, gamma, beta)
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        def grad(x, gamma, beta):
+            with tf.GradientTape() as tape:
+                tape.watch([x, gamma, beta])
+                value = loss(x, gamma, beta)
+            return tape.gradient(value, [x, gamma, beta])
+
+        got = (grad if mode == "eager" else tf.function(grad, jit_compile=mode == "xla"))(x, gamma, beta)
+    else:
+        import torch
+
+        leaves = [t.detach().requires_grad_(True) for t in (x, gamma, beta)]
+        got = torch.autograd.grad(loss(*leaves), leaves)
+    for name, value in zip(["dx", "dgamma", "dbeta"], got):
+        error = float(np.max(np.abs(_np(value) - expected[name])))
+        scale = max(1.0, float(np.max(np.abs(expected[name]))))
+        assert error <= TOLERANCE["float32"] * scale, f"{case} {mode}: {name} off by {error:.3g}"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", ["gn-nhwc", "in-nchw", "ln-last", "bn-nhwc", "rms-last"])
+def test_half_precision_is_computed_in_float32(case, dtype):
+    """float16 and bfloat16 inputs are computed in float32 and rounded once:
+    every output is within one of its dtype's spacings of the float64 result
+    (computed in float16 they were 30 to 64 spacings off)."""
+    op, shape, axis, groups = CASES[case]
+    if op == "rms" and not _cpu_kernels():
+        pytest.skip("torch's RMS hook has only the compiled kernels")
+    x_np, _, gamma_np, beta_np = _inputs(case, 0.0, seed=3)
+    x = _tensor(x_np, dtype)
+    gamma, beta = _tensor(gamma_np, "float32"), _tensor(beta_np, "float32")
+    y = _hook_result(case, x, gamma, beta)
+    assert y is not None
+    y = _np(y[0] if isinstance(y, tuple) else y)
+    want = normalize_and_vjp(_np(x), np.zeros(shape), op, axis, groups=groups, gamma=gamma_np, beta=beta_np,
+                             epsilon=EPSILON)["y"]
+    spacing = 2.0 ** -(10 if dtype == "float16" else 7)  # between 1 and 2
+    allowed = spacing * np.maximum(2.0 ** np.floor(np.log2(np.maximum(np.abs(want), 2.0**-14))), 2.0**-6)
+    excess = float(np.max(np.abs(y - want) / allowed))
+    assert excess <= 1.0, f"{case} {dtype}: {excess:.2f} spacings off"
+
+
+@pytest.mark.parametrize("case", ["gn-nhwc", "in-nchw", "ln-last", "bn-nhwc", "rms-last"])
+def test_an_empty_batch_matches_the_general_path(case):
+    """A batch of no samples (the last, empty batch of a dataset split
+    unevenly): the hooks decline it and the general path's empty output, and
+    batch norm's NaN statistics, come back; no slice count divides by 0."""
+    _, shape, _, _ = CASES[case]
+    x = _tensor(np.zeros((0, *shape[1:])), "float32")
+    gamma, beta = (_tensor(a, "float32") for a in _inputs(case, 0.0)[2:])
+    fast = _apply(case, x, gamma, beta)
+    with backends.disabled():
+        general = _apply(case, x, gamma, beta)
+    assert tuple(fast[0].shape) == (0, *shape[1:])
+    for a, b in zip([fast[0], *(fast[1] or ())], [general[0], *(general[1] or ())]):
+        np.testing.assert_array_equal(_np(a), _np(b))

@@ -64,7 +64,13 @@ def test_the_fused_kernel_runs(case, fused_everywhere):
 
     x = tf.random.normal(CASES[case][1])
     gamma, beta = (tf.random.normal(CASES[case][1][-1:]) for _ in range(2))
-    graph = tf.function(lambda t: _apply(case, t, gamma, beta)[0]).get_concrete_function(x).graph
+
+    def step(t):  # recorded, as a training step is (RMS norm's hook serves no graph that differentiates nothing)
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            return _apply(case, t, gamma, beta)[0]
+
+    graph = tf.function(step).get_concrete_function(x).graph
     assert any(op.type.startswith("FusedBatchNorm") for op in graph.get_operations())
 
 
@@ -88,3 +94,21 @@ def test_torch_aten_kernels_with_one_parameter(case, affine, dtype, monkeypatch)
     ("tensor does not have a device", torch 2.13): beta's gradient is summed by normlab there."""
     monkeypatch.setenv("NORMLAB_CPU_KERNELS", "0")
     _check(case, dtype, 1e4, affine=affine)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's fused kernels")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", ["bn-nhwc", "ln-last", "rms-last"])
+def test_tensorflow_float64_at_the_fused_size(case, mode, fused_everywhere):
+    """The fused kernels take no float64: float64 inputs of the size they
+    serve take the composite formulation, and keep float64's digits."""
+    _check(case, "float64", 1e6, mode=mode)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's fused kernels")
+@pytest.mark.parametrize("mode", MODES)
+def test_tensorflow_channels_first_batch_norm_at_the_fused_size(mode, fused_everywhere, monkeypatch):
+    """The fused kernel is channels-last: a channels-first input whose last
+    axis is a whole number of its channel blocks takes the composite path."""
+    monkeypatch.setitem(CASES, "bn-nchw-c8", ("batch", (4, 6, 3, 8), 1, None))
+    _check("bn-nchw-c8", "float32", 1e4, mode=mode)

@@ -112,3 +112,22 @@ def test_hooks_at_the_edge_of_the_bound_match_float64(op, monkeypatch):
         value = np.asarray(keras.ops.convert_to_numpy(value), np.float64)
         error = np.abs(value - want[name]).max() / np.abs(want[name]).max()
         assert error <= TOLERANCE, f"{op} {name}: relative error {error:.2g} at r = {policy.MAX_RAW_RATIO:g}"
+
+
+@pytest.mark.parametrize("op", ["group", "batch", "layer"])
+def test_squares_beyond_the_float32_range_are_not_kept(op):
+    """At an offset of 1e19 the squares of ``x`` overflow float32 (their sum is
+    inf) while the mean's square does not: the plain moments must not be kept
+    there (a variance of inf would make every output 0), the moments about a
+    sample are within float32's range and exact."""
+    from normlab import ops as nops
+
+    z = np.random.default_rng(2).standard_normal(SHAPE)
+    x = (1e19 + 1e17 * z).astype("float32")
+    assert not _raw(x, op)
+    y = {"group": lambda t: nops.group_norm(t, GROUPS, 3, epsilon=EPSILON),
+         "batch": lambda t: nops.batch_norm(t, axis=3, training=True, epsilon=EPSILON),
+         "layer": lambda t: nops.layer_norm(t, [3], epsilon=EPSILON)}[op](x)
+    want = normalize_and_vjp(x, np.zeros(SHAPE), op, [3] if op == "layer" else 3,
+                             groups=GROUPS if op == "group" else None, epsilon=EPSILON)["y"]
+    np.testing.assert_allclose(np.asarray(keras.ops.convert_to_numpy(y), np.float64), want, rtol=0, atol=1e-5)

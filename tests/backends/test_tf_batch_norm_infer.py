@@ -148,3 +148,25 @@ def test_the_kernel_scales_by_the_given_scale():
     y = hooks.batch_norm_infer(x, axis=1, mean=tf.zeros(8), variance=tf.zeros(8), gamma=None, beta=None,
                                epsilon=1.0)
     np.testing.assert_allclose(y.numpy(), x.numpy(), rtol=4 * 2.0**-23, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_in_a_graph_half_precision_3d_inputs_only_under_xla(dtype, jit_compile):
+    """A float16 or bfloat16 3-D input in a ``tf.function`` outside XLA takes
+    the general path (a converter made a float16 Dense, the casts and the
+    reshaped kernel 1.3 off); 4-D half-precision inputs, which need no
+    reshape, are served, and under XLA both are."""
+    tf = _tf()
+    from normlab.backends import tensorflow as hooks
+
+    stats = {k: tf.ones(8) for k in ("mean", "variance", "gamma", "beta")}
+    served = {}
+
+    def probe(x):
+        served[x.shape.rank] = hooks.batch_norm_infer(x, axis=x.shape.rank - 1, epsilon=EPSILON, **stats) is not None
+        return x
+
+    for shape in ((4, 3, 8), (4, 3, 3, 8)):
+        tf.function(probe, jit_compile=jit_compile).get_concrete_function(tf.TensorSpec([None, *shape[1:]], dtype))
+    assert served == {3: jit_compile, 4: True}

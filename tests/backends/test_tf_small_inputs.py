@@ -162,23 +162,63 @@ def test_an_empty_axis_with_an_unknown_batch_is_traced_and_run(kind, shape):
     assert tuple(y.shape) == (2, *shape[1:]) and tuple(dx.shape) == (2, *shape[1:])
 
 
-def test_rms_norm_graphs_outside_xla_take_the_general_path():
-    """TensorFlow's RMS norm hook serves eager calls and XLA; in other graphs (a
-    ``tf.function``, an exporter's trace) its rows' reshapes cost LiteRT a copy each way."""
+def test_rms_norm_graphs_that_differentiate_nothing_take_the_general_path():
+    """TensorFlow's RMS norm hook serves eager calls, XLA and graphs a tape records
+    (a training step); in other graphs (``predict``, an exporter's trace) its rows'
+    reshapes cost LiteRT a copy each way."""
     import tensorflow as tf
 
     from normlab.backends import tensorflow_layer_norm as hooks
 
     served = {}
 
-    def probe(where):
+    def probe(where, tape=False):
         def call(t):
-            served[where] = hooks.rms_norm(t, axes=[2], gamma=None, beta=None, epsilon=1e-6) is not None
+            with tf.GradientTape() as recording:
+                if tape:
+                    recording.watch(t)
+                served[where] = hooks.rms_norm(t, axes=[2], gamma=None, beta=None, epsilon=1e-6) is not None
             return t
         return call
 
     x = tf.ones((2, 3, 8))
     probe("eager")(x)
     tf.function(probe("graph"))(x)
+    tf.function(probe("graph, recorded", tape=True))(x)
     tf.function(probe("xla"), jit_compile=True)(x)
-    assert served == {"eager": True, "graph": False, "xla": True}
+    assert served == {"eager": True, "graph": False, "graph, recorded": True, "xla": True}
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("kind", sorted(EMPTY_LAYERS))
+def test_an_unknown_batch_that_is_empty_at_run_time(kind, jit_compile):
+    """A graph traced for an unknown batch (the hooks serve it) and run on an
+    empty one: forward only, where the conditional statistics and their
+    first-element samples run (batch norm's samples are padded along the
+    unknown batch axis), as the general path's NaN statistics and empty output."""
+    import tensorflow as tf
+
+    layer = EMPTY_LAYERS[kind]()
+    layer.build((2, 5, 12))
+    fn = tf.function(lambda x: layer(x, training=True), jit_compile=jit_compile,
+                     input_signature=[tf.TensorSpec((None, 5, 12), tf.float32)])
+    assert tuple(fn(tf.zeros((0, 5, 12))).shape) == (0, 5, 12)
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(2, 5, 12)).astype("float32")
+    with normlab.backends.disabled():
+        want = layer(x, training=True).numpy()
+    np.testing.assert_allclose(fn(tf.constant(x)).numpy(), want, atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(EMPTY_LAYERS))
+def test_an_unknown_size_besides_the_batch_takes_the_general_path(kind):
+    """A sequence length unknown when traced (``(None, None, C)``): the hooks,
+    whose views and counts need every size but the batch's, decline it."""
+    import tensorflow as tf
+
+    layer = EMPTY_LAYERS[kind]()
+    layer.build((2, 5, 12))
+    fn = tf.function(lambda x: layer(x, training=True), input_signature=[tf.TensorSpec((None, None, 12), tf.float32)])
+    x = np.random.default_rng(1).normal(3.0, 2.0, size=(2, 5, 12)).astype("float32")
+    with normlab.backends.disabled():
+        want = layer(x, training=True).numpy()
+    np.testing.assert_allclose(fn(tf.constant(x)).numpy(), want, atol=2e-5)
