@@ -119,6 +119,13 @@ def test_in_a_graph_only_3d_and_4d_inputs_outside_xla(jit_compile):
     """In a ``tf.function`` (what converters read), 2-D and 5-D inputs take
     the general path, whose plain ops LiteRT folds into a Dense layer before
     them (``tests/export/test_folding.py``); under XLA every rank is served."""
+    served = _served_in_a_graph([(4, 8), (4, 3, 8), (4, 3, 3, 8), (2, 3, 4, 5, 8)], jit_compile)
+    assert served == {2: jit_compile, 3: True, 4: True, 5: jit_compile}
+
+
+def _served_in_a_graph(shapes, jit_compile, dtype="float32"):
+    """``{rank: whether the hook serves it}`` for inputs of ``shapes`` (batch unknown)
+    traced in a ``tf.function``."""
     tf = _tf()
     from normlab.backends import tensorflow as hooks
 
@@ -129,9 +136,9 @@ def test_in_a_graph_only_3d_and_4d_inputs_outside_xla(jit_compile):
         served[x.shape.rank] = hooks.batch_norm_infer(x, axis=x.shape.rank - 1, epsilon=EPSILON, **stats) is not None
         return x
 
-    for shape in ((4, 8), (4, 3, 8), (4, 3, 3, 8), (2, 3, 4, 5, 8)):
-        tf.function(probe, jit_compile=jit_compile).get_concrete_function(tf.TensorSpec([None, *shape[1:]]))
-    assert served == {2: jit_compile, 3: True, 4: True, 5: jit_compile}
+    for shape in shapes:
+        tf.function(probe, jit_compile=jit_compile).get_concrete_function(tf.TensorSpec([None, *shape[1:]], dtype))
+    return served
 
 
 def test_the_kernel_scales_by_the_given_scale():
@@ -157,16 +164,4 @@ def test_in_a_graph_half_precision_3d_inputs_only_under_xla(dtype, jit_compile):
     the general path (a converter made a float16 Dense, the casts and the
     reshaped kernel 1.3 off); 4-D half-precision inputs, which need no
     reshape, are served, and under XLA both are."""
-    tf = _tf()
-    from normlab.backends import tensorflow as hooks
-
-    stats = {k: tf.ones(8) for k in ("mean", "variance", "gamma", "beta")}
-    served = {}
-
-    def probe(x):
-        served[x.shape.rank] = hooks.batch_norm_infer(x, axis=x.shape.rank - 1, epsilon=EPSILON, **stats) is not None
-        return x
-
-    for shape in ((4, 3, 8), (4, 3, 3, 8)):
-        tf.function(probe, jit_compile=jit_compile).get_concrete_function(tf.TensorSpec([None, *shape[1:]], dtype))
-    assert served == {3: jit_compile, 4: True}
+    assert _served_in_a_graph([(4, 3, 8), (4, 3, 3, 8)], jit_compile, dtype) == {3: jit_compile, 4: True}
