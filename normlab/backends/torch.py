@@ -49,7 +49,8 @@ layer and RMS norm over trailing axes), where Triton is installed; what they
 decline falls through to ATen as on the CPU.
 
 Under ``torch.compile``, ``torch.export``/ONNX export and TorchScript
-tracing the hooks decline (:func:`traced`): the tracer then sees the
+tracing the hooks decline (:func:`traced`; exporters get layer norm as
+:mod:`normlab.backends.torch_export` records it): the tracer then sees the
 general path's plain differentiable ops, which inductor fuses itself, and
 never a custom ``torch.autograd.Function`` (which the ONNX exporter cannot
 take) or a loop over the batch. They decline as well inside ``torch.func``
@@ -75,7 +76,7 @@ import sys
 import torch
 from keras import ops
 
-from normlab.backends import torch_cpu
+from normlab.backends import torch_cpu, torch_export
 from normlab.backends.policy import MAX_REDUCTION, MAX_SHIFT_RATIO, subsample_size
 from normlab.backends.torch_autograd import (
     CHANNEL_BLOCK,
@@ -87,6 +88,7 @@ from normlab.backends.torch_autograd import (
     ShiftedNorm,
     center,
 )
+from normlab.backends.torch_export import exporting
 from normlab.backends.torch_guards import traced, usable, values  # noqa: F401 (traced: public, see layers.weight_norm)
 
 #: Positions between two rows of a channels-last subsample (its mean is the shift).
@@ -233,6 +235,8 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
 
 def layer_norm(x, *, axes, gamma, beta, epsilon):
     gamma, beta = values(gamma, beta)
+    if exporting():
+        return torch_export.layer_norm(x, axes, gamma, beta, epsilon)
     if not usable(x, gamma, beta):
         return None
     y = _triton("layer_norm", x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)
