@@ -43,8 +43,10 @@ def _forward(x, gamma, beta, axes, epsilon):
     compute = _compute_dtype(x.dtype)
     pshape = _param_shape(x.shape, axes)
     xf = x.astype(compute)
-    count = math.prod(x.shape[a] for a in axes)
-    rstd = jax.lax.rsqrt(jnp.sum(xf * xf, axis=axes, keepdims=True) / count + epsilon)
+    # A mean, not a sum over the count: jax2onnx writes the sum of squares
+    # as ReduceSumSquare, which took onnxruntime twice as long as Mul +
+    # ReduceMean ((1, 128, 768): 148 against 72 us, one thread).
+    rstd = jax.lax.rsqrt(jnp.mean(xf * xf, axis=axes, keepdims=True) + epsilon)
     y = xf * rstd
     if gamma is not None:
         y = y * gamma.astype(compute).reshape(pshape)
