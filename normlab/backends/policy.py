@@ -81,10 +81,10 @@ or a shift that needs no decision at all.
   compiler then sees the general path's plain differentiable ops, which
   it fuses itself (measured faster than what it makes of the ATen kernels
   it would otherwise decompose; ``benchmarks/README.md``), and an exporter
-  never meets a custom ``torch.autograd.Function``. Exporters record layer
-  norm as ATen's ``layer_norm`` of ``x`` less the same subsample-mean shift
-  (:mod:`normlab.backends.torch_export`): a runtime's one-pass node is held
-  to the bound above.
+  never meets a custom ``torch.autograd.Function``. Exporters record layer,
+  group and instance norm as ATen's ``layer_norm``/``group_norm`` of ``x``
+  less the same subsample-mean shift (:mod:`normlab.backends.torch_export`):
+  a runtime's one-pass node is held to the bound above.
 
 **Accumulation.** ATen's CPU kernels accumulate their sums sequentially:
 reductions longer than :data:`MAX_REDUCTION` decline there (2e-5

@@ -49,8 +49,8 @@ layer and RMS norm over trailing axes), where Triton is installed; what they
 decline falls through to ATen as on the CPU.
 
 Under ``torch.compile``, ``torch.export``/ONNX export and TorchScript
-tracing the hooks decline (:func:`traced`; exporters get layer norm as
-:mod:`normlab.backends.torch_export` records it): the tracer then sees the
+tracing the hooks decline (:func:`traced`; exporters get layer, group and
+instance norm as :mod:`normlab.backends.torch_export` records them): the tracer then sees the
 general path's plain differentiable ops, which inductor fuses itself, and
 never a custom ``torch.autograd.Function`` (which the ONNX exporter cannot
 take) or a loop over the batch. They decline as well inside ``torch.func``
@@ -198,6 +198,8 @@ def _batch_shift(x3, channels_last, dtype):
 
 def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     gamma, beta = values(gamma, beta)
+    if exporting():
+        return torch_export.group_norm(x, groups, axis, gamma, beta, epsilon)
     if not usable(x, gamma, beta):
         return None
     y = _triton("group_norm", x, groups=groups, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon)

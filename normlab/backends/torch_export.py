@@ -1,21 +1,22 @@
 """What the torch hooks hand an exporter (``torch.export``, the ONNX
-exporters, TorchScript tracing for them): a graph of standard operators that
-deployment runtimes have fused kernels for, exact as the eager hooks are.
+exporters, TorchScript's tracer, through which Keras exports to OpenVINO): a
+graph of standard operators that deployment runtimes have fused kernels for,
+exact as the eager hooks are.
 
 Elsewhere under a tracer (``torch.compile``, ``torch.func`` transforms) the
-hooks decline and the general path's plain ops are traced; an exporter gets
-the same, except where a runtime's own operator for the whole norm is
-faster than that graph of elementwise passes and can be made exact:
-
-* Layer norm over trailing axes: ATen's ``layer_norm`` of ``x`` less a
-  detached shift per row (the mean of its first 16th, as the eager hooks'
-  shift: :func:`normlab.backends.policy.subsample_size`; the norm is
-  unchanged by a shift, and nothing flows through it). ONNX has one node for
-  it, ``LayerNormalization``, which onnxruntime computes in one pass
-  (``E[x^2] - E[x]^2``): the shift bounds that pass's cancellation by the
-  policy's ratio (:data:`~normlab.backends.policy.MAX_SHIFT_RATIO`), as it
-  bounds ATen's kernels. onnxruntime, one thread, ``(1, 128, 768)``: 79 us
-  against 146 us for the general path's graph (``docs/deploying.md``).
+hooks decline and the general path's plain ops are traced. An exporter gets
+ATen's ``layer_norm`` (trailing axes) or ``group_norm`` (channels-first or
+channels-last; instance norm is one group per channel) of ``x`` less a
+detached shift per slice: the mean of each row's first 16th, or of every 16th
+position of a group's channels. The norm is unchanged by a shift and nothing
+flows through it; it bounds the offset ratio of what the runtime's node sees
+by :data:`~normlab.backends.policy.MAX_SHIFT_RATIO`, as it bounds ATen's
+kernels. That node (ONNX ``LayerNormalization``/``InstanceNormalization``,
+OpenVINO ``GroupNormalization``/``MVN``) computes in one pass, ``E[x^2] -
+E[x]^2``, which without the shift is 5e-4 (onnxruntime, layer norm) to 1.3e-3
+(OpenVINO, group norm) off at an offset of 1e4. Group norm of ``(1, 56, 56,
+64)`` in onnxruntime, one thread: 252 against 3920 us for the general path's
+graph (``docs/deploying.md``).
 """
 
 from __future__ import annotations
@@ -25,13 +26,35 @@ import warnings
 
 import torch
 
-from normlab.backends.policy import subsample_size
+from normlab.backends.policy import MAX_SHIFT_RATIO, subsample_size
+
+#: Positions between two of a group norm shift's subsample.
+_STRIDE = int(MAX_SHIFT_RATIO)
 
 
 def exporting() -> bool:
-    """Whether ``torch.export`` or an ONNX exporter is tracing this call
-    (``torch.compile`` alone is not exporting)."""
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    """Whether ``torch.export``, an ONNX exporter or TorchScript's tracer (with
+    which Keras exports to OpenVINO) records this call; ``torch.compile``
+    alone does not."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def group_norm(x, groups, axis, gamma, beta, epsilon):
+    """Group (and instance) norm of channels-first or channels-last ``x`` as
+    an exporter should record it: ATen's ``group_norm`` of ``x`` less a
+    detached shift per (sample, group), the mean of every 16th position of
+    its channels; None for a channel axis elsewhere. No size is read: the
+    graph keeps the batch and spatial sizes symbolic."""
+    if x.ndim < 3 or axis not in (1, x.ndim - 1):
+        return None
+    compute = _compute_dtype(x)
+    xc = x.movedim(axis, 1).to(compute)  # (N, C, *S)
+    grouped = xc.reshape(xc.shape[0], groups, -1)
+    sub = xc.detach().flatten(2)[:, :, ::_STRIDE]
+    shift = sub.reshape(sub.shape[0], groups, -1).mean(dim=-1, keepdim=True)
+    centered = (grouped - shift).reshape(xc.shape)
+    y = torch.nn.functional.group_norm(centered, groups, _param(gamma, compute, x), _param(beta, compute, x), epsilon)
+    return y.movedim(1, axis).to(x.dtype)
 
 
 def layer_norm(x, axes, gamma, beta, epsilon):
@@ -41,13 +64,13 @@ def layer_norm(x, axes, gamma, beta, epsilon):
     width = _width(x, axes, pinned=gamma is not None or beta is not None)
     if width is None:
         return None
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    compute = _compute_dtype(x)
     rows = x.flatten(x.ndim - len(axes)) if len(axes) > 1 else x
     head = subsample_size(width)
     shift = rows.detach()[..., :head].mean(dim=-1, keepdim=True, dtype=compute)
     y = torch.nn.functional.layer_norm(
-        rows.to(compute) - shift, (width,), _flat(gamma, width, compute, x.device),
-        _flat(beta, width, compute, x.device), epsilon,
+        rows.to(compute) - shift, (width,), _param(gamma, compute, x, width), _param(beta, compute, x, width),
+        epsilon,
     )
     return (y if y.dtype == x.dtype else y.to(x.dtype)).reshape_as(x)
 
@@ -70,5 +93,9 @@ def _width(x, axes, *, pinned):
         return math.prod(int(d) for d in sizes)
 
 
-def _flat(param, width, dtype, device):
-    return None if param is None else torch.as_tensor(param, dtype=dtype, device=device).reshape(width)
+def _compute_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _param(param, dtype, x, width=-1):
+    return None if param is None else torch.as_tensor(param, dtype=dtype, device=x.device).reshape(width)
