@@ -275,6 +275,8 @@ def _trailing(x, axes):
 
 def rms_norm(x, *, axes, gamma, beta, epsilon):
     gamma, beta = values(gamma, beta)
+    if exporting():
+        return torch_export.rms_norm(x, axes, gamma, beta, epsilon)
     if not usable(x, gamma, beta):
         return None
     y = _triton("rms_norm", x, axes=axes, gamma=gamma, beta=beta, epsilon=epsilon)

@@ -16,7 +16,8 @@ OpenVINO ``GroupNormalization``/``MVN``) computes in one pass, ``E[x^2] -
 E[x]^2``, which without the shift is 5e-4 (onnxruntime, layer norm) to 1.3e-3
 (OpenVINO, group norm) off at an offset of 1e4. Group norm of ``(1, 56, 56,
 64)`` in onnxruntime, one thread: 252 against 3920 us for the general path's
-graph (``docs/deploying.md``).
+graph (``docs/deploying.md``). RMS norm, with no subtraction to guard, is
+recorded as ``x * rsqrt(mean(x * x) + epsilon)``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,32 @@ def layer_norm(x, axes, gamma, beta, epsilon):
         epsilon,
     )
     return (y if y.dtype == x.dtype else y.to(x.dtype)).reshape_as(x)
+
+
+def rms_norm(x, axes, gamma, beta, epsilon):
+    """RMS norm over ``axes`` of ``x`` as an exporter should record it:
+    ``x * rsqrt(mean(x * x) + epsilon) * gamma + beta``. onnxruntime's
+    optimizer broke the general path's graph (a cast of ``x`` recorded after
+    its statistic: "Invalid model" on loading, a node's input gone)."""
+    compute = _compute_dtype(x)
+    xf = x if x.dtype == compute else x.to(compute)
+    y = xf * torch.rsqrt((xf * xf).mean(dim=tuple(axes), keepdim=True) + epsilon)
+    if gamma is not None:
+        y = y * _along(gamma, axes, x.ndim, compute, x)
+    if beta is not None:
+        y = y + _along(beta, axes, x.ndim, compute, x)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def _along(param, axes, ndim, dtype, x):
+    """A parameter of the shape of ``x`` at (sorted) ``axes``, with a size-1
+    dimension at every other axis after the first of them: it broadcasts
+    against ``x`` with no size read."""
+    t = torch.as_tensor(param, dtype=dtype, device=x.device)
+    for i in range(axes[0], ndim):
+        if i not in axes:
+            t = t.unsqueeze(i - axes[0])
+    return t
 
 
 def _width(x, axes, *, pinned):

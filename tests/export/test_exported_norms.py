@@ -227,3 +227,37 @@ def test_torchscript_trace_keeps_sizes_symbolic_and_gradients_exact():
     eager, eager_grad = loss_gradient(model)
     np.testing.assert_allclose(got, _expected_group(x, axis, groups, params), atol=3e-6)
     np.testing.assert_allclose(got_grad, eager_grad, atol=2e-5 * np.abs(eager_grad).max())
+
+
+RMS_CASES = {
+    "trailing": ((16, 24), -1),
+    "two-axes-apart": ((4, 5, 6), [1, 3]),
+    "mixed-float16": ((16, 24), -1),
+}
+
+
+@pytest.mark.parametrize("case", RMS_CASES)
+def test_onnx_export_of_rms_norm_loads_in_onnxruntime_and_matches_float64(case, tmp_path):
+    """The general path's graph of an RMS norm applied to a model's input (a
+    cast of ``x`` recorded after its mean square) failed to load: onnxruntime's
+    optimizer dropped a node's input ("Invalid model")."""
+    _formats.BY_ID["onnx"].require()
+    input_shape, axis = RMS_CASES[case]
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(input_shape)
+    layer = normlab.layers.RMSNormalization(axis=axis, dtype="mixed_float16" if case == "mixed-float16" else None)
+    model = keras.Model(inputs, layer(inputs))
+    model(np.zeros((2,) + input_shape, "float32"))
+    gamma = np.random.default_rng(1).uniform(0.5, 1.5, layer.scale.shape)
+    layer.scale.assign(gamma.astype("float32"))
+    session, kinds = _onnx_session(model, str(tmp_path / "rms.onnx"))
+    x = np.random.default_rng(2).normal(3.0, 2.0, size=(3,) + input_shape).astype("float32")
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    axes = (len(input_shape),) if axis == -1 else tuple(axis)
+    x64 = x.astype(np.float16 if case == "mixed-float16" else np.float32).astype(np.float64)
+    shape = [1] * x.ndim
+    for a, d in zip(axes, gamma.shape):
+        shape[a] = d
+    expected = x64 / np.sqrt((x64 * x64).mean(axis=axes, keepdims=True) + 1e-6) * gamma.astype("float32").reshape(shape)
+    tolerance = 2e-3 if case == "mixed-float16" else 2e-6  # (a float16 output)
+    np.testing.assert_allclose(got.astype(np.float64), expected, rtol=tolerance, atol=tolerance)
