@@ -49,8 +49,8 @@ layer and RMS norm over trailing axes), where Triton is installed; what they
 decline falls through to ATen as on the CPU.
 
 Under ``torch.compile``, ``torch.export``/ONNX export and TorchScript
-tracing the hooks decline (:func:`traced`; exporters get layer, group and
-instance norm as :mod:`normlab.backends.torch_export` records them): the tracer then sees the
+tracing the hooks decline (:func:`traced`; exporters get layer, RMS, group
+and instance norm as :mod:`normlab.backends.torch_export` records them): the tracer then sees the
 general path's plain differentiable ops, which inductor fuses itself, and
 never a custom ``torch.autograd.Function`` (which the ONNX exporter cannot
 take) or a loop over the batch. They decline as well inside ``torch.func``
@@ -88,8 +88,7 @@ from normlab.backends.torch_autograd import (
     ShiftedNorm,
     center,
 )
-from normlab.backends.torch_export import exporting
-from normlab.backends.torch_guards import traced, usable, values  # noqa: F401 (traced: public, see layers.weight_norm)
+from normlab.backends.torch_guards import compute_dtype, traced, usable, values  # noqa: F401 (traced: public, see layers.weight_norm)
 
 #: Positions between two rows of a channels-last subsample (its mean is the shift).
 _STRIDE = int(MAX_SHIFT_RATIO)
@@ -122,10 +121,6 @@ def _triton(name, x, **kwargs):
     if _triton_kernels is False:
         return None
     return getattr(_triton_kernels, name)(x, **kwargs)
-
-
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _param(param, dtype, device):
@@ -198,7 +193,7 @@ def _batch_shift(x3, channels_last, dtype):
 
 def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     gamma, beta = values(gamma, beta)
-    if exporting():
+    if torch_export.exporting():
         return torch_export.group_norm(x, groups, axis, gamma, beta, epsilon)
     if not usable(x, gamma, beta):
         return None
@@ -210,7 +205,7 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
         return None
     n, c = x.shape[0], x.shape[axis]
     s = x.numel() // (n * c)
-    compute = _compute_dtype(x.dtype)
+    compute = compute_dtype(x.dtype)
     gamma, beta = _param(gamma, compute, x.device), _param(beta, compute, x.device)
     compiled = torch_cpu.served(x)
     if compiled and (s == 1 or not channels_last):
@@ -237,7 +232,7 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
 
 def layer_norm(x, *, axes, gamma, beta, epsilon):
     gamma, beta = values(gamma, beta)
-    if exporting():
+    if torch_export.exporting():
         return torch_export.layer_norm(x, axes, gamma, beta, epsilon)
     if not usable(x, gamma, beta):
         return None
@@ -248,7 +243,7 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
     if shape is None:
         return None  # only trailing axes are rows of ATen's kernel
     width = math.prod(shape)
-    compute = _compute_dtype(x.dtype)
+    compute = compute_dtype(x.dtype)
     rows = x.view(-1, width)
     gamma, beta = _param(gamma, compute, x.device), _param(beta, compute, x.device)
     if torch_cpu.served(x):
@@ -275,7 +270,7 @@ def _trailing(x, axes):
 
 def rms_norm(x, *, axes, gamma, beta, epsilon):
     gamma, beta = values(gamma, beta)
-    if exporting():
+    if torch_export.exporting():
         return torch_export.rms_norm(x, axes, gamma, beta, epsilon)
     if not usable(x, gamma, beta):
         return None
@@ -339,7 +334,7 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
         return None
     c = x.shape[axis]
     count = x.numel() // c
-    compute = _compute_dtype(x.dtype)
+    compute = compute_dtype(x.dtype)
     if channels_last:
         x3 = x3.view(1, count, c)  # the batch is one slice per channel
     shift = _batch_shift(x3, channels_last, compute)

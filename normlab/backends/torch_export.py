@@ -28,6 +28,7 @@ import warnings
 import torch
 
 from normlab.backends.policy import MAX_SHIFT_RATIO, subsample_size
+from normlab.backends.torch_guards import compute_dtype
 
 #: Positions between two of a group norm shift's subsample.
 _STRIDE = int(MAX_SHIFT_RATIO)
@@ -48,14 +49,14 @@ def group_norm(x, groups, axis, gamma, beta, epsilon):
     graph keeps the batch and spatial sizes symbolic."""
     if x.ndim < 3 or axis not in (1, x.ndim - 1):
         return None
-    compute = _compute_dtype(x)
-    xc = x.movedim(axis, 1).to(compute)  # (N, C, *S)
+    compute = compute_dtype(x.dtype)
+    xc = _cast(x.movedim(axis, 1), compute)  # (N, C, *S)
     grouped = xc.reshape(xc.shape[0], groups, -1)
     sub = xc.detach().flatten(2)[:, :, ::_STRIDE]
     shift = sub.reshape(sub.shape[0], groups, -1).mean(dim=-1, keepdim=True)
     centered = (grouped - shift).reshape(xc.shape)
     y = torch.nn.functional.group_norm(centered, groups, _param(gamma, compute, x), _param(beta, compute, x), epsilon)
-    return y.movedim(1, axis).to(x.dtype)
+    return _cast(y.movedim(1, axis), x.dtype)
 
 
 def layer_norm(x, axes, gamma, beta, epsilon):
@@ -65,15 +66,15 @@ def layer_norm(x, axes, gamma, beta, epsilon):
     width = _width(x, axes, pinned=gamma is not None or beta is not None)
     if width is None:
         return None
-    compute = _compute_dtype(x)
+    compute = compute_dtype(x.dtype)
     rows = x.flatten(x.ndim - len(axes)) if len(axes) > 1 else x
     head = subsample_size(width)
     shift = rows.detach()[..., :head].mean(dim=-1, keepdim=True, dtype=compute)
     y = torch.nn.functional.layer_norm(
-        rows.to(compute) - shift, (width,), _param(gamma, compute, x, width), _param(beta, compute, x, width),
+        _cast(rows, compute) - shift, (width,), _param(gamma, compute, x, width), _param(beta, compute, x, width),
         epsilon,
     )
-    return (y if y.dtype == x.dtype else y.to(x.dtype)).reshape_as(x)
+    return _cast(y, x.dtype).reshape_as(x)
 
 
 def rms_norm(x, axes, gamma, beta, epsilon):
@@ -81,14 +82,14 @@ def rms_norm(x, axes, gamma, beta, epsilon):
     ``x * rsqrt(mean(x * x) + epsilon) * gamma + beta``. onnxruntime's
     optimizer broke the general path's graph (a cast of ``x`` recorded after
     its statistic: "Invalid model" on loading, a node's input gone)."""
-    compute = _compute_dtype(x)
-    xf = x if x.dtype == compute else x.to(compute)
+    compute = compute_dtype(x.dtype)
+    xf = _cast(x, compute)
     y = xf * torch.rsqrt((xf * xf).mean(dim=tuple(axes), keepdim=True) + epsilon)
     if gamma is not None:
         y = y * _along(gamma, axes, x.ndim, compute, x)
     if beta is not None:
         y = y + _along(beta, axes, x.ndim, compute, x)
-    return y if y.dtype == x.dtype else y.to(x.dtype)
+    return _cast(y, x.dtype)
 
 
 def _along(param, axes, ndim, dtype, x):
@@ -120,8 +121,9 @@ def _width(x, axes, *, pinned):
         return math.prod(int(d) for d in sizes)
 
 
-def _compute_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def _cast(t, dtype):
+    """``t`` in ``dtype``; a tracer records no cast where it has that dtype."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _param(param, dtype, x, width=-1):

@@ -60,6 +60,11 @@ def plain(t) -> bool:
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the hooks compute in for inputs of ``dtype``: float32 at least."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def values(*params):
     """Keras variables as the tensors they hold, each read once (a read of
     ``.value`` costs microseconds; the hooks look at a parameter several times)."""
