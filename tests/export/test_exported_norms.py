@@ -233,6 +233,7 @@ RMS_CASES = {
     "trailing": ((16, 24), -1),
     "two-axes-apart": ((4, 5, 6), [1, 3]),
     "mixed-float16": ((16, 24), -1),
+    "near-epsilon": ((16, 24), -1),  # a mean square of 1.3e-5: epsilon (1e-6) shows
 }
 
 
@@ -251,7 +252,8 @@ def test_onnx_export_of_rms_norm_loads_in_onnxruntime_and_matches_float64(case, 
     gamma = np.random.default_rng(1).uniform(0.5, 1.5, layer.scale.shape)
     layer.scale.assign(gamma.astype("float32"))
     session, kinds = _onnx_session(model, str(tmp_path / "rms.onnx"))
-    x = np.random.default_rng(2).normal(3.0, 2.0, size=(3,) + input_shape).astype("float32")
+    scale = 1e-3 if case == "near-epsilon" else 1.0
+    x = (np.random.default_rng(2).normal(3.0, 2.0, size=(3,) + input_shape) * scale).astype("float32")
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     axes = (len(input_shape),) if axis == -1 else tuple(axis)
     x64 = x.astype(np.float16 if case == "mixed-float16" else np.float32).astype(np.float64)
