@@ -107,6 +107,17 @@ def torch_traced() -> bool:
     return traced()
 
 
+def torch_tensor_in_place(x: object) -> bool:
+    """Whether ``x`` is a torch tensor already on Keras' device (it needs no
+    conversion; :func:`normlab.backends.torch_guards.at_keras_device`);
+    False on the other backends, without importing torch."""
+    if keras.backend.backend() != "torch" or type(x).__name__ not in ("Tensor", "Parameter"):
+        return False
+    guards: Any = _modules.get("torch_guards") or importlib.import_module("normlab.backends.torch_guards")
+    _modules["torch_guards"] = guards
+    return bool(guards.at_keras_device(x))
+
+
 def saved_for_backward(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)``, its results saved for the backward pass, never recomputed there.
 

@@ -96,7 +96,7 @@ def _along(param, axes, ndim, dtype, x):
     """A parameter of the shape of ``x`` at (sorted) ``axes``, with a size-1
     dimension at every other axis after the first of them: it broadcasts
     against ``x`` with no size read."""
-    t = torch.as_tensor(param, dtype=dtype, device=x.device)
+    t = _tensor(param, dtype, x)
     for i in range(axes[0], ndim):
         if i not in axes:
             t = t.unsqueeze(i - axes[0])
@@ -127,4 +127,13 @@ def _cast(t, dtype):
 
 
 def _param(param, dtype, x, width=-1):
-    return None if param is None else torch.as_tensor(param, dtype=dtype, device=x.device).reshape(width)
+    return None if param is None else _tensor(param, dtype, x).reshape(width)
+
+
+def _tensor(param, dtype, x):
+    """``param`` as a tensor of ``dtype`` on ``x``'s device. A tensor is cast
+    and moved only where it must be (``torch.as_tensor`` of one is recorded
+    as a constant by TorchScript's tracer, with a warning)."""
+    if not isinstance(param, torch.Tensor):
+        return torch.as_tensor(param, dtype=dtype, device=x.device)
+    return _cast(param if param.device == x.device else param.to(x.device), dtype)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import keras
 import torch
+from keras.src.backend.torch.core import get_device
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 
@@ -47,6 +48,23 @@ def on_device(t, device) -> bool:
     there by the hooks."""
     value = t if isinstance(t, torch.Tensor) else getattr(t, "value", None)
     return not isinstance(value, torch.Tensor) or value.device == device
+
+
+def at_keras_device(x) -> bool:
+    """Whether ``x`` is a plain tensor already on the device Keras puts
+    tensors on (``keras.device`` scope, else its default). Keras'
+    ``convert_to_tensor`` returns such a tensor unchanged, but compares its
+    ``torch.device`` with a string, never equal, and calls ``x.to(device)``:
+    a no-op that tracers record, a ``Cast`` in every exported ONNX graph."""
+    if type(x) not in PLAIN:
+        return False
+    name = get_device()
+    if name == "cpu":
+        return x.device.type == "cpu"
+    target = torch.device(name)
+    if target.index is None and target.type == "cuda":
+        target = torch.device("cuda", torch.cuda.current_device())
+    return x.device == target
 
 
 def plain(t) -> bool:

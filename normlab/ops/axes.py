@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any, Sequence
 
 import keras
 import numpy as np
 from keras import ops
 
+from normlab import backends
 from normlab.ops.validate import ArgumentTypeError, error_message, is_text
 from normlab.types import Axis, Shape, Tensor
 
@@ -93,7 +95,8 @@ def float_tensor(x: Tensor, argument: str = "x") -> Tensor:
         raise ArgumentTypeError(error_message(
             argument, "a tensor of numbers (or a number)", f"{argument}={x!r} of type {type(x).__name__}",
             "Pass a NumPy array, a backend tensor or a Python number."))
-    x = ops.convert_to_tensor(x)
+    if not backends.torch_tensor_in_place(x):
+        x = ops.convert_to_tensor(x)
     if keras.backend.is_float_dtype(x.dtype):
         return x
     check_real(x, argument)
@@ -161,8 +164,31 @@ def known_dims(shape: Shape, axes: Sequence[int], *, argument: str = "axis", axi
                     "or choose another axis.",
                 )
             )
-        dims.append(int(size))
+        dims.append(int(size) if not _traced_size(size) else _trace_time_int(size))
     return dims
+
+
+def static_shape(shape: Sequence[Any]) -> tuple:
+    """``shape`` as a tuple, each size that TorchScript's tracer gives as a
+    0-d tensor read as the int it holds while tracing (see
+    :func:`_trace_time_int`); other sizes as given."""
+    return tuple(_trace_time_int(d) if _traced_size(d) else d for d in shape)
+
+
+def _traced_size(size: object) -> bool:
+    """Whether a size is a torch tensor: TorchScript's tracer (``torch.jit.trace``,
+    the ONNX and OpenVINO exporters) gives every size as one."""
+    return type(size).__name__ == "Tensor" and type(size).__module__.startswith("torch")
+
+
+def _trace_time_int(size: Any) -> int:
+    """A traced size as the int it holds now, fixed in the trace. Only for
+    sizes that weights pin (channels) and for decisions that hold at every
+    size (which axes broadcast); the tracer's warning that the trace may not
+    generalize is silenced, since for these it does."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return int(size)
 
 
 def is_traced_int(size: object) -> bool:

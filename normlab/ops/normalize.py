@@ -8,7 +8,7 @@ import numpy as np
 from keras import ops
 
 from normlab import backends
-from normlab.ops.axes import float_tensor, python_number, scalar
+from normlab.ops.axes import float_tensor, python_number, scalar, static_shape
 from normlab.ops.moments import stats_dtype
 from normlab.ops.validate import check_epsilon, error_message
 from normlab.types import Tensor
@@ -32,7 +32,7 @@ def inverse_std(variance: Tensor, epsilon: float) -> Tensor:
 def _static_shape(t: Tensor) -> tuple | None:
     """``t``'s shape as a tuple, or None where even its rank is unknown (a TensorFlow graph)."""
     try:
-        return tuple(t.shape)
+        return static_shape(t.shape)
     except ValueError:
         return None
 
