@@ -34,6 +34,14 @@ def in_symbolic_scope() -> bool:
     return inside()
 
 
+def torch_device() -> str:
+    """The device Keras' torch backend puts tensors on: a ``keras.device``
+    scope's, else its default (``"cuda"`` where there is one, ``"cpu"``)."""
+    from keras.src.backend.torch.core import get_device
+
+    return str(get_device())
+
+
 def autocast_scope(dtype: DTypeLike | None) -> AbstractContextManager[Any]:
     """Keras' ``AutocastScope``: inside it, float variables read as ``dtype``
     (None: in their own dtype)."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import keras
 import torch
-from keras.src.backend.torch.core import get_device
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from normlab._compat import torch_device
 
 
 def traced() -> bool:
@@ -58,7 +59,7 @@ def at_keras_device(x) -> bool:
     a no-op that tracers record, a ``Cast`` in every exported ONNX graph."""
     if type(x) not in PLAIN:
         return False
-    name = get_device()
+    name = torch_device()
     if name == "cpu":
         return x.device.type == "cpu"
     target = torch.device(name)

@@ -16,7 +16,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from normlab import backends
 from normlab.ops.validate import ArgumentTypeError, error_message, is_text
 from normlab.types import Axis, Shape, Tensor
 
@@ -95,6 +94,8 @@ def float_tensor(x: Tensor, argument: str = "x") -> Tensor:
         raise ArgumentTypeError(error_message(
             argument, "a tensor of numbers (or a number)", f"{argument}={x!r} of type {type(x).__name__}",
             "Pass a NumPy array, a backend tensor or a Python number."))
+    from normlab import backends  # (here: backends' modules import this one)
+
     if not backends.torch_tensor_in_place(x):
         x = ops.convert_to_tensor(x)
     if keras.backend.is_float_dtype(x.dtype):
