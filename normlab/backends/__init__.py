@@ -113,9 +113,9 @@ def torch_tensor_in_place(x: object) -> bool:
     False on the other backends, without importing torch."""
     if keras.backend.backend() != "torch" or type(x).__name__ not in ("Tensor", "Parameter"):
         return False
-    guards: Any = _modules.get("torch_guards") or importlib.import_module("normlab.backends.torch_guards")
-    _modules["torch_guards"] = guards
-    return bool(guards.at_keras_device(x))
+    from normlab.backends.torch_guards import at_keras_device
+
+    return bool(at_keras_device(x))
 
 
 def saved_for_backward(fn: Callable[..., Any], *args: Any) -> Any:
