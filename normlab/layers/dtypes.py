@@ -20,7 +20,7 @@ from typing import Protocol
 import keras
 from keras import ops
 
-from normlab.ops.axes import check_real
+from normlab.ops.axes import as_tensor, check_real
 from normlab.ops.validate import error_message
 from normlab.types import Tensor
 
@@ -65,7 +65,7 @@ class FloatCompute:
         layer computes in float64, as Keras' layers do), integers (e.g. uint8
         images) cast to the variable dtype, float32 at least (an int32 beyond
         65504 is inf in float16: its statistics would be NaN)."""
-        inputs = ops.convert_to_tensor(inputs)
+        inputs = as_tensor(inputs)
         bits = _FLOAT_BITS.get(keras.backend.standardize_dtype(inputs.dtype))
         if bits is not None:
             return ops.cast(inputs, self.compute_dtype) if bits < _FLOAT_BITS.get(self.compute_dtype, 0) else inputs

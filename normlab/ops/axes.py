@@ -86,6 +86,16 @@ def check_real(x: Tensor, argument: str) -> None:
             "keras.ops.stack([keras.ops.real(x), keras.ops.imag(x)], axis=-1)."))
 
 
+def as_tensor(x: Any) -> Tensor:
+    """``ops.convert_to_tensor(x)``, except that a torch tensor already on
+    Keras' device is returned as it is: Keras' conversion would record a
+    no-op ``x.to(device)`` in every trace (a ``Cast`` per input in exported
+    ONNX graphs; :func:`normlab.backends.torch_tensor_in_place`)."""
+    from normlab import backends  # (here: backends' modules import this one)
+
+    return x if backends.torch_tensor_in_place(x) else ops.convert_to_tensor(x)
+
+
 def float_tensor(x: Tensor, argument: str = "x") -> Tensor:
     """``x`` as a tensor the ops compute on: float dtypes as given, integers and
     bools (uint8 images, say) cast to float32, never truncated back; a complex
@@ -94,10 +104,7 @@ def float_tensor(x: Tensor, argument: str = "x") -> Tensor:
         raise ArgumentTypeError(error_message(
             argument, "a tensor of numbers (or a number)", f"{argument}={x!r} of type {type(x).__name__}",
             "Pass a NumPy array, a backend tensor or a Python number."))
-    from normlab import backends  # (here: backends' modules import this one)
-
-    if not backends.torch_tensor_in_place(x):
-        x = ops.convert_to_tensor(x)
+    x = as_tensor(x)
     if keras.backend.is_float_dtype(x.dtype):
         return x
     check_real(x, argument)

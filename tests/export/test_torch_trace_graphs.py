@@ -35,6 +35,17 @@ def test_float_tensor_returns_a_tensor_on_keras_device_itself():
     assert "aten::to" not in str(graph), graph
 
 
+def test_a_layer_takes_a_float_input_on_keras_device_as_it_is():
+    import torch
+
+    x = torch.ones(2, 3)
+    layer = L.LayerNormalization()
+    assert layer.float_input(x) is x
+    graph = torch.jit.trace(lambda t: layer.float_input(t) * 2, x).graph
+    assert "aten::to" not in str(graph), graph
+    assert L.LayerNormalization(dtype="float64").float_input(x).dtype == torch.float64
+
+
 def test_float_tensor_still_converts_what_is_not_a_float_tensor_there():
     import torch
 
