@@ -6,7 +6,7 @@ from __future__ import annotations
 from keras import ops
 
 from normlab.ops.axes import complement, float_tensor, the_channel_axis
-from normlab.ops.moments import shifted_moments, stats_dtype
+from normlab.ops.moments import shifted_moments, stats_dtype, widened
 from normlab.ops.normalize import inverse_std, normalize
 from normlab.ops.validate import check_epsilon, error_message, require_spatial
 from normlab.types import Shape, Tensor
@@ -104,9 +104,11 @@ def adaptive_instance_norm(content: Tensor, style: Tensor, axis: int = -1, *, ep
     a = check_content_and_style(content.shape, style.shape, axis)
     epsilon = check_epsilon(epsilon)
     spatial = complement([a], len(content.shape), keep_batch=True)
+    out_dtype, content = content.dtype, widened(content)
     shift, mean, variance = shifted_moments(content, spatial)
     style_shift, style_mean, style_variance = shifted_moments(style, spatial)
     dtype = stats_dtype(content.dtype)
     scale = ops.cast(_style_std(style_variance, epsilon), dtype)
     offset = ops.cast(style_shift + style_mean, dtype)
-    return normalize(content, mean, variance, gamma=scale, beta=offset, epsilon=epsilon, shift=shift)
+    return ops.cast(normalize(content, mean, variance, gamma=scale, beta=offset, epsilon=epsilon, shift=shift),
+                    out_dtype)

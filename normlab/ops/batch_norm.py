@@ -13,7 +13,7 @@ from normlab.ops.arith import at_least, at_most
 from normlab.ops.axes import channel_axis, complement, dims, feature_param, float_tensor, known_dims, the_channel_axis
 from normlab.ops.ghost_batches import split_batch
 from normlab.ops.masks import finite_values
-from normlab.ops.moments import note_count, shifted_moments, size_as, stats_dtype
+from normlab.ops.moments import note_count, shifted_moments, size_as, stats_dtype, widened
 from normlab.ops.normalize import check_variance, normalize
 from normlab.ops.validate import (
     check_bools,
@@ -115,12 +115,13 @@ def batch_norm(
         if result is None:
             if mask is not None:
                 check_mask(mask, x.shape)
-            shift, mean, variance = shifted_moments(x, reduce_axes, mask=mask, replica_sum=replica_sum)
-            y = normalize(
-                x if mask is None else finite_values(x), mean, variance, shift=shift, epsilon=epsilon,
+            xw = widened(x)
+            shift, mean, variance = shifted_moments(xw, reduce_axes, mask=mask, replica_sum=replica_sum)
+            y = ops.cast(normalize(
+                xw if mask is None else finite_values(xw), mean, variance, shift=shift, epsilon=epsilon,
                 gamma=feature_param(gamma, ndim, [a], [channels]),
                 beta=feature_param(beta, ndim, [a], [channels]),
-            )
+            ), x.dtype)
             mean, variance = ops.reshape(shift + mean, (channels,)), ops.reshape(variance, (channels,))
         else:
             y, mean, variance = result
@@ -191,6 +192,7 @@ def batch_norm_training(
     v = check_positive_int("virtual_batch_size", virtual_batch_size, example=32, allow_none=True,
                            meaning="the size of each ghost batch")
     shape = dims(x)
+    out_dtype, x = x.dtype, widened(x)
     if v is not None:
         x_work, mask = split_batch(x, v, mask)
         c, rank = a + 1, ndim + 1
@@ -230,7 +232,7 @@ def batch_norm_training(
             )
             note_count(replica_sum, ghosts)
             mean, variance = total_mean / ghosts, total_variance / ghosts
-    return y, ops.reshape(mean, (channels,)), ops.reshape(variance, (channels,))
+    return ops.cast(y, out_dtype), ops.reshape(mean, (channels,)), ops.reshape(variance, (channels,))
 
 
 def _ghost_average(mean: Tensor, variance: Tensor, counts: Tensor,

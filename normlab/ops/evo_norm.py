@@ -8,7 +8,7 @@ from keras import ops
 
 from normlab.ops.arith import maximum
 from normlab.ops.axes import channel_axis, complement, feature_param, float_tensor, grouped_dims, per_channel
-from normlab.ops.moments import moments, stats_dtype
+from normlab.ops.moments import moments, stats_dtype, widened
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import (
     check_bools,
@@ -94,8 +94,9 @@ def evo_norm_b0(
     v, gamma, beta, moving_variance = (
         check_param(name, param, (channels,), dtype)
         for name, param in (("v", v), ("gamma", gamma), ("beta", beta), ("moving_variance", moving_variance)))
+    xs = widened(x)
     if training:
-        _, variance = moments(x, complement([a], ndim), replica_sum=replica_sum)
+        _, variance = moments(xs, complement([a], ndim), replica_sum=replica_sum)
     elif moving_variance is None:
         raise ValueError(
             error_message("moving_variance", "a per-channel variance when training=False",
@@ -104,8 +105,7 @@ def evo_norm_b0(
         )
     else:
         variance = ops.cast(per_channel(moving_variance, ndim, a, channels), dtype)
-    _, instance_var = moments(x, complement([a], ndim, keep_batch=True))
-    xs = ops.cast(x, dtype)
+    _, instance_var = moments(xs, complement([a], ndim, keep_batch=True))
     right = ops.sqrt(instance_var + epsilon)
     if v is not None:
         right = xs * ops.cast(per_channel(v, ndim, a, channels), dtype) + right
@@ -163,8 +163,8 @@ def evo_norm_s0(
     v, gamma, beta = (check_param(name, param, (channels,), stats_dtype(x.dtype))
                       for name, param in (("v", v), ("gamma", gamma), ("beta", beta)))
     shape, grouped = grouped_dims(x, a, g, channels)
-    _, variance = moments(ops.reshape(x, grouped), complement([a], ndim + 1, keep_batch=True))
-    xs = ops.cast(x, variance.dtype)
+    xs = widened(x)
+    _, variance = moments(ops.reshape(xs, grouped), complement([a], ndim + 1, keep_batch=True))
     gate = xs if v is None else xs * ops.cast(per_channel(v, ndim, a, channels), xs.dtype)
     z = ops.reshape(xs * ops.sigmoid(gate), grouped)
 

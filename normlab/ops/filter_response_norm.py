@@ -17,7 +17,7 @@ from normlab.ops.axes import (
     per_channel,
     the_channel_axis,
 )
-from normlab.ops.moments import mean_square, stats_dtype
+from normlab.ops.moments import mean_square, stats_dtype, widened
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_param, error_message
 from normlab.types import Axis, Shape, Tensor
@@ -162,7 +162,8 @@ def filter_response_norm(
     epsilon = check_epsilon(epsilon)
     gamma, beta, tau = (check_param(name, param, (channels,), stats_dtype(x.dtype))
                         for name, param in (("gamma", gamma), ("beta", beta), ("tau", tau)))
-    nu2 = mean_square(x, spatial)
+    xw = widened(x)
+    nu2 = mean_square(xw, spatial)
     if learned_epsilon is not None:
         learned_epsilon = float_tensor(learned_epsilon, "learned_epsilon")
         if tuple(learned_epsilon.shape) not in ((), (1,)):
@@ -171,9 +172,9 @@ def filter_response_norm(
                 f"learned_epsilon of shape {tuple(learned_epsilon.shape)}",
                 "Pass one value, as FilterResponseNormalization(learned_epsilon=True) keeps it."))
         nu2 = nu2 + ops.abs(ops.cast(ops.reshape(learned_epsilon, ()), nu2.dtype))
-    y = normalize(
-        x, 0.0, nu2, epsilon=epsilon,
+    y = ops.cast(normalize(
+        xw, 0.0, nu2, epsilon=epsilon,
         gamma=per_channel(gamma, ndim, a, channels),
         beta=per_channel(beta, ndim, a, channels),
-    )
+    ), x.dtype)
     return y if tau is None else tlu(y, tau, axis=a)

@@ -14,7 +14,7 @@ from normlab.ops.axes import (
     known_dims,
     the_channel_axis,
 )
-from normlab.ops.moments import shifted_moments, stats_dtype
+from normlab.ops.moments import shifted_moments, stats_dtype, widened
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_groups, check_param, require_spatial, resolve_groups
 from normlab.types import Tensor
@@ -76,13 +76,14 @@ def group_norm(
         if y is not None:
             return y
 
+    out_dtype, x = x.dtype, widened(x)
     if g == channels:  # one group per channel: no reshape needed
         shift, mean, var = shifted_moments(x, complement([a], ndim, keep_batch=True))
-        return normalize(
+        return ops.cast(normalize(
             x, mean, var, shift=shift, epsilon=epsilon,
             gamma=feature_param(gamma, ndim, [a], [channels]),
             beta=feature_param(beta, ndim, [a], [channels]),
-        )
+        ), out_dtype)
     shape, grouped = grouped_dims(x, a, g, channels)
     xg = ops.reshape(x, grouped)
     reduced = complement([a], ndim + 1, keep_batch=True)
@@ -98,7 +99,7 @@ def group_norm(
             beta if beta is None else ops.reshape(beta, param_shape), ndim + 1, param_axes, param_shape
         ),
     )
-    return ops.reshape(y, shape)
+    return ops.cast(ops.reshape(y, shape), out_dtype)
 
 
 def instance_norm(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from keras import ops
+
 from normlab import backends
 from normlab.ops.axes import canonicalize_axes, feature_param, float_tensor, known_dims
-from normlab.ops.moments import shifted_moments, stats_dtype
+from normlab.ops.moments import shifted_moments, stats_dtype, widened
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, check_param
 from normlab.types import Axis, Tensor
@@ -62,9 +64,10 @@ def layer_norm(
         if y is not None:
             return y
 
-    shift, mean, var = shifted_moments(x, axes)
-    return normalize(
-        x, mean, var, shift=shift, epsilon=epsilon,
+    xw = widened(x)
+    shift, mean, var = shifted_moments(xw, axes)
+    return ops.cast(normalize(
+        xw, mean, var, shift=shift, epsilon=epsilon,
         gamma=feature_param(gamma, ndim, axes, feature_shape),
         beta=feature_param(beta, ndim, axes, feature_shape),
-    )
+    ), x.dtype)

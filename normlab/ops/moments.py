@@ -193,6 +193,18 @@ def _cross_replica_moments(
     return shift, mean, variance
 
 
+def widened(x: Tensor) -> Tensor:
+    """``x`` in :func:`stats_dtype`, cast once (nothing to do for float32 and float64).
+
+    A general path whose statistics and apply step both read ``x`` takes
+    this one tensor for both: autodiff then adds their two gradient terms,
+    which largely cancel, in float32 before the one cast back, instead of
+    rounding each to half precision first (float16 ``dx`` was 2 to 22
+    spacings off float64, against at most 1 now).
+    """
+    return ops.cast(x, stats_dtype(x.dtype))
+
+
 def shifted_moments(
     x: Tensor, axes: Axis, *, mask: Tensor | None = None, replica_sum: ReplicaSum | None = None,
     batch_statistics: bool | None = None,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from keras import ops
+
 from normlab import backends
 from normlab.ops.axes import feature_param
 from normlab.ops.layer_norm import feature_axes_arguments
-from normlab.ops.moments import mean_square
+from normlab.ops.moments import mean_square, widened
 from normlab.ops.normalize import normalize
 from normlab.types import Axis, Tensor
 
@@ -45,8 +47,9 @@ def rms_norm(
         if y is not None:
             return y
     ndim = len(x.shape)
-    return normalize(
-        x, 0.0, mean_square(x, axes), epsilon=epsilon,
+    xw = widened(x)
+    return ops.cast(normalize(
+        xw, 0.0, mean_square(xw, axes), epsilon=epsilon,
         gamma=feature_param(gamma, ndim, axes, feature_shape),
         beta=feature_param(beta, ndim, axes, feature_shape),
-    )
+    ), x.dtype)

@@ -7,7 +7,7 @@ from typing import Literal, overload
 from keras import ops
 
 from normlab.ops.axes import channel_axis, complement, float_tensor, per_channel
-from normlab.ops.moments import shifted_moments, stats_dtype
+from normlab.ops.moments import shifted_moments, stats_dtype, widened
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_bools, check_epsilon, check_param, error_message, require_spatial
 from normlab.types import ReplicaSum, Tensor
@@ -94,6 +94,7 @@ def switchable_norm(
     # Every mean is taken relative to one shift per sample and channel (an element
     # of the instance slice), so their mixture stays exact at large offsets: the
     # layer and batch shifts differ from it by an exact subtraction near the offset.
+    out_dtype, x = x.dtype, widened(x)
     shift, mean_in, var_in = shifted_moments(x, complement([a], ndim, keep_batch=True))
     shift_ln, mean_ln, var_ln = shifted_moments(x, complement([], ndim, keep_batch=True))
     mean_ln = (shift_ln - shift) + mean_ln
@@ -120,11 +121,11 @@ def switchable_norm(
     wv = ops.softmax(ops.cast(ops.reshape(variance_weights, (3,)), dtype))
     mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * relative_bn
     variance = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
-    y = normalize(
+    y = ops.cast(normalize(
         x, mean, variance, epsilon=epsilon, shift=shift,
         gamma=per_channel(gamma, ndim, a, channels),
         beta=per_channel(beta, ndim, a, channels),
-    )
+    ), out_dtype)
     if not return_stats:
         return y
     return y, ops.reshape(mean_bn, (channels,)), ops.reshape(var_bn, (channels,))
