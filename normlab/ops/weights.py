@@ -29,7 +29,7 @@ from keras import ops
 
 from normlab.ops.arith import at_least
 from normlab.ops.axes import canonicalize_axes, float_tensor
-from normlab.ops.moments import shifted_moments, stats_dtype
+from normlab.ops.moments import shifted_moments, stats_dtype, widened
 from normlab.ops.normalize import normalize
 from normlab.ops.validate import check_epsilon, error_message
 from normlab.types import Axis, Tensor
@@ -149,8 +149,9 @@ def standardize_weight(
             "One weight standardizes to 0, so every output would be the bias. A weight-"
             "standardized convolution with a 1x1 kernel needs more than one input channel "
             "per group: use a plain convolution there."))
-    shift, mean, var = shifted_moments(kernel, axes)  # exact at any offset, as every norm
-    return normalize(kernel, mean, var, shift=shift, gamma=gain, epsilon=epsilon)
+    wide = widened(kernel)
+    shift, mean, var = shifted_moments(wide, axes)  # exact at any offset, as every norm
+    return ops.cast(normalize(wide, mean, var, shift=shift, gamma=gain, epsilon=epsilon), kernel.dtype)
 
 
 def weight_norm(

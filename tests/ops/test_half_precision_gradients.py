@@ -1,7 +1,6 @@
 """The general path's gradients for float16 and bfloat16 inputs (fast paths
 off), on every backend: ``dx`` is rounded once to the input's dtype, within
-one of its spacings of the float64 closed form, as the fast paths' and
-Keras' own layers' are.
+one of its spacings of the float64 closed form, as the fast paths' are.
 
 The statistics and the apply step both read ``x``; where each cast it to
 float32 by itself, autodiff rounded each of the two gradient terms (which
@@ -74,6 +73,7 @@ ZOO = {
     "evonorm_b0": lambda x: nops.evo_norm_b0(x, training=True, epsilon=1e-3),
     "evonorm_s0": lambda x: nops.evo_norm_s0(x, groups=2, epsilon=1e-3),
     "filter_response": lambda x: nops.filter_response_norm(x, epsilon=1e-3),
+    "standardize_weight": lambda w: nops.standardize_weight(w, epsilon=1e-3),  # a (2, 5, 6, 4) kernel: 60 inputs per output
 }
 STYLE = np.random.default_rng(7).normal(1.0, 3.0, (2, 5, 6, 4)).astype("float32")
 
