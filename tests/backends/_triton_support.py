@@ -17,8 +17,9 @@ import sys
 
 import numpy as np
 
-#: Relative error allowed against the float64 closed forms (as tests/backends/test_fast_paths.py).
-TOLERANCE = {"float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
+#: Relative error allowed against the float64 closed forms (as tests/backends/test_fast_paths.py:
+#: one spacing of [1, 2) for half precision, rounded once from float32).
+TOLERANCE = {"float32": 2e-5, "float16": 1e-3, "bfloat16": 8e-3}
 
 
 def mode(cuda: bool) -> tuple[str | None, str]:

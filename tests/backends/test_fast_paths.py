@@ -68,7 +68,10 @@ DECLINED = {
     "tensorflow": {"rms-first"},
 }.get(BACKEND, set())
 
-TOLERANCE = {"float64": 1e-9, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
+# Relative to the largest magnitude of each result: a half-precision result
+# rounded once from float32 is within one spacing of [1, 2) (2**-10, 2**-7);
+# the largest measured are 5.4e-4 (float16) and 5.2e-3 (bfloat16), both dx.
+TOLERANCE = {"float64": 1e-9, "float32": 2e-5, "float16": 1e-3, "bfloat16": 8e-3}
 
 # TensorFlow takes small inputs about a subsample mean outside XLA, larger
 # ones with its conditional statistics (normlab.backends.tensorflow_stats):
