@@ -36,7 +36,7 @@ _OPTIONS = {"dataset": "--dataset", "protocol": "--protocol", "epochs": "--epoch
 def make_experiment(args: argparse.Namespace):
     """The Experiment the parsed arguments ask for (every value checked, nothing imported)."""
     overrides = {key: getattr(args, key) for key in _OPTIONS if getattr(args, key) is not None}
-    given = set(overrides)
+    given = {key: f"{_OPTIONS[key]} {value}" for key, value in overrides.items()}  # key -> where it was given
     settable = [key for key in config_keys() if key not in SET_BY_COMMAND]
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -52,10 +52,8 @@ def make_experiment(args: argparse.Namespace):
                               f"Received: --set {item}. `normlab list` shows them with their defaults.")
         if key in given:
             raise ConfigError(f"Invalid `set`: {key} is given twice. Received: --set {item} and "
-                              + (f"{_OPTIONS[key]} {getattr(args, key)}" if key in _OPTIONS and
-                                 getattr(args, key) is not None else f"an earlier --set {key}=...")
-                              + ". Pass one of them.")
-        given.add(key)
+                              f"{given[key]}. Pass one of them.")
+        given[key] = f"an earlier --set {item}"
         overrides[key] = parse_value(key, value.strip())
     check_keys(overrides)
     seeds, quick = args.seeds, dict[str, Any](P.QUICK)
@@ -132,8 +130,13 @@ def _model_key(spec: str) -> tuple:
     key = []
     for name, kwargs in parse_placement(spec):
         arguments = {**registry()[name].arguments(), **kwargs}
-        key.append((name, repr(sorted(arguments.items()))))
+        key.append((name, repr(sorted((k, _as_lists(v)) for k, v in arguments.items()))))
     return tuple(key)
+
+
+def _as_lists(value: Any) -> Any:
+    """``value`` with its tuples as lists: ``axis=(1, 2)`` builds what ``axis=[1, 2]`` does."""
+    return [_as_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def make_executor(args: argparse.Namespace):

@@ -170,7 +170,7 @@ def test_sweeps_scale_learning_rate_with_batch_size():
     # --set overrode the option silently (compare-e2 for --epochs 3)
     (["compare", "--set", "epochs=2", "--epochs", "3"], "epochs is given twice. Received: --set epochs=2 and --epochs 3"),
     (["compare", "--lr", "0.1", "--set", "learning_rate=0.2"], "Received: --set learning_rate=0.2 and --lr 0.1"),
-    (["compare", "--set", "epochs=2", "--set", "epochs=3"], "Received: --set epochs=3 and an earlier --set epochs="),
+    (["compare", "--set", "epochs=2", "--set", "epochs=3"], "Received: --set epochs=3 and an earlier --set epochs=2. Pass one of them."),
     # the preset was dropped silently
     (["compare", "--preset", "combos", "--norms", "batch"], "Received: --preset combos and --norms batch"),
     (["sweep", "batch-size", "--lr", "0.01"], "It is 0.001 x batch / 32 at each batch size"),
@@ -184,6 +184,9 @@ def test_sweeps_scale_learning_rate_with_batch_size():
     # a default spelled out builds the same layer
     (["compare", "--norms", "group", "gn(groups=32)"], "Received: 'group' and 'gn(groups=32)', the same norms"),
     (["compare", "--norms", "batch>group(groups=5)", "bn>group(groups=5, epsilon=0.001)"], "expected each model once"),
+    # a list and a tuple of the same axes: two runs of one model, printed with one label
+    (["compare", "--norms", "layer(axis=[1,2])", "layer(axis=(1, 2))"],
+     "Received: 'layer(axis=[1, 2])' and 'layer(axis=(1, 2))', the same norms"),
     (["compare", "--norms", "batch>"], "Remove the stray '>'"),
     (["compare", "--cpus-per-run", "2"], "applies only to --executor ray"),
     (["compare", "--baseline", "Nope"], "Invalid `baseline`: expected a configuration or series"),
