@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
@@ -104,7 +105,8 @@ class BatchNormalization(Normalization):
             ``renorm_stddev``). Default False.
         renorm_clipping: with ``renorm``, a dict with optional keys ``"rmax"``
             (default inf), ``"rmin"`` (default 0) and ``"dmax"`` (default inf)
-            bounding ``r`` to ``[rmin, rmax]`` and ``d`` to ``[-dmax, dmax]``.
+            bounding ``r`` to ``[rmin, rmax]`` and ``d`` to ``[-dmax, dmax]``
+            (``rmin <= 1 <= rmax``; without ``renorm`` it is ignored, with a warning).
             The paper ramps them from 1, 1, 0 to 3, 1/3, 5. Default None
             (no clipping).
         renorm_momentum: weight the renorm moving averages keep at each step.
@@ -209,6 +211,13 @@ class BatchNormalization(Normalization):
             "initializer", "moving_variance_initializer", moving_variance_initializer)
         self.renorm = check_bool("renorm", renorm)
         self._clipping = check_renorm_clipping(renorm_clipping)
+        if self._clipping and not self.renorm:
+            warnings.warn(
+                f"BatchNormalization ignores renorm_clipping={renorm_clipping!r} without renorm=True: "
+                "it is plain batch normalization. Pass renorm=True to clip r and d.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.renorm_clipping = None if renorm_clipping is None else dict(renorm_clipping)
         self.renorm_momentum = _check_renorm_momentum(renorm_momentum)
         self.virtual_batch_size = check_positive_int(

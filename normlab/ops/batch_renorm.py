@@ -54,7 +54,8 @@ def batch_renorm(
         beta: optional per-channel offset ``(C,)``. Default None.
         epsilon: added to the variance. Default 1e-3.
         clipping: dict with optional keys ``rmax`` (default inf), ``rmin``
-            (default 0) and ``dmax`` (default inf). Default None (no clipping).
+            (default 0) and ``dmax`` (default inf), with ``rmin <= 1 <= rmax``.
+            Default None (no clipping).
         mask: optional tensor broadcastable to ``x``. Default None.
         virtual_batch_size: optional ghost batch size; ``r`` and ``d`` are
             then per ghost batch. Default None.

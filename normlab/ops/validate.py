@@ -388,13 +388,12 @@ def check_renorm_clipping(clipping: object) -> RenormClipping:
             error_message("renorm_clipping", "dmax >= 0 (d is clipped to [-dmax, dmax])",
                           f"renorm_clipping={clipping!r}", fix)
         )
-    if out.get("rmin", 0.0) > float(np.finfo(np.float32).max):  # every r clipped to inf: outputs of inf
-        raise ValueError(error_message("renorm_clipping", "an rmin finite in float32 (r = std / moving std is "
-                                       "clipped to [rmin, rmax])", f"renorm_clipping={clipping!r}", fix))
-    rmax = out.get("rmax")
-    if rmax is not None and (rmax <= 0.0 or rmax < out.get("rmin", 0.0)):
+    # r = 1 (batch statistics equal to the moving ones) must stay 1: clipped to rmax < 1 or rmin > 1, the
+    # training output is scaled by it however well the moving statistics converge, and never matches inference.
+    if not out.get("rmin", 0.0) <= 1.0 <= out.get("rmax", math.inf):
         raise ValueError(
-            error_message("renorm_clipping", "rmax > 0 and rmax >= rmin (default 0): r = std / moving std is "
-                          "positive, clipped to [rmin, rmax]", f"renorm_clipping={clipping!r}", fix)
+            error_message("renorm_clipping", "rmin <= 1 <= rmax (defaults 0 and inf): r = std / moving std is "
+                          "clipped to [rmin, rmax], and r = 1 must stay 1 or training outputs never match "
+                          "inference", f"renorm_clipping={clipping!r}", fix)
         )
     return out

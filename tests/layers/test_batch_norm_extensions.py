@@ -1,5 +1,7 @@
 """BatchNormalization's renorm (parity with Keras), ghost batches, and frozen-statistics mode."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -87,7 +89,8 @@ def test_ghost_batches_in_training_match_reference(renorm):
     rng = np.random.default_rng(2)
     x = rng.normal(1.0, 2.0, size=LAST4).astype("float32")
     x[2:] = 3.0 * x[2:] - 2.0  # the two ghost batches differ
-    layer = normlab.BatchNormalization(momentum=0.5, virtual_batch_size=2, renorm=renorm, renorm_clipping=CLIPPING,
+    layer = normlab.BatchNormalization(momentum=0.5, virtual_batch_size=2, renorm=renorm,
+                                       renorm_clipping=CLIPPING if renorm else None,
                                        gamma_initializer="random_uniform", beta_initializer="random_uniform")
     y = ops.convert_to_numpy(layer(x, training=True))
     gamma, beta = (ops.convert_to_numpy(w) for w in (layer.gamma, layer.beta))
@@ -142,12 +145,23 @@ def test_use_moving_statistics_freezes_statistics_but_trains_affine():
     assert normlab.BatchNormalization.from_config(layer.get_config()).use_moving_statistics
 
 
+def test_clipping_without_renorm_warns_that_it_is_ignored():
+    """TF-Keras took it silently: plain batch norm, with the clipping the user asked for nowhere."""
+    with pytest.warns(UserWarning, match=r"ignores renorm_clipping=\{'rmax': 3\.0\} without renorm=True"):
+        layer = normlab.BatchNormalization(renorm_clipping={"rmax": 3.0})
+    assert not layer.renorm
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normlab.BatchNormalization(renorm=True, renorm_clipping={"rmax": 3.0})
+        normlab.BatchNormalization(renorm_clipping={})
+
+
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [
         (dict(renorm=True, renorm_clipping={"rmax": 0.5, "rmin": 1.0}),
-         r"Invalid `renorm_clipping`: expected rmax > 0 and rmax >= rmin \(default 0\): r = std / moving std is "
-         r"positive, clipped to \[rmin, rmax\]\. "
+         r"Invalid `renorm_clipping`: expected rmin <= 1 <= rmax \(defaults 0 and inf\): r = std / moving std is "
+         r"clipped to \[rmin, rmax\], and r = 1 must stay 1 or training outputs never match inference\. "
          r"Received: renorm_clipping=\{'rmax': 0\.5, 'rmin': 1\.0\}\. Pass a dict such as"),
         (dict(renorm=True, renorm_clipping={"rmax": 3.0, "r_min": 0.3}), r"Invalid `renorm_clipping`: expected None or a dict with keys"),
         (dict(renorm=True, renorm_momentum=2.0), r"Invalid `renorm_momentum`: expected a float in \[0, 1\].*Received: renorm_momentum=2\.0"),

@@ -84,10 +84,14 @@ def test_batch_renorm_is_exact_at_large_offsets(offset, v):
 @pytest.mark.parametrize(
     "clipping, pattern",
     [
-        ({"rmax": 1.0, "rmin": 2.0}, r"expected rmax > 0 and rmax >= rmin \(default 0\).*Received: renorm_clipping="),
-        # rmax alone is compared with the default rmin; r > 0, so rmax <= 0 made every output constant
-        ({"rmax": 0.0}, r"expected rmax > 0 and rmax >= rmin.*Received: renorm_clipping=\{'rmax': 0\.0\}"),
-        ({"rmax": -1.0}, r"expected rmax > 0 and rmax >= rmin.*Received: renorm_clipping=\{'rmax': -1\.0\}"),
+        ({"rmax": 1.0, "rmin": 2.0}, r"expected rmin <= 1 <= rmax \(defaults 0 and inf\).*Received: renorm_clipping="),
+        # r > 0, so rmax <= 0 made every output constant
+        ({"rmax": 0.0}, r"expected rmin <= 1 <= rmax.*Received: renorm_clipping=\{'rmax': 0\.0\}"),
+        ({"rmax": -1.0}, r"expected rmin <= 1 <= rmax.*Received: renorm_clipping=\{'rmax': -1\.0\}"),
+        # r = 1 clipped: training outputs scaled by rmax (rmin) for good, never those of inference
+        ({"rmax": 0.5}, r"expected rmin <= 1 <= rmax.*r = 1 must stay 1 or training outputs never match inference\. "
+                        r"Received: renorm_clipping=\{'rmax': 0\.5\}"),
+        ({"rmin": 2.0, "dmax": 1.0}, r"expected rmin <= 1 <= rmax.*Received: renorm_clipping=\{'rmin': 2\.0"),
         ({"dmax": -1.0}, r"expected dmax >= 0"),
         ({"rmx": 3.0}, r"expected None or a dict with keys among 'rmax', 'rmin', 'dmax'\. Received: renorm_clipping=\{'rmx': 3\.0\}"),
         ({"rmax": "3"}, r"expected a number for 'rmax'"),
