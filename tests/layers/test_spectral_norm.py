@@ -134,12 +134,16 @@ def test_channels_first_conv_matches_float64_reference(in_place):
     np.testing.assert_allclose(y, reference.conv(X, w, bias), atol=1e-4)
 
 
-def test_embedding_is_supported():
+@pytest.mark.parametrize("in_place", [False, True])
+def test_embedding_is_supported(in_place):
+    """Float outputs of integer ids: Keras' wrapper casts them to the ids' dtype (all zeros)."""
     tokens = np.array([[0, 3, 5], [1, 1, 7]])
-    layer = normlab.SpectralNormalization(keras.layers.Embedding(8, 4), power_iterations=3)
+    layer = normlab.SpectralNormalization(keras.layers.Embedding(8, 4), power_iterations=3, in_place=in_place)
     layer(tokens)
     table, u = numpy_(layer.layer.embeddings), numpy_(layer.vector_u)
-    y = numpy_(layer(tokens, training=True))
+    out = layer(tokens, training=True)
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    y = numpy_(out)
     w, u, _ = reference.spectral_norm(table, u, 3)
     np.testing.assert_allclose(y, w[tokens], atol=1e-6)
     np.testing.assert_allclose(numpy_(layer.vector_u), u, atol=1e-6)
