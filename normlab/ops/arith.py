@@ -1,9 +1,10 @@
-"""Elementwise arithmetic that keeps the operands' dtype on every backend.
+"""Arithmetic that keeps the operands' dtype on every backend.
 
 Keras' torch backend computes ``ops.maximum`` and ``ops.minimum`` of two
 float64 tensors in float32 (its type promotion reads torch's dtypes as
 unknown): a count of 2**24 + 1 comes back as 2**24. Every op of normlab
-that clamps a tensor takes these instead. Keras' JAX backend computes
+that clamps a tensor takes these instead, and :func:`matmul` keeps float64
+on torch as well. Keras' JAX backend computes
 ``ops.tanh`` of float64 data (under ``jax_enable_x64``) in float32:
 :func:`tanh` keeps float64.
 """
@@ -50,6 +51,17 @@ def minimum(a: Tensor, b: Tensor) -> Tensor:
 
         return torch.minimum(a, b)
     return ops.minimum(a, b)
+
+
+def matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``ops.matmul`` of two float tensors of one dtype, in that dtype: Keras'
+    torch backend returns float32 for float64 operands (a power iteration's
+    sigma 3.5e-9 off, where float64 promises 1e-16)."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.matmul(a, b)
+    return ops.matmul(a, b)
 
 
 def tanh(x: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 from keras import ops
 
-from normlab.ops.arith import at_least
+from normlab.ops.arith import at_least, matmul
 from normlab.ops.axes import canonicalize_axes, float_tensor
 from normlab.ops.moments import shifted_moments, stats_dtype, widened
 from normlab.ops.normalize import normalize
@@ -308,13 +308,13 @@ def _power_iteration(w: Tensor, u0: Tensor, iterations: int, epsilon: float) -> 
     """:func:`power_iteration` on checked arguments: ``w`` (n, m) and ``u0`` (1, m) in one dtype."""
     u = _l2_normalize(u0, epsilon)
     for _ in range(iterations):
-        v = _l2_normalize(ops.matmul(u, ops.transpose(w)), epsilon)
-        u = _l2_normalize(ops.matmul(v, w), epsilon)
+        v = _l2_normalize(matmul(u, ops.transpose(w)), epsilon)
+        u = _l2_normalize(matmul(v, w), epsilon)
     if iterations == 0:
-        v = _l2_normalize(ops.matmul(u, ops.transpose(w)), epsilon)
+        v = _l2_normalize(matmul(u, ops.transpose(w)), epsilon)
     u = ops.stop_gradient(u)
     v = ops.stop_gradient(v)
-    sigma = ops.sum(ops.matmul(v, w) * u)  # v W u^T without transposing u: jax2onnx mis-shapes a (1, 1) one
+    sigma = ops.sum(matmul(v, w) * u)  # v W u^T without transposing u: jax2onnx mis-shapes a (1, 1) one
     # A zero matrix gives u = 0, from which no later step recovers: keep the old one.
     u = ops.where(ops.sum(ops.square(u)) > 0, u, u0)
     return u, v, sigma

@@ -70,6 +70,25 @@ def test_dynamic_tanh_of_float64_data_is_float64():
     np.testing.assert_allclose(_np(y), np.tanh(0.5 * x), rtol=1e-15, atol=1e-16)
 
 
+def test_power_iteration_of_a_float64_kernel_is_float64():
+    """Keras' torch ``ops.matmul`` returns float32 for float64 operands: sigma was 3.5e-9 off."""
+    rng = np.random.default_rng(3)
+    kernel, u0 = rng.standard_normal((6, 4)), rng.standard_normal((1, 4))
+
+    def unit(a):
+        return a / np.sqrt((a**2).sum())
+
+    v = unit(unit(u0) @ kernel.T)
+    u = unit(v @ kernel)
+    sigma = float((v @ kernel * u).sum())
+    w, new_u, got_sigma = nops.spectral_norm(_f64(kernel), _f64(u0), power_iterations=1)
+    np.testing.assert_allclose(_np(got_sigma), sigma, rtol=1e-14)
+    np.testing.assert_allclose(_np(w), kernel / sigma, rtol=1e-14)
+    np.testing.assert_allclose(_np(new_u), u, rtol=1e-14, atol=1e-15)  # (a unit vector)
+    for got, expected in zip(nops.power_iteration(_f64(kernel), _f64(u0), iterations=1), (u, v, sigma)):
+        np.testing.assert_allclose(_np(got), expected, rtol=1e-14, atol=1e-15)
+
+
 def test_float32_data_keeps_its_float32_statistics():
     """The policy's other half: numbers given for float32 data are float32, as before."""
     x = np.array([[10000.1234], [10001.5]], "float32")
