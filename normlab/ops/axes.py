@@ -99,8 +99,8 @@ def as_tensor(x: Any) -> Tensor:
 def float_tensor(x: Tensor, argument: str = "x") -> Tensor:
     """``x`` as a tensor the ops compute on: float dtypes as given, integers and
     bools (uint8 images, say) cast to float32, never truncated back; a complex
-    tensor and text (strings, alone or in an array or list) are refused, naming ``argument``."""
-    if is_text(x):
+    tensor, None and text (strings, alone or in an array or list) are refused, naming ``argument``."""
+    if x is None or is_text(x):
         raise ArgumentTypeError(error_message(
             argument, "a tensor of numbers (or a number)", f"{argument}={x!r} of type {type(x).__name__}",
             "Pass a NumPy array, a backend tensor or a Python number."))

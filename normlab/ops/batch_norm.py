@@ -98,6 +98,7 @@ def batch_norm(
     a = the_channel_axis(axis, ndim, "batch normalization")
     (channels,) = known_dims(x.shape, [a], axis=axis)
     epsilon = check_epsilon(epsilon)
+    check_variance(variance)  # (a host value, before it becomes a tensor whose values are never read)
     gamma, beta, mean, variance = (
         check_param(name, param, (channels,), stats_dtype(x.dtype))
         for name, param in (("gamma", gamma), ("beta", beta), ("mean", mean), ("variance", variance)))
@@ -136,7 +137,6 @@ def batch_norm(
                     "Pass the moving mean and variance, or training=True to use batch statistics.",
                 )
             )
-        check_variance(variance)
         hook = backends.fast_path("batch_norm_infer", epsilon=epsilon)
         y = None
         if hook is not None:

@@ -75,18 +75,26 @@ def check_stddev(stddev: object, name: str) -> object:
 
 def check_non_negative(value: object, name: str, expected: str, fix: str) -> object:
     """``value``, once checked to be at least 0 where it is a host value (a
-    Python number or a NumPy array; a tensor's values are never read)."""
+    Python number, a NumPy array or scalar, or a list of numbers; a tensor's
+    values are never read)."""
     if type(value) in (float, int):  # (no NumPy: a compiler traces a Python number as it is)
         if value < 0:  # type: ignore[operator]
             raise ValueError(error_message(name, expected, f"{name}={value}", fix))
-    elif isinstance(value, (np.ndarray, np.floating, np.integer)):
-        values = np.asarray(value).reshape(-1)
+    elif isinstance(value, (np.ndarray, np.floating, np.integer)) or _numbers_list(value):
+        values = np.asarray(value, dtype=np.float64).reshape(-1)
         negative = values[values < 0]
         if negative.size:
             raise ValueError(error_message(
                 name, expected, f"{name}={float(negative[0])}" if values.size == 1 else
                 f"{name} with {negative.size} negative value(s) of {values.size}, e.g. {float(negative[0])}", fix))
     return value
+
+
+def _numbers_list(value: object) -> bool:
+    """Whether ``value`` is a list or tuple of numbers (nested or not), held on the host."""
+    if not isinstance(value, (list, tuple)):
+        return False
+    return all(_numbers_list(v) or (isinstance(v, numbers.Real) and not isinstance(v, bool)) for v in value)
 
 
 def normalize(

@@ -86,8 +86,10 @@ def switchable_norm(
     require_spatial(x.shape, "switchable normalization", argument="x")
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon)
-    mean_weights = check_param("mean_weights", mean_weights, (3,), stats_dtype(x.dtype))
-    variance_weights = check_param("variance_weights", variance_weights, (3,), stats_dtype(x.dtype))
+    mean_weights, variance_weights = (
+        check_param(name, param, (3,), stats_dtype(x.dtype), meaning="mixing logits of the instance, layer "
+                    "and batch statistics", per="statistic mixed") for name, param in (
+            ("mean_weights", mean_weights), ("variance_weights", variance_weights)))
     gamma, beta, moving_mean, moving_variance = (
         check_param(name, param, (channels,), stats_dtype(x.dtype)) for name, param in (
             ("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean), ("moving_variance", moving_variance)))

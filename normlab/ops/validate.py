@@ -272,7 +272,8 @@ def check_momentum(momentum: object, owner: Callable[..., Any] | None = None) ->
 
 
 def check_param(name: str, param: Tensor | float | Sequence[float] | None,
-                expected_shape: Sequence[int], dtype: str | None = None) -> Tensor | None:
+                expected_shape: Sequence[int], dtype: str | None = None, *,
+                meaning: str = "the normalized feature dimensions", per: str = "feature") -> Tensor | None:
     """``param`` as a tensor of ``expected_shape``: None stays None, a scalar (a
     number or a 0-d tensor) is broadcast to that shape, anything else that
     ``keras.ops.convert_to_tensor`` takes must have it. Numbers and lists are
@@ -304,9 +305,9 @@ def check_param(name: str, param: Tensor | float | Sequence[float] | None,
         raise ValueError(
             error_message(
                 name,
-                f"a tensor of shape {tuple(expected_shape)} (the normalized feature dimensions)",
+                f"a tensor of shape {tuple(expected_shape)} ({meaning})",
                 f"{name}.shape={shape}",
-                f"Pass one value per feature, e.g. ones of shape {tuple(expected_shape)}.",
+                f"Pass one value per {per}, e.g. ones of shape {tuple(expected_shape)}.",
             )
         )
     return tensor

@@ -95,6 +95,21 @@ def test_a_negative_given_variance_on_the_host_is_refused():
     np.testing.assert_allclose(to_np(nops.normalize(x, 1.0, np.zeros(3, "float32"), epsilon=0.0)), 0.0)
 
 
+@pytest.mark.parametrize("variance", [-1.0, [-1.0, 1.0, 1.0], (1.0, 1.0, -1.0), np.float32(-1.0),
+                                      np.array(-1.0, "float32"), [[-1.0], [1.0], [1.0]]],
+                         ids=["number", "list", "tuple", "numpy-scalar", "0-d", "nested"])
+def test_every_host_form_of_a_negative_variance_is_refused(variance):
+    """Only a NumPy array reached the check in batch_norm (a number or a list was made a
+    tensor first, and lists never were checked): each gave NaN outputs, silently."""
+    x = np.ones((2, 3), "float32")
+    with pytest.raises(ValueError, match=r"Invalid `variance`: expected a non-negative variance"):
+        nops.batch_norm(x, np.zeros(3, "float32"), variance)
+    with pytest.raises(ValueError, match=r"Invalid `variance`: expected a non-negative variance"):
+        nops.normalize(x, 0.0, variance if np.ndim(variance) < 2 else np.reshape(variance, (1, 3)).tolist())
+    with pytest.raises(ValueError, match=r"Invalid `renorm_stddev`: expected a non-negative standard deviation"):
+        nops.batch_renorm(x, np.zeros(3, "float32"), variance if np.ndim(variance) < 2 else [-1.0, 1.0, 1.0])
+
+
 
 def test_a_negative_renorm_stddev_on_the_host_is_refused():
     """It was replaced by sqrt(epsilon), so r was 30x too large: 20x the output, silently."""
@@ -256,10 +271,12 @@ def test_the_ops_flags_take_bools_only(call, flag):
     (lambda: nops.normalize(X, 0.0, 1.0, beta=["a"] * 8), "beta"),
     (lambda: nops.filter_response_norm(X, learned_epsilon="x"), "learned_epsilon"),
     (lambda: nops.layer_norm(np.array(["a", "b"])), "x"),
+    (lambda: nops.layer_norm(None), "x"),
+    (lambda: nops.batch_norm(None, training=True), "x"),
 ])
 def test_text_where_numbers_go_is_named(call, name):
     """Each backend failed in its own conversion (JAX's TypeError, TensorFlow's UnimplementedError, torch's
-    "Invalid dtype: str128"), none naming the argument."""
+    "Invalid dtype: str128"; for None "Invalid dtype: object"), none naming the argument."""
     with pytest.raises(ArgumentTypeError, match=rf"Invalid `{name}`: expected a tensor of numbers"):
         call()
 

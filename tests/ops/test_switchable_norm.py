@@ -30,8 +30,10 @@ def test_switchable_norm_errors():
     with pytest.raises(ValueError, match=r"Invalid `moving_mean`: expected per-channel batch statistics when "
                                          r"training=False\. Received: moving_mean=None"):
         nops.switchable_norm(rng_normal((2, 3, 4)), w, w)
-    with pytest.raises(ValueError, match=r"Invalid `mean_weights`: expected a tensor of shape \(3,\).*"
-                                         r"Received: mean_weights.shape=\(2,\)"):
+    # (it said "the normalized feature dimensions" and "one value per feature")
+    with pytest.raises(ValueError, match=r"Invalid `mean_weights`: expected a tensor of shape \(3,\) \(mixing "
+                                         r"logits of the instance, layer and batch statistics\)\. "
+                                         r"Received: mean_weights.shape=\(2,\)\. Pass one value per statistic"):
         nops.switchable_norm(rng_normal((2, 3, 4)), np.zeros(2, "float32"), w, training=True)
     # Instance statistics need a spatial axis: a (batch, channels) input has none.
     for training in (True, False):
