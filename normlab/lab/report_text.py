@@ -169,12 +169,16 @@ def verdict_sentence(compared: list[dict], meta: dict) -> str:
     rated = [r for r in compared if r["paired"]["n"] >= 2]
     few = [r["label"] for r in compared if r["paired"]["n"] < 2]
     if not rated:
-        if all(r["paired"]["n"] == 0 for r in compared):
+        if all(r["paired"]["verdict"] == "no common seeds" for r in compared):
             return ("No configuration shares a seed with its baseline, so none can be compared "
                     "seed by seed.")
+        if all(r["paired"]["n"] == 0 for r in compared):
+            return ("No configuration can be compared seed by seed with its baseline: on every "
+                    "shared seed one of the two runs diverged (listed below), or no seed is shared.")
         return ("With at most one shared seed per comparison there is no interval: the differences "
                 "are single runs and cannot be told apart from seed-to-seed noise.")
-    aside = (f" No interval (fewer than two shared seeds): {', '.join(few)}." if few else "")
+    aside = (f" No interval (fewer than two shared seeds where both runs finished): {', '.join(few)}."
+             if few else "")
     same = [r for r in rated if math.isnan(r["paired"]["low"])]
     if same:
         aside += (" The same difference on every seed (no interval; p from the exact sign-flip "

@@ -92,28 +92,32 @@ def paired(values: dict, baseline: dict, resolution: float = 0.0) -> dict:
         ``n``, ``seeds``, ``diffs`` (per seed), ``mean``, ``std``, ``ci95`` (half-width),
         ``low``, ``high`` (the 95% interval), ``t``, ``p`` (two-sided paired t-test) and
         ``verdict``: "within noise" when the interval includes 0, "higher" or
-        "lower" when it does not, "one seed" or "no common seeds" when there is
-        no interval. Without a ``resolution``, when every seed gives the same
+        "lower" when it does not, "one seed", "no common seeds" or "diverged on
+        every shared seed" when there is no interval. Without a ``resolution``, when every seed gives the same
         non-zero difference there is no t interval (``ci95``, ``low`` and
         ``high`` are NaN, ``t`` is infinite): ``p`` is then the exact sign-flip
         test's (:func:`sign_flip_p`, 0.5 for two seeds, not the t-test's limit
         0), and the verdict follows ``p < 0.05``. ``std`` is the differences'
         sample standard deviation either way.
     """
-    seeds = sorted(s for s in values if s in baseline and _finite(values[s]) and _finite(baseline[s]))
+    shared = [s for s in values if s in baseline]
+    seeds = sorted(s for s in shared if _finite(values[s]) and _finite(baseline[s]))
     # Rounded so that equal differences of accuracies (multiples of 1/n, stored from
     # float32 metrics: 0.92 - 0.90 and 0.53 - 0.51 differ by 6e-8 there) compare equal.
     diffs = [round(float(values[s]) - float(baseline[s]), 6) for s in seeds]
     s = stats(diffs)
-    n, mean, std = s["n"], s["mean"], s["std"]
+    n, std = s["n"], s["std"]
+    # The differences are multiples of 1e-6: their mean needs no more than 12 decimals, and
+    # a sum that cancels (+0.03 - 0.01 - 0.02) leaves -1e-18, shown as -0.00 (+ 0.0: no -0.0).
+    mean = round(s["mean"], 12) + 0.0 if n else s["mean"]
     if n > 1 and len(set(diffs)) == 1:
         std = 0.0  # not the 1e-18 that summing equal floats leaves
     spread = max(std, resolution / math.sqrt(6.0)) if n > 1 else std  # see `resolution`
     ci95 = t975(n - 1) * spread / math.sqrt(n) if n > 1 else math.nan
     out = dict(n=n, seeds=seeds, diffs=diffs, mean=mean, std=std, ci95=ci95,
                low=mean - ci95, high=mean + ci95, t=math.nan, p=math.nan)
-    if n == 0:
-        return {**out, "verdict": "no common seeds"}
+    if n == 0:  # (every shared seed dropped: a run diverged on one side or the other)
+        return {**out, "verdict": "diverged on every shared seed" if shared else "no common seeds"}
     if n == 1:
         return {**out, "verdict": "one seed"}
     if spread == 0.0 and mean != 0.0:  # the same difference on every seed: no t interval

@@ -83,7 +83,7 @@ def test_a_comparison_without_an_interval_is_not_called_within_noise(tmp_path):
     _grid(out, {"group": 0.80}, seeds=(0,))
     md = render_markdown("c", summarize(load_runs(out)[0])["c"])
     assert "beyond the seed noise" in md.lower()
-    assert "No interval (fewer than two shared seeds): group." in md
+    assert "No interval (fewer than two shared seeds where both runs finished): group." in md
     assert "Every paired 95% interval" not in md
 
 

@@ -92,7 +92,7 @@ def test_the_verdict_sentence_counts_the_rated_differences(tmp_path):
     md = _md(out, "base")
     assert ("Beyond the seed noise (interval excluding 0): A higher by 5.00 points (p < 0.001). "
             "The other difference is within noise. The p-values are not corrected for multiple comparisons. "
-            "No interval (fewer than two shared seeds): C.") in md
+            "No interval (fewer than two shared seeds where both runs finished): C.") in md
     alone = tmp_path / "alone"
     for seed in range(4):
         for label, acc in (("base", 0.90), ("A", 0.95)):
@@ -154,7 +154,7 @@ def test_no_every_clause_when_the_only_rated_difference_has_no_interval(tmp_path
     fake_run(out, RunConfig(experiment="c", label="C", norms="none", seed=0), 0.5)
     md = _md(out, "A")
     assert ("\nNo configuration differs from its baseline beyond the seed-to-seed noise, so the ranking of "
-            "the means is within noise. No interval (fewer than two shared seeds): C. The same difference on "
+            "the means is within noise. No interval (fewer than two shared seeds where both runs finished): C. The same difference on "
             "every seed") in md
     assert "paired 95% interval includes 0" not in md
 
@@ -269,3 +269,18 @@ def test_rows_of_one_seed_beside_rows_of_several_keep_the_interval_heading(tmp_p
     md = _md(out)
     assert "Accuracy and loss: test split, mean ± std over seeds, 95% interval from the t-distribution." in md
     assert "one seed: no spread" not in md
+
+
+def test_a_configuration_that_diverged_on_every_shared_seed_is_not_said_to_share_none(tmp_path):
+    """B ran the baseline's seeds 0 and 1 and diverged on both: the report said "no common
+    seeds" and that no configuration shares a seed with its baseline."""
+    out = tmp_path / "runs"
+    for seed in (0, 1):
+        fake_run(out, RunConfig(experiment="c", label="base", norms="none", seed=seed), 0.90 + 0.02 * seed)
+        run = fake_run(out, RunConfig(experiment="c", label="B", norms="none", seed=seed), 0.5)
+        _edit(run, accuracy=None, test_accuracy=None, non_finite=["accuracy"])
+    md = _md(out, "base")
+    assert "| B | base | 0 | - | - | diverged on every shared seed |" in md
+    assert ("No configuration can be compared seed by seed with its baseline: on every shared seed one of "
+            "the two runs diverged (listed below), or no seed is shared.") in md
+    assert "shares a seed" not in md

@@ -177,3 +177,11 @@ def test_the_same_difference_on_every_seed_has_an_infinite_t_of_its_sign(step):
     base = {seed: 0.5 + 0.03 * seed for seed in range(3)}
     d = paired({s: v + step for s, v in base.items()}, base)
     assert d["t"] == math.copysign(math.inf, step) and d["std"] == 0.0
+
+
+def test_paired_names_shared_seeds_lost_to_divergence_and_shows_no_negative_zero():
+    assert paired({0: None, 1: math.nan}, {0: 0.9, 1: 0.92})["verdict"] == "diverged on every shared seed"
+    assert paired({0: None}, {1: 0.9})["verdict"] == "no common seeds"
+    # +0.03, -0.01, -0.02 sum to -1.2e-18 in floats: the mean was shown as -0.00
+    d = paired({0: 0.93, 1: 0.91, 2: 0.90}, {0: 0.90, 1: 0.92, 2: 0.92})
+    assert d["mean"] == 0.0 and math.copysign(1.0, d["mean"]) == 1.0 and d["p"] == 1.0
