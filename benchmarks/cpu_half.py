@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from normbench import stats  # noqa: E402
-from normbench.timing import time_rounds  # noqa: E402
+from normbench.timing import rounds_argument, time_rounds  # noqa: E402
 
 from normlab import ops as nops  # noqa: E402
 
@@ -81,7 +81,7 @@ def _calls(op, shape, axis, dtype, param_dtype, backward):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, 5 rounds")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 25, 5 with --quick)")
+    parser.add_argument("--rounds", type=rounds_argument, default=None, help="rounds (default 25, 5 with --quick)")
     args = parser.parse_args(argv)
     rounds = args.rounds or (5 if args.quick else 25)
     torch.manual_seed(0)

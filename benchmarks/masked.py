@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from normbench import stats  # noqa: E402
-from normbench.timing import time_rounds  # noqa: E402
+from normbench.timing import rounds_argument, time_rounds  # noqa: E402
 
 import normlab  # noqa: E402
 
@@ -74,7 +74,7 @@ def _step(layer, x, dy, mask, backward):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small shape, 5 rounds")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 25, 5 with --quick)")
+    parser.add_argument("--rounds", type=rounds_argument, default=None, help="rounds (default 25, 5 with --quick)")
     args = parser.parse_args(argv)
     rounds = args.rounds or (5 if args.quick else 25)
     shape = QUICK_SHAPE if args.quick else SHAPE

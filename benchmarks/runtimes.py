@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from normbench import stats  # noqa: E402
-from normbench.timing import time_rounds  # noqa: E402
+from normbench.timing import rounds_argument, time_rounds  # noqa: E402
 
 import normlab  # noqa: E402
 
@@ -139,18 +139,20 @@ def _export(model, fmt, path):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, 3 rounds")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 15, 3 with --quick)")
+    parser.add_argument("--rounds", type=rounds_argument, default=None, help="rounds (default 15, 3 with --quick)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
-    names = [c for c in args.cases.split(",") if c]
+    names = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = sorted(set(names) - set(CASES))
-    if unknown:
-        parser.error(f"--cases: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    if unknown or not names:
+        parser.error(f"--cases {args.cases!r}: unknown {', '.join(unknown) or '(none given)'}; "
+                     f"choose from {', '.join(CASES)}")
     rounds = args.rounds or (3 if args.quick else 15)
     found = runtimes()
     print(f"{keras.backend.backend()}: exported with a symbolic batch, one thread; medians of {rounds} rounds, us; "
-          f"err: against the layer in float64 at an offset of {OFFSET:g}, over the output's largest magnitude")
+          f"err: against the layer in float64 at an offset of {OFFSET:g}, over the output's largest magnitude "
+          "('ref nan': that float64 output is itself NaN there, as Keras' GroupNormalization's on torch)")
     print(f"{'case':8} {'shape':18} {'runtime':12} {'normlab':>9} {'keras':>9} {'keras/normlab':>14} "
           f"{'err normlab':>12} {'err keras':>10}")
     rows = []
@@ -171,7 +173,8 @@ def main(argv=None) -> int:
                         _export(model, fmt, path)
                         run = load(path)
                         want = exact[who]
-                        errors[who] = f"{np.abs(run(x + OFFSET) - want).max() / max(1.0, np.abs(want).max()):.1e}"
+                        errors[who] = ("ref nan" if not np.isfinite(want).all() else  # no reference to measure by
+                                       f"{np.abs(run(x + OFFSET) - want).max() / max(1.0, np.abs(want).max()):.1e}")
                         fns[who] = (lambda run: lambda: run(x))(run)
                     except Exception as error:  # an exporter or runtime that cannot take the layer
                         errors[who] = f"fails: {type(error).__name__}"

@@ -108,6 +108,9 @@ def _invalid(args):
             re.compile(args.rows)
         except re.error as error:
             return f"--rows {args.rows!r}: not a regular expression ({error}); e.g. --rows 'GroupNorm|LayerNorm'"
+    for name, path in (("--compare", args.compare), ("--against", args.against)):
+        if path is not None and not Path(path).is_file():  # (checked before the run, not after it)
+            return f"{name} {path}: no such file; pass a JSON file an earlier run wrote (--json)"
     return None
 
 

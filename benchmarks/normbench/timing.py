@@ -11,6 +11,19 @@ except ImportError:  # not on Unix: no preemption counts
     resource = None
 
 
+def rounds_argument(value: str) -> int:
+    """``--rounds`` as argparse takes it: an integer >= 1 (0 or fewer times nothing)."""
+    import argparse
+
+    try:
+        rounds = int(value)
+    except ValueError:
+        rounds = 0
+    if rounds < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}; e.g. --rounds 5")
+    return rounds
+
+
 def _involuntary_switches():
     return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw if resource else 0
 

@@ -21,6 +21,9 @@ from .test_compare import _report
     (["--sweeps", "0"], "--sweeps 0"),
     (["--max-spread", "0"], "--max-spread 0.0"),
     (["--alpha", "1.5"], "--alpha 1.5"),
+    # (a missing file was opened only after the whole run: a traceback, and no results written)
+    (["--compare", "/nonexistent/base.json"], "--compare /nonexistent/base.json: no such file"),
+    (["--compare", "/nonexistent/base.json", "--against", "/nonexistent/new.json"], "no such file"),
 ])
 def test_bad_arguments_are_refused_by_name(argv, named, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -82,3 +85,21 @@ def test_different_thread_settings_are_noted():
     new["backends"]["torch"]["threads"] = {"torch intra-op": 1}
     lines = compare.compare_reports(base, new)["other_differences"]
     assert "--threads: default vs 1" in lines and "torch torch intra-op: 2 vs 1" in lines
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("script", ["masked.py", "cpu_half.py"])
+@pytest.mark.parametrize("rounds", ["0", "-1"])
+def test_the_other_benchmarks_refuse_rounds_below_one(script, rounds, capsys):
+    """``--rounds 0`` was the default in disguise, ``-1`` a traceback ("quantile of no values")."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / script
+    spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exited:
+        module.main(["--rounds", rounds])
+    assert exited.value.code == 2
+    assert f"--rounds: expected an integer >= 1, got '{rounds}'" in capsys.readouterr().err

@@ -41,3 +41,13 @@ def test_an_unknown_case_is_refused_by_name(capsys):
     with pytest.raises(SystemExit) as exited:
         runtimes.main(["--cases", "GN,XN"])
     assert exited.value.code == 2 and "unknown XN" in capsys.readouterr().err
+    # spaces after commas are allowed; nothing at all, or no round, measures nothing (exit 0 before)
+    for argv, named in ((["--cases", ""], "--cases '': unknown (none given)"),
+                        (["--rounds", "0"], "--rounds: expected an integer >= 1, got '0'"),
+                        (["--rounds", "-1"], "got '-1'")):
+        with pytest.raises(SystemExit) as exited:
+            runtimes.main(argv)
+        assert exited.value.code == 2 and named in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        runtimes.main(["--cases", "GN, XN"])
+    assert "unknown XN;" in capsys.readouterr().err
