@@ -102,7 +102,7 @@ def run_one(config: RunConfig, run_dir: Path, dataset, *, on_step=None, on_total
                           test_loss=float(test["loss"]), test_accuracy=float(test["accuracy"]),
                           fit_seconds=fit_times[-1], eval_seconds=time.perf_counter() - t0))
         store.write_metrics(run_dir, lines)
-    line = lines[-1]
+    line, seen = lines[-1], sum(entry["examples"] for entry in lines)
 
     train_mode = evaluate_train_mode(model, x_test, y_test, config.batch_size) \
         if config.train_mode_eval else {"loss": None, "accuracy": None}
@@ -114,10 +114,12 @@ def run_one(config: RunConfig, run_dir: Path, dataset, *, on_step=None, on_total
         train_accuracy=line["train_accuracy"], train_loss=line["train_loss"],
         test_accuracy=line["test_accuracy"], test_loss=line["test_loss"],
         train_mode_accuracy=train_mode["accuracy"], train_mode_loss=train_mode["loss"],
-        epochs_run=epoch, steps=steps, examples_seen=sum(line["examples"] for line in lines),
+        epochs_run=epoch, steps=steps, examples_seen=seen,
         train_examples=int(len(y_train)), test_examples=int(len(y_test)),
         params=parameter_counts(model),
-        seconds_per_epoch=float(np.mean(fit_times)), fit_seconds=float(np.sum(fit_times)),
+        # per epoch of training examples: a last epoch that max_steps cut short counts for its share
+        seconds_per_epoch=float(np.sum(fit_times)) * len(y_train) / seen,
+        fit_seconds=float(np.sum(fit_times)),
         first_epoch_seconds=fit_times[0], wall_time_s=time.perf_counter() - start,
         backend=keras.backend.backend(), versions=versions(), training_revision=TRAINING_REVISION,
         dataset_source=getattr(dataset, "source", ""), notes=dict(notes or {}),

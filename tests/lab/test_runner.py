@@ -159,6 +159,10 @@ def test_max_steps_spans_epochs_and_protocols_swap_splits(tmp_path):
     summary = training.run_one(config, tmp_path / "run", dataset)
     lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["steps"] for line in lines] == [3, 5]  # 3 steps per pass over 40 images
+    # s/epoch: the time of an epoch's worth of examples (40), not the mean of a full and a cut epoch (32)
+    assert [line["examples"] for line in lines] == [40, 32]
+    fit = [line["fit_seconds"] for line in lines]
+    assert summary["seconds_per_epoch"] == pytest.approx(sum(fit) * 40 / 72)
     assert summary["metric"] == "train (tutorial protocol)"
     assert summary["accuracy"] == summary["train_accuracy"]
     assert summary["train_mode_accuracy"] is None
