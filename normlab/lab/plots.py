@@ -254,6 +254,7 @@ def _sweep_panels(ax, dx, rows, others, meta) -> None:
         if meta["sweep"] == "batch size":
             a.invert_xaxis()
         a.set_xlabel(meta["sweep"])
+    dx.set_xlim(ax.get_xlim())  # (the baseline has no difference: alone, the last point sat on the edge)
     if others:
         _legend_other(ax, others)
     ax.legend(fontsize=7)

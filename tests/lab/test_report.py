@@ -474,3 +474,19 @@ def test_the_resolution_counts_the_examples_the_accuracy_is_over():
                     examples_seen=25_000, epochs_run=3)  # 10,000 twice, then 5,000 (--max-steps)
     assert _accuracy_examples(tutorial) == 5_000
     assert _accuracy_examples({"metric": "train (tutorial protocol)"}) == 0  # an old summary: continuous
+
+
+def test_the_difference_panel_of_a_sweep_keeps_its_last_point_inside(tmp_path):
+    """The baseline (G=1) has no difference: the panel's one point, G=10, sat on its right edge, half cut."""
+    import matplotlib.pyplot as plt
+
+    for x in (1, 10):
+        for seed in (0, 1):
+            config = RunConfig(experiment="g", label=f"G={x}", series="GN", sweep="groups", x=x,
+                               norms=f"group(groups={x})", seed=seed)
+            fake_run(tmp_path, config, 0.9 + 0.03 * (x == 10) + 0.01 * seed)
+    fig = plots.figure("g", summarize(load_runs(tmp_path)[0], "G=1")["g"])
+    ax, dx = fig.axes[:2]
+    low, high = sorted(dx.get_xlim())
+    plt.close(fig)
+    assert dx.get_xlim() == ax.get_xlim() and low < 1 and high > 10
