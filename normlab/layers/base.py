@@ -91,7 +91,9 @@ def check_training(training: Any) -> Any:
     """``training`` as a layer's ``call`` takes it: None, a bool, or a 0/1
     int (``tf.keras``' learning phase), else an error; a string such as
     ``"False"`` or a float would otherwise count by its truth value. A
-    tensor passes as it is, as Keras' layers take it."""
+    tensor passes as it is, as Keras' layers take it: a concrete one is
+    read as a bool, and a traced one (``jax.jit``, ``tf.function``) fails
+    there as in Keras' layers, which also choose the branch in Python."""
     if training is None or isinstance(training, (bool, np.bool_)) or hasattr(training, "shape"):
         return training
     if isinstance(training, numbers.Integral) and training in (0, 1):
