@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 
@@ -13,8 +14,6 @@ except ImportError:  # not on Unix: no preemption counts
 
 def rounds_argument(value: str) -> int:
     """``--rounds`` as argparse takes it: an integer >= 1 (0 or fewer times nothing)."""
-    import argparse
-
     try:
         rounds = int(value)
     except ValueError:
