@@ -108,6 +108,14 @@ def _invalid(args):
             re.compile(args.rows)
         except re.error as error:
             return f"--rows {args.rows!r}: not a regular expression ({error}); e.g. --rows 'GroupNorm|LayerNorm'"
+    if args.rows is not None or args.passes is not None:
+        from .worker import FULL_CASES, QUICK_CASES, select_cases  # (no framework: the case list only)
+
+        passes = [q.strip() for q in args.passes.split(",")] if args.passes else None
+        if not select_cases(args.quick, args.rows, passes):
+            cases = sorted({f"{name} {shape}" for name, _, shape, _ in (QUICK_CASES if args.quick else FULL_CASES)})
+            return (f"--rows {args.rows!r} --passes {args.passes!r}: no row of this run matches; "
+                    f"the rows are {'; '.join(cases)}")
     for name, path in (("--compare", args.compare), ("--against", args.against)):
         if path is not None and not Path(path).is_file():  # (checked before the run, not after it)
             return f"{name} {path}: no such file; pass a JSON file an earlier run wrote (--json)"

@@ -24,6 +24,9 @@ from .test_compare import _report
     # (a missing file was opened only after the whole run: a traceback, and no results written)
     (["--compare", "/nonexistent/base.json"], "--compare /nonexistent/base.json: no such file"),
     (["--compare", "/nonexistent/base.json", "--against", "/nonexistent/new.json"], "no such file"),
+    # (found only after each backend started, with an empty table "over None interleaved rounds")
+    (["--rows", "zzz"], "--rows 'zzz' --passes None: no row of this run matches; the rows are "),
+    (["--quick", "--rows", "LayerNorm\\(-1\\) \\(64"], "no row of this run matches"),
 ])
 def test_bad_arguments_are_refused_by_name(argv, named, capsys):
     with pytest.raises(SystemExit) as exit_:
