@@ -81,7 +81,10 @@ def check_non_negative(value: object, name: str, expected: str, fix: str) -> obj
         if value < 0:  # type: ignore[operator]
             raise ValueError(error_message(name, expected, f"{name}={value}", fix))
     elif isinstance(value, (np.ndarray, np.floating, np.integer)) or _numbers_list(value):
-        values = np.asarray(value, dtype=np.float64).reshape(-1)
+        try:
+            values = np.asarray(value).reshape(-1)
+        except ValueError:  # a ragged list: refused by shape where it is converted
+            return value
         negative = values[values < 0]
         if negative.size:
             raise ValueError(error_message(

@@ -110,6 +110,11 @@ def test_every_host_form_of_a_negative_variance_is_refused(variance):
         nops.batch_renorm(x, np.zeros(3, "float32"), variance if np.ndim(variance) < 2 else [-1.0, 1.0, 1.0])
 
 
+def test_a_ragged_variance_list_gets_the_conversion_error_not_numpys():
+    with pytest.raises(ArgumentTypeError, match=r"Invalid `variance`: expected a number or a tensor of numbers"):
+        nops.batch_norm(np.ones((2, 3), "float32"), np.zeros(3, "float32"), [[1.0], [1.0, 2.0], [1.0]])
+
+
 
 def test_a_negative_renorm_stddev_on_the_host_is_refused():
     """It was replaced by sqrt(epsilon), so r was 30x too large: 20x the output, silently."""
