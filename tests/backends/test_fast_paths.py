@@ -72,6 +72,9 @@ DECLINED = {
 # rounded once from float32 is within one spacing of [1, 2) (2**-10, 2**-7);
 # the largest measured are 5.4e-4 (float16) and 5.2e-3 (bfloat16), both dx.
 TOLERANCE = {"float64": 1e-9, "float32": 2e-5, "float16": 1e-3, "bfloat16": 8e-3}
+# dgamma and dbeta: float32 whatever x is, but sums over the batch of dy rounded to x's
+# dtype (as autograd hands a half-precision output's gradient): many roundings, not one.
+PARAM_TOLERANCE = {"float64": 2e-5, "float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
 
 # TensorFlow takes small inputs about a subsample mean outside XLA, larger
 # ones with its conditional statistics (normlab.backends.tensorflow_stats):
@@ -219,8 +222,8 @@ def _collect(y, stats, grads):
     return out
 
 
-def _errors(actual, expected, tol):
-    """Per key: (error, allowed error) of ``actual`` against ``expected``."""
+def _errors(actual, expected, dtype):
+    """Per key: (error, allowed error) of ``actual`` against ``expected``, for inputs of ``dtype``."""
     out = {}
     for key, ref in expected.items():
         if ref is None:
@@ -229,15 +232,14 @@ def _errors(actual, expected, tol):
         assert got is not None, f"missing {key}"
         assert got.shape == np.shape(ref), f"{key} shape {got.shape} != {np.shape(ref)}"
         scale = max(1.0, float(np.max(np.abs(ref))))
-        if key in ("dgamma", "dbeta"):  # the parameters are float32 whatever x is
-            scale *= max(1.0, TOLERANCE["float32"] / tol)
+        tol = (PARAM_TOLERANCE if key in ("dgamma", "dbeta") else TOLERANCE)[dtype]
         err = float(np.max(np.abs(got - ref))) if got.size else 0.0
         out[key] = (err, tol * scale)
     return out
 
 
-def _compare(actual, expected, tol, what):
-    for key, (err, allowed) in _errors(actual, expected, tol).items():
+def _compare(actual, expected, dtype, what):
+    for key, (err, allowed) in _errors(actual, expected, dtype).items():
         assert err <= allowed, f"{what}: {key} off by {err:.3g} (tolerance {allowed:.3g})"
 
 
@@ -259,16 +261,15 @@ def _check(case, dtype="float32", offset=0.0, affine=True, mode="eager", seed=0,
     )
     if op != "batch":
         expected.pop("mean"), expected.pop("variance")
-    tol = TOLERANCE[dtype]
     fast = _run(case, x, dy, gamma, beta, mode)
     with backends.disabled():
         general = _run(case, x, dy, gamma, beta, mode)
     what = f"{case} {dtype} offset={offset:g} outlier={outlier} affine={affine} {mode}"
-    _compare(fast, expected, tol, f"fast path vs float64 closed form, {what}")
+    _compare(fast, expected, dtype, f"fast path vs float64 closed form, {what}")
     # Parity: the two paths agree to within the general path's own distance
     # from the closed form, plus rounding (tests/ops checks the general path).
-    own = _errors(general, expected, tol)
-    for key, (err, allowed) in _errors(fast, {k: general[k] for k in own}, tol).items():
+    own = _errors(general, expected, dtype)
+    for key, (err, allowed) in _errors(fast, {k: general[k] for k in own}, dtype).items():
         assert err <= own[key][0] + 2 * allowed, (
             f"fast vs general path, {what}: {key} differs by {err:.3g} "
             f"(general path is {own[key][0]:.3g} from the closed form)"
