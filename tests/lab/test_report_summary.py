@@ -306,6 +306,7 @@ def test_the_csv_gives_each_statistic_its_own_column(three_seeds, tmp_path):
     assert float(bn["accuracy_std"]) == pytest.approx(scipy_stats.tstd(values))
     assert float(bn["accuracy_ci95"]) == pytest.approx((high - low) / 2)
     assert bn["accuracy_n"] == "3"
+    assert bn["seeds"].split() == ["0", "1", "2"]  # the ids (the Markdown gives the count)
 
 
 def test_write_report_refuses_an_out_folder_under_a_file(three_seeds, tmp_path):
