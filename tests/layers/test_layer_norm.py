@@ -116,3 +116,10 @@ def test_inputs_of_another_rank_when_the_normalized_axes_keep_their_sizes(cls):
     assert tuple(axes(np.ones((2, 3, 4, 5), "float32")).shape) == (2, 3, 4, 5)
     with pytest.raises(ValueError, match=r"expected axis 2 of input shape to have value 4"):
         axes(np.ones((2, 3, 5), "float32"))
+    # Fewer dimensions that would put a normalized axis on the batch axis: refused
+    # (Keras' layers normalize across the batch there; docs/migration.md).
+    for axis in (-2, [-2, -1]):
+        layer = cls(axis=axis)
+        layer.build((2, 3, 4))
+        with pytest.raises(ValueError, match=r"expected min_ndim=3, found ndim=2"):
+            layer(np.ones((3, 4), "float32"))
