@@ -160,6 +160,11 @@ def test_chunked_plan_covers_long_samples(monkeypatch):
     assert channels_last.plan(784, 128, 32, 2).chunk is None  # (64, 28, 28, 128): a slab in registers
     assert channels_last.plan(10**6, 8, 8, 4).chunks(10**6) <= channels_last.MAX_CHUNKS
     assert channels_last.plan(4, 8192, 1, 4) is None  # a group wider than MAX_GROUP_CHANNELS
+    # Lanes halve down to 32-byte rows to stay resident (docs/gpu.md): 8 channels
+    # in float32; half precision stops at 16 and goes chunked at 64.
+    assert channels_last.plan(2048, 64, 64, 4).block_c == 8
+    half = channels_last.plan(2048, 64, 64, 2)
+    assert half.chunk is not None and half.block_c == 64
 
 
 def test_group_norm_gradients_are_deterministic(small_tiles):
