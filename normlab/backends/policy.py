@@ -54,8 +54,11 @@ or a shift that needs no decision at all.
   as the sample shift's, with no decision to make. Rounding ``s`` to the
   compute dtype moves it by an ulp of the offset, which adds at most
   ``(ulp / std)^2`` to ``r``: below 1 for any slice whose values are not
-  all equal at that offset, and constant slices have ``v = 0`` where
-  ``epsilon`` bounds ``r``. Eager torch has no in-graph branch (a
+  all equal at that offset. A constant slice (``v = 0``) gets its value
+  as ``s`` exactly, or ``r`` would be ``ulp^2 / epsilon``, unbounded as
+  ``epsilon`` shrinks: the subsample is summed in float64 for ATen's
+  kernels and about its first value in the compiled layer-norm kernel
+  (``tests/backends/test_constant_slices.py``). Eager torch has no in-graph branch (a
   ``torch.where`` computes both sides; ``torch.cond`` reads its predicate
   on the host), so every torch kernel works about this shift: normlab's
   compiled CPU kernels (:mod:`normlab.backends.cpu`: float32 group and

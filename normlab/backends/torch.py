@@ -164,27 +164,41 @@ def _subsample(x3, channels_last):
     return x3[:, :, :subsample_size(x3.shape[2])], 2
 
 
-def _group_shift(x3, channels_last, groups, dtype):
+def _sum_dtype(x, dtype, exact):
+    """The dtype a shift's subsample is summed in. ``exact``: float64 (but on
+    MPS, which has none), so that the shift is the subsample's mean correctly
+    rounded, and a constant slice's shift its value. For ATen's kernels: a
+    float32 sum of equal values rounds at its own scale (a slice at 1e6 got
+    a shift several units of its last place off), and their one-pass
+    variance of the residuals left then rounds to nonzero noise that a small
+    ``epsilon`` amplifies (1.7e-3 off ``beta`` at epsilon 1e-12). normlab's
+    compiled kernels subtract their own mean again before they scale: a
+    float32 sum, faster, serves them."""
+    return torch.float64 if exact and x.device.type != "mps" else dtype
+
+
+def _group_shift(x3, channels_last, groups, dtype, exact):
     """The shift of each (sample, group), broadcast to its channels: ``(N, C)``."""
     sub, axis = _subsample(x3, channels_last)
-    sums, k = sub.sum(dim=axis, dtype=dtype), sub.shape[axis]
+    sums, k = sub.sum(dim=axis, dtype=_sum_dtype(x3, dtype, exact)), sub.shape[axis]
     n, c = sums.shape
     per = c // groups
-    shift = sums.view(n, groups, per).sum(dim=2, keepdim=True) / (k * per)
+    shift = (sums.view(n, groups, per).sum(dim=2, keepdim=True) / (k * per)).to(dtype)
     return shift.expand(n, groups, per).reshape(n, c)
 
 
 def _row_shift(rows, dtype):
     """The shift of each row of ``(R, W)`` data, the mean of its first
-    16th (contiguous): ``(R, 1)``."""
+    16th (contiguous): ``(R, 1)``; for ATen's kernels (exact, see :func:`_sum_dtype`)."""
     head = subsample_size(rows.shape[1])
-    return rows.detach()[:, :head].sum(dim=1, keepdim=True, dtype=dtype) / head
+    sums = rows.detach()[:, :head].sum(dim=1, keepdim=True, dtype=_sum_dtype(rows, dtype, True))
+    return (sums / head).to(dtype)
 
 
-def _batch_shift(x3, channels_last, dtype):
+def _batch_shift(x3, channels_last, dtype, exact):
     """The shift of each channel over the batch: ``(C,)``."""
     sub, axis = _subsample(x3, channels_last)
-    return sub.mean(dim=(0, axis), dtype=dtype)  # (one reduction)
+    return sub.mean(dim=(0, axis), dtype=_sum_dtype(x3, dtype, exact)).to(dtype)  # (one reduction)
 
 
 # --------------------------------------------------------------------------
@@ -213,7 +227,7 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
         rows = x3.reshape(n * groups, (c // groups) * s)
         y, _, _ = torch_cpu.rows(rows, None, gamma, beta, epsilon, groups, s)  # the kernel's own shift
         return y.view(x.shape)
-    shift = _group_shift(x3, channels_last, groups, compute)
+    shift = _group_shift(x3, channels_last, groups, compute, exact=not compiled)
     if compiled:
         y3, _, _ = torch_cpu.slices(x3, shift, gamma, beta, groups, epsilon)
         return y3.view(x.shape)
@@ -337,9 +351,10 @@ def batch_norm_train(x, *, axis, gamma, beta, epsilon):
     compute = compute_dtype(x.dtype)
     if channels_last:
         x3 = x3.view(1, count, c)  # the batch is one slice per channel
-    shift = _batch_shift(x3, channels_last, compute)
+    compiled = torch_cpu.served(x)
+    shift = _batch_shift(x3, channels_last, compute, exact=not compiled)
     gamma, beta = _param(gamma, compute, x.device), _param(beta, compute, x.device)
-    if torch_cpu.served(x):
+    if compiled:
         if channels_last:
             y, mean, variance = torch_cpu.slices(x3, shift.view(1, c), gamma, beta, c, epsilon)
         else:
