@@ -57,7 +57,8 @@ or a shift that needs no decision at all.
   all equal at that offset. A constant slice (``v = 0``) gets its value
   as ``s`` exactly, or ``r`` would be ``ulp^2 / epsilon``, unbounded as
   ``epsilon`` shrinks: the subsample is summed in float64 for ATen's
-  kernels and about its first value in the compiled layer-norm kernel
+  kernels, about its first value in the compiled layer-norm kernel and
+  about a sample of the slice in TensorFlow's (:func:`stats`)
   (``tests/backends/test_constant_slices.py``). Eager torch has no in-graph branch (a
   ``torch.where`` computes both sides; ``torch.cond`` reads its predicate
   on the host), so every torch kernel works about this shift: normlab's
@@ -248,12 +249,14 @@ def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps,
     has an offset ratio within :data:`MAX_RAW_RATIO` and all is finite (two
     reductions of ``x`` itself, which XLA fuses into reading it), else
     :func:`shifted_stats` about ``sample()``. Decided in the graph; given
-    ``subsample()`` (each slice's subsample mean, :func:`subsample_size`
-    values along one axis), one-pass moments about it instead, deciding nothing.
+    ``subsample(anchor)`` (each slice's subsample mean, :func:`subsample_size`
+    values along one axis, summed about ``anchor = sample()``: a constant
+    slice's is its value exactly, where a sum of the values themselves rounds
+    at their scale), one-pass moments about it instead, deciding nothing.
     Given ``centered``, every variance is taken about its mean in a second
     pass (see **Accumulation** above)."""
     if subsample is not None:
-        shift = xp.stop_gradient(subsample())
+        shift = xp.stop_gradient(subsample(xp.stop_gradient(sample())))
         mean, var = moments(xf - shift, sums=sums, reduce=reduce, count=count, xp=xp, centered=centered)
         return Stats(shift, mean, var, xp.rsqrt(var + epsilon), False)
     mean0, var0 = moments(xf, sums=sums, reduce=reduce, count=count, xp=xp, centered=centered)

@@ -166,11 +166,11 @@ def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None,
     ``sums(t)`` gives ``(reduce(t), reduce(t * t))`` unless given."""
     sums = sums or (lambda t: (reduce(t), reduce(t * t)))
 
-    def subsample():
+    def subsample(anchor):  # about the slice's sample: a constant slice's shift is its value exactly
         size = xf.shape[subsample_axis]
         k = policy.subsample_size(size)
         index = tuple(slice(0, k) if i == subsample_axis else slice(None) for i in range(xf.shape.rank))
-        return reduce(xf[index]) / (count * (k / size))
+        return anchor + reduce(xf[index] - anchor) / (count * (k / size))
 
     return policy.stats(xf, sample=sample, sums=sums, reduce=reduce, count=count, epsilon=epsilon, xp=_XP,
                         subsample=None if subsample_axis is None else subsample,
