@@ -11,8 +11,7 @@ groups them by experiment and configuration, and writes per experiment:
   when the grid ran with ``--impl normlab,keras``, normlab against Keras' own
   layers seed by seed;
 - ``<experiment>.csv`` and ``<experiment>.json`` -- the same numbers (standard JSON);
-  the CSV's ``seeds`` column lists the seed ids (space-separated) where the
-  Markdown's gives their count, and ``<metric>_n`` the seeds each mean is over;
+  the CSV's ``seeds`` lists the seed ids, the Markdown's ``seeds`` their count;
 - ``<experiment>.png`` -- accuracy as points with 95% intervals and the paired
   differences (:mod:`normlab.lab.plots`);
 
