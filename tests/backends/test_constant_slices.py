@@ -52,37 +52,32 @@ def _apply(op, x, beta, epsilon):
     return nops.batch_norm(x, axis=axis, beta=beta, epsilon=epsilon, training=True)
 
 
+def _channel_axis(op):
+    return 1 if op.endswith("-first") else -1
+
+
 def _inputs(op, shape, dtype, value):
     rng = np.random.default_rng(0)
     x = value + 10.0 * rng.standard_normal(shape)
-    if op.startswith("batch"):
-        channel = (slice(None),) * (1 if op == "batch-first" else len(shape) - 1) + (0,)
-        x[channel] = value  # channel 0 constant over the batch
-        features = shape[1] if op == "batch-first" else shape[-1]
-    else:
-        x[0] = value  # sample 0 constant
-        features = int(np.prod(shape[1:])) if op == "layer" and len(shape) == 2 else shape[
-            1 if op == "group-first" else -1]
-    beta = rng.uniform(-2.0, 2.0, features).astype("float32")
+    x[_constant_part(op)] = value
+    beta = rng.uniform(-2.0, 2.0, shape[_channel_axis(op)]).astype("float32")
     return x.astype(dtype), beta
 
 
-def _constant_part(op, y, shape):
-    if op == "batch-first":
-        return y[:, 0]
-    if op == "batch":
-        return y[..., 0]
-    return y[0]
+def _constant_part(op):
+    """The index of the constant part: sample 0, or for batch norm channel 0."""
+    if not op.startswith("batch"):
+        return (0,)
+    return (slice(None), 0) if _channel_axis(op) == 1 else (Ellipsis, 0)
 
 
 def _expected(op, beta, shape, dtype):
+    """``beta`` (rounded to ``dtype``) at every position of the constant part."""
     b = beta.astype(dtype).astype("float64")
-    if op == "batch-first":
-        return np.full(shape[:1] + shape[2:], b[0])
-    if op == "batch":
-        return np.full(shape[:-1], b[0])
-    if op == "group-first":
-        return np.broadcast_to(b.reshape((-1,) + (1,) * (len(shape) - 2)), shape[1:])
+    if op.startswith("batch"):
+        return np.full(np.empty(shape)[_constant_part(op)].shape, b[0])
+    if _channel_axis(op) == 1:  # channels first of each sample
+        b = b.reshape((-1,) + (1,) * (len(shape) - 2))
     return np.broadcast_to(b, shape[1:])
 
 
@@ -110,7 +105,7 @@ def _check(case, dtype, value, recorded=False):
 
         xt = ops.convert_to_tensor(x)
         y = ops.convert_to_numpy(_recorded(fn, xt) if recorded else fn(xt)).astype("float64")
-        got = _constant_part(op, y, shape)
+        got = y[_constant_part(op)]
         np.testing.assert_allclose(got, _expected(op, beta, shape, dtype), rtol=0, atol=1e-6,
                                    err_msg=f"{case} {dtype} at {value}, epsilon {epsilon}")
 
