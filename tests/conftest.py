@@ -3,6 +3,7 @@ cache directory, full float32 precision on GPUs (torch and JAX), and a
 fixture that keeps Keras on the CPU."""
 
 import hashlib
+import importlib
 import os
 import tempfile
 
@@ -61,6 +62,17 @@ def _float32_policy():
     keras.config.set_dtype_policy("float32")
     yield
     keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture(autouse=True)
+def _registry_restored():
+    """Norms a test registers (register()'s own docstring example among them)
+    are gone after it: tests that list every registered norm see the built-in ones."""
+    registry = importlib.import_module("normlab.registry")  # (normlab.registry is the function)
+    norms, aliases = dict(registry._NORMS), dict(registry._ALIASES)
+    yield
+    registry._NORMS.clear(), registry._NORMS.update(norms)
+    registry._ALIASES.clear(), registry._ALIASES.update(aliases)
 
 
 def _full_float32_on_gpus() -> None:

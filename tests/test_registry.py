@@ -125,21 +125,12 @@ def test_one_version_source():
 
 def test_re_registering_drops_the_aliases_it_no_longer_lists():
     """The old aliases kept pointing at the name, so they built the new factory."""
-    import importlib
-
-    reg = importlib.import_module("normlab.registry")
-
-    saved = dict(reg._NORMS), dict(reg._ALIASES)
-    try:
-        normlab.register("mine", normlab.LayerNormalization, aliases=("my_ln",))
-        normlab.register("mine", normlab.RMSNormalization, aliases=("my_rms",))
-        assert "my_ln" not in names() and "my_rms" in names()
-        with pytest.raises(ValueError):
-            normlab.get("my_ln")
-        normlab.register("other", normlab.LayerNormalization, aliases=("my_ln",))  # free again
-    finally:
-        reg._NORMS.clear(), reg._NORMS.update(saved[0])
-        reg._ALIASES.clear(), reg._ALIASES.update(saved[1])
+    normlab.register("mine", normlab.LayerNormalization, aliases=("my_ln",))
+    normlab.register("mine", normlab.RMSNormalization, aliases=("my_rms",))
+    assert "my_ln" not in names() and "my_rms" in names()
+    with pytest.raises(ValueError):
+        normlab.get("my_ln")
+    normlab.register("other", normlab.LayerNormalization, aliases=("my_ln",))  # free again
 
 
 def test_register_refuses_a_factory_that_is_not_callable_and_a_string_of_aliases():
@@ -163,18 +154,6 @@ def _group8(**kwargs):
     return normlab.GroupNormalization(**{"groups": 8, **kwargs})
 
 
-@pytest.fixture
-def scratch_registry():
-    import importlib
-
-    reg = importlib.import_module("normlab.registry")
-    saved = dict(reg._NORMS), dict(reg._ALIASES)
-    yield
-    reg._NORMS.clear(), reg._NORMS.update(saved[0])
-    reg._ALIASES.clear(), reg._ALIASES.update(saved[1])
-
-
-@pytest.mark.usefixtures("scratch_registry")
 def test_factories_that_forward_keyword_arguments_take_them_from_specs():
     """A subclass whose __init__ forwards **kwargs, and a function with
     **kwargs, were refused every argument ('takes no arguments')."""
@@ -207,7 +186,6 @@ def test_instance_norm_takes_tf_addons_groups_in_a_spec():
     assert type(normlab.get("in(groups=-1)")) is normlab.InstanceNormalization
 
 
-@pytest.mark.usefixtures("scratch_registry")
 @pytest.mark.parametrize("kwargs, match", [
     (dict(summary=3), r"Invalid `summary`: expected a string.*Received: summary=3 of type int"),
     (dict(aliases=None), r"Invalid `aliases`: expected a list or tuple of names\. Received: aliases=None"),
@@ -227,7 +205,6 @@ def test_register_refuses_a_factory_without_a_signature():
     assert "zzz_dict" not in names()
 
 
-@pytest.mark.usefixtures("scratch_registry")
 def test_a_factory_that_returns_no_layer_is_named():
     normlab.register("zzz_list", lambda **kwargs: [kwargs])
     with pytest.raises(TypeError, match=r"Invalid `factory` of 'zzz_list': expected it to return a Keras layer\. "

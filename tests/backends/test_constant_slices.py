@@ -99,7 +99,7 @@ def _recorded(fn, x):
 def _check(case, dtype, value, recorded=False):
     op, shape = CASES[case]
     x, beta = _inputs(op, shape, dtype, value)
-    for epsilon in (1e-12, 1e-9, 1e-6, 1e-3):
+    for epsilon in (1e-12, 1e-9):  # the smallest amplify a residual most (larger ones passed as these did)
         def fn(t):
             return _apply(op, t, beta, epsilon)
 

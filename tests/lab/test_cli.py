@@ -329,6 +329,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     assert code == 130 and err.splitlines()[-1] == cli.INTERRUPTED
 
 
+@pytest.mark.once  # the command line's data and run-folder logic: the same on every backend
 def test_missing_mnist_file_is_named_and_explicit_dataset_fails(no_datasets, tmp_path, capsys):
     folder = tmp_path / "mnist"
     folder.mkdir()
@@ -343,6 +344,7 @@ def test_missing_mnist_file_is_named_and_explicit_dataset_fails(no_datasets, tmp
 # -------------------------------------------------------------------------- dry run, keys
 
 
+@pytest.mark.once  # the command line's data and run-folder logic: the same on every backend
 def test_dry_run_is_true_after_a_subset_run(tmp_path, capsys):
     out = str(tmp_path / "runs")
     base = ["compare", "--norms", "batch", "--seeds", "1", "--out", out, "--dataset", "synthetic",
@@ -362,6 +364,7 @@ def test_dry_run_is_true_after_a_subset_run(tmp_path, capsys):
     assert dirs == [full, subset]
 
 
+@pytest.mark.once  # the command line's data and run-folder logic: the same on every backend
 def test_dry_run_refuses_a_data_dir_that_does_not_exist(tmp_path, capsys):
     code, out, err = run_main(["compare", "--norms", "batch", "--seeds", "1", "--dry-run", "--data-dir",
                                str(tmp_path / "nowhere"), "--out", str(tmp_path / "runs"), "--backend", BACKEND],
@@ -531,6 +534,7 @@ def test_ctrl_c_during_training_and_the_rerun_resumes(tmp_path):
     assert len(list(out.rglob("summary.json"))) == 2
 
 
+@pytest.mark.once  # the command line's data and run-folder logic: the same on every backend
 def test_offline_first_run_falls_back_to_the_bundled_digits(no_datasets, tmp_path, capsys, monkeypatch):
     def offline(url, dest, progress):
         raise OSError("[Errno -3] Temporary failure in name resolution")
@@ -613,6 +617,7 @@ def test_the_datasets_sizes_are_those_loaded():
         assert DATASETS[name].sizes == (len(ds.y_train), len(ds.y_test))
 
 
+@pytest.mark.once  # the command line's data and run-folder logic: the same on every backend
 def test_data_dir_with_a_bundled_dataset_is_an_error(tmp_path, capsys):
     """``--data-dir`` was ignored without a word for the digits and synthetic datasets."""
     for extra in (["--quick"], ["--dataset", "synthetic"]):
