@@ -1,6 +1,7 @@
 """Shared test settings: hypothesis profile, the backend in use, inductor's
-cache directory, full float32 precision on GPUs (torch and JAX), and a
-fixture that keeps Keras on the CPU."""
+cache directory, full float32 precision on GPUs (torch and JAX), fixtures
+that put the dtype policy and the norm registry back after every test, and
+one that keeps Keras on the CPU."""
 
 import hashlib
 import importlib
