@@ -11,7 +11,7 @@ groups them by experiment and configuration, and writes per experiment:
   when the grid ran with ``--impl normlab,keras``, normlab against Keras' own
   layers seed by seed;
 - ``<experiment>.csv`` and ``<experiment>.json`` -- the same numbers (standard JSON);
-  the CSV's ``seeds`` lists the seed ids, the Markdown's ``seeds`` their count;
+  the CSV's ``seeds``: the seed ids, space-separated (the Markdown's: a count); ``<metric>_n``: seeds per mean;
 - ``<experiment>.png`` -- accuracy as points with 95% intervals and the paired
   differences (:mod:`normlab.lab.plots`);
 
