@@ -53,7 +53,7 @@ class Entry:
         """The keyword arguments a spec may set, with their defaults: the
         factory's own and, for a layer class whose ``__init__`` passes
         ``**kwargs`` on, its base classes' (up to Keras' ``Layer``, whose own
-        arguments :func:`get` always accepts)."""
+        arguments :func:`get` then accepts as well)."""
         return _accepted(self.factory)[0]
 
     def takes_any_argument(self) -> bool:
@@ -65,15 +65,23 @@ class Entry:
 
 def _accepted(factory: Callable[..., object]) -> tuple[dict[str, object], bool]:
     """``(arguments with defaults, whether **kwargs reach an unseen callee)`` of a factory."""
+    arguments, open_, _ = _signature(factory)
+    return arguments, open_
+
+
+def _signature(factory: Callable[..., object]) -> tuple[dict[str, object], bool, bool]:
+    """:func:`_accepted`'s pair, and whether Keras' ``Layer`` gets the
+    factory's ``**kwargs`` (a layer class whose ``__init__`` methods pass them
+    on up to it: its own arguments, :data:`_LAYER_ARGUMENTS`, are then taken)."""
     if isinstance(factory, functools.partial):
-        arguments, open_ = _accepted(factory.func)
-        return {**arguments, **factory.keywords}, open_
+        arguments, open_, layer = _signature(factory.func)
+        return {**arguments, **factory.keywords}, open_, layer
     if not inspect.isclass(factory):
-        return _parameters(inspect.signature(factory), skip_first=False)
+        return (*_parameters(inspect.signature(factory), skip_first=False), False)
     found: dict[str, object] = {}
     for cls in inspect.getmro(factory):
         if cls is keras.layers.Layer:
-            return found, False
+            return found, False, True
         init = vars(cls).get("__init__")
         if init is None:
             continue
@@ -81,8 +89,8 @@ def _accepted(factory: Callable[..., object]) -> tuple[dict[str, object], bool]:
         for key, default in arguments.items():
             found.setdefault(key, default)  # a subclass's defaults win, its arguments listed first
         if not open_:
-            return found, False
-    return found, True
+            return found, False, False
+    return found, True, False
 
 
 def _parameters(signature: inspect.Signature, skip_first: bool) -> tuple[dict[str, object], bool]:
@@ -257,8 +265,8 @@ def get(spec: str, **overrides: Any) -> keras.layers.Layer:
     name, kwargs = parse_spec(spec)
     kwargs.update(overrides)
     entry = _NORMS[name]
-    accepted, takes_any = _accepted(entry.factory)
-    unknown = sorted(set(kwargs) - set(accepted) - _LAYER_ARGUMENTS)
+    accepted, takes_any, layer_class = _signature(entry.factory)
+    unknown = sorted(set(kwargs) - set(accepted) - (_LAYER_ARGUMENTS if layer_class else set()))
     if unknown and not takes_any:
         given = [f"{k}={overrides[k]!r}" for k in unknown if k in overrides]
         close = [m for k in unknown for m in difflib.get_close_matches(k, list(accepted), n=1)]

@@ -171,6 +171,16 @@ def test_factories_that_forward_keyword_arguments_take_them_from_specs():
         normlab.get("zzz_group8(epsilom=1e-5)")  # a function's **kwargs: the layer it builds checks them
 
 
+def test_a_function_factory_gets_no_keras_layer_arguments_it_does_not_name():
+    """Keras' Layer arguments (name, dtype, ...) were let through to any factory,
+    one without them failing with Python's bare TypeError."""
+    normlab.register("zzz_fixed", lambda axis=-1: normlab.LayerNormalization(axis=axis))
+    with pytest.raises(ValueError, match=r"'zzz_fixed' has no argument 'name'\. .*Valid arguments: axis\."):
+        normlab.get("zzz_fixed(name='x')")
+    assert normlab.get("zzz_fixed(axis=1)").axis == 1
+    assert normlab.get("group(groups=2, name='g')").name == "g"  # a layer class takes them
+
+
 def test_a_partial_factory_reports_its_bound_defaults():
     import functools
 

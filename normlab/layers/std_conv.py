@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import keras
 
-from normlab.layers.base import SavedConfig, keras_object
+from normlab.layers.base import SavedConfig, as_saved, keras_object
 from normlab.layers.derived_kernel import call_with_kernel, full_precision, missing_layer
 from normlab.layers.dtypes import check_float_policy
 from normlab.ops.validate import check_bool, check_epsilon, check_positive_int, error_message
@@ -255,9 +255,14 @@ def _replacement(
                 "Pass a plain convolution, e.g. keras.layers.Conv2D(16, 3).",
             )
         )
-    config = layer.get_config()
-    config.update(arguments)
-    return classes[layer.rank].from_config(config)
+    for name, value in arguments.items():  # the caller's own: an initializer of None refused, as by the constructor
+        if name.endswith("_initializer") and name != "kernel_initializer" and value is None:
+            keras_object("initializer", name, value)
+    # The convolution's settings read as a saved config's (a Keras Conv takes an
+    # initializer of None), constructed directly: Keras' from_config would make
+    # every error of the constructor a TypeError behind a dump of the config.
+    with as_saved():
+        return classes[layer.rank](**{**layer.get_config(), **arguments})
 
 
 def weight_standardization(

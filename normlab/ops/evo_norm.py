@@ -9,7 +9,7 @@ from keras import ops
 from normlab.ops.arith import maximum
 from normlab.ops.axes import channel_axis, complement, feature_param, float_tensor, grouped_dims, per_channel
 from normlab.ops.moments import moments, stats_dtype, widened
-from normlab.ops.normalize import normalize
+from normlab.ops.normalize import check_variance, normalize
 from normlab.ops.validate import (
     check_bools,
     check_epsilon,
@@ -91,6 +91,7 @@ def evo_norm_b0(
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon, positive=True, reason=EVO_NORM_EPSILON_REASON)
     dtype = stats_dtype(x.dtype)
+    check_variance(moving_variance, "moving_variance")  # (a host value, before it becomes a tensor)
     v, gamma, beta, moving_variance = (
         check_param(name, param, (channels,), dtype)
         for name, param in (("v", v), ("gamma", gamma), ("beta", beta), ("moving_variance", moving_variance)))

@@ -37,3 +37,21 @@ def test_registry_twins_take_the_classes_defaults():
         twin = normlab.get(name, layer=keras.layers.Conv2D(4, 3, name="c"))
         assert twin.get_config() == cls(4, 3, name="c").get_config()
         assert twin.epsilon == 1e-6
+
+
+def test_registry_twins_check_the_arguments_given_as_their_constructors_do():
+    """Built through Keras' from_config, a twin took an initializer of None
+    from the caller (a random gain or bias, as a saved config may hold) and
+    turned every constructor error into a TypeError behind a dump of the config."""
+    conv = keras.layers.Conv2D(8, 3)
+    for spec, pattern in (("scaled_weight_std(gain_initializer=None)", r"Invalid `gain_initializer`"),
+                          ("weight_std(bias_initializer=None)", r"Invalid `bias_initializer`"),
+                          ("scaled_weight_std(gamma=0)", r"^Invalid `gamma`: expected a number > 0\.0"),
+                          ("weight_std(epsilon=-1.0)", r"^Invalid `epsilon`: expected a non-negative float")):
+        with pytest.raises(ValueError, match=pattern):
+            normlab.get(spec, layer=conv)
+    # The convolution's own settings read as Keras reads them: its initializer of None included.
+    plain = keras.layers.Conv2D(8, 3, bias_initializer=None, dtype="mixed_bfloat16", name="c")
+    twin = normlab.get("scaled_weight_std(gamma=2.0)", layer=plain)
+    assert (twin.gamma, twin.name, twin.dtype_policy.name) == (2.0, "c", "mixed_bfloat16")
+    assert twin.get_config()["bias_initializer"] is None

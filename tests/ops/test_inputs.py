@@ -110,6 +110,20 @@ def test_every_host_form_of_a_negative_variance_is_refused(variance):
         nops.batch_renorm(x, np.zeros(3, "float32"), variance if np.ndim(variance) < 2 else [-1.0, 1.0, 1.0])
 
 
+def test_the_zoo_refuses_a_negative_moving_variance_on_the_host():
+    """EvoNorm-B0 and switchable norm in inference took one and gave NaN where batch norm refused it."""
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype("float32")
+    bad = np.array([-1.0, 1.0, 1.0], "float32")
+    zeros = np.zeros(3, "float32")
+    expected = r"Invalid `moving_variance`: expected a non-negative variance.*Received: moving_variance with 1 negative"
+    with pytest.raises(ValueError, match=expected):
+        nops.evo_norm_b0(x, moving_variance=bad)
+    with pytest.raises(ValueError, match=expected):
+        nops.switchable_norm(x, zeros, zeros, zeros, bad)
+    assert np.isfinite(to_np(nops.evo_norm_b0(x, moving_variance=np.ones(3, "float32")))).all()
+    assert np.isfinite(to_np(nops.switchable_norm(x, zeros, zeros, zeros, np.ones(3, "float32")))).all()
+
+
 def test_a_ragged_variance_list_gets_the_conversion_error_not_numpys():
     with pytest.raises(ArgumentTypeError, match=r"Invalid `variance`: expected a number or a tensor of numbers"):
         nops.batch_norm(np.ones((2, 3), "float32"), np.zeros(3, "float32"), [[1.0], [1.0, 2.0], [1.0]])
