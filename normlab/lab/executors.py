@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import socket
@@ -40,6 +41,13 @@ from normlab.lab.errors import LabError
 from normlab.lab.experiments import RunConfig
 
 EXECUTORS = ("local", "ray")
+
+#: The smallest amount of a resource a Ray task can declare (Ray counts in these units).
+RESOURCE_UNIT = 1e-4
+
+
+def _resource(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 class ExecutorError(LabError, RuntimeError):
@@ -122,13 +130,21 @@ class RayExecutor:
     name = "ray"
 
     def __post_init__(self):
+        env_vars = (self.runtime_env or {}).get("env_vars", {}) if isinstance(self.runtime_env, dict) else {}
         checks = (
-            ("cpus_per_run", self.cpus_per_run > 0, "a number > 0", "Pass --cpus-per-run 1."),
-            ("gpus_per_run", self.gpus_per_run >= 0, "a number >= 0", "Pass --gpus-per-run 0."),
+            # (Ray counts resources in units of 1e-4: a smaller fraction fails at submission)
+            ("cpus_per_run", _resource(self.cpus_per_run) and self.cpus_per_run >= RESOURCE_UNIT,
+             f"a finite number >= {RESOURCE_UNIT:g}", "Pass --cpus-per-run 1."),
+            ("gpus_per_run", _resource(self.gpus_per_run) and (self.gpus_per_run == 0 or
+                                                               self.gpus_per_run >= RESOURCE_UNIT),
+             f"0 or a finite number >= {RESOURCE_UNIT:g}", "Pass --gpus-per-run 0."),
             ("retries", isinstance(self.retries, int) and self.retries >= 0, "an int >= 0",
              "Pass --retries 0 to leave lost runs to the next invocation."),
             ("runtime_env", self.runtime_env is None or isinstance(self.runtime_env, dict),
              "a dict (JSON object)", 'Pass e.g. --ray-runtime-env \'{"pip": ["normlab[lab]"]}\'.'),
+            ("runtime_env", isinstance(env_vars, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()),
+             'its "env_vars" a JSON object of strings', 'Pass e.g. \'{"env_vars": {"OMP_NUM_THREADS": "1"}}\'.'),
         )
         for arg, ok, expected, fix in checks:
             if not ok:
@@ -145,13 +161,23 @@ class RayExecutor:
         return f"Ray executor on {where} ({self.cpus_per_run:g} CPU{gpus} per run)"
 
     def check(self) -> None:
-        """What can be checked before the first run, in seconds: Ray imports, and a
-        cluster address (``HOST:PORT``, ``ray://HOST:PORT``) answers.
+        """What can be checked before the first run, in seconds: Ray imports, takes
+        the runtime environment, and a cluster address (``HOST:PORT``,
+        ``ray://HOST:PORT``) answers.
 
         Raises:
             ExecutorError: Ray is not installed, or nothing listens at the address.
+            ValueError: Ray refuses the runtime environment.
         """
-        _import_ray()
+        ray = _import_ray()
+        if self.runtime_env:
+            try:
+                ray.runtime_env.RuntimeEnv(**self.runtime_env)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(
+                    f"Invalid `runtime_env`: expected a runtime environment Ray takes. Received: "
+                    f"runtime_env={self.runtime_env!r} (Ray: {str(exc).splitlines()[0] if str(exc) else exc!r}). "
+                    "See https://docs.ray.io/en/latest/ray-core/handling-dependencies.html.") from None
         _probe(self.resolved_address())
 
     def run(self, todo: list[tuple[RunConfig, Path, int]], *, data_dir=None,
@@ -166,10 +192,23 @@ class RayExecutor:
             backend = keras.backend.backend()
         started = _connect(ray, self.resolved_address())
         try:
+            if started and self.resolved_address() == "local":
+                self._check_fits(ray.cluster_resources())
             yield from self._run(ray, backend, todo, data_dir, bar, notes)
         finally:
             if started:
                 ray.shutdown()
+
+    def _check_fits(self, resources: dict[str, float]) -> None:
+        """Raises where a run asks more than the Ray instance this process started
+        has (its tasks would wait for ever; a cluster's autoscaler may add nodes)."""
+        for arg, key, want in (("cpus_per_run", "CPU", self.cpus_per_run), ("gpus_per_run", "GPU", self.gpus_per_run)):
+            have = resources.get(key, 0.0)
+            if want > have:
+                raise ExecutorError(
+                    f"Invalid `{arg}`: expected at most the {have:g} {key}s of the local Ray instance. "
+                    f"Received: {arg}={want:g}; a run would wait for ever. Pass --{arg.replace('_', '-')} "
+                    f"{have:g} or less, or --address of a cluster that has them.")
 
     def _run(self, ray, backend, todo, data_dir, bar, notes) -> Iterator[Outcome]:
         env_vars = {"KERAS_BACKEND": backend}
@@ -288,8 +327,13 @@ def _probe(address: str) -> None:
     ``ray://HOST:PORT``; ``local`` and ``auto`` are Ray's to resolve): Ray itself retries
     an address where nothing listens for as long as it is let, printing warnings."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
+    if address in ("local", "auto") or address.startswith("ray://") and not (host and port.isdigit()):
         return
+    if not host or not port.isdigit():
+        raise ExecutorError(
+            "Invalid `address`: expected 'local', 'auto', HOST:PORT or ray://HOST:PORT. Received: "
+            f"address={address!r}. Pass the address `ray start --head` printed (e.g. 10.0.0.5:6379), "
+            "or --address local to start Ray on this machine.")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:

@@ -63,17 +63,15 @@ def _config(run: dict) -> dict:
 def summarize(runs: list[dict], baseline: str | None = None) -> dict[str, dict]:
     """``{experiment: {"meta", "rows", "ab"}}``: one row per configuration.
 
-    ``rows`` hold the main implementation's configurations (normlab's when the
-    grid also ran Keras' layers), each with ``paired``: its difference to the
-    baseline (``baseline`` label or series; default the first row, or for sweeps
-    the first series at the same swept value) on the same backend and with the
-    same settings. ``ab`` compares every other implementation's rows with the
+    ``rows`` hold the main implementation's configurations (normlab's when the grid also ran Keras'
+    layers), each with ``paired``: its difference to the baseline (``baseline`` label or series;
+    default the first row, or for sweeps the first series at the same swept value) on the same
+    backend and with the same settings. ``ab`` compares every other implementation's rows with the
     main one's, seed by seed.
 
-    Only the newest training revision of each experiment is summarized (an older
-    one starts from other initial weights, so its seeds pair with nothing), and
-    of runs repeated with the same settings and seed (a copied folder) only the
-    last finished; ``meta["ignored"]`` lists the others with the reason.
+    Only the newest training revision of each experiment is summarized (an older one starts from
+    other initial weights, so its seeds pair with nothing), and of runs repeated with the same
+    settings and seed (a copied folder) only the last finished; ``meta["ignored"]`` lists the others with the reason.
     """
     by_experiment: dict[str, list[dict]] = {}
     for run in sorted(runs, key=_grid_order):
@@ -158,7 +156,8 @@ def _row(key: tuple, runs: list[dict], label: str) -> dict:
                per_seed={r["config"]["seed"]: r["accuracy"] for r in runs},
                accuracy_examples=min(_accuracy_examples(r) for r in runs))
     for k in _STATS:  # an accuracy comes in steps of one example (see stats)
-        row[k] = stats((r.get(k) for r in runs), _resolution(row) if k == "accuracy" else 0.0)
+        count = min(_accuracy_examples(r, k) for r in runs) if k.endswith("accuracy") else 0
+        row[k] = stats((r.get(k) for r in runs), 1 / count if count else 0.0)
     row["diverged"] = {r["config"]["seed"]: r["non_finite"] for r in runs if r.get("non_finite")}
     row["params_trainable"] = runs[0]["params"]["trainable"]
     row["params_non_trainable"] = runs[0]["params"]["non_trainable"]
@@ -231,11 +230,11 @@ def _norm_free(norms: str) -> bool:
         return False
 
 
-def _accuracy_examples(run: dict) -> int:
-    """How many examples a run's reported accuracy counts: the test set, or under
-    the tutorial protocol (a training accuracy) the last epoch's examples, every
-    earlier epoch being whole; 0 where the summary does not tell."""
-    if not str(run.get("metric", "test")).startswith("train"):
+def _accuracy_examples(run: dict, key: str = "accuracy") -> int:
+    """How many examples a run's ``key`` accuracy counts: the test set (test and train-mode accuracies
+    too), or for the reported one under the tutorial protocol (a training accuracy) the last epoch's
+    examples, every earlier epoch being whole; 0 where the summary does not tell."""
+    if key != "accuracy" or not str(run.get("metric", "test")).startswith("train"):
         return int(run.get("test_examples") or 0)
     seen, epochs, per_epoch = (run.get(k) or 0 for k in ("examples_seen", "epochs_run", "train_examples"))
     return int(seen - (epochs - 1) * per_epoch) if seen and epochs and per_epoch else 0
@@ -286,7 +285,8 @@ def _pair_with_baseline(rows: list[dict], sweep: str, baseline: str | None) -> s
         else:
             pair(r, base_rows)
     label = base_row["config_label"] if len({b["label"] for b in base_rows}) > 1 else base_row["label"]
-    return label if baseline is None or baseline in names else f"{label} (no {baseline!r} in this experiment)"
+    known = baseline is None or baseline in names or baseline in series  # (one series: its first value's row)
+    return label if known else f"{label} (no {baseline!r} in this experiment)"
 
 
 def _impl_ab(rows: list[dict], others: list[dict]) -> list[dict]:

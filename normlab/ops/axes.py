@@ -281,8 +281,11 @@ def along_short_rows(stat: Tensor, x: Tensor, axes: Sequence[int]) -> Tensor:
     before = [x.shape[a] for a in axes if ahead and a < ahead[-1]]  # reduced axes ahead of those
     if not before or (known(before) and math.prod(before) < 8):  # (the spread one would be near x's size)
         return stat
-    shape = dims(x)
-    return ops.broadcast_to(stat, [shape[a] if a not in axes or a in run else 1 for a in range(rank)])
+    # Off the run, stat keeps its own size: 1, or 0 for an empty slice, whose statistics
+    # keep its size (known sizes of 0 returned above; a graph's unknown size may be 0 at
+    # run time; torch and JAX trace symbolic sizes as at least 1).
+    shape, own = dims(x), dims(stat) if None in stat.shape else [1] * rank
+    return ops.broadcast_to(stat, [shape[a] if a not in axes or a in run else own[a] for a in range(rank)])
 
 
 def scalar(value: Any, dtype: Any) -> Tensor:

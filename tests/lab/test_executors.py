@@ -43,10 +43,21 @@ def test_address_defaults_to_ray_address_then_local(monkeypatch):
     (dict(name="local", address="local"), "Invalid `address`: it applies only to --executor ray. "
                                           "Received: address='local' with executor='local'. "
                                           "Add --executor ray, or drop it."),
-    (dict(name="ray", cpus_per_run=0), "Invalid `cpus_per_run`: expected a number > 0. "
+    (dict(name="ray", cpus_per_run=0), "Invalid `cpus_per_run`: expected a finite number >= 0.0001. "
                                        "Received: cpus_per_run=0. Pass --cpus-per-run 1."),
-    (dict(name="ray", gpus_per_run=-1), "Invalid `gpus_per_run`: expected a number >= 0. "
+    # Ray failed at submission, with a traceback: infinity, and fractions below its unit of 1e-4
+    (dict(name="ray", cpus_per_run=float("inf")), "Invalid `cpus_per_run`: expected a finite number >= 0.0001. "
+                                                  "Received: cpus_per_run=inf."),
+    (dict(name="ray", cpus_per_run=1e-5), "Invalid `cpus_per_run`: expected a finite number >= 0.0001. "
+                                          "Received: cpus_per_run=1e-05."),
+    (dict(name="ray", gpus_per_run=-1), "Invalid `gpus_per_run`: expected 0 or a finite number >= 0.0001. "
                                         "Received: gpus_per_run=-1. Pass --gpus-per-run 0."),
+    (dict(name="ray", gpus_per_run=float("inf")), "Invalid `gpus_per_run`: expected 0 or a finite number"),
+    (dict(name="ray", gpus_per_run=float("nan")), "Invalid `gpus_per_run`: expected 0 or a finite number"),
+    # the executor merges KERAS_BACKEND into env_vars: it failed there, after Ray had started
+    (dict(name="ray", runtime_env={"env_vars": 5}), "Invalid `runtime_env`: expected its \"env_vars\" a JSON "
+                                                   "object of strings. Received: runtime_env={'env_vars': 5}."),
+    (dict(name="ray", runtime_env={"env_vars": {"A": 1}}), "Invalid `runtime_env`: expected its \"env_vars\""),
     (dict(name="ray", retries=-2), "Invalid `retries`: expected an int >= 0. Received: retries=-2. "
                                    "Pass --retries 0 to leave lost runs to the next invocation."),
     (dict(name="ray", runtime_env=["pip"]), "Invalid `runtime_env`: expected a dict (JSON object). "
@@ -77,6 +88,35 @@ def test_cli_rejects_a_runtime_env_that_is_not_a_json_object(capsys):
     assert cli.main(["compare", "--ray-runtime-env", "[1]"]) == 2
     err = capsys.readouterr().err
     assert "Invalid `ray-runtime-env`: expected a JSON object. Received: '[1]'" in err
+
+
+@pytest.mark.once  # Ray's own checks: the same on every backend
+def test_ray_checks_the_runtime_env_and_the_address_before_the_first_run(tmp_path, capsys):
+    """Both passed a dry run and failed once Ray had started: Ray's TypeError for {"pip": 5}, its
+    "Invalid address format" for an address that is none of local, auto, HOST:PORT, ray://..."""
+    pytest.importorskip("ray")
+    with pytest.raises(ValueError, match=r"Invalid `runtime_env`: expected a runtime environment Ray takes\. "
+                                         r"Received: runtime_env=\{'pip': 5\} \(Ray: .*pip"):
+        RayExecutor("local", runtime_env={"pip": 5}).check()
+    RayExecutor("local", runtime_env={"pip": ["normlab[lab]"]}).check()  # a valid one passes
+    with pytest.raises(executors.ExecutorError, match=r"Invalid `address`: expected 'local', 'auto', HOST:PORT or "
+                                                      r"ray://HOST:PORT\. Received: address='bogus'\."):
+        RayExecutor("bogus").check()
+    RayExecutor("auto")._check_fits({"CPU": 2.0})  # (auto: a cluster's; nothing probed for it here)
+    out = tmp_path / "runs"
+    assert cli.main(["compare", "--quick", "--executor", "ray", "--address", "bogus", "--dry-run",
+                     "--out", str(out), "--no-progress"]) == 2
+    assert "Invalid `address`" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_local_ray_instance_refuses_runs_that_ask_more_than_it_has():
+    """--gpus-per-run 1 on a machine without a GPU waited for ever, silently."""
+    with pytest.raises(executors.ExecutorError, match=r"Invalid `gpus_per_run`: expected at most the 0 GPUs of the "
+                                                      r"local Ray instance\. Received: gpus_per_run=1; a run would wait"):
+        RayExecutor("local", gpus_per_run=1)._check_fits({"CPU": 2.0})
+    with pytest.raises(executors.ExecutorError, match=r"Invalid `cpus_per_run`: expected at most the 2 CPUs"):
+        RayExecutor("local", cpus_per_run=3)._check_fits({"CPU": 2.0})
+    RayExecutor("local", cpus_per_run=2, gpus_per_run=0.5)._check_fits({"CPU": 2.0, "GPU": 1.0})
 
 
 def test_ray_missing_gives_the_install_command(monkeypatch, tmp_path, capsys):

@@ -245,16 +245,19 @@ def test_the_seed_is_never_a_setting_rows_must_share_to_be_paired(tmp_path):
     assert one["paired"]["mean"] == pytest.approx(-0.10) and one["paired"]["baseline"] == "BN"
 
 
-def test_only_the_accuracy_gets_the_floor_of_one_example(tmp_path):
-    """Two seeds with the same accuracy and loss: the accuracy's interval takes at least the
-    spread of rounding to one of 500 images, 1/500 / sqrt(12); the loss (continuous) and the
-    timings keep their zero-width interval."""
+def test_only_accuracies_get_the_floor_of_one_example(tmp_path):
+    """Two seeds with the same accuracies and loss: each accuracy's interval (the reported, the
+    test set's and, in training mode, the test set's again) takes at least the spread of rounding
+    to one of 500 images, 1/500 / sqrt(12); the loss (continuous) and the timings keep their
+    zero-width interval. (The train-mode accuracy's interval had width 0.)"""
     out = tmp_path / "runs"
     for seed in range(2):
-        fake_run(out, RunConfig(experiment="c", label="A", norms="none", seed=seed), 0.9, loss=0.25)
+        fake_run(out, RunConfig(experiment="c", label="A", norms="none", seed=seed), 0.9, loss=0.25, train_mode=0.1)
     (row,) = summarize(load_runs(out)[0])["c"]["rows"]
-    assert row["accuracy"]["ci95"] == pytest.approx(scipy_stats.t.ppf(0.975, 1) * (1 / 500) / math.sqrt(12)
-                                                    / math.sqrt(2))
+    floor = scipy_stats.t.ppf(0.975, 1) * (1 / 500) / math.sqrt(12) / math.sqrt(2)
+    for key in ("accuracy", "test_accuracy", "train_mode_accuracy"):
+        assert row[key]["ci95"] == pytest.approx(floor), key
+    assert row["train_mode_loss"]["ci95"] == 0.0
     assert row["loss"]["ci95"] == 0.0 and row["seconds_per_epoch"]["ci95"] == 0.0 and row["steps"]["ci95"] == 0.0
 
 
@@ -276,6 +279,14 @@ def test_a_sweep_of_one_series_pairs_its_points_with_its_first(tmp_path):
     assert table["meta"]["baseline"] == "BN b=32"
     assert [(r["label"], r["paired"] and r["paired"]["baseline"]) for r in table["rows"]] == [
         ("BN b=32", None), ("BN b=8", "BN b=32"), ("BN b=2", "BN b=32")]
+
+
+def test_a_sweep_of_one_series_takes_its_own_name_as_the_baseline(tmp_path):
+    """``--baseline GN`` on a sweep of GN alone (accepted: it names the series) was reported as
+    missing: "G=5 (no 'GN' in this experiment)"."""
+    out = tmp_path / "runs"
+    _sweep(out, [("GN", "group")])
+    assert summarize(load_runs(out)[0], baseline="GN")["bs"]["meta"]["baseline"] == "GN b=32"
 
 
 def test_a_sweep_names_a_baseline_series_it_lacks(tmp_path):

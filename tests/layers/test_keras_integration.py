@@ -184,3 +184,29 @@ def test_public_attributes_and_methods_of_keras_layers_exist(make_keras, make_ou
         assert isinstance(getattr(ours, name), keras.Variable) == isinstance(value, keras.Variable), name
     methods = [n for n in dir(type(theirs)) if not n.startswith("_") and n not in base]
     assert [n for n in methods if not hasattr(ours, n)] == []
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a graph's unknown sizes")
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+@pytest.mark.parametrize("norm", ["group", "evonorm_s0", "instance", "layer", "frn", "switchable", "evonorm_b0", "rms"])
+def test_a_spatial_size_that_is_0_only_at_run_time(norm, fast):
+    """In a graph with unknown spatial sizes (``predict`` retraced for a new
+    sequence length), a length of 0 failed in channels-last group norm and
+    EvoNorm-S0: an empty slice's statistics were spread to size 1 along its
+    axes ("Unable to broadcast tensor of shape [2,0,2,1]"). Keras' own group
+    norm, and normlab eagerly, return the empty input."""
+    import contextlib
+
+    import tensorflow as tf
+
+    from normlab import backends
+    from tests.layers.test_dtypes import NORMS
+
+    layer = NORMS[norm]()
+    layer.build((None, 4, 4, 8))
+    step = tf.function(lambda x: layer(x, training=False), input_signature=[tf.TensorSpec([None, None, None, 8])])
+    with contextlib.nullcontext() if fast else backends.disabled():
+        for shape in ((2, 0, 4, 8), (2, 4, 0, 8), (2, 3, 4, 8)):
+            y = step(tf.ones(shape))
+            assert tuple(y.shape) == shape
+            assert np.isfinite(y.numpy()).all()
