@@ -27,6 +27,14 @@ def in_stateless_scope() -> bool:
     return inside()
 
 
+def check_input_spec(layer: keras.layers.Layer, inputs: Any) -> None:
+    """Raises Keras' own error where ``inputs`` do not fit ``layer.input_spec``,
+    the check its ``__call__`` makes (for a call that sets the spec aside)."""
+    from keras.src.layers.input_spec import assert_input_compatibility
+
+    assert_input_compatibility(layer.input_spec, inputs, layer.name)
+
+
 def in_symbolic_scope() -> bool:
     """Whether Keras runs the layer only to infer output shapes (symbolic tensors)."""
     from keras.src.backend.common.symbolic_scope import in_symbolic_scope as inside

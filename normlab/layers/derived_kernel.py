@@ -270,7 +270,8 @@ def call_with_kernel(
     activation = layer.__dict__.get("activation")
     swap.update(bias=None, use_bias=False, activation=None)
     transpose = runs_channels_last(layer)
-    if transpose:
+    if transpose:  # (the channels-first spec checked first: a wrong channel count ran as a grouped conv)
+        _compat.check_input_spec(layer, inputs)
         inputs = ops.moveaxis(inputs, 1, -1)
         swap.update(data_format="channels_last", _input_spec=None)
     with substituted(layer, **swap):

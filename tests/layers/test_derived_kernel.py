@@ -118,3 +118,26 @@ def test_in_place_spectral_norm_adds_keras_activity_loss():
     ours(X, training=True), theirs(X, training=True)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(ours.losses[0]),
                                keras.ops.convert_to_numpy(theirs.losses[0]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+@pytest.mark.parametrize("conv", [keras.layers.Conv1D, keras.layers.Conv2D])
+def test_a_channels_first_convolution_keeps_its_input_check(wrapper, conv):
+    """On TensorFlow's CPU the wrapped channels-first convolution runs channels-last, its
+    input spec set aside: 4 channels into a kernel built for 2 ran as a grouped convolution,
+    silently (Keras' own layer, and every other backend, raise)."""
+    spatial = (6,) * (2 if conv is keras.layers.Conv2D else 1)
+    layer = WRAPPERS[wrapper](conv(4, 2, data_format="channels_first"))
+    layer(np.ones((3, 2, *spatial), "float32"))
+    with pytest.raises(ValueError, match=r"expected axis 1 of input shape to have value 2"):
+        layer(np.ones((3, 4, *spatial), "float32"))
+
+
+def test_the_input_check_is_keras_own_on_every_backend():
+    from normlab import _compat
+
+    conv = keras.layers.Conv1D(4, 2, data_format="channels_first")
+    conv(np.ones((3, 2, 6), "float32"))
+    _compat.check_input_spec(conv, np.ones((1, 2, 5), "float32"))
+    with pytest.raises(ValueError, match=r"of layer '.*' is incompatible with the layer: expected axis 1"):
+        _compat.check_input_spec(conv, np.ones((1, 3, 5), "float32"))
