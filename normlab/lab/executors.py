@@ -130,7 +130,7 @@ class RayExecutor:
     name = "ray"
 
     def __post_init__(self):
-        env_vars = (self.runtime_env or {}).get("env_vars", {}) if isinstance(self.runtime_env, dict) else {}
+        env_vars = self.runtime_env.get("env_vars", {}) if isinstance(self.runtime_env, dict) else {}
         checks = (
             # (Ray counts resources in units of 1e-4: a smaller fraction fails at submission)
             ("cpus_per_run", _resource(self.cpus_per_run) and self.cpus_per_run >= RESOURCE_UNIT,

@@ -9,7 +9,6 @@ Subclasses choose the axes and grouping in ``build`` and make one op call in
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import numbers
 import threading
@@ -84,15 +83,8 @@ class SavedConfig:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        with as_saved():
+        with thread_setting(_loading, "active", True, False):
             return super().from_config(config, *args, **kwargs)  # type: ignore[misc]
-
-
-def as_saved() -> contextlib.AbstractContextManager[None]:
-    """Context manager: layers constructed inside this thread's block take
-    their arguments as :class:`SavedConfig` does a saved config's (an
-    initializer of None as Keras reads it)."""
-    return thread_setting(_loading, "active", True, False)
 
 
 def check_training(training: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import keras
 
-from normlab.layers.base import SavedConfig, as_saved, keras_object
+from normlab.layers.base import SavedConfig, keras_object
 from normlab.layers.derived_kernel import call_with_kernel, full_precision, missing_layer
 from normlab.layers.dtypes import check_float_policy
 from normlab.ops.validate import check_bool, check_epsilon, check_positive_int, error_message
@@ -255,14 +255,12 @@ def _replacement(
                 "Pass a plain convolution, e.g. keras.layers.Conv2D(16, 3).",
             )
         )
-    for name, value in arguments.items():  # the caller's own: an initializer of None refused, as by the constructor
-        if name.endswith("_initializer") and name != "kernel_initializer" and value is None:
-            keras_object("initializer", name, value)
-    # The convolution's settings read as a saved config's (a Keras Conv takes an
-    # initializer of None), constructed directly: Keras' from_config would make
-    # every error of the constructor a TypeError behind a dump of the config.
-    with as_saved():
-        return classes[layer.rank](**{**layer.get_config(), **arguments})
+    config = layer.get_config()
+    # Keras' Conv fills a weight whose initializer is None with glorot_uniform (the twin's
+    # constructor refuses None): the twin is given that. Constructed directly, not by
+    # from_config, which makes every error of the constructor a TypeError behind the config.
+    config.update({k: "glorot_uniform" for k, v in config.items() if k.endswith("_initializer") and v is None})
+    return classes[layer.rank](**{**config, **arguments})
 
 
 def weight_standardization(

@@ -50,8 +50,8 @@ def test_registry_twins_check_the_arguments_given_as_their_constructors_do():
                           ("weight_std(epsilon=-1.0)", r"^Invalid `epsilon`: expected a non-negative float")):
         with pytest.raises(ValueError, match=pattern):
             normlab.get(spec, layer=conv)
-    # The convolution's own settings read as Keras reads them: its initializer of None included.
+    # The convolution's own settings read as Keras reads them: an initializer of None is glorot_uniform.
     plain = keras.layers.Conv2D(8, 3, bias_initializer=None, dtype="mixed_bfloat16", name="c")
     twin = normlab.get("scaled_weight_std(gamma=2.0)", layer=plain)
     assert (twin.gamma, twin.name, twin.dtype_policy.name) == (2.0, "c", "mixed_bfloat16")
-    assert twin.get_config()["bias_initializer"] is None
+    assert twin.get_config()["bias_initializer"]["class_name"] == "GlorotUniform"
