@@ -71,14 +71,18 @@ def _first_order_only(tensors: list[Any]) -> bool:
     """Whether no tape may take a second derivative through ``tensors`` and no
     forward accumulator watches them (False where TensorFlow cannot say)."""
     order = tape_order(tensors)
-    if order is None or order >= 2:
-        return False
+    return order is not None and order < 2 and _forward_watched(tensors) is False
+
+
+def _forward_watched(tensors: list[Any]) -> bool | None:
+    """Whether a forward accumulator (``tf.autodiff.ForwardAccumulator``)
+    watches any of ``tensors``; None where TensorFlow cannot say."""
     try:
         from tensorflow.python.eager import forwardprop_util
 
-        return not forwardprop_util.pack_tangents(tensors).tangents
-    except (ImportError, AttributeError):  # a private module: stay eager
-        return False
+        return bool(forwardprop_util.pack_tangents(tensors).tangents)
+    except (ImportError, AttributeError):  # a private module
+        return None
 
 
 def graph_when_hot(hook: Callable[..., Any], *, any_size: bool = False) -> Callable[..., Any]:
@@ -92,6 +96,11 @@ def graph_when_hot(hook: Callable[..., Any], *, any_size: bool = False) -> Calla
     @functools.wraps(hook)
     def call(x: Any, **kwargs: Any) -> Any:
         size = x.shape.num_elements() if isinstance(x, tf.Tensor) else None
+        tensors = [x, *(v for v in kwargs.values() if isinstance(v, tf.Tensor))]
+        if not tf.executing_eagerly() and _forward_watched(tensors):
+            # (forward-mode AD cannot pass the hooks' nested tf.cond in a graph: cond_v2
+            # fails an assertion; eagerly the conditions are Python's)
+            return None
         if (not tf.executing_eagerly() or size is None
                 or (not any_size and size > MAX_ELEMENTS)):
             return hook(x, **kwargs)

@@ -162,6 +162,30 @@ def test_second_derivatives_and_forward_mode_stay_eager(case):
         assert np.all(np.isfinite(second_order()))
 
 
+@pytest.mark.parametrize("jit_compile", [True, False], ids=["xla", "graph"])
+@pytest.mark.parametrize("case", ["gn-nhwc", "ln-last", "bn-nhwc", "rms-last"])
+def test_forward_mode_in_a_users_graph_takes_the_general_path(case, jit_compile):
+    """A ForwardAccumulator inside the user's tf.function failed an assertion in TensorFlow's
+    cond_v2 (it cannot carry tangents through the hooks' nested tf.cond: always under XLA, and in a
+    plain graph above 2**20 elements); the hooks decline there, the jvp is the general path's."""
+    import tensorflow as tf
+
+    x, _, gamma, beta = (tf.constant(a, tf.float32) for a in _inputs(case, 0.0))
+    if not jit_compile:  # (the conditional statistics: more than 2**20 elements)
+        x = tf.tile(x, [2 ** 21 // x.shape.num_elements() + 1] + [1] * (x.shape.rank - 1))
+
+    def jvp(x, tangent):
+        with tf.autodiff.ForwardAccumulator(x, tangent) as acc:
+            y = _apply(case, x, gamma, beta)[0]
+        return acc.jvp(y)
+
+    tangent = tf.sin(x)
+    with backends.disabled():
+        expected = tf.function(jvp, jit_compile=jit_compile)(x, tangent).numpy()
+    got = tf.function(jvp, jit_compile=jit_compile)(x, tangent).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
 def test_graphs_are_few_and_large_inference_inputs_stay_eager(caplog):
     """Every signature kept its graph (about a megabyte each, which TensorFlow never
     frees: +683 MB over 511 row counts), and TensorFlow warned of frequent
