@@ -88,21 +88,21 @@ def _forward_watched(tensors: list[Any]) -> bool | None:
 def graph_when_hot(hook: Callable[..., Any], *, any_size: bool = False) -> Callable[..., Any]:
     """``hook`` (a fast path: ``hook(x, **kwargs) -> result | None``), run as a
     ``tf.function`` from its :data:`HOT_AFTER`-th eager call with one signature on,
-    for inputs of at most :data:`MAX_ELEMENTS` elements unless ``any_size``."""
+    for inputs of at most :data:`MAX_ELEMENTS` elements unless ``any_size``; in
+    a graph as it is, or declined where a forward accumulator watches the input."""
     seen: collections.OrderedDict[tuple, int] = collections.OrderedDict()
     compiled: dict[tuple, Any] = {}  # None: declines, stays eager
     lock = threading.Lock()
 
     @functools.wraps(hook)
     def call(x: Any, **kwargs: Any) -> Any:
-        size = x.shape.num_elements() if isinstance(x, tf.Tensor) else None
-        tensors = [x, *(v for v in kwargs.values() if isinstance(v, tf.Tensor))]
-        if not tf.executing_eagerly() and _forward_watched(tensors):
+        if not tf.executing_eagerly():
             # (forward-mode AD cannot pass the hooks' nested tf.cond in a graph: cond_v2
             # fails an assertion; eagerly the conditions are Python's)
-            return None
-        if (not tf.executing_eagerly() or size is None
-                or (not any_size and size > MAX_ELEMENTS)):
+            watched = _forward_watched([x, *(v for v in kwargs.values() if isinstance(v, tf.Tensor))])
+            return None if watched else hook(x, **kwargs)
+        size = x.shape.num_elements() if isinstance(x, tf.Tensor) else None
+        if size is None or (not any_size and size > MAX_ELEMENTS):
             return hook(x, **kwargs)
         names = tuple(k for k, v in kwargs.items() if _is_tensor(v))
         tensors = [param(kwargs[k]) for k in names]  # read here: a variable's gradient is recorded
