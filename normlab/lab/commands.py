@@ -232,9 +232,7 @@ def run(args) -> int:
 
     experiment = make_experiment(args)
     names = {n for c in experiment.configs for n in (c.label, c.series)}
-    if args.command == "compare" and args.norms and args.baseline not in names | {None}:
-        args.baseline = canonical_norms([args.baseline])[0]  # a --norms spec, written as typed there
-    check_baseline(args.baseline, names)
+    args.baseline = check_baseline(args.baseline, names)  # as the grid writes it
     executor = make_executor(args)
     executor.check()
     local = executor.name == "local"

@@ -103,6 +103,24 @@ def canonical_placement(placement: str) -> str:
     return ">".join(out)
 
 
+def find_label(text: str, labels: set[str]) -> str | None:
+    """The one of ``labels`` that ``text`` names: as typed, or as a placement written
+    another way (:func:`canonical_placement`); None for none.
+
+    Example:
+        >>> from normlab.lab.models import find_label
+        >>> find_label("group( groups = 5 )", {"batch", "group(groups=5)"})
+        'group(groups=5)'
+    """
+    if text in labels:
+        return text
+    try:
+        canonical = canonical_placement(text)
+    except ValueError:  # not a placement
+        return None
+    return canonical if canonical in labels else None
+
+
 def is_identity(spec: str) -> bool:
     """True for ``none`` (or its alias ``identity``), with or without arguments."""
     return spec.split("(", 1)[0].strip().lower() in NO_NORM

@@ -20,6 +20,7 @@ plus ``report.md`` with every table. Every file is written atomically.
 
 from __future__ import annotations
 
+import collections
 import csv
 import functools
 import io
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from normlab.lab import store
 from normlab.lab.errors import ConfigError, LabError
-from normlab.lab.models import is_identity, split_placement
+from normlab.lab.models import find_label, is_identity, split_placement
 from normlab.lab.presets import notes_for
 from normlab.lab.report_text import render as render_markdown  # noqa: F401 - re-exported
 from normlab.lab.stats import paired, stats, t975  # noqa: F401 - t975 is part of the API
@@ -45,12 +46,15 @@ class ReportError(LabError, FileNotFoundError):
     """No finished runs where the report was asked for."""
 
 
-def check_baseline(baseline: str | None, names: set[str]) -> None:
-    """``baseline`` must name a configuration (label) or sweep series of the grid."""
-    if baseline is not None and baseline not in names:
+def check_baseline(baseline: str | None, names: set[str]) -> str | None:
+    """The configuration (label) or sweep series of the grid that ``baseline`` names, as written
+    there or as a ``--norms`` placement written another way (``'group( groups=5 )'``); raises for none."""
+    found = None if baseline is None else find_label(baseline, names)
+    if found is None and baseline is not None:
         raise ConfigError(f"Invalid `baseline`: expected a configuration or series of the "
                           f"grid. Received: baseline={baseline!r}. Valid: "
                           f"{', '.join(sorted(names))}.")
+    return found
 
 
 def _config(run: dict) -> dict:
@@ -165,9 +169,7 @@ def _row(key: tuple, runs: list[dict], label: str) -> dict:
 
 
 def _summarize_experiment(by_key: dict[tuple, list[dict]], baseline: str | None) -> dict:
-    variants: dict[tuple, int] = {}
-    for label, impl, backend, _ in by_key:
-        variants[(label, impl, backend)] = variants.get((label, impl, backend), 0) + 1
+    variants = collections.Counter(key[:3] for key in by_key)  # (label, impl, backend): folders
     backends = sorted({k[2] for k in by_key})
     all_rows = []
     for key, runs in by_key.items():
@@ -270,19 +272,15 @@ def _pair_with_baseline(rows: list[dict], sweep: str, baseline: str | None) -> s
         base = baseline if baseline in series else series[0]
         missing = "" if baseline is None or baseline in series else f" (no {baseline!r} in this experiment)"
         for r in rows:
-            r["is_baseline"] = r["series"] == base
-            if r["is_baseline"]:
-                r["paired"] = None
-            else:
+            r["is_baseline"], r["paired"] = r["series"] == base, None
+            if not r["is_baseline"]:
                 pair(r, [b for b in rows if b["series"] == base and b["x"] == r["x"]])
         return f"series {base} at the same {sweep}{missing}"
     base_row = next((r for r in rows if baseline in (r["label"], r["config_label"])), rows[0])
     base_rows = [b for b in rows if b["config_label"] == base_row["config_label"]]
     for r in rows:
-        r["is_baseline"] = any(r is b for b in base_rows)
-        if r["is_baseline"]:
-            r["paired"] = None
-        else:
+        r["is_baseline"], r["paired"] = any(r is b for b in base_rows), None
+        if not r["is_baseline"]:
             pair(r, base_rows)
     label = base_row["config_label"] if len({b["label"] for b in base_rows}) > 1 else base_row["label"]
     known = baseline is None or baseline in names or baseline in series  # (one series: its first value's row)
@@ -374,7 +372,7 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
             f"Received: runs_dir='{runs_dir}' ({len(unfinished)} unfinished or unreadable runs). "
             "Run `normlab compare` first, or pass the --out folder of a grid."
         )
-    check_baseline(baseline, {r["config"][k] for r in runs for k in ("label", "series")})
+    baseline = check_baseline(baseline, {r["config"][k] for r in runs for k in ("label", "series")})
     names = {_config(r)["experiment"] for r in runs}
     if set(experiments or ()) - names:
         raise ReportError(f"Invalid `experiments`: expected names of experiments under runs_dir "

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from normlab.lab import plots
+from normlab.lab.errors import ConfigError
 from normlab.lab.experiments import RunConfig
 from normlab.lab.report import ReportError, load_runs, render_markdown, stats, summarize, t975, write_report
 from normlab.lab.store import run_dir_for, write_json_atomic
@@ -199,6 +200,22 @@ def test_baseline_option_and_a_clear_ranking(tmp_path):
     assert "| A | B | 4 | -4.85 [-5.06, -4.64] | < 0.001 | lower |" in md
     assert "Beyond the seed noise (interval excluding 0): A lower by 4.85 points" in md
     assert "not corrected for multiple comparisons" in md
+
+
+def test_a_baseline_may_be_written_as_a_norms_spec_another_way(tmp_path):
+    """``compare --baseline 'group( groups = 5 )'`` found the label ``group(groups=5)`` (written as
+    ``--norms`` writes it); ``normlab report`` with the same text said it was no configuration."""
+    out = tmp_path / "runs"
+    for seed in range(2):
+        for label, acc in (("batch", 0.95), ("group(groups=5)", 0.90)):
+            fake_run(out, RunConfig(experiment="c", label=label, norms=label, seed=seed), acc + 0.01 * seed)
+    write_report(out, tmp_path / "report", baseline="group( groups = 5 )")
+    table = json.loads((tmp_path / "report" / "c.json").read_text())
+    assert table["meta"]["baseline"] == "group(groups=5)"
+    assert [r["is_baseline"] for r in table["rows"]] == [False, True]
+    for text in ("group(groups=6)", "group(groups=5", "(( "):  # another model, not a placement: errors
+        with pytest.raises(ConfigError, match="Invalid `baseline`"):
+            write_report(out, tmp_path / "report", baseline=text)
 
 
 @pytest.mark.parametrize("seeds", [2, 6])
