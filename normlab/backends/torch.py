@@ -391,5 +391,7 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     c = x.shape[axis]
     if channels_last:
         x3 = x3.view(-1, c, 1)
-    mean, variance = mean.reshape(c).contiguous(), variance.reshape(c).contiguous()
+    # Copies: the kernel saves them for the backward, and a layer's moving statistics
+    # are updated in place by its next training call, before that backward may run.
+    mean, variance = (t.reshape(c).clone(memory_format=torch.contiguous_format) for t in (mean, variance))
     return torch_cpu.affine(x3, mean, variance, gamma, beta, epsilon).view(x.shape)

@@ -265,6 +265,29 @@ def test_the_layer_in_inference_and_frozen_fine_tuning():
         np.testing.assert_array_equal(before, after.numpy())
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"axis": 1}, {"renorm": True}, {"virtual_batch_size": 2}])
+def test_a_training_call_before_the_backward_of_an_inference_call(kwargs):
+    """The kernels saved the layer's moving statistics themselves for the backward: a
+    training call in between (which updates them in place) made that backward fail
+    ("modified by an inplace operation"). The gradient is the one taken before it."""
+    torch = _torch()
+    rng = np.random.default_rng(2)
+    x1, x2 = (torch.tensor(rng.normal(size=(4, 3, 2, 2)), dtype=torch.float32) for _ in range(2))
+    layer = normlab.BatchNormalization(momentum=0.5, **kwargs)
+    layer(x2, training=True)
+
+    def gradients(y):
+        return [g.numpy() for g in torch.autograd.grad(y.sum(), [layer.gamma.value, layer.beta.value])]
+
+    first = layer(x1, training=False)
+    expected = gradients(first)
+    y = layer(x1, training=False)
+    assert "AffineNormBackward" in graph_nodes(y)  # the kernels
+    layer(x2 + 1.0, training=True)
+    for got, want in zip(gradients(y), expected):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 def test_where_autograd_records_nothing_the_same_values(kernel_calls, layout):
     """Under ``no_grad``, or with no input that requires a gradient, the
