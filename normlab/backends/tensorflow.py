@@ -130,7 +130,9 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca, subs
     def fn(*args):
         xv, gamma, beta, compute, xf = unpack(args, has_gamma, has_beta)
         n = tf.shape(xv)[0]
-        count = rest * per * (tf.cast(n, compute) if batch else 1.0)
+        # An empty batch (known only at run time) counts as one element: statistics 0 and 0
+        # and gradients 0 (sums over nothing), not 0 / 0, as in normlab.ops.moments.
+        count = tf.maximum(rest * per * tf.cast(n, compute), 1.0) if batch else float(max(rest * per, 1))
 
         def sample():
             if batch:

@@ -104,8 +104,8 @@ def batch_norm(
         for name, param in (("gamma", gamma), ("beta", beta), ("mean", mean), ("variance", variance)))
     reduce_axes = complement([a], ndim)
 
-    if training and replica_sum is None and any(x.shape[r] == 0 for r in reduce_axes):  # empty (not a replica's share)
-        nan = ops.zeros((channels,), dtype=stats_dtype(x.dtype)) + float("nan")  # (full: a host read on torch)
+    if training and _known_empty(x, reduce_axes, replica_sum):
+        nan = _nan_statistics(channels, x.dtype)
         return (x, nan, nan) if return_stats else x
     if training:
         # Fast paths reduce over this call's x only: never with a cross-replica sum.
@@ -171,6 +171,17 @@ def _renorm_correction(
     return ops.stop_gradient(r), ops.stop_gradient(d)
 
 
+def _known_empty(x: Tensor, reduce_axes: list[int], replica_sum: ReplicaSum | None) -> bool:
+    """Whether the batch statistics are known to count no element (a replica's empty share
+    still takes part in the all-reduces: never with ``replica_sum``)."""
+    return replica_sum is None and any(x.shape[r] == 0 for r in reduce_axes)
+
+
+def _nan_statistics(channels: int, dtype: str) -> Tensor:
+    """The statistics of a batch known to be empty: NaN, which no moving average should take."""
+    return ops.zeros((channels,), dtype=stats_dtype(dtype)) + float("nan")  # (not full: a host read on torch)
+
+
 def batch_norm_training(
     x: Tensor, *, axis: int, gamma: Tensor | None, beta: Tensor | None, epsilon: float, mask: Tensor | None,
     virtual_batch_size: int | None, renorm: tuple[Tensor, Tensor, RenormClipping] | None,
@@ -191,6 +202,9 @@ def batch_norm_training(
     gamma, beta = check_param("gamma", gamma, (channels,), dtype), check_param("beta", beta, (channels,), dtype)
     v = check_positive_int("virtual_batch_size", virtual_batch_size, example=32, allow_none=True,
                            meaning="the size of each ghost batch")
+    if _known_empty(x, complement([a], ndim), replica_sum):  # as batch_norm (no ghost batch to split)
+        nan = _nan_statistics(channels, x.dtype)
+        return x, nan, nan
     shape = dims(x)
     out_dtype, x = x.dtype, widened(x)
     if v is not None:

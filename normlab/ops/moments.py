@@ -125,9 +125,14 @@ def _averager(x: Tensor, axes: list[int]) -> Callable[[Tensor], Tensor]:
     """
     # A Python number stays one: casting a torch SymInt (a dynamic batch
     # size) to a tensor would specialize a compiled graph to its value.
+    # An empty slice (a size 0, known or only at run time) counts as one element: its
+    # mean and variance are 0 and 0, as an all-padding slice's (see shifted_moments), and
+    # the gradients, sums over no element, 0 (0 / 0 made every parameter's NaN).
     count = _reduced_size(x, axes)
-    if not is_traced_int(count):
-        count = ops.cast(count, x.dtype)
+    if isinstance(count, int):
+        count = max(count, 1)
+    elif not is_traced_int(count):  # (a torch SymInt is never 0: torch.compile specializes 0)
+        count = at_least(ops.cast(count, x.dtype), 1.0)
 
     def average(v: Tensor) -> Tensor:
         return total(v, axes) / count
@@ -310,7 +315,9 @@ def moments(
             replica's ``x``. Default None (this replica's ``x`` only).
 
     Returns:
-        ``(mean, variance)`` in :func:`stats_dtype` of ``x``.
+        ``(mean, variance)`` in :func:`stats_dtype` of ``x``; 0 and 0 for a
+        slice of no element (a size 0, or every element masked out), whose
+        ``sum(w)`` counts as 1: finite statistics, and gradients of 0.
 
     Example:
         >>> import numpy as np

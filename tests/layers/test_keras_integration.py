@@ -210,3 +210,67 @@ def test_a_spatial_size_that_is_0_only_at_run_time(norm, fast):
             y = step(tf.ones(shape))
             assert tuple(y.shape) == shape
             assert np.isfinite(y.numpy()).all()
+
+
+def _parameter_gradients(layer, x, step=None):
+    """The gradients of ``sum(layer(x, training=True)**2)`` w.r.t. ``x`` and the layer's
+    trainable weights, through ``stateless_call`` (``step``: a wrapper such as tf.function)."""
+    import inspect
+
+    from normlab.testing.autodiff import gradients
+
+    kwargs = {"training": True} if "training" in inspect.signature(layer.call).parameters else {}
+    state = [v.value for v in layer.non_trainable_variables]
+
+    def fn(x, *weights):
+        y = layer.stateless_call(list(weights), state, x, **kwargs)[0]
+        return y * y
+
+    weights = [ops.convert_to_numpy(v) for v in layer.trainable_variables]
+    return gradients(fn if step is None else step(fn), [x, *weights], np.ones(x.shape, "float32"))
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 4, 8), (2, 0, 4, 8)], ids=["no-sample", "no-position"])
+@pytest.mark.parametrize("norm", ["group", "instance", "layer", "batch", "rms", "frn", "evonorm_b0", "evonorm_s0",
+                                  "switchable", "lrn", "dyt"])
+def test_an_empty_input_gives_zero_gradients(norm, shape):
+    """Statistics over no element were 0 / 0: with no position per sample, group,
+    instance, filter response and EvoNorm-S0 gave NaN gradients for gamma, which the
+    optimizer writes into the weights. Nothing depends on a weight there: every gradient is 0."""
+    from tests.layers.test_dtypes import NORMS
+
+    layer = NORMS[norm]()
+    layer.build((None, 4, 4, 8))
+    for grad in _parameter_gradients(layer, np.zeros(shape, "float32")):
+        np.testing.assert_array_equal(grad, np.zeros_like(grad))
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a graph's unknown sizes")
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+@pytest.mark.parametrize("spec, shape", [([None, 4, 4, 8], (0, 4, 4, 8)), ([None, 32, 32, 8], (0, 32, 32, 8)),
+                                         ([2, 4, None, 8], (2, 4, 0, 8))], ids=["batch", "fused-batch", "spatial"])
+@pytest.mark.parametrize("norm", ["group", "instance", "batch", "frn", "evonorm_b0", "evonorm_s0", "switchable"])
+def test_gradients_of_an_input_that_is_empty_only_at_run_time(norm, spec, shape, fast):
+    """A batch of 0 in a graph with an unknown batch size (a replica's empty share of
+    the last batch under ``MirroredStrategy.fit``) gave batch norm's gamma (switchable
+    norm's variance weights) a NaN gradient, all-reduced into every replica's weights
+    (Keras' own BatchNormalization does the same); the eager layer, which sees the 0,
+    returns its input. The gradients are 0."""
+    import contextlib
+
+    import tensorflow as tf
+
+    from normlab import backends
+    from tests.layers.test_dtypes import NORMS
+
+    layer = NORMS[norm]()
+    layer.build((None, *shape[1:3], 8) if shape[0] == 0 else (None, 4, 4, 8))
+
+    def step(fn):
+        signature = [tf.TensorSpec(spec)] + [tf.TensorSpec(v.shape) for v in layer.trainable_variables]
+        return tf.function(fn, input_signature=signature)
+
+    with contextlib.nullcontext() if fast else backends.disabled():
+        grads = _parameter_gradients(layer, np.zeros(shape, "float32"), step)
+    for grad in grads:
+        np.testing.assert_array_equal(grad, np.zeros_like(grad))
