@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import warnings
+import weakref
 from contextlib import AbstractContextManager
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -184,6 +186,31 @@ def kernel_variable(layer: keras.layers.Layer, attribute: str = "_kernel", *,
     return variable
 
 
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def exclusive(layer: Any) -> AbstractContextManager[Any]:
+    """A block in which no other thread substitutes attributes of ``layer``.
+
+    Threads that call one wrapper (a model served from a thread pool) share
+    its layer: without it, one thread's kernel, bias or activation was seen,
+    and restored last, by another (outputs wrong, and the layer left with a
+    stale kernel). Re-entrant; no lock while ``torch.compile`` traces (one
+    thread, and a lock would break its graph).
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.compiler.is_compiling():
+            return contextlib.nullcontext()
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(layer)
+        if lock is None:
+            lock = _LOCKS[layer] = threading.RLock()
+    return lock
+
+
 @contextlib.contextmanager
 def substituted(layer: _T, **attributes: Any) -> Iterator[_T]:
     """Temporarily replaces attributes of ``layer`` (e.g. its kernel) without tracking.
@@ -191,15 +218,17 @@ def substituted(layer: _T, **attributes: Any) -> Iterator[_T]:
     Setting a Keras layer attribute to a tensor or None through ``setattr``
     would track or untrack it as a variable; this bypasses that for the
     duration of the block and restores the originals even if it raises.
+    The block is :func:`exclusive` to the calling thread.
     """
-    saved = {name: layer.__dict__[name] for name in attributes}
-    try:
-        for name, value in attributes.items():
-            object.__setattr__(layer, name, value)
-        yield layer
-    finally:
-        for name, value in saved.items():
-            object.__setattr__(layer, name, value)
+    with exclusive(layer):
+        saved = {name: layer.__dict__[name] for name in attributes}
+        try:
+            for name, value in attributes.items():
+                object.__setattr__(layer, name, value)
+            yield layer
+        finally:
+            for name, value in saved.items():
+                object.__setattr__(layer, name, value)
 
 
 @functools.lru_cache(maxsize=None)
@@ -266,16 +295,16 @@ def call_with_kernel(
     if attribute == "_embeddings":  # no bias, no layout
         with substituted(layer, **swap):
             return _regularized(layer, call(inputs), regularizer)
-    bias = layer.__dict__.get("bias")
-    activation = layer.__dict__.get("activation")
-    swap.update(bias=None, use_bias=False, activation=None)
     transpose = runs_channels_last(layer)
     if transpose:  # (the channels-first spec checked first: a wrong channel count ran as a grouped conv)
         _compat.check_input_spec(layer, inputs)
         inputs = ops.moveaxis(inputs, 1, -1)
         swap.update(data_format="channels_last", _input_spec=None)
-    with substituted(layer, **swap):
-        outputs = call(inputs)
+    with exclusive(layer):  # (the bias and activation read as no other thread has substituted them)
+        bias = layer.__dict__.get("bias")
+        activation = layer.__dict__.get("activation")
+        with substituted(layer, **swap, bias=None, use_bias=False, activation=None):
+            outputs = call(inputs)
     if transpose:
         outputs = ops.moveaxis(outputs, -1, 1)
     if pre_activation:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import keras
 
 from normlab.layers.base import SavedConfig, keras_object
-from normlab.layers.derived_kernel import call_with_kernel, full_precision, missing_layer
+from normlab.layers.derived_kernel import call_with_kernel, exclusive, full_precision, missing_layer
 from normlab.layers.dtypes import check_float_policy
 from normlab.ops.validate import check_bool, check_epsilon, check_positive_int, error_message
 from normlab.ops.weights import standardize_weight
@@ -104,7 +104,8 @@ class _WeightStandardization(SavedConfig, _KerasConv):
             return standardize_weight(self.kernel, self._fan_in_axes(), self.epsilon, gain=self._gain())
 
     def call(self, inputs: Tensor) -> Tensor:
-        return call_with_kernel(self, inputs, self.standardized_kernel(), call=super().call)
+        with exclusive(self):  # (its kernel read while no other thread has the standardized one in place)
+            return call_with_kernel(self, inputs, self.standardized_kernel(), call=super().call)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "epsilon": self.epsilon}

@@ -141,3 +141,31 @@ def test_the_input_check_is_keras_own_on_every_backend():
     _compat.check_input_spec(conv, np.ones((1, 2, 5), "float32"))
     with pytest.raises(ValueError, match=r"of layer '.*' is incompatible with the layer: expected axis 1"):
         _compat.check_input_spec(conv, np.ones((1, 3, 5), "float32"))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: normlab.StdConv2D(4, 3, activation="relu", bias_initializer="ones"),
+    lambda: normlab.ScaledStdConv2D(4, 3, activation="relu", bias_initializer="ones"),
+    lambda: normlab.WeightNormalization(keras.layers.Conv2D(4, 3, activation="relu", bias_initializer="ones")),
+    lambda: normlab.SpectralNormalization(keras.layers.Conv2D(4, 3, activation="relu", bias_initializer="ones")),
+], ids=["std_conv", "scaled_std_conv", "weight_norm", "spectral_norm"])
+def test_threads_calling_one_layer_get_their_own_outputs(make):
+    """Calls from several threads (a model served from a thread pool) saw each
+    other's substituted kernel, bias and activation: most outputs were wrong (795 of
+    800 in one run), and the layer could be left with another call's kernel tensor
+    and no bias. Keras' own Conv2D gives every thread its output."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    layer = make()
+    xs = [np.random.default_rng(i).normal(size=(2, 8, 8, 3)).astype("float32") for i in range(4)]
+
+    def run(i):
+        return keras.ops.convert_to_numpy(layer(xs[i % 4], training=False))
+
+    expected = [run(i) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(run, range(200)))
+    wrong = sum(not np.allclose(out, expected[i % 4], atol=1e-5) for i, out in enumerate(outputs))
+    assert wrong == 0, f"{wrong} of {len(outputs)} outputs differ from the same call alone"
+    for i in range(4):
+        np.testing.assert_allclose(run(i), expected[i], atol=1e-5)
