@@ -49,7 +49,8 @@ exact, is :mod:`normlab.backends.policy`; ``tests/backends/test_no_host_sync.py`
 ``tests/backends/test_tf_eager.py`` and ``tests/compile`` enforce it.
 
 Fast paths can be switched off with the environment variable
-``NORMLAB_FAST_PATHS=0`` or, for a block of code, with :func:`disabled`.
+``NORMLAB_FAST_PATHS=0`` (or ``false``, ``off``, ``no``; another value is an
+error, see :func:`switch`) or, for a block of code, with :func:`disabled`.
 """
 
 from __future__ import annotations
@@ -66,9 +67,23 @@ _state = threading.local()
 _modules: dict[str, object] = {}
 
 
+def switch(name: str) -> bool:
+    """Whether the environment variable ``name`` leaves its feature on: unset,
+    empty, ``1``, ``true``, ``on`` or ``yes`` (any case); off for ``0``,
+    ``false``, ``off`` or ``no``. Any other value is an error, not a guess."""
+    raw = os.environ.get(name, "")
+    value = raw.strip().lower()
+    if value in ("", "1", "true", "on", "yes"):
+        return True
+    if value in ("0", "false", "off", "no"):
+        return False
+    raise ValueError(f"Invalid `{name}`: expected 0 or 1 (or false/true, off/on, no/yes). Received: "
+                     f"{name}={raw!r}. Set {name}=0 to turn the feature off, or unset it.")
+
+
 def enabled() -> bool:
     """Whether fast paths are currently allowed to run."""
-    if os.environ.get("NORMLAB_FAST_PATHS", "1") == "0":
+    if not switch("NORMLAB_FAST_PATHS"):
         return False
     return getattr(_state, "enabled", True)
 

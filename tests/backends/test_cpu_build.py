@@ -6,9 +6,11 @@ import ctypes.util
 import io
 import os
 import shutil
+import sys
 
 import pytest
 
+from normlab import backends
 from normlab.backends import cpu
 
 
@@ -77,3 +79,58 @@ def test_a_library_without_the_entry_points_is_not_used(monkeypatch, caplog):
     with caplog.at_level("WARNING"):
         assert cpu._load() is None
     assert "unavailable" in caplog.text
+
+
+def test_a_cc_that_is_no_command_line_is_a_build_failure(monkeypatch, caplog):
+    """``CC='"gcc'`` (an unbalanced quote) raised shlex's "No closing quotation" from
+    every op call, naming no variable; it is a failed build: the warning names CC."""
+    monkeypatch.setenv("CC", '"gcc')
+    with pytest.raises(RuntimeError, match=r"CC='\"gcc' is not a command line"):
+        cpu._compiler()
+    with caplog.at_level("WARNING"):
+        assert cpu._load() is None
+    assert "CC=" in caplog.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF libraries")
+def test_a_damaged_library_in_the_cache_is_built_again(tmp_path, monkeypatch):
+    """A library cut short in the cache (a crash of the disk, a copy) was loaded as
+    it was: SIGBUS killed the process; an empty or foreign file turned the kernels
+    off for good. Either is built again; a whole one is used as it is."""
+    if cpu._compiler() is None:
+        pytest.skip("no C compiler")
+    good = cpu.build()  # the cache's library (built once per machine)
+    data = good.read_bytes()
+    monkeypatch.setenv("NORMLAB_CACHE_DIR", str(tmp_path))
+    target = cpu._target(cpu._compiler())
+    builds = []
+
+    def compile_from_cache(cc, objects, out):
+        builds.append(out)
+        shutil.copyfile(good, out)
+
+    monkeypatch.setattr(cpu, "_compile", compile_from_cache)
+    for damaged in (data[: len(data) // 2], data[:-1], b"", b"not a library at all, but long enough" * 4):
+        target.write_bytes(damaged)
+        assert not cpu._whole(target)
+        assert cpu.build() == target and target.read_bytes() == data
+    assert len(builds) == 4
+    assert cpu.build() == target and len(builds) == 4
+
+
+@pytest.mark.once  # environment variables: the same on every backend
+def test_the_switches_read_their_variables_strictly(monkeypatch):
+    """``NORMLAB_FAST_PATHS=false`` (or ``off``, ``no``) left the fast paths on,
+    silently: only ``0`` turned them off. Common spellings of a boolean are read
+    as such, and anything else is an error naming the variable."""
+    for name, read in (("NORMLAB_FAST_PATHS", backends.enabled), ("NORMLAB_CPU_KERNELS", cpu.library)):
+        for value in ("0", "false", "OFF", " no "):
+            monkeypatch.setenv(name, value)
+            assert not read(), (name, value)
+        for value in ("1", "true", "On", ""):
+            monkeypatch.setenv(name, value)
+            assert backends.switch(name), (name, value)
+        monkeypatch.setenv(name, "maybe")
+        with pytest.raises(ValueError, match=rf"Invalid `{name}`: expected 0 or 1.*Received: {name}='maybe'"):
+            read()
+        monkeypatch.delenv(name)

@@ -16,7 +16,10 @@ folder: ``$NORMLAB_CACHE_DIR``, else
 there), or, where that folder cannot be written, ``normlab-<uid>`` in the
 temporary folder, used only while it is this user's alone (owner, no write
 permission for others: a shared folder could hold a library planted by
-someone else). It takes about a second. The library is plain C with
+someone else). It takes about a second; a library in the cache that is
+not whole (an ELF file shorter than its headers say, left by a crash of the
+disk or a copy: loading it would kill the process with SIGBUS) is built
+again. The library is plain C with
 OpenMP (sharing PyTorch's runtime and threads, see :data:`FLAGS`), loaded
 with :mod:`ctypes`, which releases the GIL during a call.
 
@@ -36,10 +39,14 @@ import platform
 import shlex
 import shutil
 import stat
+import struct
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
+
+from normlab.backends import switch
 
 __all__ = ["DTYPES", "SOURCES", "available", "build", "cache_dir", "entry", "library"]
 
@@ -97,7 +104,10 @@ def cache_dir() -> Path:
 
 def _compiler() -> list[str] | None:
     """The compiler command (``CC`` may carry a launcher or flags: ``ccache gcc``)."""
-    words = shlex.split(os.environ.get("CC") or "cc")
+    try:
+        words = shlex.split(os.environ.get("CC") or "cc")
+    except ValueError as error:  # (an unbalanced quote)
+        raise RuntimeError(f"CC={os.environ.get('CC')!r} is not a command line ({error}); set CC") from None
     path = shutil.which(words[0]) if words else None
     return None if path is None else [path, *words[1:]]
 
@@ -139,7 +149,7 @@ def build() -> Path:
     if cc is None:
         raise RuntimeError(f"no C compiler found (looked for {os.environ.get('CC') or 'cc'!r}; set CC)")
     target = _target(cc)
-    if target.exists():
+    if _whole(target):
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -151,18 +161,45 @@ def build() -> Path:
         if not _private(target.parent):  # in a shared folder anyone could have made it first
             raise RuntimeError(f"{target.parent} is not private to this user (owner or permissions); "
                                "set NORMLAB_CACHE_DIR to a folder of your own")
-        if target.exists():
+        if _whole(target):
             return target
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
         with tempfile.TemporaryDirectory(dir=target.parent) as objects:
             _compile(cc, objects, tmp)
+        with open(tmp, "rb") as f:  # on the disk before it is named: a crash leaves no partial library
+            os.fsync(f.fileno())
         os.replace(tmp, target)  # atomic: a concurrent build writes the same bytes
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def _whole(path: Path) -> bool:
+    """Whether ``path`` holds a whole library: on Linux an ELF file at least as long as
+    its program and section header tables reach (they end it); elsewhere, any file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    if not sys.platform.startswith("linux"):
+        return size > 0
+    if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+        return False
+    order = "<" if head[5] == 1 else ">"
+    if head[4] == 2:  # 64-bit
+        if len(head) < 64:
+            return False
+        phoff, shoff = struct.unpack_from(order + "QQ", head, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "4H", head, 54)
+    else:
+        phoff, shoff = struct.unpack_from(order + "II", head, 28)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "4H", head, 42)
+    return size >= max(len(head), phoff + phentsize * phnum, shoff + shentsize * shnum)
 
 
 def _compile(cc: list[str], objects: str, out: str) -> None:
@@ -203,7 +240,7 @@ def _load() -> ctypes.CDLL | None:
 def library() -> ctypes.CDLL | None:
     """The loaded kernels, built on the first call; None where unavailable
     (turned off, no compiler, or the build failed: see the module docstring)."""
-    if os.environ.get("NORMLAB_CPU_KERNELS", "1") == "0":
+    if not switch("NORMLAB_CPU_KERNELS"):
         return None
     if "lib" not in _state:
         with _lock:
