@@ -136,9 +136,13 @@ def _eager_jit(fn, static_argnums):
     return lambda *args: fn(*args) if _staged() else jitted(*args)
 
 
-def _usable(x) -> bool:
+def _usable(x, *params) -> bool:
+    """Whether the hooks serve ``x`` and its (converted) ``params``: none of them
+    per-device inside ``shard_map`` (a replicated ``x`` with per-device ``gamma``
+    would get a per-device gradient from the custom backward, which its type
+    check rejects), and no forward-mode AD."""
     return (hasattr(x, "dtype") and x.dtype in _FLOATS and x.ndim >= 2 and _has_elements(x) and not _varying(x)
-            and not _forward_mode())
+            and not any(p is not None and _varying(p) for p in params) and not _forward_mode())
 
 
 _INCONCLUSIVE = getattr(jax.errors, "InconclusiveDimensionOperation", ())
@@ -295,18 +299,18 @@ _channel_norm_call = _eager_jit(_channel_norm, static_argnums=(3, 4, 5, 6))
 
 
 def group_norm(x, *, groups, axis, gamma, beta, epsilon):
-    if not _usable(x):
-        return None
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
+    if not _usable(x, gamma, beta):
+        return None
     xv, ca = _channel_view(x, axis)
     y, _, _ = _channel_norm_call(xv, gamma, beta, ca, False, int(groups), float(epsilon))
     return y.reshape(x.shape)
 
 
 def batch_norm_train(x, *, axis, gamma, beta, epsilon):
-    if not _usable(x):
-        return None
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
+    if not _usable(x, gamma, beta):
+        return None
     xv, ca = _channel_view(x, axis)
     y, mean, var = _channel_norm_call(xv, gamma, beta, ca, True, None, float(epsilon))
     return y.reshape(x.shape), mean, var
@@ -376,14 +380,14 @@ _rms_norm_call = _eager_jit(rms_norm_op, static_argnums=(3, 4))
 
 
 def layer_norm(x, *, axes, gamma, beta, epsilon):
-    if not _usable(x):
-        return None
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
+    if not _usable(x, gamma, beta):
+        return None
     return _layer_norm_call(x, gamma, beta, tuple(int(a) for a in axes), float(epsilon))
 
 
 def rms_norm(x, *, axes, gamma, beta, epsilon):
-    if not _usable(x):
-        return None
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
+    if not _usable(x, gamma, beta):
+        return None
     return _rms_norm_call(x, gamma, beta, tuple(int(a) for a in axes), float(epsilon))

@@ -25,16 +25,30 @@ def split_batch(x: Tensor, size: int, mask: Tensor | None = None) -> tuple[Tenso
     assertion is compiled out and the reshape's own error remains.)
     """
     batch, shape = x.shape[0], dims(x)
-    if batch is not None and batch % size:
+    if isinstance(batch, int) and batch % size:
         raise ValueError(error_message(
             "virtual_batch_size", _EXPECTED, f"virtual_batch_size={size} with a batch of {batch}",
             f"Use one of {divisors(batch)}, or a batch size that is a multiple of {size} "
             "(e.g. drop the last, smaller batch)."))
+    if batch is not None and not isinstance(batch, int) and not _divides(size, batch):
+        raise ValueError(error_message(  # a symbolic size (jax.export) that need not be a multiple
+            "virtual_batch_size", _EXPECTED, f"virtual_batch_size={size} with a symbolic batch size {batch}",
+            f"Declare the batch as a multiple of {size}, e.g. jax.export.symbolic_shape('{size}*b, ...')."))
     if batch is None and keras.backend.backend() == "tensorflow":
         x = _asserted_multiple(x, size)
     if mask is not None:
         mask = ops.reshape(ops.broadcast_to(mask_weight(mask, "float32"), ops.shape(x)), [-1, size] + shape[1:])
     return ops.reshape(x, [-1, size] + shape[1:]), mask
+
+
+def _divides(size: int, batch: object) -> bool:
+    """Whether ``size`` divides a symbolic ``batch`` for every value it may take: JAX's
+    ``2*b % 2`` is the int 0, ``b % 2`` an expression. (A torch SymInt, whose
+    remainder is a SymInt too, is checked by the reshape.)"""
+    if keras.backend.backend() != "jax":
+        return True
+    remainder = batch % size  # type: ignore[operator]
+    return isinstance(remainder, int) and remainder == 0
 
 
 def _asserted_multiple(x: Tensor, size: int) -> Tensor:

@@ -116,3 +116,33 @@ def test_forward_mode_that_stays_out_of_reach():
     jitted(x)
     with pytest.raises(TypeError, match=forward_mode):
         jax.jvp(jitted, (x,), (dy,))
+
+
+@pytest.mark.parametrize("op", ["layer", "group", "rms", "batch"])
+def test_shard_map_with_a_replicated_input_and_per_device_gamma(op):
+    """Inside ``shard_map``, a replicated ``x`` with a per-device ``gamma`` (an
+    ensemble): the hooks' custom backward gave the replicated ``x`` a per-device
+    gradient, which JAX rejected ("Custom VJP bwd rule must produce an output with
+    the same type"). They decline there; the gradient is the general path's."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    from normlab import ops as nops
+
+    norm = {"layer": lambda x, g: nops.layer_norm(x, gamma=g),
+            "group": lambda x, g: nops.group_norm(x, 4, gamma=g),
+            "rms": lambda x, g: nops.rms_norm(x, gamma=g),
+            "batch": lambda x, g: nops.batch_norm(x, training=True, gamma=g)}[op]
+    mesh = Mesh(jax.devices()[:1], ("d",))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3, 8)), jnp.float32)
+    gammas = jnp.asarray(np.random.default_rng(1).uniform(0.5, 2.0, size=(1, 8)), jnp.float32)
+
+    def body(x, g):
+        return jax.grad(lambda t: jnp.sum(jnp.sin(norm(t, g[0]))))(x)
+
+    got = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P("d")), out_specs=P()))(x, gammas)
+    with backends.disabled():
+        want = jax.grad(lambda t: jnp.sum(jnp.sin(norm(t, gammas[0]))))(x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)

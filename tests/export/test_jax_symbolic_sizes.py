@@ -63,3 +63,23 @@ def test_a_training_step_exports_with_spatial_sizes_that_may_be_empty(spec):
     np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
     for got, ref in zip(updated, updated_ref):
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6)
+
+
+def test_ghost_batches_of_a_symbolic_batch():
+    """A batch declared a multiple of the ghost size (``2*n``) exports and runs; one
+    that need not be (``b``) is the op's own error, not a TypeError raised while
+    writing it (``b % 2``, an expression, was taken as a remainder)."""
+    import jax
+
+    from normlab import ops as nops
+
+    def run(x):
+        return nops.ghost_batch_norm(x, 2)
+
+    x = np.random.default_rng(0).normal(size=(6, 4, 8)).astype("float32")
+    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("2*n, 4, 8"), np.float32)
+    exported = jax.export.export(jax.jit(run))(spec)
+    np.testing.assert_allclose(np.asarray(exported.call(x)), np.asarray(run(x)), atol=1e-6)
+    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b, 4, 8"), np.float32)
+    with pytest.raises(ValueError, match=r"virtual_batch_size=2 with a symbolic batch size b\. Declare the batch"):
+        jax.export.export(jax.jit(run))(spec)
