@@ -8,7 +8,7 @@ from typing import Literal, overload
 
 from keras import ops
 
-from normlab import backends
+from normlab import _compat, backends
 from normlab.ops.arith import at_least, at_most
 from normlab.ops.axes import channel_axis, complement, dims, feature_param, float_tensor, known_dims, the_channel_axis
 from normlab.ops.ghost_batches import split_batch
@@ -205,6 +205,8 @@ def batch_norm_training(
     if _known_empty(x, complement([a], ndim), replica_sum):  # as batch_norm (no ghost batch to split)
         nan = _nan_statistics(channels, x.dtype)
         return x, nan, nan
+    if _compat.in_symbolic_scope():  # Keras inferring shapes (its placeholder batch, 83 on torch, or a symbolic
+        v = None  # one on JAX, need not be a multiple of v): ghost batches change no shape
     shape = dims(x)
     out_dtype, x = x.dtype, widened(x)
     if v is not None:

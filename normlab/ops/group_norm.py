@@ -62,7 +62,7 @@ def group_norm(
     x = float_tensor(x)
     ndim = len(x.shape)
     a = the_channel_axis(axis, ndim, "group normalization")
-    (channels,) = known_dims(x.shape, [a], axis=axis)
+    (channels,) = known_dims(x.shape, [a], axis=axis, reason="the groups divide it (and gamma and beta match it)")
     g = resolve_groups(check_groups(groups), channels, axis)
     if g == channels:  # one value per group without a spatial axis: all zeros
         require_spatial(x.shape, "instance normalization (one group per channel)", argument="x")

@@ -460,3 +460,30 @@ def test_numpy_numbers_compute_in_the_inputs_dtype_under_x64():
             graph = str(jax.make_jaxpr(lambda v, op=op, a=numpy_args: op(v, *a))(x))
             assert "f64[" not in graph, graph
             np.testing.assert_array_equal(np.asarray(op(x, *numpy_args)), np.asarray(op(x, *python_args)))
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a graph's unknown channel count")
+def test_an_unknown_channel_count_for_group_norm_names_the_groups():
+    """Without gamma and beta the error said "since the weights depend on it":
+    group norm needs the channels for its groups whatever its weights."""
+    import tensorflow as tf
+
+    trace = tf.function(lambda x: nops.group_norm(x, 2), input_signature=[tf.TensorSpec([2, 4, None])])
+    with pytest.raises(ValueError, match=r"known size, since the groups divide it.*axis 2 has unknown size None"):
+        trace.get_concrete_function()
+
+
+def test_ghost_batches_in_a_user_layer_of_a_functional_model():
+    """Keras infers a user layer's output shape by running it on a placeholder batch
+    (83 on torch, a symbolic size on JAX) that the ghost size need not divide: the
+    model could not be built there. Ghost batches change no shape; the model, once
+    built, runs them."""
+    class Ghost(keras.layers.Layer):
+        def call(self, x):
+            return nops.ghost_batch_norm(x, 2)
+
+    inputs = keras.Input((4, 3))
+    model = keras.Model(inputs, Ghost()(inputs))
+    assert tuple(model.output.shape) == (None, 4, 3)
+    x = rng_normal((6, 4, 3), 1.0, 2.0)
+    np.testing.assert_allclose(to_np(model(x)), to_np(nops.ghost_batch_norm(x, 2)), atol=1e-6)
