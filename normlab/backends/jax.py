@@ -56,6 +56,7 @@ from keras import ops
 
 from normlab.backends import policy
 from normlab.backends.jax_rms_norm import rms_norm_op
+from normlab.ops.sharding import split_axes
 
 _FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
 
@@ -136,13 +137,19 @@ def _eager_jit(fn, static_argnums):
     return lambda *args: fn(*args) if _staged() else jitted(*args)
 
 
-def _usable(x, *params) -> bool:
+def _usable(x, *params, reduced: tuple[int, ...] | None = None) -> bool:
     """Whether the hooks serve ``x`` and its (converted) ``params``: none of them
     per-device inside ``shard_map`` (a replicated ``x`` with per-device ``gamma``
     would get a per-device gradient from the custom backward, which its type
-    check rejects), and no forward-mode AD."""
-    return (hasattr(x, "dtype") and x.dtype in _FLOATS and x.ndim >= 2 and _has_elements(x) and not _varying(x)
-            and not any(p is not None and _varying(p) for p in params) and not _forward_mode())
+    check rejects), no forward-mode AD, and none of the ``reduced`` axes (by
+    default any axis) split by explicit sharding, where the kernels' sample
+    slices and channel views are type errors (the general path takes its
+    samples by selecting sums)."""
+    if not (hasattr(x, "dtype") and x.dtype in _FLOATS and x.ndim >= 2 and _has_elements(x) and not _varying(x)
+            and not any(p is not None and _varying(p) for p in params) and not _forward_mode()):
+        return False
+    split = split_axes(x)
+    return not (split if reduced is None else split.intersection(reduced))
 
 
 _INCONCLUSIVE = getattr(jax.errors, "InconclusiveDimensionOperation", ())
@@ -381,13 +388,13 @@ _rms_norm_call = _eager_jit(rms_norm_op, static_argnums=(3, 4))
 
 def layer_norm(x, *, axes, gamma, beta, epsilon):
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
-    if not _usable(x, gamma, beta):
+    if not _usable(x, gamma, beta, reduced=tuple(axes)):
         return None
     return _layer_norm_call(x, gamma, beta, tuple(int(a) for a in axes), float(epsilon))
 
 
 def rms_norm(x, *, axes, gamma, beta, epsilon):
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
-    if not _usable(x, gamma, beta):
+    if not _usable(x, gamma, beta, reduced=tuple(axes)):
         return None
     return _rms_norm_call(x, gamma, beta, tuple(int(a) for a in axes), float(epsilon))

@@ -11,7 +11,7 @@ from keras import ops
 from normlab import _compat, backends
 from normlab.ops.arith import at_least, at_most
 from normlab.ops.axes import channel_axis, complement, dims, feature_param, float_tensor, known_dims, the_channel_axis
-from normlab.ops.ghost_batches import split_batch
+from normlab.ops.ghost_batches import merge_batch, split_batch
 from normlab.ops.masks import finite_values
 from normlab.ops.moments import note_count, shifted_moments, size_as, stats_dtype, widened
 from normlab.ops.normalize import check_variance, normalize
@@ -207,7 +207,6 @@ def batch_norm_training(
         return x, nan, nan
     if _compat.in_symbolic_scope():  # Keras inferring shapes (its placeholder batch, 83 on torch, or a symbolic
         v = None  # one on JAX, need not be a multiple of v): ghost batches change no shape
-    shape = dims(x)
     out_dtype, x = x.dtype, widened(x)
     if v is not None:
         x_work, mask = split_batch(x, v, mask)
@@ -235,7 +234,7 @@ def batch_norm_training(
     x_apply = x_work if mask is None else finite_values(x_work)
     y = normalize(x_apply, residual_mean, variance, shift=shift, gamma=gamma_b, beta=beta_b, epsilon=epsilon)
     if v is not None:
-        y = ops.reshape(y, shape)
+        y = merge_batch(y, x)
         if mask is not None:  # each ghost batch weighs as many as its unmasked positions
             mean, variance = _ghost_average(mean, variance, ops.sum(mask, reduce_axes, keepdims=True), replica_sum)
         elif replica_sum is None:  # (sum / count: Keras' ops.mean reduces float64 in float32 on torch and JAX)

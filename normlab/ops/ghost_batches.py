@@ -8,6 +8,7 @@ from keras import ops
 
 from normlab.ops.axes import dims
 from normlab.ops.masks import mask_weight
+from normlab.ops.sharding import ghost_merge, ghost_split, laid_out_as, split_axes
 from normlab.ops.validate import divisors, error_message
 from normlab.types import Tensor
 
@@ -37,8 +38,25 @@ def split_batch(x: Tensor, size: int, mask: Tensor | None = None) -> tuple[Tenso
     if batch is None and keras.backend.backend() == "tensorflow":
         x = _asserted_multiple(x, size)
     if mask is not None:
-        mask = ops.reshape(ops.broadcast_to(mask_weight(mask, "float32"), ops.shape(x)), [-1, size] + shape[1:])
-    return ops.reshape(x, [-1, size] + shape[1:]), mask
+        mask = ops.broadcast_to(mask_weight(mask, "float32"), ops.shape(x))
+        if 0 in split_axes(x):  # (laid out as x, so that each device weighs its own ghost batches)
+            mask = laid_out_as(mask, x)
+        mask = _split(mask, size, shape)
+    return _split(x, size, shape), mask
+
+
+def merge_batch(y: Tensor, like: Tensor) -> Tensor:
+    """Ghost batches ``y`` (from :func:`split_batch`) back in the shape of ``like``,
+    and where JAX's explicit sharding splits its batch, in its sharding."""
+    if 0 in split_axes(like):
+        return ghost_merge(y, like)
+    return ops.reshape(y, dims(like))
+
+
+def _split(x: Tensor, size: int, shape: list) -> Tensor:
+    if 0 in split_axes(x):  # (a plain reshape would move samples between devices: a type error)
+        return ghost_split(x, size)
+    return ops.reshape(x, [-1, size] + shape[1:])
 
 
 def _divides(size: int, batch: object) -> bool:

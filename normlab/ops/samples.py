@@ -17,6 +17,7 @@ from keras import ops
 
 from normlab.ops.arith import maximum, minimum
 from normlab.ops.axes import dims, may_be_empty, scalar, zero_of
+from normlab.ops.sharding import split_axes
 from normlab.types import Tensor
 
 
@@ -56,6 +57,9 @@ def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = 
     an axis known to be empty: the statistics keep size 1 there, as NumPy's
     ``mean(keepdims=True)``.
     """
+    if split_axes(x).intersection(axes):
+        return _selected(x, axes, at)
+
     def span(a: int) -> slice:
         size = x.shape[a]
         if a not in axes:
@@ -77,6 +81,20 @@ def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = 
     return sample
 
 
+def _selected(x: Tensor, axes: Sequence[int], at: Literal["first", "middle", "last"]) -> Tensor:
+    """The element :func:`first_along` takes, as a sum over ``axes`` in which
+    every other term is 0 (exact): where JAX's explicit sharding splits one of
+    them over devices a slice of one element is a type error, and a sum over
+    the devices is not. An empty slice gives 0."""
+    keep: Any = None
+    for a in axes:
+        size = x.shape[a]
+        index = size - 1 if at == "last" else (size - 1) // 2 if at == "middle" and isinstance(size, int) else 0
+        line = ops.reshape(ops.arange(size) == index, [size if i == a else 1 for i in range(len(x.shape))])
+        keep = line if keep is None else keep & line
+    return ops.sum(ops.where(keep, x, zero_of(x)), axis=list(axes), keepdims=True)
+
+
 #: The position :func:`kept_samples` gives a slice that keeps nothing (int32's largest).
 NOTHING_KEPT = 2**31 - 1
 
@@ -93,7 +111,12 @@ def _along(x: Tensor, a: int) -> Tensor:
     symbolic size), padded first along the axes whose size may be 0 at run
     time (a TensorFlow unknown size, a ``jax.export`` symbolic one), so that
     the line has size 1 there, not ``min(size, 1)``, and counted one further
-    along ``a`` itself where ``jax.export`` may find it empty."""
+    along ``a`` itself where ``jax.export`` may find it empty. Where JAX's
+    explicit sharding splits an axis of ``x`` (a slice or a cumulative sum
+    along it is a type error), an ``arange``: sizes are static there."""
+    if split_axes(x):
+        size = x.shape[a]
+        return ops.reshape(ops.arange(size, dtype="int32"), [size if i == a else 1 for i in range(len(x.shape))])
     index = tuple(slice(None) if i == a else slice(0, 1) for i in range(len(x.shape)))
     line = x[index]
     unsure = [i for i, d in enumerate(x.shape) if (i != a and d is None) or may_be_empty(d)]

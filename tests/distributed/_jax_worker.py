@@ -4,6 +4,7 @@ Run as ``python -m tests.distributed._jax_worker`` (a fresh process: XLA_FLAGS
 must be set before JAX initializes its devices).
 """
 
+import contextlib
 import os
 import time
 
@@ -111,6 +112,53 @@ def case(name, synchronized, runner="shard_map"):
     _cases.report(f"{name}/{label}" + ("/pmap" if runner == "pmap" else ""), check)
 
 
+#: Per-sample norms under explicit sharding: name -> (factory, per-sample shape).
+PER_SAMPLE = {
+    "group_norm": (lambda: normlab.GroupNormalization(groups=2), (3, 4)),
+    "group_norm_channels_first": (lambda: normlab.GroupNormalization(groups=2, axis=1), (4, 3)),
+    "instance_norm": (lambda: normlab.InstanceNormalization(), (3, 4)),
+    "layer_norm": (lambda: normlab.LayerNormalization(), (3, 4)),
+    "layer_norm_all": (lambda: normlab.LayerNormalization(axis=[1, 2]), (3, 4)),
+    "rms_norm": (lambda: normlab.RMSNormalization(), (3, 4)),
+}
+
+
+def explicit(name, sizes):
+    """The batch split over the devices by JAX's explicit sharding (sharding in
+    types, where a slice of one sample is a type error): outputs, input
+    gradients and moving statistics equal one device's on the global batch,
+    with the fast paths on and off, and the output stays split."""
+    from jax.sharding import AxisType, NamedSharding
+
+    if name in PER_SAMPLE:
+        factory, shape = PER_SAMPLE[name]
+        rng = np.random.default_rng(5)
+        x = (1e4 + rng.normal(size=(sum(sizes),) + shape)).astype("float32")
+        w, mask = rng.normal(size=x.shape).astype("float32"), None
+    else:
+        factory, (x, w, mask) = (lambda: _cases.layer(name, False)), _cases.data(name, sizes)
+    layer = factory()
+    layer.build((None,) + x.shape[1:])
+    tv, ntv = [v.value for v in layer.trainable_variables], [v.value for v in layer.non_trainable_variables]
+    names = [v.name for v in layer.non_trainable_variables]
+    training = {"training": True} if name not in PER_SAMPLE else {}
+
+    def loss(x, mask):
+        y, new = layer.stateless_call(tv, ntv, x, **training, **({} if mask is None else {"mask": mask}))
+        return jnp.sum(y * w), (y, new)
+
+    step = jax.value_and_grad(loss, has_aux=True)
+    (_, (y, new)), dx = jax.jit(step)(jnp.asarray(x), mask)
+    want = (np.asarray(y), np.asarray(dx), dict(zip(names, map(np.asarray, new))))
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(AxisType.Explicit,))
+    for fast in (True, False):
+        with jax.set_mesh(mesh), (contextlib.nullcontext() if fast else normlab.backends.disabled()):
+            split = [None if a is None else jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (x, mask)]
+            (_, (y, new)), dx = jax.jit(step)(*split)
+        assert jax.typeof(y).sharding.spec[0] == "data", jax.typeof(y).sharding
+        _cases.compare([(np.asarray(y), np.asarray(dx), dict(zip(names, map(np.asarray, new))))], want, True)
+
+
 def float64_reference():
     x, w, _ = _cases.data("batch_norm", SIZES, seed=1)
     y = np.concatenate([r[0] for r in sharded("batch_norm", True, x, w, None)])
@@ -189,3 +237,7 @@ if __name__ == "__main__":
     _cases.report("float64_reference", float64_reference)
     _cases.report("data_parallel", data_parallel)
     _cases.report("data_parallel_fit", data_parallel_fit)
+    for name in [*_cases.names(), *PER_SAMPLE]:
+        _cases.report(f"{name}/explicit", lambda: explicit(name, SIZES))
+    # three ghost batches of two over two devices: the batch is gathered to split it
+    _cases.report("ghost/explicit/gathered", lambda: explicit("ghost", [3, 3]))

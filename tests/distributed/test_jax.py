@@ -2,8 +2,9 @@
 
 One worker process (XLA_FLAGS must be set before JAX starts) runs every
 check: ``shard_map`` and ``pmap`` under ``normlab.distributed.axis_name``,
-and ``keras.distribution.DataParallel`` (sharded jit, where XLA computes
-the global statistics itself). See ``_jax_worker.py`` and ``_cases.py``.
+``keras.distribution.DataParallel`` (sharded jit, where XLA computes
+the global statistics itself), and JAX's explicit sharding (the batch split
+in the arrays' types, where slicing one sample is a type error). See ``_jax_worker.py`` and ``_cases.py``.
 """
 
 import keras
@@ -18,7 +19,8 @@ LAYERS = ["batch_norm", "batch_norm_mask", "all_padding", "ghost_all_padding", "
 CASES = [f"{name}/sync" for name in LAYERS] + [
     "batch_norm/local", "ghost/local", "batch_norm/sync/pmap", "renorm_ghost/sync/pmap",
     "float64_reference", "data_parallel", "data_parallel_fit",
-]
+] + [f"{name}/explicit" for name in LAYERS + ["group_norm", "group_norm_channels_first", "instance_norm",
+                                               "layer_norm", "layer_norm_all", "rms_norm"]] + ["ghost/explicit/gathered"]
 
 
 @pytest.fixture(scope="module")
