@@ -75,3 +75,18 @@ def legacy_model_from_config(
         return saving_utils.model_from_config(config, custom_objects=custom_objects)
     with saving_options.keras_option_scope(use_legacy_config=True):
         return saving_utils.model_from_config(config, custom_objects=custom_objects)
+
+
+def compute_output_spec(fn: Any, *args: Any) -> Any:
+    """The outputs (as ``KerasTensor``s) of ``fn`` on the symbolic tensors
+    ``args``: Keras' shape inference, run as for a layer's ``call``."""
+    from keras.src.backend import compute_output_spec as infer
+
+    return infer(fn, *args)
+
+
+def auto_name(base: str) -> str:
+    """A name Keras has not given out yet: ``base``, ``base_1``, ..."""
+    from keras.src.utils.naming import auto_name as name
+
+    return str(name(base))

@@ -23,9 +23,10 @@ BACKENDS = ("tensorflow", "jax", "torch")
 SHAPE = (2, 10, 10, 3)
 
 
-def paths(backend: str) -> tuple[pathlib.Path, pathlib.Path]:
-    """The ``.keras`` file saved on ``backend`` and its input/output arrays."""
-    return FIXTURES / f"every_layer.{backend}.keras", FIXTURES / f"every_layer.{backend}.npz"
+def paths(backend: str, model: str = "every_layer") -> tuple[pathlib.Path, pathlib.Path]:
+    """The ``.keras`` file of ``model`` (``"every_layer"`` or ``"ops"``) saved on
+    ``backend``, and its input/output arrays."""
+    return FIXTURES / f"{model}.{backend}.keras", FIXTURES / f"{model}.{backend}.npz"
 
 
 def build_model() -> keras.Model:
@@ -56,16 +57,34 @@ def build_model() -> keras.Model:
     return keras.Model(inputs, h)
 
 
+def build_ops_model() -> keras.Model:
+    """normlab's ops on ``keras.Input``'s symbolic tensors: a graph of ``NormOp`` nodes."""
+    from normlab import ops
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input(SHAPE[1:])
+    h = keras.layers.Conv2D(8, 3)(inputs)
+    h = ops.group_norm(h, 4, gamma=np.linspace(0.5, 2.0, 8).astype("float32"))
+    h = ops.batch_norm(h, training=True)
+    h = ops.layer_norm(h, axis=[1, 2, 3], epsilon=1e-5)
+    mean, variance = ops.moments(h, [1, 2])
+    return keras.Model(inputs, [ops.rms_norm(h), mean, variance])
+
+
+MODELS = {"every_layer": build_model, "ops": build_ops_model}
+
+
 def main() -> None:
     backend = keras.backend.backend()
-    model = build_model()
     x = np.random.default_rng(0).normal(size=SHAPE).astype("float32")
-    y = keras.ops.convert_to_numpy(model(x, training=False))
-    model_path, data_path = paths(backend)
     FIXTURES.mkdir(exist_ok=True)
-    model.save(model_path)
-    np.savez(data_path, x=x, y=y)
-    print(f"wrote {model_path.name} and {data_path.name}")
+    for name, build in MODELS.items():
+        model = build()
+        y = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(model(x, training=False))]
+        model_path, data_path = paths(backend, name)
+        model.save(model_path)
+        np.savez(data_path, x=x, **({"y": y[0]} if len(y) == 1 else {f"y{i}": t for i, t in enumerate(y)}))
+        print(f"wrote {model_path.name} and {data_path.name}")
 
 
 if __name__ == "__main__":

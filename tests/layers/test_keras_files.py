@@ -18,6 +18,17 @@ def test_a_file_saved_on_any_backend_loads_with_identical_outputs(saved_on):
     np.testing.assert_allclose(y, data["y"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("saved_on", keras_files.BACKENDS)
+def test_a_graph_of_ops_saved_on_any_backend_loads_with_identical_outputs(saved_on):
+    model_path, data_path = keras_files.paths(saved_on, "ops")
+    model = keras.saving.load_model(model_path)
+    data = np.load(data_path)
+    ys = [keras.ops.convert_to_numpy(t) for t in model(data["x"])]
+    assert len(ys) == 3
+    for i, y in enumerate(ys):
+        np.testing.assert_allclose(y, data[f"y{i}"], rtol=1e-5, atol=1e-5)
+
+
 def test_the_fixture_is_up_to_date_with_the_layers():
     # A layer whose config or weights changed must come with regenerated fixtures.
     model = keras.saving.load_model(keras_files.paths("tensorflow")[0])
