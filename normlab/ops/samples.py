@@ -191,7 +191,8 @@ def _kept_elements(x: Tensor, kept: Tensor, axes: list[int]) -> list[Tensor]:
     uniform = all(kept.shape[a] == 1 for a in range(len(shape)) if a not in axes)
     large = math.prod([d for d in x.shape if isinstance(d, int)]) >= GATHER_MIN_ELEMENTS  # (a generator breaks dynamo)
     # (Under a torch trace sizes may be symbolic, which the gather's index arithmetic cannot take.)
-    if not (uniform and large and len(static) == len(axes)) or _torch_traced():
+    # (JAX's explicit sharding: a gather from a split axis is a type error.)
+    if not (uniform and large and len(static) == len(axes)) or _torch_traced() or split_axes(x):
         return [ops.sum(ops.where(position == p, x, zero_of(x)), axis=axes, keepdims=True) for p in positions]
     return [_gathered(x, shape, axes, p, math.prod(static)) for p in positions]
 

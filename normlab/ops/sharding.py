@@ -51,11 +51,14 @@ def ghost_split(x: Tensor, size: int) -> Tensor:
 
 
 def ghost_merge(y: Tensor, like: Tensor) -> Tensor:
-    """Ghost batches ``y`` merged back to the shape and sharding of ``like``."""
+    """Ghost batches ``y`` merged back to the shape of ``like``: the batch split
+    as ``like``'s, the other axes as ``y``'s (a ``gamma`` split over a model
+    axis splits the channels of ``y``, which a merge keeps)."""
     import jax.numpy as jnp
     from jax.sharding import PartitionSpec
 
-    return jnp.reshape(y, tuple(like.shape), out_sharding=PartitionSpec(*_padded_spec(like)))
+    spec = _padded_spec(y)
+    return jnp.reshape(y, tuple(like.shape), out_sharding=PartitionSpec(_padded_spec(like)[0], *spec[2:]))
 
 
 def laid_out_as(t: Tensor, like: Tensor) -> Tensor:

@@ -135,6 +135,11 @@ def explicit(name, sizes):
         rng = np.random.default_rng(5)
         x = (1e4 + rng.normal(size=(sum(sizes),) + shape)).astype("float32")
         w, mask = rng.normal(size=x.shape).astype("float32"), None
+    elif name == "batch_norm_mask_long":  # 2**17 elements: where the masked shift is gathered, on one device
+        factory = lambda: normlab.BatchNormalization(momentum=0.5)  # noqa: E731
+        rng = np.random.default_rng(6)
+        x = (1e4 + rng.normal(size=(sum(sizes), 256, 16))).astype("float32")
+        w, mask = rng.normal(size=x.shape).astype("float32"), rng.random(x.shape[:2]) < 0.7
     else:
         factory, (x, w, mask) = (lambda: _cases.layer(name, False)), _cases.data(name, sizes)
     layer = factory()
@@ -157,6 +162,42 @@ def explicit(name, sizes):
             (_, (y, new)), dx = jax.jit(step)(*split)
         assert jax.typeof(y).sharding.spec[0] == "data", jax.typeof(y).sharding
         _cases.compare([(np.asarray(y), np.asarray(dx), dict(zip(names, map(np.asarray, new))))], want, True)
+
+
+def split_weights(name):
+    """``gamma`` and ``beta`` split over a model axis, the input's channels not
+    (replicated, or its batch split over a data axis of one device): the
+    fast paths' custom backward gave ``dx`` the weights' sharding, which
+    JAX's type check rejected. Gradients equal one device's; ghost batches
+    keep the channels' split in their output (no gather)."""
+    from jax.sharding import AxisType, NamedSharding
+
+    layer = {"layer_norm": lambda: normlab.LayerNormalization(), "rms_norm": lambda: normlab.RMSNormalization(),
+             "batch_norm": lambda: normlab.BatchNormalization(), "group_norm": lambda: normlab.GroupNormalization(groups=2),
+             "instance_norm": lambda: normlab.InstanceNormalization(),
+             "ghost": lambda: normlab.BatchNormalization(virtual_batch_size=2)}[name]()
+    rng = np.random.default_rng(7)
+    x = (3.0 + rng.normal(size=(4, 3, 4))).astype("float32")
+    w = rng.normal(size=x.shape).astype("float32")
+    layer.build(x.shape)
+    tv, ntv = [v.value for v in layer.trainable_variables], [v.value for v in layer.non_trainable_variables]
+    training = {"training": True} if name in ("batch_norm", "ghost") else {}
+
+    def loss(tv, x):
+        y = layer.stateless_call(tv, ntv, x, **training)[0]
+        return jnp.sum(y * w), y
+
+    step = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
+    want, _ = step(tv, jnp.asarray(x))
+    mesh = jax.make_mesh((1, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(mesh):
+        split = [jax.device_put(t, NamedSharding(mesh, P("model"))) for t in tv]
+        for spec in (P(), P("data")):
+            got, y = step(split, jax.device_put(x, NamedSharding(mesh, spec)))
+            for g, v in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                _cases.close(f"{spec} gradient", g, v, rtol=1e-5, atol=1e-5 * float(np.abs(np.asarray(v)).max()))
+            if name == "ghost" and spec == P("data"):
+                assert tuple(jax.typeof(y).sharding.spec) == ("data", None, "model"), jax.typeof(y).sharding
 
 
 def float64_reference():
@@ -241,3 +282,6 @@ if __name__ == "__main__":
         _cases.report(f"{name}/explicit", lambda: explicit(name, SIZES))
     # three ghost batches of two over two devices: the batch is gathered to split it
     _cases.report("ghost/explicit/gathered", lambda: explicit("ghost", [3, 3]))
+    _cases.report("batch_norm_mask_long/explicit", lambda: explicit("batch_norm_mask_long", [16, 16]))
+    for name in ["layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "ghost"]:
+        _cases.report(f"{name}/explicit/split_weights", lambda: split_weights(name))

@@ -20,7 +20,9 @@ CASES = [f"{name}/sync" for name in LAYERS] + [
     "batch_norm/local", "ghost/local", "batch_norm/sync/pmap", "renorm_ghost/sync/pmap",
     "float64_reference", "data_parallel", "data_parallel_fit",
 ] + [f"{name}/explicit" for name in LAYERS + ["group_norm", "group_norm_channels_first", "instance_norm",
-                                               "layer_norm", "layer_norm_all", "rms_norm"]] + ["ghost/explicit/gathered"]
+                                               "layer_norm", "layer_norm_all", "rms_norm"]] + ["ghost/explicit/gathered", "batch_norm_mask_long/explicit"] + [
+    f"{name}/explicit/split_weights"
+    for name in ["layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "ghost"]]
 
 
 @pytest.fixture(scope="module")
