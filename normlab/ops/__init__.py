@@ -2,7 +2,9 @@
 one apply step (:mod:`~normlab.ops.normalize`), and the functional
 normalization ops built from them, one module per norm family as in
 :mod:`normlab.layers`. Argument checks are in :mod:`~normlab.ops.validate`,
-axis and shape helpers in :mod:`~normlab.ops.axes`."""
+axis and shape helpers in :mod:`~normlab.ops.axes`. On ``keras.Input``'s
+symbolic tensors each op adds a node to the functional graph
+(:mod:`~normlab.ops.symbolic`)."""
 
 from __future__ import annotations
 
@@ -19,34 +21,18 @@ from normlab.ops.group_norm import group_norm as _group_norm
 from normlab.ops.group_norm import instance_norm as _instance_norm
 from normlab.ops.layer_norm import layer_norm as _layer_norm
 from normlab.ops.local_response_norm import local_response_norm as _local_response_norm
-from normlab.ops.moments import (
-    mean_square as _mean_square,
-)
-from normlab.ops.moments import (
-    moments as _moments,
-)
-from normlab.ops.moments import (
-    shifted_moments as _shifted_moments,
-)
-from normlab.ops.moments import (
-    stats_dtype,
-)
+from normlab.ops.moments import mean_square as _mean_square
+from normlab.ops.moments import moments as _moments
+from normlab.ops.moments import shifted_moments as _shifted_moments
+from normlab.ops.moments import stats_dtype
 from normlab.ops.normalize import normalize as _normalize
 from normlab.ops.rms_norm import rms_norm as _rms_norm
 from normlab.ops.switchable_norm import switchable_norm as _switchable_norm
 from normlab.ops.symbolic import NormOp, symbolic
-from normlab.ops.weights import (
-    power_iteration as _power_iteration,
-)
-from normlab.ops.weights import (
-    spectral_norm as _spectral_norm,
-)
-from normlab.ops.weights import (
-    standardize_weight as _standardize_weight,
-)
-from normlab.ops.weights import (
-    weight_norm as _weight_norm,
-)
+from normlab.ops.weights import power_iteration as _power_iteration
+from normlab.ops.weights import spectral_norm as _spectral_norm
+from normlab.ops.weights import standardize_weight as _standardize_weight
+from normlab.ops.weights import weight_norm as _weight_norm
 
 # On keras.Input's symbolic tensors the ops add a NormOp node, as keras.ops do (see symbolic.py).
 adaptive_instance_norm = symbolic(_adaptive_instance_norm)
