@@ -141,18 +141,12 @@ def _usable(x, *params, reduced: tuple[int, ...] | None = None) -> bool:
     """Whether the hooks serve ``x`` and its (converted) ``params``: none of them
     per-device inside ``shard_map`` (a replicated ``x`` with per-device ``gamma``
     would get a per-device gradient from the custom backward, which its type
-    check rejects), no forward-mode AD, none of the ``reduced`` axes (by
-    default any axis) split by explicit sharding, where the kernels' sample
-    slices and channel views are type errors (the general path takes its
-    samples by selecting sums), and no parameter split (a ``gamma`` split over
-    a model axis gives the custom backward's ``dx`` its sharding, not ``x``'s)."""
-    if not (hasattr(x, "dtype") and x.dtype in _FLOATS and x.ndim >= 2 and _has_elements(x) and not _varying(x)
-            and not any(p is not None and _varying(p) for p in params) and not _forward_mode()):
-        return False
-    split = split_axes(x)
-    if split.intersection(range(x.ndim) if reduced is None else reduced):
-        return False
-    return not any(p is not None and split_axes(p) for p in params)
+    check rejects), no forward-mode AD, and under explicit sharding no parameter
+    split (``dx`` would get its sharding) nor any of the ``reduced`` axes (by
+    default any): the kernels' sample slices and channel views are type errors."""
+    return (hasattr(x, "dtype") and x.dtype in _FLOATS and x.ndim >= 2 and _has_elements(x) and not _varying(x)
+            and not any(p is not None and (_varying(p) or split_axes(p)) for p in params) and not _forward_mode()
+            and not split_axes(x).intersection(range(x.ndim) if reduced is None else reduced))
 
 
 _INCONCLUSIVE = getattr(jax.errors, "InconclusiveDimensionOperation", ())
