@@ -130,7 +130,8 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
         [2.0, 2.0]
         >>> [value(sn.layer.kernel) for sn in (default, keras_like)]             # stored kernel
         [1.0, 0.5]
-        >>> dense = normlab.layers.SpectralNormalization(keras.layers.Dense(8))
+        >>> kernel = keras.initializers.GlorotUniform(seed=37)  # (its top two singular values apart)
+        >>> dense = normlab.layers.SpectralNormalization(keras.layers.Dense(8, kernel_initializer=kernel))
         >>> x = np.random.default_rng(0).normal(size=(4, 16)).astype("float32")
         >>> for _ in range(100):                         # u converges across training calls
         ...     y = dense(x, training=True)
