@@ -216,8 +216,8 @@ def shifted_stats(xf, *, shift, sums, reduce, count, epsilon, xp: ArrayOps, cent
     passes (:func:`moments`)."""
     d = xf - shift
     if centered:
-        return moments(d, sums=sums, reduce=reduce, count=count, xp=xp, centered=True)
-    mean, var = moments(d, sums=sums, reduce=reduce, count=count, xp=xp)
+        return moments(d, sums=sums, reduce=reduce, count=count, xp=xp, centered=True, clamp=False)
+    mean, var = moments(d, sums=sums, reduce=reduce, count=count, xp=xp, clamp=False)
     far = xp.any(mean * mean > MAX_SHIFT_RATIO * (var + epsilon))
 
     def two_pass():  # recomputes d: a branch's captured operands are materialized
@@ -227,7 +227,7 @@ def shifted_stats(xf, *, shift, sums, reduce, count, epsilon, xp: ArrayOps, cent
     return mean, xp.cond(far, two_pass, lambda: var)
 
 
-def moments(d, *, sums, reduce, count, xp: ArrayOps, centered: bool = False):
+def moments(d, *, sums, reduce, count, xp: ArrayOps, centered: bool = False, clamp: bool = True):
     """``(mean, variance)`` of ``d``: one pass (``E[d^2] - E[d]^2``), or given
     ``centered`` two, for reductions that err by more than a rounding: the
     mean, then the moments of the residuals about it, which correct the mean
@@ -237,10 +237,12 @@ def moments(d, *, sums, reduce, count, xp: ArrayOps, centered: bool = False):
         first = reduce(d) / count
         residual, squares = sums(d - first)
         correction = residual / count
-        return first + correction, xp.maximum(squares / count - correction * correction, 0.0)
+        var = squares / count - correction * correction
+        return first + correction, xp.maximum(var, 0.0) if clamp else var
     total, squares = sums(d)
     mean = total / count
-    return mean, xp.maximum(squares / count - mean * mean, 0.0)
+    var = squares / count - mean * mean
+    return mean, xp.maximum(var, 0.0) if clamp else var
 
 
 def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps,
@@ -272,6 +274,7 @@ def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps,
         return shift, mean, var
 
     shift, mean, var = xp.cond(raw, plain, shifted)
+    var = xp.maximum(var, 0.0)
     return Stats(shift, mean, var, xp.rsqrt(var + epsilon), raw)
 
 
