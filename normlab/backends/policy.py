@@ -213,7 +213,7 @@ def shifted_stats(xf, *, shift, sums, reduce, count, epsilon, xp: ArrayOps, cent
     """``(mean, variance)`` of ``xf - shift``: one pass, and a second, exact
     pass (in a ``cond``) only where some slice has an offset ratio above
     :data:`MAX_SHIFT_RATIO` (its shift an outlier); given ``centered``, two
-    passes (:func:`moments`)."""
+    passes (:func:`moments`). The variance is not clamped at 0 (the caller does)."""
     d = xf - shift
     if centered:
         return moments(d, sums=sums, reduce=reduce, count=count, xp=xp, centered=True, clamp=False)
@@ -232,7 +232,10 @@ def moments(d, *, sums, reduce, count, xp: ArrayOps, centered: bool = False, cla
     ``centered`` two, for reductions that err by more than a rounding: the
     mean, then the moments of the residuals about it, which correct the mean
     (their partial sums grow like ``sqrt(N)``, not ``N``) and hold the
-    variance with no cancellation."""
+    variance with no cancellation. The variance is clamped at 0 unless
+    ``clamp`` is False (:func:`shifted_stats`, whose caller clamps after the
+    ``cond`` around it: a ``Max`` inside an ``If`` branch breaks onnxruntime's
+    float16 converter)."""
     if centered:
         first = reduce(d) / count
         residual, squares = sums(d - first)
