@@ -9,11 +9,15 @@ normlab's layer as it is, normlab's layer exported inside
 The error is the largest absolute difference from the float model on 64 other
 inputs, relative to the float output's largest magnitude.
 
-    KERAS_BACKEND=tensorflow python docs/scripts/quantize_table.py           # print the table
+A second table takes the layers whose statistics are computed at inference
+through inputs about larger offsets (:data:`OFFSETS`).
+
+    KERAS_BACKEND=tensorflow python docs/scripts/quantize_table.py           # print the tables
     KERAS_BACKEND=tensorflow python docs/scripts/quantize_table.py --write   # ... into docs/deploying.md
 
-About a minute on 2 cores. The table goes between the markers
-``<!-- quantize-table -->`` and ``<!-- /quantize-table -->``.
+About a minute on 2 cores. The tables go between the markers
+``<!-- quantize-table -->`` and ``<!-- /quantize-table -->``, and
+``<!-- quantize-offsets -->`` and ``<!-- /quantize-offsets -->``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import numpy as np  # noqa: E402
 import normlab  # noqa: E402
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "deploying.md"
-_REGION = re.compile(r"(<!-- quantize-table -->\n)(.*?)(<!-- /quantize-table -->)", re.S)
+_REGIONS = {name: re.compile(rf"(<!-- {name} -->\n)(.*?)(<!-- /{name} -->)", re.S)
+            for name in ("quantize-table", "quantize-offsets")}
 
 #: (row label, normlab's layer, Keras' layer or None)
 CASES: list[tuple[str, Callable[[], keras.layers.Layer], Callable[[], keras.layers.Layer] | None]] = [
@@ -52,9 +57,16 @@ CASES: list[tuple[str, Callable[[], keras.layers.Layer], Callable[[], keras.laye
 ]
 
 
-def inputs(seed: int, batch: int = 64) -> np.ndarray:
-    """The matrix's input distribution: an offset and a spread, float32."""
-    return np.random.default_rng(seed).normal(0.5, 2.0, size=(batch, 8, 8, 3)).astype("float32")
+#: The offsets of the second table (``--offsets``): activations far from zero.
+OFFSETS = (20.0, 1000.0, 1e4)
+
+#: Its rows: the layers whose statistics are computed at inference.
+OFFSET_CASES = CASES[:4]
+
+
+def inputs(seed: int, batch: int = 64, offset: float = 0.5) -> np.ndarray:
+    """The matrix's input distribution: an offset and a spread of 2, float32."""
+    return np.random.default_rng(seed).normal(offset, 2.0, size=(batch, 8, 8, 3)).astype("float32")
 
 
 def model_with(norm: keras.layers.Layer) -> keras.Model:
@@ -80,11 +92,12 @@ def run_int8(path: str, x: np.ndarray) -> np.ndarray:
     return (interpreter.get_tensor(out["index"]).astype(np.float32) - zero) * scale
 
 
-def int8_error(model: keras.Model, workdir: str, fast_paths: bool = True) -> float:
-    """The relative error of ``model`` exported to full-integer LiteRT (see the module docstring)."""
+def int8_error(model: keras.Model, workdir: str, fast_paths: bool = True, offset: float = 0.5) -> float:
+    """The relative error of ``model`` exported to full-integer LiteRT (see the
+    module docstring), its inputs about ``offset``."""
     import tensorflow as tf
 
-    calibration, test = inputs(1), inputs(2)
+    calibration, test = inputs(1, offset=offset), inputs(2, offset=offset)
     path = os.path.join(workdir, "model.tflite")
     scope = contextlib.nullcontext() if fast_paths else normlab.backends.disabled()
     with scope:
@@ -111,13 +124,16 @@ def render(rows: list[tuple[str, float, float, float | None]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def measure() -> list[tuple[str, float, float, float | None]]:
+def measure(cases=CASES, offset: float = 0.5) -> list[tuple[str, float, float, float | None]]:
+    """One row per case: its label (with ``offset`` where it is not the
+    first table's) and the three errors."""
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
-        for label, ours, theirs in CASES:
-            fast = int8_error(model_with(ours()), workdir)
-            general = int8_error(model_with(ours()), workdir, fast_paths=False)
-            reference = None if theirs is None else int8_error(model_with(theirs()), workdir)
+        for label, ours, theirs in cases:
+            fast = int8_error(model_with(ours()), workdir, offset=offset)
+            general = int8_error(model_with(ours()), workdir, fast_paths=False, offset=offset)
+            reference = None if theirs is None else int8_error(model_with(theirs()), workdir, offset=offset)
+            label = label if offset == 0.5 else f"{label}, offset {offset:g}"
             print(f"{label}: {fast:.4f} {general:.4f} {reference}", file=sys.stderr, flush=True)
             rows.append((label, fast, general, reference))
     return rows
@@ -125,19 +141,22 @@ def measure() -> list[tuple[str, float, float, float | None]]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--write", action="store_true", help="write the table into docs/deploying.md")
+    parser.add_argument("--write", action="store_true", help="write the tables into docs/deploying.md")
     args = parser.parse_args(argv)
     if keras.backend.backend() != "tensorflow":
         parser.error("Keras' LiteRT quantization runs on TensorFlow: set KERAS_BACKEND=tensorflow")
-    table = render(measure())
+    tables = {"quantize-table": render(measure()),
+              "quantize-offsets": render([row for offset in OFFSETS for row in measure(OFFSET_CASES, offset)])}
     if not args.write:
-        print(table, end="")
+        print("\n".join(tables.values()), end="")
         return 0
     text = PAGE.read_text(encoding="utf-8")
-    match = _REGION.search(text)
-    if match is None:
-        raise SystemExit(f"{PAGE}: no <!-- quantize-table --> ... <!-- /quantize-table --> markers")
-    PAGE.write_text(text[:match.start(2)] + table + text[match.end(2):], encoding="utf-8")
+    for name, table in tables.items():
+        match = _REGIONS[name].search(text)
+        if match is None:
+            raise SystemExit(f"{PAGE}: no <!-- {name} --> ... <!-- /{name} --> markers")
+        text = text[:match.start(2)] + table + text[match.end(2):]
+    PAGE.write_text(text, encoding="utf-8")
     print("docs/deploying.md updated")
     return 0
 

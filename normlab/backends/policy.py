@@ -66,10 +66,13 @@ or a shift that needs no decision at all.
   instance norm, batch norm, layer norm over trailing axes)
   subtract it as they read the data; ATen's kernels, for everything else,
   are handed ``x - s`` by one subtraction (fused with the float16/bfloat16
-  upcast where there is one). TensorFlow uses the same shift for a
-  training step's small inputs outside XLA (:func:`stats` with ``subsample``;
-  :data:`normlab.backends.tensorflow_stats.SUBSAMPLE_ELEMENTS`), where a
-  ``tf.cond``'s branches cost more than the pass over memory they save.
+  upcast where there is one). TensorFlow uses the same shift outside XLA
+  for a training step's small inputs, where a ``tf.cond``'s branches cost
+  more than the pass over memory they save, and for every input of a graph
+  that differentiates nothing (``predict``, an exporter's trace), whose
+  ``cond`` full-integer LiteRT quantization calibrates on one branch only
+  (:func:`stats` with ``subsample``;
+  :data:`normlab.backends.tensorflow_stats.SUBSAMPLE_ELEMENTS`).
 * *Given statistics* (batch norm in inference, with the moving
   averages): nothing is reduced and no shift is needed. The apply step
   ``(x - mean) * a + beta`` forms ``x - mean`` first, exact for the same

@@ -16,7 +16,10 @@ The same formulation as the JAX fast paths (see ``normlab/backends/jax.py``):
   :data:`~normlab.backends.tensorflow_stats.SUBSAMPLE_ELEMENTS` are instead
   taken about a subsample mean of each slice, as torch's are, deciding
   nothing (TensorFlow runs a ``tf.cond``'s branches as functions, which
-  costs a small input more than the pass it saves);
+  costs a small input more than the pass it saves), and so are the inputs
+  of every graph outside XLA that differentiates nothing (``predict``, an
+  exporter's trace: a runtime's ``IF`` quantizes to int8 wrong; layer and
+  RMS norm decline there);
 * the backward is the closed form
   ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, ``g = dy * gamma``,
   from the saved input and per-slice statistics; where the plain moments were

@@ -91,10 +91,15 @@ _XP = policy.ArrayOps(
 #: up to 1.3x slower; at ``2**20`` elements (batch 256) the two were even on
 #: average, and above it the conditional statistics, which skip that pass, are
 #: faster (1.1x at ``(8, 56, 56, 256)``). Under XLA the conds compile into the
-#: program. Graphs that differentiate nothing (``predict``, every exporter's
-#: trace) keep the conditional statistics: their plain branch quantizes to int8
-#: as Keras' layers do, where the subsample shift costs int8 range (layer norm:
-#: 33% of the output's range against Keras' 16%, ``tests/export``).
+#: program. Graphs outside XLA that differentiate nothing (``predict``, every
+#: exporter's trace) take the subsample shift at every size: full-integer
+#: LiteRT quantization calibrates a ``tf.cond``'s branches only where the
+#: float model ran them, and at an offset the quantized model took the other
+#: (group norm 200% off at an offset of 1000, Keras' layer 17.4%; about the
+#: subsample mean 18.2%). It costs the float graph a pass: group norm's
+#: ``predict`` graph took 10.2 against 6.9 ms at ``(8, 56, 56, 256)``, one
+#: thread (Keras' layer 28.5). Layer and RMS norm decline there (the
+#: subsample shift quantizes their rows 33% off, Keras' 16%).
 SUBSAMPLE_ELEMENTS = 1 << 20
 
 #: Smaller inputs (an unknown batch counted as :data:`UNKNOWN_BATCH`) skip
@@ -147,12 +152,17 @@ def recorded(tensors) -> bool:
 
 
 def use_subsample(x, *params) -> bool:
-    """Whether a hook takes its statistics about a subsample mean: outside XLA,
-    for at most :data:`SUBSAMPLE_ELEMENTS`, where a tape records ``x`` or the
-    parameters. Decided before the hook's ``tf.custom_gradient``, inside which
+    """Whether a hook takes its statistics about a subsample mean, deciding
+    nothing: outside XLA, in a training step for at most
+    :data:`SUBSAMPLE_ELEMENTS` (where a tape records ``x`` or the parameters),
+    and in every graph that differentiates nothing (:data:`SUBSAMPLE_ELEMENTS`
+    says why). Decided before the hook's ``tf.custom_gradient``, inside which
     no tape records."""
-    return (not in_xla() and 0 not in x.shape[1:] and elements(x) <= SUBSAMPLE_ELEMENTS
-            and recorded([x, *params]))
+    if in_xla() or 0 in x.shape[1:]:
+        return False
+    if recorded([x, *params]):
+        return elements(x) <= SUBSAMPLE_ELEMENTS
+    return exportable_graph()
 
 
 def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None, terms=None) -> policy.Stats:

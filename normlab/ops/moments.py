@@ -218,7 +218,8 @@ def shifted_moments(
 
     Returns ``(shift, mean, variance)``, all with the reduced axes kept:
     ``shift`` is an element of each slice (the median of its first, middle
-    and last ones, or with a mask kept ones; no gradient flows through it),
+    and last ones, or with a mask kept ones, by
+    :func:`~normlab.ops.samples.median_of_three`; no gradient flows through it),
     ``mean`` and ``variance`` are those of ``x - shift``, so the mean of
     ``x`` is ``shift + mean``. Pass all three to
     :func:`~normlab.ops.normalize.normalize` (``shift=shift``); the result
@@ -255,9 +256,8 @@ def shifted_moments(
         return _cross_replica_moments(x, axes, weight, replica_sum)
     if mask is None:
         average = _averager(x, axes)
-        # The shift is an element of each slice, taken without arithmetic (the
-        # median of three by min and max, which select one of them): a
-        # computed mean (near the data's offset) would be recomputed by XLA
+        # The shift is an element of each slice, taken with no product (the
+        # median of three, samples.median_of_three): a computed mean (near the data's offset) would be recomputed by XLA
         # inside each fusion that uses it, with a fused multiply-add in some
         # and not in others, which moves the residuals of one fusion against
         # another's by an ulp of the offset (0.06 at 1e6: the parameter

@@ -1,10 +1,13 @@
 """Samples of each slice: the shifts that statistics are taken about.
 
-A shift is one of the data's own values, selected without arithmetic, so
-that every fusion of a compiled graph sees the same bits and ``x - shift``
+A shift is one of the data's own values, taken with no product that a
+compiler could fuse into a multiply-add in one fusion and not in another,
+so that every fusion of a compiled graph sees the same bits and ``x - shift``
 is exact near the data's offset. Each slice's shift is the median of its
 first, middle and last elements (with a mask, of its first, middle and
-last kept ones): near the slice's mean unless two of the three are outliers.
+last kept ones): near the slice's mean unless two of the three are outliers
+(:func:`median_of_three`: exact for samples within a factor of 2 of each
+other, as near an offset, else within a rounding of the median).
 """
 
 from __future__ import annotations
@@ -36,7 +39,28 @@ def median_sample(x: Tensor, axes: Sequence[int], batch_statistics: bool | None 
         first, middle, last = (first_along(x, axes, batch_statistics, at) for at in ("first", "middle", "last"))
     else:
         first, middle, last = kept_samples(x, kept, list(axes))
-    return maximum(minimum(first, middle), minimum(maximum(first, middle), last))
+    return median_of_three(first, middle, last)
+
+
+def median_of_three(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """The elementwise median of ``a``, ``b`` and ``c`` (tensors of one float
+    dtype and shape), as ``a + median(0, b - a, c - a)``: the median itself
+    where ``b - a`` and ``c - a`` are exact (samples within a factor of 2 of
+    each other, as near an offset; equal ones), else within a rounding of it.
+
+    Not the maximum and minimum of the samples themselves: full-integer
+    LiteRT quantization gives those ops one scale for their inputs and
+    output, which the converter takes from the samples' calibrated range and
+    passes back to ``x`` through the slices that took them, so that ``x``'s
+    values outside that range clipped (a layer norm over 8 channels of
+    different offsets quantized 73% off, Keras' layer 1.4%). The differences
+    have scales of their own. A select ties the scales the same way, and a
+    sum of the samples times 0/1 indicators lost the indicators (quantized at
+    the product's scale, to 0). No product is formed, so no compiler fuses
+    one into a multiply-add in one place and not another.
+    """
+    db, dc = b - a, c - a
+    return a + maximum(minimum(db, zero_of(db)), minimum(maximum(db, zero_of(db)), dc))
 
 
 def first_along(x: Tensor, axes: Sequence[int], batch_statistics: bool | None = None,

@@ -1,8 +1,10 @@
 """Which formulation TensorFlow's fast paths build
 (:mod:`normlab.backends.tensorflow_stats`): outside XLA, a training step's
 inputs of at most ``SUBSAMPLE_ELEMENTS`` are taken about a subsample mean with
-no ``tf.cond``; larger ones, graphs that differentiate nothing (``predict``,
-exporters) and everything under XLA keep the conditional statistics. The
+no ``tf.cond``, and so are the inputs of graphs that differentiate nothing
+(``predict``, exporters), whatever their size (layer norm declines there:
+the general path); larger training inputs and everything under XLA keep the
+conditional statistics. The
 fused batch-norm kernel serves only inputs of ``FUSED_MIN_ELEMENTS`` or more.
 An unknown batch size counts as ``UNKNOWN_BATCH``. Their numerics are checked
 with both formulations in ``test_fast_paths.py``."""
@@ -58,13 +60,59 @@ def test_small_inputs_decide_nothing_outside_xla(kind):
 
 
 @pytest.mark.parametrize("kind", sorted(LAYERS))
-def test_larger_inputs_inference_and_xla_keep_the_conditional_statistics(kind, monkeypatch):
+def test_larger_inputs_and_xla_keep_the_conditional_statistics(kind, monkeypatch):
     from normlab.backends import tensorflow_stats
 
     assert _op_types(LAYERS[kind](), (8, 8, 8, 12), jit_compile=True, **CALL.get(kind, {})) & CONDS
-    assert _op_types(LAYERS[kind](), (8, 8, 8, 12), train=False, **CALL.get(kind, {})) & CONDS
+    assert _op_types(LAYERS[kind](), (8, 8, 8, 12), jit_compile=True, train=False, **CALL.get(kind, {})) & CONDS
     monkeypatch.setattr(tensorflow_stats, "SUBSAMPLE_ELEMENTS", 8 * 8 * 8 * 12 - 1)
     assert _op_types(LAYERS[kind](), (8, 8, 8, 12), **CALL.get(kind, {})) & CONDS
+
+
+INFERENCE_LAYERS = {**LAYERS, "instance": lambda: normlab.layers.InstanceNormalization()}
+
+
+@pytest.mark.parametrize("kind", sorted(INFERENCE_LAYERS))
+def test_graphs_that_differentiate_nothing_decide_nothing_at_any_size(kind, monkeypatch):
+    """Full-integer LiteRT quantization calibrates a ``cond``'s branches only
+    where the float model ran them (tests/export/test_quantization.py)."""
+    from normlab.backends import tensorflow_stats
+
+    monkeypatch.setattr(tensorflow_stats, "SUBSAMPLE_ELEMENTS", 0)
+    for shape in [(8, 8, 8, 12), (None, 8, 8, 12)]:
+        assert not _op_types(INFERENCE_LAYERS[kind](), shape, train=False, **CALL.get(kind, {})) & CONDS
+
+
+@pytest.mark.parametrize("kind", ["group", "instance"])
+def test_graphs_that_differentiate_nothing_keep_the_hook(kind):
+    """Group and instance norm keep the hook there (3x faster than Keras'
+    layer in a ``predict`` graph), about a subsample mean: its graph has no
+    ``Minimum``, which the general path's median sample takes."""
+    assert "Minimum" not in _op_types(INFERENCE_LAYERS[kind](), (8, 8, 8, 12), train=False)
+    with normlab.backends.disabled():
+        assert "Minimum" in _op_types(INFERENCE_LAYERS[kind](), (8, 8, 8, 12), train=False)
+
+
+@pytest.mark.parametrize("kind", sorted(INFERENCE_LAYERS))
+@pytest.mark.parametrize("offset", [0.0, 1e4, 1e6])
+def test_graphs_that_differentiate_nothing_match_the_general_path(kind, offset):
+    """Outputs of a ``tf.function`` forward (an unknown batch, as ``predict``
+    traces it) against the general path's, the first position of each sample
+    an outlier."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    x = offset + rng.normal(0.5, 2.0, size=(6, 5, 7, 12))
+    x[:, 0, 0, :] += 1e3
+    x = tf.constant(x, tf.float32)
+    layer = INFERENCE_LAYERS[kind]()
+    layer.build(x.shape)
+    fn = tf.function(lambda t: layer(t, **CALL.get(kind, {})),
+                     input_signature=[tf.TensorSpec((None, 5, 7, 12), tf.float32)])
+    got = fn(x).numpy()
+    with normlab.backends.disabled():
+        expected = fn.python_function(x).numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-5 * max(1.0, np.abs(expected).max()))
 
 
 def test_an_unknown_batch_counts_as_keras_default_batch_size(monkeypatch):

@@ -1,17 +1,22 @@
 """The shift of masked statistics: the median of each slice's first, middle
 and last kept elements (:func:`normlab.ops.samples.kept_samples`), each
 gathered where the mask is the same for every slice and selected by a sum
-otherwise, exactly equal to a NumPy reference either way, eager and compiled."""
+otherwise, exactly equal to a NumPy reference either way, eager and compiled;
+and the median of three samples (:func:`normlab.ops.samples.median_of_three`)."""
 
 from __future__ import annotations
+
+import itertools
 
 import keras
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from keras import ops
 
 from normlab.ops import samples as samples_module
-from normlab.ops.samples import kept_samples
+from normlab.ops.samples import kept_samples, median_of_three
 
 BACKEND = keras.backend.backend()
 
@@ -213,3 +218,45 @@ def test_kept_samples_with_an_unknown_feature_size_of_0(small_gathered):
     fn = tf.function(lambda x, k: _samples(x, k, axes), input_signature=specs)
     assert tuple(fn(x[..., :0], kept).shape) == (3, 1, 1, 0)
     np.testing.assert_array_equal(fn(x, kept).numpy(), _reference(x, kept, axes))
+
+
+def _median_of_three(triples):
+    return ops.convert_to_numpy(median_of_three(*(ops.convert_to_tensor(np.ascontiguousarray(triples[:, i]))
+                                                  for i in range(3))))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_median_of_three_is_the_median_of_every_ordering_and_tie(dtype):
+    values = [-2.0, -1.0, 0.0, 1.0, 1.5, 100.0, 101.0, 104.0]
+    triples = np.array(list(itertools.product(values, repeat=3)), "float32")
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        triples = triples.astype(ml_dtypes.bfloat16)
+    else:
+        triples = triples.astype(dtype)
+    got = _median_of_three(triples)
+    assert str(got.dtype) == dtype
+    np.testing.assert_array_equal(got.astype("float32"), np.median(triples.astype("float32"), axis=1))
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e6])
+def test_median_of_three_near_an_offset_is_one_of_the_samples(offset):
+    triples = (offset + np.random.default_rng(0).normal(size=(2000, 3))).astype("float32")
+    np.testing.assert_array_equal(_median_of_three(triples), np.median(triples, axis=1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-float(np.float32(1e30)), float(np.float32(1e30)), width=32), min_size=3, max_size=3))
+def test_median_of_three_is_within_a_rounding_of_the_median(values):
+    """Exact where the differences to the first sample are (samples within a
+    factor of 2 of each other), else within a rounding of the largest."""
+    triple = np.array([values], "float32")
+    got, = _median_of_three(triple).astype("float64")
+    median = np.median(triple.astype("float64"))
+    assert abs(got - median) <= 2 * np.spacing(np.float32(np.abs(triple).max())), (values, got)
+
+
+def test_median_of_an_infinite_sample_is_nan():
+    """Its slice's statistics are NaN anyway (documented on median_of_three)."""
+    assert np.isnan(_median_of_three(np.array([[np.inf, 1.0, 2.0]], "float32"))).all()
