@@ -31,6 +31,7 @@ from normlab.ops.arith import at_least, matmul
 from normlab.ops.axes import canonicalize_axes, float_tensor
 from normlab.ops.moments import shifted_moments, stats_dtype, widened
 from normlab.ops.normalize import normalize
+from normlab.ops.sharding import laid_out_as, split_axes
 from normlab.ops.validate import check_epsilon, error_message
 from normlab.types import Axis, Tensor
 
@@ -315,7 +316,10 @@ def _power_iteration(w: Tensor, u0: Tensor, iterations: int, epsilon: float) -> 
     u = ops.stop_gradient(u)
     v = ops.stop_gradient(v)
     sigma = ops.sum(matmul(v, w) * u)  # v W u^T without transposing u: jax2onnx mis-shapes a (1, 1) one
-    # A zero matrix gives u = 0, from which no later step recovers: keep the old one.
+    # A zero matrix gives u = 0, from which no later step recovers: keep the old one
+    # (in u's layout: JAX's explicit sharding splits u as it splits w's columns).
+    if split_axes(u) != split_axes(u0):
+        u0 = laid_out_as(u0, u)
     u = ops.where(ops.sum(ops.square(u)) > 0, u, u0)
     return u, v, sigma
 

@@ -200,6 +200,34 @@ def split_weights(name):
                 assert tuple(jax.typeof(y).sharding.spec) == ("data", None, "model"), jax.typeof(y).sharding
 
 
+def split_kernel():
+    """Spectral normalization of a ``Dense`` kernel whose columns JAX's
+    explicit sharding splits over a model axis: the power iteration's ``u``
+    takes the kernel's split (a select with the old, replicated ``u`` was a
+    type error). Outputs, gradients and the new ``u`` equal one device's."""
+    from jax.sharding import AxisType, NamedSharding
+
+    keras.utils.set_random_seed(3)
+    layer = normlab.SpectralNormalization(keras.layers.Dense(8))
+    x = np.random.default_rng(3).normal(size=(4, 6)).astype("float32")
+    layer.build(x.shape)
+    tv, ntv = [v.value for v in layer.trainable_variables], [v.value for v in layer.non_trainable_variables]
+
+    def loss(tv, x, ntv):
+        y, new = layer.stateless_call(tv, ntv, x, training=True)
+        return jnp.sum(y * y), (y, new)
+
+    step = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
+    want = step(tv, jnp.asarray(x), ntv)
+    mesh = jax.make_mesh((2,), ("model",), axis_types=(AxisType.Explicit,))
+    with jax.set_mesh(mesh):
+        split = [jax.device_put(t, NamedSharding(mesh, P(*[None] * (t.ndim - 1), "model"))) for t in tv]
+        replicated = [jax.device_put(t, NamedSharding(mesh, P())) for t in (x, *ntv)]
+        got = step(split, replicated[0], replicated[1:])
+    for g, v in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        _cases.close("split kernel", g, v, rtol=1e-5, atol=1e-5 * float(np.abs(np.asarray(v)).max()))
+
+
 def float64_reference():
     x, w, _ = _cases.data("batch_norm", SIZES, seed=1)
     y = np.concatenate([r[0] for r in sharded("batch_norm", True, x, w, None)])
@@ -285,3 +313,4 @@ if __name__ == "__main__":
     _cases.report("batch_norm_mask_long/explicit", lambda: explicit("batch_norm_mask_long", [16, 16]))
     for name in ["layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "ghost"]:
         _cases.report(f"{name}/explicit/split_weights", lambda: split_weights(name))
+    _cases.report("spectral_norm/explicit/split_kernel", split_kernel)

@@ -22,7 +22,8 @@ CASES = [f"{name}/sync" for name in LAYERS] + [
 ] + [f"{name}/explicit" for name in LAYERS + ["group_norm", "group_norm_channels_first", "instance_norm",
                                                "layer_norm", "layer_norm_all", "rms_norm"]] + ["ghost/explicit/gathered", "batch_norm_mask_long/explicit"] + [
     f"{name}/explicit/split_weights"
-    for name in ["layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "ghost"]]
+    for name in ["layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm", "ghost"]] + [
+    "spectral_norm/explicit/split_kernel"]
 
 
 @pytest.fixture(scope="module")
