@@ -47,7 +47,10 @@ or a shift that needs no decision at all.
   :data:`MAX_SHIFT_RATIO` (``tests/backends/test_kernel_parity.py``:
   offsets to 1e6; ``tests/ops/test_long_reductions.py``: far first values).
 * *A subsample mean* (torch): ``s`` the mean of ``k >= N / MAX_SHIFT_RATIO``
-  of the slice's values (:func:`subsample_size` of them along one axis). By
+  of the slice's values (:func:`subsample_size` of them along one axis:
+  every 16th position on TensorFlow and in torch's channels-last data,
+  spread over an image rather than its first rows, and the first values of
+  a contiguous row in torch's other kernels). By
   Cauchy-Schwarz, ``(s - m)^2 = (sum over the k of (x_i - m) / k)^2 <=
   sum over the k of (x_i - m)^2 / k <= N v / k``, so ``r <= N / k <=
   MAX_SHIFT_RATIO`` for every input, outliers included: the same bound
