@@ -272,10 +272,11 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
     ``tf.cond``, whose branch full-integer LiteRT quantization calibrates only
     where the float model took it (100% off at an offset of 50, Keras' layer
     1.4%): the hook's moments about a subsample mean quantize 32.6% off near
-    zero where Keras' layer is 15.6% off, the general path's two passes 10.1%
-    (``docs/deploying.md``). The general path is as fast there as Keras'
-    layer: 9.9 against 10.1 ms for (4096, 1024), 2.0 against 2.1 for (8,
-    128, 768) (one thread; the hook's conditional statistics took 6.0 and 1.6).
+    zero where Keras' layer is 15.6% off, the general path's two passes 7.1%
+    (``docs/deploying.md``). The general path is about as fast there as
+    Keras' layer: 11.2 against 10.9 ms for (4096, 1024), 1.96 against 2.10
+    for (8, 128, 768) (one thread, 10% from run to run; the hook's
+    conditional statistics took 6.0 and 1.46).
     """
     if not usable(x):
         return None

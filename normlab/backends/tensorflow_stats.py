@@ -97,8 +97,8 @@ _XP = policy.ArrayOps(
 #: float model ran them, and at an offset the quantized model took the other
 #: (group norm 200% off at an offset of 1000, Keras' layer 17.4%; about the
 #: subsample mean 18.2%). It costs the float graph a pass: group norm's
-#: ``predict`` graph took 10.2 against 6.9 ms at ``(8, 56, 56, 256)``, one
-#: thread (Keras' layer 28.5). Layer and RMS norm decline there (the
+#: ``predict`` graph took 11.7 against 7.1 ms at ``(8, 56, 56, 256)``, one
+#: thread (Keras' layer 32.1). Layer and RMS norm decline there (the
 #: subsample shift quantizes their rows 33% off, Keras' 16%).
 SUBSAMPLE_ELEMENTS = 1 << 20
 
@@ -179,8 +179,7 @@ def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None,
     def subsample(anchor):  # about the slice's sample: a constant slice's shift is its value exactly
         size = xf.shape[subsample_axis]
         k = policy.subsample_size(size)
-        index = tuple(_every(STRIDE) if i == subsample_axis else slice(None) for i in range(xf.shape.rank))
-        return anchor + reduce(xf[index] - anchor) / (count * (k / size))
+        return anchor + reduce(every_stride(xf, subsample_axis) - anchor) / (count * (k / size))
 
     return policy.stats(xf, sample=sample, sums=sums, reduce=reduce, count=count, epsilon=epsilon, xp=_XP,
                         subsample=None if subsample_axis is None else subsample,
@@ -202,8 +201,12 @@ def cond(raw, plain, shifted):
 STRIDE = int(policy.MAX_SHIFT_RATIO)
 
 
-def _every(step: int) -> slice:
-    return slice(0, None, step)
+def every_stride(t, axis: int):
+    """Every :data:`STRIDE`-th slice of ``t`` along ``axis``, by a gather (a
+    strided slice along a middle axis cost TensorFlow's CPU kernel 3.5 ms
+    more on ``(8, 3136, 256)``, a third of group norm's ``predict`` graph)."""
+    size = t.shape[axis]
+    return tf.gather(t, tf.range(0, tf.shape(t)[axis] if size is None else size, STRIDE), axis=axis)
 
 
 def subsample_mean(t, axis: int):
@@ -218,8 +221,7 @@ def subsample_mean(t, axis: int):
         weight = 1.0 / tf.cast(tf.maximum(k, 1), t.dtype)
     else:
         weight = 1.0 / max(policy.subsample_size(size), 1)
-    index = tuple(_every(STRIDE) if a == axis else slice(None) for a in range(t.shape.rank))
-    return tf.reduce_sum(t[index] * weight, axis=axis, keepdims=True)
+    return tf.reduce_sum(every_stride(t, axis) * weight, axis=axis, keepdims=True)
 
 
 def first_along(t, axes):
