@@ -195,9 +195,10 @@ def cond(raw, plain, shifted):
 #: The subsample shifts take every ``STRIDE``-th value along their axis:
 #: :func:`~normlab.backends.policy.subsample_size` of them, spread over the
 #: slice. The first ones instead (a band of an image's top rows, the first
-#: samples of a batch) put group and instance norm's outputs 7.5e-6 to
-#: 1.0e-5 off float64 where those rows were brighter than the rest (10
-#: standard deviations; ``(4, 56, 56, 256)``, where every 16th is 1.6e-6 off).
+#: samples of a batch) put group and instance norm's outputs (up to 5) 7.5e-6
+#: to 1.0e-5 off float64 where those rows were brighter than the rest by 10
+#: standard deviations (``(1, 64, 64, 8)``, ``(4, 56, 56, 256)``; every 16th:
+#: 5.9e-7 and 1.4e-6).
 STRIDE = int(policy.MAX_SHIFT_RATIO)
 
 

@@ -217,7 +217,7 @@ def shifted_moments(
     """Statistics of ``x`` relative to a per-slice shift, for the exact apply step.
 
     Returns ``(shift, mean, variance)``, all with the reduced axes kept:
-    ``shift`` is an element of each slice (the median of its first, middle
+    ``shift`` is (within a rounding) an element of each slice (the median of its first, middle
     and last ones, or with a mask kept ones, by
     :func:`~normlab.ops.samples.median_of_three`; no gradient flows through it),
     ``mean`` and ``variance`` are those of ``x - shift``, so the mean of
@@ -257,11 +257,12 @@ def shifted_moments(
     if mask is None:
         average = _averager(x, axes)
         # The shift is an element of each slice, taken with no product (the
-        # median of three, samples.median_of_three): a computed mean (near the data's offset) would be recomputed by XLA
-        # inside each fusion that uses it, with a fused multiply-add in some
-        # and not in others, which moves the residuals of one fusion against
-        # another's by an ulp of the offset (0.06 at 1e6: the parameter
-        # gradients under jit were off by 3%). A sample is the same value
+        # median of three, samples.median_of_three): a computed mean (near
+        # the data's offset) would be recomputed by XLA inside each fusion
+        # that uses it, with a fused multiply-add in some and not in others,
+        # which moves the residuals of one fusion against another's by an
+        # ulp of the offset (0.06 at 1e6: the parameter gradients under jit
+        # were off by 3%). A sample is the same value
         # everywhere, and ``x - sample`` is exact near the offset. The
         # variance is then taken about the residuals' mean (a second pass),
         # since a sample may lie several standard deviations from the mean.
