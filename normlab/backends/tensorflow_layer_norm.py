@@ -14,9 +14,9 @@ from normlab.backends.tensorflow_stats import (
     exportable_graph,
     fused_serves,
     in_xla,
+    inference_graph,
     normalize,
     param,
-    recorded,
     stats,
     unpack,
     usable,
@@ -251,7 +251,7 @@ def rms_norm(x, *, axes, gamma, beta, epsilon):
     if not usable(x):
         return None
     gamma, beta = param(gamma), param(beta)
-    if exportable_graph() and not in_xla() and not recorded([x, gamma, beta]):
+    if inference_graph(x, gamma, beta):
         return None
     axes = tuple(int(a) for a in axes)
     rank = x.shape.rank
@@ -281,7 +281,7 @@ def layer_norm(x, *, axes, gamma, beta, epsilon):
     if not usable(x):
         return None
     gamma, beta = param(gamma), param(beta)
-    if exportable_graph() and not in_xla() and not recorded([x, gamma, beta]):
+    if inference_graph(x, gamma, beta):
         return None
     axes = tuple(int(a) for a in axes)
     args = [t for t in (gamma, beta) if t is not None]

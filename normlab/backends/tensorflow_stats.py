@@ -151,6 +151,13 @@ def recorded(tensors) -> bool:
     return (tape_order(tensors) or 0) > 0
 
 
+def inference_graph(x, *params) -> bool:
+    """Whether ops are being built into a graph outside XLA that differentiates
+    nothing (``predict``, an exporter's trace): no tape records ``x`` or
+    ``params``, and no eager call's graph (:func:`exportable_graph`)."""
+    return exportable_graph() and not in_xla() and not recorded([x, *params])
+
+
 def use_subsample(x, *params) -> bool:
     """Whether a hook takes its statistics about a subsample mean, deciding
     nothing: outside XLA, in a training step for at most
