@@ -277,8 +277,9 @@ def test_an_unknown_size_besides_the_batch_takes_the_general_path(kind):
 def test_the_subsample_spreads_over_the_slice(kind, axis):
     """The subsample mean takes every 16th position, not the first ones: an
     image whose top rows are brighter than the rest (10 standard deviations)
-    put a ``predict`` graph's group and instance norm 2e-6 off float64,
-    relative to the output (every 16th: within 4e-7, as eager calls are)."""
+    put a ``predict`` graph's group and instance norm 1.4e-6 to 2.9e-6 off
+    float64, relative to the output (every 16th: 1.2e-7 to 2.2e-7; the bound
+    sits between, with room for another CPU's rounding either way)."""
     import tensorflow as tf
 
     from normlab.testing import reference
@@ -293,4 +294,4 @@ def test_the_subsample_spreads_over_the_slice(kind, axis):
     layer.build(x.shape)
     got = tf.function(lambda t: layer(t))(tf.constant(x)).numpy()
     want = (reference.group_norm(x, 8, axis=axis) if kind == "group" else reference.instance_norm(x, axis=axis))
-    assert np.abs(got - want).max() <= 4e-7 * np.abs(want).max()
+    assert np.abs(got - want).max() <= 6e-7 * np.abs(want).max()
