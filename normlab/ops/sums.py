@@ -29,6 +29,15 @@ from normlab.types import Tensor
 #: or where no block divides the length, a sum over them moved innermost (one transpose).
 SEQUENTIAL_SUM_MAX_TERMS = 1 << 15
 
+#: JAX's and torch's sums (eager, ``jax.jit`` and ``torch.compile`` alike)
+#: over axes that a kept axis splits, with the innermost among them (a
+#: channels-last group's positions and channels, ``(N, H, W, G, C/G)`` over
+#: ``(1, 2, 4)``), accumulate the positions one after another: 3.6e-5 relative
+#: for 8192 squares of residuals at an offset of 1e6, group norm's output
+#: 7.1e-5 off float64. Summing the innermost run first leaves a sum over
+#: leading axes, which both take in blocks (1.7e-7 and 2.0e-7).
+INTERLEAVED_SUMS = "innermost run first"
+
 #: Shorter sums are TensorFlow's own (sequential: a second reduction costs more than it saves).
 BLOCKED_SUM_MIN_TERMS = 256
 
@@ -38,9 +47,11 @@ def total(v: Tensor, axes: list[int]) -> Tensor:
     long the reduction and whichever the axes (see :data:`SEQUENTIAL_SUM_MAX_TERMS`)."""
     rank = len(v.shape)
     axes = sorted(a % rank for a in axes)
-    if keras.backend.backend() != "tensorflow":
-        return ops.sum(v, axis=axes, keepdims=True)
     inner = [a for i, a in enumerate(axes) if axes[i:] == list(range(a, rank))]  # the innermost run
+    if keras.backend.backend() != "tensorflow":
+        if inner and len(inner) < len(axes):  # (see INTERLEAVED_SUMS)
+            v = ops.sum(v, axis=inner, keepdims=True)
+        return ops.sum(v, axis=axes, keepdims=True)
     if inner:  # summed first, pairwise; the other axes then have fewer terms
         v = ops.sum(v, axis=inner, keepdims=True)
         axes = axes[:len(axes) - len(inner)]

@@ -120,6 +120,19 @@ def test_mid_length_sums_about_an_outlier_shift(fast_paths, make, shape, reduced
     np.testing.assert_allclose(y, _normalized(x, reduced, 1e-3), atol=5e-5)
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_group_sums_split_by_the_group_axis(fast_paths, offset):
+    """Channels-last group norm with several channels per group sums ``(N, H, W, G, C/G)`` over ``(1, 2, 4)``:
+    JAX's and torch's sums accumulated the positions one after another, the output 7.1e-5 off float64 at an
+    offset of 1e6 on the general path (which serves ``jax.jvp``, ``torch.func`` and ``backends.disabled()``);
+    the channels of a group are summed first now (5.4e-7 and 8.0e-7)."""
+    x = (offset + np.random.default_rng(1).standard_normal((4, 64, 64, 64))).astype("float32")
+    y = ops.convert_to_numpy(normlab.ops.group_norm(x, 32))
+    grouped = x.reshape(4, 64, 64, 32, 2)
+    expected = _normalized(grouped, (1, 2, 4), 1e-3).reshape(x.shape)
+    np.testing.assert_allclose(y, expected, atol=TOLERANCE)
+
+
 def _compiled(layer):
     """The layer's training call as ``fit`` compiles it: XLA on TensorFlow (``jit_compile``), ``jax.jit``."""
     backend = keras.backend.backend()
