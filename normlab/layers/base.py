@@ -91,12 +91,21 @@ def check_training(training: Any) -> Any:
     """``training`` as a layer's ``call`` takes it: None, a bool, or a 0/1
     int (``tf.keras``' learning phase), else an error; a string such as
     ``"False"`` or a float would otherwise count by its truth value. A
-    tensor passes as it is, as Keras' layers take it: a concrete one is
-    read as a bool, and a traced one (``jax.jit``, ``tf.function``) fails
-    there as in Keras' layers, which also choose the branch in Python."""
-    if training is None or isinstance(training, (bool, np.bool_)) or hasattr(training, "shape"):
+    NumPy value is read as the Python value it holds. A bool or int tensor
+    passes as it is, as Keras' layers take it: a concrete one is read as a
+    bool, and a traced one (``jax.jit``, ``tf.function``) fails there as in
+    Keras' layers, which also choose the branch in Python; a float tensor is
+    an error (Keras' ``__call__`` makes one of ``np.float64(0.5)``)."""
+    if isinstance(training, (np.ndarray, np.generic)) and training.size == 1:
+        training = training.item()  # a NumPy value is host data: read it as the Python value it holds
+    if training is None or isinstance(training, (bool, np.bool_)):
         return training
-    if isinstance(training, numbers.Integral) and training in (0, 1):
+    if hasattr(training, "shape") and not isinstance(training, np.ndarray):
+        # A tensor (Keras' __call__ makes one of a NumPy value) is never read here, but its dtype is known:
+        # a flag is a bool or an int (tf.keras' learning phase); a float's truth value is not 0.5 or 2's intent.
+        if keras.backend.standardize_dtype(training.dtype).startswith(("bool", "int", "uint")):
+            return training
+    elif isinstance(training, numbers.Integral) and training in (0, 1):
         return bool(training)
     raise ArgumentTypeError(error_message(
         "training", "None or a bool (True or False)", f"training={training!r} of type {type(training).__name__}",

@@ -15,14 +15,8 @@ from normlab.ops.ghost_batches import merge_batch, split_batch
 from normlab.ops.masks import finite_values
 from normlab.ops.moments import note_count, shifted_moments, size_as, stats_dtype, widened
 from normlab.ops.normalize import check_variance, normalize
-from normlab.ops.validate import (
-    check_bools,
-    check_epsilon,
-    check_mask,
-    check_param,
-    check_positive_int,
-    error_message,
-)
+from normlab.ops.params import check_param
+from normlab.ops.validate import check_bools, check_epsilon, check_mask, check_positive_int, error_message
 from normlab.types import RenormClipping, ReplicaSum, Tensor
 
 
@@ -103,6 +97,7 @@ def batch_norm(
         check_param(name, param, (channels,), stats_dtype(x.dtype))
         for name, param in (("gamma", gamma), ("beta", beta), ("mean", mean), ("variance", variance)))
     reduce_axes = complement([a], ndim)
+    check_mask(mask, x.shape)  # (inference ignores it, but a wrong one is an error whatever `training` is)
 
     if training and _known_empty(x, reduce_axes, replica_sum):
         nan = _nan_statistics(channels, x.dtype)
@@ -114,8 +109,6 @@ def batch_norm(
         if hook is not None:
             result = hook(x, axis=a, gamma=gamma, beta=beta, epsilon=epsilon)
         if result is None:
-            if mask is not None:
-                check_mask(mask, x.shape)
             xw = widened(x)
             shift, mean, variance = shifted_moments(xw, reduce_axes, mask=mask, replica_sum=replica_sum)
             y = ops.cast(normalize(
@@ -160,8 +153,16 @@ def _renorm_correction(
     floor = epsilon ** 0.5  # not math.sqrt: see validate.is_finite
     moving_std = at_least(ops.cast(feature_param(renorm_stddev, rank, [c], [channels]), variance.dtype), floor)
     moving_mean = ops.cast(feature_param(renorm_mean, rank, [c], [channels]), variance.dtype)
+    known = None
+    if floor == 0:
+        # A moving std of 0 (epsilon=0, a channel constant so far) scales nothing to correct toward: r = 1 and
+        # d = 0 there, plain batch norm, which defines the zero-variance case (0 / 0 and x / 0 gave NaN and inf).
+        known = moving_std > 0
+        moving_std = ops.where(known, moving_std, ops.ones_like(moving_std))
     r = ops.sqrt(variance + epsilon) / moving_std
     d = ((shift - moving_mean) + residual_mean) / moving_std  # not mean - moving_mean: rounded at the offset
+    if known is not None:
+        r, d = ops.where(known, r, ops.ones_like(r)), ops.where(known, d, ops.zeros_like(d))
     if "rmin" in clipping:
         r = at_least(r, clipping["rmin"])
     if "rmax" in clipping:

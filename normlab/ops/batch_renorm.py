@@ -8,7 +8,8 @@ from normlab.ops.axes import channel_axis, float_tensor
 from normlab.ops.batch_norm import batch_norm_training
 from normlab.ops.moments import stats_dtype
 from normlab.ops.normalize import check_stddev
-from normlab.ops.validate import check_bools, check_param, check_renorm_clipping
+from normlab.ops.params import check_param
+from normlab.ops.validate import check_bools, check_renorm_clipping
 from normlab.types import RenormClipping, ReplicaSum, Tensor
 
 
@@ -41,7 +42,8 @@ def batch_renorm(
     Formula: with batch ``mean`` and ``std = sqrt(var + epsilon)``, and
     ``s = max(renorm_stddev, sqrt(epsilon))``:
     ``r = clip(std / s, rmin, rmax)``, ``d = clip((mean - renorm_mean) / s, -dmax, dmax)``
-    (both without gradient), and
+    (both without gradient; where ``s`` is 0, with ``epsilon=0``, ``r = 1``
+    and ``d = 0``: plain batch norm), and
     ``y = ((x - mean) / std * r + d) * gamma + beta``. This is the
     computation of ``keras.layers.BatchNormalization(renorm=True)`` in training.
 
@@ -83,8 +85,11 @@ def batch_renorm(
     x = float_tensor(x)
     _, _, channels = channel_axis(x, axis)
     dtype = stats_dtype(x.dtype)
-    renorm_mean = check_param("renorm_mean", renorm_mean, (channels,), dtype)
-    renorm_stddev = check_param("renorm_stddev", check_stddev(renorm_stddev, "renorm_stddev"), (channels,), dtype)
+    renorm_mean = check_param("renorm_mean", renorm_mean, (channels,), dtype, required=True,
+                              meaning="the renorm moving mean, per channel", per="channel")
+    renorm_stddev = check_param("renorm_stddev", check_stddev(renorm_stddev, "renorm_stddev"), (channels,), dtype,
+                                required=True, meaning="the renorm moving standard deviation, per channel",
+                                per="channel")
     y, mean, variance = batch_norm_training(
         x, axis=axis, gamma=gamma, beta=beta, epsilon=epsilon, mask=mask,
         virtual_batch_size=virtual_batch_size,

@@ -10,7 +10,7 @@ from normlab.ops.arith import tanh
 from normlab.ops.axes import feature_param, scalar
 from normlab.ops.layer_norm import feature_axes_arguments
 from normlab.ops.moments import stats_dtype
-from normlab.ops.validate import ArgumentTypeError, check_real, error_message
+from normlab.ops.validate import ArgumentTypeError, check_real, error_message, is_number_dtype
 from normlab.types import Axis, Tensor
 
 
@@ -20,7 +20,8 @@ def check_alpha(alpha: object) -> None:
         check_real("alpha", alpha, minimum=0.0, strict=True, example="0.5")
         return
     shape = getattr(alpha, "shape", None)
-    if shape is None:
+    dtype = getattr(alpha, "dtype", None)
+    if shape is None or dtype is None or not is_number_dtype(dtype):  # (a bool, complex or text tensor too)
         raise ArgumentTypeError(
             error_message("alpha", "a positive float or a tensor holding one value",
                           f"alpha={alpha!r} of type {type(alpha).__name__}", "Pass a float such as alpha=0.5.")

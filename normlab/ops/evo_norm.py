@@ -10,11 +10,11 @@ from normlab.ops.arith import maximum
 from normlab.ops.axes import channel_axis, complement, feature_param, float_tensor, grouped_dims, per_channel
 from normlab.ops.moments import moments, stats_dtype, widened
 from normlab.ops.normalize import check_variance, normalize
+from normlab.ops.params import check_param
 from normlab.ops.validate import (
     check_bools,
     check_epsilon,
     check_groups,
-    check_param,
     error_message,
     require_spatial,
     resolve_groups,

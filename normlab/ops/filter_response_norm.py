@@ -19,7 +19,8 @@ from normlab.ops.axes import (
 )
 from normlab.ops.moments import mean_square, stats_dtype, widened
 from normlab.ops.normalize import normalize
-from normlab.ops.validate import check_epsilon, check_param, error_message
+from normlab.ops.params import check_param
+from normlab.ops.validate import check_epsilon, error_message
 from normlab.types import Axis, Shape, Tensor
 
 

@@ -56,7 +56,8 @@ def merge_batch(y: Tensor, like: Tensor) -> Tensor:
 def _split(x: Tensor, size: int, shape: list) -> Tensor:
     if 0 in split_axes(x):  # (a plain reshape would move samples between devices: a type error)
         return ghost_split(x, size)
-    return ops.reshape(x, [-1, size] + shape[1:])
+    # (The ghost batches counted where the batch is known: -1 is ambiguous for an input with a size 0.)
+    return ops.reshape(x, [shape[0] // size if isinstance(shape[0], int) else -1, size] + shape[1:])
 
 
 def _divides(size: int, batch: object) -> bool:

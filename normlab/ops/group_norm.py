@@ -16,7 +16,8 @@ from normlab.ops.axes import (
 )
 from normlab.ops.moments import shifted_moments, stats_dtype, widened
 from normlab.ops.normalize import normalize
-from normlab.ops.validate import check_epsilon, check_groups, check_param, require_spatial, resolve_groups
+from normlab.ops.params import check_param
+from normlab.ops.validate import check_epsilon, check_groups, require_spatial, resolve_groups
 from normlab.types import Tensor
 
 

@@ -8,7 +8,8 @@ from normlab import backends
 from normlab.ops.axes import canonicalize_axes, feature_param, float_tensor, known_dims
 from normlab.ops.moments import shifted_moments, stats_dtype, widened
 from normlab.ops.normalize import normalize
-from normlab.ops.validate import check_epsilon, check_param
+from normlab.ops.params import check_param
+from normlab.ops.validate import check_epsilon
 from normlab.types import Axis, Tensor
 
 

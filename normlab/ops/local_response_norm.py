@@ -57,10 +57,13 @@ def local_response_norm(
     # Zero padding by concatenation: keras.ops.pad builds a Keras Operation on
     # every eager call, whose generated name torch.compile guards on (a
     # recompile per call).
+    # A window reaches at most channels - 1 to either side: wider, it adds zeros only (size=10**6 made
+    # a million slices), so the padding stops there, and the sums are the same, bit for bit.
+    before, after = min(size // 2, channels - 1), min((size - 1) // 2, channels - 1)
     zero = ops.zeros_like(square[..., :1])
-    padded = ops.concatenate([zero] * (size // 2) + [square] + [zero] * ((size - 1) // 2), axis=-1)
+    padded = ops.concatenate([zero] * before + [square] + [zero] * after, axis=-1)
     total = padded[..., 0:channels]
-    for j in range(1, size):
+    for j in range(1, before + after + 1):
         total = total + padded[..., j:j + channels]
     # divisor ** -beta as exp(-beta * log(divisor)) (divisor >= k > 0): every
     # exporter has exp and log, not all a power with a broadcast exponent.

@@ -10,7 +10,8 @@ from keras import ops
 from normlab import backends
 from normlab.ops.axes import float_tensor, python_number, scalar, static_shape
 from normlab.ops.moments import stats_dtype
-from normlab.ops.validate import check_epsilon, error_message
+from normlab.ops.params import not_real
+from normlab.ops.validate import ArgumentTypeError, check_epsilon, error_message
 from normlab.types import Tensor
 
 
@@ -154,6 +155,11 @@ def normalize(
     shape = _static_shape(x)
     given = {"mean": mean, "variance": variance, "gamma": gamma, "beta": beta, "shift": shift}
     for name, value in given.items():
+        if (value is None and name in ("mean", "variance")) or (value is not None and not_real(value)):
+            raise ArgumentTypeError(error_message(
+                name, "a number or a tensor of numbers (None for gamma, beta and shift only)",
+                f"{name}={value!r}", "Pass the statistic, e.g. from normlab.ops.moments(x, axes, keepdims=True)."
+                if value is None else "Pass real numbers, not booleans or complex numbers."))
         # (A Python number stays one: torch.compile(dynamic=True) traces it as a SymFloat,
         # which Keras' convert_to_tensor cannot take without a graph break.)
         if value is not None and not isinstance(value, numbers.Real):

@@ -9,7 +9,8 @@ from keras import ops
 from normlab.ops.axes import channel_axis, complement, float_tensor, per_channel
 from normlab.ops.moments import shifted_moments, stats_dtype, widened
 from normlab.ops.normalize import check_variance, normalize
-from normlab.ops.validate import check_bools, check_epsilon, check_param, error_message, require_spatial
+from normlab.ops.params import check_param
+from normlab.ops.validate import check_bools, check_epsilon, error_message, require_spatial
 from normlab.types import ReplicaSum, Tensor
 
 
@@ -88,7 +89,7 @@ def switchable_norm(
     epsilon = check_epsilon(epsilon)
     mean_weights, variance_weights = (
         check_param(name, param, (3,), stats_dtype(x.dtype), meaning="mixing logits of the instance, layer "
-                    "and batch statistics", per="statistic mixed") for name, param in (
+                    "and batch statistics", per="statistic mixed", required=True) for name, param in (
             ("mean_weights", mean_weights), ("variance_weights", variance_weights)))
     check_variance(moving_variance, "moving_variance")  # (a host value, before it becomes a tensor)
     gamma, beta, moving_mean, moving_variance = (

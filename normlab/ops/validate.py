@@ -11,11 +11,11 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from typing import Any, Callable, Literal, Sequence, overload
+from typing import Any, Callable, Literal, overload
 
 import numpy as np
 
-from normlab.types import Axis, RenormClipping, Shape, Tensor
+from normlab.types import Axis, RenormClipping, Shape
 
 
 def is_finite(value: object) -> bool:
@@ -125,15 +125,21 @@ def check_mask(mask: object, shape: Shape) -> None:
             "Pass a mask of the input's shape, or one that broadcasts to it."))
 
 
-def _is_real_dtype(dtype: Any) -> bool:
-    """Whether ``dtype`` holds real numbers or booleans (not text, objects or complex numbers)."""
+def _is_real_dtype(dtype: Any, booleans: bool = True) -> bool:
+    """Whether ``dtype`` holds real numbers or (where ``booleans``) booleans (not text, objects or complex numbers)."""
     from keras.backend import standardize_dtype
 
     try:
         name = standardize_dtype(dtype)
     except ValueError:  # NumPy's object dtype
         return False
-    return name.startswith(("bool", "float", "bfloat", "int", "uint"))
+    numbers_ = ("float", "bfloat", "int", "uint")
+    return name.startswith((*numbers_, "bool") if booleans else numbers_)
+
+
+def is_number_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` holds real numbers: not booleans, complex numbers, text or objects."""
+    return _is_real_dtype(dtype, booleans=False)
 
 
 def is_text(value: object) -> bool:
@@ -224,9 +230,9 @@ def check_groups(groups: object) -> int:
 
 
 def resolve_groups(groups: int, channels: int, axis: Axis) -> int:
-    """Returns the number of groups for ``channels`` channels (-1 -> channels)."""
+    """Returns the number of groups for ``channels`` channels (-1 -> channels; 1 for no channel)."""
     if groups == -1:
-        return channels
+        return channels or 1  # (an input with no channel is one empty group, not 0 groups to divide by)
     if groups > channels:
         raise ValueError(
             error_message(
@@ -269,48 +275,6 @@ def check_momentum(momentum: object, owner: Callable[..., Any] | None = None) ->
             )
         )
     return float(momentum)
-
-
-def check_param(name: str, param: Tensor | float | Sequence[float] | None,
-                expected_shape: Sequence[int], dtype: str | None = None, *,
-                meaning: str = "the normalized feature dimensions", per: str = "feature") -> Tensor | None:
-    """``param`` as a tensor of ``expected_shape``: None stays None, a scalar (a
-    number or a 0-d tensor) is broadcast to that shape, anything else that
-    ``keras.ops.convert_to_tensor`` takes must have it. Numbers and lists are
-    made in ``dtype`` where given (the op's statistics dtype: float64 data keeps their digits)."""
-    if param is None:
-        return None
-    from keras import ops
-
-    # The usual case, a tensor (or variable) of the right rank, is taken as it is.
-    keep = len(getattr(param, "shape", ())) == len(expected_shape) != 0
-    def not_numbers() -> ArgumentTypeError:  # built only on failure: repr(param) reads its values
-        return ArgumentTypeError(error_message(
-            name, "a number or a tensor of numbers", f"{name}={param!r} of type {type(param).__name__}",
-            f"Pass one value per feature, e.g. ones of shape {tuple(expected_shape)}."))
-
-    if isinstance(param, (str, bytes)):
-        raise not_numbers()
-    host = dtype is not None and isinstance(param, (numbers.Number, list, tuple))  # (NumPy's scalars are Numbers)
-    try:
-        tensor: Tensor = param if keep else ops.convert_to_tensor(param, dtype if host else None)
-    except (TypeError, ValueError) as exc:
-        raise not_numbers() from exc
-    if not _is_real_dtype(tensor.dtype):
-        raise not_numbers()
-    shape = tuple(tensor.shape)
-    if len(shape) == 0:
-        return ops.broadcast_to(tensor, tuple(expected_shape))
-    if shape != tuple(expected_shape):
-        raise ValueError(
-            error_message(
-                name,
-                f"a tensor of shape {tuple(expected_shape)} ({meaning})",
-                f"{name}.shape={shape}",
-                f"Pass one value per {per}, e.g. ones of shape {tuple(expected_shape)}.",
-            )
-        )
-    return tensor
 
 
 def check_real(

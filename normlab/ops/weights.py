@@ -228,6 +228,10 @@ def _matrix_and_u(kernel: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
                 "Pass a Dense, Conv or Embedding kernel.",
             )
         )
+    if 0 in kernel.shape:  # (no singular value: the power iteration would divide 0 by 0)
+        raise ValueError(error_message(
+            "kernel", "a kernel with at least one input and one output", f"kernel.shape={tuple(kernel.shape)}",
+            "A layer with no units or no inputs has nothing to normalize: leave it unwrapped."))
     out = int(kernel.shape[-1])
     dtype = stats_dtype(kernel.dtype)
     matrix = ops.reshape(ops.cast(kernel, dtype), (-1, out))

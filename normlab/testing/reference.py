@@ -239,8 +239,11 @@ def batch_renorm(x, renorm_mean, renorm_stddev, axis=-1, gamma=None, beta=None, 
         y = (part - mean) / np.sqrt(var + epsilon)
         if renorm_mean is not None:
             s = np.maximum(_f64(renorm_stddev), np.sqrt(epsilon))
-            r = np.clip(np.sqrt(var + epsilon) / s, clipping.get("rmin", 0.0), clipping.get("rmax", np.inf))
-            d = np.clip((mean - _f64(renorm_mean)) / s, -clipping.get("dmax", np.inf), clipping.get("dmax", np.inf))
+            known, s = s > 0, np.where(s > 0, s, 1.0)  # a moving std of 0 (epsilon=0): r = 1, d = 0
+            r = np.where(known, np.sqrt(var + epsilon) / s, 1.0)
+            d = np.where(known, (mean - _f64(renorm_mean)) / s, 0.0)
+            r = np.clip(r, clipping.get("rmin", 0.0), clipping.get("rmax", np.inf))
+            d = np.clip(d, -clipping.get("dmax", np.inf), clipping.get("dmax", np.inf))
             y = y * r + d
         ys.append(_affine(y, gamma, beta, [-1]))
         means.append(mean.reshape(-1))

@@ -272,3 +272,28 @@ def test_integer_training_flags_are_keras_learning_phases():
     batch = x.astype("float64").reshape(-1, 3)
     np.testing.assert_allclose(y, (x - batch.mean(axis=0)) / np.sqrt(batch.var(axis=0) + 1e-3), atol=1e-5)
     np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean), 0.99 + 0.01 * batch.mean(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("flag", [np.float64(0.5), np.array(0.5), np.float32(1.0), np.int64(2), 0.5, 2, "False"],
+                         ids=["np.float64", "0-d float array", "np.float32(1)", "np.int64(2)", "0.5", "2", "str"])
+def test_a_training_flag_that_is_not_a_bool_is_an_error(flag):
+    """NumPy values passed the check as tensors and counted as True: batch statistics, moving averages
+    updated. (Keras' __call__ makes a tensor of a NumPy value: a float one is refused by its dtype; an int
+    one passes as tensors do, unread; called directly, its value is read.)"""
+    layer = normlab.BatchNormalization()
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    layer.build(x.shape)
+    with pytest.raises(TypeError, match=r"Invalid `training`"):
+        if isinstance(flag, np.integer):
+            layer.call(x, training=flag)
+        else:
+            layer(x, training=flag)
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.moving_mean), np.zeros(3))
+
+
+@pytest.mark.parametrize("flag", [np.bool_(True), np.array(True), np.int64(1)])
+def test_numpy_flags_holding_a_bool_are_taken(flag):
+    layer = normlab.BatchNormalization()
+    x = np.random.default_rng(0).normal(3.0, 1.0, size=(4, 3)).astype("float32")
+    layer(x, training=flag)
+    assert np.abs(ops.convert_to_numpy(layer.moving_mean)).max() > 0  # training: the moving mean moved

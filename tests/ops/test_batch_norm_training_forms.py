@@ -68,6 +68,37 @@ def test_batch_renorm_matches_reference(clipping, v):
     np.testing.assert_allclose(to_np(var), evar, rtol=1e-5)
 
 
+@pytest.mark.parametrize("v", [None, 2])
+def test_batch_renorm_at_epsilon_zero_with_a_zero_moving_std_is_batch_norm_there(v):
+    """A moving std of 0 (epsilon=0 and a channel constant so far, a dead ReLU's) divided the correction by 0:
+    NaN and inf. There r = 1 and d = 0: plain batch norm, which normalizes a constant channel to beta."""
+    x = rng_normal(LAST4, 1.0, 2.0)
+    x[..., 0] = 0.0  # constant: batch std 0 too
+    gamma, beta = per_channel(6, 1), per_channel(6, 2, -1, 1)
+    rmean, rstd = per_channel(6, 3, -1, 1), per_channel(6, 4, 0.5, 3)
+    rstd[:2] = 0.0  # channel 1 varies: its batch std is not 0
+    y = to_np(call(nops.batch_renorm, x, renorm_mean=rmean, renorm_stddev=rstd, gamma=gamma, beta=beta,
+                   epsilon=0.0, virtual_batch_size=v))
+    plain = to_np(call(nops.ghost_batch_norm, x, virtual_batch_size=2, gamma=gamma, beta=beta, epsilon=0.0) if v else
+                  call(nops.batch_norm, x, training=True, gamma=gamma, beta=beta, epsilon=0.0))
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y[..., :2], plain[..., :2], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y[..., 0], beta[0], atol=1e-6)
+    ey, _, _ = reference.batch_renorm(x[..., 2:], rmean[2:], rstd[2:], -1, gamma[2:], beta[2:], 0.0, None, v)
+    np.testing.assert_allclose(y[..., 2:], ey, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("call_op", [
+    lambda x: nops.ghost_batch_norm(x, 2), lambda x: nops.batch_renorm(x, [], [], virtual_batch_size=2),
+    lambda x: nops.evo_norm_s0(x, groups=-1), lambda x: nops.batch_norm(x, training=True)],
+    ids=["ghost_batch_norm", "batch_renorm", "evo_norm_s0", "batch_norm"])
+def test_an_input_with_no_channel_gives_an_empty_output(call_op):
+    """Ghost batches reshaped to (-1, size, ...): ambiguous with a size 0 (JAX's modulo by zero, torch's
+    reshape error, a value on TensorFlow); groups=-1 made 0 groups to divide by."""
+    x = np.zeros((4, 3, 0), "float32")
+    assert to_np(call_op(x)).shape == (4, 3, 0)
+
+
 @pytest.mark.parametrize("offset", [1e4, 1e6])
 @pytest.mark.parametrize("v", [None, 2])
 def test_batch_renorm_is_exact_at_large_offsets(offset, v):

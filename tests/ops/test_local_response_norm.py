@@ -20,6 +20,21 @@ def test_local_response_norm_matches_reference(shape, size, axis):
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels", [1, 2, 6])
+@pytest.mark.parametrize("size", [12, 13, 10**6])
+def test_a_window_wider_than_the_channels_sums_them_all(channels, size):
+    """A window reaches channels - 1 to either side at most: the op made one slice per position of a window of
+    10**6 (minutes), and gives the reference's values at any width, bit for bit those of a window just wide
+    enough (alpha / size aside)."""
+    x = rng_normal((2, 3, channels), 0.0, 3.0)
+    y = call(nops.local_response_norm, x, size=size, alpha=0.5 * size, beta=0.75, k=2.0)
+    np.testing.assert_allclose(to_np(y), reference.local_response_norm(x, size, 0.5 * size, 0.75, 2.0),
+                               rtol=1e-5, atol=1e-6)
+    wide = 2 * channels + 1 + size % 2
+    np.testing.assert_array_equal(to_np(y), to_np(call(nops.local_response_norm, x, size=wide, alpha=0.5 * wide,
+                                                      beta=0.75, k=2.0)))
+
+
 @pytest.mark.parametrize("shape, size", [(FIRST3, 3), (FIRST3, 6), (LAST4, 5), (LAST5, 2)])  # channels on axis 1
 def test_local_response_norm_matches_torch(shape, size):
     torch = pytest.importorskip("torch")
