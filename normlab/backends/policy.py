@@ -255,7 +255,7 @@ def moments(d, *, sums, reduce, count, xp: ArrayOps, centered: bool = False, cla
 
 
 def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps,
-          subsample: Callable | None = None, centered: bool = False) -> Stats:
+          subsample: Callable | None = None, centered: bool = False, refine: Callable | None = None) -> Stats:
     """:class:`Stats` of ``xf``: the plain one-pass moments where every slice
     has an offset ratio within :data:`MAX_RAW_RATIO` and all is finite (two
     reductions of ``x`` itself, which XLA fuses into reading it), else
@@ -265,7 +265,12 @@ def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps,
     slice's is its value exactly, where a sum of the values themselves rounds
     at their scale), one-pass moments about it instead, deciding nothing.
     Given ``centered``, every variance is taken about its mean in a second
-    pass (see **Accumulation** above)."""
+    pass (see **Accumulation** above). Given ``refine`` (a function of the
+    sample, as ``subsample``), the shifted moments are taken about
+    ``refine(sample())``: where sums err by more than a rounding, a shift
+    near the mean keeps the one-pass error near theirs, where a sample
+    ``sqrt(MAX_SHIFT_RATIO)`` standard deviations out multiplies it by up to
+    ``1 + MAX_SHIFT_RATIO``."""
     if subsample is not None:
         shift = xp.stop_gradient(subsample(xp.stop_gradient(sample())))
         mean, var = moments(xf - shift, sums=sums, reduce=reduce, count=count, xp=xp, centered=centered)
@@ -277,7 +282,7 @@ def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps,
         return xp.zeros_like(mean0), mean0, var0
 
     def shifted():
-        shift = xp.stop_gradient(sample())
+        shift = xp.stop_gradient(sample() if refine is None else refine(xp.stop_gradient(sample())))
         mean, var = shifted_stats(xf, shift=shift, sums=sums, reduce=reduce, count=count,
                                   epsilon=epsilon, xp=xp, centered=centered)
         return shift, mean, var

@@ -148,6 +148,7 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca, subs
 
         shift, mean, var, rstd, ok = stats(xf, sample=sample, reduce=reduce, count=count, epsilon=epsilon,
                                            subsample_axis=(2 if ca == 1 else 1) if subsample else None,
+                                           refine_axis=2 if ca == 1 else 1,
                                            terms=rest * per * ((xf.shape[0] or UNKNOWN_BATCH) if batch else 1))
         gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
         scale = rstd if gam is None else rstd * gam

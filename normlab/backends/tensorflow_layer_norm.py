@@ -39,7 +39,8 @@ def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape, subsample):
     def fn(*args):
         x, gamma, beta, compute, xf = unpack(args, has_gamma, has_beta)
         shift, mean, _, rstd, ok = stats(xf, sample=lambda: xf[sample], reduce=reduce, count=count,
-                                          epsilon=epsilon, subsample_axis=axes[0] if subsample else None)
+                                          epsilon=epsilon, subsample_axis=axes[0] if subsample else None,
+                                          refine_axis=axes[0])
         gam = None if gamma is None else tf.reshape(tf.cast(gamma, compute), pshape)
         scale = rstd if gam is None else rstd * gam
         bet = None if beta is None else tf.reshape(tf.cast(beta, compute), pshape)
@@ -140,7 +141,8 @@ def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, subsample, fused):
     def fn(*args):
         x, gamma, beta, compute, xf = unpack(args, has_gamma, has_beta)
         shift, mean, _, rstd, ok = stats(xf, sample=lambda: xf[:, :1], reduce=reduce, count=float(k),
-                                          epsilon=epsilon, sums=sums, subsample_axis=1 if subsample else None)
+                                          epsilon=epsilon, sums=sums, subsample_axis=1 if subsample else None,
+                                          refine_axis=1)
         gam = None if gamma is None else tf.cast(gamma, compute)
         bet = None if beta is None else tf.cast(beta, compute)
         offset = -mean * rstd

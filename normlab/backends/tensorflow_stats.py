@@ -118,6 +118,17 @@ FUSED_MIN_ELEMENTS = 1 << 17
 #: second pass cost group norm forward+backward 15-35% there.
 CENTERED_MIN_TERMS = 1 << 11
 
+#: Outside XLA, sums of thousands of terms err by about 1e-6 relative, not
+#: one rounding, and one-pass moments about a sample ``r`` variances from the
+#: mean multiply that by ``1 + r`` (up to 17): instance norm on ``1e4 +
+#: N(0, 1)`` (4, 64, 64, 64) was 1.1e-5 off float64 eagerly, 2.3e-5 with
+#: each channel's first value 3 standard deviations out, and a sample's
+#: output moved by 1.6e-5 with the batch (a far sample in another slice sent
+#: every slice to the exact pass). Where the plain moments are not kept, the
+#: statistics are taken about the subsample mean instead (``r`` near
+#: ``16 / P``), at the cost of a pass over a sixteenth of the input.
+REFINED_SHIFT = "subsample mean outside XLA"
+
 #: An unknown (``None``) batch size counts as Keras' default ``batch_size``:
 #: ``fit`` traces its step with one.
 UNKNOWN_BATCH = 32
@@ -172,7 +183,8 @@ def use_subsample(x, *params) -> bool:
     return exportable_graph()
 
 
-def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None, terms=None) -> policy.Stats:
+def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None, terms=None,
+          refine_axis=None) -> policy.Stats:
     """:func:`normlab.backends.policy.stats`: the plain moments where every
     slice's offset is within twice its spread, else moments about a sample of
     each slice, decided by ``tf.cond``; given ``subsample_axis`` (one of the
@@ -180,17 +192,23 @@ def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None,
     subsample mean along it, deciding nothing. Under XLA slices of
     :data:`CENTERED_MIN_TERMS` or more (``terms``, by default ``count``)
     take a second pass over the residuals (see :mod:`normlab.backends.policy`).
-    ``sums(t)`` gives ``(reduce(t), reduce(t * t))`` unless given."""
+    ``sums(t)`` gives ``(reduce(t), reduce(t * t))`` unless given. Outside
+    XLA, the conditional statistics' shifted moments are taken about the
+    subsample mean along ``refine_axis`` (see :data:`REFINED_SHIFT`)."""
     sums = sums or (lambda t: (reduce(t), reduce(t * t)))
 
-    def subsample(anchor):  # about the slice's sample: a constant slice's shift is its value exactly
-        size = xf.shape[subsample_axis]
-        k = policy.subsample_size(size)
-        return anchor + reduce(every_stride(xf, subsample_axis) - anchor) / (count * (k / size))
+    def subsample_along(axis):
+        def subsample(anchor):  # about the slice's sample: a constant slice's shift is its value exactly
+            size = xf.shape[axis]
+            k = policy.subsample_size(size)
+            return anchor + reduce(every_stride(xf, axis) - anchor) / (count * (k / size))
+        return subsample
 
+    xla = in_xla()
     return policy.stats(xf, sample=sample, sums=sums, reduce=reduce, count=count, epsilon=epsilon, xp=_XP,
-                        subsample=None if subsample_axis is None else subsample,
-                        centered=in_xla() and (terms or count) >= CENTERED_MIN_TERMS)
+                        subsample=None if subsample_axis is None else subsample_along(subsample_axis),
+                        centered=xla and (terms or count) >= CENTERED_MIN_TERMS,
+                        refine=None if xla or refine_axis is None else subsample_along(refine_axis))
 
 
 def cond(raw, plain, shifted):

@@ -295,3 +295,29 @@ def test_the_subsample_spreads_over_the_slice(kind, axis):
     got = tf.function(lambda t: layer(t))(tf.constant(x)).numpy()
     want = (reference.group_norm(x, 8, axis=axis) if kind == "group" else reference.instance_norm(x, axis=axis))
     assert np.abs(got - want).max() <= 6e-7 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("op", ["instance", "group", "layer"])
+def test_eager_shifted_moments_are_taken_about_the_subsample_mean(op):
+    """Outside XLA sums of thousands of terms err by about 1e-6 relative, and one-pass moments about each
+    slice's first value, 3 standard deviations out, multiplied that by 10: eager instance norm on
+    ``1e4 + N(0, 1)`` was 2.3e-5 off float64 (outputs up to 4.5), and a sample's output moved by 1.6e-5 when a
+    far sample joined its batch. About the subsample mean: 1.5e-6, and no move."""
+    z = np.random.default_rng(3).normal(size=(5, 64, 64, 16))
+    axes = (1, 2, 3) if op == "layer" else (1, 2)
+    z = (z - z.mean(axis=axes, keepdims=True)) / z.std(axis=axes, keepdims=True)
+    z[:, 0, 0, :] = 3.0  # each slice's first value
+    z[4, 0, 0, :] = 300.0  # another sample's far first value: the exact pass for the whole batch before
+    x = (z + 1e4).astype(np.float32)
+    import tensorflow as tf
+
+    call = {"instance": lambda t: normlab.ops.instance_norm(t), "group": lambda t: normlab.ops.group_norm(t, 4),
+            "layer": lambda t: normlab.ops.layer_norm(t, [1, 2, 3])}[op]
+    grouped = x.astype(np.float64).reshape(5, 64, 64, 4, 4) if op == "group" else x.astype(np.float64)
+    reduced = (1, 2, 4) if op == "group" else axes
+    mean, var = grouped.mean(reduced, keepdims=True), grouped.var(reduced, keepdims=True)
+    expected = ((grouped - mean) / np.sqrt(var + 1e-3)).reshape(x.shape)
+    alone = call(tf.constant(x[:4])).numpy()
+    batch = call(tf.constant(x)).numpy()
+    np.testing.assert_allclose(alone, expected[:4], atol=5e-6)
+    np.testing.assert_allclose(batch[:4], alone, atol=2e-6)
