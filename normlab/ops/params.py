@@ -41,9 +41,10 @@ def not_real(value: object) -> bool:
         from keras.backend import standardize_dtype
 
         try:
-            return standardize_dtype(dtype) == "bool" or "complex" in standardize_dtype(dtype)
-        except ValueError:
+            name = standardize_dtype(dtype)
+        except ValueError:  # (an object dtype: refused where it is converted)
             return False
+        return name == "bool" or "complex" in name
     return _not_real(value)
 
 
