@@ -8,14 +8,15 @@ scaling); what changes is how XLA sees them:
   reading ``x`` (no centered copy), kept only where each slice's offset is
   within twice its spread and they are within a few roundings of the
   two-pass formula;
-  otherwise they are recomputed relative to a sample element of each
-  slice, with an exact second pass where that sample is an outlier, all
-  decided by ``lax.cond`` in the graph (:func:`normlab.backends.policy.stats`,
-  shared with TensorFlow; the bounds and why they are exact are there).
-  The shift is never a computed mean: XLA's CPU code generator contracts
-  ``x - s * (1/n)`` into a fused multiply-add in some fusions and not in
-  others, which at an offset of 1e4 shifts one fusion's residuals against
-  another's by 1e-3.
+  otherwise they are recomputed relative to the plain moments' mean (or a
+  sample element of each slice, a constant slice's value), with an exact
+  second pass where that shift is far, all decided by ``lax.cond`` in the
+  graph (:func:`normlab.backends.policy.stats`, shared with TensorFlow; the
+  bounds and why they are exact are there; :data:`REFINED_SHIFT`). The shift
+  is computed once, outside the fusions that subtract it: XLA's CPU code
+  generator contracts ``x - s * (1/n)`` into a fused multiply-add in some
+  fusions and not in others, which at an offset of 1e4 shifts one fusion's
+  residuals against another's by 1e-3.
 
 * Group and batch statistics are reduced per channel on a free reshape of
   the input to ``(N, P, C)`` (channels-last), ``(N, C, Q)``
@@ -30,14 +31,14 @@ scaling); what changes is how XLA sees them:
   fused passes instead of the transposes of every reshape, cast and
   broadcast that autodiff produces, and nothing of the input's size saved
   besides the input itself. JAX runs no ``custom_vjp`` in forward mode, so
-  the hooks decline under ``jax.jvp``/``jax.jacfwd`` (:func:`_forward_mode`).
+  the hooks decline under ``jax.jvp``/``jax.jacfwd`` (:func:`normlab.backends.jax_guards.forward_mode`).
 
 * Each hook runs under its own ``jax.jit`` outside a staged trace,
   keyed on the static arguments: called eagerly, the ``lax.cond``
   branches (fresh closures on every call) were traced and compiled again
   each time, about 130 ms per call. Inside a staged trace (an outer
   ``jax.jit``, ``jax.export``, an exporter's ``make_jaxpr``) the op is
-  traced into it directly (:func:`_eager_jit`).
+  traced into it directly (:func:`normlab.backends.jax_guards.eager_jit`).
 
 Every shape and dtype is served (float16/bfloat16 are computed in float32
 and cast back); only non-float inputs decline. RMS norm, which subtracts
@@ -55,10 +56,9 @@ import jax.numpy as jnp
 from keras import ops
 
 from normlab.backends import policy
+from normlab.backends.jax_guards import eager_jit, usable
 from normlab.backends.jax_rms_norm import rms_norm_op
-from normlab.ops.sharding import split_axes
 
-_FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
 
 def _compute_dtype(dtype):
     return jnp.float64 if dtype == jnp.float64 else jnp.float32
@@ -68,98 +68,6 @@ def _param(param, dtype):
     if param is None:
         return None
     return jnp.asarray(ops.convert_to_tensor(param))
-
-
-def _varying(x) -> bool:
-    """Whether ``x`` is per-device data inside ``shard_map`` (varying over a manual axis).
-
-    The custom backward would return per-device gradients for replicated
-    ``gamma``/``beta``, which ``shard_map``'s type check rejects; the general
-    path's autodiff sums them over the devices itself.
-    """
-    aval = jax.typeof(x)
-    manual = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10; "vma" before
-    return bool(manual.varying if manual is not None else getattr(aval, "vma", None))
-
-
-try:  # JAX's trace context (the "stackless" core, JAX >= 0.4.36); not public API
-    from jax._src import core as _core
-    from jax._src.interpreters import ad as _ad
-    from jax._src.interpreters import partial_eval as _pe
-
-    _AD_TRACES: tuple[type, type] | None = (_ad.JVPTrace, _ad.LinearizeTrace)
-except (ImportError, AttributeError):  # pragma: no cover - another JAX: forward mode stays unserved
-    _AD_TRACES = None
-
-
-def _forward_mode() -> bool:
-    """Whether the innermost autodiff around this call is forward mode.
-
-    JAX runs no ``custom_vjp`` in forward mode (``jax.jvp``, ``jax.jacfwd``,
-    ``jax.linearize``): there the hooks decline and the general path's
-    plain ops serve the call. Reverse mode (``grad``, ``vjp``), including
-    forward-over-reverse Hessian-vector products, keeps the fast backward.
-    Read from the chain of traces this call runs under, innermost first;
-    without JAX's trace context (another JAX version) it answers False.
-    """
-    if _AD_TRACES is None:
-        return False
-    jvp_trace, linearize_trace = _AD_TRACES
-    trace = getattr(_core.trace_ctx, "trace", None)
-    while trace is not None:
-        if isinstance(trace, jvp_trace):
-            return True
-        if isinstance(trace, linearize_trace):  # grad and vjp (is_vjp), or jax.linearize (forward mode)
-            return not getattr(trace, "is_vjp", True)
-        trace = getattr(trace, "parent_trace", None)
-    return False
-
-
-def _staged() -> bool:
-    """Whether this call is being traced into a jaxpr (``jax.jit``,
-    ``jax.export``, ``make_jaxpr``), at any depth of the traces around it."""
-    trace = getattr(_core.trace_ctx, "trace", None) if _AD_TRACES is not None else None
-    while trace is not None:
-        if isinstance(trace, _pe.DynamicJaxprTrace):
-            return True
-        trace = getattr(trace, "parent_trace", None)
-    return False
-
-
-def _eager_jit(fn, static_argnums):
-    """``fn`` under its own ``jax.jit`` where the call is not staged, else ``fn``
-    traced into the enclosing jaxpr. An inner ``jax.jit`` would keep what it traced
-    in its cache, for every later call of the same shapes: jax2onnx traces with
-    ``jax.numpy`` functions of its own, which then failed every eager call of the
-    exported shapes after the export ("MLIR translation rule for primitive
-    'jax.numpy.sum' not found"); under an outer jit the inner one is inlined anyway."""
-    jitted = jax.jit(fn, static_argnums=static_argnums)
-    return lambda *args: fn(*args) if _staged() else jitted(*args)
-
-
-def _usable(x, *params, reduced: tuple[int, ...] | None = None) -> bool:
-    """Whether the hooks serve ``x`` and its (converted) ``params``: none of them
-    per-device inside ``shard_map`` (a replicated ``x`` with per-device ``gamma``
-    would get a per-device gradient from the custom backward, which its type
-    check rejects), no forward-mode AD, and under explicit sharding no parameter
-    split (``dx`` would get its sharding) nor any of the ``reduced`` axes (by
-    default any): the kernels' sample slices and channel views are type errors."""
-    return (hasattr(x, "dtype") and x.dtype in _FLOATS and x.ndim >= 2 and _has_elements(x) and not _varying(x)
-            and not any(p is not None and (_varying(p) or split_axes(p)) for p in params) and not _forward_mode()
-            and not split_axes(x).intersection(range(x.ndim) if reduced is None else reduced))
-
-
-_INCONCLUSIVE = getattr(jax.errors, "InconclusiveDimensionOperation", ())
-
-
-def _has_elements(x) -> bool:
-    """Whether ``x`` has elements (its static size); False where JAX cannot
-    tell: a ``jax.export`` symbolic size that may be 0, as ``max(h - 2, 0)``
-    after a valid convolution, which the general path serves."""
-    try:
-        return x.size > 0
-    except _INCONCLUSIVE:
-        return False
 
 
 #: The array primitives of :func:`normlab.backends.policy.stats`.
@@ -172,10 +80,50 @@ _XP = policy.ArrayOps(
 def _stats(xf, *, sample, reduce, count, epsilon) -> policy.Stats:
     """:func:`normlab.backends.policy.stats` with XLA's fused reductions:
     the plain moments where every slice's offset is within twice its spread, else
-    moments about a sample of each slice (and an exact second pass where
-    that sample is an outlier), decided by ``lax.cond``."""
+    moments about the plain moments' mean (:data:`REFINED_SHIFT`), with an exact
+    second pass where that shift is far, decided by ``lax.cond``."""
     return policy.stats(xf, sample=sample, sums=lambda t: (reduce(t), reduce(t * t)), reduce=reduce,
-                        count=count, epsilon=epsilon, xp=_XP)
+                        count=count, epsilon=epsilon, xp=_XP, refine=_refine)
+
+
+def _refine(anchor, mean):
+    """The shift of the shifted moments: the plain moments' ``mean`` (the
+    ``lax.cond``'s operand, so every fusion reads the same bits), or the
+    sample ``anchor`` where it is within :data:`ANCHOR_EPS` epsilons of that
+    mean (a constant slice's value, exactly) or the mean is not finite."""
+    tolerance = ANCHOR_EPS * jnp.finfo(mean.dtype).eps
+    near = jnp.abs(mean - anchor) <= tolerance * jnp.abs(mean)
+    return jnp.where(near | ~jnp.isfinite(mean), anchor, mean)
+
+
+#: XLA's CPU sums of thousands of terms err by up to 1.4e-7 relative (one or
+#: two roundings; 4e-8 to 1.4e-7 measured at 4096 to 98304 terms), which
+#: one-pass moments about a sample ``r`` variances from the mean multiply by
+#: ``1 + r`` (up to 17): about each slice's first value, 3 standard deviations
+#: out, group, layer, instance and batch norm on ``1e4 + N(0, 1)`` ((4, 64, 64,
+#: 16)) were 2.2e-6 to 4.4e-6 off float64, and a sample's outputs moved by up
+#: to 4.8e-6 when a far sample joined its batch (sending every slice to the
+#: shifted moments). Where the plain moments are not kept, the shifted ones
+#: are taken about the plain moments' mean instead, which costs no pass: 4.6e-7
+#: to 5.2e-7 there, and no move. That mean is off by the plain sum's error, a
+#: small fraction of a standard deviation for any slice whose spread is not at
+#: the rounding of its offset (there the exact second pass takes over). The
+#: shift is that mean as computed once, an operand of the ``lax.cond``: XLA's
+#: CPU code generator contracts ``x - t * (1/n)`` into a fused multiply-add in
+#: some fusions and not in others, which at an offset of 1e4 shifted one
+#: fusion's residuals against another's by 1e-3 when the mean was recomputed
+#: in each.
+REFINED_SHIFT = "plain mean"
+
+#: A sample within this many machine epsilons of the plain mean (relative)
+#: is the shift instead: a constant slice's mean is its value to the last bit
+#: only where the sum has no rounding (measured up to 3.7 epsilons off, 2**22
+#: values of 1e6 + 0.5), and ``x - shift`` must be 0 exactly there, or the
+#: residual is scaled by ``1 / sqrt(epsilon)``
+#: (``tests/backends/test_constant_slices.py``). Elsewhere such a sample is
+#: within 0.3 of the mean at an offset of 1e4 in float32 (``r <= 0.09`` at a
+#: spread of 1).
+ANCHOR_EPS = 256
 
 
 # --------------------------------------------------------------------------
@@ -299,12 +247,12 @@ def _channel_norm_bwd(ca, batch, groups, epsilon, residuals, cotangents):
 
 
 _channel_norm.defvjp(_channel_norm_fwd, _channel_norm_bwd)
-_channel_norm_call = _eager_jit(_channel_norm, static_argnums=(3, 4, 5, 6))
+_channel_norm_call = eager_jit(_channel_norm, static_argnums=(3, 4, 5, 6))
 
 
 def group_norm(x, *, groups, axis, gamma, beta, epsilon):
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
-    if not _usable(x, gamma, beta):
+    if not usable(x, gamma, beta):
         return None
     xv, ca = _channel_view(x, axis)
     y, _, _ = _channel_norm_call(xv, gamma, beta, ca, False, int(groups), float(epsilon))
@@ -313,7 +261,7 @@ def group_norm(x, *, groups, axis, gamma, beta, epsilon):
 
 def batch_norm_train(x, *, axis, gamma, beta, epsilon):
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
-    if not _usable(x, gamma, beta):
+    if not usable(x, gamma, beta):
         return None
     xv, ca = _channel_view(x, axis)
     y, mean, var = _channel_norm_call(xv, gamma, beta, ca, True, None, float(epsilon))
@@ -379,19 +327,19 @@ def _layer_norm_bwd(axes, epsilon, residuals, dy):
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
-_layer_norm_call = _eager_jit(_layer_norm, static_argnums=(3, 4))
-_rms_norm_call = _eager_jit(rms_norm_op, static_argnums=(3, 4))
+_layer_norm_call = eager_jit(_layer_norm, static_argnums=(3, 4))
+_rms_norm_call = eager_jit(rms_norm_op, static_argnums=(3, 4))
 
 
 def layer_norm(x, *, axes, gamma, beta, epsilon):
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
-    if not _usable(x, gamma, beta, reduced=tuple(axes)):
+    if not usable(x, gamma, beta, reduced=tuple(axes)):
         return None
     return _layer_norm_call(x, gamma, beta, tuple(int(a) for a in axes), float(epsilon))
 
 
 def rms_norm(x, *, axes, gamma, beta, epsilon):
     gamma, beta = _param(gamma, x.dtype), _param(beta, x.dtype)
-    if not _usable(x, gamma, beta, reduced=tuple(axes)):
+    if not usable(x, gamma, beta, reduced=tuple(axes)):
         return None
     return _rms_norm_call(x, gamma, beta, tuple(int(a) for a in axes), float(epsilon))

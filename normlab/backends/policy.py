@@ -38,7 +38,13 @@ or a shift that needs no decision at all.
   outlier sample has ``r`` up to ``N - 1``: JAX and TensorFlow keep the
   one-pass variance where ``r <= MAX_SHIFT_RATIO`` (error within 17
   roundings) and otherwise take a second, exact pass (a ``cond`` again).
-  :func:`stats` is that whole decision, written once for both.
+  :func:`stats` is that whole decision, written once for both. Where sums
+  err by more than a rounding, 17 of their errors are too many: JAX
+  takes its shifted moments about the plain moments' mean instead,
+  computed once as the ``cond``'s operand (a sample within a few
+  roundings of it, a constant slice's value, stays the shift;
+  :data:`normlab.backends.jax.REFINED_SHIFT`), and TensorFlow outside XLA
+  about a subsample mean (:data:`normlab.backends.tensorflow_stats.REFINED_SHIFT`).
   TensorFlow's channels-last batch norm instead runs its fused NHWC
   kernel on data minus a subsample mean (below): the kernel's variance is
   one-pass under XLA and with oneDNN (about a sample row, a value 300
@@ -111,8 +117,8 @@ of :data:`~normlab.backends.tensorflow_stats.CENTERED_MIN_TERMS` terms or
 more: the moments of the residuals about the first pass's mean, which
 correct that mean (the residuals' partial sums grow like ``sqrt(N)``, not
 ``N``) and hold the variance with no cancellation: within 8.5e-7 there. JAX's reductions
-are within 2.8e-6 at one pass and keep it (a second pass cost its group and
-layer norm up to 1.5x). TensorFlow outside XLA
+err by up to 1.4e-7 relative and keep one pass (a second pass cost its group and
+layer norm up to 1.5x), about the plain mean where the plain moments are not kept. TensorFlow outside XLA
 sums pairwise over the innermost axes only; over any other axis it adds one
 term after another (9e-6 relative at ``2**16`` terms, 3.7e-3 at ``2**22``).
 :func:`normlab.ops.sums.total` (the general path's sums, and the hooks'
@@ -265,10 +271,10 @@ def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps,
     slice's is its value exactly, where a sum of the values themselves rounds
     at their scale), one-pass moments about it instead, deciding nothing.
     Given ``centered``, every variance is taken about its mean in a second
-    pass (see **Accumulation** above). Given ``refine`` (a function of the
-    sample, as ``subsample``), the shifted moments are taken about
-    ``refine(sample())``: where sums err by more than a rounding, a shift
-    near the mean keeps the one-pass error near theirs, where a sample
+    pass (see **Accumulation** above). Given ``refine(anchor, mean)`` (of the
+    sample and the plain moments' mean), the shifted moments are taken about
+    its value: where sums err by more than a rounding, a shift near the mean
+    keeps the one-pass error near theirs, where a sample
     ``sqrt(MAX_SHIFT_RATIO)`` standard deviations out multiplies it by up to
     ``1 + MAX_SHIFT_RATIO``."""
     if subsample is not None:
@@ -282,7 +288,8 @@ def stats(xf, *, sample, sums, reduce, count, epsilon, xp: ArrayOps,
         return xp.zeros_like(mean0), mean0, var0
 
     def shifted():
-        shift = xp.stop_gradient(sample() if refine is None else refine(xp.stop_gradient(sample())))
+        anchor = xp.stop_gradient(sample())
+        shift = anchor if refine is None else xp.stop_gradient(refine(anchor, mean0))
         mean, var = shifted_stats(xf, shift=shift, sums=sums, reduce=reduce, count=count,
                                   epsilon=epsilon, xp=xp, centered=centered)
         return shift, mean, var

@@ -208,7 +208,8 @@ def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None,
     return policy.stats(xf, sample=sample, sums=sums, reduce=reduce, count=count, epsilon=epsilon, xp=_XP,
                         subsample=None if subsample_axis is None else subsample_along(subsample_axis),
                         centered=xla and (terms or count) >= CENTERED_MIN_TERMS,
-                        refine=None if xla or refine_axis is None else subsample_along(refine_axis))
+                        refine=None if xla or refine_axis is None
+                        else lambda anchor, _: subsample_along(refine_axis)(anchor))
 
 
 def cond(raw, plain, shifted):

@@ -3,7 +3,7 @@ second derivatives built on it (Hessian-vector products as forward over
 reverse, ``jax.hessian``, gradients of gradients) match the general path.
 Their backward is a ``jax.custom_vjp``, which JAX cannot run in forward
 mode: under ``jax.jvp`` and ``jax.jacfwd`` the hooks decline
-(``normlab.backends.jax._forward_mode``) and the general path serves the
+(``normlab.backends.jax_guards.forward_mode``) and the general path serves the
 call, as under ``jax.linearize``. One forward-mode use stays out of reach,
 as ``docs/deploying.md`` says: ``jax.jvp`` of a ``jax.jit`` function
 already traced outside forward mode (JAX reuses that trace)."""
