@@ -70,6 +70,7 @@ from normlab.backends.tensorflow_stats import (
     in_xla,
     normalize,
     param,
+    recorded,
     stats,
     subsample_mean,
     unpack,
@@ -340,7 +341,11 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     those take the general path, whose plain ops fold as Keras' do
     (``tests/export/test_folding.py``). So does a float16 or bfloat16 3-D
     input there: OpenVINO's converter turned a float16 Dense, the casts and
-    the reshaped kernel into outputs 1.3 off (``tests/export/test_mixed_precision.py``)."""
+    the reshaped kernel into outputs 1.3 off (``tests/export/test_mixed_precision.py``).
+    Inputs below :data:`~normlab.backends.tensorflow_stats.FUSED_MIN_ELEMENTS`
+    take it there too (its plain ops in an eager call's graph): the kernel's fixed
+    cost dominates; not 3-D ones nothing differentiates (an exporter's trace):
+    the general path does not fold through Conv1D's output reshape."""
     if not usable(x) or axis != x.shape.rank - 1 or x.dtype == tf.float64:
         return None
     c = x.shape[-1]
@@ -348,7 +353,10 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
         return None
     compute = compute_dtype(x.dtype)
     exportable = x.shape.rank == 4 or (x.shape.rank == 3 and x.dtype == compute)  # see above
-    if not exportable and exportable_graph() and not in_xla():
+    graph = exportable_graph() and not in_xla()
+    small = not fused_serves(x) and not tf.executing_eagerly() and not in_xla()
+    folds = x.shape.rank == 3 and not recorded([x, mean, variance, gamma, beta])  # see above
+    if graph and (not exportable or (small and not folds)):
         return None
     scale = tf.math.rsqrt(tf.cast(param(variance), compute) + epsilon)
     if gamma is not None:
@@ -356,7 +364,10 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     offset = tf.zeros([c], compute) if beta is None else tf.cast(param(beta), compute)
     # x + (mean * -1) has the bits of x - mean; a converter folds an addition
     # into a preceding layer's bias, not a subtraction.
-    centered = _nhwc_view(tf.cast(x, compute) + tf.cast(param(mean), compute) * -1.0)
+    centered = tf.cast(x, compute) + tf.cast(param(mean), compute) * -1.0
+    if small:  # an eager call's graph: the plain ops, as the general path's
+        return tf.cast(centered * scale + offset, x.dtype)
+    centered = _nhwc_view(centered)
     y, _, _ = tf.compat.v1.nn.fused_batch_norm(
         centered, scale, offset, tf.zeros([c], compute), tf.fill([c], tf.constant(1.0 - _KERNEL_EPSILON, compute)),
         epsilon=_KERNEL_EPSILON, is_training=False,
