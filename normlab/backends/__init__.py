@@ -28,7 +28,8 @@ feature size):
   shape ``(C,)``; ``y = (x - mean) * rsqrt(variance + epsilon) * gamma + beta``
   with ``x - mean`` formed first; torch: CPU tensors, by the compiled
   kernels, declining statistics that need a gradient; TensorFlow:
-  channels-last data, by the fused NHWC kernel on ``x - mean``)
+  channels-last data, by the fused NHWC kernel on ``x - mean``; JAX: eager
+  calls, as one jitted call)
 
 Whether a hook serves an input depends only on what is known before any
 data is read (backend, dtype, shape, layout, whether a compiler or exporter
