@@ -66,8 +66,8 @@ def _compute_dtype(dtype):
 
 
 def _param(param, dtype):
-    if param is None:
-        return None
+    if param is None or isinstance(param, jax.Array):  # (jnp.asarray of an array costs an eager call 20 us)
+        return param
     return jnp.asarray(ops.convert_to_tensor(param))
 
 
