@@ -34,6 +34,7 @@ from normlab.lab.errors import ConfigError, LabError
 from normlab.lab.models import find_label, is_identity, split_placement
 from normlab.lab.presets import notes_for
 from normlab.lab.report_text import render as render_markdown  # noqa: F401 - re-exported
+from normlab.lab.report_text import unused_note
 from normlab.lab.stats import paired, stats, t975  # noqa: F401 - t975 is part of the API
 from normlab.lab.store import load_runs  # noqa: F401 - re-exported
 
@@ -392,7 +393,6 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
         write_csv(out / f"{name}.csv", table)
         plot(out / f"{name}.png", name, table)
         written += [out / f"{name}{ext}" for ext in (".md", ".csv", ".json", ".png")]
-    note = (f"\n{len(unfinished)} unfinished or unreadable run(s) ignored: "
-            + ", ".join(str(p) for p in unfinished) + "\n") if unfinished else ""
+    note = unused_note([(path, store.disagreeing(path)) for path in unfinished])
     store.write_text_atomic(out / "report.md", "# normlab lab report\n\n" + "\n".join(sections) + note)
     return written + [out / "report.md"]

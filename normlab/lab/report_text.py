@@ -222,6 +222,36 @@ def _left_out(rows: list[dict], meta: dict) -> list[str]:
     return lines
 
 
+def unused_note(run_dirs: list[tuple[object, str]]) -> str:
+    """The report's closing note on the runs it could not use, ``(run directory, why)`` each:
+    unfinished or unreadable ones (``why`` empty) by path, then the finished runs whose files
+    disagree (:mod:`normlab.lab.consistency`) with the reason; "" for none.
+
+    Example:
+        >>> from normlab.lab.report_text import unused_note
+        >>> print(unused_note([("runs/c/GN/v/seed0", ""), ("runs/c/GN/v/seed1", "config.json differs ...")]))
+        <BLANKLINE>
+        2 unfinished or unreadable run(s) ignored: runs/c/GN/v/seed0, runs/c/GN/v/seed1
+        <BLANKLINE>
+        Of these, 1 finished with files that disagree (copied from another run's folder, ...):
+        <BLANKLINE>
+        - runs/c/GN/v/seed1: config.json differs ...
+        <BLANKLINE>
+    """
+    if not run_dirs:
+        return ""
+    lines = ["", f"{len(run_dirs)} unfinished or unreadable run(s) ignored: "
+             + ", ".join(str(path) for path, _ in run_dirs)]
+    disagree = [(path, why) for path, why in run_dirs if why]
+    if disagree:
+        lines += ["", f"Of these, {len(disagree)} finished with files that disagree (copied from another "
+                  "run's folder, or edited by hand; delete such a run's directory and rerun its command "
+                  "to redo it):", ""]
+        lines += [f"- {path}: {why}" for path, why in disagree[:_LISTED]]
+        lines += [f"- and {len(disagree) - _LISTED} more"] * (len(disagree) > _LISTED)
+    return "\n".join(lines) + "\n"
+
+
 def _cut_note(rows: list[str]) -> list[str]:
     """The note on table rows with a difference's interval cut at +-100 points (marked ``*``)."""
     if not any("]* |" in row for row in rows):

@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from normlab.lab.consistency import disagreement
 from normlab.lab.errors import LabError
 from normlab.lab.experiments import IMPLS, RunConfig, has_summary_types
 
@@ -202,8 +203,9 @@ def plan(configs: list[RunConfig], out: str | os.PathLike) -> list[Planned]:
     wiped and run again; "run": no directory yet.
 
     Raises:
-        StoreError: a finished run's ``config.json`` disagrees with its settings
-            (edited by hand), before anything runs.
+        StoreError: a finished run's ``config.json`` disagrees with its settings or
+            its seed folder, or its files with each other (edited by hand, or copied
+            from another run's folder), before anything runs.
     """
     planned = []
     for index, config in enumerate(configs):
@@ -211,15 +213,13 @@ def plan(configs: list[RunConfig], out: str | os.PathLike) -> list[Planned]:
         summary = read_finished(run_dir)
         if summary is not None:
             stored = read_json(run_dir / CONFIG)
-            expected = config.result_fields()
-            changed = sorted(k for k, v in expected.items() if not isinstance(stored, dict) or stored.get(k) != v)
-            if changed:
-                received = (f"a finished run whose config.json differs in {', '.join(changed)}"
-                            if isinstance(stored, dict) else "a finished run whose config.json is missing or "
-                            "not a JSON object")
+            expected = {**config.result_fields(), "seed": config.seed}  # a folder's own seed too
+            changed = sorted(k for k, v in expected.items() if isinstance(stored, dict) and stored.get(k) != v)
+            why = f"config.json differs in {', '.join(changed)}" if changed else disagreement(run_dir, summary, stored)
+            if why:
                 raise StoreError(
                     f"Invalid `out`: expected {run_dir} to hold a run with its directory's "
-                    f"settings. Received: {received}. Delete that run directory to redo it.")
+                    f"settings. Received: a finished run whose {why}. Delete that run directory to redo it.")
             planned.append(Planned(config, run_dir, "reuse", index, summary))
         elif (twin := find_twin(out, config)) is not None:
             planned.append(Planned(config, run_dir, "copy", index, twin[1], twin[0]))
@@ -232,20 +232,21 @@ def find_twin(out: str | os.PathLike, config: RunConfig) -> tuple[Path, dict] | 
     """``(run directory, summary)`` of a finished run under ``out`` with the same
     settings and seed as ``config`` under another experiment (``compare``'s
     GroupNorm is ``sweep groups``' G=5), or None. Its directory has ``config``'s
-    variant, and its ``config.json`` the same result fields (one edited by hand is
-    not used). A model without a norm is the same under every implementation:
-    its run under another one (``--impl keras`` after ``--impl normlab``) is a
-    twin too, in any experiment."""
+    variant, its ``config.json`` the same result fields and seed, and its files
+    agree (one edited by hand or copied from another seed's folder is not used). A
+    model without a norm is the same under every implementation: its run under
+    another one (``--impl keras`` after ``--impl normlab``) is a twin too, in any
+    experiment."""
     others = [] if config.has_norm else [dataclasses.replace(config, impl=i) for i in IMPLS if i != config.impl]
     for twin in [config, *others]:
-        expected = twin.result_fields()
+        expected = {**twin.result_fields(), "seed": config.seed}
         for candidate in sorted(Path(out).glob(f"*/*/{twin.variant}/seed{config.seed}")):
             if twin is config and candidate.parents[2].name == config.experiment:  # its own directory
                 continue
             summary = read_finished(candidate)
             stored = read_json(candidate / CONFIG)
             if summary is not None and isinstance(stored, dict) and all(
-                    stored.get(k) == v for k, v in expected.items()):
+                    stored.get(k) == v for k, v in expected.items()) and not disagreement(candidate, summary, stored):
                 return candidate, summary
     return None
 
@@ -376,15 +377,23 @@ class OutputLock:
 
 
 def load_runs(runs_dir: str | os.PathLike) -> tuple[list[dict], list[Path]]:
-    """Finished run summaries (each with its ``run_dir``) and unfinished run directories (also
-    a ``seed<N>`` folder with a summary but no ``config.json``, which every run writes first)."""
+    """Finished run summaries (each with its ``run_dir``) and unfinished or unreadable run
+    directories: also a ``seed<N>`` folder with a summary but no ``config.json``, which every
+    run writes first, and a run whose files disagree (:mod:`normlab.lab.consistency`)."""
     finished, unfinished = [], []
     run_dirs = {p.parent for p in Path(runs_dir).rglob(CONFIG)} | {
         p.parent for p in Path(runs_dir).rglob(SUMMARY) if re.fullmatch(r"seed\d+", p.parent.name)}
     for run_dir in sorted(run_dirs):
         summary = read_finished(run_dir) if isinstance(read_json(run_dir / CONFIG), dict) else None
-        if summary is None:
+        if summary is None or disagreeing(run_dir):
             unfinished.append(run_dir)
         else:
             finished.append({**summary, "run_dir": str(run_dir)})
     return finished, unfinished
+
+
+def disagreeing(run_dir: str | os.PathLike) -> str:
+    """Why a finished run's files disagree (:func:`~normlab.lab.consistency.disagreement`), else ""."""
+    stored = read_json(Path(run_dir) / CONFIG)
+    summary = read_finished(Path(run_dir)) if isinstance(stored, dict) else None
+    return "" if summary is None else disagreement(run_dir, summary, stored)

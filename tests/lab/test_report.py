@@ -102,6 +102,52 @@ def test_a_summary_with_a_value_of_another_type_is_listed_not_read(runs, edit):
     assert summarize(finished)["compare"]["rows"][1]["seeds"] == [0, 2]
 
 
+@pytest.mark.parametrize("experiment", ["sub/dir", "../../escaped"])
+def test_a_summary_naming_no_folders_experiment_is_listed_and_nothing_is_written_outside_the_report(
+        runs, tmp_path, experiment):
+    """The experiment is a file name in the report folder: 'sub/dir' failed with a traceback
+    (FileNotFoundError), '../../escaped' wrote escaped.md, .csv, .json and .png beside it."""
+    run_dir = next(runs.glob("compare/GN/*/seed1"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["config"]["experiment"] = experiment
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "deep" / "er" / "report"
+    written = write_report(runs, out)
+    assert all(path.parent == out for path in written) and sorted(tmp_path.rglob("escaped*")) == []
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{name}{ext}" for name in ("bs", "compare")
+                                                          for ext in (".md", ".csv", ".json", ".png")) + ["report.md"]
+    assert f"- {run_dir}: summary.json names experiment {experiment!r}, in the folder of experiment " \
+           "'compare'" in (out / "report.md").read_text()
+    assert run_dir in load_runs(runs)[1]
+
+
+def test_a_run_whose_config_json_was_edited_is_listed_with_the_reason_not_reported(runs, tmp_path):
+    """The grid refuses to reuse it ("config.json differs in learning_rate"); the report
+    summarized it silently."""
+    run_dir = next(runs.glob("compare/GN/*/seed1"))
+    stored = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**stored, "learning_rate": 0.5}))
+    finished, unfinished = load_runs(runs)
+    assert run_dir in unfinished and str(run_dir) not in [r["run_dir"] for r in finished]
+    assert summarize(finished)["compare"]["rows"][1]["seeds"] == [0, 2]
+    write_report(runs, tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert f"- {run_dir}: config.json differs from summary.json's config in learning_rate" in text
+    assert "delete such a run's directory and rerun its command to redo it" in text
+
+
+def test_a_summary_whose_label_was_edited_is_listed_not_shown_as_a_row_of_its_own(runs):
+    """The row was named after the edited label, with no warning."""
+    run_dir = next(runs.glob("compare/GN/*/seed1"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["config"]["label"] = "LN"
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    finished, unfinished = load_runs(runs)
+    assert run_dir in unfinished
+    assert [(r["label"], r["seeds"]) for r in summarize(finished)["compare"]["rows"]] == [
+        ("BN", [0, 1, 2]), ("GN", [0, 2])]
+
+
 def test_a_row_keeps_its_place_when_its_first_seed_is_missing(runs):
     """Rows followed each configuration's first run: without BN's seed 0, BN's row came after GN's."""
     import shutil

@@ -45,6 +45,25 @@ def test_of_two_copies_of_a_run_the_last_finished_is_kept(tmp_path):
     assert table["meta"]["ignored"][0]["reason"] == f"the same run as {late}"
 
 
+def test_a_seed_folder_holding_another_seeds_run_is_listed_not_kept_over_the_real_one(tmp_path):
+    """seed0 copied to seed1 (the same files): the report took the two for copies of one run and
+    dropped the real seed 0 as the older of them, so the row held the copy alone."""
+    import shutil
+
+    out = tmp_path / "runs"
+    seed0 = fake_run(out, RunConfig(experiment="c", label="A", norms="none", seed=0), 0.9)
+    fake_run(out, RunConfig(experiment="c", label="B", norms="batch", seed=0), 0.8)
+    shutil.copytree(seed0, seed0.parent / "seed1")
+    finished, unfinished = load_runs(out)
+    assert unfinished == [seed0.parent / "seed1"]
+    table = summarize(finished)["c"]
+    assert [r["run_dir"] for r in finished if r["config"]["label"] == "A"] == [str(seed0)]
+    assert table["rows"][0]["per_seed"] == {0: 0.9} and table["meta"]["ignored"] == []
+    write_report(out, tmp_path / "report")
+    assert f"- {seed0.parent / 'seed1'}: summary.json holds seed 0's run, in the folder seed1" in (
+        tmp_path / "report" / "report.md").read_text()
+
+
 def test_a_rows_seeds_are_listed_in_seed_order(tmp_path):
     """Runs are read in grid order; a grid that ran seed 2 first still lists seeds 0 1 2."""
     out = tmp_path / "runs"

@@ -284,3 +284,16 @@ def test_a_configuration_that_diverged_on_every_shared_seed_is_not_said_to_share
     assert ("No configuration can be compared seed by seed with its baseline: on every shared seed one of "
             "the two runs diverged (listed below), or no seed is shared.") in md
     assert "shares a seed" not in md
+
+
+def test_the_closing_note_gives_the_reason_of_each_run_whose_files_disagree():
+    """The note named unused runs by path only: a run copied into another seed's folder or
+    edited by hand now comes with why it was left out (the first 20, the rest counted)."""
+    assert report_text.unused_note([]) == ""
+    unused = [(f"runs/c/A/v/seed{i}", "" if i == 0 else f"summary.json holds seed 0's run, in the folder seed{i}")
+              for i in range(23)]
+    lines = report_text.unused_note(unused).splitlines()
+    assert lines[1] == "23 unfinished or unreadable run(s) ignored: " + ", ".join(p for p, _ in unused)
+    assert lines[3].startswith("Of these, 22 finished with files that disagree (copied from another run's folder")
+    assert lines[5:] == [f"- runs/c/A/v/seed{i}: summary.json holds seed 0's run, in the folder seed{i}"
+                         for i in range(1, 21)] + ["- and 2 more"]

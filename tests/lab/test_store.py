@@ -115,6 +115,48 @@ def test_plan_names_a_finished_run_whose_config_is_missing(tmp_path):
             store.plan([config], tmp_path)
 
 
+def test_plan_refuses_a_seed_folder_holding_another_seeds_run(tmp_path):
+    """seed0 copied to seed1 was "finished earlier, reused" as seed 1 (the check left the seed out)."""
+    import shutil
+
+    from tests.lab.test_report import fake_run
+
+    seeds = [RunConfig(label="a", backend="jax", seed=s) for s in (0, 1)]
+    source = fake_run(tmp_path, seeds[0], 0.9)
+    shutil.copytree(source, store.run_dir_for(tmp_path, seeds[1]))
+    with pytest.raises(store.StoreError, match=r"Received: a finished run whose config.json differs in seed\. "
+                                               r"Delete that run directory to redo it"):
+        store.plan(seeds, tmp_path)
+
+
+def test_plan_refuses_a_run_whose_summary_disagrees_with_its_config_json(tmp_path):
+    """The report lists such a run as inconsistent, so the grid does not reuse it either."""
+    from tests.lab.test_report import fake_run
+
+    config = RunConfig(label="a", backend="jax", seed=0)
+    run_dir = fake_run(tmp_path, config, 0.9)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["config"]["label"] = "b"
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(store.StoreError, match=r"a finished run whose config.json differs from summary.json's "
+                                               r"config in label\. Delete that run directory to redo it"):
+        store.plan([config], tmp_path)
+
+
+def test_plan_copies_no_twin_from_a_seed_folder_holding_another_seeds_run(tmp_path):
+    """compare's seed0 copied to its seed1 was copied on as groups' seed 1."""
+    import shutil
+
+    from tests.lab.test_report import fake_run
+
+    compare = RunConfig(experiment="compare", label="GroupNorm", norms="group(groups=5)", backend="jax", seed=0)
+    groups = RunConfig(**{**compare.to_dict(), "experiment": "groups", "label": "G=5", "seed": 1})
+    source = fake_run(tmp_path, compare, 0.9)
+    shutil.copytree(source, source.parent / "seed1")
+    assert store.plan([groups], tmp_path)[0].action == "run"
+    assert store.find_twin(tmp_path, groups) is None
+
+
 def test_plan_copies_no_unfinished_or_edited_twin(tmp_path):
     from tests.lab.test_report import fake_run
 
