@@ -4,8 +4,8 @@
 
 1. the lab's optional dependencies the grid will need (matplotlib for the
    report, rich for progress bars, scikit-learn for the digits);
-2. the output folder: a folder (or creatable), writable, and not locked by
-   another ``normlab``;
+2. the output folder: a folder (or creatable), writable, not locked by
+   another ``normlab``, and with no file where the report goes (``OUT/report``);
 3. every configuration's model, built with its real layers (normlab's or
    Keras', per ``impl``) on the dataset's real image shape, so every norm's
    ``build`` sees its real channel count: a spec that cannot be built
@@ -55,8 +55,14 @@ def check_dependencies(experiment: Experiment, *, report: bool = True,
 
 
 def check_out(out) -> None:
-    """The output folder is usable and no other normlab holds it (creates nothing)."""
+    """The output folder is usable, no other normlab holds it, and the report the grid ends
+    with can be written in it (``OUT/report`` is no file): creates nothing."""
     path = store.check_out(out)
+    report = path / store.REPORT
+    if report.exists() and not report.is_dir():
+        raise store.StoreError(f"Invalid `out`: expected {report}, where the grid writes its report, to be a "
+                               f"folder or not to exist. Received: out='{out}', where {report} is a file. "
+                               "Remove or rename that file, or pass another --out.")
     if path.is_dir():
         store.OutputLock(path).check()
 

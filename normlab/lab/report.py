@@ -378,7 +378,7 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     if set(experiments or ()) - names:
         raise ReportError(f"Invalid `experiments`: expected names of experiments under runs_dir "
                           f"({', '.join(sorted(names))}). Received: experiments={experiments!r}. Pass those names.")
-    out = Path(out_dir).expanduser() if out_dir is not None else runs_dir / "report"
+    out = Path(out_dir).expanduser() if out_dir is not None else runs_dir / store.REPORT
     store.check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     tables = summarize(runs, baseline)

@@ -42,7 +42,7 @@ from normlab.lab.errors import LabError
 from normlab.lab.experiments import IMPLS, RunConfig, has_summary_types
 
 CONFIG, METRICS, SUMMARY, ERROR = "config.json", "metrics.jsonl", "summary.json", "error.txt"
-LOCK = ".normlab.lock"
+LOCK, REPORT = ".normlab.lock", "report"  # REPORT: the report's folder in an output folder
 
 
 class StoreError(LabError):

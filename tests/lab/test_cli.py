@@ -312,6 +312,22 @@ def test_out_that_is_a_file_or_unwritable_is_refused_before_work(tmp_path, capsy
     assert code == 2 and "is not writable" in err and "Keras backend" not in err
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_a_file_where_the_report_goes_is_refused_before_training(tmp_path, capsys, monkeypatch, dry_run):
+    """It was found once every run had trained, and the error blamed --out."""
+    def trained(*args, **kwargs):
+        raise AssertionError("trained before the output folder was checked")
+
+    monkeypatch.setattr(commands, "train_and_report", trained)
+    monkeypatch.setattr(commands, "dry_run", trained)
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "report").write_text("notes")
+    code, _, err = run_main(["compare", "--out", str(out), *TINY, *dry_run], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Keras backend" not in err, err
+    assert f"where {out / 'report'} is a file. Remove or rename that file, or pass another --out." in err
+
+
 def test_a_second_invocation_on_the_same_out_says_who_holds_it(tmp_path, capsys):
     out = tmp_path / "runs"
     with store.OutputLock(out):
