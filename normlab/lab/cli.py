@@ -218,15 +218,17 @@ def build_parser() -> _Parser:
                        + _described(P.COMPARE_PRESETS))
     p.add_argument("--preset", choices=tuple(P.COMPARE_PRESETS),
                    help="which models (default: classic; see the list above)")
-    p.add_argument("--norms", nargs="+", metavar="SPEC", help="placements to compare instead "
-                   "of the preset, e.g. batch 'batch>group(groups=5)' 'batch>none', in a table of "
-                   "their own (compare-norms-<hash of the specs>) (default: none)")
+    p.add_argument("--norms", nargs="+", action="extend", metavar="SPEC", help="placements to compare "
+                   "instead of the preset, e.g. batch 'batch>group(groups=5)' 'batch>none', in a table of "
+                   "their own (compare-norms-<hash of the specs>); repeated, the lists are joined "
+                   "(--norms batch --norms group is --norms batch group) (default: none)")
     p = sub.add_parser("sweep", parents=[run], formatter_class=fmt,
                        help="sweep batch size or GroupNorm's groups",
                        description="Sweep one setting.\n\nsweeps:\n" + _described(P.SWEEPS))
     p.add_argument("what", choices=P.SWEEPS, metavar="SWEEP", help=f"one of {', '.join(P.SWEEPS)}")
-    p.add_argument("--values", type=_numbers, metavar="LIST", help="the swept values, e.g. "
-                   "32,16,8,4,2 (default: batch-size 32,16,8,4,2; groups 1,2,5,10)")
+    p.add_argument("--values", type=_numbers, action="extend", metavar="LIST", help="the swept values, "
+                   "e.g. 32,16,8,4,2; repeated, the lists are joined (--values 32,16 --values 8 is "
+                   "--values 32,16,8) (default: batch-size 32,16,8,4,2; groups 1,2,5,10)")
     p = sub.add_parser("report", help="tables and plots from run directories",
                        description="Tables and plots from the finished runs under RUNS_DIR "
                        "(imports no deep-learning framework).")

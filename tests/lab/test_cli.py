@@ -114,6 +114,19 @@ def test_settings_that_change_results_name_their_own_experiment():
     assert synthetic.name == "compare-quick-synthetic" and synthetic.configs[0].test_subset == 0
 
 
+def test_repeated_norms_and_values_are_joined_as_one_list():
+    """Each repeat replaced the one before: only the last --norms (or --values) ran."""
+    experiment = parse("compare", "--norms", "batch(axis=3)", "--norms", "group(groups=5, axis=3)", "layer")
+    assert [c.label for c in experiment.configs] == ["batch(axis=3)", "group(groups=5, axis=3)", "layer"]
+    assert experiment.name == parse("compare", "--norms", "batch(axis=3)", "group(groups=5, axis=3)", "layer").name
+    experiment = parse("sweep", "groups", "--values", "1,2", "--values", "5")
+    assert [c.x for c in experiment.configs] == [1, 2, 5]
+    with pytest.raises(ConfigError, match=r"Received: values='1,2,2'\. Drop the repeats"):
+        parse("sweep", "groups", "--values", "1,2", "--values", "2")
+    with pytest.raises(ConfigError, match="expected each spec once"):
+        parse("compare", "--norms", "batch", "--norms", "batch")
+
+
 def test_impl_both_interleaves_and_skips_normless_duplicates():
     experiment = parse("compare", "--impl", "normlab,keras")
     assert [(c.label, c.impl) for c in experiment.configs] == [
