@@ -29,6 +29,7 @@ import argparse
 import os
 import re
 import sys
+from typing import Callable
 
 from normlab._backend import PREFERENCE
 from normlab.lab import commands, interrupt
@@ -68,9 +69,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"normlab: error: {message}{hint}\n")
 
 
-def _folder(text: str) -> str:
-    """A folder argument with ``~`` expanded: the shell leaves ``--out=~/runs`` as it is."""
-    return os.path.expanduser(text)
+def _non_empty(key: str, expected: str, fix: str, convert: Callable[[str], str] = str) -> Callable[[str], str]:
+    """The type of an argument whose empty value would silently mean another (``--out ''``
+    the current folder, ``--address ''`` Ray on this machine): refused, naming ``key``."""
+    def check(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"Invalid `{key}`: expected {expected}. Received: {key}=''. {fix}")
+        return convert(text)
+
+    return check
+
+
+def _folder(key: str, fix: str) -> Callable[[str], str]:
+    """A folder argument with ``~`` expanded (the shell leaves ``--out=~/runs`` as it is); not empty."""
+    return _non_empty(key, "a non-empty folder path (an empty one would be the current folder)", fix,
+                      os.path.expanduser)
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -142,11 +155,14 @@ def _run_options() -> _Parser:
     g.add_argument("--backend", choices=BACKEND_NAMES, help="Keras backend (default: "
                    "$KERAS_BACKEND or ~/.keras/keras.json, else the first installed of "
                    f"{', '.join(BACKEND_NAMES)}; jax is the fastest on CPU)")
-    g.add_argument("--out", type=_folder, default="runs", metavar="DIR",
+    g.add_argument("--out", type=_folder("out", "Pass --out with a folder, e.g. --out runs."),
+                   default="runs", metavar="DIR",
                    help="folder of run directories (default: runs)")
     g.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: mnist, or the bundled "
                    "digits when MNIST is neither found nor downloadable, with --executor local)")
-    g.add_argument("--data-dir", type=_folder, metavar="DIR", help="folder with the dataset's files (default: "
+    g.add_argument("--data-dir", type=_folder("data_dir", "Pass the folder that holds the dataset's files, "
+                                              "or leave --data-dir out to search the usual places."),
+                   metavar="DIR", help="folder with the dataset's files (default: "
                    "$NORMLAB_DATA_DIR, the Keras cache, else download once into ~/.cache/normlab)")
     g.add_argument("--protocol", choices=("standard", "tutorial"),
                    help="standard: train on the 60,000 training images, report test accuracy; "
@@ -187,7 +203,10 @@ def _run_options() -> _Parser:
     g.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: one run after another in this process; ray: each run a Ray "
                         "task, as many at once as the cluster allows (default: local)")
-    g.add_argument("--address", help="Ray: 'local' starts Ray on this machine, 'auto' or "
+    g.add_argument("--address", type=_non_empty(
+                       "address", "a non-empty address: 'local', 'auto', HOST:PORT or ray://HOST:PORT",
+                       "Pass one of them, or leave --address out for $RAY_ADDRESS, else local."),
+                   help="Ray: 'local' starts Ray on this machine, 'auto' or "
                    "HOST:6379 joins a running cluster, ray://HOST:10001 uses Ray Client "
                    "(default: $RAY_ADDRESS, else local)")
     g.add_argument("--cpus-per-run", type=float, metavar="N",
@@ -232,9 +251,11 @@ def build_parser() -> _Parser:
     p = sub.add_parser("report", help="tables and plots from run directories",
                        description="Tables and plots from the finished runs under RUNS_DIR "
                        "(imports no deep-learning framework).")
-    p.add_argument("runs_dir", type=_folder, nargs="?", default="runs", metavar="RUNS_DIR",
+    p.add_argument("runs_dir", type=_folder("runs_dir", "Pass the --out folder of a grid, e.g. normlab report runs."),
+                   nargs="?", default="runs", metavar="RUNS_DIR",
                    help="folder of run directories (default: runs)")
-    p.add_argument("--out", type=_folder, metavar="DIR", help="where to write (default: RUNS_DIR/report)")
+    p.add_argument("--out", type=_folder("out", "Pass --out with a folder, or leave it out for RUNS_DIR/report."),
+                   metavar="DIR", help="where to write (default: RUNS_DIR/report)")
     p.add_argument("--baseline", metavar="LABEL", help="configuration (or sweep series) the "
                    "others are compared with, seed by seed (default: the first)")
     p = sub.add_parser("list", help="presets, datasets, implementations and config keys",

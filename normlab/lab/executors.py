@@ -254,6 +254,10 @@ class RayExecutor:
 
 def make_executor(name: str = "local", *, address: str | None = None, **options):
     """The executor called ``name`` ("local" or "ray"), checking its options."""
+    if address == "":  # not None: it would mean $RAY_ADDRESS, else Ray on this machine
+        raise ValueError("Invalid `address`: expected a non-empty address: 'local', 'auto', HOST:PORT or "
+                         "ray://HOST:PORT. Received: address=''. Pass one of them, or leave --address out for "
+                         "$RAY_ADDRESS, else local.")
     if name == "local":
         given = {k: v for k, v in dict(address=address, **options).items() if v is not None}
         if given:

@@ -57,6 +57,9 @@ def check_dependencies(experiment: Experiment, *, report: bool = True,
 def check_out(out) -> None:
     """The output folder is usable, no other normlab holds it, and the report the grid ends
     with can be written in it (``OUT/report`` is no file): creates nothing."""
+    if not str(out):  # Path("") is the current folder
+        raise store.StoreError("Invalid `out`: expected a non-empty folder path (an empty one would be the "
+                               "current folder). Received: out=''. Pass --out with a folder, e.g. --out runs.")
     path = store.check_out(out)
     report = path / store.REPORT
     if report.exists() and not report.is_dir():

@@ -341,6 +341,30 @@ def test_a_file_where_the_report_goes_is_refused_before_training(tmp_path, capsy
     assert f"where {out / 'report'} is a file. Remove or rename that file, or pass another --out." in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "--out", "", "--dry-run", *TINY],
+     "argument --out: Invalid `out`: expected a non-empty folder path (an empty one would be the current "
+     "folder). Received: out=''. Pass --out with a folder"),
+    (["report", ""], "Invalid `runs_dir`: expected a non-empty folder path (an empty one would be the current "
+                     "folder). Received: runs_dir=''. Pass the --out folder of a grid"),
+    (["report", "runs", "--out", ""], "Received: out=''. Pass --out with a folder, or leave it out for RUNS_DIR/report."),
+    # said "Searched: data_dir: not given" beside "Received: data_dir=''"
+    (["compare", "--data-dir", "", "--dataset", "mnist", "--dry-run", "--backend", BACKEND],
+     "Invalid `data_dir`: expected a non-empty folder path"),
+    # started Ray on this machine, as if no address had been given
+    (["compare", "--executor", "ray", "--address", "", "--dry-run", *TINY],
+     "Invalid `address`: expected a non-empty address: 'local', 'auto', HOST:PORT or ray://HOST:PORT. "
+     "Received: address=''. Pass one of them, or leave --address out for $RAY_ADDRESS, else local."),
+])
+def test_an_empty_path_or_address_is_refused_not_read_as_the_current_folder(argv, message, tmp_path, capsys,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
 def test_a_second_invocation_on_the_same_out_says_who_holds_it(tmp_path, capsys):
     out = tmp_path / "runs"
     with store.OutputLock(out):

@@ -371,6 +371,14 @@ def test_unknown_name_lists_valid_names() -> None:
         assert name in str(info.value)
 
 
+def test_an_empty_data_dir_is_refused_not_read_as_not_given(isolated: Path) -> None:
+    """It said "Searched: data_dir: not given" beside "Received: data_dir=''"."""
+    with pytest.raises(data.DatasetError, match=r"Invalid `data_dir`: expected a non-empty folder path \(an empty "
+                                                r"one would be the current folder\)\. Received: data_dir=''\. "
+                                                r"Pass the folder that holds the mnist files\."):
+        data.load_dataset("mnist", data_dir="", download=False)
+
+
 def test_missing_data_dir_is_reported(isolated: Path) -> None:
     with pytest.raises(data.DatasetError, match="Received: data_dir='.*nope'"):
         data.load_dataset("mnist", data_dir=isolated / "nope")

@@ -62,6 +62,9 @@ def test_address_defaults_to_ray_address_then_local(monkeypatch):
                                    "Pass --retries 0 to leave lost runs to the next invocation."),
     (dict(name="ray", runtime_env=["pip"]), "Invalid `runtime_env`: expected a dict (JSON object). "
                                             "Received: runtime_env=['pip']."),
+    # '' was taken for no address: $RAY_ADDRESS, else Ray started on this machine
+    (dict(name="ray", address=""), "Invalid `address`: expected a non-empty address: 'local', 'auto', HOST:PORT "
+                                   "or ray://HOST:PORT. Received: address=''. Pass one of them"),
 ])
 def test_executor_errors(kwargs, message):
     with pytest.raises(ValueError) as info:

@@ -19,3 +19,10 @@ def test_check_out_refuses_a_file_where_the_report_goes(tmp_path):
     preflight.check_out(tmp_path)  # a report folder from an earlier grid is fine
     preflight.check_out(tmp_path / "new")  # as is a folder still to be made
 
+
+def test_check_out_refuses_an_empty_path(tmp_path, monkeypatch):
+    """An empty path is the current folder: the grid planned its runs there."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(store.StoreError, match=r"Invalid `out`: expected a non-empty folder path \(an empty one "
+                                               r"would be the current folder\)\. Received: out=''\. Pass --out"):
+        preflight.check_out("")
