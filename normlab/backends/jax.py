@@ -59,6 +59,8 @@ from keras import ops
 from normlab.backends import policy
 from normlab.backends.jax_guards import eager_jit, staged, usable
 from normlab.backends.jax_rms_norm import rms_norm_op
+from normlab.ops.axes import feature_param
+from normlab.ops.normalize import normalize
 
 
 def _compute_dtype(dtype):
@@ -354,28 +356,11 @@ def rms_norm(x, *, axes, gamma, beta, epsilon):
 
 
 def _batch_norm_infer(x, mean, variance, gamma, beta, axis, epsilon):
-    """``(x + mean * -1) * (rsqrt(variance + epsilon) * gamma) + beta`` in
-    float32 at least, as :func:`normlab.ops.normalize` forms it (``x - mean``
-    first; with ``epsilon == 0``, a zero variance scales by 0)."""
-    compute = _compute_dtype(x.dtype)
-    pshape = _param_shape(x.ndim, axis, x.shape[axis])
-
-    def channel(p):
-        p = jnp.asarray(p).astype(compute)
-        return p.reshape(pshape) if p.ndim == 1 else p
-
-    var = channel(variance)
-    if epsilon > 0:
-        inv = jax.lax.rsqrt(var + epsilon)
-    else:
-        positive = (var > 0).astype(compute)
-        inv = jax.lax.rsqrt(var + (1.0 - positive)) * positive
-    if gamma is not None:
-        inv = inv * channel(gamma)
-    y = (x.astype(compute) + channel(mean) * -1.0) * inv
-    if beta is not None:
-        y = y + channel(beta)
-    return y.astype(x.dtype)
+    """The general path's computation (:func:`normlab.ops.normalize` of the
+    per-channel statistics), traced once per signature."""
+    ndim, c = x.ndim, x.shape[axis]
+    mean, variance, gamma, beta = (feature_param(p, ndim, [axis], [c]) for p in (mean, variance, gamma, beta))
+    return normalize(x, mean, variance, gamma=gamma, beta=beta, epsilon=epsilon)
 
 
 _batch_norm_infer_call = jax.jit(_batch_norm_infer, static_argnums=(5, 6))
