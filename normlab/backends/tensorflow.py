@@ -355,8 +355,7 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     exportable = x.shape.rank == 4 or (x.shape.rank == 3 and x.dtype == compute)  # see above
     graph = exportable_graph() and not in_xla()
     small = not fused_serves(x) and not tf.executing_eagerly() and not in_xla()
-    folds = x.shape.rank == 3 and not recorded([x, mean, variance, gamma, beta])  # see above
-    if graph and (not exportable or (small and not folds)):
+    if graph and (not exportable or (small and (x.shape.rank != 3 or recorded([x, mean, variance, gamma, beta])))):
         return None
     scale = tf.math.rsqrt(tf.cast(param(variance), compute) + epsilon)
     if gamma is not None:
