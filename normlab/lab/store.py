@@ -384,8 +384,9 @@ def load_runs(runs_dir: str | os.PathLike) -> tuple[list[dict], list[Path]]:
     run_dirs = {p.parent for p in Path(runs_dir).rglob(CONFIG)} | {
         p.parent for p in Path(runs_dir).rglob(SUMMARY) if re.fullmatch(r"seed\d+", p.parent.name)}
     for run_dir in sorted(run_dirs):
-        summary = read_finished(run_dir) if isinstance(read_json(run_dir / CONFIG), dict) else None
-        if summary is None or disagreeing(run_dir):
+        stored = read_json(run_dir / CONFIG)
+        summary = read_finished(run_dir) if isinstance(stored, dict) else None
+        if summary is None or disagreement(run_dir, summary, stored):
             unfinished.append(run_dir)
         else:
             finished.append({**summary, "run_dir": str(run_dir)})
