@@ -59,8 +59,6 @@ from keras import ops
 from normlab.backends import policy
 from normlab.backends.jax_guards import eager_jit, staged, usable
 from normlab.backends.jax_rms_norm import rms_norm_op
-from normlab.ops.axes import feature_param
-from normlab.ops.normalize import normalize
 
 
 def _compute_dtype(dtype):
@@ -358,6 +356,10 @@ def rms_norm(x, *, axes, gamma, beta, epsilon):
 def _batch_norm_infer(x, mean, variance, gamma, beta, axis, epsilon):
     """The general path's computation (:func:`normlab.ops.normalize` of the
     per-channel statistics), traced once per signature."""
+    # Imported here: normlab.ops.normalize imports normlab.backends, which imports this module.
+    from normlab.ops.axes import feature_param
+    from normlab.ops.normalize import normalize
+
     ndim, c = x.ndim, x.shape[axis]
     mean, variance, gamma, beta = (feature_param(p, ndim, [axis], [c]) for p in (mean, variance, gamma, beta))
     return normalize(x, mean, variance, gamma=gamma, beta=beta, epsilon=epsilon)
