@@ -35,7 +35,7 @@ from normlab._backend import PREFERENCE
 from normlab.lab import commands, interrupt
 from normlab.lab import presets as P
 from normlab.lab.commands import make_executor, make_experiment, say  # noqa: F401 - API
-from normlab.lab.errors import LabError
+from normlab.lab.errors import ADDRESS, ADDRESS_FIX, FOLDER, LabError, empty_value
 from normlab.lab.experiments import DATASETS, IMPLS, MAX_SEED, MAX_SEED_COUNT, RunConfig
 
 BACKEND_NAMES = tuple(PREFERENCE)  # the order `import normlab` picks a backend in, too
@@ -74,7 +74,7 @@ def _non_empty(key: str, expected: str, fix: str, convert: Callable[[str], str] 
     the current folder, ``--address ''`` Ray on this machine): refused, naming ``key``."""
     def check(text: str) -> str:
         if not text:
-            raise argparse.ArgumentTypeError(f"Invalid `{key}`: expected {expected}. Received: {key}=''. {fix}")
+            raise argparse.ArgumentTypeError(empty_value(key, expected, fix))
         return convert(text)
 
     return check
@@ -82,8 +82,7 @@ def _non_empty(key: str, expected: str, fix: str, convert: Callable[[str], str] 
 
 def _folder(key: str, fix: str) -> Callable[[str], str]:
     """A folder argument with ``~`` expanded (the shell leaves ``--out=~/runs`` as it is); not empty."""
-    return _non_empty(key, "a non-empty folder path (an empty one would be the current folder)", fix,
-                      os.path.expanduser)
+    return _non_empty(key, FOLDER, fix, os.path.expanduser)
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -203,9 +202,7 @@ def _run_options() -> _Parser:
     g.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: one run after another in this process; ray: each run a Ray "
                         "task, as many at once as the cluster allows (default: local)")
-    g.add_argument("--address", type=_non_empty(
-                       "address", "a non-empty address: 'local', 'auto', HOST:PORT or ray://HOST:PORT",
-                       "Pass one of them, or leave --address out for $RAY_ADDRESS, else local."),
+    g.add_argument("--address", type=_non_empty("address", ADDRESS, ADDRESS_FIX),
                    help="Ray: 'local' starts Ray on this machine, 'auto' or "
                    "HOST:6379 joins a running cluster, ray://HOST:10001 uses Ray Client "
                    "(default: $RAY_ADDRESS, else local)")

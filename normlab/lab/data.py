@@ -31,7 +31,7 @@ import numpy as np
 
 from normlab.lab import parsers
 from normlab.lab.datafiles import SPECS, Format, Spec
-from normlab.lab.errors import require
+from normlab.lab.errors import FOLDER, empty_value, require
 from normlab.lab.experiments import DATASETS, dataset_key
 from normlab.lab.parsers import DatasetError
 
@@ -133,8 +133,7 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
 def check_data_dir(name: str, data_dir: str | os.PathLike | None) -> None:
     """Raises DatasetError if ``data_dir`` is given but is not a folder (or is empty: not "not given")."""
     if data_dir is not None and not str(data_dir):
-        raise DatasetError("Invalid `data_dir`: expected a non-empty folder path (an empty one would be the "
-                           f"current folder). Received: data_dir=''. Pass the folder that holds the {name} files.")
+        raise DatasetError(empty_value("data_dir", FOLDER, f"Pass the folder that holds the {name} files."))
     path = None if data_dir is None else Path(data_dir).expanduser()
     if path is not None and not path.is_dir():
         what = "is a file, not a folder" if path.exists() else "does not exist"

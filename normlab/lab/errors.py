@@ -37,6 +37,25 @@ class MissingDependency(LabError, ImportError):
     """A package of the ``lab`` extra is not installed."""
 
 
+#: What an empty folder argument is refused for (:func:`empty_value`).
+FOLDER = "a non-empty folder path (an empty one would be the current folder)"
+#: What an empty Ray address is refused for, and the fix.
+ADDRESS = "a non-empty address: 'local', 'auto', HOST:PORT or ray://HOST:PORT"
+ADDRESS_FIX = "Pass one of them, or leave --address out for $RAY_ADDRESS, else local."
+
+
+def empty_value(key: str, expected: str, fix: str) -> str:
+    """The message refusing an empty ``key``: a value that would silently mean another
+    (an empty folder path the current folder, an empty Ray address Ray on this machine).
+
+    Example:
+        >>> from normlab.lab.errors import FOLDER, empty_value
+        >>> print(empty_value("address", "an address", "Pass one."))
+        Invalid `address`: expected an address. Received: address=''. Pass one.
+    """
+    return f"Invalid `{key}`: expected {expected}. Received: {key}=''. {fix}"
+
+
 def missing(module: str) -> MissingDependency:
     """The error for an optional dependency that is not installed."""
     package, purpose = OPTIONAL.get(module, (module, "this"))

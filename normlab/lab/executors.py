@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from normlab.lab import store, training
-from normlab.lab.errors import LabError
+from normlab.lab.errors import ADDRESS, ADDRESS_FIX, LabError, empty_value
 from normlab.lab.experiments import RunConfig
 
 EXECUTORS = ("local", "ray")
@@ -255,9 +255,7 @@ class RayExecutor:
 def make_executor(name: str = "local", *, address: str | None = None, **options):
     """The executor called ``name`` ("local" or "ray"), checking its options."""
     if address == "":  # not None: it would mean $RAY_ADDRESS, else Ray on this machine
-        raise ValueError("Invalid `address`: expected a non-empty address: 'local', 'auto', HOST:PORT or "
-                         "ray://HOST:PORT. Received: address=''. Pass one of them, or leave --address out for "
-                         "$RAY_ADDRESS, else local.")
+        raise ValueError(empty_value("address", ADDRESS, ADDRESS_FIX))
     if name == "local":
         given = {k: v for k, v in dict(address=address, **options).items() if v is not None}
         if given:

@@ -180,6 +180,10 @@ class RunConfig:
         """Every field that can change the numbers of a run, except the seed."""
         return {k: v for k, v in self.to_dict().items() if k not in _NAMING_FIELDS}
 
+    def run_fields(self) -> dict:
+        """:meth:`result_fields` and the seed: what a run's ``config.json`` must hold to be this run."""
+        return {**self.result_fields(), "seed": self.seed}
+
     @property
     def variant(self) -> str:
         """``<backend>-<impl>-<hash>``: names the run directory of these settings.

@@ -26,7 +26,7 @@ import re
 from typing import Callable
 
 from normlab.lab import store
-from normlab.lab.errors import ConfigError, available, missing
+from normlab.lab.errors import FOLDER, ConfigError, available, empty_value, missing
 from normlab.lab.experiments import DATASETS, Experiment
 from normlab.lab.presets import replace_dataset
 
@@ -58,8 +58,7 @@ def check_out(out) -> None:
     """The output folder is usable, no other normlab holds it, and the report the grid ends
     with can be written in it (``OUT/report`` is no file): creates nothing."""
     if not str(out):  # Path("") is the current folder
-        raise store.StoreError("Invalid `out`: expected a non-empty folder path (an empty one would be the "
-                               "current folder). Received: out=''. Pass --out with a folder, e.g. --out runs.")
+        raise store.StoreError(empty_value("out", FOLDER, "Pass --out with a folder, e.g. --out runs."))
     path = store.check_out(out)
     report = path / store.REPORT
     if report.exists() and not report.is_dir():

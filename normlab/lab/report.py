@@ -21,20 +21,18 @@ plus ``report.md`` with every table. Every file is written atomically.
 from __future__ import annotations
 
 import collections
-import csv
 import functools
-import io
 import json
 import math
 import os
 from pathlib import Path
 
 from normlab.lab import store
-from normlab.lab.errors import ConfigError, LabError
+from normlab.lab.errors import FOLDER, ConfigError, LabError, empty_value
 from normlab.lab.models import find_label, is_identity, split_placement
 from normlab.lab.presets import notes_for
 from normlab.lab.report_text import render as render_markdown  # noqa: F401 - re-exported
-from normlab.lab.report_text import unused_note
+from normlab.lab.report_text import render_csv, unused_note
 from normlab.lab.stats import paired, stats, t975  # noqa: F401 - t975 is part of the API
 from normlab.lab.store import load_runs  # noqa: F401 - re-exported
 
@@ -308,35 +306,6 @@ def _impl_ab(rows: list[dict], others: list[dict]) -> list[dict]:
     return ab
 
 
-_CSV_STATS = ("accuracy", "loss", "test_accuracy", "train_mode_accuracy", "train_mode_loss",
-              "seconds_per_epoch", "steps")
-
-
-def render_csv(table: dict) -> str:
-    """One row per configuration (every implementation); stats as ``<metric>_{mean,std,ci95,n}``."""
-    fields = ["label", "impl", "backend", "series", "x", "norms", "learning_rate", "seeds", "metric"]
-    fields += [f"{k}_{s}" for k in _CSV_STATS for s in ("mean", "std", "ci95", "n")]
-    fields += ["paired_baseline", "paired_diff_mean", "paired_diff_low", "paired_diff_high",
-               "paired_p", "paired_verdict", "params_trainable", "params_non_trainable"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for r in table["rows"] + table.get("other_rows", []):
-        flat = {k: r[k] for k in ("label", "impl", "backend", "series", "x", "norms",
-                                  "learning_rate", "metric", "params_trainable",
-                                  "params_non_trainable")}
-        flat["seeds"] = " ".join(map(str, r["seeds"]))
-        flat.update({f"{k}_{s}": r[k][s] for k in _CSV_STATS for s in ("mean", "std", "ci95", "n")})
-        d = r.get("paired")
-        if d:
-            flat.update(paired_baseline=d["baseline"], paired_diff_mean=d["mean"],
-                        paired_diff_low=d["low"], paired_diff_high=d["high"], paired_p=d["p"],
-                        paired_verdict=d["verdict"])
-        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v)
-                         for k, v in flat.items()})
-    return buffer.getvalue()
-
-
 def write_csv(path: Path, table: dict) -> None:
     store.write_text_atomic(path, render_csv(table))
 
@@ -354,12 +323,16 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     """Writes every experiment's tables and plot (see module docstring); returns the paths.
 
     Raises:
-        ReportError: ``runs_dir`` does not exist or holds no finished run, or
-            ``experiments`` names an experiment it has no run of.
+        ReportError: ``runs_dir`` does not exist or holds no finished run,
+            ``experiments`` names an experiment it has no run of, or
+            ``runs_dir`` or ``out_dir`` is empty (not read as the current folder).
         ConfigError: ``baseline`` names no configuration or series of the runs.
     """
     from normlab.lab.plots import plot
 
+    for key, value in (("runs_dir", runs_dir), ("out_dir", out_dir)):
+        if value is not None and not str(value):  # Path("") is the current folder
+            raise ReportError(empty_value(key, FOLDER, "Pass a folder (runs_dir: the --out folder of a grid)."))
     runs_dir = Path(runs_dir).expanduser()
     if not runs_dir.is_dir():
         raise ReportError(

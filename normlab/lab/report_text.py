@@ -1,10 +1,12 @@
-"""The Markdown of one experiment's report section (see :mod:`normlab.lab.report`).
+"""The Markdown of one experiment's report section and its CSV (see :mod:`normlab.lab.report`).
 
 Pure formatting of the tables :func:`normlab.lab.report.summarize` makes.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import re
 
@@ -324,3 +326,32 @@ def plain(markdown: str) -> str:
         else:
             lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+_CSV_STATS = ("accuracy", "loss", "test_accuracy", "train_mode_accuracy", "train_mode_loss",
+              "seconds_per_epoch", "steps")
+
+
+def render_csv(table: dict) -> str:
+    """One row per configuration (every implementation); stats as ``<metric>_{mean,std,ci95,n}``."""
+    fields = ["label", "impl", "backend", "series", "x", "norms", "learning_rate", "seeds", "metric"]
+    fields += [f"{k}_{s}" for k in _CSV_STATS for s in ("mean", "std", "ci95", "n")]
+    fields += ["paired_baseline", "paired_diff_mean", "paired_diff_low", "paired_diff_high",
+               "paired_p", "paired_verdict", "params_trainable", "params_non_trainable"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in table["rows"] + table.get("other_rows", []):
+        flat = {k: r[k] for k in ("label", "impl", "backend", "series", "x", "norms",
+                                  "learning_rate", "metric", "params_trainable",
+                                  "params_non_trainable")}
+        flat["seeds"] = " ".join(map(str, r["seeds"]))
+        flat.update({f"{k}_{s}": r[k][s] for k in _CSV_STATS for s in ("mean", "std", "ci95", "n")})
+        d = r.get("paired")
+        if d:
+            flat.update(paired_baseline=d["baseline"], paired_diff_mean=d["mean"],
+                        paired_diff_low=d["low"], paired_diff_high=d["high"], paired_p=d["p"],
+                        paired_verdict=d["verdict"])
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v)
+                         for k, v in flat.items()})
+    return buffer.getvalue()

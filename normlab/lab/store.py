@@ -213,7 +213,7 @@ def plan(configs: list[RunConfig], out: str | os.PathLike) -> list[Planned]:
         summary = read_finished(run_dir)
         if summary is not None:
             stored = read_json(run_dir / CONFIG)
-            expected = {**config.result_fields(), "seed": config.seed}  # a folder's own seed too
+            expected = config.run_fields()  # a folder's own seed too
             changed = sorted(k for k, v in expected.items() if isinstance(stored, dict) and stored.get(k) != v)
             why = f"config.json differs in {', '.join(changed)}" if changed else disagreement(run_dir, summary, stored)
             if why:
@@ -239,7 +239,7 @@ def find_twin(out: str | os.PathLike, config: RunConfig) -> tuple[Path, dict] | 
     experiment."""
     others = [] if config.has_norm else [dataclasses.replace(config, impl=i) for i in IMPLS if i != config.impl]
     for twin in [config, *others]:
-        expected = {**twin.result_fields(), "seed": config.seed}
+        expected = twin.run_fields()
         for candidate in sorted(Path(out).glob(f"*/*/{twin.variant}/seed{config.seed}")):
             if twin is config and candidate.parents[2].name == config.experiment:  # its own directory
                 continue

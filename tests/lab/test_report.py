@@ -224,6 +224,16 @@ def test_write_report_default_folder_and_empty_dir(runs, tmp_path):
         write_report(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("key", ["runs_dir", "out_dir"])
+def test_write_report_refuses_an_empty_folder_path(runs, key, monkeypatch):
+    """An empty path was read as the current folder (the command line refused it already)."""
+    monkeypatch.chdir(runs)  # a folder of runs: the current folder would have been reported
+    given = {"runs_dir": runs, "out_dir": None, key: ""}
+    with pytest.raises(ReportError, match=rf"Invalid `{key}`: expected a non-empty folder path .*Received: {key}=''"):
+        write_report(**given)
+    assert not (runs / "report").exists()
+
+
 def test_sweeps_pair_each_series_with_the_baseline_series_at_the_same_x(runs):
     table = summarize(load_runs(runs)[0])["bs"]
     assert table["meta"]["baseline"] == "series BN at the same batch size"
