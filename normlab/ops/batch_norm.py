@@ -16,7 +16,14 @@ from normlab.ops.masks import finite_values
 from normlab.ops.moments import note_count, shifted_moments, size_as, stats_dtype, widened
 from normlab.ops.normalize import check_variance, normalize
 from normlab.ops.params import check_param
-from normlab.ops.validate import check_bools, check_epsilon, check_mask, check_positive_int, error_message
+from normlab.ops.validate import (
+    check_bools,
+    check_epsilon,
+    check_mask,
+    check_positive_int,
+    check_replica_sum,
+    error_message,
+)
 from normlab.types import RenormClipping, ReplicaSum, Tensor
 
 
@@ -98,6 +105,7 @@ def batch_norm(
         for name, param in (("gamma", gamma), ("beta", beta), ("mean", mean), ("variance", variance)))
     reduce_axes = complement([a], ndim)
     check_mask(mask, x.shape)  # (inference ignores it, but a wrong one is an error whatever `training` is)
+    check_replica_sum(replica_sum)  # (so does inference)
 
     if training and _known_empty(x, reduce_axes, replica_sum):
         nan = _nan_statistics(channels, x.dtype)
@@ -199,6 +207,7 @@ def batch_norm_training(
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon)
     check_mask(mask, x.shape)
+    check_replica_sum(replica_sum)
     dtype = stats_dtype(x.dtype)
     gamma, beta = check_param("gamma", gamma, (channels,), dtype), check_param("beta", beta, (channels,), dtype)
     v = check_positive_int("virtual_batch_size", virtual_batch_size, example=32, allow_none=True,

@@ -44,7 +44,7 @@ from normlab.ops.axes import along_short_rows, canonicalize_axes, dims, float_te
 from normlab.ops.masks import spread_over
 from normlab.ops.samples import median_sample
 from normlab.ops.sums import total
-from normlab.ops.validate import check_bool, check_mask
+from normlab.ops.validate import check_bool, check_mask, check_replica_sum
 from normlab.types import Axis, DTypeLike, ReplicaSum, Tensor
 
 
@@ -247,6 +247,7 @@ def shifted_moments(
     x = float_tensor(x)
     axes = canonicalize_axes(axes, len(x.shape), argument="axes", allow_batch=True)
     check_mask(mask, x.shape)
+    check_replica_sum(replica_sum)
     if batch_statistics is not None:
         check_bool("batch_statistics", batch_statistics)
     dtype = stats_dtype(x.dtype)

@@ -10,7 +10,7 @@ from normlab.ops.axes import channel_axis, complement, float_tensor, per_channel
 from normlab.ops.moments import shifted_moments, stats_dtype, widened
 from normlab.ops.normalize import check_variance, normalize
 from normlab.ops.params import check_param
-from normlab.ops.validate import check_bools, check_epsilon, error_message, require_spatial
+from normlab.ops.validate import check_bools, check_epsilon, check_replica_sum, error_message, require_spatial
 from normlab.types import ReplicaSum, Tensor
 
 
@@ -87,6 +87,7 @@ def switchable_norm(
     require_spatial(x.shape, "switchable normalization", argument="x")
     ndim, a, channels = channel_axis(x, axis)
     epsilon = check_epsilon(epsilon)
+    check_replica_sum(replica_sum)
     mean_weights, variance_weights = (
         check_param(name, param, (3,), stats_dtype(x.dtype), meaning="mixing logits of the instance, layer "
                     "and batch statistics", per="statistic mixed", required=True) for name, param in (

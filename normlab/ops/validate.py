@@ -88,6 +88,16 @@ def check_epsilon(epsilon: object, *, positive: bool = False, reason: str = "",
     return float(epsilon)
 
 
+def check_replica_sum(replica_sum: object) -> None:
+    """Raises unless ``replica_sum`` is None or a callable (it is called on tensors,
+    and ``3`` or ``"sum"`` would fail there with ``'int' object is not callable``)."""
+    if replica_sum is not None and not callable(replica_sum):
+        raise TypeError(error_message(
+            "replica_sum", "None or a callable that sums a tensor over all replicas",
+            f"replica_sum={replica_sum!r} of type {type(replica_sum).__name__}",
+            "Pass normlab.distributed.replica_sum() (None outside a distribution strategy), or None."))
+
+
 def check_mask(mask: object, shape: Shape) -> None:
     """Raises if ``mask``'s static shape cannot broadcast to ``shape`` (unknown sizes pass).
 

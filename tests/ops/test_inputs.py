@@ -130,6 +130,31 @@ def test_a_ragged_variance_list_gets_the_conversion_error_not_numpys():
 
 
 
+_X2 = np.ones((4, 3), "float32")
+
+
+@pytest.mark.parametrize("call", [
+    lambda r: nops.batch_norm(_X2, training=True, replica_sum=r),
+    lambda r: nops.batch_norm(_X2, np.zeros(3, "float32"), np.ones(3, "float32"), replica_sum=r),
+    lambda r: nops.batch_norm(_X2, training=True, replica_sum=r, return_stats=True, mask=np.ones((4, 1))),
+    lambda r: nops.batch_renorm(_X2, np.zeros(3, "float32"), np.ones(3, "float32"), replica_sum=r),
+    lambda r: nops.batch_renorm(_X2, np.zeros(3, "float32"), np.ones(3, "float32"), replica_sum=r,
+                                virtual_batch_size=2),
+    lambda r: nops.moments(_X2, [0], replica_sum=r),
+    lambda r: nops.shifted_moments(_X2, [0], replica_sum=r),
+    lambda r: nops.switchable_norm(np.ones((2, 3, 3), "float32"), [0.0] * 3, [0.0] * 3, training=True, replica_sum=r),
+    lambda r: nops.switchable_norm(np.ones((2, 3, 3), "float32"), [0.0] * 3, [0.0] * 3, np.zeros(3, "float32"),
+                                   np.ones(3, "float32"), training=False, replica_sum=r),
+], ids=["batch_norm", "batch_norm inference", "masked", "batch_renorm", "ghost batches", "moments",
+        "shifted_moments", "switchable_norm", "switchable inference"])
+@pytest.mark.parametrize("value", [3, "sum"])
+def test_a_replica_sum_that_is_not_callable_is_refused(call, value):
+    """It failed with Python's bare "'int' object is not callable" (or not at all in inference)."""
+    with pytest.raises(TypeError, match=rf"Invalid `replica_sum`: expected None or a callable .*"
+                                        rf"Received: replica_sum={value!r} of type {type(value).__name__}\. Pass"):
+        call(value)
+
+
 def test_a_negative_renorm_stddev_on_the_host_is_refused():
     """It was replaced by sqrt(epsilon), so r was 30x too large: 20x the output, silently."""
     x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
