@@ -235,12 +235,13 @@ _VERSIONS: dict[str, str] = {}
 
 
 def versions() -> dict[str, str]:
-    """Python, normlab's git revision and the versions of Keras, NumPy and the backends."""
+    """Python, normlab's version and git revision (in a checkout; else "") and the versions
+    of Keras, NumPy and the backends."""
     import importlib.metadata as md
 
     if not _VERSIONS:
         _VERSIONS.update(python=platform.python_version(), normlab_git=_git_revision())
-        for name in ("keras", "numpy", "jax", "jaxlib", "torch", "tensorflow", "tensorflow-cpu"):
+        for name in ("normlab", "keras", "numpy", "jax", "jaxlib", "torch", "tensorflow", "tensorflow-cpu"):
             try:
                 _VERSIONS[name] = md.version(name)
             except md.PackageNotFoundError:

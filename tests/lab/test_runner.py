@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+import normlab
 from normlab.lab import store, training
 from normlab.lab.data import load_dataset
 from normlab.lab.experiments import Experiment, RunConfig
@@ -58,6 +59,8 @@ def test_grid_writes_one_directory_per_run(grid):
         assert summary["wall_time_s"] > 0 and summary["seconds_per_epoch"] > 0
         assert summary["grid_index"] == i
         assert summary["worker"] == dict(executor="local", host=platform.node(), pid=os.getpid())
+        # which normlab made it, installed from a wheel too (no git checkout to read a revision from)
+        assert summary["versions"]["normlab"] == normlab.__version__ and "keras" in summary["versions"]
         assert not [p for p in r.run_dir.iterdir() if p.name.endswith(".tmp")]
     bn, gn = results[0].summary, results[1].summary
     assert bn["params"]["non_trainable"] == 20 and gn["params"]["non_trainable"] == 0
