@@ -23,8 +23,8 @@ call runs; :class:`DataInit` (a mixin of
   warns and keeps ``g`` and the bias; a training call marks it initialized,
   so that no later call overwrites what it trained. Call the model once
   first, e.g. ``model(x_batch)``, there: under JAX's ``fit``, ``predict``
-  and ``evaluate`` (stateless calls, which drop updates of trainable
-  weights); Keras' openvino ``predict`` (a graph built from placeholders);
+  and ``evaluate`` and in ``stateless_call`` on every backend (stateless
+  calls, which drop updates of trainable weights); Keras' openvino ``predict`` (a graph built from placeholders);
   a replica of a ``tf.distribute`` strategy (``fit`` under
   ``MirroredStrategy``: each replica would take its own share's statistics,
   and the all-reduce that would make them the global batch's cannot run
@@ -47,10 +47,11 @@ from normlab.layers.derived_kernel import (
     output_channel_axis,
 )
 from normlab.layers.scopes import (
+    STATELESS_DISCARDS,
     bool_at_trace,
     concrete_bool,
-    in_jax_stateless_call,
     in_openvino_graph,
+    in_stateless_call,
     torch_traced,
     trace_runs_now,
 )
@@ -143,17 +144,16 @@ class DataInit:
 
     def _initialize(self, inputs: Tensor, training: bool | None, mask: Tensor | None = None,
                     initial_state: Any = None) -> None:
-        jax_stateless = in_jax_stateless_call()
-        if jax_stateless or (keras.backend.backend() == "tensorflow" and distributed.replica_sum() is not None):
-            # Updates of g and the bias would be discarded (JAX, while `initialized`,
+        stateless = in_stateless_call()
+        if stateless or (keras.backend.backend() == "tensorflow" and distributed.replica_sum() is not None):
+            # Updates of g and the bias would be discarded (while `initialized`,
             # non-trainable, would be kept) or differ by replica. Leave them as they
             # are; a training call marks the layer initialized, so that no later call
             # overwrites the weights it trained.
             if not self._init_seen:
                 where, when = (
-                    ("under JAX, `fit`, `predict` and `evaluate` discard updates of trainable weights made in "
-                     "the forward pass", "eagerly")
-                    if jax_stateless else
+                    (STATELESS_DISCARDS, "eagerly")
+                    if stateless else
                     ("in a replica of a tf.distribute strategy each replica would take its own share's "
                      "statistics (the all-reduce cannot run inside the graph's conditional)",
                      "under the strategy's scope, outside `fit`,"))

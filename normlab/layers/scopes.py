@@ -12,12 +12,18 @@ from normlab import _compat, backends
 from normlab.types import Tensor
 
 
-def in_jax_stateless_call() -> bool:
-    """True inside a JAX ``stateless_call`` (e.g. ``fit``), where updates of
-    *trainable* variables made in the forward pass are discarded."""
-    if keras.backend.backend() != "jax":
-        return False
-    return _compat.in_stateless_scope()
+def in_stateless_call() -> bool:
+    """True inside a stateless call, where updates of *trainable* variables made
+    in the forward pass are discarded: ``layer.stateless_call`` (and
+    ``keras.StatelessScope``) on any backend, which JAX's ``fit``, ``predict``
+    and ``evaluate`` run; not Keras' shape inference, which runs in one too."""
+    return _compat.in_stateless_scope() and not in_shape_inference()
+
+
+#: Why a stateless call (:func:`in_stateless_call`) leaves a forward pass's
+#: updates of trainable weights undone, for warnings.
+STATELESS_DISCARDS = ("a stateless call (`stateless_call`, which JAX's `fit`, `predict` and `evaluate` run) "
+                      "discards updates of trainable weights made in the forward pass")
 
 
 def concrete_bool(variable: keras.Variable) -> bool | None:

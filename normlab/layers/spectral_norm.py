@@ -30,7 +30,7 @@ from normlab.layers.derived_kernel import (
     missing_layer,
 )
 from normlab.layers.dtypes import check_float_policy
-from normlab.layers.scopes import in_jax_stateless_call
+from normlab.layers.scopes import STATELESS_DISCARDS, in_stateless_call
 from normlab.ops.validate import ArgumentTypeError, error_message
 from normlab.ops.weights import spectral_norm
 from normlab.types import Shape, Tensor
@@ -252,11 +252,10 @@ class SpectralNormalization(SavedLora, keras.layers.Wrapper):
         kernel = kernel_variable(self.layer, attribute, wrapper=self)  # refuses LoRA (see SavedLora)
         if self.in_place:
             if training:
-                if in_jax_stateless_call() and not self._warned:
+                if in_stateless_call() and not self._warned:
                     self._warned = True
                     warnings.warn(
-                        f"{type(self).__name__} {self.name!r} with in_place=True: under JAX, "
-                        "`fit` discards updates of trainable weights made in the forward pass, "
+                        f"{type(self).__name__} {self.name!r} with in_place=True: {STATELESS_DISCARDS}, "
                         "so the stored kernel is not normalized. Use in_place=False.",
                         UserWarning,
                         stacklevel=3,

@@ -109,7 +109,8 @@ class WeightNormalization(DataInit, RecurrentWrapper, SavedLora, keras.layers.Wr
     did; the layer warns. Prefer ``data_init=False`` for RNNs.
 
     On JAX, ``fit``, ``predict`` and ``evaluate`` run the forward pass
-    statelessly and discard updates of trainable weights, so the
+    statelessly (as ``stateless_call`` does on every backend) and discard
+    updates of trainable weights, so the
     initialization cannot happen inside them: call the model once eagerly
     first, e.g. ``model(x_batch)``. Otherwise the layer warns and keeps ``g``
     and the bias as they are; ``fit`` also marks it initialized, so that no

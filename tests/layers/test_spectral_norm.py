@@ -315,10 +315,9 @@ def test_normalized_weights_take_power_iterations_steps_from_the_stored_u():
     np.testing.assert_allclose(numpy_(ours.vector_u), u, atol=1e-6)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="only JAX's stateless calls (fit) drop the update")
-def test_in_place_under_jax_stateless_training_calls_warns_once():
-    """Under JAX's stateless calls (``fit``) the in-place kernel update is discarded: the
-    wrapper says so once, and the stored kernel stays as it was."""
+def test_in_place_under_stateless_training_calls_warns_once():
+    """Under stateless calls (``stateless_call``; JAX's ``fit``) the in-place kernel update
+    is discarded: the wrapper says so once, and the stored kernel stays as it was."""
     x = X[:, 0, 0, :]
     sn = normlab.SpectralNormalization(keras.layers.Dense(3), in_place=True)
     sn(x)

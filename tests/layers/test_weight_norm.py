@@ -381,6 +381,23 @@ def test_data_init_happens_inside_fit():
     np.testing.assert_allclose(y.std(axis=0), 1.0, atol=1e-4)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_a_stateless_call_leaves_the_initialization_to_the_next_eager_call(training):
+    """On TensorFlow and torch it ran the initialization, whose g and bias ``stateless_call``
+    drops, and took the layer as initialized: no later call initialized it (outputs 2-3x
+    the unit spread)."""
+    x = np.random.default_rng(0).normal(2.0, 3.0, (16, 8)).astype("float32")
+    wn = normlab.WeightNormalization(keras.layers.Dense(5))
+    wn.build(x.shape)
+    with pytest.warns(UserWarning, match=r"a stateless call .* discards updates of trainable weights"):
+        _, state = wn.stateless_call([v.value for v in wn.trainable_variables],
+                                     [v.value for v in wn.non_trainable_variables], x, training=training)
+    assert [bool(ops.convert_to_numpy(s)) for s in state] == [training]  # a training step: trained weights
+    assert not bool(ops.convert_to_numpy(wn.initialized))  # the layer itself is untouched
+    y = ops.convert_to_numpy(wn(x))
+    np.testing.assert_allclose(y.std(axis=0), 1.0, atol=1e-4)
+
+
 @pytest.mark.skipif(BACKEND != "jax", reason="only JAX drops the initialization inside fit")
 def test_jax_fit_warns_and_marks_the_layer_initialized():
     wn = normlab.WeightNormalization(keras.layers.Dense(4))
