@@ -28,13 +28,20 @@ from __future__ import annotations
 
 import inspect
 import numbers
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from normlab.ops.validate import check_positive_int
 
+if TYPE_CHECKING:  # for annotations only: matplotlib stays optional (cube_figure imports it)
+    import keras
+    from matplotlib.figure import Figure
+    from mpl_toolkits.mplot3d.axes3d import Axes3D
 
-def _layer(norm):
+
+def _layer(norm: str | keras.layers.Layer) -> keras.layers.Layer:
     """A fresh layer: from a spec string, or a copy of a layer's config (a training
     call would update the given layer's moving statistics, and on JAX leak tracers into them)."""
     if isinstance(norm, str):
@@ -44,14 +51,14 @@ def _layer(norm):
     return type(norm).from_config(norm.get_config())
 
 
-def _call(layer, x):
+def _call(layer: keras.layers.Layer, x: Any) -> Any:
     if "training" in inspect.signature(layer.call).parameters:
         return layer(x, training=True)  # batch-dependent norms show their training statistics
     return layer(x)
 
 
-def shared_statistics(norm, *, batch: int = 4, channels: int = 6, height: int = 2, width: int = 3,
-                      element: tuple[int, int] = (0, 0), seed: int = 0) -> np.ndarray:
+def shared_statistics(norm: str | keras.layers.Layer, *, batch: int = 4, channels: int = 6, height: int = 2,
+                      width: int = 3, element: tuple[int, int] = (0, 0), seed: int = 0) -> np.ndarray:
     """Which input elements share statistics with one element, as an ``(N, C, H*W)`` mask.
 
     Args:
@@ -91,7 +98,7 @@ def shared_statistics(norm, *, batch: int = 4, channels: int = 6, height: int = 
     return mask.transpose(0, 3, 1, 2).reshape(batch, channels, height * width)
 
 
-def _input_gradient(fn, x: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
+def _input_gradient(fn: Callable[[Any], Any], x: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
     """The gradient of ``sum(fn(x) * cotangent)`` with respect to ``x``, on the active backend."""
     import keras
 
@@ -122,13 +129,13 @@ def _input_gradient(fn, x: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
                               f"Received: backend={backend!r}. Use jax, tensorflow or torch.")
 
 
-def _title(norm) -> str:
+def _title(norm: str | keras.layers.Layer) -> str:
     if isinstance(norm, str):
         return norm
     return type(norm).__name__
 
 
-def draw_cube(ax, mask: np.ndarray, title: str = "", color: str = "#4C72B0") -> None:
+def draw_cube(ax: Axes3D, mask: np.ndarray, title: str = "", color: str = "#4C72B0") -> None:
     """Draws an ``(N, C, HW)`` mask as a block of cubes on a 3-D matplotlib axis."""
     n, c, s = mask.shape
     filled = np.ones((n, c, s), bool)  # x: N, y: C, z: H*W, as in the Group Normalization paper
@@ -147,7 +154,8 @@ def draw_cube(ax, mask: np.ndarray, title: str = "", color: str = "#4C72B0") -> 
     ax.set_title(title)
 
 
-def cube_figure(norms, *, batch: int = 4, channels: int = 6, height: int = 2, width: int = 3):
+def cube_figure(norms: str | keras.layers.Layer | Iterable[str | keras.layers.Layer], *, batch: int = 4,
+                channels: int = 6, height: int = 2, width: int = 3) -> Figure:
     """One panel per norm, each shading the elements that share one mean and variance.
 
     Args:

@@ -70,7 +70,7 @@ def available_datasets() -> list[str]:
     return list(_NAMES)
 
 
-def locate(name: str, data_dir: str | os.PathLike | None = None, *, verify: bool = False) -> str | None:
+def locate(name: str, data_dir: str | os.PathLike[str] | None = None, *, verify: bool = False) -> str | None:
     """Where `load_dataset` would read the dataset from, without parsing or downloading it.
 
     Returns a description ("data_dir: /path", "bundled", ...), or None when no complete
@@ -102,7 +102,7 @@ def _searched(places: list[_Place], data_dir: object) -> list[_Place]:
     return [p for p in places if p.label == "data_dir"] if data_dir is not None else places
 
 
-def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
+def load_dataset(name: str, *, data_dir: str | os.PathLike[str] | None = None,
                  download: bool = True, progress: bool = True) -> Dataset:
     """Load a dataset by name; see the module docstring for where files are looked up.
 
@@ -130,7 +130,7 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     return _load_remote(key, data_dir, download, progress)
 
 
-def check_data_dir(name: str, data_dir: str | os.PathLike | None) -> None:
+def check_data_dir(name: str, data_dir: str | os.PathLike[str] | None) -> None:
     """Raises DatasetError if ``data_dir`` is given but is not a folder (or is empty: not "not given")."""
     if data_dir is not None and not str(data_dir):
         raise DatasetError(empty_value("data_dir", FOLDER, f"Pass the folder that holds the {name} files."))
@@ -164,7 +164,7 @@ def _normlab_cache_dir(name: str) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "normlab" / name
 
 
-def _places(name: str, spec: Spec, data_dir: str | os.PathLike | None) -> list[_Place]:
+def _places(name: str, spec: Spec, data_dir: str | os.PathLike[str] | None) -> list[_Place]:
     """Every (directory, file set) to try, in lookup order; the normlab cache is last."""
     places = []
     for label, root in (("data_dir", data_dir),
@@ -295,7 +295,7 @@ def _not_found(name: str, spec: Spec, places: list[_Place], data_dir: object,
     return error
 
 
-def _load_remote(name: str, data_dir: str | os.PathLike | None, download: bool,
+def _load_remote(name: str, data_dir: str | os.PathLike[str] | None, download: bool,
                  progress: bool) -> Dataset:
     """The first complete file set found (in ``data_dir`` alone where given), or a download."""
     spec = SPECS[name]

@@ -30,7 +30,9 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from normlab.lab.errors import ConfigError
 from normlab.lab.models import ARCHITECTURES, is_identity, norm_specs
@@ -46,6 +48,8 @@ IMPL_OWNERS = {"normlab": "normlab's", "keras": "Keras'"}
 BACKENDS = ("tensorflow", "jax", "torch")
 MAX_SEED = 2**31 - 1  # the largest seed every backend takes (Keras' torch SeedGenerator keeps an int32)
 MAX_SEED_COUNT = 10_000  # --seeds N: more runs per configuration than any grid needs
+#: A JSON object as a run directory holds it: ``config.json``, a line of ``metrics.jsonl``, ``summary.json``.
+JSONDict = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ class RunConfig:
         if not self.series:
             object.__setattr__(self, "series", self.label)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JSONDict:
         return dataclasses.asdict(self)
 
     @property
@@ -176,11 +180,11 @@ class RunConfig:
         """A file-system-safe name for this configuration's label."""
         return re.sub(r"[^A-Za-z0-9=.,+-]+", "_", self.label).strip("_") or "run"
 
-    def result_fields(self) -> dict:
+    def result_fields(self) -> JSONDict:
         """Every field that can change the numbers of a run, except the seed."""
         return {k: v for k, v in self.to_dict().items() if k not in _NAMING_FIELDS}
 
-    def run_fields(self) -> dict:
+    def run_fields(self) -> JSONDict:
         """:meth:`result_fields` and the seed: what a run's ``config.json`` must hold to be this run."""
         return {**self.result_fields(), "seed": self.seed}
 
@@ -206,7 +210,7 @@ class RunConfig:
 _NAMING_FIELDS = ("experiment", "label", "series", "sweep", "x", "seed")
 
 
-def _check_type(key: str, kind: str, value) -> None:
+def _check_type(key: str, kind: str, value: object) -> None:
     ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
           "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
           "bool": lambda v: isinstance(v, bool),
@@ -221,7 +225,7 @@ def config_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(RunConfig)]
 
 
-def check_keys(overrides: dict) -> None:
+def check_keys(overrides: dict[str, Any]) -> None:
     """Raises ``ConfigError`` naming the valid keys if ``overrides`` has an unknown one."""
     unknown = sorted(set(overrides) - set(config_keys()))
     if unknown:
@@ -283,7 +287,7 @@ class Experiment:
         """
         return [dataclasses.replace(c, seed=s) for s in self.seeds for c in self.configs]
 
-    def replace(self, *, seeds=None, **overrides) -> "Experiment":
+    def replace(self, *, seeds: Iterable[int] | None = None, **overrides: Any) -> "Experiment":
         """A copy with ``overrides`` applied to every configuration (keys are checked)."""
         check_keys(overrides)
         configs = tuple(dataclasses.replace(c, **overrides) for c in self.configs)
@@ -295,7 +299,7 @@ class Experiment:
                         for c in self.configs)
         return dataclasses.replace(self, name=self.name + suffix, configs=configs)
 
-    def with_impls(self, impls) -> "Experiment":
+    def with_impls(self, impls: Iterable[str]) -> "Experiment":
         """Each configuration once per implementation (adjacent, so timings interleave).
 
         A placement without any norm is the same model under every implementation,
@@ -323,7 +327,7 @@ def json_typed(value: object, like: object) -> bool:
     return isinstance(value, type(like))
 
 
-def has_field_types(stored: dict) -> bool:
+def has_field_types(stored: JSONDict) -> bool:
     """Whether each :class:`RunConfig` field in ``stored`` (a config read back) has the field's type."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     return all(json_typed(v, defaults[k]) for k, v in stored.items() if k in defaults)
@@ -341,7 +345,7 @@ SUMMARY_EXTRAS = {"notes": {}, "grid_index": 0, "training_revision": 0, "copied_
 SUMMARY_ACCURACIES = ("accuracy", "test_accuracy", "train_accuracy", "train_mode_accuracy")
 
 
-def has_summary_types(summary: dict) -> bool:
+def has_summary_types(summary: JSONDict) -> bool:
     """Whether a summary read back (with its keys present) has the types a run writes,
     and its accuracies are fractions (an edited 80.8 would be reported as 8080 %)."""
     params = summary["params"]

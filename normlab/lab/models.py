@@ -30,6 +30,11 @@ from __future__ import annotations
 
 import inspect
 import random
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for annotations only: parsing placements imports no Keras
+    import keras
 
 ARCHITECTURES = ("tutorial", "deep")
 _DEEP_BLOCKS = ((20, 1), (40, 2), (40, 2), (40, 2))  # (filters, stride)
@@ -147,7 +152,7 @@ def norm_specs(placement: str, arch: str = "tutorial") -> list[str]:
     )
 
 
-def parse_placement(placement: str) -> list[tuple[str, dict]]:
+def parse_placement(placement: str) -> list[tuple[str, dict[str, Any]]]:
     """Validates every spec of a placement: ``[(canonical name, kwargs), ...]``.
 
     Unknown names raise the registry's ``ValueError``, which lists the valid
@@ -158,7 +163,7 @@ def parse_placement(placement: str) -> list[tuple[str, dict]]:
     return [parse_spec(spec) for spec in split_placement(placement)]
 
 
-def make_norm(spec: str, impl: str = "normlab"):
+def make_norm(spec: str, impl: str = "normlab") -> keras.layers.Layer | None:
     """The layer for one spec: normlab's, or Keras' built-in one for ``impl="keras"``.
 
     Returns None for ``none`` (no layer). Keras' layer gets exactly the spec's
@@ -218,24 +223,24 @@ class _OwnStream:
     convolution and dense weights, with or without randomly initialized norms.
     """
 
-    def __init__(self, seed: int | None):
+    def __init__(self, seed: int | None) -> None:
         self.state = None if seed is None else random.Random(f"normlab.lab norms {seed}").getstate()
-        self.outer = None
+        self.outer: Any = None  # Python's random state, outside the stream
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         if self.state is not None:
             self.outer = random.getstate()
             random.setstate(self.state)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         if self.state is not None:
             self.state = random.getstate()
             random.setstate(self.outer)
 
 
-def build_model(placement: str, input_shape, num_classes: int = 10, *, arch: str = "tutorial",
+def build_model(placement: str, input_shape: Iterable[int], num_classes: int = 10, *, arch: str = "tutorial",
                 impl: str = "normlab", dropout: float = 0.2, dense_units: int = 128,
-                seed: int | None = None):
+                seed: int | None = None) -> keras.Model:
     """Builds the (uncompiled) Keras model for a placement.
 
     Args:
@@ -272,7 +277,7 @@ def build_model(placement: str, input_shape, num_classes: int = 10, *, arch: str
     with stream:  # validates every spec before anything is built
         norms = [make_norm(spec, impl) for spec in specs]
 
-    def normalize(norm, x):
+    def normalize(norm: keras.layers.Layer | None, x: Any) -> Any:
         if norm is None:
             return x
         with stream:  # a layer may draw when it is built, too
@@ -295,7 +300,7 @@ def build_model(placement: str, input_shape, num_classes: int = 10, *, arch: str
     return keras.Model(inputs, outputs, name=f"{arch}_{impl}_{names}")
 
 
-def copy_weights(source, target) -> None:
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
     """Sets ``target``'s variables to ``source``'s, layer by layer (same architecture).
 
     Within a layer, variables are matched by name, or in order when the names differ
@@ -324,11 +329,11 @@ def copy_weights(source, target) -> None:
             y.assign(x.numpy())  # a copy: JAX's training step donates the buffers it was given
 
 
-def parameter_counts(model) -> dict[str, int]:
+def parameter_counts(model: keras.Model) -> dict[str, int]:
     """``{"trainable": ..., "non_trainable": ...}`` scalar counts of a built model."""
     import math
 
-    def count(weights):
+    def count(weights: Iterable[Any]) -> int:
         return int(sum(math.prod(int(d) for d in w.shape) for w in weights))
 
     return {"trainable": count(model.trainable_weights),

@@ -12,8 +12,9 @@ This module imports no deep-learning framework.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from normlab.lab.errors import ConfigError
 from normlab.lab.experiments import DATASETS, Experiment, RunConfig, dataset_key
@@ -55,12 +56,12 @@ def notes_for(placements: dict[str, str]) -> list[str]:
 
 
 def _experiment(name: str, title: str, norms: dict[str, str], notes: str = "",
-                **overrides) -> Experiment:
+                **overrides: Any) -> Experiment:
     configs = tuple(RunConfig(experiment=name, label=k, norms=v) for k, v in norms.items())
     return Experiment(name, title, configs, notes=notes).replace(**overrides)
 
 
-def compare(norms: dict[str, str] | None = None, **overrides) -> Experiment:
+def compare(norms: dict[str, str] | None = None, **overrides: Any) -> Experiment:
     """The classic comparison: GroupNorm(5), InstanceNorm, LayerNorm(axis=1), BatchNorm
     and no norm after one Conv2D(10); full MNIST, 1 epoch, batch 32, 3 seeds.
 
@@ -74,7 +75,7 @@ def compare(norms: dict[str, str] | None = None, **overrides) -> Experiment:
                        norms or CLASSIC, **overrides)
 
 
-def combos(**overrides) -> Experiment:
+def combos(**overrides: Any) -> Experiment:
     """The BatchNorm/GroupNorm combination tutorial's four models, exactly.
 
     Two Conv2D(10, 3x3); after the first a norm, after the second none or the
@@ -92,7 +93,7 @@ def combos(**overrides) -> Experiment:
                        COMBOS, COMBOS_NOTE, **overrides)
 
 
-def combos_both(**overrides) -> Experiment:
+def combos_both(**overrides: Any) -> Experiment:
     """Two Conv2D(10) with a norm after each: BN twice, GN twice, and each order.
 
     Run: ``normlab compare --preset combos-both`` (12 runs; 10 minutes with JAX).
@@ -101,8 +102,8 @@ def combos_both(**overrides) -> Experiment:
                        **overrides)
 
 
-def batch_size(values=(32, 16, 8, 4, 2), arch: str = "tutorial", base_batch: int = 32,
-               base_lr: float = 1e-3, **overrides) -> Experiment:
+def batch_size(values: Iterable[int] = (32, 16, 8, 4, 2), arch: str = "tutorial", base_batch: int = 32,
+               base_lr: float = 1e-3, **overrides: Any) -> Experiment:
     """BN vs GN over batch sizes, learning rate scaled linearly (``base_lr * b / base_batch``).
 
     The number of epochs is held fixed (so smaller batches take more, smaller steps);
@@ -137,8 +138,8 @@ def batch_size(values=(32, 16, 8, 4, 2), arch: str = "tutorial", base_batch: int
 DEEP_SUBSET = 20_000  # batch-size-deep's training images
 
 
-def batch_size_deep(values=(32, 16, 8, 4, 2), train_subset: int | None = None,
-                    **overrides) -> Experiment:
+def batch_size_deep(values: Iterable[int] = (32, 16, 8, 4, 2), train_subset: int | None = None,
+                    **overrides: Any) -> Experiment:
     """The batch-size sweep on the deeper net (four conv blocks, last maps 4x4), where
     BN's statistics span few values per channel at small batches; first 20,000 images
     (``train_subset=None``; all of a smaller training split, e.g. ``--quick``'s digits).
@@ -153,7 +154,7 @@ def batch_size_deep(values=(32, 16, 8, 4, 2), train_subset: int | None = None,
     return batch_size(values, arch="deep", train_subset=train_subset, **overrides)
 
 
-def groups(values=(1, 2, 5, 10), **overrides) -> Experiment:
+def groups(values: Iterable[int] = (1, 2, 5, 10), **overrides: Any) -> Experiment:
     """GroupNorm with G = 1 (LayerNorm-like), 2, 5, 10 (InstanceNorm-like) groups of 10 channels.
 
     Run: ``normlab sweep groups`` (12 runs; 5 minutes with JAX).
@@ -169,7 +170,7 @@ def groups(values=(1, 2, 5, 10), **overrides) -> Experiment:
         **overrides)
 
 
-def _check_values(values, what: str, example: str, hint: str = "") -> tuple[int, ...]:
+def _check_values(values: Iterable[int], what: str, example: str, hint: str = "") -> tuple[int, ...]:
     values = tuple(values)
     if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
         raise ConfigError(f"Invalid `values`: expected {what} as ints >= 1. Received: "
@@ -212,7 +213,7 @@ SWEEPS = ("batch-size", "batch-size-deep", "groups")
 QUICK = dict(dataset="digits", max_steps=30, test_subset=200)
 
 
-def preset(name: str, **kwargs) -> Experiment:
+def preset(name: str, **kwargs: Any) -> Experiment:
     """The preset ``name`` (see :data:`PRESETS`) built with ``kwargs``."""
     if name not in PRESETS:
         raise ConfigError(

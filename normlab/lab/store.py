@@ -39,7 +39,7 @@ from pathlib import Path
 
 from normlab.lab.consistency import disagreement
 from normlab.lab.errors import LabError
-from normlab.lab.experiments import IMPLS, RunConfig, has_summary_types
+from normlab.lab.experiments import IMPLS, JSONDict, RunConfig, has_summary_types
 
 CONFIG, METRICS, SUMMARY, ERROR = "config.json", "metrics.jsonl", "summary.json", "error.txt"
 LOCK, REPORT = ".normlab.lock", "report"  # REPORT: the report's folder in an output folder
@@ -78,7 +78,7 @@ def write_text_atomic(path: Path, text: str | bytes) -> None:
         raise
 
 
-def finite_json(obj, path: str = "", found: list | None = None):
+def finite_json(obj, path: str = "", found: list[str] | None = None):
     """``obj`` with NaN and infinities replaced by None; their paths appended to ``found``."""
     if isinstance(obj, dict):
         return {k: finite_json(v, f"{path}.{k}" if path else str(k), found) for k, v in obj.items()}
@@ -104,7 +104,7 @@ def write_json_atomic(path: Path, obj) -> None:
 # ---------------------------------------------------------------------- run directories
 
 
-def run_dir_for(out: str | os.PathLike, config: RunConfig) -> Path:
+def run_dir_for(out: str | os.PathLike[str], config: RunConfig) -> Path:
     """Where the run for ``config`` lives under ``out``."""
     return Path(out) / config.experiment / config.slug / config.variant / f"seed{config.seed}"
 
@@ -123,7 +123,7 @@ _CONFIG_KEYS = ("experiment", "label", "series", "sweep", "x", "norms", "seed", 
                 "arch", "epochs", "max_steps", "batch_size", "learning_rate", "train_subset")
 
 
-def read_finished(run_dir: Path) -> dict | None:
+def read_finished(run_dir: Path) -> JSONDict | None:
     """The run's summary if it finished, else None (also for a summary without the keys a
     finished run writes or with a value of another type, e.g. one edited by hand: the run
     is redone, the report skips it and lists it)."""
@@ -145,13 +145,13 @@ def begin_run(run_dir: Path, config: RunConfig) -> None:
     write_json_atomic(run_dir / CONFIG, config.to_dict())
 
 
-def write_metrics(run_dir: Path, lines: list[dict]) -> None:
+def write_metrics(run_dir: Path, lines: list[JSONDict]) -> None:
     """Rewrites ``metrics.jsonl`` with every epoch so far (never a half-written line)."""
     text = "".join(json.dumps(finite_json(line), allow_nan=False) + "\n" for line in lines)
     write_text_atomic(Path(run_dir) / METRICS, text)
 
 
-def finish_run(run_dir: Path, summary: dict) -> dict:
+def finish_run(run_dir: Path, summary: JSONDict) -> JSONDict:
     """Writes ``summary.json`` (marks the run finished); returns the summary as written."""
     found: list[str] = []
     clean = finite_json(summary, found=found)
@@ -161,7 +161,7 @@ def finish_run(run_dir: Path, summary: dict) -> dict:
     return clean
 
 
-def write_run(run_dir: Path, config: RunConfig, files: dict[str, str], summary: dict) -> dict:
+def write_run(run_dir: Path, config: RunConfig, files: dict[str, str], summary: JSONDict) -> JSONDict:
     """Writes a run trained elsewhere (a Ray worker): its files, then the summary."""
     begin_run(run_dir, config)
     for name, text in files.items():
@@ -189,11 +189,11 @@ class Planned:
     run_dir: Path
     action: str
     index: int
-    summary: dict | None = None
+    summary: JSONDict | None = None
     source: Path | None = None
 
 
-def plan(configs: list[RunConfig], out: str | os.PathLike) -> list[Planned]:
+def plan(configs: list[RunConfig], out: str | os.PathLike[str]) -> list[Planned]:
     """What running ``configs`` under ``out`` would do, run by run (reads files only).
 
     "reuse": finished earlier with the same settings; "copy": not finished here,
@@ -228,7 +228,7 @@ def plan(configs: list[RunConfig], out: str | os.PathLike) -> list[Planned]:
     return planned
 
 
-def find_twin(out: str | os.PathLike, config: RunConfig) -> tuple[Path, dict] | None:
+def find_twin(out: str | os.PathLike[str], config: RunConfig) -> tuple[Path, JSONDict] | None:
     """``(run directory, summary)`` of a finished run under ``out`` with the same
     settings and seed as ``config`` under another experiment (``compare``'s
     GroupNorm is ``sweep groups``' G=5), or None. Its directory has ``config``'s
@@ -251,8 +251,8 @@ def find_twin(out: str | os.PathLike, config: RunConfig) -> tuple[Path, dict] | 
     return None
 
 
-def copy_run(source: Path, run_dir: Path, config: RunConfig, out: str | os.PathLike,
-             grid_index: int | None = None) -> dict:
+def copy_run(source: Path, run_dir: Path, config: RunConfig, out: str | os.PathLike[str],
+             grid_index: int | None = None) -> JSONDict:
     """Writes ``source`` (a finished run of ``config``'s settings and seed, see
     :func:`find_twin`) as ``config``'s run: its files, with ``config``'s names in
     ``config.json`` and the summary, which records where it came from
@@ -270,7 +270,7 @@ def copy_run(source: Path, run_dir: Path, config: RunConfig, out: str | os.PathL
     return write_run(run_dir, config, files, summary)
 
 
-def check_out(out: str | os.PathLike) -> Path:
+def check_out(out: str | os.PathLike[str]) -> Path:
     """Checks that ``out`` is (or can be made) a writable folder, leaving nothing behind.
 
     ``os.access`` answers yes to root everywhere (a read-only mount, ``/proc``),
@@ -322,7 +322,7 @@ class OutputLock:
         normlab.lab.store.LockedError: ...
     """
 
-    def __init__(self, out: str | os.PathLike):
+    def __init__(self, out: str | os.PathLike[str]) -> None:
         self.path = Path(out) / LOCK
         self._fd: int | None = None
 
@@ -366,17 +366,17 @@ class OutputLock:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
-    def __enter__(self):
+    def __enter__(self) -> "OutputLock":
         return self.acquire()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
 # ------------------------------------------------------------------------------ reading
 
 
-def load_runs(runs_dir: str | os.PathLike) -> tuple[list[dict], list[Path]]:
+def load_runs(runs_dir: str | os.PathLike[str]) -> tuple[list[JSONDict], list[Path]]:
     """Finished run summaries (each with its ``run_dir``) and unfinished or unreadable run
     directories: also a ``seed<N>`` folder with a summary but no ``config.json``, which every
     run writes first, and a run whose files disagree (:mod:`normlab.lab.consistency`)."""
@@ -393,7 +393,7 @@ def load_runs(runs_dir: str | os.PathLike) -> tuple[list[dict], list[Path]]:
     return finished, unfinished
 
 
-def disagreeing(run_dir: str | os.PathLike) -> str:
+def disagreeing(run_dir: str | os.PathLike[str]) -> str:
     """Why a finished run's files disagree (:func:`~normlab.lab.consistency.disagreement`), else ""."""
     stored = read_json(Path(run_dir) / CONFIG)
     summary = read_finished(Path(run_dir)) if isinstance(stored, dict) else None

@@ -6,14 +6,24 @@ in float64, with no attempt at speed. They accept and return NumPy arrays.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
+from typing import cast, overload
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+_Array = NDArray[np.float64]
 
 
-def _f64(x):
+@overload
+def _f64(x: None) -> None: ...
+@overload
+def _f64(x: ArrayLike) -> _Array: ...
+def _f64(x: ArrayLike | None) -> _Array | None:
     return None if x is None else np.asarray(x, dtype=np.float64)
 
 
-def _affine(y, gamma, beta, shape):
+def _affine(y: _Array, gamma: ArrayLike | None, beta: ArrayLike | None, shape: Sequence[int]) -> _Array:
     if gamma is not None:
         y = y * _f64(gamma).reshape(shape)
     if beta is not None:
@@ -21,13 +31,13 @@ def _affine(y, gamma, beta, shape):
     return y
 
 
-def _channel_shape(ndim: int, axis: int, channels: int):
+def _channel_shape(ndim: int, axis: int, channels: int) -> list[int]:
     shape = [1] * ndim
     shape[axis] = channels
     return shape
 
 
-def moments(x, axes, mask=None):
+def moments(x: ArrayLike, axes: Iterable[int], mask: ArrayLike | None = None) -> tuple[_Array, _Array]:
     """Mean and biased variance over ``axes`` (kept as size-1 dims), float64; ``mask`` broadcasts
     to ``x``, and each entry counts by its truth value (0 or False: left out), as in the ops."""
     x = _f64(x)
@@ -39,7 +49,8 @@ def moments(x, axes, mask=None):
     return mean, var
 
 
-def group_norm(x, groups, axis=-1, gamma=None, beta=None, epsilon=1e-3):
+def group_norm(x: ArrayLike, groups: int, axis: int = -1, gamma: ArrayLike | None = None,
+               beta: ArrayLike | None = None, epsilon: float = 1e-3) -> _Array:
     """Group normalization (Wu & He 2018), channels on ``axis``; groups=-1 is instance norm."""
     x = _f64(x)
     axis = axis % x.ndim
@@ -54,7 +65,8 @@ def group_norm(x, groups, axis=-1, gamma=None, beta=None, epsilon=1e-3):
     return _affine(y, gamma, beta, _channel_shape(x.ndim, axis, channels))
 
 
-def instance_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-3):
+def instance_norm(x: ArrayLike, axis: int = -1, gamma: ArrayLike | None = None, beta: ArrayLike | None = None,
+                  epsilon: float = 1e-3) -> _Array:
     """Instance normalization (Ulyanov et al. 2016): per sample and channel."""
     x = _f64(x)
     axis = axis % x.ndim
@@ -64,7 +76,7 @@ def instance_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-3):
     return _affine(y, gamma, beta, _channel_shape(x.ndim, axis, x.shape[axis]))
 
 
-def adaptive_instance_norm(content, style, axis=-1, epsilon=1e-5):
+def adaptive_instance_norm(content: ArrayLike, style: ArrayLike, axis: int = -1, epsilon: float = 1e-5) -> _Array:
     """Adaptive instance normalization (Huang & Belongie 2017): the content's
     per-sample, per-channel mean and standard deviation replaced by the style's."""
     content, style = _f64(content), _f64(style)
@@ -75,7 +87,8 @@ def adaptive_instance_norm(content, style, axis=-1, epsilon=1e-5):
     return (content - mean) / np.sqrt(var + epsilon) * np.sqrt(style_var + epsilon) + style_mean
 
 
-def layer_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-3):
+def layer_norm(x: ArrayLike, axis: int | Sequence[int] = -1, gamma: ArrayLike | None = None,
+               beta: ArrayLike | None = None, epsilon: float = 1e-3) -> _Array:
     """Layer normalization (Ba et al. 2016) over ``axis`` (int or list)."""
     x = _f64(x)
     axes = sorted(a % x.ndim for a in np.atleast_1d(axis))
@@ -85,7 +98,9 @@ def layer_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-3):
     return _affine(y, gamma, beta, shape)
 
 
-def batch_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-3, mean=None, variance=None, mask=None):
+def batch_norm(x: ArrayLike, axis: int = -1, gamma: ArrayLike | None = None, beta: ArrayLike | None = None,
+               epsilon: float = 1e-3, mean: ArrayLike | None = None, variance: ArrayLike | None = None,
+               mask: ArrayLike | None = None) -> tuple[_Array, _Array, _Array]:
     """Batch normalization (Ioffe & Szegedy 2015).
 
     With ``mean``/``variance`` None, uses batch statistics (training form) and
@@ -102,19 +117,20 @@ def batch_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-3, mean=None, varia
         reduce = [a for a in range(x.ndim) if a != axis]
         m, v = moments(x, reduce, mask)
     else:
-        m, v = _f64(mean).reshape(shape), _f64(variance).reshape(shape)
+        m, v = _f64(mean).reshape(shape), cast(_Array, _f64(variance)).reshape(shape)
     y = _affine((x - m) / np.sqrt(v + epsilon), gamma, beta, shape)
     return y, m.reshape(-1), v.reshape(-1)
 
 
-def _channels_last(x, axis):
+def _channels_last(x: ArrayLike, axis: int) -> tuple[_Array, int]:
     """``x`` as float64 with the channel axis moved last, and that axis."""
     x = _f64(x)
     axis = axis % x.ndim
     return np.moveaxis(x, axis, -1), axis
 
 
-def rms_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-6):
+def rms_norm(x: ArrayLike, axis: int | Sequence[int] = -1, gamma: ArrayLike | None = None,
+             beta: ArrayLike | None = None, epsilon: float = 1e-6) -> _Array:
     """RMS normalization (Zhang & Sennrich 2019): ``x / sqrt(mean(x^2) + eps) * gamma + beta``."""
     x = _f64(x)
     axes = tuple(sorted(a % x.ndim for a in np.atleast_1d(axis)))
@@ -123,7 +139,8 @@ def rms_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-6):
     return _affine(x / rms, gamma, beta, shape)
 
 
-def dynamic_tanh(x, alpha=0.5, axis=-1, gamma=None, beta=None):
+def dynamic_tanh(x: ArrayLike, alpha: ArrayLike = 0.5, axis: int | Sequence[int] = -1, gamma: ArrayLike | None = None,
+                 beta: ArrayLike | None = None) -> _Array:
     """Dynamic Tanh (Zhu et al. 2025): ``tanh(alpha * x) * gamma + beta``, ``gamma``/``beta`` on ``axis``."""
     x = _f64(x)
     axes = {a % x.ndim for a in np.atleast_1d(axis)}
@@ -131,7 +148,9 @@ def dynamic_tanh(x, alpha=0.5, axis=-1, gamma=None, beta=None):
     return _affine(np.tanh(float(np.ravel(alpha)[0]) * x), gamma, beta, shape)
 
 
-def filter_response_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-6, learned_epsilon=0.0, tau=None):
+def filter_response_norm(x: ArrayLike, axis: int = -1, gamma: ArrayLike | None = None, beta: ArrayLike | None = None,
+                         epsilon: float = 1e-6, learned_epsilon: ArrayLike = 0.0,
+                         tau: ArrayLike | None = None) -> _Array:
     """Filter response normalization (Singh & Krishnan 2019), channel ``axis``, then TLU if ``tau``."""
     moved, axis = _channels_last(x, axis)
     spatial = tuple(range(1, moved.ndim - 1))
@@ -143,14 +162,16 @@ def filter_response_norm(x, axis=-1, gamma=None, beta=None, epsilon=1e-6, learne
     return np.moveaxis(y, -1, axis)
 
 
-def tlu(x, tau, axis=-1, alpha=None):
+def tlu(x: ArrayLike, tau: ArrayLike, axis: int = -1, alpha: ArrayLike | None = None) -> _Array:
     """Thresholded linear unit: ``max(x, tau)`` or ``max(x, alpha * x + tau)``, per channel."""
     moved, axis = _channels_last(x, axis)
     floor = _f64(tau) if alpha is None else _f64(alpha) * moved + _f64(tau)
     return np.moveaxis(np.maximum(moved, floor), -1, axis)
 
 
-def evo_norm_b0(x, axis=-1, v=None, gamma=None, beta=None, epsilon=1e-3, moving_variance=None):
+def evo_norm_b0(x: ArrayLike, axis: int = -1, v: ArrayLike | None = None, gamma: ArrayLike | None = None,
+                beta: ArrayLike | None = None, epsilon: float = 1e-3,
+                moving_variance: ArrayLike | None = None) -> tuple[_Array, _Array]:
     """EvoNorm-B0 (Liu et al. 2020, timm's form); batch variance if ``moving_variance`` is None.
 
     Returns ``(y, variance_used)``.
@@ -168,7 +189,8 @@ def evo_norm_b0(x, axis=-1, v=None, gamma=None, beta=None, epsilon=1e-3, moving_
     return np.moveaxis(_affine(y, gamma, beta, [-1]), -1, axis), var
 
 
-def evo_norm_s0(x, groups, axis=-1, v=None, gamma=None, beta=None, epsilon=1e-5):
+def evo_norm_s0(x: ArrayLike, groups: int, axis: int = -1, v: ArrayLike | None = None, gamma: ArrayLike | None = None,
+                beta: ArrayLike | None = None, epsilon: float = 1e-5) -> _Array:
     """EvoNorm-S0 (Liu et al. 2020): ``x * sigmoid(v x) / group_std * gamma + beta``."""
     moved, axis = _channels_last(x, axis)
     channels = moved.shape[-1]
@@ -181,8 +203,10 @@ def evo_norm_s0(x, groups, axis=-1, v=None, gamma=None, beta=None, epsilon=1e-5)
     return np.moveaxis(_affine(y, gamma, beta, [-1]), -1, axis)
 
 
-def switchable_norm(x, mean_weights, variance_weights, axis=-1, gamma=None, beta=None, epsilon=1e-3,
-                    moving_mean=None, moving_variance=None):
+def switchable_norm(x: ArrayLike, mean_weights: ArrayLike, variance_weights: ArrayLike, axis: int = -1,
+                    gamma: ArrayLike | None = None, beta: ArrayLike | None = None, epsilon: float = 1e-3,
+                    moving_mean: ArrayLike | None = None,
+                    moving_variance: ArrayLike | None = None) -> tuple[_Array, _Array, _Array]:
     """Switchable normalization (Luo et al. 2018): softmax mix of IN, LN and BN statistics.
 
     Batch statistics from ``x`` if ``moving_mean`` is None. Returns
@@ -195,12 +219,12 @@ def switchable_norm(x, mean_weights, variance_weights, axis=-1, gamma=None, beta
     if moving_mean is None:
         bn = moments(moved, tuple(range(moved.ndim - 1)))
     else:
-        bn = (_f64(moving_mean), _f64(moving_variance))
+        bn = (_f64(moving_mean), cast(_Array, _f64(moving_variance)))
     stats.append(bn)
 
-    def softmax(w):
+    def softmax(w: ArrayLike) -> _Array:
         e = np.exp(_f64(w) - np.max(w))
-        return e / e.sum()
+        return cast(_Array, e / e.sum())
 
     wm, wv = softmax(mean_weights), softmax(variance_weights)
     mean = sum(w * s[0] for w, s in zip(wm, stats))
@@ -209,7 +233,8 @@ def switchable_norm(x, mean_weights, variance_weights, axis=-1, gamma=None, beta
     return np.moveaxis(y, -1, axis), np.reshape(bn[0], channels), np.reshape(bn[1], channels)
 
 
-def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=1.0, axis=-1):
+def local_response_norm(x: ArrayLike, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0,
+                        axis: int = -1) -> _Array:
     """Local response normalization (Krizhevsky et al. 2012), PyTorch's form, one channel at a time."""
     moved, axis = _channels_last(x, axis)
     channels = moved.shape[-1]
@@ -221,8 +246,10 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=1.0, axis=-1):
     return np.moveaxis(y, -1, axis)
 
 
-def batch_renorm(x, renorm_mean, renorm_stddev, axis=-1, gamma=None, beta=None, epsilon=1e-3,
-                 clipping=None, virtual_batch_size=None):
+def batch_renorm(x: ArrayLike, renorm_mean: ArrayLike | None, renorm_stddev: ArrayLike | None, axis: int = -1,
+                 gamma: ArrayLike | None = None, beta: ArrayLike | None = None, epsilon: float = 1e-3,
+                 clipping: Mapping[str, float] | None = None,
+                 virtual_batch_size: int | None = None) -> tuple[_Array, _Array, _Array]:
     """Batch renormalization (Ioffe 2017), training form, optionally per ghost batch.
 
     Returns ``(y, mean, variance)``, the statistics averaged over ghost batches.
@@ -238,7 +265,7 @@ def batch_renorm(x, renorm_mean, renorm_stddev, axis=-1, gamma=None, beta=None, 
         mean, var = moments(part, tuple(range(part.ndim - 1)))
         y = (part - mean) / np.sqrt(var + epsilon)
         if renorm_mean is not None:
-            s = np.maximum(_f64(renorm_stddev), np.sqrt(epsilon))
+            s = np.maximum(cast(_Array, _f64(renorm_stddev)), np.sqrt(epsilon))
             known, s = s > 0, np.where(s > 0, s, 1.0)  # a moving std of 0 (epsilon=0): r = 1, d = 0
             r = np.where(known, np.sqrt(var + epsilon) / s, 1.0)
             d = np.where(known, (mean - _f64(renorm_mean)) / s, 0.0)
@@ -252,7 +279,8 @@ def batch_renorm(x, renorm_mean, renorm_stddev, axis=-1, gamma=None, beta=None, 
     return y, np.mean(means, axis=0), np.mean(variances, axis=0)
 
 
-def ghost_batch_norm(x, virtual_batch_size, axis=-1, gamma=None, beta=None, epsilon=1e-3):
+def ghost_batch_norm(x: ArrayLike, virtual_batch_size: int | None, axis: int = -1, gamma: ArrayLike | None = None,
+                     beta: ArrayLike | None = None, epsilon: float = 1e-3) -> tuple[_Array, _Array, _Array]:
     """Ghost batch normalization (Hoffer et al. 2017): batch norm per consecutive sub-batch.
 
     Returns ``(y, mean, variance)``, the statistics averaged over ghost batches.
@@ -263,26 +291,27 @@ def ghost_batch_norm(x, virtual_batch_size, axis=-1, gamma=None, beta=None, epsi
 # --------------------------------------------------------------------------- weight reparametrizations
 
 
-def _kernel_matrix(kernel):
+def _kernel_matrix(kernel: ArrayLike) -> _Array:
     """A kernel as a float64 ``(fan_in, out)`` matrix (output units on the last axis)."""
     kernel = _f64(kernel)
     return kernel.reshape(-1, kernel.shape[-1])
 
 
-def standardize_weight(kernel, epsilon=1e-6, gain=None):
+def standardize_weight(kernel: ArrayLike, epsilon: float = 1e-6, gain: ArrayLike | None = None) -> _Array:
     """Weight standardization (Qiao et al. 2019) over the fan-in (all axes but the last).
 
     ``(w - mean) / sqrt(var + epsilon) * gain``; ``gain`` per output unit.
     """
     kernel = _f64(kernel)
     w = _kernel_matrix(kernel)
-    y = (w - w.mean(axis=0)) / np.sqrt(w.var(axis=0) + epsilon)
+    y: _Array = (w - w.mean(axis=0)) / np.sqrt(w.var(axis=0) + epsilon)
     if gain is not None:
         y = y * _f64(gain).reshape(-1)
     return y.reshape(kernel.shape)
 
 
-def scaled_standardize_weight(kernel, gain=None, gamma=1.0, epsilon=1e-6):
+def scaled_standardize_weight(kernel: ArrayLike, gain: ArrayLike | None = None, gamma: float = 1.0,
+                              epsilon: float = 1e-6) -> _Array:
     """Scaled weight standardization (Brock et al. 2021; timm's ScaledStdConv2d).
 
     ``(w - mean) / sqrt(var + epsilon) * gain * gamma / sqrt(fan_in)``.
@@ -293,17 +322,17 @@ def scaled_standardize_weight(kernel, gain=None, gamma=1.0, epsilon=1e-6):
     return standardize_weight(kernel, epsilon, gain * gamma / np.sqrt(fan_in))
 
 
-def weight_norm(v, g=None):
+def weight_norm(v: ArrayLike, g: ArrayLike | None = None) -> _Array:
     """Weight normalization (Salimans & Kingma 2016): ``g * v / ||v||`` per output unit."""
     v = _f64(v)
-    w = _kernel_matrix(v)
+    w: _Array = _kernel_matrix(v)
     w = w / np.linalg.norm(w, axis=0)
     if g is not None:
         w = w * _f64(g).reshape(-1)
     return w.reshape(v.shape)
 
 
-def weight_norm_data_init(pre_activations, axis=-1, epsilon=1e-10):
+def weight_norm_data_init(pre_activations: ArrayLike, axis: int = -1, epsilon: float = 1e-10) -> tuple[_Array, _Array]:
     """The paper's data-dependent initialization from ``t = x . v / ||v||``.
 
     Returns ``(g, bias)`` with ``g = 1 / sqrt(var(t) + epsilon)`` and
@@ -315,7 +344,7 @@ def weight_norm_data_init(pre_activations, axis=-1, epsilon=1e-10):
     return g, -t.mean(axis=0) * g
 
 
-def power_iteration(kernel, u, iterations=1):
+def power_iteration(kernel: ArrayLike, u: ArrayLike, iterations: int = 1) -> tuple[_Array, _Array, float]:
     """Power iteration as in Miyato et al. 2018 / TF Addons / Keras, in float64.
 
     ``W`` is the kernel as ``(fan_in, out)``; ``iterations`` times
@@ -323,31 +352,31 @@ def power_iteration(kernel, u, iterations=1):
     ``sigma = v W u^T``. Returns ``(u, v, sigma)``.
     """
     w = _kernel_matrix(kernel)
-    u = _f64(u).reshape(1, -1)
-    u = u / np.linalg.norm(u)
+    u_row: _Array = _f64(u).reshape(1, -1)
+    u_row = u_row / np.linalg.norm(u_row)
     for _ in range(iterations):
-        v = u @ w.T
+        v: _Array = u_row @ w.T
         v = v / np.linalg.norm(v)
-        u = v @ w
-        u = u / np.linalg.norm(u)
+        u_row = v @ w
+        u_row = u_row / np.linalg.norm(u_row)
     if iterations == 0:
-        v = u @ w.T
+        v = u_row @ w.T
         v = v / np.linalg.norm(v)
-    return u, v, float((v @ w @ u.T)[0, 0])
+    return u_row, v, float((v @ w @ u_row.T)[0, 0])
 
 
-def spectral_norm(kernel, u, power_iterations=1):
+def spectral_norm(kernel: ArrayLike, u: ArrayLike, power_iterations: int = 1) -> tuple[_Array, _Array, float]:
     """Spectral normalization (Miyato et al. 2018): ``(kernel / sigma, u, sigma)``."""
     u, _, sigma = power_iteration(kernel, u, power_iterations)
     return _f64(kernel) / sigma, u, sigma
 
 
-def top_singular_value(kernel):
+def top_singular_value(kernel: ArrayLike) -> float:
     """The largest singular value of the kernel as a ``(fan_in, out)`` matrix (SVD)."""
     return float(np.linalg.svd(_kernel_matrix(kernel), compute_uv=False)[0])
 
 
-def conv(x, kernel, bias=None, groups=1):
+def conv(x: ArrayLike, kernel: ArrayLike, bias: ArrayLike | None = None, groups: int = 1) -> _Array:
     """Float64 "valid" N-D convolution, channels-last, stride 1, as Keras computes it.
 
     ``x`` is ``(N, *spatial, C)``, ``kernel`` is ``(*kernel_size, C // groups, F)``
