@@ -113,7 +113,8 @@ def register(
             which the layer it builds checks).
         aliases: other names for it, each a lowercase identifier. Default ().
         summary: one line for ``normlab list norms``. Default "" (the
-            first line of the factory's docstring).
+            first line of the factory's docstring; of the function or class
+            a ``functools.partial`` calls).
         kind: how it enters a model, one of :data:`KINDS`. Default "activation".
 
     Example:
@@ -173,7 +174,10 @@ def register(
     for key in previous.aliases if previous is not None else ():
         if key not in aliases:  # re-registered without it: the old alias would reach the new factory
             del _ALIASES[key]
-    _NORMS[name] = Entry(name, factory, tuple(aliases), summary or (inspect.getdoc(factory) or "").split("\n")[0],
+    documented = factory
+    while isinstance(documented, functools.partial):  # the docstring of what it calls, not functools'
+        documented = documented.func
+    _NORMS[name] = Entry(name, factory, tuple(aliases), summary or (inspect.getdoc(documented) or "").split("\n")[0],
                          kind)
     for key in (name, *aliases):
         _ALIASES[key] = name

@@ -190,6 +190,14 @@ def test_a_partial_factory_reports_its_bound_defaults():
     assert entry.arguments()["epsilon"] == 1e-6 and not entry.takes_any_argument()
 
 
+def test_a_partial_factorys_summary_is_its_callees_first_docstring_line():
+    """It was functools.partial's own: 'partial(func, *args, **keywords) - new function ...'."""
+    import functools
+
+    normlab.register("zzz_partial", functools.partial(functools.partial(normlab.RMSNormalization), epsilon=1e-6))
+    assert normlab.registry()["zzz_partial"].summary == normlab.RMSNormalization.__doc__.strip().splitlines()[0]
+
+
 def test_instance_norm_takes_tf_addons_groups_in_a_spec():
     """InstanceNormalization(groups=-1) is TF Addons code; its spec was refused."""
     assert normlab.registry()["instance"].arguments()["groups"] == -1

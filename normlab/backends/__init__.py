@@ -41,7 +41,7 @@ under ``jax.jit`` and ``tf.function``. Exactness is decided inside the graph
 (``lax.cond``/``tf.cond``) or needs no decision (a shift that bounds every
 kernel's error). One exception: an eager ``tf.cond`` evaluates its
 predicate on the host, so TensorFlow's hooks decide there in the calls
-that stay eager (a signature's first two, inputs over 2**20 elements,
+that stay eager (a signature's first two, batch norm inference inputs over 2**20 elements,
 nested or persistent tapes, forward accumulators, signatures past the
 sixteen graphs a hook keeps: :mod:`normlab.backends.tensorflow_eager`); in every graph
 (``tf.function``, ``fit``, exporters) they decide on the device. The

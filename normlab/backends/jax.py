@@ -40,8 +40,9 @@ scaling); what changes is how XLA sees them:
   ``jax.jit``, ``jax.export``, an exporter's ``make_jaxpr``) the op is
   traced into it directly (:func:`normlab.backends.jax_guards.eager_jit`).
 
-Every shape and dtype is served (float16/bfloat16 are computed in float32
-and cast back); only non-float inputs decline. Batch norm with given
+Every shape and float dtype is served (float16/bfloat16 are computed in float32
+and cast back); non-float, empty and 1-D inputs decline, as do inputs that vary
+over a ``shard_map`` axis or are split over devices (:mod:`normlab.backends.jax_guards`). Batch norm with given
 statistics is served eagerly only, as one jitted call (:func:`batch_norm_infer`). RMS norm, which subtracts
 nothing and so needs no statistics policy, is in
 :mod:`normlab.backends.jax_rms_norm`.

@@ -71,9 +71,10 @@ or a shift that needs no decision at all.
   (``tests/backends/test_constant_slices.py``). Eager torch has no in-graph branch (a
   ``torch.where`` computes both sides; ``torch.cond`` reads its predicate
   on the host), so every torch kernel works about this shift: normlab's
-  compiled CPU kernels (:mod:`normlab.backends.cpu`: float32 group and
-  instance norm, batch norm, layer norm over trailing axes)
-  subtract it as they read the data; ATen's kernels, for everything else,
+  compiled CPU kernels (:mod:`normlab.backends.cpu`: group and instance
+  norm, batch norm and layer norm over trailing axes, in float32, float16
+  and bfloat16; RMS norm too, which needs no shift) subtract it as they
+  read the data; ATen's kernels, for everything else,
   are handed ``x - s`` by one subtraction (fused with the float16/bfloat16
   upcast where there is one). TensorFlow uses the same shift outside XLA
   for a training step's small inputs, where a ``tf.cond``'s branches cost

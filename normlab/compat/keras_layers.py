@@ -206,10 +206,18 @@ def _copy_weights(source: keras.Model, target: keras.Model) -> None:
         clone = target.get_layer(layer.name)
         if isinstance(layer, keras.Model) and _is_graph_model(layer):
             _copy_weights(layer, clone)
-        elif type(clone) is not type(layer):
+        elif type(clone) is not type(layer) or _named_alike(layer, clone):
+            # By name where the names tell: a layer rebuilt from its config may create its
+            # weights in another order (a float8-quantized Dense: its scales before its kernel).
             _copy_by_name(layer, clone)
         else:
             clone.set_weights(layer.get_weights())
+
+
+def _named_alike(layer: keras.layers.Layer, clone: keras.layers.Layer) -> bool:
+    """Whether both layers' weights have the same names, none twice (not a Bidirectional's two halves)."""
+    names = [weight.name for weight in layer.weights]
+    return len(set(names)) == len(names) and sorted(names) == sorted(weight.name for weight in clone.weights)
 
 
 def _copy_by_name(layer: keras.layers.Layer, clone: keras.layers.Layer) -> None:

@@ -69,10 +69,11 @@ class BatchNormalization(Normalization):
     statistics in training; the moving averages are updated with the
     statistics averaged over the groups (as TF 1's ``virtual_batch_size``).
     Inference always uses the moving statistics, never ghost batches. The
-    training batch size must be a multiple of ``v`` (a clear error otherwise,
-    where the batch size is known when the call is traced; in a TensorFlow
-    graph with an unknown batch size, such as ``fit``'s, TensorFlow's
-    reshape error at run time instead). Drop or pad a last, smaller batch
+    training batch size must be a multiple of ``v`` (a clear error otherwise:
+    where the batch size is known when the call is traced, and in a
+    TensorFlow graph with an unknown batch size, such as ``fit``'s, as a
+    graph assertion at run time; under XLA, which drops assertions,
+    TensorFlow's reshape error instead). Drop or pad a last, smaller batch
     (``drop_remainder=True`` in ``tf.data``). With a mask, each ghost batch
     weighs in those averages as its unmasked positions.
 

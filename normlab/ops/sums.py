@@ -2,7 +2,9 @@
 
 TensorFlow outside XLA sums over an axis that is not innermost one term
 after another; :func:`total` arranges its sums so that none is long and
-sequential. Other backends' sums are taken as they are.
+sequential. Other backends' sums over axes that a kept axis splits are
+taken innermost run first, then one axis at a time (:data:`INTERLEAVED_SUMS`);
+others as they are.
 """
 
 from __future__ import annotations

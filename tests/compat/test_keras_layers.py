@@ -92,6 +92,21 @@ def test_weights_and_moving_statistics_are_copied_not_shared():
     assert rms.gamma is rms.scale
 
 
+@pytest.mark.parametrize("mode", ["int8", "float8"])
+def test_quantized_models_convert_and_back(mode):
+    """A float8 Dense rebuilt from its config creates its scales before its kernel: copying
+    its weights by position (as Keras' clone_model then set_weights) failed on a shape."""
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.LayerNormalization(),
+                              keras.layers.Dense(4)])
+    model.quantize(mode)
+    y = to_numpy(model(x))
+    converted = keras_layers.convert(model)
+    assert type(converted.layers[1]) is normlab.LayerNormalization
+    np.testing.assert_allclose(to_numpy(converted(x)), y, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(keras_layers.to_keras(converted)(x)), y, atol=1e-6)
+
+
 def test_the_original_model_is_left_as_it_was():
     model = _model()
     weights = [to_numpy(w).copy() for w in model.weights]
