@@ -1,7 +1,8 @@
 """Whether a finished run's files agree with each other and with its directory.
 
 A run lives in ``OUT/<experiment>/<label>/<variant>/seed<N>/`` (see
-:mod:`normlab.lab.store`) and writes its configuration twice: to
+:mod:`normlab.lab.store`; normlab 0.1.0 wrote ``OUT/<experiment>/<label>/seed<N>/``,
+with no variant folder, and the report reads those too) and writes its configuration twice: to
 ``config.json`` when it starts and in ``summary.json`` when it finishes. Files
 copied into another run's folder (``seed0`` copied to ``seed1``) or edited by
 hand (a learning rate in ``config.json``, a label or an experiment in the
@@ -16,16 +17,21 @@ This module imports nothing outside the standard library.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 _MISSING = object()
+
+#: A variant folder's name, ``<backend>-<impl>-<hash>`` (:attr:`normlab.lab.experiments.RunConfig.variant`).
+_VARIANT = re.compile(r"[a-z]+-[a-z]+-[0-9a-f]{8}")
 
 
 def disagreement(run_dir: str | os.PathLike, summary: dict, stored: object) -> str:
     """Why a finished run's files disagree, or ``""`` where they agree.
 
     Args:
-        run_dir: the run's directory, ``.../<experiment>/<label>/<variant>/seed<N>``.
+        run_dir: the run's directory, ``.../<experiment>/<label>/<variant>/seed<N>``
+            (or 0.1.0's ``.../<experiment>/<label>/seed<N>``).
         summary: its ``summary.json`` as read back (with a ``config`` object).
         stored: its ``config.json`` as read back (None where it is missing or unreadable).
 
@@ -43,7 +49,8 @@ def disagreement(run_dir: str | os.PathLike, summary: dict, stored: object) -> s
     run_dir = Path(run_dir)
     config = summary["config"]
     parts = run_dir.absolute().parts
-    folder = parts[-4] if len(parts) >= 4 else ""
+    depth = 4 if len(parts) >= 2 and _VARIANT.fullmatch(parts[-2]) else 3  # (0.1.0: no variant folder)
+    folder = parts[-depth] if len(parts) >= depth else ""
     if config.get("experiment") != folder:  # also a name that is no folder's: '../x', 'a/b'
         return (f"summary.json names experiment {config.get('experiment')!r}, in the folder of "
                 f"experiment {folder!r}")

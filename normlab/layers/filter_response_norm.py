@@ -277,6 +277,27 @@ class FilterResponseNormalization(Normalization):
             self.tau = _tau_weight(self, "tau", (channels,), self.tau_initializer, self.tau_regularizer,
                                    self.tau_constraint)
 
+    def _file_variables(self) -> list[keras.Variable]:
+        """The variables in the order ``.keras`` and ``.weights.h5`` files hold them:
+        normlab 0.1.0's (``gamma``, ``beta``, ``learned_epsilon``, ``tau``), which
+        ``get_weights``' (TF Addons', ``learned_epsilon`` first) would otherwise misread."""
+        return [v for v in (self.gamma, self.beta, self.eps_learned, self.tau) if v is not None]
+
+    def save_own_variables(self, store: Any) -> None:
+        for i, variable in enumerate(self._file_variables()):
+            store[str(i)] = variable
+
+    def load_own_variables(self, store: Any) -> None:
+        variables = self._file_variables()
+        if len(store.keys()) != len(variables):
+            super().load_own_variables(store)  # (its error)
+            return
+        if self.eps_learned is not None and variables[0] is not self.eps_learned and tuple(store["0"].shape) == (1,) \
+                and tuple(variables[0].shape) != (1,):  # a file written with get_weights' order (0.2.0 pre-releases)
+            variables = [self.eps_learned, *(v for v in variables if v is not self.eps_learned)]
+        for i, variable in enumerate(variables):
+            variable.assign(store[str(i)])
+
     def call(self, inputs: Tensor) -> Tensor:
         y = ops.filter_response_norm(
             self.float_input(inputs),

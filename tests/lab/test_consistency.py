@@ -18,6 +18,15 @@ def test_a_run_in_its_own_folder_with_one_configuration_agrees(run):
     assert disagreement(*run) == ""
 
 
+def test_a_run_in_normlab_0_1_0s_folder_without_a_variant_agrees(run):
+    run_dir, summary, stored = run
+    old = run_dir.parents[1] / run_dir.name  # OUT/compare/GN/seed1
+    assert disagreement(old, summary, stored) == ""
+    summary["config"]["experiment"] = "other"
+    assert disagreement(old, summary, stored) == (
+        "summary.json names experiment 'other', in the folder of experiment 'compare'")
+
+
 @pytest.mark.parametrize("experiment", ["other", "a/b", "../../escaped", ""])
 def test_a_summary_naming_another_experiment_than_its_folder_disagrees(run, experiment):
     """The report wrote '<experiment>.md' under the report folder: 'a/b' failed with a

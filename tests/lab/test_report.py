@@ -224,6 +224,23 @@ def test_write_report_default_folder_and_empty_dir(runs, tmp_path):
         write_report(tmp_path / "empty")
 
 
+def test_run_folders_written_by_normlab_0_1_0_are_reported(tmp_path):
+    """0.1.0 wrote ``OUT/<experiment>/<label>/seed<N>``, with no variant folder (a real
+    ``compare --quick`` grid of it): every run was taken as naming another experiment than
+    its folder's ("in the folder of experiment 'runs'"), and the report refused the folder."""
+    import pathlib
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(pathlib.Path(__file__).parent / "fixtures" / "runs-0.1.0", runs)
+    finished, unfinished = load_runs(runs)
+    assert len(finished) == 5 and unfinished == []
+    write_report(runs)
+    rows = summarize(finished)["compare-quick"]["rows"]
+    assert sorted(r["label"] for r in rows) == ["BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "none"]
+    assert (runs / "report" / "compare-quick.md").is_file()
+
+
 @pytest.mark.parametrize("key", ["runs_dir", "out_dir"])
 def test_write_report_refuses_an_empty_folder_path(runs, key, monkeypatch):
     """An empty path was read as the current folder (the command line refused it already)."""

@@ -156,3 +156,41 @@ def test_learned_epsilon_constraint_acts_on_the_learned_epsilon():
     free.build(LAST4)
     keras.optimizers.SGD(1.0).apply([ops.ones((1,))], [free.eps_learned])
     np.testing.assert_allclose(ops.convert_to_numpy(free.eps_learned), [1e-4 - 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_files_saved_by_normlab_0_1_0_load_with_their_outputs(channels):
+    """normlab 0.1.0 held gamma, beta, then learned_epsilon (files saved on TensorFlow). Read
+    in get_weights' order (TF Addons', learned_epsilon first) they failed on a shape at 3
+    channels, and at 1 put each weight in another's place (outputs 1.9 off)."""
+    import pathlib
+
+    base = pathlib.Path(__file__).parent / "fixtures" / f"frn_0.1.0_c{channels}"
+    data = np.load(f"{base}.npz")
+    model = keras.models.load_model(f"{base}.keras")
+    np.testing.assert_allclose(ops.convert_to_numpy(model(data["x"])), data["y"], atol=1e-5)
+    fresh = keras.Sequential([keras.Input((4, 4, channels)),
+                              normlab.FilterResponseNormalization(learned_epsilon=True, name="frn")])
+    fresh.load_weights(f"{base}.weights.h5")
+    np.testing.assert_allclose(ops.convert_to_numpy(fresh(data["x"])), data["y"], atol=1e-5)
+
+
+def test_files_hold_0_1_0s_weight_order_and_get_weights_order_still_loads():
+    def layer():
+        frn = normlab.FilterResponseNormalization(learned_epsilon=True, use_tlu=True)
+        frn.build((None, 4, 4, 3))
+        return frn
+
+    source = layer()
+    for i, w in enumerate(source.weights):
+        w.assign(np.full(w.shape, i + 2.0, "float32"))
+    store: dict = {}
+    source.save_own_variables(store)
+    held = [ops.convert_to_numpy(store[str(i)]) for i in range(len(store))]
+    expected = [source.gamma, source.beta, source.eps_learned, source.tau]
+    assert all(np.array_equal(h, ops.convert_to_numpy(e)) for h, e in zip(held, expected, strict=True))
+    for order in (store, {str(i): w for i, w in enumerate(source.get_weights())}):  # get_weights': epsilon first
+        target = layer()
+        target.load_own_variables(order)
+        for a, b in zip(target.weights, source.weights, strict=True):
+            np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
