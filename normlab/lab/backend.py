@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import tempfile
+from typing import Any, Iterator
 
 from normlab._backend import PREFERENCE, configured_backend
 from normlab.lab.errors import LabError
@@ -146,6 +147,50 @@ def import_keras(verbose: bool = False):
             f"Keras could not start the {os.environ.get('KERAS_BACKEND', '?')!r} backend "
             f"({type(exc).__name__}: {exc}). Reinstall it, or pass another --backend.") from None
     if not verbose:
-        for name in ("absl", "tensorflow", "jax._src.xla_bridge"):
+        for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
     return keras
+
+
+#: The loggers :func:`import_keras` quiets (the Python side of the backends' start-up lines).
+QUIET_LOGGERS = ("absl", "tensorflow", "jax._src.xla_bridge")
+#: The environment variables a command sets for itself and its workers.
+LAB_ENVIRONMENT = ("NORMLAB_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")
+
+
+@contextlib.contextmanager
+def process_state_kept() -> Iterator[None]:
+    """Undoes, when the block ends, what a command changes in its process for its own
+    sake: the levels of :data:`QUIET_LOGGERS`, :data:`LAB_ENVIRONMENT`, and the global
+    random generators every run seeds (Python's, NumPy's and torch's; one first imported
+    in the block is reseeded from the system's entropy, as a fresh import is), so that
+    ``normlab.lab.cli.main(argv)`` called from Python (a notebook, a test) leaves its
+    caller's process as it found it. TensorFlow's global seed is left as the last run set it."""
+    import random
+
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    environment = {name: os.environ.get(name) for name in LAB_ENVIRONMENT}
+    python_state = random.getstate()
+    numpy: Any = sys.modules.get("numpy")
+    torch: Any = sys.modules.get("torch")
+    numpy_state = None if numpy is None else numpy.random.get_state()
+    torch_state = None if torch is None else torch.get_rng_state()
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        random.setstate(python_state)
+        if numpy_state is not None:
+            numpy.random.set_state(numpy_state)
+        elif "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
+        if torch_state is not None:
+            torch.set_rng_state(torch_state)
+        elif "torch" in sys.modules:
+            sys.modules["torch"].seed()

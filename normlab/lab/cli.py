@@ -32,7 +32,7 @@ import sys
 from typing import Callable
 
 from normlab._backend import PREFERENCE
-from normlab.lab import commands, interrupt
+from normlab.lab import backend, commands, interrupt
 from normlab.lab import presets as P
 from normlab.lab.commands import make_executor, make_experiment, say  # noqa: F401 - API
 from normlab.lab.errors import ADDRESS, ADDRESS_FIX, FOLDER, LabError, empty_value
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:  # --help (0) or a usage error (2), already printed
             return int(exc.code or 0)
         args.argv = argv
-        with interrupt.handling():
+        with interrupt.handling(), backend.process_state_kept():
             return commands.dispatch(args)
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr, flush=True)

@@ -775,3 +775,37 @@ def test_an_argument_the_command_does_not_take_points_at_the_commands_help(argv,
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("normlab: error: unrecognized arguments: ") and f"(see `normlab {command} --help`)" in err
+
+
+def test_main_called_from_python_leaves_its_callers_process_as_it_found_it(tmp_path, capsys, monkeypatch):
+    """A grid reseeded Python's, NumPy's and torch's global generators with its last run's
+    seed, left the backends' loggers at ERROR and --verbose's NORMLAB_VERBOSE=1 set."""
+    import logging
+    import os
+    import random
+    import sys
+
+    import numpy as np
+
+    from normlab.lab import backend
+
+    for name in backend.LAB_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    levels = {name: logging.getLogger(name).level for name in backend.QUIET_LOGGERS}
+    random.seed(1234)
+    np.random.seed(1234)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(1234)
+    for extra in ([], ["--verbose"]):  # (quiet: the loggers; --verbose: NORMLAB_VERBOSE)
+        code, _, _ = run_main(["compare", "--norms", "batch", "--seeds", "1", *extra, "--out",
+                               str(tmp_path / f"runs{len(extra)}"), *TINY], capsys)
+        assert code == 0
+    assert {name: logging.getLogger(name).level for name in backend.QUIET_LOGGERS} == levels
+    assert not {name for name in backend.LAB_ENVIRONMENT if name in os.environ}
+    draws = [random.random(), np.random.rand()] + ([] if torch is None else [float(torch.rand(()))])
+    random.seed(1234)
+    np.random.seed(1234)
+    if torch is not None:
+        torch.manual_seed(1234)
+    assert draws == [random.random(), np.random.rand()] + ([] if torch is None else [float(torch.rand(()))])
