@@ -90,3 +90,32 @@ def auto_name(base: str) -> str:
     from keras.src.utils.naming import auto_name as name
 
     return str(name(base))
+
+
+def keras_global_state() -> tuple[Any, Any]:
+    """Keras' global state (layer-name counters, the seed ``keras.utils.set_random_seed``
+    stored, the global dtype policy): the two holders ``keras.backend.clear_session``
+    replaces with fresh ones, for :func:`restore_keras_global_state`."""
+    from keras.src.backend.common import global_state
+
+    return global_state.GLOBAL_STATE_TRACKER, global_state.GLOBAL_SETTINGS_TRACKER
+
+
+def restore_keras_global_state(state: tuple[Any, Any] | None) -> None:
+    """Puts back what :func:`keras_global_state` returned (None: a fresh state, as
+    right after ``import keras``)."""
+    import threading
+
+    from keras.src.backend.common import global_state
+
+    trackers = state or (threading.local(), threading.local())
+    global_state.GLOBAL_STATE_TRACKER, global_state.GLOBAL_SETTINGS_TRACKER = trackers
+
+
+def tensorflow_global_seed() -> int | None:
+    """TensorFlow's global seed in eager mode (``tf.random.set_seed``'s), read without
+    drawing an operation seed (``tf.compat.v1.get_seed`` draws one)."""
+    from tensorflow.python.eager import context
+
+    seed: int | None = context.global_seed()
+    return seed

@@ -165,8 +165,14 @@ def process_state_kept() -> Iterator[None]:
     random generators every run seeds (Python's, NumPy's and torch's; one first imported
     in the block is reseeded from the system's entropy, as a fresh import is), so that
     ``normlab.lab.cli.main(argv)`` called from Python (a notebook, a test) leaves its
-    caller's process as it found it. TensorFlow's global seed is left as the last run set it."""
+    caller's process as it found it. So are Keras' global state, which each run's
+    ``keras.backend.clear_session`` replaces (layer-name counters, the seed and global
+    dtype policy the caller set), and TensorFlow's global seed, which is set again to the
+    caller's (its sequence of operation seeds starts over, as after the caller's
+    ``tf.random.set_seed``)."""
     import random
+
+    from normlab import _compat
 
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     environment = {name: os.environ.get(name) for name in LAB_ENVIRONMENT}
@@ -175,6 +181,8 @@ def process_state_kept() -> Iterator[None]:
     torch: Any = sys.modules.get("torch")
     numpy_state = None if numpy is None else numpy.random.get_state()
     torch_state = None if torch is None else torch.get_rng_state()
+    keras_state = _compat.keras_global_state() if "keras" in sys.modules else None
+    tensorflow_seed = _compat.tensorflow_global_seed() if "tensorflow" in sys.modules else None
     try:
         yield
     finally:
@@ -194,3 +202,7 @@ def process_state_kept() -> Iterator[None]:
             torch.set_rng_state(torch_state)
         elif "torch" in sys.modules:
             sys.modules["torch"].seed()
+        if "keras" in sys.modules:
+            _compat.restore_keras_global_state(keras_state)
+        if "tensorflow" in sys.modules:
+            sys.modules["tensorflow"].random.set_seed(tensorflow_seed)

@@ -108,11 +108,13 @@ def check_models(experiment: Experiment, verbose: bool = False, *, optional_kera
 
 
 def _check_model(keras, c, info, where: str) -> None:
-    """Builds one configuration's model and calls it; ConfigError if either fails."""
+    """Builds one configuration's model and calls it, from a cleared Keras session as its
+    runs build theirs (not under a global dtype policy a caller set); ConfigError if either fails."""
     import numpy as np
 
     from normlab.lab.models import build_model, copy_weights
 
+    keras.backend.clear_session(free_memory=False)
     try:
         try:
             model = build_model(c.norms, info.shape, info.classes, arch=c.arch, impl=c.impl)

@@ -778,8 +778,10 @@ def test_an_argument_the_command_does_not_take_points_at_the_commands_help(argv,
 
 
 def test_main_called_from_python_leaves_its_callers_process_as_it_found_it(tmp_path, capsys, monkeypatch):
-    """A grid reseeded Python's, NumPy's and torch's global generators with its last run's
-    seed, left the backends' loggers at ERROR and --verbose's NORMLAB_VERBOSE=1 set."""
+    """A grid reseeded Python's, NumPy's, torch's and TensorFlow's global generators with its
+    last run's seed, left the backends' loggers at ERROR and --verbose's NORMLAB_VERBOSE=1 set,
+    and each run's clear_session dropped the caller's Keras state (its global dtype policy,
+    layer-name counters and Keras' own seed)."""
     import logging
     import os
     import random
@@ -792,20 +794,34 @@ def test_main_called_from_python_leaves_its_callers_process_as_it_found_it(tmp_p
     for name in backend.LAB_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     levels = {name: logging.getLogger(name).level for name in backend.QUIET_LOGGERS}
-    random.seed(1234)
-    np.random.seed(1234)
     torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.manual_seed(1234)
-    for extra in ([], ["--verbose"]):  # (quiet: the loggers; --verbose: NORMLAB_VERBOSE)
-        code, _, _ = run_main(["compare", "--norms", "batch", "--seeds", "1", *extra, "--out",
-                               str(tmp_path / f"runs{len(extra)}"), *TINY], capsys)
-        assert code == 0
+    import keras
+    import tensorflow as tf
+
+    def draws():
+        keras_draw = keras.ops.convert_to_numpy(keras.random.uniform(()))
+        tf_draw = tf.random.uniform(()).numpy()
+        return [random.random(), np.random.rand(), keras_draw, tf_draw] + (
+            [] if torch is None else [float(torch.rand(()))])
+
+    named = keras.layers.Dense(1).name  # (a layer's default seed draws from Python's generator)
+    keras.utils.set_random_seed(1234)
+    tf.random.set_seed(1234)
+    policy = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        for extra in ([], ["--verbose"]):  # (quiet: the loggers; --verbose: NORMLAB_VERBOSE)
+            code, _, _ = run_main(["compare", "--norms", "batch", "--seeds", "1", *extra, "--out",
+                                   str(tmp_path / f"runs{len(extra)}"), *TINY], capsys)
+            assert code == 0
+        after = draws()
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+        count = int(named.rpartition("_")[2]) if named != "dense" else 0
+        assert keras.layers.Dense(1).name == f"dense_{count + 1}"
+    finally:
+        keras.config.set_dtype_policy(policy)
     assert {name: logging.getLogger(name).level for name in backend.QUIET_LOGGERS} == levels
     assert not {name for name in backend.LAB_ENVIRONMENT if name in os.environ}
-    draws = [random.random(), np.random.rand()] + ([] if torch is None else [float(torch.rand(()))])
-    random.seed(1234)
-    np.random.seed(1234)
-    if torch is not None:
-        torch.manual_seed(1234)
-    assert draws == [random.random(), np.random.rand()] + ([] if torch is None else [float(torch.rand(()))])
+    keras.utils.set_random_seed(1234)
+    tf.random.set_seed(1234)
+    assert after == draws()
