@@ -121,10 +121,10 @@ class RunConfig:
     impl: str = "normlab"  # "normlab" or "keras": whose layer implements each norm
     backend: str = ""  # Keras backend; "" = the one Keras runs on (filled in before running)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", dataset_key(self.dataset))
         for f in dataclasses.fields(self):
-            _check_type(f.name, f.type, getattr(self, f.name))
+            _check_type(f.name, str(f.type), getattr(self, f.name))
         checks = (
             ("protocol", self.protocol in PROTOCOLS, f"one of {', '.join(PROTOCOLS)}",
              "Pass --protocol standard or --protocol tutorial."),
@@ -235,7 +235,7 @@ def check_keys(overrides: dict[str, Any]) -> None:
         )
 
 
-def parse_value(key: str, text: str):
+def parse_value(key: str, text: str) -> Any:
     """Converts ``text`` to the type of the RunConfig field ``key`` (for ``--set key=value``)."""
     check_keys({key: None})
     kind = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}[key]
@@ -262,7 +262,7 @@ class Experiment:
     seeds: tuple[int, ...] = (0, 1, 2)
     notes: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         seeds = tuple(self.seeds)
         if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED
                             for s in seeds):

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from normlab.lab.consistency import disagreement
 from normlab.lab.errors import LabError
@@ -51,9 +52,6 @@ class StoreError(LabError):
 
 class LockedError(StoreError):
     """Another process holds the output folder."""
-
-
-# ------------------------------------------------------------------------- writing files
 
 
 def _umask() -> int:
@@ -78,7 +76,7 @@ def write_text_atomic(path: Path, text: str | bytes) -> None:
         raise
 
 
-def finite_json(obj, path: str = "", found: list[str] | None = None):
+def finite_json(obj: Any, path: str = "", found: list[str] | None = None) -> Any:
     """``obj`` with NaN and infinities replaced by None; their paths appended to ``found``."""
     if isinstance(obj, dict):
         return {k: finite_json(v, f"{path}.{k}" if path else str(k), found) for k, v in obj.items()}
@@ -91,12 +89,12 @@ def finite_json(obj, path: str = "", found: list[str] | None = None):
     return obj
 
 
-def dumps(obj) -> str:
+def dumps(obj: Any) -> str:
     """Standard JSON (never NaN or Infinity tokens), indented, keys sorted."""
     return json.dumps(finite_json(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def write_json_atomic(path: Path, obj: Any) -> None:
     """:func:`write_text_atomic` of standard JSON."""
     write_text_atomic(path, dumps(obj))
 
@@ -109,7 +107,7 @@ def run_dir_for(out: str | os.PathLike[str], config: RunConfig) -> Path:
     return Path(out) / config.experiment / config.slug / config.variant / f"seed{config.seed}"
 
 
-def read_json(path: Path):
+def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -154,7 +152,7 @@ def write_metrics(run_dir: Path, lines: list[JSONDict]) -> None:
 def finish_run(run_dir: Path, summary: JSONDict) -> JSONDict:
     """Writes ``summary.json`` (marks the run finished); returns the summary as written."""
     found: list[str] = []
-    clean = finite_json(summary, found=found)
+    clean: dict[str, Any] = finite_json(summary, found=found)
     if found:
         clean["non_finite"] = found
     write_json_atomic(Path(run_dir) / SUMMARY, clean)
