@@ -332,8 +332,10 @@ class WeightNormalization(DataInit, RecurrentWrapper, SavedLora, keras.layers.Wr
 
     def load_own_variables(self, store: dict[str, Any]) -> None:
         super().load_own_variables(store)
-        # Saved before its first call (initialized=False): initialize on the next one.
-        self._init_seen = concrete_bool(self.initialized) is not False
+        # Saved before its first call (initialized=False): initialize on the next one. (An
+        # unbuilt layer, which copies and pickles load too, has no flag yet: build makes it.)
+        if self.built:
+            self._init_seen = concrete_bool(self.initialized) is not False
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "data_init": self.data_init}
