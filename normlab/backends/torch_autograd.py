@@ -166,7 +166,7 @@ class ShiftedNorm(torch.autograd.Function):
     def backward(ctx, dy, *_dsaved):
         x, shift, gamma, beta, *saved = ctx.saved_tensors
         kernel = ctx.kernel
-        if torch.is_grad_enabled() and hasattr(kernel, "composite"):  # double backward
+        if differentiated(dy) and hasattr(kernel, "composite"):
             def composite(x, g, b):
                 return kernel.composite(kernel.center(x, shift, False), g, b)
 
@@ -199,15 +199,28 @@ def _input_grad(ctx, dx):
     return dx if dx.dtype == ctx.dtype else dx.to(ctx.dtype)
 
 
+def differentiated(dy) -> bool:
+    """Whether a backward must differentiate its forward in plain ops instead of
+    running its kernels (:func:`_composite_vjp`): in double backward (grad mode
+    on; the kernels have no derivative), and for a batch of cotangents
+    (``torch.autograd.grad(is_grads_batched=True)``, ``jacobian`` and ``hessian``
+    with ``vectorize=True``), which reaches the backward as one legacy-vmap
+    batched tensor, with no memory of its own for a kernel to read."""
+    return torch.is_grad_enabled() or torch._C._functorch.is_legacy_batchedtensor(dy)
+
+
 def _composite_vjp(ctx, dy, forward, x, gamma, beta, positions=(0, 2, 3)):
-    """Double backward (a gradient penalty; ATen's backward kernels have no
-    derivative): the gradients of ``ctx``'s inputs ``x``, ``gamma``, ``beta`` at
-    ``positions`` (None between: ``(dx, None, dgamma, dbeta)`` by default), by
-    differentiating ``forward(x, gamma, beta)``, plain ops, with ``create_graph``."""
+    """The gradients of ``ctx``'s inputs ``x``, ``gamma``, ``beta`` at ``positions``
+    (None between: ``(dx, None, dgamma, dbeta)`` by default) where
+    :func:`differentiated`: by differentiating ``forward(x, gamma, beta)``, plain
+    ops, with ``create_graph`` in double backward (a gradient penalty)."""
+    create_graph = torch.is_grad_enabled()
     inputs = {i: t for i, t in zip(positions, (x, gamma, beta)) if ctx.needs_input_grad[i]}
-    y = forward(x, gamma, beta)
-    grads = dict(zip(inputs, torch.autograd.grad(y, list(inputs.values()), dy, create_graph=True)))
-    return tuple(grads.get(i) for i in range(max(positions) + 1))
+    with torch.enable_grad():
+        y = forward(x, gamma, beta)
+        grads = torch.autograd.grad(y, list(inputs.values()), dy, create_graph=create_graph)
+    found = dict(zip(inputs, grads))
+    return tuple(found.get(i) for i in range(max(positions) + 1))
 
 
 def group_norm_composite(xc3, channels_last, groups, gamma, beta, epsilon):
@@ -256,7 +269,7 @@ class ChannelsLastGroupNorm(torch.autograd.Function):
         x3, shift, gamma, beta, mean, rstd = ctx.saved_tensors
         n, s, c = x3.shape
         groups = ctx.groups
-        if torch.is_grad_enabled():  # double backward
+        if differentiated(dy3):
             def composite(x, g, b):
                 return group_norm_composite(center(x, shift, True), True, groups, g, b, ctx.epsilon)
 

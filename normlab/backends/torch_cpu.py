@@ -27,7 +27,13 @@ import torch
 from normlab.backends import cpu
 from normlab.backends.cpu.layout import Channels, Planes, Rows, Slices
 from normlab.backends.policy import subsample_size
-from normlab.backends.torch_autograd import _composite_vjp, _grad_mask, _input_grad, group_norm_composite
+from normlab.backends.torch_autograd import (
+    _composite_vjp,
+    _grad_mask,
+    _input_grad,
+    differentiated,
+    group_norm_composite,
+)
 
 #: Calls on fewer elements than this run on one thread. Measured on an
 #: AMD EPYC (Zen 4, AVX-512) virtual machine with 2 cores (layer norm,
@@ -237,7 +243,7 @@ class KernelNorm(torch.autograd.Function):
     def backward(ctx, dy, _dmean, _dvar):
         x, shift, gamma, beta, mean, rstd = ctx.saved_tensors
         layout, epsilon = ctx.layout, ctx.epsilon
-        if torch.is_grad_enabled():  # double backward
+        if differentiated(dy):
             def composite(x, g, b):  # in float32, rounded to x's dtype as the kernels' output
                 return _composite(x, shift, g, b, layout, epsilon).to(x.dtype)
 
@@ -285,7 +291,7 @@ class AffineNorm(torch.autograd.Function):
     def backward(ctx, dy):
         x, mean, gamma, beta, variance = ctx.saved_tensors
         layout, epsilon = ctx.layout, ctx.epsilon
-        if torch.is_grad_enabled():  # double backward
+        if differentiated(dy):
             def composite(x, g, b):  # in float32, rounded to x's dtype as the kernel's output
                 return _affine_composite(x, mean, variance, g, b, layout, epsilon).to(x.dtype)
 

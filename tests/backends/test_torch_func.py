@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from normlab import backends
+from normlab import ops as nops
 from tests.backends.test_fast_paths import CASES, DECLINED, _apply, _inputs
 
 pytestmark = [
@@ -76,3 +77,47 @@ def test_forward_mode_matches_the_general_path_in_float64(case):
     with fwAD.dual_level():
         y = _apply(case, fwAD.make_dual(x, tangent), gamma, beta)[0]
         np.testing.assert_allclose(fwAD.unpack_dual(y).tangent.numpy(), want.numpy(), rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("case", SERVED)
+def test_a_batch_of_cotangents_matches_one_backward_each(case):
+    """``torch.autograd.grad(is_grads_batched=True)`` (what ``jacobian`` and
+    ``hessian`` with ``vectorize=True`` run) hands the backward one batched
+    cotangent, which the compiled kernels could not read ("Cannot access data
+    pointer of Tensor that doesn't have storage")."""
+    import torch
+
+    x, dy, gamma, beta = _data(case)
+    x, gamma, beta = (t.requires_grad_(True) for t in (x, gamma, beta))
+    cotangents = torch.stack([dy, -2.0 * dy, dy.flip(0)])
+    y = _apply(case, x, gamma, beta)[0]
+    got = torch.autograd.grad(y, [x, gamma, beta], cotangents, is_grads_batched=True, retain_graph=True)
+    for i, cotangent in enumerate(cotangents):
+        want = torch.autograd.grad(y, [x, gamma, beta], cotangent, retain_graph=True)
+        for got_part, want_part in zip(got, want):
+            np.testing.assert_allclose(got_part[i].numpy(), want_part.numpy(), rtol=1e-5, atol=5e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_vectorized_jacobian_and_hessian_match_the_general_path(dtype):
+    import torch
+
+    x, _, gamma, beta = _data("gn-nhwc", dtype=dtype)
+    x = x[:1, :2, :3].contiguous()
+    mean, variance = x.float().mean((0, 1, 2)), x.float().var((0, 1, 2))
+
+    def norms(t):
+        given = nops.batch_norm(t, mean=mean, variance=variance, axis=3, gamma=gamma, beta=beta)
+        return torch.cat([_apply("gn-nhwc", t, gamma, beta)[0], given, nops.layer_norm(t, [3])])
+
+    got = torch.autograd.functional.jacobian(norms, x, vectorize=True)
+    hessian = torch.autograd.functional.hessian(lambda t: norms(t).float().pow(3).sum(), x, vectorize=True)
+    with backends.disabled():
+        want = torch.autograd.functional.jacobian(norms, x, vectorize=True)
+        want_hessian = torch.autograd.functional.hessian(
+            lambda t: norms(t).float().pow(3).sum(), x, vectorize=True)
+    tolerance = 1e-4 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(got.float().numpy(), want.float().numpy(), rtol=tolerance, atol=tolerance)
+    scale = float(want_hessian.abs().max())
+    np.testing.assert_allclose(hessian.float().numpy() / scale, want_hessian.float().numpy() / scale,
+                               rtol=tolerance, atol=tolerance)

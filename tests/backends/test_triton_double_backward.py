@@ -136,3 +136,24 @@ def test_first_order_gradients_do_not_record_a_graph():
         z = row_norm.layer_norm(x, axes=[3], gamma=gamma, beta=beta, epsilon=EPSILON)
     grads = torch.autograd.grad((y * dy.to(DEVICE)).sum() + z.sum(), [x, gamma, beta])
     assert all(g.grad_fn is None and not g.requires_grad for g in grads)
+
+
+@pytest.mark.parametrize("case", ["group", "instance-odd", "layer", "rms"])
+def test_a_batch_of_cotangents_matches_one_backward_each(case):
+    """``torch.autograd.grad(is_grads_batched=True)`` (``jacobian``/``hessian`` with
+    ``vectorize=True``) hands the backward one batched cotangent, which has no
+    memory of its own for a kernel: the plain-ops backward takes it."""
+    hook, shape, kwargs = CASES[case]
+    x, dy = support.inputs(shape, torch.float32, offset=1e4)
+    x = x.to(DEVICE).requires_grad_(True)
+    gamma, beta = support.params(shape[-1:] if hook is nt.group_norm else tuple(shape[a] for a in kwargs["axes"]),
+                                 DEVICE)
+    with nt.interpret_on_cpu():
+        y = hook(x, gamma=gamma, beta=beta, epsilon=EPSILON, **kwargs)
+        assert y is not None, "the kernels declined"
+        cotangents = torch.stack([dy, -2.0 * dy, dy.flip(0)]).to(DEVICE)
+        got = torch.autograd.grad(y, [x, gamma, beta], cotangents, is_grads_batched=True, retain_graph=True)
+        for i, cotangent in enumerate(cotangents):
+            want = torch.autograd.grad(y, [x, gamma, beta], cotangent, retain_graph=True)
+            for got_part, want_part in zip(got, want):
+                assert support.relative_error(got_part[i], want_part.detach().double().cpu().numpy()) <= 1e-4

@@ -16,7 +16,7 @@ import torch
 
 import normlab.backends.triton.group_kernels as kernels
 import normlab.backends.triton.runtime as runtime
-from normlab.backends.torch_autograd import _composite_vjp, group_norm_composite
+from normlab.backends.torch_autograd import _composite_vjp, differentiated, group_norm_composite
 
 #: Largest slab ``next_pow2(S) * BLOCK_C`` a program holds in registers
 #: (resident strategy); larger ones run chunked.
@@ -174,7 +174,7 @@ class GroupNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy3):
         x3, gamma, beta, mean, rstd = ctx.saved_tensors
-        if torch.is_grad_enabled():  # double backward
+        if differentiated(dy3):
             def differentiable(x, g, b):
                 return composite(x, g, b, ctx.groups, ctx.epsilon)
 

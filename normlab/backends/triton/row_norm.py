@@ -11,7 +11,7 @@ import torch
 
 import normlab.backends.triton.row_kernels as kernels
 import normlab.backends.triton.runtime as runtime
-from normlab.backends.torch_autograd import _composite_vjp
+from normlab.backends.torch_autograd import _composite_vjp, differentiated
 
 #: Widest row (elements over the normalized axes) a program holds in
 #: registers; wider rows decline (the general path runs).
@@ -98,7 +98,7 @@ class RowNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy2):
         x2, gamma, beta, mean, rstd = ctx.saved_tensors
-        if torch.is_grad_enabled():  # double backward
+        if differentiated(dy2):
             def differentiable(x, g, b):
                 return composite(x, g, b, ctx.epsilon, ctx.center)
 
