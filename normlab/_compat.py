@@ -119,3 +119,9 @@ def tensorflow_global_seed() -> int | None:
 
     seed: int | None = context.global_seed()
     return seed
+
+
+def set_own_trainable(layer: keras.layers.Layer, trainable: bool) -> None:
+    """Sets ``layer``'s own ``trainable`` flag without the setter's propagation to
+    its sublayers and variables (which keep their own state)."""
+    layer._trainable = bool(trainable)

@@ -47,6 +47,7 @@ from typing import Any
 
 import keras
 
+from normlab import _compat
 from normlab.layers import BatchNormalization, GroupNormalization, LayerNormalization, RMSNormalization
 from normlab.ops.validate import error_message
 
@@ -132,6 +133,7 @@ def _swap(model: keras.Model, wanted: dict[_LayerType, _LayerType],
 
     converted = keras.models.clone_model(model, clone_function=clone, recursive=True)
     _copy_weights(model, converted)
+    _compat.set_own_trainable(converted, model.trainable)
     return converted
 
 
@@ -206,12 +208,19 @@ def _copy_weights(source: keras.Model, target: keras.Model) -> None:
         clone = target.get_layer(layer.name)
         if isinstance(layer, keras.Model) and _is_graph_model(layer):
             _copy_weights(layer, clone)
-        elif type(clone) is not type(layer) or _named_alike(layer, clone):
+            # (A nested model's own flag is not in its config: clone_model makes it trainable.)
+            _compat.set_own_trainable(clone, layer.trainable)
+            continue
+        if type(clone) is not type(layer) or _named_alike(layer, clone):
             # By name where the names tell: a layer rebuilt from its config may create its
             # weights in another order (a float8-quantized Dense: its scales before its kernel).
             _copy_by_name(layer, clone)
         else:
             clone.set_weights(layer.get_weights())
+        if callable(getattr(clone, "finalize_state", None)):
+            # What Keras' loading calls after assigning weights: an adapted Normalization
+            # computes the statistics it uses from its adapted ones there.
+            clone.finalize_state()
 
 
 def _named_alike(layer: keras.layers.Layer, clone: keras.layers.Layer) -> bool:

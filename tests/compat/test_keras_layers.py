@@ -286,3 +286,39 @@ def test_axis_lists_mixing_signs_are_refused_with_the_reason():
         [keras.layers.LayerNormalization(axis=[-1, 1], name="ln")], name="block")])
     with pytest.raises(ValueError, match=r"Cannot convert layer 'ln'.*mixes negative and non-negative axes"):
         keras_layers.convert(nested)  # inside a nested model too
+
+
+@pytest.mark.parametrize("swap", ["convert", "to_keras"])
+def test_an_adapted_normalization_keeps_the_statistics_it_uses(swap):
+    """EfficientNet's preprocessing Normalization: its adapted mean and variance were
+    copied, but the statistics it applies (set from them where Keras loads weights)
+    stayed 0 and 1 on TensorFlow and JAX: outputs 6.7 off."""
+    rng = np.random.default_rng(0)
+    normalization = keras.layers.Normalization(name="norm")
+    normalization.adapt(rng.normal(5.0, 3.0, size=(64, 4)).astype("float32"))
+    inputs = keras.Input((4,))
+    original = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(normalization(inputs)))
+    swapped = keras_layers.convert(original)
+    if swap == "to_keras":
+        swapped = keras_layers.to_keras(swapped)
+    x = rng.normal(5.0, 3.0, size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(to_numpy(swapped(x)), to_numpy(original(x)), rtol=1e-6, atol=1e-6)
+
+
+def test_frozen_nested_and_top_level_models_keep_their_own_flag():
+    """clone_model makes a functional model trainable (its flag is not in its config);
+    the layers inside kept theirs, so only code reading the flag saw it wrong."""
+    inner_inputs = keras.Input((4,))
+    inner = keras.Model(inner_inputs, keras.layers.BatchNormalization()(keras.layers.Dense(4)(inner_inputs)),
+                        name="inner")
+    inner.trainable = False
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inner(inputs)))
+    converted = keras_layers.convert(model)
+    assert converted.get_layer("inner").trainable is False
+    assert converted.trainable is True
+    assert len(converted.trainable_weights) == len(model.trainable_weights) == 2
+    model.trainable = False
+    frozen = keras_layers.to_keras(keras_layers.convert(model))
+    assert frozen.trainable is False and frozen.get_layer("inner").trainable is False
+    assert not frozen.trainable_weights
