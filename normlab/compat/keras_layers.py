@@ -42,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -200,9 +201,13 @@ def _is_graph_model(model: keras.Model) -> bool:
 
 
 def _copy_weights(source: keras.Model, target: keras.Model) -> None:
-    """Each layer's weights from ``source`` into its clone in ``target`` (same
-    names; the clone's input layers are renamed, but hold no weights)."""
+    """Each layer's weights and assets from ``source`` into its clone in ``target``
+    (same names; the clone's input layers are renamed, but hold neither)."""
     for layer in source.layers:
+        if callable(getattr(layer, "save_assets", None)):  # what a .keras file keeps beside weights
+            with tempfile.TemporaryDirectory() as folder:  # (an adapted lookup layer's vocabulary)
+                layer.save_assets(folder)
+                target.get_layer(layer.name).load_assets(folder)
         if not layer.weights:
             continue
         clone = target.get_layer(layer.name)

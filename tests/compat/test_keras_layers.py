@@ -322,3 +322,31 @@ def test_frozen_nested_and_top_level_models_keep_their_own_flag():
     frozen = keras_layers.to_keras(keras_layers.convert(model))
     assert frozen.trainable is False and frozen.get_layer("inner").trainable is False
     assert not frozen.trainable_weights
+
+
+def test_an_adapted_lookup_layer_keeps_its_vocabulary():
+    """An adapted vocabulary is an asset, not a weight (a .keras file keeps it):
+    the converted model's lookup layer had none ("[UNK]" only; a string lookup
+    then failed on TensorFlow: its table was never initialized)."""
+    lookup = keras.layers.IntegerLookup(name="lookup")
+    lookup.adapt(np.array([7, 3, 3, 11, 7, 7]))
+    inputs = keras.Input((2,), dtype="int64")
+    embedded = keras.layers.Embedding(lookup.vocabulary_size(), 4, name="embedding")(lookup(inputs))
+    model = keras.Model(inputs, keras.layers.LayerNormalization(name="ln")(embedded))
+    x = np.array([[7, 11], [3, 5]])
+    for swapped in (keras_layers.convert(model), keras_layers.to_keras(keras_layers.convert(model))):
+        assert swapped.get_layer("lookup").get_vocabulary() == lookup.get_vocabulary()
+        np.testing.assert_allclose(to_numpy(swapped(x)), to_numpy(model(x)), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="string tensors")
+def test_an_adapted_text_vectorization_keeps_its_vocabulary():
+    vectorize = keras.layers.TextVectorization(output_sequence_length=3, name="vectorize")
+    vectorize.adapt(["the cat sat", "the dog ran", "a cat ran"])
+    inputs = keras.Input((1,), dtype="string")
+    h = keras.layers.Embedding(vectorize.vocabulary_size(), 4)(vectorize(inputs))
+    model = keras.Model(inputs, keras.layers.LayerNormalization()(h))
+    x = np.array([["the cat ran"], ["a dog sat"]])
+    converted = keras_layers.convert(model)
+    assert converted.get_layer("vectorize").get_vocabulary() == vectorize.get_vocabulary()
+    np.testing.assert_allclose(to_numpy(converted(x)), to_numpy(model(x)), rtol=1e-6, atol=1e-6)
