@@ -7,7 +7,8 @@ normlab's layers of the same names without being rebuilt by hand:
 :func:`convert` returns a copy of the model in which each of those layers is
 normlab's class made from the Keras layer's own config, with its weights
 (moving statistics included) and ``trainable`` state; every other layer is
-copied as :func:`keras.models.clone_model` copies it, with its weights.
+copied as :func:`keras.models.clone_model` copies it, with its weights and
+assets (an adapted lookup layer's vocabulary) as a ``.keras`` file keeps them.
 
 normlab's classes take Keras' arguments name for name, so nothing is
 translated: the outputs are Keras' to float rounding (exact where Keras'
