@@ -57,7 +57,6 @@ import math
 import tensorflow as tf
 
 from normlab.backends.tensorflow_eager import graph_when_hot
-from normlab.backends.tensorflow_fused import fused_batch_norm
 from normlab.backends.tensorflow_layer_norm import layer_norm as _layer_norm
 from normlab.backends.tensorflow_layer_norm import rms_norm as _rms_norm
 from normlab.backends.tensorflow_stats import (
@@ -244,12 +243,12 @@ def _fused_batch_norm(x, gamma, beta, epsilon):
     x2 = tf.cast(tf.reshape(x, [1, -1, 1, c]), compute)
     shift = tf.stop_gradient(subsample_mean(x2, 1))
     ones = tf.ones([c], compute)
-    empty = tf.zeros([0], compute)
-    y, mean, var = fused_batch_norm(
+    y, mean, var = tf.compat.v1.nn.fused_batch_norm(
         x2 - shift,
         ones if gamma is None else tf.cast(gamma, compute),
         tf.zeros([c], compute) if beta is None else tf.cast(beta, compute),
-        empty, empty, epsilon=epsilon, training=True,
+        epsilon=epsilon,
+        is_training=True,
     )
     count = tf.cast(tf.shape(x2)[1], compute)
     var = var * ((count - 1.0) / count)  # the kernel returns the unbiased variance
@@ -367,9 +366,9 @@ def batch_norm_infer(x, *, axis, mean, variance, gamma, beta, epsilon):
     if small:  # an eager call's graph: the plain ops, as the general path's
         return tf.cast(centered * scale + offset, x.dtype)
     centered = _nhwc_view(centered)
-    y, _, _ = fused_batch_norm(
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
         centered, scale, offset, tf.zeros([c], compute), tf.fill([c], tf.constant(1.0 - _KERNEL_EPSILON, compute)),
-        epsilon=_KERNEL_EPSILON, training=False,
+        epsilon=_KERNEL_EPSILON, is_training=False,
     )
     if y.shape.as_list()[1:] != x.shape.as_list()[1:]:
         y = tf.reshape(y, [-1, *x.shape[1:]])

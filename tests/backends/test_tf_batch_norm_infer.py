@@ -201,3 +201,39 @@ def test_in_a_graph_half_precision_3d_inputs_only_under_xla(dtype, jit_compile):
     reshape, are served, and under XLA both are."""
     assert _served_in_a_graph([(4, 1024, 8), (4, 32, 32, 8)], jit_compile, dtype) == {3: jit_compile, 4: True}
 
+
+def test_forward_accumulator_inside_the_function_or_with_fast_paths_off():
+    """Around a ``tf.function`` the fused kernel loses the tangent, as TensorFlow's
+    own ``fused_batch_norm`` does (docs/deploying.md); the two documented ways
+    out give the JVP, ``dy * gamma * rsqrt(variance + epsilon)``."""
+    tf = _tf()
+    x, mean, variance, gamma, beta, tangent = (tf.constant(a, tf.float32) for a in _data((4, 8, 8, 32), 3.0))
+    want = (tangent * gamma * tf.math.rsqrt(variance + EPSILON)).numpy()
+
+    def norm(t):
+        return nops.batch_norm(t, mean, variance, gamma=gamma, beta=beta, epsilon=EPSILON)
+
+    @tf.function(jit_compile=True)
+    def inside(x, tangent):
+        with tf.autodiff.ForwardAccumulator(x, tangent) as acc:
+            y = norm(x)
+        return acc.jvp(y)
+
+    np.testing.assert_allclose(inside(x, tangent).numpy(), want, rtol=1e-5, atol=1e-5)
+    with backends.disabled():
+        around = tf.function(norm, jit_compile=True)
+        with tf.autodiff.ForwardAccumulator(x, tangent) as acc:
+            y = around(x)
+    np.testing.assert_allclose(acc.jvp(y).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason="TensorFlow's fused kernel loses a tangent from around a function")
+def test_forward_accumulator_around_the_function():
+    """Passes the day TensorFlow carries the tangent (then drop the caveat in docs/deploying.md)."""
+    tf = _tf()
+    x, mean, variance, _, _, tangent = (tf.constant(a, tf.float32) for a in _data((4, 8, 8, 32), 3.0))
+    raw = tf.function(lambda t: tf.compat.v1.nn.fused_batch_norm(
+        t, tf.ones([32]), tf.zeros([32]), mean, variance, epsilon=EPSILON, is_training=False)[0], jit_compile=True)
+    with tf.autodiff.ForwardAccumulator(x, tangent) as acc:
+        y = raw(x)
+    assert acc.jvp(y) is not None
