@@ -205,6 +205,12 @@ def _copy_weights(source: keras.Model, target: keras.Model) -> None:
     """Each layer's weights and assets from ``source`` into its clone in ``target``
     (same names; the clone's input layers are renamed, but hold neither)."""
     for layer in source.layers:
+        if isinstance(layer, keras.Model) and _is_graph_model(layer):
+            clone = target.get_layer(layer.name)
+            _copy_weights(layer, clone)
+            # (A nested model's own flag is not in its config: clone_model makes it trainable.)
+            _compat.set_own_trainable(clone, layer.trainable)
+            continue
         if callable(getattr(layer, "save_assets", None)):  # what a .keras file keeps beside weights
             with tempfile.TemporaryDirectory() as folder:  # (an adapted lookup layer's vocabulary)
                 layer.save_assets(folder)
@@ -212,11 +218,6 @@ def _copy_weights(source: keras.Model, target: keras.Model) -> None:
         if not layer.weights:
             continue
         clone = target.get_layer(layer.name)
-        if isinstance(layer, keras.Model) and _is_graph_model(layer):
-            _copy_weights(layer, clone)
-            # (A nested model's own flag is not in its config: clone_model makes it trainable.)
-            _compat.set_own_trainable(clone, layer.trainable)
-            continue
         if type(clone) is not type(layer) or _named_alike(layer, clone):
             # By name where the names tell: a layer rebuilt from its config may create its
             # weights in another order (a float8-quantized Dense: its scales before its kernel).

@@ -334,6 +334,13 @@ def test_an_adapted_lookup_layer_keeps_its_vocabulary():
     embedded = keras.layers.Embedding(lookup.vocabulary_size(), 4, name="embedding")(lookup(inputs))
     model = keras.Model(inputs, keras.layers.LayerNormalization(name="ln")(embedded))
     x = np.array([[7, 11], [3, 5]])
+    nested_inputs = keras.Input((2,), dtype="int64")  # also inside a nested model with no weights
+    nested = keras.Model(nested_inputs, lookup(nested_inputs), name="nested")
+    outer_inputs = keras.Input((2,), dtype="int64")
+    outer = keras.Model(outer_inputs, keras.layers.LayerNormalization()(keras.layers.Embedding(
+        lookup.vocabulary_size(), 4)(nested(outer_inputs))))
+    copied = keras_layers.convert(outer).get_layer("nested").get_layer("lookup")
+    assert copied.get_vocabulary() == lookup.get_vocabulary()
     for swapped in (keras_layers.convert(model), keras_layers.to_keras(keras_layers.convert(model))):
         assert swapped.get_layer("lookup").get_vocabulary() == lookup.get_vocabulary()
         np.testing.assert_allclose(to_numpy(swapped(x)), to_numpy(model(x)), rtol=1e-6, atol=1e-6)
