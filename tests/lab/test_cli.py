@@ -804,9 +804,14 @@ def test_main_called_from_python_leaves_its_callers_process_as_it_found_it(tmp_p
         return [random.random(), np.random.rand(), keras_draw, tf_draw] + (
             [] if torch is None else [float(torch.rand(()))])
 
+    def seed():  # (Keras seeds torch only on its torch backend)
+        keras.utils.set_random_seed(1234)
+        tf.random.set_seed(1234)
+        if torch is not None:
+            torch.manual_seed(1234)
+
     named = keras.layers.Dense(1).name  # (a layer's default seed draws from Python's generator)
-    keras.utils.set_random_seed(1234)
-    tf.random.set_seed(1234)
+    seed()
     policy = keras.config.dtype_policy().name
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
@@ -822,6 +827,5 @@ def test_main_called_from_python_leaves_its_callers_process_as_it_found_it(tmp_p
         keras.config.set_dtype_policy(policy)
     assert {name: logging.getLogger(name).level for name in backend.QUIET_LOGGERS} == levels
     assert not {name for name in backend.LAB_ENVIRONMENT if name in os.environ}
-    keras.utils.set_random_seed(1234)
-    tf.random.set_seed(1234)
+    seed()
     assert after == draws()
