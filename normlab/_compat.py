@@ -112,15 +112,6 @@ def restore_keras_global_state(state: tuple[Any, Any] | None) -> None:
     global_state.GLOBAL_STATE_TRACKER, global_state.GLOBAL_SETTINGS_TRACKER = trackers
 
 
-def tensorflow_global_seed() -> int | None:
-    """TensorFlow's global seed in eager mode (``tf.random.set_seed``'s), read without
-    drawing an operation seed (``tf.compat.v1.get_seed`` draws one)."""
-    from tensorflow.python.eager import context
-
-    seed: int | None = context.global_seed()
-    return seed
-
-
 def set_own_trainable(layer: keras.layers.Layer, trainable: bool) -> None:
     """Sets ``layer``'s own ``trainable`` flag without the setter's propagation to
     its sublayers and variables (which keep their own state)."""

@@ -172,8 +172,6 @@ def process_state_kept() -> Iterator[None]:
     ``tf.random.set_seed``)."""
     import random
 
-    from normlab import _compat
-
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     environment = {name: os.environ.get(name) for name in LAB_ENVIRONMENT}
     python_state = random.getstate()
@@ -181,8 +179,12 @@ def process_state_kept() -> Iterator[None]:
     torch: Any = sys.modules.get("torch")
     numpy_state = None if numpy is None else numpy.random.get_state()
     torch_state = None if torch is None else torch.get_rng_state()
-    keras_state = _compat.keras_global_state() if "keras" in sys.modules else None
-    tensorflow_seed = _compat.tensorflow_global_seed() if "tensorflow" in sys.modules else None
+    keras_state = None
+    if "keras" in sys.modules:  # (importing normlab's Keras wrappers first would import Keras and a backend)
+        from normlab import _compat
+
+        keras_state = _compat.keras_global_state()
+    tensorflow_seed = _tensorflow_global_seed() if "tensorflow" in sys.modules else None
     try:
         yield
     finally:
@@ -203,6 +205,18 @@ def process_state_kept() -> Iterator[None]:
         elif "torch" in sys.modules:
             sys.modules["torch"].seed()
         if "keras" in sys.modules:
+            from normlab import _compat
+
             _compat.restore_keras_global_state(keras_state)
         if "tensorflow" in sys.modules:
             sys.modules["tensorflow"].random.set_seed(tensorflow_seed)
+
+
+def _tensorflow_global_seed() -> int | None:
+    """TensorFlow's global seed (``tf.random.set_seed``'s), for a process that has
+    imported TensorFlow already, read without drawing an operation seed
+    (``tf.compat.v1.get_seed`` draws one)."""
+    from tensorflow.python.eager import context
+
+    seed: int | None = context.global_seed()
+    return seed
