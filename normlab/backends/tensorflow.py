@@ -57,6 +57,7 @@ import math
 import tensorflow as tf
 
 from normlab.backends.tensorflow_eager import graph_when_hot
+from normlab.backends.tensorflow_gradients import custom_gradient
 from normlab.backends.tensorflow_layer_norm import layer_norm as _layer_norm
 from normlab.backends.tensorflow_layer_norm import rms_norm as _rms_norm
 from normlab.backends.tensorflow_stats import (
@@ -129,7 +130,7 @@ def _channel_norm_fn(batch, groups, epsilon, has_gamma, has_beta, dims, ca, subs
     def reduce(t):
         return _group_sum(channel_sum(t), c, groups)
 
-    @tf.custom_gradient
+    @custom_gradient
     def fn(*args):
         xv, gamma, beta, compute, xf = unpack(args, has_gamma, has_beta)
         n = tf.shape(xv)[0]
@@ -270,7 +271,7 @@ def _batch_stats_gradient(x2, shift, residual_mean, var, count):
 
     mean = shift + residual_mean
 
-    @tf.custom_gradient
+    @custom_gradient
     def attach(x2, mean, var):
         def grad(dmean, dvar):
             dmean = tf.zeros_like(mean) if dmean is None else dmean

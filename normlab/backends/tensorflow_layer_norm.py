@@ -9,6 +9,7 @@ import math
 
 import tensorflow as tf
 
+from normlab.backends.tensorflow_gradients import custom_gradient
 from normlab.backends.tensorflow_stats import (
     cond,
     exportable_graph,
@@ -35,7 +36,7 @@ def _layer_norm_fn(axes, epsilon, has_gamma, has_beta, shape, subsample):
     def reduce(t):
         return exact_sum(t, list(axes))  # (TensorFlow's sums over other than innermost axes are sequential)
 
-    @tf.custom_gradient
+    @custom_gradient
     def fn(*args):
         x, gamma, beta, compute, xf = unpack(args, has_gamma, has_beta)
         shift, mean, _, rstd, ok = stats(xf, sample=lambda: xf[sample], reduce=reduce, count=count,
@@ -137,7 +138,7 @@ def _layer_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, subsample, fused):
     def sums(t):
         return _row_sums(t, k, xla, centered=True)
 
-    @tf.custom_gradient
+    @custom_gradient
     def fn(*args):
         x, gamma, beta, compute, xf = unpack(args, has_gamma, has_beta)
         shift, mean, _, rstd, ok = stats(xf, sample=lambda: xf[:, :1], reduce=reduce, count=float(k),
@@ -205,7 +206,7 @@ def _rms_norm_rows_fn(epsilon, has_gamma, has_beta, k, xla, fused):
       ``dx = (dy * gamma) * rstd - x * rstd^3 * sum(dy * gamma * x) / k``.
     """
 
-    @tf.custom_gradient
+    @custom_gradient
     def fn(*args):
         x, gamma, beta, compute, xf = unpack(args, has_gamma, has_beta)
         rstd = tf.math.rsqrt(_row_sums(xf, k, xla, centered=False)[1] / float(k) + epsilon)
