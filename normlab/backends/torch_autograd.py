@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from normlab.backends.torch_saved_tensors import save_tensors, saved_tensors
 from normlab.backends.torch_scratch import release_buffers, subtract  # noqa: F401 (release_buffers: public here)
 
 #: ATen's channels-last batch norm kernels vectorize over channels in blocks
@@ -157,14 +158,14 @@ class ShiftedNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, shift, gamma, beta, kernel):
         y, *saved = kernel.forward(kernel.center(x, shift, True), gamma, beta)
-        ctx.save_for_backward(x, shift, gamma, beta, *saved)
+        save_tensors(ctx, x, shift, gamma, beta, *saved)
         ctx.kernel, ctx.dtype = kernel, x.dtype
         ctx.mark_non_differentiable(*saved)
         return (_not_a_view(y), *saved)
 
     @staticmethod
     def backward(ctx, dy, *_dsaved):
-        x, shift, gamma, beta, *saved = ctx.saved_tensors
+        x, shift, gamma, beta, *saved = saved_tensors(ctx)
         kernel = ctx.kernel
         if differentiated(dy) and hasattr(kernel, "composite"):
             def composite(x, g, b):
@@ -259,14 +260,14 @@ class ChannelsLastGroupNorm(torch.autograd.Function):
             xc = kernel_view(center(x3, shift, True, transient=True), True)
             y4, mean, rstd = torch.native_group_norm(xc, gamma, beta, n, c, s, groups, epsilon)
             y3 = y4.permute(0, 2, 3, 1).reshape(n, s, c)  # free: y4 is channels_last
-        ctx.save_for_backward(x3, shift, gamma, beta, mean, rstd)  # centered again in the backward
+        save_tensors(ctx, x3, shift, gamma, beta, mean, rstd)  # centered again in the backward
         ctx.groups, ctx.epsilon, ctx.dtype = groups, epsilon, x3.dtype
         ctx.mark_non_differentiable(mean, rstd)
         return _not_a_view(y3), mean, rstd
 
     @staticmethod
     def backward(ctx, dy3, _dmean, _drstd):
-        x3, shift, gamma, beta, mean, rstd = ctx.saved_tensors
+        x3, shift, gamma, beta, mean, rstd = saved_tensors(ctx)
         n, s, c = x3.shape
         groups = ctx.groups
         if differentiated(dy3):
@@ -354,13 +355,13 @@ class ChannelsLastBatchNorm(torch.autograd.Function):
         scale = rstd if gamma is None else rstd * gamma
         offset = -mean * scale if beta is None else beta - mean * scale
         y = torch.addcmul(offset, x, scale)
-        ctx.save_for_backward(x, gamma, mean, rstd)
+        save_tensors(ctx, x, gamma, mean, rstd)
         ctx.has_beta, ctx.epsilon = beta is not None, epsilon
         return y, mean, variance
 
     @staticmethod
     def backward(ctx, dy, dmean, dvariance):
-        x, gamma, mean, rstd = ctx.saved_tensors
+        x, gamma, mean, rstd = saved_tensors(ctx)
         if torch.is_grad_enabled():  # double backward: the statistics as functions of x
             mean, _, rstd = _column_moments(x, ctx.epsilon)
         dims = tuple(range(x.ndim - 1))

@@ -34,6 +34,7 @@ from normlab.backends.torch_autograd import (
     differentiated,
     group_norm_composite,
 )
+from normlab.backends.torch_saved_tensors import save_tensors, saved_tensors
 
 #: Calls on fewer elements than this run on one thread. Measured on an
 #: AMD EPYC (Zen 4, AVX-512) virtual machine with 2 cores (layer norm,
@@ -234,14 +235,14 @@ class KernelNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, shift, gamma, beta, layout, epsilon):
         y, mean, var, rstd, shift = _forward(x, shift, gamma, beta, layout, epsilon)
-        ctx.save_for_backward(x, shift, gamma, beta, mean, rstd)
+        save_tensors(ctx, x, shift, gamma, beta, mean, rstd)
         ctx.layout, ctx.epsilon, ctx.dtype = layout, epsilon, x.dtype
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar):
-        x, shift, gamma, beta, mean, rstd = ctx.saved_tensors
+        x, shift, gamma, beta, mean, rstd = saved_tensors(ctx)
         layout, epsilon = ctx.layout, ctx.epsilon
         if differentiated(dy):
             def composite(x, g, b):  # in float32, rounded to x's dtype as the kernels' output
@@ -283,13 +284,13 @@ class AffineNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mean, gamma, beta, variance, layout, epsilon):
         y = _affine_forward(x, mean, gamma, beta, variance, layout, epsilon)
-        ctx.save_for_backward(x, mean, gamma, beta, variance)
+        save_tensors(ctx, x, mean, gamma, beta, variance)
         ctx.layout, ctx.epsilon, ctx.dtype = layout, epsilon, x.dtype
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, mean, gamma, beta, variance = ctx.saved_tensors
+        x, mean, gamma, beta, variance = saved_tensors(ctx)
         layout, epsilon = ctx.layout, ctx.epsilon
         if differentiated(dy):
             def composite(x, g, b):  # in float32, rounded to x's dtype as the kernel's output

@@ -17,6 +17,7 @@ import torch
 import normlab.backends.triton.group_kernels as kernels
 import normlab.backends.triton.runtime as runtime
 from normlab.backends.torch_autograd import _composite_vjp, differentiated, group_norm_composite
+from normlab.backends.torch_saved_tensors import save_tensors, saved_tensors
 
 #: Largest slab ``next_pow2(S) * BLOCK_C`` a program holds in registers
 #: (resident strategy); larger ones run chunked.
@@ -167,13 +168,13 @@ class GroupNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x3, gamma, beta, groups, epsilon, p):
         y3, mean, rstd = forward(x3, gamma, beta, groups, epsilon, p)
-        ctx.save_for_backward(x3, gamma, beta, mean, rstd)
+        save_tensors(ctx, x3, gamma, beta, mean, rstd)
         ctx.groups, ctx.epsilon, ctx.plan = groups, epsilon, p
         return y3
 
     @staticmethod
     def backward(ctx, dy3):
-        x3, gamma, beta, mean, rstd = ctx.saved_tensors
+        x3, gamma, beta, mean, rstd = saved_tensors(ctx)
         if differentiated(dy3):
             def differentiable(x, g, b):
                 return composite(x, g, b, ctx.groups, ctx.epsilon)

@@ -12,6 +12,7 @@ import torch
 import normlab.backends.triton.row_kernels as kernels
 import normlab.backends.triton.runtime as runtime
 from normlab.backends.torch_autograd import _composite_vjp, differentiated
+from normlab.backends.torch_saved_tensors import save_tensors, saved_tensors
 
 #: Widest row (elements over the normalized axes) a program holds in
 #: registers; wider rows decline (the general path runs).
@@ -91,13 +92,13 @@ class RowNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, gamma, beta, epsilon, center):
         y2, mean, rstd = forward(x2, gamma, beta, epsilon, center)
-        ctx.save_for_backward(x2, gamma, beta, mean, rstd)
+        save_tensors(ctx, x2, gamma, beta, mean, rstd)
         ctx.epsilon, ctx.center = epsilon, center
         return y2
 
     @staticmethod
     def backward(ctx, dy2):
-        x2, gamma, beta, mean, rstd = ctx.saved_tensors
+        x2, gamma, beta, mean, rstd = saved_tensors(ctx)
         if differentiated(dy2):
             def differentiable(x, g, b):
                 return composite(x, g, b, ctx.epsilon, ctx.center)
