@@ -189,8 +189,10 @@ def _cross_replica_moments(
     note_count(replica_sum, ops.stop_gradient(count))
     count = ops.stop_gradient(at_least(count, 1.0))
     shift = ops.stop_gradient(first / count)
-    # Pass 2: residual sums about the shared shift, one all-reduce (with gradient).
-    residual = x - shift
+    # Pass 2: residual sums about the shared shift, one all-reduce (with gradient). Padding is
+    # replaced by the shift first: its residual is then 0 and so is its gradient (a NaN or an inf
+    # there, squared, made the gradient of ``where`` NaN: 0 * 2 * NaN).
+    residual = (x if weight is None else ops.where(weight > 0, x, shift)) - shift
     sums, squares = ops.unstack(replica_sum(ops.stack([summed(residual), summed(residual * residual)])))
     mean = sums / count
     variance = squares / count - mean * mean
