@@ -91,9 +91,9 @@ def _stats(xf, *, sample, reduce, count, epsilon) -> policy.Stats:
 def _refine(anchor, mean):
     """The shift of the shifted moments: the plain moments' ``mean`` (the
     ``lax.cond``'s operand, so every fusion reads the same bits), or the
-    sample ``anchor`` where it is within :data:`ANCHOR_EPS` epsilons of that
+    sample ``anchor`` where it is within :data:`~normlab.backends.policy.ANCHOR_EPS` epsilons of that
     mean (a constant slice's value, exactly) or the mean is not finite."""
-    tolerance = ANCHOR_EPS * jnp.finfo(mean.dtype).eps
+    tolerance = policy.ANCHOR_EPS * jnp.finfo(mean.dtype).eps
     near = jnp.abs(mean - anchor) <= tolerance * jnp.abs(mean)
     return jnp.where(near | ~jnp.isfinite(mean), anchor, mean)
 
@@ -116,16 +116,6 @@ def _refine(anchor, mean):
 #: fusion's residuals against another's by 1e-3 when the mean was recomputed
 #: in each.
 REFINED_SHIFT = "plain mean"
-
-#: A sample within this many machine epsilons of the plain mean (relative)
-#: is the shift instead: a constant slice's mean is its value to the last bit
-#: only where the sum has no rounding (measured up to 3.7 epsilons off, 2**22
-#: values of 1e6 + 0.5), and ``x - shift`` must be 0 exactly there, or the
-#: residual is scaled by ``1 / sqrt(epsilon)``
-#: (``tests/backends/test_constant_slices.py``). Elsewhere such a sample is
-#: within 0.3 of the mean at an offset of 1e4 in float32 (``r <= 0.09`` at a
-#: spread of 1).
-ANCHOR_EPS = 256
 
 
 # --------------------------------------------------------------------------

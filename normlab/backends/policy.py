@@ -39,10 +39,10 @@ or a shift that needs no decision at all.
   one-pass variance where ``r <= MAX_SHIFT_RATIO`` (error within 17
   roundings) and otherwise take a second, exact pass (a ``cond`` again).
   :func:`stats` is that whole decision, written once for both. Where sums
-  err by more than a rounding, 17 of their errors are too many: JAX
-  takes its shifted moments about the plain moments' mean instead,
-  computed once as the ``cond``'s operand (a sample within a few
-  roundings of it, a constant slice's value, stays the shift;
+  err by more than a rounding, 17 of their errors are too many: JAX and
+  TensorFlow under XLA take their shifted moments about the plain moments'
+  mean instead, computed once as the ``cond``'s operand (a sample within
+  :data:`ANCHOR_EPS` roundings of it, a constant slice's value, stays the shift;
   :data:`normlab.backends.jax.REFINED_SHIFT`), and TensorFlow outside XLA
   about a subsample mean (:data:`normlab.backends.tensorflow_stats.REFINED_SHIFT`).
   TensorFlow's channels-last batch norm instead runs its fused NHWC
@@ -178,6 +178,17 @@ MAX_RAW_RATIO = 4.0
 #: within ``1 + MAX_SHIFT_RATIO`` roundings. A subsample mean of at least
 #: ``1 / MAX_SHIFT_RATIO`` of a slice is always within it (Cauchy-Schwarz).
 MAX_SHIFT_RATIO = 16.0
+
+#: Where shifted moments are taken about the plain moments' mean (JAX, and
+#: TensorFlow under XLA), a sample within this many machine epsilons of that
+#: mean (relative) is the shift instead: a constant slice's mean is its value to the last bit
+#: only where the sum has no rounding (measured up to 3.7 epsilons off, 2**22
+#: values of 1e6 + 0.5), and ``x - shift`` must be 0 exactly there, or the
+#: residual is scaled by ``1 / sqrt(epsilon)``
+#: (``tests/backends/test_constant_slices.py``). Elsewhere such a sample is
+#: within 0.3 of the mean at an offset of 1e4 in float32 (``r <= 0.09`` at a
+#: spread of 1).
+ANCHOR_EPS = 256
 
 #: Longest reduction handed to ATen's sequentially accumulating CPU kernels:
 #: at ``2**16`` terms statistics and parameter gradients are measured within

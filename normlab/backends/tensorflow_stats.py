@@ -8,6 +8,7 @@ import contextlib
 import math
 import threading
 
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -126,8 +127,12 @@ CENTERED_MIN_TERMS = 1 << 11
 #: output moved by 1.6e-5 with the batch (a far sample in another slice sent
 #: every slice to the exact pass). Where the plain moments are not kept, the
 #: statistics are taken about the subsample mean instead (``r`` near
-#: ``16 / P``), at the cost of a pass over a sixteenth of the input.
-REFINED_SHIFT = "subsample mean outside XLA"
+#: ``16 / P``), at the cost of a pass over a sixteenth of the input. Under
+#: XLA they are taken about the plain moments' mean, as JAX's
+#: (:func:`_refine_xla`): one NaN or far sample in a batch moved the others'
+#: instance-norm outputs on (8, 32, 32, 64) by up to 1.4e-5 about each
+#: slice's first value, by 9.5e-7 now (float64: 6.6e-7 to 1.0e-6 off either way).
+REFINED_SHIFT = "subsample mean outside XLA, plain mean under XLA"
 
 #: An unknown (``None``) batch size counts as Keras' default ``batch_size``:
 #: ``fit`` traces its step with one.
@@ -192,9 +197,10 @@ def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None,
     subsample mean along it, deciding nothing. Under XLA slices of
     :data:`CENTERED_MIN_TERMS` or more (``terms``, by default ``count``)
     take a second pass over the residuals (see :mod:`normlab.backends.policy`).
-    ``sums(t)`` gives ``(reduce(t), reduce(t * t))`` unless given. Outside
-    XLA, the conditional statistics' shifted moments are taken about the
-    subsample mean along ``refine_axis`` (see :data:`REFINED_SHIFT`)."""
+    ``sums(t)`` gives ``(reduce(t), reduce(t * t))`` unless given. The
+    conditional statistics' shifted moments are taken about the subsample
+    mean along ``refine_axis`` outside XLA, about the plain moments' mean
+    under XLA (see :data:`REFINED_SHIFT`)."""
     sums = sums or (lambda t: (reduce(t), reduce(t * t)))
 
     def subsample_along(axis):
@@ -204,11 +210,27 @@ def stats(xf, *, sample, reduce, count, epsilon, subsample_axis=None, sums=None,
         return subsample
 
     xla = in_xla()
+    if xla:
+        refine = _refine_xla
+    elif refine_axis is not None:
+        def refine(anchor, _):
+            return subsample_along(refine_axis)(anchor)
+    else:
+        refine = None
     return policy.stats(xf, sample=sample, sums=sums, reduce=reduce, count=count, epsilon=epsilon, xp=_XP,
                         subsample=None if subsample_axis is None else subsample_along(subsample_axis),
-                        centered=xla and (terms or count) >= CENTERED_MIN_TERMS,
-                        refine=None if xla or refine_axis is None
-                        else lambda anchor, _: subsample_along(refine_axis)(anchor))
+                        centered=xla and (terms or count) >= CENTERED_MIN_TERMS, refine=refine)
+
+
+def _refine_xla(anchor, mean):
+    """Under XLA, the shift JAX takes (:data:`normlab.backends.jax.REFINED_SHIFT`):
+    the plain moments' ``mean``, computed once outside the ``tf.cond`` (its
+    operand, so every fusion reads the same bits), or the sample ``anchor``
+    where it is within :data:`~normlab.backends.policy.ANCHOR_EPS` epsilons of
+    that mean (a constant slice's value, exactly) or the mean is not finite."""
+    tolerance = policy.ANCHOR_EPS * float(np.finfo(mean.dtype.as_numpy_dtype).eps)
+    near = tf.abs(mean - anchor) <= tolerance * tf.abs(mean)
+    return tf.where(near | ~tf.math.is_finite(mean), anchor, mean)
 
 
 def cond(raw, plain, shifted):
