@@ -17,10 +17,13 @@ tracing of custom gradients, XLA. Once every one of those graphs is
 collected, no op that could ask for the gradient is left, and a forwarder
 of a few hundred bytes is all that remains.
 
-The one case that stays with TensorFlow's own behaviour is rebuilding such
-a graph from its ``GraphDef`` after all its graphs are gone (v1-style
-``import_graph_def``) and differentiating it: the forwarder then raises a
-``LookupError`` that says so.
+A graph rebuilt from a ``GraphDef`` (v1-style ``import_graph_def``,
+``tf.compat.v1.wrap_function``), or loaded from a SavedModel saved with
+``tf.saved_model.SaveOptions(experimental_custom_gradients=False)``, was
+never differentiable through ``tf.custom_gradient``: the gradient refers to
+the original graph's tensors (TensorFlow's "out of scope" errors). Once the
+original graphs are gone, the forwarder raises a ``LookupError`` that says
+so instead.
 """
 
 from __future__ import annotations
@@ -91,8 +94,9 @@ def _tie_to_graphs(output: Any) -> None:
         if held is None:
             raise LookupError(
                 f"The custom gradient {name} of a normlab TensorFlow fast path was traced in a graph that no "
-                "longer exists; rebuild the graph from the model (or trace it inside "
-                "normlab.backends.disabled()) rather than from a saved GraphDef.")
+                "longer exists: this graph was rebuilt from a GraphDef, or loaded from a SavedModel saved with "
+                "tf.saved_model.SaveOptions(experimental_custom_gradients=False). Differentiate the model itself, "
+                "save with the default options, or trace the graph inside normlab.backends.disabled().")
         return held(op, *grads)
 
     registry[name] = {**entry, "type": forward}  # type: ignore[index]

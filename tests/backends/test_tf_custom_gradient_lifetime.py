@@ -10,7 +10,9 @@
   function that first traced it is gone, ``tf.cond`` and ``tf.while_loop``
   bodies, second order, XLA.
 * A graph rebuilt from its ``GraphDef`` after its graphs are gone gets a
-  ``LookupError`` that says why, where TensorFlow kept the whole graph.
+  ``LookupError`` that says why (TensorFlow's own error there named a tensor
+  of another graph: such a graph was never differentiable through
+  ``tf.custom_gradient``).
 """
 
 from __future__ import annotations
